@@ -1,0 +1,81 @@
+# Vigil: two entry points, `make run` and `make test`; everything else is set-up they need.
+SHELL        := /bin/bash
+PYTHON       ?= python3
+VENV         := .venv
+VPY          := $(VENV)/bin/python
+BUILD        := build
+BPF_SRCS     := $(wildcard bpf/*.bpf.c)
+BPF_OBJS     := $(patsubst bpf/%.bpf.c,$(BUILD)/bpf/%.bpf.o,$(BPF_SRCS))
+BPF_HDRS     := $(wildcard bpf/include/*.h bpf/lib/*.h)
+APT_PKGS     := clang llvm libbpf-dev bpftool python3-venv iproute2
+EXPORT_FILE  ?= /var/log/vigil/vigil.log
+PYTEST_ARGS  ?=
+
+.PHONY: all run test test-host test-vm deps venv bpf proto clean
+
+all: deps venv bpf proto
+
+# Debian packages for the BPF build (compiler, libbpf headers, bpftool). Installed only when missing.
+$(BUILD)/.deps:
+	@mkdir -p $(BUILD)
+	@missing=""; \
+	command -v clang >/dev/null || missing="$$missing clang"; \
+	command -v llvm-strip >/dev/null || missing="$$missing llvm"; \
+	[ -f /usr/include/bpf/bpf_helpers.h ] || missing="$$missing libbpf-dev"; \
+	command -v bpftool >/dev/null || [ -x /usr/sbin/bpftool ] || missing="$$missing bpftool"; \
+	command -v ip >/dev/null || [ -x /usr/sbin/ip ] || missing="$$missing iproute2"; \
+	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo ">> apt-get install$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@touch $@
+deps: $(BUILD)/.deps
+
+$(VENV)/.installed: pyproject.toml $(BUILD)/.deps
+	@[ -x $(VPY) ] || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test]'
+	@touch $@
+venv: $(VENV)/.installed
+
+BPFTOOL := $(shell command -v bpftool 2>/dev/null || echo /usr/sbin/bpftool)
+
+# vmlinux.h comes from the running kernel's BTF; it is generated, never committed.
+$(BUILD)/vmlinux.h: $(BUILD)/.deps
+	@mkdir -p $(BUILD)
+	$(BPFTOOL) btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
+
+BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_x86 -Wall -Wno-unused-function \
+              -Ibpf/include -Ibpf/lib -I$(BUILD) -I/usr/include/x86_64-linux-gnu
+
+$(BUILD)/bpf/%.bpf.o: bpf/%.bpf.c $(BPF_HDRS) $(BUILD)/vmlinux.h
+	@mkdir -p $(dir $@)
+	clang $(BPF_CFLAGS) -c $< -o $@.tmp && mv $@.tmp $@
+
+bpf: $(BPF_OBJS)
+
+# gRPC stubs are generated from our own .proto files at build time.
+PROTOS := $(wildcard proto/tetragon/*.proto)
+$(BUILD)/.proto: $(PROTOS) $(VENV)/.installed
+	@if [ -n "$(PROTOS)" ]; then $(VPY) -m vigil.api.genproto; fi
+	@touch $@
+proto: $(BUILD)/.proto
+
+run: all
+	@mkdir -p $(dir $(EXPORT_FILE))
+	$(VENV)/bin/vigil agent --export-filename $(EXPORT_FILE) --follow
+
+test: all
+	$(VPY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-vm
+
+test-host: all
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+test-vm: all
+	$(VPY) -m vigil.vmtier run
+
+clean:
+	rm -rf $(BUILD) .pytest_cache
