@@ -47,7 +47,7 @@ $(BUILD)/vmlinux.h: $(BUILD)/.deps
 	@mkdir -p $(BUILD)
 	$(BPFTOOL) btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
 
-BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_x86 -Wall -Wno-unused-function \
+BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_x86 -Wall -Wno-unused-function -Wno-gnu-variable-sized-type-not-at-end \
               -Ibpf/include -Ibpf/lib -I$(BUILD) -I/usr/include/x86_64-linux-gnu
 
 $(BUILD)/bpf/%.bpf.o: bpf/%.bpf.c $(BPF_HDRS) $(BUILD)/vmlinux.h

@@ -1,0 +1,53 @@
+/* Maps and helpers every Vigil sensor shares. The agent creates `events`
+ * and `vigil_drops` once (in the process sensor) and hands the same maps to
+ * every other object, so all records arrive in one ordered stream. */
+#ifndef VIGIL_COMMON_BPF_H
+#define VIGIL_COMMON_BPF_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include "vigil_events.h"
+
+/* Why a record was not delivered; index into vigil_drops. */
+enum vigil_drop_cause {
+	DROP_RB_FULL_EXEC = 0,
+	DROP_RB_FULL_CLONE = 1,
+	DROP_RB_FULL_EXIT = 2,
+	DROP_RB_FULL_GENERIC = 3,
+	DROP_EXECVE_MAP_FULL = 4,
+	DROP_HEAP = 5,
+	DROP_CAUSE_MAX = 8,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 * 1024 * 1024);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DROP_CAUSE_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} vigil_drops SEC(".maps");
+
+static __always_inline void count_drop(__u32 cause)
+{
+	__u64 *v = bpf_map_lookup_elem(&vigil_drops, &cause);
+
+	if (v)
+		*v += 1;  /* per-CPU slot: no atomics needed */
+}
+
+static __always_inline long emit(void *data, __u64 size, __u32 cause)
+{
+	long err = bpf_ringbuf_output(&events, data, size, 0);
+
+	if (err)
+		count_drop(cause);
+	return err;
+}
+
+#endif

@@ -1,0 +1,331 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Process lifecycle sensor: exec, clone (new thread groups only) and exit.
+ * Tracepoint based, so it runs without kprobes or BPF trampolines. Each hook
+ * has a tp_btf and a raw_tp flavour with the same body; the loader keeps
+ * the one the feature probe says works. */
+#include "vigil_common.bpf.h"
+#include "path.bpf.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define ARGS_CAP 32768          /* hard ceiling of the argument capture */
+#define FILENAME_MAX_LEN 4096
+#define CGROUP_NAME_LEN 256
+
+/* Load-time knobs (rodata). */
+const volatile __u32 args_max = 4096;   /* bytes of argv captured per exec */
+const volatile __u32 path_limit = 4096; /* bytes of path components per path */
+
+struct execve_entry {
+	struct exec_key key;
+	struct exec_key pkey;
+};
+
+/* Current exec identity of every live thread group, keyed by tgid.
+ * Pre-existing processes are written here by the agent from procfs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u32);
+	__type(value, struct execve_entry);
+} execve_map SEC(".maps");
+
+struct exec_heap {
+	struct msg_process m; /* data[] follows in the same slot */
+	char data[VIGIL_DATA_MASK + 1 + ARGS_CAP];
+};
+
+/* One scratch slot per CPU. A plain array indexed by CPU, because per-CPU
+ * maps cap values at 32 KiB; the loader sizes it to the possible CPUs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct exec_heap);
+} exec_heap SEC(".maps");
+
+static __always_inline __u64 read_cap(kernel_cap_t *cap)
+{
+	__u64 v = 0;
+
+	/* u32[2] before 6.3, u64 after: the same 8 bytes either way */
+	bpf_probe_read_kernel(&v, sizeof(v), cap);
+	return v;
+}
+
+static __always_inline void parent_key(struct task_struct *task, struct exec_key *pkey,
+				       __u32 *ppid, __u16 *flags)
+{
+	struct execve_entry *pe;
+	__u32 p = BPF_CORE_READ(task, real_parent, tgid);
+
+	*ppid = p;
+	pe = bpf_map_lookup_elem(&execve_map, &p);
+	if (pe) {
+		*pkey = pe->key;
+	} else {
+		pkey->pid = p;
+		pkey->pad = 0;
+		pkey->ktime = 0;
+		*flags |= VIGIL_F_NO_PARENT;
+	}
+}
+
+static __always_inline void fill_creds(struct task_struct *task, struct msg_process *m)
+{
+	const struct cred *cred = BPF_CORE_READ(task, cred);
+	struct user_namespace *uns = BPF_CORE_READ(cred, user_ns);
+
+	m->uid = BPF_CORE_READ(cred, uid.val);
+	m->gid = BPF_CORE_READ(cred, gid.val);
+	m->euid = BPF_CORE_READ(cred, euid.val);
+	m->egid = BPF_CORE_READ(cred, egid.val);
+	m->suid = BPF_CORE_READ(cred, suid.val);
+	m->sgid = BPF_CORE_READ(cred, sgid.val);
+	m->fsuid = BPF_CORE_READ(cred, fsuid.val);
+	m->fsgid = BPF_CORE_READ(cred, fsgid.val);
+	m->securebits = BPF_CORE_READ(cred, securebits);
+	m->cap_permitted = read_cap((kernel_cap_t *)&cred->cap_permitted);
+	m->cap_effective = read_cap((kernel_cap_t *)&cred->cap_effective);
+	m->cap_inheritable = read_cap((kernel_cap_t *)&cred->cap_inheritable);
+	m->userns_level = BPF_CORE_READ(uns, level);
+	m->userns_uid = BPF_CORE_READ(uns, owner.val);
+	m->userns_gid = BPF_CORE_READ(uns, group.val);
+	m->ns[9] = BPF_CORE_READ(uns, ns.inum);
+	if (bpf_core_field_exists(task->loginuid))
+		m->auid = BPF_CORE_READ(task, loginuid.val);
+	else
+		m->auid = (__u32)-1;
+}
+
+static __always_inline void fill_namespaces(struct task_struct *task, struct msg_process *m)
+{
+	struct nsproxy *nsp = BPF_CORE_READ(task, nsproxy);
+	struct pid *tp = BPF_CORE_READ(task, thread_pid);
+	unsigned int level = BPF_CORE_READ(tp, level);
+	struct upid up = {};
+
+	m->ns[0] = BPF_CORE_READ(nsp, uts_ns, ns.inum);
+	m->ns[1] = BPF_CORE_READ(nsp, ipc_ns, ns.inum);
+	m->ns[2] = BPF_CORE_READ(nsp, mnt_ns, ns.inum);
+	bpf_probe_read_kernel(&up, sizeof(up), &tp->numbers[level & 31]);
+	m->nspid = up.nr;
+	m->ns[3] = BPF_CORE_READ(up.ns, ns.inum);
+	m->ns[4] = BPF_CORE_READ(nsp, pid_ns_for_children, ns.inum);
+	m->ns[5] = BPF_CORE_READ(nsp, net_ns, ns.inum);
+	if (bpf_core_field_exists(nsp->time_ns)) {
+		m->ns[6] = BPF_CORE_READ(nsp, time_ns, ns.inum);
+		m->ns[7] = BPF_CORE_READ(nsp, time_ns_for_children, ns.inum);
+	}
+	m->ns[8] = BPF_CORE_READ(nsp, cgroup_ns, ns.inum);
+}
+
+static __always_inline int do_exec(struct task_struct *task, struct linux_binprm *bprm)
+{
+	__u32 zero, off = 0, n;
+	struct exec_heap *h;
+	struct msg_process *m;
+	struct execve_entry e = {};
+	struct path_walk w;
+	struct file *file;
+	struct fs_struct *fs;
+	struct path root;
+	struct mm_struct *mm;
+	unsigned long astart, aend;
+	const char *fname;
+	long r;
+
+	zero = bpf_get_smp_processor_id();
+	h = bpf_map_lookup_elem(&exec_heap, &zero);
+	if (!h) {
+		count_drop(DROP_HEAP);
+		return 0;
+	}
+	m = &h->m;
+	__builtin_memset(m, 0, sizeof(*m));
+	m->hdr.op = VIGIL_OP_EXEC;
+	m->hdr.ktime = bpf_ktime_get_ns();
+	m->boottime = bpf_ktime_get_boot_ns();
+	m->key.pid = BPF_CORE_READ(task, tgid);
+	m->key.ktime = m->hdr.ktime;
+	m->tid = BPF_CORE_READ(task, pid);
+	parent_key(task, &m->pkey, &m->ppid, &m->hdr.flags);
+
+	e.key = m->key;
+	e.pkey = m->pkey;
+	if (bpf_map_update_elem(&execve_map, &m->key.pid, &e, BPF_ANY))
+		count_drop(DROP_EXECVE_MAP_FULL);
+
+	fill_creds(task, m);
+	fill_namespaces(task, m);
+	m->cgroup_id = bpf_get_current_cgroup_id();
+
+	fs = BPF_CORE_READ(task, fs);
+	bpf_probe_read_kernel(&root, sizeof(root), &fs->root);
+
+	/* binary: the executed file, resolved to a full path */
+	file = BPF_CORE_READ(bprm, file);
+	m->ino = BPF_CORE_READ(file, f_inode, i_ino);
+	m->i_mode = BPF_CORE_READ(file, f_inode, i_mode);
+	m->i_nlink = BPF_CORE_READ(file, f_inode, __i_nlink);
+	walk_path(BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt), &root,
+		  h->data, off, path_limit, &w);
+	m->exe_len = w.off;
+	if (w.truncated)
+		m->hdr.flags |= VIGIL_F_PATH_TRUNC;
+	if (w.not_rooted)
+		m->hdr.flags |= VIGIL_F_PATH_NOT_ROOTED;
+	if (!w.off)
+		m->hdr.flags |= VIGIL_F_ERR_PATH;
+	off += w.off;
+
+	/* cwd */
+	walk_path(BPF_CORE_READ(fs, pwd.dentry), BPF_CORE_READ(fs, pwd.mnt), &root,
+		  h->data, off, path_limit, &w);
+	m->cwd_len = w.off;
+	if (w.truncated)
+		m->hdr.flags |= VIGIL_F_CWD_TRUNC;
+	if (w.not_rooted)
+		m->hdr.flags |= VIGIL_F_CWD_NOT_ROOTED;
+	off += w.off;
+
+	/* the name execve was given (may be relative or a symlink) */
+	fname = BPF_CORE_READ(bprm, filename);
+	r = bpf_probe_read_kernel_str(h->data + (off & VIGIL_DATA_MASK), NAME_MAX_LEN, fname);
+	if (r > 0) {
+		m->filename_len = r;
+		off += r;
+		if (r == NAME_MAX_LEN)
+			m->hdr.flags |= VIGIL_F_FILENAME_TRUNC;
+	}
+
+	/* cgroup2 directory name (container id source) */
+	r = bpf_probe_read_kernel_str(h->data + (off & VIGIL_DATA_MASK), NAME_MAX_LEN,
+				      BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, name));
+	if (r > 0) {
+		m->cgroup_len = r;
+		off += r;
+	}
+
+	/* argv: freshly written by the kernel into the new image, so readable */
+	mm = BPF_CORE_READ(task, mm);
+	astart = BPF_CORE_READ(mm, arg_start);
+	aend = BPF_CORE_READ(mm, arg_end);
+	n = aend > astart ? aend - astart : 0;
+	if (n > args_max || n >= ARGS_CAP) {
+		m->hdr.flags |= VIGIL_F_ARGS_TRUNC;
+		n = args_max < ARGS_CAP ? args_max : ARGS_CAP - 1;
+	}
+	n &= ARGS_CAP - 1;
+	if (n) {
+		if (bpf_probe_read_user(h->data + (off & VIGIL_DATA_MASK), n, (void *)astart)) {
+			m->hdr.flags |= VIGIL_F_ERR_ARGS;
+			n = 0;
+		}
+	}
+	m->args_len = n;
+	off = (off & VIGIL_DATA_MASK) + n;
+
+	m->hdr.size = sizeof(*m) + off;
+	if (m->hdr.size > sizeof(*h))
+		m->hdr.size = sizeof(*h);
+	emit(h, m->hdr.size, DROP_RB_FULL_EXEC);
+	return 0;
+}
+
+static __always_inline int do_clone(struct task_struct *child)
+{
+	__u32 zero;
+	struct exec_heap *h;
+	struct msg_process *m;
+	struct execve_entry e = {};
+
+	/* a new thread shares its group's identity: not a process event */
+	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
+		return 0;
+	zero = bpf_get_smp_processor_id();
+	h = bpf_map_lookup_elem(&exec_heap, &zero);
+	if (!h) {
+		count_drop(DROP_HEAP);
+		return 0;
+	}
+	m = &h->m;
+	__builtin_memset(m, 0, sizeof(*m));
+	m->hdr.op = VIGIL_OP_CLONE;
+	m->hdr.ktime = bpf_ktime_get_ns();
+	m->boottime = bpf_ktime_get_boot_ns();
+	m->key.pid = BPF_CORE_READ(child, tgid);
+	m->key.ktime = m->hdr.ktime;
+	m->tid = m->key.pid;
+	parent_key(child, &m->pkey, &m->ppid, &m->hdr.flags);
+	e.key = m->key;
+	e.pkey = m->pkey;
+	if (bpf_map_update_elem(&execve_map, &m->key.pid, &e, BPF_ANY))
+		count_drop(DROP_EXECVE_MAP_FULL);
+	m->hdr.size = sizeof(*m);
+	emit(m, sizeof(*m), DROP_RB_FULL_CLONE);
+	return 0;
+}
+
+static __always_inline int do_exit(struct task_struct *task)
+{
+	struct msg_exit x = {};
+	struct execve_entry *e;
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+
+	/* only the last thread of the group ends the process */
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0;
+	x.hdr.op = VIGIL_OP_EXIT;
+	x.hdr.size = sizeof(x);
+	x.hdr.ktime = bpf_ktime_get_ns();
+	x.tid = BPF_CORE_READ(task, pid);
+	x.code = BPF_CORE_READ(task, exit_code);
+	e = bpf_map_lookup_elem(&execve_map, &tgid);
+	if (e) {
+		x.key = e->key;
+		/* two threads may both see live == 0; only the deleter reports */
+		if (bpf_map_delete_elem(&execve_map, &tgid))
+			return 0;
+	} else {
+		x.key.pid = tgid;
+	}
+	emit(&x, sizeof(x), DROP_RB_FULL_EXIT);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(vigil_exec_btf, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	return do_exec(p, bprm);
+}
+
+SEC("raw_tp/sched_process_exec")
+int BPF_PROG(vigil_exec_raw, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	return do_exec(p, bprm);
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(vigil_fork_btf, struct task_struct *parent, struct task_struct *child)
+{
+	return do_clone(child);
+}
+
+SEC("raw_tp/sched_process_fork")
+int BPF_PROG(vigil_fork_raw, struct task_struct *parent, struct task_struct *child)
+{
+	return do_clone(child);
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(vigil_exit_btf, struct task_struct *p)
+{
+	return do_exit(p);
+}
+
+SEC("raw_tp/sched_process_exit")
+int BPF_PROG(vigil_exit_raw, struct task_struct *p)
+{
+	return do_exit(p);
+}
