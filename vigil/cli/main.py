@@ -1,0 +1,62 @@
+"""`vigil` command line: a thin click group; each subcommand lives in its own module."""
+from __future__ import annotations
+
+import importlib
+import logging
+
+import click
+
+from vigil import __version__
+
+# (module, attribute) of every subcommand; imported lazily so `vigil --help` stays fast
+# and a broken optional module cannot take the whole CLI down.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "agent": ("vigil.cli.agent_cmd", "agent"),
+    "probe": ("vigil.cli.probe_cmd", "probe"),
+    "getevents": ("vigil.cli.getevents_cmd", "getevents"),
+    "status": ("vigil.cli.status_cmd", "status"),
+    "version": ("vigil.cli.version_cmd", "version"),
+    "policy": ("vigil.cli.policy_cmd", "policy"),
+    "tracingpolicy": ("vigil.cli.tracingpolicy_cmd", "tracingpolicy"),
+}
+ALIASES = {"tp": "tracingpolicy"}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(n for n in SUBCOMMANDS if self._load(n) is not None)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return self._load(ALIASES.get(name, name))
+
+    @staticmethod
+    def _load(name: str) -> click.Command | None:
+        target = SUBCOMMANDS.get(name)
+        if target is None:
+            return None
+        try:
+            mod = importlib.import_module(target[0])
+        except ModuleNotFoundError as e:
+            if e.name == target[0]:
+                return None  # not built yet
+            raise
+        return getattr(mod, target[1])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vigil")
+@click.option("-d", "--debug", is_flag=True, help="Verbose logging.")
+def cli(debug: bool) -> None:
+    """Vigil: eBPF security observability and enforcement (Tetragon-compatible)."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main() -> None:
+    cli(prog_name="vigil")
+
+
+if __name__ == "__main__":
+    main()
