@@ -9,6 +9,7 @@
 char LICENSE[] SEC("license") = "GPL";
 
 #define ARGS_CAP 32768          /* hard ceiling of the argument capture */
+#define VIGIL_DATA_MASK 0x7fff  /* offsets into the record tail */
 #define FILENAME_MAX_LEN 4096
 #define CGROUP_NAME_LEN 256
 
@@ -126,7 +127,7 @@ static __always_inline int do_exec(struct task_struct *task, struct linux_binprm
 	struct exec_heap *h;
 	struct msg_process *m;
 	struct execve_entry e = {};
-	struct path_walk w;
+	__u8 trunc, detached;
 	struct file *file;
 	struct fs_struct *fs;
 	struct path root;
@@ -168,26 +169,26 @@ static __always_inline int do_exec(struct task_struct *task, struct linux_binprm
 	m->ino = BPF_CORE_READ(file, f_inode, i_ino);
 	m->i_mode = BPF_CORE_READ(file, f_inode, i_mode);
 	m->i_nlink = BPF_CORE_READ(file, f_inode, __i_nlink);
-	walk_path(BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt), &root,
-		  h->data, off, path_limit, &w);
-	m->exe_len = w.off;
-	if (w.truncated)
+	n = walk_path(BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt), &root,
+		      h->data + (off & VIGIL_DATA_MASK), path_limit, &trunc, &detached);
+	m->exe_len = n;
+	if (trunc)
 		m->hdr.flags |= VIGIL_F_PATH_TRUNC;
-	if (w.not_rooted)
+	if (detached)
 		m->hdr.flags |= VIGIL_F_PATH_NOT_ROOTED;
-	if (!w.off)
+	if (!n)
 		m->hdr.flags |= VIGIL_F_ERR_PATH;
-	off += w.off;
+	off += n;
 
 	/* cwd */
-	walk_path(BPF_CORE_READ(fs, pwd.dentry), BPF_CORE_READ(fs, pwd.mnt), &root,
-		  h->data, off, path_limit, &w);
-	m->cwd_len = w.off;
-	if (w.truncated)
+	n = walk_path(BPF_CORE_READ(fs, pwd.dentry), BPF_CORE_READ(fs, pwd.mnt), &root,
+		      h->data + (off & VIGIL_DATA_MASK), path_limit, &trunc, &detached);
+	m->cwd_len = n;
+	if (trunc)
 		m->hdr.flags |= VIGIL_F_CWD_TRUNC;
-	if (w.not_rooted)
+	if (detached)
 		m->hdr.flags |= VIGIL_F_CWD_NOT_ROOTED;
-	off += w.off;
+	off += n;
 
 	/* the name execve was given (may be relative or a symlink) */
 	fname = BPF_CORE_READ(bprm, filename);

@@ -1,0 +1,385 @@
+"""A small typed layer over libbpf objects: open, configure, load, attach, close.
+
+Two phases like libbpf itself: after `BpfObject.open()` you may set rodata
+knobs, resize or share maps and switch programs off; `load()` then creates
+everything in the kernel. Links are owned by their object and destroyed, in
+reverse order, when the object closes (also on error paths and at exit).
+"""
+from __future__ import annotations
+
+import atexit
+import ctypes
+import os
+import struct
+import weakref
+from typing import Iterator
+
+from vigil.kernel import _libbpf as L
+from vigil.kernel.errors import AttachError, BpfError, VerifierError
+
+BTF_KIND_VAR = 14
+BTF_KIND_DATASEC = 15
+PERCPU_MAP_TYPES = {5, 6, 10, 21}  # PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH, PERCPU_CGROUP_STORAGE
+LOG_BUF_SIZE = 4 << 20
+
+_open_objects: "weakref.WeakSet[BpfObject]" = weakref.WeakSet()
+
+
+def possible_cpus() -> int:
+    n = L.lib.libbpf_num_possible_cpus()
+    return n if n > 0 else os.cpu_count() or 1
+
+
+def _check_ptr(ptr: int | None, what: str, cls: type[BpfError] = BpfError) -> int:
+    if not ptr:
+        raise cls(what, L.errno(), _recent_libbpf())
+    return ptr
+
+
+def _recent_libbpf(n: int = 6) -> str:
+    lines = [ln for ln in list(L.recent)[-n:] if ln]
+    return "libbpf: " + "\n  ".join(lines) if lines else ""
+
+
+class Link:
+    """An attachment. `close()` detaches; closing twice is harmless."""
+
+    def __init__(self, ptr: int, desc: str, owner: "BpfObject | None") -> None:
+        self._ptr: int | None = ptr
+        self.desc = desc
+        self._owner = owner
+
+    @property
+    def fd(self) -> int:
+        return L.lib.bpf_link__fd(self._ptr) if self._ptr else -1
+
+    def close(self) -> None:
+        if self._ptr:
+            L.lib.bpf_link__destroy(self._ptr)
+            self._ptr = None
+            if self._owner is not None:
+                self._owner._forget_link(self)
+
+    def __repr__(self) -> str:
+        return f"<Link {self.desc}{'' if self._ptr else ' closed'}>"
+
+
+class Program:
+    def __init__(self, obj: "BpfObject", ptr: int) -> None:
+        self._obj = obj
+        self._ptr = ptr
+        self.name: str = L.lib.bpf_program__name(ptr).decode()
+        self.section: str = L.lib.bpf_program__section_name(ptr).decode()
+        self._log_buf: ctypes.Array[ctypes.c_char] | None = None
+
+    @property
+    def autoload(self) -> bool:
+        return bool(L.lib.bpf_program__autoload(self._ptr))
+
+    def set_autoload(self, on: bool) -> None:
+        if L.lib.bpf_program__set_autoload(self._ptr, on):
+            raise BpfError(f"program {self.name}: set_autoload", L.errno())
+
+    @property
+    def fd(self) -> int:
+        return L.lib.bpf_program__fd(self._ptr)
+
+    def set_attach_target(self, func: str, target_fd: int = 0) -> None:
+        if L.lib.bpf_program__set_attach_target(self._ptr, target_fd, func.encode()):
+            raise BpfError(f"program {self.name}: attach target {func}", L.errno())
+
+    def _prepare_log(self) -> None:
+        self._log_buf = ctypes.create_string_buffer(LOG_BUF_SIZE)
+        L.lib.bpf_program__set_log_buf(self._ptr, self._log_buf, LOG_BUF_SIZE)
+
+    def verifier_log(self) -> str:
+        return self._log_buf.value.decode(errors="replace") if self._log_buf else ""
+
+    def _link(self, ptr: int | None, desc: str) -> Link:
+        _check_ptr(ptr, f"attaching program {self.name!r} to {desc}", AttachError)
+        link = Link(ptr, f"{self.name}->{desc}", self._obj)  # type: ignore[arg-type]
+        self._obj._links.append(link)
+        return link
+
+    def attach(self) -> Link:
+        """Attach as the ELF section says (tp_btf/, raw_tp/, tracepoint/, lsm/, ...)."""
+        return self._link(L.lib.bpf_program__attach(self._ptr), self.section)
+
+    def attach_tracepoint(self, category: str, name: str) -> Link:
+        return self._link(
+            L.lib.bpf_program__attach_tracepoint(self._ptr, category.encode(), name.encode()),
+            f"tracepoint:{category}/{name}",
+        )
+
+    def attach_raw_tracepoint(self, name: str) -> Link:
+        return self._link(L.lib.bpf_program__attach_raw_tracepoint(self._ptr, name.encode()), f"raw_tp:{name}")
+
+    def attach_trace(self) -> Link:
+        """tp_btf / fentry / fexit / fmod_ret, target set at open or by set_attach_target."""
+        return self._link(L.lib.bpf_program__attach_trace(self._ptr), f"trace:{self.section}")
+
+    def attach_lsm(self) -> Link:
+        return self._link(L.lib.bpf_program__attach_lsm(self._ptr), f"lsm:{self.section}")
+
+    def attach_kprobe(self, func: str, retprobe: bool = False) -> Link:
+        kind = "kretprobe" if retprobe else "kprobe"
+        return self._link(L.lib.bpf_program__attach_kprobe(self._ptr, retprobe, func.encode()), f"{kind}:{func}")
+
+    def attach_uprobe(self, binary: str, offset: int, *, retprobe: bool = False, pid: int = -1) -> Link:
+        kind = "uretprobe" if retprobe else "uprobe"
+        return self._link(
+            L.lib.bpf_program__attach_uprobe(self._ptr, retprobe, pid, binary.encode(), offset),
+            f"{kind}:{binary}+{offset:#x}",
+        )
+
+    def attach_cgroup(self, cgroup: str | int) -> Link:
+        fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY) if isinstance(cgroup, str) else cgroup
+        try:
+            return self._link(L.lib.bpf_program__attach_cgroup(self._ptr, fd), f"cgroup:{cgroup}")
+        finally:
+            if isinstance(cgroup, str):
+                os.close(fd)
+
+    def attach_iter(self) -> Link:
+        return self._link(L.lib.bpf_program__attach_iter(self._ptr, None), f"iter:{self.section}")
+
+
+class Map:
+    """A map of an object (before load: configurable; after: usable) or a bare fd."""
+
+    def __init__(self, ptr: int | None, *, fd: int = -1, key_size: int = 0, value_size: int = 0,
+                 map_type: int = 0, name: str = "", max_entries: int = 0) -> None:
+        self._ptr = ptr
+        if ptr:
+            self.name = L.lib.bpf_map__name(ptr).decode()
+        else:
+            self.name = name
+            self._fd, self._ks, self._vs, self._type, self._max = fd, key_size, value_size, map_type, max_entries
+
+    # -- description
+    @property
+    def fd(self) -> int:
+        return L.lib.bpf_map__fd(self._ptr) if self._ptr else self._fd
+
+    @property
+    def key_size(self) -> int:
+        return L.lib.bpf_map__key_size(self._ptr) if self._ptr else self._ks
+
+    @property
+    def value_size(self) -> int:
+        return L.lib.bpf_map__value_size(self._ptr) if self._ptr else self._vs
+
+    @property
+    def map_type(self) -> int:
+        return L.lib.bpf_map__type(self._ptr) if self._ptr else self._type
+
+    @property
+    def max_entries(self) -> int:
+        return L.lib.bpf_map__max_entries(self._ptr) if self._ptr else self._max
+
+    @property
+    def percpu(self) -> bool:
+        return self.map_type in PERCPU_MAP_TYPES
+
+    # -- before load
+    def set_max_entries(self, n: int) -> None:
+        if L.lib.bpf_map__set_max_entries(self._ptr, n):
+            raise BpfError(f"map {self.name}: set_max_entries({n})", L.errno())
+
+    def reuse_fd(self, fd: int) -> None:
+        """Use an existing kernel map instead of creating one (shared maps)."""
+        if L.lib.bpf_map__reuse_fd(self._ptr, fd):
+            raise BpfError(f"map {self.name}: reuse_fd", L.errno())
+
+    # -- after load
+    def _value_len(self) -> int:
+        if self.percpu:
+            return ((self.value_size + 7) & ~7) * possible_cpus()
+        return self.value_size
+
+    def lookup(self, key: bytes) -> bytes | None:
+        val = ctypes.create_string_buffer(self._value_len())
+        if L.lib.bpf_map_lookup_elem(self.fd, key, val):
+            err = L.errno()
+            if err == 2:  # ENOENT
+                return None
+            raise BpfError(f"map {self.name}: lookup", err)
+        return val.raw
+
+    def lookup_percpu(self, key: bytes) -> list[bytes]:
+        raw = self.lookup(key)
+        if raw is None:
+            return []
+        step = (self.value_size + 7) & ~7
+        return [raw[i : i + self.value_size] for i in range(0, len(raw), step)]
+
+    def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
+        if L.lib.bpf_map_update_elem(self.fd, key, value, flags):
+            raise BpfError(f"map {self.name}: update", L.errno())
+
+    def delete(self, key: bytes) -> bool:
+        if L.lib.bpf_map_delete_elem(self.fd, key):
+            err = L.errno()
+            if err == 2:
+                return False
+            raise BpfError(f"map {self.name}: delete", err)
+        return True
+
+    def keys(self) -> Iterator[bytes]:
+        cur = ctypes.create_string_buffer(self.key_size)
+        nxt = ctypes.create_string_buffer(self.key_size)
+        prev = None
+        while L.lib.bpf_map_get_next_key(self.fd, prev, nxt) == 0:
+            yield nxt.raw
+            ctypes.memmove(cur, nxt, self.key_size)
+            prev = cur
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        for k in list(self.keys()):
+            v = self.lookup(k)
+            if v is not None:
+                yield k, v
+
+    def clear(self) -> None:
+        for k in list(self.keys()):
+            self.delete(k)
+
+    def count(self) -> int:
+        return sum(1 for _ in self.keys())
+
+    def sum_percpu_u64(self, key: bytes) -> int:
+        return sum(struct.unpack_from("<Q", v)[0] for v in self.lookup_percpu(key))
+
+
+class BpfObject:
+    """One .bpf.o: programs, maps, rodata knobs and the links made from it."""
+
+    def __init__(self, ptr: int, path: str) -> None:
+        self._ptr: int | None = ptr
+        self.path = path
+        self._links: list[Link] = []
+        self.loaded = False
+        self.programs: dict[str, Program] = {}
+        p = L.lib.bpf_object__next_program(ptr, None)
+        while p:
+            prog = Program(self, p)
+            self.programs[prog.name] = prog
+            p = L.lib.bpf_object__next_program(ptr, p)
+        self.maps: dict[str, Map] = {}
+        m = L.lib.bpf_object__next_map(ptr, None)
+        while m:
+            mp = Map(m)
+            self.maps[mp.name] = mp
+            m = L.lib.bpf_object__next_map(ptr, m)
+        _open_objects.add(self)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> "BpfObject":
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise BpfError(f"opening BPF object {path}", 2, "hint: run `make` to build the BPF objects")
+        ptr = _check_ptr(L.lib.bpf_object__open_file(path.encode(), None), f"opening BPF object {path}")
+        return cls(ptr, path)
+
+    def __enter__(self) -> "BpfObject":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def program(self, name: str) -> Program:
+        try:
+            return self.programs[name]
+        except KeyError:
+            raise BpfError(f"{self.path}: no program {name!r}", 0) from None
+
+    def map(self, name: str) -> Map:
+        try:
+            return self.maps[name]
+        except KeyError:
+            raise BpfError(f"{self.path}: no map {name!r}", 0) from None
+
+    # -- rodata (const volatile globals), set before load
+    def _rodata_vars(self) -> dict[str, tuple[int, int]]:
+        btf = L.lib.bpf_object__btf(self._ptr)
+        sec_id = L.lib.btf__find_by_name_kind(btf, b".rodata", BTF_KIND_DATASEC)
+        if sec_id < 0:
+            return {}
+        t = L.lib.btf__type_by_id(btf, sec_id)
+        info = ctypes.c_uint32.from_address(t + 4).value
+        vlen = info & 0xFFFF
+        out = {}
+        for i in range(vlen):
+            base = t + 12 + 12 * i
+            type_id, offset, size = struct.unpack("<III", ctypes.string_at(base, 12))
+            vt = L.lib.btf__type_by_id(btf, type_id)
+            name_off = ctypes.c_uint32.from_address(vt).value
+            out[L.lib.btf__name_by_offset(btf, name_off).decode()] = (offset, size)
+        return out
+
+    def set_rodata(self, **values: int | bytes) -> None:
+        if self.loaded:
+            raise BpfError(f"{self.path}: rodata is read-only after load", 0)
+        vars_ = self._rodata_vars()
+        rodata = next((m for n, m in self.maps.items() if n.endswith(".rodata")), None)
+        if rodata is None:
+            raise BpfError(f"{self.path}: object has no .rodata", 0)
+        size = ctypes.c_size_t()
+        base = L.lib.bpf_map__initial_value(rodata._ptr, ctypes.byref(size))
+        for name, val in values.items():
+            if name not in vars_:
+                raise BpfError(f"{self.path}: no const volatile {name!r} (have {sorted(vars_)})", 0)
+            off, sz = vars_[name]
+            raw = val if isinstance(val, bytes) else int(val).to_bytes(sz, "little", signed=int(val) < 0)
+            if len(raw) > sz:
+                raise BpfError(f"{self.path}: value for {name} is {len(raw)} bytes, slot is {sz}", 0)
+            ctypes.memmove(base + off, raw.ljust(sz, b"\0"), sz)
+
+    # -- load
+    def load(self) -> None:
+        for prog in self.programs.values():
+            if prog.autoload:
+                prog._prepare_log()
+        if L.lib.bpf_object__load(self._ptr):
+            err = L.errno()
+            failed = next(
+                (p for p in self.programs.values() if p.autoload and p.fd < 0 and p.verifier_log().strip()),
+                None,
+            )
+            if failed is not None:
+                raise VerifierError(failed.name, err, failed.verifier_log())
+            raise BpfError(f"loading BPF object {self.path}", err, _recent_libbpf())
+        self.loaded = True
+        for prog in self.programs.values():
+            prog._log_buf = None  # free the log buffers
+
+    # -- teardown
+    def _forget_link(self, link: Link) -> None:
+        try:
+            self._links.remove(link)
+        except ValueError:
+            pass
+
+    @property
+    def links(self) -> list[Link]:
+        return list(self._links)
+
+    def detach_all(self) -> None:
+        for link in reversed(list(self._links)):
+            link.close()
+
+    def close(self) -> None:
+        self.detach_all()
+        if self._ptr:
+            L.lib.bpf_object__close(self._ptr)
+            self._ptr = None
+        _open_objects.discard(self)
+
+
+def close_all() -> None:
+    """Detach and free every object still open (exit and signal paths)."""
+    for obj in list(_open_objects):
+        obj.close()
+
+
+atexit.register(close_all)
