@@ -1,0 +1,185 @@
+from __future__ import annotations
+
+import gzip
+import os
+import stat
+import threading
+
+import orjson
+import pytest
+
+from vigil.export.jsonl import JsonlWriter
+
+
+def _event(i: int, pad: int = 0) -> dict:
+    return {
+        "process_exec": {"process": {"pid": i, "binary": "/bin/x", "arguments": "a" * pad}},
+        "node_name": "n1",
+        "time": "2026-01-01T00:00:00Z",
+    }
+
+
+def _lines(path) -> list[dict]:
+    with open(path, "rb") as f:
+        return [orjson.loads(line) for line in f]
+
+
+def test_writes_compact_json_lines_and_counts(tmp_path):
+    path = tmp_path / "sub" / "dir" / "vigil.log"  # parent dirs are created
+    with JsonlWriter(str(path)) as w:
+        w.write_batch([_event(1), _event(2)])
+        w.write(_event(3))
+        assert w.events_written == 3
+        assert w.bytes_written == path.stat().st_size
+    raw = path.read_bytes()
+    assert raw.endswith(b"\n") and b": " not in raw and b", " not in raw
+    assert [e["process_exec"]["process"]["pid"] for e in _lines(path)] == [1, 2, 3]
+    assert raw.splitlines()[0].startswith(b'{"process_exec":')
+
+
+def test_file_mode_from_perm_regardless_of_umask(tmp_path):
+    old = os.umask(0o077)
+    try:
+        path = tmp_path / "a.log"
+        JsonlWriter(str(path), perm=0o640).close()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+        path2 = tmp_path / "b.log"
+        JsonlWriter(str(path2)).close()
+        assert stat.S_IMODE(path2.stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_appends_to_existing_file(tmp_path):
+    path = tmp_path / "v.log"
+    with JsonlWriter(str(path)) as w:
+        w.write(_event(1))
+    with JsonlWriter(str(path)) as w:
+        w.write(_event(2))
+    assert len(_lines(path)) == 2
+
+
+def test_rotation_by_size_keeps_max_backups(tmp_path):
+    path = tmp_path / "v.log"
+    one_line = len(orjson.dumps(_event(0, pad=1000))) + 1
+    # room for exactly 3 events per file
+    w = JsonlWriter(str(path), max_size_mb=(3 * one_line + 10) / (1024 * 1024), max_backups=2)
+    for i in range(12):
+        w.write(_event(i, pad=1000))
+    w.close()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["v.log", "v.log.1", "v.log.2"]
+    assert w.rotations == 3
+    # newest data in the live file, then .1, then .2 (oldest kept)
+    pids = lambda p: [e["process_exec"]["process"]["pid"] for e in _lines(p)]
+    assert pids(path) == [9, 10, 11]
+    assert pids(tmp_path / "v.log.1") == [6, 7, 8]
+    assert pids(tmp_path / "v.log.2") == [3, 4, 5]
+    for p in tmp_path.iterdir():
+        assert p.stat().st_size <= w.max_bytes
+
+
+def test_large_batch_is_split_on_event_boundaries(tmp_path):
+    path = tmp_path / "v.log"
+    one_line = len(orjson.dumps(_event(0, pad=1000))) + 1
+    w = JsonlWriter(str(path), max_size_mb=(2 * one_line) / (1024 * 1024), max_backups=10)
+    w.write_batch([_event(i, pad=1000) for i in range(6)])
+    w.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.log", "v.log.1", "v.log.2"]
+    total = sum(len(_lines(p)) for p in tmp_path.iterdir())
+    assert total == 6 and w.events_written == 6
+
+
+def test_rotation_with_compression(tmp_path):
+    path = tmp_path / "v.log"
+    one_line = len(orjson.dumps(_event(0, pad=1000))) + 1
+    w = JsonlWriter(str(path), max_size_mb=one_line / (1024 * 1024), max_backups=2,
+                    compress=True, perm=0o640)
+    for i in range(4):
+        w.write(_event(i, pad=1000))
+    w.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.log", "v.log.1.gz", "v.log.2.gz"]
+    with gzip.open(tmp_path / "v.log.1.gz") as f:
+        assert orjson.loads(f.readline())["process_exec"]["process"]["pid"] == 2
+    with gzip.open(tmp_path / "v.log.2.gz") as f:
+        assert orjson.loads(f.readline())["process_exec"]["process"]["pid"] == 1
+    assert stat.S_IMODE((tmp_path / "v.log.1.gz").stat().st_mode) == 0o640
+
+
+def test_zero_backups_keeps_all(tmp_path):
+    path = tmp_path / "v.log"
+    one_line = len(orjson.dumps(_event(0))) + 1
+    w = JsonlWriter(str(path), max_size_mb=one_line / (1024 * 1024), max_backups=0)
+    for i in range(5):
+        w.write(_event(i))
+    w.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "v.log", "v.log.1", "v.log.2", "v.log.3", "v.log.4"
+    ]
+    assert _lines(tmp_path / "v.log.4")[0]["process_exec"]["process"]["pid"] == 0
+
+
+def test_zero_size_disables_rotation(tmp_path):
+    w = JsonlWriter(str(tmp_path / "v.log"), max_size_mb=0)
+    for i in range(50):
+        w.write(_event(i, pad=100))
+    w.close()
+    assert [p.name for p in tmp_path.iterdir()] == ["v.log"]
+
+
+def test_rotation_interval_with_fake_clock(tmp_path):
+    now = [0.0]
+    w = JsonlWriter(str(tmp_path / "v.log"), rotation_interval=60, clock=lambda: now[0])
+    w.write(_event(1))
+    now[0] = 30
+    w.write(_event(2))
+    now[0] = 61
+    w.write(_event(3))
+    w.close()
+    assert len(_lines(tmp_path / "v.log.1")) == 2
+    assert len(_lines(tmp_path / "v.log")) == 1
+
+
+def test_set_params_shrinks_backups(tmp_path):
+    path = tmp_path / "v.log"
+    one_line = len(orjson.dumps(_event(0))) + 1
+    w = JsonlWriter(str(path), max_size_mb=one_line / (1024 * 1024), max_backups=5)
+    for i in range(6):
+        w.write(_event(i))
+    w.set_params(max_backups=2)
+    w.write(_event(6))
+    w.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.log", "v.log.1", "v.log.2"]
+
+
+def test_thread_safety_no_torn_lines(tmp_path):
+    path = tmp_path / "v.log"
+    w = JsonlWriter(str(path), max_size_mb=0.05, max_backups=100)
+
+    def worker(base: int) -> None:
+        for i in range(50):
+            w.write_batch([_event(base + i * 10 + k, pad=50) for k in range(10)])
+
+    threads = [threading.Thread(target=worker, args=(t * 10000,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    w.close()
+    seen = [e for p in tmp_path.iterdir() for e in _lines(p)]
+    assert len(seen) == 4 * 50 * 10 == w.events_written
+
+
+def test_stdout_target(capfdbinary):
+    w = JsonlWriter("-")
+    w.write_batch([_event(1), _event(2)])
+    w.close()
+    out = capfdbinary.readouterr().out
+    assert len(out.splitlines()) == 2
+
+
+def test_write_after_close_raises(tmp_path):
+    w = JsonlWriter(str(tmp_path / "v.log"))
+    w.close()
+    with pytest.raises(ValueError):
+        w.write(_event(1))

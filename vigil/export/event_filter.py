@@ -1,0 +1,133 @@
+"""One object that applies every export-side filter, shared by the file exporter and
+the gRPC GetEvents server (each with its own instance).
+
+Order per event: redaction (so allow/deny regexes never see secrets), allow/deny
+lists, then field trimming. Rate limiting, when configured, happens last on whole
+batches and only for the exporter. Events are never modified in place: they may be
+shared with other subscribers.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable
+
+from vigil.export.field_filters import FieldFilterSet
+from vigil.export.filters import FilterList, parse_filter_config
+from vigil.export.rate_limit import ExportRateLimiter, rfc3339_now
+from vigil.export.redaction import RedactionSet
+
+Event = dict[str, Any]
+
+
+class EventFilter:
+    def __init__(
+        self,
+        allow: Iterable[dict[str, Any]] | FilterList = (),
+        deny: Iterable[dict[str, Any]] | FilterList = (),
+        field_filters: Iterable[dict[str, Any]] | FieldFilterSet = (),
+        redaction: Iterable[dict[str, Any]] | RedactionSet = (),
+        *,
+        rate_limit: int = -1,
+        node_name: str = "",
+        report_interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        wall_time: Callable[[], str] = rfc3339_now,
+    ) -> None:
+        self.allow = allow if isinstance(allow, FilterList) else FilterList(allow)
+        self.deny = deny if isinstance(deny, FilterList) else FilterList(deny)
+        self.fields = (
+            field_filters if isinstance(field_filters, FieldFilterSet)
+            else FieldFilterSet(field_filters)
+        )
+        self.redaction = redaction if isinstance(redaction, RedactionSet) else RedactionSet(redaction)
+        self.rate_limiter = (
+            ExportRateLimiter(
+                rate_limit, node_name=node_name, report_interval=report_interval,
+                clock=clock, wall_time=wall_time,
+            )
+            if rate_limit >= 0 else None
+        )
+        # Counters (for metrics and `vigil status`).
+        self.events_in = 0
+        self.events_filtered = 0
+        self.events_rate_limited = 0
+
+    # -- construction helpers ------------------------------------------------------
+
+    @classmethod
+    def from_config(
+        cls,
+        *,
+        allowlist: str = "",
+        denylist: str = "",
+        field_filters: str = "",
+        redaction_filters: str = "",
+        rate_limit: int = -1,
+        node_name: str = "",
+    ) -> "EventFilter":
+        """From the agent's config strings (newline-separated JSON objects)."""
+        return cls(
+            parse_filter_config(allowlist, "export-allowlist"),
+            parse_filter_config(denylist, "export-denylist"),
+            parse_filter_config(field_filters, "field-filters"),
+            parse_filter_config(redaction_filters, "redaction-filters"),
+            rate_limit=rate_limit,
+            node_name=node_name,
+        )
+
+    @classmethod
+    def from_request(
+        cls,
+        allow_list: Iterable[dict[str, Any]] = (),
+        deny_list: Iterable[dict[str, Any]] = (),
+        field_filters: Iterable[dict[str, Any]] = (),
+        redaction: RedactionSet | None = None,
+    ) -> "EventFilter":
+        """From a GetEventsRequest (already converted to dicts). The agent's redaction
+        set may be passed along so gRPC clients never see unredacted arguments."""
+        return cls(allow_list, deny_list, field_filters, redaction or ())
+
+    # -- hot path ------------------------------------------------------------------
+
+    @property
+    def is_noop(self) -> bool:
+        return not (self.allow or self.deny or self.fields or self.redaction or self.rate_limiter)
+
+    def matches(self, event: Event) -> bool:
+        """Allow/deny decision only."""
+        if self.allow.filters and not self.allow.any_match(event):
+            return False
+        return not (self.deny.filters and self.deny.any_match(event))
+
+    def apply(self, event: Event) -> Event | None:
+        """Redacted, trimmed copy of `event` if it passes allow/deny, else None.
+        Does not rate-limit."""
+        self.events_in += 1
+        if self.redaction.filters:
+            event = self.redaction.apply(event)
+        if (self.allow.filters or self.deny.filters) and not self.matches(event):
+            self.events_filtered += 1
+            return None
+        if self.fields.filters:
+            event = self.fields.apply(event)
+        return event
+
+    def apply_batch(self, events: list[Event]) -> list[Event]:
+        """Filter a batch, then rate-limit it; a due rate_limit_info event is appended."""
+        if self.is_noop:
+            self.events_in += len(events)
+            return events
+        out = [e for e in map(self.apply, events) if e is not None]
+        limiter = self.rate_limiter
+        if limiter is not None:
+            allowed = limiter.allow(len(out))
+            self.events_rate_limited += len(out) - allowed
+            del out[allowed:]
+            report = limiter.report()
+            if report is not None:
+                out.append(report)
+        return out
+
+    def poll_report(self) -> Event | None:
+        """Time-driven check for a due rate_limit_info event (call it when idle)."""
+        return self.rate_limiter.report() if self.rate_limiter else None

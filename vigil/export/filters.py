@@ -1,0 +1,402 @@
+"""Tetragon ``Filter`` (allow/deny list) semantics over GetEventsResponse dicts.
+
+Inside one filter every populated field must match (AND); the values listed in one
+field are alternatives (OR). An event passes a pair of lists when it matches any allow
+filter (an empty allow list allows everything) and no deny filter.
+
+Notes on fields whose behaviour depends on what the event carries:
+
+* ``pid_set`` matches when ``process.pid``, ``parent.pid`` or any ``ancestors[].pid``
+  is in the set. Tetragon tracks descendants itself; we only see what the event holds,
+  so without ``--enable-ancestors`` only the process and its parent are checked.
+* ``ancestor_binary_regex`` checks the parent and every entry of ``ancestors``.
+* ``namespace`` / ``namespace_regex`` see host processes (no pod) as namespace ``""``.
+* ``health_check`` treats an event as a health check when its process or parent is
+  flagged ``pod.container.maybe_exec_probe``.
+* Events without a process (throttle, rate_limit_info) only match filters whose
+  fields do not need one (``event_set``).
+* ``cel_expression`` is not supported and is rejected with FilterError.
+* Regexes use Python ``re`` instead of RE2 (see vigil.export.regex).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Iterable
+
+import orjson
+
+from vigil.export.event_types import (
+    EVENT_KEY_TO_TYPE,
+    FilterError,
+    parse_capability,
+    parse_event_type,
+)
+from vigil.export.labels import compile_selector
+from vigil.export.regex import compile_regex_list
+
+__all__ = [
+    "FilterError",
+    "CompiledFilter",
+    "FilterList",
+    "compile_filter",
+    "normalize_keys",
+    "parse_filter_config",
+    "passes",
+]
+
+Event = dict[str, Any]
+# A check receives (event body, whole event) and says whether the field matches.
+Check = Callable[[dict[str, Any], Event], bool]
+
+FILTER_FIELDS = (
+    "binary_regex", "namespace", "health_check", "pid", "pid_set", "event_set",
+    "pod_regex", "arguments_regex", "labels", "policy_names", "capabilities",
+    "parent_binary_regex", "cel_expression", "parent_arguments_regex", "container_id",
+    "in_init_tree", "ancestor_binary_regex", "container_name_regex", "namespace_regex",
+)
+_CAP_SETS = ("permitted", "effective", "inheritable")
+_CAP_MODES = ("any", "all", "exactly", "none")
+
+_CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])([A-Z])")
+
+
+def snake_case(key: str) -> str:
+    """lowerCamel -> snake_case (protojson accepts both spellings on input)."""
+    return _CAMEL_HUMP.sub(r"_\1", key).lower() if key[:1].islower() else key
+
+
+def normalize_keys(obj: dict[str, Any], known: Iterable[str], what: str) -> dict[str, Any]:
+    """Return `obj` with lowerCamel keys turned into snake_case; reject unknown keys."""
+    if not isinstance(obj, dict):
+        raise FilterError(f"{what} must be a JSON object, got {obj!r}")
+    known_set = set(known)
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = snake_case(key)
+        if name not in known_set:
+            raise FilterError(
+                f"{what}: unknown field {key!r} (known: {', '.join(sorted(known_set))})"
+            )
+        out[name] = value
+    return out
+
+
+# -- field accessors -------------------------------------------------------------
+
+
+def _process(body: dict[str, Any]) -> dict[str, Any] | None:
+    return body.get("process")
+
+
+def _pod(proc: dict[str, Any] | None) -> dict[str, Any] | None:
+    return proc.get("pod") if proc else None
+
+
+def _namespace(proc: dict[str, Any] | None) -> str | None:
+    """Pod namespace, "" for host processes, None without a process."""
+    if proc is None:
+        return None
+    pod = proc.get("pod")
+    return pod.get("namespace", "") if pod else ""
+
+
+def _is_health_check(proc: dict[str, Any] | None) -> bool:
+    pod = _pod(proc)
+    return bool(pod and (pod.get("container") or {}).get("maybe_exec_probe"))
+
+
+# -- per-field compilers ------------------------------------------------------------
+
+
+def _list_of(value: Any, field: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise FilterError(f"{field}: expected a list, got {value!r}")
+    return value
+
+
+def _string_list(value: Any, field: str) -> list[str]:
+    items = _list_of(value, field)
+    for item in items:
+        if not isinstance(item, str):
+            raise FilterError(f"{field}: expected strings, got {item!r}")
+    return items
+
+
+def _uint_list(value: Any, field: str) -> frozenset[int]:
+    out = set()
+    for item in _list_of(value, field):
+        try:
+            number = int(item)
+        except (TypeError, ValueError):
+            raise FilterError(f"{field}: expected integers, got {item!r}") from None
+        if isinstance(item, bool) or number < 0:
+            raise FilterError(f"{field}: expected non-negative integers, got {item!r}")
+        out.add(number)
+    return frozenset(out)
+
+
+def _bool(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise FilterError(f"{field}: expected true or false, got {value!r}")
+    return value
+
+
+def _regex_on(field: str, value: Any, getter: Callable[[dict[str, Any]], Any]) -> Check | None:
+    pattern = compile_regex_list(_string_list(value, field), field)
+    if pattern is None:
+        return None
+    search = pattern.search
+
+    def check(body: dict[str, Any], event: Event) -> bool:
+        text = getter(body)
+        return text is not None and search(text) is not None
+
+    return check
+
+
+def _proc_field(*path: str) -> Callable[[dict[str, Any]], Any]:
+    """Getter for body[path[0]][path[1]]..., None when any step is missing."""
+
+    def get(body: dict[str, Any]) -> Any:
+        node: Any = body
+        for step in path:
+            if not isinstance(node, dict):
+                return None
+            node = node.get(step)
+            if node is None:
+                return None
+        return node
+
+    return get
+
+
+def _compile_capabilities(value: Any) -> Check | None:
+    spec = normalize_keys(value, _CAP_SETS, "capabilities")
+    tests: list[tuple[str, str, frozenset[str]]] = []
+    for set_name, set_spec in spec.items():
+        field = f"capabilities.{set_name}"
+        modes = normalize_keys(set_spec or {}, _CAP_MODES, field)
+        for mode, caps in modes.items():
+            names = frozenset(parse_capability(c, f"{field}.{mode}") for c in _list_of(caps, field))
+            if names or mode == "exactly":
+                tests.append((set_name, mode, names))
+    if not tests:
+        return None
+
+    def check(body: dict[str, Any], event: Event) -> bool:
+        proc = _process(body)
+        if proc is None:
+            return False
+        cap = proc.get("cap") or {}
+        for set_name, mode, wanted in tests:
+            have = set(cap.get(set_name) or ())
+            if mode == "any" and not (have & wanted):
+                return False
+            if mode == "all" and not wanted <= have:
+                return False
+            if mode == "exactly" and have != wanted:
+                return False
+            if mode == "none" and have & wanted:
+                return False
+        return True
+
+    return check
+
+
+def _compile_field(field: str, value: Any) -> Check | None:
+    """One populated Filter field -> a check; None when the value is empty (unset)."""
+    if field == "binary_regex":
+        return _regex_on(field, value, _proc_field("process", "binary"))
+    if field == "parent_binary_regex":
+        return _regex_on(field, value, _proc_field("parent", "binary"))
+    if field == "arguments_regex":
+        return _regex_on(field, value, _proc_field("process", "arguments"))
+    if field == "parent_arguments_regex":
+        return _regex_on(field, value, _proc_field("parent", "arguments"))
+    if field == "pod_regex":
+        return _regex_on(field, value, _proc_field("process", "pod", "name"))
+    if field == "container_id":
+        return _regex_on(field, value, _proc_field("process", "docker"))
+    if field == "container_name_regex":
+        return _regex_on(field, value, _proc_field("process", "pod", "container", "name"))
+    if field == "namespace_regex":
+        return _regex_on(field, value, lambda body: _namespace(_process(body)))
+    if field == "ancestor_binary_regex":
+        pattern = compile_regex_list(_string_list(value, field), field)
+        if pattern is None:
+            return None
+        search = pattern.search
+
+        def ancestors_match(body: dict[str, Any], event: Event) -> bool:
+            chain = [body.get("parent") or {}, *(body.get("ancestors") or ())]
+            return any(search(p.get("binary", "")) for p in chain if p)
+
+        return ancestors_match
+    if field == "namespace":
+        namespaces = frozenset(_string_list(value, field))
+        if not namespaces:
+            return None
+        return lambda body, event: _namespace(_process(body)) in namespaces
+    if field == "health_check":
+        wanted = _bool(value, field)
+        return lambda body, event: wanted == (
+            _is_health_check(_process(body)) or _is_health_check(body.get("parent"))
+        )
+    if field == "pid":
+        pids = _uint_list(value, field)
+        if not pids:
+            return None
+        return lambda body, event: (_process(body) or {}).get("pid") in pids
+    if field == "pid_set":
+        pids = _uint_list(value, field)
+        if not pids:
+            return None
+
+        def in_pid_set(body: dict[str, Any], event: Event) -> bool:
+            chain = [body.get("process"), body.get("parent"), *(body.get("ancestors") or ())]
+            return any(p.get("pid") in pids for p in chain if p)
+
+        return in_pid_set
+    if field == "event_set":
+        keys = frozenset(parse_event_type(v).lower() for v in _list_of(value, field))
+        if not keys:
+            return None
+        # The body is found by its key, so checking the key is enough.
+        return lambda body, event: not keys.isdisjoint(event.keys())
+    if field == "labels":
+        selectors = [compile_selector(s) for s in _string_list(value, field)]
+        if not selectors:
+            return None
+
+        def labels_match(body: dict[str, Any], event: Event) -> bool:
+            pod = _pod(_process(body))
+            if not pod:
+                return False  # host processes never match a label selector
+            labels = pod.get("pod_labels") or {}
+            return any(sel(labels) for sel in selectors)
+
+        return labels_match
+    if field == "policy_names":
+        names = frozenset(_string_list(value, field))
+        if not names:
+            return None
+        return lambda body, event: body.get("policy_name") in names
+    if field == "capabilities":
+        return _compile_capabilities(value)
+    if field == "in_init_tree":
+        wanted = _bool(value, field)
+        return lambda body, event: bool((_process(body) or {}).get("in_init_tree")) == wanted
+    if field == "cel_expression":
+        if _string_list(value, field):
+            raise FilterError("cel_expression: CEL filters are not supported by vigil")
+        return None
+    raise FilterError(f"unknown filter field {field!r}")  # pragma: no cover - guarded
+
+
+class CompiledFilter:
+    """One Filter message compiled into a list of checks (all must pass)."""
+
+    __slots__ = ("source", "checks")
+
+    def __init__(self, source: dict[str, Any], checks: list[Check]) -> None:
+        self.source = source
+        self.checks = checks
+
+    def matches(self, event: Event) -> bool:
+        body = _body(event)
+        for check in self.checks:
+            if not check(body, event):
+                return False
+        return True
+
+    def __repr__(self) -> str:
+        return f"CompiledFilter({self.source!r})"
+
+
+def _body(event: Event) -> dict[str, Any]:
+    for key, value in event.items():
+        if key in EVENT_KEY_TO_TYPE:
+            return value if isinstance(value, dict) else {}
+    return {}
+
+
+def compile_filter(spec: dict[str, Any]) -> CompiledFilter:
+    """Compile one Filter JSON object (snake_case or lowerCamel keys)."""
+    fields = normalize_keys(spec, FILTER_FIELDS, "filter")
+    checks = []
+    for field, value in fields.items():
+        if value is None:
+            continue
+        check = _compile_field(field, value)
+        if check is not None:
+            checks.append(check)
+    return CompiledFilter(fields, checks)
+
+
+class FilterList:
+    """A compiled allow or deny list."""
+
+    def __init__(self, specs: Iterable[dict[str, Any] | CompiledFilter] = ()) -> None:
+        self.filters = [s if isinstance(s, CompiledFilter) else compile_filter(s) for s in specs]
+
+    def __bool__(self) -> bool:
+        return bool(self.filters)
+
+    def __len__(self) -> int:
+        return len(self.filters)
+
+    def any_match(self, event: Event) -> bool:
+        for f in self.filters:
+            if f.matches(event):
+                return True
+        return False
+
+
+def passes(event: Event, allow: FilterList, deny: FilterList) -> bool:
+    """Allow/deny decision: any allow filter (or none given) and no deny filter."""
+    if allow.filters and not allow.any_match(event):
+        return False
+    return not (deny.filters and deny.any_match(event))
+
+
+def parse_filter_config(text: str, what: str = "filter") -> list[dict[str, Any]]:
+    """Parse Tetragon's config-string form: JSON objects separated by newlines.
+
+    Blank lines are ignored. Objects may also simply follow each other on one line
+    or be given as a JSON array, which some deployment tools produce.
+    """
+    text = (text or "").strip()
+    if not text:
+        return []
+    if text.startswith("["):
+        try:
+            items = orjson.loads(text)
+        except orjson.JSONDecodeError as e:
+            raise FilterError(f"{what}: invalid JSON: {e}") from None
+        return [_require_object(o, what) for o in items]
+    decoder = _json_stream(text, what)
+    return [_require_object(o, what) for o in decoder]
+
+
+def _require_object(obj: Any, what: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise FilterError(f"{what}: expected a JSON object, got {obj!r}")
+    return obj
+
+
+def _json_stream(text: str, what: str) -> Iterable[Any]:
+    import json
+
+    decoder = json.JSONDecoder()
+    pos, end = 0, len(text)
+    while pos < end:
+        while pos < end and text[pos].isspace():
+            pos += 1
+        if pos >= end:
+            break
+        try:
+            obj, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            line = text.count("\n", 0, e.pos) + 1
+            raise FilterError(f"{what}: invalid JSON on line {line}: {e.msg}") from None
+        yield obj

@@ -1,0 +1,250 @@
+"""JSON Lines event export with size-based rotation (Tetragon's --export-filename).
+
+Every event becomes one compact JSON line. A batch is encoded with orjson, joined and
+handed to the OS in one ``write`` call, so a batch is also the flush unit: nothing stays
+buffered in user space after ``write_batch`` returns.
+
+Rotation (lumberjack-like, but with numbered names instead of timestamps):
+
+* before a batch would push the live file past ``max_size_mb`` the file is rotated;
+  a batch that is larger than the limit by itself is split on event boundaries;
+* ``vigil.log`` -> ``vigil.log.1`` (newest backup) ... ``vigil.log.<max_backups>``
+  (oldest); anything older is deleted. ``max_backups=0`` keeps every backup;
+* with ``compress`` the freshly rotated file becomes ``vigil.log.1.gz``
+  (done synchronously by the writing thread, which keeps naming race-free);
+* ``rotation_interval`` (seconds, 0 = off) additionally rotates by age;
+* ``max_size_mb=0`` disables size-based rotation.
+
+Writing to ``-`` sends the lines to stdout and never rotates.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import sys
+import threading
+import time
+from typing import Any, BinaryIO, Callable, Iterable
+
+import orjson
+
+_ENCODE_OPTS = orjson.OPT_APPEND_NEWLINE
+
+
+def encode_events(events: Iterable[dict[str, Any]]) -> list[bytes]:
+    """One compact JSON line (with trailing newline) per event."""
+    dumps = orjson.dumps
+    return [dumps(e, option=_ENCODE_OPTS) for e in events]
+
+
+class JsonlWriter:
+    """Thread-safe JSON Lines writer with rotation; see the module docstring."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        max_size_mb: float = 10,
+        max_backups: int = 5,
+        compress: bool = False,
+        perm: int = 0o600,
+        rotation_interval: float = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = path
+        self.max_size_mb = max_size_mb
+        self.max_backups = max_backups
+        self.compress = compress
+        self.perm = perm
+        self.rotation_interval = rotation_interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._stream: BinaryIO | None = None
+        self._size = 0
+        self._opened_at = 0.0
+        self.closed = False
+        # Counters for metrics (tetragon_events_exported_total / _bytes_total).
+        self.events_written = 0
+        self.bytes_written = 0
+        self.rotations = 0
+        self.last_write_time = 0.0  # wall clock of the last successful write
+        if path == "-":
+            self._stream = sys.stdout.buffer
+        else:
+            parent = os.path.dirname(os.path.abspath(path))
+            os.makedirs(parent, mode=0o755, exist_ok=True)
+            self._open()
+
+    # -- public API -------------------------------------------------------------
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_size_mb * 1024 * 1024)
+
+    def write(self, event: dict[str, Any]) -> None:
+        """Write one event (and flush it): a batch of one."""
+        self.write_batch([event])
+
+    def write_batch(self, events: list[dict[str, Any]]) -> None:
+        """Encode `events` and write them with as few system calls as possible."""
+        if not events:
+            return
+        lines = encode_events(events)
+        with self._lock:
+            if self.closed:
+                raise ValueError(f"write to closed JsonlWriter({self.path})")
+            if self._stream is not None:
+                blob = b"".join(lines)
+                self._stream.write(blob)
+                self._stream.flush()
+                self._account(len(events), len(blob))
+                return
+            for chunk, count in self._chunks(lines):
+                self._maybe_rotate(len(chunk))
+                self._write_all(chunk)
+                self._size += len(chunk)
+                self._account(count, len(chunk))
+
+    def set_params(
+        self,
+        *,
+        max_size_mb: float | None = None,
+        max_backups: int | None = None,
+        rotation_interval: float | None = None,
+    ) -> None:
+        """Change rotation settings at run time (EventLogService.SetEventLogParams)."""
+        with self._lock:
+            if max_size_mb is not None:
+                self.max_size_mb = max_size_mb
+            if max_backups is not None:
+                self.max_backups = max_backups
+            if rotation_interval is not None:
+                self.rotation_interval = rotation_interval
+
+    def rotate(self) -> None:
+        """Force a rotation now (e.g. on SIGHUP)."""
+        with self._lock:
+            if self._stream is None and not self.closed:
+                self._rotate()
+
+    def close(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            elif self._stream is not None:
+                try:
+                    self._stream.flush()
+                except (BrokenPipeError, ValueError):
+                    pass
+
+    def __enter__(self) -> "JsonlWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def backup_path(self, index: int) -> str:
+        """Name of backup number `index` (1 = newest), without a .gz suffix."""
+        return f"{self.path}.{index}"
+
+    # -- internals (called with the lock held) ----------------------------------
+
+    def _account(self, events: int, nbytes: int) -> None:
+        self.events_written += events
+        self.bytes_written += nbytes
+        self.last_write_time = time.time()
+
+    def _chunks(self, lines: list[bytes]) -> Iterable[tuple[bytes, int]]:
+        """The whole batch as one chunk, unless it alone exceeds the size limit."""
+        total = sum(map(len, lines))
+        limit = self.max_bytes
+        if limit <= 0 or total <= limit:
+            yield b"".join(lines), len(lines)
+            return
+        start, size = 0, 0
+        for i, line in enumerate(lines):
+            if size and size + len(line) > limit:
+                yield b"".join(lines[start:i]), i - start
+                start, size = i, 0
+            size += len(line)
+        yield b"".join(lines[start:]), len(lines) - start
+
+    def _open(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, self.perm)
+        os.fchmod(fd, self.perm)  # the umask must not widen or narrow the requested mode
+        self._fd = fd
+        self._size = os.fstat(fd).st_size
+        self._opened_at = self._clock()
+
+    def _write_all(self, data: bytes) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+    def _maybe_rotate(self, incoming: int) -> None:
+        if self._size == 0:
+            return
+        limit = self.max_bytes
+        too_big = limit > 0 and self._size + incoming > limit
+        too_old = (
+            self.rotation_interval > 0
+            and self._clock() - self._opened_at >= self.rotation_interval
+        )
+        if too_big or too_old:
+            self._rotate()
+
+    def _existing_backup(self, index: int) -> str | None:
+        for name in (self.backup_path(index), self.backup_path(index) + ".gz"):
+            if os.path.exists(name):
+                return name
+        return None
+
+    def _rotate(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        keep = self.max_backups
+        if keep > 0:
+            # Drop the oldest (and anything beyond the limit, e.g. after set_params).
+            index = keep
+            while (old := self._existing_backup(index)) is not None:
+                os.unlink(old)
+                index += 1
+            top = keep - 1
+        else:
+            top = 1
+            while self._existing_backup(top) is not None:
+                top += 1
+        for index in range(top, 0, -1):
+            src = self._existing_backup(index)
+            if src is not None:
+                suffix = ".gz" if src.endswith(".gz") else ""
+                os.replace(src, self.backup_path(index + 1) + suffix)
+        if os.path.exists(self.path):
+            first = self.backup_path(1)
+            os.replace(self.path, first)
+            if self.compress:
+                _gzip_file(first, self.perm)
+        self.rotations += 1
+        self._open()
+
+
+def _gzip_file(path: str, perm: int) -> None:
+    """Replace `path` by `path.gz` (written to a temp name first, so a crash leaves no
+    half-written .gz behind)."""
+    tmp = path + ".gz.tmp"
+    with open(path, "rb") as src:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, perm)
+        os.fchmod(fd, perm)
+        with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6) as gz:
+            shutil.copyfileobj(src, gz, 1 << 20)
+    os.replace(tmp, path + ".gz")
+    os.unlink(path)
