@@ -1,0 +1,320 @@
+"""The agent: kernel records in, Tetragon-shaped events out.
+
+One thread runs the pipeline (drain ring buffer -> decode -> process cache
+-> events -> export filter -> JSON file / printer, and the live bus for
+gRPC streams). Front ends (gRPC, metrics) run in their own threads and talk
+to the agent only through the AgentAPI methods.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+import orjson
+
+from vigil import __version__
+from vigil.agent.api import PolicyError
+from vigil.agent.bus import EventBus, Subscription
+from vigil.agent.config import AgentConfig
+from vigil.events import records as R
+from vigil.events.source import EventSource, RecordingSource
+from vigil.process.build import BuildOptions, EventBuilder
+from vigil.process.cache import ProcessCache
+from vigil.process.clock import WallClock
+from vigil.process.procfs import scan
+
+log = logging.getLogger("vigil.agent")
+
+Handler = Callable[[bytes, int], "dict[str, Any] | None"]
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, source: EventSource | None = None) -> None:
+        config.validate()
+        self.config = config
+        self.node_name = config.node_name
+        self.version = __version__
+        self.clock = WallClock()
+        self.cache = ProcessCache(config.process_cache_size, int(config.process_cache_gc_interval * 1e9))
+        self.builder = EventBuilder(
+            self.cache, self.clock,
+            BuildOptions(config.node_name, config.enable_process_cred, config.enable_process_ns,
+                         config.enable_ancestors),
+        )
+        self.bus = EventBus()
+        self.handlers: dict[int, Handler] = {}
+        self._source = source
+        self._live = source is None
+        self.sensor = None
+        self.writer = None
+        self.export_filter = None
+        self._printer: Callable[[list[dict]], None] | None = None
+        self._stop = threading.Event()
+        self._lock = threading.RLock()
+        self.started_at = 0.0
+        self.ready_at = 0.0
+        self.events_by_type: dict[str, int] = {}
+        self.decode_errors = 0
+        self.kernel_drops: dict[str, int] = {}
+        self.user_drops: dict[str, int] = {}
+        self.frontends: list[Any] = []
+        self.log_level = "info"
+
+    # -- lifecycle
+    def start(self) -> None:
+        self.started_at = time.monotonic()
+        from vigil.export.event_filter import EventFilter
+
+        c = self.config
+        self.export_filter = EventFilter.from_config(
+            allowlist=c.export_allowlist, denylist=c.export_denylist, field_filters=c.field_filters,
+            redaction_filters=c.redaction_filters, rate_limit=c.export_rate_limit, node_name=c.node_name,
+        )
+        if c.export_filename:
+            from vigil.export.jsonl import JsonlWriter
+
+            self.writer = JsonlWriter(
+                c.export_filename, max_size_mb=c.export_file_max_size_mb,
+                max_backups=c.export_file_max_backups, compress=c.export_file_compress,
+                perm=c.export_file_perm,
+            )
+        if c.print_events:
+            self._printer = _make_printer(c.print_events)
+        try:
+            if self._live:
+                self._start_kernel()
+            self.ready_at = time.monotonic()
+            for fe in self.frontends:
+                fe.start()
+        except BaseException:
+            self.close()
+            raise
+        log.info("vigil agent ready in %.0f ms (node %s, %d processes known)",
+                 (self.ready_at - self.started_at) * 1000, self.node_name, len(self.cache))
+
+    def _start_kernel(self) -> None:
+        from vigil.kernel import RingBuffer
+        from vigil.sensors.process import ProcessSensor
+
+        c = self.config
+        self.sensor = ProcessSensor(args_max=c.args_max, ringbuf_bytes=c.rb_size,
+                                    execve_map_entries=c.execve_map_entries)
+        self.sensor.start()
+        events = self.sensor.events_map
+        src: EventSource = RingBuffer(events.fd, events.max_entries)
+        if c.record_file:
+            src = RecordingSource(src, c.record_file)
+        self._source = src
+        # attach first, then scan: anything missed by the scan is seen live
+        snaps = scan(self.clock)
+        known = self.sensor.seed((s.pid, s.exec_ktime, s.ppid, s.pktime) for s in snaps)
+        now = time.monotonic_ns()
+        batch = [self.builder.on_procfs(s, now) for s in snaps if s.pid not in known]
+        self._emit(batch)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self) -> None:
+        """Pipeline loop until request_stop()."""
+        src = self._source
+        assert src is not None, "start() first"
+        next_tick = 0.0
+        while not self._stop.is_set():
+            if src.wait(0.1):
+                recs = src.drain()
+                if recs:
+                    self.handle(recs)
+            elif not self._live and getattr(src, "exhausted", False):
+                break  # a replay is over
+            now = time.monotonic()
+            if now >= next_tick:
+                self.tick()
+                next_tick = now + self.config.stats_interval
+        # last drain so records committed before the stop are not lost
+        recs = src.drain()
+        if recs:
+            self.handle(recs)
+        self.tick()
+
+    def close(self) -> None:
+        for fe in reversed(self.frontends):
+            try:
+                fe.stop()
+            except Exception:  # noqa: BLE001 - keep tearing down
+                log.exception("stopping %s", fe)
+        if self._source is not None:
+            self._source.close()
+        if self.sensor is not None:
+            self.sensor.stop()
+            self.sensor = None
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    # -- pipeline
+    def handle(self, recs: list[bytes]) -> None:
+        now = time.monotonic_ns()
+        b = self.builder
+        out: list[dict[str, Any]] = []
+        append = out.append
+        for buf in recs:
+            op = buf[0]
+            try:
+                if op == R.OP_EXEC:
+                    append(b.on_exec(R.ProcessRecord(buf), now))
+                elif op == R.OP_EXIT:
+                    e = b.on_exit(R.ExitRecord(buf), now)
+                    if e is not None:
+                        append(e)
+                elif op == R.OP_CLONE:
+                    b.on_clone(R.ProcessRecord(buf), now)
+                else:
+                    h = self.handlers.get(op)
+                    if h is None:
+                        raise R.DecodeError(f"no handler for op {op}")
+                    e = h(buf, now)
+                    if e is not None:
+                        append(e)
+            except (R.DecodeError, ValueError, IndexError) as ex:
+                self.decode_errors += 1
+                if self.decode_errors <= 10:
+                    log.warning("bad kernel record (op %s, %d bytes): %s", op, len(buf), ex)
+        if out:
+            self._emit(out)
+
+    def _emit(self, events: list[dict[str, Any]]) -> None:
+        counts = self.events_by_type
+        for e in events:
+            k = next(iter(e))
+            counts[k] = counts.get(k, 0) + 1
+        self.bus.publish(events)
+        exported = self.export_filter.apply_batch(events) if self.export_filter else events
+        if self.writer is not None and exported:
+            self.writer.write_batch(exported)
+        if self._printer is not None and exported:
+            self._printer(exported)
+
+    def tick(self) -> None:
+        now = time.monotonic_ns()
+        self.cache.gc(now)
+        if self.export_filter is not None:
+            rep = self.export_filter.poll_report()
+            if rep is not None and self.writer is not None:
+                self.writer.write_batch([rep])
+        if self.sensor is not None:
+            drops = self.sensor.drops()
+            for cause, n in drops.items():
+                prev = self.kernel_drops.get(cause, 0)
+                if n > prev:
+                    log.warning("kernel could not deliver %d records (%s); %d in total", n - prev, cause, n)
+            self.kernel_drops = drops
+        lost = self.bus.dropped_total
+        if lost and lost != self.user_drops.get("slow_subscriber"):
+            self.user_drops["slow_subscriber"] = lost
+
+    # -- AgentAPI
+    def subscribe(self, maxsize: int = 10000) -> Subscription:
+        return self.bus.subscribe(maxsize)
+
+    def health(self) -> dict[str, Any]:
+        if self._stop.is_set():
+            return {"status": "stopped", "details": "agent is stopping"}
+        if not self.ready_at:
+            return {"status": "stopped", "details": "agent is starting"}
+        return {"status": "running", "details": "running"}
+
+    def status(self) -> dict[str, Any]:
+        b = self.builder
+        return {
+            "node_name": self.node_name,
+            "version": self.version,
+            "uptime_seconds": round(time.monotonic() - self.started_at, 3) if self.started_at else 0,
+            "ready_ms": round((self.ready_at - self.started_at) * 1000, 1) if self.ready_at else None,
+            "hook_flavour": getattr(self.sensor, "flavour", ""),
+            "events": dict(self.events_by_type),
+            "lost": {
+                "kernel": dict(self.kernel_drops),
+                "user": {**self.user_drops, "decode_errors": self.decode_errors},
+            },
+            "ringbuf": self._ringbuf_stats(),
+            "process_cache": {"size": len(self.cache), "capacity": self.cache.capacity,
+                              "evictions": self.cache.evictions, "misses": self.cache.misses,
+                              "removed": self.cache.removed},
+            "records": {"exec": b.exec_count, "exit": b.exit_count, "clone": b.clone_count,
+                        "parent_misses": b.miss_count},
+            "export": self._export_stats(),
+            "subscribers": self.bus.subscriber_count,
+        }
+
+    def _ringbuf_stats(self) -> dict[str, int]:
+        src = self._source
+        inner = getattr(src, "inner", src)
+        return {"records": getattr(inner, "records", 0), "bytes": getattr(inner, "bytes", 0),
+                "discarded": getattr(inner, "discarded", 0)}
+
+    def _export_stats(self) -> dict[str, Any]:
+        w, f = self.writer, self.export_filter
+        return {
+            "file": self.config.export_filename,
+            "events_written": w.events_written if w else 0,
+            "bytes_written": w.bytes_written if w else 0,
+            "filtered": f.events_filtered if f else 0,
+            "rate_limited": f.events_rate_limited if f else 0,
+        }
+
+    def process_cache_dump(self) -> list[dict[str, Any]]:
+        return [{"process": p.json, "refcnt": p.refcnt, "exited": p.exited} for p in self.cache]
+
+    def list_sensors(self) -> list[dict[str, Any]]:
+        return [{"name": "process", "enabled": self.sensor is not None or not self._live,
+                 "collection": "base"}]
+
+    def set_log_level(self, level: str) -> None:
+        logging.getLogger().setLevel(level.upper())
+        self.log_level = level.lower()
+
+    def get_log_level(self) -> str:
+        return self.log_level
+
+    # policy management arrives with the policy engine; refuse clearly until then
+    def add_policy(self, yaml_text: str, *, mode: str | None = None, source: str = "grpc") -> str:
+        raise PolicyError("this agent build has no TracingPolicy engine loaded")
+
+    def delete_policy(self, name: str, namespace: str = "") -> None:
+        raise PolicyError("this agent build has no TracingPolicy engine loaded")
+
+    def set_policy_enabled(self, name: str, enabled: bool, namespace: str = "") -> None:
+        raise PolicyError("this agent build has no TracingPolicy engine loaded")
+
+    def set_policy_mode(self, name: str, mode: str, namespace: str = "") -> None:
+        raise PolicyError("this agent build has no TracingPolicy engine loaded")
+
+    def list_policies(self) -> list[dict[str, Any]]:
+        return []
+
+
+def _make_printer(kind: str) -> Callable[[list[dict]], None]:
+    out = sys.stdout
+    if kind == "json":
+        def print_json(events: list[dict]) -> None:
+            out.write("".join(orjson.dumps(e).decode() + "\n" for e in events))
+            out.flush()
+        return print_json
+
+    from vigil.export.compact import format_compact
+
+    color = out.isatty()
+
+    def print_compact(events: list[dict]) -> None:
+        lines = [format_compact(e, color=color, timestamps=False) for e in events]
+        out.write("".join(ln + "\n" for ln in lines if ln))
+        out.flush()
+    return print_compact

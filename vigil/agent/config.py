@@ -1,0 +1,68 @@
+"""Agent configuration. Option names follow Tetragon's flags where one exists."""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+
+def default_node_name() -> str:
+    # Tetragon's order: HUBBLE_NODE_NAME, NODE_NAME, then the hostname
+    return os.environ.get("HUBBLE_NODE_NAME") or os.environ.get("NODE_NAME") or socket.gethostname()
+
+
+@dataclass
+class AgentConfig:
+    node_name: str = field(default_factory=default_node_name)
+    # export
+    export_filename: str = ""
+    export_file_max_size_mb: float = 10
+    export_file_max_backups: int = 5
+    export_file_compress: bool = False
+    export_file_perm: int = 0o600
+    export_rate_limit: int = -1
+    export_allowlist: str = ""
+    export_denylist: str = ""
+    field_filters: str = ""
+    redaction_filters: str = ""
+    # front ends
+    server_address: str = "localhost:54321"
+    metrics_server: str = ""
+    info_file: str = "/var/run/tetragon/tetragon-info.json"
+    # process cache and kernel side
+    process_cache_size: int = 65536
+    process_cache_gc_interval: float = 30.0
+    rb_size: int = 8 << 20
+    execve_map_entries: int = 32768
+    args_max: int = 4096
+    enable_process_cred: bool = True
+    enable_process_ns: bool = True
+    enable_ancestors: bool = False
+    # policies
+    tracing_policy: list[str] = field(default_factory=list)
+    tracing_policy_dir: str = ""
+    # local output and recording
+    print_events: str = ""          # "", "compact" or "json": also print events to stdout
+    record_file: str = ""           # append raw kernel records here (replay seam)
+    stats_interval: float = 1.0
+
+    def validate(self) -> None:
+        errors = []
+        if self.export_file_max_size_mb <= 0:
+            errors.append("--export-file-max-size-mb must be > 0")
+        if self.export_file_max_backups < 0:
+            errors.append("--export-file-max-backups must be >= 0")
+        if self.export_rate_limit < -1:
+            errors.append("--export-rate-limit must be -1 (unlimited), 0 or a positive events/minute")
+        if self.process_cache_size < 64:
+            errors.append("--process-cache-size must be >= 64")
+        if self.rb_size < 4096 or self.rb_size & (self.rb_size - 1):
+            errors.append(f"--rb-size must be a power of two >= 4096 (got {self.rb_size})")
+        if not 1 <= self.args_max <= 32767:
+            errors.append(f"--args-max-bytes must be 1..32767 (got {self.args_max})")
+        if self.print_events not in ("", "compact", "json"):
+            errors.append("--print-events must be compact or json")
+        if not self.node_name:
+            errors.append("node name is empty")
+        if errors:
+            raise ValueError("; ".join(errors))

@@ -1,0 +1,179 @@
+"""`vigil agent`: run the agent in the foreground until SIGINT/SIGTERM.
+
+Options use Tetragon's flag names where an equivalent exists. Each can also
+come from the environment (VIGIL_<NAME> or TETRAGON_<NAME>, dashes as
+underscores) or from a --config-dir holding one file per option (file name =
+option name, content = value), like Tetragon's ConfigMap mount. Priority:
+flag > environment > config dir > default.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from vigil.agent.config import AgentConfig
+
+log = logging.getLogger("vigil.agent")
+
+
+def _size(value: str | int) -> int:
+    """'8M', '65536', '1G' -> bytes."""
+    if isinstance(value, int):
+        return value
+    v = value.strip().upper()
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(v[-1:], 1)
+    return int(v[:-1] if mult > 1 else v) * mult
+
+
+OPTIONS: list[tuple[str, dict[str, Any]]] = [
+    ("--export-filename", dict(default="", help="Write events as JSON lines to this file ('-' = stdout).")),
+    ("--export-file-max-size-mb", dict(type=float, default=10, show_default=True, help="Rotate the export file at this size.")),
+    ("--export-file-max-backups", dict(type=int, default=5, show_default=True, help="Rotated files to keep.")),
+    ("--export-file-compress", dict(type=bool, default=False, help="gzip rotated files.")),
+    ("--export-file-perm", dict(default="600", show_default=True, help="Export file mode (octal).")),
+    ("--export-rate-limit", dict(type=int, default=-1, show_default=True, help="Events per minute exported; -1 unlimited.")),
+    ("--export-allowlist", dict(default="", help="Newline-separated JSON Filter objects; export only matches.")),
+    ("--export-denylist", dict(default="", help="Newline-separated JSON Filter objects; never export matches.")),
+    ("--field-filters", dict(default="", help="Newline-separated JSON FieldFilter objects.")),
+    ("--redaction-filters", dict(default="", help="Newline-separated JSON RedactionFilter objects.")),
+    ("--server-address", dict(default="localhost:54321", show_default=True, help="gRPC listen address (host:port or unix:///path); empty disables.")),
+    ("--metrics-server", dict(default="", help="Prometheus /metrics listen address, e.g. :2112; empty disables.")),
+    ("--process-cache-size", dict(type=int, default=65536, show_default=True, help="Max entries in the process cache.")),
+    ("--process-cache-gc-interval", dict(type=float, default=30.0, show_default=True, help="Seconds an exited process stays cached.")),
+    ("--rb-size", dict(default="8M", show_default=True, help="Ring buffer size (power of two; K/M/G suffixes).")),
+    ("--execve-map-entries", dict(type=int, default=32768, show_default=True, help="Kernel process map size.")),
+    ("--args-max-bytes", dict(type=int, default=4096, show_default=True, help="Bytes of argv captured per exec (max 32767); longer lists are truncated and flagged.")),
+    ("--enable-process-cred", dict(type=bool, default=True, show_default=True, help="Add process_credentials and cap to process info.")),
+    ("--enable-process-ns", dict(type=bool, default=True, show_default=True, help="Add namespaces to process info.")),
+    ("--enable-ancestors", dict(type=bool, default=False, show_default=True, help="Add the ancestors list to events.")),
+    ("--tracing-policy", dict(multiple=True, default=(), help="TracingPolicy file to load at start (repeatable).")),
+    ("--tracing-policy-dir", dict(default="", help="Load every policy file in this directory at start.")),
+    ("--print-events", dict(type=click.Choice(["", "compact", "json"]), default="", help="Also print events to stdout.")),
+    ("--record-file", dict(default="", help="Record raw kernel records here for replay.")),
+    ("--info-file", dict(default="/var/run/tetragon/tetragon-info.json", show_default=True, help="Server info file for clients.")),
+]
+
+
+def _param_name(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _env_default(flag: str) -> str | None:
+    key = flag.lstrip("-").replace("-", "_").upper()
+    return os.environ.get(f"VIGIL_{key}") or os.environ.get(f"TETRAGON_{key}")
+
+
+def _config_dir_values(path: str | None) -> dict[str, str]:
+    if not path:
+        return {}
+    d = Path(path)
+    if not d.is_dir():
+        raise click.BadParameter(f"{path} is not a directory", param_hint="--config-dir")
+    known = {f.lstrip("-") for f, _ in OPTIONS}
+    out = {}
+    for f in sorted(d.iterdir()):
+        if f.name.startswith(".") or not f.is_file():
+            continue
+        if f.name not in known:
+            raise click.BadParameter(f"{f}: unknown option {f.name!r}", param_hint="--config-dir")
+        out[f.name] = f.read_text().strip()
+    return out
+
+
+def _build_command() -> click.Command:
+    def agent(**kw: Any) -> None:
+        ctx = click.get_current_context()
+        cfgdir = _config_dir_values(kw.pop("config_dir"))
+        for flag, spec in OPTIONS:
+            name = _param_name(flag)
+            src = ctx.get_parameter_source(name)
+            if src is not click.core.ParameterSource.DEFAULT:
+                continue
+            raw = _env_default(flag)
+            if raw is None:
+                raw = cfgdir.get(flag.lstrip("-"))
+            if raw is None:
+                continue
+            try:
+                if spec.get("multiple"):
+                    kw[name] = tuple(x for x in raw.split(",") if x)
+                else:
+                    kw[name] = click.Option([flag], **{k: v for k, v in spec.items() if k != "help"}).type_cast_value(ctx, raw)
+            except click.BadParameter as e:
+                raise click.BadParameter(f"{raw!r} from environment/config dir: {e.message}", param_hint=flag)
+        try:
+            perm = int(kw["export_file_perm"], 8)
+        except ValueError:
+            raise click.BadParameter(f"{kw['export_file_perm']!r} is not an octal mode", param_hint="--export-file-perm")
+        try:
+            rb = _size(kw["rb_size"])
+        except ValueError:
+            raise click.BadParameter(f"{kw['rb_size']!r} is not a size", param_hint="--rb-size")
+        cfg = AgentConfig(
+            export_filename=kw["export_filename"], export_file_max_size_mb=kw["export_file_max_size_mb"],
+            export_file_max_backups=kw["export_file_max_backups"], export_file_compress=kw["export_file_compress"],
+            export_file_perm=perm, export_rate_limit=kw["export_rate_limit"],
+            export_allowlist=kw["export_allowlist"], export_denylist=kw["export_denylist"],
+            field_filters=kw["field_filters"], redaction_filters=kw["redaction_filters"],
+            server_address=kw["server_address"], metrics_server=kw["metrics_server"],
+            process_cache_size=kw["process_cache_size"], process_cache_gc_interval=kw["process_cache_gc_interval"],
+            rb_size=rb, execve_map_entries=kw["execve_map_entries"], args_max=kw["args_max_bytes"],
+            enable_process_cred=kw["enable_process_cred"], enable_process_ns=kw["enable_process_ns"],
+            enable_ancestors=kw["enable_ancestors"], tracing_policy=list(kw["tracing_policy"]),
+            tracing_policy_dir=kw["tracing_policy_dir"], print_events=kw["print_events"],
+            record_file=kw["record_file"], info_file=kw["info_file"],
+        )
+        try:
+            cfg.validate()
+        except ValueError as e:
+            raise click.UsageError(str(e))
+        sys.exit(run_agent(cfg))
+
+    params: list[click.Parameter] = [click.Option(["--config-dir"], default=None, help="Directory with one file per option.")]
+    for flag, spec in OPTIONS:
+        params.append(click.Option([flag], **spec))
+    return click.Command("agent", callback=agent, params=params,
+                         help="Run the Vigil agent (observability and enforcement) in the foreground.")
+
+
+def run_agent(cfg: AgentConfig) -> int:
+    from vigil.agent.agent import Agent
+    from vigil.agent.frontends import attach_frontends
+    from vigil.kernel import BpfError
+
+    if os.geteuid() != 0:
+        click.echo("vigil agent: must run as root (loads BPF programs)", err=True)
+        return 1
+    agent = Agent(cfg)
+    attach_frontends(agent)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        agent.request_stop()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        agent.start()
+        print("vigil agent ready", file=sys.stderr, flush=True)
+        agent.run()
+    except BpfError as e:
+        click.echo(f"vigil agent: {e}", err=True)
+        return 1
+    except (ValueError, OSError) as e:
+        click.echo(f"vigil agent: {e}", err=True)
+        return 1
+    finally:
+        agent.close()
+        for s, h in old.items():
+            signal.signal(s, h)
+    log.info("vigil agent stopped")
+    return 0
+
+
+agent = _build_command()

@@ -1,0 +1,127 @@
+"""Decoding of raw kernel records (bpf/include/vigil_events.h) into typed objects.
+
+Decoders are registered per op in a table filled at import time; a record
+with an unknown op or a bad size raises DecodeError (counted by the caller).
+"""
+from __future__ import annotations
+
+import struct
+from typing import Callable
+
+OP_EXEC = 1
+OP_CLONE = 2
+OP_EXIT = 3
+OP_GENERIC = 10
+
+# header flags (enum vigil_exec_flags)
+F_ARGS_TRUNC = 1 << 0
+F_PATH_TRUNC = 1 << 1
+F_CWD_TRUNC = 1 << 2
+F_ERR_ARGS = 1 << 3
+F_ERR_CWD = 1 << 4
+F_ERR_PATH = 1 << 5
+F_NO_PARENT = 1 << 6
+F_EXE_DELETED = 1 << 7
+F_PATH_NOT_ROOTED = 1 << 8
+F_CWD_NOT_ROOTED = 1 << 9
+F_FILENAME_TRUNC = 1 << 10
+
+HEADER = struct.Struct("<BBHIQ")
+# struct msg_process without data[]: see vigil_events.h (offsets checked against BTF in tests)
+PROCESS = struct.Struct("<BBHIQ" "IIQ" "IIQ" "4I" "8I" "4I" "3Q" "10I" "Q" "Q" "II" "Q" "4H" "II")
+EXIT = struct.Struct("<BBHIQ" "IIQ" "II")
+
+NS_NAMES = ("uts", "ipc", "mnt", "pid", "pid_for_children", "net", "time", "time_for_children", "cgroup", "user")
+
+
+class DecodeError(ValueError):
+    pass
+
+
+class ProcessRecord:
+    """An exec (op 1) or a clone (op 2) of a new thread group."""
+
+    __slots__ = (
+        "op", "flags", "ktime", "pid", "exec_ktime", "ppid_key", "pktime", "tid", "ppid", "nspid", "auid",
+        "uid", "gid", "euid", "egid", "suid", "sgid", "fsuid", "fsgid", "securebits",
+        "userns_level", "userns_uid", "userns_gid", "cap_permitted", "cap_effective", "cap_inheritable",
+        "ns", "cgroup_id", "ino", "i_mode", "i_nlink", "boottime",
+        "exe", "cwd", "filename", "cgroup_name", "args",
+    )
+
+    def __init__(self, buf: bytes) -> None:
+        if len(buf) < PROCESS.size:
+            raise DecodeError(f"process record of {len(buf)} bytes, need {PROCESS.size}")
+        v = PROCESS.unpack_from(buf)
+        (self.op, _, self.flags, _size, self.ktime,
+         self.pid, _, self.exec_ktime, self.ppid_key, _, self.pktime,
+         self.tid, self.ppid, self.nspid, self.auid,
+         self.uid, self.gid, self.euid, self.egid, self.suid, self.sgid, self.fsuid, self.fsgid,
+         self.securebits, self.userns_level, self.userns_uid, self.userns_gid,
+         self.cap_permitted, self.cap_effective, self.cap_inheritable) = v[:30]
+        self.ns = v[30:40]
+        (self.cgroup_id, self.ino, self.i_mode, self.i_nlink, self.boottime,
+         exe_len, cwd_len, fn_len, cg_len, args_len, _) = v[40:51]
+        o = PROCESS.size
+        end = o + exe_len + cwd_len + fn_len + cg_len + args_len
+        if end > len(buf):
+            raise DecodeError(f"process record tail overruns: {end} > {len(buf)}")
+        self.exe = _join_components(buf, o, exe_len)
+        o += exe_len
+        self.cwd = _join_components(buf, o, cwd_len)
+        o += cwd_len
+        self.filename = _cstr(buf, o, fn_len)
+        o += fn_len
+        self.cgroup_name = _cstr(buf, o, cg_len)
+        o += cg_len
+        self.args = buf[o : o + args_len]
+
+
+class ExitRecord:
+    __slots__ = ("op", "flags", "ktime", "pid", "exec_ktime", "tid", "code")
+
+    def __init__(self, buf: bytes) -> None:
+        if len(buf) < EXIT.size:
+            raise DecodeError(f"exit record of {len(buf)} bytes, need {EXIT.size}")
+        (self.op, _, self.flags, _size, self.ktime, self.pid, _, self.exec_ktime,
+         self.tid, self.code) = EXIT.unpack_from(buf)
+
+
+def _cstr(buf: bytes, off: int, n: int) -> str:
+    if n <= 0:
+        return ""
+    raw = buf[off : off + n]
+    i = raw.find(b"\0")
+    return (raw if i < 0 else raw[:i]).decode("utf-8", "surrogateescape")
+
+
+def _join_components(buf: bytes, off: int, n: int) -> str:
+    """Leaf-first NUL-separated components -> absolute path."""
+    if n <= 0:
+        return ""
+    parts = buf[off : off + n].split(b"\0")
+    if parts and parts[-1] == b"":
+        parts.pop()
+    parts.reverse()
+    return "/" + b"/".join(parts).decode("utf-8", "surrogateescape")
+
+
+DECODERS: dict[int, Callable[[bytes], object]] = {}
+
+
+def register(op: int, fn: Callable[[bytes], object]) -> None:
+    if op in DECODERS:
+        raise RuntimeError(f"decoder for op {op} registered twice")
+    DECODERS[op] = fn
+
+
+register(OP_EXEC, ProcessRecord)
+register(OP_CLONE, ProcessRecord)
+register(OP_EXIT, ExitRecord)
+
+
+def decode(buf: bytes) -> object:
+    fn = DECODERS.get(buf[0]) if buf else None
+    if fn is None:
+        raise DecodeError(f"unknown record op {buf[0] if buf else None}")
+    return fn(buf)

@@ -1,0 +1,161 @@
+"""Processes that existed before the agent: read from /proc at start.
+
+Each snapshot has the same attributes as a kernel exec record, so the same
+builder makes its cache entry and its `procFS`-flagged process_exec event.
+Identity: ktime is the process start time (CLOCK_BOOTTIME ticks from
+/proc/<pid>/stat) moved to CLOCK_MONOTONIC, as Tetragon does for procfs.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+from vigil.events.records import NS_NAMES
+from vigil.process.clock import CLK_TCK, WallClock
+
+
+def cgroup2_mount() -> str:
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 2 and parts[2] == "cgroup2":
+                    return parts[1]
+    except OSError:
+        pass
+    return "/sys/fs/cgroup"
+
+
+class ProcSnapshot:
+    op = 0
+    flags = 0
+    securebits = 0
+    ino = 0
+    i_mode = 0
+    i_nlink = 1
+    userns_uid = 0
+    userns_gid = 0
+
+    def __init__(self) -> None:
+        self.args = b""
+        self.cwd = ""
+        self.exe = ""
+        self.filename = ""
+        self.cgroup_name = ""
+        self.cgroup_id = 0
+        self.userns_level = 0
+        self.auid = 0xFFFFFFFF
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _starttime_ticks(stat: bytes) -> tuple[int, int]:
+    """(ppid, starttime) from /proc/<pid>/stat; comm may contain spaces/parens."""
+    rest = stat[stat.rindex(b")") + 2 :].split()
+    return int(rest[1]), int(rest[19])
+
+
+def _ns_inums(pid: int) -> list[int]:
+    out = []
+    for name in NS_NAMES:
+        try:
+            link = os.readlink(f"/proc/{pid}/ns/{name}")
+            out.append(int(link[link.index("[") + 1 : -1]))
+        except (OSError, ValueError):
+            out.append(0)
+    return out
+
+
+def snapshot(pid: int, clock: WallClock, cg_root: str, start_ticks: dict[int, int]) -> ProcSnapshot | None:
+    base = f"/proc/{pid}"
+    stat = _read(f"{base}/stat")
+    status = _read(f"{base}/status")
+    if stat is None or status is None:
+        return None  # gone
+    s = ProcSnapshot()
+    ppid, ticks = _starttime_ticks(stat)
+    s.pid = s.tid = pid
+    s.ppid = s.ppid_key = ppid
+    s.exec_ktime = s.ktime = clock.boottime_to_ktime(ticks * 1_000_000_000 // CLK_TCK)
+    pt = start_ticks.get(ppid)
+    s.pktime = clock.boottime_to_ktime(pt * 1_000_000_000 // CLK_TCK) if pt is not None else 0
+    s.boottime = ticks * 1_000_000_000 // CLK_TCK
+    fields: dict[bytes, bytes] = {}
+    for line in status.splitlines():
+        k, _, v = line.partition(b":")
+        fields[k] = v.strip()
+    uids = [int(x) for x in fields.get(b"Uid", b"0 0 0 0").split()]
+    gids = [int(x) for x in fields.get(b"Gid", b"0 0 0 0").split()]
+    s.uid, s.euid, s.suid, s.fsuid = uids
+    s.gid, s.egid, s.sgid, s.fsgid = gids
+    s.cap_inheritable = int(fields.get(b"CapInh", b"0"), 16)
+    s.cap_permitted = int(fields.get(b"CapPrm", b"0"), 16)
+    s.cap_effective = int(fields.get(b"CapEff", b"0"), 16)
+    nspids = fields.get(b"NSpid", b"").split()
+    s.nspid = int(nspids[-1]) if nspids else pid
+    s.ns = tuple(_ns_inums(pid))
+    s.args = _read(f"{base}/cmdline") or b""
+    try:
+        s.exe = os.readlink(f"{base}/exe")
+        s.filename = s.exe.removesuffix(" (deleted)")
+    except OSError:
+        pass  # kernel threads have no exe
+    try:
+        s.cwd = os.readlink(f"{base}/cwd")
+    except OSError:
+        pass
+    lu = _read(f"{base}/loginuid")
+    if lu:
+        try:
+            s.auid = int(lu)
+        except ValueError:
+            pass
+    cg = _read(f"{base}/cgroup") or b""
+    for line in cg.splitlines():
+        if line.startswith(b"0::"):
+            path = line[3:].decode(errors="replace")
+            s.cgroup_name = os.path.basename(path) or "/"
+            try:
+                s.cgroup_id = os.stat(cg_root + path).st_ino
+            except OSError:
+                pass
+    return s
+
+
+def scan(clock: WallClock) -> list[ProcSnapshot]:
+    """All thread groups now alive, parents before children."""
+    pids = sorted(int(d) for d in os.listdir("/proc") if d.isdigit())
+    start: dict[int, int] = {}
+    for pid in pids:
+        st = _read(f"/proc/{pid}/stat")
+        if st:
+            start[pid] = _starttime_ticks(st)[1]
+    cg_root = cgroup2_mount()
+    snaps = [s for pid in pids if (s := snapshot(pid, clock, cg_root, start)) is not None]
+    by_pid = {s.pid: s for s in snaps}
+    ordered: list[ProcSnapshot] = []
+    seen: set[int] = set()
+
+    def visit(s: ProcSnapshot) -> None:
+        # iterative parent-first ordering (deep trees would overflow recursion)
+        chain = []
+        cur: ProcSnapshot | None = s
+        while cur is not None and cur.pid not in seen:
+            chain.append(cur)
+            seen.add(cur.pid)
+            cur = by_pid.get(cur.ppid)
+        ordered.extend(reversed(chain))
+
+    for s in snaps:
+        visit(s)
+    return ordered
+
+
+def iter_pids() -> Iterator[int]:
+    return (int(d) for d in os.listdir("/proc") if d.isdigit())

@@ -1,0 +1,111 @@
+"""Process lifecycle sensor: loads bpf/process.bpf.c and owns its maps.
+
+It creates the shared `events` ring buffer and `vigil_drops` counters that
+every other sensor reuses. Each hook exists as tp_btf and raw_tp; the BTF
+flavour is tried first and the raw one used where the kernel refuses it.
+"""
+from __future__ import annotations
+
+import logging
+import struct
+from typing import Iterable
+
+from vigil.kernel import BpfError, BpfObject, possible_cpus
+from vigil.kernel.paths import bpf_object
+
+log = logging.getLogger("vigil.sensor.process")
+
+HOOKS = ("exec", "fork", "exit")
+DROP_CAUSES = ("ringbuf_full_exec", "ringbuf_full_clone", "ringbuf_full_exit", "ringbuf_full_generic",
+               "execve_map_full", "heap", "cause6", "cause7")
+ENTRY = struct.Struct("<IIQIIQ")  # struct execve_entry: key{pid,pad,ktime} pkey{...}
+BPF_NOEXIST = 1
+ARGS_CAP = 32767
+
+
+class ProcessSensor:
+    name = "process"
+
+    def __init__(self, *, args_max: int = 4096, ringbuf_bytes: int = 8 << 20, execve_map_entries: int = 32768):
+        if not 0 < args_max <= ARGS_CAP:
+            raise ValueError(f"args size limit must be 1..{ARGS_CAP} bytes, got {args_max}")
+        if ringbuf_bytes < 4096 or ringbuf_bytes & (ringbuf_bytes - 1):
+            raise ValueError(f"ring buffer size must be a power of two >= 4096, got {ringbuf_bytes}")
+        self.args_max = args_max
+        self.ringbuf_bytes = ringbuf_bytes
+        self.execve_map_entries = execve_map_entries
+        self.obj: BpfObject | None = None
+        self.flavour = ""
+
+    def _open(self, flavour: str) -> BpfObject:
+        obj = BpfObject.open(bpf_object("process"))
+        try:
+            other = "raw" if flavour == "btf" else "btf"
+            for hook in HOOKS:
+                obj.program(f"vigil_{hook}_{other}").set_autoload(False)
+            obj.map("exec_heap").set_max_entries(possible_cpus())
+            obj.map("events").set_max_entries(self.ringbuf_bytes)
+            obj.map("execve_map").set_max_entries(self.execve_map_entries)
+            obj.set_rodata(args_max=self.args_max)
+            obj.load()
+            for hook in HOOKS:
+                obj.program(f"vigil_{hook}_{flavour}").attach()
+        except BaseException:
+            obj.close()
+            raise
+        return obj
+
+    def start(self) -> None:
+        try:
+            self.obj = self._open("btf")
+            self.flavour = "tp_btf"
+        except BpfError as e:
+            log.info("tp_btf process hooks unavailable (%s); using raw tracepoints", e.what)
+            self.obj = self._open("raw")
+            self.flavour = "raw_tp"
+        log.info("process sensor attached (%s: sched_process_exec/fork/exit)", self.flavour)
+
+    @property
+    def events_map(self):  # type: ignore[no-untyped-def]
+        assert self.obj is not None
+        return self.obj.map("events")
+
+    @property
+    def drops_map(self):  # type: ignore[no-untyped-def]
+        assert self.obj is not None
+        return self.obj.map("vigil_drops")
+
+    def seed(self, entries: Iterable[tuple[int, int, int, int]]) -> set[int]:
+        """Write (pid, ktime, ppid, pktime) of pre-existing processes into execve_map.
+
+        Never overwrites what the kernel already recorded; returns the pids
+        the kernel had already seen (those arrive as live records instead).
+        """
+        assert self.obj is not None
+        m = self.obj.map("execve_map")
+        known: set[int] = set()
+        for pid, ktime, ppid, pktime in entries:
+            key = struct.pack("<I", pid)
+            try:
+                m.update(key, ENTRY.pack(pid, 0, ktime, ppid, 0, pktime), BPF_NOEXIST)
+            except BpfError as e:
+                if e.errno == 17:  # EEXIST: created by a live exec/fork
+                    known.add(pid)
+                else:
+                    raise
+        return known
+
+    def drops(self) -> dict[str, int]:
+        m = self.drops_map
+        return {cause: m.sum_percpu_u64(struct.pack("<I", i)) for i, cause in enumerate(DROP_CAUSES)
+                if not cause.startswith("cause")}
+
+    def map_usage(self) -> dict[str, tuple[int, int]]:
+        assert self.obj is not None
+        m = self.obj.map("execve_map")
+        return {"execve_map": (m.count(), m.max_entries)}
+
+    def stop(self) -> None:
+        if self.obj is not None:
+            self.obj.close()
+            self.obj = None
