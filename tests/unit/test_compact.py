@@ -145,7 +145,7 @@ CASES = [
                                                 "arguments": "a\x1bb \"c d\""}}),
      '🚀 process node-1 "/tmp/my prog" a\\x1bb "c d"'),
     ("kprobe stack", kp("security_bprm_check", [], kernel_stack_trace=[
-        {"address": "18446744072636844960", "offset": "16", "symbol": "security_bprm_check"},
+        {"address": "18446744072636861344", "offset": "16", "symbol": "security_bprm_check"},
         {"offset": "1", "symbol": "do_execve"}], user_stack_trace=[
         {"address": "4096", "offset": "32", "symbol": "main", "module": "/bin/x"},
         {"offset": "2", "module": "/lib/libc.so"}]),
