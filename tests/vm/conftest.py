@@ -1,0 +1,55 @@
+"""Guest-side tests: run by `python -m vigil.vmtier run` inside QEMU guests (make test-vm).
+
+On the host (plain `pytest` from the repo root) this folder is not collected: the host kernel has
+no kprobes/trampolines, and the VM tier runs these tests where they mean something.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+IN_GUEST = "VIGIL_VM_KERNEL" in os.environ
+if not IN_GUEST:
+    collect_ignore_glob = ["*"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BPF_OBJ = Path(os.environ.get("VIGIL_VM_BPF_DIR", REPO_ROOT / "build" / "vm" / "bpf")) / "vmcheck.bpf.o"
+
+
+@pytest.fixture(scope="session")
+def vm_kernel() -> str:
+    return os.environ["VIGIL_VM_KERNEL"]
+
+
+@pytest.fixture
+def vmcheck_path() -> str:
+    if not BPF_OBJ.exists():
+        pytest.fail(f"{BPF_OBJ} missing: the runner (python -m vigil.vmtier) compiles it before booting")
+    return str(BPF_OBJ)
+
+
+@pytest.fixture
+def load_vmcheck(vmcheck_path: str) -> Iterator:
+    """load_vmcheck(*prog_names) -> loaded+attached Obj with the test's pid as target; always
+    detached and closed at teardown."""
+    import ctypes
+
+    import vmlibbpf
+
+    objs: list[vmlibbpf.Obj] = []
+
+    def load(*progs: str) -> vmlibbpf.Obj:
+        obj = vmlibbpf.Obj.load(vmcheck_path, set(progs))
+        objs.append(obj)
+        obj.update("target", ctypes.c_uint32(0), ctypes.c_uint32(os.getpid()))
+        for p in progs:
+            obj.attach(p)
+        return obj
+
+    yield load
+    for obj in objs:
+        obj.close()

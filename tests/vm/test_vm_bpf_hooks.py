@@ -1,0 +1,60 @@
+"""The hooks the host kernel lacks load, attach and fire in the guest (tests/vm/bpf/vmcheck.bpf.c)."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+HIT_KPROBE, HIT_FENTRY, HIT_LSM = 0, 1, 2
+
+
+def _hits(obj, idx: int) -> int:  # type: ignore[no-untyped-def]
+    return obj.lookup("hits", ctypes.c_uint32(idx), ctypes.c_uint64())
+
+
+def _open_close(path: Path) -> None:
+    os.close(os.open(path, os.O_RDONLY))
+
+
+def test_kprobe_attaches_and_fires(load_vmcheck, tmp_path: Path) -> None:
+    obj = load_vmcheck("vmcheck_kprobe")
+    f = tmp_path / "k"
+    f.write_text("x")
+    _open_close(f)
+    assert _hits(obj, HIT_KPROBE) >= 1
+
+
+def test_fentry_attaches_and_fires(load_vmcheck, tmp_path: Path) -> None:
+    obj = load_vmcheck("vmcheck_fentry")
+    f = tmp_path / "f"
+    f.write_text("x")
+    _open_close(f)
+    assert _hits(obj, HIT_FENTRY) >= 1
+
+
+def _kdev(st: os.stat_result) -> int:
+    # The kernel's internal dev_t (MINORBITS = 20), which is what inode->i_sb->s_dev holds.
+    return (os.major(st.st_dev) << 20) | os.minor(st.st_dev)
+
+
+def test_lsm_file_open_denies_only_the_targeted_file(load_vmcheck, tmp_path: Path) -> None:
+    obj = load_vmcheck("vmcheck_lsm")
+    blocked, other = tmp_path / "blocked", tmp_path / "other"
+    blocked.write_text("secret")
+    other.write_text("fine")
+    st = blocked.stat()
+    key = ctypes.c_uint64(st.st_ino)
+    obj.update("deny", key, ctypes.c_uint32(_kdev(st)))
+    try:
+        with pytest.raises(PermissionError) as e:
+            _open_close(blocked)
+        assert e.value.errno == errno.EPERM
+        _open_close(other)  # same directory, different inode: allowed
+        assert _hits(obj, HIT_LSM) >= 2
+    finally:
+        obj.delete("deny", key)
+    _open_close(blocked)  # entry removed: allowed again
