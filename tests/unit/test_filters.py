@@ -1,0 +1,194 @@
+"""Allow/deny Filter semantics: every field, positive and negative."""
+from __future__ import annotations
+
+import pytest
+
+from vigil.export.filters import (
+    FilterError,
+    FilterList,
+    compile_filter,
+    parse_filter_config,
+    passes,
+)
+from vigil.export.labels import compile_selector
+
+POD_EXEC = {
+    "process_exec": {
+        "process": {
+            "exec_id": "a", "pid": 100, "binary": "/usr/bin/curl",
+            "arguments": "https://example.com --token abc", "docker": "0123456789abcdef",
+            "in_init_tree": True,
+            "cap": {"permitted": ["CAP_NET_RAW", "CAP_SYS_ADMIN"], "effective": ["CAP_NET_RAW"]},
+            "pod": {"namespace": "default", "name": "xwing-7d9f",
+                    "container": {"name": "spaceship", "maybe_exec_probe": True},
+                    "pod_labels": {"app": "xwing", "tier": "front"}},
+        },
+        "parent": {"pid": 90, "binary": "/bin/bash", "arguments": "-c run"},
+        "ancestors": [{"pid": 80, "binary": "/usr/bin/containerd-shim"}, {"pid": 1, "binary": "/sbin/init"}],
+    },
+    "node_name": "n1", "time": "2026-01-01T00:00:00Z",
+}
+HOST_KPROBE = {
+    "process_kprobe": {
+        "process": {"pid": 200, "binary": "/usr/sbin/sshd", "arguments": "-D"},
+        "parent": {"pid": 1, "binary": "/sbin/init"},
+        "function_name": "__x64_sys_write", "policy_name": "watch-writes",
+    },
+    "node_name": "n1",
+}
+THROTTLE = {"process_throttle": {"type": "THROTTLE_START", "cgroup": "/x"}, "node_name": "n1"}
+
+
+def m(spec: dict, event: dict) -> bool:
+    return compile_filter(spec).matches(event)
+
+
+# (field spec, matches POD_EXEC, matches HOST_KPROBE)
+FIELD_CASES = [
+    ({"binary_regex": ["curl$"]}, True, False),
+    ({"binary_regex": ["nomatch", "sshd"]}, False, True),
+    ({"namespace": ["default"]}, True, False),
+    ({"namespace": [""]}, False, True),
+    ({"health_check": True}, True, False),
+    ({"health_check": False}, False, True),
+    ({"pid": [100]}, True, False),
+    ({"pid": [200, 300]}, False, True),
+    ({"pid_set": [80]}, True, False),  # an ancestor
+    ({"pid_set": [90]}, True, False),  # the parent
+    ({"pid_set": [1]}, True, True),
+    ({"pid_set": [5]}, False, False),
+    ({"event_set": ["PROCESS_EXEC"]}, True, False),
+    ({"event_set": [9]}, False, True),  # enum number
+    ({"event_set": ["process_kprobe", "PROCESS_EXIT"]}, False, True),
+    ({"pod_regex": ["^xwing-"]}, True, False),
+    ({"pod_regex": ["tie"]}, False, False),
+    ({"arguments_regex": ["--token"]}, True, False),
+    ({"arguments_regex": ["^-D$"]}, False, True),
+    ({"labels": ["app=xwing"]}, True, False),
+    ({"labels": ["app!=tie"]}, True, False),  # host events never match labels
+    ({"labels": ["app in (tie, xwing),tier"]}, True, False),
+    ({"labels": ["app notin (xwing)", "!tier"]}, False, False),
+    ({"policy_names": ["watch-writes"]}, False, True),
+    ({"policy_names": ["other"]}, False, False),
+    ({"capabilities": {"effective": {"any": ["CAP_NET_RAW", "CAP_BPF"]}}}, True, False),
+    ({"capabilities": {"permitted": {"all": ["CAP_NET_RAW", "CAP_SYS_ADMIN"]}}}, True, False),
+    ({"capabilities": {"permitted": {"all": ["CAP_NET_RAW", "CAP_BPF"]}}}, False, False),
+    ({"capabilities": {"effective": {"exactly": ["CAP_NET_RAW"]}}}, True, False),
+    ({"capabilities": {"permitted": {"exactly": ["CAP_NET_RAW"]}}}, False, False),
+    ({"capabilities": {"effective": {"none": ["CAP_SYS_ADMIN"]}}}, True, True),
+    ({"capabilities": {"effective": {"none": [13]}}}, False, True),  # 13 = CAP_NET_RAW
+    ({"capabilities": {"inheritable": {"exactly": []}}}, True, True),
+    ({"parent_binary_regex": ["bash"]}, True, False),
+    ({"parent_binary_regex": ["init"]}, False, True),
+    ({"parent_arguments_regex": ["run"]}, True, False),
+    ({"container_id": ["^0123"]}, True, False),
+    ({"container_id": ["^ffff"]}, False, False),
+    ({"in_init_tree": True}, True, False),
+    ({"in_init_tree": False}, False, True),
+    ({"ancestor_binary_regex": ["containerd-shim"]}, True, False),
+    ({"ancestor_binary_regex": ["init$"]}, True, True),  # parent of the kprobe counts
+    ({"ancestor_binary_regex": ["nothing"]}, False, False),
+    ({"container_name_regex": ["^space"]}, True, False),
+    ({"container_name_regex": ["^tie"]}, False, False),
+    ({"namespace_regex": ["^def"]}, True, False),
+    ({"namespace_regex": ["^$"]}, False, True),  # host = ""
+]
+
+
+@pytest.mark.parametrize("spec,pod_exec,host_kprobe", FIELD_CASES,
+                         ids=[str(c[0]) for c in FIELD_CASES])
+def test_filter_field(spec, pod_exec, host_kprobe):
+    assert m(spec, POD_EXEC) is pod_exec
+    assert m(spec, HOST_KPROBE) is host_kprobe
+
+
+def test_fields_and_values_or():
+    assert m({"binary_regex": ["curl"], "namespace": ["default"]}, POD_EXEC)
+    assert not m({"binary_regex": ["curl"], "namespace": ["kube-system"]}, POD_EXEC)
+    assert m({"namespace": ["kube-system", "default"]}, POD_EXEC)
+
+
+def test_empty_filter_and_empty_values_match_everything():
+    assert m({}, POD_EXEC) and m({}, THROTTLE)
+    assert m({"binary_regex": [], "namespace": [], "pid": []}, THROTTLE)
+
+
+def test_events_without_process():
+    assert m({"event_set": ["PROCESS_THROTTLE"]}, THROTTLE)
+    assert not m({"binary_regex": ["."]}, THROTTLE)
+    assert not m({"namespace": [""]}, THROTTLE)
+    assert not m({"pid": [1]}, THROTTLE)
+
+
+def test_lower_camel_keys_accepted():
+    assert m({"binaryRegex": ["curl"], "eventSet": ["PROCESS_EXEC"], "pidSet": [1],
+              "inInitTree": True, "containerNameRegex": ["space"],
+              "capabilities": {"effective": {"any": ["CAP_NET_RAW"]}}}, POD_EXEC)
+
+
+def test_allow_deny_semantics():
+    allow = FilterList([{"event_set": ["PROCESS_EXEC"]}, {"policy_names": ["watch-writes"]}])
+    deny = FilterList([{"namespace": [""]}])
+    assert passes(POD_EXEC, allow, deny)
+    assert not passes(HOST_KPROBE, allow, deny)  # allowed, then denied
+    assert passes(HOST_KPROBE, allow, FilterList())
+    assert passes(THROTTLE, FilterList(), FilterList())  # empty allow = all
+    assert not passes(THROTTLE, allow, FilterList())
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ({"binary_regex": ["("]}, "binary_regex"),
+    ({"pod_regex": ["[a-"]}, "pod_regex"),
+    ({"namespace_regex": ["*"]}, "namespace_regex"),
+    ({"bogus_field": ["x"]}, "bogus_field"),
+    ({"binaryRegexx": ["x"]}, "binaryRegexx"),
+    ({"binary_regex": "curl"}, "binary_regex"),  # must be a list
+    ({"pid": ["abc"]}, "pid"),
+    ({"pid": [-1]}, "pid"),
+    ({"event_set": ["PROCESS_NOPE"]}, "event_set"),
+    ({"event_set": [77]}, "event_set"),
+    ({"health_check": "yes"}, "health_check"),
+    ({"labels": ["app in (x"]}, "labels"),
+    ({"labels": ["bad key!=x"]}, "labels"),
+    ({"capabilities": {"effective": {"some": ["CAP_BPF"]}}}, "some"),
+    ({"capabilities": {"effectiv": {}}}, "effectiv"),
+    ({"capabilities": {"effective": {"any": ["CAP_NOPE"]}}}, "capabilities.effective.any"),
+    ({"cel_expression": ["true"]}, "cel_expression"),
+])
+def test_errors_name_the_field(spec, needle):
+    with pytest.raises(FilterError) as info:
+        compile_filter(spec)
+    assert needle in str(info.value)
+
+
+def test_label_selector_forms():
+    labels = {"app": "web", "env": "prod", "example.com/team": "a"}
+    assert compile_selector("app=web,env==prod")(labels)
+    assert compile_selector("app != db")(labels)
+    assert compile_selector("missing!=x")(labels)  # absent key satisfies !=
+    assert compile_selector("env in (prod, stage)")(labels)
+    assert not compile_selector("env notin (prod)")(labels)
+    assert compile_selector("missing notin (x)")(labels)
+    assert compile_selector("example.com/team")(labels)
+    assert compile_selector("!missing")(labels)
+    assert not compile_selector("!app")(labels)
+    assert compile_selector("")(labels)
+
+
+def test_parse_filter_config_strings():
+    text = '{"event_set":["PROCESS_EXEC"]}\n\n{"namespace":["", "kube-system"]}\n'
+    assert parse_filter_config(text) == [
+        {"event_set": ["PROCESS_EXEC"]}, {"namespace": ["", "kube-system"]}
+    ]
+    assert parse_filter_config('{"a":1} {"b":2}') == [{"a": 1}, {"b": 2}]
+    assert parse_filter_config('[{"a":1}]') == [{"a": 1}]
+    assert parse_filter_config("  ") == []
+    with pytest.raises(FilterError, match="line 2"):
+        parse_filter_config('{"a":1}\n{"b":', "export-allowlist")
+    with pytest.raises(FilterError, match="JSON object"):
+        parse_filter_config('"x"')
+
+
+def test_alternative_regexes_with_inline_flags():
+    assert m({"binary_regex": ["(?i)CURL", "sshd"]}, POD_EXEC)
+    assert m({"binary_regex": ["(?i)CURL", "sshd"]}, HOST_KPROBE)

@@ -1,0 +1,214 @@
+"""FieldFilter, RedactionFilter, export rate limit and the composed EventFilter."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from vigil.export import EventFilter, FieldFilterSet, FilterError, RedactionSet
+from vigil.export.rate_limit import ExportRateLimiter
+
+EXEC = {
+    "process_exec": {
+        "process": {"exec_id": "e1", "pid": 10, "binary": "/bin/mysql",
+                    "arguments": "-u root --password=s3cret -h db", "cwd": "/"},
+        "parent": {"exec_id": "e0", "pid": 1, "binary": "/bin/sh", "arguments": "-c x"},
+        "ancestors": [{"pid": 0, "binary": "/init", "exec_id": "z"}],
+    },
+    "node_name": "n1",
+    "time": "2026-01-01T00:00:00Z",
+}
+KPROBE = {
+    "process_kprobe": {
+        "process": {"exec_id": "e1", "pid": 10, "binary": "/bin/mysql"},
+        "function_name": "tcp_connect", "policy_name": "net",
+        "args": [{"sock_arg": {"daddr": "1.2.3.4"}}],
+    },
+    "node_name": "n1",
+}
+
+
+def test_include_keeps_only_paths():
+    ff = FieldFilterSet([{"fields": "process.exec_id,parent.binary", "action": "INCLUDE"}])
+    out = ff.apply(EXEC)
+    assert out == {"process_exec": {"process": {"exec_id": "e1"}, "parent": {"binary": "/bin/sh"}},
+                   "node_name": "n1", "time": "2026-01-01T00:00:00Z"}
+
+
+def test_exclude_removes_paths_and_input_untouched():
+    before = copy.deepcopy(EXEC)
+    ff = FieldFilterSet([{"fields": ["process.arguments", "ancestors"], "action": "EXCLUDE"}])
+    out = ff.apply(EXEC)
+    assert "arguments" not in out["process_exec"]["process"]
+    assert "ancestors" not in out["process_exec"]
+    assert out["process_exec"]["parent"] is EXEC["process_exec"]["parent"]  # shared, not copied
+    assert EXEC == before
+
+
+def test_exclusion_wins_and_includes_union():
+    ff = FieldFilterSet([
+        {"fields": "process", "action": "INCLUDE"},
+        {"fields": "parent.pid", "action": "INCLUDE"},
+        {"fields": "process.arguments", "action": "EXCLUDE"},
+    ])
+    body = ff.apply(EXEC)["process_exec"]
+    assert set(body) == {"process", "parent"}
+    assert "arguments" not in body["process"] and body["process"]["binary"] == "/bin/mysql"
+    assert body["parent"] == {"pid": 1}
+
+
+def test_event_set_and_invert():
+    only_exec = FieldFilterSet([{"event_set": ["PROCESS_EXEC"], "fields": "process.pid",
+                                 "action": "INCLUDE"}])
+    assert only_exec.apply(EXEC)["process_exec"] == {"process": {"pid": 10}}
+    assert only_exec.apply(KPROBE) is KPROBE  # other types untouched
+    inverted = FieldFilterSet([{"event_set": ["PROCESS_EXEC"], "fields": "process.pid",
+                                "action": "INCLUDE", "invert_event_set": True}])
+    assert inverted.apply(EXEC) is EXEC
+    assert inverted.apply(KPROBE)["process_kprobe"] == {"process": {"pid": 10}}
+
+
+def test_lower_camel_keys_and_paths_and_numeric_action():
+    ff = FieldFilterSet([{"eventSet": [1], "fields": "process.execId", "action": 1,
+                          "invertEventSet": False}])
+    assert "exec_id" not in ff.apply(EXEC)["process_exec"]["process"]
+
+
+def test_paths_through_lists():
+    ff = FieldFilterSet([{"fields": "ancestors.binary", "action": "INCLUDE"}])
+    assert ff.apply(EXEC)["process_exec"] == {"ancestors": [{"binary": "/init"}]}
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ({"fields": "process_exec.process.binary"}, "process_exec.process.binary"),
+    ({"fields": "proces.pid"}, "proces.pid"),
+    ({"fields": "process..pid"}, "process..pid"),
+    ({"fields": "process", "action": "KEEP"}, "action"),
+    ({"fields": "process", "event_set": ["NOPE"]}, "event_set"),
+    ({"fields": "process", "invert_event_set": "yes"}, "invert_event_set"),
+    ({"fields": 5}, "fields"),
+    ({"fieldz": "process"}, "fieldz"),
+    ({"event_set": ["PROCESS_THROTTLE"], "fields": "process"}, "process"),
+])
+def test_field_filter_errors(spec, needle):
+    with pytest.raises(FilterError) as info:
+        FieldFilterSet([spec])
+    assert needle in str(info.value)
+
+
+# -- redaction ---------------------------------------------------------------------
+
+
+def test_redaction_of_arguments_parent_and_env():
+    event = copy.deepcopy(EXEC)
+    event["process_exec"]["process"]["environment_variables"] = [
+        {"Key": "DB_PASSWORD", "Value": "hunter2"}, {"Key": "HOME", "Value": "/root"}]
+    rs = RedactionSet([{"redact": [r"--password=(\S+)", r"PASSWORD=(.*)"]}])
+    out = rs.apply(event)
+    proc = out["process_exec"]["process"]
+    assert proc["arguments"] == "-u root --password=***** -h db"
+    assert proc["environment_variables"] == [
+        {"Key": "DB_PASSWORD", "Value": "*****"}, {"Key": "HOME", "Value": "/root"}]
+    assert event["process_exec"]["process"]["arguments"].endswith("s3cret -h db")  # no mutation
+
+
+def test_redaction_multiple_groups_and_binary_scope():
+    rs = RedactionSet([{"redact": [r"-u (\w+) --password=(\S+)"], "binary_regex": ["mysql$"]}])
+    assert rs.apply(EXEC)["process_exec"]["process"]["arguments"] == "-u ***** --password=***** -h db"
+    scoped = RedactionSet([{"redact": [r"(-c)"], "binaryRegex": ["^/bin/sh$"]}])
+    out = scoped.apply(EXEC)["process_exec"]
+    assert out["parent"]["arguments"] == "***** x"
+    assert out["process"] is EXEC["process_exec"]["process"]
+    assert RedactionSet([{"redact": ["(nomatch)"]}]).apply(EXEC) is EXEC
+
+
+def test_redaction_errors():
+    with pytest.raises(FilterError, match="capture group"):
+        RedactionSet([{"redact": ["password"]}])
+    with pytest.raises(FilterError, match="redact"):
+        RedactionSet([{"redact": ["(unclosed"]}])
+    with pytest.raises(FilterError, match="redact"):
+        RedactionSet([{"binary_regex": ["x"]}])
+    with pytest.raises(FilterError, match="unknown field"):
+        RedactionSet([{"redakt": ["(x)"]}])
+
+
+# -- rate limit --------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rate_limit_token_bucket_and_report():
+    clock = FakeClock()
+    rl = ExportRateLimiter(60, node_name="n1", clock=clock, wall_time=lambda: "T")
+    assert rl.allow(50) == 50
+    assert rl.allow(20) == 10  # 60 per minute burst
+    assert rl.dropped_total == 10
+    assert rl.report() is None  # interval not elapsed yet
+    clock.now += 10  # refills 10 tokens
+    assert rl.allow(15) == 10
+    clock.now += 50
+    assert rl.report() == {"rate_limit_info": {"number_of_dropped_process_events": "15"},
+                           "node_name": "n1", "time": "T"}
+    assert rl.report(force=True) is None  # nothing new dropped
+
+
+def test_rate_limit_unlimited_and_zero():
+    assert ExportRateLimiter(-1).allow(10**6) == 10**6
+    zero = ExportRateLimiter(0, clock=FakeClock())
+    assert zero.allow(5) == 0 and zero.dropped_total == 5
+
+
+def test_event_filter_rate_limit_appends_report():
+    clock = FakeClock()
+    ef = EventFilter(rate_limit=2, node_name="n1", clock=clock, wall_time=lambda: "T",
+                     report_interval=30)
+    assert len(ef.apply_batch([EXEC] * 5)) == 2
+    assert ef.events_rate_limited == 3
+    clock.now += 31
+    out = ef.apply_batch([EXEC])
+    assert out[-1]["rate_limit_info"]["number_of_dropped_process_events"] == "3"
+    assert ef.poll_report() is None
+
+
+# -- composed EventFilter ---------------------------------------------------------
+
+
+def test_event_filter_noop_fast_path():
+    ef = EventFilter()
+    assert ef.is_noop
+    batch = [EXEC, KPROBE]
+    assert ef.apply_batch(batch) is batch
+    assert ef.apply(EXEC) is EXEC
+
+
+def test_event_filter_from_config_strings():
+    ef = EventFilter.from_config(
+        allowlist='{"event_set":["PROCESS_EXEC","PROCESS_KPROBE"]}',
+        denylist='{"policy_names":["net"]}\n{"binary_regex":["^/bin/sh$"]}',
+        field_filters='{"fields":"process.arguments,process.binary","action":"INCLUDE",'
+                      '"event_set":["PROCESS_EXEC"]}',
+        redaction_filters='{"redact":["--password=(\\\\S+)"]}',
+    )
+    out = ef.apply_batch([EXEC, KPROBE])
+    assert out == [{"process_exec": {"process": {
+        "binary": "/bin/mysql", "arguments": "-u root --password=***** -h db"}},
+        "node_name": "n1", "time": "2026-01-01T00:00:00Z"}]
+    assert ef.events_filtered == 1
+
+
+def test_redaction_happens_before_matching():
+    ef = EventFilter(deny=[{"arguments_regex": ["s3cret"]}],
+                     redaction=[{"redact": [r"--password=(\S+)"]}])
+    assert ef.apply(EXEC) is not None
+
+
+def test_from_request_bad_filter_raises():
+    with pytest.raises(FilterError, match="binary_regex"):
+        EventFilter.from_request([{"binary_regex": ["[z-a]"]}])
