@@ -1,0 +1,186 @@
+"""Client side of the Tetragon-compatible API (used by the `vigil` CLI).
+
+    stub = connect(resolve_address(None), timeout=5)
+    for ev in stream_events(None, [{"event_set": ["PROCESS_EXEC"]}], [], [], timeout=5): ...
+
+Every failure to reach the agent is an AgentUnreachable naming the address; other
+server errors stay grpc.RpcError (with the server's status code and message).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import grpc
+
+from vigil.api import convert, pbdict
+from vigil.api.pb import sensors_pb2, sensors_pb2_grpc, tetragon_pb2
+
+DEFAULT_ADDRESS = "localhost:54321"
+# Read in this order when no address is given (the Tetragon file first: a Vigil agent
+# writes both, and a real Tetragon agent only the first).
+INFO_FILES = ("/var/run/tetragon/tetragon-info.json", "/var/run/vigil/vigil-info.json")
+MAX_RECV = 10 * 1024 * 1024  # tetra's default --max-recv-size
+STATUS_CONF_KEY = "vigil.status"
+
+
+class AgentUnreachable(Exception):
+    def __init__(self, address: str, reason: str) -> None:
+        self.address, self.reason = address, reason
+        super().__init__(f"cannot reach the agent at {address}: {reason}")
+
+
+def resolve_address(server_address: str | None, info_files: tuple[str, ...] | None = None) -> str:
+    """Explicit address, else the first readable server-info file, else localhost:54321."""
+    if server_address:
+        return server_address
+    for f in info_files if info_files is not None else _info_files():
+        try:
+            addr = json.loads(Path(f).read_text()).get("server_address")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(addr, str) and addr:
+            return addr
+    return DEFAULT_ADDRESS
+
+
+def _info_files() -> tuple[str, ...]:
+    extra = os.environ.get("VIGIL_INFO_FILE")  # lets tests and containers point elsewhere
+    return (extra, *INFO_FILES) if extra else INFO_FILES
+
+
+def channel(address: str, timeout: float) -> grpc.Channel:
+    ch = grpc.insecure_channel(address, options=[
+        ("grpc.max_receive_message_length", MAX_RECV),
+        ("grpc.enable_http_proxy", 0),  # a local agent is never behind a proxy
+    ])
+    try:
+        grpc.channel_ready_future(ch).result(timeout=timeout)
+    except grpc.FutureTimeoutError:
+        ch.close()
+        raise AgentUnreachable(address, f"no connection within {timeout:g}s "
+                               "(is `vigil agent` running? use --server-address)") from None
+    return ch
+
+
+class Client:
+    """A connected stub plus helpers that speak dicts; closes its channel on exit."""
+
+    def __init__(self, address: str | None = None, timeout: float = 30.0) -> None:
+        self.address = resolve_address(address)
+        self.timeout = timeout
+        self.channel = channel(self.address, timeout)
+        self.stub = sensors_pb2_grpc.FineGuidanceSensorsStub(self.channel)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _call(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(self.stub, method)(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.UNAVAILABLE:
+                raise AgentUnreachable(self.address, e.details() or "unavailable") from None
+            raise
+
+    # ---- health / version / status
+
+    def health(self) -> list[dict[str, Any]]:
+        res = self._call("GetHealth", tetragon_pb2.GetHealthStatusRequest(
+            event_set=[tetragon_pb2.HEALTH_STATUS_TYPE_STATUS]))
+        return [pbdict.to_dict(h) for h in res.health_status]
+
+    def version(self) -> str:
+        return self._call("GetVersion", sensors_pb2.GetVersionRequest()).version
+
+    def info(self) -> Any:
+        return self._call("GetInfo", sensors_pb2.GetInfoRequest())
+
+    def status(self) -> dict[str, Any]:
+        """The agent's counters (vigil.status entry of GetInfo); {} for a Tetragon agent."""
+        from google.protobuf import wrappers_pb2
+
+        for conf in self.info().conf:
+            if conf.key == STATUS_CONF_KEY:
+                sv = wrappers_pb2.StringValue()
+                if conf.value.Unpack(sv):
+                    return json.loads(sv.value)
+        return {}
+
+    # ---- tracing policies
+
+    def add_policy(self, yaml_text: str) -> None:
+        self._call("AddTracingPolicy", sensors_pb2.AddTracingPolicyRequest(yaml=yaml_text))
+
+    def delete_policy(self, name: str, namespace: str = "") -> None:
+        self._call("DeleteTracingPolicy", sensors_pb2.DeleteTracingPolicyRequest(name=name, namespace=namespace))
+
+    def list_policies(self) -> list[dict[str, Any]]:
+        res = self._call("ListTracingPolicies", sensors_pb2.ListTracingPoliciesRequest())
+        return [pbdict.to_dict(p) for p in res.policies]
+
+    def configure_policy(self, name: str, namespace: str = "", *, enable: bool | None = None,
+                         mode: str | None = None) -> None:
+        req = sensors_pb2.ConfigureTracingPolicyRequest(name=name, namespace=namespace)
+        if enable is not None:
+            req.enable = enable
+        if mode is not None:
+            req.mode = sensors_pb2.TracingPolicyMode.Value("TP_MODE_" + mode.upper())
+        self._call("ConfigureTracingPolicy", req)
+
+    def enable_policy(self, name: str, namespace: str = "") -> None:
+        self.configure_policy(name, namespace, enable=True)
+
+    def disable_policy(self, name: str, namespace: str = "") -> None:
+        self.configure_policy(name, namespace, enable=False)
+
+    def set_policy_mode(self, name: str, mode: str, namespace: str = "") -> None:
+        self.configure_policy(name, namespace, mode=mode)
+
+    def list_sensors(self) -> list[dict[str, Any]]:
+        res = self._call("ListSensors", sensors_pb2.ListSensorsRequest())
+        return [pbdict.to_dict(s) for s in res.sensors]
+
+    # ---- events
+
+    def events(self, allow_list: list[dict] = (), deny_list: list[dict] = (),  # type: ignore[assignment]
+               field_filters: list[dict] = ()) -> Iterator[dict[str, Any]]:  # type: ignore[assignment]
+        """Live events as dicts, until the server ends the stream or the caller stops."""
+        req = convert.events_request(allow_list, deny_list, field_filters)
+        call = self.stub.GetEvents(req)  # no deadline: a stream lives as long as the reader
+        try:
+            for msg in call:
+                yield convert.to_dict(msg)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.UNAVAILABLE:
+                raise AgentUnreachable(self.address, e.details() or "connection lost") from None
+            if e.code() != grpc.StatusCode.CANCELLED:
+                raise
+        finally:
+            call.cancel()
+
+
+def connect(address: str | None, timeout: float = 30.0) -> Any:
+    """A FineGuidanceSensors stub on a ready channel (AgentUnreachable otherwise)."""
+    addr = resolve_address(address)
+    return sensors_pb2_grpc.FineGuidanceSensorsStub(channel(addr, timeout))
+
+
+def stream_events(server_address: str | None, allow_list: list[dict], deny_list: list[dict],
+                  field_filters: list[dict], timeout: float) -> Iterator[dict[str, Any]]:
+    """Event dicts (export JSON shape) from the agent. `timeout` bounds connecting only.
+    Raises ValueError (ConversionError) for malformed filters before connecting."""
+    convert.events_request(allow_list, deny_list, field_filters)  # fail fast on bad filters
+    client = Client(server_address, timeout)
+    try:
+        yield from client.events(allow_list, deny_list, field_filters)
+    finally:
+        client.close()

@@ -1,0 +1,186 @@
+"""The gRPC server: lifecycle, listen address, server-info files, health service.
+
+    srv = ApiServer(agent, "localhost:54321")   # or "unix:///run/vigil/vigil.sock"
+    srv.start()            # returns the bound address (the real port for ":0")
+    ...
+    srv.stop(grace=1.0)
+
+Unix sockets are made mode 0600 right after bind and before the server accepts
+connections (the API can load enforcement policies: root only). Tetragon clients find
+the server through /var/run/tetragon/tetragon-info.json; we write that file (and a
+Vigil-named copy) on start and remove them on stop.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import threading
+from concurrent import futures
+from pathlib import Path
+from typing import Any, Iterable
+
+import grpc
+
+from vigil.agent.api import AgentAPI
+from vigil.api.pb import eventlogservice_pb2_grpc, sensors_pb2_grpc
+from vigil.api.servicer import EventLogService, FineGuidanceSensors
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ADDRESS = "localhost:54321"
+DEFAULT_INFO_FILES = ("/var/run/tetragon/tetragon-info.json", "/var/run/vigil/vigil-info.json")
+HEALTH_SERVICE = "liveness"  # the service name Tetragon's health probes ask for
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+def unix_path(address: str) -> str | None:
+    """Filesystem path of a `unix:` address, else None."""
+    if address.startswith("unix://"):
+        return address[len("unix://"):]
+    if address.startswith("unix:"):
+        return address[len("unix:"):]
+    return None
+
+
+class ApiServer:
+    def __init__(
+        self,
+        agent: AgentAPI,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        info_files: Iterable[str | os.PathLike[str]] = DEFAULT_INFO_FILES,
+        max_workers: int = 32,
+        max_streams: int | None = None,
+        stream_queue_size: int = 10000,
+        health: bool = True,
+    ) -> None:
+        if not address:
+            raise ServerError("empty server address (gRPC disabled?)")
+        self.agent = agent
+        self.requested_address = address
+        self.info_files = [Path(p) for p in info_files]
+        self.max_workers = max_workers
+        # Streams hold a worker thread for their whole life; keep some for unary calls.
+        self.max_streams = max_streams if max_streams is not None else max(1, max_workers - 8)
+        if self.max_streams >= max_workers:
+            raise ServerError("max_streams must leave worker threads for unary RPCs")
+        self.stopping = threading.Event()
+        self.servicer = FineGuidanceSensors(agent, queue_size=stream_queue_size,
+                                            max_streams=self.max_streams, stopping=self.stopping)
+        self._health_wanted = health
+        self._health: Any = None
+        self._server: grpc.Server | None = None
+        self.address: str | None = None  # bound address, set by start()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> str:
+        if self._server is not None:
+            raise ServerError("server already started")
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="grpc"),
+            # Beyond this, calls fail fast with RESOURCE_EXHAUSTED instead of queueing forever.
+            maximum_concurrent_rpcs=self.max_workers,
+        )
+        sensors_pb2_grpc.add_FineGuidanceSensorsServicer_to_server(self.servicer, server)
+        eventlogservice_pb2_grpc.add_EventLogServiceServicer_to_server(EventLogService(), server)
+        self._add_health(server)
+        self.address = self._bind(server, self.requested_address)
+        server.start()
+        self._server = server
+        self._write_info_files()
+        log.info("gRPC API listening on %s", self.address)
+        return self.address
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        """Stop accepting calls, end event streams, wait up to `grace` s for the rest."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self.stopping.set()  # streams notice within streams.POLL_INTERVAL
+        if self._health is not None:
+            self._health.enter_graceful_shutdown()
+        server.stop(grace).wait()
+        self._remove_info_files()
+        path = unix_path(self.address or "")
+        if path:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        log.info("gRPC API stopped")
+
+    def __enter__(self) -> "ApiServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def stats(self) -> dict[str, int]:
+        return self.servicer.stream_stats.snapshot()
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _bind(server: grpc.Server, address: str) -> str:
+        path = unix_path(address)
+        if path is None:
+            port = server.add_insecure_port(address)
+            if port == 0:
+                raise ServerError(f"cannot listen on {address}")
+            host = address.rsplit(":", 1)[0]
+            return f"{host}:{port}"
+        if not os.path.isabs(path):
+            raise ServerError(f"unix socket path must be absolute: {address}")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)  # stale socket of a previous run
+        except FileNotFoundError:
+            pass
+        # grpc binds here (listen/accept start with server.start()), so the chmod
+        # below closes the window before anyone can connect.
+        if server.add_insecure_port(f"unix://{path}") == 0:
+            raise ServerError(f"cannot listen on {address}")
+        os.chmod(path, 0o600)
+        return f"unix://{path}"
+
+    def _add_health(self, server: grpc.Server) -> None:
+        if not self._health_wanted:
+            return
+        try:  # grpcio-health-checking is optional
+            from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+        except ImportError:
+            log.debug("grpcio-health-checking not installed: no grpc.health.v1 service")
+            return
+        self._health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        for name in ("", HEALTH_SERVICE):
+            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def _write_info_files(self) -> None:
+        data = json.dumps({"server_address": self.address}) + "\n"
+        for p in self.info_files:
+            try:
+                p.parent.mkdir(parents=True, exist_ok=True)
+                tmp = p.with_name(p.name + ".tmp")
+                tmp.write_text(data)
+                os.replace(tmp, p)  # readers never see a half-written file
+            except OSError as e:  # e.g. not root: clients can still pass --server-address
+                log.warning("cannot write server info file %s: %s", p, e)
+
+    def _remove_info_files(self) -> None:
+        for p in self.info_files:
+            try:
+                if json.loads(p.read_text()).get("server_address") == self.address:
+                    p.unlink()  # leave it alone if another server has taken over
+            except (FileNotFoundError, ValueError, AttributeError):
+                pass
+            except OSError as e:
+                log.warning("cannot remove server info file %s: %s", p, e)

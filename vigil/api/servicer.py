@@ -1,0 +1,251 @@
+"""tetragon.FineGuidanceSensors / tetragon.EventLogService on top of AgentAPI.
+
+Status codes: malformed requests -> INVALID_ARGUMENT, unknown policy -> NOT_FOUND,
+policy refused by the agent -> INVALID_ARGUMENT (add) or FAILED_PRECONDITION (state
+changes), methods Vigil has no meaning for -> UNIMPLEMENTED (immediately, with a
+reason), too many event streams -> RESOURCE_EXHAUSTED, agent bugs -> INTERNAL.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import platform
+import threading
+from typing import Any, Callable
+
+import grpc
+
+from vigil.agent.api import AgentAPI, PolicyError, PolicyNotFound
+from vigil.api import convert, pbdict, policies
+from vigil.api.pb import (
+    eventlogservice_pb2_grpc,
+    events_pb2,
+    sensors_pb2,
+    sensors_pb2_grpc,
+    tetragon_pb2,
+)
+from vigil.api.streams import StreamStats, stream_events
+
+log = logging.getLogger(__name__)
+
+STATUS_CONF_KEY = "vigil.status"  # GetInfo conf entry carrying agent.status() as JSON
+DOMAINS = ("static", "grpc")  # policy sources Vigil has (no k8s CRD watcher)
+_HEALTH = {"running": tetragon_pb2.HEALTH_STATUS_RUNNING, "stopped": tetragon_pb2.HEALTH_STATUS_STOPPED,
+           "error": tetragon_pb2.HEALTH_STATUS_ERROR}
+_LEVELS = {"panic": "LOG_LEVEL_PANIC", "fatal": "LOG_LEVEL_FATAL", "critical": "LOG_LEVEL_FATAL",
+           "error": "LOG_LEVEL_ERROR", "warn": "LOG_LEVEL_WARN", "warning": "LOG_LEVEL_WARN",
+           "info": "LOG_LEVEL_INFO", "debug": "LOG_LEVEL_DEBUG", "trace": "LOG_LEVEL_TRACE"}
+
+
+def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Map agent exceptions to status codes; never let a bug surface as UNKNOWN."""
+    @functools.wraps(fn)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return fn(self, request, context)
+        except PolicyNotFound as e:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(e) or "tracing policy not found")
+        except PolicyError as e:
+            code = (grpc.StatusCode.INVALID_ARGUMENT if fn.__name__ == "AddTracingPolicy"
+                    else grpc.StatusCode.FAILED_PRECONDITION)
+            context.abort(code, str(e) or type(e).__name__)
+        except (pbdict.ConversionError, ValueError) as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except Exception as e:  # noqa: BLE001  (context.abort's own exception is re-raised below)
+            if isinstance(e, grpc.RpcError) or type(e).__name__ == "_AbortionError" or context.code() is not None:
+                raise
+            log.exception("%s failed", fn.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"{fn.__name__}: {type(e).__name__}: {e}")
+    return wrapper
+
+
+def _unimplemented(context: grpc.ServicerContext, why: str) -> None:
+    context.abort(grpc.StatusCode.UNIMPLEMENTED, why)
+
+
+class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
+    def __init__(self, agent: AgentAPI, *, queue_size: int = 10000, max_streams: int = 16,
+                 stopping: threading.Event | None = None) -> None:
+        self.agent = agent
+        self.queue_size = queue_size
+        self.max_streams = max_streams
+        self.stopping = stopping or threading.Event()
+        self.stream_stats = StreamStats()
+        self._streams_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ events
+
+    def GetEvents(self, request: Any, context: grpc.ServicerContext) -> Any:
+        # Not wrapped by _rpc: a generator's body runs after this call returns.
+        try:
+            event_filter = self._event_filter(request)
+        except ValueError as e:  # FilterError and ConversionError are ValueErrors
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid GetEvents filter: {e}")
+        # aggregation_options is accepted and ignored: as in Tetragon, aggregation only
+        # ever applied to connect/accept events, which no longer exist.
+        with self._streams_lock:
+            if self.stream_stats.active >= self.max_streams:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"too many GetEvents streams (limit {self.max_streams})")
+            sub = self.agent.subscribe(maxsize=self.queue_size)
+            self.stream_stats.open(sub)  # counted before the generator starts: limit holds
+        def done() -> None:  # runs when the RPC ends for any reason, even before the first read
+            sub.close()  # also wakes a stream blocked in get_batch
+            self.stream_stats.close(sub)
+
+        context.add_callback(done)
+        return stream_events(sub, event_filter, context, self.stopping, self.stream_stats)
+
+    def _event_filter(self, request: Any) -> Any | None:
+        allow, deny, fields = convert.request_filters(request)
+        redaction = getattr(self.agent, "redaction", None)  # optional: agent's RedactionSet
+        if not (allow or deny or fields or redaction):
+            return None
+        from vigil.export import EventFilter  # lazy: only streams with filters need it
+
+        return EventFilter.from_request(allow, deny, fields, redaction)
+
+    # ------------------------------------------------------------------ health/info
+
+    @_rpc
+    def GetHealth(self, request: Any, context: grpc.ServicerContext) -> Any:
+        h = self.agent.health() or {}
+        status = _HEALTH.get(str(h.get("status", "")).lower(), tetragon_pb2.HEALTH_STATUS_UNDEF)
+        return tetragon_pb2.GetHealthStatusResponse(health_status=[tetragon_pb2.HealthStatus(
+            event=tetragon_pb2.HEALTH_STATUS_TYPE_STATUS, status=status, details=str(h.get("details", "")))])
+
+    @_rpc
+    def GetVersion(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return sensors_pb2.GetVersionResponse(version=str(self.agent.version))
+
+    @_rpc
+    def GetInfo(self, request: Any, context: grpc.ServicerContext) -> Any:
+        from google.protobuf import any_pb2, wrappers_pb2
+
+        res = sensors_pb2.GetInfoResponse(version=str(self.agent.version), name="vigil")
+        res.build.go_version = f"python{platform.python_version()}"  # the field name is Go's
+        status = dict(self.agent.status() or {})
+        status["grpc"] = self.stream_stats.snapshot()
+        packed = any_pb2.Any()
+        packed.Pack(wrappers_pb2.StringValue(value=json.dumps(status, default=str)))
+        res.conf.add(key=STATUS_CONF_KEY, value=packed)
+        return res
+
+    # ------------------------------------------------------------------ policies
+
+    @_rpc
+    def AddTracingPolicy(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if not request.yaml.strip():
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "AddTracingPolicy: empty yaml")
+        self.agent.add_policy(request.yaml, source="grpc")
+        return sensors_pb2.AddTracingPolicyResponse()
+
+    @_rpc
+    def DeleteTracingPolicy(self, request: Any, context: grpc.ServicerContext) -> Any:
+        _need_name(request, context)
+        self.agent.delete_policy(request.name, request.namespace)
+        return sensors_pb2.DeleteTracingPolicyResponse()
+
+    @_rpc
+    def ListTracingPolicies(self, request: Any, context: grpc.ServicerContext) -> Any:
+        pols = [policies.policy_status(d) for d in self.agent.list_policies()]
+        if request.domain:
+            pols = [p for p in pols if (p.domain or "grpc") == request.domain]
+        return sensors_pb2.ListTracingPoliciesResponse(policies=pols)
+
+    @_rpc
+    def ConfigureTracingPolicy(self, request: Any, context: grpc.ServicerContext) -> Any:
+        _need_name(request, context)
+        if request.HasField("mode"):
+            if request.mode not in (sensors_pb2.TP_MODE_ENFORCE, sensors_pb2.TP_MODE_MONITOR):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"mode must be TP_MODE_ENFORCE or TP_MODE_MONITOR, got "
+                              f"{sensors_pb2.TracingPolicyMode.Name(request.mode)}")
+            self.agent.set_policy_mode(request.name, policies.mode_name(request.mode), request.namespace)
+        if request.HasField("enable"):
+            self.agent.set_policy_enabled(request.name, request.enable, request.namespace)
+        return sensors_pb2.ConfigureTracingPolicyResponse()
+
+    @_rpc
+    def EnableTracingPolicy(self, request: Any, context: grpc.ServicerContext) -> Any:
+        _need_name(request, context)
+        self.agent.set_policy_enabled(request.name, True, request.namespace)
+        return sensors_pb2.EnableTracingPolicyResponse()
+
+    @_rpc
+    def DisableTracingPolicy(self, request: Any, context: grpc.ServicerContext) -> Any:
+        _need_name(request, context)
+        self.agent.set_policy_enabled(request.name, False, request.namespace)
+        return sensors_pb2.DisableTracingPolicyResponse()
+
+    @_rpc
+    def ListDomains(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return sensors_pb2.ListDomainsResponse(domains=list(DOMAINS))
+
+    # ------------------------------------------------------------------ sensors
+
+    @_rpc
+    def ListSensors(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return sensors_pb2.ListSensorsResponse(
+            sensors=[policies.sensor_status(s) for s in self.agent.list_sensors()])
+
+    def EnableSensor(self, request: Any, context: grpc.ServicerContext) -> Any:
+        _unimplemented(context, "EnableSensor: sensors belong to tracing policies; "
+                       "use ConfigureTracingPolicy (vigil tracingpolicy enable)")
+
+    def DisableSensor(self, request: Any, context: grpc.ServicerContext) -> Any:
+        _unimplemented(context, "DisableSensor: sensors belong to tracing policies; "
+                       "use ConfigureTracingPolicy (vigil tracingpolicy disable)")
+
+    def RemoveSensor(self, request: Any, context: grpc.ServicerContext) -> Any:
+        _unimplemented(context, "RemoveSensor: sensors belong to tracing policies; "
+                       "use DeleteTracingPolicy")
+
+    def RuntimeHook(self, request: Any, context: grpc.ServicerContext) -> Any:
+        _unimplemented(context, "RuntimeHook: Vigil has no OCI runtime-hook integration")
+
+    # ------------------------------------------------------------------ debug
+
+    @_rpc
+    def GetDebug(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if request.flag == sensors_pb2.CONFIG_FLAG_LOG_LEVEL:
+            level = _LEVELS.get(str(self.agent.get_log_level()).lower(), "LOG_LEVEL_INFO")
+            return sensors_pb2.GetDebugResponse(flag=request.flag, level=sensors_pb2.LogLevel.Value(level))
+        if request.flag == sensors_pb2.CONFIG_FLAG_DUMP_PROCESS_CACHE:
+            res = sensors_pb2.GetDebugResponse(flag=request.flag)
+            res.processes.SetInParent()
+            for entry in self.agent.process_cache_dump():
+                item = res.processes.processes.add()
+                if "process" in entry:  # ProcessInternal-shaped
+                    pbdict.parse_into(entry, item, ignore_unknown=True)
+                else:  # a bare Process dict
+                    pbdict.parse_into(entry, item.process, ignore_unknown=True)
+            return res
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"GetDebug: unknown flag {request.flag}")
+
+    @_rpc
+    def SetDebug(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if request.flag != sensors_pb2.CONFIG_FLAG_LOG_LEVEL or request.WhichOneof("arg") != "level":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "SetDebug: only CONFIG_FLAG_LOG_LEVEL with a level")
+        name = sensors_pb2.LogLevel.Name(request.level).removeprefix("LOG_LEVEL_").lower()
+        self.agent.set_log_level(name)
+        return sensors_pb2.SetDebugResponse(flag=request.flag, level=request.level)
+
+
+def _need_name(request: Any, context: grpc.ServicerContext) -> None:
+    if not request.name:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "policy name is required")
+
+
+class EventLogService(eventlogservice_pb2_grpc.EventLogServiceServicer):
+    """Export-file rotation control: the agent API has no hook for it yet."""
+
+    def SetEventLogParams(self, request: Any, context: grpc.ServicerContext) -> Any:
+        _unimplemented(context, "SetEventLogParams: not supported by this agent yet")
+
+    def GetEventLogParams(self, request: Any, context: grpc.ServicerContext) -> Any:
+        _unimplemented(context, "GetEventLogParams: not supported by this agent yet")
+
+
+_ = events_pb2  # re-exported for type references in docs

@@ -1,0 +1,104 @@
+"""GetEvents: one bus subscription per stream, filtered and converted per event.
+
+Each stream gets its own bounded Subscription. Publishing never blocks, so when a
+client reads slowly, gRPC flow control stalls only that stream's thread, its queue
+fills up and the bus drops (and counts) the overflow for that subscriber alone.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Iterator
+
+from vigil.api import convert
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 0.25  # how often an idle stream notices cancellation or server stop
+
+
+class StreamStats:
+    """Counters over all GetEvents streams (thread-safe; read by `stats()`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: set[Any] = set()  # subscriptions of open streams
+        self.started = 0
+        self.events_sent = 0
+        self.events_filtered = 0
+        self.conversion_errors = 0
+        self.dropped_closed = 0  # drops of streams that have ended
+
+    def open(self, sub: Any) -> None:
+        with self._lock:
+            self._live.add(sub)
+            self.started += 1
+
+    def close(self, sub: Any) -> None:
+        """Idempotent: called by the RPC-done callback and by the stream itself."""
+        with self._lock:
+            if sub in self._live:
+                self._live.discard(sub)
+                self.dropped_closed += sub.dropped
+
+    def add(self, sent: int, filtered: int, errors: int) -> None:
+        with self._lock:
+            self.events_sent += sent
+            self.events_filtered += filtered
+            self.conversion_errors += errors
+
+    @property
+    def active(self) -> int:
+        return len(self._live)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            live_dropped = sum(s.dropped for s in self._live)
+            return {
+                "streams_active": len(self._live),
+                "streams_started": self.started,
+                "events_sent": self.events_sent,
+                "events_filtered": self.events_filtered,
+                "events_dropped_slow_client": self.dropped_closed + live_dropped,
+                "conversion_errors": self.conversion_errors,
+            }
+
+
+def stream_events(
+    sub: Any,
+    event_filter: Any | None,
+    context: Any,
+    stopping: threading.Event,
+    stats: StreamStats,
+) -> Iterator[Any]:
+    """Yield GetEventsResponse messages from `sub` until the client goes away, the
+    subscription closes or the server stops."""
+    sent = filtered = errors = 0  # `sub` was registered with stats.open() by the caller
+    try:
+        while not stopping.is_set() and context.is_active():
+            batch = sub.get_batch(timeout=POLL_INTERVAL)
+            if not batch:
+                if sub.closed:
+                    break
+                continue
+            for ev in batch:
+                if event_filter is not None:
+                    ev = event_filter.apply(ev)
+                    if ev is None:
+                        filtered += 1
+                        continue
+                try:
+                    msg = convert.to_proto(ev, ignore_unknown=True)
+                except convert.ConversionError as e:
+                    errors += 1
+                    if errors <= 3:  # a broken producer would flood the log otherwise
+                        log.warning("GetEvents: dropping unconvertible event: %s", e)
+                    continue
+                sent += 1
+                yield msg  # blocks while the client's flow-control window is full
+    finally:
+        sub.close()
+        if sub.dropped:
+            log.warning("GetEvents stream lost %d events (client too slow)", sub.dropped)
+        stats.close(sub)
+        stats.add(sent, filtered, errors)
