@@ -1,0 +1,68 @@
+"""Find a function's file offset in an ELF binary (for uprobes), without pyelftools.
+
+Only what uprobes need: 64-bit little-endian ELF, .symtab and .dynsym, and the
+PT_LOAD segment that turns a symbol's virtual address into a file offset.
+"""
+from __future__ import annotations
+
+import struct
+
+SHT_SYMTAB = 2
+SHT_DYNSYM = 11
+STT_FUNC = 2
+PT_LOAD = 1
+
+
+class ElfError(ValueError):
+    pass
+
+
+def _header(data: bytes) -> tuple[int, int, int, int, int, int, int]:
+    if data[:4] != b"\x7fELF":
+        raise ElfError("not an ELF file")
+    if data[4] != 2 or data[5] != 1:
+        raise ElfError("only 64-bit little-endian ELF is supported")
+    # e_phoff, e_shoff, e_phentsize, e_phnum, e_shentsize, e_shnum, e_shstrndx
+    phoff, shoff = struct.unpack_from("<QQ", data, 0x20)
+    phentsize, phnum, shentsize, shnum, shstrndx = struct.unpack_from("<HHHHH", data, 0x36)
+    return phoff, shoff, phentsize, phnum, shentsize, shnum, shstrndx
+
+
+def _cstr(data: bytes, off: int) -> bytes:
+    end = data.find(b"\0", off)
+    return data[off:end if end >= 0 else len(data)]
+
+
+def symbol_value(data: bytes, name: str) -> int:
+    """Virtual address of the defined function symbol `name` (.symtab first, then .dynsym)."""
+    _, shoff, _, _, shentsize, shnum, _ = _header(data)
+    want = name.encode()
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    for kind in (SHT_SYMTAB, SHT_DYNSYM):
+        for sh in sections:
+            if sh[1] != kind:
+                continue
+            off, size, link, entsize = sh[4], sh[5], sh[6], sh[9] or 24
+            stroff = sections[link][4]
+            for p in range(off, off + size, entsize):
+                st_name, st_info, _other, st_shndx, st_value, _sz = struct.unpack_from("<IBBHQQ", data, p)
+                if st_info & 0xF == STT_FUNC and st_shndx != 0 and st_value and _cstr(data, stroff + st_name) == want:
+                    return st_value
+    raise ElfError(f"no defined function symbol {name!r}")
+
+
+def vaddr_to_offset(data: bytes, vaddr: int) -> int:
+    phoff, _, phentsize, phnum, _, _, _ = _header(data)
+    for i in range(phnum):
+        p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz, _memsz, _align = struct.unpack_from(
+            "<IIQQQQQQ", data, phoff + i * phentsize)
+        if p_type == PT_LOAD and p_vaddr <= vaddr < p_vaddr + p_filesz:
+            return vaddr - p_vaddr + p_offset
+    raise ElfError(f"address {vaddr:#x} is in no loadable segment")
+
+
+def func_offset(path: str, name: str) -> int:
+    """File offset of function `name` in the ELF at `path`, as uprobes want it."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return vaddr_to_offset(data, symbol_value(data, name))
