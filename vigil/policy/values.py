@@ -1,0 +1,152 @@
+"""Parsers for the values that selectors, actions and options carry. Each raises ValueError with a
+message fit to show the user."""
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from . import enums
+
+_INT_RE = re.compile(r"^[+-]?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$")
+
+
+def parse_int(text: str) -> int:
+    """Decimal, 0x hex or leading-0 octal (C/strconv base-0 style)."""
+    s = text.strip()
+    if not _INT_RE.match(s):
+        raise ValueError(f'"{text}" is not an integer (decimal, 0x hex or 0 octal)')
+    sign = -1 if s.startswith("-") else 1
+    s = s.lstrip("+-")
+    if s[:2].lower() == "0x":
+        return sign * int(s[2:], 16)
+    if len(s) > 1 and s[0] == "0":
+        return sign * int(s[1:], 8)
+    return sign * int(s)
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    """`min:max`, inclusive."""
+    lo_s, sep, hi_s = text.partition(":")
+    if not sep:
+        raise ValueError(f'"{text}" is not a range (expected min:max)')
+    lo, hi = parse_int(lo_s), parse_int(hi_s)
+    if lo > hi:
+        raise ValueError(f'range "{text}" has min > max')
+    return lo, hi
+
+
+def parse_int_or_range(text: str) -> tuple[int, int]:
+    if ":" in text:
+        return parse_range(text)
+    v = parse_int(text)
+    return v, v
+
+
+def parse_port(text: str) -> tuple[int, int]:
+    """A port or a `min:max` port range."""
+    try:
+        lo, hi = parse_int_or_range(text)
+    except ValueError:
+        raise ValueError(f'"{text}" is not a port or port range (e.g. 443 or 8000:8080)') from None
+    if lo < 0 or hi > 65535:
+        raise ValueError(f'port "{text}" is out of range 0..65535')
+    return lo, hi
+
+
+def parse_cidr(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An IPv4/IPv6 address or CIDR; host bits may be set (they are masked off)."""
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f'"{text}" is not an IP address or CIDR') from None
+
+
+def _symbolic(text: str, table: dict[str, int], prefix: str, what: str, hi: int) -> int:
+    if text.startswith(prefix):
+        if text not in table:
+            raise ValueError(f'unknown {what} "{text}"')
+        return table[text]
+    try:
+        v = parse_int(text)
+    except ValueError:
+        raise ValueError(f'"{text}" is not a {what} (a number or {prefix}*)') from None
+    if not 0 <= v <= hi:
+        raise ValueError(f'{what} {v} is out of range 0..{hi}')
+    return v
+
+
+def parse_protocol(text: str) -> int:
+    return _symbolic(text, enums.IPPROTO, "IPPROTO_", "protocol", 65535)
+
+
+def parse_family(text: str) -> int:
+    return _symbolic(text, enums.AF, "AF_", "address family", 65535)
+
+
+def parse_tcp_state(text: str) -> int:
+    return _symbolic(text, enums.TCP_STATES, "TCP_", "TCP state", 255)
+
+
+def parse_capability(text: str) -> int:
+    if text not in enums.CAPABILITIES:
+        raise ValueError(f'unknown capability "{text}" (expected CAP_* such as CAP_SYS_ADMIN)')
+    return enums.CAPABILITIES[text]
+
+
+def parse_namespace_value(text: str) -> int | str:
+    """A namespace inode number or `host_ns`."""
+    if text == "host_ns":
+        return text
+    try:
+        v = parse_int(text)
+    except ValueError:
+        raise ValueError(f'"{text}" is not a namespace inode number or host_ns') from None
+    if not 0 <= v <= 2**32 - 1:
+        raise ValueError(f"namespace inode {v} is out of range")
+    return v
+
+
+def parse_signal(v: int) -> int:
+    if not 1 <= v <= 64:
+        raise ValueError(f"signal {v} is out of range 1..64")
+    return v
+
+
+_DURATION = re.compile(r"^([0-9]+)([smh]?)$")
+
+
+def parse_duration(text: str) -> int:
+    """rateLimit: "30" (seconds), "30s", "5m", "1h" -> seconds."""
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise ValueError(f'invalid rateLimit "{text}" (expected e.g. "30", "30s", "5m", "1h")')
+    n = int(m.group(1))
+    if n == 0:
+        raise ValueError(f'rateLimit "{text}" must be greater than zero')
+    return n * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def parse_bool_string(text: str) -> bool:
+    if text not in enums.BOOL_STRINGS:
+        raise ValueError(f'"{text}" is not a boolean (true or false)')
+    return enums.BOOL_STRINGS[text]
+
+
+_SYSCALL_PREFIXES = ("__x64_sys_", "sys_")
+
+
+def syscall_base(name: str) -> str | None:
+    """`sys_write`, `__x64_sys_write` -> `write`; None when the name has no syscall prefix."""
+    for p in _SYSCALL_PREFIXES:
+        if name.startswith(p):
+            return name[len(p):]
+    return None
+
+
+def is_syscall(name: str, *, bare_ok: bool = True) -> bool:
+    from .syscalls import SYSCALL_NAMES
+
+    base = syscall_base(name)
+    if base is None:
+        return bare_ok and name in SYSCALL_NAMES
+    return base in SYSCALL_NAMES
