@@ -1,0 +1,102 @@
+"""Real-kernel fixtures: an in-process agent and helpers to wait for events.
+
+Waiting uses an end marker instead of sleeps: after the action under test,
+the test execs a marker binary with a unique argument; records arrive in
+ring-buffer order, so once the marker's exit is seen every earlier record
+has been handled.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from vigil.agent.agent import Agent
+from vigil.agent.config import AgentConfig
+from vigil.kernel.paths import bpf_object
+
+pytestmark = pytest.mark.kernel
+
+
+def _require_kernel() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to load BPF programs")
+    if not bpf_object("process").exists():
+        pytest.fail(f"{bpf_object('process')} missing: run `make` first")
+
+
+class RunningAgent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.agent = Agent(cfg)
+        self.thread = threading.Thread(target=self.agent.run, name="vigil-agent", daemon=True)
+
+    def __enter__(self) -> "RunningAgent":
+        self.agent.start()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.agent.request_stop()
+        self.thread.join(10)
+        self.agent.close()
+
+    def collect(self, action, timeout: float = 30.0) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+        """Run action(); return every event up to and including the end marker's exit."""
+        sub = self.agent.subscribe(maxsize=1_000_000)
+        try:
+            action()
+            token = f"vigil-marker-{uuid.uuid4().hex}"
+            subprocess.run(["/bin/true", token], check=True)
+            out: list[dict[str, Any]] = []
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                for e in sub.get_batch(timeout=0.5, max_items=100000):
+                    out.append(e)
+                    ex = e.get("process_exit")
+                    if ex and ex["process"].get("arguments") == token:
+                        assert sub.dropped == 0, f"test subscriber lost {sub.dropped} events"
+                        return out
+            raise AssertionError(f"end marker not seen within {timeout}s ({len(out)} events)")
+        finally:
+            sub.close()
+
+
+@pytest.fixture(scope="session")
+def running_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAgent]:
+    _require_kernel()
+    export = tmp_path_factory.mktemp("export") / "events.log"
+    cfg = AgentConfig(export_filename=str(export), server_address="", node_name="vigil-test")
+    with RunningAgent(cfg) as ra:
+        yield ra
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    """A test-owned, world-readable directory with test-owned copies of binaries."""
+    d = Path(tempfile.mkdtemp(prefix="vigil-test-"))
+    try:
+        os.chmod(d, 0o755)
+        for name, src in (("child", "/bin/echo"), ("parent-sh", "/bin/sh"), ("sleeper", "/bin/sleep"),
+                          ("truebin", "/bin/true")):
+            shutil.copy2(os.path.realpath(src), d / name)
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def execs(events: list[dict], **match: Any) -> list[dict]:
+    return [e["process_exec"] for e in events if "process_exec" in e
+            and all(e["process_exec"]["process"].get(k) == v for k, v in match.items())]
+
+
+def exits(events: list[dict], **match: Any) -> list[dict]:
+    return [e["process_exit"] for e in events if "process_exit" in e
+            and all(e["process_exit"]["process"].get(k) == v for k, v in match.items())]

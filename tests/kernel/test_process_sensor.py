@@ -1,0 +1,316 @@
+"""Process lifecycle sensor against the real kernel (issue: foundation)."""
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.kernel.conftest import RunningAgent, execs, exits
+from vigil.agent.config import AgentConfig
+from vigil.process.caps import cap_list
+
+pytestmark = pytest.mark.kernel
+
+
+def _ns_inum(pid: int | str, name: str) -> int:
+    link = os.readlink(f"/proc/{pid}/ns/{name}")
+    return int(link[link.index("[") + 1 : -1])
+
+
+def _status_caps(pid: int | str = "self") -> dict[str, int]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        k, _, v = line.partition(":")
+        if k in ("CapPrm", "CapEff", "CapInh"):
+            out[k] = int(v.strip(), 16)
+    return out
+
+
+@pytest.mark.parametrize(
+    "args, expected_arguments",
+    [
+        (["one"], "one"),
+        (["arg1", "arg two", "x"], 'arg1 "arg two" x'),
+        ([], None),
+    ],
+)
+def test_exec_event_has_exact_process_fields(running_agent: RunningAgent, workdir: Path, args, expected_arguments):
+    cwd = workdir / "cwd"
+    cwd.mkdir()
+    child = workdir / "child"
+    parent = workdir / "parent-sh"
+    quoted = " ".join("'" + a + "'" for a in args)
+    script = f"cd {cwd} && {child} {quoted}; true"
+    events = running_agent.collect(
+        lambda: subprocess.run([str(parent), "-c", script], check=True, stdout=subprocess.DEVNULL)
+    )
+    pexec = execs(events, binary=str(parent))
+    cexec = execs(events, binary=str(child))
+    assert len(pexec) == 1 and len(cexec) == 1, (pexec, cexec)
+    p, c = pexec[0]["process"], cexec[0]
+    proc = c["process"]
+    if expected_arguments is None:
+        assert "arguments" not in proc
+    else:
+        assert proc["arguments"] == expected_arguments
+    assert proc["cwd"] == str(cwd)
+    assert proc["uid"] == 0 and proc["auid"] >= 0
+    assert proc["flags"] == "execve"
+    assert proc["tid"] == proc["pid"]
+    # parent links: the child's parent is the test-created shell
+    assert proc["parent_exec_id"] == p["exec_id"]
+    assert c["parent"]["exec_id"] == p["exec_id"]
+    assert c["parent"]["binary"] == str(parent)
+    # exec_id is base64("node:ktime:pid")
+    node, ktime, pid = base64.b64decode(proc["exec_id"]).decode().rsplit(":", 2)
+    assert node == "vigil-test" and int(pid) == proc["pid"] and int(ktime) > 0
+    # namespaces and capabilities are those of this (test) process tree
+    for name in ("uts", "ipc", "mnt", "pid", "net", "cgroup", "user"):
+        assert proc["ns"][name]["inum"] == _ns_inum("self", name), name
+    caps = _status_caps()
+    assert proc["cap"]["effective"] == list(cap_list(caps["CapEff"]))
+    assert proc["cap"]["permitted"] == list(cap_list(caps["CapPrm"]))
+    creds = proc["process_credentials"]
+    assert (creds["uid"], creds["euid"], creds["gid"]) == (0, 0, 0)
+
+
+def test_exec_as_other_user_reports_ids_and_no_caps(running_agent: RunningAgent, workdir: Path):
+    child = workdir / "child"
+
+    def act() -> None:
+        subprocess.run([str(child), "unpriv"], check=True, stdout=subprocess.DEVNULL,
+                       user=65534, group=65534, extra_groups=[])
+    events = running_agent.collect(act)
+    (e,) = execs(events, binary=str(child))
+    proc = e["process"]
+    assert proc["uid"] == 65534
+    assert proc["process_credentials"]["gid"] == 65534
+    assert "cap" not in proc or "effective" not in proc["cap"]
+
+
+@pytest.mark.parametrize(
+    "how, status, sig",
+    [("exit 7", 7, None), ("exit 0", None, None), ("kill -KILL $$", None, "SIGKILL"),
+     ("kill -TERM $$", None, "SIGTERM"), ("kill -SEGV $$", None, "SIGSEGV")],
+)
+def test_exit_status_and_signal(running_agent: RunningAgent, workdir: Path, how, status, sig):
+    sh = workdir / "parent-sh"
+    events = running_agent.collect(lambda: subprocess.run([str(sh), "-c", how]))
+    (x,) = exits(events, binary=str(sh))
+    assert x.get("status") == status
+    assert x.get("signal") == sig
+    assert "time" in x
+
+
+def test_killed_by_test_with_sigkill(running_agent: RunningAgent, workdir: Path):
+    sleeper = workdir / "sleeper"
+
+    def act() -> None:
+        p = subprocess.Popen([str(sleeper), "30"])
+        os.kill(p.pid, signal.SIGKILL)  # only the process this test started
+        p.wait()
+    events = running_agent.collect(act)
+    (x,) = exits(events, binary=str(sleeper))
+    assert x["signal"] == "SIGKILL" and "status" not in x
+
+
+def test_process_started_before_agent_is_flagged_procfs(workdir: Path, tmp_path: Path):
+    sleeper = workdir / "sleeper"
+    pre = subprocess.Popen([str(sleeper), "60"])
+    try:
+        cfg = AgentConfig(export_filename=str(tmp_path / "pre.log"), server_address="", node_name="vigil-test")
+        with RunningAgent(cfg) as ra:
+            p = ra.agent.cache.by_pid(pre.pid)
+            assert p is not None
+            assert "procFS" in p.json["flags"].split()
+            assert p.json["binary"] == str(sleeper)
+            assert p.json["arguments"] == "60"
+            # ancestry: its parent is this pytest process, also known from procfs
+            parent = ra.agent.cache.get(p.parent_exec_id)
+            assert parent is not None and parent.pid == os.getpid()
+            events = ra.collect(lambda: (os.kill(pre.pid, signal.SIGTERM), pre.wait()))
+            (x,) = exits(events, pid=pre.pid)
+            assert x["process"]["exec_id"] == p.exec_id
+            assert x["signal"] == "SIGTERM"
+            assert x["parent"]["exec_id"] == parent.exec_id
+        text = (tmp_path / "pre.log").read_text()
+        assert f'"pid":{pre.pid},' in text and "procFS" in text
+    finally:
+        if pre.poll() is None:
+            pre.kill()
+            pre.wait()
+
+
+def test_thousand_rapid_execs_zero_loss_ordered(running_agent: RunningAgent, workdir: Path):
+    binary = str(workdir / "truebin")
+    pids: list[int] = []
+
+    def act() -> None:
+        for i in range(1000):
+            pids.append(os.posix_spawn(binary, [binary, str(i)], os.environ))
+        for pid in pids:
+            os.waitpid(pid, 0)
+    before = dict(running_agent.agent.sensor.drops())
+    events = running_agent.collect(act, timeout=60)
+    wanted = set(pids)
+    order: dict[int, list[str]] = {}
+    for e in events:
+        kind = next(iter(e))
+        if kind in ("process_exec", "process_exit") and e[kind]["process"].get("binary") == binary:
+            pid = e[kind]["process"]["pid"]
+            if pid in wanted:
+                order.setdefault(pid, []).append(kind)
+    assert len(order) == 1000
+    assert all(v == ["process_exec", "process_exit"] for v in order.values())
+    assert running_agent.agent.sensor.drops() == before
+
+
+def test_threads_are_not_process_events(running_agent: RunningAgent, workdir: Path):
+    code = (
+        "import threading\n"
+        "ts=[threading.Thread(target=lambda: None) for _ in range(25)]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
+    )
+    py = os.path.realpath(sys.executable)
+    marker = "vigil-threads-test"
+    holder: list[int] = []
+
+    def act() -> None:
+        p = subprocess.run([py, "-c", code, marker], check=True)
+        holder.append(p.returncode)
+    events = running_agent.collect(act)
+    mine = [e for e in events for k in ("process_exec", "process_exit")
+            if k in e and marker in e[k]["process"].get("arguments", "")]
+    assert [next(iter(e)) for e in mine] == ["process_exec", "process_exit"]
+    pid = mine[0]["process_exec"]["process"]["pid"]
+    others = [e for e in events for k in ("process_exec", "process_exit")
+              if k in e and e[k].get("parent", {}).get("pid") == pid]
+    assert others == []
+
+
+def test_overlong_arguments_truncated_and_flagged(running_agent: RunningAgent, workdir: Path):
+    child = workdir / "child"
+    args = [f"a{i:04d}" + "x" * 40 for i in range(200)]  # ~9 KB > 4096 limit
+    events = running_agent.collect(
+        lambda: subprocess.run([str(child), *args], check=True, stdout=subprocess.DEVNULL)
+    )
+    (e,) = execs(events, binary=str(child))
+    proc = e["process"]
+    assert "truncArgs" in proc["flags"].split()
+    assert len(proc["arguments"]) < 4096
+    assert proc["arguments"].startswith(" ".join(args[:10]))
+
+
+def test_exec_through_symlink_reports_the_link(running_agent: RunningAgent, workdir: Path):
+    link = workdir / "link-to-child"
+    link.symlink_to(workdir / "child")
+    events = running_agent.collect(
+        lambda: subprocess.run([str(link), "via-link"], check=True, stdout=subprocess.DEVNULL)
+    )
+    (e,) = execs(events, arguments="via-link")
+    assert e["process"]["binary"] == str(link)
+
+
+def test_shebang_script_reports_script_and_its_arguments(running_agent: RunningAgent, workdir: Path):
+    script = workdir / "script.sh"
+    script.write_text(f"#!{workdir / 'parent-sh'}\nexit 3\n")
+    script.chmod(0o755)
+    events = running_agent.collect(lambda: subprocess.run([str(script), "s1", "s 2"]))
+    (e,) = execs(events, binary=str(script))
+    # the interpreter's argv[0] is skipped; the script path leads, as in Tetragon
+    assert e["process"]["arguments"] == f'{script} s1 "s 2"'
+    (x,) = exits(events, binary=str(script))
+    assert x["status"] == 3
+
+
+def test_relative_exec_resolved_against_cwd(running_agent: RunningAgent, workdir: Path):
+    events = running_agent.collect(
+        lambda: subprocess.run(["./child", "rel"], cwd=workdir, check=True, stdout=subprocess.DEVNULL)
+    )
+    (e,) = execs(events, arguments="rel")
+    assert e["process"]["binary"] == str(workdir / "child")
+
+
+def test_ring_buffer_overflow_is_counted_not_silent(workdir: Path, tmp_path: Path):
+    from vigil.agent.agent import Agent
+
+    cfg = AgentConfig(export_filename=str(tmp_path / "x.log"), server_address="", node_name="t",
+                      rb_size=8192, args_max=4096)
+    agent = Agent(cfg)
+    agent.start()
+    try:
+        child = str(workdir / "child")
+        long_args = ["y" * 1000] * 3
+        # nobody drains: the 8 KiB ring fills after a few exec records
+        pids = [os.posix_spawn(child, [child, *long_args], os.environ) for _ in range(50)]
+        for pid in pids:
+            os.waitpid(pid, 0)
+        drops = agent.sensor.drops()
+        assert drops["ringbuf_full_exec"] > 0
+        agent.tick()
+        assert agent.status()["lost"]["kernel"]["ringbuf_full_exec"] == drops["ringbuf_full_exec"]
+    finally:
+        agent.close()
+
+
+def _my_prog_ids() -> set[int]:
+    """IDs of BPF programs this process holds fds for (from /proc/self/fdinfo)."""
+    ids = set()
+    for fd in os.listdir("/proc/self/fdinfo"):
+        try:
+            text = Path(f"/proc/self/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("prog_id:"):
+                ids.add(int(line.split()[1]))
+    return ids
+
+
+def _loaded_prog_ids() -> set[int]:
+    import json
+
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
+    return {p["id"] for p in json.loads(out)}
+
+
+def test_no_programs_left_after_close(tmp_path: Path):
+    from vigil.agent.agent import Agent
+
+    before = _my_prog_ids()
+    agent = Agent(AgentConfig(export_filename=str(tmp_path / "x.log"), server_address="", node_name="t"))
+    agent.start()
+    ours = _my_prog_ids() - before
+    assert len(ours) == 3  # exec, fork, exit
+    assert ours <= _loaded_prog_ids()
+    agent.close()
+    assert not ours & _my_prog_ids()
+    # the kernel frees programs after an RCU grace period: wait for it, bounded
+    deadline = time.monotonic() + 10
+    while ours & _loaded_prog_ids() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not ours & _loaded_prog_ids()
+
+
+def test_bad_configuration_is_a_clear_error():
+    cases = [
+        (["--rb-size", "1000"], "--rb-size"),
+        (["--args-max-bytes", "0"], "--args-max-bytes"),
+        (["--export-file-perm", "9z"], "--export-file-perm"),
+        (["--export-file-max-size-mb", "0"], "--export-file-max-size-mb"),
+        (["--process-cache-size", "abc"], "--process-cache-size"),
+        (["--no-such-flag"], "--no-such-flag"),
+    ]
+    for argv, needle in cases:
+        r = subprocess.run([sys.executable, "-m", "vigil.cli.main", "agent", *argv],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0, argv
+        assert needle in r.stderr, (argv, r.stderr)
+        assert "Traceback" not in r.stderr
