@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""exec_overhead: cost of the agent on a fork+exec-heavy workload.
+
+N x fork+exec+wait of /bin/true from a tiny C loop compiled at bench time, wall
+time without the agent vs with `vigil agent` running (separate process, export to
+a temp file). Rounds are interleaved off/on/off/on... to spread machine noise;
+the ratio is median(on) / median(off). After every "on" round the export file
+must hold exactly N process_exec and N process_exit of /bin/true whose parent is
+the loop's pid: lost = expected - seen, plus the kernel drop counters the agent
+logged.
+
+    .venv/bin/python bench/exec_overhead.py [--quick] [-n N] [--rounds R] [--mode fork|spawn]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from _common import (AgentProc, assert_no_bpf_left, build_spawner, count_execs, emit_json, median,
+                     require_root, run_spawner, tempdir, wait_quiet)
+
+GOAL_RATIO = 1.03
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="N=500, 1 round each (smoke test)")
+    ap.add_argument("-n", type=int, default=None, help="execs per round (default 10000)")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds per configuration (default 3)")
+    ap.add_argument("--mode", choices=("fork", "spawn"), default="fork",
+                    help="fork+execve (default) or posix_spawn (vfork-like)")
+    ap.add_argument("--binary", default="/bin/true")
+    a = ap.parse_args()
+    require_root()
+    n = a.n or (500 if a.quick else 10_000)
+    rounds = a.rounds or (1 if a.quick else 3)
+
+    off: list[float] = []
+    on: list[float] = []
+    per_round: list[dict] = []
+    total_lost_exec = total_lost_exit = 0
+    drops_total: dict[str, int] = {}
+    with tempdir() as tmp:
+        spawner = build_spawner(tmp)
+        run_spawner(spawner, min(n, 200), a.binary, a.mode)  # warm the page cache
+        for r in range(rounds):
+            # -- agent off
+            secs, _ = run_spawner(spawner, n, a.binary, a.mode)
+            off.append(secs)
+            print(f"round {r + 1}/{rounds} off: {secs:7.3f} s  ({n / secs:8.0f} exec/s)", flush=True)
+            # -- agent on
+            export = tmp / f"events-{r}.json"
+            agent = AgentProc(export)
+            try:
+                agent.start()
+                time.sleep(0.3)  # let the procfs burst get written
+                secs, spid = run_spawner(spawner, n, a.binary, a.mode)
+                wait_quiet(export, quiet_s=0.5)
+            finally:
+                rc = agent.stop()
+            on.append(secs)
+            seen_exec, seen_exit = count_execs(export, a.binary, spid)
+            drops = agent.kernel_drops()
+            for k, v in drops.items():
+                drops_total[k] = drops_total.get(k, 0) + v
+            lost_exec, lost_exit = n - seen_exec, n - seen_exit
+            total_lost_exec += lost_exec
+            total_lost_exit += lost_exit
+            per_round.append({"off_s": round(off[-1], 4), "on_s": round(secs, 4), "exec_seen": seen_exec,
+                              "exit_seen": seen_exit, "kernel_drops": drops, "agent_rc": rc})
+            print(f"round {r + 1}/{rounds} on : {secs:7.3f} s  ({n / secs:8.0f} exec/s)  "
+                  f"exec seen {seen_exec}/{n}, exit seen {seen_exit}/{n}, kernel drops {drops or 0}",
+                  flush=True)
+            export.unlink(missing_ok=True)
+
+    ratio = median(on) / median(off)
+    ratios = [b / a for a, b in zip(off, on)]
+    clean = assert_no_bpf_left()
+    print()
+    print(f"exec_overhead: {n} x fork+exec of {a.binary} ({a.mode}), {rounds} interleaved rounds each")
+    print(f"  without agent: median {median(off):.3f} s  ({n / median(off):.0f} exec/s, "
+          f"{median(off) / n * 1e6:.1f} us/exec)")
+    print(f"  with agent   : median {median(on):.3f} s  ({n / median(on):.0f} exec/s, "
+          f"{median(on) / n * 1e6:.1f} us/exec)")
+    print(f"  ratio on/off : {ratio:.3f}  (per round: {', '.join(f'{x:.3f}' for x in ratios)}; "
+          f"goal <= {GOAL_RATIO})  {'OK' if ratio <= GOAL_RATIO else 'OVER GOAL'}")
+    print(f"  events lost  : exec {total_lost_exec}, exit {total_lost_exit} "
+          f"(of {n * rounds} each); kernel drops {drops_total or 'none'}")
+    print(f"  BPF programs left loaded: {'none' if clean else 'YES (see above)'}")
+    emit_json("exec_overhead", {
+        "n": n, "rounds": rounds, "mode": a.mode, "binary": a.binary,
+        "off_s": [round(x, 4) for x in off], "on_s": [round(x, 4) for x in on],
+        "median_off_s": round(median(off), 4), "median_on_s": round(median(on), 4),
+        "ratio": round(ratio, 4), "round_ratios": [round(x, 4) for x in ratios], "goal_ratio": GOAL_RATIO,
+        "lost_exec": total_lost_exec, "lost_exit": total_lost_exit, "kernel_drops": drops_total,
+        "rounds_detail": per_round, "bpf_clean": clean,
+    })
+    return 0 if clean else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
