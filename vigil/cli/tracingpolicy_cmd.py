@@ -1,0 +1,163 @@
+"""`vigil tracingpolicy` (alias `tp`): manage tracing policies in a running agent."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from vigil.api.cliutil import client, print_json, server_options, table
+
+COLUMNS = ["ID", "NAME", "STATE", "FILTERID", "NAMESPACE", "SENSORS", "KERNELMEMORY",
+           "MODE", "NPOST", "NENFORCE", "NMONITOR"]
+_ENFORCE = ("signal", "override", "notify_enforcer", "set")
+_MONITOR = ("monitor_signal", "monitor_override", "monitor_notify_enforcer", "monitor_set")
+
+
+def humanize_bytes(b: int) -> str:
+    """1234 -> "1.23 kB" (decimal units, as tetra prints them)."""
+    if b < 1000:
+        return f"{b} B"
+    div, exp = 1000, 0
+    n = b // 1000
+    while n >= 1000:
+        div *= 1000
+        exp += 1
+        n //= 1000
+    return f"{b / div:.2f} {'kMGTPE'[exp]}B"
+
+
+def _hooks(p: dict[str, Any]) -> str:
+    return ",".join(f"{h['section']}={h.get('hook_description', '')}" if h.get("section")
+                    else h.get("hook_description", "") for h in p.get("hook_statuses", [])) or "-"
+
+
+def policy_row(p: dict[str, Any], wide: bool = False) -> list[str]:
+    """One table row from a TracingPolicyStatus dict (protojson shape)."""
+    c = {k: int(v) for k, v in p.get("stats", {}).get("action_counters", {}).items()}
+    row = [
+        p.get("id", "0"), p.get("name", ""),
+        p.get("state", "TP_STATE_UNKNOWN").removeprefix("TP_STATE_").lower(),
+        p.get("filter_id", "0"), p.get("namespace") or "(global)",
+        ",".join(p.get("sensors", [])), humanize_bytes(int(p.get("kernel_memory_bytes", 0))),
+        p.get("mode", "TP_MODE_UNKNOWN").removeprefix("TP_MODE_").lower(),
+        c.get("post", 0), sum(c.get(k, 0) for k in _ENFORCE), sum(c.get(k, 0) for k in _MONITOR),
+    ]
+    return [*row, _hooks(p)] if wide else row
+
+
+def render_policies(pols: list[dict[str, Any]], wide: bool = False) -> str:
+    out = table(COLUMNS + (["HOOKS"] if wide else []), [policy_row(p, wide) for p in pols])
+    lines = out.split("\n")
+    indent = " " * lines[0].index("NAME")
+    result = [lines[0]]
+    for line, p in zip(lines[1:], pols):
+        result.append(line)
+        # A partially loaded policy gets its per-hook table right below it (as tetra does).
+        if p.get("state") == "TP_STATE_PARTIALLY_ENABLED" and p.get("hook_statuses"):
+            sub = table(["SECTION", "CFGIDX", "DESCRIPTION", "STATUS"], [
+                [h.get("section", ""), h.get("hook_idx", 0), h.get("hook_description", ""),
+                 h.get("state", "STATUS_UNSPECIFIED").removeprefix("STATUS_").lower()]
+                for h in p["hook_statuses"]])
+            result.extend(indent + s for s in sub.split("\n"))
+    return "\n".join(result)
+
+
+def with_mode(yaml_text: str, mode: str) -> str:
+    """Set the `policy-mode` option in a policy document (what tetra's -m does)."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(yaml_text)
+    except yaml.YAMLError as e:
+        raise click.ClickException(f"cannot parse policy YAML: {e}") from None
+    if not isinstance(doc, dict):
+        raise click.ClickException("policy YAML is not a mapping")
+    spec = doc.setdefault("spec", {}) or {}
+    doc["spec"] = spec
+    opts = [o for o in (spec.get("options") or []) if not (isinstance(o, dict) and o.get("name") == "policy-mode")]
+    spec["options"] = [*opts, {"name": "policy-mode", "value": mode}]
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+@click.group("tracingpolicy")
+def tracingpolicy() -> None:
+    """Manage tracing policies in the running agent."""
+
+
+@tracingpolicy.command("add")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-m", "--mode", type=click.Choice(["enforce", "monitor"]), default=None,
+              help="Load the policy in this mode (sets the policy-mode option).")
+@server_options
+def add(file: Path, mode: str | None, server_address: str | None, timeout: float) -> None:
+    """Load the policy in FILE."""
+    text = file.read_text()
+    if mode:
+        text = with_mode(text, mode)
+    with client(server_address, timeout) as c:
+        c.add_policy(text)
+    click.echo(f"tracing policy {file} added")
+
+
+def _namespace_opt(fn: Any) -> Any:
+    return click.option("-n", "--namespace", default="", help="Namespace of a namespaced policy.")(fn)
+
+
+@tracingpolicy.command("delete")
+@click.argument("name")
+@_namespace_opt
+@server_options
+def delete(name: str, namespace: str, server_address: str | None, timeout: float) -> None:
+    """Unload and remove policy NAME."""
+    with client(server_address, timeout) as c:
+        c.delete_policy(name, namespace)
+    click.echo(f"tracing policy {name!r} deleted")
+
+
+@tracingpolicy.command("enable")
+@click.argument("name")
+@_namespace_opt
+@server_options
+def enable(name: str, namespace: str, server_address: str | None, timeout: float) -> None:
+    """Enable policy NAME."""
+    with client(server_address, timeout) as c:
+        c.enable_policy(name, namespace)
+    click.echo(f"tracing policy {name!r} enabled")
+
+
+@tracingpolicy.command("disable")
+@click.argument("name")
+@_namespace_opt
+@server_options
+def disable(name: str, namespace: str, server_address: str | None, timeout: float) -> None:
+    """Disable policy NAME (it stays loaded and can be enabled again)."""
+    with client(server_address, timeout) as c:
+        c.disable_policy(name, namespace)
+    click.echo(f"tracing policy {name!r} disabled")
+
+
+@tracingpolicy.command("set-mode")
+@click.argument("name")
+@click.argument("mode", type=click.Choice(["enforce", "monitor"]))
+@_namespace_opt
+@server_options
+def set_mode(name: str, mode: str, namespace: str, server_address: str | None, timeout: float) -> None:
+    """Switch policy NAME between enforce and monitor mode."""
+    with client(server_address, timeout) as c:
+        c.set_policy_mode(name, mode, namespace)
+    click.echo(f"tracing policy {name!r} set to {mode} mode")
+
+
+@tracingpolicy.command("list")
+@click.option("-o", "--output", type=click.Choice(["text", "wide", "json"]), default="text",
+              show_default=True, help="wide adds a HOOKS column (where each part is attached).")
+@server_options
+def list_(output: str, server_address: str | None, timeout: float) -> None:
+    """List loaded policies."""
+    with client(server_address, timeout) as c:
+        pols = c.list_policies()
+    if output == "json":
+        print_json({"policies": pols})
+    else:
+        click.echo(render_policies(pols, wide=output == "wide"))
