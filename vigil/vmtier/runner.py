@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import BUILD_DIR, REPO_ROOT, Skip, TierError
@@ -41,13 +45,24 @@ def check_host() -> None:
         raise Skip(why)
 
 
+@contextmanager
+def _build_lock() -> Iterator[None]:
+    # Several engineers/CI jobs may share a checkout: serialise apt, unpacking and compiling.
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    with open(BUILD_DIR / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def prepare(series: list[str]) -> list[kernels.Kernel]:
     check_host()
     out = []
-    for s in series:
-        k = kernels.fetch(s)
-        log(f"kernel {s}: {k.package}={k.version} ({k.release})")
-        out.append(k)
+    with _build_lock():
+        for s in series:
+            k = kernels.fetch(s)
+            log(f"kernel {s}: {k.package}={k.version} ({k.release})")
+            out.append(k)
+        build_guest_bpf()
     return out
 
 
@@ -82,8 +97,9 @@ def guest_python() -> str:
 
 def boot(kernel: kernels.Kernel, argv: list[str], cwd: str, timeout: float,
          prefix: str | None) -> qemu.GuestResult:
-    workdir = BUILD_DIR / "runs" / kernel.release
-    workdir.mkdir(parents=True, exist_ok=True)
+    # A fresh directory per boot so concurrent runs never share serial logs; kept on failure.
+    (BUILD_DIR / "runs").mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{kernel.release}-", dir=BUILD_DIR / "runs"))
     env = {
         "VIGIL_VM_KERNEL": kernel.release,
         "VIGIL_VM_BPF_DIR": str(GUEST_BPF_DIR),
@@ -97,7 +113,12 @@ def boot(kernel: kernels.Kernel, argv: list[str], cwd: str, timeout: float,
 
     argv_q = qemu.qemu_argv(kernel.vmlinuz, initrd, workdir / "console.log", workdir / "output.log",
                             accel, qemu.kernel_cmdline())
-    return qemu.run_guest(argv_q, workdir, timeout, show)
+    res = qemu.run_guest(argv_q, workdir, timeout, show)
+    if res.exit_code is None or res.timed_out:
+        log(f"guest logs kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return res
 
 
 def _explain(kernel: kernels.Kernel, res: qemu.GuestResult) -> str:
@@ -118,17 +139,19 @@ def _dump_console(kernel: kernels.Kernel, res: qemu.GuestResult, lines: int = 40
 
 def run_tests(series: list[str], timeout: float, pytest_args: list[str]) -> int:
     ks = prepare(series)
-    build_guest_bpf()
     argv = [guest_python(), "-m", "pytest", "tests/vm", "-x", "-q", *pytest_args]
     summary: list[str] = []
     failed: list[str] = []
     t_all = time.monotonic()
     for k in ks:
         res = boot(k, argv, str(REPO_ROOT), timeout, prefix=f"[{k.series}] ")
-        boot_s = f"{res.boot_seconds:.1f}s" if res.boot_seconds is not None else "n/a"
+        if res.boot_seconds is not None:
+            timing = f"boot {res.boot_seconds:.1f}s + tests {res.seconds - res.boot_seconds:.1f}s"
+        else:
+            timing = "command never started"
         ok = res.exit_code == 0 and not res.timed_out
         line = (f"{k.series} ({k.package}={k.version}): {'PASS' if ok else 'FAIL'}: {_explain(k, res)}; "
-                f"boot-to-command {boot_s}, total {res.seconds:.1f}s")
+                f"{timing}, total {res.seconds:.1f}s")
         summary.append(line)
         if not ok:
             failed.append(k.series)
@@ -146,7 +169,6 @@ def run_tests(series: list[str], timeout: float, pytest_args: list[str]) -> int:
 
 def shell_cmd(series: str, argv: list[str], timeout: float) -> int:
     (k,) = prepare([series])
-    build_guest_bpf()
     res = boot(k, argv, os.getcwd(), timeout, prefix=None)
     if res.exit_code is None or res.timed_out:
         print(f"vmtier: {k.release}: {_explain(k, res)}", file=sys.stderr)
@@ -157,10 +179,9 @@ def shell_cmd(series: str, argv: list[str], timeout: float) -> int:
 
 def fetch_only(series: list[str]) -> int:
     ks = prepare(series)
-    build_guest_bpf()
     for k in ks:
-        # Build the initramfs once too, so module resolution problems show up here.
-        initramfs.build(k, initramfs.command_script(["true"], "/", {}),
-                        BUILD_DIR / "runs" / k.release / "initramfs.cpio.gz")
+        # Build an initramfs once too, so module resolution problems show up here.
+        with tempfile.TemporaryDirectory(dir=BUILD_DIR) as d:
+            initramfs.build(k, initramfs.command_script(["true"], "/", {}), Path(d) / "initramfs.cpio.gz")
         print(f"{k.series}: {k.package}={k.version} release {k.release} at {k.root}")
     return 0
