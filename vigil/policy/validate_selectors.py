@@ -91,14 +91,9 @@ class SelectorChecker:
                     f"(max {limits.MAX_MATCH_ARGS} per selector)")
         for field, entries, targets in (("matchArgs", sel.match_args, ctx.args()),
                                         ("matchData", sel.match_data, ctx.data())):
-            seen: set[int] = set()
+            # Several entries may filter the same argument (e.g. DAddr and DPort on one sock).
             for m in entries:
-                idx = self.args.check(m, field, targets)
-                if idx is not None and not m.args:
-                    if idx in seen:
-                        d.error(m.at("index"), f"a second {field} entry for index {idx} (use one "
-                                "entry per index)")
-                    seen.add(idx)
+                self.args.check(m, field, targets)
         if sel.match_return_args or sel.match_return_actions:
             if ctx.hook is not None and not ctx.is_return:
                 key = "matchReturnArgs" if sel.match_return_args else "matchReturnActions"
