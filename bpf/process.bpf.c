@@ -13,6 +13,9 @@ char LICENSE[] SEC("license") = "GPL";
 #define FILENAME_MAX_LEN 4096
 #define CGROUP_NAME_LEN 256
 
+/* Keeps the record types in BTF so tests can check the Python mirrors. */
+struct msg_exit *vigil_btf_msg_exit __attribute__((unused));
+
 /* Load-time knobs (rodata). */
 const volatile __u32 args_max = 4096;   /* bytes of argv captured per exec */
 const volatile __u32 path_limit = 4096; /* bytes of path components per path */

@@ -68,7 +68,8 @@ class ProcessRecord:
             raise DecodeError(f"process record tail overruns: {end} > {len(buf)}")
         self.exe = _join_components(buf, o, exe_len)
         o += exe_len
-        self.cwd = _join_components(buf, o, cwd_len)
+        # a walk that ends at once is the root itself: cwd "/" has no components
+        self.cwd = _join_components(buf, o, cwd_len) if cwd_len or self.flags & F_ERR_CWD else "/"
         o += cwd_len
         self.filename = _cstr(buf, o, fn_len)
         o += fn_len

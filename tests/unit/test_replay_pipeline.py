@@ -1,0 +1,103 @@
+"""Decoding, cache and export driven by replayed records: no kernel needed."""
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.recgen import exit_record, process_record
+from vigil.agent.agent import Agent
+from vigil.agent.config import AgentConfig
+from vigil.events import records as R
+from vigil.events.source import ReplaySource, read_recording, write_recording
+
+
+def run_replay(tmp_path: Path, records: list[bytes], **cfg) -> list[dict]:
+    out = tmp_path / "events.log"
+    agent = Agent(AgentConfig(export_filename=str(out), server_address="", node_name="n1", **cfg),
+                  source=ReplaySource(records, batch=7))
+    agent.start()
+    agent.run()
+    agent.close()
+    return [orjson.loads(line) for line in out.read_bytes().splitlines()]
+
+
+def test_exec_exit_with_parent_enrichment(tmp_path: Path):
+    recs = [
+        process_record(pid=100, ktime=1000, binary="/usr/bin/bash", args=["-c", "x y"], cwd="/"),
+        process_record(op=R.OP_CLONE, pid=101, ktime=2000, ppid=100, pktime=1000),
+        process_record(pid=101, ktime=3000, ppid=100, pktime=1000, binary="/usr/bin/ls", args=["-l", "a b"]),
+        exit_record(pid=101, ktime=4000, exec_ktime=3000, code=(2 << 8)),
+        exit_record(pid=100, ktime=5000, exec_ktime=1000, code=9),
+    ]
+    events = run_replay(tmp_path, recs)
+    kinds = [next(iter(e)) for e in events]
+    assert kinds == ["process_exec", "process_exec", "process_exit", "process_exit"]
+    bash = events[0]["process_exec"]["process"]
+    assert bash["flags"] == "execve miss rootcwd"
+    assert bash["arguments"] == '-c "x y"'
+    ls = events[1]["process_exec"]
+    assert ls["process"]["binary"] == "/usr/bin/ls"
+    assert ls["process"]["arguments"] == '-l "a b"'
+    assert ls["parent"]["exec_id"] == bash["exec_id"]
+    assert base64.b64decode(ls["process"]["exec_id"]) == b"n1:3000:101"
+    assert events[2]["process_exit"]["status"] == 2 and "signal" not in events[2]["process_exit"]
+    assert events[3]["process_exit"]["signal"] == "SIGKILL"
+    for e in events:
+        assert e["node_name"] == "n1" and e["time"].endswith("Z")
+
+
+def test_fork_only_child_exit_uses_clone_entry(tmp_path: Path):
+    recs = [
+        process_record(pid=10, ktime=1, binary="/bin/sh"),
+        process_record(op=R.OP_CLONE, pid=11, ktime=2, ppid=10, pktime=1),
+        exit_record(pid=11, ktime=3, exec_ktime=2),
+    ]
+    events = run_replay(tmp_path, recs)
+    x = events[1]["process_exit"]
+    assert x["process"]["flags"] == "clone" and x["process"]["binary"] == "/bin/sh"
+    assert x["parent"]["pid"] == 10
+
+
+def test_unknown_process_exit_is_flagged_miss(tmp_path: Path):
+    events = run_replay(tmp_path, [exit_record(pid=77, ktime=5, exec_ktime=4)])
+    assert events[0]["process_exit"]["process"]["flags"] == "miss"
+
+
+def test_bad_records_are_counted_not_fatal(tmp_path: Path):
+    out = tmp_path / "e.log"
+    agent = Agent(AgentConfig(export_filename=str(out), server_address="", node_name="n"),
+                  source=ReplaySource([b"\x63junk", b"\x01short", process_record(pid=1, ktime=1)]))
+    agent.start()
+    agent.run()
+    assert agent.decode_errors == 2
+    assert agent.status()["events"] == {"process_exec": 1}
+    agent.close()
+
+
+def test_recording_round_trip(tmp_path: Path):
+    recs = [process_record(pid=i, ktime=i) for i in range(1, 50)]
+    path = tmp_path / "r.rec"
+    write_recording(str(path), recs)
+    assert read_recording(str(path)) == recs
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(ValueError, match="truncated"):
+        read_recording(str(path))
+
+
+def test_container_id_from_cgroup_name(tmp_path: Path):
+    cid = "a" * 64
+    events = run_replay(tmp_path, [process_record(pid=5, ktime=5, cgroup_name=f"cri-containerd-{cid}.scope")])
+    assert events[0]["process_exec"]["process"]["docker"] == cid[:31]
+
+
+def test_process_json_types_follow_tetragon(tmp_path: Path):
+    events = run_replay(tmp_path, [process_record(pid=5, ktime=5)])
+    p = events[0]["process_exec"]["process"]
+    assert isinstance(p["pid"], int) and isinstance(p["uid"], int) and isinstance(p["auid"], int)
+    assert isinstance(p["exec_id"], str) and isinstance(p["start_time"], str)
+    assert set(p["ns"]) == set(R.NS_NAMES)
+    assert all(isinstance(v["inum"], int) for v in p["ns"].values())
+    assert p["cap"]["effective"][1] == "DAC_OVERRIDE"
