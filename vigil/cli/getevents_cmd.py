@@ -1,0 +1,358 @@
+"""`vigil getevents`: print events as JSON lines or in Tetragon's compact format.
+
+Event sources, in order of preference (as with `tetra getevents`):
+
+1. ``--file PATH``: a JSON export file (vigil extension); ``--follow`` keeps reading
+   as it grows, like ``tail -F`` (a rotated or truncated file is reopened).
+2. stdin, when it is not a terminal: ``kubectl logs ... | vigil getevents -o compact``.
+3. the agent's gRPC GetEvents stream.
+
+The filter flags become one allow filter plus field filters, exactly like tetra: for
+the agent they travel in the request, for files and stdin they are applied locally.
+Malformed input lines are reported on stderr with their line number and skipped.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from typing import IO, Any, Callable, Iterable, Iterator
+
+import click
+import orjson
+
+from vigil.export.event_types import FilterError, parse_event_type
+
+Event = dict[str, Any]
+DEFAULT_TIMEOUT = 30.0
+PROG = "vigil getevents"
+
+
+class Duration(click.ParamType):
+    """Go-style durations (``2s``, ``500ms``, ``1m30s``) or plain seconds."""
+
+    name = "duration"
+    _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+    _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        text = str(value).strip()
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        parts = self._PART.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            self.fail(f"{value!r} is not a duration (e.g. 2s, 500ms, 1m)", param, ctx)
+        return sum(float(n) * self._UNITS[u] for n, u in parts)
+
+
+def _split(values: Iterable[str]) -> list[str]:
+    """Repeated and comma-separated flag values, like pflag's StringSlice."""
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+def build_request_filters(
+    *,
+    event_types: Iterable[str] = (),
+    namespaces: Iterable[str] = (),
+    host: bool = False,
+    processes: Iterable[str] = (),
+    pods: Iterable[str] = (),
+    containers: Iterable[str] = (),
+    policy_names: Iterable[str] = (),
+    namespace_regex: Iterable[str] = (),
+    include_fields: Iterable[str] = (),
+    exclude_fields: Iterable[str] = (),
+) -> tuple[list[Event], list[Event]]:
+    """(allow_list, field_filters) from the getevents flags: one allow filter, as tetra.
+
+    Regex flags are not split on commas (a comma is meaningful inside a regex)."""
+    allow: Event = {}
+    if types := _split(event_types):
+        allow["event_set"] = [parse_event_type(t, "--event-types") for t in types]
+    ns = _split(namespaces)
+    if host:
+        ns.append("")  # host processes have no pod, i.e. namespace ""
+    if ns:
+        allow["namespace"] = ns
+    for key, values in (("binary_regex", processes), ("pod_regex", pods),
+                        ("container_name_regex", containers),
+                        ("namespace_regex", namespace_regex)):
+        if values := [v for v in values if v]:
+            allow[key] = values
+    if names := _split(policy_names):
+        allow["policy_names"] = names
+    field_filters: list[Event] = []
+    if inc := _split(include_fields):
+        field_filters.append({"fields": ",".join(inc), "action": "INCLUDE"})
+    if exc := _split(exclude_fields):
+        field_filters.append({"fields": ",".join(exc), "action": "EXCLUDE"})
+    return ([allow] if allow else []), field_filters
+
+
+# -- sources -----------------------------------------------------------------------
+
+
+def _stdin_is_tty() -> bool:
+    try:
+        return sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def iter_file_lines(
+    path: str,
+    *,
+    follow: bool = False,
+    poll_interval: float = 0.25,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line) from a file; with `follow`, wait for more like tail -F."""
+    f = open(path, "rb")
+    lineno, partial = 0, b""
+    try:
+        while True:
+            line = f.readline()
+            if line:
+                if follow and not line.endswith(b"\n"):
+                    partial += line  # the writer has not finished this line yet
+                    continue
+                lineno += 1
+                yield lineno, partial + line
+                partial = b""
+                continue
+            if not follow or should_stop():
+                if partial:
+                    yield lineno + 1, partial
+                return
+            if _replaced(path, f):
+                f.close()
+                f = open(path, "rb")
+                lineno, partial = 0, b""
+                continue
+            time.sleep(poll_interval)
+    finally:
+        f.close()
+
+
+def _replaced(path: str, f: IO[bytes]) -> bool:
+    """True when `path` now names another file (rotation) or was truncated."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False  # between rename and re-create: keep waiting
+    return st.st_ino != os.fstat(f.fileno()).st_ino or st.st_size < f.tell()
+
+
+def iter_stream_lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    for lineno, line in enumerate(iter(stream.readline, b""), start=1):
+        yield lineno, line
+
+
+class LineDecoder:
+    """Turns raw lines into event dicts, reporting and counting malformed ones."""
+
+    def __init__(self, source_name: str) -> None:
+        self.source_name = source_name
+        self.malformed = 0
+
+    def decode(self, lines: Iterable[tuple[int, bytes]]) -> Iterator[Event]:
+        for lineno, line in lines:
+            if not line.strip():
+                continue
+            try:
+                event = orjson.loads(line)
+            except orjson.JSONDecodeError as e:
+                self._report(lineno, f"invalid JSON ({e})")
+                continue
+            if not isinstance(event, dict):
+                self._report(lineno, "not a JSON object")
+                continue
+            yield event
+
+    def _report(self, lineno: int, why: str) -> None:
+        self.malformed += 1
+        click.echo(f"{PROG}: {self.source_name}:{lineno}: skipping malformed line: {why}",
+                   err=True)
+
+
+def agent_events(
+    server_address: str | None,
+    allow_list: list[Event],
+    field_filters: list[Event],
+    timeout: float,
+    reconnect: bool,
+    reconnect_wait: float,
+) -> Iterator[Event]:
+    from vigil.api.client import AgentUnreachable, stream_events
+
+    while True:
+        try:
+            yield from stream_events(server_address, allow_list, [], field_filters, timeout)
+            if not reconnect:
+                return
+            reason = "stream ended"
+        except AgentUnreachable as e:
+            message = str(e)
+            address = getattr(e, "address", None) or server_address or "the default address"
+            if address not in message:
+                message = f"{message} (agent address: {address})"
+            if not reconnect:
+                raise click.ClickException(message) from None
+            reason = message
+        except ValueError as e:  # the client refused a malformed filter
+            raise click.ClickException(f"invalid filter: {e}") from None
+        except Exception as e:  # noqa: BLE001 - grpc errors, without importing grpc here
+            if type(e).__module__.split(".")[0] != "grpc":
+                raise
+            details = e.details() if hasattr(e, "details") else str(e)
+            if not reconnect:
+                raise click.ClickException(f"agent error: {details}") from None
+            reason = f"agent error: {details}"
+        click.echo(f"{PROG}: {reason}; reconnecting in {reconnect_wait:g}s", err=True)
+        time.sleep(reconnect_wait)
+
+
+# -- output ------------------------------------------------------------------------
+
+
+def _use_color(mode: str, stream: IO[Any]) -> bool:
+    if mode == "always":
+        return True
+    if mode == "never" or os.environ.get("NO_COLOR"):
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _make_encoder(output: str, color: bool, timestamps: bool, stack_traces: bool,
+                  ima_hash: bool) -> Callable[[Event], bytes | None]:
+    if output == "json":
+        return lambda event: orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
+    from vigil.export.compact import format_compact
+
+    def encode(event: Event) -> bytes | None:
+        text = format_compact(event, color=color, timestamps=timestamps,
+                              stack_traces=stack_traces, ima_hash=ima_hash)
+        return None if text is None else (text + "\n").encode()
+
+    return encode
+
+
+def _binary_stream(stream: IO[Any]) -> IO[bytes]:
+    return getattr(stream, "buffer", stream)
+
+
+def _silence_stdout() -> None:
+    """After EPIPE, point stdout at /dev/null so the interpreter's final flush is quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+@click.command("getevents")
+@click.option("-o", "--output", type=click.Choice(["json", "compact"]), default="json",
+              show_default=True, help="Output format.")
+@click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto",
+              show_default=True, help="Colors in compact output.")
+@click.option("-e", "--event-types", multiple=True, help="EventType names (PROCESS_EXEC,...).")
+@click.option("-f", "--include-fields", multiple=True, help="Fields to keep (process.binary,...).")
+@click.option("-F", "--exclude-fields", multiple=True, help="Fields to drop.")
+@click.option("-n", "--namespace", "--namespaces", "namespaces", multiple=True,
+              help="Pod namespaces.")
+@click.option("--process", "--processes", "processes", multiple=True, help="Binary regex.")
+@click.option("--pod", "--pods", "pods", multiple=True, help="Pod name regex.")
+@click.option("--container", "--containers", "containers", multiple=True, hidden=True,
+              help="Container name regex.")
+@click.option("--host", is_flag=True, help="Include host (non-pod) processes.")
+@click.option("--timestamps", is_flag=True, help="Prefix compact lines with the event time.")
+@click.option("--stack-traces/--no-stack-traces", default=True, show_default=True,
+              help="Print kprobe stack traces in compact output.")
+@click.option("--ima-hash/--no-ima-hash", default=True, show_default=True,
+              help="Print LSM IMA hashes in compact output.")
+@click.option("--policy-names", multiple=True, help="Only events of these policies.")
+@click.option("--namespace-regex", multiple=True, help="Pod namespace regex.")
+@click.option("--file", "file_path", type=click.Path(dir_okay=False),
+              help="Read events from a JSON export file instead of the agent.")
+@click.option("--follow/--no-follow", default=False, show_default=True,
+              help="With --file: keep reading as the file grows (tail -F).")
+@click.option("--server-address", default=None,
+              help="Agent address (default: the agent's info file, else localhost:54321).")
+@click.option("--timeout", type=Duration(), default=DEFAULT_TIMEOUT, show_default=True,
+              help="Connection timeout.")
+@click.option("--reconnect", is_flag=True, help="Reconnect when the agent goes away.")
+@click.option("--reconnect-wait", type=Duration(), default=2.0, show_default=True,
+              help="Delay between reconnection attempts.")
+def getevents(
+    output: str, color: str, event_types: tuple[str, ...], include_fields: tuple[str, ...],
+    exclude_fields: tuple[str, ...], namespaces: tuple[str, ...], processes: tuple[str, ...],
+    pods: tuple[str, ...], containers: tuple[str, ...], host: bool, timestamps: bool,
+    stack_traces: bool, ima_hash: bool, policy_names: tuple[str, ...],
+    namespace_regex: tuple[str, ...], file_path: str | None, follow: bool,
+    server_address: str | None, timeout: float, reconnect: bool, reconnect_wait: float,
+) -> None:
+    """Print events from the agent, a JSON export file, or stdin."""
+    try:
+        allow_list, field_filters = build_request_filters(
+            event_types=event_types, namespaces=namespaces, host=host, processes=processes,
+            pods=pods, containers=containers, policy_names=policy_names,
+            namespace_regex=namespace_regex, include_fields=include_fields,
+            exclude_fields=exclude_fields,
+        )
+    except FilterError as e:
+        raise click.UsageError(str(e)) from None
+
+    decoder: LineDecoder | None = None
+    live = True
+    if file_path is not None or not _stdin_is_tty():
+        from vigil.export.event_filter import EventFilter
+
+        try:  # compile first, so a bad regex fails before any output
+            local_filter = EventFilter(allow_list, (), field_filters)
+        except FilterError as e:
+            raise click.UsageError(str(e)) from None
+        if file_path is not None:
+            try:  # report an unreadable file before streaming starts
+                with open(file_path, "rb"):
+                    pass
+            except OSError as e:
+                raise click.ClickException(f"cannot read {file_path}: {e.strerror or e}") from None
+            lines = iter_file_lines(file_path, follow=follow)
+            decoder, live = LineDecoder(file_path), follow
+        else:
+            lines = iter_stream_lines(_binary_stream(sys.stdin))
+            decoder = LineDecoder("<stdin>")
+        events: Iterable[Event] = (
+            e for e in map(local_filter.apply, decoder.decode(lines)) if e is not None
+        )
+    else:
+        events = agent_events(server_address, allow_list, field_filters, timeout,
+                              reconnect, reconnect_wait)
+
+    out = _binary_stream(sys.stdout)
+    encode = _make_encoder(output, _use_color(color, sys.stdout), timestamps, stack_traces,
+                           ima_hash)
+    try:
+        for event in events:
+            data = encode(event)
+            if data is not None:
+                out.write(data)
+                if live:
+                    out.flush()
+        out.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        return
+    except KeyboardInterrupt:
+        return
+    if decoder is not None and decoder.malformed:
+        click.echo(f"{PROG}: skipped {decoder.malformed} malformed line(s)", err=True)
+
