@@ -87,6 +87,7 @@ def test_paths_through_lists():
     ({"fields": "process", "event_set": ["NOPE"]}, "event_set"),
     ({"fields": "process", "invert_event_set": "yes"}, "invert_event_set"),
     ({"fields": 5}, "fields"),
+    ({"action": "EXCLUDE"}, "at least one field"),
     ({"fieldz": "process"}, "fieldz"),
     ({"event_set": ["PROCESS_THROTTLE"], "fields": "process"}, "process"),
 ])

@@ -145,6 +145,8 @@ class FieldFilter:
             raise FilterError(f"field filter action: expected INCLUDE or EXCLUDE, got {action!r}")
         self.action = ACTIONS[action]
         self.paths = parse_paths(fields.get("fields", ""), "field filter fields")
+        if not self.paths:
+            raise FilterError("field filter fields: at least one field path is required")
         self._check_paths()
         self.tree = build_tree(self.paths)
 

@@ -70,13 +70,20 @@ class RedactionFilter:
 class RedactionSet:
     def __init__(self, specs: Iterable[dict[str, Any] | RedactionFilter] = ()) -> None:
         self.filters = [s if isinstance(s, RedactionFilter) else RedactionFilter(s) for s in specs]
+        # Patterns of unscoped filters apply to every process: collect them once.
+        self._always = [p for f in self.filters if f.binary_pattern is None for p in f.patterns]
+        self._scoped = [f for f in self.filters if f.binary_pattern is not None]
 
     def __bool__(self) -> bool:
         return bool(self.filters)
 
     def redact_process(self, process: dict[str, Any]) -> dict[str, Any]:
         """Redacted copy of a Process dict (the same object when nothing changed)."""
-        patterns = [p for f in self.filters if f.applies_to(process) for p in f.patterns]
+        patterns = self._always
+        if self._scoped:
+            patterns = patterns + [
+                p for f in self._scoped if f.applies_to(process) for p in f.patterns
+            ]
         if not patterns:
             return process
         out = process
