@@ -22,7 +22,7 @@ import base64
 import platform
 import re
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 from vigil.export.syscall_table import SYSCALL_ARGS, SYSCALL_NAMES
 
@@ -186,7 +186,6 @@ def _sock_text(args: list[Any]) -> str:
 
 # -- per-kind formatters ---------------------------------------------------------------
 
-KprobeRenderer = Callable[[list[Any]], tuple[str, str, list[str]]]
 
 
 def _kprobe_details(name: str, args: list[Any], function_name: str) -> tuple[str, str, list[str]]:
