@@ -326,12 +326,19 @@ def _dump_map_key(fd: FD) -> Callable[[Any], str]:
 
 
 _dump_plans: dict[str, dict[str, tuple[int, Any]]] = {}
+# Declaration order of messages where it differs from field-number order. ListFields()
+# yields number order, Go's protojson declaration order (e.g. GetEventsResponse puts
+# rate_limit_info=40001 before node_name=1000, KprobeArgument puts label=18 last).
+_decl_order: dict[str, tuple[str, ...] | None] = {}
 
 
 def _dump_plan(md: Descriptor) -> dict[str, tuple[int, Any]]:
     plan = _dump_plans.get(md.full_name)
     if plan is not None:
         return plan
+    decl = tuple(fd.name for fd in md.fields)
+    by_number = tuple(fd.name for fd in sorted(md.fields, key=lambda f: f.number))
+    _decl_order[md.full_name] = decl if decl != by_number else None
     plan = {}
     for fd in md.fields:
         if fd.type == FD.TYPE_MESSAGE:
@@ -363,8 +370,10 @@ def _dump_msg_value(kind: int, aux: Any, v: Any) -> Any:
 
 
 def to_dict(msg: Any) -> dict[str, Any]:
-    """Message -> protojson-shaped dict (proto names, zero values omitted)."""
-    plan = _dump_plan(msg.DESCRIPTOR)
+    """Message -> protojson-shaped dict (proto names, zero values omitted, keys in
+    declaration order like Go's protojson)."""
+    md = msg.DESCRIPTOR
+    plan = _dump_plan(md)
     out: dict[str, Any] = {}
     for fd, v in msg.ListFields():  # only populated fields, in field-number order
         kind, aux = plan[fd.name]
@@ -384,4 +393,7 @@ def to_dict(msg: Any) -> dict[str, Any]:
         else:
             sk, saux = aux
             out[fd.name] = _dump_msg_value(sk, saux, v)
+    order = _decl_order[md.full_name]
+    if order is not None and len(out) > 1:
+        out = {k: out[k] for k in order if k in out}
     return out

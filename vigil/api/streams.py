@@ -10,6 +10,8 @@ import logging
 import threading
 from typing import Any, Iterator
 
+import grpc
+
 from vigil.api import convert
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,8 @@ def stream_events(
                     continue
                 sent += 1
                 yield msg  # blocks while the client's flow-control window is full
+        if stopping.is_set():  # tell the client to reconnect rather than end "OK"
+            context.abort(grpc.StatusCode.UNAVAILABLE, "agent is shutting down")
     finally:
         sub.close()
         if sub.dropped:

@@ -1,0 +1,237 @@
+"""The gRPC server over a fake agent, called with the real generated stubs."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import threading
+import time
+
+import grpc
+import pytest
+
+from tests.api.fake_agent import FakeAgent
+from tests.api.harness import running_server, wait_for
+from vigil.api.client import AgentUnreachable, Client, resolve_address
+from vigil.api.pb import eventlogservice_pb2, eventlogservice_pb2_grpc, events_pb2, sensors_pb2, tetragon_pb2
+
+POLICY = """apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: %s}
+spec:
+  kprobes: [{call: security_file_open, syscall: false}]
+"""
+
+
+@pytest.fixture
+def srv():
+    with running_server() as (server, agent):
+        with Client(server.address, timeout=5) as c:
+            yield server, agent, c
+
+
+def code_of(fn, *a, **kw) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as e:
+        fn(*a, **kw)
+    return e.value.code()
+
+
+def test_health_version_info(srv):
+    server, agent, c = srv
+    assert c.health() == [{"event": "HEALTH_STATUS_TYPE_STATUS", "status": "HEALTH_STATUS_RUNNING",
+                           "details": "all sensors loaded"}]
+    assert c.version() == "9.9.9-test"
+    st = c.status()
+    assert st["events"] == {"process_exec": 10, "process_exit": 9}
+    assert st["process_cache"]["size"] == 42
+    assert st["grpc"]["streams_active"] == 0
+    assert c.info().name == "vigil"
+
+
+def test_policy_lifecycle_reaches_agent(srv):
+    _, agent, c = srv
+    c.add_policy(POLICY % "p1")
+    assert agent.calls[-1] == ("add", POLICY % "p1", None, "grpc")
+    [p] = c.list_policies()
+    assert p["name"] == "p1" and p["state"] == "TP_STATE_ENABLED" and p["mode"] == "TP_MODE_ENFORCE"
+    assert p["stats"]["action_counters"] == {"post": "3", "signal": "1", "monitor_signal": "2"}
+    assert p["hook_statuses"][0]["hook_description"] == "kprobe:security_file_open"
+    c.disable_policy("p1")
+    assert agent.calls[-1] == ("enabled", "p1", False, "")
+    assert c.list_policies()[0]["state"] == "TP_STATE_DISABLED"
+    c.enable_policy("p1")
+    assert agent.calls[-1] == ("enabled", "p1", True, "")
+    c.set_policy_mode("p1", "monitor")
+    assert agent.calls[-1] == ("mode", "p1", "monitor", "")
+    assert c.list_policies()[0]["mode"] == "TP_MODE_MONITOR"
+    c.delete_policy("p1")
+    assert agent.calls[-1] == ("delete", "p1", "")
+    assert c.list_policies() == []
+
+
+def test_deprecated_enable_disable_rpcs(srv):
+    _, agent, c = srv
+    c.add_policy(POLICY % "p2")
+    c.stub.DisableTracingPolicy(sensors_pb2.DisableTracingPolicyRequest(name="p2"), timeout=5)
+    c.stub.EnableTracingPolicy(sensors_pb2.EnableTracingPolicyRequest(name="p2"), timeout=5)
+    assert [x[:3] for x in agent.calls[-2:]] == [("enabled", "p2", False), ("enabled", "p2", True)]
+
+
+def test_policy_errors(srv):
+    _, agent, c = srv
+    assert code_of(c.add_policy, "metadata: [") == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(c.add_policy, "") == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(c.add_policy, "metadata: {name: r}\nspec: {refuse: true}") == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(c.delete_policy, "missing") == grpc.StatusCode.NOT_FOUND
+    assert code_of(c.enable_policy, "missing") == grpc.StatusCode.NOT_FOUND
+    assert code_of(c.set_policy_mode, "missing", "enforce") == grpc.StatusCode.NOT_FOUND
+    assert code_of(c.delete_policy, "") == grpc.StatusCode.INVALID_ARGUMENT
+    c.add_policy(POLICY % "p3")
+    assert code_of(c.enable_policy, "p3") == grpc.StatusCode.FAILED_PRECONDITION  # already enabled
+    req = sensors_pb2.ConfigureTracingPolicyRequest(name="p3", mode=sensors_pb2.TP_MODE_MONITOR_ONLY)
+    assert code_of(c.stub.ConfigureTracingPolicy, req, timeout=5) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_agent_bug_is_internal_with_message(srv):
+    _, agent, c = srv
+    agent.list_policies = lambda: [{"id": "not-a-number"}]
+    with pytest.raises(grpc.RpcError) as e:
+        c.list_policies()
+    assert e.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL)
+    agent.health = lambda: 1 / 0
+    with pytest.raises(grpc.RpcError) as e:
+        c.health()
+    assert e.value.code() == grpc.StatusCode.INTERNAL and "ZeroDivisionError" in e.value.details()
+
+
+@pytest.mark.parametrize("call", [
+    lambda s: s.RuntimeHook(tetragon_pb2.RuntimeHookRequest(), timeout=3),
+    lambda s: s.EnableSensor(sensors_pb2.EnableSensorRequest(name="x"), timeout=3),
+    lambda s: s.DisableSensor(sensors_pb2.DisableSensorRequest(name="x"), timeout=3),
+    lambda s: s.RemoveSensor(sensors_pb2.RemoveSensorRequest(name="x"), timeout=3),
+])
+def test_unimplemented_is_prompt(srv, call):
+    _, _, c = srv
+    t0 = time.monotonic()
+    with pytest.raises(grpc.RpcError) as e:
+        call(c.stub)
+    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED and e.value.details()
+    assert time.monotonic() - t0 < 2
+
+
+def test_event_log_service_unimplemented(srv):
+    server, _, c = srv
+    stub = eventlogservice_pb2_grpc.EventLogServiceStub(c.channel)
+    assert code_of(stub.GetEventLogParams, eventlogservice_pb2.GetEventLogParamsRequest(), timeout=3) \
+        == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_sensors_domains_debug(srv):
+    _, agent, c = srv
+    assert c.list_sensors() == [{"name": "exec", "enabled": True, "collection": "base"}]
+    assert list(c.stub.ListDomains(sensors_pb2.ListDomainsRequest(), timeout=5).domains) == ["static", "grpc"]
+    res = c.stub.GetDebug(sensors_pb2.GetDebugRequest(flag=sensors_pb2.CONFIG_FLAG_LOG_LEVEL), timeout=5)
+    assert res.level == sensors_pb2.LOG_LEVEL_INFO
+    c.stub.SetDebug(sensors_pb2.SetDebugRequest(flag=sensors_pb2.CONFIG_FLAG_LOG_LEVEL,
+                                                level=sensors_pb2.LOG_LEVEL_DEBUG), timeout=5)
+    assert agent.log_level == "debug"
+    res = c.stub.GetDebug(sensors_pb2.GetDebugRequest(flag=sensors_pb2.CONFIG_FLAG_DUMP_PROCESS_CACHE), timeout=5)
+    [p] = res.processes.processes
+    assert p.process.binary == "/sbin/init" and p.refcnt.value == 2
+
+
+def test_bad_filter_is_invalid_argument(srv):
+    from vigil.api import convert
+
+    server, _, c = srv
+    bad = [
+        convert.events_request([{"binary_regex": ["("]}]),
+        convert.events_request([{"cel_expression": ["true"]}]),
+        convert.events_request(field_filters=[{"fields": "nosuchfield.x"}]),
+    ]
+    for req in bad:
+        with pytest.raises(grpc.RpcError) as e:
+            next(iter(c.stub.GetEvents(req, timeout=5)))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, req
+        assert e.value.details()
+    assert server.stats()["streams_active"] == 0
+
+
+def test_stream_limit_and_stop_ends_streams():
+    with running_server(max_workers=4, max_streams=2) as (server, agent):
+        c = Client(server.address, 5)
+        calls = [c.stub.GetEvents(events_pb2.GetEventsRequest()) for _ in range(2)]
+        wait_for(lambda: agent.bus.subscriber_count == 2, what="2 subscriptions")
+        with pytest.raises(grpc.RpcError) as e:
+            next(iter(c.stub.GetEvents(events_pb2.GetEventsRequest(), timeout=5)))
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert c.version() == "9.9.9-test"  # unary calls still have a worker
+        calls[0].cancel()
+        wait_for(lambda: agent.bus.subscriber_count == 1, what="cancel to release the subscription")
+        t0 = time.monotonic()
+        server.stop(grace=0.5)
+        assert time.monotonic() - t0 < 3
+        with pytest.raises(grpc.RpcError) as e:
+            for _ in calls[1]:
+                pass
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert agent.bus.subscriber_count == 0
+        c.close()
+
+
+def test_info_files_written_and_removed(tmp_path):
+    files = [tmp_path / "tetragon" / "tetragon-info.json", tmp_path / "vigil" / "vigil-info.json"]
+    with running_server(info_files=files) as (server, _):
+        for f in files:
+            assert json.loads(f.read_text()) == {"server_address": server.address}
+        assert resolve_address(None, info_files=tuple(map(str, files))) == server.address
+        assert resolve_address("unix:///x.sock", info_files=tuple(map(str, files))) == "unix:///x.sock"
+    assert not any(f.exists() for f in files)
+    assert resolve_address(None, info_files=(str(files[0]),)) == "localhost:54321"
+
+
+def test_unix_socket_mode_0600(tmp_path):
+    sock = tmp_path / "run" / "vigil.sock"
+    with running_server(f"unix://{sock}") as (server, agent):
+        assert server.address == f"unix://{sock}"
+        assert stat.S_ISSOCK(os.stat(sock).st_mode)
+        assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+        with Client(server.address, 5) as c:
+            assert c.version() == "9.9.9-test"
+    assert not sock.exists()
+
+
+def test_unreachable_names_address():
+    with pytest.raises(AgentUnreachable) as e:
+        Client("localhost:1", timeout=0.5)
+    assert "localhost:1" in str(e.value)
+
+
+def test_health_service():
+    pytest.importorskip("grpc_health")
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with running_server() as (server, _):
+        ch = grpc.insecure_channel(server.address)
+        stub = health_pb2_grpc.HealthStub(ch)
+        res = stub.Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=5)
+        assert res.status == health_pb2.HealthCheckResponse.SERVING
+        ch.close()
+
+
+def test_concurrent_unary_calls(srv):
+    _, agent, c = srv
+    errors = []
+
+    def worker(i):
+        try:
+            c.add_policy(POLICY % f"c{i}")
+            c.list_policies()
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(20)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors and len(agent.policies) == 20
