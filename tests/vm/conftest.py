@@ -1,5 +1,11 @@
 """Guest-side tests: run by `python -m vigil.vmtier run` inside QEMU guests (make test-vm).
 
+Every file here runs once per guest kernel (6.1, 6.12) in a single boot per kernel, as root, with
+the host root shared read-only under a writable tmpfs overlay; bpffs, tracefs, debugfs, securityfs
+and cgroup2 (/sys/fs/cgroup/unified) are mounted and build/bpf/*.o from `make all` are visible.
+VIGIL_VM_KERNEL holds the guest's `uname -r`. Keep tests few and short: user space runs 15-25x
+slower under TCG. Debug with `python -m vigil.vmtier shell-cmd --kernel 6.12 -- <cmd...>`.
+
 On the host (plain `pytest` from the repo root) this folder is not collected: the host kernel has
 no kprobes/trampolines, and the VM tier runs these tests where they mean something.
 """

@@ -53,7 +53,8 @@ mount -t devtmpfs devtmpfs $R/dev
 mkdir -p $R/dev/pts $R/dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666 devpts $R/dev/pts
 mount -t tmpfs -o mode=1777 tmpfs $R/dev/shm
-mount -t tmpfs -o mode=1777 tmpfs $R/tmp
+# A checkout under /tmp (some CI runners) must stay visible, so then /tmp stays on the overlay.
+[ -e /vmtier/keep-tmp ] || mount -t tmpfs -o mode=1777 tmpfs $R/tmp
 mount -t tmpfs -o mode=0755 tmpfs $R/run
 mount -t bpf bpf $R/sys/fs/bpf || die "bpffs mount failed"
 mount -t tracefs tracefs $R/sys/kernel/tracing || die "tracefs mount failed"
@@ -108,7 +109,8 @@ def _module_bytes(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def build(kernel: Kernel, script: str, out: Path) -> Path:
+def build(kernel: Kernel, script: str, out: Path, keep_paths: tuple[str, ...] = ()) -> Path:
+    """keep_paths: host paths the command needs; a tmpfs is not mounted over /tmp if one is under it."""
     dep_file = kernel.modules_dir / "modules.dep"
     if not dep_file.exists():
         raise TierError(f"{dep_file} missing (depmod did not run?)")
@@ -128,6 +130,8 @@ def build(kernel: Kernel, script: str, out: Path) -> Path:
         names.append(name)
     w.file("lib/modules/order", ("\n".join(names) + "\n").encode())
     w.file("vmtier/cmd.sh", script.encode(), 0o755)
+    if any(p == "/tmp" or p.startswith("/tmp/") for p in keep_paths):
+        w.file("vmtier/keep-tmp", b"")
     w.close()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(gzip.compress(buf.getvalue(), compresslevel=1))

@@ -32,7 +32,8 @@ def choose_accel(kvm_dev: Path = Path("/dev/kvm"), cpuinfo: Path = Path("/proc/c
 def kernel_cmdline(extra: str = "") -> str:
     # panic=-1 + -no-reboot: a panic ends QEMU at once instead of hanging until the timeout.
     # mitigations=off: speculative-execution mitigations only slow down emulation.
-    base = "console=ttyS0 panic=-1 rdinit=/init quiet loglevel=4 mitigations=off random.trust_cpu=on"
+    # loglevel=5 keeps kernel warnings (WARN splats, BPF oddities) in console.log for diagnosis.
+    base = "console=ttyS0 panic=-1 rdinit=/init quiet loglevel=5 mitigations=off random.trust_cpu=on"
     return f"{base} {extra}".strip()
 
 

@@ -104,7 +104,9 @@ def boot(kernel: kernels.Kernel, argv: list[str], cwd: str, timeout: float,
         "VIGIL_VM_KERNEL": kernel.release,
         "VIGIL_VM_BPF_DIR": str(GUEST_BPF_DIR),
     }
-    initrd = initramfs.build(kernel, initramfs.command_script(argv, cwd, env), workdir / "initramfs.cpio.gz")
+    keep = (str(REPO_ROOT), cwd, os.path.realpath(argv[0]) if argv and argv[0].startswith("/") else "")
+    initrd = initramfs.build(kernel, initramfs.command_script(argv, cwd, env), workdir / "initramfs.cpio.gz",
+                             keep_paths=tuple(p for p in keep if p))
     accel = qemu.choose_accel()
     log(f"booting {kernel.release} ({accel}, timeout {timeout:.0f}s)")
 
