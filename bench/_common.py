@@ -50,6 +50,18 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def _raise_exit(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def install_signal_handlers() -> None:
+    """SIGINT/SIGTERM unwind through the finally blocks (agent stop, child kill, temp
+    dir removal) even when the benchmark was started in the background with SIGINT
+    ignored."""
+    signal.signal(signal.SIGINT, _raise_exit)
+    signal.signal(signal.SIGTERM, _raise_exit)
+
+
 def require_root() -> None:
     if os.geteuid() != 0:
         sys.exit("this benchmark loads BPF programs: run it as root")
@@ -97,6 +109,8 @@ SPAWNER_C = r"""
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 extern char **environ;
 /* spawner N BINARY MODE [ARG]: N x (fork+exec | posix_spawn) + waitpid,
@@ -106,6 +120,7 @@ int main(int argc, char **argv) {
     long n = atol(argv[1]);
     char *bin = argv[2];
     int use_fork = strcmp(argv[3], "fork") == 0;
+    prctl(PR_SET_PDEATHSIG, SIGKILL);  /* never outlive the benchmark */
     char *args[] = {bin, argc > 4 ? argv[4] : NULL, NULL};
     struct timespec a, b;
     clock_gettime(CLOCK_MONOTONIC, &a);
@@ -224,6 +239,12 @@ class AgentProc:
         if self._reader is not None:
             self._reader.join(5)
         return p.returncode
+
+    def cpu_seconds(self) -> float:
+        """user+system CPU time the agent process has used so far."""
+        with open(f"/proc/{self.pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+        return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
 
     def kernel_drops(self) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -17,7 +17,7 @@ import argparse
 import sys
 import time
 
-from _common import (AgentProc, assert_no_bpf_left, build_spawner, count_execs, emit_json, median,
+from _common import (install_signal_handlers, AgentProc, assert_no_bpf_left, build_spawner, count_execs, emit_json, median,
                      require_root, run_spawner, tempdir, wait_quiet)
 
 GOAL_RATIO = 1.03
@@ -32,6 +32,7 @@ def main() -> int:
                     help="fork+execve (default) or posix_spawn (vfork-like)")
     ap.add_argument("--binary", default="/bin/true")
     a = ap.parse_args()
+    install_signal_handlers()
     require_root()
     n = a.n or (500 if a.quick else 10_000)
     rounds = a.rounds or (1 if a.quick else 3)
@@ -39,6 +40,7 @@ def main() -> int:
     off: list[float] = []
     on: list[float] = []
     per_round: list[dict] = []
+    agent_cpu: list[float] = []
     total_lost_exec = total_lost_exit = 0
     drops_total: dict[str, int] = {}
     with tempdir() as tmp:
@@ -55,11 +57,15 @@ def main() -> int:
             try:
                 agent.start()
                 time.sleep(0.3)  # let the procfs burst get written
+                cpu0 = agent.cpu_seconds()
                 secs, spid = run_spawner(spawner, n, a.binary, a.mode)
+                cpu_during = agent.cpu_seconds() - cpu0
                 wait_quiet(export, quiet_s=0.5)
+                cpu_total = agent.cpu_seconds() - cpu0
             finally:
                 rc = agent.stop()
             on.append(secs)
+            agent_cpu.append(cpu_total)
             seen_exec, seen_exit = count_execs(export, a.binary, spid)
             drops = agent.kernel_drops()
             for k, v in drops.items():
@@ -68,9 +74,11 @@ def main() -> int:
             total_lost_exec += lost_exec
             total_lost_exit += lost_exit
             per_round.append({"off_s": round(off[-1], 4), "on_s": round(secs, 4), "exec_seen": seen_exec,
-                              "exit_seen": seen_exit, "kernel_drops": drops, "agent_rc": rc})
+                              "exit_seen": seen_exit, "kernel_drops": drops, "agent_rc": rc,
+                              "agent_cpu_s": round(cpu_total, 3), "agent_cpu_during_loop_s": round(cpu_during, 3)})
             print(f"round {r + 1}/{rounds} on : {secs:7.3f} s  ({n / secs:8.0f} exec/s)  "
-                  f"exec seen {seen_exec}/{n}, exit seen {seen_exit}/{n}, kernel drops {drops or 0}",
+                  f"exec seen {seen_exec}/{n}, exit seen {seen_exit}/{n}, kernel drops {drops or 0}, "
+                  f"agent CPU {cpu_total:.2f} s ({cpu_total / n * 1e6:.0f} us/exec)",
                   flush=True)
             export.unlink(missing_ok=True)
 
@@ -85,6 +93,8 @@ def main() -> int:
           f"{median(on) / n * 1e6:.1f} us/exec)")
     print(f"  ratio on/off : {ratio:.3f}  (per round: {', '.join(f'{x:.3f}' for x in ratios)}; "
           f"goal <= {GOAL_RATIO})  {'OK' if ratio <= GOAL_RATIO else 'OVER GOAL'}")
+    print(f"  agent CPU    : median {median(agent_cpu):.2f} s per round = {median(agent_cpu) / n * 1e6:.0f} us "
+          f"per exec (exec+exit events; user space, competes with the workload on 2 cores)")
     print(f"  events lost  : exec {total_lost_exec}, exit {total_lost_exit} "
           f"(of {n * rounds} each); kernel drops {drops_total or 'none'}")
     print(f"  BPF programs left loaded: {'none' if clean else 'YES (see above)'}")
@@ -93,7 +103,8 @@ def main() -> int:
         "off_s": [round(x, 4) for x in off], "on_s": [round(x, 4) for x in on],
         "median_off_s": round(median(off), 4), "median_on_s": round(median(on), 4),
         "ratio": round(ratio, 4), "round_ratios": [round(x, 4) for x in ratios], "goal_ratio": GOAL_RATIO,
-        "lost_exec": total_lost_exec, "lost_exit": total_lost_exit, "kernel_drops": drops_total,
+        "agent_cpu_s": [round(x, 3) for x in agent_cpu],
+        "agent_cpu_us_per_exec": round(median(agent_cpu) / n * 1e6, 1), "lost_exec": total_lost_exec, "lost_exit": total_lost_exit, "kernel_drops": drops_total,
         "rounds_detail": per_round, "bpf_clean": clean,
     })
     return 0 if clean else 1
