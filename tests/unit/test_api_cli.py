@@ -1,0 +1,97 @@
+"""`vigil status`, `vigil version`, `vigil tracingpolicy` against an in-process server."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from tests.api.harness import running_server
+from vigil.cli.main import cli
+from vigil.cli.tracingpolicy_cmd import humanize_bytes, with_mode
+
+POLICY = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: p1}\nspec:\n  kprobes: [{call: x}]\n"
+
+
+@pytest.fixture
+def env():
+    with running_server() as (server, agent):
+        runner = CliRunner()
+
+        def run(*args: str, ok: bool = True):
+            res = runner.invoke(cli, [*args, "--server-address", server.address, "--timeout", "5"])
+            assert (res.exit_code == 0) == ok, res.output
+            return res
+        yield run, agent
+
+
+def test_version(env):
+    run, _ = env
+    assert run("version").output.startswith("CLI version: ")
+    assert "Server version: 9.9.9-test" in run("version", "-s").output
+
+
+def test_status_text_and_json(env):
+    run, _ = env
+    out = run("status").output
+    assert out.startswith("Health Status: running")
+    assert "process_exec" in out and "capacity" in out
+    data = json.loads(run("status", "-o", "json").output)
+    assert data["health"][0]["status"] == "HEALTH_STATUS_RUNNING"
+    assert data["status"]["lost"]["ringbuf"] == 1
+
+
+def test_tracingpolicy_commands(env, tmp_path):
+    run, agent = env
+    f = tmp_path / "p.yaml"
+    f.write_text(POLICY)
+    run("tracingpolicy", "add", str(f), "-m", "monitor")
+    sent = yaml.safe_load(agent.calls[-1][1])
+    assert sent["spec"]["options"] == [{"name": "policy-mode", "value": "monitor"}]
+    lines = run("tp", "list").output.splitlines()
+    assert lines[0].split() == ["ID", "NAME", "STATE", "FILTERID", "NAMESPACE", "SENSORS", "KERNELMEMORY",
+                                "MODE", "NPOST", "NENFORCE", "NMONITOR"]
+    assert lines[1].split() == ["1", "p1", "enabled", "0", "(global)", "generic_kprobe", "4.10", "kB",
+                                "monitor", "3", "1", "2"]
+    wide = run("tp", "list", "-o", "wide").output.splitlines()
+    assert wide[0].split()[-1] == "HOOKS" and wide[1].endswith("kprobes[0]=kprobe:security_file_open")
+    pols = json.loads(run("tp", "list", "-o", "json").output)["policies"]
+    assert pols[0]["name"] == "p1" and pols[0]["mode"] == "TP_MODE_MONITOR"
+    run("tp", "disable", "p1")
+    assert "disabled" in run("tp", "list").output
+    err = run("tp", "disable", "p1", ok=False)
+    assert "FAILED_PRECONDITION" in err.output
+    run("tp", "enable", "p1")
+    run("tp", "set-mode", "p1", "enforce")
+    assert agent.policies[("", "p1")]["mode"] == "enforce"
+    run("tp", "delete", "p1")
+    assert "NOT_FOUND" in run("tp", "delete", "p1", ok=False).output
+    assert run("tp", "list").output.splitlines()[1:] == []
+
+
+def test_partially_enabled_policy_shows_hook_table(env):
+    run, agent = env
+    agent.policies[("", "pp")] = {"id": 7, "name": "pp", "state": "partially_enabled", "mode": "enforce",
+                                  "hooks": [{"section": "kprobes", "index": 0, "hook": "kprobe:a"},
+                                            {"section": "kprobes", "index": 1, "hook": "kprobe:b",
+                                             "state": "call_not_found"}]}
+    out = run("tp", "list").output.splitlines()
+    assert out[2].split() == ["SECTION", "CFGIDX", "DESCRIPTION", "STATUS"]
+    assert out[4].split() == ["kprobes", "1", "kprobe:b", "call_not_found"]
+
+
+def test_unreachable_agent_is_a_clear_error():
+    res = CliRunner().invoke(cli, ["status", "--server-address", "localhost:1", "--timeout", "0.5"])
+    assert res.exit_code == 1
+    assert "localhost:1" in res.output
+    res = CliRunner().invoke(cli, ["tp", "list", "--server-address", "localhost:1", "--timeout", "0.5"])
+    assert res.exit_code == 1 and "cannot reach the agent at localhost:1" in res.output
+
+
+def test_helpers():
+    assert humanize_bytes(999) == "999 B"
+    assert humanize_bytes(4096) == "4.10 kB"
+    assert humanize_bytes(5_500_000) == "5.50 MB"
+    doc = yaml.safe_load(with_mode(POLICY.replace("spec:\n", "spec:\n  options: [{name: policy-mode, value: enforce}, {name: x, value: y}]\n"), "monitor"))
+    assert doc["spec"]["options"] == [{"name": "x", "value": "y"}, {"name": "policy-mode", "value": "monitor"}]
