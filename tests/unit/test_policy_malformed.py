@@ -1,0 +1,121 @@
+"""Every malformed case is rejected as a whole, with an error naming file, line and field path.
+
+Builds policy texts for the table-driven malformed cases in tests/policies/malformed.yaml.
+
+A case gives exactly one of:
+  doc:  a whole YAML file;
+  spec: the body of `spec:` (a header with apiVersion/kind/metadata is prepended);
+  sel:  the items of `selectors:` of a test kprobe (SCAFFOLD);
+  arg:  one matchArgs entry (flow style) of that kprobe's first selector;
+  act:  one matchActions entry (flow style) of that kprobe's first selector.
+The line the error must point at carries a `#!` marker (arg/act cases get it automatically).
+`path` is the expected field path; a path starting with "." is relative to the shorthand's node.
+`msg` must be a substring of the message.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vigil.policy import PolicyErrors, parse_policies
+
+CASES_FILE = Path(__file__).parents[1] / "policies" / "malformed.yaml"
+HEADER = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: case\nspec:\n"
+SCAFFOLD = """\
+kprobes:
+- call: vigil_test_fn
+  syscall: false
+  return: true
+  args:
+  - {index: 0, type: int}
+  - {index: 1, type: string}
+  - {index: 2, type: sock}
+  - {index: 3, type: file}
+  - {index: 4, type: sockaddr}
+  data:
+  - {index: 0, type: uint32, source: current_task, resolve: pid}
+  returnArg: {index: 0, type: int}
+  selectors:
+"""
+SEL_BASE = "spec.kprobes[0].selectors"
+ARG_BASE = SEL_BASE + "[0].matchArgs[0]"
+ACT_BASE = SEL_BASE + "[0].matchActions[0]"
+
+
+@dataclass
+class Case:
+    id: str
+    text: str
+    line: int
+    path: str
+    msg: str
+    col: int | None = None
+
+
+def _indent(text: str, n: int) -> str:
+    return "".join(" " * n + ln if ln.strip() else ln for ln in text.splitlines(True))
+
+
+def build(raw: dict) -> Case:
+    base = ""
+    if "doc" in raw:
+        text = raw["doc"]
+    elif "spec" in raw:
+        text = HEADER + _indent(raw["spec"], 2)
+    elif "sel" in raw:
+        text, base = HEADER + _indent(SCAFFOLD + _indent(raw["sel"], 2), 2), SEL_BASE
+    elif "arg" in raw:
+        body = SCAFFOLD + f"  - matchArgs:\n    - {raw['arg']}  #!\n"
+        text, base = HEADER + _indent(body, 2), ARG_BASE
+    elif "act" in raw:
+        body = SCAFFOLD + f"  - matchActions:\n    - {raw['act']}  #!\n"
+        text, base = HEADER + _indent(body, 2), ACT_BASE
+    else:
+        raise ValueError(f"case {raw.get('id')}: no doc/spec/sel/arg/act")
+    marked = [i + 1 for i, ln in enumerate(text.splitlines()) if "#!" in ln]
+    if len(marked) != 1:
+        raise ValueError(f"case {raw['id']}: expected exactly one #! marker, got {marked}")
+    path = raw["path"]
+    if path.startswith((".", "[")):
+        path = base + path
+    return Case(raw["id"], text, marked[0], path, raw["msg"], raw.get("col"))
+
+
+def load_cases() -> list[Case]:
+    raws = yaml.safe_load(CASES_FILE.read_text())
+    cases = [build(r) for r in raws]
+    ids = [c.id for c in cases]
+    dup = {i for i in ids if ids.count(i) > 1}
+    if dup:
+        raise ValueError(f"duplicate case ids: {sorted(dup)}")
+    return cases
+
+CASES = load_cases()
+
+
+def test_enough_cases() -> None:
+    assert len(CASES) >= 220
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_malformed(case) -> None:
+    fname = f"{case.id}.yaml"
+    result = None
+    with pytest.raises(PolicyErrors) as exc:
+        result = parse_policies(case.text, fname)
+    assert result is None  # nothing is returned from a rejected file
+    errors = exc.value.errors
+    assert errors, "PolicyErrors without errors"
+    assert all(e.file == fname for e in errors)
+    hits = [e for e in errors if e.path == case.path and e.line == case.line]
+    shown = "\n".join(str(e) for e in errors)
+    assert hits, f"no error at line {case.line} path {case.path}; got:\n{shown}"
+    assert any(case.msg in e.message for e in hits), f"message lacks {case.msg!r}; got:\n{shown}"
+    if case.col is not None:
+        assert any(e.col == case.col for e in hits), shown
+    # the formatted diagnostic is FILE:LINE:COL: PATH: MESSAGE
+    where = f"{case.path}: " if case.path else ""
+    assert str(hits[0]).startswith(f"{fname}:{case.line}:{hits[0].col}: {where}")
