@@ -170,10 +170,11 @@ def fetch(series: str) -> Kernel:
         return _kernel_from(pin.series, pin.package, pin.version, Path(done.read_text().strip()))
 
     apt = PrivateApt(BUILD_DIR / "apt")
-    if not apt.has_lists():
+    fresh = not apt.has_lists()
+    if fresh:
         apt.update()
     picked = _resolve(apt, pin)
-    if picked is None or picked != (pin.package, pin.version):
+    if not fresh and picked != (pin.package, pin.version):
         apt.update()  # the lists may just be old
         picked = _resolve(apt, pin)
     if picked is None:
