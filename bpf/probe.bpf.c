@@ -188,3 +188,7 @@ int probe_task_iter(struct bpf_iter__task *ctx)
 		bpf_seq_write(ctx->meta->seq, (void *)ok, sizeof(ok) - 1);
 	return 0;
 }
+
+/* ---- for tests/kernel/test_probe.py only: proves a cgroup hook really runs ---- */
+SEC("cgroup/sock_create")
+int probe_deny_sock(struct bpf_sock *ctx) { return 0; }

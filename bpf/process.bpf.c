@@ -20,9 +20,16 @@ struct msg_exit *vigil_btf_msg_exit __attribute__((unused));
 const volatile __u32 args_max = 4096;   /* bytes of argv captured per exec */
 const volatile __u32 path_limit = 4096; /* bytes of path components per path */
 
+#define BINARY_LEN 256
+
+/* Identity and binary of a thread group. `bin` is the executed file (the
+ * interpreter for scripts), what matchBinaries selectors compare. */
 struct execve_entry {
 	struct exec_key key;
 	struct exec_key pkey;
+	__u32 bin_len;
+	__u32 flags;
+	char bin[BINARY_LEN];
 };
 
 /* Current exec identity of every live thread group, keyed by tgid.
@@ -37,6 +44,7 @@ struct {
 struct exec_heap {
 	struct msg_process m; /* data[] follows in the same slot */
 	char data[VIGIL_DATA_MASK + 1 + ARGS_CAP];
+	struct execve_entry ent;  /* staging for execve_map updates */
 };
 
 /* One scratch slot per CPU. A plain array indexed by CPU, because per-CPU
@@ -129,8 +137,8 @@ static __always_inline int do_exec(struct task_struct *task, struct linux_binprm
 	__u32 zero, off = 0, n;
 	struct exec_heap *h;
 	struct msg_process *m;
-	struct execve_entry e = {};
 	__u8 trunc, detached;
+	__u32 blen;
 	struct file *file;
 	struct fs_struct *fs;
 	struct path root;
@@ -155,11 +163,6 @@ static __always_inline int do_exec(struct task_struct *task, struct linux_binprm
 	m->tid = BPF_CORE_READ(task, pid);
 	parent_key(task, &m->pkey, &m->ppid, &m->hdr.flags);
 
-	e.key = m->key;
-	e.pkey = m->pkey;
-	if (bpf_map_update_elem(&execve_map, &m->key.pid, &e, BPF_ANY))
-		count_drop(DROP_EXECVE_MAP_FULL);
-
 	fill_creds(task, m);
 	fill_namespaces(task, m);
 	m->cgroup_id = bpf_get_current_cgroup_id();
@@ -172,7 +175,7 @@ static __always_inline int do_exec(struct task_struct *task, struct linux_binprm
 	m->ino = BPF_CORE_READ(file, f_inode, i_ino);
 	m->i_mode = BPF_CORE_READ(file, f_inode, i_mode);
 	m->i_nlink = BPF_CORE_READ(file, f_inode, __i_nlink);
-	n = walk_path(BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt), &root,
+	n = resolve_path(BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt), &root,
 		      h->data + (off & VIGIL_DATA_MASK), path_limit, &trunc, &detached);
 	m->exe_len = n;
 	if (trunc)
@@ -181,10 +184,21 @@ static __always_inline int do_exec(struct task_struct *task, struct linux_binprm
 		m->hdr.flags |= VIGIL_F_PATH_NOT_ROOTED;
 	if (!n)
 		m->hdr.flags |= VIGIL_F_ERR_PATH;
+	h->ent.key = m->key;
+	h->ent.pkey = m->pkey;
+	h->ent.flags = 0;
+	blen = n < BINARY_LEN ? n : BINARY_LEN - 1;
+	barrier_var(blen);
+	blen &= BINARY_LEN - 1;
+	h->ent.bin_len = blen;
+	__builtin_memset(h->ent.bin, 0, BINARY_LEN);
+	bpf_probe_read_kernel(h->ent.bin, blen, h->data);
+	if (bpf_map_update_elem(&execve_map, &m->key.pid, &h->ent, BPF_ANY))
+		count_drop(DROP_EXECVE_MAP_FULL);
 	off += n;
 
 	/* cwd */
-	n = walk_path(BPF_CORE_READ(fs, pwd.dentry), BPF_CORE_READ(fs, pwd.mnt), &root,
+	n = resolve_path(BPF_CORE_READ(fs, pwd.dentry), BPF_CORE_READ(fs, pwd.mnt), &root,
 		      h->data + (off & VIGIL_DATA_MASK), path_limit, &trunc, &detached);
 	m->cwd_len = n;
 	if (trunc)
@@ -242,7 +256,7 @@ static __always_inline int do_clone(struct task_struct *child)
 	__u32 zero;
 	struct exec_heap *h;
 	struct msg_process *m;
-	struct execve_entry e = {};
+	struct execve_entry *pe;
 
 	/* a new thread shares its group's identity: not a process event */
 	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
@@ -262,9 +276,17 @@ static __always_inline int do_clone(struct task_struct *child)
 	m->key.ktime = m->hdr.ktime;
 	m->tid = m->key.pid;
 	parent_key(child, &m->pkey, &m->ppid, &m->hdr.flags);
-	e.key = m->key;
-	e.pkey = m->pkey;
-	if (bpf_map_update_elem(&execve_map, &m->key.pid, &e, BPF_ANY))
+	pe = bpf_map_lookup_elem(&execve_map, &m->ppid);
+	if (pe) {
+		h->ent = *pe;
+	} else {
+		h->ent.bin_len = 0;
+		h->ent.flags = 0;
+		__builtin_memset(h->ent.bin, 0, BINARY_LEN);
+	}
+	h->ent.key = m->key;
+	h->ent.pkey = m->pkey;
+	if (bpf_map_update_elem(&execve_map, &m->key.pid, &h->ent, BPF_ANY))
 		count_drop(DROP_EXECVE_MAP_FULL);
 	m->hdr.size = sizeof(*m);
 	emit(m, sizeof(*m), DROP_RB_FULL_CLONE);

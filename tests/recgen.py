@@ -5,8 +5,8 @@ from vigil.events import records as R
 
 
 def _components(path: str) -> bytes:
-    parts = [p for p in path.split("/") if p]
-    return b"".join(p.encode() + b"\0" for p in reversed(parts))
+    """Kernel form of a path: "/a/b" (no NUL); the root itself is empty."""
+    return b"" if path == "/" else path.encode()
 
 
 def process_record(*, op: int = R.OP_EXEC, pid: int, ktime: int, ppid: int = 1, pktime: int = 0,

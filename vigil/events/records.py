@@ -66,10 +66,10 @@ class ProcessRecord:
         end = o + exe_len + cwd_len + fn_len + cg_len + args_len
         if end > len(buf):
             raise DecodeError(f"process record tail overruns: {end} > {len(buf)}")
-        self.exe = _join_components(buf, o, exe_len)
+        self.exe = buf[o : o + exe_len].decode("utf-8", "surrogateescape")
         o += exe_len
         # a walk that ends at once is the root itself: cwd "/" has no components
-        self.cwd = _join_components(buf, o, cwd_len) if cwd_len or self.flags & F_ERR_CWD else "/"
+        self.cwd = buf[o : o + cwd_len].decode("utf-8", "surrogateescape") if cwd_len or self.flags & F_ERR_CWD else "/"
         o += cwd_len
         self.filename = _cstr(buf, o, fn_len)
         o += fn_len
@@ -94,17 +94,6 @@ def _cstr(buf: bytes, off: int, n: int) -> str:
     raw = buf[off : off + n]
     i = raw.find(b"\0")
     return (raw if i < 0 else raw[:i]).decode("utf-8", "surrogateescape")
-
-
-def _join_components(buf: bytes, off: int, n: int) -> str:
-    """Leaf-first NUL-separated components -> absolute path."""
-    if n <= 0:
-        return ""
-    parts = buf[off : off + n].split(b"\0")
-    if parts and parts[-1] == b"":
-        parts.pop()
-    parts.reverse()
-    return "/" + b"/".join(parts).decode("utf-8", "surrogateescape")
 
 
 DECODERS: dict[int, Callable[[bytes], object]] = {}
