@@ -85,7 +85,7 @@ def build(raw: dict) -> Case:
 
 
 def load_cases() -> list[Case]:
-    raws = yaml.safe_load(CASES_FILE.read_text())
+    raws = yaml.load(CASES_FILE.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     cases = [build(r) for r in raws]
     ids = [c.id for c in cases]
     dup = {i for i in ids if ids.count(i) > 1}

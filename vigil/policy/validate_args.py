@@ -104,7 +104,7 @@ class ArgChecker:
                                     f"hook has {len(targets)} {what} entries")
                 elif found is None:
                     found = targets[pos]
-            return found if len(m.args) == 1 else None
+            return found  # multi-position entries (CapabilitiesGained) type-check the first
         if is_return:
             if not targets:
                 return None
