@@ -79,7 +79,9 @@ def build(raw: dict) -> Case:
     if len(marked) != 1:
         raise ValueError(f"case {raw['id']}: expected exactly one #! marker, got {marked}")
     path = raw["path"]
-    if path.startswith((".", "[")):
+    if path == ".":
+        path = base
+    elif path.startswith((".", "[")):
         path = base + path
     return Case(raw["id"], text, marked[0], path, raw["msg"], raw.get("col"))
 
