@@ -97,8 +97,15 @@ def guest_python() -> str:
 
 def boot(kernel: kernels.Kernel, argv: list[str], cwd: str, timeout: float,
          prefix: str | None) -> qemu.GuestResult:
-    # A fresh directory per boot so concurrent runs never share serial logs; kept on failure.
+    # A fresh directory per boot so concurrent runs never share serial logs; kept on failure
+    # (for a day) so the console log can be read.
     (BUILD_DIR / "runs").mkdir(parents=True, exist_ok=True)
+    for old in (BUILD_DIR / "runs").iterdir():
+        try:
+            if time.time() - old.stat().st_mtime > 86400:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass  # another run removed it first
     workdir = Path(tempfile.mkdtemp(prefix=f"{kernel.release}-", dir=BUILD_DIR / "runs"))
     env = {
         "VIGIL_VM_KERNEL": kernel.release,
