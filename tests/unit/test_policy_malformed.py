@@ -86,9 +86,51 @@ def build(raw: dict) -> Case:
     return Case(raw["id"], text, marked[0], path, raw["msg"], raw.get("col"))
 
 
+def _long_cases() -> list[dict]:
+    """Limits on lengths and counts that are unwieldy to spell out in YAML."""
+    a257, a129, a101 = "a" * 257, "a" * 129, "a" * 101
+    subs = ", ".join(f"s{i}" for i in range(101))
+    return [
+        {"id": "len-message-257", "path": "spec.kprobes[0].message",
+         "msg": "message is 257 characters long (max 256)",
+         "spec": f"kprobes:\n- call: sys_write\n  message: {a257}  #!\n"},
+        {"id": "len-prefix-257", "path": ".values[0]", "msg": "value is 257 characters long "
+         "(max 256)", "arg": f"{{index: 1, operator: Prefix, values: [{a257}]}}"},
+        {"id": "len-notprefix-257", "path": ".values[0]", "msg": "(max 256)",
+         "arg": f"{{index: 1, operator: NotPrefix, values: [{a257}]}}"},
+        {"id": "len-postfix-129", "path": ".values[0]", "msg": "value is 129 characters long "
+         "(max 128)", "arg": f"{{index: 1, operator: Postfix, values: [{a129}]}}"},
+        {"id": "len-notpostfix-129", "path": ".values[0]", "msg": "(max 128)",
+         "arg": f"{{index: 3, operator: NotPostfix, values: [{a129}]}}"},
+        {"id": "len-equal-4097-bytes", "path": ".values[0]", "msg": "value is 4097 bytes long "
+         "(max 4096)", "arg": f"{{index: 1, operator: Equal, values: [{'a' * 4097}]}}"},
+        {"id": "len-equal-multibyte", "path": ".values[0]", "msg": "value is 4098 bytes long",
+         "arg": f"{{index: 1, operator: Equal, values: [{'é' * 2049}]}}"},
+        {"id": "len-substring-value-101", "path": ".values[0]", "msg": "value is 101 characters "
+         "long (max 100)", "arg": f"{{index: 1, operator: SubString, values: [{a101}]}}"},
+        {"id": "len-substring-101-values", "path": ".values[100]", "msg": "too many values for "
+         "SubString: 101 (max 100)", "arg": f"{{index: 1, operator: SubString, values: [{subs}]}}"},
+        {"id": "len-binaries-prefix-257", "path": "[0].matchBinaries[0].values[0]",
+         "msg": "value is 257 characters long (max 256 for Prefix)",
+         "sel": f"- matchBinaries: [{{operator: Prefix, values: [/{a257[1:]}]}}]  #!\n"},
+        {"id": "len-binaries-postfix-129", "path": "[0].matchBinaries[0].values[0]",
+         "msg": "(max 128 for Postfix)",
+         "sel": f"- matchBinaries: [{{operator: Postfix, values: [{a129}]}}]  #!\n"},
+        {"id": "len-name-254", "path": "metadata.name", "msg": "invalid name",
+         "doc": f"apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n"
+                f"  name: {'a' * 254}  #!\nspec: {{}}\n"},
+        {"id": "len-follow-children-65", "path": "spec.kprobes[64].selectors[0].matchBinaries[0]"
+         ".followChildren", "msg": "too many followChildren entries in this policy (max 64)",
+         "spec": "kprobes:\n" + "".join(
+             f"- call: sys_write\n  selectors:\n  - matchBinaries: [{{operator: In, values: "
+             f"[/bin/sh], followChildren: true}}]{'  #!' if i == 64 else ''}\n"
+             for i in range(65))},
+    ]
+
+
 def load_cases() -> list[Case]:
     raws = yaml.load(CASES_FILE.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    cases = [build(r) for r in raws]
+    cases = [build(r) for r in [*raws, *_long_cases()]]
     ids = [c.id for c in cases]
     dup = {i for i in ids if ids.count(i) > 1}
     if dup:
