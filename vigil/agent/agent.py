@@ -73,6 +73,8 @@ class Agent:
             allowlist=c.export_allowlist, denylist=c.export_denylist, field_filters=c.field_filters,
             redaction_filters=c.redaction_filters, rate_limit=c.export_rate_limit, node_name=c.node_name,
         )
+        # gRPC streams apply the same redaction as the export
+        self.redaction = self.export_filter.redaction
         if c.export_filename:
             from vigil.export.jsonl import JsonlWriter
 
@@ -252,7 +254,22 @@ class Agent:
                         "parent_misses": b.miss_count},
             "export": self._export_stats(),
             "subscribers": self.bus.subscriber_count,
+            "maps": self.sensor.map_usage() if self.sensor is not None else {},
+            "programs": self._program_stats(),
         }
+
+    def _program_stats(self) -> list[dict[str, Any]]:
+        """Per-program run counts (non-zero only with kernel.bpf_stats_enabled=1)."""
+        if self.sensor is None or self.sensor.obj is None:
+            return []
+        from vigil.kernel.info import prog_info
+
+        out = []
+        for prog in self.sensor.obj.programs.values():
+            if prog.fd >= 0:
+                info = prog_info(prog.fd)
+                out.append({"policy": "", "attach": prog.section, "sensor": "process", **info})
+        return out
 
     def _ringbuf_stats(self) -> dict[str, int]:
         src = self._source

@@ -312,7 +312,10 @@ def getevents(
 
     decoder: LineDecoder | None = None
     live = True
-    if file_path is not None or not _stdin_is_tty():
+    # Like tetra, a piped stdin is read as events; an explicit --server-address
+    # means the agent even then (scripts and services have no terminal).
+    use_stdin = file_path is None and server_address is None and not _stdin_is_tty()
+    if file_path is not None or use_stdin:
         from vigil.export.event_filter import EventFilter
 
         try:  # compile first, so a bad regex fails before any output

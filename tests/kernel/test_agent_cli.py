@@ -1,0 +1,151 @@
+"""`vigil agent` as users run it: CLI process, gRPC clients, metrics, clean stop."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+pytestmark = pytest.mark.kernel
+VIGIL = [sys.executable, "-m", "vigil.cli.main"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class AgentProcess:
+    def __init__(self, tmp: Path) -> None:
+        self.sock = f"unix://{tmp}/vigil.sock"
+        self.export = tmp / "export.log"
+        self.info = tmp / "info.json"
+        self.metrics_port = free_port()
+        self.stderr = tmp / "agent.err"
+        self.proc = subprocess.Popen(
+            [*VIGIL, "agent", "--export-filename", str(self.export), "--server-address", self.sock,
+             "--metrics-server", f"127.0.0.1:{self.metrics_port}", "--info-file", str(self.info)],
+            stdout=subprocess.DEVNULL, stderr=open(self.stderr, "wb"),
+        )
+        deadline = time.monotonic() + 60
+        while b"vigil agent ready" not in self.stderr.read_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError("agent did not start:\n" + self.stderr.read_text())
+            time.sleep(0.05)
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*VIGIL, *args, "--server-address", self.sock], capture_output=True, text=True,
+                              timeout=timeout)
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
+            return r.read().decode()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise
+        return self.proc.returncode
+
+
+@pytest.fixture
+def agent_proc(tmp_path: Path) -> Iterator[AgentProcess]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to load BPF programs")
+    ap = AgentProcess(tmp_path)
+    try:
+        yield ap
+    finally:
+        ap.stop()
+
+
+def metric_value(text: str, name: str, labels: str = "") -> float:
+    m = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.M)
+    assert m, f"{name}{labels} not in metrics"
+    return float(m.group(1))
+
+
+def test_getevents_compact_streams_live_events(agent_proc: AgentProcess, workdir: Path):
+    ge = subprocess.Popen([*VIGIL, "getevents", "-o", "compact", "--color", "never", "--server-address",
+                           agent_proc.sock, "--process", re.escape(str(workdir))],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)  # let the stream subscribe before the action
+        child = workdir / "child"
+        subprocess.run([str(child), "hello", "compact"], check=True, stdout=subprocess.DEVNULL)
+        lines: list[str] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(ln.startswith("💥") for ln in lines):
+            lines.append(ge.stdout.readline().rstrip("\n"))
+        # root runs with every capability: lines carry the caps suffix after column 120
+        assert any(ln.startswith(f"🚀 process {socket.gethostname()} {child} hello compact ") for ln in lines), lines
+        assert any(ln.startswith(f"💥 exit    {socket.gethostname()} {child} hello compact 0") for ln in lines), lines
+    finally:
+        ge.kill()
+        ge.wait()
+
+
+def test_status_and_metrics_count_a_known_workload(agent_proc: AgentProcess, workdir: Path):
+    before = metric_value(agent_proc.metrics(), "tetragon_events_total", '{type="PROCESS_EXEC"}')
+    truebin = str(workdir / "truebin")
+    for i in range(25):
+        subprocess.run([truebin, str(i)], check=True)
+    deadline = time.monotonic() + 30
+    after = before
+    while time.monotonic() < deadline and after < before + 25:
+        time.sleep(0.1)
+        after = metric_value(agent_proc.metrics(), "tetragon_events_total", '{type="PROCESS_EXEC"}')
+    assert after >= before + 25
+    text = agent_proc.metrics()
+    assert metric_value(text, "tetragon_bpf_missed_events_total", '{error="ringbuf_full",msg_op="execve"}') == 0
+    assert metric_value(text, "tetragon_process_cache_size") > 0
+    st = agent_proc.cli("status", "-o", "json")
+    assert st.returncode == 0, st.stderr
+    data = json.loads(st.stdout)
+    assert "ringbuf_full_exec" in json.dumps(data)
+
+
+def test_sigterm_stops_cleanly_and_removes_everything(agent_proc: AgentProcess):
+    assert json.loads(agent_proc.info.read_text())["server_address"] == agent_proc.sock
+    pid = agent_proc.proc.pid
+    fdinfo = Path(f"/proc/{pid}/fdinfo")
+    ids = set()
+    for fd in os.listdir(fdinfo):
+        try:
+            for line in (fdinfo / fd).read_text().splitlines():
+                if line.startswith("prog_id:"):
+                    ids.add(int(line.split()[1]))
+        except OSError:
+            pass
+    assert ids, "agent holds no BPF programs?"
+    assert agent_proc.stop() == 0
+    assert not agent_proc.info.exists()
+    assert not Path(agent_proc.sock[len("unix://"):]).exists()
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
+    deadline = time.monotonic() + 10
+    while ids & {p["id"] for p in json.loads(out)} and time.monotonic() < deadline:
+        time.sleep(0.05)
+        out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
+    assert not ids & {p["id"] for p in json.loads(out)}
+
+
+def test_agent_unreachable_is_a_clear_error(tmp_path: Path):
+    r = subprocess.run([*VIGIL, "status", "--server-address", f"unix://{tmp_path}/none.sock", "--timeout", "2"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "none.sock" in r.stderr and "Traceback" not in r.stderr

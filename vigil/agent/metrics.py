@@ -1,0 +1,130 @@
+"""Prometheus /metrics: values are read from the agent at scrape time.
+
+Metric names follow Tetragon's where an equivalent exists; Vigil-only
+metrics are prefixed `vigil_`.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterator
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger("vigil.metrics")
+
+_OP_OF_CAUSE = {"ringbuf_full_exec": ("execve", "ringbuf_full"), "ringbuf_full_clone": ("clone", "ringbuf_full"),
+                "ringbuf_full_exit": ("exit", "ringbuf_full"), "ringbuf_full_generic": ("generic", "ringbuf_full"),
+                "execve_map_full": ("execve", "map_full"), "heap": ("any", "no_scratch_buffer")}
+_EVENT_TYPE = {"process_exec": "PROCESS_EXEC", "process_exit": "PROCESS_EXIT", "process_kprobe": "PROCESS_KPROBE",
+               "process_tracepoint": "PROCESS_TRACEPOINT", "process_uprobe": "PROCESS_UPROBE",
+               "process_lsm": "PROCESS_LSM", "rate_limit_info": "RATE_LIMIT_INFO"}
+
+
+class AgentCollector(Collector):
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+
+    def collect(self) -> Iterator[Any]:
+        a = self.agent
+        st = a.status()
+        info = InfoMetricFamily("tetragon_build", "Build information")
+        info.add_metric([], {"version": a.version, "commit": "", "go_version": "", "modified": "", "time": ""})
+        yield info
+
+        ev = CounterMetricFamily("tetragon_events", "Events observed, by type", labels=["type"])
+        for k, n in st["events"].items():
+            ev.add_metric([_EVENT_TYPE.get(k, k.upper())], n)
+        yield ev
+
+        pol = CounterMetricFamily("tetragon_policy_events", "Policy events, by policy and hook", labels=["policy", "hook"])
+        for (policy, hook), n in st.get("policy_events", {}).items():
+            pol.add_metric([policy, hook], n)
+        yield pol
+
+        missed = CounterMetricFamily("tetragon_bpf_missed_events", "Records the kernel could not deliver",
+                                     labels=["msg_op", "error"])
+        for cause, n in st["lost"]["kernel"].items():
+            op, err = _OP_OF_CAUSE.get(cause, ("unknown", cause))
+            missed.add_metric([op, err], n)
+        yield missed
+
+        rb = st["ringbuf"]
+        yield CounterMetricFamily("tetragon_observer_ringbuf_events_received", "Ring buffer records read",
+                                  value=rb["records"])
+        yield CounterMetricFamily("tetragon_observer_ringbuf_errors", "Discarded ring buffer records",
+                                  value=rb["discarded"])
+        user = CounterMetricFamily("vigil_events_lost_userspace", "Events lost in user space, by cause",
+                                   labels=["cause"])
+        for cause, n in st["lost"]["user"].items():
+            user.add_metric([cause], n)
+        yield user
+
+        exp = st["export"]
+        yield CounterMetricFamily("tetragon_events_exported", "Events written to the export file",
+                                  value=exp["events_written"])
+        yield CounterMetricFamily("tetragon_events_exported_bytes", "Bytes written to the export file",
+                                  value=exp["bytes_written"])
+        yield CounterMetricFamily("tetragon_export_ratelimit_events_dropped", "Events dropped by the export rate limit",
+                                  value=exp["rate_limited"])
+
+        pc = st["process_cache"]
+        yield GaugeMetricFamily("tetragon_process_cache_size", "Process cache entries", value=pc["size"])
+        yield GaugeMetricFamily("tetragon_process_cache_capacity", "Process cache capacity", value=pc["capacity"])
+        yield CounterMetricFamily("tetragon_process_cache_evictions", "Entries evicted for space", value=pc["evictions"])
+        yield CounterMetricFamily("tetragon_process_cache_misses", "Lookups that found no process", value=pc["misses"])
+
+        entries = GaugeMetricFamily("tetragon_map_entries", "BPF map entries in use", labels=["map"])
+        capacity = GaugeMetricFamily("tetragon_map_capacity", "BPF map capacity", labels=["map"])
+        for name, (used, cap) in st.get("maps", {}).items():
+            entries.add_metric([name], used)
+            capacity.add_metric([name], cap)
+        yield entries
+        yield capacity
+
+        states = GaugeMetricFamily("tetragon_tracingpolicy_loaded", "Tracing policies by state", labels=["state"])
+        counts: dict[str, int] = {s: 0 for s in ("enabled", "disabled", "error", "load_error")}
+        for p in a.list_policies():
+            s = str(p.get("state", "")).lower().removeprefix("tp_state_")
+            counts[s] = counts.get(s, 0) + 1
+        for s, n in counts.items():
+            states.add_metric([s], n)
+        yield states
+
+        runs = CounterMetricFamily("tetragon_overhead_program_runs", "BPF program runs (needs kernel.bpf_stats_enabled)",
+                                   labels=["policy", "attach", "sensor"])
+        secs = CounterMetricFamily("tetragon_overhead_program_seconds", "BPF program run time (needs kernel.bpf_stats_enabled)",
+                                   labels=["policy", "attach", "sensor"])
+        for p in st.get("programs", []):
+            runs.add_metric([p["policy"], p["attach"], p["sensor"]], p["run_cnt"])
+            secs.add_metric([p["policy"], p["attach"], p["sensor"]], p["run_time_ns"] / 1e9)
+        yield runs
+        yield secs
+
+
+class MetricsFrontend:
+    def __init__(self, agent: Any, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        if not port.isdigit():
+            raise ValueError(f"--metrics-server {address!r}: expected [host]:port")
+        self.host = host or "0.0.0.0"
+        self.port = int(port)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(AgentCollector(agent))
+        self._server: Any = None
+        self._thread: Any = None
+
+    def start(self) -> None:
+        self._server, self._thread = start_http_server(self.port, addr=self.host, registry=self.registry)
+        self.port = self._server.server_port
+        log.info("metrics at http://%s:%d/metrics", self.host, self.port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __repr__(self) -> str:
+        return f"<metrics {self.host}:{self.port}>"

@@ -1,0 +1,33 @@
+"""bpf_prog_info of a loaded program (ids, run statistics)."""
+from __future__ import annotations
+
+import ctypes
+import struct
+
+from vigil.kernel import _libbpf as L
+
+_INFO_LEN = 256
+# offsets in struct bpf_prog_info (uapi/linux/bpf.h)
+_OFF_ID = 4
+_OFF_NAME = 64
+_OFF_RUN_TIME_NS = 192
+_OFF_RUN_CNT = 200
+_OFF_VERIFIED_INSNS = 216
+
+L.lib.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
+L.lib.bpf_obj_get_info_by_fd.restype = ctypes.c_int
+
+
+def prog_info(fd: int) -> dict[str, int | str]:
+    buf = ctypes.create_string_buffer(_INFO_LEN)
+    n = ctypes.c_uint32(_INFO_LEN)
+    if L.lib.bpf_obj_get_info_by_fd(fd, buf, ctypes.byref(n)):
+        return {"id": 0, "name": "", "run_time_ns": 0, "run_cnt": 0, "verified_insns": 0}
+    raw = buf.raw
+    return {
+        "id": struct.unpack_from("<I", raw, _OFF_ID)[0],
+        "name": raw[_OFF_NAME:_OFF_NAME + 16].split(b"\0", 1)[0].decode(),
+        "run_time_ns": struct.unpack_from("<Q", raw, _OFF_RUN_TIME_NS)[0],
+        "run_cnt": struct.unpack_from("<Q", raw, _OFF_RUN_CNT)[0],
+        "verified_insns": struct.unpack_from("<I", raw, _OFF_VERIFIED_INSNS)[0],
+    }
