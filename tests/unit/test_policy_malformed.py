@@ -23,6 +23,7 @@ import yaml
 from vigil.policy import PolicyErrors, parse_policies
 
 CASES_FILE = Path(__file__).parents[1] / "policies" / "malformed.yaml"
+WARN_FILE = Path(__file__).parents[1] / "policies" / "warnings.yaml"
 HEADER = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: case\nspec:\n"
 SCAFFOLD = """\
 kprobes:
@@ -128,9 +129,11 @@ def _long_cases() -> list[dict]:
     ]
 
 
-def load_cases() -> list[Case]:
-    raws = yaml.load(CASES_FILE.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    cases = [build(r) for r in [*raws, *_long_cases()]]
+def load_cases(path: Path = CASES_FILE) -> list[Case]:
+    raws = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    if path == CASES_FILE:
+        raws = [*raws, *_long_cases()]
+    cases = [build(r) for r in raws]
     ids = [c.id for c in cases]
     dup = {i for i in ids if ids.count(i) > 1}
     if dup:
@@ -138,6 +141,7 @@ def load_cases() -> list[Case]:
     return cases
 
 CASES = load_cases()
+WARN_CASES = load_cases(WARN_FILE)
 
 
 def test_enough_cases() -> None:
@@ -163,3 +167,17 @@ def test_malformed(case) -> None:
     # the formatted diagnostic is FILE:LINE:COL: PATH: MESSAGE
     where = f"{case.path}: " if case.path else ""
     assert str(hits[0]).startswith(f"{fname}:{case.line}:{hits[0].col}: {where}")
+
+
+@pytest.mark.parametrize("case", WARN_CASES, ids=[c.id for c in WARN_CASES])
+def test_warning(case) -> None:
+    """Warnings never reject a policy, and are located like errors."""
+    fname = f"{case.id}.yaml"
+    warnings: list = []
+    policies = parse_policies(case.text, fname, warnings)
+    assert policies
+    shown = "\n".join(str(w) for w in warnings)
+    hits = [w for w in warnings if w.path == case.path and w.line == case.line]
+    assert hits, f"no warning at line {case.line} path {case.path}; got:\n{shown}"
+    assert any(case.msg in w.message for w in hits), shown
+    assert all(w.severity == "warning" and w.file == fname for w in warnings)

@@ -2,6 +2,7 @@
 kernels newer than the header it was generated from (so valid policies are not rejected)."""
 from __future__ import annotations
 
+from .syscalls_i386 import SYSCALLS_I386
 from .syscalls_x86_64 import SYSCALLS_X86_64
 
 # From newer arch/x86/entry/syscalls/syscall_64.tbl than the build host's UAPI header.
@@ -14,3 +15,5 @@ NEWER_SYSCALLS_X86_64: dict[str, int] = {
 }
 SYSCALL_NUMBERS: dict[str, int] = {**NEWER_SYSCALLS_X86_64, **SYSCALLS_X86_64}
 SYSCALL_NAMES: frozenset[str] = frozenset(SYSCALL_NUMBERS)
+# 32-bit (compat) syscalls, named __ia32_sys_NAME / __ia32_compat_sys_NAME in policies.
+I386_SYSCALL_NAMES: frozenset[str] = frozenset(SYSCALLS_I386)

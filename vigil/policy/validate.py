@@ -15,6 +15,7 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _RESOLVE = re.compile(r"^[A-Za-z_]\w*(\[\d+\])*(\.[A-Za-z_]\w*(\[\d+\])*)*$")
 _BUF_TYPES = ("char_buf", "char_iovec")
+_DATA_TYPES = ("char_buf", "char_iovec", "iov_iter")  # types whose capture maxData enlarges
 
 
 def validate_policy(policy: Policy, diag: Diagnostics) -> None:
@@ -225,8 +226,8 @@ def _check_arg(a: KProbeArg, section: str, siblings: tuple[KProbeArg, ...], pos:
     elif a.return_copy and not is_return:
         diag.error(a.at("returnCopy"), "returnCopy reads the buffer at return: the hook needs "
                    "return: true")
-    if a.max_data and a.type != "char_buf":
-        diag.warn(a.at("maxData"), "maxData only applies to char_buf arguments")
+    if a.max_data and a.type not in _DATA_TYPES:
+        diag.warn(a.at("maxData"), f"maxData only applies to {'/'.join(_DATA_TYPES)} arguments")
     if a.resolve and not _RESOLVE.match(a.resolve):
         diag.error(a.at("resolve"), f'invalid resolve path "{a.resolve}" (expected fields '
                    "separated by '.', with optional [n] indexes)")

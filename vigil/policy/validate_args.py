@@ -61,6 +61,7 @@ class ArgChecker:
     def __init__(self, diag: Diagnostics, spec: TracingPolicySpec) -> None:
         self.diag = diag
         self.spec = spec
+        self.section = ""  # hook section being checked (set by SelectorChecker)
 
     def check(self, m: ArgSelector, field: str, targets: tuple[KProbeArg, ...] | None,
               is_return: bool = False) -> int | None:
@@ -113,9 +114,22 @@ class ArgChecker:
                 self.diag.error(m.at("index"), f"matchReturnArgs index must be 0 (the return "
                                 f"value), got {m.index}")
             return ret
+        if field == "matchData":  # matchData.index is a position in data, not data[].index
+            if m.index >= len(targets):
+                self.diag.error(m.at("index"), f"matchData index {m.index} is out of range: the "
+                                f"hook has {len(targets)} data entries")
+                return None
+            return targets[m.index]
         for a in targets:
             if a.index == m.index:
                 return a
+        if self.section == "tracepoints" and m.index < len(targets):
+            # Tetragon maps unmatched tracepoint indexes to positions; upstream examples rely on it.
+            t = targets[m.index]
+            self.diag.warn(m.at("index"), f"index {m.index} is not an args[].index; it is taken as "
+                           f"position {m.index} (args[{m.index}].index is {t.index}): write "
+                           f"index: {t.index}")
+            return t
         known = ", ".join(str(a.index) for a in targets) or "none"
         self.diag.error(m.at("index"), f"index {m.index} does not match any {what}[].index "
                         f"of the hook (defined: {known})")

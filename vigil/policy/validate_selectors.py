@@ -47,8 +47,8 @@ ACTION_PARAMS: dict[str, tuple[set[str], set[str]]] = {
     "Override": ({"argError", "argRegs", "argNewSymbol", "argNewAddr", "argNewOffset"}, set()),
     "GetUrl": ({"argUrl"}, {"argUrl"}),
     "DnsLookup": ({"argFqdn"}, {"argFqdn"}),
-    "TrackSock": ({"argSock"}, {"argSock"}),
-    "UntrackSock": ({"argSock"}, {"argSock"}),
+    "TrackSock": ({"argSock"}, set()),  # argSock defaults to 0 (upstream examples omit it)
+    "UntrackSock": ({"argSock"}, set()),
     "NotifyEnforcer": ({"argError", "argSig"}, set()),
     "CleanupEnforcerNotification": (set(), set()),
     "Set": ({"argIndex", "argValue"}, {"argIndex", "argValue"}),
@@ -83,6 +83,7 @@ class SelectorChecker:
 
     def check(self, sel: Selector, ctx: HookCtx) -> None:
         d = self.diag
+        self.args.section = ctx.section
         # argument filters
         n_args = len(sel.match_args) + len(sel.match_data)
         if n_args > limits.MAX_MATCH_ARGS:
@@ -227,7 +228,9 @@ class SelectorChecker:
         allowed, needed = ACTION_PARAMS[name]
         for key in ACTION_PARAM_KEYS:
             if a.has(key) and key not in allowed:
-                d.error(a.at(key), f"{key} is not a parameter of action {name}")
+                # Tetragon ignores such parameters and upstream examples carry some
+                # (e.g. Sigkill with argError), so this cannot reject the policy.
+                d.warn(a.at(key), f"{key} is not a parameter of action {name}; it is ignored")
         for key in sorted(needed):
             if not a.has(key):
                 d.error(a.loc.child(key), f"action {name} needs {key}")
@@ -238,8 +241,9 @@ class SelectorChecker:
             except ValueError as e:
                 d.error(a.at("argSig"), str(e))
         if a.has("argError") and "argError" in allowed and not -limits.MAX_ERRNO <= a.arg_error < 0:
-            d.error(a.at("argError"), f"argError must be a negative errno (-1..-{limits.MAX_ERRNO}),"
-                    f" got {a.arg_error}")
+            # A non-errno return is legitimate for some hooks (upstream overrides LSM hooks with 1).
+            d.warn(a.at("argError"), f"argError {a.arg_error} is not a negative errno "
+                   f"(-1..-{limits.MAX_ERRNO}); the hook will return {a.arg_error}")
         if name == "Post":
             self._post(a, section)
         elif name == "Override":
@@ -255,7 +259,7 @@ class SelectorChecker:
         elif name == "DnsLookup" and a.has("argFqdn"):
             if not _FQDN.match(a.arg_fqdn):
                 d.error(a.at("argFqdn"), f'argFqdn "{a.arg_fqdn}" is not a domain name')
-        elif name in ("TrackSock", "UntrackSock") and a.has("argSock") and hook is not None:
+        elif name in ("TrackSock", "UntrackSock") and hook is not None:
             if not any(x.index == a.arg_sock for x in hook.args) and a.arg_sock >= len(hook.args):
                 d.error(a.at("argSock"), f"argSock {a.arg_sock} does not refer to an argument of "
                         "the hook")

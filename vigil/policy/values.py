@@ -133,6 +133,7 @@ def parse_bool_string(text: str) -> bool:
 
 
 _SYSCALL_PREFIXES = ("__x64_sys_", "sys_")
+_I386_PREFIXES = ("__ia32_compat_sys_", "__ia32_sys_")
 
 
 def syscall_base(name: str) -> str | None:
@@ -144,8 +145,13 @@ def syscall_base(name: str) -> str | None:
 
 
 def is_syscall(name: str, *, bare_ok: bool = True) -> bool:
-    from .syscalls import SYSCALL_NAMES
+    """A known x86_64 syscall (`sys_X`, `__x64_sys_X`, bare `X` when bare_ok) or a known 32-bit
+    one spelled `__ia32_sys_X` / `__ia32_compat_sys_X`."""
+    from .syscalls import I386_SYSCALL_NAMES, SYSCALL_NAMES
 
+    for p in _I386_PREFIXES:
+        if name.startswith(p):
+            return name[len(p):] in I386_SYSCALL_NAMES
     base = syscall_base(name)
     if base is None:
         return bare_ok and name in SYSCALL_NAMES
