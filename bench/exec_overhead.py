@@ -3,11 +3,13 @@
 
 N x fork+exec+wait of /bin/true from a tiny C loop compiled at bench time, wall
 time without the agent vs with `vigil agent` running (separate process, export to
-a temp file). Rounds are interleaved off/on/off/on... to spread machine noise;
+a temp file). Rounds are interleaved off/bpf/on/off/bpf/on... to spread machine noise;
 the ratio is median(on) / median(off). After every "on" round the export file
 must hold exactly N process_exec and N process_exit of /bin/true whose parent is
 the loop's pid: lost = expected - seen, plus the kernel drop counters the agent
-logged.
+logged. A third configuration, "bpf", loads only the kernel side (ProcessSensor in
+this process, 64 MB ring buffer, not drained) to split kernel cost from the cost of
+the user-space agent competing for the CPUs; the agent's CPU time per round is shown.
 
     .venv/bin/python bench/exec_overhead.py [--quick] [-n N] [--rounds R] [--mode fork|spawn]
 """
@@ -23,6 +25,24 @@ from _common import (install_signal_handlers, AgentProc, assert_no_bpf_left, bui
 GOAL_RATIO = 1.03
 
 
+def run_bpf_only(spawner: str, n: int, binary: str, mode: str) -> tuple[float, dict[str, int]]:
+    """The loop with only the kernel side loaded (ProcessSensor in this process, ring
+    buffer large enough to hold every record, never drained): isolates BPF cost."""
+    from _common import OWN_PROG_IDS, vigil_bpf_progs
+    from vigil.sensors.process import ProcessSensor
+
+    before = set(vigil_bpf_progs())
+    sensor = ProcessSensor(ringbuf_bytes=64 << 20)
+    try:
+        sensor.start()
+        OWN_PROG_IDS.update(set(vigil_bpf_progs()) - before)
+        secs, _ = run_spawner(spawner, n, binary, mode)
+        drops = {k: v for k, v in sensor.drops().items() if v}
+    finally:
+        sensor.stop()
+    return secs, drops
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="N=500, 1 round each (smoke test)")
@@ -31,6 +51,8 @@ def main() -> int:
     ap.add_argument("--mode", choices=("fork", "spawn"), default="fork",
                     help="fork+execve (default) or posix_spawn (vfork-like)")
     ap.add_argument("--binary", default="/bin/true")
+    ap.add_argument("--no-bpf-only", action="store_true",
+                    help="skip the third configuration (BPF programs loaded, no user-space agent)")
     a = ap.parse_args()
     install_signal_handlers()
     require_root()
@@ -39,6 +61,7 @@ def main() -> int:
 
     off: list[float] = []
     on: list[float] = []
+    bpf: list[float] = []
     per_round: list[dict] = []
     agent_cpu: list[float] = []
     total_lost_exec = total_lost_exit = 0
@@ -51,6 +74,12 @@ def main() -> int:
             secs, _ = run_spawner(spawner, n, a.binary, a.mode)
             off.append(secs)
             print(f"round {r + 1}/{rounds} off: {secs:7.3f} s  ({n / secs:8.0f} exec/s)", flush=True)
+            # -- kernel side only
+            if not a.no_bpf_only:
+                secs, bdrops = run_bpf_only(spawner, n, a.binary, a.mode)
+                bpf.append(secs)
+                print(f"round {r + 1}/{rounds} bpf: {secs:7.3f} s  ({n / secs:8.0f} exec/s)  "
+                      f"(BPF programs only, no agent; ring buffer not drained; drops {bdrops or 0})", flush=True)
             # -- agent on
             export = tmp / f"events-{r}.json"
             agent = AgentProc(export)
@@ -91,6 +120,9 @@ def main() -> int:
           f"{median(off) / n * 1e6:.1f} us/exec)")
     print(f"  with agent   : median {median(on):.3f} s  ({n / median(on):.0f} exec/s, "
           f"{median(on) / n * 1e6:.1f} us/exec)")
+    if bpf:
+        print(f"  BPF only     : median {median(bpf):.3f} s  (ratio {median(bpf) / median(off):.3f}: "
+              f"kernel-side cost; the rest of 'with agent' is the user-space agent competing for CPU)")
     print(f"  ratio on/off : {ratio:.3f}  (per round: {', '.join(f'{x:.3f}' for x in ratios)}; "
           f"goal <= {GOAL_RATIO})  {'OK' if ratio <= GOAL_RATIO else 'OVER GOAL'}")
     print(f"  agent CPU    : median {median(agent_cpu):.2f} s per round = {median(agent_cpu) / n * 1e6:.0f} us "
@@ -102,7 +134,8 @@ def main() -> int:
         "n": n, "rounds": rounds, "mode": a.mode, "binary": a.binary,
         "off_s": [round(x, 4) for x in off], "on_s": [round(x, 4) for x in on],
         "median_off_s": round(median(off), 4), "median_on_s": round(median(on), 4),
-        "ratio": round(ratio, 4), "round_ratios": [round(x, 4) for x in ratios], "goal_ratio": GOAL_RATIO,
+        "ratio": round(ratio, 4), "bpf_only_s": [round(x, 4) for x in bpf],
+        "ratio_bpf_only": round(median(bpf) / median(off), 4) if bpf else None, "round_ratios": [round(x, 4) for x in ratios], "goal_ratio": GOAL_RATIO,
         "agent_cpu_s": [round(x, 3) for x in agent_cpu],
         "agent_cpu_us_per_exec": round(median(agent_cpu) / n * 1e6, 1), "lost_exec": total_lost_exec, "lost_exit": total_lost_exit, "kernel_drops": drops_total,
         "rounds_detail": per_round, "bpf_clean": clean,
