@@ -110,7 +110,9 @@ class Converter:
         for f in spec.values():
             if f.required and f.key not in seen:
                 self.diag.error(here.child(f.key), f'missing required field "{f.key}"')
-        return cls(loc=here, locs=locs, **kwargs) if _complete(cls, kwargs) else _BAD
+        if not _complete(cls, kwargs):
+            return _BAD
+        return cls(loc=here, locs=types.MappingProxyType(locs), **kwargs)
 
     def value(self, tp: Any, kind: str | None, node: yaml.Node, path: str, key: str,
               locs: dict[str, Loc]) -> Any:
@@ -153,7 +155,7 @@ class Converter:
                 if v is not _BAD:
                     out[name] = v
                     locs[ikey] = self.loc(vnode, ipath)
-            return out
+            return types.MappingProxyType(out)  # frozen model: read-only mappings too
         if isinstance(tp, type) and issubclass(tp, Node):
             return self.build(tp, node, path)
         return self.scalar(tp, kind, node, path)

@@ -5,6 +5,7 @@ not nest. Merged fields keep their macro locations, so later errors point into t
 from __future__ import annotations
 
 import dataclasses
+from types import MappingProxyType
 
 from .errors import Diagnostics, Loc
 from .model import Policy, Selector
@@ -50,7 +51,7 @@ def expand_macros(policy: Policy, diag: Diagnostics) -> Policy:
                     for k, v in m.locs.items():
                         if k == key or k.startswith((key + "[", key + ".")):
                             locs[k] = v
-        return dataclasses.replace(sel, locs=locs, **new) if new else sel
+        return dataclasses.replace(sel, locs=MappingProxyType(locs), **new) if new else sel
 
     changes: dict[str, object] = {}
     for section in ("kprobes", "fentries", "tracepoints", "uprobes", "lsmhooks", "usdts"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 from . import enums, limits, values
-from .errors import Diagnostics
+from .errors import Diagnostics, Loc
 from .model import (Hook, KProbeArg, KProbeSpec, LsmHookSpec, Policy, TracepointSpec,
                     TracingPolicySpec, UProbeSpec, UsdtSpec)
 from .util import enum_message
@@ -142,7 +142,7 @@ def _check_enforcers(spec: TracingPolicySpec, diag: Diagnostics) -> None:
             _check_call_name(c, True, e.at(f"calls[{i}]"), spec, diag)
 
 
-def _check_call_name(call: str, syscall: bool, loc, spec: TracingPolicySpec,
+def _check_call_name(call: str, syscall: bool, loc: Loc, spec: TracingPolicySpec,
                      diag: Diagnostics) -> None:
     if call.startswith("list:"):
         if spec.list_named(call[5:]) is None:
