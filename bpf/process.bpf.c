@@ -5,6 +5,7 @@
  * the one the feature probe says works. */
 #include "vigil_common.bpf.h"
 #include "path.bpf.h"
+#include "process_map.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -19,27 +20,6 @@ struct msg_exit *vigil_btf_msg_exit __attribute__((unused));
 /* Load-time knobs (rodata). */
 const volatile __u32 args_max = 4096;   /* bytes of argv captured per exec */
 const volatile __u32 path_limit = 4096; /* bytes of path components per path */
-
-#define BINARY_LEN 256
-
-/* Identity and binary of a thread group. `bin` is the executed file (the
- * interpreter for scripts), what matchBinaries selectors compare. */
-struct execve_entry {
-	struct exec_key key;
-	struct exec_key pkey;
-	__u32 bin_len;
-	__u32 flags;
-	char bin[BINARY_LEN];
-};
-
-/* Current exec identity of every live thread group, keyed by tgid.
- * Pre-existing processes are written here by the agent from procfs. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 32768);
-	__type(key, __u32);
-	__type(value, struct execve_entry);
-} execve_map SEC(".maps");
 
 struct exec_heap {
 	struct msg_process m; /* data[] follows in the same slot */
@@ -187,6 +167,10 @@ static __always_inline int do_exec(struct task_struct *task, struct linux_binprm
 	h->ent.key = m->key;
 	h->ent.pkey = m->pkey;
 	h->ent.flags = 0;
+	h->ent.caps[0] = m->cap_effective;
+	h->ent.caps[1] = m->cap_inheritable;
+	h->ent.caps[2] = m->cap_permitted;
+	__builtin_memcpy(h->ent.ns, m->ns, sizeof(m->ns));
 	blen = n < BINARY_LEN ? n : BINARY_LEN - 1;
 	barrier_var(blen);
 	blen &= BINARY_LEN - 1;
@@ -280,9 +264,7 @@ static __always_inline int do_clone(struct task_struct *child)
 	if (pe) {
 		h->ent = *pe;
 	} else {
-		h->ent.bin_len = 0;
-		h->ent.flags = 0;
-		__builtin_memset(h->ent.bin, 0, BINARY_LEN);
+		__builtin_memset(&h->ent, 0, sizeof(h->ent));
 	}
 	h->ent.key = m->key;
 	h->ent.pkey = m->pkey;

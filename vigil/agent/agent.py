@@ -112,7 +112,9 @@ class Agent:
         self._source = src
         # attach first, then scan: anything missed by the scan is seen live
         snaps = scan(self.clock)
-        known = self.sensor.seed((s.pid, s.exec_ktime, s.ppid, s.pktime, s.exe) for s in snaps)
+        known = self.sensor.seed(
+            (s.pid, s.exec_ktime, s.ppid, s.pktime, s.exe,
+             (s.cap_effective, s.cap_inheritable, s.cap_permitted), s.ns) for s in snaps)
         now = time.monotonic_ns()
         batch = [self.builder.on_procfs(s, now) for s in snaps if s.pid not in known]
         self._emit(batch)

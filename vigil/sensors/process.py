@@ -18,7 +18,8 @@ log = logging.getLogger("vigil.sensor.process")
 HOOKS = ("exec", "fork", "exit")
 DROP_CAUSES = ("ringbuf_full_exec", "ringbuf_full_clone", "ringbuf_full_exit", "ringbuf_full_generic",
                "execve_map_full", "heap", "cause6", "cause7")
-ENTRY = struct.Struct("<IIQIIQII256s")  # struct execve_entry: key, pkey, bin_len, flags, bin
+# struct execve_entry: key, pkey, bin_len, flags, bin, caps[3] (eff, inh, prm), ns[10]
+ENTRY = struct.Struct("<IIQIIQII256s3Q10I")
 BINARY_LEN = 256
 BPF_NOEXIST = 1
 ARGS_CAP = 32767
@@ -76,8 +77,9 @@ class ProcessSensor:
         assert self.obj is not None
         return self.obj.map("vigil_drops")
 
-    def seed(self, entries: Iterable[tuple[int, int, int, int, str]]) -> set[int]:
-        """Write (pid, ktime, ppid, pktime, binary) of pre-existing processes into execve_map.
+    def seed(self, entries: Iterable[tuple]) -> set[int]:
+        """Write (pid, ktime, ppid, pktime, binary, caps(eff, inh, prm), ns) of pre-existing
+        processes into execve_map.
 
         Never overwrites what the kernel already recorded; returns the pids
         the kernel had already seen (those arrive as live records instead).
@@ -85,11 +87,11 @@ class ProcessSensor:
         assert self.obj is not None
         m = self.obj.map("execve_map")
         known: set[int] = set()
-        for pid, ktime, ppid, pktime, binary in entries:
+        for pid, ktime, ppid, pktime, binary, caps, ns in entries:
             key = struct.pack("<I", pid)
             b = binary.encode("utf-8", "surrogateescape")[: BINARY_LEN - 1]
             try:
-                m.update(key, ENTRY.pack(pid, 0, ktime, ppid, 0, pktime, len(b), 0, b), BPF_NOEXIST)
+                m.update(key, ENTRY.pack(pid, 0, ktime, ppid, 0, pktime, len(b), 0, b, *caps, *ns), BPF_NOEXIST)
             except BpfError as e:
                 if e.errno == 17:  # EEXIST: created by a live exec/fork
                     known.add(pid)

@@ -1,0 +1,248 @@
+/* Configuration of one generic hook instance (one hook of one policy),
+ * written by the policy compiler (vigil/policy/compile.py) into the
+ * `hook_config` map before the hook is attached. The BPF side never changes
+ * per policy: behaviour is data. Python mirrors these layouts; a test checks
+ * the mirror against the BTF of the built object. */
+#ifndef VIGIL_POLICY_H
+#define VIGIL_POLICY_H
+
+#define VP_MAX_ARGS 5        /* argument slots per hook */
+#define VP_MAX_SELECTORS 5
+#define VP_MAX_MATCH_ARGS 5  /* matchArgs entries per selector */
+#define VP_MAX_VALUES 8      /* inline values per filter */
+#define VP_MAX_ACTIONS 3
+#define VP_MAX_NS 10
+#define VP_MAX_NS_VALUES 4
+#define VP_MAX_PIDS 8
+#define VP_ARG_DATA 4096     /* bytes captured per string/buffer argument */
+#define VP_STR_KEY 256       /* bytes of a string compared through maps */
+
+/* where an argument's raw value comes from */
+enum vp_src {
+	VP_SRC_NONE = 0,
+	VP_SRC_SYSCALL = 1,   /* syscall tracepoint: args[idx] of trace_event_raw_sys_enter */
+	VP_SRC_CTX = 2,       /* tracepoint field at ctx + off, size bytes */
+	VP_SRC_RAW = 3,       /* raw tracepoint / BTF tracepoint argument idx (u64) */
+	VP_SRC_REGS = 4,      /* pt_regs parameter idx (kprobe, uprobe) */
+	VP_SRC_RETVAL = 5,    /* the return value */
+};
+
+/* how an argument is read and reported */
+enum vp_type {
+	VP_T_NONE = 0,
+	VP_T_INT = 1,         /* s32 -> int_arg */
+	VP_T_UINT = 2,        /* u32 -> uint_arg */
+	VP_T_LONG = 3,        /* s64 -> long_arg */
+	VP_T_SIZE = 4,        /* u64 -> size_arg */
+	VP_T_STRING = 5,      /* NUL-terminated string at a user pointer */
+	VP_T_KSTRING = 6,     /* NUL-terminated string at a kernel pointer */
+	VP_T_DATA_LOC = 7,    /* tracepoint __data_loc string */
+	VP_T_CHAR_ARRAY = 8,  /* tracepoint char[N] field */
+	VP_T_CHAR_BUF = 9,    /* user buffer, length from another arg (or return value) */
+	VP_T_CHAR_IOVEC = 10, /* user iovec array, count from another arg */
+	VP_T_FD = 11,         /* fd number, resolved to a path through the fd table */
+	VP_T_FILE = 12,       /* struct file * -> path */
+	VP_T_PATH = 13,       /* struct path * -> path */
+	VP_T_SOCKADDR = 14,   /* user struct sockaddr * */
+	VP_T_SOCK = 15,       /* struct sock * */
+	VP_T_CRED = 16,       /* struct cred * */
+	VP_T_SYSCALL64 = 17,  /* syscall id with ABI */
+	VP_T_DENTRY = 18,     /* struct dentry * -> path (within its mount) */
+	VP_T_CAPABILITY = 19, /* capability number */
+	VP_T_BPF_CMD = 20,    /* int rendered as BpfCmd */
+};
+
+/* filter operators (matchArgs / matchReturnArgs) */
+enum vp_op {
+	VP_OP_NONE = 0,
+	VP_OP_EQ = 1, VP_OP_NEQ = 2,
+	VP_OP_PREFIX = 3, VP_OP_NOTPREFIX = 4,
+	VP_OP_POSTFIX = 5, VP_OP_NOTPOSTFIX = 6,
+	VP_OP_GT = 7, VP_OP_LT = 8,
+	VP_OP_MASK = 9,
+	VP_OP_INRANGE = 10, VP_OP_NOTINRANGE = 11,
+	VP_OP_INMAP = 12, VP_OP_NOTINMAP = 13,
+	VP_OP_SPORT = 14, VP_OP_NOTSPORT = 15, VP_OP_SPORTPRIV = 16, VP_OP_NOTSPORTPRIV = 17,
+	VP_OP_DPORT = 18, VP_OP_NOTDPORT = 19, VP_OP_DPORTPRIV = 20, VP_OP_NOTDPORTPRIV = 21,
+	VP_OP_SADDR = 22, VP_OP_NOTSADDR = 23, VP_OP_DADDR = 24, VP_OP_NOTDADDR = 25,
+	VP_OP_PROTOCOL = 26, VP_OP_FAMILY = 27, VP_OP_STATE = 28,
+};
+
+enum vp_action {
+	VP_ACT_NONE = 0,
+	VP_ACT_POST = 1,
+	VP_ACT_NOPOST = 2,
+	VP_ACT_SIGKILL = 3,
+	VP_ACT_SIGNAL = 4,
+	VP_ACT_OVERRIDE = 5,
+	VP_ACT_FOLLOWFD = 6,    /* accepted; fd args resolve through the fd table */
+	VP_ACT_UNFOLLOWFD = 7,
+	VP_ACT_COPYFD = 8,
+	VP_ACT_TRACKSOCK = 9,
+	VP_ACT_UNTRACKSOCK = 10,
+	VP_ACT_NOTIFY_ENFORCER = 11,
+};
+
+/* hook_config.flags */
+#define VP_HOOK_RETURN     (1 << 0)  /* event is sent at return, with the return value */
+#define VP_HOOK_MONITOR    (1 << 1)  /* policy in monitor mode: enforcement is reported, not done */
+#define VP_HOOK_SYSCALL_EXIT_SPLIT (1 << 2) /* enter and exit are separate programs */
+
+/* selector.present bits */
+#define VP_SEL_PIDS     (1 << 0)
+#define VP_SEL_BINS     (1 << 1)
+#define VP_SEL_NS       (1 << 2)
+#define VP_SEL_CAPS     (1 << 3)
+#define VP_SEL_NSCHG    (1 << 4)
+#define VP_SEL_CAPCHG   (1 << 5)
+#define VP_SEL_RETARGS  (1 << 6)
+
+/* action.flags */
+#define VP_AF_KSTACK (1 << 0)
+#define VP_AF_USTACK (1 << 1)
+/* action rate limit scope */
+#define VP_SCOPE_THREAD 0
+#define VP_SCOPE_PROCESS 1
+#define VP_SCOPE_GLOBAL 2
+
+struct vp_arg {
+	__u8 type;        /* enum vp_type */
+	__u8 src;         /* enum vp_src */
+	__u8 size;        /* bytes of the raw field (VP_SRC_CTX) */
+	__u8 is_signed;
+	__u16 off;        /* ctx offset (VP_SRC_CTX) or index (others) */
+	__u8 size_arg;    /* 1-based slot whose value is this buffer's length; 0 none */
+	__u8 return_copy; /* read the buffer at return, length = return value */
+	__u32 max_len;    /* capture limit for strings/buffers */
+};
+
+struct vp_filter {
+	__u8 op;          /* enum vp_op; 0 = unused slot */
+	__u8 slot;        /* argument slot it applies to */
+	__u8 nvals;
+	__u8 pad;
+	__u32 map_id;     /* key prefix in the string/addr/value maps */
+	__s64 lo[VP_MAX_VALUES];  /* values, or range lower bounds */
+	__s64 hi[VP_MAX_VALUES];  /* range upper bounds (= lo for single values) */
+};
+
+struct vp_action_cfg {
+	__u8 type;        /* enum vp_action */
+	__u8 flags;       /* VP_AF_* */
+	__u8 scope;       /* rate limit scope */
+	__u8 pad;
+	__s32 arg;        /* signal number, or error for Override */
+	__u64 rate_ns;    /* Post rateLimit; 0 = none */
+};
+
+struct vp_ns_filter {
+	__u8 ns;          /* index in the namespace list (uts..user) */
+	__u8 op;          /* 1 In, 2 NotIn */
+	__u8 nvals;
+	__u8 pad;
+	__u32 inum[VP_MAX_NS_VALUES];
+};
+
+struct vp_selector {
+	__u32 present;    /* VP_SEL_* */
+	__u8 nfilters;    /* matchArgs entries used */
+	__u8 nactions;
+	__u8 nret_actions;
+	__u8 nns;
+	struct vp_filter args[VP_MAX_MATCH_ARGS];
+	struct vp_filter ret;            /* matchReturnArgs (one entry on the return value) */
+	/* matchPIDs */
+	__u8 pid_op;                     /* 1 In, 2 NotIn */
+	__u8 pid_n;
+	__u8 pid_nspid;                  /* compare the pid in the process's own namespace */
+	__u8 pid_follow;                 /* followForks: also descendants (via the parent chain) */
+	__u32 pids[VP_MAX_PIDS];
+	/* matchBinaries */
+	__u8 bin_op;                     /* 1 In, 2 NotIn, 3 Prefix, 4 NotPrefix, 5 Postfix, 6 NotPostfix */
+	__u8 pad1[3];
+	__u32 bin_map_id;
+	/* matchNamespaces */
+	struct vp_ns_filter ns[VP_MAX_NS];
+	/* matchCapabilities / matchCapabilityChanges: type 0 effective, 1 inheritable, 2 permitted */
+	__u8 cap_op, cap_type, capchg_op, capchg_type;
+	__u32 nschg_mask;                /* matchNamespaceChanges: bit per namespace index */
+	__u8 nschg_op;
+	__u8 pad2[7];
+	__u64 cap_mask;
+	__u64 capchg_mask;
+	struct vp_action_cfg actions[VP_MAX_ACTIONS];
+	struct vp_action_cfg ret_actions[VP_MAX_ACTIONS];
+};
+
+struct vp_hook {
+	__u32 hook_id;
+	__u32 flags;      /* VP_HOOK_* */
+	__u8 nargs;
+	__u8 nselectors;
+	__u8 pad[6];
+	struct vp_arg args[VP_MAX_ARGS];
+	struct vp_arg ret_arg;
+	struct vp_selector sel[VP_MAX_SELECTORS];
+};
+
+/* Keys of the per-hook lookup maps. map_id selects the filter. */
+struct vp_str_key {
+	__u32 map_id;
+	char s[VP_STR_KEY];
+};
+
+struct vp_lpm_str_key {
+	__u32 prefixlen;  /* bits, counting map_id */
+	__u32 map_id;
+	char s[VP_STR_KEY];
+};
+
+struct vp_lpm_addr_key {
+	__u32 prefixlen;  /* bits, counting map_id */
+	__u32 map_id;
+	__u8 addr[16];
+};
+
+struct vp_val_key {
+	__u32 map_id;
+	__u32 pad;
+	__s64 v;
+};
+
+/* ---- the event record (op VIGIL_OP_GENERIC) ---- */
+
+struct vp_arg_hdr {
+	__u16 off;        /* offset of the payload in data[] */
+	__u16 len;        /* payload bytes */
+	__u8 type;
+	__u8 flags;       /* VP_ARGF_* */
+	__u16 pad;
+	__s64 value;      /* integer value (or fd number, or pointer) */
+};
+
+#define VP_ARGF_TRUNC   (1 << 0)  /* capture limit reached */
+#define VP_ARGF_ERR     (1 << 1)  /* could not be read */
+#define VP_ARGF_NOTROOT (1 << 2)  /* path did not reach a root (pipe, socket, memfd...) */
+
+struct msg_generic {
+	struct msg_header hdr;
+	struct exec_key key;      /* current process (from execve_map); ktime 0: unknown */
+	__u32 hook_id;
+	__u32 tid;
+	__u8 selector;            /* matching selector + 1; 0 = none (default Post) */
+	__u8 action;              /* enum vp_action that fired */
+	__u8 ret_action;
+	__u8 flags;               /* VP_EV_* */
+	__u32 kstack_len;         /* bytes of kernel stack addresses after the args */
+	__u32 ustack_len;
+	__u32 pad;
+	__s64 ret;
+	struct vp_arg_hdr args[VP_MAX_ARGS];
+	char data[];
+};
+
+#define VP_EV_HAS_RET   (1 << 0)
+#define VP_EV_MONITOR   (1 << 1)  /* enforcement action reported, not performed */
+#define VP_EV_RATELIMIT_SKIPPED (1 << 2)
+
+#endif

@@ -1,0 +1,33 @@
+/* execve_map: identity and binary of every live thread group, keyed by
+ * tgid. Written by the process sensor; read by every other sensor (the
+ * agent shares the one map between objects). */
+#ifndef VIGIL_PROCESS_MAP_BPF_H
+#define VIGIL_PROCESS_MAP_BPF_H
+
+#include "vigil_common.bpf.h"
+
+#define BINARY_LEN 256
+
+/* Identity and binary of a thread group. `bin` is the executed file (the
+ * interpreter for scripts), what matchBinaries selectors compare. */
+struct execve_entry {
+	struct exec_key key;
+	struct exec_key pkey;
+	__u32 bin_len;
+	__u32 flags;
+	char bin[BINARY_LEN];
+	__u64 caps[3];           /* at exec: effective, inheritable, permitted */
+	__u32 ns[VIGIL_NS_COUNT];/* at exec (matchNamespaceChanges) */
+};
+
+/* Current exec identity of every live thread group, keyed by tgid.
+ * Pre-existing processes are written here by the agent from procfs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u32);
+	__type(value, struct execve_entry);
+} execve_map SEC(".maps");
+
+
+#endif
