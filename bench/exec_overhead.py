@@ -16,16 +16,20 @@ the user-space agent competing for the CPUs; the agent's CPU time per round is s
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import time
 
-from _common import (install_signal_handlers, AgentProc, assert_no_bpf_left, build_spawner, count_execs, emit_json, median,
+from _common import (BPFTOOL, install_signal_handlers, AgentProc, assert_no_bpf_left, build_spawner, count_execs, emit_json, median,
                      require_root, run_spawner, tempdir, wait_quiet)
 
 GOAL_RATIO = 1.03
+STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
 
 
-def run_bpf_only(spawner: str, n: int, binary: str, mode: str) -> tuple[float, dict[str, int]]:
+def run_bpf_only(spawner: str, n: int, binary: str, mode: str,
+                 stats: dict[str, float] | None = None) -> tuple[float, dict[str, int]]:
     """The loop with only the kernel side loaded (ProcessSensor in this process, ring
     buffer large enough to hold every record, never drained): isolates BPF cost."""
     from _common import OWN_PROG_IDS, vigil_bpf_progs
@@ -33,13 +37,28 @@ def run_bpf_only(spawner: str, n: int, binary: str, mode: str) -> tuple[float, d
 
     before = set(vigil_bpf_progs())
     sensor = ProcessSensor(ringbuf_bytes=64 << 20)
+    old_stats = None
     try:
+        if stats is not None:  # kernel.bpf_stats_enabled: run_time_ns / run_cnt per program
+            with open(STATS_SYSCTL) as f:
+                old_stats = f.read().strip()
+            with open(STATS_SYSCTL, "w") as f:
+                f.write("1")
         sensor.start()
-        OWN_PROG_IDS.update(set(vigil_bpf_progs()) - before)
+        mine = set(vigil_bpf_progs()) - before
+        OWN_PROG_IDS.update(mine)
         secs, _ = run_spawner(spawner, n, binary, mode)
         drops = {k: v for k, v in sensor.drops().items() if v}
+        if stats is not None:
+            out = subprocess.run([BPFTOOL, "-j", "prog", "show"], capture_output=True, text=True).stdout
+            for p in json.loads(out or "[]"):
+                if p["id"] in mine and p.get("run_cnt"):
+                    stats[p["name"]] = p["run_time_ns"] / p["run_cnt"] / 1000
     finally:
         sensor.stop()
+        if old_stats is not None:
+            with open(STATS_SYSCTL, "w") as f:
+                f.write(old_stats)
     return secs, drops
 
 
@@ -53,6 +72,9 @@ def main() -> int:
     ap.add_argument("--binary", default="/bin/true")
     ap.add_argument("--no-bpf-only", action="store_true",
                     help="skip the third configuration (BPF programs loaded, no user-space agent)")
+    ap.add_argument("--bpf-stats", action="store_true",
+                    help="in the last BPF-only round, briefly set kernel.bpf_stats_enabled=1 (restored after) "
+                         "and report each program's mean run time")
     a = ap.parse_args()
     install_signal_handlers()
     require_root()
@@ -62,6 +84,7 @@ def main() -> int:
     off: list[float] = []
     on: list[float] = []
     bpf: list[float] = []
+    prog_us: dict[str, float] = {}
     per_round: list[dict] = []
     agent_cpu: list[float] = []
     total_lost_exec = total_lost_exit = 0
@@ -76,7 +99,8 @@ def main() -> int:
             print(f"round {r + 1}/{rounds} off: {secs:7.3f} s  ({n / secs:8.0f} exec/s)", flush=True)
             # -- kernel side only
             if not a.no_bpf_only:
-                secs, bdrops = run_bpf_only(spawner, n, a.binary, a.mode)
+                last = r == rounds - 1 and a.bpf_stats
+                secs, bdrops = run_bpf_only(spawner, n, a.binary, a.mode, prog_us if last else None)
                 bpf.append(secs)
                 print(f"round {r + 1}/{rounds} bpf: {secs:7.3f} s  ({n / secs:8.0f} exec/s)  "
                       f"(BPF programs only, no agent; ring buffer not drained; drops {bdrops or 0})", flush=True)
@@ -123,6 +147,10 @@ def main() -> int:
     if bpf:
         print(f"  BPF only     : median {median(bpf):.3f} s  (ratio {median(bpf) / median(off):.3f}: "
               f"kernel-side cost; the rest of 'with agent' is the user-space agent competing for CPU)")
+    if prog_us:
+        print("  BPF run time : " + ", ".join(f"{k} {v:.1f} us" for k, v in sorted(prog_us.items()))
+              + f" per call = {sum(prog_us.values()):.1f} us per fork+exec+exit "
+              f"({sum(prog_us.values()) / (median(off) / n * 1e6):.2%} of an exec)")
     print(f"  ratio on/off : {ratio:.3f}  (per round: {', '.join(f'{x:.3f}' for x in ratios)}; "
           f"goal <= {GOAL_RATIO})  {'OK' if ratio <= GOAL_RATIO else 'OVER GOAL'}")
     print(f"  agent CPU    : median {median(agent_cpu):.2f} s per round = {median(agent_cpu) / n * 1e6:.0f} us "
@@ -135,6 +163,7 @@ def main() -> int:
         "off_s": [round(x, 4) for x in off], "on_s": [round(x, 4) for x in on],
         "median_off_s": round(median(off), 4), "median_on_s": round(median(on), 4),
         "ratio": round(ratio, 4), "bpf_only_s": [round(x, 4) for x in bpf],
+        "bpf_prog_us_per_call": {k: round(v, 2) for k, v in prog_us.items()},
         "ratio_bpf_only": round(median(bpf) / median(off), 4) if bpf else None, "round_ratios": [round(x, 4) for x in ratios], "goal_ratio": GOAL_RATIO,
         "agent_cpu_s": [round(x, 3) for x in agent_cpu],
         "agent_cpu_us_per_exec": round(median(agent_cpu) / n * 1e6, 1), "lost_exec": total_lost_exec, "lost_exit": total_lost_exit, "kernel_drops": drops_total,
