@@ -15,7 +15,9 @@
 #define VP_MAX_NS_VALUES 4
 #define VP_MAX_PIDS 8
 #define VP_ARG_DATA 4096     /* bytes captured per string/buffer argument */
+#define VP_SLOTS 8           /* array sizes: a power of two, so masked indexes stay in bounds */
 #define VP_STR_KEY 256       /* bytes of a string compared through maps */
+#define VP_LPM_STR 248       /* LPM trie keys hold at most 256 bytes of data */
 
 /* where an argument's raw value comes from */
 enum vp_src {
@@ -149,7 +151,7 @@ struct vp_selector {
 	__u8 nactions;
 	__u8 nret_actions;
 	__u8 nns;
-	struct vp_filter args[VP_MAX_MATCH_ARGS];
+	struct vp_filter args[VP_SLOTS];           /* VP_MAX_MATCH_ARGS used */
 	struct vp_filter ret;            /* matchReturnArgs (one entry on the return value) */
 	/* matchPIDs */
 	__u8 pid_op;                     /* 1 In, 2 NotIn */
@@ -180,9 +182,9 @@ struct vp_hook {
 	__u8 nargs;
 	__u8 nselectors;
 	__u8 pad[6];
-	struct vp_arg args[VP_MAX_ARGS];
+	struct vp_arg args[VP_SLOTS];              /* VP_MAX_ARGS used */
 	struct vp_arg ret_arg;
-	struct vp_selector sel[VP_MAX_SELECTORS];
+	struct vp_selector sel[VP_SLOTS];          /* VP_MAX_SELECTORS used */
 };
 
 /* Keys of the per-hook lookup maps. map_id selects the filter. */
@@ -194,7 +196,7 @@ struct vp_str_key {
 struct vp_lpm_str_key {
 	__u32 prefixlen;  /* bits, counting map_id */
 	__u32 map_id;
-	char s[VP_STR_KEY];
+	char s[VP_LPM_STR];
 };
 
 struct vp_lpm_addr_key {

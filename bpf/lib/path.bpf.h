@@ -12,7 +12,7 @@
 #define NAME_MAX_LEN 256
 #define PATH_BUF_LEN 4096      /* bytes of path kept */
 #define PATH_MASK (PATH_BUF_LEN - 1)
-#define PATH_COPY_MASK 0x1fff  /* bounds copies out of the scratch buffer */
+#define PATH_COPY_MASK 0xfff   /* bounds copies out of the scratch buffer */
 
 struct walk_ctx {
 	struct dentry *dentry;
@@ -146,7 +146,8 @@ static __always_inline __u32 resolve_path(struct dentry *dentry, struct vfsmount
 	c->vfsmnt = vfsmnt;
 	c->root_dentry = BPF_CORE_READ(root, dentry);
 	c->root_mnt = BPF_CORE_READ(root, mnt);
-	c->limit = limit < PATH_BUF_LEN ? limit : PATH_BUF_LEN;
+	/* a component may start at limit - 1: keep the total below 4 KiB */
+	c->limit = limit < PATH_BUF_LEN - NAME_MAX_LEN ? limit : PATH_BUF_LEN - NAME_MAX_LEN;
 	bpf_loop(PATH_MAX_DEPTH, walk_step, NULL, 0);
 	*truncated = c->truncated || !c->complete;
 	*not_rooted = c->not_rooted;
