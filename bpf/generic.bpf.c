@@ -742,13 +742,13 @@ __noinline int match_arg_filter(__u32 si, __u32 j)
 		f = &cfg->sel[si].ret;
 	else
 		f = &cfg->sel[si].args[j & (VP_SLOTS - 1)];
+	if (j == VP_MAX_MATCH_ARGS)
+		return int_filter(f, h->m.ret);  /* matchReturnArgs: the return value */
 	slot = f->slot;
 	if (slot >= VP_MAX_ARGS)
 		return 0;
 	barrier_var(slot);
 	ah = &h->m.args[slot & (VP_SLOTS - 1)];
-	if (j == VP_MAX_MATCH_ARGS && f->slot == 0 && ah->type == 0)
-		return int_filter(f, h->m.ret);
 	if (ah->type == VP_T_SOCKADDR || ah->type == VP_T_SOCK)
 		return sock_filter(h, f, ah);
 	if (is_string_type(ah->type) && f->op <= VP_OP_NOTPOSTFIX)
@@ -1172,19 +1172,27 @@ static __always_inline int run_return(void *ctx, __s64 ret)
 
 /* ---- entry points ---- */
 
-static __always_inline void raw_from(struct gen_heap *h, struct vp_hook *cfg, __u64 *vals, __u32 n)
+static __always_inline void clear_args(struct gen_heap *h)
 {
 	for (__u32 i = 0; i < VP_MAX_ARGS; i++) {
+		h->m.args[i].value = 0;
+		h->m.args[i].off = 0;
+		h->m.args[i].len = 0;
+		h->m.args[i].type = 0;
+		h->m.args[i].flags = 0;
+	}
+}
+
+static __always_inline void raw_from(struct gen_heap *h, struct vp_hook *cfg, __u64 *vals, __u32 n)
+{
+	clear_args(h);
+	for (__u32 i = 0; i < VP_MAX_ARGS; i++) {
 		struct vp_arg *a = &cfg->args[i];
-		__u64 v = 0;
 
 		if (i >= cfg->nargs)
 			break;
 		if (a->off < n)
-			v = vals[a->off & 7];
-		h->m.args[i].value = v;
-		h->m.args[i].flags = 0;
-		h->m.args[i].len = 0;
+			h->m.args[i].value = vals[a->off & 7];
 	}
 }
 
@@ -1218,6 +1226,7 @@ int vigil_tp(void *ctx)
 
 	if (!cfg || !h)
 		return 0;
+	clear_args(h);
 	for (__u32 i = 0; i < VP_MAX_ARGS; i++) {
 		struct vp_arg *a = &cfg->args[i];
 		__u64 v = 0;
@@ -1234,8 +1243,6 @@ int vigil_tp(void *ctx)
 				v = (__s64)(__s8)v;
 		}
 		h->m.args[i].value = v;
-		h->m.args[i].flags = 0;
-		h->m.args[i].len = 0;
 	}
 	h->ctxp = (__u64)ctx;
 	return run_hook(ctx, h, cfg);

@@ -16,7 +16,6 @@ from typing import Any, Callable
 import orjson
 
 from vigil import __version__
-from vigil.agent.api import PolicyError
 from vigil.agent.bus import EventBus, Subscription
 from vigil.agent.config import AgentConfig
 from vigil.events import records as R
@@ -62,6 +61,10 @@ class Agent:
         self.user_drops: dict[str, int] = {}
         self.frontends: list[Any] = []
         self.log_level = "info"
+        from vigil.agent.policies import PolicyManager
+
+        self.policies = PolicyManager(self)
+        self.handlers[R.OP_GENERIC] = self.policies.handle
 
     # -- lifecycle
     def start(self) -> None:
@@ -88,6 +91,10 @@ class Agent:
         try:
             if self._live:
                 self._start_kernel()
+                for f in c.tracing_policy:
+                    self.policies.add_file(f)
+                if c.tracing_policy_dir:
+                    self.policies.add_dir(c.tracing_policy_dir)
             self.ready_at = time.monotonic()
             for fe in self.frontends:
                 fe.start()
@@ -154,6 +161,7 @@ class Agent:
                 fe.stop()
             except Exception:  # noqa: BLE001 - keep tearing down
                 log.exception("stopping %s", fe)
+        self.policies.close()
         if self._source is not None:
             self._source.close()
         if self.sensor is not None:
@@ -303,21 +311,22 @@ class Agent:
     def get_log_level(self) -> str:
         return self.log_level
 
-    # policy management arrives with the policy engine; refuse clearly until then
+    # -- policies
     def add_policy(self, yaml_text: str, *, mode: str | None = None, source: str = "grpc") -> str:
-        raise PolicyError("this agent build has no TracingPolicy engine loaded")
+        names = self.policies.add_text(yaml_text, f"<{source}>", mode=mode, source=source)
+        return names[0] if names else ""
 
     def delete_policy(self, name: str, namespace: str = "") -> None:
-        raise PolicyError("this agent build has no TracingPolicy engine loaded")
+        self.policies.delete(name)
 
     def set_policy_enabled(self, name: str, enabled: bool, namespace: str = "") -> None:
-        raise PolicyError("this agent build has no TracingPolicy engine loaded")
+        self.policies.set_enabled(name, enabled)
 
     def set_policy_mode(self, name: str, mode: str, namespace: str = "") -> None:
-        raise PolicyError("this agent build has no TracingPolicy engine loaded")
+        self.policies.set_mode(name, mode)
 
     def list_policies(self) -> list[dict[str, Any]]:
-        return []
+        return self.policies.list()
 
 
 def _make_printer(kind: str) -> Callable[[list[dict]], None]:

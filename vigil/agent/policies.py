@@ -1,0 +1,250 @@
+"""Live TracingPolicy management: add, delete, enable, disable, set mode, list.
+
+All changes go through one lock, so the kernel state of a policy is always
+all-or-nothing: a policy whose hooks cannot all be loaded is rolled back
+and reported, never half-attached. Deleting a policy closes every program,
+link and map it created.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import struct
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vigil.agent.api import PolicyError, PolicyNotFound
+from vigil.events import generic as G
+from vigil.policy import PolicyErrors, load_policies, parse_policies
+from vigil.policy import layout as L
+from vigil.policy.compile import CompiledHook, CompiledPolicy, compile_policy
+from vigil.policy.model import Policy
+from vigil.process.ids import exec_id
+
+log = logging.getLogger("vigil.policies")
+
+
+class PolicyExists(PolicyError):
+    pass
+
+
+@dataclass
+class LoadedPolicy:
+    id: int
+    compiled: CompiledPolicy
+    hooks: list[Any]                  # GenericHook
+    source: str
+    mode: str
+    enabled: bool = True
+    error: str = ""
+    events: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.compiled.name
+
+
+class PolicyManager:
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+        self._lock = threading.RLock()
+        self.policies: dict[str, LoadedPolicy] = {}
+        self.hooks: dict[int, tuple[CompiledHook, LoadedPolicy]] = {}
+        self._ids = itertools.count(1)
+        self._hook_ids = itertools.count(1)
+        self._features: Any = None
+
+    # -- feature probe, run once on first use (it loads programs: keep it off the start path)
+    def has(self, name: str) -> tuple[bool, str]:
+        if self._features is None:
+            from vigil.kernel.features import cached_probe
+
+            self._features = cached_probe()
+        f = self._features.get(name)
+        if f is None:
+            return False, f"unknown feature {name}"
+        return bool(f.supported), f.reason
+
+    def _shared_maps(self) -> dict[str, Any]:
+        sensor = self.agent.sensor
+        if sensor is None or sensor.obj is None:
+            raise PolicyError("the process sensor is not running; policies need the live kernel")
+        return {n: sensor.obj.map(n) for n in ("events", "vigil_drops", "execve_map")}
+
+    # -- adding
+    def add_text(self, text: str, filename: str = "<grpc>", *, mode: str | None = None,
+                 source: str = "grpc") -> list[str]:
+        try:
+            policies = parse_policies(text, filename)
+        except PolicyErrors as e:
+            raise PolicyError(str(e)) from None
+        return [self.add(p, mode=mode, source=source) for p in policies]
+
+    def add_file(self, path: str, *, source: str = "static") -> list[str]:
+        try:
+            policies = load_policies(path)
+        except PolicyErrors as e:
+            raise PolicyError(str(e)) from None
+        return [self.add(p, source=source) for p in policies]
+
+    def add_dir(self, path: str) -> list[str]:
+        d = Path(path)
+        if not d.is_dir():
+            raise PolicyError(f"--tracing-policy-dir {path}: not a directory")
+        names: list[str] = []
+        for f in sorted(d.iterdir()):
+            if f.suffix in (".yaml", ".yml", ".json"):
+                names += self.add_file(str(f))
+        return names
+
+    def add(self, policy: Policy, *, mode: str | None = None, source: str = "grpc") -> str:
+        from vigil.sensors.generic import GenericHook
+
+        with self._lock:
+            if policy.name in self.policies:
+                raise PolicyExists(f"policy {policy.name!r} already exists")
+            try:
+                compiled = compile_policy(policy, self.has, lambda: next(self._hook_ids))
+            except PolicyErrors as e:
+                raise PolicyError(str(e)) from None
+            mode = mode or compiled.mode
+            if mode == "monitor":
+                for ch in compiled.hooks:
+                    ch.config.flags |= L.HOOK_MONITOR
+            shared = self._shared_maps()
+            loaded: list[GenericHook] = []
+            try:
+                for ch in compiled.hooks:
+                    # register first: records may arrive as soon as it attaches
+                    lp_hooks = (ch, None)
+                    self.hooks[ch.hook_id] = lp_hooks  # type: ignore[assignment]
+                    gh = GenericHook(ch, shared)
+                    gh.load()
+                    loaded.append(gh)
+            except Exception as e:
+                for gh in loaded:
+                    gh.close()
+                for ch in compiled.hooks:
+                    self.hooks.pop(ch.hook_id, None)
+                raise PolicyError(f"policy {policy.name!r}: loading {ch.placement.describe()} failed: {e}") from e
+            lp = LoadedPolicy(next(self._ids), compiled, loaded, source, mode)
+            for ch in compiled.hooks:
+                self.hooks[ch.hook_id] = (ch, lp)
+            self.policies[policy.name] = lp
+            for w in compiled.warnings:
+                log.warning("%s", w)
+            log.info("policy %s loaded (%s): %s", policy.name, mode,
+                     "; ".join(ch.placement.describe() for ch in compiled.hooks))
+            return policy.name
+
+    # -- changing
+    def _get(self, name: str) -> LoadedPolicy:
+        lp = self.policies.get(name)
+        if lp is None:
+            raise PolicyNotFound(f"no policy named {name!r}")
+        return lp
+
+    def delete(self, name: str) -> None:
+        with self._lock:
+            lp = self._get(name)
+            for gh in lp.hooks:
+                gh.close()
+            for ch in lp.compiled.hooks:
+                self.hooks.pop(ch.hook_id, None)
+            del self.policies[name]
+            log.info("policy %s deleted", name)
+
+    def set_enabled(self, name: str, enabled: bool) -> None:
+        with self._lock:
+            lp = self._get(name)
+            for gh in lp.hooks:
+                if enabled:
+                    gh.attach()
+                else:
+                    gh.detach()
+            lp.enabled = enabled
+
+    def set_mode(self, name: str, mode: str) -> None:
+        if mode not in ("enforce", "monitor"):
+            raise PolicyError(f"mode must be enforce or monitor, not {mode!r}")
+        with self._lock:
+            lp = self._get(name)
+            for gh in lp.hooks:
+                cfg = gh.compiled.config
+                cfg.flags = (cfg.flags & ~L.HOOK_MONITOR) | (L.HOOK_MONITOR if mode == "monitor" else 0)
+                if gh.obj is not None:
+                    gh.obj.map("hook_config").update(struct.pack("<I", 0), bytes(cfg))
+            lp.mode = mode
+
+    def close(self) -> None:
+        with self._lock:
+            for name in list(self.policies):
+                self.delete(name)
+
+    # -- reporting
+    def status(self, lp: LoadedPolicy) -> dict[str, Any]:
+        stats = [gh.stats() for gh in lp.hooks]
+        total = {k: sum(s[k] for s in stats) for k in (stats[0] if stats else {})}
+        enforcing = any(a.type in (L.ACT["Sigkill"], L.ACT["Signal"])
+                        for ch in lp.compiled.hooks for i in range(ch.config.nselectors)
+                        for a in list(ch.config.sel[i].actions) + list(ch.config.sel[i].ret_actions))
+        mode = lp.mode if enforcing else "monitor_only" if lp.mode == "monitor" else lp.mode
+        counters = {"post": total.get("posted", 0), "signal": total.get("signals", 0),
+                    "monitor_signal": total.get("monitored", 0)}
+        return {
+            "id": lp.id,
+            "name": lp.name,
+            "namespace": lp.compiled.policy.namespace or "",
+            "info": lp.source,
+            "sensors": ["generic"],
+            "state": "enabled" if lp.enabled else "disabled",
+            "error": lp.error,
+            "mode": mode,
+            "kernel_memory_bytes": sum(gh.kernel_memory() for gh in lp.hooks),
+            "stats": {"action_counters": counters},
+            "hooks": [{"section": ch.placement.section, "index": ch.placement.index,
+                       "hook": ch.placement.describe(), "state": "loaded" if lp.enabled else "disabled",
+                       "target": ch.placement.target}
+                      for ch in lp.compiled.hooks],
+            "kernel_stats": total,
+            "program_ids": [i for gh in lp.hooks for i in gh.program_ids()],
+        }
+
+    def list(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [self.status(lp) for lp in self.policies.values()]
+
+    # -- records
+    def handle(self, buf: bytes, now_ns: int) -> dict[str, Any] | None:
+        m, data = G.decode_generic(buf)
+        entry = self.hooks.get(m.hook_id)
+        if entry is None:
+            return None  # a record of a policy deleted meanwhile
+        ch, lp = entry
+        b = self.agent.builder
+        p = b.cache.get(exec_id(b.node, m.exec_ktime, m.pid)) if m.exec_ktime else None
+        if p is None:
+            p = b.cache.by_pid(m.pid)
+        body: dict[str, Any] = {}
+        if p is not None:
+            body["process"] = p.json
+            parent = b.cache.get(p.parent_exec_id)
+            if parent is not None:
+                body["parent"] = parent.json
+        else:
+            body["process"] = {"pid": m.pid, "tid": m.tid, "flags": "miss"}
+        body.update(G.build_body(ch, m, data))
+        kind = ch.placement.event_kind
+        if lp is not None:
+            lp.events[kind] = lp.events.get(kind, 0) + 1
+        return {kind: body, "node_name": b.node, "time": b.clock.ktime_rfc3339(m.ktime)}
+
+
+def policy_files(files: list[str], directory: str) -> list[str]:
+    out = list(files)
+    if directory and os.path.isdir(directory):
+        out += [str(p) for p in sorted(Path(directory).iterdir()) if p.suffix in (".yaml", ".yml", ".json")]
+    return out

@@ -1,0 +1,120 @@
+"""ctypes mirrors of bpf/include/vigil_policy.h (checked against BTF in tests).
+
+ctypes lays structures out with the C ABI's natural alignment, the same as
+clang does for these plain integer structs, so bytes(hook) is exactly the
+value the BPF side reads from `hook_config`.
+"""
+from __future__ import annotations
+
+import ctypes as C
+
+MAX_ARGS = 5
+MAX_SELECTORS = 5
+MAX_MATCH_ARGS = 5
+MAX_VALUES = 8
+MAX_ACTIONS = 3
+MAX_NS = 10
+MAX_NS_VALUES = 4
+MAX_PIDS = 8
+SLOTS = 8
+ARG_DATA = 4096
+STR_KEY = 256
+LPM_STR = 248
+
+# enum vp_src
+SRC_SYSCALL, SRC_CTX, SRC_RAW, SRC_REGS, SRC_RETVAL = 1, 2, 3, 4, 5
+
+# enum vp_type
+T = dict(
+    int=1, uint=2, long=3, size=4, string=5, kstring=6, data_loc=7, char_array=8, char_buf=9,
+    char_iovec=10, fd=11, file=12, path=13, sockaddr=14, sock=15, cred=16, syscall64=17,
+    dentry=18, capability=19, bpf_cmd=20,
+)
+T_NAMES = {v: k for k, v in T.items()}
+
+# enum vp_op
+OP = dict(
+    Equal=1, NotEqual=2, Prefix=3, NotPrefix=4, Postfix=5, NotPostfix=6, GT=7, LT=8, Mask=9,
+    InRange=10, NotInRange=11, InMap=12, NotInMap=13, SPort=14, NotSPort=15, SPortPriv=16,
+    NotSportPriv=17, DPort=18, NotDPort=19, DPortPriv=20, NotDPortPriv=21, SAddr=22, NotSAddr=23,
+    DAddr=24, NotDAddr=25, Protocol=26, Family=27, State=28,
+)
+OP["GreaterThan"] = OP["GT"]
+OP["LessThan"] = OP["LT"]
+
+# enum vp_action
+ACT = dict(Post=1, NoPost=2, Sigkill=3, Signal=4, Override=5, FollowFD=6, UnfollowFD=7, CopyFD=8,
+           TrackSock=9, UntrackSock=10, NotifyEnforcer=11)
+
+HOOK_RETURN = 1 << 0
+HOOK_MONITOR = 1 << 1
+
+SEL_PIDS, SEL_BINS, SEL_NS, SEL_CAPS, SEL_NSCHG, SEL_CAPCHG, SEL_RETARGS = (1 << i for i in range(7))
+AF_KSTACK, AF_USTACK = 1, 2
+SCOPE = {"thread": 0, "": 0, "process": 1, "global": 2}
+
+
+class Arg(C.Structure):
+    _fields_ = [("type", C.c_uint8), ("src", C.c_uint8), ("size", C.c_uint8), ("is_signed", C.c_uint8),
+                ("off", C.c_uint16), ("size_arg", C.c_uint8), ("return_copy", C.c_uint8),
+                ("max_len", C.c_uint32)]
+
+
+class Filter(C.Structure):
+    _fields_ = [("op", C.c_uint8), ("slot", C.c_uint8), ("nvals", C.c_uint8), ("pad", C.c_uint8),
+                ("map_id", C.c_uint32), ("lo", C.c_int64 * MAX_VALUES), ("hi", C.c_int64 * MAX_VALUES)]
+
+
+class ActionCfg(C.Structure):
+    _fields_ = [("type", C.c_uint8), ("flags", C.c_uint8), ("scope", C.c_uint8), ("pad", C.c_uint8),
+                ("arg", C.c_int32), ("rate_ns", C.c_uint64)]
+
+
+class NsFilter(C.Structure):
+    _fields_ = [("ns", C.c_uint8), ("op", C.c_uint8), ("nvals", C.c_uint8), ("pad", C.c_uint8),
+                ("inum", C.c_uint32 * MAX_NS_VALUES)]
+
+
+class Selector(C.Structure):
+    _fields_ = [
+        ("present", C.c_uint32), ("nfilters", C.c_uint8), ("nactions", C.c_uint8),
+        ("nret_actions", C.c_uint8), ("nns", C.c_uint8),
+        ("args", Filter * SLOTS), ("ret", Filter),
+        ("pid_op", C.c_uint8), ("pid_n", C.c_uint8), ("pid_nspid", C.c_uint8), ("pid_follow", C.c_uint8),
+        ("pids", C.c_uint32 * MAX_PIDS),
+        ("bin_op", C.c_uint8), ("pad1", C.c_uint8 * 3), ("bin_map_id", C.c_uint32),
+        ("ns", NsFilter * MAX_NS),
+        ("cap_op", C.c_uint8), ("cap_type", C.c_uint8), ("capchg_op", C.c_uint8), ("capchg_type", C.c_uint8),
+        ("nschg_mask", C.c_uint32), ("nschg_op", C.c_uint8), ("pad2", C.c_uint8 * 7),
+        ("cap_mask", C.c_uint64), ("capchg_mask", C.c_uint64),
+        ("actions", ActionCfg * MAX_ACTIONS), ("ret_actions", ActionCfg * MAX_ACTIONS),
+    ]
+
+
+class Hook(C.Structure):
+    _fields_ = [("hook_id", C.c_uint32), ("flags", C.c_uint32), ("nargs", C.c_uint8),
+                ("nselectors", C.c_uint8), ("pad", C.c_uint8 * 6), ("args", Arg * SLOTS),
+                ("ret_arg", Arg), ("sel", Selector * SLOTS)]
+
+
+class ArgHdr(C.Structure):
+    _fields_ = [("off", C.c_uint16), ("len", C.c_uint16), ("type", C.c_uint8), ("flags", C.c_uint8),
+                ("pad", C.c_uint16), ("value", C.c_int64)]
+
+
+class MsgGeneric(C.Structure):
+    _fields_ = [
+        # msg_header
+        ("op", C.c_uint8), ("hpad", C.c_uint8), ("hflags", C.c_uint16), ("size", C.c_uint32),
+        ("ktime", C.c_uint64),
+        # exec_key
+        ("pid", C.c_uint32), ("kpad", C.c_uint32), ("exec_ktime", C.c_uint64),
+        ("hook_id", C.c_uint32), ("tid", C.c_uint32),
+        ("selector", C.c_uint8), ("action", C.c_uint8), ("ret_action", C.c_uint8), ("flags", C.c_uint8),
+        ("kstack_len", C.c_uint32), ("ustack_len", C.c_uint32), ("pad", C.c_uint32),
+        ("ret", C.c_int64), ("args", ArgHdr * MAX_ARGS),
+    ]
+
+
+ARGF_TRUNC, ARGF_ERR, ARGF_NOTROOT = 1, 2, 4
+EV_HAS_RET, EV_MONITOR = 1, 2

@@ -1,0 +1,118 @@
+"""One loaded hook of a policy: a copy of bpf/generic.bpf.c configured by data.
+
+The object shares `events`, `vigil_drops` and `execve_map` with the process
+sensor, so its records join the same ordered stream and its selectors see
+the binaries the process sensor recorded. Load rolls back on any failure.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import struct
+
+from vigil.kernel import BpfObject, Map
+from vigil.kernel.paths import bpf_object
+from vigil.policy.compile import CompiledHook
+
+log = logging.getLogger("vigil.sensor.generic")
+
+STATS = ("hits", "filtered", "posted", "ratelimited", "signals", "monitored", "pending_full", "errors")
+ENTRY_PROGS = ("vigil_sys_enter", "vigil_sys_exit", "vigil_tp", "vigil_raw_tp", "vigil_uprobe",
+               "vigil_uretprobe", "vigil_kprobe", "vigil_kretprobe")
+
+
+class GenericHook:
+    def __init__(self, compiled: CompiledHook, shared: dict[str, Map]) -> None:
+        self.compiled = compiled
+        self.shared = shared
+        self.obj: BpfObject | None = None
+
+    @property
+    def hook_id(self) -> int:
+        return self.compiled.hook_id
+
+    def load(self) -> None:
+        c, pl = self.compiled, self.compiled.placement
+        obj = BpfObject.open(bpf_object("generic"))
+        try:
+            wanted = {pl.entry_prog, pl.return_prog} - {""}
+            for name in ENTRY_PROGS:
+                obj.program(name).set_autoload(name in wanted)
+            for name, m in self.shared.items():
+                obj.map(name).reuse_fd(m.fd)
+            for name, keys in (("str_map", c.str_keys), ("prefix_map", c.prefix_keys),
+                               ("postfix_map", c.postfix_keys), ("addr_map", c.addr_keys),
+                               ("val_map", c.val_keys)):
+                obj.map(name).set_max_entries(max(1, len(keys)))
+            obj.load()
+            obj.map("hook_config").update(struct.pack("<I", 0), bytes(c.config))
+            one = b"\x01"
+            for name, keys in (("str_map", c.str_keys), ("prefix_map", c.prefix_keys),
+                               ("postfix_map", c.postfix_keys), ("addr_map", c.addr_keys),
+                               ("val_map", c.val_keys)):
+                m = obj.map(name)
+                for k in keys:
+                    m.update(k, one)
+            self._attach(obj)
+        except BaseException:
+            obj.close()
+            raise
+        self.obj = obj
+
+    def _attach(self, obj: BpfObject) -> None:
+        pl = self.compiled.placement
+        a = pl.attach
+        entry = obj.program(pl.entry_prog)
+        if pl.mechanism == "tracepoint":
+            # the return side first: an entry without its exit would leave pending records
+            if pl.return_prog:
+                obj.program(pl.return_prog).attach_tracepoint(a["category"], a["exit_name"])
+            entry.attach_tracepoint(a["category"], a["name"])
+        elif pl.mechanism == "raw_tracepoint":
+            entry.attach_raw_tracepoint(a["name"])
+        elif pl.mechanism == "uprobe":
+            if pl.return_prog:
+                obj.program(pl.return_prog).attach_uprobe(a["path"], a["offset"], retprobe=True)
+            entry.attach_uprobe(a["path"], a["offset"])
+        elif pl.mechanism == "kprobe":
+            if pl.return_prog:
+                obj.program(pl.return_prog).attach_kprobe(a["func"], retprobe=True)
+            entry.attach_kprobe(a["func"])
+        else:
+            raise ValueError(f"cannot attach mechanism {pl.mechanism!r}")
+
+    def detach(self) -> None:
+        if self.obj is not None:
+            self.obj.detach_all()
+
+    def attach(self) -> None:
+        if self.obj is not None and not self.obj.links:
+            self._attach(self.obj)
+
+    @property
+    def attached(self) -> bool:
+        return self.obj is not None and bool(self.obj.links)
+
+    def stats(self) -> dict[str, int]:
+        if self.obj is None:
+            return {k: 0 for k in STATS}
+        m = self.obj.map("hook_stats")
+        return {name: m.sum_percpu_u64(struct.pack("<I", i)) for i, name in enumerate(STATS)}
+
+    def program_ids(self) -> list[int]:
+        from vigil.kernel.info import prog_info
+
+        if self.obj is None:
+            return []
+        return [int(prog_info(p.fd)["id"]) for p in self.obj.programs.values() if p.fd >= 0]
+
+    def kernel_memory(self) -> int:
+        """Rough bytes of kernel memory the hook's own maps use."""
+        c = self.compiled
+        return (ctypes.sizeof(c.config) + 20648 * 2 + 260 * len(c.str_keys)
+                + 264 * (len(c.prefix_keys) + len(c.postfix_keys)) + 32 * len(c.addr_keys) + 24 * len(c.val_keys))
+
+    def close(self) -> None:
+        if self.obj is not None:
+            self.obj.close()
+            self.obj = None
