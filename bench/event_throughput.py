@@ -8,7 +8,7 @@
    came out as an event (zero loss).
 2. Breakdown: each stage timed on its own over the same records -- decode
    (ProcessRecord/ExitRecord), build (EventBuilder + ProcessCache), JSON encode
-   (orjson), file write -- plus the top functions from cProfile of a full replay.
+   (the exporter's encode_events), file write -- plus the top functions from cProfile of a full replay.
 3. Live: a burst of fork+execs (two C loops in parallel) while `vigil agent`
    drains; checks that every exec/exit reached the export file.
 
@@ -62,9 +62,8 @@ def replay_once(records: list[bytes], export: str, profile: cProfile.Profile | N
 
 def stage_breakdown(records: list[bytes], export: str) -> dict[str, float]:
     """Seconds spent in each stage, each run alone over the same records."""
-    import orjson
-
     from vigil.events import records as R
+    from vigil.export.jsonl import encode_events
     from vigil.process.build import BuildOptions, EventBuilder
     from vigil.process.cache import ProcessCache
     from vigil.process.clock import WallClock
@@ -89,11 +88,10 @@ def stage_breakdown(records: list[bytes], export: str) -> dict[str, float]:
                 events.append(e)
     out["build"] = t() - t0
 
-    opt = orjson.OPT_APPEND_NEWLINE
     t0 = t()
     blobs = []
-    for i in range(0, len(events), 4096):
-        blobs.append(b"".join([orjson.dumps(e, option=opt) for e in events[i : i + 4096]]))
+    for i in range(0, len(events), 4096):  # the exporter's encoder (reuses cached process JSON)
+        blobs.append(b"".join(encode_events(events[i : i + 4096])))
     out["encode"] = t() - t0
 
     fd = os.open(export, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)

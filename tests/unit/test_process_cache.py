@@ -7,12 +7,23 @@ from vigil.process.model import Process
 S = 1_000_000_000
 
 
-def proc(eid: str, pid: int, parent: str = "") -> Process:
-    return Process(eid, pid, 0, parent, 0, {"exec_id": eid, "pid": pid})
+KEYS: dict[str, tuple[int, int]] = {}  # test name -> (pid, ktime) cache key
+
+
+def proc(name: str, pid: int, parent: str = "") -> Process:
+    key = KEYS[name] = (pid, 1000 + len(KEYS))
+    return Process(name, key, parent, KEYS[parent] if parent else None, 0, {"exec_id": name, "pid": pid})
+
+
+class C(ProcessCache):
+    """Looks entries up by the tests' names."""
+
+    def get(self, name):  # type: ignore[override]
+        return super().get(KEYS.get(name))
 
 
 def test_parent_stays_while_child_lives():
-    c = ProcessCache(capacity=100, grace_ns=5 * S)
+    c = C(capacity=100, grace_ns=5 * S)
     c.add(proc("P", 10), 0)
     c.add(proc("C", 11, "P"), 0)
     c.exit(c.get("P"), 1 * S)
@@ -26,7 +37,7 @@ def test_parent_stays_while_child_lives():
 
 
 def test_exec_replaces_previous_image_of_pid():
-    c = ProcessCache(capacity=100, grace_ns=0)
+    c = C(capacity=100, grace_ns=0)
     c.add(proc("A", 5), 0)
     c.add(proc("B", 5), 0)
     assert c.by_pid(5).exec_id == "B"
@@ -35,7 +46,7 @@ def test_exec_replaces_previous_image_of_pid():
 
 
 def test_exit_is_idempotent():
-    c = ProcessCache(capacity=100, grace_ns=0)
+    c = C(capacity=100, grace_ns=0)
     c.add(proc("P", 1), 0)
     c.add(proc("C", 2, "P"), 0)
     c.exit(c.get("C"), 0)
@@ -44,7 +55,7 @@ def test_exit_is_idempotent():
 
 
 def test_bounded_size_evicts_released_first_then_oldest():
-    c = ProcessCache(capacity=64, grace_ns=10**12)
+    c = C(capacity=64, grace_ns=10**12)
     for i in range(64):
         c.add(proc(f"E{i}", 100 + i), 0)
     c.exit(c.get("E5"), 0)
@@ -56,8 +67,25 @@ def test_bounded_size_evicts_released_first_then_oldest():
 
 
 def test_ancestors_nearest_first():
-    c = ProcessCache()
+    c = C()
     c.add(proc("G", 1), 0)
     c.add(proc("P", 2, "G"), 0)
     c.add(proc("C", 3, "P"), 0)
     assert [p.exec_id for p in c.ancestors(c.get("C"))] == ["P", "G"]
+
+
+def test_lookup_by_exec_id_string():
+    from vigil.process.ids import exec_id
+
+    c = ProcessCache()
+    c.add(Process(exec_id("n", 77, 5), (5, 77), "", None, 0, {}), 0)
+    assert c.get(exec_id("n", 77, 5)) is c.by_pid(5) and c.get((5, 77)) is c.by_pid(5)
+    assert c.get("not base64!") is None and c.get(exec_id("n", 78, 5)) is None
+
+
+def test_oldest_eviction_is_linear_over_many_rounds():
+    c = ProcessCache(capacity=1000, grace_ns=10**12)
+    for i in range(50_000):  # nothing released: every insert past capacity evicts the oldest
+        c.add(Process(str(i), (i, i), "", None, 0, {}), 0)
+    assert len(c) == 1000 and c.evictions == 49_000 and c.get((49_000, 49_000)) is not None
+    assert len(c._order) <= 2 * len(c) + 64

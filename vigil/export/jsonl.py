@@ -29,13 +29,40 @@ from typing import Any, BinaryIO, Callable, Iterable
 
 import orjson
 
-_ENCODE_OPTS = orjson.OPT_APPEND_NEWLINE
+# Subclasses of builtins go to _default, which is how an EncodedDict gets its cached bytes in.
+_ENCODE_OPTS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_PASSTHROUGH_SUBCLASS
+
+
+class EncodedDict(dict):  # type: ignore[type-arg]
+    """A JSON object that is encoded once: the first encode caches its bytes, later events
+    holding the same object (e.g. a parent's `Process` message in every child's events)
+    splice them in. Never mutate one after it has been shared; copies are plain dicts."""
+
+    __slots__ = ("_frag",)
+
+    def fragment(self) -> orjson.Fragment:
+        try:
+            return self._frag
+        except AttributeError:
+            # plain options: the object itself encodes as a dict, nested ones normally
+            frag = self._frag = orjson.Fragment(orjson.dumps(self))
+            return frag
+
+
+def _default(obj: Any) -> Any:
+    if type(obj) is EncodedDict:
+        return obj.fragment()
+    # other subclasses of builtins: encode exactly as orjson does without passthrough
+    for base in (dict, list, str, int, float):
+        if isinstance(obj, base):
+            return base(obj) if base is not str else str.__str__(obj)
+    raise TypeError(f"Type is not JSON serializable: {type(obj).__name__}")
 
 
 def encode_events(events: Iterable[dict[str, Any]]) -> list[bytes]:
     """One compact JSON line (with trailing newline) per event."""
     dumps = orjson.dumps
-    return [dumps(e, option=_ENCODE_OPTS) for e in events]
+    return [dumps(e, default=_default, option=_ENCODE_OPTS) for e in events]
 
 
 class JsonlWriter:

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vigil.events import records as R
+from vigil.export.jsonl import EncodedDict
 from vigil.process.cache import ProcessCache
 from vigil.process.caps import cap_list, securebits_list
 from vigil.process.clock import WallClock
 from vigil.process.ids import exec_id
-from vigil.process.model import Process
+from vigil.process.model import Key, Process
 
 # Tetragon's flag words, in its order
 FLAG_ORDER = ("execve", "procFS", "errorEnvs", "truncArgs", "miss", "errorFilename", "errorArgs", "nocwd",
@@ -33,16 +34,20 @@ def container_id(cgroup_name: str) -> str:
     return m.group(1)[:31] if m else ""
 
 
-def format_arguments(args: bytes) -> tuple[list[str], str]:
-    """argv area -> (argv list, Tetragon `arguments`: argv[1:] space-joined, quoted if spaced)."""
-    parts = args.split(b"\0")
-    if parts and parts[-1] == b"":
-        parts.pop()
-    argv = [p.decode("utf-8", "surrogateescape") for p in parts]
-    out = []
-    for a in argv[1:]:
-        out.append(f'"{a}"' if " " in a else a)
-    return argv, " ".join(out)
+def format_arguments(args: bytes) -> str:
+    """argv area -> Tetragon `arguments`: argv[1:] space-joined, each quoted if it has a space."""
+    # one decode and one split (a NUL never occurs inside a UTF-8 sequence, so decoding
+    # the whole area equals decoding each argument); argv itself is not kept
+    s = args.decode("utf-8", "surrogateescape")
+    if s.endswith("\0"):
+        s = s[:-1]
+    i = s.find("\0")
+    if i < 0:
+        return ""
+    rest = s[i + 1 :]
+    if " " not in rest:
+        return rest.replace("\0", " ")
+    return " ".join(f'"{a}"' if " " in a else a for a in rest.split("\0"))
 
 
 def host_namespaces() -> tuple[int, ...]:
@@ -70,24 +75,60 @@ class BuildOptions:
     host_ns: tuple[int, ...] = field(default_factory=host_namespaces)
 
 
+# record flag bits that select flag words; with the builder's own conditions (below)
+# they form the key of the flags-string cache
+_REC_FLAG_BITS = R.F_ARGS_TRUNC | R.F_ERR_PATH | R.F_ERR_ARGS | R.F_CWD_TRUNC | R.F_ERR_CWD
+_K_PROCFS, _K_MISS, _K_NOCWD, _K_ROOTCWD = 1 << 16, 1 << 17, 1 << 18, 1 << 19
+_INTERN_MAX = 4096  # bound of each intern cache (caps, credentials, namespaces, cgroups)
+
+
+def _flag_words(k: int) -> str:
+    flags = ["procFS" if k & _K_PROCFS else "execve"]
+    if k & R.F_ARGS_TRUNC:
+        flags.append("truncArgs")
+    if k & _K_MISS:
+        flags.append("miss")
+    if k & R.F_ERR_PATH:
+        flags.append("errorFilename")
+    if k & R.F_ERR_ARGS:
+        flags.append("errorArgs")
+    if k & _K_NOCWD:
+        flags.append("nocwd")
+    elif k & _K_ROOTCWD:
+        flags.append("rootcwd")
+    if k & (R.F_CWD_TRUNC | R.F_ERR_CWD):
+        flags.append("errorCWD")
+    flags.sort(key=FLAG_ORDER.index)
+    return " ".join(flags)
+
+
 class EventBuilder:
-    """Stateful: owns the cache updates that go with each record."""
+    """Stateful: owns the cache updates that go with each record.
+
+    Sub-objects of the `Process` message that many processes share (namespaces, caps,
+    credentials) are interned: built once, shared (never mutated), which saves both
+    build time and memory per cached process."""
 
     def __init__(self, cache: ProcessCache, clock: WallClock, opts: BuildOptions) -> None:
         self.cache = cache
         self.clock = clock
         self.opts = opts
         self.node = opts.node_name
-        self._ns_cache: dict[tuple[int, ...], dict[str, Any]] = {}
+        self._ns_cache: dict[tuple[int, ...], tuple[tuple[int, ...], dict[str, Any]]] = {}
+        self._caps_cache: dict[tuple[int, int, int], dict[str, Any]] = {}
+        self._creds_cache: dict[tuple[int, ...], dict[str, Any]] = {}
+        self._flags_cache: dict[int, str] = {}
+        self._docker_cache: dict[str, str] = {}
         self.exec_count = 0
         self.exit_count = 0
         self.clone_count = 0
         self.miss_count = 0
 
     # -- pieces of the Process message
-    def _namespaces(self, ns: tuple[int, ...]) -> dict[str, Any]:
-        d = self._ns_cache.get(ns)
-        if d is None:
+    def _namespaces(self, ns: tuple[int, ...]) -> tuple[tuple[int, ...], dict[str, Any]]:
+        """(interned ns tuple, `ns` message)."""
+        hit = self._ns_cache.get(ns)
+        if hit is None:
             host = self.opts.host_ns
             d = {}
             for i, name in enumerate(R.NS_NAMES):
@@ -95,20 +136,30 @@ class EventBuilder:
                 if ns[i] and ns[i] == host[i]:
                     entry["is_host"] = True
                 d[name] = entry
-            if len(self._ns_cache) < 1024:
-                self._ns_cache[ns] = d
-        return d
+            hit = (ns, d)
+            if len(self._ns_cache) < _INTERN_MAX:
+                self._ns_cache[ns] = hit
+        return hit
 
     def _caps(self, r: Any) -> dict[str, Any]:
-        d: dict[str, Any] = {}
-        for key, mask in (("permitted", r.cap_permitted), ("effective", r.cap_effective),
-                          ("inheritable", r.cap_inheritable)):
-            if mask:
-                d[key] = list(cap_list(mask))
+        k = (r.cap_permitted, r.cap_effective, r.cap_inheritable)
+        d = self._caps_cache.get(k)
+        if d is None:
+            d = {}
+            for key, mask in zip(("permitted", "effective", "inheritable"), k):
+                if mask:
+                    d[key] = list(cap_list(mask))
+            if len(self._caps_cache) < _INTERN_MAX:
+                self._caps_cache[k] = d
         return d
 
     def _creds(self, r: Any, caps: dict[str, Any]) -> dict[str, Any]:
-        d: dict[str, Any] = {
+        k = (r.uid, r.gid, r.euid, r.egid, r.suid, r.sgid, r.fsuid, r.fsgid, r.securebits, r.cap_permitted,
+             r.cap_effective, r.cap_inheritable, r.userns_level, r.userns_uid, r.userns_gid, r.ns[9])
+        d = self._creds_cache.get(k)
+        if d is not None:
+            return d
+        d = {
             "uid": r.uid, "gid": r.gid, "euid": r.euid, "egid": r.egid,
             "suid": r.suid, "sgid": r.sgid, "fsuid": r.fsuid, "fsgid": r.fsgid,
         }
@@ -123,93 +174,108 @@ class EventBuilder:
             userns["is_host"] = True
         uns["ns"] = userns
         d["user_ns"] = uns
+        if len(self._creds_cache) < _INTERN_MAX:
+            self._creds_cache[k] = d
+        return d
+
+    def _docker(self, cgroup_name: str) -> str:
+        d = self._docker_cache.get(cgroup_name)
+        if d is None:
+            d = container_id(cgroup_name)
+            if len(self._docker_cache) < _INTERN_MAX:
+                self._docker_cache[cgroup_name] = d
         return d
 
     def _binary(self, r: Any, cwd: str) -> str:
         fn = r.filename
-        if not fn or fn.startswith("/dev/fd/") or fn.startswith("/proc/self/fd/"):
+        if not fn or fn.startswith(("/dev/fd/", "/proc/self/fd/")):
             return r.exe or fn
         if not fn.startswith("/"):
             return os.path.normpath(os.path.join(cwd or "/", fn))
         return fn
 
+    def _parent_of(self, r: Any, procfs: bool) -> tuple[str, Key | None]:
+        """(parent exec_id, parent cache key); ("", None) when unknown."""
+        if r.pktime or procfs:
+            if not (r.pktime or r.ppid_key):
+                return "", None
+            pkey = (r.ppid_key, r.pktime)
+            parent = self.cache._by_key.get(pkey)
+            if parent is not None:  # reuse its id string and key tuple
+                return parent.exec_id, parent.key
+            return exec_id(self.node, r.pktime, r.ppid_key), pkey
+        parent = self.cache.by_pid(r.ppid)
+        return (parent.exec_id, parent.key) if parent is not None else ("", None)
+
     def make_process(self, r: Any, *, procfs: bool = False, clone_of: Process | None = None) -> Process:
         """Cache entry for an exec / procfs snapshot, or (clone_of) a forked child."""
         ktime = r.exec_ktime
-        eid = exec_id(self.node, ktime, r.pid)
-        if r.pktime or procfs:
-            peid = exec_id(self.node, r.pktime, r.ppid_key) if (r.pktime or r.ppid_key) else ""
-        else:
-            parent = self.cache.by_pid(r.ppid)
-            peid = parent.exec_id if parent else ""
+        pid = r.pid
+        eid = exec_id(self.node, ktime, pid)
+        peid, pkey = self._parent_of(r, procfs)
         if clone_of is not None:
             j = dict(clone_of.json)
             j["exec_id"] = eid
-            j["pid"] = r.pid
+            j["pid"] = pid
             j["start_time"] = self.clock.ktime_rfc3339(ktime)
-            j["parent_exec_id"] = peid or clone_of.exec_id
-            j["tid"] = r.pid
+            if not peid:
+                peid, pkey = clone_of.exec_id, clone_of.key
+            j["parent_exec_id"] = peid
+            j["tid"] = pid
             j["flags"] = "clone"
             j.pop("binary_properties", None)
-            p = Process(eid, r.pid, ktime, j["parent_exec_id"], r.ppid, j)
-            p.exe, p.argv, p.cgroup_id, p.ns = clone_of.exe, clone_of.argv, clone_of.cgroup_id, clone_of.ns
+            p = Process(eid, (pid, ktime), peid, pkey, r.ppid, j)
+            p.exe, p.cgroup_id, p.ns = clone_of.exe, clone_of.cgroup_id, clone_of.ns
             p.cap_effective, p.uid, p.docker = clone_of.cap_effective, clone_of.uid, clone_of.docker
             return p
 
-        flags = []
         cwd = r.cwd
+        fk = r.flags & _REC_FLAG_BITS
         if procfs:
-            flags.append("procFS")
-        else:
-            flags.append("execve")
-        if r.flags & R.F_ARGS_TRUNC:
-            flags.append("truncArgs")
-        if not peid and not procfs:
-            flags.append("miss")
-        if r.flags & R.F_ERR_PATH:
-            flags.append("errorFilename")
-        if r.flags & R.F_ERR_ARGS:
-            flags.append("errorArgs")
+            fk |= _K_PROCFS
+        elif not peid:
+            fk |= _K_MISS
         if not cwd:
-            flags.append("nocwd")
+            fk |= _K_NOCWD
         elif cwd == "/":
-            flags.append("rootcwd")
-        if r.flags & (R.F_CWD_TRUNC | R.F_ERR_CWD):
-            flags.append("errorCWD")
-        flags.sort(key=FLAG_ORDER.index)
-        argv, arguments = format_arguments(r.args)
-        binary = self._binary(r, cwd)
+            fk |= _K_ROOTCWD
+        flags = self._flags_cache.get(fk)
+        if flags is None:
+            flags = self._flags_cache[fk] = _flag_words(fk)
+        opts = self.opts
 
-        j: dict[str, Any] = {"exec_id": eid, "pid": r.pid, "uid": r.euid}
+        j = EncodedDict(exec_id=eid, pid=pid, uid=r.euid)
         if cwd:
             j["cwd"] = cwd
-        j["binary"] = binary
+        j["binary"] = self._binary(r, cwd)
+        arguments = format_arguments(r.args)
         if arguments:
             j["arguments"] = arguments
-        j["flags"] = " ".join(flags)
+        j["flags"] = flags
         j["start_time"] = self.clock.ktime_rfc3339(ktime)
         j["auid"] = r.auid
-        docker = container_id(r.cgroup_name)
+        docker = self._docker(r.cgroup_name) if r.cgroup_name else ""
         if docker:
             j["docker"] = docker
         if peid:
             j["parent_exec_id"] = peid
         caps = self._caps(r)
-        if self.opts.enable_cred and caps:
+        if opts.enable_cred and caps:
             j["cap"] = caps
-        if self.opts.enable_ns:
-            j["ns"] = self._namespaces(r.ns)
+        ns, ns_json = self._namespaces(r.ns)
+        if opts.enable_ns:
+            j["ns"] = ns_json
         j["tid"] = r.tid
-        if self.opts.enable_cred:
+        if opts.enable_cred:
             j["process_credentials"] = self._creds(r, caps)
-        bp = self._binary_properties(r)
-        if bp:
-            j["binary_properties"] = bp
-        p = Process(eid, r.pid, ktime, peid, r.ppid, j)
+        if r.op == R.OP_EXEC and (r.i_mode & 0o6000 or r.flags & R.F_PATH_NOT_ROOTED or r.i_nlink == 0):
+            bp = self._binary_properties(r)
+            if bp:
+                j["binary_properties"] = bp
+        p = Process(eid, (pid, ktime), peid, pkey, r.ppid, j)
         p.exe = r.exe
-        p.argv = argv
         p.cgroup_id = r.cgroup_id
-        p.ns = tuple(r.ns)
+        p.ns = ns
         p.cap_effective = r.cap_effective
         p.nspid = r.nspid
         p.uid = r.euid
@@ -230,11 +296,10 @@ class EventBuilder:
         return bp
 
     # -- events
-    def _envelope(self, key: str, body: dict[str, Any], ktime: int) -> dict[str, Any]:
-        return {key: body, "node_name": self.node, "time": self.clock.ktime_rfc3339(ktime)}
-
     def _with_parent(self, p: Process, body: dict[str, Any]) -> dict[str, Any]:
-        parent = self.cache.get(p.parent_exec_id)
+        if p.parent_key is None:
+            return body
+        parent = self.cache._by_key.get(p.parent_key)
         if parent is not None:
             body["parent"] = parent.json
             if self.opts.ancestors:
@@ -247,16 +312,18 @@ class EventBuilder:
         p = self.make_process(r)
         self.cache.add(p, now_ns)
         self.exec_count += 1
-        return self._envelope("process_exec", self._with_parent(p, {"process": p.json}), r.ktime)
+        return {"process_exec": self._with_parent(p, {"process": p.json}), "node_name": self.node,
+                "time": self.clock.ktime_rfc3339(r.ktime)}
 
     def on_procfs(self, r: Any, now_ns: int) -> dict[str, Any]:
         p = self.make_process(r, procfs=True)
         self.cache.add(p, now_ns)
-        return self._envelope("process_exec", self._with_parent(p, {"process": p.json}), r.ktime)
+        return {"process_exec": self._with_parent(p, {"process": p.json}), "node_name": self.node,
+                "time": self.clock.ktime_rfc3339(r.ktime)}
 
     def on_clone(self, r: R.ProcessRecord, now_ns: int) -> None:
         """Forks are not exported (as in Tetragon) but give the child a cache entry."""
-        parent = self.cache.get(exec_id(self.node, r.pktime, r.ppid_key)) if r.pktime else None
+        parent = self.cache._by_key.get((r.ppid_key, r.pktime)) if r.pktime else None
         if parent is None:
             parent = self.cache.by_pid(r.ppid)
         if parent is None:
@@ -266,24 +333,24 @@ class EventBuilder:
         self.clone_count += 1
 
     def on_exit(self, r: R.ExitRecord, now_ns: int) -> dict[str, Any] | None:
-        p = self.cache.get(exec_id(self.node, r.exec_ktime, r.pid)) if r.exec_ktime else None
+        cache = self.cache
+        p = cache._by_key.get((r.pid, r.exec_ktime)) if r.exec_ktime else None
         if p is None:
-            p = self.cache.by_pid(r.pid)
+            p = cache.by_pid(r.pid)
         self.exit_count += 1
         if p is None:
             self.miss_count += 1
-            self.cache.misses += 1
+            cache.misses += 1
             body: dict[str, Any] = {"process": {"exec_id": exec_id(self.node, r.exec_ktime, r.pid),
                                                 "pid": r.pid, "flags": "miss", "tid": r.tid}}
         else:
             body = self._with_parent(p, {"process": p.json})
-        sig = r.code & 0x7F
-        status = (r.code >> 8) & 0xFF
-        if sig:
-            body["signal"] = signal_name(sig)
-        if status:
-            body["status"] = status
-        body["time"] = self.clock.ktime_rfc3339(r.ktime)
+        code = r.code
+        if code & 0x7F:
+            body["signal"] = signal_name(code & 0x7F)
+        if code & 0xFF00:
+            body["status"] = (code >> 8) & 0xFF
+        t = body["time"] = self.clock.ktime_rfc3339(r.ktime)  # formatted once for both fields
         if p is not None:
-            self.cache.exit(p, now_ns)
-        return self._envelope("process_exit", body, r.ktime)
+            cache.exit(p, now_ns)
+        return {"process_exit": body, "node_name": self.node, "time": t}

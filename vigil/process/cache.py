@@ -1,4 +1,4 @@
-"""Process cache keyed by exec_id, with ancestry kept alive by reference counts.
+"""Process cache keyed by (pid, exec ktime), with ancestry kept alive by reference counts.
 
 An entry holds one reference for itself (dropped at exit or when an exec
 replaces it) and one for every child entry still cached. At zero it waits
@@ -8,50 +8,69 @@ releasable entries go first, then the oldest of all (counted as evictions).
 """
 from __future__ import annotations
 
+import binascii
 from collections import deque
 from typing import Iterator
 
-from vigil.process.model import Process
+from vigil.process.ids import parse_exec_id
+from vigil.process.model import Key, Process
 
 
 class ProcessCache:
     def __init__(self, capacity: int = 65536, grace_ns: int = 30_000_000_000) -> None:
         self.capacity = capacity
         self.grace_ns = grace_ns
-        self._by_id: dict[str, Process] = {}
+        self._by_key: dict[Key, Process] = {}
         self._by_pid: dict[int, Process] = {}
         self._pending: deque[Process] = deque()  # refcnt hit zero, in order
+        # insertion order for "evict the oldest of all": a dict's first item is O(n) to
+        # reach once many early entries were deleted; stale entries are skipped and the
+        # deque is rebuilt when it grows past twice the cache (amortised O(1))
+        self._order: deque[Process] = deque()
         self.evictions = 0
         self.misses = 0
         self.removed = 0
 
     def __len__(self) -> int:
-        return len(self._by_id)
+        return len(self._by_key)
 
     def __iter__(self) -> Iterator[Process]:
-        return iter(list(self._by_id.values()))
+        return iter(list(self._by_key.values()))
 
-    def get(self, exec_id: str) -> Process | None:
-        return self._by_id.get(exec_id)
+    def get(self, key: Key | str | None) -> Process | None:
+        """By (pid, ktime) key; an exec_id string is accepted too (API, tests)."""
+        if type(key) is str:
+            try:
+                _node, ktime, pid = parse_exec_id(key)
+            except (ValueError, binascii.Error):
+                return None
+            key = (pid, ktime)
+        return self._by_key.get(key)  # type: ignore[arg-type]
 
     def by_pid(self, pid: int) -> Process | None:
         return self._by_pid.get(pid)
 
     def add(self, p: Process, now_ns: int) -> None:
         """Insert a new exec/clone; it replaces the pid's previous image."""
-        if p.exec_id in self._by_id:
+        by_key = self._by_key
+        if p.key in by_key:
             return
         p.refcnt = 1
-        self._by_id[p.exec_id] = p
-        parent = self._by_id.get(p.parent_exec_id)
-        if parent is not None:
-            parent.refcnt += 1
+        by_key[p.key] = p
+        order = self._order
+        order.append(p)
+        if len(order) > 2 * len(by_key) + 64:
+            self._order = deque(by_key.values())
+        if p.parent_key is not None:
+            parent = by_key.get(p.parent_key)
+            if parent is not None:
+                parent.refcnt += 1
         old = self._by_pid.get(p.pid)
         self._by_pid[p.pid] = p
         if old is not None and old is not p and not old.exited:
             old.exited = True
             self._release(old, now_ns)
-        if len(self._by_id) > self.capacity:
+        if len(by_key) > self.capacity:
             self._evict(now_ns)
 
     def exit(self, p: Process, now_ns: int) -> None:
@@ -73,40 +92,45 @@ class ProcessCache:
         n = 0
         while self._pending and self._pending[0].removal_at <= now_ns:
             p = self._pending.popleft()
-            if p.refcnt <= 0 and self._by_id.get(p.exec_id) is p:
+            if p.refcnt <= 0 and self._by_key.get(p.key) is p:
                 self._remove(p, now_ns)
                 n += 1
         return n
 
     def _remove(self, p: Process, now_ns: int) -> None:
-        del self._by_id[p.exec_id]
+        del self._by_key[p.key]
         if self._by_pid.get(p.pid) is p:
             del self._by_pid[p.pid]
         self.removed += 1
-        parent = self._by_id.get(p.parent_exec_id)
-        if parent is not None:
-            self._release(parent, now_ns)
+        if p.parent_key is not None:
+            parent = self._by_key.get(p.parent_key)
+            if parent is not None:
+                self._release(parent, now_ns)
 
     def _evict(self, now_ns: int) -> None:
-        while len(self._by_id) > self.capacity:
+        while len(self._by_key) > self.capacity:
             victim = None
             while self._pending:
                 cand = self._pending.popleft()
-                if cand.refcnt <= 0 and self._by_id.get(cand.exec_id) is cand:
+                if cand.refcnt <= 0 and self._by_key.get(cand.key) is cand:
                     victim = cand
                     break
-            if victim is None:
-                victim = next(iter(self._by_id.values()))
+            order = self._order
+            while victim is None:
+                cand = order.popleft()
+                if self._by_key.get(cand.key) is cand:
+                    victim = cand
             self._remove(victim, now_ns)
             self.evictions += 1
 
     def ancestors(self, p: Process, limit: int = 64) -> list[Process]:
         """Parent first, then its parent, ..."""
         out = []
-        cur = self._by_id.get(p.parent_exec_id)
+        by_key = self._by_key
+        cur = by_key.get(p.parent_key) if p.parent_key is not None else None
         while cur is not None and len(out) < limit:
             out.append(cur)
-            if cur.parent_exec_id == cur.exec_id:
+            if cur.parent_key == cur.key or cur.parent_key is None:
                 break
-            cur = self._by_id.get(cur.parent_exec_id)
+            cur = by_key.get(cur.parent_key)
         return out

@@ -36,7 +36,12 @@ class WallClock:
         return f"{self._prefix}.{frac:09d}Z"
 
     def ktime_rfc3339(self, ktime: int) -> str:
-        return self.rfc3339(ktime + self.offset)
+        # rfc3339() inlined: two to three calls per event
+        sec, frac = divmod(ktime + self.offset, 1_000_000_000)
+        if sec != self._sec:
+            self._sec = sec
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        return f"{self._prefix}.{frac:09d}Z"
 
     def boottime_to_ktime(self, boot_ns: int) -> int:
         """CLOCK_BOOTTIME ns (procfs start times) -> CLOCK_MONOTONIC ns."""

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import base64
+from binascii import b2a_base64
 
 
 def exec_id(node_name: str, ktime: int, pid: int) -> str:
-    return base64.b64encode(f"{node_name}:{ktime}:{pid}".encode()).decode()
+    # binascii directly: base64.b64encode adds a Python-level wrapper per call (hot path)
+    return b2a_base64(f"{node_name}:{ktime}:{pid}".encode(), newline=False).decode("ascii")
 
 
 def parse_exec_id(eid: str) -> tuple[str, int, int]:

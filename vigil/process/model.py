@@ -3,28 +3,34 @@ from __future__ import annotations
 
 from typing import Any
 
+from vigil.export.jsonl import EncodedDict
+
+Key = tuple[int, int]  # (pid, exec ktime): the cache key; exec_id is its base64 form for JSON
+
 
 class Process:
     __slots__ = (
-        "exec_id", "pid", "ktime", "parent_exec_id", "ppid", "refcnt", "json", "binary", "exe",
-        "argv", "cgroup_id", "ns", "cap_effective", "flags", "exited", "removal_at", "nspid",
+        "exec_id", "key", "pid", "ktime", "parent_exec_id", "parent_key", "ppid", "refcnt", "json",
+        "binary", "exe", "cgroup_id", "ns", "cap_effective", "flags", "exited", "removal_at", "nspid",
         "uid", "docker",
     )
 
-    def __init__(self, exec_id: str, pid: int, ktime: int, parent_exec_id: str, ppid: int,
+    def __init__(self, exec_id: str, key: Key, parent_exec_id: str, parent_key: Key | None, ppid: int,
                  json: dict[str, Any]) -> None:
         self.exec_id = exec_id
-        self.pid = pid
-        self.ktime = ktime
+        self.key = key
+        self.pid, self.ktime = key
         self.parent_exec_id = parent_exec_id
+        self.parent_key = parent_key  # None: no parent known
         self.ppid = ppid
-        self.json = json          # the Tetragon `Process` message as a dict, built once
+        # the Tetragon `Process` message, built once and never mutated: it is shared by
+        # every event of this process and of its children, and caches its JSON encoding
+        self.json = json if type(json) is EncodedDict else EncodedDict(json)
         self.refcnt = 0
         self.binary = json.get("binary", "")
         self.exe = ""             # resolved executed file (interpreter for scripts)
-        self.argv: list[str] = []
         self.cgroup_id = 0
-        self.ns: tuple[int, ...] = ()
+        self.ns: tuple[int, ...] = ()   # interned: shared by every process in the same namespaces
         self.cap_effective = 0
         self.flags = json.get("flags", "")
         self.exited = False
