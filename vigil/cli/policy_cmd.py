@@ -67,3 +67,64 @@ def _as_dict(r: LoadResult) -> dict[str, object]:
         "errors": [e.to_dict() for e in r.errors],
         "warnings": [w.to_dict() for w in r.warnings],
     }
+
+
+@policy.command("explain")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def explain(files: tuple[str, ...], output: str) -> None:
+    """Show where each hook of the policies would run on this kernel, or why it cannot.
+
+    Uses the feature probe (it loads tiny BPF programs, so it needs root); nothing of the
+    policy itself is loaded. Exit 1 if any policy could not be loaded here."""
+    from vigil.kernel.features import cached_probe
+    from vigil.policy.compile import compile_policy
+    from vigil.policy.errors import PolicyErrors
+    from vigil.policy.loader import load_policies
+
+    feats = cached_probe()
+
+    def has(name: str) -> tuple[bool, str]:
+        f = feats.get(name)
+        return (bool(f.supported), f.reason) if f else (False, f"unknown feature {name}")
+
+    ids = iter(range(1, 1 << 30))
+    report: list[dict] = []
+    ok = True
+    for path in _expand(files):
+        try:
+            policies = load_policies(path)
+        except PolicyErrors as e:
+            ok = False
+            report.append({"file": str(path), "errors": [str(x) for x in e.errors]})
+            continue
+        for p in policies:
+            entry: dict = {"file": str(path), "policy": p.name, "mode": p.mode}
+            try:
+                cp = compile_policy(p, has, lambda: next(ids))
+                entry["loadable"] = True
+                entry["hooks"] = [{"section": h.placement.section, "index": h.placement.index,
+                                   "target": h.placement.target, "runs_on": h.placement.describe()}
+                                  for h in cp.hooks]
+            except PolicyErrors as e:
+                ok = False
+                entry["loadable"] = False
+                entry["errors"] = [str(x) for x in e.errors]
+            report.append(entry)
+    if output == "json":
+        click.echo(json.dumps(report, indent=2))
+    else:
+        for entry in report:
+            if "policy" not in entry:
+                click.echo(f"{entry['file']}: invalid")
+                for e in entry["errors"]:
+                    click.echo(f"  {e}")
+                continue
+            verdict = "loadable" if entry["loadable"] else "NOT loadable on this kernel"
+            click.echo(f"{entry['policy']} ({entry['file']}, mode {entry['mode']}): {verdict}")
+            for h in entry.get("hooks", []):
+                click.echo(f"  {h['section']}[{h['index']}] {h['target']}: {h['runs_on']}")
+            for e in entry.get("errors", []):
+                click.echo(f"  refused: {e}")
+    if not ok:
+        raise SystemExit(1)

@@ -48,6 +48,7 @@ class CompiledHook:
     addr_keys: list[bytes] = field(default_factory=list)
     val_keys: list[bytes] = field(default_factory=list)
     selectors: tuple[Selector, ...] = ()
+    lists: dict = field(default_factory=dict)
 
     @property
     def args(self) -> list[ArgPlan]:
@@ -67,15 +68,21 @@ class CompiledPolicy:
 
 
 class _Errors:
+    """Diagnostics; a selector shared by several expanded calls reports a problem once."""
+
     def __init__(self) -> None:
         self.errors: list[PolicyValidationError] = []
         self.warnings: list[PolicyValidationError] = []
 
     def error(self, loc: Loc, msg: str) -> None:
-        self.errors.append(PolicyValidationError.at(loc, msg))
+        d = PolicyValidationError.at(loc, msg)
+        if d not in self.errors:
+            self.errors.append(d)
 
     def warn(self, loc: Loc, msg: str) -> None:
-        self.warnings.append(PolicyValidationError.at(loc, msg, "warning"))
+        d = PolicyValidationError.at(loc, msg, "warning")
+        if d not in self.warnings:
+            self.warnings.append(d)
 
 
 def host_ns_inums() -> list[int]:
@@ -102,8 +109,12 @@ def compile_policy(policy: Policy, has: Probe, next_hook_id: Callable[[], int],
     placements: list[tuple[Placement, KProbeSpec | TracepointSpec | UProbeSpec | object]] = []
     for section, items in (("kprobes", spec.kprobes), ("fentries", spec.fentries)):
         for i, kp in enumerate(items):
+            generated = _is_generated(policy, kp)
             for call in _expand_call(policy, kp, errs):
-                placements.append((place_kprobe(kp, section, i, call, has), kp))
+                pl = place_kprobe(kp, section, i, call, has)
+                if generated and not pl.ok and pl.reason.startswith("no tracepoint"):
+                    continue  # a generated list names every syscall; this kernel lacks this one
+                placements.append((pl, kp))
     for i, tp in enumerate(spec.tracepoints):
         placements.append((place_tracepoint(tp, i, has), tp))
     for i, up in enumerate(spec.uprobes):
@@ -118,10 +129,15 @@ def compile_policy(policy: Policy, has: Probe, next_hook_id: Callable[[], int],
         if not pl.ok:
             errs.error(pl.reason_loc or pl.loc, f"{pl.section}[{pl.index}] ({pl.target}): {pl.reason}")
             continue
-        hooks.append(_compile_hook(policy.name, pl, hook, next_hook_id(), monitor, ns, errs))
+        hooks.append(_compile_hook(policy, pl, hook, next_hook_id(), monitor, ns, errs))
     if errs.errors:
         raise PolicyErrors(errs.errors, errs.warnings)
     return CompiledPolicy(policy, hooks, errs.warnings, policy.mode)
+
+
+def _is_generated(policy: Policy, kp: KProbeSpec) -> bool:
+    lst = policy.spec.list_named(kp.call[5:]) if kp.call.startswith("list:") else None
+    return lst is not None and lst.type == "generated_syscalls"
 
 
 def _expand_call(policy: Policy, kp: KProbeSpec, errs: _Errors) -> list[str]:
@@ -141,7 +157,7 @@ def _expand_call(policy: Policy, kp: KProbeSpec, errs: _Errors) -> list[str]:
     return [v if v.startswith(("sys_", "__x64_sys_", "__ia32_")) else f"sys_{v}" for v in lst.values]
 
 
-def _compile_hook(policy: str, pl: Placement, hook: object, hook_id: int, monitor: bool,
+def _compile_hook(policy: Policy, pl: Placement, hook: object, hook_id: int, monitor: bool,
                   host_ns: list[int], errs: _Errors) -> CompiledHook:
     cfg = L.Hook()
     cfg.hook_id = hook_id
@@ -151,8 +167,9 @@ def _compile_hook(policy: str, pl: Placement, hook: object, hook_id: int, monito
         a = cfg.args[p.slot]
         a.type, a.src, a.size, a.is_signed = p.vtype, p.src, p.size, int(p.is_signed)
         a.off, a.size_arg, a.return_copy, a.max_len = p.off, p.size_arg, int(p.return_copy), p.max_len
-    ch = CompiledHook(policy, hook_id, pl, cfg, message=getattr(hook, "message", ""),
-                      tags=tuple(getattr(hook, "tags", ())), selectors=tuple(getattr(hook, "selectors", ())))
+    ch = CompiledHook(policy.name, hook_id, pl, cfg, message=getattr(hook, "message", ""),
+                      tags=tuple(getattr(hook, "tags", ())), selectors=tuple(getattr(hook, "selectors", ())),
+                      lists={ls.name: ls for ls in policy.spec.lists})
     cfg.nselectors = len(ch.selectors)
     for si, sel in enumerate(ch.selectors):
         _compile_selector(ch, hook, pl, si, sel, cfg.sel[si], host_ns, errs)
@@ -243,6 +260,10 @@ def _compile_filter(ch: CompiledHook, f: L.Filter, e: ArgSelector, vtype: int, m
         if op in ("InMap", "NotInMap"):
             n = 0
             for v in e.values:
+                if v.startswith("list:"):
+                    for num in _list_numbers(ch, v[5:], e):
+                        ch.val_keys.append(struct.pack("<IIq", map_id, 0, num))
+                    continue
                 lo, hi = parse_int_or_range(v)
                 for x in range(lo, hi + 1):
                     n += 1
@@ -258,6 +279,25 @@ def _compile_filter(ch: CompiledHook, f: L.Filter, e: ArgSelector, vtype: int, m
         errs.error(loc, str(ex))
         return
     _set_values(f, ranges, e, errs)
+
+
+def _list_numbers(ch: CompiledHook, name: str, e: ArgSelector) -> list[int]:
+    """Syscall numbers of a spec.lists entry (for syscall64 InMap)."""
+    from .syscalls import SYSCALL_NUMBERS
+    from .values import syscall_base
+
+    lst = ch.lists.get(name)
+    if lst is None:
+        raise ValueError(f"no list named {name!r} in spec.lists")
+    if lst.type == "generated_syscalls":
+        return sorted(SYSCALL_NUMBERS.values())
+    out = []
+    for v in lst.values:
+        base = syscall_base(v) or v
+        if base not in SYSCALL_NUMBERS:
+            raise ValueError(f"list {name!r}: {v!r} is not an x86_64 syscall")
+        out.append(SYSCALL_NUMBERS[base])
+    return out
 
 
 def _set_values(f: L.Filter, ranges: list[tuple[int, int]], e: ArgSelector, errs: _Errors) -> None:
