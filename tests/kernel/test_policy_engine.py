@@ -1,0 +1,516 @@
+"""TracingPolicy engine against the real kernel: table-driven (policy + action -> events).
+
+Every trigger is a test-created process (a copy of the Python interpreter in a
+test directory) acting on test-created files and loopback sockets; selectors
+always scope to it, so Sigkill/Signal can hit nothing else.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from tests.kernel.conftest import RunningAgent
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture
+def pywork(workdir: Path) -> Path:
+    py = os.path.realpath(sys.executable)
+    shutil.copy2(py, workdir / "vpy")
+    (workdir / "data").mkdir()
+    (workdir / "data" / "present.txt").write_text("hello\n")
+    os.chmod(workdir / "data", 0o777)
+    return workdir
+
+
+def policy_yaml(name: str, spec: str) -> str:
+    return f"apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: {name}\nspec:\n" + \
+        textwrap.indent(textwrap.dedent(spec).strip("\n"), "  ") + "\n"
+
+
+@contextmanager
+def loaded(ra: RunningAgent, yaml_text: str, mode: str | None = None) -> Iterator[dict[str, Any]]:
+    name = ra.agent.policies.add_text(yaml_text, "<test>", mode=mode)[0]
+    try:
+        yield next(p for p in ra.agent.list_policies() if p["name"] == name)
+    finally:
+        ra.agent.delete_policy(name)
+
+
+class Run:
+    def __init__(self) -> None:
+        self.pid = 0
+        self.returncode: int | None = None
+
+
+def run_py(work: Path, code: str, *, user: int | None = None, out: Run | None = None) -> Run:
+    r = out or Run()
+    p = subprocess.Popen([str(work / "vpy"), "-S", "-c", code], cwd=work, user=user,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env={"PYTHONDONTWRITEBYTECODE": "1", "PATH": "/usr/bin:/bin"})
+    r.pid = p.pid
+    r.returncode = p.wait(60)
+    return r
+
+
+def policy_events(events: list[dict], pid: int, policy: str) -> list[tuple[str, dict]]:
+    out = []
+    for e in events:
+        kind = next(iter(e))
+        body = e[kind]
+        if body.get("policy_name") == policy and body["process"].get("pid") == pid:
+            out.append((kind, body))
+    return out
+
+
+def open_file(path: str) -> str:
+    return f"import os\ntry:\n    os.close(os.open({path!r}, os.O_RDONLY))\nexcept OSError:\n    pass\n"
+
+
+OPENAT = """
+kprobes:
+- call: sys_openat
+  syscall: true
+  args:
+  - {{index: 1, type: string}}
+  - {{index: 2, type: int}}
+  selectors:
+  - matchArgs:
+    - {{index: {index}, operator: {op}, values: {values}}}
+"""
+
+# (case id, matchArgs index, operator, values, path opened, flags expected to match?)
+STRING_CASES = [
+    ("equal-hit", 1, "Equal", '["{d}/present.txt"]', "present.txt", True),
+    ("equal-miss", 1, "Equal", '["{d}/other.txt"]', "present.txt", False),
+    ("notequal-hit", 1, "NotEqual", '["{d}/other.txt"]', "present.txt", True),
+    ("notequal-miss", 1, "NotEqual", '["{d}/present.txt"]', "present.txt", False),
+    ("prefix-hit", 1, "Prefix", '["{d}/pre"]', "present.txt", True),
+    ("prefix-miss", 1, "Prefix", '["{d}/x"]', "present.txt", False),
+    ("notprefix-hit", 1, "NotPrefix", '["/nonexistent-vigil"]', "present.txt", True),
+    ("notprefix-miss", 1, "NotPrefix", '["{d}/"]', "present.txt", False),
+    ("postfix-hit", 1, "Postfix", '["ent.txt"]', "present.txt", True),
+    ("postfix-miss", 1, "Postfix", '[".log"]', "present.txt", False),
+    ("notpostfix-hit", 1, "NotPostfix", '[".log"]', "present.txt", True),
+    ("notpostfix-miss", 1, "NotPostfix", '["sent.txt"]', "present.txt", False),
+]
+INT_CASES = [  # on the open flags (O_RDONLY|O_CLOEXEC from os.open = 0x80000)
+    ("int-equal-hit", 2, "Equal", '["0x80000"]', True),
+    ("int-equal-miss", 2, "Equal", '["1"]', False),
+    ("int-notequal-hit", 2, "NotEqual", '["1", "2"]', True),
+    ("int-notequal-miss", 2, "NotEqual", '["524288"]', False),
+    ("gt-hit", 2, "GT", '["100"]', True),
+    ("gt-miss", 2, "GT", '["0x80000"]', False),
+    ("lt-hit", 2, "LT", '["0x100000"]', True),
+    ("lt-miss", 2, "LT", '["5"]', False),
+    ("mask-hit", 2, "Mask", '["0x80000"]', True),
+    ("mask-miss", 2, "Mask", '["0x40"]', False),
+    ("inrange-hit", 2, "InRange", '["0x70000:0x90000"]', True),
+    ("inrange-miss", 2, "InRange", '["0:10"]', False),
+    ("notinrange-hit", 2, "NotInRange", '["0:10"]', True),
+    ("notinrange-miss", 2, "NotInRange", '["0x70000:0x90000"]', False),
+    ("inmap-hit", 2, "InMap", '["1", "0x80000"]', True),
+    ("inmap-miss", 2, "InMap", '["1", "2"]', False),
+    ("notinmap-hit", 2, "NotInMap", '["1", "2"]', True),
+    ("notinmap-miss", 2, "NotInMap", '["0x80000"]', False),
+]
+
+
+@pytest.mark.parametrize("case, index, op, values, opened, hit", STRING_CASES, ids=[c[0] for c in STRING_CASES])
+def test_string_operators(running_agent: RunningAgent, pywork: Path, case, index, op, values, opened, hit):
+    d = str(pywork / "data")
+    spec = OPENAT.format(index=index, op=op, values=values.format(d=d))
+    # keep the hook scoped to this test's binary so other processes never match
+    spec = spec.replace("  - matchArgs:", f"  - matchBinaries:\n    - {{operator: In, values: [\"{pywork}/vpy\"]}}\n    matchArgs:")
+    r = Run()
+    with loaded(running_agent, policy_yaml(f"str-{case}", spec)):
+        events = running_agent.collect(lambda: run_py(pywork, open_file(f"{d}/{opened}"), out=r))
+    got = [b for k, b in policy_events(events, r.pid, f"str-{case}")
+           if b["args"][0]["string_arg"] == f"{d}/{opened}"]
+    assert bool(got) == hit, got
+    if hit:
+        body = got[0]
+        assert body["function_name"] == "__x64_sys_openat"
+        assert body["action"] == "KPROBE_ACTION_POST"
+        assert body["args"][1]["int_arg"] & 0x80000
+        assert body["parent"]["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize("case, index, op, values, hit", INT_CASES, ids=[c[0] for c in INT_CASES])
+def test_integer_operators(running_agent: RunningAgent, pywork: Path, case, index, op, values, hit):
+    d = str(pywork / "data")
+    spec = OPENAT.format(index=index, op=op, values=values)
+    spec = spec.replace("    - {index: 2", f"    - {{index: 1, operator: Prefix, values: [\"{d}/\"]}}\n    - {{index: 2")
+    r = Run()
+    with loaded(running_agent, policy_yaml(f"int-{case}", spec)):
+        events = running_agent.collect(lambda: run_py(pywork, open_file(f"{d}/present.txt"), out=r))
+    got = policy_events(events, r.pid, f"int-{case}")
+    assert bool(got) == hit, got
+
+
+def test_non_matching_events_cost_no_record(running_agent: RunningAgent, pywork: Path):
+    d = str(pywork / "data")
+    spec = OPENAT.format(index=1, op="Equal", values=f'["{d}/never-opened"]')
+    r = Run()
+    with loaded(running_agent, policy_yaml("never-matches", spec)):
+        before = running_agent.agent.policies.list()[0]["kernel_stats"]
+        rb_before = running_agent.agent.status()["ringbuf"]["records"]
+        code = "import os\nfor i in range(500):\n    try: os.close(os.open('%s/present.txt', os.O_RDONLY))\n    except OSError: pass\n" % d
+        events = running_agent.collect(lambda: run_py(pywork, code, out=r))
+        after = next(p for p in running_agent.agent.list_policies() if p["name"] == "never-matches")["kernel_stats"]
+    assert policy_events(events, r.pid, "never-matches") == []
+    assert after["hits"] - before["hits"] >= 500
+    assert after["filtered"] - before["filtered"] == after["hits"] - before["hits"]
+    assert after["posted"] == before["posted"] == 0
+    # the ring buffer saw only process records for the trigger and the marker, not 500+ hook records
+    assert running_agent.agent.status()["ringbuf"]["records"] - rb_before < 100
+
+
+SELECTOR_CASES = [
+    # (id, selector yaml (uses {d}, {bin}, {pid}), run as user, expected hit)
+    ("binaries-in", 'matchBinaries: [{{operator: In, values: ["{bin}"]}}]', None, True),
+    ("binaries-notin", 'matchBinaries: [{{operator: NotIn, values: ["{bin}"]}}]', None, False),
+    ("binaries-prefix", 'matchBinaries: [{{operator: Prefix, values: ["{work}/"]}}]', None, True),
+    ("binaries-notprefix", 'matchBinaries: [{{operator: NotPrefix, values: ["{work}/"]}}]', None, False),
+    ("binaries-postfix", 'matchBinaries: [{{operator: Postfix, values: ["/vpy"]}}]', None, True),
+    ("binaries-notpostfix", 'matchBinaries: [{{operator: NotPostfix, values: ["/vpy"]}}]', None, False),
+    ("pids-follow", 'matchPIDs: [{{operator: In, followForks: true, values: [{pid}]}}]', None, True),
+    ("pids-nofollow", 'matchPIDs: [{{operator: In, values: [{pid}]}}]', None, False),
+    ("pids-notin", 'matchPIDs: [{{operator: NotIn, values: [{pid}]}}]', None, True),
+    ("ns-mnt-host", 'matchNamespaces: [{{namespace: Mnt, operator: In, values: ["host_ns"]}}]', None, True),
+    ("ns-mnt-nothost", 'matchNamespaces: [{{namespace: Mnt, operator: NotIn, values: ["host_ns"]}}]', None, False),
+    ("caps-admin-root", 'matchCapabilities: [{{type: Effective, operator: In, values: ["CAP_SYS_ADMIN"]}}]', None, True),
+    ("caps-admin-nobody", 'matchCapabilities: [{{type: Effective, operator: In, values: ["CAP_SYS_ADMIN"]}}]', 65534, False),
+    ("caps-notin-nobody", 'matchCapabilities: [{{type: Effective, operator: NotIn, values: ["CAP_SYS_ADMIN"]}}]', 65534, True),
+]
+
+
+@pytest.mark.parametrize("case, sel, user, hit", SELECTOR_CASES, ids=[c[0] for c in SELECTOR_CASES])
+def test_process_selectors(running_agent: RunningAgent, pywork: Path, case, sel, user, hit):
+    d = str(pywork / "data")
+    sel = sel.format(d=d, bin=pywork / "vpy", work=pywork, pid=os.getpid())
+    spec = f"""
+kprobes:
+- call: sys_openat
+  syscall: true
+  args: [{{index: 1, type: string}}]
+  selectors:
+  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
+    {sel}
+"""
+    r = Run()
+    with loaded(running_agent, policy_yaml(f"sel-{case}", spec)):
+        events = running_agent.collect(lambda: run_py(pywork, open_file(f"{d}/present.txt"), user=user, out=r))
+    assert bool(policy_events(events, r.pid, f"sel-{case}")) == hit
+
+
+def test_selectors_or_first_match_wins(running_agent: RunningAgent, pywork: Path):
+    d = str(pywork / "data")
+    spec = f"""
+kprobes:
+- call: sys_openat
+  syscall: true
+  args: [{{index: 1, type: string}}]
+  selectors:
+  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/nothing"]}}]
+    matchActions: [{{action: Sigkill}}]
+  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
+    matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
+    matchActions: [{{action: Post}}]
+"""
+    r = Run()
+    with loaded(running_agent, policy_yaml("or-selectors", spec)):
+        events = running_agent.collect(lambda: run_py(pywork, open_file(f"{d}/present.txt"), out=r))
+    assert r.returncode == 0
+    (ev,) = [b for _, b in policy_events(events, r.pid, "or-selectors")]
+    assert ev["action"] == "KPROBE_ACTION_POST"
+
+
+def test_change_selectors(running_agent: RunningAgent, pywork: Path):
+    d = str(pywork / "data")
+    spec = f"""
+kprobes:
+- call: sys_openat
+  syscall: true
+  args: [{{index: 1, type: string}}]
+  selectors:
+  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
+    matchNamespaceChanges: [{{operator: In, values: [Uts]}}]
+  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
+    matchCapabilityChanges: [{{type: Effective, operator: In, values: ["CAP_SYS_ADMIN"]}}]
+"""
+    unshare = ("import ctypes, os\nctypes.CDLL(None).unshare(0x04000000)\n" + open_file(f"{d}/present.txt"))
+    dropcaps = ("import os\nos.setgid(65534); os.setuid(65534)\n" + open_file(f"{d}/present.txt"))
+    plain = open_file(f"{d}/present.txt")
+    runs = {k: Run() for k in ("unshare", "dropcaps", "plain")}
+    with loaded(running_agent, policy_yaml("changes", spec)):
+        events = running_agent.collect(lambda: (run_py(pywork, unshare, out=runs["unshare"]),
+                                                run_py(pywork, dropcaps, out=runs["dropcaps"]),
+                                                run_py(pywork, plain, out=runs["plain"])))
+    assert policy_events(events, runs["unshare"].pid, "changes")
+    assert policy_events(events, runs["dropcaps"].pid, "changes")
+    assert not policy_events(events, runs["plain"].pid, "changes")
+
+
+def test_return_value_and_matchreturnargs(running_agent: RunningAgent, pywork: Path):
+    d = str(pywork / "data")
+    spec = f"""
+kprobes:
+- call: sys_openat
+  syscall: true
+  return: true
+  args: [{{index: 1, type: string}}]
+  returnArg: {{index: 0, type: int}}
+  selectors:
+  - matchArgs: [{{index: 1, operator: Prefix, values: ["{d}/"]}}]
+    matchReturnArgs: [{{index: 0, operator: LT, values: ["0"]}}]
+"""
+    r = Run()
+    code = open_file(f"{d}/missing.txt") + open_file(f"{d}/present.txt")
+    with loaded(running_agent, policy_yaml("ret-lt0", spec)):
+        events = running_agent.collect(lambda: run_py(pywork, code, out=r))
+    got = [b for _, b in policy_events(events, r.pid, "ret-lt0")]
+    assert [b["args"][0]["string_arg"] for b in got] == [f"{d}/missing.txt"]
+    assert got[0]["return"] == {"int_arg": -2}  # ENOENT
+
+
+def test_argument_types_fd_charbuf_sockaddr(running_agent: RunningAgent, pywork: Path):
+    d = str(pywork / "data")
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    spec = f"""
+kprobes:
+- call: sys_write
+  syscall: true
+  args:
+  - {{index: 0, type: fd, label: target}}
+  - {{index: 1, type: char_buf, sizeArgIndex: 3}}
+  - {{index: 2, type: size_t}}
+  selectors:
+  - matchArgs: [{{index: 0, operator: Prefix, values: ["{d}/"]}}]
+- call: sys_connect
+  syscall: true
+  args: [{{index: 1, type: sockaddr}}]
+  selectors:
+  - matchArgs:
+    - {{index: 1, operator: Family, values: [AF_INET]}}
+    - {{index: 1, operator: SAddr, values: ["127.0.0.0/8"]}}
+    - {{index: 1, operator: SPort, values: ["{port}"]}}
+    matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
+"""
+    code = (f"import os, socket\nfd = os.open('{d}/out.txt', os.O_WRONLY|os.O_CREAT, 0o644)\n"
+            f"os.write(fd, b'vigil-payload')\nos.close(fd)\n"
+            f"s = socket.socket(); s.connect(('127.0.0.1', {port})); s.close()\n")
+    r = Run()
+    try:
+        with loaded(running_agent, policy_yaml("types", spec)):
+            events = running_agent.collect(lambda: run_py(pywork, code, out=r))
+    finally:
+        srv.close()
+    got = {b["function_name"]: b for _, b in policy_events(events, r.pid, "types")}
+    w = got["__x64_sys_write"]
+    assert w["args"][0] == {"file_arg": {"path": f"{d}/out.txt"}, "label": "target"}
+    assert w["args"][1] == {"bytes_arg": "dmlnaWwtcGF5bG9hZA=="}
+    assert w["args"][2] == {"size_arg": "13"}
+    c = got["__x64_sys_connect"]
+    assert c["args"][0] == {"sockaddr_arg": {"family": "AF_INET", "addr": "127.0.0.1", "port": port}}
+
+
+def test_tracepoint_and_raw_syscalls_inmap_list(running_agent: RunningAgent, pywork: Path):
+    spec = f"""
+lists:
+- name: dups
+  type: syscalls
+  values: ["sys_dup", "sys_dup2", "sys_dup3"]
+tracepoints:
+- subsystem: raw_syscalls
+  event: sys_enter
+  args: [{{index: 4, type: syscall64}}]
+  selectors:
+  - matchArgs: [{{index: 4, operator: InMap, values: ["list:dups"]}}]
+    matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
+"""
+    r = Run()
+    with loaded(running_agent, policy_yaml("tp-dups", spec)):
+        events = running_agent.collect(lambda: run_py(pywork, "import os\nos.dup2(1, 57)\n", out=r))
+    got = [b for k, b in policy_events(events, r.pid, "tp-dups")]
+    assert got and all(k for k in got)
+    assert got[0]["subsys"] == "raw_syscalls" and got[0]["event"] == "sys_enter"
+    assert got[0]["args"][0] == {"syscall_id": {"id": 33, "abi": "x64"}}
+
+
+def test_uprobe_on_test_binary(running_agent: RunningAgent, pywork: Path):
+    cc = shutil.which("clang") or shutil.which("cc")
+    if cc is None:
+        pytest.fail("no C compiler: `make` installs clang")
+    src = pywork / "target.c"
+    src.write_text("int __attribute__((noinline)) vigil_target(int a, int b) { return a + b; }\n"
+                   "int main(int c, char **v) { return vigil_target(c, 41) == 42 ? 0 : 1; }\n")
+    subprocess.run([cc, "-O1", "-g", "-o", str(pywork / "target"), str(src)], check=True)
+    spec = f"""
+uprobes:
+- path: "{pywork}/target"
+  symbols: [vigil_target]
+  args: [{{index: 0, type: int}}, {{index: 1, type: int}}]
+"""
+    r = Run()
+
+    def act() -> None:
+        p = subprocess.Popen([str(pywork / "target")])
+        r.pid = p.pid
+        r.returncode = p.wait()
+    with loaded(running_agent, policy_yaml("uprobe-target", spec)):
+        events = running_agent.collect(act)
+    (ev,) = [b for k, b in policy_events(events, r.pid, "uprobe-target") if k == "process_uprobe"]
+    assert ev["path"] == f"{pywork}/target" and ev["symbol"] == "vigil_target"
+    assert ev["args"] == [{"int_arg": 1}, {"int_arg": 41}]
+
+
+ACTION_CASES = [
+    # (id, actions yaml, expected returncode, expected events for 3 opens, expected action name)
+    ("post", "[{action: Post}]", 0, 3, "KPROBE_ACTION_POST"),
+    ("nopost", "[{action: NoPost}]", 0, 0, None),
+    ("sigkill", "[{action: Sigkill}]", -9, 1, "KPROBE_ACTION_SIGKILL"),
+    ("signal", "[{action: Signal, argSig: 10}]", -10, 1, "KPROBE_ACTION_SIGNAL"),
+    ("sigkill-nopost", "[{action: Sigkill}, {action: NoPost}]", -9, 0, None),
+    ("ratelimit", '[{action: Post, rateLimit: "1m"}]', 0, 1, "KPROBE_ACTION_POST"),
+    ("followfd", "[{action: FollowFD, argFd: 0, argName: 1}]", 0, 3, "KPROBE_ACTION_FOLLOWFD"),
+]
+
+
+@pytest.mark.parametrize("case, actions, rc, nevents, action", ACTION_CASES, ids=[c[0] for c in ACTION_CASES])
+def test_actions(running_agent: RunningAgent, pywork: Path, case, actions, rc, nevents, action):
+    d = str(pywork / "data")
+    spec = f"""
+kprobes:
+- call: sys_openat
+  syscall: true
+  args: [{{index: 1, type: string}}]
+  selectors:
+  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
+    matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
+    matchActions: {actions}
+"""
+    bystander = Run()
+    r = Run()
+    code = open_file(f"{d}/present.txt") * 3  # three identical opens: rate limit keeps one
+    with loaded(running_agent, policy_yaml(f"act-{case}", spec)):
+        events = running_agent.collect(lambda: (
+            run_py(pywork, code, out=r),
+            # a process outside the policy's scope (other binary) doing the same open is untouched
+            setattr(bystander, "returncode", subprocess.run(["cat", f"{d}/present.txt"],
+                                                            stdout=subprocess.DEVNULL).returncode)))
+    assert r.returncode == rc
+    assert bystander.returncode == 0
+    got = [b for _, b in policy_events(events, r.pid, f"act-{case}")]
+    assert len(got) == nevents, got
+    if action:
+        assert got[0]["action"] == action
+
+
+def test_monitor_mode_reports_without_killing(running_agent: RunningAgent, pywork: Path):
+    d = str(pywork / "data")
+    spec = f"""
+kprobes:
+- call: sys_openat
+  syscall: true
+  args: [{{index: 1, type: string}}]
+  selectors:
+  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
+    matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
+    matchActions: [{{action: Sigkill}}]
+"""
+    r = Run()
+    with loaded(running_agent, policy_yaml("monitor-kill", spec), mode="monitor") as st:
+        assert st["mode"] == "monitor"
+        events = running_agent.collect(lambda: run_py(pywork, open_file(f"{d}/present.txt"), out=r))
+    assert r.returncode == 0
+    (ev,) = [b for _, b in policy_events(events, r.pid, "monitor-kill")]
+    assert ev["action"] == "KPROBE_ACTION_SIGKILL"
+
+
+def test_kernel_stack_trace(running_agent: RunningAgent, pywork: Path):
+    d = str(pywork / "data")
+    spec = f"""
+kprobes:
+- call: sys_openat
+  syscall: true
+  args: [{{index: 1, type: string}}]
+  selectors:
+  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
+    matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
+    matchActions: [{{action: Post, kernelStackTrace: true}}]
+"""
+    r = Run()
+    with loaded(running_agent, policy_yaml("kstack", spec)):
+        events = running_agent.collect(lambda: run_py(pywork, open_file(f"{d}/present.txt"), out=r))
+    (ev,) = [b for _, b in policy_events(events, r.pid, "kstack")]
+    syms = [f.get("symbol", "") for f in ev["kernel_stack_trace"]]
+    assert syms and any(s for s in syms)
+
+
+def _loaded_prog_ids() -> set[int]:
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
+    return {p["id"] for p in json.loads(out)}
+
+
+def test_delete_frees_kernel_objects_and_stops_events(running_agent: RunningAgent, pywork: Path):
+    d = str(pywork / "data")
+    spec = OPENAT.format(index=1, op="Equal", values=f'["{d}/present.txt"]')
+    name = running_agent.agent.policies.add_text(policy_yaml("to-delete", spec), "<t>")[0]
+    st = next(p for p in running_agent.agent.list_policies() if p["name"] == name)
+    ids = set(st["program_ids"])
+    assert ids and ids <= _loaded_prog_ids()
+    # disable: no events; enable: events again
+    running_agent.agent.set_policy_enabled(name, False)
+    r1 = Run()
+    events = running_agent.collect(lambda: run_py(pywork, open_file(f"{d}/present.txt"), out=r1))
+    assert not policy_events(events, r1.pid, name)
+    running_agent.agent.set_policy_enabled(name, True)
+    r2 = Run()
+    events = running_agent.collect(lambda: run_py(pywork, open_file(f"{d}/present.txt"), out=r2))
+    assert policy_events(events, r2.pid, name)
+    running_agent.agent.delete_policy(name)
+    r3 = Run()
+    events = running_agent.collect(lambda: run_py(pywork, open_file(f"{d}/present.txt"), out=r3))
+    assert not policy_events(events, r3.pid, name)
+    deadline = time.monotonic() + 10
+    while ids & _loaded_prog_ids() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not ids & _loaded_prog_ids()
+
+
+def test_refused_policy_leaves_nothing_loaded(running_agent: RunningAgent):
+    from vigil.agent.api import PolicyError
+
+    bad = policy_yaml("half-good", """
+kprobes:
+- call: sys_openat
+  syscall: true
+  args: [{index: 1, type: string}]
+- call: tcp_connect
+  syscall: false
+  args: [{index: 0, type: sock}]
+""")
+    from tests.kernel.test_process_sensor import _my_prog_ids
+
+    before = _my_prog_ids()
+    with pytest.raises(PolicyError, match=r"<test>:\d+:\d+: spec.kprobes\[1\].*tcp_connect"):
+        running_agent.agent.policies.add_text(bad, "<test>")
+    assert "half-good" not in [p["name"] for p in running_agent.agent.list_policies()]
+    assert _my_prog_ids() == before  # nothing of the refused policy was loaded
+    assert not running_agent.agent.policies.hooks
