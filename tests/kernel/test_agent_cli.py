@@ -149,3 +149,53 @@ def test_agent_unreachable_is_a_clear_error(tmp_path: Path):
     r = subprocess.run([*VIGIL, "status", "--server-address", f"unix://{tmp_path}/none.sock", "--timeout", "2"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "none.sock" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_tracingpolicy_add_list_delete_over_grpc(agent_proc: AgentProcess, tmp_path: Path):
+    pol = tmp_path / "p.yaml"
+    pol.write_text("""apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: grpc-open}
+spec:
+  kprobes:
+  - call: sys_openat
+    syscall: true
+    args: [{index: 1, type: string}]
+    selectors:
+    - matchArgs: [{index: 1, operator: Equal, values: ["/nonexistent/vigil-grpc"]}]
+""")
+    r = agent_proc.cli("tracingpolicy", "add", str(pol))
+    assert r.returncode == 0, r.stderr
+    r = agent_proc.cli("tracingpolicy", "list", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    listed = json.loads(r.stdout)
+    pols = listed["policies"] if isinstance(listed, dict) else listed
+    (p,) = [x for x in pols if x["name"] == "grpc-open"]
+    assert "sys_enter_openat" in json.dumps(p)
+    # the agent holds the hook's program now
+    ids_before = _agent_prog_ids(agent_proc.proc.pid)
+    assert len(ids_before) >= 4  # process sensor (3) + the hook
+    dup = agent_proc.cli("tracingpolicy", "add", str(pol))
+    assert dup.returncode != 0 and "exists" in (dup.stderr + dup.stdout)
+    r = agent_proc.cli("tracingpolicy", "delete", "grpc-open")
+    assert r.returncode == 0, r.stderr
+    assert len(_agent_prog_ids(agent_proc.proc.pid)) == len(ids_before) - 1
+    missing = agent_proc.cli("tracingpolicy", "delete", "grpc-open")
+    assert missing.returncode != 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(pol.read_text().replace("operator: Equal", "operator: Equals"))
+    r = agent_proc.cli("tracingpolicy", "add", str(bad))
+    assert r.returncode != 0 and "Equals" in (r.stderr + r.stdout)
+
+
+def _agent_prog_ids(pid: int) -> set[int]:
+    ids = set()
+    fdinfo = Path(f"/proc/{pid}/fdinfo")
+    for fd in os.listdir(fdinfo):
+        try:
+            for line in (fdinfo / fd).read_text().splitlines():
+                if line.startswith("prog_id:"):
+                    ids.add(int(line.split()[1]))
+        except OSError:
+            pass
+    return ids
