@@ -34,9 +34,10 @@ _ENCODE_OPTS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_PASSTHROUGH_SUBCLASS
 
 
 class EncodedDict(dict):  # type: ignore[type-arg]
-    """A JSON object that is encoded once: the first encode caches its bytes, later events
-    holding the same object (e.g. a parent's `Process` message in every child's events)
-    splice them in. Never mutate one after it has been shared; copies are plain dicts."""
+    """A JSON object that can carry its own encoding: after fragment() every encode splices
+    the cached bytes in (e.g. a parent's `Process` message, present in all its children's
+    events, or sub-objects shared by many processes); before that it encodes like a dict.
+    Never mutate one that is shared; copies (dict(x)) are plain dicts."""
 
     __slots__ = ("_frag",)
 
@@ -44,14 +45,19 @@ class EncodedDict(dict):  # type: ignore[type-arg]
         try:
             return self._frag
         except AttributeError:
-            # plain options: the object itself encodes as a dict, nested ones normally
-            frag = self._frag = orjson.Fragment(orjson.dumps(self))
+            # plain options: the object itself encodes as a dict, nested ones normally.
+            # orjson's result keeps its growable buffer (~5x the JSON): the bytes live as
+            # long as the object, so keep an exact-size copy
+            frag = self._frag = orjson.Fragment(memoryview(orjson.dumps(self)).tobytes())
             return frag
 
 
 def _default(obj: Any) -> Any:
     if type(obj) is EncodedDict:
-        return obj.fragment()
+        try:
+            return obj._frag
+        except AttributeError:
+            return dict(obj)  # not cached: encode the items (a plain copy cannot recurse here)
     # other subclasses of builtins: encode exactly as orjson does without passthrough
     for base in (dict, list, str, int, float):
         if isinstance(obj, base):

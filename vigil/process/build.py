@@ -102,6 +102,13 @@ def _flag_words(k: int) -> str:
     return " ".join(flags)
 
 
+def _encoded(d: dict[str, Any]) -> EncodedDict:
+    """An interned sub-object, encoded once (it is then shared, never mutated)."""
+    e = EncodedDict(d)
+    e.fragment()
+    return e
+
+
 class EventBuilder:
     """Stateful: owns the cache updates that go with each record.
 
@@ -138,7 +145,8 @@ class EventBuilder:
                 d[name] = entry
             hit = (ns, d)
             if len(self._ns_cache) < _INTERN_MAX:
-                self._ns_cache[ns] = hit
+                # encoded once: every process in these namespaces splices the bytes
+                hit = self._ns_cache[ns] = (ns, _encoded(d))
         return hit
 
     def _caps(self, r: Any) -> dict[str, Any]:
@@ -150,7 +158,7 @@ class EventBuilder:
                 if mask:
                     d[key] = list(cap_list(mask))
             if len(self._caps_cache) < _INTERN_MAX:
-                self._caps_cache[k] = d
+                d = self._caps_cache[k] = _encoded(d)
         return d
 
     def _creds(self, r: Any, caps: dict[str, Any]) -> dict[str, Any]:
@@ -175,7 +183,7 @@ class EventBuilder:
         uns["ns"] = userns
         d["user_ns"] = uns
         if len(self._creds_cache) < _INTERN_MAX:
-            self._creds_cache[k] = d
+            d = self._creds_cache[k] = _encoded(d)
         return d
 
     def _docker(self, cgroup_name: str) -> str:
@@ -244,7 +252,7 @@ class EventBuilder:
             flags = self._flags_cache[fk] = _flag_words(fk)
         opts = self.opts
 
-        j = EncodedDict(exec_id=eid, pid=pid, uid=r.euid)
+        j: dict[str, Any] = {"exec_id": eid, "pid": pid, "uid": r.euid}
         if cwd:
             j["cwd"] = cwd
         j["binary"] = self._binary(r, cwd)
@@ -301,11 +309,11 @@ class EventBuilder:
             return body
         parent = self.cache._by_key.get(p.parent_key)
         if parent is not None:
-            body["parent"] = parent.json
+            body["parent"] = parent.encoded_json()
             if self.opts.ancestors:
                 anc = self.cache.ancestors(parent)
                 if anc:
-                    body["ancestors"] = [a.json for a in anc]
+                    body["ancestors"] = [a.encoded_json() for a in anc]
         return body
 
     def on_exec(self, r: R.ProcessRecord, now_ns: int) -> dict[str, Any]:

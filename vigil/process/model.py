@@ -23,9 +23,9 @@ class Process:
         self.parent_exec_id = parent_exec_id
         self.parent_key = parent_key  # None: no parent known
         self.ppid = ppid
-        # the Tetragon `Process` message, built once and never mutated: it is shared by
-        # every event of this process and of its children, and caches its JSON encoding
-        self.json = json if type(json) is EncodedDict else EncodedDict(json)
+        # the Tetragon `Process` message, built once and never mutated (shared by every
+        # event of this process and of its children); see encoded_json()
+        self.json = json
         self.refcnt = 0
         self.binary = json.get("binary", "")
         self.exe = ""             # resolved executed file (interpreter for scripts)
@@ -38,6 +38,16 @@ class Process:
         self.nspid = 0
         self.uid = 0
         self.docker = ""
+
+    def encoded_json(self) -> EncodedDict:
+        """The message with its JSON encoding cached, for a process whose message goes into
+        many events (a parent's, in each of its children's). Leaf processes are not cached:
+        ~1-4 kB per process (caps lists) is the largest part of the cache's memory."""
+        j = self.json
+        if type(j) is not EncodedDict:
+            j = self.json = EncodedDict(j)
+            j.fragment()
+        return j
 
     def __repr__(self) -> str:
         return f"<Process pid={self.pid} {self.binary!r} refcnt={self.refcnt}>"
