@@ -71,9 +71,14 @@ class ProcessRecord:
         # a walk that ends at once is the root itself: cwd "/" has no components
         self.cwd = buf[o : o + cwd_len].decode("utf-8", "surrogateescape") if cwd_len or self.flags & F_ERR_CWD else "/"
         o += cwd_len
-        self.filename = _cstr(buf, o, fn_len)
+        # NUL-terminated strings; _cstr() inlined (hot path: every exec and clone)
+        raw = buf[o : o + fn_len]
+        i = raw.find(b"\0")
+        self.filename = (raw if i < 0 else raw[:i]).decode("utf-8", "surrogateescape")
         o += fn_len
-        self.cgroup_name = _cstr(buf, o, cg_len)
+        raw = buf[o : o + cg_len]
+        i = raw.find(b"\0")
+        self.cgroup_name = (raw if i < 0 else raw[:i]).decode("utf-8", "surrogateescape")
         o += cg_len
         self.args = buf[o : o + args_len]
 

@@ -79,7 +79,8 @@ class BuildOptions:
 # they form the key of the flags-string cache
 _REC_FLAG_BITS = R.F_ARGS_TRUNC | R.F_ERR_PATH | R.F_ERR_ARGS | R.F_CWD_TRUNC | R.F_ERR_CWD
 _K_PROCFS, _K_MISS, _K_NOCWD, _K_ROOTCWD = 1 << 16, 1 << 17, 1 << 18, 1 << 19
-_INTERN_MAX = 4096  # bound of each intern cache (caps, credentials, namespaces, cgroups)
+_INTERN_MAX = 4096
+_FD_PATHS = ("/dev/fd/", "/proc/self/fd/")  # fexecve: the name says nothing, use the file  # bound of each intern cache (caps, credentials, namespaces, cgroups)
 
 
 def _flag_words(k: int) -> str:
@@ -187,16 +188,14 @@ class EventBuilder:
         return d
 
     def _docker(self, cgroup_name: str) -> str:
-        d = self._docker_cache.get(cgroup_name)
-        if d is None:
-            d = container_id(cgroup_name)
-            if len(self._docker_cache) < _INTERN_MAX:
-                self._docker_cache[cgroup_name] = d
+        d = container_id(cgroup_name) if cgroup_name else ""
+        if len(self._docker_cache) < _INTERN_MAX:
+            self._docker_cache[cgroup_name] = d
         return d
 
     def _binary(self, r: Any, cwd: str) -> str:
         fn = r.filename
-        if not fn or fn.startswith(("/dev/fd/", "/proc/self/fd/")):
+        if not fn or fn.startswith(_FD_PATHS):
             return r.exe or fn
         if not fn.startswith("/"):
             return os.path.normpath(os.path.join(cwd or "/", fn))
@@ -255,22 +254,29 @@ class EventBuilder:
         j: dict[str, Any] = {"exec_id": eid, "pid": pid, "uid": r.euid}
         if cwd:
             j["cwd"] = cwd
-        j["binary"] = self._binary(r, cwd)
+        fn = r.filename
+        j["binary"] = fn if fn[:1] == "/" and not fn.startswith(_FD_PATHS) else self._binary(r, cwd)
         arguments = format_arguments(r.args)
         if arguments:
             j["arguments"] = arguments
         j["flags"] = flags
         j["start_time"] = self.clock.ktime_rfc3339(ktime)
         j["auid"] = r.auid
-        docker = self._docker(r.cgroup_name) if r.cgroup_name else ""
+        cg = r.cgroup_name
+        docker = self._docker_cache.get(cg)
+        if docker is None:
+            docker = self._docker(cg)
         if docker:
             j["docker"] = docker
         if peid:
             j["parent_exec_id"] = peid
-        caps = self._caps(r)
+        ck = (r.cap_permitted, r.cap_effective, r.cap_inheritable)
+        caps = self._caps_cache.get(ck)
+        if caps is None:
+            caps = self._caps(r)
         if opts.enable_cred and caps:
             j["cap"] = caps
-        ns, ns_json = self._namespaces(r.ns)
+        ns, ns_json = self._ns_cache.get(r.ns) or self._namespaces(r.ns)
         if opts.enable_ns:
             j["ns"] = ns_json
         j["tid"] = r.tid
@@ -284,7 +290,7 @@ class EventBuilder:
         p.exe = r.exe
         p.cgroup_id = r.cgroup_id
         p.ns = ns
-        p.cap_effective = r.cap_effective
+        p.cap_effective = ck[1]  # interned with the caps key: no int kept per process
         p.nspid = r.nspid
         p.uid = r.euid
         p.docker = docker
