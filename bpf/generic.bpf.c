@@ -96,6 +96,7 @@ struct gen_heap {
 	char data[DATA_MASK + 1 + VP_ARG_DATA];
 	/* working state, not sent */
 	__u64 ctxp;            /* tracepoint record (fields are read from it) */
+	__u64 raw[VP_SLOTS];   /* raw argument words, before reading */
 	__u32 off;             /* bytes of data[] used */
 	__u32 tgid;
 	__u32 nspid;
@@ -103,6 +104,8 @@ struct gen_heap {
 	__u8 want_stack;
 	__u8 sel;
 	__u8 pad;
+	__s32 override_err;    /* Override action: error to return (0: none) */
+	__u32 pad2;
 };
 
 struct {
@@ -272,6 +275,29 @@ static __always_inline __u32 read_sockaddr(struct gen_heap *h, __u64 uptr, __u32
 	return sizeof(sa);
 }
 
+/* a struct sockaddr in kernel memory (LSM socket_connect/socket_bind) */
+static __always_inline __u32 read_ksockaddr(struct gen_heap *h, __u64 kptr, __u32 off)
+{
+	struct vp_sockaddr sa = {};
+	struct sockaddr_in6 in6 = {};
+
+	if (bpf_probe_read_kernel(&in6, sizeof(struct sockaddr_in), (void *)kptr))
+		return 0;
+	sa.family = in6.sin6_family;
+	if (sa.family == 10 && bpf_probe_read_kernel(&in6, sizeof(in6), (void *)kptr))
+		return 0;
+	sa.port = bpf_ntohs(in6.sin6_port);
+	if (sa.family == 2) {
+		struct sockaddr_in *in4 = (struct sockaddr_in *)&in6;
+
+		__builtin_memcpy(sa.addr, &in4->sin_addr, 4);
+	} else if (sa.family == 10) {
+		__builtin_memcpy(sa.addr, &in6.sin6_addr, 16);
+	}
+	bpf_probe_read_kernel(h->data + (off & DATA_MASK), sizeof(sa), &sa);
+	return sizeof(sa);
+}
+
 static __always_inline __u32 read_sock(struct gen_heap *h, struct sock *sk, __u32 off)
 {
 	struct vp_sock s = {};
@@ -391,6 +417,8 @@ __noinline int read_arg(__u32 i)
 		break;
 	case VP_T_STRING:
 		r = bpf_probe_read_user_str(h->data + off, max & (VP_ARG_DATA - 1), (void *)raw);
+		if (r < 0)  /* kernel functions get kernel strings */
+			r = bpf_probe_read_kernel_str(h->data + off, max & (VP_ARG_DATA - 1), (void *)raw);
 		if (r < 0)
 			ah->flags |= VP_ARGF_ERR;
 		else if (r > 0)
@@ -468,6 +496,45 @@ __noinline int read_arg(__u32 i)
 			ah->flags |= VP_ARGF_TRUNC;
 		break;
 	}
+	case VP_T_PATH_CHILD: {
+		/* a not-yet-existing name: parent directory (struct path *) + child dentry,
+		 * the dentry being raw argument size_arg - 1 (LSM path_mkdir, path_symlink, ...) */
+		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+		struct path *p = (struct path *)raw, root;
+		struct dentry *child = 0;
+		__u8 trunc = 0, detached = 0;
+		long r2;
+
+		if (a->size_arg >= 1 && a->size_arg <= VP_MAX_ARGS)
+			child = (struct dentry *)h->raw[(a->size_arg - 1) & 7];
+		bpf_probe_read_kernel(&root, sizeof(root), &BPF_CORE_READ(task, fs)->root);
+		n = resolve_path(BPF_CORE_READ(p, dentry), BPF_CORE_READ(p, mnt), &root,
+				 h->data + off, VP_ARG_DATA - NAME_MAX_LEN - 2, &trunc, &detached);
+		n &= VP_ARG_DATA - 1;
+		h->data[(off + n) & (DATA_MASK + VP_ARG_DATA - 1)] = '/';
+		r2 = bpf_probe_read_kernel_str(h->data + ((off + n + 1) & DATA_MASK), NAME_MAX_LEN,
+					       BPF_CORE_READ(child, d_name.name));
+		if (r2 > 1)
+			n += r2;  /* "/" + name, without the NUL */
+		break;
+	}
+	case VP_T_LINUX_BINPRM: {
+		struct linux_binprm *bprm = (struct linux_binprm *)raw;
+
+		n = read_file_path(h, BPF_CORE_READ(bprm, file), off, ah);
+		break;
+	}
+	case VP_T_SOCKET: {
+		struct socket *sock = (struct socket *)raw;
+
+		n = read_sock(h, BPF_CORE_READ(sock, sk), off);
+		break;
+	}
+	case VP_T_KSOCKADDR:
+		n = read_ksockaddr(h, raw, off);
+		if (!n)
+			ah->flags |= VP_ARGF_ERR;
+		break;
 	case VP_T_SOCKADDR:
 		n = read_sockaddr(h, raw, off);
 		if (!n)
@@ -651,7 +718,7 @@ static __always_inline int sock_filter(struct gen_heap *h, struct vp_filter *f, 
 	__u16 family, sport = 0, dport = 0, proto = 0, state = 0;
 	__u8 saddr[16] = {}, daddr[16] = {};
 
-	if (ah->type == VP_T_SOCKADDR) {
+	if (ah->type == VP_T_SOCKADDR || ah->type == VP_T_KSOCKADDR) {
 		struct vp_sockaddr sa;
 
 		bpf_probe_read_kernel(&sa, sizeof(sa), p);
@@ -719,6 +786,8 @@ static __always_inline int is_string_type(__u8 t)
 	case VP_T_FD:
 	case VP_T_FILE:
 	case VP_T_PATH:
+	case VP_T_PATH_CHILD:
+	case VP_T_LINUX_BINPRM:
 		return 1;
 	}
 	return 0;
@@ -749,7 +818,8 @@ __noinline int match_arg_filter(__u32 si, __u32 j)
 		return 0;
 	barrier_var(slot);
 	ah = &h->m.args[slot & (VP_SLOTS - 1)];
-	if (ah->type == VP_T_SOCKADDR || ah->type == VP_T_SOCK)
+	if (ah->type == VP_T_SOCKADDR || ah->type == VP_T_KSOCKADDR || ah->type == VP_T_SOCK ||
+	    ah->type == VP_T_SOCKET)
 		return sock_filter(h, f, ah);
 	if (is_string_type(ah->type) && f->op <= VP_OP_NOTPOSTFIX)
 		return string_filter(h, f, ah);
@@ -991,6 +1061,16 @@ static __always_inline __u8 do_actions(struct gen_heap *h, struct vp_hook *cfg,
 		case VP_ACT_NOPOST:
 			h->post = 0;
 			break;
+		case VP_ACT_OVERRIDE:
+			fired = a->type;
+			if (cfg->flags & VP_HOOK_MONITOR) {
+				h->m.flags |= VP_EV_MONITOR;
+				stat_inc(HS_MONITORED);
+			} else {
+				h->override_err = a->arg;
+				stat_inc(HS_SIGNALS);
+			}
+			break;
 		case VP_ACT_SIGKILL:
 		case VP_ACT_SIGNAL:
 			fired = a->type;
@@ -1066,6 +1146,7 @@ static __always_inline int run_hook(void *ctx, struct gen_heap *h, struct vp_hoo
 	h->off = 0;
 	h->post = 1;
 	h->want_stack = 0;
+	h->override_err = 0;
 	{
 		struct pid *tp = BPF_CORE_READ(task, thread_pid);
 		unsigned int level = BPF_CORE_READ(tp, level);
@@ -1194,6 +1275,8 @@ static __always_inline void raw_from(struct gen_heap *h, struct vp_hook *cfg, __
 		if (a->off < n)
 			h->m.args[i].value = vals[a->off & 7];
 	}
+	for (__u32 i = 0; i < 6; i++)
+		h->raw[i] = vals[i];
 }
 
 SEC("tracepoint")
@@ -1304,4 +1387,70 @@ SEC("kretprobe")
 int vigil_kretprobe(struct pt_regs *ctx)
 {
 	return run_return(ctx, PT_REGS_RC(ctx));
+}
+
+/* ---- hooks with BPF trampolines (kernels that have them; the VM tier) ----
+ * The attach target in the section name is a placeholder: the loader sets the
+ * real one with bpf_program__set_attach_target() before load. Arguments come
+ * from bpf_get_func_arg(), so one program fits hooks of any arity. */
+
+/* An LSM/fmod_ret verdict must be 0 or a negative errno. */
+static __always_inline long verdict(struct gen_heap *h)
+{
+	long r = (__s32)h->override_err;
+
+	if (r < -4095 || r > 0)
+		return 0;
+	return r;
+}
+
+static __always_inline long from_func_args(void *ctx)
+{
+	struct vp_hook *cfg = hook_cfg();
+	struct gen_heap *h = heap();
+	__u64 vals[6] = {};
+
+	if (!cfg || !h)
+		return 0;
+	for (__u32 i = 0; i < 5; i++)
+		bpf_get_func_arg(ctx, i, &vals[i]);
+	raw_from(h, cfg, vals, 6);
+	h->ctxp = 0;
+	run_hook(ctx, h, cfg);
+	return verdict(h);
+}
+
+/* BPF LSM: the return value is the hook's verdict (Override argError) */
+/* long, not int: the verifier checks all 64 bits of the verdict register */
+SEC("lsm/file_open")
+long vigil_lsm(void *ctx)
+{
+	return from_func_args(ctx);
+}
+
+SEC("fentry/security_file_open")
+int vigil_fentry(void *ctx)
+{
+	from_func_args(ctx);
+	return 0;
+}
+
+/* fmod_ret on a security_* function: a non-zero return skips it and is returned */
+SEC("fmod_ret/security_file_open")
+long vigil_fmod_ret(void *ctx)
+{
+	return from_func_args(ctx);
+}
+
+/* kprobe whose Override uses bpf_override_return (kernels with error injection) */
+SEC("kprobe")
+int vigil_kprobe_override(struct pt_regs *ctx)
+{
+	struct gen_heap *h;
+
+	from_regs(ctx);
+	h = heap();
+	if (h && verdict(h))
+		bpf_override_return(ctx, verdict(h));
+	return 0;
 }

@@ -52,6 +52,10 @@ enum vp_type {
 	VP_T_DENTRY = 18,     /* struct dentry * -> path (within its mount) */
 	VP_T_CAPABILITY = 19, /* capability number */
 	VP_T_BPF_CMD = 20,    /* int rendered as BpfCmd */
+	VP_T_PATH_CHILD = 21, /* struct path * of a directory + a child dentry (another arg) */
+	VP_T_LINUX_BINPRM = 22, /* struct linux_binprm * -> path of the executed file */
+	VP_T_SOCKET = 23,     /* struct socket * -> its sock */
+	VP_T_KSOCKADDR = 24,  /* struct sockaddr * in kernel memory */
 };
 
 /* filter operators (matchArgs / matchReturnArgs) */

@@ -107,6 +107,11 @@ def _cred_json(p: bytes) -> dict[str, Any]:
 def render_arg(plan: Any, ah: Any, payload: bytes, args_by_slot: dict[int, Any]) -> dict[str, Any]:
     t = plan.vtype
     v = ah.value
+    if getattr(plan, "render", "") == "string":
+        d: dict[str, Any] = {"string_arg": payload.decode("utf-8", "replace")}
+        if plan.label:
+            d["label"] = plan.label
+        return d
     if ah.flags & L.ARGF_ERR and t not in (L.T["fd"],):
         d: dict[str, Any] = {"error_arg": {"Message": "could not be read"}}
     elif t == L.T["int"]:
@@ -134,15 +139,15 @@ def render_arg(plan: Any, ah: Any, payload: bytes, args_by_slot: dict[int, Any])
             d = {"truncated_bytes_arg": {"bytes_arg": b64, "orig_size": str(orig)}}
         else:
             d = {"bytes_arg": b64}
-    elif t in (L.T["fd"], L.T["file"]):
+    elif t in (L.T["fd"], L.T["file"], L.T["linux_binprm"]):
         d = {"file_arg": {"path": payload.decode("utf-8", "replace")} if payload else {}}
-    elif t == L.T["path"]:
+    elif t in (L.T["path"], L.T["path_child"]):
         d = {"path_arg": {"path": payload.decode("utf-8", "replace")} if payload else {}}
-    elif t == L.T["sockaddr"]:
+    elif t in (L.T["sockaddr"], L.T["ksockaddr"]):
         fam = int.from_bytes(payload[0:2], "little")
         d = {"sockaddr_arg": {"family": AF_NAMES.get(fam, str(fam)), "addr": _ip(payload[8:24], fam),
                               "port": int.from_bytes(payload[2:4], "little")}}
-    elif t == L.T["sock"]:
+    elif t in (L.T["sock"], L.T["socket"]):
         fam, typ, proto, state, sport, dport = (int.from_bytes(payload[i:i + 2], "little") for i in range(0, 12, 2))
         sk: dict[str, Any] = {"family": AF_NAMES.get(fam, str(fam)), "type": SOCK_TYPES.get(typ, str(typ)),
                               "protocol": PROTOCOLS.get(proto, str(proto))}
@@ -229,7 +234,8 @@ def build_body(hook: CompiledHook, m: L.MsgGeneric, data: bytes) -> dict[str, An
     body: dict[str, Any] = {}
     action = ACTION_NAMES.get(m.action, "KPROBE_ACTION_POST")
     if pl.event_kind == "process_kprobe":
-        body["function_name"] = pl.attach.get("func", pl.target)
+        # a syscall enforced at an LSM hook keeps the syscall's name, as the policy wrote it
+        body["function_name"] = pl.attach.get("syscall") or pl.attach.get("func", pl.target)
         if args:
             body["args"] = args
         if m.flags & L.EV_HAS_RET and pl.ret is not None:
@@ -253,6 +259,12 @@ def build_body(hook: CompiledHook, m: L.MsgGeneric, data: bytes) -> dict[str, An
         if args:
             body["args"] = args
         body["policy_name"] = hook.policy
+        body["action"] = action
+    elif pl.event_kind == "process_lsm":
+        body["function_name"] = pl.attach.get("func", "")
+        body["policy_name"] = hook.policy
+        if args:
+            body["args"] = args
         body["action"] = action
     elif pl.event_kind == "process_uprobe":
         body["path"] = pl.attach["path"]

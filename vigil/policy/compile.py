@@ -17,13 +17,15 @@ from . import enums
 from . import layout as L
 from .errors import Loc, PolicyErrors, PolicyValidationError
 from .model import ActionSelector, ArgSelector, KProbeSpec, Policy, Selector, TracepointSpec, UProbeSpec
-from .placement import ArgPlan, Placement, Probe, place_kprobe, place_lsm, place_tracepoint, place_uprobe, place_usdt
+from .placement import (ArgPlan, Placement, Probe, place_kprobe, place_lsm, place_syscall_on_lsm, place_tracepoint,
+                        place_uprobe, place_usdt)
 from .values import (parse_capability, parse_cidr, parse_family, parse_int, parse_int_or_range, parse_port,
                      parse_protocol, parse_tcp_state)
 
 STRING_TYPES = {L.T[t] for t in ("string", "kstring", "data_loc", "char_array", "char_buf", "char_iovec",
+                                 "path_child", "linux_binprm",
                                  "fd", "file", "path")}
-SOCK_TYPES = {L.T["sockaddr"], L.T["sock"]}
+SOCK_TYPES = {L.T["sockaddr"], L.T["sock"], L.T["ksockaddr"], L.T["socket"]}
 STRING_OPS = ("Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix")
 SOCK_OPS = ("SPort", "NotSPort", "SPortPriv", "NotSportPriv", "DPort", "NotDPort", "DPortPriv", "NotDPortPriv",
             "SAddr", "NotSAddr", "DAddr", "NotDAddr", "Protocol", "Family", "State")
@@ -110,8 +112,14 @@ def compile_policy(policy: Policy, has: Probe, next_hook_id: Callable[[], int],
     for section, items in (("kprobes", spec.kprobes), ("fentries", spec.fentries)):
         for i, kp in enumerate(items):
             generated = _is_generated(policy, kp)
+            overrides = _has_override(kp)
             for call in _expand_call(policy, kp, errs):
-                pl = place_kprobe(kp, section, i, call, has)
+                pl = None
+                if overrides and kp.syscall:
+                    # Override needs a hook that can refuse the operation before it happens
+                    pl = place_syscall_on_lsm(kp, section, i, call, has)
+                if pl is None:
+                    pl = place_kprobe(kp, section, i, call, has)
                 if generated and not pl.ok and pl.reason.startswith("no tracepoint"):
                     continue  # a generated list names every syscall; this kernel lacks this one
                 placements.append((pl, kp))
@@ -133,6 +141,11 @@ def compile_policy(policy: Policy, has: Probe, next_hook_id: Callable[[], int],
     if errs.errors:
         raise PolicyErrors(errs.errors, errs.warnings)
     return CompiledPolicy(policy, hooks, errs.warnings, policy.mode)
+
+
+def _has_override(kp: KProbeSpec) -> bool:
+    return any(a.action.lower() == "override" for sel in kp.selectors
+               for a in (*sel.match_actions, *sel.match_return_actions))
 
 
 def _is_generated(policy: Policy, kp: KProbeSpec) -> bool:
@@ -422,6 +435,13 @@ def _compile_actions(pl: Placement, actions: tuple[ActionSelector, ...], out: ob
         cfg = out[k]  # type: ignore[index]
         name = a.action
         canon = next((n for n in L.ACT if n.lower() == name.lower()), None)
+        if canon == "Override" and pl.mechanism in ("lsm", "fmod_ret"):
+            if a.arg_error >= 0:
+                errs.error(a.at("argError"), "Override needs a negative argError (an -errno) to refuse the operation")
+                continue
+            cfg.type = L.ACT["Override"]
+            cfg.arg = a.arg_error
+            continue
         if canon is None or canon in ("Override", "TrackSock", "UntrackSock", "NotifyEnforcer"):
             why = {
                 "Override": ("Override changes a return value, which needs bpf_override_return or a BPF LSM "

@@ -28,7 +28,7 @@ SRC_SYSCALL, SRC_CTX, SRC_RAW, SRC_REGS, SRC_RETVAL = 1, 2, 3, 4, 5
 T = dict(
     int=1, uint=2, long=3, size=4, string=5, kstring=6, data_loc=7, char_array=8, char_buf=9,
     char_iovec=10, fd=11, file=12, path=13, sockaddr=14, sock=15, cred=16, syscall64=17,
-    dentry=18, capability=19, bpf_cmd=20,
+    dentry=18, capability=19, bpf_cmd=20, path_child=21, linux_binprm=22, socket=23, ksockaddr=24,
 )
 T_NAMES = {v: k for k, v in T.items()}
 

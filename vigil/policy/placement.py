@@ -31,7 +31,8 @@ KERNEL_POINTER_TYPES = ("file", "path", "sock", "socket", "skb", "cred", "dentry
                         "bpf_prog", "user_namespace", "load_info", "module", "kernel_cap_t",
                         "cap_inheritable", "cap_permitted", "cap_effective")
 # kernel pointer types whose readers exist in bpf/generic.bpf.c
-SUPPORTED_KERNEL_TYPES = {"file": "file", "path": "path", "sock": "sock", "socket": "sock", "cred": "cred"}
+SUPPORTED_KERNEL_TYPES = {"file": "file", "path": "path", "sock": "sock", "socket": "socket", "cred": "cred",
+                          "linux_binprm": "linux_binprm"}
 
 
 @dataclass
@@ -48,6 +49,7 @@ class ArgPlan:
     max_len: int = L.ARG_DATA - 1
     label: str = ""
     index: int = 0        # the policy's `index`
+    render: str = ""      # JSON variant override (e.g. "string" for a path read at an LSM hook)
 
 
 @dataclass
@@ -87,6 +89,8 @@ class Placement:
                 d += " + uretprobe"
         elif self.mechanism == "kprobe":
             d = f"kprobe:{a['func']}" + (" + kretprobe" if self.return_prog else "")
+        elif self.mechanism in ("lsm", "fentry", "fmod_ret"):
+            d = f"{self.mechanism}:{a['func']}"
         else:
             d = f"{self.mechanism}:{a.get('func', '')}"
         return d + "".join(f"; {n}" for n in self.notes)
@@ -235,21 +239,29 @@ def place_kprobe(spec: KProbeSpec, section: str, index: int, call: str, has: Pro
                 return pl
             pl.args.append(plan)
     else:
-        ok, why = has("kprobe")
-        if not ok:
+        ok_k, why_k = has("kprobe")
+        ok_f, why_f = has("fentry")
+        if section == "fentries" or (ok_f and not spec.return_):
+            if not ok_f:
+                pl.reason = f"fentry needs BPF trampolines: {why_f}"
+                return pl
+            pl.mechanism, pl.entry_prog = "fentry", "vigil_fentry"
+            src = L.SRC_RAW
+        elif ok_k:
+            pl.mechanism, pl.entry_prog = "kprobe", "vigil_kprobe"
+            src = L.SRC_REGS
+            if spec.return_:
+                pl.return_prog = "vigil_kretprobe"
+        else:
             pl.reason = (f"{call} is a kernel function: it needs a kprobe or fentry hook, and this kernel "
-                         f"has neither ({why})")
+                         f"has neither (kprobe: {why_k}; fentry: {why_f})")
             return pl
-        pl.mechanism = "kprobe"
-        pl.entry_prog = "vigil_kprobe"
         pl.attach = {"func": call}
-        if spec.return_:
-            pl.return_prog = "vigil_kretprobe"
         for slot, a in enumerate(spec.args):
             if a.index > 4:
                 pl.reason, pl.reason_loc = f"kprobe arguments are read from registers 0..4; index {a.index}", a.at("index")
                 return pl
-            plan, why = _value_arg(a, slot, L.SRC_REGS, a.index, user=False, kernel_types_ok=True, why_no_kernel="")
+            plan, why = _value_arg(a, slot, src, a.index, user=False, kernel_types_ok=True, why_no_kernel="")
             if plan is None:
                 pl.reason, pl.reason_loc = why, a.at("type")
                 return pl
@@ -379,8 +391,91 @@ def place_uprobe(spec: UProbeSpec, index: int, sym_i: int, has: Probe) -> Placem
 def place_lsm(spec: LsmHookSpec, index: int, has: Probe) -> Placement:
     pl = Placement("lsmhooks", index, spec.loc, spec.hook, event_kind="process_lsm")
     ok, why = has("lsm")
-    pl.reason = (f"BPF LSM hooks unavailable on this kernel: {why}" if not ok else
-                 "lsmhooks are not supported by this Vigil build yet")
+    if not ok:
+        pl.reason = f"BPF LSM hooks unavailable on this kernel: {why}"
+        return pl
+    pl.mechanism, pl.entry_prog = "lsm", "vigil_lsm"
+    pl.attach = {"func": spec.hook}
+    for slot, a in enumerate(spec.args):
+        if a.index > 4:
+            pl.reason, pl.reason_loc = f"LSM hook arguments 0..4 can be read; index {a.index}", a.at("index")
+            return pl
+        plan, why = _value_arg(a, slot, L.SRC_RAW, a.index, user=False, kernel_types_ok=True, why_no_kernel="")
+        if plan is None:
+            pl.reason, pl.reason_loc = why, a.at("type")
+            return pl
+        if a.type == "sockaddr":
+            plan.vtype = L.T["ksockaddr"]
+        pl.args.append(plan)
+    return pl
+
+
+# Syscalls whose Override is enforced at the LSM hook guarding the same operation:
+# syscall -> (hook, {syscall arg index: (hook arg index, reader, extra)}). `extra` is the
+# hook argument holding the child dentry for path_child readers.
+LSM_FOR_SYSCALL: dict[str, tuple[str, dict[int, tuple[int, str, int]]]] = {
+    "openat": ("file_open", {1: (0, "file", 0)}),
+    "openat2": ("file_open", {1: (0, "file", 0)}),
+    "open": ("file_open", {0: (0, "file", 0)}),
+    "creat": ("file_open", {0: (0, "file", 0)}),
+    "execve": ("bprm_check_security", {0: (0, "linux_binprm", 0)}),
+    "execveat": ("bprm_check_security", {1: (0, "linux_binprm", 0)}),
+    "connect": ("socket_connect", {0: (0, "socket", 0), 1: (1, "ksockaddr", 0)}),
+    "bind": ("socket_bind", {0: (0, "socket", 0), 1: (1, "ksockaddr", 0)}),
+    "mkdirat": ("path_mkdir", {1: (0, "path_child", 1)}),
+    "mkdir": ("path_mkdir", {0: (0, "path_child", 1)}),
+    "symlinkat": ("path_symlink", {2: (0, "path_child", 1), 0: (2, "kstring", 0)}),
+    "symlink": ("path_symlink", {1: (0, "path_child", 1), 0: (2, "kstring", 0)}),
+    "linkat": ("path_link", {3: (1, "path_child", 2)}),
+    "link": ("path_link", {1: (1, "path_child", 2)}),
+    "unlinkat": ("path_unlink", {1: (0, "path_child", 1)}),
+    "unlink": ("path_unlink", {0: (0, "path_child", 1)}),
+    "truncate": ("path_truncate", {0: (0, "path", 0)}),
+}
+
+
+def place_syscall_on_lsm(spec: KProbeSpec, section: str, index: int, call: str, has: Probe) -> Placement | None:
+    """A syscall policy with Override: enforce it at the LSM hook guarding the operation.
+
+    Returns None when the syscall has no guarding LSM hook (the caller reports why)."""
+    base = syscall_base(call) or call
+    if base not in LSM_FOR_SYSCALL:
+        return None
+    hook, argmap = LSM_FOR_SYSCALL[base]
+    pl = Placement(section, index, spec.loc, call, event_kind="process_kprobe")
+    ok, why = has("lsm")
+    if not ok:
+        pl.reason = f"Override of {call} needs the BPF LSM hook {hook}: {why}"
+        return pl
+    pl.mechanism, pl.entry_prog = "lsm", "vigil_lsm"
+    pl.attach = {"func": hook, "syscall": f"__x64_sys_{base}"}
+    pl.notes.append(f"Override of {call} enforced at LSM {hook}")
+    if spec.return_:
+        pl.reason = f"return: true cannot be combined with Override enforced at LSM {hook} (no syscall return there)"
+        pl.reason_loc = spec.at("return")
+        return pl
+    for slot, a in enumerate(spec.args):
+        m = argmap.get(a.index)
+        if m is None:
+            pl.reason = (f"argument index {a.index} of {call} is not available at LSM {hook}, where its "
+                         f"Override is enforced (available: {sorted(argmap)})")
+            pl.reason_loc = a.at("index")
+            return pl
+        hook_idx, reader, extra = m
+        plan = ArgPlan(slot, a.type, L.T[reader], L.SRC_RAW, hook_idx, label=a.label, index=a.index)
+        if reader == "path_child":
+            plan.size_arg = extra + 1  # raw argument holding the child dentry (1-based)
+        if a.type in ("string", "filename") and reader in ("file", "path", "path_child", "linux_binprm", "kstring"):
+            plan.render = "string"
+        elif a.type == "sockaddr" and reader == "ksockaddr":
+            plan.render = ""
+        elif a.type == "fd" and reader == "socket":
+            plan.render = ""
+        elif a.type not in ("string", "filename", "sockaddr", "fd", "file", "path"):
+            pl.reason = f'argument type "{a.type}" cannot be read at LSM {hook}'
+            pl.reason_loc = a.at("type")
+            return pl
+        pl.args.append(plan)
     return pl
 
 

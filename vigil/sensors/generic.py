@@ -18,7 +18,8 @@ log = logging.getLogger("vigil.sensor.generic")
 
 STATS = ("hits", "filtered", "posted", "ratelimited", "signals", "monitored", "pending_full", "errors")
 ENTRY_PROGS = ("vigil_sys_enter", "vigil_sys_exit", "vigil_tp", "vigil_raw_tp", "vigil_uprobe",
-               "vigil_uretprobe", "vigil_kprobe", "vigil_kretprobe")
+               "vigil_uretprobe", "vigil_kprobe", "vigil_kretprobe", "vigil_lsm", "vigil_fentry",
+               "vigil_fmod_ret", "vigil_kprobe_override")
 
 
 class GenericHook:
@@ -38,6 +39,8 @@ class GenericHook:
             wanted = {pl.entry_prog, pl.return_prog} - {""}
             for name in ENTRY_PROGS:
                 obj.program(name).set_autoload(name in wanted)
+            if pl.mechanism in ("lsm", "fentry", "fmod_ret"):
+                obj.program(pl.entry_prog).set_attach_target(pl.attach["func"])
             for name, m in self.shared.items():
                 obj.map(name).reuse_fd(m.fd)
             for name, keys in (("str_map", c.str_keys), ("prefix_map", c.prefix_keys),
@@ -74,6 +77,10 @@ class GenericHook:
             if pl.return_prog:
                 obj.program(pl.return_prog).attach_uprobe(a["path"], a["offset"], retprobe=True)
             entry.attach_uprobe(a["path"], a["offset"])
+        elif pl.mechanism == "lsm":
+            entry.attach_lsm()
+        elif pl.mechanism in ("fentry", "fmod_ret"):
+            entry.attach_trace()
         elif pl.mechanism == "kprobe":
             if pl.return_prog:
                 obj.program(pl.return_prog).attach_kprobe(a["func"], retprobe=True)

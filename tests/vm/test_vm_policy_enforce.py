@@ -1,0 +1,223 @@
+"""Policy engine on kernels with kprobes, fentry and BPF LSM (guest kernels of the VM tier).
+
+The same Tetragon-style policies the host refuses (or runs on tracepoints) run here on
+kprobe / fentry / LSM, and Override is enforced at the LSM hook guarding the syscall: the
+operation does not happen and the caller gets the policy's error.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import socket
+import tempfile
+import textwrap
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from vigil.agent.agent import Agent
+from vigil.agent.config import AgentConfig
+
+
+class Running:
+    def __init__(self) -> None:
+        self.agent = Agent(AgentConfig(export_filename="", server_address="", node_name="vm"))
+        self.agent.start()
+        self.t = threading.Thread(target=self.agent.run, daemon=True)
+        self.t.start()
+
+    def collect(self, action) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+        import subprocess
+        import time
+
+        sub = self.agent.subscribe(100000)
+        try:
+            action()
+            token = f"vigil-marker-{uuid.uuid4().hex}"
+            subprocess.run(["/bin/true", token], check=True)
+            out: list[dict[str, Any]] = []
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                for e in sub.get_batch(timeout=0.5):
+                    out.append(e)
+                    x = e.get("process_exit")
+                    if x and x["process"].get("arguments") == token:
+                        return out
+            raise AssertionError("end marker not seen")
+        finally:
+            sub.close()
+
+    def close(self) -> None:
+        self.agent.request_stop()
+        self.t.join(30)
+        self.agent.close()
+
+
+@pytest.fixture(scope="module")
+def agent() -> Iterator[Running]:
+    r = Running()
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+@pytest.fixture
+def work() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="vigil-vm-"))
+    try:
+        (d / "secret.txt").write_text("s\n")
+        (d / "open.txt").write_text("o\n")
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def policy(name: str, spec: str) -> str:
+    return (f"apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: {name}\nspec:\n"
+            + textwrap.indent(textwrap.dedent(spec).strip("\n"), "  ") + "\n")
+
+
+def mine(events: list[dict], name: str) -> list[tuple[str, dict]]:
+    out = []
+    for e in events:
+        k = next(iter(e))
+        if e[k].get("policy_name") == name and e[k]["process"].get("pid") == os.getpid():
+            out.append((k, e[k]))
+    return out
+
+
+def test_explain_places_hooks_on_lsm_and_fentry(agent: Running):
+    st = agent.agent.policies
+    assert st.has("lsm")[0] and st.has("kprobe")[0], "guest kernels have kprobes and BPF LSM"
+
+
+def test_lsm_file_open_override_denies_only_matching_file(agent: Running, work: Path):
+    spec = f"""
+lsmhooks:
+- hook: file_open
+  args: [{{index: 0, type: file}}]
+  selectors:
+  - matchArgs: [{{index: 0, operator: Equal, values: ["{work}/secret.txt"]}}]
+    matchPIDs: [{{operator: In, values: [{os.getpid()}]}}]
+    matchActions: [{{action: Override, argError: -1}}]
+"""
+    name = agent.agent.add_policy(policy("lsm-deny", spec))
+    try:
+        hooks = agent.agent.list_policies()[0]["hooks"]
+        assert hooks[0]["hook"] == "lsm:file_open"
+        errs: list[int] = []
+
+        def act() -> None:
+            try:
+                open(work / "secret.txt").close()
+            except OSError as e:
+                errs.append(e.errno)
+            open(work / "open.txt").close()
+        events = agent.collect(act)
+    finally:
+        agent.agent.delete_policy(name)
+    assert errs == [errno.EPERM]
+    (k, ev), = mine(events, "lsm-deny")
+    assert k == "process_lsm" and ev["function_name"] == "file_open"
+    assert ev["args"][0]["file_arg"]["path"] == f"{work}/secret.txt"
+    assert ev["action"] == "KPROBE_ACTION_OVERRIDE"
+    open(work / "secret.txt").close()  # deleting the policy removed the deny
+
+
+@pytest.mark.parametrize("syscall, expect_hook", [("sys_openat", "file_open"), ("sys_mkdirat", "path_mkdir"),
+                                                  ("sys_symlinkat", "path_symlink"), ("sys_connect", "socket_connect")])
+def test_syscall_override_enforced_at_lsm(agent: Running, work: Path, syscall: str, expect_hook: str):
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    arg = {
+        "sys_openat": ("{index: 1, type: string}", f'{{index: 1, operator: Equal, values: ["{work}/secret.txt"]}}'),
+        "sys_mkdirat": ("{index: 1, type: string}", f'{{index: 1, operator: Prefix, values: ["{work}/newdir"]}}'),
+        "sys_symlinkat": ("{index: 2, type: string}", f'{{index: 2, operator: Prefix, values: ["{work}/link"]}}'),
+        "sys_connect": ("{index: 1, type: sockaddr}", f'{{index: 1, operator: SPort, values: ["{port}"]}}'),
+    }[syscall]
+    spec = f"""
+kprobes:
+- call: {syscall}
+  syscall: true
+  args: [{arg[0]}]
+  selectors:
+  - matchArgs: [{arg[1]}]
+    matchPIDs: [{{operator: In, values: [{os.getpid()}]}}]
+    matchActions: [{{action: Override, argError: -13}}]
+"""
+    errs: list[int] = []
+
+    def act() -> None:
+        try:
+            if syscall == "sys_openat":
+                open(work / "secret.txt").close()
+            elif syscall == "sys_mkdirat":
+                os.mkdir(work / "newdir")
+            elif syscall == "sys_symlinkat":
+                os.symlink("/etc/hostname", work / "link")
+            else:
+                c = socket.socket()
+                try:
+                    c.connect(("127.0.0.1", port))
+                finally:
+                    c.close()
+        except OSError as e:
+            errs.append(e.errno)
+
+    name = agent.agent.add_policy(policy(f"ovr-{syscall[4:]}", spec))
+    try:
+        hook = agent.agent.list_policies()[0]["hooks"][0]["hook"]
+        assert hook.startswith(f"lsm:{expect_hook}"), hook
+        events = agent.collect(act)
+    finally:
+        agent.agent.delete_policy(name)
+        srv.settimeout(0.2)
+        accepted = True
+        try:
+            srv.accept()[0].close()
+        except OSError:
+            accepted = False
+        srv.close()
+    assert errs == [errno.EACCES]
+    assert not (work / "newdir").exists() and not (work / "link").exists()
+    if syscall == "sys_connect":
+        assert not accepted  # the connection was never made
+    (k, ev), = mine(events, f"ovr-{syscall[4:]}")
+    assert k == "process_kprobe" and ev["function_name"] == f"__x64_{syscall}"
+    assert ev["action"] == "KPROBE_ACTION_OVERRIDE"
+
+
+def test_kprobe_and_fentry_on_kernel_functions(agent: Running, work: Path):
+    spec = f"""
+kprobes:
+- call: security_file_open
+  syscall: false
+  return: true
+  args: [{{index: 0, type: file}}]
+  returnArg: {{index: 0, type: int}}
+  selectors:
+  - matchArgs: [{{index: 0, operator: Equal, values: ["{work}/open.txt"]}}]
+- call: fd_install
+  syscall: false
+  args: [{{index: 0, type: int}}, {{index: 1, type: file}}]
+  selectors:
+  - matchArgs: [{{index: 1, operator: Equal, values: ["{work}/open.txt"]}}]
+"""
+    name = agent.agent.add_policy(policy("kfuncs", spec))
+    try:
+        hooks = [h["hook"] for h in agent.agent.list_policies()[0]["hooks"]]
+        assert hooks[0] == "kprobe:security_file_open + kretprobe" and hooks[1] == "fentry:fd_install"
+        events = agent.collect(lambda: open(work / "open.txt").close())
+    finally:
+        agent.agent.delete_policy(name)
+    got = {ev["function_name"]: ev for _, ev in mine(events, "kfuncs")}
+    assert got["security_file_open"]["args"][0]["file_arg"]["path"] == f"{work}/open.txt"
+    assert got["security_file_open"]["return"] == {"int_arg": 0}
+    assert got["fd_install"]["args"][1]["file_arg"]["path"] == f"{work}/open.txt"
