@@ -266,6 +266,10 @@ class Agent:
             "subscribers": self.bus.subscriber_count,
             "maps": self.sensor.map_usage() if self.sensor is not None else {},
             "programs": self._program_stats(),
+            "policy_events": [{"policy": lp.name, "hook": kind, "count": n}
+                              for lp in list(self.policies.policies.values()) for kind, n in lp.events.items()],
+            "policies": {lp.name: {"state": "enabled" if lp.enabled else "disabled", "mode": lp.mode}
+                         for lp in list(self.policies.policies.values())},
         }
 
     def _program_stats(self) -> list[dict[str, Any]]:
@@ -279,6 +283,15 @@ class Agent:
             if prog.fd >= 0:
                 info = prog_info(prog.fd)
                 out.append({"policy": "", "attach": prog.section, "sensor": "process", **info})
+        for lp in list(self.policies.policies.values()):
+            for gh in lp.hooks:
+                if gh.obj is None:
+                    continue
+                for prog in gh.obj.programs.values():
+                    if prog.fd >= 0:
+                        info = prog_info(prog.fd)
+                        out.append({"policy": lp.name, "attach": gh.compiled.placement.describe(),
+                                    "sensor": "generic", **info})
         return out
 
     def _ringbuf_stats(self) -> dict[str, int]:

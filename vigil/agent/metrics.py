@@ -39,8 +39,8 @@ class AgentCollector(Collector):
         yield ev
 
         pol = CounterMetricFamily("tetragon_policy_events", "Policy events, by policy and hook", labels=["policy", "hook"])
-        for (policy, hook), n in st.get("policy_events", {}).items():
-            pol.add_metric([policy, hook], n)
+        for pe in st.get("policy_events", []):
+            pol.add_metric([pe["policy"], pe["hook"]], pe["count"])
         yield pol
 
         missed = CounterMetricFamily("tetragon_bpf_missed_events", "Records the kernel could not deliver",
