@@ -24,8 +24,8 @@ from typing import Any, Iterable
 import grpc
 
 from vigil.agent.api import AgentAPI
-from vigil.api.pb import eventlogservice_pb2_grpc, sensors_pb2_grpc
-from vigil.api.servicer import EventLogService, FineGuidanceSensors
+from vigil.api.pb import eventlogservice_pb2_grpc
+from vigil.api.servicer import EventLogService, FineGuidanceSensors, add_to_server
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class ApiServer:
             # Beyond this, calls fail fast with RESOURCE_EXHAUSTED instead of queueing forever.
             maximum_concurrent_rpcs=self.max_workers,
         )
-        sensors_pb2_grpc.add_FineGuidanceSensorsServicer_to_server(self.servicer, server)
+        add_to_server(self.servicer, server)  # GetEvents sends pre-serialised bytes
         eventlogservice_pb2_grpc.add_EventLogServiceServicer_to_server(EventLogService(), server)
         self._add_health(server)
         self.address = self._bind(server, self.requested_address)

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import grpc
 
 from vigil.agent.api import AgentAPI, PolicyError, PolicyNotFound
-from vigil.api import convert, pbdict, policies
+from vigil.api import convert, pbdict, policies, wire
 from vigil.api.pb import (
     eventlogservice_pb2_grpc,
     events_pb2,
@@ -72,11 +72,13 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
         self.max_streams = max_streams
         self.stopping = stopping or threading.Event()
         self.stream_stats = StreamStats()
+        self.encoder = wire.EventEncoder()  # shared by all streams: each event encoded once
         self._streams_lock = threading.Lock()
 
     # ------------------------------------------------------------------ events
 
     def GetEvents(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """Yields serialised GetEventsResponse bytes: register with add_to_server()."""
         # Not wrapped by _rpc: a generator's body runs after this call returns.
         try:
             event_filter = self._event_filter(request)
@@ -95,7 +97,7 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
             self.stream_stats.close(sub)
 
         context.add_callback(done)
-        return stream_events(sub, event_filter, context, self.stopping, self.stream_stats)
+        return stream_events(sub, event_filter, context, self.stopping, self.stream_stats, self.encoder)
 
     def _event_filter(self, request: Any) -> Any | None:
         allow, deny, fields = convert.request_filters(request)
@@ -231,6 +233,44 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
         name = sensors_pb2.LogLevel.Name(request.level).removeprefix("LOG_LEVEL_").lower()
         self.agent.set_log_level(name)
         return sensors_pb2.SetDebugResponse(flag=request.flag, level=request.level)
+
+
+def add_to_server(servicer: FineGuidanceSensors, server: Any) -> None:
+    """Register the servicer like the generated add_FineGuidanceSensorsServicer_to_server,
+    except GetEvents, whose responses are already wire bytes (identity serializer)."""
+    overrides = {"GetEvents": grpc.unary_stream_rpc_method_handler(
+        servicer.GetEvents,
+        request_deserializer=events_pb2.GetEventsRequest.FromString,
+        response_serializer=None,  # the stream yields bytes: sent as they are
+    )}
+    reg = _Registrar(server, overrides)
+    sensors_pb2_grpc.add_FineGuidanceSensorsServicer_to_server(servicer, reg)
+    reg.finish()
+
+
+class _Registrar:
+    """Stands in for the server during the generated registration: swaps in `overrides`
+    (a method table given to add_registered_method_handlers, or, from older generated
+    code, a generic handler consulted after one that serves the overrides)."""
+
+    def __init__(self, server: Any, overrides: dict[str, Any]) -> None:
+        self._server, self._overrides = server, overrides
+        self._generic: tuple[Any, ...] = ()
+        self._registered = False
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        self._generic = tuple(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        handlers = {**handlers, **self._overrides}
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+        self._server.add_registered_method_handlers(service, handlers)
+        self._registered = True
+
+    def finish(self) -> None:
+        if not self._registered:
+            first = grpc.method_handlers_generic_handler("tetragon.FineGuidanceSensors", self._overrides)
+            self._server.add_generic_rpc_handlers((first, *self._generic))
 
 
 def _need_name(request: Any, context: grpc.ServicerContext) -> None:

@@ -1,8 +1,13 @@
-"""GetEvents: one bus subscription per stream, filtered and converted per event.
+"""GetEvents: one bus subscription per stream, filtered per stream, encoded once.
 
 Each stream gets its own bounded Subscription. Publishing never blocks, so when a
 client reads slowly, gRPC flow control stalls only that stream's thread, its queue
 fills up and the bus drops (and counts) the overflow for that subscriber alone.
+
+Streams yield wire bytes (the GetEvents handler is registered with an identity
+serializer, see servicer.add_to_server): every stream shares one `wire.EventEncoder`,
+so an event is converted once however many streams send it. A stream whose filters
+produce a different dict (field filters, redaction) encodes its own copy.
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from typing import Any, Iterator
 
 import grpc
 
-from vigil.api import convert
+from vigil.api import convert, wire
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +77,15 @@ def stream_events(
     context: Any,
     stopping: threading.Event,
     stats: StreamStats,
-) -> Iterator[Any]:
-    """Yield GetEventsResponse messages from `sub` until the client goes away, the
-    subscription closes or the server stops."""
+    encoder: wire.EventEncoder | None = None,
+) -> Iterator[bytes]:
+    """Yield serialised GetEventsResponse messages from `sub` until the client goes
+    away, the subscription closes or the server stops."""
     sent = filtered = errors = 0  # `sub` was registered with stats.open() by the caller
+    if encoder is None:
+        encoder = wire.EventEncoder()
+    shared = encoder.encode_shared
+    derived = encoder.encode_derived
     try:
         while not stopping.is_set() and context.is_active():
             batch = sub.get_batch(timeout=POLL_INTERVAL)
@@ -83,14 +93,17 @@ def stream_events(
                 if sub.closed:
                     break
                 continue
+            # the whole batch per wakeup: one lock round trip for up to 1024 events
             for ev in batch:
-                if event_filter is not None:
-                    ev = event_filter.apply(ev)
-                    if ev is None:
-                        filtered += 1
-                        continue
                 try:
-                    msg = convert.to_proto(ev, ignore_unknown=True)
+                    if event_filter is None:
+                        msg = shared(ev)
+                    else:
+                        out = event_filter.apply(ev)
+                        if out is None:
+                            filtered += 1
+                            continue
+                        msg = shared(ev) if out is ev else derived(out)
                 except convert.ConversionError as e:
                     errors += 1
                     if errors <= 3:  # a broken producer would flood the log otherwise

@@ -1,0 +1,403 @@
+"""Event dict -> `GetEventsResponse` wire bytes, fast: spliced from cached pieces.
+
+The reference conversion (`convert.to_proto(ev, ignore_unknown=True).SerializeToString()`)
+builds a whole protobuf tree per event; a full exec event carries three `Process`
+messages (process, parent, ancestors) that make up most of its cost. The agent reuses
+one dict per process for every event that mentions it (its exec, its exit, every
+child's `parent`/`ancestors`) and never mutates a published dict, so a `Process` is
+converted and serialised once and its bytes are reused.
+
+Protobuf's wire format lets a message be written as a concatenation of its fields, a
+length-delimited field as tag + length + the sub-message's bytes. `encode()` writes
+GetEventsResponse that way:
+
+- top level: the event body (ProcessExec, ...) is encoded recursively; `node_name`
+  and `time` are encoded by hand; anything else goes through `pbdict`.
+- body: every `Process`-typed field (process, parent, ancestors[]) is spliced from the
+  `ProcessCache`; the other fields are converted with `pbdict` into a body message
+  holding only them, serialised, and placed between the spliced fields so the fields
+  stay in field-number order (the result is byte-identical to SerializeToString of
+  the reference message; tests/unit/test_api_wire.py pins that).
+
+Anything unusual (a value of the wrong type, two event bodies, ...) falls back to the
+reference conversion, which also raises the same ConversionError it always did.
+
+`EventEncoder` adds the per-event memo shared by all GetEvents streams: an event is
+encoded once, whichever stream gets to it first, and the others send the same bytes.
+"""
+from __future__ import annotations
+
+import bisect
+import calendar
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor as FD
+
+from vigil.api import pbdict
+from vigil.api.pb import events_pb2, tetragon_pb2
+
+GetEventsResponse = events_pb2.GetEventsResponse
+Process = tetragon_pb2.Process
+ConversionError = pbdict.ConversionError
+
+_PROCESS = Process.DESCRIPTOR.full_name
+_TIMESTAMP = "google.protobuf.Timestamp"
+_MASK64 = (1 << 64) - 1
+
+# plan step kinds
+_K_PROC, _K_PROC_REP, _K_BODY, _K_STR, _K_TS, _K_VARINT = range(6)
+
+# varint scalar types spliced by hand: accepted value range (others fall back)
+_VARINT_RANGE = {
+    FD.TYPE_INT32: (-(1 << 31), 1 << 31), FD.TYPE_ENUM: (-(1 << 31), 1 << 31),
+    FD.TYPE_UINT32: (0, 1 << 32), FD.TYPE_INT64: (-(1 << 63), 1 << 63), FD.TYPE_UINT64: (0, 1 << 64),
+    FD.TYPE_BOOL: (0, 2),
+}
+
+
+class _Fallback(Exception):
+    """The fast path does not handle this event: use the reference conversion."""
+
+
+# ------------------------------------------------------------------ wire helpers
+
+def varint(n: int) -> bytes:
+    """Base-128 varint of a non-negative int (negatives as 64-bit two's complement)."""
+    if n < 0x80:
+        if n >= 0:
+            return _SMALL[n]
+        n &= _MASK64
+    elif n < 0x4000:
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_SMALL = [bytes((i,)) for i in range(0x80)]
+
+
+def _len_tag(number: int) -> bytes:
+    return varint((number << 3) | 2)  # wire type 2: length-delimited
+
+
+def _ts_bytes(v: Any) -> bytes:
+    """RFC 3339 string -> varint(length) + serialised google.protobuf.Timestamp."""
+    if type(v) is not str:
+        raise _Fallback
+    m = _TS_RE.match(v)
+    if m is None:
+        raise _Fallback
+    day = v[:10]
+    base = _day_cache.get(day)
+    if base is None:
+        y, mo, dd = m.group(1, 2, 3)
+        base = calendar.timegm((int(y), int(mo), int(dd), 0, 0, 0, 0, 0, 0))  # may raise ValueError
+        if len(_day_cache) >= 256:
+            _day_cache.clear()
+        _day_cache[day] = base
+    _y, _mo, _d, h, mi, sec, frac, _z, sign, oh, om = m.groups()
+    secs = base + int(h) * 3600 + int(mi) * 60 + int(sec)
+    if sign:
+        off = int(oh) * 3600 + int(om) * 60
+        secs += -off if sign == "+" else off
+    nanos = int(frac.ljust(9, "0")) if frac else 0
+    out = b""
+    if secs:
+        out = b"\x08" + varint(secs)
+    if nanos:
+        out += b"\x10" + varint(nanos)
+    return varint(len(out)) + out
+
+
+_TS_RE = pbdict._TS_RE
+_day_cache: dict[str, int] = {}
+_ts_cache: dict[str, bytes] = {}  # the last few: an exit's body and envelope share one time
+
+
+# ------------------------------------------------------------------ plans
+
+class _Plan:
+    """How to encode one message type: dict key -> special step, or a `rest` run."""
+
+    __slots__ = ("msg_cls", "special", "run_of", "aliases")
+
+    def __init__(self, md: Descriptor, top: bool) -> None:
+        self.msg_cls = GetEventsResponse if top else _message_class(md)
+        # key -> (kind, order key, tag bytes, aux)
+        self.special: dict[str, tuple[int, int, bytes, Any]] = {}
+        specials: list[tuple[int, FD, int, Any]] = []
+        for fd in md.fields:
+            kind = aux = None
+            sub = fd.message_type if fd.type == FD.TYPE_MESSAGE else None
+            repeated = _is_repeated(fd)
+            oneof = fd.containing_oneof
+            real_oneof = oneof is not None and not oneof.name.startswith("_")
+            if top and sub is not None and real_oneof and oneof.name == "event":
+                kind, aux = _K_BODY, sub
+            elif real_oneof or (repeated and (sub is None or sub.full_name != _PROCESS)):
+                pass  # oneof members and repeated fields (but ancestors): pbdict
+            elif sub is not None:
+                if sub.full_name == _PROCESS and not top:
+                    kind = _K_PROC_REP if repeated else _K_PROC
+                elif sub.full_name == _TIMESTAMP:
+                    kind = _K_TS
+            elif _has_presence(fd):
+                pass  # proto3 `optional`: zero values are sent; pbdict
+            elif fd.type == FD.TYPE_STRING:
+                kind, aux = _K_STR, {}  # aux: per-field cache of encoded values
+            elif fd.type in _VARINT_RANGE:
+                kind, aux = _K_VARINT, (pbdict._scalar_parser(fd), *_VARINT_RANGE[fd.type])
+            if kind is not None:
+                specials.append((fd.number, fd, kind, aux))
+        specials.sort(key=lambda s: s[0])
+        numbers = [s[0] for s in specials]
+        for i, (number, fd, kind, aux) in enumerate(specials):
+            wire_type = 0 if kind == _K_VARINT else 2
+            step = (kind, 2 * i + 1, varint((number << 3) | wire_type), aux)
+            self.special[fd.name] = step
+        # every other field is converted by pbdict, in runs between the special fields
+        self.run_of: dict[str, int] = {}
+        for fd in md.fields:
+            if fd.name not in self.special:
+                r = 2 * bisect.bisect(numbers, fd.number)
+                self.run_of[fd.name] = r
+                self.run_of.setdefault(fd.json_name, r)
+        # lowerCamel names of special fields (the proto name and the alias both
+        # present would have to merge: left to the reference conversion)
+        self.aliases = frozenset(fd.json_name for fd in md.fields
+                                 if fd.name in self.special and fd.json_name != fd.name)
+
+
+def _is_repeated(fd: FD) -> bool:
+    rep = getattr(fd, "is_repeated", None)
+    return bool(rep) if rep is not None else fd.label == FD.LABEL_REPEATED
+
+
+def _has_presence(fd: FD) -> bool:
+    hp = getattr(fd, "has_presence", None)
+    return bool(hp) if hp is not None else fd.containing_oneof is not None
+
+
+def _message_class(md: Descriptor) -> Any:
+    from google.protobuf import message_factory
+
+    return message_factory.GetMessageClass(md)
+
+
+_plans: dict[str, _Plan] = {}
+
+
+def _plan(md: Descriptor, top: bool = False) -> _Plan:
+    p = _plans.get(md.full_name)
+    if p is None:
+        p = _plans[md.full_name] = _Plan(md, top)
+    return p
+
+
+# ------------------------------------------------------------------ Process cache
+
+class ProcessCache:
+    """LRU of serialised `Process` messages keyed by the identity of their dict.
+
+    An entry keeps a reference to its dict, so the id cannot be reused by another
+    object while the entry exists; a hit also checks that it is the same object.
+    Relies on the producer's contract that a published dict is never mutated.
+    Thread-safe (GetEvents streams run in a thread pool)."""
+
+    def __init__(self, capacity: int = 8192) -> None:
+        self.capacity = capacity
+        self._d: OrderedDict[int, tuple[dict, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, d: dict, store: bool = True) -> bytes:
+        """varint(length) + serialised Process of `d` (ready to follow a field tag)."""
+        k = id(d)
+        e = self._d.get(k)
+        if e is not None and e[0] is d:
+            self.hits += 1
+            if store:
+                try:  # atomic under the GIL; only insert+evict needs the lock
+                    self._d.move_to_end(k)
+                except KeyError:
+                    pass
+            return e[1]
+        self.misses += 1
+        b = pbdict.parse_into(d, Process(), True).SerializeToString()
+        b = varint(len(b)) + b
+        if store:
+            with self._lock:
+                self._d[k] = (d, b)
+                while len(self._d) > self.capacity:
+                    self._d.popitem(last=False)
+        return b
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+
+
+# ------------------------------------------------------------------ encoder
+
+def _encode_msg(d: Any, plan: _Plan, procs: ProcessCache, store: bool) -> bytes:
+    if not isinstance(d, dict):
+        raise _Fallback
+    special = plan.special
+    segs: list[tuple[int, bytes]] = []
+    append = segs.append
+    rest: dict[int, dict[str, Any]] | None = None
+    body_seen = False
+    last = -1
+    ordered = True
+    for k, v in d.items():
+        step = special.get(k)
+        if step is None:
+            r = plan.run_of.get(k)
+            if r is None or v is None:
+                if k in plan.aliases:
+                    raise _Fallback  # lowerCamel spelling of a spliced field: rare
+                continue  # unknown field: ignored, as by the reference (ignore_unknown)
+            if rest is None:
+                rest = {r: {k: v}}
+            else:
+                run = rest.get(r)
+                if run is None:
+                    rest[r] = {k: v}
+                else:
+                    run[k] = v
+            continue
+        if v is None:
+            continue
+        kind, order, tag, aux = step
+        if kind == _K_PROC:
+            if not isinstance(v, dict):
+                raise _Fallback
+            b = tag + procs.get(v, store)
+        elif kind == _K_PROC_REP:
+            if not isinstance(v, list):
+                raise _Fallback
+            parts = []
+            for x in v:
+                if not isinstance(x, dict):
+                    raise _Fallback
+                parts.append(tag)
+                parts.append(procs.get(x, store))
+            b = b"".join(parts)
+        elif kind == _K_STR:
+            b = aux.get(v)
+            if b is None:
+                if type(v) is not str:
+                    raise _Fallback
+                u = v.encode()
+                b = tag + varint(len(u)) + u if u else b""  # proto3: "" is not sent
+                if len(aux) < 256:  # policy/function names, node name: few values
+                    aux[v] = b
+            if not b:
+                continue
+        elif kind == _K_TS:
+            b = _ts_cache.get(v)
+            if b is None:
+                b = _ts_bytes(v)
+                if len(_ts_cache) >= 64:
+                    _ts_cache.clear()
+                _ts_cache[v] = b
+            b = tag + b
+        elif kind == _K_VARINT:
+            conv, lo, hi = aux
+            n = conv(v)
+            if not lo <= n < hi:
+                raise _Fallback  # out of range: the reference raises
+            if not n:
+                continue  # proto3: zero is not sent
+            b = tag + varint(n)
+        else:  # _K_BODY
+            if body_seen:
+                raise _Fallback  # two event bodies: the reference raises the error
+            body_seen = True
+            b = _encode_msg(v, _plan(aux), procs, store)
+            b = tag + varint(len(b)) + b
+        if order < last:
+            ordered = False
+        last = order
+        append((order, b))
+    if rest:
+        for r, items in rest.items():
+            msg = pbdict.parse_into(items, plan.msg_cls(), True)
+            append((r, msg.SerializeToString()))
+            ordered = False
+    if not ordered:
+        segs.sort(key=_first)
+    return b"".join([s[1] for s in segs])
+
+
+def _first(seg: tuple[int, bytes]) -> int:
+    return seg[0]
+
+
+
+_TOP = _plan(GetEventsResponse.DESCRIPTOR, top=True)
+_DEFAULT_PROCS = ProcessCache()
+
+
+def reference_bytes(event: dict[str, Any]) -> bytes:
+    """The slow, obviously right conversion the fast path must equal."""
+    return pbdict.parse_into(event, GetEventsResponse(), True).SerializeToString()
+
+
+def encode(event: dict[str, Any], procs: ProcessCache | None = None, *, store: bool = True) -> bytes:
+    """Event dict -> serialised GetEventsResponse (like `reference_bytes`, faster).
+
+    `store=False` only looks cached `Process` messages up (for derived events, e.g.
+    trimmed by field filters, whose new dicts would only evict useful entries)."""
+    try:
+        return _encode_msg(event, _TOP, procs if procs is not None else _DEFAULT_PROCS, store)
+    except (_Fallback, ConversionError, TypeError, ValueError, AttributeError, KeyError):
+        return reference_bytes(event)  # raises ConversionError for a bad event
+
+
+class EventEncoder:
+    """Shared by every GetEvents stream of a server: encodes each published event once.
+
+    `encode_shared(ev)` memoises by the identity of the event dict (keeping a
+    reference, like ProcessCache): the first stream to reach an event pays for it,
+    the others send the same bytes. Events a stream derived itself (trimmed by field
+    filters, redacted) go through `encode_derived`, which is not memoised."""
+
+    def __init__(self, memo_size: int = 4096, process_cache_size: int = 8192) -> None:
+        self.procs = ProcessCache(process_cache_size)
+        self.memo_size = memo_size
+        self._memo: OrderedDict[int, tuple[dict, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.encoded = 0      # conversions done
+        self.shared_hits = 0  # conversions saved by the memo
+
+    def encode_shared(self, ev: dict[str, Any]) -> bytes:
+        k = id(ev)
+        e = self._memo.get(k)
+        if e is not None and e[0] is ev:
+            self.shared_hits += 1
+            return e[1]
+        b = encode(ev, self.procs)
+        self.encoded += 1
+        with self._lock:
+            self._memo[k] = (ev, b)
+            while len(self._memo) > self.memo_size:
+                self._memo.popitem(last=False)
+        return b
+
+    def encode_derived(self, ev: dict[str, Any]) -> bytes:
+        self.encoded += 1
+        return encode(ev, self.procs, store=False)
+
+    def stats(self) -> dict[str, int]:
+        return {"encoded": self.encoded, "shared_hits": self.shared_hits,
+                "process_cache_hits": self.procs.hits, "process_cache_misses": self.procs.misses}
