@@ -11,9 +11,9 @@ class WallClock:
     """Maps CLOCK_MONOTONIC ns (bpf_ktime_get_ns) to Unix ns."""
 
     def __init__(self) -> None:
-        self.resync()
-        self._sec = -1
+        self._sec_start = 1 << 62  # ktime at which the cached second begins: none yet
         self._prefix = ""
+        self.resync()
 
     def resync(self) -> None:
         # bracket the monotonic read to keep the offset error small
@@ -24,25 +24,22 @@ class WallClock:
         self.boot_offset = time.clock_gettime_ns(time.CLOCK_MONOTONIC) - time.clock_gettime_ns(
             time.CLOCK_BOOTTIME
         )
+        self._sec_start = 1 << 62  # the offset moved: the cached second is void
 
     def wall_ns(self, ktime: int) -> int:
         return ktime + self.offset
 
     def rfc3339(self, wall_ns: int) -> str:
-        sec, frac = divmod(wall_ns, 1_000_000_000)
-        if sec != self._sec:
-            self._sec = sec
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
-        # zero-padded 9 digits without a format spec (~30% faster than {frac:09d})
-        return f"{self._prefix}{str(frac + 1_000_000_000)[1:]}Z"
+        return self.ktime_rfc3339(wall_ns - self.offset)
 
     def ktime_rfc3339(self, ktime: int) -> str:
-        # rfc3339() inlined: two to three calls per event
-        sec, frac = divmod(ktime + self.offset, 1_000_000_000)
-        if sec != self._sec:
-            self._sec = sec
+        # hot (two to three calls per event): within the cached second only a subtraction
+        # and the zero-padded fraction (str() of 1e9 + frac, ~30% faster than {frac:09d})
+        frac = ktime - self._sec_start
+        if frac >= 1_000_000_000 or frac < 0:
+            sec, frac = divmod(ktime + self.offset, 1_000_000_000)
+            self._sec_start = ktime - frac
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
-        # zero-padded 9 digits without a format spec (~30% faster than {frac:09d})
         return f"{self._prefix}{str(frac + 1_000_000_000)[1:]}Z"
 
     def boottime_to_ktime(self, boot_ns: int) -> int:
