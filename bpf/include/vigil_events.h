@@ -9,6 +9,7 @@ enum vigil_op {
 	VIGIL_OP_CLONE = 2,
 	VIGIL_OP_EXIT = 3,
 	VIGIL_OP_GENERIC = 10,
+	VIGIL_OP_NETDENY = 11,
 };
 
 /* msg_header.flags for process records */

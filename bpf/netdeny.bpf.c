@@ -1,0 +1,314 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Network deny with cgroup sock_addr programs: a denied connect/sendmsg/bind
+ * returns 0, so the syscall fails with EPERM and no packet leaves. The rule
+ * layout and the evaluation order are described in vigil_netdeny.h; user space
+ * (vigil/enforce/netdeny.py) fills the tables. */
+#include "vigil_common.bpf.h"
+#include "process_map.bpf.h"
+#include "vigil_netdeny.h"
+#include <bpf/bpf_endian.h>
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* the agent itself is never refused (its own connections to exporters, gRPC peers) */
+const volatile __u32 exempt_tgid = 0;
+
+/* [0] = active generation */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} nd_active SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct nd_gen);
+} nd_gens SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * ND_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct nd_rule);
+} nd_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 8192);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct nd_cidr_key);
+	__type(value, __u64);
+} nd_cidrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct nd_pid_key);
+	__type(value, __u64);
+} nd_pids SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct nd_bin_key);
+	__type(value, __u64);
+} nd_bins SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2 * ND_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct nd_counters);
+} nd_stats SEC(".maps");
+
+/* per-CPU scratch: the binary key is too large for the stack next to the record */
+struct nd_scratch {
+	struct nd_bin_key bk;
+	struct msg_netdeny msg;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nd_scratch);
+} nd_scratch SEC(".maps");
+
+struct port_ctx {
+	__u64 cand;     /* in: rules with ports still to check; out: those whose ports match */
+	__u32 base;     /* gen * ND_MAX_RULES */
+	__u16 port;
+};
+
+static long port_step(__u32 i, struct port_ctx *pc)
+{
+	__u64 bit = 1ULL << (i & (ND_MAX_RULES - 1));
+	__u32 slot = pc->base + (i & (ND_MAX_RULES - 1));
+	struct nd_rule *r;
+	int hit = 0;
+
+	if (!(pc->cand & bit))
+		return 0;
+	r = bpf_map_lookup_elem(&nd_rules, &slot);
+	if (r) {
+		for (int j = 0; j < ND_MAX_PORTS; j++) {
+			if (j >= r->nports)
+				break;
+			if (pc->port >= r->ports[j].lo && pc->port <= r->ports[j].hi) {
+				hit = 1;
+				break;
+			}
+		}
+	}
+	if (!hit)
+		pc->cand &= ~bit;
+	return 0;
+}
+
+/* index of the lowest set bit (m != 0); no ctz instruction in BPF */
+static __always_inline int lowest_slot(__u64 m)
+{
+	int n = 0;
+
+	if (!(m & 0xffffffffULL)) { n += 32; m >>= 32; }
+	if (!(m & 0xffff)) { n += 16; m >>= 16; }
+	if (!(m & 0xff)) { n += 8; m >>= 8; }
+	if (!(m & 0xf)) { n += 4; m >>= 4; }
+	if (!(m & 0x3)) { n += 2; m >>= 2; }
+	if (!(m & 0x1))
+		n += 1;
+	return n;
+}
+
+static __always_inline void count(__u32 gen, int slot, int which)
+{
+	__u32 k = gen * ND_MAX_RULES + (slot & (ND_MAX_RULES - 1));
+	struct nd_counters *c = bpf_map_lookup_elem(&nd_stats, &k);
+
+	if (!c)
+		return;
+	if (which == 0)
+		c->denied += 1;
+	else if (which == 1)
+		c->monitored += 1;
+	else
+		c->allowed += 1;
+}
+
+static __always_inline void report(struct bpf_sock_addr *ctx, struct nd_scratch *s, __u32 gen, int slot,
+				   __u8 hook, __u8 monitor, __u32 *addr, __u16 port)
+{
+	struct msg_netdeny *m = &s->msg;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	__u32 k = gen * ND_MAX_RULES + (slot & (ND_MAX_RULES - 1));
+	struct execve_entry *e;
+	struct nd_rule *r;
+
+	__builtin_memset(m, 0, sizeof(*m));
+	m->hdr.op = VIGIL_OP_NETDENY;
+	m->hdr.size = sizeof(*m);
+	m->hdr.ktime = bpf_ktime_get_ns();
+	e = bpf_map_lookup_elem(&execve_map, &tgid);
+	if (e)
+		m->key = e->key;
+	else
+		m->key.pid = tgid;
+	m->tid = (__u32)pid_tgid;
+	r = bpf_map_lookup_elem(&nd_rules, &k);
+	m->rule_id = r ? r->id : 0;
+	m->cgroup_id = bpf_get_current_cgroup_id();
+	m->family = ctx->user_family;
+	m->protocol = ctx->protocol;
+	m->hook = hook;
+	m->action = 1;
+	m->monitor = monitor;
+	m->dport = port;
+	m->daddr[0] = addr[0];
+	m->daddr[1] = addr[1];
+	m->daddr[2] = addr[2];
+	m->daddr[3] = addr[3];
+	bpf_get_current_comm(m->comm, sizeof(m->comm));
+	emit(m, sizeof(*m), DROP_RB_FULL_GENERIC);
+}
+
+/* 1: let the operation proceed, 0: refuse it (EPERM). */
+static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 hook, int kind, int v6)
+{
+	__u32 zero = 0, addr[4] = {}, *active, gen;
+	struct nd_cidr_key ck = {};
+	struct nd_pid_key pk;
+	struct nd_scratch *s;
+	struct execve_entry *e;
+	struct nd_gen *g;
+	__u64 *mp, cand, proc, deny;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u16 port;
+	__u8 proto;
+	int slot;
+
+	if (exempt_tgid && tgid == exempt_tgid)
+		return 1;
+	active = bpf_map_lookup_elem(&nd_active, &zero);
+	if (!active)
+		return 1;
+	gen = *active & 1;
+	g = bpf_map_lookup_elem(&nd_gens, &gen);
+	s = bpf_map_lookup_elem(&nd_scratch, &zero);
+	if (!g || !s)
+		return 1;
+
+	/* protocol and hook first: cheapest way to an empty candidate set */
+	proto = ctx->protocol;
+	cand = g->hooks[kind] &
+	       g->proto[proto == IPPROTO_TCP ? ND_PROTO_TCP : proto == IPPROTO_UDP ? ND_PROTO_UDP : ND_PROTO_OTHER];
+	if (!cand)
+		return 1;
+
+	port = bpf_ntohs((__u16)ctx->user_port);
+	if (v6) {
+		addr[0] = ctx->user_ip6[0];
+		addr[1] = ctx->user_ip6[1];
+		addr[2] = ctx->user_ip6[2];
+		addr[3] = ctx->user_ip6[3];
+	} else {
+		addr[0] = ctx->user_ip4;
+	}
+
+	ck.gen = gen;
+	/* an IPv4-mapped IPv6 address (::ffff:a.b.c.d) reaches an IPv4 peer: match IPv4 rules */
+	if (v6 && addr[0] == 0 && addr[1] == 0 && addr[2] == bpf_htonl(0xffff)) {
+		ck.family = AF_INET;
+		__builtin_memcpy(ck.addr, &addr[3], 4);
+		ck.prefixlen = 32 + 32;
+	} else if (v6) {
+		ck.family = AF_INET6;
+		__builtin_memcpy(ck.addr, addr, 16);
+		ck.prefixlen = 32 + 128;
+	} else {
+		ck.family = AF_INET;
+		__builtin_memcpy(ck.addr, addr, 4);
+		ck.prefixlen = 32 + 32;
+	}
+	mp = bpf_map_lookup_elem(&nd_cidrs, &ck);
+	if (!mp)
+		return 1;
+	cand &= *mp;
+	if (!cand)
+		return 1;
+
+	/* process scope: pid and binary */
+	proc = g->nopid;
+	pk.gen = gen;
+	pk.tgid = tgid;
+	mp = bpf_map_lookup_elem(&nd_pids, &pk);
+	if (mp)
+		proc |= *mp;
+	cand &= proc;
+	if (cand & ~g->nobin) {
+		proc = g->nobin;
+		e = bpf_map_lookup_elem(&execve_map, &tgid);
+		if (e) {
+			s->bk.gen = gen;
+			__builtin_memcpy(s->bk.bin, e->bin, ND_BIN_LEN);
+			mp = bpf_map_lookup_elem(&nd_bins, &s->bk);
+			if (mp)
+				proc |= *mp;
+		}
+		cand &= proc;
+	}
+	if (!cand)
+		return 1;
+
+	/* ports: a loop over the candidates that name port ranges */
+	if (cand & ~g->noport) {
+		struct port_ctx pc = { .cand = cand & ~g->noport, .base = gen * ND_MAX_RULES, .port = port };
+
+		bpf_loop(ND_MAX_RULES, port_step, &pc, 0);
+		cand = (cand & g->noport) | pc.cand;
+		if (!cand)
+			return 1;
+	}
+
+	if (cand & g->allow) {
+		count(gen, lowest_slot(cand & g->allow), 2);
+		return 1;
+	}
+	deny = cand & ~g->monitor;
+	if (deny) {
+		slot = lowest_slot(deny);
+		count(gen, slot, 0);
+		report(ctx, s, gen, slot, hook, 0, addr, port);
+		return 0;
+	}
+	slot = lowest_slot(cand);
+	count(gen, slot, 1);
+	report(ctx, s, gen, slot, hook, 1, addr, port);
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int vigil_nd_connect4(struct bpf_sock_addr *ctx) { return decide(ctx, ND_HOOK_CONNECT4, ND_KIND_CONNECT, 0); }
+
+SEC("cgroup/connect6")
+int vigil_nd_connect6(struct bpf_sock_addr *ctx) { return decide(ctx, ND_HOOK_CONNECT6, ND_KIND_CONNECT, 1); }
+
+SEC("cgroup/sendmsg4")
+int vigil_nd_sendmsg4(struct bpf_sock_addr *ctx) { return decide(ctx, ND_HOOK_SENDMSG4, ND_KIND_SENDMSG, 0); }
+
+SEC("cgroup/sendmsg6")
+int vigil_nd_sendmsg6(struct bpf_sock_addr *ctx) { return decide(ctx, ND_HOOK_SENDMSG6, ND_KIND_SENDMSG, 1); }
+
+SEC("cgroup/bind4")
+int vigil_nd_bind4(struct bpf_sock_addr *ctx) { return decide(ctx, ND_HOOK_BIND4, ND_KIND_BIND, 0); }
+
+SEC("cgroup/bind6")
+int vigil_nd_bind6(struct bpf_sock_addr *ctx) { return decide(ctx, ND_HOOK_BIND6, ND_KIND_BIND, 1); }
