@@ -44,16 +44,22 @@ def wait_for(pred: Callable[[], Any], timeout: float = 20.0, what: str = "condit
         time.sleep(0.01)
 
 
-def spawn_client(address: str, *args: str) -> subprocess.Popen[str]:
+def spawn_client(address: str, *args: str, stdout: Any = subprocess.PIPE) -> subprocess.Popen[str]:
+    """`stdout` may be an open file: a client printing many big events would otherwise
+    block on a full pipe until read_result()."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.Popen([sys.executable, str(CLIENT_SCRIPT), address, *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=stdout, stderr=subprocess.PIPE, text=True)
 
 
-def read_result(proc: subprocess.Popen[str], timeout: float = 30.0) -> tuple[list[dict], dict]:
+def read_result(proc: subprocess.Popen[str], timeout: float = 30.0,
+                stdout_file: Any = None) -> tuple[list[dict], dict]:
     """Events printed by stream_client.py and its final summary line."""
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, f"client failed ({proc.returncode}): {err}"
+    if stdout_file is not None:  # spawned with stdout=stdout_file
+        stdout_file.seek(0)
+        out = stdout_file.read()
     lines = [json.loads(line) for line in out.splitlines() if line.strip()]
     assert lines and "summary" in lines[-1], f"no summary from client: {out[-500:]} {err}"
     return lines[:-1], lines[-1]["summary"]
