@@ -47,7 +47,9 @@ _TIMESTAMP = "google.protobuf.Timestamp"
 _MASK64 = (1 << 64) - 1
 
 # plan step kinds
-_K_PROC, _K_PROC_REP, _K_BODY, _K_STR, _K_TS, _K_VARINT = range(6)
+_K_PROC, _K_PROC_REP, _K_BODY, _K_STR, _K_TS, _K_VARINT, _K_WRAP, _K_SUB = range(8)
+_VARINT_WRAPPERS = {"google.protobuf.UInt32Value", "google.protobuf.Int32Value", "google.protobuf.UInt64Value",
+                    "google.protobuf.Int64Value", "google.protobuf.BoolValue"}
 
 # varint scalar types spliced by hand: accepted value range (others fall back)
 _VARINT_RANGE = {
@@ -127,7 +129,9 @@ class _Plan:
 
     __slots__ = ("msg_cls", "special", "run_of", "aliases")
 
-    def __init__(self, md: Descriptor, top: bool) -> None:
+    def __init__(self, md: Descriptor, level: str) -> None:
+        top = level == "top"
+        in_process = level == "process"
         self.msg_cls = GetEventsResponse if top else _message_class(md)
         # key -> (kind, order key, tag bytes, aux)
         self.special: dict[str, tuple[int, int, bytes, Any]] = {}
@@ -143,10 +147,17 @@ class _Plan:
             elif real_oneof or (repeated and (sub is None or sub.full_name != _PROCESS)):
                 pass  # oneof members and repeated fields (but ancestors): pbdict
             elif sub is not None:
-                if sub.full_name == _PROCESS and not top:
+                if sub.full_name == _PROCESS and level == "body":
                     kind = _K_PROC_REP if repeated else _K_PROC
                 elif sub.full_name == _TIMESTAMP:
                     kind = _K_TS
+                elif in_process and sub.full_name in _VARINT_WRAPPERS:
+                    vfd = sub.fields_by_name["value"]
+                    kind, aux = _K_WRAP, (pbdict._scalar_parser(vfd), *_VARINT_RANGE[vfd.type])
+                elif in_process and sub.file.package != "google.protobuf" and not sub.GetOptions().map_entry:
+                    # nested messages of a Process (caps, namespaces, credentials, pod...):
+                    # the agent interns many of them, so they are cached by identity too
+                    kind, aux = _K_SUB, (sub.full_name, _message_class(sub))
             elif _has_presence(fd):
                 pass  # proto3 `optional`: zero values are sent; pbdict
             elif fd.type == FD.TYPE_STRING:
@@ -193,10 +204,10 @@ def _message_class(md: Descriptor) -> Any:
 _plans: dict[str, _Plan] = {}
 
 
-def _plan(md: Descriptor, top: bool = False) -> _Plan:
+def _plan(md: Descriptor, level: str = "body") -> _Plan:
     p = _plans.get(md.full_name)
     if p is None:
-        p = _plans[md.full_name] = _Plan(md, top)
+        p = _plans[md.full_name] = _Plan(md, level)
     return p
 
 
@@ -215,6 +226,8 @@ class ProcessCache:
         self._d: OrderedDict[int, tuple[dict, bytes]] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = 0
+        # nested messages of Process dicts, keyed by (id, message type)
+        self._subs: OrderedDict[tuple[int, str], tuple[dict, bytes]] = OrderedDict()
 
     def get(self, d: dict, store: bool = True) -> bytes:
         """varint(length) + serialised Process of `d` (ready to follow a field tag)."""
@@ -229,7 +242,7 @@ class ProcessCache:
                     pass
             return e[1]
         self.misses += 1
-        b = pbdict.parse_into(d, Process(), True).SerializeToString()
+        b = _encode_msg(d, _PROC_PLAN, self, store)
         b = varint(len(b)) + b
         if store:
             with self._lock:
@@ -238,12 +251,28 @@ class ProcessCache:
                     self._d.popitem(last=False)
         return b
 
+    def sub(self, d: dict, name: str, cls: Any, store: bool) -> bytes:
+        """varint(length) + serialised message `name` of `d` (cached by identity)."""
+        k = (id(d), name)
+        e = self._subs.get(k)
+        if e is not None and e[0] is d:
+            return e[1]
+        b = pbdict.parse_into(d, cls(), True).SerializeToString()
+        b = varint(len(b)) + b
+        if store:
+            with self._lock:
+                self._subs[k] = (d, b)
+                while len(self._subs) > self.capacity:
+                    self._subs.popitem(last=False)
+        return b
+
     def __len__(self) -> int:
         return len(self._d)
 
     def clear(self) -> None:
         with self._lock:
             self._d.clear()
+            self._subs.clear()
 
 
 # ------------------------------------------------------------------ encoder
@@ -319,6 +348,17 @@ def _encode_msg(d: Any, plan: _Plan, procs: ProcessCache, store: bool) -> bytes:
             if not n:
                 continue  # proto3: zero is not sent
             b = tag + varint(n)
+        elif kind == _K_WRAP:
+            conv, lo, hi = aux
+            n = conv(v)
+            if not lo <= n < hi:
+                raise _Fallback
+            b = tag + (b"\x02\x08" + varint(n) if n < 0x80 and n > 0 else
+                       b"\x00" if not n else _wrap_bytes(n))
+        elif kind == _K_SUB:
+            if not isinstance(v, dict):
+                raise _Fallback
+            b = tag + procs.sub(v, aux[0], aux[1], store)
         else:  # _K_BODY
             if body_seen:
                 raise _Fallback  # two event bodies: the reference raises the error
@@ -339,12 +379,18 @@ def _encode_msg(d: Any, plan: _Plan, procs: ProcessCache, store: bool) -> bytes:
     return b"".join([s[1] for s in segs])
 
 
+def _wrap_bytes(n: int) -> bytes:
+    inner = b"\x08" + varint(n)
+    return varint(len(inner)) + inner
+
+
 def _first(seg: tuple[int, bytes]) -> int:
     return seg[0]
 
 
 
-_TOP = _plan(GetEventsResponse.DESCRIPTOR, top=True)
+_TOP = _plan(GetEventsResponse.DESCRIPTOR, "top")
+_PROC_PLAN = _plan(Process.DESCRIPTOR, "process")
 _DEFAULT_PROCS = ProcessCache()
 
 

@@ -1,0 +1,199 @@
+"""gRPC GetEvents delivery rate next to the JSON export, as a ratio to export alone.
+
+Three phases in one run, same synthetic records (a shell and N exec/exit events of its
+children, ``_common.synth_exec_exit``) replayed through ``Agent(cfg,
+source=ReplaySource(...))`` exporting JSON to a file (replay: the rate is not limited
+by process creation):
+
+  alone    export only, no gRPC server
+  1 client the gRPC front end and one GetEvents client
+  4        four concurrent clients
+
+Clients are real gRPC clients in separate processes (this script with --client); each
+parses every GetEventsResponse it receives (--raw-clients: counts bytes only) and
+reports its count and the time of its last message. The replay starts once all
+clients are subscribed. Per phase: export events/s, delivered events/s per client
+(received / (last message - replay start)), both as ratios to the export-alone rate,
+and per-client losses (the bus counts drops per subscription; a client that cannot
+keep up loses events, it never slows the export down).
+
+    .venv/bin/python bench/grpc_throughput.py [--quick] [-n N] [--clients 1,4] [--raw-clients]
+
+The last line is JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, emit_json, install_signal_handlers, shell_record, synth_exec_exit, tempdir  # noqa: E402
+
+GET_EVENTS = "/tetragon.FineGuidanceSensors/GetEvents"
+
+
+# ---------------------------------------------------------------- client process
+
+def client_main(address: str, raw: bool) -> int:
+    import grpc
+
+    from vigil.api.pb import events_pb2
+
+    deser = None if raw else events_pb2.GetEventsResponse.FromString
+    n = nbytes = 0
+    first = last = 0.0
+    status = "ok"
+    with grpc.insecure_channel(address) as ch:
+        call = ch.unary_stream(GET_EVENTS, request_serializer=events_pb2.GetEventsRequest.SerializeToString,
+                               response_deserializer=deser)(events_pb2.GetEventsRequest())
+        try:
+            for msg in call:
+                last = time.monotonic()  # CLOCK_MONOTONIC: comparable across processes
+                if not n:
+                    first = last
+                n += 1
+                if raw:
+                    nbytes += len(msg)
+        except grpc.RpcError as e:  # the agent stopping ends the stream with UNAVAILABLE
+            status = e.code().name
+    print(json.dumps({"count": n, "first": first, "last": last, "bytes": nbytes, "status": status}), flush=True)
+    return 0
+
+
+def spawn_client(address: str, raw: bool) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    args = [sys.executable, __file__, "--client", address] + (["--raw-clients"] if raw else [])
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+# ---------------------------------------------------------------- one phase
+
+def _wait(pred, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def run_phase(records: list[bytes], tmp: Path, n_clients: int, raw: bool) -> dict:
+    from vigil.agent.agent import Agent
+    from vigil.agent.config import AgentConfig
+    from vigil.agent.frontends import attach_frontends
+    from vigil.events.source import ReplaySource
+
+    export = tmp / f"export-{n_clients}.json"
+    sock = tmp / "vigil.sock"
+    address = f"unix://{sock}" if n_clients else ""
+    cfg = AgentConfig(export_filename=str(export), server_address=address, info_file="",
+                      export_file_max_size_mb=100_000, node_name="bench-node")
+    agent = Agent(cfg, source=ReplaySource(records))
+    attach_frontends(agent)
+    procs: list[subprocess.Popen[str]] = []
+    subs = []
+    agent.start()
+    try:
+        for i in range(n_clients):
+            procs.append(spawn_client(address, raw))
+            _wait(lambda: agent.bus.subscriber_count == i + 1 or procs[-1].poll() is not None, 60,
+                  f"client {i + 1} to subscribe")
+            if procs[-1].poll() is not None:
+                raise RuntimeError(f"client {i + 1} died: {procs[-1].stderr.read()}")
+            subs.append(agent.bus._subs[-1])  # the bus appends: i-th subscription = i-th client
+        t0 = time.monotonic()
+        agent.run()
+        t_export = time.monotonic() - t0
+        n_events = sum(agent.events_by_type.values())
+        # let the streams send what is still queued (a client too slow for that loses it)
+        try:
+            _wait(lambda: all(not s._q for s in subs), 120, "streams to drain")
+        except RuntimeError:
+            pass
+        time.sleep(0.3)  # the last messages in flight
+        dropped = [s.dropped for s in subs]
+        grpc_stats = {}
+        for fe in agent.frontends:
+            srv = getattr(fe, "server", None)
+            if srv is not None:
+                grpc_stats = {**srv.stats(), **srv.servicer.encoder.stats()}
+    finally:
+        agent.close()  # stops the server: clients' streams end
+        results = []
+        for p in procs:
+            try:
+                out, err = p.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                out, err = p.communicate()
+            line = (out or "").strip().splitlines()
+            results.append(json.loads(line[-1]) if line else {"error": err[-500:]})
+    clients = []
+    for r, d in zip(results, dropped):
+        cnt = r.get("count", 0)
+        span = (r["last"] - t0) if cnt else float("nan")
+        clients.append({"received": cnt, "lost": d, "events_per_s": cnt / span if cnt else 0.0,
+                        "status": r.get("status", r.get("error"))})
+    return {"clients": n_clients, "events": n_events, "export_seconds": t_export,
+            "export_events_per_s": n_events / t_export, "per_client": clients, "grpc": grpc_stats}
+
+
+# ---------------------------------------------------------------- main
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="N=20000 events")
+    ap.add_argument("-n", type=int, default=0, help="events to replay (default 200000)")
+    ap.add_argument("--clients", default="1,4", help="client counts to run after export alone")
+    ap.add_argument("--raw-clients", action="store_true", help="clients count bytes, do not parse")
+    ap.add_argument("--client", metavar="ADDRESS", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.client:
+        return client_main(a.client, a.raw_clients)
+    install_signal_handlers()
+    n = a.n or (20_000 if a.quick else 200_000)
+    records = [shell_record()] + synth_exec_exit(n)
+    counts = [int(x) for x in a.clients.split(",") if x.strip()]
+    print(f"grpc_throughput: {n} exec/exit events replayed, cpus={os.cpu_count()}, "
+          f"clients {'raw' if a.raw_clients else 'parsing'}", flush=True)
+    phases = []
+    with tempdir("vigil-grpc-bench-") as tmp:
+        for k in [0, *counts]:
+            ph = run_phase(records, tmp, k, a.raw_clients)
+            phases.append(ph)
+    base = phases[0]["export_events_per_s"]
+    for ph in phases:
+        ph["export_ratio"] = ph["export_events_per_s"] / base
+        for c in ph["per_client"]:
+            c["ratio"] = c["events_per_s"] / base
+        label = "export alone" if not ph["clients"] else f"{ph['clients']} client(s)"
+        print(f"{label:>14}: export {ph['export_events_per_s']:>9,.0f} ev/s (x{ph['export_ratio']:.2f})", flush=True)
+        for i, c in enumerate(ph["per_client"]):
+            print(f"{'':>16}client {i + 1}: {c['received']:>8} received, {c['lost']:>7} lost, "
+                  f"{c['events_per_s']:>9,.0f} ev/s delivered (x{c['ratio']:.2f} of export alone) [{c['status']}]",
+                  flush=True)
+        if ph["grpc"]:
+            g = ph["grpc"]
+            print(f"{'':>16}encoder: {g.get('encoded', 0)} encoded, {g.get('shared_hits', 0)} shared, "
+                  f"process cache {g.get('process_cache_hits', 0)} hits / {g.get('process_cache_misses', 0)} misses",
+                  flush=True)
+    summary = {"n": n, "cpus": os.cpu_count(), "raw_clients": a.raw_clients,
+               "export_alone_events_per_s": round(base)}
+    for ph in phases[1:]:
+        k = ph["clients"]
+        rates = [c["events_per_s"] for c in ph["per_client"]]
+        summary[f"c{k}_export_ratio"] = round(ph["export_ratio"], 3)
+        summary[f"c{k}_delivered_ratio_min"] = round(min(rates) / base, 3) if rates else 0
+        summary[f"c{k}_delivered_events_per_s"] = [round(r) for r in rates]
+        summary[f"c{k}_received"] = [c["received"] for c in ph["per_client"]]
+        summary[f"c{k}_lost"] = [c["lost"] for c in ph["per_client"]]
+    emit_json("grpc_throughput", summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
