@@ -1,0 +1,341 @@
+"""NetDeny on the real kernel, confined to a test-created cgroup2 child.
+
+Only processes the tests start are moved into the cgroup (from a preexec
+function), only loopback addresses and a test-created network namespace are
+used, and every test checks that a process outside the cgroup is untouched.
+The cgroup, programs and netns are removed even on failure.
+"""
+from __future__ import annotations
+
+import errno
+import itertools
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from vigil.enforce.netdeny import NetDeny, cgroup2_root
+from vigil.enforce.netrules import NetRule, NetRuleError
+from vigil.kernel import RingBuffer
+from vigil.kernel.paths import bpf_object
+
+pytestmark = pytest.mark.kernel
+BPFTOOL = shutil.which("bpftool") or "/usr/sbin/bpftool"
+ENTRY = struct.Struct("<IIQIIQII256s3Q10I")  # execve_entry (bpf/lib/process_map.bpf.h)
+_seq = itertools.count()
+
+CHILD = r"""
+import errno, json, os, socket, sys
+ops = json.loads(sys.argv[1])
+print(os.getpid(), flush=True)
+sys.stdin.readline()  # the test sets rules that name this pid, then lets us go
+res = []
+for kind, fam, host, port in ops:
+    f = socket.AF_INET if fam == 4 else socket.AF_INET6
+    try:
+        if kind == "tcp":
+            with socket.socket(f, socket.SOCK_STREAM) as s:
+                s.settimeout(5); s.connect((host, port))
+        elif kind == "udp":
+            with socket.socket(f, socket.SOCK_DGRAM) as s:
+                s.sendto(b"x", (host, port))
+        elif kind == "bind":
+            with socket.socket(f, socket.SOCK_STREAM) as s:
+                s.bind((host, port))
+        elif kind == "self":  # connect to a listener of our own (network namespace tests)
+            with socket.socket(f) as l, socket.socket(f) as s:
+                l.bind((host, 0)); l.listen(); s.settimeout(5); s.connect(l.getsockname()[:2])
+        res.append("ok")
+    except OSError as e:
+        res.append(errno.errorcode.get(e.errno, str(e.errno)))
+print(json.dumps(res), flush=True)
+"""
+
+
+def _require() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to attach cgroup BPF programs")
+    if not bpf_object("netdeny").exists():
+        pytest.fail(f"{bpf_object('netdeny')} missing: run `make bpf`")
+
+
+def _cgroup_progs(path: str) -> str:
+    return subprocess.run([BPFTOOL, "cgroup", "show", path], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture
+def cgroup() -> Iterator[str]:
+    _require()
+    path = os.path.join(cgroup2_root(), f"vigil-nd-test-{os.getpid()}-{next(_seq)}")
+    os.mkdir(path)
+    try:
+        yield path
+    finally:
+        # only test children ever entered; kill stragglers by pid, then remove
+        with open(os.path.join(path, "cgroup.procs")) as f:
+            for pid in f.read().split():
+                try:
+                    os.kill(int(pid), 9)
+                except ProcessLookupError:
+                    pass
+        for _ in range(100):
+            try:
+                os.rmdir(path)
+                break
+            except OSError as e:
+                if e.errno != errno.EBUSY:
+                    raise
+                time.sleep(0.05)
+        assert not os.path.exists(path)
+
+
+@pytest.fixture
+def nd(cgroup: str) -> Iterator[NetDeny]:
+    n = NetDeny(cgroup, exempt_self=False)
+    try:
+        n.attach()
+        yield n
+    finally:
+        n.close()
+        assert _cgroup_progs(cgroup).strip() == "", "programs left attached"
+
+
+@dataclass
+class Listeners:
+    tcp4: list[int] = field(default_factory=list)
+    tcp6: int = 0
+    udp4: int = 0
+    socks: list[socket.socket] = field(default_factory=list)
+
+    def sub(self, ops: list[list[Any]]) -> list[list[Any]]:
+        names = {"P1": self.tcp4[0], "P2": self.tcp4[1], "P6": self.tcp6, "U1": self.udp4,
+                 "FREE": max(self.tcp4) + 1}
+        return [[k, f, h, names.get(p, p)] for k, f, h, p in ops]
+
+
+@pytest.fixture(scope="module")
+def listeners() -> Iterator[Listeners]:
+    """Loopback listeners in this (unconfined) process."""
+    ls = Listeners()
+    try:
+        for _ in range(2):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            s.listen(512)
+            ls.socks.append(s)
+            ls.tcp4.append(s.getsockname()[1])
+        s6 = socket.socket(socket.AF_INET6)
+        s6.bind(("::1", 0))
+        s6.listen(512)
+        ls.socks.append(s6)
+        ls.tcp6 = s6.getsockname()[1]
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.bind(("127.0.0.1", 0))
+        ls.socks.append(u)
+        ls.udp4 = u.getsockname()[1]
+        yield ls
+    finally:
+        for s in ls.socks:
+            s.close()
+
+
+def run_child(ops: list[list[Any]], cgroup: str | None, *, before: Callable[[int], None] | None = None,
+              prefix: list[str] | None = None) -> list[str]:
+    """Run the ops in a fresh child (in `cgroup` when given); `before(pid)` runs
+    once the child is in place and before it acts."""
+    def enter() -> None:
+        if cgroup:
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+
+    p = subprocess.Popen([*(prefix or []), sys.executable, "-c", CHILD, json.dumps(ops)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True, preexec_fn=enter)
+    try:
+        assert p.stdout is not None and p.stdin is not None
+        pid = int(p.stdout.readline())
+        if before:
+            before(pid)
+        out, _ = p.communicate("\n", timeout=30)
+        return json.loads(out)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def R(id: int, **kw: Any) -> NetRule:  # noqa: N802 - table shorthand
+    return NetRule(id, **kw)
+
+
+LO4 = ["127.0.0.0/8"]
+# name, rules, ops (kind, family, host, port symbol), expected results in the cgroup, expected record rule ids
+CASES: list[tuple[str, list[NetRule], list[list[Any]], list[str], list[int]]] = [
+    ("no rules", [], [["tcp", 4, "127.0.0.1", "P1"]], ["ok"], []),
+    ("cidr deny", [R(1, cidrs=LO4)], [["tcp", 4, "127.0.0.1", "P1"], ["tcp", 6, "::1", "P6"]],
+     ["EPERM", "ok"], [1]),
+    ("exact port", [R(2, cidrs=LO4, ports=["P1"])], [["tcp", 4, "127.0.0.1", "P1"], ["tcp", 4, "127.0.0.1", "P2"]],
+     ["EPERM", "ok"], [2]),
+    ("port range", [R(3, ports=[("LO", "HI")])],
+     [["tcp", 4, "127.0.0.1", "P1"], ["tcp", 4, "127.0.0.1", "P2"], ["tcp", 4, "127.0.0.1", "FREE"]],
+     ["EPERM", "EPERM", "ECONNREFUSED"], [3, 3]),
+    ("allow wins", [R(4, cidrs=LO4), R(5, action="allow", cidrs=["127.0.0.1/32"], ports=["P2"])],
+     [["tcp", 4, "127.0.0.1", "P1"], ["tcp", 4, "127.0.0.1", "P2"]], ["EPERM", "ok"], [4]),
+    ("udp sendmsg", [R(6, protocol="udp", hooks=["sendmsg"])],
+     [["udp", 4, "127.0.0.1", "U1"], ["tcp", 4, "127.0.0.1", "P1"]], ["EPERM", "ok"], [6]),
+    ("tcp only", [R(7, protocol="tcp", cidrs=LO4)], [["udp", 4, "127.0.0.1", "U1"], ["tcp", 4, "127.0.0.1", "P1"]],
+     ["ok", "EPERM"], [7]),
+    ("bind", [R(8, cidrs=["127.0.0.2/32"], hooks=["bind"])],
+     [["bind", 4, "127.0.0.2", 0], ["bind", 4, "127.0.0.1", 0], ["tcp", 4, "127.0.0.2", "P1"]],
+     ["EPERM", "ok", "ECONNREFUSED"], [8]),
+    ("ipv6 loopback", [R(9, cidrs=["::1/128"])], [["tcp", 6, "::1", "P6"], ["tcp", 4, "127.0.0.1", "P1"]],
+     ["EPERM", "ok"], [9]),
+    ("v4-mapped v6 hits v4 rule", [R(10, cidrs=["127.0.0.1/32"], ports=["P1"])],
+     [["tcp", 6, "::ffff:127.0.0.1", "P1"]], ["EPERM"], [10]),
+    ("monitor allows, records", [R(11, cidrs=LO4, monitor=True)], [["tcp", 4, "127.0.0.1", "P1"]], ["ok"], [11]),
+    ("enforcing deny beats monitor", [R(12, cidrs=LO4, monitor=True), R(13, cidrs=["127.0.0.1/32"])],
+     [["tcp", 4, "127.0.0.1", "P1"]], ["EPERM"], [13]),
+    ("other pid not matched", [R(14, cidrs=LO4, pids=[1])], [["tcp", 4, "127.0.0.1", "P1"]], ["ok"], []),
+    ("other binary not matched", [R(15, cidrs=LO4, binary="/usr/bin/not-this")],
+     [["tcp", 4, "127.0.0.1", "P1"]], ["ok"], []),
+]
+
+
+def _resolve(rules: list[NetRule], ls: Listeners) -> list[NetRule]:
+    names = {"P1": ls.tcp4[0], "P2": ls.tcp4[1], "LO": min(ls.tcp4), "HI": max(ls.tcp4)}
+    out = []
+    for r in rules:
+        ports = [tuple(names.get(x, x) for x in p) if isinstance(p, tuple) else names.get(p, p)  # type: ignore[arg-type]
+                 for p in r.ports]
+        out.append(NetRule(**{**r.__dict__, "ports": ports}))
+    return out
+
+
+@pytest.mark.parametrize("name, rules, ops, expect, record_ids", CASES, ids=[c[0] for c in CASES])
+def test_rules(nd: NetDeny, cgroup: str, listeners: Listeners, name: str, rules: list[NetRule],
+               ops: list[list[Any]], expect: list[str], record_ids: list[int]) -> None:
+    nd.set_rules(_resolve(rules, listeners))
+    rb = RingBuffer(nd.events.fd, nd.events.max_entries)
+    try:
+        rb.drain()
+        ops = listeners.sub(ops)
+        pids: list[int] = []
+        assert run_child(ops, cgroup, before=pids.append) == expect
+        recs = [NetDeny.decode(r) for r in rb.drain()]
+        assert [r["rule_id"] for r in recs] == record_ids
+        for r in recs:
+            assert r["pid"] == pids[0] and r["comm"].startswith("python")
+            assert r["monitor"] is any(x.monitor and x.id == r["rule_id"] for x in rules)
+        # the same operations from outside the cgroup: never refused
+        assert "EPERM" not in run_child(ops, None)
+    finally:
+        rb.close()
+    stats = nd.stats()
+    for rid in set(record_ids):
+        s = stats[rid]
+        assert s["denied"] + s["monitored"] == record_ids.count(rid)
+
+
+def test_record_fields(nd: NetDeny, cgroup: str, listeners: Listeners) -> None:
+    nd.set_rules([NetRule(42, cidrs=["127.0.0.1/32"], ports=[listeners.tcp4[0]], protocol="tcp")])
+    rb = RingBuffer(nd.events.fd, nd.events.max_entries)
+    try:
+        pids: list[int] = []
+        assert run_child([["tcp", 4, "127.0.0.1", listeners.tcp4[0]]], cgroup, before=pids.append) == ["EPERM"]
+        (rec,) = [NetDeny.decode(r) for r in rb.drain()]
+    finally:
+        rb.close()
+    cg_id = os.stat(cgroup).st_ino
+    assert rec == {**rec, "op": "netdeny", "pid": pids[0], "tid": pids[0], "rule_id": 42, "cgroup_id": cg_id,
+                   "family": "inet", "protocol": "tcp", "hook": "connect4", "action": "deny", "monitor": False,
+                   "daddr": "127.0.0.1", "dport": listeners.tcp4[0], "exec_ktime": 0}
+
+
+def test_pid_and_binary_scope(nd: NetDeny, cgroup: str, listeners: Listeners) -> None:
+    """Rules naming the child's pid, and its binary as execve_map records it."""
+    port = listeners.tcp4[0]
+    op = [["tcp", 4, "127.0.0.1", port]]
+
+    def by_pid(pid: int) -> None:
+        nd.set_rules([NetRule(1, cidrs=LO4, pids=[pid])])
+    assert run_child(op, cgroup, before=by_pid) == ["EPERM"]
+
+    binary = "/opt/vigil-test/fake-binary"
+    em = nd.obj.map("execve_map")
+
+    def by_binary(pid: int) -> None:
+        b = binary.encode()
+        em.update(struct.pack("<I", pid), ENTRY.pack(pid, 0, 12345, 1, 0, 0, len(b), 0, b, 0, 0, 0, *[0] * 10))
+        nd.set_rules([NetRule(2, cidrs=LO4, binary=binary)])
+    rb = RingBuffer(nd.events.fd, nd.events.max_entries)
+    try:
+        rb.drain()
+        assert run_child(op, cgroup, before=by_binary) == ["EPERM"]
+        (rec,) = [NetDeny.decode(r) for r in rb.drain()]
+        assert rec["rule_id"] == 2 and rec["exec_ktime"] == 12345  # exec key from execve_map
+    finally:
+        rb.close()
+        em.clear()
+
+
+def test_replace_is_atomic_and_validated(nd: NetDeny, cgroup: str, listeners: Listeners) -> None:
+    op = [["tcp", 4, "127.0.0.1", listeners.tcp4[0]], ["tcp", 4, "127.0.0.1", listeners.tcp4[1]]]
+    nd.set_rules([NetRule(1, ports=[listeners.tcp4[0]])])
+    assert run_child(op, cgroup) == ["EPERM", "ok"]
+    with pytest.raises(NetRuleError, match="rule 9"):
+        nd.set_rules([NetRule(2, ports=[listeners.tcp4[1]]), NetRule(9, action="drop")])
+    assert run_child(op, cgroup) == ["EPERM", "ok"]  # the bad set changed nothing
+    nd.set_rules([NetRule(2, ports=[listeners.tcp4[1]])])
+    assert run_child(op, cgroup) == ["ok", "EPERM"]
+    nd.set_rules([NetRule(1, ports=[listeners.tcp4[0]])])
+    assert run_child(op, cgroup) == ["EPERM", "ok"]
+    assert nd.stats()[1]["denied"] == 3 and nd.stats()[2]["denied"] == 1  # counts survive replacement
+    # the retired generation's tables are emptied when it is reused
+    nd.set_rules([])
+    nd.set_rules([])
+    assert nd.obj.map("nd_cidrs").count() == 0
+    assert run_child(op, cgroup) == ["ok", "ok"]
+
+
+def test_close_detaches_everything(cgroup: str, listeners: Listeners) -> None:
+    n = NetDeny(cgroup, exempt_self=False)
+    try:
+        n.set_rules([NetRule(1, cidrs=LO4)])
+        n.attach()
+        assert len(_cgroup_progs(cgroup).strip().splitlines()) == 7  # header + six programs
+        assert run_child([["tcp", 4, "127.0.0.1", listeners.tcp4[0]]], cgroup) == ["EPERM"]
+    finally:
+        n.close()
+    assert _cgroup_progs(cgroup).strip() == ""
+    assert run_child([["tcp", 4, "127.0.0.1", listeners.tcp4[0]]], cgroup) == ["ok"]
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A test-owned network namespace with 10.99.0.1/24 and 10.99.1.1/24 on its loopback
+    (no dummy/veth module needed)."""
+    ip = shutil.which("ip") or "/usr/sbin/ip"
+    name = f"vigil-nd-{os.getpid()}-{next(_seq)}"
+    subprocess.run([ip, "netns", "add", name], check=True)
+    try:
+        for cmd in (["link", "set", "lo", "up"], ["addr", "add", "10.99.0.1/24", "dev", "lo"],
+                    ["addr", "add", "10.99.1.1/24", "dev", "lo"]):
+            subprocess.run([ip, "-n", name, *cmd], check=True)
+        yield name
+    finally:
+        subprocess.run([ip, "netns", "del", name], check=True)
+
+
+def test_cidr_in_own_network_namespace(nd: NetDeny, cgroup: str, netns: str) -> None:
+    nd.set_rules([NetRule(1, cidrs=["10.99.0.0/24"], protocol="tcp")])
+    ip = shutil.which("ip") or "/usr/sbin/ip"
+    ops = [["self", 4, "10.99.0.1", 0], ["self", 4, "10.99.1.1", 0]]
+    assert run_child(ops, cgroup, prefix=[ip, "netns", "exec", netns]) == ["EPERM", "ok"]
+    assert run_child(ops, None, prefix=[ip, "netns", "exec", netns]) == ["ok", "ok"]
