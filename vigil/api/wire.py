@@ -84,10 +84,6 @@ def varint(n: int) -> bytes:
 _SMALL = [bytes((i,)) for i in range(0x80)]
 
 
-def _len_tag(number: int) -> bytes:
-    return varint((number << 3) | 2)  # wire type 2: length-delimited
-
-
 def _ts_bytes(v: Any) -> bytes:
     """RFC 3339 string -> varint(length) + serialised google.protobuf.Timestamp."""
     if type(v) is not str:
