@@ -420,6 +420,11 @@ kprobes:
     assert len(got) == nevents, got
     if action:
         assert got[0]["action"] == action
+    if action in ("KPROBE_ACTION_SIGKILL", "KPROBE_ACTION_SIGNAL"):
+        # enforcement explains itself: selector, matched values, mechanism, action
+        msg = got[0]["message"]
+        assert "selector 1" in msg and "present.txt" in msg
+        assert "enforced via tracepoint:syscalls/sys_enter_openat" in msg
 
 
 def test_monitor_mode_reports_without_killing(running_agent: RunningAgent, pywork: Path):
@@ -441,6 +446,7 @@ kprobes:
     assert r.returncode == 0
     (ev,) = [b for _, b in policy_events(events, r.pid, "monitor-kill")]
     assert ev["action"] == "KPROBE_ACTION_SIGKILL"
+    assert "monitor mode: reported, not enforced" in ev["message"]
 
 
 def test_kernel_stack_trace(running_agent: RunningAgent, pywork: Path):

@@ -215,6 +215,29 @@ def _user_stack(data: bytes, off: int, n: int, pid: int) -> list[dict[str, Any]]
     return out
 
 
+ENFORCING = {L.ACT["Sigkill"], L.ACT["Signal"], L.ACT["Override"]}
+
+
+def explain_enforcement(hook: CompiledHook, m: L.MsgGeneric) -> str:
+    act = ACTION_NAMES.get(m.action if m.action in ENFORCING else m.ret_action, "?").removeprefix("KPROBE_ACTION_")
+    sel = m.selector
+    detail = ""
+    if 0 < sel <= len(hook.selectors):
+        s = hook.selectors[sel - 1]
+        parts = [f"{e.operator} {list(e.values)}" for e in s.match_args]
+        parts += [f"binary {b.operator} {list(b.values)}" for b in s.match_binaries]
+        if parts:
+            detail = " (" + "; ".join(parts) + ")"
+        for a in s.match_actions:
+            if a.action.lower() == "override":
+                act += f" {a.arg_error}"
+            elif a.action.lower() == "signal":
+                act += f" {a.arg_sig}"
+    mode = "monitor mode: reported, not enforced" if m.flags & L.EV_MONITOR else "enforced"
+    return (f"[vigil: selector {sel}{detail} matched; {act.lower()} {mode} via "
+            f"{hook.placement.describe()}]")
+
+
 def decode_generic(buf: bytes) -> tuple[L.MsgGeneric, bytes]:
     if len(buf) < HDR_SIZE:
         raise DecodeError(f"generic record of {len(buf)} bytes, need {HDR_SIZE}")
@@ -271,8 +294,12 @@ def build_body(hook: CompiledHook, m: L.MsgGeneric, data: bytes) -> dict[str, An
         if pl.attach.get("symbol"):
             body["symbol"] = pl.attach["symbol"]
         body["policy_name"] = hook.policy
-    if hook.message:
-        body["message"] = hook.message
+    message = hook.message
+    if m.action in ENFORCING or m.ret_action in ENFORCING:
+        # an enforcement explains itself: which selector, by what mechanism, which action
+        message = (f"{message} " if message else "") + explain_enforcement(hook, m)
+    if message:
+        body["message"] = message
     if pl.event_kind == "process_uprobe" and args:
         body["args"] = args
     if hook.tags:
