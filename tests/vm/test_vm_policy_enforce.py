@@ -221,3 +221,88 @@ kprobes:
     assert got["security_file_open"]["args"][0]["file_arg"]["path"] == f"{work}/open.txt"
     assert got["security_file_open"]["return"] == {"int_arg": 0}
     assert got["fd_install"]["args"][1]["file_arg"]["path"] == f"{work}/open.txt"
+
+
+USE_CASES = [
+    # (id, kprobe spec yaml (uses {work}, {port}), action, check(event) -> bool)
+    ("file_permission",
+     """- call: security_file_permission
+  syscall: false
+  args: [{{index: 0, type: file}}, {{index: 1, type: int}}]
+  selectors:
+  - matchArgs:
+    - {{index: 0, operator: Prefix, values: ["{work}/"]}}
+    - {{index: 1, operator: Equal, values: ["2"]}}""",
+     "write", lambda ev, work, port: ev["args"][0]["file_arg"]["path"] == f"{work}/open.txt" and ev["args"][1] == {"int_arg": 2}),
+    ("mmap_file",
+     """- call: security_mmap_file
+  syscall: false
+  args: [{{index: 0, type: file}}, {{index: 1, type: uint32}}]
+  selectors:
+  - matchArgs: [{{index: 0, operator: Equal, values: ["{work}/open.txt"]}}]""",
+     "mmap", lambda ev, work, port: ev["args"][0]["file_arg"]["path"] == f"{work}/open.txt" and ev["args"][1]["uint_arg"] & 1),
+    ("path_truncate",
+     """- call: security_path_truncate
+  syscall: false
+  args: [{{index: 0, type: path}}]
+  selectors:
+  - matchArgs: [{{index: 0, operator: Prefix, values: ["{work}/"]}}]""",
+     "truncate", lambda ev, work, port: ev["args"][0]["path_arg"]["path"] == f"{work}/open.txt"),
+    ("tcp_connect",
+     """- call: tcp_connect
+  syscall: false
+  args: [{{index: 0, type: sock}}]
+  selectors:
+  - matchArgs:
+    - {{index: 0, operator: DAddr, values: ["127.0.0.1/32"]}}
+    - {{index: 0, operator: DPort, values: ["{port}"]}}""",
+     "connect", lambda ev, work, port: ev["args"][0]["sock_arg"]["daddr"] == "127.0.0.1"
+     and ev["args"][0]["sock_arg"]["dport"] == port and ev["args"][0]["sock_arg"]["protocol"] == "IPPROTO_TCP"),
+    ("commit_creds",
+     """- call: commit_creds
+  syscall: false
+  args: [{{index: 0, type: cred}}]
+  selectors:
+  - matchPIDs: [{{operator: In, values: [{pid}]}}]""",
+     "setgroups", lambda ev, work, port: ev["args"][0]["process_credentials_arg"]["uid"] == 0),
+]
+
+
+@pytest.mark.parametrize("case, spec, action, check", USE_CASES, ids=[c[0] for c in USE_CASES])
+def test_tetragon_use_case_hooks(agent: Running, work: Path, case, spec, action, check):
+    import mmap
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    body = "kprobes:\n" + spec.format(work=work, port=port, pid=os.getpid()).replace(
+        "  selectors:", f"  selectors:").replace("- matchArgs:", "- matchArgs:")
+    # scope every case to this test process
+    if "matchPIDs" not in body:
+        body = body.replace("  - matchArgs:", f"  - matchPIDs: [{{operator: In, values: [{os.getpid()}]}}]\n    matchArgs:")
+
+    def act() -> None:
+        if action == "write":
+            with open(work / "open.txt", "a") as f:
+                f.write("x")
+        elif action == "mmap":
+            with open(work / "open.txt", "r+b") as f:
+                mmap.mmap(f.fileno(), 1, prot=mmap.PROT_READ).close()
+        elif action == "truncate":
+            os.truncate(work / "open.txt", 1)
+        elif action == "connect":
+            c = socket.socket()
+            c.connect(("127.0.0.1", port))
+            c.close()
+        elif action == "setgroups":
+            os.setgroups(os.getgroups())
+    name = agent.agent.add_policy(policy(f"uc-{case.replace('_', '-')}", body))
+    try:
+        events = agent.collect(act)
+    finally:
+        agent.agent.delete_policy(name)
+        srv.close()
+    got = [ev for _, ev in mine(events, name)]
+    assert got, f"no event for {case}"
+    assert any(check(ev, work, port) for ev in got), got[0]
