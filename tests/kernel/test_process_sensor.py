@@ -314,3 +314,12 @@ def test_bad_configuration_is_a_clear_error():
         assert r.returncode != 0, argv
         assert needle in r.stderr, (argv, r.stderr)
         assert "Traceback" not in r.stderr
+
+
+def test_non_utf8_arguments_do_not_stop_the_pipeline(running_agent: RunningAgent, workdir: Path):
+    child = workdir / "child"
+    events = running_agent.collect(
+        lambda: subprocess.run([str(child).encode(), b"bad-\xff\xfe-arg", b"ok"], check=True, stdout=subprocess.DEVNULL)
+    )
+    (e,) = execs(events, binary=str(child))
+    assert e["process"]["arguments"] == "bad-\ufffd\ufffd-arg ok"

@@ -66,19 +66,19 @@ class ProcessRecord:
         end = o + exe_len + cwd_len + fn_len + cg_len + args_len
         if end > len(buf):
             raise DecodeError(f"process record tail overruns: {end} > {len(buf)}")
-        self.exe = buf[o : o + exe_len].decode("utf-8", "surrogateescape")
+        self.exe = buf[o : o + exe_len].decode("utf-8", "replace")
         o += exe_len
         # a walk that ends at once is the root itself: cwd "/" has no components
-        self.cwd = buf[o : o + cwd_len].decode("utf-8", "surrogateescape") if cwd_len or self.flags & F_ERR_CWD else "/"
+        self.cwd = buf[o : o + cwd_len].decode("utf-8", "replace") if cwd_len or self.flags & F_ERR_CWD else "/"
         o += cwd_len
         # NUL-terminated strings; _cstr() inlined (hot path: every exec and clone)
         raw = buf[o : o + fn_len]
         i = raw.find(b"\0")
-        self.filename = (raw if i < 0 else raw[:i]).decode("utf-8", "surrogateescape")
+        self.filename = (raw if i < 0 else raw[:i]).decode("utf-8", "replace")
         o += fn_len
         raw = buf[o : o + cg_len]
         i = raw.find(b"\0")
-        self.cgroup_name = (raw if i < 0 else raw[:i]).decode("utf-8", "surrogateescape")
+        self.cgroup_name = (raw if i < 0 else raw[:i]).decode("utf-8", "replace")
         o += cg_len
         self.args = buf[o : o + args_len]
 
@@ -98,7 +98,7 @@ def _cstr(buf: bytes, off: int, n: int) -> str:
         return ""
     raw = buf[off : off + n]
     i = raw.find(b"\0")
-    return (raw if i < 0 else raw[:i]).decode("utf-8", "surrogateescape")
+    return (raw if i < 0 else raw[:i]).decode("utf-8", "replace")
 
 
 DECODERS: dict[int, Callable[[bytes], object]] = {}

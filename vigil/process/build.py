@@ -38,7 +38,7 @@ def format_arguments(args: bytes) -> str:
     """argv area -> Tetragon `arguments`: argv[1:] space-joined, each quoted if it has a space."""
     # one decode and one split (a NUL never occurs inside a UTF-8 sequence, so decoding
     # the whole area equals decoding each argument); argv itself is not kept
-    s = args.decode("utf-8", "surrogateescape")
+    s = args.decode("utf-8", "replace")
     if s.endswith("\0"):
         s = s[:-1]
     i = s.find("\0")
