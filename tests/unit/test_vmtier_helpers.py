@@ -122,7 +122,7 @@ def test_qemu_argv_is_readonly_and_bounded(tmp_path: Path) -> None:
                           "tcg", qemu.kernel_cmdline())
     joined = " ".join(argv)
     assert "readonly=on" in joined and "-no-reboot" in argv and "panic=-1" in joined
-    assert argv[argv.index("-accel") + 1] == "tcg"
+    assert argv[argv.index("-accel") + 1] == "tcg,thread=single"
 
 
 def test_non_x86_host_is_a_skip(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,6 +21,13 @@ import pytest
 IN_GUEST = "VIGIL_VM_KERNEL" in os.environ
 if not IN_GUEST:
     collect_ignore_glob = ["*"]
+else:
+    # Test files live on a guest tmpfs: when the checkout is under /tmp, the guest's /tmp is
+    # the shared 9p+overlay root, whose inode numbers differ from what BPF programs see.
+    import tempfile
+
+    os.environ["TMPDIR"] = "/dev/shm"
+    tempfile.tempdir = None
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BPF_OBJ = Path(os.environ.get("VIGIL_VM_BPF_DIR", REPO_ROOT / "build" / "vm" / "bpf")) / "vmcheck.bpf.o"
