@@ -93,6 +93,24 @@ def test_late_decision_after_timeout_is_dropped(fake: list[FakeGuard]) -> None:
     assert f.g.stats.timeouts == 1 and f.g.stats.denied == 0
 
 
+def test_expired_deadline_of_answered_event_spares_fd_reuser(fake: list[FakeGuard]) -> None:
+    """Regression: A is answered and its fd number reused by B; A's old deadline must not
+    take B out of the pending table (B would then never be answered)."""
+    def decide(ev: PermEvent) -> Decision:
+        if ev.pid == 2:
+            time.sleep(0.25)  # B decides after A's deadline, before its own
+            return Decision(False)
+        return Decision(True)
+    f = mk(fake, decide, timeout_s=0.3, min_workers=1)
+    a = f.event(1)
+    assert f.responses(1) == [(a, ksys.FAN_ALLOW)]
+    time.sleep(0.1)
+    b = f.event(2)
+    assert b == a  # the fd number was reused
+    assert f.responses(1) == [(b, ksys.FAN_DENY)]  # B's own decision, not lost, not a timeout
+    assert f.g.stats.timeouts == 0
+
+
 def test_monitor_decision_answers_allow(fake: list[FakeGuard]) -> None:
     f = mk(fake, lambda ev: Decision(False, monitor=True))
     efd = f.event(4242)

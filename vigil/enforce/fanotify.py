@@ -232,8 +232,10 @@ class PermissionGuard:
     def _answer(self, ev: PermEvent, allow: bool, outcome: str) -> bool:
         """Write the one response for ev; False when it was answered already."""
         with self._lock:
-            if self._pending.pop(ev.fd, None) is not ev:
+            # identity, not fd number: once answered, ev.fd may already name a newer event
+            if self._pending.get(ev.fd) is not ev:
                 return False
+            del self._pending[ev.fd]
             st = self.stats
             try:
                 if self._fd >= 0:
@@ -344,7 +346,7 @@ class PermissionGuard:
         dl = self._deadlines
         while dl and dl[0][0] <= now:
             _, ev = dl.popleft()
-            if self._answer(ev, self.default_allow, "timeout"):
+            if ev.answered_allow is None and self._answer(ev, self.default_allow, "timeout"):
                 self.stats.timeouts += 1
                 self._report(ev, self._fallback(f"decision timed out after {self.timeout_s:g}s"))
 
