@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""enforce_overhead: latency the enforcement back ends add when they allow everything.
+
+exec: N x fork+execve+wait of a copy of /bin/true from the C loop of _common.py,
+  the binary in a bench-owned directory. Configurations: off (no guard), exec (a
+  PermissionGuard in this process, FAN_OPEN_EXEC_PERM mark on the directory,
+  decide() allows) and exec+open (FAN_OPEN_PERM too: two permission events per exec).
+connect: N x (socket, connect to a loopback listener, accept, close with RST) from a
+  small C loop run in a bench-owned cgroup2 child. Configurations: off (nothing
+  attached) and netdeny (NetDeny attached to that cgroup with a rule set the loopback
+  connects walk all the way through: a deny on another network, a deny on 127/8 port
+  1, an allow on 127/8 -> LPM hit, port loop, allow).
+Rounds are interleaved (off/on/off/on...) and the medians compared: µs per operation,
+added µs, ratio.
+
+    .venv/bin/python bench/enforce_overhead.py [--quick] [-n N] [--rounds R]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from _common import (BPFTOOL, build_spawner, emit_json, install_signal_handlers, median, require_root, run_spawner,
+                     tempdir)
+
+from vigil.enforce.fanotify import Decision, PermissionGuard
+from vigil.enforce.netdeny import NetDeny, cgroup2_root
+from vigil.enforce.netrules import NetRule
+
+CONNECT_C = r"""
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+/* connector N: N x (socket, connect to our own loopback listener, accept, close);
+ * SO_LINGER 0 closes with RST so no TIME_WAIT piles up. Prints elapsed ns. */
+int main(int argc, char **argv) {
+    long n = argc > 1 ? atol(argv[1]) : 1000;
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t al = sizeof(a);
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof(a)) || listen(l, 128) ||
+        getsockname(l, (struct sockaddr *)&a, &al)) { perror("listener"); return 1; }
+    struct linger lg = { 1, 0 };
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (long i = 0; i < n; i++) {
+        int c = socket(AF_INET, SOCK_STREAM, 0);
+        if (c < 0) { perror("socket"); return 1; }
+        setsockopt(c, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        if (connect(c, (struct sockaddr *)&a, sizeof(a))) { perror("connect"); return 1; }
+        int s = accept(l, NULL, NULL);
+        if (s < 0) { perror("accept"); return 1; }
+        close(c);
+        close(s);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    printf("%lld\n", (long long)(t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec));
+    return 0;
+}
+"""
+
+ALLOW_ALL_RULES = [
+    NetRule(1, cidrs=["192.0.2.0/24"]),                 # another network: never matches
+    NetRule(2, cidrs=["127.0.0.0/8"], ports=[1]),       # matches the address, not the port
+    NetRule(3, action="allow", cidrs=["127.0.0.0/8"]),  # decides: allow
+]
+
+
+def build_connector(tmp: Path) -> str:
+    (tmp / "connector.c").write_text(CONNECT_C)
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        raise RuntimeError("no C compiler found")
+    subprocess.run([cc, "-O2", "-o", str(tmp / "connector"), str(tmp / "connector.c")], check=True)
+    return str(tmp / "connector")
+
+
+def run_connector(exe: str, n: int, cgroup: str) -> float:
+    def enter() -> None:
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+    p = subprocess.run([exe, str(n)], capture_output=True, text=True, preexec_fn=enter, timeout=600)
+    if p.returncode:
+        raise RuntimeError(f"connector failed: {p.stderr.strip()}")
+    return int(p.stdout) / 1e9
+
+
+def exec_round(spawner: str, n: int, binary: str, guard_dir: str | None, open_too: bool,
+               stats: dict[str, float]) -> float:
+    if guard_dir is None:
+        return run_spawner(spawner, n, binary)[0]
+    g = PermissionGuard(lambda ev: Decision(True, "bench"), timeout_s=1.0)
+    g.add_mark(guard_dir, exec=True, open=open_too)
+    g.start()
+    try:
+        secs = run_spawner(spawner, n, binary)[0]
+    finally:
+        g.stop()
+    st = g.stats
+    if st.allowed:
+        stats["answer_us"] = st.latency_us_total / st.allowed  # read -> response written, per event
+        stats["max_answer_us"] = st.max_latency_us
+        stats["events_per_exec"] = st.events / n
+    if st.timeouts or st.errors or st.denied:
+        raise RuntimeError(f"guard misbehaved during the bench: {st}")
+    return secs
+
+
+STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
+
+
+def connect4_run_ns(cgroup: str) -> float:
+    """Mean run time of the connect4 program attached to our cgroup (bpf_stats)."""
+    att = json.loads(subprocess.run([BPFTOOL, "-j", "cgroup", "show", cgroup], capture_output=True, text=True,
+                                    check=True).stdout or "[]")
+    pid = next(a["id"] for a in att if a.get("attach_type") == "cgroup_inet4_connect")
+    p = json.loads(subprocess.run([BPFTOOL, "-j", "prog", "show", "id", str(pid)], capture_output=True, text=True,
+                                  check=True).stdout)
+    return p["run_time_ns"] / p["run_cnt"] if p.get("run_cnt") else float("nan")
+
+
+def connect_round(exe: str, n: int, cgroup: str, on: bool, stats: dict[str, float] | None = None) -> float:
+    if not on:
+        return run_connector(exe, n, cgroup)
+    nd = NetDeny(cgroup)
+    old = None
+    try:
+        nd.set_rules(ALLOW_ALL_RULES)
+        nd.attach()
+        if stats is not None:  # kernel.bpf_stats_enabled for this round only, restored below
+            with open(STATS_SYSCTL) as f:
+                old = f.read().strip()
+            with open(STATS_SYSCTL, "w") as f:
+                f.write("1")
+        secs = run_connector(exe, n, cgroup)
+        if stats is not None:
+            stats["connect4_prog_ns"] = connect4_run_ns(cgroup)
+        if nd.stats().get(3, {}).get("allowed", 0) < n:
+            raise RuntimeError(f"the allow rule decided fewer than {n} connects: {nd.stats()}")
+        return secs
+    finally:
+        if old is not None:
+            with open(STATS_SYSCTL, "w") as f:
+                f.write(old)
+        nd.close()
+
+
+def interleave(configs: dict[str, Callable[[], float]], rounds: int, n: int) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {k: [] for k in configs}
+    for r in range(rounds):
+        for name, fn in configs.items():
+            secs = fn()
+            out[name].append(secs / n * 1e6)
+            print(f"  round {r + 1} {name:<10} {out[name][-1]:8.1f} µs/op", flush=True)
+    return out
+
+
+def summarize(kind: str, res: dict[str, list[float]], base: str) -> dict[str, dict[str, float]]:
+    b = median(res[base])
+    summary = {}
+    for name, vals in res.items():
+        m = median(vals)
+        summary[name] = {"us_per_op": round(m, 2), "added_us": round(m - b, 2), "ratio": round(m / b, 3)}
+        print(f"{kind:<8} {name:<10} {m:8.1f} µs/op   added {m - b:+7.1f} µs   ratio {m / b:.3f}")
+    return summary
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="N=300, 1 round (smoke test)")
+    ap.add_argument("-n", type=int, default=None, help="operations per round (default 5000)")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds per configuration (default 3)")
+    a = ap.parse_args()
+    install_signal_handlers()
+    require_root()
+    n = a.n or (300 if a.quick else 5000)
+    rounds = a.rounds or (1 if a.quick else 3)
+    cg = os.path.join(cgroup2_root(), f"vigil-bench-enforce-{os.getpid()}")
+    answer: dict[str, float] = {}
+    with tempdir("vigil-bench-enforce-") as tmp:
+        spawner = build_spawner(tmp)
+        connector = build_connector(tmp)
+        gdir = tmp / "guarded"
+        gdir.mkdir()
+        binary = str(gdir / "true")
+        shutil.copy2(os.path.realpath("/bin/true"), binary)
+        run_spawner(spawner, 50, binary)  # warm-up: page cache, dynamic loader
+        print(f"exec: {n} fork+exec+wait of {binary} per round, {rounds} rounds")
+        ex = interleave({
+            "off": lambda: exec_round(spawner, n, binary, None, False, answer),
+            "exec": lambda: exec_round(spawner, n, binary, str(gdir), False, answer),
+            "exec+open": lambda: exec_round(spawner, n, binary, str(gdir), True, {}),
+        }, rounds, n)
+        os.mkdir(cg)
+        try:
+            print(f"connect: {n} loopback connect+accept+close per round in {cg}, {rounds} rounds")
+            run_connector(connector, 50, cg)
+            co = interleave({
+                "off": lambda: connect_round(connector, n, cg, False),
+                "netdeny": lambda: connect_round(connector, n, cg, True),
+            }, rounds, n)
+            connect_round(connector, n, cg, True, answer)  # one more, for the program's own run time
+        finally:
+            for _ in range(100):  # the connector has exited; the cgroup empties asynchronously
+                try:
+                    os.rmdir(cg)
+                    break
+                except OSError:
+                    time.sleep(0.05)
+    print()
+    es = summarize("exec", ex, "off")
+    cs = summarize("connect", co, "off")
+    if answer:
+        print(f"fanotify guard: {answer['answer_us']:.1f} µs mean read->answer per event "
+              f"(max {answer['max_answer_us']:.0f} µs), {answer['events_per_exec']:.2f} events per exec")
+    if "connect4_prog_ns" in answer:
+        print(f"netdeny connect4 program: {answer['connect4_prog_ns']:.0f} ns per run (bpf_stats)")
+    emit_json("enforce_overhead", {"n": n, "rounds": rounds, "exec": es, "connect": cs,
+                                   "fanotify_answer_us": round(answer.get("answer_us", 0.0), 1),
+                                   "connect4_prog_ns": round(answer.get("connect4_prog_ns", 0.0))})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
