@@ -11,6 +11,7 @@ import gc
 import logging
 import sys
 import threading
+from collections import deque
 import time
 from typing import Any, Callable
 
@@ -66,6 +67,8 @@ class Agent:
 
         self.policies = PolicyManager(self)
         self.handlers[R.OP_GENERIC] = self.policies.handle
+        self.handlers[R.OP_NETDENY] = self.policies.handle_netdeny
+        self._injected: deque[dict[str, Any]] = deque()
 
     # -- lifecycle
     def start(self) -> None:
@@ -147,6 +150,8 @@ class Agent:
         next_tick = 0.0
         coalesce = self.config.batch_delay
         while not self._stop.is_set():
+            if self._injected:
+                self._emit_injected()
             if src.wait(0.1):
                 recs = src.drain()
                 if recs:
@@ -166,6 +171,16 @@ class Agent:
         if recs:
             self.handle(recs)
         self.tick()
+
+    def inject(self, event: dict[str, Any]) -> None:
+        """Queue an event made outside the pipeline thread (fanotify decisions)."""
+        self._injected.append(event)
+
+    def _emit_injected(self) -> None:
+        batch = []
+        while self._injected:
+            batch.append(self._injected.popleft())
+        self._emit(batch)
 
     def close(self) -> None:
         for fe in reversed(self.frontends):

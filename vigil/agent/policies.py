@@ -12,6 +12,7 @@ import logging
 import os
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,9 @@ class PolicyManager:
         self._ids = itertools.count(1)
         self._hook_ids = itertools.count(1)
         self._features: Any = None
+        from vigil.sensors.hostdeny import GuardRegistry
+
+        self.guards = GuardRegistry(self._report_fanotify)
 
     # -- feature probe, run once on first use (it loads programs: keep it off the start path)
     def has(self, name: str) -> tuple[bool, str]:
@@ -102,6 +106,7 @@ class PolicyManager:
 
     def add(self, policy: Policy, *, mode: str | None = None, source: str = "grpc") -> str:
         from vigil.sensors.generic import GenericHook
+        from vigil.sensors.hostdeny import FanotifyHook, NetDenyHook
 
         with self._lock:
             if policy.name in self.policies:
@@ -115,15 +120,29 @@ class PolicyManager:
                 for ch in compiled.hooks:
                     ch.config.flags |= L.HOOK_MONITOR
             shared = self._shared_maps()
-            loaded: list[GenericHook] = []
+            loaded: list[Any] = []
             try:
+                hooks: list[Any] = []
+                # build every hook object first: refusals happen before anything is loaded
                 for ch in compiled.hooks:
+                    mech = ch.placement.mechanism
+                    if mech == "fanotify":
+                        hooks.append(FanotifyHook(ch, self.guards, mode == "monitor", self.agent.builder.cache))
+                    elif mech == "cgroup_sock_addr":
+                        hooks.append(NetDenyHook(ch, shared, mode == "monitor"))
+                    else:
+                        hooks.append(GenericHook(ch, shared))
+                for gh in hooks:
                     # register first: records may arrive as soon as it attaches
-                    lp_hooks = (ch, None)
-                    self.hooks[ch.hook_id] = lp_hooks  # type: ignore[assignment]
-                    gh = GenericHook(ch, shared)
+                    self.hooks[gh.compiled.hook_id] = (gh.compiled, None)  # type: ignore[assignment]
                     gh.load()
                     loaded.append(gh)
+            except PolicyError:
+                for gh in loaded:
+                    gh.close()
+                for ch in compiled.hooks:
+                    self.hooks.pop(ch.hook_id, None)
+                raise
             except Exception as e:
                 for gh in loaded:
                     gh.close()
@@ -175,7 +194,14 @@ class PolicyManager:
             for gh in lp.hooks:
                 cfg = gh.compiled.config
                 cfg.flags = (cfg.flags & ~L.HOOK_MONITOR) | (L.HOOK_MONITOR if mode == "monitor" else 0)
-                if gh.obj is not None:
+                if hasattr(gh, "monitor"):  # host deny back ends
+                    gh.monitor = mode == "monitor"
+                    if getattr(gh, "nd", None) is not None:
+                        import dataclasses
+
+                        gh.rules = [dataclasses.replace(r, monitor=gh.monitor) for r in gh.rules]
+                        gh.nd.set_rules(gh.rules)
+                elif gh.obj is not None:
                     gh.obj.map("hook_config").update(struct.pack("<I", 0), bytes(cfg))
             lp.mode = mode
 
@@ -183,12 +209,13 @@ class PolicyManager:
         with self._lock:
             for name in list(self.policies):
                 self.delete(name)
+            self.guards.close()
 
     # -- reporting
     def status(self, lp: LoadedPolicy) -> dict[str, Any]:
         stats = [gh.stats() for gh in lp.hooks]
         total = {k: sum(s[k] for s in stats) for k in (stats[0] if stats else {})}
-        enforcing = any(a.type in (L.ACT["Sigkill"], L.ACT["Signal"])
+        enforcing = any(a.type in (L.ACT["Sigkill"], L.ACT["Signal"], L.ACT["Override"])
                         for ch in lp.compiled.hooks for i in range(ch.config.nselectors)
                         for a in list(ch.config.sel[i].actions) + list(ch.config.sel[i].ret_actions))
         mode = lp.mode if enforcing else "monitor_only" if lp.mode == "monitor" else lp.mode
@@ -218,6 +245,46 @@ class PolicyManager:
             return [self.status(lp) for lp in self.policies.values()]
 
     # -- records
+    def _process_body(self, pid: int, exec_ktime: int = 0, tid: int = 0) -> dict[str, Any]:
+        b = self.agent.builder
+        p = b.cache.get(exec_id(b.node, exec_ktime, pid)) if exec_ktime else None
+        if p is None:
+            p = b.cache.by_pid(pid)
+        body: dict[str, Any] = {}
+        if p is not None:
+            body["process"] = p.json
+            parent = b.cache.get(p.parent_exec_id)
+            if parent is not None:
+                body["parent"] = parent.json
+        else:
+            body["process"] = {"pid": pid, "tid": tid or pid, "flags": "miss"}
+        return body
+
+    def _report_fanotify(self, ev: Any, d: Any, hook: Any) -> None:
+        """Runs on the guard's reporting thread, after the answer was written."""
+        from vigil.sensors.hostdeny import fanotify_event
+
+        if d.reason.endswith("nopost"):
+            return
+        if d.allow and not d.monitor and not d.reason.endswith(": post"):
+            return
+        body = fanotify_event(ev, d, hook.compiled, self._process_body(ev.pid))
+        self.agent.inject({"process_kprobe": body, "node_name": self.agent.node_name,
+                           "time": self.agent.clock.rfc3339(time.time_ns())})
+
+    def handle_netdeny(self, buf: bytes, now_ns: int) -> dict[str, Any] | None:
+        from vigil.enforce.netdeny import NetDeny
+        from vigil.sensors.hostdeny import netdeny_event
+
+        rec = NetDeny.decode(buf)
+        entry = self.hooks.get(rec["rule_id"] >> 8)
+        if entry is None:
+            return None
+        ch, _lp = entry
+        body = netdeny_event(rec, ch, self._process_body(rec["pid"], rec["exec_ktime"], rec["tid"]))
+        return {"process_kprobe": body, "node_name": self.agent.node_name,
+                "time": self.agent.clock.ktime_rfc3339(rec["ktime"])}
+
     def handle(self, buf: bytes, now_ns: int) -> dict[str, Any] | None:
         m, data = G.decode_generic(buf)
         entry = self.hooks.get(m.hook_id)

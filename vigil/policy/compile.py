@@ -17,8 +17,8 @@ from . import enums
 from . import layout as L
 from .errors import Loc, PolicyErrors, PolicyValidationError
 from .model import ActionSelector, ArgSelector, KProbeSpec, Policy, Selector, TracepointSpec, UProbeSpec
-from .placement import (ArgPlan, Placement, Probe, place_kprobe, place_lsm, place_syscall_on_lsm, place_tracepoint,
-                        place_uprobe, place_usdt)
+from .placement import (ArgPlan, Placement, Probe, place_kprobe, place_lsm, place_syscall_on_host,
+                        place_syscall_on_lsm, place_tracepoint, place_uprobe, place_usdt)
 from .values import (parse_capability, parse_cidr, parse_family, parse_int, parse_int_or_range, parse_port,
                      parse_protocol, parse_tcp_state)
 
@@ -118,6 +118,15 @@ def compile_policy(policy: Policy, has: Probe, next_hook_id: Callable[[], int],
                 if overrides and kp.syscall:
                     # Override needs a hook that can refuse the operation before it happens
                     pl = place_syscall_on_lsm(kp, section, i, call, has)
+                    if pl is None or not pl.ok:
+                        lsm_reason = pl.reason if pl is not None else "no LSM hook guards it"
+                        if policy.spec.option("vigil-enforce-fallback") == "sigkill":
+                            pl = place_kprobe(kp, section, i, call, has)
+                            pl.notes.append(f"Override degraded to Sigkill after the fact (option "
+                                            f"vigil-enforce-fallback): {lsm_reason}")
+                            pl.attach["degraded"] = True
+                        else:
+                            pl = place_syscall_on_host(kp, section, i, call, has, lsm_reason)
                 if pl is None:
                     pl = place_kprobe(kp, section, i, call, has)
                 if generated and not pl.ok and pl.reason.startswith("no tracepoint"):
@@ -435,6 +444,13 @@ def _compile_actions(pl: Placement, actions: tuple[ActionSelector, ...], out: ob
         cfg = out[k]  # type: ignore[index]
         name = a.action
         canon = next((n for n in L.ACT if n.lower() == name.lower()), None)
+        if canon == "Override" and pl.attach.get("degraded"):
+            cfg.type = L.ACT["Sigkill"]
+            continue
+        if canon == "Override" and pl.mechanism in ("fanotify", "cgroup_sock_addr"):
+            cfg.type = L.ACT["Override"]
+            cfg.arg = a.arg_error
+            continue
         if canon == "Override" and pl.mechanism in ("lsm", "fmod_ret"):
             if a.arg_error >= 0:
                 errs.error(a.at("argError"), "Override needs a negative argError (an -errno) to refuse the operation")

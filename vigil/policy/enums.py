@@ -51,6 +51,8 @@ OPTION_ENUMS: dict[str, tuple[str, ...] | None] = {
     "sleepable-preload-size": None,  # int
     "override-method": ("fmod-ret", "override-return"),
     "policy-mode": ("enforce", "monitor"),
+    # Vigil: where no hook can refuse an operation before it happens, kill the caller after it
+    "vigil-enforce-fallback": ("sigkill",),
 }
 BOOL_OPTIONS = ("disable-kprobe-multi", "disable-uprobe-multi")
 # strconv.ParseBool spellings, which is what option values are read with

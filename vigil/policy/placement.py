@@ -483,3 +483,63 @@ def place_usdt(spec: UsdtSpec, index: int) -> Placement:
     pl = Placement("usdts", index, spec.loc, f"{spec.path}:{spec.provider}:{spec.name}")
     pl.reason = "usdts are not supported by this Vigil build yet"
     return pl
+
+
+# Syscalls this host can refuse without BPF LSM: exec and open of existing files through
+# fanotify permission events, socket operations through cgroup-BPF sock_addr hooks.
+HOST_DENY: dict[str, tuple[str, str, int]] = {
+    # syscall: (mechanism, what, index of the path / sockaddr argument)
+    "execve": ("fanotify", "exec", 0),
+    "execveat": ("fanotify", "exec", 1),
+    "openat": ("fanotify", "open", 1),
+    "openat2": ("fanotify", "open", 1),
+    "open": ("fanotify", "open", 0),
+    "connect": ("cgroup_sock_addr", "connect", 1),
+    "sendto": ("cgroup_sock_addr", "sendmsg", 4),
+    "sendmsg": ("cgroup_sock_addr", "sendmsg", 1),
+    "bind": ("cgroup_sock_addr", "bind", 1),
+}
+
+
+def place_syscall_on_host(spec: KProbeSpec, section: str, index: int, call: str, has: Probe,
+                          lsm_reason: str) -> Placement:
+    """Override without BPF LSM: refuse the operation before it happens by other means, or say why not."""
+    base = syscall_base(call) or call
+    pl = Placement(section, index, spec.loc, call, event_kind="process_kprobe")
+    if base not in HOST_DENY:
+        pl.reason = (f"this kernel cannot refuse {call} before it takes effect ({lsm_reason}); "
+                     "use Sigkill, or set the policy option `vigil-enforce-fallback: sigkill` to kill "
+                     "the caller after the fact")
+        return pl
+    mech, what, arg_index = HOST_DENY[base]
+    feature = "fanotify_perm" if mech == "fanotify" else f"cgroup_{'connect4' if what == 'connect' else what + '4'}"
+    ok, why = has(feature)
+    if not ok:
+        pl.reason = f"Override of {call} needs BPF LSM ({lsm_reason}) or {feature} ({why})"
+        return pl
+    if spec.return_:
+        pl.reason, pl.reason_loc = f"return: true cannot be combined with Override enforced by {mech}", spec.at("return")
+        return pl
+    pl.mechanism = mech
+    pl.attach = {"func": what, "syscall": f"__x64_sys_{base}", "what": what}
+    if mech == "fanotify":
+        pl.notes.append(f"Override of {call} enforced by fanotify {'FAN_OPEN_EXEC_PERM' if what == 'exec' else 'FAN_OPEN_PERM'}"
+                        + (" (opens of existing files; creating a file is not prevented)" if what == "open" else ""))
+    else:
+        pl.notes.append(f"Override of {call} enforced by cgroup/{what}4+6 (all cgroups)")
+    for slot, a in enumerate(spec.args):
+        if a.index != arg_index:
+            pl.reason = (f"argument index {a.index} of {call} is not available to {mech}, which enforces its "
+                         f"Override (only index {arg_index})")
+            pl.reason_loc = a.at("index")
+            return pl
+        want = "sockaddr" if mech == "cgroup_sock_addr" else "string"
+        if a.type not in (want, "filename" if want == "string" else want):
+            pl.reason, pl.reason_loc = f'argument {a.index} of {call} must be type "{want}" here', a.at("type")
+            return pl
+        plan = ArgPlan(slot, a.type, L.T["ksockaddr" if want == "sockaddr" else "string"], 0, a.index,
+                       label=a.label, index=a.index)
+        if want == "string":
+            plan.render = "string"
+        pl.args.append(plan)
+    return pl
