@@ -520,3 +520,46 @@ kprobes:
     assert "half-good" not in [p["name"] for p in running_agent.agent.list_policies()]
     assert _my_prog_ids() == before  # nothing of the refused policy was loaded
     assert not running_agent.agent.policies.hooks
+
+
+def test_returncopy_iovec_and_user_stack(running_agent: RunningAgent, pywork: Path):
+    d = str(pywork / "data")
+    spec = f"""
+kprobes:
+- call: sys_read
+  syscall: true
+  return: true
+  args:
+  - {{index: 0, type: fd}}
+  - {{index: 1, type: char_buf, returnCopy: true}}
+  - {{index: 2, type: size_t}}
+  returnArg: {{index: 0, type: int}}
+  selectors:
+  - matchArgs: [{{index: 0, operator: Equal, values: ["{d}/present.txt"]}}]
+    matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
+- call: sys_writev
+  syscall: true
+  args:
+  - {{index: 0, type: fd}}
+  - {{index: 1, type: char_iovec, sizeArgIndex: 3}}
+  - {{index: 2, type: int}}
+  selectors:
+  - matchArgs: [{{index: 0, operator: Prefix, values: ["{d}/"]}}]
+    matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
+    matchActions: [{{action: Post, userStackTrace: true}}]
+"""
+    code = (f"import os\nfd = os.open('{d}/present.txt', os.O_RDONLY)\nos.read(fd, 100)\nos.close(fd)\n"
+            f"fd = os.open('{d}/iov.txt', os.O_WRONLY|os.O_CREAT, 0o644)\nos.writev(fd, [b'ab', b'cd'])\nos.close(fd)\n"
+            # user stacks are symbolized (module + offset) from /proc/<pid>/maps while the process lives
+            "import time\ntime.sleep(1)\n")
+    r = Run()
+    with loaded(running_agent, policy_yaml("copy-iov", spec)):
+        events = running_agent.collect(lambda: run_py(pywork, code, out=r))
+    got = {b["function_name"]: b for _, b in policy_events(events, r.pid, "copy-iov")}
+    rd = got["__x64_sys_read"]
+    assert rd["args"][1] == {"bytes_arg": "aGVsbG8K"}  # "hello\n", read at return with the returned size
+    assert rd["return"] == {"int_arg": 6}
+    wv = got["__x64_sys_writev"]
+    assert wv["args"][1] == {"bytes_arg": "YWJjZA=="}  # "abcd" from two iovecs
+    assert wv["args"][2] == {"int_arg": 2}
+    assert wv["user_stack_trace"] and any(f.get("module") for f in wv["user_stack_trace"])
