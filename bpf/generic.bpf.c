@@ -883,6 +883,9 @@ static __always_inline int binary_filter(struct vp_selector *sel, struct gen_hea
 		return 0;
 	if (!e)
 		return sel->bin_op == 2 || sel->bin_op == 4 || sel->bin_op == 6;
+	/* followChildren: a descendant of a matching binary matches too */
+	if (sel->bin_follow && (e->follow & (1ULL << ((sel->bin_follow - 1) & 63))))
+		return 1;
 	switch (sel->bin_op) {
 	case 1:
 	case 2:

@@ -21,11 +21,46 @@ struct msg_exit *vigil_btf_msg_exit __attribute__((unused));
 const volatile __u32 args_max = 4096;   /* bytes of argv captured per exec */
 const volatile __u32 path_limit = 4096; /* bytes of path components per path */
 
+#define FOLLOW_LPM_LEN 248
+
+struct follow_lpm_key {
+	__u32 prefixlen;
+	char s[FOLLOW_LPM_LEN];
+};
+
 struct exec_heap {
 	struct msg_process m; /* data[] follows in the same slot */
 	char data[VIGIL_DATA_MASK + 1 + ARGS_CAP];
 	struct execve_entry ent;  /* staging for execve_map updates */
+	struct follow_lpm_key fk;
+	char fk_slack[8];         /* masked byte writes into fk.s may reach 255 */
 };
+
+/* followChildren rules (written by the agent): binary -> bitmask of the rules it matches.
+ * Prefix/postfix entries hold the OR of every rule prefix that is a prefix of them, so the
+ * longest match alone answers. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, char[BINARY_LEN]);
+	__type(value, __u64);
+} follow_exact SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct follow_lpm_key);
+	__type(value, __u64);
+} follow_prefix SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct follow_lpm_key);
+	__type(value, __u64);
+} follow_postfix SEC(".maps");
 
 /* One scratch slot per CPU. A plain array indexed by CPU, because per-CPU
  * maps cap values at 32 KiB; the loader sizes it to the possible CPUs. */
@@ -112,6 +147,47 @@ static __always_inline void fill_namespaces(struct task_struct *task, struct msg
 	m->ns[8] = BPF_CORE_READ(nsp, cgroup_ns, ns.inum);
 }
 
+static long rev_step(__u32 i, void *arg)
+{
+	__u32 cpu = bpf_get_smp_processor_id(), n = *(__u32 *)arg;
+	struct exec_heap *h = bpf_map_lookup_elem(&exec_heap, &cpu);
+
+	if (!h || i >= n)
+		return 1;
+	h->fk.s[i & 0xff] = h->ent.bin[(n - 1 - i) & (BINARY_LEN - 1)];
+	return 0;
+}
+
+/* followChildren marks: inherited from this process's previous image (and so from its
+ * parent at fork), plus the rules the new binary matches. */
+static __always_inline __u64 follow_marks(struct exec_heap *h, __u32 pid, __u32 blen)
+{
+	struct execve_entry *old = bpf_map_lookup_elem(&execve_map, &pid);
+	__u64 mask = old ? old->follow : 0, *v;
+	__u32 n = blen > FOLLOW_LPM_LEN ? FOLLOW_LPM_LEN : blen;
+
+	v = bpf_map_lookup_elem(&follow_exact, h->ent.bin);
+	if (v)
+		mask |= *v;
+	barrier_var(n);
+	n &= 0xff;
+	h->fk.prefixlen = n * 8;
+	bpf_probe_read_kernel(h->fk.s, n, h->ent.bin);
+	v = bpf_map_lookup_elem(&follow_prefix, &h->fk);
+	if (v)
+		mask |= *v;
+	/* postfix: the last bytes, reversed */
+	if (blen > FOLLOW_LPM_LEN) {
+		h->fk.prefixlen = 0;  /* paths this long only match through the other maps */
+	} else {
+		bpf_loop(FOLLOW_LPM_LEN, rev_step, &n, 0);
+		v = bpf_map_lookup_elem(&follow_postfix, &h->fk);
+		if (v)
+			mask |= *v;
+	}
+	return mask;
+}
+
 static __always_inline int do_exec(struct task_struct *task, struct linux_binprm *bprm)
 {
 	__u32 zero, off = 0, n;
@@ -177,6 +253,7 @@ static __always_inline int do_exec(struct task_struct *task, struct linux_binprm
 	h->ent.bin_len = blen;
 	__builtin_memset(h->ent.bin, 0, BINARY_LEN);
 	bpf_probe_read_kernel(h->ent.bin, blen, h->data);
+	h->ent.follow = follow_marks(h, m->key.pid, blen);
 	if (bpf_map_update_elem(&execve_map, &m->key.pid, &h->ent, BPF_ANY))
 		count_drop(DROP_EXECVE_MAP_FULL);
 	off += n;

@@ -165,7 +165,8 @@ struct vp_selector {
 	__u32 pids[VP_MAX_PIDS];
 	/* matchBinaries */
 	__u8 bin_op;                     /* 1 In, 2 NotIn, 3 Prefix, 4 NotPrefix, 5 Postfix, 6 NotPostfix */
-	__u8 pad1[3];
+	__u8 bin_follow;                 /* followChildren: execve_map follow bit + 1; 0 none */
+	__u8 pad1[2];
 	__u32 bin_map_id;
 	/* matchNamespaces */
 	struct vp_ns_filter ns[VP_MAX_NS];

@@ -18,6 +18,8 @@ struct execve_entry {
 	char bin[BINARY_LEN];
 	__u64 caps[3];           /* at exec: effective, inheritable, permitted */
 	__u32 ns[VIGIL_NS_COUNT];/* at exec (matchNamespaceChanges) */
+	__u64 follow;            /* matchBinaries followChildren: bit k set when this process or an
+				  * ancestor executed a binary matching follow rule k */
 };
 
 /* Current exec identity of every live thread group, keyed by tgid.

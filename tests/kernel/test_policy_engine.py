@@ -563,3 +563,31 @@ kprobes:
     assert wv["args"][1] == {"bytes_arg": "YWJjZA=="}  # "abcd" from two iovecs
     assert wv["args"][2] == {"int_arg": 2}
     assert wv["user_stack_trace"] and any(f.get("module") for f in wv["user_stack_trace"])
+
+
+def test_matchbinaries_follow_children(running_agent: RunningAgent, pywork: Path):
+    d = str(pywork / "data")
+    shutil.copy2(os.path.realpath("/bin/sh"), pywork / "launcher")
+    spec = f"""
+kprobes:
+- call: sys_openat
+  syscall: true
+  args: [{{index: 1, type: string}}]
+  selectors:
+  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
+    matchBinaries: [{{operator: In, followChildren: true, values: ["{pywork}/launcher"]}}]
+"""
+    launched, direct = Run(), Run()
+    with loaded(running_agent, policy_yaml("follow-children", spec)):
+        def act() -> None:
+            # a grandchild of the launcher (launcher -> vpy) matches; the same binary started directly does not
+            p = subprocess.Popen([str(pywork / "launcher"), "-c", f"exec {pywork}/vpy -S -c \"{open_file(d + '/present.txt')}\" & wait"],
+                                 cwd=pywork)
+            p.wait(60)
+            launched.pid = p.pid
+            run_py(pywork, open_file(f"{d}/present.txt"), out=direct)
+        events = running_agent.collect(act)
+    got = [b for k, b in ((next(iter(e)), e[next(iter(e))]) for e in events) if b.get("policy_name") == "follow-children"]
+    assert got and all(b["process"]["binary"] == f"{pywork}/vpy" for b in got)
+    assert all(b["process"]["pid"] != direct.pid for b in got)
+    assert all(b["parent"]["binary"] == f"{pywork}/launcher" for b in got)

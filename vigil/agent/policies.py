@@ -72,6 +72,16 @@ class PolicyManager:
             return False, f"unknown feature {name}"
         return bool(f.supported), f.reason
 
+    def _follow_rules(self) -> Any:
+        from vigil.sensors.follow import FollowRules
+
+        sensor = self.agent.sensor
+        if sensor is None or sensor.obj is None:
+            raise PolicyError("the process sensor is not running; policies need the live kernel")
+        if getattr(sensor, "follow", None) is None:
+            sensor.follow = FollowRules(sensor.obj)
+        return sensor.follow
+
     def _shared_maps(self) -> dict[str, Any]:
         sensor = self.agent.sensor
         if sensor is None or sensor.obj is None:
@@ -111,9 +121,21 @@ class PolicyManager:
         with self._lock:
             if policy.name in self.policies:
                 raise PolicyExists(f"policy {policy.name!r} already exists")
+            follow = self._follow_rules()
+            bits: list[int] = []
+
+            def follow_bit(op: str, values: tuple[str, ...]) -> int:
+                try:
+                    bit = follow.acquire(op, values)
+                except PolicyError as e:
+                    raise ValueError(str(e)) from None
+                bits.append(bit)
+                return bit
             try:
-                compiled = compile_policy(policy, self.has, lambda: next(self._hook_ids))
+                compiled = compile_policy(policy, self.has, lambda: next(self._hook_ids), follow_bit=follow_bit)
             except PolicyErrors as e:
+                for b in bits:
+                    follow.release(b)
                 raise PolicyError(str(e)) from None
             mode = mode or compiled.mode
             if mode == "monitor":
@@ -142,12 +164,16 @@ class PolicyManager:
                     gh.close()
                 for ch in compiled.hooks:
                     self.hooks.pop(ch.hook_id, None)
+                for b in bits:
+                    follow.release(b)
                 raise
             except Exception as e:
                 for gh in loaded:
                     gh.close()
                 for ch in compiled.hooks:
                     self.hooks.pop(ch.hook_id, None)
+                for b in bits:
+                    follow.release(b)
                 raise PolicyError(f"policy {policy.name!r}: loading {ch.placement.describe()} failed: {e}") from e
             lp = LoadedPolicy(next(self._ids), compiled, loaded, source, mode)
             for ch in compiled.hooks:
@@ -173,6 +199,8 @@ class PolicyManager:
                 gh.close()
             for ch in lp.compiled.hooks:
                 self.hooks.pop(ch.hook_id, None)
+                for b in ch.follow_bits:
+                    self._follow_rules().release(b)
             del self.policies[name]
             log.info("policy %s deleted", name)
 

@@ -51,6 +51,7 @@ class CompiledHook:
     val_keys: list[bytes] = field(default_factory=list)
     selectors: tuple[Selector, ...] = ()
     lists: dict = field(default_factory=dict)
+    follow_bits: list[int] = field(default_factory=list)
 
     @property
     def args(self) -> list[ArgPlan]:
@@ -94,7 +95,8 @@ def host_ns_inums() -> list[int]:
 
 
 def compile_policy(policy: Policy, has: Probe, next_hook_id: Callable[[], int],
-                   host_ns: list[int] | None = None) -> CompiledPolicy:
+                   host_ns: list[int] | None = None,
+                   follow_bit: Callable[[str, tuple[str, ...]], int] | None = None) -> CompiledPolicy:
     """Compile every hook; raises PolicyErrors (nothing partial) if any part cannot run here."""
     errs = _Errors()
     spec = policy.spec
@@ -146,7 +148,7 @@ def compile_policy(policy: Policy, has: Probe, next_hook_id: Callable[[], int],
         if not pl.ok:
             errs.error(pl.reason_loc or pl.loc, f"{pl.section}[{pl.index}] ({pl.target}): {pl.reason}")
             continue
-        hooks.append(_compile_hook(policy, pl, hook, next_hook_id(), monitor, ns, errs))
+        hooks.append(_compile_hook(policy, pl, hook, next_hook_id(), monitor, ns, errs, follow_bit))
     if errs.errors:
         raise PolicyErrors(errs.errors, errs.warnings)
     return CompiledPolicy(policy, hooks, errs.warnings, policy.mode)
@@ -180,7 +182,8 @@ def _expand_call(policy: Policy, kp: KProbeSpec, errs: _Errors) -> list[str]:
 
 
 def _compile_hook(policy: Policy, pl: Placement, hook: object, hook_id: int, monitor: bool,
-                  host_ns: list[int], errs: _Errors) -> CompiledHook:
+                  host_ns: list[int], errs: _Errors,
+                  follow_bit: Callable[[str, tuple[str, ...]], int] | None = None) -> CompiledHook:
     cfg = L.Hook()
     cfg.hook_id = hook_id
     cfg.flags = (L.HOOK_RETURN if pl.return_prog else 0) | (L.HOOK_MONITOR if monitor else 0)
@@ -194,7 +197,7 @@ def _compile_hook(policy: Policy, pl: Placement, hook: object, hook_id: int, mon
                       lists={ls.name: ls for ls in policy.spec.lists})
     cfg.nselectors = len(ch.selectors)
     for si, sel in enumerate(ch.selectors):
-        _compile_selector(ch, hook, pl, si, sel, cfg.sel[si], host_ns, errs)
+        _compile_selector(ch, hook, pl, si, sel, cfg.sel[si], host_ns, errs, follow_bit)
     return ch
 
 
@@ -338,7 +341,8 @@ def _s64(v: int) -> int:
 
 
 def _compile_selector(ch: CompiledHook, hook: object, pl: Placement, si: int, sel: Selector, s: L.Selector,
-                      host_ns: list[int], errs: _Errors) -> None:
+                      host_ns: list[int], errs: _Errors,
+                      follow_bit: Callable[[str, tuple[str, ...]], int] | None = None) -> None:
     for name in ("match_data", "match_parent_binaries", "match_workloads"):
         if getattr(sel, name):
             yaml = {"match_data": "matchData", "match_parent_binaries": "matchParentBinaries",
@@ -377,7 +381,17 @@ def _compile_selector(ch: CompiledHook, hook: object, pl: Placement, si: int, se
     if sel.match_binaries:
         mb = sel.match_binaries[0]
         if mb.follow_children:
-            errs.error(mb.at("followChildren"), "matchBinaries followChildren is not supported by this Vigil build yet")
+            if mb.operator not in ("In", "Prefix", "Postfix"):
+                errs.error(mb.at("operator"), "followChildren works with In, Prefix and Postfix")
+            elif follow_bit is None:
+                pass  # offline compile (explain): the bit is allocated when the policy loads
+            else:
+                try:
+                    bit = follow_bit(mb.operator, tuple(mb.values))
+                    s.bin_follow = bit + 1
+                    ch.follow_bits.append(bit)
+                except ValueError as ex:
+                    errs.error(mb.at("followChildren"), str(ex))
         ops = {"In": 1, "NotIn": 2, "Prefix": 3, "NotPrefix": 4, "Postfix": 5, "NotPostfix": 6}
         s.present |= L.SEL_BINS
         s.bin_op = ops[mb.operator]

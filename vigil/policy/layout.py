@@ -82,7 +82,7 @@ class Selector(C.Structure):
         ("args", Filter * SLOTS), ("ret", Filter),
         ("pid_op", C.c_uint8), ("pid_n", C.c_uint8), ("pid_nspid", C.c_uint8), ("pid_follow", C.c_uint8),
         ("pids", C.c_uint32 * MAX_PIDS),
-        ("bin_op", C.c_uint8), ("pad1", C.c_uint8 * 3), ("bin_map_id", C.c_uint32),
+        ("bin_op", C.c_uint8), ("bin_follow", C.c_uint8), ("pad1", C.c_uint8 * 2), ("bin_map_id", C.c_uint32),
         ("ns", NsFilter * MAX_NS),
         ("cap_op", C.c_uint8), ("cap_type", C.c_uint8), ("capchg_op", C.c_uint8), ("capchg_type", C.c_uint8),
         ("nschg_mask", C.c_uint32), ("nschg_op", C.c_uint8), ("pad2", C.c_uint8 * 7),

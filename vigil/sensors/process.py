@@ -19,7 +19,7 @@ HOOKS = ("exec", "fork", "exit")
 DROP_CAUSES = ("ringbuf_full_exec", "ringbuf_full_clone", "ringbuf_full_exit", "ringbuf_full_generic",
                "execve_map_full", "heap", "cause6", "cause7")
 # struct execve_entry: key, pkey, bin_len, flags, bin, caps[3] (eff, inh, prm), ns[10]
-ENTRY = struct.Struct("<IIQIIQII256s3Q10I")
+ENTRY = struct.Struct("<IIQIIQII256s3Q10IQ")  # ... , follow
 BINARY_LEN = 256
 BPF_NOEXIST = 1
 ARGS_CAP = 32767
@@ -38,6 +38,7 @@ class ProcessSensor:
         self.execve_map_entries = execve_map_entries
         self.obj: BpfObject | None = None
         self.flavour = ""
+        self.follow = None  # followChildren rules (vigil.sensors.follow), created on first use
 
     def _open(self, flavour: str) -> BpfObject:
         obj = BpfObject.open(bpf_object("process"))
@@ -91,7 +92,7 @@ class ProcessSensor:
             key = struct.pack("<I", pid)
             b = binary.encode("utf-8", "surrogateescape")[: BINARY_LEN - 1]
             try:
-                m.update(key, ENTRY.pack(pid, 0, ktime, ppid, 0, pktime, len(b), 0, b, *caps, *ns), BPF_NOEXIST)
+                m.update(key, ENTRY.pack(pid, 0, ktime, ppid, 0, pktime, len(b), 0, b, *caps, *ns, 0), BPF_NOEXIST)
             except BpfError as e:
                 if e.errno == 17:  # EEXIST: created by a live exec/fork
                     known.add(pid)
