@@ -26,7 +26,7 @@ def free_port() -> int:
 
 
 class AgentProcess:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, extra: list[str] | None = None) -> None:
         self.sock = f"unix://{tmp}/vigil.sock"
         self.export = tmp / "export.log"
         self.info = tmp / "info.json"
@@ -34,7 +34,8 @@ class AgentProcess:
         self.stderr = tmp / "agent.err"
         self.proc = subprocess.Popen(
             [*VIGIL, "agent", "--export-filename", str(self.export), "--server-address", self.sock,
-             "--metrics-server", f"127.0.0.1:{self.metrics_port}", "--info-file", str(self.info)],
+             "--metrics-server", f"127.0.0.1:{self.metrics_port}", "--info-file", str(self.info),
+             *(extra or [])],
             stdout=subprocess.DEVNULL, stderr=open(self.stderr, "wb"),
         )
         deadline = time.monotonic() + 60
@@ -199,3 +200,31 @@ def _agent_prog_ids(pid: int) -> set[int]:
         except OSError:
             pass
     return ids
+
+
+def test_stopping_the_agent_removes_its_denies(tmp_path: Path):
+    from tests import enforce_cases as C
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to load BPF programs")
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    port = srv.getsockname()[1]
+    pol = tmp_path / "deny.yaml"
+    pol.write_text(C.connect_deny(port))
+    ap = AgentProcess(tmp_path, extra=["--tracing-policy", str(pol)])
+    try:
+        ids = _agent_prog_ids(ap.proc.pid)
+        assert C.run_connect_case(srv)["connect_errno"] == 1  # denied while the agent runs
+        assert ap.stop() == 0
+    finally:
+        ap.stop()
+    socket.create_connection(("127.0.0.1", port), timeout=5).close()  # the deny left with the agent
+    srv.close()
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
+    deadline = time.monotonic() + 10
+    while ids & {p["id"] for p in json.loads(out)} and time.monotonic() < deadline:
+        time.sleep(0.05)
+        out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
+    assert not ids & {p["id"] for p in json.loads(out)}
