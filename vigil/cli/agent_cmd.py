@@ -139,7 +139,11 @@ def _build_command() -> click.Command:
     for flag, spec in OPTIONS:
         params.append(click.Option([flag], **spec))
     return click.Command("agent", callback=agent, params=params,
-                         help="Run the Vigil agent (observability and enforcement) in the foreground.")
+                         help="Run the Vigil agent (observability and enforcement) in the foreground.\n\n"
+                              "Every option can also come from the environment (VIGIL_<OPTION> or "
+                              "TETRAGON_<OPTION>, dashes as underscores, e.g. VIGIL_EXPORT_FILENAME) or from "
+                              "--config-dir (one file per option, named after it). Flags win over the "
+                              "environment, the environment over the config dir.")
 
 
 def run_agent(cfg: AgentConfig) -> int:
