@@ -1,0 +1,52 @@
+"""`vigil agent` configuration sources: flags > environment > --config-dir; bad values are clear errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from vigil.cli import agent_cmd
+from vigil.cli.main import cli
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> list:
+    got: list = []
+    monkeypatch.setattr(agent_cmd, "run_agent", lambda cfg: got.append(cfg) or 0)
+    return got
+
+
+def run(args: list[str], env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(cli, ["agent", *args], env=env or {}, catch_exceptions=False)
+
+
+def test_precedence_flag_env_configdir(tmp_path: Path, captured: list):
+    (tmp_path / "export-filename").write_text("/from/configdir.log\n")
+    (tmp_path / "process-cache-size").write_text("1000")
+    (tmp_path / "rb-size").write_text("1M")
+    r = run(["--config-dir", str(tmp_path), "--rb-size", "2M"],
+            env={"VIGIL_PROCESS_CACHE_SIZE": "2000", "TETRAGON_EXPORT_FILE_MAX_BACKUPS": "9"})
+    assert r.exit_code == 0, r.output
+    cfg = captured[0]
+    assert cfg.export_filename == "/from/configdir.log"  # config dir only
+    assert cfg.process_cache_size == 2000                 # env beats config dir
+    assert cfg.rb_size == 2 << 20                         # flag beats config dir
+    assert cfg.export_file_max_backups == 9               # Tetragon's variable names work too
+
+
+@pytest.mark.parametrize("args, env, needle", [
+    (["--rb-size", "1000"], {}, "--rb-size"),
+    ([], {"VIGIL_RB_SIZE": "lots"}, "--rb-size"),
+    ([], {"VIGIL_PROCESS_CACHE_SIZE": "many"}, "--process-cache-size"),
+    (["--export-file-perm", "8"], {}, "--export-file-perm"),
+])
+def test_bad_values_name_the_option(captured: list, args, env, needle):
+    r = run(args, env)
+    assert r.exit_code != 0 and needle in r.output and not captured
+
+
+def test_unknown_config_dir_file(tmp_path: Path, captured: list):
+    (tmp_path / "no-such-option").write_text("1")
+    r = run(["--config-dir", str(tmp_path)])
+    assert r.exit_code != 0 and "no-such-option" in r.output
