@@ -65,7 +65,7 @@ proto: $(BUILD)/.proto
 
 run: all
 	@mkdir -p $(dir $(EXPORT_FILE))
-	$(VENV)/bin/vigil agent --export-filename $(EXPORT_FILE) --follow
+	$(VENV)/bin/vigil agent --export-filename $(EXPORT_FILE) --print-events compact
 
 test: all
 	$(VPY) -m pytest $(PYTEST_ARGS)
