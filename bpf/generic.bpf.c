@@ -23,6 +23,7 @@ char LICENSE[] SEC("license") = "GPL";
 /* struct types kept in BTF for the layout test */
 struct vp_hook *vigil_btf_vp_hook __attribute__((unused));
 struct msg_generic *vigil_btf_msg_generic __attribute__((unused));
+struct msg_data *vigil_btf_msg_data __attribute__((unused));
 
 enum hook_stat {
 	HS_HITS = 0,       /* hook fired */
@@ -106,7 +107,17 @@ struct gen_heap {
 	__u8 pad;
 	__s32 override_err;    /* Override action: error to return (0: none) */
 	__u32 pad2;
+	__u64 data_ptr[VP_SLOTS];   /* maxData: user buffer and total bytes to send */
+	__u64 data_total[VP_SLOTS];
+	__u32 data_inline[VP_SLOTS];
 };
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct msg_data);
+} data_heap SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -457,15 +468,29 @@ __noinline int read_arg(__u32 i)
 			size = h->m.args[(a->size_arg - 1) & 7].value;
 		else
 			size = max;
-		if (size > max) {
+		if (a->max_data && size > max) {
+			/* the first max bytes inline (selectors see them), the rest as data records */
+			__u64 total = size > VP_MAX_DATA ? VP_MAX_DATA : size;
+
+			if (size > VP_MAX_DATA)
+				ah->flags |= VP_ARGF_TRUNC;
+			ah->flags |= VP_ARGF_DATA;
+			h->data_ptr[i] = raw;
+			h->data_total[i] = total;
+			h->data_inline[i] = max;
+			size = max;
+		} else if (size > max) {
 			size = max;
 			ah->flags |= VP_ARGF_TRUNC;
 		}
 		n = size & (VP_ARG_DATA - 1);
 		if (n && bpf_probe_read_user(h->data + off, n, (void *)raw)) {
 			ah->flags |= VP_ARGF_ERR;
+			ah->flags &= ~VP_ARGF_DATA;
 			n = 0;
 		}
+		if (ah->flags & VP_ARGF_DATA)
+			ah->value = h->data_total[i];
 		break;
 	}
 	case VP_T_CHAR_IOVEC: {
@@ -1096,8 +1121,72 @@ static __always_inline __u8 do_actions(struct gen_heap *h, struct vp_hook *cfg,
 	return fired;
 }
 
+struct data_loop {
+	__u64 ptr;
+	__u64 ktime;
+	__u32 start;
+	__u32 end;
+	__u32 tid;
+	__u32 slot;
+};
+
+/* one maxData chunk: bytes [start + i*4096, ...) of the user buffer */
+static long data_step(__u32 i, void *arg)
+{
+	struct data_loop *dl = arg;
+	struct msg_data *d;
+	__u32 zero = 0, at, len;
+
+	at = dl->start + i * VP_DATA_CHUNK;
+	if (at >= dl->end)
+		return 1;
+	d = bpf_map_lookup_elem(&data_heap, &zero);
+	if (!d)
+		return 1;
+	len = dl->end - at;
+	if (len > VP_DATA_CHUNK)
+		len = VP_DATA_CHUNK;
+	barrier_var(len);
+	len &= 0x1fff;
+	if (!len || len > VP_DATA_CHUNK)
+		return 1;
+	d->hdr.op = VIGIL_OP_DATA;
+	d->hdr.flags = 0;
+	d->hdr.ktime = bpf_ktime_get_ns();
+	d->ev_ktime = dl->ktime;
+	d->tid = dl->tid;
+	d->slot = dl->slot;
+	d->offset = at;
+	d->len = 0;
+	if (bpf_probe_read_user(d->data, len, (void *)(dl->ptr + at)))
+		return 1;
+	d->len = len;
+	d->hdr.size = sizeof(*d) - VP_DATA_CHUNK + len;
+	emit(d, (sizeof(*d) - VP_DATA_CHUNK + len) & 0x1fff, DROP_RB_FULL_GENERIC);
+	return 0;
+}
+
+/* maxData arguments: everything past the inline part, before the event itself */
+static __always_inline void send_data(struct gen_heap *h)
+{
+	for (__u32 i = 0; i < VP_MAX_ARGS; i++) {
+		struct data_loop dl = {};
+
+		if (!(h->m.args[i].flags & VP_ARGF_DATA))
+			continue;
+		dl.ptr = h->data_ptr[i];
+		dl.ktime = h->m.hdr.ktime;
+		dl.start = h->data_inline[i];
+		dl.end = h->data_total[i];
+		dl.tid = h->m.tid;
+		dl.slot = i;
+		bpf_loop(VP_MAX_DATA / VP_DATA_CHUNK + 1, data_step, &dl, 0);
+	}
+}
+
 static __always_inline void send(void *ctx, struct gen_heap *h)
 {
+	send_data(h);
 	__u32 off = h->off & DATA_MASK;
 	__u64 size;
 	long n;

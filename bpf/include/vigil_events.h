@@ -9,6 +9,7 @@ enum vigil_op {
 	VIGIL_OP_CLONE = 2,
 	VIGIL_OP_EXIT = 3,
 	VIGIL_OP_GENERIC = 10,
+	VIGIL_OP_DATA = 12,
 	VIGIL_OP_NETDENY = 11,
 };
 

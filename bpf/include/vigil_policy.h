@@ -120,6 +120,8 @@ struct vp_arg {
 	__u8 size_arg;    /* 1-based slot whose value is this buffer's length; 0 none */
 	__u8 return_copy; /* read the buffer at return, length = return value */
 	__u32 max_len;    /* capture limit for strings/buffers */
+	__u8 max_data;    /* maxData: bytes beyond the inline capture go out as data records */
+	__u8 pad[3];
 };
 
 struct vp_filter {
@@ -230,6 +232,22 @@ struct vp_arg_hdr {
 #define VP_ARGF_TRUNC   (1 << 0)  /* capture limit reached */
 #define VP_ARGF_ERR     (1 << 1)  /* could not be read */
 #define VP_ARGF_NOTROOT (1 << 2)  /* path did not reach a root (pipe, socket, memfd...) */
+#define VP_ARGF_DATA    (1 << 3)  /* more bytes follow in data records (maxData); value = total */
+
+#define VP_MAX_DATA 327360        /* maxData capture limit, as in Tetragon */
+#define VP_DATA_CHUNK 4096
+
+/* One chunk of a maxData argument, sent before its event (op VIGIL_OP_DATA). */
+struct msg_data {
+	struct msg_header hdr;
+	__u64 ev_ktime;   /* hdr.ktime of the event it belongs to */
+	__u32 tid;
+	__u8 slot;
+	__u8 pad[3];
+	__u32 offset;     /* byte offset of this chunk in the argument */
+	__u32 len;
+	char data[VP_DATA_CHUNK];
+};
 
 struct msg_generic {
 	struct msg_header hdr;

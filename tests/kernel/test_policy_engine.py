@@ -591,3 +591,33 @@ kprobes:
     assert got and all(b["process"]["binary"] == f"{pywork}/vpy" for b in got)
     assert all(b["process"]["pid"] != direct.pid for b in got)
     assert all(b["parent"]["binary"] == f"{pywork}/launcher" for b in got)
+
+
+def test_maxdata_captures_large_buffers(running_agent: RunningAgent, pywork: Path):
+    import base64
+
+    d = str(pywork / "data")
+    spec = f"""
+kprobes:
+- call: sys_write
+  syscall: true
+  args:
+  - {{index: 0, type: fd}}
+  - {{index: 1, type: char_buf, sizeArgIndex: 3, maxData: true}}
+  - {{index: 2, type: size_t}}
+  selectors:
+  - matchArgs: [{{index: 0, operator: Prefix, values: ["{d}/big"]}}]
+    matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
+"""
+    code = (f"import os\nfd = os.open('{d}/big.bin', os.O_WRONLY|os.O_CREAT, 0o644)\n"
+            "os.write(fd, bytes(range(256)) * 80)\n"         # 20480 bytes: fully captured
+            "os.write(fd, b'z' * 400000)\nos.close(fd)\n")   # beyond 327360: truncated
+    r = Run()
+    with loaded(running_agent, policy_yaml("maxdata", spec)):
+        events = running_agent.collect(lambda: run_py(pywork, code, out=r))
+    got = [b for _, b in policy_events(events, r.pid, "maxdata")]
+    assert len(got) == 2
+    assert base64.b64decode(got[0]["args"][1]["bytes_arg"]) == bytes(range(256)) * 80
+    t = got[1]["args"][1]["truncated_bytes_arg"]
+    assert t["orig_size"] == "400000"
+    assert base64.b64decode(t["bytes_arg"]) == b"z" * 327360

@@ -68,6 +68,7 @@ class Agent:
         self.policies = PolicyManager(self)
         self.handlers[R.OP_GENERIC] = self.policies.handle
         self.handlers[R.OP_NETDENY] = self.policies.handle_netdeny
+        self.handlers[R.OP_DATA] = self.policies.handle_data
         self._injected: deque[dict[str, Any]] = deque()
 
     # -- lifecycle

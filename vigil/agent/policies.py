@@ -60,6 +60,9 @@ class PolicyManager:
         from vigil.sensors.hostdeny import GuardRegistry
 
         self.guards = GuardRegistry(self._report_fanotify)
+        # maxData chunks wait here for their event: (event ktime, tid, slot) -> [(offset, bytes)]
+        self._data: dict[tuple[int, int, int], list[tuple[int, bytes]]] = {}
+        self.data_orphans = 0
 
     # -- feature probe, run once on first use (it loads programs: keep it off the start path)
     def has(self, name: str) -> tuple[bool, str]:
@@ -313,6 +316,24 @@ class PolicyManager:
         return {"process_kprobe": body, "node_name": self.agent.node_name,
                 "time": self.agent.clock.ktime_rfc3339(rec["ktime"])}
 
+    def handle_data(self, buf: bytes, now_ns: int) -> None:
+        h, chunk = G.decode_data(buf)
+        if len(self._data) >= 4096:  # events that never came (dropped): forget the oldest
+            self._data.pop(next(iter(self._data)))
+            self.data_orphans += 1
+        self._data.setdefault((h.ev_ktime, h.tid, h.slot), []).append((h.offset, chunk))
+        return None
+
+    def _more_data(self, m: Any) -> dict[int, bytes] | None:
+        more: dict[int, bytes] | None = None
+        for slot in range(L.MAX_ARGS):
+            if m.args[slot].flags & L.ARGF_DATA:
+                chunks = self._data.pop((m.ktime, m.tid, slot), [])
+                chunks.sort()
+                more = more or {}
+                more[slot] = b"".join(c for _, c in chunks)
+        return more
+
     def handle(self, buf: bytes, now_ns: int) -> dict[str, Any] | None:
         m, data = G.decode_generic(buf)
         entry = self.hooks.get(m.hook_id)
@@ -331,7 +352,7 @@ class PolicyManager:
                 body["parent"] = parent.json
         else:
             body["process"] = {"pid": m.pid, "tid": m.tid, "flags": "miss"}
-        body.update(G.build_body(ch, m, data))
+        body.update(G.build_body(ch, m, data, self._more_data(m)))
         kind = ch.placement.event_kind
         if lp is not None:
             lp.events[kind] = lp.events.get(kind, 0) + 1

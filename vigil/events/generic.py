@@ -238,14 +238,26 @@ def explain_enforcement(hook: CompiledHook, m: L.MsgGeneric) -> str:
             f"{hook.placement.describe()}]")
 
 
+DATA_HDR_SIZE = ctypes.sizeof(L.MsgDataHdr)
+
+
+def decode_data(buf: bytes) -> tuple[L.MsgDataHdr, bytes]:
+    if len(buf) < DATA_HDR_SIZE:
+        raise DecodeError(f"data record of {len(buf)} bytes, need {DATA_HDR_SIZE}")
+    h = L.MsgDataHdr.from_buffer_copy(buf, 0)
+    return h, buf[DATA_HDR_SIZE:DATA_HDR_SIZE + h.len]
+
+
 def decode_generic(buf: bytes) -> tuple[L.MsgGeneric, bytes]:
     if len(buf) < HDR_SIZE:
         raise DecodeError(f"generic record of {len(buf)} bytes, need {HDR_SIZE}")
     return L.MsgGeneric.from_buffer_copy(buf, 0), buf[HDR_SIZE:]
 
 
-def build_body(hook: CompiledHook, m: L.MsgGeneric, data: bytes) -> dict[str, Any]:
-    """The hook-specific part of the event (without process/parent)."""
+def build_body(hook: CompiledHook, m: L.MsgGeneric, data: bytes,
+               more: dict[int, bytes] | None = None) -> dict[str, Any]:
+    """The hook-specific part of the event (without process/parent). `more`: maxData bytes
+    that came in data records, by argument slot."""
     pl = hook.placement
     by_slot = {p.slot: (p, m.args[p.slot]) for p in pl.args}
     args = []
@@ -253,7 +265,10 @@ def build_body(hook: CompiledHook, m: L.MsgGeneric, data: bytes) -> dict[str, An
         ah = m.args[p.slot]
         if p.vtype == 0:
             continue
-        args.append(render_arg(p, ah, data[ah.off:ah.off + ah.len], by_slot))
+        payload = data[ah.off:ah.off + ah.len]
+        if more and p.slot in more:
+            payload += more[p.slot]
+        args.append(render_arg(p, ah, payload, by_slot))
     body: dict[str, Any] = {}
     action = ACTION_NAMES.get(m.action, "KPROBE_ACTION_POST")
     if pl.event_kind == "process_kprobe":

@@ -13,6 +13,7 @@ OP_CLONE = 2
 OP_EXIT = 3
 OP_GENERIC = 10
 OP_NETDENY = 11
+OP_DATA = 12
 
 # header flags (enum vigil_exec_flags)
 F_ARGS_TRUNC = 1 << 0

@@ -192,6 +192,7 @@ def _compile_hook(policy: Policy, pl: Placement, hook: object, hook_id: int, mon
         a = cfg.args[p.slot]
         a.type, a.src, a.size, a.is_signed = p.vtype, p.src, p.size, int(p.is_signed)
         a.off, a.size_arg, a.return_copy, a.max_len = p.off, p.size_arg, int(p.return_copy), p.max_len
+        a.max_data = int(p.max_data)
     ch = CompiledHook(policy.name, hook_id, pl, cfg, message=getattr(hook, "message", ""),
                       tags=tuple(getattr(hook, "tags", ())), selectors=tuple(getattr(hook, "selectors", ())),
                       lists={ls.name: ls for ls in policy.spec.lists})

@@ -57,7 +57,7 @@ SCOPE = {"thread": 0, "": 0, "process": 1, "global": 2}
 class Arg(C.Structure):
     _fields_ = [("type", C.c_uint8), ("src", C.c_uint8), ("size", C.c_uint8), ("is_signed", C.c_uint8),
                 ("off", C.c_uint16), ("size_arg", C.c_uint8), ("return_copy", C.c_uint8),
-                ("max_len", C.c_uint32)]
+                ("max_len", C.c_uint32), ("max_data", C.c_uint8), ("pad", C.c_uint8 * 3)]
 
 
 class Filter(C.Structure):
@@ -116,5 +116,14 @@ class MsgGeneric(C.Structure):
     ]
 
 
-ARGF_TRUNC, ARGF_ERR, ARGF_NOTROOT = 1, 2, 4
+ARGF_TRUNC, ARGF_ERR, ARGF_NOTROOT, ARGF_DATA = 1, 2, 4, 8
+MAX_DATA = 327360
+DATA_HDR = C.c_uint8 * 0  # placeholder for typing
+
+
+class MsgDataHdr(C.Structure):
+    """struct msg_data without data[] (vigil_policy.h)."""
+    _fields_ = [("op", C.c_uint8), ("hpad", C.c_uint8), ("hflags", C.c_uint16), ("size", C.c_uint32),
+                ("ktime", C.c_uint64), ("ev_ktime", C.c_uint64), ("tid", C.c_uint32), ("slot", C.c_uint8),
+                ("pad", C.c_uint8 * 3), ("offset", C.c_uint32), ("len", C.c_uint32)]
 EV_HAS_RET, EV_MONITOR = 1, 2

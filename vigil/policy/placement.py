@@ -50,6 +50,7 @@ class ArgPlan:
     label: str = ""
     index: int = 0        # the policy's `index`
     render: str = ""      # JSON variant override (e.g. "string" for a path read at an LSM hook)
+    max_data: bool = False  # maxData: capture up to 327360 bytes (data records past the first 4 KiB)
 
 
 @dataclass
@@ -186,7 +187,9 @@ def _value_arg(a: KProbeArg, slot: int, src: int, off: int, *, user: bool,
     else:
         return None, f'argument type "{t}" is not supported by this Vigil build yet'
     if a.max_data:
-        return None, "maxData (captures beyond 4096 bytes) is not supported by this Vigil build"
+        if t != "char_buf":
+            return None, "maxData applies to char_buf arguments"
+        plan.max_data = True
     if t == "char_buf" and a.size_arg_index and a.size_arg_index > L.MAX_ARGS:
         return None, f"sizeArgIndex {a.size_arg_index} is beyond the {L.MAX_ARGS} argument slots"
     return plan, ""
