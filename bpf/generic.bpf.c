@@ -1110,6 +1110,29 @@ static __always_inline __u8 do_actions(struct gen_heap *h, struct vp_hook *cfg,
 				stat_inc(HS_SIGNALS);
 			}
 			break;
+		case VP_ACT_TRACKSOCK:
+		case VP_ACT_UNTRACKSOCK: {
+			__u32 slot = a->arg;
+			__u64 sk;
+
+			fired = a->type;
+			if (slot >= VP_MAX_ARGS)
+				break;
+			barrier_var(slot);
+			sk = h->m.args[slot & (VP_SLOTS - 1)].value;
+			if (!sk)
+				break;
+			if (a->type == VP_ACT_TRACKSOCK) {
+				struct sock_owner o = {};
+
+				o.key = h->m.key;
+				o.tid = h->m.tid;
+				bpf_map_update_elem(&socktrack, &sk, &o, BPF_ANY);
+			} else {
+				bpf_map_delete_elem(&socktrack, &sk);
+			}
+			break;
+		}
 		default:
 			/* FollowFD & co. need no kernel state here: fd arguments
 			 * resolve through the fd table. */
@@ -1261,6 +1284,24 @@ static __always_inline int run_hook(void *ctx, struct gen_heap *h, struct vp_hoo
 			break;
 		read_arg(i);
 	}
+	/* a tracked socket belongs to the process that tracked it */
+	for (i = 0; i < VP_MAX_ARGS; i++) {
+		struct sock_owner *o;
+		__u64 sk;
+
+		if (i >= cfg->nargs)
+			break;
+		if (h->m.args[i].type != VP_T_SOCK)
+			continue;
+		sk = h->m.args[i].value;
+		o = bpf_map_lookup_elem(&socktrack, &sk);
+		if (o) {
+			h->m.key = o->key;
+			h->tgid = o->key.pid;
+			h->m.tid = o->tid;
+			break;
+		}
+	}
 
 	if (cfg->nselectors) {
 		for (i = 0; i < VP_MAX_SELECTORS; i++) {
@@ -1313,6 +1354,19 @@ static __always_inline int run_return(void *ctx, __s64 ret)
 	bpf_map_delete_elem(&pending, &id);
 	h->m.ret = ret;
 	h->m.flags |= VP_EV_HAS_RET;
+	if (ret && (cfg->flags & (VP_HOOK_RET_TRACKSOCK | VP_HOOK_RET_UNTRACKSOCK))) {
+		__u64 sk = ret;
+
+		if (cfg->flags & VP_HOOK_RET_TRACKSOCK) {
+			struct sock_owner o = {};
+
+			o.key = h->m.key;
+			o.tid = h->m.tid;
+			bpf_map_update_elem(&socktrack, &sk, &o, BPF_ANY);
+		} else {
+			bpf_map_delete_elem(&socktrack, &sk);
+		}
+	}
 	/* buffers filled by the call (read(2)) are read now */
 	for (__u32 i = 0; i < VP_MAX_ARGS; i++) {
 		if (i >= cfg->nargs)

@@ -93,6 +93,8 @@ enum vp_action {
 #define VP_HOOK_RETURN     (1 << 0)  /* event is sent at return, with the return value */
 #define VP_HOOK_MONITOR    (1 << 1)  /* policy in monitor mode: enforcement is reported, not done */
 #define VP_HOOK_SYSCALL_EXIT_SPLIT (1 << 2) /* enter and exit are separate programs */
+#define VP_HOOK_RET_TRACKSOCK   (1 << 3)  /* returnArgAction TrackSock: the returned sock */
+#define VP_HOOK_RET_UNTRACKSOCK (1 << 4)
 
 /* selector.present bits */
 #define VP_SEL_PIDS     (1 << 0)

@@ -32,4 +32,19 @@ struct {
 } execve_map SEC(".maps");
 
 
+/* TrackSock: which process owns a socket (struct sock *), so events that handle the socket
+ * elsewhere (softirq, another process) are attributed to its owner. */
+struct sock_owner {
+	struct exec_key key;
+	__u32 tid;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u64);
+	__type(value, struct sock_owner);
+} socktrack SEC(".maps");
+
 #endif

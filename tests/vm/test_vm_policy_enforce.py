@@ -306,3 +306,56 @@ def test_tetragon_use_case_hooks(agent: Running, work: Path, case, spec, action,
     got = [ev for _, ev in mine(events, name)]
     assert got, f"no event for {case}"
     assert any(check(ev, work, port) for ev in got), got[0]
+
+
+def test_tracksock_attributes_socket_events_to_the_owner(agent: Running):
+    """The socket is connected by this process, then closed for the last time by a child:
+    tcp_close runs in the child, but the tracked socket's events belong to this process."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    port = srv.getsockname()[1]
+    spec = f"""
+kprobes:
+- call: tcp_connect
+  syscall: false
+  args: [{{index: 0, type: sock}}]
+  selectors:
+  - matchArgs: [{{index: 0, operator: DPort, values: ["{port}"]}}]
+    matchActions: [{{action: TrackSock, argSock: 0}}]
+- call: tcp_close
+  syscall: false
+  args: [{{index: 0, type: sock}}]
+  selectors:
+  - matchArgs: [{{index: 0, operator: DPort, values: ["{port}"]}}]
+    matchActions: [{{action: UntrackSock, argSock: 0}}]
+"""
+    child_pid: list[int] = []
+
+    def act() -> None:
+        c = socket.socket()
+        c.connect(("127.0.0.1", port))
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child holds the last reference and closes it when told
+            os.read(r, 1)
+            os.close(c.fileno())
+            os._exit(0)
+        child_pid.append(pid)
+        os.close(c.detach())  # drop our reference first
+        os.write(w, b"x")
+        os.waitpid(pid, 0)
+        os.close(r)
+        os.close(w)
+    name = agent.agent.add_policy(policy("tracksock", spec))
+    try:
+        events = agent.collect(act)
+    finally:
+        agent.agent.delete_policy(name)
+        srv.close()
+    got = {e["process_kprobe"]["function_name"]: e["process_kprobe"] for e in events
+           if "process_kprobe" in e and e["process_kprobe"].get("policy_name") == name}
+    assert got["tcp_connect"]["action"] == "KPROBE_ACTION_TRACKSOCK"
+    assert got["tcp_close"]["action"] == "KPROBE_ACTION_UNTRACKSOCK"
+    # tcp_close ran in the child, but is attributed to the tracked owner (this process)
+    assert got["tcp_close"]["process"]["pid"] == os.getpid() != child_pid[0]

@@ -89,7 +89,7 @@ class PolicyManager:
         sensor = self.agent.sensor
         if sensor is None or sensor.obj is None:
             raise PolicyError("the process sensor is not running; policies need the live kernel")
-        return {n: sensor.obj.map(n) for n in ("events", "vigil_drops", "execve_map")}
+        return {n: sensor.obj.map(n) for n in ("events", "vigil_drops", "execve_map", "socktrack")}
 
     # -- adding
     def add_text(self, text: str, filename: str = "<grpc>", *, mode: str | None = None,

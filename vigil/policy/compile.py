@@ -188,6 +188,13 @@ def _compile_hook(policy: Policy, pl: Placement, hook: object, hook_id: int, mon
     cfg.hook_id = hook_id
     cfg.flags = (L.HOOK_RETURN if pl.return_prog else 0) | (L.HOOK_MONITOR if monitor else 0)
     cfg.nargs = len(pl.args)
+    ret_action = getattr(hook, "return_arg_action", "")
+    if ret_action:
+        if pl.mechanism != "kprobe" or not pl.return_prog:
+            errs.error(hook.at("returnArgAction"), "returnArgAction needs a kprobe with return: true "  # type: ignore[attr-defined]
+                       "(a kernel function returning a sock)")
+        else:
+            cfg.flags |= L.HOOK_RET_TRACKSOCK if ret_action == "TrackSock" else L.HOOK_RET_UNTRACKSOCK
     for p in pl.args:
         a = cfg.args[p.slot]
         a.type, a.src, a.size, a.is_signed = p.vtype, p.src, p.size, int(p.is_signed)
@@ -472,6 +479,14 @@ def _compile_actions(pl: Placement, actions: tuple[ActionSelector, ...], out: ob
                 continue
             cfg.type = L.ACT["Override"]
             cfg.arg = a.arg_error
+            continue
+        if canon in ("TrackSock", "UntrackSock") and pl.mechanism in ("kprobe", "fentry", "lsm"):
+            slot = next((p.slot for p in pl.args if p.index == a.arg_sock), None)
+            if slot is None or pl.args[slot].vtype != L.T["sock"]:
+                errs.error(a.at("argSock"), f"argSock {a.arg_sock} must name a captured argument of type sock")
+                continue
+            cfg.type = L.ACT[canon]
+            cfg.arg = slot
             continue
         if canon is None or canon in ("Override", "TrackSock", "UntrackSock", "NotifyEnforcer"):
             why = {

@@ -48,6 +48,8 @@ ACT = dict(Post=1, NoPost=2, Sigkill=3, Signal=4, Override=5, FollowFD=6, Unfoll
 
 HOOK_RETURN = 1 << 0
 HOOK_MONITOR = 1 << 1
+HOOK_RET_TRACKSOCK = 1 << 3
+HOOK_RET_UNTRACKSOCK = 1 << 4
 
 SEL_PIDS, SEL_BINS, SEL_NS, SEL_CAPS, SEL_NSCHG, SEL_CAPCHG, SEL_RETARGS = (1 << i for i in range(7))
 AF_KSTACK, AF_USTACK = 1, 2
