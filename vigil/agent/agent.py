@@ -356,6 +356,26 @@ class Agent:
     def get_log_level(self) -> str:
         return self.log_level
 
+    # -- export file rotation at run time (EventLogService)
+    def event_log_params(self) -> dict[str, Any]:
+        w = self.writer
+        if w is None:
+            raise LookupError("no export file is configured (--export-filename)")
+        return {"max_size": w.max_size_mb, "rotation_interval": _go_duration(w.rotation_interval),
+                "max_backups": w.max_backups}
+
+    def set_event_log_params(self, *, max_size_mb: float | None = None, rotation_interval: str | None = None,
+                             max_backups: int | None = None) -> None:
+        w = self.writer
+        if w is None:
+            raise LookupError("no export file is configured (--export-filename)")
+        if max_size_mb is not None and max_size_mb < 0:
+            raise ValueError("max_size must be >= 0 (MiB)")
+        if max_backups is not None and max_backups < 0:
+            raise ValueError("max_backups must be >= 0")
+        interval = _parse_go_duration(rotation_interval) if rotation_interval is not None else None
+        w.set_params(max_size_mb=max_size_mb, max_backups=max_backups, rotation_interval=interval)
+
     # -- policies
     def add_policy(self, yaml_text: str, *, mode: str | None = None, source: str = "grpc") -> str:
         names = self.policies.add_text(yaml_text, f"<{source}>", mode=mode, source=source)
@@ -372,6 +392,31 @@ class Agent:
 
     def list_policies(self) -> list[dict[str, Any]]:
         return self.policies.list()
+
+
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _parse_go_duration(text: str) -> float:
+    """Go time.Duration strings ("90s", "1h30m", "0") -> seconds."""
+    import re
+
+    t = text.strip()
+    if t in ("", "0"):
+        return 0.0
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", t)
+    if not parts or "".join(n + u for n, u in parts) != t:
+        raise ValueError(f"rotation_interval {text!r} is not a duration like 90s, 15m or 1h30m")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+def _go_duration(seconds: float) -> str:
+    s = int(seconds)
+    if s == 0:
+        return "0s"
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return (f"{h}h" if h else "") + (f"{m}m" if m else "") + (f"{sec}s" if sec else "")
 
 
 def _make_printer(kind: str) -> Callable[[list[dict]], None]:

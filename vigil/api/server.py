@@ -88,7 +88,7 @@ class ApiServer:
             maximum_concurrent_rpcs=self.max_workers,
         )
         add_to_server(self.servicer, server)  # GetEvents sends pre-serialised bytes
-        eventlogservice_pb2_grpc.add_EventLogServiceServicer_to_server(EventLogService(), server)
+        eventlogservice_pb2_grpc.add_EventLogServiceServicer_to_server(EventLogService(self.agent), server)
         self._add_health(server)
         self.address = self._bind(server, self.requested_address)
         server.start()

@@ -19,6 +19,7 @@ import grpc
 from vigil.agent.api import AgentAPI, PolicyError, PolicyNotFound
 from vigil.api import convert, pbdict, policies, wire
 from vigil.api.pb import (
+    eventlogservice_pb2,
     eventlogservice_pb2_grpc,
     events_pb2,
     sensors_pb2,
@@ -279,13 +280,37 @@ def _need_name(request: Any, context: grpc.ServicerContext) -> None:
 
 
 class EventLogService(eventlogservice_pb2_grpc.EventLogServiceServicer):
-    """Export-file rotation control: the agent API has no hook for it yet."""
+    """Export-file rotation control at run time (max size in MiB, rotation interval, backups)."""
+
+    def __init__(self, agent: Any = None) -> None:
+        self.agent = agent
+
+    def _hooks(self, context: grpc.ServicerContext) -> Any:
+        if self.agent is None or not hasattr(self.agent, "event_log_params"):
+            _unimplemented(context, "event log parameters: this agent has no export file control")
+        return self.agent
 
     def SetEventLogParams(self, request: Any, context: grpc.ServicerContext) -> Any:
-        _unimplemented(context, "SetEventLogParams: not supported by this agent yet")
+        agent = self._hooks(context)
+        try:
+            agent.set_event_log_params(
+                max_size_mb=request.max_size if request.HasField("max_size") else None,
+                rotation_interval=request.rotation_interval if request.HasField("rotation_interval") else None,
+                max_backups=request.max_backups if request.HasField("max_backups") else None)
+        except LookupError as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        except ValueError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return eventlogservice_pb2.SetEventLogParamsResponse()
 
     def GetEventLogParams(self, request: Any, context: grpc.ServicerContext) -> Any:
-        _unimplemented(context, "GetEventLogParams: not supported by this agent yet")
+        agent = self._hooks(context)
+        try:
+            p = agent.event_log_params()
+        except LookupError as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        return eventlogservice_pb2.GetEventLogParamsResponse(
+            max_size=int(p["max_size"]), rotation_interval=p["rotation_interval"], max_backups=p["max_backups"])
 
 
 _ = events_pb2  # re-exported for type references in docs

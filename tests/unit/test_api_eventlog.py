@@ -1,0 +1,47 @@
+"""EventLogService against a real agent (replay source): export rotation changed at run time."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from vigil.agent.agent import Agent
+from vigil.agent.config import AgentConfig
+from vigil.api.pb import eventlogservice_pb2 as pb
+from vigil.api.pb import eventlogservice_pb2_grpc
+from vigil.api.server import ApiServer
+from vigil.events.source import ReplaySource
+
+
+@pytest.fixture
+def stub(tmp_path: Path):  # type: ignore[no-untyped-def]
+    agent = Agent(AgentConfig(export_filename=str(tmp_path / "e.log"), server_address="", node_name="n",
+                              export_file_max_size_mb=10, export_file_max_backups=5), source=ReplaySource([]))
+    agent.start()
+    srv = ApiServer(agent, f"unix://{tmp_path}/s.sock", info_files=[], health=False)
+    srv.start()
+    ch = grpc.insecure_channel(f"unix://{tmp_path}/s.sock")
+    try:
+        yield eventlogservice_pb2_grpc.EventLogServiceStub(ch), agent
+    finally:
+        ch.close()
+        srv.stop(0)
+        agent.close()
+
+
+def test_get_and_set_rotation(stub):
+    s, agent = stub
+    got = s.GetEventLogParams(pb.GetEventLogParamsRequest(), timeout=5)
+    assert (got.max_size, got.rotation_interval, got.max_backups) == (10, "0s", 5)
+    s.SetEventLogParams(pb.SetEventLogParamsRequest(max_size=2, rotation_interval="1h30m", max_backups=3), timeout=5)
+    got = s.GetEventLogParams(pb.GetEventLogParamsRequest(), timeout=5)
+    assert (got.max_size, got.rotation_interval, got.max_backups) == (2, "1h30m", 3)
+    assert agent.writer.rotation_interval == 5400
+
+
+def test_bad_duration_is_invalid_argument(stub):
+    s, _ = stub
+    with pytest.raises(grpc.RpcError) as e:
+        s.SetEventLogParams(pb.SetEventLogParamsRequest(rotation_interval="soon"), timeout=5)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "soon" in e.value.details()
