@@ -35,7 +35,7 @@ def _require() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to load BPF programs")
     if not os.path.exists(OBJ):
-        pytest.skip(f"{OBJ} not built (make bpf)")
+        pytest.fail(f"{OBJ} not built: run `make`")
 
 
 def _bpf_fds() -> int:
@@ -229,7 +229,7 @@ def test_trampoline_matches_independent_attempt(feats) -> None:  # type: ignore[
 
 
 def test_uprobe_fires_on_test_binary(feats, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    cc = shutil.which("cc") or shutil.which("gcc")
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     nm = shutil.which("nm")
     if not cc or not nm:
         pytest.skip("no C compiler or nm to build an independent uprobe target")

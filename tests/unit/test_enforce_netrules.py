@@ -86,7 +86,7 @@ def test_decode_round_trip() -> None:
 def btf() -> dict[str, dict]:
     obj = bpf_object("netdeny")
     if not obj.exists():
-        pytest.skip(f"{obj} not built (make bpf)")
+        pytest.fail(f"{obj} not built: run `make`")
     bpftool = shutil.which("bpftool") or "/usr/sbin/bpftool"
     out = subprocess.run([bpftool, "-j", "btf", "dump", "file", str(obj)], capture_output=True, text=True)
     if out.returncode:
