@@ -17,8 +17,8 @@ from . import enums
 from . import layout as L
 from .errors import Loc, PolicyErrors, PolicyValidationError
 from .model import ActionSelector, ArgSelector, KProbeSpec, Policy, Selector, TracepointSpec, UProbeSpec
-from .placement import (ArgPlan, Placement, Probe, place_kprobe, place_lsm, place_syscall_on_host,
-                        place_syscall_on_lsm, place_tracepoint, place_uprobe, place_usdt)
+from .enforce_placement import place_syscall_on_host, place_syscall_on_lsm
+from .placement import ArgPlan, Placement, Probe, place_kprobe, place_lsm, place_tracepoint, place_uprobe, place_usdt
 from .values import (parse_capability, parse_cidr, parse_family, parse_int, parse_int_or_range, parse_port,
                      parse_protocol, parse_tcp_state)
 

@@ -1,0 +1,368 @@
+/* Actions of the generic hook and the records it sends (event, maxData chunks).
+ * Part of bpf/generic.bpf.c: uses its maps and heap, included after them. */
+#ifndef VIGIL_GENERIC_ACT_BPF_H
+#define VIGIL_GENERIC_ACT_BPF_H
+
+/* ---- actions and sending ---- */
+
+static __always_inline int rate_limited(struct gen_heap *h, struct vp_action_cfg *a, __u32 sel)
+{
+	struct scratch *s = scratch();
+	__u64 now = bpf_ktime_get_ns(), *last;
+	__u32 *hdr;
+	int i;
+
+	if (!s || !a->rate_ns)
+		return 0;
+	__builtin_memset(s->rl_key, 0, sizeof(s->rl_key));
+	hdr = (__u32 *)s->rl_key;
+	hdr[0] = sel;
+	hdr[1] = a->scope == VP_SCOPE_GLOBAL ? 0 : a->scope == VP_SCOPE_PROCESS ? h->tgid : h->m.tid;
+	for (i = 0; i < VP_MAX_ARGS; i++) {
+		struct vp_arg_hdr *ah = &h->m.args[i];
+		__u32 n = ah->len < 32 ? ah->len : 32;
+
+		__builtin_memcpy(s->rl_key + 8 + i * 40, &ah->value, 8);
+		bpf_probe_read_kernel(s->rl_key + 16 + i * 40, n & 63, h->data + (ah->off & DATA_MASK));
+	}
+	last = bpf_map_lookup_elem(&ratelimit_map, s->rl_key);
+	if (last && now - *last < a->rate_ns)
+		return 1;
+	bpf_map_update_elem(&ratelimit_map, s->rl_key, &now, BPF_ANY);
+	return 0;
+}
+
+/* Run one action list; sets h->post / h->want_stack; returns the action that fired. */
+static __always_inline __u8 do_actions(struct gen_heap *h, struct vp_hook *cfg,
+				       struct vp_action_cfg *acts, __u32 n, __u32 sel)
+{
+	__u8 fired = VP_ACT_POST;
+	int i;
+
+	for (i = 0; i < VP_MAX_ACTIONS; i++) {
+		struct vp_action_cfg *a = &acts[i];
+
+		if (i >= n)
+			break;
+		switch (a->type) {
+		case VP_ACT_POST:
+			if (rate_limited(h, a, sel)) {
+				h->post = 0;
+				stat_inc(HS_RATELIMITED);
+			} else {
+				h->post = 1;
+			}
+			h->want_stack |= a->flags;
+			break;
+		case VP_ACT_NOPOST:
+			h->post = 0;
+			break;
+		case VP_ACT_OVERRIDE:
+			fired = a->type;
+			if (cfg->flags & VP_HOOK_MONITOR) {
+				h->m.flags |= VP_EV_MONITOR;
+				stat_inc(HS_MONITORED);
+			} else {
+				h->override_err = a->arg;
+				stat_inc(HS_SIGNALS);
+			}
+			break;
+		case VP_ACT_SIGKILL:
+		case VP_ACT_SIGNAL:
+			fired = a->type;
+			if (cfg->flags & VP_HOOK_MONITOR) {
+				h->m.flags |= VP_EV_MONITOR;
+				stat_inc(HS_MONITORED);
+			} else {
+				bpf_send_signal(a->type == VP_ACT_SIGKILL ? 9 : a->arg);
+				stat_inc(HS_SIGNALS);
+			}
+			break;
+		case VP_ACT_TRACKSOCK:
+		case VP_ACT_UNTRACKSOCK: {
+			__u32 slot = a->arg;
+			__u64 sk;
+
+			fired = a->type;
+			if (slot >= VP_MAX_ARGS)
+				break;
+			barrier_var(slot);
+			sk = h->m.args[slot & (VP_SLOTS - 1)].value;
+			if (!sk)
+				break;
+			if (a->type == VP_ACT_TRACKSOCK) {
+				struct sock_owner o = {};
+
+				o.key = h->m.key;
+				o.tid = h->m.tid;
+				bpf_map_update_elem(&socktrack, &sk, &o, BPF_ANY);
+			} else {
+				bpf_map_delete_elem(&socktrack, &sk);
+			}
+			break;
+		}
+		default:
+			/* FollowFD & co. need no kernel state here: fd arguments
+			 * resolve through the fd table. */
+			if (a->type > VP_ACT_NOPOST)
+				fired = a->type;
+			break;
+		}
+	}
+	return fired;
+}
+
+struct data_loop {
+	__u64 ptr;
+	__u64 ktime;
+	__u32 start;
+	__u32 end;
+	__u32 tid;
+	__u32 slot;
+};
+
+/* one maxData chunk: bytes [start + i*4096, ...) of the user buffer */
+static long data_step(__u32 i, void *arg)
+{
+	struct data_loop *dl = arg;
+	struct msg_data *d;
+	__u32 zero = 0, at, len;
+
+	at = dl->start + i * VP_DATA_CHUNK;
+	if (at >= dl->end)
+		return 1;
+	d = bpf_map_lookup_elem(&data_heap, &zero);
+	if (!d)
+		return 1;
+	len = dl->end - at;
+	if (len > VP_DATA_CHUNK)
+		len = VP_DATA_CHUNK;
+	barrier_var(len);
+	len &= 0x1fff;
+	if (!len || len > VP_DATA_CHUNK)
+		return 1;
+	d->hdr.op = VIGIL_OP_DATA;
+	d->hdr.flags = 0;
+	d->hdr.ktime = bpf_ktime_get_ns();
+	d->ev_ktime = dl->ktime;
+	d->tid = dl->tid;
+	d->slot = dl->slot;
+	d->offset = at;
+	d->len = 0;
+	if (bpf_probe_read_user(d->data, len, (void *)(dl->ptr + at)))
+		return 1;
+	d->len = len;
+	d->hdr.size = sizeof(*d) - VP_DATA_CHUNK + len;
+	emit(d, (sizeof(*d) - VP_DATA_CHUNK + len) & 0x1fff, DROP_RB_FULL_GENERIC);
+	return 0;
+}
+
+/* maxData arguments: everything past the inline part, before the event itself */
+static __always_inline void send_data(struct gen_heap *h)
+{
+	for (__u32 i = 0; i < VP_MAX_ARGS; i++) {
+		struct data_loop dl = {};
+
+		if (!(h->m.args[i].flags & VP_ARGF_DATA))
+			continue;
+		dl.ptr = h->data_ptr[i];
+		dl.ktime = h->m.hdr.ktime;
+		dl.start = h->data_inline[i];
+		dl.end = h->data_total[i];
+		dl.tid = h->m.tid;
+		dl.slot = i;
+		bpf_loop(VP_MAX_DATA / VP_DATA_CHUNK + 1, data_step, &dl, 0);
+	}
+}
+
+static __always_inline void send(void *ctx, struct gen_heap *h)
+{
+	send_data(h);
+	__u32 off = h->off & DATA_MASK;
+	__u64 size;
+	long n;
+
+	if (h->want_stack & VP_AF_KSTACK) {
+		n = bpf_get_stack(ctx, h->data + off, STACK_DEPTH * 8, 0);
+		if (n > 0) {
+			h->m.kstack_len = n;
+			off = (off + n) & DATA_MASK;
+		}
+	}
+	if (h->want_stack & VP_AF_USTACK) {
+		n = bpf_get_stack(ctx, h->data + off, STACK_DEPTH * 8, BPF_F_USER_STACK);
+		if (n > 0) {
+			h->m.ustack_len = n;
+			off = (off + n) & DATA_MASK;
+		}
+	}
+	size = sizeof(h->m) + off;
+	h->m.hdr.size = size;
+	if (size > sizeof(h->m) + sizeof(h->data))
+		return;
+	if (!emit(h, size, DROP_RB_FULL_GENERIC))
+		stat_inc(HS_POSTED);
+}
+
+/* Everything after the raw values are in place. */
+static __always_inline int run_hook(void *ctx, struct gen_heap *h, struct vp_hook *cfg)
+{
+	struct execve_entry *e;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 i, sel = 0;
+
+	stat_inc(HS_HITS);
+	h->m.hdr.op = VIGIL_OP_GENERIC;
+	h->m.hdr.flags = 0;
+	h->m.hdr.ktime = bpf_ktime_get_ns();
+	h->m.hook_id = cfg->hook_id;
+	h->m.tid = (__u32)id;
+	h->tgid = id >> 32;
+	h->m.selector = 0;
+	h->m.action = VP_ACT_POST;
+	h->m.ret_action = 0;
+	h->m.flags = 0;
+	h->m.kstack_len = 0;
+	h->m.ustack_len = 0;
+	h->m.ret = 0;
+	h->off = 0;
+	h->post = 1;
+	h->want_stack = 0;
+	h->override_err = 0;
+	{
+		struct pid *tp = BPF_CORE_READ(task, thread_pid);
+		unsigned int level = BPF_CORE_READ(tp, level);
+		struct upid up = {};
+
+		bpf_probe_read_kernel(&up, sizeof(up), &tp->numbers[level & 31]);
+		h->nspid = up.nr;
+	}
+	e = bpf_map_lookup_elem(&execve_map, &h->tgid);
+	if (e) {
+		h->m.key = e->key;
+	} else {
+		h->m.key.pid = h->tgid;
+		h->m.key.pad = 0;
+		h->m.key.ktime = 0;
+	}
+
+	for (i = 0; i < VP_MAX_ARGS; i++) {
+		if (i >= cfg->nargs)
+			break;
+		read_arg(i);
+	}
+	/* a tracked socket belongs to the process that tracked it */
+	for (i = 0; i < VP_MAX_ARGS; i++) {
+		struct sock_owner *o;
+		__u64 sk;
+
+		if (i >= cfg->nargs)
+			break;
+		if (h->m.args[i].type != VP_T_SOCK)
+			continue;
+		sk = h->m.args[i].value;
+		o = bpf_map_lookup_elem(&socktrack, &sk);
+		if (o) {
+			h->m.key = o->key;
+			h->tgid = o->key.pid;
+			h->m.tid = o->tid;
+			break;
+		}
+	}
+
+	if (cfg->nselectors) {
+		for (i = 0; i < VP_MAX_SELECTORS; i++) {
+			if (i >= cfg->nselectors)
+				break;
+			if (match_selector(i)) {
+				sel = i + 1;
+				break;
+			}
+		}
+		if (!sel) {
+			stat_inc(HS_FILTERED);
+			return 0;
+		}
+		h->m.selector = sel;
+		h->sel = sel;
+		i = (sel - 1) & (VP_SLOTS - 1);
+		if (cfg->sel[i].nactions)
+			h->m.action = do_actions(h, cfg, cfg->sel[i].actions, cfg->sel[i].nactions, sel);
+	}
+
+	if (cfg->flags & VP_HOOK_RETURN) {
+		if (bpf_map_update_elem(&pending, &id, h, BPF_ANY))
+			stat_inc(HS_PENDING_FULL);
+		return 0;
+	}
+	if (h->post)
+		send(ctx, h);
+	return 0;
+}
+
+/* Return side of a return hook: value, matchReturnArgs, return actions, send. */
+static __always_inline int run_return(void *ctx, __s64 ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct vp_hook *cfg = hook_cfg();
+	struct gen_heap *h = heap(), *p;
+	__u32 sel, zero = 0;
+
+	if (!cfg || !h)
+		return 0;
+	p = bpf_map_lookup_elem(&pending, &id);
+	if (!p)
+		return 0;
+	/* continue in the per-CPU heap: the global helpers work on it */
+	if (bpf_probe_read_kernel(h, sizeof(*h), p)) {
+		bpf_map_delete_elem(&pending, &id);
+		return 0;
+	}
+	bpf_map_delete_elem(&pending, &id);
+	h->m.ret = ret;
+	h->m.flags |= VP_EV_HAS_RET;
+	if (ret && (cfg->flags & (VP_HOOK_RET_TRACKSOCK | VP_HOOK_RET_UNTRACKSOCK))) {
+		__u64 sk = ret;
+
+		if (cfg->flags & VP_HOOK_RET_TRACKSOCK) {
+			struct sock_owner o = {};
+
+			o.key = h->m.key;
+			o.tid = h->m.tid;
+			bpf_map_update_elem(&socktrack, &sk, &o, BPF_ANY);
+		} else {
+			bpf_map_delete_elem(&socktrack, &sk);
+		}
+	}
+	/* buffers filled by the call (read(2)) are read now */
+	for (__u32 i = 0; i < VP_MAX_ARGS; i++) {
+		if (i >= cfg->nargs)
+			break;
+		if (cfg->args[i].return_copy) {
+			h->m.args[i].value = h->m.args[i].value; /* raw pointer kept at entry */
+			read_arg(i);
+		}
+	}
+	sel = h->sel;
+	if (sel && sel <= VP_MAX_SELECTORS) {
+		__u32 si = (sel - 1) & (VP_SLOTS - 1);
+		struct vp_selector *s = &cfg->sel[si];
+
+
+		if (s->present & VP_SEL_RETARGS) {
+			if (!match_arg_filter(sel - 1, VP_MAX_MATCH_ARGS)) {
+				stat_inc(HS_FILTERED);
+				return 0;
+			}
+		}
+		if (s->nret_actions)
+			h->m.ret_action = do_actions(h, cfg, s->ret_actions, s->nret_actions, sel);
+	}
+	if (h->post)
+		send(ctx, h);
+	(void)zero;
+	return 0;
+}
+
+#endif

@@ -1,0 +1,461 @@
+/* Selectors of the generic hook, evaluated in the kernel (matchArgs, process filters).
+ * Part of bpf/generic.bpf.c: uses its maps and heap, included after them. */
+#ifndef VIGIL_GENERIC_MATCH_BPF_H
+#define VIGIL_GENERIC_MATCH_BPF_H
+
+/* ---- selectors ---- */
+
+static __always_inline int str_payload_key(struct gen_heap *h, struct vp_arg_hdr *ah,
+					   struct scratch *s, __u32 map_id)
+{
+	__u32 n = ah->len;
+
+	if (n >= VP_STR_KEY)
+		return -1;  /* longer than any compiled value: cannot be equal */
+	__builtin_memset(s->sk.s, 0, VP_STR_KEY);
+	s->sk.map_id = map_id;
+	bpf_probe_read_kernel(s->sk.s, n & (VP_STR_KEY - 1), h->data + (ah->off & DATA_MASK));
+	return n;
+}
+
+static long rev_step(__u32 i, void *arg)
+{
+	struct scratch *s = scratch();
+	__u32 n = *(__u32 *)arg;
+
+	if (!s || i >= n)
+		return 1;
+	s->lk.s[i & (VP_STR_KEY - 1)] = s->rev[(n - 1 - i) & (VP_STR_KEY - 1)];
+	return 0;
+}
+
+/* prefix (or, reversed, postfix) lookup of a string in an LPM trie */
+static __always_inline int lpm_match(void *map, const char *src, __u32 n, __u32 map_id, int reverse)
+{
+	struct scratch *s = scratch();
+	__u32 len = n;
+
+	if (!s)
+		return 0;
+	if (len > VP_LPM_STR)
+		len = VP_LPM_STR;
+	barrier_var(len);
+	len &= 0xff;
+	s->lk.map_id = map_id;
+	s->lk.prefixlen = 32 + len * 8;
+	if (reverse) {
+		bpf_probe_read_kernel(s->rev, len, src);
+		bpf_loop(VP_STR_KEY, rev_step, &len, 0);
+	} else {
+		bpf_probe_read_kernel(s->lk.s, len, src);
+	}
+	return bpf_map_lookup_elem(map, &s->lk) != NULL;
+}
+
+static __always_inline int string_filter(struct gen_heap *h, struct vp_filter *f, struct vp_arg_hdr *ah)
+{
+	struct scratch *s = scratch();
+	const char *p = h->data + (ah->off & DATA_MASK);
+	int hit;
+
+	if (!s)
+		return 0;
+	switch (f->op) {
+	case VP_OP_EQ:
+	case VP_OP_NEQ:
+		hit = str_payload_key(h, ah, s, f->map_id) >= 0 && bpf_map_lookup_elem(&str_map, &s->sk);
+		return f->op == VP_OP_EQ ? hit : !hit;
+	case VP_OP_PREFIX:
+	case VP_OP_NOTPREFIX:
+		hit = lpm_match(&prefix_map, p, ah->len, f->map_id, 0);
+		return f->op == VP_OP_PREFIX ? hit : !hit;
+	case VP_OP_POSTFIX:
+	case VP_OP_NOTPOSTFIX: {
+		/* compare the tail: the last (up to VP_LPM_STR) bytes, reversed */
+		__u32 n = ah->len, start = n > VP_LPM_STR ? n - VP_LPM_STR : 0;
+
+		hit = lpm_match(&postfix_map, h->data + ((ah->off + start) & DATA_MASK), n - start,
+				f->map_id, 1);
+		return f->op == VP_OP_POSTFIX ? hit : !hit;
+	}
+	}
+	return 0;
+}
+
+static __always_inline int int_filter(struct vp_filter *f, __s64 v)
+{
+	struct scratch *s;
+	int i, any = 0;
+
+	switch (f->op) {
+	case VP_OP_GT:
+		return v > f->lo[0];
+	case VP_OP_LT:
+		return v < f->lo[0];
+	case VP_OP_INMAP:
+	case VP_OP_NOTINMAP:
+		s = scratch();
+		if (!s)
+			return 0;
+		s->vk.map_id = f->map_id;
+		s->vk.pad = 0;
+		s->vk.v = v;
+		any = bpf_map_lookup_elem(&val_map, &s->vk) != NULL;
+		return f->op == VP_OP_INMAP ? any : !any;
+	}
+	for (i = 0; i < VP_MAX_VALUES; i++) {
+		if (i >= f->nvals)
+			break;
+		switch (f->op) {
+		case VP_OP_EQ:
+		case VP_OP_NEQ:
+		case VP_OP_PROTOCOL:
+		case VP_OP_FAMILY:
+		case VP_OP_STATE:
+			any |= v == f->lo[i];
+			break;
+		case VP_OP_MASK:
+			any |= (v & f->lo[i]) != 0;
+			break;
+		case VP_OP_INRANGE:
+		case VP_OP_NOTINRANGE:
+		case VP_OP_SPORT:
+		case VP_OP_NOTSPORT:
+		case VP_OP_DPORT:
+		case VP_OP_NOTDPORT:
+			any |= v >= f->lo[i] && v <= f->hi[i];
+			break;
+		}
+	}
+	switch (f->op) {
+	case VP_OP_NEQ:
+	case VP_OP_NOTINRANGE:
+	case VP_OP_NOTSPORT:
+	case VP_OP_NOTDPORT:
+		return !any;
+	}
+	return any;
+}
+
+static __always_inline int addr_filter(struct vp_filter *f, __u16 family, const __u8 *addr)
+{
+	struct scratch *s = scratch();
+	int hit;
+
+	if (!s)
+		return 0;
+	__builtin_memset(s->ak.addr, 0, 16);
+	if (family == 2) {
+		s->ak.map_id = f->map_id;
+		s->ak.prefixlen = 32 + 32;
+		__builtin_memcpy(s->ak.addr, addr, 4);
+	} else if (family == 10) {
+		s->ak.map_id = f->map_id | 0x80000000;
+		s->ak.prefixlen = 32 + 128;
+		__builtin_memcpy(s->ak.addr, addr, 16);
+	} else {
+		return f->op == VP_OP_NOTSADDR || f->op == VP_OP_NOTDADDR;
+	}
+	hit = bpf_map_lookup_elem(&addr_map, &s->ak) != NULL;
+	return (f->op == VP_OP_SADDR || f->op == VP_OP_DADDR) ? hit : !hit;
+}
+
+static __always_inline int sock_filter(struct gen_heap *h, struct vp_filter *f, struct vp_arg_hdr *ah)
+{
+	const char *p = h->data + (ah->off & DATA_MASK);
+	__u16 family, sport = 0, dport = 0, proto = 0, state = 0;
+	__u8 saddr[16] = {}, daddr[16] = {};
+
+	if (ah->type == VP_T_SOCKADDR || ah->type == VP_T_KSOCKADDR) {
+		struct vp_sockaddr sa;
+
+		bpf_probe_read_kernel(&sa, sizeof(sa), p);
+		family = sa.family;
+		/* a sockaddr is the address being connected/bound to: Tetragon
+		 * calls its address and port "SAddr"/"SPort" */
+		sport = sa.port;
+		__builtin_memcpy(saddr, sa.addr, 16);
+		dport = sa.port;
+		__builtin_memcpy(daddr, sa.addr, 16);
+	} else {
+		struct vp_sock sk;
+
+		bpf_probe_read_kernel(&sk, sizeof(sk), p);
+		family = sk.family;
+		sport = sk.sport;
+		dport = sk.dport;
+		proto = sk.protocol;
+		state = sk.state;
+		__builtin_memcpy(saddr, sk.saddr, 16);
+		__builtin_memcpy(daddr, sk.daddr, 16);
+	}
+	if (ah->flags & VP_ARGF_ERR)
+		return 0;
+	switch (f->op) {
+	case VP_OP_SPORT:
+	case VP_OP_NOTSPORT:
+		return int_filter(f, sport);
+	case VP_OP_DPORT:
+	case VP_OP_NOTDPORT:
+		return int_filter(f, dport);
+	case VP_OP_SPORTPRIV:
+		return sport < 1024;
+	case VP_OP_NOTSPORTPRIV:
+		return sport >= 1024;
+	case VP_OP_DPORTPRIV:
+		return dport < 1024;
+	case VP_OP_NOTDPORTPRIV:
+		return dport >= 1024;
+	case VP_OP_SADDR:
+	case VP_OP_NOTSADDR:
+		return addr_filter(f, family, saddr);
+	case VP_OP_DADDR:
+	case VP_OP_NOTDADDR:
+		return addr_filter(f, family, daddr);
+	case VP_OP_PROTOCOL:
+		return int_filter(f, proto);
+	case VP_OP_FAMILY:
+		return int_filter(f, family);
+	case VP_OP_STATE:
+		return int_filter(f, state);
+	}
+	return 0;
+}
+
+static __always_inline int is_string_type(__u8 t)
+{
+	switch (t) {
+	case VP_T_STRING:
+	case VP_T_KSTRING:
+	case VP_T_DATA_LOC:
+	case VP_T_CHAR_ARRAY:
+	case VP_T_CHAR_BUF:
+	case VP_T_CHAR_IOVEC:
+	case VP_T_FD:
+	case VP_T_FILE:
+	case VP_T_PATH:
+	case VP_T_PATH_CHILD:
+	case VP_T_LINUX_BINPRM:
+		return 1;
+	}
+	return 0;
+}
+
+/* Global: does matchArgs entry j of selector si hold? */
+__noinline int match_arg_filter(__u32 si, __u32 j)
+{
+	struct gen_heap *h = heap();
+	struct vp_hook *cfg = hook_cfg();
+	struct vp_filter *f;
+	struct vp_arg_hdr *ah;
+	__u32 slot;
+
+	if (!h || !cfg || si >= VP_MAX_SELECTORS || j > VP_MAX_MATCH_ARGS)
+		return 0;
+	barrier_var(si);
+	barrier_var(j);
+	si &= VP_SLOTS - 1;
+	if (j == VP_MAX_MATCH_ARGS)
+		f = &cfg->sel[si].ret;
+	else
+		f = &cfg->sel[si].args[j & (VP_SLOTS - 1)];
+	if (j == VP_MAX_MATCH_ARGS)
+		return int_filter(f, h->m.ret);  /* matchReturnArgs: the return value */
+	slot = f->slot;
+	if (slot >= VP_MAX_ARGS)
+		return 0;
+	barrier_var(slot);
+	ah = &h->m.args[slot & (VP_SLOTS - 1)];
+	if (ah->type == VP_T_SOCKADDR || ah->type == VP_T_KSOCKADDR || ah->type == VP_T_SOCK ||
+	    ah->type == VP_T_SOCKET)
+		return sock_filter(h, f, ah);
+	if (is_string_type(ah->type) && f->op <= VP_OP_NOTPOSTFIX)
+		return string_filter(h, f, ah);
+	return int_filter(f, ah->value);
+}
+
+static __always_inline __u32 read_ns(struct task_struct *task, __u32 idx)
+{
+	struct nsproxy *nsp = BPF_CORE_READ(task, nsproxy);
+
+	switch (idx) {
+	case 0: return BPF_CORE_READ(nsp, uts_ns, ns.inum);
+	case 1: return BPF_CORE_READ(nsp, ipc_ns, ns.inum);
+	case 2: return BPF_CORE_READ(nsp, mnt_ns, ns.inum);
+	case 3: {
+		struct pid *tp = BPF_CORE_READ(task, thread_pid);
+		unsigned int level = BPF_CORE_READ(tp, level);
+		struct upid up = {};
+
+		bpf_probe_read_kernel(&up, sizeof(up), &tp->numbers[level & 31]);
+		return BPF_CORE_READ(up.ns, ns.inum);
+	}
+	case 4: return BPF_CORE_READ(nsp, pid_ns_for_children, ns.inum);
+	case 5: return BPF_CORE_READ(nsp, net_ns, ns.inum);
+	case 6:
+		if (bpf_core_field_exists(nsp->time_ns))
+			return BPF_CORE_READ(nsp, time_ns, ns.inum);
+		return 0;
+	case 7:
+		if (bpf_core_field_exists(nsp->time_ns_for_children))
+			return BPF_CORE_READ(nsp, time_ns_for_children, ns.inum);
+		return 0;
+	case 8: return BPF_CORE_READ(nsp, cgroup_ns, ns.inum);
+	case 9: return BPF_CORE_READ(task, cred, user_ns, ns.inum);
+	}
+	return 0;
+}
+
+static __always_inline __u64 read_caps(struct task_struct *task, __u8 type)
+{
+	const struct cred *cred = BPF_CORE_READ(task, cred);
+	__u64 v = 0;
+
+	if (type == 1)
+		bpf_probe_read_kernel(&v, 8, (void *)&cred->cap_inheritable);
+	else if (type == 2)
+		bpf_probe_read_kernel(&v, 8, (void *)&cred->cap_permitted);
+	else
+		bpf_probe_read_kernel(&v, 8, (void *)&cred->cap_effective);
+	return v;
+}
+
+/* matchBinaries against the executed file recorded at exec */
+static __always_inline int binary_filter(struct vp_selector *sel, struct gen_heap *h)
+{
+	struct execve_entry *e = bpf_map_lookup_elem(&execve_map, &h->tgid);
+	struct scratch *s = scratch();
+	int hit = 0;
+
+	if (!s)
+		return 0;
+	if (!e)
+		return sel->bin_op == 2 || sel->bin_op == 4 || sel->bin_op == 6;
+	/* followChildren: a descendant of a matching binary matches too */
+	if (sel->bin_follow && (e->follow & (1ULL << ((sel->bin_follow - 1) & 63))))
+		return 1;
+	switch (sel->bin_op) {
+	case 1:
+	case 2:
+		s->sk.map_id = sel->bin_map_id;
+		__builtin_memcpy(s->sk.s, e->bin, VP_STR_KEY);
+		hit = bpf_map_lookup_elem(&str_map, &s->sk) != NULL;
+		return sel->bin_op == 1 ? hit : !hit;
+	case 3:
+	case 4:
+		hit = lpm_match(&prefix_map, e->bin, e->bin_len, sel->bin_map_id, 0);
+		return sel->bin_op == 3 ? hit : !hit;
+	case 5:
+	case 6:
+		hit = lpm_match(&postfix_map, e->bin, e->bin_len, sel->bin_map_id, 1);
+		return sel->bin_op == 5 ? hit : !hit;
+	}
+	return 0;
+}
+
+static __always_inline int pid_filter(struct vp_selector *sel, struct gen_heap *h)
+{
+	__u32 pid = sel->pid_nspid ? h->nspid : h->tgid;
+	int i, any = 0;
+
+	for (i = 0; i < VP_MAX_PIDS; i++) {
+		if (i >= sel->pid_n)
+			break;
+		any |= sel->pids[i] == pid;
+	}
+	if (!any && sel->pid_follow && !sel->pid_nspid) {
+		/* followForks: a descendant of a listed pid matches too */
+		__u32 cur = h->tgid;
+
+		for (int d = 0; d < 8 && !any; d++) {
+			struct execve_entry *e = bpf_map_lookup_elem(&execve_map, &cur);
+
+			if (!e || e->pkey.pid == cur || e->pkey.pid == 0)
+				break;
+			cur = e->pkey.pid;
+			for (i = 0; i < VP_MAX_PIDS; i++) {
+				if (i >= sel->pid_n)
+					break;
+				any |= sel->pids[i] == cur;
+			}
+		}
+	}
+	return sel->pid_op == 1 ? any : !any;
+}
+
+/* Global: do all filters of selector si hold (matchArgs and the process filters)? */
+__noinline int match_selector(__u32 si)
+{
+	struct gen_heap *h = heap();
+	struct vp_hook *cfg = hook_cfg();
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct vp_selector *sel;
+	int j;
+
+	if (!h || !cfg || si >= VP_MAX_SELECTORS)
+		return 0;
+	barrier_var(si);
+	sel = &cfg->sel[si & (VP_SLOTS - 1)];
+	if ((sel->present & VP_SEL_PIDS) && !pid_filter(sel, h))
+		return 0;
+	if ((sel->present & VP_SEL_BINS) && !binary_filter(sel, h))
+		return 0;
+	if (sel->present & VP_SEL_NS) {
+		for (j = 0; j < VP_MAX_NS; j++) {
+			struct vp_ns_filter *nf = &sel->ns[j];
+			__u32 inum;
+			int k, any = 0;
+
+			if (j >= sel->nns)
+				break;
+			inum = read_ns(task, nf->ns);
+			for (k = 0; k < VP_MAX_NS_VALUES; k++) {
+				if (k >= nf->nvals)
+					break;
+				any |= nf->inum[k] == inum;
+			}
+			if ((nf->op == 1) != !!any)
+				return 0;
+		}
+	}
+	if (sel->present & VP_SEL_CAPS) {
+		int any = (read_caps(task, sel->cap_type) & sel->cap_mask) != 0;
+
+		if ((sel->cap_op == 1) != any)
+			return 0;
+	}
+	if (sel->present & (VP_SEL_CAPCHG | VP_SEL_NSCHG)) {
+		struct execve_entry *e = bpf_map_lookup_elem(&execve_map, &h->tgid);
+
+		if (!e)
+			return 0;
+		if (sel->present & VP_SEL_CAPCHG) {
+			__u64 at_exec = sel->capchg_type == 1 ? e->caps[1] :
+					sel->capchg_type == 2 ? e->caps[2] : e->caps[0];
+			__u64 changed = read_caps(task, sel->capchg_type) ^ at_exec;
+			int any = (changed & sel->capchg_mask) != 0;
+
+			if ((sel->capchg_op == 1) != any)
+				return 0;
+		}
+		if (sel->present & VP_SEL_NSCHG) {
+			int any = 0;
+
+			for (j = 0; j < VP_MAX_NS; j++) {
+				if ((sel->nschg_mask & (1 << j)) && read_ns(task, j) != e->ns[j])
+					any = 1;
+			}
+			if ((sel->nschg_op == 1) != any)
+				return 0;
+		}
+	}
+	for (j = 0; j < VP_MAX_MATCH_ARGS; j++) {
+		if (j >= sel->nfilters)
+			break;
+		if (!match_arg_filter(si, j))
+			return 0;
+	}
+	return 1;
+}
+
+#endif
