@@ -45,7 +45,7 @@ class AgentConfig:
     print_events: str = ""          # "", "compact" or "json": also print events to stdout
     record_file: str = ""           # append raw kernel records here (replay seam)
     stats_interval: float = 1.0
-    batch_delay: float = 0.002      # seconds to let records accumulate after a small batch
+    batch_delay: float = 0.004      # seconds to let records accumulate after a small batch (CPU vs latency)
 
     def validate(self) -> None:
         errors = []
