@@ -188,9 +188,32 @@ static __always_inline __u64 follow_marks(struct exec_heap *h, __u32 pid, __u32 
 	return mask;
 }
 
+/* This CPU's record slot, its header and identity filled in (exec and clone records). */
+static __always_inline struct exec_heap *begin_record(__u8 op, struct task_struct *task)
+{
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct exec_heap *h = bpf_map_lookup_elem(&exec_heap, &cpu);
+	struct msg_process *m;
+
+	if (!h) {
+		count_drop(DROP_HEAP);
+		return NULL;
+	}
+	m = &h->m;
+	__builtin_memset(m, 0, sizeof(*m));
+	m->hdr.op = op;
+	m->hdr.ktime = bpf_ktime_get_ns();
+	m->boottime = bpf_ktime_get_boot_ns();
+	m->key.pid = BPF_CORE_READ(task, tgid);
+	m->key.ktime = m->hdr.ktime;
+	m->tid = BPF_CORE_READ(task, pid);
+	parent_key(task, &m->pkey, &m->ppid, &m->hdr.flags);
+	return h;
+}
+
 static __always_inline int do_exec(struct task_struct *task, struct linux_binprm *bprm)
 {
-	__u32 zero, off = 0, n;
+	__u32 off = 0, n;
 	struct exec_heap *h;
 	struct msg_process *m;
 	__u8 trunc, detached;
@@ -203,21 +226,10 @@ static __always_inline int do_exec(struct task_struct *task, struct linux_binprm
 	const char *fname;
 	long r;
 
-	zero = bpf_get_smp_processor_id();
-	h = bpf_map_lookup_elem(&exec_heap, &zero);
-	if (!h) {
-		count_drop(DROP_HEAP);
+	h = begin_record(VIGIL_OP_EXEC, task);
+	if (!h)
 		return 0;
-	}
 	m = &h->m;
-	__builtin_memset(m, 0, sizeof(*m));
-	m->hdr.op = VIGIL_OP_EXEC;
-	m->hdr.ktime = bpf_ktime_get_ns();
-	m->boottime = bpf_ktime_get_boot_ns();
-	m->key.pid = BPF_CORE_READ(task, tgid);
-	m->key.ktime = m->hdr.ktime;
-	m->tid = BPF_CORE_READ(task, pid);
-	parent_key(task, &m->pkey, &m->ppid, &m->hdr.flags);
 
 	fill_creds(task, m);
 	fill_namespaces(task, m);
@@ -314,7 +326,6 @@ static __always_inline int do_exec(struct task_struct *task, struct linux_binprm
 
 static __always_inline int do_clone(struct task_struct *child)
 {
-	__u32 zero;
 	struct exec_heap *h;
 	struct msg_process *m;
 	struct execve_entry *pe;
@@ -322,21 +333,10 @@ static __always_inline int do_clone(struct task_struct *child)
 	/* a new thread shares its group's identity: not a process event */
 	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
 		return 0;
-	zero = bpf_get_smp_processor_id();
-	h = bpf_map_lookup_elem(&exec_heap, &zero);
-	if (!h) {
-		count_drop(DROP_HEAP);
+	h = begin_record(VIGIL_OP_CLONE, child);  /* a group leader: tid == tgid */
+	if (!h)
 		return 0;
-	}
 	m = &h->m;
-	__builtin_memset(m, 0, sizeof(*m));
-	m->hdr.op = VIGIL_OP_CLONE;
-	m->hdr.ktime = bpf_ktime_get_ns();
-	m->boottime = bpf_ktime_get_boot_ns();
-	m->key.pid = BPF_CORE_READ(child, tgid);
-	m->key.ktime = m->hdr.ktime;
-	m->tid = m->key.pid;
-	parent_key(child, &m->pkey, &m->ppid, &m->hdr.flags);
 	pe = bpf_map_lookup_elem(&execve_map, &m->ppid);
 	if (pe) {
 		h->ent = *pe;

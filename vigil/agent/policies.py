@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import struct
 import threading
 import time
@@ -23,7 +22,6 @@ from vigil.policy import PolicyErrors, load_policies, parse_policies
 from vigil.policy import layout as L
 from vigil.policy.compile import CompiledHook, CompiledPolicy, compile_policy
 from vigil.policy.model import Policy
-from vigil.process.ids import exec_id
 
 log = logging.getLogger("vigil.policies")
 
@@ -277,14 +275,15 @@ class PolicyManager:
 
     # -- records
     def _process_body(self, pid: int, exec_ktime: int = 0, tid: int = 0) -> dict[str, Any]:
-        b = self.agent.builder
-        p = b.cache.get(exec_id(b.node, exec_ktime, pid)) if exec_ktime else None
+        cache = self.agent.builder.cache
+        # by (pid, ktime) key: an exec_id string would be encoded here and decoded by the cache
+        p = cache.get((pid, exec_ktime)) if exec_ktime else None
         if p is None:
-            p = b.cache.by_pid(pid)
+            p = cache.by_pid(pid)
         body: dict[str, Any] = {}
         if p is not None:
             body["process"] = p.json
-            parent = b.cache.get(p.parent_exec_id)
+            parent = cache.get(p.parent_key) if p.parent_key else None
             if parent is not None:
                 body["parent"] = parent.json
         else:
@@ -341,26 +340,10 @@ class PolicyManager:
             return None  # a record of a policy deleted meanwhile
         ch, lp = entry
         b = self.agent.builder
-        p = b.cache.get(exec_id(b.node, m.exec_ktime, m.pid)) if m.exec_ktime else None
-        if p is None:
-            p = b.cache.by_pid(m.pid)
-        body: dict[str, Any] = {}
-        if p is not None:
-            body["process"] = p.json
-            parent = b.cache.get(p.parent_exec_id)
-            if parent is not None:
-                body["parent"] = parent.json
-        else:
-            body["process"] = {"pid": m.pid, "tid": m.tid, "flags": "miss"}
+        body = self._process_body(m.pid, m.exec_ktime, m.tid)
         body.update(G.build_body(ch, m, data, self._more_data(m)))
         kind = ch.placement.event_kind
         if lp is not None:
             lp.events[kind] = lp.events.get(kind, 0) + 1
         return {kind: body, "node_name": b.node, "time": b.clock.ktime_rfc3339(m.ktime)}
 
-
-def policy_files(files: list[str], directory: str) -> list[str]:
-    out = list(files)
-    if directory and os.path.isdir(directory):
-        out += [str(p) for p in sorted(Path(directory).iterdir()) if p.suffix in (".yaml", ".yml", ".json")]
-    return out
