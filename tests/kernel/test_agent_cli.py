@@ -15,6 +15,8 @@ from typing import Iterator
 
 import pytest
 
+from tests.kernel.bpfstate import prog_ids_held, still_loaded
+
 pytestmark = pytest.mark.kernel
 VIGIL = [sys.executable, "-m", "vigil.cli.main"]
 
@@ -124,26 +126,12 @@ def test_status_and_metrics_count_a_known_workload(agent_proc: AgentProcess, wor
 
 def test_sigterm_stops_cleanly_and_removes_everything(agent_proc: AgentProcess):
     assert json.loads(agent_proc.info.read_text())["server_address"] == agent_proc.sock
-    pid = agent_proc.proc.pid
-    fdinfo = Path(f"/proc/{pid}/fdinfo")
-    ids = set()
-    for fd in os.listdir(fdinfo):
-        try:
-            for line in (fdinfo / fd).read_text().splitlines():
-                if line.startswith("prog_id:"):
-                    ids.add(int(line.split()[1]))
-        except OSError:
-            pass
+    ids = prog_ids_held(agent_proc.proc.pid)
     assert ids, "agent holds no BPF programs?"
     assert agent_proc.stop() == 0
     assert not agent_proc.info.exists()
     assert not Path(agent_proc.sock[len("unix://"):]).exists()
-    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
-    deadline = time.monotonic() + 10
-    while ids & {p["id"] for p in json.loads(out)} and time.monotonic() < deadline:
-        time.sleep(0.05)
-        out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
-    assert not ids & {p["id"] for p in json.loads(out)}
+    assert not still_loaded(ids)
 
 
 def test_agent_unreachable_is_a_clear_error(tmp_path: Path):
@@ -174,13 +162,13 @@ spec:
     (p,) = [x for x in pols if x["name"] == "grpc-open"]
     assert "sys_enter_openat" in json.dumps(p)
     # the agent holds the hook's program now
-    ids_before = _agent_prog_ids(agent_proc.proc.pid)
+    ids_before = prog_ids_held(agent_proc.proc.pid)
     assert len(ids_before) >= 4  # process sensor (3) + the hook
     dup = agent_proc.cli("tracingpolicy", "add", str(pol))
     assert dup.returncode != 0 and "exists" in (dup.stderr + dup.stdout)
     r = agent_proc.cli("tracingpolicy", "delete", "grpc-open")
     assert r.returncode == 0, r.stderr
-    assert len(_agent_prog_ids(agent_proc.proc.pid)) == len(ids_before) - 1
+    assert len(prog_ids_held(agent_proc.proc.pid)) == len(ids_before) - 1
     missing = agent_proc.cli("tracingpolicy", "delete", "grpc-open")
     assert missing.returncode != 0
     bad = tmp_path / "bad.yaml"
@@ -189,17 +177,6 @@ spec:
     assert r.returncode != 0 and "Equals" in (r.stderr + r.stdout)
 
 
-def _agent_prog_ids(pid: int) -> set[int]:
-    ids = set()
-    fdinfo = Path(f"/proc/{pid}/fdinfo")
-    for fd in os.listdir(fdinfo):
-        try:
-            for line in (fdinfo / fd).read_text().splitlines():
-                if line.startswith("prog_id:"):
-                    ids.add(int(line.split()[1]))
-        except OSError:
-            pass
-    return ids
 
 
 def test_stopping_the_agent_removes_its_denies(tmp_path: Path):
@@ -215,16 +192,11 @@ def test_stopping_the_agent_removes_its_denies(tmp_path: Path):
     pol.write_text(C.connect_deny(port))
     ap = AgentProcess(tmp_path, extra=["--tracing-policy", str(pol)])
     try:
-        ids = _agent_prog_ids(ap.proc.pid)
+        ids = prog_ids_held(ap.proc.pid)
         assert C.run_connect_case(srv)["connect_errno"] == 1  # denied while the agent runs
         assert ap.stop() == 0
     finally:
         ap.stop()
     socket.create_connection(("127.0.0.1", port), timeout=5).close()  # the deny left with the agent
     srv.close()
-    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
-    deadline = time.monotonic() + 10
-    while ids & {p["id"] for p in json.loads(out)} and time.monotonic() < deadline:
-        time.sleep(0.05)
-        out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
-    assert not ids & {p["id"] for p in json.loads(out)}
+    assert not still_loaded(ids)

@@ -2,13 +2,13 @@
 open denial through fanotify permission events, network denial through cgroup-BPF socket hooks."""
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.kernel.bpfstate import still_loaded
 
 from tests import enforce_cases as C
 from tests.kernel.conftest import RunningAgent
@@ -81,12 +81,7 @@ def test_network_denial(running_agent: RunningAgent):
     c = socket.create_connection(("127.0.0.1", port), timeout=5)
     c.close()
     srv.close()
-    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
-    deadline = time.monotonic() + 10
-    while set(prog_ids) & {p["id"] for p in json.loads(out)} and time.monotonic() < deadline:
-        time.sleep(0.05)
-        out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
-    assert not set(prog_ids) & {p["id"] for p in json.loads(out)}
+    assert not still_loaded(set(prog_ids))
 
 
 def test_monitor_mode_denies_nothing(running_agent: RunningAgent, edir: Path):

@@ -6,19 +6,19 @@ always scope to it, so Sigkill/Signal can hit nothing else.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import textwrap
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+
+from tests.kernel.bpfstate import loaded_prog_ids, prog_ids_held, still_loaded
 
 from tests.kernel.conftest import RunningAgent
 
@@ -469,18 +469,13 @@ kprobes:
     assert syms and any(s for s in syms)
 
 
-def _loaded_prog_ids() -> set[int]:
-    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
-    return {p["id"] for p in json.loads(out)}
-
-
 def test_delete_frees_kernel_objects_and_stops_events(running_agent: RunningAgent, pywork: Path):
     d = str(pywork / "data")
     spec = OPENAT.format(index=1, op="Equal", values=f'["{d}/present.txt"]')
     name = running_agent.agent.policies.add_text(policy_yaml("to-delete", spec), "<t>")[0]
     st = next(p for p in running_agent.agent.list_policies() if p["name"] == name)
     ids = set(st["program_ids"])
-    assert ids and ids <= _loaded_prog_ids()
+    assert ids and ids <= loaded_prog_ids()
     # disable: no events; enable: events again
     running_agent.agent.set_policy_enabled(name, False)
     r1 = Run()
@@ -494,10 +489,7 @@ def test_delete_frees_kernel_objects_and_stops_events(running_agent: RunningAgen
     r3 = Run()
     events = running_agent.collect(lambda: run_py(pywork, open_file(f"{d}/present.txt"), out=r3))
     assert not policy_events(events, r3.pid, name)
-    deadline = time.monotonic() + 10
-    while ids & _loaded_prog_ids() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not ids & _loaded_prog_ids()
+    assert not still_loaded(ids)
 
 
 def test_refused_policy_leaves_nothing_loaded(running_agent: RunningAgent):
@@ -512,13 +504,11 @@ kprobes:
   syscall: false
   args: [{index: 0, type: sock}]
 """)
-    from tests.kernel.test_process_sensor import _my_prog_ids
-
-    before = _my_prog_ids()
+    before = prog_ids_held()
     with pytest.raises(PolicyError, match=r"<test>:\d+:\d+: spec.kprobes\[1\].*tcp_connect"):
         running_agent.agent.policies.add_text(bad, "<test>")
     assert "half-good" not in [p["name"] for p in running_agent.agent.list_policies()]
-    assert _my_prog_ids() == before  # nothing of the refused policy was loaded
+    assert prog_ids_held() == before  # nothing of the refused policy was loaded
     assert not running_agent.agent.policies.hooks
 
 

@@ -6,11 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.kernel.bpfstate import loaded_prog_ids, prog_ids_held, still_loaded
 
 from tests.kernel.conftest import RunningAgent, execs, exits
 from vigil.agent.config import AgentConfig
@@ -260,43 +260,19 @@ def test_ring_buffer_overflow_is_counted_not_silent(workdir: Path, tmp_path: Pat
         agent.close()
 
 
-def _my_prog_ids() -> set[int]:
-    """IDs of BPF programs this process holds fds for (from /proc/self/fdinfo)."""
-    ids = set()
-    for fd in os.listdir("/proc/self/fdinfo"):
-        try:
-            text = Path(f"/proc/self/fdinfo/{fd}").read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            if line.startswith("prog_id:"):
-                ids.add(int(line.split()[1]))
-    return ids
-
-
-def _loaded_prog_ids() -> set[int]:
-    import json
-
-    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
-    return {p["id"] for p in json.loads(out)}
-
-
 def test_no_programs_left_after_close(tmp_path: Path):
     from vigil.agent.agent import Agent
 
-    before = _my_prog_ids()
+    before = prog_ids_held()
     agent = Agent(AgentConfig(export_filename=str(tmp_path / "x.log"), server_address="", node_name="t"))
     agent.start()
-    ours = _my_prog_ids() - before
+    ours = prog_ids_held() - before
     assert len(ours) == 3  # exec, fork, exit
-    assert ours <= _loaded_prog_ids()
+    assert ours <= loaded_prog_ids()
     agent.close()
-    assert not ours & _my_prog_ids()
+    assert not ours & prog_ids_held()
     # the kernel frees programs after an RCU grace period: wait for it, bounded
-    deadline = time.monotonic() + 10
-    while ours & _loaded_prog_ids() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not ours & _loaded_prog_ids()
+    assert not still_loaded(ours)
 
 
 def test_bad_configuration_is_a_clear_error():
