@@ -36,3 +36,11 @@ def still_loaded(ids: set[int], timeout: float = 10.0) -> set[int]:
         time.sleep(0.05)
         left = ids & loaded_prog_ids()
     return left
+
+
+def require_root() -> None:
+    """These tests exist to exercise the real kernel: without root they fail, never skip."""
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.fail("needs root: these tests load and attach BPF programs (run `make test` as root)")

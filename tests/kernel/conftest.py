@@ -19,6 +19,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from tests.kernel.bpfstate import require_root
+
 from vigil.agent.agent import Agent
 from vigil.agent.config import AgentConfig
 from vigil.kernel.paths import bpf_object
@@ -27,8 +29,7 @@ pytestmark = pytest.mark.kernel
 
 
 def _require_kernel() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to load BPF programs")
+    require_root()
     if not bpf_object("process").exists():
         pytest.fail(f"{bpf_object('process')} missing: run `make` first")
 

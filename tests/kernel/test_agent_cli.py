@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
@@ -15,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.kernel.bpfstate import prog_ids_held, still_loaded
+from tests.kernel.bpfstate import require_root, prog_ids_held, still_loaded
 
 pytestmark = pytest.mark.kernel
 VIGIL = [sys.executable, "-m", "vigil.cli.main"]
@@ -69,8 +68,7 @@ class AgentProcess:
 
 @pytest.fixture
 def agent_proc(tmp_path: Path) -> Iterator[AgentProcess]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to load BPF programs")
+    require_root()
     ap = AgentProcess(tmp_path)
     try:
         yield ap
@@ -182,8 +180,7 @@ spec:
 def test_stopping_the_agent_removes_its_denies(tmp_path: Path):
     from tests import enforce_cases as C
 
-    if os.geteuid() != 0:
-        pytest.skip("needs root to load BPF programs")
+    require_root()
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(8)

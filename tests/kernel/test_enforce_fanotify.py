@@ -21,6 +21,8 @@ from typing import Callable, Iterator
 
 import pytest
 
+from tests.kernel.bpfstate import require_root
+
 from vigil.enforce.fanotify import Decision, PermEvent, PermissionGuard
 from vigil.kernel import sys as ksys
 
@@ -39,8 +41,7 @@ int main(int argc, char **argv) {
 
 @pytest.fixture(scope="module")
 def marker_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if os.geteuid() != 0:
-        pytest.skip("fanotify permission events need CAP_SYS_ADMIN")
+    require_root()  # fanotify permission events need CAP_SYS_ADMIN
     d = tmp_path_factory.mktemp("marker-src")
     (d / "m.c").write_text(MARKER_C)
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
@@ -147,7 +148,7 @@ def test_exec_denied_before_first_instruction(guarded_dir: Path, make_guard) -> 
 
 
 def test_open_of_existing_file_denied(guarded_dir: Path, make_guard) -> None:  # type: ignore[no-untyped-def]
-    w = make_guard(deny_named("secret.txt"), [(str(guarded_dir), {"exec": False, "open": True})])
+    make_guard(deny_named("secret.txt"), [(str(guarded_dir), {"exec": False, "open": True})])
     probe = ("import sys\nfor p in sys.argv[1:]:\n try:\n  open(p).read(); print('ok')\n"
              " except OSError as e: print(e.errno)")
     # from a child: the guard never refuses its own process

@@ -22,6 +22,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from tests.kernel.bpfstate import require_root
+
 from vigil.enforce.netdeny import NetDeny, cgroup2_root
 from vigil.enforce.netrules import NetRule, NetRuleError
 from vigil.kernel import RingBuffer
@@ -61,8 +63,7 @@ print(json.dumps(res), flush=True)
 
 
 def _require() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to attach cgroup BPF programs")
+    require_root()
     if not bpf_object("netdeny").exists():
         pytest.fail(f"{bpf_object('netdeny')} missing: run `make bpf`")
 

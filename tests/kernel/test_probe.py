@@ -22,6 +22,8 @@ from typing import Iterator
 
 import pytest
 
+from tests.kernel.bpfstate import require_root
+
 from vigil.kernel import BpfError, BpfObject
 from vigil.kernel import features as F
 from vigil.kernel import sys as ksys
@@ -32,8 +34,7 @@ OBJ = str(F.DEFAULT_OBJ)
 
 
 def _require() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to load BPF programs")
+    require_root()
     if not os.path.exists(OBJ):
         pytest.fail(f"{OBJ} not built: run `make`")
 
@@ -232,7 +233,7 @@ def test_uprobe_fires_on_test_binary(feats, tmp_path: Path) -> None:  # type: ig
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     nm = shutil.which("nm")
     if not cc or not nm:
-        pytest.skip("no C compiler or nm to build an independent uprobe target")
+        pytest.fail("no C compiler or nm to build an independent uprobe target (`make` installs clang)")
     src = tmp_path / "t.c"
     src.write_text("__attribute__((noinline)) int vigil_target(int x) { return x + 1; }\n"
                    "int main(void) { volatile int r = vigil_target(1); return r - 2; }\n")

@@ -10,7 +10,6 @@ import time
 import grpc
 import pytest
 
-from tests.api.fake_agent import FakeAgent
 from tests.api.harness import running_server, wait_for
 from vigil.api.client import AgentUnreachable, Client, resolve_address
 from vigil.api.pb import eventlogservice_pb2, eventlogservice_pb2_grpc, events_pb2, sensors_pb2, tetragon_pb2

@@ -90,7 +90,7 @@ def btf() -> dict[str, dict]:
     bpftool = shutil.which("bpftool") or "/usr/sbin/bpftool"
     out = subprocess.run([bpftool, "-j", "btf", "dump", "file", str(obj)], capture_output=True, text=True)
     if out.returncode:
-        pytest.skip("bpftool cannot dump BTF here")
+        pytest.fail(f"bpftool cannot dump the BTF of {obj}: {out.stderr.strip()}")
     return {t["name"]: t for t in json.loads(out.stdout)["types"] if t.get("kind") == "STRUCT" and t.get("name")}
 
 

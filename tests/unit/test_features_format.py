@@ -69,7 +69,7 @@ def test_elf_offset_matches_nm() -> None:
     libc = "/usr/lib/x86_64-linux-gnu/libc.so.6"
     nm = shutil.which("nm")
     if not nm or not shutil.os.path.exists(libc):  # type: ignore[attr-defined]
-        pytest.skip("needs nm and Debian's libc path")
+        pytest.fail("needs nm (binutils, installed with clang by `make`) and Debian's x86_64 libc")
     out = subprocess.run([nm, "-D", "--defined-only", libc], capture_output=True, text=True, check=True).stdout
     addr = next(int(ln.split()[0], 16) for ln in out.splitlines() if ln.split()[-1].startswith("getpid@@"))
     assert func_offset(libc, "getpid") == addr  # glibc's text segment has vaddr == file offset

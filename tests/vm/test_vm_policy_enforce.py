@@ -276,8 +276,7 @@ def test_tetragon_use_case_hooks(agent: Running, work: Path, case, spec, action,
     srv.bind(("127.0.0.1", 0))
     srv.listen(1)
     port = srv.getsockname()[1]
-    body = "kprobes:\n" + spec.format(work=work, port=port, pid=os.getpid()).replace(
-        "  selectors:", f"  selectors:").replace("- matchArgs:", "- matchArgs:")
+    body = "kprobes:\n" + spec.format(work=work, port=port, pid=os.getpid())
     # scope every case to this test process
     if "matchPIDs" not in body:
         body = body.replace("  - matchArgs:", f"  - matchPIDs: [{{operator: In, values: [{os.getpid()}]}}]\n    matchArgs:")
