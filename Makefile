@@ -1,6 +1,7 @@
 # Vigil: two entry points, `make run` and `make test`; everything else is set-up they need.
 SHELL        := /bin/bash
-PYTHON       ?= python3
+# Debian's interpreter, which users run: never whichever python3 is first on PATH.
+PYTHON       := /usr/bin/python3
 VENV         := .venv
 VPY          := $(VENV)/bin/python
 BUILD        := build
@@ -11,9 +12,9 @@ APT_PKGS     := clang llvm libbpf-dev bpftool python3-venv iproute2
 EXPORT_FILE  ?= /var/log/vigil/vigil.log
 PYTEST_ARGS  ?=
 
-.PHONY: all run test test-host test-vm deps venv bpf proto clean
+.PHONY: all run test test-host test-vm deps venv bpf native proto clean
 
-all: deps venv bpf proto
+all: deps venv bpf native proto
 
 # Debian packages for the BPF build (compiler, libbpf headers, bpftool). Installed only when missing.
 $(BUILD)/.deps:
@@ -22,6 +23,8 @@ $(BUILD)/.deps:
 	command -v clang >/dev/null || missing="$$missing clang"; \
 	command -v llvm-strip >/dev/null || missing="$$missing llvm"; \
 	[ -f /usr/include/bpf/bpf_helpers.h ] || missing="$$missing libbpf-dev"; \
+	[ -f /usr/include/stdio.h ] || missing="$$missing libc6-dev"; \
+	[ -x $(PYTHON) ] || missing="$$missing python3"; \
 	command -v bpftool >/dev/null || [ -x /usr/sbin/bpftool ] || missing="$$missing bpftool"; \
 	command -v ip >/dev/null || [ -x /usr/sbin/ip ] || missing="$$missing iproute2"; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
@@ -33,8 +36,12 @@ $(BUILD)/.deps:
 	@touch $@
 deps: $(BUILD)/.deps
 
+# The venv is rebuilt when it was made by another interpreter than $(PYTHON).
 $(VENV)/.installed: pyproject.toml $(BUILD)/.deps
+	@want=$$(readlink -f $(PYTHON)); have=$$(cat $(VENV)/.python 2>/dev/null); \
+	if [ "$$want" != "$$have" ]; then rm -rf $(VENV); fi
 	@[ -x $(VPY) ] || $(PYTHON) -m venv $(VENV)
+	@readlink -f $(PYTHON) > $(VENV)/.python
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[test]'
 	@touch $@
@@ -55,6 +62,13 @@ $(BUILD)/bpf/%.bpf.o: bpf/%.bpf.c $(BPF_HDRS) $(BUILD)/vmlinux.h
 	clang $(BPF_CFLAGS) -c $< -o $@.tmp && mv $@.tmp $@
 
 bpf: $(BPF_OBJS)
+
+# Native helpers (no Python lock on their paths): the fanotify permission helper.
+NATIVE_CFLAGS := -O2 -g -Wall -Wextra -pthread
+$(BUILD)/native/vigil-permd: native/permd.c native/permd.h $(BUILD)/.deps
+	@mkdir -p $(dir $@)
+	clang $(NATIVE_CFLAGS) -o $@.tmp native/permd.c && mv $@.tmp $@
+native: $(BUILD)/native/vigil-permd
 
 # gRPC stubs are generated from our own .proto files at build time.
 PROTOS := $(wildcard proto/tetragon/*.proto)

@@ -2,16 +2,23 @@
 """enforce_overhead: latency the enforcement back ends add when they allow everything.
 
 exec: N x fork+execve+wait of a copy of /bin/true from the C loop of _common.py,
-  the binary in a bench-owned directory. Configurations: off (no guard), exec (a
-  PermissionGuard in this process, FAN_OPEN_EXEC_PERM mark on the directory,
-  decide() allows) and exec+open (FAN_OPEN_PERM too: two permission events per exec).
+  the binary in a bench-owned directory. Configurations:
+  off        no permission marks;
+  permd      vigil-permd, the native helper the agent uses, with an allow-all exec
+             rule set (an Override rule on the directory whose second condition never
+             matches): every exec is read, evaluated against the table and answered;
+  permd+open the same with FAN_OPEN_PERM too (two permission events per exec);
+  permd-else the same rule set on another directory: the execs are outside its marks
+             and never reach the helper (what every exec the rules don't name costs);
+  python     the previous design for comparison: a Python thread in this process reads
+             the events and answers allow (the round trip the agent used to make).
 connect: N x (socket, connect to a loopback listener, accept, close with RST) from a
   small C loop run in a bench-owned cgroup2 child. Configurations: off (nothing
   attached) and netdeny (NetDeny attached to that cgroup with a rule set the loopback
   connects walk all the way through: a deny on another network, a deny on 127/8 port
   1, an allow on 127/8 -> LPM hit, port loop, allow).
 Rounds are interleaved (off/on/off/on...) and the medians compared: µs per operation,
-added µs, ratio.
+added µs, ratio; per round ratios are printed too.
 
     .venv/bin/python bench/enforce_overhead.py [--quick] [-n N] [--rounds R]
 """
@@ -20,9 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -30,7 +39,9 @@ from typing import Callable
 from _common import (BPFTOOL, build_spawner, emit_json, install_signal_handlers, median, require_root, run_spawner,
                      tempdir)
 
-from vigil.enforce.fanotify import Decision, PermissionGuard
+from vigil.enforce.permd import PermissionHelper
+from vigil.enforce.permtable import Cond, Mark, Rule, Table
+from vigil.kernel import sys as ksys
 from vigil.enforce.netdeny import NetDeny, cgroup2_root
 from vigil.enforce.netrules import NetRule
 
@@ -99,25 +110,65 @@ def run_connector(exe: str, n: int, cgroup: str) -> float:
     return int(p.stdout) / 1e9
 
 
-def exec_round(spawner: str, n: int, binary: str, guard_dir: str | None, open_too: bool,
-               stats: dict[str, float]) -> float:
-    if guard_dir is None:
-        return run_spawner(spawner, n, binary)[0]
-    g = PermissionGuard(lambda ev: Decision(True, "bench"), timeout_s=1.0)
-    g.add_mark(guard_dir, exec=True, open=open_too)
-    g.start()
-    try:
+def allow_all_table(guard_dir: str, open_too: bool) -> Table:
+    kinds = frozenset({"exec", "open"} if open_too else {"exec"})
+    never = Cond("path", "Postfix", (".vigil-bench-never",))
+    rule = Rule(1, 0, kinds, "override", conds=(Cond("path", "Prefix", (guard_dir + "/",)), never))
+    return Table([rule], [Mark("tree", guard_dir, kinds)], exempt=(os.getpid(),))
+
+
+def permd_round(spawner: str, n: int, binary: str, guard_dir: str, open_too: bool,
+                stats: dict[str, float]) -> float:
+    with PermissionHelper() as h:
+        h.push(allow_all_table(guard_dir, open_too))
         secs = run_spawner(spawner, n, binary)[0]
-    finally:
-        g.stop()
-    st = g.stats
-    if st.allowed:
-        stats["answer_us"] = st.latency_us_total / st.allowed  # read -> response written, per event
-        stats["max_answer_us"] = st.max_latency_us
-        stats["events_per_exec"] = st.events / n
-    if st.timeouts or st.errors or st.denied:
-        raise RuntimeError(f"guard misbehaved during the bench: {st}")
+        st = h.stats()
+    if st["allowed"]:
+        stats["answer_us"] = st["latency_ns_total"] / st["allowed"] / 1e3  # read -> response written
+        stats["max_answer_us"] = st["latency_ns_max"] / 1e3
+        stats["events_per_exec"] = st["events"] / n
+    if st["timeouts"] or st["denied"] or st["rescued"]:
+        raise RuntimeError(f"the helper misbehaved during the bench: {st}")
     return secs
+
+
+def python_round(spawner: str, n: int, binary: str, guard_dir: str, stats: dict[str, float]) -> float:
+    """The old design's round trip: a Python thread reads each event and answers allow."""
+    fd = ksys.fanotify_init(ksys.FAN_CLASS_CONTENT | ksys.FAN_CLOEXEC | ksys.FAN_NONBLOCK, os.O_RDONLY)
+    ksys.fanotify_mark(fd, ksys.FAN_MARK_ADD, ksys.FAN_OPEN_EXEC_PERM | ksys.FAN_EVENT_ON_CHILD, guard_dir)
+    stop_r, stop_w = os.pipe()
+    lat: list[float] = []
+
+    def answer() -> None:
+        meta, resp = ksys.FANOTIFY_METADATA, ksys.FANOTIFY_RESPONSE
+        while True:
+            r, _, _ = select.select([fd, stop_r], [], [])
+            if stop_r in r:
+                return
+            t0 = time.perf_counter()
+            try:
+                buf = os.read(fd, 65536)
+            except BlockingIOError:
+                continue
+            for off in range(0, len(buf), meta.size):
+                efd = meta.unpack_from(buf, off)[5]
+                os.readlink(f"/proc/self/fd/{efd}")  # what a decision needs first: the path
+                os.write(fd, resp.pack(efd, ksys.FAN_ALLOW))
+                os.close(efd)
+            lat.append((time.perf_counter() - t0) * 1e6)
+
+    t = threading.Thread(target=answer, daemon=True)
+    t.start()
+    try:
+        return run_spawner(spawner, n, binary)[0]
+    finally:
+        os.write(stop_w, b"x")
+        t.join()
+        os.close(fd)
+        os.close(stop_r)
+        os.close(stop_w)
+        if lat:
+            stats["python_answer_us"] = sum(lat) / len(lat)
 
 
 STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
@@ -174,8 +225,11 @@ def summarize(kind: str, res: dict[str, list[float]], base: str) -> dict[str, di
     summary = {}
     for name, vals in res.items():
         m = median(vals)
-        summary[name] = {"us_per_op": round(m, 2), "added_us": round(m - b, 2), "ratio": round(m / b, 3)}
-        print(f"{kind:<8} {name:<10} {m:8.1f} µs/op   added {m - b:+7.1f} µs   ratio {m / b:.3f}")
+        per_round = [round(v / o, 3) for v, o in zip(vals, res[base])]
+        summary[name] = {"us_per_op": round(m, 2), "added_us": round(m - b, 2), "ratio": round(m / b, 3),
+                         "round_ratios": per_round}
+        print(f"{kind:<8} {name:<10} {m:8.1f} µs/op   added {m - b:+7.1f} µs   ratio {m / b:.3f}"
+              f"   per round {per_round}")
     return summary
 
 
@@ -196,14 +250,18 @@ def main() -> int:
         connector = build_connector(tmp)
         gdir = tmp / "guarded"
         gdir.mkdir()
+        other = tmp / "elsewhere"  # the rules guard this directory; the loop execs from gdir
+        other.mkdir()
         binary = str(gdir / "true")
         shutil.copy2(os.path.realpath("/bin/true"), binary)
         run_spawner(spawner, 50, binary)  # warm-up: page cache, dynamic loader
         print(f"exec: {n} fork+exec+wait of {binary} per round, {rounds} rounds")
         ex = interleave({
-            "off": lambda: exec_round(spawner, n, binary, None, False, answer),
-            "exec": lambda: exec_round(spawner, n, binary, str(gdir), False, answer),
-            "exec+open": lambda: exec_round(spawner, n, binary, str(gdir), True, {}),
+            "off": lambda: run_spawner(spawner, n, binary)[0],
+            "permd": lambda: permd_round(spawner, n, binary, str(gdir), False, answer),
+            "permd-else": lambda: permd_round(spawner, n, binary, str(other), False, {}),
+            "permd+open": lambda: permd_round(spawner, n, binary, str(gdir), True, {}),
+            "python": lambda: python_round(spawner, n, binary, str(gdir), answer),
         }, rounds, n)
         os.mkdir(cg)
         try:
@@ -224,13 +282,16 @@ def main() -> int:
     print()
     es = summarize("exec", ex, "off")
     cs = summarize("connect", co, "off")
-    if answer:
-        print(f"fanotify guard: {answer['answer_us']:.1f} µs mean read->answer per event "
+    if "answer_us" in answer:
+        print(f"vigil-permd: {answer['answer_us']:.1f} µs mean read->answer per event "
               f"(max {answer['max_answer_us']:.0f} µs), {answer['events_per_exec']:.2f} events per exec")
+    if "python_answer_us" in answer:
+        print(f"python responder: {answer['python_answer_us']:.1f} µs mean read->answer per batch")
     if "connect4_prog_ns" in answer:
         print(f"netdeny connect4 program: {answer['connect4_prog_ns']:.0f} ns per run (bpf_stats)")
     emit_json("enforce_overhead", {"n": n, "rounds": rounds, "exec": es, "connect": cs,
-                                   "fanotify_answer_us": round(answer.get("answer_us", 0.0), 1),
+                                   "permd_answer_us": round(answer.get("answer_us", 0.0), 1),
+                                   "python_answer_us": round(answer.get("python_answer_us", 0.0), 1),
                                    "connect4_prog_ns": round(answer.get("connect4_prog_ns", 0.0))})
     return 0
 

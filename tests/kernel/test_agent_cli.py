@@ -27,7 +27,7 @@ def free_port() -> int:
 
 
 class AgentProcess:
-    def __init__(self, tmp: Path, extra: list[str] | None = None) -> None:
+    def __init__(self, tmp: Path, extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         self.sock = f"unix://{tmp}/vigil.sock"
         self.export = tmp / "export.log"
         self.info = tmp / "info.json"
@@ -37,7 +37,7 @@ class AgentProcess:
             [*VIGIL, "agent", "--export-filename", str(self.export), "--server-address", self.sock,
              "--metrics-server", f"127.0.0.1:{self.metrics_port}", "--info-file", str(self.info),
              *(extra or [])],
-            stdout=subprocess.DEVNULL, stderr=open(self.stderr, "wb"),
+            stdout=subprocess.DEVNULL, stderr=open(self.stderr, "wb"), env=env,
         )
         deadline = time.monotonic() + 60
         while b"vigil agent ready" not in self.stderr.read_bytes():

@@ -119,3 +119,42 @@ kprobes:
         assert r.returncode == -9  # killed (after the fact: the directory may exist)
     finally:
         running_agent.agent.delete_policy(name)
+
+
+def test_exec_control_with_a_vfork_holding_the_gil(running_agent: RunningAgent, edir: Path):
+    """The agent runs in this process. A thread of it spawns the guarded tool through
+    posix_spawn (a vfork) called with the GIL held (ctypes.PyDLL), as Debian 12's Python
+    does in subprocess (gh-104372): no Python code of the agent can run until the exec is
+    answered. The native helper answers it by the rule."""
+    import ctypes
+    import os
+    import threading
+
+    libc = ctypes.PyDLL(None, use_errno=True)
+    libc.posix_spawn.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p,
+                                 ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_char_p)]
+    a = running_agent.agent
+    name = a.policies.add_text(C.exec_control(edir), "<t>")[0]
+    results: dict[str, int] = {}
+
+    def spawn(which: str) -> None:
+        path = str(edir / which / "tool").encode()
+        marker = str(edir / f"vfork-{which}").encode()
+        pid = ctypes.c_int(0)
+        argv = (ctypes.c_char_p * 3)(path, marker, None)
+        envp = (ctypes.c_char_p * 1)(None)
+        rc = libc.posix_spawn(ctypes.byref(pid), path, None, None, argv, envp)
+        if rc == 0:
+            os.waitpid(pid.value, 0)
+        results[which] = rc
+
+    try:
+        for which in ("blocked", "allowed"):
+            t = threading.Thread(target=spawn, args=(which,), daemon=True)
+            t.start()
+            t.join(30)
+            assert not t.is_alive(), f"posix_spawn of {which}/tool never returned"
+    finally:
+        a.delete_policy(name)
+    assert results == {"blocked": 1, "allowed": 0}  # EPERM from the refused exec
+    assert not (edir / "vfork-blocked").exists() and (edir / "vfork-allowed").exists()

@@ -302,6 +302,7 @@ class Agent:
                               for lp in list(self.policies.policies.values()) for kind, n in lp.events.items()],
             "policies": {lp.name: {"state": "enabled" if lp.enabled else "disabled", "mode": lp.mode}
                          for lp in list(self.policies.policies.values())},
+            "permission_helper": self.policies.guards.stats(),
         }
 
     def _program_stats(self) -> list[dict[str, Any]]:
@@ -317,7 +318,7 @@ class Agent:
                 out.append({"policy": "", "attach": prog.section, "sensor": "process", **info})
         for lp in list(self.policies.policies.values()):
             for gh in lp.hooks:
-                if gh.obj is None:
+                if getattr(gh, "obj", None) is None:
                     continue
                 for prog in gh.obj.programs.values():
                     if prog.fd >= 0:

@@ -41,6 +41,8 @@ class AgentConfig:
     # policies
     tracing_policy: list[str] = field(default_factory=list)
     tracing_policy_dir: str = ""
+    permission_deadline_ms: int = 1000   # exec/open permission not decided by then: answered by the default
+    permission_default: str = "allow"    # allow | deny
     # local output and recording
     print_events: str = ""          # "", "compact" or "json": also print events to stdout
     record_file: str = ""           # append raw kernel records here (replay seam)
@@ -61,6 +63,10 @@ class AgentConfig:
             errors.append(f"--rb-size must be a power of two >= 4096 (got {self.rb_size})")
         if not 1 <= self.args_max <= 32767:
             errors.append(f"--args-max-bytes must be 1..32767 (got {self.args_max})")
+        if not 1 <= self.permission_deadline_ms <= 60000:
+            errors.append(f"--permission-deadline-ms must be 1..60000 (got {self.permission_deadline_ms})")
+        if self.permission_default not in ("allow", "deny"):
+            errors.append("--permission-default must be allow or deny")
         if self.print_events not in ("", "compact", "json"):
             errors.append("--print-events must be compact or json")
         if not self.node_name:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import struct
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,7 +57,11 @@ class PolicyManager:
         self._features: Any = None
         from vigil.sensors.hostdeny import GuardRegistry
 
-        self.guards = GuardRegistry(self._report_fanotify)
+        cfg = getattr(agent, "config", None)
+        self.guards = GuardRegistry(self._report_fanotify,
+                                    deadline_ms=getattr(cfg, "permission_deadline_ms", 1000),
+                                    default_allow=getattr(cfg, "permission_default", "allow") == "allow",
+                                    test_hooks=os.environ.get("VIGIL_TEST_HOOKS") == "1")
         # maxData chunks wait here for their event: (event ktime, tid, slot) -> [(offset, bytes)]
         self._data: dict[tuple[int, int, int], list[tuple[int, bytes]]] = {}
         self.data_orphans = 0
@@ -150,7 +154,7 @@ class PolicyManager:
                 for ch in compiled.hooks:
                     mech = ch.placement.mechanism
                     if mech == "fanotify":
-                        hooks.append(FanotifyHook(ch, self.guards, mode == "monitor", self.agent.builder.cache))
+                        hooks.append(FanotifyHook(ch, self.guards, mode == "monitor"))
                     elif mech == "cgroup_sock_addr":
                         hooks.append(NetDenyHook(ch, shared, mode == "monitor"))
                     else:
@@ -223,7 +227,9 @@ class PolicyManager:
             for gh in lp.hooks:
                 cfg = gh.compiled.config
                 cfg.flags = (cfg.flags & ~L.HOOK_MONITOR) | (L.HOOK_MONITOR if mode == "monitor" else 0)
-                if hasattr(gh, "monitor"):  # host deny back ends
+                if hasattr(gh, "set_monitor"):  # the fanotify back end: a new helper table
+                    gh.set_monitor(mode == "monitor")
+                elif hasattr(gh, "monitor"):  # the cgroup socket back end
                     gh.monitor = mode == "monitor"
                     if getattr(gh, "nd", None) is not None:
                         import dataclasses
@@ -290,17 +296,13 @@ class PolicyManager:
             body["process"] = {"pid": pid, "tid": tid or pid, "flags": "miss"}
         return body
 
-    def _report_fanotify(self, ev: Any, d: Any, hook: Any) -> None:
-        """Runs on the guard's reporting thread, after the answer was written."""
+    def _report_fanotify(self, rep: Any, hook: Any) -> None:
+        """Runs on the helper's report thread, after the helper wrote its answer."""
         from vigil.sensors.hostdeny import fanotify_event
 
-        if d.reason.endswith("nopost"):
-            return
-        if d.allow and not d.monitor and not d.reason.endswith(": post"):
-            return
-        body = fanotify_event(ev, d, hook.compiled, self._process_body(ev.pid))
+        body = fanotify_event(rep, hook.compiled, self._process_body(rep.pid))
         self.agent.inject({"process_kprobe": body, "node_name": self.agent.node_name,
-                           "time": self.agent.clock.rfc3339(time.time_ns())})
+                           "time": self.agent.clock.rfc3339(rep.time_ns)})
 
     def handle_netdeny(self, buf: bytes, now_ns: int) -> dict[str, Any] | None:
         from vigil.enforce.netdeny import NetDeny

@@ -54,6 +54,8 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--enable-ancestors", dict(type=bool, default=False, show_default=True, help="Add the ancestors list to events.")),
     ("--tracing-policy", dict(multiple=True, default=(), help="TracingPolicy file to load at start (repeatable).")),
     ("--tracing-policy-dir", dict(default="", help="Load every policy file in this directory at start.")),
+    ("--permission-deadline-ms", dict(type=int, default=1000, show_default=True, help="An exec/open permission (fanotify Override) not decided within this many ms is answered by --permission-default.")),
+    ("--permission-default", dict(type=click.Choice(["allow", "deny"]), default="allow", show_default=True, help="Answer to an exec/open permission not decided in time.")),
     ("--print-events", dict(type=click.Choice(["", "compact", "json"]), default="", help="Also print events to stdout.")),
     ("--record-file", dict(default="", help="Record raw kernel records here for replay.")),
     ("--info-file", dict(default="/var/run/tetragon/tetragon-info.json", show_default=True, help="Server info file for clients.")),
@@ -127,6 +129,7 @@ def _build_command() -> click.Command:
             enable_process_cred=kw["enable_process_cred"], enable_process_ns=kw["enable_process_ns"],
             enable_ancestors=kw["enable_ancestors"], tracing_policy=list(kw["tracing_policy"]),
             tracing_policy_dir=kw["tracing_policy_dir"], print_events=kw["print_events"],
+            permission_deadline_ms=kw["permission_deadline_ms"], permission_default=kw["permission_default"],
             record_file=kw["record_file"], info_file=kw["info_file"],
         )
         try:
@@ -164,6 +167,9 @@ def run_agent(cfg: AgentConfig) -> int:
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         agent.start()
+        from vigil.agent import testhooks
+
+        testhooks.install(agent)
         print("vigil agent ready", file=sys.stderr, flush=True)
         agent.run()
     except BpfError as e:

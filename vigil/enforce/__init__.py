@@ -1,7 +1,8 @@
 """Enforcement back ends driven by the policy engine.
 
-- `fanotify.PermissionGuard`: allow/deny exec and open of existing files before
-  they happen (fanotify permission events), fail-safe to a default answer.
+- `permd.PermissionHelper`: the agent side of vigil-permd (native/permd.c), the
+  native process that answers fanotify exec/open permission events from a decision
+  table (`permtable.Table`), with a deadline and default-allow when the agent goes away.
 - `netdeny.NetDeny`: refuse connect/sendmsg/bind with cgroup sock_addr programs
   (EPERM, no packet leaves), rules in `netrules.NetRule`.
 Imports are lazy so that using one back end never loads the other.
@@ -10,13 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Decision", "NetDeny", "NetRule", "NetRuleError", "PermEvent", "PermissionGuard"]
+__all__ = ["NetDeny", "NetRule", "NetRuleError", "PermissionHelper", "Table"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("PermissionGuard", "PermEvent", "Decision"):
-        from vigil.enforce import fanotify
-        return getattr(fanotify, name)
+    if name == "PermissionHelper":
+        from vigil.enforce import permd
+        return permd.PermissionHelper
+    if name == "Table":
+        from vigil.enforce import permtable
+        return permtable.Table
     if name in ("NetDeny",):
         from vigil.enforce import netdeny
         return netdeny.NetDeny

@@ -120,7 +120,12 @@ def place_syscall_on_host(spec: KProbeSpec, section: str, index: int, call: str,
     pl.attach = {"func": what, "syscall": f"__x64_sys_{base}", "what": what}
     if mech == "fanotify":
         pl.notes.append(f"Override of {call} enforced by fanotify {'FAN_OPEN_EXEC_PERM' if what == 'exec' else 'FAN_OPEN_PERM'}"
+                        " through the native permission helper (only the paths the selectors name are marked)"
                         + (" (opens of existing files; creating a file is not prevented)" if what == "open" else ""))
+        if what == "exec":
+            pl.notes.append("a Sigkill action instead of Override is decided in the kernel with no user-space "
+                            "round trip (the new image never runs its first instruction), at the cost of a "
+                            "killed caller instead of EPERM")
     else:
         pl.notes.append(f"Override of {call} enforced by cgroup/{what}4+6 (all cgroups)")
     for slot, a in enumerate(spec.args):

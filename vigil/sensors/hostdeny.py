@@ -9,12 +9,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import signal
 import threading
 from typing import Any, Callable
 
 from vigil.agent.api import PolicyError
-from vigil.enforce.fanotify import Decision, PermEvent, PermissionGuard
+from vigil.enforce.permd import PermdError, PermissionHelper
+from vigil.enforce.permd_proto import Report
+from vigil.enforce.permtable import PID_OPS, STRING_OPS, Cond, Rule, Table, plan_marks
 from vigil.policy import layout as L
 from vigil.policy.compile import CompiledHook
 from vigil.policy.model import Selector
@@ -23,7 +24,8 @@ from vigil.policy.values import parse_family, parse_port
 log = logging.getLogger("vigil.sensor.hostdeny")
 
 ENFORCE = ("override", "sigkill")
-STRING_OPS = ("Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix")
+BINARY_OPS = {"In": "Equal", "NotIn": "NotEqual", "Prefix": "Prefix", "NotPrefix": "NotPrefix",
+              "Postfix": "Postfix", "NotPostfix": "NotPostfix"}
 
 
 def _action(sel: Selector) -> str:
@@ -34,109 +36,111 @@ def _action(sel: Selector) -> str:
     return "nopost" if "nopost" in names else "post"
 
 
-def _string_match(op: str, values: tuple[str, ...], s: str) -> bool:
-    if op == "Equal":
-        return s in values
-    if op == "NotEqual":
-        return s not in values
-    if op == "Prefix":
-        return any(s.startswith(v) for v in values)
-    if op == "NotPrefix":
-        return not any(s.startswith(v) for v in values)
-    if op == "Postfix":
-        return any(s.endswith(v) for v in values)
-    if op == "NotPostfix":
-        return not any(s.endswith(v) for v in values)
-    return False
-
-
 class GuardRegistry:
-    """One fanotify PermissionGuard per agent, shared by every fanotify hook."""
+    """One native permission helper (vigil-permd) per agent, shared by every fanotify hook.
 
-    def __init__(self, report: Callable[[PermEvent, Decision, "FanotifyHook"], None]) -> None:
+    The table in force is the rules of every attached hook; each change pushes a new one
+    (the helper marks it completely before swapping). Decisions never run here: this side
+    only compiles rules and turns the helper's reports into events."""
+
+    def __init__(self, report: Callable[[Report, "FanotifyHook"], None], *, deadline_ms: int = 1000,
+                 default_allow: bool = True, test_hooks: bool = False) -> None:
         self._lock = threading.Lock()
         self._hooks: list[FanotifyHook] = []
-        self._marks: dict[str, int] = {}
         self._report = report
-        self.guard: PermissionGuard | None = None
+        self.deadline_ms = deadline_ms
+        self.default_allow = default_allow
+        self.test_hooks = test_hooks
+        self.helper: PermissionHelper | None = None
+        self.timeouts = 0
 
-    def _decide(self, ev: PermEvent) -> Decision:
-        for hook in list(self._hooks):
-            if hook.attached and hook.what == ev.kind:
-                d = hook.decide(ev)
-                if d is not None:
-                    return d
-        return Decision(True)
-
-    def _on_event(self, ev: PermEvent, d: Decision) -> None:
-        hook = next((h for h in self._hooks if h.hook_id == d.selector >> 8), None) if d.policy else None
-        if hook is not None:
-            self._report(ev, d, hook)
+    def _apply(self, hooks: list["FanotifyHook"]) -> None:
+        """Make the rules of `hooks` the table in force, or raise PolicyError and keep the old one."""
+        rules = [r for h in hooks for r in h.rules()]
+        if not rules:
+            if self.helper is not None:
+                self.helper.stop()
+                self.helper = None
+            return
+        try:
+            marks = plan_marks(rules)
+        except ValueError as e:
+            raise PolicyError(str(e)) from None
+        table = Table(rules, marks, exempt=(os.getpid(),), default_allow=self.default_allow,
+                      deadline_ms=self.deadline_ms)
+        try:
+            if self.helper is None:
+                helper = PermissionHelper(self._on_report, test_hooks=self.test_hooks)
+                helper.start()
+                self.helper = helper
+            self.helper.push(table)
+        except PermdError as e:
+            if not self._hooks and self.helper is not None:
+                self.helper.stop()
+                self.helper = None
+            raise PolicyError(f"fanotify permission helper: {e}") from None
 
     def add(self, hook: "FanotifyHook") -> None:
         with self._lock:
-            if self.guard is None:
-                # fail-safe: a decision that does not come in time, or fails, allows
-                self.guard = PermissionGuard(self._decide, timeout_s=1.0, default_allow=True, on_event=self._on_event)
-                self.guard.start()
-            for path in hook.mounts:
-                if self._marks.get(path, 0) == 0:
-                    self.guard.add_mark(path, exec=True, open=True, mount=True)
-                self._marks[path] = self._marks.get(path, 0) + 1
+            self._apply(self._hooks + [hook])
             self._hooks.append(hook)
 
     def remove(self, hook: "FanotifyHook") -> None:
         with self._lock:
             if hook not in self._hooks:
                 return
-            self._hooks.remove(hook)
-            for path in hook.mounts:
-                self._marks[path] -= 1
-                if self._marks[path] == 0 and self.guard is not None:
-                    del self._marks[path]
-                    self.guard.remove_mark(path)
-            if not self._hooks and self.guard is not None:
-                self.guard.stop()
-                self.guard = None
+            rest = [h for h in self._hooks if h is not hook]
+            try:
+                self._apply(rest)
+            finally:
+                self._hooks = rest
+
+    def refresh(self) -> None:
+        """Push the table again (a hook's mode changed)."""
+        with self._lock:
+            self._apply(self._hooks)
 
     def close(self) -> None:
         with self._lock:
             self._hooks.clear()
-            self._marks.clear()
-            if self.guard is not None:
-                self.guard.stop()
-                self.guard = None
+            if self.helper is not None:
+                self.helper.stop()
+                self.helper = None
 
+    def stats(self) -> dict[str, int]:
+        helper = self.helper
+        if helper is None:
+            return {}
+        try:
+            return helper.stats()
+        except PermdError:
+            return {}
 
-def mount_of(path: str) -> str:
-    """Mount point holding `path` (longest mountinfo prefix of its existing ancestor)."""
-    p = os.path.abspath(path)
-    while not os.path.exists(p) and p != "/":
-        p = os.path.dirname(p)
-    p = os.path.realpath(p)
-    best = "/"
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            mp = line.split()[4].replace("\\040", " ")
-            if (p == mp or p.startswith(mp.rstrip("/") + "/")) and len(mp) > len(best):
-                best = mp
-    return best
+    def _on_report(self, rep: Report) -> None:
+        if rep.hook_id == 0:
+            self.timeouts += 1
+            log.warning("permission for %s %s (pid %d) not decided within %d ms: answered %s by default",
+                        rep.kind, rep.path, rep.pid, self.deadline_ms, "allow" if rep.allowed else "deny")
+            return
+        hook = next((h for h in self._hooks if h.hook_id == rep.hook_id), None)
+        if hook is not None:
+            hook.count(rep)
+            self._report(rep, hook)
 
 
 class FanotifyHook:
-    """exec/open Override on a host without BPF LSM, decided in user space per event."""
+    """exec/open Override on a host without BPF LSM: its selectors become rules of the native
+    permission helper's table, decided there for every guarded exec or open."""
 
-    def __init__(self, compiled: CompiledHook, registry: GuardRegistry, monitor: bool, cache: Any) -> None:
+    def __init__(self, compiled: CompiledHook, registry: GuardRegistry, monitor: bool) -> None:
         self.compiled = compiled
         self.hook_id = compiled.hook_id
         self.registry = registry
         self.monitor = monitor
-        self.cache = cache
         self.what = compiled.placement.attach["what"]
         self.attached = False
-        self.denied = self.monitored = self.decisions = 0
+        self.reported = self.denied = self.monitored = 0
         self._check(compiled)
-        self.mounts = sorted(self._mounts(compiled))
 
     def _check(self, c: CompiledHook) -> None:
         for si, sel in enumerate(c.selectors):
@@ -149,79 +153,64 @@ class FanotifyHook:
             for e in sel.match_args:
                 if e.operator not in STRING_OPS:
                     raise PolicyError(f"{e.at('operator')}: {e.operator} is not supported on paths")
+            for b in sel.match_binaries:
+                if b.operator not in BINARY_OPS:
+                    raise PolicyError(f"{b.at('operator')}: matchBinaries {b.operator} is not supported by the "
+                                      "fanotify back end")
+            for mp in sel.match_pids:
+                if mp.is_namespace_pid:
+                    raise PolicyError(f"{mp.loc}: isNamespacePID is not supported by the fanotify back end")
+                if mp.operator not in PID_OPS:
+                    raise PolicyError(f"{mp.at('operator')}: matchPIDs {mp.operator} is not supported by the "
+                                      "fanotify back end (In, NotIn)")
 
-    def _mounts(self, c: CompiledHook) -> set[str]:
-        """Mounts to watch: those holding the paths the selectors name; the root mount when a
-        selector can match anywhere (NotEqual/NotPrefix/Postfix or no path filter)."""
-        out: set[str] = set()
-        for sel in c.selectors or ():
-            paths = [e for e in sel.match_args if e.operator in ("Equal", "Prefix")]
-            if not paths:
-                out.add("/")
-            for e in paths:
-                for v in e.values:
-                    out.add(mount_of(v))
-        return out or {"/"}
-
-    def decide(self, ev: PermEvent) -> Decision | None:
-        self.decisions += 1
+    def rules(self) -> list[Rule]:
+        """One helper rule per selector, in selector order (the first match decides for this hook)."""
+        if not self.attached:
+            return []
+        out = []
         for si, sel in enumerate(self.compiled.selectors):
-            if not self._selector_matches(sel, ev):
-                continue
-            act = _action(sel)
-            if act not in ENFORCE:
-                return Decision(True, f"selector {si + 1}: {act}", self.compiled.policy, (self.hook_id << 8) | si)
-            if act == "sigkill" and not self.monitor:
-                try:
-                    os.kill(ev.pid, signal.SIGKILL)  # the requester named by the kernel event, nothing else
-                except ProcessLookupError:
-                    pass
-            if self.monitor:
-                self.monitored += 1
-            else:
-                self.denied += 1
-            return Decision(False, f"selector {si + 1}: {act}", self.compiled.policy, (self.hook_id << 8) | si,
-                            monitor=self.monitor)
-        return None
+            conds = [Cond("path", e.operator, tuple(e.values)) for e in sel.match_args]
+            conds += [Cond("binary", BINARY_OPS[b.operator], tuple(b.values)) for b in sel.match_binaries]
+            conds += [Cond("pid", mp.operator, tuple(int(v) for v in mp.values), mp.follow_forks)
+                      for mp in sel.match_pids]
+            out.append(Rule(self.hook_id, si, frozenset({self.what}), _action(sel), self.monitor, tuple(conds)))
+        return out
 
-    def _selector_matches(self, sel: Selector, ev: PermEvent) -> bool:
-        for e in sel.match_args:
-            if not _string_match(e.operator, e.values, ev.path):
-                return False
-        for b in sel.match_binaries:
-            if not _string_match({"In": "Equal", "NotIn": "NotEqual"}.get(b.operator, b.operator), b.values,
-                                 ev.binary or ""):
-                return False
-        for mp in sel.match_pids:
-            pids = {ev.pid}
-            if mp.follow_forks:
-                p = self.cache.by_pid(ev.pid)
-                while p is not None and len(pids) < 64:
-                    pids.add(p.ppid)
-                    p = self.cache.by_pid(p.ppid) if p.ppid != p.pid else None
-            hit = bool(pids & set(mp.values))
-            if hit != (mp.operator == "In"):
-                return False
-        return True
+    def count(self, rep: Report) -> None:
+        self.reported += 1
+        if rep.monitor:
+            self.monitored += 1
+        elif not rep.allowed and rep.action in ENFORCE:
+            self.denied += 1
 
     def load(self) -> None:
         self.attach()
 
     def attach(self) -> None:
         if not self.attached:
-            self.registry.add(self)
             self.attached = True
+            try:
+                self.registry.add(self)
+            except BaseException:
+                self.attached = False
+                raise
 
     def detach(self) -> None:
         if self.attached:
-            self.registry.remove(self)
             self.attached = False
+            self.registry.remove(self)
+
+    def set_monitor(self, monitor: bool) -> None:
+        self.monitor = monitor
+        if self.attached:
+            self.registry.refresh()
 
     def close(self) -> None:
         self.detach()
 
     def stats(self) -> dict[str, int]:
-        return {"hits": self.decisions, "filtered": 0, "posted": self.denied + self.monitored, "ratelimited": 0,
+        return {"hits": self.reported, "filtered": 0, "posted": self.reported, "ratelimited": 0,
                 "signals": self.denied, "monitored": self.monitored, "pending_full": 0, "errors": 0}
 
     def program_ids(self) -> list[int]:
@@ -360,21 +349,29 @@ def netdeny_event(rec: dict[str, Any], hook: CompiledHook, node_body: dict[str, 
     return body
 
 
-def fanotify_event(ev: PermEvent, d: Decision, hook: CompiledHook, node_body: dict[str, Any]) -> dict[str, Any]:
+def fanotify_event(rep: Report, hook: CompiledHook, node_body: dict[str, Any]) -> dict[str, Any]:
+    """The process_kprobe body of an exec/open the helper decided (refused, reported in
+    monitor mode, or posted)."""
     body = dict(node_body)
     body["function_name"] = hook.placement.attach["syscall"]
     if hook.placement.args:
         p = hook.placement.args[0]
-        a: dict[str, Any] = {"string_arg": ev.path}
+        a: dict[str, Any] = {"string_arg": rep.path}
         if p.label:
             a["label"] = p.label
         body["args"] = [a]
-    act = "KPROBE_ACTION_SIGKILL" if d.reason.endswith("sigkill") else "KPROBE_ACTION_OVERRIDE"
-    body["action"] = act if not d.allow or d.monitor else "KPROBE_ACTION_POST"
+    enforcing = rep.action in ENFORCE
+    act = "KPROBE_ACTION_SIGKILL" if rep.action == "sigkill" else "KPROBE_ACTION_OVERRIDE"
+    body["action"] = act if enforcing else "KPROBE_ACTION_POST"
     body["policy_name"] = hook.policy
-    kind = "FAN_OPEN_EXEC_PERM" if ev.kind == "exec" else "FAN_OPEN_PERM"
-    mode = "monitor mode: reported, not enforced" if d.monitor else ("enforced" if not d.allow else "allowed")
-    msg = f"[vigil: {d.reason} matched {ev.path}; {act.removeprefix('KPROBE_ACTION_').lower()} {mode} via fanotify {kind}]"
+    kind = "FAN_OPEN_EXEC_PERM" if rep.kind == "exec" else "FAN_OPEN_PERM"
+    if not enforcing:
+        what = "allowed"
+    else:
+        mode = ("monitor mode: reported, not enforced" if rep.monitor
+                else "enforced" if not rep.allowed else "allowed")
+        what = f"{act.removeprefix('KPROBE_ACTION_').lower()} {mode}"
+    msg = f"[vigil: selector {rep.selector + 1}: {rep.action} matched {rep.path}; {what} via fanotify {kind}]"
     body["message"] = f"{hook.message} {msg}" if hook.message else msg
     if hook.tags:
         body["tags"] = list(hook.tags)

@@ -1,0 +1,1222 @@
+/* vigil-permd: answers fanotify permission events (exec, open) for the Vigil agent.
+ *
+ * Why a separate native process: a process on the host waiting for a permission
+ * answer must never wait on the agent's Python interpreter (a vfork that keeps the
+ * GIL, a long C call, SIGSTOP, a debugger). The agent compiles the policy into a
+ * decision table and pushes it here over a SOCK_SEQPACKET socketpair (permd.h); this
+ * process owns the fanotify group, decides every event from the table, answers, and
+ * sends the agent a report for each selector that matched.
+ *
+ * Bounds:
+ * - Every event read gets a deadline; a watchdog thread answers it with the table's
+ *   default when the decision has not been written by then. When the main thread
+ *   has been busy longer than the deadline, the watchdog also reads and answers new
+ *   events by the default (rescue), so nothing waits on a stuck decision.
+ * - When the agent goes away (socket closed) or on SIGTERM/SIGINT the helper exits;
+ *   closing the fanotify group makes the kernel allow whatever is in flight.
+ * - Reports are sent without blocking; when the agent does not read, they are
+ *   dropped and counted.
+ *
+ * Marks cover only what the rules name: a file (its directory watched with inotify so
+ * a replacement is marked too), a directory tree (new directories marked as they
+ * appear), a mount, a file system, or, for rules that can match anywhere, every real
+ * file system (new mounts followed through /proc/self/mountinfo). A new table gets a
+ * new fanotify group, marked completely before the old group is drained and closed,
+ * so there is no moment without the rules.
+ *
+ * Usage: vigil-permd --control-fd N [--test-hooks]   |   vigil-permd --layout
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/fanotify.h>
+#include <sys/inotify.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "permd.h"
+
+#define MAX_PENDING 4096
+#define MAX_TREE_DIRS 65536
+#define MAX_ANCESTORS 64
+#define SERVICE_EVERY 64          /* directories marked between looks at the current group */
+#define META_SZ ((int)sizeof(struct fanotify_event_metadata))
+
+/* ------------------------------------------------------------------ small things */
+static uint64_t now_ns(clockid_t c)
+{
+	struct timespec ts;
+	clock_gettime(c, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void *xrealloc(void *p, size_t n)
+{
+	void *q = realloc(p, n ? n : 1);
+	if (!q) {
+		fprintf(stderr, "vigil-permd: out of memory\n");
+		_exit(1);   /* the kernel allows everything in flight when the group closes */
+	}
+	return q;
+}
+
+#define PUSH(arr, n) (arr = xrealloc(arr, sizeof(*(arr)) * ((n) + 1)), &(arr)[(n)++])
+
+/* ------------------------------------------------------------------ decision table */
+struct sval { uint32_t len; char *s; };
+struct cond { uint32_t field, op, flags, n; struct sval *sv; uint32_t *pids; };
+struct rule { uint32_t hook_id, selector, kinds, action, monitor, ncond; struct cond *conds; };
+struct markspec { uint32_t kind, mask; char *path; };
+struct table {
+	uint32_t generation, default_allow, deadline_ms;
+	struct rule *rules; uint32_t nrules;
+	struct markspec *marks; uint32_t nmarks;
+	uint32_t *exempt; uint32_t nexempt;
+	int need_binary;
+};
+
+static void table_free(struct table *t)
+{
+	if (!t)
+		return;
+	for (uint32_t i = 0; i < t->nrules; i++) {
+		struct rule *r = &t->rules[i];
+		for (uint32_t j = 0; j < r->ncond; j++) {
+			for (uint32_t k = 0; k < r->conds[j].n && r->conds[j].sv; k++)
+				free(r->conds[j].sv[k].s);
+			free(r->conds[j].sv);
+			free(r->conds[j].pids);
+		}
+		free(r->conds);
+	}
+	for (uint32_t i = 0; i < t->nmarks; i++)
+		free(t->marks[i].path);
+	free(t->rules);
+	free(t->marks);
+	free(t->exempt);
+	free(t);
+}
+
+static int str_match(uint32_t op, const struct cond *c, const char *s, size_t n)
+{
+	int any = 0;
+	for (uint32_t i = 0; i < c->n && !any; i++) {
+		const struct sval *v = &c->sv[i];
+		switch (op) {
+		case PD_OP_EQUAL: case PD_OP_NOTEQUAL:
+			any = v->len == n && memcmp(v->s, s, n) == 0;
+			break;
+		case PD_OP_PREFIX: case PD_OP_NOTPREFIX:
+			any = v->len <= n && memcmp(v->s, s, v->len) == 0;
+			break;
+		case PD_OP_POSTFIX: case PD_OP_NOTPOSTFIX:
+			any = v->len <= n && memcmp(v->s, s + n - v->len, v->len) == 0;
+			break;
+		}
+	}
+	return (op == PD_OP_NOTEQUAL || op == PD_OP_NOTPREFIX || op == PD_OP_NOTPOSTFIX) ? !any : any;
+}
+
+/* ppid from /proc/<pid>/stat: the field after the last ')' and the state */
+static uint32_t parent_of(uint32_t pid)
+{
+	char p[64], buf[512];
+	snprintf(p, sizeof(p), "/proc/%u/stat", pid);
+	int fd = open(p, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	char *rp = strrchr(buf, ')');
+	unsigned st_ppid = 0;
+	char state;
+	if (!rp || sscanf(rp + 1, " %c %u", &state, &st_ppid) != 2)
+		return 0;
+	return st_ppid;
+}
+
+/* The facts of one request; the binary and ancestry are read only when a rule asks. */
+struct request {
+	uint32_t kind, pid;
+	const char *path; size_t path_len;
+	char binary[PATH_MAX]; ssize_t binary_len;   /* -1: not read yet */
+	uint32_t anc[MAX_ANCESTORS]; int nanc;        /* -1: not read yet */
+	int binary_given;
+};
+
+static const char *req_binary(struct request *q, size_t *n)
+{
+	if (q->binary_len < 0) {
+		char p[64];
+		snprintf(p, sizeof(p), "/proc/%u/exe", q->pid);
+		q->binary_len = readlink(p, q->binary, sizeof(q->binary) - 1);
+		if (q->binary_len < 0)
+			q->binary_len = 0;
+		q->binary[q->binary_len] = 0;
+	}
+	*n = (size_t)q->binary_len;
+	return q->binary;
+}
+
+static int pid_match(const struct cond *c, struct request *q)
+{
+	int any = 0;
+	if (c->flags & PD_COND_FOLLOW_FORKS && q->nanc < 0) {
+		q->nanc = 0;
+		for (uint32_t p = parent_of(q->pid); p > 0 && q->nanc < MAX_ANCESTORS; p = parent_of(p))
+			q->anc[q->nanc++] = p;
+	}
+	for (uint32_t i = 0; i < c->n && !any; i++) {
+		any = c->pids[i] == q->pid;
+		for (int a = 0; c->flags & PD_COND_FOLLOW_FORKS && a < q->nanc && !any; a++)
+			any = c->pids[i] == q->anc[a];
+	}
+	return c->op == PD_OP_NOTIN ? !any : any;
+}
+
+static int rule_matches(const struct rule *r, struct request *q)
+{
+	if (!(r->kinds & q->kind))
+		return 0;
+	for (uint32_t i = 0; i < r->ncond; i++) {
+		const struct cond *c = &r->conds[i];
+		size_t n;
+		const char *s;
+		switch (c->field) {
+		case PD_FIELD_PATH:
+			if (!str_match(c->op, c, q->path, q->path_len))
+				return 0;
+			break;
+		case PD_FIELD_BINARY:
+			s = req_binary(q, &n);
+			if (!str_match(c->op, c, s, n))
+				return 0;
+			break;
+		case PD_FIELD_PID:
+			if (!pid_match(c, q))
+				return 0;
+			break;
+		default:
+			return 0;
+		}
+	}
+	return 1;
+}
+
+/* Each hook decides by its first matching selector (rules of a hook are consecutive,
+ * in selector order); the request is refused when any deciding selector enforces. */
+struct verdict { int allow, kill, nmatch; int32_t rules[PD_MAX_MATCH]; };
+
+static void decide(const struct table *t, struct request *q, struct verdict *v)
+{
+	memset(v, 0, sizeof(*v));
+	v->allow = 1;
+	uint32_t decided_hook = 0;
+	int have_decided = 0;
+	for (uint32_t i = 0; t && i < t->nrules; i++) {
+		const struct rule *r = &t->rules[i];
+		if (have_decided && r->hook_id == decided_hook)
+			continue;
+		if (!rule_matches(r, q))
+			continue;
+		have_decided = 1;
+		decided_hook = r->hook_id;
+		if (v->nmatch < PD_MAX_MATCH)
+			v->rules[v->nmatch++] = (int32_t)i;
+		if ((r->action == PD_ACT_OVERRIDE || r->action == PD_ACT_SIGKILL) && !r->monitor) {
+			v->allow = 0;
+			if (r->action == PD_ACT_SIGKILL)
+				v->kill = 1;
+		}
+	}
+}
+
+/* ------------------------------------------------------------------ marks (one group per table) */
+struct watch { int wd, dirfd; uint32_t kind, mask; char *name; };
+struct gen {
+	int fan_fd, ino_fd;
+	struct watch *w; uint32_t nw;
+	uint32_t marks, dirs, mark_errors;
+	dev_t *devs; uint32_t ndevs;         /* file systems marked for PD_MARK_ALL */
+	uint32_t all_mask;                   /* mask of PD_MARK_ALL, 0 if none */
+	char warn[1024];
+};
+
+static void gen_free(struct gen *g)
+{
+	if (!g)
+		return;
+	for (uint32_t i = 0; i < g->nw; i++) {
+		if (g->w[i].dirfd >= 0)
+			close(g->w[i].dirfd);
+		free(g->w[i].name);
+	}
+	free(g->w);
+	free(g->devs);
+	if (g->ino_fd >= 0)
+		close(g->ino_fd);
+	if (g->fan_fd >= 0)
+		close(g->fan_fd);
+	free(g);
+}
+
+static void gen_warn(struct gen *g, const char *fmt, ...)
+{
+	size_t used = strlen(g->warn);
+	if (used + 2 >= sizeof(g->warn))
+		return;
+	if (used)
+		g->warn[used++] = ';', g->warn[used++] = ' ', g->warn[used] = 0;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(g->warn + used, sizeof(g->warn) - used, fmt, ap);
+	va_end(ap);
+}
+
+static const char *const PSEUDO_FS[] = {
+	"proc", "sysfs", "cgroup", "cgroup2", "devpts", "mqueue", "debugfs", "tracefs", "securityfs",
+	"pstore", "bpf", "configfs", "fusectl", "binfmt_misc", "autofs", "nsfs", "rpc_pipefs",
+	"hugetlbfs", "efivarfs", "selinuxfs", NULL,
+};
+
+static void unescape_mount(char *s)
+{
+	char *o = s;
+	for (; *s; s++) {
+		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '7' && s[2] && s[3]) {
+			*o++ = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
+			s += 3;
+		} else {
+			*o++ = *s;
+		}
+	}
+	*o = 0;
+}
+
+/* Mark every real file system of the host (once per superblock). */
+static void mark_all_filesystems(struct gen *g)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	if (!f) {
+		g->mark_errors++;
+		return;
+	}
+	char *line = NULL;
+	size_t cap = 0;
+	while (getline(&line, &cap, f) > 0) {
+		unsigned maj, min;
+		char mp[PATH_MAX];
+		if (sscanf(line, "%*u %*u %u:%u %*s %4095s", &maj, &min, mp) != 3)
+			continue;
+		char *dash = strstr(line, " - ");
+		char fstype[64];
+		if (!dash || sscanf(dash + 3, "%63s", fstype) != 1)
+			continue;
+		int pseudo = 0;
+		for (int i = 0; PSEUDO_FS[i]; i++)
+			pseudo |= strcmp(fstype, PSEUDO_FS[i]) == 0;
+		dev_t dev = makedev(maj, min);
+		int seen = 0;
+		for (uint32_t i = 0; i < g->ndevs; i++)
+			seen |= g->devs[i] == dev;
+		if (pseudo || seen)
+			continue;
+		unescape_mount(mp);
+		if (fanotify_mark(g->fan_fd, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, g->all_mask, AT_FDCWD, mp) == 0) {
+			*PUSH(g->devs, g->ndevs) = dev;
+			g->marks++;
+		} else {
+			g->mark_errors++;   /* e.g. a file system fanotify cannot mark; nothing can run from it */
+		}
+	}
+	free(line);
+	fclose(f);
+}
+
+static void (*service_hook)(void);   /* answers the current group while a new one is built */
+
+/* Watch dirfd's directory for new entries. Returns 1 when a watch of this kind (and name)
+ * already covers it, 0 when added (the watch keeps dirfd), -1 on error. */
+static int watch_dir(struct gen *g, int dirfd, uint32_t kind, uint32_t mask, const char *name)
+{
+	char p[64];
+	snprintf(p, sizeof(p), "/proc/self/fd/%d", dirfd);
+	int wd = inotify_add_watch(g->ino_fd, p, IN_CREATE | IN_MOVED_TO | IN_EXCL_UNLINK);
+	if (wd < 0)
+		return -1;
+	for (uint32_t i = 0; i < g->nw; i++)
+		if (g->w[i].wd == wd && g->w[i].kind == kind && (g->w[i].mask & mask) == mask &&
+		    (!name || (g->w[i].name && !strcmp(g->w[i].name, name))))
+			return 1;
+	struct watch *w = PUSH(g->w, g->nw);
+	w->wd = wd, w->dirfd = dirfd, w->kind = kind, w->mask = mask, w->name = name ? strdup(name) : NULL;
+	return 0;
+}
+
+/* Mark dirfd's directory (children events) and every directory below; takes dirfd. A
+ * directory already in the tree (seen twice: by the walk and by its creation event) is
+ * skipped. Returns -1 when the tree is too large to follow. */
+static int mark_tree(struct gen *g, int dirfd, uint32_t mask)
+{
+	if (g->dirs >= MAX_TREE_DIRS) {
+		close(dirfd);
+		return -1;
+	}
+	int w = watch_dir(g, dirfd, PD_MARK_TREE, mask, NULL);
+	if (w != 0) {
+		close(dirfd);
+		if (w < 0)
+			g->mark_errors++;
+		return w < 0 && (errno == ENOSPC || errno == EMFILE || errno == ENFILE) ? -1 : 0;
+	}
+	if (fanotify_mark(g->fan_fd, FAN_MARK_ADD, mask | FAN_EVENT_ON_CHILD, dirfd, NULL) < 0) {
+		g->mark_errors++;   /* the watch keeps dirfd */
+		return 0;
+	}
+	g->dirs++;
+	g->marks++;
+	if (service_hook && g->dirs % SERVICE_EVERY == 0)
+		service_hook();
+	int lfd = dup(dirfd);
+	DIR *d = lfd >= 0 ? fdopendir(lfd) : NULL;
+	if (!d) {
+		if (lfd >= 0)
+			close(lfd);
+		return 0;
+	}
+	struct dirent *e;
+	int rc = 0;
+	while (rc == 0 && (e = readdir(d))) {
+		if (e->d_type != DT_DIR && e->d_type != DT_UNKNOWN)
+			continue;
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		int sub = openat(dirfd, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (sub >= 0)
+			rc = mark_tree(g, sub, mask);
+	}
+	closedir(d);
+	return rc;
+}
+
+static int apply_mark(struct gen *g, const struct markspec *m)
+{
+	uint32_t mask = m->mask;
+	switch (m->kind) {
+	case PD_MARK_ALL:
+		g->all_mask |= mask;
+		mark_all_filesystems(g);
+		return 0;
+	case PD_MARK_MOUNT:
+	case PD_MARK_FILESYSTEM:
+		if (fanotify_mark(g->fan_fd, FAN_MARK_ADD | (m->kind == PD_MARK_MOUNT ? FAN_MARK_MOUNT : FAN_MARK_FILESYSTEM),
+				  mask, AT_FDCWD, m->path) < 0) {
+			gen_warn(g, "%s: %s", m->path, strerror(errno));
+			return -1;
+		}
+		g->marks++;
+		return 0;
+	case PD_MARK_FILE: {
+		char *slash = strrchr(m->path, '/');
+		if (!slash || !slash[1]) {
+			gen_warn(g, "%s: not a file path", m->path);
+			return -1;
+		}
+		char dir[PATH_MAX];
+		snprintf(dir, sizeof(dir), "%.*s", slash == m->path ? 1 : (int)(slash - m->path), m->path);
+		int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (dfd < 0) {
+			gen_warn(g, "%s: %s", dir, strerror(errno));
+			return -1;
+		}
+		int w = watch_dir(g, dfd, PD_MARK_FILE, mask, slash + 1);
+		if (w < 0) {
+			gen_warn(g, "%s: inotify: %s", dir, strerror(errno));
+			close(dfd);
+			return -1;
+		}
+		if (w > 0)
+			close(dfd);   /* the same file named twice */
+		if (fanotify_mark(g->fan_fd, FAN_MARK_ADD, mask, AT_FDCWD, m->path) == 0)
+			g->marks++;
+		else if (errno != ENOENT)   /* not there yet: marked when it appears */
+			g->mark_errors++;
+		return 0;
+	}
+	case PD_MARK_TREE: {
+		int dfd = open(m->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (dfd < 0) {
+			gen_warn(g, "%s: %s", m->path, strerror(errno));
+			return -1;
+		}
+		if (mark_tree(g, dfd, mask) < 0) {
+			/* too many directories: the mount holding the tree instead */
+			if (fanotify_mark(g->fan_fd, FAN_MARK_ADD | FAN_MARK_MOUNT, mask, AT_FDCWD, m->path) < 0) {
+				gen_warn(g, "%s: %s", m->path, strerror(errno));
+				return -1;
+			}
+			g->marks++;
+			gen_warn(g, "%s: more than %d directories (or out of watches): its whole mount is guarded instead",
+				 m->path, MAX_TREE_DIRS);
+		}
+		return 0;
+	}
+	}
+	gen_warn(g, "unknown mark kind %u", m->kind);
+	return -1;
+}
+
+static struct gen *gen_build(const struct table *t, int *err)
+{
+	struct gen *g = xrealloc(NULL, sizeof(*g));
+	memset(g, 0, sizeof(*g));
+	g->ino_fd = -1;
+	g->fan_fd = fanotify_init(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE |
+				  FAN_UNLIMITED_MARKS, O_RDONLY | O_LARGEFILE | O_CLOEXEC);
+	if (g->fan_fd < 0) {
+		*err = errno;
+		gen_warn(g, "fanotify_init: %s", strerror(errno));
+		return g;
+	}
+	g->ino_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	if (g->ino_fd < 0) {
+		*err = errno;
+		gen_warn(g, "inotify_init1: %s", strerror(errno));
+		return g;
+	}
+	for (uint32_t i = 0; i < t->nmarks; i++) {
+		if (apply_mark(g, &t->marks[i]) < 0) {
+			*err = EINVAL;
+			return g;
+		}
+	}
+	*err = 0;
+	return g;
+}
+
+/* ------------------------------------------------------------------ process state */
+struct pend { int used; int efd, fan_fd; uint32_t pid; uint64_t mask, read_ns, deadline_ns, seq; };
+
+static struct {
+	int ctl;
+	int test_hooks;
+	volatile sig_atomic_t quit;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct table *table;      /* in force; replaced only by the main thread, under mu */
+	struct gen *cur;          /* its fanotify group; replaced under mu */
+	struct table *staging;
+	int staging_bad;
+	struct pend pend[MAX_PENDING];
+	int npend;
+	uint64_t busy_since;      /* monotonic ns the main thread started its current work, 0 when idle */
+	uint32_t stall_ms;        /* test hook */
+	uint64_t st[PD_NSTATS];
+	int mountinfo_fd;
+	uint32_t self;
+	uint64_t seq;             /* identity of a pending slot's occupant */
+	uint64_t wd_wake;          /* when the watchdog wakes next (monotonic ns) */
+} S = { .ctl = -1, .mu = PTHREAD_MUTEX_INITIALIZER, .mountinfo_fd = -1 };
+
+static void send_pkt(const void *buf, size_t len, int is_report)
+{
+	if (send(S.ctl, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+		if (is_report)
+			__atomic_add_fetch(&S.st[PD_STAT_reports_dropped], 1, __ATOMIC_RELAXED);
+		if (errno == EPIPE || errno == ECONNRESET)
+			S.quit = 1;
+		return;
+	}
+	if (is_report)
+		__atomic_add_fetch(&S.st[PD_STAT_reports], 1, __ATOMIC_RELAXED);
+}
+
+static void send_ack(uint32_t reply_to, uint32_t gen, int error, uint32_t marks, uint32_t dirs, const char *text)
+{
+	char buf[sizeof(struct pd_ack) + 2048];
+	struct pd_ack *a = (struct pd_ack *)buf;
+	size_t tl = text ? strnlen(text, 2047) : 0;
+	memset(a, 0, sizeof(*a));
+	a->h.type = PD_ACK, a->h.len = (uint32_t)(sizeof(*a) + tl);
+	a->generation = gen, a->error = error, a->marks = marks, a->dirs = dirs, a->reply_to = reply_to;
+	if (tl)
+		memcpy(buf + sizeof(*a), text, tl);
+	send_pkt(buf, a->h.len, 0);
+}
+
+static void send_report(const struct rule *r, const struct request *q, uint32_t flags, uint64_t latency_ns)
+{
+	char buf[sizeof(struct pd_report) + 2 * PATH_MAX];
+	struct pd_report *p = (struct pd_report *)buf;
+	size_t pl = q->path_len < PATH_MAX ? q->path_len : PATH_MAX;
+	size_t bl = q->binary_len > 0 ? (size_t)q->binary_len : 0;
+	memset(p, 0, sizeof(*p));
+	p->h.type = PD_REPORT, p->h.len = (uint32_t)(sizeof(*p) + pl + bl);
+	p->time_ns = now_ns(CLOCK_REALTIME);
+	p->pid = q->pid, p->kind = q->kind, p->flags = flags;
+	p->latency_ns = latency_ns > UINT32_MAX ? UINT32_MAX : (uint32_t)latency_ns;
+	if (r)
+		p->hook_id = r->hook_id, p->selector = r->selector, p->action = r->action;
+	p->path_len = (uint32_t)pl, p->binary_len = (uint32_t)bl;
+	memcpy(buf + sizeof(*p), q->path, pl);
+	memcpy(buf + sizeof(*p) + pl, q->binary, bl);
+	send_pkt(buf, p->h.len, 1);
+}
+
+static int is_exempt(uint32_t pid)
+{
+	if (pid == S.self)
+		return 1;
+	for (uint32_t i = 0; S.table && i < S.table->nexempt; i++)
+		if (S.table->exempt[i] == pid)
+			return 1;
+	return 0;
+}
+
+/* Write the one answer for a read event and close its fd. Caller holds S.mu. */
+static void respond(int fan_fd, int efd, int allow)
+{
+	struct fanotify_response r = { .fd = efd, .response = allow ? FAN_ALLOW : FAN_DENY };
+	if (write(fan_fd, &r, sizeof(r)) != sizeof(r))
+		S.st[PD_STAT_write_errors]++;   /* the kernel allows it when the group closes */
+	close(efd);
+	S.st[allow ? PD_STAT_allowed : PD_STAT_denied]++;
+}
+
+static void account_latency(uint64_t lat)
+{
+	S.st[PD_STAT_latency_ns_total] += lat;
+	if (lat > S.st[PD_STAT_latency_ns_max])
+		S.st[PD_STAT_latency_ns_max] = lat;
+}
+
+static int default_allow(void)
+{
+	return S.table ? (int)S.table->default_allow : 1;
+}
+
+static uint64_t deadline_ns(void)
+{
+	uint32_t ms = S.table && S.table->deadline_ms ? S.table->deadline_ms : 1000;
+	return (uint64_t)ms * 1000000ull;
+}
+
+/* ------------------------------------------------------------------ answering */
+static int path_of_fd(int efd, char *buf, size_t size)
+{
+	char p[64];
+	snprintf(p, sizeof(p), "/proc/self/fd/%d", efd);
+	ssize_t n = readlink(p, buf, size - 1);
+	if (n < 0)
+		n = 0;
+	buf[n] = 0;
+	return (int)n;
+}
+
+/* Read what the group has queued (up to the free pending slots) and decide each event. */
+static void handle_fanotify(struct gen *g)
+{
+	static char buf[64 * 1024] __attribute__((aligned(8)));
+	for (;;) {
+		pthread_mutex_lock(&S.mu);
+		size_t room = (size_t)(MAX_PENDING - S.npend) * META_SZ;
+		pthread_mutex_unlock(&S.mu);
+		if (room < (size_t)META_SZ)
+			return;   /* the watchdog frees slots by the deadline */
+		ssize_t len = read(g->fan_fd, buf, room < sizeof(buf) ? room : sizeof(buf));
+		if (len <= 0)
+			return;
+		uint64_t t = now_ns(CLOCK_MONOTONIC);
+		static int slots[MAX_PENDING];
+		static uint64_t seqs[MAX_PENDING];
+		int ns = 0;
+		/* register the whole batch first: each event's deadline starts when it was read */
+		pthread_mutex_lock(&S.mu);
+		uint64_t dl = deadline_ns();
+		for (struct fanotify_event_metadata *m = (void *)buf; FAN_EVENT_OK(m, len); m = FAN_EVENT_NEXT(m, len)) {
+			if (m->fd == FAN_NOFD) {
+				S.st[PD_STAT_overflows]++;
+				continue;
+			}
+			S.st[PD_STAT_events]++;
+			if (is_exempt((uint32_t)m->pid) || !(m->mask & (FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM))) {
+				respond(g->fan_fd, m->fd, 1);
+				S.st[PD_STAT_exempt]++;
+				continue;
+			}
+			int s = 0;
+			while (S.pend[s].used)
+				s++;   /* room was checked above; only the watchdog frees slots meanwhile */
+			S.pend[s] = (struct pend){ 1, m->fd, g->fan_fd, (uint32_t)m->pid, m->mask, t, t + dl, ++S.seq };
+			S.npend++;
+			seqs[ns] = S.seq;
+			slots[ns++] = s;
+		}
+		if (ns && t + dl < S.wd_wake)
+			pthread_cond_signal(&S.cv);   /* only when the watchdog would wake too late */
+		pthread_mutex_unlock(&S.mu);
+
+		for (int i = 0; i < ns; i++) {
+			struct pend p;
+			pthread_mutex_lock(&S.mu);
+			p = S.pend[slots[i]];
+			pthread_mutex_unlock(&S.mu);
+			if (!p.used || p.seq != seqs[i])
+				continue;   /* answered by the watchdog already */
+			__atomic_store_n(&S.busy_since, now_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
+			char path[PATH_MAX];
+			struct request q = { .kind = p.mask & FAN_OPEN_EXEC_PERM ? PD_KIND_EXEC : PD_KIND_OPEN,
+					     .pid = p.pid, .binary_len = -1, .nanc = -1 };
+			q.path_len = (size_t)path_of_fd(p.efd, path, sizeof(path));
+			q.path = path;
+			struct verdict v;
+			decide(S.table, &q, &v);
+			if (S.stall_ms) {   /* test hook: a decision that takes too long */
+				uint32_t ms = S.stall_ms;
+				S.stall_ms = 0;
+				struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+				while (nanosleep(&ts, &ts) && errno == EINTR)
+					;
+			}
+			pthread_mutex_lock(&S.mu);
+			struct pend *cur = &S.pend[slots[i]];
+			int mine = cur->used && cur->seq == seqs[i];
+			uint64_t lat = now_ns(CLOCK_MONOTONIC) - t;
+			if (mine) {
+				if (v.kill) {
+					kill((pid_t)p.pid, SIGKILL);   /* the requester the kernel named, nothing else */
+					S.st[PD_STAT_killed]++;
+				}
+				respond(cur->fan_fd, cur->efd, v.allow);
+				account_latency(lat);
+				cur->used = 0;
+				S.npend--;
+			}
+			pthread_mutex_unlock(&S.mu);
+			if (mine) {
+				for (int k = 0; k < v.nmatch; k++) {
+					const struct rule *r = &S.table->rules[v.rules[k]];
+					if (r->action == PD_ACT_NOPOST)
+						continue;
+					int enforcing = r->action == PD_ACT_OVERRIDE || r->action == PD_ACT_SIGKILL;
+					uint32_t fl = (v.allow ? PD_REP_ALLOWED : 0) | (v.kill ? PD_REP_KILLED : 0) |
+						      (enforcing && r->monitor ? PD_REP_MONITOR : 0);
+					if (enforcing && r->monitor)
+						__atomic_add_fetch(&S.st[PD_STAT_monitored], 1, __ATOMIC_RELAXED);
+					send_report(r, &q, fl, lat);
+				}
+			}
+			__atomic_store_n(&S.busy_since, 0, __ATOMIC_RELAXED);
+		}
+	}
+}
+
+/* A file or directory appeared in a watched directory: mark it if a rule covers it. */
+static void handle_inotify(struct gen *g)
+{
+	char buf[16384] __attribute__((aligned(__alignof__(struct inotify_event))));
+	for (;;) {
+		ssize_t len = read(g->ino_fd, buf, sizeof(buf));
+		if (len <= 0)
+			return;
+		for (char *p = buf; p < buf + len;) {
+			struct inotify_event *e = (struct inotify_event *)p;
+			p += sizeof(*e) + e->len;
+			if (e->mask & IN_Q_OVERFLOW) {
+				S.st[PD_STAT_watch_overflows]++;
+				continue;
+			}
+			if (!e->len)
+				continue;
+			uint32_t n = g->nw;   /* mark_tree appends watches */
+			for (uint32_t i = 0; i < n; i++) {
+				struct watch *w = &g->w[i];
+				if (w->wd != e->wd)
+					continue;
+				if (w->kind == PD_MARK_FILE && w->name && !strcmp(w->name, e->name)) {
+					if (fanotify_mark(g->fan_fd, FAN_MARK_ADD, w->mask, w->dirfd, e->name) == 0)
+						g->marks++;
+					else
+						g->mark_errors++;
+				} else if (w->kind == PD_MARK_TREE && e->mask & IN_ISDIR) {
+					int sub = openat(w->dirfd, e->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+					if (sub >= 0 && mark_tree(g, sub, w->mask) < 0)
+						g->mark_errors++;
+					w = &g->w[i];   /* the array may have moved */
+				}
+			}
+		}
+	}
+}
+
+static void handle_mount_change(void)
+{
+	char buf[4096];
+	lseek(S.mountinfo_fd, 0, SEEK_SET);
+	while (read(S.mountinfo_fd, buf, sizeof(buf)) > 0)
+		;   /* reading it to the end re-arms the notification */
+	if (S.cur && S.cur->all_mask) {
+		S.st[PD_STAT_mount_rescans]++;
+		mark_all_filesystems(S.cur);
+	}
+}
+
+static void service_current(void)
+{
+	__atomic_store_n(&S.busy_since, now_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
+	if (S.cur)
+		handle_fanotify(S.cur);
+}
+
+/* ------------------------------------------------------------------ watchdog */
+static void rescue_locked(struct gen *g)
+{
+	static char buf[16 * 1024] __attribute__((aligned(8)));
+	ssize_t len;
+	int allow = default_allow();
+	while ((len = read(g->fan_fd, buf, sizeof(buf))) > 0) {
+		for (struct fanotify_event_metadata *m = (void *)buf; FAN_EVENT_OK(m, len); m = FAN_EVENT_NEXT(m, len)) {
+			if (m->fd == FAN_NOFD) {
+				S.st[PD_STAT_overflows]++;
+				continue;
+			}
+			S.st[PD_STAT_events]++;
+			S.st[PD_STAT_rescued]++;
+			respond(g->fan_fd, m->fd, allow || is_exempt((uint32_t)m->pid));
+		}
+	}
+}
+
+static void *watchdog(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&S.mu);
+	while (!S.quit) {
+		uint64_t now = now_ns(CLOCK_MONOTONIC), dl = deadline_ns();
+		uint64_t wake = now + dl / 2;
+		for (int i = 0; i < MAX_PENDING && S.npend; i++) {
+			struct pend *p = &S.pend[i];
+			if (!p->used)
+				continue;
+			if (p->deadline_ns <= now) {
+				char path[PATH_MAX];
+				struct request q = { .kind = p->mask & FAN_OPEN_EXEC_PERM ? PD_KIND_EXEC : PD_KIND_OPEN,
+						     .pid = p->pid, .binary_len = 0 };
+				q.path_len = (size_t)path_of_fd(p->efd, path, sizeof(path));
+				q.path = path;
+				q.binary[0] = 0;
+				int allow = default_allow();
+				respond(p->fan_fd, p->efd, allow);
+				S.st[PD_STAT_timeouts]++;
+				account_latency(now - p->read_ns);
+				p->used = 0;
+				S.npend--;
+				send_report(NULL, &q, PD_REP_TIMEOUT | (allow ? PD_REP_ALLOWED : 0), now - p->read_ns);
+			} else if (p->deadline_ns < wake) {
+				wake = p->deadline_ns;
+			}
+		}
+		/* the agent gone: exit now, even while the main thread is stuck (the kernel allows in-flight) */
+		struct pollfd cp = { .fd = S.ctl, .events = POLLRDHUP };
+		if (poll(&cp, 1, 0) == 1 && cp.revents & (POLLHUP | POLLRDHUP | POLLERR))
+			_exit(0);
+		if (wake > now + 100000000ull)
+			wake = now + 100000000ull;
+		uint64_t busy = __atomic_load_n(&S.busy_since, __ATOMIC_RELAXED);
+		if (busy && now - busy > dl && S.cur)
+			rescue_locked(S.cur);
+		S.wd_wake = wake;
+		struct timespec ts = { (time_t)(wake / 1000000000ull), (long)(wake % 1000000000ull) };
+		pthread_cond_timedwait(&S.cv, &S.mu, &ts);
+	}
+	pthread_mutex_unlock(&S.mu);
+	return NULL;
+}
+
+/* ------------------------------------------------------------------ control messages */
+static int take_values(struct cond *c, const char *p, const char *end, uint32_t n)
+{
+	if (c->field == PD_FIELD_PID) {
+		if ((size_t)(end - p) < (size_t)n * 4)
+			return -1;
+		c->pids = xrealloc(c->pids, sizeof(uint32_t) * (c->n + n));
+		memcpy(c->pids + c->n, p, (size_t)n * 4);
+		c->n += n;
+		return 0;
+	}
+	if ((size_t)n > (size_t)(end - p) / 4)
+		return -1;
+	c->sv = xrealloc(c->sv, sizeof(struct sval) * (c->n + n));
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t l;
+		if (end - p < 4)
+			return -1;
+		memcpy(&l, p, 4);
+		p += 4;
+		if ((size_t)(end - p) < l || l > PATH_MAX)
+			return -1;
+		struct sval *v = &c->sv[c->n++];
+		v->len = l;
+		v->s = xrealloc(NULL, l + 1);
+		memcpy(v->s, p, l);
+		v->s[l] = 0;
+		p += l;
+	}
+	return 0;
+}
+
+static const char *stage(const char *msg, size_t len)
+{
+	const struct pd_hdr *h = (const void *)msg;
+	struct table *t = S.staging;
+	if (h->type != PD_BEGIN && !t)
+		return "no table is being staged (PD_BEGIN first)";
+	switch (h->type) {
+	case PD_BEGIN: {
+		const struct pd_begin *b = (const void *)msg;
+		if (len < sizeof(*b))
+			return "short PD_BEGIN";
+		table_free(S.staging);
+		S.staging = t = xrealloc(NULL, sizeof(*t));
+		memset(t, 0, sizeof(*t));
+		t->generation = b->generation, t->default_allow = b->default_allow, t->deadline_ms = b->deadline_ms;
+		if (!t->deadline_ms || t->deadline_ms > 60000)
+			return "deadline_ms must be 1..60000";
+		return NULL;
+	}
+	case PD_RULE: {
+		const struct pd_rule *r = (const void *)msg;
+		if (len < sizeof(*r))
+			return "short PD_RULE";
+		if (r->action > PD_ACT_SIGKILL || !r->kinds || r->kinds & ~(uint32_t)(PD_KIND_EXEC | PD_KIND_OPEN))
+			return "PD_RULE: bad action or kinds";
+		struct rule *n = PUSH(t->rules, t->nrules);
+		memset(n, 0, sizeof(*n));
+		n->hook_id = r->hook_id, n->selector = r->selector, n->kinds = r->kinds;
+		n->action = r->action, n->monitor = r->monitor;
+		return NULL;
+	}
+	case PD_COND: {
+		const struct pd_cond *c = (const void *)msg;
+		if (len < sizeof(*c) || !t->nrules)
+			return "PD_COND: short, or no rule before it";
+		struct rule *r = &t->rules[t->nrules - 1];
+		struct cond *dst;
+		if (c->flags & PD_COND_CONT) {
+			if (!r->ncond || r->conds[r->ncond - 1].field != c->field)
+				return "PD_COND: continuation without its condition";
+			dst = &r->conds[r->ncond - 1];
+		} else {
+			if (c->field > PD_FIELD_PID || c->op > PD_OP_NOTIN ||
+			    (c->field == PD_FIELD_PID) != (c->op == PD_OP_IN || c->op == PD_OP_NOTIN))
+				return "PD_COND: bad field or operator";
+			dst = PUSH(r->conds, r->ncond);
+			memset(dst, 0, sizeof(*dst));
+			dst->field = c->field, dst->op = c->op, dst->flags = c->flags & PD_COND_FOLLOW_FORKS;
+			t->need_binary |= c->field == PD_FIELD_BINARY;
+		}
+		if (take_values(dst, msg + sizeof(*c), msg + len, c->nvalues) < 0)
+			return "PD_COND: values overrun the message";
+		return NULL;
+	}
+	case PD_MARK: {
+		const struct pd_mark *m = (const void *)msg;
+		if (len < sizeof(*m) || len > sizeof(*m) + PATH_MAX)
+			return "PD_MARK: bad length";
+		if (m->kind > PD_MARK_ALL || !m->mask || m->mask & ~(uint64_t)(FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM))
+			return "PD_MARK: bad kind or mask";
+		size_t pl = strnlen(msg + sizeof(*m), len - sizeof(*m));
+		if (m->kind != PD_MARK_ALL && (pl == 0 || msg[sizeof(*m)] != '/'))
+			return "PD_MARK: the path must be absolute";
+		struct markspec *n = PUSH(t->marks, t->nmarks);
+		n->kind = m->kind, n->mask = m->mask;
+		n->path = strndup(msg + sizeof(*m), pl);
+		return NULL;
+	}
+	case PD_EXEMPT: {
+		const struct pd_exempt *e = (const void *)msg;
+		if (len < sizeof(*e))
+			return "short PD_EXEMPT";
+		*PUSH(t->exempt, t->nexempt) = e->pid;
+		return NULL;
+	}
+	}
+	return "unknown message type";
+}
+
+static void commit(void)
+{
+	struct table *t = S.staging;
+	S.staging = NULL;
+	if (!t || S.staging_bad) {
+		send_ack(PD_COMMIT, t ? t->generation : 0, EINVAL, 0, 0, "the staged table was refused earlier; nothing changed");
+		table_free(t);
+		S.staging_bad = 0;
+		return;
+	}
+	int err = 0;
+	__atomic_store_n(&S.busy_since, now_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
+	struct gen *g = gen_build(t, &err);
+	if (err) {
+		send_ack(PD_COMMIT, t->generation, err, 0, 0, g->warn);
+		gen_free(g);
+		table_free(t);
+		return;
+	}
+	/* the new group is fully marked: swap, then answer what the old one still holds */
+	pthread_mutex_lock(&S.mu);
+	struct gen *old = S.cur;
+	struct table *old_t = S.table;
+	S.cur = g;
+	S.table = t;
+	S.st[PD_STAT_generation] = t->generation;
+	S.st[PD_STAT_marks] = g->marks;
+	S.st[PD_STAT_dirs] = g->dirs;
+	pthread_mutex_unlock(&S.mu);
+	if (old) {
+		handle_fanotify(old);
+		pthread_mutex_lock(&S.mu);
+		for (int i = 0; i < MAX_PENDING; i++) {   /* nothing should be left; never leave one unanswered */
+			struct pend *p = &S.pend[i];
+			if (p->used && p->fan_fd == old->fan_fd) {
+				respond(p->fan_fd, p->efd, default_allow());
+				p->used = 0;
+				S.npend--;
+			}
+		}
+		S.st[PD_STAT_mark_errors] += old->mark_errors;
+		gen_free(old);   /* closing the group allows anything that raced in */
+		pthread_mutex_unlock(&S.mu);
+	}
+	/* rules of the old table may still be referenced by nothing now */
+	table_free(old_t);
+	__atomic_store_n(&S.busy_since, 0, __ATOMIC_RELAXED);
+	send_ack(PD_COMMIT, t->generation, 0, g->marks, g->dirs, g->warn);
+}
+
+static void eval(const char *msg, size_t len)
+{
+	const struct pd_eval *e = (const void *)msg;
+	struct pd_eval_result r;
+	memset(&r, 0, sizeof(r));
+	r.h.type = PD_EVAL_RESULT, r.h.len = sizeof(r);
+	if (len < sizeof(*e) || len - sizeof(*e) < (size_t)e->path_len + e->binary_len || e->binary_len >= PATH_MAX) {
+		send_ack(PD_EVAL, 0, EINVAL, 0, 0, "PD_EVAL: bad length");
+		return;
+	}
+	struct request q = { .kind = e->kind, .pid = e->pid, .nanc = -1, .binary_given = 1 };
+	q.path = msg + sizeof(*e);
+	q.path_len = e->path_len;
+	memcpy(q.binary, msg + sizeof(*e) + e->path_len, e->binary_len);
+	q.binary[e->binary_len] = 0;
+	q.binary_len = e->binary_len;
+	struct verdict v;
+	decide(S.table, &q, &v);
+	r.allow = (uint32_t)v.allow, r.kill = (uint32_t)v.kill, r.nmatch = (uint32_t)v.nmatch;
+	memcpy(r.rules, v.rules, sizeof(r.rules));
+	send_pkt(&r, sizeof(r), 0);
+}
+
+static void handle_ctl(void)
+{
+	static char msg[PD_MAX_MSG] __attribute__((aligned(8)));
+	for (;;) {
+		ssize_t len = recv(S.ctl, msg, sizeof(msg), MSG_DONTWAIT);
+		if (len == 0 || (len < 0 && errno != EAGAIN && errno != EINTR)) {
+			S.quit = 1;   /* the agent went away */
+			return;
+		}
+		if (len < 0)
+			return;
+		const struct pd_hdr *h = (const void *)msg;
+		if ((size_t)len < sizeof(*h) || h->len != (uint32_t)len) {
+			S.staging_bad = S.staging != NULL;
+			send_ack(0, 0, EINVAL, 0, 0, "malformed message (length)");
+			continue;
+		}
+		switch (h->type) {
+		case PD_COMMIT:
+			commit();
+			break;
+		case PD_STATS_REQ: {
+			struct pd_stats s = { .h = { PD_STATS, sizeof(s) } };
+			pthread_mutex_lock(&S.mu);
+			memcpy(s.v, S.st, sizeof(s.v));
+			if (S.cur) {   /* marks follow new directories, files and mounts after the commit */
+				s.v[PD_STAT_marks] = S.cur->marks;
+				s.v[PD_STAT_dirs] = S.cur->dirs;
+				s.v[PD_STAT_mark_errors] += S.cur->mark_errors;
+			}
+			pthread_mutex_unlock(&S.mu);
+			send_pkt(&s, sizeof(s), 0);
+			break;
+		}
+		case PD_EVAL:
+			eval(msg, (size_t)len);
+			break;
+		case PD_STALL:
+			if (!S.test_hooks || (size_t)len < sizeof(struct pd_stall)) {
+				send_ack(PD_STALL, 0, EPERM, 0, 0, "PD_STALL needs --test-hooks");
+				break;
+			}
+			S.stall_ms = ((const struct pd_stall *)msg)->ms;
+			send_ack(PD_STALL, 0, 0, 0, 0, "stall armed");
+			break;
+		case PD_SHUTDOWN:
+			S.quit = 1;
+			return;
+		default: {
+			const char *err = stage(msg, (size_t)len);
+			if (err) {
+				S.staging_bad = S.staging != NULL;
+				send_ack(h->type, S.staging ? S.staging->generation : 0, EINVAL, 0, 0, err);
+			}
+		}
+		}
+	}
+}
+
+/* ------------------------------------------------------------------ layout (for the Python mirror) */
+#define F(s, f) printf("\"%s.%s\": [%zu, %zu], ", #s, #f, offsetof(struct s, f), sizeof(((struct s *)0)->f))
+#define Z(s) printf("\"sizeof.%s\": %zu, ", #s, sizeof(struct s))
+#define C(n) printf("\"%s\": %d, ", #n, (int)(n))
+#define STAT_NAME(n) printf("\"%s\", ", #n);
+static void print_layout(void)
+{
+	printf("{");
+	C(PD_VERSION); C(PD_MAX_MSG); C(PD_MAX_MATCH);
+	C(PD_HELLO); C(PD_BEGIN); C(PD_RULE); C(PD_COND); C(PD_MARK); C(PD_EXEMPT); C(PD_COMMIT); C(PD_ACK);
+	C(PD_REPORT); C(PD_STATS_REQ); C(PD_STATS); C(PD_EVAL); C(PD_EVAL_RESULT); C(PD_STALL); C(PD_SHUTDOWN);
+	C(PD_KIND_EXEC); C(PD_KIND_OPEN);
+	C(PD_ACT_POST); C(PD_ACT_NOPOST); C(PD_ACT_OVERRIDE); C(PD_ACT_SIGKILL);
+	C(PD_FIELD_PATH); C(PD_FIELD_BINARY); C(PD_FIELD_PID);
+	C(PD_OP_EQUAL); C(PD_OP_NOTEQUAL); C(PD_OP_PREFIX); C(PD_OP_NOTPREFIX); C(PD_OP_POSTFIX);
+	C(PD_OP_NOTPOSTFIX); C(PD_OP_IN); C(PD_OP_NOTIN);
+	C(PD_COND_CONT); C(PD_COND_FOLLOW_FORKS);
+	C(PD_MARK_FILE); C(PD_MARK_TREE); C(PD_MARK_MOUNT); C(PD_MARK_FILESYSTEM); C(PD_MARK_ALL);
+	C(PD_REP_ALLOWED); C(PD_REP_MONITOR); C(PD_REP_TIMEOUT); C(PD_REP_KILLED); C(PD_REP_RESCUED);
+	C(FAN_OPEN_PERM); C(FAN_OPEN_EXEC_PERM);
+	Z(pd_hdr); F(pd_hdr, type); F(pd_hdr, len);
+	Z(pd_hello); F(pd_hello, version); F(pd_hello, pid);
+	Z(pd_begin); F(pd_begin, generation); F(pd_begin, default_allow); F(pd_begin, deadline_ms); F(pd_begin, flags);
+	Z(pd_rule); F(pd_rule, hook_id); F(pd_rule, selector); F(pd_rule, kinds); F(pd_rule, action); F(pd_rule, monitor);
+	Z(pd_cond); F(pd_cond, field); F(pd_cond, op); F(pd_cond, flags); F(pd_cond, nvalues);
+	Z(pd_mark); F(pd_mark, kind); F(pd_mark, mask);
+	Z(pd_exempt); F(pd_exempt, pid);
+	Z(pd_ack); F(pd_ack, generation); F(pd_ack, error); F(pd_ack, marks); F(pd_ack, dirs); F(pd_ack, reply_to);
+	Z(pd_report); F(pd_report, time_ns); F(pd_report, pid); F(pd_report, hook_id); F(pd_report, selector);
+	F(pd_report, kind); F(pd_report, action); F(pd_report, flags); F(pd_report, latency_ns);
+	F(pd_report, path_len); F(pd_report, binary_len);
+	Z(pd_eval); F(pd_eval, kind); F(pd_eval, pid); F(pd_eval, path_len); F(pd_eval, binary_len);
+	Z(pd_eval_result); F(pd_eval_result, allow); F(pd_eval_result, kill); F(pd_eval_result, nmatch);
+	F(pd_eval_result, rules);
+	Z(pd_stall); F(pd_stall, ms);
+	Z(pd_stats); F(pd_stats, v);
+	printf("\"stats\": [");
+	PD_STATS_LIST(STAT_NAME)
+	printf("null]}\n");
+}
+
+/* ------------------------------------------------------------------ main */
+static void on_signal(int sig)
+{
+	(void)sig;
+	S.quit = 1;
+}
+
+int main(int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--layout")) {
+			print_layout();
+			return 0;
+		} else if (!strcmp(argv[i], "--control-fd") && i + 1 < argc) {
+			S.ctl = atoi(argv[++i]);
+		} else if (!strcmp(argv[i], "--test-hooks")) {
+			S.test_hooks = 1;
+		} else {
+			fprintf(stderr, "usage: vigil-permd --control-fd N [--test-hooks] | --layout\n");
+			return 2;
+		}
+	}
+	int type = 0;
+	socklen_t tl = sizeof(type);
+	if (S.ctl < 0 || getsockopt(S.ctl, SOL_SOCKET, SO_TYPE, &type, &tl) < 0 || type != SOCK_SEQPACKET) {
+		fprintf(stderr, "vigil-permd: --control-fd must name a SOCK_SEQPACKET socket\n");
+		return 2;
+	}
+	fcntl(S.ctl, F_SETFD, FD_CLOEXEC);
+	S.self = (uint32_t)getpid();
+	struct sigaction sa = { .sa_handler = on_signal };
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	struct rlimit rl;   /* tree marks hold one directory fd each */
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	int sndbuf = 4 << 20;   /* room for reports while the agent is busy */
+	if (setsockopt(S.ctl, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof(sndbuf)) < 0)
+		setsockopt(S.ctl, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+	S.mountinfo_fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
+	service_hook = service_current;
+
+	pthread_condattr_t ca;   /* the watchdog's deadlines are CLOCK_MONOTONIC */
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&S.cv, &ca);
+	pthread_t wd;
+	if (pthread_create(&wd, NULL, watchdog, NULL)) {
+		fprintf(stderr, "vigil-permd: cannot start the watchdog thread\n");
+		return 1;
+	}
+	struct pd_hello hello = { { PD_HELLO, sizeof(hello) }, PD_VERSION, S.self };
+	send_pkt(&hello, sizeof(hello), 0);
+
+	while (!S.quit) {
+		struct pollfd p[4] = {
+			{ .fd = S.ctl, .events = POLLIN },
+			{ .fd = S.cur ? S.cur->fan_fd : -1, .events = POLLIN },
+			{ .fd = S.cur ? S.cur->ino_fd : -1, .events = POLLIN },
+			{ .fd = S.cur && S.cur->all_mask ? S.mountinfo_fd : -1, .events = POLLPRI },
+		};
+		if (poll(p, 4, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (p[1].revents & POLLIN)
+			handle_fanotify(S.cur);
+		if (p[2].revents & POLLIN)
+			handle_inotify(S.cur);
+		if (p[3].revents & (POLLPRI | POLLERR))
+			handle_mount_change();
+		if (p[0].revents & (POLLIN | POLLHUP | POLLERR))
+			handle_ctl();
+	}
+	/* closing the group (at exit) makes the kernel allow everything still in flight */
+	pthread_mutex_lock(&S.mu);
+	S.quit = 1;
+	pthread_cond_signal(&S.cv);
+	pthread_mutex_unlock(&S.mu);
+	pthread_join(wd, NULL);
+	return 0;
+}
