@@ -138,6 +138,43 @@ def test_agent_unreachable_is_a_clear_error(tmp_path: Path):
     assert r.returncode == 1 and "none.sock" in r.stderr and "Traceback" not in r.stderr
 
 
+REFUSED_POLICY = """apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: refused}
+spec:
+  kprobes:
+  - call: sys_openat
+    syscall: true
+    args: [{index: 1, type: string}]
+    selectors:
+    - matchArgs: [{index: 3, operator: Equal, values: ["/x"]}]
+"""
+
+
+def test_policy_refused_at_start_is_one_error_line(tmp_path: Path):
+    pol = tmp_path / "refused.yaml"
+    pol.write_text(REFUSED_POLICY)
+    r = subprocess.run([*VIGIL, "agent", "--tracing-policy", str(pol), "--server-address", "",
+                        "--info-file", str(tmp_path / "info.json")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("vigil agent: ")]
+    assert errors == [f"vigil agent: {pol}:10:27: spec.kprobes[0].selectors[0].matchArgs[0].index: index 3 does not "
+                      "match any args[].index of the hook (defined: 1)"], r.stderr
+
+
+def test_policy_refused_at_start_with_warn_starts_without_it(tmp_path: Path):
+    pol = tmp_path / "refused.yaml"
+    pol.write_text(REFUSED_POLICY)
+    agent = AgentProcess(tmp_path, ["--tracing-policy", str(pol), "--tracing-policy-on-error", "warn"])
+    try:
+        err = agent.stderr.read_text()
+        assert "policy not loaded, starting without it" in err and f"{pol}:10:" in err
+        r = agent.cli("tracingpolicy", "list", "-o", "json")
+        assert r.returncode == 0 and "refused" not in r.stdout, r.stderr
+    finally:
+        assert agent.stop() == 0
+
+
 def test_tracingpolicy_add_list_delete_over_grpc(agent_proc: AgentProcess, tmp_path: Path):
     pol = tmp_path / "p.yaml"
     pol.write_text("""apiVersion: cilium.io/v1alpha1

@@ -96,10 +96,7 @@ class Agent:
         try:
             if self._live:
                 self._start_kernel()
-                for f in c.tracing_policy:
-                    self.policies.add_file(f)
-                if c.tracing_policy_dir:
-                    self.policies.add_dir(c.tracing_policy_dir)
+                self._load_start_policies()
             # what exists now (modules, the procfs snapshot) lives as long as the agent:
             # keep it out of every cyclic collection; cycles are rare on the hot path,
             # so collect the young generation less often too
@@ -114,6 +111,24 @@ class Agent:
             raise
         log.info("vigil agent ready in %.0f ms (node %s, %d processes known)",
                  (self.ready_at - self.started_at) * 1000, self.node_name, len(self.cache))
+
+    def _load_start_policies(self) -> None:
+        """--tracing-policy files and --tracing-policy-dir: all loaded, or PolicyError (the
+        agent does not start) unless --tracing-policy-on-error warn asked to go on without
+        the refused ones."""
+        from vigil.agent.api import PolicyError
+
+        c = self.config
+        jobs = [(self.policies.add_file, f) for f in c.tracing_policy]
+        if c.tracing_policy_dir:
+            jobs.append((self.policies.add_dir, c.tracing_policy_dir))
+        for add, path in jobs:
+            try:
+                add(path)
+            except PolicyError as e:
+                if c.tracing_policy_on_error != "warn":
+                    raise
+                log.warning("policy not loaded, starting without it: %s", e)
 
     def _start_kernel(self) -> None:
         from vigil.kernel import RingBuffer

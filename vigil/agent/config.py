@@ -41,6 +41,7 @@ class AgentConfig:
     # policies
     tracing_policy: list[str] = field(default_factory=list)
     tracing_policy_dir: str = ""
+    tracing_policy_on_error: str = "fail"  # fail: the agent does not start | warn: start without it
     permission_deadline_ms: int = 1000   # exec/open permission not decided by then: answered by the default
     permission_default: str = "allow"    # allow | deny
     # local output and recording
@@ -65,6 +66,8 @@ class AgentConfig:
             errors.append(f"--args-max-bytes must be 1..32767 (got {self.args_max})")
         if not 1 <= self.permission_deadline_ms <= 60000:
             errors.append(f"--permission-deadline-ms must be 1..60000 (got {self.permission_deadline_ms})")
+        if self.tracing_policy_on_error not in ("fail", "warn"):
+            errors.append("--tracing-policy-on-error must be fail or warn")
         if self.permission_default not in ("allow", "deny"):
             errors.append("--permission-default must be allow or deny")
         if self.print_events not in ("", "compact", "json"):

@@ -120,9 +120,6 @@ class PolicyManager:
         return names
 
     def add(self, policy: Policy, *, mode: str | None = None, source: str = "grpc") -> str:
-        from vigil.sensors.generic import GenericHook
-        from vigil.sensors.hostdeny import FanotifyHook, NetDenyHook
-
         with self._lock:
             if policy.name in self.policies:
                 raise PolicyExists(f"policy {policy.name!r} already exists")
@@ -146,40 +143,12 @@ class PolicyManager:
             if mode == "monitor":
                 for ch in compiled.hooks:
                     ch.config.flags |= L.HOOK_MONITOR
-            shared = self._shared_maps()
-            loaded: list[Any] = []
             try:
-                hooks: list[Any] = []
-                # build every hook object first: refusals happen before anything is loaded
-                for ch in compiled.hooks:
-                    mech = ch.placement.mechanism
-                    if mech == "fanotify":
-                        hooks.append(FanotifyHook(ch, self.guards, mode == "monitor"))
-                    elif mech == "cgroup_sock_addr":
-                        hooks.append(NetDenyHook(ch, shared, mode == "monitor"))
-                    else:
-                        hooks.append(GenericHook(ch, shared))
-                for gh in hooks:
-                    # register first: records may arrive as soon as it attaches
-                    self.hooks[gh.compiled.hook_id] = (gh.compiled, None)  # type: ignore[assignment]
-                    gh.load()
-                    loaded.append(gh)
-            except PolicyError:
-                for gh in loaded:
-                    gh.close()
-                for ch in compiled.hooks:
-                    self.hooks.pop(ch.hook_id, None)
+                loaded = self._load_hooks(policy.name, compiled, mode)
+            except BaseException:
                 for b in bits:
                     follow.release(b)
                 raise
-            except Exception as e:
-                for gh in loaded:
-                    gh.close()
-                for ch in compiled.hooks:
-                    self.hooks.pop(ch.hook_id, None)
-                for b in bits:
-                    follow.release(b)
-                raise PolicyError(f"policy {policy.name!r}: loading {ch.placement.describe()} failed: {e}") from e
             lp = LoadedPolicy(next(self._ids), compiled, loaded, source, mode)
             for ch in compiled.hooks:
                 self.hooks[ch.hook_id] = (ch, lp)
@@ -189,6 +158,46 @@ class PolicyManager:
             log.info("policy %s loaded (%s): %s", policy.name, mode,
                      "; ".join(ch.placement.describe() for ch in compiled.hooks))
             return policy.name
+
+    def _load_hooks(self, name: str, compiled: CompiledPolicy, mode: str) -> list[Any]:
+        """Every hook of a compiled policy loaded and attached, or none: on any failure the
+        hooks loaded so far are closed and PolicyError names the hook that failed."""
+        from vigil.sensors.generic import GenericHook
+        from vigil.sensors.hostdeny import FanotifyHook, NetDenyHook
+
+        shared = self._shared_maps()
+        # build every hook object first: refusals happen before anything is loaded
+        hooks: list[Any] = []
+        for ch in compiled.hooks:
+            mech = ch.placement.mechanism
+            if mech == "fanotify":
+                hooks.append(FanotifyHook(ch, self.guards, mode == "monitor"))
+            elif mech == "cgroup_sock_addr":
+                hooks.append(NetDenyHook(ch, shared, mode == "monitor"))
+            else:
+                hooks.append(GenericHook(ch, shared))
+        loaded: list[Any] = []
+        try:
+            for gh in hooks:
+                # register first: records may arrive as soon as it attaches
+                self.hooks[gh.compiled.hook_id] = (gh.compiled, None)  # type: ignore[assignment]
+                try:
+                    gh.load()
+                except PolicyError:
+                    gh.close()
+                    raise
+                except Exception as e:
+                    gh.close()
+                    raise PolicyError(f"{gh.compiled.placement.loc}: policy {name!r}: loading "
+                                      f"{gh.compiled.placement.describe()} failed: {e}") from e
+                loaded.append(gh)
+        except BaseException:
+            for gh in reversed(loaded):
+                gh.close()
+            for ch in compiled.hooks:
+                self.hooks.pop(ch.hook_id, None)
+            raise
+        return loaded
 
     # -- changing
     def _get(self, name: str) -> LoadedPolicy:

@@ -54,6 +54,7 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--enable-ancestors", dict(type=bool, default=False, show_default=True, help="Add the ancestors list to events.")),
     ("--tracing-policy", dict(multiple=True, default=(), help="TracingPolicy file to load at start (repeatable).")),
     ("--tracing-policy-dir", dict(default="", help="Load every policy file in this directory at start.")),
+    ("--tracing-policy-on-error", dict(type=click.Choice(["fail", "warn"]), default="fail", show_default=True, help="A policy from --tracing-policy/--tracing-policy-dir that cannot load: fail (one error line, exit 1) or warn (start without it).")),
     ("--permission-deadline-ms", dict(type=int, default=1000, show_default=True, help="An exec/open permission (fanotify Override) not decided within this many ms is answered by --permission-default.")),
     ("--permission-default", dict(type=click.Choice(["allow", "deny"]), default="allow", show_default=True, help="Answer to an exec/open permission not decided in time.")),
     ("--print-events", dict(type=click.Choice(["", "compact", "json"]), default="", help="Also print events to stdout.")),
@@ -129,6 +130,7 @@ def _build_command() -> click.Command:
             enable_process_cred=kw["enable_process_cred"], enable_process_ns=kw["enable_process_ns"],
             enable_ancestors=kw["enable_ancestors"], tracing_policy=list(kw["tracing_policy"]),
             tracing_policy_dir=kw["tracing_policy_dir"], print_events=kw["print_events"],
+            tracing_policy_on_error=kw["tracing_policy_on_error"],
             permission_deadline_ms=kw["permission_deadline_ms"], permission_default=kw["permission_default"],
             record_file=kw["record_file"], info_file=kw["info_file"],
         )
@@ -152,6 +154,7 @@ def _build_command() -> click.Command:
 def run_agent(cfg: AgentConfig) -> int:
     from vigil.agent.agent import Agent
     from vigil.agent.frontends import attach_frontends
+    from vigil.agent.api import PolicyError
     from vigil.kernel import BpfError
 
     if os.geteuid() != 0:
@@ -172,8 +175,9 @@ def run_agent(cfg: AgentConfig) -> int:
         testhooks.install(agent)
         print("vigil agent ready", file=sys.stderr, flush=True)
         agent.run()
-    except BpfError as e:
-        click.echo(f"vigil agent: {e}", err=True)
+    except (BpfError, PolicyError) as e:
+        for line in str(e).splitlines() or [type(e).__name__]:
+            click.echo(f"vigil agent: {line}", err=True)
         return 1
     except (ValueError, OSError) as e:
         click.echo(f"vigil agent: {e}", err=True)
