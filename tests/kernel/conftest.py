@@ -71,6 +71,23 @@ class RunningAgent:
 
 
 @pytest.fixture(scope="session")
+def others_can_resolve_paths() -> Iterator[None]:
+    """Tests that run a program as another user need / searchable by others. It is on any
+    installed system; a chroot whose root directory was made by `mktemp -d` has mode 0700,
+    where no unprivileged process can resolve any path. There o+x is added to / for the
+    session and the mode restored afterwards."""
+    mode = os.stat("/").st_mode & 0o7777
+    if mode & 0o001:
+        yield
+        return
+    os.chmod("/", mode | 0o001)
+    try:
+        yield
+    finally:
+        os.chmod("/", mode)
+
+
+@pytest.fixture(scope="session")
 def running_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAgent]:
     _require_kernel()
     export = tmp_path_factory.mktemp("export") / "events.log"

@@ -318,6 +318,12 @@ def test_close_detaches_everything(cgroup: str, listeners: Listeners) -> None:
     assert run_child([["tcp", 4, "127.0.0.1", listeners.tcp4[0]]], cgroup) == ["ok"]
 
 
+def in_netns(name: str) -> list[str]:
+    """Run a command in a named network namespace. nsenter, not `ip -n`/`ip netns exec`:
+    those also remount / (--make-rslave), which fails where / is not a mount point (a chroot)."""
+    return [shutil.which("nsenter") or "/usr/bin/nsenter", f"--net=/run/netns/{name}"]
+
+
 @pytest.fixture
 def netns() -> Iterator[str]:
     """A test-owned network namespace with 10.99.0.1/24 and 10.99.1.1/24 on its loopback
@@ -328,7 +334,7 @@ def netns() -> Iterator[str]:
     try:
         for cmd in (["link", "set", "lo", "up"], ["addr", "add", "10.99.0.1/24", "dev", "lo"],
                     ["addr", "add", "10.99.1.1/24", "dev", "lo"]):
-            subprocess.run([ip, "-n", name, *cmd], check=True)
+            subprocess.run([*in_netns(name), ip, *cmd], check=True)
         yield name
     finally:
         subprocess.run([ip, "netns", "del", name], check=True)
@@ -336,7 +342,6 @@ def netns() -> Iterator[str]:
 
 def test_cidr_in_own_network_namespace(nd: NetDeny, cgroup: str, netns: str) -> None:
     nd.set_rules([NetRule(1, cidrs=["10.99.0.0/24"], protocol="tcp")])
-    ip = shutil.which("ip") or "/usr/sbin/ip"
     ops = [["self", 4, "10.99.0.1", 0], ["self", 4, "10.99.1.1", 0]]
-    assert run_child(ops, cgroup, prefix=[ip, "netns", "exec", netns]) == ["EPERM", "ok"]
-    assert run_child(ops, None, prefix=[ip, "netns", "exec", netns]) == ["ok", "ok"]
+    assert run_child(ops, cgroup, prefix=in_netns(netns)) == ["EPERM", "ok"]
+    assert run_child(ops, None, prefix=in_netns(netns)) == ["ok", "ok"]

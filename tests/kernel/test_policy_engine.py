@@ -198,7 +198,8 @@ SELECTOR_CASES = [
 
 
 @pytest.mark.parametrize("case, sel, user, hit", SELECTOR_CASES, ids=[c[0] for c in SELECTOR_CASES])
-def test_process_selectors(running_agent: RunningAgent, pywork: Path, case, sel, user, hit):
+def test_process_selectors(running_agent: RunningAgent, pywork: Path, case, sel, user, hit,  # type: ignore[no-untyped-def]
+                           others_can_resolve_paths: None):
     d = str(pywork / "data")
     sel = sel.format(d=d, bin=pywork / "vpy", work=pywork, pid=os.getpid())
     spec = f"""

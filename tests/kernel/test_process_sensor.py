@@ -81,7 +81,8 @@ def test_exec_event_has_exact_process_fields(running_agent: RunningAgent, workdi
     assert (creds["uid"], creds["euid"], creds["gid"]) == (0, 0, 0)
 
 
-def test_exec_as_other_user_reports_ids_and_no_caps(running_agent: RunningAgent, workdir: Path):
+def test_exec_as_other_user_reports_ids_and_no_caps(running_agent: RunningAgent, workdir: Path,
+                                                    others_can_resolve_paths: None):
     child = workdir / "child"
 
     def act() -> None:

@@ -354,6 +354,10 @@ class Agent:
             "file": self.config.export_filename,
             "events_written": w.events_written if w else 0,
             "bytes_written": w.bytes_written if w else 0,
+            "events_failed": w.events_failed if w else 0,
+            "bytes_failed": w.bytes_failed if w else 0,
+            "write_errors": dict(w.errors) if w else {},
+            "last_error": w.last_error if w else "",
             "filtered": f.events_filtered if f else 0,
             "rate_limited": f.events_rate_limited if f else 0,
         }

@@ -66,6 +66,11 @@ class AgentCollector(Collector):
                                   value=exp["events_written"])
         yield CounterMetricFamily("tetragon_events_exported_bytes", "Bytes written to the export file",
                                   value=exp["bytes_written"])
+        failed = CounterMetricFamily("vigil_events_export_failed", "Events the export file could not take, by errno",
+                                     labels=["error"])
+        for err, n in exp.get("write_errors", {}).items():
+            failed.add_metric([err], n)
+        yield failed
         yield CounterMetricFamily("tetragon_export_ratelimit_events_dropped", "Events dropped by the export rate limit",
                                   value=exp["rate_limited"])
 

@@ -16,10 +16,18 @@ Rotation (lumberjack-like, but with numbered names instead of timestamps):
 * ``max_size_mb=0`` disables size-based rotation.
 
 Writing to ``-`` sends the lines to stdout and never rotates.
+
+A full disk, a read-only or vanished file system, or the export file deleted never stops
+the agent: a chunk that cannot be written is counted (``events_failed``, by errno in
+``errors``), the file is cut back to its last complete line, and the next batch tries
+again (reopening the file when it was deleted or replaced), so export resumes by itself
+when space returns.
 """
 from __future__ import annotations
 
+import errno
 import gzip
+import logging
 import os
 import shutil
 import sys
@@ -28,6 +36,9 @@ import time
 from typing import Any, BinaryIO, Callable, Iterable
 
 import orjson
+
+log = logging.getLogger("vigil.export")
+WARN_EVERY_S = 60.0   # a persisting write error is logged again at most this often
 
 # Subclasses of builtins go to _default, which is how an EncodedDict gets its cached bytes in.
 _ENCODE_OPTS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_PASSTHROUGH_SUBCLASS
@@ -103,6 +114,13 @@ class JsonlWriter:
         self.bytes_written = 0
         self.rotations = 0
         self.last_write_time = 0.0  # wall clock of the last successful write
+        # what could not be written (disk full, file system gone, ...), by errno name
+        self.events_failed = 0
+        self.bytes_failed = 0
+        self.errors: dict[str, int] = {}
+        self.last_error = ""
+        self.reopens = 0
+        self._warned_at = -WARN_EVERY_S
         if path == "-":
             self._stream = sys.stdout.buffer
         else:
@@ -130,14 +148,22 @@ class JsonlWriter:
                 raise ValueError(f"write to closed JsonlWriter({self.path})")
             if self._stream is not None:
                 blob = b"".join(lines)
-                self._stream.write(blob)
-                self._stream.flush()
+                try:
+                    self._stream.write(blob)
+                    self._stream.flush()
+                except OSError as e:
+                    self._failed(len(events), len(blob), e)
+                    return
                 self._account(len(events), len(blob))
                 return
             for chunk, count in self._chunks(lines):
-                self._maybe_rotate(len(chunk))
-                self._write_all(chunk)
-                self._size += len(chunk)
+                try:
+                    self._ensure_open()
+                    self._maybe_rotate(len(chunk))
+                    self._write_chunk(chunk)
+                except OSError as e:
+                    self._failed(count, len(chunk), e)
+                    continue
                 self._account(count, len(chunk))
 
     def set_params(
@@ -192,6 +218,49 @@ class JsonlWriter:
         self.events_written += events
         self.bytes_written += nbytes
         self.last_write_time = time.time()
+
+    def _failed(self, events: int, nbytes: int, e: OSError) -> None:
+        name = errno.errorcode.get(e.errno or 0, "EIO")
+        self.events_failed += events
+        self.bytes_failed += nbytes
+        self.errors[name] = self.errors.get(name, 0) + events
+        self.last_error = f"{name}: {e.strerror or e}"
+        now = self._clock()
+        if now - self._warned_at >= WARN_EVERY_S:
+            self._warned_at = now
+            log.warning("export to %s failed (%s); %d events not written so far, retrying with every batch",
+                        self.path, self.last_error, self.events_failed)
+
+    def _ensure_open(self) -> None:
+        """(Re)open the export file when it is closed, deleted or replaced under us."""
+        if self._fd is not None:
+            try:
+                st = os.stat(self.path)
+                cur = os.fstat(self._fd)
+                if (st.st_dev, st.st_ino) == (cur.st_dev, cur.st_ino):
+                    return
+            except FileNotFoundError:
+                pass
+            os.close(self._fd)
+            self._fd = None
+            self.reopens += 1
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=0o755, exist_ok=True)
+        self._open()
+
+    def _write_chunk(self, chunk: bytes) -> None:
+        """All of chunk, or nothing: a partial write (disk full midway) is cut off again so
+        the file never holds half a line."""
+        before = self._size
+        try:
+            self._write_all(chunk)
+        except OSError:
+            if self._fd is not None:
+                try:
+                    os.ftruncate(self._fd, before)
+                except OSError:
+                    pass
+            raise
+        self._size = before + len(chunk)
 
     def _chunks(self, lines: list[bytes]) -> Iterable[tuple[bytes, int]]:
         """The whole batch as one chunk, unless it alone exceeds the size limit."""
@@ -274,10 +343,17 @@ def _gzip_file(path: str, perm: int) -> None:
     """Replace `path` by `path.gz` (written to a temp name first, so a crash leaves no
     half-written .gz behind)."""
     tmp = path + ".gz.tmp"
-    with open(path, "rb") as src:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, perm)
-        os.fchmod(fd, perm)
-        with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6) as gz:
-            shutil.copyfileobj(src, gz, 1 << 20)
+    try:
+        with open(path, "rb") as src:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, perm)
+            os.fchmod(fd, perm)
+            with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6) as gz:
+                shutil.copyfileobj(src, gz, 1 << 20)
+    except OSError:
+        try:
+            os.unlink(tmp)  # e.g. no space for it: the uncompressed backup stays
+        except OSError:
+            pass
+        raise
     os.replace(tmp, path + ".gz")
     os.unlink(path)

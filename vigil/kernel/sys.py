@@ -75,8 +75,8 @@ def fanotify_mark(fd: int, flags: int, mask: int, path: str, dirfd: int = AT_FDC
         _raise("fanotify_mark")
 
 
-def mount(source: str, target: str, fstype: str, flags: int = 0) -> None:
-    if _libc.mount(source.encode(), target.encode(), fstype.encode(), flags, None) < 0:
+def mount(source: str, target: str, fstype: str, flags: int = 0, data: str | None = None) -> None:
+    if _libc.mount(source.encode(), target.encode(), fstype.encode(), flags, data.encode() if data else None) < 0:
         _raise(f"mount {fstype} on {target}")
 
 
