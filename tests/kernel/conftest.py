@@ -72,15 +72,16 @@ class RunningAgent:
 
 @pytest.fixture(scope="session")
 def others_can_resolve_paths() -> Iterator[None]:
-    """Tests that run a program as another user need / searchable by others. It is on any
-    installed system; a chroot whose root directory was made by `mktemp -d` has mode 0700,
-    where no unprivileged process can resolve any path. There o+x is added to / for the
-    session and the mode restored afterwards."""
+    """Tests that run a program as another user need / searchable by it (by its group too:
+    a process given only another uid keeps gid 0). It is on any installed system; a chroot
+    whose root directory was made by `mktemp -d` has mode 0700, where no unprivileged
+    process can resolve any path. There g+x,o+x is added to / for the session and the
+    mode restored afterwards."""
     mode = os.stat("/").st_mode & 0o7777
-    if mode & 0o001:
+    if mode & 0o011 == 0o011:
         yield
         return
-    os.chmod("/", mode | 0o001)
+    os.chmod("/", mode | 0o011)
     try:
         yield
     finally:

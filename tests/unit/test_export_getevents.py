@@ -143,7 +143,7 @@ def fake_client(monkeypatch):
     module.AgentUnreachable = FakeUnreachable
     module.behaviour = "events"
 
-    def stream_events(server_address, allow_list, deny_list, field_filters, timeout):
+    def stream_events(server_address, allow_list, deny_list, field_filters, timeout, tls=None):
         calls.append((server_address, allow_list, deny_list, field_filters, timeout))
         if module.behaviour == "unreachable":
             raise FakeUnreachable(server_address or "localhost:54321", "connection refused")

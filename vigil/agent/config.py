@@ -27,6 +27,11 @@ class AgentConfig:
     redaction_filters: str = ""
     # front ends
     server_address: str = "localhost:54321"
+    server_allow_remote: bool = False       # a non-loopback TCP address
+    server_tls_cert_file: str = ""
+    server_tls_key_file: str = ""
+    server_tls_client_ca_files: str = ""    # comma-separated
+    server_tls_require_client_cert: bool = False
     metrics_server: str = ""
     info_file: str = "/var/run/tetragon/tetragon-info.json"
     # process cache and kernel side
@@ -72,6 +77,10 @@ class AgentConfig:
             errors.append("--permission-default must be allow or deny")
         if self.print_events not in ("", "compact", "json"):
             errors.append("--print-events must be compact or json")
+        if bool(self.server_tls_cert_file) != bool(self.server_tls_key_file):
+            errors.append("--server-tls-cert-file and --server-tls-key-file go together")
+        if self.server_tls_require_client_cert and not self.server_tls_client_ca_files:
+            errors.append("--server-tls-require-client-cert needs --server-tls-client-ca-files")
         if not self.node_name:
             errors.append("node name is empty")
         if errors:

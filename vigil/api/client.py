@@ -1,6 +1,6 @@
 """Client side of the Tetragon-compatible API (used by the `vigil` CLI).
 
-    stub = connect(resolve_address(None), timeout=5)
+    with Client(None, timeout=5) as c: c.health()
     for ev in stream_events(None, [{"event_set": ["PROCESS_EXEC"]}], [], [], timeout=5): ...
 
 Every failure to reach the agent is an AgentUnreachable naming the address; other
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -51,11 +52,32 @@ def _info_files() -> tuple[str, ...]:
     return (extra, *INFO_FILES) if extra else INFO_FILES
 
 
-def channel(address: str, timeout: float) -> grpc.Channel:
-    ch = grpc.insecure_channel(address, options=[
+@dataclass(frozen=True)
+class ClientTls:
+    """TLS to a TCP listener: the CA that signed the agent's certificate, and a client
+    certificate where the agent asks for one."""
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    server_name: str = ""   # the name in the agent's certificate, when not the address's host
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: str) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+        return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file), read(self.cert_file))
+
+
+def channel(address: str, timeout: float, tls: ClientTls | None = None) -> grpc.Channel:
+    options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", MAX_RECV),
         ("grpc.enable_http_proxy", 0),  # a local agent is never behind a proxy
-    ])
+    ]
+    if tls is not None:
+        if tls.server_name:
+            options.append(("grpc.ssl_target_name_override", tls.server_name))
+        ch = grpc.secure_channel(address, tls.credentials(), options=options)
+    else:
+        ch = grpc.insecure_channel(address, options=options)
     try:
         grpc.channel_ready_future(ch).result(timeout=timeout)
     except grpc.FutureTimeoutError:
@@ -68,10 +90,10 @@ def channel(address: str, timeout: float) -> grpc.Channel:
 class Client:
     """A connected stub plus helpers that speak dicts; closes its channel on exit."""
 
-    def __init__(self, address: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, address: str | None = None, timeout: float = 30.0, tls: ClientTls | None = None) -> None:
         self.address = resolve_address(address)
         self.timeout = timeout
-        self.channel = channel(self.address, timeout)
+        self.channel = channel(self.address, timeout, tls)
         self.stub = sensors_pb2_grpc.FineGuidanceSensorsStub(self.channel)
 
     def __enter__(self) -> "Client":
@@ -168,18 +190,12 @@ class Client:
             call.cancel()
 
 
-def connect(address: str | None, timeout: float = 30.0) -> Any:
-    """A FineGuidanceSensors stub on a ready channel (AgentUnreachable otherwise)."""
-    addr = resolve_address(address)
-    return sensors_pb2_grpc.FineGuidanceSensorsStub(channel(addr, timeout))
-
-
 def stream_events(server_address: str | None, allow_list: list[dict], deny_list: list[dict],
-                  field_filters: list[dict], timeout: float) -> Iterator[dict[str, Any]]:
+                  field_filters: list[dict], timeout: float, tls: ClientTls | None = None) -> Iterator[dict[str, Any]]:
     """Event dicts (export JSON shape) from the agent. `timeout` bounds connecting only.
     Raises ValueError (ConversionError) for malformed filters before connecting."""
     convert.events_request(allow_list, deny_list, field_filters)  # fail fast on bad filters
-    client = Client(server_address, timeout)
+    client = Client(server_address, timeout, tls)
     try:
         yield from client.events(allow_list, deny_list, field_filters)
     finally:

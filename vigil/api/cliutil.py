@@ -1,8 +1,10 @@
 """Shared bits of the CLI commands that talk to the agent over gRPC."""
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
+import os
 import sys
 from typing import Any, Callable
 
@@ -12,11 +14,41 @@ SERVER_HELP = ("gRPC address of the agent (host:port or unix:///path); default: 
                "server-info file, else localhost:54321")
 
 
+_TLS: contextvars.ContextVar[Any] = contextvars.ContextVar("vigil_cli_tls", default=None)
+
+
+def tls_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--tls-ca-file / --tls-cert-file / --tls-key-file / --tls-server-name: connect with TLS
+    (mutual, with a client certificate) to a TCP listener; read back with tls()."""
+    @click.option("--tls-ca-file", default="", envvar="VIGIL_TLS_CA_FILE",
+                  help="Connect with TLS, trusting this CA (PEM) for the agent's certificate.")
+    @click.option("--tls-cert-file", default="", envvar="VIGIL_TLS_CERT_FILE", help="Client certificate (PEM).")
+    @click.option("--tls-key-file", default="", envvar="VIGIL_TLS_KEY_FILE", help="Client certificate key (PEM).")
+    @click.option("--tls-server-name", default="", help="Name in the agent's certificate, if not the host's.")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, tls_ca_file: str, tls_cert_file: str, tls_key_file: str, tls_server_name: str,
+                **kwargs: Any) -> Any:
+        if bool(tls_cert_file) != bool(tls_key_file):
+            raise click.UsageError("--tls-cert-file and --tls-key-file go together")
+        for opt, path in (("--tls-ca-file", tls_ca_file), ("--tls-cert-file", tls_cert_file),
+                          ("--tls-key-file", tls_key_file)):
+            if path and not os.path.isfile(path):
+                raise click.BadParameter(f"{path}: no such file", param_hint=opt)
+        _TLS.set(None)
+        if tls_ca_file or tls_cert_file:
+            from vigil.api.client import ClientTls
+
+            _TLS.set(ClientTls(tls_ca_file, tls_cert_file, tls_key_file, tls_server_name))
+        return fn(*args, **kwargs)
+    return wrapper
+
+
 def server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--server-address / --timeout, and clean exits for unreachable agents and RPC errors."""
+    """--server-address / --timeout / --tls-*, and clean exits for unreachable agents and RPC errors."""
     @click.option("--server-address", default=None, envvar="VIGIL_SERVER_ADDRESS", help=SERVER_HELP)
     @click.option("--timeout", default=30.0, show_default=True, type=float,
                   help="Seconds to wait for the connection and each call.")
+    @tls_options
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         import grpc
@@ -37,7 +69,12 @@ def server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def client(server_address: str | None, timeout: float) -> Any:
     from vigil.api.client import Client
 
-    return Client(server_address, timeout)
+    return Client(server_address, timeout, tls())
+
+
+def tls() -> Any:
+    """The --tls-* options of the running command (None: plaintext)."""
+    return _TLS.get()
 
 
 def print_json(obj: Any) -> None:

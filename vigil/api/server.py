@@ -6,18 +6,24 @@
     srv.stop(grace=1.0)
 
 Unix sockets are made mode 0600 right after bind and before the server accepts
-connections (the API can load enforcement policies: root only). Tetragon clients find
+connections (the API can load enforcement policies: root only). A TCP address must be a
+loopback one unless `allow_remote` is set (`--server-allow-remote`), best with TLS and
+client certificates (`TlsConfig`, Tetragon's `--server-tls-*` options). Requests larger
+than MAX_REQUEST bytes are refused with RESOURCE_EXHAUSTED before they reach Python. Tetragon clients find
 the server through /var/run/tetragon/tetragon-info.json; we write that file (and a
 Vigil-named copy) on start and remove them on stop.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
+import socket
 import stat
 import threading
 from concurrent import futures
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -34,8 +40,50 @@ DEFAULT_INFO_FILES = ("/var/run/tetragon/tetragon-info.json", "/var/run/vigil/vi
 HEALTH_SERVICE = "liveness"  # the service name Tetragon's health probes ask for
 
 
-class ServerError(RuntimeError):
-    pass
+MAX_REQUEST = 4 * 1024 * 1024  # a policy or a filter set, never more
+
+
+class ServerError(ValueError):
+    """The server cannot start as configured (address, TLS files)."""
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """TLS on the TCP listener; with client CAs, clients may (or must) show a certificate."""
+    cert_file: str
+    key_file: str
+    client_ca_files: tuple[str, ...] = ()
+    require_client_cert: bool = False
+
+    def credentials(self) -> grpc.ServerCredentials:
+        def read(path: str, what: str) -> bytes:
+            try:
+                return Path(path).read_bytes()
+            except OSError as e:
+                raise ServerError(f"{what} {path}: {e.strerror or e}") from None
+        cert = read(self.cert_file, "--server-tls-cert-file")
+        key = read(self.key_file, "--server-tls-key-file")
+        cas = b"".join(read(f, "--server-tls-client-ca-files") for f in self.client_ca_files)
+        if self.require_client_cert and not cas:
+            raise ServerError("--server-tls-require-client-cert needs --server-tls-client-ca-files")
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=cas or None,
+                                           require_client_auth=self.require_client_cert)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address `host` names is a loopback one ("" and 0.0.0.0 are not)."""
+    host = host.strip("[]")
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback for i in infos)
 
 
 def unix_path(address: str) -> str | None:
@@ -58,6 +106,8 @@ class ApiServer:
         max_streams: int | None = None,
         stream_queue_size: int = 10000,
         health: bool = True,
+        tls: TlsConfig | None = None,
+        allow_remote: bool = False,
     ) -> None:
         if not address:
             raise ServerError("empty server address (gRPC disabled?)")
@@ -72,6 +122,8 @@ class ApiServer:
         self.stopping = threading.Event()
         self.servicer = FineGuidanceSensors(agent, queue_size=stream_queue_size,
                                             max_streams=self.max_streams, stopping=self.stopping)
+        self.tls = tls
+        self.allow_remote = allow_remote
         self._health_wanted = health
         self._health: Any = None
         self._server: grpc.Server | None = None
@@ -86,11 +138,12 @@ class ApiServer:
             futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="grpc"),
             # Beyond this, calls fail fast with RESOURCE_EXHAUSTED instead of queueing forever.
             maximum_concurrent_rpcs=self.max_workers,
+            options=[("grpc.max_receive_message_length", MAX_REQUEST)],
         )
         add_to_server(self.servicer, server)  # GetEvents sends pre-serialised bytes
         eventlogservice_pb2_grpc.add_EventLogServiceServicer_to_server(EventLogService(self.agent), server)
         self._add_health(server)
-        self.address = self._bind(server, self.requested_address)
+        self.address = self._bind(server, self.requested_address, self.tls, self.allow_remote)
         server.start()
         self._server = server
         self._write_info_files()
@@ -128,14 +181,23 @@ class ApiServer:
     # ------------------------------------------------------------------ helpers
 
     @staticmethod
-    def _bind(server: grpc.Server, address: str) -> str:
+    def _bind(server: grpc.Server, address: str, tls: TlsConfig | None, allow_remote: bool) -> str:
         path = unix_path(address)
         if path is None:
-            port = server.add_insecure_port(address)
+            host, sep, _port = address.rpartition(":")
+            if not sep:
+                raise ServerError(f"--server-address {address!r}: expected host:port or unix:///path")
+            if not allow_remote and not is_loopback(host):
+                raise ServerError(f"--server-address {address}: listens beyond this host; the API can load "
+                                  "enforcement policies, so only loopback addresses are allowed unless "
+                                  "--server-allow-remote is set (use it with --server-tls-* and client certificates)")
+            port = (server.add_secure_port(address, tls.credentials()) if tls is not None
+                    else server.add_insecure_port(address))
             if port == 0:
                 raise ServerError(f"cannot listen on {address}")
-            host = address.rsplit(":", 1)[0]
             return f"{host}:{port}"
+        if tls is not None:
+            raise ServerError("--server-tls-* applies to a TCP --server-address, not a unix socket")
         if not os.path.isabs(path):
             raise ServerError(f"unix socket path must be absolute: {address}")
         os.makedirs(os.path.dirname(path), exist_ok=True)

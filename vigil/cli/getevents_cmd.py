@@ -22,6 +22,8 @@ from typing import IO, Any, Callable, Iterable, Iterator
 import click
 import orjson
 
+from vigil.api.cliutil import tls_options
+
 from vigil.export.event_types import FilterError, parse_event_type
 
 Event = dict[str, Any]
@@ -189,10 +191,11 @@ def agent_events(
     reconnect_wait: float,
 ) -> Iterator[Event]:
     from vigil.api.client import AgentUnreachable, stream_events
+    from vigil.api.cliutil import tls
 
     while True:
         try:
-            yield from stream_events(server_address, allow_list, [], field_filters, timeout)
+            yield from stream_events(server_address, allow_list, [], field_filters, timeout, tls=tls())
             if not reconnect:
                 return
             reason = "stream ended"
@@ -288,6 +291,7 @@ def _silence_stdout() -> None:
               help="Agent address (default: the agent's info file, else localhost:54321).")
 @click.option("--timeout", type=Duration(), default=DEFAULT_TIMEOUT, show_default=True,
               help="Connection timeout.")
+@tls_options
 @click.option("--reconnect", is_flag=True, help="Reconnect when the agent goes away.")
 @click.option("--reconnect-wait", type=Duration(), default=2.0, show_default=True,
               help="Delay between reconnection attempts.")

@@ -9,7 +9,6 @@ part can change. The deprecated ``match`` field is accepted and ignored.
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Iterable
 
 from vigil.export.event_types import EVENT_KEY_TO_TYPE, FilterError
@@ -20,7 +19,7 @@ REDACTED = "*****"
 REDACTION_FIELDS = ("match", "redact", "binary_regex")
 
 
-def redact_text(text: str, patterns: Iterable[re.Pattern[str]]) -> str:
+def redact_text(text: str, patterns: Iterable[Any]) -> str:
     for pattern in patterns:
         spans: list[tuple[int, int]] = []
         for m in pattern.finditer(text):
@@ -103,7 +102,7 @@ class RedactionSet:
         return out
 
     @staticmethod
-    def _redact_env(var: dict[str, Any], patterns: list[re.Pattern[str]]) -> dict[str, Any]:
+    def _redact_env(var: dict[str, Any], patterns: list[Any]) -> dict[str, Any]:
         key, value = var.get("Key", ""), var.get("Value", "")
         joined = f"{key}={value}"
         redacted = redact_text(joined, patterns)
