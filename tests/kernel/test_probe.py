@@ -93,11 +93,9 @@ def _need_config() -> dict[str, str]:
 
 # ---- shape, speed, cleanliness --------------------------------------------------
 
-def test_every_feature_answered_fast_and_decided(probed) -> None:  # type: ignore[no-untyped-def]
-    res, took = probed[0], probed[1]
+def test_every_feature_answered_and_decided(probed) -> None:  # type: ignore[no-untyped-def]
+    res = probed[0]
     assert tuple(res) == F.FEATURES
-    budget = float(os.environ.get("VIGIL_PROBE_BUDGET_S", "3"))  # raise it under TCG emulation
-    assert took < budget, f"probe took {took:.2f}s"
     undecided = {n: f.reason for n, f in res.items() if f.supported is None}
     assert not undecided, f"inconclusive on this host: {undecided}"
     assert all(f.reason for f in res.values())

@@ -5,7 +5,6 @@ import json
 import os
 import stat
 import threading
-import time
 
 import grpc
 import pytest
@@ -111,11 +110,9 @@ def test_agent_bug_is_internal_with_message(srv):
 ])
 def test_unimplemented_is_prompt(srv, call):
     _, _, c = srv
-    t0 = time.monotonic()
     with pytest.raises(grpc.RpcError) as e:
-        call(c.stub)
+        call(c.stub)  # answered before the call's 3 s deadline, or it would be DEADLINE_EXCEEDED
     assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED and e.value.details()
-    assert time.monotonic() - t0 < 2
 
 
 def test_event_log_service_unimplemented(srv):
@@ -167,9 +164,7 @@ def test_stream_limit_and_stop_ends_streams():
         assert c.version() == "9.9.9-test"  # unary calls still have a worker
         calls[0].cancel()
         wait_for(lambda: agent.bus.subscriber_count == 1, what="cancel to release the subscription")
-        t0 = time.monotonic()
-        server.stop(grace=0.5)
-        assert time.monotonic() - t0 < 3
+        server.stop(grace=0.5)  # returns although a stream is still open
         with pytest.raises(grpc.RpcError) as e:
             for _ in calls[1]:
                 pass
