@@ -12,7 +12,7 @@ APT_PKGS     := clang llvm libbpf-dev bpftool python3-venv iproute2
 EXPORT_FILE  ?= /var/log/vigil/vigil.log
 PYTEST_ARGS  ?=
 
-.PHONY: all run test test-host test-vm deps venv bpf native proto clean
+.PHONY: all run test test-host test-vm fuzz deps venv bpf native proto clean
 
 all: deps venv bpf native proto
 
@@ -87,6 +87,11 @@ test: all
 
 test-host: all
 	$(VPY) -m pytest $(PYTEST_ARGS)
+
+# Longer, unseeded policy fuzzing: the front end with 100,000 policies, 3,000 real loads.
+fuzz: all
+	VIGIL_FUZZ_EXAMPLES=100000 VIGIL_FUZZ_RANDOM=1 VIGIL_FUZZ_LIVE=3000 VIGIL_FUZZ_SEED=$$RANDOM \
+	  $(VPY) -m pytest -s -p no:cacheprovider tests/unit/test_policy_fuzz.py tests/kernel/test_policy_fuzz_live.py
 
 test-vm: all
 	$(VPY) -m vigil.vmtier run

@@ -100,23 +100,43 @@ class PolicyManager:
             policies = parse_policies(text, filename)
         except PolicyErrors as e:
             raise PolicyError(str(e)) from None
-        return [self.add(p, mode=mode, source=source) for p in policies]
+        return self._add_all(policies, mode=mode, source=source)
 
     def add_file(self, path: str, *, source: str = "static") -> list[str]:
         try:
             policies = load_policies(path)
         except PolicyErrors as e:
             raise PolicyError(str(e)) from None
-        return [self.add(p, source=source) for p in policies]
+        return self._add_all(policies, source=source)
+
+    def _add_all(self, policies: list[Policy], *, mode: str | None = None, source: str) -> list[str]:
+        """Every policy of one file or text, or none: a refused document unloads the ones
+        before it."""
+        with self._lock:
+            names: list[str] = []
+            try:
+                for p in policies:
+                    names.append(self.add(p, mode=mode, source=source))
+            except BaseException:
+                for n in reversed(names):
+                    self.delete(n)
+                raise
+            return names
 
     def add_dir(self, path: str) -> list[str]:
         d = Path(path)
         if not d.is_dir():
             raise PolicyError(f"--tracing-policy-dir {path}: not a directory")
         names: list[str] = []
+        refused: list[str] = []
         for f in sorted(d.iterdir()):
             if f.suffix in (".yaml", ".yml", ".json"):
-                names += self.add_file(str(f))
+                try:  # each file all or nothing; one refused file does not keep the others out
+                    names += self.add_file(str(f))
+                except PolicyError as e:
+                    refused.append(str(e))
+        if refused:
+            raise PolicyError("\n".join(refused))
         return names
 
     def add(self, policy: Policy, *, mode: str | None = None, source: str = "grpc") -> str:
@@ -188,8 +208,11 @@ class PolicyManager:
                     raise
                 except Exception as e:
                     gh.close()
+                    first, _, detail = str(e).partition("\n")  # the kernel/libbpf log goes to the debug log
+                    if detail:
+                        log.debug("loading %s: %s", gh.compiled.placement.describe(), detail)
                     raise PolicyError(f"{gh.compiled.placement.loc}: policy {name!r}: loading "
-                                      f"{gh.compiled.placement.describe()} failed: {e}") from e
+                                      f"{gh.compiled.placement.describe()} failed: {first}") from e
                 loaded.append(gh)
         except BaseException:
             for gh in reversed(loaded):

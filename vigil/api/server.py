@@ -75,6 +75,8 @@ def is_loopback(host: str) -> bool:
     host = host.strip("[]")
     if not host:
         return False
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True  # by definition (RFC 6761), even where /etc/hosts does not say so
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

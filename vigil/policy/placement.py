@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
+from vigil.kernel.btf import raw_tracepoint_names
+
 from . import layout as L
 from .errors import Loc
 from .model import KProbeArg, KProbeSpec, LsmHookSpec, TracepointSpec, UProbeSpec, UsdtSpec
@@ -285,6 +287,13 @@ def place_tracepoint(spec: TracepointSpec, index: int, has: Probe) -> Placement:
         ok, why = has("raw_tracepoint")
         if not ok:
             pl.reason = f"raw tracepoints unavailable: {why}"
+            return pl
+        names = raw_tracepoint_names()
+        if names is not None and spec.event not in names:
+            hint = (" (syscalls:* events are made from the raw tracepoints sys_enter/sys_exit: use "
+                    "raw_syscalls with raw: true, or raw: false)" if spec.subsystem == "syscalls" else "")
+            pl.reason = f"no raw tracepoint {spec.event} on this kernel{hint}"
+            pl.reason_loc = spec.at("event")
             return pl
         pl.mechanism, pl.entry_prog = "raw_tracepoint", "vigil_raw_tp"
         pl.attach = {"name": spec.event, "category": spec.subsystem}

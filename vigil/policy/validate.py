@@ -18,6 +18,8 @@ _BUF_TYPES = ("char_buf", "char_iovec")
 _DATA_TYPES = ("char_buf", "char_iovec", "iov_iter")  # types whose capture maxData enlarges
 
 
+_TRACEPOINT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
 def validate_policy(policy: Policy, diag: Diagnostics) -> None:
     """Report every semantic problem of one policy into `diag`."""
     _check_header(policy, diag)
@@ -184,8 +186,12 @@ def _check_hook(section: str, hook: Hook, spec: TracingPolicySpec, diag: Diagnos
                       f"have __x64_{hook.call}; leave syscall true")
     elif isinstance(hook, TracepointSpec):
         for key in ("subsystem", "event"):
-            if not getattr(hook, key):
+            v = getattr(hook, key)
+            if not v:
                 diag.error(hook.at(key), f"{key} must not be empty")
+            elif not _TRACEPOINT_NAME.fullmatch(v):
+                # also keeps the name a single path component of tracefs
+                diag.error(hook.at(key), f"{key} {v!r} is not a tracepoint name (letters, digits, _ . -)")
     elif isinstance(hook, UProbeSpec):
         _check_uprobe(hook, diag)
     elif isinstance(hook, UsdtSpec):
