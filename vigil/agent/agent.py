@@ -70,6 +70,9 @@ class Agent:
         self.handlers[R.OP_NETDENY] = self.policies.handle_netdeny
         self.handlers[R.OP_DATA] = self.policies.handle_data
         self._injected: deque[dict[str, Any]] = deque()
+        self.pins: Any = None                # PinDir while --keep-sensors-on-exit is on
+        self._previous: list[Any] = []       # runs a killed or keeping agent left pinned
+        self.restart: dict[str, int] = {}    # what was recovered from / lost by those runs
 
     # -- lifecycle
     def start(self) -> None:
@@ -97,6 +100,7 @@ class Agent:
             if self._live:
                 self._start_kernel()
                 self._load_start_policies()
+                self._release_previous()  # our programs and policies are in: no enforcement gap
             # what exists now (modules, the procfs snapshot) lives as long as the agent:
             # keep it out of every cyclic collection; cycles are rare on the hot path,
             # so collect the young generation less often too
@@ -130,14 +134,83 @@ class Agent:
                     raise
                 log.warning("policy not loaded, starting without it: %s", e)
 
+    def _start_pins(self) -> None:
+        """--keep-sensors-on-exit: pin every attachment from now on. Either way, find what a
+        previous agent left pinned (killed, or kept its sensors)."""
+        from vigil.kernel import pins
+
+        c = self.config
+        if c.keep_sensors_on_exit:
+            root = pins.resolve_dir(c.bpf_dir)
+            self.pins = pins.PinDir(root)
+            self.pins.start()
+        else:
+            root = pins.Path(c.bpf_dir) if c.bpf_dir.startswith("/") else pins.Path(pins.BPF_FS) / c.bpf_dir
+        self._previous = pins.previous_runs(root, exclude=self.pins.dir if self.pins else None)
+        if self._previous:
+            log.info("found %s pinned by a previous agent", ", ".join(map(repr, self._previous)))
+
+    def _recover_previous(self, attached_ktime: int) -> list[bytes]:
+        """Process records a previous agent's sensors wrote while no agent ran (older than our
+        own sensors); its kernel drop counters say what the kernel could not deliver then."""
+        from vigil.kernel import RingBuffer
+        from vigil.sensors.process import DROP_CAUSES
+
+        recovered: list[bytes] = []
+        for run in self._previous:
+            events = run.open_map("events")
+            if events is not None:
+                rb = RingBuffer(events.fd, events.max_entries)
+                # the old programs still write: read until a record is as new as our sensors
+                # (a record still being written stops a drain; give it a moment, bounded)
+                for _ in range(200):
+                    batch = rb.drain()
+                    for buf in batch:
+                        op, ktime = buf[0], R.HEADER.unpack_from(buf)[4]
+                        if ktime >= attached_ktime:
+                            continue  # our own sensors saw it too
+                        if op in (R.OP_EXEC, R.OP_CLONE, R.OP_EXIT):
+                            recovered.append(buf)
+                        else:  # a policy record: its hook ids died with that agent
+                            self.restart["policy_records_unreadable"] = \
+                                self.restart.get("policy_records_unreadable", 0) + 1
+                    if batch and R.HEADER.unpack_from(batch[-1])[4] >= attached_ktime or not rb.pending():
+                        break
+                    time.sleep(0.001)
+                rb.close()
+                events.close_fd()
+            drops = run.open_map("vigil_drops")
+            if drops is not None:
+                for i, cause in enumerate(DROP_CAUSES):
+                    n = drops.sum_percpu_u64(i.to_bytes(4, "little"))
+                    if n and not cause.startswith("cause"):
+                        self.restart[f"lost_{cause}"] = self.restart.get(f"lost_{cause}", 0) + n
+                drops.close_fd()
+        self.restart["records_recovered"] = len(recovered)
+        self.restart["previous_runs"] = len(self._previous)
+        return recovered
+
+    def _release_previous(self) -> None:
+        for run in self._previous:
+            run.release()
+        if self._previous:
+            log.info("released %d previous run(s); recovered %s", len(self._previous), self.restart)
+        self._previous = []
+
     def _start_kernel(self) -> None:
         from vigil.kernel import RingBuffer
         from vigil.sensors.process import ProcessSensor
 
         c = self.config
+        self._start_pins()
         self.sensor = ProcessSensor(args_max=c.args_max, ringbuf_bytes=c.rb_size,
                                     execve_map_entries=c.execve_map_entries)
         self.sensor.start()
+        attached_ktime = time.monotonic_ns()
+        if self.pins is not None:
+            self.pins.pin_map(self.sensor.events_map, "events")
+            self.pins.pin_map(self.sensor.drops_map, "vigil_drops")
+        recovered = self._recover_previous(attached_ktime) if self._previous else []
         events = self.sensor.events_map
         src: EventSource = RingBuffer(events.fd, events.max_entries)
         if c.record_file:
@@ -148,8 +221,11 @@ class Agent:
         known = self.sensor.seed(
             (s.pid, s.exec_ktime, s.ppid, s.pktime, s.exe,
              (s.cap_effective, s.cap_inheritable, s.cap_permitted), s.ns) for s in snaps)
+        if recovered:
+            self.handle(recovered)  # execs and exits while no agent ran, in their order
         now = time.monotonic_ns()
-        batch = [self.builder.on_procfs(s, now) for s in snaps if s.pid not in known]
+        batch = [self.builder.on_procfs(s, now) for s in snaps
+                 if s.pid not in known and self.cache.by_pid(s.pid) is None]
         self._emit(batch)
 
     def request_stop(self) -> None:
@@ -204,6 +280,12 @@ class Agent:
                 fe.stop()
             except Exception:  # noqa: BLE001 - keep tearing down
                 log.exception("stopping %s", fe)
+        if self.pins is not None:
+            if self.config.keep_sensors_on_exit and not self._previous:
+                self.pins.keep()  # pinned attachments stay; the next start adopts them
+            else:
+                self.pins.stop()
+            self.pins = None
         self.policies.close()
         if self._source is not None:
             self._source.close()
@@ -317,6 +399,7 @@ class Agent:
                               for lp in list(self.policies.policies.values()) for kind, n in lp.events.items()],
             "policies": {lp.name: {"state": "enabled" if lp.enabled else "disabled", "mode": lp.mode}
                          for lp in list(self.policies.policies.values())},
+            "restart": dict(self.restart),
             "permission_helper": self.policies.guards.stats(),
         }
 

@@ -46,6 +46,8 @@ class AgentConfig:
     # policies
     tracing_policy: list[str] = field(default_factory=list)
     tracing_policy_dir: str = ""
+    keep_sensors_on_exit: bool = False    # leave attachments pinned for the next start
+    bpf_dir: str = "vigil"                 # under /sys/fs/bpf, or an absolute path on a bpffs
     tracing_policy_on_error: str = "fail"  # fail: the agent does not start | warn: start without it
     permission_deadline_ms: int = 1000   # exec/open permission not decided by then: answered by the default
     permission_default: str = "allow"    # allow | deny

@@ -59,6 +59,8 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--enable-ancestors", dict(type=bool, default=False, show_default=True, help="Add the ancestors list to events.")),
     ("--tracing-policy", dict(multiple=True, default=(), help="TracingPolicy file to load at start (repeatable).")),
     ("--tracing-policy-dir", dict(default="", help="Load every policy file in this directory at start.")),
+    ("--keep-sensors-on-exit", dict(type=bool, default=False, show_default=True, help="Leave the BPF programs attached (pinned under --bpf-dir) when the agent exits or dies; the next start adopts them. exec/open permissions (fanotify) are not kept.")),
+    ("--bpf-dir", dict(default="vigil", show_default=True, help="Directory for pins: a name under /sys/fs/bpf (mounted if needed) or an absolute path on a BPF file system.")),
     ("--tracing-policy-on-error", dict(type=click.Choice(["fail", "warn"]), default="fail", show_default=True, help="A policy from --tracing-policy/--tracing-policy-dir that cannot load: fail (one error line, exit 1) or warn (start without it).")),
     ("--permission-deadline-ms", dict(type=int, default=1000, show_default=True, help="An exec/open permission (fanotify Override) not decided within this many ms is answered by --permission-default.")),
     ("--permission-default", dict(type=click.Choice(["allow", "deny"]), default="allow", show_default=True, help="Answer to an exec/open permission not decided in time.")),
@@ -140,6 +142,7 @@ def _build_command() -> click.Command:
             enable_ancestors=kw["enable_ancestors"], tracing_policy=list(kw["tracing_policy"]),
             tracing_policy_dir=kw["tracing_policy_dir"], print_events=kw["print_events"],
             tracing_policy_on_error=kw["tracing_policy_on_error"],
+            keep_sensors_on_exit=kw["keep_sensors_on_exit"], bpf_dir=kw["bpf_dir"],
             permission_deadline_ms=kw["permission_deadline_ms"], permission_default=kw["permission_default"],
             record_file=kw["record_file"], info_file=kw["info_file"],
         )

@@ -68,6 +68,9 @@ _SIGS: dict[str, tuple[object, list[object]]] = {
     # links
     "bpf_link__destroy": (c_int, [c_void_p]),
     "bpf_link__fd": (c_int, [c_void_p]),
+    "bpf_link__pin": (c_int, [c_void_p, c_char_p]),
+    "bpf_link__unpin": (c_int, [c_void_p]),
+    "bpf_link__disconnect": (None, [c_void_p]),
     # maps (object side)
     "bpf_map__name": (c_char_p, [c_void_p]),
     "bpf_map__fd": (c_int, [c_void_p]),
@@ -79,6 +82,8 @@ _SIGS: dict[str, tuple[object, list[object]]] = {
     "bpf_map__initial_value": (c_void_p, [c_void_p, ctypes.POINTER(c_size_t)]),
     "bpf_map__reuse_fd": (c_int, [c_void_p, c_int]),
     "bpf_map__set_autocreate": (c_int, [c_void_p, c_bool]),
+    "bpf_obj_pin": (c_int, [c_int, c_char_p]),
+    "bpf_obj_get": (c_int, [c_char_p]),
     # maps (fd side)
     "bpf_map_lookup_elem": (c_int, [c_int, c_void_p, c_void_p]),
     "bpf_map_update_elem": (c_int, [c_int, c_void_p, c_void_p, c_u64]),

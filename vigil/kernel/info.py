@@ -31,3 +31,17 @@ def prog_info(fd: int) -> dict[str, int | str]:
         "run_cnt": struct.unpack_from("<Q", raw, _OFF_RUN_CNT)[0],
         "verified_insns": struct.unpack_from("<I", raw, _OFF_VERIFIED_INSNS)[0],
     }
+
+
+_MAP_INFO_LEN = 96
+
+
+def map_info(fd: int) -> dict[str, int | str]:
+    """struct bpf_map_info: type, id, key_size, value_size, max_entries, name."""
+    buf = ctypes.create_string_buffer(_MAP_INFO_LEN)
+    n = ctypes.c_uint32(_MAP_INFO_LEN)
+    if L.lib.bpf_obj_get_info_by_fd(fd, buf, ctypes.byref(n)):
+        raise OSError(L.errno(), f"bpf_obj_get_info_by_fd({fd})")
+    typ, mid, ks, vs, me = struct.unpack_from("<5I", buf.raw, 0)
+    name = buf.raw[24:40].split(b"\0", 1)[0].decode()
+    return {"type": typ, "id": mid, "key_size": ks, "value_size": vs, "max_entries": me, "name": name}

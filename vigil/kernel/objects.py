@@ -12,7 +12,7 @@ import ctypes
 import os
 import struct
 import weakref
-from typing import Iterator
+from typing import Callable, Iterator
 
 from vigil.kernel import _libbpf as L
 from vigil.kernel.errors import AttachError, BpfError, VerifierError
@@ -23,6 +23,8 @@ PERCPU_MAP_TYPES = {5, 6, 10, 21}  # PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH,
 LOG_BUF_SIZE = 4 << 20
 
 _open_objects: "weakref.WeakSet[BpfObject]" = weakref.WeakSet()
+# set by vigil.kernel.pins while keep-sensors-on-exit is on: called with every new link
+pin_links: "Callable[[Link], None] | None" = None
 
 
 def possible_cpus() -> int:
@@ -42,19 +44,35 @@ def _recent_libbpf(n: int = 6) -> str:
 
 
 class Link:
-    """An attachment. `close()` detaches; closing twice is harmless."""
+    """An attachment. `close()` detaches (and removes its pin); closing twice is harmless.
+    A pinned link that is `kept` stays attached when this process closes it or dies."""
 
     def __init__(self, ptr: int, desc: str, owner: "BpfObject | None") -> None:
         self._ptr: int | None = ptr
         self.desc = desc
         self._owner = owner
+        self.pin_path = ""
+        self.kept = False
 
     @property
     def fd(self) -> int:
         return L.lib.bpf_link__fd(self._ptr) if self._ptr else -1
 
+    def pin(self, path: str) -> None:
+        if L.lib.bpf_link__pin(self._ptr, path.encode()):
+            raise BpfError(f"pinning link {self.desc} at {path}", L.errno())
+        self.pin_path = path
+
+    def keep(self) -> None:
+        """Leave a pinned link attached when it is closed here (keep-sensors-on-exit)."""
+        if self._ptr and self.pin_path:
+            L.lib.bpf_link__disconnect(self._ptr)
+            self.kept = True
+
     def close(self) -> None:
         if self._ptr:
+            if self.pin_path and not self.kept:
+                L.lib.bpf_link__unpin(self._ptr)
             L.lib.bpf_link__destroy(self._ptr)
             self._ptr = None
             if self._owner is not None:
@@ -99,6 +117,12 @@ class Program:
         _check_ptr(ptr, f"attaching program {self.name!r} to {desc}", AttachError)
         link = Link(ptr, f"{self.name}->{desc}", self._obj)  # type: ignore[arg-type]
         self._obj._links.append(link)
+        if pin_links is not None:  # keep-sensors-on-exit: every attachment survives this process
+            try:
+                pin_links(link)
+            except BaseException:
+                link.close()
+                raise
         return link
 
     def attach(self) -> Link:
@@ -190,6 +214,27 @@ class Map:
         """Use an existing kernel map instead of creating one (shared maps)."""
         if L.lib.bpf_map__reuse_fd(self._ptr, fd):
             raise BpfError(f"map {self.name}: reuse_fd", L.errno())
+
+    def pin(self, path: str) -> None:
+        if L.lib.bpf_obj_pin(self.fd, path.encode()):
+            raise BpfError(f"pinning map {self.name} at {path}", L.errno())
+
+    @classmethod
+    def open_pinned(cls, path: str) -> "Map":
+        """A map pinned in the BPF file system (the caller owns the fd: close_fd())."""
+        from vigil.kernel.info import map_info
+
+        fd = L.lib.bpf_obj_get(path.encode())
+        if fd < 0:
+            raise BpfError(f"opening pinned map {path}", L.errno())
+        info = map_info(fd)
+        return cls(None, fd=fd, key_size=info["key_size"], value_size=info["value_size"],
+                   map_type=info["type"], name=str(info["name"]), max_entries=info["max_entries"])
+
+    def close_fd(self) -> None:
+        if not self._ptr and self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     # -- after load
     def _value_len(self) -> int:

@@ -1,0 +1,148 @@
+"""The agent killed with SIGKILL under load and started again.
+
+Without --keep-sensors-on-exit: nothing of the killed agent stays loaded, attached or
+pinned, and the restarted agent enforces again. With it: the killed agent's BPF
+enforcement stays attached while no agent runs, the next start recovers the events its
+sensors collected meanwhile, then releases the old pins (old programs unloaded). Pins go to
+a test-mounted BPF file system, removed at the end."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.kernel.bpfstate import prog_ids_held, require_root, still_loaded
+from tests.kernel.test_agent_cli import AgentProcess
+
+from vigil.kernel import sys as ksys
+
+pytestmark = pytest.mark.kernel
+
+
+def kill_policy(target: Path, binary: Path) -> str:
+    return f"""apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {{name: kill-on-open}}
+spec:
+  kprobes:
+  - call: sys_openat
+    syscall: true
+    args: [{{index: 1, type: string}}]
+    selectors:
+    - matchArgs: [{{index: 1, operator: Equal, values: ["{target}"]}}]
+      matchBinaries: [{{operator: In, values: ["{binary}"]}}]
+      matchActions: [{{action: Sigkill}}]
+"""
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[dict[str, Path]]:
+    require_root()
+    work = tmp_path / "work"
+    work.mkdir()
+    os.chmod(work, 0o755)
+    cat = work / "cat"
+    shutil.copy2(os.path.realpath("/bin/cat"), cat)
+    target = work / "guarded.txt"
+    target.write_text("x\n")
+    policy = tmp_path / "kill.yaml"
+    policy.write_text(kill_policy(target, cat))
+    bpffs = Path(tempfile.mkdtemp(prefix="vigil-test-bpffs-"))
+    ksys.mount("bpf", str(bpffs), "bpf")
+    try:
+        yield {"tmp": tmp_path, "cat": cat, "target": target, "policy": policy, "bpffs": bpffs}
+    finally:
+        ksys.umount(str(bpffs))  # drops every pin left in it: nothing stays attached
+        os.rmdir(bpffs)
+
+
+def opened_by_test_binary(s: dict[str, Path]) -> int:
+    return subprocess.run([str(s["cat"]), str(s["target"])], stdout=subprocess.DEVNULL, timeout=60).returncode
+
+
+def start(s: dict[str, Path], name: str, keep: bool) -> AgentProcess:
+    d = s["tmp"] / name
+    d.mkdir()
+    # a large ring buffer: while no agent runs, the old one fills with every exec of this
+    # (shared, busy) machine; what does not fit is counted, checked below
+    extra = ["--tracing-policy", str(s["policy"]), "--bpf-dir", str(s["bpffs"] / "vigil"), "--rb-size", "64M"]
+    return AgentProcess(d, extra + (["--keep-sensors-on-exit", "true"] if keep else []))
+
+
+def sigkill(agent: AgentProcess) -> set[int]:
+    ids = prog_ids_held(agent.proc.pid)
+    load = subprocess.Popen(["sh", "-c", "for i in $(seq 2000); do /bin/true load-$i; done"])  # under load
+    try:
+        agent.proc.send_signal(signal.SIGKILL)
+        agent.proc.wait()
+    finally:
+        load.wait(120)
+    return ids
+
+
+def test_sigkill_leaves_nothing_and_the_restart_enforces_again(setup: dict[str, Path]) -> None:
+    s = setup
+    a = start(s, "a1", keep=False)
+    try:
+        assert opened_by_test_binary(s) == -9
+        ids = sigkill(a)
+        assert ids and not still_loaded(ids), "programs of the killed agent are still loaded"
+        assert not list(s["bpffs"].glob("vigil*")), "pins left without --keep-sensors-on-exit"
+        assert opened_by_test_binary(s) == 0  # nothing enforces while no agent runs
+    finally:
+        a.stop()
+    b = start(s, "a2", keep=False)
+    try:
+        assert opened_by_test_binary(s) == -9
+    finally:
+        assert b.stop() == 0
+
+
+def test_keep_sensors_on_exit_survives_sigkill_and_is_adopted(setup: dict[str, Path]) -> None:
+    s = setup
+    a = start(s, "k1", keep=True)
+    try:
+        assert opened_by_test_binary(s) == -9
+        old_ids = sigkill(a)
+    finally:
+        a.stop()
+    runs = list((s["bpffs"] / "vigil").glob("run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("link-*")), "nothing pinned"
+    assert still_loaded(old_ids, timeout=0) == old_ids  # still attached with no agent running
+    assert opened_by_test_binary(s) == -9  # ... and still enforcing
+    token = f"gap-{uuid.uuid4().hex[:8]}"
+    for i in range(5):
+        subprocess.run(["/bin/true", token, str(i)], check=True)  # while no agent runs
+
+    b = start(s, "k2", keep=True)
+    try:
+        assert opened_by_test_binary(s) == -9
+        st = json.loads(b.cli("status", "-o", "json").stdout)["status"]
+        assert st["restart"]["previous_runs"] == 1 and st["restart"]["records_recovered"] > 0
+        assert not runs[0].exists(), "the previous run was not released"
+        assert not still_loaded(old_ids), "the old programs stayed loaded after the adoption"
+        recovered = [json.loads(ln) for ln in b.export.read_text().splitlines() if token in ln]
+        args = sorted(e["process_exec"]["process"]["arguments"] for e in recovered if "process_exec" in e)
+        assert set(args) <= {f"{token} {i}" for i in range(5)}
+        lost = sum(n for k, n in st["restart"].items() if k.startswith("lost_ringbuf_full"))
+        assert len(args) == 5 or lost >= 5 - len(args), f"execs while no agent ran neither recovered nor counted: {st}"
+    finally:
+        assert b.stop() == 0
+    # a clean exit with the option keeps its pins too; a start without it adopts and cleans
+    kept = list((s["bpffs"] / "vigil").glob("run-*"))
+    assert len(kept) == 1 and opened_by_test_binary(s) == -9
+    c = start(s, "k3", keep=False)
+    try:
+        assert not list((s["bpffs"] / "vigil").glob("run-*"))
+        assert opened_by_test_binary(s) == -9
+    finally:
+        assert c.stop() == 0
+    assert not list((s["bpffs"] / "vigil").glob("run-*")) and opened_by_test_binary(s) == 0
