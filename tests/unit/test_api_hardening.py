@@ -200,6 +200,14 @@ def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def _pool_threads() -> int:
+    return sum(1 for t in threading.enumerate() if t.name.startswith("grpc"))
+
+
+def _other_threads() -> int:
+    return threading.active_count() - _pool_threads()
+
+
 def _rss_kb() -> int:
     with open("/proc/self/status") as f:
         return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:"))
@@ -251,12 +259,13 @@ def _churn_and_measure(srv: ApiServer, churn, settled) -> None:  # type: ignore[
     churn(40)  # warm up: gRPC's worker pool and allocator reach their working size
     wait_for(settled, what="streams to close")
     gc.collect()
-    threads, fds, rss = threading.active_count(), _fds(), _rss_kb()
+    threads, fds, rss = _other_threads(), _fds(), _rss_kb()
     churn(200)
     wait_for(settled, what="streams to close")
     gc.collect()
     wait_for(lambda: _fds() <= fds, what=f"fds back to {fds} (now {_fds()})")
-    assert threading.active_count() <= threads
+    assert _other_threads() <= threads
+    assert _pool_threads() <= srv.max_workers  # the server's worker pool grows to its bound, no further
     grown = _rss_kb() - rss
     assert grown < 8 * 1024, f"RSS grew {grown} KiB over 200 connections"
     assert srv.stats()["streams_started"] == 240
