@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from vigil.agent.api import PolicyError, PolicyNotFound
+from vigil.core.errors import PolicyError, PolicyNotFound
 from vigil.agent.bus import EventBus, Subscription
 
 

@@ -98,7 +98,7 @@ def test_monitor_mode_denies_nothing(running_agent: RunningAgent, edir: Path):
 
 
 def test_unpreventable_operation_refused_unless_opted_in(running_agent: RunningAgent, edir: Path):
-    from vigil.agent.api import PolicyError
+    from vigil.core.errors import PolicyError
 
     spec = f"""
 kprobes:

@@ -494,7 +494,7 @@ def test_delete_frees_kernel_objects_and_stops_events(running_agent: RunningAgen
 
 
 def test_refused_policy_leaves_nothing_loaded(running_agent: RunningAgent):
-    from vigil.agent.api import PolicyError
+    from vigil.core.errors import PolicyError
 
     bad = policy_yaml("half-good", """
 kprobes:

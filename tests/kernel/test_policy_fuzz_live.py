@@ -15,7 +15,7 @@ from tests.kernel.bpfstate import prog_ids_held, still_loaded
 from tests.kernel.conftest import RunningAgent
 from tests.policyfuzz import LOCATED, rtext
 
-from vigil.agent.api import PolicyError
+from vigil.core.errors import PolicyError
 from vigil.policy import PolicyErrors, parse_policies
 
 pytestmark = pytest.mark.kernel

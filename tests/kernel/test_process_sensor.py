@@ -14,7 +14,7 @@ from tests.kernel.bpfstate import loaded_prog_ids, prog_ids_held, still_loaded
 
 from tests.kernel.conftest import RunningAgent, execs, exits
 from vigil.agent.config import AgentConfig
-from vigil.process.caps import cap_list
+from vigil.kernel.caps import cap_list
 
 pytestmark = pytest.mark.kernel
 

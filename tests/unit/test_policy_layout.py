@@ -1,4 +1,4 @@
-"""ctypes mirrors in vigil/policy/layout.py against the BTF of build/bpf/generic.bpf.o."""
+"""ctypes mirrors in vigil/kernel/policy_layout.py against the BTF of build/bpf/generic.bpf.o."""
 from __future__ import annotations
 
 import ctypes
@@ -7,7 +7,7 @@ import pytest
 
 from tests.unit.test_record_layout import btf_structs
 from vigil.kernel.paths import bpf_object
-from vigil.policy import layout as L
+from vigil.kernel import policy_layout as L
 
 PAIRS = [("vp_arg", L.Arg), ("vp_filter", L.Filter), ("vp_action_cfg", L.ActionCfg), ("vp_ns_filter", L.NsFilter),
          ("vp_selector", L.Selector), ("vp_hook", L.Hook), ("vp_arg_hdr", L.ArgHdr)]

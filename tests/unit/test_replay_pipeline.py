@@ -1,6 +1,8 @@
 """Decoding, cache and export driven by replayed records: no kernel needed."""
 from __future__ import annotations
 
+from vigil.kernel.namespaces import NS_NAMES
+
 import base64
 from pathlib import Path
 
@@ -98,7 +100,7 @@ def test_process_json_types_follow_tetragon(tmp_path: Path):
     p = events[0]["process_exec"]["process"]
     assert isinstance(p["pid"], int) and isinstance(p["uid"], int) and isinstance(p["auid"], int)
     assert isinstance(p["exec_id"], str) and isinstance(p["start_time"], str)
-    assert set(p["ns"]) == set(R.NS_NAMES)
+    assert set(p["ns"]) == set(NS_NAMES)
     assert all(isinstance(v["inum"], int) for v in p["ns"].values())
     assert p["cap"]["effective"][1] == "DAC_OVERRIDE"
 

@@ -120,7 +120,7 @@ class Agent:
         """--tracing-policy files and --tracing-policy-dir: all loaded, or PolicyError (the
         agent does not start) unless --tracing-policy-on-error warn asked to go on without
         the refused ones."""
-        from vigil.agent.api import PolicyError
+        from vigil.core.errors import PolicyError
 
         c = self.config
         jobs = [(self.policies.add_file, f) for f in c.tracing_policy]

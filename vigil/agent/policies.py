@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vigil.agent.api import PolicyError, PolicyNotFound
+from vigil.core.errors import PolicyError, PolicyNotFound
 from vigil.events import generic as G
+from vigil.sensors import generic_events
 from vigil.policy import PolicyErrors, load_policies, parse_policies
-from vigil.policy import layout as L
+from vigil.kernel import policy_layout as L
 from vigil.policy.compile import CompiledHook, CompiledPolicy, compile_policy
 from vigil.policy.model import Policy
 
@@ -375,7 +376,7 @@ class PolicyManager:
         ch, lp = entry
         b = self.agent.builder
         body = self._process_body(m.pid, m.exec_ktime, m.tid)
-        body.update(G.build_body(ch, m, data, self._more_data(m)))
+        body.update(generic_events.build_body(ch, m, data, self._more_data(m)))
         kind = ch.placement.event_kind
         if lp is not None:
             lp.events[kind] = lp.events.get(kind, 0) + 1

@@ -1,7 +1,7 @@
 """Agent policy/sensor dicts -> tetragon.sensors protobuf messages, and enum names.
 
 The agent reports policies as TracingPolicyStatus-shaped dicts (see
-vigil.agent.api.AgentAPI.list_policies). It may use short names ("enabled",
+vigil.core.agent_api.AgentAPI.list_policies). It may use short names ("enabled",
 "enforce") or the proto enum names; both are accepted here.
 """
 from __future__ import annotations

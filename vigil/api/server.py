@@ -29,7 +29,7 @@ from typing import Any, Iterable
 
 import grpc
 
-from vigil.agent.api import AgentAPI
+from vigil.core.agent_api import AgentAPI
 from vigil.api.pb import eventlogservice_pb2_grpc
 from vigil.api.servicer import EventLogService, FineGuidanceSensors, add_to_server
 

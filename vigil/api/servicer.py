@@ -16,7 +16,8 @@ from typing import Any, Callable
 
 import grpc
 
-from vigil.agent.api import AgentAPI, PolicyError, PolicyNotFound
+from vigil.core.agent_api import AgentAPI
+from vigil.core.errors import PolicyError, PolicyNotFound
 from vigil.api import convert, pbdict, policies, wire
 from vigil.api.pb import (
     eventlogservice_pb2,

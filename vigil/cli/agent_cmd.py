@@ -166,7 +166,7 @@ def _build_command() -> click.Command:
 def run_agent(cfg: AgentConfig) -> int:
     from vigil.agent.agent import Agent
     from vigil.agent.frontends import attach_frontends
-    from vigil.agent.api import PolicyError
+    from vigil.core.errors import PolicyError
     from vigil.kernel import BpfError
 
     if os.geteuid() != 0:

@@ -33,7 +33,6 @@ HEADER = struct.Struct("<BBHIQ")
 PROCESS = struct.Struct("<BBHIQ" "IIQ" "IIQ" "4I" "8I" "4I" "3Q" "10I" "Q" "Q" "II" "Q" "4H" "II")
 EXIT = struct.Struct("<BBHIQ" "IIQ" "II")
 
-NS_NAMES = ("uts", "ipc", "mnt", "pid", "pid_for_children", "net", "time", "time_for_children", "cgroup", "user")
 
 
 class DecodeError(ValueError):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import enums
-from . import layout as L
+from vigil.kernel import policy_layout as L
 from .errors import Loc, PolicyErrors, PolicyValidationError
 from .model import ActionSelector, ArgSelector, KProbeSpec, Policy, Selector, TracepointSpec, UProbeSpec
 from .enforce_placement import place_syscall_on_host, place_syscall_on_lsm
@@ -89,7 +89,7 @@ class _Errors:
 
 
 def host_ns_inums() -> list[int]:
-    from vigil.process.build import host_namespaces
+    from vigil.kernel.namespaces import host_namespaces
 
     return list(host_namespaces())
 

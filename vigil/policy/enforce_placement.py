@@ -6,7 +6,7 @@ bind). Anything else is refused with the reason (or degraded on the user's reque
 """
 from __future__ import annotations
 
-from . import layout as L
+from vigil.kernel import policy_layout as L
 from .model import KProbeSpec
 from .placement import ArgPlan, Placement, Probe
 from .values import syscall_base

@@ -15,7 +15,7 @@ from typing import Callable
 
 from vigil.kernel.btf import raw_tracepoint_names
 
-from . import layout as L
+from vigil.kernel import policy_layout as L
 from .errors import Loc
 from .model import KProbeArg, KProbeSpec, LsmHookSpec, TracepointSpec, UProbeSpec, UsdtSpec
 from .values import syscall_base

@@ -10,7 +10,8 @@ from typing import Any
 from vigil.events import records as R
 from vigil.export.jsonl import EncodedDict
 from vigil.process.cache import ProcessCache
-from vigil.process.caps import cap_list, securebits_list
+from vigil.kernel.caps import cap_list, securebits_list
+from vigil.kernel.namespaces import NS_NAMES, host_namespaces
 from vigil.process.clock import WallClock
 from vigil.process.ids import exec_id
 from vigil.process.model import Key, Process
@@ -48,22 +49,6 @@ def format_arguments(args: bytes) -> str:
     if " " not in rest:
         return rest.replace("\0", " ")
     return " ".join(f'"{a}"' if " " in a else a for a in rest.split("\0"))
-
-
-def host_namespaces() -> tuple[int, ...]:
-    """Namespaces of pid 1; the agent's own where pid 1 is not readable (sandboxes)."""
-    out = []
-    for name in R.NS_NAMES:
-        inum = 0
-        for pid in ("1", "self"):
-            try:
-                link = os.readlink(f"/proc/{pid}/ns/{name}")
-                inum = int(link[link.index("[") + 1 : -1])
-                break
-            except (OSError, ValueError):
-                continue
-        out.append(inum)
-    return tuple(out)
 
 
 @dataclass
@@ -139,7 +124,7 @@ class EventBuilder:
         if hit is None:
             host = self.opts.host_ns
             d = {}
-            for i, name in enumerate(R.NS_NAMES):
+            for i, name in enumerate(NS_NAMES):
                 entry: dict[str, Any] = {"inum": ns[i]}
                 if ns[i] and ns[i] == host[i]:
                     entry["is_host"] = True

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
-from vigil.events.records import NS_NAMES
+from vigil.kernel.namespaces import NS_NAMES
 from vigil.process.clock import CLK_TCK, WallClock
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 import threading
 
-from vigil.agent.api import PolicyError
+from vigil.core.errors import PolicyError
 
 BINARY_LEN = 256
 LPM_LEN = 248

@@ -12,11 +12,11 @@ import os
 import threading
 from typing import Any, Callable
 
-from vigil.agent.api import PolicyError
+from vigil.core.errors import PolicyError
 from vigil.enforce.permd import PermdError, PermissionHelper
 from vigil.enforce.permd_proto import Report
 from vigil.enforce.permtable import PID_OPS, STRING_OPS, Cond, Rule, Table, plan_marks
-from vigil.policy import layout as L
+from vigil.kernel import policy_layout as L
 from vigil.policy.compile import CompiledHook
 from vigil.policy.model import Selector
 from vigil.policy.values import parse_family, parse_port

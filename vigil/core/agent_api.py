@@ -1,4 +1,5 @@
-"""What the agent offers to its front ends (gRPC server, CLI, metrics).
+"""What the agent offers to its front ends (gRPC server, CLI, metrics): layer 0, so the
+front ends (layer 6) depend on this protocol, never on the agent (layer 7).
 
 The gRPC layer depends only on this protocol, so it can be tested against a
 fake agent and the agent can be tested without gRPC.
@@ -7,15 +8,16 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from vigil.agent.bus import Subscription
 
+class Subscription(Protocol):
+    """A live event feed with a bounded queue (vigil.agent.bus.Subscription)."""
 
-class PolicyError(Exception):
-    """A policy was refused (bad YAML, unsupported hook, name clash...)."""
+    dropped: int
+    closed: bool
 
+    def get_batch(self, timeout: float | None = None, max_items: int = 1024) -> list[dict[str, Any]]: ...
 
-class PolicyNotFound(PolicyError):
-    pass
+    def close(self) -> None: ...
 
 
 class AgentAPI(Protocol):

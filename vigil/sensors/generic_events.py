@@ -1,0 +1,315 @@
+"""Records of generic policy hooks -> the hook-specific part of Tetragon's events.
+
+The record carries raw argument slots; how to render each slot (type, label, which JSON
+variant) comes from the compiled hook it belongs to."""
+from __future__ import annotations
+
+import base64
+import bisect
+import ctypes
+import ipaddress
+import os
+from typing import Any
+
+from vigil.kernel import policy_layout as L
+from vigil.policy.compile import CompiledHook
+from vigil.kernel.caps import CAP_NAMES, cap_list
+
+ACTION_NAMES = {
+    0: "KPROBE_ACTION_UNKNOWN", L.ACT["Post"]: "KPROBE_ACTION_POST", L.ACT["NoPost"]: "KPROBE_ACTION_NOPOST",
+    L.ACT["Sigkill"]: "KPROBE_ACTION_SIGKILL", L.ACT["Signal"]: "KPROBE_ACTION_SIGNAL",
+    L.ACT["Override"]: "KPROBE_ACTION_OVERRIDE", L.ACT["FollowFD"]: "KPROBE_ACTION_FOLLOWFD",
+    L.ACT["UnfollowFD"]: "KPROBE_ACTION_UNFOLLOWFD", L.ACT["CopyFD"]: "KPROBE_ACTION_COPYFD",
+    L.ACT["TrackSock"]: "KPROBE_ACTION_TRACKSOCK", L.ACT["UntrackSock"]: "KPROBE_ACTION_UNTRACKSOCK",
+    L.ACT["NotifyEnforcer"]: "KPROBE_ACTION_NOTIFYENFORCER",
+}
+AF_NAMES = {1: "AF_UNIX", 2: "AF_INET", 10: "AF_INET6", 16: "AF_NETLINK", 17: "AF_PACKET"}
+SOCK_TYPES = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 4: "SOCK_RDM", 5: "SOCK_SEQPACKET",
+              6: "SOCK_DCCP", 10: "SOCK_PACKET"}
+PROTOCOLS = {0: "IPPROTO_IP", 1: "IPPROTO_ICMP", 6: "IPPROTO_TCP", 17: "IPPROTO_UDP", 58: "IPPROTO_ICMPV6",
+             132: "IPPROTO_SCTP", 136: "IPPROTO_UDPLITE", 255: "IPPROTO_RAW", 262: "IPPROTO_MPTCP"}
+TCP_STATES = {1: "TCP_ESTABLISHED", 2: "TCP_SYN_SENT", 3: "TCP_SYN_RECV", 4: "TCP_FIN_WAIT1",
+              5: "TCP_FIN_WAIT2", 6: "TCP_TIME_WAIT", 7: "TCP_CLOSE", 8: "TCP_CLOSE_WAIT", 9: "TCP_LAST_ACK",
+              10: "TCP_LISTEN", 11: "TCP_CLOSING", 12: "TCP_NEW_SYN_RECV"}
+BPF_CMDS = ("BPF_MAP_CREATE BPF_MAP_LOOKUP_ELEM BPF_MAP_UPDATE_ELEM BPF_MAP_DELETE_ELEM BPF_MAP_GET_NEXT_KEY "
+            "BPF_PROG_LOAD BPF_OBJ_PIN BPF_OBJ_GET BPF_PROG_ATTACH BPF_PROG_DETACH BPF_PROG_TEST_RUN "
+            "BPF_PROG_GET_NEXT_ID BPF_MAP_GET_NEXT_ID BPF_PROG_GET_FD_BY_ID BPF_MAP_GET_FD_BY_ID "
+            "BPF_OBJ_GET_INFO_BY_FD BPF_PROG_QUERY BPF_RAW_TRACEPOINT_OPEN BPF_BTF_LOAD BPF_BTF_GET_FD_BY_ID "
+            "BPF_TASK_FD_QUERY BPF_MAP_LOOKUP_AND_DELETE_ELEM BPF_MAP_FREEZE BPF_BTF_GET_NEXT_ID "
+            "BPF_MAP_LOOKUP_BATCH BPF_MAP_LOOKUP_AND_DELETE_BATCH BPF_MAP_UPDATE_BATCH BPF_MAP_DELETE_BATCH "
+            "BPF_LINK_CREATE BPF_LINK_UPDATE BPF_LINK_GET_FD_BY_ID BPF_LINK_GET_NEXT_ID BPF_ENABLE_STATS "
+            "BPF_ITER_CREATE BPF_LINK_DETACH BPF_PROG_BIND_MAP BPF_TOKEN_CREATE").split()
+
+
+class KernelSymbols:
+    """/proc/kallsyms, loaded on first use, for kernel stack traces."""
+
+    def __init__(self) -> None:
+        self._addrs: list[int] | None = None
+        self._names: list[str] = []
+
+    def _load(self) -> None:
+        addrs, names = [], []
+        try:
+            with open("/proc/kallsyms") as f:
+                for line in f:
+                    a, _, rest = line.partition(" ")
+                    t, _, name = rest.partition(" ")
+                    if t in "tTwW":
+                        addrs.append(int(a, 16))
+                        names.append(name.split()[0])
+        except OSError:
+            pass
+        order = sorted(range(len(addrs)), key=addrs.__getitem__)
+        self._addrs = [addrs[i] for i in order]
+        self._names = [names[i] for i in order]
+
+    def lookup(self, addr: int) -> tuple[str, int]:
+        if self._addrs is None:
+            self._load()
+        assert self._addrs is not None
+        i = bisect.bisect_right(self._addrs, addr) - 1
+        if i < 0 or not self._addrs[i]:
+            return "", addr
+        return self._names[i], addr - self._addrs[i]
+
+
+KSYMS = KernelSymbols()
+
+
+def _ip(raw: bytes, family: int) -> str:
+    if family == 2:
+        return str(ipaddress.IPv4Address(raw[:4]))
+    if family == 10:
+        return str(ipaddress.IPv6Address(raw[:16]))
+    return ""
+
+
+def _cred_json(p: bytes) -> dict[str, Any]:
+    vals = ctypes.cast(ctypes.create_string_buffer(p, 80), ctypes.POINTER(ctypes.c_uint32))
+    uid, gid, euid, egid, suid, sgid, fsuid, fsgid, _sb, lvl, uuid, ugid, uinum = (vals[i] for i in range(13))
+    caps = [int.from_bytes(p[56 + 8 * i:64 + 8 * i], "little") for i in range(3)]
+    out: dict[str, Any] = {"uid": uid, "gid": gid, "euid": euid, "egid": egid, "suid": suid, "sgid": sgid,
+                           "fsuid": fsuid, "fsgid": fsgid}
+    c: dict[str, Any] = {}
+    for k, m in (("permitted", caps[0]), ("effective", caps[1]), ("inheritable", caps[2])):
+        if m:
+            c[k] = list(cap_list(m))
+    if c:
+        out["caps"] = c
+    out["user_ns"] = {"level": lvl, "uid": uuid, "gid": ugid, "ns": {"inum": uinum}}
+    return out
+
+
+def render_arg(plan: Any, ah: Any, payload: bytes, args_by_slot: dict[int, Any]) -> dict[str, Any]:
+    t = plan.vtype
+    v = ah.value
+    if getattr(plan, "render", "") == "string":
+        d: dict[str, Any] = {"string_arg": payload.decode("utf-8", "replace")}
+        if plan.label:
+            d["label"] = plan.label
+        return d
+    if ah.flags & L.ARGF_ERR and t not in (L.T["fd"],):
+        d: dict[str, Any] = {"error_arg": {"Message": "could not be read"}}
+    elif t == L.T["int"]:
+        d = {"int_arg": v}
+    elif t == L.T["uint"]:
+        d = {"uint_arg": v & 0xFFFFFFFF}
+    elif t == L.T["long"]:
+        d = {"long_arg": str(v)}
+    elif t == L.T["size"]:
+        if plan.policy_type == "syscall64":
+            d = {"syscall_id": {"id": v & 0xFFFFFFFF, "abi": "x64"}}
+        else:
+            d = {"size_arg": str(v & 0xFFFFFFFFFFFFFFFF)}
+    elif t == L.T["capability"]:
+        d = {"capability_arg": {"value": v, "name": CAP_NAMES[v] if 0 <= v < len(CAP_NAMES) else str(v)}}
+    elif t == L.T["bpf_cmd"]:
+        d = {"bpf_cmd_arg": BPF_CMDS[v] if 0 <= v < len(BPF_CMDS) else str(v)}
+    elif t in (L.T["string"], L.T["kstring"], L.T["data_loc"], L.T["char_array"]):
+        d = {"string_arg": payload.decode("utf-8", "replace")}
+    elif t in (L.T["char_buf"], L.T["char_iovec"]):
+        b64 = base64.b64encode(payload).decode()
+        if ah.flags & L.ARGF_TRUNC:
+            size_plan = args_by_slot.get(plan.size_arg - 1) if plan.size_arg else None
+            orig = size_plan[1].value if size_plan is not None else len(payload)
+            d = {"truncated_bytes_arg": {"bytes_arg": b64, "orig_size": str(orig)}}
+        else:
+            d = {"bytes_arg": b64}
+    elif t in (L.T["fd"], L.T["file"], L.T["linux_binprm"]):
+        d = {"file_arg": {"path": payload.decode("utf-8", "replace")} if payload else {}}
+    elif t in (L.T["path"], L.T["path_child"]):
+        d = {"path_arg": {"path": payload.decode("utf-8", "replace")} if payload else {}}
+    elif t in (L.T["sockaddr"], L.T["ksockaddr"]):
+        fam = int.from_bytes(payload[0:2], "little")
+        d = {"sockaddr_arg": {"family": AF_NAMES.get(fam, str(fam)), "addr": _ip(payload[8:24], fam),
+                              "port": int.from_bytes(payload[2:4], "little")}}
+    elif t in (L.T["sock"], L.T["socket"]):
+        fam, typ, proto, state, sport, dport = (int.from_bytes(payload[i:i + 2], "little") for i in range(0, 12, 2))
+        sk: dict[str, Any] = {"family": AF_NAMES.get(fam, str(fam)), "type": SOCK_TYPES.get(typ, str(typ)),
+                              "protocol": PROTOCOLS.get(proto, str(proto))}
+        mark = int.from_bytes(payload[12:16], "little")
+        prio = int.from_bytes(payload[16:20], "little")
+        if mark:
+            sk["mark"] = mark
+        if prio:
+            sk["priority"] = prio
+        sk.update({"saddr": _ip(payload[32:48], fam), "daddr": _ip(payload[48:64], fam), "sport": sport,
+                   "dport": dport})
+        cookie = int.from_bytes(payload[24:32], "little")
+        if cookie:
+            sk["cookie"] = str(cookie)
+        if state:
+            sk["state"] = TCP_STATES.get(state, str(state))
+        d = {"sock_arg": sk}
+    elif t == L.T["cred"]:
+        d = {"process_credentials_arg": _cred_json(payload)}
+    else:
+        d = {}
+    if plan.label:
+        d["label"] = plan.label
+    return d
+
+
+def _stack(data: bytes, off: int, n: int) -> list[dict[str, Any]]:
+    out = []
+    for i in range(off, off + n, 8):
+        addr = int.from_bytes(data[i:i + 8], "little")
+        if not addr:
+            continue
+        sym, delta = KSYMS.lookup(addr)
+        e: dict[str, Any] = {}
+        if delta:
+            e["offset"] = str(delta)
+        if sym:
+            e["symbol"] = sym
+        out.append(e)
+    return out
+
+
+def _user_stack(data: bytes, off: int, n: int, pid: int) -> list[dict[str, Any]]:
+    maps = []
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 6:
+                    lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                    maps.append((lo, hi, int(parts[2], 16), parts[5]))
+    except OSError:
+        pass
+    out = []
+    for i in range(off, off + n, 8):
+        addr = int.from_bytes(data[i:i + 8], "little")
+        if not addr:
+            continue
+        e: dict[str, Any] = {}
+        for lo, hi, foff, path in maps:
+            if lo <= addr < hi:
+                e = {"offset": str(addr - lo + foff), "module": os.path.basename(path)}
+                break
+        out.append(e or {"offset": str(addr)})
+    return out
+
+
+ENFORCING = {L.ACT["Sigkill"], L.ACT["Signal"], L.ACT["Override"]}
+
+
+def explain_enforcement(hook: CompiledHook, m: L.MsgGeneric) -> str:
+    act = ACTION_NAMES.get(m.action if m.action in ENFORCING else m.ret_action, "?").removeprefix("KPROBE_ACTION_")
+    sel = m.selector
+    detail = ""
+    if 0 < sel <= len(hook.selectors):
+        s = hook.selectors[sel - 1]
+        parts = [f"{e.operator} {list(e.values)}" for e in s.match_args]
+        parts += [f"binary {b.operator} {list(b.values)}" for b in s.match_binaries]
+        if parts:
+            detail = " (" + "; ".join(parts) + ")"
+        for a in s.match_actions:
+            if a.action.lower() == "override":
+                act += f" {a.arg_error}"
+            elif a.action.lower() == "signal":
+                act += f" {a.arg_sig}"
+    mode = "monitor mode: reported, not enforced" if m.flags & L.EV_MONITOR else "enforced"
+    return (f"[vigil: selector {sel}{detail} matched; {act.lower()} {mode} via "
+            f"{hook.placement.describe()}]")
+
+
+def build_body(hook: CompiledHook, m: L.MsgGeneric, data: bytes,
+               more: dict[int, bytes] | None = None) -> dict[str, Any]:
+    """The hook-specific part of the event (without process/parent). `more`: maxData bytes
+    that came in data records, by argument slot."""
+    pl = hook.placement
+    by_slot = {p.slot: (p, m.args[p.slot]) for p in pl.args}
+    args = []
+    for p in pl.args:
+        ah = m.args[p.slot]
+        if p.vtype == 0:
+            continue
+        payload = data[ah.off:ah.off + ah.len]
+        if more and p.slot in more:
+            payload += more[p.slot]
+        args.append(render_arg(p, ah, payload, by_slot))
+    body: dict[str, Any] = {}
+    action = ACTION_NAMES.get(m.action, "KPROBE_ACTION_POST")
+    if pl.event_kind == "process_kprobe":
+        # a syscall enforced at an LSM hook keeps the syscall's name, as the policy wrote it
+        body["function_name"] = pl.attach.get("syscall") or pl.attach.get("func", pl.target)
+        if args:
+            body["args"] = args
+        if m.flags & L.EV_HAS_RET and pl.ret is not None:
+            ret_plan = pl.ret
+            v = m.ret
+            body["return"] = ({"int_arg": v} if ret_plan.vtype == L.T["int"] else
+                              {"long_arg": str(v)} if ret_plan.vtype == L.T["long"] else
+                              {"size_arg": str(v & 0xFFFFFFFFFFFFFFFF)} if ret_plan.vtype == L.T["size"] else
+                              {"uint_arg": v & 0xFFFFFFFF} if ret_plan.vtype == L.T["uint"] else {"long_arg": str(v)})
+            if ret_plan.label:
+                body["return"]["label"] = ret_plan.label
+        body["action"] = action
+        if m.kstack_len:
+            body["kernel_stack_trace"] = _stack(data, _stack_off(m), m.kstack_len)
+        body["policy_name"] = hook.policy
+        if m.ret_action:
+            body["return_action"] = ACTION_NAMES.get(m.ret_action, "KPROBE_ACTION_POST")
+    elif pl.event_kind == "process_tracepoint":
+        body["subsys"] = pl.attach.get("category", "")
+        body["event"] = pl.attach.get("name", "")
+        if args:
+            body["args"] = args
+        body["policy_name"] = hook.policy
+        body["action"] = action
+    elif pl.event_kind == "process_lsm":
+        body["function_name"] = pl.attach.get("func", "")
+        body["policy_name"] = hook.policy
+        if args:
+            body["args"] = args
+        body["action"] = action
+    elif pl.event_kind == "process_uprobe":
+        body["path"] = pl.attach["path"]
+        if pl.attach.get("symbol"):
+            body["symbol"] = pl.attach["symbol"]
+        body["policy_name"] = hook.policy
+    message = hook.message
+    if m.action in ENFORCING or m.ret_action in ENFORCING:
+        # an enforcement explains itself: which selector, by what mechanism, which action
+        message = (f"{message} " if message else "") + explain_enforcement(hook, m)
+    if message:
+        body["message"] = message
+    if pl.event_kind == "process_uprobe" and args:
+        body["args"] = args
+    if hook.tags:
+        body["tags"] = list(hook.tags)
+    if pl.event_kind == "process_kprobe" and m.ustack_len:
+        body["user_stack_trace"] = _user_stack(data, _stack_off(m) + m.kstack_len, m.ustack_len, m.pid)
+    if pl.event_kind == "process_uprobe":
+        body["offset"] = str(pl.attach["offset"])
+        body["action"] = action
+    return body
+
+
+def _stack_off(m: L.MsgGeneric) -> int:
+    end = 0
+    for i in range(L.MAX_ARGS):
+        end = max(end, m.args[i].off + m.args[i].len)
+    return end
