@@ -26,12 +26,12 @@ from tests.kernel.bpfstate import require_root
 
 from vigil.enforce.netdeny import NetDeny, cgroup2_root
 from vigil.enforce.netrules import NetRule, NetRuleError
+from vigil.sensors.process import ENTRY
 from vigil.kernel import RingBuffer
 from vigil.kernel.paths import bpf_object
 
 pytestmark = pytest.mark.kernel
 BPFTOOL = shutil.which("bpftool") or "/usr/sbin/bpftool"
-ENTRY = struct.Struct("<IIQIIQII256s3Q10I")  # execve_entry (bpf/lib/process_map.bpf.h)
 _seq = itertools.count()
 
 CHILD = r"""
@@ -273,7 +273,7 @@ def test_pid_and_binary_scope(nd: NetDeny, cgroup: str, listeners: Listeners) ->
 
     def by_binary(pid: int) -> None:
         b = binary.encode()
-        em.update(struct.pack("<I", pid), ENTRY.pack(pid, 0, 12345, 1, 0, 0, len(b), 0, b, 0, 0, 0, *[0] * 10))
+        em.update(struct.pack("<I", pid), ENTRY.pack(pid, 0, 12345, 1, 0, 0, len(b), 0, b, 0, 0, 0, *[0] * 10, 0))
         nd.set_rules([NetRule(2, cidrs=LO4, binary=binary)])
     rb = RingBuffer(nd.events.fd, nd.events.max_entries)
     try:

@@ -47,20 +47,23 @@ def vmcheck_path() -> str:
 
 @pytest.fixture
 def load_vmcheck(vmcheck_path: str) -> Iterator:
-    """load_vmcheck(*prog_names) -> loaded+attached Obj with the test's pid as target; always
-    detached and closed at teardown."""
-    import ctypes
+    """load_vmcheck(*prog_names) -> a loaded and attached BpfObject (the project's own libbpf
+    binding) with the test's pid as target; always detached and closed at teardown."""
+    import struct
 
-    import vmlibbpf
+    from vigil.kernel import BpfObject
 
-    objs: list[vmlibbpf.Obj] = []
+    objs: list[BpfObject] = []
 
-    def load(*progs: str) -> vmlibbpf.Obj:
-        obj = vmlibbpf.Obj.load(vmcheck_path, set(progs))
+    def load(*progs: str) -> BpfObject:
+        obj = BpfObject.open(vmcheck_path)
         objs.append(obj)
-        obj.update("target", ctypes.c_uint32(0), ctypes.c_uint32(os.getpid()))
+        for name, prog in obj.programs.items():
+            prog.set_autoload(name in progs)
+        obj.load()
+        obj.map("target").update(struct.pack("<I", 0), struct.pack("<I", os.getpid()))
         for p in progs:
-            obj.attach(p)
+            obj.program(p).attach()
         return obj
 
     yield load

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import ctypes
 import errno
+import struct
 import os
 from pathlib import Path
 
@@ -13,7 +13,8 @@ HIT_KPROBE, HIT_FENTRY, HIT_LSM = 0, 1, 2
 
 
 def _hits(obj, idx: int) -> int:  # type: ignore[no-untyped-def]
-    return obj.lookup("hits", ctypes.c_uint32(idx), ctypes.c_uint64())
+    raw = obj.map("hits").lookup(struct.pack("<I", idx))
+    return struct.unpack("<Q", raw)[0] if raw else 0
 
 
 def _open_close(path: Path) -> None:
@@ -47,8 +48,8 @@ def test_lsm_file_open_denies_only_the_targeted_file(load_vmcheck, tmp_path: Pat
     blocked.write_text("secret")
     other.write_text("fine")
     st = blocked.stat()
-    key = ctypes.c_uint64(st.st_ino)
-    obj.update("deny", key, ctypes.c_uint32(_kdev(st)))
+    key = struct.pack("<Q", st.st_ino)
+    obj.map("deny").update(key, struct.pack("<I", _kdev(st)))
     try:
         with pytest.raises(PermissionError) as e:
             _open_close(blocked)
@@ -56,5 +57,5 @@ def test_lsm_file_open_denies_only_the_targeted_file(load_vmcheck, tmp_path: Pat
         _open_close(other)  # same directory, different inode: allowed
         assert _hits(obj, HIT_LSM) >= 2
     finally:
-        obj.delete("deny", key)
+        obj.map("deny").delete(key)
     _open_close(blocked)  # entry removed: allowed again

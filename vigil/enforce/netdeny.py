@@ -24,8 +24,9 @@ from typing import Any, Sequence
 
 from vigil.kernel import BpfError, BpfObject, Link, Map, possible_cpus
 from vigil.kernel import sys as ksys
+from vigil.kernel.layouts import Layout
 from vigil.kernel.paths import bpf_object
-from vigil.enforce.netrules import (AF_INET, AF_INET6, COUNTERS, GEN, MAX_RULES, RULE, Compiled, NetRule,
+from vigil.enforce.netrules import (AF_INET, AF_INET6, BIN_KEY, CIDR_KEY, COUNTERS, GEN, MAX_RULES, PID_KEY, RULE, Compiled, NetRule,
                                     NetRuleError, compile_rules)
 
 log = logging.getLogger("vigil.enforce.netdeny")
@@ -35,8 +36,8 @@ PROGRAMS = ("vigil_nd_connect4", "vigil_nd_connect6", "vigil_nd_sendmsg4", "vigi
             "vigil_nd_bind4", "vigil_nd_bind6")
 HOOK_NAMES = {1: "connect4", 2: "connect6", 3: "sendmsg4", 4: "sendmsg6", 5: "bind4", 6: "bind6"}
 PROTO_NAMES = {6: "tcp", 17: "udp"}
-# msg_netdeny: header, exec key, tid, rule id, cgroup id, family..pad, dport, daddr, comm
-MSG = struct.Struct("<BBHIQ IIQ II Q 6B H 16s 16s")
+MSG = Layout("msg_netdeny", "hdr.op:B hdr.pad:B hdr.flags:H hdr.size:I hdr.ktime:Q key.pid:I key.pad:I key.ktime:Q tid:I rule_id:I cgroup_id:Q family:B protocol:B hook:B action:B "
+             "monitor:B pad:B dport:H daddr:16s comm:16s")
 SHARED = ("events", "vigil_drops", "execve_map")
 _U32 = struct.Struct("<I")
 
@@ -61,6 +62,8 @@ class NetDeny:
         self._active = 0
         obj = BpfObject.open(bpf_object("netdeny"))
         try:
+            for mirror in (MSG, CIDR_KEY, PID_KEY, BIN_KEY, GEN, RULE, COUNTERS):
+                mirror.check(obj)
             shared = shared_maps or {}
             for name in SHARED:
                 if name in shared:

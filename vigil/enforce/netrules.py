@@ -13,6 +13,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+from vigil.kernel.layouts import Layout
+
 MAX_RULES = 64
 MAX_PORTS = 8
 BIN_LEN = 256
@@ -22,13 +24,13 @@ PROTOS = {"tcp": (0,), "udp": (1,), None: (0, 1, 2), "any": (0, 1, 2)}
 HOOKS = {"connect": 0, "sendmsg": 1, "bind": 2}
 DEFAULT_HOOKS = ("connect", "sendmsg")
 
-# kernel layouts (mirrors of vigil_netdeny.h; tests/unit/test_enforce_netdeny.py checks them against BTF)
-CIDR_KEY = struct.Struct("<IBB2x16s")
-PID_KEY = struct.Struct("<II")
-BIN_KEY = struct.Struct(f"<I{BIN_LEN}s")
-GEN = struct.Struct("<11Q")
-RULE = struct.Struct(f"<II{2 * MAX_PORTS}H")
-COUNTERS = struct.Struct("<QQQ")
+# mirrors of bpf/include/vigil_netdeny.h, checked against the object's BTF when NetDeny loads
+CIDR_KEY = Layout("nd_cidr_key", "prefixlen:I gen:B family:B pad:2x addr:16s")
+PID_KEY = Layout("nd_pid_key", "gen:I tgid:I")
+BIN_KEY = Layout("nd_bin_key", f"gen:I bin:{BIN_LEN}s")
+GEN = Layout("nd_gen", "nopid:Q nobin:Q noport:Q allow:Q monitor:Q proto:3Q hooks:3Q")
+RULE = Layout("nd_rule", f"id:I nports:I ports:{2 * MAX_PORTS}H")
+COUNTERS = Layout("nd_counters", "denied:Q monitored:Q allowed:Q")
 
 
 class NetRuleError(ValueError):

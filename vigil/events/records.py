@@ -5,8 +5,9 @@ with an unknown op or a bad size raises DecodeError (counted by the caller).
 """
 from __future__ import annotations
 
-import struct
 from typing import Callable
+
+from vigil.kernel.layouts import Layout
 
 OP_EXEC = 1
 OP_CLONE = 2
@@ -28,10 +29,13 @@ F_PATH_NOT_ROOTED = 1 << 8
 F_CWD_NOT_ROOTED = 1 << 9
 F_FILENAME_TRUNC = 1 << 10
 
-HEADER = struct.Struct("<BBHIQ")
-# struct msg_process without data[]: see vigil_events.h (offsets checked against BTF in tests)
-PROCESS = struct.Struct("<BBHIQ" "IIQ" "IIQ" "4I" "8I" "4I" "3Q" "10I" "Q" "Q" "II" "Q" "4H" "II")
-EXIT = struct.Struct("<BBHIQ" "IIQ" "II")
+# mirrors of bpf/include/vigil_events.h, checked against the object's BTF at load
+HEADER = Layout("msg_header", "op:B pad:B flags:H size:I ktime:Q")
+PROCESS = Layout("msg_process", "hdr.op:B hdr.pad:B hdr.flags:H hdr.size:I hdr.ktime:Q key.pid:I key.pad:I key.ktime:Q pkey.pid:I pkey.pad:I pkey.ktime:Q tid:I ppid:I nspid:I auid:I "
+                 "uid:I gid:I euid:I egid:I suid:I sgid:I fsuid:I fsgid:I securebits:I userns_level:I userns_uid:I "
+                 "userns_gid:I cap_permitted:Q cap_effective:Q cap_inheritable:Q ns:10I cgroup_id:Q ino:Q i_mode:I "
+                 "i_nlink:I boottime:Q exe_len:H cwd_len:H filename_len:H cgroup_len:H args_len:I pad2:I")
+EXIT = Layout("msg_exit", "hdr.op:B hdr.pad:B hdr.flags:H hdr.size:I hdr.ktime:Q key.pid:I key.pad:I key.ktime:Q tid:I code:I")
 
 
 

@@ -242,7 +242,16 @@ class Map:
             return ((self.value_size + 7) & ~7) * possible_cpus()
         return self.value_size
 
+    def _check(self, key: bytes, value: bytes | None = None) -> None:
+        """A wrong-sized key or value is a mirror out of step with the C struct: refuse it
+        rather than let the kernel read past it or truncate it."""
+        if len(key) != self.key_size:
+            raise BpfError(f"map {self.name}: key of {len(key)} bytes, the map's is {self.key_size}", 22)
+        if value is not None and len(value) != self._value_len():
+            raise BpfError(f"map {self.name}: value of {len(value)} bytes, the map's is {self._value_len()}", 22)
+
     def lookup(self, key: bytes) -> bytes | None:
+        self._check(key)
         val = ctypes.create_string_buffer(self._value_len())
         if L.lib.bpf_map_lookup_elem(self.fd, key, val):
             err = L.errno()
@@ -259,10 +268,12 @@ class Map:
         return [raw[i : i + self.value_size] for i in range(0, len(raw), step)]
 
     def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
+        self._check(key, value)
         if L.lib.bpf_map_update_elem(self.fd, key, value, flags):
             raise BpfError(f"map {self.name}: update", L.errno())
 
     def delete(self, key: bytes) -> bool:
+        self._check(key)
         if L.lib.bpf_map_delete_elem(self.fd, key):
             err = L.errno()
             if err == 2:

@@ -129,3 +129,10 @@ class MsgDataHdr(C.Structure):
                 ("ktime", C.c_uint64), ("ev_ktime", C.c_uint64), ("tid", C.c_uint32), ("slot", C.c_uint8),
                 ("pad", C.c_uint8 * 3), ("offset", C.c_uint32), ("len", C.c_uint32)]
 EV_HAS_RET, EV_MONITOR = 1, 2
+
+
+# C name -> mirror, checked against the generic object's BTF when a hook loads
+MIRRORS: tuple[tuple[str, type[C.Structure]], ...] = (
+    ("vp_arg", Arg), ("vp_filter", Filter), ("vp_action_cfg", ActionCfg), ("vp_ns_filter", NsFilter),
+    ("vp_selector", Selector), ("vp_hook", Hook), ("vp_arg_hdr", ArgHdr), ("msg_generic", MsgGeneric),
+)

@@ -11,6 +11,8 @@ import logging
 import struct
 
 from vigil.kernel import BpfObject, Map
+from vigil.kernel import policy_layout as L
+from vigil.kernel.layouts import check_ctypes
 from vigil.kernel.paths import bpf_object
 from vigil.policy.compile import CompiledHook
 
@@ -36,6 +38,8 @@ class GenericHook:
         c, pl = self.compiled, self.compiled.placement
         obj = BpfObject.open(bpf_object("generic"))
         try:
+            for cname, mirror in L.MIRRORS:
+                check_ctypes(obj, cname, mirror)
             wanted = {pl.entry_prog, pl.return_prog} - {""}
             for name in ENTRY_PROGS:
                 obj.program(name).set_autoload(name in wanted)

@@ -10,7 +10,9 @@ import logging
 import struct
 from typing import Iterable
 
+from vigil.events import records as R
 from vigil.kernel import BpfError, BpfObject, possible_cpus
+from vigil.kernel.layouts import Layout
 from vigil.kernel.paths import bpf_object
 
 log = logging.getLogger("vigil.sensor.process")
@@ -18,8 +20,9 @@ log = logging.getLogger("vigil.sensor.process")
 HOOKS = ("exec", "fork", "exit")
 DROP_CAUSES = ("ringbuf_full_exec", "ringbuf_full_clone", "ringbuf_full_exit", "ringbuf_full_generic",
                "execve_map_full", "heap", "cause6", "cause7")
-# struct execve_entry: key, pkey, bin_len, flags, bin, caps[3] (eff, inh, prm), ns[10]
-ENTRY = struct.Struct("<IIQIIQII256s3Q10IQ")  # ... , follow
+# struct execve_entry (bpf/lib/process_map.bpf.h): caps are effective, inheritable, permitted
+ENTRY = Layout("execve_entry", "key.pid:I key.pad:I key.ktime:Q pkey.pid:I pkey.pad:I pkey.ktime:Q bin_len:I "
+               "flags:I bin:256s caps:3Q ns:10I follow:Q")
 BINARY_LEN = 256
 BPF_NOEXIST = 1
 ARGS_CAP = 32767
@@ -43,6 +46,8 @@ class ProcessSensor:
     def _open(self, flavour: str) -> BpfObject:
         obj = BpfObject.open(bpf_object("process"))
         try:
+            for mirror in (ENTRY, R.HEADER, R.PROCESS, R.EXIT):
+                mirror.check(obj)
             other = "raw" if flavour == "btf" else "btf"
             for hook in HOOKS:
                 obj.program(f"vigil_{hook}_{other}").set_autoload(False)
