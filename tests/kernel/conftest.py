@@ -23,6 +23,7 @@ from tests.kernel.bpfstate import require_root
 
 from vigil.agent.agent import Agent
 from vigil.agent.config import AgentConfig
+from vigil.export.dicts import event_dict
 from vigil.kernel.paths import bpf_object
 
 pytestmark = pytest.mark.kernel
@@ -59,7 +60,7 @@ class RunningAgent:
             out: list[dict[str, Any]] = []
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
-                for e in sub.get_batch(timeout=0.5, max_items=100000):
+                for e in map(event_dict, sub.get_batch(timeout=0.5, max_items=100000)):
                     out.append(e)
                     ex = e.get("process_exit")
                     if ex and ex["process"].get("arguments") == token:

@@ -130,9 +130,9 @@ def test_process_started_before_agent_is_flagged_procfs(workdir: Path, tmp_path:
         with RunningAgent(cfg) as ra:
             p = ra.agent.cache.by_pid(pre.pid)
             assert p is not None
-            assert "procFS" in p.json["flags"].split()
-            assert p.json["binary"] == str(sleeper)
-            assert p.json["arguments"] == "60"
+            assert "procFS" in p.msg.flags.split()
+            assert p.msg.binary == str(sleeper)
+            assert p.msg.arguments == "60"
             # ancestry: its parent is this pytest process, also known from procfs
             parent = ra.agent.cache.get(p.parent_exec_id)
             assert parent is not None and parent.pid == os.getpid()

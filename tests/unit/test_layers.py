@@ -42,9 +42,7 @@ def _imports(path: Path) -> list[tuple[int, str]]:
     return out
 
 
-# Known upward imports still being removed (listed, not hidden): the process stage keeps
-# per-process JSON through export's EncodedDict until events are typed (issue 9).
-ALLOWED = {("process/model.py", "vigil.export.jsonl"), ("process/build.py", "vigil.export.jsonl")}
+ALLOWED: set[tuple[str, str]] = set()  # known upward imports being removed: none
 
 MODULES = sorted(p for p in ROOT.rglob("*.py") if "gen" not in p.relative_to(ROOT).parts)
 

@@ -1,6 +1,7 @@
 """Process cache: refcounted ancestry, grace period, bounded size."""
 from __future__ import annotations
 
+from vigil.core.events import ProcessMsg
 from vigil.process.cache import ProcessCache
 from vigil.process.model import Process
 
@@ -12,7 +13,7 @@ KEYS: dict[str, tuple[int, int]] = {}  # test name -> (pid, ktime) cache key
 
 def proc(name: str, pid: int, parent: str = "") -> Process:
     key = KEYS[name] = (pid, 1000 + len(KEYS))
-    return Process(name, key, parent, KEYS[parent] if parent else None, 0, {"exec_id": name, "pid": pid})
+    return Process(name, key, parent, KEYS[parent] if parent else None, 0, ProcessMsg(name, pid))
 
 
 class C(ProcessCache):
@@ -78,7 +79,7 @@ def test_lookup_by_exec_id_string():
     from vigil.process.ids import exec_id
 
     c = ProcessCache()
-    c.add(Process(exec_id("n", 77, 5), (5, 77), "", None, 0, {}), 0)
+    c.add(Process(exec_id("n", 77, 5), (5, 77), "", None, 0, ProcessMsg(exec_id("n", 77, 5), 5)), 0)
     assert c.get(exec_id("n", 77, 5)) is c.by_pid(5) and c.get((5, 77)) is c.by_pid(5)
     assert c.get("not base64!") is None and c.get(exec_id("n", 78, 5)) is None
 
@@ -86,6 +87,6 @@ def test_lookup_by_exec_id_string():
 def test_oldest_eviction_is_linear_over_many_rounds():
     c = ProcessCache(capacity=1000, grace_ns=10**12)
     for i in range(50_000):  # nothing released: every insert past capacity evicts the oldest
-        c.add(Process(str(i), (i, i), "", None, 0, {}), 0)
+        c.add(Process(str(i), (i, i), "", None, 0, ProcessMsg(str(i), i)), 0)
     assert len(c) == 1000 and c.evictions == 49_000 and c.get((49_000, 49_000)) is not None
     assert len(c._order) <= 2 * len(c) + 64

@@ -15,11 +15,11 @@ from collections import deque
 import time
 from typing import Any, Callable
 
-import orjson
 
 from vigil import __version__
 from vigil.agent.bus import EventBus, Subscription
 from vigil.agent.config import AgentConfig
+from vigil.core.events import Event
 from vigil.events import records as R
 from vigil.events.source import EventSource, RecordingSource
 from vigil.process.build import BuildOptions, EventBuilder
@@ -29,7 +29,7 @@ from vigil.process.procfs import scan
 
 log = logging.getLogger("vigil.agent")
 
-Handler = Callable[[bytes, int], "dict[str, Any] | None"]
+Handler = Callable[[bytes, int], "Event | None"]
 
 
 class Agent:
@@ -66,10 +66,14 @@ class Agent:
         from vigil.agent.policies import PolicyManager
 
         self.policies = PolicyManager(self)
+        b = self.builder
+        self.handlers[R.OP_EXEC] = lambda buf, now: b.on_exec(R.ProcessRecord(buf), now)
+        self.handlers[R.OP_CLONE] = lambda buf, now: b.on_clone(R.ProcessRecord(buf), now)
+        self.handlers[R.OP_EXIT] = lambda buf, now: b.on_exit(R.ExitRecord(buf), now)
         self.handlers[R.OP_GENERIC] = self.policies.handle
         self.handlers[R.OP_NETDENY] = self.policies.handle_netdeny
         self.handlers[R.OP_DATA] = self.policies.handle_data
-        self._injected: deque[dict[str, Any]] = deque()
+        self._injected: deque[Event] = deque()
         self.pins: Any = None                # PinDir while --keep-sensors-on-exit is on
         self._previous: list[Any] = []       # runs a killed or keeping agent left pinned
         self.restart: dict[str, int] = {}    # what was recovered from / lost by those runs
@@ -264,7 +268,7 @@ class Agent:
             self.handle(recs)
         self.tick()
 
-    def inject(self, event: dict[str, Any]) -> None:
+    def inject(self, event: Event) -> None:
         """Queue an event made outside the pipeline thread (fanotify decisions)."""
         self._injected.append(event)
 
@@ -298,32 +302,27 @@ class Agent:
 
     # -- pipeline
     def handle(self, recs: list[bytes]) -> None:
+        """Records -> events: one table lookup per record (decoders registered by record op)."""
         now = time.monotonic_ns()
-        b = self.builder
-        out: list[dict[str, Any]] = []
+        handlers = self.handlers
+        out: list[Event] = []
         append = out.append
         for buf in recs:
             op = buf[0]
             try:
-                if op == R.OP_EXEC:
-                    append(b.on_exec(R.ProcessRecord(buf), now))
-                elif op == R.OP_EXIT:
-                    e = b.on_exit(R.ExitRecord(buf), now)
-                    if e is not None:
-                        append(e)
-                elif op == R.OP_CLONE:
-                    b.on_clone(R.ProcessRecord(buf), now)
-                else:
-                    h = self.handlers.get(op)
-                    if h is None:
-                        raise R.DecodeError(f"no handler for op {op}")
-                    e = h(buf, now)
-                    if e is not None:
-                        append(e)
+                e = handlers[op](buf, now)
+            except KeyError:
+                e = None
+                self.decode_errors += 1
+                if self.decode_errors <= 10:
+                    log.warning("bad kernel record (op %s, %d bytes): no handler", op, len(buf))
             except (R.DecodeError, ValueError, IndexError) as ex:
+                e = None
                 self.decode_errors += 1
                 if self.decode_errors <= 10:
                     log.warning("bad kernel record (op %s, %d bytes): %s", op, len(buf), ex)
+            if e is not None:
+                append(e)
             if len(out) >= 256:  # small batches: ~30% faster (CPU caches, fewer GC promotions)
                 self._emit(out)
                 out = []
@@ -331,10 +330,10 @@ class Agent:
         if out:
             self._emit(out)
 
-    def _emit(self, events: list[dict[str, Any]]) -> None:
+    def _emit(self, events: list[Event]) -> None:
         counts = self.events_by_type
         for e in events:
-            k = next(iter(e))
+            k = e.kind
             counts[k] = counts.get(k, 0) + 1
         self.bus.publish(events)
         exported = self.export_filter.apply_batch(events) if self.export_filter else events
@@ -446,7 +445,9 @@ class Agent:
         }
 
     def process_cache_dump(self) -> list[dict[str, Any]]:
-        return [{"process": p.json, "refcnt": p.refcnt, "exited": p.exited} for p in self.cache]
+        from vigil.export.dicts import process_dict
+
+        return [{"process": process_dict(p.msg), "refcnt": p.refcnt, "exited": p.exited} for p in self.cache]
 
     def list_sensors(self) -> list[dict[str, Any]]:
         return [{"name": "process", "enabled": self.sensor is not None or not self._live,
@@ -522,20 +523,23 @@ def _go_duration(seconds: float) -> str:
     return (f"{h}h" if h else "") + (f"{m}m" if m else "") + (f"{sec}s" if sec else "")
 
 
-def _make_printer(kind: str) -> Callable[[list[dict]], None]:
+def _make_printer(kind: str) -> Callable[[list[Any]], None]:
     out = sys.stdout
     if kind == "json":
-        def print_json(events: list[dict]) -> None:
-            out.write("".join(orjson.dumps(e).decode() + "\n" for e in events))
+        from vigil.export.codec import encode_events
+
+        def print_json(events: list[Any]) -> None:
+            out.buffer.write(b"".join(encode_events(events)))
             out.flush()
         return print_json
 
     from vigil.export.compact import format_compact
+    from vigil.export.dicts import event_dict
 
     color = out.isatty()
 
-    def print_compact(events: list[dict]) -> None:
-        lines = [format_compact(e, color=color, timestamps=False) for e in events]
+    def print_compact(events: list[Any]) -> None:
+        lines = [format_compact(event_dict(e), color=color, timestamps=False) for e in events]
         out.write("".join(ln + "\n" for ln in lines if ln))
         out.flush()
     return print_compact

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vigil.core.errors import PolicyError, PolicyNotFound
+from vigil.core.events import PolicyEvent, ProcessMsg, missing_process
 from vigil.events import generic as G
 from vigil.sensors import generic_events
 from vigil.policy import PolicyErrors, load_policies, parse_policies
@@ -313,31 +314,27 @@ class PolicyManager:
             return [self.status(lp) for lp in self.policies.values()]
 
     # -- records
-    def _process_body(self, pid: int, exec_ktime: int = 0, tid: int = 0) -> dict[str, Any]:
+    def _processes(self, pid: int, exec_ktime: int = 0, tid: int = 0) -> tuple[ProcessMsg, ProcessMsg | None]:
+        """The message of the process a record names, and its parent's."""
         cache = self.agent.builder.cache
         # by (pid, ktime) key: an exec_id string would be encoded here and decoded by the cache
         p = cache.get((pid, exec_ktime)) if exec_ktime else None
         if p is None:
             p = cache.by_pid(pid)
-        body: dict[str, Any] = {}
-        if p is not None:
-            body["process"] = p.json
-            parent = cache.get(p.parent_key) if p.parent_key else None
-            if parent is not None:
-                body["parent"] = parent.json
-        else:
-            body["process"] = {"pid": pid, "tid": tid or pid, "flags": "miss"}
-        return body
+        if p is None:
+            return missing_process("", pid, tid or pid), None
+        parent = cache.get(p.parent_key) if p.parent_key else None
+        return p.msg, parent.msg if parent is not None else None
 
     def _report_fanotify(self, rep: Any, hook: Any) -> None:
         """Runs on the helper's report thread, after the helper wrote its answer."""
         from vigil.sensors.hostdeny import fanotify_event
 
-        body = fanotify_event(rep, hook.compiled, self._process_body(rep.pid))
-        self.agent.inject({"process_kprobe": body, "node_name": self.agent.node_name,
-                           "time": self.agent.clock.rfc3339(rep.time_ns)})
+        process, parent = self._processes(rep.pid)
+        self.agent.inject(PolicyEvent("process_kprobe", process, parent, fanotify_event(rep, hook.compiled),
+                                      self.agent.clock.rfc3339(rep.time_ns), self.agent.node_name))
 
-    def handle_netdeny(self, buf: bytes, now_ns: int) -> dict[str, Any] | None:
+    def handle_netdeny(self, buf: bytes, now_ns: int) -> PolicyEvent | None:
         from vigil.enforce.netdeny import NetDeny
         from vigil.sensors.hostdeny import netdeny_event
 
@@ -346,9 +343,9 @@ class PolicyManager:
         if entry is None:
             return None
         ch, _lp = entry
-        body = netdeny_event(rec, ch, self._process_body(rec["pid"], rec["exec_ktime"], rec["tid"]))
-        return {"process_kprobe": body, "node_name": self.agent.node_name,
-                "time": self.agent.clock.ktime_rfc3339(rec["ktime"])}
+        process, parent = self._processes(rec["pid"], rec["exec_ktime"], rec["tid"])
+        return PolicyEvent("process_kprobe", process, parent, netdeny_event(rec, ch),
+                           self.agent.clock.ktime_rfc3339(rec["ktime"]), self.agent.node_name)
 
     def handle_data(self, buf: bytes, now_ns: int) -> None:
         h, chunk = G.decode_data(buf)
@@ -368,17 +365,16 @@ class PolicyManager:
                 more[slot] = b"".join(c for _, c in chunks)
         return more
 
-    def handle(self, buf: bytes, now_ns: int) -> dict[str, Any] | None:
+    def handle(self, buf: bytes, now_ns: int) -> PolicyEvent | None:
         m, data = G.decode_generic(buf)
         entry = self.hooks.get(m.hook_id)
         if entry is None:
             return None  # a record of a policy deleted meanwhile
         ch, lp = entry
         b = self.agent.builder
-        body = self._process_body(m.pid, m.exec_ktime, m.tid)
-        body.update(generic_events.build_body(ch, m, data, self._more_data(m)))
+        process, parent = self._processes(m.pid, m.exec_ktime, m.tid)
         kind = ch.placement.event_kind
         if lp is not None:
             lp.events[kind] = lp.events.get(kind, 0) + 1
-        return {kind: body, "node_name": b.node, "time": b.clock.ktime_rfc3339(m.ktime)}
-
+        return PolicyEvent(kind, process, parent, generic_events.build_body(ch, m, data, self._more_data(m)),
+                           b.clock.ktime_rfc3339(m.ktime), b.node)

@@ -406,6 +406,122 @@ def encode(event: dict[str, Any], procs: ProcessCache | None = None, *, store: b
         return reference_bytes(event)  # raises ConversionError for a bad event
 
 
+# ------------------------------------------------------------------ typed events
+# Typed events (vigil.core.events) are written field by field: each process message is
+# serialised once (cached on it, ProcessMsg.enc_pb) and concatenated into every event that
+# names it; interned sub-messages (caps, namespaces, credentials) once per object; the
+# event's bytes are cached on the event. No dict is made on this path.
+
+_EVENT_FIELD = {fd.name: fd.number for fd in GetEventsResponse.DESCRIPTOR.oneofs_by_name["event"].fields}
+_PROC_FIELDS = {fd.name: fd for fd in Process.DESCRIPTOR.fields}
+_SUB_CLASSES = {name: _message_class(fd.message_type) for name, fd in _PROC_FIELDS.items()
+                if fd.type == FD.TYPE_MESSAGE and fd.message_type.file.package != "google.protobuf"}
+_TS_TAG_8 = varint((8 << 3) | 2)
+_subs_pb: dict[tuple[int, str], tuple[Any, bytes]] = {}
+
+
+def _tag(number: int) -> bytes:
+    return varint((number << 3) | 2)
+
+
+def _str(number: int, s: str) -> bytes:
+    if not s:
+        return b""
+    u = s.encode()
+    return _tag(number) + varint(len(u)) + u
+
+
+def _wrapped(number: int, n: int | None) -> bytes:
+    if n is None:
+        return b""
+    inner = b"\x08" + varint(n) if n else b""
+    return _tag(number) + varint(len(inner)) + inner
+
+
+def _submsg(name: str, d: Any) -> bytes:
+    """Field `name` of Process holding the (interned) dict d, cached by identity."""
+    k = (id(d), name)
+    e = _subs_pb.get(k)
+    if e is not None and e[0] is d:
+        return e[1]
+    b = pbdict.parse_into(d, _SUB_CLASSES[name](), True).SerializeToString()
+    b = _tag(_PROC_FIELDS[name].number) + varint(len(b)) + b
+    if len(_subs_pb) >= 16384:
+        _subs_pb.clear()
+    _subs_pb[k] = (d, b)
+    return b
+
+
+def process_bytes(m: Any) -> bytes:
+    """varint(length) + the serialised Process of a ProcessMsg, made once."""
+    b = m.enc_pb
+    if b is not None:
+        return b
+    parts = [_str(1, m.exec_id), _wrapped(2, m.pid), _wrapped(3, m.uid), _str(4, m.cwd), _str(5, m.binary),
+             _str(6, m.arguments), _str(7, m.flags)]
+    if m.start_time:
+        parts.append(_TS_TAG_8 + _ts_bytes(m.start_time))
+    parts.append(_wrapped(9, m.auid))
+    if m.pod:
+        parts.append(_submsg("pod", m.pod))
+    parts += (_str(11, m.docker), _str(12, m.parent_exec_id))
+    if m.cap:
+        parts.append(_submsg("cap", m.cap))
+    if m.ns:
+        parts.append(_submsg("ns", m.ns))
+    parts.append(_wrapped(16, m.tid))
+    if m.process_credentials:
+        parts.append(_submsg("process_credentials", m.process_credentials))
+    if m.binary_properties:
+        parts.append(_submsg("binary_properties", m.binary_properties))
+    body = b"".join(parts)
+    b = m.enc_pb = varint(len(body)) + body
+    return b
+
+
+def _envelope(kind: str, body: bytes, node_name: str, time: str) -> bytes:
+    return (_tag(_EVENT_FIELD[kind]) + varint(len(body)) + body + _str(1000, node_name)
+            + _tag(1001) + _ts_bytes(time))
+
+
+def _policy_rest(ev: Any) -> bytes:
+    """The hook-specific fields of a policy event (after process and parent), via pbdict."""
+    cls = _message_class(GetEventsResponse.DESCRIPTOR.fields_by_name[ev.kind].message_type)
+    return pbdict.parse_into(ev.body, cls(), True).SerializeToString()
+
+
+def encode_event(ev: Any) -> bytes:
+    """Serialised GetEventsResponse of a typed event (or of a dict, through `encode`)."""
+    from vigil.core.events import DictEvent, PolicyEvent, ProcessExec, ProcessExit
+
+    if isinstance(ev, dict):
+        return encode(ev)
+    b = ev.enc_pb
+    if b is not None:
+        return b
+    if isinstance(ev, DictEvent):
+        b = encode(ev.data)
+    else:
+        parts = [b"\x0a", process_bytes(ev.process)]
+        if ev.parent is not None:
+            parts += (b"\x12", process_bytes(ev.parent))
+        if isinstance(ev, ProcessExec):
+            for a in ev.ancestors:
+                parts += (b"\x1a", process_bytes(a))
+        elif isinstance(ev, ProcessExit):
+            parts += (_str(3, ev.signal), b"\x20" + varint(ev.status) if ev.status else b"",
+                      b"\x2a" + _ts_bytes(ev.time))
+            for a in ev.ancestors:
+                parts += (b"\x32", process_bytes(a))
+        elif isinstance(ev, PolicyEvent):
+            parts.append(_policy_rest(ev))
+        else:
+            raise TypeError(f"not an event: {type(ev).__name__}")
+        b = _envelope(ev.kind, b"".join(parts), ev.node_name, ev.time)
+    ev.enc_pb = b
+    return b
+
+
 class EventEncoder:
     """Shared by every GetEvents stream of a server: encodes each published event once.
 
@@ -422,7 +538,11 @@ class EventEncoder:
         self.encoded = 0      # conversions done
         self.shared_hits = 0  # conversions saved by the memo
 
-    def encode_shared(self, ev: dict[str, Any]) -> bytes:
+    def encode_shared(self, ev: Any) -> bytes:
+        if not isinstance(ev, dict):  # a typed event caches its own bytes
+            self.encoded += ev.enc_pb is None
+            self.shared_hits += ev.enc_pb is not None
+            return encode_event(ev)
         k = id(ev)
         e = self._memo.get(k)
         if e is not None and e[0] is ev:
@@ -436,9 +556,10 @@ class EventEncoder:
                 self._memo.popitem(last=False)
         return b
 
-    def encode_derived(self, ev: dict[str, Any]) -> bytes:
+    def encode_derived(self, ev: Any) -> bytes:
         self.encoded += 1
-        return encode(ev, self.procs, store=False)
+        data = getattr(ev, "data", ev)  # a filter's rewrite arrives as a DictEvent
+        return encode(data, self.procs, store=False)
 
     def stats(self) -> dict[str, int]:
         return {"encoded": self.encoded, "shared_hits": self.shared_hits,

@@ -4,13 +4,17 @@ the gRPC GetEvents server (each with its own instance).
 Order per event: redaction (so allow/deny regexes never see secrets), allow/deny
 lists, then field trimming. Rate limiting, when configured, happens last on whole
 batches and only for the exporter. Events are never modified in place: they may be
-shared with other subscribers.
+shared with other subscribers. Filters read the event's dict view (vigil.export.dicts);
+an event that passes unchanged goes on as the typed event it was (with its cached
+encodings), a rewritten one as a DictEvent.
 """
 from __future__ import annotations
 
 import time
 from typing import Any, Callable, Iterable
 
+from vigil.core.events import DictEvent
+from vigil.export.dicts import event_dict
 from vigil.export.field_filters import FieldFilterSet
 from vigil.export.filters import FilterList, parse_filter_config
 from vigil.export.rate_limit import ExportRateLimiter, rfc3339_now
@@ -99,20 +103,23 @@ class EventFilter:
             return False
         return not (self.deny.filters and self.deny.any_match(event))
 
-    def apply(self, event: Event) -> Event | None:
-        """Redacted, trimmed copy of `event` if it passes allow/deny, else None.
-        Does not rate-limit."""
+    def apply(self, event: Any) -> Any | None:
+        """`event` itself if it passes allow/deny unchanged, a DictEvent of its redacted or
+        trimmed copy if a filter rewrote it, None if it does not pass. Does not rate-limit."""
         self.events_in += 1
+        d = orig = event_dict(event)
         if self.redaction.filters:
-            event = self.redaction.apply(event)
-        if (self.allow.filters or self.deny.filters) and not self.matches(event):
+            d = self.redaction.apply(d)
+        if (self.allow.filters or self.deny.filters) and not self.matches(d):
             self.events_filtered += 1
             return None
         if self.fields.filters:
-            event = self.fields.apply(event)
-        return event
+            d = self.fields.apply(d)
+        if d is orig:
+            return event
+        return d if isinstance(event, dict) else DictEvent(d)
 
-    def apply_batch(self, events: list[Event]) -> list[Event]:
+    def apply_batch(self, events: list[Any]) -> list[Any]:
         """Filter a batch, then rate-limit it; a due rate_limit_info event is appended."""
         if self.is_noop:
             self.events_in += len(events)
@@ -124,10 +131,10 @@ class EventFilter:
             self.events_rate_limited += len(out) - allowed
             del out[allowed:]
             report = limiter.report()
-            if report is not None:
-                out.append(report)
+            if report is not None:  # in the batch's own form: typed events, or dicts
+                out.append(report if events and isinstance(events[0], dict) else DictEvent(report))
         return out
 
-    def poll_report(self) -> Event | None:
+    def poll_report(self) -> dict[str, Any] | None:
         """Time-driven check for a due rate_limit_info event (call it when idle)."""
         return self.rate_limiter.report() if self.rate_limiter else None

@@ -1,6 +1,6 @@
 """JSON Lines event export with size-based rotation (Tetragon's --export-filename).
 
-Every event becomes one compact JSON line. A batch is encoded with orjson, joined and
+Every event becomes one compact JSON line (vigil.export.codec). A batch is joined and
 handed to the OS in one ``write`` call, so a batch is also the flush unit: nothing stays
 buffered in user space after ``write_batch`` returns.
 
@@ -35,52 +35,10 @@ import threading
 import time
 from typing import Any, BinaryIO, Callable, Iterable
 
-import orjson
+from vigil.export.codec import encode_events
 
 log = logging.getLogger("vigil.export")
 WARN_EVERY_S = 60.0   # a persisting write error is logged again at most this often
-
-# Subclasses of builtins go to _default, which is how an EncodedDict gets its cached bytes in.
-_ENCODE_OPTS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_PASSTHROUGH_SUBCLASS
-
-
-class EncodedDict(dict):  # type: ignore[type-arg]
-    """A JSON object that can carry its own encoding: after fragment() every encode splices
-    the cached bytes in (e.g. a parent's `Process` message, present in all its children's
-    events, or sub-objects shared by many processes); before that it encodes like a dict.
-    Never mutate one that is shared; copies (dict(x)) are plain dicts."""
-
-    __slots__ = ("_frag",)
-
-    def fragment(self) -> orjson.Fragment:
-        try:
-            return self._frag
-        except AttributeError:
-            # plain options: the object itself encodes as a dict, nested ones normally.
-            # orjson's result keeps its growable buffer (~5x the JSON): the bytes live as
-            # long as the object, so keep an exact-size copy
-            frag = self._frag = orjson.Fragment(memoryview(orjson.dumps(self)).tobytes())
-            return frag
-
-
-def _default(obj: Any) -> Any:
-    if type(obj) is EncodedDict:
-        try:
-            return obj._frag
-        except AttributeError:
-            return dict(obj)  # not cached: encode the items (a plain copy cannot recurse here)
-    # other subclasses of builtins: encode exactly as orjson does without passthrough
-    for base in (dict, list, str, int, float):
-        if isinstance(obj, base):
-            return base(obj) if base is not str else str.__str__(obj)
-    raise TypeError(f"Type is not JSON serializable: {type(obj).__name__}")
-
-
-def encode_events(events: Iterable[dict[str, Any]]) -> list[bytes]:
-    """One compact JSON line (with trailing newline) per event."""
-    dumps = orjson.dumps
-    return [dumps(e, default=_default, option=_ENCODE_OPTS) for e in events]
-
 
 class JsonlWriter:
     """Thread-safe JSON Lines writer with rotation; see the module docstring."""
@@ -134,12 +92,13 @@ class JsonlWriter:
     def max_bytes(self) -> int:
         return int(self.max_size_mb * 1024 * 1024)
 
-    def write(self, event: dict[str, Any]) -> None:
+    def write(self, event: Any) -> None:
         """Write one event (and flush it): a batch of one."""
         self.write_batch([event])
 
-    def write_batch(self, events: list[dict[str, Any]]) -> None:
-        """Encode `events` and write them with as few system calls as possible."""
+    def write_batch(self, events: list[Any]) -> None:
+        """Encode `events` (typed events or GetEventsResponse-shaped dicts) and write them
+        with as few system calls as possible."""
         if not events:
             return
         lines = encode_events(events)

@@ -1,4 +1,4 @@
-"""Turns decoded process records into cache entries and Tetragon-shaped events."""
+"""Turns decoded process records into cache entries and typed events (vigil.core.events)."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vigil.events import records as R
-from vigil.export.jsonl import EncodedDict
+from vigil.core.events import ProcessExec, ProcessExit, ProcessMsg, missing_process
 from vigil.process.cache import ProcessCache
 from vigil.kernel.caps import cap_list, securebits_list
 from vigil.kernel.namespaces import NS_NAMES, host_namespaces
@@ -64,8 +64,8 @@ class BuildOptions:
 # they form the key of the flags-string cache
 _REC_FLAG_BITS = R.F_ARGS_TRUNC | R.F_ERR_PATH | R.F_ERR_ARGS | R.F_CWD_TRUNC | R.F_ERR_CWD
 _K_PROCFS, _K_MISS, _K_NOCWD, _K_ROOTCWD = 1 << 16, 1 << 17, 1 << 18, 1 << 19
-_INTERN_MAX = 4096
-_FD_PATHS = ("/dev/fd/", "/proc/self/fd/")  # fexecve: the name says nothing, use the file  # bound of each intern cache (caps, credentials, namespaces, cgroups)
+_INTERN_MAX = 4096  # bound of each intern cache (caps, credentials, namespaces, cgroups)
+_FD_PATHS = ("/dev/fd/", "/proc/self/fd/")  # fexecve: the name says nothing, use the file
 
 
 def _flag_words(k: int) -> str:
@@ -86,13 +86,6 @@ def _flag_words(k: int) -> str:
         flags.append("errorCWD")
     flags.sort(key=FLAG_ORDER.index)
     return " ".join(flags)
-
-
-def _encoded(d: dict[str, Any]) -> EncodedDict:
-    """An interned sub-object, encoded once (it is then shared, never mutated)."""
-    e = EncodedDict(d)
-    e.fragment()
-    return e
 
 
 class EventBuilder:
@@ -125,14 +118,15 @@ class EventBuilder:
             host = self.opts.host_ns
             d = {}
             for i, name in enumerate(NS_NAMES):
+                if not ns[i]:
+                    continue  # unknown: not sent (protojson sends no empty message)
                 entry: dict[str, Any] = {"inum": ns[i]}
-                if ns[i] and ns[i] == host[i]:
+                if ns[i] == host[i]:
                     entry["is_host"] = True
                 d[name] = entry
             hit = (ns, d)
             if len(self._ns_cache) < _INTERN_MAX:
-                # encoded once: every process in these namespaces splices the bytes
-                hit = self._ns_cache[ns] = (ns, _encoded(d))
+                hit = self._ns_cache[ns] = hit
         return hit
 
     def _caps(self, r: Any) -> dict[str, Any]:
@@ -144,7 +138,7 @@ class EventBuilder:
                 if mask:
                     d[key] = list(cap_list(mask))
             if len(self._caps_cache) < _INTERN_MAX:
-                d = self._caps_cache[k] = _encoded(d)
+                self._caps_cache[k] = d
         return d
 
     def _creds(self, r: Any, caps: dict[str, Any]) -> dict[str, Any]:
@@ -163,13 +157,14 @@ class EventBuilder:
         if caps:
             d["caps"] = caps
         uns: dict[str, Any] = {"level": r.userns_level, "uid": r.userns_uid, "gid": r.userns_gid}
-        userns = {"inum": r.ns[9]}
-        if r.ns[9] and r.ns[9] == self.opts.host_ns[9]:
-            userns["is_host"] = True
-        uns["ns"] = userns
+        if r.ns[9]:
+            userns: dict[str, Any] = {"inum": r.ns[9]}
+            if r.ns[9] == self.opts.host_ns[9]:
+                userns["is_host"] = True
+            uns["ns"] = userns
         d["user_ns"] = uns
         if len(self._creds_cache) < _INTERN_MAX:
-            d = self._creds_cache[k] = _encoded(d)
+            self._creds_cache[k] = d
         return d
 
     def _docker(self, cgroup_name: str) -> str:
@@ -206,17 +201,11 @@ class EventBuilder:
         eid = exec_id(self.node, ktime, pid)
         peid, pkey = self._parent_of(r, procfs)
         if clone_of is not None:
-            j = dict(clone_of.json)
-            j["exec_id"] = eid
-            j["pid"] = pid
-            j["start_time"] = self.clock.ktime_rfc3339(ktime)
             if not peid:
                 peid, pkey = clone_of.exec_id, clone_of.key
-            j["parent_exec_id"] = peid
-            j["tid"] = pid
-            j["flags"] = "clone"
-            j.pop("binary_properties", None)
-            p = Process(eid, (pid, ktime), peid, pkey, r.ppid, j)
+            msg = clone_of.msg.derive(exec_id=eid, pid=pid, start_time=self.clock.ktime_rfc3339(ktime),
+                                      parent_exec_id=peid, tid=pid, flags="clone", binary_properties=None)
+            p = Process(eid, (pid, ktime), peid, pkey, r.ppid, msg)
             p.exe, p.cgroup_id, p.ns = clone_of.exe, clone_of.cgroup_id, clone_of.ns
             p.cap_effective, p.uid, p.docker = clone_of.cap_effective, clone_of.uid, clone_of.docker
             return p
@@ -235,43 +224,30 @@ class EventBuilder:
         if flags is None:
             flags = self._flags_cache[fk] = _flag_words(fk)
         opts = self.opts
-
-        j: dict[str, Any] = {"exec_id": eid, "pid": pid, "uid": r.euid}
-        if cwd:
-            j["cwd"] = cwd
         fn = r.filename
-        j["binary"] = fn if fn[:1] == "/" and not fn.startswith(_FD_PATHS) else self._binary(r, cwd)
-        arguments = format_arguments(r.args)
-        if arguments:
-            j["arguments"] = arguments
-        j["flags"] = flags
-        j["start_time"] = self.clock.ktime_rfc3339(ktime)
-        j["auid"] = r.auid
         cg = r.cgroup_name
         docker = self._docker_cache.get(cg)
         if docker is None:
             docker = self._docker(cg)
-        if docker:
-            j["docker"] = docker
-        if peid:
-            j["parent_exec_id"] = peid
         ck = (r.cap_permitted, r.cap_effective, r.cap_inheritable)
         caps = self._caps_cache.get(ck)
         if caps is None:
             caps = self._caps(r)
-        if opts.enable_cred and caps:
-            j["cap"] = caps
         ns, ns_json = self._ns_cache.get(r.ns) or self._namespaces(r.ns)
-        if opts.enable_ns:
-            j["ns"] = ns_json
-        j["tid"] = r.tid
-        if opts.enable_cred:
-            j["process_credentials"] = self._creds(r, caps)
+        bp = None
         if r.op == R.OP_EXEC and (r.i_mode & 0o6000 or r.flags & R.F_PATH_NOT_ROOTED or r.i_nlink == 0):
-            bp = self._binary_properties(r)
-            if bp:
-                j["binary_properties"] = bp
-        p = Process(eid, (pid, ktime), peid, pkey, r.ppid, j)
+            bp = self._binary_properties(r) or None
+        msg = ProcessMsg(
+            eid, pid, r.euid, cwd,
+            fn if fn[:1] == "/" and not fn.startswith(_FD_PATHS) else self._binary(r, cwd),
+            format_arguments(r.args), flags, self.clock.ktime_rfc3339(ktime), r.auid, None, docker, peid,
+            caps if opts.enable_cred and caps else None,
+            ns_json if opts.enable_ns and ns_json else None,
+            r.tid,
+            self._creds(r, caps) if opts.enable_cred else None,
+            bp,
+        )
+        p = Process(eid, (pid, ktime), peid, pkey, r.ppid, msg)
         p.exe = r.exe
         p.cgroup_id = r.cgroup_id
         p.ns = ns
@@ -295,30 +271,29 @@ class EventBuilder:
         return bp
 
     # -- events
-    def _with_parent(self, p: Process, body: dict[str, Any]) -> dict[str, Any]:
+    def _parents(self, p: Process) -> tuple[ProcessMsg | None, tuple[ProcessMsg, ...]]:
+        """The parent's message and (with --enable-ancestors) the older ancestors'."""
         if p.parent_key is None:
-            return body
+            return None, ()
         parent = self.cache._by_key.get(p.parent_key)
-        if parent is not None:
-            body["parent"] = parent.encoded_json()
-            if self.opts.ancestors:
-                anc = self.cache.ancestors(parent)
-                if anc:
-                    body["ancestors"] = [a.encoded_json() for a in anc]
-        return body
+        if parent is None:
+            return None, ()
+        if self.opts.ancestors:
+            return parent.msg, tuple(a.msg for a in self.cache.ancestors(parent))
+        return parent.msg, ()
 
-    def on_exec(self, r: R.ProcessRecord, now_ns: int) -> dict[str, Any]:
+    def on_exec(self, r: R.ProcessRecord, now_ns: int) -> ProcessExec:
         p = self.make_process(r)
         self.cache.add(p, now_ns)
         self.exec_count += 1
-        return {"process_exec": self._with_parent(p, {"process": p.json}), "node_name": self.node,
-                "time": self.clock.ktime_rfc3339(r.ktime)}
+        parent, ancestors = self._parents(p)
+        return ProcessExec(p.msg, parent, ancestors, self.clock.ktime_rfc3339(r.ktime), self.node)
 
-    def on_procfs(self, r: Any, now_ns: int) -> dict[str, Any]:
+    def on_procfs(self, r: Any, now_ns: int) -> ProcessExec:
         p = self.make_process(r, procfs=True)
         self.cache.add(p, now_ns)
-        return {"process_exec": self._with_parent(p, {"process": p.json}), "node_name": self.node,
-                "time": self.clock.ktime_rfc3339(r.ktime)}
+        parent, ancestors = self._parents(p)
+        return ProcessExec(p.msg, parent, ancestors, self.clock.ktime_rfc3339(r.ktime), self.node)
 
     def on_clone(self, r: R.ProcessRecord, now_ns: int) -> None:
         """Forks are not exported (as in Tetragon) but give the child a cache entry."""
@@ -331,25 +306,20 @@ class EventBuilder:
         self.cache.add(self.make_process(r, clone_of=parent), now_ns)
         self.clone_count += 1
 
-    def on_exit(self, r: R.ExitRecord, now_ns: int) -> dict[str, Any] | None:
+    def on_exit(self, r: R.ExitRecord, now_ns: int) -> ProcessExit:
         cache = self.cache
         p = cache._by_key.get((r.pid, r.exec_ktime)) if r.exec_ktime else None
         if p is None:
             p = cache.by_pid(r.pid)
         self.exit_count += 1
+        code = r.code
+        sig = signal_name(code & 0x7F) if code & 0x7F else ""
+        t = self.clock.ktime_rfc3339(r.ktime)
         if p is None:
             self.miss_count += 1
             cache.misses += 1
-            body: dict[str, Any] = {"process": {"exec_id": exec_id(self.node, r.exec_ktime, r.pid),
-                                                "pid": r.pid, "flags": "miss", "tid": r.tid}}
-        else:
-            body = self._with_parent(p, {"process": p.json})
-        code = r.code
-        if code & 0x7F:
-            body["signal"] = signal_name(code & 0x7F)
-        if code & 0xFF00:
-            body["status"] = (code >> 8) & 0xFF
-        t = body["time"] = self.clock.ktime_rfc3339(r.ktime)  # formatted once for both fields
-        if p is not None:
-            cache.exit(p, now_ns)
-        return {"process_exit": body, "node_name": self.node, "time": t}
+            msg = missing_process(exec_id(self.node, r.exec_ktime, r.pid), r.pid, r.tid)
+            return ProcessExit(msg, None, (), sig, (code >> 8) & 0xFF, t, self.node)
+        parent, ancestors = self._parents(p)
+        cache.exit(p, now_ns)
+        return ProcessExit(p.msg, parent, ancestors, sig, (code >> 8) & 0xFF, t, self.node)

@@ -326,10 +326,11 @@ class NetDenyHook:
         return 64 * 1024
 
 
-def netdeny_event(rec: dict[str, Any], hook: CompiledHook, node_body: dict[str, Any]) -> dict[str, Any]:
-    """The process_kprobe body of a refused (or, in monitor mode, reported) socket operation."""
+def netdeny_event(rec: dict[str, Any], hook: CompiledHook) -> dict[str, Any]:
+    """The process_kprobe body (after process and parent) of a refused (or, in monitor mode,
+    reported) socket operation."""
     fam = {"inet": "AF_INET", "inet6": "AF_INET6"}.get(rec["family"], rec["family"])
-    body = dict(node_body)
+    body: dict[str, Any] = {}
     body["function_name"] = hook.placement.attach["syscall"]
     plans = hook.placement.args
     if plans:
@@ -349,10 +350,10 @@ def netdeny_event(rec: dict[str, Any], hook: CompiledHook, node_body: dict[str, 
     return body
 
 
-def fanotify_event(rep: Report, hook: CompiledHook, node_body: dict[str, Any]) -> dict[str, Any]:
-    """The process_kprobe body of an exec/open the helper decided (refused, reported in
-    monitor mode, or posted)."""
-    body = dict(node_body)
+def fanotify_event(rep: Report, hook: CompiledHook) -> dict[str, Any]:
+    """The process_kprobe body (after process and parent) of an exec/open the helper decided
+    (refused, reported in monitor mode, or posted)."""
+    body: dict[str, Any] = {}
     body["function_name"] = hook.placement.attach["syscall"]
     if hook.placement.args:
         p = hook.placement.args[0]

@@ -1,0 +1,139 @@
+"""Typed events: what the process and policy stages produce and every sink consumes.
+
+A `ProcessMsg` is Tetragon's `Process` message of one exec (or clone), built once and
+never changed: every event of that process, and of its children (as `parent`), refers to
+the same object. Encodings are made at the edges (vigil/export for JSON and dict views,
+vigil/api for protobuf) and cached on the message and on the event (`enc_*` slots, owned
+by the encoder that fills them), so a process is encoded once per format however many
+events mention it, and an event once however many sinks send it.
+
+Sub-messages many processes share (capabilities, namespaces, credentials) are plain
+dicts, interned by the process stage: equal values are the same object.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+class ProcessMsg:
+    """tetragon.Process. Empty strings / None mean absent (not sent, as protojson omits
+    them); pid, uid, auid and tid are wrapper fields, sent even when 0."""
+
+    __slots__ = (
+        "exec_id", "pid", "uid", "cwd", "binary", "arguments", "flags", "start_time", "auid", "pod",
+        "docker", "parent_exec_id", "cap", "ns", "tid", "process_credentials", "binary_properties",
+        "enc_json", "enc_pb", "enc_dict",
+    )
+
+    def __init__(self, exec_id: str, pid: int, uid: int | None = None, cwd: str = "", binary: str = "",
+                 arguments: str = "", flags: str = "", start_time: str = "", auid: int | None = None,
+                 pod: dict[str, Any] | None = None, docker: str = "", parent_exec_id: str = "",
+                 cap: dict[str, Any] | None = None, ns: dict[str, Any] | None = None, tid: int | None = None,
+                 process_credentials: dict[str, Any] | None = None,
+                 binary_properties: dict[str, Any] | None = None) -> None:
+        self.exec_id = exec_id
+        self.pid = pid
+        self.uid = uid
+        self.cwd = cwd
+        self.binary = binary
+        self.arguments = arguments
+        self.flags = flags
+        self.start_time = start_time
+        self.auid = auid
+        self.pod = pod
+        self.docker = docker
+        self.parent_exec_id = parent_exec_id
+        self.cap = cap
+        self.ns = ns
+        self.tid = tid
+        self.process_credentials = process_credentials
+        self.binary_properties = binary_properties
+        self.enc_json: bytes | None = None   # vigil.export.codec
+        self.enc_pb: bytes | None = None     # vigil.api.wire
+        self.enc_dict: dict[str, Any] | None = None  # vigil.export.dicts
+
+    def derive(self, **changes: Any) -> "ProcessMsg":
+        """A copy with some fields changed (a forked child's message from its parent's)."""
+        p = ProcessMsg.__new__(ProcessMsg)
+        for name in ProcessMsg.__slots__[:-3]:
+            setattr(p, name, changes[name] if name in changes else getattr(self, name))
+        p.enc_json = p.enc_pb = p.enc_dict = None
+        return p
+
+    def __repr__(self) -> str:
+        return f"<ProcessMsg pid={self.pid} {self.binary!r}>"
+
+
+class Event:
+    """One exported event. `kind` is its field in GetEventsResponse (process_exec, ...)."""
+
+    __slots__ = ("time", "node_name", "enc_json", "enc_pb", "enc_dict")
+    kind = ""
+
+    def __init__(self, time: str, node_name: str) -> None:
+        self.time = time
+        self.node_name = node_name
+        self.enc_json: bytes | None = None
+        self.enc_pb: bytes | None = None
+        self.enc_dict: dict[str, Any] | None = None
+
+
+class ProcessExec(Event):
+    __slots__ = ("process", "parent", "ancestors")
+    kind = "process_exec"
+
+    def __init__(self, process: ProcessMsg, parent: ProcessMsg | None, ancestors: tuple[ProcessMsg, ...],
+                 time: str, node_name: str) -> None:
+        super().__init__(time, node_name)
+        self.process = process
+        self.parent = parent
+        self.ancestors = ancestors
+
+
+class ProcessExit(Event):
+    __slots__ = ("process", "parent", "ancestors", "signal", "status")
+    kind = "process_exit"
+
+    def __init__(self, process: ProcessMsg, parent: ProcessMsg | None, ancestors: tuple[ProcessMsg, ...],
+                 signal: str, status: int, time: str, node_name: str) -> None:
+        super().__init__(time, node_name)
+        self.process = process
+        self.parent = parent
+        self.ancestors = ancestors
+        self.signal = signal
+        self.status = status
+
+
+class PolicyEvent(Event):
+    """process_kprobe / process_tracepoint / process_uprobe / process_lsm: the process part
+    typed, the hook-specific part (`body`: function_name, args, action, ... in field order)
+    as the generic hook rendered it."""
+
+    __slots__ = ("kind", "process", "parent", "body")
+
+    def __init__(self, kind: str, process: ProcessMsg, parent: ProcessMsg | None, body: dict[str, Any],
+                 time: str, node_name: str) -> None:
+        super().__init__(time, node_name)
+        self.kind = kind  # type: ignore[misc]
+        self.process = process
+        self.parent = parent
+        self.body = body
+
+
+class DictEvent(Event):
+    """An event that exists only as a dict in GetEventsResponse's shape: a rate_limit_info,
+    or an event a filter rewrote (redacted, trimmed)."""
+
+    __slots__ = ("kind", "data")
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        super().__init__(str(data.get("time", "")), str(data.get("node_name", "")))
+        self.data = data
+        self.kind = next((k for k in data if k not in ("node_name", "time")), "")  # type: ignore[misc]
+        self.enc_dict = data
+
+
+# A process that left no trace (exited before the agent saw it): its exit event carries
+# this much, flagged "miss", as Tetragon does.
+def missing_process(exec_id: str, pid: int, tid: int) -> ProcessMsg:
+    return ProcessMsg(exec_id, pid, flags="miss", tid=tid)

@@ -1,0 +1,147 @@
+"""Typed events -> JSON lines, as Tetragon's export writes them (protojson, proto field
+names, empty and zero fields left out).
+
+A process message is encoded once (its bytes cached on it, `ProcessMsg.enc_json`) and
+spliced into every event that mentions it: its exec, its exit, its children's `parent`.
+Sub-messages many processes share (capabilities, namespaces, credentials) are interned by
+the process stage; their encodings are cached by identity. An event's line is cached on
+the event too, for a second file sink or printer.
+
+`encode_reference` is the plain conversion (the dict view through orjson) that the fast
+path must equal byte for byte (tests/unit/test_export_codec.py).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from vigil.core.events import DictEvent, Event, PolicyEvent, ProcessExec, ProcessExit, ProcessMsg
+from vigil.export.dicts import event_dict
+
+_NL = orjson.OPT_APPEND_NEWLINE
+_dumps = orjson.dumps
+_Fragment = orjson.Fragment
+
+# id(sub-message) -> (the object, its Fragment); the object is held so its id stays its own
+_SUBS: dict[int, tuple[Any, Any]] = {}
+_SUBS_MAX = 16384
+_NODES: dict[str, bytes] = {}
+
+
+def _sub(d: Any) -> Any:
+    """Fragment of an interned sub-message (capabilities, namespaces, credentials)."""
+    e = _SUBS.get(id(d))
+    if e is not None and e[0] is d:
+        return e[1]
+    frag = _Fragment(_dumps(d))
+    if len(_SUBS) >= _SUBS_MAX:
+        _SUBS.clear()
+    _SUBS[id(d)] = (d, frag)
+    return frag
+
+
+def process_json(m: ProcessMsg) -> bytes:
+    """The message's JSON object, encoded once."""
+    b = m.enc_json
+    if b is not None:
+        return b
+    d: dict[str, Any] = {"exec_id": m.exec_id} if m.exec_id else {}
+    d["pid"] = m.pid
+    if m.uid is not None:
+        d["uid"] = m.uid
+    if m.cwd:
+        d["cwd"] = m.cwd
+    if m.binary:
+        d["binary"] = m.binary
+    if m.arguments:
+        d["arguments"] = m.arguments
+    if m.flags:
+        d["flags"] = m.flags
+    if m.start_time:
+        d["start_time"] = m.start_time
+    if m.auid is not None:
+        d["auid"] = m.auid
+    if m.pod:
+        d["pod"] = m.pod
+    if m.docker:
+        d["docker"] = m.docker
+    if m.parent_exec_id:
+        d["parent_exec_id"] = m.parent_exec_id
+    if m.cap:
+        d["cap"] = _sub(m.cap)
+    if m.ns:
+        d["ns"] = _sub(m.ns)
+    if m.tid is not None:
+        d["tid"] = m.tid
+    if m.process_credentials:
+        d["process_credentials"] = _sub(m.process_credentials)
+    if m.binary_properties:
+        d["binary_properties"] = m.binary_properties
+    # orjson keeps the growable buffer (~5x the JSON) with the bytes: cache an exact copy
+    b = m.enc_json = bytes(memoryview(_dumps(d)))
+    return b
+
+
+def _node(name: str) -> bytes:
+    b = _NODES.get(name)
+    if b is None:
+        b = _NODES[name] = _dumps(name)
+    return b
+
+
+def _processes(ev: ProcessExec | ProcessExit | PolicyEvent) -> list[bytes]:
+    parts = [b'{"', ev.kind.encode(), b'":{"process":', process_json(ev.process)]
+    if ev.parent is not None:
+        parts += (b',"parent":', process_json(ev.parent))
+    return parts
+
+
+def _ancestors(parts: list[bytes], ancestors: tuple[ProcessMsg, ...]) -> None:
+    parts.append(b',"ancestors":[')
+    parts.append(b",".join(process_json(a) for a in ancestors))
+    parts.append(b"]")
+
+
+def encode(ev: Event | dict[str, Any]) -> bytes:
+    """One JSON line (with its newline)."""
+    if isinstance(ev, dict):
+        return _dumps(ev, option=_NL)
+    b = ev.enc_json
+    if b is not None:
+        return b
+    t = ev.time.encode()
+    if isinstance(ev, ProcessExec):
+        parts = _processes(ev)
+        if ev.ancestors:
+            _ancestors(parts, ev.ancestors)
+    elif isinstance(ev, ProcessExit):
+        parts = _processes(ev)
+        if ev.signal:
+            parts += (b',"signal":', _dumps(ev.signal))
+        if ev.status:
+            parts += (b',"status":', str(ev.status).encode())
+        parts += (b',"time":"', t, b'"')
+        if ev.ancestors:
+            _ancestors(parts, ev.ancestors)
+    elif isinstance(ev, PolicyEvent):
+        parts = _processes(ev)
+        if ev.body:
+            parts += (b",", _dumps(ev.body)[1:-1])
+    elif isinstance(ev, DictEvent):
+        b = ev.enc_json = _dumps(ev.data, option=_NL)
+        return b
+    else:
+        raise TypeError(f"not an event: {type(ev).__name__}")
+    parts += (b'},"node_name":', _node(ev.node_name), b',"time":"', t, b'"}\n')
+    b = ev.enc_json = b"".join(parts)
+    return b
+
+
+def encode_reference(ev: Event | dict[str, Any]) -> bytes:
+    """The same line through the dict view: what `encode` must equal."""
+    return _dumps(event_dict(ev), option=_NL)
+
+
+def encode_events(events: list[Any]) -> list[bytes]:
+    return [encode(e) for e in events]
