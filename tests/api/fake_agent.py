@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from vigil.core.errors import PolicyError, PolicyNotFound
-from vigil.agent.bus import EventBus, Subscription
+from vigil.core.bus import EventBus, Subscription
 
 
 class FakeAgent:

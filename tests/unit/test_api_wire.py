@@ -198,7 +198,7 @@ def _run_stream(bus, flt, encoder, n):
 
 
 def test_streams_share_one_encoding_and_filtered_streams_their_own():
-    from vigil.agent.bus import EventBus
+    from vigil.core.bus import EventBus
 
     bus = EventBus()
     enc = wire.EventEncoder()

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 
 from vigil import __version__
-from vigil.agent.bus import EventBus, Subscription
+from vigil.core.bus import EventBus, Subscription
 from vigil.agent.config import AgentConfig
 from vigil.core.events import Event
 from vigil.events import records as R
@@ -62,6 +62,7 @@ class Agent:
         self.kernel_drops: dict[str, int] = {}
         self.user_drops: dict[str, int] = {}
         self.frontends: list[Any] = []
+        self.sinks: list[Callable[[list[Event]], None]] = []  # more consumers of every batch (gRPC ring)
         self.log_level = "info"
         from vigil.agent.policies import PolicyManager
 
@@ -341,6 +342,8 @@ class Agent:
             self.writer.write_batch(exported)
         if self._printer is not None and exported:
             self._printer(exported)
+        for sink in self.sinks:
+            sink(events)
 
     def tick(self) -> None:
         now = time.monotonic_ns()
@@ -356,6 +359,10 @@ class Agent:
                 if n > prev:
                     log.warning("kernel could not deliver %d records (%s); %d in total", n - prev, cause, n)
             self.kernel_drops = drops
+        for fe in self.frontends:
+            fe_tick = getattr(fe, "tick", None)
+            if fe_tick is not None:
+                fe_tick()
         lost = self.bus.dropped_total
         if lost and lost != self.user_drops.get("slow_subscriber"):
             self.user_drops["slow_subscriber"] = lost
@@ -399,6 +406,7 @@ class Agent:
             "policies": {lp.name: {"state": "enabled" if lp.enabled else "disabled", "mode": lp.mode}
                          for lp in list(self.policies.policies.values())},
             "restart": dict(self.restart),
+            **{"grpc": fe.stats() for fe in self.frontends if hasattr(fe, "ring")},
             "permission_helper": self.policies.guards.stats(),
         }
 

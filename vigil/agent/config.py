@@ -28,6 +28,9 @@ class AgentConfig:
     # front ends
     server_address: str = "localhost:54321"
     server_allow_remote: bool = False       # a non-loopback TCP address
+    server_processes: int = 1               # gRPC serving processes (several share a TCP port)
+    server_ring_mb: int = 64                # shared-memory ring of encoded events for them
+    server_client_queue: int = 10000        # events queued per GetEvents client before drops
     server_tls_cert_file: str = ""
     server_tls_key_file: str = ""
     server_tls_client_ca_files: str = ""    # comma-separated
@@ -79,6 +82,13 @@ class AgentConfig:
             errors.append("--permission-default must be allow or deny")
         if self.print_events not in ("", "compact", "json"):
             errors.append("--print-events must be compact or json")
+        if not 1 <= self.server_processes <= 4:
+            errors.append(f"--server-processes must be 1..4 (got {self.server_processes})")
+        if self.server_processes > 1 and (self.server_address.startswith("unix:") or
+                                          self.server_address.endswith(":0")):
+            errors.append("--server-processes > 1 needs a TCP --server-address with a fixed port")
+        if not 1 <= self.server_ring_mb <= 4096:
+            errors.append(f"--server-ring-mb must be 1..4096 (got {self.server_ring_mb})")
         if bool(self.server_tls_cert_file) != bool(self.server_tls_key_file):
             errors.append("--server-tls-cert-file and --server-tls-key-file go together")
         if self.server_tls_require_client_cert and not self.server_tls_client_ca_files:

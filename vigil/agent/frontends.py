@@ -6,32 +6,178 @@ ready and stops them first on shutdown.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
 from typing import Any
 
 log = logging.getLogger("vigil.agent")
 
 
 class GrpcFrontend:
+    """The gRPC API: the agent serves every call on a private unix socket; serving
+    processes (vigil.api.fanout) own the public address, feed GetEvents streams from a
+    shared-memory ring the agent writes each event into once, and pass every other call
+    through. Clients never run on the agent's interpreter."""
+
     def __init__(self, agent: Any, cfg: Any) -> None:
         from vigil.api.server import ApiServer, TlsConfig
+        from vigil.api.shm import RingWriter
 
-        files = [f for f in (cfg.info_file, "/var/run/vigil/vigil-info.json") if f]
-        tls = None
+        self.agent = agent
+        self.cfg = cfg
+        self.rundir = tempfile.mkdtemp(prefix="vigil-agent-", dir=_run_root())
+        self.internal = ApiServer(agent, f"unix://{self.rundir}/agent.sock", info_files=[])
+        self.ring = RingWriter(cfg.server_ring_mb << 20)
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.wakes: list[int] = []
+        self.restarts = 0
+        self.info_files = [f for f in (cfg.info_file, "/var/run/vigil/vigil-info.json") if f]
+        self.tls = None
         if cfg.server_tls_cert_file or cfg.server_tls_key_file:
-            tls = TlsConfig(cfg.server_tls_cert_file, cfg.server_tls_key_file,
-                            tuple(f for f in cfg.server_tls_client_ca_files.split(",") if f),
-                            cfg.server_tls_require_client_cert)
-        self.server = ApiServer(agent, cfg.server_address, info_files=files, tls=tls,
-                                allow_remote=cfg.server_allow_remote)
+            self.tls = TlsConfig(cfg.server_tls_cert_file, cfg.server_tls_key_file,
+                                 tuple(f for f in cfg.server_tls_client_ca_files.split(",") if f),
+                                 cfg.server_tls_require_client_cert)
+        self.address = cfg.server_address
+        self.redaction = None
+
+    # -- serving processes
+    def _spawn(self, index: int) -> None:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(w, False)
+        argv = [sys.executable, "-m", "vigil.api.fanout", "--ring-fd", str(self.ring.fd), "--wake-fd", str(r),
+                "--index", str(index), "--listen", self.address, "--upstream", self.internal.address or "",
+                "--queue-size", str(self.cfg.server_client_queue)]
+        for f in self.info_files:
+            argv += ["--info-file", f]
+        if self.cfg.server_allow_remote:
+            argv.append("--allow-remote")
+        if self.tls is not None:
+            argv += ["--tls-cert", self.tls.cert_file, "--tls-key", self.tls.key_file,
+                     "--tls-client-ca", ",".join(self.tls.client_ca_files)]
+            if self.tls.require_client_cert:
+                argv.append("--require-client-cert")
+        # own session: the terminal's Ctrl-C reaches the agent, which stops it in order
+        proc = subprocess.Popen(argv, pass_fds=(self.ring.fd, r), stdin=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        os.close(r)
+        assert proc.stderr is not None
+        for line in proc.stderr:  # until it says where it listens, or fails
+            line = line.rstrip()
+            if line.startswith("vigil-fanout listening on "):
+                self.address = line.removeprefix("vigil-fanout listening on ")
+                break
+            if line.startswith("vigil-fanout: "):
+                proc.wait()
+                os.close(w)
+                raise ValueError(line.removeprefix("vigil-fanout: "))
+            log.info("%s", line)
+        else:
+            proc.wait()
+            os.close(w)
+            raise ValueError(f"the gRPC serving process exited ({proc.returncode}) before listening")
+        threading.Thread(target=_drain_log, args=(proc,), daemon=True).start()
+        if index < len(self.procs):
+            os.close(self.wakes[index])
+            self.procs[index], self.wakes[index] = proc, w
+        else:
+            self.procs.append(proc)
+            self.wakes.append(w)
 
     def start(self) -> None:
-        self.server.start()
+        self.internal.start()
+        ef = getattr(self.agent, "export_filter", None)
+        self.redaction = ef.redaction if ef is not None and ef.redaction else None
+        for i in range(self.cfg.server_processes):
+            self._spawn(i)
+        log.info("gRPC API on %s (%d serving process%s)", self.address, len(self.procs),
+                 "es" if len(self.procs) > 1 else "")
+        self.agent.sinks.append(self.publish)
+
+    def publish(self, events: list[Any]) -> None:
+        """Encode each event once into the ring, if a client is there to read it."""
+        if not self.ring.wanted:
+            return
+        from vigil.api.wire import encode_event
+        from vigil.core.events import DictEvent
+        from vigil.export.dicts import event_dict
+
+        red = self.redaction
+        if red is not None:  # gRPC clients never see what the export redacts
+            events = [e if (d := red.apply(event_dict(e))) is event_dict(e) else DictEvent(d) for e in events]
+        self.ring.write_batch([encode_event(e) for e in events])
+        for w in self.wakes:
+            try:
+                os.write(w, b"x")
+            except (BlockingIOError, BrokenPipeError):
+                pass  # a wakeup is pending already, or the process is gone (tick restarts it)
+
+    def tick(self) -> None:
+        for i, proc in enumerate(self.procs):
+            if proc.poll() is not None:
+                self.restarts += 1
+                log.error("gRPC serving process %d exited (%s); starting another", proc.pid, proc.returncode)
+                try:
+                    self._spawn(i)
+                except ValueError as e:
+                    log.error("gRPC serving process could not start again: %s", e)
+
+    def stats(self) -> dict[str, Any]:
+        from vigil.api.fanout import read_stats
+
+        procs = read_stats(self.ring.stats_view())
+        return {
+            "serving_processes": len(self.procs), "restarts": self.restarts,
+            "streams_active": sum(p["streams_active"] for p in procs),
+            "events_sent": sum(p["events_sent"] for p in procs),
+            "events_dropped_slow_client": sum(p["events_dropped"] for p in procs),
+            "events_filtered": sum(p["events_filtered"] for p in procs),
+            "ring": {"records": self.ring.records, "bytes": self.ring.bytes, "capacity": self.ring.capacity,
+                     "lost": sum(p["ring_lost"] for p in procs)},
+            "clients": [c for p in procs for c in p["clients"]],
+        }
 
     def stop(self) -> None:
-        self.server.stop(grace=1.0)
+        if self.publish in self.agent.sinks:
+            self.agent.sinks.remove(self.publish)
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for w in self.wakes:
+            os.close(w)
+        self.procs, self.wakes = [], []
+        self.internal.stop(grace=1.0)
+        self.ring.close()
+        shutil.rmtree(self.rundir, ignore_errors=True)
 
     def __repr__(self) -> str:
-        return f"<gRPC {self.server.requested_address}>"
+        return f"<gRPC {self.cfg.server_address}>"
+
+
+def _run_root() -> str:
+    for d in ("/run/vigil", "/var/run/vigil"):
+        try:
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            return d
+        except OSError:
+            continue
+    return tempfile.gettempdir()
+
+
+def _drain_log(proc: subprocess.Popen[str]) -> None:
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        log.info("fanout[%d]: %s", proc.pid, line.rstrip())
 
 
 def attach_frontends(agent: Any) -> None:

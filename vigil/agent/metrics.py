@@ -74,6 +74,20 @@ class AgentCollector(Collector):
         yield CounterMetricFamily("tetragon_export_ratelimit_events_dropped", "Events dropped by the export rate limit",
                                   value=exp["rate_limited"])
 
+        grpc_st = st.get("grpc") or {}
+        if "clients" in grpc_st:
+            sent = CounterMetricFamily("vigil_grpc_events_sent", "Events sent to GetEvents clients, by client",
+                                       labels=["peer"])
+            dropped = CounterMetricFamily("vigil_grpc_events_dropped",
+                                          "Events a GetEvents client did not keep up with, by client", labels=["peer"])
+            for c in grpc_st["clients"]:
+                sent.add_metric([c["peer"]], c["sent"])
+                dropped.add_metric([c["peer"]], c["dropped"])
+            yield sent
+            yield dropped
+            yield CounterMetricFamily("vigil_grpc_slow_client_drops",
+                                      "Events dropped for slow GetEvents clients, ended streams included",
+                                      value=grpc_st.get("events_dropped_slow_client", 0))
         pc = st["process_cache"]
         yield GaugeMetricFamily("tetragon_process_cache_size", "Process cache entries", value=pc["size"])
         yield GaugeMetricFamily("tetragon_process_cache_capacity", "Process cache capacity", value=pc["capacity"])

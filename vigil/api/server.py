@@ -31,7 +31,7 @@ import grpc
 
 from vigil.core.agent_api import AgentAPI
 from vigil.api.pb import eventlogservice_pb2_grpc
-from vigil.api.servicer import EventLogService, FineGuidanceSensors, add_to_server
+from vigil.api.servicer import EventLogService, FineGuidanceSensors, add_events_only, add_to_server
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,8 @@ class ApiServer:
         health: bool = True,
         tls: TlsConfig | None = None,
         allow_remote: bool = False,
+        generic_handlers: Iterable[Any] = (),
+        events_only: bool = False,
     ) -> None:
         if not address:
             raise ServerError("empty server address (gRPC disabled?)")
@@ -126,6 +128,8 @@ class ApiServer:
                                             max_streams=self.max_streams, stopping=self.stopping)
         self.tls = tls
         self.allow_remote = allow_remote
+        self.generic_handlers = list(generic_handlers)
+        self.events_only = events_only  # a serving process: GetEvents here, the rest passed through
         self._health_wanted = health
         self._health: Any = None
         self._server: grpc.Server | None = None
@@ -142,8 +146,13 @@ class ApiServer:
             maximum_concurrent_rpcs=self.max_workers,
             options=[("grpc.max_receive_message_length", MAX_REQUEST)],
         )
-        add_to_server(self.servicer, server)  # GetEvents sends pre-serialised bytes
-        eventlogservice_pb2_grpc.add_EventLogServiceServicer_to_server(EventLogService(self.agent), server)
+        if self.events_only:
+            add_events_only(self.servicer, server)
+        else:
+            add_to_server(self.servicer, server)  # GetEvents sends pre-serialised bytes
+            eventlogservice_pb2_grpc.add_EventLogServiceServicer_to_server(EventLogService(self.agent), server)
+        if self.generic_handlers:
+            server.add_generic_rpc_handlers(tuple(self.generic_handlers))
         self._add_health(server)
         self.address = self._bind(server, self.requested_address, self.tls, self.allow_remote)
         server.start()

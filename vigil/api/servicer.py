@@ -93,7 +93,7 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                               f"too many GetEvents streams (limit {self.max_streams})")
             sub = self.agent.subscribe(maxsize=self.queue_size)
-            self.stream_stats.open(sub)  # counted before the generator starts: limit holds
+            self.stream_stats.open(sub, context.peer())  # counted before the generator starts: limit holds
         def done() -> None:  # runs when the RPC ends for any reason, even before the first read
             sub.close()  # also wakes a stream blocked in get_batch
             self.stream_stats.close(sub)
@@ -130,7 +130,7 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
         res = sensors_pb2.GetInfoResponse(version=str(self.agent.version), name="vigil")
         res.build.go_version = f"python{platform.python_version()}"  # the field name is Go's
         status = dict(self.agent.status() or {})
-        status["grpc"] = self.stream_stats.snapshot()
+        status.setdefault("grpc", self.stream_stats.snapshot())  # the agent's serving processes, or ours
         packed = any_pb2.Any()
         packed.Pack(wrappers_pb2.StringValue(value=json.dumps(status, default=str)))
         res.conf.add(key=STATUS_CONF_KEY, value=packed)
@@ -237,14 +237,25 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
         return sensors_pb2.SetDebugResponse(flag=request.flag, level=request.level)
 
 
-def add_to_server(servicer: FineGuidanceSensors, server: Any) -> None:
-    """Register the servicer like the generated add_FineGuidanceSensorsServicer_to_server,
-    except GetEvents, whose responses are already wire bytes (identity serializer)."""
-    overrides = {"GetEvents": grpc.unary_stream_rpc_method_handler(
+def events_handler(servicer: FineGuidanceSensors) -> Any:
+    """GetEvents, whose responses are already wire bytes (identity serializer)."""
+    return grpc.unary_stream_rpc_method_handler(
         servicer.GetEvents,
         request_deserializer=events_pb2.GetEventsRequest.FromString,
         response_serializer=None,  # the stream yields bytes: sent as they are
-    )}
+    )
+
+
+def add_events_only(servicer: FineGuidanceSensors, server: Any) -> None:
+    """Only GetEvents (a serving process: every other method is passed through)."""
+    handlers = {"GetEvents": events_handler(servicer)}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("tetragon.FineGuidanceSensors", handlers),))
+
+
+def add_to_server(servicer: FineGuidanceSensors, server: Any) -> None:
+    """Register the servicer like the generated add_FineGuidanceSensorsServicer_to_server,
+    except GetEvents, whose responses are already wire bytes (identity serializer)."""
+    overrides = {"GetEvents": events_handler(servicer)}
     reg = _Registrar(server, overrides)
     sensors_pb2_grpc.add_FineGuidanceSensorsServicer_to_server(servicer, reg)
     reg.finish()

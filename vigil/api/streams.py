@@ -30,22 +30,35 @@ class StreamStats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._live: set[Any] = set()  # subscriptions of open streams
+        self._peers: dict[Any, list[Any]] = {}  # subscription -> [peer, events sent]
         self.started = 0
         self.events_sent = 0
         self.events_filtered = 0
         self.conversion_errors = 0
         self.dropped_closed = 0  # drops of streams that have ended
 
-    def open(self, sub: Any) -> None:
+    def open(self, sub: Any, peer: str = "") -> None:
         with self._lock:
             self._live.add(sub)
             self.started += 1
+            self._peers[sub] = [f"{peer or 'client'}#{self.started}", 0]  # unix peers all read "unix:"
+
+    def progress(self, sub: Any, sent: int) -> None:
+        entry = self._peers.get(sub)
+        if entry is not None:
+            entry[1] = sent
+
+    def clients(self) -> list[tuple[str, int, int]]:
+        """(peer, events sent, events dropped) of every open stream."""
+        with self._lock:
+            return [(p, n, sub.dropped) for sub, (p, n) in self._peers.items()]
 
     def close(self, sub: Any) -> None:
         """Idempotent: called by the RPC-done callback and by the stream itself."""
         with self._lock:
             if sub in self._live:
                 self._live.discard(sub)
+                self._peers.pop(sub, None)
                 self.dropped_closed += sub.dropped
 
     def add(self, sent: int, filtered: int, errors: int) -> None:
@@ -61,10 +74,11 @@ class StreamStats:
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             live_dropped = sum(s.dropped for s in self._live)
+            live_sent = sum(n for _p, n in self._peers.values())
             return {
                 "streams_active": len(self._live),
                 "streams_started": self.started,
-                "events_sent": self.events_sent,
+                "events_sent": self.events_sent + live_sent,
                 "events_filtered": self.events_filtered,
                 "events_dropped_slow_client": self.dropped_closed + live_dropped,
                 "conversion_errors": self.conversion_errors,
@@ -86,6 +100,7 @@ def stream_events(
         encoder = wire.EventEncoder()
     shared = encoder.encode_shared
     derived = encoder.encode_derived
+    decode = wire.decode_response
     try:
         while not stopping.is_set() and context.is_active():
             batch = sub.get_batch(timeout=POLL_INTERVAL)
@@ -96,7 +111,17 @@ def stream_events(
             # the whole batch per wakeup: one lock round trip for up to 1024 events
             for ev in batch:
                 try:
-                    if event_filter is None:
+                    if type(ev) is bytes:  # encoded already (a serving process, fed by the ring)
+                        msg = ev
+                        if event_filter is not None:
+                            d = decode(ev)
+                            out = event_filter.apply(d)
+                            if out is None:
+                                filtered += 1
+                                continue
+                            if out is not d:
+                                msg = derived(out)
+                    elif event_filter is None:
                         msg = shared(ev)
                     else:
                         out = event_filter.apply(ev)
@@ -111,6 +136,7 @@ def stream_events(
                     continue
                 sent += 1
                 yield msg  # blocks while the client's flow-control window is full
+            stats.progress(sub, sent)
         if stopping.is_set():  # tell the client to reconnect rather than end "OK"
             context.abort(grpc.StatusCode.UNAVAILABLE, "agent is shutting down")
     finally:

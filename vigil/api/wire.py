@@ -390,6 +390,11 @@ _PROC_PLAN = _plan(Process.DESCRIPTOR, "process")
 _DEFAULT_PROCS = ProcessCache()
 
 
+def decode_response(data: bytes) -> dict[str, Any]:
+    """Serialised GetEventsResponse -> the dict filters read."""
+    return pbdict.to_dict(GetEventsResponse.FromString(data))
+
+
 def reference_bytes(event: dict[str, Any]) -> bytes:
     """The slow, obviously right conversion the fast path must equal."""
     return pbdict.parse_into(event, GetEventsResponse(), True).SerializeToString()

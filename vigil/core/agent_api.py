@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 
 class Subscription(Protocol):
-    """A live event feed with a bounded queue (vigil.agent.bus.Subscription)."""
+    """A live event feed with a bounded queue (vigil.core.bus.Subscription)."""
 
     dropped: int
     closed: bool

@@ -1,27 +1,28 @@
-"""Fan-out of exported events to live subscribers (gRPC streams, the CLI).
+"""Fan-out of events to live subscribers, in one process (the agent's in-process gRPC
+streams and tests; the serving processes' clients, fed from the shared-memory ring).
 
-Events are dicts in Tetragon's GetEventsResponse JSON shape. Each subscriber
-has a bounded queue; a subscriber that falls behind loses events, and every
-lost event is counted on that subscriber and in the bus total. Publishing
-never blocks, so a slow client cannot stall the export or other clients.
+Items are whatever the publisher hands over: typed events, dicts, or encoded bytes. Each
+subscriber has a bounded queue; a subscriber that falls behind loses items, and every
+lost item is counted on that subscriber and in the bus total. Publishing never blocks,
+so a slow client cannot stall the publisher or other clients.
 """
 from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Iterable
+from typing import Any, Iterable
 
 
 class Subscription:
     def __init__(self, bus: "EventBus", maxsize: int) -> None:
         self._bus = bus
-        self._q: deque[dict] = deque()
+        self._q: deque[Any] = deque()
         self._maxsize = maxsize
         self._cond = threading.Condition()
         self.dropped = 0
         self.closed = False
 
-    def _offer(self, events: list[dict]) -> int:
+    def _offer(self, events: list[Any]) -> int:
         with self._cond:
             room = self._maxsize - len(self._q)
             take = events if room >= len(events) else events[: max(room, 0)]
@@ -31,7 +32,7 @@ class Subscription:
             self._cond.notify()
             return lost
 
-    def get_batch(self, timeout: float | None = None, max_items: int = 1024) -> list[dict]:
+    def get_batch(self, timeout: float | None = None, max_items: int = 1024) -> list[Any]:
         """Wait up to `timeout` for events; returns [] on timeout or close."""
         with self._cond:
             if not self._q and not self.closed:
@@ -68,7 +69,7 @@ class EventBus:
     def subscriber_count(self) -> int:
         return len(self._subs)
 
-    def publish(self, events: Iterable[dict]) -> None:
+    def publish(self, events: Iterable[Any]) -> None:
         subs = self._subs  # copy-on-write list: no lock on the hot path
         if not subs:
             return

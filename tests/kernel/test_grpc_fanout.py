@@ -1,0 +1,105 @@
+"""The agent's gRPC API as users reach it: serving processes own the public socket, feed
+GetEvents streams from the shared-memory ring and pass every other call to the agent. A
+client that stops reading loses its own events (counted for that client, in status and
+metrics) and slows nothing else: the export and a fast client see every event."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.api.harness import ROOT, read_result, spawn_client, wait_for
+from tests.kernel.bpfstate import require_root
+from tests.kernel.test_agent_cli import VIGIL, AgentProcess
+
+pytestmark = pytest.mark.kernel
+
+
+def status(agent: AgentProcess) -> dict:
+    r = agent.cli("status", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["status"]
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def test_slow_client_loses_only_its_own_events(tmp_path: Path) -> None:
+    require_root()
+    a = AgentProcess(tmp_path, ["--server-client-queue", "2000", "--export-file-max-size-mb", "100000"])
+    try:
+        st = status(a)["grpc"]
+        assert st["serving_processes"] == 1
+        token = f"fanout-{uuid.uuid4().hex[:8]}"
+        allow = json.dumps([{"arguments_regex": [token]}, {"pid": [999_999]}])
+        fast = spawn_client(a.sock, "--allow", allow, "--quiet")
+        slow = spawn_client(a.sock, "--allow", allow, "--quiet")
+        wait_for(lambda: status(a)["grpc"]["streams_active"] == 2, what="two streams")
+        os.kill(slow.pid, signal.SIGSTOP)  # a client that stops reading altogether
+        n = 1500
+        subprocess.run(["sh", "-c", f"for i in $(seq {n}); do /bin/true {token} $i; done"], check=True, timeout=300)
+        # the stop marker for the clients: an exec with pid 999999 cannot be made; stop them by pid below
+        def ours() -> int:
+            count = 0
+            for ln in a.export.read_text().splitlines():
+                if token in ln:
+                    body = next(iter(json.loads(ln).values()))
+                    count += body["process"].get("arguments", "").startswith(f"{token} ")
+            return count
+
+        deadline = time.monotonic() + 60
+        while (exported := ours()) < 2 * n and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert exported == 2 * n, f"the export has {exported} of {2 * n} events"
+        def dropped() -> dict | None:
+            g = status(a)["grpc"]
+            return g if g["events_dropped_slow_client"] > 0 else None
+
+        st = wait_for(dropped, what="the slow client's drops to be counted")
+        peers = {c["peer"]: c for c in st["clients"]}
+        assert len(peers) == 2 and sum(c["dropped"] > 0 for c in peers.values()) == 1, st
+        fast_entry = next(c for c in peers.values() if c["dropped"] == 0)
+        wait_for(lambda: next(c for c in status(a)["grpc"]["clients"] if c["peer"] == fast_entry["peer"])["sent"]
+                 >= 2 * n, what="the fast client to get every event")
+        metrics = a.metrics()
+        lines = [ln for ln in metrics.splitlines() if ln.startswith("vigil_grpc_events_dropped_total{")]
+        assert len(lines) == 2 and sum(float(ln.rsplit(" ", 1)[1]) > 0 for ln in lines) == 1, lines
+        assert float(next(ln for ln in metrics.splitlines()
+                          if ln.startswith("vigil_grpc_slow_client_drops_total ")).split()[1]) > 0
+    finally:
+        for p in (locals().get("fast"), locals().get("slow")):
+            if p is not None and p.poll() is None:
+                os.kill(p.pid, signal.SIGCONT)
+                p.send_signal(signal.SIGINT)
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        assert a.stop() == 0
+
+
+def test_serving_process_is_not_the_agent_and_goes_with_it(tmp_path: Path) -> None:
+    require_root()
+    a = AgentProcess(tmp_path, [])
+    served = status(a)  # a unary call through the serving process to the agent
+    assert served["grpc"]["serving_processes"] == 1
+    kids = [k for k in children(a.proc.pid) if "vigil.api.fanout" in Path(f"/proc/{k}/cmdline").read_text()]
+    assert len(kids) == 1
+    a.proc.kill()
+    a.proc.wait()
+    deadline = time.monotonic() + 20
+    while os.path.exists(f"/proc/{kids[0]}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    state = Path(f"/proc/{kids[0]}/stat").read_text().rsplit(")", 1)[1].split()[0] if os.path.exists(
+        f"/proc/{kids[0]}") else "gone"
+    assert state in ("gone", "Z"), "the serving process outlived the agent"

@@ -1,0 +1,158 @@
+"""A shared-memory ring of encoded events: one writer (the agent), many readers (the gRPC
+serving processes), no locks and no waiting on either side.
+
+The writer appends records and never blocks: a reader that falls a whole ring behind
+loses the records the writer went over, and knows exactly how many (sequence numbers).
+A reader copies a record out and then checks the writer has not lapped it meanwhile (a
+torn copy is dropped and counted like a lost one).
+
+Layout of the memfd (all little endian):
+  header (4096 bytes): magic u32, version u32, capacity u64, ver u64 (even when stable),
+    head u64 (bytes written, ever), seq u64 (records written, ever), wanted u64 (readers
+    that want records: the writer skips encoding when 0), then a stats block written by
+    the readers (see `StatsBlock`).
+  data (capacity bytes): records [len u32][pad u32][seq u64][payload][pad to 8]; a record
+    that does not fit before the end of the data starts at its beginning, the rest of the
+    end marked with len WRAP (when at least 4 bytes are left).
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from typing import Iterator
+
+MAGIC = 0x56474C52  # "VGLR"
+VERSION = 1
+HEADER = 4096
+_HDR = struct.Struct("<IIQQQQQ")     # magic, version, capacity, ver, head, seq, wanted
+_REC = struct.Struct("<IIQ")         # len, pad, seq
+_Q = struct.Struct("<Q")
+WRAP = 0xFFFFFFFF
+_OFF_VER, _OFF_HEAD, _OFF_SEQ, _OFF_WANTED = 16, 24, 32, 40
+STATS_OFF = 64                       # StatsBlock starts here (up to HEADER)
+
+
+class RingWriter:
+    """The agent's end: create() makes the memfd that readers map (pass `fd` to them)."""
+
+    def __init__(self, capacity: int = 64 << 20) -> None:
+        if capacity < 4096 or capacity & 7:
+            raise ValueError("ring capacity must be a multiple of 8, at least 4096")
+        self.capacity = capacity
+        self.fd = os.memfd_create("vigil-events", os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, HEADER + capacity)
+        self._m = mmap.mmap(self.fd, HEADER + capacity)
+        _HDR.pack_into(self._m, 0, MAGIC, VERSION, capacity, 0, 0, 0, 0)
+        self._head = 0
+        self._seq = 0
+        self.records = 0
+        self.bytes = 0
+
+    @property
+    def wanted(self) -> int:
+        """How many readers want records now (0: encoding them would be wasted)."""
+        return _Q.unpack_from(self._m, _OFF_WANTED)[0]
+
+    def write_batch(self, payloads: list[bytes]) -> None:
+        m, cap = self._m, self.capacity
+        head, seq = self._head, self._seq
+        for p in payloads:
+            need = (_REC.size + len(p) + 7) & ~7
+            if need > cap:
+                continue  # larger than the whole ring: cannot be carried (never for an event)
+            off = head % cap
+            if cap - off < need:  # no room before the end: wrap
+                if cap - off >= 4:
+                    struct.pack_into("<I", m, HEADER + off, WRAP)
+                head += cap - off
+                off = 0
+            seq += 1
+            _REC.pack_into(m, HEADER + off, len(p), 0, seq)
+            m[HEADER + off + _REC.size:HEADER + off + _REC.size + len(p)] = p
+            head += need
+        # publish: odd version while head and seq change (readers retry), then even
+        ver = _Q.unpack_from(m, _OFF_VER)[0]
+        _Q.pack_into(m, _OFF_VER, ver + 1)
+        _Q.pack_into(m, _OFF_HEAD, head)
+        _Q.pack_into(m, _OFF_SEQ, seq)
+        _Q.pack_into(m, _OFF_VER, ver + 2)
+        self.records += seq - self._seq
+        self.bytes += head - self._head
+        self._head, self._seq = head, seq
+
+    def stats_view(self) -> memoryview:
+        return memoryview(self._m)[STATS_OFF:HEADER]
+
+    def close(self) -> None:
+        self._m.close()
+        os.close(self.fd)
+
+
+class RingReader:
+    """A serving process's end: read() returns what was written since the last call."""
+
+    def __init__(self, fd: int) -> None:
+        size = os.fstat(fd).st_size
+        self._m = mmap.mmap(fd, size)
+        magic, version, cap, *_ = _HDR.unpack_from(self._m, 0)
+        if magic != MAGIC or version != VERSION or size != HEADER + cap:
+            raise ValueError("not a vigil event ring (magic/version/size)")
+        self.capacity = cap
+        head, seq = self._position()
+        self._pos, self._next = head, seq + 1  # start at the present: nothing old
+        self.lost = 0     # records the writer went over before they were read
+
+    def _position(self) -> tuple[int, int]:
+        m = self._m
+        while True:
+            v1 = _Q.unpack_from(m, _OFF_VER)[0]
+            head = _Q.unpack_from(m, _OFF_HEAD)[0]
+            seq = _Q.unpack_from(m, _OFF_SEQ)[0]
+            if v1 & 1 == 0 and _Q.unpack_from(m, _OFF_VER)[0] == v1:
+                return head, seq
+
+    def set_wanted(self, n: int) -> None:
+        _Q.pack_into(self._m, _OFF_WANTED, n)
+
+    def read(self, max_records: int = 4096) -> list[bytes]:
+        head, seq = self._position()
+        m, cap, pos = self._m, self.capacity, self._pos
+        if head - pos > cap:  # lapped: everything up to `seq` older than one ring is gone
+            self.lost += max(0, seq - self._next + 1)
+            self._pos, self._next = head, seq + 1
+            return []
+        out: list[bytes] = []
+        while pos < head and len(out) < max_records:
+            off = pos % cap
+            if cap - off < 4:
+                pos += cap - off
+                continue
+            n = struct.unpack_from("<I", m, HEADER + off)[0]
+            if n == WRAP or cap - off < _REC.size:
+                pos += cap - off
+                continue
+            _n, _pad, rseq = _REC.unpack_from(m, HEADER + off)
+            payload = bytes(m[HEADER + off + _REC.size:HEADER + off + _REC.size + n])
+            pos += (_REC.size + n + 7) & ~7
+            if rseq != self._next:  # skipped records (a partial lap between reads)
+                self.lost += max(0, rseq - self._next)
+            self._next = rseq + 1
+            out.append(payload)
+        # copies are only good if the writer did not come round over them meanwhile
+        head_now, seq_now = self._position()
+        if head_now - self._pos > cap:
+            self.lost += len(out)
+            self._pos, self._next = head_now, seq_now + 1
+            return []
+        self._pos = pos
+        return out
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.read())
+
+    def stats_view(self) -> memoryview:
+        return memoryview(self._m)[STATS_OFF:HEADER]
+
+    def close(self) -> None:
+        self._m.close()
