@@ -11,11 +11,12 @@ by process creation):
 
 Clients are real gRPC clients in separate processes (this script with --client); each
 parses every GetEventsResponse it receives (--raw-clients: counts bytes only) and
-reports its count and the time of its last message. The replay starts once all
-clients are subscribed. Per phase: export events/s, delivered events/s per client
-(received / (last message - replay start)), both as ratios to the export-alone rate,
-and per-client losses (the bus counts drops per subscription; a client that cannot
-keep up loses events, it never slows the export down).
+reports its count and the time of its last message. The agent writes each event once,
+encoded, into the shared-memory ring; its serving process (vigil.api.fanout) feeds the
+streams. The replay starts once all clients are subscribed. Per phase: export events/s,
+delivered events/s per client (received / (last message - replay start)), both as
+ratios to the export-alone rate, and per-client losses (counted by the serving process
+per client; a client that cannot keep up loses events, it never slows the export).
 
     .venv/bin/python bench/grpc_throughput.py [--quick] [-n N] [--clients 1,4] [--raw-clients]
 
@@ -95,32 +96,32 @@ def run_phase(records: list[bytes], tmp: Path, n_clients: int, raw: bool) -> dic
     agent = Agent(cfg, source=ReplaySource(records))
     attach_frontends(agent)
     procs: list[subprocess.Popen[str]] = []
-    subs = []
     agent.start()
+    fe = next((f for f in agent.frontends if hasattr(f, "ring")), None)
     try:
         for i in range(n_clients):
             procs.append(spawn_client(address, raw))
-            _wait(lambda: agent.bus.subscriber_count == i + 1 or procs[-1].poll() is not None, 60,
+            _wait(lambda: fe.stats()["streams_active"] == i + 1 or procs[-1].poll() is not None, 60,
                   f"client {i + 1} to subscribe")
             if procs[-1].poll() is not None:
                 raise RuntimeError(f"client {i + 1} died: {procs[-1].stderr.read()}")
-            subs.append(agent.bus._subs[-1])  # the bus appends: i-th subscription = i-th client
         t0 = time.monotonic()
         agent.run()
         t_export = time.monotonic() - t0
         n_events = sum(agent.events_by_type.values())
-        # let the streams send what is still queued (a client too slow for that loses it)
-        try:
-            _wait(lambda: all(not s._q for s in subs), 120, "streams to drain")
-        except RuntimeError:
-            pass
-        time.sleep(0.3)  # the last messages in flight
-        dropped = [s.dropped for s in subs]
-        grpc_stats = {}
-        for fe in agent.frontends:
-            srv = getattr(fe, "server", None)
-            if srv is not None:
-                grpc_stats = {**srv.stats(), **srv.servicer.encoder.stats()}
+        dropped: list[int] = []
+        grpc_stats: dict = {}
+        if fe is not None:
+            # the serving process sends what is still queued (a client too slow loses it)
+            last, still = None, 0
+            while still < 10:
+                cur = [(c["sent"], c["dropped"]) for c in fe.stats()["clients"]]
+                still = still + 1 if cur == last else 0
+                last = cur
+                time.sleep(0.1)
+            clients = sorted(fe.stats()["clients"], key=lambda c: int(c["peer"].rsplit("#", 1)[1]))
+            dropped = [c["dropped"] for c in clients]
+            grpc_stats = fe.stats()
     finally:
         agent.close()  # stops the server: clients' streams end
         results = []
@@ -178,9 +179,8 @@ def main() -> int:
                   flush=True)
         if ph["grpc"]:
             g = ph["grpc"]
-            print(f"{'':>16}encoder: {g.get('encoded', 0)} encoded, {g.get('shared_hits', 0)} shared, "
-                  f"process cache {g.get('process_cache_hits', 0)} hits / {g.get('process_cache_misses', 0)} misses",
-                  flush=True)
+            print(f"{'':>16}ring: {g['ring']['records']} records written once by the agent, "
+                  f"{g['ring']['lost']} lost to laps; {g['serving_processes']} serving process(es)", flush=True)
     summary = {"n": n, "cpus": os.cpu_count(), "raw_clients": a.raw_clients,
                "export_alone_events_per_s": round(base)}
     for ph in phases[1:]:

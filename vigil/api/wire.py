@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import bisect
 import calendar
+import functools
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -73,6 +74,13 @@ def varint(n: int) -> bytes:
         n &= _MASK64
     elif n < 0x4000:
         return bytes(((n & 0x7F) | 0x80, n >> 7))
+    elif n < 0x200000:
+        return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, n >> 14))
+    elif n < 0x800000000:  # 4-5 bytes: seconds since 1970, nanoseconds, inode numbers
+        if n < 0x10000000:
+            return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, ((n >> 14) & 0x7F) | 0x80, n >> 21))
+        return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, ((n >> 14) & 0x7F) | 0x80,
+                      ((n >> 21) & 0x7F) | 0x80, n >> 28))
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -88,6 +96,16 @@ def _ts_bytes(v: Any) -> bytes:
     """RFC 3339 string -> varint(length) + serialised google.protobuf.Timestamp."""
     if type(v) is not str:
         raise _Fallback
+    if len(v) == 30 and v[19] == "." and v[29] == "Z":  # the form the agent's clock writes
+        base = _day_cache.get(v[:10])
+        if base is not None:
+            try:
+                secs = base + int(v[11:13]) * 3600 + int(v[14:16]) * 60 + int(v[17:19])
+                nanos = int(v[20:29])
+            except ValueError:
+                raise _Fallback from None
+            out = (b"\x08" + varint(secs) if secs else b"") + (b"\x10" + varint(nanos) if nanos else b"")
+            return varint(len(out)) + out
     m = _TS_RE.match(v)
     if m is None:
         raise _Fallback
@@ -422,9 +440,11 @@ _PROC_FIELDS = {fd.name: fd for fd in Process.DESCRIPTOR.fields}
 _SUB_CLASSES = {name: _message_class(fd.message_type) for name, fd in _PROC_FIELDS.items()
                 if fd.type == FD.TYPE_MESSAGE and fd.message_type.file.package != "google.protobuf"}
 _TS_TAG_8 = varint((8 << 3) | 2)
+_TAG_1001 = varint((1001 << 3) | 2)
 _subs_pb: dict[tuple[int, str], tuple[Any, bytes]] = {}
 
 
+@functools.lru_cache(maxsize=None)
 def _tag(number: int) -> bytes:
     return varint((number << 3) | 2)
 
@@ -436,11 +456,26 @@ def _str(number: int, s: str) -> bytes:
     return _tag(number) + varint(len(u)) + u
 
 
+_strs: dict[tuple[int, str], bytes] = {}
+
+
+def _str_cached(number: int, s: str) -> bytes:
+    """A string field of few distinct values (flags, node name, docker id): encoded once."""
+    b = _strs.get((number, s))
+    if b is None:
+        b = _str(number, s)
+        if len(_strs) < 4096:
+            _strs[(number, s)] = b
+    return b
+
+
 def _wrapped(number: int, n: int | None) -> bytes:
     if n is None:
         return b""
-    inner = b"\x08" + varint(n) if n else b""
-    return _tag(number) + varint(len(inner)) + inner
+    if n:
+        inner = varint(n)
+        return _tag(number) + varint(len(inner) + 1) + b"\x08" + inner
+    return _tag(number) + b"\x00"
 
 
 def _submsg(name: str, d: Any) -> bytes:
@@ -462,14 +497,14 @@ def process_bytes(m: Any) -> bytes:
     b = m.enc_pb
     if b is not None:
         return b
-    parts = [_str(1, m.exec_id), _wrapped(2, m.pid), _wrapped(3, m.uid), _str(4, m.cwd), _str(5, m.binary),
-             _str(6, m.arguments), _str(7, m.flags)]
+    parts = [_str(1, m.exec_id), _wrapped(2, m.pid), _wrapped(3, m.uid), _str_cached(4, m.cwd),
+             _str_cached(5, m.binary), _str(6, m.arguments), _str_cached(7, m.flags)]
     if m.start_time:
         parts.append(_TS_TAG_8 + _ts_bytes(m.start_time))
     parts.append(_wrapped(9, m.auid))
     if m.pod:
         parts.append(_submsg("pod", m.pod))
-    parts += (_str(11, m.docker), _str(12, m.parent_exec_id))
+    parts += (_str_cached(11, m.docker), _str(12, m.parent_exec_id))
     if m.cap:
         parts.append(_submsg("cap", m.cap))
     if m.ns:
@@ -485,8 +520,8 @@ def process_bytes(m: Any) -> bytes:
 
 
 def _envelope(kind: str, body: bytes, node_name: str, time: str) -> bytes:
-    return (_tag(_EVENT_FIELD[kind]) + varint(len(body)) + body + _str(1000, node_name)
-            + _tag(1001) + _ts_bytes(time))
+    return b"".join((_tag(_EVENT_FIELD[kind]), varint(len(body)), body, _str_cached(1000, node_name),
+                     _TAG_1001, _ts_bytes(time)))
 
 
 def _policy_rest(ev: Any) -> bytes:
