@@ -28,6 +28,7 @@ $(BUILD)/.deps:
 	command -v bpftool >/dev/null || [ -x /usr/sbin/bpftool ] || missing="$$missing bpftool"; \
 	command -v ip >/dev/null || [ -x /usr/sbin/ip ] || missing="$$missing iproute2"; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	[ -f "$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ] || missing="$$missing python3-dev"; \
 	if [ -n "$$missing" ]; then \
 	  echo ">> apt-get install$$missing"; \
 	  export DEBIAN_FRONTEND=noninteractive; \
@@ -68,7 +69,16 @@ NATIVE_CFLAGS := -O2 -g -Wall -Wextra -pthread
 $(BUILD)/native/vigil-permd: native/permd.c native/permd.h $(BUILD)/.deps
 	@mkdir -p $(dir $@)
 	clang $(NATIVE_CFLAGS) -o $@.tmp native/permd.c && mv $@.tmp $@
-native: $(BUILD)/native/vigil-permd
+
+# The agent's per-event hot path, compiled (vigil/_fastpath; pure-Python twins are the
+# reference, VIGIL_PURE_PYTHON=1 runs without it). Built against $(PYTHON)'s headers.
+PY_INCLUDE   = $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+PY_EXT       = $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+FASTPATH     = vigil/_fastpath$(PY_EXT)
+$(FASTPATH): native/fastpath.c bpf/include/vigil_events.h $(BUILD)/.deps
+	clang -O2 -g -Wall -Wextra -Werror -Wno-missing-field-initializers -Wno-unused-parameter -fPIC -shared \
+	  -I$(PY_INCLUDE) -Ibpf/include -o $@.tmp native/fastpath.c && mv $@.tmp $@
+native: $(BUILD)/native/vigil-permd $(FASTPATH)
 
 # gRPC stubs are generated from our own .proto files at build time.
 PROTOS := $(wildcard proto/tetragon/*.proto)

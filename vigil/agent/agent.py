@@ -68,9 +68,7 @@ class Agent:
 
         self.policies = PolicyManager(self)
         b = self.builder
-        self.handlers[R.OP_EXEC] = lambda buf, now: b.on_exec(R.ProcessRecord(buf), now)
-        self.handlers[R.OP_CLONE] = lambda buf, now: b.on_clone(R.ProcessRecord(buf), now)
-        self.handlers[R.OP_EXIT] = lambda buf, now: b.on_exit(R.ExitRecord(buf), now)
+        self.handlers.update(b.record_handlers())
         self.handlers[R.OP_GENERIC] = self.policies.handle
         self.handlers[R.OP_NETDENY] = self.policies.handle_netdeny
         self.handlers[R.OP_DATA] = self.policies.handle_data

@@ -102,14 +102,14 @@ class GrpcFrontend:
         """Encode each event once into the ring, if a client is there to read it."""
         if not self.ring.wanted:
             return
-        from vigil.api.wire import encode_event
+        from vigil.api.wire import encode_event_batch
         from vigil.core.events import DictEvent
         from vigil.export.dicts import event_dict
 
         red = self.redaction
         if red is not None:  # gRPC clients never see what the export redacts
             events = [e if (d := red.apply(event_dict(e))) is event_dict(e) else DictEvent(d) for e in events]
-        self.ring.write_batch([encode_event(e) for e in events])
+        self.ring.write_batch(encode_event_batch(events))
         for w in self.wakes:
             try:
                 os.write(w, b"x")

@@ -37,6 +37,7 @@ from typing import Any
 from google.protobuf.descriptor import Descriptor, FieldDescriptor as FD
 
 from vigil.api import pbdict
+from vigil.core import native
 from vigil.api.pb import events_pb2, tetragon_pb2
 
 GetEventsResponse = events_pb2.GetEventsResponse
@@ -492,7 +493,7 @@ def _submsg(name: str, d: Any) -> bytes:
     return b
 
 
-def process_bytes(m: Any) -> bytes:
+def py_process_bytes(m: Any) -> bytes:
     """varint(length) + the serialised Process of a ProcessMsg, made once."""
     b = m.enc_pb
     if b is not None:
@@ -530,7 +531,7 @@ def _policy_rest(ev: Any) -> bytes:
     return pbdict.parse_into(ev.body, cls(), True).SerializeToString()
 
 
-def encode_event(ev: Any) -> bytes:
+def py_encode_event(ev: Any) -> bytes:
     """Serialised GetEventsResponse of a typed event (or of a dict, through `encode`)."""
     from vigil.core.events import DictEvent, PolicyEvent, ProcessExec, ProcessExit
 
@@ -542,17 +543,17 @@ def encode_event(ev: Any) -> bytes:
     if isinstance(ev, DictEvent):
         b = encode(ev.data)
     else:
-        parts = [b"\x0a", process_bytes(ev.process)]
+        parts = [b"\x0a", py_process_bytes(ev.process)]
         if ev.parent is not None:
-            parts += (b"\x12", process_bytes(ev.parent))
+            parts += (b"\x12", py_process_bytes(ev.parent))
         if isinstance(ev, ProcessExec):
             for a in ev.ancestors:
-                parts += (b"\x1a", process_bytes(a))
+                parts += (b"\x1a", py_process_bytes(a))
         elif isinstance(ev, ProcessExit):
             parts += (_str(3, ev.signal), b"\x20" + varint(ev.status) if ev.status else b"",
                       b"\x2a" + _ts_bytes(ev.time))
             for a in ev.ancestors:
-                parts += (b"\x32", process_bytes(a))
+                parts += (b"\x32", py_process_bytes(a))
         elif isinstance(ev, PolicyEvent):
             parts.append(_policy_rest(ev))
         else:
@@ -560,6 +561,21 @@ def encode_event(ev: Any) -> bytes:
         b = _envelope(ev.kind, b"".join(parts), ev.node_name, ev.time)
     ev.enc_pb = b
     return b
+
+
+# the compiled twins when built (native/fastpath.c); the functions above are the reference
+encode_event, process_bytes = py_encode_event, py_process_bytes
+if native.fast is not None:
+    native.fast.configure_pb(encode=py_encode_event, process_bytes=py_process_bytes, sub=_submsg, timestamp=_ts_bytes,
+                             body=_policy_rest, kind_numbers=dict(_EVENT_FIELD))
+    encode_event, process_bytes = native.fast.encode_pb, native.fast.process_pb
+
+
+def encode_event_batch(events: list[Any]) -> list[bytes]:
+    """encode_event of each (one call into the compiled path for the batch)."""
+    if native.fast is not None:
+        return native.fast.encode_pb_batch(events)  # type: ignore[no-any-return]
+    return [py_encode_event(e) for e in events]
 
 
 class EventEncoder:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from vigil.core import native
+
 
 class ProcessMsg:
     """tetragon.Process. Empty strings / None mean absent (not sent, as protojson omits
@@ -137,3 +139,7 @@ class DictEvent(Event):
 # this much, flagged "miss", as Tetragon does.
 def missing_process(exec_id: str, pid: int, tid: int) -> ProcessMsg:
     return ProcessMsg(exec_id, pid, flags="miss", tid=tid)
+
+
+if native.fast is not None:  # the compiled encoders read these classes' slots directly
+    native.fast.configure_events(ProcessMsg, ProcessExec, ProcessExit, PolicyEvent)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from vigil.core import native
 from vigil.kernel.layouts import Layout
 
 OP_EXEC = 1
@@ -96,6 +97,17 @@ class ExitRecord:
             raise DecodeError(f"exit record of {len(buf)} bytes, need {EXIT.size}")
         (self.op, _, self.flags, _size, self.ktime, self.pid, _, self.exec_ktime,
          self.tid, self.code) = EXIT.unpack_from(buf)
+
+
+# the pure-Python decoders are the reference; the compiled ones (native/fastpath.c, which
+# reads the same C header) are used when built, and must decode to equal attributes
+PyProcessRecord, PyExitRecord = ProcessRecord, ExitRecord
+if native.fast is not None:
+    if (native.fast.PROCESS_SIZE, native.fast.EXIT_SIZE) != (PROCESS.size, EXIT.size):
+        raise ImportError(f"vigil/_fastpath is stale: record sizes {native.fast.PROCESS_SIZE}/"
+                          f"{native.fast.EXIT_SIZE}, header says {PROCESS.size}/{EXIT.size}: run make")
+    native.fast.set_decode_error(DecodeError)
+    ProcessRecord, ExitRecord = native.fast.ProcessRecord, native.fast.ExitRecord  # type: ignore[misc]
 
 
 def _cstr(buf: bytes, off: int, n: int) -> str:

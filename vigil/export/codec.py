@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from vigil.core import native
 from vigil.core.events import DictEvent, Event, PolicyEvent, ProcessExec, ProcessExit, ProcessMsg
 from vigil.export.dicts import event_dict
 
@@ -23,25 +24,35 @@ _NL = orjson.OPT_APPEND_NEWLINE
 _dumps = orjson.dumps
 _Fragment = orjson.Fragment
 
-# id(sub-message) -> (the object, its Fragment); the object is held so its id stays its own
-_SUBS: dict[int, tuple[Any, Any]] = {}
+# id(sub-message) -> (the object, its JSON, its Fragment); the object is held so its id
+# stays its own
+_SUBS: dict[int, tuple[Any, bytes, Any]] = {}
 _SUBS_MAX = 16384
 _NODES: dict[str, bytes] = {}
 
 
-def _sub(d: Any) -> Any:
-    """Fragment of an interned sub-message (capabilities, namespaces, credentials)."""
+def _sub_entry(d: Any) -> tuple[Any, bytes, Any]:
     e = _SUBS.get(id(d))
     if e is not None and e[0] is d:
-        return e[1]
-    frag = _Fragment(_dumps(d))
+        return e
+    b = _dumps(d)
+    e = (d, b, _Fragment(b))
     if len(_SUBS) >= _SUBS_MAX:
         _SUBS.clear()
-    _SUBS[id(d)] = (d, frag)
-    return frag
+    _SUBS[id(d)] = e
+    return e
 
 
-def process_json(m: ProcessMsg) -> bytes:
+def _sub(d: Any) -> Any:
+    """Fragment of an interned sub-message (capabilities, namespaces, credentials)."""
+    return _sub_entry(d)[2]
+
+
+def _sub_json(d: Any) -> bytes:
+    return _sub_entry(d)[1]
+
+
+def py_process_json(m: ProcessMsg) -> bytes:
     """The message's JSON object, encoded once."""
     b = m.enc_json
     if b is not None:
@@ -91,19 +102,19 @@ def _node(name: str) -> bytes:
 
 
 def _processes(ev: ProcessExec | ProcessExit | PolicyEvent) -> list[bytes]:
-    parts = [b'{"', ev.kind.encode(), b'":{"process":', process_json(ev.process)]
+    parts = [b'{"', ev.kind.encode(), b'":{"process":', py_process_json(ev.process)]
     if ev.parent is not None:
-        parts += (b',"parent":', process_json(ev.parent))
+        parts += (b',"parent":', py_process_json(ev.parent))
     return parts
 
 
 def _ancestors(parts: list[bytes], ancestors: tuple[ProcessMsg, ...]) -> None:
     parts.append(b',"ancestors":[')
-    parts.append(b",".join(process_json(a) for a in ancestors))
+    parts.append(b",".join(py_process_json(a) for a in ancestors))
     parts.append(b"]")
 
 
-def encode(ev: Event | dict[str, Any]) -> bytes:
+def py_encode(ev: Event | dict[str, Any]) -> bytes:
     """One JSON line (with its newline)."""
     if isinstance(ev, dict):
         return _dumps(ev, option=_NL)
@@ -143,5 +154,13 @@ def encode_reference(ev: Event | dict[str, Any]) -> bytes:
     return _dumps(event_dict(ev), option=_NL)
 
 
-def encode_events(events: list[Any]) -> list[bytes]:
-    return [encode(e) for e in events]
+def py_encode_events(events: list[Any]) -> list[bytes]:
+    return [py_encode(e) for e in events]
+
+
+# the compiled twins when built (native/fastpath.c); the functions above are the reference
+encode, encode_events, process_json = py_encode, py_encode_events, py_process_json
+if native.fast is not None:
+    native.fast.configure_json(encode=py_encode, process_json=py_process_json, sub=_sub_json, body=_dumps)
+    encode, encode_events, process_json = (  # type: ignore[assignment]
+        native.fast.encode_json, native.fast.encode_json_batch, native.fast.process_json)

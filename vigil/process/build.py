@@ -4,9 +4,11 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
+from vigil.core import native
 from vigil.events import records as R
 from vigil.core.events import ProcessExec, ProcessExit, ProcessMsg, missing_process
 from vigil.process.cache import ProcessCache
@@ -50,6 +52,11 @@ def format_arguments(args: bytes) -> str:
         return rest.replace("\0", " ")
     return " ".join(f'"{a}"' if " " in a else a for a in rest.split("\0"))
 
+
+
+py_format_arguments = format_arguments
+if native.fast is not None:
+    format_arguments = native.fast.format_arguments  # noqa: F811 - the compiled twin
 
 @dataclass
 class BuildOptions:
@@ -109,6 +116,19 @@ class EventBuilder:
         self.exit_count = 0
         self.clone_count = 0
         self.miss_count = 0
+        # the compiled exec and exit (native/fastpath.c), which use the caches and methods
+        # below on misses; the Python on_exec / on_exit are the reference
+        self._fast = native.fast.Builder(self, Process, sys.modules[__name__]) if native.fast is not None else None
+
+    def record_handlers(self) -> dict[int, Callable[[bytes, int], Any]]:
+        """record op -> handler(raw record, now_ns) returning the event or None."""
+        def on_clone(buf: bytes, now: int) -> None:
+            self.on_clone(R.ProcessRecord(buf), now)
+
+        if self._fast is not None:
+            return {R.OP_EXEC: self._fast.on_exec, R.OP_CLONE: on_clone, R.OP_EXIT: self._fast.on_exit}
+        return {R.OP_EXEC: lambda buf, now: self.on_exec(R.ProcessRecord(buf), now), R.OP_CLONE: on_clone,
+                R.OP_EXIT: lambda buf, now: self.on_exit(R.ExitRecord(buf), now)}
 
     # -- pieces of the Process message
     def _namespaces(self, ns: tuple[int, ...]) -> tuple[tuple[int, ...], dict[str, Any]]:
@@ -323,3 +343,5 @@ class EventBuilder:
         parent, ancestors = self._parents(p)
         cache.exit(p, now_ns)
         return ProcessExit(p.msg, parent, ancestors, sig, (code >> 8) & 0xFF, t, self.node)
+
+    py_on_exit = on_exit  # the compiled on_exit hands a process it never saw to this

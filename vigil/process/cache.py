@@ -60,7 +60,7 @@ class ProcessCache:
         order = self._order
         order.append(p)
         if len(order) > 2 * len(by_key) + 64:
-            self._order = deque(by_key.values())
+            self._rebuild_order()
         if p.parent_key is not None:
             parent = by_key.get(p.parent_key)
             if parent is not None:
@@ -72,6 +72,9 @@ class ProcessCache:
             self._release(old, now_ns)
         if len(by_key) > self.capacity:
             self._evict(now_ns)
+
+    def _rebuild_order(self) -> None:
+        self._order = deque(self._by_key.values())
 
     def exit(self, p: Process, now_ns: int) -> None:
         if p.exited:

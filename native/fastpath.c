@@ -1,0 +1,1847 @@
+/* vigil._fastpath: the per-event hot path of the agent, compiled.
+ *
+ * What it does, each with a pure-Python twin that is the reference (tests compare the
+ * two byte for byte on generated inputs; VIGIL_PURE_PYTHON=1 runs the agent on the twins):
+ *   ProcessRecord, ExitRecord     decode a process record   <-> vigil/events/records.py
+ *   format_arguments(bytes)       argv area -> `arguments`  <-> vigil/process/build.py
+ *   exec_id(node, ktime, pid)     base64("node:ktime:pid")  <-> vigil/process/ids.py
+ *   encode_json[_batch], process_json   JSON lines          <-> vigil/export/codec.py
+ *   encode_pb[_batch], process_pb       GetEventsResponse   <-> vigil/api/wire.py
+ * The encoders handle ProcessExec, ProcessExit and PolicyEvent; anything else (and any
+ * field of an unexpected type) is handed to the twin. Sub-messages many processes share
+ * (capabilities, namespaces, credentials) and policy-event bodies are encoded by the
+ * twins' own helpers, which cache them.
+ *
+ * The record layout is the C header itself (bpf/include/vigil_events.h): no mirror.
+ * Built by `make` with the compiler it installs, never committed.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <linux/types.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+#include <limits.h>
+
+#include "vigil_events.h"
+
+#define F_ERR_CWD (1 << 4)
+
+static PyObject *DecodeError;   /* vigil.events.records.DecodeError, set by set_decode_error() */
+
+/* ------------------------------------------------------------------ growable buffer */
+typedef struct { char *p; Py_ssize_t n, cap; } buf_t;
+
+static int buf_reserve(buf_t *b, Py_ssize_t more)
+{
+	if (b->n + more <= b->cap)
+		return 0;
+	Py_ssize_t cap = b->cap ? b->cap * 2 : 1024;
+	while (cap < b->n + more)
+		cap *= 2;
+	char *p = PyMem_Realloc(b->p, (size_t)cap);
+	if (!p) {
+		PyErr_NoMemory();
+		return -1;
+	}
+	b->p = p;
+	b->cap = cap;
+	return 0;
+}
+
+static int put(buf_t *b, const void *s, Py_ssize_t n)
+{
+	if (buf_reserve(b, n))
+		return -1;
+	memcpy(b->p + b->n, s, (size_t)n);
+	b->n += n;
+	return 0;
+}
+
+#define PUTS(b, lit) put((b), (lit), (Py_ssize_t)sizeof(lit) - 1)
+
+/* decimal digits of v into out (no NUL), returns their count */
+static int fmt_u64(char *out, unsigned long long v)
+{
+	char tmp[20];
+	int n = 0;
+	do
+		tmp[n++] = (char)('0' + v % 10);
+	while ((v /= 10));
+	for (int i = 0; i < n; i++)
+		out[i] = tmp[n - 1 - i];
+	return n;
+}
+
+static int put_u64(buf_t *b, unsigned long long v)
+{
+	char tmp[20];
+	return put(b, tmp, fmt_u64(tmp, v));
+}
+
+static int put_varint(buf_t *b, unsigned long long v)
+{
+	unsigned char tmp[10];
+	int n = 0;
+	while (v >= 0x80) {
+		tmp[n++] = (unsigned char)(v | 0x80);
+		v >>= 7;
+	}
+	tmp[n++] = (unsigned char)v;
+	return put(b, tmp, n);
+}
+
+static PyObject *buf_bytes(buf_t *b)
+{
+	PyObject *r = PyBytes_FromStringAndSize(b->p, b->n);
+	PyMem_Free(b->p);
+	b->p = NULL;
+	return r;
+}
+
+/* JSON string escaping exactly as orjson writes it (valid UTF-8 in, bytes as they are,
+ * `"` `\\` and control characters escaped): runs of plain bytes are copied whole */
+static int put_json_str(buf_t *b, const char *s, Py_ssize_t n)
+{
+	static const char hex[] = "0123456789abcdef";
+	if (buf_reserve(b, 6 * n + 2))
+		return -1;
+	char *o = b->p + b->n;
+	*o++ = '"';
+	Py_ssize_t i = 0;
+	while (i < n) {
+		Py_ssize_t j = i;
+		while (j < n && (unsigned char)s[j] >= 0x20 && s[j] != '"' && s[j] != '\\')
+			j++;
+		memcpy(o, s + i, (size_t)(j - i));
+		o += j - i;
+		if (j == n)
+			break;
+		unsigned char c = (unsigned char)s[j];
+		*o++ = '\\';
+		switch (c) {
+		case '"': *o++ = '"'; break;
+		case '\\': *o++ = '\\'; break;
+		case '\b': *o++ = 'b'; break;
+		case '\f': *o++ = 'f'; break;
+		case '\n': *o++ = 'n'; break;
+		case '\r': *o++ = 'r'; break;
+		case '\t': *o++ = 't'; break;
+		default:
+			*o++ = 'u', *o++ = '0', *o++ = '0', *o++ = hex[c >> 4], *o++ = hex[c & 15];
+		}
+		i = j + 1;
+	}
+	*o++ = '"';
+	b->n = o - b->p;
+	return 0;
+}
+
+/* ------------------------------------------------------------------ records */
+static PyObject *decode_utf8(const char *s, Py_ssize_t n)
+{
+	return PyUnicode_DecodeUTF8(s, n, "replace");
+}
+
+static PyObject *decode_cstr(const char *s, Py_ssize_t n)
+{
+	const char *z = memchr(s, 0, (size_t)n);
+	return decode_utf8(s, z ? z - s : n);
+}
+
+typedef struct {
+	PyObject_HEAD
+	unsigned char op;
+	unsigned short flags;
+	unsigned long long ktime;
+	unsigned int pid;
+	unsigned long long exec_ktime;
+	unsigned int ppid_key;
+	unsigned long long pktime;
+	unsigned int tid, ppid, nspid, auid;
+	unsigned int uid, gid, euid, egid, suid, sgid, fsuid, fsgid;
+	unsigned int securebits, userns_level, userns_uid, userns_gid;
+	unsigned long long cap_permitted, cap_effective, cap_inheritable;
+	PyObject *ns;
+	unsigned long long cgroup_id, ino;
+	unsigned int i_mode, i_nlink;
+	unsigned long long boottime;
+	PyObject *exe, *cwd, *filename, *cgroup_name, *args;
+} ProcessRecord;
+
+static void ProcessRecord_dealloc(ProcessRecord *r)
+{
+	Py_XDECREF(r->ns);
+	Py_XDECREF(r->exe);
+	Py_XDECREF(r->cwd);
+	Py_XDECREF(r->filename);
+	Py_XDECREF(r->cgroup_name);
+	Py_XDECREF(r->args);
+	Py_TYPE(r)->tp_free((PyObject *)r);
+}
+
+static PyObject *ProcessRecord_new(PyTypeObject *type, PyObject *argsv, PyObject *kw)
+{
+	Py_buffer view;
+	(void)kw;
+	if (!PyArg_ParseTuple(argsv, "y*", &view))
+		return NULL;
+	const char *buf = view.buf;
+	Py_ssize_t len = view.len;
+	ProcessRecord *r = NULL;
+	if (len < (Py_ssize_t)sizeof(struct msg_process)) {
+		PyErr_Format(DecodeError ? DecodeError : PyExc_ValueError, "process record of %zd bytes, need %zd", len,
+			     (Py_ssize_t)sizeof(struct msg_process));
+		goto out;
+	}
+	struct msg_process m;
+	memcpy(&m, buf, sizeof(m));
+	Py_ssize_t o = (Py_ssize_t)sizeof(struct msg_process);
+	Py_ssize_t end = o + m.exe_len + m.cwd_len + m.filename_len + m.cgroup_len + (Py_ssize_t)m.args_len;
+	if (end > len) {
+		PyErr_Format(DecodeError ? DecodeError : PyExc_ValueError, "process record tail overruns: %zd > %zd", end,
+			     len);
+		goto out;
+	}
+	r = (ProcessRecord *)type->tp_alloc(type, 0);
+	if (!r)
+		goto out;
+	r->op = m.hdr.op, r->flags = m.hdr.flags, r->ktime = m.hdr.ktime;
+	r->pid = m.key.pid, r->exec_ktime = m.key.ktime, r->ppid_key = m.pkey.pid, r->pktime = m.pkey.ktime;
+	r->tid = m.tid, r->ppid = m.ppid, r->nspid = m.nspid, r->auid = m.auid;
+	r->uid = m.uid, r->gid = m.gid, r->euid = m.euid, r->egid = m.egid;
+	r->suid = m.suid, r->sgid = m.sgid, r->fsuid = m.fsuid, r->fsgid = m.fsgid;
+	r->securebits = m.securebits, r->userns_level = m.userns_level;
+	r->userns_uid = m.userns_uid, r->userns_gid = m.userns_gid;
+	r->cap_permitted = m.cap_permitted, r->cap_effective = m.cap_effective, r->cap_inheritable = m.cap_inheritable;
+	r->cgroup_id = m.cgroup_id, r->ino = m.ino, r->i_mode = m.i_mode, r->i_nlink = m.i_nlink;
+	r->boottime = m.boottime;
+	r->ns = PyTuple_New(VIGIL_NS_COUNT);
+	if (!r->ns)
+		goto fail;
+	for (int i = 0; i < VIGIL_NS_COUNT; i++) {
+		PyObject *v = PyLong_FromUnsignedLong(m.ns[i]);
+		if (!v)
+			goto fail;
+		PyTuple_SET_ITEM(r->ns, i, v);
+	}
+	r->exe = decode_utf8(buf + o, m.exe_len);
+	o += m.exe_len;
+	/* a walk that ends at once is the root itself: cwd "/" has no components */
+	r->cwd = (m.cwd_len || m.hdr.flags & F_ERR_CWD) ? decode_utf8(buf + o, m.cwd_len) : PyUnicode_FromString("/");
+	o += m.cwd_len;
+	r->filename = decode_cstr(buf + o, m.filename_len);
+	o += m.filename_len;
+	r->cgroup_name = decode_cstr(buf + o, m.cgroup_len);
+	o += m.cgroup_len;
+	r->args = PyBytes_FromStringAndSize(buf + o, m.args_len);
+	if (!r->exe || !r->cwd || !r->filename || !r->cgroup_name || !r->args)
+		goto fail;
+	goto out;
+fail:
+	Py_CLEAR(r);
+out:
+	PyBuffer_Release(&view);
+	return (PyObject *)r;
+}
+
+#define U(name, type) {#name, type, offsetof(ProcessRecord, name), READONLY, NULL}
+static PyMemberDef ProcessRecord_members[] = {
+	U(op, T_UBYTE), U(flags, T_USHORT), U(ktime, T_ULONGLONG), U(pid, T_UINT), U(exec_ktime, T_ULONGLONG),
+	U(ppid_key, T_UINT), U(pktime, T_ULONGLONG), U(tid, T_UINT), U(ppid, T_UINT), U(nspid, T_UINT),
+	U(auid, T_UINT), U(uid, T_UINT), U(gid, T_UINT), U(euid, T_UINT), U(egid, T_UINT), U(suid, T_UINT),
+	U(sgid, T_UINT), U(fsuid, T_UINT), U(fsgid, T_UINT), U(securebits, T_UINT), U(userns_level, T_UINT),
+	U(userns_uid, T_UINT), U(userns_gid, T_UINT), U(cap_permitted, T_ULONGLONG),
+	U(cap_effective, T_ULONGLONG), U(cap_inheritable, T_ULONGLONG), U(ns, T_OBJECT_EX),
+	U(cgroup_id, T_ULONGLONG), U(ino, T_ULONGLONG), U(i_mode, T_UINT), U(i_nlink, T_UINT),
+	U(boottime, T_ULONGLONG), U(exe, T_OBJECT_EX), U(cwd, T_OBJECT_EX), U(filename, T_OBJECT_EX),
+	U(cgroup_name, T_OBJECT_EX), U(args, T_OBJECT_EX),
+	{NULL, 0, 0, 0, NULL},
+};
+#undef U
+
+static PyTypeObject ProcessRecordType = {
+	PyVarObject_HEAD_INIT(NULL, 0)
+	.tp_name = "vigil._fastpath.ProcessRecord",
+	.tp_doc = "An exec (op 1) or a clone (op 2) of a new thread group, decoded.",
+	.tp_basicsize = sizeof(ProcessRecord),
+	.tp_flags = Py_TPFLAGS_DEFAULT,
+	.tp_new = ProcessRecord_new,
+	.tp_dealloc = (destructor)ProcessRecord_dealloc,
+	.tp_members = ProcessRecord_members,
+};
+
+typedef struct {
+	PyObject_HEAD
+	unsigned char op;
+	unsigned short flags;
+	unsigned long long ktime;
+	unsigned int pid;
+	unsigned long long exec_ktime;
+	unsigned int tid, code;
+} ExitRecord;
+
+static PyObject *ExitRecord_new(PyTypeObject *type, PyObject *argsv, PyObject *kw)
+{
+	Py_buffer view;
+	(void)kw;
+	if (!PyArg_ParseTuple(argsv, "y*", &view))
+		return NULL;
+	ExitRecord *r = NULL;
+	if (view.len < (Py_ssize_t)sizeof(struct msg_exit)) {
+		PyErr_Format(DecodeError ? DecodeError : PyExc_ValueError, "exit record of %zd bytes, need %zd", view.len,
+			     (Py_ssize_t)sizeof(struct msg_exit));
+	} else if ((r = (ExitRecord *)type->tp_alloc(type, 0))) {
+		struct msg_exit m;
+		memcpy(&m, view.buf, sizeof(m));
+		r->op = m.hdr.op, r->flags = m.hdr.flags, r->ktime = m.hdr.ktime;
+		r->pid = m.key.pid, r->exec_ktime = m.key.ktime, r->tid = m.tid, r->code = m.code;
+	}
+	PyBuffer_Release(&view);
+	return (PyObject *)r;
+}
+
+#define U(name, type) {#name, type, offsetof(ExitRecord, name), READONLY, NULL}
+static PyMemberDef ExitRecord_members[] = {
+	U(op, T_UBYTE), U(flags, T_USHORT), U(ktime, T_ULONGLONG), U(pid, T_UINT), U(exec_ktime, T_ULONGLONG),
+	U(tid, T_UINT), U(code, T_UINT),
+	{NULL, 0, 0, 0, NULL},
+};
+#undef U
+
+static PyTypeObject ExitRecordType = {
+	PyVarObject_HEAD_INIT(NULL, 0)
+	.tp_name = "vigil._fastpath.ExitRecord",
+	.tp_doc = "The exit of a whole thread group, decoded.",
+	.tp_basicsize = sizeof(ExitRecord),
+	.tp_flags = Py_TPFLAGS_DEFAULT,
+	.tp_new = ExitRecord_new,
+	.tp_members = ExitRecord_members,
+};
+
+/* ------------------------------------------------------------------ small formatters */
+static PyObject *format_arguments(PyObject *self, PyObject *arg)
+{
+	(void)self;
+	char *raw;
+	Py_ssize_t rawn;
+	if (PyBytes_AsStringAndSize(arg, &raw, &rawn) < 0)
+		return NULL;
+	/* decode as Python does (errors replaced), then work on that valid UTF-8, where a NUL
+	 * or a space byte is that character and nothing else */
+	PyObject *u = decode_utf8(raw, rawn);
+	if (!u)
+		return NULL;
+	Py_ssize_t n;
+	const char *s = PyUnicode_AsUTF8AndSize(u, &n);
+	PyObject *res = NULL;
+	if (!s)
+		goto out;
+	if (n && s[n - 1] == 0)
+		n--;
+	const char *z = memchr(s, 0, (size_t)n);
+	if (!z) {
+		res = PyUnicode_FromStringAndSize("", 0);
+		goto out;
+	}
+	const char *rest = z + 1, *end = s + n;
+	buf_t b = {0};
+	int spaces = memchr(rest, ' ', (size_t)(end - rest)) != NULL;
+	for (const char *a = rest; a <= end;) {
+		const char *e = memchr(a, 0, (size_t)(end - a));
+		if (!e)
+			e = end;
+		int q = spaces && memchr(a, ' ', (size_t)(e - a)) != NULL;
+		if (a != rest && put(&b, " ", 1))
+			goto fail;
+		if ((q && put(&b, "\"", 1)) || put(&b, a, e - a) || (q && put(&b, "\"", 1)))
+			goto fail;
+		a = e + 1;
+	}
+	res = PyUnicode_DecodeUTF8(b.p ? b.p : "", b.n, "strict");
+fail:
+	PyMem_Free(b.p);
+out:
+	Py_DECREF(u);
+	return res;
+}
+
+static PyObject *make_exec_id(const char *node, Py_ssize_t nn, unsigned long long ktime, unsigned long long pid);
+
+static PyObject *exec_id(PyObject *self, PyObject *args)
+{
+	const char *node;
+	Py_ssize_t nn;
+	PyObject *ko, *po;
+	if (!PyArg_ParseTuple(args, "s#O!O!", &node, &nn, &PyLong_Type, &ko, &PyLong_Type, &po))
+		return NULL;
+	/* kernel values: u64 ktime, u32 pid (OverflowError outside) */
+	unsigned long long ktime = PyLong_AsUnsignedLongLong(ko), pid = PyLong_AsUnsignedLongLong(po);
+	if (PyErr_Occurred())
+		return NULL;
+	return make_exec_id(node, nn, ktime, pid);
+}
+
+/* ------------------------------------------------------------------ typed events -> bytes
+ *
+ * The event classes (vigil/core/events.py) are slotted; configure_events() finds each
+ * slot's offset once and the encoders read the slots directly. An object of another
+ * type, or a field of an unexpected type, goes to the Python twin (the reference), so
+ * the output is the twin's whatever arrives. Encodings are cached in the enc_* slots,
+ * exactly as the twins do. */
+
+/* fields of ProcessMsg in Process's field order; JSON keys are the proto names */
+enum {
+	M_EXEC_ID, M_PID, M_UID, M_CWD, M_BINARY, M_ARGUMENTS, M_FLAGS, M_START_TIME, M_AUID, M_POD, M_DOCKER,
+	M_PARENT_EXEC_ID, M_CAP, M_NS, M_TID, M_CREDS, M_BP, M_ENC_JSON, M_ENC_PB, M_ENC_DICT, M_COUNT
+};
+static const char *const msg_slot[M_COUNT] = {
+	"exec_id", "pid", "uid", "cwd", "binary", "arguments", "flags", "start_time", "auid", "pod", "docker",
+	"parent_exec_id", "cap", "ns", "tid", "process_credentials", "binary_properties", "enc_json", "enc_pb",
+	"enc_dict",
+};
+/* how each field is written: a string, a wrapper int, a sub-message dict */
+enum { K_STR, K_INT, K_SUB, K_TS, K_NONE };
+static const unsigned char msg_kind[M_COUNT] = {
+	K_STR, K_INT, K_INT, K_STR, K_STR, K_STR, K_STR, K_TS, K_INT, K_SUB, K_STR,
+	K_STR, K_SUB, K_SUB, K_INT, K_SUB, K_SUB, K_NONE, K_NONE, K_NONE,
+};
+static const unsigned char msg_number[M_COUNT] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 16, 17, 18};
+
+enum { E_TIME, E_NODE, E_ENC_JSON, E_ENC_PB, E_ENC_DICT, E_PROCESS, E_PARENT, E_ANCESTORS, E_SIGNAL, E_STATUS,
+       E_KIND, E_BODY, E_COUNT };
+static const char *const ev_slot[E_COUNT] = {
+	"time", "node_name", "enc_json", "enc_pb", "enc_dict", "process", "parent", "ancestors", "signal", "status",
+	"kind", "body",
+};
+
+enum { T_EXEC, T_EXIT, T_POLICY, T_COUNT };
+typedef struct {
+	PyTypeObject *type;
+	Py_ssize_t off[E_COUNT];  /* -1: no such slot */
+	PyObject *kind;           /* the class's constant kind (str), or NULL when it is a slot */
+} evtype_t;
+
+static PyTypeObject *msg_type;
+static Py_ssize_t msg_off[M_COUNT];
+static evtype_t evtypes[T_COUNT];
+static PyObject *kind_numbers;  /* dict kind -> GetEventsResponse field number */
+/* the Python twins and helpers (see configure_json / configure_pb) */
+static PyObject *py_json, *py_process_json, *sub_json, *body_json;
+static PyObject *py_pb, *py_process_pb, *sub_pb, *ts_pb, *body_pb;
+
+#define FALLBACK 1
+#define TRY(x) do { int r_ = (x); if (r_) return r_; } while (0)
+
+static inline PyObject *slot(PyObject *o, Py_ssize_t off)
+{
+	return *(PyObject **)((char *)o + off);
+}
+
+static inline void slot_set(PyObject *o, Py_ssize_t off, PyObject *v)
+{
+	Py_XSETREF(*(PyObject **)((char *)o + off), Py_NewRef(v));
+}
+
+#define SET(o, off, v) slot_set((o), (off), (v))
+#define SET_STEAL(o, off, v) Py_XSETREF(*(PyObject **)((char *)(o) + (off)), (v))
+
+static int slot_offset(PyTypeObject *t, const char *name, Py_ssize_t *off)
+{
+	*off = -1;
+	PyObject *d = PyObject_GetAttrString((PyObject *)t, name);
+	if (!d) {
+		PyErr_Clear();
+		return 0;
+	}
+	if (Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+		PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+		if (m->type == T_OBJECT_EX || m->type == T_OBJECT)
+			*off = m->offset;
+	}
+	Py_DECREF(d);
+	return 0;
+}
+
+/* a str field: 1 with its UTF-8 when non-empty, 0 when empty or None, FALLBACK otherwise */
+static int get_str(PyObject *v, const char **s, Py_ssize_t *n)
+{
+	if (v == Py_None)
+		return 0;
+	if (!v || !PyUnicode_CheckExact(v))
+		return -FALLBACK;
+	*s = PyUnicode_AsUTF8AndSize(v, n);
+	if (!*s) {
+		PyErr_Clear();  /* lone surrogates: the twin raises its own error */
+		return -FALLBACK;
+	}
+	return *n > 0;
+}
+
+/* a wrapper int: 1 with its value, 0 for None, FALLBACK for anything but a u64-sized int */
+static int get_uint(PyObject *v, unsigned long long *out)
+{
+	if (v == Py_None)
+		return 0;
+	if (!v || !PyLong_CheckExact(v))
+		return -FALLBACK;
+	*out = PyLong_AsUnsignedLongLong(v);
+	if (*out == (unsigned long long)-1 && PyErr_Occurred()) {
+		PyErr_Clear();
+		return -FALLBACK;
+	}
+	return 1;
+}
+
+/* a sub-message: 1 for a non-empty dict, 0 for None or {}, FALLBACK otherwise */
+static int get_sub(PyObject *v)
+{
+	if (v == Py_None)
+		return 0;
+	if (!v || !PyDict_CheckExact(v))
+		return -FALLBACK;
+	return PyDict_GET_SIZE(v) > 0;
+}
+
+static int put_bytes_obj(buf_t *b, PyObject *o)
+{
+	if (!o)
+		return -1;
+	if (!PyBytes_Check(o)) {
+		PyErr_SetString(PyExc_TypeError, "encoder callback returned a non-bytes object");
+		Py_DECREF(o);
+		return -1;
+	}
+	int r = put(b, PyBytes_AS_STRING(o), PyBytes_GET_SIZE(o));
+	Py_DECREF(o);
+	return r;
+}
+
+/* Sub-messages (capabilities, namespaces, credentials) are interned by the process stage,
+ * so their encodings are cached by identity: a small direct-mapped table per format,
+ * holding the dict (its id stays its own) and its bytes. A miss asks the twin's helper. */
+#define SUBCACHE 512
+typedef struct { PyObject *dict, *enc; int field; } subent_t;
+static subent_t sub_json_cache[SUBCACHE], sub_pb_cache[SUBCACHE];
+
+static PyObject *sub_cached(subent_t *tab, PyObject *d, int field, PyObject *cb, const char *name)
+{
+	size_t h = (((uintptr_t)d >> 4) ^ (size_t)field * 0x9e3779b1u) % SUBCACHE;
+	subent_t *e = &tab[h];
+	if (e->dict == d && e->field == field)
+		return Py_NewRef(e->enc);
+	PyObject *enc = name ? PyObject_CallFunction(cb, "sO", name, d) : PyObject_CallOneArg(cb, d);
+	if (!enc)
+		return NULL;
+	Py_XSETREF(e->dict, Py_NewRef(d));
+	Py_XSETREF(e->enc, Py_NewRef(enc));
+	e->field = field;
+	return enc;
+}
+
+/* ---- JSON */
+static int msg_json_body(buf_t *b, PyObject *m)
+{
+	int first = 1;
+	if (put(b, "{", 1))
+		return -1;
+	for (int f = 0; f < M_ENC_JSON; f++) {
+		PyObject *v = slot(m, msg_off[f]);
+		const char *key = msg_slot[f];
+		const char *s = NULL;
+		Py_ssize_t n = 0;
+		unsigned long long u = 0;
+		int have;
+		switch (msg_kind[f]) {
+		case K_STR:
+		case K_TS:
+			have = get_str(v, &s, &n);
+			break;
+		case K_INT:
+			have = get_uint(v, &u);
+			if (f == M_PID && have == 0)
+				have = -FALLBACK;  /* the twin writes "pid": null */
+			break;
+		default:
+			have = get_sub(v);
+		}
+		if (have < 0)
+			return FALLBACK;
+		if (!have)
+			continue;
+		if (put(b, first ? "\"" : ",\"", first ? 1 : 2) || put(b, key, (Py_ssize_t)strlen(key)) || put(b, "\":", 2))
+			return -1;
+		first = 0;
+		switch (msg_kind[f]) {
+		case K_STR:
+		case K_TS:
+			if (put_json_str(b, s, n))
+				return -1;
+			break;
+		case K_INT:
+			if (put_u64(b, u))
+				return -1;
+			break;
+		default:
+			if (put_bytes_obj(b, sub_cached(sub_json_cache, v, 0, sub_json, NULL)))
+				return -1;
+		}
+	}
+	return put(b, "}", 1);
+}
+
+/* new reference to the message's JSON (cached on it), NULL on error */
+static PyObject *msg_json(PyObject *m)
+{
+	if (!Py_IS_TYPE(m, msg_type))
+		return PyObject_CallOneArg(py_process_json, m);
+	PyObject *c = slot(m, msg_off[M_ENC_JSON]);
+	if (c && c != Py_None)
+		return Py_NewRef(c);
+	buf_t b = {0};
+	int r = msg_json_body(&b, m);
+	if (r) {
+		PyMem_Free(b.p);
+		return r < 0 ? NULL : PyObject_CallOneArg(py_process_json, m);
+	}
+	PyObject *out = buf_bytes(&b);
+	if (out)
+		slot_set(m, msg_off[M_ENC_JSON], out);
+	return out;
+}
+
+static int put_msg_json(buf_t *b, PyObject *m)
+{
+	return put_bytes_obj(b, msg_json(m));
+}
+
+static int ev_json_body(buf_t *b, PyObject *ev, int t)
+{
+	const evtype_t *et = &evtypes[t];
+	PyObject *kind = et->kind ? et->kind : slot(ev, et->off[E_KIND]);
+	PyObject *proc = slot(ev, et->off[E_PROCESS]);
+	PyObject *parent = slot(ev, et->off[E_PARENT]);
+	const char *ks, *ts, *ns;
+	Py_ssize_t kn, tn, nn;
+	if (get_str(kind, &ks, &kn) <= 0 || get_str(slot(ev, et->off[E_TIME]), &ts, &tn) < 0 ||
+	    get_str(slot(ev, et->off[E_NODE]), &ns, &nn) <= 0 || !proc || !parent)
+		return FALLBACK;
+	if (tn == 0)
+		ts = "";
+	PyObject *anc = NULL;
+	if (t != T_POLICY) {
+		anc = slot(ev, et->off[E_ANCESTORS]);
+		if (!anc || !PyTuple_CheckExact(anc))
+			return FALLBACK;
+	}
+	TRY(put(b, "{\"", 2) || put(b, ks, kn) || PUTS(b, "\":{\"process\":") || put_msg_json(b, proc));
+	if (parent != Py_None)
+		TRY(PUTS(b, ",\"parent\":") || put_msg_json(b, parent));
+	if (t == T_EXIT) {
+		const char *ss;
+		Py_ssize_t sn;
+		int hs = get_str(slot(ev, et->off[E_SIGNAL]), &ss, &sn);
+		PyObject *st = slot(ev, et->off[E_STATUS]);
+		if (hs < 0 || !st || !PyLong_CheckExact(st))
+			return FALLBACK;
+		if (hs)
+			TRY(PUTS(b, ",\"signal\":") || put_json_str(b, ss, sn));
+		long long status = PyLong_AsLongLong(st);
+		if (status == -1 && PyErr_Occurred()) {
+			PyErr_Clear();
+			return FALLBACK;
+		}
+		if (status) {
+			char tmp[24];
+			int k = snprintf(tmp, sizeof(tmp), "%lld", status);
+			TRY(PUTS(b, ",\"status\":") || put(b, tmp, k));
+		}
+		TRY(PUTS(b, ",\"time\":\"") || put(b, ts, tn) || put(b, "\"", 1));
+	}
+	if (anc && PyTuple_GET_SIZE(anc)) {
+		TRY(PUTS(b, ",\"ancestors\":["));
+		for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(anc); i++)
+			TRY((i && put(b, ",", 1)) || put_msg_json(b, PyTuple_GET_ITEM(anc, i)));
+		TRY(put(b, "]", 1));
+	}
+	if (t == T_POLICY) {
+		PyObject *body = slot(ev, et->off[E_BODY]);
+		int hb = get_sub(body);
+		if (hb < 0)
+			return FALLBACK;
+		if (hb) {
+			PyObject *enc = PyObject_CallOneArg(body_json, body);
+			if (!enc)
+				return -1;
+			if (!PyBytes_Check(enc) || PyBytes_GET_SIZE(enc) < 2) {
+				Py_DECREF(enc);
+				return FALLBACK;
+			}
+			int r = put(b, ",", 1) || put(b, PyBytes_AS_STRING(enc) + 1, PyBytes_GET_SIZE(enc) - 2);
+			Py_DECREF(enc);
+			TRY(r);
+		}
+	}
+	TRY(PUTS(b, "},\"node_name\":") || put_json_str(b, ns, nn) || PUTS(b, ",\"time\":\"") || put(b, ts, tn) ||
+	    PUTS(b, "\"}\n"));
+	return 0;
+}
+
+static int ev_type(PyObject *ev)
+{
+	for (int t = 0; t < T_COUNT; t++)
+		if (evtypes[t].type && Py_IS_TYPE(ev, evtypes[t].type))
+			return t;
+	return -1;
+}
+
+/* new reference to one event's JSON line (cached on it) */
+static PyObject *ev_json(PyObject *ev)
+{
+	int t = ev_type(ev);
+	if (t < 0)
+		return PyObject_CallOneArg(py_json, ev);
+	Py_ssize_t coff = evtypes[t].off[E_ENC_JSON];
+	PyObject *c = slot(ev, coff);
+	if (c && c != Py_None)
+		return Py_NewRef(c);
+	buf_t b = {0};
+	int r = ev_json_body(&b, ev, t);
+	if (r) {
+		PyMem_Free(b.p);
+		return r < 0 ? NULL : PyObject_CallOneArg(py_json, ev);
+	}
+	PyObject *out = buf_bytes(&b);
+	if (out)
+		slot_set(ev, coff, out);
+	return out;
+}
+
+/* ---- protobuf */
+static int put_tag(buf_t *b, unsigned number, unsigned wire)
+{
+	return put_varint(b, (unsigned long long)(number << 3 | wire));
+}
+
+static int put_len_delim(buf_t *b, unsigned number, const char *s, Py_ssize_t n)
+{
+	return put_tag(b, number, 2) || put_varint(b, (unsigned long long)n) || put(b, s, n);
+}
+
+static int varint_len(unsigned long long v)
+{
+	int n = 1;
+	while (v >= 0x80)
+		v >>= 7, n++;
+	return n;
+}
+
+/* strict "YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ" (the agent's clock): 1 and seconds/nanos */
+static int parse_ts(const char *s, Py_ssize_t n, long long *secs, long *nanos)
+{
+	static const char pat[] = "dddd-dd-ddTdd:dd:dd.dddddddddZ";
+	if (n != 30)
+		return 0;
+	for (int i = 0; i < 30; i++)
+		if (pat[i] == 'd' ? (s[i] < '0' || s[i] > '9') : s[i] != pat[i])
+			return 0;
+#define NUM(a, k) ({ int v_ = 0; for (int i_ = (a); i_ < (a) + (k); i_++) v_ = v_ * 10 + (s[i_] - '0'); v_; })
+	int mo = NUM(5, 2);
+	if (mo < 1 || mo > 12)
+		return 0;  /* the twin's calendar.timegm raises: let it */
+	static char day[10];
+	static long long day_base;
+	static int day_ok;
+	if (!day_ok || memcmp(day, s, 10)) {
+		struct tm tm = {.tm_year = NUM(0, 4) - 1900, .tm_mon = mo - 1, .tm_mday = NUM(8, 2)};
+		day_base = (long long)timegm(&tm);
+		memcpy(day, s, 10);
+		day_ok = 1;
+	}
+	*secs = day_base + NUM(11, 2) * 3600LL + NUM(14, 2) * 60LL + NUM(17, 2);
+	*nanos = NUM(20, 9);
+#undef NUM
+	return 1;
+}
+
+/* varint(length) + Timestamp of an RFC 3339 string */
+static int put_ts(buf_t *b, PyObject *v)
+{
+	const char *s;
+	Py_ssize_t n;
+	long long secs;
+	long nanos;
+	if (v && PyUnicode_CheckExact(v) && (s = PyUnicode_AsUTF8AndSize(v, &n)) && parse_ts(s, n, &secs, &nanos)) {
+		int len = (secs ? 1 + varint_len((unsigned long long)secs) : 0) + (nanos ? 1 + varint_len((unsigned long)nanos) : 0);
+		return put_varint(b, (unsigned long long)len) ||
+		       (secs && (put(b, "\x08", 1) || put_varint(b, (unsigned long long)secs))) ||
+		       (nanos && (put(b, "\x10", 1) || put_varint(b, (unsigned long long)nanos)));
+	}
+	PyErr_Clear();
+	return put_bytes_obj(b, PyObject_CallOneArg(ts_pb, v ? v : Py_None));
+}
+
+static int msg_pb_body(buf_t *b, PyObject *m)
+{
+	for (int f = 0; f < M_ENC_JSON; f++) {
+		PyObject *v = slot(m, msg_off[f]);
+		const char *s = NULL;
+		Py_ssize_t n = 0;
+		unsigned long long u = 0;
+		int have;
+		switch (msg_kind[f]) {
+		case K_STR:
+		case K_TS:
+			have = get_str(v, &s, &n);
+			break;
+		case K_INT:
+			have = get_uint(v, &u);
+			break;
+		default:
+			have = get_sub(v);
+		}
+		if (have < 0)
+			return FALLBACK;
+		if (!have)
+			continue;
+		switch (msg_kind[f]) {
+		case K_STR:
+			if (put_len_delim(b, msg_number[f], s, n))
+				return -1;
+			break;
+		case K_TS:
+			if (put_tag(b, msg_number[f], 2) || put_ts(b, v))
+				return -1;
+			break;
+		case K_INT:
+			if (put_tag(b, msg_number[f], 2))
+				return -1;
+			if (u ? put_varint(b, (unsigned long long)varint_len(u) + 1) || put(b, "\x08", 1) || put_varint(b, u)
+			      : put(b, "\0", 1))
+				return -1;
+			break;
+		default:
+			if (put_bytes_obj(b, sub_cached(sub_pb_cache, v, f, sub_pb, msg_slot[f])))
+				return -1;
+		}
+	}
+	return 0;
+}
+
+/* new reference to varint(length) + the message's serialised Process (cached on it) */
+static PyObject *msg_pb(PyObject *m)
+{
+	if (!Py_IS_TYPE(m, msg_type))
+		return PyObject_CallOneArg(py_process_pb, m);
+	PyObject *c = slot(m, msg_off[M_ENC_PB]);
+	if (c && c != Py_None)
+		return Py_NewRef(c);
+	buf_t body = {0}, out = {0};
+	int r = msg_pb_body(&body, m);
+	if (r) {
+		PyMem_Free(body.p);
+		return r < 0 ? NULL : PyObject_CallOneArg(py_process_pb, m);
+	}
+	if (put_varint(&out, (unsigned long long)body.n) || put(&out, body.p ? body.p : "", body.n)) {
+		PyMem_Free(body.p);
+		PyMem_Free(out.p);
+		return NULL;
+	}
+	PyMem_Free(body.p);
+	PyObject *res = buf_bytes(&out);
+	if (res)
+		slot_set(m, msg_off[M_ENC_PB], res);
+	return res;
+}
+
+static int put_msg_pb(buf_t *b, const char *tag, PyObject *m)
+{
+	return put(b, tag, 1) || put_bytes_obj(b, msg_pb(m));
+}
+
+static int ev_pb_body(buf_t *out, PyObject *ev, int t)
+{
+	const evtype_t *et = &evtypes[t];
+	PyObject *kind = et->kind ? et->kind : slot(ev, et->off[E_KIND]);
+	PyObject *proc = slot(ev, et->off[E_PROCESS]);
+	PyObject *parent = slot(ev, et->off[E_PARENT]);
+	PyObject *time = slot(ev, et->off[E_TIME]);
+	const char *ns;
+	Py_ssize_t nn;
+	int hn = get_str(slot(ev, et->off[E_NODE]), &ns, &nn);
+	if (!kind || !proc || !parent || hn < 0 || !PyUnicode_CheckExact(kind))
+		return FALLBACK;
+	PyObject *num = PyDict_GetItemWithError(kind_numbers, kind);
+	if (!num)
+		return PyErr_Occurred() ? -1 : FALLBACK;
+	unsigned long number = PyLong_AsUnsignedLong(num);
+	if (number == (unsigned long)-1 && PyErr_Occurred())
+		return -1;
+	PyObject *anc = NULL;
+	if (t != T_POLICY) {
+		anc = slot(ev, et->off[E_ANCESTORS]);
+		if (!anc || !PyTuple_CheckExact(anc))
+			return FALLBACK;
+	}
+	buf_t b = {0};
+	int r = put_msg_pb(&b, "\x0a", proc) || (parent != Py_None && put_msg_pb(&b, "\x12", parent));
+	if (!r && t == T_EXEC) {
+		for (Py_ssize_t i = 0; !r && i < PyTuple_GET_SIZE(anc); i++)
+			r = put_msg_pb(&b, "\x1a", PyTuple_GET_ITEM(anc, i));
+	} else if (!r && t == T_EXIT) {
+		const char *ss;
+		Py_ssize_t sn;
+		int hs = get_str(slot(ev, et->off[E_SIGNAL]), &ss, &sn);
+		PyObject *st = slot(ev, et->off[E_STATUS]);
+		long long status = 0;
+		if (hs < 0 || !st || !PyLong_CheckExact(st))
+			r = FALLBACK;
+		else if ((status = PyLong_AsLongLong(st)) == -1 && PyErr_Occurred()) {
+			PyErr_Clear();
+			r = FALLBACK;
+		}
+		if (!r)
+			r = (hs && put_len_delim(&b, 3, ss, sn)) ||
+			    (status && (put(&b, "\x20", 1) || put_varint(&b, (unsigned long long)status))) ||
+			    put(&b, "\x2a", 1) || put_ts(&b, time);
+		for (Py_ssize_t i = 0; !r && i < PyTuple_GET_SIZE(anc); i++)
+			r = put_msg_pb(&b, "\x32", PyTuple_GET_ITEM(anc, i));
+	} else if (!r) {
+		r = put_bytes_obj(&b, PyObject_CallOneArg(body_pb, ev));
+	}
+	if (!r)
+		r = put_tag(out, (unsigned)number, 2) || put_varint(out, (unsigned long long)b.n) ||
+		    put(out, b.p ? b.p : "", b.n) || (hn > 0 && put_len_delim(out, 1000, ns, nn)) ||
+		    put_tag(out, 1001, 2) || put_ts(out, time);
+	PyMem_Free(b.p);
+	return r;
+}
+
+static PyObject *ev_pb(PyObject *ev)
+{
+	int t = ev_type(ev);
+	if (t < 0 || !kind_numbers)
+		return PyObject_CallOneArg(py_pb, ev);
+	Py_ssize_t coff = evtypes[t].off[E_ENC_PB];
+	PyObject *c = slot(ev, coff);
+	if (c && c != Py_None)
+		return Py_NewRef(c);
+	buf_t b = {0};
+	int r = ev_pb_body(&b, ev, t);
+	if (r) {
+		PyMem_Free(b.p);
+		return r < 0 ? NULL : PyObject_CallOneArg(py_pb, ev);
+	}
+	PyObject *out = buf_bytes(&b);
+	if (out)
+		slot_set(ev, coff, out);
+	return out;
+}
+
+/* ---- entry points */
+#define NEED(cb, what)                                                              \
+	if (!(cb)) {                                                                \
+		PyErr_SetString(PyExc_RuntimeError, what " encoders are not configured"); \
+		return NULL;                                                        \
+	}
+
+static PyObject *encode_json(PyObject *self, PyObject *ev)
+{
+	NEED(py_json, "JSON");
+	return ev_json(ev);
+}
+
+static PyObject *encode_pb(PyObject *self, PyObject *ev)
+{
+	NEED(py_pb, "protobuf");
+	return ev_pb(ev);
+}
+
+static PyObject *map_list(PyObject *events, PyObject *(*fn)(PyObject *))
+{
+	PyObject *seq = PySequence_Fast(events, "a list of events");
+	if (!seq)
+		return NULL;
+	Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+	PyObject *out = PyList_New(n);
+	for (Py_ssize_t i = 0; out && i < n; i++) {
+		PyObject *b = fn(PySequence_Fast_GET_ITEM(seq, i));
+		if (!b)
+			Py_CLEAR(out);
+		else
+			PyList_SET_ITEM(out, i, b);
+	}
+	Py_DECREF(seq);
+	return out;
+}
+
+static PyObject *encode_json_batch(PyObject *self, PyObject *events)
+{
+	NEED(py_json, "JSON");
+	return map_list(events, ev_json);
+}
+
+static PyObject *encode_pb_batch(PyObject *self, PyObject *events)
+{
+	NEED(py_pb, "protobuf");
+	return map_list(events, ev_pb);
+}
+
+static PyObject *process_json(PyObject *self, PyObject *m)
+{
+	NEED(py_process_json, "JSON");
+	return msg_json(m);
+}
+
+static PyObject *process_pb(PyObject *self, PyObject *m)
+{
+	NEED(py_process_pb, "protobuf");
+	return msg_pb(m);
+}
+
+static PyObject *configure_events(PyObject *self, PyObject *args)
+{
+	PyObject *cls[1 + T_COUNT];
+	if (!PyArg_ParseTuple(args, "O!O!O!O!", &PyType_Type, &cls[0], &PyType_Type, &cls[1], &PyType_Type, &cls[2],
+			      &PyType_Type, &cls[3]))
+		return NULL;
+	PyObject *slots = PyObject_GetAttrString(cls[0], "__slots__");
+	if (!slots)
+		return NULL;
+	int same = PyTuple_Check(slots) && PyTuple_GET_SIZE(slots) == M_COUNT;
+	for (int i = 0; same && i < M_COUNT; i++)
+		same = PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(slots, i), msg_slot[i]) == 0;
+	Py_DECREF(slots);
+	if (!same)
+		return PyErr_Format(PyExc_TypeError, "ProcessMsg.__slots__ changed: update native/fastpath.c (msg_slot)");
+	for (int f = 0; f < M_COUNT; f++) {
+		slot_offset((PyTypeObject *)cls[0], msg_slot[f], &msg_off[f]);
+		if (msg_off[f] < 0)
+			return PyErr_Format(PyExc_TypeError, "%s has no slot %s", ((PyTypeObject *)cls[0])->tp_name,
+					    msg_slot[f]);
+	}
+	Py_XSETREF(msg_type, (PyTypeObject *)Py_NewRef(cls[0]));
+	static const int needed[T_COUNT][E_COUNT] = {
+		[T_EXEC] = {[E_PROCESS] = 1, [E_PARENT] = 1, [E_ANCESTORS] = 1},
+		[T_EXIT] = {[E_PROCESS] = 1, [E_PARENT] = 1, [E_ANCESTORS] = 1, [E_SIGNAL] = 1, [E_STATUS] = 1},
+		[T_POLICY] = {[E_PROCESS] = 1, [E_PARENT] = 1, [E_KIND] = 1, [E_BODY] = 1},
+	};
+	for (int t = 0; t < T_COUNT; t++) {
+		evtype_t *et = &evtypes[t];
+		PyTypeObject *tp = (PyTypeObject *)cls[1 + t];
+		for (int e = 0; e < E_COUNT; e++) {
+			slot_offset(tp, ev_slot[e], &et->off[e]);
+			int need = e <= E_ENC_DICT || needed[t][e];
+			if (need && et->off[e] < 0 && !(e == E_KIND && t != T_POLICY))
+				return PyErr_Format(PyExc_TypeError, "%s has no slot %s", tp->tp_name, ev_slot[e]);
+		}
+		Py_CLEAR(et->kind);
+		if (t != T_POLICY && !(et->kind = PyObject_GetAttrString((PyObject *)tp, "kind")))
+			return NULL;
+		Py_XSETREF(et->type, (PyTypeObject *)Py_NewRef(tp));
+	}
+	Py_RETURN_NONE;
+}
+
+static PyObject *configure_json(PyObject *self, PyObject *args, PyObject *kw)
+{
+	static char *names[] = {"encode", "process_json", "sub", "body", NULL};
+	PyObject *a, *b, *c, *d;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO", names, &a, &b, &c, &d))
+		return NULL;
+	Py_XSETREF(py_json, Py_NewRef(a));
+	Py_XSETREF(py_process_json, Py_NewRef(b));
+	Py_XSETREF(sub_json, Py_NewRef(c));
+	Py_XSETREF(body_json, Py_NewRef(d));
+	Py_RETURN_NONE;
+}
+
+static PyObject *configure_pb(PyObject *self, PyObject *args, PyObject *kw)
+{
+	static char *names[] = {"encode", "process_bytes", "sub", "timestamp", "body", "kind_numbers", NULL};
+	PyObject *a, *b, *c, *d, *e, *k;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOO!", names, &a, &b, &c, &d, &e, &PyDict_Type, &k))
+		return NULL;
+	Py_XSETREF(py_pb, Py_NewRef(a));
+	Py_XSETREF(py_process_pb, Py_NewRef(b));
+	Py_XSETREF(sub_pb, Py_NewRef(c));
+	Py_XSETREF(ts_pb, Py_NewRef(d));
+	Py_XSETREF(body_pb, Py_NewRef(e));
+	Py_XSETREF(kind_numbers, Py_NewRef(k));
+	Py_RETURN_NONE;
+}
+/* ------------------------------------------------------------------ the process stage
+ *
+ * Builder(event_builder, Process, ProcessMsg, ProcessExec, ProcessExit): on_exec(buf, now)
+ * and on_exit(buf, now) do what EventBuilder.on_exec / on_exit (vigil/process/build.py,
+ * the reference) do for a record, in one call: decode, exec ids, the parent lookup, the
+ * interned sub-messages (looked up in the builder's own caches; a miss calls the
+ * builder's method, which fills them), the ProcessMsg, the cache entry and the event.
+ * The cache itself stays Python (ProcessCache.add / exit are called). Anything rare
+ * (a missing process at exit, --enable-ancestors, an unusual value) is handed to the
+ * builder's Python method, so there is one behaviour. */
+
+enum {
+	P_EXEC_ID, P_KEY, P_PID, P_KTIME, P_PARENT_EXEC_ID, P_PARENT_KEY, P_PPID, P_REFCNT, P_MSG, P_BINARY, P_EXE,
+	P_CGROUP_ID, P_NS, P_CAP_EFFECTIVE, P_FLAGS, P_EXITED, P_REMOVAL_AT, P_NSPID, P_UID, P_DOCKER, P_COUNT
+};
+static const char *const proc_slot[P_COUNT] = {
+	"exec_id", "key", "pid", "ktime", "parent_exec_id", "parent_key", "ppid", "refcnt", "msg", "binary", "exe",
+	"cgroup_id", "ns", "cap_effective", "flags", "exited", "removal_at", "nspid", "uid", "docker",
+};
+
+#define REC_FLAG_BITS (1 << 0 | 1 << 5 | 1 << 3 | 1 << 2 | 1 << 4)  /* args trunc, err path/args, cwd */
+#define K_MISS (1 << 17)
+#define K_NOCWD (1 << 18)
+#define K_ROOTCWD (1 << 19)
+#define F_PATH_NOT_ROOTED (1 << 8)
+#define OP_EXEC 1
+
+typedef struct {
+	PyObject_HEAD
+	PyObject *builder, *cache, *by_key, *by_pid, *clock, *opts, *node;
+	PyObject *flags_cache, *docker_cache, *caps_cache, *ns_cache, *creds_cache, *signames;
+	PyObject *m_flag_words, *m_docker, *m_caps, *m_namespaces, *m_creds, *m_binary, *m_binary_properties;
+	PyObject *m_parents, *m_on_exit, *m_add, *m_exit, *m_rfc3339, *m_signal_name;
+	PyObject *s_exec_count, *s_exit_count, *s_offset, *s_enable_cred, *s_enable_ns, *s_ancestors;
+	PyObject *s_order, *s_pending, *s_append, *s_capacity, *s_grace, *m_release, *m_evict, *m_rebuild_order;
+	PyObject *empty_str, *empty_tuple;
+	PyTypeObject *proc_type;
+	Py_ssize_t proc_off[P_COUNT];
+	const char *node_s;
+	Py_ssize_t node_n;
+	long long sec_cached;      /* the second whose "YYYY-MM-DDTHH:MM:SS." is in prefix */
+	char prefix[32];
+} Builder;
+
+#define BUILDER_REFS(b)                                                                                      \
+	{                                                                                                    \
+		&b->builder, &b->cache, &b->by_key, &b->by_pid, &b->clock, &b->opts, &b->node, &b->flags_cache,  \
+		&b->docker_cache, &b->caps_cache, &b->ns_cache, &b->creds_cache, &b->signames, &b->m_flag_words, \
+		&b->m_docker, &b->m_caps, &b->m_namespaces, &b->m_creds, &b->m_binary, &b->m_binary_properties,  \
+		&b->m_parents, &b->m_on_exit, &b->m_add, &b->m_exit, &b->m_rfc3339, &b->m_signal_name,           \
+		&b->s_exec_count, &b->s_exit_count, &b->s_offset, &b->s_enable_cred, &b->s_enable_ns,            \
+		&b->s_ancestors, &b->empty_str, &b->empty_tuple, (PyObject **)&b->proc_type, &b->s_order,         \
+		&b->s_pending, &b->s_append, &b->s_capacity, &b->s_grace, &b->m_release, &b->m_evict,             \
+		&b->m_rebuild_order,                                                                         \
+	}
+
+static int builder_traverse(Builder *b, visitproc visit, void *arg)
+{
+	PyObject **all[] = BUILDER_REFS(b);
+	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+		Py_VISIT(*all[i]);
+	return 0;
+}
+
+static int builder_clear(Builder *b)
+{
+	PyObject **all[] = BUILDER_REFS(b);
+	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+		Py_CLEAR(*all[i]);
+	return 0;
+}
+
+static void builder_dealloc(Builder *b)
+{
+	PyObject_GC_UnTrack(b);
+	builder_clear(b);
+	Py_TYPE(b)->tp_free((PyObject *)b);
+}
+
+static PyObject *get(PyObject *o, const char *name)
+{
+	return PyObject_GetAttrString(o, name);
+}
+
+static int builder_init(Builder *b, PyObject *args, PyObject *kw)
+{
+	PyObject *builder, *proc_type, *mod;
+	if (!PyArg_ParseTuple(args, "OO!O", &builder, &PyType_Type, &proc_type, &mod))
+		return -1;
+	builder_clear(b);
+	b->builder = Py_NewRef(builder);
+	b->proc_type = (PyTypeObject *)Py_NewRef(proc_type);
+	/* every slot of Process must be one this code sets */
+	PyObject *slots = get(proc_type, "__slots__");
+	if (!slots)
+		return -1;
+	int same = PyTuple_Check(slots) && PyTuple_GET_SIZE(slots) == P_COUNT;
+	for (int i = 0; same && i < P_COUNT; i++)
+		same = PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(slots, i), proc_slot[i]) == 0;
+	Py_DECREF(slots);
+	if (!same) {
+		PyErr_SetString(PyExc_TypeError, "Process.__slots__ changed: update native/fastpath.c (proc_slot)");
+		return -1;
+	}
+	for (int i = 0; i < P_COUNT; i++) {
+		slot_offset(b->proc_type, proc_slot[i], &b->proc_off[i]);
+		if (b->proc_off[i] < 0) {
+			PyErr_Format(PyExc_TypeError, "Process has no slot %s", proc_slot[i]);
+			return -1;
+		}
+	}
+	if (!(b->cache = get(builder, "cache")) || !(b->by_key = get(b->cache, "_by_key")) ||
+	    !(b->by_pid = get(b->cache, "_by_pid")) || !(b->clock = get(builder, "clock")) ||
+	    !(b->opts = get(builder, "opts")) || !(b->node = get(builder, "node")) ||
+	    !(b->flags_cache = get(builder, "_flags_cache")) || !(b->docker_cache = get(builder, "_docker_cache")) ||
+	    !(b->caps_cache = get(builder, "_caps_cache")) || !(b->ns_cache = get(builder, "_ns_cache")) ||
+	    !(b->creds_cache = get(builder, "_creds_cache")) || !(b->signames = get(mod, "_SIGNAMES")) ||
+	    !(b->m_flag_words = get(mod, "_flag_words")) || !(b->m_signal_name = get(mod, "signal_name")) ||
+	    !(b->m_docker = get(builder, "_docker")) || !(b->m_caps = get(builder, "_caps")) ||
+	    !(b->m_namespaces = get(builder, "_namespaces")) || !(b->m_creds = get(builder, "_creds")) ||
+	    !(b->m_binary = get(builder, "_binary")) || !(b->m_binary_properties = get(builder, "_binary_properties")) ||
+	    !(b->m_parents = get(builder, "_parents")) || !(b->m_on_exit = get(builder, "py_on_exit")) ||
+	    !(b->m_add = get(b->cache, "add")) || !(b->m_exit = get(b->cache, "exit")) ||
+	    !(b->m_rfc3339 = get(b->clock, "ktime_rfc3339")) || !(b->m_release = get(b->cache, "_release")) ||
+	    !(b->m_evict = get(b->cache, "_evict")) || !(b->m_rebuild_order = get(b->cache, "_rebuild_order")))
+		return -1;
+	if (!PyDict_CheckExact(b->by_key) || !PyDict_CheckExact(b->by_pid) || !PyDict_CheckExact(b->flags_cache) ||
+	    !PyDict_CheckExact(b->docker_cache) || !PyDict_CheckExact(b->caps_cache) ||
+	    !PyDict_CheckExact(b->ns_cache) || !PyDict_CheckExact(b->creds_cache) || !PyUnicode_CheckExact(b->node)) {
+		PyErr_SetString(PyExc_TypeError, "EventBuilder's caches are not plain dicts");
+		return -1;
+	}
+	b->node_s = PyUnicode_AsUTF8AndSize(b->node, &b->node_n);
+	b->s_exec_count = PyUnicode_InternFromString("exec_count");
+	b->s_exit_count = PyUnicode_InternFromString("exit_count");
+	b->s_offset = PyUnicode_InternFromString("offset");
+	b->s_enable_cred = PyUnicode_InternFromString("enable_cred");
+	b->s_enable_ns = PyUnicode_InternFromString("enable_ns");
+	b->s_ancestors = PyUnicode_InternFromString("ancestors");
+	b->s_order = PyUnicode_InternFromString("_order");
+	b->s_pending = PyUnicode_InternFromString("_pending");
+	b->s_append = PyUnicode_InternFromString("append");
+	b->s_capacity = PyUnicode_InternFromString("capacity");
+	b->s_grace = PyUnicode_InternFromString("grace_ns");
+	b->empty_str = PyUnicode_FromString("");
+	b->empty_tuple = PyTuple_New(0);
+	b->sec_cached = LLONG_MIN;
+	if (!b->node_s || !b->s_exec_count || !b->s_exit_count || !b->s_offset || !b->s_enable_cred ||
+	    !b->s_enable_ns || !b->s_ancestors || !b->empty_str || !b->empty_tuple || !b->s_order || !b->s_pending ||
+	    !b->s_append || !b->s_capacity || !b->s_grace)
+		return -1;
+	return 0;
+}
+
+/* base64("node:ktime:pid") */
+static PyObject *make_exec_id(const char *node, Py_ssize_t nn, unsigned long long ktime, unsigned long long pid)
+{
+	static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	char stack[256], ostack[352];
+	char *src = (size_t)nn + 48 <= sizeof(stack) ? stack : PyMem_Malloc((size_t)nn + 48);
+	if (!src)
+		return PyErr_NoMemory();
+	int n = (int)nn;
+	memcpy(src, node, (size_t)nn);
+	src[n++] = ':';
+	n += fmt_u64(src + n, ktime);
+	src[n++] = ':';
+	n += fmt_u64(src + n, pid);
+	size_t on = (size_t)(4 * ((n + 2) / 3));
+	char *out = on <= sizeof(ostack) ? ostack : PyMem_Malloc(on);
+	if (!out) {
+		if (src != stack)
+			PyMem_Free(src);
+		return PyErr_NoMemory();
+	}
+	int o = 0;
+	for (int i = 0; i < n; i += 3) {
+		unsigned v = (unsigned char)src[i] << 16;
+		if (i + 1 < n)
+			v |= (unsigned char)src[i + 1] << 8;
+		if (i + 2 < n)
+			v |= (unsigned char)src[i + 2];
+		out[o++] = b64[(v >> 18) & 63];
+		out[o++] = b64[(v >> 12) & 63];
+		out[o++] = i + 1 < n ? b64[(v >> 6) & 63] : '=';
+		out[o++] = i + 2 < n ? b64[v & 63] : '=';
+	}
+	PyObject *r = PyUnicode_DecodeASCII(out, o, NULL);
+	if (src != stack)
+		PyMem_Free(src);
+	if (out != ostack)
+		PyMem_Free(out);
+	return r;
+}
+
+/* WallClock.ktime_rfc3339, reading the clock's current offset */
+static PyObject *rfc3339(Builder *b, unsigned long long ktime)
+{
+	PyObject *off = PyObject_GetAttr(b->clock, b->s_offset);
+	if (!off)
+		return NULL;
+	long long offset = PyLong_AsLongLong(off);
+	Py_DECREF(off);
+	long long wall;
+	if (PyErr_Occurred()) {
+		PyErr_Clear();
+		return PyObject_CallFunction(b->m_rfc3339, "K", ktime);
+	}
+	if (ktime > (unsigned long long)LLONG_MAX || __builtin_add_overflow((long long)ktime, offset, &wall) ||
+	    wall < 0 || wall / 1000000000LL > 253402300799LL)
+		return PyObject_CallFunction(b->m_rfc3339, "K", ktime);  /* outside years 1970-9999 */
+	long long sec = wall / 1000000000LL;
+	long frac = (long)(wall % 1000000000LL);
+	if (sec != b->sec_cached) {
+		time_t t = (time_t)sec;
+		struct tm tm;
+		gmtime_r(&t, &tm);
+		strftime(b->prefix, sizeof(b->prefix), "%Y-%m-%dT%H:%M:%S.", &tm);
+		b->sec_cached = sec;
+	}
+	char s[48];
+	size_t pn = strlen(b->prefix);
+	memcpy(s, b->prefix, pn);
+	for (int i = 8; i >= 0; i--, frac /= 10)
+		s[pn + (size_t)i] = (char)('0' + frac % 10);
+	s[pn + 9] = 'Z';
+	return PyUnicode_DecodeASCII(s, (Py_ssize_t)pn + 10, NULL);
+}
+
+static PyObject *key_tuple(unsigned long long pid, unsigned long long ktime)
+{
+	PyObject *a = PyLong_FromUnsignedLongLong(pid), *k = PyLong_FromUnsignedLongLong(ktime);
+	PyObject *t = (a && k) ? PyTuple_Pack(2, a, k) : NULL;
+	Py_XDECREF(a);
+	Py_XDECREF(k);
+	return t;
+}
+
+static PyObject *pslot(Builder *b, PyObject *p, int i)
+{
+	return slot(p, b->proc_off[i]);
+}
+
+/* a cache-dict lookup that calls `miss(args...)` when absent; new reference */
+static PyObject *lookup(PyObject *dict, PyObject *key, PyObject *miss, PyObject *const *args, size_t nargs)
+{
+	PyObject *v = PyDict_GetItemWithError(dict, key);
+	if (v)
+		return Py_NewRef(v);
+	if (PyErr_Occurred())
+		return NULL;
+	return PyObject_Vectorcall(miss, args, nargs, NULL);
+}
+
+static int opt(Builder *b, PyObject *name)
+{
+	PyObject *v = PyObject_GetAttr(b->opts, name);
+	if (!v)
+		return -1;
+	int r = PyObject_IsTrue(v);
+	Py_DECREF(v);
+	return r;
+}
+
+static int bump(Builder *b, PyObject *name)
+{
+	PyObject *v = PyObject_GetAttr(b->builder, name);
+	if (!v)
+		return -1;
+	PyObject *one = PyLong_FromLong(1);
+	PyObject *n = one ? PyNumber_Add(v, one) : NULL;
+	Py_DECREF(v);
+	Py_XDECREF(one);
+	if (!n)
+		return -1;
+	int r = PyObject_SetAttr(b->builder, name, n);
+	Py_DECREF(n);
+	return r;
+}
+
+
+/* ---- ProcessCache.add / exit / _release (vigil/process/cache.py is the reference; the
+ * rare paths, eviction and rebuilding the order queue, are its own methods) */
+static int call_method1(PyObject *obj, PyObject *name, PyObject *arg)
+{
+	PyObject *r = PyObject_CallMethodOneArg(obj, name, arg);
+	Py_XDECREF(r);
+	return r ? 0 : -1;
+}
+
+static long long attr_ll(PyObject *o, PyObject *name)
+{
+	PyObject *v = PyObject_GetAttr(o, name);
+	if (!v)
+		return -1;
+	long long r = PyLong_AsLongLong(v);
+	Py_DECREF(v);
+	return r;
+}
+
+static int refcnt_add(Builder *b, PyObject *p, long d, long *out)
+{
+	PyObject *rc = pslot(b, p, P_REFCNT);
+	long v = rc ? PyLong_AsLong(rc) : -1;
+	if (!rc || (v == -1 && PyErr_Occurred()))
+		return -1;
+	v += d;
+	SET_STEAL(p, b->proc_off[P_REFCNT], PyLong_FromLong(v));
+	*out = v;
+	return PyErr_Occurred() ? -1 : 0;
+}
+
+static int cache_release(Builder *b, PyObject *p, PyObject *now)
+{
+	long rc;
+	if (refcnt_add(b, p, -1, &rc) < 0)
+		return -1;
+	if (rc > 0)
+		return 0;
+	PyObject *g = PyObject_GetAttr(b->cache, b->s_grace);
+	PyObject *at = g ? PyNumber_Add(now, g) : NULL;
+	Py_XDECREF(g);
+	if (!at)
+		return -1;
+	SET_STEAL(p, b->proc_off[P_REMOVAL_AT], at);
+	PyObject *pending = PyObject_GetAttr(b->cache, b->s_pending);
+	if (!pending)
+		return -1;
+	int r = call_method1(pending, b->s_append, p);
+	Py_DECREF(pending);
+	return r;
+}
+
+static int cache_add(Builder *b, PyObject *p, PyObject *now)
+{
+	PyObject *key = pslot(b, p, P_KEY);
+	int has = PyDict_Contains(b->by_key, key);
+	if (has)
+		return has < 0 ? -1 : 0;
+	SET_STEAL(p, b->proc_off[P_REFCNT], PyLong_FromLong(1));
+	if (PyErr_Occurred() || PyDict_SetItem(b->by_key, key, p) < 0)
+		return -1;
+	PyObject *order = PyObject_GetAttr(b->cache, b->s_order);
+	if (!order)
+		return -1;
+	int r = call_method1(order, b->s_append, p);
+	Py_ssize_t olen = r ? 0 : PyObject_Length(order);
+	Py_DECREF(order);
+	if (r || olen < 0)
+		return -1;
+	if (olen > 2 * PyDict_GET_SIZE(b->by_key) + 64) {
+		PyObject *x = PyObject_CallNoArgs(b->m_rebuild_order);
+		if (!x)
+			return -1;
+		Py_DECREF(x);
+	}
+	PyObject *pk = pslot(b, p, P_PARENT_KEY);
+	if (pk != Py_None) {
+		PyObject *parent = PyDict_GetItemWithError(b->by_key, pk);
+		long rc;
+		if (PyErr_Occurred() || (parent && refcnt_add(b, parent, 1, &rc) < 0))
+			return -1;
+	}
+	PyObject *pid = pslot(b, p, P_PID);
+	PyObject *old = PyDict_GetItemWithError(b->by_pid, pid);
+	if (PyErr_Occurred())
+		return -1;
+	Py_XINCREF(old);
+	r = PyDict_SetItem(b->by_pid, pid, p);
+	if (!r && old && old != p && pslot(b, old, P_EXITED) == Py_False) {
+		SET(old, b->proc_off[P_EXITED], Py_True);
+		r = cache_release(b, old, now);
+	}
+	Py_XDECREF(old);
+	if (r)
+		return -1;
+	long long cap = attr_ll(b->cache, b->s_capacity);
+	if (cap == -1 && PyErr_Occurred())
+		return -1;
+	if (PyDict_GET_SIZE(b->by_key) > cap) {
+		PyObject *x = PyObject_CallOneArg(b->m_evict, now);
+		if (!x)
+			return -1;
+		Py_DECREF(x);
+	}
+	return 0;
+}
+
+static int cache_exit(Builder *b, PyObject *p, PyObject *now)
+{
+	PyObject *ex = pslot(b, p, P_EXITED);
+	int t = ex ? PyObject_IsTrue(ex) : -1;
+	if (t)
+		return t < 0 ? -1 : 0;
+	SET(p, b->proc_off[P_EXITED], Py_True);
+	PyObject *pid = pslot(b, p, P_PID);
+	PyObject *cur = PyDict_GetItemWithError(b->by_pid, pid);
+	if (PyErr_Occurred() || (cur == p && PyDict_DelItem(b->by_pid, pid) < 0))
+		return -1;
+	return cache_release(b, p, now);
+}
+
+/* _parents(p): (parent msg or None, ancestors tuple), new references in *parent, *anc */
+static int parents(Builder *b, PyObject *p, int ancestors, PyObject **parent, PyObject **anc)
+{
+	*parent = *anc = NULL;
+	if (ancestors) {
+		PyObject *t = PyObject_CallOneArg(b->m_parents, p);
+		if (!t)
+			return -1;
+		if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 2) {
+			Py_DECREF(t);
+			PyErr_SetString(PyExc_TypeError, "_parents() must return a pair");
+			return -1;
+		}
+		*parent = Py_NewRef(PyTuple_GET_ITEM(t, 0));
+		*anc = Py_NewRef(PyTuple_GET_ITEM(t, 1));
+		Py_DECREF(t);
+		return 0;
+	}
+	PyObject *pk = pslot(b, p, P_PARENT_KEY);
+	PyObject *pp = (pk && pk != Py_None) ? PyDict_GetItemWithError(b->by_key, pk) : NULL;
+	if (PyErr_Occurred())
+		return -1;
+	*parent = Py_NewRef(pp ? pslot(b, pp, P_MSG) : Py_None);
+	*anc = Py_NewRef(b->empty_tuple);
+	return 0;
+}
+
+static PyObject *new_slotted(PyTypeObject *t)
+{
+	return t->tp_alloc(t, 0);
+}
+
+
+static PyObject *new_event(int t, PyObject *proc, PyObject *parent, PyObject *anc, PyObject *time, PyObject *node)
+{
+	const evtype_t *et = &evtypes[t];
+	PyObject *ev = new_slotted(et->type);
+	if (!ev)
+		return NULL;
+	SET(ev, et->off[E_TIME], time);
+	SET(ev, et->off[E_NODE], node);
+	SET(ev, et->off[E_ENC_JSON], Py_None);
+	SET(ev, et->off[E_ENC_PB], Py_None);
+	SET(ev, et->off[E_PROCESS], proc);
+	SET(ev, et->off[E_PARENT], parent);
+	SET(ev, et->off[E_ANCESTORS], anc);
+	SET(ev, et->off[E_ENC_DICT], Py_None);
+	return ev;
+}
+
+static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t nargs)
+{
+	if (nargs != 2)
+		return PyErr_Format(PyExc_TypeError, "on_exec(buf, now_ns)");
+	if (!msg_type || !evtypes[T_EXEC].type)
+		return PyErr_Format(PyExc_RuntimeError, "configure_events() first");
+	PyObject *tup = PyTuple_Pack(1, args[0]);
+	if (!tup)
+		return NULL;
+	ProcessRecord *r = (ProcessRecord *)ProcessRecord_new(&ProcessRecordType, tup, NULL);
+	Py_DECREF(tup);
+	if (!r)
+		return NULL;
+	PyObject *now = args[1], *rec = (PyObject *)r;
+	PyObject *eid = NULL, *key = NULL, *peid = NULL, *pkey = NULL, *flags = NULL, *docker = NULL, *ck = NULL,
+		 *caps = NULL, *nsent = NULL, *bp = NULL, *binary = NULL, *arguments = NULL, *start = NULL, *creds = NULL,
+		 *msg = NULL, *p = NULL, *res = NULL, *parent = NULL, *anc = NULL, *etime = NULL, *tmp = NULL, *ev = NULL;
+	int cred = opt(b, b->s_enable_cred), nsopt = opt(b, b->s_enable_ns), ancestors = opt(b, b->s_ancestors);
+	if (cred < 0 || nsopt < 0 || ancestors < 0)
+		goto out;
+	if (!(eid = make_exec_id(b->node_s, b->node_n, r->exec_ktime, r->pid)) ||
+	    !(key = key_tuple(r->pid, r->exec_ktime)))
+		goto out;
+	/* the parent: by its key when the kernel knew it, else by pid */
+	if (r->pktime) {
+		if (!(pkey = key_tuple(r->ppid_key, r->pktime)))
+			goto out;
+		PyObject *pp = PyDict_GetItemWithError(b->by_key, pkey);
+		if (pp) {
+			peid = Py_NewRef(pslot(b, pp, P_EXEC_ID));
+			Py_SETREF(pkey, Py_NewRef(pslot(b, pp, P_KEY)));
+		} else if (PyErr_Occurred() || !(peid = make_exec_id(b->node_s, b->node_n, r->pktime, r->ppid_key)))
+			goto out;
+	} else {
+		PyObject *ppid = PyLong_FromUnsignedLong(r->ppid);
+		PyObject *pp = ppid ? PyDict_GetItemWithError(b->by_pid, ppid) : NULL;
+		Py_XDECREF(ppid);
+		if (PyErr_Occurred())
+			goto out;
+		peid = Py_NewRef(pp ? pslot(b, pp, P_EXEC_ID) : b->empty_str);
+		pkey = Py_NewRef(pp ? pslot(b, pp, P_KEY) : Py_None);
+	}
+	/* flag words */
+	long fk = r->flags & REC_FLAG_BITS;
+	if (PyUnicode_GET_LENGTH(peid) == 0)
+		fk |= K_MISS;
+	Py_ssize_t cwdn = PyUnicode_GET_LENGTH(r->cwd);
+	if (cwdn == 0)
+		fk |= K_NOCWD;
+	else if (cwdn == 1 && PyUnicode_READ_CHAR(r->cwd, 0) == '/')
+		fk |= K_ROOTCWD;
+	if (!(tmp = PyLong_FromLong(fk)))
+		goto out;
+	flags = PyDict_GetItemWithError(b->flags_cache, tmp);
+	if (flags)
+		Py_INCREF(flags);
+	else if (PyErr_Occurred() || !(flags = PyObject_CallOneArg(b->m_flag_words, tmp)) ||
+		 PyDict_SetItem(b->flags_cache, tmp, flags) < 0)
+		goto out;
+	Py_CLEAR(tmp);
+	/* interned pieces */
+	if (!(docker = lookup(b->docker_cache, r->cgroup_name, b->m_docker, (PyObject *[]){r->cgroup_name}, 1)))
+		goto out;
+	if (!(ck = Py_BuildValue("(KKK)", r->cap_permitted, r->cap_effective, r->cap_inheritable)) ||
+	    !(caps = lookup(b->caps_cache, ck, b->m_caps, (PyObject *[]){rec}, 1)))
+		goto out;
+	if (!(nsent = lookup(b->ns_cache, r->ns, b->m_namespaces, (PyObject *[]){r->ns}, 1)))
+		goto out;
+	if (!PyTuple_Check(nsent) || PyTuple_GET_SIZE(nsent) != 2) {
+		PyErr_SetString(PyExc_TypeError, "namespace cache entries are (ns, message) pairs");
+		goto out;
+	}
+	if (r->op == OP_EXEC && (r->i_mode & 06000 || r->flags & F_PATH_NOT_ROOTED || r->i_nlink == 0)) {
+		if (!(bp = PyObject_CallOneArg(b->m_binary_properties, rec)))
+			goto out;
+		int t = PyObject_IsTrue(bp);
+		if (t < 0)
+			goto out;
+		if (!t)
+			Py_SETREF(bp, Py_NewRef(Py_None));
+	} else
+		bp = Py_NewRef(Py_None);
+	/* binary: the name as executed when absolute and not an fd path, else resolved */
+	Py_ssize_t fnn;
+	const char *fn = PyUnicode_AsUTF8AndSize(r->filename, &fnn);
+	if (!fn)
+		goto out;
+	if (fnn && fn[0] == '/' && !(fnn >= 8 && !memcmp(fn, "/dev/fd/", 8)) &&
+	    !(fnn >= 14 && !memcmp(fn, "/proc/self/fd/", 14)))
+		binary = Py_NewRef(r->filename);
+	else if (!(binary = PyObject_CallFunctionObjArgs(b->m_binary, rec, r->cwd, NULL)))
+		goto out;
+	if (!(arguments = format_arguments(NULL, r->args)) || !(start = rfc3339(b, r->exec_ktime)))
+		goto out;
+	int has_caps = PyObject_IsTrue(caps);
+	if (has_caps < 0)
+		goto out;
+	if (cred) {
+		PyObject *ck2 = Py_BuildValue("(IIIIIIIIIKKKIIIO)", r->uid, r->gid, r->euid, r->egid, r->suid, r->sgid,
+					      r->fsuid, r->fsgid, r->securebits, r->cap_permitted, r->cap_effective,
+					      r->cap_inheritable, r->userns_level, r->userns_uid, r->userns_gid,
+					      PyTuple_GET_ITEM(r->ns, 9));
+		if (!ck2)
+			goto out;
+		creds = lookup(b->creds_cache, ck2, b->m_creds, (PyObject *[]){rec, caps}, 2);
+		Py_DECREF(ck2);
+		if (!creds)
+			goto out;
+	} else
+		creds = Py_NewRef(Py_None);
+	/* the message */
+	PyObject *ns_json = PyTuple_GET_ITEM(nsent, 1);
+	int has_ns = PyObject_IsTrue(ns_json);
+	if (has_ns < 0 || !(msg = new_slotted(msg_type)))
+		goto out;
+	PyObject *mv[M_COUNT] = {
+		[M_EXEC_ID] = eid, [M_CWD] = r->cwd, [M_BINARY] = binary, [M_ARGUMENTS] = arguments, [M_FLAGS] = flags,
+		[M_START_TIME] = start, [M_POD] = Py_None, [M_DOCKER] = docker, [M_PARENT_EXEC_ID] = peid,
+		[M_CAP] = cred && has_caps ? caps : Py_None, [M_NS] = nsopt && has_ns ? ns_json : Py_None,
+		[M_CREDS] = creds, [M_BP] = bp, [M_ENC_JSON] = Py_None, [M_ENC_PB] = Py_None, [M_ENC_DICT] = Py_None,
+	};
+	for (int f = 0; f < M_COUNT; f++)
+		if (mv[f])
+			SET(msg, msg_off[f], mv[f]);
+	SET_STEAL(msg, msg_off[M_PID], PyLong_FromUnsignedLong(r->pid));
+	SET_STEAL(msg, msg_off[M_UID], PyLong_FromUnsignedLong(r->euid));
+	SET_STEAL(msg, msg_off[M_AUID], PyLong_FromUnsignedLong(r->auid));
+	SET_STEAL(msg, msg_off[M_TID], PyLong_FromUnsignedLong(r->tid));
+	if (PyErr_Occurred())
+		goto out;
+	/* the cache entry */
+	if (!(p = new_slotted(b->proc_type)))
+		goto out;
+	PyObject *pv[P_COUNT] = {
+		[P_EXEC_ID] = eid, [P_KEY] = key, [P_PARENT_EXEC_ID] = peid, [P_PARENT_KEY] = pkey, [P_MSG] = msg,
+		[P_BINARY] = binary, [P_EXE] = r->exe, [P_NS] = PyTuple_GET_ITEM(nsent, 0),
+		[P_CAP_EFFECTIVE] = PyTuple_GET_ITEM(ck, 1), [P_FLAGS] = flags, [P_EXITED] = Py_False,
+		[P_DOCKER] = docker, [P_PID] = PyTuple_GET_ITEM(key, 0), [P_KTIME] = PyTuple_GET_ITEM(key, 1),
+		[P_UID] = slot(msg, msg_off[M_UID]),
+	};
+	for (int f = 0; f < P_COUNT; f++)
+		if (pv[f])
+			SET(p, b->proc_off[f], pv[f]);
+	SET_STEAL(p, b->proc_off[P_PPID], PyLong_FromUnsignedLong(r->ppid));
+	SET_STEAL(p, b->proc_off[P_REFCNT], PyLong_FromLong(0));
+	SET_STEAL(p, b->proc_off[P_CGROUP_ID], PyLong_FromUnsignedLongLong(r->cgroup_id));
+	SET_STEAL(p, b->proc_off[P_REMOVAL_AT], PyLong_FromLong(0));
+	SET_STEAL(p, b->proc_off[P_NSPID], PyLong_FromUnsignedLong(r->nspid));
+	if (PyErr_Occurred())
+		goto out;
+	if (cache_add(b, p, now) < 0)
+		goto out;
+	if (bump(b, b->s_exec_count) < 0 || parents(b, p, ancestors, &parent, &anc) < 0 ||
+	    !(etime = rfc3339(b, r->ktime)))
+		goto out;
+	res = new_event(T_EXEC, msg, parent, anc, etime, b->node);
+out:
+	Py_XDECREF(eid);
+	Py_XDECREF(key);
+	Py_XDECREF(peid);
+	Py_XDECREF(pkey);
+	Py_XDECREF(flags);
+	Py_XDECREF(docker);
+	Py_XDECREF(ck);
+	Py_XDECREF(caps);
+	Py_XDECREF(nsent);
+	Py_XDECREF(bp);
+	Py_XDECREF(binary);
+	Py_XDECREF(arguments);
+	Py_XDECREF(start);
+	Py_XDECREF(creds);
+	Py_XDECREF(msg);
+	Py_XDECREF(p);
+	Py_XDECREF(parent);
+	Py_XDECREF(anc);
+	Py_XDECREF(etime);
+	Py_XDECREF(tmp);
+	Py_XDECREF(ev);
+	Py_DECREF(rec);
+	return res;
+}
+
+static PyObject *builder_on_exit(Builder *b, PyObject *const *args, Py_ssize_t nargs)
+{
+	if (nargs != 2)
+		return PyErr_Format(PyExc_TypeError, "on_exit(buf, now_ns)");
+	if (!msg_type || !evtypes[T_EXIT].type)
+		return PyErr_Format(PyExc_RuntimeError, "configure_events() first");
+	PyObject *tup = PyTuple_Pack(1, args[0]);
+	if (!tup)
+		return NULL;
+	ExitRecord *r = (ExitRecord *)ExitRecord_new(&ExitRecordType, tup, NULL);
+	Py_DECREF(tup);
+	if (!r)
+		return NULL;
+	PyObject *now = args[1], *rec = (PyObject *)r;
+	PyObject *res = NULL, *key = NULL, *sig = NULL, *status = NULL, *t = NULL, *parent = NULL, *anc = NULL,
+		 *tmp = NULL;
+	PyObject *p = NULL;
+	int ancestors = opt(b, b->s_ancestors);
+	if (ancestors < 0)
+		goto out;
+	if (r->exec_ktime) {
+		if (!(key = key_tuple(r->pid, r->exec_ktime)))
+			goto out;
+		p = PyDict_GetItemWithError(b->by_key, key);
+	}
+	if (!p && !PyErr_Occurred()) {
+		PyObject *pid = PyLong_FromUnsignedLong(r->pid);
+		p = pid ? PyDict_GetItemWithError(b->by_pid, pid) : NULL;
+		Py_XDECREF(pid);
+	}
+	if (PyErr_Occurred())
+		goto out;
+	if (!p) {  /* a process the cache never saw: the reference handles (and counts) it */
+		res = PyObject_CallFunctionObjArgs(b->m_on_exit, rec, now, NULL);
+		goto out;
+	}
+	Py_INCREF(p);
+	if (bump(b, b->s_exit_count) < 0)
+		goto out;
+	unsigned sn = r->code & 0x7F;
+	if (!sn)
+		sig = Py_NewRef(b->empty_str);
+	else {
+		if (!(tmp = PyLong_FromUnsignedLong(sn)))
+			goto out;
+		sig = PyDict_GetItemWithError(b->signames, tmp);
+		if (sig)
+			Py_INCREF(sig);
+		else if (PyErr_Occurred() || !(sig = PyObject_CallOneArg(b->m_signal_name, tmp)))
+			goto out;
+		Py_CLEAR(tmp);
+	}
+	if (!(status = PyLong_FromUnsignedLong((r->code >> 8) & 0xFF)) || !(t = rfc3339(b, r->ktime)) ||
+	    parents(b, p, ancestors, &parent, &anc) < 0 || cache_exit(b, p, now) < 0)
+		goto out;
+	res = new_event(T_EXIT, pslot(b, p, P_MSG), parent, anc, t, b->node);
+	if (res) {
+		SET(res, evtypes[T_EXIT].off[E_SIGNAL], sig);
+		SET(res, evtypes[T_EXIT].off[E_STATUS], status);
+	}
+out:
+	Py_XDECREF(p);
+	Py_XDECREF(key);
+	Py_XDECREF(sig);
+	Py_XDECREF(status);
+	Py_XDECREF(t);
+	Py_XDECREF(parent);
+	Py_XDECREF(anc);
+	Py_XDECREF(tmp);
+	Py_DECREF(rec);
+	return res;
+}
+
+static PyMethodDef builder_methods[] = {
+	{"on_exec", (PyCFunction)(void (*)(void))builder_on_exec, METH_FASTCALL, "EventBuilder.on_exec of raw bytes"},
+	{"on_exit", (PyCFunction)(void (*)(void))builder_on_exit, METH_FASTCALL, "EventBuilder.on_exit of raw bytes"},
+	{NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject BuilderType = {
+	PyVarObject_HEAD_INIT(NULL, 0)
+	.tp_name = "vigil._fastpath.Builder",
+	.tp_doc = "Builder(event_builder, Process, build_module): the process stage's exec and exit, compiled.",
+	.tp_basicsize = sizeof(Builder),
+	.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+	.tp_new = PyType_GenericNew,
+	.tp_init = (initproc)builder_init,
+	.tp_dealloc = (destructor)builder_dealloc,
+	.tp_traverse = (traverseproc)builder_traverse,
+	.tp_clear = (inquiry)builder_clear,
+	.tp_methods = builder_methods,
+};
+
+/* ------------------------------------------------------------------ module */
+static PyObject *set_decode_error(PyObject *self, PyObject *cls)
+{
+	Py_XSETREF(DecodeError, Py_NewRef(cls));
+	Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+	{"format_arguments", format_arguments, METH_O, "argv area -> Tetragon `arguments`"},
+	{"exec_id", exec_id, METH_VARARGS, "exec_id(node, ktime, pid) -> base64(node:ktime:pid)"},
+	{"encode_json", encode_json, METH_O, "event -> its JSON line (cached on it)"},
+	{"encode_json_batch", encode_json_batch, METH_O, "events -> their JSON lines"},
+	{"encode_pb", encode_pb, METH_O, "event -> serialised GetEventsResponse (cached on it)"},
+	{"encode_pb_batch", encode_pb_batch, METH_O, "events -> serialised GetEventsResponses"},
+	{"process_json", process_json, METH_O, "ProcessMsg -> its JSON object (cached on it)"},
+	{"process_pb", process_pb, METH_O, "ProcessMsg -> varint(length) + serialised Process (cached on it)"},
+	{"configure_events", configure_events, METH_VARARGS, "(ProcessMsg, ProcessExec, ProcessExit, PolicyEvent)"},
+	{"configure_json", (PyCFunction)(void (*)(void))configure_json, METH_VARARGS | METH_KEYWORDS,
+	 "the JSON twins: encode(ev), process_json(m), sub(dict) -> bytes, body(dict) -> bytes"},
+	{"configure_pb", (PyCFunction)(void (*)(void))configure_pb, METH_VARARGS | METH_KEYWORDS,
+	 "the protobuf twins: encode(ev), process_bytes(m), sub(name, dict), timestamp(str), body(ev), kind_numbers"},
+	{"set_decode_error", set_decode_error, METH_O, "the exception class a bad record raises"},
+	{NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+	PyModuleDef_HEAD_INIT, "vigil._fastpath", "The agent's per-event hot path, compiled.", -1, methods,
+	NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__fastpath(void)
+{
+	if (PyType_Ready(&ProcessRecordType) < 0 || PyType_Ready(&ExitRecordType) < 0 || PyType_Ready(&BuilderType) < 0)
+		return NULL;
+	PyObject *m = PyModule_Create(&module);
+	if (!m)
+		return NULL;
+	if (PyModule_AddObjectRef(m, "ProcessRecord", (PyObject *)&ProcessRecordType) < 0 ||
+	    PyModule_AddObjectRef(m, "ExitRecord", (PyObject *)&ExitRecordType) < 0 ||
+	    PyModule_AddObjectRef(m, "Builder", (PyObject *)&BuilderType) < 0 ||
+	    PyModule_AddIntConstant(m, "PROCESS_SIZE", (long)sizeof(struct msg_process)) < 0 ||
+	    PyModule_AddIntConstant(m, "EXIT_SIZE", (long)sizeof(struct msg_exit)) < 0) {
+		Py_DECREF(m);
+		return NULL;
+	}
+	return m;
+}

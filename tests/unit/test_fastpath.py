@@ -1,0 +1,318 @@
+"""The compiled hot path (native/fastpath.c) against its pure-Python twins, byte for byte
+and attribute for attribute, on generated inputs: record decoding, argument formatting,
+exec ids, and the JSON and protobuf encodings of every event kind."""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vigil.api import wire
+from vigil.core import native
+from vigil.core.events import DictEvent, PolicyEvent, ProcessExec, ProcessExit, ProcessMsg
+from vigil.events import records as R
+from vigil.export import codec
+from vigil.process import build, ids
+
+if native.fast is None and os.environ.get("VIGIL_PURE_PYTHON"):
+    pytest.skip("VIGIL_PURE_PYTHON is set: the agent runs the twins only", allow_module_level=True)
+
+
+def test_extension_is_built_and_selected() -> None:
+    assert native.fast is not None, "vigil/_fastpath is not built: `make native`"
+    assert R.ProcessRecord is native.fast.ProcessRecord
+    assert codec.encode is native.fast.encode_json
+    assert wire.encode_event is native.fast.encode_pb
+    assert build.format_arguments is native.fast.format_arguments
+
+
+FAST = native.fast
+SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+u32 = st.integers(0, 2**32 - 1)
+u64 = st.integers(0, 2**64 - 1)
+# every character class the encoders treat differently: ASCII, quotes, backslash, control
+# characters, DEL, 2/3/4-byte UTF-8
+text = st.text(st.one_of(st.characters(max_codepoint=0x7F), st.sampled_from('"\\\x00\x1f\x7f\u00e9\u2028\U0001F600')),
+               max_size=24)
+
+
+# ------------------------------------------------------------------ records
+
+def _record(fields: list[int], tail: list[bytes], op: int) -> bytes:
+    lens = [len(t) for t in tail]
+    vals = [op, 0, fields[0] & 0xFFFF, 0, fields[1]] + fields[2:] + lens + [0]
+    return R.PROCESS.pack(*vals) + b"".join(tail)
+
+
+@st.composite
+def process_records(draw: Any) -> bytes:
+    fmt = R.PROCESS.format[1:] if R.PROCESS.format[0] in "@=<>!" else R.PROCESS.format
+    # one value per field after the header's op/pad/flags/size, before the five lengths and pad
+    n_mid = len(R.PROCESS.unpack(bytes(R.PROCESS.size))) - 4 - 6
+    kinds = fmt.replace("10I", "I" * 10)
+    codes = [c for c in kinds if c.isalpha()][4:4 + n_mid]
+    mid = [draw(u64 if c == "Q" else u32) for c in codes]
+    flags = draw(st.integers(0, 0xFFFF))
+    tail = [draw(st.binary(max_size=40)) for _ in range(4)] + [draw(st.binary(max_size=200))]
+    if draw(st.booleans()):  # argv-like: NUL-separated text
+        tail[4] = b"\0".join(a.encode() for a in draw(st.lists(text, max_size=6))) + b"\0"
+    return _record([flags] + mid, tail, draw(st.sampled_from([R.OP_EXEC, R.OP_CLONE])))
+
+
+def _attrs(r: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    return {n: getattr(r, n) for n in names}
+
+
+@SETTINGS
+@given(process_records(), st.integers(0, 8))
+def test_process_record(buf: bytes, cut: int) -> None:
+    names = R.PyProcessRecord.__slots__
+    assert _attrs(FAST.ProcessRecord(buf), names) == _attrs(R.PyProcessRecord(buf), names)
+    short = buf[: len(buf) - cut] if cut and len(buf) > R.PROCESS.size else buf[: R.PROCESS.size - cut]
+    outcomes = []
+    for cls in (FAST.ProcessRecord, R.PyProcessRecord):
+        try:
+            outcomes.append(_attrs(cls(short), names))
+        except R.DecodeError as e:
+            outcomes.append(("DecodeError", str(e)))
+    assert outcomes[0] == outcomes[1]
+
+
+@SETTINGS
+@given(st.binary(min_size=R.EXIT.size - 2, max_size=R.EXIT.size + 4))
+def test_exit_record(buf: bytes) -> None:
+    outcomes = []
+    for cls in (FAST.ExitRecord, R.PyExitRecord):
+        try:
+            outcomes.append(_attrs(cls(buf), R.PyExitRecord.__slots__))
+        except R.DecodeError as e:
+            outcomes.append(("DecodeError", str(e)))
+    assert outcomes[0] == outcomes[1]
+
+
+@SETTINGS
+@given(st.one_of(st.binary(max_size=300),
+                 st.lists(text, max_size=8).map(lambda a: b"\0".join(x.encode() for x in a)),
+                 st.lists(st.sampled_from([b"a", b" ", b"b c", b"\xff", b"\xe2\x82", b""]), max_size=8)
+                 .map(lambda a: b"\0".join(a) + b"\0")))
+def test_format_arguments(args: bytes) -> None:
+    assert FAST.format_arguments(args) == build.py_format_arguments(args)
+
+
+@SETTINGS
+@given(text, u64, u32)
+def test_exec_id(node: str, ktime: int, pid: int) -> None:
+    assert FAST.exec_id(node, ktime, pid) == ids.py_exec_id(node, ktime, pid)
+
+
+# ------------------------------------------------------------------ events
+CAPS = {"permitted": ["CAP_CHOWN"], "effective": ["CAP_CHOWN"]}
+NS = {"uts": {"inum": 4026531838, "is_host": True}}
+CREDS = {"uid": 0, "gid": 5, "securebits": ["SecBitKeepCaps"], "caps": CAPS}
+POD = {"namespace": "default", "name": "web-1", "container": {"id": "containerd://abc", "name": "c"}}
+BODIES = {
+    "process_kprobe": {"function_name": "security_file_open", "args": [{"file_arg": {"path": "/etc/x"}}],
+                       "action": "KPROBE_ACTION_POST", "policy_name": "p"},
+    "process_tracepoint": {"subsys": "syscalls", "event": "sys_enter_openat", "args": [{"long_arg": "42"}]},
+    "process_uprobe": {"path": "/bin/bash", "symbol": "readline"},
+    "process_lsm": {},
+}
+times = st.one_of(
+    st.integers(0, 2**34).map(lambda s: f"2026-12-{1 + s % 28:02d}T{s % 24:02d}:{s % 60:02d}:{s % 59:02d}."
+                              f"{s % 1_000_000_000:09d}Z"),
+    st.sampled_from(["1970-01-01T00:00:00.000000000Z", "2026-12-05T11:00:00Z", "2026-12-05T11:00:00.5+01:00",
+                     "2024-02-29T23:59:59.999999999Z"]))
+maybe_int = st.one_of(st.none(), u32)
+
+
+@st.composite
+def msg_specs(draw: Any) -> dict[str, Any]:
+    return dict(exec_id=draw(st.one_of(st.just(""), text)), pid=draw(u32), uid=draw(maybe_int), cwd=draw(text),
+                binary=draw(text), arguments=draw(text), flags=draw(st.sampled_from(["", "execve", "execve clone"])),
+                start_time=draw(st.one_of(st.just(""), times)), auid=draw(maybe_int),
+                pod=draw(st.sampled_from([None, {}, POD])), docker=draw(st.sampled_from(["", "0123abc"])),
+                parent_exec_id=draw(st.one_of(st.just(""), text)), cap=draw(st.sampled_from([None, {}, CAPS])),
+                ns=draw(st.sampled_from([None, NS])), tid=draw(maybe_int),
+                process_credentials=draw(st.sampled_from([None, CREDS])),
+                binary_properties=draw(st.sampled_from([None, {"setuid": 0}])))
+
+
+@st.composite
+def event_specs(draw: Any) -> tuple[str, dict[str, Any]]:
+    kind = draw(st.sampled_from(["exec", "exit", "process_kprobe", "process_tracepoint", "process_uprobe",
+                                 "process_lsm", "dict"]))
+    spec = dict(process=draw(msg_specs()), parent=draw(st.one_of(st.none(), msg_specs())),
+                ancestors=draw(st.lists(msg_specs(), max_size=2)), time=draw(times), node=draw(text.filter(bool)),
+                signal=draw(st.sampled_from(["", "SIGKILL"])), status=draw(st.one_of(st.sampled_from([0, 1, 2, 127, 128, 255]), st.integers(0, 255))))
+    return kind, spec
+
+
+def _make(kind: str, s: dict[str, Any]) -> Any:
+    """A fresh object graph from a spec: each path encodes its own (encodings are cached)."""
+    m: Callable[[dict[str, Any]], ProcessMsg] = lambda d: ProcessMsg(**d)
+    parent = m(s["parent"]) if s["parent"] else None
+    if kind == "exec":
+        return ProcessExec(m(s["process"]), parent, tuple(map(m, s["ancestors"])), s["time"], s["node"])
+    if kind == "exit":
+        return ProcessExit(m(s["process"]), parent, tuple(map(m, s["ancestors"])), s["signal"], s["status"],
+                           s["time"], s["node"])
+    if kind == "dict":
+        return DictEvent({"rate_limit_info": {"number_of_dropped_process_events": "3"}, "node_name": s["node"],
+                          "time": s["time"]})
+    return PolicyEvent(kind, m(s["process"]), parent, BODIES[kind], s["time"], s["node"])
+
+
+def _outcome(fn: Callable[[Any], bytes], ev: Any) -> Any:
+    try:
+        return fn(ev)
+    except Exception as e:  # noqa: BLE001 - both paths must fail alike
+        return type(e).__name__
+
+
+@SETTINGS
+@given(event_specs())
+def test_event_json(spec: tuple[str, dict[str, Any]]) -> None:
+    kind, s = spec
+    fast, ref = _make(kind, s), _make(kind, s)
+    line = FAST.encode_json(fast)
+    assert line == codec.py_encode(ref)
+    assert FAST.encode_json(fast) is line  # cached on the event
+    assert FAST.encode_json_batch([_make(kind, s), fast]) == [line, line]
+    if kind != "dict":
+        assert FAST.process_json(_make(kind, s).process) == codec.py_process_json(ref.process)
+
+
+@SETTINGS
+@given(event_specs())
+def test_event_protobuf(spec: tuple[str, dict[str, Any]]) -> None:
+    kind, s = spec
+    fast, ref = _make(kind, s), _make(kind, s)
+    out = _outcome(FAST.encode_pb, fast)
+    assert out == _outcome(wire.py_encode_event, ref)
+    if isinstance(out, bytes):
+        assert FAST.encode_pb_batch([_make(kind, s)]) == [out]
+        if kind != "dict":
+            assert FAST.process_pb(_make(kind, s).process) == wire.py_process_bytes(ref.process)
+
+
+def test_unexpected_field_types_go_to_the_twin() -> None:
+    """A field of a type the C encoder does not write is handed to the reference whole."""
+    for odd in (dict(uid=-1), dict(pid=None), dict(cwd=b"/bytes"), dict(tid=True), dict(cap=["x"]),
+                dict(auid=2**70)):
+        base = dict(exec_id="e", pid=1, cwd="/", binary="/b")
+        base.update(odd)  # type: ignore[arg-type]
+        ev = ProcessExec(ProcessMsg(**base), None, (), "2026-12-05T11:00:00.000000001Z", "n")  # type: ignore[arg-type]
+        ref = ProcessExec(ProcessMsg(**base), None, (), "2026-12-05T11:00:00.000000001Z", "n")  # type: ignore[arg-type]
+        assert _outcome(FAST.encode_json, ev) == _outcome(codec.py_encode, ref), odd
+        ev.enc_pb = ref.enc_pb = None
+        assert _outcome(FAST.encode_pb, ev) == _outcome(wire.py_encode_event, ref), odd
+
+
+# ------------------------------------------------------------------ the process stage
+HOST = (4026531835, 4026531836, 4026531837, 4026531838, 4026531839, 4026531840, 4026531841, 4026531842,
+        4026531843, 4026531844)
+NS_CHOICES = (HOST, HOST[:3] + (4026532000,) + HOST[4:], (0,) * 10, HOST[:9] + (4026532999,))
+FILENAMES = ("/usr/bin/curl", "curl", "./x", "", "/dev/fd/3", "/proc/self/fd/4", "../bin/sh\u00e9", "/usr/bin/a b")
+CWDS = (b"/home/u", b"", b"/", b"/tmp/\xff")
+
+
+def _exec_record(pid: int, ktime: int, ppid: int, pktime: int, d: dict[str, Any]) -> bytes:
+    exe = d["exe"].encode()
+    cwd = d["cwd"]
+    fn = d["filename"].encode() + b"\0"
+    cg = d["cgroup"].encode() + b"\0"
+    args = d["args"]
+    caps = d["caps"]
+    head = R.PROCESS.pack(
+        d["op"], 0, d["flags"], 0, ktime + 1000, pid, 0, ktime, ppid if pktime else 0, 0, pktime,
+        pid + d["tid_off"], ppid, pid, d["auid"], d["uid"], d["uid"], d["euid"], d["uid"], d["uid"], d["uid"],
+        d["uid"], d["uid"], d["securebits"], d["userns_level"], 0, 0, caps[0], caps[1], caps[2], *d["ns"], 77,
+        123456, d["i_mode"], d["nlink"], ktime, len(exe), len(cwd), len(fn), len(cg), len(args), 0)
+    return head + exe + cwd + fn + cg + args
+
+
+exec_fields = st.fixed_dictionaries({
+    "exe": st.sampled_from(["/usr/bin/curl", "", "/memfd:x (deleted)"]), "cwd": st.sampled_from(CWDS),
+    "filename": st.sampled_from(FILENAMES), "cgroup": st.sampled_from(["", "session-3.scope",
+                                                                       "cri-containerd-" + "ab12" * 16 + ".scope"]),
+    "args": st.sampled_from([b"", b"curl\0", b"curl\0-s\0a b\0", b"x\0\xff\xfe\0"]),
+    "caps": st.sampled_from([(0, 0, 0), (0x1FFFFFFFFFF, 0x1FFFFFFFFFF, 0), (1, 1, 1 << 40)]),
+    "ns": st.sampled_from(NS_CHOICES), "uid": st.sampled_from([0, 1000]), "euid": st.sampled_from([0, 1000]),
+    "auid": st.sampled_from([0, 4294967295]), "securebits": st.sampled_from([0, 0x2F]),
+    "userns_level": st.sampled_from([0, 1]), "i_mode": st.sampled_from([0o100755, 0o104755, 0o102755]),
+    "nlink": st.sampled_from([1, 1, 0]), "flags": st.sampled_from([0, 1, 1 << 3, 1 << 4, 1 << 8, (1 << 2) | 1]),
+    "tid_off": st.sampled_from([0, 0, 3]), "op": st.sampled_from([R.OP_EXEC, R.OP_EXEC, R.OP_CLONE]),
+})
+steps = st.lists(st.one_of(
+    st.tuples(st.just("exec"), st.integers(0, 12), st.integers(0, 12), st.booleans(), exec_fields),
+    st.tuples(st.just("exit"), st.integers(0, 14), st.integers(0, 0xFFFF), st.booleans()),
+    st.tuples(st.just("gc"), st.integers(0, 3)),
+), min_size=1, max_size=40)
+
+
+def _builders(opts: dict[str, Any], capacity: int) -> tuple[Any, Any]:
+    from vigil.process.build import BuildOptions, EventBuilder
+    from vigil.process.cache import ProcessCache
+    from vigil.process.clock import WallClock
+
+    out = []
+    for _ in range(2):
+        clock = WallClock()
+        clock.offset, clock.boot_offset = 1_764_000_000_000_000_000, 0
+        out.append(EventBuilder(ProcessCache(capacity=capacity, grace_ns=50), clock,
+                                BuildOptions("node-\u00e9", host_ns=HOST, **opts)))
+    return out[0], out[1]
+
+
+def _cache_state(b: Any) -> Any:
+    def proc(p: Any) -> tuple[Any, ...]:
+        return tuple(codec.py_process_json(p.msg) if n == "msg" else getattr(p, n) for n in type(p).__slots__)
+
+    c = b.cache
+    return ({k: proc(p) for k, p in c._by_key.items()}, {k: p.key for k, p in c._by_pid.items()},
+            [p.key for p in c._pending], [p.key for p in c._order], c.evictions, c.removed, c.misses,
+            b.exec_count, b.exit_count, b.clone_count, b.miss_count)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps, st.fixed_dictionaries({"enable_cred": st.booleans(), "enable_ns": st.booleans(),
+                                     "ancestors": st.booleans()}), st.sampled_from([4, 64]))
+def test_builder(seq: list[Any], opts: dict[str, Any], capacity: int) -> None:
+    """Random exec/clone/exit/gc sequences through the compiled and the Python builder:
+    the same events (their JSON), the same cache (every slot of every entry, the
+    pid index, the removal and eviction queues) and the same counters."""
+    fast_b, ref_b = _builders(opts, capacity)
+    handlers = fast_b.record_handlers()
+    assert handlers[R.OP_EXEC] == fast_b._fast.on_exec
+    pids: list[tuple[int, int]] = [(1, 0)]
+    ktime = 5_000_000_000
+    now = 0
+    for step in seq:
+        ktime += 999_999_937  # crosses seconds: the clock's cached prefix is exercised
+        now += 20
+        if step[0] == "gc":
+            assert fast_b.cache.gc(now) == ref_b.cache.gc(now)
+            continue
+        if step[0] == "exec":
+            _, pid_i, parent_i, known_parent, d = step
+            ppid, pktime = pids[parent_i % len(pids)]
+            pid = 100 + pid_i
+            buf = _exec_record(pid, ktime, ppid, pktime if known_parent else 0, d)
+            pids.append((pid, ktime))
+        else:
+            _, which, code, keyed = step
+            pid, k = pids[which % len(pids)] if which < 13 else (999, 0)
+            buf = R.EXIT.pack(R.OP_EXIT, 0, 0, R.EXIT.size, ktime, pid, 0, k if keyed else 0, pid, code)
+        op = buf[0]
+        got = handlers[op](buf, now)
+        rec = R.PyExitRecord(buf) if op == R.OP_EXIT else R.PyProcessRecord(buf)
+        want = {R.OP_EXEC: ref_b.on_exec, R.OP_CLONE: ref_b.on_clone, R.OP_EXIT: ref_b.on_exit}[op](rec, now)
+        assert (got is None) == (want is None)
+        if want is not None:
+            assert type(got) is type(want)
+            assert codec.py_encode(got) == codec.py_encode(want)
+            assert got.enc_dict is None and got.process.enc_dict is None
+        assert _cache_state(fast_b) == _cache_state(ref_b)
