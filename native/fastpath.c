@@ -150,6 +150,48 @@ static PyObject *decode_cstr(const char *s, Py_ssize_t n)
 	return decode_utf8(s, z ? z - s : n);
 }
 
+/* Consecutive records repeat most of their strings and their namespaces (one shell's
+ * children, one container's processes): the last value of each is kept and reused when
+ * the bytes are the same (str and tuple are immutable), sparing the allocation and the
+ * UTF-8 decoding. */
+typedef struct { char raw[192]; Py_ssize_t n; PyObject *obj; } memo_t;
+static memo_t memo_exe, memo_cwd, memo_filename, memo_cgroup;
+
+static PyObject *memo_get(memo_t *m, const char *s, Py_ssize_t n, PyObject *(*make)(const char *, Py_ssize_t))
+{
+	if (m->obj && m->n == n && !memcmp(m->raw, s, (size_t)n))
+		return Py_NewRef(m->obj);
+	PyObject *o = make(s, n);
+	if (o && n <= (Py_ssize_t)sizeof(m->raw)) {
+		memcpy(m->raw, s, (size_t)n);
+		m->n = n;
+		Py_XSETREF(m->obj, Py_NewRef(o));
+	}
+	return o;
+}
+
+static __u32 memo_ns_raw[VIGIL_NS_COUNT];
+static PyObject *memo_ns;
+
+static PyObject *ns_tuple(const __u32 *ns)
+{
+	if (memo_ns && !memcmp(memo_ns_raw, ns, sizeof(memo_ns_raw)))
+		return Py_NewRef(memo_ns);
+	PyObject *t = PyTuple_New(VIGIL_NS_COUNT);
+	for (int i = 0; t && i < VIGIL_NS_COUNT; i++) {
+		PyObject *v = PyLong_FromUnsignedLong(ns[i]);
+		if (!v)
+			Py_CLEAR(t);
+		else
+			PyTuple_SET_ITEM(t, i, v);
+	}
+	if (t) {
+		memcpy(memo_ns_raw, ns, sizeof(memo_ns_raw));
+		Py_XSETREF(memo_ns, Py_NewRef(t));
+	}
+	return t;
+}
+
 typedef struct {
 	PyObject_HEAD
 	unsigned char op;
@@ -217,23 +259,18 @@ static PyObject *ProcessRecord_new(PyTypeObject *type, PyObject *argsv, PyObject
 	r->cap_permitted = m.cap_permitted, r->cap_effective = m.cap_effective, r->cap_inheritable = m.cap_inheritable;
 	r->cgroup_id = m.cgroup_id, r->ino = m.ino, r->i_mode = m.i_mode, r->i_nlink = m.i_nlink;
 	r->boottime = m.boottime;
-	r->ns = PyTuple_New(VIGIL_NS_COUNT);
+	r->ns = ns_tuple(m.ns);
 	if (!r->ns)
 		goto fail;
-	for (int i = 0; i < VIGIL_NS_COUNT; i++) {
-		PyObject *v = PyLong_FromUnsignedLong(m.ns[i]);
-		if (!v)
-			goto fail;
-		PyTuple_SET_ITEM(r->ns, i, v);
-	}
-	r->exe = decode_utf8(buf + o, m.exe_len);
+	r->exe = memo_get(&memo_exe, buf + o, m.exe_len, decode_utf8);
 	o += m.exe_len;
 	/* a walk that ends at once is the root itself: cwd "/" has no components */
-	r->cwd = (m.cwd_len || m.hdr.flags & F_ERR_CWD) ? decode_utf8(buf + o, m.cwd_len) : PyUnicode_FromString("/");
+	r->cwd = (m.cwd_len || m.hdr.flags & F_ERR_CWD) ? memo_get(&memo_cwd, buf + o, m.cwd_len, decode_utf8)
+							 : PyUnicode_FromString("/");
 	o += m.cwd_len;
-	r->filename = decode_cstr(buf + o, m.filename_len);
+	r->filename = memo_get(&memo_filename, buf + o, m.filename_len, decode_cstr);
 	o += m.filename_len;
-	r->cgroup_name = decode_cstr(buf + o, m.cgroup_len);
+	r->cgroup_name = memo_get(&memo_cgroup, buf + o, m.cgroup_len, decode_cstr);
 	o += m.cgroup_len;
 	r->args = PyBytes_FromStringAndSize(buf + o, m.args_len);
 	if (!r->exe || !r->cwd || !r->filename || !r->cgroup_name || !r->args)
@@ -1098,6 +1135,11 @@ static const char *const proc_slot[P_COUNT] = {
 #define F_PATH_NOT_ROOTED (1 << 8)
 #define OP_EXEC 1
 
+struct creds_raw {
+	unsigned uid, gid, euid, egid, suid, sgid, fsuid, fsgid, securebits, level, ns_uid, ns_gid, userns, pad;
+	unsigned long long cap_p, cap_e, cap_i;
+};
+
 typedef struct {
 	PyObject_HEAD
 	PyObject *builder, *cache, *by_key, *by_pid, *clock, *opts, *node;
@@ -1111,6 +1153,9 @@ typedef struct {
 	Py_ssize_t proc_off[P_COUNT];
 	const char *node_s;
 	Py_ssize_t node_n;
+	int enable_cred, enable_ns, ancestors;  /* BuildOptions (frozen) */
+	struct creds_raw last_creds_raw;
+	PyObject *last_creds;
 	long long sec_cached;      /* the second whose "YYYY-MM-DDTHH:MM:SS." is in prefix */
 	char prefix[32];
 } Builder;
@@ -1124,7 +1169,7 @@ typedef struct {
 		&b->s_exec_count, &b->s_exit_count, &b->s_offset, &b->s_enable_cred, &b->s_enable_ns,            \
 		&b->s_ancestors, &b->empty_str, &b->empty_tuple, (PyObject **)&b->proc_type, &b->s_order,         \
 		&b->s_pending, &b->s_append, &b->s_capacity, &b->s_grace, &b->m_release, &b->m_evict,             \
-		&b->m_rebuild_order,                                                                         \
+		&b->m_rebuild_order, &b->last_creds,                                                         \
 	}
 
 static int builder_traverse(Builder *b, visitproc visit, void *arg)
@@ -1154,6 +1199,8 @@ static PyObject *get(PyObject *o, const char *name)
 {
 	return PyObject_GetAttrString(o, name);
 }
+
+static int opt(Builder *b, PyObject *name);
 
 static int builder_init(Builder *b, PyObject *args, PyObject *kw)
 {
@@ -1218,6 +1265,9 @@ static int builder_init(Builder *b, PyObject *args, PyObject *kw)
 	b->empty_str = PyUnicode_FromString("");
 	b->empty_tuple = PyTuple_New(0);
 	b->sec_cached = LLONG_MIN;
+	if ((b->enable_cred = opt(b, b->s_enable_cred)) < 0 || (b->enable_ns = opt(b, b->s_enable_ns)) < 0 ||
+	    (b->ancestors = opt(b, b->s_ancestors)) < 0)
+		return -1;
 	if (!b->node_s || !b->s_exec_count || !b->s_exit_count || !b->s_offset || !b->s_enable_cred ||
 	    !b->s_enable_ns || !b->s_ancestors || !b->empty_str || !b->empty_tuple || !b->s_order || !b->s_pending ||
 	    !b->s_append || !b->s_capacity || !b->s_grace)
@@ -1540,9 +1590,7 @@ static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t n
 	PyObject *eid = NULL, *key = NULL, *peid = NULL, *pkey = NULL, *flags = NULL, *docker = NULL, *ck = NULL,
 		 *caps = NULL, *nsent = NULL, *bp = NULL, *binary = NULL, *arguments = NULL, *start = NULL, *creds = NULL,
 		 *msg = NULL, *p = NULL, *res = NULL, *parent = NULL, *anc = NULL, *etime = NULL, *tmp = NULL, *ev = NULL;
-	int cred = opt(b, b->s_enable_cred), nsopt = opt(b, b->s_enable_ns), ancestors = opt(b, b->s_ancestors);
-	if (cred < 0 || nsopt < 0 || ancestors < 0)
-		goto out;
+	int cred = b->enable_cred, nsopt = b->enable_ns, ancestors = b->ancestors;
 	if (!(eid = make_exec_id(b->node_s, b->node_n, r->exec_ktime, r->pid)) ||
 	    !(key = key_tuple(r->pid, r->exec_ktime)))
 		goto out;
@@ -1620,7 +1668,17 @@ static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t n
 	int has_caps = PyObject_IsTrue(caps);
 	if (has_caps < 0)
 		goto out;
-	if (cred) {
+	/* the same credentials as the last exec: the same interned message (the 16-field key
+	 * tuple is not even built) */
+	struct creds_raw cr = {r->uid, r->gid, r->euid, r->egid, r->suid, r->sgid, r->fsuid, r->fsgid,
+			       r->securebits, r->userns_level, r->userns_uid, r->userns_gid,
+			       (unsigned)PyLong_AsUnsignedLong(PyTuple_GET_ITEM(r->ns, 9)), 0,
+			       r->cap_permitted, r->cap_effective, r->cap_inheritable};
+	if (PyErr_Occurred())
+		goto out;
+	if (cred && b->last_creds && !memcmp(&cr, &b->last_creds_raw, sizeof(cr))) {
+		creds = Py_NewRef(b->last_creds);
+	} else if (cred) {
 		PyObject *ck2 = Py_BuildValue("(IIIIIIIIIKKKIIIO)", r->uid, r->gid, r->euid, r->egid, r->suid, r->sgid,
 					      r->fsuid, r->fsgid, r->securebits, r->cap_permitted, r->cap_effective,
 					      r->cap_inheritable, r->userns_level, r->userns_uid, r->userns_gid,
@@ -1631,6 +1689,8 @@ static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t n
 		Py_DECREF(ck2);
 		if (!creds)
 			goto out;
+		b->last_creds_raw = cr;
+		Py_XSETREF(b->last_creds, Py_NewRef(creds));
 	} else
 		creds = Py_NewRef(Py_None);
 	/* the message */
@@ -1722,9 +1782,7 @@ static PyObject *builder_on_exit(Builder *b, PyObject *const *args, Py_ssize_t n
 	PyObject *res = NULL, *key = NULL, *sig = NULL, *status = NULL, *t = NULL, *parent = NULL, *anc = NULL,
 		 *tmp = NULL;
 	PyObject *p = NULL;
-	int ancestors = opt(b, b->s_ancestors);
-	if (ancestors < 0)
-		goto out;
+	int ancestors = b->ancestors;
 	if (r->exec_ktime) {
 		if (!(key = key_tuple(r->pid, r->exec_ktime)))
 			goto out;

@@ -40,6 +40,9 @@ from vigil.export.codec import encode_events
 log = logging.getLogger("vigil.export")
 WARN_EVERY_S = 60.0   # a persisting write error is logged again at most this often
 
+_IOV_MAX = os.sysconf("SC_IOV_MAX")
+
+
 class JsonlWriter:
     """Thread-safe JSON Lines writer with rotation; see the module docstring."""
 
@@ -115,15 +118,15 @@ class JsonlWriter:
                     return
                 self._account(len(events), len(blob))
                 return
-            for chunk, count in self._chunks(lines):
+            for parts, count, nbytes in self._chunks(lines):
                 try:
                     self._ensure_open()
-                    self._maybe_rotate(len(chunk))
-                    self._write_chunk(chunk)
+                    self._maybe_rotate(nbytes)
+                    self._write_chunk(parts, nbytes)
                 except OSError as e:
-                    self._failed(count, len(chunk), e)
+                    self._failed(count, nbytes, e)
                     continue
-                self._account(count, len(chunk))
+                self._account(count, nbytes)
 
     def set_params(
         self,
@@ -206,12 +209,12 @@ class JsonlWriter:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=0o755, exist_ok=True)
         self._open()
 
-    def _write_chunk(self, chunk: bytes) -> None:
-        """All of chunk, or nothing: a partial write (disk full midway) is cut off again so
-        the file never holds half a line."""
+    def _write_chunk(self, parts: list[bytes], nbytes: int) -> None:
+        """All of the lines, or nothing: a partial write (disk full midway) is cut off again
+        so the file never holds half a line."""
         before = self._size
         try:
-            self._write_all(chunk)
+            self._write_all(parts, nbytes)
         except OSError:
             if self._fd is not None:
                 try:
@@ -219,22 +222,22 @@ class JsonlWriter:
                 except OSError:
                     pass
             raise
-        self._size = before + len(chunk)
+        self._size = before + nbytes
 
-    def _chunks(self, lines: list[bytes]) -> Iterable[tuple[bytes, int]]:
-        """The whole batch as one chunk, unless it alone exceeds the size limit."""
+    def _chunks(self, lines: list[bytes]) -> Iterable[tuple[list[bytes], int, int]]:
+        """(lines, count, bytes): the whole batch, unless it alone exceeds the size limit."""
         total = sum(map(len, lines))
         limit = self.max_bytes
         if limit <= 0 or total <= limit:
-            yield b"".join(lines), len(lines)
+            yield lines, len(lines), total
             return
         start, size = 0, 0
         for i, line in enumerate(lines):
             if size and size + len(line) > limit:
-                yield b"".join(lines[start:i]), i - start
+                yield lines[start:i], i - start, size
                 start, size = i, 0
             size += len(line)
-        yield b"".join(lines[start:]), len(lines) - start
+        yield lines[start:], len(lines) - start, size
 
     def _open(self) -> None:
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, self.perm)
@@ -243,12 +246,20 @@ class JsonlWriter:
         self._size = os.fstat(fd).st_size
         self._opened_at = self._clock()
 
-    def _write_all(self, data: bytes) -> None:
+    def _write_all(self, parts: list[bytes], nbytes: int) -> None:
+        """writev of the lines as they are (no joined copy of the batch: that copy cost
+        ~7% of the agent's time per event), IOV_MAX at a time; a short write (only disk
+        full or a signal) finishes the rest with plain writes."""
         assert self._fd is not None
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        fd = self._fd
+        for i in range(0, len(parts), _IOV_MAX):
+            group = parts[i : i + _IOV_MAX]
+            want = nbytes if len(group) == len(parts) else sum(map(len, group))
+            written = os.writev(fd, group)
+            if written < want:
+                view = memoryview(b"".join(group))[written:]
+                while view:
+                    view = view[os.write(fd, view):]
 
     def _maybe_rotate(self, incoming: int) -> None:
         if self._size == 0:

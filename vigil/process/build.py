@@ -58,7 +58,7 @@ py_format_arguments = format_arguments
 if native.fast is not None:
     format_arguments = native.fast.format_arguments  # noqa: F811 - the compiled twin
 
-@dataclass
+@dataclass(frozen=True)
 class BuildOptions:
     node_name: str
     enable_cred: bool = True
