@@ -62,9 +62,15 @@ static __always_inline int string_filter(struct gen_heap *h, struct vp_filter *f
 		return 0;
 	switch (f->op) {
 	case VP_OP_EQ:
-	case VP_OP_NEQ:
-		hit = str_payload_key(h, ah, s, f->map_id) >= 0 && bpf_map_lookup_elem(&str_map, &s->sk);
+	case VP_OP_NEQ: {
+		__u32 n = ah->len;
+
+		if (f->flags & VP_FF_LENMASK && (n >= VP_STR_KEY || !((__u64)f->lo[(n >> 6) & 3] >> (n & 63) & 1)))
+			hit = 0;  /* no value has this length */
+		else
+			hit = str_payload_key(h, ah, s, f->map_id) >= 0 && bpf_map_lookup_elem(&str_map, &s->sk);
 		return f->op == VP_OP_EQ ? hit : !hit;
+	}
 	case VP_OP_PREFIX:
 	case VP_OP_NOTPREFIX:
 		hit = lpm_match(&prefix_map, p, ah->len, f->map_id, 0);

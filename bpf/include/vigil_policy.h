@@ -130,11 +130,15 @@ struct vp_filter {
 	__u8 op;          /* enum vp_op; 0 = unused slot */
 	__u8 slot;        /* argument slot it applies to */
 	__u8 nvals;
-	__u8 pad;
+	__u8 flags;       /* VP_FF_* */
 	__u32 map_id;     /* key prefix in the string/addr/value maps */
 	__s64 lo[VP_MAX_VALUES];  /* values, or range lower bounds */
 	__s64 hi[VP_MAX_VALUES];  /* range upper bounds (= lo for single values) */
 };
+
+/* string Equal/NotEqual: lo[0..3] is a 256-bit mask of the values' lengths, so a string
+ * of another length is decided without building and hashing a map key */
+#define VP_FF_LENMASK (1 << 0)
 
 struct vp_action_cfg {
 	__u8 type;        /* enum vp_action */

@@ -434,7 +434,8 @@ class Agent:
         src = self._source
         inner = getattr(src, "inner", src)
         return {"records": getattr(inner, "records", 0), "bytes": getattr(inner, "bytes", 0),
-                "discarded": getattr(inner, "discarded", 0)}
+                "discarded": getattr(inner, "discarded", 0), "size": getattr(inner, "size", 0),
+                "peak_bytes": getattr(inner, "peak", 0)}
 
     def _export_stats(self) -> dict[str, Any]:
         w, f = self.writer, self.export_filter

@@ -40,7 +40,7 @@ class AgentConfig:
     # process cache and kernel side
     process_cache_size: int = 65536
     process_cache_gc_interval: float = 30.0
-    rb_size: int = 8 << 20
+    rb_size: int = 64 << 20   # the CLI's default is `auto` (vigil.cli.agent_cmd.auto_ring_size)
     execve_map_entries: int = 32768
     args_max: int = 4096
     enable_process_cred: bool = True

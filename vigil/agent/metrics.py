@@ -55,6 +55,9 @@ class AgentCollector(Collector):
                                   value=rb["records"])
         yield CounterMetricFamily("tetragon_observer_ringbuf_errors", "Discarded ring buffer records",
                                   value=rb["discarded"])
+        yield GaugeMetricFamily("vigil_ringbuf_size_bytes", "Size of the kernel ring buffer", value=rb.get("size", 0))
+        yield GaugeMetricFamily("vigil_ringbuf_peak_bytes", "Most bytes waiting in the ring buffer at one drain "
+                                "(near the size: enlarge --rb-size)", value=rb.get("peak_bytes", 0))
         user = CounterMetricFamily("vigil_events_lost_userspace", "Events lost in user space, by cause",
                                    labels=["cause"])
         for cause, n in st["lost"]["user"].items():

@@ -31,6 +31,19 @@ def _size(value: str | int) -> int:
     return int(v[:-1] if mult > 1 else v) * mult
 
 
+def auto_ring_size(ram: int | None = None) -> int:
+    """--rb-size auto: 64 MiB, or RAM/128 rounded down to a power of two if less, at least 8 MiB.
+    A burst the agent cannot drain as fast as it comes (the kernel writes a policy record in
+    ~1 us; the agent handles one in several) waits in the ring; the worst case measured
+    (bench/filter_overhead.py: every open of a 200k open+close loop exported) needs ~40 MiB."""
+    if ram is None:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    size = 64 << 20
+    while size > 8 << 20 and size > ram // 128:
+        size >>= 1
+    return size
+
+
 OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--export-filename", dict(default="", help="Write events as JSON lines to this file ('-' = stdout).")),
     ("--export-file-max-size-mb", dict(type=float, default=10, show_default=True, help="Rotate the export file at this size.")),
@@ -54,7 +67,10 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--metrics-server", dict(default="", help="Prometheus /metrics listen address, e.g. :2112; empty disables.")),
     ("--process-cache-size", dict(type=int, default=65536, show_default=True, help="Max entries in the process cache.")),
     ("--process-cache-gc-interval", dict(type=float, default=30.0, show_default=True, help="Seconds an exited process stays cached.")),
-    ("--rb-size", dict(default="8M", show_default=True, help="Ring buffer size (power of two; K/M/G suffixes).")),
+    ("--rb-size", dict(default="auto", show_default=True,
+                       help="Ring buffer size (power of two; K/M/G suffixes). auto: 64M, or RAM/128 when that is "
+                            "less (at least 8M): room for ~250k policy records, a one-second burst at the "
+                            "syscall rate while the agent catches up. `vigil status` shows the peak fill.")),
     ("--execve-map-entries", dict(type=int, default=32768, show_default=True, help="Kernel process map size.")),
     ("--args-max-bytes", dict(type=int, default=4096, show_default=True, help="Bytes of argv captured per exec (max 32767); longer lists are truncated and flagged.")),
     ("--enable-process-cred", dict(type=bool, default=True, show_default=True, help="Add process_credentials and cap to process info.")),
@@ -125,7 +141,7 @@ def _build_command() -> click.Command:
         except ValueError:
             raise click.BadParameter(f"{kw['export_file_perm']!r} is not an octal mode", param_hint="--export-file-perm")
         try:
-            rb = _size(kw["rb_size"])
+            rb = auto_ring_size() if kw["rb_size"].strip().lower() == "auto" else _size(kw["rb_size"])
         except ValueError:
             raise click.BadParameter(f"{kw['rb_size']!r} is not a size", param_hint="--rb-size")
         cfg = AgentConfig(

@@ -63,8 +63,11 @@ class Arg(C.Structure):
 
 
 class Filter(C.Structure):
-    _fields_ = [("op", C.c_uint8), ("slot", C.c_uint8), ("nvals", C.c_uint8), ("pad", C.c_uint8),
+    _fields_ = [("op", C.c_uint8), ("slot", C.c_uint8), ("nvals", C.c_uint8), ("flags", C.c_uint8),
                 ("map_id", C.c_uint32), ("lo", C.c_int64 * MAX_VALUES), ("hi", C.c_int64 * MAX_VALUES)]
+
+
+FF_LENMASK = 1 << 0  # string Equal/NotEqual: lo[0..3] holds a mask of the values' lengths
 
 
 class ActionCfg(C.Structure):

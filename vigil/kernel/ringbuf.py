@@ -37,6 +37,7 @@ class RingBuffer:
         self.records = 0
         self.discarded = 0
         self.bytes = 0
+        self.peak = 0  # most bytes waiting at one drain: how close the ring came to full
 
     def fileno(self) -> int:
         return self._ep.fileno()
@@ -55,6 +56,8 @@ class RingBuffer:
         prod_map, cons_map = self._prod, self._cons
         cons = _Q.unpack_from(cons_map, 0)[0]
         prod = _Q.unpack_from(prod_map, 0)[0]
+        if prod - cons > self.peak:
+            self.peak = prod - cons
         out: list[bytes] = []
         base, mask = self._data_off, self._mask
         start = cons

@@ -245,6 +245,7 @@ def _compile_filter(ch: CompiledHook, f: L.Filter, e: ArgSelector, vtype: int, m
         if op not in STRING_OPS:
             errs.error(e.at("operator"), f'operator "{op}" does not apply to string-like arguments')
             return
+        lengths = 0
         for k, v in enumerate(e.values):
             b = _str_value(v)
             if op in ("Equal", "NotEqual"):
@@ -253,6 +254,7 @@ def _compile_filter(ch: CompiledHook, f: L.Filter, e: ArgSelector, vtype: int, m
                                f"{L.STR_KEY - 1} bytes; this one has {len(b)}")
                     continue
                 ch.str_keys.append(struct.pack("<I", map_id) + b.ljust(L.STR_KEY, b"\0"))
+                lengths |= 1 << len(b)
             else:
                 if len(b) > L.LPM_STR:
                     errs.error(e.at(f"values[{k}]"), f"prefix/postfix values are limited to {L.LPM_STR} bytes "
@@ -262,6 +264,11 @@ def _compile_filter(ch: CompiledHook, f: L.Filter, e: ArgSelector, vtype: int, m
                     b = b[::-1]
                 key = struct.pack("<II", 32 + 8 * len(b), map_id) + b.ljust(L.LPM_STR, b"\0")
                 (ch.postfix_keys if op in ("Postfix", "NotPostfix") else ch.prefix_keys).append(key)
+        if op in ("Equal", "NotEqual"):
+            # the kernel skips the map lookup for a string of no value's length
+            f.flags |= L.FF_LENMASK
+            for w in range(4):
+                f.lo[w] = _s64((lengths >> (64 * w)) & 0xFFFFFFFFFFFFFFFF)
         return
     if vtype in SOCK_TYPES and not is_return:
         if op not in SOCK_OPS:
