@@ -2,7 +2,8 @@
 """filter_overhead: cost of an in-kernel policy filter on a hot syscall.
 
 An `openat` + `close` loop (a small C program, so the loop itself is steady)
-runs N times in these configurations, interleaved over several rounds:
+runs N times in these configurations, over several rounds; each configuration is
+measured (the least of --reps runs) between two measurements of `off`:
 
   off        no agent (the baseline)
   nomatch    agent with a policy on sys_openat whose selector never matches
@@ -129,10 +130,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="small N, one round")
     ap.add_argument("--no-bpftrace", action="store_true", help="skip the bpftrace peer")
+    ap.add_argument("--reps", type=int, default=3, help="loop runs per measurement (the least counts)")
     ap.add_argument("--rb-size", default="", help="the agent's --rb-size (default: the agent's own)")
     a = ap.parse_args()
     if a.quick:
-        a.n, a.rounds = 20_000, 1
+        a.n, a.rounds, a.reps = 20_000, 1, 1
     require_root()
     install_signal_handlers()
     if not a.no_bpftrace:
@@ -156,21 +158,23 @@ def main() -> int:
         printed: list[int] = []
         drops: dict[str, int] = {}
         agent_args = ["--rb-size", a.rb_size] if a.rb_size else []
+        def loop() -> float:  # the least of a few runs: interference only ever adds
+            return min(run_loop(exe, a.n, str(target)) for _ in range(a.reps))
+
         for rnd in range(a.rounds):
-            base = run_loop(exe, a.n, str(target))
-            times["off"].append(base)
             for cfg in configs[1:]:
+                before = loop()  # each configuration against `off` measured right beside it
                 if cfg.startswith("bt-"):
                     path = "/nonexistent/vigil" if cfg == "bt-nomatch" else str(target)
                     with Bpftrace(BPFTRACE.format(path=path), tmp / f"{cfg}-{rnd}.out") as bt:
-                        t = run_loop(exe, a.n, str(target))
+                        t = loop()
                         time.sleep(0.5)
                     if cfg == "bt-match":
                         printed.append(bt.lines(str(target)))
                 else:
                     export = tmp / f"{cfg}-{rnd}.log"
                     with AgentProc(export, ["--tracing-policy", str(tmp / f"{cfg}.yaml"), *agent_args]) as agent:
-                        t = run_loop(exe, a.n, str(target))
+                        t = loop()
                         wait_quiet(export, 1.0, 300)
                         if cfg == "match":
                             with open(export, "rb") as f:
@@ -178,6 +182,8 @@ def main() -> int:
                             for k, v in agent.kernel_drops().items():
                                 drops[k] = drops.get(k, 0) + v
                     export.unlink(missing_ok=True)
+                base = (before + loop()) / 2
+                times["off"].append(base)
                 times[cfg].append(t)
                 ratios[cfg].append(t / base)
         off = median(times["off"])
@@ -191,15 +197,15 @@ def main() -> int:
             **{f"ratios_{c.replace('-', '_')}": [round(x, 3) for x in r] for c, r in ratios.items()},
             "ns_added_nomatch": round((median(times["nomatch"]) - off) / a.n * 1e9),
             "match_events_per_s": round(a.n / median(times["match"])),
-            "match_events_expected": a.n * a.rounds,
+            "match_events_expected": a.n * a.rounds * a.reps,
             "match_events_exported": sum(exported),
-            "events_lost": a.n * a.rounds - sum(exported),
+            "events_lost": a.n * a.rounds * a.reps - sum(exported),
             "kernel_drops": drops,
         }
         if printed:
             res["ns_added_bt_nomatch"] = round((median(times["bt-nomatch"]) - off) / a.n * 1e9)
             res["bt_match_printed"] = sum(printed)
-            res["bt_match_lost"] = a.n * a.rounds - sum(printed)
+            res["bt_match_lost"] = a.n * a.rounds * a.reps - sum(printed)
         print(f"openat+close x{a.n}, {a.rounds} round(s); ratios to `off` of the same round, medians:")
         print(f"  off        {res['off_s']:.3f}s CPU ({res['ns_per_open_off']} ns/open)")
         print(f"  nomatch    ratio {med['nomatch']:.3f} (+{res['ns_added_nomatch']} ns/open; goal <= 1.10 and below "

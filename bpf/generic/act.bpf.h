@@ -204,18 +204,24 @@ static __always_inline void send(void *ctx, struct gen_heap *h)
 		stat_inc(HS_POSTED);
 }
 
+/* A record is going to be made: its time, and whose it is (a filtered hit pays neither) */
+static __always_inline void record_made(struct gen_heap *h)
+{
+	if (!h->m.hdr.ktime)
+		h->m.hdr.ktime = bpf_ktime_get_ns();
+	resolve_key(h);
+}
+
 /* Everything after the raw values are in place. */
 static __always_inline int run_hook(void *ctx, struct gen_heap *h, struct vp_hook *cfg)
 {
-	struct execve_entry *e;
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 i, sel = 0;
 
 	stat_inc(HS_HITS);
 	h->m.hdr.op = VIGIL_OP_GENERIC;
 	h->m.hdr.flags = 0;
-	h->m.hdr.ktime = bpf_ktime_get_ns();
+	h->m.hdr.ktime = 0;  /* stamped once a record is going to be made */
 	h->m.hook_id = cfg->hook_id;
 	h->m.tid = (__u32)id;
 	h->tgid = id >> 32;
@@ -230,22 +236,10 @@ static __always_inline int run_hook(void *ctx, struct gen_heap *h, struct vp_hoo
 	h->post = 1;
 	h->want_stack = 0;
 	h->override_err = 0;
-	{
-		struct pid *tp = BPF_CORE_READ(task, thread_pid);
-		unsigned int level = BPF_CORE_READ(tp, level);
-		struct upid up = {};
-
-		bpf_probe_read_kernel(&up, sizeof(up), &tp->numbers[level & 31]);
-		h->nspid = up.nr;
-	}
-	e = bpf_map_lookup_elem(&execve_map, &h->tgid);
-	if (e) {
-		h->m.key = e->key;
-	} else {
-		h->m.key.pid = h->tgid;
-		h->m.key.pad = 0;
-		h->m.key.ktime = 0;
-	}
+	/* the process key and the namespace pid are looked up only once a record is going to
+	 * be made (or a selector asks): a filtered hit costs no more than it must */
+	h->keyed = 0;
+	h->nspid_known = 0;
 
 	for (i = 0; i < VP_MAX_ARGS; i++) {
 		if (i >= cfg->nargs)
@@ -267,6 +261,7 @@ static __always_inline int run_hook(void *ctx, struct gen_heap *h, struct vp_hoo
 			h->m.key = o->key;
 			h->tgid = o->key.pid;
 			h->m.tid = o->tid;
+			h->keyed = 1;
 			break;
 		}
 	}
@@ -286,11 +281,13 @@ static __always_inline int run_hook(void *ctx, struct gen_heap *h, struct vp_hoo
 		}
 		h->m.selector = sel;
 		h->sel = sel;
+		record_made(h);
 		i = (sel - 1) & (VP_SLOTS - 1);
 		if (cfg->sel[i].nactions)
 			h->m.action = do_actions(h, cfg, cfg->sel[i].actions, cfg->sel[i].nactions, sel);
 	}
 
+	record_made(h);
 	if (cfg->flags & VP_HOOK_RETURN) {
 		if (bpf_map_update_elem(&pending, &id, h, BPF_ANY))
 			stat_inc(HS_PENDING_FULL);

@@ -3,6 +3,24 @@
 #ifndef VIGIL_GENERIC_MATCH_BPF_H
 #define VIGIL_GENERIC_MATCH_BPF_H
 
+/* m.key of the current process (from execve_map), unless already resolved */
+static __always_inline void resolve_key(struct gen_heap *h)
+{
+	struct execve_entry *e;
+
+	if (h->keyed)
+		return;
+	h->keyed = 1;
+	e = bpf_map_lookup_elem(&execve_map, &h->tgid);
+	if (e) {
+		h->m.key = e->key;
+	} else {
+		h->m.key.pid = h->tgid;
+		h->m.key.pad = 0;
+		h->m.key.ktime = 0;
+	}
+}
+
 /* ---- selectors ---- */
 
 static __always_inline int str_payload_key(struct gen_heap *h, struct vp_arg_hdr *ah,
@@ -361,7 +379,19 @@ static __always_inline int binary_filter(struct vp_selector *sel, struct gen_hea
 
 static __always_inline int pid_filter(struct vp_selector *sel, struct gen_heap *h)
 {
-	__u32 pid = sel->pid_nspid ? h->nspid : h->tgid;
+	__u32 pid;
+
+	if (sel->pid_nspid && !h->nspid_known) {
+		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+		struct pid *tp = BPF_CORE_READ(task, thread_pid);
+		unsigned int level = BPF_CORE_READ(tp, level);
+		struct upid up = {};
+
+		bpf_probe_read_kernel(&up, sizeof(up), &tp->numbers[level & 31]);
+		h->nspid = up.nr;
+		h->nspid_known = 1;
+	}
+	pid = sel->pid_nspid ? h->nspid : h->tgid;
 	int i, any = 0;
 
 	for (i = 0; i < VP_MAX_PIDS; i++) {

@@ -148,6 +148,12 @@ def tracepoint_fields(category: str, name: str) -> list[TpField] | None:
     return out
 
 
+def syscall_arity(base: str) -> int:
+    """How many arguments syscalls/sys_enter_<base> records (its fields after __syscall_nr)."""
+    fields = tracepoint_fields("syscalls", f"sys_enter_{base}") or []
+    return min(6, sum(1 for f in fields if not f.name.startswith("common_") and f.name != "__syscall_nr"))
+
+
 def tracepoint_exists(category: str, name: str) -> bool:
     root = tracefs_root()
     return root is not None and os.path.isdir(os.path.join(root, "events", category, name))
@@ -227,7 +233,7 @@ def place_kprobe(spec: KProbeSpec, section: str, index: int, call: str, has: Pro
             pl.reason = f"no tracepoint syscalls/sys_enter_{base} on this kernel"
             return pl
         pl.mechanism = "tracepoint"
-        pl.entry_prog = "vigil_sys_enter"
+        pl.entry_prog = f"vigil_sys_enter{syscall_arity(base)}"
         pl.attach = {"category": "syscalls", "name": f"sys_enter_{base}", "func": f"__x64_sys_{base}"}
         if spec.return_:
             pl.return_prog = "vigil_sys_exit"
