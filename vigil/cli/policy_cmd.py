@@ -72,11 +72,16 @@ def _as_dict(r: LoadResult) -> dict[str, object]:
 @policy.command("explain")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def explain(files: tuple[str, ...], output: str) -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="Text output: one line per expanded call (lists, symbols) instead of grouped lines.")
+def explain(files: tuple[str, ...], output: str, verbose: bool) -> None:
     """Show where each hook of the policies would run on this kernel, or why it cannot.
 
     Uses the feature probe (it loads tiny BPF programs, so it needs root); nothing of the
-    policy itself is loaded. Exit 1 if any policy could not be loaded here."""
+    policy itself is loaded. Exit 1 if any policy could not be loaded here. Hooks that
+    expand to many calls print grouped (one line per hook and mechanism); -v lists each."""
+    from vigil.cli.explain_view import error_lines, hook_lines
+
     from vigil.kernel.features import cached_probe
     from vigil.policy.compile import compile_policy
     from vigil.policy.errors import PolicyErrors
@@ -122,9 +127,9 @@ def explain(files: tuple[str, ...], output: str) -> None:
                 continue
             verdict = "loadable" if entry["loadable"] else "NOT loadable on this kernel"
             click.echo(f"{entry['policy']} ({entry['file']}, mode {entry['mode']}): {verdict}")
-            for h in entry.get("hooks", []):
-                click.echo(f"  {h['section']}[{h['index']}] {h['target']}: {h['runs_on']}")
-            for e in entry.get("errors", []):
-                click.echo(f"  refused: {e}")
+            for line in hook_lines(entry.get("hooks", []), verbose):
+                click.echo(f"  {line}")
+            for line in error_lines(entry.get("errors", []), verbose):
+                click.echo(f"  refused: {line}")
     if not ok:
         raise SystemExit(1)
