@@ -498,7 +498,8 @@ def _decide_one(rep: DryRunReport, hv: HookView, hr: HookReport, body: Mapping[s
     st.matched += 1
     proc = body.get("process") or {}
     pod = proc.get("pod") or {}
-    who = (str(p.binary or proc.get("binary", "")), f"{pod.get('namespace', '')}/{pod.get('name', '')}" if pod else "")
+    # the process as recorded (for exec hooks: the program being executed, not its caller)
+    who = (str(proc.get("binary") or p.binary or ""), f"{pod.get('namespace', '')}/{pod.get('name', '')}" if pod else "")
     st.processes[who] += 1
     out = _outcome(d)
     if out:
