@@ -115,8 +115,8 @@ class Gated:
 
 
 @contextmanager
-def loaded(ra: RunningAgent, text: str) -> Iterator[str]:
-    name = ra.agent.policies.add_text(text, "<library test>")[0]
+def loaded(ra: RunningAgent, text: str, mode: str | None = None) -> Iterator[str]:
+    name = ra.agent.policies.add_text(text, "<library test>", mode=mode)[0]
     try:
         yield name
     finally:

@@ -54,7 +54,7 @@ def test_kernel_string_limits():
 def test_integer_operators_on_the_kernels_signed_64_bit_value():
     assert int_match("Equal", [(5, 5)], 5) and not int_match("NotEqual", [(5, 5)], 5)
     assert int_match("GT", [(10, 10), (0, 0)], 11) and not int_match("GT", [(10, 10), (0, 0)], 5)  # first value only
-    assert int_match("LT", [(10, 10)], -3)
+    assert not int_match("GT", [(10, 10)], 10) and int_match("LT", [(10, 10)], -3) and not int_match("LT", [(10, 10)], 10)
     assert int_match("Mask", [(0x4, 0x4), (0x10, 0x10)], 0x14) and not int_match("Mask", [(0x8, 0x8)], 0x7)
     assert int_match("InRange", [(1, 3)], 3) and int_match("NotInRange", [(1, 3)], 4)
     assert int_match("InMap", [(7, 7)], 7) and int_match("NotInMap", [(7, 7)], 8)
