@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -124,19 +125,47 @@ def loaded(ra: RunningAgent, text: str, mode: str | None = None) -> Iterator[str
 
 
 def run_scoped(ra: RunningAgent, gate: Path, name: str, argv: list[str], *, text: str | None = None,
-               user: int | None = None, scope_binary: str | None = None, cwd: str | None = None
-               ) -> tuple[Gated, list[dict[str, Any]]]:
+               user: int | None = None, scope_binary: str | None = None, cwd: str | None = None,
+               expect: int = 0) -> tuple[Gated, list[dict[str, Any]]]:
     """Start argv behind the gate, load library policy `name` scoped to it, let it run; return the
-    process and every event of the policy (the scoping makes them all the test process's)."""
+    process and every event of the policy (the scoping makes them all the test process's).
+
+    Events from the kernel arrive in ring-buffer order, before the end marker's; decisions of the
+    native permission helper arrive on their own channel and may come after it: with `expect`,
+    wait (60 s at most) until that many events of the policy have arrived."""
     g = Gated(gate, argv, user=user, cwd=cwd)
     try:
         ra.collect(lambda: None)  # the agent has seen the gate's exec: its events name the process
         policy_text = scoped(text or library_text(name), pid=None if scope_binary else g.pid, binary=scope_binary)
         with loaded(ra, policy_text) as pname:
-            events = ra.collect(lambda: g.go())
+            events = collect(ra, g.go, lambda evs: len(policy_bodies(evs, pname)) >= expect)
     finally:
         g.close()
     return g, policy_bodies(events, pname)
+
+
+def collect(ra: RunningAgent, action: Any, done: Any, timeout: float = 60.0) -> list[dict[str, Any]]:
+    """Run action(); return the events up to the end marker's exit and, beyond it, until
+    done(events) holds (or `timeout`)."""
+    sub = ra.agent.subscribe(maxsize=1_000_000)
+    try:
+        action()
+        token = f"vigil-marker-{uuid.uuid4().hex}"
+        subprocess.run(["/bin/true", token], check=True)
+        out: list[dict[str, Any]] = []
+        marker = False
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not (marker and done(out)):
+            for e in sub.get_batch(timeout=0.5, max_items=100000):
+                out.append(e)
+                ex = e.get("process_exit")
+                if ex and ex["process"].get("arguments") == token:
+                    marker = True
+        assert marker, f"end marker not seen within {timeout}s ({len(out)} events)"
+        assert sub.dropped == 0, f"test subscriber lost {sub.dropped} events"
+        return out
+    finally:
+        sub.close()
 
 
 def policy_bodies(events: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:

@@ -76,7 +76,8 @@ def scratch_dirs(bins: dict[str, Path]) -> Iterator[dict[str, Path]]:
 def test_deny_exec_writable_dirs_refuses_before_the_first_instruction(running_agent: RunningAgent,
                                                                        bins: dict[str, Path], scratch_dirs, where):
     d = scratch_dirs[where]
-    g, bodies = run_scoped(running_agent, bins["gate"], "deny-exec-writable-dirs", [str(d / "tool"), str(d / "ran")])
+    g, bodies = run_scoped(running_agent, bins["gate"], "deny-exec-writable-dirs", [str(d / "tool"), str(d / "ran")],
+                           expect=1)
     assert g.returncode == 100 + errno.EPERM, (g.returncode, g.stderr)
     assert not (d / "ran").exists()  # the tool's first act would have created it
     assert len(bodies) == 1, bodies
@@ -105,7 +106,8 @@ def test_exec_allowlist_refuses_unlisted_binaries(running_agent: RunningAgent, b
     text = without_pod_selector(library_text("exec-allowlist"))
     g, bodies = run_scoped(running_agent, bins["gate"], "exec-allowlist", ["/usr/bin/true"], text=text)
     assert g.returncode == 0 and bodies == []
-    g, bodies = run_scoped(running_agent, bins["gate"], "exec-allowlist", [str(work / "truebin")], text=text)
+    g, bodies = run_scoped(running_agent, bins["gate"], "exec-allowlist", [str(work / "truebin")], text=text,
+                           expect=1)
     assert g.returncode == 100 + errno.EPERM
     (b,) = bodies
     assert args(b) == [{"string_arg": str(work / "truebin")}] and b["action"] == "KPROBE_ACTION_OVERRIDE"
