@@ -529,3 +529,32 @@ def test_shell_in_container(running_agent: RunningAgent, bins: dict[str, Path], 
     g, bodies = run_scoped(running_agent, bins["gate"], "shell-in-container",
                            ["/usr/bin/unshare", "--mount", "--fork", str(work / "truebin")])
     assert g.returncode == 0 and bodies == []
+
+
+# ---------------------------------------------------------------- the library on this kernel
+@pytest.mark.parametrize("entry", __import__("vigil.policy.library", fromlist=["entries"]).entries(),
+                         ids=lambda e: e.name)
+def test_loads_here_unless_it_says_what_it_needs(running_agent: RunningAgent, entry):
+    """Every library policy compiles on this kernel, except the ones whose `vigil.io/needs` says
+    what this kernel (or build) lacks; `explain` then refuses them with that reason."""
+    from vigil.policy.compile import compile_policy
+    from vigil.policy.errors import PolicyErrors
+    from vigil.policy.loader import load_policies
+
+    (p,) = load_policies(entry.path)
+    ids = iter(range(1, 1 << 20))
+    try:
+        compile_policy(p, running_agent.agent.policies.has, lambda: next(ids))
+        refused = ""
+    except PolicyErrors as e:
+        refused = "; ".join(x.message for x in e.errors)
+    if not entry.needs:
+        assert not refused, refused
+        return
+    assert refused, f"{entry.name} says it needs {entry.needs!r} but loads here"
+    expected = {"capset-raise": "needs a kprobe or fentry hook",
+                "kernel-module-load": "no tracepoint syscalls/sys_enter_finit_module",
+                "exec-allowlist": "podSelector needs Kubernetes pod information"}[entry.name]
+    if entry.name == "kernel-module-load" and _have_module_syscalls():
+        pytest.fail("this kernel has module syscalls: kernel-module-load must load here")
+    assert expected in refused, refused
