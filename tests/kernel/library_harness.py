@@ -13,7 +13,6 @@ holds the agent: gh-104372).
 """
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import subprocess
@@ -209,5 +208,5 @@ def unique() -> str:
     return uuid.uuid4().hex[:10]
 
 
-__all__ = ["Gated", "build_bins", "copy", "library_text", "loaded", "make_work", "policy_bodies", "py",
+__all__ = ["Gated", "build_bins", "collect", "library_text", "loaded", "make_work", "policy_bodies", "py",
            "run_scoped", "scoped", "sh_in_namespaces", "unique", "without_pod_selector"]

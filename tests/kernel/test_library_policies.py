@@ -9,7 +9,6 @@ import errno
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ import pytest
 
 from tests.kernel.conftest import RunningAgent
 from tests.kernel.library_harness import (build_bins, library_text, make_work, py, run_scoped, sh_in_namespaces,
-                                          unique, without_pod_selector)
+                                          without_pod_selector)
 
 pytestmark = pytest.mark.kernel
 NOBODY = 65534

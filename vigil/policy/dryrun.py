@@ -26,8 +26,8 @@ from typing import Any, Iterable, Mapping
 from . import enums
 from .evaluate import NS_KEYS, Call, Decision, HookRules, Process, Sock, Unknown, decide, pod_selector_match
 from .findings import Correlator, finding_sequence
-from .model import KProbeArg, KProbeSpec, LsmHookSpec, Policy, Selector, TracepointSpec, UProbeSpec
-from .values import parse_duration, syscall_base
+from .model import KProbeSpec, Policy, Selector
+from .values import parse_duration
 
 Event = dict[str, Any]
 KINDS = ("process_kprobe", "process_tracepoint", "process_lsm", "process_uprobe")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence, Union
 
 from . import enums
-from .model import ActionSelector, ArgSelector, CapabilitiesSelector, KProbeArg, LabelSelector, Selector
+from .model import ActionSelector, ArgSelector, KProbeArg, LabelSelector, Selector
 from .values import (parse_capability, parse_cidr, parse_family, parse_int, parse_int_or_range, parse_port,
                      parse_protocol, parse_tcp_state)
 
