@@ -188,3 +188,12 @@ def test_cli_errors_are_clear(tmp_path: Path, export: Path):
     assert r.returncode == 1 and f"{bad}:8:".encode() in r.stderr and b"Traceback" not in r.stderr
     r = run("library:mount", "--events", str(tmp_path / "none.log"))
     assert r.returncode == 1 and b"cannot read" in r.stderr and b"Traceback" not in r.stderr
+
+
+def test_bpf_commands_by_name():
+    body = {"process": process(80, "/usr/bin/bpftool", SHELL["exec_id"]), "parent": SHELL,
+            "function_name": "__x64_sys_bpf"}
+    load = {"process_kprobe": {**body, "args": [{"bpf_cmd_arg": "BPF_PROG_LOAD"}, {"uint_arg": 128}]}}
+    lookup = {"process_kprobe": {**body, "args": [{"bpf_cmd_arg": "BPF_MAP_LOOKUP_ELEM"}, {"uint_arg": 32}]}}
+    rep = dry_run(lib("bpf-program-load"), [load, lookup, load])
+    assert rep.hooks[0].selectors[0].matched == 2 and rep.hooks[0].no_match == 1
