@@ -157,6 +157,7 @@ def case_strategy(env: dict[str, Any]) -> Any:
     return cases(env["files"], str(env["work"] / "vpy"))
 
 
+@pytest.mark.usefixtures("others_can_resolve_paths")
 @settings(max_examples=50, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())

@@ -1,11 +1,8 @@
-"""The Debian package (`make deb`) installed and run as its systemd unit would run it.
-
-The package is installed into a private mount namespace (overlays on /usr and /etc, tmpfs on
-/run and /var/log, a private network namespace): the host's file systems and ports are never
-touched and everything disappears with the namespace. The agent is started with the unit's own
-ExecStart, with the runtime and logs directories the unit asks systemd for, and then `vigil
-status`, the policy library, the export file and the metrics endpoint are used as an operator
-would on a machine with the package.
+"""The Debian package (`make deb`): its contents, and the agent it installs run as its systemd unit
+would run it: the unit's own ExecStart, the runtime and logs directories the unit asks systemd for,
+then `vigil status`, the policy library, the export file and the metrics endpoint used as an
+operator would on a machine with the package. Nothing is installed on the host: the files are
+unpacked under a test directory.
 """
 from __future__ import annotations
 
@@ -79,19 +76,19 @@ def test_package_contents_and_unit(tmp_path: Path):
 SCRIPT = r"""
 set -eu
 T={tmp}
-mkdir -p $T/up/usr $T/up/etc $T/work/usr $T/work/etc
-mount -t overlay vigil-test -o lowerdir=/usr,upperdir=$T/up/usr,workdir=$T/work/usr /usr
-mount -t overlay vigil-test -o lowerdir=/etc,upperdir=$T/up/etc,workdir=$T/work/etc /etc
-mount -t tmpfs vigil-test /run
-mount -t tmpfs vigil-test /var/log
+R=$T/root
 ip link set lo up
-# install the package's files (what dpkg -i unpacks), into the overlays
-dpkg-deb -x {deb} $T/pkg
-cp -a $T/pkg/usr/. /usr/
-cp -a $T/pkg/etc/. /etc/
-# what systemd does for the unit: RuntimeDirectory=, LogsDirectory=
-mkdir -p -m 0750 /run/{runtime} /var/log/{logs}
-{execstart} 2> $T/agent.err &
+# the package's files, as dpkg -i unpacks them, under $R; the paths it names are moved there too
+dpkg-deb -x {deb} $R
+sed -i "s|/usr/lib/vigil|$R/usr/lib/vigil|g; s|/usr/share/vigil|$R/usr/share/vigil|g" $R/usr/bin/vigil
+sed -i "1s|^#!/usr/lib/vigil|#!$R/usr/lib/vigil|" $R/usr/lib/vigil/venv/bin/vigil
+sed -i "s|/run/|$T/run/|" $R/etc/vigil/server-address $R/etc/vigil/info-file
+sed -i "s|/var/log/|$T/log/|" $R/etc/vigil/export-filename
+sed -i "s|/etc/vigil|$R/etc/vigil|" $R/etc/vigil/tracing-policy-dir
+export VIGIL_INFO_FILE=$T/run/vigil/vigil-info.json
+# what systemd does for the unit: RuntimeDirectory=, LogsDirectory=, then ExecStart
+mkdir -p -m 0750 $T/run/{runtime} $T/log/{logs}
+$(echo "{execstart}" | sed "s|/usr/bin/vigil|$R/usr/bin/vigil|; s|/etc/vigil|$R/etc/vigil|") 2> $T/agent.err &
 AGENT=$!
 trap 'kill -TERM $AGENT 2>/dev/null; wait $AGENT 2>/dev/null || true' EXIT
 i=0
@@ -101,42 +98,68 @@ until grep -q "vigil agent ready" $T/agent.err; do
     sleep 0.1
 done
 echo "== status"
-/usr/bin/vigil status
+$R/usr/bin/vigil status
 echo "== library"
-/usr/bin/vigil policy library list | tail -1
+$R/usr/bin/vigil policy library list | tail -1
 /usr/bin/true vigil-installed-marker
 echo "== tracingpolicy"
-/usr/bin/vigil tracingpolicy add library:raw-sockets
-/usr/bin/vigil tracingpolicy list
+$R/usr/bin/vigil tracingpolicy add library:raw-sockets
+$R/usr/bin/vigil tracingpolicy list
 echo "== metrics"
-/usr/lib/vigil/venv/bin/python -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:2112/metrics', timeout=10).read().decode())" | grep '^tetragon_build_info'
+$R/usr/lib/vigil/venv/bin/python -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:2112/metrics', timeout=10).read().decode())" | grep '^tetragon_build_info'
 echo "== run"
-ls /run/vigil
+ls $T/run/vigil
 kill -TERM $AGENT
 wait $AGENT && echo "== agent exit 0"
 trap - EXIT
 echo "== export"
-grep -c vigil-installed-marker /var/log/vigil/vigil.log
+grep -c vigil-installed-marker $T/log/vigil/vigil.log
 """
 
 
 def test_installed_agent_answers_vigil_status(tmp_path: Path):
+    """The package's files unpacked under a test directory, with the absolute paths they name moved
+    there (the package installed over the real /usr needs a private mount namespace, which a chroot
+    cannot give), run by the unit's ExecStart in a network namespace of its own (its loopback
+    metrics port is its own)."""
     require_root()
     deb = the_deb()
     u = unit(deb, tmp_path)
     svc = u["Service"]
     script = SCRIPT.format(tmp=tmp_path, deb=deb, execstart=svc["ExecStart"], runtime=svc["RuntimeDirectory"],
                            logs=svc["LogsDirectory"])
-    r = subprocess.run(["/usr/bin/unshare", "--mount", "--net", "--fork", "/bin/sh", "-c", script], capture_output=True,
+    r = subprocess.run(["/usr/bin/unshare", "--net", "--fork", "/bin/sh", "-c", script], capture_output=True,
                        text=True, timeout=300)
     out = r.stdout
     assert r.returncode == 0, out + r.stderr
     status = out.split("== status")[1].split("== library")[0]
-    assert "Health Status: running" in status and "Server: unix:///run/vigil/vigil.sock" in status
-    assert f"{len(entries())} policies in /usr/share/vigil/policies" in out
+    assert "Health Status: running" in status and f"Server: unix://{tmp_path}/run/vigil/vigil.sock" in status
+    assert f"{len(entries())} policies in {tmp_path}/root/usr/share/vigil/policies" in out
     assert "raw-sockets" in out.split("== tracingpolicy")[1]
     assert 'tetragon_build_info{' in out.split("== metrics")[1]
+    assert out.split("== run")[1].split()[:2] == ["vigil-info.json", "vigil.sock"]
     assert "== agent exit 0" in out
     export = out.split("== export")[1].split()
-    assert int(export[0]) >= 1  # the marker's exec and exit reached /var/log/vigil/vigil.log
-    assert out.split("== run")[1].split()[:2] == ["vigil-info.json", "vigil.sock"]
+    assert int(export[0]) >= 1  # the marker's exec and exit reached the export file
+
+
+def test_installed_paths_fit_together(tmp_path: Path):
+    """What the relocated run above cannot see: the absolute paths of the package name each other."""
+    from vigil.api.client import INFO_FILES
+
+    deb = the_deb()
+    unit(deb, tmp_path)
+    x = tmp_path / "x"
+    wrapper = (x / "usr/bin/vigil").read_text()
+    for path in ("/usr/lib/vigil/bpf", "/usr/lib/vigil/vigil-permd", "/usr/share/vigil/policies",
+                 "/usr/lib/vigil/venv/bin/vigil"):
+        assert path in wrapper and (x / path.lstrip("/")).exists(), path
+    assert (x / "usr/lib/vigil/venv/bin/vigil").read_text().startswith("#!/usr/lib/vigil/venv/bin/python\n")
+    opt = {f.name: f.read_text().strip() for f in (x / "etc/vigil").iterdir() if f.is_file()}
+    (tmp_path / "u").mkdir()
+    svc = unit(deb, tmp_path / "u")["Service"]
+    assert opt["info-file"] in {f.replace("/var/run/", "/run/") for f in INFO_FILES}  # where vigil status looks
+    assert opt["server-address"] == "unix:///run/vigil/vigil.sock"
+    assert opt["info-file"].startswith(f"/run/{svc['RuntimeDirectory']}/")
+    assert opt["export-filename"].startswith(f"/var/log/{svc['LogsDirectory']}/")
+    assert opt["tracing-policy-dir"] == "/etc/vigil/policies.d" and (x / "etc/vigil/policies.d").is_dir()

@@ -1,8 +1,12 @@
 """Every policy of the library (policies/) against the real kernel: each provokes the behaviour
 from a test-owned process and asserts the exact events (or enforcement outcome), plus cases
 that must stay silent. Policies are loaded as the library ships them, scoped to the test's
-processes (library_harness.scoped). Namespaces, mounts and addresses the tests need are created
-in private namespaces that die with the test process."""
+processes (library_harness.scoped). Network namespaces and addresses the tests need are created
+in namespaces that die with the test process; nothing is mounted in the test's own mount namespace
+(a mount namespace made with `unshare --mount` shares propagation in a chroot, whose root is not a
+mount point, so the tests that mount do it inside a new user namespace, whose mounts never propagate
+back). Operations on system paths are attempts that fail (paths that do not exist): hooks are at
+syscall entry, so they are reported all the same, and the host is not changed."""
 from __future__ import annotations
 
 import errno
@@ -12,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -143,6 +148,7 @@ CAPSET = """
 """
 
 
+@pytest.mark.usefixtures("others_can_resolve_paths")
 def test_capset_unprivileged(running_agent: RunningAgent, bins: dict[str, Path], work: Path):
     g, bodies = run_scoped(running_agent, bins["gate"], "capset-unprivileged", py(work, CAPSET), user=NOBODY)
     assert g.returncode == 0 and g.stdout.split() == ["0", "0"], g.stderr
@@ -189,6 +195,7 @@ def test_namespace_changes(running_agent: RunningAgent, bins: dict[str, Path], w
     assert args(bodies[1])[0]["label"] == "namespace" and "file_arg" in args(bodies[1])[0]
 
 
+@pytest.mark.usefixtures("others_can_resolve_paths")
 def test_userns_unprivileged_observed(running_agent: RunningAgent, bins: dict[str, Path], work: Path):
     g, bodies = run_scoped(running_agent, bins["gate"], "userns-unprivileged", py(work, UNSHARE) + ["0x10000000"],
                            user=NOBODY)
@@ -205,6 +212,7 @@ def test_userns_unprivileged_observed(running_agent: RunningAgent, bins: dict[st
     assert g.returncode == 0 and bodies == []
 
 
+@pytest.mark.usefixtures("others_can_resolve_paths")
 def test_userns_unprivileged_kill(running_agent: RunningAgent, bins: dict[str, Path], work: Path):
     g, bodies = run_scoped(running_agent, bins["gate"], "userns-unprivileged-kill",
                            py(work, UNSHARE) + ["0x10000000"], user=NOBODY)
@@ -220,7 +228,7 @@ def test_privileged_container_start(running_agent: RunningAgent, bins: dict[str,
     init = str(work / "truebin")
     # a new PID namespace whose PID 1 is the test's binary, with every capability: reported
     g, bodies = run_scoped(running_agent, bins["gate"], "privileged-container-start",
-                           ["/usr/bin/unshare", "--pid", "--mount", "--fork", init], scope_binary=init)
+                           ["/usr/bin/unshare", "--pid", "--fork", init], scope_binary=init)
     assert g.returncode == 0, g.stderr
     (b,) = bodies
     assert (b["kind"], b["subsys"], b["event"]) == ("process_tracepoint", "sched", "sched_process_exec")
@@ -229,7 +237,7 @@ def test_privileged_container_start(running_agent: RunningAgent, bins: dict[str,
     assert "CAP_SYS_ADMIN" in b["process"]["cap"]["effective"]
     # the same PID 1 without CAP_SYS_ADMIN, and the binary run in the host's PID namespace: silent
     g, bodies = run_scoped(running_agent, bins["gate"], "privileged-container-start",
-                           ["/usr/bin/unshare", "--pid", "--mount", "--fork", "/usr/bin/setpriv",
+                           ["/usr/bin/unshare", "--pid", "--fork", "/usr/bin/setpriv",
                             "--bounding-set=-sys_admin", "--inh-caps=-sys_admin", init], scope_binary=init)
     assert g.returncode == 0 and bodies == [], g.stderr
     g, bodies = run_scoped(running_agent, bins["gate"], "privileged-container-start", [init], scope_binary=init)
@@ -246,14 +254,14 @@ def test_capset_raise_needs_a_kernel_function_hook():
 
 # ---------------------------------------------------------------- Kubernetes data exfiltration
 TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-# the token is written through a relative path, which the policy does not see (its subject is
-# the later read by the test's program)
-SECRET_SETUP = (f"mount -t tmpfs vigil-test /run\nmkdir -p {os.path.dirname(TOKEN)}\ncd {os.path.dirname(TOKEN)}\n"
-                f"echo not-a-real-token > token\ncd /\n" + NETNS_SETUP)
+SECRET_SETUP = NETNS_SETUP
 EXFIL = """
     import socket, sys
     if sys.argv[1] == "read":
-        open({token!r}).read()
+        try:                       # there is no token here: the attempt is what the hook sees
+            open({token!r}).read()
+        except OSError:
+            pass
     for addr in sys.argv[2:]:
         s = socket.socket()
         s.settimeout(5)
@@ -263,7 +271,7 @@ EXFIL = """
 
 
 def test_secret_read_then_egress_is_one_finding(running_agent: RunningAgent, bins: dict[str, Path], work: Path):
-    argv = sh_in_namespaces(work, ["--mount", "--net"], SECRET_SETUP,
+    argv = sh_in_namespaces(work, ["--net"], SECRET_SETUP,
                             py(work, EXFIL) + ["read", "127.0.0.1", "203.0.113.10"])
     g, bodies = run_scoped(running_agent, bins["gate"], "secret-read-then-egress", argv)
     assert g.returncode == 0, g.stderr
@@ -280,8 +288,8 @@ def test_secret_read_then_egress_is_one_finding(running_agent: RunningAgent, bin
 
 def test_secret_read_by_a_sibling_then_egress(running_agent: RunningAgent, bins: dict[str, Path], work: Path):
     # `sh -c 'cat token; connect'`: the reader and the connecting process share a parent
-    script = f"cat {TOKEN} > /dev/null\n" + " ".join(shlex.quote(a) for a in py(work, EXFIL) + ["no", "203.0.113.10"])
-    argv = sh_in_namespaces(work, ["--mount", "--net"], SECRET_SETUP, ["/bin/sh", "-c", script])
+    script = f"cat {TOKEN} > /dev/null 2>&1 || true\n" + " ".join(shlex.quote(a) for a in py(work, EXFIL) + ["no", "203.0.113.10"])
+    argv = sh_in_namespaces(work, ["--net"], SECRET_SETUP, ["/bin/sh", "-c", script])
     g, bodies = run_scoped(running_agent, bins["gate"], "secret-read-then-egress", argv)
     assert g.returncode == 0, g.stderr
     (b,) = bodies
@@ -290,7 +298,7 @@ def test_secret_read_by_a_sibling_then_egress(running_agent: RunningAgent, bins:
 
 
 def test_egress_without_a_secret_read_is_silent(running_agent: RunningAgent, bins: dict[str, Path], work: Path):
-    argv = sh_in_namespaces(work, ["--mount", "--net"], SECRET_SETUP, py(work, EXFIL) + ["no", "203.0.113.10"])
+    argv = sh_in_namespaces(work, ["--net"], SECRET_SETUP, py(work, EXFIL) + ["no", "203.0.113.10"])
     g, bodies = run_scoped(running_agent, bins["gate"], "secret-read-then-egress", argv)
     assert g.returncode == 0 and bodies == [], g.stderr
 
@@ -298,40 +306,45 @@ def test_egress_without_a_secret_read_is_silent(running_agent: RunningAgent, bin
 # ---------------------------------------------------------------- file integrity
 def test_critical_files(running_agent: RunningAgent, bins: dict[str, Path], work: Path):
     (work / ".ssh").mkdir()
+    (work / ".ssh" / "authorized_keys").write_text("")
+    missing = f"/etc/vigil-test-{uuid.uuid4().hex}"   # attempts on a path that does not exist
     code = f"""
         import os
-        with open("/etc/vigil-fim", "w") as f:        # write: reported
-            f.write("x")
-        open("/etc/vigil-fim").close()               # read: silent
-        os.rename("/etc/vigil-fim", "/etc/vigil-fim2")
-        os.truncate("/etc/vigil-fim2", 0)
-        fd = os.open("/etc/vigil-fim2", os.O_RDONLY)
-        os.fchmod(fd, 0o600)                          # through an fd: its path is resolved
+        def attempt(f, *a):
+            try:
+                f(*a)
+            except OSError:
+                pass
+        attempt(open, "{missing}/file", "w")            # open for writing: reported
+        attempt(open, "{missing}/file")                 # read: silent
+        attempt(os.rename, "{missing}/a", "{missing}/b")
+        attempt(os.truncate, "{missing}/a", 0)
+        attempt(os.chmod, "{missing}/a", 0o644)
+        attempt(os.chown, "{missing}/a", 0, 0)
+        attempt(os.unlink, "{missing}/a")
+        fd = os.open("{work}/.ssh/authorized_keys", os.O_RDONLY)   # silent: read-only
+        os.fchmod(fd, 0o600)                            # through an fd: its path is resolved
         os.close(fd)
-        os.chmod("/etc/vigil-fim2", 0o644)
-        os.chown("/etc/vigil-fim2", 0, 0)
-        os.unlink("/etc/vigil-fim2")
         open("{work}/.ssh/authorized_keys", "a").close()  # SSH keys anywhere: reported
-        open("{work}/notes.txt", "w").close()        # elsewhere: silent
+        open("{work}/notes.txt", "w").close()           # elsewhere: silent
     """
-    # /etc is a private tmpfs in a private mount namespace: the host's /etc is untouched
-    argv = sh_in_namespaces(work, ["--mount"], "mount -t tmpfs vigil-test /etc", py(work, code))
-    g, bodies = run_scoped(running_agent, bins["gate"], "critical-files", argv)
+    g, bodies = run_scoped(running_agent, bins["gate"], "critical-files", py(work, code))
     assert g.returncode == 0, g.stderr
     got = [(b["function_name"].removeprefix("__x64_sys_"),
-            [a.get("string_arg") or a.get("file_arg", {}).get("path") for a in args(b)]) for b in bodies
-           if b["process"]["binary"] == str(work / "vpy")]
+            [a.get("string_arg") or a.get("file_arg", {}).get("path") for a in args(b)]) for b in bodies]
+    keys = f"{work}/.ssh/authorized_keys"
     assert got == [
-        ("openat", ["/etc/vigil-fim", None]),
-        ("rename", ["/etc/vigil-fim", "/etc/vigil-fim2"]),
-        ("truncate", ["/etc/vigil-fim2"]),
-        ("fchmod", ["/etc/vigil-fim2"]),
-        ("chmod", ["/etc/vigil-fim2"]),
-        ("chown", ["/etc/vigil-fim2"]),
-        ("unlink", ["/etc/vigil-fim2"]),
-        ("openat", [f"{work}/.ssh/authorized_keys", None]),
+        ("openat", [f"{missing}/file", None]),
+        ("rename", [f"{missing}/a", f"{missing}/b"]),
+        ("truncate", [f"{missing}/a"]),
+        ("chmod", [f"{missing}/a"]),
+        ("chown", [f"{missing}/a"]),
+        ("unlink", [f"{missing}/a"]),
+        ("fchmod", [keys]),
+        ("openat", [keys, None]),
     ]
-    assert args(bodies[-1])[1]["int_arg"] & 0o1 == 1  # O_WRONLY
+    assert args(bodies[0])[1]["int_arg"] & 0o3 == 1 and args(bodies[-1])[1]["int_arg"] & 0o2000  # O_WRONLY, O_APPEND
+    assert not os.path.exists(missing)
 
 
 # ---------------------------------------------------------------- network
@@ -484,18 +497,19 @@ def test_mount(running_agent: RunningAgent, bins: dict[str, Path], work: Path):
         import ctypes, os
         libc = ctypes.CDLL(None, use_errno=True)
         os.statvfs("{work}/mnt")                                     # silent
-        assert libc.mount(b"vigil-test", b"{work}/mnt", b"tmpfs", 0, None) == 0
+        assert libc.mount(b"vigil-test", b"{work}/mnt", b"tmpfs", 0, None) == 0, ctypes.get_errno()
         assert libc.umount2(b"{work}/mnt", 0) == 0
     """
-    g, bodies = run_scoped(running_agent, bins["gate"], "mount", ["/usr/bin/unshare", "--mount", *py(work, code)])
+    # a mount namespace of a new user namespace: its mounts never propagate out of it
+    g, bodies = run_scoped(running_agent, bins["gate"], "mount",
+                           ["/usr/bin/unshare", "--user", "--map-root-user", "--mount", "--propagation", "unchanged",
+                            *py(work, code)])
     assert g.returncode == 0, g.stderr
-    mine = [b for b in bodies if b["process"]["binary"] == str(work / "vpy")]
-    (b,) = mine
+    (b,) = bodies
+    assert b["process"]["binary"] == str(work / "vpy")
     assert args(b) == [{"string_arg": "vigil-test", "label": "source"},
                        {"string_arg": f"{work}/mnt", "label": "target"},
                        {"string_arg": "tmpfs", "label": "fstype"}, {"size_arg": "0", "label": "flags"}]
-    # unshare(1) made the new mount namespace private first: that mount is reported too
-    assert [args(b)[1]["string_arg"] for b in bodies if b["process"]["binary"] == "/usr/bin/unshare"] == ["/"]
 
 
 def test_proc_sys_write(running_agent: RunningAgent, bins: dict[str, Path], work: Path):
@@ -516,7 +530,8 @@ def test_proc_sys_write(running_agent: RunningAgent, bins: dict[str, Path], work
 def test_shell_in_container(running_agent: RunningAgent, bins: dict[str, Path], work: Path):
     shell = str(work / "bin" / "sh")
     g, bodies = run_scoped(running_agent, bins["gate"], "shell-in-container",
-                           ["/usr/bin/unshare", "--mount", "--fork", shell, "-c", "exit 0"])
+                           ["/usr/bin/unshare", "--mount", "--propagation", "unchanged", "--fork", shell, "-c",
+                            "exit 0"])
     assert g.returncode == 0, g.stderr
     (b,) = bodies
     assert (b["subsys"], b["event"], args(b)) == ("sched", "sched_process_exec",
@@ -526,7 +541,8 @@ def test_shell_in_container(running_agent: RunningAgent, bins: dict[str, Path], 
     g, bodies = run_scoped(running_agent, bins["gate"], "shell-in-container", [shell, "-c", "exit 0"])
     assert g.returncode == 0 and bodies == []
     g, bodies = run_scoped(running_agent, bins["gate"], "shell-in-container",
-                           ["/usr/bin/unshare", "--mount", "--fork", str(work / "truebin")])
+                           ["/usr/bin/unshare", "--mount", "--propagation", "unchanged", "--fork",
+                            str(work / "truebin")])
     assert g.returncode == 0 and bodies == []
 
 
