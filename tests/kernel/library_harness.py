@@ -28,6 +28,7 @@ import yaml
 
 from tests.kernel.conftest import RunningAgent
 from tests.kernel.testbins import build
+from vigil.export.dicts import event_dict
 from vigil.policy.library import find
 
 GATE_C = r"""
@@ -155,7 +156,7 @@ def collect(ra: RunningAgent, action: Any, done: Any, timeout: float = 60.0) -> 
         marker = False
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not (marker and done(out)):
-            for e in sub.get_batch(timeout=0.5, max_items=100000):
+            for e in map(event_dict, sub.get_batch(timeout=0.5, max_items=100000)):
                 out.append(e)
                 ex = e.get("process_exit")
                 if ex and ex["process"].get("arguments") == token:

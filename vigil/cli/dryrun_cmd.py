@@ -37,6 +37,7 @@ def events_from_recording(path: str, notes: list[str]) -> list[Event]:
     from vigil.agent.config import AgentConfig
     from vigil.events import records as R
     from vigil.events.source import ReplaySource, read_recording
+    from vigil.export.dicts import event_dict
 
     records = read_recording(path)
     policy_records = sum(1 for r in records if r and r[0] in (R.OP_GENERIC, R.OP_NETDENY, R.OP_DATA))
@@ -55,7 +56,7 @@ def events_from_recording(path: str, notes: list[str]) -> list[Event]:
             batch = sub.get_batch(timeout=0, max_items=100000)
             if not batch:
                 break
-            out.extend(batch)
+            out.extend(event_dict(e) for e in batch)
     finally:
         sub.close()
         agent.close()

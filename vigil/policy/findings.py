@@ -121,19 +121,20 @@ class Correlator:
         self._keep = keep
         self.remembered = self.dropped = self.reported = 0
 
-    def feed(self, event: Event, label: str) -> Event | None:
-        """What to export instead of `event` (a policy event whose deciding selector has `label`)."""
-        kind = next(iter(event), "")
-        body = event.get(kind)
-        if not isinstance(body, dict) or label not in (self.seq.first, self.seq.then):
+    def feed(self, event: Any, label: str) -> Any:
+        """What to export instead of `event` (a policy event whose deciding selector has `label`):
+        the event, None (remembered, or not a finding), or the finding. `event` is the agent's
+        typed PolicyEvent or an event dict in GetEventsResponse's shape (dry-run)."""
+        if label not in (self.seq.first, self.seq.then):
             return event
-        proc = body.get("process") or {}
-        parent = body.get("parent") or {}
-        now = _time_s(event.get("time"))
+        kind, body, proc, parent, when = _parts(event)
+        if body is None:
+            return event
+        now = _time_s(when)
         if label == self.seq.first:
-            mark = Mark(args_text(body), str(proc.get("binary", "")), int(proc.get("pid") or 0),
-                        str(proc.get("exec_id", "")), now)
-            for key in (proc.get("exec_id"), parent.get("exec_id")):
+            mark = Mark(args_text(body), str(_get(proc, "binary") or ""), int(_get(proc, "pid") or 0),
+                        str(_get(proc, "exec_id") or ""), now)
+            for key in (_get(proc, "exec_id"), _get(parent, "exec_id")):
                 if key:
                     self._marks[key] = mark
                     self._marks.move_to_end(key)
@@ -142,7 +143,7 @@ class Correlator:
             self.remembered += 1
             return None
         mark = None
-        for key in (proc.get("exec_id"), parent.get("exec_id")):
+        for key in (_get(proc, "exec_id"), _get(parent, "exec_id")):
             m = self._marks.get(key) if key else None
             if m is not None and (now is None or m.time is None or now - m.time <= self.seq.window_s):
                 mark = m
@@ -151,7 +152,7 @@ class Correlator:
             self.dropped += 1
             return None
         self.reported += 1
-        finding = self._finding(event, kind, body, mark)
+        finding = self._finding(event, kind, body, proc, mark)
         self.findings.append(finding)
         if len(self.findings) > self._keep:
             del self.findings[0]
@@ -161,19 +162,39 @@ class Correlator:
         """A process exited: what it did can no longer be followed by its own calls."""
         self._marks.pop(exec_id, None)
 
-    def _finding(self, event: Event, kind: str, body: dict[str, Any], m: Mark) -> Event:
-        proc = body.get("process") or {}
-        pod = proc.get("pod") or {}
+    def _finding(self, event: Any, kind: str, body: dict[str, Any], proc: Any, m: Mark) -> Any:
+        pod = _get(proc, "pod") or {}
         where = f" in pod {pod.get('namespace', '')}/{pod.get('name', '')}" if pod else ""
-        same = m.exec_id == proc.get("exec_id")
-        who = "the same process" if same else f"{proc.get('binary', '')} (pid {proc.get('pid', '?')})"
+        same = m.exec_id == _get(proc, "exec_id")
+        who = "the same process" if same else f"{_get(proc, 'binary') or ''} (pid {_get(proc, 'pid')})"
         text = (f"vigil finding {self.seq.first} then {self.seq.then}{where}: {m.binary} (pid {m.pid}) "
                 f"{m.what} then {who} {args_text(body)}")
         out = dict(body)
         out["message"] = f"{body['message']} {text}" if body.get("message") else text
         out["args"] = [*(body.get("args") or []), {"string_arg": m.what, "label": self.seq.first}]
         out["tags"] = [*(body.get("tags") or []), TAG]
-        return {**event, kind: out}
+        if isinstance(event, dict):
+            return {**event, kind: out}
+        from vigil.core.events import PolicyEvent
+
+        return PolicyEvent(kind, event.process, event.parent, out, event.time, event.node_name)
+
+
+def _get(obj: Any, name: str) -> Any:
+    if obj is None:
+        return None
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
+def _parts(event: Any) -> tuple[str, dict[str, Any] | None, Any, Any, Any]:
+    """(kind, hook body, process, parent, time) of a typed PolicyEvent or an event dict."""
+    if isinstance(event, dict):
+        kind = next((k for k in event if k not in ("node_name", "time")), "")
+        body = event.get(kind)
+        if not isinstance(body, dict):
+            return kind, None, None, None, None
+        return kind, body, body.get("process") or {}, body.get("parent") or {}, event.get("time")
+    return event.kind, event.body, event.process, event.parent, event.time
 
 
 __all__ = ["Correlator", "OPTION", "Sequence", "TAG", "args_text", "finding_sequence", "parse_sequence"]
