@@ -168,7 +168,8 @@ def test_kernel_decides_like_the_evaluator(running_agent: RunningAgent, env: dic
     calls = [(n if n.startswith("/") else f"{files}/{n}", f) for n, f in case["calls"]]
     vpy = str(env["work"] / "vpy")
     own_ns = case["own_namespaces"] and case["user"] is None
-    prefix = ["/usr/bin/unshare", "--mount", "--net"] if own_ns else []
+    # (nothing is mounted in them: their propagation is left as it is, which a chroot requires)
+    prefix = ["/usr/bin/unshare", "--mount", "--propagation", "unchanged", "--net"] if own_ns else []
     g = Gated(env["gate"], [*prefix, vpy, "-S", "-c", RUNNER, *[f"{p}:{f}" for p, f in calls]], user=case["user"])
     try:
         running_agent.collect(lambda: None)  # the agent has seen the gate's exec

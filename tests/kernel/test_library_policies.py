@@ -2,11 +2,11 @@
 from a test-owned process and asserts the exact events (or enforcement outcome), plus cases
 that must stay silent. Policies are loaded as the library ships them, scoped to the test's
 processes (library_harness.scoped). Network namespaces and addresses the tests need are created
-in namespaces that die with the test process; nothing is mounted in the test's own mount namespace
-(a mount namespace made with `unshare --mount` shares propagation in a chroot, whose root is not a
-mount point, so the tests that mount do it inside a new user namespace, whose mounts never propagate
-back). Operations on system paths are attempts that fail (paths that do not exist): hooks are at
-syscall entry, so they are reported all the same, and the host is not changed."""
+in namespaces that die with the test process. New mount namespaces get no mounts (their
+propagation cannot be made private in a chroot, whose root is not a mount point); the one mount a
+test makes is on its own directory, undone by the trigger and, whatever happens, by the test.
+Operations on system paths are attempts that fail (paths that do not exist): hooks are at syscall
+entry, so they are reported all the same, and the host is not changed."""
 from __future__ import annotations
 
 import errno
@@ -204,9 +204,10 @@ def test_userns_unprivileged_observed(running_agent: RunningAgent, bins: dict[st
     assert (b["function_name"], args(b), b["action"]) == (
         "__x64_sys_unshare", [{"int_arg": 0x10000000, "label": "flags"}], "KPROBE_ACTION_POST")
     assert b["process"]["uid"] == NOBODY
-    # root (CAP_SYS_ADMIN) creating one, and nobody creating a UTS namespace: silent
+    # root (CAP_SYS_ADMIN) creating one, and nobody creating a UTS namespace: silent (whether the
+    # kernel allows the call or not: in a chroot it refuses user namespaces even to root)
     g, bodies = run_scoped(running_agent, bins["gate"], "userns-unprivileged", py(work, UNSHARE) + ["0x10000000"])
-    assert g.returncode == 0 and g.stdout.split()[0] == "0" and bodies == []
+    assert g.returncode == 0 and bodies == []
     g, bodies = run_scoped(running_agent, bins["gate"], "userns-unprivileged", py(work, UNSHARE) + ["0x04000000"],
                            user=NOBODY)
     assert g.returncode == 0 and bodies == []
@@ -492,23 +493,25 @@ def test_ptrace_attach(running_agent: RunningAgent, bins: dict[str, Path], work:
 
 
 def test_mount(running_agent: RunningAgent, bins: dict[str, Path], work: Path):
-    (work / "mnt").mkdir()
+    mnt = work / "mnt"
+    mnt.mkdir()
     code = f"""
         import ctypes, os
         libc = ctypes.CDLL(None, use_errno=True)
-        os.statvfs("{work}/mnt")                                     # silent
-        assert libc.mount(b"vigil-test", b"{work}/mnt", b"tmpfs", 0, None) == 0, ctypes.get_errno()
-        assert libc.umount2(b"{work}/mnt", 0) == 0
+        os.statvfs("{mnt}")                                          # silent
+        assert libc.mount(b"vigil-test", b"{mnt}", b"tmpfs", 0, None) == 0, ctypes.get_errno()
+        assert libc.umount2(b"{mnt}", 0) == 0
     """
-    # a mount namespace of a new user namespace: its mounts never propagate out of it
-    g, bodies = run_scoped(running_agent, bins["gate"], "mount",
-                           ["/usr/bin/unshare", "--user", "--map-root-user", "--mount", "--propagation", "unchanged",
-                            *py(work, code)])
+    try:
+        g, bodies = run_scoped(running_agent, bins["gate"], "mount", py(work, code))
+    finally:
+        if os.path.ismount(mnt):  # the test's own mount, gone whatever happened to the trigger
+            subprocess.run(["umount", "-l", str(mnt)], check=True)
     assert g.returncode == 0, g.stderr
     (b,) = bodies
     assert b["process"]["binary"] == str(work / "vpy")
     assert args(b) == [{"string_arg": "vigil-test", "label": "source"},
-                       {"string_arg": f"{work}/mnt", "label": "target"},
+                       {"string_arg": str(mnt), "label": "target"},
                        {"string_arg": "tmpfs", "label": "fstype"}, {"size_arg": "0", "label": "flags"}]
 
 
