@@ -96,7 +96,7 @@ run: all
 VERSION      := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 DEB          := $(BUILD)/vigil_$(VERSION)_$(shell dpkg --print-architecture 2>/dev/null || echo amd64).deb
 DEB_SRCS     := $(shell git ls-files vigil policies install native bpf pyproject.toml README.md 2>/dev/null)
-$(DEB): $(DEB_SRCS) $(BPF_OBJS) $(BUILD)/native/vigil-permd $(BUILD)/.proto
+$(DEB): $(DEB_SRCS) $(BPF_OBJS) $(BUILD)/native/vigil-permd $(BUILD)/.proto $(FASTPATH)
 	install/build-deb.sh $(PYTHON) $@
 deb: $(DEB)
 

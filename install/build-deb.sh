@@ -29,6 +29,9 @@ for f in "$STAGE$VENV"/bin/*; do
 done
 sed -i "s|$STAGE$VENV|$VENV|g" "$STAGE$VENV"/bin/activate* "$STAGE$VENV/pyvenv.cfg" 2>/dev/null || true
 find "$STAGE$VENV" -name __pycache__ -prune -exec rm -rf {} +   # compiled again on first use
+# the compiled hot path (built by make against this interpreter's headers; not a package file)
+SITE=$("$STAGE$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+install -m 0644 vigil/_fastpath*.so "$SITE/vigil/"
 
 install -m 0644 build/bpf/*.bpf.o "$STAGE/usr/lib/vigil/bpf/"
 install -m 0755 build/native/vigil-permd "$STAGE/usr/lib/vigil/vigil-permd"

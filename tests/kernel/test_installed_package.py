@@ -54,6 +54,7 @@ def test_package_contents_and_unit(tmp_path: Path):
               "etc/vigil/server-address", "etc/vigil/tracing-policy-dir"):
         assert f in files, f
     assert files["etc/vigil/policies.d"].isdir()
+    assert any(f.startswith("usr/lib/vigil/venv/lib/python3.11/site-packages/vigil/_fastpath.") for f in files)
     assert files["usr/bin/vigil"].mode & 0o111 and files["usr/lib/vigil/vigil-permd"].mode & 0o111
     info = subprocess.run(["dpkg-deb", "-f", str(deb), "Package", "Depends"], capture_output=True, text=True,
                           check=True).stdout
