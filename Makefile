@@ -12,7 +12,7 @@ APT_PKGS     := clang llvm libbpf-dev bpftool python3-venv iproute2
 EXPORT_FILE  ?= /var/log/vigil/vigil.log
 PYTEST_ARGS  ?=
 
-.PHONY: all run test test-host test-vm fuzz deps venv bpf native proto clean
+.PHONY: all run test test-host test-vm fuzz deps venv bpf native proto deb install prometheus clean
 
 all: deps venv bpf native proto
 
@@ -91,11 +91,34 @@ run: all
 	@mkdir -p $(dir $(EXPORT_FILE))
 	$(VENV)/bin/vigil agent --export-filename $(EXPORT_FILE) --print-events compact
 
-test: all
+# Host operations: a Debian package (`make deb`), installed with `make install` (systemd unit,
+# /etc/vigil, the policy library and the Grafana dashboard; see install/build-deb.sh).
+VERSION      := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+DEB          := $(BUILD)/vigil_$(VERSION)_$(shell dpkg --print-architecture 2>/dev/null || echo amd64).deb
+DEB_SRCS     := $(shell git ls-files vigil policies install native bpf pyproject.toml README.md 2>/dev/null)
+$(DEB): $(DEB_SRCS) $(BPF_OBJS) $(BUILD)/native/vigil-permd $(BUILD)/.proto $(FASTPATH)
+	install/build-deb.sh $(PYTHON) $@
+deb: $(DEB)
+
+install: $(DEB)
+	dpkg -i $(DEB)
+
+# A real Prometheus for the dashboard test: Debian's package, unpacked here (never installed,
+# so no service starts); the test runs its own server on a loopback port.
+PROMETHEUS   := $(BUILD)/prometheus/usr/bin/prometheus
+$(PROMETHEUS): $(BUILD)/.deps
+	@mkdir -p $(BUILD)/prometheus/dl
+	cd $(BUILD)/prometheus/dl && rm -f prometheus_*.deb && \
+	  { apt-get download -qq prometheus 2>/dev/null || { apt-get update -qq && apt-get download -qq prometheus; }; }
+	dpkg-deb -x $(BUILD)/prometheus/dl/prometheus_*.deb $(BUILD)/prometheus
+	@touch $@
+prometheus: $(PROMETHEUS)
+
+test: all $(PROMETHEUS) $(DEB)
 	$(VPY) -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-vm
 
-test-host: all
+test-host: all $(PROMETHEUS) $(DEB)
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
 # Longer, unseeded policy fuzzing: the front end with 100,000 policies, 3,000 real loads.

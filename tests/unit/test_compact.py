@@ -161,17 +161,26 @@ def test_compact_line(name, event, expected):
 
 
 def test_caps_trailer_at_column_120():
-    proc = {**HOST_PROC, "cap": {"effective": ["CAP_SYS_ADMIN", "CAP_NET_RAW"]}}
+    proc = {**HOST_PROC, "cap": {"effective": ["CAP_CHOWN", "CAP_SYS_ADMIN", "CAP_NET_RAW"]}}
     line = format_compact(ev("process_exec", {"process": proc}), color=False, timestamps=False)
     head = "🚀 process node-1 /usr/bin/curl https://ebpf.io -s"
-    assert line == head.ljust(120) + " 🛑 CAP_SYS_ADMIN,CAP_NET_RAW"
+    # only CAP_SYS_ADMIN is flagged, as tetra does
+    assert line == head.ljust(120) + " 🛑 CAP_SYS_ADMIN"
     # permitted-only caps do not print a trailer
     proc2 = {**HOST_PROC, "cap": {"permitted": ["CAP_SYS_ADMIN"]}}
     assert "🛑" not in format_compact(ev("process_exec", {"process": proc2}))
 
 
+@pytest.mark.parametrize("effective", [["CAP_NET_RAW"], ["CAP_CHOWN", "DAC_OVERRIDE", "CAP_BPF", "CAP_SETUID"],
+                                       [f"CAP_{i}" for i in range(30)]])
+def test_caps_without_sys_admin_print_no_trailer(effective):
+    proc = {**HOST_PROC, "cap": {"effective": effective}}
+    line = format_compact(ev("process_exec", {"process": proc}), color=False, timestamps=False)
+    assert line == "🚀 process node-1 /usr/bin/curl https://ebpf.io -s"
+
+
 def test_caps_padding_ignores_color_codes():
-    proc = {**HOST_PROC, "cap": {"effective": ["CAP_BPF"]}}
+    proc = {**HOST_PROC, "cap": {"effective": ["CAP_SYS_ADMIN"]}}
     line = format_compact(ev("process_exec", {"process": proc}), color=True)
     plain = __import__("re").sub(r"\x1b\[\d+m", "", line)
     assert plain.index("🛑") == 121

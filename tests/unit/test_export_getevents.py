@@ -152,7 +152,7 @@ def fake_client(monkeypatch):
 
     module.stream_events = stream_events
     monkeypatch.setitem(sys.modules, "vigil.api.client", module)
-    monkeypatch.setattr(getevents_cmd, "_stdin_is_tty", lambda: True)
+    monkeypatch.setattr(getevents_cmd, "_stdin_has_events", lambda: False)
     return module, calls
 
 

@@ -21,6 +21,7 @@ import pytest
 
 from vigil.agent.agent import Agent
 from vigil.agent.config import AgentConfig
+from vigil.export.dicts import event_dict
 
 
 class Running:
@@ -42,7 +43,7 @@ class Running:
             out: list[dict[str, Any]] = []
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
-                for e in sub.get_batch(timeout=0.5):
+                for e in map(event_dict, sub.get_batch(timeout=0.5)):  # typed events -> their JSON shape
                     out.append(e)
                     x = e.get("process_exit")
                     if x and x["process"].get("arguments") == token:

@@ -401,6 +401,11 @@ class Agent:
             "programs": self._program_stats(),
             "policy_events": [{"policy": lp.name, "hook": kind, "count": n}
                               for lp in list(self.policies.policies.values()) for kind, n in lp.events.items()],
+            "policy_actions": [{"policy": lp.name, "namespace": lp.compiled.policy.namespace or "", "hook": k[0],
+                                "hook_index": k[1], "selector_index": k[2], "selector_label": k[3],
+                                "action": k[4], "count": n}
+                               for lp in list(self.policies.policies.values())
+                               for k, n in list(lp.actions.items())],
             "policies": {lp.name: {"state": "enabled" if lp.enabled else "disabled", "mode": lp.mode}
                          for lp in list(self.policies.policies.values())},
             "restart": dict(self.restart),

@@ -43,6 +43,15 @@ class AgentCollector(Collector):
             pol.add_metric([pe["policy"], pe["hook"]], pe["count"])
         yield pol
 
+        acts = CounterMetricFamily("tetragon_tracingpolicy_selector_actions",
+                                   "Policy events posted, by policy, hook, deciding selector and action",
+                                   labels=["policy", "policy_namespace", "hook", "hook_index", "selector_index",
+                                           "selector_label", "action"])
+        for pa in st.get("policy_actions", []):
+            acts.add_metric([pa["policy"], pa["namespace"], pa["hook"], str(pa["hook_index"]),
+                             str(pa["selector_index"]), pa["selector_label"], pa["action"]], pa["count"])
+        yield acts
+
         missed = CounterMetricFamily("tetragon_bpf_missed_events", "Records the kernel could not deliver",
                                      labels=["msg_op", "error"])
         for cause, n in st["lost"]["kernel"].items():

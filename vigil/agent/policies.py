@@ -42,6 +42,8 @@ class LoadedPolicy:
     enabled: bool = True
     error: str = ""
     events: dict[str, int] = field(default_factory=dict)
+    correlator: Any = None            # policy option vigil-finding (vigil.policy.findings)
+    actions: dict[tuple[str, int, int, str, str], int] = field(default_factory=dict)  # posted events per selector
 
     @property
     def name(self) -> str:
@@ -172,6 +174,7 @@ class PolicyManager:
                     follow.release(b)
                 raise
             lp = LoadedPolicy(next(self._ids), compiled, loaded, source, mode)
+            lp.correlator = _correlator(policy)
             for ch in compiled.hooks:
                 self.hooks[ch.hook_id] = (ch, lp)
             self.policies[policy.name] = lp
@@ -331,7 +334,11 @@ class PolicyManager:
         from vigil.sensors.hostdeny import fanotify_event
 
         process, parent = self._processes(rep.pid)
-        self.agent.inject(PolicyEvent("process_kprobe", process, parent, fanotify_event(rep, hook.compiled),
+        body = fanotify_event(rep, hook.compiled)
+        entry = self.hooks.get(hook.compiled.hook_id)
+        if entry is not None and entry[1] is not None:
+            _count_action(entry[1], hook.compiled, rep.selector + 1, body["action"])
+        self.agent.inject(PolicyEvent("process_kprobe", process, parent, body,
                                       self.agent.clock.rfc3339(rep.time_ns), self.agent.node_name))
 
     def handle_netdeny(self, buf: bytes, now_ns: int) -> PolicyEvent | None:
@@ -342,9 +349,12 @@ class PolicyManager:
         entry = self.hooks.get(rec["rule_id"] >> 8)
         if entry is None:
             return None
-        ch, _lp = entry
+        ch, lp = entry
         process, parent = self._processes(rec["pid"], rec["exec_ktime"], rec["tid"])
-        return PolicyEvent("process_kprobe", process, parent, netdeny_event(rec, ch),
+        body = netdeny_event(rec, ch)
+        if lp is not None:
+            _count_action(lp, ch, ((rec["rule_id"] >> 4) & 0xF) + 1, body["action"])
+        return PolicyEvent("process_kprobe", process, parent, body,
                            self.agent.clock.ktime_rfc3339(rec["ktime"]), self.agent.node_name)
 
     def handle_data(self, buf: bytes, now_ns: int) -> None:
@@ -374,7 +384,29 @@ class PolicyManager:
         b = self.agent.builder
         process, parent = self._processes(m.pid, m.exec_ktime, m.tid)
         kind = ch.placement.event_kind
+        event = PolicyEvent(kind, process, parent, generic_events.build_body(ch, m, data, self._more_data(m)),
+                            b.clock.ktime_rfc3339(m.ktime), b.node)
         if lp is not None:
             lp.events[kind] = lp.events.get(kind, 0) + 1
-        return PolicyEvent(kind, process, parent, generic_events.build_body(ch, m, data, self._more_data(m)),
-                           b.clock.ktime_rfc3339(m.ktime), b.node)
+            label = _count_action(lp, ch, m.selector, generic_events.ACTION_NAMES.get(m.action, "KPROBE_ACTION_POST"))
+            if lp.correlator is not None:
+                return lp.correlator.feed(event, label)
+        return event
+
+
+def _correlator(policy: Policy) -> Any:
+    """The finding correlator of a policy with the vigil-finding option (None without)."""
+    from vigil.policy.findings import Correlator, finding_sequence
+
+    seq = finding_sequence(policy)
+    return Correlator(policy.name, seq) if seq is not None else None
+
+
+def _count_action(lp: LoadedPolicy, ch: CompiledHook, selector: int, action: str) -> str:
+    """Count a posted event by hook, deciding selector (1-based, 0 = none) and action; return
+    the selector's label."""
+    label = ch.selectors[selector - 1].label if 0 < selector <= len(ch.selectors) else ""
+    key = (ch.placement.describe().split(";")[0], ch.placement.index, selector, label,
+           action.removeprefix("KPROBE_ACTION_").lower())
+    lp.actions[key] = lp.actions.get(key, 0) + 1
+    return label

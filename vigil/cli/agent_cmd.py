@@ -76,7 +76,7 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--enable-process-cred", dict(type=bool, default=True, show_default=True, help="Add process_credentials and cap to process info.")),
     ("--enable-process-ns", dict(type=bool, default=True, show_default=True, help="Add namespaces to process info.")),
     ("--enable-ancestors", dict(type=bool, default=False, show_default=True, help="Add the ancestors list to events.")),
-    ("--tracing-policy", dict(multiple=True, default=(), help="TracingPolicy file to load at start (repeatable).")),
+    ("--tracing-policy", dict(multiple=True, default=(), help="TracingPolicy file to load at start (repeatable); library:NAME loads a policy of the library (vigil policy library list).")),
     ("--tracing-policy-dir", dict(default="", help="Load every policy file in this directory at start.")),
     ("--keep-sensors-on-exit", dict(type=bool, default=False, show_default=True, help="Leave the BPF programs attached (pinned under --bpf-dir) when the agent exits or dies; the next start adopts them. exec/open permissions (fanotify) are not kept.")),
     ("--bpf-dir", dict(default="vigil", show_default=True, help="Directory for pins: a name under /sys/fs/bpf (mounted if needed) or an absolute path on a BPF file system.")),
@@ -136,6 +136,12 @@ def _build_command() -> click.Command:
                     kw[name] = click.Option([flag], **{k: v for k, v in spec.items() if k != "help"}).type_cast_value(ctx, raw)
             except click.BadParameter as e:
                 raise click.BadParameter(f"{raw!r} from environment/config dir: {e.message}", param_hint=flag)
+        from vigil.policy.library import LibraryError, resolve
+
+        try:  # library:NAME -> the library's file for it
+            kw["tracing_policy"] = tuple(str(resolve(p)) for p in kw["tracing_policy"])
+        except LibraryError as e:
+            raise click.BadParameter(str(e), param_hint="--tracing-policy")
         try:
             perm = int(kw["export_file_perm"], 8)
         except ValueError:

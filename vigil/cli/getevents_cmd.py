@@ -4,7 +4,9 @@ Event sources, in order of preference (as with `tetra getevents`):
 
 1. ``--file PATH``: a JSON export file (vigil extension); ``--follow`` keeps reading
    as it grows, like ``tail -F`` (a rotated or truncated file is reopened).
-2. stdin, when it is not a terminal: ``kubectl logs ... | vigil getevents -o compact``.
+2. stdin, when it is a pipe or a regular file: ``kubectl logs ... | vigil getevents -o
+   compact`` or ``vigil getevents < export.log``. A terminal, ``/dev/null``, a closed stdin
+   (cron, systemd, CI) or any other kind of stdin means the agent.
 3. the agent's gRPC GetEvents stream.
 
 The filter flags become one allow filter plus field filters, exactly like tetra: for
@@ -13,8 +15,10 @@ Malformed input lines are reported on stderr with their line number and skipped.
 """
 from __future__ import annotations
 
+import io
 import os
 import re
+import stat
 import sys
 import time
 from typing import IO, Any, Callable, Iterable, Iterator
@@ -99,11 +103,26 @@ def build_request_filters(
 # -- sources -----------------------------------------------------------------------
 
 
-def _stdin_is_tty() -> bool:
-    try:
-        return sys.stdin.isatty()
-    except (AttributeError, ValueError):
+def _stdin_has_events() -> bool:
+    """True when stdin is a pipe or a regular file, the only kinds that carry piped events.
+
+    A terminal, /dev/null (cron, systemd's default), a socket or a closed stdin do not: with
+    those `vigil getevents` asks the agent. An in-memory stream without a file descriptor (a
+    caller that set sys.stdin itself) is read."""
+    stream = sys.stdin
+    if stream is None:
         return False
+    try:
+        fd = stream.fileno()
+    except io.UnsupportedOperation:  # a stream handed in by the caller
+        return True
+    except (AttributeError, ValueError, OSError):
+        return False  # closed
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False  # fd 0 not open
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
 
 
 def iter_file_lines(
@@ -318,7 +337,7 @@ def getevents(
     live = True
     # Like tetra, a piped stdin is read as events; an explicit --server-address
     # means the agent even then (scripts and services have no terminal).
-    use_stdin = file_path is None and server_address is None and not _stdin_is_tty()
+    use_stdin = file_path is None and server_address is None and _stdin_has_events()
     if file_path is not None or use_stdin:
         from vigil.export.event_filter import EventFilter
 

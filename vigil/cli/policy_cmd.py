@@ -15,8 +15,16 @@ def policy() -> None:
 
 
 def _expand(paths: tuple[str, ...]) -> list[Path]:
+    from vigil.policy.library import LibraryError, resolve
+
     out: list[Path] = []
-    for p in map(Path, paths):
+    for ref in paths:
+        try:
+            p = resolve(ref)  # library:NAME -> its file
+        except LibraryError as e:
+            raise click.ClickException(str(e)) from None
+        if not p.exists():
+            raise click.BadParameter(f"{ref}: no such file or directory", param_hint="FILES")
         if p.is_dir():
             out.extend(sorted(f for f in p.iterdir() if f.suffix in (".yaml", ".yml", ".json")))
         else:
@@ -25,12 +33,12 @@ def _expand(paths: tuple[str, ...]) -> list[Path]:
 
 
 @policy.command("validate")
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("files", nargs=-1, required=True)
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="Output format.")
 @click.option("-q", "--quiet", is_flag=True, help="Text output: hide warnings.")
 def validate(files: tuple[str, ...], output: str, quiet: bool) -> None:
-    """Check TracingPolicy FILES (or directories of them); exit 1 if any file fails.
+    """Check TracingPolicy FILES (or directories of them, or library:NAME); exit 1 if any file fails.
 
     A file is accepted only as a whole: any error in any document rejects it."""
     results = [check_file(p) for p in _expand(files)]
@@ -70,13 +78,18 @@ def _as_dict(r: LoadResult) -> dict[str, object]:
 
 
 @policy.command("explain")
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("files", nargs=-1, required=True)
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def explain(files: tuple[str, ...], output: str) -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="Text output: one line per expanded call (lists, symbols) instead of grouped lines.")
+def explain(files: tuple[str, ...], output: str, verbose: bool) -> None:
     """Show where each hook of the policies would run on this kernel, or why it cannot.
 
     Uses the feature probe (it loads tiny BPF programs, so it needs root); nothing of the
-    policy itself is loaded. Exit 1 if any policy could not be loaded here."""
+    policy itself is loaded. Exit 1 if any policy could not be loaded here. Hooks that
+    expand to many calls print grouped (one line per hook and mechanism); -v lists each."""
+    from vigil.cli.explain_view import error_lines, hook_lines
+
     from vigil.kernel.features import cached_probe
     from vigil.policy.compile import compile_policy
     from vigil.policy.errors import PolicyErrors
@@ -122,9 +135,21 @@ def explain(files: tuple[str, ...], output: str) -> None:
                 continue
             verdict = "loadable" if entry["loadable"] else "NOT loadable on this kernel"
             click.echo(f"{entry['policy']} ({entry['file']}, mode {entry['mode']}): {verdict}")
-            for h in entry.get("hooks", []):
-                click.echo(f"  {h['section']}[{h['index']}] {h['target']}: {h['runs_on']}")
-            for e in entry.get("errors", []):
-                click.echo(f"  refused: {e}")
+            for line in hook_lines(entry.get("hooks", []), verbose):
+                click.echo(f"  {line}")
+            for line in error_lines(entry.get("errors", []), verbose):
+                click.echo(f"  refused: {line}")
     if not ok:
         raise SystemExit(1)
+
+
+def _register() -> None:
+    """Subcommands that live in modules of their own."""
+    from vigil.cli.dryrun_cmd import dry_run
+    from vigil.cli.library_cmd import library
+
+    policy.add_command(library)
+    policy.add_command(dry_run)
+
+
+_register()

@@ -86,13 +86,21 @@ def tracingpolicy() -> None:
 
 
 @tracingpolicy.command("add")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-m", "--mode", type=click.Choice(["enforce", "monitor"]), default=None,
               help="Load the policy in this mode (sets the policy-mode option).")
 @server_options
 def add(file: Path, mode: str | None, server_address: str | None, timeout: float) -> None:
-    """Load the policy in FILE."""
-    text = file.read_text()
+    """Load the policy in FILE (or library:NAME, a policy of the library)."""
+    from vigil.policy.library import LibraryError, resolve
+
+    try:
+        file = resolve(str(file))
+        text = file.read_text()
+    except LibraryError as e:
+        raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"cannot read {file}: {e.strerror or e}") from None
     if mode:
         text = with_mode(text, mode)
     with client(server_address, timeout) as c:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from vigil.enforce import permd_proto as P
+# the one statement of the string operators, shared with the policy engine's reference evaluator
+from vigil.policy.evaluate import string_match
 
 STRING_OPS = ("Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix")
 PID_OPS = ("In", "NotIn")
@@ -71,18 +73,6 @@ class Verdict:
     allow: bool
     kill: bool
     matched: tuple[int, ...]        # indices into Table.rules of the deciding selectors
-
-
-def string_match(op: str, values: Iterable[str], s: str) -> bool:
-    if op in ("Equal", "NotEqual"):
-        hit = any(s == v for v in values)
-    elif op in ("Prefix", "NotPrefix"):
-        hit = any(s.startswith(v) for v in values)
-    elif op in ("Postfix", "NotPostfix"):
-        hit = any(s.endswith(v) for v in values)
-    else:
-        raise ValueError(f"unknown string operator {op}")
-    return not hit if op.startswith("Not") else hit
 
 
 def proc_ancestors(pid: int) -> list[int]:

@@ -8,8 +8,11 @@ otherwise. Choices made here (documented, tested):
   string arguments, symbols, cgroups...) are Go-quoted (``strconv.Quote`` style) so the
   line stays unambiguous. ``process.arguments`` is already a space-joined argv with
   Tetragon's own quoting, so it is printed as is, only non-printables are escaped.
-* When the process has effective capabilities the plain line is padded with spaces to
-  120 code points and ``🛑 CAP_A,CAP_B`` (every effective cap) follows after one space.
+* When CAP_SYS_ADMIN is among the process's effective capabilities the plain line is
+  padded with spaces to 120 code points and ``🛑 CAP_SYS_ADMIN`` follows after one space.
+  tetra flags only that capability (the one that makes a process as good as root); other
+  effective capabilities print nothing. (tetra's loop tests the position in the list rather
+  than the value, which agrees for full-capability processes; this tests the value.)
 * Trailing spaces (e.g. an exec without arguments) are dropped.
 * ``rate_limit_info`` (which tetra cannot print) renders as
   ``🚦 rate_limit <node> dropped <N> events``.
@@ -27,6 +30,7 @@ from typing import Any
 from vigil.export.syscall_table import SYSCALL_ARGS, SYSCALL_NAMES
 
 CAPS_COLUMN = 120
+FLAGGED_CAPS = ("CAP_SYS_ADMIN",)  # the capabilities the trailer shows, as tetra
 SYSCALL_PREFIXES = ("__x64_", "__arm64_", "__ia32_")
 _ANSI = {"red": "31", "green": "32", "yellow": "33", "blue": "34", "magenta": "35", "cyan": "36"}
 _GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
@@ -144,7 +148,8 @@ def _process_info(line: _Line, event: dict[str, Any], process: dict[str, Any]) -
     line.add(quote_if_needed(source), "green")
     line.add(quote_if_needed(process.get("binary", "")), "magenta")
     effective = (process.get("cap") or {}).get("effective") or []
-    return "🛑 " + ",".join(effective) if effective else ""
+    flagged = [c for c in effective if c in FLAGGED_CAPS]
+    return "🛑 " + ",".join(flagged) if flagged else ""
 
 
 # -- argument accessors (tolerant of missing pieces, like protobuf getters) ----------

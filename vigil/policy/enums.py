@@ -53,6 +53,8 @@ OPTION_ENUMS: dict[str, tuple[str, ...] | None] = {
     "policy-mode": ("enforce", "monitor"),
     # Vigil: where no hook can refuse an operation before it happens, kill the caller after it
     "vigil-enforce-fallback": ("sigkill",),
+    # Vigil: "<label> then <label> [within 10m]": two selector matches reported as one finding
+    "vigil-finding": None,
 }
 BOOL_OPTIONS = ("disable-kprobe-multi", "disable-uprobe-multi")
 # strconv.ParseBool spellings, which is what option values are read with

@@ -126,6 +126,10 @@ def _check_options(spec: TracingPolicySpec, diag: Diagnostics) -> None:
                     raise ValueError(enum_message(f"{o.name} value", o.value, allowed))
             elif o.name in enums.BOOL_OPTIONS:
                 values.parse_bool_string(o.value)
+            elif o.name == "vigil-finding":
+                from .findings import parse_sequence
+
+                parse_sequence(o.value, [sel.label for _s, h in spec.hooks() for sel in h.selectors if sel.label])
             elif o.name == "sleepable-preload-size":
                 if values.parse_int(o.value) < 0:
                     raise ValueError("sleepable-preload-size must not be negative")
