@@ -101,9 +101,51 @@ static __always_inline __u8 do_actions(struct gen_heap *h, struct vp_hook *cfg,
 			}
 			break;
 		}
+		case VP_ACT_SET: {
+			/* USDT: write the value into the memory operand argument arg2 names */
+			struct vp_arg *sa = &cfg->args[a->arg2 & (VP_SLOTS - 1)];
+			__u64 base = 0;
+			__s32 val = a->arg;
+
+			fired = a->type;
+			if (cfg->flags & VP_HOOK_MONITOR) {
+				h->m.flags |= VP_EV_MONITOR;
+				stat_inc(HS_MONITORED);
+				break;
+			}
+			if (!cfg_write_user || sa->src != VP_SRC_USDT || !sa->off2 || sa->off >= 21 * 8)
+				break;
+			bpf_probe_read_kernel(&base, 8, (void *)(h->ctxp + (sa->off & 0xff)));
+			if (!bpf_probe_write_user((void *)(base + sa->konst), &val, sizeof(val)))
+				stat_inc(HS_SIGNALS);
+			break;
+		}
+		case VP_ACT_NOTIFY_ENFORCER: {
+			struct enforcer_note n = {};
+			__u64 id = bpf_get_current_pid_tgid();
+
+			fired = a->type;
+			if (cfg->flags & VP_HOOK_MONITOR) {
+				h->m.flags |= VP_EV_MONITOR;
+				stat_inc(HS_MONITORED);
+				break;
+			}
+			n.error = a->arg;
+			n.sig = a->arg2;
+			n.hook_id = cfg->hook_id;
+			bpf_map_update_elem(&enforcer_notes, &id, &n, BPF_ANY);
+			break;
+		}
+		case VP_ACT_CLEANUP_ENFORCER: {
+			__u64 id = bpf_get_current_pid_tgid();
+
+			bpf_map_delete_elem(&enforcer_notes, &id);
+			break;
+		}
 		default:
 			/* FollowFD & co. need no kernel state here: fd arguments
-			 * resolve through the fd table. */
+			 * resolve through the fd table. GetUrl/DnsLookup are done
+			 * by the agent from the event. */
 			if (a->type > VP_ACT_NOPOST)
 				fired = a->type;
 			break;
@@ -204,6 +246,49 @@ static __always_inline void send(void *ctx, struct gen_heap *h)
 		stat_inc(HS_POSTED);
 }
 
+/* the hook's pre-conditions on raw values (which event of a stand-in, which syscall) */
+static __always_inline int guards_pass(struct gen_heap *h, struct vp_hook *cfg)
+{
+	for (__u32 i = 0; i < VP_MAX_GUARDS; i++) {
+		struct vp_guard *g = &cfg->guards[i];
+		__u64 v;
+
+		if (i >= cfg->nguards)
+			break;
+		v = h->raw[g->idx & (VP_SLOTS - 1)];
+		switch (g->op) {
+		case VP_G_EQ:
+			if (v != g->val)
+				return 0;
+			break;
+		case VP_G_NE:
+			if (v == g->val)
+				return 0;
+			break;
+		case VP_G_BIT:
+			if (v >= 64 || !(g->val & (1ULL << (v & 63))))
+				return 0;
+			break;
+		case VP_G_MASK:
+			if (!(v & g->val))
+				return 0;
+			break;
+		case VP_G_NOMASK:
+			if (v & g->val)
+				return 0;
+			break;
+		case VP_G_UMASK: {
+			__u64 x = 0;
+
+			if (bpf_probe_read_user(&x, 8, (void *)v) || !(x & g->val))
+				return 0;
+			break;
+		}
+		}
+	}
+	return 1;
+}
+
 /* Everything after the raw values are in place. */
 static __always_inline int run_hook(void *ctx, struct gen_heap *h, struct vp_hook *cfg)
 {
@@ -212,6 +297,9 @@ static __always_inline int run_hook(void *ctx, struct gen_heap *h, struct vp_hoo
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 i, sel = 0;
 
+	h->override_err = 0;
+	if (cfg->nguards && !guards_pass(h, cfg))
+		return 0;
 	stat_inc(HS_HITS);
 	h->m.hdr.op = VIGIL_OP_GENERIC;
 	h->m.hdr.flags = 0;
@@ -351,9 +439,13 @@ static __always_inline int run_return(void *ctx, __s64 ret)
 
 
 		if (s->present & VP_SEL_RETARGS) {
-			if (!match_arg_filter(sel - 1, VP_MAX_MATCH_ARGS)) {
-				stat_inc(HS_FILTERED);
-				return 0;
+			for (__u32 k = 0; k < VP_MAX_RET_FILTERS; k++) {
+				if (k >= s->nret)
+					break;
+				if (!match_arg_filter(sel - 1, VP_MAX_MATCH_ARGS + k)) {
+					stat_inc(HS_FILTERED);
+					return 0;
+				}
 			}
 		}
 		if (s->nret_actions)

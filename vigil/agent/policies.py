@@ -48,6 +48,18 @@ class LoadedPolicy:
         return self.compiled.name
 
 
+class _EnforcerEntry:
+    """An enforcer program in the list of a policy's hooks (it sends no events)."""
+
+    def __init__(self, hook: Any) -> None:
+        self.hook = hook
+        pl = hook.placement
+        self.compiled = type("C", (), {"hook_id": 0, "placement": pl})()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.hook, name)
+
+
 class PolicyManager:
     def __init__(self, agent: Any) -> None:
         self.agent = agent
@@ -56,7 +68,8 @@ class PolicyManager:
         self.hooks: dict[int, tuple[CompiledHook, LoadedPolicy]] = {}
         self._ids = itertools.count(1)
         self._hook_ids = itertools.count(1)
-        self._features: Any = None
+        self._facts: Any = None
+        self._notes: Any = None
         from vigil.sensors.hostdeny import GuardRegistry
 
         cfg = getattr(agent, "config", None)
@@ -68,16 +81,17 @@ class PolicyManager:
         self._data: dict[tuple[int, int, int], list[tuple[int, bytes]]] = {}
         self.data_orphans = 0
 
-    # -- feature probe, run once on first use (it loads programs: keep it off the start path)
-    def has(self, name: str) -> tuple[bool, str]:
-        if self._features is None:
-            from vigil.kernel.features import cached_probe
+    # -- kernel facts, gathered once on first use (the probe loads programs: keep it off the start path)
+    @property
+    def facts(self) -> Any:
+        if self._facts is None:
+            from vigil.kernel.facts import KernelFacts
 
-            self._features = cached_probe()
-        f = self._features.get(name)
-        if f is None:
-            return False, f"unknown feature {name}"
-        return bool(f.supported), f.reason
+            self._facts = KernelFacts.gather()
+        return self._facts
+
+    def has(self, name: str) -> tuple[bool, str]:
+        return self.facts.has(name)
 
     def _follow_rules(self) -> Any:
         from vigil.sensors.follow import FollowRules
@@ -93,7 +107,22 @@ class PolicyManager:
         sensor = self.agent.sensor
         if sensor is None or sensor.obj is None:
             raise PolicyError("the process sensor is not running; policies need the live kernel")
-        return {n: sensor.obj.map(n) for n in ("events", "vigil_drops", "execve_map", "socktrack")}
+        shared = {n: sensor.obj.map(n) for n in ("events", "vigil_drops", "execve_map", "socktrack")}
+        shared["enforcer_notes"] = self._enforcer_notes()
+        return shared
+
+    def _enforcer_notes(self) -> Any:
+        """The NotifyEnforcer notes every hook object shares (one per agent)."""
+        if self._notes is None:
+            from vigil.kernel import _libbpf as LB
+            from vigil.kernel.objects import Map
+
+            fd = LB.lib.bpf_map_create(1, b"enforcer_notes", 8, 16, 32768, None)  # BPF_MAP_TYPE_HASH
+            if fd < 0:
+                raise PolicyError(f"creating the enforcer notes map failed: errno {LB.errno()}")
+            self._notes = Map(None, fd=fd, key_size=8, value_size=16, map_type=1, name="enforcer_notes",
+                              max_entries=32768)
+        return self._notes
 
     # -- adding
     def add_text(self, text: str, filename: str = "<grpc>", *, mode: str | None = None,
@@ -144,7 +173,8 @@ class PolicyManager:
     def add(self, policy: Policy, *, mode: str | None = None, source: str = "grpc") -> str:
         with self._lock:
             if policy.name in self.policies:
-                raise PolicyExists(f"policy {policy.name!r} already exists")
+                raise PolicyExists(f"{policy.metadata.at('name')}: metadata.name: policy {policy.name!r} already "
+                                   "exists")
             follow = self._follow_rules()
             bits: list[int] = []
 
@@ -156,7 +186,9 @@ class PolicyManager:
                 bits.append(bit)
                 return bit
             try:
-                compiled = compile_policy(policy, self.has, lambda: next(self._hook_ids), follow_bit=follow_bit)
+                compiled = compile_policy(policy, self.facts, lambda: next(self._hook_ids), follow_bit=follow_bit,
+                                          substitute=bool(getattr(getattr(self.agent, "config", None),
+                                                                  "hook_substitution", False)))
             except PolicyErrors as e:
                 for b in bits:
                     follow.release(b)
@@ -184,12 +216,15 @@ class PolicyManager:
     def _load_hooks(self, name: str, compiled: CompiledPolicy, mode: str) -> list[Any]:
         """Every hook of a compiled policy loaded and attached, or none: on any failure the
         hooks loaded so far are closed and PolicyError names the hook that failed."""
-        from vigil.sensors.generic import GenericHook
+        from vigil.sensors.generic import EnforcerHook, GenericHook
         from vigil.sensors.hostdeny import FanotifyHook, NetDenyHook
 
         shared = self._shared_maps()
         # build every hook object first: refusals happen before anything is loaded
         hooks: list[Any] = []
+        # enforcers first: a note left by a hook must find its enforcer attached
+        for pl in compiled.enforcers:
+            hooks.append(_EnforcerEntry(EnforcerHook(pl, shared)))
         for ch in compiled.hooks:
             mech = ch.placement.mechanism
             if mech == "fanotify":
@@ -202,7 +237,8 @@ class PolicyManager:
         try:
             for gh in hooks:
                 # register first: records may arrive as soon as it attaches
-                self.hooks[gh.compiled.hook_id] = (gh.compiled, None)  # type: ignore[assignment]
+                if gh.compiled.hook_id:
+                    self.hooks[gh.compiled.hook_id] = (gh.compiled, None)  # type: ignore[assignment]
                 try:
                     gh.load()
                 except PolicyError:
@@ -259,6 +295,8 @@ class PolicyManager:
         with self._lock:
             lp = self._get(name)
             for gh in lp.hooks:
+                if not gh.compiled.hook_id:
+                    continue  # an enforcer: it acts on notes, which monitor mode never leaves
                 cfg = gh.compiled.config
                 cfg.flags = (cfg.flags & ~L.HOOK_MONITOR) | (L.HOOK_MONITOR if mode == "monitor" else 0)
                 if hasattr(gh, "set_monitor"):  # the fanotify back end: a new helper table
@@ -279,6 +317,9 @@ class PolicyManager:
             for name in list(self.policies):
                 self.delete(name)
             self.guards.close()
+            if self._notes is not None:
+                self._notes.close_fd()
+                self._notes = None
 
     # -- reporting
     def status(self, lp: LoadedPolicy) -> dict[str, Any]:
