@@ -289,6 +289,8 @@ static __always_inline int guards_pass(struct gen_heap *h, struct vp_hook *cfg)
 	return 1;
 }
 
+static __always_inline int finish_return(void *ctx, struct gen_heap *h, struct vp_hook *cfg);
+
 /* Everything after the raw values are in place. */
 static __always_inline int run_hook(void *ctx, struct gen_heap *h, struct vp_hook *cfg)
 {
@@ -298,6 +300,7 @@ static __always_inline int run_hook(void *ctx, struct gen_heap *h, struct vp_hoo
 	__u32 i, sel = 0;
 
 	h->override_err = 0;
+	h->sel = 0;
 	if (cfg->nguards && !guards_pass(h, cfg))
 		return 0;
 	stat_inc(HS_HITS);
@@ -380,9 +383,42 @@ static __always_inline int run_hook(void *ctx, struct gen_heap *h, struct vp_hoo
 	}
 
 	if (cfg->flags & VP_HOOK_RETURN) {
+		if (cfg->ret_raw) {  /* the hook carries its return value (a stand-in tracepoint) */
+			h->m.ret = h->raw[(cfg->ret_raw - 1) & (VP_SLOTS - 1)];
+			return finish_return(ctx, h, cfg);
+		}
 		if (bpf_map_update_elem(&pending, &id, h, BPF_ANY))
 			stat_inc(HS_PENDING_FULL);
 		return 0;
+	}
+	if (h->post)
+		send(ctx, h);
+	return 0;
+}
+
+/* The return value is in h->m.ret: matchReturnArgs, return actions, send. */
+static __always_inline int finish_return(void *ctx, struct gen_heap *h, struct vp_hook *cfg)
+{
+	__u32 sel;
+
+	h->m.flags |= VP_EV_HAS_RET;
+	sel = h->sel;
+	if (sel && sel <= VP_MAX_SELECTORS) {
+		__u32 si = (sel - 1) & (VP_SLOTS - 1);
+		struct vp_selector *s = &cfg->sel[si];
+
+		if (s->present & VP_SEL_RETARGS) {
+			for (__u32 k = 0; k < VP_MAX_RET_FILTERS; k++) {
+				if (k >= s->nret)
+					break;
+				if (!match_arg_filter(sel - 1, VP_MAX_MATCH_ARGS + k)) {
+					stat_inc(HS_FILTERED);
+					return 0;
+				}
+			}
+		}
+		if (s->nret_actions)
+			h->m.ret_action = do_actions(h, cfg, s->ret_actions, s->nret_actions, sel);
 	}
 	if (h->post)
 		send(ctx, h);
@@ -395,7 +431,6 @@ static __always_inline int run_return(void *ctx, __s64 ret)
 	__u64 id = bpf_get_current_pid_tgid();
 	struct vp_hook *cfg = hook_cfg();
 	struct gen_heap *h = heap(), *p;
-	__u32 sel, zero = 0;
 
 	if (!cfg || !h)
 		return 0;
@@ -409,7 +444,6 @@ static __always_inline int run_return(void *ctx, __s64 ret)
 	}
 	bpf_map_delete_elem(&pending, &id);
 	h->m.ret = ret;
-	h->m.flags |= VP_EV_HAS_RET;
 	if (ret && (cfg->flags & (VP_HOOK_RET_TRACKSOCK | VP_HOOK_RET_UNTRACKSOCK))) {
 		__u64 sk = ret;
 
@@ -427,34 +461,10 @@ static __always_inline int run_return(void *ctx, __s64 ret)
 	for (__u32 i = 0; i < VP_MAX_ARGS; i++) {
 		if (i >= cfg->nargs)
 			break;
-		if (cfg->args[i].return_copy) {
-			h->m.args[i].value = h->m.args[i].value; /* raw pointer kept at entry */
+		if (cfg->args[i].return_copy)
 			read_arg(i);
-		}
 	}
-	sel = h->sel;
-	if (sel && sel <= VP_MAX_SELECTORS) {
-		__u32 si = (sel - 1) & (VP_SLOTS - 1);
-		struct vp_selector *s = &cfg->sel[si];
-
-
-		if (s->present & VP_SEL_RETARGS) {
-			for (__u32 k = 0; k < VP_MAX_RET_FILTERS; k++) {
-				if (k >= s->nret)
-					break;
-				if (!match_arg_filter(sel - 1, VP_MAX_MATCH_ARGS + k)) {
-					stat_inc(HS_FILTERED);
-					return 0;
-				}
-			}
-		}
-		if (s->nret_actions)
-			h->m.ret_action = do_actions(h, cfg, s->ret_actions, s->nret_actions, sel);
-	}
-	if (h->post)
-		send(ctx, h);
-	(void)zero;
-	return 0;
+	return finish_return(ctx, h, cfg);
 }
 
 #endif

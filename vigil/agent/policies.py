@@ -70,6 +70,10 @@ class PolicyManager:
         self._hook_ids = itertools.count(1)
         self._facts: Any = None
         self._notes: Any = None
+        self._loader: Any = None
+        from vigil.sensors.user_actions import UserActions
+
+        self.user_actions = UserActions()
         from vigil.sensors.hostdeny import GuardRegistry
 
         cfg = getattr(agent, "config", None)
@@ -92,6 +96,30 @@ class PolicyManager:
 
     def has(self, name: str) -> tuple[bool, str]:
         return self.facts.has(name)
+
+    def _loader_sensor(self) -> Any:
+        if self._loader is None:
+            from vigil.sensors.loader import LoaderSensor
+
+            self._loader = LoaderSensor(self._loader_event)
+        return self._loader
+
+    def _loader_event(self, pid: int, tid: int, path: str, build_id: bytes, time_ns: int) -> None:
+        """Runs on the loader sensor's thread."""
+        import base64
+
+        from vigil.core.events import DictEvent
+        from vigil.export.dicts import process_dict
+
+        process, parent = self._processes(pid, 0, tid)
+        # ProcessLoader: process (1), path (2), buildid (3), parent (4), as a dict event
+        body: dict[str, Any] = {"process": process_dict(process), "path": path}
+        if build_id:
+            body["buildid"] = base64.b64encode(build_id).decode()
+        if parent is not None:
+            body["parent"] = process_dict(parent)
+        self.agent.inject(DictEvent({"process_loader": body, "node_name": self.agent.node_name,
+                                     "time": self.agent.clock.ktime_rfc3339(time_ns)}))
 
     def _follow_rules(self) -> Any:
         from vigil.sensors.follow import FollowRules
@@ -203,6 +231,16 @@ class PolicyManager:
                 for b in bits:
                     follow.release(b)
                 raise
+            if policy.spec.loader:
+                try:
+                    self._loader_sensor().acquire()
+                except OSError as e:
+                    for gh in reversed(loaded):
+                        gh.close()
+                    for b in bits:
+                        follow.release(b)
+                    raise PolicyError(f"{policy.spec.at('loader')}: spec.loader: process_loader events need "
+                                      f"perf mmap records: {e}") from None
             lp = LoadedPolicy(next(self._ids), compiled, loaded, source, mode)
             for ch in compiled.hooks:
                 self.hooks[ch.hook_id] = (ch, lp)
@@ -276,6 +314,8 @@ class PolicyManager:
                 self.hooks.pop(ch.hook_id, None)
                 for b in ch.follow_bits:
                     self._follow_rules().release(b)
+            if lp.compiled.policy.spec.loader and lp.enabled:
+                self._loader_sensor().release()
             del self.policies[name]
             log.info("policy %s deleted", name)
 
@@ -287,6 +327,8 @@ class PolicyManager:
                     gh.attach()
                 else:
                     gh.detach()
+            if lp.compiled.policy.spec.loader and enabled != lp.enabled:
+                (self._loader_sensor().acquire if enabled else self._loader_sensor().release)()
             lp.enabled = enabled
 
     def set_mode(self, name: str, mode: str) -> None:
@@ -320,6 +362,9 @@ class PolicyManager:
             if self._notes is not None:
                 self._notes.close_fd()
                 self._notes = None
+            self.user_actions.close()
+            if self._loader is not None:
+                self._loader.close()
 
     # -- reporting
     def status(self, lp: LoadedPolicy) -> dict[str, Any]:
@@ -347,6 +392,7 @@ class PolicyManager:
                        "target": ch.placement.target}
                       for ch in lp.compiled.hooks],
             "kernel_stats": total,
+            "user_actions": dict(self.user_actions.stats),
             "program_ids": [i for gh in lp.hooks for i in gh.program_ids()],
         }
 
@@ -369,10 +415,10 @@ class PolicyManager:
 
     def _report_fanotify(self, rep: Any, hook: Any) -> None:
         """Runs on the helper's report thread, after the helper wrote its answer."""
-        from vigil.sensors.hostdeny import fanotify_event
+        from vigil.sensors.hostdeny import event_kind, fanotify_event
 
         process, parent = self._processes(rep.pid)
-        self.agent.inject(PolicyEvent("process_kprobe", process, parent, fanotify_event(rep, hook.compiled),
+        self.agent.inject(PolicyEvent(event_kind(hook.compiled), process, parent, fanotify_event(rep, hook.compiled),
                                       self.agent.clock.rfc3339(rep.time_ns), self.agent.node_name))
 
     def handle_netdeny(self, buf: bytes, now_ns: int) -> PolicyEvent | None:
@@ -384,8 +430,10 @@ class PolicyManager:
         if entry is None:
             return None
         ch, _lp = entry
+        from vigil.sensors.hostdeny import event_kind
+
         process, parent = self._processes(rec["pid"], rec["exec_ktime"], rec["tid"])
-        return PolicyEvent("process_kprobe", process, parent, netdeny_event(rec, ch),
+        return PolicyEvent(event_kind(ch), process, parent, netdeny_event(rec, ch),
                            self.agent.clock.ktime_rfc3339(rec["ktime"]), self.agent.node_name)
 
     def handle_data(self, buf: bytes, now_ns: int) -> None:
@@ -414,6 +462,11 @@ class PolicyManager:
         ch, lp = entry
         b = self.agent.builder
         process, parent = self._processes(m.pid, m.exec_ktime, m.tid)
+        if ch.actions and m.action in (L.ACT["GetUrl"], L.ACT["DnsLookup"]) and not m.flags & L.EV_MONITOR:
+            from vigil.sensors.user_actions import requested
+
+            for what, target in requested(ch, m.selector):
+                self.user_actions.submit(what, target)
         kind = ch.placement.event_kind
         if lp is not None:
             lp.events[kind] = lp.events.get(kind, 0) + 1

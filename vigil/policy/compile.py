@@ -109,10 +109,15 @@ class _Errors:
 
 
 def substitution_enabled(policy: Policy, default: bool) -> bool:
+    from .values import parse_bool_string
+
     v = policy.spec.option(standins.OPTION)
     if v is None:
         return default
-    return v.strip().lower() in ("true", "1", "t", "yes", "on")
+    try:
+        return parse_bool_string(v)
+    except ValueError:
+        return default  # the validator reports it
 
 
 # ------------------------------------------------------------------ placement of every hook
@@ -329,7 +334,8 @@ def _compile_hook(policy: Policy, pl: Placement, hook: object, hook_id: int, mon
                   errs: _Errors, follow_bit: Callable[[str, tuple[str, ...]], int] | None = None) -> CompiledHook:
     cfg = L.Hook()
     cfg.hook_id = hook_id
-    cfg.flags = (L.HOOK_RETURN if pl.return_prog else 0) | (L.HOOK_MONITOR if monitor else 0)
+    cfg.flags = (L.HOOK_RETURN if pl.return_prog or pl.ret_raw else 0) | (L.HOOK_MONITOR if monitor else 0)
+    cfg.ret_raw = pl.ret_raw
     cfg.nargs = len(pl.args)
     ret_action = getattr(hook, "return_arg_action", "")
     placed = not any(b.cause in ("kernel", "target", "option") for b in pl.blockers)
@@ -569,7 +575,7 @@ def _compile_selector(ch: CompiledHook, hook: object, pl: Placement, si: int, se
         f.slot = plan.slot
         _compile_filter(ch, f, e, plan, (si << 4) | j, errs)
     if sel.match_return_args:
-        if not pl.return_prog:
+        if not pl.return_prog and not pl.ret_raw:
             errs.error(sel.at("matchReturnArgs"), "matchReturnArgs needs `return: true` on the hook", "policy")
         elif len(sel.match_return_args) > L.MAX_RET_FILTERS:
             errs.error(sel.at("matchReturnArgs"), f"at most {L.MAX_RET_FILTERS} matchReturnArgs entries per "
@@ -637,10 +643,10 @@ def _compile_selector(ch: CompiledHook, hook: object, pl: Placement, si: int, se
                 if not cf.ns and not facts.ideal_kernel:
                     errs.error(mc.at("isNamespaceCapability"), "isNamespaceCapability needs the host's user "
                                "namespace, which could not be read", "kernel")
-    s.nactions = _compile_actions(ch, pl, hook, sel.match_actions, s.actions, errs)
-    if sel.match_return_actions and not pl.return_prog:
+    s.nactions = _compile_actions(ch, pl, hook, sel.match_actions, s.actions, errs, facts)
+    if sel.match_return_actions and not pl.return_prog and not pl.ret_raw:
         errs.error(sel.at("matchReturnActions"), "matchReturnActions needs `return: true` on the hook", "policy")
-    s.nret_actions = _compile_actions(ch, pl, hook, sel.match_return_actions, s.ret_actions, errs)
+    s.nret_actions = _compile_actions(ch, pl, hook, sel.match_return_actions, s.ret_actions, errs, facts)
 
 
 def _compile_binaries(ch: CompiledHook, sel: Selector, si: int, s: L.Selector, errs: _Errors,
@@ -680,7 +686,7 @@ def _compile_binaries(ch: CompiledHook, sel: Selector, si: int, s: L.Selector, e
 
 
 def _compile_actions(ch: CompiledHook, pl: Placement, hook: object, actions: tuple[ActionSelector, ...],
-                     out: object, errs: _Errors) -> int:
+                     out: object, errs: _Errors, facts: KernelFacts) -> int:
     for k, a in enumerate(actions[:L.MAX_ACTIONS]):
         cfg = out[k]  # type: ignore[index]
         name = a.action
@@ -731,6 +737,11 @@ def _compile_actions(ch: CompiledHook, pl: Placement, hook: object, actions: tup
             if plan is not None and not plan.off2 and pl.attach.get("offset"):
                 errs.error(a.at("argIndex"), f"USDT argument {a.arg_index} is not a memory operand: there is "
                            "nothing to write to", "policy")
+                continue
+            ok_w, why_w = facts.has("probe_write_user")
+            if not ok_w:
+                errs.error(a.at("action"), f"action Set writes the process's memory with bpf_probe_write_user, "
+                           f"which this kernel refuses: {why_w}", "kernel")
                 continue
             cfg.type, cfg.arg, cfg.arg2 = L.ACT["Set"], a.arg_value, plan.slot if plan else 0
             continue

@@ -53,8 +53,10 @@ OPTION_ENUMS: dict[str, tuple[str, ...] | None] = {
     "policy-mode": ("enforce", "monitor"),
     # Vigil: where no hook can refuse an operation before it happens, kill the caller after it
     "vigil-enforce-fallback": ("sigkill",),
+    # Vigil: run hooks this kernel cannot attach on their documented stand-ins (bool)
+    "vigil-hook-substitution": None,
 }
-BOOL_OPTIONS = ("disable-kprobe-multi", "disable-uprobe-multi")
+BOOL_OPTIONS = ("disable-kprobe-multi", "disable-uprobe-multi", "vigil-hook-substitution")
 # strconv.ParseBool spellings, which is what option values are read with
 BOOL_STRINGS = {
     "1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,

@@ -62,6 +62,9 @@ def check_host_selectors(pl: Placement, selectors: tuple[Selector, ...]) -> list
             elif e.operator not in NET_ADDR_OPS:
                 out.append((e.at("operator"), f"{e.operator} cannot be expressed as a cgroup socket rule "
                             "(supported: Family, SAddr/DAddr, SPort/DPort, Protocol on the socket)"))
+            if pl.mechanism != "fanotify" and e.operator == "Family" and any(
+                    v not in ("AF_INET", "AF_INET6", "2", "10") for v in e.values):
+                out.append((e.at("values"), f"Family: {back} see AF_INET and AF_INET6 only"))
         if pl.mechanism != "fanotify":
             if _enforcing(sel):
                 if seen_post:

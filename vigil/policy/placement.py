@@ -111,6 +111,7 @@ class Placement:
     notes: list[str] = field(default_factory=list)
     guards: list[tuple[int, int, int]] = field(default_factory=list)  # (raw index, G_* op, value)
     substitute: str = ""          # the stand-in this hook runs on (empty: the hook itself)
+    ret_raw: int = 0              # the return value is raw argument ret_raw - 1 (stand-ins)
     override: str = ""            # how Override is enforced here (explain)
 
     @property

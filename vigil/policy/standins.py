@@ -56,6 +56,7 @@ class Site:
     args: dict[int, Src] = field(default_factory=dict)
     guards: tuple[tuple[int, int, int], ...] = ()
     user_guard: tuple[int, int, int] | None = None  # (sys arg, offset, mask) on a user struct
+    ret: Src | None = None   # where the tracepoint carries the function's return value
 
 
 @dataclass(frozen=True)
@@ -144,8 +145,10 @@ STANDINS: dict[str, StandIn] = {
     "cap_capable": StandIn((Site("raw_tracepoint", "cap_capable",
                                  {0: Src("rawtype", ctype="struct cred *"),
                                   1: Src("rawtype", ctype="struct user_namespace *"),
-                                  2: Src("rawtype", ctype="int")}),),
-                           "the capability:cap_capable tracepoint (after the check; opts not carried)"),
+                                  2: Src("rawtype", ctype="int")},
+                                 ret=Src("rawtype", value=1, ctype="int")),),
+                           "the capability:cap_capable tracepoint (after the check, with its result; opts not "
+                           "carried)"),
     "security_capset": StandIn((Site("syscall", "capset",
                                      {1: Src("task", path="cred", types=("cred",)),
                                       2: Src("capset", 1, value=0, types=("cap_effective", "kernel_cap_t")),
@@ -295,7 +298,19 @@ def place(spec: KProbeSpec | LsmHookSpec, section: str, index: int, target: str,
             p.slot = k
         size_arg_slots(pl)
         if getattr(spec, "return_", False):
-            if site.how == "syscall":
+            if site.ret is not None and params is not None:
+                idx = [i for i, (_n, t) in enumerate(params) if t == site.ret.ctype]
+                if len(idx) > site.ret.value:
+                    from .placement import return_plan
+
+                    pl.ret_raw = idx[site.ret.value] + 1
+                    pl.ret = return_plan(spec)  # type: ignore[arg-type]
+                    pl.notes.append(f"the return value is the tracepoint's {site.ret.ctype} argument "
+                                    f"{idx[site.ret.value]}")
+                else:
+                    pl.block(spec.at("return"), f"return: true: the stand-in {pl.substitute} has no return "
+                             "value on this kernel", "kernel")
+            elif site.how == "syscall":
                 tp = TRACEPOINT_NAME.get(site.name, site.name)
                 pl.return_prog = "vigil_sys_exit"
                 pl.attach["exit_name"] = f"sys_exit_{tp}"
@@ -365,10 +380,11 @@ def _plan(pl: Placement, a: KProbeArg, slot: int, src: Src, site: Site, params: 
         return plan_arg(pl, a, slot, L.SRC_RAW, idx, user=False, facts=facts, ctype=ctype,
                         what=f"argument {a.index}")
     if src.kind == "sys":
-        p = plan_arg(pl, a, slot, syscall_src, src.index, user=True, facts=facts, what=f"argument {a.index}")
-        if p is not None and a.type == "path":
-            pass
-        return p
+        if a.type in ("path", "file"):  # a path the caller passed as a string
+            p = ArgPlan(slot, a.type, L.T["string"], syscall_src, src.index, label=a.label, index=a.index)
+            p.render = a.type
+            return p
+        return plan_arg(pl, a, slot, syscall_src, src.index, user=True, facts=facts, what=f"argument {a.index}")
     if src.kind == "ret":
         return plan_arg(pl, a, slot, L.SRC_RAW, 0, user=True, facts=facts, what="the returned value")
     if src.kind == "const":
