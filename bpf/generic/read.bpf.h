@@ -374,8 +374,9 @@ struct iov_iter___old {   /* before 6.4 the iovec pointer was called iov */
 
 /* the data an iov_iter describes: user buffer, user iovecs or kernel kvecs */
 static __always_inline __u32 read_iov_iter(struct gen_heap *h, struct iov_iter *it, __u32 off, __u32 max,
-					   struct vp_arg_hdr *ah)
+					   struct vp_arg_hdr *ah, struct vp_arg *a, __u32 slot)
 {
+	__u64 seg;
 	__u8 t = BPF_CORE_READ(it, iter_type);
 	__u64 count = BPF_CORE_READ(it, count), skip = BPF_CORE_READ(it, iov_offset);
 	__u32 n = count > max ? max : count;
@@ -385,6 +386,7 @@ static __always_inline __u32 read_iov_iter(struct gen_heap *h, struct iov_iter *
 	if (count > max)
 		ah->flags |= VP_ARGF_TRUNC;
 	ah->value = count;
+	seg = count;
 	if (bpf_core_enum_value_exists(enum iter_type, ITER_UBUF) &&
 	    t == bpf_core_enum_value(enum iter_type, ITER_UBUF)) {
 		base = BPF_CORE_READ(it, ubuf) + skip;
@@ -399,8 +401,9 @@ static __always_inline __u32 read_iov_iter(struct gen_heap *h, struct iov_iter *
 		if (bpf_probe_read_kernel(&v, sizeof(v), iov))
 			return 0;
 		base = v.iov_base + skip;
-		if (v.iov_len - skip < n)
-			n = v.iov_len - skip;  /* the first segment */
+		seg = v.iov_len - skip;
+		if (seg < n)
+			n = seg;  /* the first segment */
 	} else if (t == bpf_core_enum_value(enum iter_type, ITER_KVEC)) {
 		struct kvec v;
 
@@ -417,6 +420,16 @@ static __always_inline __u32 read_iov_iter(struct gen_heap *h, struct iov_iter *
 	if (n && rd(h->data + (off & DATA_MASK), n, base, user)) {
 		ah->flags |= VP_ARGF_ERR;
 		return 0;
+	}
+	if (a->max_data && user && seg > max) {
+		/* maxData: the rest of the (first) user segment goes out in data records */
+		__u64 total = seg > VP_MAX_DATA ? VP_MAX_DATA : seg;
+
+		ah->flags = (ah->flags & ~VP_ARGF_TRUNC) | VP_ARGF_DATA | (count > VP_MAX_DATA ? VP_ARGF_TRUNC : 0);
+		h->data_ptr[slot & (VP_SLOTS - 1)] = (__u64)base;
+		h->data_total[slot & (VP_SLOTS - 1)] = total;
+		h->data_inline[slot & (VP_SLOTS - 1)] = n;
+		ah->value = total;
 	}
 	return n;
 }
@@ -696,9 +709,11 @@ __noinline int read_arg(__u32 i)
 		n = resolve_path(BPF_CORE_READ(p, dentry), BPF_CORE_READ(p, mnt), &root,
 				 h->data + off, VP_ARG_DATA - NAME_MAX_LEN - 2, &trunc, &detached);
 		n &= VP_ARG_DATA - 1;
-		h->data[(off + n) & (DATA_MASK + VP_ARG_DATA - 1)] = '/';
-		r2 = bpf_probe_read_kernel_str(h->data + ((off + n + 1) & DATA_MASK), NAME_MAX_LEN,
-					       BPF_CORE_READ(child, d_name.name));
+		/* off <= DATA_MASK and n < VP_ARG_DATA: both stay inside data[] (not a mask of
+		 * their sum, which would round the index) */
+		h->data[(off & DATA_MASK) + (n & (VP_ARG_DATA - 1))] = '/';
+		r2 = bpf_probe_read_kernel_str(h->data + (off & DATA_MASK) + ((n + 1) & (VP_ARG_DATA - 1)),
+					       NAME_MAX_LEN, BPF_CORE_READ(child, d_name.name));
 		if (r2 > 1)
 			n += r2;  /* "/" + name, without the NUL */
 		break;
@@ -755,7 +770,7 @@ __noinline int read_arg(__u32 i)
 		n = read_file_path(h, BPF_CORE_READ((struct kiocb *)raw, ki_filp), off, ah);
 		break;
 	case VP_T_IOV_ITER:
-		n = read_iov_iter(h, (struct iov_iter *)raw, off, max, ah);
+		n = read_iov_iter(h, (struct iov_iter *)raw, off, max, ah, a, i);
 		break;
 	case VP_T_BPF_ATTR:
 		n = read_bpf_attr(h, (void *)raw, a->user, off);

@@ -48,6 +48,31 @@ def ask(facts: KernelFacts) -> None:
         for sym in WORDS["symbols"][0] + WORDS["symbols"][1]:
             facts.file_symbol(p, sym)
     ids = itertools.count(1)
+    import importlib
+
+    from vigil.policy import parse_policies
+
+    tests = importlib.import_module("tests.unit.test_policy_compile")
+    for name in dir(tests):  # run the module's spec builders so SPECS is complete
+        obj = getattr(tests, name)
+        if name in ("PLACES",):
+            for case in obj:
+                tests.one(case[1])
+    import inspect
+    import re
+
+    src = inspect.getsource(tests)
+    for m in re.finditer(r'"""\n((?:kprobes|lsmhooks|uprobes|tracepoints|usdts|lists):.*?)"""', src, re.S):
+        tests.SPECS.append(m.group(1))
+    for spec in tests.SPECS:
+        try:
+            (p,) = parse_policies("apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: t\n"
+                                  "spec:\n" + "\n".join("  " + ln for ln in spec.strip("\n").splitlines()) + "\n",
+                                  "p.yaml")
+        except PolicyErrors:
+            continue
+        for sub in (False, True):
+            compile_report(p, facts, lambda: next(ids), follow_bit=lambda op, v: 0, substitute=sub)
     for d in CORPUS:
         for f in sorted(d.glob("*.yaml")) if d.is_dir() else []:
             try:

@@ -34,6 +34,8 @@ class Running:
         import subprocess
         import time
 
+        from vigil.export.dicts import event_dict
+
         sub = self.agent.subscribe(100000)
         try:
             action()
@@ -42,7 +44,7 @@ class Running:
             out: list[dict[str, Any]] = []
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
-                for e in sub.get_batch(timeout=0.5):
+                for e in map(event_dict, sub.get_batch(timeout=0.5)):
                     out.append(e)
                     x = e.get("process_exit")
                     if x and x["process"].get("arguments") == token:
@@ -158,10 +160,18 @@ kprobes:
         try:
             if syscall == "sys_openat":
                 open(work / "secret.txt").close()
-            elif syscall == "sys_mkdirat":
-                os.mkdir(work / "newdir")
+            elif syscall == "sys_mkdirat":  # dir_fd: glibc's mkdir() is the mkdir syscall, not mkdirat
+                dfd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.mkdir("newdir", dir_fd=dfd)
+                finally:
+                    os.close(dfd)
             elif syscall == "sys_symlinkat":
-                os.symlink("/etc/hostname", work / "link")
+                dfd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.symlink("/etc/hostname", "link", dir_fd=dfd)
+                finally:
+                    os.close(dfd)
             else:
                 c = socket.socket()
                 try:

@@ -132,8 +132,9 @@ def plan_policy(policy: Policy, facts: KernelFacts, *, substitute: bool = False,
     out: list[tuple[Placement, object]] = []
     for section, items in (("kprobes", spec.kprobes), ("fentries", spec.fentries)):
         for i, kp in enumerate(items):
+            ftrace = _is_ftrace_list(policy, kp)
             for call in _expand_call(policy, kp, facts, errs):
-                for pl in _place_call(policy, kp, section, i, call, facts, sub):
+                for pl in _place_call(policy, kp, section, i, call, facts, sub, kfunc=ftrace):
                     out.append((pl, kp))
     for i, tp in enumerate(spec.tracepoints):
         out.append((place_tracepoint(tp, i, facts), tp))
@@ -154,10 +155,15 @@ def _has_action(hook: object, names: tuple[str, ...]) -> bool:
                for a in (*sel.match_actions, *sel.match_return_actions))
 
 
+def _is_ftrace_list(policy: Policy, kp: KProbeSpec) -> bool:
+    lst = policy.spec.list_named(kp.call[5:]) if kp.call.startswith("list:") else None
+    return lst is not None and lst.type == "generated_ftrace"
+
+
 def _place_call(policy: Policy, kp: KProbeSpec, section: str, i: int, call: str, facts: KernelFacts,
-                sub: bool) -> list[Placement]:
+                sub: bool, kfunc: bool = False) -> list[Placement]:
     override = _has_action(kp, ("Override",))
-    sc = parse_syscall(call, kp.syscall)
+    sc = None if kfunc else parse_syscall(call, kp.syscall)  # a generated_ftrace list names kernel functions
     if sc is not None:
         if not override:
             return [place_syscall(kp, section, i, call, sc, facts)]
@@ -219,9 +225,11 @@ def _maybe_substitute(native: Placement, hook: KProbeSpec | LsmHookSpec, section
         if e is not None:
             cands = [e]
     else:
-        s = standins.lookup(target)
-        if s is not None:
+        # the first stand-in that can run here (a renamed function before a tracepoint)
+        for s in standins.candidates(target):
             cands = standins.place(hook, section, i, target, facts, s)
+            if all(c.ok for c in cands):
+                break
     if not cands:
         if override and standins.lookup(target) is not None:
             native.notes.append(f"a stand-in observes {target} ({standins.describe(target)}) but cannot refuse it")

@@ -258,8 +258,8 @@ def plan_arg(pl: Placement, a: KProbeArg, slot: int, src: int, off: int, *, user
     if t in INT_WIDTH and plan.vtype in (L.T["int"], L.T["uint"]):
         plan.size = INT_WIDTH[t]
     if a.max_data:
-        if t not in ("char_buf",):
-            pl.block(a.at("maxData"), f"maxData on a {t} argument is not supported by Vigil (char_buf only)",
+        if t not in ("char_buf", "iov_iter"):
+            pl.block(a.at("maxData"), f"maxData on a {t} argument is not supported by Vigil (char_buf, iov_iter)",
                      "vigil")
             return None
         plan.max_data = True

@@ -47,6 +47,7 @@ class Src:
     path: str = ""     # resolve/task: field path
     value: int = 0     # const value, capset field (0 effective, 1 permitted, 2 inheritable)
     types: tuple[str, ...] = ()  # policy types this source can give (empty: any)
+    reader: str = ""   # read it as this type whatever the policy type says (load_info -> module)
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,10 @@ STANDINS: dict[str, StandIn] = {
                               "the module:module_load tracepoint"),
     "free_module": StandIn((Site("raw_tracepoint", "module_free", {0: Src("raw", 0)}),),
                            "the module:module_free tracepoint"),
+    "find_module_sections": StandIn((Site("raw_tracepoint", "module_load",
+                                          {1: Src("raw", 0, types=("load_info", "module"), reader="module")}),),
+                                    "the module:module_load tracepoint, after the module's sections are laid out "
+                                    "(load_info is read from the module: name, signature, taints)"),
 }
 # credential syscalls: the kernel's __sys_* helpers take the syscall's arguments
 for _n in ("setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setfsuid", "setfsgid"):
@@ -230,6 +235,26 @@ ENFORCE_STANDINS: dict[str, tuple[str, str, dict[int, str]]] = {
 }
 
 
+# Functions renamed or inlined by newer kernels: the function that does the same job, with
+# the argument it has at each index of the old one.
+RENAMED: dict[str, StandIn] = {
+    "dev_queue_xmit": StandIn((Site("function", "__dev_queue_xmit", {0: Src("raw", 0)}),),
+                              "__dev_queue_xmit (dev_queue_xmit is an inline wrapper of it since 5.18)", exact=True),
+    "kfree_skb_reason": StandIn((Site("function", "sk_skb_reason_drop", {0: Src("raw", 1), 1: Src("raw", 2)}),),
+                                "sk_skb_reason_drop (kfree_skb_reason is an inline wrapper of it since 6.10)",
+                                exact=True),
+    "security_bpf_map_alloc": StandIn((Site("function", "security_bpf_map_create", {0: Src("raw", 0)}),),
+                                      "security_bpf_map_create (security_bpf_map_alloc was renamed in 6.9)",
+                                      exact=True),
+}
+
+
+def candidates(target: str) -> list[StandIn]:
+    out = [RENAMED[target]] if target in RENAMED else []
+    hit = lookup(target)
+    return out + ([hit] if hit is not None else [])
+
+
 def lookup(target: str) -> StandIn | None:
     """`target`: a kernel function, or lsm:<hook>."""
     if target.startswith("lsm:"):
@@ -246,9 +271,8 @@ def lookup(target: str) -> StandIn | None:
 
 def describe(target: str) -> str:
     """One line for explain: what the stand-in of `target` is (empty: none)."""
-    s = lookup(target)
     parts = []
-    if s is not None:
+    for s in candidates(target):
         where = ", ".join(sorted({_site_where(x) for x in s.sites}))
         parts.append(f"{where} ({s.note})")
     e = ENFORCE_STANDINS.get(target)
@@ -258,6 +282,8 @@ def describe(target: str) -> str:
 
 
 def _site_where(site: Site) -> str:
+    if site.how == "function":
+        return f"function:{site.name}"
     if site.how == "raw_tracepoint":
         return f"raw_tracepoint:{site.name}"
     if site.how == "tracepoint":
@@ -280,7 +306,8 @@ def place(spec: KProbeSpec | LsmHookSpec, section: str, index: int, target: str,
         pl.guards = list(site.guards)
         _site_mechanism(pl, spec, site, facts)
         lacking: list[int] = []
-        params = facts.tp_btf_params(site.name) if site.how == "raw_tracepoint" else None
+        params = (facts.tp_btf_params(site.name) if site.how == "raw_tracepoint" else
+                  facts.func_params(site.name) if site.how == "function" else None)
         for slot, a in enumerate(spec.args):
             src = site.args.get(a.index)
             if src is None:
@@ -298,7 +325,14 @@ def place(spec: KProbeSpec | LsmHookSpec, section: str, index: int, target: str,
             p.slot = k
         size_arg_slots(pl)
         if getattr(spec, "return_", False):
-            if site.ret is not None and params is not None:
+            if site.how == "function":
+                from .placement import return_plan
+
+                pl.return_prog = "vigil_fexit" if pl.mechanism == "fentry" else "vigil_kretprobe"
+                if pl.mechanism == "fentry" and not facts.has("fexit")[0]:
+                    pl.block(spec.at("return"), f"return: true on {pl.substitute} needs fexit", "kernel")
+                pl.ret = return_plan(spec)  # type: ignore[arg-type]
+            elif site.ret is not None and params is not None:
                 idx = [i for i, (_n, t) in enumerate(params) if t == site.ret.ctype]
                 if len(idx) > site.ret.value:
                     from .placement import return_plan
@@ -326,6 +360,20 @@ def place(spec: KProbeSpec | LsmHookSpec, section: str, index: int, target: str,
 
 
 def _site_mechanism(pl: Placement, spec: KProbeSpec | LsmHookSpec, site: Site, facts: KernelFacts) -> None:
+    if site.how == "function":
+        if facts.has_function(site.name) is False:
+            pl.block(spec.loc, f"stand-in {pl.substitute}: no such function on this kernel", "kernel")
+        ok_f, why_f = facts.has("fentry")
+        ok_k, why_k = facts.has("kprobe")
+        if ok_f:
+            pl.mechanism, pl.entry_prog = "fentry", "vigil_fentry"
+        elif ok_k:
+            pl.mechanism, pl.entry_prog = "kprobe", "vigil_kprobe"
+        else:
+            pl.block(spec.loc, f"stand-in {pl.substitute} needs kprobes or fentry (kprobe: {why_k}; fentry: "
+                     f"{why_f})", "kernel")
+        pl.attach.update({"func": site.name})
+        return
     if site.how == "raw_tracepoint":
         ok, why = facts.has("raw_tracepoint")
         if not ok:
@@ -377,7 +425,10 @@ def _plan(pl: Placement, a: KProbeArg, slot: int, src: Src, site: Site, params: 
             return None
         if site.how == "tracepoint":
             return _tp_field(pl, a, slot, src, facts)
-        return plan_arg(pl, a, slot, L.SRC_RAW, idx, user=False, facts=facts, ctype=ctype,
+        raw_src = L.SRC_REGS if pl.mechanism == "kprobe" else L.SRC_RAW
+        if src.reader:
+            return ArgPlan(slot, a.type, L.T[src.reader], raw_src, idx, label=a.label, index=a.index)
+        return plan_arg(pl, a, slot, raw_src, idx, user=False, facts=facts, ctype=ctype,
                         what=f"argument {a.index}")
     if src.kind == "sys":
         if a.type in ("path", "file"):  # a path the caller passed as a string
