@@ -104,6 +104,14 @@ struct {
 	__type(value, struct enforcer_note);
 } enforcer_notes SEC(".maps");
 
+/* imaHash: the sleepable stage (attached first) leaves the hash here for the hook's program */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct ima_stash);
+} ima_hashes SEC(".maps");
+
 /* Per-CPU event under construction. */
 struct gen_heap {
 	struct msg_generic m;
@@ -212,6 +220,7 @@ struct vp_perf_info *vigil_btf_vp_perf_info __attribute__((unused));
 struct vp_module_info *vigil_btf_vp_module_info __attribute__((unused));
 struct vp_userns_info *vigil_btf_vp_userns_info __attribute__((unused));
 struct enforcer_note *vigil_btf_enforcer_note __attribute__((unused));
+struct ima_stash *vigil_btf_ima_stash __attribute__((unused));
 struct vp_sock *vigil_btf_vp_sock __attribute__((unused));
 struct vp_cred *vigil_btf_vp_cred __attribute__((unused));
 
@@ -516,6 +525,40 @@ long vigil_fmod_ret(void *ctx)
 	struct gen_heap *h = from_func_args(ctx);
 
 	return h ? (__s32)h->override_err : 0;
+}
+
+/* ---- imaHash: a sleepable LSM program computes the file's IMA hash before the hook's
+ * program runs (the newest program on a hook's trampoline runs first: this one is attached
+ * after it, and only does work for hooks whose policy asks for imaHash) ---- */
+
+static __always_inline int ima_stash_for(struct file *f)
+{
+	struct vp_hook *cfg = hook_cfg();
+	struct ima_stash st = {};
+	__u64 id = bpf_get_current_pid_tgid();
+	long r;
+
+	if (!cfg || !(cfg->flags & VP_HOOK_IMA) || !f)
+		return 0;
+	r = bpf_ima_file_hash(f, st.hash, sizeof(st.hash));
+	if (r < 0)
+		return 0;
+	st.algo = r;
+	st.len = sizeof(st.hash);
+	bpf_map_update_elem(&ima_hashes, &id, &st, BPF_ANY);
+	return 0;
+}
+
+SEC("lsm.s/bprm_check_security")
+int BPF_PROG(vigil_ima_bprm, struct linux_binprm *bprm)
+{
+	return ima_stash_for(bprm->file);
+}
+
+SEC("lsm.s/file_open")
+int BPF_PROG(vigil_ima_file, struct file *file)
+{
+	return ima_stash_for(file);
 }
 
 /* ---- enforcers (NotifyEnforcer): the listed syscalls act on a note left for the thread ---- */

@@ -217,6 +217,20 @@ static __always_inline void send_data(struct gen_heap *h)
 	}
 }
 
+/* digest bytes of an IMA hash algorithm (enum hash_algo) */
+static __always_inline __u32 hash_len(__s32 algo)
+{
+	switch (algo) {
+	case 0: case 1: return 16;   /* md4, md5 */
+	case 2: case 3: return 20;   /* sha1, rmd160 */
+	case 4: case 17: case 18: return 32;  /* sha256, sm3_256, streebog256 */
+	case 5: return 48;           /* sha384 */
+	case 6: case 19: return 64;  /* sha512, streebog512 */
+	case 7: return 28;           /* sha224 */
+	}
+	return 32;
+}
+
 static __always_inline void send(void *ctx, struct gen_heap *h)
 {
 	send_data(h);
@@ -236,6 +250,21 @@ static __always_inline void send(void *ctx, struct gen_heap *h)
 		if (n > 0) {
 			h->m.ustack_len = n;
 			off = (off + n) & DATA_MASK;
+		}
+	}
+	h->m.ima_len = 0;
+	if (h->want_stack & VP_AF_IMA) {
+		__u64 id = bpf_get_current_pid_tgid();
+		struct ima_stash *st = bpf_map_lookup_elem(&ima_hashes, &id);
+
+		if (st) {
+			__u32 n = hash_len(st->algo);
+
+			bpf_probe_read_kernel(h->data + off, n & 63, st->hash);
+			h->m.ima_len = n & 63;
+			h->m.ima_algo = st->algo;
+			off = (off + (n & 63)) & DATA_MASK;
+			bpf_map_delete_elem(&ima_hashes, &id);
 		}
 	}
 	size = sizeof(h->m) + off;

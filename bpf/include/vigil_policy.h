@@ -157,6 +157,7 @@ enum vp_action {
 /* action.flags */
 #define VP_AF_KSTACK (1 << 0)
 #define VP_AF_USTACK (1 << 1)
+#define VP_AF_IMA    (1 << 2)  /* Post imaHash: the file's IMA hash follows the stacks */
 /* action rate limit scope */
 #define VP_SCOPE_THREAD 0
 #define VP_SCOPE_PROCESS 1
@@ -382,10 +383,19 @@ struct msg_generic {
 	__u8 flags;               /* VP_EV_* */
 	__u32 kstack_len;         /* bytes of kernel stack addresses after the args */
 	__u32 ustack_len;
-	__u32 pad;
+	__u8 ima_len;             /* bytes of IMA hash after the stacks (imaHash) */
+	__u8 ima_algo;            /* enum hash_algo */
+	__u16 pad;
 	__s64 ret;
 	struct vp_arg_hdr args[VP_MAX_ARGS];
 	char data[];
+};
+
+/* imaHash: the hash the sleepable stage computed for this thread's file at the hook */
+struct ima_stash {
+	__s32 algo;
+	__u32 len;
+	__u8 hash[64];
 };
 
 /* NotifyEnforcer: what the enforcer program does at the listed syscall (per thread) */

@@ -296,3 +296,31 @@ usdts:
 
 
 _ = (ctypes, struct, Any)
+
+
+def test_ima_hash(agent: Running, work: Path) -> None:
+    """imaHash on an LSM hook: a sleepable program computes the executed file's IMA hash."""
+    import hashlib
+
+    ok, why = agent.agent.policies.has("ima_hash")
+    assert ok, f"bpf_ima_file_hash unusable in the guest: {why}"
+    binary = work / "true-copy"
+    shutil.copy2(os.path.realpath("/bin/true"), binary)
+    spec = f"""
+lsmhooks:
+- hook: bprm_check_security
+  args: [{{index: 0, type: linux_binprm}}]
+  selectors:
+  - matchArgs: [{{index: 0, operator: Equal, values: ["{binary}"]}}]
+    {SCOPE}
+    matchActions: [{{action: Post, imaHash: true}}]
+"""
+    name = agent.agent.add_policy(policy("vm-ima", spec))
+    try:
+        events = agent.collect(lambda: subprocess.run([str(binary)], check=True))
+    finally:
+        agent.agent.delete_policy(name)
+    (ev,) = events_of(events, "vm-ima")
+    algo, _, digest = ev["ima_hash"].partition(":")
+    assert ev["args"][0]["linux_binprm_arg"]["path"] == str(binary)
+    assert digest == hashlib.new(algo, binary.read_bytes()).hexdigest()

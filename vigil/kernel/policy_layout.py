@@ -67,7 +67,7 @@ HOOK_RET_UNTRACKSOCK = 1 << 4
 HOOK_IMA = 1 << 5
 
 SEL_PIDS, SEL_BINS, SEL_NS, SEL_CAPS, SEL_NSCHG, SEL_CAPCHG, SEL_RETARGS = (1 << i for i in range(7))
-AF_KSTACK, AF_USTACK = 1, 2
+AF_KSTACK, AF_USTACK, AF_IMA = 1, 2, 4
 SCOPE = {"thread": 0, "": 0, "process": 1, "global": 2}
 
 
@@ -144,7 +144,8 @@ class MsgGeneric(C.Structure):
         ("pid", C.c_uint32), ("kpad", C.c_uint32), ("exec_ktime", C.c_uint64),
         ("hook_id", C.c_uint32), ("tid", C.c_uint32),
         ("selector", C.c_uint8), ("action", C.c_uint8), ("ret_action", C.c_uint8), ("flags", C.c_uint8),
-        ("kstack_len", C.c_uint32), ("ustack_len", C.c_uint32), ("pad", C.c_uint32),
+        ("kstack_len", C.c_uint32), ("ustack_len", C.c_uint32), ("ima_len", C.c_uint8), ("ima_algo", C.c_uint8),
+        ("pad", C.c_uint16),
         ("ret", C.c_int64), ("args", ArgHdr * MAX_ARGS),
     ]
 
@@ -190,6 +191,10 @@ class UserNsInfo(C.Structure):
     _fields_ = [("level", C.c_int32), ("uid", C.c_uint32), ("gid", C.c_uint32), ("inum", C.c_uint32)]
 
 
+class ImaStash(C.Structure):
+    _fields_ = [("algo", C.c_int32), ("len", C.c_uint32), ("hash", C.c_uint8 * 64)]
+
+
 class EnforcerNote(C.Structure):
     _fields_ = [("error", C.c_int32), ("sig", C.c_uint32), ("hook_id", C.c_uint32), ("pad", C.c_uint32)]
 
@@ -200,5 +205,5 @@ MIRRORS: tuple[tuple[str, type[C.Structure]], ...] = (
     ("vp_selector", Selector), ("vp_hook", Hook), ("vp_arg_hdr", ArgHdr), ("msg_generic", MsgGeneric),
     ("vp_guard", Guard), ("vp_pid_filter", PidFilter), ("vp_cap_filter", CapFilter), ("vp_skb", Skb),
     ("vp_bpf_info", BpfInfo), ("vp_perf_info", PerfInfo), ("vp_module_info", ModuleInfo),
-    ("vp_userns_info", UserNsInfo), ("enforcer_note", EnforcerNote),
+    ("vp_userns_info", UserNsInfo), ("enforcer_note", EnforcerNote), ("ima_stash", ImaStash),
 )

@@ -773,9 +773,34 @@ def _compile_actions(ch: CompiledHook, pl: Placement, hook: object, actions: tup
                 cfg.rate_ns = a.rate_limit_seconds * 1_000_000_000
             cfg.scope = L.SCOPE.get(a.rate_limit_scope, 0)
             cfg.flags = (L.AF_KSTACK if a.kernel_stack_trace else 0) | (L.AF_USTACK if a.user_stack_trace else 0)
-            if a.ima_hash:
-                errs.error(a.at("imaHash"), "imaHash is not supported by Vigil yet", "vigil")
+            if a.ima_hash and pl.attach.get("placed", True):
+                why = _ima_why(pl, facts)
+                if why:
+                    errs.error(a.at("imaHash"), f"imaHash: {why[1]}", why[0])
+                else:
+                    cfg.flags |= L.AF_IMA
+                    ch.config.flags |= L.HOOK_IMA
     return min(len(actions), L.MAX_ACTIONS)
+
+
+def _ima_why(pl: Placement, facts: KernelFacts) -> tuple[str, str] | None:
+    """(cause, reason) when the file's IMA hash cannot be added to this hook's events."""
+    if pl.mechanism != "lsm" or pl.substitute:
+        return "kernel", f"the file's IMA hash is computed by a sleepable BPF LSM program; this hook runs on " \
+                         f"{pl.where() if pl.mechanism else 'nothing here'}"
+    ok, why = facts.has("ima_hash")
+    if not ok:
+        return "kernel", f"bpf_ima_file_hash is not usable here: {why}"
+    params = facts.func_params(f"bpf_lsm_{pl.attach.get('func', '')}")
+    first = params[0][1] if params else ("struct file *" if facts.ideal_kernel else "")
+    if first == "struct linux_binprm *":
+        pl.attach["ima_prog"] = "vigil_ima_bprm"
+    elif first == "struct file *":
+        pl.attach["ima_prog"] = "vigil_ima_file"
+    else:
+        return "vigil", f"Vigil hashes the file of LSM hooks whose first argument is a file or a linux_binprm, " \
+                        f"not {first or 'unknown'}"
+    return None
 
 
 def _no_override_why(pl: Placement) -> str:

@@ -23,8 +23,9 @@ ENTRY_PROGS = ("vigil_sys_enter", "vigil_sys_exit", "vigil_tp", "vigil_raw_tp", 
                "vigil_uretprobe", "vigil_kprobe", "vigil_kretprobe", "vigil_lsm", "vigil_fentry",
                "vigil_fexit", "vigil_fmod_ret", "vigil_kprobe_override", "vigil_raw_sys_enter",
                "vigil_raw_sys_exit", "vigil_sys_exit_entry", "vigil_enforcer_fmod_ret", "vigil_enforcer_kprobe",
-               "vigil_enforcer_sys_exit")
-TRAMPOLINES = ("vigil_lsm", "vigil_fentry", "vigil_fexit", "vigil_fmod_ret", "vigil_enforcer_fmod_ret")
+               "vigil_enforcer_sys_exit", "vigil_ima_bprm", "vigil_ima_file")
+TRAMPOLINES = ("vigil_lsm", "vigil_fentry", "vigil_fexit", "vigil_fmod_ret", "vigil_enforcer_fmod_ret",
+               "vigil_ima_bprm", "vigil_ima_file")
 
 
 class GenericHook:
@@ -43,7 +44,7 @@ class GenericHook:
         try:
             for cname, mirror in L.MIRRORS:
                 check_ctypes(obj, cname, mirror)
-            wanted = {pl.entry_prog, pl.return_prog} - {""}
+            wanted = {pl.entry_prog, pl.return_prog, pl.attach.get("ima_prog", "")} - {""}
             for name in ENTRY_PROGS:
                 obj.program(name).set_autoload(name in wanted)
             for prog in wanted:
@@ -95,6 +96,8 @@ class GenericHook:
             entry.attach_uprobe(a["path"], a["offset"], ref_ctr_offset=a.get("ref_ctr", 0))
         elif pl.mechanism == "lsm":
             entry.attach_lsm()
+            if pl.attach.get("ima_prog"):  # last: the newest program on a trampoline runs first
+                obj.program(pl.attach["ima_prog"]).attach_lsm()
         elif pl.mechanism in ("fentry", "fmod_ret"):
             if pl.return_prog:
                 obj.program(pl.return_prog).attach_trace()

@@ -59,6 +59,8 @@ PERF_TYPES = ("PERF_TYPE_HARDWARE PERF_TYPE_SOFTWARE PERF_TYPE_TRACEPOINT PERF_T
 TAINTS = {1 << 0: "TAINT_PROPRIETARY_MODULE", 1 << 1: "TAINT_FORCED_MODULE", 1 << 2: "TAINT_FORCED_UNLOAD_MODULE",
           1 << 10: "TAINT_STAGED_MODULE", 1 << 12: "TAINT_OUT_OF_TREE_MODULE", 1 << 13: "TAINT_UNSIGNED_MODULE",
           1 << 15: "TAINT_KERNEL_LIVE_PATCH_MODULE", 1 << 18: "TAINT_TEST_MODULE"}
+IMA_ALGOS = ("md4 md5 sha1 rmd160 sha256 sha384 sha512 sha224 rmd128 rmd256 rmd320 wp256 wp384 wp512 tgr128 "
+             "tgr160 tgr192 sm3 streebog256 streebog512 sha3-256 sha3-384 sha3-512").split()
 CAP_ARG_KEYS = {"kernel_cap_t": "kernel_cap_t_arg", "cap_inheritable": "cap_inheritable_arg",
                 "cap_permitted": "cap_permitted_arg", "cap_effective": "cap_effective_arg"}
 
@@ -406,6 +408,10 @@ def build_body(hook: CompiledHook, m: L.MsgGeneric, data: bytes,
         body["message"] = message
     if pl.event_kind in ("process_uprobe", "process_usdt") and args:
         body["args"] = args
+    if pl.event_kind == "process_lsm" and m.ima_len:
+        at = _stack_off(m) + m.kstack_len + m.ustack_len
+        algo = IMA_ALGOS[m.ima_algo] if m.ima_algo < len(IMA_ALGOS) else str(m.ima_algo)
+        body["ima_hash"] = f"{algo}:{data[at:at + m.ima_len].hex()}"
     if hook.tags:
         body["tags"] = list(hook.tags)
     if pl.event_kind == "process_kprobe" and m.ustack_len:
