@@ -246,7 +246,11 @@ def plan_arg(pl: Placement, a: KProbeArg, slot: int, src: int, off: int, *, user
                      "user-space value (use string, fd, sockaddr, char_buf, ...)", "policy")
             return None
         plan.vtype = L.T[KERNEL_TYPES[t]]
-    elif t in ("auto", "syscall64", "const_buf", "data_loc"):
+    elif t == "const_buf":
+        pl.block(a.at("type"), 'argument type "const_buf" is not written in policies: it is derived from a '
+                 "tracepoint's format (use auto), and Tetragon's loader refuses it too", "policy")
+        return None
+    elif t in ("auto", "syscall64", "data_loc"):
         pl.block(a.at("type"), f'argument type "{t}" is only for tracepoints', "policy")
         return None
     elif t == "sockaddr_un":
