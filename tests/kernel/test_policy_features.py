@@ -9,7 +9,6 @@ Sigkill/Override act on nothing else. Hooks this kernel lacks run on their docum
 from __future__ import annotations
 
 import base64
-import ctypes
 import os
 import shutil
 import socket
@@ -724,8 +723,6 @@ def launcher(workdir: Path) -> Path:
 
     return build(workdir, "launch", LAUNCH_C)
 
-
-_ = ctypes  # used by the int 0x80 code in the trigger process
 
 
 # ---------------------------------------------------------------- usdt, enforcers

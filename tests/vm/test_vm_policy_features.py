@@ -6,17 +6,15 @@ Every hook is scoped to this test process (matchPIDs with followForks)."""
 from __future__ import annotations
 
 import base64
-import ctypes
 import errno
 import os
 import pty
 import shutil
-import struct
 import subprocess
 import tempfile
 import textwrap
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 from test_vm_policy_enforce import Running, policy
@@ -294,8 +292,6 @@ usdts:
     (ev,) = events_of(events, "vm-usdt-set")
     assert ev["action"] == "KPROBE_ACTION_SET"
 
-
-_ = (ctypes, struct, Any)
 
 
 def test_ima_hash(agent: Running, work: Path) -> None:

@@ -208,6 +208,10 @@ class KernelFacts:
         table[key] = v
         return v
 
+    def in_btf(self, name: str) -> bool | None:
+        """Is `name` a function of the kernel's BTF (what fentry/fexit/LSM can attach to)?"""
+        return self._names("functions", name)
+
     def _names(self, key: str, name: str) -> bool | None:
         """Is `name` in the list `key`? None: this kernel cannot tell."""
         if self.mode == "ideal":

@@ -24,11 +24,10 @@ from vigil.kernel.facts import KernelFacts
 from . import enums, standins
 from .enforce_placement import place_syscall_on_host, place_syscall_on_lsm
 from .errors import Loc, PolicyErrors, PolicyValidationError
-from .model import (ActionSelector, ArgSelector, KProbeSpec, LsmHookSpec, Policy, Selector, TracepointSpec,
-                    UProbeSpec, UsdtSpec)
-from .placement import ArgPlan, Blocker, Placement, place_kernel_function, place_tracepoint, place_uprobe, place_usdt
-from .syscall_place import parse_syscall, place_syscall
-from .syscalls import SYSCALL_NUMBERS, SYSCALLS_I386
+from .model import ActionSelector, ArgSelector, KProbeSpec, LsmHookSpec, Policy, Selector, TracepointSpec
+from .placement import ArgPlan, Placement, place_kernel_function, place_tracepoint, place_uprobe, place_usdt
+from .syscall_place import TRACEPOINT_NAME, parse_syscall, place_syscall
+from .syscalls import SYSCALL_NUMBERS
 from .values import (parse_capability, parse_cidr, parse_family, parse_int, parse_int_or_range, parse_port,
                      parse_protocol, parse_tcp_state)
 
@@ -856,8 +855,7 @@ def _place_enforcers(policy: Policy, facts: KernelFacts, errs: _Errors) -> list[
         elif ok_o and inj and facts.has("kprobe")[0]:
             pl.mechanism, pl.entry_prog = "kprobe", "vigil_enforcer_kprobe"
         elif not want_error and sc.abi == "x64":
-            tp = __import__("vigil.policy.syscall_place", fromlist=["TRACEPOINT_NAME"]).TRACEPOINT_NAME.get(
-                sc.name, sc.name)
+            tp = TRACEPOINT_NAME.get(sc.name, sc.name)
             pl.mechanism, pl.entry_prog = "tracepoint", "vigil_enforcer_sys_exit"
             pl.attach = {"category": "syscalls", "name": f"sys_exit_{tp}", "func": func}
             pl.notes.append("signal-only enforcer at the syscall's exit")

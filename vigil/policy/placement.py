@@ -326,7 +326,8 @@ def place_kernel_function(spec: KProbeSpec, section: str, index: int, call: str,
         else:
             pl.mechanism, pl.entry_prog = "fentry", "vigil_fentry"
             pl.return_prog = "vigil_fexit" if want_ret else ""
-    elif ok_f and (not want_ret or ok_x):
+    elif ok_f and (not want_ret or ok_x) and facts.in_btf(call) is not False:
+        # (fentry needs the function in BTF: a compiler clone like f.constprop.0 is kprobe-only)
         pl.mechanism, pl.entry_prog = "fentry", "vigil_fentry"
         pl.return_prog = "vigil_fexit" if want_ret else ""
     elif ok_k:

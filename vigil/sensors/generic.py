@@ -28,6 +28,36 @@ TRAMPOLINES = ("vigil_lsm", "vigil_fentry", "vigil_fexit", "vigil_fmod_ret", "vi
                "vigil_ima_bprm", "vigil_ima_file")
 
 
+_NOFILE_RAISED = False
+
+
+def _raise_nofile() -> None:
+    """Each hook is an object with its own maps and links: a policy with hundreds of hooks
+    (generated syscall lists) needs more descriptors than the default soft limit."""
+    global _NOFILE_RAISED
+    if _NOFILE_RAISED:
+        return
+    _NOFILE_RAISED = True
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 1 << 20
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            want = min(want, int(f.read()))
+    except (OSError, ValueError):
+        pass
+    for limit in ((want, want), (hard, hard)):
+        if limit[0] <= soft:
+            return
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limit)
+            log.debug("RLIMIT_NOFILE raised from %d to %d", soft, limit[0])
+            return
+        except (ValueError, OSError):
+            continue
+
+
 class GenericHook:
     def __init__(self, compiled: CompiledHook, shared: dict[str, Map]) -> None:
         self.compiled = compiled
@@ -39,6 +69,7 @@ class GenericHook:
         return self.compiled.hook_id
 
     def load(self) -> None:
+        _raise_nofile()
         c, pl = self.compiled, self.compiled.placement
         obj = BpfObject.open(bpf_object("generic"))
         try:
