@@ -18,6 +18,10 @@
 char LICENSE[] SEC("license") = "GPL";
 
 #define DATA_MASK 0x3fff
+
+/* Set before load: 1 only for hooks with a USDT Set action (bpf_probe_write_user is refused
+ * under kernel lockdown; with 0 the verifier drops the call) */
+const volatile __u8 cfg_write_user = 0;
 #define STACK_DEPTH 32
 
 /* struct types kept in BTF for the layout test */
@@ -91,13 +95,30 @@ struct {
 	__type(value, __u8);
 } val_map SEC(".maps");
 
+/* NotifyEnforcer notes, per thread, read by the enforcer programs at the listed syscalls.
+ * Every hook object of an agent shares one (the loader passes the same map). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u64);
+	__type(value, struct enforcer_note);
+} enforcer_notes SEC(".maps");
+
+/* imaHash: the sleepable stage (attached first) leaves the hash here for the hook's program */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct ima_stash);
+} ima_hashes SEC(".maps");
+
 /* Per-CPU event under construction. */
 struct gen_heap {
 	struct msg_generic m;
 	char data[DATA_MASK + 1 + VP_ARG_DATA];
 	/* working state, not sent */
-	__u64 ctxp;            /* tracepoint record (fields are read from it) */
-	__u64 raw[VP_SLOTS];   /* raw argument words, before reading */
+	__u64 ctxp;            /* tracepoint record (fields are read from it), or pt_regs */
+	__u64 raw[VP_SLOTS];   /* raw argument words, before reading; [6] syscall nr, [7] ia32 */
 	__u32 off;             /* bytes of data[] used */
 	__u32 tgid;
 	__u32 nspid;
@@ -193,6 +214,13 @@ struct vp_cred {
 };
 
 struct vp_sockaddr *vigil_btf_vp_sockaddr __attribute__((unused));
+struct vp_skb *vigil_btf_vp_skb __attribute__((unused));
+struct vp_bpf_info *vigil_btf_vp_bpf_info __attribute__((unused));
+struct vp_perf_info *vigil_btf_vp_perf_info __attribute__((unused));
+struct vp_module_info *vigil_btf_vp_module_info __attribute__((unused));
+struct vp_userns_info *vigil_btf_vp_userns_info __attribute__((unused));
+struct enforcer_note *vigil_btf_enforcer_note __attribute__((unused));
+struct ima_stash *vigil_btf_ima_stash __attribute__((unused));
 struct vp_sock *vigil_btf_vp_sock __attribute__((unused));
 struct vp_cred *vigil_btf_vp_cred __attribute__((unused));
 
@@ -255,6 +283,8 @@ static __always_inline void raw_from(struct gen_heap *h, struct vp_hook *cfg, __
 	}
 	for (__u32 i = 0; i < 6; i++)
 		h->raw[i] = vals[i];
+	h->raw[VP_RAW_SYSNR] = 0;
+	h->raw[VP_RAW_COMPAT] = 0;
 }
 
 /* Syscall entry, one program per arity: the arguments are read from the tracepoint
@@ -338,6 +368,65 @@ int vigil_tp(void *ctx)
 	return run_hook(ctx, h, cfg);
 }
 
+/* raw_syscalls sys_enter (raw tracepoint: regs, id): syscalls without a syscalls:*
+ * tracepoint, and 32-bit (ia32) syscalls, which never reach syscalls:* tracepoints.
+ * Guards on raw[6] (number) and raw[7] (ia32) pick the syscall. */
+SEC("raw_tp")
+int vigil_raw_sys_enter(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct vp_hook *cfg = hook_cfg();
+	struct gen_heap *h = heap();
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+	__u64 vals[6] = {};
+	int compat = task_compat();
+
+	if (!cfg || !h)
+		return 0;
+	if (compat) {  /* i386 ABI: ebx, ecx, edx, esi, edi, ebp */
+		vals[0] = (__u32)BPF_CORE_READ(regs, bx);
+		vals[1] = (__u32)BPF_CORE_READ(regs, cx);
+		vals[2] = (__u32)BPF_CORE_READ(regs, dx);
+		vals[3] = (__u32)BPF_CORE_READ(regs, si);
+		vals[4] = (__u32)BPF_CORE_READ(regs, di);
+		vals[5] = (__u32)BPF_CORE_READ(regs, bp);
+	} else {
+		vals[0] = BPF_CORE_READ(regs, di);
+		vals[1] = BPF_CORE_READ(regs, si);
+		vals[2] = BPF_CORE_READ(regs, dx);
+		vals[3] = BPF_CORE_READ(regs, r10);
+		vals[4] = BPF_CORE_READ(regs, r8);
+		vals[5] = BPF_CORE_READ(regs, r9);
+	}
+	raw_from(h, cfg, vals, 6);
+	h->raw[VP_RAW_SYSNR] = ctx->args[1];
+	h->raw[VP_RAW_COMPAT] = compat;
+	h->ctxp = 0;
+	return run_hook(ctx, h, cfg);
+}
+
+SEC("raw_tp")
+int vigil_raw_sys_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	return run_return(ctx, (long)ctx->args[1]);
+}
+
+/* A syscall's exit tracepoint as the hook itself: raw[0] is the return value (a stand-in
+ * for a kernel function whose result the syscall returns, e.g. fd_install -> the fd). */
+SEC("tracepoint")
+int vigil_sys_exit_entry(struct trace_event_raw_sys_exit *ctx)
+{
+	struct vp_hook *cfg = hook_cfg();
+	struct gen_heap *h = heap();
+	__u64 vals[6] = {};
+
+	if (!cfg || !h)
+		return 0;
+	vals[0] = BPF_CORE_READ(ctx, ret);
+	raw_from(h, cfg, vals, 6);
+	h->ctxp = (__u64)ctx;
+	return run_hook(ctx, h, cfg);
+}
+
 SEC("raw_tp")
 int vigil_raw_tp(struct bpf_raw_tracepoint_args *ctx)
 {
@@ -368,7 +457,7 @@ static __always_inline int from_regs(struct pt_regs *ctx)
 	vals[4] = PT_REGS_PARM5(ctx);
 	vals[5] = 0;
 	raw_from(h, cfg, vals, 6);
-	h->ctxp = 0;
+	h->ctxp = (__u64)ctx;
 	return run_hook(ctx, h, cfg);
 }
 
@@ -401,7 +490,7 @@ int vigil_kretprobe(struct pt_regs *ctx)
  * real one with bpf_program__set_attach_target() before load. Arguments come
  * from bpf_get_func_arg(), so one program fits hooks of any arity. */
 
-/* An LSM/fmod_ret verdict must be 0 or a negative errno. */
+/* An LSM verdict must be 0 or a negative errno. */
 static __always_inline long verdict(struct gen_heap *h)
 {
 	long r = (__s32)h->override_err;
@@ -411,7 +500,7 @@ static __always_inline long verdict(struct gen_heap *h)
 	return r;
 }
 
-static __always_inline long from_func_args(void *ctx)
+static __always_inline struct gen_heap *from_func_args(void *ctx)
 {
 	struct vp_hook *cfg = hook_cfg();
 	struct gen_heap *h = heap();
@@ -422,9 +511,13 @@ static __always_inline long from_func_args(void *ctx)
 	for (__u32 i = 0; i < 5; i++)
 		bpf_get_func_arg(ctx, i, &vals[i]);
 	raw_from(h, cfg, vals, 6);
+	/* the syscall the task is in (-1 outside of one): syscalls enforced at an LSM hook
+	 * act only inside their own syscall */
+	h->raw[VP_RAW_SYSNR] = syscall_nr();
+	h->raw[VP_RAW_COMPAT] = task_compat();
 	h->ctxp = 0;
 	run_hook(ctx, h, cfg);
-	return verdict(h);
+	return h;
 }
 
 /* BPF LSM: the return value is the hook's verdict (Override argError) */
@@ -432,7 +525,9 @@ static __always_inline long from_func_args(void *ctx)
 SEC("lsm/file_open")
 long vigil_lsm(void *ctx)
 {
-	return from_func_args(ctx);
+	struct gen_heap *h = from_func_args(ctx);
+
+	return h ? verdict(h) : 0;
 }
 
 SEC("fentry/security_file_open")
@@ -442,11 +537,117 @@ int vigil_fentry(void *ctx)
 	return 0;
 }
 
-/* fmod_ret on a security_* function: a non-zero return skips it and is returned */
+SEC("fexit/security_file_open")
+int vigil_fexit(void *ctx)
+{
+	__u64 ret = 0;
+
+	bpf_get_func_ret(ctx, &ret);
+	return run_return(ctx, (__s64)ret);
+}
+
+/* fmod_ret on a security_* or error-injectable function: a non-zero return skips the
+ * function and is its return value (errors, or e.g. 1 for "discard" on some hooks) */
 SEC("fmod_ret/security_file_open")
 long vigil_fmod_ret(void *ctx)
 {
-	return from_func_args(ctx);
+	struct gen_heap *h = from_func_args(ctx);
+
+	return h ? (__s32)h->override_err : 0;
+}
+
+/* ---- imaHash: a sleepable LSM program computes the file's IMA hash before the hook's
+ * program runs (the newest program on a hook's trampoline runs first: this one is attached
+ * after it, and only does work for hooks whose policy asks for imaHash) ---- */
+
+static __always_inline int ima_stash_for(struct file *f)
+{
+	struct vp_hook *cfg = hook_cfg();
+	struct ima_stash st = {};
+	__u64 id = bpf_get_current_pid_tgid();
+	long r;
+
+	if (!cfg || !(cfg->flags & VP_HOOK_IMA) || !f)
+		return 0;
+	r = bpf_ima_file_hash(f, st.hash, sizeof(st.hash));
+	if (r < 0)
+		return 0;
+	st.algo = r;
+	st.len = sizeof(st.hash);
+	bpf_map_update_elem(&ima_hashes, &id, &st, BPF_ANY);
+	return 0;
+}
+
+SEC("lsm.s/bprm_check_security")
+int BPF_PROG(vigil_ima_bprm, struct linux_binprm *bprm)
+{
+	return ima_stash_for(bprm->file);
+}
+
+SEC("lsm.s/file_open")
+int BPF_PROG(vigil_ima_file, struct file *file)
+{
+	return ima_stash_for(file);
+}
+
+/* ---- enforcers (NotifyEnforcer): the listed syscalls act on a note left for the thread ---- */
+
+static __always_inline struct enforcer_note *take_note(void)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	return bpf_map_lookup_elem(&enforcer_notes, &id);
+}
+
+static __always_inline void drop_note(void)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	bpf_map_delete_elem(&enforcer_notes, &id);
+}
+
+SEC("fmod_ret/security_file_open")
+long vigil_enforcer_fmod_ret(void *ctx)
+{
+	struct enforcer_note *n = take_note();
+	long err;
+
+	if (!n)
+		return 0;
+	err = n->error;
+	if (n->sig)
+		bpf_send_signal(n->sig);
+	drop_note();
+	return err;
+}
+
+SEC("kprobe")
+int vigil_enforcer_kprobe(struct pt_regs *ctx)
+{
+	struct enforcer_note *n = take_note();
+
+	if (!n)
+		return 0;
+	if (n->error)
+		bpf_override_return(ctx, n->error);
+	if (n->sig)
+		bpf_send_signal(n->sig);
+	drop_note();
+	return 0;
+}
+
+/* signal-only enforcement at the syscall's exit (no return value is changed) */
+SEC("tracepoint")
+int vigil_enforcer_sys_exit(void *ctx)
+{
+	struct enforcer_note *n = take_note();
+
+	if (!n)
+		return 0;
+	if (n->sig)
+		bpf_send_signal(n->sig);
+	drop_note();
+	return 0;
 }
 
 /* kprobe whose Override uses bpf_override_return (kernels with error injection) */
@@ -457,7 +658,7 @@ int vigil_kprobe_override(struct pt_regs *ctx)
 
 	from_regs(ctx);
 	h = heap();
-	if (h && verdict(h))
-		bpf_override_return(ctx, verdict(h));
+	if (h && h->override_err)
+		bpf_override_return(ctx, (__s32)h->override_err);
 	return 0;
 }

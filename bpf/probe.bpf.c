@@ -159,6 +159,28 @@ int probe_send_signal(void *ctx)
 	return 0;
 }
 
+/* bpf_probe_write_user: refused under kernel lockdown (integrity/confidentiality) */
+SEC("uprobe")
+int probe_write_user(struct pt_regs *ctx)
+{
+	__u32 v = 0;
+
+	if (armed())
+		bpf_probe_write_user((void *)PT_REGS_SP(ctx), &v, sizeof(v));
+	return 0;
+}
+
+/* bpf_ima_file_hash: sleepable BPF LSM programs and IMA */
+SEC("lsm.s/file_open")
+int BPF_PROG(probe_ima, struct file *file)
+{
+	__u8 h[64];
+
+	if (armed())
+		bpf_ima_file_hash(file, h, sizeof(h));
+	return 0;
+}
+
 static long loop_cb(__u32 i, void *data) { return 0; }
 
 SEC("raw_tp/sys_enter")

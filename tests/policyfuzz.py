@@ -23,6 +23,7 @@ from typing import Any, Callable
 import yaml
 from hypothesis import strategies as st
 
+from vigil.kernel.facts import KernelFacts
 from vigil.policy import PolicyErrors, model, parse_policies
 from vigil.policy.compile import compile_policy
 
@@ -34,22 +35,32 @@ LOCATED = re.compile(rf"^{re.escape(FILENAME)}:\d+:\d+: ")
 WORDS: dict[str, tuple[list[Any], list[Any]]] = {
     "call": (["sys_openat", "sys_openat", "sys_execve", "sys_connect", "sys_write", "sys_mkdir", "sys_setuid",
               "sys_ptrace", "security_file_open", "tcp_connect", "do_sys_open", "fd_install", "__x64_sys_openat",
-              "__arm64_sys_openat", "list:syscalls"], ["sys_no_such_call", "", "list:nope", "a b"]),
+              "__arm64_sys_openat", "list:syscalls", "__ia32_sys_dup", "sys_fstat", "sys_get_thread_area",
+              "security_bprm_check", "__sys_setuid", "create_user_ns", "cap_capable", "tcp_close", "tcp_sendmsg",
+              "security_socket_connect", "security_file_permission", "security_mmap_file", "bpf_check",
+              "security_capset", "kfree_skb_reason", "dev_queue_xmit", "tty_write", "security_inode_mkdir",
+              "commit_creds"], ["sys_no_such_call", "", "list:nope", "a b", "no_such_kernel_function"]),
     "subsystem": (["syscalls", "sched", "raw_syscalls", "sock"], ["nope", "", "../..", "a\x00b"]),
     "event": (["sys_enter_openat", "sched_process_exec", "sys_exit", "inet_sock_set_state"], ["nope", ""]),
-    "hook": (["file_open", "bprm_check_security", "socket_connect", "path_mkdir"], ["no_such_hook", ""]),
+    "hook": (["file_open", "bprm_check_security", "socket_connect", "path_mkdir", "inode_mkdir"],
+             ["no_such_hook", ""]),
     "type": (["string", "int", "uint32", "int64", "fd", "file", "path", "sockaddr", "sock", "skb", "char_buf",
               "char_iovec", "size_t", "cred", "linux_binprm", "capability", "auto", "syscalls", "generated_syscalls",
-              "generated_ftrace", "Effective", "Permitted", "Inheritable"], ["bogus", ""]),
+              "generated_ftrace", "Effective", "Permitted", "Inheritable", "net_device", "dentry", "kiocb",
+              "iov_iter", "bpf_attr", "bpf_prog", "bpf_map", "perf_event", "module", "load_info", "user_namespace",
+              "cap_effective", "kernel_cap_t", "int8", "uint16", "nop"], ["bogus", ""]),
     "operator": (["Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix", "Mask", "GreaterThan",
                   "LessThan", "SPort", "DPort", "SAddr", "DAddr", "Protocol", "Family", "State", "InMap", "NotInMap",
-                  "In", "NotIn", "Exists", "DoesNotExist", "SPortPriv", "DPortPriv", "CapabilitiesGained"],
+                  "In", "NotIn", "Exists", "DoesNotExist", "SPortPriv", "DPortPriv", "CapabilitiesGained",
+                  "FileType", "NotFileType", "InRange", "SubString"],
                  ["", "equal", "Bogus"]),
     "action": (["Post", "NoPost", "Sigkill", "Signal", "Override", "FollowFD", "UnfollowFD", "CopyFD", "GetUrl",
-                "DnsLookup", "TrackSock", "UntrackSock", "NotifyEnforcer", "Set"], ["post", "Nope", ""]),
+                "DnsLookup", "TrackSock", "UntrackSock", "NotifyEnforcer", "Set", "CleanupEnforcerNotification"],
+               ["Nope", ""]),
     "namespace": (["Uts", "Ipc", "Mnt", "Pid", "PidForChildren", "Net", "Time", "TimeForChildren", "Cgroup",
                    "User"], ["Bogus", ""]),
-    "name": (["p", "fuzz-policy", "policy-mode", "vigil-enforce-fallback", "disable-kprobe-multi"],
+    "name": (["p", "fuzz-policy", "policy-mode", "vigil-enforce-fallback", "disable-kprobe-multi",
+              "vigil-hook-substitution"],
              ["UPPER_case", "a" * 300, ""]),
     "value": (["enforce", "monitor", "sigkill", "true"], ["x", ""]),
     "kind": (["TracingPolicy", "TracingPolicyNamespaced"], ["Pod", ""]),
@@ -61,10 +72,11 @@ WORDS: dict[str, tuple[list[Any], list[Any]]] = {
                 "\u00e9\u00e8", "\x00"]),
     "rate_limit": (["1m", "10s", "2h"], ["0", "bogus", ""]),
     "rate_limit_scope": (["thread", "process", "global"], ["bogus", ""]),
-    "resolve": (["f_path.dentry", "mm.exe_file"], ["nope..x", ""]),
+    "resolve": (["f_path.dentry", "mm.exe_file", "mm.owner.real_parent.comm", "file", "sk.__sk_common.skc_family"],
+                ["nope..x", "", "no_such_field"]),
     "arg_regs": (["rax", "rdi=rsi"], ["bogus"]),
     "label": (["a", "x" * 100], [""]),
-    "return_arg_action": (["TrackSock", "UntrackSock"], ["Post", "x"]),
+    "return_arg_action": (["TrackSock", "UntrackSock", "Post"], ["x"]),
     "symbols": (["readline", "main", "malloc"], ["", "no_such_symbol"]),
 }
 # fields a node nearly always has in real policies (else the front end rightly refuses them)
@@ -351,18 +363,16 @@ def rtext(rng: random.Random) -> str:
 
 
 # ---------------------------------------------------------------- the oracle
-HOST_FEATURES = {"tracepoint", "raw_tracepoint", "tp_btf", "uprobe", "uretprobe", "perf_event", "send_signal",
-                 "ringbuf", "fanotify_perm", "cgroup_connect4", "cgroup_connect6", "cgroup_sendmsg4",
-                 "cgroup_bind4", "btf", "bpf_loop", "task_iter", "current_task_btf"}
-VM_FEATURES = HOST_FEATURES | {"kprobe", "kretprobe", "kprobe_multi", "fentry", "fexit", "fmod_ret", "lsm",
-                               "bpf_lsm_active", "d_path"}
+FACTS_DIR = Path(__file__).resolve().parent / "data" / "facts"
+HOST_FEATURES, VM_FEATURES = "host-6.18", "vm-6.12"   # recorded kernels (tests/facts/record.py)
 
 
-def facts(features: set[str]) -> Callable[[str], tuple[bool, str]]:
-    return lambda name: (name in features, "" if name in features else f"{name}: not on this (recorded) kernel")
+def facts(name: str) -> KernelFacts:
+    """A kernel recorded by tests/facts/record.py: this host, or the VM tier's 6.12 guest."""
+    return KernelFacts.load(str(FACTS_DIR / f"{name}.json"))
 
 
-def outcome(text: str, has: Callable[[str], tuple[bool, str]]) -> str:
+def outcome(text: str, kernel: KernelFacts, substitute: bool = False) -> str:
     """accepted | rejected (parse/validate) | refused (compile); raises AssertionError on
     an unlocated message, and lets any other exception through (a find)."""
     try:
@@ -374,7 +384,8 @@ def outcome(text: str, has: Callable[[str], tuple[bool, str]]) -> str:
     bits = itertools.count(0)
     for p in policies:
         try:
-            compile_policy(p, has, lambda: next(ids), follow_bit=lambda op, values: next(bits) % 64)
+            compile_policy(p, kernel, lambda: next(ids), follow_bit=lambda op, values: next(bits) % 64,
+                           substitute=substitute)
         except PolicyErrors as e:
             _located(e)
             return "refused"

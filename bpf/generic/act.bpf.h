@@ -101,9 +101,51 @@ static __always_inline __u8 do_actions(struct gen_heap *h, struct vp_hook *cfg,
 			}
 			break;
 		}
+		case VP_ACT_SET: {
+			/* USDT: write the value into the memory operand argument arg2 names */
+			struct vp_arg *sa = &cfg->args[a->arg2 & (VP_SLOTS - 1)];
+			__u64 base = 0;
+			__s32 val = a->arg;
+
+			fired = a->type;
+			if (cfg->flags & VP_HOOK_MONITOR) {
+				h->m.flags |= VP_EV_MONITOR;
+				stat_inc(HS_MONITORED);
+				break;
+			}
+			if (!cfg_write_user || sa->src != VP_SRC_USDT || !sa->off2 || sa->off >= 21 * 8)
+				break;
+			bpf_probe_read_kernel(&base, 8, (void *)(h->ctxp + (sa->off & 0xff)));
+			if (!bpf_probe_write_user((void *)(base + sa->konst), &val, sizeof(val)))
+				stat_inc(HS_SIGNALS);
+			break;
+		}
+		case VP_ACT_NOTIFY_ENFORCER: {
+			struct enforcer_note n = {};
+			__u64 id = bpf_get_current_pid_tgid();
+
+			fired = a->type;
+			if (cfg->flags & VP_HOOK_MONITOR) {
+				h->m.flags |= VP_EV_MONITOR;
+				stat_inc(HS_MONITORED);
+				break;
+			}
+			n.error = a->arg;
+			n.sig = a->arg2;
+			n.hook_id = cfg->hook_id;
+			bpf_map_update_elem(&enforcer_notes, &id, &n, BPF_ANY);
+			break;
+		}
+		case VP_ACT_CLEANUP_ENFORCER: {
+			__u64 id = bpf_get_current_pid_tgid();
+
+			bpf_map_delete_elem(&enforcer_notes, &id);
+			break;
+		}
 		default:
 			/* FollowFD & co. need no kernel state here: fd arguments
-			 * resolve through the fd table. */
+			 * resolve through the fd table. GetUrl/DnsLookup are done
+			 * by the agent from the event. */
 			if (a->type > VP_ACT_NOPOST)
 				fired = a->type;
 			break;
@@ -175,6 +217,20 @@ static __always_inline void send_data(struct gen_heap *h)
 	}
 }
 
+/* digest bytes of an IMA hash algorithm (enum hash_algo) */
+static __always_inline __u32 hash_len(__s32 algo)
+{
+	switch (algo) {
+	case 0: case 1: return 16;   /* md4, md5 */
+	case 2: case 3: return 20;   /* sha1, rmd160 */
+	case 4: case 17: case 18: return 32;  /* sha256, sm3_256, streebog256 */
+	case 5: return 48;           /* sha384 */
+	case 6: case 19: return 64;  /* sha512, streebog512 */
+	case 7: return 28;           /* sha224 */
+	}
+	return 32;
+}
+
 static __always_inline void send(void *ctx, struct gen_heap *h)
 {
 	send_data(h);
@@ -196,6 +252,21 @@ static __always_inline void send(void *ctx, struct gen_heap *h)
 			off = (off + n) & DATA_MASK;
 		}
 	}
+	h->m.ima_len = 0;
+	if (h->want_stack & VP_AF_IMA) {
+		__u64 id = bpf_get_current_pid_tgid();
+		struct ima_stash *st = bpf_map_lookup_elem(&ima_hashes, &id);
+
+		if (st) {
+			__u32 n = hash_len(st->algo);
+
+			bpf_probe_read_kernel(h->data + off, n & 63, st->hash);
+			h->m.ima_len = n & 63;
+			h->m.ima_algo = st->algo;
+			off = (off + (n & 63)) & DATA_MASK;
+			bpf_map_delete_elem(&ima_hashes, &id);
+		}
+	}
 	size = sizeof(h->m) + off;
 	h->m.hdr.size = size;
 	if (size > sizeof(h->m) + sizeof(h->data))
@@ -212,12 +283,61 @@ static __always_inline void record_made(struct gen_heap *h)
 	resolve_key(h);
 }
 
+/* the hook's pre-conditions on raw values (which event of a stand-in, which syscall) */
+static __always_inline int guards_pass(struct gen_heap *h, struct vp_hook *cfg)
+{
+	for (__u32 i = 0; i < VP_MAX_GUARDS; i++) {
+		struct vp_guard *g = &cfg->guards[i];
+		__u64 v;
+
+		if (i >= cfg->nguards)
+			break;
+		v = h->raw[g->idx & (VP_SLOTS - 1)];
+		switch (g->op) {
+		case VP_G_EQ:
+			if (v != g->val)
+				return 0;
+			break;
+		case VP_G_NE:
+			if (v == g->val)
+				return 0;
+			break;
+		case VP_G_BIT:
+			if (v >= 64 || !(g->val & (1ULL << (v & 63))))
+				return 0;
+			break;
+		case VP_G_MASK:
+			if (!(v & g->val))
+				return 0;
+			break;
+		case VP_G_NOMASK:
+			if (v & g->val)
+				return 0;
+			break;
+		case VP_G_UMASK: {
+			__u64 x = 0;
+
+			if (bpf_probe_read_user(&x, 8, (void *)v) || !(x & g->val))
+				return 0;
+			break;
+		}
+		}
+	}
+	return 1;
+}
+
+static __always_inline int finish_return(void *ctx, struct gen_heap *h, struct vp_hook *cfg);
+
 /* Everything after the raw values are in place. */
 static __always_inline int run_hook(void *ctx, struct gen_heap *h, struct vp_hook *cfg)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 i, sel = 0;
 
+	h->override_err = 0;
+	h->sel = 0;
+	if (cfg->nguards && !guards_pass(h, cfg))
+		return 0;
 	stat_inc(HS_HITS);
 	h->m.hdr.op = VIGIL_OP_GENERIC;
 	h->m.hdr.flags = 0;
@@ -289,9 +409,42 @@ static __always_inline int run_hook(void *ctx, struct gen_heap *h, struct vp_hoo
 
 	record_made(h);
 	if (cfg->flags & VP_HOOK_RETURN) {
+		if (cfg->ret_raw) {  /* the hook carries its return value (a stand-in tracepoint) */
+			h->m.ret = h->raw[(cfg->ret_raw - 1) & (VP_SLOTS - 1)];
+			return finish_return(ctx, h, cfg);
+		}
 		if (bpf_map_update_elem(&pending, &id, h, BPF_ANY))
 			stat_inc(HS_PENDING_FULL);
 		return 0;
+	}
+	if (h->post)
+		send(ctx, h);
+	return 0;
+}
+
+/* The return value is in h->m.ret: matchReturnArgs, return actions, send. */
+static __always_inline int finish_return(void *ctx, struct gen_heap *h, struct vp_hook *cfg)
+{
+	__u32 sel;
+
+	h->m.flags |= VP_EV_HAS_RET;
+	sel = h->sel;
+	if (sel && sel <= VP_MAX_SELECTORS) {
+		__u32 si = (sel - 1) & (VP_SLOTS - 1);
+		struct vp_selector *s = &cfg->sel[si];
+
+		if (s->present & VP_SEL_RETARGS) {
+			for (__u32 k = 0; k < VP_MAX_RET_FILTERS; k++) {
+				if (k >= s->nret)
+					break;
+				if (!match_arg_filter(sel - 1, VP_MAX_MATCH_ARGS + k)) {
+					stat_inc(HS_FILTERED);
+					return 0;
+				}
+			}
+		}
+		if (s->nret_actions)
+			h->m.ret_action = do_actions(h, cfg, s->ret_actions, s->nret_actions, sel);
 	}
 	if (h->post)
 		send(ctx, h);
@@ -304,7 +457,6 @@ static __always_inline int run_return(void *ctx, __s64 ret)
 	__u64 id = bpf_get_current_pid_tgid();
 	struct vp_hook *cfg = hook_cfg();
 	struct gen_heap *h = heap(), *p;
-	__u32 sel, zero = 0;
 
 	if (!cfg || !h)
 		return 0;
@@ -318,7 +470,6 @@ static __always_inline int run_return(void *ctx, __s64 ret)
 	}
 	bpf_map_delete_elem(&pending, &id);
 	h->m.ret = ret;
-	h->m.flags |= VP_EV_HAS_RET;
 	if (ret && (cfg->flags & (VP_HOOK_RET_TRACKSOCK | VP_HOOK_RET_UNTRACKSOCK))) {
 		__u64 sk = ret;
 
@@ -336,30 +487,10 @@ static __always_inline int run_return(void *ctx, __s64 ret)
 	for (__u32 i = 0; i < VP_MAX_ARGS; i++) {
 		if (i >= cfg->nargs)
 			break;
-		if (cfg->args[i].return_copy) {
-			h->m.args[i].value = h->m.args[i].value; /* raw pointer kept at entry */
+		if (cfg->args[i].return_copy)
 			read_arg(i);
-		}
 	}
-	sel = h->sel;
-	if (sel && sel <= VP_MAX_SELECTORS) {
-		__u32 si = (sel - 1) & (VP_SLOTS - 1);
-		struct vp_selector *s = &cfg->sel[si];
-
-
-		if (s->present & VP_SEL_RETARGS) {
-			if (!match_arg_filter(sel - 1, VP_MAX_MATCH_ARGS)) {
-				stat_inc(HS_FILTERED);
-				return 0;
-			}
-		}
-		if (s->nret_actions)
-			h->m.ret_action = do_actions(h, cfg, s->ret_actions, s->nret_actions, sel);
-	}
-	if (h->post)
-		send(ctx, h);
-	(void)zero;
-	return 0;
+	return finish_return(ctx, h, cfg);
 }
 
 #endif

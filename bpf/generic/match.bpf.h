@@ -106,11 +106,37 @@ static __always_inline int string_filter(struct gen_heap *h, struct vp_filter *f
 	return 0;
 }
 
+static __always_inline int val_in_map(__u32 map_id, __s64 v)
+{
+	struct scratch *s = scratch();
+
+	if (!s)
+		return 0;
+	s->vk.map_id = map_id;
+	s->vk.pad = 0;
+	s->vk.v = v;
+	return bpf_map_lookup_elem(&val_map, &s->vk) != NULL;
+}
+
 static __always_inline int int_filter(struct vp_filter *f, __s64 v)
 {
 	struct scratch *s;
 	int i, any = 0;
 
+	if (f->flags & VP_FF_MAP) {
+		/* a list longer than the inline values: every value (ports: every port of each
+		 * range) is a key of val_map */
+		any = val_in_map(f->map_id, v);
+		switch (f->op) {
+		case VP_OP_NEQ:
+		case VP_OP_NOTINRANGE:
+		case VP_OP_NOTSPORT:
+		case VP_OP_NOTDPORT:
+		case VP_OP_NOTINMAP:
+			return !any;
+		}
+		return any;
+	}
 	switch (f->op) {
 	case VP_OP_GT:
 		return v > f->lo[0];
@@ -172,11 +198,11 @@ static __always_inline int addr_filter(struct vp_filter *f, __u16 family, const 
 	if (family == 2) {
 		s->ak.map_id = f->map_id;
 		s->ak.prefixlen = 32 + 32;
-		__builtin_memcpy(s->ak.addr, addr, 4);
+		bpf_probe_read_kernel(s->ak.addr, 4, addr);
 	} else if (family == 10) {
 		s->ak.map_id = f->map_id | 0x80000000;
 		s->ak.prefixlen = 32 + 128;
-		__builtin_memcpy(s->ak.addr, addr, 16);
+		bpf_probe_read_kernel(s->ak.addr, 16, addr);
 	} else {
 		return f->op == VP_OP_NOTSADDR || f->op == VP_OP_NOTDADDR;
 	}
@@ -184,37 +210,47 @@ static __always_inline int addr_filter(struct vp_filter *f, __u16 family, const 
 	return (f->op == VP_OP_SADDR || f->op == VP_OP_DADDR) ? hit : !hit;
 }
 
+/* a 16-bit field of a payload */
+static __always_inline __u16 rd16(const char *p, __u32 off)
+{
+	__u16 v = 0;
+
+	bpf_probe_read_kernel(&v, 2, p + off);
+	return v;
+}
+
+/* socket filters on a sock, sockaddr or skb payload: fields are read where each payload
+ * keeps them (no copies of whole payloads: the stack is shared with the callers) */
 static __always_inline int sock_filter(struct gen_heap *h, struct vp_filter *f, struct vp_arg_hdr *ah)
 {
 	const char *p = h->data + (ah->off & DATA_MASK);
-	__u16 family, sport = 0, dport = 0, proto = 0, state = 0;
-	__u8 saddr[16] = {}, daddr[16] = {};
+	__u16 family, sport, dport, proto = 0, state = 0;
+	__u32 soff, doff;
 
-	if (ah->type == VP_T_SOCKADDR || ah->type == VP_T_KSOCKADDR) {
-		struct vp_sockaddr sa;
-
-		bpf_probe_read_kernel(&sa, sizeof(sa), p);
-		family = sa.family;
-		/* a sockaddr is the address being connected/bound to: Tetragon
-		 * calls its address and port "SAddr"/"SPort" */
-		sport = sa.port;
-		__builtin_memcpy(saddr, sa.addr, 16);
-		dport = sa.port;
-		__builtin_memcpy(daddr, sa.addr, 16);
-	} else {
-		struct vp_sock sk;
-
-		bpf_probe_read_kernel(&sk, sizeof(sk), p);
-		family = sk.family;
-		sport = sk.sport;
-		dport = sk.dport;
-		proto = sk.protocol;
-		state = sk.state;
-		__builtin_memcpy(saddr, sk.saddr, 16);
-		__builtin_memcpy(daddr, sk.daddr, 16);
-	}
 	if (ah->flags & VP_ARGF_ERR)
 		return 0;
+	if (ah->type == VP_T_SKB) {
+		family = rd16(p, offsetof(struct vp_skb, family));
+		sport = rd16(p, offsetof(struct vp_skb, sport));
+		dport = rd16(p, offsetof(struct vp_skb, dport));
+		proto = rd16(p, offsetof(struct vp_skb, proto));
+		soff = offsetof(struct vp_skb, saddr);
+		doff = offsetof(struct vp_skb, daddr);
+	} else if (ah->type == VP_T_SOCKADDR || ah->type == VP_T_KSOCKADDR) {
+		/* a sockaddr is the address being connected/bound to: Tetragon
+		 * calls its address and port "SAddr"/"SPort" */
+		family = rd16(p, offsetof(struct vp_sockaddr, family));
+		sport = dport = rd16(p, offsetof(struct vp_sockaddr, port));
+		soff = doff = offsetof(struct vp_sockaddr, addr);
+	} else {
+		family = rd16(p, offsetof(struct vp_sock, family));
+		sport = rd16(p, offsetof(struct vp_sock, sport));
+		dport = rd16(p, offsetof(struct vp_sock, dport));
+		proto = rd16(p, offsetof(struct vp_sock, protocol));
+		state = rd16(p, offsetof(struct vp_sock, state));
+		soff = offsetof(struct vp_sock, saddr);
+		doff = offsetof(struct vp_sock, daddr);
+	}
 	switch (f->op) {
 	case VP_OP_SPORT:
 	case VP_OP_NOTSPORT:
@@ -232,10 +268,10 @@ static __always_inline int sock_filter(struct gen_heap *h, struct vp_filter *f, 
 		return dport >= 1024;
 	case VP_OP_SADDR:
 	case VP_OP_NOTSADDR:
-		return addr_filter(f, family, saddr);
+		return addr_filter(f, family, (const __u8 *)p + soff);
 	case VP_OP_DADDR:
 	case VP_OP_NOTDADDR:
-		return addr_filter(f, family, daddr);
+		return addr_filter(f, family, (const __u8 *)p + doff);
 	case VP_OP_PROTOCOL:
 		return int_filter(f, proto);
 	case VP_OP_FAMILY:
@@ -260,12 +296,34 @@ static __always_inline int is_string_type(__u8 t)
 	case VP_T_PATH:
 	case VP_T_PATH_CHILD:
 	case VP_T_LINUX_BINPRM:
+	case VP_T_DENTRY:
+	case VP_T_DENTRY_PATH:
+	case VP_T_NET_DEVICE:
+	case VP_T_KIOCB:
+	case VP_T_IOV_ITER:
 		return 1;
 	}
 	return 0;
 }
 
-/* Global: does matchArgs entry j of selector si hold? */
+/* FileType: the S_IFMT bits of the file's mode, compared with the listed types */
+static __always_inline int filetype_filter(struct vp_filter *f, struct vp_arg_hdr *ah)
+{
+	__s64 t = ah->mode & 0170000;
+	int i, any = 0;
+
+	for (i = 0; i < VP_MAX_VALUES; i++) {
+		if (i >= f->nvals)
+			break;
+		any |= t == f->lo[i];
+	}
+	if (!ah->mode)
+		any = 0;
+	return f->op == VP_OP_FILETYPE ? any : !any;
+}
+
+/* Global: does matchArgs entry j (j >= VP_MAX_MATCH_ARGS: matchReturnArgs entry
+ * j - VP_MAX_MATCH_ARGS) of selector si hold? */
 __noinline int match_arg_filter(__u32 si, __u32 j)
 {
 	struct gen_heap *h = heap();
@@ -274,24 +332,25 @@ __noinline int match_arg_filter(__u32 si, __u32 j)
 	struct vp_arg_hdr *ah;
 	__u32 slot;
 
-	if (!h || !cfg || si >= VP_MAX_SELECTORS || j > VP_MAX_MATCH_ARGS)
+	if (!h || !cfg || si >= VP_MAX_SELECTORS || j >= VP_MAX_MATCH_ARGS + VP_MAX_RET_FILTERS)
 		return 0;
 	barrier_var(si);
 	barrier_var(j);
 	si &= VP_SLOTS - 1;
-	if (j == VP_MAX_MATCH_ARGS)
-		f = &cfg->sel[si].ret;
-	else
-		f = &cfg->sel[si].args[j & (VP_SLOTS - 1)];
-	if (j == VP_MAX_MATCH_ARGS)
+	if (j >= VP_MAX_MATCH_ARGS) {
+		f = &cfg->sel[si].ret[(j - VP_MAX_MATCH_ARGS) & (VP_MAX_RET_FILTERS - 1)];
 		return int_filter(f, h->m.ret);  /* matchReturnArgs: the return value */
+	}
+	f = &cfg->sel[si].args[j & (VP_SLOTS - 1)];
 	slot = f->slot;
 	if (slot >= VP_MAX_ARGS)
 		return 0;
 	barrier_var(slot);
 	ah = &h->m.args[slot & (VP_SLOTS - 1)];
+	if (f->op == VP_OP_FILETYPE || f->op == VP_OP_NOTFILETYPE)
+		return filetype_filter(f, ah);
 	if (ah->type == VP_T_SOCKADDR || ah->type == VP_T_KSOCKADDR || ah->type == VP_T_SOCK ||
-	    ah->type == VP_T_SOCKET)
+	    ah->type == VP_T_SOCKET || ah->type == VP_T_FD_SOCK || ah->type == VP_T_SKB)
 		return sock_filter(h, f, ah);
 	if (is_string_type(ah->type) && f->op <= VP_OP_NOTPOSTFIX)
 		return string_filter(h, f, ah);
@@ -377,11 +436,11 @@ static __always_inline int binary_filter(struct vp_selector *sel, struct gen_hea
 	return 0;
 }
 
-static __always_inline int pid_filter(struct vp_selector *sel, struct gen_heap *h)
+static __always_inline int pid_filter(struct vp_pid_filter *pf, struct gen_heap *h)
 {
 	__u32 pid;
 
-	if (sel->pid_nspid && !h->nspid_known) {
+	if (pf->nspid && !h->nspid_known) {
 		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 		struct pid *tp = BPF_CORE_READ(task, thread_pid);
 		unsigned int level = BPF_CORE_READ(tp, level);
@@ -391,15 +450,15 @@ static __always_inline int pid_filter(struct vp_selector *sel, struct gen_heap *
 		h->nspid = up.nr;
 		h->nspid_known = 1;
 	}
-	pid = sel->pid_nspid ? h->nspid : h->tgid;
+	pid = pf->nspid ? h->nspid : h->tgid;
 	int i, any = 0;
 
 	for (i = 0; i < VP_MAX_PIDS; i++) {
-		if (i >= sel->pid_n)
+		if (i >= pf->n)
 			break;
-		any |= sel->pids[i] == pid;
+		any |= pf->pids[i] == pid;
 	}
-	if (!any && sel->pid_follow && !sel->pid_nspid) {
+	if (!any && pf->follow && !pf->nspid) {
 		/* followForks: a descendant of a listed pid matches too */
 		__u32 cur = h->tgid;
 
@@ -410,13 +469,24 @@ static __always_inline int pid_filter(struct vp_selector *sel, struct gen_heap *
 				break;
 			cur = e->pkey.pid;
 			for (i = 0; i < VP_MAX_PIDS; i++) {
-				if (i >= sel->pid_n)
+				if (i >= pf->n)
 					break;
-				any |= sel->pids[i] == cur;
+				any |= pf->pids[i] == cur;
 			}
 		}
 	}
-	return sel->pid_op == 1 ? any : !any;
+	return pf->op == 1 ? any : !any;
+}
+
+/* matchCapabilities entry: isNamespaceCapability limits it to tasks outside the host user ns */
+static __always_inline int cap_filter(struct vp_cap_filter *cf, struct task_struct *task, __u64 caps)
+{
+	int any;
+
+	if (cf->ns && BPF_CORE_READ(task, cred, user_ns, ns.inum) == cf->ns)
+		return 0;
+	any = (caps & cf->mask) != 0;
+	return (cf->op == 1) == !!any;
 }
 
 /* Global: do all filters of selector si hold (matchArgs and the process filters)? */
@@ -432,8 +502,14 @@ __noinline int match_selector(__u32 si)
 		return 0;
 	barrier_var(si);
 	sel = &cfg->sel[si & (VP_SLOTS - 1)];
-	if ((sel->present & VP_SEL_PIDS) && !pid_filter(sel, h))
-		return 0;
+	if (sel->present & VP_SEL_PIDS) {
+		for (j = 0; j < VP_MAX_PID_FILTERS; j++) {
+			if (j >= sel->npids)
+				break;
+			if (!pid_filter(&sel->pids[j], h))
+				return 0;
+		}
+	}
 	if ((sel->present & VP_SEL_BINS) && !binary_filter(sel, h))
 		return 0;
 	if (sel->present & VP_SEL_NS) {
@@ -455,10 +531,14 @@ __noinline int match_selector(__u32 si)
 		}
 	}
 	if (sel->present & VP_SEL_CAPS) {
-		int any = (read_caps(task, sel->cap_type) & sel->cap_mask) != 0;
+		for (j = 0; j < VP_MAX_CAP_FILTERS; j++) {
+			struct vp_cap_filter *cf = &sel->caps[j];
 
-		if ((sel->cap_op == 1) != any)
-			return 0;
+			if (j >= sel->ncaps)
+				break;
+			if (!cap_filter(cf, task, read_caps(task, cf->type)))
+				return 0;
+		}
 	}
 	if (sel->present & (VP_SEL_CAPCHG | VP_SEL_NSCHG)) {
 		struct execve_entry *e = bpf_map_lookup_elem(&execve_map, &h->tgid);
@@ -466,13 +546,16 @@ __noinline int match_selector(__u32 si)
 		if (!e)
 			return 0;
 		if (sel->present & VP_SEL_CAPCHG) {
-			__u64 at_exec = sel->capchg_type == 1 ? e->caps[1] :
-					sel->capchg_type == 2 ? e->caps[2] : e->caps[0];
-			__u64 changed = read_caps(task, sel->capchg_type) ^ at_exec;
-			int any = (changed & sel->capchg_mask) != 0;
+			for (j = 0; j < VP_MAX_CAP_FILTERS; j++) {
+				struct vp_cap_filter *cf = &sel->capchg[j];
+				__u64 at_exec;
 
-			if ((sel->capchg_op == 1) != any)
-				return 0;
+				if (j >= sel->ncapchg)
+					break;
+				at_exec = cf->type == 1 ? e->caps[1] : cf->type == 2 ? e->caps[2] : e->caps[0];
+				if (!cap_filter(cf, task, read_caps(task, cf->type) ^ at_exec))
+					return 0;
+			}
 		}
 		if (sel->present & VP_SEL_NSCHG) {
 			int any = 0;

@@ -33,6 +33,7 @@ static __always_inline __u32 read_file_path(struct gen_heap *h, struct file *f, 
 		ah->flags |= VP_ARGF_ERR;
 		return 0;
 	}
+	ah->mode = BPF_CORE_READ(f, f_inode, i_mode);
 	bpf_probe_read_kernel(&root, sizeof(root), &BPF_CORE_READ(task, fs)->root);
 	n = resolve_path(BPF_CORE_READ(f, f_path.dentry), BPF_CORE_READ(f, f_path.mnt), &root,
 			 h->data + (off & DATA_MASK), VP_ARG_DATA - 1, &trunc, &detached);
@@ -172,6 +173,355 @@ static __always_inline __u32 read_iovec(struct gen_heap *h, __u64 uptr, __u64 cn
 	return done;
 }
 
+
+/* a struct read from kernel or (syscall stand-ins) user memory */
+static __always_inline long rd(void *dst, __u32 size, const void *src, __u8 user)
+{
+	return user ? bpf_probe_read_user(dst, size, src) : bpf_probe_read_kernel(dst, size, src);
+}
+
+#define ETH_P_IP_BE 0x0008     /* htons(0x0800) */
+#define ETH_P_IPV6_BE 0xdd86   /* htons(0x86dd) */
+
+static __always_inline __u32 read_skb(struct gen_heap *h, struct sk_buff *skb, __u32 off)
+{
+	struct vp_skb s = {};
+	unsigned char *head;
+	__u16 nh, th, proto;
+	__u8 l4 = 0;
+
+	if (!skb)
+		return 0;
+	s.hash = BPF_CORE_READ(skb, hash);
+	s.len = BPF_CORE_READ(skb, len);
+	s.priority = BPF_CORE_READ(skb, priority);
+	s.mark = BPF_CORE_READ(skb, mark);
+	head = BPF_CORE_READ(skb, head);
+	nh = BPF_CORE_READ(skb, network_header);
+	th = BPF_CORE_READ(skb, transport_header);
+	proto = BPF_CORE_READ(skb, protocol);
+	if (nh != 0xffff && proto == ETH_P_IP_BE) {
+		struct iphdr ip;
+
+		if (!bpf_probe_read_kernel(&ip, sizeof(ip), head + nh)) {
+			s.family = 2;
+			l4 = ip.protocol;
+			__builtin_memcpy(s.saddr, &ip.saddr, 4);
+			__builtin_memcpy(s.daddr, &ip.daddr, 4);
+			if (th == 0xffff || th == nh)
+				th = nh + (ip.ihl & 0xf) * 4;
+		}
+	} else if (nh != 0xffff && proto == ETH_P_IPV6_BE) {
+		struct ipv6hdr ip6;
+
+		if (!bpf_probe_read_kernel(&ip6, sizeof(ip6), head + nh)) {
+			s.family = 10;
+			l4 = ip6.nexthdr;
+			bpf_probe_read_kernel(s.saddr, 16, &ip6.saddr);
+			bpf_probe_read_kernel(s.daddr, 16, &ip6.daddr);
+			if (th == 0xffff || th == nh)
+				th = nh + sizeof(ip6);
+		}
+	}
+	s.proto = l4;
+	if ((l4 == 6 || l4 == 17) && th != 0xffff) {
+		__be16 ports[2];
+
+		if (!bpf_probe_read_kernel(ports, sizeof(ports), head + th)) {
+			s.sport = bpf_ntohs(ports[0]);
+			s.dport = bpf_ntohs(ports[1]);
+		}
+	}
+	bpf_probe_read_kernel(h->data + (off & DATA_MASK), sizeof(s), &s);
+	return sizeof(s);
+}
+
+/* bpf_attr of a program load (kernel copy in bpf_check, user memory at the syscall) */
+static __always_inline __u32 read_bpf_attr(struct gen_heap *h, const void *attr, __u8 user, __u32 off)
+{
+	struct vp_bpf_info b = {};
+
+	if (rd(&b.type, 8, attr, user))   /* prog_type, insn_cnt */
+		return 0;
+	rd(b.name, 16, attr + 48, user); /* prog_name */
+	bpf_probe_read_kernel(h->data + (off & DATA_MASK), sizeof(b), &b);
+	return sizeof(b);
+}
+
+static __always_inline __u32 read_bpf_prog(struct gen_heap *h, struct bpf_prog *p, __u32 off)
+{
+	struct vp_bpf_info b = {};
+
+	if (!p)
+		return 0;
+	b.type = BPF_CORE_READ(p, type);
+	b.insn_cnt = BPF_CORE_READ(p, len);
+	bpf_probe_read_kernel(b.name, 16, BPF_CORE_READ(p, aux, name));
+	bpf_probe_read_kernel(h->data + (off & DATA_MASK), sizeof(b), &b);
+	return sizeof(b);
+}
+
+static __always_inline __u32 read_bpf_map(struct gen_heap *h, const void *raw, __u8 user, __u32 off)
+{
+	struct vp_bpf_info b = {};
+
+	if (!raw)
+		return 0;
+	if (user) {  /* the map-create bpf_attr */
+		__u32 v[4];
+
+		if (bpf_probe_read_user(v, sizeof(v), raw))
+			return 0;
+		b.type = v[0];
+		b.key_size = v[1];
+		b.value_size = v[2];
+		b.max_entries = v[3];
+		bpf_probe_read_user(b.name, 16, raw + 28);
+	} else {
+		struct bpf_map *m = (struct bpf_map *)raw;
+
+		b.type = BPF_CORE_READ(m, map_type);
+		b.key_size = BPF_CORE_READ(m, key_size);
+		b.value_size = BPF_CORE_READ(m, value_size);
+		b.max_entries = BPF_CORE_READ(m, max_entries);
+		bpf_probe_read_kernel(b.name, 16, &m->name);
+	}
+	bpf_probe_read_kernel(h->data + (off & DATA_MASK), sizeof(b), &b);
+	return sizeof(b);
+}
+
+static __always_inline __u32 read_perf(struct gen_heap *h, const void *raw, __u8 user, __u32 off)
+{
+	struct vp_perf_info p = {};
+	const void *attr = raw;
+	__u64 func = 0;
+
+	if (!raw)
+		return 0;
+	if (!user)
+		attr = raw + bpf_core_field_offset(struct perf_event, attr);
+	rd(&p.type, 4, attr, user);
+	rd(&p.config, 8, attr + 8, user);
+	rd(&func, 8, attr + 56, user);         /* config1: kprobe_func (a user string) */
+	rd(&p.probe_offset, 8, attr + 64, user); /* config2: probe_offset */
+	if (p.type >= 6 && func)                  /* dynamic PMUs (kprobe, uprobe) */
+		bpf_probe_read_user_str(p.kprobe_func, sizeof(p.kprobe_func), (void *)func);
+	bpf_probe_read_kernel(h->data + (off & DATA_MASK), sizeof(p), &p);
+	return sizeof(p);
+}
+
+struct module___sig {
+	bool sig_ok;
+};
+
+static __always_inline __u32 read_module(struct gen_heap *h, struct module *mod, __u32 off)
+{
+	struct vp_module_info m = {};
+
+	if (!mod)
+		return 0;
+	m.taints = BPF_CORE_READ(mod, taints);
+	if (bpf_core_field_exists(((struct module___sig *)0)->sig_ok)) {
+		m.has_sig = 1;
+		m.sig_ok = BPF_CORE_READ((struct module___sig *)mod, sig_ok);
+	}
+	bpf_probe_read_kernel_str(m.name, sizeof(m.name), &mod->name);
+	bpf_probe_read_kernel(h->data + (off & DATA_MASK), sizeof(m), &m);
+	return sizeof(m);
+}
+
+/* struct load_info is private to kernel/module/; absent from kernels without modules */
+struct load_info___vigil {
+	const char *name;
+	struct module *mod;
+	bool sig_ok;
+} __attribute__((preserve_access_index));
+
+static __always_inline __u32 read_load_info(struct gen_heap *h, struct load_info___vigil *info, __u32 off)
+{
+	struct vp_module_info m = {};
+	struct module *mod;
+
+	if (!info || !bpf_core_type_exists(struct load_info___vigil))
+		return 0;
+	if (bpf_core_field_exists(info->sig_ok)) {
+		m.has_sig = 1;
+		m.sig_ok = BPF_CORE_READ(info, sig_ok);
+	}
+	bpf_probe_read_kernel_str(m.name, sizeof(m.name), BPF_CORE_READ(info, name));
+	mod = BPF_CORE_READ(info, mod);
+	if (mod)
+		m.taints = BPF_CORE_READ(mod, taints);
+	bpf_probe_read_kernel(h->data + (off & DATA_MASK), sizeof(m), &m);
+	return sizeof(m);
+}
+
+static __always_inline __u32 read_userns(struct gen_heap *h, struct user_namespace *ns, __u32 off)
+{
+	struct vp_userns_info u = {};
+
+	if (!ns)
+		return 0;
+	u.level = BPF_CORE_READ(ns, level);
+	u.uid = BPF_CORE_READ(ns, owner.val);
+	u.gid = BPF_CORE_READ(ns, group.val);
+	u.inum = BPF_CORE_READ(ns, ns.inum);
+	bpf_probe_read_kernel(h->data + (off & DATA_MASK), sizeof(u), &u);
+	return sizeof(u);
+}
+
+struct iov_iter___old {   /* before 6.4 the iovec pointer was called iov */
+	const struct iovec *iov;
+};
+
+/* the data an iov_iter describes: user buffer, user iovecs or kernel kvecs */
+static __always_inline __u32 read_iov_iter(struct gen_heap *h, struct iov_iter *it, __u32 off, __u32 max,
+					   struct vp_arg_hdr *ah, struct vp_arg *a, __u32 slot)
+{
+	__u64 seg;
+	__u8 t = BPF_CORE_READ(it, iter_type);
+	__u64 count = BPF_CORE_READ(it, count), skip = BPF_CORE_READ(it, iov_offset);
+	__u32 n = count > max ? max : count;
+	const void *base = 0;
+	__u8 user = 1;
+
+	if (count > max)
+		ah->flags |= VP_ARGF_TRUNC;
+	ah->value = count;
+	seg = count;
+	if (bpf_core_enum_value_exists(enum iter_type, ITER_UBUF) &&
+	    t == bpf_core_enum_value(enum iter_type, ITER_UBUF)) {
+		base = BPF_CORE_READ(it, ubuf) + skip;
+	} else if (t == bpf_core_enum_value(enum iter_type, ITER_IOVEC)) {
+		const struct iovec *iov;
+		struct iovec v;
+
+		if (bpf_core_field_exists(it->__iov))
+			iov = BPF_CORE_READ(it, __iov);
+		else
+			iov = BPF_CORE_READ((struct iov_iter___old *)it, iov);
+		if (bpf_probe_read_kernel(&v, sizeof(v), iov))
+			return 0;
+		base = v.iov_base + skip;
+		seg = v.iov_len - skip;
+		if (seg < n)
+			n = seg;  /* the first segment */
+	} else if (t == bpf_core_enum_value(enum iter_type, ITER_KVEC)) {
+		struct kvec v;
+
+		if (bpf_probe_read_kernel(&v, sizeof(v), BPF_CORE_READ(it, kvec)))
+			return 0;
+		base = v.iov_base + skip;
+		user = 0;
+		if (v.iov_len - skip < n)
+			n = v.iov_len - skip;
+	} else {
+		return 0;
+	}
+	n &= VP_ARG_DATA - 1;
+	if (n && rd(h->data + (off & DATA_MASK), n, base, user)) {
+		ah->flags |= VP_ARGF_ERR;
+		return 0;
+	}
+	if (a->max_data && user && seg > max) {
+		/* maxData: the rest of the (first) user segment goes out in data records */
+		__u64 total = seg > VP_MAX_DATA ? VP_MAX_DATA : seg;
+
+		ah->flags = (ah->flags & ~VP_ARGF_TRUNC) | VP_ARGF_DATA | (count > VP_MAX_DATA ? VP_ARGF_TRUNC : 0);
+		h->data_ptr[slot & (VP_SLOTS - 1)] = (__u64)base;
+		h->data_total[slot & (VP_SLOTS - 1)] = total;
+		h->data_inline[slot & (VP_SLOTS - 1)] = n;
+		ah->value = total;
+	}
+	return n;
+}
+
+static __always_inline struct socket *fd_socket(__s64 fd)
+{
+	struct file *f = fd_file((struct task_struct *)bpf_get_current_task(), fd);
+
+	if (!f || (BPF_CORE_READ(f, f_inode, i_mode) & 0170000) != 0140000)  /* S_IFSOCK */
+		return NULL;
+	return BPF_CORE_READ(f, private_data);
+}
+
+/* resolve: follow the compiled steps from a pointer to the field */
+static __always_inline __u64 resolve_value(__u64 v, struct vp_arg *a)
+{
+	for (__u32 k = 0; k < VP_MAX_STEPS; k++) {
+		__u64 next = 0;
+
+		if (k + 1 >= a->nsteps)
+			break;
+		if (!v || bpf_probe_read_kernel(&next, 8, (void *)(v + a->steps[k])))
+			return 0;
+		v = next;
+	}
+	if (!v)
+		return 0;
+	v += a->steps[(a->nsteps - 1) & (VP_MAX_STEPS - 1)];
+	if (a->final_size) {
+		__u64 x = 0;
+
+		bpf_probe_read_kernel(&x, a->final_size & 0xf, (void *)v);
+		if (a->final_signed) {
+			if (a->final_size == 4)
+				x = (__s64)(__s32)x;
+			else if (a->final_size == 2)
+				x = (__s64)(__s16)x;
+			else if (a->final_size == 1)
+				x = (__s64)(__s8)x;
+		}
+		v = x;
+	}
+	return v;
+}
+
+#define THREAD_SIZE_X86_64 16384
+#define TS_COMPAT_X86 0x0002
+
+/* is the current task in a 32-bit (ia32 / int 0x80) syscall? */
+static __always_inline int task_compat(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+	return (BPF_CORE_READ(task, thread_info.status) & TS_COMPAT_X86) != 0;
+}
+
+static __always_inline struct pt_regs *user_regs(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+	return (struct pt_regs *)((char *)BPF_CORE_READ(task, stack) + THREAD_SIZE_X86_64) - 1;
+}
+
+/* the number of the syscall the task is in (its saved orig_ax), -1 when none */
+static __always_inline __u64 syscall_nr(void)
+{
+	__u64 v = -1;
+
+	if (bpf_get_current_task() && !(BPF_CORE_READ((struct task_struct *)bpf_get_current_task(), flags) & 0x00200000))
+		bpf_probe_read_kernel(&v, 8, &user_regs()->orig_ax);  /* not a kernel thread (PF_KTHREAD) */
+	return v;
+}
+
+/* a syscall argument from the user registers saved at syscall entry (x86_64 ABI) */
+static __always_inline __u64 syscall_reg(__u32 idx)
+{
+	struct pt_regs *regs = user_regs();
+	__u64 v = 0;
+
+	switch (idx) {
+	case 0: bpf_probe_read_kernel(&v, 8, &regs->di); break;
+	case 1: bpf_probe_read_kernel(&v, 8, &regs->si); break;
+	case 2: bpf_probe_read_kernel(&v, 8, &regs->dx); break;
+	case 3: bpf_probe_read_kernel(&v, 8, &regs->r10); break;
+	case 4: bpf_probe_read_kernel(&v, 8, &regs->r8); break;
+	case 5: bpf_probe_read_kernel(&v, 8, &regs->r9); break;
+	}
+	return v;
+}
+
 /* Read argument slot i; returns 0. Global: verified once, on its own. */
 __noinline int read_arg(__u32 i)
 {
@@ -189,7 +539,47 @@ __noinline int read_arg(__u32 i)
 	i &= VP_SLOTS - 1;
 	a = &cfg->args[i];
 	ah = &h->m.args[i];
-	raw = ah->value;
+	switch (a->src) {
+	case VP_SRC_CONST:
+		raw = a->konst;
+		break;
+	case VP_SRC_SYSREGS:
+		raw = syscall_reg(a->off);
+		break;
+	case VP_SRC_TASK:
+		raw = bpf_get_current_task();
+		break;
+	case VP_SRC_RETVAL:
+		raw = h->m.ret;
+		break;
+	case VP_SRC_USDT: {
+		__u64 base = 0;
+
+		if (a->off < 21 * 8)  /* a register of struct pt_regs */
+			bpf_probe_read_kernel(&base, 8, (void *)(h->ctxp + (a->off & 0xff)));
+		raw = base + a->konst;
+		if (a->off2) {  /* memory operand: read its bytes from user memory */
+			__u64 x = 0;
+
+			bpf_probe_read_user(&x, a->size & 0xf, (void *)raw);
+			raw = x;
+		}
+		if (a->size && a->size < 8) {
+			__u32 bits = (a->size & 7) * 8;
+
+			raw &= (1ULL << bits) - 1;
+			if (a->is_signed && (raw & (1ULL << (bits - 1))))
+				raw |= ~((1ULL << bits) - 1);
+		}
+		break;
+	}
+	default:
+		raw = ah->value;
+	}
+	if (a->nsteps)
+		raw = resolve_value(raw, a);
+	ah->value = raw;
+	ah->mode = 0;
 	off = h->off & DATA_MASK;
 	ah->off = off;
 	ah->type = a->type;
@@ -205,6 +595,10 @@ __noinline int read_arg(__u32 i)
 		break;
 	case VP_T_UINT:
 		ah->value = (__u32)raw;
+		break;
+	case VP_T_SYSCALL64:
+		/* 32-bit (ia32) syscalls carry bit 31, as Tetragon's syscall64 values do */
+		ah->value = (__u32)raw | (task_compat() ? 0x80000000ULL : 0);
 		break;
 	case VP_T_STRING: {
 		/* Short strings go through the stack: a user copy into map memory is checked by
@@ -306,6 +700,7 @@ __noinline int read_arg(__u32 i)
 		struct path *p = (struct path *)raw, root;
 		__u8 trunc = 0, detached = 0;
 
+		ah->mode = BPF_CORE_READ(p, dentry, d_inode, i_mode);
 		bpf_probe_read_kernel(&root, sizeof(root), &BPF_CORE_READ(task, fs)->root);
 		n = resolve_path(BPF_CORE_READ(p, dentry), BPF_CORE_READ(p, mnt), &root,
 				 h->data + off, max, &trunc, &detached);
@@ -328,9 +723,11 @@ __noinline int read_arg(__u32 i)
 		n = resolve_path(BPF_CORE_READ(p, dentry), BPF_CORE_READ(p, mnt), &root,
 				 h->data + off, VP_ARG_DATA - NAME_MAX_LEN - 2, &trunc, &detached);
 		n &= VP_ARG_DATA - 1;
-		h->data[(off + n) & (DATA_MASK + VP_ARG_DATA - 1)] = '/';
-		r2 = bpf_probe_read_kernel_str(h->data + ((off + n + 1) & DATA_MASK), NAME_MAX_LEN,
-					       BPF_CORE_READ(child, d_name.name));
+		/* off <= DATA_MASK and n < VP_ARG_DATA: both stay inside data[] (not a mask of
+		 * their sum, which would round the index) */
+		h->data[(off & DATA_MASK) + (n & (VP_ARG_DATA - 1))] = '/';
+		r2 = bpf_probe_read_kernel_str(h->data + (off & DATA_MASK) + ((n + 1) & (VP_ARG_DATA - 1)),
+					       NAME_MAX_LEN, BPF_CORE_READ(child, d_name.name));
 		if (r2 > 1)
 			n += r2;  /* "/" + name, without the NUL */
 		break;
@@ -362,6 +759,85 @@ __noinline int read_arg(__u32 i)
 		break;
 	case VP_T_CRED:
 		n = read_cred(h, (struct cred *)raw, off);
+		break;
+	case VP_T_DENTRY:
+	case VP_T_DENTRY_PATH: {
+		/* the path from the dentry's file system root (no mount is known) */
+		struct path root = {};
+		__u8 trunc = 0, detached = 0;
+
+		ah->mode = BPF_CORE_READ((struct dentry *)raw, d_inode, i_mode);
+		n = resolve_path((struct dentry *)raw, NULL, &root, h->data + off, max, &trunc, &detached);
+		if (trunc)
+			ah->flags |= VP_ARGF_TRUNC;
+		break;
+	}
+	case VP_T_SKB:
+		n = read_skb(h, (struct sk_buff *)raw, off);
+		break;
+	case VP_T_NET_DEVICE:
+		r = bpf_probe_read_kernel_str(h->data + off, 16, &((struct net_device *)raw)->name);
+		if (r > 0)
+			n = r - 1;
+		break;
+	case VP_T_KIOCB:
+		n = read_file_path(h, BPF_CORE_READ((struct kiocb *)raw, ki_filp), off, ah);
+		break;
+	case VP_T_IOV_ITER:
+		n = read_iov_iter(h, (struct iov_iter *)raw, off, max, ah, a, i);
+		break;
+	case VP_T_BPF_ATTR:
+		n = read_bpf_attr(h, (void *)raw, a->user, off);
+		break;
+	case VP_T_BPF_PROG:
+		n = read_bpf_prog(h, (struct bpf_prog *)raw, off);
+		break;
+	case VP_T_BPF_MAP:
+		n = read_bpf_map(h, (void *)raw, a->user, off);
+		break;
+	case VP_T_PERF_EVENT:
+		n = read_perf(h, (void *)raw, a->user, off);
+		break;
+	case VP_T_MODULE:
+		n = read_module(h, (struct module *)raw, off);
+		break;
+	case VP_T_LOAD_INFO:
+		n = read_load_info(h, (struct load_info___vigil *)raw, off);
+		break;
+	case VP_T_USER_NS:
+		n = read_userns(h, (struct user_namespace *)raw, off);
+		break;
+	case VP_T_KERNEL_CAP: {
+		__u64 v = 0;
+
+		if (raw && bpf_probe_read_kernel(&v, 8, (void *)raw))
+			ah->flags |= VP_ARGF_ERR;
+		ah->value = v;
+		break;
+	}
+	case VP_T_CAPSET: {
+		__u32 d[6] = {};  /* two __user_cap_data_struct: effective, permitted, inheritable */
+		__u64 lo, hi;
+
+		if (bpf_probe_read_user(d, sizeof(d), (void *)raw))
+			ah->flags |= VP_ARGF_ERR;
+		if (a->off2 == 1) {
+			lo = d[1];
+			hi = d[4];
+		} else if (a->off2 == 2) {
+			lo = d[2];
+			hi = d[5];
+		} else {
+			lo = d[0];
+			hi = d[3];
+		}
+		ah->value = lo | (hi << 32);
+		break;
+	}
+	case VP_T_FD_SOCK:
+		n = read_sock(h, BPF_CORE_READ(fd_socket((__s32)raw), sk), off);
+		if (!n)
+			ah->flags |= VP_ARGF_ERR;
 		break;
 	default:
 		break;

@@ -14,6 +14,13 @@
 #define VP_MAX_NS 10
 #define VP_MAX_NS_VALUES 4
 #define VP_MAX_PIDS 8
+#define VP_MAX_PID_FILTERS 4 /* matchPIDs entries per selector (ANDed) */
+#define VP_MAX_CAP_FILTERS 4 /* matchCapabilities / matchCapabilityChanges entries (ANDed) */
+#define VP_MAX_RET_FILTERS 4 /* matchReturnArgs entries (ANDed) */
+#define VP_MAX_STEPS 8       /* resolve: pointer steps from an argument to the field */
+#define VP_MAX_GUARDS 4      /* pre-conditions of a hook (stand-ins, raw_syscalls dispatch) */
+#define VP_RAW_SYSNR 6       /* raw[] index holding the syscall number (syscall sources) */
+#define VP_RAW_COMPAT 7      /* raw[] index: 1 when the task is in a 32-bit (ia32) syscall */
 #define VP_ARG_DATA 4096     /* bytes captured per string/buffer argument */
 #define VP_SLOTS 8           /* array sizes: a power of two, so masked indexes stay in bounds */
 #define VP_STR_KEY 256       /* bytes of a string compared through maps */
@@ -27,6 +34,13 @@ enum vp_src {
 	VP_SRC_RAW = 3,       /* raw tracepoint / BTF tracepoint argument idx (u64) */
 	VP_SRC_REGS = 4,      /* pt_regs parameter idx (kprobe, uprobe) */
 	VP_SRC_RETVAL = 5,    /* the return value */
+	VP_SRC_CONST = 6,     /* the constant konst (stand-ins: a value the stand-in implies) */
+	VP_SRC_SYSREGS = 7,   /* syscall argument idx from the task's saved user registers
+			       * (a syscall enforced at an LSM hook reports the syscall's own arguments) */
+	VP_SRC_TASK = 8,      /* the current task (resolve paths start there) */
+	VP_SRC_USDT = 9,      /* USDT operand: off = pt_regs byte offset of the register (0xffff:
+			       * none), konst = displacement or constant, off2 = 1 memory operand,
+			       * size/is_signed its width */
 };
 
 /* how an argument is read and reported */
@@ -56,6 +70,21 @@ enum vp_type {
 	VP_T_LINUX_BINPRM = 22, /* struct linux_binprm * -> path of the executed file */
 	VP_T_SOCKET = 23,     /* struct socket * -> its sock */
 	VP_T_KSOCKADDR = 24,  /* struct sockaddr * in kernel memory */
+	VP_T_SKB = 25,        /* struct sk_buff * -> addresses, ports, protocol, length */
+	VP_T_NET_DEVICE = 26, /* struct net_device * -> name */
+	VP_T_KIOCB = 27,      /* struct kiocb * -> the file's path */
+	VP_T_IOV_ITER = 28,   /* struct iov_iter * -> the data (user or kernel segments) */
+	VP_T_BPF_ATTR = 29,   /* union bpf_attr * (prog load): type, insn count, name */
+	VP_T_BPF_PROG = 30,   /* struct bpf_prog * */
+	VP_T_BPF_MAP = 31,    /* struct bpf_map * (or a map-create bpf_attr with user=1) */
+	VP_T_PERF_EVENT = 32, /* struct perf_event * (or a perf_event_attr with user=1) */
+	VP_T_MODULE = 33,     /* struct module * */
+	VP_T_LOAD_INFO = 34,  /* struct load_info * */
+	VP_T_USER_NS = 35,    /* struct user_namespace * */
+	VP_T_KERNEL_CAP = 36, /* kernel_cap_t * -> the 64-bit set */
+	VP_T_FD_SOCK = 37,    /* fd of a socket -> its struct sock */
+	VP_T_CAPSET = 38,     /* user struct __user_cap_data_struct[2]; off2: 0 eff, 1 perm, 2 inh */
+	VP_T_DENTRY_PATH = 39,/* dentry -> path from its file system's root */
 };
 
 /* filter operators (matchArgs / matchReturnArgs) */
@@ -72,6 +101,21 @@ enum vp_op {
 	VP_OP_DPORT = 18, VP_OP_NOTDPORT = 19, VP_OP_DPORTPRIV = 20, VP_OP_NOTDPORTPRIV = 21,
 	VP_OP_SADDR = 22, VP_OP_NOTSADDR = 23, VP_OP_DADDR = 24, VP_OP_NOTDADDR = 25,
 	VP_OP_PROTOCOL = 26, VP_OP_FAMILY = 27, VP_OP_STATE = 28,
+	VP_OP_FILETYPE = 29, VP_OP_NOTFILETYPE = 30,
+};
+
+/* vp_filter.flags */
+#define VP_FF_MAP (1 << 0)   /* the values are in val_map under map_id (lists of any length) */
+
+/* vp_guard.op: conditions on raw values checked before anything else */
+enum vp_guard_op {
+	VP_G_NONE = 0,
+	VP_G_EQ = 1,          /* raw == val */
+	VP_G_BIT = 2,         /* raw < 64 and bit raw of val is set (small enums: states, commands) */
+	VP_G_MASK = 3,        /* raw & val != 0 */
+	VP_G_NOMASK = 4,      /* raw & val == 0 */
+	VP_G_NE = 5,
+	VP_G_UMASK = 6,       /* the u64 at user address raw & val != 0 (clone3's clone_args.flags) */
 };
 
 enum vp_action {
@@ -87,6 +131,10 @@ enum vp_action {
 	VP_ACT_TRACKSOCK = 9,
 	VP_ACT_UNTRACKSOCK = 10,
 	VP_ACT_NOTIFY_ENFORCER = 11,
+	VP_ACT_CLEANUP_ENFORCER = 12,
+	VP_ACT_SET = 13,        /* USDT: write arg (u32) to the address argument argIndex holds */
+	VP_ACT_GETURL = 14,     /* reported; the agent does the request */
+	VP_ACT_DNSLOOKUP = 15,
 };
 
 /* hook_config.flags */
@@ -95,6 +143,7 @@ enum vp_action {
 #define VP_HOOK_SYSCALL_EXIT_SPLIT (1 << 2) /* enter and exit are separate programs */
 #define VP_HOOK_RET_TRACKSOCK   (1 << 3)  /* returnArgAction TrackSock: the returned sock */
 #define VP_HOOK_RET_UNTRACKSOCK (1 << 4)
+#define VP_HOOK_IMA        (1 << 5)  /* an imaHash Post: the sleepable stage adds the hash */
 
 /* selector.present bits */
 #define VP_SEL_PIDS     (1 << 0)
@@ -108,6 +157,7 @@ enum vp_action {
 /* action.flags */
 #define VP_AF_KSTACK (1 << 0)
 #define VP_AF_USTACK (1 << 1)
+#define VP_AF_IMA    (1 << 2)  /* Post imaHash: the file's IMA hash follows the stacks */
 /* action rate limit scope */
 #define VP_SCOPE_THREAD 0
 #define VP_SCOPE_PROCESS 1
@@ -123,7 +173,21 @@ struct vp_arg {
 	__u8 return_copy; /* read the buffer at return, length = return value */
 	__u32 max_len;    /* capture limit for strings/buffers */
 	__u8 max_data;    /* maxData: bytes beyond the inline capture go out as data records */
-	__u8 pad[3];
+	__u8 user;        /* struct readers: the struct is in user memory (syscall stand-ins) */
+	__u8 nsteps;      /* resolve: steps used; all but the last read a pointer */
+	__u8 final_size;  /* resolve: bytes read at the last step (0: the value is its address) */
+	__u16 off2;       /* reader detail (raw index of a second value, field selector) */
+	__u8 final_signed;
+	__u8 pad;
+	__u16 steps[VP_MAX_STEPS]; /* resolve: byte offsets */
+	__s64 konst;      /* VP_SRC_CONST value */
+};
+
+struct vp_guard {
+	__u8 idx;         /* raw[] index */
+	__u8 op;          /* enum vp_guard_op */
+	__u8 pad[6];
+	__u64 val;
 };
 
 struct vp_filter {
@@ -144,8 +208,8 @@ struct vp_action_cfg {
 	__u8 type;        /* enum vp_action */
 	__u8 flags;       /* VP_AF_* */
 	__u8 scope;       /* rate limit scope */
-	__u8 pad;
-	__s32 arg;        /* signal number, or error for Override */
+	__u8 arg2;        /* Set: argument slot holding the address; NotifyEnforcer: signal */
+	__s32 arg;        /* signal number, or error for Override, or the value for Set */
 	__u64 rate_ns;    /* Post rateLimit; 0 = none */
 };
 
@@ -157,6 +221,23 @@ struct vp_ns_filter {
 	__u32 inum[VP_MAX_NS_VALUES];
 };
 
+struct vp_pid_filter {
+	__u8 op;                         /* 1 In, 2 NotIn */
+	__u8 n;
+	__u8 nspid;                      /* compare the pid in the process's own namespace */
+	__u8 follow;                     /* followForks: also descendants (via the parent chain) */
+	__u32 pids[VP_MAX_PIDS];
+};
+
+struct vp_cap_filter {
+	__u8 op;                         /* 1 In, 2 NotIn */
+	__u8 type;                       /* 0 effective, 1 inheritable, 2 permitted */
+	__u8 pad[2];
+	__u32 ns;                        /* isNamespaceCapability: the host user ns inum (then
+					  * only tasks in other user namespaces match); 0: any */
+	__u64 mask;
+};
+
 struct vp_selector {
 	__u32 present;    /* VP_SEL_* */
 	__u8 nfilters;    /* matchArgs entries used */
@@ -164,13 +245,12 @@ struct vp_selector {
 	__u8 nret_actions;
 	__u8 nns;
 	struct vp_filter args[VP_SLOTS];           /* VP_MAX_MATCH_ARGS used */
-	struct vp_filter ret;            /* matchReturnArgs (one entry on the return value) */
-	/* matchPIDs */
-	__u8 pid_op;                     /* 1 In, 2 NotIn */
-	__u8 pid_n;
-	__u8 pid_nspid;                  /* compare the pid in the process's own namespace */
-	__u8 pid_follow;                 /* followForks: also descendants (via the parent chain) */
-	__u32 pids[VP_MAX_PIDS];
+	struct vp_filter ret[VP_MAX_RET_FILTERS];  /* matchReturnArgs, on the return value */
+	__u8 nret;
+	__u8 npids;
+	__u8 ncaps;
+	__u8 ncapchg;
+	struct vp_pid_filter pids[VP_MAX_PID_FILTERS];  /* matchPIDs, ANDed */
 	/* matchBinaries */
 	__u8 bin_op;                     /* 1 In, 2 NotIn, 3 Prefix, 4 NotPrefix, 5 Postfix, 6 NotPostfix */
 	__u8 bin_follow;                 /* followChildren: execve_map follow bit + 1; 0 none */
@@ -178,13 +258,11 @@ struct vp_selector {
 	__u32 bin_map_id;
 	/* matchNamespaces */
 	struct vp_ns_filter ns[VP_MAX_NS];
-	/* matchCapabilities / matchCapabilityChanges: type 0 effective, 1 inheritable, 2 permitted */
-	__u8 cap_op, cap_type, capchg_op, capchg_type;
+	struct vp_cap_filter caps[VP_MAX_CAP_FILTERS];    /* matchCapabilities, ANDed */
+	struct vp_cap_filter capchg[VP_MAX_CAP_FILTERS];  /* matchCapabilityChanges, ANDed */
 	__u32 nschg_mask;                /* matchNamespaceChanges: bit per namespace index */
 	__u8 nschg_op;
-	__u8 pad2[7];
-	__u64 cap_mask;
-	__u64 capchg_mask;
+	__u8 pad2[3];
 	struct vp_action_cfg actions[VP_MAX_ACTIONS];
 	struct vp_action_cfg ret_actions[VP_MAX_ACTIONS];
 };
@@ -194,7 +272,11 @@ struct vp_hook {
 	__u32 flags;      /* VP_HOOK_* */
 	__u8 nargs;
 	__u8 nselectors;
-	__u8 pad[6];
+	__u8 nguards;
+	__u8 ret_raw;     /* the return value is raw[ret_raw - 1] at the hook itself (stand-ins
+			   * whose tracepoint carries it); 0: at the return probe */
+	__u8 pad[4];
+	struct vp_guard guards[VP_MAX_GUARDS];
 	struct vp_arg args[VP_SLOTS];              /* VP_MAX_ARGS used */
 	struct vp_arg ret_arg;
 	struct vp_selector sel[VP_SLOTS];          /* VP_MAX_SELECTORS used */
@@ -224,6 +306,45 @@ struct vp_val_key {
 	__s64 v;
 };
 
+/* ---- payloads of the structured argument types (in data[], little-endian) ---- */
+
+struct vp_skb {
+	__u32 hash, len, priority, mark;
+	__u8 saddr[16], daddr[16];
+	__u32 sport, dport, proto;
+	__u32 sec_path_len, sec_path_olen;
+	__u16 family;
+	__u16 pad;
+};
+
+struct vp_bpf_info {       /* bpf_attr, bpf_prog, bpf_map */
+	__u32 type;            /* program or map type */
+	__u32 insn_cnt;        /* programs */
+	__u32 key_size, value_size, max_entries;  /* maps */
+	char name[16];
+};
+
+struct vp_perf_info {
+	__u32 type;
+	__u32 pad;
+	__u64 config;
+	__u64 probe_offset;
+	char kprobe_func[64];
+};
+
+struct vp_module_info {
+	__u64 taints;
+	__u8 sig_ok;
+	__u8 has_sig;          /* the kernel records signature checks */
+	__u8 pad[6];
+	char name[56];
+};
+
+struct vp_userns_info {
+	__s32 level;
+	__u32 uid, gid, inum;
+};
+
 /* ---- the event record (op VIGIL_OP_GENERIC) ---- */
 
 struct vp_arg_hdr {
@@ -231,7 +352,7 @@ struct vp_arg_hdr {
 	__u16 len;        /* payload bytes */
 	__u8 type;
 	__u8 flags;       /* VP_ARGF_* */
-	__u16 pad;
+	__u16 mode;       /* file-like arguments: the inode's i_mode (0: unknown) */
 	__s64 value;      /* integer value (or fd number, or pointer) */
 };
 
@@ -266,10 +387,27 @@ struct msg_generic {
 	__u8 flags;               /* VP_EV_* */
 	__u32 kstack_len;         /* bytes of kernel stack addresses after the args */
 	__u32 ustack_len;
-	__u32 pad;
+	__u8 ima_len;             /* bytes of IMA hash after the stacks (imaHash) */
+	__u8 ima_algo;            /* enum hash_algo */
+	__u16 pad;
 	__s64 ret;
 	struct vp_arg_hdr args[VP_MAX_ARGS];
 	char data[];
+};
+
+/* imaHash: the hash the sleepable stage computed for this thread's file at the hook */
+struct ima_stash {
+	__s32 algo;
+	__u32 len;
+	__u8 hash[64];
+};
+
+/* NotifyEnforcer: what the enforcer program does at the listed syscall (per thread) */
+struct enforcer_note {
+	__s32 error;      /* Override value (0: none) */
+	__u32 sig;        /* signal to send (0: none) */
+	__u32 hook_id;    /* the notifying hook */
+	__u32 pad;
 };
 
 #define VP_EV_HAS_RET   (1 << 0)

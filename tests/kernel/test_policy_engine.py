@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -324,7 +325,8 @@ kprobes:
         srv.close()
     got = {b["function_name"]: b for _, b in policy_events(events, r.pid, "types")}
     w = got["__x64_sys_write"]
-    assert w["args"][0] == {"file_arg": {"path": f"{d}/out.txt"}, "label": "target"}
+    mode = stat.filemode(os.stat(f"{d}/out.txt").st_mode)  # the written file's, as `ls -l` shows it
+    assert w["args"][0] == {"file_arg": {"path": f"{d}/out.txt", "permission": mode}, "label": "target"}
     assert w["args"][1] == {"bytes_arg": "dmlnaWwtcGF5bG9hZA=="}
     assert w["args"][2] == {"size_arg": "13"}
     c = got["__x64_sys_connect"]

@@ -23,10 +23,24 @@ def test_policy_is_a_group_with_validate() -> None:
 
 
 def test_validate_ok() -> None:
-    f = GOOD / "15-multi-doc-usdt-fentry.yaml"
+    f = GOOD / "14-macros.yaml"
     r = CliRunner().invoke(cli, ["policy", "validate", str(f)])
     assert r.exit_code == 0, r.output
-    assert r.output.strip() == f"{f}: OK (3 policies)"
+    assert r.output.strip() == f"{f}: OK (1 policies)"
+
+
+def test_validate_finds_what_vigil_cannot_do_offline() -> None:
+    """A valid TracingPolicy using features Vigil does not implement fails validation, each
+    feature named with its location (before: "OK" for a file that could never load)."""
+    f = GOOD / "15-multi-doc-usdt-fentry.yaml"
+    r = CliRunner().invoke(cli, ["policy", "validate", str(f)])
+    assert r.exit_code == 1, r.output
+    lines = r.output.splitlines()
+    assert lines == [
+        f"{f}:58:7: spec.kprobes[0].selectors[0].matchData: matchData is not supported by Vigil yet",
+        f"{f}:55:19: spec.kprobes[0].selectors[0].matchArgs[0].operator: operator CelExpr is not supported "
+        "by Vigil",
+        f"{f}: FAILED (2 errors)"]
 
 
 def test_validate_errors_exit_1(tmp_path: Path) -> None:
@@ -57,8 +71,10 @@ def test_validate_json(tmp_path: Path) -> None:
     err = files["bad.yaml"]["errors"][0]
     assert (err["line"], err["column"], err["severity"]) == (10, 40, "error")
     assert err["path"] == "spec.kprobes[0].selectors[0].matchArgs[0].operator"
-    ok = files["13-policy-mode-monitor.yaml"]
-    assert ok["ok"] and ok["policies"][0]["namespace"] == "payments"
+    ok = files["14-macros.yaml"]
+    assert ok["ok"] and ok["policies"][0]["name"]
+    unsupported = files["13-policy-mode-monitor.yaml"]  # SubString: not in Vigil
+    assert not unsupported["ok"] and "SubString" in unsupported["errors"][0]["message"]
 
 
 def test_validate_prints_warnings(tmp_path: Path) -> None:

@@ -35,6 +35,8 @@ class Running:
         import subprocess
         import time
 
+        from vigil.export.dicts import event_dict
+
         sub = self.agent.subscribe(100000)
         try:
             action()
@@ -159,10 +161,18 @@ kprobes:
         try:
             if syscall == "sys_openat":
                 open(work / "secret.txt").close()
-            elif syscall == "sys_mkdirat":
-                os.mkdir(work / "newdir")
+            elif syscall == "sys_mkdirat":  # dir_fd: glibc's mkdir() is the mkdir syscall, not mkdirat
+                dfd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.mkdir("newdir", dir_fd=dfd)
+                finally:
+                    os.close(dfd)
             elif syscall == "sys_symlinkat":
-                os.symlink("/etc/hostname", work / "link")
+                dfd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.symlink("/etc/hostname", "link", dir_fd=dfd)
+                finally:
+                    os.close(dfd)
             else:
                 c = socket.socket()
                 try:

@@ -54,6 +54,7 @@ class AgentConfig:
     tracing_policy_on_error: str = "fail"  # fail: the agent does not start | warn: start without it
     permission_deadline_ms: int = 1000   # exec/open permission not decided by then: answered by the default
     permission_default: str = "allow"    # allow | deny
+    hook_substitution: bool = False      # documented stand-ins for hooks this kernel lacks (all policies)
     # local output and recording
     print_events: str = ""          # "", "compact" or "json": also print events to stdout
     record_file: str = ""           # append raw kernel records here (replay seam)

@@ -50,6 +50,18 @@ class LoadedPolicy:
         return self.compiled.name
 
 
+class _EnforcerEntry:
+    """An enforcer program in the list of a policy's hooks (it sends no events)."""
+
+    def __init__(self, hook: Any) -> None:
+        self.hook = hook
+        pl = hook.placement
+        self.compiled = type("C", (), {"hook_id": 0, "placement": pl})()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.hook, name)
+
+
 class PolicyManager:
     def __init__(self, agent: Any) -> None:
         self.agent = agent
@@ -58,7 +70,12 @@ class PolicyManager:
         self.hooks: dict[int, tuple[CompiledHook, LoadedPolicy]] = {}
         self._ids = itertools.count(1)
         self._hook_ids = itertools.count(1)
-        self._features: Any = None
+        self._facts: Any = None
+        self._notes: Any = None
+        self._loader: Any = None
+        from vigil.sensors.user_actions import UserActions
+
+        self.user_actions = UserActions()
         from vigil.sensors.hostdeny import GuardRegistry
 
         cfg = getattr(agent, "config", None)
@@ -70,16 +87,41 @@ class PolicyManager:
         self._data: dict[tuple[int, int, int], list[tuple[int, bytes]]] = {}
         self.data_orphans = 0
 
-    # -- feature probe, run once on first use (it loads programs: keep it off the start path)
-    def has(self, name: str) -> tuple[bool, str]:
-        if self._features is None:
-            from vigil.kernel.features import cached_probe
+    # -- kernel facts, gathered once on first use (the probe loads programs: keep it off the start path)
+    @property
+    def facts(self) -> Any:
+        if self._facts is None:
+            from vigil.kernel.facts import KernelFacts
 
-            self._features = cached_probe()
-        f = self._features.get(name)
-        if f is None:
-            return False, f"unknown feature {name}"
-        return bool(f.supported), f.reason
+            self._facts = KernelFacts.gather()
+        return self._facts
+
+    def has(self, name: str) -> tuple[bool, str]:
+        return self.facts.has(name)
+
+    def _loader_sensor(self) -> Any:
+        if self._loader is None:
+            from vigil.sensors.loader import LoaderSensor
+
+            self._loader = LoaderSensor(self._loader_event)
+        return self._loader
+
+    def _loader_event(self, pid: int, tid: int, path: str, build_id: bytes, time_ns: int) -> None:
+        """Runs on the loader sensor's thread."""
+        import base64
+
+        from vigil.core.events import DictEvent
+        from vigil.export.dicts import process_dict
+
+        process, parent = self._processes(pid, 0, tid)
+        # ProcessLoader: process (1), path (2), buildid (3), parent (4), as a dict event
+        body: dict[str, Any] = {"process": process_dict(process), "path": path}
+        if build_id:
+            body["buildid"] = base64.b64encode(build_id).decode()
+        if parent is not None:
+            body["parent"] = process_dict(parent)
+        self.agent.inject(DictEvent({"process_loader": body, "node_name": self.agent.node_name,
+                                     "time": self.agent.clock.ktime_rfc3339(time_ns)}))
 
     def _follow_rules(self) -> Any:
         from vigil.sensors.follow import FollowRules
@@ -95,7 +137,22 @@ class PolicyManager:
         sensor = self.agent.sensor
         if sensor is None or sensor.obj is None:
             raise PolicyError("the process sensor is not running; policies need the live kernel")
-        return {n: sensor.obj.map(n) for n in ("events", "vigil_drops", "execve_map", "socktrack")}
+        shared = {n: sensor.obj.map(n) for n in ("events", "vigil_drops", "execve_map", "socktrack")}
+        shared["enforcer_notes"] = self._enforcer_notes()
+        return shared
+
+    def _enforcer_notes(self) -> Any:
+        """The NotifyEnforcer notes every hook object shares (one per agent)."""
+        if self._notes is None:
+            from vigil.kernel import _libbpf as LB
+            from vigil.kernel.objects import Map
+
+            fd = LB.lib.bpf_map_create(1, b"enforcer_notes", 8, 16, 32768, None)  # BPF_MAP_TYPE_HASH
+            if fd < 0:
+                raise PolicyError(f"creating the enforcer notes map failed: errno {LB.errno()}")
+            self._notes = Map(None, fd=fd, key_size=8, value_size=16, map_type=1, name="enforcer_notes",
+                              max_entries=32768)
+        return self._notes
 
     # -- adding
     def add_text(self, text: str, filename: str = "<grpc>", *, mode: str | None = None,
@@ -146,7 +203,8 @@ class PolicyManager:
     def add(self, policy: Policy, *, mode: str | None = None, source: str = "grpc") -> str:
         with self._lock:
             if policy.name in self.policies:
-                raise PolicyExists(f"policy {policy.name!r} already exists")
+                raise PolicyExists(f"{policy.metadata.at('name')}: metadata.name: policy {policy.name!r} already "
+                                   "exists")
             follow = self._follow_rules()
             bits: list[int] = []
 
@@ -158,7 +216,9 @@ class PolicyManager:
                 bits.append(bit)
                 return bit
             try:
-                compiled = compile_policy(policy, self.has, lambda: next(self._hook_ids), follow_bit=follow_bit)
+                compiled = compile_policy(policy, self.facts, lambda: next(self._hook_ids), follow_bit=follow_bit,
+                                          substitute=bool(getattr(getattr(self.agent, "config", None),
+                                                                  "hook_substitution", False)))
             except PolicyErrors as e:
                 for b in bits:
                     follow.release(b)
@@ -173,6 +233,16 @@ class PolicyManager:
                 for b in bits:
                     follow.release(b)
                 raise
+            if policy.spec.loader:
+                try:
+                    self._loader_sensor().acquire()
+                except OSError as e:
+                    for gh in reversed(loaded):
+                        gh.close()
+                    for b in bits:
+                        follow.release(b)
+                    raise PolicyError(f"{policy.spec.at('loader')}: spec.loader: process_loader events need "
+                                      f"perf mmap records: {e}") from None
             lp = LoadedPolicy(next(self._ids), compiled, loaded, source, mode)
             lp.correlator = _correlator(policy)
             for ch in compiled.hooks:
@@ -187,12 +257,15 @@ class PolicyManager:
     def _load_hooks(self, name: str, compiled: CompiledPolicy, mode: str) -> list[Any]:
         """Every hook of a compiled policy loaded and attached, or none: on any failure the
         hooks loaded so far are closed and PolicyError names the hook that failed."""
-        from vigil.sensors.generic import GenericHook
+        from vigil.sensors.generic import EnforcerHook, GenericHook
         from vigil.sensors.hostdeny import FanotifyHook, NetDenyHook
 
         shared = self._shared_maps()
         # build every hook object first: refusals happen before anything is loaded
         hooks: list[Any] = []
+        # enforcers first: a note left by a hook must find its enforcer attached
+        for pl in compiled.enforcers:
+            hooks.append(_EnforcerEntry(EnforcerHook(pl, shared)))
         for ch in compiled.hooks:
             mech = ch.placement.mechanism
             if mech == "fanotify":
@@ -205,7 +278,8 @@ class PolicyManager:
         try:
             for gh in hooks:
                 # register first: records may arrive as soon as it attaches
-                self.hooks[gh.compiled.hook_id] = (gh.compiled, None)  # type: ignore[assignment]
+                if gh.compiled.hook_id:
+                    self.hooks[gh.compiled.hook_id] = (gh.compiled, None)  # type: ignore[assignment]
                 try:
                     gh.load()
                 except PolicyError:
@@ -243,6 +317,8 @@ class PolicyManager:
                 self.hooks.pop(ch.hook_id, None)
                 for b in ch.follow_bits:
                     self._follow_rules().release(b)
+            if lp.compiled.policy.spec.loader and lp.enabled:
+                self._loader_sensor().release()
             del self.policies[name]
             log.info("policy %s deleted", name)
 
@@ -254,6 +330,8 @@ class PolicyManager:
                     gh.attach()
                 else:
                     gh.detach()
+            if lp.compiled.policy.spec.loader and enabled != lp.enabled:
+                (self._loader_sensor().acquire if enabled else self._loader_sensor().release)()
             lp.enabled = enabled
 
     def set_mode(self, name: str, mode: str) -> None:
@@ -262,6 +340,8 @@ class PolicyManager:
         with self._lock:
             lp = self._get(name)
             for gh in lp.hooks:
+                if not gh.compiled.hook_id:
+                    continue  # an enforcer: it acts on notes, which monitor mode never leaves
                 cfg = gh.compiled.config
                 cfg.flags = (cfg.flags & ~L.HOOK_MONITOR) | (L.HOOK_MONITOR if mode == "monitor" else 0)
                 if hasattr(gh, "set_monitor"):  # the fanotify back end: a new helper table
@@ -282,6 +362,12 @@ class PolicyManager:
             for name in list(self.policies):
                 self.delete(name)
             self.guards.close()
+            if self._notes is not None:
+                self._notes.close_fd()
+                self._notes = None
+            self.user_actions.close()
+            if self._loader is not None:
+                self._loader.close()
 
     # -- reporting
     def status(self, lp: LoadedPolicy) -> dict[str, Any]:
@@ -309,6 +395,7 @@ class PolicyManager:
                        "target": ch.placement.target}
                       for ch in lp.compiled.hooks],
             "kernel_stats": total,
+            "user_actions": dict(self.user_actions.stats),
             "program_ids": [i for gh in lp.hooks for i in gh.program_ids()],
         }
 
@@ -331,14 +418,14 @@ class PolicyManager:
 
     def _report_fanotify(self, rep: Any, hook: Any) -> None:
         """Runs on the helper's report thread, after the helper wrote its answer."""
-        from vigil.sensors.hostdeny import fanotify_event
+        from vigil.sensors.hostdeny import event_kind, fanotify_event
 
         process, parent = self._processes(rep.pid)
         body = fanotify_event(rep, hook.compiled)
         entry = self.hooks.get(hook.compiled.hook_id)
         if entry is not None and entry[1] is not None:
             _count_action(entry[1], hook.compiled, rep.selector + 1, body["action"])
-        self.agent.inject(PolicyEvent("process_kprobe", process, parent, body,
+        self.agent.inject(PolicyEvent(event_kind(hook.compiled), process, parent, body,
                                       self.agent.clock.rfc3339(rep.time_ns), self.agent.node_name))
 
     def handle_netdeny(self, buf: bytes, now_ns: int) -> PolicyEvent | None:
@@ -349,12 +436,14 @@ class PolicyManager:
         entry = self.hooks.get(rec["rule_id"] >> 8)
         if entry is None:
             return None
+        from vigil.sensors.hostdeny import event_kind
+
         ch, lp = entry
         process, parent = self._processes(rec["pid"], rec["exec_ktime"], rec["tid"])
         body = netdeny_event(rec, ch)
         if lp is not None:
             _count_action(lp, ch, ((rec["rule_id"] >> 4) & 0xF) + 1, body["action"])
-        return PolicyEvent("process_kprobe", process, parent, body,
+        return PolicyEvent(event_kind(ch), process, parent, body,
                            self.agent.clock.ktime_rfc3339(rec["ktime"]), self.agent.node_name)
 
     def handle_data(self, buf: bytes, now_ns: int) -> None:
@@ -383,6 +472,11 @@ class PolicyManager:
         ch, lp = entry
         b = self.agent.builder
         process, parent = self._processes(m.pid, m.exec_ktime, m.tid)
+        if ch.actions and m.action in (L.ACT["GetUrl"], L.ACT["DnsLookup"]) and not m.flags & L.EV_MONITOR:
+            from vigil.sensors.user_actions import requested
+
+            for what, target in requested(ch, m.selector):
+                self.user_actions.submit(what, target)
         kind = ch.placement.event_kind
         event = PolicyEvent(kind, process, parent, generic_events.build_body(ch, m, data, self._more_data(m)),
                             b.clock.ktime_rfc3339(m.ktime), b.node)

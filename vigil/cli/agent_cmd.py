@@ -83,6 +83,7 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--tracing-policy-on-error", dict(type=click.Choice(["fail", "warn"]), default="fail", show_default=True, help="A policy from --tracing-policy/--tracing-policy-dir that cannot load: fail (one error line, exit 1) or warn (start without it).")),
     ("--permission-deadline-ms", dict(type=int, default=1000, show_default=True, help="An exec/open permission (fanotify Override) not decided within this many ms is answered by --permission-default.")),
     ("--permission-default", dict(type=click.Choice(["allow", "deny"]), default="allow", show_default=True, help="Answer to an exec/open permission not decided in time.")),
+    ("--hook-substitution", dict(type=bool, default=False, show_default=True, help="Run hooks this kernel cannot attach (kprobes, fentries, LSM hooks) on their documented stand-ins, for every policy (per policy: option vigil-hook-substitution). `vigil policy explain` shows what is substituted; events carry the tag vigil:stand-in=...")),
     ("--print-events", dict(type=click.Choice(["", "compact", "json"]), default="", help="Also print events to stdout.")),
     ("--record-file", dict(default="", help="Record raw kernel records here for replay.")),
     ("--info-file", dict(default="/var/run/tetragon/tetragon-info.json", show_default=True, help="Server info file for clients.")),
@@ -170,6 +171,7 @@ def _build_command() -> click.Command:
             tracing_policy_on_error=kw["tracing_policy_on_error"],
             keep_sensors_on_exit=kw["keep_sensors_on_exit"], bpf_dir=kw["bpf_dir"],
             permission_deadline_ms=kw["permission_deadline_ms"], permission_default=kw["permission_default"],
+            hook_substitution=kw["hook_substitution"],
             record_file=kw["record_file"], info_file=kw["info_file"],
         )
         try:

@@ -40,8 +40,18 @@ def _expand(paths: tuple[str, ...]) -> list[Path]:
 def validate(files: tuple[str, ...], output: str, quiet: bool) -> None:
     """Check TracingPolicy FILES (or directories of them, or library:NAME); exit 1 if any file fails.
 
+    Offline (no kernel, no root): the schema, the values, and everything Vigil cannot do on
+    any kernel. Whether a policy runs on a given kernel is `vigil policy explain`'s job.
     A file is accepted only as a whole: any error in any document rejects it."""
+    from vigil.policy.compile import unsupported
+
     results = [check_file(p) for p in _expand(files)]
+    for r in results:
+        if r.ok:
+            extra = [e for p in r.policies for e in unsupported(p)]
+            if extra:
+                r.errors.extend(extra)
+                r.policies = []
     if output == "json":
         click.echo(json.dumps({"ok": all(r.ok for r in results),
                                "files": [_as_dict(r) for r in results]}, indent=2))
@@ -80,67 +90,119 @@ def _as_dict(r: LoadResult) -> dict[str, object]:
 @policy.command("explain")
 @click.argument("files", nargs=-1, required=True)
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("-v", "--verbose", is_flag=True,
-              help="Text output: one line per expanded call (lists, symbols) instead of grouped lines.")
-def explain(files: tuple[str, ...], output: str, verbose: bool) -> None:
-    """Show where each hook of the policies would run on this kernel, or why it cannot.
+@click.option("-v", "--details", is_flag=True, help="Every reason and note with its file:line:col "
+              "(the default is one line per hook).")
+@click.option("--hook-substitution", is_flag=True, help="Explain as an agent run with --hook-substitution: "
+              "hooks this kernel cannot attach run on their documented stand-ins.")
+@click.option("--facts", "facts_file", type=click.Path(exists=True), help="Explain for the kernel "
+              "recorded in this file (see --record-facts) instead of this one; needs no root.")
+@click.option("--record-facts", type=click.Path(), help="Write what was asked of this kernel (or, with "
+              "--full, everything) to this JSON file.")
+@click.option("--full", is_flag=True, help="With --record-facts: record the complete name lists.")
+@click.option("--summary", is_flag=True, help="Text output: only the count of files per outcome.")
+def explain(files: tuple[str, ...], output: str, details: bool, hook_substitution: bool,
+            facts_file: str | None, record_facts: str | None, full: bool, summary: bool) -> None:
+    """Show where each hook of the policies would run on this kernel, or every reason it cannot.
 
-    Uses the feature probe (it loads tiny BPF programs, so it needs root); nothing of the
-    policy itself is loaded. Exit 1 if any policy could not be loaded here. Hooks that
-    expand to many calls print grouped (one line per hook and mechanism); -v lists each."""
-    from vigil.cli.explain_view import error_lines, hook_lines
-
-    from vigil.kernel.features import cached_probe
-    from vigil.policy.compile import compile_policy
+    Uses the kernel's facts (the feature probe loads tiny BPF programs, so it needs root; or
+    --facts FILE); nothing of the policy itself is loaded. Each reason names its cause: this
+    kernel, not on this system (a function, tracepoint or binary), not in Vigil, the policy, or
+    an option. Exit 1 if any policy could not be loaded here."""
+    from vigil.kernel.facts import KernelFacts
     from vigil.policy.errors import PolicyErrors
+    from vigil.policy.explain import CAUSE_TEXT, explain_policy
     from vigil.policy.loader import load_policies
 
-    feats = cached_probe()
-
-    def has(name: str) -> tuple[bool, str]:
-        f = feats.get(name)
-        return (bool(f.supported), f.reason) if f else (False, f"unknown feature {name}")
-
-    ids = iter(range(1, 1 << 30))
+    facts = KernelFacts.load(facts_file) if facts_file else KernelFacts.gather()
     report: list[dict] = []
     ok = True
     for path in _expand(files):
+        warnings: list = []
         try:
-            policies = load_policies(path)
+            policies = load_policies(path, warnings)
         except PolicyErrors as e:
             ok = False
-            report.append({"file": str(path), "errors": [str(x) for x in e.errors]})
+            report.append({"file": str(path), "invalid": True, "errors": [str(x) for x in e.errors]})
             continue
         for p in policies:
-            entry: dict = {"file": str(path), "policy": p.name, "mode": p.mode}
-            try:
-                cp = compile_policy(p, has, lambda: next(ids))
-                entry["loadable"] = True
-                entry["hooks"] = [{"section": h.placement.section, "index": h.placement.index,
-                                   "target": h.placement.target, "runs_on": h.placement.describe()}
-                                  for h in cp.hooks]
-            except PolicyErrors as e:
-                ok = False
-                entry["loadable"] = False
-                entry["errors"] = [str(x) for x in e.errors]
+            entry = explain_policy(p, facts, substitute=hook_substitution)
+            entry["file"] = str(path)
+            entry["warnings"] = [str(w) for w in warnings] + entry["warnings"]
+            ok = ok and entry["loadable"]
             report.append(entry)
+    if record_facts:
+        with open(record_facts, "w") as fh:
+            json.dump(facts.record(full=full), fh, indent=1, sort_keys=True)
     if output == "json":
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps({"kernel": facts.release, "hook_substitution": hook_substitution,
+                               "policies": report, "counts": _counts(report)}, indent=2))
+    elif summary:
+        for k, v in _counts(report).items():
+            click.echo(f"{k}: {v}")
     else:
         for entry in report:
-            if "policy" not in entry:
-                click.echo(f"{entry['file']}: invalid")
-                for e in entry["errors"]:
-                    click.echo(f"  {e}")
-                continue
-            verdict = "loadable" if entry["loadable"] else "NOT loadable on this kernel"
-            click.echo(f"{entry['policy']} ({entry['file']}, mode {entry['mode']}): {verdict}")
-            for line in hook_lines(entry.get("hooks", []), verbose):
-                click.echo(f"  {line}")
-            for line in error_lines(entry.get("errors", []), verbose):
-                click.echo(f"  refused: {line}")
+            _print_explain(entry, details, CAUSE_TEXT)
     if not ok:
         raise SystemExit(1)
+
+
+def _counts(report: list[dict]) -> dict[str, int]:
+    """Files per outcome: loadable (natively), loadable with stand-ins, refused, invalid."""
+    files: dict[str, str] = {}
+    rank = {"loadable": 0, "loadable with stand-ins": 1, "refused": 2, "invalid": 3}
+    for e in report:
+        out = ("invalid" if e.get("invalid") else "refused" if not e["loadable"] else
+               "loadable with stand-ins" if e.get("substituted") else "loadable")
+        prev = files.get(e["file"])
+        if prev is None or rank[out] > rank[prev]:
+            files[e["file"]] = out
+    counts = {k: 0 for k in rank}
+    for out in files.values():
+        counts[out] += 1
+    return counts
+
+
+def _print_explain(entry: dict, details: bool, cause_text: dict[str, str]) -> None:
+    if entry.get("invalid"):
+        click.echo(f"{entry['file']}: invalid")
+        for e in entry["errors"]:
+            click.echo(f"  {e}")
+        return
+    verdict = ("loadable" if entry["loadable"] and not entry["substituted"] else
+               "loadable with stand-ins" if entry["loadable"] else "NOT loadable on this kernel")
+    click.echo(f"{entry['policy']} ({entry['file']}, mode {entry['mode']}): {verdict}")
+    for h in entry["hooks"]:
+        head = f"  {h['section']}[{h['index']}] {h['target']}"
+        if h["ok"]:
+            click.echo(f"{head}: {h['runs_on']}")
+        else:
+            causes = sorted({e["cause"] for e in h["errors"]})
+            first = h["errors"][0]["message"].split(": ", 1)[-1] if h["errors"] else ""
+            if len(first) > 110 and " (" in first:
+                first = first[:first.index(" (")]
+            more = f" (+{len(h['errors']) - 1} more)" if len(h["errors"]) > 1 else ""
+            click.echo(f"{head}: REFUSED [{', '.join(cause_text[c] for c in causes)}] {first}{more}"
+                       if not details else f"{head}: REFUSED")
+        if details:
+            for pl in h["placements"]:
+                if pl["ok"]:
+                    if len(h["placements"]) > 1:
+                        click.echo(f"      {pl['target']}: {pl['runs_on']}")
+                    else:
+                        for n in pl["notes"]:
+                            click.echo(f"      note: {n}")
+                    if pl["override"]:
+                        click.echo(f"      Override: {pl['override']}")
+            for e in h["errors"]:
+                click.echo(f"      {e['where']}: {e['field']}: [{cause_text[e['cause']]}] {e['message']}")
+            if h.get("stand_in") and not h["substituted"]:
+                click.echo(f"      stand-in: {h['stand_in']}")
+    rest = [e for e in entry["errors"] if not any(e in h["errors"] for h in entry["hooks"])]
+    for e in rest:
+        click.echo(f"  {e['where']}: {e['field']}: [{cause_text[e['cause']]}] {e['message']}")
+    if details:
+        for w in entry["warnings"]:
+            click.echo(f"  {w}")
 
 
 def _register() -> None:

@@ -63,6 +63,7 @@ _SIGS: dict[str, tuple[object, list[object]]] = {
     "bpf_program__attach_lsm": (c_void_p, [c_void_p]),
     "bpf_program__attach_kprobe": (c_void_p, [c_void_p, c_bool, c_char_p]),
     "bpf_program__attach_uprobe": (c_void_p, [c_void_p, c_bool, c_int, c_char_p, c_size_t]),
+    "bpf_program__attach_uprobe_opts": (c_void_p, [c_void_p, c_int, c_char_p, c_size_t, c_void_p]),
     "bpf_program__attach_cgroup": (c_void_p, [c_void_p, c_int]),
     "bpf_program__attach_iter": (c_void_p, [c_void_p, c_void_p]),
     # links

@@ -66,3 +66,48 @@ def func_offset(path: str, name: str) -> int:
     with open(path, "rb") as f:
         data = f.read()
     return vaddr_to_offset(data, symbol_value(data, name))
+
+
+SHT_NOTE = 7
+
+
+def usdt_notes(path: str) -> list:
+    """The SDT probes (.note.stapsdt) of the ELF at `path`: provider, name, the file offset
+    of the probe site and of its semaphore (0: none), and the argument spec string."""
+    from vigil.kernel.facts import UsdtNote
+
+    with open(path, "rb") as f:
+        data = f.read()
+    _, shoff, _, _, shentsize, shnum, shstrndx = _header(data)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    if not sections:
+        return []
+    names_off = sections[shstrndx][4]
+    by_name = {_cstr(data, names_off + sh[0]).decode(errors="replace"): sh for sh in sections}
+    base_sec = by_name.get(".stapsdt.base")
+    out = []
+    for sh in sections:
+        if sh[1] != SHT_NOTE or _cstr(data, names_off + sh[0]) != b".note.stapsdt":
+            continue
+        p, end = sh[4], sh[4] + sh[5]
+        while p + 12 <= end:
+            namesz, descsz, ntype = struct.unpack_from("<III", data, p)
+            p += 12
+            name = data[p:p + namesz].rstrip(b"\0")
+            p += (namesz + 3) & ~3
+            desc = data[p:p + descsz]
+            p += (descsz + 3) & ~3
+            if name != b"stapsdt" or ntype != 3 or len(desc) < 24:
+                continue
+            pc, base, sem = struct.unpack_from("<QQQ", desc, 0)
+            strs = desc[24:].split(b"\0")
+            if len(strs) < 3:
+                continue
+            if base_sec is not None and base:
+                pc += base_sec[3] - base
+                if sem:
+                    sem += base_sec[3] - base
+            out.append(UsdtNote(strs[0].decode(errors="replace"), strs[1].decode(errors="replace"),
+                                vaddr_to_offset(data, pc), vaddr_to_offset(data, sem) if sem else 0,
+                                strs[2].decode(errors="replace")))
+    return out

@@ -38,7 +38,8 @@ FEATURES: tuple[str, ...] = (
     "override_return", "tracepoint", "raw_tracepoint", "tp_btf", "uprobe", "uretprobe", "perf_event",
     "socket_filter", "cgroup_skb", "cgroup_connect4", "cgroup_connect6", "cgroup_sendmsg4",
     "cgroup_bind4", "cgroup_sock_create", "cgroup_sysctl", "cgroup_device", "send_signal", "bpf_loop",
-    "ringbuf", "task_iter", "current_task_btf", "d_path", "fanotify_perm", "btf",
+    "ringbuf", "task_iter", "current_task_btf", "d_path", "fanotify_perm", "btf", "probe_write_user",
+    "ima_hash",
 )
 
 DEFAULT_OBJ = Path(__file__).resolve().parents[2] / "build" / "bpf" / "probe.bpf.o"
@@ -419,6 +420,26 @@ class _Prober:
         with self.loaded(prog_name, f"{feature} program"):
             raise _Result(True, f"program calling {helper} loads")
 
+    def p_write_user(self) -> None:
+        def hint(err: int, e: BpfError) -> str:
+            try:
+                mode = Path("/sys/kernel/security/lockdown").read_text().strip()
+            except OSError:
+                return ""
+            return f"kernel lockdown: {mode}" if "[none]" not in mode else ""
+
+        with self.loaded("probe_write_user", "probe_write_user program", hint):
+            raise _Result(True, "program calling bpf_probe_write_user loads")
+
+    def p_ima(self) -> None:
+        lsm = self.results.get("lsm")
+        if lsm is not None and lsm.supported is not True:
+            raise _Result(lsm.supported, f"needs BPF LSM ({lsm.reason})")
+        with self.loaded("probe_ima", "sleepable lsm program calling bpf_ima_file_hash", self.trampoline_hint) \
+                as (obj, prog):
+            self.attach("ima_hash", prog.attach_lsm, self.trampoline_hint)
+            raise _Result(True, "sleepable lsm/file_open calling bpf_ima_file_hash attached")
+
     def p_ringbuf(self) -> None:
         try:
             fd = ksys.ringbuf_map_create(4096)
@@ -527,6 +548,8 @@ class _Prober:
                 R(feat, lambda f=feat, p=prog: self.p_cgroup(f, p))  # type: ignore[misc]
             R("send_signal", lambda: self.p_load_only("send_signal", "probe_send_signal", "bpf_send_signal"))
             R("bpf_loop", lambda: self.p_load_only("bpf_loop", "probe_bpf_loop", "bpf_loop"))
+            R("probe_write_user", self.p_write_user)
+            R("ima_hash", self.p_ima)
             R("current_task_btf", lambda: self.p_load_only("current_task_btf", "probe_task_btf",
                                                            "bpf_get_current_task_btf"))
             R("task_iter", self.p_task_iter)

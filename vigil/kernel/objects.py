@@ -149,11 +149,19 @@ class Program:
         kind = "kretprobe" if retprobe else "kprobe"
         return self._link(L.lib.bpf_program__attach_kprobe(self._ptr, retprobe, func.encode()), f"{kind}:{func}")
 
-    def attach_uprobe(self, binary: str, offset: int, *, retprobe: bool = False, pid: int = -1) -> Link:
+    def attach_uprobe(self, binary: str, offset: int, *, retprobe: bool = False, pid: int = -1,
+                      ref_ctr_offset: int = 0) -> Link:
+        """ref_ctr_offset: file offset of a USDT semaphore the kernel counts up while attached."""
         kind = "uretprobe" if retprobe else "uprobe"
+        if not ref_ctr_offset:
+            return self._link(
+                L.lib.bpf_program__attach_uprobe(self._ptr, retprobe, pid, binary.encode(), offset),
+                f"{kind}:{binary}+{offset:#x}",
+            )
+        opts = _UprobeOpts(ctypes.sizeof(_UprobeOpts), ref_ctr_offset, 0, retprobe)
         return self._link(
-            L.lib.bpf_program__attach_uprobe(self._ptr, retprobe, pid, binary.encode(), offset),
-            f"{kind}:{binary}+{offset:#x}",
+            L.lib.bpf_program__attach_uprobe_opts(self._ptr, pid, binary.encode(), offset, ctypes.byref(opts)),
+            f"{kind}:{binary}+{offset:#x} (semaphore {ref_ctr_offset:#x})",
         )
 
     def attach_cgroup(self, cgroup: str | int) -> Link:
@@ -166,6 +174,12 @@ class Program:
 
     def attach_iter(self) -> Link:
         return self._link(L.lib.bpf_program__attach_iter(self._ptr, None), f"iter:{self.section}")
+
+
+class _UprobeOpts(ctypes.Structure):
+    """struct bpf_uprobe_opts up to retprobe (libbpf accepts a shorter sz)."""
+    _fields_ = [("sz", ctypes.c_size_t), ("ref_ctr_offset", ctypes.c_size_t), ("bpf_cookie", ctypes.c_uint64),
+                ("retprobe", ctypes.c_bool)]
 
 
 class Map:

@@ -1,16 +1,19 @@
 """Placement of syscall policies whose Override must refuse the operation before it happens.
 
-Best: the BPF LSM hook guarding the operation. Without BPF LSM: fanotify permission
-events (exec, open of existing files) or cgroup-BPF socket hooks (connect, sendmsg,
-bind). Anything else is refused with the reason (or degraded on the user's request).
+Best: the BPF LSM hook guarding the operation; the syscall arguments the hook sees in another
+form (a path instead of the user's string) are read in that form, the others from the
+syscall's saved registers, so the event still carries every argument. Without BPF LSM:
+fanotify permission events (exec, open of existing files) or cgroup-BPF socket hooks
+(connect, sendmsg, bind). Anything else is refused with the reason (or degraded on the user's
+request).
 """
 from __future__ import annotations
 
 from vigil.kernel import policy_layout as L
+from vigil.kernel.facts import KernelFacts
 from .model import KProbeSpec
-from .placement import ArgPlan, Placement, Probe
-from .values import syscall_base
-
+from .placement import ArgPlan, Placement, plan_arg
+from .syscall_place import Syscall
 
 # Syscalls whose Override is enforced at the LSM hook guarding the same operation:
 # syscall -> (hook, {syscall arg index: (hook arg index, reader, extra)}). `extra` is the
@@ -28,56 +31,90 @@ LSM_FOR_SYSCALL: dict[str, tuple[str, dict[int, tuple[int, str, int]]]] = {
     "mkdir": ("path_mkdir", {0: (0, "path_child", 1)}),
     "symlinkat": ("path_symlink", {2: (0, "path_child", 1), 0: (2, "kstring", 0)}),
     "symlink": ("path_symlink", {1: (0, "path_child", 1), 0: (2, "kstring", 0)}),
-    "linkat": ("path_link", {3: (1, "path_child", 2)}),
-    "link": ("path_link", {1: (1, "path_child", 2)}),
+    "linkat": ("path_link", {1: (0, "dentry_path", 0), 3: (1, "path_child", 2)}),
+    "link": ("path_link", {0: (0, "dentry_path", 0), 1: (1, "path_child", 2)}),
     "unlinkat": ("path_unlink", {1: (0, "path_child", 1)}),
     "unlink": ("path_unlink", {0: (0, "path_child", 1)}),
+    "rmdir": ("path_rmdir", {0: (0, "path_child", 1)}),
     "truncate": ("path_truncate", {0: (0, "path", 0)}),
+    "renameat2": ("path_rename", {1: (0, "path_child", 1), 3: (2, "path_child", 3)}),
+    "renameat": ("path_rename", {1: (0, "path_child", 1), 3: (2, "path_child", 3)}),
+    "rename": ("path_rename", {0: (0, "path_child", 1), 1: (2, "path_child", 3)}),
+    "chmod": ("path_chmod", {0: (0, "path", 0)}),
+    "fchmodat": ("path_chmod", {1: (0, "path", 0)}),
+    "chown": ("path_chown", {0: (0, "path", 0)}),
+    "fchownat": ("path_chown", {1: (0, "path", 0)}),
+    "kill": ("task_kill", {}),
+    "setuid": ("task_fix_setuid", {}),
+    "setgid": ("task_fix_setgid", {}),
+    "mount": ("sb_mount", {}),
+    "umount2": ("sb_umount", {}),
+    "pivot_root": ("sb_pivotroot", {}),
+    "bpf": ("bpf", {}),
+    "perf_event_open": ("perf_event_open", {}),
 }
 
 
-def place_syscall_on_lsm(spec: KProbeSpec, section: str, index: int, call: str, has: Probe) -> Placement | None:
+def place_syscall_on_lsm(spec: KProbeSpec, section: str, index: int, sc: Syscall,
+                         facts: KernelFacts, call: str = "") -> Placement | None:
     """A syscall policy with Override: enforce it at the LSM hook guarding the operation.
-
-    Returns None when the syscall has no guarding LSM hook (the caller reports why)."""
-    base = syscall_base(call) or call
-    if base not in LSM_FOR_SYSCALL:
+    None when no LSM hook guards the syscall."""
+    if sc.abi != "x64" or sc.name not in LSM_FOR_SYSCALL:
         return None
-    hook, argmap = LSM_FOR_SYSCALL[base]
+    hook, argmap = LSM_FOR_SYSCALL[sc.name]
+    call = call or spec.call
     pl = Placement(section, index, spec.loc, call, event_kind="process_kprobe")
-    ok, why = has("lsm")
+    ok, why = facts.has("lsm")
     if not ok:
-        pl.reason = f"Override of {call} needs the BPF LSM hook {hook}: {why}"
+        pl.block(spec.loc, f"Override of {call} needs the BPF LSM hook {hook}: {why}", "kernel")
+        return pl
+    if facts.has_function(f"bpf_lsm_{hook}") is False:
+        pl.block(spec.loc, f"Override of {call}: this kernel has no LSM hook {hook}", "kernel")
         return pl
     pl.mechanism, pl.entry_prog = "lsm", "vigil_lsm"
-    pl.attach = {"func": hook, "syscall": f"__x64_sys_{base}"}
-    pl.notes.append(f"Override of {call} enforced at LSM {hook}")
+    pl.attach = {"func": hook, "syscall": sc.symbol}
+    # the hook guards other operations too: act only inside this syscall
+    pl.guards = [(L.RAW_SYSNR, L.G_EQ, sc.nr or 0), (L.RAW_COMPAT, L.G_EQ, 0)]
+    pl.override = f"BPF LSM hook {hook}, which guards {sc.name}"
+    pl.notes.append(f"Override of {sc.symbol} enforced at LSM {hook}")
     if spec.return_:
-        pl.reason = f"return: true cannot be combined with Override enforced at LSM {hook} (no syscall return there)"
-        pl.reason_loc = spec.at("return")
-        return pl
+        pl.block(spec.at("return"), f"return: true cannot be combined with Override enforced at LSM {hook} "
+                 "(no syscall return there)", "policy")
+    from_regs = []
     for slot, a in enumerate(spec.args):
         m = argmap.get(a.index)
         if m is None:
-            pl.reason = (f"argument index {a.index} of {call} is not available at LSM {hook}, where its "
-                         f"Override is enforced (available: {sorted(argmap)})")
-            pl.reason_loc = a.at("index")
-            return pl
+            # not in the hook's arguments: the syscall's own argument, from its saved registers
+            if a.index > 5:
+                pl.block(a.at("index"), f"syscalls have 6 arguments; index {a.index} is out of range", "policy")
+                continue
+            plan = plan_arg(pl, a, slot, L.SRC_SYSREGS, a.index, user=True, facts=facts,
+                            what=f"argument {a.index} of the {sc.name} syscall")
+            if plan is not None:
+                pl.args.append(plan)
+                from_regs.append(a.index)
+            continue
         hook_idx, reader, extra = m
         plan = ArgPlan(slot, a.type, L.T[reader], L.SRC_RAW, hook_idx, label=a.label, index=a.index)
         if reader == "path_child":
             plan.size_arg = extra + 1  # raw argument holding the child dentry (1-based)
-        if a.type in ("string", "filename") and reader in ("file", "path", "path_child", "linux_binprm", "kstring"):
+        if a.type in ("string", "filename") and reader in ("file", "path", "path_child", "linux_binprm", "kstring",
+                                                           "dentry_path"):
             plan.render = "string"
         elif a.type == "sockaddr" and reader == "ksockaddr":
             plan.render = ""
         elif a.type == "fd" and reader == "socket":
             plan.render = ""
         elif a.type not in ("string", "filename", "sockaddr", "fd", "file", "path"):
-            pl.reason = f'argument type "{a.type}" cannot be read at LSM {hook}'
-            pl.reason_loc = a.at("type")
-            return pl
+            pl.block(a.at("type"), f'argument type "{a.type}" cannot be read at LSM {hook} (where the Override of '
+                     f"{sc.symbol} is enforced, argument {a.index} is a {reader})", "vigil")
+            continue
+        if reader == "dentry_path":
+            pl.notes.append(f"argument {a.index} is the path within its file system (the LSM hook has no mount)")
         pl.args.append(plan)
+    if from_regs:
+        pl.notes.append(f"argument{'s' if len(from_regs) > 1 else ''} {', '.join(map(str, from_regs))} read from "
+                        "the syscall's registers")
     return pl
 
 
@@ -97,47 +134,48 @@ HOST_DENY: dict[str, tuple[str, str, int]] = {
 }
 
 
-def place_syscall_on_host(spec: KProbeSpec, section: str, index: int, call: str, has: Probe,
-                          lsm_reason: str) -> Placement:
+def place_syscall_on_host(spec: KProbeSpec, section: str, index: int, sc: Syscall, facts: KernelFacts,
+                          lsm_reason: str, call: str = "") -> Placement:
     """Override without BPF LSM: refuse the operation before it happens by other means, or say why not."""
-    base = syscall_base(call) or call
+    call = call or spec.call
     pl = Placement(section, index, spec.loc, call, event_kind="process_kprobe")
-    if base not in HOST_DENY:
-        pl.reason = (f"this kernel cannot refuse {call} before it takes effect ({lsm_reason}); "
-                     "use Sigkill, or set the policy option `vigil-enforce-fallback: sigkill` to kill "
-                     "the caller after the fact")
+    if sc.abi != "x64" or sc.name not in HOST_DENY:
+        pl.block(spec.at("call"), f"this kernel cannot refuse {call} before it takes effect ({lsm_reason}); "
+                 "use Sigkill, or set the policy option `vigil-enforce-fallback: sigkill` to kill the caller "
+                 "after the fact", "kernel")
         return pl
-    mech, what, arg_index = HOST_DENY[base]
+    mech, what, arg_index = HOST_DENY[sc.name]
     feature = "fanotify_perm" if mech == "fanotify" else f"cgroup_{'connect4' if what == 'connect' else what + '4'}"
-    ok, why = has(feature)
+    ok, why = facts.has(feature)
     if not ok:
-        pl.reason = f"Override of {call} needs BPF LSM ({lsm_reason}) or {feature} ({why})"
+        pl.block(spec.loc, f"Override of {call} needs BPF LSM ({lsm_reason}) or {feature} ({why})", "kernel")
         return pl
     if spec.return_:
-        pl.reason, pl.reason_loc = f"return: true cannot be combined with Override enforced by {mech}", spec.at("return")
-        return pl
+        pl.block(spec.at("return"), f"return: true cannot be combined with Override enforced by {mech}", "policy")
     pl.mechanism = mech
-    pl.attach = {"func": what, "syscall": f"__x64_sys_{base}", "what": what}
+    pl.attach = {"func": what, "syscall": sc.symbol, "what": what}
     if mech == "fanotify":
-        pl.notes.append(f"Override of {call} enforced by fanotify {'FAN_OPEN_EXEC_PERM' if what == 'exec' else 'FAN_OPEN_PERM'}"
-                        " through the native permission helper (only the paths the selectors name are marked)"
-                        + (" (opens of existing files; creating a file is not prevented)" if what == "open" else ""))
+        pl.override = ("fanotify " + ("FAN_OPEN_EXEC_PERM" if what == "exec" else "FAN_OPEN_PERM")
+                       + " through the native permission helper")
+        pl.notes.append(f"Override of {call} enforced by {pl.override} (only the paths the selectors name "
+                        "are marked)" + (" (opens of existing files; creating a file is not prevented)"
+                                         if what == "open" else ""))
         if what == "exec":
             pl.notes.append("a Sigkill action instead of Override is decided in the kernel with no user-space "
                             "round trip (the new image never runs its first instruction), at the cost of a "
                             "killed caller instead of EPERM")
     else:
-        pl.notes.append(f"Override of {call} enforced by cgroup/{what}4+6 (all cgroups)")
+        pl.override = f"cgroup/{what}4+6 (all cgroups)"
+        pl.notes.append(f"Override of {call} enforced by {pl.override}")
     for slot, a in enumerate(spec.args):
         if a.index != arg_index:
-            pl.reason = (f"argument index {a.index} of {call} is not available to {mech}, which enforces its "
-                         f"Override (only index {arg_index})")
-            pl.reason_loc = a.at("index")
-            return pl
+            pl.block(a.at("index"), f"argument index {a.index} of {call} is not available to {mech}, which "
+                     f"enforces its Override here (only index {arg_index})", "kernel")
+            continue
         want = "sockaddr" if mech == "cgroup_sock_addr" else "string"
         if a.type not in (want, "filename" if want == "string" else want):
-            pl.reason, pl.reason_loc = f'argument {a.index} of {call} must be type "{want}" here', a.at("type")
-            return pl
+            pl.block(a.at("type"), f'argument {a.index} of {call} must be type "{want}" here', "policy")
+            continue
         plan = ArgPlan(slot, a.type, L.T["ksockaddr" if want == "sockaddr" else "string"], 0, a.index,
                        label=a.label, index=a.index)
         if want == "string":

@@ -55,8 +55,10 @@ OPTION_ENUMS: dict[str, tuple[str, ...] | None] = {
     "vigil-enforce-fallback": ("sigkill",),
     # Vigil: "<label> then <label> [within 10m]": two selector matches reported as one finding
     "vigil-finding": None,
+    # Vigil: run hooks this kernel cannot attach on their documented stand-ins (bool)
+    "vigil-hook-substitution": None,
 }
-BOOL_OPTIONS = ("disable-kprobe-multi", "disable-uprobe-multi")
+BOOL_OPTIONS = ("disable-kprobe-multi", "disable-uprobe-multi", "vigil-hook-substitution")
 # strconv.ParseBool spellings, which is what option values are read with
 BOOL_STRINGS = {
     "1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,

@@ -98,9 +98,15 @@ def _parse(text: str, filename: str, diag: Diagnostics) -> list[Policy]:
         return []
     conv = Converter(filename, diag)
     policies: list[Policy] = []
-    for doc in docs:
+    for n, doc in enumerate(docs, 1):
         if doc is None or is_null(doc):
             continue  # empty document (e.g. a trailing ---)
+        other = _other_kind(doc)
+        if other:
+            # a manifest that also holds other objects (kubectl apply -f): not ours to load
+            diag.warn(Loc(filename, doc.start_mark.line + 1, doc.start_mark.column + 1, ""),
+                      f"document {n} is a {other}, not a TracingPolicy: skipped")
+            continue
         structural = Diagnostics()
         conv.diag = structural
         pol = conv.build(Policy, doc, "")
@@ -115,6 +121,18 @@ def _parse(text: str, filename: str, diag: Diagnostics) -> list[Policy]:
         diag.error(Loc(filename, 1, 1, ""), "no TracingPolicy document in file")
     _duplicate_names(policies, diag)
     return policies
+
+
+def _other_kind(doc: yaml.Node) -> str:
+    """'apiVersion/kind' of a document that is some other Kubernetes object, else ''."""
+    if not isinstance(doc, yaml.MappingNode):
+        return ""
+    fields = {k.value: v.value for k, v in doc.value
+              if isinstance(k, yaml.ScalarNode) and isinstance(v, yaml.ScalarNode)}
+    api, kind = str(fields.get("apiVersion", "")), str(fields.get("kind", ""))
+    if not api or not kind or api.startswith("cilium.io/") or kind in enums.KINDS:
+        return ""
+    return f"{api}/{kind}"
 
 
 def _normalize(pol: Policy, diag: Diagnostics) -> Policy:

@@ -1,26 +1,26 @@
-"""Where each hook of a policy runs on this kernel, and how its arguments are fetched.
+"""Where each hook of a policy runs on a kernel, and how its arguments are read.
 
-Order of preference per hook kind (from the feature probe, never the
-version): LSM > fentry > kprobe > tracepoint. Syscall kprobes run on the
-syscall enter/exit tracepoints, which every kernel with syscall tracing
-has. A hook that cannot run here gets a `reason` instead of a mechanism;
-the compiler refuses the policy with it (never drops the hook silently).
+Pure: everything about the kernel comes from KernelFacts. Order of preference per hook kind
+(from the facts, never the version): LSM > fentry > kprobe > tracepoint. Syscall kprobes
+run on the syscall tracepoints (raw_syscalls for syscalls without one, and for 32-bit
+syscalls). A hook that cannot run gets *every* blocker, each with its location and cause:
+
+* kernel  - this kernel lacks a capability (no kprobes, no BPF LSM, ...);
+* target  - the thing hooked is absent here (kernel function, tracepoint, binary, symbol);
+* vigil   - Vigil does not implement this (never blamed on the kernel);
+* policy  - the policy asks for something that cannot mean anything here.
+
+The compiler refuses the policy with all of them; `explain` prints them all.
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
-from typing import Callable
-
-from vigil.kernel.btf import raw_tracepoint_names
 
 from vigil.kernel import policy_layout as L
+from vigil.kernel.facts import KernelFacts
 from .errors import Loc
 from .model import KProbeArg, KProbeSpec, LsmHookSpec, TracepointSpec, UProbeSpec, UsdtSpec
-from .values import syscall_base
-
-TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
 INT_TYPES = {
     "int": "int", "int32": "int", "sint32": "int", "int16": "int", "sint16": "int", "int8": "int",
@@ -28,13 +28,36 @@ INT_TYPES = {
     "sint64": "long", "long": "long", "uint64": "size", "ulong": "size", "size_t": "size",
     "unsigned long": "size", "capability": "capability", "bpf_cmd": "bpf_cmd", "syscall64": "syscall64",
 }
-KERNEL_POINTER_TYPES = ("file", "path", "sock", "socket", "skb", "cred", "dentry", "linux_binprm",
-                        "kiocb", "iov_iter", "net_device", "bpf_attr", "perf_event", "bpf_map",
-                        "bpf_prog", "user_namespace", "load_info", "module", "kernel_cap_t",
-                        "cap_inheritable", "cap_permitted", "cap_effective")
-# kernel pointer types whose readers exist in bpf/generic.bpf.c
-SUPPORTED_KERNEL_TYPES = {"file": "file", "path": "path", "sock": "sock", "socket": "socket", "cred": "cred",
-                          "linux_binprm": "linux_binprm"}
+INT_WIDTH = {"int8": 1, "sint8": 1, "uint8": 1, "int16": 2, "sint16": 2, "uint16": 2}
+# kernel pointer types -> reader (vtype name)
+KERNEL_TYPES = {
+    "file": "file", "path": "path", "sock": "sock", "socket": "socket", "cred": "cred",
+    "linux_binprm": "linux_binprm", "skb": "skb", "net_device": "net_device", "dentry": "dentry",
+    "kiocb": "kiocb", "iov_iter": "iov_iter", "bpf_attr": "bpf_attr", "bpf_prog": "bpf_prog",
+    "bpf_map": "bpf_map", "perf_event": "perf_event", "module": "module", "load_info": "load_info",
+    "user_namespace": "user_ns", "kernel_cap_t": "kernel_cap", "cap_inheritable": "kernel_cap",
+    "cap_permitted": "kernel_cap", "cap_effective": "kernel_cap",
+}
+# policy types whose value is a struct Vigil reads through a pointer: the C type it expects
+STRUCT_OF = {
+    "file": "struct file", "path": "struct path", "sock": "struct sock", "socket": "struct socket",
+    "cred": "struct cred", "linux_binprm": "struct linux_binprm", "skb": "struct sk_buff",
+    "net_device": "struct net_device", "dentry": "struct dentry", "kiocb": "struct kiocb",
+    "iov_iter": "struct iov_iter", "bpf_prog": "struct bpf_prog", "bpf_map": "struct bpf_map",
+    "perf_event": "struct perf_event", "module": "struct module", "load_info": "struct load_info",
+    "user_namespace": "struct user_namespace", "bpf_attr": "union bpf_attr",
+}
+CAUSES = ("kernel", "target", "vigil", "policy", "option")
+
+
+@dataclass
+class Blocker:
+    loc: Loc
+    message: str
+    cause: str  # one of CAUSES
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass
@@ -51,8 +74,24 @@ class ArgPlan:
     max_len: int = L.ARG_DATA - 1
     label: str = ""
     index: int = 0        # the policy's `index`
-    render: str = ""      # JSON variant override (e.g. "string" for a path read at an LSM hook)
+    render: str = ""      # JSON variant override ("string" for a path read at an LSM hook, ...)
     max_data: bool = False  # maxData: capture up to 327360 bytes (data records past the first 4 KiB)
+    user: bool = False    # struct readers: the struct is in user memory
+    steps: tuple[int, ...] = ()  # resolve: byte offsets (all but the last read a pointer)
+    final_size: int = 0
+    final_signed: bool = False
+    konst: int = 0
+    off2: int = 0
+    note: str = ""        # where a stand-in takes this argument from
+
+    def fill(self, a: L.Arg) -> None:
+        a.type, a.src, a.size, a.is_signed = self.vtype, self.src, self.size & 0xFF, int(self.is_signed)
+        a.off, a.size_arg, a.return_copy, a.max_len = self.off & 0xFFFF, self.size_arg, int(self.return_copy), self.max_len
+        a.max_data, a.user, a.off2, a.konst = int(self.max_data), int(self.user), self.off2, self.konst
+        a.nsteps = len(self.steps)
+        for k, s in enumerate(self.steps):
+            a.steps[k] = s
+        a.final_size, a.final_signed = self.final_size, int(self.final_signed)
 
 
 @dataclass
@@ -61,116 +100,131 @@ class Placement:
     index: int
     loc: Loc
     target: str                   # what the user asked for: sys_openat, sched/sched_process_exec, ...
-    mechanism: str = ""           # tracepoint | raw_tracepoint | uprobe | kprobe | lsm | fentry
+    mechanism: str = ""           # tracepoint | raw_tracepoint | uprobe | kprobe | lsm | fentry | fmod_ret | ...
     attach: dict = field(default_factory=dict)
     entry_prog: str = ""
     return_prog: str = ""
-    event_kind: str = ""          # process_kprobe | process_tracepoint | process_uprobe | process_lsm
+    event_kind: str = ""          # process_kprobe | process_tracepoint | process_uprobe | process_lsm | ...
     args: list[ArgPlan] = field(default_factory=list)
     ret: ArgPlan | None = None
-    reason: str = ""              # why it cannot run here (empty: it can)
-    reason_loc: Loc | None = None
+    blockers: list[Blocker] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    guards: list[tuple[int, int, int]] = field(default_factory=list)  # (raw index, G_* op, value)
+    substitute: str = ""          # the stand-in this hook runs on (empty: the hook itself)
+    ret_raw: int = 0              # the return value is raw argument ret_raw - 1 (stand-ins)
+    override: str = ""            # how Override is enforced here (explain)
 
     @property
     def ok(self) -> bool:
-        return not self.reason
+        return not self.blockers
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(b.message for b in self.blockers)
+
+    @property
+    def reason_loc(self) -> Loc | None:
+        return self.blockers[0].loc if self.blockers else None
+
+    def block(self, loc: Loc, message: str, cause: str) -> None:
+        assert cause in CAUSES, cause
+        if not any(b.message == message and b.loc == loc for b in self.blockers):
+            self.blockers.append(Blocker(loc, message, cause))
+
+    @property
+    def event_function(self) -> str:
+        a = self.attach
+        return a.get("event_func") or a.get("syscall") or a.get("func", self.target)
+
+    def where(self) -> str:
+        """Where the hook attaches, in one phrase."""
+        a = self.attach
+        if self.mechanism == "tracepoint":
+            d = f"tracepoint:{a['category']}/{a['name']}"
+            if a.get("exit_name") and self.return_prog:
+                d += f" + tracepoint:{a['category']}/{a['exit_name']} (return value)"
+        elif self.mechanism == "raw_tracepoint":
+            d = f"raw_tracepoint:{a['name']}"
+            if a.get("exit_name") and self.return_prog:
+                d += f" + raw_tracepoint:{a['exit_name']} (return value)"
+        elif self.mechanism == "uprobe":
+            d = f"uprobe:{a['path']}:" + (f"{a['symbol']}+{a['offset']:#x}" if a.get("symbol") else f"{a['offset']:#x}")
+            if self.return_prog:
+                d += " + uretprobe"
+        elif self.mechanism == "usdt":
+            d = f"usdt:{a['path']}:{a['provider']}:{a['name']}+{a['offset']:#x}"
+        elif self.mechanism == "kprobe":
+            d = f"kprobe:{a['func']}" + (" + kretprobe" if self.return_prog else "")
+        elif self.mechanism in ("lsm", "fentry", "fmod_ret"):
+            d = f"{self.mechanism}:{a['func']}" + (" + fexit" if self.return_prog else "")
+        else:
+            d = f"{self.mechanism}:{a.get('func', '')}"
+        return d
 
     def describe(self) -> str:
         if not self.ok:
             return f"not loaded: {self.reason}"
-        a = self.attach
-        if self.mechanism == "tracepoint":
-            d = f"tracepoint:{a['category']}/{a['name']}"
-            if a.get("exit_name"):
-                d += f" + tracepoint:{a['category']}/{a['exit_name']} (return value)"
-        elif self.mechanism == "raw_tracepoint":
-            d = f"raw_tracepoint:{a['name']}"
-        elif self.mechanism == "uprobe":
-            d = f"uprobe:{a['path']}:{a.get('symbol') or hex(a['offset'])}+{a['offset']:#x}"
-            if self.return_prog:
-                d += " + uretprobe"
-        elif self.mechanism == "kprobe":
-            d = f"kprobe:{a['func']}" + (" + kretprobe" if self.return_prog else "")
-        elif self.mechanism in ("lsm", "fentry", "fmod_ret"):
-            d = f"{self.mechanism}:{a['func']}"
-        else:
-            d = f"{self.mechanism}:{a.get('func', '')}"
+        d = self.where()
+        if self.substitute:
+            d += f" (stand-in for {self.target})"
         return d + "".join(f"; {n}" for n in self.notes)
 
 
-def tracefs_root() -> str | None:
-    for root in TRACEFS:
-        if os.path.isdir(os.path.join(root, "events")):
-            return root
-    try:  # mount it where the kernel expects it
-        os.makedirs(TRACEFS[0], exist_ok=True)
-        if os.system(f"mount -t tracefs nodev {TRACEFS[0]} 2>/dev/null") == 0:
-            return TRACEFS[0]
-    except OSError:
-        pass
-    return None
+def int_vtype(kind: str) -> int:
+    return L.T[{"capability": "capability", "bpf_cmd": "bpf_cmd", "syscall64": "syscall64"}.get(kind, kind)]
 
 
-@dataclass
-class TpField:
-    type: str
-    name: str
-    offset: int
-    size: int
-    signed: bool
+def _ptr_target(ctype: str) -> str:
+    return ctype[:-1].strip() if ctype.endswith("*") else ""
 
 
-_FIELD = re.compile(r"field:(?P<decl>[^;]+);\s*offset:(?P<off>\d+);\s*size:(?P<size>\d+);\s*signed:(?P<signed>\d+);")
-
-
-def tracepoint_fields(category: str, name: str) -> list[TpField] | None:
-    root = tracefs_root()
-    if root is None:
-        return None
-    try:
-        text = open(os.path.join(root, "events", category, name, "format")).read()
-    except OSError:
-        return None
-    out = []
-    for m in _FIELD.finditer(text):
-        decl = m.group("decl").strip()
-        arr = ""
-        if decl.endswith("]"):
-            decl, _, arr = decl.partition("[")
-            arr = "[" + arr
-        typ, _, fname = decl.rpartition(" ")
-        fname = fname.lstrip("*")
-        if "*" in decl.rpartition(" ")[2]:
-            typ += " *"
-        out.append(TpField(typ.strip() + arr, fname, int(m.group("off")), int(m.group("size")),
-                           m.group("signed") == "1"))
-    return out
-
-
-def syscall_arity(base: str) -> int:
-    """How many arguments syscalls/sys_enter_<base> records (its fields after __syscall_nr)."""
-    fields = tracepoint_fields("syscalls", f"sys_enter_{base}") or []
-    return min(6, sum(1 for f in fields if not f.name.startswith("common_") and f.name != "__syscall_nr"))
-
-
-def tracepoint_exists(category: str, name: str) -> bool:
-    root = tracefs_root()
-    return root is not None and os.path.isdir(os.path.join(root, "events", category, name))
-
-
-def _int_vtype(kind: str) -> int:
-    return L.T[{"capability": "capability", "bpf_cmd": "bpf_cmd", "syscall64": "size"}.get(kind, kind)]
-
-
-def _value_arg(a: KProbeArg, slot: int, src: int, off: int, *, user: bool,
-               kernel_types_ok: bool, why_no_kernel: str) -> tuple[ArgPlan | None, str]:
-    """Plan for one argument whose raw value is a 64-bit word (syscall arg, register, raw tp arg)."""
+def plan_arg(pl: Placement, a: KProbeArg, slot: int, src: int, off: int, *, user: bool,
+             facts: KernelFacts, ctype: str | None = None, what: str = "") -> ArgPlan | None:
+    """Plan one argument whose raw value is a 64-bit word (syscall argument, register,
+    raw tracepoint or function argument). `user`: the word comes from user space (syscall
+    arguments), so kernel pointer types cannot apply. `ctype`: its C type when BTF says.
+    Problems become blockers of `pl`; returns None then."""
     t = a.type
     plan = ArgPlan(slot, t, 0, src, off, label=a.label, index=a.index)
+    if a.resolve or a.btf_type:
+        if user:
+            pl.block(a.at("resolve" if a.resolve else "btfType"), f"resolve reads kernel structures; "
+                     f"{what or 'this argument'} is a user-space value", "policy")
+            return None
+        start = (a.btf_type if a.btf_type.endswith("*") else a.btf_type + " *") if a.btf_type else ctype
+        if a.btf_type_module:
+            pl.block(a.at("btfTypeModule"), "btfTypeModule (types from module BTF) is not supported by "
+                     "Vigil", "vigil")
+            return None
+        if not a.resolve:
+            ctype = start
+        elif facts.ideal_kernel:
+            ctype = None
+        elif not start:
+            pl.block(a.at("resolve"), f"resolve needs the argument's type from the kernel's BTF, which "
+                     f"does not describe {what or 'this argument'} (set btfType)", "target")
+            return None
+        else:
+            r = facts.resolve(start, a.resolve)
+            if isinstance(r, str):
+                pl.block(a.at("resolve"), f'resolve "{a.resolve}" from {start}: {r}', "target")
+                return None
+            if r is not None:
+                if len(r.steps) > L.MAX_STEPS:
+                    pl.block(a.at("resolve"), f'resolve "{a.resolve}" follows {len(r.steps)} pointers '
+                             f"(Vigil follows at most {L.MAX_STEPS})", "vigil")
+                    return None
+                plan.steps = tuple(s.offset for s in r.steps)
+                if r.kind in ("int", "ptr", "enum"):
+                    plan.final_size = r.size if r.size in (1, 2, 4, 8) else 8
+                    plan.final_signed = r.signed
+                ctype = r.ctype if r.kind != "array" else r.ctype
+                if r.kind in ("struct",):
+                    ctype = r.ctype + " *"  # its address is what a struct reader wants
     if t in INT_TYPES:
-        plan.vtype = _int_vtype(INT_TYPES[t])
-        plan.is_signed = INT_TYPES[t] in ("int", "long")
+        kind = INT_TYPES[t]
+        plan.vtype = int_vtype(kind)
+        plan.is_signed = kind in ("int", "long")
     elif t in ("string", "filename"):
         plan.vtype = L.T["string" if user else "kstring"]
     elif t == "char_buf":
@@ -183,149 +237,233 @@ def _value_arg(a: KProbeArg, slot: int, src: int, off: int, *, user: bool,
     elif t == "fd":
         plan.vtype = L.T["fd"]
     elif t == "sockaddr":
-        plan.vtype = L.T["sockaddr"]
+        plan.vtype = L.T["sockaddr" if user else "ksockaddr"]
     elif t == "nop":
         plan.vtype = 0
-    elif t in SUPPORTED_KERNEL_TYPES:
-        if not kernel_types_ok:
-            return None, f'argument type "{t}" is a kernel pointer; {why_no_kernel}'
-        plan.vtype = L.T[SUPPORTED_KERNEL_TYPES[t]]
-    elif t in KERNEL_POINTER_TYPES:
-        return None, f'argument type "{t}" is not supported by this Vigil build yet'
+    elif t in KERNEL_TYPES:
+        if user:
+            pl.block(a.at("type"), f'argument type "{t}" is a kernel pointer; {what or "the argument"} is a '
+                     "user-space value (use string, fd, sockaddr, char_buf, ...)", "policy")
+            return None
+        plan.vtype = L.T[KERNEL_TYPES[t]]
+    elif t == "const_buf":
+        pl.block(a.at("type"), 'argument type "const_buf" is not written in policies: it is derived from a '
+                 "tracepoint's format (use auto), and Tetragon's loader refuses it too", "policy")
+        return None
+    elif t in ("auto", "syscall64", "data_loc"):
+        pl.block(a.at("type"), f'argument type "{t}" is only for tracepoints', "policy")
+        return None
+    elif t == "sockaddr_un":
+        pl.block(a.at("type"), 'argument type "sockaddr_un" is not supported by Vigil', "vigil")
+        return None
     else:
-        return None, f'argument type "{t}" is not supported by this Vigil build yet'
+        pl.block(a.at("type"), f'argument type "{t}" is not supported by Vigil', "vigil")
+        return None
+    if t in INT_WIDTH and plan.vtype in (L.T["int"], L.T["uint"]):
+        plan.size = INT_WIDTH[t]
     if a.max_data:
-        if t != "char_buf":
-            return None, "maxData applies to char_buf arguments"
+        if t not in ("char_buf", "iov_iter"):
+            pl.block(a.at("maxData"), f"maxData on a {t} argument is not supported by Vigil (char_buf, iov_iter)",
+                     "vigil")
+            return None
         plan.max_data = True
     if t == "char_buf" and a.size_arg_index and a.size_arg_index > L.MAX_ARGS:
-        return None, f"sizeArgIndex {a.size_arg_index} is beyond the {L.MAX_ARGS} argument slots"
-    return plan, ""
+        pl.block(a.at("sizeArgIndex"), f"sizeArgIndex {a.size_arg_index} is beyond the {L.MAX_ARGS} "
+                 "argument slots", "vigil")
+        return None
+    return plan
 
 
-def _size_arg_slots(args: tuple[KProbeArg, ...], plans: list[ArgPlan]) -> str:
+def size_arg_slots(pl: Placement) -> None:
     """sizeArgIndex names the n-th *function* argument; point it at the slot holding it."""
-    by_index = {p.index: p.slot for p in plans}
-    for p in plans:
+    by_index = {p.index: p.slot for p in pl.args}
+    for p in pl.args:
         if p.vtype in (L.T["char_buf"], L.T["char_iovec"]) and p.size_arg:
             slot = by_index.get(p.size_arg - 1)
             if slot is None:
-                return (f"sizeArgIndex {p.size_arg} refers to argument index {p.size_arg - 1}, "
-                        "which is not captured in args; add it (e.g. as size_t)")
+                pl.block(pl.loc, f"sizeArgIndex {p.size_arg} refers to argument index {p.size_arg - 1}, "
+                         "which is not captured in args; add it (e.g. as size_t)", "policy")
+                continue
             p.size_arg = slot + 1
-    return ""
 
 
-Probe = Callable[[str], tuple[bool, str]]  # feature name -> (supported, reason)
+def return_plan(spec: KProbeSpec | UProbeSpec) -> ArgPlan | None:
+    ra = spec.return_arg
+    if not spec.return_ or ra is None:
+        return None
+    return ArgPlan(0, ra.type, int_vtype(INT_TYPES.get(ra.type, "long")), L.SRC_RETVAL, 0, label=ra.label)
 
 
-def place_kprobe(spec: KProbeSpec, section: str, index: int, call: str, has: Probe) -> Placement:
+# ---------------------------------------------------------------- kernel functions
+
+def kernel_function_blockers(pl: Placement, spec: KProbeSpec | LsmHookSpec, name: str, facts: KernelFacts,
+                             key: str = "call") -> None:
+    exists = facts.has_function(name)
+    if exists is False:
+        pl.block(spec.at(key), f"no kernel function {name} on this kernel (not in its BTF or kprobe list)",
+                 "target")
+
+
+def place_kernel_function(spec: KProbeSpec, section: str, index: int, call: str, facts: KernelFacts,
+                          override: bool) -> Placement:
+    """A non-syscall kernel function: fentry/fexit (trampolines) or kprobe/kretprobe; with
+    Override: fmod_ret, the LSM hook the function is, or bpf_override_return."""
     pl = Placement(section, index, spec.loc, call, event_kind="process_kprobe")
-    base = syscall_base(call) if spec.syscall or call.startswith(("sys_", "__x64_sys_")) else None
-    if section == "fentries":
-        ok, why = has("fentry")
-        if not ok:
-            pl.reason = f"fentry hooks need BPF trampolines: {why}"
-            return pl
-    if base is not None:
-        # syscall: the per-syscall tracepoints carry the arguments and the return value
-        if not tracepoint_exists("syscalls", f"sys_enter_{base}"):
-            pl.reason = f"no tracepoint syscalls/sys_enter_{base} on this kernel"
-            return pl
-        pl.mechanism = "tracepoint"
-        pl.entry_prog = f"vigil_sys_enter{syscall_arity(base)}"
-        pl.attach = {"category": "syscalls", "name": f"sys_enter_{base}", "func": f"__x64_sys_{base}"}
-        if spec.return_:
-            pl.return_prog = "vigil_sys_exit"
-            pl.attach["exit_name"] = f"sys_exit_{base}"
-        why_kernel = "syscall arguments are user-space values (use string, fd, sockaddr, char_buf, ...)"
-        for slot, a in enumerate(spec.args):
-            if a.index > 5:
-                pl.reason, pl.reason_loc = f"syscalls have 6 arguments; index {a.index} is out of range", a.at("index")
-                return pl
-            plan, why = _value_arg(a, slot, L.SRC_SYSCALL, a.index, user=True, kernel_types_ok=False,
-                                   why_no_kernel=why_kernel)
-            if plan is None:
-                pl.reason, pl.reason_loc = why, a.at("type")
-                return pl
-            pl.args.append(plan)
-    else:
-        ok_k, why_k = has("kprobe")
-        ok_f, why_f = has("fentry")
-        if section == "fentries" or (ok_f and not spec.return_):
-            if not ok_f:
-                pl.reason = f"fentry needs BPF trampolines: {why_f}"
-                return pl
-            pl.mechanism, pl.entry_prog = "fentry", "vigil_fentry"
-            src = L.SRC_RAW
-        elif ok_k:
-            pl.mechanism, pl.entry_prog = "kprobe", "vigil_kprobe"
-            src = L.SRC_REGS
-            if spec.return_:
-                pl.return_prog = "vigil_kretprobe"
+    pl.attach = {"func": call}
+    kernel_function_blockers(pl, spec, call, facts)
+    has = facts.has
+    ok_k, why_k = has("kprobe")
+    ok_f, why_f = has("fentry")
+    ok_x, why_x = has("fexit")
+    want_ret = bool(spec.return_)
+    if override:
+        _place_override(pl, spec, call, facts)
+    elif section == "fentries":
+        if not ok_f:
+            pl.block(spec.loc, f"fentries need BPF trampolines, which this kernel lacks ({why_f})", "kernel")
+        elif want_ret and not ok_x:
+            pl.block(spec.at("return"), f"return: true on an fentry needs fexit ({why_x})", "kernel")
         else:
-            pl.reason = (f"{call} is a kernel function: it needs a kprobe or fentry hook, and this kernel "
-                         f"has neither (kprobe: {why_k}; fentry: {why_f})")
-            return pl
-        pl.attach = {"func": call}
-        for slot, a in enumerate(spec.args):
-            if a.index > 4:
-                pl.reason, pl.reason_loc = f"kprobe arguments are read from registers 0..4; index {a.index}", a.at("index")
-                return pl
-            plan, why = _value_arg(a, slot, src, a.index, user=False, kernel_types_ok=True, why_no_kernel="")
-            if plan is None:
-                pl.reason, pl.reason_loc = why, a.at("type")
-                return pl
+            pl.mechanism, pl.entry_prog = "fentry", "vigil_fentry"
+            pl.return_prog = "vigil_fexit" if want_ret else ""
+    elif ok_f and (not want_ret or ok_x) and facts.in_btf(call) is not False:
+        # (fentry needs the function in BTF: a compiler clone like f.constprop.0 is kprobe-only)
+        pl.mechanism, pl.entry_prog = "fentry", "vigil_fentry"
+        pl.return_prog = "vigil_fexit" if want_ret else ""
+    elif ok_k:
+        pl.mechanism, pl.entry_prog = "kprobe", "vigil_kprobe"
+        pl.return_prog = "vigil_kretprobe" if want_ret else ""
+        if facts.kprobe_target(call) is False and facts.has_function(call):
+            pl.block(spec.at("call"), f"{call} is in the kernel but kprobes may not attach to it (it is not in "
+                     "available_filter_functions: inlined, notrace or blacklisted)", "target")
+    else:
+        pl.block(spec.at("call"), f"{call} is a kernel function: it needs kprobes or BPF trampolines (fentry), "
+                 f"and this kernel has neither (kprobe: {why_k}; fentry: {why_f})", "kernel")
+    src = L.SRC_REGS if pl.mechanism == "kprobe" else L.SRC_RAW
+    params = facts.func_params(call)
+    for slot, a in enumerate(spec.args):
+        if a.index > 4:
+            pl.block(a.at("index"), f"arguments 0..4 of a kernel function can be read; index {a.index} is "
+                     "beyond (Vigil reads 5 registers)", "vigil")
+            continue
+        ctype = params[a.index][1] if params and a.index < len(params) else None
+        if params is not None and a.index >= len(params) and not facts.ideal_kernel:
+            pl.block(a.at("index"), f"{call} has {len(params)} parameters; index {a.index} is out of range", "policy")
+            continue
+        plan = plan_arg(pl, a, slot, src, a.index, user=False, facts=facts, ctype=ctype,
+                        what=f"argument {a.index} of {call}")
+        if plan is not None:
             pl.args.append(plan)
-    err = _size_arg_slots(spec.args, pl.args)
-    if err:
-        pl.reason = err
-    if spec.return_ and spec.return_arg is not None:
-        pl.ret = ArgPlan(0, spec.return_arg.type, _int_vtype(INT_TYPES.get(spec.return_arg.type, "long")),
-                         L.SRC_RETVAL, 0, label=spec.return_arg.label)
+    size_arg_slots(pl)
+    pl.ret = return_plan(spec)
     return pl
 
 
-def place_tracepoint(spec: TracepointSpec, index: int, has: Probe) -> Placement:
+def _place_override(pl: Placement, spec: KProbeSpec, call: str, facts: KernelFacts) -> None:
+    has = facts.has
+    want_ret = bool(spec.return_)
+    reasons = []
+    ok_m, why_m = has("fmod_ret")
+    inj = facts.error_injectable(call)
+    is_security = call.startswith("security_")
+    if ok_m and (is_security or inj):
+        if want_ret and not has("fexit")[0]:
+            reasons.append(f"fmod_ret: return: true needs fexit ({has('fexit')[1]})")
+        else:
+            pl.mechanism, pl.entry_prog = "fmod_ret", "vigil_fmod_ret"
+            pl.return_prog = "vigil_fexit" if want_ret else ""
+            pl.override = f"fmod_ret on {call} (the function is skipped and returns argError)"
+            return
+    elif not ok_m:
+        reasons.append(f"fmod_ret: {why_m}")
+    else:
+        reasons.append(f"fmod_ret: {call} is neither a security_* function nor error-injectable "
+                       + ("(the kernel has no error-injection list: CONFIG_FUNCTION_ERROR_INJECTION off?)"
+                          if inj is None else ""))
+    hook = call[len("security_"):] if is_security else ""
+    ok_l, why_l = has("lsm")
+    if hook and facts.has_function(f"bpf_lsm_{hook}") and not want_ret:
+        if ok_l:
+            pl.mechanism, pl.entry_prog = "lsm", "vigil_lsm"
+            pl.attach = {"func": hook, "event_func": call}
+            pl.override = f"BPF LSM hook {hook} ({call} is an LSM hook)"
+            return
+        reasons.append(f"LSM hook {hook}: {why_l}")
+    ok_o, why_o = has("override_return")
+    ok_k, why_k = has("kprobe")
+    if ok_o and ok_k and inj:
+        pl.mechanism, pl.entry_prog = "kprobe", "vigil_kprobe_override"
+        pl.return_prog = "vigil_kretprobe" if want_ret else ""
+        pl.override = f"bpf_override_return on kprobe:{call}"
+        return
+    reasons.append(f"bpf_override_return: {why_o if not ok_o else why_k if not ok_k else f'{call} is not error-injectable'}")
+    pl.block(spec.at("call"), f"Override of {call} needs fmod_ret, a BPF LSM hook or bpf_override_return, and "
+             f"none is usable here ({'; '.join(reasons)})", "kernel")
+
+
+# ---------------------------------------------------------------- tracepoints
+
+def place_tracepoint(spec: TracepointSpec, index: int, facts: KernelFacts) -> Placement:
     target = f"{spec.subsystem}/{spec.event}"
     pl = Placement("tracepoints", index, spec.loc, target, event_kind="process_tracepoint")
     if spec.raw:
-        ok, why = has("raw_tracepoint")
+        ok, why = facts.has("raw_tracepoint")
         if not ok:
-            pl.reason = f"raw tracepoints unavailable: {why}"
-            return pl
-        names = raw_tracepoint_names()
-        if names is not None and spec.event not in names:
+            pl.block(spec.at("raw"), f"raw tracepoints are unavailable on this kernel: {why}", "kernel")
+        hit = facts.has_raw_tracepoint(spec.event)
+        if hit is False:
             hint = (" (syscalls:* events are made from the raw tracepoints sys_enter/sys_exit: use "
                     "raw_syscalls with raw: true, or raw: false)" if spec.subsystem == "syscalls" else "")
-            pl.reason = f"no raw tracepoint {spec.event} on this kernel{hint}"
-            pl.reason_loc = spec.at("event")
-            return pl
+            pl.block(spec.at("event"), f"no raw tracepoint {spec.event} on this kernel{hint}", "target")
         pl.mechanism, pl.entry_prog = "raw_tracepoint", "vigil_raw_tp"
         pl.attach = {"name": spec.event, "category": spec.subsystem}
+        params = facts.tp_btf_params(spec.event)
         for slot, a in enumerate(spec.args):
-            plan, why = _value_arg(a, slot, L.SRC_RAW, a.index, user=False, kernel_types_ok=True, why_no_kernel="")
-            if plan is None:
-                pl.reason, pl.reason_loc = why, a.at("type")
-                return pl
-            pl.args.append(plan)
+            ctype = params[a.index][1] if params and a.index < len(params) else None
+            if a.type in ("auto", "syscall64"):
+                if ctype is None and not facts.ideal_kernel:
+                    pl.block(a.at("type"), f"type {a.type} on a raw tracepoint needs the kernel's BTF to say "
+                             f"what argument {a.index} is", "target")
+                    continue
+                a2 = _auto_for(a, ctype or "long")
+                plan = plan_arg(pl, a2, slot, L.SRC_RAW, a.index, user=False, facts=facts, ctype=ctype)
+            else:
+                plan = plan_arg(pl, a, slot, L.SRC_RAW, a.index, user=False, facts=facts, ctype=ctype,
+                                what=f"argument {a.index} of raw tracepoint {spec.event}")
+            if plan is not None:
+                pl.args.append(plan)
+        size_arg_slots(pl)
         return pl
-    fields = tracepoint_fields(spec.subsystem, spec.event)
-    if fields is None:
-        pl.reason = f"no tracepoint {target} on this kernel (or tracefs cannot be mounted)"
-        return pl
+    ok, why = facts.has("tracepoint")
+    if not ok:
+        pl.block(spec.loc, f"tracepoints are unavailable on this kernel: {why}", "kernel")
+    fields = facts.tp_format(spec.subsystem, spec.event)
     pl.mechanism, pl.entry_prog = "tracepoint", "vigil_tp"
     pl.attach = {"category": spec.subsystem, "name": spec.event}
+    if fields is None:
+        if facts.ideal_kernel:  # any format: plan the arguments as their types say
+            for slot, a in enumerate(spec.args):
+                a2 = a if a.type not in ("auto", "syscall64", "data_loc") else _auto_for(a, "long")
+                plan = plan_arg(pl, a2, slot, L.SRC_CTX, 0, user=spec.subsystem == "syscalls", facts=facts)
+                if plan is not None:
+                    pl.args.append(plan)
+            return pl
+        pl.block(spec.at("event"), f"no tracepoint {target} on this kernel", "target")
+        return pl
     user_ptrs = spec.subsystem == "syscalls"
     for slot, a in enumerate(spec.args):
         if a.index >= len(fields):
-            pl.reason = f"{target} has {len(fields)} fields (common_* included); index {a.index} is out of range"
-            pl.reason_loc = a.at("index")
-            return pl
+            pl.block(a.at("index"), f"{target} has {len(fields)} fields (common_* included); index {a.index} is "
+                     "out of range", "policy")
+            continue
         f = fields[a.index]
         plan = ArgPlan(slot, a.type, 0, L.SRC_CTX, f.offset, size=min(f.size, 8), is_signed=f.signed,
                        label=a.label, index=a.index)
         t = a.type
+        if a.resolve:
+            pl.block(a.at("resolve"), "resolve on a tracepoint field is not supported by Vigil (use raw: true)",
+                     "vigil")
+            continue
         if f.type.startswith("__data_loc"):
             plan.vtype = L.T["data_loc"]
             plan.size = 4
@@ -333,102 +471,183 @@ def place_tracepoint(spec: TracepointSpec, index: int, has: Probe) -> Placement:
             plan.vtype = L.T["char_array"]
             plan.size = min(f.size, 255)
         elif t == "auto" or t in INT_TYPES:
-            kind = INT_TYPES.get(t) or (
-                ("long" if f.signed else "size") if f.size == 8 else ("int" if f.signed else "uint"))
-            plan.vtype = _int_vtype(kind)
-            if t == "syscall64":
-                plan.policy_type = "syscall64"
+            kind = INT_TYPES.get(t) or (("long" if f.signed else "size") if f.size == 8 else
+                                        ("int" if f.signed else "uint"))
+            plan.vtype = int_vtype(kind)
+            if t == "auto" and f.size < 4:
+                plan.vtype = L.T["int" if f.signed else "uint"]
         elif t in ("string", "filename"):
             plan.vtype = L.T["string" if user_ptrs else "kstring"]
         elif t in ("char_buf", "char_iovec", "fd", "sockaddr") and user_ptrs:
-            p2, why = _value_arg(a, slot, L.SRC_CTX, f.offset, user=True, kernel_types_ok=False,
-                                 why_no_kernel="")
+            p2 = plan_arg(pl, a, slot, L.SRC_CTX, f.offset, user=True, facts=facts)
             if p2 is None:
-                pl.reason, pl.reason_loc = why, a.at("type")
-                return pl
+                continue
             p2.size = 8
             plan = p2
-        elif t in SUPPORTED_KERNEL_TYPES and not user_ptrs:
-            plan.vtype = L.T[SUPPORTED_KERNEL_TYPES[t]]
+        elif t in KERNEL_TYPES and not user_ptrs and f.size == 8:
+            plan.vtype = L.T[KERNEL_TYPES[t]]
+        elif t == "nop":
+            plan.vtype = 0
         else:
-            pl.reason = f'type "{t}" cannot be read from field "{f.name}" ({f.type}) of {target}'
-            pl.reason_loc = a.at("type")
-            return pl
+            pl.block(a.at("type"), f'type "{t}" cannot be read from field "{f.name}" ({f.type}) of {target}',
+                     "policy")
+            continue
         if plan.policy_type == "auto":
             plan.policy_type = {L.T["data_loc"]: "string", L.T["char_array"]: "string"}.get(plan.vtype, "auto")
         pl.args.append(plan)
-    err = _size_arg_slots(spec.args, pl.args)
-    if err:
-        pl.reason = err
+    size_arg_slots(pl)
     return pl
 
 
-def place_uprobe(spec: UProbeSpec, index: int, sym_i: int, has: Probe) -> Placement:
-    from vigil.kernel.elfsym import func_offset as symbol_offset
+def _auto_for(a: KProbeArg, ctype: str) -> KProbeArg:
+    """The type `auto` means for a raw tracepoint argument of C type `ctype`."""
+    import dataclasses
 
+    if a.type == "syscall64":
+        return a
+    t = "size_t"
+    if ctype.endswith("*"):
+        base = _ptr_target(ctype)
+        t = next((k for k, v in STRUCT_OF.items() if v == base), "uint64")
+        if base in ("char", "const char"):
+            t = "string"
+    elif ctype in ("int", "long int", "short int", "s32", "s64", "long", "short"):
+        t = "int" if "long" not in ctype and ctype != "s64" else "int64"
+    return dataclasses.replace(a, type=t)
+
+
+# ---------------------------------------------------------------- user space
+
+def place_uprobe(spec: UProbeSpec, index: int, sym_i: int, facts: KernelFacts) -> Placement:
     pl = Placement("uprobes", index, spec.loc, spec.path, event_kind="process_uprobe")
-    ok, why = has("uprobe")
+    ok, why = facts.has("uprobe")
     if not ok:
-        pl.reason = f"uprobes unavailable: {why}"
-        return pl
+        pl.block(spec.loc, f"uprobes are unavailable on this kernel: {why}", "kernel")
     symbol = ""
+    offset = 0
     if spec.symbols:
         symbol = spec.symbols[sym_i]
-        try:
-            offset = symbol_offset(spec.path, symbol)
-        except (OSError, ValueError) as e:
-            pl.reason, pl.reason_loc = str(e), spec.at("symbols")
-            return pl
+        off, err = facts.file_symbol(spec.path, symbol)
+        if off is None:
+            key = "path" if not _binary_present(facts, spec.path) else f"symbols[{sym_i}]"
+            pl.block(spec.at(key), f"uprobe target: {err}", "target")
+        else:
+            offset = off
     elif spec.offsets:
         offset = spec.offsets[sym_i]
+        info = facts.file_info(spec.path)
+        if info is not None and "error" in info:
+            pl.block(spec.at("path"), f"uprobe target: {info['error']}", "target")
     else:
-        pl.reason = "uprobe addrs (absolute addresses) are not supported; use symbols or offsets"
-        pl.reason_loc = spec.at("addrs")
-        return pl
+        pl.block(spec.at("addrs"), "uprobe addrs (absolute addresses) are not supported by Vigil; use symbols "
+                 "or offsets", "vigil")
+    if spec.ref_ctr_offsets:
+        pl.block(spec.at("refCtrOffsets"), "refCtrOffsets on uprobes are not supported by Vigil (usdts set "
+                 "semaphores themselves)", "vigil")
+    if spec.binary_digests:
+        pl.block(spec.at("binaryDigests"), "binaryDigests are not supported by Vigil", "vigil")
     pl.mechanism, pl.entry_prog = "uprobe", "vigil_uprobe"
     pl.attach = {"path": spec.path, "symbol": symbol, "offset": offset}
     pl.target = f"{spec.path}:{symbol or hex(offset)}"
     if spec.return_:
         pl.return_prog = "vigil_uretprobe"
-        if spec.return_arg is not None:
-            pl.ret = ArgPlan(0, spec.return_arg.type, _int_vtype(INT_TYPES.get(spec.return_arg.type, "long")),
-                             L.SRC_RETVAL, 0, label=spec.return_arg.label)
+        pl.ret = return_plan(spec)
     for slot, a in enumerate(spec.args):
         if a.index > 4:
-            pl.reason, pl.reason_loc = f"uprobe arguments are read from registers 0..4; index {a.index}", a.at("index")
-            return pl
-        plan, why = _value_arg(a, slot, L.SRC_REGS, a.index, user=True, kernel_types_ok=False,
-                               why_no_kernel="uprobe arguments are user-space values")
-        if plan is None:
-            pl.reason, pl.reason_loc = why, a.at("type")
-            return pl
-        pl.args.append(plan)
+            pl.block(a.at("index"), f"uprobe arguments are read from registers 0..4; index {a.index} is beyond",
+                     "vigil")
+            continue
+        plan = plan_arg(pl, a, slot, L.SRC_REGS, a.index, user=True, facts=facts,
+                        what=f"uprobe argument {a.index}")
+        if plan is not None:
+            pl.args.append(plan)
+    size_arg_slots(pl)
     return pl
 
 
-def place_lsm(spec: LsmHookSpec, index: int, has: Probe) -> Placement:
-    pl = Placement("lsmhooks", index, spec.loc, spec.hook, event_kind="process_lsm")
-    ok, why = has("lsm")
+def _binary_present(facts: KernelFacts, path: str) -> bool:
+    info = facts.file_info(path)
+    return info is None or "error" not in info or "not an ELF" in info["error"]
+
+
+# x86_64 pt_regs byte offsets of the registers SDT argument strings name
+PT_REGS = {
+    "r15": 0, "r14": 8, "r13": 16, "r12": 24, "rbp": 32, "rbx": 40, "r11": 48, "r10": 56, "r9": 64, "r8": 72,
+    "rax": 80, "rcx": 88, "rdx": 96, "rsi": 104, "rdi": 112, "rip": 128, "rsp": 152,
+}
+_SUBREG = {"eax": "rax", "ax": "rax", "al": "rax", "ebx": "rbx", "bx": "rbx", "bl": "rbx", "ecx": "rcx", "cx": "rcx",
+           "cl": "rcx", "edx": "rdx", "dx": "rdx", "dl": "rdx", "esi": "rsi", "si": "rsi", "sil": "rsi",
+           "edi": "rdi", "di": "rdi", "dil": "rdi", "ebp": "rbp", "bp": "rbp", "bpl": "rbp", "esp": "rsp",
+           "sp": "rsp", "spl": "rsp"}
+_SDT = re.compile(r"^(?P<size>-?\d+)@(?:\$(?P<imm>-?\d+)|%(?P<reg>\w+)|(?P<disp>-?\d*)\(%(?P<base>\w+)\))$")
+
+
+def _sdt_reg(name: str) -> int | None:
+    name = _SUBREG.get(name, name)
+    if name not in PT_REGS and re.fullmatch(r"r(8|9|1[0-5])[dwb]?", name):
+        name = re.sub(r"[dwb]$", "", name)
+    return PT_REGS.get(name)
+
+
+def sdt_operand(spec: str) -> tuple[int, bool, int, int, bool] | str:
+    """(pt_regs offset or 0xffff, memory operand, constant/displacement, size, signed), or why not."""
+    m = _SDT.match(spec)
+    if not m:
+        return f'USDT argument "{spec}" is in a form Vigil does not decode'
+    size = int(m.group("size"))
+    signed, width = size < 0, abs(size)
+    if m.group("imm") is not None:
+        return 0xFFFF, False, int(m.group("imm")), width, signed
+    regname = m.group("reg") or m.group("base")
+    reg = _sdt_reg(regname)
+    if reg is None:
+        return f'USDT argument "{spec}": register %{regname} is not supported'
+    if m.group("reg"):
+        return reg, False, 0, width, signed
+    return reg, True, int(m.group("disp") or 0), width, signed
+
+
+def place_usdt(spec: UsdtSpec, index: int, facts: KernelFacts) -> list[Placement]:
+    """One placement per probe site of provider:name in the binary."""
+    base = Placement("usdts", index, spec.loc, f"{spec.path}:{spec.provider}:{spec.name}", event_kind="process_usdt")
+    ok, why = facts.has("uprobe")
     if not ok:
-        pl.reason = f"BPF LSM hooks unavailable on this kernel: {why}"
-        return pl
-    pl.mechanism, pl.entry_prog = "lsm", "vigil_lsm"
-    pl.attach = {"func": spec.hook}
-    for slot, a in enumerate(spec.args):
-        if a.index > 4:
-            pl.reason, pl.reason_loc = f"LSM hook arguments 0..4 can be read; index {a.index}", a.at("index")
-            return pl
-        plan, why = _value_arg(a, slot, L.SRC_RAW, a.index, user=False, kernel_types_ok=True, why_no_kernel="")
-        if plan is None:
-            pl.reason, pl.reason_loc = why, a.at("type")
-            return pl
-        if a.type == "sockaddr":
-            plan.vtype = L.T["ksockaddr"]
-        pl.args.append(plan)
-    return pl
-
-
-def place_usdt(spec: UsdtSpec, index: int) -> Placement:
-    pl = Placement("usdts", index, spec.loc, f"{spec.path}:{spec.provider}:{spec.name}")
-    pl.reason = "usdts are not supported by this Vigil build yet"
-    return pl
+        base.block(spec.loc, f"usdts need uprobes, which are unavailable on this kernel: {why}", "kernel")
+    notes, err = facts.usdt_notes(spec.path)
+    sites = [n for n in (notes or []) if n.provider == spec.provider and n.name == spec.name]
+    if notes is None:
+        base.block(spec.at("path"), f"usdt target: {err}", "target")
+    elif not sites and not facts.ideal_kernel:
+        have = sorted({f"{n.provider}:{n.name}" for n in notes})
+        base.block(spec.at("name"), f"no USDT probe {spec.provider}:{spec.name} in {spec.path} (it has: "
+                   f"{', '.join(have[:12]) or 'none'}{' ...' if len(have) > 12 else ''})", "target")
+    if not sites:
+        sites = [None]  # type: ignore[list-item]
+    out = []
+    for site in sites:
+        pl = Placement("usdts", index, spec.loc, base.target, event_kind="process_usdt",
+                       blockers=list(base.blockers))
+        pl.mechanism, pl.entry_prog = "usdt", "vigil_uprobe"
+        pl.attach = {"path": spec.path, "provider": spec.provider, "name": spec.name,
+                     "offset": site.pc if site else 0, "ref_ctr": site.semaphore if site else 0}
+        operands = site.args.split() if site else []
+        for slot, a in enumerate(spec.args):
+            if site is not None and a.index >= len(operands):
+                pl.block(a.at("index"), f"USDT {spec.provider}:{spec.name} has {len(operands)} arguments; index "
+                         f"{a.index} is out of range", "policy")
+                continue
+            plan = plan_arg(pl, a, slot, L.SRC_USDT, 0, user=True, facts=facts, what=f"USDT argument {a.index}")
+            if plan is None:
+                continue
+            if site is not None:
+                op = sdt_operand(operands[a.index])
+                if isinstance(op, str):
+                    pl.block(a.at("index"), op, "vigil")
+                    continue
+                reg, mem, k, width, signed = op
+                plan.off, plan.off2, plan.konst, plan.size = reg, int(mem), k, width
+                plan.is_signed = plan.is_signed or signed
+            pl.args.append(plan)
+        size_arg_slots(pl)
+        out.append(pl)
+    return out

@@ -6,4 +6,5 @@ from vigil.kernel.syscalls import NUMBERS
 
 SYSCALL_NUMBERS: dict[str, int] = NUMBERS["x86_64"]
 SYSCALL_NAMES: frozenset[str] = frozenset(SYSCALL_NUMBERS)
-I386_SYSCALL_NAMES: frozenset[str] = frozenset(NUMBERS["i386"])
+SYSCALLS_I386: dict[str, int] = NUMBERS["i386"]
+I386_SYSCALL_NAMES: frozenset[str] = frozenset(SYSCALLS_I386)

@@ -256,9 +256,17 @@ def _check_return(hook: KProbeSpec | UProbeSpec, section: str, diag: Diagnostics
     if hook.return_arg is not None:
         _check_arg(hook.return_arg, section, (hook.return_arg,), 0, hook.return_, diag, data=False)
     if isinstance(hook, KProbeSpec) and hook.has("returnArgAction"):
-        if hook.return_arg_action not in enums.RETURN_ARG_ACTIONS:
+        act = hook.return_arg_action
+        known = {a.lower(): a for a in (*enums.ACTIONS, *enums.DEPRECATED_ACTIONS)}
+        if act.lower() not in known:
             diag.error(hook.at("returnArgAction"), enum_message(
-                "returnArgAction", hook.return_arg_action, enums.RETURN_ARG_ACTIONS))
+                "returnArgAction", act, enums.RETURN_ARG_ACTIONS))
+        elif known[act.lower()] not in enums.RETURN_ARG_ACTIONS:
+            # Tetragon's loader took any action name here (older documentation wrote Post);
+            # only TrackSock/UntrackSock ever acted on the return value
+            diag.warn(hook.at("returnArgAction"), f"returnArgAction {act} has no effect (only TrackSock and "
+                      "UntrackSock act on the return value); it is accepted for policies written for older "
+                      "Tetragon releases")
         elif not hook.return_:
             diag.error(hook.at("returnArgAction"), "returnArgAction needs return: true")
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import re
+
 from . import enums, limits, values
 from .errors import Diagnostics
 from .model import ArgSelector, KProbeArg, TracingPolicySpec
@@ -36,6 +38,7 @@ SOCKADDR_OPS = {"SAddr", "SPort", "Family"}
 SOCKADDR_UN_OPS = {"Equal", "NotEqual", "Prefix", "NotPrefix", "Family"}
 ONE_VALUE_OPS = {"GT", "LT", "GreaterThan", "LessThan"}
 NO_VALUE_OPS = PRIV_OPS | {"CapabilitiesGained"}
+TEMPLATE = re.compile(r"\$\{[^}]*\}|\$\([^)]*\)|\{\{[^}]*\}\}")
 
 
 def ops_for_type(t: str) -> set[str] | None:
@@ -153,6 +156,11 @@ class ArgChecker:
             d.error(m.at(f"values[{cap}]"), f"too many values for {op}: {n} (max {cap}{why})")
         parse = self._parser(op, atype, typed)
         for i, v in enumerate(vals):
+            t = TEMPLATE.search(v)
+            if t:
+                d.error(m.at(f"values[{i}]"), f'"{v}" looks like an unexpanded template ({t.group(0)}): '
+                        "fill it in before applying the policy")
+                continue
             if v.startswith("list:") and op not in ("InMap", "NotInMap"):
                 d.error(m.at(f"values[{i}]"), f"list references only work with InMap/NotInMap, "
                         f"not {op}")
@@ -164,13 +172,15 @@ class ArgChecker:
 
     @staticmethod
     def _max_values(op: str) -> tuple[int | None, str]:
-        if op in ("InMap", "NotInMap"):
-            return None, ""
         if op in ("SubString", "SubStringIgnCase"):
             return limits.MAX_SUBSTRINGS, ""
         if op == "CelExpr":
             return limits.MAX_CEL_EXPRS, ""
-        return limits.MAX_MATCH_VALUES, " values per entry, Vigil's kernel limit MAX_MATCH_VALUES"
+        if op == "Mask":
+            # the others go to maps when there are many; Mask tests each value in turn
+            return limits.MAX_MATCH_VALUES, (" values per entry: Vigil tests Mask values one by one in the "
+                                             "kernel (limit MAX_MATCH_VALUES); split them over entries")
+        return None, ""
 
     def _parser(self, op: str, atype: str, typed: bool) -> Callable[[str], object]:
         is_int = atype in INT_BITS

@@ -132,7 +132,8 @@ def parse_bool_string(text: str) -> bool:
     return enums.BOOL_STRINGS[text]
 
 
-_SYSCALL_PREFIXES = ("__x64_sys_", "sys_")
+# an arch's syscall wrapper names the same syscall (one policy file serves every architecture)
+_SYSCALL_PREFIXES = ("__x64_sys_", "__arm64_sys_", "__riscv_sys_", "__s390x_sys_", "sys_")
 _I386_PREFIXES = ("__ia32_compat_sys_", "__ia32_sys_")
 
 

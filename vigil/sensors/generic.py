@@ -21,7 +21,41 @@ log = logging.getLogger("vigil.sensor.generic")
 STATS = ("hits", "filtered", "posted", "ratelimited", "signals", "monitored", "pending_full", "errors")
 ENTRY_PROGS = (*(f"vigil_sys_enter{n}" for n in range(7)), "vigil_sys_exit", "vigil_tp", "vigil_raw_tp", "vigil_uprobe",
                "vigil_uretprobe", "vigil_kprobe", "vigil_kretprobe", "vigil_lsm", "vigil_fentry",
-               "vigil_fmod_ret", "vigil_kprobe_override")
+               "vigil_fexit", "vigil_fmod_ret", "vigil_kprobe_override", "vigil_raw_sys_enter",
+               "vigil_raw_sys_exit", "vigil_sys_exit_entry", "vigil_enforcer_fmod_ret", "vigil_enforcer_kprobe",
+               "vigil_enforcer_sys_exit", "vigil_ima_bprm", "vigil_ima_file")
+TRAMPOLINES = ("vigil_lsm", "vigil_fentry", "vigil_fexit", "vigil_fmod_ret", "vigil_enforcer_fmod_ret",
+               "vigil_ima_bprm", "vigil_ima_file")
+
+
+_NOFILE_RAISED = False
+
+
+def _raise_nofile() -> None:
+    """Each hook is an object with its own maps and links: a policy with hundreds of hooks
+    (generated syscall lists) needs more descriptors than the default soft limit."""
+    global _NOFILE_RAISED
+    if _NOFILE_RAISED:
+        return
+    _NOFILE_RAISED = True
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 1 << 20
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            want = min(want, int(f.read()))
+    except (OSError, ValueError):
+        pass
+    for limit in ((want, want), (hard, hard)):
+        if limit[0] <= soft:
+            return
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limit)
+            log.debug("RLIMIT_NOFILE raised from %d to %d", soft, limit[0])
+            return
+        except (ValueError, OSError):
+            continue
 
 
 class GenericHook:
@@ -35,22 +69,28 @@ class GenericHook:
         return self.compiled.hook_id
 
     def load(self) -> None:
+        _raise_nofile()
         c, pl = self.compiled, self.compiled.placement
         obj = BpfObject.open(bpf_object("generic"))
         try:
             for cname, mirror in L.MIRRORS:
                 check_ctypes(obj, cname, mirror)
-            wanted = {pl.entry_prog, pl.return_prog} - {""}
+            wanted = {pl.entry_prog, pl.return_prog, pl.attach.get("ima_prog", "")} - {""}
             for name in ENTRY_PROGS:
                 obj.program(name).set_autoload(name in wanted)
-            if pl.mechanism in ("lsm", "fentry", "fmod_ret"):
-                obj.program(pl.entry_prog).set_attach_target(pl.attach["func"])
+            for prog in wanted:
+                if prog in TRAMPOLINES:
+                    obj.program(prog).set_attach_target(pl.attach["func"])
             for name, m in self.shared.items():
-                obj.map(name).reuse_fd(m.fd)
+                if name in obj.maps:
+                    obj.map(name).reuse_fd(m.fd)
             for name, keys in (("str_map", c.str_keys), ("prefix_map", c.prefix_keys),
                                ("postfix_map", c.postfix_keys), ("addr_map", c.addr_keys),
                                ("val_map", c.val_keys)):
                 obj.map(name).set_max_entries(max(1, len(keys)))
+            if any(c.config.sel[i].actions[k].type == L.ACT["Set"] for i in range(c.config.nselectors)
+                   for k in range(c.config.sel[i].nactions)):
+                obj.set_rodata(cfg_write_user=1)  # USDT Set writes user memory
             obj.load()
             obj.map("hook_config").update(struct.pack("<I", 0), bytes(c.config))
             one = b"\x01"
@@ -76,14 +116,22 @@ class GenericHook:
                 obj.program(pl.return_prog).attach_tracepoint(a["category"], a["exit_name"])
             entry.attach_tracepoint(a["category"], a["name"])
         elif pl.mechanism == "raw_tracepoint":
+            if pl.return_prog:
+                obj.program(pl.return_prog).attach_raw_tracepoint(a["exit_name"])
             entry.attach_raw_tracepoint(a["name"])
         elif pl.mechanism == "uprobe":
             if pl.return_prog:
                 obj.program(pl.return_prog).attach_uprobe(a["path"], a["offset"], retprobe=True)
             entry.attach_uprobe(a["path"], a["offset"])
+        elif pl.mechanism == "usdt":
+            entry.attach_uprobe(a["path"], a["offset"], ref_ctr_offset=a.get("ref_ctr", 0))
         elif pl.mechanism == "lsm":
             entry.attach_lsm()
+            if pl.attach.get("ima_prog"):  # last: the newest program on a trampoline runs first
+                obj.program(pl.attach["ima_prog"]).attach_lsm()
         elif pl.mechanism in ("fentry", "fmod_ret"):
+            if pl.return_prog:
+                obj.program(pl.return_prog).attach_trace()
             entry.attach_trace()
         elif pl.mechanism == "kprobe":
             if pl.return_prog:
@@ -122,6 +170,72 @@ class GenericHook:
         c = self.compiled
         return (ctypes.sizeof(c.config) + 20648 * 2 + 260 * len(c.str_keys)
                 + 264 * (len(c.prefix_keys) + len(c.postfix_keys)) + 32 * len(c.addr_keys) + 24 * len(c.val_keys))
+
+    def close(self) -> None:
+        if self.obj is not None:
+            self.obj.close()
+            self.obj = None
+
+
+class EnforcerHook:
+    """The program of spec.enforcers at one syscall: it acts on the notes NotifyEnforcer
+    actions leave for a thread (override the return value, send a signal)."""
+
+    def __init__(self, placement, shared: dict[str, Map]) -> None:  # type: ignore[no-untyped-def]
+        self.placement = placement
+        self.shared = shared
+        self.obj: BpfObject | None = None
+
+    def load(self) -> None:
+        pl = self.placement
+        obj = BpfObject.open(bpf_object("generic"))
+        try:
+            for name in ENTRY_PROGS:
+                obj.program(name).set_autoload(name == pl.entry_prog)
+            if pl.entry_prog in TRAMPOLINES:
+                obj.program(pl.entry_prog).set_attach_target(pl.attach["func"])
+            for name, m in self.shared.items():
+                if name in obj.maps:
+                    obj.map(name).reuse_fd(m.fd)
+            obj.load()
+            self.obj = obj
+            self.attach()
+        except BaseException:
+            obj.close()
+            self.obj = None
+            raise
+
+    def attach(self) -> None:
+        if self.obj is None or self.obj.links:
+            return
+        pl, prog = self.placement, self.obj.program(self.placement.entry_prog)
+        if pl.mechanism == "fmod_ret":
+            prog.attach_trace()
+        elif pl.mechanism == "kprobe":
+            prog.attach_kprobe(pl.attach["func"])
+        else:
+            prog.attach_tracepoint(pl.attach["category"], pl.attach["name"])
+
+    def detach(self) -> None:
+        if self.obj is not None:
+            self.obj.detach_all()
+
+    @property
+    def attached(self) -> bool:
+        return self.obj is not None and bool(self.obj.links)
+
+    def stats(self) -> dict[str, int]:
+        return {k: 0 for k in STATS}
+
+    def program_ids(self) -> list[int]:
+        from vigil.kernel.info import prog_info
+
+        if self.obj is None:
+            return []
+        return [int(prog_info(p.fd)["id"]) for p in self.obj.programs.values() if p.fd >= 0]
+
+    def kernel_memory(self) -> int:
+        return 0
 
     def close(self) -> None:
         if self.obj is not None:

@@ -22,6 +22,9 @@ ACTION_NAMES = {
     L.ACT["UnfollowFD"]: "KPROBE_ACTION_UNFOLLOWFD", L.ACT["CopyFD"]: "KPROBE_ACTION_COPYFD",
     L.ACT["TrackSock"]: "KPROBE_ACTION_TRACKSOCK", L.ACT["UntrackSock"]: "KPROBE_ACTION_UNTRACKSOCK",
     L.ACT["NotifyEnforcer"]: "KPROBE_ACTION_NOTIFYENFORCER",
+    L.ACT["CleanupEnforcerNotification"]: "KPROBE_ACTION_CLEANUPENFORCERNOTIFICATION",
+    L.ACT["Set"]: "KPROBE_ACTION_SET", L.ACT["GetUrl"]: "KPROBE_ACTION_GETURL",
+    L.ACT["DnsLookup"]: "KPROBE_ACTION_DNSLOOKUP",
 }
 AF_NAMES = {1: "AF_UNIX", 2: "AF_INET", 10: "AF_INET6", 16: "AF_NETLINK", 17: "AF_PACKET"}
 SOCK_TYPES = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 4: "SOCK_RDM", 5: "SOCK_SEQPACKET",
@@ -39,6 +42,48 @@ BPF_CMDS = ("BPF_MAP_CREATE BPF_MAP_LOOKUP_ELEM BPF_MAP_UPDATE_ELEM BPF_MAP_DELE
             "BPF_MAP_LOOKUP_BATCH BPF_MAP_LOOKUP_AND_DELETE_BATCH BPF_MAP_UPDATE_BATCH BPF_MAP_DELETE_BATCH "
             "BPF_LINK_CREATE BPF_LINK_UPDATE BPF_LINK_GET_FD_BY_ID BPF_LINK_GET_NEXT_ID BPF_ENABLE_STATS "
             "BPF_ITER_CREATE BPF_LINK_DETACH BPF_PROG_BIND_MAP BPF_TOKEN_CREATE").split()
+
+
+BPF_PROG_TYPES = ("UNSPEC SOCKET_FILTER KPROBE SCHED_CLS SCHED_ACT TRACEPOINT XDP PERF_EVENT CGROUP_SKB "
+                  "CGROUP_SOCK LWT_IN LWT_OUT LWT_XMIT SOCK_OPS SK_SKB CGROUP_DEVICE SK_MSG RAW_TRACEPOINT "
+                  "CGROUP_SOCK_ADDR LWT_SEG6LOCAL LIRC_MODE2 SK_REUSEPORT FLOW_DISSECTOR CGROUP_SYSCTL "
+                  "RAW_TRACEPOINT_WRITABLE CGROUP_SOCKOPT TRACING STRUCT_OPS EXT LSM SK_LOOKUP SYSCALL "
+                  "NETFILTER").split()
+BPF_MAP_TYPES = ("UNSPEC HASH ARRAY PROG_ARRAY PERF_EVENT_ARRAY PERCPU_HASH PERCPU_ARRAY STACK_TRACE CGROUP_ARRAY "
+                 "LRU_HASH LRU_PERCPU_HASH LPM_TRIE ARRAY_OF_MAPS HASH_OF_MAPS DEVMAP SOCKMAP CPUMAP XSKMAP SOCKHASH "
+                 "CGROUP_STORAGE REUSEPORT_SOCKARRAY PERCPU_CGROUP_STORAGE QUEUE STACK SK_STORAGE DEVMAP_HASH "
+                 "STRUCT_OPS RINGBUF INODE_STORAGE TASK_STORAGE BLOOM_FILTER USER_RINGBUF CGRP_STORAGE "
+                 "ARENA").split()
+PERF_TYPES = ("PERF_TYPE_HARDWARE PERF_TYPE_SOFTWARE PERF_TYPE_TRACEPOINT PERF_TYPE_HW_CACHE PERF_TYPE_RAW "
+              "PERF_TYPE_BREAKPOINT PERF_TYPE_MAX").split()
+TAINTS = {1 << 0: "TAINT_PROPRIETARY_MODULE", 1 << 1: "TAINT_FORCED_MODULE", 1 << 2: "TAINT_FORCED_UNLOAD_MODULE",
+          1 << 10: "TAINT_STAGED_MODULE", 1 << 12: "TAINT_OUT_OF_TREE_MODULE", 1 << 13: "TAINT_UNSIGNED_MODULE",
+          1 << 15: "TAINT_KERNEL_LIVE_PATCH_MODULE", 1 << 18: "TAINT_TEST_MODULE"}
+IMA_ALGOS = ("md4 md5 sha1 rmd160 sha256 sha384 sha512 sha224 rmd128 rmd256 rmd320 wp256 wp384 wp512 tgr128 "
+             "tgr160 tgr192 sm3 streebog256 streebog512 sha3-256 sha3-384 sha3-512").split()
+CAP_ARG_KEYS = {"kernel_cap_t": "kernel_cap_t_arg", "cap_inheritable": "cap_inheritable_arg",
+                "cap_permitted": "cap_permitted_arg", "cap_effective": "cap_effective_arg"}
+
+
+def _enum_name(table: list[str], prefix: str, v: int) -> str:
+    return f"{prefix}{table[v]}" if 0 <= v < len(table) else str(v)
+
+
+def _cstr(b: bytes) -> str:
+    return b.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def _file_like(payload: bytes, ah: Any) -> dict[str, Any]:
+    import stat
+
+    d: dict[str, Any] = {}
+    if payload:
+        d["path"] = payload.decode("utf-8", "replace")
+    if ah.flags & L.ARGF_TRUNC:
+        d["flags"] = "unresolvedPathComponents"
+    if ah.mode:
+        d["permission"] = stat.filemode(ah.mode)
+    return d
 
 
 class KernelSymbols:
@@ -104,13 +149,14 @@ def _cred_json(p: bytes) -> dict[str, Any]:
 def render_arg(plan: Any, ah: Any, payload: bytes, args_by_slot: dict[int, Any]) -> dict[str, Any]:
     t = plan.vtype
     v = ah.value
-    if getattr(plan, "render", "") == "string":
-        d: dict[str, Any] = {"string_arg": payload.decode("utf-8", "replace")}
-        if plan.label:
-            d["label"] = plan.label
-        return d
-    if ah.flags & L.ARGF_ERR and t not in (L.T["fd"],):
-        d: dict[str, Any] = {"error_arg": {"Message": "could not be read"}}
+    render = getattr(plan, "render", "")
+    d: dict[str, Any]
+    if render == "string":
+        d = {"string_arg": payload.decode("utf-8", "replace")}
+    elif render in ("file", "path", "linux_binprm") and not (ah.flags & L.ARGF_ERR and t != L.T["fd"]):
+        d = {f"{render}_arg": _file_like(payload, ah)}
+    elif ah.flags & L.ARGF_ERR and t not in (L.T["fd"],):
+        d = {"error_arg": {"Message": "could not be read"}}
     elif t == L.T["int"]:
         d = {"int_arg": v}
     elif t == L.T["uint"]:
@@ -122,29 +168,73 @@ def render_arg(plan: Any, ah: Any, payload: bytes, args_by_slot: dict[int, Any])
             d = {"syscall_id": {"id": v & 0xFFFFFFFF, "abi": "x64"}}
         else:
             d = {"size_arg": str(v & 0xFFFFFFFFFFFFFFFF)}
+    elif t == L.T["syscall64"]:
+        d = {"syscall_id": {"id": v & 0x7FFFFFFF, "abi": "i386" if v & 0x80000000 else "x64"}}
+    elif t in (L.T["kernel_cap"], L.T["capset"]):
+        d = {CAP_ARG_KEYS.get(plan.policy_type, "kernel_cap_t_arg"): f"{v & 0xFFFFFFFFFFFFFFFF:016x}"}
     elif t == L.T["capability"]:
         d = {"capability_arg": {"value": v, "name": CAP_NAMES[v] if 0 <= v < len(CAP_NAMES) else str(v)}}
     elif t == L.T["bpf_cmd"]:
         d = {"bpf_cmd_arg": BPF_CMDS[v] if 0 <= v < len(BPF_CMDS) else str(v)}
     elif t in (L.T["string"], L.T["kstring"], L.T["data_loc"], L.T["char_array"]):
         d = {"string_arg": payload.decode("utf-8", "replace")}
-    elif t in (L.T["char_buf"], L.T["char_iovec"]):
+    elif t in (L.T["char_buf"], L.T["char_iovec"], L.T["iov_iter"]):
         b64 = base64.b64encode(payload).decode()
         if ah.flags & L.ARGF_TRUNC:
-            size_plan = args_by_slot.get(plan.size_arg - 1) if plan.size_arg else None
-            orig = size_plan[1].value if size_plan is not None else len(payload)
+            if t == L.T["iov_iter"]:
+                orig = v
+            else:
+                size_plan = args_by_slot.get(plan.size_arg - 1) if plan.size_arg else None
+                orig = size_plan[1].value if size_plan is not None else len(payload)
             d = {"truncated_bytes_arg": {"bytes_arg": b64, "orig_size": str(orig)}}
         else:
             d = {"bytes_arg": b64}
-    elif t in (L.T["fd"], L.T["file"], L.T["linux_binprm"]):
-        d = {"file_arg": {"path": payload.decode("utf-8", "replace")} if payload else {}}
-    elif t in (L.T["path"], L.T["path_child"]):
-        d = {"path_arg": {"path": payload.decode("utf-8", "replace")} if payload else {}}
+    elif t in (L.T["fd"], L.T["file"], L.T["kiocb"]):
+        d = {"file_arg": _file_like(payload, ah)}
+    elif t == L.T["linux_binprm"]:
+        d = {"linux_binprm_arg": _file_like(payload, ah)}
+    elif t in (L.T["path"], L.T["path_child"], L.T["dentry"], L.T["dentry_path"]):
+        d = {"path_arg": _file_like(payload, ah)}
+    elif t == L.T["net_device"]:
+        d = {"net_dev_arg": {"name": payload.decode("utf-8", "replace")} if payload else {}}
+    elif t == L.T["skb"]:
+        d = {"skb_arg": _skb_json(payload)}
+    elif t in (L.T["bpf_attr"], L.T["bpf_prog"], L.T["bpf_map"]):
+        b = L.BpfInfo.from_buffer_copy(payload.ljust(ctypes.sizeof(L.BpfInfo), b"\0"))
+        if t == L.T["bpf_map"]:
+            d = {"bpf_map_arg": _nonzero({"MapType": _enum_name(BPF_MAP_TYPES, "BPF_MAP_TYPE_", b.type),
+                                          "KeySize": b.key_size, "ValueSize": b.value_size,
+                                          "MaxEntries": b.max_entries, "MapName": _cstr(b.name)})}
+        else:
+            key = "bpf_attr_arg" if t == L.T["bpf_attr"] else "bpf_prog_arg"
+            d = {key: _nonzero({"ProgType": _enum_name(BPF_PROG_TYPES, "BPF_PROG_TYPE_", b.type),
+                                "InsnCnt": b.insn_cnt, "ProgName": _cstr(b.name)})}
+    elif t == L.T["perf_event"]:
+        pe = L.PerfInfo.from_buffer_copy(payload.ljust(ctypes.sizeof(L.PerfInfo), b"\0"))
+        d = {"perf_event_arg": _nonzero({"KprobeFunc": _cstr(pe.kprobe_func),
+                                         "Type": PERF_TYPES[pe.type] if pe.type < len(PERF_TYPES) else str(pe.type),
+                                         "Config": str(pe.config) if pe.config else "",
+                                         "ProbeOffset": str(pe.probe_offset) if pe.probe_offset else ""})}
+    elif t in (L.T["module"], L.T["load_info"]):
+        mi = L.ModuleInfo.from_buffer_copy(payload.ljust(ctypes.sizeof(L.ModuleInfo), b"\0"))
+        md: dict[str, Any] = {"name": _cstr(mi.name)} if _cstr(mi.name) else {}
+        if mi.has_sig:
+            md["signature_ok"] = bool(mi.sig_ok)
+        tainted = [name for bit, name in TAINTS.items() if mi.taints & bit]
+        if tainted:
+            md["tainted"] = tainted
+        d = {"module_arg": md}
+    elif t == L.T["user_ns"]:
+        u = L.UserNsInfo.from_buffer_copy(payload.ljust(ctypes.sizeof(L.UserNsInfo), b"\0"))
+        ns: dict[str, Any] = {"inum": u.inum} if u.inum else {}
+        if u.level == 0:
+            ns["is_host"] = True
+        d = {"user_ns_arg": {"level": u.level, "uid": u.uid, "gid": u.gid, "ns": ns}}
     elif t in (L.T["sockaddr"], L.T["ksockaddr"]):
         fam = int.from_bytes(payload[0:2], "little")
         d = {"sockaddr_arg": {"family": AF_NAMES.get(fam, str(fam)), "addr": _ip(payload[8:24], fam),
                               "port": int.from_bytes(payload[2:4], "little")}}
-    elif t in (L.T["sock"], L.T["socket"]):
+    elif t in (L.T["sock"], L.T["socket"], L.T["fd_sock"]):
         fam, typ, proto, state, sport, dport = (int.from_bytes(payload[i:i + 2], "little") for i in range(0, 12, 2))
         sk: dict[str, Any] = {"family": AF_NAMES.get(fam, str(fam)), "type": SOCK_TYPES.get(typ, str(typ)),
                               "protocol": PROTOCOLS.get(proto, str(proto))}
@@ -169,6 +259,21 @@ def render_arg(plan: Any, ah: Any, payload: bytes, args_by_slot: dict[int, Any])
     if plan.label:
         d["label"] = plan.label
     return d
+
+
+def _nonzero(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if v not in (0, "", None)}
+
+
+def _skb_json(payload: bytes) -> dict[str, Any]:
+    sb = L.Skb.from_buffer_copy(payload.ljust(ctypes.sizeof(L.Skb), b"\0"))
+    fam = sb.family
+    return _nonzero({"hash": sb.hash, "len": sb.len, "priority": sb.priority, "mark": sb.mark,
+                     "saddr": _ip(bytes(sb.saddr), fam), "daddr": _ip(bytes(sb.daddr), fam), "sport": sb.sport,
+                     "dport": sb.dport, "proto": sb.proto, "sec_path_len": sb.sec_path_len,
+                     "sec_path_olen": sb.sec_path_olen,
+                     "protocol": PROTOCOLS.get(sb.proto, str(sb.proto)) if sb.proto else "",
+                     "family": AF_NAMES.get(fam, str(fam)) if fam else ""})
 
 
 def _stack(data: bytes, off: int, n: int) -> list[dict[str, Any]]:
@@ -253,8 +358,8 @@ def build_body(hook: CompiledHook, m: L.MsgGeneric, data: bytes,
     body: dict[str, Any] = {}
     action = ACTION_NAMES.get(m.action, "KPROBE_ACTION_POST")
     if pl.event_kind == "process_kprobe":
-        # a syscall enforced at an LSM hook keeps the syscall's name, as the policy wrote it
-        body["function_name"] = pl.attach.get("syscall") or pl.attach.get("func", pl.target)
+        # a syscall enforced at an LSM hook, or a stand-in, keeps the name the policy hooked
+        body["function_name"] = pl.event_function
         if args:
             body["args"] = args
         if m.flags & L.EV_HAS_RET and pl.ret is not None:
@@ -280,7 +385,7 @@ def build_body(hook: CompiledHook, m: L.MsgGeneric, data: bytes,
         body["policy_name"] = hook.policy
         body["action"] = action
     elif pl.event_kind == "process_lsm":
-        body["function_name"] = pl.attach.get("func", "")
+        body["function_name"] = pl.attach.get("event_func") or pl.attach.get("func", "")
         body["policy_name"] = hook.policy
         if args:
             body["args"] = args
@@ -290,20 +395,31 @@ def build_body(hook: CompiledHook, m: L.MsgGeneric, data: bytes,
         if pl.attach.get("symbol"):
             body["symbol"] = pl.attach["symbol"]
         body["policy_name"] = hook.policy
+    elif pl.event_kind == "process_usdt":
+        body["path"] = pl.attach["path"]
+        body["provider"] = pl.attach["provider"]
+        body["name"] = pl.attach["name"]
+        body["policy_name"] = hook.policy
     message = hook.message
     if m.action in ENFORCING or m.ret_action in ENFORCING:
         # an enforcement explains itself: which selector, by what mechanism, which action
         message = (f"{message} " if message else "") + explain_enforcement(hook, m)
     if message:
         body["message"] = message
-    if pl.event_kind == "process_uprobe" and args:
+    if pl.event_kind in ("process_uprobe", "process_usdt") and args:
         body["args"] = args
+    if pl.event_kind == "process_lsm" and m.ima_len:
+        at = _stack_off(m) + m.kstack_len + m.ustack_len
+        algo = IMA_ALGOS[m.ima_algo] if m.ima_algo < len(IMA_ALGOS) else str(m.ima_algo)
+        body["ima_hash"] = f"{algo}:{data[at:at + m.ima_len].hex()}"
     if hook.tags:
         body["tags"] = list(hook.tags)
     if pl.event_kind == "process_kprobe" and m.ustack_len:
         body["user_stack_trace"] = _user_stack(data, _stack_off(m) + m.kstack_len, m.ustack_len, m.pid)
     if pl.event_kind == "process_uprobe":
         body["offset"] = str(pl.attach["offset"])
+        body["action"] = action
+    if pl.event_kind == "process_usdt":
         body["action"] = action
     return body
 

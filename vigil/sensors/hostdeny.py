@@ -252,19 +252,27 @@ class NetDenyHook:
         family = None
         cidrs: list[str] = []
         ports: list[tuple[int, int]] = []
+        protocol = None
         for e in sel.match_args:
-            if e.operator == "Family":
-                fam = parse_family(e.values[0])
-                family = {2: "inet", 10: "inet6"}.get(fam)
-                if family is None or len(e.values) > 1:
-                    raise PolicyError(f"{e.at('values')}: Family must be one of AF_INET, AF_INET6 here")
+            if e.operator == "Protocol":
+                from vigil.policy.values import parse_protocol
+
+                protos = {parse_protocol(v) for v in e.values}
+                if protos - {6, 17} or len(protos) != 1:
+                    raise PolicyError(f"{e.at('values')}: Protocol must be one of IPPROTO_TCP, IPPROTO_UDP here")
+                protocol = "tcp" if protos == {6} else "udp"
+            elif e.operator == "Family":
+                fams = {parse_family(v) for v in e.values}
+                if fams - {2, 10}:
+                    raise PolicyError(f"{e.at('values')}: Family must be AF_INET and/or AF_INET6 here")
+                family = None if fams == {2, 10} else {2: "inet", 10: "inet6"}[fams.pop()]
             elif e.operator in ("SAddr", "DAddr"):
                 cidrs += [str(ipaddress.ip_network(v, strict=False)) for v in e.values]
             elif e.operator in ("SPort", "DPort"):
                 ports += [parse_port(v) for v in e.values]
             else:
                 raise PolicyError(f"{e.at('operator')}: {e.operator} cannot be expressed as a cgroup socket rule "
-                                  "(supported: Family, SAddr/DAddr, SPort/DPort)")
+                                  "(supported: Family, SAddr/DAddr, SPort/DPort, Protocol)")
         binaries: list[str | None] = [None]
         for b in sel.match_binaries:
             if b.operator != "In":
@@ -276,7 +284,7 @@ class NetDenyHook:
                 raise PolicyError(f"{mp.loc}: only plain matchPIDs In is supported for socket rules")
             pids += list(mp.values)
         return [NetRule(id=(self.hook_id << 8) | (si << 4) | k, action="deny", monitor=self.monitor, family=family,
-                        cidrs=cidrs, ports=ports, binary=b, pids=pids, hooks=(what,))
+                        cidrs=cidrs, ports=ports, binary=b, pids=pids, hooks=(what,), protocol=protocol)
                 for k, b in enumerate(binaries)]
 
     def load(self) -> None:
@@ -331,13 +339,21 @@ def netdeny_event(rec: dict[str, Any], hook: CompiledHook) -> dict[str, Any]:
     reported) socket operation."""
     fam = {"inet": "AF_INET", "inet6": "AF_INET6"}.get(rec["family"], rec["family"])
     body: dict[str, Any] = {}
-    body["function_name"] = hook.placement.attach["syscall"]
-    plans = hook.placement.args
-    if plans:
-        a: dict[str, Any] = {"sockaddr_arg": {"family": fam, "addr": rec["daddr"], "port": rec["dport"]}}
-        if plans[0].label:
-            a["label"] = plans[0].label
-        body["args"] = [a]
+    body["function_name"] = hook.placement.event_function
+    args = []
+    for p in hook.placement.args:
+        if p.vtype == L.T["ksockaddr"]:
+            a: dict[str, Any] = {"sockaddr_arg": {"family": fam, "addr": rec["daddr"], "port": rec["dport"]}}
+        elif p.vtype == L.T["socket"]:
+            a = {"sock_arg": {"family": fam, "protocol": {"tcp": "IPPROTO_TCP", "udp": "IPPROTO_UDP"}.get(
+                rec.get("protocol", ""), str(rec.get("protocol", "")))}}
+        else:
+            continue
+        if p.label:
+            a["label"] = p.label
+        args.append(a)
+    if args:
+        body["args"] = args
     body["action"] = "KPROBE_ACTION_OVERRIDE"
     body["policy_name"] = hook.policy
     sel = ((rec["rule_id"] >> 4) & 0xF) + 1
@@ -354,10 +370,11 @@ def fanotify_event(rep: Report, hook: CompiledHook) -> dict[str, Any]:
     """The process_kprobe body (after process and parent) of an exec/open the helper decided
     (refused, reported in monitor mode, or posted)."""
     body: dict[str, Any] = {}
-    body["function_name"] = hook.placement.attach["syscall"]
+    body["function_name"] = hook.placement.event_function
     if hook.placement.args:
         p = hook.placement.args[0]
-        a: dict[str, Any] = {"string_arg": rep.path}
+        r = p.render if p.render in ("file", "path", "linux_binprm") else "string"
+        a: dict[str, Any] = {"string_arg": rep.path} if r == "string" else {f"{r}_arg": {"path": rep.path}}
         if p.label:
             a["label"] = p.label
         body["args"] = [a]
@@ -377,6 +394,10 @@ def fanotify_event(rep: Report, hook: CompiledHook) -> dict[str, Any]:
     if hook.tags:
         body["tags"] = list(hook.tags)
     return body
+
+
+def event_kind(hook: CompiledHook) -> str:
+    return hook.placement.event_kind or "process_kprobe"
 
 
 __all__ = ["FanotifyHook", "GuardRegistry", "NetDenyHook", "fanotify_event", "netdeny_event", "L"]

@@ -13,7 +13,8 @@ NEWER_X86_64: dict[str, int] = {
     "futex_wait": 455, "futex_requeue": 456, "statmount": 457, "listmount": 458,
     "lsm_get_self_attr": 459, "lsm_set_self_attr": 460, "lsm_list_modules": 461, "mseal": 462,
     "setxattrat": 463, "getxattrat": 464, "listxattrat": 465, "removexattrat": 466,
-    "open_tree_attr": 467,
+    "open_tree_attr": 467, "file_getattr": 468, "file_setattr": 469,
+    "uretprobe": 335, "uprobe": 336,
 }
 NUMBERS: dict[str, dict[str, int]] = {
     "x86_64": {**NEWER_X86_64, **x86_64.NUMBERS},

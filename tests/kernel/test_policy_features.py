@@ -1,0 +1,865 @@
+"""Policy features of issue 11 against this host's kernel (tracepoints, raw tracepoints,
+uprobes, fanotify and cgroup-BPF; no kprobes, trampolines or BPF LSM): table-driven, each case
+a policy, an action by a test-created process, and the events it must (or must not) give.
+
+Selectors scope every case to the test's own copy of the interpreter (or its pid), so
+Sigkill/Override act on nothing else. Hooks this kernel lacks run on their documented stand-ins
+(option vigil-hook-substitution); the VM tier runs the same features on kprobe/fentry/LSM.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from tests.kernel.conftest import RunningAgent
+from tests.kernel.test_policy_engine import Run, loaded, open_file, policy_events, policy_yaml, run_py
+
+from vigil.core.errors import PolicyError
+
+pytestmark = pytest.mark.kernel
+SUB = '\noptions:\n- {name: vigil-hook-substitution, value: "true"}\n'
+
+
+@pytest.fixture
+def pywork(workdir: Path) -> Path:
+    py = os.path.realpath(sys.executable)
+    shutil.copy2(py, workdir / "vpy")
+    (workdir / "data").mkdir()
+    (workdir / "data" / "present.txt").write_text("hello\n")
+    (workdir / "data" / "sub").mkdir()
+    os.chmod(workdir / "data", 0o777)
+    return workdir
+
+
+def scoped(pywork: Path) -> str:
+    return f'matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]'
+
+
+def mine(events: list[dict], r: Run, name: str) -> list[dict]:
+    return [b for _k, b in policy_events(events, r.pid, name)]
+
+
+def standin_tag(body: dict) -> str:
+    return next((t for t in body.get("tags", ()) if t.startswith("vigil:stand-in=")), "")
+
+
+# ---------------------------------------------------------------- selectors
+
+def test_several_matchpids_entries_are_anded(running_agent: RunningAgent, pywork: Path) -> None:
+    """Two matchPIDs entries: In (this test's pid, followForks) AND NotIn (a pid that is not the
+    trigger's): the trigger matches; with the second entry NotIn [its own pid] nothing would."""
+    d = pywork / "data"
+    spec = f"""
+kprobes:
+- call: sys_openat
+  args: [{{index: 1, type: string}}]
+  selectors:
+  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
+    matchPIDs:
+    - {{operator: In, followForks: true, values: [{os.getpid()}]}}
+    - {{operator: NotIn, values: [1]}}
+  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
+    matchPIDs:
+    - {{operator: In, followForks: true, values: [{os.getpid()}]}}
+    - {{operator: NotIn, followForks: true, values: [{os.getpid()}]}}
+    matchActions: [{{action: Sigkill}}]
+"""
+    r = Run()
+    with loaded(running_agent, policy_yaml("pids-and", spec)):
+        events = running_agent.collect(lambda: run_py(pywork, open_file(f"{d}/present.txt"), out=r))
+    got = mine(events, r, "pids-and")
+    assert r.returncode == 0  # the second selector (contradictory entries) never matched
+    assert len(got) == 1 and got[0]["action"] == "KPROBE_ACTION_POST"
+
+
+def test_several_matchcapabilities_entries_and_isnamespacecapability(running_agent: RunningAgent,
+                                                                     pywork: Path) -> None:
+    """isNamespaceCapability: the capability counts only in a user namespace other than the
+    host's: a root process in the host namespace does not match, the same program after
+    unshare(CLONE_NEWUSER) (all capabilities in its new namespace) does."""
+    d = pywork / "data"
+    spec = f"""
+kprobes:
+- call: sys_openat
+  args: [{{index: 1, type: string}}]
+  selectors:
+  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
+    {scoped(pywork)}
+    matchCapabilities:
+    - {{type: Effective, operator: In, isNamespaceCapability: true, values: [CAP_SYS_ADMIN]}}
+    - {{type: Permitted, operator: In, values: [CAP_SYS_ADMIN]}}
+"""
+    userns = "import ctypes\nctypes.CDLL(None).unshare(0x10000000)\n" + open_file(f"{d}/present.txt")
+    host, inns = Run(), Run()
+    with loaded(running_agent, policy_yaml("ns-caps", spec)):
+        events = running_agent.collect(lambda: (run_py(pywork, open_file(f"{d}/present.txt"), out=host),
+                                                run_py(pywork, userns, out=inns)))
+    assert not mine(events, host, "ns-caps")
+    assert len(mine(events, inns, "ns-caps")) == 1
+
+
+VALUE_LISTS = [
+    # (id, args yaml, selector yaml ({d}), code opening/connecting, expected hit)
+    ("prefix-12-values", "[{index: 1, type: string}]",
+     "{{index: 1, operator: Prefix, values: [{vals}]}}", "prefix", True),
+    ("equal-20-ints", "[{index: 1, type: string}, {index: 2, type: int}]",
+     "{{index: 2, operator: Equal, values: [{ints}]}}", "flags", True),
+    ("notequal-20-ints", "[{index: 1, type: string}, {index: 2, type: int}]",
+     "{{index: 2, operator: NotEqual, values: [{ints}]}}", "flags", False),
+]
+
+
+@pytest.mark.parametrize("case, args, sel, kind, hit", VALUE_LISTS, ids=[c[0] for c in VALUE_LISTS])
+def test_value_lists_of_any_length(running_agent: RunningAgent, pywork: Path, case: str, args: str, sel: str,
+                                   kind: str, hit: bool) -> None:
+    d = pywork / "data"
+    vals = ", ".join(f'"/nonexistent-{i}/"' for i in range(11)) + f', "{d}/pre"'
+    ints = ", ".join(f'"{i}"' for i in range(1, 20)) + ', "0x80000"'  # O_RDONLY|O_CLOEXEC is 0x80000
+    spec = f"""
+kprobes:
+- call: sys_openat
+  args: {args}
+  selectors:
+  - matchArgs:
+    - {{index: 1, operator: Prefix, values: ["{d}/"]}}
+    - {sel.format(vals=vals, ints=ints)}
+    {scoped(pywork)}
+"""
+    r = Run()
+    with loaded(running_agent, policy_yaml(case, spec)):
+        events = running_agent.collect(lambda: run_py(pywork, open_file(f"{d}/present.txt"), out=r))
+    assert bool(mine(events, r, case)) is hit
+
+
+def test_port_lists_of_any_length(running_agent: RunningAgent, pywork: Path) -> None:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    ports = ", ".join(f'"{p}"' for p in range(1, 11)) + f', "{port - 1}:{port}"'
+    spec = f"""
+kprobes:
+- call: sys_connect
+  args: [{{index: 1, type: sockaddr}}]
+  selectors:
+  - matchArgs: [{{index: 1, operator: SPort, values: [{ports}]}}]
+    {scoped(pywork)}
+"""
+    r = Run()
+    try:
+        with loaded(running_agent, policy_yaml("ports-11", spec)):
+            events = running_agent.collect(lambda: run_py(
+                pywork, f"import socket\ns = socket.socket(); s.connect(('127.0.0.1', {port})); s.close()\n", out=r))
+    finally:
+        srv.close()
+    (ev,) = mine(events, r, "ports-11")
+    assert ev["args"][0]["sockaddr_arg"]["port"] == port
+
+
+def test_filetype_and_file_permission(running_agent: RunningAgent, pywork: Path) -> None:
+    """FileType on a file: a regular file matches reg, a directory does not; the event's
+    file_arg carries the path and its permission string (fd_install runs on its stand-in)."""
+    d = pywork / "data"
+    spec = f"""
+kprobes:
+- call: fd_install
+  syscall: false
+  args: [{{index: 0, type: int}}, {{index: 1, type: file}}]
+  selectors:
+  - matchArgs:
+    - {{index: 1, operator: Prefix, values: ["{d}/"]}}
+    - {{index: 1, operator: FileType, values: [reg]}}
+    {scoped(pywork)}
+""" + SUB
+    code = (f"import os\nfor p in ('{d}/present.txt', '{d}/sub'):\n"
+            "    os.close(os.open(p, os.O_RDONLY))\n")
+    r = Run()
+    with loaded(running_agent, policy_yaml("filetype", spec)):
+        events = running_agent.collect(lambda: run_py(pywork, code, out=r))
+    got = mine(events, r, "filetype")
+    assert [e["args"][1]["file_arg"]["path"] for e in got] == [f"{d}/present.txt"]
+    assert got[0]["args"][1]["file_arg"]["permission"] == stat.filemode(os.stat(d / "present.txt").st_mode)
+
+
+# ---------------------------------------------------------------- syscall names
+
+SYSCALL_NAMES = [
+    # (id, call, syscall flag, code, function_name expected)
+    ("arm64-prefix", "__arm64_sys_openat", "true", "open", "__x64_sys_openat"),
+    ("x64-prefix", "__x64_sys_openat", "true", "open", "__x64_sys_openat"),
+    ("fstat-newfstat", "sys_fstat", "true", "fstat", "__x64_sys_fstat"),
+    ("uname-newuname", "sys_uname", "true", "uname", "__x64_sys_uname"),
+    ("no-tracepoint", "sys_get_thread_area", "true", "get_thread_area", "__x64_sys_get_thread_area"),
+]
+CODES = {
+    "open": "import os\nos.close(os.open('{d}/present.txt', os.O_RDONLY))\n",
+    "fstat": ("import ctypes, os\nfd = os.open('{d}/present.txt', os.O_RDONLY)\n"
+              "ctypes.CDLL(None).syscall(5, fd, ctypes.create_string_buffer(256))\nos.close(fd)\n"),
+    "uname": "import os\nos.uname()\n",
+    "get_thread_area": "import ctypes\nctypes.CDLL(None).syscall(211, 0)\n",
+}
+
+
+@pytest.mark.parametrize("case, call, flag, code, fname", SYSCALL_NAMES, ids=[c[0] for c in SYSCALL_NAMES])
+def test_syscall_names(running_agent: RunningAgent, pywork: Path, case: str, call: str, flag: str, code: str,
+                       fname: str) -> None:
+    """One policy file for every architecture (arch prefixes name the same syscall), syscalls
+    whose tracepoint has another name, and syscalls with no tracepoint (raw_syscalls)."""
+    spec = f"""
+kprobes:
+- call: {call}
+  syscall: {flag}
+  selectors:
+  - {scoped(pywork)}
+"""
+    r = Run()
+    with loaded(running_agent, policy_yaml(f"name-{case}", spec)):
+        events = running_agent.collect(lambda: run_py(pywork, CODES[code].format(d=pywork / "data"), out=r))
+    got = mine(events, r, f"name-{case}")
+    assert got and all(e["function_name"] == fname for e in got)
+
+
+INT80_DUP = (  # mov eax, 41 (i386 dup); mov ebx, 1; int 0x80; ret
+    "import ctypes, mmap\n"
+    "code = bytes([0xb8, 41, 0, 0, 0, 0xbb, 1, 0, 0, 0, 0xcd, 0x80, 0xc3])\n"
+    "m = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)\n"
+    "m.write(code)\n"
+    "addr = ctypes.addressof(ctypes.c_char.from_buffer(m))\n"
+    "fd = ctypes.CFUNCTYPE(ctypes.c_int)(addr)()\n"
+    "import os\nos.close(fd)\nos.close(ctypes.CDLL(None).dup(1))\n"
+)
+
+
+def test_32bit_syscalls_in_lists_and_hooks(running_agent: RunningAgent, pywork: Path) -> None:
+    """__ia32_sys_dup names the 32-bit dup (an int 0x80 from a 64-bit process here): as a hook
+    it fires for the 32-bit call only; in a syscall64 InMap list it matches with abi i386."""
+    spec = f"""
+lists:
+- name: dups
+  type: syscalls
+  values: [sys_dup, __ia32_sys_dup]
+kprobes:
+- call: __ia32_sys_dup
+  syscall: true
+  args: [{{index: 0, type: int}}]
+  selectors:
+  - {scoped(pywork)}
+tracepoints:
+- subsystem: raw_syscalls
+  event: sys_enter
+  args: [{{index: 4, type: syscall64}}]
+  selectors:
+  - matchArgs: [{{index: 4, operator: InMap, values: ["list:dups"]}}]
+    {scoped(pywork)}
+"""
+    r = Run()
+    with loaded(running_agent, policy_yaml("ia32", spec)):
+        events = running_agent.collect(lambda: run_py(pywork, INT80_DUP, out=r))
+    got = mine(events, r, "ia32")
+    assert r.returncode == 0
+    kp = [e for e in got if e.get("function_name")]
+    assert [e["function_name"] for e in kp] == ["__ia32_sys_dup"] and kp[0]["args"] == [{"int_arg": 1}]
+    ids = [e["args"][0]["syscall_id"] for e in got if "subsys" in e]
+    assert {"id": 41, "abi": "i386"} in ids and {"id": 32, "abi": "x64"} in ids
+
+
+# ---------------------------------------------------------------- resolve, raw tracepoint types
+
+def test_resolve_paths_on_a_raw_tracepoint(running_agent: RunningAgent, pywork: Path) -> None:
+    """resolve follows BTF fields from an argument: sched_process_exec(task, pid, bprm) ->
+    bprm.file (a file), bprm.file.f_path.dentry (a dentry), task.comm (a string)."""
+    spec = f"""
+tracepoints:
+- subsystem: sched
+  event: sched_process_exec
+  raw: true
+  args:
+  - {{index: 2, type: file, resolve: "file"}}
+  - {{index: 2, type: dentry, resolve: "file.f_path.dentry"}}
+  - {{index: 0, type: string, resolve: "comm"}}
+  - {{index: 2, type: int, resolve: "argc"}}
+  selectors:
+  - {scoped(pywork)}
+"""
+    r = Run()
+    with loaded(running_agent, policy_yaml("resolve-exec", spec)):
+        events = running_agent.collect(lambda: run_py(pywork, "pass\n", out=r))
+    (ev,) = mine(events, r, "resolve-exec")
+    f, dn, comm, argc = ev["args"]
+    assert f["file_arg"]["path"] == f"{pywork}/vpy"
+    assert dn["path_arg"]["path"].endswith("/vpy")
+    assert comm == {"string_arg": "vpy"}
+    assert argc == {"int_arg": 4}  # vpy -S -c pass
+
+
+# ---------------------------------------------------------------- hook substitution
+
+TCP = "import socket\ns = socket.socket(); s.connect(('127.0.0.1', {port})); s.sendall(b'x' * 100); s.close()\n"
+
+
+def _server() -> tuple[socket.socket, int]:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    return srv, srv.getsockname()[1]
+
+
+STANDINS: list[tuple[str, str, str, Callable[[list[dict], Path, int], None]]] = []
+
+
+def standin(case: str, spec: str, code: str) -> Callable[[Callable[[list[dict], Path, int], None]], None]:
+    def deco(check: Callable[[list[dict], Path, int], None]) -> None:
+        STANDINS.append((case, spec, code, check))
+    return deco
+
+
+@standin("tcp", """
+kprobes:
+- call: tcp_connect
+  syscall: false
+  args: [{{index: 0, type: sock}}]
+  selectors: [{{matchArgs: [{{index: 0, operator: DPort, values: ["{port}"]}}], {scope}}}]
+- call: tcp_sendmsg
+  syscall: false
+  args: [{{index: 0, type: sock}}, {{index: 2, type: int}}]
+  selectors: [{{matchArgs: [{{index: 0, operator: DPort, values: ["{port}"]}}], {scope}}}]
+- call: tcp_close
+  syscall: false
+  args: [{{index: 0, type: sock}}]
+  selectors: [{{matchArgs: [{{index: 0, operator: DPort, values: ["{port}"]}}], {scope}}}]
+- call: tcp_set_state
+  syscall: false
+  args: [{{index: 0, type: sock}}, {{index: 1, type: int}}]
+  selectors: [{{matchArgs: [{{index: 0, operator: DPort, values: ["{port}"]}}], {scope}}}]
+""", TCP)
+def _tcp(got: list[dict], work: Path, port: int) -> None:
+    by = {}
+    for e in got:
+        by.setdefault(e["function_name"], []).append(e)
+    c = by["tcp_connect"][0]["args"][0]["sock_arg"]
+    assert (c["daddr"], c["dport"], c["protocol"], c["family"]) == ("127.0.0.1", port, "IPPROTO_TCP", "AF_INET")
+    assert standin_tag(by["tcp_connect"][0]) == "vigil:stand-in=raw_tracepoint:inet_sock_set_state"
+    assert by["tcp_sendmsg"][0]["args"][1] == {"int_arg": 100}
+    assert standin_tag(by["tcp_sendmsg"][0]) == "vigil:stand-in=raw_tracepoint:tcp_sendmsg_locked"
+    assert by["tcp_close"][0]["args"][0]["sock_arg"]["dport"] == port
+    states = [e["args"][1]["int_arg"] for e in by["tcp_set_state"]]
+    assert 2 in states and 4 in states  # SYN_SENT at connect, FIN_WAIT1 at close
+
+
+@standin("setuid", """
+kprobes:
+- call: __sys_setuid
+  syscall: false
+  args: [{{index: 0, type: int}}]
+  selectors: [{{matchArgs: [{{index: 0, operator: Equal, values: ["65534"]}}], {scope}}}]
+""", "import os\nos.setuid(65534)\n")
+def _setuid(got: list[dict], work: Path, port: int) -> None:
+    (e,) = got
+    assert e["function_name"] == "__sys_setuid" and e["args"] == [{"int_arg": 65534}]
+    assert standin_tag(e) == "vigil:stand-in=tracepoint:syscalls/sys_enter_setuid"
+
+
+@standin("userns-sigkill", """
+kprobes:
+- call: create_user_ns
+  syscall: false
+  args: [{{index: 0, type: cred}}]
+  selectors: [{{{scope}, matchActions: [{{action: Sigkill}}]}}]
+""", "import ctypes\nctypes.CDLL(None).unshare(0x10000000)\nopen('{work}/data/survived', 'w').close()\n")
+def _userns(got: list[dict], work: Path, port: int) -> None:
+    (e,) = got
+    assert e["action"] == "KPROBE_ACTION_SIGKILL"
+    assert e["args"][0]["process_credentials_arg"]["uid"] == 0
+    assert not (work / "data" / "survived").exists()  # killed before the namespace existed
+
+
+@standin("bprm-sigkill", """
+kprobes:
+- call: security_bprm_check
+  syscall: false
+  args: [{{index: 0, type: linux_binprm}}]
+  selectors: [{{matchArgs: [{{index: 0, operator: Equal, values: ["{work}/truebin"]}}], {scope},
+               matchActions: [{{action: Sigkill}}]}}]
+""", "import os\nos.execv('{work}/truebin', ['truebin'])\n")
+def _bprm(got: list[dict], work: Path, port: int) -> None:
+    (e,) = got
+    assert e["args"][0]["linux_binprm_arg"]["path"] == f"{work}/truebin"
+    assert e["args"][0]["linux_binprm_arg"]["permission"].startswith("-rwx")
+    assert e["action"] == "KPROBE_ACTION_SIGKILL"
+
+
+@standin("fd-install-caps", """
+kprobes:
+- call: fd_install
+  syscall: false
+  args: [{{index: 0, type: int}}, {{index: 1, type: file}}]
+  selectors: [{{matchArgs: [{{index: 1, operator: Equal, values: ["{work}/data/present.txt"]}}], {scope},
+               matchCapabilities: [{{type: Effective, operator: In, values: [CAP_SYS_ADMIN]}}]}}]
+""", "import os\nfd = os.open('{work}/data/present.txt', os.O_RDONLY)\nos.write(1, b'')\n")
+def _fd_install(got: list[dict], work: Path, port: int) -> None:
+    (e,) = got
+    assert e["args"][0]["int_arg"] >= 3 and e["args"][1]["file_arg"]["path"] == f"{work}/data/present.txt"
+
+
+@standin("file-permission-mmap-truncate", """
+kprobes:
+- call: security_file_permission
+  syscall: false
+  args: [{{index: 0, type: file}}, {{index: 1, type: int}}]
+  selectors: [{{matchArgs: [{{index: 0, operator: Prefix, values: ["{work}/data/"]}}], {scope}}}]
+- call: security_mmap_file
+  syscall: false
+  args: [{{index: 0, type: file}}, {{index: 1, type: uint32}}]
+  selectors: [{{matchArgs: [{{index: 0, operator: Prefix, values: ["{work}/data/"]}}], {scope}}}]
+- call: security_path_truncate
+  syscall: false
+  args: [{{index: 0, type: path}}]
+  selectors: [{{matchArgs: [{{index: 0, operator: Prefix, values: ["{work}/data/"]}}], {scope}}}]
+""", ("import os, mmap\nf = open('{work}/data/present.txt', 'r+b')\nf.read(3)\nf.write(b'x')\nf.flush()\n"
+      "mmap.mmap(f.fileno(), 1, prot=mmap.PROT_READ).close()\nos.truncate('{work}/data/present.txt', 2)\n"))
+def _file_ops(got: list[dict], work: Path, port: int) -> None:
+    masks = sorted(e["args"][1]["int_arg"] for e in got if e["function_name"] == "security_file_permission")
+    assert masks[:1] == [2] and 4 in masks  # MAY_WRITE, MAY_READ
+    (m,) = [e for e in got if e["function_name"] == "security_mmap_file"]
+    assert m["args"][0]["file_arg"]["path"] == f"{work}/data/present.txt" and m["args"][1]["uint_arg"] == 1
+    (t,) = [e for e in got if e["function_name"] == "security_path_truncate"]
+    assert t["args"][0]["path_arg"]["path"] == f"{work}/data/present.txt"
+
+
+BPF_CODE = textwrap.dedent("""
+    import ctypes, struct
+    libc = ctypes.CDLL(None, use_errno=True)
+    def bpf(cmd, attr):
+        buf = ctypes.create_string_buffer(attr, 128)
+        return libc.syscall(321, cmd, buf, 128)
+    # BPF_MAP_CREATE: array, key 4, value 8, 3 entries, name vigil_t_map
+    fd = bpf(0, struct.pack("<IIIIIII16s", 2, 4, 8, 3, 0, 0, 0, b"vigil_t_map"))
+    # BPF_PROG_LOAD: socket filter "r0 = 0; exit", GPL, name vigil_t_prog
+    insns = ctypes.create_string_buffer(bytes.fromhex("b700000000000000" "9500000000000000"))
+    lic = ctypes.create_string_buffer(b"GPL")
+    attr = struct.pack("<IIQQIIQII16s", 1, 2, ctypes.addressof(insns), ctypes.addressof(lic), 0, 0, 0, 0, 0,
+                       b"vigil_t_prog")
+    pfd = bpf(5, attr)
+    # perf_event_open: a software dummy event of this process
+    pattr = ctypes.create_string_buffer(struct.pack("<IIQ", 1, 128, 9), 128)
+    libc.syscall(298, pattr, 0, -1, -1, 0)
+""")
+
+
+@standin("bpf-and-perf", """
+kprobes:
+- call: bpf_check
+  syscall: false
+  args: [{{index: 1, type: bpf_attr}}]
+  selectors: [{{{scope}}}]
+- call: security_bpf_map_create
+  syscall: false
+  args: [{{index: 0, type: bpf_map}}]
+  selectors: [{{{scope}}}]
+- call: security_perf_event_alloc
+  syscall: false
+  args: [{{index: 0, type: perf_event}}]
+  selectors: [{{{scope}}}]
+""", BPF_CODE)
+def _bpf(got: list[dict], work: Path, port: int) -> None:
+    by = {e["function_name"]: e["args"][0] for e in got}
+    assert by["bpf_check"]["bpf_attr_arg"] == {"ProgType": "BPF_PROG_TYPE_SOCKET_FILTER", "InsnCnt": 2,
+                                               "ProgName": "vigil_t_prog"}
+    assert by["security_bpf_map_create"]["bpf_map_arg"] == {"MapType": "BPF_MAP_TYPE_ARRAY", "KeySize": 4,
+                                                            "ValueSize": 8, "MaxEntries": 3,
+                                                            "MapName": "vigil_t_map"}
+    assert by["security_perf_event_alloc"]["perf_event_arg"] == {"Type": "PERF_TYPE_SOFTWARE", "Config": "9"}
+
+
+@standin("capset-capable", """
+kprobes:
+- call: security_capset
+  syscall: false
+  args: [{{index: 1, type: cred}}, {{index: 2, type: cap_effective}}, {{index: 4, type: cap_permitted}}]
+  selectors: [{{matchArgs: [{{index: 2, operator: NotEqual, values: ["0"]}}], {scope}}}]
+- call: cap_capable
+  syscall: false
+  return: true
+  args: [{{index: 1, type: user_namespace}}, {{index: 2, type: capability}}]
+  returnArg: {{index: 0, type: int}}
+  selectors: [{{matchArgs: [{{index: 2, operator: Equal, values: ["0"]}}], {scope}}}]
+""", ("import ctypes, os, struct\nlibc = ctypes.CDLL(None)\n"
+      "hdr = ctypes.create_string_buffer(struct.pack('<Ii', 0x20080522, 0), 8)\n"
+      "data = ctypes.create_string_buffer(24)\nlibc.syscall(125, hdr, data)\nlibc.syscall(126, hdr, data)\n"
+      "os.chown('{work}/data/present.txt', 65534, 65534)\n"))
+def _caps(got: list[dict], work: Path, port: int) -> None:
+    (cs,) = [e for e in got if e["function_name"] == "security_capset"]
+    full = open("/proc/self/status").read().split("CapEff:")[1].split()[0]
+    assert cs["args"][1] == {"cap_effective_arg": full} and "cap_permitted_arg" in cs["args"][2]
+    cc = [e for e in got if e["function_name"] == "cap_capable"]
+    assert cc and cc[0]["args"][1]["capability_arg"]["name"] == "CAP_CHOWN"
+    assert cc[0]["args"][0]["user_ns_arg"]["ns"]["is_host"] is True
+    assert cc[0]["return"] == {"int_arg": 0}
+
+
+@standin("skb-netdev-drop", """
+kprobes:
+- call: dev_queue_xmit
+  syscall: false
+  args: [{{index: 0, type: skb}}]
+  selectors: [{{matchArgs: [{{index: 0, operator: DPort, values: ["{udp}"]}}], {scope}}}]
+- call: dev_hard_start_xmit
+  syscall: false
+  args: [{{index: 0, type: skb}}, {{index: 1, type: net_device}}]
+  selectors: [{{matchArgs: [{{index: 0, operator: DPort, values: ["{udp}"]}}], {scope}}}]
+- call: kfree_skb_reason
+  syscall: false
+  args: [{{index: 0, type: skb}}, {{index: 1, type: int}}]
+  selectors: [{{matchArgs: [{{index: 0, operator: DPort, values: ["{udp}"]}}], {scope}}}]
+""", "import socket\nu = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nu.sendto(b'abc', ('127.0.0.1', {udp}))\n")
+def _skb(got: list[dict], work: Path, port: int) -> None:
+    by = {}
+    for e in got:
+        by.setdefault(e["function_name"], []).append(e)
+    q = by["dev_queue_xmit"][0]["args"][0]["skb_arg"]
+    assert (q["daddr"], q["protocol"], q["family"]) == ("127.0.0.1", "IPPROTO_UDP", "AF_INET")
+    assert by["dev_hard_start_xmit"][0]["args"][1] == {"net_dev_arg": {"name": "lo"}}
+    assert by["kfree_skb_reason"] and by["kfree_skb_reason"][0]["args"][0]["skb_arg"]["proto"] == 17
+
+
+@pytest.mark.parametrize("case, spec, code, check", STANDINS, ids=[c[0] for c in STANDINS])
+def test_hook_substitution(running_agent: RunningAgent, pywork: Path, case: str, spec: str, code: str,
+                           check: Callable[[list[dict], Path, int], None]) -> None:
+    """Kernel functions this kernel cannot hook run on their stand-ins when the policy opts in;
+    events keep the function's name and say where they ran."""
+    srv, port = _server()
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    udp_port = udp.getsockname()[1]
+    udp.close()  # nothing listens there: the datagram is dropped (kfree_skb)
+    body = spec.format(port=port, udp=udp_port, work=pywork, scope=scoped(pywork)) + SUB
+    r = Run()
+    try:
+        with loaded(running_agent, policy_yaml(f"sub-{case}", body)):
+            events = running_agent.collect(lambda: run_py(pywork, code.format(port=port, udp=udp_port, work=pywork),
+                                                          out=r))
+    finally:
+        srv.close()
+    got = mine(events, r, f"sub-{case}")
+    assert got, f"no events for {case}"
+    assert all(standin_tag(e) for e in got)
+    check(got, pywork, port)
+
+
+def test_substitution_is_off_unless_the_policy_opts_in(running_agent: RunningAgent) -> None:
+    spec = policy_yaml("no-opt-in", """
+kprobes:
+- call: tcp_connect
+  syscall: false
+  args: [{index: 0, type: sock}]
+""")
+    with pytest.raises(PolicyError, match=r"tcp_connect.*stand-in available: raw_tracepoint:inet_sock_set_state.*"
+                                          r"vigil-hook-substitution"):
+        running_agent.agent.policies.add_text(spec, "<t>")
+
+
+# ---------------------------------------------------------------- LSM forms enforced on this host
+
+def test_lsm_forms_enforced_by_host_back_ends(running_agent: RunningAgent, pywork: Path, launcher: Path) -> None:
+    """lsmhooks bprm_check_security / file_open / socket_connect with Override, written as
+    Tetragon users write them, are enforced here by fanotify and cgroup-BPF."""
+    d = pywork / "data"
+    srv, port = _server()
+    spec = f"""
+lsmhooks:
+- hook: bprm_check_security
+  args: [{{index: 0, type: linux_binprm}}]
+  selectors:
+  - matchArgs: [{{index: 0, operator: Equal, values: ["{pywork}/truebin"]}}]
+    matchActions: [{{action: Override, argError: -1}}]
+- hook: file_open
+  args: [{{index: 0, type: file}}]
+  selectors:
+  - matchArgs: [{{index: 0, operator: Equal, values: ["{d}/present.txt"]}}]
+    {scoped(pywork)}
+    matchActions: [{{action: Override, argError: -1}}]
+- hook: socket_connect
+  args: [{{index: 0, type: socket}}, {{index: 1, type: sockaddr}}]
+  selectors:
+  - matchArgs:
+    - {{index: 0, operator: Protocol, values: [IPPROTO_TCP]}}
+    - {{index: 1, operator: SPort, values: ["{port}"]}}
+    {scoped(pywork)}
+    matchActions: [{{action: Override, argError: -1}}]
+""" + SUB
+    code = (f"import errno, os, socket\nout = []\n"
+            f"try:\n    open('{d}/present.txt').close(); out.append('open')\nexcept OSError as e: out.append(e.errno)\n"
+            f"s = socket.socket()\ntry:\n    s.connect(('127.0.0.1', {port})); out.append('connect')\n"
+            f"except OSError as e: out.append(e.errno)\n"
+            f"open('{d}/result', 'w').write(repr(out))\n")
+    r = Run()
+    try:
+        with loaded(running_agent, policy_yaml("lsm-forms", spec)):
+            from tests.kernel.testbins import launch
+
+            denied = launch(launcher, [str(pywork / "truebin")])
+            events = running_agent.collect(lambda: run_py(pywork, code, out=r))
+    finally:
+        srv.close()
+    assert isinstance(denied, OSError) and denied.errno == 1  # EPERM: the exec never happened
+    assert (d / "result").read_text() == "[1, 1]"              # open and connect refused
+    got = [b for k, b in policy_events(events, r.pid, "lsm-forms")]
+    kinds = {e["function_name"]: e for e in got}
+    assert kinds["file_open"]["args"][0] == {"file_arg": {"path": f"{d}/present.txt"}}
+    assert kinds["socket_connect"]["action"] == "KPROBE_ACTION_OVERRIDE"
+
+
+# ---------------------------------------------------------------- user-space actions, loader
+
+def test_geturl_and_dnslookup(running_agent: RunningAgent, pywork: Path) -> None:
+    import http.server
+    import threading
+
+    hits: list[str] = []
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            hits.append(self.path)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *a: Any) -> None:
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), H)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    d = pywork / "data"
+    spec = f"""
+kprobes:
+- call: sys_openat
+  args: [{{index: 1, type: string}}]
+  selectors:
+  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
+    {scoped(pywork)}
+    matchActions: [{{action: GetUrl, argUrl: "http://127.0.0.1:{httpd.server_port}/vigil-hit"}}]
+  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/sub"]}}]
+    {scoped(pywork)}
+    matchActions: [{{action: DnsLookup, argFqdn: "localhost"}}]
+"""
+    r = Run()
+    try:
+        with loaded(running_agent, policy_yaml("user-actions", spec)):
+            before = dict(running_agent.agent.policies.user_actions.stats)
+            events = running_agent.collect(lambda: run_py(
+                pywork, open_file(f"{d}/present.txt") + open_file(f"{d}/sub"), out=r))
+            import time
+
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and (not hits or running_agent.agent.policies.user_actions.stats[
+                    "dnslookup"] == before["dnslookup"]):
+                time.sleep(0.05)
+            after = dict(running_agent.agent.policies.user_actions.stats)
+    finally:
+        httpd.shutdown()
+    assert hits == ["/vigil-hit"]
+    assert after["dnslookup"] == before["dnslookup"] + 1
+    actions = sorted(e["action"] for e in mine(events, r, "user-actions"))
+    assert actions == ["KPROBE_ACTION_DNSLOOKUP", "KPROBE_ACTION_GETURL"]
+
+
+def test_loader_events(running_agent: RunningAgent, pywork: Path) -> None:
+    """loader: true: a process_loader event for each executable file mapped into a process,
+    with the build id the kernel read from it."""
+    import time
+
+    spec = "loader: true\n"
+    r = Run()
+    got: list[dict] = []
+    with loaded(running_agent, policy_yaml("loader", spec)):
+        # perf's ring and the BPF ring are separate streams: keep collecting until this
+        # process's mappings arrived (or the deadline says they never will)
+        action: Callable[[], object] = lambda: run_py(pywork, "import _json\n", out=r)  # noqa: E731
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(e["path"].endswith("/libc.so.6") for e in got):
+            events = running_agent.collect(action)
+            action = lambda: None  # noqa: E731
+            got += [e["process_loader"] for e in events if "process_loader" in e
+                    and e["process_loader"]["process"].get("pid") == r.pid]
+    paths = {e["path"] for e in got}
+    assert any(p.endswith("/libc.so.6") for p in paths), paths
+    lib = next(e for e in got if e["path"].endswith("/libc.so.6"))
+    assert base64.b64decode(lib["buildid"]) == _build_id(lib["path"])
+
+
+def _build_id(path: str) -> bytes:
+    import struct
+
+    data = Path(path).read_bytes()
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    for i in range(shnum):
+        _n, typ, _f, _a, off, size = struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize)
+        if typ == 7:  # SHT_NOTE
+            p = off
+            while p < off + size:
+                namesz, descsz, ntype = struct.unpack_from("<III", data, p)
+                name = data[p + 12:p + 12 + namesz]
+                desc_at = p + 12 + ((namesz + 3) & ~3)
+                if ntype == 3 and name.startswith(b"GNU"):
+                    return data[desc_at:desc_at + descsz]
+                p = desc_at + ((descsz + 3) & ~3)
+    raise AssertionError(f"{path} has no build id")
+
+
+@pytest.fixture
+def launcher(workdir: Path) -> Path:
+    from tests.kernel.testbins import LAUNCH_C, build
+
+    return build(workdir, "launch", LAUNCH_C)
+
+
+
+# ---------------------------------------------------------------- usdt, enforcers
+
+USDT_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#define SDT_BASE ".ifndef _.stapsdt.base\n" \
+  ".pushsection .stapsdt.base,\"aG\",\"progbits\",.stapsdt.base,comdat\n" \
+  ".weak _.stapsdt.base\n.hidden _.stapsdt.base\n_.stapsdt.base: .space 1\n" \
+  ".size _.stapsdt.base, 1\n.popsection\n.endif\n"
+/* an SDT probe site, as <sys/sdt.h> writes one (a nop and its .note.stapsdt entry) */
+#define SDT(sem, prov, name, argfmt, ...) __asm__ __volatile__("990: nop\n" \
+    ".pushsection .note.stapsdt,\"?\",\"note\"\n.balign 4\n" \
+    ".4byte 992f-991f, 994f-993f, 3\n991: .asciz \"stapsdt\"\n992: .balign 4\n" \
+    "993: .8byte 990b\n.8byte _.stapsdt.base\n.8byte " sem "\n" \
+    ".asciz \"" prov "\"\n.asciz \"" name "\"\n.asciz \"" argfmt "\"\n994: .balign 4\n.popsection\n" \
+    SDT_BASE :: __VA_ARGS__)
+/* a semaphore: the kernel counts it up while a uprobe with ref_ctr_offset is attached */
+unsigned short vigil_guarded_semaphore __attribute__((section(".probes"), used));
+int main(int argc, char **argv) {
+    volatile int ret = 0;
+    int a = argc > 1 ? atoi(argv[1]) : 0, b = argc > 2 ? atoi(argv[2]) : 0;
+    SDT("0", "vigil", "probe3", "-4@%0 -4@%1 -4@%2", "m"(ret), "r"(a), "r"(b));
+    if (vigil_guarded_semaphore)  /* only when someone listens, as <sys/sdt.h> semaphores go */
+        SDT("vigil_guarded_semaphore", "vigil", "guarded", "-4@%0", "r"(a));
+    return ret;
+}
+"""
+
+
+@pytest.fixture
+def usdt_bin(workdir: Path) -> Path:
+    cc = shutil.which("clang") or shutil.which("cc")
+    if cc is None:
+        pytest.fail("no C compiler: `make` installs clang")
+    (workdir / "usdt.c").write_text(USDT_C)
+    subprocess.run([cc, "-O1", "-o", str(workdir / "usdt"), str(workdir / "usdt.c")], check=True)
+    return workdir / "usdt"
+
+
+def test_usdt_arguments(running_agent: RunningAgent, usdt_bin: Path) -> None:
+    """usdts: the probe site from the binary's SDT notes, its arguments decoded from the
+    operand strings (a memory operand and two registers here), filtered in the kernel."""
+    spec = f"""
+usdts:
+- path: "{usdt_bin}"
+  provider: vigil
+  name: probe3
+  args: [{{index: 0, type: int32}}, {{index: 1, type: int32}}, {{index: 2, type: int32}}]
+  selectors:
+  - matchArgs: [{{index: 1, operator: Equal, values: ["5"]}}]
+"""
+    pids: list[int] = []
+
+    def act() -> None:
+        for a in ("5", "6"):
+            p = subprocess.Popen([str(usdt_bin), a, "7"])
+            pids.append(p.pid)
+            p.wait()
+    with loaded(running_agent, policy_yaml("usdt-args", spec)):
+        events = running_agent.collect(act)
+    got = [e["process_usdt"] for e in events if "process_usdt" in e and e["process_usdt"]["policy_name"] == "usdt-args"]
+    assert [e["process"]["pid"] for e in got] == [pids[0]]
+    assert got[0]["args"] == [{"int_arg": 0}, {"int_arg": 5}, {"int_arg": 7}]
+    assert (got[0]["provider"], got[0]["name"], got[0]["path"]) == ("vigil", "probe3", str(usdt_bin))
+
+
+def test_usdt_semaphore(running_agent: RunningAgent, usdt_bin: Path) -> None:
+    """A probe guarded by a semaphore fires only while someone listens: attaching counts the
+    semaphore up (ref_ctr_offset), so the program takes the probe's path."""
+    spec = f"""
+usdts:
+- path: "{usdt_bin}"
+  provider: vigil
+  name: guarded
+  args: [{{index: 0, type: int32}}]
+"""
+    pids: list[int] = []
+    with loaded(running_agent, policy_yaml("usdt-sema", spec)):
+        events = running_agent.collect(lambda: pids.append(subprocess.run([str(usdt_bin), "42"]).returncode))
+    got = [e["process_usdt"] for e in events if "process_usdt" in e and e["process_usdt"]["policy_name"] == "usdt-sema"]
+    assert [e["args"] for e in got] == [[{"int_arg": 42}]]
+
+
+def test_usdt_set_refused_with_the_reason_where_the_kernel_forbids_it(running_agent: RunningAgent,
+                                                                      usdt_bin: Path) -> None:
+    """Set writes the process's memory (bpf_probe_write_user): refused, naming the kernel's
+    reason, on a kernel that forbids it (lockdown); the VM tier runs it."""
+    ok, why = running_agent.agent.policies.has("probe_write_user")
+    spec = policy_yaml("usdt-set", f"""
+usdts:
+- path: "{usdt_bin}"
+  provider: vigil
+  name: probe3
+  args: [{{index: 0, type: int32}}]
+  selectors:
+  - matchActions: [{{action: Set, argIndex: 0, argValue: 32}}]
+""")
+    if ok:
+        with loaded(running_agent, spec):
+            p = subprocess.run([str(usdt_bin), "1", "2"])
+        assert p.returncode == 32
+    else:
+        with pytest.raises(PolicyError, match=r"action Set .*bpf_probe_write_user.*refuses"):
+            running_agent.agent.policies.add_text(spec, "<t>")
+
+
+def test_notify_enforcer(running_agent: RunningAgent, pywork: Path) -> None:
+    """NotifyEnforcer: the raw_syscalls hook leaves a note for the thread, the enforcer at the
+    listed syscall acts on it. With argSig only, the enforcer kills at the syscall's exit (any
+    kernel); argError needs fmod_ret or bpf_override_return on the syscall, else the policy is
+    refused with the reason."""
+    spec = f"""
+lists:
+- {{name: dups, type: syscalls, values: [sys_dup]}}
+enforcers:
+- calls: ["list:dups"]
+tracepoints:
+- subsystem: raw_syscalls
+  event: sys_enter
+  args: [{{index: 4, type: syscall64}}]
+  selectors:
+  - matchArgs: [{{index: 4, operator: InMap, values: ["list:dups"]}}]
+    {scoped(pywork)}
+    matchActions: [{{action: NotifyEnforcer, argSig: 9}}]
+"""
+    r = Run()
+    code = ("import ctypes\nopen('{d}/before', 'w').close()\nctypes.CDLL(None).dup(1)\n"
+            "open('{d}/after', 'w').close()\n").format(d=pywork / "data")
+    with loaded(running_agent, policy_yaml("notify", spec)) as st:
+        assert any(h["hook"].startswith("tracepoint:syscalls/sys_exit_dup") for h in st["hooks"]) or st["program_ids"]
+        running_agent.collect(lambda: run_py(pywork, code, out=r))
+    assert r.returncode == -9
+    assert (pywork / "data" / "before").exists() and not (pywork / "data" / "after").exists()
+    facts = running_agent.agent.policies.facts
+    if not (facts.has("fmod_ret")[0] and facts.error_injectable("__x64_sys_dup")):
+        with pytest.raises(PolicyError, match=r"enforcer that overrides __x64_sys_dup's return value"):
+            running_agent.agent.policies.add_text(policy_yaml("notify-err", spec.replace(
+                "argSig: 9", "argError: -1")), "<t>")

@@ -1,0 +1,310 @@
+"""The pure compiler: `compile_policy(policy, facts)` with facts recorded on this host and in
+the VM tier's 6.12 guest (tests/facts/record.py). Byte for byte against hand-built kernel
+configuration, without root and without any I/O; every blocker of a hook reported at once
+with its cause; explain and validate on the same path."""
+from __future__ import annotations
+
+import ctypes
+import itertools
+import struct
+import sys
+import textwrap
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from click.testing import CliRunner
+
+from tests.policyfuzz import facts
+from vigil.cli.policy_cmd import policy as policy_cli
+from vigil.kernel import policy_layout as L
+from vigil.kernel.facts import KernelFacts
+from vigil.policy import PolicyErrors, parse_policies
+from vigil.policy.compile import compile_policy, unsupported
+from vigil.policy.explain import explain_policy
+from vigil.policy.syscalls import SYSCALL_NUMBERS
+
+HOST, VM = facts("host-6.18"), facts("vm-6.12")
+SPECS: list[str] = []  # every spec compiled here; tests/facts/record.py asks what they need
+
+
+def one(spec: str, name: str = "t") -> object:
+    if spec not in SPECS:
+        SPECS.append(spec)
+    text = (f"apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: {name}\nspec:\n"
+            + textwrap.indent(textwrap.dedent(spec).strip("\n"), "  ") + "\n")
+    (p,) = parse_policies(text, "p.yaml")
+    return p
+
+
+def comp(spec: str, kernel: KernelFacts, substitute: bool = False):  # type: ignore[no-untyped-def]
+    ids = itertools.count(1)
+    return compile_policy(one(spec), kernel, lambda: next(ids), follow_bit=lambda op, v: 0, substitute=substitute)
+
+
+def errors(spec: str, kernel: KernelFacts, substitute: bool = False) -> list[str]:
+    with pytest.raises(PolicyErrors) as e:
+        comp(spec, kernel, substitute)
+    return [str(x) for x in e.value.errors]
+
+
+@pytest.fixture
+def no_io() -> Iterator[list[str]]:
+    """Records every file the interpreter opens or lists while the test body runs."""
+    seen: list[str] = []
+    state = {"on": True}
+
+    def hook(event: str, args: tuple) -> None:
+        if state["on"] and event in ("open", "os.listdir", "os.scandir", "subprocess.Popen", "socket.connect"):
+            seen.append(f"{event} {args[0]!r}")
+    sys.addaudithook(hook)
+    yield seen
+    state["on"] = False
+
+
+# ---------------------------------------------------------------- byte for byte
+
+def test_syscall_prefix_filter_byte_for_byte(no_io: list[str]) -> None:
+    p = one("""
+kprobes:
+- call: sys_openat
+  args: [{index: 1, type: string, label: path}]
+  selectors:
+  - matchArgs: [{index: 1, operator: Prefix, values: ["/etc/", "/root/"]}]
+    matchActions: [{action: Sigkill}]
+""")
+    ids = itertools.count(7)
+    cp = compile_policy(p, HOST, lambda: next(ids))
+    assert no_io == [], "the compiler read files"
+    (ch,) = cp.hooks
+    want = L.Hook()
+    want.hook_id, want.nargs, want.nselectors = 7, 1, 1
+    a = want.args[0]
+    a.type, a.src, a.off, a.size, a.max_len = L.T["string"], L.SRC_SYSCALL, 1, 8, L.ARG_DATA - 1
+    s = want.sel[0]
+    s.nfilters, s.nactions = 1, 1
+    s.args[0].op, s.args[0].slot, s.args[0].map_id = L.OP["Prefix"], 0, 0
+    s.actions[0].type = L.ACT["Sigkill"]
+    assert bytes(ch.config) == bytes(want)
+    assert ch.prefix_keys == [struct.pack("<II", 32 + 8 * len(v), 0) + v.ljust(L.LPM_STR, b"\0")
+                              for v in (b"/etc/", b"/root/")]
+    assert (ch.placement.mechanism, ch.placement.attach["name"]) == ("tracepoint", "sys_enter_openat")
+
+
+def test_32bit_syscall_guards_byte_for_byte() -> None:
+    cp = comp("""
+kprobes:
+- call: __ia32_sys_dup
+  args: [{index: 0, type: int}]
+""", HOST)
+    (ch,) = cp.hooks
+    g = ch.config.guards
+    assert ch.config.nguards == 2
+    assert [(g[i].idx, g[i].op, g[i].val) for i in range(2)] == [(L.RAW_SYSNR, L.G_EQ, 41), (L.RAW_COMPAT, L.G_EQ, 1)]
+    assert ch.placement.entry_prog == "vigil_raw_sys_enter" and ch.placement.attach["name"] == "sys_enter"
+
+
+def test_long_value_lists_go_to_the_value_map() -> None:
+    cp = comp("""
+kprobes:
+- call: sys_connect
+  args: [{index: 1, type: sockaddr}]
+  selectors:
+  - matchArgs: [{index: 1, operator: SPort, values: ["1", "2", "3", "4", "5", "6", "7", "8", "100:102"]}]
+""", HOST)
+    (ch,) = cp.hooks
+    f = ch.config.sel[0].args[0]
+    assert f.flags == L.FF_MAP and f.nvals == 0
+    ports = sorted(struct.unpack("<IIq", k)[2] for k in ch.val_keys)
+    assert ports == [1, 2, 3, 4, 5, 6, 7, 8, 100, 101, 102]
+
+
+def test_resolve_steps_come_from_btf() -> None:
+    """resolve on an LSM hook argument (VM facts: BTF of the 6.12 guest)."""
+    cp = comp("""
+lsmhooks:
+- hook: bprm_check_security
+  args: [{index: 0, type: string, resolve: "mm.owner.real_parent.comm"}]
+""", VM)
+    (ch,) = cp.hooks
+    a = ch.config.args[0]
+    assert a.nsteps == 4 and a.final_size == 0 and a.type == L.T["kstring"]  # char[16]: its address
+    assert all(a.steps[i] > 0 for i in range(4))
+
+
+# ---------------------------------------------------------------- placement per kernel
+
+PLACES = [
+    # (id, spec, kernel, substitute, mechanism, where contains)
+    ("syscall-host", "kprobes: [{call: sys_openat}]", "host", False, "tracepoint", "sys_enter_openat"),
+    ("fstat-tracepoint-name", "kprobes: [{call: sys_fstat}]", "host", False, "tracepoint", "sys_enter_newfstat"),
+    ("no-tracepoint", "kprobes: [{call: sys_get_thread_area}]", "host", False, "raw_tracepoint", "sys_enter"),
+    ("arm64-name", "kprobes: [{call: __arm64_sys_openat, syscall: true}]", "host", False, "tracepoint",
+     "sys_enter_openat"),
+    ("kfunc-vm", "kprobes: [{call: tcp_connect, syscall: false, args: [{index: 0, type: sock}]}]", "vm", False,
+     "fentry", "fentry:tcp_connect"),
+    ("kfunc-host-standin", "kprobes: [{call: tcp_connect, syscall: false, args: [{index: 0, type: sock}]}]",
+     "host", True, "raw_tracepoint", "inet_sock_set_state"),
+    ("override-fmod-ret-vm", """kprobes: [{call: security_inode_mkdir, syscall: false,
+       selectors: [{matchActions: [{action: Override, argError: -1}]}]}]""", "vm", False, "fmod_ret",
+     "fmod_ret:security_inode_mkdir"),
+    ("syscall-override-lsm-vm", """kprobes: [{call: sys_linkat, args: [{index: 0, type: int}, {index: 1, type: string}],
+       selectors: [{matchArgs: [{index: 1, operator: Equal, values: [/etc/passwd]}],
+                    matchActions: [{action: Override, argError: -1}]}]}]""", "vm", False, "lsm", "lsm:path_link"),
+    ("lsm-exec-deny-host", """lsmhooks: [{hook: bprm_check_security, args: [{index: 0, type: linux_binprm}],
+       selectors: [{matchArgs: [{index: 0, operator: Equal, values: [/x]}],
+                    matchActions: [{action: Override, argError: -1}]}]}]""", "host", True, "fanotify", ""),
+]
+
+
+@pytest.mark.parametrize("case, spec, kernel, sub, mech, where", PLACES, ids=[c[0] for c in PLACES])
+def test_placement(case: str, spec: str, kernel: str, sub: bool, mech: str, where: str) -> None:
+    cp = comp(spec, HOST if kernel == "host" else VM, sub)
+    pl = cp.hooks[0].placement
+    assert pl.mechanism == mech and where in pl.where(), pl.describe()
+
+
+def test_syscall_override_at_lsm_reads_the_other_arguments_from_the_syscall() -> None:
+    """sys_linkat Override at LSM path_link: the filtered path as the hook sees it (a dentry),
+    the fd argument from the syscall's registers, the hook limited to the linkat syscall."""
+    cp = comp("""
+kprobes:
+- call: sys_linkat
+  args: [{index: 0, type: int}, {index: 1, type: string}]
+  selectors:
+  - matchArgs: [{index: 1, operator: Equal, values: [/etc/passwd]}]
+    matchActions: [{action: Override, argError: -1}]
+""", VM)
+    pl = cp.hooks[0].placement
+    fd, path = pl.args
+    assert (fd.src, fd.off) == (L.SRC_SYSREGS, 0) and (path.vtype, path.src) == (L.T["dentry_path"], L.SRC_RAW)
+    assert (L.RAW_SYSNR, L.G_EQ, SYSCALL_NUMBERS["linkat"]) in pl.guards
+
+
+def test_generated_syscall_lists_attach_every_syscall() -> None:
+    cp = comp("""
+lists: [{name: all, type: generated_syscalls}]
+kprobes: [{call: "list:all"}]
+""", HOST)
+    assert len(cp.hooks) == len(SYSCALL_NUMBERS)  # none skipped: raw_syscalls for the rest
+    raw = {h.placement.target for h in cp.hooks if h.placement.mechanism == "raw_tracepoint"}
+    assert "sys_get_thread_area" in raw and "sys_fstat" not in raw
+
+
+# ---------------------------------------------------------------- every blocker, with its cause
+
+def test_every_blocker_of_a_hook_at_once() -> None:
+    errs = errors("""
+kprobes:
+- call: tty_write
+  syscall: false
+  args: [{index: 0, type: kiocb}, {index: 1, type: sockaddr_un}]
+  selectors:
+  - matchArgs: [{index: 0, operator: SubString, values: [x]}]
+""", HOST)
+    text = "\n".join(errs)
+    assert "needs kprobes or BPF trampolines" in text            # this kernel
+    assert 'argument type "sockaddr_un" is not supported by Vigil' in text  # Vigil, not the kernel
+    assert "operator SubString is not supported by Vigil" in text
+    assert all(e.startswith("p.yaml:") for e in errs)
+
+
+def test_absent_targets_name_their_field() -> None:
+    errs = errors("""
+kprobes:
+- {call: no_such_kernel_function, syscall: false}
+uprobes:
+- {path: /nonexistent/bin, symbols: [main]}
+""", VM)
+    assert any("spec.kprobes[0].call" in e and "no kernel function no_such_kernel_function" in e for e in errs)
+    assert any("spec.uprobes[0].path" in e and "/nonexistent/bin" in e for e in errs)
+
+
+def test_stand_ins_are_off_unless_asked_and_explain_says_so() -> None:
+    p = one("kprobes: [{call: tcp_connect, syscall: false, args: [{index: 0, type: sock}]}]")
+    off = explain_policy(p, HOST)
+    assert not off["loadable"]
+    causes = {e["cause"] for e in off["hooks"][0]["errors"]}
+    assert causes == {"kernel", "option"}
+    assert "raw_tracepoint:inet_sock_set_state" in off["hooks"][0]["stand_in"]
+    on = explain_policy(p, HOST, substitute=True)
+    assert on["loadable"] and on["substituted"] and on["hooks"][0]["substituted"] == [
+        "raw_tracepoint:inet_sock_set_state"]
+
+
+def test_templates_are_called_templates() -> None:
+    from vigil.policy import check_text
+
+    text = """apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: t}
+spec:
+  kprobes:
+  - call: sys_connect
+    args: [{index: 1, type: sockaddr}]
+    selectors: [{matchArgs: [{index: 1, operator: SAddr, values: ["${PODCIDR}"]}]}]
+"""
+    r = check_text(text, "t.yaml")
+    assert [str(e) for e in r.errors] == [
+        't.yaml:8:67: spec.kprobes[0].selectors[0].matchArgs[0].values[0]: "${PODCIDR}" looks like an unexpanded '
+        "template (${PODCIDR}): fill it in before applying the policy"]
+
+
+def test_validate_unsupported_offline_ignores_the_kernel() -> None:
+    p = one("""
+kprobes:
+- call: tcp_connect
+  syscall: false
+  args: [{index: 0, type: sock}]
+  data: [{index: 0, type: int, source: current_task}]
+  selectors: [{matchData: [{index: 0, operator: Equal, values: ["1"]}]}]
+""")
+    errs = [e.message for e in unsupported(p)]
+    assert errs == ["matchData is not supported by Vigil yet"]
+
+
+def test_return_arg_action_post_is_accepted_with_a_warning() -> None:
+    from vigil.policy import check_text
+
+    r = check_text("""apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: t}
+spec:
+  kprobes:
+  - {call: sys_openat, return: true, returnArg: {index: 0, type: int}, returnArgAction: Post}
+""", "t.yaml")
+    assert r.ok and "returnArgAction Post has no effect" in str(r.warnings[0])
+
+
+def test_other_kubernetes_objects_in_a_file_are_skipped() -> None:
+    from vigil.policy import check_text
+
+    r = check_text("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: []}\n---\n"
+                   "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: t}\nspec:\n"
+                   "  kprobes: [{call: sys_openat}]\n", "m.yaml")
+    assert r.ok and [p.name for p in r.policies] == ["t"]
+    assert "document 1 is a v1/Pod, not a TracingPolicy: skipped" in str(r.warnings[0])
+
+
+# ---------------------------------------------------------------- explain CLI
+
+def test_explain_compact_and_details(tmp_path: Path) -> None:
+    f = tmp_path / "p.yaml"
+    f.write_text("apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: two}\nspec:\n"
+                 "  kprobes:\n  - {call: sys_openat}\n"
+                 "  - {call: tcp_connect, syscall: false, args: [{index: 0, type: sock}]}\n")
+    facts_file = Path(__file__).parents[1] / "data" / "facts" / "host-6.18.json"
+    r = CliRunner().invoke(policy_cli, ["explain", "--facts", str(facts_file), str(f)])
+    assert r.exit_code == 1
+    lines = r.output.splitlines()
+    assert lines[0] == f"two ({f}, mode enforce): NOT loadable on this kernel"
+    assert lines[1] == "  kprobes[0] sys_openat: tracepoint:syscalls/sys_enter_openat"
+    assert lines[2].startswith("  kprobes[1] tcp_connect: REFUSED [this kernel, option] ") and len(lines) == 3
+    r = CliRunner().invoke(policy_cli, ["explain", "-v", "--hook-substitution", "--facts", str(facts_file), str(f)])
+    assert r.exit_code == 0, r.output
+    assert "two" in r.output and "loadable with stand-ins" in r.output
+    assert "note: stand-in for tcp_connect: raw_tracepoint:inet_sock_set_state" in r.output
+
+
+def test_ctypes_mirror_sizes_are_what_the_compiler_fills() -> None:
+    assert ctypes.sizeof(L.Hook) == ctypes.sizeof(L.Hook())

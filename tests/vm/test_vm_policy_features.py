@@ -1,0 +1,322 @@
+"""Issue 11 features that need kprobes, BPF trampolines or BPF LSM (the guest kernels): kernel
+argument types on kernel-function hooks, Override of non-syscall functions (fmod_ret), syscall
+Override at the LSM hook when the filtered argument is seen there in another form, generated
+ftrace lists, renamed functions, USDT Set. One agent, few policies: user space is slow here.
+Every hook is scoped to this test process (matchPIDs with followForks)."""
+from __future__ import annotations
+
+import base64
+import errno
+import os
+import pty
+import shutil
+import subprocess
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from test_vm_policy_enforce import Running, policy
+
+REPO = Path(__file__).resolve().parents[2]
+PID = os.getpid()
+SCOPE = f"matchPIDs: [{{operator: In, followForks: true, values: [{PID}]}}]"
+SUB = 'options: [{name: vigil-hook-substitution, value: "true"}]'
+
+
+@pytest.fixture(scope="module")
+def agent() -> Iterator[Running]:
+    r = Running()
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+@pytest.fixture
+def work() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="vigil-vmf-"))
+    try:
+        (d / "target.txt").write_text("t\n")
+        os.symlink(d / "target.txt", d / "link")
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def events_of(events: list[dict], name: str) -> list[dict]:
+    out = []
+    for e in events:
+        k = next(iter(e))
+        if e[k].get("policy_name") == name:
+            out.append(e[k])
+    return out
+
+
+BPF_PROG_LOAD = textwrap.dedent("""
+    import ctypes, struct
+    libc = ctypes.CDLL(None, use_errno=True)
+    def bpf(cmd, attr):
+        buf = ctypes.create_string_buffer(attr, 128)
+        return libc.syscall(321, cmd, buf, 128)
+    fd = bpf(0, struct.pack("<IIIIIII16s", 2, 4, 8, 3, 0, 0, 0, b"vigil_t_map"))
+    insns = ctypes.create_string_buffer(bytes.fromhex("b700000000000000" "9500000000000000"))
+    lic = ctypes.create_string_buffer(b"GPL")
+    pfd = bpf(5, struct.pack("<IIQQIIQII16s", 1, 2, ctypes.addressof(insns), ctypes.addressof(lic), 0, 0, 0, 0, 0,
+                             b"vigil_t_prog"))
+    pattr = ctypes.create_string_buffer(struct.pack("<IIQ", 1, 128, 9), 128)
+    libc.syscall(298, pattr, 0, -1, -1, 0)
+""")
+
+
+def _module() -> Path | None:
+    rel = os.environ["VIGIL_VM_KERNEL"]
+    hits = sorted((REPO / "build" / "vm" / "kernels").glob(f"*/lib/modules/{rel}/kernel/drivers/net/dummy.ko*"))
+    return hits[0] if hits else None
+
+
+def test_kernel_argument_types(agent: Running, work: Path) -> None:
+    """kiocb + iov_iter with maxData (tty_write through a pty), bpf_attr and bpf_prog (a program
+    load), bpf_map (security_bpf_map_alloc: renamed in 6.9, run on security_bpf_map_create),
+    perf_event, dentry (following a symlink), user_namespace and capability (cap_capable),
+    module and load_info (loading and unloading a module)."""
+    mod = _module()
+    assert mod is not None, "the guest kernel's dummy.ko (unpacked by the VM tier) is missing"
+    spec = f"""
+kprobes:
+- call: tty_write
+  syscall: false
+  args: [{{index: 0, type: kiocb}}, {{index: 1, type: iov_iter, maxData: true}}]
+  selectors: [{{{SCOPE}}}]
+- call: bpf_check
+  syscall: false
+  args: [{{index: 1, type: bpf_attr}}]
+  selectors: [{{{SCOPE}}}]
+- call: bpf_prog_new_fd
+  syscall: false
+  args: [{{index: 0, type: bpf_prog}}]
+  selectors: [{{{SCOPE}}}]
+- call: security_bpf_map_alloc
+  syscall: false
+  args: [{{index: 0, type: bpf_map}}]
+  selectors: [{{{SCOPE}}}]
+- call: security_perf_event_alloc
+  syscall: false
+  args: [{{index: 0, type: perf_event}}]
+  selectors: [{{{SCOPE}}}]
+- call: security_inode_follow_link
+  syscall: false
+  args: [{{index: 0, type: dentry}}]
+  selectors: [{{matchArgs: [{{index: 0, operator: Postfix, values: ["/link"]}}], {SCOPE}}}]
+- call: cap_capable
+  syscall: false
+  args: [{{index: 1, type: user_namespace}}, {{index: 2, type: capability}}]
+  selectors: [{{matchArgs: [{{index: 2, operator: Equal, values: ["16"]}}], {SCOPE}}}]
+- call: do_init_module
+  syscall: false
+  args: [{{index: 0, type: module}}]
+  selectors: [{{{SCOPE}}}]
+- call: find_module_sections
+  syscall: false
+  args: [{{index: 0, type: nop}}, {{index: 1, type: load_info}}]
+  selectors: [{{{SCOPE}}}]
+{SUB}
+"""
+    if not os.path.exists("/dev/pts/ptmx"):
+        os.makedirs("/dev/pts", exist_ok=True)
+        subprocess.run(["mount", "-t", "devpts", "devpts", "/dev/pts"], check=True)
+    payload = bytes(range(256)) * 20  # 5120 bytes: past the 4 KiB inline part
+
+    def act() -> None:
+        master, slave = pty.openpty()
+        try:
+            os.write(slave, payload)
+        finally:
+            os.close(slave)
+            os.close(master)
+        subprocess.run([os.path.realpath(shutil.which("python3") or "/usr/bin/python3"), "-S", "-c", BPF_PROG_LOAD],
+                       check=True)
+        open(work / "link").close()
+        subprocess.run(["/sbin/insmod", str(mod)], check=True)
+        subprocess.run(["/sbin/rmmod", "dummy"], check=True)
+    name = agent.agent.add_policy(policy("vm-types", spec))
+    try:
+        events = agent.collect(act)
+    finally:
+        agent.agent.delete_policy(name)
+    by: dict[str, list[dict]] = {}
+    for e in events_of(events, "vm-types"):
+        by.setdefault(e["function_name"], []).append(e)
+    tty = next(e for e in by["tty_write"] if "bytes_arg" in e["args"][1])
+    assert tty["args"][0]["file_arg"]["path"].startswith("/dev/pts/")
+    assert base64.b64decode(tty["args"][1]["bytes_arg"]) == payload
+    assert by["bpf_check"][0]["args"][0]["bpf_attr_arg"] == {
+        "ProgType": "BPF_PROG_TYPE_SOCKET_FILTER", "InsnCnt": 2, "ProgName": "vigil_t_prog"}
+    assert {"ProgType": "BPF_PROG_TYPE_SOCKET_FILTER", "InsnCnt": 2, "ProgName": "vigil_t_prog"} in [
+        e["args"][0]["bpf_prog_arg"] for e in by["bpf_prog_new_fd"]]
+    assert {"MapType": "BPF_MAP_TYPE_ARRAY", "KeySize": 4, "ValueSize": 8, "MaxEntries": 3,
+            "MapName": "vigil_t_map"} in [e["args"][0]["bpf_map_arg"] for e in by["security_bpf_map_alloc"]]
+    assert {"Type": "PERF_TYPE_SOFTWARE", "Config": "9"} in [e["args"][0]["perf_event_arg"]
+                                                           for e in by["security_perf_event_alloc"]]
+    assert by["security_inode_follow_link"][0]["args"][0]["path_arg"]["path"].endswith("/link")
+    cc = by["cap_capable"][0]["args"]
+    assert cc[1]["capability_arg"]["name"] == "CAP_SYS_MODULE" and cc[0]["user_ns_arg"]["ns"]["is_host"] is True
+    assert by["do_init_module"][0]["args"][0]["module_arg"]["name"] == "dummy"
+    assert by["find_module_sections"][0]["args"][0]["module_arg"]["name"] == "dummy"
+
+
+def test_override_of_a_kernel_function_by_fmod_ret(agent: Running, work: Path) -> None:
+    spec = f"""
+kprobes:
+- call: security_inode_mkdir
+  syscall: false
+  selectors:
+  - {SCOPE}
+    matchActions: [{{action: Override, argError: -1}}]
+"""
+    name = agent.agent.add_policy(policy("vm-fmodret", spec))
+    err: list[int] = []
+    try:
+        hook = agent.agent.list_policies()[0]["hooks"][0]["hook"]
+        assert hook.startswith("fmod_ret:security_inode_mkdir"), hook
+
+        def act() -> None:
+            try:
+                os.mkdir(work / "newdir")
+            except OSError as e:
+                err.append(e.errno)
+        events = agent.collect(act)
+    finally:
+        agent.agent.delete_policy(name)
+    assert err == [errno.EPERM] and not (work / "newdir").exists()
+    (ev,) = events_of(events, "vm-fmodret")
+    assert ev["function_name"] == "security_inode_mkdir" and ev["action"] == "KPROBE_ACTION_OVERRIDE"
+    os.mkdir(work / "newdir")  # the policy is gone: mkdir works again
+
+
+def test_syscall_override_at_lsm_with_the_argument_in_another_form(agent: Running, work: Path) -> None:
+    """sys_linkat filtered on its old path (a user string): enforced at LSM path_link, which
+    sees a dentry; the fd arguments come from the syscall's registers."""
+    spec = f"""
+kprobes:
+- call: sys_linkat
+  args: [{{index: 0, type: int}}, {{index: 1, type: string}}, {{index: 2, type: int}}, {{index: 3, type: string}}]
+  selectors:
+  - matchArgs: [{{index: 1, operator: Postfix, values: ["/target.txt"]}}]
+    {SCOPE}
+    matchActions: [{{action: Override, argError: -13}}]
+"""
+    name = agent.agent.add_policy(policy("vm-linkat", spec))
+    err: list[int] = []
+    try:
+        assert agent.agent.list_policies()[0]["hooks"][0]["hook"].startswith("lsm:path_link")
+
+        def act() -> None:
+            try:  # follow_symlinks=False: linkat (glibc's link() is the link syscall)
+                os.link(work / "target.txt", work / "hard", follow_symlinks=False)
+            except OSError as e:
+                err.append(e.errno)
+        events = agent.collect(act)
+    finally:
+        agent.agent.delete_policy(name)
+    assert err == [errno.EACCES] and not (work / "hard").exists()
+    (ev,) = events_of(events, "vm-linkat")
+    assert ev["args"][0] == {"int_arg": -100} and ev["args"][2] == {"int_arg": -100}  # AT_FDCWD from registers
+    assert ev["args"][1]["string_arg"].endswith("/target.txt")
+    assert ev["args"][3]["string_arg"] == f"{work}/hard"
+
+
+def test_generated_ftrace_list(agent: Running, work: Path) -> None:
+    spec = f"""
+lists: [{{name: fs, type: generated_ftrace, pattern: "^vfs_fsync_range$"}}]
+kprobes:
+- call: "list:fs"
+  selectors: [{{{SCOPE}}}]
+"""
+    name = agent.agent.add_policy(policy("vm-ftrace", spec))
+    try:
+        def act() -> None:
+            with open(work / "target.txt", "a") as f:
+                os.fsync(f.fileno())
+        events = agent.collect(act)
+    finally:
+        agent.agent.delete_policy(name)
+    assert [e["function_name"] for e in events_of(events, "vm-ftrace")] == ["vfs_fsync_range"]
+
+
+USDT_C = textwrap.dedent(r"""
+    #define SDT_BASE ".ifndef _.stapsdt.base\n" \
+      ".pushsection .stapsdt.base,\"aG\",\"progbits\",.stapsdt.base,comdat\n" \
+      ".weak _.stapsdt.base\n.hidden _.stapsdt.base\n_.stapsdt.base: .space 1\n" \
+      ".size _.stapsdt.base, 1\n.popsection\n.endif\n"
+    #define SDT(prov, name, argfmt, ...) __asm__ __volatile__("990: nop\n" \
+        ".pushsection .note.stapsdt,\"?\",\"note\"\n.balign 4\n" \
+        ".4byte 992f-991f, 994f-993f, 3\n991: .asciz \"stapsdt\"\n992: .balign 4\n" \
+        "993: .8byte 990b\n.8byte _.stapsdt.base\n.8byte 0\n" \
+        ".asciz \"" prov "\"\n.asciz \"" name "\"\n.asciz \"" argfmt "\"\n994: .balign 4\n.popsection\n" \
+        SDT_BASE :: __VA_ARGS__)
+    int main(void) {
+        volatile int ret = 0;
+        SDT("vigil", "set", "-4@%0", "m"(ret));
+        return ret;
+    }
+""")
+
+
+def test_usdt_set(agent: Running, work: Path) -> None:
+    """Set writes argValue into the memory operand argIndex names: the program returns it."""
+    ok, why = agent.agent.policies.has("probe_write_user")
+    assert ok, f"the guest kernel refuses bpf_probe_write_user: {why}"
+    (work / "u.c").write_text(USDT_C)
+    cc = shutil.which("clang") or shutil.which("cc")
+    assert cc, "no C compiler"
+    subprocess.run([cc, "-O1", "-o", str(work / "u"), str(work / "u.c")], check=True)
+    spec = f"""
+usdts:
+- path: "{work}/u"
+  provider: vigil
+  name: set
+  args: [{{index: 0, type: int32}}]
+  selectors:
+  - {SCOPE}
+    matchActions: [{{action: Set, argIndex: 0, argValue: 32}}]
+"""
+    name = agent.agent.add_policy(policy("vm-usdt-set", spec))
+    rc: list[int] = []
+    try:
+        events = agent.collect(lambda: rc.append(subprocess.run([str(work / "u")]).returncode))
+    finally:
+        agent.agent.delete_policy(name)
+    assert rc == [32]
+    (ev,) = events_of(events, "vm-usdt-set")
+    assert ev["action"] == "KPROBE_ACTION_SET"
+
+
+
+def test_ima_hash(agent: Running, work: Path) -> None:
+    """imaHash on an LSM hook: a sleepable program computes the executed file's IMA hash."""
+    import hashlib
+
+    ok, why = agent.agent.policies.has("ima_hash")
+    assert ok, f"bpf_ima_file_hash unusable in the guest: {why}"
+    binary = work / "true-copy"
+    shutil.copy2(os.path.realpath("/bin/true"), binary)
+    spec = f"""
+lsmhooks:
+- hook: bprm_check_security
+  args: [{{index: 0, type: linux_binprm}}]
+  selectors:
+  - matchArgs: [{{index: 0, operator: Equal, values: ["{binary}"]}}]
+    {SCOPE}
+    matchActions: [{{action: Post, imaHash: true}}]
+"""
+    name = agent.agent.add_policy(policy("vm-ima", spec))
+    try:
+        events = agent.collect(lambda: subprocess.run([str(binary)], check=True))
+    finally:
+        agent.agent.delete_policy(name)
+    (ev,) = events_of(events, "vm-ima")
+    algo, _, digest = ev["ima_hash"].partition(":")
+    assert ev["args"][0]["linux_binprm_arg"]["path"] == str(binary)
+    assert digest == hashlib.new(algo, binary.read_bytes()).hexdigest()
