@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 from dataclasses import dataclass, field
 from typing import Any
 
 from vigil.events import records as R
 from vigil.export.jsonl import EncodedDict
+from vigil.k8s.cgroups import parse as parse_cgroup
 from vigil.process.cache import ProcessCache
 from vigil.kernel.caps import cap_list, securebits_list
 from vigil.kernel.namespaces import NS_NAMES, host_namespaces
@@ -21,7 +21,6 @@ FLAG_ORDER = ("execve", "procFS", "errorEnvs", "truncArgs", "miss", "errorFilena
               "rootcwd", "errorCWD", "clone", "errorCgroupName", "errorCgroupID", "errorCgroupSubsysCgrp",
               "errorCgroupSubsys", "errorCgroups", "errorPathResolutionCwd", "dataFilename", "dataArgs",
               "inInitTree")
-_CONTAINER_ID = re.compile(r"([0-9a-f]{31,})")
 _SIGNAMES = {s.value: s.name for s in signal.Signals}
 
 
@@ -30,9 +29,8 @@ def signal_name(n: int) -> str:
 
 
 def container_id(cgroup_name: str) -> str:
-    """docker field: container id from the cgroup directory name, cut to 31 chars."""
-    m = _CONTAINER_ID.search(cgroup_name)
-    return m.group(1)[:31] if m else ""
+    """docker field: container id from the cgroup path or its parent/leaf names, cut to 31 chars."""
+    return parse_cgroup(cgroup_name).docker
 
 
 def format_arguments(args: bytes) -> str:
