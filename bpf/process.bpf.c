@@ -7,6 +7,7 @@
 #include "path.bpf.h"
 #include "process_map.bpf.h"
 #include "cgroup.bpf.h"
+#include "policy_filter.bpf.h"  /* created here, shared with the generic hooks */
 
 char LICENSE[] SEC("license") = "GPL";
 

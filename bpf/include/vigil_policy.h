@@ -190,7 +190,8 @@ struct vp_hook {
 	__u32 flags;      /* VP_HOOK_* */
 	__u8 nargs;
 	__u8 nselectors;
-	__u8 pad[6];
+	__u8 pad[2];
+	__u32 filter_id;  /* workload filter (policy_cgroups); 0: every process */
 	struct vp_arg args[VP_SLOTS];              /* VP_MAX_ARGS used */
 	struct vp_arg ret_arg;
 	struct vp_selector sel[VP_SLOTS];          /* VP_MAX_SELECTORS used */

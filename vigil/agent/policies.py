@@ -41,10 +41,27 @@ class LoadedPolicy:
     enabled: bool = True
     error: str = ""
     events: dict[str, int] = field(default_factory=dict)
+    filter_id: int = 0                # workload scope in the kernel (vigil.k8s.policyfilter); 0: none
 
     @property
     def name(self) -> str:
         return self.compiled.name
+
+
+def _key(name: str, namespace: str | None = "") -> str:
+    """Policies are unique per namespace (cluster-scoped ones have none)."""
+    return f"{namespace}/{name}" if namespace else name
+
+
+def _workload_scope(policy: Policy) -> tuple[str | None, Any, Any] | None:
+    """(namespace, podSelector, containerSelector) of a pod-scoped policy; None: applies everywhere."""
+    spec = policy.spec
+    pod = spec.pod_selector if spec.pod_selector is not None and not spec.pod_selector.empty else None
+    cont = (spec.container_selector if spec.container_selector is not None and not spec.container_selector.empty
+            else None)
+    if not policy.namespaced and pod is None and cont is None:
+        return None
+    return policy.namespace if policy.namespaced else None, pod, cont
 
 
 class PolicyManager:
@@ -92,7 +109,8 @@ class PolicyManager:
         sensor = self.agent.sensor
         if sensor is None or sensor.obj is None:
             raise PolicyError("the process sensor is not running; policies need the live kernel")
-        return {n: sensor.obj.map(n) for n in ("events", "vigil_drops", "execve_map", "socktrack")}
+        return {n: sensor.obj.map(n) for n in ("events", "vigil_drops", "execve_map", "socktrack",
+                                               "policy_cgroups")}
 
     # -- adding
     def add_text(self, text: str, filename: str = "<grpc>", *, mode: str | None = None,
@@ -141,9 +159,11 @@ class PolicyManager:
         return names
 
     def add(self, policy: Policy, *, mode: str | None = None, source: str = "grpc") -> str:
+        key = _key(policy.name, policy.namespace)
+        k8s = getattr(self.agent, "k8s", None)
         with self._lock:
-            if policy.name in self.policies:
-                raise PolicyExists(f"policy {policy.name!r} already exists")
+            if key in self.policies:
+                raise PolicyExists(f"policy {key!r} already exists")
             follow = self._follow_rules()
             bits: list[int] = []
 
@@ -155,11 +175,26 @@ class PolicyManager:
                 bits.append(bit)
                 return bit
             try:
-                compiled = compile_policy(policy, self.has, lambda: next(self._hook_ids), follow_bit=follow_bit)
+                compiled = compile_policy(policy, self.has, lambda: next(self._hook_ids), follow_bit=follow_bit,
+                                          workloads=k8s is not None)
             except PolicyErrors as e:
                 for b in bits:
                     follow.release(b)
                 raise PolicyError(str(e)) from None
+            scope = _workload_scope(policy)
+            filter_id = 0
+            if scope is not None:
+                odd = [ch.placement.describe() for ch in compiled.hooks
+                       if ch.placement.mechanism in ("fanotify", "cgroup_sock_addr")]
+                if odd:
+                    for b in bits:
+                        follow.release(b)
+                    raise PolicyError(f"policy {key!r}: a policy scoped to pods cannot use {', '.join(odd)} "
+                                      "(enforcement outside BPF hooks has no pod filter); use a hook with BPF "
+                                      "LSM or kprobes, or a cluster-wide policy")
+                filter_id = k8s.add_scope(key, *scope)
+                for ch in compiled.hooks:
+                    ch.config.filter_id = filter_id
             mode = mode or compiled.mode
             if mode == "monitor":
                 for ch in compiled.hooks:
@@ -169,11 +204,13 @@ class PolicyManager:
             except BaseException:
                 for b in bits:
                     follow.release(b)
+                if filter_id:
+                    k8s.remove_scope(filter_id)
                 raise
-            lp = LoadedPolicy(next(self._ids), compiled, loaded, source, mode)
+            lp = LoadedPolicy(next(self._ids), compiled, loaded, source, mode, filter_id=filter_id)
             for ch in compiled.hooks:
                 self.hooks[ch.hook_id] = (ch, lp)
-            self.policies[policy.name] = lp
+            self.policies[key] = lp
             for w in compiled.warnings:
                 log.warning("%s", w)
             log.info("policy %s loaded (%s): %s", policy.name, mode,
@@ -224,27 +261,41 @@ class PolicyManager:
         return loaded
 
     # -- changing
-    def _get(self, name: str) -> LoadedPolicy:
-        lp = self.policies.get(name)
+    def _get(self, name: str, namespace: str = "") -> LoadedPolicy:
+        lp = self.policies.get(_key(name, namespace))
         if lp is None:
-            raise PolicyNotFound(f"no policy named {name!r}")
+            raise PolicyNotFound(f"no policy named {_key(name, namespace)!r}")
         return lp
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str, namespace: str = "") -> None:
         with self._lock:
-            lp = self._get(name)
+            lp = self._get(name, namespace)
             for gh in lp.hooks:
                 gh.close()
             for ch in lp.compiled.hooks:
                 self.hooks.pop(ch.hook_id, None)
                 for b in ch.follow_bits:
                     self._follow_rules().release(b)
-            del self.policies[name]
-            log.info("policy %s deleted", name)
+            if lp.filter_id:
+                k8s = getattr(self.agent, "k8s", None)
+                if k8s is not None:
+                    k8s.remove_scope(lp.filter_id)
+            del self.policies[_key(name, namespace)]
+            log.info("policy %s deleted", _key(name, namespace))
 
-    def set_enabled(self, name: str, enabled: bool) -> None:
+    def check_text(self, text: str, filename: str) -> None:
+        """Parse, validate and compile without loading (raises PolicyError with the reasons)."""
+        try:
+            policies = parse_policies(text, filename)
+            k8s = getattr(self.agent, "k8s", None)
+            for p in policies:
+                compile_policy(p, self.has, lambda: 0, workloads=k8s is not None)
+        except PolicyErrors as e:
+            raise PolicyError(str(e)) from None
+
+    def set_enabled(self, name: str, enabled: bool, namespace: str = "") -> None:
         with self._lock:
-            lp = self._get(name)
+            lp = self._get(name, namespace)
             for gh in lp.hooks:
                 if enabled:
                     gh.attach()
@@ -252,11 +303,11 @@ class PolicyManager:
                     gh.detach()
             lp.enabled = enabled
 
-    def set_mode(self, name: str, mode: str) -> None:
+    def set_mode(self, name: str, mode: str, namespace: str = "") -> None:
         if mode not in ("enforce", "monitor"):
             raise PolicyError(f"mode must be enforce or monitor, not {mode!r}")
         with self._lock:
-            lp = self._get(name)
+            lp = self._get(name, namespace)
             for gh in lp.hooks:
                 cfg = gh.compiled.config
                 cfg.flags = (cfg.flags & ~L.HOOK_MONITOR) | (L.HOOK_MONITOR if mode == "monitor" else 0)
@@ -275,8 +326,8 @@ class PolicyManager:
 
     def close(self) -> None:
         with self._lock:
-            for name in list(self.policies):
-                self.delete(name)
+            for key, lp in list(self.policies.items()):
+                self.delete(lp.name, lp.compiled.policy.namespace or "")
             self.guards.close()
 
     # -- reporting
@@ -294,6 +345,8 @@ class PolicyManager:
             "name": lp.name,
             "namespace": lp.compiled.policy.namespace or "",
             "info": lp.source,
+            "domain": lp.source,
+            "filter_id": lp.filter_id,
             "sensors": ["generic"],
             "state": "enabled" if lp.enabled else "disabled",
             "error": lp.error,

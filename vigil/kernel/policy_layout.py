@@ -95,7 +95,7 @@ class Selector(C.Structure):
 
 class Hook(C.Structure):
     _fields_ = [("hook_id", C.c_uint32), ("flags", C.c_uint32), ("nargs", C.c_uint8),
-                ("nselectors", C.c_uint8), ("pad", C.c_uint8 * 6), ("args", Arg * SLOTS),
+                ("nselectors", C.c_uint8), ("pad", C.c_uint8 * 2), ("filter_id", C.c_uint32), ("args", Arg * SLOTS),
                 ("ret_arg", Arg), ("sel", Selector * SLOTS)]
 
 

@@ -96,18 +96,27 @@ def host_ns_inums() -> list[int]:
 
 def compile_policy(policy: Policy, has: Probe, next_hook_id: Callable[[], int],
                    host_ns: list[int] | None = None,
-                   follow_bit: Callable[[str, tuple[str, ...]], int] | None = None) -> CompiledPolicy:
-    """Compile every hook; raises PolicyErrors (nothing partial) if any part cannot run here."""
+                   follow_bit: Callable[[str, tuple[str, ...]], int] | None = None,
+                   workloads: bool = False) -> CompiledPolicy:
+    """Compile every hook; raises PolicyErrors (nothing partial) if any part cannot run here.
+
+    `workloads`: the agent knows pods (--enable-k8s-api), so a policy may be scoped to pods and
+    containers (the scope itself is kept in the kernel by vigil.k8s.policyfilter)."""
     errs = _Errors()
     spec = policy.spec
     hooks: list[CompiledHook] = []
     monitor = policy.mode == "monitor"
-    for field_name in ("podSelector", "containerSelector"):
-        attr = {"podSelector": "pod_selector", "containerSelector": "container_selector"}[field_name]
-        sel = getattr(spec, attr)
-        if sel is not None and not sel.empty:
-            errs.error(spec.at(field_name), f"{field_name} needs Kubernetes pod information, which this agent "
-                       "does not have (run with the Kubernetes integration)")
+    if not workloads:
+        for field_name in ("podSelector", "containerSelector"):
+            attr = {"podSelector": "pod_selector", "containerSelector": "container_selector"}[field_name]
+            sel = getattr(spec, attr)
+            if sel is not None and not sel.empty:
+                errs.error(spec.at(field_name), f"{field_name} needs Kubernetes pod information, which this "
+                           "agent does not have (run it with --enable-k8s-api)")
+        if policy.namespaced:
+            errs.error(policy.at("kind"), f"a TracingPolicyNamespaced applies to the pods of namespace "
+                       f"{policy.namespace or '(none)'}, which this agent does not know (run it with "
+                       "--enable-k8s-api)")
     if spec.enforcers:
         errs.error(spec.at("enforcers"), "enforcers (NotifyEnforcer) are not supported by this Vigil build yet")
     placements: list[tuple[Placement, KProbeSpec | TracepointSpec | UProbeSpec | object]] = []

@@ -110,6 +110,8 @@ class EventBuilder:
         self._creds_cache: dict[tuple[int, ...], dict[str, Any]] = {}
         self._flags_cache: dict[int, str] = {}
         self._docker_cache: dict[str, str] = {}
+        # optional pod data (vigil.k8s.enrich.PodResolver), set when Kubernetes is on
+        self.pods: Any = None
         self.exec_count = 0
         self.exit_count = 0
         self.clone_count = 0
@@ -214,6 +216,8 @@ class EventBuilder:
             j["tid"] = pid
             j["flags"] = "clone"
             j.pop("binary_properties", None)
+            if "pod" in j and self.pods is not None:
+                j["pod"] = self.pods.with_pid(j["pod"], r.nspid)
             p = Process(eid, (pid, ktime), peid, pkey, r.ppid, j)
             p.exe, p.cgroup_id, p.ns = clone_of.exe, clone_of.cgroup_id, clone_of.ns
             p.cap_effective, p.uid, p.docker = clone_of.cap_effective, clone_of.uid, clone_of.docker
@@ -250,6 +254,10 @@ class EventBuilder:
         if docker is None:
             docker = self._docker(cg)
         if docker:
+            if self.pods is not None:
+                pod = self.pods.pod_json(cg, r.nspid, j["binary"], arguments)
+                if pod is not None:
+                    j["pod"] = pod
             j["docker"] = docker
         if peid:
             j["parent_exec_id"] = peid

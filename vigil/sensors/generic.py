@@ -11,12 +11,14 @@ import logging
 import struct
 
 from vigil.kernel import BpfObject, Map
+from vigil.kernel.cgroups import tracking as cgroup_tracking
 from vigil.kernel.paths import bpf_object
 from vigil.policy.compile import CompiledHook
 
 log = logging.getLogger("vigil.sensor.generic")
 
-STATS = ("hits", "filtered", "posted", "ratelimited", "signals", "monitored", "pending_full", "errors")
+STATS = ("hits", "filtered", "posted", "ratelimited", "signals", "monitored", "pending_full", "errors",
+         "not_workload")
 ENTRY_PROGS = ("vigil_sys_enter", "vigil_sys_exit", "vigil_tp", "vigil_raw_tp", "vigil_uprobe",
                "vigil_uretprobe", "vigil_kprobe", "vigil_kretprobe", "vigil_lsm", "vigil_fentry",
                "vigil_fmod_ret", "vigil_kprobe_override")
@@ -47,6 +49,7 @@ class GenericHook:
                                ("postfix_map", c.postfix_keys), ("addr_map", c.addr_keys),
                                ("val_map", c.val_keys)):
                 obj.map(name).set_max_entries(max(1, len(keys)))
+            obj.set_rodata(cgrp_subsys_idx=cgroup_tracking().subsys_idx)
             obj.load()
             obj.map("hook_config").update(struct.pack("<I", 0), bytes(c.config))
             one = b"\x01"
