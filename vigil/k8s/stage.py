@@ -39,6 +39,7 @@ def api_client(kubeconfig: str = "") -> Any:
             config.load_incluster_config(client_configuration=cfg)
         except config.ConfigException as e:
             raise ValueError(f"--enable-k8s-api: no --k8s-kubeconfig-path and not in a pod: {e}") from None
+    cfg.retries = 0  # the watches retry themselves, with backoff
     return client.ApiClient(cfg)
 
 
