@@ -54,7 +54,7 @@ class ApiServer:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             "--api-audiences=https://kubernetes.default.svc.cluster.local",
             "--service-cluster-ip-range=10.96.0.0/24", "--disable-admission-plugins=ServiceAccount",
-            "--endpoint-reconciler-type=none", "--enable-priority-and-fairness=false",
+            "--endpoint-reconciler-type=none", "--enable-priority-and-fairness=false", "--allow-privileged=true",
             "--profiling=false", "--logtostderr=true", "--v=0",
         ]
 

@@ -9,7 +9,8 @@ set -euo pipefail
 CACHE=${1:-/var/cache/vigil-k8s}
 BIN=$CACHE/bin/kube-apiserver
 PROTO=$CACHE/cri/api.proto
-if [ -x "$BIN" ] && [ -s "$PROTO" ]; then
+RECIPE=2   # bump when the build below changes: a cached binary of another recipe is rebuilt
+if [ -x "$BIN" ] && [ -s "$PROTO" ] && [ "$(cat "$CACHE/bin/.recipe" 2>/dev/null)" = "$RECIPE" ]; then
   exit 0
 fi
 log() { echo ">> k8s-apiserver: $*" >&2; }
@@ -66,7 +67,10 @@ export GOPATH=$GP GO111MODULE=off CGO_ENABLED=0 GOCACHE=$W/gocache GOFLAGS=
 log "make gen_openapi"
 (cd "$K" && rm -f _output/bin/openapi-gen && make gen_openapi >"$W/gen.log" 2>&1) || { tail -30 "$W/gen.log" >&2; exit 1; }
 log "go build ./cmd/kube-apiserver (a few minutes on 2 cores)"
-(cd "$K" && go build -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=v1.20.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=20" -o "$BIN.tmp" ./cmd/kube-apiserver)
+V=k8s.io/kubernetes/vendor/k8s.io/component-base/version
+(cd "$K" && go build -ldflags "-s -w -X $V.gitVersion=v1.20.2 -X $V.gitMajor=1 -X $V.gitMinor=20 -X $V.gitTreeState=clean" \
+   -o "$BIN.tmp" ./cmd/kube-apiserver)
 mv "$BIN.tmp" "$BIN"
 mv "$PROTO.tmp" "$PROTO"
+echo "$RECIPE" > "$CACHE/bin/.recipe"
 log "built $BIN ($(du -h "$BIN" | cut -f1))"
