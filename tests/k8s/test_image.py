@@ -1,0 +1,173 @@
+"""The agent's image, run as the chart's DaemonSet says (items 4-5).
+
+The test plays the DaemonSet controller and the kubelet for one node: the chart is rendered by
+the real Helm engine and created on the API server; the DaemonSet's pod template becomes a Pod of
+this node and a container under containerd CRI (privileged, host PID and network), with what the
+kubelet would give it: the ConfigMap as a config directory, the service account's token, CA and
+namespace at /var/run/secrets/kubernetes.io/serviceaccount, NODE_NAME from the downward API,
+KUBERNETES_SERVICE_HOST/PORT, and the template's hostPath mounts. The agent must export events
+with pod data, answer the readiness probe's command, and load a policy from the cluster.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.k8s.conftest import Cluster
+from tests.k8s.env.procs import free_port
+from tests.k8s.test_chart import render, sa_token
+from tests.k8s.test_policies import policy, wait_for
+
+pytestmark = pytest.mark.kernel
+IMAGE_ARCHIVE = Path(os.environ.get("VIGIL_K8S_CACHE", "/var/cache/vigil-k8s")) / "image" / "vigil-agent.tar"
+IMAGE = "vigil.test/vigil-agent:dev"
+
+
+def events_in(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass  # a line being written
+    return out
+
+
+def test_agent_image_runs_as_the_chart_daemonset(cluster: Cluster) -> None:
+    from kubernetes import client, utils
+
+    if not IMAGE_ARCHIVE.exists():
+        pytest.fail(f"{IMAGE_ARCHIVE} missing: `make k8s-image` builds it")
+    cri, pb, kl = cluster.cri, cluster.cri.pb, cluster.kubelet
+    cri.ctr("images", "import", str(IMAGE_ARCHIVE))
+    ns = cluster.namespace("vigil-img")
+    node_dir = cluster.workdir / "node"          # the node's files for this pod
+    export_dir, run_dir = node_dir / "var-log-vigil", node_dir / "run-vigil"
+    for d in (export_dir, run_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    sock = f"unix://{run_dir}/vigil.sock"
+    values = {"image": {"repository": IMAGE.rsplit(":", 1)[0], "tag": "dev"},
+              "hostPaths": {"exportDir": str(export_dir), "runDir": str(run_dir)},
+              "grpc": {"address": sock}, "metrics": {"port": free_port()}, "podWait": 1}
+    docs = render(values, namespace=ns)
+    rbac = client.RbacAuthorizationV1Api(cluster.client)
+    cluster_scoped = []
+    for d in docs:
+        if d["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+            d["metadata"]["name"] += f"-img-{cluster.run_id}"
+            if d["kind"] == "ClusterRoleBinding":
+                d["roleRef"]["name"] += f"-img-{cluster.run_id}"
+            cluster_scoped.append(d)
+        utils.create_from_dict(cluster.client, d, namespace=ns)
+    ds = next(d for d in docs if d["kind"] == "DaemonSet")
+    cm = next(d for d in docs if d["kind"] == "ConfigMap")
+    tpl = ds["spec"]["template"]
+    spec = tpl["spec"]
+    ctr_spec = spec["containers"][0]
+
+    # the DaemonSet controller's pod for this node, and the kubelet's files for its volumes
+    core = cluster.core
+    pod_obj = core.create_namespaced_pod(ns, {"metadata": {"name": f"vigil-{cluster.node}", "labels": tpl["metadata"]["labels"]},
+                                              "spec": {**spec, "nodeName": cluster.node}})
+    cfg_dir = node_dir / "config"
+    cfg_dir.mkdir()
+    for k, v in cm["data"].items():
+        (cfg_dir / k).write_text(v)
+    sa_dir = node_dir / "serviceaccount"
+    sa_dir.mkdir()
+    (sa_dir / "token").write_text(sa_token(cluster, ns, spec["serviceAccountName"]))
+    (sa_dir / "ca.crt").write_text(cluster.api.ca_pem())
+    (sa_dir / "namespace").write_text(ns)
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
+    mounts = [pb.Mount(container_path="/var/run/secrets/kubernetes.io/serviceaccount", host_path=str(sa_dir),
+                       readonly=True)]
+    for m in ctr_spec["volumeMounts"]:
+        src = str(cfg_dir) if m["name"] == "config" else host_paths[m["name"]]
+        mounts.append(pb.Mount(container_path=m["mountPath"], host_path=src, readonly=bool(m.get("readOnly"))))
+    env = [pb.KeyValue(key="NODE_NAME", value=cluster.node),  # fieldRef spec.nodeName
+           pb.KeyValue(key="KUBERNETES_SERVICE_HOST", value="127.0.0.1"),
+           pb.KeyValue(key="KUBERNETES_SERVICE_PORT", value=str(cluster.api.port))]
+    assert [e["name"] for e in ctr_spec["env"]] == ["NODE_NAME"]
+    host_ns = pb.NamespaceOption(network=pb.NODE, pid=pb.NODE, ipc=pb.POD)
+    uid = pod_obj.metadata.uid
+    sandbox = pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name=pod_obj.metadata.name, uid=uid, namespace=ns, attempt=0),
+        linux=pb.LinuxPodSandboxConfig(cgroup_parent=f"{kl.cgroup_root}/kubepods/burstable/pod{uid}",
+                                       security_context=pb.LinuxSandboxSecurityContext(namespace_options=host_ns,
+                                                                                       privileged=True)))
+    sid = cri.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=sandbox), timeout=120).pod_sandbox_id
+    cid = ""
+    target = None
+    try:
+        cfg = pb.ContainerConfig(
+            metadata=pb.ContainerMetadata(name=ctr_spec["name"], attempt=0), image=pb.ImageSpec(image=ctr_spec["image"]),
+            args=ctr_spec["args"], envs=env, mounts=mounts,
+            linux=pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(
+                privileged=ctr_spec["securityContext"]["privileged"], namespace_options=host_ns)))
+        cid = cri.runtime.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=sid, config=cfg,
+                                                                    sandbox_config=sandbox), timeout=120).container_id
+        cri.runtime.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=120)
+        export = export_dir / "vigil.log"
+
+        def logs() -> str:
+            st = cri.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=cid), timeout=10).status
+            return f"state {st.state} exit {st.exit_code} {st.reason} {st.message}"
+
+        def probe() -> bool:  # the readiness probe's own command, inside the container
+            cmd = ctr_spec["readinessProbe"]["exec"]["command"]
+            r = cri.runtime.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=cmd, timeout=20), timeout=60)
+            return r.exit_code == 0
+
+        wait_for(lambda: any("process_exec" in e for e in events_in(export)), f"the agent's first event ({logs()})",
+                 timeout=180)
+        wait_for(probe, f"the readiness probe passes ({logs()})", timeout=120)
+
+        # pod data from the API server, through the service account's token
+        target = kl.run_pod(cluster.namespace("img-target"), "target", [{"name": "c", "command": ["/bin/sleep", "3600"]}],
+                            labels={"app": "target"})
+        marker = f"img-{cluster.run_id}"
+        kl.exec(target, "c", ["/bin/echo", marker])
+
+        def marked() -> dict[str, Any] | None:
+            for e in events_in(export):
+                p = e.get("process_exec", {}).get("process", {})
+                if p.get("arguments") == marker:
+                    return p
+            return None
+        p = wait_for(marked, "the exec in the target pod exported")
+        assert p["pod"]["name"] == "target" and p["pod"]["container"]["name"] == "c"
+        assert p["docker"] == target.containers["c"][:31]
+
+        # a policy from the cluster, listed over the chart's gRPC socket with its source
+        cluster.custom.create_cluster_custom_object("cilium.io", "v1alpha1", "tracingpolicies",
+                                                    policy("TracingPolicy", f"img-{cluster.run_id}", "/etc/hostname"))
+
+        def listed() -> str | None:
+            r = subprocess.run([sys.executable, "-m", "vigil.cli.main", "tracingpolicy", "list", "--server-address", sock],
+                               capture_output=True, text=True, timeout=60)
+            return r.stdout if f"img-{cluster.run_id}" in r.stdout else None
+        out = wait_for(listed, "the cluster's policy listed by the agent in the image")
+        row = next(line for line in out.splitlines() if f"img-{cluster.run_id}" in line)
+        assert "k8s" in row.split() and "enabled" in row.split()
+    finally:
+        if target is not None:
+            kl.delete_pod(target)
+        try:
+            cluster.custom.delete_cluster_custom_object("cilium.io", "v1alpha1", "tracingpolicies", f"img-{cluster.run_id}")
+        except Exception:  # noqa: BLE001 - not created
+            pass
+        cri.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sid), timeout=120)
+        cri.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sid), timeout=120)
+        from tests.k8s.env.kubelet import remove_cgroups
+        remove_cgroups(f"{kl.cgroup_root}/kubepods/burstable/pod{uid}")
+        for d in cluster_scoped:
+            fn = rbac.delete_cluster_role if d["kind"] == "ClusterRole" else rbac.delete_cluster_role_binding
+            fn(d["metadata"]["name"])
