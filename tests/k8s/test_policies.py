@@ -175,3 +175,42 @@ def test_rejected_resource_is_reported_by_name_and_never_loaded(cluster: Cluster
     finally:
         co.delete_cluster_custom_object("cilium.io", "v1alpha1", "tracingpolicies", name)
         wait_for(lambda: _loaded(k8s_agent, name) is None, "unloaded")
+
+
+def test_container_selector_picks_containers_of_a_pod(cluster: Cluster, k8s_agent: K8sAgent) -> None:
+    kl = cluster.kubelet
+    ns = cluster.namespace("contsel")
+    pod = kl.run_pod(ns, "two", [{"name": "main", "command": ["/bin/sleep", "3600"]},
+                                 {"name": "sidecar", "command": ["/bin/sleep", "3600"]}], labels={"app": "two"})
+    agent = k8s_agent.agent
+    try:
+        doc = policy("TracingPolicyNamespaced", "sidecar-only", "/etc/group", namespace=ns,
+                     extra={"podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["two"]}]},
+                            "containerSelector": {"matchLabels": {"name": "sidecar"}}})
+        agent.policies.add_text(yaml.safe_dump(doc), "test.yaml")
+        lp = next(p for p in agent.policies.policies.values() if p.name == "sidecar-only")
+        wait_for(lambda: agent.k8s.filter.scopes[lp.filter_id].cgroups == {kl.cgroup_id(pod, "sidecar")},
+                 "only the sidecar's cgroup in the kernel map")
+        events = k8s_agent.collect(lambda: [kl.exec(pod, c, ["/bin/cat", "/etc/group"]) for c in ("main", "sidecar")])
+        assert hits(events, "sidecar-only", pod.containers["main"]) == []
+        (hit,) = hits(events, "sidecar-only", pod.containers["sidecar"])
+        assert hit["process"]["pod"]["container"]["name"] == "sidecar"
+    finally:
+        try:
+            agent.policies.delete("sidecar-only", ns)
+        finally:
+            kl.delete_pod(pod)
+
+
+def test_pod_scoped_policy_needs_kubernetes(tmp_path: Any) -> None:
+    """Without --enable-k8s-api a namespaced or pod-scoped policy is refused with the reason."""
+    from vigil.policy import parse_policies
+    from vigil.policy.compile import compile_policy
+    from vigil.policy.errors import PolicyErrors
+
+    for doc in (policy("TracingPolicyNamespaced", "ns-only", "/etc/group", namespace="shop"),
+                policy("TracingPolicy", "sel", "/etc/group", extra={"podSelector": {"matchLabels": {"a": "b"}}})):
+        (p,) = parse_policies(yaml.safe_dump(doc), "p.yaml")
+        with pytest.raises(PolicyErrors) as e:
+            compile_policy(p, lambda name: (True, ""), lambda: 1)
+        assert "--enable-k8s-api" in str(e.value) and "p.yaml:" in str(e.value)
