@@ -98,8 +98,11 @@ def test_agent_image_runs_as_the_chart_daemonset(cluster: Cluster) -> None:
     assert [e["name"] for e in ctr_spec["env"]] == ["NODE_NAME"]
     host_ns = pb.NamespaceOption(network=pb.NODE, pid=pb.NODE, ipc=pb.POD)
     uid = pod_obj.metadata.uid
+    log_dir = node_dir / "pod-logs"
+    log_dir.mkdir()
     sandbox = pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(name=pod_obj.metadata.name, uid=uid, namespace=ns, attempt=0),
+        log_directory=str(log_dir),
         linux=pb.LinuxPodSandboxConfig(cgroup_parent=f"{kl.cgroup_root}/kubepods/burstable/pod{uid}",
                                        security_context=pb.LinuxSandboxSecurityContext(namespace_options=host_ns,
                                                                                        privileged=True)))
@@ -109,7 +112,7 @@ def test_agent_image_runs_as_the_chart_daemonset(cluster: Cluster) -> None:
     try:
         cfg = pb.ContainerConfig(
             metadata=pb.ContainerMetadata(name=ctr_spec["name"], attempt=0), image=pb.ImageSpec(image=ctr_spec["image"]),
-            args=ctr_spec["args"], envs=env, mounts=mounts,
+            args=ctr_spec["args"], envs=env, mounts=mounts, log_path="vigil.log",
             linux=pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(
                 privileged=ctr_spec["securityContext"]["privileged"], namespace_options=host_ns)))
         cid = cri.runtime.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=sid, config=cfg,
@@ -117,18 +120,27 @@ def test_agent_image_runs_as_the_chart_daemonset(cluster: Cluster) -> None:
         cri.runtime.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=120)
         export = export_dir / "vigil.log"
 
-        def logs() -> str:
-            st = cri.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=cid), timeout=10).status
-            return f"state {st.state} exit {st.exit_code} {st.reason} {st.message}"
+        class Logs:  # the container's state and log tail, read when a wait fails
+            def __str__(self) -> str:
+                st = cri.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=cid), timeout=10).status
+                tail = "\n".join((log_dir / "vigil.log").read_text(errors="replace").splitlines()[-40:]) \
+                    if (log_dir / "vigil.log").exists() else "(no log)"
+                return f"state {st.state} exit {st.exit_code} {st.reason} {st.message}\n{tail}"
+        logs = Logs()
 
         def probe() -> bool:  # the readiness probe's own command, inside the container
             cmd = ctr_spec["readinessProbe"]["exec"]["command"]
             r = cri.runtime.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=cmd, timeout=20), timeout=60)
             return r.exit_code == 0
 
-        wait_for(lambda: any("process_exec" in e for e in events_in(export)), f"the agent's first event ({logs()})",
-                 timeout=180)
-        wait_for(probe, f"the readiness probe passes ({logs()})", timeout=120)
+        def first_event() -> bool:
+            st = cri.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=cid), timeout=10).status
+            if st.state == pb.CONTAINER_EXITED:
+                raise AssertionError(f"the agent exited: {logs}")
+            return any("process_exec" in e for e in events_in(export))
+        wait_for(first_event, "the agent's first event",
+                 timeout=180, why=logs)
+        wait_for(probe, "the readiness probe passes", timeout=120, why=logs)
 
         # pod data from the API server, through the service account's token
         target = kl.run_pod(cluster.namespace("img-target"), "target", [{"name": "c", "command": ["/bin/sleep", "3600"]}],

@@ -40,14 +40,15 @@ def stats(agent: K8sAgent, name: str, namespace: str = "") -> dict[str, int]:
     raise AssertionError(f"policy {namespace}/{name} is not loaded: {[p['name'] for p in agent.agent.list_policies()]}")
 
 
-def wait_for(cond: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+def wait_for(cond: Callable[[], Any], what: str, timeout: float = 60, why: object = "") -> Any:
+    """Poll until cond() is true; `timeout` only bounds a hang (no test measures time)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         v = cond()
         if v:
             return v
         time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s")
+    raise AssertionError(f"{what}: not within {timeout:.0f} s {why}")
 
 
 def test_namespaced_policy_fires_only_in_its_namespace(cluster: Cluster, k8s_agent: K8sAgent) -> None:

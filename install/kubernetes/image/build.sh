@@ -27,7 +27,7 @@ if [ ! -s "$BASE" ]; then
   trap 'umount -l "$W/rootfs/proc" 2>/dev/null || true; rm -rf --one-file-system "$W"' EXIT
   mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
   mkdir -p "$OUT/debs"
-  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates --cache-dir="$OUT/debs" \
+  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,libbpf1 --cache-dir="$OUT/debs" \
     bookworm "$W/rootfs" "${mirror:-http://deb.debian.org/debian}" >"$W/debootstrap.log" 2>&1 \
     || { tail -20 "$W/debootstrap.log" >&2; exit 1; }
   # the agent's dependencies as wheels (the host's pip configuration reaches PyPI), installed offline
