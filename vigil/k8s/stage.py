@@ -10,8 +10,6 @@ own threads; nothing here blocks the pipeline.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from typing import Any, Callable
 
 from vigil.k8s.enrich import HoldStage, PodResolver
@@ -22,18 +20,21 @@ from vigil.k8s.watch import Informer
 log = logging.getLogger("vigil.k8s")
 
 
-def node_name() -> str:
-    """This node, as the API server names it: NODE_NAME (downward API), else the hostname."""
-    return os.environ.get("NODE_NAME") or socket.gethostname()
-
-
 def api_client(kubeconfig: str = "") -> Any:
-    """A client of the official library: in-cluster (service account) unless a kubeconfig is given."""
-    from kubernetes import client, config
+    """A client of the official library: in-cluster (service account) unless a kubeconfig is given.
+    Raises ValueError with the reason (the agent reports it and does not start)."""
+    try:
+        from kubernetes import client, config
+    except ImportError:
+        raise ValueError("--enable-k8s-api needs the `kubernetes` Python package (pip install 'vigil[k8s]')") from None
 
     cfg = client.Configuration()
     if kubeconfig:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        try:
+            config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        except Exception as e:  # noqa: BLE001 - ConfigException, YAML errors, missing keys
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"--k8s-kubeconfig-path {kubeconfig}: {msg}") from None
     else:
         try:
             config.load_incluster_config(client_configuration=cfg)
