@@ -129,8 +129,9 @@ def test_hold_stage_waits_for_the_pod_then_enriches_in_order() -> None:
     released: list[dict[str, Any]] = []
     hold = HoldStage(res, hold_seconds=5, max_events=3, emit=released.extend)
     store.listen(hold.on_pod)
-    res.ref(f"pod{UID}/{CID}")          # the builder parsed this container's cgroup: kubelet-managed
-    res.ref(f"/docker/{CID2}")          # a plain Docker container: no pod to wait for
+    # the builder found no pod for these containers: one kubelet-managed, one plain Docker
+    assert res.pod_json(f"pod{UID}/{CID}", 1, "/bin/x", "") is None
+    assert res.pod_json(f"/docker/{CID2}", 1, "/bin/x", "") is None
     host = {"process_exec": {"process": {"exec_id": "h", "binary": "/bin/h"}}}
     out = hold.filter([exec_event(CID[:31], 1), host, exec_event(CID2[:31], 2), exec_event(CID[:31], 3)], now_ns=0)
     assert out == [host, exec_event(CID2[:31], 2)]
@@ -147,7 +148,7 @@ def test_hold_stage_deadline_and_bound_never_drop() -> None:
     res = PodResolver(store)
     released: list[dict[str, Any]] = []
     hold = HoldStage(res, hold_seconds=1, max_events=2, emit=released.extend)
-    res.ref(f"pod{UID}/{CID}")
+    assert res.pod_json(f"pod{UID}/{CID}", 1, "/bin/x", "") is None
     evs = [exec_event(CID[:31], i) for i in range(4)]
     out = hold.filter(evs, now_ns=0)
     assert out == evs[2:]                       # past the bound: out at once, counted

@@ -28,7 +28,9 @@ class PodResolver:
         self.annotations = annotations  # --enable-pod-annotations
         self._refs: dict[str, ContainerRef] = {}          # cgroup name -> ref
         self.by_docker: dict[str, ContainerRef] = {}      # docker field (31) -> ref of kubelet containers
-        self._static: dict[tuple[int, str], dict[str, Any]] = {}  # (id(pod), container id) -> pod json base
+        # cgroup name -> ((pod, container) as the store holds them, pod json base, container base):
+        # reused while the store still holds that same (pod, container) entry
+        self._by_cg: dict[str, tuple[tuple[PodInfo, ContainerInfo], tuple[Any, ...]]] = {}
         self.enriched = 0
         self.unknown = 0
 
@@ -43,52 +45,53 @@ class PodResolver:
                 self.by_docker[r.docker] = r
         return r
 
-    def _base(self, pod: PodInfo, c: ContainerInfo) -> dict[str, Any]:
-        k = (id(pod), c.id)
-        b = self._static.get(k)
-        if b is None:
-            if len(self._static) >= _REF_CACHE_MAX:
-                self._static.clear()
-            cont: dict[str, Any] = {"id": c.runtime_id, "name": c.name}
-            image = {k2: v for k2, v in (("id", c.image_id), ("name", c.image)) if v}
-            if image:
-                cont["image"] = image
-            if c.started_at:
-                cont["start_time"] = c.started_at
-            b = {"namespace": pod.namespace, "name": pod.name, "uid": pod.uid, "container": cont}
-            if pod.labels:
-                b["pod_labels"] = pod.labels
-            if pod.workload:
-                b["workload"] = pod.workload
-            if pod.workload_kind:
-                b["workload_kind"] = pod.workload_kind
-            if self.annotations and pod.annotations:
-                b["pod_annotations"] = pod.annotations
-            self._static[k] = b
-        return b
+    def _base(self, pod: PodInfo, c: ContainerInfo) -> tuple[Any, ...]:
+        """What every process of this container shares, built once: the values of the pod
+        object and of its container object (shared, never mutated)."""
+        image = {k: v for k, v in (("id", c.image_id), ("name", c.image)) if v}
+        extra: dict[str, Any] = {}
+        if pod.labels:
+            extra["pod_labels"] = pod.labels
+        if pod.workload:
+            extra["workload"] = pod.workload
+        if pod.workload_kind:
+            extra["workload_kind"] = pod.workload_kind
+        if self.annotations and pod.annotations:
+            extra["pod_annotations"] = pod.annotations
+        return (pod.namespace, pod.name, pod.uid, c.runtime_id, c.name, image or None, c.started_at or None, extra)
 
     def pod_json(self, cgroup_name: str, pid: int, binary: str, arguments: str) -> dict[str, Any] | None:
         """Tetragon's `pod` object for a process in this cgroup (None: no pod known)."""
-        r = self._refs.get(cgroup_name) or self.ref(cgroup_name)
-        if not r.container_id:
-            return None
-        hit = self.store.lookup(r.container_id)
-        if hit is None:
-            self.unknown += 1
-            return None
-        pod, c = hit
-        return self._with_process(self._base(pod, c), c, pid, binary, arguments)
+        hit = self._by_cg.get(cgroup_name)
+        if hit is None or self.store.by_container.get(hit[0][1].id) is not hit[0]:  # new, changed or gone
+            r = self._refs.get(cgroup_name) or self.ref(cgroup_name)
+            if not r.container_id:
+                return None
+            entry = self.store.lookup(r.container_id)
+            if entry is None:
+                self.unknown += 1
+                return None
+            if len(self._by_cg) >= _REF_CACHE_MAX:
+                self._by_cg.clear()
+            hit = self._by_cg[cgroup_name] = (entry, self._base(*entry))
+        return self._with_process(hit[1], hit[0][1], pid, binary, arguments)
 
-    def _with_process(self, base: dict[str, Any], c: ContainerInfo, pid: int, binary: str,
+    def _with_process(self, base: tuple[Any, ...], c: ContainerInfo, pid: int, binary: str,
                       arguments: str) -> dict[str, Any]:
         self.enriched += 1
-        d = dict(base)
-        cont = dict(base["container"])
+        ns, name, uid, cid, cname, image, started, extra = base
+        cont: dict[str, Any] = {"id": cid, "name": cname}
+        if image is not None:
+            cont["image"] = image
+        if started is not None:
+            cont["start_time"] = started
         if pid:
             cont["pid"] = pid
-        if c.exec_probes and maybe_exec_probe(c, binary, arguments):
+        if c.probe_args and arguments in c.probe_args and maybe_exec_probe(c, binary, arguments):
             cont["maybe_exec_probe"] = True
-        d["container"] = cont
+        d = {"namespace": ns, "name": name, "uid": uid, "container": cont}
+        if extra:
+            d.update(extra)
         return d
 
     def with_pid(self, pod_json: dict[str, Any], pid: int) -> dict[str, Any]:
@@ -139,6 +142,7 @@ class HoldStage:
         self._held: deque[tuple[int, str, dict[str, Any]]] = deque()   # (deadline, docker, event)
         self._waiting: dict[str, int] = {}                             # docker -> events held
         self._gave_up: OrderedDict[str, None] = OrderedDict()          # containers whose wait ran out
+        self._unknown_seen = 0   # resolver.unknown when filter() last looked at every event
         self.held = 0
         self.released_enriched = 0
         self.released_without_pod = 0
@@ -146,19 +150,17 @@ class HoldStage:
 
     @staticmethod
     def _proc(e: dict[str, Any]) -> dict[str, Any] | None:
-        for k in _EVENT_KINDS_WITH_PROCESS:
-            body = e.get(k)
-            if body is not None:
-                return body.get("process")
-        return None
+        body = e[next(iter(e))]  # events are built with their kind first
+        return body.get("process") if type(body) is dict else None
 
     def filter(self, events: list[dict[str, Any]], now_ns: int | None = None) -> list[dict[str, Any]]:
         """The events that may leave now; the others are held."""
-        if not events:
-            return events
+        res = self.resolver
+        if not events or (not self._waiting and res.unknown == self._unknown_seen):
+            return events  # no container waits and none was found without its pod since last time
+        self._unknown_seen = res.unknown
         out = []
         now_ns = now_ns if now_ns is not None else time.monotonic_ns()
-        res = self.resolver
         with self._lock:
             for e in events:
                 proc = self._proc(e)

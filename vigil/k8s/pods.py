@@ -24,6 +24,7 @@ class ContainerInfo:
     started_at: str          # RFC 3339
     exec_probes: tuple[tuple[str, ...], ...] = ()
     privileged: bool = False
+    probe_args: frozenset[str] = frozenset()   # the probes' `arguments` strings: a quick first check
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +102,7 @@ def pod_info(obj: dict[str, Any]) -> PodInfo:
                 id=_split_runtime_id(rid), runtime_id=rid, name=cs.get("name", ""),
                 image=cs.get("image", "") or sc.get("image", ""), image_id=cs.get("imageID", ""),
                 started_at=started, exec_probes=_probes(sc),
+                probe_args=frozenset(_probe_args(cmd) for cmd in _probes(sc)),
                 privileged=bool((sc.get("securityContext") or {}).get("privileged"))))
     workload, kind = workload_of(meta)
     return PodInfo(
@@ -110,14 +112,17 @@ def pod_info(obj: dict[str, Any]) -> PodInfo:
         container_names=tuple(spec_cs), images={n: c.get("image", "") for n, c in spec_cs.items()})
 
 
+def _probe_args(cmd: tuple[str, ...]) -> str:
+    return " ".join(f'"{a}"' if " " in a else a for a in cmd[1:])
+
+
 def maybe_exec_probe(c: ContainerInfo, binary: str, arguments: str) -> bool:
     """The process runs one of the container's exec probe commands (Tetragon's heuristic)."""
     for cmd in c.exec_probes:
         head = cmd[0]
         if head != binary and ("/" in head or binary.rsplit("/", 1)[-1] != head):
             continue
-        rest = " ".join(f'"{a}"' if " " in a else a for a in cmd[1:])
-        if rest == arguments:
+        if _probe_args(cmd) == arguments:
             return True
     return False
 
