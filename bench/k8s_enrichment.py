@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from _common import (ROOT, emit_json, exec_record, exit_record, install_signal_handlers, median, pct, rss_kb,
+from _common import (ROOT, emit_json, exec_record, exit_record, install_signal_handlers, median, pct,
                      shell_record, SHELL_KTIME, SHELL_PID, BINARIES)
 
 GOAL_RATIO, GOAL_RSS_MB, GOAL_P99_S = 1.10, 30.0, 1.0

@@ -3,8 +3,9 @@
 # (python3 and the agent's Python dependencies as wheels from PyPI) is the base, the agent
 # (vigil/, the BPF objects, vigil-permd) goes on top; buildah turns them into an OCI archive.
 #   usage: install/kubernetes/image/build.sh OUT_DIR      (run from the repository root, after make)
-# Writes OUT_DIR/vigil-agent.tar (image vigil.test/vigil-agent:dev). Both parts are cached in
-# OUT_DIR by the hash of what goes into them, so only a changed agent is rebuilt.
+# Writes OUT_DIR/vigil-agent.tar (image vigil.test/vigil-agent:dev). The base rootfs is cached in
+# OUT_DIR as a tar by the hash of the recipe and the dependency list; the image is rebuilt when the
+# agent's files change.
 set -euo pipefail
 OUT=${1:?usage: build.sh OUT_DIR}
 IMAGE=${VIGIL_IMAGE:-vigil.test/vigil-agent:dev}
@@ -39,13 +40,8 @@ if [ ! -s "$BASE" ]; then
   rm -rf "$W/rootfs/tmp/wheels" "$W/rootfs/var/cache/apt/archives/"*.deb "$W/rootfs/var/lib/apt/lists/"*
   printf '#!/bin/sh\nexec /opt/vigil/venv/bin/python -m vigil.cli.main "$@"\n' > "$W/rootfs/usr/local/bin/vigil"
   chmod 755 "$W/rootfs/usr/local/bin/vigil"
-  ctr=$(buildah "${STORE[@]}" from scratch)
-  mnt=$(buildah "${STORE[@]}" mount "$ctr")
-  cp -a "$W/rootfs/." "$mnt/"
-  buildah "${STORE[@]}" umount "$ctr" >/dev/null
-  buildah "${STORE[@]}" commit -q --format oci --rm "$ctr" "oci-archive:$BASE.tmp:vigil.test/vigil-base:$base_key" >/dev/null
+  tar -C "$W/rootfs" -cf "$BASE.tmp" .
   mv "$BASE.tmp" "$BASE"
-  rm -f "$OUT"/base-*.tar.old
   for old in "$OUT"/base-*.tar; do [ "$old" = "$BASE" ] || rm -f "$old"; done
   rm -rf --one-file-system "$W"; trap - EXIT
 fi
@@ -58,22 +54,24 @@ FINAL=$OUT/vigil-agent.tar
 if [ -s "$FINAL" ] && [ "$(cat "$OUT/vigil-agent.key" 2>/dev/null)" = "$app_key" ]; then
   exit 0
 fi
-log "agent layer $app_key"
-ctr=$(buildah "${STORE[@]}" from -q "oci-archive:$BASE")
+log "agent $app_key on base $base_key"
+# one layer, made from scratch: unpacking an image's layers (buildah from IMAGE) needs "/" to be a
+# mount point, which it is not in a chroot (the fresh-box check runs there)
+ctr=$(buildah "${STORE[@]}" from scratch)
 trap 'buildah "${STORE[@]}" rm "$ctr" >/dev/null 2>&1 || true' EXIT
-S=$(mktemp -d "${TMPDIR:-/var/tmp}/vigil-app.XXXXXX")
-mkdir -p "$S/opt/vigil/build/bpf" "$S/opt/vigil/build/native"
-(tar -cf - --exclude=__pycache__ vigil) | tar -C "$S/opt/vigil" -xf -
-cp build/bpf/*.bpf.o "$S/opt/vigil/build/bpf/"
-cp build/native/vigil-permd "$S/opt/vigil/build/native/"
-buildah "${STORE[@]}" copy -q "$ctr" "$S/opt/vigil" /opt/vigil >/dev/null
-rm -rf "$S"
+mnt=$(buildah "${STORE[@]}" mount "$ctr")
+tar -C "$mnt" -xf "$BASE"
+mkdir -p "$mnt/opt/vigil/build/bpf" "$mnt/opt/vigil/build/native"
+(tar -cf - --exclude=__pycache__ vigil) | tar -C "$mnt/opt/vigil" -xf -
+cp build/bpf/*.bpf.o "$mnt/opt/vigil/build/bpf/"
+cp build/native/vigil-permd "$mnt/opt/vigil/build/native/"
+buildah "${STORE[@]}" umount "$ctr" >/dev/null
 buildah "${STORE[@]}" config --env PYTHONPATH=/opt/vigil --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   --workingdir /opt/vigil --entrypoint '["/opt/vigil/venv/bin/python","-m","vigil.cli.main","agent"]' --cmd '' \
   --label org.opencontainers.image.title=vigil-agent "$ctr"
 buildah "${STORE[@]}" commit -q --format oci --rm "$ctr" "oci-archive:$FINAL.tmp:$IMAGE" >/dev/null
 trap - EXIT
-# storage holds nothing we need between builds (the archives are the cache)
+# storage holds nothing needed between builds (the archives are the cache)
 buildah "${STORE[@]}" rmi --all -f >/dev/null 2>&1 || true
 mv "$FINAL.tmp" "$FINAL"
 echo "$app_key" > "$OUT/vigil-agent.key"
