@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -128,16 +129,35 @@ def test_agent_image_runs_as_the_chart_daemonset(cluster: Cluster) -> None:
                 return f"state {st.state} exit {st.exit_code} {st.reason} {st.message}\n{tail}"
         logs = Logs()
 
-        def probe() -> bool:  # the readiness probe's own command, inside the container
+        probes = []
+
+        def probe() -> bool:
+            """The readiness probe's command, run from the image with the pod's mounts (as a
+            one-shot container of the pod: the kubelet would exec it in the agent's container)."""
             cmd = ctr_spec["readinessProbe"]["exec"]["command"]
-            r = cri.runtime.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=cmd, timeout=20), timeout=60)
-            return r.exit_code == 0
+            pcfg = pb.ContainerConfig(
+                metadata=pb.ContainerMetadata(name="probe", attempt=len(probes)), image=pb.ImageSpec(image=ctr_spec["image"]),
+                command=cmd, envs=env, mounts=mounts, linux=pb.LinuxContainerConfig(
+                    security_context=pb.LinuxContainerSecurityContext(namespace_options=host_ns)))
+            pid_ = cri.runtime.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=sid, config=pcfg,
+                                                                         sandbox_config=sandbox), timeout=120).container_id
+            probes.append(pid_)
+            cri.runtime.StartContainer(pb.StartContainerRequest(container_id=pid_), timeout=120)
+            deadline = time.monotonic() + 120
+            while True:
+                st = cri.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=pid_), timeout=10).status
+                if st.state == pb.CONTAINER_EXITED or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            cri.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=pid_), timeout=60)
+            return st.exit_code == 0
 
         def first_event() -> bool:
             st = cri.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=cid), timeout=10).status
             if st.state == pb.CONTAINER_EXITED:
                 raise AssertionError(f"the agent exited: {logs}")
             return any("process_exec" in e for e in events_in(export))
+
         wait_for(first_event, "the agent's first event",
                  timeout=180, why=logs)
         wait_for(probe, "the readiness probe passes", timeout=120, why=logs)

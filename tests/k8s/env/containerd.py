@@ -75,8 +75,17 @@ class Containerd:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.sock = self.dir / "containerd.sock"
         (self.dir / "config.toml").write_text(_config(self.dir))
-        self.server = Server("containerd", ["/usr/bin/containerd", "--config", str(self.dir / "config.toml"),
-                                            "--log-level", "warn"], self.dir / "containerd.log")
+        # containerd, its shims and runc live in a mount namespace of their own, rooted at a
+        # recursive bind of "/": the containers' rootfs mounts never appear on the host (and
+        # vanish with the namespace), and the root is a mount point, which runc needs (it remounts
+        # "/" as a slave) and which a chroot such as the fresh-box check's lacks
+        view = self.dir / "root-view"
+        view.mkdir(exist_ok=True)
+        self.server = Server("containerd", [
+            "/usr/bin/unshare", "--mount", "--propagation", "private", "--",
+            "/bin/sh", "-c", 'mount --rbind / "$0" && exec chroot "$0" "$@"', str(view),
+            "/usr/bin/containerd", "--config", str(self.dir / "config.toml"), "--log-level", "warn"],
+            self.dir / "containerd.log")
         self.image_ids: dict[str, str] = {}
         self._channel: Any = None
         self.runtime: Any = None

@@ -10,12 +10,26 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shlex
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tests.k8s.env.containerd import BUSYBOX, Containerd
+
+
+# How a test runs a command inside a container: each test container starts with a small exec
+# server (busybox sh) reading command lines from a FIFO the test owns, and runs each one as its
+# own child with `exec`, inside the container (its root, namespaces and cgroup). CRI's ExecSync
+# (runc exec) would do, except where the test harness itself runs in a chroot: there runc exec
+# enters the container's mount namespace at the host's root instead of the container's.
+EXEC_DIR = "/vigil-exec"
+_EXEC_SERVER = (f'mkfifo {EXEC_DIR}/in 2>/dev/null; '
+                f'(while true; do while read -r id cmd; do ( eval "exec $cmd" ) >{EXEC_DIR}/$id.out 2>&1; '
+                f'echo $? >{EXEC_DIR}/$id.rc.tmp; mv {EXEC_DIR}/$id.rc.tmp {EXEC_DIR}/$id.rc; '
+                f'done <{EXEC_DIR}/in; done) & exec "$0" "$@"')
 
 
 def now_rfc3339() -> str:
@@ -30,6 +44,7 @@ class RunningPod:
     sandbox_id: str
     containers: dict[str, str] = field(default_factory=dict)  # name -> container id
     cgroup_parent: str = ""
+    exec_dirs: dict[str, str] = field(default_factory=dict)   # name -> host dir of its exec server
 
 
 class Kubelet:
@@ -75,9 +90,12 @@ class Kubelet:
         rp.sandbox_id = self.cri.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=sandbox), timeout=120).pod_sandbox_id
         statuses = []
         for c in containers:
+            xdir = self._exec_dir(rp, c["name"])
             cfg = pb.ContainerConfig(
                 metadata=pb.ContainerMetadata(name=c["name"], attempt=0),
-                image=pb.ImageSpec(image=c.get("image", BUSYBOX)), command=c["command"],
+                image=pb.ImageSpec(image=c.get("image", BUSYBOX)),
+                command=["/bin/sh", "-c", _EXEC_SERVER, *c["command"]],
+                mounts=[pb.Mount(container_path=EXEC_DIR, host_path=xdir)],
                 labels={"io.kubernetes.container.name": c["name"], "io.kubernetes.pod.name": name,
                         "io.kubernetes.pod.namespace": namespace, "io.kubernetes.pod.uid": uid},
                 linux=pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(
@@ -109,7 +127,9 @@ class Kubelet:
                 namespace_options=ns_opts)))
         rp.sandbox_id = self.cri.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=sandbox), timeout=120).pod_sandbox_id
         cfg = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="c", attempt=0), image=pb.ImageSpec(image=BUSYBOX),
-                                 command=command, linux=pb.LinuxContainerConfig(
+                                 command=["/bin/sh", "-c", _EXEC_SERVER, *command],
+                                 mounts=[pb.Mount(container_path=EXEC_DIR, host_path=self._exec_dir(rp, "c"))],
+                                 linux=pb.LinuxContainerConfig(
                                      security_context=pb.LinuxContainerSecurityContext(namespace_options=ns_opts)))
         cid = self.cri.runtime.CreateContainer(pb.CreateContainerRequest(
             pod_sandbox_id=rp.sandbox_id, config=cfg, sandbox_config=sandbox), timeout=120).container_id
@@ -117,13 +137,38 @@ class Kubelet:
         rp.containers["c"] = cid
         return rp
 
-    def exec(self, pod: RunningPod, container: str, cmd: list[str], timeout: int = 30) -> Any:
-        pb = self.cri.pb
-        r = self.cri.runtime.ExecSync(pb.ExecSyncRequest(container_id=pod.containers[container], cmd=cmd,
-                                                         timeout=timeout), timeout=timeout + 30)
-        if r.exit_code != 0:
-            raise AssertionError(f"exec {cmd} in {pod.name}/{container}: exit {r.exit_code}: {r.stderr!r}")
-        return r
+    def _exec_dir(self, pod: RunningPod, container: str) -> str:
+        d = self.cri.dir / "exec" / f"{pod.uid}-{container}"
+        d.mkdir(parents=True, exist_ok=True)
+        pod.exec_dirs[container] = str(d)
+        return str(d)
+
+    def exec(self, pod: RunningPod, container: str, cmd: list[str], timeout: float = 60) -> str:
+        """Run cmd inside the container (a child of its exec server); returns its output."""
+        d = pod.exec_dirs[container]
+        rid = uuid.uuid4().hex
+        deadline = time.monotonic() + timeout
+        while True:  # the server makes its FIFO when the container starts, then reads it
+            try:
+                fd = os.open(f"{d}/in", os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError:  # not there yet, or no reader right now (ENXIO)
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"exec server of {pod.name}/{container} not answering") from None
+                time.sleep(0.005)
+        try:
+            os.write(fd, f"{rid} {shlex.join(cmd)}\n".encode())
+        finally:
+            os.close(fd)
+        while not os.path.exists(f"{d}/{rid}.rc"):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"exec {cmd} in {pod.name}/{container}: no answer")
+            time.sleep(0.005)
+        rc = int(open(f"{d}/{rid}.rc").read().strip() or "-1")
+        out = open(f"{d}/{rid}.out", errors="replace").read()
+        if rc != 0:
+            raise AssertionError(f"exec {cmd} in {pod.name}/{container}: exit {rc}: {out!r}")
+        return out
 
     def label(self, pod: RunningPod, labels: dict[str, str | None]) -> None:
         self.core.patch_namespaced_pod(pod.name, pod.namespace, {"metadata": {"labels": labels}})
