@@ -81,9 +81,11 @@ class Containerd:
         # "/" as a slave) and which a chroot such as the fresh-box check's lacks
         view = self.dir / "root-view"
         view.mkdir(exist_ok=True)
+        # (everything is made private first; in a chroot "/" cannot be, so only the view is)
         self.server = Server("containerd", [
-            "/usr/bin/unshare", "--mount", "--propagation", "private", "--",
-            "/bin/sh", "-c", 'mount --rbind / "$0" && exec chroot "$0" "$@"', str(view),
+            "/usr/bin/unshare", "--mount", "--propagation", "unchanged", "--",
+            "/bin/sh", "-c", 'mount --make-rprivate / 2>/dev/null; mount --rbind / "$0" && '
+                             'mount --make-rprivate "$0" && exec chroot "$0" "$@"', str(view),
             "/usr/bin/containerd", "--config", str(self.dir / "config.toml"), "--log-level", "warn"],
             self.dir / "containerd.log")
         self.image_ids: dict[str, str] = {}
