@@ -12,7 +12,7 @@ APT_PKGS     := clang llvm libbpf-dev bpftool python3-venv iproute2
 EXPORT_FILE  ?= /var/log/vigil/vigil.log
 PYTEST_ARGS  ?=
 
-.PHONY: all run test test-host test-vm fuzz deps venv bpf native proto deb install prometheus clean
+.PHONY: all run test test-host test-vm test-k8s k8s-env k8s-image fuzz deps venv bpf native proto deb install prometheus clean
 
 all: deps venv bpf native proto
 
@@ -114,17 +114,48 @@ $(PROMETHEUS): $(BUILD)/.deps
 	@touch $@
 prometheus: $(PROMETHEUS)
 
-test: all $(PROMETHEUS) $(DEB)
+test: all k8s-env $(PROMETHEUS) $(DEB)
 	$(VPY) -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-vm
 
-test-host: all $(PROMETHEUS) $(DEB)
+test-host: all k8s-env $(PROMETHEUS) $(DEB)
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
 # Longer, unseeded policy fuzzing: the front end with 100,000 policies, 3,000 real loads.
 fuzz: all
 	VIGIL_FUZZ_EXAMPLES=100000 VIGIL_FUZZ_RANDOM=1 VIGIL_FUZZ_LIVE=3000 VIGIL_FUZZ_SEED=$$RANDOM \
 	  $(VPY) -m pytest -s -p no:cacheprovider tests/unit/test_policy_fuzz.py tests/kernel/test_policy_fuzz_live.py
+
+# ---- Kubernetes tier (tests/k8s): a real kube-apiserver + etcd, containerd CRI + runc, Helm.
+# kube-apiserver is built from Debian 12's `kubernetes` source package with Debian's Go and
+# cached outside the repository ($(K8S_CACHE)); see tests/k8s/README.md.
+K8S_CACHE ?= /var/cache/vigil-k8s
+K8S_APT   := containerd runc etcd-server busybox-static buildah debootstrap openssl
+k8s-env: $(VENV)/.k8s-installed $(BUILD)/.k8s-deps
+	@tests/k8s/env/build-kube-apiserver.sh $(K8S_CACHE)
+	@[ $(BUILD)/k8s/cri/cri_api_pb2.py -nt $(K8S_CACHE)/cri/api.proto ] || \
+	  $(VPY) -m tests.k8s.env.gencri $(K8S_CACHE)/cri/api.proto $(BUILD)/k8s/cri
+	@$(MAKE) --no-print-directory k8s-image
+
+$(BUILD)/.k8s-deps: $(BUILD)/.deps
+	@missing=""; for p in $(K8S_APT); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo ">> apt-get install$$missing"; export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends $$missing >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; }; fi
+	@touch $@
+
+$(VENV)/.k8s-installed: pyproject.toml $(VENV)/.installed
+	$(VPY) -m pip install -q -e '.[test,k8s,k8s-test]'
+	@touch $@
+
+# The agent's container image (install/kubernetes/image): a debootstrap rootfs made into an OCI
+# archive with buildah, cached in $(K8S_CACHE)/image by the hash of what goes into it.
+k8s-image: all $(VENV)/.k8s-installed $(BUILD)/.k8s-deps
+	@install/kubernetes/image/build.sh $(K8S_CACHE)/image
+
+test-k8s: all k8s-env
+	$(VPY) -m pytest tests/k8s $(PYTEST_ARGS)
 
 test-vm: all
 	$(VPY) -m vigil.vmtier run

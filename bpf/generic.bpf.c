@@ -12,6 +12,8 @@
 #include "vigil_common.bpf.h"
 #include "path.bpf.h"
 #include "process_map.bpf.h"
+#include "cgroup.bpf.h"
+#include "policy_filter.bpf.h"
 #include "vigil_policy.h"
 #include <bpf/bpf_endian.h>
 
@@ -38,7 +40,8 @@ enum hook_stat {
 	HS_MONITORED = 5,  /* enforcement reported but not performed (monitor mode) */
 	HS_PENDING_FULL = 6,
 	HS_ERRORS = 7,
-	HS_MAX = 8,
+	HS_NOT_WORKLOAD = 8, /* the process is outside the policy's pods/containers: nothing read */
+	HS_MAX = 9,
 };
 
 struct {

@@ -6,6 +6,8 @@
 #include "vigil_common.bpf.h"
 #include "path.bpf.h"
 #include "process_map.bpf.h"
+#include "cgroup.bpf.h"
+#include "policy_filter.bpf.h"  /* created here, shared with the generic hooks */
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -224,6 +226,8 @@ static __always_inline int do_exec(struct task_struct *task, struct linux_binprm
 	struct mm_struct *mm;
 	unsigned long astart, aend;
 	const char *fname;
+	struct kernfs_node *cg_kn, *cg_parent;
+	__u32 cg_off;
 	long r;
 
 	h = begin_record(VIGIL_OP_EXEC, task);
@@ -233,7 +237,8 @@ static __always_inline int do_exec(struct task_struct *task, struct linux_binprm
 
 	fill_creds(task, m);
 	fill_namespaces(task, m);
-	m->cgroup_id = bpf_get_current_cgroup_id();
+	cg_kn = BPF_CORE_READ(tracking_cgroup(task), kn);
+	m->cgroup_id = BPF_CORE_READ(cg_kn, id);
 
 	fs = BPF_CORE_READ(task, fs);
 	bpf_probe_read_kernel(&root, sizeof(root), &fs->root);
@@ -290,13 +295,24 @@ static __always_inline int do_exec(struct task_struct *task, struct linux_binprm
 			m->hdr.flags |= VIGIL_F_FILENAME_TRUNC;
 	}
 
-	/* cgroup2 directory name (container id source) */
-	r = bpf_probe_read_kernel_str(h->data + (off & VIGIL_DATA_MASK), NAME_MAX_LEN,
-				      BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, name));
-	if (r > 0) {
-		m->cgroup_len = r;
-		off += r;
+	/* the tracking cgroup's "parent/leaf" names (container id and pod UID source); the
+	 * parent is left out when it is the hierarchy's root */
+	cg_off = off;
+	cg_parent = kn_parent(cg_kn);
+	if (cg_parent && kn_parent(cg_parent)) {
+		r = bpf_probe_read_kernel_str(h->data + (off & VIGIL_DATA_MASK), NAME_MAX_LEN,
+					      BPF_CORE_READ(cg_parent, name));
+		if (r > 1) {
+			off += r - 1;
+			h->data[off & VIGIL_DATA_MASK] = '/';
+			off += 1;
+		}
 	}
+	r = bpf_probe_read_kernel_str(h->data + (off & VIGIL_DATA_MASK), NAME_MAX_LEN,
+				      BPF_CORE_READ(cg_kn, name));
+	if (r > 0)
+		off += r;
+	m->cgroup_len = off - cg_off;
 
 	/* argv: freshly written by the kernel into the new image, so readable */
 	mm = BPF_CORE_READ(task, mm);

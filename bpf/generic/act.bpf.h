@@ -338,6 +338,15 @@ static __always_inline int run_hook(void *ctx, struct gen_heap *h, struct vp_hoo
 	h->sel = 0;
 	if (cfg->nguards && !guards_pass(h, cfg))
 		return 0;
+	if (cfg->filter_id) {
+		struct policy_cgroup_key pk = { .filter_id = cfg->filter_id,
+						.cgroup_id = tracking_cgroup_id((struct task_struct *)bpf_get_current_task()) };
+
+		if (!bpf_map_lookup_elem(&policy_cgroups, &pk)) {
+			stat_inc(HS_NOT_WORKLOAD);
+			return 0;
+		}
+	}
 	stat_inc(HS_HITS);
 	h->m.hdr.op = VIGIL_OP_GENERIC;
 	h->m.hdr.flags = 0;

@@ -71,7 +71,7 @@ struct msg_process {
 	__u16 exe_len;             /* binary path components, leaf first, NUL separated */
 	__u16 cwd_len;             /* cwd components, leaf first, NUL separated */
 	__u16 filename_len;        /* bprm->filename, as passed to execve */
-	__u16 cgroup_len;          /* name of the cgroup2 directory */
+	__u16 cgroup_len;          /* tracking cgroup: "parent/leaf" directory names */
 	__u32 args_len;            /* raw argv area (NUL separated) */
 	__u32 pad2;
 	char data[];

@@ -275,7 +275,7 @@ struct vp_hook {
 	__u8 nguards;
 	__u8 ret_raw;     /* the return value is raw[ret_raw - 1] at the hook itself (stand-ins
 			   * whose tracepoint carries it); 0: at the return probe */
-	__u8 pad[4];
+	__u32 filter_id;  /* workload filter (policy_cgroups); 0: every process */
 	struct vp_guard guards[VP_MAX_GUARDS];
 	struct vp_arg args[VP_SLOTS];              /* VP_MAX_ARGS used */
 	struct vp_arg ret_arg;

@@ -52,7 +52,8 @@ class FakeAgent:
             if ("", name) in self.policies:
                 raise PolicyError(f"policy {name!r} already exists")
             self.policies[("", name)] = {
-                "id": self._next_id, "name": name, "namespace": "", "info": "", "sensors": ["generic_kprobe"],
+                "id": self._next_id, "name": name, "namespace": "", "info": "", "domain": source,
+                "sensors": ["generic_kprobe"],
                 "state": "enabled", "error": "", "mode": mode or opts.get("policy-mode") or "enforce",
                 "kernel_memory_bytes": 4096 * self._next_id,
                 "stats": {"post": 3, "signal": 1, "monitor_signal": 2},

@@ -562,7 +562,7 @@ def test_loads_here_unless_it_says_what_it_needs(running_agent: RunningAgent, en
     (p,) = load_policies(entry.path)
     ids = iter(range(1, 1 << 20))
     try:
-        compile_policy(p, running_agent.agent.policies.has, lambda: next(ids))
+        compile_policy(p, running_agent.agent.policies.facts, lambda: next(ids))
         refused = ""
     except PolicyErrors as e:
         refused = "; ".join(x.message for x in e.errors)

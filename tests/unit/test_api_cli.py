@@ -50,9 +50,9 @@ def test_tracingpolicy_commands(env, tmp_path):
     sent = yaml.safe_load(agent.calls[-1][1])
     assert sent["spec"]["options"] == [{"name": "policy-mode", "value": "monitor"}]
     lines = run("tp", "list").output.splitlines()
-    assert lines[0].split() == ["ID", "NAME", "STATE", "FILTERID", "NAMESPACE", "SENSORS", "KERNELMEMORY",
+    assert lines[0].split() == ["ID", "NAME", "DOMAIN", "STATE", "FILTERID", "NAMESPACE", "SENSORS", "KERNELMEMORY",
                                 "MODE", "NPOST", "NENFORCE", "NMONITOR"]
-    assert lines[1].split() == ["1", "p1", "enabled", "0", "(global)", "generic_kprobe", "4.10", "kB",
+    assert lines[1].split() == ["1", "p1", "grpc", "enabled", "0", "(global)", "generic_kprobe", "4.10", "kB",
                                 "monitor", "3", "1", "2"]
     wide = run("tp", "list", "-o", "wide").output.splitlines()
     assert wide[0].split()[-1] == "HOOKS" and wide[1].endswith("kprobes[0]=kprobe:security_file_open")

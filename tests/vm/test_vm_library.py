@@ -122,6 +122,6 @@ def test_capset_raise_places_on_a_kprobe_and_names_what_it_lacks(agent: Running)
     (p,) = load_policies(find("capset-raise").path)
     ids = iter(range(1, 1000))
     with pytest.raises(PolicyErrors) as e:
-        compile_policy(p, agent.agent.policies.has, lambda: next(ids))
+        compile_policy(p, agent.agent.policies.facts, lambda: next(ids))
     msgs = [x.message for x in e.value.errors]
     assert msgs and all('argument type "kernel_cap_t"' in m for m in msgs), msgs

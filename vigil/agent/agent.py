@@ -76,6 +76,7 @@ class Agent:
         self.pins: Any = None                # PinDir while --keep-sensors-on-exit is on
         self._previous: list[Any] = []       # runs a killed or keeping agent left pinned
         self.restart: dict[str, int] = {}    # what was recovered from / lost by those runs
+        self.k8s: Any = None  # vigil.k8s.stage.K8sStage with --enable-k8s-api
 
     # -- lifecycle
     def start(self) -> None:
@@ -100,9 +101,18 @@ class Agent:
         if c.print_events:
             self._printer = _make_printer(c.print_events)
         try:
+            if self._live and c.enable_k8s_api:
+                self._start_k8s()
             if self._live:
                 self._start_kernel()
+                if self.k8s is not None:
+                    from vigil.kernel.cgroups import tracking
+
+                    self.k8s.start_policy_filter(self.sensor.obj.map("policy_cgroups"),
+                                                 c.k8s_cgroup_root or tracking().mount)
                 self._load_start_policies()
+                if self.k8s is not None and c.enable_tracing_policy_crd:
+                    self.k8s.start_policies(self.policies)
                 self._release_previous()  # our programs and policies are in: no enforcement gap
             # what exists now (modules, the procfs snapshot) lives as long as the agent:
             # keep it out of every cyclic collection; cycles are rare on the hot path,
@@ -137,6 +147,15 @@ class Agent:
                     raise
                 log.warning("policy not loaded, starting without it: %s", e)
 
+    def _start_k8s(self) -> None:
+        from vigil.k8s.stage import K8sStage
+
+        c = self.config
+        self.k8s = K8sStage(node=c.node_name, kubeconfig=c.k8s_kubeconfig_path, hold_seconds=c.k8s_pod_wait,
+                            cache=self.cache, inject=self.inject, annotations=c.enable_pod_annotations)
+        self.k8s.start_pods()  # before the procfs scan: processes found at start get their pods too
+        self.builder.pods = self.k8s.resolver
+        self.handlers.update(self.builder.record_handlers())  # exec handlers that add pod data
     def _start_pins(self) -> None:
         """--keep-sensors-on-exit: pin every attachment from now on. Either way, find what a
         previous agent left pinned (killed, or kept its sensors)."""
@@ -265,6 +284,8 @@ class Agent:
         recs = src.drain()
         if recs:
             self.handle(recs)
+        if self.k8s is not None:
+            self._emit(self.k8s.hold.flush(), hold=False)
         self.tick()
 
     def inject(self, event: Event) -> None:
@@ -275,9 +296,11 @@ class Agent:
         batch = []
         while self._injected:
             batch.append(self._injected.popleft())
-        self._emit(batch)
+        self._emit(batch, hold=False)
 
     def close(self) -> None:
+        if self.k8s is not None:
+            self.k8s.close()  # no cluster policy changes while tearing down
         for fe in reversed(self.frontends):
             try:
                 fe.stop()
@@ -329,7 +352,9 @@ class Agent:
         if out:
             self._emit(out)
 
-    def _emit(self, events: list[Event]) -> None:
+    def _emit(self, events: list[Event], hold: bool = True) -> None:
+        if hold and self.k8s is not None:
+            events = self.k8s.filter_events(events)  # events waiting for their pod stay behind
         counts = self.events_by_type
         for e in events:
             k = e.kind
@@ -346,6 +371,8 @@ class Agent:
     def tick(self) -> None:
         now = time.monotonic_ns()
         self.cache.gc(now)
+        if self.k8s is not None:
+            self.k8s.tick()
         if self.export_filter is not None:
             rep = self.export_filter.poll_report()
             if rep is not None and self.writer is not None:
@@ -411,6 +438,7 @@ class Agent:
             "restart": dict(self.restart),
             **{"grpc": fe.stats() for fe in self.frontends if hasattr(fe, "ring")},
             "permission_helper": self.policies.guards.stats(),
+            **({"k8s": self.k8s.status()} if self.k8s is not None else {}),
         }
 
     def _program_stats(self) -> list[dict[str, Any]]:
@@ -498,13 +526,13 @@ class Agent:
         return names[0] if names else ""
 
     def delete_policy(self, name: str, namespace: str = "") -> None:
-        self.policies.delete(name)
+        self.policies.delete(name, namespace)
 
     def set_policy_enabled(self, name: str, enabled: bool, namespace: str = "") -> None:
-        self.policies.set_enabled(name, enabled)
+        self.policies.set_enabled(name, enabled, namespace)
 
     def set_policy_mode(self, name: str, mode: str, namespace: str = "") -> None:
-        self.policies.set_mode(name, mode)
+        self.policies.set_mode(name, mode, namespace)
 
     def list_policies(self) -> list[dict[str, Any]]:
         return self.policies.list()

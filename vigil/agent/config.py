@@ -55,6 +55,13 @@ class AgentConfig:
     permission_deadline_ms: int = 1000   # exec/open permission not decided by then: answered by the default
     permission_default: str = "allow"    # allow | deny
     hook_substitution: bool = False      # documented stand-ins for hooks this kernel lacks (all policies)
+    # Kubernetes (vigil.k8s): pod data on events, policies from the cluster, pod-scoped policies
+    enable_k8s_api: bool = False
+    k8s_kubeconfig_path: str = ""     # "": in-cluster service account
+    enable_tracing_policy_crd: bool = True
+    enable_pod_annotations: bool = False
+    k8s_pod_wait: float = 3.0         # seconds an event of a container waits for its pod
+    k8s_cgroup_root: str = ""         # tracking cgroup hierarchy as mounted here ("": detected)
     # local output and recording
     print_events: str = ""          # "", "compact" or "json": also print events to stdout
     record_file: str = ""           # append raw kernel records here (replay seam)
@@ -94,6 +101,10 @@ class AgentConfig:
             errors.append("--server-tls-cert-file and --server-tls-key-file go together")
         if self.server_tls_require_client_cert and not self.server_tls_client_ca_files:
             errors.append("--server-tls-require-client-cert needs --server-tls-client-ca-files")
+        if not 0 <= self.k8s_pod_wait <= 60:
+            errors.append(f"--k8s-pod-wait must be 0..60 seconds (got {self.k8s_pod_wait})")
+        if self.k8s_kubeconfig_path and not os.path.isfile(self.k8s_kubeconfig_path):
+            errors.append(f"--k8s-kubeconfig-path {self.k8s_kubeconfig_path}: no such file")
         if not self.node_name:
             errors.append("node name is empty")
         if errors:

@@ -44,6 +44,7 @@ class LoadedPolicy:
     events: dict[str, int] = field(default_factory=dict)
     correlator: Any = None            # policy option vigil-finding (vigil.policy.findings)
     actions: dict[tuple[str, int, int, str, str], int] = field(default_factory=dict)  # posted events per selector
+    filter_id: int = 0                # workload scope in the kernel (vigil.k8s.policyfilter); 0: none
 
     @property
     def name(self) -> str:
@@ -60,6 +61,22 @@ class _EnforcerEntry:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.hook, name)
+
+
+def _key(name: str, namespace: str | None = "") -> str:
+    """Policies are unique per namespace (cluster-scoped ones have none)."""
+    return f"{namespace}/{name}" if namespace else name
+
+
+def _workload_scope(policy: Policy) -> tuple[str | None, Any, Any] | None:
+    """(namespace, podSelector, containerSelector) of a pod-scoped policy; None: applies everywhere."""
+    spec = policy.spec
+    pod = spec.pod_selector if spec.pod_selector is not None and not spec.pod_selector.empty else None
+    cont = (spec.container_selector if spec.container_selector is not None and not spec.container_selector.empty
+            else None)
+    if not policy.namespaced and pod is None and cont is None:
+        return None
+    return policy.namespace if policy.namespaced else None, pod, cont
 
 
 class PolicyManager:
@@ -137,7 +154,8 @@ class PolicyManager:
         sensor = self.agent.sensor
         if sensor is None or sensor.obj is None:
             raise PolicyError("the process sensor is not running; policies need the live kernel")
-        shared = {n: sensor.obj.map(n) for n in ("events", "vigil_drops", "execve_map", "socktrack")}
+        shared = {n: sensor.obj.map(n) for n in ("events", "vigil_drops", "execve_map", "socktrack",
+                                                                  "policy_cgroups")}
         shared["enforcer_notes"] = self._enforcer_notes()
         return shared
 
@@ -201,9 +219,11 @@ class PolicyManager:
         return names
 
     def add(self, policy: Policy, *, mode: str | None = None, source: str = "grpc") -> str:
+        key = _key(policy.name, policy.namespace)
+        k8s = getattr(self.agent, "k8s", None)
         with self._lock:
-            if policy.name in self.policies:
-                raise PolicyExists(f"{policy.metadata.at('name')}: metadata.name: policy {policy.name!r} already "
+            if key in self.policies:
+                raise PolicyExists(f"{policy.metadata.at('name')}: metadata.name: policy {key!r} already "
                                    "exists")
             follow = self._follow_rules()
             bits: list[int] = []
@@ -218,11 +238,26 @@ class PolicyManager:
             try:
                 compiled = compile_policy(policy, self.facts, lambda: next(self._hook_ids), follow_bit=follow_bit,
                                           substitute=bool(getattr(getattr(self.agent, "config", None),
-                                                                  "hook_substitution", False)))
+                                                                  "hook_substitution", False)),
+                                          workloads=k8s is not None)
             except PolicyErrors as e:
                 for b in bits:
                     follow.release(b)
                 raise PolicyError(str(e)) from None
+            scope = _workload_scope(policy)
+            filter_id = 0
+            if scope is not None:
+                odd = [ch.placement.describe() for ch in compiled.hooks
+                       if ch.placement.mechanism in ("fanotify", "cgroup_sock_addr")]
+                if odd:
+                    for b in bits:
+                        follow.release(b)
+                    raise PolicyError(f"policy {key!r}: a policy scoped to pods cannot use {', '.join(odd)} "
+                                      "(enforcement outside BPF hooks has no pod filter); use a hook with BPF "
+                                      "LSM or kprobes, or a cluster-wide policy")
+                filter_id = k8s.add_scope(key, *scope)
+                for ch in compiled.hooks:
+                    ch.config.filter_id = filter_id
             mode = mode or compiled.mode
             if mode == "monitor":
                 for ch in compiled.hooks:
@@ -232,6 +267,8 @@ class PolicyManager:
             except BaseException:
                 for b in bits:
                     follow.release(b)
+                if filter_id:
+                    k8s.remove_scope(filter_id)
                 raise
             if policy.spec.loader:
                 try:
@@ -241,13 +278,15 @@ class PolicyManager:
                         gh.close()
                     for b in bits:
                         follow.release(b)
+                    if filter_id:
+                        k8s.remove_scope(filter_id)
                     raise PolicyError(f"{policy.spec.at('loader')}: spec.loader: process_loader events need "
                                       f"perf mmap records: {e}") from None
-            lp = LoadedPolicy(next(self._ids), compiled, loaded, source, mode)
+            lp = LoadedPolicy(next(self._ids), compiled, loaded, source, mode, filter_id=filter_id)
             lp.correlator = _correlator(policy)
             for ch in compiled.hooks:
                 self.hooks[ch.hook_id] = (ch, lp)
-            self.policies[policy.name] = lp
+            self.policies[key] = lp
             for w in compiled.warnings:
                 log.warning("%s", w)
             log.info("policy %s loaded (%s): %s", policy.name, mode,
@@ -302,15 +341,15 @@ class PolicyManager:
         return loaded
 
     # -- changing
-    def _get(self, name: str) -> LoadedPolicy:
-        lp = self.policies.get(name)
+    def _get(self, name: str, namespace: str = "") -> LoadedPolicy:
+        lp = self.policies.get(_key(name, namespace))
         if lp is None:
-            raise PolicyNotFound(f"no policy named {name!r}")
+            raise PolicyNotFound(f"no policy named {_key(name, namespace)!r}")
         return lp
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str, namespace: str = "") -> None:
         with self._lock:
-            lp = self._get(name)
+            lp = self._get(name, namespace)
             for gh in lp.hooks:
                 gh.close()
             for ch in lp.compiled.hooks:
@@ -319,12 +358,26 @@ class PolicyManager:
                     self._follow_rules().release(b)
             if lp.compiled.policy.spec.loader and lp.enabled:
                 self._loader_sensor().release()
-            del self.policies[name]
-            log.info("policy %s deleted", name)
+            if lp.filter_id:
+                k8s = getattr(self.agent, "k8s", None)
+                if k8s is not None:
+                    k8s.remove_scope(lp.filter_id)
+            del self.policies[_key(name, namespace)]
+            log.info("policy %s deleted", _key(name, namespace))
 
-    def set_enabled(self, name: str, enabled: bool) -> None:
+    def check_text(self, text: str, filename: str) -> None:
+        """Parse, validate and compile without loading (raises PolicyError with the reasons)."""
+        try:
+            policies = parse_policies(text, filename)
+            k8s = getattr(self.agent, "k8s", None)
+            for p in policies:
+                compile_policy(p, self.facts, lambda: 0, workloads=k8s is not None)
+        except PolicyErrors as e:
+            raise PolicyError(str(e)) from None
+
+    def set_enabled(self, name: str, enabled: bool, namespace: str = "") -> None:
         with self._lock:
-            lp = self._get(name)
+            lp = self._get(name, namespace)
             for gh in lp.hooks:
                 if enabled:
                     gh.attach()
@@ -334,11 +387,11 @@ class PolicyManager:
                 (self._loader_sensor().acquire if enabled else self._loader_sensor().release)()
             lp.enabled = enabled
 
-    def set_mode(self, name: str, mode: str) -> None:
+    def set_mode(self, name: str, mode: str, namespace: str = "") -> None:
         if mode not in ("enforce", "monitor"):
             raise PolicyError(f"mode must be enforce or monitor, not {mode!r}")
         with self._lock:
-            lp = self._get(name)
+            lp = self._get(name, namespace)
             for gh in lp.hooks:
                 if not gh.compiled.hook_id:
                     continue  # an enforcer: it acts on notes, which monitor mode never leaves
@@ -359,8 +412,8 @@ class PolicyManager:
 
     def close(self) -> None:
         with self._lock:
-            for name in list(self.policies):
-                self.delete(name)
+            for key, lp in list(self.policies.items()):
+                self.delete(lp.name, lp.compiled.policy.namespace or "")
             self.guards.close()
             if self._notes is not None:
                 self._notes.close_fd()
@@ -384,6 +437,8 @@ class PolicyManager:
             "name": lp.name,
             "namespace": lp.compiled.policy.namespace or "",
             "info": lp.source,
+            "domain": lp.source,
+            "filter_id": lp.filter_id,
             "sensors": ["generic"],
             "state": "enabled" if lp.enabled else "disabled",
             "error": lp.error,

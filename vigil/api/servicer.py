@@ -32,7 +32,7 @@ from vigil.api.streams import StreamStats, stream_events
 log = logging.getLogger(__name__)
 
 STATUS_CONF_KEY = "vigil.status"  # GetInfo conf entry carrying agent.status() as JSON
-DOMAINS = ("static", "grpc")  # policy sources Vigil has (no k8s CRD watcher)
+DOMAINS = ("static", "grpc")  # policy sources: files, gRPC; "k8s" (custom resources) with --enable-k8s-api
 _HEALTH = {"running": tetragon_pb2.HEALTH_STATUS_RUNNING, "stopped": tetragon_pb2.HEALTH_STATUS_STOPPED,
            "error": tetragon_pb2.HEALTH_STATUS_ERROR}
 _LEVELS = {"panic": "LOG_LEVEL_PANIC", "fatal": "LOG_LEVEL_FATAL", "critical": "LOG_LEVEL_FATAL",
@@ -185,7 +185,8 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
 
     @_rpc
     def ListDomains(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return sensors_pb2.ListDomainsResponse(domains=list(DOMAINS))
+        k8s = getattr(self.agent, "k8s", None) is not None
+        return sensors_pb2.ListDomainsResponse(domains=[*DOMAINS, "k8s"] if k8s else list(DOMAINS))
 
     # ------------------------------------------------------------------ sensors
 

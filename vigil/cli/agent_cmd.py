@@ -84,6 +84,12 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--permission-deadline-ms", dict(type=int, default=1000, show_default=True, help="An exec/open permission (fanotify Override) not decided within this many ms is answered by --permission-default.")),
     ("--permission-default", dict(type=click.Choice(["allow", "deny"]), default="allow", show_default=True, help="Answer to an exec/open permission not decided in time.")),
     ("--hook-substitution", dict(type=bool, default=False, show_default=True, help="Run hooks this kernel cannot attach (kprobes, fentries, LSM hooks) on their documented stand-ins, for every policy (per policy: option vigil-hook-substitution). `vigil policy explain` shows what is substituted; events carry the tag vigil:stand-in=...")),
+    ("--enable-k8s-api", dict(type=bool, default=False, show_default=True, help="Watch this node's pods (NODE_NAME, else the hostname) to add pod data to events, load TracingPolicy/TracingPolicyNamespaced resources and scope policies to pods.")),
+    ("--k8s-kubeconfig-path", dict(default="", help="Kubeconfig for the API server; empty: the pod's service account (in-cluster).")),
+    ("--enable-tracing-policy-crd", dict(type=bool, default=True, show_default=True, help="With --enable-k8s-api: load tracing policies from the cluster's custom resources.")),
+    ("--enable-pod-annotations", dict(type=bool, default=False, show_default=True, help="Add pod_annotations to the pod data of events.")),
+    ("--k8s-pod-wait", dict(type=float, default=3.0, show_default=True, help="Seconds an event of a kubelet container waits for its pod before it leaves without pod data.")),
+    ("--k8s-cgroup-root", dict(default="", help="Where the tracking cgroup hierarchy is mounted here (default: found in /proc/self/mounts).")),
     ("--print-events", dict(type=click.Choice(["", "compact", "json"]), default="", help="Also print events to stdout.")),
     ("--record-file", dict(default="", help="Record raw kernel records here for replay.")),
     ("--info-file", dict(default="/var/run/tetragon/tetragon-info.json", show_default=True, help="Server info file for clients.")),
@@ -173,6 +179,10 @@ def _build_command() -> click.Command:
             permission_deadline_ms=kw["permission_deadline_ms"], permission_default=kw["permission_default"],
             hook_substitution=kw["hook_substitution"],
             record_file=kw["record_file"], info_file=kw["info_file"],
+            enable_k8s_api=kw["enable_k8s_api"], k8s_kubeconfig_path=kw["k8s_kubeconfig_path"],
+            enable_tracing_policy_crd=kw["enable_tracing_policy_crd"],
+            enable_pod_annotations=kw["enable_pod_annotations"], k8s_pod_wait=kw["k8s_pod_wait"],
+            k8s_cgroup_root=kw["k8s_cgroup_root"],
         )
         try:
             cfg.validate()

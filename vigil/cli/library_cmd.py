@@ -23,7 +23,7 @@ def _effect(entry: Entry) -> str:
     return "observe"
 
 
-def _here(entry: Entry, has: Any) -> tuple[bool, str]:
+def _here(entry: Entry, facts: Any) -> tuple[bool, str]:
     """(loadable on this kernel, the first reason it is not)."""
     from vigil.policy.compile import compile_policy
     from vigil.policy.errors import PolicyErrors
@@ -32,7 +32,7 @@ def _here(entry: Entry, has: Any) -> tuple[bool, str]:
     ids = iter(range(1, 1 << 30))
     try:
         for p in load_policies(entry.path):
-            compile_policy(p, has, lambda: next(ids))
+            compile_policy(p, facts, lambda: next(ids))
     except PolicyErrors as e:
         first = e.errors[0].message if e.errors else str(e)
         return False, first
@@ -40,15 +40,10 @@ def _here(entry: Entry, has: Any) -> tuple[bool, str]:
 
 
 def _probe() -> Any:
-    from vigil.kernel.features import cached_probe
+    """This kernel's facts (the feature probe loads tiny BPF programs: root)."""
+    from vigil.kernel.facts import KernelFacts
 
-    feats = cached_probe()
-
-    def has(name: str) -> tuple[bool, str]:
-        f = feats.get(name)
-        return (bool(f.supported), f.reason) if f else (False, f"unknown feature {name}")
-
-    return has
+    return KernelFacts.gather()
 
 
 @click.group("library")

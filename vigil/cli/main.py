@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "probe": ("vigil.cli.probe_cmd", "probe"),
     "getevents": ("vigil.cli.getevents_cmd", "getevents"),
     "status": ("vigil.cli.status_cmd", "status"),
+    "health": ("vigil.cli.health_cmd", "health"),
     "version": ("vigil.cli.version_cmd", "version"),
     "policy": ("vigil.cli.policy_cmd", "policy"),
     "tracingpolicy": ("vigil.cli.tracingpolicy_cmd", "tracingpolicy"),

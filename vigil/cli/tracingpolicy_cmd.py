@@ -8,7 +8,7 @@ import click
 
 from vigil.api.cliutil import client, print_json, server_options, table
 
-COLUMNS = ["ID", "NAME", "STATE", "FILTERID", "NAMESPACE", "SENSORS", "KERNELMEMORY",
+COLUMNS = ["ID", "NAME", "DOMAIN", "STATE", "FILTERID", "NAMESPACE", "SENSORS", "KERNELMEMORY",
            "MODE", "NPOST", "NENFORCE", "NMONITOR"]
 _ENFORCE = ("signal", "override", "notify_enforcer", "set")
 _MONITOR = ("monitor_signal", "monitor_override", "monitor_notify_enforcer", "monitor_set")
@@ -36,7 +36,7 @@ def policy_row(p: dict[str, Any], wide: bool = False) -> list[str]:
     """One table row from a TracingPolicyStatus dict (protojson shape)."""
     c = {k: int(v) for k, v in p.get("stats", {}).get("action_counters", {}).items()}
     row = [
-        p.get("id", "0"), p.get("name", ""),
+        p.get("id", "0"), p.get("name", ""), p.get("domain") or "-",  # where it came from: static, grpc, k8s
         p.get("state", "TP_STATE_UNKNOWN").removeprefix("TP_STATE_").lower(),
         p.get("filter_id", "0"), p.get("namespace") or "(global)",
         ",".join(p.get("sensors", [])), humanize_bytes(int(p.get("kernel_memory_bytes", 0))),

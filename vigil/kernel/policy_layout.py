@@ -128,8 +128,8 @@ class Selector(C.Structure):
 
 class Hook(C.Structure):
     _fields_ = [("hook_id", C.c_uint32), ("flags", C.c_uint32), ("nargs", C.c_uint8),
-                ("nselectors", C.c_uint8), ("nguards", C.c_uint8), ("ret_raw", C.c_uint8), ("pad", C.c_uint8 * 4),
-                ("guards", Guard * MAX_GUARDS), ("args", Arg * SLOTS),
+                ("nselectors", C.c_uint8), ("nguards", C.c_uint8), ("ret_raw", C.c_uint8),
+                ("filter_id", C.c_uint32), ("guards", Guard * MAX_GUARDS), ("args", Arg * SLOTS),
                 ("ret_arg", Arg), ("sel", Selector * SLOTS)]
 
 

@@ -275,10 +275,14 @@ def _expand_call(policy: Policy, kp: KProbeSpec, facts: KernelFacts, errs: _Erro
 
 def compile_policy(policy: Policy, facts: KernelFacts, next_hook_id: Callable[[], int], *,
                    follow_bit: Callable[[str, tuple[str, ...]], int] | None = None,
-                   substitute: bool = False) -> CompiledPolicy:
+                   substitute: bool = False, workloads: bool = False) -> CompiledPolicy:
     """Compile every hook; raises PolicyErrors (nothing partial) if any part cannot run here,
-    with every reason."""
-    cp, errs = compile_report(policy, facts, next_hook_id, follow_bit=follow_bit, substitute=substitute)
+    with every reason.
+
+    `workloads`: the agent knows pods (--enable-k8s-api), so a policy may be scoped to pods and
+    containers (the scope itself is kept in the kernel by vigil.k8s.policyfilter)."""
+    cp, errs = compile_report(policy, facts, next_hook_id, follow_bit=follow_bit, substitute=substitute,
+                              workloads=workloads)
     if errs.errors:
         raise PolicyErrors(errs.errors, errs.warnings)
     return cp
@@ -286,16 +290,21 @@ def compile_policy(policy: Policy, facts: KernelFacts, next_hook_id: Callable[[]
 
 def compile_report(policy: Policy, facts: KernelFacts, next_hook_id: Callable[[], int], *,
                    follow_bit: Callable[[str, tuple[str, ...]], int] | None = None,
-                   substitute: bool = False) -> tuple[CompiledPolicy, _Errors]:
+                   substitute: bool = False, workloads: bool = False) -> tuple[CompiledPolicy, _Errors]:
     """The compile, with its diagnostics instead of an exception (explain shows them all)."""
     errs = _Errors()
     spec = policy.spec
     monitor = policy.mode == "monitor"
-    for field_name, attr in (("podSelector", "pod_selector"), ("containerSelector", "container_selector")):
-        sel = getattr(spec, attr)
-        if sel is not None and not sel.empty:
-            errs.error(spec.at(field_name), f"{field_name} needs Kubernetes pod information, which this agent "
-                       "does not have (run with the Kubernetes integration)", "option")
+    if not workloads:
+        for field_name, attr in (("podSelector", "pod_selector"), ("containerSelector", "container_selector")):
+            sel = getattr(spec, attr)
+            if sel is not None and not sel.empty:
+                errs.error(spec.at(field_name), f"{field_name} needs Kubernetes pod information, which this "
+                           "agent does not have (run it with --enable-k8s-api)", "option")
+        if policy.namespaced:
+            errs.error(policy.at("kind"), f"a TracingPolicyNamespaced applies to the pods of namespace "
+                       f"{policy.namespace or '(none)'}, which this agent does not know (run it with "
+                       "--enable-k8s-api)", "option")
     _check_templates(policy, errs)
     placements = plan_policy(policy, facts, substitute=substitute, errs=errs)
     enforcers = _place_enforcers(policy, facts, errs)

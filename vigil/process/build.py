@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -11,6 +10,7 @@ from typing import Any, Callable
 from vigil.core import native
 from vigil.events import records as R
 from vigil.core.events import ProcessExec, ProcessExit, ProcessMsg, missing_process
+from vigil.k8s.cgroups import parse as parse_cgroup
 from vigil.process.cache import ProcessCache
 from vigil.kernel.caps import cap_list, securebits_list
 from vigil.kernel.namespaces import NS_NAMES, host_namespaces
@@ -23,7 +23,6 @@ FLAG_ORDER = ("execve", "procFS", "errorEnvs", "truncArgs", "miss", "errorFilena
               "rootcwd", "errorCWD", "clone", "errorCgroupName", "errorCgroupID", "errorCgroupSubsysCgrp",
               "errorCgroupSubsys", "errorCgroups", "errorPathResolutionCwd", "dataFilename", "dataArgs",
               "inInitTree")
-_CONTAINER_ID = re.compile(r"([0-9a-f]{31,})")
 _SIGNAMES = {s.value: s.name for s in signal.Signals}
 
 
@@ -32,9 +31,8 @@ def signal_name(n: int) -> str:
 
 
 def container_id(cgroup_name: str) -> str:
-    """docker field: container id from the cgroup directory name, cut to 31 chars."""
-    m = _CONTAINER_ID.search(cgroup_name)
-    return m.group(1)[:31] if m else ""
+    """docker field: container id from the cgroup path or its parent/leaf names, cut to 31 chars."""
+    return parse_cgroup(cgroup_name).docker
 
 
 def format_arguments(args: bytes) -> str:
@@ -112,6 +110,8 @@ class EventBuilder:
         self._creds_cache: dict[tuple[int, ...], dict[str, Any]] = {}
         self._flags_cache: dict[int, str] = {}
         self._docker_cache: dict[str, str] = {}
+        # optional pod data (vigil.k8s.enrich.PodResolver), set when Kubernetes is on
+        self.pods: Any = None
         self.exec_count = 0
         self.exit_count = 0
         self.clone_count = 0
@@ -126,7 +126,19 @@ class EventBuilder:
             self.on_clone(R.ProcessRecord(buf), now)
 
         if self._fast is not None:
-            return {R.OP_EXEC: self._fast.on_exec, R.OP_CLONE: on_clone, R.OP_EXIT: self._fast.on_exit}
+            on_exec = self._fast.on_exec
+            if self.pods is not None:
+                fast_exec = on_exec
+
+                def on_exec(buf: bytes, now: int) -> Any:
+                    # pod data only for processes in containers: the compiled exec leaves it out
+                    ev = fast_exec(buf, now)
+                    m = ev.process if ev is not None else None
+                    if m is not None and m.docker and m.pod is None:
+                        r = R.ProcessRecord(buf)
+                        m.pod = self.pods.pod_json(r.cgroup_name, r.nspid, m.binary, m.arguments)
+                    return ev
+            return {R.OP_EXEC: on_exec, R.OP_CLONE: on_clone, R.OP_EXIT: self._fast.on_exit}
         return {R.OP_EXEC: lambda buf, now: self.on_exec(R.ProcessRecord(buf), now), R.OP_CLONE: on_clone,
                 R.OP_EXIT: lambda buf, now: self.on_exit(R.ExitRecord(buf), now)}
 
@@ -223,8 +235,12 @@ class EventBuilder:
         if clone_of is not None:
             if not peid:
                 peid, pkey = clone_of.exec_id, clone_of.key
+            pod = clone_of.msg.pod
+            if pod and self.pods is not None:
+                pod = self.pods.with_pid(pod, r.nspid)
             msg = clone_of.msg.derive(exec_id=eid, pid=pid, start_time=self.clock.ktime_rfc3339(ktime),
-                                      parent_exec_id=peid, tid=pid, flags="clone", binary_properties=None)
+                                      parent_exec_id=peid, tid=pid, flags="clone", binary_properties=None,
+                                      pod=pod)
             p = Process(eid, (pid, ktime), peid, pkey, r.ppid, msg)
             p.exe, p.cgroup_id, p.ns = clone_of.exe, clone_of.cgroup_id, clone_of.ns
             p.cap_effective, p.uid, p.docker = clone_of.cap_effective, clone_of.uid, clone_of.docker
@@ -267,6 +283,8 @@ class EventBuilder:
             self._creds(r, caps) if opts.enable_cred else None,
             bp,
         )
+        if docker and self.pods is not None:
+            msg.pod = self.pods.pod_json(cg, r.nspid, msg.binary, msg.arguments)
         p = Process(eid, (pid, ktime), peid, pkey, r.ppid, msg)
         p.exe = r.exe
         p.cgroup_id = r.cgroup_id

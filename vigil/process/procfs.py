@@ -11,6 +11,7 @@ import os
 from typing import Iterator
 
 from vigil.kernel.namespaces import NS_NAMES
+from vigil.kernel.cgroups import pid_cgroup
 from vigil.process.clock import CLK_TCK, WallClock
 
 
@@ -116,15 +117,9 @@ def snapshot(pid: int, clock: WallClock, cg_root: str, start_ticks: dict[int, in
             s.auid = int(lu)
         except ValueError:
             pass
-    cg = _read(f"{base}/cgroup") or b""
-    for line in cg.splitlines():
-        if line.startswith(b"0::"):
-            path = line[3:].decode(errors="replace")
-            s.cgroup_name = os.path.basename(path) or "/"
-            try:
-                s.cgroup_id = os.stat(cg_root + path).st_ino
-            except OSError:
-                pass
+    # the tracking hierarchy's path, as the kernel side records it (vigil.kernel.cgroups)
+    path, s.cgroup_id = pid_cgroup(pid)
+    s.cgroup_name = path or ""
     return s
 
 

@@ -13,12 +13,14 @@ import struct
 from vigil.kernel import BpfObject, Map
 from vigil.kernel import policy_layout as L
 from vigil.kernel.layouts import check_ctypes
+from vigil.kernel.cgroups import tracking as cgroup_tracking
 from vigil.kernel.paths import bpf_object
 from vigil.policy.compile import CompiledHook
 
 log = logging.getLogger("vigil.sensor.generic")
 
-STATS = ("hits", "filtered", "posted", "ratelimited", "signals", "monitored", "pending_full", "errors")
+STATS = ("hits", "filtered", "posted", "ratelimited", "signals", "monitored", "pending_full", "errors",
+         "not_workload")
 ENTRY_PROGS = (*(f"vigil_sys_enter{n}" for n in range(7)), "vigil_sys_exit", "vigil_tp", "vigil_raw_tp", "vigil_uprobe",
                "vigil_uretprobe", "vigil_kprobe", "vigil_kretprobe", "vigil_lsm", "vigil_fentry",
                "vigil_fexit", "vigil_fmod_ret", "vigil_kprobe_override", "vigil_raw_sys_enter",
@@ -91,6 +93,7 @@ class GenericHook:
             if any(c.config.sel[i].actions[k].type == L.ACT["Set"] for i in range(c.config.nselectors)
                    for k in range(c.config.sel[i].nactions)):
                 obj.set_rodata(cfg_write_user=1)  # USDT Set writes user memory
+            obj.set_rodata(cgrp_subsys_idx=cgroup_tracking().subsys_idx)
             obj.load()
             obj.map("hook_config").update(struct.pack("<I", 0), bytes(c.config))
             one = b"\x01"

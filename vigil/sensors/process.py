@@ -13,6 +13,7 @@ from typing import Iterable
 from vigil.events import records as R
 from vigil.kernel import BpfError, BpfObject, possible_cpus
 from vigil.kernel.layouts import Layout
+from vigil.kernel.cgroups import tracking as cgroup_tracking
 from vigil.kernel.paths import bpf_object
 
 log = logging.getLogger("vigil.sensor.process")
@@ -54,7 +55,7 @@ class ProcessSensor:
             obj.map("exec_heap").set_max_entries(possible_cpus())
             obj.map("events").set_max_entries(self.ringbuf_bytes)
             obj.map("execve_map").set_max_entries(self.execve_map_entries)
-            obj.set_rodata(args_max=self.args_max)
+            obj.set_rodata(args_max=self.args_max, cgrp_subsys_idx=cgroup_tracking().subsys_idx)
             obj.load()
             for hook in HOOKS:
                 obj.program(f"vigil_{hook}_{flavour}").attach()

@@ -1,0 +1,97 @@
+"""Events of processes in real containers carry their pod (issue 10, items 1-2)."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.k8s.conftest import Cluster, K8sAgent
+
+pytestmark = pytest.mark.kernel
+
+
+def execs_in(events: list[dict[str, Any]], cid: str) -> list[dict[str, Any]]:
+    return [e["process_exec"] for e in events
+            if "process_exec" in e and e["process_exec"]["process"].get("docker") == cid[:31]]
+
+
+def test_exec_in_a_container_has_pod_container_and_workload(cluster: Cluster, k8s_agent: K8sAgent) -> None:
+    ns = cluster.namespace("events")
+    kl = cluster.kubelet
+    pods = []
+
+    def start() -> None:
+        pods.append(kl.run_pod(ns, "web-7c9f8d-abcde", [{"name": "app", "command": ["/bin/sleep", "3600"]}],
+                               labels={"app": "web", "pod-template-hash": "7c9f8d"},
+                               owner={"kind": "ReplicaSet", "name": "web-7c9f8d"}))
+    # the kubelet reports the container only after it started: its first exec waits for the pod
+    events = k8s_agent.collect(start)
+    pod = pods[0]
+    cid = pod.containers["app"]
+    first = [e for e in execs_in(events, cid) if e["process"]["binary"] == "/bin/sleep"]
+    assert first and first[0]["process"]["pod"]["name"] == pod.name
+    st = k8s_agent.agent.status()["k8s"]
+    assert st["events"]["released_enriched"] >= 1, st
+
+    events = k8s_agent.collect(lambda: kl.exec(pod, "app", ["/bin/cat", "/etc/group"]))
+    (ex,) = [e for e in execs_in(events, cid) if e["process"]["binary"] == "/bin/cat"]
+    p = ex["process"]
+    assert p["docker"] == cid[:31]
+    api_pod = cluster.core.read_namespaced_pod(pod.name, ns)
+    cs = api_pod.status.container_statuses[0]
+    want_container = {"id": f"containerd://{cid}", "name": "app",
+                      "image": {"id": cs.image_id, "name": "vigil.test/busybox:1"}}
+    got = p["pod"]
+    assert {k: got["container"][k] for k in want_container} == want_container
+    assert got["container"]["start_time"].endswith("Z")
+    assert 1 < got["container"]["pid"] != p["pid"]            # pid inside the container's pid namespace
+    assert {k: got[k] for k in ("namespace", "name", "uid", "workload", "workload_kind")} == {
+        "namespace": ns, "name": pod.name, "uid": pod.uid, "workload": "web", "workload_kind": "Deployment"}
+    assert got["pod_labels"] == {"app": "web", "pod-template-hash": "7c9f8d"}
+    assert list(p).index("pod") == list(p).index("docker") - 1   # proto field order
+    # the exit of the same process carries the same pod
+    exits = [e["process_exit"] for e in events if "process_exit" in e
+             and e["process_exit"]["process"]["exec_id"] == p["exec_id"]]
+    assert exits and exits[0]["process"]["pod"]["name"] == pod.name
+
+
+def test_processes_started_before_the_agent_get_pod_data(cluster: Cluster) -> None:
+    ns = cluster.namespace("early")
+    pod = cluster.kubelet.run_pod(ns, "early", [{"name": "main", "command": ["/bin/sleep", "3600"]}],
+                                  labels={"app": "early"})
+    try:
+        with K8sAgent(cluster) as a:
+            sub = a.agent.subscribe()
+            try:
+                snap = [p for p in a.agent.process_cache_dump()
+                        if p["process"].get("docker") == pod.containers["main"][:31]]
+            finally:
+                sub.close()
+        assert snap, "the container's process was not found at start"
+        proc = snap[0]["process"]
+        assert "procFS" in proc["flags"]
+        assert proc["pod"]["name"] == "early" and proc["pod"]["workload_kind"] == "Pod"
+        assert proc["pod"]["container"]["name"] == "main" and proc["pod"]["container"]["pid"] == 1
+    finally:
+        cluster.kubelet.delete_pod(pod)
+
+
+def test_container_of_an_unknown_pod_leaves_without_pod_data_counted(cluster: Cluster) -> None:
+    with K8sAgent(cluster, k8s_pod_wait=0.5) as a:
+        pods = []
+        events = a.collect(lambda: pods.append(cluster.kubelet.run_unlisted_pod("ghost", ["/bin/sleep", "3600"])))
+        try:
+            cid = pods[0].containers["c"]
+            # held for the wait, then out without pod data: never dropped
+            import time
+            deadline = time.monotonic() + 20
+            got = execs_in(events, cid)
+            while not got and time.monotonic() < deadline:
+                events += a.collect(lambda: None)
+                got = execs_in(events, cid)
+            assert got and "pod" not in got[0]["process"]
+            st = a.agent.status()["k8s"]["events"]
+            assert st["released_without_pod"] >= 1 and st["held"] >= 1, st
+        finally:
+            for p in pods:
+                cluster.kubelet.delete_pod(p)

@@ -1,0 +1,167 @@
+"""Pod records, workloads, exec-probe guesses, label selectors and the hold stage (no cluster)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from vigil.core.events import ProcessExec, ProcessMsg
+from vigil.k8s.enrich import HoldStage, PodResolver
+from vigil.k8s.pods import PodStore, maybe_exec_probe, pod_info, workload_of
+from vigil.k8s.selectors import container_labels, image_repo, matches, pod_labels
+
+CID = "a" * 64
+CID2 = "b" * 64
+UID = "0c7e9f3a-1b2c-4d5e-8f90-a1b2c3d4e5f6"
+
+
+def owner(kind: str, name: str) -> dict[str, Any]:
+    return {"ownerReferences": [{"kind": kind, "name": name, "controller": True, "uid": "x", "apiVersion": "v1"}]}
+
+
+@pytest.mark.parametrize("meta,want", [
+    ({"name": "web-7c9f8d-x2x", "labels": {"pod-template-hash": "7c9f8d"}, **owner("ReplicaSet", "web-7c9f8d")},
+     ("web", "Deployment")),
+    ({"name": "rs-only-abc", **owner("ReplicaSet", "rs-only")}, ("rs-only", "ReplicaSet")),
+    ({"name": "db-0", **owner("StatefulSet", "db")}, ("db", "StatefulSet")),
+    ({"name": "agent-x7", **owner("DaemonSet", "agent")}, ("agent", "DaemonSet")),
+    ({"name": "once-abcde", **owner("Job", "once")}, ("once", "Job")),
+    ({"name": "nightly-28912345-q", **owner("Job", "nightly-28912345")}, ("nightly", "CronJob")),
+    ({"name": "lonely"}, ("lonely", "Pod")),
+])
+def test_workload(meta: dict[str, Any], want: tuple[str, str]) -> None:
+    assert workload_of(meta) == want
+
+
+def pod_obj(labels: dict[str, str] | None = None, cid: str = CID, name: str = "web-1", ns: str = "shop",
+            uid: str = UID, probe: list[str] | None = None) -> dict[str, Any]:
+    c: dict[str, Any] = {"name": "app", "image": "reg.example/shop/web:1.2"}
+    if probe:
+        c["readinessProbe"] = {"exec": {"command": probe}}
+    return {"metadata": {"name": name, "namespace": ns, "uid": uid, "labels": labels or {"app": "web"},
+                         **owner("StatefulSet", "web")},
+            "spec": {"containers": [c, {"name": "side", "image": "reg.example/side@sha256:" + "c" * 64}]},
+            "status": {"containerStatuses": [
+                {"name": "app", "containerID": f"containerd://{cid}", "image": "reg.example/shop/web:1.2",
+                 "imageID": "reg.example/shop/web@sha256:" + "d" * 64,
+                 "state": {"running": {"startedAt": "2026-01-02T03:04:05Z"}}},
+                {"name": "side", "containerID": "", "image": "x"}]}}
+
+
+def test_pod_info_and_json() -> None:
+    store = PodStore()
+    store.upsert(pod_obj(probe=["cat", "/tmp/ready"]))
+    pod, c = store.lookup(CID)
+    assert (pod.namespace, pod.name, pod.workload, pod.workload_kind) == ("shop", "web-1", "web", "StatefulSet")
+    assert c.name == "app" and c.exec_probes == (("cat", "/tmp/ready"),)
+    assert store.lookup(CID2) is None  # a container without an id yet is not indexed
+    res = PodResolver(store)
+    j = res.pod_json(f"pod{UID}/{CID}", 7, "/bin/cat", "/tmp/ready")
+    assert j == {"namespace": "shop", "name": "web-1", "uid": UID,
+                 "container": {"id": f"containerd://{CID}", "name": "app",
+                               "image": {"id": "reg.example/shop/web@sha256:" + "d" * 64,
+                                         "name": "reg.example/shop/web:1.2"},
+                               "start_time": "2026-01-02T03:04:05Z", "pid": 7, "maybe_exec_probe": True},
+                 "pod_labels": {"app": "web"}, "workload": "web", "workload_kind": "StatefulSet"}
+    assert list(j) == ["namespace", "name", "uid", "container", "pod_labels", "workload", "workload_kind"]
+    assert "maybe_exec_probe" not in res.pod_json(f"pod{UID}/{CID}", 8, "/bin/cat", "/etc/passwd")["container"]
+    assert res.pod_json(f"pod{UID}/{CID2}", 1, "/bin/sh", "") is None
+
+
+def test_maybe_exec_probe() -> None:
+    c = pod_info(pod_obj(probe=["/bin/sh", "-c", "test -f /tmp/ok"])).containers[0]
+    assert maybe_exec_probe(c, "/bin/sh", '-c "test -f /tmp/ok"')
+    assert not maybe_exec_probe(c, "/bin/sh", "-c true")
+    assert not maybe_exec_probe(c, "/usr/bin/sh", '-c "test -f /tmp/ok"')  # absolute paths must be equal
+
+
+def test_store_updates_notify_and_reindex() -> None:
+    store = PodStore()
+    seen: list[tuple[Any, Any]] = []
+    store.listen(lambda old, new: seen.append((old and old.labels, new and new.labels)))
+    store.upsert(pod_obj())
+    store.upsert(pod_obj())                 # no change: no notification
+    store.upsert(pod_obj(labels={"app": "web", "tier": "1"}, cid=CID2))
+    assert store.lookup(CID) is None and store.lookup(CID2)[0].labels["tier"] == "1"
+    store.replace_all([])
+    assert len(store) == 0 and store.lookup(CID2) is None
+    assert seen == [(None, {"app": "web"}), ({"app": "web"}, {"app": "web", "tier": "1"}),
+                    ({"app": "web", "tier": "1"}, None)]
+
+
+@dataclass
+class Sel:
+    match_labels: dict[str, str] = field(default_factory=dict)
+    match_expressions: tuple[Any, ...] = ()
+
+
+@dataclass
+class Req:
+    key: str
+    operator: str
+    values: tuple[str, ...] = ()
+
+
+def test_selectors() -> None:
+    labels = pod_labels("shop", {"app": "web", "tier": "front"})
+    assert matches(None, labels) and matches(Sel(), labels)
+    assert matches(Sel({"app": "web"}), labels) and not matches(Sel({"app": "db"}), labels)
+    assert matches(Sel({"k8s:io.kubernetes.pod.namespace": "shop"}), labels)
+    assert not matches(Sel({"k8s:io.kubernetes.pod.namespace": "other"}), labels)
+    assert matches(Sel(match_expressions=(Req("tier", "In", ("front", "back")),)), labels)
+    assert not matches(Sel(match_expressions=(Req("tier", "NotIn", ("front",)),)), labels)
+    assert matches(Sel(match_expressions=(Req("gone", "NotIn", ("x",)),)), labels)
+    assert matches(Sel(match_expressions=(Req("app", "Exists"),)), labels)
+    assert not matches(Sel(match_expressions=(Req("app", "DoesNotExist"),)), labels)
+    assert matches(Sel(match_expressions=(Req("gone", "DoesNotExist"),)), labels)
+    assert image_repo("reg.example:5000/shop/web:1.2") == "reg.example:5000/shop/web"
+    assert image_repo("reg.example/side@sha256:abc") == "reg.example/side"
+    assert matches(Sel({"name": "app", "repo": "reg/web"}), container_labels("app", "reg/web:3"))
+
+
+def exec_event(docker: str, n: int) -> ProcessExec:
+    return ProcessExec(ProcessMsg(f"e{n}", 1, binary="/bin/x", docker=docker), None, (), "", "node")
+
+
+def ids(events: list[Any]) -> list[str]:
+    return [e.process.exec_id for e in events]
+
+
+def test_hold_stage_waits_for_the_pod_then_enriches_in_order() -> None:
+    store = PodStore()
+    res = PodResolver(store)
+    released: list[Any] = []
+    hold = HoldStage(res, hold_seconds=5, max_events=3, emit=released.extend)
+    store.listen(hold.on_pod)
+    # the builder found no pod for these containers: one kubelet-managed, one plain Docker
+    assert res.pod_json(f"pod{UID}/{CID}", 1, "/bin/x", "") is None
+    assert res.pod_json(f"/docker/{CID2}", 1, "/bin/x", "") is None
+    host = ProcessExec(ProcessMsg("h", 2, binary="/bin/h"), None, (), "", "node")
+    evs = [exec_event(CID[:31], 1), host, exec_event(CID2[:31], 2), exec_event(CID[:31], 3)]
+    out = hold.filter(evs, now_ns=0)
+    assert out == [host, evs[2]]
+    assert hold.stats()["held_now"] == 2
+    store.upsert(pod_obj())             # the watcher delivers the pod
+    assert ids(released) == ["e1", "e3"]
+    assert all(e.process.pod["name"] == "web-1" for e in released)
+    assert out[1].process.pod is None   # plain Docker: no pod, never held
+    assert hold.stats()["released_enriched"] == 2 and hold.stats()["held_now"] == 0
+
+
+def test_hold_stage_deadline_and_bound_never_drop() -> None:
+    store = PodStore()
+    res = PodResolver(store)
+    released: list[Any] = []
+    hold = HoldStage(res, hold_seconds=1, max_events=2, emit=released.extend)
+    assert res.pod_json(f"pod{UID}/{CID}", 1, "/bin/x", "") is None
+    evs = [exec_event(CID[:31], i) for i in range(4)]
+    out = hold.filter(evs, now_ns=0)
+    assert out == evs[2:]                       # past the bound: out at once, counted
+    assert hold.stats()["hold_overflow"] == 2
+    hold.tick(now_ns=500_000_000)
+    assert released == []
+    hold.tick(now_ns=1_000_000_001)             # the wait ran out: out without pod data, counted
+    assert released == evs[:2] and hold.stats()["released_without_pod"] == 2
+    later = [exec_event(CID[:31], 9)]
+    assert hold.filter(later, now_ns=2_000_000_000) == later

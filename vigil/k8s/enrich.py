@@ -1,0 +1,246 @@
+"""Pod data for process events: the resolver the event builder calls, and the hold stage.
+
+`PodResolver.pod_json()` is called by the event builder for a process in a container (one dict
+lookup per exec once the container is known). An event of a kubelet-managed container (its cgroup
+names a pod) whose pod is not known yet is held by `HoldStage` until the watcher delivers that pod
+(then it leaves enriched) or until its deadline (then it leaves without pod data); both are
+counted, nothing is dropped, and the queue is bounded (past the bound events leave at once,
+counted). Events leave in the order they came.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from typing import Any, Callable
+
+from vigil.core.events import Event
+from vigil.k8s.cgroups import ContainerRef, parse
+from vigil.k8s.pods import ContainerInfo, PodInfo, PodStore, maybe_exec_probe
+
+_REF_CACHE_MAX = 16384
+
+
+class PodResolver:
+    def __init__(self, store: PodStore, annotations: bool = False) -> None:
+        self.store = store
+        self.annotations = annotations  # --enable-pod-annotations
+        self._refs: dict[str, ContainerRef] = {}          # cgroup name -> ref
+        self.by_docker: dict[str, ContainerRef] = {}      # docker field (31) -> ref of kubelet containers
+        # cgroup name -> ((pod, container) as the store holds them, pod json base, container base):
+        # reused while the store still holds that same (pod, container) entry
+        self._by_cg: dict[str, tuple[tuple[PodInfo, ContainerInfo], tuple[Any, ...]]] = {}
+        self.enriched = 0
+        self.unknown = 0
+
+    def ref(self, cgroup_name: str) -> ContainerRef:
+        r = self._refs.get(cgroup_name)
+        if r is None:
+            r = parse(cgroup_name)
+            if len(self._refs) >= _REF_CACHE_MAX:
+                self._refs.clear()
+            self._refs[cgroup_name] = r
+            if r.pod_uid:
+                self.by_docker[r.docker] = r
+        return r
+
+    def _base(self, pod: PodInfo, c: ContainerInfo) -> tuple[Any, ...]:
+        """What every process of this container shares, built once: the values of the pod
+        object and of its container object (shared, never mutated)."""
+        image = {k: v for k, v in (("id", c.image_id), ("name", c.image)) if v}
+        extra: dict[str, Any] = {}
+        if pod.labels:
+            extra["pod_labels"] = pod.labels
+        if pod.workload:
+            extra["workload"] = pod.workload
+        if pod.workload_kind:
+            extra["workload_kind"] = pod.workload_kind
+        if self.annotations and pod.annotations:
+            extra["pod_annotations"] = pod.annotations
+        return (pod.namespace, pod.name, pod.uid, c.runtime_id, c.name, image or None, c.started_at or None, extra)
+
+    def pod_json(self, cgroup_name: str, pid: int, binary: str, arguments: str) -> dict[str, Any] | None:
+        """Tetragon's `pod` object for a process in this cgroup (None: no pod known)."""
+        hit = self._by_cg.get(cgroup_name)
+        if hit is None or self.store.by_container.get(hit[0][1].id) is not hit[0]:  # new, changed or gone
+            r = self._refs.get(cgroup_name) or self.ref(cgroup_name)
+            if not r.container_id:
+                return None
+            entry = self.store.lookup(r.container_id)
+            if entry is None:
+                self.unknown += 1
+                return None
+            if len(self._by_cg) >= _REF_CACHE_MAX:
+                self._by_cg.clear()
+            hit = self._by_cg[cgroup_name] = (entry, self._base(*entry))
+        return self._with_process(hit[1], hit[0][1], pid, binary, arguments)
+
+    def _with_process(self, base: tuple[Any, ...], c: ContainerInfo, pid: int, binary: str,
+                      arguments: str) -> dict[str, Any]:
+        self.enriched += 1
+        ns, name, uid, cid, cname, image, started, extra = base
+        cont: dict[str, Any] = {"id": cid, "name": cname}
+        if image is not None:
+            cont["image"] = image
+        if started is not None:
+            cont["start_time"] = started
+        if pid:
+            cont["pid"] = pid
+        if c.probe_args and arguments in c.probe_args and maybe_exec_probe(c, binary, arguments):
+            cont["maybe_exec_probe"] = True
+        d = {"namespace": ns, "name": name, "uid": uid, "container": cont}
+        if extra:
+            d.update(extra)
+        return d
+
+    def with_pid(self, pod_json: dict[str, Any], pid: int) -> dict[str, Any]:
+        """The same pod object for a forked child (its own pid inside the container)."""
+        d = dict(pod_json)
+        cont = dict(d.get("container") or {})
+        cont.pop("pid", None)
+        if pid:
+            cont["pid"] = pid
+        cont.pop("maybe_exec_probe", None)
+        d["container"] = cont
+        return d
+
+    def for_docker(self, docker: str) -> tuple[PodInfo, ContainerInfo] | None:
+        r = self.by_docker.get(docker)
+        return self.store.lookup(r.container_id) if r is not None else None
+
+    def waits_for_pod(self, docker: str) -> bool:
+        """The container is kubelet-managed (its cgroup names a pod) but its pod is unknown."""
+        r = self.by_docker.get(docker)
+        return r is not None and self.store.lookup(r.container_id) is None
+
+
+class HoldStage:
+    """Holds events of containers whose pod is not known yet (bounded, counted)."""
+
+    def __init__(self, resolver: PodResolver, *, hold_seconds: float = 3.0, max_events: int = 8192,
+                 cache: Any = None, emit: Callable[[list[Event]], None] | None = None) -> None:
+        self.resolver = resolver
+        self.hold_ns = int(hold_seconds * 1e9)
+        self.max_events = max_events
+        self.cache = cache        # vigil.process.cache.ProcessCache: enriched messages replace the cached ones
+        self.emit = emit          # hands released events back to the pipeline (Agent.inject)
+        self._lock = threading.Lock()
+        self._held: deque[tuple[int, str, Event]] = deque()   # (deadline, docker, event)
+        self._waiting: dict[str, int] = {}                             # docker -> events held
+        self._gave_up: OrderedDict[str, None] = OrderedDict()          # containers whose wait ran out
+        self._unknown_seen = 0   # resolver.unknown when filter() last looked at every event
+        self.held = 0
+        self.released_enriched = 0
+        self.released_without_pod = 0
+        self.overflow = 0
+
+    def filter(self, events: list[Event], now_ns: int | None = None) -> list[Event]:
+        """The events that may leave now; the others are held."""
+        res = self.resolver
+        if not events or (not self._waiting and res.unknown == self._unknown_seen):
+            return events  # no container waits and none was found without its pod since last time
+        self._unknown_seen = res.unknown
+        out = []
+        now_ns = now_ns if now_ns is not None else time.monotonic_ns()
+        with self._lock:
+            for e in events:
+                proc = getattr(e, "process", None)  # events of a process (not DictEvent)
+                docker = proc.docker if proc is not None else None
+                if not docker or proc.pod is not None:
+                    out.append(e)
+                    continue
+                waiting = docker in self._waiting
+                if not waiting and (docker in self._gave_up or not res.waits_for_pod(docker)):
+                    if res.for_docker(docker) is not None:
+                        self._enrich(e)   # the pod came between build and now
+                    out.append(e)
+                    continue
+                if len(self._held) >= self.max_events:
+                    self.overflow += 1
+                    out.append(e)
+                    continue
+                self._held.append((now_ns + self.hold_ns, docker, e))
+                self._waiting[docker] = self._waiting.get(docker, 0) + 1
+                self.held += 1
+        return out
+
+    def _enrich(self, e: Event) -> bool:
+        """Pod data on the event's process and parent messages (derived copies: a message
+        is never changed once it left the process stage); the cache keeps the new one."""
+        res = self.resolver
+        done = False
+        for key in ("process", "parent"):
+            proc = getattr(e, key, None)
+            if proc is None or proc.pod is not None or not proc.docker:
+                continue
+            hit = res.for_docker(proc.docker)
+            if hit is None:
+                continue
+            pod, c = hit
+            p = self.cache.get(proc.exec_id) if self.cache is not None and proc.exec_id else None
+            pj = res._with_process(res._base(pod, c), c, getattr(p, "nspid", 0), proc.binary, proc.arguments)
+            new = proc.derive(pod=pj)
+            setattr(e, key, new)
+            if p is not None and p.msg.pod is None:
+                p.msg = new   # later events of this process (and its children's parent) carry it
+            done = done or key == "process"
+        return done
+
+    def on_pod(self, _old: PodInfo | None, new: PodInfo | None) -> None:
+        """Watcher thread: a pod arrived or changed; release what waited for its containers."""
+        if new is None or not self._waiting:
+            return
+        ids = {c.id[:31] for c in new.containers}
+        if not ids & self._waiting.keys():
+            return
+        self._release(lambda docker: docker in ids)
+
+    def tick(self, now_ns: int | None = None) -> None:
+        """Pipeline thread: release events whose wait ran out."""
+        now_ns = now_ns if now_ns is not None else time.monotonic_ns()
+        if self._held and self._held[0][0] <= now_ns:
+            expired = {d for t, d, _e in self._held if t <= now_ns}
+            self._release(lambda docker: docker in expired, give_up=True)
+
+    def _release(self, which: Callable[[str], bool], give_up: bool = False) -> None:
+        out = []
+        with self._lock:
+            keep: deque[tuple[int, str, Event]] = deque()
+            for item in self._held:
+                docker = item[1]
+                if not which(docker):
+                    keep.append(item)
+                    continue
+                e = item[2]
+                if self._enrich(e):
+                    self.released_enriched += 1
+                else:
+                    self.released_without_pod += 1
+                    if give_up:
+                        self._gave_up[docker] = None
+                        if len(self._gave_up) > 4096:
+                            self._gave_up.popitem(last=False)
+                n = self._waiting.get(docker, 0) - 1
+                if n > 0:
+                    self._waiting[docker] = n
+                else:
+                    self._waiting.pop(docker, None)
+                out.append(e)
+            self._held = keep
+        if out and self.emit is not None:
+            self.emit(out)
+
+    def flush(self) -> list[Event]:
+        """Everything still held (at stop): leaves now, enriched where possible."""
+        out: list[Event] = []
+        self.emit, saved = out.extend, self.emit
+        try:
+            self._release(lambda _d: True)
+        finally:
+            self.emit = saved
+        return out
+
+    def stats(self) -> dict[str, int]:
+        return {"held_now": len(self._held), "held": self.held, "released_enriched": self.released_enriched,
+                "released_without_pod": self.released_without_pod, "hold_overflow": self.overflow,
+                "enriched_at_build": self.resolver.enriched, "container_without_pod": self.resolver.unknown}

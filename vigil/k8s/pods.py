@@ -1,0 +1,196 @@
+"""Pods of this node, indexed by container id, and Tetragon's `pod` object for events.
+
+Input is the API server's JSON (camelCase, as a watch or list returns it); nothing here talks to
+the API server. `PodStore` is written by one thread (the watcher) and read by the pipeline: every
+update replaces whole objects, so a reader sees either the old or the new pod, never half of one.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+_CRONJOB_JOB = re.compile(r"^(?P<name>.+)-\d{8,10}$")
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerInfo:
+    id: str                  # bare id (what the cgroup name holds)
+    runtime_id: str          # as the kubelet reports it: "containerd://<id>"
+    name: str
+    image: str               # image name, registry/repo:tag
+    image_id: str            # registry/repo@sha256:...
+    started_at: str          # RFC 3339
+    exec_probes: tuple[tuple[str, ...], ...] = ()
+    privileged: bool = False
+    probe_args: frozenset[str] = frozenset()   # the probes' `arguments` strings: a quick first check
+
+
+@dataclass(frozen=True, slots=True)
+class PodInfo:
+    uid: str
+    namespace: str
+    name: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    workload: str
+    workload_kind: str
+    containers: tuple[ContainerInfo, ...]
+    container_names: tuple[str, ...]    # from the spec, started or not
+    images: dict[str, str] = field(default_factory=dict)  # container name -> spec image
+
+    def container(self, cid: str) -> ContainerInfo | None:
+        for c in self.containers:
+            if c.id == cid:
+                return c
+        return None
+
+
+def workload_of(meta: dict[str, Any]) -> tuple[str, str]:
+    """(workload, workload_kind) from owner references, as Tetragon reports them."""
+    refs = meta.get("ownerReferences") or []
+    ref = next((r for r in refs if r.get("controller")), refs[0] if refs else None)
+    if ref is None:
+        return meta.get("name", ""), "Pod"
+    kind, name = ref.get("kind", ""), ref.get("name", "")
+    labels = meta.get("labels") or {}
+    if kind == "ReplicaSet":
+        # a Deployment's ReplicaSet is named <deployment>-<pod-template-hash>
+        h = labels.get("pod-template-hash")
+        if h and name.endswith("-" + h):
+            return name[: -len(h) - 1], "Deployment"
+        return name, "ReplicaSet"
+    if kind == "Job":
+        m = _CRONJOB_JOB.match(name)
+        if m:
+            return m.group("name"), "CronJob"
+        return name, "Job"
+    return name, kind
+
+
+def _split_runtime_id(cid: str) -> str:
+    return cid.split("://", 1)[1] if "://" in cid else cid
+
+
+def _probes(spec_container: dict[str, Any]) -> tuple[tuple[str, ...], ...]:
+    out = []
+    for key in ("livenessProbe", "readinessProbe", "startupProbe"):
+        cmd = ((spec_container.get(key) or {}).get("exec") or {}).get("command")
+        if cmd:
+            out.append(tuple(str(a) for a in cmd))
+    return tuple(out)
+
+
+def pod_info(obj: dict[str, Any]) -> PodInfo:
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    spec_cs = {c.get("name"): c for key in ("initContainers", "containers", "ephemeralContainers")
+               for c in spec.get(key) or []}
+    containers = []
+    for key in ("initContainerStatuses", "containerStatuses", "ephemeralContainerStatuses"):
+        for cs in status.get(key) or []:
+            rid = cs.get("containerID") or ""
+            if not rid:
+                continue
+            sc = spec_cs.get(cs.get("name"), {})
+            state = cs.get("state") or {}
+            started = ((state.get("running") or {}).get("startedAt")
+                       or (state.get("terminated") or {}).get("startedAt") or "")
+            containers.append(ContainerInfo(
+                id=_split_runtime_id(rid), runtime_id=rid, name=cs.get("name", ""),
+                image=cs.get("image", "") or sc.get("image", ""), image_id=cs.get("imageID", ""),
+                started_at=started, exec_probes=_probes(sc),
+                probe_args=frozenset(_probe_args(cmd) for cmd in _probes(sc)),
+                privileged=bool((sc.get("securityContext") or {}).get("privileged"))))
+    workload, kind = workload_of(meta)
+    return PodInfo(
+        uid=meta.get("uid", ""), namespace=meta.get("namespace", ""), name=meta.get("name", ""),
+        labels=dict(meta.get("labels") or {}), annotations=dict(meta.get("annotations") or {}),
+        workload=workload, workload_kind=kind, containers=tuple(containers),
+        container_names=tuple(spec_cs), images={n: c.get("image", "") for n, c in spec_cs.items()})
+
+
+def _probe_args(cmd: tuple[str, ...]) -> str:
+    return " ".join(f'"{a}"' if " " in a else a for a in cmd[1:])
+
+
+def maybe_exec_probe(c: ContainerInfo, binary: str, arguments: str) -> bool:
+    """The process runs one of the container's exec probe commands (Tetragon's heuristic)."""
+    for cmd in c.exec_probes:
+        head = cmd[0]
+        if head != binary and ("/" in head or binary.rsplit("/", 1)[-1] != head):
+            continue
+        if _probe_args(cmd) == arguments:
+            return True
+    return False
+
+
+Listener = Callable[[PodInfo | None, PodInfo | None], None]  # (old, new): added, changed or deleted
+
+
+class PodStore:
+    """Pods of this node by uid, and (pod, container) by container id."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.by_uid: dict[str, PodInfo] = {}
+        self.by_container: dict[str, tuple[PodInfo, ContainerInfo]] = {}
+        self._listeners: list[Listener] = []
+        self.updates = 0
+
+    def listen(self, fn: Listener) -> None:
+        self._listeners.append(fn)
+
+    def __len__(self) -> int:
+        return len(self.by_uid)
+
+    def lookup(self, container_id: str) -> tuple[PodInfo, ContainerInfo] | None:
+        return self.by_container.get(container_id)
+
+    def pods(self) -> list[PodInfo]:
+        return list(self.by_uid.values())
+
+    def upsert(self, obj: dict[str, Any]) -> None:
+        self._set(pod_info(obj))
+
+    def delete(self, obj: dict[str, Any]) -> None:
+        uid = (obj.get("metadata") or {}).get("uid", "")
+        with self._lock:
+            old = self.by_uid.pop(uid, None)
+            if old is None:
+                return
+            for c in old.containers:
+                if self.by_container.get(c.id, (None,))[0] is old:
+                    del self.by_container[c.id]
+            self.updates += 1
+        self._notify(old, None)
+
+    def replace_all(self, objs: Iterable[dict[str, Any]]) -> None:
+        """A fresh list: pods missing from it are deleted."""
+        new = [pod_info(o) for o in objs]
+        keep = {p.uid for p in new}
+        for uid in [u for u in list(self.by_uid) if u not in keep]:
+            self.delete({"metadata": {"uid": uid}})
+        for p in new:
+            self._set(p)
+
+    def _set(self, pod: PodInfo) -> None:
+        with self._lock:
+            old = self.by_uid.get(pod.uid)
+            if old == pod:
+                return
+            self.by_uid[pod.uid] = pod
+            if old is not None:
+                for c in old.containers:
+                    if self.by_container.get(c.id, (None,))[0] is old:
+                        del self.by_container[c.id]
+            for c in pod.containers:
+                self.by_container[c.id] = (pod, c)
+            self.updates += 1
+        self._notify(old, pod)
+
+    def _notify(self, old: PodInfo | None, new: PodInfo | None) -> None:
+        for fn in self._listeners:
+            fn(old, new)

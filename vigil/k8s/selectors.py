@@ -1,0 +1,58 @@
+"""Kubernetes label selectors (matchLabels, matchExpressions: In, NotIn, Exists, DoesNotExist).
+
+Takes any object with `match_labels` and `match_expressions` (the policy model's LabelSelector),
+so this layer needs nothing from the policy layer. As in Tetragon, keys may carry a `k8s:`
+prefix, and a pod's labels include `io.kubernetes.pod.namespace` (its namespace). A container's
+labels for containerSelector are `name` (the container name) and `repo` (its image repository).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
+
+
+def _key(k: str) -> str:
+    return k[4:] if k.startswith("k8s:") else k
+
+
+def matches(sel: Any, labels: Mapping[str, str]) -> bool:
+    """None matches everything; so does an empty selector ({})."""
+    if sel is None:
+        return True
+    for k, v in sel.match_labels.items():
+        if labels.get(_key(k)) != v:
+            return False
+    for r in sel.match_expressions:
+        k = _key(r.key)
+        if r.operator == "In":
+            if labels.get(k) not in r.values:
+                return False
+        elif r.operator == "NotIn":
+            if k in labels and labels[k] in r.values:
+                return False
+        elif r.operator == "Exists":
+            if k not in labels:
+                return False
+        elif r.operator == "DoesNotExist":
+            if k in labels:
+                return False
+        else:
+            return False  # validation refuses other operators before a policy gets here
+    return True
+
+
+def pod_labels(namespace: str, labels: Mapping[str, str]) -> dict[str, str]:
+    return {**labels, NAMESPACE_LABEL: namespace}
+
+
+def image_repo(image: str) -> str:
+    """registry/repo:tag or registry/repo@sha256:... -> registry/repo."""
+    base = image.split("@", 1)[0]
+    slash = base.rfind("/")
+    colon = base.rfind(":")
+    return base[:colon] if colon > slash else base
+
+
+def container_labels(name: str, image: str) -> dict[str, str]:
+    return {"name": name, "repo": image_repo(image)}
