@@ -1460,6 +1460,15 @@ static int cache_add(Builder *b, PyObject *p, PyObject *now)
 	int has = PyDict_Contains(b->by_key, key);
 	if (has)
 		return has < 0 ? -1 : 0;
+	long long cap = attr_ll(b->cache, b->s_capacity);
+	if (cap == -1 && PyErr_Occurred())
+		return -1;
+	if (PyDict_GET_SIZE(b->by_key) >= cap) {  /* room first, as ProcessCache.add */
+		PyObject *x = PyObject_CallFunction(b->m_evict, "Oi", now, 1);
+		if (!x)
+			return -1;
+		Py_DECREF(x);
+	}
 	SET_STEAL(p, b->proc_off[P_REFCNT], PyLong_FromLong(1));
 	if (PyErr_Occurred() || PyDict_SetItem(b->by_key, key, p) < 0)
 		return -1;
@@ -1495,18 +1504,7 @@ static int cache_add(Builder *b, PyObject *p, PyObject *now)
 		r = cache_release(b, old, now);
 	}
 	Py_XDECREF(old);
-	if (r)
-		return -1;
-	long long cap = attr_ll(b->cache, b->s_capacity);
-	if (cap == -1 && PyErr_Occurred())
-		return -1;
-	if (PyDict_GET_SIZE(b->by_key) > cap) {
-		PyObject *x = PyObject_CallOneArg(b->m_evict, now);
-		if (!x)
-			return -1;
-		Py_DECREF(x);
-	}
-	return 0;
+	return r ? -1 : 0;
 }
 
 static int cache_exit(Builder *b, PyObject *p, PyObject *now)

@@ -152,16 +152,15 @@ def run_child(ops: list[list[Any]], cgroup: str | None, *, before: Callable[[int
               prefix: list[str] | None = None) -> list[str]:
     """Run the ops in a fresh child (in `cgroup` when given); `before(pid)` runs
     once the child is in place and before it acts."""
-    def enter() -> None:
-        if cgroup:
-            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
-                f.write(str(os.getpid()))
-
+    # no preexec_fn: a fork with hooks in a process that runs gRPC threads can die before exec
     p = subprocess.Popen([*(prefix or []), sys.executable, "-c", CHILD, json.dumps(ops)], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True, preexec_fn=enter)
+                         stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout is not None and p.stdin is not None
         pid = int(p.stdout.readline())
+        if cgroup:  # moved in before it makes any socket (it waits for our line)
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                f.write(str(pid))
         if before:
             before(pid)
         out, _ = p.communicate("\n", timeout=30)

@@ -29,7 +29,7 @@ from vigil.kernel import sys as ksys
 
 pytestmark = pytest.mark.kernel
 BPFTOOL = shutil.which("bpftool") or "/usr/sbin/bpftool"
-OBJ = str(F.DEFAULT_OBJ)
+OBJ = str(F.bpf_object("probe"))
 
 
 def _require() -> None:

@@ -30,6 +30,7 @@ from vigil.kernel import sys as ksys
 from vigil.kernel.elfsym import func_offset
 from vigil.kernel.errors import BpfError, VerifierError
 from vigil.kernel.objects import BpfObject, Program
+from vigil.kernel.paths import bpf_object
 
 log = logging.getLogger("vigil.features")
 
@@ -42,7 +43,6 @@ FEATURES: tuple[str, ...] = (
     "ima_hash",
 )
 
-DEFAULT_OBJ = Path(__file__).resolve().parents[2] / "build" / "bpf" / "probe.bpf.o"
 KPROBE_TARGET = "vfs_read"                       # also the kprobe.multi and fentry/fexit target in the C
 OVERRIDE_TARGETS = ("should_failslab", "__x64_sys_getpid")
 TRACEFS = "/sys/kernel/tracing"
@@ -568,7 +568,7 @@ def probe_all(obj_path: str | os.PathLike[str] | None = None, *, refresh: bool =
     if _cache is not None and not refresh:
         return _cache
     t = time.perf_counter()
-    results = _Prober(os.fspath(obj_path) if obj_path else str(DEFAULT_OBJ)).probe()
+    results = _Prober(os.fspath(obj_path) if obj_path else str(bpf_object("probe"))).probe()  # VIGIL_BPF_DIR in a package
     ordered = {n: results.get(n, Feature(n, None, "not probed")) for n in FEATURES}
     _cache = ordered
     log.info("kernel features (%.0f ms): yes: %s; no: %s; inconclusive: %s",

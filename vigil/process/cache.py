@@ -55,6 +55,8 @@ class ProcessCache:
         by_key = self._by_key
         if p.key in by_key:
             return
+        if len(by_key) >= self.capacity:
+            self._evict(now_ns, room=1)  # room first: the bound holds at every instant, not only after add
         p.refcnt = 1
         by_key[p.key] = p
         order = self._order
@@ -70,8 +72,6 @@ class ProcessCache:
         if old is not None and old is not p and not old.exited:
             old.exited = True
             self._release(old, now_ns)
-        if len(by_key) > self.capacity:
-            self._evict(now_ns)
 
     def _rebuild_order(self) -> None:
         self._order = deque(self._by_key.values())
@@ -110,8 +110,8 @@ class ProcessCache:
             if parent is not None:
                 self._release(parent, now_ns)
 
-    def _evict(self, now_ns: int) -> None:
-        while len(self._by_key) > self.capacity:
+    def _evict(self, now_ns: int, room: int = 0) -> None:
+        while self._by_key and len(self._by_key) > self.capacity - room:
             victim = None
             while self._pending:
                 cand = self._pending.popleft()
