@@ -29,8 +29,22 @@ import sys
 import threading
 import time
 
-from _common import (install_signal_handlers, AgentProc, HOST_NS, SHELL_KTIME, SHELL_PID, assert_no_bpf_left, emit_json, exec_record,
-                     median, pct, require_root, rss_kb, shell_record, tempdir)
+from _common import (
+    HOST_NS,
+    SHELL_KTIME,
+    SHELL_PID,
+    AgentProc,
+    assert_no_bpf_left,
+    emit_json,
+    exec_record,
+    install_signal_handlers,
+    median,
+    pct,
+    require_root,
+    rss_kb,
+    shell_record,
+    tempdir,
+)
 
 GOAL_RSS_MB = 150
 GOAL_READY_S = 1.0

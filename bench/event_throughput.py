@@ -22,17 +22,28 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import io
 import json
 import os
-import subprocess
 import pstats
+import subprocess
 import sys
 import threading
 import time
 
-from _common import (install_signal_handlers, AgentProc, assert_no_bpf_left, build_spawner, count_execs, emit_json, median,
-                     run_spawner, shell_record, synth_exec_exit, tempdir, wait_quiet)
+from _common import (
+    AgentProc,
+    assert_no_bpf_left,
+    build_spawner,
+    count_execs,
+    emit_json,
+    install_signal_handlers,
+    median,
+    run_spawner,
+    shell_record,
+    synth_exec_exit,
+    tempdir,
+    wait_quiet,
+)
 
 from vigil.core import native  # after _common: it puts the project on sys.path
 

@@ -21,8 +21,20 @@ import subprocess
 import sys
 import time
 
-from _common import (BPFTOOL, install_signal_handlers, AgentProc, assert_no_bpf_left, build_spawner, count_execs, emit_json, median,
-                     require_root, run_spawner, tempdir, wait_quiet)
+from _common import (
+    BPFTOOL,
+    AgentProc,
+    assert_no_bpf_left,
+    build_spawner,
+    count_execs,
+    emit_json,
+    install_signal_handlers,
+    median,
+    require_root,
+    run_spawner,
+    tempdir,
+    wait_quiet,
+)
 
 GOAL_RATIO = 1.03
 STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
@@ -33,6 +45,7 @@ def run_bpf_only(spawner: str, n: int, binary: str, mode: str,
     """The loop with only the kernel side loaded (ProcessSensor in this process, ring
     buffer large enough to hold every record, never drained): isolates BPF cost."""
     from _common import OWN_PROG_IDS, vigil_bpf_progs
+
     from vigil.sensors.process import ProcessSensor
 
     before = set(vigil_bpf_progs())

@@ -29,8 +29,16 @@ import sys
 import time
 from pathlib import Path
 
-from _common import AgentProc, assert_no_bpf_left, emit_json, install_signal_handlers, median, require_root, \
-    tempdir, wait_quiet
+from _common import (
+    AgentProc,
+    assert_no_bpf_left,
+    emit_json,
+    install_signal_handlers,
+    median,
+    require_root,
+    tempdir,
+    wait_quiet,
+)
 
 OPENLOOP_C = r"""
 #include <fcntl.h>
@@ -97,7 +105,7 @@ class Bpftrace:
                 self.proc.wait()
         self.f.close()
 
-    def __enter__(self) -> "Bpftrace":
+    def __enter__(self) -> Bpftrace:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, emit_json, install_signal_handlers, shell_record, synth_exec_exit, tempdir  # noqa: E402
+from _common import ROOT, emit_json, install_signal_handlers, shell_record, synth_exec_exit, tempdir
 
 GET_EVENTS = "/tetragon.FineGuidanceSensors/GetEvents"
 

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 from _common import AgentProc, assert_no_bpf_left, emit_json, install_signal_handlers, require_root, rss_kb, tempdir
 

@@ -20,9 +20,10 @@ import sys
 import textwrap
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -98,7 +99,7 @@ class Gated:
         self.returncode: int | None = None
         self.stdout = self.stderr = ""
 
-    def go(self, timeout: float = 120) -> "Gated":
+    def go(self, timeout: float = 120) -> Gated:
         try:
             out, err = self.proc.communicate(b"g", timeout=timeout)
         except subprocess.TimeoutExpired:

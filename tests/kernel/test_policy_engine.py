@@ -13,14 +13,14 @@ import stat
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from tests.kernel.bpfstate import loaded_prog_ids, prog_ids_held, still_loaded
-
 from tests.kernel.conftest import RunningAgent
 
 pytestmark = pytest.mark.kernel

@@ -4,11 +4,11 @@ exec ids, and the JSON and protobuf encodings of every event kind."""
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from vigil.api import wire
 from vigil.core import native

@@ -11,14 +11,14 @@ import gc
 import logging
 import sys
 import threading
-from collections import deque
 import time
-from typing import Any, Callable
-
+from collections import deque
+from collections.abc import Callable
+from typing import Any
 
 from vigil import __version__
-from vigil.core.bus import EventBus, Subscription
 from vigil.agent.config import AgentConfig
+from vigil.core.bus import EventBus, Subscription
 from vigil.core.events import Event
 from vigil.events import records as R
 from vigil.events.source import EventSource, RecordingSource
@@ -196,7 +196,7 @@ class Agent:
                         else:  # a policy record: its hook ids died with that agent
                             self.restart["policy_records_unreadable"] = \
                                 self.restart.get("policy_records_unreadable", 0) + 1
-                    if batch and R.HEADER.unpack_from(batch[-1])[4] >= attached_ktime or not rb.pending():
+                    if (batch and R.HEADER.unpack_from(batch[-1])[4] >= attached_ktime) or not rb.pending():
                         break
                     time.sleep(0.001)
                 rb.close()
@@ -304,7 +304,7 @@ class Agent:
         for fe in reversed(self.frontends):
             try:
                 fe.stop()
-            except Exception:  # noqa: BLE001 - keep tearing down
+            except Exception:  # keep tearing down
                 log.exception("stopping %s", fe)
         if self.pins is not None:
             if self.config.keep_sensors_on_exit and not self._previous:

@@ -6,7 +6,8 @@ metrics are prefixed `vigil_`.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
@@ -115,7 +116,7 @@ class AgentCollector(Collector):
         yield capacity
 
         states = GaugeMetricFamily("tetragon_tracingpolicy_loaded", "Tracing policies by state", labels=["state"])
-        counts: dict[str, int] = {s: 0 for s in ("enabled", "disabled", "error", "load_error")}
+        counts: dict[str, int] = dict.fromkeys(("enabled", "disabled", "error", "load_error"), 0)
         for p in a.list_policies():
             s = str(p.get("state", "")).lower().removeprefix("tp_state_")
             counts[s] = counts.get(s, 0) + 1

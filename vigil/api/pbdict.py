@@ -16,7 +16,8 @@ import base64
 import calendar
 import re
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor as FD
@@ -42,7 +43,7 @@ class ConversionError(ValueError):
         self.problem, self.path = problem, path
         super().__init__(f"{'.'.join(path)}: {problem}" if path else problem)
 
-    def under(self, name: str) -> "ConversionError":
+    def under(self, name: str) -> ConversionError:
         return ConversionError(self.problem, (name, *self.path))
 
 

@@ -21,13 +21,13 @@ import re
 import stat
 import sys
 import time
-from typing import IO, Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any
 
 import click
 import orjson
 
 from vigil.api.cliutil import tls_options
-
 from vigil.export.event_types import FilterError, parse_event_type
 
 Event = dict[str, Any]
@@ -228,7 +228,7 @@ def agent_events(
             reason = message
         except ValueError as e:  # the client refused a malformed filter
             raise click.ClickException(f"invalid filter: {e}") from None
-        except Exception as e:  # noqa: BLE001 - grpc errors, without importing grpc here
+        except Exception as e:  # grpc errors, without importing grpc here
             if type(e).__module__.split(".")[0] != "grpc":
                 raise
             details = e.details() if hasattr(e, "details") else str(e)

@@ -156,7 +156,7 @@ def _counts(report: list[dict]) -> dict[str, int]:
         prev = files.get(e["file"])
         if prev is None or rank[out] > rank[prev]:
             files[e["file"]] = out
-    counts = {k: 0 for k in rank}
+    counts = dict.fromkeys(rank, 0)
     for out in files.values():
         counts[out] += 1
     return counts

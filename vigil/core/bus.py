@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 
 class Subscription:
-    def __init__(self, bus: "EventBus", maxsize: int) -> None:
+    def __init__(self, bus: EventBus, maxsize: int) -> None:
         self._bus = bus
         self._q: deque[Any] = deque()
         self._maxsize = maxsize

@@ -54,7 +54,7 @@ class ProcessMsg:
         self.enc_pb: bytes | None = None     # vigil.api.wire
         self.enc_dict: dict[str, Any] | None = None  # vigil.export.dicts
 
-    def derive(self, **changes: Any) -> "ProcessMsg":
+    def derive(self, **changes: Any) -> ProcessMsg:
         """A copy with some fields changed (a forked child's message from its parent's)."""
         p = ProcessMsg.__new__(ProcessMsg)
         for name in ProcessMsg.__slots__[:-3]:

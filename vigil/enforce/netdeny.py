@@ -20,14 +20,27 @@ import ipaddress
 import logging
 import os
 import struct
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from vigil.kernel import BpfError, BpfObject, Link, Map, possible_cpus
-from vigil.kernel import sys as ksys
+from vigil.enforce.netrules import (
+    AF_INET,
+    AF_INET6,
+    BIN_KEY,
+    CIDR_KEY,
+    COUNTERS,
+    GEN,
+    MAX_RULES,
+    PID_KEY,
+    RULE,
+    Compiled,
+    NetRule,
+    NetRuleError,
+    compile_rules,
+)
+from vigil.kernel import BpfError, BpfObject, Link, Map, possible_cpus, sys as ksys
 from vigil.kernel.layouts import Layout
 from vigil.kernel.paths import bpf_object
-from vigil.enforce.netrules import (AF_INET, AF_INET6, BIN_KEY, CIDR_KEY, COUNTERS, GEN, MAX_RULES, PID_KEY, RULE, Compiled, NetRule,
-                                    NetRuleError, compile_rules)
 
 log = logging.getLogger("vigil.enforce.netdeny")
 
@@ -172,7 +185,7 @@ class NetDeny:
             self._obj.close()
             self._obj = None
 
-    def __enter__(self) -> "NetDeny":
+    def __enter__(self) -> NetDeny:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -13,10 +13,11 @@ selector but NoPost is reported.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from vigil.enforce import permd_proto as P
+
 # the one statement of the string operators, shared with the policy engine's reference evaluator
 from vigil.policy.evaluate import string_match
 

@@ -5,7 +5,7 @@ with an unknown op or a bad size raises DecodeError (counted by the caller).
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from vigil.core import native
 from vigil.kernel.layouts import Layout

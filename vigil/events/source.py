@@ -76,7 +76,7 @@ class ReplaySource:
         self._batch = batch
 
     @classmethod
-    def from_file(cls, path: str, batch: int = 4096) -> "ReplaySource":
+    def from_file(cls, path: str, batch: int = 4096) -> ReplaySource:
         return cls(read_recording(path), batch)
 
     @property

@@ -17,7 +17,8 @@ share untouched sub-objects with the original.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from vigil.export.event_types import EVENT_KEY_TO_TYPE, FilterError, parse_event_type
 from vigil.export.filters import normalize_keys, snake_case

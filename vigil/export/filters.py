@@ -21,7 +21,8 @@ Notes on fields whose behaviour depends on what the event carries:
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import orjson
 

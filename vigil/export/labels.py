@@ -8,7 +8,7 @@ also match when the key is absent. An empty selector matches every label set.
 from __future__ import annotations
 
 import re
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from vigil.export.event_types import FilterError
 

@@ -9,7 +9,8 @@ part can change. The deprecated ``match`` field is accepted and ignored.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from vigil.export.event_types import EVENT_KEY_TO_TYPE, FilterError
 from vigil.export.filters import normalize_keys

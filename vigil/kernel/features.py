@@ -22,9 +22,9 @@ import socket
 import struct
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from vigil.kernel import sys as ksys
 from vigil.kernel.elfsym import func_offset
@@ -197,7 +197,7 @@ class _Prober:
             feat = Feature(name, None, "probe gave no verdict")
         except _Result as r:
             feat = Feature(name, r.supported, r.reason)
-        except Exception as e:  # noqa: BLE001 - an unexpected failure is an inconclusive answer
+        except Exception as e:  # an unexpected failure is an inconclusive answer
             log.debug("probe %s failed unexpectedly", name, exc_info=True)
             feat = Feature(name, None, f"unexpected: {type(e).__name__}: {e}".splitlines()[0])
         log.debug("probe %s: %s (%s) in %.1f ms", name, feat.mark(), feat.reason, 1000 * (time.perf_counter() - t))

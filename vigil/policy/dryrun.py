@@ -20,8 +20,10 @@ from __future__ import annotations
 import base64
 import re
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from datetime import UTC
+from typing import Any
 
 from . import enums
 from .evaluate import NS_KEYS, Call, Decision, HookRules, Process, Sock, Unknown, decide, pod_selector_match
@@ -382,9 +384,9 @@ def _time_ns(t: Any) -> int | None:
     m = _TIME.match(t or "") if isinstance(t, str) else None
     if not m:
         return None
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    secs = int(datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp())
+    secs = int(datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp())
     return secs * 1_000_000_000 + int((m.group(2) or "0").ljust(9, "0"))
 
 

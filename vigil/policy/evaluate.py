@@ -20,13 +20,22 @@ decision says why, instead of guessing. `Truth` is True, False or an `Unknown` r
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence, Union
+from typing import Union
 
 from . import enums
 from .model import ActionSelector, ArgSelector, KProbeArg, LabelSelector, Selector
-from .values import (parse_capability, parse_cidr, parse_family, parse_int, parse_int_or_range, parse_port,
-                     parse_protocol, parse_tcp_state)
+from .values import (
+    parse_capability,
+    parse_cidr,
+    parse_family,
+    parse_int,
+    parse_int_or_range,
+    parse_port,
+    parse_protocol,
+    parse_tcp_state,
+)
 
 STRING_OPS = ("Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix")
 INT_OPS = ("Equal", "NotEqual", "GT", "LT", "GreaterThan", "LessThan", "Mask", "InRange", "NotInRange",
@@ -64,7 +73,7 @@ class Sock:
     state: int = 0
 
     @classmethod
-    def sockaddr(cls, family: int, addr: str | None, port: int) -> "Sock":
+    def sockaddr(cls, family: int, addr: str | None, port: int) -> Sock:
         ip = ipaddress.ip_address(addr) if addr else None
         return cls(family, ip, ip, port, port)
 

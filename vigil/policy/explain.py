@@ -8,6 +8,7 @@ from collections import Counter
 from typing import Any
 
 from vigil.kernel.facts import KernelFacts
+
 from . import standins
 from .compile import compile_report, substitution_enabled
 from .model import Policy

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from datetime import UTC
+from typing import Any
 
 from .values import parse_duration
 
@@ -92,10 +94,10 @@ def args_text(body: dict[str, Any]) -> str:
 def _time_s(t: Any) -> float | None:
     if not isinstance(t, str) or len(t) < 19:
         return None
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     try:
-        base = datetime.strptime(t[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+        base = datetime.strptime(t[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
     except ValueError:
         return None
     frac = re.match(r"\.(\d+)", t[19:])

@@ -11,8 +11,9 @@ the key is required, and an integer `kind` for range checks. Defaults are the CR
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import Loc
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from vigil.kernel import policy_layout as L
 from vigil.kernel.facts import KernelFacts
+
 from .errors import Loc
 from .model import KProbeArg, KProbeSpec, LsmHookSpec, TracepointSpec, UProbeSpec, UsdtSpec
 

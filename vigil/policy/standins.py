@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from vigil.kernel import policy_layout as L
 from vigil.kernel.facts import KernelFacts
+
 from .model import KProbeArg, KProbeSpec, LsmHookSpec
 from .placement import ArgPlan, Placement, plan_arg, size_arg_slots
 from .syscall_place import TRACEPOINT_NAME

@@ -5,8 +5,17 @@ import re
 
 from . import enums, limits, values
 from .errors import Diagnostics, Loc
-from .model import (Hook, KProbeArg, KProbeSpec, LsmHookSpec, Policy, TracepointSpec,
-                    TracingPolicySpec, UProbeSpec, UsdtSpec)
+from .model import (
+    Hook,
+    KProbeArg,
+    KProbeSpec,
+    LsmHookSpec,
+    Policy,
+    TracepointSpec,
+    TracingPolicySpec,
+    UProbeSpec,
+    UsdtSpec,
+)
 from .util import enum_message
 from .validate_args import INT_BITS
 from .validate_selectors import HookCtx, SelectorChecker, check_label_selector

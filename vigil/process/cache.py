@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import binascii
 from collections import deque
-from typing import Iterator
+from collections.abc import Iterator
 
 from vigil.process.ids import parse_exec_id
 from vigil.process.model import Key, Process

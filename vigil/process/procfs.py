@@ -8,10 +8,10 @@ Identity: ktime is the process start time (CLOCK_BOOTTIME ticks from
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
-from vigil.kernel.namespaces import NS_NAMES
 from vigil.kernel.cgroups import pid_cgroup
+from vigil.kernel.namespaces import NS_NAMES
 from vigil.process.clock import CLK_TCK, WallClock
 
 

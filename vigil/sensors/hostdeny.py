@@ -10,7 +10,8 @@ import ipaddress
 import logging
 import os
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from vigil.core.errors import PolicyError
 from vigil.enforce.permd import PermdError, PermissionHelper
@@ -43,7 +44,7 @@ class GuardRegistry:
     (the helper marks it completely before swapping). Decisions never run here: this side
     only compiles rules and turns the helper's reports into events."""
 
-    def __init__(self, report: Callable[[Report, "FanotifyHook"], None], *, deadline_ms: int = 1000,
+    def __init__(self, report: Callable[[Report, FanotifyHook], None], *, deadline_ms: int = 1000,
                  default_allow: bool = True, test_hooks: bool = False) -> None:
         self._lock = threading.Lock()
         self._hooks: list[FanotifyHook] = []
@@ -54,7 +55,7 @@ class GuardRegistry:
         self.helper: PermissionHelper | None = None
         self.timeouts = 0
 
-    def _apply(self, hooks: list["FanotifyHook"]) -> None:
+    def _apply(self, hooks: list[FanotifyHook]) -> None:
         """Make the rules of `hooks` the table in force, or raise PolicyError and keep the old one."""
         rules = [r for h in hooks for r in h.rules()]
         if not rules:
@@ -80,12 +81,12 @@ class GuardRegistry:
                 self.helper = None
             raise PolicyError(f"fanotify permission helper: {e}") from None
 
-    def add(self, hook: "FanotifyHook") -> None:
+    def add(self, hook: FanotifyHook) -> None:
         with self._lock:
             self._apply(self._hooks + [hook])
             self._hooks.append(hook)
 
-    def remove(self, hook: "FanotifyHook") -> None:
+    def remove(self, hook: FanotifyHook) -> None:
         with self._lock:
             if hook not in self._hooks:
                 return

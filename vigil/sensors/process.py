@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import struct
-from typing import Iterable
+from collections.abc import Iterable
 
 from vigil.events import records as R
 from vigil.kernel import BpfError, BpfObject, possible_cpus
-from vigil.kernel.layouts import Layout
 from vigil.kernel.cgroups import tracking as cgroup_tracking
+from vigil.kernel.layouts import Layout
 from vigil.kernel.paths import bpf_object
 
 log = logging.getLogger("vigil.sensor.process")
