@@ -118,7 +118,7 @@ def stage_breakdown(records: list[bytes], export: str) -> dict[str, float]:
 def profile_top(prof: cProfile.Profile, n: int = 14) -> list[dict]:
     st = pstats.Stats(prof)
     rows = []
-    for (fn, line, name), (cc, nc, tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
+    for (fn, line, name), (_cc, nc, tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
         short = fn.split("/vigil/")[-1] if "/vigil/" in fn else os.path.basename(fn)
         rows.append({"func": f"{short}:{line}({name})", "calls": nc, "tottime": tt, "cumtime": ct})
     rows.sort(key=lambda r: r["tottime"], reverse=True)

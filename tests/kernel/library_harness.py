@@ -105,7 +105,7 @@ class Gated:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.communicate()
-            raise AssertionError(f"gated process {self.pid} did not finish within {timeout}s")
+            raise AssertionError(f"gated process {self.pid} did not finish within {timeout}s") from None
         self.returncode = self.proc.returncode
         self.stdout, self.stderr = out.decode(errors="replace"), err.decode(errors="replace")
         return self

@@ -137,7 +137,7 @@ def test_cli_speaks_tls(tls_server: ApiServer, pki: dict[str, str]) -> None:
 def test_tls_files_missing_is_a_clear_error(tmp_path: Path) -> None:
     srv = ApiServer(FakeAgent(), "127.0.0.1:0", info_files=[],
                     tls=TlsConfig(str(tmp_path / "none.pem"), str(tmp_path / "none.key")))
-    with pytest.raises(ServerError, match="--server-tls-cert-file .*none.pem"):
+    with pytest.raises(ServerError, match=r"--server-tls-cert-file .*none.pem"):
         srv.start()
 
 

@@ -152,7 +152,7 @@ def event_specs(draw: Any) -> tuple[str, dict[str, Any]]:
 
 def _make(kind: str, s: dict[str, Any]) -> Any:
     """A fresh object graph from a spec: each path encodes its own (encodings are cached)."""
-    m: Callable[[dict[str, Any]], ProcessMsg] = lambda d: ProcessMsg(**d)
+    m: Callable[[dict[str, Any]], ProcessMsg] = lambda d: ProcessMsg(**d)  # noqa: E731
     parent = m(s["parent"]) if s["parent"] else None
     if kind == "exec":
         return ProcessExec(m(s["process"]), parent, tuple(map(m, s["ancestors"])), s["time"], s["node"])

@@ -405,6 +405,7 @@ class Agent:
 
     def status(self) -> dict[str, Any]:
         b = self.builder
+        grpc = [fe for fe in self.frontends if hasattr(fe, "ring")]  # the gRPC server, when one runs
         return {
             "node_name": self.node_name,
             "version": self.version,
@@ -436,7 +437,7 @@ class Agent:
             "policies": {lp.name: {"state": "enabled" if lp.enabled else "disabled", "mode": lp.mode}
                          for lp in list(self.policies.policies.values())},
             "restart": dict(self.restart),
-            **{"grpc": fe.stats() for fe in self.frontends if hasattr(fe, "ring")},
+            **({"grpc": grpc[-1].stats()} if grpc else {}),
             "permission_helper": self.policies.guards.stats(),
             **({"k8s": self.k8s.status()} if self.k8s is not None else {}),
         }

@@ -412,7 +412,7 @@ class PolicyManager:
 
     def close(self) -> None:
         with self._lock:
-            for key, lp in list(self.policies.items()):
+            for lp in list(self.policies.values()):
                 self.delete(lp.name, lp.compiled.policy.namespace or "")
             self.guards.close()
             if self._notes is not None:

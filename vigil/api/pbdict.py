@@ -283,7 +283,7 @@ def parse_into(d: Any, msg: Any, ignore_unknown: bool = False) -> Any:
                 for mk, mv in v.items():
                     m[kconv(mk)] = vconv(mv)
             elif kind == _MAP_MSG:
-                kconv, vmd = aux
+                kconv, _vmd = aux
                 m = getattr(msg, name)
                 for mk, mv in v.items():
                     parse_into(mv, m[kconv(mk)], ignore_unknown)

@@ -130,7 +130,7 @@ def dry_run(policy: str, events_path: str, output: str, mode: str | None, sample
     except PolicyErrors as e:
         for err in e.errors:
             click.echo(str(err), err=True)
-        raise SystemExit(1)
+        raise SystemExit(1) from None
     notes: list[str] = []
     events = load_events(events_path, notes)
     reports = [run(p, events, mode=mode, sample_limit=samples) for p in policies]

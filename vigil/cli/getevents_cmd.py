@@ -22,7 +22,7 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 import click
 import orjson
@@ -40,7 +40,7 @@ class Duration(click.ParamType):
 
     name = "duration"
     _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-    _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    _UNITS: ClassVar[dict[str, float]] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
     def convert(self, value: Any, param: Any, ctx: Any) -> float:
         if isinstance(value, (int, float)):
@@ -133,7 +133,7 @@ def iter_file_lines(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Iterator[tuple[int, bytes]]:
     """(line number, raw line) from a file; with `follow`, wait for more like tail -F."""
-    f = open(path, "rb")
+    f = open(path, "rb")  # noqa: SIM115 - reopened when the file is replaced, closed in `finally`
     lineno, partial = 0, b""
     try:
         while True:
@@ -152,7 +152,7 @@ def iter_file_lines(
                 return
             if _replaced(path, f):
                 f.close()
-                f = open(path, "rb")
+                f = open(path, "rb")  # noqa: SIM115 - closed in `finally`
                 lineno, partial = 0, b""
                 continue
             time.sleep(poll_interval)
@@ -170,8 +170,7 @@ def _replaced(path: str, f: IO[bytes]) -> bool:
 
 
 def iter_stream_lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
-    for lineno, line in enumerate(iter(stream.readline, b""), start=1):
-        yield lineno, line
+    yield from enumerate(iter(stream.readline, b""), start=1)
 
 
 class LineDecoder:

@@ -24,7 +24,7 @@ class RecordingSource:
 
     def __init__(self, inner: EventSource, path: str) -> None:
         self.inner = inner
-        self._f: BinaryIO = open(path, "wb")
+        self._f: BinaryIO = open(path, "wb")  # noqa: SIM115 - held for the source's life, closed by close()
         self._f.write(MAGIC)
 
     def wait(self, timeout: float) -> bool:

@@ -141,10 +141,7 @@ def _header(line: _Line, emoji: str, tag: str, color: str = "blue") -> None:
 def _process_info(line: _Line, event: dict[str, Any], process: dict[str, Any]) -> str:
     """Add source and binary; return the caps trailer text ('' when none)."""
     pod = process.get("pod")
-    if pod:
-        source = f"{pod.get('namespace', '')}/{pod.get('name', '')}"
-    else:
-        source = event.get("node_name", "")
+    source = f"{pod.get('namespace', '')}/{pod.get('name', '')}" if pod else event.get("node_name", "")
     line.add(quote_if_needed(source), "green")
     line.add(quote_if_needed(process.get("binary", "")), "magenta")
     effective = (process.get("cap") or {}).get("effective") or []

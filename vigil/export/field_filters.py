@@ -200,7 +200,7 @@ class FieldFilterSet:
         """Trimmed copy of `event` (the event itself when no filter applies)."""
         if not self.filters:
             return event
-        for key, body in event.items():
+        for key, body in event.items():  # noqa: B007 - the loop finds `key` and `body` for below
             if key in EVENT_KEY_TO_TYPE:
                 break
         else:

@@ -117,7 +117,7 @@ class RedactionSet:
         """Redacted copy of `event`, or `event` itself when nothing matched."""
         if not self.filters:
             return event
-        for key, body in event.items():
+        for key, body in event.items():  # noqa: B007 - the loop finds `key` and `body` for below
             if key in EVENT_KEY_TO_TYPE:
                 break
         else:

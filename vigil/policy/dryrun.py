@@ -461,7 +461,7 @@ def dry_run(policy: Policy, events: Iterable[Event], *, mode: str | None = None,
                             monitor, last_post, correlator, scope_ok, policy, sample_limit)
     if correlator is not None:
         rep.findings = correlator.findings
-    for hv, hr in zip(views, rep.hooks):
+    for _hv, hr in zip(views, rep.hooks):
         for reason, n in hr.undecidable.items():
             rep.missing.append(f"{hr.section}[{hr.index}] {hr.target}: {n} call(s) undecidable: {reason}")
     return rep
@@ -505,7 +505,8 @@ def _decide_one(rep: DryRunReport, hv: HookView, hr: HookReport, body: Mapping[s
     proc = body.get("process") or {}
     pod = proc.get("pod") or {}
     # the process as recorded (for exec hooks: the program being executed, not its caller)
-    who = (str(proc.get("binary") or p.binary or ""), f"{pod.get('namespace', '')}/{pod.get('name', '')}" if pod else "")
+    who = (str(proc.get("binary") or p.binary or ""),
+           f"{pod.get('namespace', '')}/{pod.get('name', '')}" if pod else "")
     st.processes[who] += 1
     out = _outcome(d)
     if out:
@@ -568,7 +569,8 @@ def render_text(rep: DryRunReport, source: str) -> list[str]:
             label = f" [{s.label}]" if s.label else ""
             outs = ", ".join(f"{n} {k}" for k, n in s.outcomes.items())
             lines.append(f"    selector {i + 1}{label} ({s.summary}): {s.matched} match(es), {s.posted} posted"
-                         + (f", {s.rate_limited} rate-limited" if s.rate_limited else "") + (f", {outs}" if outs else ""))
+                         + (f", {s.rate_limited} rate-limited" if s.rate_limited else "")
+                         + (f", {outs}" if outs else ""))
             for (b, pod), n in s.processes.most_common(10):
                 lines.append(f"      {n:>6}  {b}{'  ' + pod if pod else ''}")
             more = len(s.processes) - 10

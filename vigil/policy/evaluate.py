@@ -22,7 +22,6 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Union
 
 from . import enums
 from .model import ActionSelector, ArgSelector, KProbeArg, LabelSelector, Selector
@@ -55,7 +54,7 @@ class Unknown(str):
     """A filter that cannot be decided from the facts at hand; the text says what is missing."""
 
 
-Truth = Union[bool, Unknown]
+Truth = bool | Unknown
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,7 @@ class Sock:
         return cls(family, ip, ip, port, port)
 
 
-Value = Union[str, bytes, int, Sock]
+Value = str | bytes | int | Sock
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ def expand_macros(policy: Policy, diag: Diagnostics) -> Policy:
             changes[section] = tuple(
                 dataclasses.replace(h, selectors=tuple(expand(s) for s in h.selectors))
                 for h in hooks)
-    for name, m in macros.items():
+    for name in macros:
         if name not in used:
             diag.warn(spec.at(f"selectorsMacros.{name}"), f'macro "{name}" is not used')
     if not changes:

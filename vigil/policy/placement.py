@@ -87,7 +87,8 @@ class ArgPlan:
 
     def fill(self, a: L.Arg) -> None:
         a.type, a.src, a.size, a.is_signed = self.vtype, self.src, self.size & 0xFF, int(self.is_signed)
-        a.off, a.size_arg, a.return_copy, a.max_len = self.off & 0xFFFF, self.size_arg, int(self.return_copy), self.max_len
+        a.off, a.size_arg = self.off & 0xFFFF, self.size_arg
+        a.return_copy, a.max_len = int(self.return_copy), self.max_len
         a.max_data, a.user, a.off2, a.konst = int(self.max_data), int(self.user), self.off2, self.konst
         a.nsteps = len(self.steps)
         for k, s in enumerate(self.steps):
@@ -219,7 +220,7 @@ def plan_arg(pl: Placement, a: KProbeArg, slot: int, src: int, off: int, *, user
                 if r.kind in ("int", "ptr", "enum"):
                     plan.final_size = r.size if r.size in (1, 2, 4, 8) else 8
                     plan.final_signed = r.signed
-                ctype = r.ctype if r.kind != "array" else r.ctype
+                ctype = r.ctype
                 if r.kind in ("struct",):
                     ctype = r.ctype + " *"  # its address is what a struct reader wants
     if t in INT_TYPES:
@@ -397,7 +398,8 @@ def _place_override(pl: Placement, spec: KProbeSpec, call: str, facts: KernelFac
         pl.return_prog = "vigil_kretprobe" if want_ret else ""
         pl.override = f"bpf_override_return on kprobe:{call}"
         return
-    reasons.append(f"bpf_override_return: {why_o if not ok_o else why_k if not ok_k else f'{call} is not error-injectable'}")
+    why = why_o if not ok_o else why_k if not ok_k else f"{call} is not error-injectable"
+    reasons.append(f"bpf_override_return: {why}")
     pl.block(spec.at("call"), f"Override of {call} needs fmod_ret, a BPF LSM hook or bpf_override_return, and "
              f"none is usable here ({'; '.join(reasons)})", "kernel")
 

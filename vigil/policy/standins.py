@@ -512,7 +512,7 @@ def enforce_placement(spec: KProbeSpec | LsmHookSpec, section: str, index: int, 
     pl.notes.append(f"stand-in for {label}: Override enforced by {pl.override}"
                     + (" (opens of existing files)" if what == "open" else ""))
     lacking = []
-    for slot, a in enumerate(spec.args):
+    for a in spec.args:
         role = roles.get(a.index)
         if role is None:
             lacking.append(a.index)
