@@ -35,7 +35,7 @@ DEFAULT_TIMEOUT = 30.0
 PROG = "vigil getevents"
 
 
-class Duration(click.ParamType):
+class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only from click 8.2 (we support 8.1)
     """Go-style durations (``2s``, ``500ms``, ``1m30s``) or plain seconds."""
 
     name = "duration"

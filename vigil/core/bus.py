@@ -38,7 +38,7 @@ class Subscription:
         with self._cond:
             if not self._q and not self.closed:
                 self._cond.wait(timeout)
-            out = []
+            out: list[Any] = []
             while self._q and len(out) < max_items:
                 out.append(self._q.popleft())
             return out

@@ -114,7 +114,9 @@ def evaluate(table: Table, kind: str, pid: int, path: str, binary: str,
             anc = ancestors(pid)
         return anc
 
-    allow, kill, matched, decided = True, False, [], set()
+    allow, kill = True, False
+    matched: list[int] = []
+    decided: set[int] = set()
     for i, r in enumerate(table.rules):
         if r.hook_id in decided or kind not in r.kinds:
             continue

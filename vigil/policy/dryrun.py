@@ -306,8 +306,8 @@ class SelectorStats:
     matched: int = 0
     posted: int = 0
     rate_limited: int = 0
-    outcomes: Counter = field(default_factory=Counter)         # Sigkill/Override/Signal/(monitor ...)
-    processes: Counter = field(default_factory=Counter)        # (binary, pod) -> count
+    outcomes: Counter[str] = field(default_factory=Counter)         # Sigkill/Override/Signal/(monitor ...)
+    processes: Counter[tuple[str, str]] = field(default_factory=Counter)        # (binary, pod) -> count
     samples: list[str] = field(default_factory=list)
 
 
@@ -321,7 +321,7 @@ class HookReport:
     no_match: int = 0
     posted_without_selectors: int = 0
     selectors: list[SelectorStats] = field(default_factory=list)
-    undecidable: Counter = field(default_factory=Counter)
+    undecidable: Counter[str] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
 
 
@@ -336,7 +336,7 @@ class DryRunReport:
     out_of_scope: int = 0
 
     def totals(self) -> dict[str, int]:
-        t: Counter = Counter()
+        t: Counter[str] = Counter()
         for h in self.hooks:
             t["posted"] += h.posted_without_selectors
             for s in h.selectors:
@@ -436,7 +436,7 @@ def dry_run(policy: Policy, events: Iterable[Event], *, mode: str | None = None,
                                f"a policy observing it (for example this one with `policy-mode: monitor`)")
     seq = finding_sequence(policy)
     correlator = Correlator(policy.name, seq) if seq is not None else None
-    last_post: dict[tuple, int] = {}
+    last_post: dict[tuple[object, ...], int] = {}
     scope_ok = policy.spec.pod_selector is not None or policy.namespaced
     for e in events:
         if "process_exec" in e:
@@ -479,7 +479,7 @@ def _event_key(kind: str, body: Mapping[str, Any]) -> str:
 
 
 def _decide_one(rep: DryRunReport, hv: HookView, hr: HookReport, body: Mapping[str, Any], event: Event,
-                p: Process, call: Call, monitor: bool, last_post: dict[tuple, int],
+                p: Process, call: Call, monitor: bool, last_post: dict[tuple[object, ...], int],
                 correlator: Correlator | None, scoped: bool, policy: Policy, sample_limit: int) -> None:
     hr.seen += 1
     if scoped:

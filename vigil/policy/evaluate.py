@@ -373,7 +373,7 @@ def label_selector_match(sel: LabelSelector, labels: Mapping[str, str]) -> bool:
 def pod_labels(pod: Mapping[str, object]) -> dict[str, str]:
     """A pod's labels plus the `k8s:`-prefixed spellings and its namespace label, as Tetragon's
     podSelector sees them."""
-    labels = {str(k): str(v) for k, v in (pod.get("pod_labels") or {}).items()}  # type: ignore[union-attr]
+    labels = {str(k): str(v) for k, v in (pod.get("pod_labels") or {}).items()}
     out = dict(labels)
     out.update({f"k8s:{k}": v for k, v in labels.items()})
     ns = str(pod.get("namespace") or "")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from vigil.kernel import policy_layout as L
 from vigil.kernel.facts import KernelFacts
@@ -103,7 +104,7 @@ class Placement:
     loc: Loc
     target: str                   # what the user asked for: sys_openat, sched/sched_process_exec, ...
     mechanism: str = ""           # tracepoint | raw_tracepoint | uprobe | kprobe | lsm | fentry | fmod_ret | ...
-    attach: dict = field(default_factory=dict)
+    attach: dict[str, Any] = field(default_factory=dict)
     entry_prog: str = ""
     return_prog: str = ""
     event_kind: str = ""          # process_kprobe | process_tracepoint | process_uprobe | process_lsm | ...

@@ -128,7 +128,7 @@ class ProcessCache:
 
     def ancestors(self, p: Process, limit: int = 64) -> list[Process]:
         """Parent first, then its parent, ..."""
-        out = []
+        out: list[Process] = []
         by_key = self._by_key
         cur = by_key.get(p.parent_key) if p.parent_key is not None else None
         while cur is not None and len(out) < limit:
