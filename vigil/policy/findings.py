@@ -144,17 +144,17 @@ class Correlator:
                 self._marks.popitem(last=False)
             self.remembered += 1
             return None
-        mark = None
+        held: Mark | None = None
         for key in (_get(proc, "exec_id"), _get(parent, "exec_id")):
             m = self._marks.get(key) if key else None
             if m is not None and (now is None or m.time is None or now - m.time <= self.seq.window_s):
-                mark = m
+                held = m
                 break
-        if mark is None:
+        if held is None:
             self.dropped += 1
             return None
         self.reported += 1
-        finding = self._finding(event, kind, body, proc, mark)
+        finding = self._finding(event, kind, body, proc, held)
         self.findings.append(finding)
         if len(self.findings) > self._keep:
             del self.findings[0]

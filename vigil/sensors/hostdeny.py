@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vigil.core.errors import PolicyError
 from vigil.enforce.permd import PermdError, PermissionHelper
@@ -21,6 +21,9 @@ from vigil.kernel import policy_layout as L
 from vigil.policy.compile import CompiledHook
 from vigil.policy.model import Selector
 from vigil.policy.values import parse_family, parse_port
+
+if TYPE_CHECKING:
+    from vigil.enforce.netrules import NetRule
 
 log = logging.getLogger("vigil.sensor.hostdeny")
 
@@ -225,7 +228,6 @@ class NetDenyHook:
     """connect/sendmsg/bind Override via cgroup-BPF sock_addr programs on the cgroup2 root."""
 
     def __init__(self, compiled: CompiledHook, shared: dict[str, Any], monitor: bool) -> None:
-        from vigil.enforce.netrules import NetRule
 
         self.compiled = compiled
         self.hook_id = compiled.hook_id
@@ -240,7 +242,7 @@ class NetDenyHook:
             raise PolicyError(f"{compiled.placement.loc}: an Override on {compiled.placement.target} needs a selector "
                               "with Override/Sigkill to become a socket rule")
 
-    def _rules_for(self, si: int, sel: Selector, what: str) -> list:
+    def _rules_for(self, si: int, sel: Selector, what: str) -> list[NetRule]:
         from vigil.enforce.netrules import NetRule
 
         act = _action(sel)
