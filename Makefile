@@ -12,7 +12,7 @@ APT_PKGS     := clang llvm libbpf-dev bpftool python3-venv iproute2
 EXPORT_FILE  ?= /var/log/vigil/vigil.log
 PYTEST_ARGS  ?=
 
-.PHONY: all run test test-host test-vm test-k8s k8s-env k8s-image fuzz deps venv bpf native proto deb install prometheus clean
+.PHONY: all run lint test test-host test-vm test-k8s k8s-env k8s-image fuzz deps venv bpf native proto deb install prometheus clean
 
 all: deps venv bpf native proto
 
@@ -114,11 +114,16 @@ $(PROMETHEUS): $(BUILD)/.deps
 	@touch $@
 prometheus: $(PROMETHEUS)
 
-test: all k8s-env $(PROMETHEUS) $(DEB)
+# ruff and mypy (configured in pyproject.toml), before any test: zero findings or the run stops.
+lint: $(VENV)/.installed $(BUILD)/.proto
+	$(VPY) -m ruff check --cache-dir $(BUILD)/ruff-cache vigil tests bench
+	$(VPY) -m mypy
+
+test: lint all k8s-env $(PROMETHEUS) $(DEB)
 	$(VPY) -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-vm
 
-test-host: all k8s-env $(PROMETHEUS) $(DEB)
+test-host: lint all k8s-env $(PROMETHEUS) $(DEB)
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
 # Longer, unseeded policy fuzzing: the front end with 100,000 policies, 3,000 real loads.

@@ -13,15 +13,15 @@ import re
 import shutil
 import signal
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -42,7 +42,7 @@ def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
     s = sorted(values)
-    k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
+    k = max(0, min(len(s) - 1, round(p / 100 * len(s) + 0.5) - 1))
     return s[k]
 
 
@@ -211,7 +211,7 @@ class AgentProc:
         self.procs_known = 0
         self._reader: threading.Thread | None = None
 
-    def start(self, timeout: float = 30.0) -> "AgentProc":
+    def start(self, timeout: float = 30.0) -> AgentProc:
         cmd = [VIGIL, "agent", "--export-filename", str(self.export), "--server-address", "",
                "--export-file-max-size-mb", "100000", "--info-file", str(self.export) + ".info",
                *self.extra]
@@ -276,7 +276,7 @@ class AgentProc:
                 out[m.group(1)] = max(out.get(m.group(1), 0), int(m.group(2)))
         return out
 
-    def __enter__(self) -> "AgentProc":
+    def __enter__(self) -> AgentProc:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -29,8 +29,22 @@ import sys
 import threading
 import time
 
-from _common import (install_signal_handlers, AgentProc, HOST_NS, SHELL_KTIME, SHELL_PID, assert_no_bpf_left, emit_json, exec_record,
-                     median, pct, require_root, rss_kb, shell_record, tempdir)
+from _common import (
+    HOST_NS,
+    SHELL_KTIME,
+    SHELL_PID,
+    AgentProc,
+    assert_no_bpf_left,
+    emit_json,
+    exec_record,
+    install_signal_handlers,
+    median,
+    pct,
+    require_root,
+    rss_kb,
+    shell_record,
+    tempdir,
+)
 
 GOAL_RSS_MB = 150
 GOAL_READY_S = 1.0
@@ -273,7 +287,8 @@ def main() -> int:
         print(f"(b) start-to-ready (spawn -> 'vigil agent ready'), median of {runs}: "
               f"baseline {bw:.3f} s ({base[0]['procs_known']} procs known, agent log {bl:.0f} ms); "
               f"with {n_sleep} extra processes {lw:.3f} s ({loaded[0]['procs_known']} known, agent log {ll:.0f} ms); "
-              f"ratio {lw / bw:.2f}; idle agent RSS {loaded[0]['idle_rss_kb'] / 1024:.1f} MB  goal <= {GOAL_READY_S} s: "
+              f"ratio {lw / bw:.2f}; idle agent RSS {loaded[0]['idle_rss_kb'] / 1024:.1f} MB  "
+              f"goal <= {GOAL_READY_S} s: "
               f"{'OK' if lw <= GOAL_READY_S else 'OVER'}", flush=True)
 
     if "c" not in skip:

@@ -33,17 +33,25 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from _common import (BPFTOOL, build_spawner, emit_json, install_signal_handlers, median, require_root, run_spawner,
-                     tempdir)
+from _common import (
+    BPFTOOL,
+    build_spawner,
+    emit_json,
+    install_signal_handlers,
+    median,
+    require_root,
+    run_spawner,
+    tempdir,
+)
 
+from vigil.enforce.netdeny import NetDeny, cgroup2_root
+from vigil.enforce.netrules import NetRule
 from vigil.enforce.permd import PermissionHelper
 from vigil.enforce.permtable import Cond, Mark, Rule, Table
 from vigil.kernel import sys as ksys
-from vigil.enforce.netdeny import NetDeny, cgroup2_root
-from vigil.enforce.netrules import NetRule
 
 CONNECT_C = r"""
 #include <arpa/inet.h>

@@ -22,17 +22,28 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import io
 import json
 import os
-import subprocess
 import pstats
+import subprocess
 import sys
 import threading
 import time
 
-from _common import (install_signal_handlers, AgentProc, assert_no_bpf_left, build_spawner, count_execs, emit_json, median,
-                     run_spawner, shell_record, synth_exec_exit, tempdir, wait_quiet)
+from _common import (
+    AgentProc,
+    assert_no_bpf_left,
+    build_spawner,
+    count_execs,
+    emit_json,
+    install_signal_handlers,
+    median,
+    run_spawner,
+    shell_record,
+    synth_exec_exit,
+    tempdir,
+    wait_quiet,
+)
 
 from vigil.core import native  # after _common: it puts the project on sys.path
 
@@ -107,7 +118,7 @@ def stage_breakdown(records: list[bytes], export: str) -> dict[str, float]:
 def profile_top(prof: cProfile.Profile, n: int = 14) -> list[dict]:
     st = pstats.Stats(prof)
     rows = []
-    for (fn, line, name), (cc, nc, tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
+    for (fn, line, name), (_cc, nc, tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
         short = fn.split("/vigil/")[-1] if "/vigil/" in fn else os.path.basename(fn)
         rows.append({"func": f"{short}:{line}({name})", "calls": nc, "tottime": tt, "cumtime": ct})
     rows.sort(key=lambda r: r["tottime"], reverse=True)

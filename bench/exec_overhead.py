@@ -21,8 +21,20 @@ import subprocess
 import sys
 import time
 
-from _common import (BPFTOOL, install_signal_handlers, AgentProc, assert_no_bpf_left, build_spawner, count_execs, emit_json, median,
-                     require_root, run_spawner, tempdir, wait_quiet)
+from _common import (
+    BPFTOOL,
+    AgentProc,
+    assert_no_bpf_left,
+    build_spawner,
+    count_execs,
+    emit_json,
+    install_signal_handlers,
+    median,
+    require_root,
+    run_spawner,
+    tempdir,
+    wait_quiet,
+)
 
 GOAL_RATIO = 1.03
 STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
@@ -33,6 +45,7 @@ def run_bpf_only(spawner: str, n: int, binary: str, mode: str,
     """The loop with only the kernel side loaded (ProcessSensor in this process, ring
     buffer large enough to hold every record, never drained): isolates BPF cost."""
     from _common import OWN_PROG_IDS, vigil_bpf_progs
+
     from vigil.sensors.process import ProcessSensor
 
     before = set(vigil_bpf_progs())
@@ -164,9 +177,11 @@ def main() -> int:
         "median_off_s": round(median(off), 4), "median_on_s": round(median(on), 4),
         "ratio": round(ratio, 4), "bpf_only_s": [round(x, 4) for x in bpf],
         "bpf_prog_us_per_call": {k: round(v, 2) for k, v in prog_us.items()},
-        "ratio_bpf_only": round(median(bpf) / median(off), 4) if bpf else None, "round_ratios": [round(x, 4) for x in ratios], "goal_ratio": GOAL_RATIO,
+        "ratio_bpf_only": round(median(bpf) / median(off), 4) if bpf else None,
+        "round_ratios": [round(x, 4) for x in ratios], "goal_ratio": GOAL_RATIO,
         "agent_cpu_s": [round(x, 3) for x in agent_cpu],
-        "agent_cpu_us_per_exec": round(median(agent_cpu) / n * 1e6, 1), "lost_exec": total_lost_exec, "lost_exit": total_lost_exit, "kernel_drops": drops_total,
+        "agent_cpu_us_per_exec": round(median(agent_cpu) / n * 1e6, 1), "lost_exec": total_lost_exec,
+        "lost_exit": total_lost_exit, "kernel_drops": drops_total,
         "rounds_detail": per_round, "bpf_clean": clean,
     })
     return 0 if clean else 1

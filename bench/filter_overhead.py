@@ -29,8 +29,16 @@ import sys
 import time
 from pathlib import Path
 
-from _common import AgentProc, assert_no_bpf_left, emit_json, install_signal_handlers, median, require_root, \
-    tempdir, wait_quiet
+from _common import (
+    AgentProc,
+    assert_no_bpf_left,
+    emit_json,
+    install_signal_handlers,
+    median,
+    require_root,
+    tempdir,
+    wait_quiet,
+)
 
 OPENLOOP_C = r"""
 #include <fcntl.h>
@@ -65,7 +73,8 @@ spec:
 """
 
 
-BPFTRACE = """tracepoint:syscalls:sys_enter_openat /str(args->filename) == "{path}"/ {{ printf("%s\\n", str(args->filename)); }}"""
+BPFTRACE = ("""tracepoint:syscalls:sys_enter_openat /str(args->filename) == "{path}"/ """
+            """{{ printf("%s\\n", str(args->filename)); }}""")
 
 
 class Bpftrace:
@@ -97,7 +106,7 @@ class Bpftrace:
                 self.proc.wait()
         self.f.close()
 
-    def __enter__(self) -> "Bpftrace":
+    def __enter__(self) -> Bpftrace:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -178,7 +187,8 @@ def main() -> int:
                         wait_quiet(export, 1.0, 300)
                         if cfg == "match":
                             with open(export, "rb") as f:
-                                exported.append(sum(1 for ln in f if b'"process_kprobe"' in ln and b"bench-match" in ln))
+                                exported.append(sum(1 for ln in f
+                                                    if b'"process_kprobe"' in ln and b"bench-match" in ln))
                             for k, v in agent.kernel_drops().items():
                                 drops[k] = drops.get(k, 0) + v
                     export.unlink(missing_ok=True)
@@ -213,7 +223,8 @@ def main() -> int:
         if printed:
             print(f"  bt-nomatch ratio {med['bt-nomatch']:.3f} (+{res['ns_added_bt_nomatch']} ns/open)  "
                   f"rounds {res['ratios_bt_nomatch']}")
-        print(f"  match      ratio {med['match']:.3f} (goal <= 1.5, zero loss); exported {res['match_events_exported']}/"
+        print(f"  match      ratio {med['match']:.3f} (goal <= 1.5, zero loss); "
+              f"exported {res['match_events_exported']}/"
               f"{res['match_events_expected']}, lost {res['events_lost']}, kernel drops {drops or 0}  "
               f"rounds {res['ratios_match']}")
         if printed:

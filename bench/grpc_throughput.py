@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, emit_json, install_signal_handlers, shell_record, synth_exec_exit, tempdir  # noqa: E402
+from _common import ROOT, emit_json, install_signal_handlers, shell_record, synth_exec_exit, tempdir
 
 GET_EVENTS = "/tetragon.FineGuidanceSensors/GetEvents"
 
@@ -101,8 +101,8 @@ def run_phase(records: list[bytes], tmp: Path, n_clients: int, raw: bool) -> dic
     try:
         for i in range(n_clients):
             procs.append(spawn_client(address, raw))
-            _wait(lambda: fe.stats()["streams_active"] == i + 1 or procs[-1].poll() is not None, 60,
-                  f"client {i + 1} to subscribe")
+            _wait(lambda: fe.stats()["streams_active"] == i + 1  # noqa: B023 - called within this iteration
+                  or procs[-1].poll() is not None, 60, f"client {i + 1} to subscribe")
             if procs[-1].poll() is not None:
                 raise RuntimeError(f"client {i + 1} died: {procs[-1].stderr.read()}")
         t0 = time.monotonic()

@@ -27,8 +27,19 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from _common import (ROOT, emit_json, exec_record, exit_record, install_signal_handlers, median, pct,
-                     shell_record, SHELL_KTIME, SHELL_PID, BINARIES)
+from _common import (
+    BINARIES,
+    ROOT,
+    SHELL_KTIME,
+    SHELL_PID,
+    emit_json,
+    exec_record,
+    exit_record,
+    install_signal_handlers,
+    median,
+    pct,
+    shell_record,
+)
 
 GOAL_RATIO, GOAL_RSS_MB, GOAL_P99_S = 1.10, 30.0, 1.0
 NODE = "bench-node"
@@ -188,8 +199,8 @@ def part_c(core: Any, kubeconfig: Path, pods: list[dict[str, Any]], changes: int
     import yaml
 
     sys.path.insert(0, str(ROOT))
-    from tests.kernel.conftest import RunningAgent
     from tests.k8s.env.kubelet import remove_cgroups
+    from tests.kernel.conftest import RunningAgent
     from vigil.agent.config import AgentConfig
     from vigil.kernel.cgroups import tracking
 

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 from _common import AgentProc, assert_no_bpf_left, emit_json, install_signal_handlers, require_root, rss_kb, tempdir
 
@@ -89,7 +88,8 @@ def main() -> int:
             base = sample(agent, sock, 0, t0)
             curve.append(base)
             print(f"churn: {n:,} processes, every {a.every}th execs /bin/true; agent pid {agent.pid}")
-            print(f"{'t s':>6} {'processes':>10} {'RSS MB':>7} {'cache':>7} {'evicted':>8} {'execve_map':>10} {'lost':>6}")
+            print(f"{'t s':>6} {'processes':>10} {'RSS MB':>7} {'cache':>7} {'evicted':>8} {'execve_map':>10} "
+                  f"{'lost':>6}")
 
             def show(s: dict) -> None:
                 print(f"{s['t']:6.1f} {s['processes']:10,} {s['rss_mb']:7.1f} {s['cache']:7,} {s['evictions']:8,} "

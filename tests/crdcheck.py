@@ -8,7 +8,8 @@ Vigil is stricter on purpose and why (it names Vigil). Exit 1 on anything else."
 from __future__ import annotations
 
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import yaml
 

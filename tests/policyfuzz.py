@@ -18,7 +18,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 from hypothesis import strategies as st
@@ -117,7 +117,7 @@ def _value(name: str, tp: Any, depth: int) -> st.SearchStrategy[Any]:
     if origin is tuple:
         sub = _value(name, args[0], depth + 1)
         return st.lists(sub, max_size=3 if depth < 3 else 1)
-    if origin in (dict, typing.Mapping, getattr(__import__("collections.abc").abc, "Mapping")):
+    if origin in (dict, typing.Mapping, __import__("collections.abc").abc.Mapping):
         return st.dictionaries(st.sampled_from(["m1", "m2", "k8s:app"]), _value(name, args[1], depth + 1), max_size=2)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _node(tp, depth + 1)

@@ -7,8 +7,8 @@ from typing import Any
 
 import yaml
 
-from vigil.core.errors import PolicyError, PolicyNotFound
 from vigil.core.bus import EventBus, Subscription
+from vigil.core.errors import PolicyError, PolicyNotFound
 
 
 class FakeAgent:

@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 from vigil.kernel.facts import KernelFacts
-from vigil.policy import PolicyErrors, load_policies
-from vigil.policy import standins
+from vigil.policy import PolicyErrors, load_policies, standins
 from vigil.policy.compile import compile_report
 from vigil.policy.syscall_place import TRACEPOINT_NAME
 from vigil.policy.syscalls import SYSCALL_NUMBERS

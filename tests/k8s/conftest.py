@@ -11,9 +11,10 @@ import shutil
 import tempfile
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -43,7 +44,7 @@ class Cluster:
         ns = f"{base}-{self.run_id}"
         try:
             self.core.create_namespace({"metadata": {"name": ns}})
-        except Exception as e:  # noqa: BLE001 - created by an earlier test of this run
+        except Exception as e:  # created by an earlier test of this run
             if getattr(e, "status", 0) != 409:
                 raise
         return ns
@@ -120,7 +121,7 @@ class K8sAgent:
         self.agent = self.ra.agent
         self.collect = self.ra.collect
 
-    def __enter__(self) -> "K8sAgent":
+    def __enter__(self) -> K8sAgent:
         self.ra.__enter__()
         return self
 

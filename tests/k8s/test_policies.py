@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import yaml
@@ -205,8 +206,8 @@ def test_container_selector_picks_containers_of_a_pod(cluster: Cluster, k8s_agen
 
 def test_pod_scoped_policy_needs_kubernetes(tmp_path: Any) -> None:
     """Without --enable-k8s-api a namespaced or pod-scoped policy is refused with the reason."""
-    from vigil.policy import parse_policies
     from vigil.kernel.facts import KernelFacts
+    from vigil.policy import parse_policies
     from vigil.policy.compile import compile_policy
     from vigil.policy.errors import PolicyErrors
 

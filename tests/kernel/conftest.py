@@ -14,13 +14,13 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from tests.kernel.bpfstate import require_root
-
 from vigil.agent.agent import Agent
 from vigil.agent.config import AgentConfig
 from vigil.export.dicts import event_dict
@@ -40,7 +40,7 @@ class RunningAgent:
         self.agent = Agent(cfg)
         self.thread = threading.Thread(target=self.agent.run, name="vigil-agent", daemon=True)
 
-    def __enter__(self) -> "RunningAgent":
+    def __enter__(self) -> RunningAgent:
         self.agent.start()
         self.thread.start()
         return self

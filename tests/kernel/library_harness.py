@@ -20,9 +20,10 @@ import sys
 import textwrap
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -98,13 +99,13 @@ class Gated:
         self.returncode: int | None = None
         self.stdout = self.stderr = ""
 
-    def go(self, timeout: float = 120) -> "Gated":
+    def go(self, timeout: float = 120) -> Gated:
         try:
             out, err = self.proc.communicate(b"g", timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.communicate()
-            raise AssertionError(f"gated process {self.pid} did not finish within {timeout}s")
+            raise AssertionError(f"gated process {self.pid} did not finish within {timeout}s") from None
         self.returncode = self.proc.returncode
         self.stdout, self.stderr = out.decode(errors="replace"), err.decode(errors="replace")
         return self

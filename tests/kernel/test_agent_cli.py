@@ -9,12 +9,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from tests.kernel.bpfstate import require_root, prog_ids_held, still_loaded
+from tests.kernel.bpfstate import prog_ids_held, require_root, still_loaded
 
 pytestmark = pytest.mark.kernel
 VIGIL = [sys.executable, "-m", "vigil.cli.main"]

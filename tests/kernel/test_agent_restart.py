@@ -14,14 +14,13 @@ import signal
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from tests.kernel.bpfstate import prog_ids_held, require_root, still_loaded
 from tests.kernel.test_agent_cli import AgentProcess
-
 from vigil.kernel import sys as ksys
 
 pytestmark = pytest.mark.kernel

@@ -18,14 +18,13 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from tests.kernel.bpfstate import require_root
 from tests.kernel.testbins import LAUNCH_C, MARKER_C, build, is_eperm, launch
-
 from vigil.enforce.permd import PermdError, PermissionHelper
 from vigil.enforce.permd_proto import Report
 from vigil.enforce.permtable import Cond, Mark, Rule, Table, plan_marks

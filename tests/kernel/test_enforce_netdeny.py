@@ -17,18 +17,18 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
 from tests.kernel.bpfstate import require_root
-
 from vigil.enforce.netdeny import NetDeny, cgroup2_root
 from vigil.enforce.netrules import NetRule, NetRuleError
-from vigil.sensors.process import ENTRY
 from vigil.kernel import RingBuffer
 from vigil.kernel.paths import bpf_object
+from vigil.sensors.process import ENTRY
 
 pytestmark = pytest.mark.kernel
 BPFTOOL = shutil.which("bpftool") or "/usr/sbin/bpftool"

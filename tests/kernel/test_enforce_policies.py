@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel.bpfstate import still_loaded
-
 from tests import enforce_cases as C
+from tests.kernel.bpfstate import still_loaded
 from tests.kernel.conftest import RunningAgent
 
 pytestmark = pytest.mark.kernel

@@ -17,13 +17,13 @@ import re
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tests.kernel.conftest import RunningAgent
 from tests.kernel.library_harness import Gated, build_bins, loaded, make_work, policy_bodies

@@ -8,14 +8,13 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from tests.kernel.bpfstate import require_root
 from tests.kernel.test_agent_cli import AgentProcess
-
 from vigil.export.jsonl import JsonlWriter
 from vigil.kernel import sys as ksys
 

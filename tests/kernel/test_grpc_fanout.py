@@ -8,16 +8,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.api.harness import ROOT, read_result, spawn_client, wait_for
+from tests.api.harness import spawn_client, wait_for
 from tests.kernel.bpfstate import require_root
-from tests.kernel.test_agent_cli import VIGIL, AgentProcess
+from tests.kernel.test_agent_cli import AgentProcess
 
 pytestmark = pytest.mark.kernel
 

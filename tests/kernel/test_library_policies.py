@@ -18,14 +18,22 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from tests.kernel.conftest import RunningAgent
-from tests.kernel.library_harness import (build_bins, library_text, make_work, py, run_scoped, sh_in_namespaces,
-                                          without_pod_selector)
+from tests.kernel.library_harness import (
+    build_bins,
+    library_text,
+    make_work,
+    py,
+    run_scoped,
+    sh_in_namespaces,
+    without_pod_selector,
+)
 
 pytestmark = pytest.mark.kernel
 NOBODY = 65534
@@ -257,11 +265,11 @@ def test_capset_raise_needs_a_kernel_function_hook():
 # ---------------------------------------------------------------- Kubernetes data exfiltration
 TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 SECRET_SETUP = NETNS_SETUP
-EXFIL = """
+EXFIL = f"""
     import socket, sys
     if sys.argv[1] == "read":
         try:                       # there is no token here: the attempt is what the hook sees
-            open({token!r}).read()
+            open({TOKEN!r}).read()
         except OSError:
             pass
     for addr in sys.argv[2:]:
@@ -269,7 +277,7 @@ EXFIL = """
         s.settimeout(5)
         s.connect_ex((addr, 443))
         s.close()
-""".format(token=TOKEN)
+"""
 
 
 def test_secret_read_then_egress_is_one_finding(running_agent: RunningAgent, bins: dict[str, Path], work: Path):

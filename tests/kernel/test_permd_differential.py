@@ -4,14 +4,12 @@ fanotify), every verdict compared: allow, kill, and which selector decided per h
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tests.kernel.bpfstate import require_root
-
 from vigil.enforce.permd import PermissionHelper
 from vigil.enforce.permtable import PID_OPS, STRING_OPS, Cond, Rule, Table, evaluate
 

@@ -13,14 +13,14 @@ import stat
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from tests.kernel.bpfstate import loaded_prog_ids, prog_ids_held, still_loaded
-
 from tests.kernel.conftest import RunningAgent
 
 pytestmark = pytest.mark.kernel
@@ -168,7 +168,8 @@ def test_non_matching_events_cost_no_record(running_agent: RunningAgent, pywork:
     with loaded(running_agent, policy_yaml("never-matches", spec)):
         before = running_agent.agent.policies.list()[0]["kernel_stats"]
         rb_before = running_agent.agent.status()["ringbuf"]["records"]
-        code = "import os\nfor i in range(500):\n    try: os.close(os.open('%s/present.txt', os.O_RDONLY))\n    except OSError: pass\n" % d
+        code = (f"import os\nfor i in range(500):\n    try: os.close(os.open('{d}/present.txt', os.O_RDONLY))\n"
+                "    except OSError: pass\n")
         events = running_agent.collect(lambda: run_py(pywork, code, out=r))
         after = next(p for p in running_agent.agent.list_policies() if p["name"] == "never-matches")["kernel_stats"]
     assert policy_events(events, r.pid, "never-matches") == []

@@ -16,14 +16,14 @@ import stat
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from tests.kernel.conftest import RunningAgent
 from tests.kernel.test_policy_engine import Run, loaded, open_file, policy_events, policy_yaml, run_py
-
 from vigil.core.errors import PolicyError
 
 pytestmark = pytest.mark.kernel

@@ -14,7 +14,6 @@ import pytest
 from tests.kernel.bpfstate import prog_ids_held, still_loaded
 from tests.kernel.conftest import RunningAgent
 from tests.policyfuzz import LOCATED, rtext
-
 from vigil.core.errors import PolicyError
 from vigil.policy import PolicyErrors, parse_policies
 

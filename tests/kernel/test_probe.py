@@ -16,16 +16,13 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from tests.kernel.bpfstate import require_root
-
-from vigil.kernel import BpfError, BpfObject
-from vigil.kernel import features as F
-from vigil.kernel import sys as ksys
+from vigil.kernel import BpfError, BpfObject, features as F, sys as ksys
 
 pytestmark = pytest.mark.kernel
 BPFTOOL = shutil.which("bpftool") or "/usr/sbin/bpftool"

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from tests.kernel.bpfstate import loaded_prog_ids, prog_ids_held, still_loaded
-
 from tests.kernel.conftest import RunningAgent, execs, exits
 from vigil.agent.config import AgentConfig
 from vigil.kernel.caps import cap_list

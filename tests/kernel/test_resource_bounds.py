@@ -14,7 +14,6 @@ import pytest
 from tests.kernel.bpfstate import require_root
 from tests.kernel.conftest import RunningAgent
 from tests.kernel.testbins import build
-
 from vigil.agent.config import AgentConfig
 
 pytestmark = pytest.mark.kernel

@@ -8,8 +8,7 @@ import pytest
 
 from vigil.agent.agent import Agent
 from vigil.agent.config import AgentConfig
-from vigil.api.pb import eventlogservice_pb2 as pb
-from vigil.api.pb import eventlogservice_pb2_grpc
+from vigil.api.pb import eventlogservice_pb2 as pb, eventlogservice_pb2_grpc
 from vigil.api.server import ApiServer
 from vigil.events.source import ReplaySource
 

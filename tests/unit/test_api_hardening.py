@@ -11,8 +11,8 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest
@@ -21,12 +21,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.api.fake_agent import FakeAgent
 from tests.api.harness import ROOT, marker, read_result, running_server, spawn_client, wait_for
 from vigil.api.client import AgentUnreachable, Client, ClientTls
 from vigil.api.pb import sensors_pb2
 from vigil.api.server import MAX_REQUEST, ApiServer, ServerError, TlsConfig, is_loopback
-
-from tests.api.fake_agent import FakeAgent
 
 
 @pytest.mark.parametrize("host, loopback", [
@@ -59,7 +58,7 @@ def _name(cn: str) -> x509.Name:
 
 def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[str, ec.EllipticCurvePrivateKey] | None,
           *, ca: bool = False, sans: list[x509.GeneralName] | None = None) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     iname, ikey = issuer if issuer else (subject, key)
     b = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(iname))
          .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -119,9 +118,8 @@ def test_mutual_tls_accepts_only_certificates_of_the_client_ca(tls_server: ApiSe
         ClientTls(pki["rogue.pem"], pki["ca-client.pem"], pki["ca-client.key"]),     # server not trusted
     ]
     for tls in refused:
-        with pytest.raises(AgentUnreachable):
-            with Client(tls_server.address, timeout=2, tls=tls) as c:
-                c.health()
+        with pytest.raises(AgentUnreachable), Client(tls_server.address, timeout=2, tls=tls) as c:
+            c.health()
 
 
 def test_cli_speaks_tls(tls_server: ApiServer, pki: dict[str, str]) -> None:
@@ -139,20 +137,19 @@ def test_cli_speaks_tls(tls_server: ApiServer, pki: dict[str, str]) -> None:
 def test_tls_files_missing_is_a_clear_error(tmp_path: Path) -> None:
     srv = ApiServer(FakeAgent(), "127.0.0.1:0", info_files=[],
                     tls=TlsConfig(str(tmp_path / "none.pem"), str(tmp_path / "none.key")))
-    with pytest.raises(ServerError, match="--server-tls-cert-file .*none.pem"):
+    with pytest.raises(ServerError, match=r"--server-tls-cert-file .*none.pem"):
         srv.start()
 
 
 # ---------------------------------------------------------------- requests
 def test_oversized_request_is_resource_exhausted() -> None:
-    with running_server() as (srv, agent):
-        with Client(srv.address, timeout=5) as c:
-            big = "#" * (MAX_REQUEST + 1)
-            with pytest.raises(grpc.RpcError) as e:
-                c.stub.AddTracingPolicy(sensors_pb2.AddTracingPolicyRequest(yaml=big), timeout=10)
-            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert not [x for x in agent.calls if x[0] == "add"]
-            assert c.health()  # the server is fine
+    with running_server() as (srv, agent), Client(srv.address, timeout=5) as c:
+        big = "#" * (MAX_REQUEST + 1)
+        with pytest.raises(grpc.RpcError) as e:
+            c.stub.AddTracingPolicy(sensors_pb2.AddTracingPolicyRequest(yaml=big), timeout=10)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert not [x for x in agent.calls if x[0] == "add"]
+        assert c.health()  # the server is fine
 
 
 @pytest.mark.parametrize("allow, message", [
@@ -164,17 +161,16 @@ def test_oversized_request_is_resource_exhausted() -> None:
 def test_malformed_filters_are_invalid_argument(allow: list[dict], message: str) -> None:
     from vigil.api import convert
 
-    with running_server() as (srv, _agent):
-        with Client(srv.address, timeout=5) as c:
-            try:
-                req = convert.events_request(allow, [], [])
-            except ValueError as e:  # refused already while building the request
-                assert message in str(e)
-                return
-            call = c.stub.GetEvents(req, timeout=10)
-            with pytest.raises(grpc.RpcError) as e:
-                next(iter(call))
-            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in e.value.details()
+    with running_server() as (srv, _agent), Client(srv.address, timeout=5) as c:
+        try:
+            req = convert.events_request(allow, [], [])
+        except ValueError as e:  # refused already while building the request
+            assert message in str(e)
+            return
+        call = c.stub.GetEvents(req, timeout=10)
+        with pytest.raises(grpc.RpcError) as e:
+            next(iter(call))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in e.value.details()
 
 
 def test_pathological_regex_filter_does_not_stall_the_stream() -> None:

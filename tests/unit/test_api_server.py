@@ -23,9 +23,8 @@ spec:
 
 @pytest.fixture
 def srv():
-    with running_server() as (server, agent):
-        with Client(server.address, timeout=5) as c:
-            yield server, agent, c
+    with running_server() as (server, agent), Client(server.address, timeout=5) as c:
+        yield server, agent, c
 
 
 def code_of(fn, *a, **kw) -> grpc.StatusCode:

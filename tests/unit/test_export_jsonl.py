@@ -71,7 +71,7 @@ def test_rotation_by_size_keeps_max_backups(tmp_path):
     assert names == ["v.log", "v.log.1", "v.log.2"]
     assert w.rotations == 3
     # newest data in the live file, then .1, then .2 (oldest kept)
-    pids = lambda p: [e["process_exec"]["process"]["pid"] for e in _lines(p)]
+    pids = lambda p: [e["process_exec"]["process"]["pid"] for e in _lines(p)]  # noqa: E731
     assert pids(path) == [9, 10, 11]
     assert pids(tmp_path / "v.log.1") == [6, 7, 8]
     assert pids(tmp_path / "v.log.2") == [3, 4, 5]

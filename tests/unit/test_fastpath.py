@@ -4,11 +4,11 @@ exec ids, and the JSON and protobuf encodings of every event kind."""
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from vigil.api import wire
 from vigil.core import native
@@ -152,7 +152,7 @@ def event_specs(draw: Any) -> tuple[str, dict[str, Any]]:
 
 def _make(kind: str, s: dict[str, Any]) -> Any:
     """A fresh object graph from a spec: each path encodes its own (encodings are cached)."""
-    m: Callable[[dict[str, Any]], ProcessMsg] = lambda d: ProcessMsg(**d)
+    m: Callable[[dict[str, Any]], ProcessMsg] = lambda d: ProcessMsg(**d)  # noqa: E731
     parent = m(s["parent"]) if s["parent"] else None
     if kind == "exec":
         return ProcessExec(m(s["process"]), parent, tuple(map(m, s["ancestors"])), s["time"], s["node"])

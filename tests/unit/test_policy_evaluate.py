@@ -7,8 +7,20 @@ import textwrap
 import pytest
 
 from vigil.policy import parse_policies
-from vigil.policy.evaluate import (Call, HookRules, Process, Sock, Unknown, decide, int_match, kernel_string_match,
-                                   label_selector_match, pod_selector_match, sock_match, string_match)
+from vigil.policy.evaluate import (
+    Call,
+    HookRules,
+    Process,
+    Sock,
+    Unknown,
+    decide,
+    int_match,
+    kernel_string_match,
+    label_selector_match,
+    pod_selector_match,
+    sock_match,
+    string_match,
+)
 from vigil.policy.model import LabelSelector
 
 ROOT_CAPS = {"effective": (1 << 41) - 1, "permitted": (1 << 41) - 1, "inheritable": 0}

@@ -11,8 +11,7 @@ import collections
 import os
 import random
 
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tests.policyfuzz import HOST_FEATURES, VM_FEATURES, facts, outcome, rtext
 

@@ -29,7 +29,7 @@ def test_every_use_case_of_the_issue_has_policies():
 def test_policy_is_valid_and_documented(e):
     r = check_file(e.path)
     assert r.ok, [str(x) for x in r.errors]
-    assert [w for w in r.warnings] == []
+    assert list(r.warnings) == []
     (p,) = r.policies
     assert p.name == e.path.parent.name == e.name
     assert p.metadata.annotations["vigil.io/use-case"] == e.use_case

@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vigil.policy import (KProbeSpec, PolicyErrors, check_text, load_policies, parse_policies)
-from vigil.policy import loader as loader_mod
+from vigil.policy import KProbeSpec, PolicyErrors, check_text, load_policies, loader as loader_mod, parse_policies
 
 GOOD = Path(__file__).parents[1] / "policies" / "good"
 GOOD_FILES = sorted(GOOD.glob("*.yaml"))

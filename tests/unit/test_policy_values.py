@@ -5,9 +5,9 @@ import ipaddress
 
 import pytest
 
+from vigil.kernel.syscalls import x86_64
 from vigil.policy import limits, values
 from vigil.policy.syscalls import SYSCALL_NAMES, SYSCALL_NUMBERS
-from vigil.kernel.syscalls import x86_64
 
 
 @pytest.mark.parametrize("text,want", [("0", 0), ("42", 42), ("-7", -7), ("0x1F", 31),

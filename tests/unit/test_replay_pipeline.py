@@ -1,8 +1,6 @@
 """Decoding, cache and export driven by replayed records: no kernel needed."""
 from __future__ import annotations
 
-from vigil.kernel.namespaces import NS_NAMES
-
 import base64
 from pathlib import Path
 
@@ -14,6 +12,7 @@ from vigil.agent.agent import Agent
 from vigil.agent.config import AgentConfig
 from vigil.events import records as R
 from vigil.events.source import ReplaySource, read_recording, write_recording
+from vigil.kernel.namespaces import NS_NAMES
 
 
 def run_replay(tmp_path: Path, records: list[bytes], **cfg) -> list[dict]:

@@ -4,14 +4,13 @@ every mirror, and a wrong mirror is shown to be refused with the struct and fiel
 from __future__ import annotations
 
 import ctypes
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from vigil.enforce import netdeny, netrules
 from vigil.events import records as R
-from vigil.kernel import BpfObject
-from vigil.kernel import policy_layout as PL
+from vigil.kernel import BpfObject, policy_layout as PL
 from vigil.kernel.layouts import Layout, LayoutError, check_ctypes
 from vigil.kernel.paths import bpf_object
 from vigil.sensors import process

@@ -14,8 +14,9 @@ import tempfile
 import textwrap
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -35,7 +36,6 @@ class Running:
         import subprocess
         import time
 
-        from vigil.export.dicts import event_dict
 
         sub = self.agent.subscribe(100000)
         try:

@@ -13,8 +13,8 @@ import shutil
 import subprocess
 import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from test_vm_policy_enforce import Running, policy

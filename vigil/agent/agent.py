@@ -11,14 +11,15 @@ import gc
 import logging
 import sys
 import threading
-from collections import deque
 import time
-from typing import Any, Callable
-
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from vigil import __version__
-from vigil.core.bus import EventBus, Subscription
 from vigil.agent.config import AgentConfig
+from vigil.core.bus import EventBus, Subscription
 from vigil.core.events import Event
 from vigil.events import records as R
 from vigil.events.source import EventSource, RecordingSource
@@ -26,6 +27,11 @@ from vigil.process.build import BuildOptions, EventBuilder
 from vigil.process.cache import ProcessCache
 from vigil.process.clock import WallClock
 from vigil.process.procfs import scan
+
+if TYPE_CHECKING:
+    from vigil.export.event_filter import EventFilter
+    from vigil.export.jsonl import JsonlWriter
+    from vigil.sensors.process import ProcessSensor
 
 log = logging.getLogger("vigil.agent")
 
@@ -49,10 +55,10 @@ class Agent:
         self.handlers: dict[int, Handler] = {}
         self._source = source
         self._live = source is None
-        self.sensor = None
-        self.writer = None
-        self.export_filter = None
-        self._printer: Callable[[list[dict]], None] | None = None
+        self.sensor: ProcessSensor | None = None
+        self.writer: JsonlWriter | None = None
+        self.export_filter: EventFilter | None = None
+        self._printer: Callable[[list[Event]], None] | None = None
         self._stop = threading.Event()
         self._lock = threading.RLock()
         self.started_at = 0.0
@@ -108,6 +114,7 @@ class Agent:
                 if self.k8s is not None:
                     from vigil.kernel.cgroups import tracking
 
+                    assert self.sensor is not None and self.sensor.obj is not None  # _start_kernel made it
                     self.k8s.start_policy_filter(self.sensor.obj.map("policy_cgroups"),
                                                  c.k8s_cgroup_root or tracking().mount)
                 self._load_start_policies()
@@ -136,7 +143,7 @@ class Agent:
         from vigil.core.errors import PolicyError
 
         c = self.config
-        jobs = [(self.policies.add_file, f) for f in c.tracing_policy]
+        jobs: list[tuple[Callable[[str], list[str]], str]] = [(self.policies.add_file, f) for f in c.tracing_policy]
         if c.tracing_policy_dir:
             jobs.append((self.policies.add_dir, c.tracing_policy_dir))
         for add, path in jobs:
@@ -167,7 +174,7 @@ class Agent:
             self.pins = pins.PinDir(root)
             self.pins.start()
         else:
-            root = pins.Path(c.bpf_dir) if c.bpf_dir.startswith("/") else pins.Path(pins.BPF_FS) / c.bpf_dir
+            root = Path(c.bpf_dir) if c.bpf_dir.startswith("/") else Path(pins.BPF_FS) / c.bpf_dir
         self._previous = pins.previous_runs(root, exclude=self.pins.dir if self.pins else None)
         if self._previous:
             log.info("found %s pinned by a previous agent", ", ".join(map(repr, self._previous)))
@@ -196,7 +203,7 @@ class Agent:
                         else:  # a policy record: its hook ids died with that agent
                             self.restart["policy_records_unreadable"] = \
                                 self.restart.get("policy_records_unreadable", 0) + 1
-                    if batch and R.HEADER.unpack_from(batch[-1])[4] >= attached_ktime or not rb.pending():
+                    if (batch and R.HEADER.unpack_from(batch[-1])[4] >= attached_ktime) or not rb.pending():
                         break
                     time.sleep(0.001)
                 rb.close()
@@ -225,28 +232,28 @@ class Agent:
 
         c = self.config
         self._start_pins()
-        self.sensor = ProcessSensor(args_max=c.args_max, ringbuf_bytes=c.rb_size,
-                                    execve_map_entries=c.execve_map_entries)
-        self.sensor.start()
+        self.sensor = sensor = ProcessSensor(args_max=c.args_max, ringbuf_bytes=c.rb_size,
+                                             execve_map_entries=c.execve_map_entries)
+        sensor.start()
         attached_ktime = time.monotonic_ns()
         if self.pins is not None:
-            self.pins.pin_map(self.sensor.events_map, "events")
-            self.pins.pin_map(self.sensor.drops_map, "vigil_drops")
+            self.pins.pin_map(sensor.events_map, "events")
+            self.pins.pin_map(sensor.drops_map, "vigil_drops")
         recovered = self._recover_previous(attached_ktime) if self._previous else []
-        events = self.sensor.events_map
+        events = sensor.events_map
         src: EventSource = RingBuffer(events.fd, events.max_entries)
         if c.record_file:
             src = RecordingSource(src, c.record_file)
         self._source = src
         # attach first, then scan: anything missed by the scan is seen live
         snaps = scan(self.clock)
-        known = self.sensor.seed(
+        known = sensor.seed(
             (s.pid, s.exec_ktime, s.ppid, s.pktime, s.exe,
              (s.cap_effective, s.cap_inheritable, s.cap_permitted), s.ns) for s in snaps)
         if recovered:
             self.handle(recovered)  # execs and exits while no agent ran, in their order
         now = time.monotonic_ns()
-        batch = [self.builder.on_procfs(s, now) for s in snaps
+        batch: list[Event] = [self.builder.on_procfs(s, now) for s in snaps
                  if s.pid not in known and self.cache.by_pid(s.pid) is None]
         self._emit(batch)
 
@@ -304,7 +311,7 @@ class Agent:
         for fe in reversed(self.frontends):
             try:
                 fe.stop()
-            except Exception:  # noqa: BLE001 - keep tearing down
+            except Exception:  # keep tearing down
                 log.exception("stopping %s", fe)
         if self.pins is not None:
             if self.config.keep_sensors_on_exit and not self._previous:
@@ -405,6 +412,7 @@ class Agent:
 
     def status(self) -> dict[str, Any]:
         b = self.builder
+        grpc = [fe for fe in self.frontends if hasattr(fe, "ring")]  # the gRPC server, when one runs
         return {
             "node_name": self.node_name,
             "version": self.version,
@@ -436,7 +444,7 @@ class Agent:
             "policies": {lp.name: {"state": "enabled" if lp.enabled else "disabled", "mode": lp.mode}
                          for lp in list(self.policies.policies.values())},
             "restart": dict(self.restart),
-            **{"grpc": fe.stats() for fe in self.frontends if hasattr(fe, "ring")},
+            **({"grpc": grpc[-1].stats()} if grpc else {}),
             "permission_helper": self.policies.guards.stats(),
             **({"k8s": self.k8s.status()} if self.k8s is not None else {}),
         }

@@ -6,7 +6,8 @@ metrics are prefixed `vigil_`.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
@@ -38,7 +39,8 @@ class AgentCollector(Collector):
             ev.add_metric([_EVENT_TYPE.get(k, k.upper())], n)
         yield ev
 
-        pol = CounterMetricFamily("tetragon_policy_events", "Policy events, by policy and hook", labels=["policy", "hook"])
+        pol = CounterMetricFamily("tetragon_policy_events", "Policy events, by policy and hook",
+                                  labels=["policy", "hook"])
         for pe in st.get("policy_events", []):
             pol.add_metric([pe["policy"], pe["hook"]], pe["count"])
         yield pol
@@ -103,7 +105,8 @@ class AgentCollector(Collector):
         pc = st["process_cache"]
         yield GaugeMetricFamily("tetragon_process_cache_size", "Process cache entries", value=pc["size"])
         yield GaugeMetricFamily("tetragon_process_cache_capacity", "Process cache capacity", value=pc["capacity"])
-        yield CounterMetricFamily("tetragon_process_cache_evictions", "Entries evicted for space", value=pc["evictions"])
+        yield CounterMetricFamily("tetragon_process_cache_evictions", "Entries evicted for space",
+                                  value=pc["evictions"])
         yield CounterMetricFamily("tetragon_process_cache_misses", "Lookups that found no process", value=pc["misses"])
 
         entries = GaugeMetricFamily("tetragon_map_entries", "BPF map entries in use", labels=["map"])
@@ -115,7 +118,7 @@ class AgentCollector(Collector):
         yield capacity
 
         states = GaugeMetricFamily("tetragon_tracingpolicy_loaded", "Tracing policies by state", labels=["state"])
-        counts: dict[str, int] = {s: 0 for s in ("enabled", "disabled", "error", "load_error")}
+        counts: dict[str, int] = dict.fromkeys(("enabled", "disabled", "error", "load_error"), 0)
         for p in a.list_policies():
             s = str(p.get("state", "")).lower().removeprefix("tp_state_")
             counts[s] = counts.get(s, 0) + 1
@@ -123,9 +126,11 @@ class AgentCollector(Collector):
             states.add_metric([s], n)
         yield states
 
-        runs = CounterMetricFamily("tetragon_overhead_program_runs", "BPF program runs (needs kernel.bpf_stats_enabled)",
+        runs = CounterMetricFamily("tetragon_overhead_program_runs",
+                                   "BPF program runs (needs kernel.bpf_stats_enabled)",
                                    labels=["policy", "attach", "sensor"])
-        secs = CounterMetricFamily("tetragon_overhead_program_seconds", "BPF program run time (needs kernel.bpf_stats_enabled)",
+        secs = CounterMetricFamily("tetragon_overhead_program_seconds",
+                                   "BPF program run time (needs kernel.bpf_stats_enabled)",
                                    labels=["policy", "attach", "sensor"])
         for p in st.get("programs", []):
             runs.add_metric([p["policy"], p["attach"], p["sensor"]], p["run_cnt"])

@@ -19,11 +19,11 @@ from typing import Any
 from vigil.core.errors import PolicyError, PolicyNotFound
 from vigil.core.events import PolicyEvent, ProcessMsg, missing_process
 from vigil.events import generic as G
-from vigil.sensors import generic_events
-from vigil.policy import PolicyErrors, load_policies, parse_policies
 from vigil.kernel import policy_layout as L
+from vigil.policy import PolicyErrors, load_policies, parse_policies
 from vigil.policy.compile import CompiledHook, CompiledPolicy, compile_policy
 from vigil.policy.model import Policy
+from vigil.sensors import generic_events
 
 log = logging.getLogger("vigil.policies")
 
@@ -412,7 +412,7 @@ class PolicyManager:
 
     def close(self) -> None:
         with self._lock:
-            for key, lp in list(self.policies.items()):
+            for lp in list(self.policies.values()):
                 self.delete(lp.name, lp.compiled.policy.namespace or "")
             self.guards.close()
             if self._notes is not None:

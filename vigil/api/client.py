@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import grpc
 
@@ -96,7 +97,7 @@ class Client:
         self.channel = channel(self.address, timeout, tls)
         self.stub = sensors_pb2_grpc.FineGuidanceSensorsStub(self.channel)
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: Any) -> None:

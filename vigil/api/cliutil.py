@@ -6,7 +6,8 @@ import functools
 import json
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -61,7 +62,7 @@ def server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.echo(f"Error: {e}", err=True)
             sys.exit(1)
         except grpc.RpcError as e:
-            click.echo(f"Error: {e.code().name}: {e.details()}", err=True)  # type: ignore[attr-defined]
+            click.echo(f"Error: {e.code().name}: {e.details()}", err=True)
             sys.exit(1)
     return wrapper
 

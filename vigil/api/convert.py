@@ -8,7 +8,8 @@ define that mapping; `pbdict` implements the same mapping with cached per-type p
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from google.protobuf import json_format
 

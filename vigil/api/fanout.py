@@ -151,7 +151,7 @@ class Passthrough(grpc.GenericRpcHandler):
                 try:
                     yield from scall(request, timeout=context.time_remaining())
                 except grpc.RpcError as e:
-                    context.abort(e.code(), e.details() or "")  # type: ignore[attr-defined]
+                    context.abort(e.code(), e.details() or "")
 
             return grpc.unary_stream_rpc_method_handler(forward_stream, request_deserializer=None,
                                                         response_serializer=None)
@@ -161,7 +161,7 @@ class Passthrough(grpc.GenericRpcHandler):
             try:
                 return call(request, timeout=context.time_remaining())
             except grpc.RpcError as e:
-                context.abort(e.code(), e.details() or "")  # type: ignore[attr-defined]
+                context.abort(e.code(), e.details() or "")
                 raise  # not reached
 
         return grpc.unary_unary_rpc_method_handler(forward, request_deserializer=None, response_serializer=None)

@@ -57,8 +57,9 @@ def _rewrite(src: bytes) -> bytes:
 
 def generate() -> list[Path]:
     """Compile every proto into GEN_DIR/tetragon; returns the files written."""
-    from grpc_tools import protoc
     import importlib.resources
+
+    from grpc_tools import protoc
 
     protos = proto_files()
     if not protos:

@@ -16,7 +16,8 @@ import base64
 import calendar
 import re
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor as FD
@@ -42,7 +43,7 @@ class ConversionError(ValueError):
         self.problem, self.path = problem, path
         super().__init__(f"{'.'.join(path)}: {problem}" if path else problem)
 
-    def under(self, name: str) -> "ConversionError":
+    def under(self, name: str) -> ConversionError:
         return ConversionError(self.problem, (name, *self.path))
 
 
@@ -282,7 +283,7 @@ def parse_into(d: Any, msg: Any, ignore_unknown: bool = False) -> Any:
                 for mk, mv in v.items():
                     m[kconv(mk)] = vconv(mv)
             elif kind == _MAP_MSG:
-                kconv, vmd = aux
+                kconv, _vmd = aux
                 m = getattr(msg, name)
                 for mk, mv in v.items():
                     parse_into(mv, m[kconv(mk)], ignore_unknown)

@@ -25,7 +25,7 @@ def _enum(enum: Any, prefix: str, value: Any, default: int = 0) -> int:
     name = value.strip().upper().replace("-", "_").replace(" ", "_")
     if not name.startswith(prefix):
         name = prefix + name
-    return enum.Value(name) if name in enum.keys() else default
+    return enum.Value(name) if name in enum.keys() else default  # noqa: SIM118 - a protobuf enum wrapper, not a dict
 
 
 def state_number(value: Any) -> int:
@@ -60,8 +60,10 @@ def _hook_statuses(hooks: Any) -> list[Any]:
     for i, (key, h) in enumerate(items):
         hs = sensors_pb2.HookStatus(hook_idx=i, state=_HOOK.STATUS_LOADED)
         if isinstance(h, dict):
-            hs.section = str(h.get("section") or h.get("part") or h.get("name") or ("" if isinstance(key, int) else key))
-            hs.hook_description = str(h.get("hook") or h.get("hook_description") or h.get("description") or h.get("attach") or "")
+            hs.section = str(h.get("section") or h.get("part") or h.get("name")
+                             or ("" if isinstance(key, int) else key))
+            hs.hook_description = str(h.get("hook") or h.get("hook_description") or h.get("description")
+                                      or h.get("attach") or "")
             idx = h.get("index", h.get("hook_idx", i))
             hs.hook_idx = int(idx) if isinstance(idx, int) else i
             hs.state = _enum(_HOOK, "STATUS_", h.get("state"), _HOOK.STATUS_LOADED)

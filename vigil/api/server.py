@@ -22,16 +22,17 @@ import os
 import socket
 import stat
 import threading
+from collections.abc import Iterable
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import grpc
 
-from vigil.core.agent_api import AgentAPI
 from vigil.api.pb import eventlogservice_pb2_grpc
 from vigil.api.servicer import EventLogService, FineGuidanceSensors, add_events_only, add_to_server
+from vigil.core.agent_api import AgentAPI
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ class ApiServer:
                 pass
         log.info("gRPC API stopped")
 
-    def __enter__(self) -> "ApiServer":
+    def __enter__(self) -> ApiServer:
         self.start()
         return self
 

@@ -12,12 +12,11 @@ import json
 import logging
 import platform
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 
-from vigil.core.agent_api import AgentAPI
-from vigil.core.errors import PolicyError, PolicyNotFound
 from vigil.api import convert, pbdict, policies, wire
 from vigil.api.pb import (
     eventlogservice_pb2,
@@ -28,6 +27,8 @@ from vigil.api.pb import (
     tetragon_pb2,
 )
 from vigil.api.streams import StreamStats, stream_events
+from vigil.core.agent_api import AgentAPI
+from vigil.core.errors import PolicyError, PolicyNotFound
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
             context.abort(code, str(e) or type(e).__name__)
         except (pbdict.ConversionError, ValueError) as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        except Exception as e:  # noqa: BLE001  (context.abort's own exception is re-raised below)
+        except Exception as e:  # context.abort's own exception is re-raised below
             if isinstance(e, grpc.RpcError) or type(e).__name__ == "_AbortionError" or context.code() is not None:
                 raise
             log.exception("%s failed", fn.__name__)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from typing import Iterator
+from collections.abc import Iterator
 
 MAGIC = 0x56474C52  # "VGLR"
 VERSION = 1

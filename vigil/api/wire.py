@@ -37,8 +37,8 @@ from typing import Any
 from google.protobuf.descriptor import Descriptor, FieldDescriptor as FD
 
 from vigil.api import pbdict
-from vigil.core import native
 from vigil.api.pb import events_pb2, tetragon_pb2
+from vigil.core import native
 
 GetEventsResponse = events_pb2.GetEventsResponse
 Process = tetragon_pb2.Process
@@ -445,7 +445,7 @@ _TAG_1001 = varint((1001 << 3) | 2)
 _subs_pb: dict[tuple[int, str], tuple[Any, bytes]] = {}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tag(number: int) -> bytes:
     return varint((number << 3) | 2)
 

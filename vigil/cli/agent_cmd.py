@@ -46,53 +46,99 @@ def auto_ring_size(ram: int | None = None) -> int:
 
 OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--export-filename", dict(default="", help="Write events as JSON lines to this file ('-' = stdout).")),
-    ("--export-file-max-size-mb", dict(type=float, default=10, show_default=True, help="Rotate the export file at this size.")),
+    ("--export-file-max-size-mb", dict(type=float, default=10, show_default=True,
+                                       help="Rotate the export file at this size.")),
     ("--export-file-max-backups", dict(type=int, default=5, show_default=True, help="Rotated files to keep.")),
     ("--export-file-compress", dict(type=bool, default=False, help="gzip rotated files.")),
     ("--export-file-perm", dict(default="600", show_default=True, help="Export file mode (octal).")),
-    ("--export-rate-limit", dict(type=int, default=-1, show_default=True, help="Events per minute exported; -1 unlimited.")),
+    ("--export-rate-limit", dict(type=int, default=-1, show_default=True,
+                                 help="Events per minute exported; -1 unlimited.")),
     ("--export-allowlist", dict(default="", help="Newline-separated JSON Filter objects; export only matches.")),
     ("--export-denylist", dict(default="", help="Newline-separated JSON Filter objects; never export matches.")),
     ("--field-filters", dict(default="", help="Newline-separated JSON FieldFilter objects.")),
     ("--redaction-filters", dict(default="", help="Newline-separated JSON RedactionFilter objects.")),
-    ("--server-address", dict(default="localhost:54321", show_default=True, help="gRPC listen address (host:port or unix:///path); empty disables.")),
-    ("--server-processes", dict(type=int, default=1, show_default=True, help="gRPC serving processes; more than one share a fixed TCP port.")),
-    ("--server-ring-mb", dict(type=int, default=64, show_default=True, help="Shared-memory ring of encoded events for the serving processes (MB).")),
-    ("--server-client-queue", dict(type=int, default=10000, show_default=True, help="Events queued per GetEvents client; beyond, the client's events are dropped and counted.")),
-    ("--server-allow-remote", dict(type=bool, default=False, show_default=True, help="Allow a non-loopback TCP --server-address (use TLS with client certificates).")),
+    ("--server-address", dict(default="localhost:54321", show_default=True,
+                              help="gRPC listen address (host:port or unix:///path); empty disables.")),
+    ("--server-processes", dict(type=int, default=1, show_default=True,
+                                help="gRPC serving processes; more than one share a fixed TCP port.")),
+    ("--server-ring-mb", dict(type=int, default=64, show_default=True,
+                              help="Shared-memory ring of encoded events for the serving processes (MB).")),
+    ("--server-client-queue", dict(type=int, default=10000, show_default=True,
+                                   help="Events queued per GetEvents client; beyond, the client's events are dropped "
+                                        "and counted.")),
+    ("--server-allow-remote", dict(type=bool, default=False, show_default=True,
+                                   help="Allow a non-loopback TCP --server-address (use TLS with client "
+                                        "certificates).")),
     ("--server-tls-cert-file", dict(default="", help="TLS certificate (PEM) for the TCP gRPC listener.")),
     ("--server-tls-key-file", dict(default="", help="TLS private key (PEM) for the TCP gRPC listener.")),
-    ("--server-tls-client-ca-files", dict(default="", help="Comma-separated CA bundles (PEM) that sign client certificates.")),
-    ("--server-tls-require-client-cert", dict(type=bool, default=False, show_default=True, help="Refuse TLS clients without a certificate from --server-tls-client-ca-files.")),
+    ("--server-tls-client-ca-files", dict(default="",
+                                          help="Comma-separated CA bundles (PEM) that sign client certificates.")),
+    ("--server-tls-require-client-cert", dict(type=bool, default=False, show_default=True,
+                                              help="Refuse TLS clients without a certificate from "
+                                                   "--server-tls-client-ca-files.")),
     ("--metrics-server", dict(default="", help="Prometheus /metrics listen address, e.g. :2112; empty disables.")),
-    ("--process-cache-size", dict(type=int, default=65536, show_default=True, help="Max entries in the process cache.")),
-    ("--process-cache-gc-interval", dict(type=float, default=30.0, show_default=True, help="Seconds an exited process stays cached.")),
+    ("--process-cache-size", dict(type=int, default=65536, show_default=True,
+                                  help="Max entries in the process cache.")),
+    ("--process-cache-gc-interval", dict(type=float, default=30.0, show_default=True,
+                                         help="Seconds an exited process stays cached.")),
     ("--rb-size", dict(default="auto", show_default=True,
                        help="Ring buffer size (power of two; K/M/G suffixes). auto: 64M, or RAM/128 when that is "
                             "less (at least 8M): room for ~250k policy records, a one-second burst at the "
                             "syscall rate while the agent catches up. `vigil status` shows the peak fill.")),
     ("--execve-map-entries", dict(type=int, default=32768, show_default=True, help="Kernel process map size.")),
-    ("--args-max-bytes", dict(type=int, default=4096, show_default=True, help="Bytes of argv captured per exec (max 32767); longer lists are truncated and flagged.")),
-    ("--enable-process-cred", dict(type=bool, default=True, show_default=True, help="Add process_credentials and cap to process info.")),
+    ("--args-max-bytes", dict(type=int, default=4096, show_default=True,
+                              help="Bytes of argv captured per exec (max 32767); longer lists are truncated and "
+                                   "flagged.")),
+    ("--enable-process-cred", dict(type=bool, default=True, show_default=True,
+                                   help="Add process_credentials and cap to process info.")),
     ("--enable-process-ns", dict(type=bool, default=True, show_default=True, help="Add namespaces to process info.")),
     ("--enable-ancestors", dict(type=bool, default=False, show_default=True, help="Add the ancestors list to events.")),
-    ("--tracing-policy", dict(multiple=True, default=(), help="TracingPolicy file to load at start (repeatable); library:NAME loads a policy of the library (vigil policy library list).")),
+    ("--tracing-policy", dict(multiple=True, default=(),
+                              help="TracingPolicy file to load at start (repeatable); library:NAME loads a policy of "
+                                   "the library (vigil policy library list).")),
     ("--tracing-policy-dir", dict(default="", help="Load every policy file in this directory at start.")),
-    ("--keep-sensors-on-exit", dict(type=bool, default=False, show_default=True, help="Leave the BPF programs attached (pinned under --bpf-dir) when the agent exits or dies; the next start adopts them. exec/open permissions (fanotify) are not kept.")),
-    ("--bpf-dir", dict(default="vigil", show_default=True, help="Directory for pins: a name under /sys/fs/bpf (mounted if needed) or an absolute path on a BPF file system.")),
-    ("--tracing-policy-on-error", dict(type=click.Choice(["fail", "warn"]), default="fail", show_default=True, help="A policy from --tracing-policy/--tracing-policy-dir that cannot load: fail (one error line, exit 1) or warn (start without it).")),
-    ("--permission-deadline-ms", dict(type=int, default=1000, show_default=True, help="An exec/open permission (fanotify Override) not decided within this many ms is answered by --permission-default.")),
-    ("--permission-default", dict(type=click.Choice(["allow", "deny"]), default="allow", show_default=True, help="Answer to an exec/open permission not decided in time.")),
-    ("--hook-substitution", dict(type=bool, default=False, show_default=True, help="Run hooks this kernel cannot attach (kprobes, fentries, LSM hooks) on their documented stand-ins, for every policy (per policy: option vigil-hook-substitution). `vigil policy explain` shows what is substituted; events carry the tag vigil:stand-in=...")),
-    ("--enable-k8s-api", dict(type=bool, default=False, show_default=True, help="Watch this node's pods (NODE_NAME, else the hostname) to add pod data to events, load TracingPolicy/TracingPolicyNamespaced resources and scope policies to pods.")),
-    ("--k8s-kubeconfig-path", dict(default="", help="Kubeconfig for the API server; empty: the pod's service account (in-cluster).")),
-    ("--enable-tracing-policy-crd", dict(type=bool, default=True, show_default=True, help="With --enable-k8s-api: load tracing policies from the cluster's custom resources.")),
-    ("--enable-pod-annotations", dict(type=bool, default=False, show_default=True, help="Add pod_annotations to the pod data of events.")),
-    ("--k8s-pod-wait", dict(type=float, default=3.0, show_default=True, help="Seconds an event of a kubelet container waits for its pod before it leaves without pod data.")),
-    ("--k8s-cgroup-root", dict(default="", help="Where the tracking cgroup hierarchy is mounted here (default: found in /proc/self/mounts).")),
-    ("--print-events", dict(type=click.Choice(["", "compact", "json"]), default="", help="Also print events to stdout.")),
+    ("--keep-sensors-on-exit", dict(type=bool, default=False, show_default=True,
+                                    help="Leave the BPF programs attached (pinned under --bpf-dir) when the agent "
+                                         "exits or dies; the next start adopts them. exec/open permissions "
+                                         "(fanotify) are not kept.")),
+    ("--bpf-dir", dict(default="vigil", show_default=True,
+                       help="Directory for pins: a name under /sys/fs/bpf (mounted if needed) or an absolute path on "
+                            "a BPF file system.")),
+    ("--tracing-policy-on-error", dict(type=click.Choice(["fail", "warn"]), default="fail", show_default=True,
+                                       help="A policy from --tracing-policy/--tracing-policy-dir that cannot load: "
+                                            "fail (one error line, exit 1) or warn (start without it).")),
+    ("--permission-deadline-ms", dict(type=int, default=1000, show_default=True,
+                                      help="An exec/open permission (fanotify Override) not decided within this many "
+                                           "ms is answered by --permission-default.")),
+    ("--permission-default", dict(type=click.Choice(["allow", "deny"]), default="allow", show_default=True,
+                                  help="Answer to an exec/open permission not decided in time.")),
+    ("--hook-substitution", dict(type=bool, default=False, show_default=True,
+                                 help="Run hooks this kernel cannot attach (kprobes, fentries, LSM hooks) on their "
+                                      "documented stand-ins, for every policy (per policy: option "
+                                      "vigil-hook-substitution). `vigil policy explain` shows what is substituted; "
+                                      "events carry the tag vigil:stand-in=...")),
+    ("--enable-k8s-api", dict(type=bool, default=False, show_default=True,
+                              help="Watch this node's pods (NODE_NAME, else the hostname) to add pod data to events, "
+                                   "load TracingPolicy/TracingPolicyNamespaced resources and scope policies to pods.")),
+    ("--k8s-kubeconfig-path", dict(default="",
+                                   help="Kubeconfig for the API server; empty: the pod's service account "
+                                        "(in-cluster).")),
+    ("--enable-tracing-policy-crd", dict(type=bool, default=True, show_default=True,
+                                         help="With --enable-k8s-api: load tracing policies from the cluster's "
+                                              "custom resources.")),
+    ("--enable-pod-annotations", dict(type=bool, default=False, show_default=True,
+                                      help="Add pod_annotations to the pod data of events.")),
+    ("--k8s-pod-wait", dict(type=float, default=3.0, show_default=True,
+                            help="Seconds an event of a kubelet container waits for its pod before it leaves without "
+                                 "pod data.")),
+    ("--k8s-cgroup-root", dict(default="",
+                               help="Where the tracking cgroup hierarchy is mounted here (default: found in "
+                                    "/proc/self/mounts).")),
+    ("--print-events", dict(type=click.Choice(["", "compact", "json"]), default="",
+                            help="Also print events to stdout.")),
     ("--record-file", dict(default="", help="Record raw kernel records here for replay.")),
-    ("--info-file", dict(default="/var/run/tetragon/tetragon-info.json", show_default=True, help="Server info file for clients.")),
+    ("--info-file", dict(default="/var/run/tetragon/tetragon-info.json", show_default=True,
+                         help="Server info file for clients.")),
 ]
 
 
@@ -140,23 +186,25 @@ def _build_command() -> click.Command:
                 if spec.get("multiple"):
                     kw[name] = tuple(x for x in raw.split(",") if x)
                 else:
-                    kw[name] = click.Option([flag], **{k: v for k, v in spec.items() if k != "help"}).type_cast_value(ctx, raw)
+                    opt = click.Option([flag], **{k: v for k, v in spec.items() if k != "help"})
+                    kw[name] = opt.type_cast_value(ctx, raw)
             except click.BadParameter as e:
-                raise click.BadParameter(f"{raw!r} from environment/config dir: {e.message}", param_hint=flag)
+                raise click.BadParameter(f"{raw!r} from environment/config dir: {e.message}", param_hint=flag) from e
         from vigil.policy.library import LibraryError, resolve
 
         try:  # library:NAME -> the library's file for it
             kw["tracing_policy"] = tuple(str(resolve(p)) for p in kw["tracing_policy"])
         except LibraryError as e:
-            raise click.BadParameter(str(e), param_hint="--tracing-policy")
+            raise click.BadParameter(str(e), param_hint="--tracing-policy") from e
         try:
             perm = int(kw["export_file_perm"], 8)
         except ValueError:
-            raise click.BadParameter(f"{kw['export_file_perm']!r} is not an octal mode", param_hint="--export-file-perm")
+            raise click.BadParameter(f"{kw['export_file_perm']!r} is not an octal mode",
+                                     param_hint="--export-file-perm") from None
         try:
             rb = auto_ring_size() if kw["rb_size"].strip().lower() == "auto" else _size(kw["rb_size"])
         except ValueError:
-            raise click.BadParameter(f"{kw['rb_size']!r} is not a size", param_hint="--rb-size")
+            raise click.BadParameter(f"{kw['rb_size']!r} is not a size", param_hint="--rb-size") from None
         cfg = AgentConfig(
             export_filename=kw["export_filename"], export_file_max_size_mb=kw["export_file_max_size_mb"],
             export_file_max_backups=kw["export_file_max_backups"], export_file_compress=kw["export_file_compress"],
@@ -165,7 +213,8 @@ def _build_command() -> click.Command:
             field_filters=kw["field_filters"], redaction_filters=kw["redaction_filters"],
             server_address=kw["server_address"], metrics_server=kw["metrics_server"],
             server_allow_remote=kw["server_allow_remote"], server_processes=kw["server_processes"],
-            server_ring_mb=kw["server_ring_mb"], server_client_queue=kw["server_client_queue"], server_tls_cert_file=kw["server_tls_cert_file"],
+            server_ring_mb=kw["server_ring_mb"], server_client_queue=kw["server_client_queue"],
+            server_tls_cert_file=kw["server_tls_cert_file"],
             server_tls_key_file=kw["server_tls_key_file"],
             server_tls_client_ca_files=kw["server_tls_client_ca_files"],
             server_tls_require_client_cert=kw["server_tls_require_client_cert"],
@@ -187,10 +236,11 @@ def _build_command() -> click.Command:
         try:
             cfg.validate()
         except ValueError as e:
-            raise click.UsageError(str(e))
+            raise click.UsageError(str(e)) from e
         sys.exit(run_agent(cfg))
 
-    params: list[click.Parameter] = [click.Option(["--config-dir"], default=None, help="Directory with one file per option.")]
+    params: list[click.Parameter] = [click.Option(["--config-dir"], default=None,
+                                                  help="Directory with one file per option.")]
     for flag, spec in OPTIONS:
         params.append(click.Option([flag], **spec))
     return click.Command("agent", callback=agent, params=params,

@@ -4,8 +4,9 @@ from __future__ import annotations
 import gzip
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import click
 import orjson
@@ -129,7 +130,7 @@ def dry_run(policy: str, events_path: str, output: str, mode: str | None, sample
     except PolicyErrors as e:
         for err in e.errors:
             click.echo(str(err), err=True)
-        raise SystemExit(1)
+        raise SystemExit(1) from None
     notes: list[str] = []
     events = load_events(events_path, notes)
     reports = [run(p, events, mode=mode, sample_limit=samples) for p in policies]

@@ -59,8 +59,8 @@ def list_cmd(output: str, check: bool) -> None:
     """List the library's policies by use case."""
     try:
         items = entries()
-    except LibraryError as e:
-        raise click.ClickException(str(e)) from None
+    except LibraryError as err:
+        raise click.ClickException(str(err)) from None
     has = _probe() if check else None
     rows = []
     for e in items:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -109,15 +110,15 @@ def explain(files: tuple[str, ...], output: str, details: bool, hook_substitutio
     kernel, not on this system (a function, tracepoint or binary), not in Vigil, the policy, or
     an option. Exit 1 if any policy could not be loaded here."""
     from vigil.kernel.facts import KernelFacts
-    from vigil.policy.errors import PolicyErrors
+    from vigil.policy.errors import PolicyErrors, PolicyValidationError
     from vigil.policy.explain import CAUSE_TEXT, explain_policy
     from vigil.policy.loader import load_policies
 
     facts = KernelFacts.load(facts_file) if facts_file else KernelFacts.gather()
-    report: list[dict] = []
+    report: list[dict[str, Any]] = []
     ok = True
     for path in _expand(files):
-        warnings: list = []
+        warnings: list[PolicyValidationError] = []
         try:
             policies = load_policies(path, warnings)
         except PolicyErrors as e:
@@ -146,7 +147,7 @@ def explain(files: tuple[str, ...], output: str, details: bool, hook_substitutio
         raise SystemExit(1)
 
 
-def _counts(report: list[dict]) -> dict[str, int]:
+def _counts(report: list[dict[str, Any]]) -> dict[str, int]:
     """Files per outcome: loadable (natively), loadable with stand-ins, refused, invalid."""
     files: dict[str, str] = {}
     rank = {"loadable": 0, "loadable with stand-ins": 1, "refused": 2, "invalid": 3}
@@ -156,13 +157,13 @@ def _counts(report: list[dict]) -> dict[str, int]:
         prev = files.get(e["file"])
         if prev is None or rank[out] > rank[prev]:
             files[e["file"]] = out
-    counts = {k: 0 for k in rank}
+    counts = dict.fromkeys(rank, 0)
     for out in files.values():
         counts[out] += 1
     return counts
 
 
-def _print_explain(entry: dict, details: bool, cause_text: dict[str, str]) -> None:
+def _print_explain(entry: dict[str, Any], details: bool, cause_text: dict[str, str]) -> None:
     if entry.get("invalid"):
         click.echo(f"{entry['file']}: invalid")
         for e in entry["errors"]:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 
 class Subscription:
-    def __init__(self, bus: "EventBus", maxsize: int) -> None:
+    def __init__(self, bus: EventBus, maxsize: int) -> None:
         self._bus = bus
         self._q: deque[Any] = deque()
         self._maxsize = maxsize
@@ -37,7 +38,7 @@ class Subscription:
         with self._cond:
             if not self._q and not self.closed:
                 self._cond.wait(timeout)
-            out = []
+            out: list[Any] = []
             while self._q and len(out) < max_items:
                 out.append(self._q.popleft())
             return out

@@ -54,7 +54,7 @@ class ProcessMsg:
         self.enc_pb: bytes | None = None     # vigil.api.wire
         self.enc_dict: dict[str, Any] | None = None  # vigil.export.dicts
 
-    def derive(self, **changes: Any) -> "ProcessMsg":
+    def derive(self, **changes: Any) -> ProcessMsg:
         """A copy with some fields changed (a forked child's message from its parent's)."""
         p = ProcessMsg.__new__(ProcessMsg)
         for name in ProcessMsg.__slots__[:-3]:
@@ -116,7 +116,7 @@ class PolicyEvent(Event):
     def __init__(self, kind: str, process: ProcessMsg, parent: ProcessMsg | None, body: dict[str, Any],
                  time: str, node_name: str) -> None:
         super().__init__(time, node_name)
-        self.kind = kind  # type: ignore[misc]
+        self.kind = kind
         self.process = process
         self.parent = parent
         self.body = body
@@ -131,7 +131,7 @@ class DictEvent(Event):
     def __init__(self, data: dict[str, Any]) -> None:
         super().__init__(str(data.get("time", "")), str(data.get("node_name", "")))
         self.data = data
-        self.kind = next((k for k in data if k not in ("node_name", "time")), "")  # type: ignore[misc]
+        self.kind = next((k for k in data if k not in ("node_name", "time")), "")
         self.enc_dict = data
 
 

@@ -20,14 +20,27 @@ import ipaddress
 import logging
 import os
 import struct
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from vigil.kernel import BpfError, BpfObject, Link, Map, possible_cpus
-from vigil.kernel import sys as ksys
+from vigil.enforce.netrules import (
+    AF_INET,
+    AF_INET6,
+    BIN_KEY,
+    CIDR_KEY,
+    COUNTERS,
+    GEN,
+    MAX_RULES,
+    PID_KEY,
+    RULE,
+    Compiled,
+    NetRule,
+    NetRuleError,
+    compile_rules,
+)
+from vigil.kernel import BpfError, BpfObject, Link, Map, possible_cpus, sys as ksys
 from vigil.kernel.layouts import Layout
 from vigil.kernel.paths import bpf_object
-from vigil.enforce.netrules import (AF_INET, AF_INET6, BIN_KEY, CIDR_KEY, COUNTERS, GEN, MAX_RULES, PID_KEY, RULE, Compiled, NetRule,
-                                    NetRuleError, compile_rules)
 
 log = logging.getLogger("vigil.enforce.netdeny")
 
@@ -36,8 +49,9 @@ PROGRAMS = ("vigil_nd_connect4", "vigil_nd_connect6", "vigil_nd_sendmsg4", "vigi
             "vigil_nd_bind4", "vigil_nd_bind6")
 HOOK_NAMES = {1: "connect4", 2: "connect6", 3: "sendmsg4", 4: "sendmsg6", 5: "bind4", 6: "bind6"}
 PROTO_NAMES = {6: "tcp", 17: "udp"}
-MSG = Layout("msg_netdeny", "hdr.op:B hdr.pad:B hdr.flags:H hdr.size:I hdr.ktime:Q key.pid:I key.pad:I key.ktime:Q tid:I rule_id:I cgroup_id:Q family:B protocol:B hook:B action:B "
-             "monitor:B pad:B dport:H daddr:16s comm:16s")
+MSG = Layout("msg_netdeny", "hdr.op:B hdr.pad:B hdr.flags:H hdr.size:I hdr.ktime:Q key.pid:I key.pad:I key.ktime:Q "
+             "tid:I rule_id:I cgroup_id:Q family:B protocol:B hook:B action:B monitor:B pad:B dport:H daddr:16s "
+             "comm:16s")
 SHARED = ("events", "vigil_drops", "execve_map")
 _U32 = struct.Struct("<I")
 
@@ -172,7 +186,7 @@ class NetDeny:
             self._obj.close()
             self._obj = None
 
-    def __enter__(self) -> "NetDeny":
+    def __enter__(self) -> NetDeny:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -197,7 +211,7 @@ class NetDeny:
         """One msg_netdeny record (as drained from the ring buffer) as a dict."""
         if len(record) < MSG.size:
             raise ValueError(f"netdeny record is {len(record)} bytes, expected {MSG.size}")
-        (op, _pad, flags, size, ktime, pid, _kp, exec_ktime, tid, rule_id, cgroup_id,
+        (op, _pad, _flags, _size, ktime, pid, _kp, exec_ktime, tid, rule_id, cgroup_id,
          family, proto, hook, action, monitor, _p2, dport, daddr, comm) = MSG.unpack_from(record)
         if op != VIGIL_OP_NETDENY:
             raise ValueError(f"not a netdeny record (op {op})")

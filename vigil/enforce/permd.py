@@ -20,8 +20,8 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from vigil.enforce import permd_proto as P
 from vigil.enforce.permtable import Table, encode
@@ -139,7 +139,7 @@ class PermissionHelper:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def __enter__(self) -> "PermissionHelper":
+    def __enter__(self) -> PermissionHelper:
         self.start()
         return self
 
@@ -223,7 +223,7 @@ class PermissionHelper:
                 if self.on_report is not None:
                     try:
                         self.on_report(P.Report.decode(buf))
-                    except Exception:  # noqa: BLE001 - a reporting bug must not stop reading
+                    except Exception:  # a reporting bug must not stop reading
                         self.report_errors += 1
                         log.exception("permission report handler failed")
             else:

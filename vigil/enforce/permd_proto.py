@@ -78,7 +78,7 @@ class Ack:
     text: str
 
     @classmethod
-    def decode(cls, buf: bytes) -> "Ack":
+    def decode(cls, buf: bytes) -> Ack:
         _t, _l, gen, err, marks, dirs, reply_to = ACK_S.unpack_from(buf)
         return cls(gen, err, marks, dirs, reply_to, buf[ACK_S.size:].decode("utf-8", "replace"))
 
@@ -111,7 +111,7 @@ class Report:
         return bool(self.flags & REP_TIMEOUT)
 
     @classmethod
-    def decode(cls, buf: bytes) -> "Report":
+    def decode(cls, buf: bytes) -> Report:
         (_t, _l, time_ns, pid, hook_id, sel, kind, action, flags, lat, plen, blen) = REPORT_S.unpack_from(buf)
         o = REPORT_S.size
         path = buf[o:o + plen].decode("utf-8", "surrogateescape")
@@ -127,7 +127,7 @@ class EvalResult:
     matched: tuple[int, ...]   # table indices of the deciding selectors, one per hook that matched
 
     @classmethod
-    def decode(cls, buf: bytes) -> "EvalResult":
+    def decode(cls, buf: bytes) -> EvalResult:
         _t, _l, allow, kill, n, *rules = EVAL_RESULT_S.unpack_from(buf)
         return cls(bool(allow), bool(kill), tuple(rules[:n]))
 

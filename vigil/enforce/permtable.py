@@ -13,10 +13,11 @@ selector but NoPost is reported.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from vigil.enforce import permd_proto as P
+
 # the one statement of the string operators, shared with the policy engine's reference evaluator
 from vigil.policy.evaluate import string_match
 
@@ -113,7 +114,9 @@ def evaluate(table: Table, kind: str, pid: int, path: str, binary: str,
             anc = ancestors(pid)
         return anc
 
-    allow, kill, matched, decided = True, False, [], set()
+    allow, kill = True, False
+    matched: list[int] = []
+    decided: set[int] = set()
     for i, r in enumerate(table.rules):
         if r.hook_id in decided or kind not in r.kinds:
             continue

@@ -5,7 +5,7 @@ with an unknown op or a bad size raises DecodeError (counted by the caller).
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from vigil.core import native
 from vigil.kernel.layouts import Layout
@@ -32,11 +32,13 @@ F_FILENAME_TRUNC = 1 << 10
 
 # mirrors of bpf/include/vigil_events.h, checked against the object's BTF at load
 HEADER = Layout("msg_header", "op:B pad:B flags:H size:I ktime:Q")
-PROCESS = Layout("msg_process", "hdr.op:B hdr.pad:B hdr.flags:H hdr.size:I hdr.ktime:Q key.pid:I key.pad:I key.ktime:Q pkey.pid:I pkey.pad:I pkey.ktime:Q tid:I ppid:I nspid:I auid:I "
+PROCESS = Layout("msg_process", "hdr.op:B hdr.pad:B hdr.flags:H hdr.size:I hdr.ktime:Q key.pid:I key.pad:I key.ktime:Q "
+                 "pkey.pid:I pkey.pad:I pkey.ktime:Q tid:I ppid:I nspid:I auid:I "
                  "uid:I gid:I euid:I egid:I suid:I sgid:I fsuid:I fsgid:I securebits:I userns_level:I userns_uid:I "
                  "userns_gid:I cap_permitted:Q cap_effective:Q cap_inheritable:Q ns:10I cgroup_id:Q ino:Q i_mode:I "
                  "i_nlink:I boottime:Q exe_len:H cwd_len:H filename_len:H cgroup_len:H args_len:I pad2:I")
-EXIT = Layout("msg_exit", "hdr.op:B hdr.pad:B hdr.flags:H hdr.size:I hdr.ktime:Q key.pid:I key.pad:I key.ktime:Q tid:I code:I")
+EXIT = Layout("msg_exit", "hdr.op:B hdr.pad:B hdr.flags:H hdr.size:I hdr.ktime:Q key.pid:I key.pad:I key.ktime:Q "
+              "tid:I code:I")
 
 
 

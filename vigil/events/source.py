@@ -24,7 +24,7 @@ class RecordingSource:
 
     def __init__(self, inner: EventSource, path: str) -> None:
         self.inner = inner
-        self._f: BinaryIO = open(path, "wb")
+        self._f: BinaryIO = open(path, "wb")  # noqa: SIM115 - held for the source's life, closed by close()
         self._f.write(MAGIC)
 
     def wait(self, timeout: float) -> bool:
@@ -76,7 +76,7 @@ class ReplaySource:
         self._batch = batch
 
     @classmethod
-    def from_file(cls, path: str, batch: int = 4096) -> "ReplaySource":
+    def from_file(cls, path: str, batch: int = 4096) -> ReplaySource:
         return cls(read_recording(path), batch)
 
     @property

@@ -1,6 +1,8 @@
 """Event export: JSON Lines files, the compact text format and Tetragon's filters."""
 from __future__ import annotations
 
+from typing import Any
+
 from vigil.export.event_filter import EventFilter
 from vigil.export.event_types import FilterError, event_key, event_type_name
 from vigil.export.field_filters import FieldFilter, FieldFilterSet
@@ -28,7 +30,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # compact is imported lazily: the agent rarely needs it
+def __getattr__(name: str) -> Any:  # compact is imported lazily: the agent rarely needs it
     if name == "format_compact":
         from vigil.export.compact import format_compact
 

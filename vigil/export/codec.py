@@ -162,5 +162,5 @@ def py_encode_events(events: list[Any]) -> list[bytes]:
 encode, encode_events, process_json = py_encode, py_encode_events, py_process_json
 if native.fast is not None:
     native.fast.configure_json(encode=py_encode, process_json=py_process_json, sub=_sub_json, body=_dumps)
-    encode, encode_events, process_json = (  # type: ignore[assignment]
+    encode, encode_events, process_json = (
         native.fast.encode_json, native.fast.encode_json_batch, native.fast.process_json)

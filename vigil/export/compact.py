@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import platform
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from vigil.export.syscall_table import SYSCALL_ARGS, SYSCALL_NAMES
@@ -99,7 +99,7 @@ def timestamp_prefix(value: str | None) -> str:
         return "1970-01-01T00:00:00.000000000Z"  # protobuf's zero Timestamp
     base, frac, zone = m.group(1), (m.group(2) or "").ljust(9, "0"), m.group(3)
     if zone != "Z":
-        dt = datetime.fromisoformat(base + zone).astimezone(timezone.utc)
+        dt = datetime.fromisoformat(base + zone).astimezone(UTC)
         base = dt.strftime("%Y-%m-%dT%H:%M:%S")
     return f"{base}.{frac}Z"
 
@@ -115,7 +115,7 @@ class _Line:
         self.plain: list[str] = []
         self.styled: list[str] = []
 
-    def add(self, text: str, color: str | None = None) -> "_Line":
+    def add(self, text: str, color: str | None = None) -> _Line:
         self.plain.append(text)
         if self.color and color and text:
             self.styled.append(f"\x1b[{_ANSI[color]}m{text}\x1b[0m")
@@ -141,10 +141,7 @@ def _header(line: _Line, emoji: str, tag: str, color: str = "blue") -> None:
 def _process_info(line: _Line, event: dict[str, Any], process: dict[str, Any]) -> str:
     """Add source and binary; return the caps trailer text ('' when none)."""
     pod = process.get("pod")
-    if pod:
-        source = f"{pod.get('namespace', '')}/{pod.get('name', '')}"
-    else:
-        source = event.get("node_name", "")
+    source = f"{pod.get('namespace', '')}/{pod.get('name', '')}" if pod else event.get("node_name", "")
     line.add(quote_if_needed(source), "green")
     line.add(quote_if_needed(process.get("binary", "")), "magenta")
     effective = (process.get("cap") or {}).get("effective") or []

@@ -11,7 +11,8 @@ encodings), a rewritten one as a DictEvent.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from vigil.core.events import DictEvent
 from vigil.export.dicts import event_dict
@@ -68,7 +69,7 @@ class EventFilter:
         redaction_filters: str = "",
         rate_limit: int = -1,
         node_name: str = "",
-    ) -> "EventFilter":
+    ) -> EventFilter:
         """From the agent's config strings (newline-separated JSON objects)."""
         return cls(
             parse_filter_config(allowlist, "export-allowlist"),
@@ -86,7 +87,7 @@ class EventFilter:
         deny_list: Iterable[dict[str, Any]] = (),
         field_filters: Iterable[dict[str, Any]] = (),
         redaction: RedactionSet | None = None,
-    ) -> "EventFilter":
+    ) -> EventFilter:
         """From a GetEventsRequest (already converted to dicts). The agent's redaction
         set may be passed along so gRPC clients never see unredacted arguments."""
         return cls(allow_list, deny_list, field_filters, redaction or ())

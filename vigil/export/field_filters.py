@@ -17,7 +17,8 @@ share untouched sub-objects with the original.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from vigil.export.event_types import EVENT_KEY_TO_TYPE, FilterError, parse_event_type
 from vigil.export.filters import normalize_keys, snake_case
@@ -199,7 +200,7 @@ class FieldFilterSet:
         """Trimmed copy of `event` (the event itself when no filter applies)."""
         if not self.filters:
             return event
-        for key, body in event.items():
+        for key, body in event.items():  # noqa: B007 - the loop finds `key` and `body` for below
             if key in EVENT_KEY_TO_TYPE:
                 break
         else:

@@ -21,7 +21,8 @@ Notes on fields whose behaviour depends on what the event carries:
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import orjson
 
@@ -304,10 +305,7 @@ class CompiledFilter:
 
     def matches(self, event: Event) -> bool:
         body = _body(event)
-        for check in self.checks:
-            if not check(body, event):
-                return False
-        return True
+        return all(check(body, event) for check in self.checks)
 
     def __repr__(self) -> str:
         return f"CompiledFilter({self.source!r})"
@@ -346,10 +344,7 @@ class FilterList:
         return len(self.filters)
 
     def any_match(self, event: Event) -> bool:
-        for f in self.filters:
-            if f.matches(event):
-                return True
-        return False
+        return any(f.matches(event) for f in self.filters)
 
 
 def passes(event: Event, allow: FilterList, deny: FilterList) -> bool:

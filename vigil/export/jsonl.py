@@ -33,7 +33,8 @@ import shutil
 import sys
 import threading
 import time
-from typing import Any, BinaryIO, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, BinaryIO
 
 from vigil.export.codec import encode_events
 
@@ -164,7 +165,7 @@ class JsonlWriter:
                 except (BrokenPipeError, ValueError):
                     pass
 
-    def __enter__(self) -> "JsonlWriter":
+    def __enter__(self) -> JsonlWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -8,7 +8,7 @@ also match when the key is absent. An empty selector matches every label set.
 from __future__ import annotations
 
 import re
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from vigil.export.event_types import FilterError
 
@@ -26,7 +26,9 @@ _CMP_RE = re.compile(r"^(?P<key>[^=!\s]+)\s*(?P<op>==|=|!=)\s*(?P<value>\S*)$")
 
 def _split_requirements(selector: str) -> list[str]:
     """Split on commas that are not inside parentheses."""
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    depth = 0
+    current: list[str] = []
     for ch in selector:
         if ch == "(":
             depth += 1

@@ -9,7 +9,8 @@ part can change. The deprecated ``match`` field is accepted and ignored.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from vigil.export.event_types import EVENT_KEY_TO_TYPE, FilterError
 from vigil.export.filters import normalize_keys
@@ -116,7 +117,7 @@ class RedactionSet:
         """Redacted copy of `event`, or `event` itself when nothing matched."""
         if not self.filters:
             return event
-        for key, body in event.items():
+        for key, body in event.items():  # noqa: B007 - the loop finds `key` and `body` for below
             if key in EVENT_KEY_TO_TYPE:
                 break
         else:

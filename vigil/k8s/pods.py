@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 _CRONJOB_JOB = re.compile(r"^(?P<name>.+)-\d{8,10}$")
 

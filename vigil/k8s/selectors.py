@@ -7,7 +7,8 @@ labels for containerSelector are `name` (the container name) and `repo` (its ima
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
 

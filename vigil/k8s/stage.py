@@ -10,7 +10,8 @@ own threads; nothing here blocks the pipeline.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from vigil.core.events import Event
 from vigil.k8s.enrich import HoldStage, PodResolver

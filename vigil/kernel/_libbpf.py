@@ -118,7 +118,7 @@ libc.vsnprintf.restype = c_int
 # libbpf's log goes to Python logging (verifier logs are captured per program).
 _PRINT_FN = ctypes.CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
 # Recent libbpf messages: errors raised by the loader quote the relevant ones.
-recent: "collections.deque[str]" = collections.deque(maxlen=64)
+recent: collections.deque[str] = collections.deque(maxlen=64)
 
 
 @_PRINT_FN

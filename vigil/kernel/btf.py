@@ -138,7 +138,7 @@ class Btf:
 
     def _members(self, tid: int) -> list[tuple[str, int, int]]:
         """(name, type, bit offset) of a struct/union."""
-        _n, kind, vlen, kflag, _st = self._hdr(tid)
+        _n, _kind, vlen, kflag, _st = self._hdr(tid)
         out = []
         base = self._offs[tid] + 12
         for i in range(vlen):
@@ -273,7 +273,7 @@ class Btf:
 
     def enum_value(self, name: str) -> int | None:
         for tid in range(1, len(self._offs)):
-            n, kind, vlen, _kf, _st = self._hdr(tid)
+            _n, kind, vlen, _kf, _st = self._hdr(tid)
             if kind == ENUM:
                 base = self._offs[tid] + 12
                 for i in range(vlen):

@@ -27,8 +27,9 @@ import os
 import platform
 import re
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from vigil.kernel import btf as B
 
@@ -116,7 +117,7 @@ class KernelFacts:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def gather(cls, features: dict[str, Any] | None = None, *, mount_tracefs: bool = True) -> "KernelFacts":
+    def gather(cls, features: dict[str, Any] | None = None, *, mount_tracefs: bool = True) -> KernelFacts:
         """This kernel. `features`: a probe result (name -> Feature) to use instead of probing."""
         if features is None:
             from vigil.kernel.features import cached_probe
@@ -154,7 +155,7 @@ class KernelFacts:
         return f
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "KernelFacts":
+    def from_dict(cls, d: dict[str, Any]) -> KernelFacts:
         def opt(key: str) -> Any:
             return d.get(key)
         return cls(mode="recorded", release=d.get("release", ""), arch=d.get("arch", "x86_64"),
@@ -165,12 +166,12 @@ class KernelFacts:
                    answers=d.get("answers", {}))
 
     @classmethod
-    def load(cls, path: str) -> "KernelFacts":
+    def load(cls, path: str) -> KernelFacts:
         with open(path) as fh:
             return cls.from_dict(json.load(fh))
 
     @classmethod
-    def ideal(cls) -> "KernelFacts":
+    def ideal(cls) -> KernelFacts:
         return cls(mode="ideal", release="any", features={})
 
     def record(self, *, full: bool = False) -> dict[str, Any]:

@@ -22,9 +22,9 @@ import socket
 import struct
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from vigil.kernel import sys as ksys
 from vigil.kernel.elfsym import func_offset
@@ -197,7 +197,7 @@ class _Prober:
             feat = Feature(name, None, "probe gave no verdict")
         except _Result as r:
             feat = Feature(name, r.supported, r.reason)
-        except Exception as e:  # noqa: BLE001 - an unexpected failure is an inconclusive answer
+        except Exception as e:  # an unexpected failure is an inconclusive answer
             log.debug("probe %s failed unexpectedly", name, exc_info=True)
             feat = Feature(name, None, f"unexpected: {type(e).__name__}: {e}".splitlines()[0])
         log.debug("probe %s: %s (%s) in %.1f ms", name, feat.mark(), feat.reason, 1000 * (time.perf_counter() - t))
@@ -264,7 +264,7 @@ class _Prober:
             raise _Result(True, f"attached to {KPROBE_TARGET}" + (", fired" if self.hits(obj, kind) else ""))
 
     def p_kprobe_multi(self) -> None:
-        with self.loaded("probe_kprobe_multi", "kprobe_multi") as (obj, prog):
+        with self.loaded("probe_kprobe_multi", "kprobe_multi") as (_obj, prog):
             self.attach("kprobe_multi", prog.attach,
                         lambda err, e: "needs CONFIG_FPROBE" if err in (E.EOPNOTSUPP, ENOTSUPP) else "")
             raise _Result(True, f"attached to {KPROBE_TARGET}")
@@ -311,7 +311,7 @@ class _Prober:
     def p_lsm(self) -> None:
         with self.loaded("probe_lsm", "lsm (trampoline)",
                          lambda err, e: self.trampoline_hint(err, e) or
-                         ("CONFIG_BPF_LSM off?" if err == E.EINVAL else "")) as (obj, prog):
+                         ("CONFIG_BPF_LSM off?" if err == E.EINVAL else "")) as (_obj, prog):
             self.attach("lsm", prog.attach_lsm, self.trampoline_hint)
         active = self.results.get("bpf_lsm_active")
         if active is not None and active.supported is False:
@@ -323,7 +323,7 @@ class _Prober:
         def load_hint(err: int, e: BpfError) -> str:
             return "CONFIG_BPF_KPROBE_OVERRIDE off" if "bpf_override_return" in _verifier_line(e) else ""
 
-        with self.loaded("probe_override", "override_return kprobe", load_hint) as (obj, prog):
+        with self.loaded("probe_override", "override_return kprobe", load_hint) as (_obj, prog):
             kprobe = self.results.get("kprobe")
             if kprobe is not None and kprobe.supported is not True:
                 raise _Result(kprobe.supported, f"helper loads, but attaching needs kprobes ({kprobe.reason})")
@@ -382,7 +382,7 @@ class _Prober:
     def p_perf_event(self) -> None:
         import fcntl
 
-        with self.loaded("probe_perf_event", "perf_event") as (obj, prog):
+        with self.loaded("probe_perf_event", "perf_event") as (_obj, prog):
             try:
                 pfd = ksys.perf_event_open_sw()
             except OSError as e:
@@ -400,7 +400,7 @@ class _Prober:
                 os.close(pfd)
 
     def p_socket(self) -> None:
-        with self.loaded("probe_socket", "socket_filter") as (obj, prog):
+        with self.loaded("probe_socket", "socket_filter") as (_obj, prog):
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 try:
                     s.setsockopt(socket.SOL_SOCKET, 50, prog.fd)  # SO_ATTACH_BPF
@@ -411,7 +411,7 @@ class _Prober:
 
     def p_cgroup(self, feature: str, prog_name: str) -> None:
         cg = self.cgroup()
-        with self.loaded(prog_name, feature) as (obj, prog):
+        with self.loaded(prog_name, feature) as (_obj, prog):
             self.attach(feature, lambda: prog.attach_cgroup(cg),
                         lambda err, e: "needs BPF links for cgroups (5.7+)" if err == E.EINVAL else "")
             raise _Result(True, f"attached ({prog.section}) to a test cgroup")
@@ -436,7 +436,7 @@ class _Prober:
         if lsm is not None and lsm.supported is not True:
             raise _Result(lsm.supported, f"needs BPF LSM ({lsm.reason})")
         with self.loaded("probe_ima", "sleepable lsm program calling bpf_ima_file_hash", self.trampoline_hint) \
-                as (obj, prog):
+                as (_obj, prog):
             self.attach("ima_hash", prog.attach_lsm, self.trampoline_hint)
             raise _Result(True, "sleepable lsm/file_open calling bpf_ima_file_hash attached")
 
@@ -450,7 +450,7 @@ class _Prober:
         raise _Result(True, "BPF_MAP_TYPE_RINGBUF created")
 
     def p_task_iter(self) -> None:
-        with self.loaded("probe_task_iter", "task_iter") as (obj, prog):
+        with self.loaded("probe_task_iter", "task_iter") as (_obj, prog):
             link = self.attach("task_iter", prog.attach_iter)
             try:
                 fd = ksys.iter_create(link.fd)  # type: ignore[attr-defined]
@@ -470,7 +470,7 @@ class _Prober:
         fentry = self.results.get("fentry")
         if fentry is not None and fentry.supported is not True:
             raise _Result(fentry.supported, f"needs fentry ({fentry.reason})")
-        with self.loaded("probe_d_path", "d_path fentry", self.trampoline_hint) as (obj, prog):
+        with self.loaded("probe_d_path", "d_path fentry", self.trampoline_hint) as (_obj, prog):
             self.attach("d_path fentry", prog.attach, self.trampoline_hint)
             raise _Result(True, "fentry/security_file_open calling bpf_d_path attached")
 

@@ -62,7 +62,7 @@ def btf_struct(obj: Any, name: str) -> tuple[int, dict[str, int]]:
     tid = L.lib.btf__find_by_name_kind(btf, name.encode(), BTF_KIND_STRUCT)
     if tid < 0:
         raise LayoutError(f"{obj.path}: no struct {name} in its BTF", 2)
-    kind, vlen, size, addr = _type(btf, tid)
+    _kind, vlen, size, addr = _type(btf, tid)
     info = _TYPE.unpack(ctypes.string_at(addr, _TYPE.size))[1]
     offsets: dict[str, int] = {}
 

@@ -12,7 +12,7 @@ import ctypes
 import os
 import struct
 import weakref
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from vigil.kernel import _libbpf as L
 from vigil.kernel.errors import AttachError, BpfError, VerifierError
@@ -22,9 +22,9 @@ BTF_KIND_DATASEC = 15
 PERCPU_MAP_TYPES = {5, 6, 10, 21}  # PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH, PERCPU_CGROUP_STORAGE
 LOG_BUF_SIZE = 4 << 20
 
-_open_objects: "weakref.WeakSet[BpfObject]" = weakref.WeakSet()
+_open_objects: weakref.WeakSet[BpfObject] = weakref.WeakSet()
 # set by vigil.kernel.pins while keep-sensors-on-exit is on: called with every new link
-pin_links: "Callable[[Link], None] | None" = None
+pin_links: Callable[[Link], None] | None = None
 
 
 def possible_cpus() -> int:
@@ -47,7 +47,7 @@ class Link:
     """An attachment. `close()` detaches (and removes its pin); closing twice is harmless.
     A pinned link that is `kept` stays attached when this process closes it or dies."""
 
-    def __init__(self, ptr: int, desc: str, owner: "BpfObject | None") -> None:
+    def __init__(self, ptr: int, desc: str, owner: BpfObject | None) -> None:
         self._ptr: int | None = ptr
         self.desc = desc
         self._owner = owner
@@ -83,7 +83,7 @@ class Link:
 
 
 class Program:
-    def __init__(self, obj: "BpfObject", ptr: int) -> None:
+    def __init__(self, obj: BpfObject, ptr: int) -> None:
         self._obj = obj
         self._ptr = ptr
         self.name: str = L.lib.bpf_program__name(ptr).decode()
@@ -234,7 +234,7 @@ class Map:
             raise BpfError(f"pinning map {self.name} at {path}", L.errno())
 
     @classmethod
-    def open_pinned(cls, path: str) -> "Map":
+    def open_pinned(cls, path: str) -> Map:
         """A map pinned in the BPF file system (the caller owns the fd: close_fd())."""
         from vigil.kernel.info import map_info
 
@@ -344,14 +344,14 @@ class BpfObject:
         _open_objects.add(self)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> "BpfObject":
+    def open(cls, path: str | os.PathLike[str]) -> BpfObject:
         path = os.fspath(path)
         if not os.path.exists(path):
             raise BpfError(f"opening BPF object {path}", 2, "hint: run `make` to build the BPF objects")
         ptr = _check_ptr(L.lib.bpf_object__open_file(path.encode(), None), f"opening BPF object {path}")
         return cls(ptr, path)
 
-    def __enter__(self) -> "BpfObject":
+    def __enter__(self) -> BpfObject:
         return self
 
     def __exit__(self, *exc: object) -> None:

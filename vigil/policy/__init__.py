@@ -4,11 +4,30 @@ from __future__ import annotations
 
 from .errors import Loc, PolicyErrors, PolicyValidationError
 from .loader import LoadResult, check_file, check_text, load_policies, parse_policies
-from .model import (ActionSelector, ArgSelector, BinarySelector, CapabilitiesSelector,
-                    EnforcerSpec, Hook, KProbeArg, KProbeSpec, LabelSelector, ListSpec,
-                    LsmHookSpec, NamespaceChangesSelector, NamespaceSelector, ObjectMeta,
-                    OptionSpec, PIDSelector, Policy, Selector, TracepointSpec, TracingPolicySpec,
-                    UProbeSpec, UsdtSpec)
+from .model import (
+                    ActionSelector,
+                    ArgSelector,
+                    BinarySelector,
+                    CapabilitiesSelector,
+                    EnforcerSpec,
+                    Hook,
+                    KProbeArg,
+                    KProbeSpec,
+                    LabelSelector,
+                    ListSpec,
+                    LsmHookSpec,
+                    NamespaceChangesSelector,
+                    NamespaceSelector,
+                    ObjectMeta,
+                    OptionSpec,
+                    PIDSelector,
+                    Policy,
+                    Selector,
+                    TracepointSpec,
+                    TracingPolicySpec,
+                    UProbeSpec,
+                    UsdtSpec,
+)
 
 __all__ = [
     "ActionSelector", "ArgSelector", "BinarySelector", "CapabilitiesSelector", "EnforcerSpec",

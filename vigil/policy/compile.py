@@ -16,11 +16,12 @@ from __future__ import annotations
 import ipaddress
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from vigil.kernel import policy_layout as L
 from vigil.kernel.facts import KernelFacts
+
 from . import enums, standins
 from .enforce_placement import place_syscall_on_host, place_syscall_on_lsm
 from .errors import Loc, PolicyErrors, PolicyValidationError
@@ -28,8 +29,16 @@ from .model import ActionSelector, ArgSelector, KProbeSpec, LsmHookSpec, Policy,
 from .placement import ArgPlan, Placement, place_kernel_function, place_tracepoint, place_uprobe, place_usdt
 from .syscall_place import TRACEPOINT_NAME, parse_syscall, place_syscall
 from .syscalls import SYSCALL_NUMBERS
-from .values import (parse_capability, parse_cidr, parse_family, parse_int, parse_int_or_range, parse_port,
-                     parse_protocol, parse_tcp_state)
+from .values import (
+    parse_capability,
+    parse_cidr,
+    parse_family,
+    parse_int,
+    parse_int_or_range,
+    parse_port,
+    parse_protocol,
+    parse_tcp_state,
+)
 
 STRING_TYPES = {L.T[t] for t in ("string", "kstring", "data_loc", "char_array", "char_buf", "char_iovec",
                                  "path_child", "linux_binprm", "fd", "file", "path", "dentry", "dentry_path",

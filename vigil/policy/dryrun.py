@@ -20,8 +20,10 @@ from __future__ import annotations
 import base64
 import re
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from datetime import UTC
+from typing import Any
 
 from . import enums
 from .evaluate import NS_KEYS, Call, Decision, HookRules, Process, Sock, Unknown, decide, pod_selector_match
@@ -304,8 +306,8 @@ class SelectorStats:
     matched: int = 0
     posted: int = 0
     rate_limited: int = 0
-    outcomes: Counter = field(default_factory=Counter)         # Sigkill/Override/Signal/(monitor ...)
-    processes: Counter = field(default_factory=Counter)        # (binary, pod) -> count
+    outcomes: Counter[str] = field(default_factory=Counter)         # Sigkill/Override/Signal/(monitor ...)
+    processes: Counter[tuple[str, str]] = field(default_factory=Counter)        # (binary, pod) -> count
     samples: list[str] = field(default_factory=list)
 
 
@@ -319,7 +321,7 @@ class HookReport:
     no_match: int = 0
     posted_without_selectors: int = 0
     selectors: list[SelectorStats] = field(default_factory=list)
-    undecidable: Counter = field(default_factory=Counter)
+    undecidable: Counter[str] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
 
 
@@ -334,7 +336,7 @@ class DryRunReport:
     out_of_scope: int = 0
 
     def totals(self) -> dict[str, int]:
-        t: Counter = Counter()
+        t: Counter[str] = Counter()
         for h in self.hooks:
             t["posted"] += h.posted_without_selectors
             for s in h.selectors:
@@ -382,9 +384,9 @@ def _time_ns(t: Any) -> int | None:
     m = _TIME.match(t or "") if isinstance(t, str) else None
     if not m:
         return None
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    secs = int(datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp())
+    secs = int(datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp())
     return secs * 1_000_000_000 + int((m.group(2) or "0").ljust(9, "0"))
 
 
@@ -434,7 +436,7 @@ def dry_run(policy: Policy, events: Iterable[Event], *, mode: str | None = None,
                                f"a policy observing it (for example this one with `policy-mode: monitor`)")
     seq = finding_sequence(policy)
     correlator = Correlator(policy.name, seq) if seq is not None else None
-    last_post: dict[tuple, int] = {}
+    last_post: dict[tuple[object, ...], int] = {}
     scope_ok = policy.spec.pod_selector is not None or policy.namespaced
     for e in events:
         if "process_exec" in e:
@@ -459,7 +461,7 @@ def dry_run(policy: Policy, events: Iterable[Event], *, mode: str | None = None,
                             monitor, last_post, correlator, scope_ok, policy, sample_limit)
     if correlator is not None:
         rep.findings = correlator.findings
-    for hv, hr in zip(views, rep.hooks):
+    for _hv, hr in zip(views, rep.hooks):
         for reason, n in hr.undecidable.items():
             rep.missing.append(f"{hr.section}[{hr.index}] {hr.target}: {n} call(s) undecidable: {reason}")
     return rep
@@ -477,7 +479,7 @@ def _event_key(kind: str, body: Mapping[str, Any]) -> str:
 
 
 def _decide_one(rep: DryRunReport, hv: HookView, hr: HookReport, body: Mapping[str, Any], event: Event,
-                p: Process, call: Call, monitor: bool, last_post: dict[tuple, int],
+                p: Process, call: Call, monitor: bool, last_post: dict[tuple[object, ...], int],
                 correlator: Correlator | None, scoped: bool, policy: Policy, sample_limit: int) -> None:
     hr.seen += 1
     if scoped:
@@ -503,7 +505,8 @@ def _decide_one(rep: DryRunReport, hv: HookView, hr: HookReport, body: Mapping[s
     proc = body.get("process") or {}
     pod = proc.get("pod") or {}
     # the process as recorded (for exec hooks: the program being executed, not its caller)
-    who = (str(proc.get("binary") or p.binary or ""), f"{pod.get('namespace', '')}/{pod.get('name', '')}" if pod else "")
+    who = (str(proc.get("binary") or p.binary or ""),
+           f"{pod.get('namespace', '')}/{pod.get('name', '')}" if pod else "")
     st.processes[who] += 1
     out = _outcome(d)
     if out:
@@ -566,7 +569,8 @@ def render_text(rep: DryRunReport, source: str) -> list[str]:
             label = f" [{s.label}]" if s.label else ""
             outs = ", ".join(f"{n} {k}" for k, n in s.outcomes.items())
             lines.append(f"    selector {i + 1}{label} ({s.summary}): {s.matched} match(es), {s.posted} posted"
-                         + (f", {s.rate_limited} rate-limited" if s.rate_limited else "") + (f", {outs}" if outs else ""))
+                         + (f", {s.rate_limited} rate-limited" if s.rate_limited else "")
+                         + (f", {outs}" if outs else ""))
             for (b, pod), n in s.processes.most_common(10):
                 lines.append(f"      {n:>6}  {b}{'  ' + pod if pod else ''}")
             more = len(s.processes) - 10

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from vigil.kernel import policy_layout as L
 from vigil.kernel.facts import KernelFacts
+
 from .model import KProbeSpec
 from .placement import ArgPlan, Placement, plan_arg
 from .syscall_place import Syscall
@@ -101,9 +102,7 @@ def place_syscall_on_lsm(spec: KProbeSpec, section: str, index: int, sc: Syscall
         if a.type in ("string", "filename") and reader in ("file", "path", "path_child", "linux_binprm", "kstring",
                                                            "dentry_path"):
             plan.render = "string"
-        elif a.type == "sockaddr" and reader == "ksockaddr":
-            plan.render = ""
-        elif a.type == "fd" and reader == "socket":
+        elif (a.type == "sockaddr" and reader == "ksockaddr") or (a.type == "fd" and reader == "socket"):
             plan.render = ""
         elif a.type not in ("string", "filename", "sockaddr", "fd", "file", "path"):
             pl.block(a.at("type"), f'argument type "{a.type}" cannot be read at LSM {hook} (where the Override of '

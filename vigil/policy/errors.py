@@ -13,7 +13,7 @@ class Loc:
     col: int
     path: str
 
-    def child(self, key: str | int) -> "Loc":
+    def child(self, key: str | int) -> Loc:
         """Location of a field that is absent: reported at the parent, with the field's path."""
         return Loc(self.file, self.line, self.col, join_path(self.path, key))
 
@@ -39,7 +39,7 @@ class PolicyValidationError:
     severity: str = "error"
 
     @classmethod
-    def at(cls, loc: Loc, message: str, severity: str = "error") -> "PolicyValidationError":
+    def at(cls, loc: Loc, message: str, severity: str = "error") -> PolicyValidationError:
         return cls(loc.file, loc.line, loc.col, loc.path, message, severity)
 
     def __str__(self) -> str:

@@ -20,13 +20,21 @@ decision says why, instead of guessing. `Truth` is True, False or an `Unknown` r
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence, Union
 
 from . import enums
 from .model import ActionSelector, ArgSelector, KProbeArg, LabelSelector, Selector
-from .values import (parse_capability, parse_cidr, parse_family, parse_int, parse_int_or_range, parse_port,
-                     parse_protocol, parse_tcp_state)
+from .values import (
+    parse_capability,
+    parse_cidr,
+    parse_family,
+    parse_int,
+    parse_int_or_range,
+    parse_port,
+    parse_protocol,
+    parse_tcp_state,
+)
 
 STRING_OPS = ("Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix")
 INT_OPS = ("Equal", "NotEqual", "GT", "LT", "GreaterThan", "LessThan", "Mask", "InRange", "NotInRange",
@@ -46,7 +54,7 @@ class Unknown(str):
     """A filter that cannot be decided from the facts at hand; the text says what is missing."""
 
 
-Truth = Union[bool, Unknown]
+Truth = bool | Unknown
 
 
 @dataclass(frozen=True)
@@ -64,12 +72,12 @@ class Sock:
     state: int = 0
 
     @classmethod
-    def sockaddr(cls, family: int, addr: str | None, port: int) -> "Sock":
+    def sockaddr(cls, family: int, addr: str | None, port: int) -> Sock:
         ip = ipaddress.ip_address(addr) if addr else None
         return cls(family, ip, ip, port, port)
 
 
-Value = Union[str, bytes, int, Sock]
+Value = str | bytes | int | Sock
 
 
 @dataclass(frozen=True)
@@ -365,7 +373,7 @@ def label_selector_match(sel: LabelSelector, labels: Mapping[str, str]) -> bool:
 def pod_labels(pod: Mapping[str, object]) -> dict[str, str]:
     """A pod's labels plus the `k8s:`-prefixed spellings and its namespace label, as Tetragon's
     podSelector sees them."""
-    labels = {str(k): str(v) for k, v in (pod.get("pod_labels") or {}).items()}  # type: ignore[union-attr]
+    labels = {str(k): str(v) for k, v in (pod.get("pod_labels") or {}).items()}
     out = dict(labels)
     out.update({f"k8s:{k}": v for k, v in labels.items()})
     ns = str(pod.get("namespace") or "")

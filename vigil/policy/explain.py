@@ -8,9 +8,11 @@ from collections import Counter
 from typing import Any
 
 from vigil.kernel.facts import KernelFacts
+
 from . import standins
 from .compile import compile_report, substitution_enabled
 from .model import Policy
+from .placement import Placement
 
 CAUSE_TEXT = {"kernel": "this kernel", "target": "not on this system", "vigil": "not in Vigil",
               "policy": "policy", "option": "option"}
@@ -21,7 +23,7 @@ def explain_policy(policy: Policy, facts: KernelFacts, *, substitute: bool = Fal
     cp, errs = compile_report(policy, facts, lambda: next(ids), follow_bit=lambda op, values: 0,
                               substitute=substitute)
     hooks: list[dict[str, Any]] = []
-    by_hook: dict[tuple[str, int], list] = {}
+    by_hook: dict[tuple[str, int], list[Placement]] = {}
     for pl in cp.placements:
         by_hook.setdefault((pl.section, pl.index), []).append(pl)
     spec = policy.spec
@@ -47,7 +49,7 @@ def explain_policy(policy: Policy, facts: KernelFacts, *, substitute: bool = Fal
         hooks.append(entry)
     errors = [{"where": f"{e.file}:{e.line}:{e.col}", "field": e.path, "message": e.message, "cause": c}
               for e, c in zip(errs.errors, errs.causes)]
-    hook_errors: dict[tuple[str, int], list] = {}
+    hook_errors: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for err in errors:
         path = err["field"]
         for h in hooks:
@@ -85,7 +87,7 @@ def _standin_key(section: str, hook: Any, target: str) -> str:
     return f"lsm:{target}" if section == "lsmhooks" else target
 
 
-def _summary(placements: list) -> str:
+def _summary(placements: list[Placement]) -> str:
     if not placements:
         return ""
     if len(placements) == 1:

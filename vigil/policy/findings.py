@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from datetime import UTC
+from typing import Any
 
 from .values import parse_duration
 
@@ -92,10 +94,10 @@ def args_text(body: dict[str, Any]) -> str:
 def _time_s(t: Any) -> float | None:
     if not isinstance(t, str) or len(t) < 19:
         return None
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     try:
-        base = datetime.strptime(t[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+        base = datetime.strptime(t[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
     except ValueError:
         return None
     frac = re.match(r"\.(\d+)", t[19:])
@@ -142,17 +144,17 @@ class Correlator:
                 self._marks.popitem(last=False)
             self.remembered += 1
             return None
-        mark = None
+        held: Mark | None = None
         for key in (_get(proc, "exec_id"), _get(parent, "exec_id")):
             m = self._marks.get(key) if key else None
             if m is not None and (now is None or m.time is None or now - m.time <= self.seq.window_s):
-                mark = m
+                held = m
                 break
-        if mark is None:
+        if held is None:
             self.dropped += 1
             return None
         self.reported += 1
-        finding = self._finding(event, kind, body, proc, mark)
+        finding = self._finding(event, kind, body, proc, held)
         self.findings.append(finding)
         if len(self.findings) > self._keep:
             del self.findings[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from types import MappingProxyType
+from typing import Any
 
 from .errors import Diagnostics, Loc
 from .model import Policy, Selector
@@ -25,7 +26,7 @@ def expand_macros(policy: Policy, diag: Diagnostics) -> Policy:
     def expand(sel: Selector) -> Selector:
         if not sel.macros:
             return sel
-        new: dict[str, object] = {}
+        new: dict[str, Any] = {}  # keyword arguments of dataclasses.replace
         locs: dict[str, Loc] = dict(sel.locs)
         owner: dict[str, str] = {}
         for j, mname in enumerate(sel.macros):
@@ -53,14 +54,14 @@ def expand_macros(policy: Policy, diag: Diagnostics) -> Policy:
                             locs[k] = v
         return dataclasses.replace(sel, locs=MappingProxyType(locs), **new) if new else sel
 
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}  # keyword arguments of dataclasses.replace
     for section in ("kprobes", "fentries", "tracepoints", "uprobes", "lsmhooks", "usdts"):
         hooks = getattr(spec, section)
         if any(s.macros for h in hooks for s in h.selectors):
             changes[section] = tuple(
                 dataclasses.replace(h, selectors=tuple(expand(s) for s in h.selectors))
                 for h in hooks)
-    for name, m in macros.items():
+    for name in macros:
         if name not in used:
             diag.warn(spec.at(f"selectorsMacros.{name}"), f'macro "{name}" is not used')
     if not changes:

@@ -11,8 +11,9 @@ the key is required, and an integer `kind` for range checks. Defaults are the CR
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field
-from typing import Any, Mapping
+from typing import Any, TypeVar, dataclass_transform
 
 from .errors import Loc
 
@@ -41,7 +42,13 @@ class Node:
         return key in self.locs
 
 
-node = dataclass(frozen=True, kw_only=True)
+_T = TypeVar("_T")
+
+
+@dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(field, y))
+def node(cls: type[_T]) -> type[_T]:
+    """The decorator of every model class: a frozen, keyword-only dataclass."""
+    return dataclass(frozen=True, kw_only=True)(cls)
 
 
 # ---- Kubernetes bits --------------------------------------------------------------------------

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from vigil.kernel import policy_layout as L
 from vigil.kernel.facts import KernelFacts
+
 from .errors import Loc
 from .model import KProbeArg, KProbeSpec, LsmHookSpec, TracepointSpec, UProbeSpec, UsdtSpec
 
@@ -86,7 +88,8 @@ class ArgPlan:
 
     def fill(self, a: L.Arg) -> None:
         a.type, a.src, a.size, a.is_signed = self.vtype, self.src, self.size & 0xFF, int(self.is_signed)
-        a.off, a.size_arg, a.return_copy, a.max_len = self.off & 0xFFFF, self.size_arg, int(self.return_copy), self.max_len
+        a.off, a.size_arg = self.off & 0xFFFF, self.size_arg
+        a.return_copy, a.max_len = int(self.return_copy), self.max_len
         a.max_data, a.user, a.off2, a.konst = int(self.max_data), int(self.user), self.off2, self.konst
         a.nsteps = len(self.steps)
         for k, s in enumerate(self.steps):
@@ -101,7 +104,7 @@ class Placement:
     loc: Loc
     target: str                   # what the user asked for: sys_openat, sched/sched_process_exec, ...
     mechanism: str = ""           # tracepoint | raw_tracepoint | uprobe | kprobe | lsm | fentry | fmod_ret | ...
-    attach: dict = field(default_factory=dict)
+    attach: dict[str, Any] = field(default_factory=dict)
     entry_prog: str = ""
     return_prog: str = ""
     event_kind: str = ""          # process_kprobe | process_tracepoint | process_uprobe | process_lsm | ...
@@ -218,7 +221,7 @@ def plan_arg(pl: Placement, a: KProbeArg, slot: int, src: int, off: int, *, user
                 if r.kind in ("int", "ptr", "enum"):
                     plan.final_size = r.size if r.size in (1, 2, 4, 8) else 8
                     plan.final_signed = r.signed
-                ctype = r.ctype if r.kind != "array" else r.ctype
+                ctype = r.ctype
                 if r.kind in ("struct",):
                     ctype = r.ctype + " *"  # its address is what a struct reader wants
     if t in INT_TYPES:
@@ -396,7 +399,8 @@ def _place_override(pl: Placement, spec: KProbeSpec, call: str, facts: KernelFac
         pl.return_prog = "vigil_kretprobe" if want_ret else ""
         pl.override = f"bpf_override_return on kprobe:{call}"
         return
-    reasons.append(f"bpf_override_return: {why_o if not ok_o else why_k if not ok_k else f'{call} is not error-injectable'}")
+    why = why_o if not ok_o else why_k if not ok_k else f"{call} is not error-injectable"
+    reasons.append(f"bpf_override_return: {why}")
     pl.block(spec.at("call"), f"Override of {call} needs fmod_ret, a BPF LSM hook or bpf_override_return, and "
              f"none is usable here ({'; '.join(reasons)})", "kernel")
 

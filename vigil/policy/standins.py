@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from vigil.kernel import policy_layout as L
 from vigil.kernel.facts import KernelFacts
+
 from .model import KProbeArg, KProbeSpec, LsmHookSpec
 from .placement import ArgPlan, Placement, plan_arg, size_arg_slots
 from .syscall_place import TRACEPOINT_NAME
@@ -511,7 +512,7 @@ def enforce_placement(spec: KProbeSpec | LsmHookSpec, section: str, index: int, 
     pl.notes.append(f"stand-in for {label}: Override enforced by {pl.override}"
                     + (" (opens of existing files)" if what == "open" else ""))
     lacking = []
-    for slot, a in enumerate(spec.args):
+    for a in spec.args:
         role = roles.get(a.index)
         if role is None:
             lacking.append(a.index)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from vigil.kernel import policy_layout as L
 from vigil.kernel.facts import KernelFacts
+
 from .model import KProbeSpec
 from .placement import Placement, plan_arg, return_plan, size_arg_slots
 from .syscalls import SYSCALL_NUMBERS, SYSCALLS_I386

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from collections.abc import Iterable
 
 # Spellings seen in docs or accepted by Tetragon's looser Go parser, mapped to the CRD spelling.
 _ALIASES = {

@@ -5,8 +5,17 @@ import re
 
 from . import enums, limits, values
 from .errors import Diagnostics, Loc
-from .model import (Hook, KProbeArg, KProbeSpec, LsmHookSpec, Policy, TracepointSpec,
-                    TracingPolicySpec, UProbeSpec, UsdtSpec)
+from .model import (
+    Hook,
+    KProbeArg,
+    KProbeSpec,
+    LsmHookSpec,
+    Policy,
+    TracepointSpec,
+    TracingPolicySpec,
+    UProbeSpec,
+    UsdtSpec,
+)
 from .util import enum_message
 from .validate_args import INT_BITS
 from .validate_selectors import HookCtx, SelectorChecker, check_label_selector
@@ -29,7 +38,7 @@ def validate_policy(policy: Policy, diag: Diagnostics) -> None:
     _check_options(spec, diag)
     _check_enforcers(spec, diag)
     sc = SelectorChecker(diag, spec)
-    for name, m in spec.selectors_macros.items():
+    for m in spec.selectors_macros.values():
         sc.check(m, HookCtx("macro", None))
     hooks = spec.hooks()
     for section, hook in hooks:
@@ -63,7 +72,7 @@ def _check_header(policy: Policy, diag: Diagnostics) -> None:
 
 def _check_spec_selectors(policy: Policy, diag: Diagnostics) -> None:
     spec = policy.spec
-    for key, attr in (("podSelector", "pod_selector"), ("containerSelector",
+    for _key, attr in (("podSelector", "pod_selector"), ("containerSelector",
                       "container_selector"), ("nodeSelector", "node_selector"),
                       ("hostSelector", "host_selector")):
         ls = getattr(spec, attr)
@@ -130,9 +139,8 @@ def _check_options(spec: TracingPolicySpec, diag: Diagnostics) -> None:
                 from .findings import parse_sequence
 
                 parse_sequence(o.value, [sel.label for _s, h in spec.hooks() for sel in h.selectors if sel.label])
-            elif o.name == "sleepable-preload-size":
-                if values.parse_int(o.value) < 0:
-                    raise ValueError("sleepable-preload-size must not be negative")
+            elif o.name == "sleepable-preload-size" and values.parse_int(o.value) < 0:
+                raise ValueError("sleepable-preload-size must not be negative")
         except ValueError as e:
             diag.error(o.at("value"), str(e))
 

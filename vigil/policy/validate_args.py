@@ -2,9 +2,8 @@
 operator fits the argument's type, and whether the values parse."""
 from __future__ import annotations
 
-from typing import Callable
-
 import re
+from collections.abc import Callable
 
 from . import enums, limits, values
 from .errors import Diagnostics

@@ -6,8 +6,17 @@ from dataclasses import dataclass
 
 from . import enums, limits, values
 from .errors import Diagnostics
-from .model import (ActionSelector, BinarySelector, CapabilitiesSelector, Hook, KProbeArg,
-                    LabelSelector, Node, Selector, TracingPolicySpec)
+from .model import (
+    ActionSelector,
+    BinarySelector,
+    CapabilitiesSelector,
+    Hook,
+    KProbeArg,
+    LabelSelector,
+    Node,
+    Selector,
+    TracingPolicySpec,
+)
 from .util import enum_message
 from .validate_args import ArgChecker
 
@@ -209,7 +218,7 @@ class SelectorChecker:
                     self.diag.error(c.at(f"values[{i}]"), str(e))
 
     def _operator(self, n: Node, allowed: tuple[str, ...]) -> bool:
-        op = getattr(n, "operator")
+        op = n.operator
         if op not in allowed:
             self.diag.error(n.at("operator"), enum_message("operator", op, allowed))
             return False

@@ -4,16 +4,17 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from vigil.core import native
-from vigil.events import records as R
 from vigil.core.events import ProcessExec, ProcessExit, ProcessMsg, missing_process
+from vigil.events import records as R
 from vigil.k8s.cgroups import parse as parse_cgroup
-from vigil.process.cache import ProcessCache
 from vigil.kernel.caps import cap_list, securebits_list
 from vigil.kernel.namespaces import NS_NAMES, host_namespaces
+from vigil.process.cache import ProcessCache
 from vigil.process.clock import WallClock
 from vigil.process.ids import exec_id
 from vigil.process.model import Key, Process
@@ -54,7 +55,7 @@ def format_arguments(args: bytes) -> str:
 
 py_format_arguments = format_arguments
 if native.fast is not None:
-    format_arguments = native.fast.format_arguments  # noqa: F811 - the compiled twin
+    format_arguments = native.fast.format_arguments  # the compiled twin
 
 @dataclass(frozen=True)
 class BuildOptions:

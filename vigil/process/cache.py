@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import binascii
 from collections import deque
-from typing import Iterator
+from collections.abc import Iterator
 
 from vigil.process.ids import parse_exec_id
 from vigil.process.model import Key, Process
@@ -128,7 +128,7 @@ class ProcessCache:
 
     def ancestors(self, p: Process, limit: int = 64) -> list[Process]:
         """Parent first, then its parent, ..."""
-        out = []
+        out: list[Process] = []
         by_key = self._by_key
         cur = by_key.get(p.parent_key) if p.parent_key is not None else None
         while cur is not None and len(out) < limit:

@@ -14,7 +14,7 @@ def exec_id(node_name: str, ktime: int, pid: int) -> str:
 
 py_exec_id = exec_id
 if native.fast is not None:
-    exec_id = native.fast.exec_id  # noqa: F811 - the compiled twin
+    exec_id = native.fast.exec_id  # the compiled twin
 
 
 def parse_exec_id(eid: str) -> tuple[str, int, int]:

@@ -8,10 +8,10 @@ Identity: ktime is the process start time (CLOCK_BOOTTIME ticks from
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
-from vigil.kernel.namespaces import NS_NAMES
 from vigil.kernel.cgroups import pid_cgroup
+from vigil.kernel.namespaces import NS_NAMES
 from vigil.process.clock import CLK_TCK, WallClock
 
 
@@ -36,6 +36,28 @@ class ProcSnapshot:
     i_nlink = 1
     userns_uid = 0
     userns_gid = 0
+    # set by snapshot() (the fields of a kernel exec record it fills)
+    pid: int
+    tid: int
+    ppid: int
+    ppid_key: int
+    exec_ktime: int
+    ktime: int
+    pktime: int
+    boottime: int
+    uid: int
+    euid: int
+    suid: int
+    fsuid: int
+    gid: int
+    egid: int
+    sgid: int
+    fsgid: int
+    cap_inheritable: int
+    cap_permitted: int
+    cap_effective: int
+    nspid: int
+    ns: tuple[int, ...]
 
     def __init__(self) -> None:
         self.args = b""

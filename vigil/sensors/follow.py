@@ -36,9 +36,10 @@ class FollowRules:
                 self._rules[key] = (bit, refs + 1)
                 return bit
             used = {b for b, _ in self._rules.values()}
-            bit = next((b for b in range(MAX_RULES) if b not in used), None)
-            if bit is None:
+            free = next((b for b in range(MAX_RULES) if b not in used), None)
+            if free is None:
                 raise PolicyError(f"at most {MAX_RULES} distinct followChildren rules can be active")
+            bit = free
             self._rules[key] = (bit, 1)
             self._write()
             return bit

@@ -10,10 +10,9 @@ import ctypes
 import logging
 import struct
 
-from vigil.kernel import BpfObject, Map
-from vigil.kernel import policy_layout as L
-from vigil.kernel.layouts import check_ctypes
+from vigil.kernel import BpfObject, Map, policy_layout as L
 from vigil.kernel.cgroups import tracking as cgroup_tracking
+from vigil.kernel.layouts import check_ctypes
 from vigil.kernel.paths import bpf_object
 from vigil.policy.compile import CompiledHook
 
@@ -157,7 +156,7 @@ class GenericHook:
 
     def stats(self) -> dict[str, int]:
         if self.obj is None:
-            return {k: 0 for k in STATS}
+            return dict.fromkeys(STATS, 0)
         m = self.obj.map("hook_stats")
         return {name: m.sum_percpu_u64(struct.pack("<I", i)) for i, name in enumerate(STATS)}
 
@@ -228,7 +227,7 @@ class EnforcerHook:
         return self.obj is not None and bool(self.obj.links)
 
     def stats(self) -> dict[str, int]:
-        return {k: 0 for k in STATS}
+        return dict.fromkeys(STATS, 0)
 
     def program_ids(self) -> list[int]:
         from vigil.kernel.info import prog_info

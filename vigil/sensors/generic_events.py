@@ -12,8 +12,8 @@ import os
 from typing import Any
 
 from vigil.kernel import policy_layout as L
-from vigil.policy.compile import CompiledHook
 from vigil.kernel.caps import CAP_NAMES, cap_list
+from vigil.policy.compile import CompiledHook
 
 ACTION_NAMES = {
     0: "KPROBE_ACTION_UNKNOWN", L.ACT["Post"]: "KPROBE_ACTION_POST", L.ACT["NoPost"]: "KPROBE_ACTION_NOPOST",

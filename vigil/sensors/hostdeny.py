@@ -10,7 +10,8 @@ import ipaddress
 import logging
 import os
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from vigil.core.errors import PolicyError
 from vigil.enforce.permd import PermdError, PermissionHelper
@@ -20,6 +21,9 @@ from vigil.kernel import policy_layout as L
 from vigil.policy.compile import CompiledHook
 from vigil.policy.model import Selector
 from vigil.policy.values import parse_family, parse_port
+
+if TYPE_CHECKING:
+    from vigil.enforce.netrules import NetRule
 
 log = logging.getLogger("vigil.sensor.hostdeny")
 
@@ -43,7 +47,7 @@ class GuardRegistry:
     (the helper marks it completely before swapping). Decisions never run here: this side
     only compiles rules and turns the helper's reports into events."""
 
-    def __init__(self, report: Callable[[Report, "FanotifyHook"], None], *, deadline_ms: int = 1000,
+    def __init__(self, report: Callable[[Report, FanotifyHook], None], *, deadline_ms: int = 1000,
                  default_allow: bool = True, test_hooks: bool = False) -> None:
         self._lock = threading.Lock()
         self._hooks: list[FanotifyHook] = []
@@ -54,7 +58,7 @@ class GuardRegistry:
         self.helper: PermissionHelper | None = None
         self.timeouts = 0
 
-    def _apply(self, hooks: list["FanotifyHook"]) -> None:
+    def _apply(self, hooks: list[FanotifyHook]) -> None:
         """Make the rules of `hooks` the table in force, or raise PolicyError and keep the old one."""
         rules = [r for h in hooks for r in h.rules()]
         if not rules:
@@ -80,12 +84,12 @@ class GuardRegistry:
                 self.helper = None
             raise PolicyError(f"fanotify permission helper: {e}") from None
 
-    def add(self, hook: "FanotifyHook") -> None:
+    def add(self, hook: FanotifyHook) -> None:
         with self._lock:
             self._apply(self._hooks + [hook])
             self._hooks.append(hook)
 
-    def remove(self, hook: "FanotifyHook") -> None:
+    def remove(self, hook: FanotifyHook) -> None:
         with self._lock:
             if hook not in self._hooks:
                 return
@@ -224,7 +228,6 @@ class NetDenyHook:
     """connect/sendmsg/bind Override via cgroup-BPF sock_addr programs on the cgroup2 root."""
 
     def __init__(self, compiled: CompiledHook, shared: dict[str, Any], monitor: bool) -> None:
-        from vigil.enforce.netrules import NetRule
 
         self.compiled = compiled
         self.hook_id = compiled.hook_id
@@ -239,7 +242,7 @@ class NetDenyHook:
             raise PolicyError(f"{compiled.placement.loc}: an Override on {compiled.placement.target} needs a selector "
                               "with Override/Sigkill to become a socket rule")
 
-    def _rules_for(self, si: int, sel: Selector, what: str) -> list:
+    def _rules_for(self, si: int, sel: Selector, what: str) -> list[NetRule]:
         from vigil.enforce.netrules import NetRule
 
         act = _action(sel)

@@ -16,7 +16,7 @@ import os
 import select
 import struct
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from vigil.kernel.objects import possible_cpus
 
@@ -161,7 +161,7 @@ class LoaderSensor:
             self.seen += 1
             try:
                 self.emit(pid, tid, path, build_id, time_ns)
-            except Exception:  # noqa: BLE001 - one bad event must not stop the sensor
+            except Exception:  # one bad event must not stop the sensor
                 log.exception("loader event for %s", path)
         struct.pack_into("<Q", ring, 1032, tail)
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 import struct
-from typing import Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from vigil.events import records as R
 from vigil.kernel import BpfError, BpfObject, possible_cpus
-from vigil.kernel.layouts import Layout
 from vigil.kernel.cgroups import tracking as cgroup_tracking
+from vigil.kernel.layouts import Layout
 from vigil.kernel.paths import bpf_object
 
 log = logging.getLogger("vigil.sensor.process")
@@ -84,7 +85,7 @@ class ProcessSensor:
         assert self.obj is not None
         return self.obj.map("vigil_drops")
 
-    def seed(self, entries: Iterable[tuple]) -> set[int]:
+    def seed(self, entries: Iterable[tuple[Any, ...]]) -> set[int]:
         """Write (pid, ktime, ppid, pktime, binary, caps(eff, inh, prm), ns) of pre-existing
         processes into execve_map.
 

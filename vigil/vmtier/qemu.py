@@ -7,9 +7,9 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .hostdeps import QEMU
 from .initramfs import EXIT_MARKER, MOUNT_TAG

@@ -14,8 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import BUILD_DIR, REPO_ROOT, Skip, TierError
-from . import hostdeps, initramfs, kernels, qemu
+from . import BUILD_DIR, REPO_ROOT, Skip, TierError, hostdeps, initramfs, kernels, qemu
 from .log import log
 
 DEFAULT_TIMEOUT = 480.0  # per boot; two boots must fit the 20 min budget on 2 cores under TCG

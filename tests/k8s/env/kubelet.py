@@ -19,7 +19,6 @@ from typing import Any
 
 from tests.k8s.env.containerd import BUSYBOX, Containerd
 
-
 # How a test runs a command inside a container: each test container starts with a small exec
 # server (busybox sh) reading command lines from a FIFO the test owns, and runs each one as its
 # own child with `exec`, inside the container (its root, namespaces and cgroup). CRI's ExecSync
@@ -33,7 +32,7 @@ _EXEC_SERVER = (f'mkfifo {EXEC_DIR}/in 2>/dev/null; '
 
 
 def now_rfc3339() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass

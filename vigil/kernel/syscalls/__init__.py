@@ -23,7 +23,7 @@ NUMBERS: dict[str, dict[str, int]] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def names(arch: str) -> tuple[str, ...]:
     """Names by number ("-" for an unused number)."""
     table = NUMBERS[arch]
