@@ -12,8 +12,8 @@ from __future__ import annotations
 import errno
 import os
 import shlex
-import stat
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile

@@ -568,7 +568,8 @@ def probe_all(obj_path: str | os.PathLike[str] | None = None, *, refresh: bool =
     if _cache is not None and not refresh:
         return _cache
     t = time.perf_counter()
-    results = _Prober(os.fspath(obj_path) if obj_path else str(bpf_object("probe"))).probe()  # VIGIL_BPF_DIR in a package
+    # bpf_object: VIGIL_BPF_DIR where a package puts the objects
+    results = _Prober(os.fspath(obj_path) if obj_path else str(bpf_object("probe"))).probe()
     ordered = {n: results.get(n, Feature(n, None, "not probed")) for n in FEATURES}
     _cache = ordered
     log.info("kernel features (%.0f ms): yes: %s; no: %s; inconclusive: %s",
