@@ -30,7 +30,8 @@ def _explain_json(cmd: list[str]) -> dict[str, Any]:
     start = out.find("{")
     if start < 0:
         raise SystemExit(f"no JSON from {' '.join(cmd)}:\n{out[-2000:]}")
-    return json.loads(out[start:])
+    report: dict[str, Any] = json.loads(out[start:])
+    return report
 
 
 def host(examples: Path, substitute: bool) -> dict[str, Any]:
