@@ -28,8 +28,17 @@ def status(agent: AgentProcess) -> dict:
 
 
 def children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    return [int(x) for x in out.split()]
+    """Direct children of `pid`, from /proc (no procps on a minimal box)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d))
+    return out
 
 
 def test_slow_client_loses_only_its_own_events(tmp_path: Path) -> None:
@@ -90,12 +99,14 @@ def test_slow_client_loses_only_its_own_events(tmp_path: Path) -> None:
 def test_serving_process_is_not_the_agent_and_goes_with_it(tmp_path: Path) -> None:
     require_root()
     a = AgentProcess(tmp_path, [])
-    served = status(a)  # a unary call through the serving process to the agent
-    assert served["grpc"]["serving_processes"] == 1
-    kids = [k for k in children(a.proc.pid) if "vigil.api.fanout" in Path(f"/proc/{k}/cmdline").read_text()]
-    assert len(kids) == 1
-    a.proc.kill()
-    a.proc.wait()
+    try:
+        served = status(a)  # a unary call through the serving process to the agent
+        assert served["grpc"]["serving_processes"] == 1
+        kids = [k for k in children(a.proc.pid) if "vigil.api.fanout" in Path(f"/proc/{k}/cmdline").read_text()]
+        assert len(kids) == 1
+    finally:
+        a.proc.kill()
+        a.proc.wait()
     deadline = time.monotonic() + 20
     while os.path.exists(f"/proc/{kids[0]}") and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -82,6 +82,30 @@ kprobes:
     assert len(got) == 1 and got[0]["action"] == "KPROBE_ACTION_POST"
 
 
+# A chrooted caller may not create a user namespace (EPERM; the fresh-box check runs the suite
+# in a chroot): the child then climbs to the mount namespace's root (a chroot into a scratch
+# directory leaves its working directory outside the new root, so ".." goes all the way up),
+# makes the namespace there (in it the child holds CAP_SYS_CHROOT) and returns to its old root,
+# so the paths it opens stay the test's.
+USERNS_CHILD = """
+import ctypes, os, tempfile
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.unshare(0x10000000) != 0:
+    old = os.open("/", os.O_RDONLY)
+    scratch = tempfile.mkdtemp()
+    os.chdir("/")
+    os.chroot(scratch)
+    for _ in range(256):
+        os.chdir("..")
+    os.chroot(".")
+    assert libc.unshare(0x10000000) == 0, os.strerror(ctypes.get_errno())
+    os.fchdir(old)
+    os.chroot(".")
+    os.chdir("/")
+    os.rmdir(scratch)
+"""
+
+
 def test_several_matchcapabilities_entries_and_isnamespacecapability(running_agent: RunningAgent,
                                                                      pywork: Path) -> None:
     """isNamespaceCapability: the capability counts only in a user namespace other than the
@@ -99,7 +123,7 @@ kprobes:
     - {{type: Effective, operator: In, isNamespaceCapability: true, values: [CAP_SYS_ADMIN]}}
     - {{type: Permitted, operator: In, values: [CAP_SYS_ADMIN]}}
 """
-    userns = "import ctypes\nctypes.CDLL(None).unshare(0x10000000)\n" + open_file(f"{d}/present.txt")
+    userns = USERNS_CHILD + open_file(f"{d}/present.txt")
     host, inns = Run(), Run()
     with loaded(running_agent, policy_yaml("ns-caps", spec)):
         events = running_agent.collect(lambda: (run_py(pywork, open_file(f"{d}/present.txt"), out=host),
