@@ -1148,6 +1148,7 @@ typedef struct {
 	PyObject *m_parents, *m_on_exit, *m_add, *m_exit, *m_rfc3339, *m_signal_name;
 	PyObject *s_exec_count, *s_exit_count, *s_offset, *s_enable_cred, *s_enable_ns, *s_ancestors;
 	PyObject *s_order, *s_pending, *s_append, *s_capacity, *s_grace, *m_release, *m_evict, *m_rebuild_order;
+	PyObject *s_pods, *s_pod_json;
 	PyObject *empty_str, *empty_tuple;
 	PyTypeObject *proc_type;
 	Py_ssize_t proc_off[P_COUNT];
@@ -1169,7 +1170,7 @@ typedef struct {
 		&b->s_exec_count, &b->s_exit_count, &b->s_offset, &b->s_enable_cred, &b->s_enable_ns,            \
 		&b->s_ancestors, &b->empty_str, &b->empty_tuple, (PyObject **)&b->proc_type, &b->s_order,         \
 		&b->s_pending, &b->s_append, &b->s_capacity, &b->s_grace, &b->m_release, &b->m_evict,             \
-		&b->m_rebuild_order, &b->last_creds,                                                         \
+		&b->m_rebuild_order, &b->last_creds, &b->s_pods, &b->s_pod_json,                             \
 	}
 
 static int builder_traverse(Builder *b, visitproc visit, void *arg)
@@ -1262,6 +1263,8 @@ static int builder_init(Builder *b, PyObject *args, PyObject *kw)
 	b->s_append = PyUnicode_InternFromString("append");
 	b->s_capacity = PyUnicode_InternFromString("capacity");
 	b->s_grace = PyUnicode_InternFromString("grace_ns");
+	b->s_pods = PyUnicode_InternFromString("pods");
+	b->s_pod_json = PyUnicode_InternFromString("pod_json");
 	b->empty_str = PyUnicode_FromString("");
 	b->empty_tuple = PyTuple_New(0);
 	b->sec_cached = LLONG_MIN;
@@ -1270,7 +1273,7 @@ static int builder_init(Builder *b, PyObject *args, PyObject *kw)
 		return -1;
 	if (!b->node_s || !b->s_exec_count || !b->s_exit_count || !b->s_offset || !b->s_enable_cred ||
 	    !b->s_enable_ns || !b->s_ancestors || !b->empty_str || !b->empty_tuple || !b->s_order || !b->s_pending ||
-	    !b->s_append || !b->s_capacity || !b->s_grace)
+	    !b->s_append || !b->s_capacity || !b->s_grace || !b->s_pods || !b->s_pod_json)
 		return -1;
 	return 0;
 }
@@ -1711,6 +1714,24 @@ static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t n
 	SET_STEAL(msg, msg_off[M_TID], PyLong_FromUnsignedLong(r->tid));
 	if (PyErr_Occurred())
 		goto out;
+	/* pod data (--enable-k8s-api) for a process in a container: EventBuilder.pods resolves it */
+	if (PyUnicode_GET_LENGTH(docker)) {
+		PyObject *pods = PyObject_GetAttr(b->builder, b->s_pods);
+		if (!pods)
+			goto out;
+		if (pods != Py_None) {
+			PyObject *np = PyLong_FromUnsignedLong(r->nspid);
+			PyObject *pod = np ? PyObject_CallMethodObjArgs(pods, b->s_pod_json, r->cgroup_name, np, binary,
+									  arguments, NULL) : NULL;
+			Py_XDECREF(np);
+			if (!pod) {
+				Py_DECREF(pods);
+				goto out;
+			}
+			SET_STEAL(msg, msg_off[M_POD], pod);
+		}
+		Py_DECREF(pods);
+	}
 	/* the cache entry */
 	if (!(p = new_slotted(b->proc_type)))
 		goto out;

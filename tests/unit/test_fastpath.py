@@ -253,6 +253,20 @@ steps = st.lists(st.one_of(
 ), min_size=1, max_size=40)
 
 
+class FakePods:
+    """A pod resolver (vigil.k8s.enrich.PodResolver's interface) whose answer depends on
+    every argument, so both builders must pass the same ones."""
+
+    def pod_json(self, cgroup_name: str, pid: int, binary: str, arguments: str) -> dict[str, Any] | None:
+        if arguments.startswith("x"):
+            return None  # container known, pod not (yet)
+        return {"namespace": "shop", "name": cgroup_name[-12:], "container": {"id": binary, "pid": pid},
+                "workload": arguments}
+
+    def with_pid(self, pod: dict[str, Any], pid: int) -> dict[str, Any]:
+        return {**pod, "container": {**pod["container"], "pid": pid}}
+
+
 def _builders(opts: dict[str, Any], capacity: int) -> tuple[Any, Any]:
     from vigil.process.build import BuildOptions, EventBuilder
     from vigil.process.cache import ProcessCache
@@ -279,12 +293,14 @@ def _cache_state(b: Any) -> Any:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps, st.fixed_dictionaries({"enable_cred": st.booleans(), "enable_ns": st.booleans(),
-                                     "ancestors": st.booleans()}), st.sampled_from([4, 64]))
-def test_builder(seq: list[Any], opts: dict[str, Any], capacity: int) -> None:
+                                     "ancestors": st.booleans()}), st.sampled_from([4, 64]), st.booleans())
+def test_builder(seq: list[Any], opts: dict[str, Any], capacity: int, pods: bool) -> None:
     """Random exec/clone/exit/gc sequences through the compiled and the Python builder:
     the same events (their JSON), the same cache (every slot of every entry, the
     pid index, the removal and eviction queues) and the same counters."""
     fast_b, ref_b = _builders(opts, capacity)
+    if pods:  # --enable-k8s-api: container processes get pod data
+        fast_b.pods = ref_b.pods = FakePods()
     handlers = fast_b.record_handlers()
     assert handlers[R.OP_EXEC] == fast_b._fast.on_exec
     pids: list[tuple[int, int]] = [(1, 0)]

@@ -162,7 +162,6 @@ class Agent:
                             cache=self.cache, inject=self.inject, annotations=c.enable_pod_annotations)
         self.k8s.start_pods()  # before the procfs scan: processes found at start get their pods too
         self.builder.pods = self.k8s.resolver
-        self.handlers.update(self.builder.record_handlers())  # exec handlers that add pod data
     def _start_pins(self) -> None:
         """--keep-sensors-on-exit: pin every attachment from now on. Either way, find what a
         previous agent left pinned (killed, or kept its sensors)."""

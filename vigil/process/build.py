@@ -127,19 +127,7 @@ class EventBuilder:
             self.on_clone(R.ProcessRecord(buf), now)
 
         if self._fast is not None:
-            on_exec = self._fast.on_exec
-            if self.pods is not None:
-                fast_exec = on_exec
-
-                def on_exec(buf: bytes, now: int) -> Any:
-                    # pod data only for processes in containers: the compiled exec leaves it out
-                    ev = fast_exec(buf, now)
-                    m = ev.process if ev is not None else None
-                    if m is not None and m.docker and m.pod is None:
-                        r = R.ProcessRecord(buf)
-                        m.pod = self.pods.pod_json(r.cgroup_name, r.nspid, m.binary, m.arguments)
-                    return ev
-            return {R.OP_EXEC: on_exec, R.OP_CLONE: on_clone, R.OP_EXIT: self._fast.on_exit}
+            return {R.OP_EXEC: self._fast.on_exec, R.OP_CLONE: on_clone, R.OP_EXIT: self._fast.on_exit}
         return {R.OP_EXEC: lambda buf, now: self.on_exec(R.ProcessRecord(buf), now), R.OP_CLONE: on_clone,
                 R.OP_EXIT: lambda buf, now: self.on_exit(R.ExitRecord(buf), now)}
 
