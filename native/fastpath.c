@@ -536,7 +536,7 @@ static int get_sub(PyObject *v)
 {
 	if (v == Py_None)
 		return 0;
-	if (!v || !PyDict_CheckExact(v))
+	if (!v || !PyDict_Check(v))  /* subclasses too: a Pod is encoded by its callback */
 		return -FALLBACK;
 	return PyDict_GET_SIZE(v) > 0;
 }

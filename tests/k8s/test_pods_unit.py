@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from vigil.core.events import ProcessExec, ProcessMsg
 from vigil.k8s.enrich import HoldStage, PodResolver
@@ -165,3 +166,33 @@ def test_hold_stage_deadline_and_bound_never_drop() -> None:
     assert released == evs[:2] and hold.stats()["released_without_pod"] == 2
     later = [exec_event(CID[:31], 9)]
     assert hold.filter(later, now_ns=2_000_000_000) == later
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.fixed_dictionaries({
+    "labels": st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=3),
+    "workload": st.sampled_from(["", "web", "w\u00e9b"]), "image": st.sampled_from(["", "reg/web:1"]),
+    "started": st.sampled_from(["", "2026-12-05T10:00:00Z"]), "pid": st.integers(0, 2**31),
+    "probe": st.booleans()}))
+def test_pod_json_equals_the_whole_dicts_encoding(v: dict[str, Any]) -> None:
+    """The export encodes a container's shared part once and adds the process's own fields:
+    the same bytes as encoding the pod dict whole, and the dict is Tetragon's pod object."""
+    import orjson
+
+    from vigil.core.events import Pod
+    from vigil.export.codec import pod_json
+
+    cont: dict[str, Any] = {"id": "containerd://abc", "name": "app"}
+    if v["image"]:
+        cont["image"] = {"name": v["image"]}
+    if v["started"]:
+        cont["start_time"] = v["started"]
+    shared: dict[str, Any] = {"namespace": "shop", "name": "web-1", "uid": "u", "container": cont}
+    if v["labels"]:
+        shared["pod_labels"] = v["labels"]
+    if v["workload"]:
+        shared["workload"] = v["workload"]
+    p = Pod(shared, v["pid"], v["probe"])
+    assert pod_json(p) == orjson.dumps(dict(p)) == orjson.dumps(p)
+    assert list(p) == list(shared) and p["container"]["id"] == "containerd://abc"
+    assert ("pid" in p["container"]) == bool(v["pid"]) and shared["container"] is cont and "pid" not in cont

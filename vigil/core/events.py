@@ -135,6 +135,27 @@ class DictEvent(Event):
         self.enc_dict = data
 
 
+class Pod(dict):  # type: ignore[type-arg]
+    """Tetragon's `pod` object of one process, a plain dict of its fields to every consumer.
+    Most of it is its container's (`shared`: one dict per container, never changed, with the
+    container's own part under "container"); the process adds its pid inside the container and
+    the exec-probe guess. Encoders may encode `shared` once per container and add the rest."""
+
+    __slots__ = ("shared", "pid", "probe")
+
+    def __init__(self, shared: dict[str, Any], pid: int, probe: bool) -> None:
+        super().__init__(shared)
+        cont = dict(shared["container"])
+        if pid:
+            cont["pid"] = pid
+        if probe:
+            cont["maybe_exec_probe"] = True
+        self["container"] = cont
+        self.shared = shared
+        self.pid = pid
+        self.probe = probe
+
+
 # A process that left no trace (exited before the agent saw it): its exit event carries
 # this much, flagged "miss", as Tetragon does.
 def missing_process(exec_id: str, pid: int, tid: int) -> ProcessMsg:

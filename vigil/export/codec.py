@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from vigil.core import native
-from vigil.core.events import DictEvent, Event, PolicyEvent, ProcessExec, ProcessExit, ProcessMsg
+from vigil.core.events import DictEvent, Event, Pod, PolicyEvent, ProcessExec, ProcessExit, ProcessMsg
 from vigil.export.dicts import event_dict
 
 _NL = orjson.OPT_APPEND_NEWLINE
@@ -49,7 +49,35 @@ def _sub(d: Any) -> Any:
 
 
 def _sub_json(d: Any) -> bytes:
+    if type(d) is Pod:
+        return pod_json(d)
     return _sub_entry(d)[1]
+
+
+# id(Pod.shared) -> (that dict, its JSON up to the container's closing brace, the rest)
+_PODS: dict[int, tuple[dict[str, Any], bytes, bytes]] = {}
+
+
+def pod_json(p: Pod) -> bytes:
+    """A process's pod object: its container's part encoded once, the process's pid and
+    exec-probe guess added (the same bytes as encoding the whole dict)."""
+    sh = p.shared
+    e = _PODS.get(id(sh))
+    if e is None or e[0] is not sh:
+        raw, cont = _dumps(sh), _dumps(sh["container"])
+        at = raw.index(b'"container":' + cont) + len(b'"container":') + len(cont) - 1
+        e = (sh, raw[:at], raw[at:])
+        if len(_PODS) >= _SUBS_MAX:
+            _PODS.clear()
+        _PODS[id(sh)] = e
+    own = b""
+    sep = b"," if len(sh["container"]) else b""
+    if p.pid:
+        own = b'%s"pid":%d' % (sep, p.pid)
+        sep = b","
+    if p.probe:
+        own += sep + b'"maybe_exec_probe":true'
+    return e[1] + own + e[2]
 
 
 def py_process_json(m: ProcessMsg) -> bytes:

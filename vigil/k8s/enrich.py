@@ -15,7 +15,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
-from vigil.core.events import Event
+from vigil.core.events import Event, Pod
 from vigil.k8s.cgroups import ContainerRef, parse
 from vigil.k8s.pods import ContainerInfo, PodInfo, PodStore, maybe_exec_probe
 
@@ -30,7 +30,7 @@ class PodResolver:
         self.by_docker: dict[str, ContainerRef] = {}      # docker field (31) -> ref of kubelet containers
         # cgroup name -> ((pod, container) as the store holds them, pod json base, container base):
         # reused while the store still holds that same (pod, container) entry
-        self._by_cg: dict[str, tuple[tuple[PodInfo, ContainerInfo], tuple[Any, ...]]] = {}
+        self._by_cg: dict[str, tuple[tuple[PodInfo, ContainerInfo], dict[str, Any]]] = {}
         self.enriched = 0
         self.unknown = 0
 
@@ -45,20 +45,25 @@ class PodResolver:
                 self.by_docker[r.docker] = r
         return r
 
-    def _base(self, pod: PodInfo, c: ContainerInfo) -> tuple[Any, ...]:
-        """What every process of this container shares, built once: the values of the pod
-        object and of its container object (shared, never mutated)."""
+    def _base(self, pod: PodInfo, c: ContainerInfo) -> dict[str, Any]:
+        """What every process of this container shares, built once: the pod object with its
+        container's part (no pid), in Tetragon's field order; shared, never mutated."""
+        cont: dict[str, Any] = {"id": c.runtime_id, "name": c.name}
         image = {k: v for k, v in (("id", c.image_id), ("name", c.image)) if v}
-        extra: dict[str, Any] = {}
+        if image:
+            cont["image"] = image
+        if c.started_at:
+            cont["start_time"] = c.started_at
+        d: dict[str, Any] = {"namespace": pod.namespace, "name": pod.name, "uid": pod.uid, "container": cont}
         if pod.labels:
-            extra["pod_labels"] = pod.labels
+            d["pod_labels"] = pod.labels
         if pod.workload:
-            extra["workload"] = pod.workload
+            d["workload"] = pod.workload
         if pod.workload_kind:
-            extra["workload_kind"] = pod.workload_kind
+            d["workload_kind"] = pod.workload_kind
         if self.annotations and pod.annotations:
-            extra["pod_annotations"] = pod.annotations
-        return (pod.namespace, pod.name, pod.uid, c.runtime_id, c.name, image or None, c.started_at or None, extra)
+            d["pod_annotations"] = pod.annotations
+        return d
 
     def pod_json(self, cgroup_name: str, pid: int, binary: str, arguments: str) -> dict[str, Any] | None:
         """Tetragon's `pod` object for a process in this cgroup (None: no pod known)."""
@@ -76,26 +81,16 @@ class PodResolver:
             hit = self._by_cg[cgroup_name] = (entry, self._base(*entry))
         return self._with_process(hit[1], hit[0][1], pid, binary, arguments)
 
-    def _with_process(self, base: tuple[Any, ...], c: ContainerInfo, pid: int, binary: str,
-                      arguments: str) -> dict[str, Any]:
+    def _with_process(self, base: dict[str, Any], c: ContainerInfo, pid: int, binary: str,
+                      arguments: str) -> Pod:
         self.enriched += 1
-        ns, name, uid, cid, cname, image, started, extra = base
-        cont: dict[str, Any] = {"id": cid, "name": cname}
-        if image is not None:
-            cont["image"] = image
-        if started is not None:
-            cont["start_time"] = started
-        if pid:
-            cont["pid"] = pid
-        if c.probe_args and arguments in c.probe_args and maybe_exec_probe(c, binary, arguments):
-            cont["maybe_exec_probe"] = True
-        d = {"namespace": ns, "name": name, "uid": uid, "container": cont}
-        if extra:
-            d.update(extra)
-        return d
+        probe = bool(c.probe_args and arguments in c.probe_args and maybe_exec_probe(c, binary, arguments))
+        return Pod(base, pid, probe)
 
     def with_pid(self, pod_json: dict[str, Any], pid: int) -> dict[str, Any]:
         """The same pod object for a forked child (its own pid inside the container)."""
+        if isinstance(pod_json, Pod):
+            return Pod(pod_json.shared, pid, False)
         d = dict(pod_json)
         cont = dict(d.get("container") or {})
         cont.pop("pid", None)
