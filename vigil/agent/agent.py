@@ -75,9 +75,9 @@ class Agent:
         self.policies = PolicyManager(self)
         b = self.builder
         self.handlers.update(b.record_handlers())
-        self.handlers[R.OP_GENERIC] = self.policies.handle
-        self.handlers[R.OP_NETDENY] = self.policies.handle_netdeny
-        self.handlers[R.OP_DATA] = self.policies.handle_data
+        self.handlers[R.OP_GENERIC] = self.policies.events.handle
+        self.handlers[R.OP_NETDENY] = self.policies.events.handle_netdeny
+        self.handlers[R.OP_DATA] = self.policies.events.handle_data
         self._injected: deque[Event] = deque()
         self.pins: Any = None                # PinDir while --keep-sensors-on-exit is on
         self._previous: list[Any] = []       # runs a killed or keeping agent left pinned
