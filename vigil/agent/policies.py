@@ -93,7 +93,7 @@ class PolicyManager:
 
         self.user_actions = UserActions()
         # records of our hooks become events there; the table and the counters stay ours
-        self.events = PolicyEvents(agent.builder, agent.inject, self.hooks, self.user_actions)
+        self.events = PolicyEvents(agent.builder, agent.pipeline.inject, self.hooks, self.user_actions)
         cfg = getattr(agent, "config", None)
         self.guards = GuardRegistry(self.events.report_fanotify,
                                     deadline_ms=getattr(cfg, "permission_deadline_ms", 1000),
