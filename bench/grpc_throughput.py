@@ -108,7 +108,7 @@ def run_phase(records: list[bytes], tmp: Path, n_clients: int, raw: bool) -> dic
         t0 = time.monotonic()
         agent.run()
         t_export = time.monotonic() - t0
-        n_events = sum(agent.events_by_type.values())
+        n_events = sum(agent.pipeline.events_by_type.values())
         dropped: list[int] = []
         grpc_stats: dict = {}
         if fe is not None:

@@ -109,7 +109,7 @@ def replay(recs: list[bytes], pods: list[dict[str, Any]] | None, export: str) ->
     if pods is not None:
         from vigil.k8s.stage import K8sStage
 
-        stage = K8sStage(node=NODE, cache=agent.cache, inject=agent.inject)
+        stage = K8sStage(node=NODE, cache=agent.cache, inject=agent.pipeline.inject)
         stage.store.replace_all(pods)         # what the pod watch delivers
         agent.k8s, agent.builder.pods = stage, stage.resolver
     agent.start()

@@ -63,7 +63,7 @@ def test_processes_started_before_the_agent_get_pod_data(cluster: Cluster) -> No
         with K8sAgent(cluster) as a:
             sub = a.agent.subscribe()
             try:
-                snap = [p for p in a.agent.process_cache_dump()
+                snap = [p for p in a.agent.control.process_cache_dump()
                         if p["process"].get("docker") == pod.containers["main"][:31]]
             finally:
                 sub.close()

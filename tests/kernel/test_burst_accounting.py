@@ -60,7 +60,7 @@ def test_burst_of_policy_events_is_exported_whole(workdir: Path) -> None:
                 return sum(1 for ln in f if b'"policy_name":"burst-accounting"' in ln)
 
         def accounted() -> tuple[int, int, int, dict, dict]:
-            ra.agent.tick()  # reads the kernel's drop counters
+            ra.agent.pipeline.tick()  # reads the kernel's drop counters
             st = ra.agent.status()
             ks = next(p for p in ra.agent.list_policies() if p["name"] == "burst-accounting")["kernel_stats"]
             produced = ks["hits"] - ks["filtered"] - ks["ratelimited"]

@@ -481,11 +481,11 @@ def test_delete_frees_kernel_objects_and_stops_events(running_agent: RunningAgen
     ids = set(st["program_ids"])
     assert ids and ids <= loaded_prog_ids()
     # disable: no events; enable: events again
-    running_agent.agent.set_policy_enabled(name, False)
+    running_agent.agent.control.set_policy_enabled(name, False)
     r1 = Run()
     events = running_agent.collect(lambda: run_py(pywork, open_file(f"{d}/present.txt"), out=r1))
     assert not policy_events(events, r1.pid, name)
-    running_agent.agent.set_policy_enabled(name, True)
+    running_agent.agent.control.set_policy_enabled(name, True)
     r2 = Run()
     events = running_agent.collect(lambda: run_py(pywork, open_file(f"{d}/present.txt"), out=r2))
     assert policy_events(events, r2.pid, name)

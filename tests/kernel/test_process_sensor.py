@@ -254,7 +254,7 @@ def test_ring_buffer_overflow_is_counted_not_silent(workdir: Path, tmp_path: Pat
             os.waitpid(pid, 0)
         drops = agent.sensor.drops()
         assert drops["ringbuf_full_exec"] > 0
-        agent.tick()
+        agent.pipeline.tick()
         assert agent.status()["lost"]["kernel"]["ringbuf_full_exec"] == drops["ringbuf_full_exec"]
     finally:
         agent.close()

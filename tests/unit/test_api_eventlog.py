@@ -18,7 +18,7 @@ def stub(tmp_path: Path):  # type: ignore[no-untyped-def]
     agent = Agent(AgentConfig(export_filename=str(tmp_path / "e.log"), server_address="", node_name="n",
                               export_file_max_size_mb=10, export_file_max_backups=5), source=ReplaySource([]))
     agent.start()
-    srv = ApiServer(agent, f"unix://{tmp_path}/s.sock", info_files=[], health=False)
+    srv = ApiServer(agent.control, f"unix://{tmp_path}/s.sock", info_files=[], health=False)
     srv.start()
     ch = grpc.insecure_channel(f"unix://{tmp_path}/s.sock")
     try:
@@ -36,7 +36,7 @@ def test_get_and_set_rotation(stub):
     s.SetEventLogParams(pb.SetEventLogParamsRequest(max_size=2, rotation_interval="1h30m", max_backups=3), timeout=5)
     got = s.GetEventLogParams(pb.GetEventLogParamsRequest(), timeout=5)
     assert (got.max_size, got.rotation_interval, got.max_backups) == (2, "1h30m", 3)
-    assert agent.writer.rotation_interval == 5400
+    assert agent.pipeline.writer.rotation_interval == 5400
 
 
 def test_bad_duration_is_invalid_argument(stub):

@@ -73,7 +73,7 @@ def test_bad_records_are_counted_not_fatal(tmp_path: Path):
                   source=ReplaySource([b"\x63junk", b"\x01short", process_record(pid=1, ktime=1)]))
     agent.start()
     agent.run()
-    assert agent.decode_errors == 2
+    assert agent.pipeline.decode_errors == 2
     assert agent.status()["events"] == {"process_exec": 1}
     agent.close()
 

@@ -31,7 +31,7 @@ class GrpcFrontend:
         self.agent = agent
         self.cfg = cfg
         self.rundir = tempfile.mkdtemp(prefix="vigil-agent-", dir=_run_root())
-        self.internal = ApiServer(agent, f"unix://{self.rundir}/agent.sock", info_files=[])
+        self.internal = ApiServer(agent.control, f"unix://{self.rundir}/agent.sock", info_files=[])
         self.ring = RingWriter(cfg.server_ring_mb << 20)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.wakes: list[int] = []
@@ -90,13 +90,13 @@ class GrpcFrontend:
 
     def start(self) -> None:
         self.internal.start()
-        ef = getattr(self.agent, "export_filter", None)
+        ef = self.agent.pipeline.export_filter
         self.redaction = ef.redaction if ef is not None and ef.redaction else None
         for i in range(self.cfg.server_processes):
             self._spawn(i)
         log.info("gRPC API on %s (%d serving process%s)", self.address, len(self.procs),
                  "es" if len(self.procs) > 1 else "")
-        self.agent.sinks.append(self.publish)
+        self.agent.pipeline.sinks.append(self.publish)
 
     def publish(self, events: list[Any]) -> None:
         """Encode each event once into the ring, if a client is there to read it."""
@@ -142,8 +142,8 @@ class GrpcFrontend:
         }
 
     def stop(self) -> None:
-        if self.publish in self.agent.sinks:
-            self.agent.sinks.remove(self.publish)
+        if self.publish in self.agent.pipeline.sinks:
+            self.agent.pipeline.sinks.remove(self.publish)
         for proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -187,4 +187,4 @@ def attach_frontends(agent: Any) -> None:
     if cfg.metrics_server:
         from vigil.agent.metrics import MetricsFrontend
 
-        agent.frontends.append(MetricsFrontend(agent, cfg.metrics_server))
+        agent.frontends.append(MetricsFrontend(agent.control, cfg.metrics_server))

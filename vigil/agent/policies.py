@@ -17,13 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from vigil.core.errors import PolicyError, PolicyNotFound
-from vigil.core.events import PolicyEvent, ProcessMsg, missing_process
-from vigil.events import generic as G
 from vigil.kernel import policy_layout as L
 from vigil.policy import PolicyErrors, load_policies, parse_policies
 from vigil.policy.compile import CompiledHook, CompiledPolicy, compile_policy
 from vigil.policy.model import Policy
-from vigil.sensors import generic_events
 
 log = logging.getLogger("vigil.policies")
 
@@ -90,19 +87,18 @@ class PolicyManager:
         self._facts: Any = None
         self._notes: Any = None
         self._loader: Any = None
+        from vigil.agent.policy_events import PolicyEvents
+        from vigil.sensors.hostdeny import GuardRegistry
         from vigil.sensors.user_actions import UserActions
 
         self.user_actions = UserActions()
-        from vigil.sensors.hostdeny import GuardRegistry
-
+        # records of our hooks become events there; the table and the counters stay ours
+        self.events = PolicyEvents(agent.builder, agent.pipeline.inject, self.hooks, self.user_actions)
         cfg = getattr(agent, "config", None)
-        self.guards = GuardRegistry(self._report_fanotify,
+        self.guards = GuardRegistry(self.events.report_fanotify,
                                     deadline_ms=getattr(cfg, "permission_deadline_ms", 1000),
                                     default_allow=getattr(cfg, "permission_default", "allow") == "allow",
                                     test_hooks=os.environ.get("VIGIL_TEST_HOOKS") == "1")
-        # maxData chunks wait here for their event: (event ktime, tid, slot) -> [(offset, bytes)]
-        self._data: dict[tuple[int, int, int], list[tuple[int, bytes]]] = {}
-        self.data_orphans = 0
 
     # -- kernel facts, gathered once on first use (the probe loads programs: keep it off the start path)
     @property
@@ -120,25 +116,8 @@ class PolicyManager:
         if self._loader is None:
             from vigil.sensors.loader import LoaderSensor
 
-            self._loader = LoaderSensor(self._loader_event)
+            self._loader = LoaderSensor(self.events.loader_event)
         return self._loader
-
-    def _loader_event(self, pid: int, tid: int, path: str, build_id: bytes, time_ns: int) -> None:
-        """Runs on the loader sensor's thread."""
-        import base64
-
-        from vigil.core.events import DictEvent
-        from vigil.export.dicts import process_dict
-
-        process, parent = self._processes(pid, 0, tid)
-        # ProcessLoader: process (1), path (2), buildid (3), parent (4), as a dict event
-        body: dict[str, Any] = {"process": process_dict(process), "path": path}
-        if build_id:
-            body["buildid"] = base64.b64encode(build_id).decode()
-        if parent is not None:
-            body["parent"] = process_dict(parent)
-        self.agent.inject(DictEvent({"process_loader": body, "node_name": self.agent.node_name,
-                                     "time": self.agent.clock.ktime_rfc3339(time_ns)}))
 
     def _follow_rules(self) -> Any:
         from vigil.sensors.follow import FollowRules
@@ -458,90 +437,6 @@ class PolicyManager:
         with self._lock:
             return [self.status(lp) for lp in self.policies.values()]
 
-    # -- records
-    def _processes(self, pid: int, exec_ktime: int = 0, tid: int = 0) -> tuple[ProcessMsg, ProcessMsg | None]:
-        """The message of the process a record names, and its parent's."""
-        cache = self.agent.builder.cache
-        # by (pid, ktime) key: an exec_id string would be encoded here and decoded by the cache
-        p = cache.get((pid, exec_ktime)) if exec_ktime else None
-        if p is None:
-            p = cache.by_pid(pid)
-        if p is None:
-            return missing_process("", pid, tid or pid), None
-        parent = cache.get(p.parent_key) if p.parent_key else None
-        return p.msg, parent.msg if parent is not None else None
-
-    def _report_fanotify(self, rep: Any, hook: Any) -> None:
-        """Runs on the helper's report thread, after the helper wrote its answer."""
-        from vigil.sensors.hostdeny import event_kind, fanotify_event
-
-        process, parent = self._processes(rep.pid)
-        body = fanotify_event(rep, hook.compiled)
-        entry = self.hooks.get(hook.compiled.hook_id)
-        if entry is not None and entry[1] is not None:
-            _count_action(entry[1], hook.compiled, rep.selector + 1, body["action"])
-        self.agent.inject(PolicyEvent(event_kind(hook.compiled), process, parent, body,
-                                      self.agent.clock.rfc3339(rep.time_ns), self.agent.node_name))
-
-    def handle_netdeny(self, buf: bytes, now_ns: int) -> PolicyEvent | None:
-        from vigil.enforce.netdeny import NetDeny
-        from vigil.sensors.hostdeny import netdeny_event
-
-        rec = NetDeny.decode(buf)
-        entry = self.hooks.get(rec["rule_id"] >> 8)
-        if entry is None:
-            return None
-        from vigil.sensors.hostdeny import event_kind
-
-        ch, lp = entry
-        process, parent = self._processes(rec["pid"], rec["exec_ktime"], rec["tid"])
-        body = netdeny_event(rec, ch)
-        if lp is not None:
-            _count_action(lp, ch, ((rec["rule_id"] >> 4) & 0xF) + 1, body["action"])
-        return PolicyEvent(event_kind(ch), process, parent, body,
-                           self.agent.clock.ktime_rfc3339(rec["ktime"]), self.agent.node_name)
-
-    def handle_data(self, buf: bytes, now_ns: int) -> None:
-        h, chunk = G.decode_data(buf)
-        if len(self._data) >= 4096:  # events that never came (dropped): forget the oldest
-            self._data.pop(next(iter(self._data)))
-            self.data_orphans += 1
-        self._data.setdefault((h.ev_ktime, h.tid, h.slot), []).append((h.offset, chunk))
-        return None
-
-    def _more_data(self, m: Any) -> dict[int, bytes] | None:
-        more: dict[int, bytes] | None = None
-        for slot in range(L.MAX_ARGS):
-            if m.args[slot].flags & L.ARGF_DATA:
-                chunks = self._data.pop((m.ktime, m.tid, slot), [])
-                chunks.sort()
-                more = more or {}
-                more[slot] = b"".join(c for _, c in chunks)
-        return more
-
-    def handle(self, buf: bytes, now_ns: int) -> PolicyEvent | None:
-        m, data = G.decode_generic(buf)
-        entry = self.hooks.get(m.hook_id)
-        if entry is None:
-            return None  # a record of a policy deleted meanwhile
-        ch, lp = entry
-        b = self.agent.builder
-        process, parent = self._processes(m.pid, m.exec_ktime, m.tid)
-        if ch.actions and m.action in (L.ACT["GetUrl"], L.ACT["DnsLookup"]) and not m.flags & L.EV_MONITOR:
-            from vigil.sensors.user_actions import requested
-
-            for what, target in requested(ch, m.selector):
-                self.user_actions.submit(what, target)
-        kind = ch.placement.event_kind
-        event = PolicyEvent(kind, process, parent, generic_events.build_body(ch, m, data, self._more_data(m)),
-                            b.clock.ktime_rfc3339(m.ktime), b.node)
-        if lp is not None:
-            lp.events[kind] = lp.events.get(kind, 0) + 1
-            label = _count_action(lp, ch, m.selector, generic_events.ACTION_NAMES.get(m.action, "KPROBE_ACTION_POST"))
-            if lp.correlator is not None:
-                return lp.correlator.feed(event, label)
-        return event
-
 
 def _correlator(policy: Policy) -> Any:
     """The finding correlator of a policy with the vigil-finding option (None without)."""
@@ -550,12 +445,3 @@ def _correlator(policy: Policy) -> Any:
     seq = finding_sequence(policy)
     return Correlator(policy.name, seq) if seq is not None else None
 
-
-def _count_action(lp: LoadedPolicy, ch: CompiledHook, selector: int, action: str) -> str:
-    """Count a posted event by hook, deciding selector (1-based, 0 = none) and action; return
-    the selector's label."""
-    label = ch.selectors[selector - 1].label if 0 < selector <= len(ch.selectors) else ""
-    key = (ch.placement.describe().split(";")[0], ch.placement.index, selector, label,
-           action.removeprefix("KPROBE_ACTION_").lower())
-    lp.actions[key] = lp.actions.get(key, 0) + 1
-    return label

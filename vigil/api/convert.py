@@ -8,7 +8,7 @@ define that mapping; `pbdict` implements the same mapping with cached per-type p
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from google.protobuf import json_format
@@ -17,12 +17,6 @@ from vigil.api import pbdict
 from vigil.api.pb import events_pb2
 
 GetEventsResponse = events_pb2.GetEventsResponse
-
-# Oneof key of each event body -> EventType name (they coincide by design).
-EVENT_KEYS: tuple[str, ...] = tuple(
-    f.name for f in GetEventsResponse.DESCRIPTOR.oneofs_by_name["event"].fields
-)
-
 
 ConversionError = pbdict.ConversionError  # an event dict does not fit the schema
 
@@ -46,19 +40,6 @@ def from_bytes(data: bytes) -> dict[str, Any]:
     msg = GetEventsResponse()
     msg.ParseFromString(data)
     return to_dict(msg)
-
-
-def event_type(event: dict[str, Any]) -> str | None:
-    """The oneof key present in an event dict ("process_exec", ...), if any."""
-    for k in event:
-        if k in EVENT_KEYS:
-            return k
-    return None
-
-
-def to_protos(events: Iterable[dict[str, Any]]) -> Iterator[Any]:
-    for ev in events:
-        yield to_proto(ev)
 
 
 # ------------------------------------------------------- GetEventsRequest filters

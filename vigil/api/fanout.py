@@ -25,8 +25,7 @@ from typing import Any
 
 import grpc
 
-from vigil.api import pbdict, shm
-from vigil.api.pb import events_pb2
+from vigil.api import shm
 from vigil.api.server import ApiServer, TlsConfig
 from vigil.api.servicer import FineGuidanceSensors
 from vigil.core.bus import EventBus, Subscription
@@ -165,11 +164,6 @@ class Passthrough(grpc.GenericRpcHandler):
                 raise  # not reached
 
         return grpc.unary_unary_rpc_method_handler(forward, request_deserializer=None, response_serializer=None)
-
-
-def decode_event(data: bytes) -> dict[str, Any]:
-    """A GetEventsResponse as the dict filters read (streams that filter only)."""
-    return pbdict.to_dict(events_pb2.GetEventsResponse.FromString(data))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,11 +41,6 @@ def mode_name(number: int) -> str:
     return _MODE.Name(number).removeprefix("TP_MODE_").lower()
 
 
-def short_state(number: int) -> str:
-    """TP_STATE_LOAD_ERROR -> "load_error" (tetra's table spelling)."""
-    return _STATE.Name(number).removeprefix("TP_STATE_").lower()
-
-
 def _hook_statuses(hooks: Any) -> list[Any]:
     """The agent's placement report -> HookStatus messages.
 

@@ -61,8 +61,8 @@ def events_from_recording(path: str, notes: list[str]) -> list[Event]:
     finally:
         sub.close()
         agent.close()
-    if agent.decode_errors:
-        notes.append(f"{path}: {agent.decode_errors} record(s) could not be decoded")
+    if agent.pipeline.decode_errors:
+        notes.append(f"{path}: {agent.pipeline.decode_errors} record(s) could not be decoded")
     return out
 
 

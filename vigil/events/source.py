@@ -75,10 +75,6 @@ class ReplaySource:
         self._pos = 0
         self._batch = batch
 
-    @classmethod
-    def from_file(cls, path: str, batch: int = 4096) -> ReplaySource:
-        return cls(read_recording(path), batch)
-
     @property
     def exhausted(self) -> bool:
         return self._pos >= len(self._records)

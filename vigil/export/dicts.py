@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vigil.core.events import DictEvent, Event, PolicyEvent, ProcessExec, ProcessExit, ProcessMsg
+from vigil.core.events import Event, PolicyEvent, ProcessExec, ProcessExit, ProcessMsg
 
 
 def process_dict(m: ProcessMsg) -> dict[str, Any]:
@@ -86,14 +86,3 @@ def event_dict(ev: Event | dict[str, Any]) -> dict[str, Any]:
         raise TypeError(f"not an event: {type(ev).__name__}")
     d = ev.enc_dict = {ev.kind: body, "node_name": ev.node_name, "time": ev.time}
     return d
-
-
-def as_event(ev: Event | dict[str, Any]) -> Event:
-    """A typed event, wrapping a bare dict (a rate_limit_info, a rewritten event)."""
-    return ev if isinstance(ev, Event) else DictEvent(ev)
-
-
-def kind_of(ev: Event | dict[str, Any]) -> str:
-    if isinstance(ev, Event):
-        return ev.kind
-    return next((k for k in ev if k not in ("node_name", "time")), "")

@@ -35,12 +35,6 @@ EVENT_KEY_TO_TYPE: dict[str, str] = {
     name.lower(): name for name in EVENT_TYPE_NUMBERS if name != "UNDEF"
 }
 
-# Envelope keys that never hold the event body; used to skip them quickly.
-ENVELOPE_KEYS = frozenset(
-    {"node_name", "time", "aggregation_info", "cluster_name", "node_labels"}
-)
-
-
 def event_key(event: dict[str, Any]) -> str | None:
     """The oneof key of `event` (e.g. ``"process_exec"``), or None if it has none."""
     for key in event:  # the body is normally the first key, so this is O(1) in practice

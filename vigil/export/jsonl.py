@@ -145,12 +145,6 @@ class JsonlWriter:
             if rotation_interval is not None:
                 self.rotation_interval = rotation_interval
 
-    def rotate(self) -> None:
-        """Force a rotation now (e.g. on SIGHUP)."""
-        with self._lock:
-            if self._stream is None and not self.closed:
-                self._rotate()
-
     def close(self) -> None:
         with self._lock:
             if self.closed:

@@ -119,7 +119,7 @@ class HoldStage:
         self.hold_ns = int(hold_seconds * 1e9)
         self.max_events = max_events
         self.cache = cache        # vigil.process.cache.ProcessCache: enriched messages replace the cached ones
-        self.emit = emit          # hands released events back to the pipeline (Agent.inject)
+        self.emit = emit          # hands released events back to the pipeline (Pipeline.inject)
         self._lock = threading.Lock()
         self._held: deque[tuple[int, str, Event]] = deque()   # (deadline, docker, event)
         self._waiting: dict[str, int] = {}                             # docker -> events held

@@ -271,17 +271,6 @@ class Btf:
             signed = bool((enc >> 24) & 1)
         return Resolved(tuple(steps), self.type_str(cur), self.size_of(cur), kname, signed)
 
-    def enum_value(self, name: str) -> int | None:
-        for tid in range(1, len(self._offs)):
-            _n, kind, vlen, _kf, _st = self._hdr(tid)
-            if kind == ENUM:
-                base = self._offs[tid] + 12
-                for i in range(vlen):
-                    name_off, val = struct.unpack_from("<Ii", self._data, base + 8 * i)
-                    if self._str(name_off) == name:
-                        return val
-        return None
-
 
 @functools.lru_cache(maxsize=2)
 def load(path: str = VMLINUX) -> Btf | None:

@@ -39,7 +39,6 @@ T = dict(
     skb=25, net_device=26, kiocb=27, iov_iter=28, bpf_attr=29, bpf_prog=30, bpf_map=31, perf_event=32,
     module=33, load_info=34, user_ns=35, kernel_cap=36, fd_sock=37, capset=38, dentry_path=39,
 )
-T_NAMES = {v: k for k, v in T.items()}
 
 # enum vp_op
 OP = dict(
@@ -155,7 +154,6 @@ class MsgGeneric(C.Structure):
 
 ARGF_TRUNC, ARGF_ERR, ARGF_NOTROOT, ARGF_DATA = 1, 2, 4, 8
 MAX_DATA = 327360
-DATA_HDR = C.c_uint8 * 0  # placeholder for typing
 
 
 class MsgDataHdr(C.Structure):

@@ -125,10 +125,6 @@ class Placement:
     def reason(self) -> str:
         return "; ".join(b.message for b in self.blockers)
 
-    @property
-    def reason_loc(self) -> Loc | None:
-        return self.blockers[0].loc if self.blockers else None
-
     def block(self, loc: Loc, message: str, cause: str) -> None:
         assert cause in CAUSES, cause
         if not any(b.message == message and b.loc == loc for b in self.blockers):

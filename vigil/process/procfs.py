@@ -8,7 +8,6 @@ Identity: ktime is the process start time (CLOCK_BOOTTIME ticks from
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 from vigil.kernel.cgroups import pid_cgroup
 from vigil.kernel.namespaces import NS_NAMES
@@ -172,7 +171,3 @@ def scan(clock: WallClock) -> list[ProcSnapshot]:
     for s in snaps:
         visit(s)
     return ordered
-
-
-def iter_pids() -> Iterator[int]:
-    return (int(d) for d in os.listdir("/proc") if d.isdigit())

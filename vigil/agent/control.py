@@ -1,0 +1,215 @@
+"""What the front ends (gRPC, metrics, CLI) see of a running agent: the AgentAPI.
+
+Status and introspection read the agent's parts (pipeline counters, process cache,
+sensor, policies, front ends) at call time; the few controls (policies, log level,
+export rotation) hand over to the part that owns the state. Called from front-end
+threads: nothing here touches the pipeline's hot path.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from vigil.core.bus import Subscription
+
+if TYPE_CHECKING:
+    from vigil.agent.agent import Agent
+
+
+class AgentControl:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.log_level = "info"
+
+    # identity, read by GetVersion / GetInfo / the metrics
+    @property
+    def node_name(self) -> str:
+        return self.agent.node_name
+
+    @property
+    def version(self) -> str:
+        return self.agent.version
+
+    @property
+    def k8s(self) -> Any:
+        return self.agent.k8s
+
+    @property
+    def redaction(self) -> Any:
+        """gRPC streams apply the same redaction as the export (None before start)."""
+        ef = self.agent.pipeline.export_filter
+        return ef.redaction if ef is not None else None
+
+    def subscribe(self, maxsize: int = 10000) -> Subscription:
+        return self.agent.pipeline.bus.subscribe(maxsize)
+
+    def health(self) -> dict[str, Any]:
+        if self.agent.stopping:
+            return {"status": "stopped", "details": "agent is stopping"}
+        if not self.agent.ready_at:
+            return {"status": "stopped", "details": "agent is starting"}
+        return {"status": "running", "details": "running"}
+
+    # -- `vigil status`, GetInfo and the metrics: keys and their order are an interface
+    def status(self) -> dict[str, Any]:
+        a, p = self.agent, self.agent.pipeline
+        b = a.builder
+        pols = list(a.policies.policies.values())
+        grpc = [fe for fe in a.frontends if hasattr(fe, "ring")]  # the gRPC server, when one runs
+        return {
+            "node_name": a.node_name,
+            "version": a.version,
+            "uptime_seconds": round(time.monotonic() - a.started_at, 3) if a.started_at else 0,
+            "ready_ms": round((a.ready_at - a.started_at) * 1000, 1) if a.ready_at else None,
+            "hook_flavour": getattr(a.sensor, "flavour", ""),
+            "events": dict(p.events_by_type),
+            "lost": {
+                "kernel": dict(p.kernel_drops),
+                "user": {**p.user_drops, "decode_errors": p.decode_errors},
+            },
+            "ringbuf": self._ringbuf_stats(),
+            "process_cache": {"size": len(a.cache), "capacity": a.cache.capacity,
+                              "evictions": a.cache.evictions, "misses": a.cache.misses,
+                              "removed": a.cache.removed},
+            "records": {"exec": b.exec_count, "exit": b.exit_count, "clone": b.clone_count,
+                        "parent_misses": b.miss_count},
+            "export": self._export_stats(),
+            "subscribers": p.bus.subscriber_count,
+            "maps": a.sensor.map_usage() if a.sensor is not None else {},
+            "programs": self._program_stats(),
+            "policy_events": [{"policy": lp.name, "hook": kind, "count": n}
+                              for lp in pols for kind, n in lp.events.items()],
+            "policy_actions": [{"policy": lp.name, "namespace": lp.compiled.policy.namespace or "", "hook": k[0],
+                                "hook_index": k[1], "selector_index": k[2], "selector_label": k[3],
+                                "action": k[4], "count": n}
+                               for lp in pols for k, n in list(lp.actions.items())],
+            "policies": {lp.name: {"state": "enabled" if lp.enabled else "disabled", "mode": lp.mode}
+                         for lp in pols},
+            "restart": dict(a.restart),
+            **({"grpc": grpc[-1].stats()} if grpc else {}),
+            "permission_helper": a.policies.guards.stats(),
+            **({"k8s": a.k8s.status()} if a.k8s is not None else {}),
+        }
+
+    def _program_stats(self) -> list[dict[str, Any]]:
+        """Per-program run counts (non-zero only with kernel.bpf_stats_enabled=1)."""
+        sensor = self.agent.sensor
+        if sensor is None or sensor.obj is None:
+            return []
+        from vigil.kernel.info import prog_info
+
+        out = []
+        for prog in sensor.obj.programs.values():
+            if prog.fd >= 0:
+                info = prog_info(prog.fd)
+                out.append({"policy": "", "attach": prog.section, "sensor": "process", **info})
+        for lp in list(self.agent.policies.policies.values()):
+            for gh in lp.hooks:
+                if getattr(gh, "obj", None) is None:
+                    continue
+                for prog in gh.obj.programs.values():
+                    if prog.fd >= 0:
+                        info = prog_info(prog.fd)
+                        out.append({"policy": lp.name, "attach": gh.compiled.placement.describe(),
+                                    "sensor": "generic", **info})
+        return out
+
+    def _ringbuf_stats(self) -> dict[str, int]:
+        src = self.agent.source
+        inner = getattr(src, "inner", src)  # a --record-file recorder wraps the ring buffer
+        return {"records": getattr(inner, "records", 0), "bytes": getattr(inner, "bytes", 0),
+                "discarded": getattr(inner, "discarded", 0), "size": getattr(inner, "size", 0),
+                "peak_bytes": getattr(inner, "peak", 0)}
+
+    def _export_stats(self) -> dict[str, Any]:
+        w, f = self.agent.pipeline.writer, self.agent.pipeline.export_filter
+        return {
+            "file": self.agent.config.export_filename,
+            "events_written": w.events_written if w else 0,
+            "bytes_written": w.bytes_written if w else 0,
+            "events_failed": w.events_failed if w else 0,
+            "bytes_failed": w.bytes_failed if w else 0,
+            "write_errors": dict(w.errors) if w else {},
+            "last_error": w.last_error if w else "",
+            "filtered": f.events_filtered if f else 0,
+            "rate_limited": f.events_rate_limited if f else 0,
+        }
+
+    def process_cache_dump(self) -> list[dict[str, Any]]:
+        from vigil.export.dicts import process_dict
+
+        return [{"process": process_dict(p.msg), "refcnt": p.refcnt, "exited": p.exited} for p in self.agent.cache]
+
+    def list_sensors(self) -> list[dict[str, Any]]:
+        return [{"name": "process", "enabled": self.agent.sensor is not None or not self.agent.live,
+                 "collection": "base"}]
+
+    def set_log_level(self, level: str) -> None:
+        logging.getLogger().setLevel(level.upper())
+        self.log_level = level.lower()
+
+    def get_log_level(self) -> str:
+        return self.log_level
+
+    # -- export file rotation at run time (EventLogService)
+    def event_log_params(self) -> dict[str, Any]:
+        w = self.agent.pipeline.writer
+        if w is None:
+            raise LookupError("no export file is configured (--export-filename)")
+        return {"max_size": w.max_size_mb, "rotation_interval": _go_duration(w.rotation_interval),
+                "max_backups": w.max_backups}
+
+    def set_event_log_params(self, *, max_size_mb: float | None = None, rotation_interval: str | None = None,
+                             max_backups: int | None = None) -> None:
+        w = self.agent.pipeline.writer
+        if w is None:
+            raise LookupError("no export file is configured (--export-filename)")
+        if max_size_mb is not None and max_size_mb < 0:
+            raise ValueError("max_size must be >= 0 (MiB)")
+        if max_backups is not None and max_backups < 0:
+            raise ValueError("max_backups must be >= 0")
+        interval = _parse_go_duration(rotation_interval) if rotation_interval is not None else None
+        w.set_params(max_size_mb=max_size_mb, max_backups=max_backups, rotation_interval=interval)
+
+    # -- policies (PolicyManager does the work)
+    def add_policy(self, yaml_text: str, *, mode: str | None = None, source: str = "grpc") -> str:
+        names = self.agent.policies.add_text(yaml_text, f"<{source}>", mode=mode, source=source)
+        return names[0] if names else ""
+
+    def delete_policy(self, name: str, namespace: str = "") -> None:
+        self.agent.policies.delete(name, namespace)
+
+    def set_policy_enabled(self, name: str, enabled: bool, namespace: str = "") -> None:
+        self.agent.policies.set_enabled(name, enabled, namespace)
+
+    def set_policy_mode(self, name: str, mode: str, namespace: str = "") -> None:
+        self.agent.policies.set_mode(name, mode, namespace)
+
+    def list_policies(self) -> list[dict[str, Any]]:
+        return self.agent.policies.list()
+
+
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _parse_go_duration(text: str) -> float:
+    """Go time.Duration strings ("90s", "1h30m", "0") -> seconds."""
+    import re
+
+    t = text.strip()
+    if t in ("", "0"):
+        return 0.0
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", t)
+    if not parts or "".join(n + u for n, u in parts) != t:
+        raise ValueError(f"rotation_interval {text!r} is not a duration like 90s, 15m or 1h30m")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+def _go_duration(seconds: float) -> str:
+    s = int(seconds)
+    if s == 0:
+        return "0s"
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return (f"{h}h" if h else "") + (f"{m}m" if m else "") + (f"{sec}s" if sec else "")

@@ -1,0 +1,145 @@
+"""Policy records -> events.
+
+The event loop hands over the records of policy hooks (generic, net-deny, maxData
+chunks); the fanotify helper and the loader sensor report from their own threads and
+have their events injected into the loop. Policy control (vigil.agent.policies) owns
+the hook table and the LoadedPolicy counters: this side only reads the table and counts
+into the policies it finds there.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from vigil.core.events import Event, PolicyEvent, ProcessMsg, missing_process
+from vigil.events import generic as G
+from vigil.kernel import policy_layout as L
+from vigil.sensors import generic_events
+
+if TYPE_CHECKING:
+    from vigil.agent.policies import LoadedPolicy
+    from vigil.policy.compile import CompiledHook
+    from vigil.process.build import EventBuilder
+    from vigil.sensors.user_actions import UserActions
+
+
+class PolicyEvents:
+    def __init__(self, builder: EventBuilder, inject: Callable[[Event], None],
+                 hooks: dict[int, tuple[CompiledHook, LoadedPolicy]], user_actions: UserActions) -> None:
+        self.builder = builder
+        self.inject = inject                # events made off the pipeline thread go through the loop
+        self.hooks = hooks                  # PolicyManager's table: hook id -> (hook, its policy)
+        self.user_actions = user_actions    # GetUrl / DnsLookup actions run here, owned by PolicyManager
+        # maxData chunks wait here for their event: (event ktime, tid, slot) -> [(offset, bytes)]
+        self._data: dict[tuple[int, int, int], list[tuple[int, bytes]]] = {}
+        self.data_orphans = 0
+
+    def processes(self, pid: int, exec_ktime: int = 0, tid: int = 0) -> tuple[ProcessMsg, ProcessMsg | None]:
+        """The message of the process a record names, and its parent's."""
+        cache = self.builder.cache
+        # by (pid, ktime) key: an exec_id string would be encoded here and decoded by the cache
+        p = cache.get((pid, exec_ktime)) if exec_ktime else None
+        if p is None:
+            p = cache.by_pid(pid)
+        if p is None:
+            return missing_process("", pid, tid or pid), None
+        parent = cache.get(p.parent_key) if p.parent_key else None
+        return p.msg, parent.msg if parent is not None else None
+
+    # -- reported from other threads
+    def loader_event(self, pid: int, tid: int, path: str, build_id: bytes, time_ns: int) -> None:
+        """Runs on the loader sensor's thread."""
+        import base64
+
+        from vigil.core.events import DictEvent
+        from vigil.export.dicts import process_dict
+
+        process, parent = self.processes(pid, 0, tid)
+        # ProcessLoader: process (1), path (2), buildid (3), parent (4), as a dict event
+        body: dict[str, Any] = {"process": process_dict(process), "path": path}
+        if build_id:
+            body["buildid"] = base64.b64encode(build_id).decode()
+        if parent is not None:
+            body["parent"] = process_dict(parent)
+        self.inject(DictEvent({"process_loader": body, "node_name": self.builder.node,
+                               "time": self.builder.clock.ktime_rfc3339(time_ns)}))
+
+    def report_fanotify(self, rep: Any, hook: Any) -> None:
+        """Runs on the helper's report thread, after the helper wrote its answer."""
+        from vigil.sensors.hostdeny import event_kind, fanotify_event
+
+        process, parent = self.processes(rep.pid)
+        body = fanotify_event(rep, hook.compiled)
+        entry = self.hooks.get(hook.compiled.hook_id)
+        if entry is not None and entry[1] is not None:
+            _count_action(entry[1], hook.compiled, rep.selector + 1, body["action"])
+        self.inject(PolicyEvent(event_kind(hook.compiled), process, parent, body,
+                                self.builder.clock.rfc3339(rep.time_ns), self.builder.node))
+
+    # -- record handlers (the event loop's table, by record op)
+    def handle_netdeny(self, buf: bytes, now_ns: int) -> PolicyEvent | None:
+        from vigil.enforce.netdeny import NetDeny
+        from vigil.sensors.hostdeny import event_kind, netdeny_event
+
+        rec = NetDeny.decode(buf)
+        entry = self.hooks.get(rec["rule_id"] >> 8)
+        if entry is None:
+            return None
+        ch, lp = entry
+        process, parent = self.processes(rec["pid"], rec["exec_ktime"], rec["tid"])
+        body = netdeny_event(rec, ch)
+        if lp is not None:
+            _count_action(lp, ch, ((rec["rule_id"] >> 4) & 0xF) + 1, body["action"])
+        return PolicyEvent(event_kind(ch), process, parent, body,
+                           self.builder.clock.ktime_rfc3339(rec["ktime"]), self.builder.node)
+
+    def handle_data(self, buf: bytes, now_ns: int) -> None:
+        h, chunk = G.decode_data(buf)
+        if len(self._data) >= 4096:  # events that never came (dropped): forget the oldest
+            self._data.pop(next(iter(self._data)))
+            self.data_orphans += 1
+        self._data.setdefault((h.ev_ktime, h.tid, h.slot), []).append((h.offset, chunk))
+        return None
+
+    def _more_data(self, m: Any) -> dict[int, bytes] | None:
+        more: dict[int, bytes] | None = None
+        for slot in range(L.MAX_ARGS):
+            if m.args[slot].flags & L.ARGF_DATA:
+                chunks = self._data.pop((m.ktime, m.tid, slot), [])
+                chunks.sort()
+                more = more or {}
+                more[slot] = b"".join(c for _, c in chunks)
+        return more
+
+    def handle(self, buf: bytes, now_ns: int) -> PolicyEvent | None:
+        m, data = G.decode_generic(buf)
+        entry = self.hooks.get(m.hook_id)
+        if entry is None:
+            return None  # a record of a policy deleted meanwhile
+        ch, lp = entry
+        b = self.builder
+        process, parent = self.processes(m.pid, m.exec_ktime, m.tid)
+        if ch.actions and m.action in (L.ACT["GetUrl"], L.ACT["DnsLookup"]) and not m.flags & L.EV_MONITOR:
+            from vigil.sensors.user_actions import requested
+
+            for what, target in requested(ch, m.selector):
+                self.user_actions.submit(what, target)
+        kind = ch.placement.event_kind
+        event = PolicyEvent(kind, process, parent, generic_events.build_body(ch, m, data, self._more_data(m)),
+                            b.clock.ktime_rfc3339(m.ktime), b.node)
+        if lp is not None:
+            lp.events[kind] = lp.events.get(kind, 0) + 1
+            label = _count_action(lp, ch, m.selector, generic_events.ACTION_NAMES.get(m.action, "KPROBE_ACTION_POST"))
+            if lp.correlator is not None:
+                return lp.correlator.feed(event, label)  # type: ignore[no-any-return]
+        return event
+
+
+def _count_action(lp: LoadedPolicy, ch: CompiledHook, selector: int, action: str) -> str:
+    """Count a posted event by hook, deciding selector (1-based, 0 = none) and action; return
+    the selector's label."""
+    label = ch.selectors[selector - 1].label if 0 < selector <= len(ch.selectors) else ""
+    key = (ch.placement.describe().split(";")[0], ch.placement.index, selector, label,
+           action.removeprefix("KPROBE_ACTION_").lower())
+    lp.actions[key] = lp.actions.get(key, 0) + 1
+    return label
