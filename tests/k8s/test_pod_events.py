@@ -25,10 +25,14 @@ def test_exec_in_a_container_has_pod_container_and_workload(cluster: Cluster, k8
                                labels={"app": "web", "pod-template-hash": "7c9f8d"},
                                owner={"kind": "ReplicaSet", "name": "web-7c9f8d"}))
     # the kubelet reports the container only after it started: its first exec waits for the pod
-    events = k8s_agent.collect(start)
+    def sleep_exec(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        cid = pods[0].containers["app"]
+        return [e for e in execs_in(events, cid) if e["process"]["binary"] == "/bin/sleep"]
+
+    events = k8s_agent.collect(start, timeout=60, until=sleep_exec)
     pod = pods[0]
     cid = pod.containers["app"]
-    first = [e for e in execs_in(events, cid) if e["process"]["binary"] == "/bin/sleep"]
+    first = sleep_exec(events)
     assert first and first[0]["process"]["pod"]["name"] == pod.name
     st = k8s_agent.agent.status()["k8s"]
     assert st["events"]["released_enriched"] >= 1, st

@@ -50,8 +50,11 @@ class RunningAgent:
         self.thread.join(10)
         self.agent.close()
 
-    def collect(self, action, timeout: float = 30.0) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
-        """Run action(); return every event up to and including the end marker's exit."""
+    def collect(self, action, timeout: float = 30.0, until=None) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+        """Run action(); return every event up to and including the end marker's exit, and
+        on until `until(events)` holds (events an action causes may leave after the marker:
+        one held for its pod leaves when the pod is known)."""
+        marker_seen = False
         sub = self.agent.subscribe(maxsize=1_000_000)
         try:
             action()
@@ -64,9 +67,12 @@ class RunningAgent:
                     out.append(e)
                     ex = e.get("process_exit")
                     if ex and ex["process"].get("arguments") == token:
-                        assert sub.dropped == 0, f"test subscriber lost {sub.dropped} events"
-                        return out
-            raise AssertionError(f"end marker not seen within {timeout}s ({len(out)} events)")
+                        marker_seen = True
+                if marker_seen and (until is None or until(out)):
+                    assert sub.dropped == 0, f"test subscriber lost {sub.dropped} events"
+                    return out
+            what = "end marker" if not marker_seen else "awaited event"
+            raise AssertionError(f"{what} not seen within {timeout}s ({len(out)} events)")
         finally:
             sub.close()
 
