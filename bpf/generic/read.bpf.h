@@ -163,6 +163,7 @@ static __always_inline __u32 read_iovec(struct gen_heap *h, __u64 uptr, __u64 cn
 			n = max - done;
 			ah->flags |= VP_ARGF_TRUNC;
 		}
+		barrier_var(n);
 		n &= VP_ARG_DATA - 1;
 		if (bpf_probe_read_user(h->data + ((off + done) & DATA_MASK), n, iov.iov_base))
 			break;
@@ -418,6 +419,7 @@ static __always_inline __u32 read_iov_iter(struct gen_heap *h, struct iov_iter *
 	} else {
 		return 0;
 	}
+	barrier_var(n);  /* the mask where the size is used: 6.1's verifier loses it across a spill */
 	n &= VP_ARG_DATA - 1;
 	if (n && rd(h->data + (off & DATA_MASK), n, base, user)) {
 		ah->flags |= VP_ARGF_ERR;

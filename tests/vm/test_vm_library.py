@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -73,7 +74,8 @@ def test_kernel_module_load(agent: Running, work: Path):
         agent.agent.delete_policy(name)
     got = [(b["function_name"], b.get("args")) for b in bodies(events, name, procs[0].pid)]
     assert got == [
-        ("__x64_sys_finit_module", [{"file_arg": {"path": str(bogus)}, "label": "module"},
+        ("__x64_sys_finit_module", [{"file_arg": {"path": str(bogus), "permission": stat.filemode(os.stat(bogus).st_mode)},
+                                     "label": "module"},
                                     {"string_arg": "", "label": "params"}]),
         ("__x64_sys_delete_module", [{"string_arg": "vigil_no_such_module", "label": "name"}]),
     ]
@@ -113,15 +115,41 @@ def test_deny_exec_writable_dirs_on_bpf_lsm(agent: Running):
         shutil.rmtree(ok, ignore_errors=True)
 
 
-def test_capset_raise_places_on_a_kprobe_and_names_what_it_lacks(agent: Running):
-    """Its hook exists here (kprobe on security_capset); what refuses it is the argument type."""
-    from vigil.policy.compile import compile_policy
-    from vigil.policy.errors import PolicyErrors
-    from vigil.policy.loader import load_policies
+CAPSET_CODE = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+class Hdr(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+class Data(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+h, d = Hdr(0x20080522, 0), (Data * 2)()
+assert libc.capget(ctypes.byref(h), d) == 0
+d[0].effective &= ~(1 << 21)                  # drop CAP_SYS_ADMIN from the effective set: silent
+assert libc.capset(ctypes.byref(h), d) == 0
+d[0].effective |= 1 << 21                     # and raise it again from the permitted set: reported
+assert libc.capset(ctypes.byref(h), d) == 0
+"""
 
-    (p,) = load_policies(find("capset-raise").path)
-    ids = iter(range(1, 1000))
-    with pytest.raises(PolicyErrors) as e:
-        compile_policy(p, agent.agent.policies.facts, lambda: next(ids))
-    msgs = [x.message for x in e.value.errors]
-    assert msgs and all('argument type "kernel_cap_t"' in m for m in msgs), msgs
+
+def test_capset_raise(agent: Running):
+    """On a kernel-function hook (kprobe or fentry on security_capset) with the requested
+    sets as kernel_cap_t: a raise of CAP_SYS_ADMIN by a caller without it effective is
+    reported; the drop before it (the caller still holds it) is not."""
+    name = load(agent, "capset-raise")
+    procs: list[subprocess.Popen] = []
+
+    def act() -> None:
+        p = subprocess.Popen([sys.executable, "-S", "-c", CAPSET_CODE])
+        procs.append(p)
+        assert p.wait(120) == 0
+    try:
+        hook = next(p for p in agent.agent.list_policies() if p["name"] == name)["hooks"][0]["hook"]
+        events = agent.collect(act)
+    finally:
+        agent.agent.delete_policy(name)
+    assert hook.startswith(("kprobe:security_capset", "fentry:security_capset")), hook
+    (b,) = bodies(events, name, procs[0].pid)
+    assert b["function_name"] == "security_capset" and b["message"] == "capability raised by capset"
+    assert [a.get("label") for a in b["args"]] == ["effective", "permitted"]
+    eff, perm = (int(a["kernel_cap_t_arg"], 16) for a in b["args"])
+    assert eff & 1 << 21 and perm & 1 << 21 and eff == perm   # the whole permitted set asked back

@@ -224,7 +224,8 @@ kprobes:
     name = agent.agent.add_policy(policy("kfuncs", spec))
     try:
         hooks = [h["hook"] for h in agent.agent.list_policies()[0]["hooks"]]
-        assert hooks[0] == "kprobe:security_file_open + kretprobe" and hooks[1] == "fentry:fd_install"
+        # trampolines where the kernel has them, for the return too (fexit)
+        assert hooks[0] == "fentry:security_file_open + fexit" and hooks[1] == "fentry:fd_install"
         events = agent.collect(lambda: open(work / "open.txt").close())
     finally:
         agent.agent.delete_policy(name)

@@ -93,7 +93,7 @@ kprobes:
   syscall: false
   args: [{{index: 1, type: bpf_attr}}]
   selectors: [{{{SCOPE}}}]
-- call: bpf_prog_new_fd
+- call: security_bpf_prog  # (6.1 inlines bpf_prog_new_fd into bpf_prog_load: its fentry never fires)
   syscall: false
   args: [{{index: 0, type: bpf_prog}}]
   selectors: [{{{SCOPE}}}]
@@ -154,7 +154,7 @@ kprobes:
     assert by["bpf_check"][0]["args"][0]["bpf_attr_arg"] == {
         "ProgType": "BPF_PROG_TYPE_SOCKET_FILTER", "InsnCnt": 2, "ProgName": "vigil_t_prog"}
     assert {"ProgType": "BPF_PROG_TYPE_SOCKET_FILTER", "InsnCnt": 2, "ProgName": "vigil_t_prog"} in [
-        e["args"][0]["bpf_prog_arg"] for e in by["bpf_prog_new_fd"]]
+        e["args"][0]["bpf_prog_arg"] for e in by["security_bpf_prog"]]
     assert {"MapType": "BPF_MAP_TYPE_ARRAY", "KeySize": 4, "ValueSize": 8, "MaxEntries": 3,
             "MapName": "vigil_t_map"} in [e["args"][0]["bpf_map_arg"] for e in by["security_bpf_map_alloc"]]
     assert {"Type": "PERF_TYPE_SOFTWARE", "Config": "9"} in [e["args"][0]["perf_event_arg"]
