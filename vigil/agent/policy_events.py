@@ -135,11 +135,23 @@ class PolicyEvents:
         return event
 
 
+# (hook id, selector, action) -> (the counter key, the selector's label): the key names the
+# hook's placement, a string built once per hook rather than once per event
+_ACTION_KEYS: dict[tuple[int, int, str], tuple[tuple[str, int, int, str, str], str]] = {}
+
+
 def _count_action(lp: LoadedPolicy, ch: CompiledHook, selector: int, action: str) -> str:
     """Count a posted event by hook, deciding selector (1-based, 0 = none) and action; return
     the selector's label."""
-    label = ch.selectors[selector - 1].label if 0 < selector <= len(ch.selectors) else ""
-    key = (ch.placement.describe().split(";")[0], ch.placement.index, selector, label,
-           action.removeprefix("KPROBE_ACTION_").lower())
+    ck = (ch.hook_id, selector, action)
+    hit = _ACTION_KEYS.get(ck)
+    if hit is None:
+        label = ch.selectors[selector - 1].label if 0 < selector <= len(ch.selectors) else ""
+        key = (ch.placement.describe().split(";")[0], ch.placement.index, selector, label,
+               action.removeprefix("KPROBE_ACTION_").lower())
+        if len(_ACTION_KEYS) >= 65536:
+            _ACTION_KEYS.clear()
+        hit = _ACTION_KEYS[ck] = (key, label)
+    key, label = hit
     lp.actions[key] = lp.actions.get(key, 0) + 1
     return label
