@@ -85,8 +85,12 @@ class RingWriter:
         return memoryview(self._m)[STATS_OFF:HEADER]
 
     def close(self) -> None:
+        """Idempotent: a front end that failed to start is stopped too."""
+        if self.fd < 0:
+            return
         self._m.close()
         os.close(self.fd)
+        self.fd = -1
 
 
 class RingReader:
