@@ -3,11 +3,9 @@ and attribute for attribute, on generated inputs: record decoding, argument form
 exec ids, and the JSON and protobuf encodings of every event kind."""
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from vigil.api import wire
@@ -16,9 +14,6 @@ from vigil.core.events import DictEvent, PolicyEvent, ProcessExec, ProcessExit, 
 from vigil.events import records as R
 from vigil.export import codec
 from vigil.process import build, ids
-
-if native.fast is None and os.environ.get("VIGIL_PURE_PYTHON"):
-    pytest.skip("VIGIL_PURE_PYTHON is set: the agent runs the twins only", allow_module_level=True)
 
 
 def test_extension_is_built_and_selected() -> None:
