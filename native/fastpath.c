@@ -1574,17 +1574,26 @@ static PyObject *new_event(int t, PyObject *proc, PyObject *parent, PyObject *an
 	return ev;
 }
 
-static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t nargs)
+/* on_exec/on_exit's record argument, decoded by its type's constructor */
+static PyObject *record_arg(PyObject *const *args, Py_ssize_t nargs, const char *usage, int evt, newfunc ctor,
+			    PyTypeObject *tp)
 {
 	if (nargs != 2)
-		return PyErr_Format(PyExc_TypeError, "on_exec(buf, now_ns)");
-	if (!msg_type || !evtypes[T_EXEC].type)
+		return PyErr_Format(PyExc_TypeError, "%s", usage);
+	if (!msg_type || !evtypes[evt].type)
 		return PyErr_Format(PyExc_RuntimeError, "configure_events() first");
 	PyObject *tup = PyTuple_Pack(1, args[0]);
 	if (!tup)
 		return NULL;
-	ProcessRecord *r = (ProcessRecord *)ProcessRecord_new(&ProcessRecordType, tup, NULL);
+	PyObject *r = ctor(tp, tup, NULL);
 	Py_DECREF(tup);
+	return r;
+}
+
+static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t nargs)
+{
+	ProcessRecord *r = (ProcessRecord *)record_arg(args, nargs, "on_exec(buf, now_ns)", T_EXEC,
+							ProcessRecord_new, &ProcessRecordType);
 	if (!r)
 		return NULL;
 	PyObject *now = args[1], *rec = (PyObject *)r;
@@ -1786,15 +1795,8 @@ out:
 
 static PyObject *builder_on_exit(Builder *b, PyObject *const *args, Py_ssize_t nargs)
 {
-	if (nargs != 2)
-		return PyErr_Format(PyExc_TypeError, "on_exit(buf, now_ns)");
-	if (!msg_type || !evtypes[T_EXIT].type)
-		return PyErr_Format(PyExc_RuntimeError, "configure_events() first");
-	PyObject *tup = PyTuple_Pack(1, args[0]);
-	if (!tup)
-		return NULL;
-	ExitRecord *r = (ExitRecord *)ExitRecord_new(&ExitRecordType, tup, NULL);
-	Py_DECREF(tup);
+	ExitRecord *r = (ExitRecord *)record_arg(args, nargs, "on_exit(buf, now_ns)", T_EXIT, ExitRecord_new,
+						 &ExitRecordType);
 	if (!r)
 		return NULL;
 	PyObject *now = args[1], *rec = (PyObject *)r;

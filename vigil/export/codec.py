@@ -18,7 +18,7 @@ import orjson
 
 from vigil.core import native
 from vigil.core.events import DictEvent, Event, Pod, PolicyEvent, ProcessExec, ProcessExit, ProcessMsg
-from vigil.export.dicts import event_dict
+from vigil.export.dicts import event_dict, process_fields
 
 _NL = orjson.OPT_APPEND_NEWLINE
 _dumps = orjson.dumps
@@ -85,38 +85,7 @@ def py_process_json(m: ProcessMsg) -> bytes:
     b = m.enc_json
     if b is not None:
         return b
-    d: dict[str, Any] = {"exec_id": m.exec_id} if m.exec_id else {}
-    d["pid"] = m.pid
-    if m.uid is not None:
-        d["uid"] = m.uid
-    if m.cwd:
-        d["cwd"] = m.cwd
-    if m.binary:
-        d["binary"] = m.binary
-    if m.arguments:
-        d["arguments"] = m.arguments
-    if m.flags:
-        d["flags"] = m.flags
-    if m.start_time:
-        d["start_time"] = m.start_time
-    if m.auid is not None:
-        d["auid"] = m.auid
-    if m.pod:
-        d["pod"] = m.pod
-    if m.docker:
-        d["docker"] = m.docker
-    if m.parent_exec_id:
-        d["parent_exec_id"] = m.parent_exec_id
-    if m.cap:
-        d["cap"] = _sub(m.cap)
-    if m.ns:
-        d["ns"] = _sub(m.ns)
-    if m.tid is not None:
-        d["tid"] = m.tid
-    if m.process_credentials:
-        d["process_credentials"] = _sub(m.process_credentials)
-    if m.binary_properties:
-        d["binary_properties"] = m.binary_properties
+    d = process_fields(m, _sub)
     # orjson keeps the growable buffer (~5x the JSON) with the bytes: cache an exact copy
     b = m.enc_json = bytes(memoryview(_dumps(d)))
     return b

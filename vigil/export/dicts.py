@@ -7,16 +7,21 @@ the JSON export. Never mutate a view: it is shared by every user of the event.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from vigil.core.events import Event, PolicyEvent, ProcessExec, ProcessExit, ProcessMsg
 
 
-def process_dict(m: ProcessMsg) -> dict[str, Any]:
-    d = m.enc_dict
-    if d is not None:
-        return d
-    d = {"exec_id": m.exec_id} if m.exec_id else {}
+def _same(x: Any) -> Any:
+    return x
+
+
+def process_fields(m: ProcessMsg, sub: Callable[[Any], Any] = _same) -> dict[str, Any]:
+    """The message's fields in proto order, canonical protojson (empty or zero: absent).
+    `sub` stands in for the interned sub-messages (capabilities, namespaces, credentials):
+    the JSON encoder passes their cached encodings."""
+    d: dict[str, Any] = {"exec_id": m.exec_id} if m.exec_id else {}
     d["pid"] = m.pid
     if m.uid is not None:
         d["uid"] = m.uid
@@ -39,16 +44,22 @@ def process_dict(m: ProcessMsg) -> dict[str, Any]:
     if m.parent_exec_id:
         d["parent_exec_id"] = m.parent_exec_id
     if m.cap:
-        d["cap"] = m.cap
+        d["cap"] = sub(m.cap)
     if m.ns:
-        d["ns"] = m.ns
+        d["ns"] = sub(m.ns)
     if m.tid is not None:
         d["tid"] = m.tid
     if m.process_credentials:
-        d["process_credentials"] = m.process_credentials
+        d["process_credentials"] = sub(m.process_credentials)
     if m.binary_properties:
         d["binary_properties"] = m.binary_properties
-    m.enc_dict = d
+    return d
+
+
+def process_dict(m: ProcessMsg) -> dict[str, Any]:
+    d = m.enc_dict
+    if d is None:
+        d = m.enc_dict = process_fields(m)
     return d
 
 

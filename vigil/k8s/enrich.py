@@ -87,18 +87,9 @@ class PodResolver:
         probe = bool(c.probe_args and arguments in c.probe_args and maybe_exec_probe(c, binary, arguments))
         return Pod(base, pid, probe)
 
-    def with_pid(self, pod_json: dict[str, Any], pid: int) -> dict[str, Any]:
+    def with_pid(self, pod: Pod, pid: int) -> Pod:
         """The same pod object for a forked child (its own pid inside the container)."""
-        if isinstance(pod_json, Pod):
-            return Pod(pod_json.shared, pid, False)
-        d = dict(pod_json)
-        cont = dict(d.get("container") or {})
-        cont.pop("pid", None)
-        if pid:
-            cont["pid"] = pid
-        cont.pop("maybe_exec_probe", None)
-        d["container"] = cont
-        return d
+        return Pod(pod.shared, pid, False)
 
     def for_docker(self, docker: str) -> tuple[PodInfo, ContainerInfo] | None:
         r = self.by_docker.get(docker)
