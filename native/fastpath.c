@@ -30,24 +30,30 @@
 
 static PyObject *DecodeError;   /* vigil.events.records.DecodeError, set by set_decode_error() */
 
-/* ------------------------------------------------------------------ growable buffer */
-typedef struct { char *p; Py_ssize_t n, cap; } buf_t;
+/* ------------------------------------------------------------------ growable buffer
+ * Written in place into a bytes object that becomes the result (shrunk to size), so an
+ * encoding is copied once; sized for a whole event from the start (most are 1-3 KiB). */
+typedef struct { char *p; Py_ssize_t n, cap; PyObject *obj; } buf_t;
 
 static int buf_reserve(buf_t *b, Py_ssize_t more)
 {
 	if (b->n + more <= b->cap)
 		return 0;
-	Py_ssize_t cap = b->cap ? b->cap * 2 : 1024;
+	Py_ssize_t cap = b->cap ? b->cap * 2 : 4096;
 	while (cap < b->n + more)
 		cap *= 2;
-	char *p = PyMem_Realloc(b->p, (size_t)cap);
-	if (!p) {
-		PyErr_NoMemory();
+	if (!b->obj ? !(b->obj = PyBytes_FromStringAndSize(NULL, cap)) : _PyBytes_Resize(&b->obj, cap) < 0)
 		return -1;
-	}
-	b->p = p;
+	b->p = PyBytes_AS_STRING(b->obj);
 	b->cap = cap;
 	return 0;
+}
+
+static void buf_free(buf_t *b)
+{
+	Py_CLEAR(b->obj);
+	b->p = NULL;
+	b->n = b->cap = 0;
 }
 
 static int put(buf_t *b, const void *s, Py_ssize_t n)
@@ -94,9 +100,13 @@ static int put_varint(buf_t *b, unsigned long long v)
 
 static PyObject *buf_bytes(buf_t *b)
 {
-	PyObject *r = PyBytes_FromStringAndSize(b->p, b->n);
-	PyMem_Free(b->p);
+	PyObject *r = b->obj;
+	b->obj = NULL;
 	b->p = NULL;
+	if (!r)
+		return PyBytes_FromStringAndSize("", 0);
+	if (_PyBytes_Resize(&r, b->n) < 0)
+		return NULL;
 	return r;
 }
 
@@ -398,7 +408,7 @@ static PyObject *format_arguments(PyObject *self, PyObject *arg)
 	}
 	res = PyUnicode_DecodeUTF8(b.p ? b.p : "", b.n, "strict");
 fail:
-	PyMem_Free(b.p);
+	buf_free(&b);
 out:
 	Py_DECREF(u);
 	return res;
@@ -438,10 +448,10 @@ static const char *const msg_slot[M_COUNT] = {
 	"parent_exec_id", "cap", "ns", "tid", "process_credentials", "binary_properties", "enc_json", "enc_pb",
 	"enc_dict",
 };
-/* how each field is written: a string, a wrapper int, a sub-message dict */
-enum { K_STR, K_INT, K_SUB, K_TS, K_NONE };
+/* how each field is written: a string, a wrapper int, a sub-message dict, a Pod */
+enum { K_STR, K_INT, K_SUB, K_TS, K_POD, K_NONE };
 static const unsigned char msg_kind[M_COUNT] = {
-	K_STR, K_INT, K_INT, K_STR, K_STR, K_STR, K_STR, K_TS, K_INT, K_SUB, K_STR,
+	K_STR, K_INT, K_INT, K_STR, K_STR, K_STR, K_STR, K_TS, K_INT, K_POD, K_STR,
 	K_STR, K_SUB, K_SUB, K_INT, K_SUB, K_SUB, K_NONE, K_NONE, K_NONE,
 };
 static const unsigned char msg_number[M_COUNT] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 16, 17, 18};
@@ -467,6 +477,18 @@ static PyObject *kind_numbers;  /* dict kind -> GetEventsResponse field number *
 /* the Python twins and helpers (see configure_json / configure_pb) */
 static PyObject *py_json, *py_process_json, *sub_json, *body_json;
 static PyObject *py_pb, *py_process_pb, *sub_pb, *ts_pb, *body_pb;
+/* Pod (vigil/core/events.py): its container's part (`shared`, one dict per container) is
+ * encoded once per container by the twins' pod_parts helpers, split where the process's own
+ * fields (pid inside the container, the exec-probe guess) go */
+enum { POD_SHARED, POD_PID, POD_PROBE, POD_DICT, POD_COUNT };
+static const char *const pod_slot[POD_COUNT] = {"shared", "pid", "probe", "_dict"};
+static PyTypeObject *pod_type;
+static Py_ssize_t pod_off[POD_COUNT];
+enum { SH_ENC_JSON, SH_ENC_PB, SH_COUNT };
+static const char *const shared_slot[SH_COUNT] = {"enc_json", "enc_pb"};
+static PyTypeObject *podshared_type;  /* PodShared: the pod parts are cached in its slots */
+static Py_ssize_t shared_off[SH_COUNT];
+static PyObject *pod_parts_json, *pod_parts_pb;
 
 #define FALLBACK 1
 #define TRY(x) do { int r_ = (x); if (r_) return r_; } while (0)
@@ -577,10 +599,75 @@ static PyObject *sub_cached(subent_t *tab, PyObject *d, int field, PyObject *cb,
 	return enc;
 }
 
+/* borrowed: the tuple of n bytes objects cached in the PodShared's slot `off`; a miss asks
+ * the twin's pod_parts, which fills the slot */
+static PyObject *pod_parts(PyObject *shared, Py_ssize_t off, PyObject *cb, Py_ssize_t n)
+{
+	PyObject *parts = slot(shared, off);
+	if (parts && parts != Py_None)
+		return parts;
+	PyObject *got = PyObject_CallOneArg(cb, shared);
+	if (!got)
+		return NULL;
+	Py_DECREF(got);
+	parts = slot(shared, off);
+	int ok = parts && PyTuple_CheckExact(parts) && PyTuple_GET_SIZE(parts) == n;
+	for (Py_ssize_t i = 0; ok && i < n; i++)
+		ok = PyBytes_CheckExact(PyTuple_GET_ITEM(parts, i));
+	if (!ok) {
+		PyErr_SetString(PyExc_TypeError, "pod_parts did not cache a tuple of bytes on the PodShared");
+		return NULL;
+	}
+	return parts;
+}
+
+/* 1: a Pod to write (its shared dict, pid, probe set), 0: empty, -FALLBACK: anything else */
+static int get_pod(PyObject *v, PyObject *cb, PyObject **shared, unsigned long long *pid, int *probe)
+{
+	if (v == Py_None)
+		return 0;
+	if (!v || !Py_IS_TYPE(v, pod_type) || !cb)
+		return -FALLBACK;
+	*shared = slot(v, pod_off[POD_SHARED]);
+	PyObject *pr = slot(v, pod_off[POD_PROBE]);
+	if (!*shared || !Py_IS_TYPE(*shared, podshared_type) || get_uint(slot(v, pod_off[POD_PID]), pid) != 1 ||
+	    (pr != Py_True && pr != Py_False))
+		return -FALLBACK;
+	*probe = pr == Py_True;
+	return PyDict_GET_SIZE(*shared) > 0;
+}
+
+static int put_raw(buf_t *b, PyObject *bytes)
+{
+	return put(b, PyBytes_AS_STRING(bytes), PyBytes_GET_SIZE(bytes));
+}
+
+/* the twin: vigil.export.codec.pod_json */
+static int put_pod_json(buf_t *b, PyObject *shared, unsigned long long pid, int probe)
+{
+	PyObject *parts = pod_parts(shared, shared_off[SH_ENC_JSON], pod_parts_json, 2);
+	if (!parts)
+		return -1;
+	PyObject *head = PyTuple_GET_ITEM(parts, 0);
+	Py_ssize_t hn = PyBytes_GET_SIZE(head);
+	const char *sep = hn && PyBytes_AS_STRING(head)[hn - 1] != '{' ? "," : "";
+	if (put_raw(b, head))
+		return -1;
+	if (pid) {
+		if (put(b, sep, (Py_ssize_t)strlen(sep)) || put(b, "\"pid\":", 6) || put_u64(b, pid))
+			return -1;
+		sep = ",";
+	}
+	if (probe && (put(b, sep, (Py_ssize_t)strlen(sep)) || put(b, "\"maybe_exec_probe\":true", 23)))
+		return -1;
+	return put_raw(b, PyTuple_GET_ITEM(parts, 1));
+}
+
 /* ---- JSON */
 static int msg_json_body(buf_t *b, PyObject *m)
 {
-	int first = 1;
+	int first = 1, probe = 0;
+	PyObject *shared = NULL;
 	if (put(b, "{", 1))
 		return -1;
 	for (int f = 0; f < M_ENC_JSON; f++) {
@@ -599,6 +686,9 @@ static int msg_json_body(buf_t *b, PyObject *m)
 			have = get_uint(v, &u);
 			if (f == M_PID && have == 0)
 				have = -FALLBACK;  /* the twin writes "pid": null */
+			break;
+		case K_POD:
+			have = get_pod(v, pod_parts_json, &shared, &u, &probe);
 			break;
 		default:
 			have = get_sub(v);
@@ -620,6 +710,10 @@ static int msg_json_body(buf_t *b, PyObject *m)
 			if (put_u64(b, u))
 				return -1;
 			break;
+		case K_POD:
+			if (put_pod_json(b, shared, u, probe))
+				return -1;
+			break;
 		default:
 			if (put_bytes_obj(b, sub_cached(sub_json_cache, v, 0, sub_json, NULL)))
 				return -1;
@@ -639,7 +733,7 @@ static PyObject *msg_json(PyObject *m)
 	buf_t b = {0};
 	int r = msg_json_body(&b, m);
 	if (r) {
-		PyMem_Free(b.p);
+		buf_free(&b);
 		return r < 0 ? NULL : PyObject_CallOneArg(py_process_json, m);
 	}
 	PyObject *out = buf_bytes(&b);
@@ -746,7 +840,7 @@ static PyObject *ev_json(PyObject *ev)
 	buf_t b = {0};
 	int r = ev_json_body(&b, ev, t);
 	if (r) {
-		PyMem_Free(b.p);
+		buf_free(&b);
 		return r < 0 ? NULL : PyObject_CallOneArg(py_json, ev);
 	}
 	PyObject *out = buf_bytes(&b);
@@ -819,8 +913,35 @@ static int put_ts(buf_t *b, PyObject *v)
 	return put_bytes_obj(b, PyObject_CallOneArg(ts_pb, v ? v : Py_None));
 }
 
+/* the twin: vigil.api.wire.pod_bytes. parts: the Pod's fields before its container, the
+ * container's fields before pid (5), those after maybe_exec_probe (13), the Pod's fields
+ * after its container (4) */
+static int put_pod_pb(buf_t *b, unsigned number, PyObject *shared, unsigned long long pid, int probe)
+{
+	PyObject *parts = pod_parts(shared, shared_off[SH_ENC_PB], pod_parts_pb, 4);
+	if (!parts)
+		return -1;
+	PyObject *pre = PyTuple_GET_ITEM(parts, 0), *clo = PyTuple_GET_ITEM(parts, 1);
+	PyObject *chi = PyTuple_GET_ITEM(parts, 2), *post = PyTuple_GET_ITEM(parts, 3);
+	unsigned long long wrap = pid ? 1 + (unsigned long long)varint_len(pid) : 0;  /* UInt32Value{value} */
+	unsigned long long cont = (unsigned long long)(PyBytes_GET_SIZE(clo) + PyBytes_GET_SIZE(chi)) +
+				  (pid ? 1 + (unsigned long long)varint_len(wrap) + wrap : 0) + (probe ? 2 : 0);
+	unsigned long long body = (unsigned long long)(PyBytes_GET_SIZE(pre) + PyBytes_GET_SIZE(post)) + 1 +
+				  (unsigned long long)varint_len(cont) + cont;
+	if (put_tag(b, number, 2) || put_varint(b, body) || put_raw(b, pre) || put(b, "\x22", 1) ||
+	    put_varint(b, cont) || put_raw(b, clo))
+		return -1;
+	if (pid && (put(b, "\x2a", 1) || put_varint(b, wrap) || put(b, "\x08", 1) || put_varint(b, pid)))
+		return -1;
+	if (probe && put(b, "\x68\x01", 2))
+		return -1;
+	return put_raw(b, chi) || put_raw(b, post) ? -1 : 0;
+}
+
 static int msg_pb_body(buf_t *b, PyObject *m)
 {
+	int probe = 0;
+	PyObject *shared = NULL;
 	for (int f = 0; f < M_ENC_JSON; f++) {
 		PyObject *v = slot(m, msg_off[f]);
 		const char *s = NULL;
@@ -834,6 +955,9 @@ static int msg_pb_body(buf_t *b, PyObject *m)
 			break;
 		case K_INT:
 			have = get_uint(v, &u);
+			break;
+		case K_POD:
+			have = get_pod(v, pod_parts_pb, &shared, &u, &probe);
 			break;
 		default:
 			have = get_sub(v);
@@ -858,6 +982,10 @@ static int msg_pb_body(buf_t *b, PyObject *m)
 			      : put(b, "\0", 1))
 				return -1;
 			break;
+		case K_POD:
+			if (put_pod_pb(b, msg_number[f], shared, u, probe))
+				return -1;
+			break;
 		default:
 			if (put_bytes_obj(b, sub_cached(sub_pb_cache, v, f, sub_pb, msg_slot[f])))
 				return -1;
@@ -877,15 +1005,15 @@ static PyObject *msg_pb(PyObject *m)
 	buf_t body = {0}, out = {0};
 	int r = msg_pb_body(&body, m);
 	if (r) {
-		PyMem_Free(body.p);
+		buf_free(&body);
 		return r < 0 ? NULL : PyObject_CallOneArg(py_process_pb, m);
 	}
 	if (put_varint(&out, (unsigned long long)body.n) || put(&out, body.p ? body.p : "", body.n)) {
-		PyMem_Free(body.p);
-		PyMem_Free(out.p);
+		buf_free(&body);
+		buf_free(&out);
 		return NULL;
 	}
-	PyMem_Free(body.p);
+	buf_free(&body);
 	PyObject *res = buf_bytes(&out);
 	if (res)
 		slot_set(m, msg_off[M_ENC_PB], res);
@@ -951,7 +1079,7 @@ static int ev_pb_body(buf_t *out, PyObject *ev, int t)
 		r = put_tag(out, (unsigned)number, 2) || put_varint(out, (unsigned long long)b.n) ||
 		    put(out, b.p ? b.p : "", b.n) || (hn > 0 && put_len_delim(out, 1000, ns, nn)) ||
 		    put_tag(out, 1001, 2) || put_ts(out, time);
-	PyMem_Free(b.p);
+	buf_free(&b);
 	return r;
 }
 
@@ -967,7 +1095,7 @@ static PyObject *ev_pb(PyObject *ev)
 	buf_t b = {0};
 	int r = ev_pb_body(&b, ev, t);
 	if (r) {
-		PyMem_Free(b.p);
+		buf_free(&b);
 		return r < 0 ? NULL : PyObject_CallOneArg(py_pb, ev);
 	}
 	PyObject *out = buf_bytes(&b);
@@ -1039,10 +1167,24 @@ static PyObject *process_pb(PyObject *self, PyObject *m)
 
 static PyObject *configure_events(PyObject *self, PyObject *args)
 {
-	PyObject *cls[1 + T_COUNT];
-	if (!PyArg_ParseTuple(args, "O!O!O!O!", &PyType_Type, &cls[0], &PyType_Type, &cls[1], &PyType_Type, &cls[2],
-			      &PyType_Type, &cls[3]))
+	PyObject *cls[1 + T_COUNT], *pod, *shared;
+	if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!", &PyType_Type, &cls[0], &PyType_Type, &cls[1], &PyType_Type,
+			      &cls[2], &PyType_Type, &cls[3], &PyType_Type, &pod, &PyType_Type, &shared))
 		return NULL;
+	for (int f = 0; f < SH_COUNT; f++) {
+		slot_offset((PyTypeObject *)shared, shared_slot[f], &shared_off[f]);
+		if (shared_off[f] < 0)
+			return PyErr_Format(PyExc_TypeError, "%s has no slot %s", ((PyTypeObject *)shared)->tp_name,
+					    shared_slot[f]);
+	}
+	Py_XSETREF(podshared_type, (PyTypeObject *)Py_NewRef(shared));
+	for (int f = 0; f < POD_COUNT; f++) {
+		slot_offset((PyTypeObject *)pod, pod_slot[f], &pod_off[f]);
+		if (pod_off[f] < 0)
+			return PyErr_Format(PyExc_TypeError, "%s has no slot %s", ((PyTypeObject *)pod)->tp_name,
+					    pod_slot[f]);
+	}
+	Py_XSETREF(pod_type, (PyTypeObject *)Py_NewRef(pod));
 	PyObject *slots = PyObject_GetAttrString(cls[0], "__slots__");
 	if (!slots)
 		return NULL;
@@ -1083,10 +1225,11 @@ static PyObject *configure_events(PyObject *self, PyObject *args)
 
 static PyObject *configure_json(PyObject *self, PyObject *args, PyObject *kw)
 {
-	static char *names[] = {"encode", "process_json", "sub", "body", NULL};
-	PyObject *a, *b, *c, *d;
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO", names, &a, &b, &c, &d))
+	static char *names[] = {"encode", "process_json", "sub", "body", "pod_parts", NULL};
+	PyObject *a, *b, *c, *d, *e;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO", names, &a, &b, &c, &d, &e))
 		return NULL;
+	Py_XSETREF(pod_parts_json, Py_NewRef(e));
 	Py_XSETREF(py_json, Py_NewRef(a));
 	Py_XSETREF(py_process_json, Py_NewRef(b));
 	Py_XSETREF(sub_json, Py_NewRef(c));
@@ -1096,10 +1239,11 @@ static PyObject *configure_json(PyObject *self, PyObject *args, PyObject *kw)
 
 static PyObject *configure_pb(PyObject *self, PyObject *args, PyObject *kw)
 {
-	static char *names[] = {"encode", "process_bytes", "sub", "timestamp", "body", "kind_numbers", NULL};
-	PyObject *a, *b, *c, *d, *e, *k;
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOO!", names, &a, &b, &c, &d, &e, &PyDict_Type, &k))
+	static char *names[] = {"encode", "process_bytes", "sub", "timestamp", "body", "kind_numbers", "pod_parts", NULL};
+	PyObject *a, *b, *c, *d, *e, *k, *pp;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOO!O", names, &a, &b, &c, &d, &e, &PyDict_Type, &k, &pp))
 		return NULL;
+	Py_XSETREF(pod_parts_pb, Py_NewRef(pp));
 	Py_XSETREF(py_pb, Py_NewRef(a));
 	Py_XSETREF(py_process_pb, Py_NewRef(b));
 	Py_XSETREF(sub_pb, Py_NewRef(c));
@@ -1148,7 +1292,7 @@ typedef struct {
 	PyObject *m_parents, *m_on_exit, *m_add, *m_exit, *m_rfc3339, *m_signal_name;
 	PyObject *s_exec_count, *s_exit_count, *s_offset, *s_enable_cred, *s_enable_ns, *s_ancestors;
 	PyObject *s_order, *s_pending, *s_append, *s_capacity, *s_grace, *m_release, *m_evict, *m_rebuild_order;
-	PyObject *s_pods, *s_pod_json;
+	PyObject *s_pods, *s_pod_json, *s_fast, *one, *pods, *pods_fast;
 	PyObject *empty_str, *empty_tuple;
 	PyTypeObject *proc_type;
 	Py_ssize_t proc_off[P_COUNT];
@@ -1170,7 +1314,7 @@ typedef struct {
 		&b->s_exec_count, &b->s_exit_count, &b->s_offset, &b->s_enable_cred, &b->s_enable_ns,            \
 		&b->s_ancestors, &b->empty_str, &b->empty_tuple, (PyObject **)&b->proc_type, &b->s_order,         \
 		&b->s_pending, &b->s_append, &b->s_capacity, &b->s_grace, &b->m_release, &b->m_evict,             \
-		&b->m_rebuild_order, &b->last_creds, &b->s_pods, &b->s_pod_json,                             \
+		&b->m_rebuild_order, &b->last_creds, &b->s_pods, &b->s_pod_json, &b->s_fast, &b->one, &b->pods, &b->pods_fast,\
 	}
 
 static int builder_traverse(Builder *b, visitproc visit, void *arg)
@@ -1265,6 +1409,8 @@ static int builder_init(Builder *b, PyObject *args, PyObject *kw)
 	b->s_grace = PyUnicode_InternFromString("grace_ns");
 	b->s_pods = PyUnicode_InternFromString("pods");
 	b->s_pod_json = PyUnicode_InternFromString("pod_json");
+	b->s_fast = PyUnicode_InternFromString("fast");
+	b->one = PyLong_FromLong(1);
 	b->empty_str = PyUnicode_FromString("");
 	b->empty_tuple = PyTuple_New(0);
 	b->sec_cached = LLONG_MIN;
@@ -1273,7 +1419,7 @@ static int builder_init(Builder *b, PyObject *args, PyObject *kw)
 		return -1;
 	if (!b->node_s || !b->s_exec_count || !b->s_exit_count || !b->s_offset || !b->s_enable_cred ||
 	    !b->s_enable_ns || !b->s_ancestors || !b->empty_str || !b->empty_tuple || !b->s_order || !b->s_pending ||
-	    !b->s_append || !b->s_capacity || !b->s_grace || !b->s_pods || !b->s_pod_json)
+	    !b->s_append || !b->s_capacity || !b->s_grace || !b->s_pods || !b->s_pod_json || !b->s_fast || !b->one)
 		return -1;
 	return 0;
 }
@@ -1590,6 +1736,49 @@ static PyObject *record_arg(PyObject *const *args, Py_ssize_t nargs, const char 
 	return r;
 }
 
+/* A process's Pod from the resolver's table (PodResolver.fast: [by cgroup name, hits]) when
+ * its container is in it (the resolver drops a container the store changes) and the
+ * arguments are not one of the container's exec probes. NULL without an error: ask the
+ * resolver. */
+static PyObject *pod_from_table(Builder *b, PyObject *pods, PyObject *cgroup_name, PyObject *pid,
+				PyObject *arguments)
+{
+	if (pods != b->pods) {  /* the list is the resolver's for its life: looked up once */
+		PyObject *fast = PyObject_GetAttr(pods, b->s_fast);
+		if (!fast)
+			return NULL;
+		if (!PyList_CheckExact(fast) || PyList_GET_SIZE(fast) != 2 || !PyDict_CheckExact(PyList_GET_ITEM(fast, 0))) {
+			Py_DECREF(fast);
+			return NULL;
+		}
+		Py_XSETREF(b->pods, Py_NewRef(pods));
+		Py_XSETREF(b->pods_fast, fast);
+	}
+	PyObject *fast = b->pods_fast;
+	PyObject *hit = PyDict_GetItemWithError(PyList_GET_ITEM(fast, 0), cgroup_name);
+	if (!hit || !PyTuple_CheckExact(hit) || PyTuple_GET_SIZE(hit) != 3 || !pod_type)
+		return NULL;
+	PyObject *probes = PyTuple_GET_ITEM(hit, 1);
+	if (probes != Py_None && (!PyFrozenSet_CheckExact(probes) || PySet_Contains(probes, arguments) != 0))
+		return NULL;  /* maybe an exec probe (or an error) */
+	PyObject *pod = new_slotted(pod_type);
+	if (!pod)
+		return NULL;
+	PyObject *pv[POD_COUNT] = {[POD_SHARED] = PyTuple_GET_ITEM(hit, 0), [POD_PID] = pid,
+				   [POD_PROBE] = Py_False, [POD_DICT] = Py_None};
+	for (int f = 0; f < POD_COUNT; f++)
+		SET(pod, pod_off[f], pv[f]);
+	PyObject *hits = PyList_GET_ITEM(fast, 1);
+	PyObject *n = PyLong_Check(hits) ? PyNumber_Add(hits, b->one) : NULL;
+	if (!n) {
+		Py_DECREF(pod);
+		return NULL;
+	}
+	PyList_SET_ITEM(fast, 1, n);
+	Py_DECREF(hits);
+	return pod;
+}
+
 static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t nargs)
 {
 	ProcessRecord *r = (ProcessRecord *)record_arg(args, nargs, "on_exec(buf, now_ns)", T_EXEC,
@@ -1723,15 +1912,18 @@ static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t n
 	SET_STEAL(msg, msg_off[M_TID], PyLong_FromUnsignedLong(r->tid));
 	if (PyErr_Occurred())
 		goto out;
-	/* pod data (--enable-k8s-api) for a process in a container: EventBuilder.pods resolves it */
+	/* pod data (--enable-k8s-api) for a process in a container: from the resolver's table,
+	 * or EventBuilder.pods resolves it */
 	if (PyUnicode_GET_LENGTH(docker)) {
 		PyObject *pods = PyObject_GetAttr(b->builder, b->s_pods);
 		if (!pods)
 			goto out;
 		if (pods != Py_None) {
 			PyObject *np = PyLong_FromUnsignedLong(r->nspid);
-			PyObject *pod = np ? PyObject_CallMethodObjArgs(pods, b->s_pod_json, r->cgroup_name, np, binary,
-									  arguments, NULL) : NULL;
+			PyObject *pod = np ? pod_from_table(b, pods, r->cgroup_name, np, arguments) : NULL;
+			if (np && !pod && !PyErr_Occurred())
+				pod = PyObject_CallMethodObjArgs(pods, b->s_pod_json, r->cgroup_name, np, binary, arguments,
+								 NULL);
 			Py_XDECREF(np);
 			if (!pod) {
 				Py_DECREF(pods);
@@ -1893,11 +2085,12 @@ static PyMethodDef methods[] = {
 	{"encode_pb_batch", encode_pb_batch, METH_O, "events -> serialised GetEventsResponses"},
 	{"process_json", process_json, METH_O, "ProcessMsg -> its JSON object (cached on it)"},
 	{"process_pb", process_pb, METH_O, "ProcessMsg -> varint(length) + serialised Process (cached on it)"},
-	{"configure_events", configure_events, METH_VARARGS, "(ProcessMsg, ProcessExec, ProcessExit, PolicyEvent)"},
+	{"configure_events", configure_events, METH_VARARGS, "(ProcessMsg, ProcessExec, ProcessExit, PolicyEvent, Pod, PodShared)"},
 	{"configure_json", (PyCFunction)(void (*)(void))configure_json, METH_VARARGS | METH_KEYWORDS,
-	 "the JSON twins: encode(ev), process_json(m), sub(dict) -> bytes, body(dict) -> bytes"},
+	 "the JSON twins: encode(ev), process_json(m), sub(dict) -> bytes, body(dict) -> bytes, pod_parts(dict)"},
 	{"configure_pb", (PyCFunction)(void (*)(void))configure_pb, METH_VARARGS | METH_KEYWORDS,
-	 "the protobuf twins: encode(ev), process_bytes(m), sub(name, dict), timestamp(str), body(ev), kind_numbers"},
+	 "the protobuf twins: encode(ev), process_bytes(m), sub(name, dict), timestamp(str), body(ev), kind_numbers, "
+	 "pod_parts(dict)"},
 	{"set_decode_error", set_decode_error, METH_O, "the exception class a bad record raises"},
 	{NULL, NULL, 0, NULL},
 };

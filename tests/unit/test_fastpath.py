@@ -10,9 +10,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from vigil.api import wire
 from vigil.core import native
-from vigil.core.events import DictEvent, PolicyEvent, ProcessExec, ProcessExit, ProcessMsg
+from vigil.core.events import DictEvent, Pod, PodShared, PolicyEvent, ProcessExec, ProcessExit, ProcessMsg
 from vigil.events import records as R
 from vigil.export import codec
+from vigil.export.dicts import event_dict
 from vigil.process import build, ids
 
 
@@ -107,7 +108,20 @@ def test_exec_id(node: str, ktime: int, pid: int) -> None:
 CAPS = {"permitted": ["CAP_CHOWN"], "effective": ["CAP_CHOWN"]}
 NS = {"uts": {"inum": 4026531838, "is_host": True}}
 CREDS = {"uid": 0, "gid": 5, "securebits": ["SecBitKeepCaps"], "caps": CAPS}
-POD = {"namespace": "default", "name": "web-1", "container": {"id": "containerd://abc", "name": "c"}}
+SHARED_PODS = (  # a container's part of the pod object, as the resolver makes it and (plain dicts) as the twin takes it
+    PodShared(namespace="default", name="web-1", uid="u-1", container={"id": "containerd://abc", "name": "c"}),
+    PodShared(namespace="shop", name="api-7d9-x2", uid="u-2",
+              container={"id": "containerd://" + "f" * 64, "name": "api",
+                         "image": {"id": "r/api@sha256:00", "name": "r/api:1"}, "start_time": "2026-12-05T10:00:00Z"},
+              pod_labels={"app": "api", "\u00e9": "\"x\""}, workload="api", workload_kind="Deployment",
+              pod_annotations={"a": "b"}),
+    {"namespace": "default", "name": "web-1", "uid": "u-1", "container": {"id": "containerd://abc", "name": "c"}},
+    {"namespace": "shop", "name": "api-7d9-x2", "uid": "u-2",
+     "container": {"id": "containerd://" + "f" * 64, "name": "api", "image": {"id": "r/api@sha256:00", "name": "r/api:1"},
+                   "start_time": "2026-12-05T10:00:00Z"},
+     "pod_labels": {"app": "api", "\u00e9": "\"x\""}, "workload": "api", "workload_kind": "Deployment",
+     "pod_annotations": {"a": "b"}},
+)
 BODIES = {
     "process_kprobe": {"function_name": "security_file_open", "args": [{"file_arg": {"path": "/etc/x"}}],
                        "action": "KPROBE_ACTION_POST", "policy_name": "p"},
@@ -128,7 +142,8 @@ def msg_specs(draw: Any) -> dict[str, Any]:
     return dict(exec_id=draw(st.one_of(st.just(""), text)), pid=draw(u32), uid=draw(maybe_int), cwd=draw(text),
                 binary=draw(text), arguments=draw(text), flags=draw(st.sampled_from(["", "execve", "execve clone"])),
                 start_time=draw(st.one_of(st.just(""), times)), auid=draw(maybe_int),
-                pod=draw(st.sampled_from([None, {}, POD])), docker=draw(st.sampled_from(["", "0123abc"])),
+                pod=draw(st.one_of(st.none(), st.builds(Pod, st.sampled_from(SHARED_PODS), u32, st.booleans()))),
+                docker=draw(st.sampled_from(["", "0123abc"])),
                 parent_exec_id=draw(st.one_of(st.just(""), text)), cap=draw(st.sampled_from([None, {}, CAPS])),
                 ns=draw(st.sampled_from([None, NS])), tid=draw(maybe_int),
                 process_credentials=draw(st.sampled_from([None, CREDS])),
@@ -173,7 +188,7 @@ def test_event_json(spec: tuple[str, dict[str, Any]]) -> None:
     kind, s = spec
     fast, ref = _make(kind, s), _make(kind, s)
     line = FAST.encode_json(fast)
-    assert line == codec.py_encode(ref)
+    assert line == codec.py_encode(ref) == codec.encode_reference(_make(kind, s))
     assert FAST.encode_json(fast) is line  # cached on the event
     assert FAST.encode_json_batch([_make(kind, s), fast]) == [line, line]
     if kind != "dict":
@@ -187,6 +202,8 @@ def test_event_protobuf(spec: tuple[str, dict[str, Any]]) -> None:
     fast, ref = _make(kind, s), _make(kind, s)
     out = _outcome(FAST.encode_pb, fast)
     assert out == _outcome(wire.py_encode_event, ref)
+    if isinstance(out, bytes) and kind != "dict":
+        assert out == wire.reference_bytes(event_dict(_make(kind, s)))
     if isinstance(out, bytes):
         assert FAST.encode_pb_batch([_make(kind, s)]) == [out]
         if kind != "dict":
@@ -212,6 +229,8 @@ HOST = (4026531835, 4026531836, 4026531837, 4026531838, 4026531839, 4026531840, 
 NS_CHOICES = (HOST, HOST[:3] + (4026532000,) + HOST[4:], (0,) * 10, HOST[:9] + (4026532999,))
 FILENAMES = ("/usr/bin/curl", "curl", "./x", "", "/dev/fd/3", "/proc/self/fd/4", "../bin/sh\u00e9", "/usr/bin/a b")
 CWDS = (b"/home/u", b"", b"/", b"/tmp/\xff")
+POD_UID = "5f0c7a52-8c1e-4b7e-9d55-0123456789ab"
+KNOWN, UNKNOWN = "ab12" * 16, "cd34" * 16  # container ids: one of a listed pod, one of none
 
 
 def _exec_record(pid: int, ktime: int, ppid: int, pktime: int, d: dict[str, Any]) -> bytes:
@@ -231,8 +250,10 @@ def _exec_record(pid: int, ktime: int, ppid: int, pktime: int, d: dict[str, Any]
 
 exec_fields = st.fixed_dictionaries({
     "exe": st.sampled_from(["/usr/bin/curl", "", "/memfd:x (deleted)"]), "cwd": st.sampled_from(CWDS),
-    "filename": st.sampled_from(FILENAMES), "cgroup": st.sampled_from(["", "session-3.scope",
-                                                                       "cri-containerd-" + "ab12" * 16 + ".scope"]),
+    "filename": st.sampled_from(FILENAMES),
+    "cgroup": st.sampled_from(["", "session-3.scope", "cri-containerd-" + KNOWN + ".scope",
+                               f"/kubepods/besteffort/pod{POD_UID}/{KNOWN}",
+                               f"/kubepods/besteffort/pod{POD_UID}/{UNKNOWN}"]),
     "args": st.sampled_from([b"", b"curl\0", b"curl\0-s\0a b\0", b"x\0\xff\xfe\0"]),
     "caps": st.sampled_from([(0, 0, 0), (0x1FFFFFFFFFF, 0x1FFFFFFFFFF, 0), (1, 1, 1 << 40)]),
     "ns": st.sampled_from(NS_CHOICES), "uid": st.sampled_from([0, 1000]), "euid": st.sampled_from([0, 1000]),
@@ -245,21 +266,41 @@ steps = st.lists(st.one_of(
     st.tuples(st.just("exec"), st.integers(0, 12), st.integers(0, 12), st.booleans(), exec_fields),
     st.tuples(st.just("exit"), st.integers(0, 14), st.integers(0, 0xFFFF), st.booleans()),
     st.tuples(st.just("gc"), st.integers(0, 3)),
+    st.tuples(st.just("pod"), st.integers(0, 3)),
 ), min_size=1, max_size=40)
 
 
-class FakePods:
-    """A pod resolver (vigil.k8s.enrich.PodResolver's interface) whose answer depends on
-    every argument, so both builders must pass the same ones."""
 
-    def pod_json(self, cgroup_name: str, pid: int, binary: str, arguments: str) -> dict[str, Any] | None:
-        if arguments.startswith("x"):
-            return None  # container known, pod not (yet)
-        return {"namespace": "shop", "name": cgroup_name[-12:], "container": {"id": binary, "pid": pid},
-                "workload": arguments}
 
-    def with_pid(self, pod: dict[str, Any], pid: int) -> dict[str, Any]:
-        return {**pod, "container": {**pod["container"], "pid": pid}}
+def _pod_object(variant: int) -> dict[str, Any]:
+    """The pod of container KNOWN as the API server lists it; variants change its labels,
+    image or exec probes (a new store entry: cached pod parts must not be reused)."""
+    probe = ["curl", "-s", "a b"] if variant % 2 else ["/usr/bin/curl"]
+    return {"metadata": {"name": "web-1", "namespace": "shop", "uid": POD_UID,
+                         "labels": {"app": "web", "rev": str(variant)},
+                         "ownerReferences": [{"kind": "ReplicaSet", "name": "web-5d4f8c", "controller": True}]},
+            "spec": {"nodeName": "n", "containers": [{"name": "app", "image": f"web:{variant}",
+                                                      "livenessProbe": {"exec": {"command": probe}}}]},
+            "status": {"containerStatuses": [
+                {"name": "app", "containerID": f"containerd://{KNOWN}", "image": f"web:{variant}",
+                 "imageID": "web@sha256:" + "0" * 64, "state": {"running": {"startedAt": "2026-12-05T10:00:00Z"}}}]}}
+
+
+def _resolver() -> Any:
+    from vigil.k8s.enrich import PodResolver
+    from vigil.k8s.pods import PodStore
+
+    store = PodStore()
+    store.upsert(_pod_object(0))
+    return PodResolver(store)
+
+
+def _pod_step(b: Any, variant: int) -> None:
+    """The watcher's news: the pod changed (variants 0-2) or was deleted (3)."""
+    if variant == 3:
+        b.pods.store.delete({"metadata": {"uid": POD_UID}})
+    else:
+        b.pods.store.upsert(_pod_object(variant))
 
 
 def _builders(opts: dict[str, Any], capacity: int) -> tuple[Any, Any]:
@@ -290,12 +331,13 @@ def _cache_state(b: Any) -> Any:
 @given(steps, st.fixed_dictionaries({"enable_cred": st.booleans(), "enable_ns": st.booleans(),
                                      "ancestors": st.booleans()}), st.sampled_from([4, 64]), st.booleans())
 def test_builder(seq: list[Any], opts: dict[str, Any], capacity: int, pods: bool) -> None:
-    """Random exec/clone/exit/gc sequences through the compiled and the Python builder:
-    the same events (their JSON), the same cache (every slot of every entry, the
-    pid index, the removal and eviction queues) and the same counters."""
+    """Random exec/clone/exit/gc sequences (and pod changes, with --enable-k8s-api) through
+    the compiled and the Python builder: the same events (their JSON and protobuf, by the
+    twins and the compiled encoders), the same cache (every slot of every entry, the pid
+    index, the removal and eviction queues) and the same counters."""
     fast_b, ref_b = _builders(opts, capacity)
-    if pods:  # --enable-k8s-api: container processes get pod data
-        fast_b.pods = ref_b.pods = FakePods()
+    if pods:  # --enable-k8s-api: container processes get pod data (the real resolver)
+        fast_b.pods, ref_b.pods = _resolver(), _resolver()
     handlers = fast_b.record_handlers()
     assert handlers[R.OP_EXEC] == fast_b._fast.on_exec
     pids: list[tuple[int, int]] = [(1, 0)]
@@ -306,6 +348,11 @@ def test_builder(seq: list[Any], opts: dict[str, Any], capacity: int, pods: bool
         now += 20
         if step[0] == "gc":
             assert fast_b.cache.gc(now) == ref_b.cache.gc(now)
+            continue
+        if step[0] == "pod":
+            if pods:
+                _pod_step(fast_b, step[1])
+                _pod_step(ref_b, step[1])
             continue
         if step[0] == "exec":
             _, pid_i, parent_i, known_parent, d = step
@@ -326,4 +373,44 @@ def test_builder(seq: list[Any], opts: dict[str, Any], capacity: int, pods: bool
             assert type(got) is type(want)
             assert codec.py_encode(got) == codec.py_encode(want)
             assert got.enc_dict is None and got.process.enc_dict is None
+            got.enc_json = got.enc_pb = got.process.enc_json = got.process.enc_pb = None
+            assert FAST.encode_json(got) == codec.encode_reference(want)
+            assert FAST.encode_pb(got) == wire.py_encode_event(want)
         assert _cache_state(fast_b) == _cache_state(ref_b)
+        if pods:
+            assert (fast_b.pods.enriched, fast_b.pods.unknown) == (ref_b.pods.enriched, ref_b.pods.unknown)
+
+
+def test_pod_table_serves_known_containers_and_asks_the_resolver_otherwise() -> None:
+    """The compiled exec path takes a known container's pod from the resolver's table; a new
+    container, a changed store entry and a possible exec probe go to the resolver."""
+    fast_b, ref_b = _builders({"enable_cred": False, "enable_ns": False, "ancestors": False}, 64)
+    fast_b.pods, ref_b.pods = _resolver(), _resolver()
+    fields = {"exe": "/usr/bin/curl", "cwd": b"/", "filename": "/usr/bin/curl",
+              "cgroup": f"/kubepods/besteffort/pod{POD_UID}/{KNOWN}", "args": b"curl\0-v\0", "caps": (0, 0, 0),
+              "ns": HOST, "uid": 0, "euid": 0, "auid": 0, "securebits": 0, "userns_level": 0, "i_mode": 0o100755,
+              "nlink": 1, "flags": 0, "tid_off": 0, "op": R.OP_EXEC}
+
+    def run(pid: int, **changes: Any) -> tuple[Any, Any]:
+        buf = _exec_record(pid, 5_000_000_000 + pid, 1, 0, {**fields, **changes})
+        got, want = fast_b._fast.on_exec(buf, 0), ref_b.on_exec(R.PyProcessRecord(buf), 0)
+        assert codec.py_encode(got) == codec.py_encode(want)
+        return got.process.pod, want.process.pod
+
+    def table_hits() -> int:
+        return int(fast_b.pods.fast[1])
+
+    run(100)                                     # first exec of the container: the resolver
+    assert table_hits() == 0
+    pod, _ = run(101)                            # then the table
+    assert table_hits() == 1 and pod.pid == 101 and pod["container"]["pid"] == 101
+    _pod_step(fast_b, 1)                         # the pod changed: probes ["curl", "-s", "a b"]
+    _pod_step(ref_b, 1)
+    pod, _ = run(102)                            # a changed entry: the resolver again
+    assert table_hits() == 1 and pod["pod_labels"]["rev"] == "1"
+    pod, want = run(103, args=b"curl\0-s\0a b\0")  # a possible exec probe: the resolver decides
+    assert table_hits() == 1 and pod.probe and want.probe
+    run(104)
+    assert table_hits() == 2
+    assert run(105, cgroup=f"/kubepods/besteffort/pod{POD_UID}/{UNKNOWN}") == (None, None)
+    assert fast_b.pods.enriched == ref_b.pods.enriched == 5 and fast_b.pods.unknown == ref_b.pods.unknown == 1

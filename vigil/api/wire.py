@@ -39,6 +39,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor as FD
 from vigil.api import pbdict
 from vigil.api.pb import events_pb2, tetragon_pb2
 from vigil.core import native
+from vigil.core.events import Pod, PodShared
 
 GetEventsResponse = events_pb2.GetEventsResponse
 Process = tetragon_pb2.Process
@@ -493,6 +494,86 @@ def _submsg(name: str, d: Any) -> bytes:
     return b
 
 
+def _fields(b: bytes) -> list[tuple[int, bytes]]:
+    """(field number, the field's bytes) of a serialised message (varint and length-delimited
+    fields: all a Pod and its Container hold)."""
+    out, i = [], 0
+    while i < len(b):
+        start, tag, shift = i, 0, 0
+        while True:
+            c = b[i]
+            i += 1
+            tag |= (c & 0x7F) << shift
+            shift += 7
+            if c < 0x80:
+                break
+        n, shift = 0, 0
+        while True:  # a varint's value, or a length
+            c = b[i]
+            i += 1
+            n |= (c & 0x7F) << shift
+            shift += 7
+            if c < 0x80:
+                break
+        if tag & 7 == 2:
+            i += n
+        elif tag & 7 != 0:
+            raise ValueError(f"wire type {tag & 7} in a pod")
+        out.append((tag >> 3, b[start:i]))
+    return out
+
+
+_PODS_PB: dict[int, tuple[dict[str, Any], tuple[bytes, bytes, bytes, bytes]]] = {}
+_POD_CONTAINER, _CONTAINER_PID, _CONTAINER_PROBE = 4, 5, 13
+
+
+def pod_parts(shared: dict[str, Any]) -> tuple[bytes, bytes, bytes, bytes]:
+    """A container's Pod serialised once and split where a process's own fields go: the Pod's
+    fields before its container, the container's fields before pid, the container's fields
+    after maybe_exec_probe, the Pod's fields after its container. The compiled encoder
+    reads them from the PodShared too."""
+    if type(shared) is PodShared and shared.enc_pb is not None:
+        return shared.enc_pb
+    e = _PODS_PB.get(id(shared))
+    if e is not None and e[0] is shared:
+        return e[1]
+    whole = _fields(pbdict.parse_into(shared, _SUB_CLASSES["pod"](), True).SerializeToString())
+    cont = next((f for n, f in whole if n == _POD_CONTAINER), None)
+    inner: list[tuple[int, bytes]] = []
+    if cont is not None:  # its content: past the tag (one byte) and the length
+        body = cont[1:]
+        k = 0
+        while body[k] & 0x80:
+            k += 1
+        inner = _fields(body[k + 1:])
+    parts = (b"".join(f for n, f in whole if n < _POD_CONTAINER),
+             b"".join(f for n, f in inner if n < _CONTAINER_PID),
+             b"".join(f for n, f in inner if n > _CONTAINER_PROBE),
+             b"".join(f for n, f in whole if n > _POD_CONTAINER))
+    if type(shared) is PodShared:
+        shared.enc_pb = parts
+    else:
+        if len(_PODS_PB) >= 16384:
+            _PODS_PB.clear()
+        _PODS_PB[id(shared)] = (shared, parts)
+    return parts
+
+
+def pod_bytes(p: Pod) -> bytes:
+    """Process field `pod` of a process's Pod: the container's parts and the process's pid
+    and exec-probe guess (the same bytes as serialising the whole message)."""
+    pre, lo, hi, post = pod_parts(p.shared)
+    own = b""
+    if p.pid:
+        wrap = b"\x08" + varint(p.pid)
+        own = b"\x2a" + varint(len(wrap)) + wrap
+    if p.probe:
+        own += b"\x68\x01"
+    cont = lo + own + hi
+    body = pre + b"\x22" + varint(len(cont)) + cont + post
+    return _tag(_PROC_FIELDS["pod"].number) + varint(len(body)) + body
+
+
 def py_process_bytes(m: Any) -> bytes:
     """varint(length) + the serialised Process of a ProcessMsg, made once."""
     b = m.enc_pb
@@ -504,7 +585,7 @@ def py_process_bytes(m: Any) -> bytes:
         parts.append(_TS_TAG_8 + _ts_bytes(m.start_time))
     parts.append(_wrapped(9, m.auid))
     if m.pod:
-        parts.append(_submsg("pod", m.pod))
+        parts.append(pod_bytes(m.pod))
     parts += (_str_cached(11, m.docker), _str(12, m.parent_exec_id))
     if m.cap:
         parts.append(_submsg("cap", m.cap))
@@ -567,7 +648,7 @@ def py_encode_event(ev: Any) -> bytes:
 encode_event, process_bytes = py_encode_event, py_process_bytes
 if native.fast is not None:
     native.fast.configure_pb(encode=py_encode_event, process_bytes=py_process_bytes, sub=_submsg, timestamp=_ts_bytes,
-                             body=_policy_rest, kind_numbers=dict(_EVENT_FIELD))
+                             body=_policy_rest, kind_numbers=dict(_EVENT_FIELD), pod_parts=pod_parts)
     encode_event, process_bytes = native.fast.encode_pb, native.fast.process_pb
 
 

@@ -12,6 +12,7 @@ dicts, interned by the process stage: equal values are the same object.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from vigil.core import native
@@ -29,7 +30,7 @@ class ProcessMsg:
 
     def __init__(self, exec_id: str, pid: int, uid: int | None = None, cwd: str = "", binary: str = "",
                  arguments: str = "", flags: str = "", start_time: str = "", auid: int | None = None,
-                 pod: dict[str, Any] | None = None, docker: str = "", parent_exec_id: str = "",
+                 pod: Pod | None = None, docker: str = "", parent_exec_id: str = "",
                  cap: dict[str, Any] | None = None, ns: dict[str, Any] | None = None, tid: int | None = None,
                  process_credentials: dict[str, Any] | None = None,
                  binary_properties: dict[str, Any] | None = None) -> None:
@@ -135,25 +136,75 @@ class DictEvent(Event):
         self.enc_dict = data
 
 
-class Pod(dict):  # type: ignore[type-arg]
-    """Tetragon's `pod` object of one process, a plain dict of its fields to every consumer.
-    Most of it is its container's (`shared`: one dict per container, never changed, with the
-    container's own part under "container"); the process adds its pid inside the container and
-    the exec-probe guess. Encoders may encode `shared` once per container and add the rest."""
+class PodShared(dict):  # type: ignore[type-arg]
+    """The part of a pod object every process of one container shares: a plain dict of
+    Tetragon's pod fields with the container's own part under "container", made once per
+    container and never changed. Its encodings are cached on it (`enc_*`, owned by the
+    encoder that fills them: vigil/export for JSON, vigil/api for protobuf)."""
 
-    __slots__ = ("shared", "pid", "probe")
+    __slots__ = ("enc_json", "enc_pb")
 
-    def __init__(self, shared: dict[str, Any], pid: int, probe: bool) -> None:
-        super().__init__(shared)
-        cont = dict(shared["container"])
-        if pid:
-            cont["pid"] = pid
-        if probe:
-            cont["maybe_exec_probe"] = True
-        self["container"] = cont
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.enc_json: tuple[bytes, bytes] | None = None
+        self.enc_pb: tuple[bytes, bytes, bytes, bytes] | None = None
+
+
+class Pod(Mapping[str, Any]):
+    """Tetragon's `pod` object of one process, read-only. Most of it is its container's
+    (`shared`: one dict per container, never changed, with the container's own part under
+    "container"); the process adds its pid inside the container and the exec-probe guess.
+    Encoders encode `shared` once per container and add the rest; the compiled exec path
+    makes one of these per process in a container, so nothing else is built per process
+    until a consumer reads it as a mapping (`as_dict()`, made on first use)."""
+
+    __slots__ = ("shared", "pid", "probe", "_dict")
+
+    def __init__(self, shared: PodShared | dict[str, Any], pid: int, probe: bool) -> None:
         self.shared = shared
         self.pid = pid
         self.probe = probe
+        self._dict: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The plain dict of its fields, in Tetragon's order."""
+        d = self._dict
+        if d is None:
+            d = dict(self.shared)
+            cont = d["container"] = dict(d["container"])
+            if self.pid:
+                cont["pid"] = self.pid
+            if self.probe:
+                cont["maybe_exec_probe"] = True
+            self._dict = d
+        return d
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key != "container":  # the shared part answers without building the dict
+            return self.shared.get(key, default)
+        return self.as_dict()["container"]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.as_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.shared)
+
+    def __len__(self) -> int:
+        return len(self.shared)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.shared
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Pod):
+            other = other.as_dict()
+        return self.as_dict() == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Pod({self.as_dict()!r})"
 
 
 # A process that left no trace (exited before the agent saw it): its exit event carries
@@ -163,4 +214,4 @@ def missing_process(exec_id: str, pid: int, tid: int) -> ProcessMsg:
 
 
 if native.fast is not None:  # the compiled encoders read these classes' slots directly
-    native.fast.configure_events(ProcessMsg, ProcessExec, ProcessExit, PolicyEvent)
+    native.fast.configure_events(ProcessMsg, ProcessExec, ProcessExit, PolicyEvent, Pod, PodShared)

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from vigil.core import native
-from vigil.core.events import DictEvent, Event, Pod, PolicyEvent, ProcessExec, ProcessExit, ProcessMsg
+from vigil.core.events import DictEvent, Event, Pod, PodShared, PolicyEvent, ProcessExec, ProcessExit, ProcessMsg
 from vigil.export.dicts import event_dict, process_fields
 
 _NL = orjson.OPT_APPEND_NEWLINE
@@ -44,40 +44,53 @@ def _sub_entry(d: Any) -> tuple[Any, bytes, Any]:
 
 
 def _sub(d: Any) -> Any:
-    """Fragment of an interned sub-message (capabilities, namespaces, credentials)."""
+    """Fragment of an interned sub-message (capabilities, namespaces, credentials) or a pod."""
+    if type(d) is Pod:
+        return _Fragment(pod_json(d))
     return _sub_entry(d)[2]
 
 
 def _sub_json(d: Any) -> bytes:
-    if type(d) is Pod:
-        return pod_json(d)
     return _sub_entry(d)[1]
 
 
-# id(Pod.shared) -> (that dict, its JSON up to the container's closing brace, the rest)
-_PODS: dict[int, tuple[dict[str, Any], bytes, bytes]] = {}
+# id(Pod.shared) -> (that dict, its parts), for a shared part that is a plain dict
+_PODS: dict[int, tuple[dict[str, Any], tuple[bytes, bytes]]] = {}
+
+
+def pod_parts(shared: dict[str, Any]) -> tuple[bytes, bytes]:
+    """A container's pod object encoded once, split where a process's own fields go (before
+    the container object's closing brace); cached on a PodShared (the compiled encoder reads
+    it there too)."""
+    if type(shared) is PodShared and shared.enc_json is not None:
+        return shared.enc_json
+    e = _PODS.get(id(shared))
+    if e is not None and e[0] is shared:
+        return e[1]
+    raw, cont = _dumps(shared), _dumps(shared["container"])
+    at = raw.index(b'"container":' + cont) + len(b'"container":') + len(cont) - 1
+    parts = (raw[:at], raw[at:])
+    if type(shared) is PodShared:
+        shared.enc_json = parts
+    else:
+        if len(_PODS) >= _SUBS_MAX:
+            _PODS.clear()
+        _PODS[id(shared)] = (shared, parts)
+    return parts
 
 
 def pod_json(p: Pod) -> bytes:
     """A process's pod object: its container's part encoded once, the process's pid and
     exec-probe guess added (the same bytes as encoding the whole dict)."""
-    sh = p.shared
-    e = _PODS.get(id(sh))
-    if e is None or e[0] is not sh:
-        raw, cont = _dumps(sh), _dumps(sh["container"])
-        at = raw.index(b'"container":' + cont) + len(b'"container":') + len(cont) - 1
-        e = (sh, raw[:at], raw[at:])
-        if len(_PODS) >= _SUBS_MAX:
-            _PODS.clear()
-        _PODS[id(sh)] = e
+    head, tail = pod_parts(p.shared)
     own = b""
-    sep = b"," if len(sh["container"]) else b""
+    sep = b"," if len(p.shared["container"]) else b""
     if p.pid:
         own = b'%s"pid":%d' % (sep, p.pid)
         sep = b","
     if p.probe:
         own += sep + b'"maybe_exec_probe":true'
-    return e[1] + own + e[2]
+    return head + own + tail
 
 
 def py_process_json(m: ProcessMsg) -> bytes:
@@ -158,6 +171,7 @@ def py_encode_events(events: list[Any]) -> list[bytes]:
 # the compiled twins when built (native/fastpath.c); the functions above are the reference
 encode, encode_events, process_json = py_encode, py_encode_events, py_process_json
 if native.fast is not None:
-    native.fast.configure_json(encode=py_encode, process_json=py_process_json, sub=_sub_json, body=_dumps)
+    native.fast.configure_json(encode=py_encode, process_json=py_process_json, sub=_sub_json, body=_dumps,
+                               pod_parts=pod_parts)
     encode, encode_events, process_json = (
         native.fast.encode_json, native.fast.encode_json_batch, native.fast.process_json)

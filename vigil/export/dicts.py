@@ -38,7 +38,7 @@ def process_fields(m: ProcessMsg, sub: Callable[[Any], Any] = _same) -> dict[str
     if m.auid is not None:
         d["auid"] = m.auid
     if m.pod:
-        d["pod"] = m.pod
+        d["pod"] = sub(m.pod) if sub is not _same else m.pod.as_dict()
     if m.docker:
         d["docker"] = m.docker
     if m.parent_exec_id:

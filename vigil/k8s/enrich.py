@@ -15,7 +15,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
-from vigil.core.events import Event, Pod
+from vigil.core.events import Event, Pod, PodShared
 from vigil.k8s.cgroups import ContainerRef, parse
 from vigil.k8s.pods import ContainerInfo, PodInfo, PodStore, maybe_exec_probe
 
@@ -28,11 +28,28 @@ class PodResolver:
         self.annotations = annotations  # --enable-pod-annotations
         self._refs: dict[str, ContainerRef] = {}          # cgroup name -> ref
         self.by_docker: dict[str, ContainerRef] = {}      # docker field (31) -> ref of kubelet containers
-        # cgroup name -> ((pod, container) as the store holds them, pod json base, container base):
-        # reused while the store still holds that same (pod, container) entry
-        self._by_cg: dict[str, tuple[tuple[PodInfo, ContainerInfo], dict[str, Any]]] = {}
-        self.enriched = 0
+        # cgroup name -> (the shared pod part, its exec probes' argument strings or None, the
+        # (pod, container) it was made from): dropped when the store changes that container
+        self._by_cg: dict[str, tuple[PodShared, frozenset[str] | None, tuple[PodInfo, ContainerInfo]]] = {}
+        self._cgroups_of: dict[str, list[str]] = {}      # container id -> its cgroup names in _by_cg
+        # what the compiled exec path reads (native/fastpath.c, pod_from_table): a process of a
+        # container in the table that runs none of its exec probes gets its pod there, counted
+        # in [1]; anything else calls pod_json
+        self.fast: list[Any] = [self._by_cg, 0]
+        self._enriched = 0
         self.unknown = 0
+        store.listen(self._forget)
+
+    @property
+    def enriched(self) -> int:
+        return self._enriched + int(self.fast[1])
+
+    def _forget(self, old: PodInfo | None, new: PodInfo | None) -> None:
+        """The store changed a pod (watcher thread, after its update): its containers' entries go."""
+        for p in (old, new):
+            for c in p.containers if p is not None else ():
+                for cg in self._cgroups_of.pop(c.id, ()):
+                    self._by_cg.pop(cg, None)
 
     def ref(self, cgroup_name: str) -> ContainerRef:
         r = self._refs.get(cgroup_name)
@@ -45,7 +62,7 @@ class PodResolver:
                 self.by_docker[r.docker] = r
         return r
 
-    def _base(self, pod: PodInfo, c: ContainerInfo) -> dict[str, Any]:
+    def _base(self, pod: PodInfo, c: ContainerInfo) -> PodShared:
         """What every process of this container shares, built once: the pod object with its
         container's part (no pid), in Tetragon's field order; shared, never mutated."""
         cont: dict[str, Any] = {"id": c.runtime_id, "name": c.name}
@@ -54,7 +71,7 @@ class PodResolver:
             cont["image"] = image
         if c.started_at:
             cont["start_time"] = c.started_at
-        d: dict[str, Any] = {"namespace": pod.namespace, "name": pod.name, "uid": pod.uid, "container": cont}
+        d = PodShared(namespace=pod.namespace, name=pod.name, uid=pod.uid, container=cont)
         if pod.labels:
             d["pod_labels"] = pod.labels
         if pod.workload:
@@ -65,25 +82,30 @@ class PodResolver:
             d["pod_annotations"] = pod.annotations
         return d
 
-    def pod_json(self, cgroup_name: str, pid: int, binary: str, arguments: str) -> dict[str, Any] | None:
+    def pod_json(self, cgroup_name: str, pid: int, binary: str, arguments: str) -> Pod | None:
         """Tetragon's `pod` object for a process in this cgroup (None: no pod known)."""
         hit = self._by_cg.get(cgroup_name)
-        if hit is None or self.store.by_container.get(hit[0][1].id) is not hit[0]:  # new, changed or gone
+        if hit is None:
             r = self._refs.get(cgroup_name) or self.ref(cgroup_name)
             if not r.container_id:
                 return None
+            seen = self.store.updates
             entry = self.store.lookup(r.container_id)
             if entry is None:
                 self.unknown += 1
                 return None
             if len(self._by_cg) >= _REF_CACHE_MAX:
                 self._by_cg.clear()
-            hit = self._by_cg[cgroup_name] = (entry, self._base(*entry))
-        return self._with_process(hit[1], hit[0][1], pid, binary, arguments)
+                self._cgroups_of.clear()
+            hit = self._by_cg[cgroup_name] = (self._base(*entry), entry[1].probe_args or None, entry)
+            self._cgroups_of.setdefault(entry[1].id, []).append(cgroup_name)
+            if self.store.updates != seen:  # the store changed meanwhile: maybe after _forget ran
+                self._by_cg.pop(cgroup_name, None)
+        return self._with_process(hit[0], hit[2][1], pid, binary, arguments)
 
     def _with_process(self, base: dict[str, Any], c: ContainerInfo, pid: int, binary: str,
                       arguments: str) -> Pod:
-        self.enriched += 1
+        self._enriched += 1
         probe = bool(c.probe_args and arguments in c.probe_args and maybe_exec_probe(c, binary, arguments))
         return Pod(base, pid, probe)
 
