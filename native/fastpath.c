@@ -1289,10 +1289,10 @@ typedef struct {
 	PyObject *builder, *cache, *by_key, *by_pid, *clock, *opts, *node;
 	PyObject *flags_cache, *docker_cache, *caps_cache, *ns_cache, *creds_cache, *signames;
 	PyObject *m_flag_words, *m_docker, *m_caps, *m_namespaces, *m_creds, *m_binary, *m_binary_properties;
-	PyObject *m_parents, *m_on_exit, *m_add, *m_exit, *m_rfc3339, *m_signal_name;
+	PyObject *m_parents, *m_on_exit, *m_rfc3339, *m_signal_name;
 	PyObject *s_exec_count, *s_exit_count, *s_offset, *s_enable_cred, *s_enable_ns, *s_ancestors;
-	PyObject *s_order, *s_pending, *s_append, *s_capacity, *s_grace, *m_release, *m_evict, *m_rebuild_order;
-	PyObject *s_pods, *s_pod_json, *s_fast, *one, *pods, *pods_fast;
+	PyObject *s_order, *s_pending, *s_append, *s_capacity, *s_grace, *m_rebuild_order;
+	PyObject *s_pods, *s_pod_json, *s_fast, *one, *pods, *pods_fast, *s_popleft, *s_removed, *s_evictions;
 	PyObject *empty_str, *empty_tuple;
 	PyTypeObject *proc_type;
 	Py_ssize_t proc_off[P_COUNT];
@@ -1310,11 +1310,12 @@ typedef struct {
 		&b->builder, &b->cache, &b->by_key, &b->by_pid, &b->clock, &b->opts, &b->node, &b->flags_cache,  \
 		&b->docker_cache, &b->caps_cache, &b->ns_cache, &b->creds_cache, &b->signames, &b->m_flag_words, \
 		&b->m_docker, &b->m_caps, &b->m_namespaces, &b->m_creds, &b->m_binary, &b->m_binary_properties,  \
-		&b->m_parents, &b->m_on_exit, &b->m_add, &b->m_exit, &b->m_rfc3339, &b->m_signal_name,           \
+		&b->m_parents, &b->m_on_exit, &b->m_rfc3339, &b->m_signal_name,                                 \
 		&b->s_exec_count, &b->s_exit_count, &b->s_offset, &b->s_enable_cred, &b->s_enable_ns,            \
 		&b->s_ancestors, &b->empty_str, &b->empty_tuple, (PyObject **)&b->proc_type, &b->s_order,         \
-		&b->s_pending, &b->s_append, &b->s_capacity, &b->s_grace, &b->m_release, &b->m_evict,             \
+		&b->s_pending, &b->s_append, &b->s_capacity, &b->s_grace,                                              \
 		&b->m_rebuild_order, &b->last_creds, &b->s_pods, &b->s_pod_json, &b->s_fast, &b->one, &b->pods, &b->pods_fast,\
+		&b->s_popleft, &b->s_removed, &b->s_evictions,                                                  \
 	}
 
 static int builder_traverse(Builder *b, visitproc visit, void *arg)
@@ -1385,9 +1386,8 @@ static int builder_init(Builder *b, PyObject *args, PyObject *kw)
 	    !(b->m_namespaces = get(builder, "_namespaces")) || !(b->m_creds = get(builder, "_creds")) ||
 	    !(b->m_binary = get(builder, "_binary")) || !(b->m_binary_properties = get(builder, "_binary_properties")) ||
 	    !(b->m_parents = get(builder, "_parents")) || !(b->m_on_exit = get(builder, "py_on_exit")) ||
-	    !(b->m_add = get(b->cache, "add")) || !(b->m_exit = get(b->cache, "exit")) ||
-	    !(b->m_rfc3339 = get(b->clock, "ktime_rfc3339")) || !(b->m_release = get(b->cache, "_release")) ||
-	    !(b->m_evict = get(b->cache, "_evict")) || !(b->m_rebuild_order = get(b->cache, "_rebuild_order")))
+	    !(b->m_rfc3339 = get(b->clock, "ktime_rfc3339")) ||
+	    !(b->m_rebuild_order = get(b->cache, "_rebuild_order")))
 		return -1;
 	if (!PyDict_CheckExact(b->by_key) || !PyDict_CheckExact(b->by_pid) || !PyDict_CheckExact(b->flags_cache) ||
 	    !PyDict_CheckExact(b->docker_cache) || !PyDict_CheckExact(b->caps_cache) ||
@@ -1410,6 +1410,9 @@ static int builder_init(Builder *b, PyObject *args, PyObject *kw)
 	b->s_pods = PyUnicode_InternFromString("pods");
 	b->s_pod_json = PyUnicode_InternFromString("pod_json");
 	b->s_fast = PyUnicode_InternFromString("fast");
+	b->s_popleft = PyUnicode_InternFromString("popleft");
+	b->s_removed = PyUnicode_InternFromString("removed");
+	b->s_evictions = PyUnicode_InternFromString("evictions");
 	b->one = PyLong_FromLong(1);
 	b->empty_str = PyUnicode_FromString("");
 	b->empty_tuple = PyTuple_New(0);
@@ -1419,7 +1422,8 @@ static int builder_init(Builder *b, PyObject *args, PyObject *kw)
 		return -1;
 	if (!b->node_s || !b->s_exec_count || !b->s_exit_count || !b->s_offset || !b->s_enable_cred ||
 	    !b->s_enable_ns || !b->s_ancestors || !b->empty_str || !b->empty_tuple || !b->s_order || !b->s_pending ||
-	    !b->s_append || !b->s_capacity || !b->s_grace || !b->s_pods || !b->s_pod_json || !b->s_fast || !b->one)
+	    !b->s_append || !b->s_capacity || !b->s_grace || !b->s_pods || !b->s_pod_json || !b->s_fast || !b->one || !b->s_popleft || !b->s_removed ||
+	    !b->s_evictions)
 		return -1;
 	return 0;
 }
@@ -1603,6 +1607,93 @@ static int cache_release(Builder *b, PyObject *p, PyObject *now)
 	return r;
 }
 
+static int bump_attr(PyObject *o, PyObject *name)
+{
+	PyObject *v = PyObject_GetAttr(o, name);
+	if (!v)
+		return -1;
+	PyObject *one = PyLong_FromLong(1);
+	PyObject *n = one ? PyNumber_Add(v, one) : NULL;
+	Py_DECREF(v);
+	Py_XDECREF(one);
+	if (!n)
+		return -1;
+	int r = PyObject_SetAttr(o, name, n);
+	Py_DECREF(n);
+	return r;
+}
+
+/* ProcessCache._remove */
+static int cache_remove(Builder *b, PyObject *p, PyObject *now)
+{
+	if (PyDict_DelItem(b->by_key, pslot(b, p, P_KEY)) < 0)
+		return -1;
+	PyObject *pid = pslot(b, p, P_PID);
+	PyObject *cur = PyDict_GetItemWithError(b->by_pid, pid);
+	if (PyErr_Occurred() || (cur == p && PyDict_DelItem(b->by_pid, pid) < 0) || bump_attr(b->cache, b->s_removed) < 0)
+		return -1;
+	PyObject *pk = pslot(b, p, P_PARENT_KEY);
+	if (pk == Py_None)
+		return 0;
+	PyObject *parent = PyDict_GetItemWithError(b->by_key, pk);
+	if (!parent)
+		return PyErr_Occurred() ? -1 : 0;
+	Py_INCREF(parent);
+	int r = cache_release(b, parent, now);
+	Py_DECREF(parent);
+	return r;
+}
+
+/* the cached entry still is p (nothing replaced or removed it) */
+static int still_cached(Builder *b, PyObject *p)
+{
+	PyObject *cur = PyDict_GetItemWithError(b->by_key, pslot(b, p, P_KEY));
+	return cur ? cur == p : (PyErr_Occurred() ? -1 : 0);
+}
+
+/* ProcessCache._evict(now, room): the oldest releasable entries first, then the oldest of all */
+static int cache_evict(Builder *b, PyObject *now, long long cap, long long room)
+{
+	PyObject *pending = PyObject_GetAttr(b->cache, b->s_pending);
+	PyObject *order = pending ? PyObject_GetAttr(b->cache, b->s_order) : NULL;
+	int r = order ? 0 : -1;
+	while (!r && PyDict_GET_SIZE(b->by_key) > 0 && PyDict_GET_SIZE(b->by_key) > cap - room) {
+		PyObject *victim = NULL;
+		for (PyObject *q = pending; !r && !victim;) {
+			if (q == pending) {
+				Py_ssize_t n = PyObject_Length(pending);
+				if (n <= 0) {  /* none releasable: the oldest of all */
+					r = n < 0 ? -1 : 0;
+					q = order;
+					continue;
+				}
+			}
+			PyObject *cand = PyObject_CallMethodNoArgs(q, b->s_popleft);
+			if (!cand) {
+				r = -1;
+				break;
+			}
+			int ok = still_cached(b, cand);
+			if (ok > 0 && q == pending) {
+				long rc = PyLong_AsLong(pslot(b, cand, P_REFCNT));
+				ok = rc == -1 && PyErr_Occurred() ? -1 : rc <= 0;
+			}
+			if (ok > 0)
+				victim = cand;
+			else
+				Py_DECREF(cand);
+			r = ok < 0 ? -1 : 0;
+		}
+		if (victim) {
+			r = cache_remove(b, victim, now) < 0 || bump_attr(b->cache, b->s_evictions) < 0 ? -1 : 0;
+			Py_DECREF(victim);
+		}
+	}
+	Py_XDECREF(pending);
+	Py_XDECREF(order);
+	return r;
+}
+
 static int cache_add(Builder *b, PyObject *p, PyObject *now)
 {
 	PyObject *key = pslot(b, p, P_KEY);
@@ -1612,12 +1703,8 @@ static int cache_add(Builder *b, PyObject *p, PyObject *now)
 	long long cap = attr_ll(b->cache, b->s_capacity);
 	if (cap == -1 && PyErr_Occurred())
 		return -1;
-	if (PyDict_GET_SIZE(b->by_key) >= cap) {  /* room first, as ProcessCache.add */
-		PyObject *x = PyObject_CallFunction(b->m_evict, "Oi", now, 1);
-		if (!x)
-			return -1;
-		Py_DECREF(x);
-	}
+	if (PyDict_GET_SIZE(b->by_key) >= cap && cache_evict(b, now, cap, 1) < 0)  /* room first, as ProcessCache.add */
+		return -1;
 	SET_STEAL(p, b->proc_off[P_REFCNT], PyLong_FromLong(1));
 	if (PyErr_Occurred() || PyDict_SetItem(b->by_key, key, p) < 0)
 		return -1;
@@ -2069,6 +2156,92 @@ static PyTypeObject BuilderType = {
 	.tp_methods = builder_methods,
 };
 
+/* ------------------------------------------------------------------ the event loop's dispatch
+ * handle_records(recs, handlers, now, emit, errors, bad): Pipeline.handle's loop (its
+ * reference), compiled: each record to the handler of its op (dict op -> callable), the
+ * events to emit() in batches of 256; a record with no handler, or whose handler raises
+ * one of the `bad` exception classes, is appended to `errors` as (op, length, message or
+ * None) and skipped. Other exceptions propagate. */
+#define EMIT_BATCH 256
+
+static int emit_batch(PyObject *emit, PyObject **out)
+{
+	PyObject *r = PyObject_CallOneArg(emit, *out);
+	Py_CLEAR(*out);
+	Py_XDECREF(r);
+	return r ? 0 : -1;
+}
+
+static PyObject *handle_records(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+	if (nargs != 6 || !PyList_Check(args[0]) || !PyDict_Check(args[1]) || !PyList_Check(args[4]) ||
+	    !PyTuple_Check(args[5]))
+		return PyErr_Format(PyExc_TypeError, "handle_records(recs: list, handlers: dict, now, emit, errors: list, "
+						     "bad: tuple)");
+	PyObject *recs = args[0], *handlers = args[1], *now = args[2], *emit = args[3], *errors = args[4];
+	PyObject *bad = args[5], *out = NULL;
+	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(recs); i++) {
+		PyObject *buf = PyList_GET_ITEM(recs, i);
+		Py_buffer view;
+		if (PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE) < 0)
+			goto fail;
+		Py_ssize_t len = view.len;
+		int op = len ? ((unsigned char *)view.buf)[0] : -1;
+		PyBuffer_Release(&view);
+		PyObject *h = NULL, *e = NULL, *msg = NULL;
+		if (op >= 0) {
+			PyObject *key = PyLong_FromLong(op);  /* a small int: no allocation */
+			h = key ? PyDict_GetItemWithError(handlers, key) : NULL;
+			Py_XDECREF(key);
+			if (!h && PyErr_Occurred())
+				goto fail;
+		}
+		if (h) {
+			Py_INCREF(buf);  /* the handler may outlive the list's hold on it */
+			e = PyObject_Vectorcall(h, (PyObject *[]){buf, now}, 2, NULL);
+			Py_DECREF(buf);
+			if (!e) {
+				if (!PyErr_ExceptionMatches(bad))
+					goto fail;
+				PyObject *type, *value, *tb;
+				PyErr_Fetch(&type, &value, &tb);
+				msg = value ? PyObject_Str(value) : NULL;
+				Py_XDECREF(type);
+				Py_XDECREF(value);
+				Py_XDECREF(tb);
+				if (!msg)
+					goto fail;
+			}
+		}
+		if (!e) {  /* no handler, or a bad record */
+			PyObject *t = Py_BuildValue("(inN)", op, len, msg ? msg : Py_NewRef(Py_None));
+			int r = t ? PyList_Append(errors, t) : -1;
+			Py_XDECREF(t);
+			if (r < 0)
+				goto fail;
+			continue;
+		}
+		if (e == Py_None) {
+			Py_DECREF(e);
+			continue;
+		}
+		if (!out && !(out = PyList_New(0))) {
+			Py_DECREF(e);
+			goto fail;
+		}
+		int r = PyList_Append(out, e);
+		Py_DECREF(e);
+		if (r < 0 || (PyList_GET_SIZE(out) >= EMIT_BATCH && emit_batch(emit, &out) < 0))
+			goto fail;
+	}
+	if (out && emit_batch(emit, &out) < 0)
+		return NULL;
+	Py_RETURN_NONE;
+fail:
+	Py_XDECREF(out);
+	return NULL;
+}
+
 /* ------------------------------------------------------------------ module */
 static PyObject *set_decode_error(PyObject *self, PyObject *cls)
 {
@@ -2091,6 +2264,8 @@ static PyMethodDef methods[] = {
 	{"configure_pb", (PyCFunction)(void (*)(void))configure_pb, METH_VARARGS | METH_KEYWORDS,
 	 "the protobuf twins: encode(ev), process_bytes(m), sub(name, dict), timestamp(str), body(ev), kind_numbers, "
 	 "pod_parts(dict)"},
+	{"handle_records", (PyCFunction)(void (*)(void))handle_records, METH_FASTCALL,
+	 "handle_records(recs, handlers, now, emit, errors, bad): the event loop's dispatch (Pipeline.handle)"},
 	{"set_decode_error", set_decode_error, METH_O, "the exception class a bad record raises"},
 	{NULL, NULL, 0, NULL},
 };

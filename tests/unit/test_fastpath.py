@@ -414,3 +414,47 @@ def test_pod_table_serves_known_containers_and_asks_the_resolver_otherwise() -> 
     assert table_hits() == 2
     assert run(105, cgroup=f"/kubepods/besteffort/pod{POD_UID}/{UNKNOWN}") == (None, None)
     assert fast_b.pods.enriched == ref_b.pods.enriched == 5 and fast_b.pods.unknown == ref_b.pods.unknown == 1
+
+
+@SETTINGS
+@given(st.lists(st.binary(max_size=6), max_size=700))
+def test_dispatch_loop(recs: list[bytes]) -> None:
+    """The compiled event-loop dispatch (handle_records) against Pipeline.py_handle: the same
+    events in the same batches, the same skipped records (no handler, bad record)."""
+    from vigil.agent.pipeline import _BAD_RECORD, Pipeline
+
+    def handler(buf: bytes, now: int) -> Any:
+        if len(buf) == 2:
+            raise R.DecodeError(f"short {buf[1]}")
+        if len(buf) == 3:
+            raise ValueError("bad value")
+        return None if len(buf) == 4 else (buf, now)
+
+    handlers = dict.fromkeys(range(0, 256, 3), handler)
+    runs = []
+    for compiled in (True, False):
+        batches: list[list[Any]] = []
+        errors: list[Any] = []
+        pipe = Pipeline.__new__(Pipeline)
+        pipe.handlers, pipe.emit = handlers, lambda evs, out=batches: out.append(list(evs))  # type: ignore[method-assign]
+        if compiled:
+            FAST.handle_records(list(recs), handlers, 7, pipe.emit, errors, _BAD_RECORD)
+        else:
+            pipe.py_handle(list(recs), 7, errors)
+        runs.append((batches, errors))
+    assert runs[0] == runs[1]
+    assert all(len(b) <= 256 for b in runs[0][0])
+
+
+def test_dispatch_loop_lets_other_errors_through() -> None:
+    from vigil.agent.pipeline import _BAD_RECORD
+
+    def boom(buf: bytes, now: int) -> None:
+        raise RuntimeError("a bug, not a bad record")
+
+    try:
+        FAST.handle_records([b"\x01"], {1: boom}, 0, lambda evs: None, [], _BAD_RECORD)
+    except RuntimeError as e:
+        assert "a bug" in str(e)
+    else:
+        raise AssertionError("the handler's exception was swallowed")

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from vigil.core import native
 from vigil.core.bus import EventBus
 from vigil.core.events import Event
 from vigil.events import records as R
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("vigil.agent")
 
 Handler = Callable[[bytes, int], "Event | None"]
+_BAD_RECORD = (R.DecodeError, ValueError, IndexError)  # a record the loop skips, counted
 
 
 class Pipeline:
@@ -115,28 +117,38 @@ class Pipeline:
         self.emit(batch, hold=False)
 
     def handle(self, recs: list[bytes]) -> None:
-        """Records -> events: one table lookup per record (decoders registered by record op)."""
+        """Records -> events: one table lookup per record (decoders registered by record op),
+        events emitted in batches of 256 (CPU caches, fewer GC promotions)."""
         now = time.monotonic_ns()
+        errors: list[tuple[int, int, str | None]] = []
+        if native.fast is not None and type(recs) is list:
+            native.fast.handle_records(recs, self.handlers, now, self.emit, errors, _BAD_RECORD)
+        else:
+            self.py_handle(recs, now, errors)
+        for op, n, msg in errors:
+            self.decode_errors += 1
+            if self.decode_errors <= 10:
+                log.warning("bad kernel record (op %s, %d bytes): %s", op, n, msg or "no handler")
+
+    def py_handle(self, recs: list[bytes], now: int, errors: list[tuple[int, int, str | None]]) -> None:
+        """The reference of the compiled loop (native/fastpath.c, handle_records)."""
         handlers = self.handlers
         out: list[Event] = []
         append = out.append
         for buf in recs:
-            op = buf[0]
+            op = buf[0] if buf else -1
+            h = handlers.get(op)
+            if h is None:
+                errors.append((op, len(buf), None))
+                continue
             try:
-                e = handlers[op](buf, now)
-            except KeyError:
-                e = None
-                self.decode_errors += 1
-                if self.decode_errors <= 10:
-                    log.warning("bad kernel record (op %s, %d bytes): no handler", op, len(buf))
-            except (R.DecodeError, ValueError, IndexError) as ex:
-                e = None
-                self.decode_errors += 1
-                if self.decode_errors <= 10:
-                    log.warning("bad kernel record (op %s, %d bytes): %s", op, len(buf), ex)
+                e = h(buf, now)
+            except _BAD_RECORD as ex:
+                errors.append((op, len(buf), str(ex)))
+                continue
             if e is not None:
                 append(e)
-            if len(out) >= 256:  # small batches: ~30% faster (CPU caches, fewer GC promotions)
+            if len(out) >= 256:
                 self.emit(out)
                 out = []
                 append = out.append
