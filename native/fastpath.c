@@ -25,6 +25,7 @@
 #include <limits.h>
 
 #include "vigil_events.h"
+#include "vigil_policy.h"
 
 #define F_ERR_CWD (1 << 4)
 
@@ -366,6 +367,111 @@ static PyTypeObject ExitRecordType = {
 	.tp_new = ExitRecord_new,
 	.tp_members = ExitRecord_members,
 };
+
+/* ------------------------------------------------------------------ generic policy records
+ * decode_generic(buf) -> (GenericRecord, data): the record of a policy hook (struct
+ * msg_generic) with its arguments' headers (ArgHdr, struct vp_arg_hdr); the twin is
+ * vigil.events.generic.py_decode_generic (ctypes, vigil/kernel/policy_layout.py). */
+typedef struct {
+	PyObject_HEAD
+	unsigned short off, len;
+	unsigned char type, flags;
+	unsigned short mode;
+	long long value;
+} ArgHdr;
+
+#define U(name, type) {#name, type, offsetof(ArgHdr, name), READONLY, NULL}
+static PyMemberDef ArgHdr_members[] = {
+	U(off, T_USHORT), U(len, T_USHORT), U(type, T_UBYTE), U(flags, T_UBYTE), U(mode, T_USHORT),
+	U(value, T_LONGLONG), {NULL, 0, 0, 0, NULL},
+};
+#undef U
+
+static PyTypeObject ArgHdrType = {
+	PyVarObject_HEAD_INIT(NULL, 0)
+	.tp_name = "vigil._fastpath.ArgHdr",
+	.tp_doc = "One argument's header in a generic record (struct vp_arg_hdr).",
+	.tp_basicsize = sizeof(ArgHdr),
+	.tp_flags = Py_TPFLAGS_DEFAULT,
+	.tp_members = ArgHdr_members,
+};
+
+typedef struct {
+	PyObject_HEAD
+	unsigned char op, selector, action, ret_action, flags, ima_len, ima_algo;
+	unsigned short hflags;
+	unsigned int size, pid, hook_id, tid, kstack_len, ustack_len;
+	unsigned long long ktime, exec_ktime;
+	long long ret;
+	PyObject *args;  /* tuple of VP_MAX_ARGS ArgHdr */
+} GenericRecord;
+
+static void GenericRecord_dealloc(GenericRecord *r)
+{
+	Py_XDECREF(r->args);
+	Py_TYPE(r)->tp_free((PyObject *)r);
+}
+
+#define U(name, type) {#name, type, offsetof(GenericRecord, name), READONLY, NULL}
+static PyMemberDef GenericRecord_members[] = {
+	U(op, T_UBYTE), U(hflags, T_USHORT), U(size, T_UINT), U(ktime, T_ULONGLONG), U(pid, T_UINT),
+	U(exec_ktime, T_ULONGLONG), U(hook_id, T_UINT), U(tid, T_UINT), U(selector, T_UBYTE), U(action, T_UBYTE),
+	U(ret_action, T_UBYTE), U(flags, T_UBYTE), U(kstack_len, T_UINT), U(ustack_len, T_UINT), U(ima_len, T_UBYTE),
+	U(ima_algo, T_UBYTE), U(ret, T_LONGLONG), U(args, T_OBJECT_EX), {NULL, 0, 0, 0, NULL},
+};
+#undef U
+
+static PyTypeObject GenericRecordType = {
+	PyVarObject_HEAD_INIT(NULL, 0)
+	.tp_name = "vigil._fastpath.GenericRecord",
+	.tp_doc = "The record of a generic policy hook (struct msg_generic), decoded.",
+	.tp_basicsize = sizeof(GenericRecord),
+	.tp_flags = Py_TPFLAGS_DEFAULT,
+	.tp_dealloc = (destructor)GenericRecord_dealloc,
+	.tp_members = GenericRecord_members,
+};
+
+static PyObject *decode_generic(PyObject *self, PyObject *arg)
+{
+	Py_buffer view;
+	if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+		return NULL;
+	PyObject *res = NULL;
+	GenericRecord *r = NULL;
+	if (view.len < (Py_ssize_t)sizeof(struct msg_generic)) {
+		PyErr_Format(DecodeError ? DecodeError : PyExc_ValueError, "generic record of %zd bytes, need %zd",
+			     view.len, (Py_ssize_t)sizeof(struct msg_generic));
+		goto out;
+	}
+	struct msg_generic m;
+	memcpy(&m, view.buf, sizeof(m));
+	if (!(r = PyObject_New(GenericRecord, &GenericRecordType)))
+		goto out;
+	r->args = NULL;
+	r->op = m.hdr.op, r->hflags = m.hdr.flags, r->size = m.hdr.size, r->ktime = m.hdr.ktime;
+	r->pid = m.key.pid, r->exec_ktime = m.key.ktime, r->hook_id = m.hook_id, r->tid = m.tid;
+	r->selector = m.selector, r->action = m.action, r->ret_action = m.ret_action, r->flags = m.flags;
+	r->kstack_len = m.kstack_len, r->ustack_len = m.ustack_len, r->ima_len = m.ima_len;
+	r->ima_algo = m.ima_algo, r->ret = m.ret;
+	if (!(r->args = PyTuple_New(VP_MAX_ARGS)))
+		goto out;
+	for (int i = 0; i < VP_MAX_ARGS; i++) {
+		ArgHdr *a = PyObject_New(ArgHdr, &ArgHdrType);
+		if (!a)
+			goto out;
+		a->off = m.args[i].off, a->len = m.args[i].len, a->type = m.args[i].type, a->flags = m.args[i].flags;
+		a->mode = m.args[i].mode, a->value = m.args[i].value;
+		PyTuple_SET_ITEM(r->args, i, (PyObject *)a);
+	}
+	PyObject *data = PyBytes_FromStringAndSize((const char *)view.buf + sizeof(m), view.len - (Py_ssize_t)sizeof(m));
+	if (data)
+		res = PyTuple_Pack(2, (PyObject *)r, data);
+	Py_XDECREF(data);
+out:
+	Py_XDECREF(r);
+	PyBuffer_Release(&view);
+	return res;
+}
 
 /* ------------------------------------------------------------------ small formatters */
 static PyObject *format_arguments(PyObject *self, PyObject *arg)
@@ -2136,7 +2242,18 @@ out:
 	return res;
 }
 
+static PyObject *builder_rfc3339(Builder *b, PyObject *ktime)
+{
+	unsigned long long k = PyLong_AsUnsignedLongLong(ktime);
+	if (k == (unsigned long long)-1 && PyErr_Occurred()) {
+		PyErr_Clear();
+		return PyObject_CallOneArg(b->m_rfc3339, ktime);  /* the twin says what it makes of it */
+	}
+	return rfc3339(b, k);
+}
+
 static PyMethodDef builder_methods[] = {
+	{"rfc3339", (PyCFunction)builder_rfc3339, METH_O, "WallClock.ktime_rfc3339, compiled"},
 	{"on_exec", (PyCFunction)(void (*)(void))builder_on_exec, METH_FASTCALL, "EventBuilder.on_exec of raw bytes"},
 	{"on_exit", (PyCFunction)(void (*)(void))builder_on_exit, METH_FASTCALL, "EventBuilder.on_exit of raw bytes"},
 	{NULL, NULL, 0, NULL},
@@ -2264,6 +2381,7 @@ static PyMethodDef methods[] = {
 	{"configure_pb", (PyCFunction)(void (*)(void))configure_pb, METH_VARARGS | METH_KEYWORDS,
 	 "the protobuf twins: encode(ev), process_bytes(m), sub(name, dict), timestamp(str), body(ev), kind_numbers, "
 	 "pod_parts(dict)"},
+	{"decode_generic", decode_generic, METH_O, "generic policy record -> (GenericRecord, data after the header)"},
 	{"handle_records", (PyCFunction)(void (*)(void))handle_records, METH_FASTCALL,
 	 "handle_records(recs, handlers, now, emit, errors, bad): the event loop's dispatch (Pipeline.handle)"},
 	{"set_decode_error", set_decode_error, METH_O, "the exception class a bad record raises"},
@@ -2277,7 +2395,8 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__fastpath(void)
 {
-	if (PyType_Ready(&ProcessRecordType) < 0 || PyType_Ready(&ExitRecordType) < 0 || PyType_Ready(&BuilderType) < 0)
+	if (PyType_Ready(&ProcessRecordType) < 0 || PyType_Ready(&ExitRecordType) < 0 || PyType_Ready(&BuilderType) < 0 ||
+	    PyType_Ready(&ArgHdrType) < 0 || PyType_Ready(&GenericRecordType) < 0)
 		return NULL;
 	PyObject *m = PyModule_Create(&module);
 	if (!m)

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from vigil.api import wire
 from vigil.core import native
 from vigil.core.events import DictEvent, Pod, PodShared, PolicyEvent, ProcessExec, ProcessExit, ProcessMsg
-from vigil.events import records as R
+from vigil.events import generic, records as R
 from vigil.export import codec
 from vigil.export.dicts import event_dict
 from vigil.process import build, ids
@@ -458,3 +458,24 @@ def test_dispatch_loop_lets_other_errors_through() -> None:
         assert "a bug" in str(e)
     else:
         raise AssertionError("the handler's exception was swallowed")
+
+
+GENERIC_FIELDS = ("op", "hflags", "size", "ktime", "pid", "exec_ktime", "hook_id", "tid", "selector", "action",
+                  "ret_action", "flags", "kstack_len", "ustack_len", "ima_len", "ima_algo", "ret")
+ARG_FIELDS = ("off", "len", "type", "flags", "mode", "value")
+
+
+@SETTINGS
+@given(st.binary(min_size=generic.HDR_SIZE - 3, max_size=generic.HDR_SIZE + 40))
+def test_generic_record(buf: bytes) -> None:
+    """decode_generic (C, from bpf/include/vigil_policy.h) against the ctypes mirror."""
+    got, want = _outcome(FAST.decode_generic, buf), _outcome(generic.py_decode_generic, buf)
+    if isinstance(want, str):
+        assert got == want
+        return
+    (m, data), (ref, ref_data) = got, want
+    assert data == ref_data
+    assert {f: getattr(m, f) for f in GENERIC_FIELDS} == {f: getattr(ref, f) for f in GENERIC_FIELDS}
+    assert len(m.args) == len(ref.args)
+    for a, b in zip(m.args, ref.args):
+        assert {f: getattr(a, f) for f in ARG_FIELDS} == {f: getattr(b, f) for f in ARG_FIELDS}

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from vigil.core.events import Event, PolicyEvent, ProcessMsg, missing_process
 from vigil.events import generic as G
+from vigil.events.generic import decode_generic
 from vigil.kernel import policy_layout as L
 from vigil.sensors import generic_events
 
@@ -37,13 +38,13 @@ class PolicyEvents:
     def processes(self, pid: int, exec_ktime: int = 0, tid: int = 0) -> tuple[ProcessMsg, ProcessMsg | None]:
         """The message of the process a record names, and its parent's."""
         cache = self.builder.cache
-        # by (pid, ktime) key: an exec_id string would be encoded here and decoded by the cache
-        p = cache.get((pid, exec_ktime)) if exec_ktime else None
+        by_key = cache._by_key  # by (pid, ktime) key: an exec_id string would be encoded and decoded
+        p = by_key.get((pid, exec_ktime)) if exec_ktime else None
         if p is None:
             p = cache.by_pid(pid)
         if p is None:
             return missing_process("", pid, tid or pid), None
-        parent = cache.get(p.parent_key) if p.parent_key else None
+        parent = by_key.get(p.parent_key) if p.parent_key else None
         return p.msg, parent.msg if parent is not None else None
 
     # -- reported from other threads
@@ -103,8 +104,8 @@ class PolicyEvents:
 
     def _more_data(self, m: Any) -> dict[int, bytes] | None:
         more: dict[int, bytes] | None = None
-        for slot in range(L.MAX_ARGS):
-            if m.args[slot].flags & L.ARGF_DATA:
+        for slot, ah in enumerate(m.args):
+            if ah.flags & _ARGF_DATA:
                 chunks = self._data.pop((m.ktime, m.tid, slot), [])
                 chunks.sort()
                 more = more or {}
@@ -112,27 +113,34 @@ class PolicyEvents:
         return more
 
     def handle(self, buf: bytes, now_ns: int) -> PolicyEvent | None:
-        m, data = G.decode_generic(buf)
+        m, data = decode_generic(buf)
         entry = self.hooks.get(m.hook_id)
         if entry is None:
             return None  # a record of a policy deleted meanwhile
         ch, lp = entry
         b = self.builder
         process, parent = self.processes(m.pid, m.exec_ktime, m.tid)
-        if ch.actions and m.action in (L.ACT["GetUrl"], L.ACT["DnsLookup"]) and not m.flags & L.EV_MONITOR:
+        action = m.action
+        if ch.actions and action in _USER_ACTIONS and not m.flags & L.EV_MONITOR:
             from vigil.sensors.user_actions import requested
 
             for what, target in requested(ch, m.selector):
                 self.user_actions.submit(what, target)
         kind = ch.placement.event_kind
-        event = PolicyEvent(kind, process, parent, generic_events.build_body(ch, m, data, self._more_data(m)),
-                            b.clock.ktime_rfc3339(m.ktime), b.node)
+        more = self._more_data(m) if self._data else None
+        event = PolicyEvent(kind, process, parent, generic_events.build_body(ch, m, data, more),
+                            b.ktime_rfc3339(m.ktime), b.node)
         if lp is not None:
             lp.events[kind] = lp.events.get(kind, 0) + 1
-            label = _count_action(lp, ch, m.selector, generic_events.ACTION_NAMES.get(m.action, "KPROBE_ACTION_POST"))
+            label = _count_action(lp, ch, m.selector, _ACTION_NAMES.get(action, "KPROBE_ACTION_POST"))
             if lp.correlator is not None:
                 return lp.correlator.feed(event, label)  # type: ignore[no-any-return]
         return event
+
+
+_ARGF_DATA = L.ARGF_DATA
+_USER_ACTIONS = frozenset((L.ACT["GetUrl"], L.ACT["DnsLookup"]))
+_ACTION_NAMES = generic_events.ACTION_NAMES
 
 
 # (hook id, selector, action) -> (the counter key, the selector's label): the key names the

@@ -120,6 +120,9 @@ class EventBuilder:
         # the compiled exec and exit (native/fastpath.c), which use the caches and methods
         # below on misses; the Python on_exec / on_exit are the reference
         self._fast = native.fast.Builder(self, Process, sys.modules[__name__]) if native.fast is not None else None
+        # event times for the other stages (policy events): the clock's, compiled when built
+        self.ktime_rfc3339: Callable[[int], str] = (
+            self._fast.rfc3339 if self._fast is not None else self.clock.ktime_rfc3339)
 
     def record_handlers(self) -> dict[int, Callable[[bytes, int], Any]]:
         """record op -> handler(raw record, now_ns) returning the event or None."""

@@ -340,86 +340,134 @@ def explain_enforcement(hook: CompiledHook, m: L.MsgGeneric) -> str:
             f"{hook.placement.describe()}]")
 
 
+class _Shape:
+    """What a hook's events share, read once from the compiled hook (build_body's constants)."""
+
+    __slots__ = ("hook", "kind", "args", "all_args", "by_slot_needed", "function", "subsys", "event", "policy",
+                 "message", "tags", "ret", "ret_key", "ret_label", "path", "symbol", "offset", "provider", "name")
+
+    def __init__(self, hook: CompiledHook) -> None:
+        pl = hook.placement
+        a = pl.attach
+        self.hook = hook
+        self.kind = pl.event_kind
+        self.all_args = [(p.slot, p) for p in pl.args]
+        self.args = [(slot, p) for slot, p in self.all_args if p.vtype != 0]
+        # only truncated buffers look at another slot (their size argument)
+        self.by_slot_needed = any(p.size_arg for _, p in self.args)
+        self.function = (pl.event_function if self.kind == "process_kprobe" else
+                         a.get("event_func") or a.get("func", "") if self.kind == "process_lsm" else "")
+        self.subsys, self.event = a.get("category", ""), a.get("name", "")
+        self.policy, self.message, self.tags = hook.policy, hook.message, list(hook.tags)
+        self.ret = pl.ret
+        t = pl.ret.vtype if pl.ret is not None else -1
+        self.ret_key = ("int_arg" if t == L.T["int"] else "size_arg" if t == L.T["size"] else
+                        "uint_arg" if t == L.T["uint"] else "long_arg")
+        self.ret_label = pl.ret.label if pl.ret is not None else ""
+        self.path, self.symbol = a.get("path", ""), a.get("symbol", "")
+        self.offset = str(a["offset"]) if "offset" in a else ""
+        self.provider = a.get("provider", "")
+        self.name = a.get("name", "")
+
+
+_SHAPES: dict[int, _Shape] = {}
+
+
+def _shape(hook: CompiledHook) -> _Shape:
+    sh = _SHAPES.get(hook.hook_id)
+    if sh is None or sh.hook is not hook:
+        if len(_SHAPES) >= 4096:
+            _SHAPES.clear()
+        sh = _SHAPES[hook.hook_id] = _Shape(hook)
+    return sh
+
+
+def _ret_value(key: str, v: int) -> Any:
+    if key == "int_arg":
+        return v
+    if key == "size_arg":
+        return str(v & 0xFFFFFFFFFFFFFFFF)
+    if key == "uint_arg":
+        return v & 0xFFFFFFFF
+    return str(v)
+
+
 def build_body(hook: CompiledHook, m: L.MsgGeneric, data: bytes,
                more: dict[int, bytes] | None = None) -> dict[str, Any]:
     """The hook-specific part of the event (without process/parent). `more`: maxData bytes
     that came in data records, by argument slot."""
-    pl = hook.placement
-    by_slot = {p.slot: (p, m.args[p.slot]) for p in pl.args}
+    sh = _shape(hook)
+    kind = sh.kind
+    margs = m.args
+    by_slot = {slot: (p, margs[slot]) for slot, p in sh.all_args} if sh.by_slot_needed else {}
     args = []
-    for p in pl.args:
-        ah = m.args[p.slot]
-        if p.vtype == 0:
-            continue
-        payload = data[ah.off:ah.off + ah.len]
-        if more and p.slot in more:
-            payload += more[p.slot]
+    for slot, p in sh.args:
+        ah = margs[slot]
+        off = ah.off
+        payload = data[off:off + ah.len]
+        if more and slot in more:
+            payload += more[slot]
         args.append(render_arg(p, ah, payload, by_slot))
     body: dict[str, Any] = {}
     action = ACTION_NAMES.get(m.action, "KPROBE_ACTION_POST")
-    if pl.event_kind == "process_kprobe":
+    if kind == "process_kprobe":
         # a syscall enforced at an LSM hook, or a stand-in, keeps the name the policy hooked
-        body["function_name"] = pl.event_function
+        body["function_name"] = sh.function
         if args:
             body["args"] = args
-        if m.flags & L.EV_HAS_RET and pl.ret is not None:
-            ret_plan = pl.ret
-            v = m.ret
-            body["return"] = ({"int_arg": v} if ret_plan.vtype == L.T["int"] else
-                              {"long_arg": str(v)} if ret_plan.vtype == L.T["long"] else
-                              {"size_arg": str(v & 0xFFFFFFFFFFFFFFFF)} if ret_plan.vtype == L.T["size"] else
-                              {"uint_arg": v & 0xFFFFFFFF} if ret_plan.vtype == L.T["uint"] else {"long_arg": str(v)})
-            if ret_plan.label:
-                body["return"]["label"] = ret_plan.label
+        if m.flags & L.EV_HAS_RET and sh.ret is not None:
+            ret = body["return"] = {sh.ret_key: _ret_value(sh.ret_key, m.ret)}
+            if sh.ret_label:
+                ret["label"] = sh.ret_label
         body["action"] = action
         if m.kstack_len:
             body["kernel_stack_trace"] = _stack(data, _stack_off(m), m.kstack_len)
-        body["policy_name"] = hook.policy
+        body["policy_name"] = sh.policy
         if m.ret_action:
             body["return_action"] = ACTION_NAMES.get(m.ret_action, "KPROBE_ACTION_POST")
-    elif pl.event_kind == "process_tracepoint":
-        body["subsys"] = pl.attach.get("category", "")
-        body["event"] = pl.attach.get("name", "")
+    elif kind == "process_tracepoint":
+        body["subsys"] = sh.subsys
+        body["event"] = sh.event
         if args:
             body["args"] = args
-        body["policy_name"] = hook.policy
+        body["policy_name"] = sh.policy
         body["action"] = action
-    elif pl.event_kind == "process_lsm":
-        body["function_name"] = pl.attach.get("event_func") or pl.attach.get("func", "")
-        body["policy_name"] = hook.policy
+    elif kind == "process_lsm":
+        body["function_name"] = sh.function
+        body["policy_name"] = sh.policy
         if args:
             body["args"] = args
         body["action"] = action
-    elif pl.event_kind == "process_uprobe":
-        body["path"] = pl.attach["path"]
-        if pl.attach.get("symbol"):
-            body["symbol"] = pl.attach["symbol"]
-        body["policy_name"] = hook.policy
-    elif pl.event_kind == "process_usdt":
-        body["path"] = pl.attach["path"]
-        body["provider"] = pl.attach["provider"]
-        body["name"] = pl.attach["name"]
-        body["policy_name"] = hook.policy
-    message = hook.message
+    elif kind == "process_uprobe":
+        body["path"] = sh.path
+        if sh.symbol:
+            body["symbol"] = sh.symbol
+        body["policy_name"] = sh.policy
+    elif kind == "process_usdt":
+        body["path"] = sh.path
+        body["provider"] = sh.provider
+        body["name"] = sh.name
+        body["policy_name"] = sh.policy
+    message = sh.message
     if m.action in ENFORCING or m.ret_action in ENFORCING:
         # an enforcement explains itself: which selector, by what mechanism, which action
         message = (f"{message} " if message else "") + explain_enforcement(hook, m)
     if message:
         body["message"] = message
-    if pl.event_kind in ("process_uprobe", "process_usdt") and args:
+    if args and kind in ("process_uprobe", "process_usdt"):
         body["args"] = args
-    if pl.event_kind == "process_lsm" and m.ima_len:
+    if kind == "process_lsm" and m.ima_len:
         at = _stack_off(m) + m.kstack_len + m.ustack_len
         algo = IMA_ALGOS[m.ima_algo] if m.ima_algo < len(IMA_ALGOS) else str(m.ima_algo)
         body["ima_hash"] = f"{algo}:{data[at:at + m.ima_len].hex()}"
-    if hook.tags:
-        body["tags"] = list(hook.tags)
-    if pl.event_kind == "process_kprobe" and m.ustack_len:
+    if sh.tags:
+        body["tags"] = list(sh.tags)
+    if kind == "process_kprobe" and m.ustack_len:
         body["user_stack_trace"] = _user_stack(data, _stack_off(m) + m.kstack_len, m.ustack_len, m.pid)
-    if pl.event_kind == "process_uprobe":
-        body["offset"] = str(pl.attach["offset"])
+    if kind == "process_uprobe":
+        body["offset"] = sh.offset
         body["action"] = action
-    if pl.event_kind == "process_usdt":
+    elif kind == "process_usdt":
         body["action"] = action
     return body
 
