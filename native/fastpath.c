@@ -1360,14 +1360,14 @@ static PyObject *configure_pb(PyObject *self, PyObject *args, PyObject *kw)
 }
 /* ------------------------------------------------------------------ the process stage
  *
- * Builder(event_builder, Process, ProcessMsg, ProcessExec, ProcessExit): on_exec(buf, now)
- * and on_exit(buf, now) do what EventBuilder.on_exec / on_exit (vigil/process/build.py,
+ * Builder(event_builder, Process, build_module): on_exec(buf, now), on_clone(buf, now) and
+ * on_exit(buf, now) do what EventBuilder.on_exec / on_clone / on_exit (vigil/process/build.py,
  * the reference) do for a record, in one call: decode, exec ids, the parent lookup, the
  * interned sub-messages (looked up in the builder's own caches; a miss calls the
  * builder's method, which fills them), the ProcessMsg, the cache entry and the event.
- * The cache itself stays Python (ProcessCache.add / exit are called). Anything rare
- * (a missing process at exit, --enable-ancestors, an unusual value) is handed to the
- * builder's Python method, so there is one behaviour. */
+ * The cache's dicts and queues stay Python objects, changed here as ProcessCache.add /
+ * exit / _evict change them. Anything rare (a missing process at exit, --enable-ancestors,
+ * an unusual value) is handed to the builder's Python method, so there is one behaviour. */
 
 enum {
 	P_EXEC_ID, P_KEY, P_PID, P_KTIME, P_PARENT_EXEC_ID, P_PARENT_KEY, P_PPID, P_REFCNT, P_MSG, P_BINARY, P_EXE,
@@ -1399,6 +1399,7 @@ typedef struct {
 	PyObject *s_exec_count, *s_exit_count, *s_offset, *s_enable_cred, *s_enable_ns, *s_ancestors;
 	PyObject *s_order, *s_pending, *s_append, *s_capacity, *s_grace, *m_rebuild_order;
 	PyObject *s_pods, *s_pod_json, *s_fast, *one, *pods, *pods_fast, *s_popleft, *s_removed, *s_evictions;
+	PyObject *s_miss_count, *s_clone_count, *s_clone, *s_with_pid;
 	PyObject *empty_str, *empty_tuple;
 	PyTypeObject *proc_type;
 	Py_ssize_t proc_off[P_COUNT];
@@ -1421,7 +1422,8 @@ typedef struct {
 		&b->s_ancestors, &b->empty_str, &b->empty_tuple, (PyObject **)&b->proc_type, &b->s_order,         \
 		&b->s_pending, &b->s_append, &b->s_capacity, &b->s_grace,                                              \
 		&b->m_rebuild_order, &b->last_creds, &b->s_pods, &b->s_pod_json, &b->s_fast, &b->one, &b->pods, &b->pods_fast,\
-		&b->s_popleft, &b->s_removed, &b->s_evictions,                                                  \
+		&b->s_popleft, &b->s_removed, &b->s_evictions, &b->s_miss_count, &b->s_clone_count, &b->s_clone,  \
+		&b->s_with_pid,                                                                                  \
 	}
 
 static int builder_traverse(Builder *b, visitproc visit, void *arg)
@@ -1517,6 +1519,10 @@ static int builder_init(Builder *b, PyObject *args, PyObject *kw)
 	b->s_pod_json = PyUnicode_InternFromString("pod_json");
 	b->s_fast = PyUnicode_InternFromString("fast");
 	b->s_popleft = PyUnicode_InternFromString("popleft");
+	b->s_miss_count = PyUnicode_InternFromString("miss_count");
+	b->s_clone_count = PyUnicode_InternFromString("clone_count");
+	b->s_clone = PyUnicode_InternFromString("clone");
+	b->s_with_pid = PyUnicode_InternFromString("with_pid");
 	b->s_removed = PyUnicode_InternFromString("removed");
 	b->s_evictions = PyUnicode_InternFromString("evictions");
 	b->one = PyLong_FromLong(1);
@@ -1529,7 +1535,7 @@ static int builder_init(Builder *b, PyObject *args, PyObject *kw)
 	if (!b->node_s || !b->s_exec_count || !b->s_exit_count || !b->s_offset || !b->s_enable_cred ||
 	    !b->s_enable_ns || !b->s_ancestors || !b->empty_str || !b->empty_tuple || !b->s_order || !b->s_pending ||
 	    !b->s_append || !b->s_capacity || !b->s_grace || !b->s_pods || !b->s_pod_json || !b->s_fast || !b->one || !b->s_popleft || !b->s_removed ||
-	    !b->s_evictions)
+	    !b->s_evictions || !b->s_miss_count || !b->s_clone_count || !b->s_clone || !b->s_with_pid)
 		return -1;
 	return 0;
 }
@@ -2178,6 +2184,135 @@ out:
 	return res;
 }
 
+/* EventBuilder.on_clone: a fork gives the child a cache entry (no event), its message the
+ * parent's with the child's identity (ProcessMsg.derive), as make_process(clone_of=) does */
+static PyObject *builder_on_clone(Builder *b, PyObject *const *args, Py_ssize_t nargs)
+{
+	ProcessRecord *r = (ProcessRecord *)record_arg(args, nargs, "on_clone(buf, now_ns)", T_EXEC,
+							ProcessRecord_new, &ProcessRecordType);
+	if (!r)
+		return NULL;
+	PyObject *now = args[1], *res = NULL, *key = NULL, *pkey = NULL, *peid = NULL, *eid = NULL, *of = NULL;
+	PyObject *pod = NULL, *msg = NULL, *p = NULL, *start = NULL, *pid = NULL;
+	/* the process it was forked from: by its key when the kernel knew it, else by pid */
+	if (r->pktime) {
+		if (!(pkey = key_tuple(r->ppid_key, r->pktime)))
+			goto out;
+		of = PyDict_GetItemWithError(b->by_key, pkey);
+	}
+	if (!of && !PyErr_Occurred()) {
+		PyObject *ppid = PyLong_FromUnsignedLong(r->ppid);
+		of = ppid ? PyDict_GetItemWithError(b->by_pid, ppid) : NULL;
+		Py_XDECREF(ppid);
+	}
+	if (PyErr_Occurred())
+		goto out;
+	if (!of) {
+		if (bump(b, b->s_miss_count) == 0)
+			res = Py_NewRef(Py_None);
+		goto out;
+	}
+	Py_INCREF(of);
+	/* its parent as an exec names it (EventBuilder._parent_of), else the process it forked from */
+	if (r->pktime) {
+		PyObject *pp = PyDict_GetItemWithError(b->by_key, pkey);
+		if (pp) {
+			peid = Py_NewRef(pslot(b, pp, P_EXEC_ID));
+			Py_SETREF(pkey, Py_NewRef(pslot(b, pp, P_KEY)));
+		} else if (PyErr_Occurred() || !(peid = make_exec_id(b->node_s, b->node_n, r->pktime, r->ppid_key)))
+			goto out;
+	} else {
+		PyObject *ppid = PyLong_FromUnsignedLong(r->ppid);
+		PyObject *pp = ppid ? PyDict_GetItemWithError(b->by_pid, ppid) : NULL;
+		Py_XDECREF(ppid);
+		if (PyErr_Occurred())
+			goto out;
+		peid = Py_NewRef(pp ? pslot(b, pp, P_EXEC_ID) : b->empty_str);
+		Py_XSETREF(pkey, Py_NewRef(pp ? pslot(b, pp, P_KEY) : Py_None));
+	}
+	if (PyUnicode_GET_LENGTH(peid) == 0) {
+		Py_SETREF(peid, Py_NewRef(pslot(b, of, P_EXEC_ID)));
+		Py_SETREF(pkey, Py_NewRef(pslot(b, of, P_KEY)));
+	}
+	if (!(eid = make_exec_id(b->node_s, b->node_n, r->exec_ktime, r->pid)) ||
+	    !(key = key_tuple(r->pid, r->exec_ktime)) || !(start = rfc3339(b, r->exec_ktime)))
+		goto out;
+	PyObject *of_msg = pslot(b, of, P_MSG);
+	if (!Py_IS_TYPE(of_msg, msg_type)) {
+		PyErr_SetString(PyExc_TypeError, "a cached process's message is not a ProcessMsg");
+		goto out;
+	}
+	/* the child's pod object: the same container's, its own pid inside it */
+	pod = Py_NewRef(slot(of_msg, msg_off[M_POD]));
+	int has_pod = pod ? PyObject_IsTrue(pod) : 0;
+	if (has_pod < 0)
+		goto out;
+	if (has_pod) {
+		PyObject *pods = PyObject_GetAttr(b->builder, b->s_pods);
+		if (!pods)
+			goto out;
+		if (pods != Py_None) {
+			PyObject *np = PyLong_FromUnsignedLong(r->nspid);
+			PyObject *np_pod = np ? PyObject_CallMethodObjArgs(pods, b->s_with_pid, pod, np, NULL) : NULL;
+			Py_XDECREF(np);
+			if (!np_pod) {
+				Py_DECREF(pods);
+				goto out;
+			}
+			Py_SETREF(pod, np_pod);
+		}
+		Py_DECREF(pods);
+	}
+	if (!(msg = new_slotted(msg_type)) || !(pid = PyLong_FromUnsignedLong(r->pid)))
+		goto out;
+	for (int f = 0; f < M_ENC_JSON; f++) {
+		PyObject *v = slot(of_msg, msg_off[f]);
+		if (v)
+			SET(msg, msg_off[f], v);
+	}
+	/* ProcessMsg.derive(exec_id=, pid=, start_time=, parent_exec_id=, tid=pid, flags="clone",
+	 * binary_properties=None, pod=), encodings not made yet */
+	static const int changed[] = {M_EXEC_ID, M_PID, M_START_TIME, M_PARENT_EXEC_ID, M_TID, M_FLAGS, M_BP, M_POD,
+				      M_ENC_JSON, M_ENC_PB, M_ENC_DICT};
+	PyObject *values[] = {eid, pid, start, peid, pid, b->s_clone, Py_None, pod ? pod : Py_None, Py_None, Py_None,
+			      Py_None};
+	for (size_t i = 0; i < sizeof(changed) / sizeof(changed[0]); i++)
+		SET(msg, msg_off[changed[i]], values[i]);
+	/* the cache entry (Process.__init__, then what make_process copies from the parent) */
+	if (!(p = new_slotted(b->proc_type)))
+		goto out;
+	PyObject *pv[P_COUNT] = {
+		[P_EXEC_ID] = eid, [P_KEY] = key, [P_PID] = PyTuple_GET_ITEM(key, 0), [P_KTIME] = PyTuple_GET_ITEM(key, 1),
+		[P_PARENT_EXEC_ID] = peid, [P_PARENT_KEY] = pkey, [P_MSG] = msg, [P_BINARY] = slot(msg, msg_off[M_BINARY]),
+		[P_EXE] = pslot(b, of, P_EXE), [P_CGROUP_ID] = pslot(b, of, P_CGROUP_ID), [P_NS] = pslot(b, of, P_NS),
+		[P_CAP_EFFECTIVE] = pslot(b, of, P_CAP_EFFECTIVE), [P_FLAGS] = b->s_clone, [P_EXITED] = Py_False,
+		[P_UID] = pslot(b, of, P_UID), [P_DOCKER] = pslot(b, of, P_DOCKER),
+	};
+	for (int f = 0; f < P_COUNT; f++)
+		if (pv[f])
+			SET(p, b->proc_off[f], pv[f]);
+	SET_STEAL(p, b->proc_off[P_PPID], PyLong_FromUnsignedLong(r->ppid));
+	SET_STEAL(p, b->proc_off[P_REFCNT], PyLong_FromLong(0));
+	SET_STEAL(p, b->proc_off[P_REMOVAL_AT], PyLong_FromLong(0));
+	SET_STEAL(p, b->proc_off[P_NSPID], PyLong_FromLong(0));
+	if (PyErr_Occurred() || cache_add(b, p, now) < 0 || bump(b, b->s_clone_count) < 0)
+		goto out;
+	res = Py_NewRef(Py_None);
+out:
+	Py_XDECREF(of);
+	Py_XDECREF(key);
+	Py_XDECREF(pkey);
+	Py_XDECREF(peid);
+	Py_XDECREF(eid);
+	Py_XDECREF(pod);
+	Py_XDECREF(msg);
+	Py_XDECREF(p);
+	Py_XDECREF(start);
+	Py_XDECREF(pid);
+	Py_DECREF((PyObject *)r);
+	return res;
+}
+
 static PyObject *builder_on_exit(Builder *b, PyObject *const *args, Py_ssize_t nargs)
 {
 	ExitRecord *r = (ExitRecord *)record_arg(args, nargs, "on_exit(buf, now_ns)", T_EXIT, ExitRecord_new,
@@ -2256,6 +2391,7 @@ static PyMethodDef builder_methods[] = {
 	{"rfc3339", (PyCFunction)builder_rfc3339, METH_O, "WallClock.ktime_rfc3339, compiled"},
 	{"on_exec", (PyCFunction)(void (*)(void))builder_on_exec, METH_FASTCALL, "EventBuilder.on_exec of raw bytes"},
 	{"on_exit", (PyCFunction)(void (*)(void))builder_on_exit, METH_FASTCALL, "EventBuilder.on_exit of raw bytes"},
+	{"on_clone", (PyCFunction)(void (*)(void))builder_on_clone, METH_FASTCALL, "EventBuilder.on_clone of raw bytes"},
 	{NULL, NULL, 0, NULL},
 };
 

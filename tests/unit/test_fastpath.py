@@ -339,7 +339,7 @@ def test_builder(seq: list[Any], opts: dict[str, Any], capacity: int, pods: bool
     if pods:  # --enable-k8s-api: container processes get pod data (the real resolver)
         fast_b.pods, ref_b.pods = _resolver(), _resolver()
     handlers = fast_b.record_handlers()
-    assert handlers[R.OP_EXEC] == fast_b._fast.on_exec
+    assert handlers[R.OP_EXEC] == fast_b._fast.on_exec and handlers[R.OP_CLONE] == fast_b._fast.on_clone
     pids: list[tuple[int, int]] = [(1, 0)]
     ktime = 5_000_000_000
     now = 0

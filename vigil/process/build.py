@@ -130,7 +130,7 @@ class EventBuilder:
             self.on_clone(R.ProcessRecord(buf), now)
 
         if self._fast is not None:
-            return {R.OP_EXEC: self._fast.on_exec, R.OP_CLONE: on_clone, R.OP_EXIT: self._fast.on_exit}
+            return {R.OP_EXEC: self._fast.on_exec, R.OP_CLONE: self._fast.on_clone, R.OP_EXIT: self._fast.on_exit}
         return {R.OP_EXEC: lambda buf, now: self.on_exec(R.ProcessRecord(buf), now), R.OP_CLONE: on_clone,
                 R.OP_EXIT: lambda buf, now: self.on_exit(R.ExitRecord(buf), now)}
 
