@@ -1,0 +1,96 @@
+"""One GetEvents client's bounded queue of framed messages, in runs.
+
+The serving process frames each batch read from the ring once (`grpcframe.frame_all`)
+and joins it into one run of bytes shared by every unfiltered client; a client's queue
+holds such runs, and sending takes bytes off the front of them, however they fall
+across HTTP/2 DATA frames. Offering never blocks and never grows the queue past `limit`
+events: what does not fit is dropped and counted on this client (`dropped`).
+
+A client with filters queues the ring's messages unfiltered (`pending`, within the same
+limit) and filters them in slices as it sends (`refill`), so its filtering costs only
+what it actually sends, and a client whose filters cannot keep up loses its own events.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from vigil.api import grpcframe
+from vigil.api.streams import filter_messages
+from vigil.api.wire import EventEncoder
+
+
+class ClientQueue:
+    __slots__ = ("limit", "runs", "queued", "offset", "sent", "dropped", "closed",
+                 "event_filter", "encoder", "pending", "filtered", "errors")
+
+    def __init__(self, limit: int, event_filter: Any | None = None, encoder: EventEncoder | None = None) -> None:
+        self.limit = limit
+        self.runs: deque[tuple[bytes, int]] = deque()  # (framed messages, how many)
+        self.queued = 0        # events in `runs` and `pending`
+        self.offset = 0        # bytes of runs[0] already taken
+        self.sent = 0          # events whose last byte was taken
+        self.dropped = 0       # events that did not fit
+        self.closed = False
+        self.event_filter = event_filter
+        self.encoder = encoder
+        self.pending: deque[bytes] = deque()  # unfiltered messages (a client with filters)
+        self.filtered = self.errors = 0
+
+    def offer(self, messages: list[bytes], framed: list[bytes], joined: bytes) -> None:
+        """A batch from the ring: `messages`, each framed (`framed`), all joined (`joined`)."""
+        n = len(messages)
+        room = self.limit - self.queued
+        if room < n:
+            self.dropped += n - max(room, 0)
+            if room <= 0:
+                return
+            n = room
+            messages, framed, joined = messages[:n], framed[:n], b""
+        self.queued += n
+        if self.event_filter is not None:
+            self.pending.extend(messages)
+        else:
+            self.runs.append((joined or b"".join(framed), n))
+
+    def refill(self, budget: int = 256) -> bool:
+        """Filter up to `budget` pending messages into runs; whether more are pending."""
+        if not self.pending:
+            return False
+        take = [self.pending.popleft() for _ in range(min(budget, len(self.pending)))]
+        assert self.encoder is not None
+        out, filtered, errors = filter_messages(take, self.event_filter, self.encoder)
+        self.filtered += filtered
+        self.errors += errors
+        self.queued -= filtered + errors
+        if out:
+            self.runs.append((b"".join(grpcframe.frame_all(out)), len(out)))
+        return bool(self.pending)
+
+    def take(self, max_bytes: int) -> bytes:
+        """Up to `max_bytes` from the front of the queue (b"" when empty)."""
+        parts: list[bytes] = []
+        size = 0
+        runs = self.runs
+        while runs and size < max_bytes:
+            data, n = runs[0]
+            start = self.offset
+            end = min(len(data), start + max_bytes - size)
+            parts.append(data if start == 0 and end == len(data) else data[start:end])
+            size += end - start
+            if end == len(data):
+                runs.popleft()
+                self.offset = 0
+                self.sent += n
+                self.queued -= n
+            else:
+                self.offset = end
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def has_data(self) -> bool:
+        return bool(self.runs)
+
+    def close(self) -> None:
+        self.closed = True
+        self.runs.clear()
+        self.pending.clear()
