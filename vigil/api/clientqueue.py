@@ -1,7 +1,7 @@
 """One GetEvents client's bounded queue of framed messages, in runs.
 
-The serving process frames each batch read from the ring once (`grpcframe.frame_all`)
-and joins it into one run of bytes shared by every unfiltered client; a client's queue
+The serving process reads each batch from the ring framed (vigil.api.shm, `framed=True`)
+and joins it once into one run of bytes shared by every unfiltered client; a client's queue
 holds such runs, and sending takes bytes off the front of them, however they fall
 across HTTP/2 DATA frames. Offering never blocks and never grows the queue past `limit`
 events: what does not fit is dropped and counted on this client (`dropped`).
@@ -34,30 +34,31 @@ class ClientQueue:
         self.closed = False
         self.event_filter = event_filter
         self.encoder = encoder
-        self.pending: deque[bytes] = deque()  # unfiltered messages (a client with filters)
+        self.pending: deque[bytes] = deque()  # framed, not yet filtered (a client with filters)
         self.filtered = self.errors = 0
 
-    def offer(self, messages: list[bytes], framed: list[bytes], joined: bytes) -> None:
-        """A batch from the ring: `messages`, each framed (`framed`), all joined (`joined`)."""
-        n = len(messages)
+    def offer(self, framed: list[bytes], joined: bytes) -> None:
+        """A batch from the ring: each message framed (`framed`), all of them joined (`joined`)."""
+        n = len(framed)
         room = self.limit - self.queued
         if room < n:
             self.dropped += n - max(room, 0)
             if room <= 0:
                 return
             n = room
-            messages, framed, joined = messages[:n], framed[:n], b""
+            framed, joined = framed[:n], b"".join(framed[:n])
         self.queued += n
         if self.event_filter is not None:
-            self.pending.extend(messages)
+            self.pending.extend(framed)
         else:
-            self.runs.append((joined or b"".join(framed), n))
+            self.runs.append((joined, n))
 
     def refill(self, budget: int = 256) -> bool:
         """Filter up to `budget` pending messages into runs; whether more are pending."""
         if not self.pending:
             return False
-        take = [self.pending.popleft() for _ in range(min(budget, len(self.pending)))]
+        skip = grpcframe.PREFIX.size
+        take = [self.pending.popleft()[skip:] for _ in range(min(budget, len(self.pending)))]
         assert self.encoder is not None
         out, filtered, errors = filter_messages(take, self.event_filter, self.encoder)
         self.filtered += filtered

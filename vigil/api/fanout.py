@@ -102,7 +102,7 @@ class RingFeed:
     def drain(self) -> None:
         read, publish = self.reader.read, self.front.publish
         while True:
-            batch = read(BATCH)
+            batch = read(BATCH, framed=True)
             if not batch:
                 return
             publish(batch)

@@ -3,7 +3,7 @@ streams written straight from already encoded events, every other call forwarded
 agent (vigil.api.passthrough).
 
 grpcio costs about 100 us of Python per streamed message; here a GetEvents stream costs
-a few microseconds per event: each batch read from the ring is framed once
+a few microseconds per event: each batch is read from the ring already framed
 (length-prefixed GetEventsResponse messages) and joined into one run of bytes that every
 unfiltered client queues as it is (vigil.api.clientqueue), and a client is sent as much
 of its queue as its HTTP/2 flow-control windows allow, many messages per DATA frame.
@@ -84,14 +84,14 @@ class Front:
         self.stopping = False
 
     # -- events from the ring
-    def publish(self, messages: list[bytes]) -> None:
-        """A batch of encoded events for every GetEvents stream (framed once, joined once)."""
-        if not self.event_streams or not messages:
+    def publish(self, framed: list[bytes]) -> None:
+        """A batch of encoded events, each framed as a gRPC message, for every GetEvents
+        stream (joined once)."""
+        if not self.event_streams or not framed:
             return
-        framed = grpcframe.frame_all(messages)
         joined = b"".join(framed)
         for q in self.event_streams:
-            q.offer(messages, framed, joined)
+            q.offer(framed, joined)
         for conn in set(self.event_streams.values()):
             conn.pump()
 
@@ -302,7 +302,7 @@ class Connection(asyncio.Protocol):
         if st is None or st.queue is None:
             return
         framed = grpcframe.frame(msg)
-        st.queue.offer([msg], [framed], framed)
+        st.queue.offer([framed], framed)
         self.pump()
 
     def _forwarded_done(self, sid: int, code: grpc.StatusCode, details: str) -> None:
