@@ -329,3 +329,17 @@ def test_tls_on_a_unix_socket_is_refused(tmp_path: Path, pki: dict[str, str]) ->
             tmp_path, extra=["--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"]]):
         pass
 
+
+
+def test_serving_processes_can_share_a_tcp_port() -> None:
+    from vigil.api import listen
+
+    first, address = listen.bind("127.0.0.1:0")
+    try:
+        second, again = listen.bind(address)  # --server-processes > 1: the kernel spreads connections
+        assert again == address
+        for s in second:
+            s.close()
+    finally:
+        for s in first:
+            s.close()

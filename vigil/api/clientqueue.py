@@ -68,16 +68,16 @@ class ClientQueue:
             self.runs.append((b"".join(grpcframe.frame_all(out)), len(out)))
         return bool(self.pending)
 
-    def take(self, max_bytes: int) -> bytes:
-        """Up to `max_bytes` from the front of the queue (b"" when empty)."""
-        parts: list[bytes] = []
+    def take_pieces(self, max_bytes: int) -> list[memoryview]:
+        """Up to `max_bytes` from the front of the queue, as views of its runs (none copied)."""
+        parts: list[memoryview] = []
         size = 0
         runs = self.runs
         while runs and size < max_bytes:
             data, n = runs[0]
             start = self.offset
             end = min(len(data), start + max_bytes - size)
-            parts.append(data if start == 0 and end == len(data) else data[start:end])
+            parts.append(memoryview(data)[start:end])
             size += end - start
             if end == len(data):
                 runs.popleft()
@@ -86,7 +86,11 @@ class ClientQueue:
                 self.queued -= n
             else:
                 self.offset = end
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return parts
+
+    def take(self, max_bytes: int) -> bytes:
+        """take_pieces, joined (b"" when empty)."""
+        return b"".join(self.take_pieces(max_bytes))
 
     def has_data(self) -> bool:
         return bool(self.runs)

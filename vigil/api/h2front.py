@@ -28,6 +28,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.stream
 
 from vigil.api import grpcframe
 from vigil.api.clientqueue import ClientQueue
@@ -46,6 +47,7 @@ WRITE_HIGH_WATER = 256 << 10   # transport buffer above which a connection is no
 _RESERVED = frozenset({"content-type", "te", "user-agent", "grpc-timeout", "grpc-encoding",
                        "grpc-accept-encoding", "grpc-message-type"})
 _H2_CONFIG = h2.config.H2Configuration(client_side=False, header_encoding=None)
+_CAN_SEND = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE)  # states DATA may be sent in
 
 
 class Stream:
@@ -177,7 +179,8 @@ class Connection(asyncio.Protocol):
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as e:
             log.debug("HTTP/2 protocol error from %s: %s", self.peer, e)
-            self._flush()
+            self._flush()  # h2's GOAWAY saying why
+            self.closed = True
             self.close()
             return
         for ev in events:
@@ -190,7 +193,9 @@ class Connection(asyncio.Protocol):
                 self._request_ended(ev.stream_id)
             elif isinstance(ev, h2.events.StreamReset):
                 self._reset(ev.stream_id)
-            elif t is h2.events.ConnectionTerminated:
+            elif t is h2.events.ConnectionTerminated:  # the client's GOAWAY
+                self._flush()
+                self.closed = True
                 self.close()
                 return
         self.pump()
@@ -379,27 +384,42 @@ class Connection(asyncio.Protocol):
 
     def _send(self, st: Stream, q: ClientQueue, budget: int, maxf: int) -> int:
         """As much of `q` as the stream's and the connection's windows allow, in DATA
-        frames of the peer's largest size; returns the budget left."""
+        frames of the peer's largest size; returns the budget left.
+
+        The frames are written here, not by h2 (whose send_data copies the data four times
+        over: into a frame, a bytes, its buffer, then out of it): h2 checks the stream can
+        still send and its windows are charged exactly as send_data would."""
         conn = self.h2
         if not st.started:
             self._send_headers(st, grpcframe.RESPONSE_HEADERS)
             if st.sid not in self.streams:
                 return budget
         try:
-            window = conn.local_flow_control_window(st.sid)
+            window = min(conn.local_flow_control_window(st.sid), budget)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             self._forget(st.sid)
             return budget
-        while window > 0 and budget > 0:
-            data = q.take(min(window, budget))
-            if not data:
-                break
-            view = memoryview(data)
-            for off in range(0, len(data), maxf):
-                conn.send_data(st.sid, view[off:off + maxf])
-            window -= len(data)
-            budget -= len(data)
-        return budget
+        stream = conn.streams.get(st.sid)
+        if window <= 0 or stream is None or stream.state_machine.state not in _CAN_SEND:
+            return budget
+        pieces = q.take_pieces(window)
+        if not pieces:
+            return budget
+        out: list[bytes | memoryview] = []
+        sid = st.sid.to_bytes(4, "big")
+        size = 0
+        for piece in pieces:
+            for off in range(0, len(piece), maxf):
+                chunk = piece[off:off + maxf]
+                out.append(len(chunk).to_bytes(3, "big") + b"\x00\x00" + sid)  # DATA, no flags
+                out.append(chunk)
+                size += len(chunk)
+        stream.outbound_flow_control_window -= size
+        conn.outbound_flow_control_window -= size
+        self._flush()  # what h2 has queued (this stream's HEADERS) goes first
+        assert self.transport is not None
+        self.transport.write(b"".join(out))
+        return budget - size
 
     def _pump_again(self) -> None:
         self._again = False
@@ -425,19 +445,23 @@ class Connection(asyncio.Protocol):
             st.cancel = None
 
     def shut_down(self) -> None:
-        """Server stopping: end GetEvents streams, refuse new streams (GOAWAY)."""
+        """Server stopping: end GetEvents streams (new streams are refused UNAVAILABLE);
+        forwarded calls may finish before close()."""
         for st in list(self.streams.values()):
             if st.events:
                 self._finish(st, grpc.StatusCode.UNAVAILABLE, "agent is shutting down")
-        try:
-            self.h2.close_connection(h2.errors.ErrorCodes.NO_ERROR)
-        except h2.exceptions.ProtocolError:
-            pass
-        self._flush()
 
     def close(self) -> None:
+        """GOAWAY, then close once what is buffered is written."""
+        if not self.closed:
+            try:
+                self.h2.close_connection(h2.errors.ErrorCodes.NO_ERROR)
+            except h2.exceptions.ProtocolError:
+                pass
+            self._flush()
+        self.closed = True
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()  # after what is buffered is written
+            self.transport.close()
         for sid in list(self.streams):
             self._forget(sid)
 
