@@ -44,8 +44,8 @@ MAX_REQUEST = 4 * 1024 * 1024  # as the agent's own server (vigil.api.server.MAX
 SEND_BUDGET = 1 << 20          # bytes written per connection per turn of the loop
 FILTER_BUDGET = 256            # events a filtered stream filters per turn
 WRITE_HIGH_WATER = 256 << 10   # transport buffer above which a connection is not written to
-_RESERVED = frozenset({"content-type", "te", "user-agent", "grpc-timeout", "grpc-encoding",
-                       "grpc-accept-encoding", "grpc-message-type"})
+# request headers that are HTTP/2 or gRPC transport, not call metadata (grpc-* are all reserved)
+_NOT_METADATA = frozenset({b"content-type", b"te", b"user-agent", b"accept-encoding", b"host"})
 _H2_CONFIG = h2.config.H2Configuration(client_side=False, header_encoding=None)
 _CAN_SEND = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE)  # states DATA may be sent in
 
@@ -288,7 +288,7 @@ class Connection(asyncio.Protocol):
             self._finish(st, grpc.StatusCode.UNIMPLEMENTED, f"{st.method}: not served here")
             return
         metadata = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in st.headers.items()
-                    if not k.startswith(b":") and not k.endswith(b"-bin") and k.decode("latin-1") not in _RESERVED]
+                    if not k.startswith((b":", b"grpc-")) and not k.endswith(b"-bin") and k not in _NOT_METADATA]
         loop = asyncio.get_running_loop()
         st.queue = ClientQueue(1 << 62)
         sid = st.sid

@@ -46,6 +46,8 @@ class Upstream:
         self.channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20),
                                                                ("grpc.max_send_message_length", 64 << 20)])
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vigil-passthrough")
+        # streaming calls hold their thread for as long as they last: never the unary calls' ones
+        self.stream_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vigil-passthrough-stream")
         self._lock = threading.Lock()
         self._calls: set[Any] = set()  # streaming calls in flight (cancelled on close)
 
@@ -90,7 +92,7 @@ class Upstream:
             for c in holder:
                 c.cancel()
 
-        self.pool.submit(run)
+        (self.stream_pool if method in STREAMING else self.pool).submit(run)
         return cancel
 
     def close(self) -> None:
@@ -98,5 +100,6 @@ class Upstream:
             calls = list(self._calls)
         for c in calls:
             c.cancel()
+        self.stream_pool.shutdown(wait=True, cancel_futures=True)
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.channel.close()
