@@ -151,6 +151,9 @@ def test_stuck_client_loses_only_its_own_events(tmp_path: Path) -> None:
             assert n - queue <= entry["sent"] + entry["dropped"] <= n  # the rest waits in its queue
             assert st["events_dropped"] == entry["dropped"]  # all of them its own
             assert st["events_sent"] == n + entry["sent"] and st["ring_lost"] == 0
+            stuck.close()  # what was still queued for it is dropped too: every event accounted
+            st = wait_for(lambda: (s := front.stats())["streams_active"] == 0 and s, what="the stuck stream to end")
+            assert st["events_sent"] + st["events_dropped"] == 2 * n
         finally:
             stuck.close()
             if fast.poll() is None:

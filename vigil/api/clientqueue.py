@@ -96,6 +96,10 @@ class ClientQueue:
         return bool(self.runs)
 
     def close(self) -> None:
+        """The stream ended: what it had queued will never be sent, and counts as dropped
+        (so sent + dropped + filtered is every event offered to it)."""
         self.closed = True
+        self.dropped += self.queued
+        self.queued = 0
         self.runs.clear()
         self.pending.clear()
