@@ -9,16 +9,23 @@ by process creation):
   1 client the gRPC front end and one GetEvents client
   4        four concurrent clients
 
-Clients are real gRPC clients in separate processes (this script with --client); each
-parses every GetEventsResponse it receives (--raw-clients: counts bytes only) and
-reports its count and the time of its last message. The agent writes each event once,
-encoded, into the shared-memory ring; its serving process (vigil.api.fanout) feeds the
-streams. The replay starts once all clients are subscribed. Per phase: export events/s,
-delivered events/s per client (received / (last message - replay start)), both as
-ratios to the export-alone rate, and per-client losses (counted by the serving process
-per client; a client that cannot keep up loses events, it never slows the export).
+Clients are real gRPC clients (grpcio) in separate processes (this script with --client);
+each parses every GetEventsResponse it receives (--raw-clients: counts bytes only) and
+reports its count, the time of its last message and its CPU time. They consume the stream
+on their own thread (grpcio's SingleThreadedUnaryStream channel option, about 8 us of
+client CPU per message); --threaded-clients uses grpcio's default consumer, which hands
+each message over from its polling thread (about 40 us per message: such a client cannot
+take more than about 20k messages/s on one core, whatever the server does).
 
-    .venv/bin/python bench/grpc_throughput.py [--quick] [-n N] [--clients 1,4] [--raw-clients]
+The agent writes each event once, encoded, into the shared-memory ring; its serving
+process (vigil.api.fanout, an HTTP/2 server of its own) writes the streams from it. The
+replay starts once all clients are subscribed. Per phase: export events/s, delivered
+events/s per client (received / (last message - replay start)), both as ratios to the
+export-alone rate, per-client losses (counted by the serving process per client; a
+client that cannot keep up loses events, it never slows the export), and the CPU time
+of the agent, the serving process and each client.
+
+    .venv/bin/python bench/grpc_throughput.py [--quick] [-n N] [--clients 1,4] [--raw-clients] [--threaded-clients]
 
 The last line is JSON.
 """
@@ -27,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -40,8 +48,9 @@ GET_EVENTS = "/tetragon.FineGuidanceSensors/GetEvents"
 
 # ---------------------------------------------------------------- client process
 
-def client_main(address: str, raw: bool) -> int:
+def client_main(address: str, raw: bool, threaded: bool) -> int:
     import grpc
+    import grpc.experimental
 
     from vigil.api.pb import events_pb2
 
@@ -49,7 +58,11 @@ def client_main(address: str, raw: bool) -> int:
     n = nbytes = 0
     first = last = 0.0
     status = "ok"
-    with grpc.insecure_channel(address) as ch:
+    # grpcio's default consumer hands every message from its polling thread to this one
+    # (about 40 us of CPU per message here, whatever the server): --threaded-clients
+    # measures that; by default the stream is consumed on this thread (grpcio's option)
+    options = [] if threaded else [(grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1)]
+    with grpc.insecure_channel(address, options=options) as ch:
         call = ch.unary_stream(GET_EVENTS, request_serializer=events_pb2.GetEventsRequest.SerializeToString,
                                response_deserializer=deser)(events_pb2.GetEventsRequest())
         try:
@@ -62,13 +75,16 @@ def client_main(address: str, raw: bool) -> int:
                     nbytes += len(msg)
         except grpc.RpcError as e:  # the agent stopping ends the stream with UNAVAILABLE
             status = e.code().name
-    print(json.dumps({"count": n, "first": first, "last": last, "bytes": nbytes, "status": status}), flush=True)
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"count": n, "first": first, "last": last, "bytes": nbytes, "status": status,
+                      "cpu_s": ru.ru_utime + ru.ru_stime}), flush=True)
     return 0
 
 
-def spawn_client(address: str, raw: bool) -> subprocess.Popen[str]:
+def spawn_client(address: str, raw: bool, threaded: bool) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    args = [sys.executable, __file__, "--client", address] + (["--raw-clients"] if raw else [])
+    args = ([sys.executable, __file__, "--client", address] + (["--raw-clients"] if raw else [])
+            + (["--threaded-clients"] if threaded else []))
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -82,7 +98,7 @@ def _wait(pred, timeout: float, what: str) -> None:
         time.sleep(0.01)
 
 
-def run_phase(records: list[bytes], tmp: Path, n_clients: int, raw: bool) -> dict:
+def run_phase(records: list[bytes], tmp: Path, n_clients: int, raw: bool, threaded: bool) -> dict:
     from vigil.agent.agent import Agent
     from vigil.agent.config import AgentConfig
     from vigil.agent.frontends import attach_frontends
@@ -100,17 +116,20 @@ def run_phase(records: list[bytes], tmp: Path, n_clients: int, raw: bool) -> dic
     fe = next((f for f in agent.frontends if hasattr(f, "ring")), None)
     try:
         for i in range(n_clients):
-            procs.append(spawn_client(address, raw))
+            procs.append(spawn_client(address, raw, threaded))
             _wait(lambda: fe.stats()["streams_active"] == i + 1  # noqa: B023 - called within this iteration
                   or procs[-1].poll() is not None, 60, f"client {i + 1} to subscribe")
             if procs[-1].poll() is not None:
                 raise RuntimeError(f"client {i + 1} died: {procs[-1].stderr.read()}")
+        cpu0 = _cpu_self(), [_cpu_pid(p.pid) for p in (fe.procs if fe is not None else [])]
         t0 = time.monotonic()
         agent.run()
         t_export = time.monotonic() - t0
+        cpu_agent = _cpu_self() - cpu0[0]
         n_events = sum(agent.pipeline.events_by_type.values())
         dropped: list[int] = []
         grpc_stats: dict = {}
+        cpu_serving = 0.0
         if fe is not None:
             # the serving process sends what is still queued (a client too slow loses it)
             last, still = None, 0
@@ -122,6 +141,7 @@ def run_phase(records: list[bytes], tmp: Path, n_clients: int, raw: bool) -> dic
             clients = sorted(fe.stats()["clients"], key=lambda c: int(c["peer"].rsplit("#", 1)[1]))
             dropped = [c["dropped"] for c in clients]
             grpc_stats = fe.stats()
+            cpu_serving = sum(_cpu_pid(p.pid) - c for p, c in zip(fe.procs, cpu0[1]))
     finally:
         agent.close()  # stops the server: clients' streams end
         results = []
@@ -140,7 +160,24 @@ def run_phase(records: list[bytes], tmp: Path, n_clients: int, raw: bool) -> dic
         clients.append({"received": cnt, "lost": d, "events_per_s": cnt / span if cnt else 0.0,
                         "status": r.get("status", r.get("error"))})
     return {"clients": n_clients, "events": n_events, "export_seconds": t_export,
-            "export_events_per_s": n_events / t_export, "per_client": clients, "grpc": grpc_stats}
+            "export_events_per_s": n_events / t_export, "per_client": clients, "grpc": grpc_stats,
+            "cpu_s": {"agent_export": round(cpu_agent, 3), "serving": round(cpu_serving, 3),
+                      "clients": [round(r.get("cpu_s", 0.0), 3) for r in results]}}
+
+
+def _cpu_self() -> float:
+    """CPU seconds of this process's threads (the agent runs in this process)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _cpu_pid(pid: int) -> float:
+    """CPU seconds of another process so far (utime + stime from /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------- main
@@ -151,20 +188,23 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=0, help="events to replay (default 200000)")
     ap.add_argument("--clients", default="1,4", help="client counts to run after export alone")
     ap.add_argument("--raw-clients", action="store_true", help="clients count bytes, do not parse")
+    ap.add_argument("--threaded-clients", action="store_true",
+                    help="clients consume with grpcio's default (threaded) consumer")
     ap.add_argument("--client", metavar="ADDRESS", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.client:
-        return client_main(a.client, a.raw_clients)
+        return client_main(a.client, a.raw_clients, a.threaded_clients)
     install_signal_handlers()
     n = a.n or (20_000 if a.quick else 200_000)
     records = [shell_record()] + synth_exec_exit(n)
     counts = [int(x) for x in a.clients.split(",") if x.strip()]
     print(f"grpc_throughput: {n} exec/exit events replayed, cpus={os.cpu_count()}, "
-          f"clients {'raw' if a.raw_clients else 'parsing'}", flush=True)
+          f"clients {'raw' if a.raw_clients else 'parsing'}, "
+          f"{'threaded' if a.threaded_clients else 'single-threaded'} grpcio consumer", flush=True)
     phases = []
     with tempdir("vigil-grpc-bench-") as tmp:
         for k in [0, *counts]:
-            ph = run_phase(records, tmp, k, a.raw_clients)
+            ph = run_phase(records, tmp, k, a.raw_clients, a.threaded_clients)
             phases.append(ph)
     base = phases[0]["export_events_per_s"]
     for ph in phases:
@@ -177,11 +217,14 @@ def main() -> int:
             print(f"{'':>16}client {i + 1}: {c['received']:>8} received, {c['lost']:>7} lost, "
                   f"{c['events_per_s']:>9,.0f} ev/s delivered (x{c['ratio']:.2f} of export alone) [{c['status']}]",
                   flush=True)
+        cpu = ph["cpu_s"]
+        print(f"{'':>16}CPU s: agent {cpu['agent_export']:.2f} (during the export), serving process(es) "
+              f"{cpu['serving']:.2f}, clients {' '.join(f'{c:.2f}' for c in cpu['clients']) or '-'}", flush=True)
         if ph["grpc"]:
             g = ph["grpc"]
             print(f"{'':>16}ring: {g['ring']['records']} records written once by the agent, "
                   f"{g['ring']['lost']} lost to laps; {g['serving_processes']} serving process(es)", flush=True)
-    summary = {"n": n, "cpus": os.cpu_count(), "raw_clients": a.raw_clients,
+    summary = {"n": n, "cpus": os.cpu_count(), "raw_clients": a.raw_clients, "threaded_clients": a.threaded_clients,
                "export_alone_events_per_s": round(base)}
     for ph in phases[1:]:
         k = ph["clients"]

@@ -7,12 +7,18 @@
  *   exec_id(node, ktime, pid)     base64("node:ktime:pid")  <-> vigil/process/ids.py
  *   encode_json[_batch], process_json   JSON lines          <-> vigil/export/codec.py
  *   encode_pb[_batch], process_pb       GetEventsResponse   <-> vigil/api/wire.py
+ *   ring_write, ring_read         the shared-memory event ring <-> vigil/api/shm.py
+ *   decode_generic(bytes)         a policy hook's record    <-> vigil/events/generic.py
+ *   Builder.on_exec/on_clone/on_exit, the process cache      <-> vigil/process/build.py, cache.py
+ *   handle_records                the event loop's dispatch <-> vigil/agent/pipeline.py
  * The encoders handle ProcessExec, ProcessExit and PolicyEvent; anything else (and any
  * field of an unexpected type) is handed to the twin. Sub-messages many processes share
  * (capabilities, namespaces, credentials) and policy-event bodies are encoded by the
- * twins' own helpers, which cache them.
+ * twins' own helpers, which cache them; a container's pod part is encoded once and
+ * cached on it (PodShared).
  *
- * The record layout is the C header itself (bpf/include/vigil_events.h): no mirror.
+ * The record layouts are the C headers themselves (bpf/include/vigil_events.h,
+ * vigil_policy.h): no mirror.
  * Built by `make` with the compiler it installs, never committed.
  */
 #define PY_SSIZE_T_CLEAN
@@ -2495,6 +2501,137 @@ fail:
 	return NULL;
 }
 
+/* ------------------------------------------------------------------ event ring
+ * The shared-memory ring of encoded events (vigil/api/shm.py, which holds the layout and
+ * the pure-Python twins): records [len u32][pad u32][seq u64][payload][pad to 8] from
+ * `header` on, a record that does not fit before the end starting over at 0 (the rest
+ * marked WRAP). Neither function publishes or reads the header's head/seq: the callers do. */
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the event ring is little endian; a big-endian build needs byte swaps here"
+#endif
+#define RING_REC 16
+#define RING_WRAP 0xFFFFFFFFu
+
+/* ring_write(buf, header, capacity, head, seq, payloads) -> (head, seq) */
+static PyObject *ring_write(PyObject *self, PyObject *args)
+{
+	Py_buffer view;
+	unsigned long long header, cap, head, seq;
+	PyObject *list;
+	if (!PyArg_ParseTuple(args, "w*KKKKO!", &view, &header, &cap, &head, &seq, &PyList_Type, &list))
+		return NULL;
+	if (cap < 4096 || (cap & 7) || (unsigned long long)view.len < header + cap) {
+		PyBuffer_Release(&view);
+		PyErr_SetString(PyExc_ValueError, "ring_write: buffer smaller than header + capacity");
+		return NULL;
+	}
+	char *data = (char *)view.buf + header;
+	Py_ssize_t count = PyList_GET_SIZE(list);
+	for (Py_ssize_t i = 0; i < count; i++) {
+		PyObject *item = PyList_GET_ITEM(list, i);
+		if (!PyBytes_Check(item)) {
+			PyBuffer_Release(&view);
+			PyErr_SetString(PyExc_TypeError, "ring_write: payloads must be bytes");
+			return NULL;
+		}
+		unsigned long long n = (unsigned long long)PyBytes_GET_SIZE(item);
+		unsigned long long need = (RING_REC + n + 7) & ~7ULL;
+		if (need > cap)
+			continue; /* larger than the whole ring: cannot be carried */
+		unsigned long long off = head % cap;
+		if (cap - off < need) {
+			if (cap - off >= 4) {
+				uint32_t w = RING_WRAP;
+				memcpy(data + off, &w, 4);
+			}
+			head += cap - off;
+			off = 0;
+		}
+		seq++;
+		uint32_t hdr[2] = {(uint32_t)n, 0};
+		memcpy(data + off, hdr, 8);
+		memcpy(data + off + 8, &seq, 8);
+		memcpy(data + off + RING_REC, PyBytes_AS_STRING(item), (size_t)n);
+		head += need;
+	}
+	__atomic_thread_fence(__ATOMIC_RELEASE); /* records before the header that publishes them */
+	PyBuffer_Release(&view);
+	return Py_BuildValue("KK", head, seq);
+}
+
+/* ring_read(buf, header, capacity, pos, head, next_seq, max_records, frame)
+ *   -> (payloads, pos, next_seq, skipped)
+ * Copies out the records from `pos` up to `head` (at most max_records); with `frame`
+ * each comes with the gRPC message prefix (flag 0, u32 big-endian length) before it.
+ * `skipped` counts sequence numbers missing between records (a partial lap). */
+static PyObject *ring_read(PyObject *self, PyObject *args)
+{
+	Py_buffer view;
+	unsigned long long header, cap, pos, head, next;
+	Py_ssize_t max_records;
+	int frame;
+	if (!PyArg_ParseTuple(args, "y*KKKKKnp", &view, &header, &cap, &pos, &head, &next, &max_records, &frame))
+		return NULL;
+	if (cap < 4096 || (unsigned long long)view.len < header + cap) {
+		PyBuffer_Release(&view);
+		PyErr_SetString(PyExc_ValueError, "ring_read: buffer smaller than header + capacity");
+		return NULL;
+	}
+	__atomic_thread_fence(__ATOMIC_ACQUIRE); /* the caller read head: records before it are complete */
+	const char *data = (const char *)view.buf + header;
+	PyObject *out = PyList_New(0);
+	unsigned long long skipped = 0;
+	if (!out)
+		goto fail;
+	while (pos < head && PyList_GET_SIZE(out) < max_records) {
+		unsigned long long off = pos % cap;
+		if (cap - off < RING_REC) {
+			pos += cap - off;
+			continue;
+		}
+		uint32_t n;
+		memcpy(&n, data + off, 4);
+		if (n == RING_WRAP) {
+			pos += cap - off;
+			continue;
+		}
+		if ((unsigned long long)n > cap - off - RING_REC)
+			break; /* torn (the writer came round meanwhile): the caller's lap check drops the batch */
+		unsigned long long rseq;
+		memcpy(&rseq, data + off + 8, 8);
+		PyObject *b;
+		if (frame) {
+			b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n + 5);
+			if (b) {
+				char *p = PyBytes_AS_STRING(b);
+				p[0] = 0;
+				p[1] = (char)(n >> 24);
+				p[2] = (char)(n >> 16);
+				p[3] = (char)(n >> 8);
+				p[4] = (char)n;
+				memcpy(p + 5, data + off + RING_REC, n);
+			}
+		} else {
+			b = PyBytes_FromStringAndSize(data + off + RING_REC, (Py_ssize_t)n);
+		}
+		if (!b || PyList_Append(out, b) < 0) {
+			Py_XDECREF(b);
+			goto fail;
+		}
+		Py_DECREF(b);
+		pos += (RING_REC + n + 7) & ~7ULL;
+		if (rseq > next)
+			skipped += rseq - next;
+		next = rseq + 1;
+	}
+	PyBuffer_Release(&view);
+	return Py_BuildValue("NKKK", out, pos, next, skipped);
+fail:
+	Py_XDECREF(out);
+	PyBuffer_Release(&view);
+	return NULL;
+}
+
 /* ------------------------------------------------------------------ module */
 static PyObject *set_decode_error(PyObject *self, PyObject *cls)
 {
@@ -2521,6 +2658,9 @@ static PyMethodDef methods[] = {
 	{"handle_records", (PyCFunction)(void (*)(void))handle_records, METH_FASTCALL,
 	 "handle_records(recs, handlers, now, emit, errors, bad): the event loop's dispatch (Pipeline.handle)"},
 	{"set_decode_error", set_decode_error, METH_O, "the exception class a bad record raises"},
+	{"ring_write", ring_write, METH_VARARGS, "(buf, header, capacity, head, seq, payloads) -> (head, seq)"},
+	{"ring_read", ring_read, METH_VARARGS,
+	 "(buf, header, capacity, pos, head, next_seq, max_records, frame) -> (payloads, pos, next_seq, skipped)"},
 	{NULL, NULL, 0, NULL},
 };
 

@@ -1,39 +1,43 @@
-"""The agent's public gRPC front, in a process of its own: GetEvents streams are fed from
-the shared-memory ring of already encoded events (vigil.api.shm), every other call is
-passed through to the agent's private socket unchanged. No client, however slow or
-however many, runs on the agent's interpreter: the agent only encodes each event once
-and copies it into the ring.
+"""The agent's public gRPC front, in a process of its own: an HTTP/2 server
+(vigil.api.h2front) that writes GetEvents streams straight from the shared-memory ring of
+already encoded events (vigil.api.shm) and forwards every other call to the agent's
+private socket unchanged (vigil.api.passthrough). No client, however slow or however
+many, runs on the agent's interpreter: the agent only encodes each event once and copies
+it into the ring.
 
-Per client: a bounded queue filled by one dispatcher thread; a client that does not keep
-up loses the overflow, counted for that client and shown (with what it was sent) in the
-stats block of the ring, which the agent reports in `vigil status` and its metrics.
+Per client: a bounded queue, filled on the one event loop that reads the ring; a client
+that does not keep up loses the overflow, counted for that client and shown (with what
+it was sent) in the stats block of the ring, which the agent reports in `vigil status`
+and its metrics.
 
     python -m vigil.api.fanout --ring-fd N --wake-fd N --index I --listen ADDR --upstream unix:///... \\
-        [--info-file F] [--allow-remote] [--tls-cert F --tls-key F [--tls-client-ca F,...] [--require-client-cert]]
+        [--info-file F] [--queue-size N] [--max-streams N] [--allow-remote]
+        [--tls-cert F --tls-key F [--tls-client-ca F,...] [--require-client-cert]]
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
-import select
 import signal
+import socket
+import ssl
 import struct
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
-import grpc
-
-from vigil.api import shm
-from vigil.api.server import ApiServer, TlsConfig
-from vigil.api.servicer import FineGuidanceSensors
-from vigil.core.bus import EventBus, Subscription
+from vigil.api import listen, shm
+from vigil.api.h2front import Front
+from vigil.api.passthrough import Upstream
+from vigil.api.server import ServerError, TlsConfig, remove_info_files, unix_path, write_info_files
+from vigil.api.streams import StreamStats
 
 log = logging.getLogger("vigil.api.fanout")
 
-GET_EVENTS = "/tetragon.FineGuidanceSensors/GetEvents"
-STREAMING = {"/grpc.health.v1.Health/Watch"}  # the other server-streaming methods passed through
+BATCH = 1024              # records read from the ring at a time
 MAX_PROCESSES = 4
 MAX_CLIENTS = 13           # per process in the stats block
 _SUMMARY = struct.Struct("<IIQQQQ")       # pid, streams, sent, dropped, filtered, lost (ring laps)
@@ -60,57 +64,78 @@ def read_stats(view: memoryview) -> list[dict[str, Any]]:
     return out
 
 
-class RingAgent:
-    """What FineGuidanceSensors.GetEvents needs of an agent, served from the ring: a
-    dispatcher thread copies each batch of encoded events into every client's queue."""
+class RingFeed:
+    """Reads the ring when the agent says it wrote (a byte on the wake pipe, or every
+    POLL seconds) and hands each batch to the front end, on its event loop.
 
-    def __init__(self, reader: shm.RingReader, wake_fd: int, queue_size: int) -> None:
-        self.reader = reader
-        self.wake_fd = wake_fd
-        self.queue_size = queue_size
-        self.bus = EventBus()
-        self.redaction = None   # the agent redacts before it writes the ring
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._dispatch, name="vigil-fanout-dispatch", daemon=True)
+    After a read it stops listening to the pipe for COALESCE seconds: at high rates the
+    agent's batches are read together, and neither the agent's writes nor ours to the
+    clients wake another CPU for every batch (each wakeup costs the agent's core an
+    interrupt, and in a VM an exit); an idle ring is read at once."""
+
+    POLL = 0.25
+    COALESCE = 0.002
+
+    def __init__(self, reader: shm.RingReader, wake_fd: int, front: Front) -> None:
+        self.reader, self.wake_fd, self.front = reader, wake_fd, front
+        self._timer: asyncio.TimerHandle | None = None
+        self._resume: asyncio.TimerHandle | None = None
+        self._listening = False
+        self._agent_gone = False
 
     def start(self) -> None:
-        self._thread.start()
+        self._listen()
+        self._tick()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
+        self._unlisten()
+        for t in (self._timer, self._resume):
+            if t is not None:
+                t.cancel()
 
-    def subscribe(self, maxsize: int = 10000) -> Subscription:
-        sub = self.bus.subscribe(min(maxsize, self.queue_size))
-        self.reader.set_wanted(self.bus.subscriber_count)
-        return sub
+    def _listen(self) -> None:
+        self._resume = None
+        if not self._listening and not self._agent_gone:
+            asyncio.get_running_loop().add_reader(self.wake_fd, self._woken)
+            self._listening = True
 
-    def _dispatch(self) -> None:
-        poller = select.poll()
-        poller.register(self.wake_fd, select.POLLIN)
-        while not self._stop.is_set():
-            if poller.poll(250):  # the agent wrote a batch (or went away: POLLHUP)
-                try:
-                    if not os.read(self.wake_fd, 4096):
-                        log.warning("the agent went away; serving what the ring holds")
-                        poller.unregister(self.wake_fd)
-                except BlockingIOError:
-                    pass
-            self.reader.set_wanted(self.bus.subscriber_count)
-            while True:
-                batch = self.reader.read()
-                if not batch:
-                    break
-                self.bus.publish(batch)
+    def _unlisten(self) -> None:
+        if self._listening:
+            asyncio.get_running_loop().remove_reader(self.wake_fd)
+            self._listening = False
+
+    def _woken(self) -> None:
+        try:
+            if not os.read(self.wake_fd, 4096):
+                log.warning("the agent went away; serving what the ring holds")
+                self._agent_gone = True
+        except BlockingIOError:
+            pass
+        self.drain()
+        self._unlisten()  # what the agent writes meanwhile waits in the pipe
+        self._resume = asyncio.get_running_loop().call_later(self.COALESCE, self._listen)
+
+    def _tick(self) -> None:
+        self.drain()
+        self.front.update_progress()
+        self._timer = asyncio.get_running_loop().call_later(self.POLL, self._tick)
+
+    def drain(self) -> None:
+        read, publish = self.reader.read, self.front.publish
+        while True:
+            batch = read(BATCH, framed=True)
+            if not batch:
+                return
+            publish(batch)
 
 
 class StatsWriter(threading.Thread):
     """Writes this process's counters into its region of the ring's stats block."""
 
-    def __init__(self, view: memoryview, index: int, servicer: FineGuidanceSensors, reader: shm.RingReader) -> None:
+    def __init__(self, view: memoryview, index: int, stats: StreamStats, reader: shm.RingReader) -> None:
         super().__init__(name="vigil-fanout-stats", daemon=True)
         self.view, self.base = view, index * REGION
-        self.servicer, self.reader = servicer, reader
+        self.stats, self.reader = stats, reader
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -118,7 +143,7 @@ class StatsWriter(threading.Thread):
             self.write()
 
     def write(self) -> None:
-        st = self.servicer.stream_stats
+        st = self.stats
         snap = st.snapshot()
         _SUMMARY.pack_into(self.view, self.base, os.getpid(), snap["streams_active"], snap["events_sent"],
                            snap["events_dropped_slow_client"], snap["events_filtered"], self.reader.lost)
@@ -132,40 +157,6 @@ class StatsWriter(threading.Thread):
                 _CLIENT.pack_into(self.view, off, b"", 0, 0)
 
 
-class Passthrough(grpc.GenericRpcHandler):
-    """Every method but GetEvents goes to the agent's private socket, bytes for bytes."""
-
-    def __init__(self, upstream: str) -> None:
-        self.channel = grpc.insecure_channel(upstream, options=[("grpc.max_receive_message_length", 64 << 20),
-                                                                ("grpc.max_send_message_length", 64 << 20)])
-
-    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        method = details.method
-        if method == GET_EVENTS:
-            return None
-        if method in STREAMING:
-            scall = self.channel.unary_stream(method, request_serializer=None, response_deserializer=None)
-
-            def forward_stream(request: bytes, context: grpc.ServicerContext) -> Any:
-                try:
-                    yield from scall(request, timeout=context.time_remaining())
-                except grpc.RpcError as e:
-                    context.abort(e.code(), e.details() or "")
-
-            return grpc.unary_stream_rpc_method_handler(forward_stream, request_deserializer=None,
-                                                        response_serializer=None)
-        call = self.channel.unary_unary(method, request_serializer=None, response_deserializer=None)
-
-        def forward(request: bytes, context: grpc.ServicerContext) -> bytes:
-            try:
-                return call(request, timeout=context.time_remaining())
-            except grpc.RpcError as e:
-                context.abort(e.code(), e.details() or "")
-                raise  # not reached
-
-        return grpc.unary_unary_rpc_method_handler(forward, request_deserializer=None, response_serializer=None)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="vigil.api.fanout")
     ap.add_argument("--ring-fd", type=int, required=True)
@@ -175,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--upstream", required=True)
     ap.add_argument("--info-file", action="append", default=[])
     ap.add_argument("--queue-size", type=int, default=10000)
+    ap.add_argument("--max-streams", type=int, default=24)
     ap.add_argument("--allow-remote", action="store_true")
     ap.add_argument("--tls-cert", default="")
     ap.add_argument("--tls-key", default="")
@@ -184,36 +176,56 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not 0 <= a.index < MAX_PROCESSES:
         ap.error(f"--index must be 0..{MAX_PROCESSES - 1}")
-    reader = shm.RingReader(a.ring_fd)
-    os.set_blocking(a.wake_fd, False)
-    ring_agent = RingAgent(reader, a.wake_fd, a.queue_size)
     tls = (TlsConfig(a.tls_cert, a.tls_key, tuple(f for f in a.tls_client_ca.split(",") if f),
                      a.require_client_cert) if a.tls_cert else None)
-    server = ApiServer(ring_agent, a.listen, info_files=a.info_file, tls=tls, allow_remote=a.allow_remote,
-                       health=False, stream_queue_size=a.queue_size,
-                       generic_handlers=[Passthrough(a.upstream)], events_only=True)
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    ring_agent.start()
     try:
-        address = server.start()
-    except Exception as e:  # noqa: BLE001 - one line for the agent's log, then exit
+        ssl_context = tls.ssl_context() if tls is not None else None
+        socks, address = listen.bind(a.listen, tls=tls is not None, allow_remote=a.allow_remote)
+    except (ServerError, OSError) as e:
         print(f"vigil-fanout: {e}", file=sys.stderr, flush=True)
         return 1
-    stats = StatsWriter(reader.stats_view(), a.index, server.servicer, reader)
+    reader = shm.RingReader(a.ring_fd)
+    os.set_blocking(a.wake_fd, False)
+    return asyncio.run(serve(a, reader, socks, address, ssl_context))
+
+
+async def serve(a: argparse.Namespace, reader: shm.RingReader, socks: list[socket.socket], address: str,
+                ssl_context: ssl.SSLContext | None) -> int:
+    loop = asyncio.get_running_loop()
+    upstream = Upstream(a.upstream)
+    front = Front(upstream, queue_size=a.queue_size, max_streams=a.max_streams, on_streams_changed=reader.set_wanted)
+    feed = RingFeed(reader, a.wake_fd, front)
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await front.serve(socks, ssl_context)
+    info_files = [Path(f) for f in a.info_file]
+    write_info_files(info_files, address)
+    feed.start()
+    stats = StatsWriter(reader.stats_view(), a.index, front.stats, reader)
     stats.start()
     print(f"vigil-fanout listening on {address}", file=sys.stderr, flush=True)
     parent = os.getppid()
-    while not stopping.wait(0.5):
+    while not stopping.is_set():
+        try:
+            await asyncio.wait_for(stopping.wait(), 0.5)
+        except TimeoutError:
+            pass
         if os.getppid() != parent:  # the agent is gone (we were reparented): stop too
             break
+    feed.stop()
+    await front.stop(grace=1.0)
+    remove_info_files(info_files, address)
+    path = unix_path(address)
+    if path:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
     stats.stopping.set()
     stats.write()
-    server.stop(grace=1.0)
-    ring_agent.stop()
+    await loop.run_in_executor(None, upstream.close)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

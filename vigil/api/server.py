@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import stat
 import threading
 from collections.abc import Iterable
@@ -69,6 +70,23 @@ class TlsConfig:
             raise ServerError("--server-tls-require-client-cert needs --server-tls-client-ca-files")
         return grpc.ssl_server_credentials([(key, cert)], root_certificates=cas or None,
                                            require_client_auth=self.require_client_cert)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The same settings for a Python TLS server speaking HTTP/2 (ALPN "h2", TLS 1.2+)."""
+        self.credentials()  # the same checks and messages for missing files and options
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.options |= ssl.OP_NO_COMPRESSION  # RFC 9113 9.2
+        try:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+            for ca in self.client_ca_files:
+                ctx.load_verify_locations(cafile=ca)
+        except (OSError, ssl.SSLError) as e:
+            raise ServerError(f"--server-tls-*: {e}") from None
+        if self.client_ca_files:
+            ctx.verify_mode = ssl.CERT_REQUIRED if self.require_client_cert else ssl.CERT_OPTIONAL
+        ctx.set_alpn_protocols(["h2"])
+        return ctx
 
 
 def is_loopback(host: str) -> bool:
@@ -239,22 +257,31 @@ class ApiServer:
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     def _write_info_files(self) -> None:
-        data = json.dumps({"server_address": self.address}) + "\n"
-        for p in self.info_files:
-            try:
-                p.parent.mkdir(parents=True, exist_ok=True)
-                tmp = p.with_name(p.name + ".tmp")
-                tmp.write_text(data)
-                os.replace(tmp, p)  # readers never see a half-written file
-            except OSError as e:  # e.g. not root: clients can still pass --server-address
-                log.warning("cannot write server info file %s: %s", p, e)
+        write_info_files(self.info_files, self.address or "")
 
     def _remove_info_files(self) -> None:
-        for p in self.info_files:
-            try:
-                if json.loads(p.read_text()).get("server_address") == self.address:
-                    p.unlink()  # leave it alone if another server has taken over
-            except (FileNotFoundError, ValueError, AttributeError):
-                pass
-            except OSError as e:
-                log.warning("cannot remove server info file %s: %s", p, e)
+        remove_info_files(self.info_files, self.address or "")
+
+
+def write_info_files(paths: Iterable[Path], address: str) -> None:
+    """Where clients find the server (Tetragon's tetragon-info.json)."""
+    data = json.dumps({"server_address": address}) + "\n"
+    for p in paths:
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_name(p.name + ".tmp")
+            tmp.write_text(data)
+            os.replace(tmp, p)  # readers never see a half-written file
+        except OSError as e:  # e.g. not root: clients can still pass --server-address
+            log.warning("cannot write server info file %s: %s", p, e)
+
+
+def remove_info_files(paths: Iterable[Path], address: str) -> None:
+    for p in paths:
+        try:
+            if json.loads(p.read_text()).get("server_address") == address:
+                p.unlink()  # leave it alone if another server has taken over
+        except (FileNotFoundError, ValueError, AttributeError):
+            pass
+        except OSError as e:
+            log.warning("cannot remove server info file %s: %s", p, e)

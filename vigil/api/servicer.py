@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from vigil.api import convert, pbdict, policies, wire
+from vigil.api import pbdict, policies, wire
 from vigil.api.pb import (
     eventlogservice_pb2,
     eventlogservice_pb2_grpc,
@@ -26,7 +26,7 @@ from vigil.api.pb import (
     sensors_pb2_grpc,
     tetragon_pb2,
 )
-from vigil.api.streams import StreamStats, stream_events
+from vigil.api.streams import StreamStats, request_filter, stream_events
 from vigil.core.agent_api import AgentAPI
 from vigil.core.errors import PolicyError, PolicyNotFound
 
@@ -103,13 +103,7 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
         return stream_events(sub, event_filter, context, self.stopping, self.stream_stats, self.encoder)
 
     def _event_filter(self, request: Any) -> Any | None:
-        allow, deny, fields = convert.request_filters(request)
-        redaction = getattr(self.agent, "redaction", None)  # optional: agent's RedactionSet
-        if not (allow or deny or fields or redaction):
-            return None
-        from vigil.export import EventFilter  # lazy: only streams with filters need it
-
-        return EventFilter.from_request(allow, deny, fields, redaction)
+        return request_filter(request, getattr(self.agent, "redaction", None))  # optional: agent's RedactionSet
 
     # ------------------------------------------------------------------ health/info
 

@@ -22,12 +22,15 @@ import os
 import struct
 from collections.abc import Iterator
 
+from vigil.core import native
+
 MAGIC = 0x56474C52  # "VGLR"
 VERSION = 1
 HEADER = 4096
 _HDR = struct.Struct("<IIQQQQQ")     # magic, version, capacity, ver, head, seq, wanted
 _REC = struct.Struct("<IIQ")         # len, pad, seq
 _Q = struct.Struct("<Q")
+_PREFIX = struct.Struct(">BI")       # a gRPC message's prefix (vigil.api.grpcframe.PREFIX)
 WRAP = 0xFFFFFFFF
 _OFF_VER, _OFF_HEAD, _OFF_SEQ, _OFF_WANTED = 16, 24, 32, 40
 STATS_OFF = 64                       # StatsBlock starts here (up to HEADER)
@@ -42,7 +45,9 @@ class RingWriter:
         self.capacity = capacity
         self.fd = os.memfd_create("vigil-events", os.MFD_CLOEXEC)
         os.ftruncate(self.fd, HEADER + capacity)
-        self._m = mmap.mmap(self.fd, HEADER + capacity)
+        # populated now: the first lap would otherwise fault in every page on the event path
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        self._m = mmap.mmap(self.fd, HEADER + capacity, flags=flags)
         _HDR.pack_into(self._m, 0, MAGIC, VERSION, capacity, 0, 0, 0, 0)
         self._head = 0
         self._seq = 0
@@ -55,6 +60,14 @@ class RingWriter:
         return _Q.unpack_from(self._m, _OFF_WANTED)[0]
 
     def write_batch(self, payloads: list[bytes]) -> None:
+        if native.fast is not None:
+            head, seq = native.fast.ring_write(self._m, HEADER, self.capacity, self._head, self._seq, payloads)
+        else:
+            head, seq = self._append(payloads)
+        self._publish(head, seq)
+
+    def _append(self, payloads: list[bytes]) -> tuple[int, int]:
+        """The records written after the current head (the compiled ring_write's twin)."""
         m, cap = self._m, self.capacity
         head, seq = self._head, self._seq
         for p in payloads:
@@ -71,6 +84,10 @@ class RingWriter:
             _REC.pack_into(m, HEADER + off, len(p), 0, seq)
             m[HEADER + off + _REC.size:HEADER + off + _REC.size + len(p)] = p
             head += need
+        return head, seq
+
+    def _publish(self, head: int, seq: int) -> None:
+        m = self._m
         # publish: odd version while head and seq change (readers retry), then even
         ver = _Q.unpack_from(m, _OFF_VER)[0]
         _Q.pack_into(m, _OFF_VER, ver + 1)
@@ -119,13 +136,33 @@ class RingReader:
     def set_wanted(self, n: int) -> None:
         _Q.pack_into(self._m, _OFF_WANTED, n)
 
-    def read(self, max_records: int = 4096) -> list[bytes]:
+    def read(self, max_records: int = 4096, *, framed: bool = False) -> list[bytes]:
+        """Records written since the last call (at most max_records); `framed`: each
+        as a gRPC message, behind its 5-byte prefix (vigil.api.grpcframe)."""
         head, seq = self._position()
-        m, cap, pos = self._m, self.capacity, self._pos
+        cap, pos = self.capacity, self._pos
         if head - pos > cap:  # lapped: everything up to `seq` older than one ring is gone
             self.lost += max(0, seq - self._next + 1)
             self._pos, self._next = head, seq + 1
             return []
+        if native.fast is not None:
+            out, pos, self._next, skipped = native.fast.ring_read(self._m, HEADER, cap, pos, head, self._next,
+                                                                  max_records, framed)
+            self.lost += skipped
+        else:
+            out, pos = self._copy(pos, head, max_records, framed)
+        # copies are only good if the writer did not come round over them meanwhile
+        head_now, seq_now = self._position()
+        if head_now - self._pos > cap:
+            self.lost += len(out)
+            self._pos, self._next = head_now, seq_now + 1
+            return []
+        self._pos = pos
+        return out
+
+    def _copy(self, pos: int, head: int, max_records: int, framed: bool) -> tuple[list[bytes], int]:
+        """The records from `pos` (the compiled ring_read's twin)."""
+        m, cap = self._m, self.capacity
         out: list[bytes] = []
         while pos < head and len(out) < max_records:
             off = pos % cap
@@ -136,21 +173,16 @@ class RingReader:
             if n == WRAP or cap - off < _REC.size:
                 pos += cap - off
                 continue
+            if n > cap - off - _REC.size:
+                break  # torn (the writer came round meanwhile): the caller's lap check drops the batch
             _n, _pad, rseq = _REC.unpack_from(m, HEADER + off)
             payload = bytes(m[HEADER + off + _REC.size:HEADER + off + _REC.size + n])
             pos += (_REC.size + n + 7) & ~7
             if rseq != self._next:  # skipped records (a partial lap between reads)
                 self.lost += max(0, rseq - self._next)
             self._next = rseq + 1
-            out.append(payload)
-        # copies are only good if the writer did not come round over them meanwhile
-        head_now, seq_now = self._position()
-        if head_now - self._pos > cap:
-            self.lost += len(out)
-            self._pos, self._next = head_now, seq_now + 1
-            return []
-        self._pos = pos
-        return out
+            out.append(_PREFIX.pack(0, n) + payload if framed else payload)
+        return out, pos
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self.read())

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -86,6 +86,48 @@ class StreamStats:
             }
 
 
+def request_filter(request: Any, redaction: Any = None) -> Any | None:
+    """The EventFilter of a GetEventsRequest (None when it asks for everything, unredacted).
+    Raises ValueError (FilterError, ConversionError) for a malformed filter."""
+    allow, deny, fields = convert.request_filters(request)
+    if not (allow or deny or fields or redaction):
+        return None
+    from vigil.export import EventFilter  # lazy: only streams with filters need it
+
+    return EventFilter.from_request(allow, deny, fields, redaction)
+
+
+def filter_message(msg: bytes, event_filter: Any, derived: Callable[[Any], bytes]) -> bytes | None:
+    """An encoded GetEventsResponse through a stream's filters: `msg` itself when it passes
+    unchanged, the encoding of the rewritten event (field filters, redaction), or None
+    when filtered out. Raises convert.ConversionError for an event that cannot be encoded."""
+    d = wire.decode_response(msg)
+    out = event_filter.apply(d)
+    if out is None:
+        return None
+    return msg if out is d else derived(out)
+
+
+def filter_messages(msgs: list[bytes], event_filter: Any, encoder: wire.EventEncoder) -> tuple[list[bytes], int, int]:
+    """filter_message over a batch: (messages to send, filtered out, unconvertible)."""
+    out: list[bytes] = []
+    filtered = errors = 0
+    derived = encoder.encode_derived
+    for m in msgs:
+        try:
+            r = filter_message(m, event_filter, derived)
+        except convert.ConversionError as e:
+            errors += 1
+            if errors <= 3:
+                log.warning("GetEvents: dropping unconvertible event: %s", e)
+            continue
+        if r is None:
+            filtered += 1
+        else:
+            out.append(r)
+    return out, filtered, errors
+
+
 def stream_events(
     sub: Any,
     event_filter: Any | None,
@@ -101,7 +143,6 @@ def stream_events(
         encoder = wire.EventEncoder()
     shared = encoder.encode_shared
     derived = encoder.encode_derived
-    decode = wire.decode_response
     try:
         while not stopping.is_set() and context.is_active():
             batch = sub.get_batch(timeout=POLL_INTERVAL)
@@ -113,15 +154,10 @@ def stream_events(
             for ev in batch:
                 try:
                     if type(ev) is bytes:  # encoded already (a serving process, fed by the ring)
-                        msg = ev
-                        if event_filter is not None:
-                            d = decode(ev)
-                            out = event_filter.apply(d)
-                            if out is None:
-                                filtered += 1
-                                continue
-                            if out is not d:
-                                msg = derived(out)
+                        msg = ev if event_filter is None else filter_message(ev, event_filter, derived)
+                        if msg is None:
+                            filtered += 1
+                            continue
                     elif event_filter is None:
                         msg = shared(ev)
                     else:
