@@ -79,3 +79,66 @@ def test_burst_of_policy_events_is_exported_whole(workdir: Path) -> None:
         assert drops == 0 and not any(st["lost"]["user"].values()), st["lost"]
         assert n == N
         assert st["ringbuf"]["peak_bytes"] <= st["ringbuf"]["size"]
+
+
+SPAWN_C = r"""
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    long n = atol(argv[1]);
+    for (long i = 0; i < n; i++) {
+        pid_t p = fork();
+        if (p == 0) { execl("/bin/true", "true", (char *)0); _exit(127); }
+        waitpid(p, 0, 0);
+    }
+    return 0;
+}
+"""
+
+
+def test_a_flood_of_policy_records_costs_no_process_event(workdir: Path) -> None:
+    """Policy hooks write to a ring of their own: with rings too small for a burst of policy
+    records (some are dropped, counted), every exec and exit of processes started meanwhile
+    is still exported."""
+    loop, spawn = build(workdir, "openloop", LOOP_C), build(workdir, "spawn", SPAWN_C)
+    target = workdir / "target.txt"
+    target.write_text("x")
+    export = workdir / "events.log"
+    cfg = AgentConfig(export_filename=str(export), server_address="", node_name="vigil-test",
+                      export_file_max_size_mb=100_000, rb_size=1 << 16)
+    n_exec = 300
+    with RunningAgent(cfg) as ra:
+        ra.agent.policies.add_text(POLICY.format(path=target), "<test>")
+        flood = subprocess.Popen([str(loop), str(N), str(target)])
+        spawner = subprocess.Popen([str(spawn), str(n_exec)])
+        assert spawner.wait(timeout=120) == 0 and flood.wait(timeout=300) == 0
+
+        def tally() -> tuple[int, int, int, dict]:
+            import orjson
+
+            execs = exits = policy = 0
+            with open(export, "rb") as f:
+                for ln in f:
+                    if b'"binary":"/bin/true"' not in ln:
+                        policy += b'"policy_name":"burst-accounting"' in ln
+                        continue
+                    ev = orjson.loads(ln)
+                    kind = next(iter(ev))
+                    if ev[kind].get("parent", {}).get("pid") == spawner.pid:  # ours, not other users'
+                        execs += kind == "process_exec"
+                        exits += kind == "process_exit"
+            ra.agent.pipeline.tick()
+            return execs, exits, policy, ra.agent.status()["lost"]["kernel"]
+
+        deadline = time.monotonic() + 120
+        execs, exits, policy, lost = tally()
+        while (execs < n_exec or exits < n_exec) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            execs, exits, policy, lost = tally()
+        assert lost.get("ringbuf_full_generic", 0) > 0, lost   # the policy ring did overflow
+        assert policy + lost["ringbuf_full_generic"] == N       # ... and every record is accounted
+        assert (execs, exits) == (n_exec, n_exec), lost
+        assert not any(lost.get(k) for k in ("ringbuf_full_exec", "ringbuf_full_clone", "ringbuf_full_exit")), lost
+        rings = ra.agent.status()["ringbuf"]["rings"]
+        assert [r["name"] for r in rings] == ["process", "policy"] and rings[1]["records"] >= policy

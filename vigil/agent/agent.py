@@ -199,6 +199,7 @@ class Agent:
 
     def _start_kernel(self) -> None:
         from vigil.kernel import RingBuffer
+        from vigil.kernel.ringbuf import PairedRings
         from vigil.sensors.process import ProcessSensor
 
         c = self.config
@@ -212,7 +213,7 @@ class Agent:
             self.pins.pin_map(sensor.drops_map, "vigil_drops")
         recovered = self._recover_previous(attached_ktime) if self._previous else []
         events = sensor.events_map
-        src: EventSource = RingBuffer(events.fd, events.max_entries)
+        src: EventSource = PairedRings(RingBuffer(events.fd, events.max_entries))
         if c.record_file:
             src = RecordingSource(src, c.record_file)
         self.source = src

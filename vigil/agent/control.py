@@ -115,12 +115,17 @@ class AgentControl:
                                     "sensor": "generic", **info})
         return out
 
-    def _ringbuf_stats(self) -> dict[str, int]:
+    def _ringbuf_stats(self) -> dict[str, Any]:
         src = self.agent.source
-        inner = getattr(src, "inner", src)  # a --record-file recorder wraps the ring buffer
-        return {"records": getattr(inner, "records", 0), "bytes": getattr(inner, "bytes", 0),
-                "discarded": getattr(inner, "discarded", 0), "size": getattr(inner, "size", 0),
-                "peak_bytes": getattr(inner, "peak", 0)}
+        inner = getattr(src, "inner", src)  # a --record-file recorder wraps the ring buffers
+        rings: list[Any] = getattr(inner, "rings", lambda: [inner])()
+        each = [{"name": name, "records": getattr(rb, "records", 0), "bytes": getattr(rb, "bytes", 0),
+                 "discarded": getattr(rb, "discarded", 0), "size": getattr(rb, "size", 0),
+                 "peak_bytes": getattr(rb, "peak", 0)} for name, rb in zip(("process", "policy"), rings)]
+        total: dict[str, Any] = {k: sum(r[k] for r in each) for k in ("records", "bytes", "discarded", "size",
+                                                                      "peak_bytes")}
+        total["rings"] = each
+        return total
 
     def _export_stats(self) -> dict[str, Any]:
         w, f = self.agent.pipeline.writer, self.agent.pipeline.export_filter

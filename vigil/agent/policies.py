@@ -86,6 +86,7 @@ class PolicyManager:
         self._hook_ids = itertools.count(1)
         self._facts: Any = None
         self._notes: Any = None
+        self._ring: Any = None
         self._loader: Any = None
         from vigil.agent.policy_events import PolicyEvents
         from vigil.sensors.hostdeny import GuardRegistry
@@ -133,10 +134,30 @@ class PolicyManager:
         sensor = self.agent.sensor
         if sensor is None or sensor.obj is None:
             raise PolicyError("the process sensor is not running; policies need the live kernel")
-        shared = {n: sensor.obj.map(n) for n in ("events", "vigil_drops", "execve_map", "socktrack",
-                                                                  "policy_cgroups")}
+        shared = {n: sensor.obj.map(n) for n in ("vigil_drops", "execve_map", "socktrack", "policy_cgroups")}
+        shared["events"] = self._policy_ring()
         shared["enforcer_notes"] = self._enforcer_notes()
         return shared
+
+    def _policy_ring(self) -> Any:
+        """The ring buffer every policy hook writes to (one per agent, made with the first
+        policy): not the process ring, so a flood of policy records never costs an exec or
+        exit. The event loop reads both (vigil.kernel.ringbuf.PairedRings)."""
+        if self._ring is None:
+            from vigil.kernel import RingBuffer, _libbpf as LB
+            from vigil.kernel.objects import Map
+
+            size = self.agent.config.rb_size
+            fd = LB.lib.bpf_map_create(27, b"policy_events", 0, 0, size, None)  # BPF_MAP_TYPE_RINGBUF
+            if fd < 0:
+                raise PolicyError(f"creating the policy ring buffer ({size} bytes) failed: errno {LB.errno()}")
+            ring = Map(None, fd=fd, key_size=0, value_size=0, map_type=27, name="policy_events", max_entries=size)
+            src = self.agent.source
+            paired = getattr(src, "inner", src)  # a --record-file recorder wraps the rings
+            if hasattr(paired, "add_policy_ring"):
+                paired.add_policy_ring(RingBuffer(ring.fd, size))
+            self._ring = ring
+        return self._ring
 
     def _enforcer_notes(self) -> Any:
         """The NotifyEnforcer notes every hook object shares (one per agent)."""
@@ -397,6 +418,9 @@ class PolicyManager:
             if self._notes is not None:
                 self._notes.close_fd()
                 self._notes = None
+            if self._ring is not None:  # the event loop's reader holds its own descriptor
+                self._ring.close_fd()
+                self._ring = None
             self.user_actions.close()
             if self._loader is not None:
                 self._loader.close()

@@ -51,11 +51,17 @@ class RingBuffer:
         cons = _Q.unpack_from(self._cons, 0)[0]
         return prod - cons
 
-    def drain(self, max_bytes: int = 1 << 62) -> list[bytes]:
-        """Take every committed record; stops at the first one still being written."""
+    def producer_pos(self) -> int:
+        return int(_Q.unpack_from(self._prod, 0)[0])
+
+    def drain(self, max_bytes: int = 1 << 62, until: int | None = None) -> list[bytes]:
+        """Take every committed record (up to producer position `until`, when given); stops at
+        the first one still being written."""
         prod_map, cons_map = self._prod, self._cons
         cons = _Q.unpack_from(cons_map, 0)[0]
         prod = _Q.unpack_from(prod_map, 0)[0]
+        if until is not None and until < prod:
+            prod = until
         if prod - cons > self.peak:
             self.peak = prod - cons
         out: list[bytes] = []
@@ -86,3 +92,46 @@ class RingBuffer:
             self._cons.close()
             os.close(self._fd)
             self._fd = -1
+
+
+class PairedRings:
+    """The process ring and the policy ring read as one source. Policy records have a ring of
+    their own, so that a flood of them can never cost a process's exec or exit; they are read
+    in an order that never puts a policy record before the exec of its process: the policy
+    ring's producer position is read first, the process ring drained whole, then the policy
+    ring up to that position (a process's exec record is committed before any of its later
+    syscalls can make a policy record)."""
+
+    def __init__(self, process: RingBuffer) -> None:
+        self.process = process
+        self.policy: RingBuffer | None = None
+        self._ep = select.epoll()
+        self._ep.register(process.fileno(), select.EPOLLIN)
+
+    def add_policy_ring(self, rb: RingBuffer) -> None:
+        """Called once, from whichever thread loads the first policy."""
+        self._ep.register(rb.fileno(), select.EPOLLIN)
+        self.policy = rb
+
+    def rings(self) -> list[RingBuffer]:
+        return [self.process] if self.policy is None else [self.process, self.policy]
+
+    def fileno(self) -> int:
+        return self._ep.fileno()
+
+    def wait(self, timeout: float) -> bool:
+        return bool(self._ep.poll(timeout))
+
+    def drain(self) -> list[bytes]:
+        policy = self.policy
+        if policy is None:
+            return self.process.drain()
+        upto = policy.producer_pos()
+        out = self.process.drain()
+        out += policy.drain(until=upto)
+        return out
+
+    def close(self) -> None:
+        self._ep.close()
+        for rb in self.rings():
+            rb.close()
