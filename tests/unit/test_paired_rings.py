@@ -1,12 +1,22 @@
-"""The process and policy rings read as one source (vigil.kernel.ringbuf.PairedRings): a policy
-record committed while the process ring is being drained waits for the next pass, so it can
-never come before the exec of its process."""
+"""The process and policy rings read as one source (vigil.kernel.ringbuf.PairedRings): records
+come out in the kernel's time order, each ring's own order kept; a policy record newer than
+the pass waits for the next one, so it never comes before the exec of its process."""
 from __future__ import annotations
 
 import os
+import struct
 from typing import Any
 
 from vigil.kernel.ringbuf import PairedRings
+
+
+def rec(name: str, ktime: int) -> bytes:
+    """A record with struct msg_header's layout (op, pad, flags, size, ktime) and a name."""
+    return struct.pack("<BBHIQ", 1, 0, 0, 16, ktime) + name.encode()
+
+
+def names(recs: list[bytes]) -> list[str]:
+    return [r[16:].decode() for r in recs]
 
 
 class FakeRing:
@@ -15,21 +25,16 @@ class FakeRing:
 
     def __init__(self, on_drain: Any = None) -> None:
         self.records: list[bytes] = []
-        self.pos = 0
         self.on_drain = on_drain
         self.r, self.w = os.pipe()
 
     def fileno(self) -> int:
         return self.r
 
-    def producer_pos(self) -> int:
-        return len(self.records)
-
-    def drain(self, until: int | None = None) -> list[bytes]:
+    def drain(self) -> list[bytes]:
         if self.on_drain is not None:
             self.on_drain()
-        end = len(self.records) if until is None else min(until, len(self.records))
-        out, self.pos = self.records[self.pos:end], end
+        out, self.records = self.records, []
         return out
 
     def close(self) -> None:
@@ -37,31 +42,35 @@ class FakeRing:
         os.close(self.w)
 
 
-def test_a_policy_record_never_overtakes_its_exec() -> None:
-    policy = FakeRing()
+def test_records_come_in_kernel_time_order() -> None:
+    now = [100]
+    process, policy = FakeRing(), FakeRing()
 
-    def exec_then_open() -> None:  # while the process ring drains: a new process execs, then opens
-        if not process.records:
-            process.records.append(b"exec 42")
-            policy.records.append(b"open by 42")
+    def later() -> None:  # while the process ring drains, 42 execs and opens (after the pass's time)
+        process.records.append(rec("exec 42", 101))
+        policy.records.append(rec("open by 42", 102))
 
-    process = FakeRing(on_drain=exec_then_open)
-    policy.records.append(b"open by 7")
-    rings = PairedRings(process)  # type: ignore[arg-type]
+    process.records += [rec("exec 7", 10), rec("exit 7", 50)]
+    policy.records += [rec("open by 7", 20)]
+    policy.on_drain = later
+    rings = PairedRings(process, clock=lambda: now[0])  # type: ignore[arg-type]
     rings.add_policy_ring(policy)  # type: ignore[arg-type]
     try:
-        assert rings.drain() == [b"exec 42", b"open by 7"]   # 42's open waits: it came after the snapshot
-        assert rings.drain() == [b"open by 42"]
-        assert rings.drain() == []
+        assert names(rings.drain()) == ["exec 7", "open by 7", "exit 7"]
+        assert rings.wait(0)          # a record waits: the next pass comes at once
+        now[0] = 200
+        policy.on_drain = None
+        assert names(rings.drain()) == ["exec 42", "open by 42"]
+        assert rings.drain() == [] and not rings.wait(0)
     finally:
         rings.close()
 
 
 def test_without_policies_only_the_process_ring_is_read() -> None:
     process = FakeRing()
-    process.records += [b"exec 1", b"exit 1"]
+    process.records += [rec("exec 1", 1), rec("exit 1", 2)]
     rings = PairedRings(process)  # type: ignore[arg-type]
     try:
-        assert rings.rings() == [process] and rings.drain() == [b"exec 1", b"exit 1"]
+        assert rings.rings() == [process] and names(rings.drain()) == ["exec 1", "exit 1"]
     finally:
         rings.close()

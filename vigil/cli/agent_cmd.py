@@ -82,9 +82,11 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--process-cache-gc-interval", dict(type=float, default=30.0, show_default=True,
                                          help="Seconds an exited process stays cached.")),
     ("--rb-size", dict(default="auto", show_default=True,
-                       help="Ring buffer size (power of two; K/M/G suffixes). auto: 64M, or RAM/128 when that is "
-                            "less (at least 8M): room for ~250k policy records, a one-second burst at the "
-                            "syscall rate while the agent catches up. `vigil status` shows the peak fill.")),
+                       help="Size of each ring buffer (power of two; K/M/G suffixes): the process ring, and the "
+                            "policy ring made with the first policy (policy records cannot crowd out execs and "
+                            "exits). auto: 64M, or RAM/128 when that is less (at least 8M): room for ~250k policy "
+                            "records, a one-second burst at the syscall rate while the agent catches up. "
+                            "`vigil status` shows each ring's peak fill.")),
     ("--execve-map-entries", dict(type=int, default=32768, show_default=True, help="Kernel process map size.")),
     ("--args-max-bytes", dict(type=int, default=4096, show_default=True,
                               help="Bytes of argv captured per exec (max 32767); longer lists are truncated and "

@@ -9,10 +9,13 @@ with BUSY (bit 31) and DISCARD (bit 30) flags, u32 page offset.
 """
 from __future__ import annotations
 
+import heapq
 import mmap
 import os
 import select
 import struct
+import time
+from collections.abc import Callable
 
 BUSY = 1 << 31
 DISCARD = 1 << 30
@@ -51,17 +54,11 @@ class RingBuffer:
         cons = _Q.unpack_from(self._cons, 0)[0]
         return prod - cons
 
-    def producer_pos(self) -> int:
-        return int(_Q.unpack_from(self._prod, 0)[0])
-
-    def drain(self, max_bytes: int = 1 << 62, until: int | None = None) -> list[bytes]:
-        """Take every committed record (up to producer position `until`, when given); stops at
-        the first one still being written."""
+    def drain(self, max_bytes: int = 1 << 62) -> list[bytes]:
+        """Take every committed record; stops at the first one still being written."""
         prod_map, cons_map = self._prod, self._cons
         cons = _Q.unpack_from(cons_map, 0)[0]
         prod = _Q.unpack_from(prod_map, 0)[0]
-        if until is not None and until < prod:
-            prod = until
         if prod - cons > self.peak:
             self.peak = prod - cons
         out: list[bytes] = []
@@ -95,16 +92,19 @@ class RingBuffer:
 
 
 class PairedRings:
-    """The process ring and the policy ring read as one source. Policy records have a ring of
-    their own, so that a flood of them can never cost a process's exec or exit; they are read
-    in an order that never puts a policy record before the exec of its process: the policy
-    ring's producer position is read first, the process ring drained whole, then the policy
-    ring up to that position (a process's exec record is committed before any of its later
-    syscalls can make a policy record)."""
+    """The process ring and the policy ring read as one source, in the kernel's time order.
+    Policy records have a ring of their own so that a flood of them can never cost a
+    process's exec or exit. Each pass notes the time, drains the process ring (everything
+    committed before that time is in it), then the policy ring; the policy records made
+    before that time are merged with the process records by their kernel time (each ring
+    keeps its own order), the later ones wait for the next pass. So a policy record comes
+    after the exec of its process and before whatever the kernel recorded after it."""
 
-    def __init__(self, process: RingBuffer) -> None:
+    def __init__(self, process: RingBuffer, clock: Callable[[], int] = time.monotonic_ns) -> None:
         self.process = process
         self.policy: RingBuffer | None = None
+        self.clock = clock  # CLOCK_MONOTONIC: the clock of bpf_ktime_get_ns
+        self._held: list[bytes] = []  # policy records newer than the last pass's time
         self._ep = select.epoll()
         self._ep.register(process.fileno(), select.EPOLLIN)
 
@@ -120,18 +120,32 @@ class PairedRings:
         return self._ep.fileno()
 
     def wait(self, timeout: float) -> bool:
-        return bool(self._ep.poll(timeout))
+        return bool(self._held) or bool(self._ep.poll(timeout))
 
     def drain(self) -> list[bytes]:
         policy = self.policy
         if policy is None:
             return self.process.drain()
-        upto = policy.producer_pos()
-        out = self.process.drain()
-        out += policy.drain(until=upto)
-        return out
+        now = self.clock()
+        procs = self.process.drain()
+        held = self._held
+        held += policy.drain()
+        if not held:
+            return procs
+        n = 0  # the held records made before `now` (a ring's records are in commit order)
+        while n < len(held) and _ktime(held[n]) < now:
+            n += 1
+        ready, self._held = held[:n], held[n:]
+        if not procs or not ready:
+            return procs or ready
+        return list(heapq.merge(procs, ready, key=_ktime))
 
     def close(self) -> None:
         self._ep.close()
         for rb in self.rings():
             rb.close()
+
+
+def _ktime(rec: bytes) -> int:
+    """The kernel time in a record's header (struct msg_header: op, pad, flags, size, ktime)."""
+    return int(_Q.unpack_from(rec, 8)[0]) if len(rec) >= 16 else 0
