@@ -74,3 +74,25 @@ def test_without_policies_only_the_process_ring_is_read() -> None:
         assert rings.rings() == [process] and names(rings.drain()) == ["exec 1", "exit 1"]
     finally:
         rings.close()
+
+
+def test_merge_keeps_each_rings_order_and_interleaves_by_time() -> None:
+    from hypothesis import given, strategies as st
+
+    from vigil.kernel.ringbuf import _merge
+
+    times = st.lists(st.integers(0, 50), max_size=30)
+
+    @given(times, times)
+    def check(a: list[int], b: list[int]) -> None:
+        a, b = sorted(a), sorted(b)
+        procs = [rec(f"p{i}", t) for i, t in enumerate(a)]
+        policy = [rec(f"q{i}", t) for i, t in enumerate(b)]
+        out = _merge(procs, policy)
+        assert [r for r in out if r in procs] == procs and [r for r in out if r in policy] == policy
+        assert [struct.unpack_from("<Q", r, 8)[0] for r in out] == sorted(a + b)
+        for i, r in enumerate(out[:-1]):  # on a tie, the process record first
+            if struct.unpack_from("<Q", r, 8) == struct.unpack_from("<Q", out[i + 1], 8):
+                assert not (names([r])[0][0] == "q" and names([out[i + 1]])[0][0] == "p")
+
+    check()

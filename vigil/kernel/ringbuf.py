@@ -9,7 +9,7 @@ with BUSY (bit 31) and DISCARD (bit 30) flags, u32 page offset.
 """
 from __future__ import annotations
 
-import heapq
+import bisect
 import mmap
 import os
 import select
@@ -138,12 +138,30 @@ class PairedRings:
         ready, self._held = held[:n], held[n:]
         if not procs or not ready:
             return procs or ready
-        return list(heapq.merge(procs, ready, key=_ktime))
+        return _merge(procs, ready)
 
     def close(self) -> None:
         self._ep.close()
         for rb in self.rings():
             rb.close()
+
+
+def _merge(procs: list[bytes], policy: list[bytes]) -> list[bytes]:
+    """Both lists merged by kernel time, each in its own order (process records first on a
+    tie). The shorter one is placed into the longer by binary search: a flood of policy
+    records with a few execs among them costs a few key reads, not one per record."""
+    small, big, small_first = (procs, policy, True) if len(procs) <= len(policy) else (policy, procs, False)
+    out: list[bytes] = []
+    lo = 0
+    for r in small:
+        k = _ktime(r)
+        # process records go before policy records of the same time, policy records after
+        at = (bisect.bisect_left if small_first else bisect.bisect_right)(big, k, lo, key=_ktime)
+        out += big[lo:at]
+        out.append(r)
+        lo = at
+    out += big[lo:]
+    return out
 
 
 def _ktime(rec: bytes) -> int:
