@@ -14,7 +14,7 @@ from vigil.kernel import BpfObject, Map, policy_layout as L
 from vigil.kernel.cgroups import tracking as cgroup_tracking
 from vigil.kernel.layouts import check_ctypes
 from vigil.kernel.paths import bpf_object
-from vigil.policy.compile import CompiledHook
+from vigil.policy.compile import CompiledHook, entry_prefilter
 
 log = logging.getLogger("vigil.sensor.generic")
 
@@ -92,7 +92,7 @@ class GenericHook:
             if any(c.config.sel[i].actions[k].type == L.ACT["Set"] for i in range(c.config.nselectors)
                    for k in range(c.config.sel[i].nactions)):
                 obj.set_rodata(cfg_write_user=1)  # USDT Set writes user memory
-            obj.set_rodata(cgrp_subsys_idx=cgroup_tracking().subsys_idx)
+            obj.set_rodata(cgrp_subsys_idx=cgroup_tracking().subsys_idx, **entry_prefilter(c))
             obj.load()
             obj.map("hook_config").update(struct.pack("<I", 0), bytes(c.config))
             one = b"\x01"
