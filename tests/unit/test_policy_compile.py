@@ -20,7 +20,7 @@ from vigil.cli.policy_cmd import policy as policy_cli
 from vigil.kernel import policy_layout as L
 from vigil.kernel.facts import KernelFacts
 from vigil.policy import PolicyErrors, parse_policies
-from vigil.policy.compile import compile_policy, entry_prefilter, unsupported
+from vigil.policy.compile import compile_policy, entry_prefilter, str_key_size, unsupported
 from vigil.policy.explain import explain_policy
 from vigil.policy.syscalls import SYSCALL_NUMBERS
 
@@ -171,6 +171,23 @@ kprobes:
     assert entry_prefilter(ch)
     ch.config.filter_id = 3
     assert entry_prefilter(ch) == {}
+
+
+def test_str_map_keys_hold_the_longest_value_and_its_nul() -> None:
+    """str_map's key size is cut to the map id and the longest exact string with its NUL (whole
+    words): a longer string differs from every value at that NUL, within the key."""
+    (ch,) = comp("""
+kprobes:
+- call: sys_openat
+  args: [{index: 1, type: string}]
+  selectors:
+  - matchArgs: [{index: 1, operator: Equal, values: ["/etc/passwd", "/x"]}]
+    matchBinaries: [{operator: In, values: ["/usr/bin/cat"]}]
+""", HOST).hooks
+    assert str_key_size(ch.str_keys) == 4 + 16  # "/usr/bin/cat" and its NUL: 13 bytes
+    assert all(k[str_key_size(ch.str_keys):] == bytes(len(k) - str_key_size(ch.str_keys)) for k in ch.str_keys)
+    assert str_key_size([]) == 4 + 8
+    assert str_key_size([struct.pack("<I", 0) + b"x" * 255]) == 4 + L.STR_KEY
 
 
 def test_long_value_lists_go_to_the_value_map() -> None:

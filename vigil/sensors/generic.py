@@ -14,14 +14,15 @@ from vigil.kernel import BpfObject, Map, policy_layout as L
 from vigil.kernel.cgroups import tracking as cgroup_tracking
 from vigil.kernel.layouts import check_ctypes
 from vigil.kernel.paths import bpf_object
-from vigil.policy.compile import CompiledHook, entry_prefilter
+from vigil.policy.compile import CompiledHook, entry_prefilter, str_key_size
 
 log = logging.getLogger("vigil.sensor.generic")
 
 STATS = ("hits", "filtered", "posted", "ratelimited", "signals", "monitored", "pending_full", "errors",
          "not_workload")
-ENTRY_PROGS = (*(f"vigil_sys_enter{n}" for n in range(7)), "vigil_sys_exit", "vigil_tp", "vigil_raw_tp", "vigil_uprobe",
-               "vigil_uretprobe", "vigil_kprobe", "vigil_kretprobe", "vigil_lsm", "vigil_fentry",
+PRE_ENTRY = "vigil_sys_pre"  # a syscall entry's pre-filter (vigil.policy.compile.entry_prefilter)
+ENTRY_PROGS = (*(f"vigil_sys_enter{n}" for n in range(7)), PRE_ENTRY, "vigil_sys_exit", "vigil_tp", "vigil_raw_tp",
+               "vigil_uprobe", "vigil_uretprobe", "vigil_kprobe", "vigil_kretprobe", "vigil_lsm", "vigil_fentry",
                "vigil_fexit", "vigil_fmod_ret", "vigil_kprobe_override", "vigil_raw_sys_enter",
                "vigil_raw_sys_exit", "vigil_sys_exit_entry", "vigil_enforcer_fmod_ret", "vigil_enforcer_kprobe",
                "vigil_enforcer_sys_exit", "vigil_ima_bprm", "vigil_ima_file")
@@ -64,6 +65,7 @@ class GenericHook:
         self.compiled = compiled
         self.shared = shared
         self.obj: BpfObject | None = None
+        self.entry = compiled.placement.entry_prog  # the program attached at the hook
 
     @property
     def hook_id(self) -> int:
@@ -72,11 +74,14 @@ class GenericHook:
     def load(self) -> None:
         _raise_nofile()
         c, pl = self.compiled, self.compiled.placement
+        pre = entry_prefilter(c)
         obj = BpfObject.open(bpf_object("generic"))
         try:
             for cname, mirror in L.MIRRORS:
                 check_ctypes(obj, cname, mirror)
-            wanted = {pl.entry_prog, pl.return_prog, pl.attach.get("ima_prog", "")} - {""}
+            # a pre-filter's entry is attached, and goes on in the placement's entry program
+            wanted = {pl.entry_prog, pl.return_prog, pl.attach.get("ima_prog", ""),
+                      PRE_ENTRY if pre else ""} - {""}
             for name in ENTRY_PROGS:
                 obj.program(name).set_autoload(name in wanted)
             for prog in wanted:
@@ -89,11 +94,16 @@ class GenericHook:
                                ("postfix_map", c.postfix_keys), ("addr_map", c.addr_keys),
                                ("val_map", c.val_keys)):
                 obj.map(name).set_max_entries(max(1, len(keys)))
+            str_key = str_key_size(c.str_keys)
+            obj.map("str_map").set_key_size(str_key)
             if any(c.config.sel[i].actions[k].type == L.ACT["Set"] for i in range(c.config.nselectors)
                    for k in range(c.config.sel[i].nactions)):
                 obj.set_rodata(cfg_write_user=1)  # USDT Set writes user memory
-            obj.set_rodata(cgrp_subsys_idx=cgroup_tracking().subsys_idx, **entry_prefilter(c))
+            obj.set_rodata(cgrp_subsys_idx=cgroup_tracking().subsys_idx, **pre)
             obj.load()
+            if pre:
+                obj.map("pre_next").update(struct.pack("<I", 0), struct.pack("<I", obj.program(pl.entry_prog).fd))
+            self.entry = PRE_ENTRY if pre else pl.entry_prog
             obj.map("hook_config").update(struct.pack("<I", 0), bytes(c.config))
             one = b"\x01"
             for name, keys in (("str_map", c.str_keys), ("prefix_map", c.prefix_keys),
@@ -101,7 +111,7 @@ class GenericHook:
                                ("val_map", c.val_keys)):
                 m = obj.map(name)
                 for k in keys:
-                    m.update(k, one)
+                    m.update(k[:str_key] if name == "str_map" else k, one)
             self._attach(obj)
         except BaseException:
             obj.close()
@@ -111,7 +121,7 @@ class GenericHook:
     def _attach(self, obj: BpfObject) -> None:
         pl = self.compiled.placement
         a = pl.attach
-        entry = obj.program(pl.entry_prog)
+        entry = obj.program(self.entry)
         if pl.mechanism == "tracepoint":
             # the return side first: an entry without its exit would leave pending records
             if pl.return_prog:
@@ -170,7 +180,7 @@ class GenericHook:
     def kernel_memory(self) -> int:
         """Rough bytes of kernel memory the hook's own maps use."""
         c = self.compiled
-        return (ctypes.sizeof(c.config) + 20648 * 2 + 260 * len(c.str_keys)
+        return (ctypes.sizeof(c.config) + 20648 * 2 + str_key_size(c.str_keys) * len(c.str_keys)
                 + 264 * (len(c.prefix_keys) + len(c.postfix_keys)) + 32 * len(c.addr_keys) + 24 * len(c.val_keys))
 
     def close(self) -> None:
