@@ -494,7 +494,7 @@ __noinline int match_selector(__u32 si)
 {
 	struct gen_heap *h = heap();
 	struct vp_hook *cfg = hook_cfg();
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *task = NULL;
 	struct vp_selector *sel;
 	int j;
 
@@ -502,6 +502,9 @@ __noinline int match_selector(__u32 si)
 		return 0;
 	barrier_var(si);
 	sel = &cfg->sel[si & (VP_SLOTS - 1)];
+	/* a helper call: only for the filters that read the task */
+	if (sel->present & (VP_SEL_NS | VP_SEL_CAPS | VP_SEL_CAPCHG | VP_SEL_NSCHG))
+		task = (struct task_struct *)bpf_get_current_task();
 	if (sel->present & VP_SEL_PIDS) {
 		for (j = 0; j < VP_MAX_PID_FILTERS; j++) {
 			if (j >= sel->npids)
