@@ -70,7 +70,9 @@ struct {
 
 /* Exact strings. The key size is set at load to what the longest value and its NUL need
  * (vigil.policy.compile.str_key_size): a lookup hashes and compares those bytes, not all
- * VP_STR_KEY (a longer string is told apart by its byte at the value's NUL). */
+ * VP_STR_KEY (a longer string is told apart by its byte at the value's NUL). str_key_words:
+ * 8-byte words of that key after map_id, set with it. */
+const volatile __u32 str_key_words = VP_STR_KEY / 8;
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1);

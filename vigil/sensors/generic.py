@@ -99,7 +99,7 @@ class GenericHook:
             if any(c.config.sel[i].actions[k].type == L.ACT["Set"] for i in range(c.config.nselectors)
                    for k in range(c.config.sel[i].nactions)):
                 obj.set_rodata(cfg_write_user=1)  # USDT Set writes user memory
-            obj.set_rodata(cgrp_subsys_idx=cgroup_tracking().subsys_idx, **pre)
+            obj.set_rodata(cgrp_subsys_idx=cgroup_tracking().subsys_idx, str_key_words=(str_key - 4) // 8, **pre)
             obj.load()
             if pre:
                 obj.map("pre_next").update(struct.pack("<I", 0), struct.pack("<I", obj.program(pl.entry_prog).fd))
