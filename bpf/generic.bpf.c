@@ -27,8 +27,9 @@ const volatile __u8 cfg_write_user = 0;
 
 /* Entry pre-filter, set before load (vigil.policy.compile.entry_prefilter): every selector
  * holds an Equal on syscall argument pre_arg - 1, a user string (argument slot pre_slot), so a
- * string whose length is no bit of pre_lenmask matches none. vigil_sys_pre decides that from
- * a stack copy of the string; 0: no pre-filter (the verifier drops read_arg's use of it). */
+ * string whose length is no bit of pre_lenmask matches none. The syscall entry decides that
+ * from a stack copy of the string (pre_filter) before any map is touched; 0: no pre-filter (the
+ * verifier drops the code). */
 const volatile __u8 pre_arg = 0;
 const volatile __u8 pre_slot = 0;
 const volatile __u64 pre_lenmask[4] = {};
@@ -318,6 +319,32 @@ static __always_inline int pre_len_possible(long r)
 	return (pre_lenmask[(n >> 6) & 3] >> (n & 63)) & 1;
 }
 
+/* The pre-filter on the user string at uptr: 0 when the hit is filtered (no map but the
+ * counters touched); otherwise the stack copy is handed to read_arg. A call of its own (~10
+ * ns): the copy does not fit beside the entry's and read_arg's frames (512 bytes across
+ * calls). Not a tail call: the kernel empties a program array once no descriptor of it is
+ * left, which would stop a hook kept attached after the agent (--keep-sensors-on-exit). */
+static __noinline int pre_filter(__u64 uptr)
+{
+	char pre[STR_FAST];
+	struct gen_heap *h;
+	long r = bpf_probe_read_user_str(pre, sizeof(pre), (void *)uptr);
+
+	if (r > 0 && !pre_len_possible(r)) {
+		stat_inc(HS_HITS);
+		stat_inc(HS_FILTERED);
+		return 0;
+	}
+	h = heap();
+	if (!h)
+		return 0;
+	/* the condition of read_arg's own stack read */
+	h->pre_r = r > 0 && r < STR_FAST ? r : 0;
+	if (h->pre_r)
+		__builtin_memcpy(h->pre, pre, sizeof(pre));
+	return 1;
+}
+
 /* Syscall entry, one program per arity: the arguments are read from the tracepoint
  * record directly (a probe_read helper cost ~100 ns a hit), and a program may read no
  * further than the record of the syscall it attaches to (sys_enter_<name> holds exactly
@@ -341,6 +368,9 @@ static __always_inline int sys_enter(struct trace_event_raw_sys_enter *ctx, __u3
 		vals[4] = ctx->args[4];
 	if (n > 5)
 		vals[5] = ctx->args[5];
+	/* pre_arg <= n: the compiler cannot know it is (the verifier drops the test) */
+	if (pre_arg && pre_arg <= n && pre_arg <= 6 && !pre_filter(vals[pre_arg - 1]))
+		return 0;
 	cfg = hook_cfg();
 	h = heap();
 	if (!cfg || !h)
@@ -363,66 +393,6 @@ SYS_ENTER(3)
 SYS_ENTER(4)
 SYS_ENTER(5)
 SYS_ENTER(6)
-
-/* the full entry a pre-filter passes to: vigil_sys_enter<N> (set by the loader) */
-struct {
-	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} pre_next SEC(".maps");
-
-#define SYS_ARG_LOAD(k) asm volatile("%0 = *(u64 *)(%1 + %2)" : "=r"(v) \
-				     : "r"(ctx), "i"(offsetof(struct trace_event_raw_sys_enter, args) + 8 * (k)))
-
-/* syscall argument i, a rodata constant: one load at a constant offset, as the verifier
- * requires of ctx (in asm: the compiler would compute the address from i), and only that
- * one (the attach refuses a program reading past its syscall's record) */
-static __always_inline __u64 sys_arg(struct trace_event_raw_sys_enter *ctx, __u32 i)
-{
-	__u64 v = 0;
-
-	switch (i) {
-	case 0: SYS_ARG_LOAD(0); break;
-	case 1: SYS_ARG_LOAD(1); break;
-	case 2: SYS_ARG_LOAD(2); break;
-	case 3: SYS_ARG_LOAD(3); break;
-	case 4: SYS_ARG_LOAD(4); break;
-	case 5: SYS_ARG_LOAD(5); break;
-	}
-	return v;
-}
-
-/* The pre-filter's entry, attached in place of vigil_sys_enter<N> when the loader sets
- * pre_arg: a string of no value's length is filtered here (no call, no map but the
- * counters); any other goes on in vigil_sys_enter<N> (a tail call: this program's stack
- * copy would not fit beside read_arg's frame), which takes the copy instead of reading it
- * again. */
-SEC("tracepoint")
-int vigil_sys_pre(struct trace_event_raw_sys_enter *ctx)
-{
-	char pre[STR_FAST];
-	struct gen_heap *h;
-	long r;
-
-	if (!pre_arg || pre_arg > 6)
-		return 0;
-	r = bpf_probe_read_user_str(pre, sizeof(pre), (void *)sys_arg(ctx, pre_arg - 1));
-	if (r > 0 && !pre_len_possible(r)) {
-		stat_inc(HS_HITS);
-		stat_inc(HS_FILTERED);
-		return 0;
-	}
-	h = heap();
-	if (!h)
-		return 0;
-	/* the condition of read_arg's own stack read */
-	h->pre_r = r > 0 && r < STR_FAST ? r : 0;
-	if (h->pre_r)
-		__builtin_memcpy(h->pre, pre, sizeof(pre));
-	bpf_tail_call(ctx, &pre_next, 0);
-	return 0;
-}
 
 SEC("tracepoint")
 int vigil_sys_exit(struct trace_event_raw_sys_exit *ctx)

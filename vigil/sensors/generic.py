@@ -20,8 +20,7 @@ log = logging.getLogger("vigil.sensor.generic")
 
 STATS = ("hits", "filtered", "posted", "ratelimited", "signals", "monitored", "pending_full", "errors",
          "not_workload")
-PRE_ENTRY = "vigil_sys_pre"  # a syscall entry's pre-filter (vigil.policy.compile.entry_prefilter)
-ENTRY_PROGS = (*(f"vigil_sys_enter{n}" for n in range(7)), PRE_ENTRY, "vigil_sys_exit", "vigil_tp", "vigil_raw_tp",
+ENTRY_PROGS = (*(f"vigil_sys_enter{n}" for n in range(7)), "vigil_sys_exit", "vigil_tp", "vigil_raw_tp",
                "vigil_uprobe", "vigil_uretprobe", "vigil_kprobe", "vigil_kretprobe", "vigil_lsm", "vigil_fentry",
                "vigil_fexit", "vigil_fmod_ret", "vigil_kprobe_override", "vigil_raw_sys_enter",
                "vigil_raw_sys_exit", "vigil_sys_exit_entry", "vigil_enforcer_fmod_ret", "vigil_enforcer_kprobe",
@@ -65,7 +64,6 @@ class GenericHook:
         self.compiled = compiled
         self.shared = shared
         self.obj: BpfObject | None = None
-        self.entry = compiled.placement.entry_prog  # the program attached at the hook
 
     @property
     def hook_id(self) -> int:
@@ -79,9 +77,7 @@ class GenericHook:
         try:
             for cname, mirror in L.MIRRORS:
                 check_ctypes(obj, cname, mirror)
-            # a pre-filter's entry is attached, and goes on in the placement's entry program
-            wanted = {pl.entry_prog, pl.return_prog, pl.attach.get("ima_prog", ""),
-                      PRE_ENTRY if pre else ""} - {""}
+            wanted = {pl.entry_prog, pl.return_prog, pl.attach.get("ima_prog", "")} - {""}
             for name in ENTRY_PROGS:
                 obj.program(name).set_autoload(name in wanted)
             for prog in wanted:
@@ -101,9 +97,6 @@ class GenericHook:
                 obj.set_rodata(cfg_write_user=1)  # USDT Set writes user memory
             obj.set_rodata(cgrp_subsys_idx=cgroup_tracking().subsys_idx, str_key_words=(str_key - 4) // 8, **pre)
             obj.load()
-            if pre:
-                obj.map("pre_next").update(struct.pack("<I", 0), struct.pack("<I", obj.program(pl.entry_prog).fd))
-            self.entry = PRE_ENTRY if pre else pl.entry_prog
             obj.map("hook_config").update(struct.pack("<I", 0), bytes(c.config))
             one = b"\x01"
             for name, keys in (("str_map", c.str_keys), ("prefix_map", c.prefix_keys),
@@ -121,7 +114,7 @@ class GenericHook:
     def _attach(self, obj: BpfObject) -> None:
         pl = self.compiled.placement
         a = pl.attach
-        entry = obj.program(self.entry)
+        entry = obj.program(pl.entry_prog)
         if pl.mechanism == "tracepoint":
             # the return side first: an entry without its exit would leave pending records
             if pl.return_prog:
