@@ -5,7 +5,6 @@
 
 /* ---- argument readers ---- */
 
-
 static __always_inline struct file *fd_file(struct task_struct *task, __s64 fd)
 {
 	struct files_struct *files = BPF_CORE_READ(task, files);

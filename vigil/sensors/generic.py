@@ -20,8 +20,8 @@ log = logging.getLogger("vigil.sensor.generic")
 
 STATS = ("hits", "filtered", "posted", "ratelimited", "signals", "monitored", "pending_full", "errors",
          "not_workload")
-ENTRY_PROGS = (*(f"vigil_sys_enter{n}" for n in range(7)), "vigil_sys_exit", "vigil_tp", "vigil_raw_tp",
-               "vigil_uprobe", "vigil_uretprobe", "vigil_kprobe", "vigil_kretprobe", "vigil_lsm", "vigil_fentry",
+ENTRY_PROGS = (*(f"vigil_sys_enter{n}" for n in range(7)), "vigil_sys_exit", "vigil_tp", "vigil_raw_tp", "vigil_uprobe",
+               "vigil_uretprobe", "vigil_kprobe", "vigil_kretprobe", "vigil_lsm", "vigil_fentry",
                "vigil_fexit", "vigil_fmod_ret", "vigil_kprobe_override", "vigil_raw_sys_enter",
                "vigil_raw_sys_exit", "vigil_sys_exit_entry", "vigil_enforcer_fmod_ret", "vigil_enforcer_kprobe",
                "vigil_enforcer_sys_exit", "vigil_ima_bprm", "vigil_ima_file")
