@@ -85,6 +85,32 @@ def vigil_bpf_progs() -> dict[int, str]:
     return {p["id"]: p.get("name", "") for p in progs if "vigil" in p.get("name", "")}
 
 
+def bpf_prog_stats() -> dict[int, dict[str, Any]]:
+    """id -> bpftool's record (name, run_time_ns, run_cnt while stats are on) of every program."""
+    try:
+        out = subprocess.run([BPFTOOL, "-j", "prog", "show"], capture_output=True, text=True, timeout=10).stdout
+        return {p["id"]: p for p in json.loads(out or "[]")}
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return {}
+
+
+@contextmanager
+def bpf_run_stats() -> Iterator[None]:
+    """Programs count run_time_ns / run_cnt while this holds a BPF_ENABLE_STATS descriptor (the
+    kernel counts holders: kernel.bpf_stats_enabled, which other users may have set, is left alone)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = ctypes.create_string_buffer(16)  # union bpf_attr.enable_stats.type = BPF_STATS_RUN_TIME (0)
+    fd = libc.syscall(321, 32, attr, len(attr))  # __NR_bpf, BPF_ENABLE_STATS (x86_64)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "BPF_ENABLE_STATS")
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
 # BPF program ids that appeared while one of our agents started (bpftool here cannot
 # show owning pids, so attribution is by id: ids are never reused).
 OWN_PROG_IDS: set[int] = set()

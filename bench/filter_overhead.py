@@ -6,6 +6,9 @@ runs N times in these configurations, over several rounds; each configuration is
 measured (the least of --reps runs) between two measurements of `off`:
 
   off        no agent (the baseline)
+  floor      an empty BPF program on the same tracepoint (syscalls:sys_enter_openat): what
+             enabling the hook costs by itself (a syscall tracepoint moves the task onto the
+             slow syscall path), which no filter on this hook can avoid
   nomatch    agent with a policy on sys_openat whose selector never matches
   match      agent with a policy whose selector matches every open (Post)
   bt-nomatch bpftrace (Debian's) on the same tracepoint, filtering on the same
@@ -15,23 +18,31 @@ measured (the least of --reps runs) between two measurements of `off`:
 Prints each configuration's ratio to `off` of the same round (the loop's CPU time,
 user + system: the hooks run in its syscalls; time waiting for a CPU is left out), the
 events exported in `match` (and printed by bpftrace in `bt-match`) and what was
-lost: expected - exported, and the kernel's drop counters. Run as root after
-`make`; bpftrace is installed from Debian if it is missing.
+lost: expected - exported, and the kernel's drop counters. Then, in one more run of
+each BPF configuration with the kernel's run-time statistics on (BPF_ENABLE_STATS, so
+the timed rounds are not slowed by them), each program's own time per hit
+(run_time_ns / run_cnt). Run as root after `make`; bpftrace is installed from Debian if
+it is missing.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from _common import (
+    OWN_PROG_IDS,
     AgentProc,
     assert_no_bpf_left,
+    bpf_prog_stats,
+    bpf_run_stats,
     emit_json,
     install_signal_handlers,
     median,
@@ -58,6 +69,14 @@ int main(int argc, char **argv) {
     printf("%lld\n", (long long)(b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec));
     return 0;
 }
+"""
+
+FLOOR_C = r"""
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+char LICENSE[] SEC("license") = "GPL";
+SEC("tracepoint/syscalls/sys_enter_openat")
+int vigil_bench_floor(void *ctx) { return 0; }
 """
 
 POLICY = """apiVersion: cilium.io/v1alpha1
@@ -113,6 +132,49 @@ class Bpftrace:
         self.stop()
 
 
+class Floor:
+    """The empty program (FLOOR_C, built at bench time) attached to the hook's tracepoint."""
+
+    def __init__(self, obj_path: Path) -> None:
+        from vigil.kernel import BpfObject
+        from vigil.kernel.info import prog_info
+
+        self.obj = BpfObject.open(obj_path)
+        try:
+            self.obj.load()
+            prog = self.obj.program("vigil_bench_floor")
+            prog.attach_tracepoint("syscalls", "sys_enter_openat")
+            OWN_PROG_IDS.add(int(prog_info(prog.fd)["id"]))
+        except BaseException:
+            self.obj.close()
+            raise
+
+    def __enter__(self) -> Floor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.obj.close()
+
+
+def build_floor(tmp: Path) -> Path:
+    src, obj = tmp / "floor.bpf.c", tmp / "floor.bpf.o"
+    src.write_text(FLOOR_C)
+    subprocess.run(["clang", "-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", "-c", str(src),
+                    "-o", str(obj)], check=True)
+    return obj
+
+
+def ns_per_hit(new_ids: set[int], a0: dict[int, dict], a1: dict[int, dict], n: int) -> float:
+    """Own run time per hit, between snapshots a0 and a1, of the program among `new_ids` (those
+    of the configuration) that ran at least once per open: the one on the hook."""
+    best = (0, 0)
+    for pid in new_ids & set(a0) & set(a1):
+        cnt = a1[pid].get("run_cnt", 0) - a0[pid].get("run_cnt", 0)
+        if cnt >= n and cnt > best[1]:
+            best = (a1[pid].get("run_time_ns", 0) - a0[pid].get("run_time_ns", 0), cnt)
+    return best[0] / best[1] if best[1] else float("nan")
+
+
 def ensure_bpftrace() -> None:
     if shutil.which("bpftrace"):
         return
@@ -156,48 +218,71 @@ def main() -> int:
             if subprocess.run(["which", cc], capture_output=True).returncode == 0:
                 subprocess.run([cc, "-O2", "-o", exe, str(src)], check=True)
                 break
+        floor_obj = build_floor(tmp)
         target = tmp / "target.txt"
         target.write_text("x")
         (tmp / "nomatch.yaml").write_text(POLICY.format(name="bench-nomatch", path="/nonexistent/vigil"))
         (tmp / "match.yaml").write_text(POLICY.format(name="bench-match", path=str(target)))
-        configs = ["off", "nomatch", "match"] + ([] if a.no_bpftrace else ["bt-nomatch", "bt-match"])
+        configs = ["off", "floor", "nomatch", "match"] + ([] if a.no_bpftrace else ["bt-nomatch", "bt-match"])
         ratios: dict[str, list[float]] = {c: [] for c in configs if c != "off"}
         times: dict[str, list[float]] = {c: [] for c in configs}
         exported: list[int] = []
         printed: list[int] = []
         drops: dict[str, int] = {}
         agent_args = ["--rb-size", a.rb_size] if a.rb_size else []
-        def loop() -> float:  # the least of a few runs: interference only ever adds
-            return min(run_loop(exe, a.n, str(target)) for _ in range(a.reps))
+        def loop(reps: int = a.reps) -> float:  # the least of a few runs: interference only ever adds
+            return min(run_loop(exe, a.n, str(target)) for _ in range(reps))
+
+        def measured(cfg: str, rnd: object, body: Callable[[], float]) -> float:
+            """body() run with configuration cfg in place; its after-work (loss counts) done."""
+            if cfg == "floor":
+                with Floor(floor_obj):
+                    return body()
+            if cfg.startswith("bt-"):
+                path = "/nonexistent/vigil" if cfg == "bt-nomatch" else str(target)
+                with Bpftrace(BPFTRACE.format(path=path), tmp / f"{cfg}-{rnd}.out") as bt:
+                    t = body()
+                    time.sleep(0.5)
+                if cfg == "bt-match" and rnd != "stats":
+                    printed.append(bt.lines(str(target)))
+                return t
+            export = tmp / f"{cfg}-{rnd}.log"
+            with AgentProc(export, ["--tracing-policy", str(tmp / f"{cfg}.yaml"), *agent_args]) as agent:
+                t = body()
+                wait_quiet(export, 1.0, 300)
+                if cfg == "match" and rnd != "stats":
+                    with open(export, "rb") as f:
+                        exported.append(sum(1 for ln in f if b'"process_kprobe"' in ln and b"bench-match" in ln))
+                    for k, v in agent.kernel_drops().items():
+                        drops[k] = drops.get(k, 0) + v
+            export.unlink(missing_ok=True)
+            return t
 
         for rnd in range(a.rounds):
             for cfg in configs[1:]:
                 before = loop()  # each configuration against `off` measured right beside it
-                if cfg.startswith("bt-"):
-                    path = "/nonexistent/vigil" if cfg == "bt-nomatch" else str(target)
-                    with Bpftrace(BPFTRACE.format(path=path), tmp / f"{cfg}-{rnd}.out") as bt:
-                        t = loop()
-                        time.sleep(0.5)
-                    if cfg == "bt-match":
-                        printed.append(bt.lines(str(target)))
-                else:
-                    export = tmp / f"{cfg}-{rnd}.log"
-                    with AgentProc(export, ["--tracing-policy", str(tmp / f"{cfg}.yaml"), *agent_args]) as agent:
-                        t = loop()
-                        wait_quiet(export, 1.0, 300)
-                        if cfg == "match":
-                            with open(export, "rb") as f:
-                                exported.append(sum(1 for ln in f
-                                                    if b'"process_kprobe"' in ln and b"bench-match" in ln))
-                            for k, v in agent.kernel_drops().items():
-                                drops[k] = drops.get(k, 0) + v
-                    export.unlink(missing_ok=True)
+                t = measured(cfg, rnd, loop)
                 base = (before + loop()) / 2
                 times["off"].append(base)
                 times[cfg].append(t)
                 ratios[cfg].append(t / base)
+
+        # the programs' own time per hit, one more run each with the kernel's statistics on
+        def snapped(snap: list[dict[int, dict]]) -> float:
+            snap.append(bpf_prog_stats())
+            t = loop(1)
+            snap.append(bpf_prog_stats())
+            return t
+
+        per_hit: dict[str, float] = {}
+        for cfg in [c for c in configs[1:] if c != "bt-match"]:
+            pre, snap = set(bpf_prog_stats()), []
+            with bpf_run_stats():
+                measured(cfg, "stats", functools.partial(snapped, snap))
+            per_hit[cfg] = ns_per_hit(set(snap[1]) - pre, snap[0], snap[1], a.n)
         off = median(times["off"])
         med = {c: median(r) for c, r in ratios.items()}
+        added = {c: round((median(times[c]) - off) / a.n * 1e9) for c in configs[1:]}
         res = {
             "n": a.n,
             "rounds": a.rounds,
@@ -205,7 +290,8 @@ def main() -> int:
             "ns_per_open_off": round(off / a.n * 1e9),
             **{f"ratio_{c.replace('-', '_')}": round(v, 3) for c, v in med.items()},
             **{f"ratios_{c.replace('-', '_')}": [round(x, 3) for x in r] for c, r in ratios.items()},
-            "ns_added_nomatch": round((median(times["nomatch"]) - off) / a.n * 1e9),
+            **{f"ns_added_{c.replace('-', '_')}": v for c, v in added.items()},
+            **{f"prog_ns_per_hit_{c.replace('-', '_')}": round(v, 1) for c, v in per_hit.items()},
             "match_events_per_s": round(a.n / median(times["match"])),
             "match_events_expected": a.n * a.rounds * a.reps,
             "match_events_exported": sum(exported),
@@ -213,17 +299,24 @@ def main() -> int:
             "kernel_drops": drops,
         }
         if printed:
-            res["ns_added_bt_nomatch"] = round((median(times["bt-nomatch"]) - off) / a.n * 1e9)
             res["bt_match_printed"] = sum(printed)
             res["bt_match_lost"] = a.n * a.rounds * a.reps - sum(printed)
+
+        def hit(c: str) -> str:
+            return f"; program {per_hit[c]:.0f} ns/hit" if c in per_hit else ""
+
         print(f"openat+close x{a.n}, {a.rounds} round(s); ratios to `off` of the same round, medians:")
         print(f"  off        {res['off_s']:.3f}s CPU ({res['ns_per_open_off']} ns/open)")
-        print(f"  nomatch    ratio {med['nomatch']:.3f} (+{res['ns_added_nomatch']} ns/open; goal <= 1.10 and below "
+        print(f"  floor      ratio {med['floor']:.3f} (+{added['floor']} ns/open: an empty program on the "
+              f"tracepoint{hit('floor')})  rounds {res['ratios_floor']}")
+        print(f"  nomatch    ratio {med['nomatch']:.3f} (+{added['nomatch']} ns/open, "
+              f"{added['nomatch'] - added['floor']} above the floor{hit('nomatch')}; goal <= 1.10 and below "
               f"bpftrace's)  rounds {res['ratios_nomatch']}")
         if printed:
-            print(f"  bt-nomatch ratio {med['bt-nomatch']:.3f} (+{res['ns_added_bt_nomatch']} ns/open)  "
+            print(f"  bt-nomatch ratio {med['bt-nomatch']:.3f} (+{added['bt-nomatch']} ns/open, "
+                  f"{added['bt-nomatch'] - added['floor']} above the floor{hit('bt-nomatch')})  "
                   f"rounds {res['ratios_bt_nomatch']}")
-        print(f"  match      ratio {med['match']:.3f} (goal <= 1.5, zero loss); "
+        print(f"  match      ratio {med['match']:.3f} (goal <= 1.5, zero loss{hit('match')}); "
               f"exported {res['match_events_exported']}/"
               f"{res['match_events_expected']}, lost {res['events_lost']}, kernel drops {drops or 0}  "
               f"rounds {res['ratios_match']}")

@@ -24,6 +24,17 @@ char LICENSE[] SEC("license") = "GPL";
 /* Set before load: 1 only for hooks with a USDT Set action (bpf_probe_write_user is refused
  * under kernel lockdown; with 0 the verifier drops the call) */
 const volatile __u8 cfg_write_user = 0;
+
+/* Entry pre-filter, set before load (vigil.policy.compile.entry_prefilter): every selector
+ * holds an Equal on syscall argument pre_arg - 1, a user string (argument slot pre_slot), so a
+ * string whose length is no bit of pre_lenmask matches none. The syscall entry decides that
+ * from a stack copy of the string (pre_filter) before any map is touched; 0: no pre-filter (the
+ * verifier drops the code). */
+const volatile __u8 pre_arg = 0;
+const volatile __u8 pre_slot = 0;
+const volatile __u64 pre_lenmask[4] = {};
+
+#define STR_FAST 128  /* strings shorter than this are read through the stack */
 #define STACK_DEPTH 32
 
 /* struct types kept in BTF for the layout test */
@@ -58,12 +69,17 @@ struct {
 	__type(value, __u64);
 } hook_stats SEC(".maps");
 
+/* Exact strings. The key size is set at load to what the longest value and its NUL need
+ * (vigil.policy.compile.str_key_size): a lookup hashes and compares those bytes, not all
+ * VP_STR_KEY (a longer string is told apart by its byte at the value's NUL). str_key_words:
+ * 8-byte words of that key after map_id, set with it. */
+const volatile __u32 str_key_words = VP_STR_KEY / 8;
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct vp_str_key);
-	__type(value, __u8);
+	__uint(key_size, sizeof(struct vp_str_key));
+	__uint(value_size, sizeof(__u8));
 } str_map SEC(".maps");
 
 struct {
@@ -134,6 +150,8 @@ struct gen_heap {
 	__u64 data_ptr[VP_SLOTS];   /* maxData: user buffer and total bytes to send */
 	__u64 data_total[VP_SLOTS];
 	__u32 data_inline[VP_SLOTS];
+	__s32 pre_r;           /* the pre-filter's string read (> 0: pre[] holds it for read_arg) */
+	char pre[STR_FAST];
 };
 
 struct {
@@ -290,18 +308,53 @@ static __always_inline void raw_from(struct gen_heap *h, struct vp_hook *cfg, __
 	h->raw[VP_RAW_COMPAT] = 0;
 }
 
+/* may a string read as r bytes (with its NUL; STR_FAST: that long or longer) pass the
+ * pre-filter? */
+static __always_inline int pre_len_possible(long r)
+{
+	__u32 n = r - 1;
+
+	if (r >= STR_FAST)
+		return (pre_lenmask[1] >> 63) || pre_lenmask[2] || pre_lenmask[3];
+	return (pre_lenmask[(n >> 6) & 3] >> (n & 63)) & 1;
+}
+
+/* The pre-filter on the user string at uptr: 0 when the hit is filtered (no map but the
+ * counters touched); otherwise the stack copy is handed to read_arg. A call of its own (~10
+ * ns): the copy does not fit beside the entry's and read_arg's frames (512 bytes across
+ * calls). Not a tail call: the kernel empties a program array once no descriptor of it is
+ * left, which would stop a hook kept attached after the agent (--keep-sensors-on-exit). */
+static __noinline int pre_filter(__u64 uptr)
+{
+	char pre[STR_FAST];
+	struct gen_heap *h;
+	long r = bpf_probe_read_user_str(pre, sizeof(pre), (void *)uptr);
+
+	if (r > 0 && !pre_len_possible(r)) {
+		stat_inc(HS_HITS);
+		stat_inc(HS_FILTERED);
+		return 0;
+	}
+	h = heap();
+	if (!h)
+		return 0;
+	/* the condition of read_arg's own stack read */
+	h->pre_r = r > 0 && r < STR_FAST ? r : 0;
+	if (h->pre_r)
+		__builtin_memcpy(h->pre, pre, sizeof(pre));
+	return 1;
+}
+
 /* Syscall entry, one program per arity: the arguments are read from the tracepoint
  * record directly (a probe_read helper cost ~100 ns a hit), and a program may read no
  * further than the record of the syscall it attaches to (sys_enter_<name> holds exactly
  * its arguments). The loader picks vigil_sys_enter<N> for a syscall of N arguments. */
 static __always_inline int sys_enter(struct trace_event_raw_sys_enter *ctx, __u32 n)
 {
-	struct vp_hook *cfg = hook_cfg();
-	struct gen_heap *h = heap();
+	struct vp_hook *cfg;
+	struct gen_heap *h;
 	__u64 vals[6] = {};
 
-	if (!cfg || !h)
-		return 0;
 	/* constant offsets: the verifier takes no variable ctx offset */
 	if (n > 0)
 		vals[0] = ctx->args[0];
@@ -315,6 +368,13 @@ static __always_inline int sys_enter(struct trace_event_raw_sys_enter *ctx, __u3
 		vals[4] = ctx->args[4];
 	if (n > 5)
 		vals[5] = ctx->args[5];
+	/* pre_arg <= n: the compiler cannot know it is (the verifier drops the test) */
+	if (pre_arg && pre_arg <= n && pre_arg <= 6 && !pre_filter(vals[pre_arg - 1]))
+		return 0;
+	cfg = hook_cfg();
+	h = heap();
+	if (!cfg || !h)
+		return 0;
 	raw_from(h, cfg, vals, 6);
 	h->ctxp = (__u64)ctx;
 	return run_hook(ctx, h, cfg);

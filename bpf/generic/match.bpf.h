@@ -26,13 +26,25 @@ static __always_inline void resolve_key(struct gen_heap *h)
 static __always_inline int str_payload_key(struct gen_heap *h, struct vp_arg_hdr *ah,
 					   struct scratch *s, __u32 map_id)
 {
-	__u32 n = ah->len;
+	__u32 n = ah->len, off = ah->off;
 
 	if (n >= VP_STR_KEY)
 		return -1;  /* longer than any compiled value: cannot be equal */
-	__builtin_memset(s->sk.s, 0, VP_STR_KEY);
 	s->sk.map_id = map_id;
-	bpf_probe_read_kernel(s->sk.s, n & (VP_STR_KEY - 1), h->data + (ah->off & DATA_MASK));
+	/* the key's words (as many as the map's key holds) from the payload, bytes past the
+	 * string zeroed: loads and stores, no helper call */
+	for (__u32 w = 0; w < VP_STR_KEY / 8; w++) {
+		__u64 x;
+
+		if (w >= str_key_words)
+			break;
+		x = *(__u64 *)(h->data + ((off + w * 8) & DATA_MASK));
+		if (n <= w * 8)
+			x = 0;
+		else if (n < w * 8 + 8)
+			x &= (1ULL << ((n - w * 8) * 8)) - 1;
+		*(__u64 *)(s->sk.s + w * 8) = x;
+	}
 	return n;
 }
 
@@ -494,7 +506,7 @@ __noinline int match_selector(__u32 si)
 {
 	struct gen_heap *h = heap();
 	struct vp_hook *cfg = hook_cfg();
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *task = NULL;
 	struct vp_selector *sel;
 	int j;
 
@@ -502,6 +514,9 @@ __noinline int match_selector(__u32 si)
 		return 0;
 	barrier_var(si);
 	sel = &cfg->sel[si & (VP_SLOTS - 1)];
+	/* a helper call: only for the filters that read the task */
+	if (sel->present & (VP_SEL_NS | VP_SEL_CAPS | VP_SEL_CAPCHG | VP_SEL_NSCHG))
+		task = (struct task_struct *)bpf_get_current_task();
 	if (sel->present & VP_SEL_PIDS) {
 		for (j = 0; j < VP_MAX_PID_FILTERS; j++) {
 			if (j >= sel->npids)

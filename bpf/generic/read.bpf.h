@@ -5,8 +5,6 @@
 
 /* ---- argument readers ---- */
 
-#define STR_FAST 128  /* strings shorter than this are read through the stack */
-
 static __always_inline struct file *fd_file(struct task_struct *task, __s64 fd)
 {
 	struct files_struct *files = BPF_CORE_READ(task, files);
@@ -608,6 +606,13 @@ __noinline int read_arg(__u32 i)
 		 * vmap tree, ~150 ns a call; into the stack it is not. */
 		char tmp[STR_FAST];
 
+		if (pre_arg && i == pre_slot && h->pre_r > 0 && h->pre_r < max) {
+			/* the entry's pre-filter read it */
+			__builtin_memcpy(h->data + off, h->pre, sizeof(h->pre));
+			n = h->pre_r - 1;
+			h->pre_r = 0;
+			break;
+		}
 		r = bpf_probe_read_user_str(tmp, sizeof(tmp), (void *)raw);
 		if (r > 0 && r < (long)sizeof(tmp) && r < max) {
 			__builtin_memcpy(h->data + off, tmp, sizeof(tmp));

@@ -149,7 +149,11 @@ def test_dashboard_queries_against_prometheus_scraping_the_agent(tmp_path: Path,
     policy = tmp_path / "deny.yaml"
     policy.write_text(ENFORCE.format(secret=work / "secret.txt", vpy=work / "vpy"))
     ap = AgentProcess(tmp_path, ["--tracing-policy", "library:mining-pool-ports", "--tracing-policy", str(policy)])
-    prom = Prometheus(tmp_path, f"127.0.0.1:{ap.metrics_port}")
+    try:
+        prom = Prometheus(tmp_path, f"127.0.0.1:{ap.metrics_port}")
+    except BaseException:  # no Prometheus: the agent must not outlive the test
+        ap.stop()
+        raise
     try:
         prom.wait_ready()
         # the workload: execs, a mining-pool connection (refused: nothing listens on loopback 3333),

@@ -165,6 +165,35 @@ kprobes:
     assert bool(mine(events, r, case)) is hit
 
 
+def test_string_equal_decided_in_the_syscall_entry(running_agent: RunningAgent, pywork: Path) -> None:
+    """Every selector holds a string Equal: the syscall entry decides by the string's length
+    before any map is touched (bpf/generic.bpf.c pre_filter) and hands the string it read to the
+    hook. A match reports the whole string, shorter or longer than the entry's stack copy; a
+    string of a value's length that is another string, and one of no value's length, give none."""
+    d = pywork / "data"
+    short, long = d / "present.txt", d / ("l" * 150)
+    same_len, other = d / "presenx.txt", d / "of-another-length.txt"
+    for f in (long, same_len, other):
+        f.write_text("x")
+    spec = f"""
+kprobes:
+- call: sys_openat
+  args: [{{index: 1, type: string}}]
+  selectors:
+  - matchArgs: [{{index: 1, operator: Equal, values: ["{short}", "{long}"]}}]
+    {scoped(pywork)}
+"""
+    code = "".join(open_file(str(f)) for f in (short, long, same_len, other, short))
+    r = Run()
+    with loaded(running_agent, policy_yaml("entry-equal", spec)):
+        before = next(p for p in running_agent.agent.list_policies() if p["name"] == "entry-equal")["kernel_stats"]
+        events = running_agent.collect(lambda: run_py(pywork, code, out=r))
+        after = next(p for p in running_agent.agent.list_policies() if p["name"] == "entry-equal")["kernel_stats"]
+    got = [b["args"][0]["string_arg"] for b in mine(events, r, "entry-equal")]
+    assert got == [str(short), str(long), str(short)]
+    assert after["filtered"] - before["filtered"] >= 2
+
+
 def test_port_lists_of_any_length(running_agent: RunningAgent, pywork: Path) -> None:
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))

@@ -20,7 +20,7 @@ from vigil.cli.policy_cmd import policy as policy_cli
 from vigil.kernel import policy_layout as L
 from vigil.kernel.facts import KernelFacts
 from vigil.policy import PolicyErrors, parse_policies
-from vigil.policy.compile import compile_policy, unsupported
+from vigil.policy.compile import compile_policy, entry_prefilter, str_key_size, unsupported
 from vigil.policy.explain import explain_policy
 from vigil.policy.syscalls import SYSCALL_NUMBERS
 
@@ -102,6 +102,92 @@ kprobes:
     assert ch.config.nguards == 2
     assert [(g[i].idx, g[i].op, g[i].val) for i in range(2)] == [(L.RAW_SYSNR, L.G_EQ, 41), (L.RAW_COMPAT, L.G_EQ, 1)]
     assert ch.placement.entry_prog == "vigil_raw_sys_enter" and ch.placement.attach["name"] == "sys_enter"
+
+
+def _prefilter(selectors: str, args: str = "[{index: 1, type: string}]", call: str = "sys_openat") -> dict:
+    (ch,) = comp(f"""
+kprobes:
+- call: {call}
+  args: {args}
+  selectors:
+{textwrap.indent(textwrap.dedent(selectors).strip(chr(10)), "  ")}
+""", HOST).hooks
+    return entry_prefilter(ch)
+
+
+def _lengths(pf: dict) -> list[int]:
+    mask = int.from_bytes(pf["pre_lenmask"], "little")
+    return [n for n in range(256) if mask >> n & 1]
+
+
+def test_entry_prefilter_lengths_of_the_equal_values() -> None:
+    """Every selector holds an Equal on the string: its lengths decide in the syscall entry."""
+    pf = _prefilter("""
+- matchArgs: [{index: 1, operator: Equal, values: ["/etc/passwd", "/x"]}]
+  matchBinaries: [{operator: In, values: ["/usr/bin/cat"]}]
+- matchArgs: [{index: 1, operator: Equal, values: ["/etc/shadow2"]}, {index: 2, operator: Equal, values: ["0"]}]
+""", "[{index: 1, type: string}, {index: 2, type: int}]")
+    assert (pf["pre_arg"], pf["pre_slot"]) == (2, 0)  # syscall argument 1, the hook's first slot
+    assert _lengths(pf) == [2, 11, 12]
+    # a selector's Equal filters on the string all hold: the lengths they share
+    pf = _prefilter("""
+- matchArgs: [{index: 1, operator: Equal, values: ["/ab", "/abcd"]}, {index: 1, operator: Equal, values: ["/abcd"]}]
+""")
+    assert _lengths(pf) == [5]
+    long = "/" + "x" * 199
+    assert _lengths(_prefilter(f"- matchArgs: [{{index: 1, operator: Equal, values: [\"{long}\"]}}]")) == [200]
+
+
+@pytest.mark.parametrize("selectors, args, call", [
+    ("- matchArgs: [{index: 1, operator: NotEqual, values: [\"/etc/passwd\"]}]", "", ""),
+    ("- matchArgs: [{index: 1, operator: Prefix, values: [\"/etc/\"]}]", "", ""),
+    ("- matchArgs: [{index: 1, operator: Equal, values: [\"/etc/passwd\"]}]\n- matchPIDs: "
+     "[{operator: In, values: [1]}]", "", ""),  # the second selector may match any string
+    ("- matchArgs: [{index: 0, operator: Equal, values: [\"3\"]}]", "[{index: 0, type: int}, {index: 1, type: string}]",
+     ""),
+    ("- matchArgs: [{index: 0, operator: Equal, values: [\"/x\"]}]", "[{index: 0, type: fd}]", "sys_close"),
+], ids=["notequal", "prefix", "a-selector-without", "int-argument", "fd-argument"])
+def test_entry_prefilter_only_where_it_decides(selectors: str, args: str, call: str) -> None:
+    assert _prefilter(selectors, args or "[{index: 1, type: string}]", call or "sys_openat") == {}
+
+
+def test_entry_prefilter_not_before_guards_or_a_workload_filter() -> None:
+    """Guards and the workload filter come first in the kernel (and count otherwise)."""
+    (ch,) = comp("""
+kprobes:
+- call: __ia32_sys_open
+  args: [{index: 0, type: string}]
+  selectors:
+  - matchArgs: [{index: 0, operator: Equal, values: ["/etc/passwd"]}]
+""", HOST).hooks
+    assert ch.config.nguards and entry_prefilter(ch) == {}
+    (ch,) = comp("""
+kprobes:
+- call: sys_openat
+  args: [{index: 1, type: string}]
+  selectors:
+  - matchArgs: [{index: 1, operator: Equal, values: ["/etc/passwd"]}]
+""", HOST).hooks
+    assert entry_prefilter(ch)
+    ch.config.filter_id = 3
+    assert entry_prefilter(ch) == {}
+
+
+def test_str_map_keys_hold_the_longest_value_and_its_nul() -> None:
+    """str_map's key size is cut to the map id and the longest exact string with its NUL (whole
+    words): a longer string differs from every value at that NUL, within the key."""
+    (ch,) = comp("""
+kprobes:
+- call: sys_openat
+  args: [{index: 1, type: string}]
+  selectors:
+  - matchArgs: [{index: 1, operator: Equal, values: ["/etc/passwd", "/x"]}]
+    matchBinaries: [{operator: In, values: ["/usr/bin/cat"]}]
+""", HOST).hooks
+    assert str_key_size(ch.str_keys) == 4 + 16  # "/usr/bin/cat" and its NUL: 13 bytes
+    assert all(k[str_key_size(ch.str_keys):] == bytes(len(k) - str_key_size(ch.str_keys)) for k in ch.str_keys)
+    assert str_key_size([]) == 4 + 8
+    assert str_key_size([struct.pack("<I", 0) + b"x" * 255]) == 4 + L.STR_KEY
 
 
 def test_long_value_lists_go_to_the_value_map() -> None:

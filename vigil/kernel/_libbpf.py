@@ -80,6 +80,7 @@ _SIGS: dict[str, tuple[object, list[object]]] = {
     "bpf_map__value_size": (c_u32, [c_void_p]),
     "bpf_map__max_entries": (c_u32, [c_void_p]),
     "bpf_map__set_max_entries": (c_int, [c_void_p, c_u32]),
+    "bpf_map__set_key_size": (c_int, [c_void_p, c_u32]),
     "bpf_map__initial_value": (c_void_p, [c_void_p, ctypes.POINTER(c_size_t)]),
     "bpf_map__reuse_fd": (c_int, [c_void_p, c_int]),
     "bpf_map__set_autocreate": (c_int, [c_void_p, c_bool]),

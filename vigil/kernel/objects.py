@@ -224,6 +224,10 @@ class Map:
         if L.lib.bpf_map__set_max_entries(self._ptr, n):
             raise BpfError(f"map {self.name}: set_max_entries({n})", L.errno())
 
+    def set_key_size(self, n: int) -> None:
+        if L.lib.bpf_map__set_key_size(self._ptr, n):
+            raise BpfError(f"map {self.name}: set_key_size({n})", L.errno())
+
     def reuse_fd(self, fd: int) -> None:
         """Use an existing kernel map instead of creating one (shared maps)."""
         if L.lib.bpf_map__reuse_fd(self._ptr, fd):

@@ -26,6 +26,7 @@ RAW_COMPAT = 7
 SLOTS = 8
 ARG_DATA = 4096
 STR_KEY = 256
+STR_FAST = 128    # generic.bpf.c: strings shorter than this are read through the stack
 LPM_STR = 248
 
 # enum vp_src

@@ -392,6 +392,44 @@ def _compile_hook(policy: Policy, pl: Placement, hook: object, hook_id: int, mon
     return ch
 
 
+def str_key_size(keys: list[bytes]) -> int:
+    """Bytes of a `str_map` key that tell the hook's exact strings apart: the map id and the
+    longest value with its NUL (the rest of every key is zeros), in whole words."""
+    longest = max((len(k[4:].rstrip(b"\0")) for k in keys), default=0)
+    return min(4 + (longest + 1 + 7) // 8 * 8, 4 + L.STR_KEY)
+
+
+def entry_prefilter(ch: CompiledHook) -> dict[str, int | bytes]:
+    """Rodata of the syscall entry's pre-filter (`pre_arg` in bpf/generic.bpf.c), from the final
+    config (a workload filter is set after compiling): when every selector holds an Equal on one
+    user-string syscall argument, a hit whose string has none of those lengths is filtered in the
+    entry, before the hook's maps are touched. Empty when that does not hold: guards and workload
+    filters come first in the kernel, and a string read shorter than STR_FAST would be cut."""
+    cfg, entry = ch.config, ch.placement.entry_prog
+    if not re.fullmatch(r"vigil_sys_enter\d", entry) or not cfg.nselectors or cfg.nguards or cfg.filter_id:
+        return {}
+    arity = int(entry[-1])  # its program reads no further than the syscall's record
+    sels = [cfg.sel[i] for i in range(min(cfg.nselectors, L.MAX_SELECTORS))]
+    for slot in range(min(cfg.nargs, L.MAX_ARGS)):
+        a = cfg.args[slot]
+        if a.type != L.T["string"] or a.src != L.SRC_SYSCALL or a.nsteps or a.off >= arity \
+                or 0 < a.max_len < L.STR_FAST:
+            continue
+        mask = 0
+        for s in sels:
+            lengths = [f.lo for f in s.args[:min(s.nfilters, L.MAX_MATCH_ARGS)]
+                       if f.op == L.OP["Equal"] and f.slot == slot and f.flags & L.FF_LENMASK]
+            if not lengths:
+                break  # this selector may match any length
+            m = (1 << 256) - 1
+            for lo in lengths:  # a selector's filters all hold
+                m &= sum((v & 0xFFFFFFFFFFFFFFFF) << (64 * w) for w, v in enumerate(lo[:4]))
+            mask |= m
+        else:
+            return {"pre_arg": a.off + 1, "pre_slot": slot, "pre_lenmask": mask.to_bytes(32, "little")}
+    return {}
+
+
 def _arg_for(pl: Placement, hook: object, e: ArgSelector, errs: _Errors) -> ArgPlan | None:
     spec_args = getattr(hook, "args", ())
     lacking = pl.attach.get("lacking", ())

@@ -14,7 +14,7 @@ from vigil.kernel import BpfObject, Map, policy_layout as L
 from vigil.kernel.cgroups import tracking as cgroup_tracking
 from vigil.kernel.layouts import check_ctypes
 from vigil.kernel.paths import bpf_object
-from vigil.policy.compile import CompiledHook
+from vigil.policy.compile import CompiledHook, entry_prefilter, str_key_size
 
 log = logging.getLogger("vigil.sensor.generic")
 
@@ -72,6 +72,7 @@ class GenericHook:
     def load(self) -> None:
         _raise_nofile()
         c, pl = self.compiled, self.compiled.placement
+        pre = entry_prefilter(c)
         obj = BpfObject.open(bpf_object("generic"))
         try:
             for cname, mirror in L.MIRRORS:
@@ -89,10 +90,12 @@ class GenericHook:
                                ("postfix_map", c.postfix_keys), ("addr_map", c.addr_keys),
                                ("val_map", c.val_keys)):
                 obj.map(name).set_max_entries(max(1, len(keys)))
+            str_key = str_key_size(c.str_keys)
+            obj.map("str_map").set_key_size(str_key)
             if any(c.config.sel[i].actions[k].type == L.ACT["Set"] for i in range(c.config.nselectors)
                    for k in range(c.config.sel[i].nactions)):
                 obj.set_rodata(cfg_write_user=1)  # USDT Set writes user memory
-            obj.set_rodata(cgrp_subsys_idx=cgroup_tracking().subsys_idx)
+            obj.set_rodata(cgrp_subsys_idx=cgroup_tracking().subsys_idx, str_key_words=(str_key - 4) // 8, **pre)
             obj.load()
             obj.map("hook_config").update(struct.pack("<I", 0), bytes(c.config))
             one = b"\x01"
@@ -101,7 +104,7 @@ class GenericHook:
                                ("val_map", c.val_keys)):
                 m = obj.map(name)
                 for k in keys:
-                    m.update(k, one)
+                    m.update(k[:str_key] if name == "str_map" else k, one)
             self._attach(obj)
         except BaseException:
             obj.close()
@@ -170,7 +173,7 @@ class GenericHook:
     def kernel_memory(self) -> int:
         """Rough bytes of kernel memory the hook's own maps use."""
         c = self.compiled
-        return (ctypes.sizeof(c.config) + 20648 * 2 + 260 * len(c.str_keys)
+        return (ctypes.sizeof(c.config) + 20648 * 2 + str_key_size(c.str_keys) * len(c.str_keys)
                 + 264 * (len(c.prefix_keys) + len(c.postfix_keys)) + 32 * len(c.addr_keys) + 24 * len(c.val_keys))
 
     def close(self) -> None:
