@@ -670,7 +670,7 @@ static int get_sub(PyObject *v)
 {
 	if (v == Py_None)
 		return 0;
-	if (!v || !PyDict_Check(v))  /* subclasses too: a Pod is encoded by its callback */
+	if (!v || !PyDict_Check(v))
 		return -FALLBACK;
 	return PyDict_GET_SIZE(v) > 0;
 }
@@ -1984,6 +1984,31 @@ static PyObject *pod_from_table(Builder *b, PyObject *pods, PyObject *cgroup_nam
 	return pod;
 }
 
+/* EventBuilder._parent_of for an exec or a fork: (parent exec_id, parent cache key) by its key
+ * when the kernel knew it, else by pid; ("", None) when unknown. New references, 0 or -1. */
+static int parent_of(Builder *b, ProcessRecord *r, PyObject **peid, PyObject **pkey)
+{
+	if (r->pktime) {
+		if (!(*pkey = key_tuple(r->ppid_key, r->pktime)))
+			return -1;
+		PyObject *pp = PyDict_GetItemWithError(b->by_key, *pkey);
+		if (pp) {
+			*peid = Py_NewRef(pslot(b, pp, P_EXEC_ID));
+			Py_SETREF(*pkey, Py_NewRef(pslot(b, pp, P_KEY)));
+			return 0;
+		}
+		return PyErr_Occurred() || !(*peid = make_exec_id(b->node_s, b->node_n, r->pktime, r->ppid_key)) ? -1 : 0;
+	}
+	PyObject *ppid = PyLong_FromUnsignedLong(r->ppid);
+	PyObject *pp = ppid ? PyDict_GetItemWithError(b->by_pid, ppid) : NULL;
+	Py_XDECREF(ppid);
+	if (PyErr_Occurred())
+		return -1;
+	*peid = Py_NewRef(pp ? pslot(b, pp, P_EXEC_ID) : b->empty_str);
+	*pkey = Py_NewRef(pp ? pslot(b, pp, P_KEY) : Py_None);
+	return 0;
+}
+
 static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t nargs)
 {
 	ProcessRecord *r = (ProcessRecord *)record_arg(args, nargs, "on_exec(buf, now_ns)", T_EXEC,
@@ -1998,25 +2023,8 @@ static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t n
 	if (!(eid = make_exec_id(b->node_s, b->node_n, r->exec_ktime, r->pid)) ||
 	    !(key = key_tuple(r->pid, r->exec_ktime)))
 		goto out;
-	/* the parent: by its key when the kernel knew it, else by pid */
-	if (r->pktime) {
-		if (!(pkey = key_tuple(r->ppid_key, r->pktime)))
-			goto out;
-		PyObject *pp = PyDict_GetItemWithError(b->by_key, pkey);
-		if (pp) {
-			peid = Py_NewRef(pslot(b, pp, P_EXEC_ID));
-			Py_SETREF(pkey, Py_NewRef(pslot(b, pp, P_KEY)));
-		} else if (PyErr_Occurred() || !(peid = make_exec_id(b->node_s, b->node_n, r->pktime, r->ppid_key)))
-			goto out;
-	} else {
-		PyObject *ppid = PyLong_FromUnsignedLong(r->ppid);
-		PyObject *pp = ppid ? PyDict_GetItemWithError(b->by_pid, ppid) : NULL;
-		Py_XDECREF(ppid);
-		if (PyErr_Occurred())
-			goto out;
-		peid = Py_NewRef(pp ? pslot(b, pp, P_EXEC_ID) : b->empty_str);
-		pkey = Py_NewRef(pp ? pslot(b, pp, P_KEY) : Py_None);
-	}
+	if (parent_of(b, r, &peid, &pkey) < 0)
+		goto out;
 	/* flag words */
 	long fk = r->flags & REC_FLAG_BITS;
 	if (PyUnicode_GET_LENGTH(peid) == 0)
@@ -2199,12 +2207,12 @@ static PyObject *builder_on_clone(Builder *b, PyObject *const *args, Py_ssize_t 
 	if (!r)
 		return NULL;
 	PyObject *now = args[1], *res = NULL, *key = NULL, *pkey = NULL, *peid = NULL, *eid = NULL, *of = NULL;
-	PyObject *pod = NULL, *msg = NULL, *p = NULL, *start = NULL, *pid = NULL;
+	PyObject *pod = NULL, *msg = NULL, *p = NULL, *start = NULL, *pid = NULL, *okey = NULL;
 	/* the process it was forked from: by its key when the kernel knew it, else by pid */
 	if (r->pktime) {
-		if (!(pkey = key_tuple(r->ppid_key, r->pktime)))
+		if (!(okey = key_tuple(r->ppid_key, r->pktime)))
 			goto out;
-		of = PyDict_GetItemWithError(b->by_key, pkey);
+		of = PyDict_GetItemWithError(b->by_key, okey);
 	}
 	if (!of && !PyErr_Occurred()) {
 		PyObject *ppid = PyLong_FromUnsignedLong(r->ppid);
@@ -2219,23 +2227,9 @@ static PyObject *builder_on_clone(Builder *b, PyObject *const *args, Py_ssize_t 
 		goto out;
 	}
 	Py_INCREF(of);
-	/* its parent as an exec names it (EventBuilder._parent_of), else the process it forked from */
-	if (r->pktime) {
-		PyObject *pp = PyDict_GetItemWithError(b->by_key, pkey);
-		if (pp) {
-			peid = Py_NewRef(pslot(b, pp, P_EXEC_ID));
-			Py_SETREF(pkey, Py_NewRef(pslot(b, pp, P_KEY)));
-		} else if (PyErr_Occurred() || !(peid = make_exec_id(b->node_s, b->node_n, r->pktime, r->ppid_key)))
-			goto out;
-	} else {
-		PyObject *ppid = PyLong_FromUnsignedLong(r->ppid);
-		PyObject *pp = ppid ? PyDict_GetItemWithError(b->by_pid, ppid) : NULL;
-		Py_XDECREF(ppid);
-		if (PyErr_Occurred())
-			goto out;
-		peid = Py_NewRef(pp ? pslot(b, pp, P_EXEC_ID) : b->empty_str);
-		Py_XSETREF(pkey, Py_NewRef(pp ? pslot(b, pp, P_KEY) : Py_None));
-	}
+	/* its parent as an exec names it, else the process it forked from */
+	if (parent_of(b, r, &peid, &pkey) < 0)
+		goto out;
 	if (PyUnicode_GET_LENGTH(peid) == 0) {
 		Py_SETREF(peid, Py_NewRef(pslot(b, of, P_EXEC_ID)));
 		Py_SETREF(pkey, Py_NewRef(pslot(b, of, P_KEY)));
@@ -2306,6 +2300,7 @@ static PyObject *builder_on_clone(Builder *b, PyObject *const *args, Py_ssize_t 
 	res = Py_NewRef(Py_None);
 out:
 	Py_XDECREF(of);
+	Py_XDECREF(okey);
 	Py_XDECREF(key);
 	Py_XDECREF(pkey);
 	Py_XDECREF(peid);

@@ -11,9 +11,8 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import stat
 
-from vigil.api.server import ServerError, is_loopback, unix_path
+from vigil.api.server import ServerError, clear_unix_path, is_loopback, unix_path
 
 
 def bind(address: str, *, tls: bool = False, allow_remote: bool = False) -> tuple[list[socket.socket], str]:
@@ -66,14 +65,7 @@ def bind(address: str, *, tls: bool = False, allow_remote: bool = False) -> tupl
 
 
 def _bind_unix(path: str, address: str) -> socket.socket:
-    if not os.path.isabs(path):
-        raise ServerError(f"unix socket path must be absolute: {address}")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    try:
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)  # stale socket of a previous run
-    except FileNotFoundError:
-        pass
+    clear_unix_path(path, address)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         s.bind(path)

@@ -116,6 +116,19 @@ def unix_path(address: str) -> str | None:
     return None
 
 
+def clear_unix_path(path: str, address: str) -> None:
+    """Make ready to bind a unix socket at `path`: absolute, its directory there, a stale
+    socket of a previous run gone."""
+    if not os.path.isabs(path):
+        raise ServerError(f"unix socket path must be absolute: {address}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)  # stale socket of a previous run
+    except FileNotFoundError:
+        pass
+
+
 class ApiServer:
     def __init__(
         self,
@@ -228,14 +241,7 @@ class ApiServer:
             return f"{host}:{port}"
         if tls is not None:
             raise ServerError("--server-tls-* applies to a TCP --server-address, not a unix socket")
-        if not os.path.isabs(path):
-            raise ServerError(f"unix socket path must be absolute: {address}")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        try:
-            if stat.S_ISSOCK(os.lstat(path).st_mode):
-                os.unlink(path)  # stale socket of a previous run
-        except FileNotFoundError:
-            pass
+        clear_unix_path(path, address)
         # grpc binds here (listen/accept start with server.start()), so the chmod
         # below closes the window before anyone can connect.
         if server.add_insecure_port(f"unix://{path}") == 0:

@@ -494,27 +494,26 @@ def _submsg(name: str, d: Any) -> bytes:
     return b
 
 
+def _read_varint(b: bytes, i: int) -> tuple[int, int]:
+    """The varint at b[i:] and the offset after it."""
+    n = shift = 0
+    while True:
+        c = b[i]
+        i += 1
+        n |= (c & 0x7F) << shift
+        shift += 7
+        if c < 0x80:
+            return n, i
+
+
 def _fields(b: bytes) -> list[tuple[int, bytes]]:
     """(field number, the field's bytes) of a serialised message (varint and length-delimited
     fields: all a Pod and its Container hold)."""
     out, i = [], 0
     while i < len(b):
-        start, tag, shift = i, 0, 0
-        while True:
-            c = b[i]
-            i += 1
-            tag |= (c & 0x7F) << shift
-            shift += 7
-            if c < 0x80:
-                break
-        n, shift = 0, 0
-        while True:  # a varint's value, or a length
-            c = b[i]
-            i += 1
-            n |= (c & 0x7F) << shift
-            shift += 7
-            if c < 0x80:
-                break
+        start = i
+        tag, i = _read_varint(b, i)
+        n, i = _read_varint(b, i)  # a varint's value, or a length
         if tag & 7 == 2:
             i += n
         elif tag & 7 != 0:
@@ -541,11 +540,7 @@ def pod_parts(shared: dict[str, Any]) -> tuple[bytes, bytes, bytes, bytes]:
     cont = next((f for n, f in whole if n == _POD_CONTAINER), None)
     inner: list[tuple[int, bytes]] = []
     if cont is not None:  # its content: past the tag (one byte) and the length
-        body = cont[1:]
-        k = 0
-        while body[k] & 0x80:
-            k += 1
-        inner = _fields(body[k + 1:])
+        inner = _fields(cont[_read_varint(cont, 1)[1]:])
     parts = (b"".join(f for n, f in whole if n < _POD_CONTAINER),
              b"".join(f for n, f in inner if n < _CONTAINER_PID),
              b"".join(f for n, f in inner if n > _CONTAINER_PROBE),
