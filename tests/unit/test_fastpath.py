@@ -3,6 +3,8 @@ and attribute for attribute, on generated inputs: record decoding, argument form
 exec ids, and the JSON and protobuf encodings of every event kind."""
 from __future__ import annotations
 
+import gc
+
 from collections.abc import Callable
 from typing import Any
 
@@ -327,6 +329,42 @@ def _cache_state(b: Any) -> Any:
             b.exec_count, b.exit_count, b.clone_count, b.miss_count)
 
 
+def _assert_acyclic(*objs: Any) -> None:
+    """None of the objects can reach itself again: the compiled builder leaves the ones it
+    makes untracked by the cyclic GC (new_slotted in native/fastpath.c), which is only
+    sound for objects in no reference cycle."""
+    for obj in objs:
+        if obj is None:
+            continue
+        seen: set[int] = set()
+        todo = [r for r in gc.get_referents(obj) if not isinstance(r, type)]
+        while todo:
+            o = todo.pop()
+            assert o is not obj, f"{type(obj).__name__} is in a reference cycle"
+            if id(o) not in seen and not isinstance(o, (str, bytes, int)):
+                seen.add(id(o))
+                todo.extend(r for r in gc.get_referents(o) if not isinstance(r, type))
+
+
+def test_compiled_builder_objects_are_left_to_reference_counting() -> None:
+    """What the compiled builder makes per exec and exit (process, message, pod, events) is
+    not tracked by the cyclic GC: young-generation collections do not traverse them."""
+    fast_b, _ = _builders({"enable_cred": True, "enable_ns": True, "ancestors": True}, 64)
+    fast_b.pods = _resolver()
+    handlers = fast_b.record_handlers()
+    d = {"exe": "/bin/true", "cwd": b"/", "filename": "/bin/true", "cgroup": f"/kubepods/besteffort/pod{POD_UID}/{KNOWN}",
+         "args": b"true\0-q\0", "caps": (0, 0, 0), "ns": HOST, "uid": 0, "euid": 0, "auid": 0, "securebits": 0,
+         "userns_level": 0, "i_mode": 0o100755, "nlink": 1, "flags": 0, "tid_off": 0, "op": R.OP_EXEC}
+    parent = handlers[R.OP_EXEC](_exec_record(100, 5_000_000_000, 1, 0, d), 1)
+    child = handlers[R.OP_EXEC](_exec_record(101, 6_000_000_000, 100, 5_000_000_000, d), 2)
+    gone = handlers[R.OP_EXIT](R.EXIT.pack(R.OP_EXIT, 0, 0, R.EXIT.size, 7_000_000_000, 101, 0, 6_000_000_000,
+                                           101, 0), 3)
+    assert child.process.pod is not None and child.parent is parent.process
+    made = (parent, child, gone, child.process, child.process.pod, fast_b.cache.get((101, 6_000_000_000)))
+    assert [gc.is_tracked(o) for o in made] == [False] * len(made)
+    _assert_acyclic(*made)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps, st.fixed_dictionaries({"enable_cred": st.booleans(), "enable_ns": st.booleans(),
                                      "ancestors": st.booleans()}), st.sampled_from([4, 64]), st.booleans())
@@ -376,6 +414,7 @@ def test_builder(seq: list[Any], opts: dict[str, Any], capacity: int, pods: bool
             got.enc_json = got.enc_pb = got.process.enc_json = got.process.enc_pb = None
             assert FAST.encode_json(got) == codec.encode_reference(want)
             assert FAST.encode_pb(got) == wire.py_encode_event(want)
+            _assert_acyclic(got, got.process, got.process.pod, *fast_b.cache._by_key.values())
         assert _cache_state(fast_b) == _cache_state(ref_b)
         if pods:
             assert (fast_b.pods.enriched, fast_b.pods.unknown) == (ref_b.pods.enriched, ref_b.pods.unknown)
