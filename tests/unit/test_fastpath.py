@@ -4,7 +4,6 @@ exec ids, and the JSON and protobuf encodings of every event kind."""
 from __future__ import annotations
 
 import gc
-
 from collections.abc import Callable
 from typing import Any
 
