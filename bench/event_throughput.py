@@ -11,7 +11,7 @@
    reference path) in a child process; the ratio compiled / pure is printed.
 2. Breakdown: each stage timed on its own (CPU time) over the same records --
    decode+build (the record handlers: compiled, one call per record), JSON encode
-   (the exporter's encode_events), file write -- plus the top functions from cProfile
+   (the exporter's encode_pieces: lines in pieces), file write (writev) -- plus the top functions from cProfile
    of a full replay.
 3. Live: a burst of fork+execs (two C loops in parallel) while `vigil agent`
    drains; checks that every exec/exit reached the export file.
@@ -48,6 +48,7 @@ from _common import (
 from vigil.core import native  # after _common: it puts the project on sys.path
 
 GOAL_EPS = 250_000
+IOV_MAX = os.sysconf("SC_IOV_MAX")
 STAGES = ("decode+build", "encode", "write")
 
 
@@ -84,7 +85,7 @@ def replay_once(records: list[bytes], export: str, profile: cProfile.Profile | N
 
 def stage_breakdown(records: list[bytes], export: str) -> dict[str, float]:
     """Seconds spent in each stage, each run alone over the same records."""
-    from vigil.export.jsonl import encode_events
+    from vigil.export.jsonl import encode_pieces
     from vigil.process.build import BuildOptions, EventBuilder
     from vigil.process.cache import ProcessCache
     from vigil.process.clock import WallClock
@@ -100,17 +101,20 @@ def stage_breakdown(records: list[bytes], export: str) -> dict[str, float]:
     out["decode+build"] = t() - t0
 
     t0 = t()
-    batches = [encode_events(events[i : i + 256]) for i in range(0, len(events), 256)]  # the agent's batches
+    # the agent's batches, as the export writer encodes them: lines in pieces (the cached
+    # process messages by reference)
+    batches = [encode_pieces(events[i : i + 256])[0] for i in range(0, len(events), 256)]
     out["encode"] = t() - t0
 
     fd = os.open(export, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
     t0 = t()
-    for lines in batches:
-        os.writev(fd, lines)  # as the export writer does
+    for pieces in batches:
+        for i in range(0, len(pieces), IOV_MAX):
+            os.writev(fd, pieces[i : i + IOV_MAX])  # as the export writer does
     out["write"] = t() - t0
     os.close(fd)
     os.unlink(export)
-    out["bytes"] = sum(len(x) for lines in batches for x in lines)
+    out["bytes"] = sum(len(x) for pieces in batches for x in pieces)
     out["events"] = len(events)
     return out
 

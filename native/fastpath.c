@@ -39,14 +39,53 @@ static PyObject *DecodeError;   /* vigil.events.records.DecodeError, set by set_
 
 /* ------------------------------------------------------------------ growable buffer
  * Written in place into a bytes object that becomes the result (shrunk to size), so an
- * encoding is copied once; sized for a whole event from the start (most are 1-3 KiB). */
-typedef struct { char *p; Py_ssize_t n, cap; PyObject *obj; } buf_t;
+ * encoding is copied once; sized for a whole event from the start (most are 1-3 KiB).
+ * With `pieces` (a list), a line is written as pieces instead: each cached process message
+ * goes in by reference and only the glue between messages is written here (buf_flush
+ * appends it), so the export's writev reads the messages where they are. */
+typedef struct { char *p; Py_ssize_t n, cap; PyObject *obj, *pieces; Py_ssize_t total; int scratch; } buf_t;
+
+/* A buffer written in a reused scratch area and copied out at its exact size: for encodings
+ * kept long (a process's message, cached on it: the cache holds no slack) and for the small
+ * glue pieces (one small allocation, no shrink). Two areas: a line's glue is open while the
+ * message it refers to is encoded. When both are taken, an ordinary buffer. */
+#define SCRATCHES 2
+typedef struct { char *p; Py_ssize_t cap; int busy; } scratch_t;
+static scratch_t scratch[SCRATCHES];
+
+static buf_t buf_exact(PyObject *pieces)
+{
+	buf_t b = {.pieces = pieces};
+	for (int i = 0; i < SCRATCHES; i++)
+		if (!scratch[i].busy) {
+			scratch[i].busy = 1;
+			b.scratch = i + 1;
+			break;
+		}
+	return b;
+}
 
 static int buf_reserve(buf_t *b, Py_ssize_t more)
 {
 	if (b->n + more <= b->cap)
 		return 0;
-	Py_ssize_t cap = b->cap ? b->cap * 2 : 4096;
+	if (b->scratch) {
+		scratch_t *s = &scratch[b->scratch - 1];
+		Py_ssize_t cap = s->cap ? s->cap : 4096;
+		while (cap < b->n + more)
+			cap *= 2;
+		if (cap != s->cap) {
+			char *p = PyMem_Realloc(s->p, (size_t)cap);
+			if (!p) {
+				PyErr_NoMemory();
+				return -1;
+			}
+			s->p = p, s->cap = cap;
+		}
+		b->p = s->p, b->cap = cap;
+		return 0;
+	}
+	Py_ssize_t cap = b->cap ? b->cap * 2 : b->pieces ? 256 : 4096;
 	while (cap < b->n + more)
 		cap *= 2;
 	if (!b->obj ? !(b->obj = PyBytes_FromStringAndSize(NULL, cap)) : _PyBytes_Resize(&b->obj, cap) < 0)
@@ -58,6 +97,8 @@ static int buf_reserve(buf_t *b, Py_ssize_t more)
 
 static void buf_free(buf_t *b)
 {
+	if (b->scratch)
+		scratch[b->scratch - 1].busy = 0, b->scratch = 0;
 	Py_CLEAR(b->obj);
 	b->p = NULL;
 	b->n = b->cap = 0;
@@ -107,6 +148,11 @@ static int put_varint(buf_t *b, unsigned long long v)
 
 static PyObject *buf_bytes(buf_t *b)
 {
+	if (b->scratch) {
+		PyObject *r = PyBytes_FromStringAndSize(b->p, b->n);
+		buf_free(b);
+		return r;
+	}
 	PyObject *r = b->obj;
 	b->obj = NULL;
 	b->p = NULL;
@@ -114,6 +160,22 @@ static PyObject *buf_bytes(buf_t *b)
 		return PyBytes_FromStringAndSize("", 0);
 	if (_PyBytes_Resize(&r, b->n) < 0)
 		return NULL;
+	return r;
+}
+
+/* pieces mode: the glue written so far becomes the next piece */
+static int buf_flush(buf_t *b)
+{
+	if (!b->n)
+		return 0;
+	Py_ssize_t n = b->n;
+	PyObject *glue = b->scratch ? PyBytes_FromStringAndSize(b->p, n) : buf_bytes(b);
+	b->n = 0;
+	if (!b->scratch)
+		b->cap = 0;
+	int r = glue ? PyList_Append(b->pieces, glue) : -1;
+	Py_XDECREF(glue);
+	b->total += n;
 	return r;
 }
 
@@ -850,7 +912,7 @@ static PyObject *msg_json(PyObject *m)
 	PyObject *c = slot(m, msg_off[M_ENC_JSON]);
 	if (c && c != Py_None)
 		return Py_NewRef(c);
-	buf_t b = {0};
+	buf_t b = buf_exact(NULL);
 	int r = msg_json_body(&b, m);
 	if (r) {
 		buf_free(&b);
@@ -864,7 +926,15 @@ static PyObject *msg_json(PyObject *m)
 
 static int put_msg_json(buf_t *b, PyObject *m)
 {
-	return put_bytes_obj(b, msg_json(m));
+	if (!b->pieces)
+		return put_bytes_obj(b, msg_json(m));
+	PyObject *o = msg_json(m);
+	if (!o)
+		return -1;
+	int r = !PyBytes_Check(o) ? put_bytes_obj(b, Py_NewRef(o)) : buf_flush(b) || PyList_Append(b->pieces, o);
+	b->total += PyBytes_Check(o) ? PyBytes_GET_SIZE(o) : 0;
+	Py_DECREF(o);
+	return r ? -1 : 0;
 }
 
 static int ev_json_body(buf_t *b, PyObject *ev, int t)
@@ -967,6 +1037,38 @@ static PyObject *ev_json(PyObject *ev)
 	if (out)
 		slot_set(ev, coff, out);
 	return out;
+}
+
+/* Appends one event's line to `list` as pieces (see buf_t), adding its size to *total: the
+ * line cached on the event as one piece; else the messages by reference and the glue; else
+ * (what only the twin encodes) the twin's line. 0, or -1 on error. */
+static int ev_json_pieces(PyObject *ev, PyObject *list, Py_ssize_t *total)
+{
+	int t = ev_type(ev);
+	PyObject *c = t < 0 ? NULL : slot(ev, evtypes[t].off[E_ENC_JSON]);
+	if (t >= 0 && (!c || c == Py_None)) {
+		Py_ssize_t n0 = PyList_GET_SIZE(list);
+		buf_t b = buf_exact(list);
+		int r = ev_json_body(&b, ev, t);
+		if (!r && !(r = buf_flush(&b))) {
+			*total += b.total;
+			buf_free(&b);
+			return 0;
+		}
+		buf_free(&b);
+		if (PyErr_Occurred() || PyList_SetSlice(list, n0, PyList_GET_SIZE(list), NULL) < 0)
+			return -1;
+	}
+	PyObject *line = ev_json(ev);
+	if (!line || !PyBytes_Check(line) || PyList_Append(list, line) < 0) {
+		if (line && !PyErr_Occurred())
+			PyErr_SetString(PyExc_TypeError, "encoder callback returned a non-bytes object");
+		Py_XDECREF(line);
+		return -1;
+	}
+	*total += PyBytes_GET_SIZE(line);
+	Py_DECREF(line);
+	return 0;
 }
 
 /* ---- protobuf */
@@ -1265,6 +1367,24 @@ static PyObject *encode_json_batch(PyObject *self, PyObject *events)
 {
 	NEED(py_json, "JSON");
 	return map_list(events, ev_json);
+}
+
+static PyObject *encode_json_pieces(PyObject *self, PyObject *events)
+{
+	NEED(py_json, "JSON");
+	PyObject *seq = PySequence_Fast(events, "a list of events");
+	if (!seq)
+		return NULL;
+	PyObject *list = PyList_New(0);
+	Py_ssize_t total = 0;
+	for (Py_ssize_t i = 0; list && i < PySequence_Fast_GET_SIZE(seq); i++)
+		if (ev_json_pieces(PySequence_Fast_GET_ITEM(seq, i), list, &total) < 0)
+			Py_CLEAR(list);
+	Py_DECREF(seq);
+	if (!list)
+		return NULL;
+	PyObject *out = Py_BuildValue("(Nn)", list, total);
+	return out;
 }
 
 static PyObject *encode_pb_batch(PyObject *self, PyObject *events)
@@ -2656,6 +2776,8 @@ static PyMethodDef methods[] = {
 	{"exec_id", exec_id, METH_VARARGS, "exec_id(node, ktime, pid) -> base64(node:ktime:pid)"},
 	{"encode_json", encode_json, METH_O, "event -> its JSON line (cached on it)"},
 	{"encode_json_batch", encode_json_batch, METH_O, "events -> their JSON lines"},
+	{"encode_json_pieces", encode_json_pieces, METH_O,
+	 "events -> (pieces, size): their JSON lines as pieces to write in order, and their size"},
 	{"encode_pb", encode_pb, METH_O, "event -> serialised GetEventsResponse (cached on it)"},
 	{"encode_pb_batch", encode_pb_batch, METH_O, "events -> serialised GetEventsResponses"},
 	{"process_json", process_json, METH_O, "ProcessMsg -> its JSON object (cached on it)"},

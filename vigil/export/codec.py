@@ -124,13 +124,9 @@ def _ancestors(parts: list[bytes], ancestors: tuple[ProcessMsg, ...]) -> None:
     parts.append(b"]")
 
 
-def py_encode(ev: Event | dict[str, Any]) -> bytes:
-    """One JSON line (with its newline)."""
-    if isinstance(ev, dict):
-        return _dumps(ev, option=_NL)
-    b = ev.enc_json
-    if b is not None:
-        return b
+def _line_parts(ev: Event) -> list[bytes]:
+    """An event's line (not a dict, none cached) in parts: the process messages' own bytes
+    and the glue between them."""
     t = ev.time.encode()
     if isinstance(ev, ProcessExec):
         parts = _processes(ev)
@@ -149,14 +145,36 @@ def py_encode(ev: Event | dict[str, Any]) -> bytes:
         parts = _processes(ev)
         if ev.body:
             parts += (b",", _dumps(ev.body)[1:-1])
-    elif isinstance(ev, DictEvent):
-        b = ev.enc_json = _dumps(ev.data, option=_NL)
-        return b
     else:
         raise TypeError(f"not an event: {type(ev).__name__}")
     parts += (b'},"node_name":', _node(ev.node_name), b',"time":"', t, b'"}\n')
-    b = ev.enc_json = b"".join(parts)
+    return parts
+
+
+def py_encode(ev: Event | dict[str, Any]) -> bytes:
+    """One JSON line (with its newline)."""
+    if isinstance(ev, dict):
+        return _dumps(ev, option=_NL)
+    b = ev.enc_json
+    if b is not None:
+        return b
+    if isinstance(ev, DictEvent):
+        b = ev.enc_json = _dumps(ev.data, option=_NL)
+        return b
+    b = ev.enc_json = b"".join(_line_parts(ev))
     return b
+
+
+def py_encode_pieces(events: list[Any]) -> tuple[list[bytes], int]:
+    """The events' lines as pieces to write in order (a writev reads the cached process
+    messages where they are, instead of a copy in every line), and their total size."""
+    out: list[bytes] = []
+    for ev in events:
+        if isinstance(ev, dict) or ev.enc_json is not None or isinstance(ev, DictEvent):
+            out.append(py_encode(ev))
+        else:
+            out += _line_parts(ev)
+    return out, sum(map(len, out))
 
 
 def encode_reference(ev: Event | dict[str, Any]) -> bytes:
@@ -169,9 +187,10 @@ def py_encode_events(events: list[Any]) -> list[bytes]:
 
 
 # the compiled twins when built (native/fastpath.c); the functions above are the reference
-encode, encode_events, process_json = py_encode, py_encode_events, py_process_json
+encode, encode_events, encode_pieces, process_json = py_encode, py_encode_events, py_encode_pieces, py_process_json
 if native.fast is not None:
     native.fast.configure_json(encode=py_encode, process_json=py_process_json, sub=_sub_json, body=_dumps,
                                pod_parts=pod_parts)
-    encode, encode_events, process_json = (
-        native.fast.encode_json, native.fast.encode_json_batch, native.fast.process_json)
+    encode, encode_events, encode_pieces, process_json = (
+        native.fast.encode_json, native.fast.encode_json_batch, native.fast.encode_json_pieces,
+        native.fast.process_json)

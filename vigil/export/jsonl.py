@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO
 
-from vigil.export.codec import encode_events
+from vigil.export.codec import encode_events, encode_pieces
 
 log = logging.getLogger("vigil.export")
 WARN_EVERY_S = 60.0   # a persisting write error is logged again at most this often
@@ -105,12 +105,12 @@ class JsonlWriter:
         with as few system calls as possible."""
         if not events:
             return
-        lines = encode_events(events)
+        pieces, total = encode_pieces(events)
         with self._lock:
             if self.closed:
                 raise ValueError(f"write to closed JsonlWriter({self.path})")
             if self._stream is not None:
-                blob = b"".join(lines)
+                blob = b"".join(pieces)
                 try:
                     self._stream.write(blob)
                     self._stream.flush()
@@ -119,7 +119,10 @@ class JsonlWriter:
                     return
                 self._account(len(events), len(blob))
                 return
-            for parts, count, nbytes in self._chunks(lines):
+            limit = self.max_bytes
+            chunks = ([(pieces, len(events), total)] if limit <= 0 or total <= limit
+                      else self._chunks(encode_events(events)))  # a batch alone over the size limit: by line
+            for parts, count, nbytes in chunks:
                 try:
                     self._ensure_open()
                     self._maybe_rotate(nbytes)
@@ -220,12 +223,9 @@ class JsonlWriter:
         self._size = before + nbytes
 
     def _chunks(self, lines: list[bytes]) -> Iterable[tuple[list[bytes], int, int]]:
-        """(lines, count, bytes): the whole batch, unless it alone exceeds the size limit."""
-        total = sum(map(len, lines))
+        """(lines, count, bytes) of a batch that alone exceeds the size limit, in parts that
+        each fit (a line longer than the limit goes alone)."""
         limit = self.max_bytes
-        if limit <= 0 or total <= limit:
-            yield lines, len(lines), total
-            return
         start, size = 0, 0
         for i, line in enumerate(lines):
             if size and size + len(line) > limit:
@@ -242,7 +242,7 @@ class JsonlWriter:
         self._opened_at = self._clock()
 
     def _write_all(self, parts: list[bytes], nbytes: int) -> None:
-        """writev of the lines as they are (no joined copy of the batch: that copy cost
+        """writev of the pieces as they are (no joined copy of the batch: that copy cost
         ~7% of the agent's time per event), IOV_MAX at a time; a short write (only disk
         full or a signal) finishes the rest with plain writes."""
         assert self._fd is not None
