@@ -760,24 +760,35 @@ static int put_bytes_obj(buf_t *b, PyObject *o)
 }
 
 /* Sub-messages (capabilities, namespaces, credentials) are interned by the process stage,
- * so their encodings are cached by identity: a small direct-mapped table per format,
- * holding the dict (its id stays its own) and its bytes. A miss asks the twin's helper. */
+ * so their encodings are cached by identity: a small table per format, holding the dict
+ * (its id stays its own) and its bytes. 4-way sets, most recent first: the few dicts a
+ * host's processes share must not evict each other for the agent's life when their ids
+ * meet in one slot (seen live: two misses, two Python calls, per exec). A miss asks the
+ * twin's helper. */
 #define SUBCACHE 512
+#define SUBWAYS 4
 typedef struct { PyObject *dict, *enc; int field; } subent_t;
 static subent_t sub_json_cache[SUBCACHE], sub_pb_cache[SUBCACHE];
 
 static PyObject *sub_cached(subent_t *tab, PyObject *d, int field, PyObject *cb, const char *name)
 {
-	size_t h = (((uintptr_t)d >> 4) ^ (size_t)field * 0x9e3779b1u) % SUBCACHE;
-	subent_t *e = &tab[h];
-	if (e->dict == d && e->field == field)
-		return Py_NewRef(e->enc);
+	size_t h = (((uintptr_t)d >> 4) ^ (size_t)field * 0x9e3779b1u) % (SUBCACHE / SUBWAYS);
+	subent_t *set = &tab[h * SUBWAYS];
+	for (int i = 0; i < SUBWAYS; i++)
+		if (set[i].dict == d && set[i].field == field) {
+			subent_t hit = set[i];
+			memmove(&set[1], &set[0], (size_t)i * sizeof(subent_t));
+			set[0] = hit;
+			return Py_NewRef(hit.enc);
+		}
 	PyObject *enc = name ? PyObject_CallFunction(cb, "sO", name, d) : PyObject_CallOneArg(cb, d);
 	if (!enc)
 		return NULL;
-	Py_XSETREF(e->dict, Py_NewRef(d));
-	Py_XSETREF(e->enc, Py_NewRef(enc));
-	e->field = field;
+	subent_t old = set[SUBWAYS - 1];
+	memmove(&set[1], &set[0], (SUBWAYS - 1) * sizeof(subent_t));
+	set[0] = (subent_t){Py_NewRef(d), Py_NewRef(enc), field};
+	Py_XDECREF(old.dict);
+	Py_XDECREF(old.enc);
 	return enc;
 }
 
