@@ -9,9 +9,18 @@ by process creation):
   1 client the gRPC front end and one GetEvents client
   4        four concurrent clients
 
-Clients are real gRPC clients (grpcio) in separate processes (this script with --client);
-each parses every GetEventsResponse it receives (--raw-clients: counts bytes only) and
-reports its count, the time of its last message and its CPU time. They consume the stream
+Clients are real gRPC clients in separate processes, of two kinds (--client-impl, both by
+default, each after the same export-alone baseline):
+
+  go      built like `tetra getevents`: grpc-go and the Go protobuf runtime (Debian's
+          packages, installed when missing), every GetEventsResponse decoded into the
+          generated types (--go-output json: also written as a protojson line to /dev/null,
+          as `tetra getevents -o json` prints it; about 5x the CPU per message of decoding)
+          (bench/goclient; built here into the temp dir, nothing generated is committed)
+  python  grpcio (this script with --client), parsing every GetEventsResponse (--raw-clients:
+          counts bytes only)
+
+Each reports its count, the time of its last message and its CPU time. They consume the stream
 on their own thread (grpcio's SingleThreadedUnaryStream channel option, about 8 us of
 client CPU per message); --threaded-clients uses grpcio's default consumer, which hands
 each message over from its polling thread (about 40 us per message: such a client cannot
@@ -25,7 +34,8 @@ export-alone rate, per-client losses (counted by the serving process per client;
 client that cannot keep up loses events, it never slows the export), and the CPU time
 of the agent, the serving process and each client.
 
-    .venv/bin/python bench/grpc_throughput.py [--quick] [-n N] [--clients 1,4] [--raw-clients] [--threaded-clients]
+    .venv/bin/python bench/grpc_throughput.py [--quick] [-n N] [--clients 1,4] [--client-impl go,python]
+                                              [--go-output none|json] [--raw-clients] [--threaded-clients]
 
 The last line is JSON.
 """
@@ -35,6 +45,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -81,7 +92,42 @@ def client_main(address: str, raw: bool, threaded: bool) -> int:
     return 0
 
 
-def spawn_client(address: str, raw: bool, threaded: bool) -> subprocess.Popen[str]:
+GO_DEBS = ("golang-go", "golang-google-grpc-dev", "golang-google-protobuf-dev", "golang-golang-x-sys-dev",
+           "protobuf-compiler", "protoc-gen-go", "protoc-gen-go-grpc")
+GO_TETRAGON = "github.com/cilium/tetragon/api/v1"  # the protos' go_package, as tetra imports it
+
+
+def build_go_client(tmp: Path) -> str:
+    """bench/goclient built against stubs generated from proto/tetragon (GOPATH mode over
+    Debian's Go packages: no module download)."""
+    if not all(shutil.which(t) for t in ("go", "protoc", "protoc-gen-go", "protoc-gen-go-grpc")) or \
+            not Path("/usr/share/gocode/src/google.golang.org/grpc").is_dir():
+        print(">> apt-get install " + " ".join(GO_DEBS) + " (the Go client)", file=sys.stderr, flush=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *GO_DEBS], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, stdout=subprocess.DEVNULL)
+    gopath = tmp / "gopath"
+    gen = gopath / "src" / GO_TETRAGON
+    gen.mkdir(parents=True)
+    protos = sorted(str(p.relative_to(ROOT / "proto")) for p in (ROOT / "proto" / "tetragon").glob("*.proto"))
+    subprocess.run(["protoc", "-I", "proto", "-I", "/usr/include", f"--go_out=paths=source_relative:{gen}",
+                    f"--go-grpc_out=paths=source_relative:{gen}", *protos], cwd=ROOT, check=True)
+    src = gopath / "src" / "vigilbench" / "goclient"
+    src.mkdir(parents=True)
+    shutil.copy(Path(__file__).parent / "goclient" / "main.go", src / "main.go")
+    exe = tmp / "vigil-getevents-go"
+    env = {**os.environ, "GO111MODULE": "off", "GOPATH": f"{gopath}:/usr/share/gocode",
+           "GOCACHE": str(tmp / "gocache"), "CGO_ENABLED": "0"}
+    subprocess.run(["go", "build", "-o", str(exe), "."], cwd=src, env=env, check=True)
+    return str(exe)
+
+
+GO_OUTPUT = "none"  # --go-output
+
+
+def spawn_client(address: str, impl: str, raw: bool, threaded: bool) -> subprocess.Popen[str]:
+    if impl != "python":  # the Go client's path
+        return subprocess.Popen([impl, "--server-address", address, "-o", GO_OUTPUT], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     args = ([sys.executable, __file__, "--client", address] + (["--raw-clients"] if raw else [])
             + (["--threaded-clients"] if threaded else []))
@@ -98,7 +144,7 @@ def _wait(pred, timeout: float, what: str) -> None:
         time.sleep(0.01)
 
 
-def run_phase(records: list[bytes], tmp: Path, n_clients: int, raw: bool, threaded: bool) -> dict:
+def run_phase(records: list[bytes], tmp: Path, n_clients: int, impl: str, raw: bool, threaded: bool) -> dict:
     from vigil.agent.agent import Agent
     from vigil.agent.config import AgentConfig
     from vigil.agent.frontends import attach_frontends
@@ -116,7 +162,7 @@ def run_phase(records: list[bytes], tmp: Path, n_clients: int, raw: bool, thread
     fe = next((f for f in agent.frontends if hasattr(f, "ring")), None)
     try:
         for i in range(n_clients):
-            procs.append(spawn_client(address, raw, threaded))
+            procs.append(spawn_client(address, impl, raw, threaded))
             _wait(lambda: fe.stats()["streams_active"] == i + 1  # noqa: B023 - called within this iteration
                   or procs[-1].poll() is not None, 60, f"client {i + 1} to subscribe")
             if procs[-1].poll() is not None:
@@ -159,7 +205,8 @@ def run_phase(records: list[bytes], tmp: Path, n_clients: int, raw: bool, thread
         span = (r["last"] - t0) if cnt else float("nan")
         clients.append({"received": cnt, "lost": d, "events_per_s": cnt / span if cnt else 0.0,
                         "status": r.get("status", r.get("error"))})
-    return {"clients": n_clients, "events": n_events, "export_seconds": t_export,
+    return {"clients": n_clients, "impl": "go" if impl != "python" else "python", "events": n_events,
+            "export_seconds": t_export,
             "export_events_per_s": n_events / t_export, "per_client": clients, "grpc": grpc_stats,
             "cpu_s": {"agent_export": round(cpu_agent, 3), "serving": round(cpu_serving, 3),
                       "clients": [round(r.get("cpu_s", 0.0), 3) for r in results]}}
@@ -187,31 +234,43 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="N=20000 events")
     ap.add_argument("-n", type=int, default=0, help="events to replay (default 200000)")
     ap.add_argument("--clients", default="1,4", help="client counts to run after export alone")
-    ap.add_argument("--raw-clients", action="store_true", help="clients count bytes, do not parse")
+    ap.add_argument("--client-impl", default="go,python", help="client kinds to run: go, python or both")
+    ap.add_argument("--go-output", choices=("none", "json"), default="none",
+                    help="Go clients: decode only, or also write protojson lines as tetra -o json")
+    ap.add_argument("--raw-clients", action="store_true", help="Python clients count bytes, do not parse")
     ap.add_argument("--threaded-clients", action="store_true",
                     help="clients consume with grpcio's default (threaded) consumer")
     ap.add_argument("--client", metavar="ADDRESS", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.client:
         return client_main(a.client, a.raw_clients, a.threaded_clients)
+    global GO_OUTPUT
+    GO_OUTPUT = a.go_output
     install_signal_handlers()
     n = a.n or (20_000 if a.quick else 200_000)
     records = [shell_record()] + synth_exec_exit(n)
     counts = [int(x) for x in a.clients.split(",") if x.strip()]
-    print(f"grpc_throughput: {n} exec/exit events replayed, cpus={os.cpu_count()}, "
-          f"clients {'raw' if a.raw_clients else 'parsing'}, "
-          f"{'threaded' if a.threaded_clients else 'single-threaded'} grpcio consumer", flush=True)
+    impls = [x.strip() for x in a.client_impl.split(",") if x.strip()]
+    if not impls or set(impls) - {"go", "python"}:
+        ap.error(f"--client-impl: go, python or go,python, not {a.client_impl!r}")
+    kinds = {"go": f"Go (grpc-go, {'decoded' if a.go_output == 'none' else 'decoded, written as protojson'})",
+             "python": f"Python (grpcio, {'raw' if a.raw_clients else 'parsing'}, "
+                       f"{'threaded' if a.threaded_clients else 'single-threaded'} consumer)"}
+    print(f"grpc_throughput: {n} exec/exit events replayed, cpus={os.cpu_count()}; clients: "
+          + ", ".join(kinds[i] for i in impls), flush=True)
     phases = []
     with tempdir("vigil-grpc-bench-") as tmp:
-        for k in [0, *counts]:
-            ph = run_phase(records, tmp, k, a.raw_clients, a.threaded_clients)
-            phases.append(ph)
+        paths = {i: build_go_client(tmp) if i == "go" else "python" for i in impls}
+        phases.append(run_phase(records, tmp, 0, "python", a.raw_clients, a.threaded_clients))
+        for i in impls:
+            for k in counts:
+                phases.append(run_phase(records, tmp, k, paths[i], a.raw_clients, a.threaded_clients))
     base = phases[0]["export_events_per_s"]
     for ph in phases:
         ph["export_ratio"] = ph["export_events_per_s"] / base
         for c in ph["per_client"]:
             c["ratio"] = c["events_per_s"] / base
-        label = "export alone" if not ph["clients"] else f"{ph['clients']} client(s)"
+        label = "export alone" if not ph["clients"] else f"{ph['clients']} {ph['impl']} client(s)"
         print(f"{label:>14}: export {ph['export_events_per_s']:>9,.0f} ev/s (x{ph['export_ratio']:.2f})", flush=True)
         for i, c in enumerate(ph["per_client"]):
             print(f"{'':>16}client {i + 1}: {c['received']:>8} received, {c['lost']:>7} lost, "
@@ -225,15 +284,16 @@ def main() -> int:
             print(f"{'':>16}ring: {g['ring']['records']} records written once by the agent, "
                   f"{g['ring']['lost']} lost to laps; {g['serving_processes']} serving process(es)", flush=True)
     summary = {"n": n, "cpus": os.cpu_count(), "raw_clients": a.raw_clients, "threaded_clients": a.threaded_clients,
+               "go_output": a.go_output,
                "export_alone_events_per_s": round(base)}
     for ph in phases[1:]:
-        k = ph["clients"]
+        k = f"{ph['impl']}_{ph['clients']}"
         rates = [c["events_per_s"] for c in ph["per_client"]]
-        summary[f"c{k}_export_ratio"] = round(ph["export_ratio"], 3)
-        summary[f"c{k}_delivered_ratio_min"] = round(min(rates) / base, 3) if rates else 0
-        summary[f"c{k}_delivered_events_per_s"] = [round(r) for r in rates]
-        summary[f"c{k}_received"] = [c["received"] for c in ph["per_client"]]
-        summary[f"c{k}_lost"] = [c["lost"] for c in ph["per_client"]]
+        summary[f"{k}_export_ratio"] = round(ph["export_ratio"], 3)
+        summary[f"{k}_delivered_ratio_min"] = round(min(rates) / base, 3) if rates else 0
+        summary[f"{k}_delivered_events_per_s"] = [round(r) for r in rates]
+        summary[f"{k}_received"] = [c["received"] for c in ph["per_client"]]
+        summary[f"{k}_lost"] = [c["lost"] for c in ph["per_client"]]
     emit_json("grpc_throughput", summary)
     return 0
 
