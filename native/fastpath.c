@@ -5,9 +5,10 @@
  *   ProcessRecord, ExitRecord     decode a process record   <-> vigil/events/records.py
  *   format_arguments(bytes)       argv area -> `arguments`  <-> vigil/process/build.py
  *   exec_id(node, ktime, pid)     base64("node:ktime:pid")  <-> vigil/process/ids.py
- *   encode_json[_batch], process_json   JSON lines          <-> vigil/export/codec.py
+ *   encode_json[_batch|_pieces], process_json   JSON lines  <-> vigil/export/codec.py
  *   encode_pb[_batch], process_pb       GetEventsResponse   <-> vigil/api/wire.py
  *   ring_write, ring_read         the shared-memory event ring <-> vigil/api/shm.py
+ *   bpf_ring_drain                a BPF ring buffer's records <-> vigil/kernel/ringbuf.py
  *   decode_generic(bytes)         a policy hook's record    <-> vigil/events/generic.py
  *   Builder.on_exec/on_clone/on_exit, the process cache      <-> vigil/process/build.py, cache.py
  *   handle_records                the event loop's dispatch <-> vigil/agent/pipeline.py
@@ -2775,6 +2776,53 @@ fail:
 	return NULL;
 }
 
+/* bpf_ring_drain(data, base, mask, cons, prod, max_bytes) -> (records, cons, discarded): the
+ * twin of vigil.kernel.ringbuf.RingBuffer.drain's loop over a BPF ring buffer's mapped data
+ * (`data`: the producer mapping, data area at `base`, mapped twice so a record is contiguous):
+ * each committed record's payload from `cons` on, stopping at a record still being written
+ * (BUSY), at `prod`, or past max_bytes. */
+#define BPF_RB_BUSY (1U << 31)
+#define BPF_RB_DISCARD (1U << 30)
+static PyObject *bpf_ring_drain(PyObject *self, PyObject *args)
+{
+	Py_buffer view;
+	unsigned long long base, mask, cons, prod, max_bytes, discarded = 0;
+	if (!PyArg_ParseTuple(args, "y*KKKKK", &view, &base, &mask, &cons, &prod, &max_bytes))
+		return NULL;
+	if ((unsigned long long)view.len < base + 2 * (mask + 1)) {
+		PyBuffer_Release(&view);
+		PyErr_SetString(PyExc_ValueError, "bpf_ring_drain: mapping smaller than twice the data area");
+		return NULL;
+	}
+	const char *data = (const char *)view.buf + base;
+	unsigned long long start = cons;
+	PyObject *out = PyList_New(0);
+	while (out && cons < prod && cons - start < max_bytes) {
+		const char *rec = data + (cons & mask);
+		/* the kernel clears BUSY with a release store when the record is committed */
+		uint32_t ln = __atomic_load_n((const uint32_t *)rec, __ATOMIC_ACQUIRE);
+		if (ln & BPF_RB_BUSY)
+			break;
+		uint32_t size = ln & ~(BPF_RB_BUSY | BPF_RB_DISCARD);
+		if (size > mask + 1 - 8) {  /* never from a kernel: refuse rather than read past the map */
+			PyErr_Format(PyExc_ValueError, "bpf_ring_drain: record of %u bytes in a %llu-byte ring", size, mask + 1);
+			Py_CLEAR(out);
+			break;
+		}
+		if (!(ln & BPF_RB_DISCARD)) {
+			PyObject *b = PyBytes_FromStringAndSize(rec + 8, size);
+			if (!b || PyList_Append(out, b) < 0)
+				Py_CLEAR(out);
+			Py_XDECREF(b);
+		} else {
+			discarded++;
+		}
+		cons += (size + 8 + 7) & ~7ULL;
+	}
+	PyBuffer_Release(&view);
+	return out ? Py_BuildValue("NKK", out, cons, discarded) : NULL;
+}
+
 /* ------------------------------------------------------------------ module */
 static PyObject *set_decode_error(PyObject *self, PyObject *cls)
 {
@@ -2787,6 +2835,8 @@ static PyMethodDef methods[] = {
 	{"exec_id", exec_id, METH_VARARGS, "exec_id(node, ktime, pid) -> base64(node:ktime:pid)"},
 	{"encode_json", encode_json, METH_O, "event -> its JSON line (cached on it)"},
 	{"encode_json_batch", encode_json_batch, METH_O, "events -> their JSON lines"},
+	{"bpf_ring_drain", bpf_ring_drain, METH_VARARGS,
+	 "(data, base, mask, cons, prod, max_bytes) -> (records, cons, discarded) of a BPF ring buffer"},
 	{"encode_json_pieces", encode_json_pieces, METH_O,
 	 "events -> (pieces, size): their JSON lines as pieces to write in order, and their size"},
 	{"encode_pb", encode_pb, METH_O, "event -> serialised GetEventsResponse (cached on it)"},

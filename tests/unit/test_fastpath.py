@@ -4,6 +4,7 @@ exec ids, and the JSON and protobuf encodings of every event kind."""
 from __future__ import annotations
 
 import gc
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -531,3 +532,52 @@ def test_generic_record(buf: bytes) -> None:
     assert len(m.args) == len(ref.args)
     for a, b in zip(m.args, ref.args):
         assert {f: getattr(a, f) for f in ARG_FIELDS} == {f: getattr(b, f) for f in ARG_FIELDS}
+
+
+# ------------------------------------------------------------------ the BPF ring buffer
+def _ring(records: list[tuple[int, int, bytes]], size: int, start: int) -> tuple[Any, int, int]:
+    """A BPF ring buffer's producer mapping (page 1 onward: producer_pos, then the data area
+    twice) holding `records` (flags, payload) from consumer position `start`: (a RingBuffer
+    reading it, cons, prod)."""
+    from vigil.kernel.ringbuf import RingBuffer
+
+    page = 4096
+    data = bytearray(size)
+    pos = start
+    for flags, _pad, payload in records:
+        hdr = struct.pack("<II", len(payload) | flags, 0) + payload
+        for i, byte in enumerate(hdr):
+            data[(pos + i) % size] = byte
+        pos += (len(payload) + 8 + 7) & ~7
+    mapping = bytearray(struct.pack("<Q", pos) + bytes(page - 8)) + data + data
+    rb = RingBuffer.__new__(RingBuffer)
+    rb._prod, rb._cons = mapping, bytearray(struct.pack("<Q", start))
+    rb._data_off, rb._mask, rb.size = page, size - 1, size
+    rb.discarded = rb.bytes = rb.records = rb.peak = 0
+    return rb, start, pos
+
+
+ring_records = st.lists(st.tuples(st.sampled_from([0, 0, 0, 1 << 30, 1 << 31]), st.just(0),
+                                  st.binary(max_size=300)), max_size=20)
+
+
+@SETTINGS
+@given(ring_records, st.integers(0, 1 << 40), st.sampled_from([1 << 12, 1 << 13]), st.integers(1, 1 << 13))
+def test_bpf_ring_drain(records: list[tuple[int, int, bytes]], start: int, size: int, max_bytes: int) -> None:
+    """Committed records up to the first still being written (BUSY), discarded ones skipped
+    and counted, across the wrap of the data area, and at most about max_bytes."""
+    while sum((len(p) + 15) & ~7 for _, _, p in records) > size:
+        records = records[:-1]
+    rb, cons, prod = _ring(records, size, start)
+    want = rb.py_drain(cons, prod, max_bytes)
+    want_cons, want_discarded = struct.unpack("<Q", rb._cons)[0], rb.discarded
+    got, got_cons, got_discarded = FAST.bpf_ring_drain(rb._prod, rb._data_off, rb._mask, cons, prod, max_bytes)
+    assert got == want
+    assert (got_cons, got_discarded) == (want_cons, want_discarded)
+    expect = []
+    for flags, _, payload in records:
+        if flags & (1 << 31):
+            break
+        if not flags:
+            expect.append(payload)
+    assert got == expect[: len(got)] and (len(got) == len(expect) or max_bytes < prod - cons)

@@ -1,4 +1,5 @@
-"""BPF ring buffer consumer in pure Python over mmap, drained in batches.
+"""BPF ring buffer consumer over mmap, drained in batches (the loop compiled when
+vigil/_fastpath is built, its pure-Python twin the reference).
 
 No libbpf callback per record: one wakeup maps to one pass over everything
 the producers committed, returned as a list of record payloads. Layout (see
@@ -16,6 +17,8 @@ import select
 import struct
 import time
 from collections.abc import Callable
+
+from vigil.core import native
 
 BUSY = 1 << 31
 DISCARD = 1 << 30
@@ -61,6 +64,16 @@ class RingBuffer:
         prod = _Q.unpack_from(prod_map, 0)[0]
         if prod - cons > self.peak:
             self.peak = prod - cons
+        if native.fast is not None:  # the compiled twin of the loop below
+            out, end, discarded = native.fast.bpf_ring_drain(prod_map, self._data_off, self._mask, cons, prod,
+                                                             max_bytes)
+            self.discarded += discarded
+            return self._consumed(cons, end, out)
+        return self.py_drain(cons, prod, max_bytes)
+
+    def py_drain(self, cons: int, prod: int, max_bytes: int) -> list[bytes]:
+        """The records from `cons` to at most `prod`: the reference of the compiled loop."""
+        prod_map = self._prod
         out: list[bytes] = []
         base, mask = self._data_off, self._mask
         start = cons
@@ -76,8 +89,12 @@ class RingBuffer:
             else:
                 self.discarded += 1
             cons += (size + HDR + 7) & ~7
+        return self._consumed(start, cons, out)
+
+    def _consumed(self, start: int, cons: int, out: list[bytes]) -> list[bytes]:
+        """Hands the space up to `cons` back to the kernel."""
         if cons != start:
-            _Q.pack_into(cons_map, 0, cons)
+            _Q.pack_into(self._cons, 0, cons)
             self.bytes += cons - start
             self.records += len(out)
         return out
