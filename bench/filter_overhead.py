@@ -9,6 +9,10 @@ measured (the least of --reps runs) between two measurements of `off`:
   floor      an empty BPF program on the same tracepoint (syscalls:sys_enter_openat): what
              enabling the hook costs by itself (a syscall tracepoint moves the task onto the
              slow syscall path), which no filter on this hook can avoid
+  raw-floor  the floor of the other placement a syscall hook could have here (no kprobes):
+             a raw_syscalls:sys_enter program that returns at once unless the syscall is
+             openat. It runs on every syscall of the machine, so it is also measured on a
+             getppid loop beside `floor`: what every other syscall would pay for it
   nomatch    agent with a policy on sys_openat whose selector never matches
   match      agent with a policy whose selector matches every open (Post)
   bt-nomatch bpftrace (Debian's) on the same tracepoint, filtering on the same
@@ -73,10 +77,25 @@ int main(int argc, char **argv) {
 
 FLOOR_C = r"""
 #include <linux/bpf.h>
+#include <asm/unistd.h>
 #include <bpf/bpf_helpers.h>
 char LICENSE[] SEC("license") = "GPL";
 SEC("tracepoint/syscalls/sys_enter_openat")
 int vigil_bench_floor(void *ctx) { return 0; }
+SEC("raw_tp/sys_enter")
+int vigil_bench_raw_floor(struct bpf_raw_tracepoint_args *ctx) { return ctx->args[1] == __NR_openat; }
+"""
+
+PPID_C = r"""
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    long n = atol(argv[1]);
+    for (long i = 0; i < n; i++)
+        syscall(SYS_getppid);
+    return 0;
+}
 """
 
 POLICY = """apiVersion: cilium.io/v1alpha1
@@ -133,17 +152,25 @@ class Bpftrace:
 
 
 class Floor:
-    """The empty program (FLOOR_C, built at bench time) attached to the hook's tracepoint."""
+    """An empty program of FLOOR_C (built at bench time) attached: on the hook's tracepoint,
+    or (raw) on raw_syscalls:sys_enter."""
 
-    def __init__(self, obj_path: Path) -> None:
+    def __init__(self, obj_path: Path, raw: bool = False) -> None:
         from vigil.kernel import BpfObject
         from vigil.kernel.info import prog_info
 
         self.obj = BpfObject.open(obj_path)
         try:
+            name, other = "vigil_bench_floor", "vigil_bench_raw_floor"
+            if raw:
+                name, other = other, name
+            self.obj.program(other).set_autoload(False)
             self.obj.load()
-            prog = self.obj.program("vigil_bench_floor")
-            prog.attach_tracepoint("syscalls", "sys_enter_openat")
+            prog = self.obj.program(name)
+            if raw:
+                prog.attach_raw_tracepoint("sys_enter")
+            else:
+                prog.attach_tracepoint("syscalls", "sys_enter_openat")
             OWN_PROG_IDS.add(int(prog_info(prog.fd)["id"]))
         except BaseException:
             self.obj.close()
@@ -183,11 +210,11 @@ def ensure_bpftrace() -> None:
                    env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
-def run_loop(exe: str, n: int, target: str) -> float:
+def run_loop(exe: str, n: int, *args: str) -> float:
     """CPU seconds (user + system) of one loop run. Hook programs run in the looping
     process's own syscalls, so their cost is in its system time, while time spent
     waiting for a CPU on a busy machine is not."""
-    proc = subprocess.Popen([exe, str(n), target], stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen([exe, str(n), *args], stdout=subprocess.DEVNULL)
     _pid, status, ru = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
@@ -211,19 +238,18 @@ def main() -> int:
     if not a.no_bpftrace:
         ensure_bpftrace()
     with tempdir() as tmp:
-        src = tmp / "openloop.c"
-        src.write_text(OPENLOOP_C)
-        exe = str(tmp / "openloop")
-        for cc in ("cc", "gcc", "clang"):
-            if subprocess.run(["which", cc], capture_output=True).returncode == 0:
-                subprocess.run([cc, "-O2", "-o", exe, str(src)], check=True)
-                break
+        cc = next(c for c in ("cc", "gcc", "clang") if shutil.which(c))
+        exe, ppid_exe = str(tmp / "openloop"), str(tmp / "ppidloop")
+        for code, out in ((OPENLOOP_C, exe), (PPID_C, ppid_exe)):
+            (tmp / "loop.c").write_text(code)
+            subprocess.run([cc, "-O2", "-o", out, str(tmp / "loop.c")], check=True)
         floor_obj = build_floor(tmp)
         target = tmp / "target.txt"
         target.write_text("x")
         (tmp / "nomatch.yaml").write_text(POLICY.format(name="bench-nomatch", path="/nonexistent/vigil"))
         (tmp / "match.yaml").write_text(POLICY.format(name="bench-match", path=str(target)))
-        configs = ["off", "floor", "nomatch", "match"] + ([] if a.no_bpftrace else ["bt-nomatch", "bt-match"])
+        configs = ["off", "floor", "raw-floor", "nomatch", "match"] + ([] if a.no_bpftrace else
+                                                                        ["bt-nomatch", "bt-match"])
         ratios: dict[str, list[float]] = {c: [] for c in configs if c != "off"}
         times: dict[str, list[float]] = {c: [] for c in configs}
         exported: list[int] = []
@@ -235,8 +261,8 @@ def main() -> int:
 
         def measured(cfg: str, rnd: object, body: Callable[[], float]) -> float:
             """body() run with configuration cfg in place; its after-work (loss counts) done."""
-            if cfg == "floor":
-                with Floor(floor_obj):
+            if cfg in ("floor", "raw-floor"):
+                with Floor(floor_obj, raw=cfg == "raw-floor"):
                     return body()
             if cfg.startswith("bt-"):
                 path = "/nonexistent/vigil" if cfg == "bt-nomatch" else str(target)
@@ -266,6 +292,19 @@ def main() -> int:
                 times["off"].append(base)
                 times[cfg].append(t)
                 ratios[cfg].append(t / base)
+        # what another syscall pays for each floor (getppid: the cheapest syscall there is)
+        ppid_n = a.n * 10
+        ppid: dict[str, list[float]] = {"floor": [], "raw-floor": []}
+        ppid_off: list[float] = []
+        for rnd in range(a.rounds):
+            for cfg in ppid:
+                def ploop() -> float:
+                    return min(run_loop(ppid_exe, ppid_n) for _ in range(a.reps))
+                before = ploop()
+                t = measured(cfg, rnd, ploop)
+                base = (before + ploop()) / 2
+                ppid_off.append(base)
+                ppid[cfg].append(t / base)
 
         # the programs' own time per hit, one more run each with the kernel's statistics on
         def snapped(snap: list[dict[int, dict]]) -> float:
@@ -275,7 +314,7 @@ def main() -> int:
             return t
 
         per_hit: dict[str, float] = {}
-        for cfg in [c for c in configs[1:] if c != "bt-match"]:
+        for cfg in [c for c in configs[1:] if c not in ("bt-match", "raw-floor")]:
             pre, snap = set(bpf_prog_stats()), []
             with bpf_run_stats():
                 measured(cfg, "stats", functools.partial(snapped, snap))
@@ -292,6 +331,8 @@ def main() -> int:
             **{f"ratios_{c.replace('-', '_')}": [round(x, 3) for x in r] for c, r in ratios.items()},
             **{f"ns_added_{c.replace('-', '_')}": v for c, v in added.items()},
             **{f"prog_ns_per_hit_{c.replace('-', '_')}": round(v, 1) for c, v in per_hit.items()},
+            "ppid_ns_per_syscall_off": round(median(ppid_off) / ppid_n * 1e9),
+            **{f"ppid_ratio_{c.replace('-', '_')}": round(median(r), 3) for c, r in ppid.items()},
             "match_events_per_s": round(a.n / median(times["match"])),
             "match_events_expected": a.n * a.rounds * a.reps,
             "match_events_exported": sum(exported),
@@ -309,6 +350,13 @@ def main() -> int:
         print(f"  off        {res['off_s']:.3f}s CPU ({res['ns_per_open_off']} ns/open)")
         print(f"  floor      ratio {med['floor']:.3f} (+{added['floor']} ns/open: an empty program on the "
               f"tracepoint{hit('floor')})  rounds {res['ratios_floor']}")
+        p_off = res["ppid_ns_per_syscall_off"]
+        p_add = {c: round((res[f"ppid_ratio_{c.replace('-', '_')}"] - 1) * p_off) for c in ppid}
+        print(f"  raw-floor  ratio {med['raw-floor']:.3f} (+{added['raw-floor']} ns/open: an empty raw_syscalls:"
+              f"sys_enter program that returns unless the syscall is openat)  rounds {res['ratios_raw_floor']}")
+        print(f"             but every other syscall pays for it: a getppid loop ({p_off} ns/syscall) with floor "
+              f"{res['ppid_ratio_floor']:.3f} (+{p_add['floor']} ns), with raw-floor "
+              f"{res['ppid_ratio_raw_floor']:.3f} (+{p_add['raw-floor']} ns)")
         print(f"  nomatch    ratio {med['nomatch']:.3f} (+{added['nomatch']} ns/open, "
               f"{added['nomatch'] - added['floor']} above the floor{hit('nomatch')}; goal <= 1.10 and below "
               f"bpftrace's)  rounds {res['ratios_nomatch']}")
