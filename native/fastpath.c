@@ -9,6 +9,7 @@
  *   encode_pb[_batch], process_pb       GetEventsResponse   <-> vigil/api/wire.py
  *   ring_write, ring_read         the shared-memory event ring <-> vigil/api/shm.py
  *   bpf_ring_drain                a BPF ring buffer's records <-> vigil/kernel/ringbuf.py
+ *   write_pieces(fd, pieces)      the export's writev        <-> vigil/export/jsonl.py
  *   decode_generic(bytes)         a policy hook's record    <-> vigil/events/generic.py
  *   Builder.on_exec/on_clone/on_exit, the process cache      <-> vigil/process/build.py, cache.py
  *   handle_records                the event loop's dispatch <-> vigil/agent/pipeline.py
@@ -30,6 +31,8 @@
 #include <string.h>
 #include <time.h>
 #include <limits.h>
+#include <errno.h>
+#include <sys/uio.h>
 
 #include "vigil_events.h"
 #include "vigil_policy.h"
@@ -2776,6 +2779,72 @@ fail:
 	return NULL;
 }
 
+/* write_pieces(fd, pieces) -> bytes written: the twin of JsonlWriter._write_all. All of the
+ * bytes objects, in order, with writev IOV_MAX at a time (the iovecs point into the objects:
+ * no joined copy), the GIL released while the kernel copies; a short write (disk full, a
+ * signal) goes on from where it stopped. OSError as the last write failed: the caller cuts
+ * the file back. */
+static PyObject *write_pieces(PyObject *self, PyObject *args)
+{
+	int fd;
+	PyObject *pieces;
+	if (!PyArg_ParseTuple(args, "iO!", &fd, &PyList_Type, &pieces))
+		return NULL;
+	Py_ssize_t n = PyList_GET_SIZE(pieces);
+	for (Py_ssize_t i = 0; i < n; i++)
+		if (!PyBytes_CheckExact(PyList_GET_ITEM(pieces, i))) {
+			PyErr_SetString(PyExc_TypeError, "write_pieces: pieces must be bytes");
+			return NULL;
+		}
+	Py_INCREF(pieces);  /* its items stay alive while the GIL is released */
+	struct iovec iov[IOV_MAX];
+	long long written = 0;
+	Py_ssize_t i = 0, skip = 0;  /* the next piece, and how much of it is written already */
+	int err = 0;
+	while (i < n && !err) {
+		int k = 0;
+		for (Py_ssize_t j = i; j < n && k < IOV_MAX; j++, k++) {
+			PyObject *b = PyList_GET_ITEM(pieces, j);
+			Py_ssize_t off = j == i ? skip : 0;
+			iov[k].iov_base = PyBytes_AS_STRING(b) + off;
+			iov[k].iov_len = (size_t)(PyBytes_GET_SIZE(b) - off);
+		}
+		ssize_t w;
+		Py_BEGIN_ALLOW_THREADS
+		w = writev(fd, iov, k);
+		Py_END_ALLOW_THREADS
+		if (w < 0) {
+			if (errno != EINTR)
+				err = errno;
+			else if (PyErr_CheckSignals() < 0) {
+				Py_DECREF(pieces);
+				return NULL;
+			}
+			continue;
+		}
+		written += w;
+		for (size_t left = (size_t)w; i < n && left;) {  /* past what was written */
+			size_t rest = (size_t)(PyBytes_GET_SIZE(PyList_GET_ITEM(pieces, i)) - skip);
+			if (left < rest) {
+				skip += (Py_ssize_t)left;
+				left = 0;
+			} else {
+				left -= rest;
+				i++;
+				skip = 0;
+			}
+		}
+		while (i < n && PyBytes_GET_SIZE(PyList_GET_ITEM(pieces, i)) == skip)  /* empty pieces */
+			i++, skip = 0;
+	}
+	Py_DECREF(pieces);
+	if (err) {
+		errno = err;
+		return PyErr_SetFromErrno(PyExc_OSError);
+	}
+	return PyLong_FromLongLong(written);
+}
+
 /* bpf_ring_drain(data, base, mask, cons, prod, max_bytes) -> (records, cons, discarded): the
  * twin of vigil.kernel.ringbuf.RingBuffer.drain's loop over a BPF ring buffer's mapped data
  * (`data`: the producer mapping, data area at `base`, mapped twice so a record is contiguous):
@@ -2835,6 +2904,7 @@ static PyMethodDef methods[] = {
 	{"exec_id", exec_id, METH_VARARGS, "exec_id(node, ktime, pid) -> base64(node:ktime:pid)"},
 	{"encode_json", encode_json, METH_O, "event -> its JSON line (cached on it)"},
 	{"encode_json_batch", encode_json_batch, METH_O, "events -> their JSON lines"},
+	{"write_pieces", write_pieces, METH_VARARGS, "(fd, pieces) -> bytes written: all of them, in order"},
 	{"bpf_ring_drain", bpf_ring_drain, METH_VARARGS,
 	 "(data, base, mask, cons, prod, max_bytes) -> (records, cons, discarded) of a BPF ring buffer"},
 	{"encode_json_pieces", encode_json_pieces, METH_O,

@@ -3,6 +3,7 @@ and attribute for attribute, on generated inputs: record decoding, argument form
 exec ids, and the JSON and protobuf encodings of every event kind."""
 from __future__ import annotations
 
+import errno
 import gc
 import struct
 from collections.abc import Callable
@@ -581,3 +582,59 @@ def test_bpf_ring_drain(records: list[tuple[int, int, bytes]], start: int, size:
         if not flags:
             expect.append(payload)
     assert got == expect[: len(got)] and (len(got) == len(expect) or max_bytes < prod - cons)
+
+
+# ------------------------------------------------------------------ the export's writev
+WRITE_CHILD = r"""
+import os, resource, signal, sys
+from vigil.core import native
+from vigil.export.jsonl import py_write_all
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # past the limit: a short write, then EFBIG
+which, path, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+pieces = [bytes([65 + i % 26]) * (i % 7) for i in range(3000)]
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+try:
+    if which == "compiled":
+        native.fast.write_pieces(fd, pieces)
+    else:
+        py_write_all(fd, pieces, sum(map(len, pieces)))
+    print("ok")
+except OSError as e:
+    print(e.errno)
+"""
+
+
+@SETTINGS
+@given(st.lists(st.binary(max_size=40), max_size=2500))
+def test_write_pieces(pieces: list[bytes]) -> None:
+    """All the pieces, in order, however many (more than IOV_MAX at a time) and however
+    small (empty ones too): as the Python writer writes them."""
+    import tempfile
+
+    from vigil.export.jsonl import py_write_all
+
+    with tempfile.TemporaryFile() as a, tempfile.TemporaryFile() as b:
+        assert FAST.write_pieces(a.fileno(), pieces) == sum(map(len, pieces))
+        py_write_all(b.fileno(), pieces, sum(map(len, pieces)))
+        a.seek(0)
+        b.seek(0)
+        assert a.read() == b.read() == b"".join(pieces)
+
+
+def test_write_pieces_short_write_goes_on_then_fails(tmp_path: Any) -> None:
+    """A write cut short (here the file size limit) goes on from where it stopped; the next
+    one fails with the kernel's error, which the writer answers by cutting the file back.
+    Both paths write the same bytes up to the limit."""
+    import subprocess
+    import sys
+
+    total = sum(i % 7 for i in range(3000))
+    out = {}
+    for which in ("compiled", "python"):
+        path = tmp_path / which
+        r = subprocess.run([sys.executable, "-c", WRITE_CHILD, which, str(path), str(total // 2 + 3)],
+                           capture_output=True, text=True, check=True)
+        out[which] = (r.stdout.strip(), path.read_bytes())
+    assert out["compiled"] == out["python"]
+    assert out["compiled"][0] == str(errno.EFBIG) and len(out["compiled"][1]) == total // 2 + 3
