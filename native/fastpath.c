@@ -8,7 +8,7 @@
  *   encode_json[_batch|_pieces], process_json   JSON lines  <-> vigil/export/codec.py
  *   encode_pb[_batch], process_pb       GetEventsResponse   <-> vigil/api/wire.py
  *   ring_write, ring_read         the shared-memory event ring <-> vigil/api/shm.py
- *   bpf_ring_drain                a BPF ring buffer's records <-> vigil/kernel/ringbuf.py
+ *   bpf_ring_drain, ktime_prefix  a BPF ring buffer's records <-> vigil/kernel/ringbuf.py
  *   write_pieces(fd, pieces)      the export's writev        <-> vigil/export/jsonl.py
  *   decode_generic(bytes)         a policy hook's record    <-> vigil/events/generic.py
  *   Builder.on_exec/on_clone/on_exit, the process cache      <-> vigil/process/build.py, cache.py
@@ -2892,6 +2892,30 @@ static PyObject *bpf_ring_drain(PyObject *self, PyObject *args)
 	return out ? Py_BuildValue("NKK", out, cons, discarded) : NULL;
 }
 
+/* ktime_prefix(records, now) -> n: the twin of vigil.kernel.ringbuf.py_ktime_prefix, how many
+ * leading records (bytes, struct msg_header first) the kernel made before `now`. */
+static PyObject *ktime_prefix(PyObject *self, PyObject *args)
+{
+	PyObject *recs;
+	unsigned long long now;
+	if (!PyArg_ParseTuple(args, "O!K", &PyList_Type, &recs, &now))
+		return NULL;
+	Py_ssize_t n = 0;
+	for (; n < PyList_GET_SIZE(recs); n++) {
+		PyObject *r = PyList_GET_ITEM(recs, n);
+		if (!PyBytes_Check(r)) {
+			PyErr_SetString(PyExc_TypeError, "ktime_prefix: records must be bytes");
+			return NULL;
+		}
+		unsigned long long k = 0;
+		if (PyBytes_GET_SIZE(r) >= 16)
+			memcpy(&k, PyBytes_AS_STRING(r) + 8, 8);
+		if (k >= now)
+			break;
+	}
+	return PyLong_FromSsize_t(n);
+}
+
 /* ------------------------------------------------------------------ module */
 static PyObject *set_decode_error(PyObject *self, PyObject *cls)
 {
@@ -2905,6 +2929,7 @@ static PyMethodDef methods[] = {
 	{"encode_json", encode_json, METH_O, "event -> its JSON line (cached on it)"},
 	{"encode_json_batch", encode_json_batch, METH_O, "events -> their JSON lines"},
 	{"write_pieces", write_pieces, METH_VARARGS, "(fd, pieces) -> bytes written: all of them, in order"},
+	{"ktime_prefix", ktime_prefix, METH_VARARGS, "(records, now) -> how many lead records are older than now"},
 	{"bpf_ring_drain", bpf_ring_drain, METH_VARARGS,
 	 "(data, base, mask, cons, prod, max_bytes) -> (records, cons, discarded) of a BPF ring buffer"},
 	{"encode_json_pieces", encode_json_pieces, METH_O,

@@ -638,3 +638,13 @@ def test_write_pieces_short_write_goes_on_then_fails(tmp_path: Any) -> None:
         out[which] = (r.stdout.strip(), path.read_bytes())
     assert out["compiled"] == out["python"]
     assert out["compiled"][0] == str(errno.EFBIG) and len(out["compiled"][1]) == total // 2 + 3
+
+
+@SETTINGS
+@given(st.lists(st.one_of(st.integers(0, 2**64 - 1).map(lambda k: struct.pack("<BBHIQ", 1, 0, 0, 16, k) + b"x"),
+                          st.binary(max_size=15))), st.integers(0, 2**64 - 1))
+def test_ktime_prefix(recs: list[bytes], now: int) -> None:
+    """How many leading records are older than `now` (a record too short for a header: 0)."""
+    from vigil.kernel.ringbuf import py_ktime_prefix
+
+    assert FAST.ktime_prefix(recs, now) == py_ktime_prefix(recs, now)

@@ -149,9 +149,8 @@ class PairedRings:
         held += policy.drain()
         if not held:
             return procs
-        n = 0  # the held records made before `now` (a ring's records are in commit order)
-        while n < len(held) and _ktime(held[n]) < now:
-            n += 1
+        # the held records made before `now` (a ring's records are in commit order)
+        n = native.fast.ktime_prefix(held, now) if native.fast is not None else py_ktime_prefix(held, now)
         ready, self._held = held[:n], held[n:]
         if not procs or not ready:
             return procs or ready
@@ -179,6 +178,15 @@ def _merge(procs: list[bytes], policy: list[bytes]) -> list[bytes]:
         lo = at
     out += big[lo:]
     return out
+
+
+def py_ktime_prefix(recs: list[bytes], now: int) -> int:
+    """How many leading records the kernel made before `now` (the compiled ktime_prefix's
+    reference)."""
+    n = 0
+    while n < len(recs) and _ktime(recs[n]) < now:
+        n += 1
+    return n
 
 
 def _ktime(rec: bytes) -> int:
