@@ -230,6 +230,7 @@ def main() -> int:
     ap.add_argument("--no-bpftrace", action="store_true", help="skip the bpftrace peer")
     ap.add_argument("--reps", type=int, default=3, help="loop runs per measurement (the least counts)")
     ap.add_argument("--rb-size", default="", help="the agent's --rb-size (default: the agent's own)")
+    ap.add_argument("--configs", default="", help="only these configurations (comma-separated; `off` always)")
     a = ap.parse_args()
     if a.quick:
         a.n, a.rounds, a.reps = 20_000, 1, 1
@@ -250,6 +251,11 @@ def main() -> int:
         (tmp / "match.yaml").write_text(POLICY.format(name="bench-match", path=str(target)))
         configs = ["off", "floor", "raw-floor", "nomatch", "match"] + ([] if a.no_bpftrace else
                                                                         ["bt-nomatch", "bt-match"])
+        if a.configs:
+            want = {c.strip() for c in a.configs.split(",") if c.strip()}
+            if want - set(configs):
+                ap.error(f"--configs: unknown {sorted(want - set(configs))}; known: {', '.join(configs)}")
+            configs = ["off"] + [c for c in configs[1:] if c in want]
         ratios: dict[str, list[float]] = {c: [] for c in configs if c != "off"}
         times: dict[str, list[float]] = {c: [] for c in configs}
         exported: list[int] = []
@@ -294,9 +300,9 @@ def main() -> int:
                 ratios[cfg].append(t / base)
         # what another syscall pays for each floor (getppid: the cheapest syscall there is)
         ppid_n = a.n * 10
-        ppid: dict[str, list[float]] = {"floor": [], "raw-floor": []}
+        ppid: dict[str, list[float]] = {c: [] for c in ("floor", "raw-floor") if c in configs}
         ppid_off: list[float] = []
-        for rnd in range(a.rounds):
+        for rnd in range(a.rounds if ppid else 0):
             for cfg in ppid:
                 def ploop() -> float:
                     return min(run_loop(ppid_exe, ppid_n) for _ in range(a.reps))
@@ -322,6 +328,7 @@ def main() -> int:
         off = median(times["off"])
         med = {c: median(r) for c, r in ratios.items()}
         added = {c: round((median(times[c]) - off) / a.n * 1e9) for c in configs[1:]}
+        expected = a.n * a.rounds * a.reps
         res = {
             "n": a.n,
             "rounds": a.rounds,
@@ -331,46 +338,51 @@ def main() -> int:
             **{f"ratios_{c.replace('-', '_')}": [round(x, 3) for x in r] for c, r in ratios.items()},
             **{f"ns_added_{c.replace('-', '_')}": v for c, v in added.items()},
             **{f"prog_ns_per_hit_{c.replace('-', '_')}": round(v, 1) for c, v in per_hit.items()},
-            "ppid_ns_per_syscall_off": round(median(ppid_off) / ppid_n * 1e9),
             **{f"ppid_ratio_{c.replace('-', '_')}": round(median(r), 3) for c, r in ppid.items()},
-            "match_events_per_s": round(a.n / median(times["match"])),
-            "match_events_expected": a.n * a.rounds * a.reps,
-            "match_events_exported": sum(exported),
-            "events_lost": a.n * a.rounds * a.reps - sum(exported),
-            "kernel_drops": drops,
         }
+        if ppid:
+            res["ppid_ns_per_syscall_off"] = round(median(ppid_off) / ppid_n * 1e9)
+        if "match" in configs:
+            res.update({"match_events_per_s": round(a.n / median(times["match"])), "match_events_expected": expected,
+                        "match_events_exported": sum(exported), "events_lost": expected - sum(exported),
+                        "kernel_drops": drops})
         if printed:
             res["bt_match_printed"] = sum(printed)
-            res["bt_match_lost"] = a.n * a.rounds * a.reps - sum(printed)
+            res["bt_match_lost"] = expected - sum(printed)
 
         def hit(c: str) -> str:
             return f"; program {per_hit[c]:.0f} ns/hit" if c in per_hit else ""
 
+        def above_floor(c: str) -> str:
+            return f", {added[c] - added['floor']} above the floor" if "floor" in added else ""
+
+        def rounds(c: str) -> str:
+            return f"rounds {res['ratios_' + c.replace('-', '_')]}"
+
+        def line(c: str) -> str:
+            if c == "floor":
+                return f"(+{added[c]} ns/open: an empty program on the tracepoint{hit(c)})"
+            if c == "raw-floor":
+                return f"(+{added[c]} ns/open: an empty raw_syscalls:sys_enter program that returns unless the " \
+                       "syscall is openat)"
+            if c == "nomatch":
+                return f"(+{added[c]} ns/open{above_floor(c)}{hit(c)}; goal <= 1.10 and below bpftrace's)"
+            if c == "bt-nomatch":
+                return f"(+{added[c]} ns/open{above_floor(c)}{hit(c)})"
+            if c == "match":
+                return (f"(goal <= 1.5, zero loss{hit(c)}); exported {sum(exported)}/{expected}, lost "
+                        f"{expected - sum(exported)}, kernel drops {drops or 0}")
+            return f"; printed {sum(printed)}/{expected}, lost {expected - sum(printed)}"
+
         print(f"openat+close x{a.n}, {a.rounds} round(s); ratios to `off` of the same round, medians:")
         print(f"  off        {res['off_s']:.3f}s CPU ({res['ns_per_open_off']} ns/open)")
-        print(f"  floor      ratio {med['floor']:.3f} (+{added['floor']} ns/open: an empty program on the "
-              f"tracepoint{hit('floor')})  rounds {res['ratios_floor']}")
-        p_off = res["ppid_ns_per_syscall_off"]
-        p_add = {c: round((res[f"ppid_ratio_{c.replace('-', '_')}"] - 1) * p_off) for c in ppid}
-        print(f"  raw-floor  ratio {med['raw-floor']:.3f} (+{added['raw-floor']} ns/open: an empty raw_syscalls:"
-              f"sys_enter program that returns unless the syscall is openat)  rounds {res['ratios_raw_floor']}")
-        print(f"             but every other syscall pays for it: a getppid loop ({p_off} ns/syscall) with floor "
-              f"{res['ppid_ratio_floor']:.3f} (+{p_add['floor']} ns), with raw-floor "
-              f"{res['ppid_ratio_raw_floor']:.3f} (+{p_add['raw-floor']} ns)")
-        print(f"  nomatch    ratio {med['nomatch']:.3f} (+{added['nomatch']} ns/open, "
-              f"{added['nomatch'] - added['floor']} above the floor{hit('nomatch')}; goal <= 1.10 and below "
-              f"bpftrace's)  rounds {res['ratios_nomatch']}")
-        if printed:
-            print(f"  bt-nomatch ratio {med['bt-nomatch']:.3f} (+{added['bt-nomatch']} ns/open, "
-                  f"{added['bt-nomatch'] - added['floor']} above the floor{hit('bt-nomatch')})  "
-                  f"rounds {res['ratios_bt_nomatch']}")
-        print(f"  match      ratio {med['match']:.3f} (goal <= 1.5, zero loss{hit('match')}); "
-              f"exported {res['match_events_exported']}/"
-              f"{res['match_events_expected']}, lost {res['events_lost']}, kernel drops {drops or 0}  "
-              f"rounds {res['ratios_match']}")
-        if printed:
-            print(f"  bt-match   ratio {med['bt-match']:.3f}; printed {res['bt_match_printed']}/"
-                  f"{res['match_events_expected']}, lost {res['bt_match_lost']}  rounds {res['ratios_bt_match']}")
+        for c in configs[1:]:
+            print(f"  {c:<10} ratio {med[c]:.3f} {line(c)}  {rounds(c)}")
+            if c == "raw-floor" and ppid:
+                p_off = res["ppid_ns_per_syscall_off"]
+                print(f"             and every other syscall pays for a floor: a getppid loop ({p_off} ns/syscall) "
+                      + ", ".join(f"with {k} {median(v):.3f} (+{round((median(v) - 1) * p_off)} ns)"
+                                  for k, v in ppid.items()))
     ok = assert_no_bpf_left()
     res["bpf_left"] = not ok
     emit_json("filter_overhead", res)
