@@ -13,6 +13,7 @@
  *   decode_generic(bytes)         a policy hook's record    <-> vigil/events/generic.py
  *   Builder.on_exec/on_clone/on_exit, the process cache      <-> vigil/process/build.py, cache.py
  *   handle_records                the event loop's dispatch <-> vigil/agent/pipeline.py
+ *   Builder.on_generic            a policy record (plain arguments) <-> vigil/agent/policy_events.py
  * The encoders handle ProcessExec, ProcessExit and PolicyEvent; anything else (and any
  * field of an unexpected type) is handed to the twin. Sub-messages many processes share
  * (capabilities, namespaces, credentials) and policy-event bodies are encoded by the
@@ -1550,6 +1551,7 @@ typedef struct {
 	PyObject *s_pods, *s_pod_json, *s_fast, *one, *pods, *pods_fast, *s_popleft, *s_removed, *s_evictions;
 	PyObject *s_miss_count, *s_clone_count, *s_clone, *s_with_pid;
 	PyObject *empty_str, *empty_tuple;
+	PyObject *generic;  /* on_generic's context (set_generic), NULL until set */
 	PyTypeObject *proc_type;
 	Py_ssize_t proc_off[P_COUNT];
 	const char *node_s;
@@ -1572,7 +1574,7 @@ typedef struct {
 		&b->s_pending, &b->s_append, &b->s_capacity, &b->s_grace,                                              \
 		&b->m_rebuild_order, &b->last_creds, &b->s_pods, &b->s_pod_json, &b->s_fast, &b->one, &b->pods, &b->pods_fast,\
 		&b->s_popleft, &b->s_removed, &b->s_evictions, &b->s_miss_count, &b->s_clone_count, &b->s_clone,  \
-		&b->s_with_pid,                                                                                  \
+		&b->s_with_pid, &b->generic,                                                                     \
 	}
 
 static int builder_traverse(Builder *b, visitproc visit, void *arg)
@@ -2540,7 +2542,267 @@ static PyObject *builder_rfc3339(Builder *b, PyObject *ktime)
 	return rfc3339(b, k);
 }
 
+/* ---- policy records: vigil.agent.policy_events.PolicyEvents.handle for the hooks whose events
+ * need nothing but a lookup and a few plain arguments (the plan says so); every other record,
+ * and any record out of the plan (an enforcement, a return value, stacks, an error reading an
+ * argument, maxData chunks waiting, a process not in the cache), goes to handle() itself.
+ *
+ * set_generic((hooks, plans, make_plan, handle, data, action_key)): hooks is PolicyEvents.hooks
+ * (hook id -> (hook, policy)), plans the plans made so far (hook id -> plan or None),
+ * make_plan(hook_id) -> plan or None, handle the Python handler, data PolicyEvents._data,
+ * action_key(hook, selector, action name) -> the policy's counter key. A plan (made by
+ * PolicyEvents.fast_plan) is the tuple
+ *   (entry, kind, head, args, policy_first, policy_name, message, tags, action_names, events,
+ *    actions, keys)
+ * entry: the hooks entry it was made from (a plan is used only while hooks holds that very
+ * object); head: (key, value) pairs before "args"; args: (slot, how) pairs; policy_first: a
+ * tracepoint's body has policy_name before action; action_names: action -> its name, for the
+ * actions the plan covers; events, actions: the policy's counters; keys: (selector << 8 |
+ * action) -> counter key, filled here. */
+enum { GP_ENTRY, GP_KIND, GP_HEAD, GP_ARGS, GP_POLICY_FIRST, GP_POLICY, GP_MESSAGE, GP_TAGS, GP_ACTIONS, GP_EVENTS,
+       GP_ACTION_COUNTS, GP_KEYS, GP_COUNT };
+enum { GA_STRING, GA_INT, GA_UINT, GA_LONG, GA_SIZE, GA_STRING_ERR };
+enum { GC_HOOKS, GC_PLANS, GC_MAKE_PLAN, GC_HANDLE, GC_DATA, GC_ACTION_KEY, GC_COUNT };
+
+static PyObject *builder_set_generic(Builder *b, PyObject *ctx)
+{
+	if (!PyTuple_CheckExact(ctx) || PyTuple_GET_SIZE(ctx) != GC_COUNT ||
+	    !PyDict_CheckExact(PyTuple_GET_ITEM(ctx, GC_HOOKS)) || !PyDict_CheckExact(PyTuple_GET_ITEM(ctx, GC_PLANS)) ||
+	    !PyDict_CheckExact(PyTuple_GET_ITEM(ctx, GC_DATA))) {
+		PyErr_SetString(PyExc_TypeError, "set_generic((hooks, plans, make_plan, handle, data, action_key))");
+		return NULL;
+	}
+	Py_XSETREF(b->generic, Py_NewRef(ctx));
+	Py_RETURN_NONE;
+}
+
+static int dict_incr(PyObject *d, PyObject *key, PyObject *one)  /* d[key] = d.get(key, 0) + 1 */
+{
+	PyObject *v = PyDict_GetItemWithError(d, key);
+	if (!v && PyErr_Occurred())
+		return -1;
+	PyObject *n = v ? PyNumber_Add(v, one) : Py_NewRef(one);
+	int r = n ? PyDict_SetItem(d, key, n) : -1;
+	Py_XDECREF(n);
+	return r;
+}
+
+/* the plan of a hook, borrowed; NULL without an error: handle() takes the record */
+static PyObject *generic_plan(Builder *b, PyObject *hook_id)
+{
+	PyObject *ctx = b->generic, *plans = PyTuple_GET_ITEM(ctx, GC_PLANS);
+	PyObject *entry = PyDict_GetItemWithError(PyTuple_GET_ITEM(ctx, GC_HOOKS), hook_id);
+	if (!entry)
+		return NULL;
+	PyObject *plan = PyDict_GetItemWithError(plans, hook_id);
+	if (!plan && PyErr_Occurred())
+		return NULL;
+	if (!plan || (plan != Py_None && PyTuple_GET_ITEM(plan, GP_ENTRY) != entry)) {
+		PyObject *made = PyObject_CallOneArg(PyTuple_GET_ITEM(ctx, GC_MAKE_PLAN), hook_id);
+		if (!made)
+			return NULL;
+		int bad = made != Py_None && (!PyTuple_CheckExact(made) || PyTuple_GET_SIZE(made) != GP_COUNT ||
+					       PyTuple_GET_ITEM(made, GP_ENTRY) != entry);
+		if (bad || PyDict_SetItem(plans, hook_id, made) < 0) {
+			if (bad)
+				PyErr_SetString(PyExc_TypeError, "fast_plan must return a plan of the hook's entry or None");
+			Py_DECREF(made);
+			return NULL;
+		}
+		Py_DECREF(made);
+		plan = PyDict_GetItemWithError(plans, hook_id);
+	}
+	return plan == Py_None ? NULL : plan;
+}
+
+/* one argument as render_arg makes it; 1: out of the plan (handle() takes the record) */
+static int generic_arg(PyObject *list, int how, const struct vp_arg_hdr *a, const char *data, Py_ssize_t n)
+{
+	if (how != GA_STRING && (a->flags & VP_ARGF_ERR))
+		return 1;
+	PyObject *v, *k;
+	switch (how) {
+	case GA_STRING:
+	case GA_STRING_ERR:
+		if ((Py_ssize_t)a->off + a->len > n)
+			return 1;
+		k = PyUnicode_InternFromString("string_arg");
+		v = PyUnicode_DecodeUTF8(data + a->off, a->len, "replace");
+		break;
+	case GA_INT:
+		k = PyUnicode_InternFromString("int_arg");
+		v = PyLong_FromLongLong(a->value);
+		break;
+	case GA_UINT:
+		k = PyUnicode_InternFromString("uint_arg");
+		v = PyLong_FromUnsignedLongLong((unsigned long long)a->value & 0xFFFFFFFFULL);
+		break;
+	case GA_LONG:
+	case GA_SIZE: {
+		char tmp[24];
+		int len = how == GA_LONG ? snprintf(tmp, sizeof(tmp), "%lld", (long long)a->value)
+					 : snprintf(tmp, sizeof(tmp), "%llu", (unsigned long long)a->value);
+		k = PyUnicode_InternFromString(how == GA_LONG ? "long_arg" : "size_arg");
+		v = PyUnicode_FromStringAndSize(tmp, len);
+		break;
+	}
+	default:
+		return 1;
+	}
+	PyObject *d = k && v ? PyDict_New() : NULL;
+	int r = d && !PyDict_SetItem(d, k, v) && !PyList_Append(list, d) ? 0 : -1;
+	Py_XDECREF(d);
+	Py_XDECREF(k);
+	Py_XDECREF(v);
+	return r;
+}
+
+static int body_set(PyObject *body, const char *key, PyObject *v)
+{
+	PyObject *k = PyUnicode_InternFromString(key);
+	int r = k && v ? PyDict_SetItem(body, k, v) : -1;
+	Py_XDECREF(k);
+	return r;
+}
+
+/* the event, or NULL with *out_of_plan set (no error): handle() takes the record */
+static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *out_of_plan)
+{
+	struct msg_generic m;
+	*out_of_plan = 1;
+	if (len < (Py_ssize_t)sizeof(m) || !evtypes[T_POLICY].type)
+		return NULL;
+	memcpy(&m, buf, sizeof(m));
+	if (m.ret_action || m.kstack_len || m.ustack_len || m.ima_len || (m.flags & VP_EV_HAS_RET) ||
+	    PyDict_GET_SIZE(PyTuple_GET_ITEM(b->generic, GC_DATA)))
+		return NULL;
+	PyObject *hid = PyLong_FromUnsignedLong(m.hook_id);
+	PyObject *plan = hid ? generic_plan(b, hid) : NULL;
+	Py_XDECREF(hid);
+	if (!plan)
+		return NULL;  /* an error, or handle() */
+	PyObject *action_key = PyLong_FromLong(m.action);
+	PyObject *aname = action_key ? PyDict_GetItemWithError(PyTuple_GET_ITEM(plan, GP_ACTIONS), action_key) : NULL;
+	Py_XDECREF(action_key);
+	if (!aname)
+		return NULL;
+	/* the process and its parent: PolicyEvents.processes */
+	PyObject *p = NULL;
+	if (m.key.ktime) {
+		PyObject *k = key_tuple(m.key.pid, m.key.ktime);
+		if (!k)
+			return NULL;
+		p = PyDict_GetItemWithError(b->by_key, k);
+		Py_DECREF(k);
+	}
+	if (!p && !PyErr_Occurred()) {
+		PyObject *pid = PyLong_FromUnsignedLong(m.key.pid);
+		p = pid ? PyDict_GetItemWithError(b->by_pid, pid) : NULL;
+		Py_XDECREF(pid);
+	}
+	if (!p)
+		return NULL;  /* an error, or a process the Python side describes */
+	PyObject *pk = pslot(b, p, P_PARENT_KEY);
+	PyObject *pp = pk && pk != Py_None ? PyDict_GetItemWithError(b->by_key, pk) : NULL;
+	if (PyErr_Occurred())
+		return NULL;
+	/* the body, in build_body's order */
+	const char *data = buf + sizeof(m);
+	Py_ssize_t n = len - (Py_ssize_t)sizeof(m);
+	PyObject *args = PyList_New(0), *body = PyDict_New(), *ev = NULL;
+	PyObject *head = PyTuple_GET_ITEM(plan, GP_HEAD), *specs = PyTuple_GET_ITEM(plan, GP_ARGS);
+	int r = args && body ? 0 : -1;
+	for (Py_ssize_t i = 0; !r && i < PyTuple_GET_SIZE(head); i++) {
+		PyObject *kv = PyTuple_GET_ITEM(head, i);
+		r = PyDict_SetItem(body, PyTuple_GET_ITEM(kv, 0), PyTuple_GET_ITEM(kv, 1));
+	}
+	for (Py_ssize_t i = 0; !r && i < PyTuple_GET_SIZE(specs); i++) {
+		PyObject *sp = PyTuple_GET_ITEM(specs, i);
+		long slot = PyLong_AsLong(PyTuple_GET_ITEM(sp, 0)), how = PyLong_AsLong(PyTuple_GET_ITEM(sp, 1));
+		r = slot < 0 || slot >= VP_MAX_ARGS ? -1 : generic_arg(args, (int)how, &m.args[slot], data, n);
+	}
+	if (!r && PyList_GET_SIZE(args))
+		r = body_set(body, "args", args);
+	PyObject *policy = PyTuple_GET_ITEM(plan, GP_POLICY);
+	int policy_first = PyTuple_GET_ITEM(plan, GP_POLICY_FIRST) == Py_True;
+	if (!r)  /* (a chain of -1s joined with || would read as 1: out of the plan) */
+		r = body_set(body, policy_first ? "policy_name" : "action", policy_first ? policy : aname) < 0 ||
+		    body_set(body, policy_first ? "action" : "policy_name", policy_first ? aname : policy) < 0 ? -1 : 0;
+	PyObject *msg = PyTuple_GET_ITEM(plan, GP_MESSAGE), *tags = PyTuple_GET_ITEM(plan, GP_TAGS);
+	if (!r && PyUnicode_GET_LENGTH(msg))
+		r = body_set(body, "message", msg);
+	if (!r && tags != Py_None) {
+		PyObject *t = PySequence_List(tags);
+		r = body_set(body, "tags", t);
+		Py_XDECREF(t);
+	}
+	if (r) {
+		Py_XDECREF(args);
+		Py_XDECREF(body);
+		if (r > 0)
+			return NULL;  /* out of the plan */
+		*out_of_plan = 0;
+		return NULL;
+	}
+	*out_of_plan = 0;
+	Py_DECREF(args);
+	/* the counters: lp.events[kind] += 1, lp.actions[key] += 1 (PolicyEvents._count_action) */
+	PyObject *kind = PyTuple_GET_ITEM(plan, GP_KIND), *keys = PyTuple_GET_ITEM(plan, GP_KEYS);
+	PyObject *sk = PyLong_FromLong((long)m.selector << 8 | m.action);
+	PyObject *ck = sk ? PyDict_GetItemWithError(keys, sk) : NULL;
+	if (sk && !ck && !PyErr_Occurred()) {
+		PyObject *made = PyObject_CallFunction(PyTuple_GET_ITEM(b->generic, GC_ACTION_KEY), "OiO",
+						       PyTuple_GET_ITEM(PyTuple_GET_ITEM(plan, GP_ENTRY), 0),
+						       (int)m.selector, aname);
+		if (made && PyDict_SetItem(keys, sk, made) == 0)
+			ck = made;
+		Py_XDECREF(made);  /* keys holds it */
+	}
+	Py_XDECREF(sk);
+	PyObject *t = ck ? rfc3339(b, m.hdr.ktime) : NULL;
+	if (!t || dict_incr(PyTuple_GET_ITEM(plan, GP_EVENTS), kind, b->one) < 0 ||
+	    dict_incr(PyTuple_GET_ITEM(plan, GP_ACTION_COUNTS), ck, b->one) < 0 ||
+	    !(ev = new_slotted(evtypes[T_POLICY].type))) {
+		Py_XDECREF(t);
+		Py_DECREF(body);
+		return NULL;
+	}
+	const evtype_t *et = &evtypes[T_POLICY];
+	SET(ev, et->off[E_TIME], t);
+	SET(ev, et->off[E_NODE], b->node);
+	SET(ev, et->off[E_ENC_JSON], Py_None);
+	SET(ev, et->off[E_ENC_PB], Py_None);
+	SET(ev, et->off[E_ENC_DICT], Py_None);
+	SET(ev, et->off[E_KIND], kind);
+	SET(ev, et->off[E_PROCESS], pslot(b, p, P_MSG));
+	SET(ev, et->off[E_PARENT], pp ? pslot(b, pp, P_MSG) : Py_None);
+	SET(ev, et->off[E_BODY], body);
+	Py_DECREF(t);
+	Py_DECREF(body);
+	return ev;
+}
+
+static PyObject *builder_on_generic(Builder *b, PyObject *const *args, Py_ssize_t nargs)
+{
+	if (nargs != 2 || !b->generic) {
+		PyErr_SetString(PyExc_TypeError, b->generic ? "on_generic(buf, now)" : "on_generic: set_generic() first");
+		return NULL;
+	}
+	Py_buffer view;
+	if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+		return NULL;
+	int out_of_plan;
+	PyObject *ev = generic_fast(b, view.buf, view.len, &out_of_plan);
+	PyBuffer_Release(&view);
+	if (ev || !out_of_plan || PyErr_Occurred())
+		return ev;
+	return PyObject_Vectorcall(PyTuple_GET_ITEM(b->generic, GC_HANDLE), args, 2, NULL);
+}
+
 static PyMethodDef builder_methods[] = {
+	{"set_generic", (PyCFunction)builder_set_generic, METH_O, "on_generic's context (see there)"},
+	{"on_generic", (PyCFunction)(void (*)(void))builder_on_generic, METH_FASTCALL,
+	 "PolicyEvents.handle of raw bytes, for the hooks whose plan covers the record"},
 	{"rfc3339", (PyCFunction)builder_rfc3339, METH_O, "WallClock.ktime_rfc3339, compiled"},
 	{"on_exec", (PyCFunction)(void (*)(void))builder_on_exec, METH_FASTCALL, "EventBuilder.on_exec of raw bytes"},
 	{"on_exit", (PyCFunction)(void (*)(void))builder_on_exit, METH_FASTCALL, "EventBuilder.on_exit of raw bytes"},

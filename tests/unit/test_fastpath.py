@@ -648,3 +648,146 @@ def test_ktime_prefix(recs: list[bytes], now: int) -> None:
     from vigil.kernel.ringbuf import py_ktime_prefix
 
     assert FAST.ktime_prefix(recs, now) == py_ktime_prefix(recs, now)
+
+
+# ------------------------------------------------------------------ policy records
+GENERIC_SPECS = {
+    "kprobe-string": """
+        kprobes:
+        - call: sys_openat
+          syscall: true
+          message: "an open"
+          tags: ["t1", "t2"]
+          args: [{index: 1, type: string}, {index: 2, type: int}]
+          selectors:
+          - matchArgs: [{index: 1, operator: Prefix, values: ["/etc"]}]
+    """,
+    "kprobe-numbers": """
+        kprobes:
+        - call: sys_read
+          syscall: true
+          args: [{index: 0, type: int}, {index: 2, type: size_t}, {index: 1, type: uint32}, {index: 0, type: int64}]
+    """,
+    "tracepoint": """
+        tracepoints:
+        - subsystem: syscalls
+          event: sys_enter_openat
+          args: [{index: 6, type: string}, {index: 7, type: int}]
+    """,
+    "kprobe-file": """
+        kprobes:
+        - call: sys_close
+          syscall: true
+          args: [{index: 0, type: fd}]
+    """,
+}
+
+
+def _generic_hooks(name: str) -> Any:
+    import itertools
+    import textwrap
+    from types import SimpleNamespace
+
+    from tests.policyfuzz import facts
+    from vigil.policy import parse_policies
+    from vigil.policy.compile import compile_policy
+
+    text = ("apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: twin\nspec:\n"
+            + textwrap.indent(textwrap.dedent(GENERIC_SPECS[name]).strip("\n"), "  ") + "\n")
+    (policy,) = parse_policies(text, "twin.yaml")
+    ids = itertools.count(7)
+    compiled = compile_policy(policy, facts("host-6.18"), lambda: next(ids), follow_bit=lambda op, v: 0)
+    (ch,) = compiled.hooks
+    return ch, SimpleNamespace(events={}, actions={}, correlator=None)
+
+
+def _generic_record(ch: Any, d: dict[str, Any]) -> bytes:
+    """A record of hook `ch` (struct msg_generic, then the argument payloads and a stack)."""
+    import ctypes
+
+    from vigil.kernel import policy_layout as L
+
+    m = L.MsgGeneric()
+    m.op, m.ktime, m.pid, m.exec_ktime, m.hook_id = 9, d["ktime"], d["pid"], d["exec_ktime"], ch.hook_id
+    m.tid, m.selector, m.action, m.ret_action, m.flags = d["pid"], d["selector"], d["action"], d["ret_action"], d["flags"]
+    m.kstack_len, m.ret = d["kstack"], d["ret"]
+    data = b""
+    for i, (payload, value, aflags) in enumerate(d["args"]):
+        m.args[i].off, m.args[i].len, m.args[i].flags, m.args[i].value = len(data), len(payload), aflags, value
+        data += payload
+    data += bytes(d["kstack"])
+    m.size = ctypes.sizeof(m) + len(data)
+    return bytes(m) + data
+
+
+generic_fields = st.fixed_dictionaries({
+    "ktime": st.integers(1, 2**62), "pid": st.sampled_from([100, 101, 555]),
+    "exec_ktime": st.sampled_from([0, 5_000_000_000, 123]), "selector": st.integers(0, 3),
+    "action": st.sampled_from([0, 1, 2, 3, 5, 14, 15, 200]), "ret_action": st.sampled_from([0, 0, 0, 3]),
+    "flags": st.sampled_from([0, 0, 1, 2]), "kstack": st.sampled_from([0, 0, 8]),
+    "ret": st.integers(-2**63, 2**63 - 1),
+    "args": st.lists(st.tuples(st.one_of(st.binary(max_size=40), st.text(max_size=20).map(str.encode)),
+                               st.integers(-2**63, 2**63 - 1), st.sampled_from([0, 0, 0, 2, 1])),
+                     min_size=4, max_size=4),
+})
+
+
+@SETTINGS
+@given(st.sampled_from(sorted(GENERIC_SPECS)), st.lists(generic_fields, min_size=1, max_size=6), st.booleans())
+def test_generic_events(name: str, recs: list[dict[str, Any]], pending_data: bool) -> None:
+    """Policy records through the compiled handler (Builder.on_generic, which hands what its
+    plan does not cover to PolicyEvents.handle) and through handle(): the same events, the
+    same bodies in the same key order, the same counters."""
+    from vigil.agent.policy_events import PolicyEvents
+
+    out = []
+    for compiled in (True, False):
+        b, _ = _builders({"enable_cred": False, "enable_ns": False, "ancestors": False}, 64)
+        d = {"exe": "/bin/cat", "cwd": b"/", "filename": "/bin/cat", "cgroup": "", "args": b"cat\0x\0",
+             "caps": (0, 0, 0), "ns": HOST, "uid": 0, "euid": 0, "auid": 0, "securebits": 0, "userns_level": 0,
+             "i_mode": 0o100755, "nlink": 1, "flags": 0, "tid_off": 0, "op": R.OP_EXEC}
+        handlers = b.record_handlers()
+        handlers[R.OP_EXEC](_exec_record(100, 5_000_000_000, 1, 0, d), 1)
+        handlers[R.OP_EXEC](_exec_record(101, 6_000_000_000, 100, 5_000_000_000, d), 2)
+        ch, lp = _generic_hooks(name)
+        pe = PolicyEvents(b, lambda e: None, {ch.hook_id: (ch, lp)}, None)  # type: ignore[arg-type]
+        if pending_data:
+            pe._data[(1, 2, 3)] = [(0, b"x")]
+        handle = pe.compiled_handler() if compiled else pe.handle
+        assert (handle == pe.handle) != compiled
+        evs = []
+        for r in recs:
+            ev = _outcome(lambda buf, h=handle: h(buf, 0), _generic_record(ch, r))  # type: ignore[misc]
+            evs.append(ev if isinstance(ev, str) or ev is None else
+                       (type(ev), ev.kind, ev.time, ev.node_name, ev.process.exec_id,
+                        ev.parent.exec_id if ev.parent is not None else None, list(ev.body.items()),
+                        codec.py_encode(ev)))
+        out.append((evs, lp.events, lp.actions))
+    assert out[0] == out[1]
+
+
+def test_generic_plain_records_need_no_python() -> None:
+    """A record with plain arguments, of a process in the cache, is made in C: handle() is not
+    called; an enforcement (its message explains it) is handed to handle()."""
+    from vigil.agent.policy_events import PolicyEvents
+
+    b, _ = _builders({"enable_cred": False, "enable_ns": False, "ancestors": False}, 64)
+    d = {"exe": "/bin/cat", "cwd": b"/", "filename": "/bin/cat", "cgroup": "", "args": b"cat\0", "caps": (0, 0, 0),
+         "ns": HOST, "uid": 0, "euid": 0, "auid": 0, "securebits": 0, "userns_level": 0, "i_mode": 0o100755,
+         "nlink": 1, "flags": 0, "tid_off": 0, "op": R.OP_EXEC}
+    b.record_handlers()[R.OP_EXEC](_exec_record(100, 5_000_000_000, 1, 0, d), 1)
+    ch, lp = _generic_hooks("kprobe-string")
+    pe = PolicyEvents(b, lambda e: None, {ch.hook_id: (ch, lp)}, None)  # type: ignore[arg-type]
+    calls: list[int] = []
+    py_handle = pe.handle
+    pe.handle = lambda buf, now: (calls.append(1), py_handle(buf, now))[1]  # type: ignore[method-assign]
+    handle = pe.compiled_handler()
+    rec = {"ktime": 7_000_000_000, "pid": 100, "exec_ktime": 5_000_000_000, "selector": 1, "action": 1,
+           "ret_action": 0, "flags": 0, "kstack": 0, "ret": 0, "args": [(b"/etc/passwd", 0, 0), (b"", 3, 0)] * 2}
+    ev = handle(_generic_record(ch, rec), 0)
+    assert calls == [] and not gc.is_tracked(ev)
+    assert list(ev.body) == ["function_name", "args", "action", "policy_name", "message", "tags"]
+    assert ev.body["args"] == [{"string_arg": "/etc/passwd"}, {"int_arg": 3}]
+    assert lp.events == {"process_kprobe": 1} and sum(lp.actions.values()) == 1
+    ev = handle(_generic_record(ch, {**rec, "action": 5}), 0)  # Override: handle() explains it
+    assert calls == [1] and ev.body["action"] == "KPROBE_ACTION_OVERRIDE" and "[vigil: selector 1" in ev.body["message"]

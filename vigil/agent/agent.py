@@ -65,7 +65,7 @@ class Agent:
         self.control = AgentControl(self)
         self.pipeline.handlers.update(self.builder.record_handlers())
         pe = self.policies.events
-        self.pipeline.handlers.update({R.OP_GENERIC: pe.handle, R.OP_NETDENY: pe.handle_netdeny,
+        self.pipeline.handlers.update({R.OP_GENERIC: pe.compiled_handler(), R.OP_NETDENY: pe.handle_netdeny,
                                        R.OP_DATA: pe.handle_data})
         self.pins: Any = None                # PinDir while --keep-sensors-on-exit is on
         self._previous: list[Any] = []       # runs a killed or keeping agent left pinned

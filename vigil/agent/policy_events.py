@@ -77,6 +77,30 @@ class PolicyEvents:
         self.inject(PolicyEvent(event_kind(hook.compiled), process, parent, body,
                                 self.builder.clock.rfc3339(rep.time_ns), self.builder.node))
 
+    def fast_plan(self, hook_id: int) -> tuple[Any, ...] | None:
+        """The plan of the compiled handler for a hook's records (Builder.on_generic,
+        native/fastpath.c; this class's handle() is its reference), or None: handle() takes
+        them all (a policy that correlates events, a hook build_body alone renders)."""
+        entry = self.hooks.get(hook_id)
+        if entry is None or entry[1] is None or entry[1].correlator is not None:
+            return None
+        ch, lp = entry
+        return generic_events.fast_plan(ch, entry, lp.events, lp.actions, _USER_ACTIONS)
+
+    @staticmethod
+    def action_key(ch: CompiledHook, selector: int, action: str) -> tuple[str, int, int, str, str]:
+        """The policy's counter key for events of `ch` decided by `selector` with `action`."""
+        return _action_key(ch, selector, action)[0]
+
+    def compiled_handler(self) -> Callable[[bytes, int], PolicyEvent | None]:
+        """The handler of generic records for the event loop: the compiled one when the
+        process stage is compiled (it falls back on handle() record by record), else handle()."""
+        fast = getattr(self.builder, "_fast", None)
+        if fast is None:
+            return self.handle
+        fast.set_generic((self.hooks, {}, self.fast_plan, self.handle, self._data, self.action_key))
+        return fast.on_generic  # type: ignore[no-any-return]
+
     # -- record handlers (the event loop's table, by record op)
     def handle_netdeny(self, buf: bytes, now_ns: int) -> PolicyEvent | None:
         from vigil.enforce.netdeny import NetDeny
@@ -148,9 +172,9 @@ _ACTION_NAMES = generic_events.ACTION_NAMES
 _ACTION_KEYS: dict[tuple[int, int, str], tuple[tuple[str, int, int, str, str], str]] = {}
 
 
-def _count_action(lp: LoadedPolicy, ch: CompiledHook, selector: int, action: str) -> str:
-    """Count a posted event by hook, deciding selector (1-based, 0 = none) and action; return
-    the selector's label."""
+def _action_key(ch: CompiledHook, selector: int, action: str) -> tuple[tuple[str, int, int, str, str], str]:
+    """(the counter key, the selector's label) of events of `ch` decided by `selector`
+    (1-based, 0 = none) with `action`."""
     ck = (ch.hook_id, selector, action)
     hit = _ACTION_KEYS.get(ck)
     if hit is None:
@@ -160,6 +184,12 @@ def _count_action(lp: LoadedPolicy, ch: CompiledHook, selector: int, action: str
         if len(_ACTION_KEYS) >= 65536:
             _ACTION_KEYS.clear()
         hit = _ACTION_KEYS[ck] = (key, label)
-    key, label = hit
+    return hit
+
+
+def _count_action(lp: LoadedPolicy, ch: CompiledHook, selector: int, action: str) -> str:
+    """Count a posted event by hook, deciding selector (1-based, 0 = none) and action; return
+    the selector's label."""
+    key, label = _action_key(ch, selector, action)
     lp.actions[key] = lp.actions.get(key, 0) + 1
     return label

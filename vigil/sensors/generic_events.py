@@ -382,6 +382,49 @@ def _shape(hook: CompiledHook) -> _Shape:
     return sh
 
 
+def _fast_arg(p: Any) -> int | None:
+    """How the compiled handler renders an argument as render_arg does (GA_* of
+    native/fastpath.c), or None: not one it renders."""
+    render, t = getattr(p, "render", ""), p.vtype
+    if render == "string":
+        return 0
+    if render in ("file", "path", "linux_binprm"):
+        return None
+    if t == L.T["int"]:
+        return 1
+    if t == L.T["uint"]:
+        return 2
+    if t == L.T["long"]:
+        return 3
+    if t == L.T["size"] and p.policy_type != "syscall64":
+        return 4
+    if t in (L.T["string"], L.T["kstring"], L.T["data_loc"], L.T["char_array"]):
+        return 5
+    return None
+
+
+def fast_plan(hook: CompiledHook, entry: Any, events: dict[str, int], actions: dict[Any, int],
+              skip_actions: frozenset[int]) -> tuple[Any, ...] | None:
+    """What the compiled handler (Builder.on_generic, native/fastpath.c) needs to build this
+    hook's bodies exactly as build_body does, for the records that carry nothing but plain
+    arguments; None: a hook whose bodies only build_body makes. `skip_actions`: actions the
+    compiled handler must leave to Python."""
+    sh = _shape(hook)
+    if sh.kind not in ("process_kprobe", "process_tracepoint") or sh.by_slot_needed:
+        return None
+    specs = []
+    for slot, p in sh.args:
+        how = _fast_arg(p)
+        if how is None:
+            return None
+        specs.append((slot, how))
+    kprobe = sh.kind == "process_kprobe"
+    head = (("function_name", sh.function),) if kprobe else (("subsys", sh.subsys), ("event", sh.event))
+    names = {a: n for a, n in ACTION_NAMES.items() if a not in ENFORCING and a not in skip_actions}
+    return (entry, sh.kind, head, tuple(specs), not kprobe, sh.policy, sh.message or "",
+            tuple(sh.tags) if sh.tags else None, names, events, actions, {})
+
+
 def _ret_value(key: str, v: int) -> Any:
     if key == "int_arg":
         return v
