@@ -32,13 +32,15 @@ def _size(value: str | int) -> int:
 
 
 def auto_ring_size(ram: int | None = None) -> int:
-    """--rb-size auto: 64 MiB, or RAM/128 rounded down to a power of two if less, at least 8 MiB.
+    """--rb-size auto: RAM/128 rounded down to a power of two, between 8 MiB and 128 MiB.
     A burst the agent cannot drain as fast as it comes (the kernel writes a policy record in
-    ~1 us; the agent handles one in several) waits in the ring; the worst case measured
-    (bench/filter_overhead.py: every open of a 200k open+close loop exported) needs ~40 MiB."""
+    ~1 us; the agent exports one in ~5 us, most of it the kernel copying a root process's
+    ~7.5 KB line) waits in the ring. Measured (bench/filter_overhead.py, match: three 200k
+    open+close loops back to back, every open exported): the queue peaks at ~64 MiB of
+    ~190-byte records, so 64 MiB lost one record in 1.8M and 128 MiB none."""
     if ram is None:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    size = 64 << 20
+    size = 128 << 20
     while size > 8 << 20 and size > ram // 128:
         size >>= 1
     return size
@@ -84,8 +86,8 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--rb-size", dict(default="auto", show_default=True,
                        help="Size of each ring buffer (power of two; K/M/G suffixes): the process ring, and the "
                             "policy ring made with the first policy (policy records cannot crowd out execs and "
-                            "exits). auto: 64M, or RAM/128 when that is less (at least 8M): room for ~250k policy "
-                            "records, a one-second burst at the syscall rate while the agent catches up. "
+                            "exits). auto: RAM/128, at least 8M and at most 128M: room for ~700k policy records, "
+                            "seconds of matched syscalls at full rate while the agent catches up. "
                             "`vigil status` shows each ring's peak fill.")),
     ("--execve-map-entries", dict(type=int, default=32768, show_default=True, help="Kernel process map size.")),
     ("--args-max-bytes", dict(type=int, default=4096, show_default=True,
