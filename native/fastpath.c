@@ -2555,7 +2555,7 @@ static PyObject *builder_rfc3339(Builder *b, PyObject *ktime)
  *   (entry, kind, head, args, policy_first, policy_name, message, tags, action_names, events,
  *    actions, keys)
  * entry: the hooks entry it was made from (a plan is used only while hooks holds that very
- * object); head: (key, value) pairs before "args"; args: (slot, how) pairs; policy_first: a
+ * object); head: (key, value) pairs before "args"; args: (slot, how, label) triples; policy_first: a
  * tracepoint's body has policy_name before action; action_names: action -> its name, for the
  * actions the plan covers; events, actions: the policy's counters; keys: (selector << 8 |
  * action) -> counter key, filled here. */
@@ -2615,8 +2615,18 @@ static PyObject *generic_plan(Builder *b, PyObject *hook_id)
 	return plan == Py_None ? NULL : plan;
 }
 
-/* one argument as render_arg makes it; 1: out of the plan (handle() takes the record) */
-static int generic_arg(PyObject *list, int how, const struct vp_arg_hdr *a, const char *data, Py_ssize_t n)
+static int body_set(PyObject *body, const char *key, PyObject *v)
+{
+	PyObject *k = PyUnicode_InternFromString(key);
+	int r = k && v ? PyDict_SetItem(body, k, v) : -1;
+	Py_XDECREF(k);
+	return r;
+}
+
+/* one argument as render_arg makes it, with its label when it has one; 1: out of the plan
+ * (handle() takes the record) */
+static int generic_arg(PyObject *list, int how, PyObject *label, const struct vp_arg_hdr *a, const char *data,
+		       Py_ssize_t n)
 {
 	if (how != GA_STRING && (a->flags & VP_ARGF_ERR))
 		return 1;
@@ -2650,18 +2660,11 @@ static int generic_arg(PyObject *list, int how, const struct vp_arg_hdr *a, cons
 		return 1;
 	}
 	PyObject *d = k && v ? PyDict_New() : NULL;
-	int r = d && !PyDict_SetItem(d, k, v) && !PyList_Append(list, d) ? 0 : -1;
+	int r = d && !PyDict_SetItem(d, k, v) && (!PyUnicode_GET_LENGTH(label) || !body_set(d, "label", label)) &&
+			!PyList_Append(list, d) ? 0 : -1;
 	Py_XDECREF(d);
 	Py_XDECREF(k);
 	Py_XDECREF(v);
-	return r;
-}
-
-static int body_set(PyObject *body, const char *key, PyObject *v)
-{
-	PyObject *k = PyUnicode_InternFromString(key);
-	int r = k && v ? PyDict_SetItem(body, k, v) : -1;
-	Py_XDECREF(k);
 	return r;
 }
 
@@ -2719,7 +2722,9 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 	for (Py_ssize_t i = 0; !r && i < PyTuple_GET_SIZE(specs); i++) {
 		PyObject *sp = PyTuple_GET_ITEM(specs, i);
 		long slot = PyLong_AsLong(PyTuple_GET_ITEM(sp, 0)), how = PyLong_AsLong(PyTuple_GET_ITEM(sp, 1));
-		r = slot < 0 || slot >= VP_MAX_ARGS ? -1 : generic_arg(args, (int)how, &m.args[slot], data, n);
+		PyObject *label = PyTuple_GET_ITEM(sp, 2);
+		r = slot < 0 || slot >= VP_MAX_ARGS || !PyUnicode_Check(label) ? -1
+			: generic_arg(args, (int)how, label, &m.args[slot], data, n);
 	}
 	if (!r && PyList_GET_SIZE(args))
 		r = body_set(body, "args", args);

@@ -658,7 +658,7 @@ GENERIC_SPECS = {
           syscall: true
           message: "an open"
           tags: ["t1", "t2"]
-          args: [{index: 1, type: string}, {index: 2, type: int}]
+          args: [{index: 1, type: string, label: path}, {index: 2, type: int}]
           selectors:
           - matchArgs: [{index: 1, operator: Prefix, values: ["/etc"]}]
     """,
@@ -666,7 +666,8 @@ GENERIC_SPECS = {
         kprobes:
         - call: sys_read
           syscall: true
-          args: [{index: 0, type: int}, {index: 2, type: size_t}, {index: 1, type: uint32}, {index: 0, type: int64}]
+          args: [{index: 0, type: int, label: fd}, {index: 2, type: size_t, label: count}, {index: 1, type: uint32},
+                 {index: 0, type: int64}]
     """,
     "tracepoint": """
         tracepoints:
@@ -787,7 +788,7 @@ def test_generic_plain_records_need_no_python() -> None:
     ev = handle(_generic_record(ch, rec), 0)
     assert calls == [] and not gc.is_tracked(ev)
     assert list(ev.body) == ["function_name", "args", "action", "policy_name", "message", "tags"]
-    assert ev.body["args"] == [{"string_arg": "/etc/passwd"}, {"int_arg": 3}]
+    assert ev.body["args"] == [{"string_arg": "/etc/passwd", "label": "path"}, {"int_arg": 3}]
     assert lp.events == {"process_kprobe": 1} and sum(lp.actions.values()) == 1
     ev = handle(_generic_record(ch, {**rec, "action": 5}), 0)  # Override: handle() explains it
     assert calls == [1] and ev.body["action"] == "KPROBE_ACTION_OVERRIDE" and "[vigil: selector 1" in ev.body["message"]

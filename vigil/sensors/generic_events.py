@@ -417,7 +417,7 @@ def fast_plan(hook: CompiledHook, entry: Any, events: dict[str, int], actions: d
         how = _fast_arg(p)
         if how is None:
             return None
-        specs.append((slot, how))
+        specs.append((slot, how, p.label or ""))
     kprobe = sh.kind == "process_kprobe"
     head = (("function_name", sh.function),) if kprobe else (("subsys", sh.subsys), ("event", sh.event))
     names = {a: n for a, n in ACTION_NAMES.items() if a not in ENFORCING and a not in skip_actions}
