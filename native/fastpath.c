@@ -2138,6 +2138,27 @@ static PyObject *pod_from_table(Builder *b, PyObject *pods, PyObject *cgroup_nam
 	return pod;
 }
 
+/* the cache entry of a process (borrowed): by its exec key (key_pid, ktime) when the kernel
+ * knew the ktime, else by pid, as ProcessCache lookups do; NULL: none, or an error (set) */
+static PyObject *cached_process(Builder *b, unsigned long long key_pid, unsigned long long ktime,
+				unsigned long long pid)
+{
+	PyObject *p = NULL;
+	if (ktime) {
+		PyObject *k = key_tuple(key_pid, ktime);
+		if (!k)
+			return NULL;
+		p = PyDict_GetItemWithError(b->by_key, k);
+		Py_DECREF(k);
+	}
+	if (!p && !PyErr_Occurred()) {
+		PyObject *n = PyLong_FromUnsignedLongLong(pid);
+		p = n ? PyDict_GetItemWithError(b->by_pid, n) : NULL;
+		Py_XDECREF(n);
+	}
+	return p;
+}
+
 /* EventBuilder._parent_of for an exec or a fork: (parent exec_id, parent cache key) by its key
  * when the kernel knew it, else by pid; ("", None) when unknown. New references, 0 or -1. */
 static int parent_of(Builder *b, ProcessRecord *r, PyObject **peid, PyObject **pkey)
@@ -2361,18 +2382,9 @@ static PyObject *builder_on_clone(Builder *b, PyObject *const *args, Py_ssize_t 
 	if (!r)
 		return NULL;
 	PyObject *now = args[1], *res = NULL, *key = NULL, *pkey = NULL, *peid = NULL, *eid = NULL, *of = NULL;
-	PyObject *pod = NULL, *msg = NULL, *p = NULL, *start = NULL, *pid = NULL, *okey = NULL;
-	/* the process it was forked from: by its key when the kernel knew it, else by pid */
-	if (r->pktime) {
-		if (!(okey = key_tuple(r->ppid_key, r->pktime)))
-			goto out;
-		of = PyDict_GetItemWithError(b->by_key, okey);
-	}
-	if (!of && !PyErr_Occurred()) {
-		PyObject *ppid = PyLong_FromUnsignedLong(r->ppid);
-		of = ppid ? PyDict_GetItemWithError(b->by_pid, ppid) : NULL;
-		Py_XDECREF(ppid);
-	}
+	PyObject *pod = NULL, *msg = NULL, *p = NULL, *start = NULL, *pid = NULL;
+	/* the process it was forked from: by its key when the kernel knew it, else by ppid */
+	of = cached_process(b, r->ppid_key, r->pktime, r->ppid);
 	if (PyErr_Occurred())
 		goto out;
 	if (!of) {
@@ -2454,7 +2466,6 @@ static PyObject *builder_on_clone(Builder *b, PyObject *const *args, Py_ssize_t 
 	res = Py_NewRef(Py_None);
 out:
 	Py_XDECREF(of);
-	Py_XDECREF(okey);
 	Py_XDECREF(key);
 	Py_XDECREF(pkey);
 	Py_XDECREF(peid);
@@ -2475,20 +2486,10 @@ static PyObject *builder_on_exit(Builder *b, PyObject *const *args, Py_ssize_t n
 	if (!r)
 		return NULL;
 	PyObject *now = args[1], *rec = (PyObject *)r;
-	PyObject *res = NULL, *key = NULL, *sig = NULL, *status = NULL, *t = NULL, *parent = NULL, *anc = NULL,
+	PyObject *res = NULL, *sig = NULL, *status = NULL, *t = NULL, *parent = NULL, *anc = NULL,
 		 *tmp = NULL;
-	PyObject *p = NULL;
 	int ancestors = b->ancestors;
-	if (r->exec_ktime) {
-		if (!(key = key_tuple(r->pid, r->exec_ktime)))
-			goto out;
-		p = PyDict_GetItemWithError(b->by_key, key);
-	}
-	if (!p && !PyErr_Occurred()) {
-		PyObject *pid = PyLong_FromUnsignedLong(r->pid);
-		p = pid ? PyDict_GetItemWithError(b->by_pid, pid) : NULL;
-		Py_XDECREF(pid);
-	}
+	PyObject *p = cached_process(b, r->pid, r->exec_ktime, r->pid);
 	if (PyErr_Occurred())
 		goto out;
 	if (!p) {  /* a process the cache never saw: the reference handles (and counts) it */
@@ -2521,7 +2522,6 @@ static PyObject *builder_on_exit(Builder *b, PyObject *const *args, Py_ssize_t n
 	}
 out:
 	Py_XDECREF(p);
-	Py_XDECREF(key);
 	Py_XDECREF(sig);
 	Py_XDECREF(status);
 	Py_XDECREF(t);
@@ -2690,19 +2690,7 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 	if (!aname)
 		return NULL;
 	/* the process and its parent: PolicyEvents.processes */
-	PyObject *p = NULL;
-	if (m.key.ktime) {
-		PyObject *k = key_tuple(m.key.pid, m.key.ktime);
-		if (!k)
-			return NULL;
-		p = PyDict_GetItemWithError(b->by_key, k);
-		Py_DECREF(k);
-	}
-	if (!p && !PyErr_Occurred()) {
-		PyObject *pid = PyLong_FromUnsignedLong(m.key.pid);
-		p = pid ? PyDict_GetItemWithError(b->by_pid, pid) : NULL;
-		Py_XDECREF(pid);
-	}
+	PyObject *p = cached_process(b, m.key.pid, m.key.ktime, m.key.pid);
 	if (!p)
 		return NULL;  /* an error, or a process the Python side describes */
 	PyObject *pk = pslot(b, p, P_PARENT_KEY);

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -70,3 +71,23 @@ def marker(pid: int = 999_999) -> dict:
     """The event that tells stream_client.py to stop."""
     return {"process_exec": {"process": {"exec_id": "end", "pid": pid, "binary": "/end"}},
             "node_name": "test-node", "time": "2024-01-01T00:00:00Z"}
+
+
+# a policy the fake agent takes by name (AddTracingPolicy tests): POLICY % name
+POLICY = """apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: %s}
+spec:
+  kprobes: [{call: security_file_open, syscall: false}]
+"""
+
+
+def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    """Ends a process the test started (by its Popen): `sig`, then SIGKILL after `timeout`."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

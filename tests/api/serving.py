@@ -4,7 +4,6 @@ private unix socket; the serving process owns the public address."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.api.fake_agent import FakeAgent
-from tests.api.harness import ROOT, wait_for
+from tests.api.harness import ROOT, stop_process, wait_for
 from vigil.api import fanout, shm, wire
 from vigil.api.server import ApiServer
 
@@ -80,13 +79,7 @@ def serving_process(tmp_path: Path, address: str = "", *, queue_size: int = 1000
         wait_for(lambda: fanout.read_stats(ring.stats_view()), what="the serving process's first stats")
         yield srv
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         if proc.stderr is not None:
             proc.stderr.close()
         os.close(w)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.harness import spawn_client, wait_for
+from tests.api.harness import spawn_client, stop_process, wait_for
 from tests.kernel.bpfstate import require_root
 from tests.kernel.test_agent_cli import AgentProcess
 
@@ -87,12 +87,7 @@ def test_slow_client_loses_only_its_own_events(tmp_path: Path) -> None:
         for p in (locals().get("fast"), locals().get("slow")):
             if p is not None and p.poll() is None:
                 os.kill(p.pid, signal.SIGCONT)
-                p.send_signal(signal.SIGINT)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+                stop_process(p, signal.SIGINT)
         assert a.stop() == 0
 
 

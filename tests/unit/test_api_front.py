@@ -20,7 +20,7 @@ import pytest
 
 from tests.api import samples
 from tests.api.h2client import RawClient, trailers_of
-from tests.api.harness import ROOT, marker, read_result, spawn_client, wait_for
+from tests.api.harness import POLICY, ROOT, marker, read_result, spawn_client, wait_for
 from tests.api.pki import pki_fixture
 from tests.api.serving import Serving, serving_process
 from vigil.api import wire
@@ -31,12 +31,6 @@ from vigil.api.server import MAX_REQUEST
 pki = pki_fixture
 
 GET_EVENTS = "/tetragon.FineGuidanceSensors/GetEvents"
-POLICY = """apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata: {name: %s}
-spec:
-  kprobes: [{call: security_file_open, syscall: false}]
-"""
 
 
 @pytest.fixture

@@ -9,16 +9,9 @@ import threading
 import grpc
 import pytest
 
-from tests.api.harness import running_server, wait_for
+from tests.api.harness import POLICY, running_server, wait_for
 from vigil.api.client import AgentUnreachable, Client, resolve_address
 from vigil.api.pb import eventlogservice_pb2, eventlogservice_pb2_grpc, events_pb2, sensors_pb2, tetragon_pb2
-
-POLICY = """apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata: {name: %s}
-spec:
-  kprobes: [{call: security_file_open, syscall: false}]
-"""
 
 
 @pytest.fixture
