@@ -349,50 +349,26 @@ def count_execs(export: Path, binary: str, parent_pid: int) -> tuple[int, int]:
 # ---------------------------------------------------------------- synthetic kernel records
 
 
-def _components(path: str) -> bytes:
-    """'/usr/bin/true' -> b'true\\0bin\\0usr\\0' (leaf first, as the kernel sends)."""
-    parts = [p for p in path.split("/") if p]
-    return b"".join(p.encode() + b"\0" for p in reversed(parts))
-
-
-CAP_ROOT = (1 << 41) - 1
-HOST_NS = (4026531838, 4026531839, 4026531841, 4026531836, 4026531836, 4026531840, 4026531834,
-           4026531834, 4026531835, 4026531837)
-
-
 def exec_record(pid: int, ktime: int, ppid: int, pktime: int, *, binary: str = "/usr/bin/curl",
                 args: bytes | None = None, cwd: str = "/home/user/src/project",
                 cgroup: str = "session-3.scope", uid: int = 1000, caps: int = 0,
-                ns: tuple[int, ...] = HOST_NS, op: int = 1) -> bytes:
-    from vigil.events import records as R
+                ns: tuple[int, ...] | None = None, op: int = 1) -> bytes:
+    """An exec of a user's command line (arguments varied by pid), made 1 us after its ktime."""
+    from vigil.events import synth
 
     if args is None:
         args = (binary.encode() + b"\0-sS\0--retry\0" + b"3\0-o\0/tmp/out-%d.json\0" % pid
                 + b"https://api.example.com/v1/items?page=17&limit=100\0")
-    exe = _components(binary)
-    cwd_b = _components(cwd)
-    fn = binary.encode() + b"\0"
-    cg = cgroup.encode() + b"\0"
-    tail = exe + cwd_b + fn + cg + args
-    size = R.PROCESS.size + len(tail)
-    head = R.PROCESS.pack(
-        op, 0, 0, size, ktime + 1000,
-        pid, 0, ktime, ppid, 0, pktime,
-        pid, ppid, pid, uid,
-        uid, uid, uid, uid, uid, uid, uid, uid,
-        0, 0, 0, 0,
-        caps, caps, 0,
-        *ns,
-        12345, 2_000_000 + (pid & 0xFFFF), 0o100755, 1, ktime,
-        len(exe), len(cwd_b), len(fn), len(cg), len(args), 0,
-    )
-    return head + tail
+    return synth.process_record(op=op, pid=pid, ktime=ktime, ppid=ppid, pktime=pktime, binary=binary,
+                                raw_args=args, cwd=cwd, cgroup_name=cgroup, uid=uid, auid=uid, caps=caps,
+                                ns=ns, cgroup_id=12345, ino=2_000_000 + (pid & 0xFFFF),
+                                sent_ktime=ktime + 1000)
 
 
 def exit_record(pid: int, exec_ktime: int, ktime: int, code: int = 0) -> bytes:
-    from vigil.events import records as R
+    from vigil.events import synth
 
-    return R.EXIT.pack(3, 0, 0, R.EXIT.size, ktime, pid, 0, exec_ktime, pid, code)
+    return synth.exit_record(pid=pid, ktime=ktime, exec_ktime=exec_ktime, code=code)
 
 
 SHELL_PID = 4242

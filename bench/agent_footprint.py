@@ -30,7 +30,6 @@ import threading
 import time
 
 from _common import (
-    HOST_NS,
     SHELL_KTIME,
     SHELL_PID,
     AgentProc,
@@ -45,6 +44,8 @@ from _common import (
     shell_record,
     tempdir,
 )
+
+from vigil.events.synth import HOST_NS
 
 GOAL_RSS_MB = 150
 GOAL_READY_S = 1.0

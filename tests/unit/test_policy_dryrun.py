@@ -11,8 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.recgen import exit_record, process_record
 from vigil.events.source import write_recording
+from vigil.events.synth import exit_record, process_record
 from vigil.policy.dryrun import dry_run, render_text
 from vigil.policy.library import find
 from vigil.policy.loader import load_policies

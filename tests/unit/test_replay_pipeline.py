@@ -7,11 +7,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.recgen import exit_record, process_record
 from vigil.agent.agent import Agent
 from vigil.agent.config import AgentConfig
 from vigil.events import records as R
 from vigil.events.source import ReplaySource, read_recording, write_recording
+from vigil.events.synth import exit_record, process_record
 from vigil.kernel.namespaces import NS_NAMES
 
 
@@ -133,3 +133,24 @@ def test_export_lines_equal_the_reference_encoding_of_published_events(tmp_path:
         d = event_dict(e)
         assert line == encode_reference(e) == orjson.dumps(orjson.loads(orjson.dumps(d))) + b"\n"
     assert any("parent" in event_dict(e).get("process_exit", {}) for e in published)
+
+
+def test_event_loop_thread_takes_batch_scheduling_alone():
+    """The live loop's thread goes to SCHED_BATCH (no wakeup preemption of the workload);
+    the thread that started it, and so every other thread, keeps its policy."""
+    import os
+    import threading
+
+    from vigil.agent.pipeline import batch_scheduling
+
+    seen: dict[str, int | bool] = {}
+
+    def loop() -> None:
+        seen["set"] = batch_scheduling()
+        seen["policy"] = os.sched_getscheduler(0)
+
+    t = threading.Thread(target=loop)
+    t.start()
+    t.join()
+    assert seen == {"set": True, "policy": os.SCHED_BATCH}
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
