@@ -2561,7 +2561,8 @@ static PyObject *builder_rfc3339(Builder *b, PyObject *ktime)
  * action) -> counter key, filled here. */
 enum { GP_ENTRY, GP_KIND, GP_HEAD, GP_ARGS, GP_POLICY_FIRST, GP_POLICY, GP_MESSAGE, GP_TAGS, GP_ACTIONS, GP_EVENTS,
        GP_ACTION_COUNTS, GP_KEYS, GP_COUNT };
-enum { GA_STRING, GA_INT, GA_UINT, GA_LONG, GA_SIZE, GA_STRING_ERR };
+enum { GA_STRING, GA_INT, GA_UINT, GA_LONG, GA_SIZE, GA_STRING_ERR, GA_FILE, GA_PATH, GA_BINPRM };
+#define GA_ERR_OK 16  /* with a file-like kind: an fd, rendered as a file even when it could not be read */
 enum { GC_HOOKS, GC_PLANS, GC_MAKE_PLAN, GC_HANDLE, GC_DATA, GC_ACTION_KEY, GC_COUNT };
 
 static PyObject *builder_set_generic(Builder *b, PyObject *ctx)
@@ -2625,13 +2626,81 @@ static int body_set(PyObject *body, const char *key, PyObject *v)
 
 /* one argument as render_arg makes it, with its label when it has one; 1: out of the plan
  * (handle() takes the record) */
+/* stat.filemode(mode), each mode asked of the twin once (the 16-bit modes are few) */
+static PyObject *filemode_of(unsigned short mode)
+{
+	static PyObject *cache, *twin;
+	if (!cache) {
+		PyObject *stat = PyImport_ImportModule("stat");
+		twin = stat ? PyObject_GetAttrString(stat, "filemode") : NULL;
+		Py_XDECREF(stat);
+		if (!twin || !(cache = PyDict_New())) {
+			Py_CLEAR(twin);
+			return NULL;
+		}
+	}
+	PyObject *key = PyLong_FromLong(mode);
+	PyObject *v = key ? PyDict_GetItemWithError(cache, key) : NULL;
+	if (v || !key || PyErr_Occurred()) {
+		Py_XDECREF(key);
+		return Py_XNewRef(v);
+	}
+	v = PyObject_CallOneArg(twin, key);
+	if (v && PyDict_SetItem(cache, key, v) < 0)
+		Py_CLEAR(v);
+	Py_DECREF(key);
+	return v;
+}
+
+/* _file_like: {"path", "flags", "permission"}, each only when there is something to say */
+static PyObject *file_like(const struct vp_arg_hdr *a, const char *data)
+{
+	PyObject *d = PyDict_New(), *v;
+	if (!d)
+		return NULL;
+	if (a->len) {
+		v = PyUnicode_DecodeUTF8(data + a->off, a->len, "replace");
+		if (!v || body_set(d, "path", v) < 0)
+			goto fail;
+		Py_DECREF(v);
+	}
+	if (a->flags & VP_ARGF_TRUNC) {
+		v = PyUnicode_InternFromString("unresolvedPathComponents");
+		if (!v || body_set(d, "flags", v) < 0)
+			goto fail;
+		Py_DECREF(v);
+	}
+	if (a->mode) {
+		v = filemode_of(a->mode);
+		if (!v || body_set(d, "permission", v) < 0)
+			goto fail;
+		Py_DECREF(v);
+	}
+	return d;
+fail:
+	Py_XDECREF(v);
+	Py_DECREF(d);
+	return NULL;
+}
+
 static int generic_arg(PyObject *list, int how, PyObject *label, const struct vp_arg_hdr *a, const char *data,
 		       Py_ssize_t n)
 {
-	if (how != GA_STRING && (a->flags & VP_ARGF_ERR))
+	int err_ok = how & GA_ERR_OK;
+	how &= ~GA_ERR_OK;
+	if (how != GA_STRING && (a->flags & VP_ARGF_ERR) && !err_ok)
 		return 1;
 	PyObject *v, *k;
 	switch (how) {
+	case GA_FILE:
+	case GA_PATH:
+	case GA_BINPRM:
+		if ((Py_ssize_t)a->off + a->len > n)
+			return 1;
+		k = PyUnicode_InternFromString(how == GA_FILE ? "file_arg" : how == GA_PATH ? "path_arg"
+											 : "linux_binprm_arg");
+		v = file_like(a, data);
+		break;
 	case GA_STRING:
 	case GA_STRING_ERR:
 		if ((Py_ssize_t)a->off + a->len > n)

@@ -9,6 +9,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from vigil.api import wire
@@ -681,7 +682,24 @@ GENERIC_SPECS = {
           syscall: true
           args: [{index: 0, type: fd}]
     """,
+    # the file-like arguments of kprobes on kernel functions (the VM tier's kernel has kprobes)
+    "kprobe-file-path-binprm": """
+        kprobes:
+        - call: security_file_open
+          syscall: false
+          args: [{index: 0, type: file, label: f}]
+        - call: security_path_truncate
+          syscall: false
+          args: [{index: 0, type: path}]
+        - call: security_bprm_check
+          syscall: false
+          args: [{index: 0, type: linux_binprm}]
+        - call: fd_install
+          syscall: false
+          args: [{index: 0, type: int}, {index: 1, type: file}]
+    """,
 }
+GENERIC_FACTS = {"kprobe-file-path-binprm": "vm-6.12"}
 
 
 def _generic_hooks(name: str) -> Any:
@@ -697,9 +715,9 @@ def _generic_hooks(name: str) -> Any:
             + textwrap.indent(textwrap.dedent(GENERIC_SPECS[name]).strip("\n"), "  ") + "\n")
     (policy,) = parse_policies(text, "twin.yaml")
     ids = itertools.count(7)
-    compiled = compile_policy(policy, facts("host-6.18"), lambda: next(ids), follow_bit=lambda op, v: 0)
-    (ch,) = compiled.hooks
-    return ch, SimpleNamespace(events={}, actions={}, correlator=None)
+    compiled = compile_policy(policy, facts(GENERIC_FACTS.get(name, "host-6.18")), lambda: next(ids),
+                              follow_bit=lambda op, v: 0)
+    return compiled.hooks, SimpleNamespace(events={}, actions={}, correlator=None)
 
 
 def _generic_record(ch: Any, d: dict[str, Any]) -> bytes:
@@ -713,8 +731,9 @@ def _generic_record(ch: Any, d: dict[str, Any]) -> bytes:
     m.tid, m.selector, m.action, m.ret_action, m.flags = d["pid"], d["selector"], d["action"], d["ret_action"], d["flags"]
     m.kstack_len, m.ret = d["kstack"], d["ret"]
     data = b""
-    for i, (payload, value, aflags) in enumerate(d["args"]):
+    for i, (payload, value, aflags, mode) in enumerate(d["args"]):
         m.args[i].off, m.args[i].len, m.args[i].flags, m.args[i].value = len(data), len(payload), aflags, value
+        m.args[i].mode = mode
         data += payload
     data += bytes(d["kstack"])
     m.size = ctypes.sizeof(m) + len(data)
@@ -728,8 +747,11 @@ generic_fields = st.fixed_dictionaries({
     "flags": st.sampled_from([0, 0, 1, 2]), "kstack": st.sampled_from([0, 0, 8]),
     "ret": st.integers(-2**63, 2**63 - 1),
     "args": st.lists(st.tuples(st.one_of(st.binary(max_size=40), st.text(max_size=20).map(str.encode)),
-                               st.integers(-2**63, 2**63 - 1), st.sampled_from([0, 0, 0, 2, 1])),
+                               st.integers(-2**63, 2**63 - 1), st.sampled_from([0, 0, 0, 2, 1, 3]),
+                               st.one_of(st.sampled_from([0, 0o100644, 0o104755, 0o040755, 0o120777, 0o020620]),
+                                         st.integers(0, 0xFFFF))),
                      min_size=4, max_size=4),
+    "hook": st.integers(0, 3),
 })
 
 
@@ -750,15 +772,16 @@ def test_generic_events(name: str, recs: list[dict[str, Any]], pending_data: boo
         handlers = b.record_handlers()
         handlers[R.OP_EXEC](_exec_record(100, 5_000_000_000, 1, 0, d), 1)
         handlers[R.OP_EXEC](_exec_record(101, 6_000_000_000, 100, 5_000_000_000, d), 2)
-        ch, lp = _generic_hooks(name)
-        pe = PolicyEvents(b, lambda e: None, {ch.hook_id: (ch, lp)}, None)  # type: ignore[arg-type]
+        hooks, lp = _generic_hooks(name)
+        pe = PolicyEvents(b, lambda e: None, {ch.hook_id: (ch, lp) for ch in hooks}, None)  # type: ignore[arg-type]
         if pending_data:
             pe._data[(1, 2, 3)] = [(0, b"x")]
         handle = pe.compiled_handler() if compiled else pe.handle
         assert (handle == pe.handle) != compiled
         evs = []
         for r in recs:
-            ev = _outcome(lambda buf, h=handle: h(buf, 0), _generic_record(ch, r))  # type: ignore[misc]
+            rec = _generic_record(hooks[r["hook"] % len(hooks)], r)
+            ev = _outcome(lambda buf, h=handle: h(buf, 0), rec)  # type: ignore[misc]
             evs.append(ev if isinstance(ev, str) or ev is None else
                        (type(ev), ev.kind, ev.time, ev.node_name, ev.process.exec_id,
                         ev.parent.exec_id if ev.parent is not None else None, list(ev.body.items()),
@@ -777,14 +800,14 @@ def test_generic_plain_records_need_no_python() -> None:
          "ns": HOST, "uid": 0, "euid": 0, "auid": 0, "securebits": 0, "userns_level": 0, "i_mode": 0o100755,
          "nlink": 1, "flags": 0, "tid_off": 0, "op": R.OP_EXEC}
     b.record_handlers()[R.OP_EXEC](_exec_record(100, 5_000_000_000, 1, 0, d), 1)
-    ch, lp = _generic_hooks("kprobe-string")
+    (ch,), lp = _generic_hooks("kprobe-string")
     pe = PolicyEvents(b, lambda e: None, {ch.hook_id: (ch, lp)}, None)  # type: ignore[arg-type]
     calls: list[int] = []
     py_handle = pe.handle
     pe.handle = lambda buf, now: (calls.append(1), py_handle(buf, now))[1]  # type: ignore[method-assign]
     handle = pe.compiled_handler()
     rec = {"ktime": 7_000_000_000, "pid": 100, "exec_ktime": 5_000_000_000, "selector": 1, "action": 1,
-           "ret_action": 0, "flags": 0, "kstack": 0, "ret": 0, "args": [(b"/etc/passwd", 0, 0), (b"", 3, 0)] * 2}
+           "ret_action": 0, "flags": 0, "kstack": 0, "ret": 0, "args": [(b"/etc/passwd", 0, 0, 0), (b"", 3, 0, 0)] * 2}
     ev = handle(_generic_record(ch, rec), 0)
     assert calls == [] and not gc.is_tracked(ev)
     assert list(ev.body) == ["function_name", "args", "action", "policy_name", "message", "tags"]
@@ -792,3 +815,32 @@ def test_generic_plain_records_need_no_python() -> None:
     assert lp.events == {"process_kprobe": 1} and sum(lp.actions.values()) == 1
     ev = handle(_generic_record(ch, {**rec, "action": 5}), 0)  # Override: handle() explains it
     assert calls == [1] and ev.body["action"] == "KPROBE_ACTION_OVERRIDE" and "[vigil: selector 1" in ev.body["message"]
+
+
+@pytest.mark.parametrize("hook, args, want", [
+    (0, [(b"/etc/shadow", 0, 0, 0o100640)], [{"file_arg": {"path": "/etc/shadow", "permission": "-rw-r-----"},
+                                               "label": "f"}]),
+    (1, [(b"deep/name", 0, 1, 0o040755)], [{"path_arg": {"path": "deep/name", "flags": "unresolvedPathComponents",
+                                                        "permission": "drwxr-xr-x"}}]),
+    (2, [(b"/usr/bin/su", 0, 0, 0o104755)], [{"linux_binprm_arg": {"path": "/usr/bin/su", "permission": "-rwsr-xr-x"}}]),
+    (3, [(b"", 4, 0, 0), (b"", 0, 0, 0)], [{"int_arg": 4}, {"file_arg": {}}]),
+])
+def test_generic_file_arguments_need_no_python(hook: int, args: list[Any], want: list[Any]) -> None:
+    """file, path and linux_binprm arguments (kprobes on kernel functions) are made in C too."""
+    from vigil.agent.policy_events import PolicyEvents
+
+    b, _ = _builders({"enable_cred": False, "enable_ns": False, "ancestors": False}, 64)
+    d = {"exe": "/bin/cat", "cwd": b"/", "filename": "/bin/cat", "cgroup": "", "args": b"cat\0", "caps": (0, 0, 0),
+         "ns": HOST, "uid": 0, "euid": 0, "auid": 0, "securebits": 0, "userns_level": 0, "i_mode": 0o100755,
+         "nlink": 1, "flags": 0, "tid_off": 0, "op": R.OP_EXEC}
+    b.record_handlers()[R.OP_EXEC](_exec_record(100, 5_000_000_000, 1, 0, d), 1)
+    hooks, lp = _generic_hooks("kprobe-file-path-binprm")
+    pe = PolicyEvents(b, lambda e: None, {ch.hook_id: (ch, lp) for ch in hooks}, None)  # type: ignore[arg-type]
+    calls: list[int] = []
+    py_handle = pe.handle
+    pe.handle = lambda buf, now: (calls.append(1), py_handle(buf, now))[1]  # type: ignore[method-assign]
+    rec = {"ktime": 7_000_000_000, "pid": 100, "exec_ktime": 5_000_000_000, "selector": 0, "action": 0,
+           "ret_action": 0, "flags": 0, "kstack": 0, "ret": 0, "args": args}
+    ev = pe.compiled_handler()(_generic_record(hooks[hook], rec), 0)
+    assert calls == [] and ev.body["args"] == want
+    assert codec.encode(ev) == codec.py_encode(ev)

@@ -382,14 +382,25 @@ def _shape(hook: CompiledHook) -> _Shape:
     return sh
 
 
+_GA_FILE_LIKE = {"file": 6, "path": 7, "linux_binprm": 8}
+_GA_ERR_OK = 16  # an fd is rendered as a file even when it could not be read
+
+
 def _fast_arg(p: Any) -> int | None:
     """How the compiled handler renders an argument as render_arg does (GA_* of
     native/fastpath.c), or None: not one it renders."""
     render, t = getattr(p, "render", ""), p.vtype
+    err_ok = _GA_ERR_OK if t == L.T["fd"] else 0
     if render == "string":
         return 0
-    if render in ("file", "path", "linux_binprm"):
-        return None
+    if render in _GA_FILE_LIKE:
+        return _GA_FILE_LIKE[render] | err_ok
+    if t in (L.T["fd"], L.T["file"], L.T["kiocb"]):
+        return _GA_FILE_LIKE["file"] | err_ok
+    if t == L.T["linux_binprm"]:
+        return _GA_FILE_LIKE["linux_binprm"]
+    if t in (L.T["path"], L.T["path_child"], L.T["dentry"], L.T["dentry_path"]):
+        return _GA_FILE_LIKE["path"]
     if t == L.T["int"]:
         return 1
     if t == L.T["uint"]:
