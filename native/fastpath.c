@@ -2543,9 +2543,10 @@ static PyObject *builder_rfc3339(Builder *b, PyObject *ktime)
 }
 
 /* ---- policy records: vigil.agent.policy_events.PolicyEvents.handle for the hooks whose events
- * need nothing but a lookup and a few plain arguments (the plan says so); every other record,
- * and any record out of the plan (an enforcement, a return value, stacks, an error reading an
- * argument, maxData chunks waiting, a process not in the cache), goes to handle() itself.
+ * need nothing but a lookup, plain and file-like arguments and a plain return value (the plan
+ * says so); every other record, and any record out of the plan (an enforcement, stacks, an
+ * error reading an argument, maxData chunks waiting, a process not in the cache), goes to
+ * handle() itself.
  *
  * set_generic((hooks, plans, make_plan, handle, data, action_key)): hooks is PolicyEvents.hooks
  * (hook id -> (hook, policy)), plans the plans made so far (hook id -> plan or None),
@@ -2553,14 +2554,14 @@ static PyObject *builder_rfc3339(Builder *b, PyObject *ktime)
  * action_key(hook, selector, action name) -> the policy's counter key. A plan (made by
  * PolicyEvents.fast_plan) is the tuple
  *   (entry, kind, head, args, policy_first, policy_name, message, tags, action_names, events,
- *    actions, keys)
+ *    actions, keys, ret)
  * entry: the hooks entry it was made from (a plan is used only while hooks holds that very
  * object); head: (key, value) pairs before "args"; args: (slot, how, label) triples; policy_first: a
  * tracepoint's body has policy_name before action; action_names: action -> its name, for the
  * actions the plan covers; events, actions: the policy's counters; keys: (selector << 8 |
- * action) -> counter key, filled here. */
+ * action) -> counter key, filled here; ret: (how, label) of a kprobe's return value, or None. */
 enum { GP_ENTRY, GP_KIND, GP_HEAD, GP_ARGS, GP_POLICY_FIRST, GP_POLICY, GP_MESSAGE, GP_TAGS, GP_ACTIONS, GP_EVENTS,
-       GP_ACTION_COUNTS, GP_KEYS, GP_COUNT };
+       GP_ACTION_COUNTS, GP_KEYS, GP_RET, GP_COUNT };
 enum { GA_STRING, GA_INT, GA_UINT, GA_LONG, GA_SIZE, GA_STRING_ERR, GA_FILE, GA_PATH, GA_BINPRM };
 #define GA_ERR_OK 16  /* with a file-like kind: an fd, rendered as a file even when it could not be read */
 enum { GC_HOOKS, GC_PLANS, GC_MAKE_PLAN, GC_HANDLE, GC_DATA, GC_ACTION_KEY, GC_COUNT };
@@ -2626,6 +2627,40 @@ static int body_set(PyObject *body, const char *key, PyObject *v)
 
 /* one argument as render_arg makes it, with its label when it has one; 1: out of the plan
  * (handle() takes the record) */
+/* an int, uint, long or size argument (or return value) as render_arg / _ret_value make it:
+ * the value, and its key in *key (new references) */
+static PyObject *plain_value(int how, long long value, PyObject **key)
+{
+	char tmp[24];
+	int len;
+	switch (how) {
+	case GA_INT:
+		*key = PyUnicode_InternFromString("int_arg");
+		return PyLong_FromLongLong(value);
+	case GA_UINT:
+		*key = PyUnicode_InternFromString("uint_arg");
+		return PyLong_FromUnsignedLongLong((unsigned long long)value & 0xFFFFFFFFULL);
+	default:
+		len = how == GA_LONG ? snprintf(tmp, sizeof(tmp), "%lld", value)
+				     : snprintf(tmp, sizeof(tmp), "%llu", (unsigned long long)value);
+		*key = PyUnicode_InternFromString(how == GA_LONG ? "long_arg" : "size_arg");
+		return PyUnicode_FromStringAndSize(tmp, len);
+	}
+}
+
+/* a kprobe's "return": {key: value} and its label; -1: an error */
+static int return_value(PyObject *body, PyObject *spec, long long value)
+{
+	PyObject *k = NULL, *v = plain_value((int)PyLong_AsLong(PyTuple_GET_ITEM(spec, 0)), value, &k);
+	PyObject *label = PyTuple_GET_ITEM(spec, 1), *d = k && v ? PyDict_New() : NULL;
+	int r = d && !PyDict_SetItem(d, k, v) && (!PyUnicode_GET_LENGTH(label) || !body_set(d, "label", label)) &&
+			!body_set(body, "return", d) ? 0 : -1;
+	Py_XDECREF(d);
+	Py_XDECREF(k);
+	Py_XDECREF(v);
+	return r;
+}
+
 /* stat.filemode(mode), each mode asked of the twin once (the 16-bit modes are few) */
 static PyObject *filemode_of(unsigned short mode)
 {
@@ -2692,6 +2727,12 @@ static int generic_arg(PyObject *list, int how, PyObject *label, const struct vp
 		return 1;
 	PyObject *v, *k;
 	switch (how) {
+	case GA_INT:
+	case GA_UINT:
+	case GA_LONG:
+	case GA_SIZE:
+		v = plain_value(how, a->value, &k);
+		break;
 	case GA_FILE:
 	case GA_PATH:
 	case GA_BINPRM:
@@ -2708,23 +2749,6 @@ static int generic_arg(PyObject *list, int how, PyObject *label, const struct vp
 		k = PyUnicode_InternFromString("string_arg");
 		v = PyUnicode_DecodeUTF8(data + a->off, a->len, "replace");
 		break;
-	case GA_INT:
-		k = PyUnicode_InternFromString("int_arg");
-		v = PyLong_FromLongLong(a->value);
-		break;
-	case GA_UINT:
-		k = PyUnicode_InternFromString("uint_arg");
-		v = PyLong_FromUnsignedLongLong((unsigned long long)a->value & 0xFFFFFFFFULL);
-		break;
-	case GA_LONG:
-	case GA_SIZE: {
-		char tmp[24];
-		int len = how == GA_LONG ? snprintf(tmp, sizeof(tmp), "%lld", (long long)a->value)
-					 : snprintf(tmp, sizeof(tmp), "%llu", (unsigned long long)a->value);
-		k = PyUnicode_InternFromString(how == GA_LONG ? "long_arg" : "size_arg");
-		v = PyUnicode_FromStringAndSize(tmp, len);
-		break;
-	}
 	default:
 		return 1;
 	}
@@ -2745,7 +2769,7 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 	if (len < (Py_ssize_t)sizeof(m) || !evtypes[T_POLICY].type)
 		return NULL;
 	memcpy(&m, buf, sizeof(m));
-	if (m.ret_action || m.kstack_len || m.ustack_len || m.ima_len || (m.flags & VP_EV_HAS_RET) ||
+	if (m.kstack_len || m.ustack_len || m.ima_len ||
 	    PyDict_GET_SIZE(PyTuple_GET_ITEM(b->generic, GC_DATA)))
 		return NULL;
 	PyObject *hid = PyLong_FromUnsignedLong(m.hook_id);
@@ -2758,6 +2782,16 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 	Py_XDECREF(action_key);
 	if (!aname)
 		return NULL;
+	PyObject *rname = NULL;  /* the return action's name: a covered (not enforcing) action, or handle() */
+	if (m.ret_action) {
+		if (PyTuple_GET_ITEM(plan, GP_POLICY_FIRST) == Py_True)
+			return NULL;  /* a tracepoint's: build_body says nothing of it */
+		PyObject *rk = PyLong_FromLong(m.ret_action);
+		rname = rk ? PyDict_GetItemWithError(PyTuple_GET_ITEM(plan, GP_ACTIONS), rk) : NULL;
+		Py_XDECREF(rk);
+		if (!rname)
+			return NULL;
+	}
 	/* the process and its parent: PolicyEvents.processes */
 	PyObject *p = cached_process(b, m.key.pid, m.key.ktime, m.key.pid);
 	if (!p)
@@ -2785,11 +2819,15 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 	}
 	if (!r && PyList_GET_SIZE(args))
 		r = body_set(body, "args", args);
+	PyObject *ret = PyTuple_GET_ITEM(plan, GP_RET);
+	if (!r && (m.flags & VP_EV_HAS_RET) && ret != Py_None)
+		r = return_value(body, ret, m.ret);
 	PyObject *policy = PyTuple_GET_ITEM(plan, GP_POLICY);
 	int policy_first = PyTuple_GET_ITEM(plan, GP_POLICY_FIRST) == Py_True;
 	if (!r)  /* (a chain of -1s joined with || would read as 1: out of the plan) */
 		r = body_set(body, policy_first ? "policy_name" : "action", policy_first ? policy : aname) < 0 ||
-		    body_set(body, policy_first ? "action" : "policy_name", policy_first ? aname : policy) < 0 ? -1 : 0;
+		    body_set(body, policy_first ? "action" : "policy_name", policy_first ? aname : policy) < 0 ||
+		    (rname && body_set(body, "return_action", rname) < 0) ? -1 : 0;
 	PyObject *msg = PyTuple_GET_ITEM(plan, GP_MESSAGE), *tags = PyTuple_GET_ITEM(plan, GP_TAGS);
 	if (!r && PyUnicode_GET_LENGTH(msg))
 		r = body_set(body, "message", msg);

@@ -698,8 +698,27 @@ GENERIC_SPECS = {
           syscall: false
           args: [{index: 0, type: int}, {index: 1, type: file}]
     """,
+    "kretprobe": """
+        kprobes:
+        - call: sys_openat
+          syscall: true
+          return: true
+          args: [{index: 1, type: string}]
+          returnArg: {index: 0, type: int, label: fd}
+          returnArgAction: Post
+        - call: sys_read
+          syscall: true
+          return: true
+          args: [{index: 2, type: size_t}]
+          returnArg: {index: 0, type: size_t}
+        - call: fd_install
+          syscall: false
+          return: true
+          args: [{index: 1, type: file}]
+          returnArg: {index: 0, type: int64}
+    """,
 }
-GENERIC_FACTS = {"kprobe-file-path-binprm": "vm-6.12"}
+GENERIC_FACTS = {"kprobe-file-path-binprm": "vm-6.12", "kretprobe": "vm-6.12"}
 
 
 def _generic_hooks(name: str) -> Any:
@@ -743,7 +762,7 @@ def _generic_record(ch: Any, d: dict[str, Any]) -> bytes:
 generic_fields = st.fixed_dictionaries({
     "ktime": st.integers(1, 2**62), "pid": st.sampled_from([100, 101, 555]),
     "exec_ktime": st.sampled_from([0, 5_000_000_000, 123]), "selector": st.integers(0, 3),
-    "action": st.sampled_from([0, 1, 2, 3, 5, 14, 15, 200]), "ret_action": st.sampled_from([0, 0, 0, 3]),
+    "action": st.sampled_from([0, 1, 2, 3, 5, 14, 15, 200]), "ret_action": st.sampled_from([0, 0, 0, 1, 3, 200]),
     "flags": st.sampled_from([0, 0, 1, 2]), "kstack": st.sampled_from([0, 0, 8]),
     "ret": st.integers(-2**63, 2**63 - 1),
     "args": st.lists(st.tuples(st.one_of(st.binary(max_size=40), st.text(max_size=20).map(str.encode)),
@@ -817,16 +836,27 @@ def test_generic_plain_records_need_no_python() -> None:
     assert calls == [1] and ev.body["action"] == "KPROBE_ACTION_OVERRIDE" and "[vigil: selector 1" in ev.body["message"]
 
 
-@pytest.mark.parametrize("hook, args, want", [
-    (0, [(b"/etc/shadow", 0, 0, 0o100640)], [{"file_arg": {"path": "/etc/shadow", "permission": "-rw-r-----"},
-                                               "label": "f"}]),
-    (1, [(b"deep/name", 0, 1, 0o040755)], [{"path_arg": {"path": "deep/name", "flags": "unresolvedPathComponents",
-                                                        "permission": "drwxr-xr-x"}}]),
-    (2, [(b"/usr/bin/su", 0, 0, 0o104755)], [{"linux_binprm_arg": {"path": "/usr/bin/su", "permission": "-rwsr-xr-x"}}]),
-    (3, [(b"", 4, 0, 0), (b"", 0, 0, 0)], [{"int_arg": 4}, {"file_arg": {}}]),
+FILE_SPEC, RET_SPEC = "kprobe-file-path-binprm", "kretprobe"
+
+
+@pytest.mark.parametrize("spec, hook, rec, want", [
+    (FILE_SPEC, 0, {"args": [(b"/etc/shadow", 0, 0, 0o100640)]},
+     {"args": [{"file_arg": {"path": "/etc/shadow", "permission": "-rw-r-----"}, "label": "f"}]}),
+    (FILE_SPEC, 1, {"args": [(b"deep/name", 0, 1, 0o040755)]},
+     {"args": [{"path_arg": {"path": "deep/name", "flags": "unresolvedPathComponents", "permission": "drwxr-xr-x"}}]}),
+    (FILE_SPEC, 2, {"args": [(b"/usr/bin/su", 0, 0, 0o104755)]},
+     {"args": [{"linux_binprm_arg": {"path": "/usr/bin/su", "permission": "-rwsr-xr-x"}}]}),
+    (FILE_SPEC, 3, {"args": [(b"", 4, 0, 0), (b"", 0, 0, 0)]}, {"args": [{"int_arg": 4}, {"file_arg": {}}]}),
+    (RET_SPEC, 0, {"args": [(b"/etc/hosts", 0, 0, 0)], "flags": 1, "ret": -2, "ret_action": 1},
+     {"args": [{"string_arg": "/etc/hosts"}], "return": {"int_arg": -2, "label": "fd"},
+      "return_action": "KPROBE_ACTION_POST"}),
+    (RET_SPEC, 1, {"args": [(b"", 10, 0, 0)], "flags": 1, "ret": -1},
+     {"args": [{"size_arg": "10"}], "return": {"size_arg": "18446744073709551615"}}),
+    (RET_SPEC, 2, {"args": [(b"/a", 0, 0, 0)], "flags": 1, "ret": 7}, {"return": {"long_arg": "7"}}),
 ])
-def test_generic_file_arguments_need_no_python(hook: int, args: list[Any], want: list[Any]) -> None:
-    """file, path and linux_binprm arguments (kprobes on kernel functions) are made in C too."""
+def test_generic_records_made_in_c(spec: str, hook: int, rec: dict[str, Any], want: dict[str, Any]) -> None:
+    """file, path and linux_binprm arguments (kprobes on kernel functions) and kretprobes'
+    return values are made in C too: handle() is not called."""
     from vigil.agent.policy_events import PolicyEvents
 
     b, _ = _builders({"enable_cred": False, "enable_ns": False, "ancestors": False}, 64)
@@ -834,13 +864,13 @@ def test_generic_file_arguments_need_no_python(hook: int, args: list[Any], want:
          "ns": HOST, "uid": 0, "euid": 0, "auid": 0, "securebits": 0, "userns_level": 0, "i_mode": 0o100755,
          "nlink": 1, "flags": 0, "tid_off": 0, "op": R.OP_EXEC}
     b.record_handlers()[R.OP_EXEC](_exec_record(100, 5_000_000_000, 1, 0, d), 1)
-    hooks, lp = _generic_hooks("kprobe-file-path-binprm")
+    hooks, lp = _generic_hooks(spec)
     pe = PolicyEvents(b, lambda e: None, {ch.hook_id: (ch, lp) for ch in hooks}, None)  # type: ignore[arg-type]
     calls: list[int] = []
     py_handle = pe.handle
     pe.handle = lambda buf, now: (calls.append(1), py_handle(buf, now))[1]  # type: ignore[method-assign]
-    rec = {"ktime": 7_000_000_000, "pid": 100, "exec_ktime": 5_000_000_000, "selector": 0, "action": 0,
-           "ret_action": 0, "flags": 0, "kstack": 0, "ret": 0, "args": args}
-    ev = pe.compiled_handler()(_generic_record(hooks[hook], rec), 0)
-    assert calls == [] and ev.body["args"] == want
+    r = {"ktime": 7_000_000_000, "pid": 100, "exec_ktime": 5_000_000_000, "selector": 0, "action": 0,
+         "ret_action": 0, "flags": 0, "kstack": 0, "ret": 0, **rec}
+    ev = pe.compiled_handler()(_generic_record(hooks[hook], r), 0)
+    assert calls == [] and {k: ev.body[k] for k in want} == want
     assert codec.encode(ev) == codec.py_encode(ev)

@@ -383,6 +383,7 @@ def _shape(hook: CompiledHook) -> _Shape:
 
 
 _GA_FILE_LIKE = {"file": 6, "path": 7, "linux_binprm": 8}
+_GA_RET = {"int_arg": 1, "uint_arg": 2, "long_arg": 3, "size_arg": 4}  # by _Shape.ret_key
 _GA_ERR_OK = 16  # an fd is rendered as a file even when it could not be read
 
 
@@ -417,9 +418,9 @@ def _fast_arg(p: Any) -> int | None:
 def fast_plan(hook: CompiledHook, entry: Any, events: dict[str, int], actions: dict[Any, int],
               skip_actions: frozenset[int]) -> tuple[Any, ...] | None:
     """What the compiled handler (Builder.on_generic, native/fastpath.c) needs to build this
-    hook's bodies exactly as build_body does, for the records that carry nothing but plain
-    arguments; None: a hook whose bodies only build_body makes. `skip_actions`: actions the
-    compiled handler must leave to Python."""
+    hook's bodies exactly as build_body does, for the records that carry nothing but plain or
+    file-like arguments and a plain return value; None: a hook whose bodies only build_body
+    makes. `skip_actions`: actions the compiled handler must leave to Python."""
     sh = _shape(hook)
     if sh.kind not in ("process_kprobe", "process_tracepoint") or sh.by_slot_needed:
         return None
@@ -432,8 +433,9 @@ def fast_plan(hook: CompiledHook, entry: Any, events: dict[str, int], actions: d
     kprobe = sh.kind == "process_kprobe"
     head = (("function_name", sh.function),) if kprobe else (("subsys", sh.subsys), ("event", sh.event))
     names = {a: n for a, n in ACTION_NAMES.items() if a not in ENFORCING and a not in skip_actions}
+    ret = (_GA_RET[sh.ret_key], sh.ret_label or "") if kprobe and sh.ret is not None else None
     return (entry, sh.kind, head, tuple(specs), not kprobe, sh.policy, sh.message or "",
-            tuple(sh.tags) if sh.tags else None, names, events, actions, {})
+            tuple(sh.tags) if sh.tags else None, names, events, actions, {}, ret)
 
 
 def _ret_value(key: str, v: int) -> Any:
