@@ -183,3 +183,22 @@ def test_write_after_close_raises(tmp_path):
     w.close()
     with pytest.raises(ValueError):
         w.write(_event(1))
+
+
+@pytest.mark.parametrize("check_s, in_new, in_renamed", [
+    (0.0, [2], [1]),      # the path is looked up again: a new file under the name
+    (3600.0, [], [1, 2]),  # within the window: the line goes to the renamed file, not lost
+])
+def test_export_file_renamed_under_the_writer(tmp_path, monkeypatch, check_s, in_new, in_renamed):
+    from vigil.export import jsonl
+
+    monkeypatch.setattr(jsonl, "PATH_CHECK_S", check_s)
+    path = tmp_path / "vigil.log"
+    with JsonlWriter(str(path)) as w:
+        w.write_batch([_event(1)])
+        path.rename(tmp_path / "vigil.log.1")
+        w.write_batch([_event(2)])
+        assert w.reopens == (1 if in_new else 0) and w.events_failed == 0
+    pids = [e["process_exec"]["process"]["pid"] for e in _lines(tmp_path / "vigil.log.1")]
+    assert pids == in_renamed
+    assert [e["process_exec"]["process"]["pid"] for e in _lines(path)] == in_new if in_new else not path.exists()

@@ -86,10 +86,12 @@ class Pipeline:
         coalesce = a.config.batch_delay
         if live:
             batch_scheduling()
+        waited = False  # records accumulated during a pause: drain without asking epoll first
         while not stop.is_set():
             if self._injected:
                 self._emit_injected()
-            if src.wait(0.1):
+            if waited or src.wait(0.1):
+                waited = False
                 recs = src.drain()
                 if recs:
                     self.handle(recs)
@@ -97,6 +99,7 @@ class Pipeline:
                     # accumulate a moment instead (bounded added latency, far fewer wakeups)
                     if coalesce and live and len(recs) < 256:
                         time.sleep(coalesce)
+                        waited = True
             elif not live and getattr(src, "exhausted", False):
                 break  # a replay is over
             now = time.monotonic()
