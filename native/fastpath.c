@@ -2543,7 +2543,7 @@ static PyObject *builder_rfc3339(Builder *b, PyObject *ktime)
 }
 
 /* ---- policy records: vigil.agent.policy_events.PolicyEvents.handle for the hooks whose events
- * need nothing but a lookup, plain and file-like arguments and a plain return value (the plan
+ * need nothing but a lookup, plain, file-like and socket arguments and a plain return value (the plan
  * says so); every other record, and any record out of the plan (an enforcement, stacks, an
  * error reading an argument, maxData chunks waiting, a process not in the cache), goes to
  * handle() itself.
@@ -2559,10 +2559,13 @@ static PyObject *builder_rfc3339(Builder *b, PyObject *ktime)
  * object); head: (key, value) pairs before "args"; args: (slot, how, label) triples; policy_first: a
  * tracepoint's body has policy_name before action; action_names: action -> its name, for the
  * actions the plan covers; events, actions: the policy's counters; keys: (selector << 8 |
- * action) -> counter key, filled here; ret: (how, label) of a kprobe's return value, or None. */
+ * action) -> counter key, filled here; ret: (how, label) of a kprobe's return value, or None;
+ * names: (AF_NAMES, SOCK_TYPES, PROTOCOLS, TCP_STATES) of generic_events, for socket arguments. */
 enum { GP_ENTRY, GP_KIND, GP_HEAD, GP_ARGS, GP_POLICY_FIRST, GP_POLICY, GP_MESSAGE, GP_TAGS, GP_ACTIONS, GP_EVENTS,
-       GP_ACTION_COUNTS, GP_KEYS, GP_RET, GP_COUNT };
-enum { GA_STRING, GA_INT, GA_UINT, GA_LONG, GA_SIZE, GA_STRING_ERR, GA_FILE, GA_PATH, GA_BINPRM };
+       GP_ACTION_COUNTS, GP_KEYS, GP_RET, GP_NAMES, GP_COUNT };
+enum { GN_AF, GN_SOCK_TYPE, GN_PROTOCOL, GN_TCP_STATE, GN_COUNT };  /* GP_NAMES: the name tables of sockets */
+enum { GA_STRING, GA_INT, GA_UINT, GA_LONG, GA_SIZE, GA_STRING_ERR, GA_FILE, GA_PATH, GA_BINPRM, GA_SOCK,
+       GA_SOCKADDR };
 #define GA_ERR_OK 16  /* with a file-like kind: an fd, rendered as a file even when it could not be read */
 enum { GC_HOOKS, GC_PLANS, GC_MAKE_PLAN, GC_HANDLE, GC_DATA, GC_ACTION_KEY, GC_COUNT };
 
@@ -2661,6 +2664,110 @@ static int return_value(PyObject *body, PyObject *spec, long long value)
 	return r;
 }
 
+/* names.get(n, str(n)) */
+static PyObject *name_of(PyObject *names, unsigned long n)
+{
+	PyObject *k = PyLong_FromUnsignedLong(n);
+	PyObject *v = k ? PyDict_GetItemWithError(names, k) : NULL;
+	if (v || !k || PyErr_Occurred()) {
+		Py_XDECREF(k);
+		return Py_XNewRef(v);
+	}
+	v = PyObject_Str(k);
+	Py_DECREF(k);
+	return v;
+}
+
+/* _ip: IPv4 dotted; IPv6 as ipaddress writes it (hextets in lower-case hex, the first of the
+ * longest runs of two or more zero hextets as "::"); "" for any other family */
+static PyObject *ip_string(const unsigned char *raw, unsigned fam)
+{
+	char out[48];
+	int n = 0;
+	if (fam == 2) {
+		n = snprintf(out, sizeof(out), "%u.%u.%u.%u", raw[0], raw[1], raw[2], raw[3]);
+	} else if (fam == 10) {
+		unsigned h[8];
+		int best = -1, best_len = 1;
+		for (int i = 0; i < 8; i++)
+			h[i] = (unsigned)raw[2 * i] << 8 | raw[2 * i + 1];
+		for (int i = 0, j; i < 8; i = j + 1) {
+			for (j = i; j < 8 && !h[j]; j++)
+				;
+			if (j - i > best_len) {
+				best = i;
+				best_len = j - i;
+			}
+		}
+		for (int i = 0; i < 8; i++) {
+			if (i == best) {
+				n += snprintf(out + n, sizeof(out) - n, "::");
+				i += best_len - 1;
+			} else {
+				n += snprintf(out + n, sizeof(out) - n, "%s%x", n && out[n - 1] != ':' ? ":" : "", h[i]);
+			}
+		}
+	}
+	return PyUnicode_FromStringAndSize(out, n);
+}
+
+static unsigned long le_field(const unsigned char *p, int bytes)
+{
+	unsigned long v = 0;
+	for (int i = bytes - 1; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+/* render_arg's sock_arg (struct of read.bpf.h: family, type, protocol, state, sport, dport,
+ * mark, priority, cookie, saddr, daddr), in its key order; NULL: an error */
+static PyObject *sock_json(const unsigned char *p, PyObject *names)
+{
+	unsigned fam = (unsigned)le_field(p, 2), state = (unsigned)le_field(p + 6, 2);
+	unsigned long mark = le_field(p + 12, 4), prio = le_field(p + 16, 4), cookie = le_field(p + 24, 8);
+	PyObject *d = PyDict_New();
+	PyObject *v[11] = {NULL};
+	const char *keys[11] = {"family", "type", "protocol", "mark", "priority", "saddr", "daddr", "sport", "dport",
+				"cookie", "state"};
+	v[0] = name_of(PyTuple_GET_ITEM(names, GN_AF), fam);
+	v[1] = name_of(PyTuple_GET_ITEM(names, GN_SOCK_TYPE), le_field(p + 2, 2));
+	v[2] = name_of(PyTuple_GET_ITEM(names, GN_PROTOCOL), le_field(p + 4, 2));
+	v[3] = mark ? PyLong_FromUnsignedLong(mark) : NULL;
+	v[4] = prio ? PyLong_FromUnsignedLong(prio) : NULL;
+	v[5] = ip_string(p + 32, fam);
+	v[6] = ip_string(p + 48, fam);
+	v[7] = PyLong_FromUnsignedLong(le_field(p + 8, 2));
+	v[8] = PyLong_FromUnsignedLong(le_field(p + 10, 2));
+	v[9] = cookie ? PyUnicode_FromFormat("%lu", cookie) : NULL;
+	v[10] = state ? name_of(PyTuple_GET_ITEM(names, GN_TCP_STATE), state) : NULL;
+	int ok = d != NULL;
+	for (int i = 0; i < 11; i++) {
+		int wanted = !((i == 3 && !mark) || (i == 4 && !prio) || (i == 9 && !cookie) || (i == 10 && !state));
+		if (wanted)
+			ok = ok && v[i] && body_set(d, keys[i], v[i]) == 0;
+		Py_XDECREF(v[i]);
+	}
+	if (!ok)
+		Py_CLEAR(d);
+	return d;
+}
+
+/* render_arg's sockaddr_arg: family, addr, port */
+static PyObject *sockaddr_json(const unsigned char *p, PyObject *names)
+{
+	unsigned fam = (unsigned)le_field(p, 2);
+	PyObject *d = PyDict_New();
+	PyObject *v[3] = {name_of(PyTuple_GET_ITEM(names, GN_AF), fam), ip_string(p + 8, fam),
+			  PyLong_FromUnsignedLong(le_field(p + 2, 2))};
+	int ok = d && v[0] && v[1] && v[2] && !body_set(d, "family", v[0]) && !body_set(d, "addr", v[1]) &&
+		 !body_set(d, "port", v[2]);
+	for (int i = 0; i < 3; i++)
+		Py_XDECREF(v[i]);
+	if (!ok)
+		Py_CLEAR(d);
+	return d;
+}
+
 /* stat.filemode(mode), each mode asked of the twin once (the 16-bit modes are few) */
 static PyObject *filemode_of(unsigned short mode)
 {
@@ -2719,7 +2826,7 @@ fail:
 }
 
 static int generic_arg(PyObject *list, int how, PyObject *label, const struct vp_arg_hdr *a, const char *data,
-		       Py_ssize_t n)
+		       Py_ssize_t n, PyObject *names)
 {
 	int err_ok = how & GA_ERR_OK;
 	how &= ~GA_ERR_OK;
@@ -2741,6 +2848,14 @@ static int generic_arg(PyObject *list, int how, PyObject *label, const struct vp
 		k = PyUnicode_InternFromString(how == GA_FILE ? "file_arg" : how == GA_PATH ? "path_arg"
 											 : "linux_binprm_arg");
 		v = file_like(a, data);
+		break;
+	case GA_SOCK:  /* a shorter payload makes _ip raise: handle() says so */
+	case GA_SOCKADDR:
+		if (a->len < (how == GA_SOCK ? 64 : 24) || (Py_ssize_t)a->off + a->len > n)
+			return 1;
+		k = PyUnicode_InternFromString(how == GA_SOCK ? "sock_arg" : "sockaddr_arg");
+		v = how == GA_SOCK ? sock_json((const unsigned char *)data + a->off, names)
+				   : sockaddr_json((const unsigned char *)data + a->off, names);
 		break;
 	case GA_STRING:
 	case GA_STRING_ERR:
@@ -2815,7 +2930,7 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 		long slot = PyLong_AsLong(PyTuple_GET_ITEM(sp, 0)), how = PyLong_AsLong(PyTuple_GET_ITEM(sp, 1));
 		PyObject *label = PyTuple_GET_ITEM(sp, 2);
 		r = slot < 0 || slot >= VP_MAX_ARGS || !PyUnicode_Check(label) ? -1
-			: generic_arg(args, (int)how, label, &m.args[slot], data, n);
+			: generic_arg(args, (int)how, label, &m.args[slot], data, n, PyTuple_GET_ITEM(plan, GP_NAMES));
 	}
 	if (!r && PyList_GET_SIZE(args))
 		r = body_set(body, "args", args);

@@ -402,6 +402,10 @@ def _fast_arg(p: Any) -> int | None:
         return _GA_FILE_LIKE["linux_binprm"]
     if t in (L.T["path"], L.T["path_child"], L.T["dentry"], L.T["dentry_path"]):
         return _GA_FILE_LIKE["path"]
+    if t in (L.T["sock"], L.T["socket"], L.T["fd_sock"]):
+        return 9
+    if t in (L.T["sockaddr"], L.T["ksockaddr"]):
+        return 10
     if t == L.T["int"]:
         return 1
     if t == L.T["uint"]:
@@ -435,7 +439,8 @@ def fast_plan(hook: CompiledHook, entry: Any, events: dict[str, int], actions: d
     names = {a: n for a, n in ACTION_NAMES.items() if a not in ENFORCING and a not in skip_actions}
     ret = (_GA_RET[sh.ret_key], sh.ret_label or "") if kprobe and sh.ret is not None else None
     return (entry, sh.kind, head, tuple(specs), not kprobe, sh.policy, sh.message or "",
-            tuple(sh.tags) if sh.tags else None, names, events, actions, {}, ret)
+            tuple(sh.tags) if sh.tags else None, names, events, actions, {}, ret,
+            (AF_NAMES, SOCK_TYPES, PROTOCOLS, TCP_STATES))
 
 
 def _ret_value(key: str, v: int) -> Any:
