@@ -2565,7 +2565,7 @@ enum { GP_ENTRY, GP_KIND, GP_HEAD, GP_ARGS, GP_POLICY_FIRST, GP_POLICY, GP_MESSA
        GP_ACTION_COUNTS, GP_KEYS, GP_RET, GP_NAMES, GP_COUNT };
 enum { GN_AF, GN_SOCK_TYPE, GN_PROTOCOL, GN_TCP_STATE, GN_COUNT };  /* GP_NAMES: the name tables of sockets */
 enum { GA_STRING, GA_INT, GA_UINT, GA_LONG, GA_SIZE, GA_STRING_ERR, GA_FILE, GA_PATH, GA_BINPRM, GA_SOCK,
-       GA_SOCKADDR };
+       GA_SOCKADDR, GA_SYSCALL64 };
 #define GA_ERR_OK 16  /* with a file-like kind: an fd, rendered as a file even when it could not be read */
 enum { GC_HOOKS, GC_PLANS, GC_MAKE_PLAN, GC_HANDLE, GC_DATA, GC_ACTION_KEY, GC_COUNT };
 
@@ -2848,6 +2848,11 @@ static int generic_arg(PyObject *list, int how, PyObject *label, const struct vp
 		k = PyUnicode_InternFromString(how == GA_FILE ? "file_arg" : how == GA_PATH ? "path_arg"
 											 : "linux_binprm_arg");
 		v = file_like(a, data);
+		break;
+	case GA_SYSCALL64:  /* a raw_syscalls id: bit 31 marks a 32-bit (i386) syscall */
+		k = PyUnicode_InternFromString("syscall_id");
+		v = Py_BuildValue("{s:k,s:s}", "id", (unsigned long)a->value & 0x7FFFFFFFUL, "abi",
+				  a->value & 0x80000000LL ? "i386" : "x64");
 		break;
 	case GA_SOCK:  /* a shorter payload makes _ip raise: handle() says so */
 	case GA_SOCKADDR:

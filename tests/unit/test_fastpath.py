@@ -726,6 +726,12 @@ GENERIC_SPECS = {
           syscall: false
           args: [{index: 1, type: sockaddr}, {index: 2, type: int}]
     """,
+    "tracepoint-syscall64": """
+        tracepoints:
+        - subsystem: raw_syscalls
+          event: sys_enter
+          args: [{index: 4, type: syscall64}, {index: 4, type: uint64}]
+    """,
 }
 GENERIC_FACTS = {"kprobe-file-path-binprm": "vm-6.12", "kretprobe": "vm-6.12", "kprobe-sock": "vm-6.12"}
 
@@ -877,6 +883,8 @@ FILE_SPEC, RET_SPEC = "kprobe-file-path-binprm", "kretprobe"
                              "state": "TCP_SYN_SENT"}, "label": "sk"}]}),
     ("kprobe-sock", 1, {"args": [(struct.pack("<HH4x16s", 10, 53, bytes(15) + b"\1"), 0, 0, 0), (b"", 16, 0, 0)]},
      {"args": [{"sockaddr_arg": {"family": "AF_INET6", "addr": "::1", "port": 53}}, {"int_arg": 16}]}),
+    ("tracepoint-syscall64", 0, {"args": [(b"", 0x80000000 | 5, 0, 0), (b"", 59, 0, 0)]},
+     {"args": [{"syscall_id": {"id": 5, "abi": "i386"}}, {"size_arg": "59"}]}),
 ])
 def test_generic_records_made_in_c(spec: str, hook: int, rec: dict[str, Any], want: dict[str, Any]) -> None:
     """file, path and linux_binprm arguments (kprobes on kernel functions) and kretprobes'

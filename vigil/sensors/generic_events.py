@@ -414,6 +414,8 @@ def _fast_arg(p: Any) -> int | None:
         return 3
     if t == L.T["size"] and p.policy_type != "syscall64":
         return 4
+    if t == L.T["syscall64"]:
+        return 11
     if t in (L.T["string"], L.T["kstring"], L.T["data_loc"], L.T["char_array"]):
         return 5
     return None
