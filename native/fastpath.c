@@ -2620,12 +2620,33 @@ static PyObject *generic_plan(Builder *b, PyObject *hook_id)
 	return plan == Py_None ? NULL : plan;
 }
 
+/* the interned str of a C string literal, made once per literal (found by its address: the
+ * literals of this file are few); borrowed, NULL: an error. PyUnicode_InternFromString on every
+ * event was a sixth of a policy record's build (bench/policy_events.py). */
+static PyObject *lit(const char *s)
+{
+	static struct { const char *p; PyObject *o; } tab[256];
+	size_t h = ((uintptr_t)s >> 2) & 255;
+	for (int i = 0; i < 256; i++, h = (h + 1) & 255) {
+		if (tab[h].p == s)
+			return tab[h].o;
+		if (!tab[h].p) {
+			PyObject *o = PyUnicode_InternFromString(s);
+			if (o) {
+				tab[h].p = s;
+				tab[h].o = o;
+			}
+			return o;
+		}
+	}
+	PyErr_SetString(PyExc_RuntimeError, "lit: more literals than its table holds");
+	return NULL;
+}
+
 static int body_set(PyObject *body, const char *key, PyObject *v)
 {
-	PyObject *k = PyUnicode_InternFromString(key);
-	int r = k && v ? PyDict_SetItem(body, k, v) : -1;
-	Py_XDECREF(k);
-	return r;
+	PyObject *k = lit(key);
+	return k && v ? PyDict_SetItem(body, k, v) : -1;
 }
 
 /* one argument as render_arg makes it, with its label when it has one; 1: out of the plan
@@ -2638,15 +2659,15 @@ static PyObject *plain_value(int how, long long value, PyObject **key)
 	int len;
 	switch (how) {
 	case GA_INT:
-		*key = PyUnicode_InternFromString("int_arg");
+		*key = Py_XNewRef(lit("int_arg"));
 		return PyLong_FromLongLong(value);
 	case GA_UINT:
-		*key = PyUnicode_InternFromString("uint_arg");
+		*key = Py_XNewRef(lit("uint_arg"));
 		return PyLong_FromUnsignedLongLong((unsigned long long)value & 0xFFFFFFFFULL);
 	default:
 		len = how == GA_LONG ? snprintf(tmp, sizeof(tmp), "%lld", value)
 				     : snprintf(tmp, sizeof(tmp), "%llu", (unsigned long long)value);
-		*key = PyUnicode_InternFromString(how == GA_LONG ? "long_arg" : "size_arg");
+		*key = Py_XNewRef(lit(how == GA_LONG ? "long_arg" : "size_arg"));
 		return PyUnicode_FromStringAndSize(tmp, len);
 	}
 }
@@ -2807,7 +2828,7 @@ static PyObject *file_like(const struct vp_arg_hdr *a, const char *data)
 		Py_DECREF(v);
 	}
 	if (a->flags & VP_ARGF_TRUNC) {
-		v = PyUnicode_InternFromString("unresolvedPathComponents");
+		v = Py_XNewRef(lit("unresolvedPathComponents"));
 		if (!v || body_set(d, "flags", v) < 0)
 			goto fail;
 		Py_DECREF(v);
@@ -2845,12 +2866,12 @@ static int generic_arg(PyObject *list, int how, PyObject *label, const struct vp
 	case GA_BINPRM:
 		if ((Py_ssize_t)a->off + a->len > n)
 			return 1;
-		k = PyUnicode_InternFromString(how == GA_FILE ? "file_arg" : how == GA_PATH ? "path_arg"
-											 : "linux_binprm_arg");
+		k = Py_XNewRef(lit(how == GA_FILE ? "file_arg" : how == GA_PATH ? "path_arg"
+											 : "linux_binprm_arg"));
 		v = file_like(a, data);
 		break;
 	case GA_SYSCALL64:  /* a raw_syscalls id: bit 31 marks a 32-bit (i386) syscall */
-		k = PyUnicode_InternFromString("syscall_id");
+		k = Py_XNewRef(lit("syscall_id"));
 		v = Py_BuildValue("{s:k,s:s}", "id", (unsigned long)a->value & 0x7FFFFFFFUL, "abi",
 				  a->value & 0x80000000LL ? "i386" : "x64");
 		break;
@@ -2858,7 +2879,7 @@ static int generic_arg(PyObject *list, int how, PyObject *label, const struct vp
 	case GA_SOCKADDR:
 		if (a->len < (how == GA_SOCK ? 64 : 24) || (Py_ssize_t)a->off + a->len > n)
 			return 1;
-		k = PyUnicode_InternFromString(how == GA_SOCK ? "sock_arg" : "sockaddr_arg");
+		k = Py_XNewRef(lit(how == GA_SOCK ? "sock_arg" : "sockaddr_arg"));
 		v = how == GA_SOCK ? sock_json((const unsigned char *)data + a->off, names)
 				   : sockaddr_json((const unsigned char *)data + a->off, names);
 		break;
@@ -2866,7 +2887,7 @@ static int generic_arg(PyObject *list, int how, PyObject *label, const struct vp
 	case GA_STRING_ERR:
 		if ((Py_ssize_t)a->off + a->len > n)
 			return 1;
-		k = PyUnicode_InternFromString("string_arg");
+		k = Py_XNewRef(lit("string_arg"));
 		v = PyUnicode_DecodeUTF8(data + a->off, a->len, "replace");
 		break;
 	default:
@@ -2879,6 +2900,26 @@ static int generic_arg(PyObject *list, int how, PyObject *label, const struct vp
 	Py_XDECREF(k);
 	Py_XDECREF(v);
 	return r;
+}
+
+/* A policy event's body: dicts and lists made here, of strings and numbers, pointing down only
+ * (the same one-way graph as new_slotted's objects), so the cyclic GC need not see them. Tracked,
+ * the collections their allocations set off were a third of a policy record's build
+ * (bench/policy_events.py under perf). */
+static void untrack_body(PyObject *o, int depth)
+{
+	Py_ssize_t pos = 0, i;
+	PyObject *k, *v;
+	if (depth > 4 || !(PyDict_CheckExact(o) || PyList_CheckExact(o)))
+		return;
+	if (PyObject_GC_IsTracked(o))
+		PyObject_GC_UnTrack(o);
+	if (PyDict_CheckExact(o))
+		while (PyDict_Next(o, &pos, &k, &v))
+			untrack_body(v, depth + 1);
+	else
+		for (i = 0; i < PyList_GET_SIZE(o); i++)
+			untrack_body(PyList_GET_ITEM(o, i), depth + 1);
 }
 
 /* the event, or NULL with *out_of_plan set (no error): handle() takes the record */
@@ -2966,6 +3007,7 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 	}
 	*out_of_plan = 0;
 	Py_DECREF(args);
+	untrack_body(body, 0);
 	/* the counters: lp.events[kind] += 1, lp.actions[key] += 1 (PolicyEvents._count_action) */
 	PyObject *kind = PyTuple_GET_ITEM(plan, GP_KIND), *keys = PyTuple_GET_ITEM(plan, GP_KEYS);
 	PyObject *sk = PyLong_FromLong((long)m.selector << 8 | m.action);

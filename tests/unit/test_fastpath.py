@@ -756,22 +756,11 @@ def _generic_hooks(name: str) -> Any:
 
 def _generic_record(ch: Any, d: dict[str, Any]) -> bytes:
     """A record of hook `ch` (struct msg_generic, then the argument payloads and a stack)."""
-    import ctypes
+    from vigil.events.synth import generic_record
 
-    from vigil.kernel import policy_layout as L
-
-    m = L.MsgGeneric()
-    m.op, m.ktime, m.pid, m.exec_ktime, m.hook_id = 9, d["ktime"], d["pid"], d["exec_ktime"], ch.hook_id
-    m.tid, m.selector, m.action, m.ret_action, m.flags = d["pid"], d["selector"], d["action"], d["ret_action"], d["flags"]
-    m.kstack_len, m.ret = d["kstack"], d["ret"]
-    data = b""
-    for i, (payload, value, aflags, mode) in enumerate(d["args"]):
-        m.args[i].off, m.args[i].len, m.args[i].flags, m.args[i].value = len(data), len(payload), aflags, value
-        m.args[i].mode = mode
-        data += payload
-    data += bytes(d["kstack"])
-    m.size = ctypes.sizeof(m) + len(data)
-    return bytes(m) + data
+    return generic_record(hook_id=ch.hook_id, pid=d["pid"], ktime=d["ktime"], exec_ktime=d["exec_ktime"],
+                          args=d["args"], selector=d["selector"], action=d["action"], ret_action=d["ret_action"],
+                          flags=d["flags"], ret=d["ret"], kstack=bytes(d["kstack"]))
 
 
 # socket payloads (read.bpf.h): a family, then fields; addresses with runs of zero hextets
@@ -905,6 +894,10 @@ def test_generic_records_made_in_c(spec: str, hook: int, rec: dict[str, Any], wa
          "ret_action": 0, "flags": 0, "kstack": 0, "ret": 0, **rec}
     ev = pe.compiled_handler()(_generic_record(hooks[hook], r), 0)
     assert calls == [] and {k: ev.body[k] for k in want} == want
+    # the body's dicts and lists are left to reference counting (untrack_body): sound only acyclic
+    containers = [ev.body, *(x for v in ev.body.values() if isinstance(v, list) for x in [v, *v])]
+    assert not any(gc.is_tracked(c) for c in containers if isinstance(c, (dict, list)))
+    _assert_acyclic(ev, ev.body, *containers)
     assert codec.encode(ev) == codec.py_encode(ev)
 
 

@@ -55,3 +55,26 @@ def process_record(*, op: int = R.OP_EXEC, pid: int, ktime: int, ppid: int = 1, 
 def exit_record(*, pid: int, ktime: int, exec_ktime: int, code: int = 0) -> bytes:
     """The exit of the thread group whose exec (or clone) had `exec_ktime`."""
     return R.EXIT.pack(R.OP_EXIT, 0, 0, R.EXIT.size, ktime, pid, 0, exec_ktime, pid, code)
+
+
+def generic_record(*, hook_id: int, pid: int, ktime: int, exec_ktime: int,
+                   args: Sequence[tuple[bytes, int, int, int]] = (), selector: int = 0, action: int = 1,
+                   ret_action: int = 0, flags: int = 0, ret: int = 0, kstack: bytes = b"") -> bytes:
+    """A policy record (struct msg_generic) of hook `hook_id`: one (payload, value, flags, mode)
+    per argument slot, the payloads one after another, then the kernel stack's addresses."""
+    import ctypes
+
+    from vigil.kernel import policy_layout as L
+
+    m = L.MsgGeneric()
+    m.op, m.ktime, m.pid, m.tid, m.exec_ktime, m.hook_id = R.OP_GENERIC, ktime, pid, pid, exec_ktime, hook_id
+    m.selector, m.action, m.ret_action, m.flags, m.ret = selector, action, ret_action, flags, ret
+    m.kstack_len = len(kstack)
+    data = b""
+    for i, (payload, value, aflags, mode) in enumerate(args):
+        a = m.args[i]
+        a.off, a.len, a.flags, a.mode, a.value = len(data), len(payload), aflags, mode, value
+        data += payload
+    data += kstack
+    m.size = ctypes.sizeof(m) + len(data)
+    return bytes(m) + data
