@@ -114,10 +114,12 @@ def rss_child(n: int) -> None:
     r2 = rss_kb()
     st = agent.status()
     agent.close()
-    sample = next(iter(agent.cache)).json if len(agent.cache) else {}
+    from vigil.export.codec import process_json
+
+    sample = process_json(next(iter(agent.cache)).msg) if len(agent.cache) else b"{}"
     print(json.dumps({"rss_imports_kb": r0, "rss_started_kb": r1, "rss_filled_kb": r2,
                       "cache_size": st["process_cache"]["size"], "evictions": st["process_cache"]["evictions"],
-                      "fill_s": dt, "sample_json_bytes": len(json.dumps(sample))}))
+                      "fill_s": dt, "sample_json_bytes": len(sample)}))
 
 
 def measure_rss(n: int) -> dict:
