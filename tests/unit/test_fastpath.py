@@ -821,9 +821,9 @@ def test_generic_events(name: str, recs: list[dict[str, Any]], pending_data: boo
     assert out[0] == out[1]
 
 
-def test_generic_plain_records_need_no_python() -> None:
-    """A record with plain arguments, of a process in the cache, is made in C: handle() is not
-    called; an enforcement (its message explains it) is handed to handle()."""
+def _counted_policy_events(spec: str) -> tuple[Any, Any, Any, list[int]]:
+    """(hooks, policy, compiled handler, calls): the hooks of GENERIC_SPECS[spec] over a cache
+    that knows pid 100; every record the compiled handler hands to handle() adds to calls."""
     from vigil.agent.policy_events import PolicyEvents
 
     b, _ = _builders({"enable_cred": False, "enable_ns": False, "ancestors": False}, 64)
@@ -831,12 +831,18 @@ def test_generic_plain_records_need_no_python() -> None:
          "ns": HOST, "uid": 0, "euid": 0, "auid": 0, "securebits": 0, "userns_level": 0, "i_mode": 0o100755,
          "nlink": 1, "flags": 0, "tid_off": 0, "op": R.OP_EXEC}
     b.record_handlers()[R.OP_EXEC](_exec_record(100, 5_000_000_000, 1, 0, d), 1)
-    (ch,), lp = _generic_hooks("kprobe-string")
-    pe = PolicyEvents(b, lambda e: None, {ch.hook_id: (ch, lp)}, None)  # type: ignore[arg-type]
+    hooks, lp = _generic_hooks(spec)
+    pe = PolicyEvents(b, lambda e: None, {ch.hook_id: (ch, lp) for ch in hooks}, None)  # type: ignore[arg-type]
     calls: list[int] = []
     py_handle = pe.handle
     pe.handle = lambda buf, now: (calls.append(1), py_handle(buf, now))[1]  # type: ignore[method-assign]
-    handle = pe.compiled_handler()
+    return hooks, lp, pe.compiled_handler(), calls
+
+
+def test_generic_plain_records_need_no_python() -> None:
+    """A record with plain arguments, of a process in the cache, is made in C: handle() is not
+    called; an enforcement (its message explains it) is handed to handle()."""
+    (ch,), lp, handle, calls = _counted_policy_events("kprobe-string")
     rec = {"ktime": 7_000_000_000, "pid": 100, "exec_ktime": 5_000_000_000, "selector": 1, "action": 1,
            "ret_action": 0, "flags": 0, "kstack": 0, "ret": 0, "args": [(b"/etc/passwd", 0, 0, 0), (b"", 3, 0, 0)] * 2}
     ev = handle(_generic_record(ch, rec), 0)
@@ -878,21 +884,10 @@ FILE_SPEC, RET_SPEC = "kprobe-file-path-binprm", "kretprobe"
 def test_generic_records_made_in_c(spec: str, hook: int, rec: dict[str, Any], want: dict[str, Any]) -> None:
     """file, path and linux_binprm arguments (kprobes on kernel functions) and kretprobes'
     return values are made in C too: handle() is not called."""
-    from vigil.agent.policy_events import PolicyEvents
-
-    b, _ = _builders({"enable_cred": False, "enable_ns": False, "ancestors": False}, 64)
-    d = {"exe": "/bin/cat", "cwd": b"/", "filename": "/bin/cat", "cgroup": "", "args": b"cat\0", "caps": (0, 0, 0),
-         "ns": HOST, "uid": 0, "euid": 0, "auid": 0, "securebits": 0, "userns_level": 0, "i_mode": 0o100755,
-         "nlink": 1, "flags": 0, "tid_off": 0, "op": R.OP_EXEC}
-    b.record_handlers()[R.OP_EXEC](_exec_record(100, 5_000_000_000, 1, 0, d), 1)
-    hooks, lp = _generic_hooks(spec)
-    pe = PolicyEvents(b, lambda e: None, {ch.hook_id: (ch, lp) for ch in hooks}, None)  # type: ignore[arg-type]
-    calls: list[int] = []
-    py_handle = pe.handle
-    pe.handle = lambda buf, now: (calls.append(1), py_handle(buf, now))[1]  # type: ignore[method-assign]
+    hooks, lp, handle, calls = _counted_policy_events(spec)
     r = {"ktime": 7_000_000_000, "pid": 100, "exec_ktime": 5_000_000_000, "selector": 0, "action": 0,
          "ret_action": 0, "flags": 0, "kstack": 0, "ret": 0, **rec}
-    ev = pe.compiled_handler()(_generic_record(hooks[hook], r), 0)
+    ev = handle(_generic_record(hooks[hook], r), 0)
     assert calls == [] and {k: ev.body[k] for k in want} == want
     # the body's dicts and lists are left to reference counting (untrack_body): sound only acyclic
     containers = [ev.body, *(x for v in ev.body.values() if isinstance(v, list) for x in [v, *v])]
@@ -908,19 +903,10 @@ def test_socket_addresses_written_as_ipaddress_does(raw: bytes, family: int) -> 
     of the longest runs of zero hextets as "::")."""
     import ipaddress
 
-    from vigil.agent.policy_events import PolicyEvents
-
-    b, _ = _builders({"enable_cred": False, "enable_ns": False, "ancestors": False}, 64)
-    d = {"exe": "/bin/cat", "cwd": b"/", "filename": "/bin/cat", "cgroup": "", "args": b"cat\0", "caps": (0, 0, 0),
-         "ns": HOST, "uid": 0, "euid": 0, "auid": 0, "securebits": 0, "userns_level": 0, "i_mode": 0o100755,
-         "nlink": 1, "flags": 0, "tid_off": 0, "op": R.OP_EXEC}
-    b.record_handlers()[R.OP_EXEC](_exec_record(100, 5_000_000_000, 1, 0, d), 1)
-    hooks, lp = _generic_hooks("kprobe-sock")
-    pe = PolicyEvents(b, lambda e: None, {ch.hook_id: (ch, lp) for ch in hooks}, None)  # type: ignore[arg-type]
-    pe.handle = None  # type: ignore[assignment]  # made in C, or this test fails
+    hooks, _, handle, calls = _counted_policy_events("kprobe-sock")
     payload = struct.pack("<HH4x16s", family, 80, raw)
     r = {"ktime": 7_000_000_000, "pid": 100, "exec_ktime": 5_000_000_000, "selector": 0, "action": 0,
          "ret_action": 0, "flags": 0, "kstack": 0, "ret": 0, "args": [(payload, 0, 0, 0), (b"", 1, 0, 0)]}
-    ev = pe.compiled_handler()(_generic_record(hooks[1], r), 0)
+    ev = handle(_generic_record(hooks[1], r), 0)
     want = ipaddress.IPv4Address(raw[:4]) if family == 2 else ipaddress.IPv6Address(raw)
-    assert ev.body["args"][0]["sockaddr_arg"]["addr"] == str(want)
+    assert calls == [] and ev.body["args"][0]["sockaddr_arg"]["addr"] == str(want)
