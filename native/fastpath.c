@@ -2564,6 +2564,7 @@ static PyObject *builder_rfc3339(Builder *b, PyObject *ktime)
 enum { GP_ENTRY, GP_KIND, GP_HEAD, GP_ARGS, GP_POLICY_FIRST, GP_POLICY, GP_MESSAGE, GP_TAGS, GP_ACTIONS, GP_EVENTS,
        GP_ACTION_COUNTS, GP_KEYS, GP_RET, GP_NAMES, GP_COUNT };
 enum { GN_AF, GN_SOCK_TYPE, GN_PROTOCOL, GN_TCP_STATE, GN_COUNT };  /* GP_NAMES: the name tables of sockets */
+/* how an argument is rendered; vigil.sensors.generic_events.GA names them in this order */
 enum { GA_STRING, GA_INT, GA_UINT, GA_LONG, GA_SIZE, GA_STRING_ERR, GA_FILE, GA_PATH, GA_BINPRM, GA_SOCK,
        GA_SOCKADDR, GA_SYSCALL64 };
 #define GA_ERR_OK 16  /* with a file-like kind: an fd, rendered as a file even when it could not be read */

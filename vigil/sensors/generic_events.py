@@ -382,50 +382,44 @@ def _shape(hook: CompiledHook) -> _Shape:
     return sh
 
 
-_GA_FILE_LIKE = {"file": 6, "path": 7, "linux_binprm": 8}
-_GA_RET = {"int_arg": 1, "uint_arg": 2, "long_arg": 3, "size_arg": 4}  # by _Shape.ret_key
-_GA_ERR_OK = 16  # an fd is rendered as a file even when it could not be read
+# how the compiled handler renders an argument: the GA_* enum of native/fastpath.c
+GA = {n: i for i, n in enumerate(("string", "int", "uint", "long", "size", "string_err", "file", "path", "binprm",
+                                  "sock", "sockaddr", "syscall64"))}
+GA_ERR_OK = 16  # with a file-like kind: an fd is rendered as a file even when it could not be read
+_GA_RENDER = {"file": GA["file"], "path": GA["path"], "linux_binprm": GA["binprm"]}
+_GA_BY_TYPE = {
+    **dict.fromkeys(("fd", "file", "kiocb"), GA["file"]), "linux_binprm": GA["binprm"],
+    **dict.fromkeys(("path", "path_child", "dentry", "dentry_path"), GA["path"]),
+    **dict.fromkeys(("sock", "socket", "fd_sock"), GA["sock"]),
+    **dict.fromkeys(("sockaddr", "ksockaddr"), GA["sockaddr"]),
+    "int": GA["int"], "uint": GA["uint"], "long": GA["long"], "size": GA["size"], "syscall64": GA["syscall64"],
+    **dict.fromkeys(("string", "kstring", "data_loc", "char_array"), GA["string_err"]),
+}
+_GA_BY_VTYPE = {L.T[name]: how for name, how in _GA_BY_TYPE.items()}
+_GA_RET = {"int_arg": GA["int"], "uint_arg": GA["uint"], "long_arg": GA["long"], "size_arg": GA["size"]}  # by ret_key
 
 
 def _fast_arg(p: Any) -> int | None:
-    """How the compiled handler renders an argument as render_arg does (GA_* of
-    native/fastpath.c), or None: not one it renders."""
+    """How the compiled handler renders an argument as render_arg does, or None: not one it
+    renders."""
     render, t = getattr(p, "render", ""), p.vtype
-    err_ok = _GA_ERR_OK if t == L.T["fd"] else 0
     if render == "string":
-        return 0
-    if render in _GA_FILE_LIKE:
-        return _GA_FILE_LIKE[render] | err_ok
-    if t in (L.T["fd"], L.T["file"], L.T["kiocb"]):
-        return _GA_FILE_LIKE["file"] | err_ok
-    if t == L.T["linux_binprm"]:
-        return _GA_FILE_LIKE["linux_binprm"]
-    if t in (L.T["path"], L.T["path_child"], L.T["dentry"], L.T["dentry_path"]):
-        return _GA_FILE_LIKE["path"]
-    if t in (L.T["sock"], L.T["socket"], L.T["fd_sock"]):
-        return 9
-    if t in (L.T["sockaddr"], L.T["ksockaddr"]):
-        return 10
-    if t == L.T["int"]:
-        return 1
-    if t == L.T["uint"]:
-        return 2
-    if t == L.T["long"]:
-        return 3
-    if t == L.T["size"] and p.policy_type != "syscall64":
-        return 4
-    if t == L.T["syscall64"]:
-        return 11
-    if t in (L.T["string"], L.T["kstring"], L.T["data_loc"], L.T["char_array"]):
-        return 5
-    return None
+        return GA["string"]
+    how: int | None
+    if render in _GA_RENDER:
+        how = _GA_RENDER[render]
+    elif t == L.T["size"] and p.policy_type == "syscall64":
+        return None  # render_arg's syscall_id of a size argument: left to build_body
+    else:
+        how = _GA_BY_VTYPE.get(t)
+    return how | GA_ERR_OK if how is not None and t == L.T["fd"] else how
 
 
 def fast_plan(hook: CompiledHook, entry: Any, events: dict[str, int], actions: dict[Any, int],
               skip_actions: frozenset[int]) -> tuple[Any, ...] | None:
     """What the compiled handler (Builder.on_generic, native/fastpath.c) needs to build this
-    hook's bodies exactly as build_body does, for the records that carry nothing but plain or
-    file-like arguments and a plain return value; None: a hook whose bodies only build_body
+    hook's bodies exactly as build_body does, for the records whose arguments _fast_arg
+    renders and whose return value is plain; None: a hook whose bodies only build_body
     makes. `skip_actions`: actions the compiled handler must leave to Python."""
     sh = _shape(hook)
     if sh.kind not in ("process_kprobe", "process_tracepoint") or sh.by_slot_needed:
