@@ -42,6 +42,27 @@ def events_in(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def test_image_pins_are_the_venvs_versions() -> None:
+    """The image's dependencies are the venv's exact versions: the gRPC stubs the venv generated
+    refuse an older grpcio, so a base built earlier (or from a newer PyPI) must not be reused."""
+    import importlib.metadata as md
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "install/kubernetes/image/pins.py"], cwd=root,
+                         capture_output=True, text=True, check=True).stdout
+    pins = dict(line.split("==") for line in out.splitlines())
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    for req in project["dependencies"] + project["optional-dependencies"]["k8s"]:
+        name = Requirement(req).name.lower()
+        assert pins.get(name) == md.version(name), (name, pins.get(name))
+    # and what those need, e.g. the kubernetes client's own requirements
+    assert pins["urllib3"] == md.version("urllib3")
+    assert "pytest" not in pins and "hypothesis" not in pins   # test tools stay out of the image
+
+
 def test_agent_image_runs_as_the_chart_daemonset(cluster: Cluster) -> None:
     from kubernetes import client, utils
 

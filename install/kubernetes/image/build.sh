@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The agent's container image, without any image registry: a Debian 12 rootfs from debootstrap
-# (python3 and the agent's Python dependencies as wheels from PyPI) is the base, the agent
-# (vigil/, the BPF objects, vigil-permd) goes on top; buildah turns them into an OCI archive.
+# (python3 and the agent's Python dependencies as wheels from PyPI, at the host venv's versions)
+# is the base, the agent (vigil/, the BPF objects, vigil-permd) goes on top; buildah turns them
+# into an OCI archive.
 #   usage: install/kubernetes/image/build.sh OUT_DIR      (run from the repository root, after make)
 # Writes OUT_DIR/vigil-agent.tar (image vigil.test/vigil-agent:dev). The base rootfs is cached in
-# OUT_DIR as a tar by the hash of the recipe and the dependency list; the image is rebuilt when the
-# agent's files change.
+# OUT_DIR as a tar by the hash of the recipe and the pinned dependencies; the image is rebuilt
+# when the agent's files change.
 set -euo pipefail
 OUT=${1:?usage: build.sh OUT_DIR}
 IMAGE=${VIGIL_IMAGE:-vigil.test/vigil-agent:dev}
@@ -19,8 +20,9 @@ done
 # buildah keeps its storage here, never in the host's /var/lib/containers
 STORE=(--root "$OUT/storage" --runroot "$OUT/run" --storage-driver vfs)
 
-deps=$($PY -c 'import tomllib;print("\n".join(tomllib.load(open("pyproject.toml","rb"))["project"]["dependencies"]+tomllib.load(open("pyproject.toml","rb"))["project"]["optional-dependencies"]["k8s"]))')
-base_key=$( (cat install/kubernetes/image/build.sh; echo "$deps") | sha256sum | cut -c1-16)
+# the venv's exact versions (pins.py says why): the stubs it generated need its own grpcio
+deps=$($PY install/kubernetes/image/pins.py)
+base_key=$( (cat install/kubernetes/image/build.sh install/kubernetes/image/pins.py; echo "$deps") | sha256sum | cut -c1-16)
 BASE=$OUT/base-$base_key.tar
 if [ ! -s "$BASE" ]; then
   log "base image $base_key: debootstrap bookworm + python3 + wheels"
