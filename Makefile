@@ -12,7 +12,7 @@ APT_PKGS     := clang llvm libbpf-dev bpftool python3-venv iproute2
 EXPORT_FILE  ?= /var/log/vigil/vigil.log
 PYTEST_ARGS  ?=
 
-.PHONY: all run lint test test-host test-vm test-k8s k8s-env k8s-image fuzz deps venv bpf native proto deb install prometheus clean
+.PHONY: all run lint test test-host test-vm test-k8s k8s-env k8s-image fuzz deps venv lock bpf native proto deb install prometheus clean
 
 all: deps venv bpf native proto
 
@@ -38,15 +38,25 @@ $(BUILD)/.deps:
 deps: $(BUILD)/.deps
 
 # The venv is rebuilt when it was made by another interpreter than $(PYTHON).
-$(VENV)/.installed: pyproject.toml $(BUILD)/.deps
+$(VENV)/.installed: pyproject.toml constraints.txt $(BUILD)/.deps
 	@want=$$(readlink -f $(PYTHON)); have=$$(cat $(VENV)/.python 2>/dev/null); \
 	if [ "$$want" != "$$have" ]; then rm -rf $(VENV); fi
 	@[ -x $(VPY) ] || $(PYTHON) -m venv $(VENV)
 	@readlink -f $(PYTHON) > $(VENV)/.python
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -e '.[test]'
+	$(VPY) -m pip install -q -c constraints.txt -e '.[test]'
 	@touch $@
 venv: $(VENV)/.installed
+
+# constraints.txt: the newest versions that pyproject.toml allows, resolved in a scratch venv made
+# by $(PYTHON); run make test after refreshing it, then commit both.
+lock: $(BUILD)/.deps
+	@rm -rf $(BUILD)/lock-venv && $(PYTHON) -m venv $(BUILD)/lock-venv
+	$(BUILD)/lock-venv/bin/python -m pip install -q --upgrade pip
+	$(BUILD)/lock-venv/bin/python -m pip install -q -e '.[test,k8s,k8s-test]'
+	@{ sed -n '/^#/p' constraints.txt; $(BUILD)/lock-venv/bin/python -m pip freeze --exclude-editable; } > constraints.txt.new
+	@mv constraints.txt.new constraints.txt && rm -rf $(BUILD)/lock-venv
+	@git diff --stat constraints.txt
 
 BPFTOOL := $(shell command -v bpftool 2>/dev/null || echo /usr/sbin/bpftool)
 
@@ -150,8 +160,8 @@ $(BUILD)/.k8s-deps: $(BUILD)/.deps
 	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; }; fi
 	@touch $@
 
-$(VENV)/.k8s-installed: pyproject.toml $(VENV)/.installed
-	$(VPY) -m pip install -q -e '.[test,k8s,k8s-test]'
+$(VENV)/.k8s-installed: pyproject.toml constraints.txt $(VENV)/.installed
+	$(VPY) -m pip install -q -c constraints.txt -e '.[test,k8s,k8s-test]'
 	@touch $@
 
 # The agent's container image (install/kubernetes/image): a debootstrap rootfs made into an OCI
