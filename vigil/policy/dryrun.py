@@ -37,16 +37,6 @@ CAP_BITS = {**enums.CAPABILITIES, "DAC_OVERRIDE": 1}
 AF = dict(enums.AF)
 PROTO = dict(enums.IPPROTO)
 TCP = dict(enums.TCP_STATES)
-# enum bpf_cmd of the kernel UAPI, by number (bpf_cmd_arg values are these names)
-BPF_CMDS = {n: i for i, n in enumerate((
-    "BPF_MAP_CREATE BPF_MAP_LOOKUP_ELEM BPF_MAP_UPDATE_ELEM BPF_MAP_DELETE_ELEM BPF_MAP_GET_NEXT_KEY "
-    "BPF_PROG_LOAD BPF_OBJ_PIN BPF_OBJ_GET BPF_PROG_ATTACH BPF_PROG_DETACH BPF_PROG_TEST_RUN "
-    "BPF_PROG_GET_NEXT_ID BPF_MAP_GET_NEXT_ID BPF_PROG_GET_FD_BY_ID BPF_MAP_GET_FD_BY_ID "
-    "BPF_OBJ_GET_INFO_BY_FD BPF_PROG_QUERY BPF_RAW_TRACEPOINT_OPEN BPF_BTF_LOAD BPF_BTF_GET_FD_BY_ID "
-    "BPF_TASK_FD_QUERY BPF_MAP_LOOKUP_AND_DELETE_ELEM BPF_MAP_FREEZE BPF_BTF_GET_NEXT_ID "
-    "BPF_MAP_LOOKUP_BATCH BPF_MAP_LOOKUP_AND_DELETE_BATCH BPF_MAP_UPDATE_BATCH BPF_MAP_DELETE_BATCH "
-    "BPF_LINK_CREATE BPF_LINK_UPDATE BPF_LINK_GET_FD_BY_ID BPF_LINK_GET_NEXT_ID BPF_ENABLE_STATS "
-    "BPF_ITER_CREATE BPF_LINK_DETACH BPF_PROG_BIND_MAP BPF_TOKEN_CREATE").split())}
 
 # exec hooks fed from process_exec events: call -> (position of the path among the hook's
 # `index`es, True when the hook runs before the new image replaces the caller)
@@ -257,7 +247,7 @@ def arg_value(a: Mapping[str, Any]) -> Any:
         return int((a["syscall_id"] or {}).get("id") or 0)
     if "bpf_cmd_arg" in a:
         v = a["bpf_cmd_arg"]
-        return BPF_CMDS.get(v, v if isinstance(v, int) else None)
+        return enums.BPF_CMDS.get(v, v if isinstance(v, int) else None)
     return None
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from vigil.kernel import policy_layout as L
 from vigil.kernel.facts import KernelFacts
 
+from . import enums
 from .model import KProbeArg, KProbeSpec, LsmHookSpec
 from .placement import ArgPlan, Placement, plan_arg, size_arg_slots
 from .syscall_place import TRACEPOINT_NAME
@@ -25,10 +26,9 @@ from .syscalls import SYSCALL_NUMBERS
 
 OPTION = "vigil-hook-substitution"
 
-TCP = {"ESTABLISHED": 1, "SYN_SENT": 2, "SYN_RECV": 3, "FIN_WAIT1": 4, "CLOSE": 7, "CLOSE_WAIT": 8,
-       "LAST_ACK": 9, "LISTEN": 10}
+TCP = {name.removeprefix("TCP_"): n for name, n in enums.TCP_STATES.items()}
 CLONE_NEWUSER = 0x10000000
-BPF_MAP_CREATE, BPF_PROG_LOAD = 0, 5
+BPF_MAP_CREATE, BPF_PROG_LOAD = enums.BPF_CMDS["BPF_MAP_CREATE"], enums.BPF_CMDS["BPF_PROG_LOAD"]
 MAY_WRITE, MAY_READ = 2, 4
 
 
