@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from vigil.export.event_types import EVENT_KEY_TO_TYPE, FilterError, parse_event_type
+from vigil.export.event_types import FilterError, event_key, parse_event_type
 from vigil.export.filters import normalize_keys, snake_case
 
 FIELD_FILTER_FIELDS = ("event_set", "fields", "action", "invert_event_set")
@@ -200,11 +200,10 @@ class FieldFilterSet:
         """Trimmed copy of `event` (the event itself when no filter applies)."""
         if not self.filters:
             return event
-        for key, body in event.items():  # noqa: B007 - the loop finds `key` and `body` for below
-            if key in EVENT_KEY_TO_TYPE:
-                break
-        else:
+        key = event_key(event)
+        if key is None:
             return event
+        body = event[key]
         include, exclude = self._plan(key)
         if include is None and exclude is None:
             return event

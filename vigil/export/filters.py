@@ -27,8 +27,8 @@ from typing import Any
 import orjson
 
 from vigil.export.event_types import (
-    EVENT_KEY_TO_TYPE,
     FilterError,
+    event_key,
     parse_capability,
     parse_event_type,
 )
@@ -312,10 +312,9 @@ class CompiledFilter:
 
 
 def _body(event: Event) -> dict[str, Any]:
-    for key, value in event.items():
-        if key in EVENT_KEY_TO_TYPE:
-            return value if isinstance(value, dict) else {}
-    return {}
+    key = event_key(event)
+    value = event[key] if key is not None else None
+    return value if isinstance(value, dict) else {}
 
 
 def compile_filter(spec: dict[str, Any]) -> CompiledFilter:

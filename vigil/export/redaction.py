@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from vigil.export.event_types import EVENT_KEY_TO_TYPE, FilterError
+from vigil.export.event_types import FilterError, event_key
 from vigil.export.filters import normalize_keys
 from vigil.export.regex import compile_regex, compile_regex_list
 
@@ -117,11 +117,10 @@ class RedactionSet:
         """Redacted copy of `event`, or `event` itself when nothing matched."""
         if not self.filters:
             return event
-        for key, body in event.items():  # noqa: B007 - the loop finds `key` and `body` for below
-            if key in EVENT_KEY_TO_TYPE:
-                break
-        else:
+        key = event_key(event)
+        if key is None:
             return event
+        body = event[key]
         if not isinstance(body, dict):
             return event
         new_body = body
