@@ -71,6 +71,12 @@ SHAPES: dict[str, tuple[str, str, list[tuple[bytes, int, int, int]], int]] = {
           args: [{index: 1, type: string}]
           returnArg: {index: 0, type: int}
     """, [(b"/etc/hosts", 0, 0, 0)], 1),
+    "sys_write: int, char_buf 256/4096 B": ("host-6.18", """
+        kprobes:
+        - call: sys_write
+          syscall: true
+          args: [{index: 0, type: int}, {index: 1, type: char_buf, sizeArgIndex: 3}, {index: 2, type: size_t}]
+    """, [(b"", 1, 0, 0), (bytes(range(256)), 0, 1, 0), (b"", 4096, 0, 0)], 0),
     "tracepoint raw_syscalls: syscall64": ("host-6.18", """
         tracepoints:
         - subsystem: raw_syscalls

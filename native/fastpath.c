@@ -2566,8 +2566,9 @@ enum { GP_ENTRY, GP_KIND, GP_HEAD, GP_ARGS, GP_POLICY_FIRST, GP_POLICY, GP_MESSA
 enum { GN_AF, GN_SOCK_TYPE, GN_PROTOCOL, GN_TCP_STATE, GN_COUNT };  /* GP_NAMES: the name tables of sockets */
 /* how an argument is rendered; vigil.sensors.generic_events.GA names them in this order */
 enum { GA_STRING, GA_INT, GA_UINT, GA_LONG, GA_SIZE, GA_STRING_ERR, GA_FILE, GA_PATH, GA_BINPRM, GA_SOCK,
-       GA_SOCKADDR, GA_SYSCALL64 };
+       GA_SOCKADDR, GA_SYSCALL64, GA_BYTES, GA_IOV_BYTES };
 #define GA_ERR_OK 16  /* with a file-like kind: an fd, rendered as a file even when it could not be read */
+#define GA_SIZE_SHIFT 8  /* with GA_BYTES: 1 + the slot of the buffer's size argument (0: none) */
 enum { GC_HOOKS, GC_PLANS, GC_MAKE_PLAN, GC_HANDLE, GC_DATA, GC_ACTION_KEY, GC_COUNT };
 
 static PyObject *builder_set_generic(Builder *b, PyObject *ctx)
@@ -2847,11 +2848,63 @@ fail:
 	return NULL;
 }
 
-static int generic_arg(PyObject *list, int how, PyObject *label, const struct vp_arg_hdr *a, const char *data,
-		       Py_ssize_t n, PyObject *names)
+/* base64.b64encode(p[:n]).decode() */
+static PyObject *b64_str(const unsigned char *p, Py_ssize_t n)
 {
-	int err_ok = how & GA_ERR_OK;
-	how &= ~GA_ERR_OK;
+	static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	PyObject *s = PyUnicode_New((n + 2) / 3 * 4, 127);
+	if (!s)
+		return NULL;
+	Py_UCS1 *o = PyUnicode_1BYTE_DATA(s);
+	Py_ssize_t i = 0;
+	for (; i + 2 < n; i += 3) {
+		unsigned v = (unsigned)p[i] << 16 | (unsigned)p[i + 1] << 8 | p[i + 2];
+		*o++ = tab[v >> 18];
+		*o++ = tab[v >> 12 & 63];
+		*o++ = tab[v >> 6 & 63];
+		*o++ = tab[v & 63];
+	}
+	if (i < n) {
+		unsigned v = (unsigned)p[i] << 16 | (i + 1 < n ? (unsigned)p[i + 1] << 8 : 0);
+		*o++ = tab[v >> 18];
+		*o++ = tab[v >> 12 & 63];
+		*o++ = i + 1 < n ? tab[v >> 6 & 63] : '=';
+		*o++ = '=';
+	}
+	return s;
+}
+
+/* a char_buf, char_iovec or iov_iter argument as render_arg makes it: {"bytes_arg": base64},
+ * or when the capture was cut, {"truncated_bytes_arg": {"bytes_arg", "orig_size"}} with the
+ * size the call had (an iov_iter's own value, the size argument's, else the bytes read) */
+static PyObject *bytes_value(int how, const struct vp_arg_hdr *a, const struct vp_arg_hdr *all, const char *data,
+			     PyObject **key)
+{
+	PyObject *v = b64_str((const unsigned char *)data + a->off, a->len);
+	if (!v || !(a->flags & VP_ARGF_TRUNC)) {
+		*key = Py_XNewRef(lit("bytes_arg"));
+		return v;
+	}
+	int size_slot = (how >> GA_SIZE_SHIFT) - 1;
+	long long orig = (how & 0xFF) == GA_IOV_BYTES ? a->value : size_slot >= 0 ? all[size_slot].value : a->len;
+	char tmp[24];
+	PyObject *os = PyUnicode_FromStringAndSize(tmp, snprintf(tmp, sizeof(tmp), "%lld", orig));
+	PyObject *t = os ? PyDict_New() : NULL;
+	if (!t || body_set(t, "bytes_arg", v) || body_set(t, "orig_size", os)) {
+		Py_XDECREF(t);
+		t = NULL;
+	}
+	Py_DECREF(v);
+	Py_XDECREF(os);
+	*key = t ? Py_XNewRef(lit("truncated_bytes_arg")) : NULL;
+	return t;
+}
+
+static int generic_arg(PyObject *list, int how, PyObject *label, const struct vp_arg_hdr *a,
+		       const struct vp_arg_hdr *all, const char *data, Py_ssize_t n, PyObject *names)
+{
+	int err_ok = how & GA_ERR_OK, full = how;
+	how &= 0xFF & ~GA_ERR_OK;
 	if (how != GA_STRING && (a->flags & VP_ARGF_ERR) && !err_ok)
 		return 1;
 	PyObject *v, *k;
@@ -2883,6 +2936,12 @@ static int generic_arg(PyObject *list, int how, PyObject *label, const struct vp
 		k = Py_XNewRef(lit(how == GA_SOCK ? "sock_arg" : "sockaddr_arg"));
 		v = how == GA_SOCK ? sock_json((const unsigned char *)data + a->off, names)
 				   : sockaddr_json((const unsigned char *)data + a->off, names);
+		break;
+	case GA_BYTES:
+	case GA_IOV_BYTES:
+		if ((Py_ssize_t)a->off + a->len > n)
+			return 1;
+		v = bytes_value(full, a, all, data, &k);
 		break;
 	case GA_STRING:
 	case GA_STRING_ERR:
@@ -2977,7 +3036,8 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 		long slot = PyLong_AsLong(PyTuple_GET_ITEM(sp, 0)), how = PyLong_AsLong(PyTuple_GET_ITEM(sp, 1));
 		PyObject *label = PyTuple_GET_ITEM(sp, 2);
 		r = slot < 0 || slot >= VP_MAX_ARGS || !PyUnicode_Check(label) ? -1
-			: generic_arg(args, (int)how, label, &m.args[slot], data, n, PyTuple_GET_ITEM(plan, GP_NAMES));
+			: (how >> GA_SIZE_SHIFT) > VP_MAX_ARGS ? 1
+			: generic_arg(args, (int)how, label, &m.args[slot], m.args, data, n, PyTuple_GET_ITEM(plan, GP_NAMES));
 	}
 	if (!r && PyList_GET_SIZE(args))
 		r = body_set(body, "args", args);

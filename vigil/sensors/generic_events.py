@@ -377,8 +377,9 @@ def _shape(hook: CompiledHook) -> _Shape:
 
 # how the compiled handler renders an argument: the GA_* enum of native/fastpath.c
 GA = {n: i for i, n in enumerate(("string", "int", "uint", "long", "size", "string_err", "file", "path", "binprm",
-                                  "sock", "sockaddr", "syscall64"))}
+                                  "sock", "sockaddr", "syscall64", "bytes", "iov_bytes"))}
 GA_ERR_OK = 16  # with a file-like kind: an fd is rendered as a file even when it could not be read
+GA_SIZE_SHIFT = 8  # with "bytes": 1 + the slot of the buffer's size argument (0: none)
 _GA_RENDER = {"file": GA["file"], "path": GA["path"], "linux_binprm": GA["binprm"]}
 _GA_BY_TYPE = {
     **dict.fromkeys(("fd", "file", "kiocb"), GA["file"]), "linux_binprm": GA["binprm"],
@@ -387,6 +388,7 @@ _GA_BY_TYPE = {
     **dict.fromkeys(("sockaddr", "ksockaddr"), GA["sockaddr"]),
     "int": GA["int"], "uint": GA["uint"], "long": GA["long"], "size": GA["size"], "syscall64": GA["syscall64"],
     **dict.fromkeys(("string", "kstring", "data_loc", "char_array"), GA["string_err"]),
+    **dict.fromkeys(("char_buf", "char_iovec"), GA["bytes"]), "iov_iter": GA["iov_bytes"],
 }
 _GA_BY_VTYPE = {L.T[name]: how for name, how in _GA_BY_TYPE.items()}
 _GA_RET = {"int_arg": GA["int"], "uint_arg": GA["uint"], "long_arg": GA["long"], "size_arg": GA["size"]}  # by ret_key
@@ -415,13 +417,16 @@ def fast_plan(hook: CompiledHook, entry: Any, events: dict[str, int], actions: d
     renders and whose return value is plain; None: a hook whose bodies only build_body
     makes. `skip_actions`: actions the compiled handler must leave to Python."""
     sh = _shape(hook)
-    if sh.kind not in ("process_kprobe", "process_tracepoint") or sh.by_slot_needed:
+    if sh.kind not in ("process_kprobe", "process_tracepoint"):
         return None
+    slots = {slot for slot, _ in sh.all_args}
     specs = []
     for slot, p in sh.args:
         how = _fast_arg(p)
         if how is None:
             return None
+        if how == GA["bytes"] and p.size_arg and p.size_arg - 1 in slots:  # render_arg's size_plan
+            how |= p.size_arg << GA_SIZE_SHIFT
         specs.append((slot, how, p.label or ""))
     kprobe = sh.kind == "process_kprobe"
     head = (("function_name", sh.function),) if kprobe else (("subsys", sh.subsys), ("event", sh.event))
