@@ -2905,9 +2905,12 @@ static int generic_arg(PyObject *list, int how, PyObject *label, const struct vp
 {
 	int err_ok = how & GA_ERR_OK, full = how;
 	how &= 0xFF & ~GA_ERR_OK;
-	if (how != GA_STRING && (a->flags & VP_ARGF_ERR) && !err_ok)
-		return 1;
 	PyObject *v, *k;
+	if (how != GA_STRING && (a->flags & VP_ARGF_ERR) && !err_ok) {  /* render_arg's error_arg */
+		k = Py_XNewRef(lit("error_arg"));
+		v = Py_BuildValue("{s:s}", "Message", "could not be read");
+		goto made;
+	}
 	switch (how) {
 	case GA_INT:
 	case GA_UINT:
@@ -2953,6 +2956,7 @@ static int generic_arg(PyObject *list, int how, PyObject *label, const struct vp
 	default:
 		return 1;
 	}
+made:;
 	PyObject *d = k && v ? PyDict_New() : NULL;
 	int r = d && !PyDict_SetItem(d, k, v) && (!PyUnicode_GET_LENGTH(label) || !body_set(d, "label", label)) &&
 			!PyList_Append(list, d) ? 0 : -1;
