@@ -54,7 +54,7 @@ lock: $(BUILD)/.deps
 	@rm -rf $(BUILD)/lock-venv && $(PYTHON) -m venv $(BUILD)/lock-venv
 	$(BUILD)/lock-venv/bin/python -m pip install -q --upgrade pip
 	$(BUILD)/lock-venv/bin/python -m pip install -q -e '.[test,k8s,k8s-test]'
-	@{ sed -n '/^#/p' constraints.txt; $(BUILD)/lock-venv/bin/python -m pip freeze --exclude-editable; } > constraints.txt.new
+	@{ sed -n '/^#/p' constraints.txt; $(BUILD)/lock-venv/bin/python -m pip freeze --all --exclude-editable --exclude pip; } > constraints.txt.new
 	@mv constraints.txt.new constraints.txt && rm -rf $(BUILD)/lock-venv
 	@git diff --stat constraints.txt
 
