@@ -2651,8 +2651,6 @@ static int body_set(PyObject *body, const char *key, PyObject *v)
 	return k && v ? PyDict_SetItem(body, k, v) : -1;
 }
 
-/* one argument as render_arg makes it, with its label when it has one; 1: out of the plan
- * (handle() takes the record) */
 /* an int, uint, long or size argument (or return value) as render_arg / _ret_value make it:
  * the value, and its key in *key (new references) */
 static PyObject *plain_value(int how, long long value, PyObject **key)
@@ -2877,16 +2875,15 @@ static PyObject *b64_str(const unsigned char *p, Py_ssize_t n)
 /* a char_buf, char_iovec or iov_iter argument as render_arg makes it: {"bytes_arg": base64},
  * or when the capture was cut, {"truncated_bytes_arg": {"bytes_arg", "orig_size"}} with the
  * size the call had (an iov_iter's own value, the size argument's, else the bytes read) */
-static PyObject *bytes_value(int how, const struct vp_arg_hdr *a, const struct vp_arg_hdr *all, const char *data,
-			     PyObject **key)
+static PyObject *bytes_value(int iov, int size_slot, const struct vp_arg_hdr *a, const struct vp_arg_hdr *all,
+			     const char *data, PyObject **key)
 {
 	PyObject *v = b64_str((const unsigned char *)data + a->off, a->len);
 	if (!v || !(a->flags & VP_ARGF_TRUNC)) {
 		*key = Py_XNewRef(lit("bytes_arg"));
 		return v;
 	}
-	int size_slot = (how >> GA_SIZE_SHIFT) - 1;
-	long long orig = (how & 0xFF) == GA_IOV_BYTES ? a->value : size_slot >= 0 ? all[size_slot].value : a->len;
+	long long orig = iov ? a->value : size_slot >= 0 ? all[size_slot].value : a->len;
 	char tmp[24];
 	PyObject *os = PyUnicode_FromStringAndSize(tmp, snprintf(tmp, sizeof(tmp), "%lld", orig));
 	PyObject *t = os ? PyDict_New() : NULL;
@@ -2900,10 +2897,12 @@ static PyObject *bytes_value(int how, const struct vp_arg_hdr *a, const struct v
 	return t;
 }
 
+/* one argument as render_arg makes it, with its label when it has one; 1: out of the plan
+ * (handle() takes the record) */
 static int generic_arg(PyObject *list, int how, PyObject *label, const struct vp_arg_hdr *a,
 		       const struct vp_arg_hdr *all, const char *data, Py_ssize_t n, PyObject *names)
 {
-	int err_ok = how & GA_ERR_OK, full = how;
+	int err_ok = how & GA_ERR_OK, size_slot = (how >> GA_SIZE_SHIFT) - 1;
 	how &= 0xFF & ~GA_ERR_OK;
 	PyObject *v, *k;
 	if (how != GA_STRING && (a->flags & VP_ARGF_ERR) && !err_ok) {  /* render_arg's error_arg */
@@ -2944,7 +2943,7 @@ static int generic_arg(PyObject *list, int how, PyObject *label, const struct vp
 	case GA_IOV_BYTES:
 		if ((Py_ssize_t)a->off + a->len > n)
 			return 1;
-		v = bytes_value(full, a, all, data, &k);
+		v = bytes_value(how == GA_IOV_BYTES, size_slot, a, all, data, &k);
 		break;
 	case GA_STRING:
 	case GA_STRING_ERR:
