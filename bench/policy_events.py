@@ -43,26 +43,26 @@ PIDS = 64
 SOCK = struct.pack("<6H2I4xQ4s12x4s12x", 2, 1, 6, 2, 40_000, 443, 0, 0, 77, bytes([10, 0, 0, 7]),
                    bytes([93, 184, 216, 34]))
 
-# name: (kernel facts, hook spec, argument slots of one record, flags (1: a return value))
-SHAPES: dict[str, tuple[str, str, list[tuple[bytes, int, int, int]], int]] = {
+# name: (kernel facts, hook spec, argument slots of one record, the record's other fields)
+SHAPES: dict[str, tuple[str, str, list[tuple[bytes, int, int, int]], dict[str, int]]] = {
     "tracepoint openat: string, int": ("host-6.18", """
         tracepoints:
         - subsystem: syscalls
           event: sys_enter_openat
           args: [{index: 6, type: string}, {index: 7, type: int}]
-    """, [(b"/etc/ld.so.cache", 0, 0, 0), (b"", 0o2000000, 0, 0)], 0),
+    """, [(b"/etc/ld.so.cache", 0, 0, 0), (b"", 0o2000000, 0, 0)], {}),
     "kprobe security_file_open: file": ("vm-6.12", """
         kprobes:
         - call: security_file_open
           syscall: false
           args: [{index: 0, type: file}]
-    """, [(b"/usr/lib/x86_64-linux-gnu/libc.so.6", 0, 0, 0o100644)], 0),
+    """, [(b"/usr/lib/x86_64-linux-gnu/libc.so.6", 0, 0, 0o100644)], {}),
     "kprobe tcp_connect: sock": ("vm-6.12", """
         kprobes:
         - call: tcp_connect
           syscall: false
           args: [{index: 0, type: sock}]
-    """, [(SOCK, 0, 0, 0)], 0),
+    """, [(SOCK, 0, 0, 0)], {}),
     "kretprobe sys_openat: string, return": ("vm-6.12", """
         kprobes:
         - call: sys_openat
@@ -70,19 +70,41 @@ SHAPES: dict[str, tuple[str, str, list[tuple[bytes, int, int, int]], int]] = {
           return: true
           args: [{index: 1, type: string}]
           returnArg: {index: 0, type: int}
-    """, [(b"/etc/hosts", 0, 0, 0)], 1),
+    """, [(b"/etc/hosts", 0, 0, 0)], {"flags": 1}),
     "sys_write: int, char_buf 256/4096 B": ("host-6.18", """
         kprobes:
         - call: sys_write
           syscall: true
           args: [{index: 0, type: int}, {index: 1, type: char_buf, sizeArgIndex: 3}, {index: 2, type: size_t}]
-    """, [(b"", 1, 0, 0), (bytes(range(256)), 0, 1, 0), (b"", 4096, 0, 0)], 0),
+    """, [(b"", 1, 0, 0), (bytes(range(256)), 0, 1, 0), (b"", 4096, 0, 0)], {}),
     "tracepoint raw_syscalls: syscall64": ("host-6.18", """
         tracepoints:
         - subsystem: raw_syscalls
           event: sys_enter
           args: [{index: 4, type: syscall64}]
-    """, [(b"", 257, 0, 0)], 0),
+    """, [(b"", 257, 0, 0)], {}),
+    "kprobe cap_capable: cred, capability": ("vm-6.12", """
+        kprobes:
+        - call: cap_capable
+          syscall: false
+          args: [{index: 0, type: cred}, {index: 2, type: capability}]
+    """, [(struct.pack("<13I4x3Q", 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 0, 0, 0, 0, 4026531837,
+                       0, 0, 0), 0, 0, 0), (b"", 21, 0, 0)], {}),
+    "uprobe bash readline: string, int": ("host-6.18", """
+        uprobes:
+        - path: /bin/bash
+          symbols: [readline]
+          args: [{index: 0, type: string}, {index: 1, type: int}]
+    """, [(b"user@host:~$ ", 0, 0, 0), (b"", 3, 0, 0)], {}),
+    "Sigkill in monitor mode: string": ("vm-6.12", """
+        kprobes:
+        - call: sys_openat
+          syscall: true
+          args: [{index: 1, type: string}]
+          selectors:
+          - matchArgs: [{index: 1, operator: Prefix, values: ["/etc/shadow"]}]
+            matchActions: [{action: Sigkill}]
+    """, [(b"/etc/shadow", 0, 0, 0)], {"selector": 1, "action": 3, "flags": 2}),
 }
 
 
@@ -99,7 +121,7 @@ def compiled_hook(facts: str, spec: str) -> tuple[Any, LoadedPolicy]:
 
 def run(shape: str, n: int, compiled: bool, export: str) -> tuple[float, int, bytes]:
     """(CPU seconds, events, the first line) of n records through one handler and the export."""
-    facts, spec, args, flags = SHAPES[shape]
+    facts, spec, args, fields = SHAPES[shape]
     hook, lp = compiled_hook(facts, spec)
     clock = WallClock()
     clock.offset, clock.boot_offset = 1_764_000_000_000_000_000, 0  # the same times in every run
@@ -111,7 +133,7 @@ def run(shape: str, n: int, compiled: bool, export: str) -> tuple[float, int, by
     events = PolicyEvents(builder, lambda e: None, {hook.hook_id: (hook, lp)}, None)  # type: ignore[arg-type]
     handle = events.compiled_handler() if compiled else events.handle
     recs = [generic_record(hook_id=hook.hook_id, pid=pid, ktime=2_000_000_000 + i, exec_ktime=pid * 1000,
-                           args=args, flags=flags, ret=3)
+                           args=args, ret=3, **fields)
             for i, pid in zip(range(n), itertools.cycle(range(1000, 1000 + PIDS)))]
     if os.path.exists(export):
         os.unlink(export)

@@ -13,7 +13,7 @@
  *   decode_generic(bytes)         a policy hook's record    <-> vigil/events/generic.py
  *   Builder.on_exec/on_clone/on_exit, the process cache      <-> vigil/process/build.py, cache.py
  *   handle_records                the event loop's dispatch <-> vigil/agent/pipeline.py
- *   Builder.on_generic            a policy record (plain arguments) <-> vigil/agent/policy_events.py
+ *   Builder.on_generic            a policy record           <-> vigil/agent/policy_events.py
  * The encoders handle ProcessExec, ProcessExit and PolicyEvent; anything else (and any
  * field of an unexpected type) is handed to the twin. Sub-messages many processes share
  * (capabilities, namespaces, credentials) and policy-event bodies are encoded by the
@@ -2542,41 +2542,50 @@ static PyObject *builder_rfc3339(Builder *b, PyObject *ktime)
 	return rfc3339(b, k);
 }
 
-/* ---- policy records: vigil.agent.policy_events.PolicyEvents.handle for the hooks whose events
- * need nothing but a lookup, plain, file-like and socket arguments and a plain return value (the plan
- * says so); every other record, and any record out of the plan (an enforcement, stacks, an
- * error reading an argument, maxData chunks waiting, a process not in the cache), goes to
- * handle() itself.
+/* ---- policy records: vigil.agent.policy_events.PolicyEvents.handle for the hooks (kprobes,
+ * tracepoints, LSM hooks, uprobes, USDT probes) whose arguments the plan renders: plain,
+ * file-like, socket and buffer arguments and a plain return value, with any action but those
+ * that ask user space to act; an enforcement's message comes from message() once per selector
+ * and action. Every other record (stacks, an IMA hash, maxData chunks waiting, a process not in
+ * the cache, an argument the plan cannot render) goes to handle() itself.
  *
- * set_generic((hooks, plans, make_plan, handle, data, action_key)): hooks is PolicyEvents.hooks
- * (hook id -> (hook, policy)), plans the plans made so far (hook id -> plan or None),
- * make_plan(hook_id) -> plan or None, handle the Python handler, data PolicyEvents._data,
- * action_key(hook, selector, action name) -> the policy's counter key. A plan (made by
+ * set_generic((hooks, plans, make_plan, handle, data, action_key, message)): hooks is
+ * PolicyEvents.hooks (hook id -> (hook, policy)), plans the plans made so far (hook id -> plan or
+ * None), make_plan(hook_id) -> plan or None, handle the Python handler, data PolicyEvents._data,
+ * action_key(hook, selector, action name) -> the policy's counter key, message(hook, selector,
+ * action, ret_action, monitor) -> the body's message when an action enforces. A plan (made by
  * PolicyEvents.fast_plan) is the tuple
- *   (entry, kind, head, args, policy_first, policy_name, message, tags, action_names, events,
- *    actions, keys, ret)
+ *   (entry, kind, layout, args, action_names, events, actions, keys, ret, names, messages, enforcing)
  * entry: the hooks entry it was made from (a plan is used only while hooks holds that very
- * object); head: (key, value) pairs before "args"; args: (slot, how, label) triples; policy_first: a
- * tracepoint's body has policy_name before action; action_names: action -> its name, for the
- * actions the plan covers; events, actions: the policy's counters; keys: (selector << 8 |
- * action) -> counter key, filled here; ret: (how, label) of a kprobe's return value, or None;
- * names: (AF_NAMES, SOCK_TYPES, PROTOCOLS, TCP_STATES) of generic_events, for socket arguments. */
-enum { GP_ENTRY, GP_KIND, GP_HEAD, GP_ARGS, GP_POLICY_FIRST, GP_POLICY, GP_MESSAGE, GP_TAGS, GP_ACTIONS, GP_EVENTS,
-       GP_ACTION_COUNTS, GP_KEYS, GP_RET, GP_NAMES, GP_COUNT };
-enum { GN_AF, GN_SOCK_TYPE, GN_PROTOCOL, GN_TCP_STATE, GN_COUNT };  /* GP_NAMES: the name tables of sockets */
+ * object); layout: the body's fields in build_body's order, (key, LAY_*, value) triples (value: a
+ * LAY_CONST's value, a LAY_MESSAGE's message when no action enforces, LAY_TAGS' tuple); args:
+ * (slot, how, label) triples; action_names: action -> its name, for the actions the plan covers;
+ * events, actions: the policy's counters; keys: (selector << 8 | action) -> counter key, filled
+ * here; ret: (how, label) of a kprobe's return value, or None; names: (AF_NAMES, SOCK_TYPES,
+ * PROTOCOLS, TCP_STATES) of generic_events, for socket arguments; messages: an enforcement's
+ * messages by (selector, action, ret_action, monitor), filled here; enforcing: the bit mask of
+ * the actions that enforce. */
+enum { GP_ENTRY, GP_KIND, GP_LAYOUT, GP_ARGS, GP_ACTIONS, GP_EVENTS, GP_ACTION_COUNTS, GP_KEYS, GP_RET, GP_NAMES,
+       GP_MESSAGES, GP_ENFORCING, GP_COUNT };
+/* what fills a field of the body; vigil.sensors.generic_events.LAY names them in this order */
+enum { LAY_CONST, LAY_ARGS, LAY_RETURN, LAY_ACTION, LAY_RETURN_ACTION, LAY_MESSAGE, LAY_TAGS };
+/* GP_NAMES: the name tables of sockets, capabilities and bpf commands (dicts: number -> name) */
+enum { GN_AF, GN_SOCK_TYPE, GN_PROTOCOL, GN_TCP_STATE, GN_CAP, GN_BPF_CMD, GN_COUNT };
 /* how an argument is rendered; vigil.sensors.generic_events.GA names them in this order */
 enum { GA_STRING, GA_INT, GA_UINT, GA_LONG, GA_SIZE, GA_STRING_ERR, GA_FILE, GA_PATH, GA_BINPRM, GA_SOCK,
-       GA_SOCKADDR, GA_SYSCALL64, GA_BYTES, GA_IOV_BYTES };
-#define GA_ERR_OK 16  /* with a file-like kind: an fd, rendered as a file even when it could not be read */
+       GA_SOCKADDR, GA_SYSCALL64, GA_BYTES, GA_IOV_BYTES, GA_CAP_MASK, GA_CAPABILITY, GA_BPF_CMD, GA_CRED,
+       GA_KINDS };
+#define GA_ERR_OK 128  /* with a file-like kind: an fd, rendered as a file even when it could not be read */
+_Static_assert(GA_KINDS <= GA_ERR_OK, "an argument's kind must stay below its flags");
 #define GA_SIZE_SHIFT 8  /* with GA_BYTES: 1 + the slot of the buffer's size argument (0: none) */
-enum { GC_HOOKS, GC_PLANS, GC_MAKE_PLAN, GC_HANDLE, GC_DATA, GC_ACTION_KEY, GC_COUNT };
+enum { GC_HOOKS, GC_PLANS, GC_MAKE_PLAN, GC_HANDLE, GC_DATA, GC_ACTION_KEY, GC_MESSAGE, GC_COUNT };
 
 static PyObject *builder_set_generic(Builder *b, PyObject *ctx)
 {
 	if (!PyTuple_CheckExact(ctx) || PyTuple_GET_SIZE(ctx) != GC_COUNT ||
 	    !PyDict_CheckExact(PyTuple_GET_ITEM(ctx, GC_HOOKS)) || !PyDict_CheckExact(PyTuple_GET_ITEM(ctx, GC_PLANS)) ||
 	    !PyDict_CheckExact(PyTuple_GET_ITEM(ctx, GC_DATA))) {
-		PyErr_SetString(PyExc_TypeError, "set_generic((hooks, plans, make_plan, handle, data, action_key))");
+		PyErr_SetString(PyExc_TypeError, "set_generic((hooks, plans, make_plan, handle, data, action_key, message))");
 		return NULL;
 	}
 	Py_XSETREF(b->generic, Py_NewRef(ctx));
@@ -2594,6 +2603,29 @@ static int dict_incr(PyObject *d, PyObject *key, PyObject *one)  /* d[key] = d.g
 	return r;
 }
 
+/* a plan of `entry` whose parts generic_fast reads without checking them again */
+static int plan_ok(PyObject *plan, PyObject *entry)
+{
+	if (!PyTuple_CheckExact(plan) || PyTuple_GET_SIZE(plan) != GP_COUNT || PyTuple_GET_ITEM(plan, GP_ENTRY) != entry)
+		return 0;
+	PyObject *layout = PyTuple_GET_ITEM(plan, GP_LAYOUT);
+	if (!PyTuple_CheckExact(layout) || !PyDict_CheckExact(PyTuple_GET_ITEM(plan, GP_MESSAGES)) ||
+	    !PyLong_CheckExact(PyTuple_GET_ITEM(plan, GP_ENFORCING)))
+		return 0;
+	for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(layout); i++) {
+		PyObject *f = PyTuple_GET_ITEM(layout, i);
+		if (!PyTuple_CheckExact(f) || PyTuple_GET_SIZE(f) != 3 || !PyUnicode_CheckExact(PyTuple_GET_ITEM(f, 0)) ||
+		    !PyLong_CheckExact(PyTuple_GET_ITEM(f, 1)))
+			return 0;
+		long op = PyLong_AsLong(PyTuple_GET_ITEM(f, 1));
+		PyObject *v = PyTuple_GET_ITEM(f, 2);
+		if (op < LAY_CONST || op > LAY_TAGS || (op == LAY_MESSAGE && !PyUnicode_CheckExact(v)) ||
+		    (op == LAY_TAGS && !PyTuple_CheckExact(v)))
+			return 0;
+	}
+	return 1;
+}
+
 /* the plan of a hook, borrowed; NULL without an error: handle() takes the record */
 static PyObject *generic_plan(Builder *b, PyObject *hook_id)
 {
@@ -2608,8 +2640,7 @@ static PyObject *generic_plan(Builder *b, PyObject *hook_id)
 		PyObject *made = PyObject_CallOneArg(PyTuple_GET_ITEM(ctx, GC_MAKE_PLAN), hook_id);
 		if (!made)
 			return NULL;
-		int bad = made != Py_None && (!PyTuple_CheckExact(made) || PyTuple_GET_SIZE(made) != GP_COUNT ||
-					       PyTuple_GET_ITEM(made, GP_ENTRY) != entry);
+		int bad = made != Py_None && !plan_ok(made, entry);
 		if (bad || PyDict_SetItem(plans, hook_id, made) < 0) {
 			if (bad)
 				PyErr_SetString(PyExc_TypeError, "fast_plan must return a plan of the hook's entry or None");
@@ -2789,6 +2820,64 @@ static PyObject *sockaddr_json(const unsigned char *p, PyObject *names)
 	return d;
 }
 
+/* render_arg's table[v] if 0 <= v < len(table) else str(v), the table a dict of the numbers it names */
+static PyObject *table_name(PyObject *names, int table, long long v)
+{
+	if (v >= 0)
+		return name_of(PyTuple_GET_ITEM(names, table), (unsigned long)v);
+	PyObject *n = PyLong_FromLongLong(v), *str = n ? PyObject_Str(n) : NULL;
+	Py_XDECREF(n);
+	return str;
+}
+
+/* cap_list(mask): the names of its capabilities, lowest first */
+static PyObject *cap_names(PyObject *names, unsigned long long mask)
+{
+	PyObject *table = PyTuple_GET_ITEM(names, GN_CAP), *out = PyList_New(0);
+	for (int i = 0; out && i < 64; i++) {
+		if (!(mask >> i & 1))
+			continue;
+		PyObject *k = PyLong_FromLong(i), *name = k ? PyDict_GetItemWithError(table, k) : NULL;
+		Py_XDECREF(k);
+		if ((!name && (!k || PyErr_Occurred())) || (name && PyList_Append(out, name) < 0))
+			Py_CLEAR(out);
+	}
+	return out;
+}
+
+/* render_arg's process_credentials_arg (_cred_json), in its key order: the 80 bytes of
+ * read.bpf.h's cred (uid, gid, euid, egid, suid, sgid, fsuid, fsgid, securebits, user_ns level,
+ * uid, gid, inum; the permitted, effective and inheritable capabilities at 56) */
+static PyObject *cred_json(const unsigned char *p, PyObject *names)
+{
+	static const char *const ids[8] = {"uid", "gid", "euid", "egid", "suid", "sgid", "fsuid", "fsgid"};
+	static const char *const sets[3] = {"permitted", "effective", "inheritable"};
+	PyObject *d = PyDict_New(), *caps = PyDict_New(), *ns = NULL;
+	int ok = d && caps;
+	for (int i = 0; ok && i < 8; i++) {
+		PyObject *v = PyLong_FromUnsignedLong(le_field(p + 4 * i, 4));
+		ok = v && !body_set(d, ids[i], v);
+		Py_XDECREF(v);
+	}
+	for (int i = 0; ok && i < 3; i++) {
+		unsigned long long mask = (unsigned long long)le_field(p + 56 + 8 * i, 8);
+		PyObject *l = mask ? cap_names(names, mask) : NULL;
+		ok = !mask || (l && !body_set(caps, sets[i], l));
+		Py_XDECREF(l);
+	}
+	if (ok && PyDict_GET_SIZE(caps))
+		ok = !body_set(d, "caps", caps);
+	if (ok)
+		ns = Py_BuildValue("{s:k,s:k,s:k,s:{s:k}}", "level", le_field(p + 36, 4), "uid", le_field(p + 40, 4), "gid",
+				   le_field(p + 44, 4), "ns", "inum", le_field(p + 48, 4));
+	ok = ok && ns && !body_set(d, "user_ns", ns);
+	Py_XDECREF(ns);
+	Py_XDECREF(caps);
+	if (!ok)
+		Py_CLEAR(d);
+	return d;
+}
+
 /* stat.filemode(mode), each mode asked of the twin once (the 16-bit modes are few) */
 static PyObject *filemode_of(unsigned short mode)
 {
@@ -2899,9 +2988,10 @@ static PyObject *bytes_value(int iov, int size_slot, const struct vp_arg_hdr *a,
 
 /* one argument as render_arg makes it, with its label when it has one; 1: out of the plan
  * (handle() takes the record) */
-static int generic_arg(PyObject *list, int how, PyObject *label, const struct vp_arg_hdr *a,
+static int generic_arg(PyObject *list, int how, PyObject *label, PyObject *key, const struct vp_arg_hdr *a,
 		       const struct vp_arg_hdr *all, const char *data, Py_ssize_t n, PyObject *names)
 {
+	char hex[17];
 	int err_ok = how & GA_ERR_OK, size_slot = (how >> GA_SIZE_SHIFT) - 1;
 	how &= 0xFF & ~GA_ERR_OK;
 	PyObject *v, *k;
@@ -2945,6 +3035,31 @@ static int generic_arg(PyObject *list, int how, PyObject *label, const struct vp
 			return 1;
 		v = bytes_value(how == GA_IOV_BYTES, size_slot, a, all, data, &k);
 		break;
+	case GA_CAP_MASK:  /* kernel_cap_t and the capset sets: 16 hex digits, under the key the plan names */
+		if (!PyUnicode_CheckExact(key))
+			return 1;
+		snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)a->value);
+		k = Py_NewRef(key);
+		v = PyUnicode_FromStringAndSize(hex, 16);
+		break;
+	case GA_CAPABILITY: {
+		PyObject *value = PyLong_FromLongLong(a->value), *name = table_name(names, GN_CAP, a->value);
+		k = Py_XNewRef(lit("capability_arg"));
+		v = value && name ? Py_BuildValue("{s:O,s:O}", "value", value, "name", name) : NULL;
+		Py_XDECREF(value);
+		Py_XDECREF(name);
+		break;
+	}
+	case GA_BPF_CMD:
+		k = Py_XNewRef(lit("bpf_cmd_arg"));
+		v = table_name(names, GN_BPF_CMD, a->value);
+		break;
+	case GA_CRED:  /* another size makes _cred_json raise, or read other bytes: handle() says so */
+		if (a->len != 80 || (Py_ssize_t)a->off + a->len > n)
+			return 1;
+		k = Py_XNewRef(lit("process_credentials_arg"));
+		v = cred_json((const unsigned char *)data + a->off, names);
+		break;
 	case GA_STRING:
 	case GA_STRING_ERR:
 		if ((Py_ssize_t)a->off + a->len > n)
@@ -2985,6 +3100,45 @@ static void untrack_body(PyObject *o, int depth)
 			untrack_body(PyList_GET_ITEM(o, i), depth + 1);
 }
 
+/* the name of an action the plan covers, borrowed; NULL without an error: one it does not */
+static PyObject *action_name(PyObject *plan, int action)
+{
+	PyObject *k = PyLong_FromLong(action);
+	PyObject *v = k ? PyDict_GetItemWithError(PyTuple_GET_ITEM(plan, GP_ACTIONS), k) : NULL;
+	Py_XDECREF(k);
+	return v;
+}
+
+static int enforces(PyObject *plan, int action)
+{
+	unsigned long long mask = PyLong_AsUnsignedLongLongMask(PyTuple_GET_ITEM(plan, GP_ENFORCING));
+	return action < 64 && (mask >> action & 1);
+}
+
+/* the message of an enforcing record, borrowed: the plan's, or message(...)'s, which the plan
+ * then keeps (what it depends on fits one key) */
+static PyObject *enforcement_message(Builder *b, PyObject *plan, const struct msg_generic *m)
+{
+	int monitor = !!(m->flags & VP_EV_MONITOR);
+	PyObject *messages = PyTuple_GET_ITEM(plan, GP_MESSAGES);
+	PyObject *k = PyLong_FromUnsignedLong((unsigned long)m->selector << 24 | (unsigned long)m->action << 16 |
+					      (unsigned long)m->ret_action << 8 | (unsigned long)monitor);
+	PyObject *v = k ? PyDict_GetItemWithError(messages, k) : NULL;
+	if (!v && k && !PyErr_Occurred()) {
+		PyObject *made = PyObject_CallFunction(PyTuple_GET_ITEM(b->generic, GC_MESSAGE), "OiiiO",
+						       PyTuple_GET_ITEM(PyTuple_GET_ITEM(plan, GP_ENTRY), 0),
+						       (int)m->selector, (int)m->action, (int)m->ret_action,
+						       monitor ? Py_True : Py_False);
+		if (made && !PyUnicode_CheckExact(made))
+			PyErr_SetString(PyExc_TypeError, "message() must return a str");
+		else if (made && PyDict_SetItem(messages, k, made) == 0)
+			v = made;  /* messages holds it */
+		Py_XDECREF(made);
+	}
+	Py_XDECREF(k);
+	return v;
+}
+
 /* the event, or NULL with *out_of_plan set (no error): handle() takes the record */
 static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *out_of_plan)
 {
@@ -3001,21 +3155,9 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 	Py_XDECREF(hid);
 	if (!plan)
 		return NULL;  /* an error, or handle() */
-	PyObject *action_key = PyLong_FromLong(m.action);
-	PyObject *aname = action_key ? PyDict_GetItemWithError(PyTuple_GET_ITEM(plan, GP_ACTIONS), action_key) : NULL;
-	Py_XDECREF(action_key);
+	PyObject *aname = action_name(plan, m.action);
 	if (!aname)
-		return NULL;
-	PyObject *rname = NULL;  /* the return action's name: a covered (not enforcing) action, or handle() */
-	if (m.ret_action) {
-		if (PyTuple_GET_ITEM(plan, GP_POLICY_FIRST) == Py_True)
-			return NULL;  /* a tracepoint's: build_body says nothing of it */
-		PyObject *rk = PyLong_FromLong(m.ret_action);
-		rname = rk ? PyDict_GetItemWithError(PyTuple_GET_ITEM(plan, GP_ACTIONS), rk) : NULL;
-		Py_XDECREF(rk);
-		if (!rname)
-			return NULL;
-	}
+		return NULL;  /* an error, or an action the plan leaves to handle() */
 	/* the process and its parent: PolicyEvents.processes */
 	PyObject *p = cached_process(b, m.key.pid, m.key.ktime, m.key.pid);
 	if (!p)
@@ -3024,42 +3166,59 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 	PyObject *pp = pk && pk != Py_None ? PyDict_GetItemWithError(b->by_key, pk) : NULL;
 	if (PyErr_Occurred())
 		return NULL;
-	/* the body, in build_body's order */
+	/* the arguments, then the body in build_body's order (the plan's layout) */
 	const char *data = buf + sizeof(m);
 	Py_ssize_t n = len - (Py_ssize_t)sizeof(m);
-	PyObject *args = PyList_New(0), *body = PyDict_New(), *ev = NULL;
-	PyObject *head = PyTuple_GET_ITEM(plan, GP_HEAD), *specs = PyTuple_GET_ITEM(plan, GP_ARGS);
-	int r = args && body ? 0 : -1;
-	for (Py_ssize_t i = 0; !r && i < PyTuple_GET_SIZE(head); i++) {
-		PyObject *kv = PyTuple_GET_ITEM(head, i);
-		r = PyDict_SetItem(body, PyTuple_GET_ITEM(kv, 0), PyTuple_GET_ITEM(kv, 1));
-	}
+	PyObject *args = PyList_New(0), *body = NULL, *ev = NULL;
+	PyObject *specs = PyTuple_GET_ITEM(plan, GP_ARGS), *layout = PyTuple_GET_ITEM(plan, GP_LAYOUT);
+	int r = args ? 0 : -1;
 	for (Py_ssize_t i = 0; !r && i < PyTuple_GET_SIZE(specs); i++) {
 		PyObject *sp = PyTuple_GET_ITEM(specs, i);
 		long slot = PyLong_AsLong(PyTuple_GET_ITEM(sp, 0)), how = PyLong_AsLong(PyTuple_GET_ITEM(sp, 1));
 		PyObject *label = PyTuple_GET_ITEM(sp, 2);
 		r = slot < 0 || slot >= VP_MAX_ARGS || !PyUnicode_Check(label) ? -1
 			: (how >> GA_SIZE_SHIFT) > VP_MAX_ARGS ? 1
-			: generic_arg(args, (int)how, label, &m.args[slot], m.args, data, n, PyTuple_GET_ITEM(plan, GP_NAMES));
+			: generic_arg(args, (int)how, label, PyTuple_GET_ITEM(sp, 3), &m.args[slot], m.args, data, n,
+				      PyTuple_GET_ITEM(plan, GP_NAMES));
 	}
-	if (!r && PyList_GET_SIZE(args))
-		r = body_set(body, "args", args);
-	PyObject *ret = PyTuple_GET_ITEM(plan, GP_RET);
-	if (!r && (m.flags & VP_EV_HAS_RET) && ret != Py_None)
-		r = return_value(body, ret, m.ret);
-	PyObject *policy = PyTuple_GET_ITEM(plan, GP_POLICY);
-	int policy_first = PyTuple_GET_ITEM(plan, GP_POLICY_FIRST) == Py_True;
-	if (!r)  /* (a chain of -1s joined with || would read as 1: out of the plan) */
-		r = body_set(body, policy_first ? "policy_name" : "action", policy_first ? policy : aname) < 0 ||
-		    body_set(body, policy_first ? "action" : "policy_name", policy_first ? aname : policy) < 0 ||
-		    (rname && body_set(body, "return_action", rname) < 0) ? -1 : 0;
-	PyObject *msg = PyTuple_GET_ITEM(plan, GP_MESSAGE), *tags = PyTuple_GET_ITEM(plan, GP_TAGS);
-	if (!r && PyUnicode_GET_LENGTH(msg))
-		r = body_set(body, "message", msg);
-	if (!r && tags != Py_None) {
-		PyObject *t = PySequence_List(tags);
-		r = body_set(body, "tags", t);
-		Py_XDECREF(t);
+	if (!r && !(body = PyDict_New()))
+		r = -1;
+	for (Py_ssize_t i = 0; !r && i < PyTuple_GET_SIZE(layout); i++) {
+		PyObject *f = PyTuple_GET_ITEM(layout, i), *key = PyTuple_GET_ITEM(f, 0), *v = PyTuple_GET_ITEM(f, 2);
+		switch (PyLong_AsLong(PyTuple_GET_ITEM(f, 1))) {
+		case LAY_CONST:
+			r = PyDict_SetItem(body, key, v);
+			break;
+		case LAY_ARGS:
+			r = PyList_GET_SIZE(args) ? PyDict_SetItem(body, key, args) : 0;
+			break;
+		case LAY_RETURN: {
+			PyObject *ret = PyTuple_GET_ITEM(plan, GP_RET);
+			r = (m.flags & VP_EV_HAS_RET) && ret != Py_None ? return_value(body, ret, m.ret) : 0;
+			break;
+		}
+		case LAY_ACTION:
+			r = PyDict_SetItem(body, key, aname);
+			break;
+		case LAY_RETURN_ACTION:
+			if (m.ret_action) {
+				PyObject *rname = action_name(plan, m.ret_action);
+				r = rname ? PyDict_SetItem(body, key, rname) : PyErr_Occurred() ? -1 : 1;
+			}
+			break;
+		case LAY_MESSAGE:
+			if (enforces(plan, m.action) || enforces(plan, m.ret_action))
+				v = enforcement_message(b, plan, &m);
+			r = !v ? -1 : PyUnicode_GET_LENGTH(v) ? PyDict_SetItem(body, key, v) : 0;
+			break;
+		case LAY_TAGS:
+			if (PyTuple_GET_SIZE(v)) {
+				PyObject *t = PySequence_List(v);
+				r = t ? PyDict_SetItem(body, key, t) : -1;
+				Py_XDECREF(t);
+			}
+			break;
+		}
 	}
 	if (r) {
 		Py_XDECREF(args);

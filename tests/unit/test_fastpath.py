@@ -755,9 +755,64 @@ GENERIC_SPECS = {
           event: sys_enter
           args: [{index: 4, type: syscall64}, {index: 4, type: uint64}]
     """,
+    # user space: a function by symbol and by offset (its body says which), a USDT probe
+    "uprobe": """
+        uprobes:
+        - path: /bin/bash
+          symbols: [readline]
+          message: "a line read"
+          tags: ["shell"]
+          args: [{index: 0, type: string, label: prompt}, {index: 1, type: int}]
+        - path: /bin/bash
+          offsets: [4096]
+          args: [{index: 0, type: uint64}]
+    """,
+    "usdt": """
+        usdts:
+        - path: /usr/bin/python3
+          provider: python
+          name: function__entry
+          message: "a call"
+          args: [{index: 0, type: string}, {index: 2, type: int}]
+    """,
+    "lsm": """
+        lsmhooks:
+        - hook: file_open
+          message: "an open"
+          args: [{index: 0, type: file, label: f}]
+    """,
+    # capabilities, credentials and bpf commands (kprobes on kernel functions)
+    "kprobe-caps-cred-bpf": """
+        kprobes:
+        - call: cap_capable
+          syscall: false
+          args: [{index: 0, type: cred, label: cred}, {index: 2, type: capability}]
+        - call: security_capset
+          syscall: false
+          args: [{index: 2, type: kernel_cap_t}, {index: 3, type: cap_inheritable}, {index: 4, type: cap_permitted}]
+        - call: sys_bpf
+          syscall: true
+          args: [{index: 0, type: bpf_cmd, label: cmd}]
+    """,
+    # enforcements, and monitor mode: the message explains them
+    "kprobe-enforce": """
+        kprobes:
+        - call: sys_openat
+          syscall: true
+          message: "guarded"
+          args: [{index: 1, type: string}]
+          selectors:
+          - matchArgs: [{index: 1, operator: Prefix, values: ["/etc/shadow"]}]
+            matchActions: [{action: Sigkill}]
+          - matchArgs: [{index: 1, operator: Prefix, values: ["/etc/passwd"]}]
+            matchActions: [{action: Override, argError: -1}]
+          - matchBinaries: [{operator: In, values: ["/usr/bin/cat"]}]
+            matchActions: [{action: Signal, argSig: 10}]
+    """,
 }
 GENERIC_FACTS = {"kprobe-file-path-binprm": "vm-6.12", "kretprobe": "vm-6.12", "kprobe-sock": "vm-6.12",
-                 "kprobe-iov-iter": "vm-6.12"}
+                 "kprobe-iov-iter": "vm-6.12", "lsm": "vm-6.12", "kprobe-enforce": "vm-6.12",
+                 "kprobe-caps-cred-bpf": "vm-6.12"}
 
 
 def _generic_hooks(name: str) -> Any:
@@ -810,9 +865,10 @@ generic_fields = st.fixed_dictionaries({
 })
 
 
-# records the compiled handler makes itself (a cached process, no stack, pending data or
-# enforcement): the twin test's random records reach it rarely
-in_plan_fields = generic_fields.map(lambda d: {**d, "pid": 100, "action": 0, "ret_action": 0, "kstack": 0})
+# records the compiled handler makes itself (a cached process, no stack or pending data, an
+# action it covers): the twin test's random records reach it rarely
+in_plan_fields = st.tuples(generic_fields, st.sampled_from([0, 1, 2, 3, 4, 5]), st.sampled_from([0, 0, 1, 3, 4])).map(
+    lambda t: {**t[0], "pid": 100, "action": t[1], "ret_action": t[2], "kstack": 0})
 
 
 @SETTINGS
@@ -882,7 +938,8 @@ def _counted_policy_events(spec: str) -> tuple[Any, Any, Any, list[int]]:
 
 def test_generic_plain_records_need_no_python() -> None:
     """A record with plain arguments, of a process in the cache, is made in C: handle() is not
-    called; an enforcement (its message explains it) is handed to handle()."""
+    called, for an enforcement (its message explains it) neither; an action that asks user space
+    to act (GetUrl) is handed to handle()."""
     (ch,), lp, handle, calls = _counted_policy_events("kprobe-string")
     rec = {"ktime": 7_000_000_000, "pid": 100, "exec_ktime": 5_000_000_000, "selector": 1, "action": 1,
            "ret_action": 0, "flags": 0, "kstack": 0, "ret": 0, "args": [(b"/etc/passwd", 0, 0, 0), (b"", 3, 0, 0)] * 2}
@@ -891,11 +948,19 @@ def test_generic_plain_records_need_no_python() -> None:
     assert list(ev.body) == ["function_name", "args", "action", "policy_name", "message", "tags"]
     assert ev.body["args"] == [{"string_arg": "/etc/passwd", "label": "path"}, {"int_arg": 3}]
     assert lp.events == {"process_kprobe": 1} and sum(lp.actions.values()) == 1
-    ev = handle(_generic_record(ch, {**rec, "action": 5}), 0)  # Override: handle() explains it
-    assert calls == [1] and ev.body["action"] == "KPROBE_ACTION_OVERRIDE" and "[vigil: selector 1" in ev.body["message"]
+    ev = handle(_generic_record(ch, {**rec, "action": 5}), 0)  # Override
+    assert calls == [] and ev.body["action"] == "KPROBE_ACTION_OVERRIDE"
+    assert ev.body["message"].startswith("an open [vigil: selector 1 (Prefix ['/etc']) matched; override")
+    assert handle(_generic_record(ch, {**rec, "action": 5, "flags": 2}), 0).body["message"].endswith(
+        "monitor mode: reported, not enforced via " + ch.placement.describe() + "]")
+    assert calls == []
+    handle(_generic_record(ch, {**rec, "action": 14}), 0)  # GetUrl
+    assert calls == [1]
 
 
-FILE_SPEC, RET_SPEC = "kprobe-file-path-binprm", "kretprobe"
+FILE_SPEC, RET_SPEC, CAPS_SPEC = "kprobe-file-path-binprm", "kretprobe", "kprobe-caps-cred-bpf"
+# read.bpf.h's cred: ids, securebits, user namespace (level, uid, gid, inum), then the capability sets
+CRED = struct.pack("<13I4x3Q", 1000, 1000, 0, 0, 1000, 1000, 0, 0, 0, 1, 0, 0, 4026531837, 1 << 21, 1 << 21 | 1, 0)
 
 
 @pytest.mark.parametrize("spec, hook, rec, want", [
@@ -932,10 +997,27 @@ FILE_SPEC, RET_SPEC = "kprobe-file-path-binprm", "kretprobe"
      {"args": [{"truncated_bytes_arg": {"bytes_arg": "eHl6", "orig_size": "4000"}, "label": "from"}]}),
     ("tracepoint-syscall64", 0, {"args": [(b"", 0x80000000 | 5, 0, 0), (b"", 59, 0, 0)]},
      {"args": [{"syscall_id": {"id": 5, "abi": "i386"}}, {"size_arg": "59"}]}),
+    (CAPS_SPEC, 0, {"args": [(CRED, 0, 0, 0), (b"", 21, 0, 0)]},
+     {"args": [{"process_credentials_arg": {
+         "uid": 1000, "gid": 1000, "euid": 0, "egid": 0, "suid": 1000, "sgid": 1000, "fsuid": 0, "fsgid": 0,
+         "caps": {"permitted": ["CAP_SYS_ADMIN"], "effective": ["CAP_CHOWN", "CAP_SYS_ADMIN"]},
+         "user_ns": {"level": 1, "uid": 0, "gid": 0, "ns": {"inum": 4026531837}}}, "label": "cred"},
+         {"capability_arg": {"value": 21, "name": "CAP_SYS_ADMIN"}}]}),
+    (CAPS_SPEC, 0, {"args": [(CRED[:56] + bytes(24), 0, 0, 0), (b"", -1, 0, 0)]},
+     {"args": [{"process_credentials_arg": {
+         "uid": 1000, "gid": 1000, "euid": 0, "egid": 0, "suid": 1000, "sgid": 1000, "fsuid": 0, "fsgid": 0,
+         "user_ns": {"level": 1, "uid": 0, "gid": 0, "ns": {"inum": 4026531837}}}, "label": "cred"},
+         {"capability_arg": {"value": -1, "name": "-1"}}]}),
+    (CAPS_SPEC, 1, {"args": [(b"", 0x1FFFFFFFFF, 0, 0), (b"", 0, 0, 0), (b"", -1, 0, 0)]},
+     {"args": [{"kernel_cap_t_arg": "0000001fffffffff"}, {"cap_inheritable_arg": "0000000000000000"},
+               {"cap_permitted_arg": "ffffffffffffffff"}]}),
+    (CAPS_SPEC, 2, {"args": [(b"", 5, 0, 0)]}, {"args": [{"bpf_cmd_arg": "BPF_PROG_LOAD", "label": "cmd"}]}),
+    (CAPS_SPEC, 2, {"args": [(b"", 9999, 0, 0)]}, {"args": [{"bpf_cmd_arg": "9999", "label": "cmd"}]}),
 ])
 def test_generic_records_made_in_c(spec: str, hook: int, rec: dict[str, Any], want: dict[str, Any]) -> None:
-    """file, path and linux_binprm arguments (kprobes on kernel functions), buffers, sockets and
-    kretprobes' return values are made in C too: handle() is not called."""
+    """file, path and linux_binprm arguments (kprobes on kernel functions), buffers, sockets,
+    credentials, capabilities, bpf commands and kretprobes' return values are made in C too:
+    handle() is not called."""
     hooks, lp, handle, calls = _counted_policy_events(spec)
     r = {"ktime": 7_000_000_000, "pid": 100, "exec_ktime": 5_000_000_000, "selector": 0, "action": 0,
          "ret_action": 0, "flags": 0, "kstack": 0, "ret": 0, **rec}
@@ -945,6 +1027,34 @@ def test_generic_records_made_in_c(spec: str, hook: int, rec: dict[str, Any], wa
     containers = [ev.body, *(x for v in ev.body.values() if isinstance(v, list) for x in [v, *v])]
     assert not any(gc.is_tracked(c) for c in containers if isinstance(c, (dict, list)))
     _assert_acyclic(ev, ev.body, *containers)
+    assert codec.encode(ev) == codec.py_encode(ev)
+
+
+@pytest.mark.parametrize("spec, hook, rec, keys", [
+    ("uprobe", 0, {"args": [(b"$ ", 0, 0, 0), (b"", 3, 0, 0)]},
+     ["path", "symbol", "policy_name", "message", "args", "tags", "offset", "action"]),
+    ("uprobe", 1, {"args": [(b"", 9, 0, 0)]}, ["path", "policy_name", "args", "offset", "action"]),
+    ("usdt", 0, {"args": [(b"app.py", 0, 0, 0), (b"", 7, 0, 0)]},
+     ["path", "provider", "name", "policy_name", "message", "args", "action"]),
+    ("lsm", 0, {"args": [(b"/etc/hosts", 0, 0, 0o100644)]},
+     ["function_name", "policy_name", "args", "action", "message"]),
+    ("tracepoint", 0, {"args": [(b"/etc/hosts", 0, 0, 0), (b"", 0, 0, 0)], "ret_action": 3},
+     ["subsys", "event", "args", "policy_name", "action", "message"]),
+    ("kprobe-enforce", 0, {"selector": 1, "action": 3, "args": [(b"/etc/shadow", 0, 0, 0)]},
+     ["function_name", "args", "action", "policy_name", "message"]),
+    ("kprobe-enforce", 0, {"selector": 3, "action": 1, "ret_action": 4, "flags": 2, "args": [(b"/x", 0, 0, 0)]},
+     ["function_name", "args", "action", "policy_name", "return_action", "message"]),
+])
+def test_generic_bodies_of_every_kind_made_in_c(spec: str, hook: int, rec: dict[str, Any], keys: list[str]) -> None:
+    """The bodies of LSM hooks, uprobes and USDT probes, and enforcements' explained messages
+    (a tracepoint's too: its return action enforced), are made in C in build_body's order."""
+    hooks, lp, handle, calls = _counted_policy_events(spec)
+    r = {"ktime": 7_000_000_000, "pid": 100, "exec_ktime": 5_000_000_000, "selector": 0, "action": 0,
+         "ret_action": 0, "flags": 0, "kstack": 0, "ret": 0, **rec}
+    ev = handle(_generic_record(hooks[hook], r), 0)
+    assert calls == [] and list(ev.body) == keys
+    enforcing = r["action"] in (3, 4, 5) or r["ret_action"] in (3, 4, 5)  # Sigkill, Signal, Override
+    assert ("[vigil: selector" in ev.body.get("message", "")) == enforcing
     assert codec.encode(ev) == codec.py_encode(ev)
 
 

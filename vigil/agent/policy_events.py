@@ -92,13 +92,20 @@ class PolicyEvents:
         """The policy's counter key for events of `ch` decided by `selector` with `action`."""
         return _action_key(ch, selector, action)[0]
 
+    @staticmethod
+    def message(ch: CompiledHook, selector: int, action: int, ret_action: int, monitor: bool) -> str:
+        """The message of events of `ch` with this selector, actions and mode (an enforcement's
+        explains it)."""
+        return generic_events.body_message(ch, selector, action, ret_action, monitor)
+
     def compiled_handler(self) -> Callable[[bytes, int], PolicyEvent | None]:
         """The handler of generic records for the event loop: the compiled one when the
         process stage is compiled (it falls back on handle() record by record), else handle()."""
         fast = getattr(self.builder, "_fast", None)
         if fast is None:
             return self.handle
-        fast.set_generic((self.hooks, {}, self.fast_plan, self.handle, self._data, self.action_key))
+        fast.set_generic((self.hooks, {}, self.fast_plan, self.handle, self._data, self.action_key,
+                         self.message))
         return fast.on_generic  # type: ignore[no-any-return]
 
     # -- record handlers (the event loop's table, by record op)

@@ -313,9 +313,19 @@ def _user_stack(data: bytes, off: int, n: int, pid: int) -> list[dict[str, Any]]
 ENFORCING = {L.ACT["Sigkill"], L.ACT["Signal"], L.ACT["Override"]}
 
 
-def explain_enforcement(hook: CompiledHook, m: L.MsgGeneric) -> str:
-    act = ACTION_NAMES.get(m.action if m.action in ENFORCING else m.ret_action, "?").removeprefix("KPROBE_ACTION_")
-    sel = m.selector
+def body_message(hook: CompiledHook, selector: int, action: int, ret_action: int, monitor: bool) -> str:
+    """The event's message: the hook's own, and an enforcement's explanation after it."""
+    message = hook.message or ""
+    if action in ENFORCING or ret_action in ENFORCING:
+        # an enforcement explains itself: which selector, by what mechanism, which action
+        message = (f"{message} " if message else "") + explain_enforcement(hook, selector, action, ret_action,
+                                                                           monitor)
+    return message
+
+
+def explain_enforcement(hook: CompiledHook, selector: int, action: int, ret_action: int, monitor: bool) -> str:
+    act = ACTION_NAMES.get(action if action in ENFORCING else ret_action, "?").removeprefix("KPROBE_ACTION_")
+    sel = selector
     detail = ""
     if 0 < sel <= len(hook.selectors):
         s = hook.selectors[sel - 1]
@@ -328,7 +338,7 @@ def explain_enforcement(hook: CompiledHook, m: L.MsgGeneric) -> str:
                 act += f" {a.arg_error}"
             elif a.action.lower() == "signal":
                 act += f" {a.arg_sig}"
-    mode = "monitor mode: reported, not enforced" if m.flags & L.EV_MONITOR else "enforced"
+    mode = "monitor mode: reported, not enforced" if monitor else "enforced"
     return (f"[vigil: selector {sel}{detail} matched; {act.lower()} {mode} via "
             f"{hook.placement.describe()}]")
 
@@ -377,8 +387,9 @@ def _shape(hook: CompiledHook) -> _Shape:
 
 # how the compiled handler renders an argument: the GA_* enum of native/fastpath.c
 GA = {n: i for i, n in enumerate(("string", "int", "uint", "long", "size", "string_err", "file", "path", "binprm",
-                                  "sock", "sockaddr", "syscall64", "bytes", "iov_bytes"))}
-GA_ERR_OK = 16  # with a file-like kind: an fd is rendered as a file even when it could not be read
+                                  "sock", "sockaddr", "syscall64", "bytes", "iov_bytes", "cap_mask", "capability",
+                                  "bpf_cmd", "cred"))}
+GA_ERR_OK = 128  # with a file-like kind: an fd is rendered as a file even when it could not be read
 GA_SIZE_SHIFT = 8  # with "bytes": 1 + the slot of the buffer's size argument (0: none)
 _GA_RENDER = {"file": GA["file"], "path": GA["path"], "linux_binprm": GA["binprm"]}
 _GA_BY_TYPE = {
@@ -389,7 +400,11 @@ _GA_BY_TYPE = {
     "int": GA["int"], "uint": GA["uint"], "long": GA["long"], "size": GA["size"], "syscall64": GA["syscall64"],
     **dict.fromkeys(("string", "kstring", "data_loc", "char_array"), GA["string_err"]),
     **dict.fromkeys(("char_buf", "char_iovec"), GA["bytes"]), "iov_iter": GA["iov_bytes"],
+    **dict.fromkeys(("kernel_cap", "capset"), GA["cap_mask"]), "capability": GA["capability"],
+    "bpf_cmd": GA["bpf_cmd"], "cred": GA["cred"],
 }
+# the name tables of the compiled handler (its GN_*): sockets', capabilities', bpf commands'
+_GA_NAMES = (AF_NAMES, SOCK_TYPES, PROTOCOLS, TCP_STATES, dict(enumerate(CAP_NAMES)), dict(enumerate(BPF_CMDS)))
 _GA_BY_VTYPE = {L.T[name]: how for name, how in _GA_BY_TYPE.items()}
 _GA_RET = {"int_arg": GA["int"], "uint_arg": GA["uint"], "long_arg": GA["long"], "size_arg": GA["size"]}  # by ret_key
 
@@ -410,6 +425,37 @@ def _fast_arg(p: Any) -> int | None:
     return how | GA_ERR_OK if how is not None and t == L.T["fd"] else how
 
 
+# what fills each field of a body, in the compiled handler's layout (the LAY_* of native/fastpath.c)
+LAY = {n: i for i, n in enumerate(("const", "args", "return", "action", "return_action", "message", "tags"))}
+
+
+def _layout(sh: _Shape) -> tuple[tuple[str, int, Any], ...]:
+    """build_body's fields in its order, as (key, LAY, value): the hook's constants, and what
+    the record fills (arguments, return value, actions, message, tags; each only when there is
+    one). Stacks and IMA hashes are absent: the records that carry them go to build_body."""
+    const, lay = LAY["const"], LAY
+    args, action, msg = ("args", lay["args"], None), ("action", lay["action"], None), \
+        ("message", lay["message"], sh.message or "")
+    tags = ("tags", lay["tags"], tuple(sh.tags))
+    policy = ("policy_name", const, sh.policy)
+    kind = sh.kind
+    if kind == "process_kprobe":
+        return (("function_name", const, sh.function), args, ("return", lay["return"], None), action, policy,
+                ("return_action", lay["return_action"], None), msg, tags)
+    if kind == "process_tracepoint":
+        return ("subsys", const, sh.subsys), ("event", const, sh.event), args, policy, action, msg, tags
+    if kind == "process_lsm":
+        return ("function_name", const, sh.function), policy, args, action, msg, tags
+    if kind == "process_uprobe":
+        symbol = (("symbol", const, sh.symbol),) if sh.symbol else ()
+        return (("path", const, sh.path), *symbol, policy, msg, args, tags, ("offset", const, sh.offset), action)
+    return (("path", const, sh.path), ("provider", const, sh.provider), ("name", const, sh.name), policy, msg,
+            args, tags, action)  # process_usdt
+
+
+_KINDS = ("process_kprobe", "process_tracepoint", "process_lsm", "process_uprobe", "process_usdt")
+
+
 def fast_plan(hook: CompiledHook, entry: Any, events: dict[str, int], actions: dict[Any, int],
               skip_actions: frozenset[int]) -> tuple[Any, ...] | None:
     """What the compiled handler (Builder.on_generic, native/fastpath.c) needs to build this
@@ -417,7 +463,7 @@ def fast_plan(hook: CompiledHook, entry: Any, events: dict[str, int], actions: d
     renders and whose return value is plain; None: a hook whose bodies only build_body
     makes. `skip_actions`: actions the compiled handler must leave to Python."""
     sh = _shape(hook)
-    if sh.kind not in ("process_kprobe", "process_tracepoint"):
+    if sh.kind not in _KINDS:
         return None
     slots = {slot for slot, _ in sh.all_args}
     specs = []
@@ -427,14 +473,12 @@ def fast_plan(hook: CompiledHook, entry: Any, events: dict[str, int], actions: d
             return None
         if how == GA["bytes"] and p.size_arg and p.size_arg - 1 in slots:  # render_arg's size_plan
             how |= p.size_arg << GA_SIZE_SHIFT
-        specs.append((slot, how, p.label or ""))
-    kprobe = sh.kind == "process_kprobe"
-    head = (("function_name", sh.function),) if kprobe else (("subsys", sh.subsys), ("event", sh.event))
-    names = {a: n for a, n in ACTION_NAMES.items() if a not in ENFORCING and a not in skip_actions}
-    ret = (_GA_RET[sh.ret_key], sh.ret_label or "") if kprobe and sh.ret is not None else None
-    return (entry, sh.kind, head, tuple(specs), not kprobe, sh.policy, sh.message or "",
-            tuple(sh.tags) if sh.tags else None, names, events, actions, {}, ret,
-            (AF_NAMES, SOCK_TYPES, PROTOCOLS, TCP_STATES))
+        key = CAP_ARG_KEYS.get(p.policy_type, "kernel_cap_t_arg") if how == GA["cap_mask"] else None
+        specs.append((slot, how, p.label or "", key))
+    names = {a: n for a, n in ACTION_NAMES.items() if a not in skip_actions}
+    ret = (_GA_RET[sh.ret_key], sh.ret_label or "") if sh.kind == "process_kprobe" and sh.ret is not None else None
+    return (entry, sh.kind, _layout(sh), tuple(specs), names, events, actions, {}, ret,
+            _GA_NAMES, {}, sum(1 << a for a in ENFORCING))
 
 
 def _ret_value(key: str, v: int) -> Any:
@@ -503,10 +547,7 @@ def build_body(hook: CompiledHook, m: L.MsgGeneric, data: bytes,
         body["provider"] = sh.provider
         body["name"] = sh.name
         body["policy_name"] = sh.policy
-    message = sh.message
-    if m.action in ENFORCING or m.ret_action in ENFORCING:
-        # an enforcement explains itself: which selector, by what mechanism, which action
-        message = (f"{message} " if message else "") + explain_enforcement(hook, m)
+    message = body_message(hook, m.selector, m.action, m.ret_action, bool(m.flags & L.EV_MONITOR))
     if message:
         body["message"] = message
     if args and kind in ("process_uprobe", "process_usdt"):
