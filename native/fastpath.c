@@ -2570,11 +2570,12 @@ enum { GP_ENTRY, GP_KIND, GP_LAYOUT, GP_ARGS, GP_ACTIONS, GP_EVENTS, GP_ACTION_C
 /* what fills a field of the body; vigil.sensors.generic_events.LAY names them in this order */
 enum { LAY_CONST, LAY_ARGS, LAY_RETURN, LAY_ACTION, LAY_RETURN_ACTION, LAY_MESSAGE, LAY_TAGS };
 /* GP_NAMES: the name tables of sockets, capabilities and bpf commands (dicts: number -> name) */
-enum { GN_AF, GN_SOCK_TYPE, GN_PROTOCOL, GN_TCP_STATE, GN_CAP, GN_BPF_CMD, GN_COUNT };
+enum { GN_AF, GN_SOCK_TYPE, GN_PROTOCOL, GN_TCP_STATE, GN_CAP, GN_BPF_CMD, GN_PROG_TYPE, GN_MAP_TYPE, GN_PERF_TYPE,
+       GN_TAINTS, GN_COUNT };  /* GN_TAINTS: ((bit, name), ...) in render_arg's order */
 /* how an argument is rendered; vigil.sensors.generic_events.GA names them in this order */
 enum { GA_STRING, GA_INT, GA_UINT, GA_LONG, GA_SIZE, GA_STRING_ERR, GA_FILE, GA_PATH, GA_BINPRM, GA_SOCK,
        GA_SOCKADDR, GA_SYSCALL64, GA_BYTES, GA_IOV_BYTES, GA_CAP_MASK, GA_CAPABILITY, GA_BPF_CMD, GA_CRED,
-       GA_KINDS };
+       GA_SKB, GA_NET_DEV, GA_BPF_PROG, GA_BPF_MAP, GA_PERF_EVENT, GA_MODULE, GA_USER_NS, GA_SYSCALL_X64, GA_KINDS };
 #define GA_ERR_OK 128  /* with a file-like kind: an fd, rendered as a file even when it could not be read */
 _Static_assert(GA_KINDS <= GA_ERR_OK, "an argument's kind must stay below its flags");
 #define GA_SIZE_SHIFT 8  /* with GA_BYTES: 1 + the slot of the buffer's size argument (0: none) */
@@ -2878,6 +2879,118 @@ static PyObject *cred_json(const unsigned char *p, PyObject *names)
 	return d;
 }
 
+/* ---- the kernel objects' arguments (vigil_policy.h's vp_* payloads), as render_arg makes them */
+
+/* _cstr: a C string field up to its NUL, UTF-8 with replacement */
+static PyObject *cstr(const char *p, size_t size)
+{
+	const char *end = memchr(p, 0, size);
+	return PyUnicode_DecodeUTF8(p, end ? end - p : (Py_ssize_t)size, "replace");
+}
+
+/* d[key] = v (stolen) unless v is 0 or "" (_nonzero); -1: an error */
+static int put_nz(PyObject *d, const char *key, PyObject *v)
+{
+	int zero = !v ? 0 : PyLong_CheckExact(v) ? !PyObject_IsTrue(v) : PyUnicode_CheckExact(v) && !PyUnicode_GET_LENGTH(v);
+	int r = !v ? -1 : zero ? 0 : body_set(d, key, v);
+	Py_XDECREF(v);
+	return r;
+}
+
+static PyObject *nz_dict(PyObject *d, int failed)
+{
+	if (failed)
+		Py_CLEAR(d);
+	return d;
+}
+
+static PyObject *skb_json(const struct vp_skb *k, PyObject *names)
+{
+	PyObject *d = PyDict_New();
+	if (!d)
+		return NULL;
+	unsigned fam = k->family;
+	int bad = put_nz(d, "hash", PyLong_FromUnsignedLong(k->hash)) || put_nz(d, "len", PyLong_FromUnsignedLong(k->len)) ||
+		  put_nz(d, "priority", PyLong_FromUnsignedLong(k->priority)) ||
+		  put_nz(d, "mark", PyLong_FromUnsignedLong(k->mark)) || put_nz(d, "saddr", ip_string(k->saddr, fam)) ||
+		  put_nz(d, "daddr", ip_string(k->daddr, fam)) || put_nz(d, "sport", PyLong_FromUnsignedLong(k->sport)) ||
+		  put_nz(d, "dport", PyLong_FromUnsignedLong(k->dport)) || put_nz(d, "proto", PyLong_FromUnsignedLong(k->proto)) ||
+		  put_nz(d, "sec_path_len", PyLong_FromUnsignedLong(k->sec_path_len)) ||
+		  put_nz(d, "sec_path_olen", PyLong_FromUnsignedLong(k->sec_path_olen)) ||
+		  (k->proto && put_nz(d, "protocol", name_of(PyTuple_GET_ITEM(names, GN_PROTOCOL), k->proto))) ||
+		  (fam && put_nz(d, "family", name_of(PyTuple_GET_ITEM(names, GN_AF), fam)));
+	return nz_dict(d, bad);
+}
+
+static PyObject *bpf_json(const struct vp_bpf_info *b, int map, PyObject *names)
+{
+	PyObject *d = PyDict_New();
+	if (!d)
+		return NULL;
+	int bad = map ? put_nz(d, "MapType", table_name(names, GN_MAP_TYPE, b->type)) ||
+			    put_nz(d, "KeySize", PyLong_FromUnsignedLong(b->key_size)) ||
+			    put_nz(d, "ValueSize", PyLong_FromUnsignedLong(b->value_size)) ||
+			    put_nz(d, "MaxEntries", PyLong_FromUnsignedLong(b->max_entries)) ||
+			    put_nz(d, "MapName", cstr(b->name, sizeof(b->name)))
+		      : put_nz(d, "ProgType", table_name(names, GN_PROG_TYPE, b->type)) ||
+			    put_nz(d, "InsnCnt", PyLong_FromUnsignedLong(b->insn_cnt)) ||
+			    put_nz(d, "ProgName", cstr(b->name, sizeof(b->name)));
+	return nz_dict(d, bad);
+}
+
+static PyObject *decimal_or_empty(unsigned long long v)
+{
+	char tmp[24];
+	return v ? PyUnicode_FromStringAndSize(tmp, snprintf(tmp, sizeof(tmp), "%llu", v)) : PyUnicode_FromString("");
+}
+
+static PyObject *perf_json(const struct vp_perf_info *pe, PyObject *names)
+{
+	PyObject *d = PyDict_New();
+	if (!d)
+		return NULL;
+	int bad = put_nz(d, "KprobeFunc", cstr(pe->kprobe_func, sizeof(pe->kprobe_func))) ||
+		  put_nz(d, "Type", table_name(names, GN_PERF_TYPE, pe->type)) ||
+		  put_nz(d, "Config", decimal_or_empty(pe->config)) ||
+		  put_nz(d, "ProbeOffset", decimal_or_empty(pe->probe_offset));
+	return nz_dict(d, bad);
+}
+
+static PyObject *module_json(const struct vp_module_info *mi, PyObject *names)
+{
+	PyObject *d = PyDict_New(), *name = cstr(mi->name, sizeof(mi->name)), *tainted = PyList_New(0);
+	PyObject *taints = PyTuple_GET_ITEM(names, GN_TAINTS);
+	int bad = !d || !name || !tainted || (PyUnicode_GET_LENGTH(name) && body_set(d, "name", name)) ||
+		  (mi->has_sig && body_set(d, "signature_ok", mi->sig_ok ? Py_True : Py_False));
+	for (Py_ssize_t i = 0; !bad && i < PyTuple_GET_SIZE(taints); i++) {
+		PyObject *bn = PyTuple_GET_ITEM(taints, i);
+		unsigned long long bit = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(bn, 0));
+		bad = PyErr_Occurred() || ((mi->taints & bit) && PyList_Append(tainted, PyTuple_GET_ITEM(bn, 1)) < 0);
+	}
+	if (!bad && PyList_GET_SIZE(tainted))
+		bad = body_set(d, "tainted", tainted);
+	Py_XDECREF(name);
+	Py_XDECREF(tainted);
+	return nz_dict(d, bad || !d);
+}
+
+static PyObject *userns_json(const struct vp_userns_info *u)
+{
+	PyObject *ns = u->inum ? Py_BuildValue("{s:k}", "inum", (unsigned long)u->inum) : PyDict_New();
+	if (ns && u->level == 0 && body_set(ns, "is_host", Py_True) < 0)
+		Py_CLEAR(ns);
+	PyObject *d = ns ? Py_BuildValue("{s:i,s:k,s:k,s:O}", "level", u->level, "uid", (unsigned long)u->uid, "gid",
+					 (unsigned long)u->gid, "ns", ns) : NULL;
+	Py_XDECREF(ns);
+	return d;
+}
+
+/* a struct payload as render_arg reads it: its first bytes, zero-filled to the struct's size */
+#define STRUCT_ARG(type, var, a, data)                                                            \
+	type var;                                                                                   \
+	memset(&var, 0, sizeof(var));                                                               \
+	memcpy(&var, (data) + (a)->off, (a)->len < sizeof(var) ? (a)->len : sizeof(var))
+
 /* stat.filemode(mode), each mode asked of the twin once (the 16-bit modes are few) */
 static PyObject *filemode_of(unsigned short mode)
 {
@@ -2986,6 +3099,36 @@ static PyObject *bytes_value(int iov, int size_slot, const struct vp_arg_hdr *a,
 	return t;
 }
 
+static PyObject *struct_arg(int how, const struct vp_arg_hdr *a, const char *data, PyObject *names)
+{
+	if (how == GA_NET_DEV) {
+		PyObject *name = a->len ? PyUnicode_DecodeUTF8(data + a->off, a->len, "replace") : NULL;
+		PyObject *d = a->len && !name ? NULL : PyDict_New();
+		if (d && name && body_set(d, "name", name) < 0)
+			Py_CLEAR(d);
+		Py_XDECREF(name);
+		return d;
+	}
+	if (how == GA_SKB) {
+		STRUCT_ARG(struct vp_skb, k, a, data);
+		return skb_json(&k, names);
+	}
+	if (how == GA_BPF_PROG || how == GA_BPF_MAP) {
+		STRUCT_ARG(struct vp_bpf_info, b, a, data);
+		return bpf_json(&b, how == GA_BPF_MAP, names);
+	}
+	if (how == GA_PERF_EVENT) {
+		STRUCT_ARG(struct vp_perf_info, pe, a, data);
+		return perf_json(&pe, names);
+	}
+	if (how == GA_MODULE) {
+		STRUCT_ARG(struct vp_module_info, mi, a, data);
+		return module_json(&mi, names);
+	}
+	STRUCT_ARG(struct vp_userns_info, u, a, data);
+	return userns_json(&u);
+}
+
 /* one argument as render_arg makes it, with its label when it has one; 1: out of the plan
  * (handle() takes the record) */
 static int generic_arg(PyObject *list, int how, PyObject *label, PyObject *key, const struct vp_arg_hdr *a,
@@ -3020,6 +3163,10 @@ static int generic_arg(PyObject *list, int how, PyObject *label, PyObject *key, 
 		k = Py_XNewRef(lit("syscall_id"));
 		v = Py_BuildValue("{s:k,s:s}", "id", (unsigned long)a->value & 0x7FFFFFFFUL, "abi",
 				  a->value & 0x80000000LL ? "i386" : "x64");
+		break;
+	case GA_SYSCALL_X64:  /* a syscall64 read as a size: a 64-bit syscall's number */
+		k = Py_XNewRef(lit("syscall_id"));
+		v = Py_BuildValue("{s:k,s:s}", "id", (unsigned long)a->value & 0xFFFFFFFFUL, "abi", "x64");
 		break;
 	case GA_SOCK:  /* a shorter payload makes _ip raise: handle() says so */
 	case GA_SOCKADDR:
@@ -3059,6 +3206,24 @@ static int generic_arg(PyObject *list, int how, PyObject *label, PyObject *key, 
 			return 1;
 		k = Py_XNewRef(lit("process_credentials_arg"));
 		v = cred_json((const unsigned char *)data + a->off, names);
+		break;
+	case GA_SKB:
+	case GA_NET_DEV:
+	case GA_BPF_PROG:
+	case GA_BPF_MAP:
+	case GA_PERF_EVENT:
+	case GA_MODULE:
+	case GA_USER_NS:
+		if ((Py_ssize_t)a->off + a->len > n || (how == GA_BPF_PROG && !PyUnicode_CheckExact(key)))
+			return 1;
+		v = struct_arg(how, a, data, names);
+		k = how == GA_BPF_PROG ? Py_NewRef(key)
+					: Py_XNewRef(lit(how == GA_SKB	       ? "skb_arg"
+							 : how == GA_NET_DEV   ? "net_dev_arg"
+							 : how == GA_BPF_MAP   ? "bpf_map_arg"
+							 : how == GA_PERF_EVENT ? "perf_event_arg"
+							 : how == GA_MODULE    ? "module_arg"
+									       : "user_ns_arg"));
 		break;
 	case GA_STRING:
 	case GA_STRING_ERR:

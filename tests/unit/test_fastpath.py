@@ -794,6 +794,32 @@ GENERIC_SPECS = {
           syscall: true
           args: [{index: 0, type: bpf_cmd, label: cmd}]
     """,
+    # the kernel objects: socket buffers, devices, BPF programs and maps, perf events, modules,
+    # user namespaces
+    "kprobe-kernel-objects": """
+        kprobes:
+        - call: __dev_queue_xmit
+          syscall: false
+          args: [{index: 0, type: skb, label: skb}]
+        - call: dev_hard_start_xmit
+          syscall: false
+          args: [{index: 1, type: net_device}]
+        - call: bpf_check
+          syscall: false
+          args: [{index: 1, type: bpf_attr}]
+        - call: security_bpf_map_create
+          syscall: false
+          args: [{index: 0, type: bpf_map}]
+        - call: security_perf_event_alloc
+          syscall: false
+          args: [{index: 0, type: perf_event}]
+        - call: do_init_module
+          syscall: false
+          args: [{index: 0, type: module}]
+        - call: cap_capable
+          syscall: false
+          args: [{index: 1, type: user_namespace, label: ns}]
+    """,
     # enforcements, and monitor mode: the message explains them
     "kprobe-enforce": """
         kprobes:
@@ -812,7 +838,7 @@ GENERIC_SPECS = {
 }
 GENERIC_FACTS = {"kprobe-file-path-binprm": "vm-6.12", "kretprobe": "vm-6.12", "kprobe-sock": "vm-6.12",
                  "kprobe-iov-iter": "vm-6.12", "lsm": "vm-6.12", "kprobe-enforce": "vm-6.12",
-                 "kprobe-caps-cred-bpf": "vm-6.12"}
+                 "kprobe-caps-cred-bpf": "vm-6.12", "kprobe-kernel-objects": "vm-6.12"}
 
 
 def _generic_hooks(name: str) -> Any:
@@ -958,7 +984,8 @@ def test_generic_plain_records_need_no_python() -> None:
     assert calls == [1]
 
 
-FILE_SPEC, RET_SPEC, CAPS_SPEC = "kprobe-file-path-binprm", "kretprobe", "kprobe-caps-cred-bpf"
+FILE_SPEC, RET_SPEC, CAPS_SPEC, OBJ_SPEC = ("kprobe-file-path-binprm", "kretprobe", "kprobe-caps-cred-bpf",
+                                            "kprobe-kernel-objects")
 # read.bpf.h's cred: ids, securebits, user namespace (level, uid, gid, inum), then the capability sets
 CRED = struct.pack("<13I4x3Q", 1000, 1000, 0, 0, 1000, 1000, 0, 0, 0, 1, 0, 0, 4026531837, 1 << 21, 1 << 21 | 1, 0)
 
@@ -1013,21 +1040,77 @@ CRED = struct.pack("<13I4x3Q", 1000, 1000, 0, 0, 1000, 1000, 0, 0, 0, 1, 0, 0, 4
                {"cap_permitted_arg": "ffffffffffffffff"}]}),
     (CAPS_SPEC, 2, {"args": [(b"", 5, 0, 0)]}, {"args": [{"bpf_cmd_arg": "BPF_PROG_LOAD", "label": "cmd"}]}),
     (CAPS_SPEC, 2, {"args": [(b"", 9999, 0, 0)]}, {"args": [{"bpf_cmd_arg": "9999", "label": "cmd"}]}),
+    (OBJ_SPEC, 0, {"args": [(struct.pack("<4I16s16s5IHH", 7, 1500, 0, 0, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]),
+                                         443, 50000, 6, 0, 0, 2, 0), 0, 0, 0)]},
+     {"args": [{"skb_arg": {"hash": 7, "len": 1500, "saddr": "10.0.0.1", "daddr": "10.0.0.2", "sport": 443,
+                            "dport": 50000, "proto": 6, "protocol": "IPPROTO_TCP", "family": "AF_INET"},
+                "label": "skb"}]}),
+    (OBJ_SPEC, 0, {"args": [(b"", 0, 0, 0)]}, {"args": [{"skb_arg": {}, "label": "skb"}]}),
+    (OBJ_SPEC, 1, {"args": [(b"eth0", 0, 0, 0)]}, {"args": [{"net_dev_arg": {"name": "eth0"}}]}),
+    (OBJ_SPEC, 1, {"args": [(b"", 0, 0, 0)]}, {"args": [{"net_dev_arg": {}}]}),
+    (OBJ_SPEC, 2, {"args": [(struct.pack("<5I16s", 2, 12, 0, 0, 0, b"probe"), 0, 0, 0)]},
+     {"args": [{"bpf_attr_arg": {"ProgType": "BPF_PROG_TYPE_KPROBE", "InsnCnt": 12, "ProgName": "probe"}}]}),
+    (OBJ_SPEC, 3, {"args": [(struct.pack("<5I16s", 1, 0, 4, 8, 1024, b"counts"), 0, 0, 0)]},
+     {"args": [{"bpf_map_arg": {"MapType": "BPF_MAP_TYPE_HASH", "KeySize": 4, "ValueSize": 8, "MaxEntries": 1024,
+                                "MapName": "counts"}}]}),
+    (OBJ_SPEC, 3, {"args": [(struct.pack("<I", 999), 0, 0, 0)]}, {"args": [{"bpf_map_arg": {"MapType": "999"}}]}),
+    (OBJ_SPEC, 4, {"args": [(struct.pack("<IIQQ64s", 2, 0, 5, 0, b"do_sys_open"), 0, 0, 0)]},
+     {"args": [{"perf_event_arg": {"KprobeFunc": "do_sys_open", "Type": "PERF_TYPE_TRACEPOINT", "Config": "5"}}]}),
+    (OBJ_SPEC, 5, {"args": [(struct.pack("<QBB6x56s", 1 << 12 | 1 << 13, 0, 1, b"vigil_test"), 0, 0, 0)]},
+     {"args": [{"module_arg": {"name": "vigil_test", "signature_ok": False,
+                               "tainted": ["TAINT_OUT_OF_TREE_MODULE", "TAINT_UNSIGNED_MODULE"]}}]}),
+    (OBJ_SPEC, 6, {"args": [(struct.pack("<iIII", 0, 0, 0, 4026531837), 0, 0, 0)]},
+     {"args": [{"user_ns_arg": {"level": 0, "uid": 0, "gid": 0, "ns": {"inum": 4026531837, "is_host": True}},
+                "label": "ns"}]}),
+    (OBJ_SPEC, 6, {"args": [(struct.pack("<iIII", 2, 1000, 1000, 0), 0, 0, 0)]},
+     {"args": [{"user_ns_arg": {"level": 2, "uid": 1000, "gid": 1000, "ns": {}}, "label": "ns"}]}),
 ])
 def test_generic_records_made_in_c(spec: str, hook: int, rec: dict[str, Any], want: dict[str, Any]) -> None:
     """file, path and linux_binprm arguments (kprobes on kernel functions), buffers, sockets,
-    credentials, capabilities, bpf commands and kretprobes' return values are made in C too:
-    handle() is not called."""
+    credentials, capabilities, bpf commands, the kernel objects' arguments and kretprobes' return
+    values are made in C too: handle() is not called."""
     hooks, lp, handle, calls = _counted_policy_events(spec)
     r = {"ktime": 7_000_000_000, "pid": 100, "exec_ktime": 5_000_000_000, "selector": 0, "action": 0,
          "ret_action": 0, "flags": 0, "kstack": 0, "ret": 0, **rec}
     ev = handle(_generic_record(hooks[hook], r), 0)
     assert calls == [] and {k: ev.body[k] for k in want} == want
+    assert list(ev.body.items()) == list(generic_events_reference(hooks[hook], r).items())
     # the body's dicts and lists are left to reference counting (untrack_body): sound only acyclic
     containers = [ev.body, *(x for v in ev.body.values() if isinstance(v, list) for x in [v, *v])]
     assert not any(gc.is_tracked(c) for c in containers if isinstance(c, (dict, list)))
     _assert_acyclic(ev, ev.body, *containers)
     assert codec.encode(ev) == codec.py_encode(ev)
+
+
+def test_every_argument_type_is_rendered_in_c() -> None:
+    """Each argument type of the policy layout has a renderer in the compiled handler (a new
+    type without one would send all its hook's records to handle())."""
+    from vigil.kernel import policy_layout as L
+    from vigil.sensors import generic_events as G
+
+    assert {name for name, t in L.T.items() if t not in G._GA_BY_VTYPE} == set()
+    assert len(G.GA) <= G.GA_ERR_OK
+
+
+def test_a_syscall_number_read_as_a_size_is_made_in_c() -> None:
+    """render_arg's syscall_id of a size argument whose policy type is syscall64."""
+    hooks, lp, handle, calls = _counted_policy_events("tracepoint-syscall64")
+    hooks[0].placement.args[1].policy_type = "syscall64"
+    r = {"ktime": 7_000_000_000, "pid": 100, "exec_ktime": 5_000_000_000, "selector": 0, "action": 0,
+         "ret_action": 0, "flags": 0, "kstack": 0, "ret": 0,
+         "args": [(b"", 0x80000000 | 5, 0, 0), (b"", 1 << 32 | 59, 0, 0)]}
+    ev = handle(_generic_record(hooks[0], r), 0)
+    assert calls == [] and ev.body["args"][1] == {"syscall_id": {"id": 59, "abi": "x64"}}
+    assert ev.body["args"] == generic_events_reference(hooks[0], r)["args"]
+
+
+def generic_events_reference(ch: Any, r: dict[str, Any]) -> dict[str, Any]:
+    """build_body's body of a record of `ch`: the reference the compiled handler is held to."""
+    from vigil.events.generic import decode_generic
+    from vigil.sensors.generic_events import build_body
+
+    m, data = decode_generic(_generic_record(ch, r))
+    return build_body(ch, m, data)
 
 
 @pytest.mark.parametrize("spec, hook, rec, keys", [
@@ -1053,6 +1136,7 @@ def test_generic_bodies_of_every_kind_made_in_c(spec: str, hook: int, rec: dict[
          "ret_action": 0, "flags": 0, "kstack": 0, "ret": 0, **rec}
     ev = handle(_generic_record(hooks[hook], r), 0)
     assert calls == [] and list(ev.body) == keys
+    assert list(ev.body.items()) == list(generic_events_reference(hooks[hook], r).items())
     enforcing = r["action"] in (3, 4, 5) or r["ret_action"] in (3, 4, 5)  # Sigkill, Signal, Override
     assert ("[vigil: selector" in ev.body.get("message", "")) == enforcing
     assert codec.encode(ev) == codec.py_encode(ev)

@@ -388,7 +388,8 @@ def _shape(hook: CompiledHook) -> _Shape:
 # how the compiled handler renders an argument: the GA_* enum of native/fastpath.c
 GA = {n: i for i, n in enumerate(("string", "int", "uint", "long", "size", "string_err", "file", "path", "binprm",
                                   "sock", "sockaddr", "syscall64", "bytes", "iov_bytes", "cap_mask", "capability",
-                                  "bpf_cmd", "cred"))}
+                                  "bpf_cmd", "cred", "skb", "net_dev", "bpf_prog", "bpf_map", "perf_event",
+                                  "module", "user_ns", "syscall_x64"))}
 GA_ERR_OK = 128  # with a file-like kind: an fd is rendered as a file even when it could not be read
 GA_SIZE_SHIFT = 8  # with "bytes": 1 + the slot of the buffer's size argument (0: none)
 _GA_RENDER = {"file": GA["file"], "path": GA["path"], "linux_binprm": GA["binprm"]}
@@ -401,10 +402,15 @@ _GA_BY_TYPE = {
     **dict.fromkeys(("string", "kstring", "data_loc", "char_array"), GA["string_err"]),
     **dict.fromkeys(("char_buf", "char_iovec"), GA["bytes"]), "iov_iter": GA["iov_bytes"],
     **dict.fromkeys(("kernel_cap", "capset"), GA["cap_mask"]), "capability": GA["capability"],
-    "bpf_cmd": GA["bpf_cmd"], "cred": GA["cred"],
+    "bpf_cmd": GA["bpf_cmd"], "cred": GA["cred"], "skb": GA["skb"], "net_device": GA["net_dev"],
+    **dict.fromkeys(("bpf_attr", "bpf_prog"), GA["bpf_prog"]), "bpf_map": GA["bpf_map"],
+    "perf_event": GA["perf_event"], **dict.fromkeys(("module", "load_info"), GA["module"]), "user_ns": GA["user_ns"],
 }
 # the name tables of the compiled handler (its GN_*): sockets', capabilities', bpf commands'
-_GA_NAMES = (AF_NAMES, SOCK_TYPES, PROTOCOLS, TCP_STATES, dict(enumerate(CAP_NAMES)), dict(enumerate(BPF_CMDS)))
+_GA_NAMES = (AF_NAMES, SOCK_TYPES, PROTOCOLS, TCP_STATES, dict(enumerate(CAP_NAMES)), dict(enumerate(BPF_CMDS)),
+             {i: f"BPF_PROG_TYPE_{n}" for i, n in enumerate(BPF_PROG_TYPES)},
+             {i: f"BPF_MAP_TYPE_{n}" for i, n in enumerate(BPF_MAP_TYPES)}, dict(enumerate(PERF_TYPES)),
+             tuple(TAINTS.items()))
 _GA_BY_VTYPE = {L.T[name]: how for name, how in _GA_BY_TYPE.items()}
 _GA_RET = {"int_arg": GA["int"], "uint_arg": GA["uint"], "long_arg": GA["long"], "size_arg": GA["size"]}  # by ret_key
 
@@ -419,7 +425,7 @@ def _fast_arg(p: Any) -> int | None:
     if render in _GA_RENDER:
         how = _GA_RENDER[render]
     elif t == L.T["size"] and p.policy_type == "syscall64":
-        return None  # render_arg's syscall_id of a size argument: left to build_body
+        return GA["syscall_x64"]  # render_arg's syscall_id of a size argument
     else:
         how = _GA_BY_VTYPE.get(t)
     return how | GA_ERR_OK if how is not None and t == L.T["fd"] else how
@@ -473,7 +479,8 @@ def fast_plan(hook: CompiledHook, entry: Any, events: dict[str, int], actions: d
             return None
         if how == GA["bytes"] and p.size_arg and p.size_arg - 1 in slots:  # render_arg's size_plan
             how |= p.size_arg << GA_SIZE_SHIFT
-        key = CAP_ARG_KEYS.get(p.policy_type, "kernel_cap_t_arg") if how == GA["cap_mask"] else None
+        key = (CAP_ARG_KEYS.get(p.policy_type, "kernel_cap_t_arg") if how == GA["cap_mask"] else
+               "bpf_attr_arg" if p.vtype == L.T["bpf_attr"] else "bpf_prog_arg" if how == GA["bpf_prog"] else None)
         specs.append((slot, how, p.label or "", key))
     names = {a: n for a, n in ACTION_NAMES.items() if a not in skip_actions}
     ret = (_GA_RET[sh.ret_key], sh.ret_label or "") if sh.kind == "process_kprobe" and sh.ret is not None else None
