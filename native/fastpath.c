@@ -2558,7 +2558,8 @@ static PyObject *builder_rfc3339(Builder *b, PyObject *ktime)
  *   (entry, kind, layout, args, action_names, events, actions, keys, ret, names, messages, enforcing)
  * entry: the hooks entry it was made from (a plan is used only while hooks holds that very
  * object); layout: the body's fields in build_body's order, (key, LAY_*, value) triples (value: a
- * LAY_CONST's value, a LAY_MESSAGE's message when no action enforces, LAY_TAGS' tuple); args:
+ * LAY_CONST's value, a LAY_MESSAGE's message when no action enforces, LAY_TAGS' tuple,
+ * LAY_KSTACK's kernel symbols: generic_events.KernelSymbols); args:
  * (slot, how, label) triples; action_names: action -> its name, for the actions the plan covers;
  * events, actions: the policy's counters; keys: (selector << 8 | action) -> counter key, filled
  * here; ret: (how, label) of a kprobe's return value, or None; names: (AF_NAMES, SOCK_TYPES,
@@ -2568,7 +2569,7 @@ static PyObject *builder_rfc3339(Builder *b, PyObject *ktime)
 enum { GP_ENTRY, GP_KIND, GP_LAYOUT, GP_ARGS, GP_ACTIONS, GP_EVENTS, GP_ACTION_COUNTS, GP_KEYS, GP_RET, GP_NAMES,
        GP_MESSAGES, GP_ENFORCING, GP_COUNT };
 /* what fills a field of the body; vigil.sensors.generic_events.LAY names them in this order */
-enum { LAY_CONST, LAY_ARGS, LAY_RETURN, LAY_ACTION, LAY_RETURN_ACTION, LAY_MESSAGE, LAY_TAGS };
+enum { LAY_CONST, LAY_ARGS, LAY_RETURN, LAY_ACTION, LAY_RETURN_ACTION, LAY_MESSAGE, LAY_TAGS, LAY_KSTACK };
 /* GP_NAMES: the name tables of sockets, capabilities and bpf commands (dicts: number -> name) */
 enum { GN_AF, GN_SOCK_TYPE, GN_PROTOCOL, GN_TCP_STATE, GN_CAP, GN_BPF_CMD, GN_PROG_TYPE, GN_MAP_TYPE, GN_PERF_TYPE,
        GN_TAINTS, GN_COUNT };  /* GN_TAINTS: ((bit, name), ...) in render_arg's order */
@@ -2620,7 +2621,7 @@ static int plan_ok(PyObject *plan, PyObject *entry)
 			return 0;
 		long op = PyLong_AsLong(PyTuple_GET_ITEM(f, 1));
 		PyObject *v = PyTuple_GET_ITEM(f, 2);
-		if (op < LAY_CONST || op > LAY_TAGS || (op == LAY_MESSAGE && !PyUnicode_CheckExact(v)) ||
+		if (op < LAY_CONST || op > LAY_KSTACK || (op == LAY_MESSAGE && !PyUnicode_CheckExact(v)) ||
 		    (op == LAY_TAGS && !PyTuple_CheckExact(v)))
 			return 0;
 	}
@@ -3304,6 +3305,62 @@ static PyObject *enforcement_message(Builder *b, PyObject *plan, const struct ms
 	return v;
 }
 
+/* _stack: the kernel stack's addresses (after the arguments' payloads, 8 bytes each, zeros
+ * skipped) as {offset, symbol} by the symbol table ksyms.table() gives: (the start addresses,
+ * sorted, as native u64s; their names). NULL without an error: a record handle() must make (its
+ * stack past the data). */
+static PyObject *kernel_stack(PyObject *ksyms, const struct msg_generic *m, const char *data, Py_ssize_t n)
+{
+	Py_ssize_t off = 0;
+	for (int i = 0; i < VP_MAX_ARGS; i++)  /* _stack_off */
+		if ((Py_ssize_t)m->args[i].off + m->args[i].len > off)
+			off = (Py_ssize_t)m->args[i].off + m->args[i].len;
+	if (off + (Py_ssize_t)m->kstack_len > n)
+		return NULL;
+	PyObject *table = PyObject_CallMethod(ksyms, "table", NULL);
+	if (!table)
+		return NULL;
+	PyObject *addrs = PyTuple_Check(table) && PyTuple_GET_SIZE(table) == 2 ? PyTuple_GET_ITEM(table, 0) : NULL;
+	PyObject *names = addrs ? PyTuple_GET_ITEM(table, 1) : NULL;
+	if (!addrs || !PyBytes_CheckExact(addrs) || !PyList_CheckExact(names) ||
+	    PyBytes_GET_SIZE(addrs) != 8 * PyList_GET_SIZE(names)) {
+		Py_DECREF(table);
+		PyErr_SetString(PyExc_TypeError, "KernelSymbols.table() must be (bytes of u64 addresses, list of names)");
+		return NULL;
+	}
+	const unsigned long long *start = (const unsigned long long *)PyBytes_AS_STRING(addrs);
+	Py_ssize_t count = PyList_GET_SIZE(names);
+	PyObject *out = PyList_New(0);
+	for (Py_ssize_t at = off; out && at < off + (Py_ssize_t)m->kstack_len; at += 8) {
+		unsigned long long addr;
+		memcpy(&addr, data + at, 8);
+		if (!addr)
+			continue;
+		Py_ssize_t lo = 0, hi = count;  /* bisect_right */
+		while (lo < hi) {
+			Py_ssize_t mid = lo + (hi - lo) / 2;
+			if (addr < start[mid])
+				hi = mid;
+			else
+				lo = mid + 1;
+		}
+		Py_ssize_t i = lo - 1;
+		int known = i >= 0 && start[i];
+		unsigned long long delta = known ? addr - start[i] : addr;
+		PyObject *e = PyDict_New(), *d = e && delta ? decimal_or_empty(delta) : NULL;
+		int bad = !e || (delta && (!d || body_set(e, "offset", d) < 0)) ||
+			  (known && PyUnicode_GET_LENGTH(PyList_GET_ITEM(names, i)) &&
+			   body_set(e, "symbol", PyList_GET_ITEM(names, i)) < 0) ||
+			  PyList_Append(out, e) < 0;
+		Py_XDECREF(d);
+		Py_XDECREF(e);
+		if (bad)
+			Py_CLEAR(out);
+	}
+	Py_DECREF(table);
+	return out;
+}
+
 /* the event, or NULL with *out_of_plan set (no error): handle() takes the record */
 static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *out_of_plan)
 {
@@ -3312,7 +3369,7 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 	if (len < (Py_ssize_t)sizeof(m) || !evtypes[T_POLICY].type)
 		return NULL;
 	memcpy(&m, buf, sizeof(m));
-	if (m.kstack_len || m.ustack_len || m.ima_len ||
+	if (m.ustack_len || m.ima_len || m.kstack_len % 8 ||
 	    PyDict_GET_SIZE(PyTuple_GET_ITEM(b->generic, GC_DATA)))
 		return NULL;
 	PyObject *hid = PyLong_FromUnsignedLong(m.hook_id);
@@ -3375,6 +3432,13 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 			if (enforces(plan, m.action) || enforces(plan, m.ret_action))
 				v = enforcement_message(b, plan, &m);
 			r = !v ? -1 : PyUnicode_GET_LENGTH(v) ? PyDict_SetItem(body, key, v) : 0;
+			break;
+		case LAY_KSTACK:
+			if (m.kstack_len) {
+				PyObject *st = kernel_stack(v, &m, data, n);
+				r = !st ? (PyErr_Occurred() ? -1 : 1) : PyDict_SetItem(body, key, st);
+				Py_XDECREF(st);
+			}
 			break;
 		case LAY_TAGS:
 			if (PyTuple_GET_SIZE(v)) {

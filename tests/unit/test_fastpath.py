@@ -893,8 +893,11 @@ generic_fields = st.fixed_dictionaries({
 
 # records the compiled handler makes itself (a cached process, no stack or pending data, an
 # action it covers): the twin test's random records reach it rarely
-in_plan_fields = st.tuples(generic_fields, st.sampled_from([0, 1, 2, 3, 4, 5]), st.sampled_from([0, 0, 1, 3, 4])).map(
-    lambda t: {**t[0], "pid": 100, "action": t[1], "ret_action": t[2], "kstack": 0})
+kernel_stacks = st.lists(st.one_of(st.just(0), st.integers(0xFFFFFFFF80000000, 0xFFFFFFFFC0000000),
+                                   st.integers(0, 2**64 - 1)), max_size=5).map(lambda a: struct.pack(f"<{len(a)}Q", *a))
+in_plan_fields = st.tuples(generic_fields, st.sampled_from([0, 1, 2, 3, 4, 5]), st.sampled_from([0, 0, 1, 3, 4]),
+                           kernel_stacks).map(
+    lambda t: {**t[0], "pid": 100, "action": t[1], "ret_action": t[2], "kstack": t[3]})
 
 
 @SETTINGS
@@ -1102,6 +1105,25 @@ def test_a_syscall_number_read_as_a_size_is_made_in_c() -> None:
     ev = handle(_generic_record(hooks[0], r), 0)
     assert calls == [] and ev.body["args"][1] == {"syscall_id": {"id": 59, "abi": "x64"}}
     assert ev.body["args"] == generic_events_reference(hooks[0], r)["args"]
+
+
+def test_kernel_stacks_are_made_in_c(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kprobe's kernel stack, each address as the symbol it falls in and the offset into it
+    (zeros skipped; below the first symbol, or in one whose address is hidden: the address)."""
+    from vigil.sensors import generic_events as G
+
+    syms = G.KernelSymbols()
+    syms._addrs, syms._names = [0, 0x1000, 0x2000], ["hidden", "alpha", "beta"]
+    monkeypatch.setattr(G, "KSYMS", syms)
+    (ch,), lp, handle, calls = _counted_policy_events("kprobe-string")
+    stack = struct.pack("<5Q", 0x1000, 0x2010, 0, 0x10, 2**64 - 1)
+    r = {"ktime": 7_000_000_000, "pid": 100, "exec_ktime": 5_000_000_000, "selector": 0, "action": 1,
+         "ret_action": 0, "flags": 0, "kstack": stack, "ret": 0, "args": [(b"/etc/hosts", 0, 0, 0), (b"", 1, 0, 0)]}
+    ev = handle(_generic_record(ch, r), 0)
+    assert calls == [] and ev.body["kernel_stack_trace"] == [
+        {"symbol": "alpha"}, {"offset": "16", "symbol": "beta"}, {"offset": "16"},
+        {"offset": str(2**64 - 1 - 0x2000), "symbol": "beta"}]
+    assert list(ev.body.items()) == list(generic_events_reference(ch, r).items())
 
 
 def generic_events_reference(ch: Any, r: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ The record carries raw argument slots; how to render each slot (type, label, whi
 variant) comes from the compiled hook it belongs to."""
 from __future__ import annotations
 
+import array
 import base64
 import bisect
 import ctypes
@@ -85,6 +86,16 @@ class KernelSymbols:
     def __init__(self) -> None:
         self._addrs: list[int] | None = None
         self._names: list[str] = []
+        self._table: tuple[bytes, list[str]] | None = None
+
+    def table(self) -> tuple[bytes, list[str]]:
+        """The compiled handler's copy: (the sorted start addresses as native u64s, the names)."""
+        if self._table is None:
+            if self._addrs is None:
+                self._load()
+            assert self._addrs is not None
+            self._table = (array.array("Q", self._addrs).tobytes(), self._names)
+        return self._table
 
     def _load(self) -> None:
         addrs, names = [], []
@@ -432,13 +443,14 @@ def _fast_arg(p: Any) -> int | None:
 
 
 # what fills each field of a body, in the compiled handler's layout (the LAY_* of native/fastpath.c)
-LAY = {n: i for i, n in enumerate(("const", "args", "return", "action", "return_action", "message", "tags"))}
+LAY = {n: i for i, n in enumerate(("const", "args", "return", "action", "return_action", "message", "tags",
+                                   "kstack"))}
 
 
 def _layout(sh: _Shape) -> tuple[tuple[str, int, Any], ...]:
     """build_body's fields in its order, as (key, LAY, value): the hook's constants, and what
     the record fills (arguments, return value, actions, message, tags; each only when there is
-    one). Stacks and IMA hashes are absent: the records that carry them go to build_body."""
+    one). User stacks and IMA hashes are absent: the records that carry them go to build_body."""
     const, lay = LAY["const"], LAY
     args, action, msg = ("args", lay["args"], None), ("action", lay["action"], None), \
         ("message", lay["message"], sh.message or "")
@@ -446,8 +458,9 @@ def _layout(sh: _Shape) -> tuple[tuple[str, int, Any], ...]:
     policy = ("policy_name", const, sh.policy)
     kind = sh.kind
     if kind == "process_kprobe":
-        return (("function_name", const, sh.function), args, ("return", lay["return"], None), action, policy,
-                ("return_action", lay["return_action"], None), msg, tags)
+        return (("function_name", const, sh.function), args, ("return", lay["return"], None), action,
+                ("kernel_stack_trace", lay["kstack"], KSYMS), policy, ("return_action", lay["return_action"], None),
+                msg, tags)
     if kind == "process_tracepoint":
         return ("subsys", const, sh.subsys), ("event", const, sh.event), args, policy, action, msg, tags
     if kind == "process_lsm":
