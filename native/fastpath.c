@@ -2542,12 +2542,12 @@ static PyObject *builder_rfc3339(Builder *b, PyObject *ktime)
 	return rfc3339(b, k);
 }
 
-/* ---- policy records: vigil.agent.policy_events.PolicyEvents.handle for the hooks (kprobes,
- * tracepoints, LSM hooks, uprobes, USDT probes) whose arguments the plan renders: plain,
- * file-like, socket and buffer arguments and a plain return value, with any action but those
- * that ask user space to act; an enforcement's message comes from message() once per selector
- * and action. Every other record (stacks, an IMA hash, maxData chunks waiting, a process not in
- * the cache, an argument the plan cannot render) goes to handle() itself.
+/* ---- policy records: vigil.agent.policy_events.PolicyEvents.handle for the hooks of every kind
+ * (kprobes, tracepoints, LSM hooks, uprobes, USDT probes): every argument type, return values,
+ * kernel stacks and IMA hashes, with any action but those that ask user space to act (an
+ * enforcement's message comes from message() once per selector and action). The records left
+ * to handle() itself: a user stack (read against /proc/<pid>/maps), maxData chunks waiting, a
+ * process not in the cache, a payload shorter than its header says.
  *
  * set_generic((hooks, plans, make_plan, handle, data, action_key, message)): hooks is
  * PolicyEvents.hooks (hook id -> (hook, policy)), plans the plans made so far (hook id -> plan or
@@ -2559,7 +2559,7 @@ static PyObject *builder_rfc3339(Builder *b, PyObject *ktime)
  * entry: the hooks entry it was made from (a plan is used only while hooks holds that very
  * object); layout: the body's fields in build_body's order, (key, LAY_*, value) triples (value: a
  * LAY_CONST's value, a LAY_MESSAGE's message when no action enforces, LAY_TAGS' tuple,
- * LAY_KSTACK's kernel symbols: generic_events.KernelSymbols); args:
+ * LAY_KSTACK's kernel symbols: generic_events.KernelSymbols, LAY_IMA's names of hash algorithms); args:
  * (slot, how, label) triples; action_names: action -> its name, for the actions the plan covers;
  * events, actions: the policy's counters; keys: (selector << 8 | action) -> counter key, filled
  * here; ret: (how, label) of a kprobe's return value, or None; names: (AF_NAMES, SOCK_TYPES,
@@ -2569,7 +2569,7 @@ static PyObject *builder_rfc3339(Builder *b, PyObject *ktime)
 enum { GP_ENTRY, GP_KIND, GP_LAYOUT, GP_ARGS, GP_ACTIONS, GP_EVENTS, GP_ACTION_COUNTS, GP_KEYS, GP_RET, GP_NAMES,
        GP_MESSAGES, GP_ENFORCING, GP_COUNT };
 /* what fills a field of the body; vigil.sensors.generic_events.LAY names them in this order */
-enum { LAY_CONST, LAY_ARGS, LAY_RETURN, LAY_ACTION, LAY_RETURN_ACTION, LAY_MESSAGE, LAY_TAGS, LAY_KSTACK };
+enum { LAY_CONST, LAY_ARGS, LAY_RETURN, LAY_ACTION, LAY_RETURN_ACTION, LAY_MESSAGE, LAY_TAGS, LAY_KSTACK, LAY_IMA };
 /* GP_NAMES: the name tables of sockets, capabilities and bpf commands (dicts: number -> name) */
 enum { GN_AF, GN_SOCK_TYPE, GN_PROTOCOL, GN_TCP_STATE, GN_CAP, GN_BPF_CMD, GN_PROG_TYPE, GN_MAP_TYPE, GN_PERF_TYPE,
        GN_TAINTS, GN_COUNT };  /* GN_TAINTS: ((bit, name), ...) in render_arg's order */
@@ -2621,8 +2621,8 @@ static int plan_ok(PyObject *plan, PyObject *entry)
 			return 0;
 		long op = PyLong_AsLong(PyTuple_GET_ITEM(f, 1));
 		PyObject *v = PyTuple_GET_ITEM(f, 2);
-		if (op < LAY_CONST || op > LAY_KSTACK || (op == LAY_MESSAGE && !PyUnicode_CheckExact(v)) ||
-		    (op == LAY_TAGS && !PyTuple_CheckExact(v)))
+		if (op < LAY_CONST || op > LAY_IMA || (op == LAY_MESSAGE && !PyUnicode_CheckExact(v)) ||
+		    ((op == LAY_TAGS || op == LAY_IMA) && !PyTuple_CheckExact(v)))
 			return 0;
 	}
 	return 1;
@@ -3305,16 +3305,50 @@ static PyObject *enforcement_message(Builder *b, PyObject *plan, const struct ms
 	return v;
 }
 
+/* _stack_off: where the stacks start, after every argument's payload */
+static Py_ssize_t stack_off(const struct msg_generic *m)
+{
+	Py_ssize_t off = 0;
+	for (int i = 0; i < VP_MAX_ARGS; i++)
+		if ((Py_ssize_t)m->args[i].off + m->args[i].len > off)
+			off = (Py_ssize_t)m->args[i].off + m->args[i].len;
+	return off;
+}
+
+/* an LSM hook's imaHash, "algorithm:hex digest", the digest after the stacks; NULL without an
+ * error: past the data (handle() makes the record) */
+static PyObject *ima_hash(PyObject *algos, const struct msg_generic *m, const char *data, Py_ssize_t n)
+{
+	static const char hex[] = "0123456789abcdef";
+	Py_ssize_t at = stack_off(m) + m->kstack_len + m->ustack_len;
+	if (at + m->ima_len > n)
+		return NULL;
+	PyObject *algo = m->ima_algo < PyTuple_GET_SIZE(algos) ? Py_NewRef(PyTuple_GET_ITEM(algos, m->ima_algo))
+							      : PyUnicode_FromFormat("%u", (unsigned)m->ima_algo);
+	PyObject *digest = PyUnicode_New(2 * (Py_ssize_t)m->ima_len, 127);
+	if (!algo || !digest) {
+		Py_XDECREF(algo);
+		Py_XDECREF(digest);
+		return NULL;
+	}
+	Py_UCS1 *out = PyUnicode_1BYTE_DATA(digest);
+	for (int i = 0; i < m->ima_len; i++) {
+		out[2 * i] = (Py_UCS1)hex[(unsigned char)data[at + i] >> 4];
+		out[2 * i + 1] = (Py_UCS1)hex[(unsigned char)data[at + i] & 15];
+	}
+	PyObject *h = PyUnicode_FromFormat("%U:%U", algo, digest);
+	Py_DECREF(algo);
+	Py_DECREF(digest);
+	return h;
+}
+
 /* _stack: the kernel stack's addresses (after the arguments' payloads, 8 bytes each, zeros
  * skipped) as {offset, symbol} by the symbol table ksyms.table() gives: (the start addresses,
  * sorted, as native u64s; their names). NULL without an error: a record handle() must make (its
  * stack past the data). */
 static PyObject *kernel_stack(PyObject *ksyms, const struct msg_generic *m, const char *data, Py_ssize_t n)
 {
-	Py_ssize_t off = 0;
-	for (int i = 0; i < VP_MAX_ARGS; i++)  /* _stack_off */
-		if ((Py_ssize_t)m->args[i].off + m->args[i].len > off)
-			off = (Py_ssize_t)m->args[i].off + m->args[i].len;
+	Py_ssize_t off = stack_off(m);
 	if (off + (Py_ssize_t)m->kstack_len > n)
 		return NULL;
 	PyObject *table = PyObject_CallMethod(ksyms, "table", NULL);
@@ -3369,7 +3403,7 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 	if (len < (Py_ssize_t)sizeof(m) || !evtypes[T_POLICY].type)
 		return NULL;
 	memcpy(&m, buf, sizeof(m));
-	if (m.ustack_len || m.ima_len || m.kstack_len % 8 ||
+	if (m.ustack_len || m.kstack_len % 8 ||
 	    PyDict_GET_SIZE(PyTuple_GET_ITEM(b->generic, GC_DATA)))
 		return NULL;
 	PyObject *hid = PyLong_FromUnsignedLong(m.hook_id);
@@ -3438,6 +3472,13 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 				PyObject *st = kernel_stack(v, &m, data, n);
 				r = !st ? (PyErr_Occurred() ? -1 : 1) : PyDict_SetItem(body, key, st);
 				Py_XDECREF(st);
+			}
+			break;
+		case LAY_IMA:
+			if (m.ima_len) {
+				PyObject *h = ima_hash(v, &m, data, n);
+				r = !h ? (PyErr_Occurred() ? -1 : 1) : PyDict_SetItem(body, key, h);
+				Py_XDECREF(h);
 			}
 			break;
 		case LAY_TAGS:

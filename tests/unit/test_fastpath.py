@@ -865,7 +865,8 @@ def _generic_record(ch: Any, d: dict[str, Any]) -> bytes:
 
     return generic_record(hook_id=ch.hook_id, pid=d["pid"], ktime=d["ktime"], exec_ktime=d["exec_ktime"],
                           args=d["args"], selector=d["selector"], action=d["action"], ret_action=d["ret_action"],
-                          flags=d["flags"], ret=d["ret"], kstack=bytes(d["kstack"]))
+                          flags=d["flags"], ret=d["ret"], kstack=bytes(d["kstack"]), ima=d.get("ima", b""),
+                          ima_algo=d.get("ima_algo", 0))
 
 
 # socket payloads (read.bpf.h): a family, then fields; addresses with runs of zero hextets
@@ -896,8 +897,9 @@ generic_fields = st.fixed_dictionaries({
 kernel_stacks = st.lists(st.one_of(st.just(0), st.integers(0xFFFFFFFF80000000, 0xFFFFFFFFC0000000),
                                    st.integers(0, 2**64 - 1)), max_size=5).map(lambda a: struct.pack(f"<{len(a)}Q", *a))
 in_plan_fields = st.tuples(generic_fields, st.sampled_from([0, 1, 2, 3, 4, 5]), st.sampled_from([0, 0, 1, 3, 4]),
-                           kernel_stacks).map(
-    lambda t: {**t[0], "pid": 100, "action": t[1], "ret_action": t[2], "kstack": t[3]})
+                           kernel_stacks, st.binary(max_size=64), st.sampled_from([4, 2, 200])).map(
+    lambda t: {**t[0], "pid": 100, "action": t[1], "ret_action": t[2], "kstack": t[3], "ima": t[4],
+               "ima_algo": t[5]})
 
 
 @SETTINGS
@@ -1143,6 +1145,8 @@ def generic_events_reference(ch: Any, r: dict[str, Any]) -> dict[str, Any]:
      ["path", "provider", "name", "policy_name", "message", "args", "action"]),
     ("lsm", 0, {"args": [(b"/etc/hosts", 0, 0, 0o100644)]},
      ["function_name", "policy_name", "args", "action", "message"]),
+    ("lsm", 0, {"args": [(b"/usr/bin/ls", 0, 0, 0o100755)], "ima": bytes(range(32)), "ima_algo": 4},
+     ["function_name", "policy_name", "args", "action", "message", "ima_hash"]),
     ("tracepoint", 0, {"args": [(b"/etc/hosts", 0, 0, 0), (b"", 0, 0, 0)], "ret_action": 3},
      ["subsys", "event", "args", "policy_name", "action", "message"]),
     ("kprobe-enforce", 0, {"selector": 1, "action": 3, "args": [(b"/etc/shadow", 0, 0, 0)]},

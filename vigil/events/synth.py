@@ -59,9 +59,11 @@ def exit_record(*, pid: int, ktime: int, exec_ktime: int, code: int = 0) -> byte
 
 def generic_record(*, hook_id: int, pid: int, ktime: int, exec_ktime: int,
                    args: Sequence[tuple[bytes, int, int, int]] = (), selector: int = 0, action: int = 1,
-                   ret_action: int = 0, flags: int = 0, ret: int = 0, kstack: bytes = b"") -> bytes:
+                   ret_action: int = 0, flags: int = 0, ret: int = 0, kstack: bytes = b"", ima: bytes = b"",
+                   ima_algo: int = 0) -> bytes:
     """A policy record (struct msg_generic) of hook `hook_id`: one (payload, value, flags, mode)
-    per argument slot, the payloads one after another, then the kernel stack's addresses."""
+    per argument slot, the payloads one after another, then the kernel stack's addresses, then
+    an IMA hash (of algorithm `ima_algo`)."""
     import ctypes
 
     from vigil.kernel import policy_layout as L
@@ -69,12 +71,12 @@ def generic_record(*, hook_id: int, pid: int, ktime: int, exec_ktime: int,
     m = L.MsgGeneric()
     m.op, m.ktime, m.pid, m.tid, m.exec_ktime, m.hook_id = R.OP_GENERIC, ktime, pid, pid, exec_ktime, hook_id
     m.selector, m.action, m.ret_action, m.flags, m.ret = selector, action, ret_action, flags, ret
-    m.kstack_len = len(kstack)
+    m.kstack_len, m.ima_len, m.ima_algo = len(kstack), len(ima), ima_algo
     data = b""
     for i, (payload, value, aflags, mode) in enumerate(args):
         a = m.args[i]
         a.off, a.len, a.flags, a.mode, a.value = len(data), len(payload), aflags, mode, value
         data += payload
-    data += kstack
+    data += kstack + ima
     m.size = ctypes.sizeof(m) + len(data)
     return bytes(m) + data

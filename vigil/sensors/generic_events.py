@@ -444,13 +444,13 @@ def _fast_arg(p: Any) -> int | None:
 
 # what fills each field of a body, in the compiled handler's layout (the LAY_* of native/fastpath.c)
 LAY = {n: i for i, n in enumerate(("const", "args", "return", "action", "return_action", "message", "tags",
-                                   "kstack"))}
+                                   "kstack", "ima"))}
 
 
 def _layout(sh: _Shape) -> tuple[tuple[str, int, Any], ...]:
     """build_body's fields in its order, as (key, LAY, value): the hook's constants, and what
     the record fills (arguments, return value, actions, message, tags; each only when there is
-    one). User stacks and IMA hashes are absent: the records that carry them go to build_body."""
+    one). User stacks are absent: the records that carry them go to build_body."""
     const, lay = LAY["const"], LAY
     args, action, msg = ("args", lay["args"], None), ("action", lay["action"], None), \
         ("message", lay["message"], sh.message or "")
@@ -464,7 +464,8 @@ def _layout(sh: _Shape) -> tuple[tuple[str, int, Any], ...]:
     if kind == "process_tracepoint":
         return ("subsys", const, sh.subsys), ("event", const, sh.event), args, policy, action, msg, tags
     if kind == "process_lsm":
-        return ("function_name", const, sh.function), policy, args, action, msg, tags
+        return (("function_name", const, sh.function), policy, args, action, msg,
+                ("ima_hash", lay["ima"], tuple(IMA_ALGOS)), tags)
     if kind == "process_uprobe":
         symbol = (("symbol", const, sh.symbol),) if sh.symbol else ()
         return (("path", const, sh.path), *symbol, policy, msg, args, tags, ("offset", const, sh.offset), action)
