@@ -3395,6 +3395,14 @@ static PyObject *kernel_stack(PyObject *ksyms, const struct msg_generic *m, cons
 	return out;
 }
 
+/* body[key] = made (stolen); 1: no made and no error (out of the plan) */
+static int set_made(PyObject *body, PyObject *key, PyObject *made)
+{
+	int r = !made ? (PyErr_Occurred() ? -1 : 1) : PyDict_SetItem(body, key, made);
+	Py_XDECREF(made);
+	return r;
+}
+
 /* the event, or NULL with *out_of_plan set (no error): handle() takes the record */
 static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *out_of_plan)
 {
@@ -3468,18 +3476,10 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 			r = !v ? -1 : PyUnicode_GET_LENGTH(v) ? PyDict_SetItem(body, key, v) : 0;
 			break;
 		case LAY_KSTACK:
-			if (m.kstack_len) {
-				PyObject *st = kernel_stack(v, &m, data, n);
-				r = !st ? (PyErr_Occurred() ? -1 : 1) : PyDict_SetItem(body, key, st);
-				Py_XDECREF(st);
-			}
+			r = m.kstack_len ? set_made(body, key, kernel_stack(v, &m, data, n)) : 0;
 			break;
 		case LAY_IMA:
-			if (m.ima_len) {
-				PyObject *h = ima_hash(v, &m, data, n);
-				r = !h ? (PyErr_Occurred() ? -1 : 1) : PyDict_SetItem(body, key, h);
-				Py_XDECREF(h);
-			}
+			r = m.ima_len ? set_made(body, key, ima_hash(v, &m, data, n)) : 0;
 			break;
 		case LAY_TAGS:
 			if (PyTuple_GET_SIZE(v)) {
