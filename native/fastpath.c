@@ -2545,16 +2545,17 @@ static PyObject *builder_rfc3339(Builder *b, PyObject *ktime)
 /* ---- policy records: vigil.agent.policy_events.PolicyEvents.handle for the hooks of every kind
  * (kprobes, tracepoints, LSM hooks, uprobes, USDT probes): every argument type, return values,
  * kernel stacks and IMA hashes, with any action but those that ask user space to act (an
- * enforcement's message comes from message() once per selector and action). The records left
- * to handle() itself: a user stack (read against /proc/<pid>/maps), maxData chunks waiting, a
- * process not in the cache, a payload shorter than its header says.
+ * enforcement's message comes from message() once per selector and action), of processes in
+ * the cache or not. The records left to handle() itself: a user stack (read against
+ * /proc/<pid>/maps), maxData chunks waiting, a payload shorter than its header says.
  *
- * set_generic((hooks, plans, make_plan, handle, data, action_key, message)): hooks is
+ * set_generic((hooks, plans, make_plan, handle, data, action_key, message, missing)): hooks is
  * PolicyEvents.hooks (hook id -> (hook, policy)), plans the plans made so far (hook id -> plan or
  * None), make_plan(hook_id) -> plan or None, handle the Python handler, data PolicyEvents._data,
  * action_key(hook, selector, action name) -> the policy's counter key, message(hook, selector,
- * action, ret_action, monitor) -> the body's message when an action enforces. A plan (made by
- * PolicyEvents.fast_plan) is the tuple
+ * action, ret_action, monitor) -> the body's message when an action enforces, missing(exec_id,
+ * pid, tid) -> the message of a process not in the cache (core.events.missing_process). A plan
+ * (made by PolicyEvents.fast_plan) is the tuple
  *   (entry, kind, layout, args, action_names, events, actions, keys, ret, names, messages, enforcing)
  * entry: the hooks entry it was made from (a plan is used only while hooks holds that very
  * object); layout: the body's fields in build_body's order, (key, LAY_*, value) triples (value: a
@@ -2580,14 +2581,15 @@ enum { GA_STRING, GA_INT, GA_UINT, GA_LONG, GA_SIZE, GA_STRING_ERR, GA_FILE, GA_
 #define GA_ERR_OK 128  /* with a file-like kind: an fd, rendered as a file even when it could not be read */
 _Static_assert(GA_KINDS <= GA_ERR_OK, "an argument's kind must stay below its flags");
 #define GA_SIZE_SHIFT 8  /* with GA_BYTES: 1 + the slot of the buffer's size argument (0: none) */
-enum { GC_HOOKS, GC_PLANS, GC_MAKE_PLAN, GC_HANDLE, GC_DATA, GC_ACTION_KEY, GC_MESSAGE, GC_COUNT };
+enum { GC_HOOKS, GC_PLANS, GC_MAKE_PLAN, GC_HANDLE, GC_DATA, GC_ACTION_KEY, GC_MESSAGE, GC_MISSING, GC_COUNT };
 
 static PyObject *builder_set_generic(Builder *b, PyObject *ctx)
 {
 	if (!PyTuple_CheckExact(ctx) || PyTuple_GET_SIZE(ctx) != GC_COUNT ||
 	    !PyDict_CheckExact(PyTuple_GET_ITEM(ctx, GC_HOOKS)) || !PyDict_CheckExact(PyTuple_GET_ITEM(ctx, GC_PLANS)) ||
 	    !PyDict_CheckExact(PyTuple_GET_ITEM(ctx, GC_DATA))) {
-		PyErr_SetString(PyExc_TypeError, "set_generic((hooks, plans, make_plan, handle, data, action_key, message))");
+		PyErr_SetString(PyExc_TypeError,
+				"set_generic((hooks, plans, make_plan, handle, data, action_key, message, missing))");
 		return NULL;
 	}
 	Py_XSETREF(b->generic, Py_NewRef(ctx));
@@ -3423,13 +3425,23 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 	if (!aname)
 		return NULL;  /* an error, or an action the plan leaves to handle() */
 	/* the process and its parent: PolicyEvents.processes */
-	PyObject *p = cached_process(b, m.key.pid, m.key.ktime, m.key.pid);
-	if (!p)
-		return NULL;  /* an error, or a process the Python side describes */
-	PyObject *pk = pslot(b, p, P_PARENT_KEY);
-	PyObject *pp = pk && pk != Py_None ? PyDict_GetItemWithError(b->by_key, pk) : NULL;
-	if (PyErr_Occurred())
+	PyObject *p = cached_process(b, m.key.pid, m.key.ktime, m.key.pid), *missing = NULL;
+	if (!p && PyErr_Occurred())
 		return NULL;
+	if (!p) {  /* not in the cache: missing_process's message ("miss"), no parent */
+		missing = PyObject_CallFunction(PyTuple_GET_ITEM(b->generic, GC_MISSING), "sKK", "",
+						(unsigned long long)m.key.pid,
+						(unsigned long long)(m.tid ? m.tid : m.key.pid));
+		if (!missing)
+			return NULL;
+	}
+	PyObject *pk = p ? pslot(b, p, P_PARENT_KEY) : NULL;
+	PyObject *pp = pk && pk != Py_None ? PyDict_GetItemWithError(b->by_key, pk) : NULL;
+	PyObject *procmsg = p ? pslot(b, p, P_MSG) : missing;
+	if (PyErr_Occurred()) {
+		Py_XDECREF(missing);
+		return NULL;
+	}
 	/* the arguments, then the body in build_body's order (the plan's layout) */
 	const char *data = buf + sizeof(m);
 	Py_ssize_t n = len - (Py_ssize_t)sizeof(m);
@@ -3493,6 +3505,7 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 	if (r) {
 		Py_XDECREF(args);
 		Py_XDECREF(body);
+		Py_XDECREF(missing);
 		if (r > 0)
 			return NULL;  /* out of the plan */
 		*out_of_plan = 0;
@@ -3520,6 +3533,7 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 	    !(ev = new_slotted(evtypes[T_POLICY].type))) {
 		Py_XDECREF(t);
 		Py_DECREF(body);
+		Py_XDECREF(missing);
 		return NULL;
 	}
 	const evtype_t *et = &evtypes[T_POLICY];
@@ -3529,11 +3543,12 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 	SET(ev, et->off[E_ENC_PB], Py_None);
 	SET(ev, et->off[E_ENC_DICT], Py_None);
 	SET(ev, et->off[E_KIND], kind);
-	SET(ev, et->off[E_PROCESS], pslot(b, p, P_MSG));
+	SET(ev, et->off[E_PROCESS], procmsg);
 	SET(ev, et->off[E_PARENT], pp ? pslot(b, pp, P_MSG) : Py_None);
 	SET(ev, et->off[E_BODY], body);
 	Py_DECREF(t);
 	Py_DECREF(body);
+	Py_XDECREF(missing);
 	return ev;
 }
 

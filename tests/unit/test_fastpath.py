@@ -892,14 +892,14 @@ generic_fields = st.fixed_dictionaries({
 })
 
 
-# records the compiled handler makes itself (a cached process, no stack or pending data, an
-# action it covers): the twin test's random records reach it rarely
+# records the compiled handler makes itself (no user stack or pending data, an action it
+# covers; pids 100 and 101 are in the cache, 555 is not): the twin test's random records reach
+# it rarely
 kernel_stacks = st.lists(st.one_of(st.just(0), st.integers(0xFFFFFFFF80000000, 0xFFFFFFFFC0000000),
                                    st.integers(0, 2**64 - 1)), max_size=5).map(lambda a: struct.pack(f"<{len(a)}Q", *a))
 in_plan_fields = st.tuples(generic_fields, st.sampled_from([0, 1, 2, 3, 4, 5]), st.sampled_from([0, 0, 1, 3, 4]),
                            kernel_stacks, st.binary(max_size=64), st.sampled_from([4, 2, 200])).map(
-    lambda t: {**t[0], "pid": 100, "action": t[1], "ret_action": t[2], "kstack": t[3], "ima": t[4],
-               "ima_algo": t[5]})
+    lambda t: {**t[0], "action": t[1], "ret_action": t[2], "kstack": t[3], "ima": t[4], "ima_algo": t[5]})
 
 
 @SETTINGS
@@ -968,9 +968,9 @@ def _counted_policy_events(spec: str) -> tuple[Any, Any, Any, list[int]]:
 
 
 def test_generic_plain_records_need_no_python() -> None:
-    """A record with plain arguments, of a process in the cache, is made in C: handle() is not
-    called, for an enforcement (its message explains it) neither; an action that asks user space
-    to act (GetUrl) is handed to handle()."""
+    """A record with plain arguments is made in C: handle() is not called, for an enforcement
+    (its message explains it) or a process not in the cache neither; an action that asks user
+    space to act (GetUrl) is handed to handle()."""
     (ch,), lp, handle, calls = _counted_policy_events("kprobe-string")
     rec = {"ktime": 7_000_000_000, "pid": 100, "exec_ktime": 5_000_000_000, "selector": 1, "action": 1,
            "ret_action": 0, "flags": 0, "kstack": 0, "ret": 0, "args": [(b"/etc/passwd", 0, 0, 0), (b"", 3, 0, 0)] * 2}
@@ -985,6 +985,8 @@ def test_generic_plain_records_need_no_python() -> None:
     assert handle(_generic_record(ch, {**rec, "action": 5, "flags": 2}), 0).body["message"].endswith(
         "monitor mode: reported, not enforced via " + ch.placement.describe() + "]")
     assert calls == []
+    ev = handle(_generic_record(ch, {**rec, "pid": 555, "exec_ktime": 0}), 0)  # a process not in the cache
+    assert calls == [] and (ev.process.pid, ev.process.flags, ev.process.exec_id, ev.parent) == (555, "miss", "", None)
     handle(_generic_record(ch, {**rec, "action": 14}), 0)  # GetUrl
     assert calls == [1]
 

@@ -105,7 +105,7 @@ class PolicyEvents:
         if fast is None:
             return self.handle
         fast.set_generic((self.hooks, {}, self.fast_plan, self.handle, self._data, self.action_key,
-                         self.message))
+                         self.message, missing_process))
         return fast.on_generic  # type: ignore[no-any-return]
 
     # -- record handlers (the event loop's table, by record op)
