@@ -2547,7 +2547,8 @@ static PyObject *builder_rfc3339(Builder *b, PyObject *ktime)
  * kernel stacks and IMA hashes, with any action but those that ask user space to act (an
  * enforcement's message comes from message() once per selector and action), of processes in
  * the cache or not. The records left to handle() itself: a user stack (read against
- * /proc/<pid>/maps), maxData chunks waiting, a payload shorter than its header says.
+ * /proc/<pid>/maps), an argument whose maxData chunks wait, a payload shorter than its header
+ * says.
  *
  * set_generic((hooks, plans, make_plan, handle, data, action_key, message, missing)): hooks is
  * PolicyEvents.hooks (hook id -> (hook, policy)), plans the plans made so far (hook id -> plan or
@@ -3413,9 +3414,14 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 	if (len < (Py_ssize_t)sizeof(m) || !evtypes[T_POLICY].type)
 		return NULL;
 	memcpy(&m, buf, sizeof(m));
-	if (m.ustack_len || m.kstack_len % 8 ||
-	    PyDict_GET_SIZE(PyTuple_GET_ITEM(b->generic, GC_DATA)))
+	if (m.ustack_len || m.kstack_len % 8)
 		return NULL;
+	/* maxData chunks wait: a record with an argument they continue takes them in handle()
+	 * (a chunk of an event that never came waits too, but concerns no other record) */
+	if (PyDict_GET_SIZE(PyTuple_GET_ITEM(b->generic, GC_DATA)))
+		for (int i = 0; i < VP_MAX_ARGS; i++)
+			if (m.args[i].flags & VP_ARGF_DATA)
+				return NULL;
 	PyObject *hid = PyLong_FromUnsignedLong(m.hook_id);
 	PyObject *plan = hid ? generic_plan(b, hid) : NULL;
 	Py_XDECREF(hid);

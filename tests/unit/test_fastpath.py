@@ -884,7 +884,7 @@ generic_fields = st.fixed_dictionaries({
     "ret": st.integers(-2**63, 2**63 - 1),
     "args": st.lists(st.tuples(st.one_of(st.binary(max_size=40), st.text(max_size=20).map(str.encode),
                                          sock_payloads),
-                               st.integers(-2**63, 2**63 - 1), st.sampled_from([0, 0, 0, 2, 1, 3]),
+                               st.integers(-2**63, 2**63 - 1), st.sampled_from([0, 0, 0, 2, 1, 3, 8]),
                                st.one_of(st.sampled_from([0, 0o100644, 0o104755, 0o040755, 0o120777, 0o020620]),
                                          st.integers(0, 0xFFFF))),
                      min_size=4, max_size=4),
@@ -913,10 +913,11 @@ def test_generic_events(name: str, recs: list[dict[str, Any]], pending_data: boo
 
 @pytest.mark.parametrize("name", sorted(GENERIC_SPECS))
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(recs=st.lists(in_plan_fields, min_size=1, max_size=6))
-def test_generic_events_in_plan(name: str, recs: list[dict[str, Any]]) -> None:
-    """The same, per hook shape, for records the compiled handler makes itself."""
-    _generic_twins(name, recs, False)
+@given(recs=st.lists(in_plan_fields, min_size=1, max_size=6), pending_data=st.booleans())
+def test_generic_events_in_plan(name: str, recs: list[dict[str, Any]], pending_data: bool) -> None:
+    """The same, per hook shape, for records the compiled handler makes itself (a maxData chunk
+    of another event waiting or not)."""
+    _generic_twins(name, recs, pending_data)
 
 
 def _generic_twins(name: str, recs: list[dict[str, Any]], pending_data: bool) -> None:
@@ -949,9 +950,10 @@ def _generic_twins(name: str, recs: list[dict[str, Any]], pending_data: bool) ->
     assert out[0] == out[1]
 
 
-def _counted_policy_events(spec: str) -> tuple[Any, Any, Any, list[int]]:
+def _counted_policy_events(spec: str, orphan_data: bool = False) -> tuple[Any, Any, Any, list[int]]:
     """(hooks, policy, compiled handler, calls): the hooks of GENERIC_SPECS[spec] over a cache
-    that knows pid 100; every record the compiled handler hands to handle() adds to calls."""
+    that knows pid 100; every record the compiled handler hands to handle() adds to calls.
+    orphan_data: a maxData chunk of an event that never came waits."""
     from vigil.agent.policy_events import PolicyEvents
 
     b, _ = _builders({"enable_cred": False, "enable_ns": False, "ancestors": False}, 64)
@@ -964,6 +966,8 @@ def _counted_policy_events(spec: str) -> tuple[Any, Any, Any, list[int]]:
     calls: list[int] = []
     py_handle = pe.handle
     pe.handle = lambda buf, now: (calls.append(1), py_handle(buf, now))[1]  # type: ignore[method-assign]
+    if orphan_data:
+        pe._data[(1, 2, 3)] = [(0, b"x")]
     return hooks, lp, pe.compiled_handler(), calls
 
 
@@ -988,6 +992,19 @@ def test_generic_plain_records_need_no_python() -> None:
     ev = handle(_generic_record(ch, {**rec, "pid": 555, "exec_ktime": 0}), 0)  # a process not in the cache
     assert calls == [] and (ev.process.pid, ev.process.flags, ev.process.exec_id, ev.parent) == (555, "miss", "", None)
     handle(_generic_record(ch, {**rec, "action": 14}), 0)  # GetUrl
+    assert calls == [1]
+
+
+def test_a_waiting_maxdata_chunk_keeps_only_its_own_records_in_python() -> None:
+    """A maxData chunk whose event never came (dropped) waits in PolicyEvents._data: the records
+    of other arguments are still made in C; one whose argument continues in chunks goes to
+    handle(), which takes its chunks."""
+    (ch,), lp, handle, calls = _counted_policy_events("kprobe-string", orphan_data=True)
+    rec = {"ktime": 7_000_000_000, "pid": 100, "exec_ktime": 5_000_000_000, "selector": 0, "action": 1,
+           "ret_action": 0, "flags": 0, "kstack": 0, "ret": 0, "args": [(b"/etc/passwd", 0, 0, 0), (b"", 3, 0, 0)]}
+    handle(_generic_record(ch, rec), 0)
+    assert calls == []
+    handle(_generic_record(ch, {**rec, "args": [(b"/etc/passwd", 4096, 8, 0), (b"", 3, 0, 0)]}), 0)  # ARGF_DATA
     assert calls == [1]
 
 
