@@ -859,6 +859,12 @@ def _generic_hooks(name: str) -> Any:
     return compiled.hooks, SimpleNamespace(events={}, actions={}, correlator=None)
 
 
+def plain_record(**fields: Any) -> dict[str, Any]:
+    """The fields of a record of pid 100 (in the cache) with no stack, action or flags, but `fields`."""
+    return {"ktime": 7_000_000_000, "pid": 100, "exec_ktime": 5_000_000_000, "selector": 0, "action": 0,
+            "ret_action": 0, "flags": 0, "kstack": 0, "ret": 0, "args": [], **fields}
+
+
 def _generic_record(ch: Any, d: dict[str, Any]) -> bytes:
     """A record of hook `ch` (struct msg_generic, then the argument payloads and a stack)."""
     from vigil.events.synth import generic_record
@@ -976,8 +982,7 @@ def test_generic_plain_records_need_no_python() -> None:
     (its message explains it) or a process not in the cache neither; an action that asks user
     space to act (GetUrl) is handed to handle()."""
     (ch,), lp, handle, calls = _counted_policy_events("kprobe-string")
-    rec = {"ktime": 7_000_000_000, "pid": 100, "exec_ktime": 5_000_000_000, "selector": 1, "action": 1,
-           "ret_action": 0, "flags": 0, "kstack": 0, "ret": 0, "args": [(b"/etc/passwd", 0, 0, 0), (b"", 3, 0, 0)] * 2}
+    rec = plain_record(selector=1, action=1, args=[(b"/etc/passwd", 0, 0, 0), (b"", 3, 0, 0)] * 2)
     ev = handle(_generic_record(ch, rec), 0)
     assert calls == [] and not gc.is_tracked(ev)
     assert list(ev.body) == ["function_name", "args", "action", "policy_name", "message", "tags"]
@@ -1000,8 +1005,7 @@ def test_a_waiting_maxdata_chunk_keeps_only_its_own_records_in_python() -> None:
     of other arguments are still made in C; one whose argument continues in chunks goes to
     handle(), which takes its chunks."""
     (ch,), lp, handle, calls = _counted_policy_events("kprobe-string", orphan_data=True)
-    rec = {"ktime": 7_000_000_000, "pid": 100, "exec_ktime": 5_000_000_000, "selector": 0, "action": 1,
-           "ret_action": 0, "flags": 0, "kstack": 0, "ret": 0, "args": [(b"/etc/passwd", 0, 0, 0), (b"", 3, 0, 0)]}
+    rec = plain_record(action=1, args=[(b"/etc/passwd", 0, 0, 0), (b"", 3, 0, 0)])
     handle(_generic_record(ch, rec), 0)
     assert calls == []
     handle(_generic_record(ch, {**rec, "args": [(b"/etc/passwd", 4096, 8, 0), (b"", 3, 0, 0)]}), 0)  # ARGF_DATA
@@ -1094,8 +1098,7 @@ def test_generic_records_made_in_c(spec: str, hook: int, rec: dict[str, Any], wa
     credentials, capabilities, bpf commands, the kernel objects' arguments and kretprobes' return
     values are made in C too: handle() is not called."""
     hooks, lp, handle, calls = _counted_policy_events(spec)
-    r = {"ktime": 7_000_000_000, "pid": 100, "exec_ktime": 5_000_000_000, "selector": 0, "action": 0,
-         "ret_action": 0, "flags": 0, "kstack": 0, "ret": 0, **rec}
+    r = plain_record(**rec)
     ev = handle(_generic_record(hooks[hook], r), 0)
     assert calls == [] and {k: ev.body[k] for k in want} == want
     assert list(ev.body.items()) == list(generic_events_reference(hooks[hook], r).items())
@@ -1120,9 +1123,7 @@ def test_a_syscall_number_read_as_a_size_is_made_in_c() -> None:
     """render_arg's syscall_id of a size argument whose policy type is syscall64."""
     hooks, lp, handle, calls = _counted_policy_events("tracepoint-syscall64")
     hooks[0].placement.args[1].policy_type = "syscall64"
-    r = {"ktime": 7_000_000_000, "pid": 100, "exec_ktime": 5_000_000_000, "selector": 0, "action": 0,
-         "ret_action": 0, "flags": 0, "kstack": 0, "ret": 0,
-         "args": [(b"", 0x80000000 | 5, 0, 0), (b"", 1 << 32 | 59, 0, 0)]}
+    r = plain_record(args=[(b"", 0x80000000 | 5, 0, 0), (b"", 1 << 32 | 59, 0, 0)])
     ev = handle(_generic_record(hooks[0], r), 0)
     assert calls == [] and ev.body["args"][1] == {"syscall_id": {"id": 59, "abi": "x64"}}
     assert ev.body["args"] == generic_events_reference(hooks[0], r)["args"]
@@ -1138,8 +1139,7 @@ def test_kernel_stacks_are_made_in_c(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(G, "KSYMS", syms)
     (ch,), lp, handle, calls = _counted_policy_events("kprobe-string")
     stack = struct.pack("<5Q", 0x1000, 0x2010, 0, 0x10, 2**64 - 1)
-    r = {"ktime": 7_000_000_000, "pid": 100, "exec_ktime": 5_000_000_000, "selector": 0, "action": 1,
-         "ret_action": 0, "flags": 0, "kstack": stack, "ret": 0, "args": [(b"/etc/hosts", 0, 0, 0), (b"", 1, 0, 0)]}
+    r = plain_record(action=1, kstack=stack, args=[(b"/etc/hosts", 0, 0, 0), (b"", 1, 0, 0)])
     ev = handle(_generic_record(ch, r), 0)
     assert calls == [] and ev.body["kernel_stack_trace"] == [
         {"symbol": "alpha"}, {"offset": "16", "symbol": "beta"}, {"offset": "16"},
@@ -1177,8 +1177,7 @@ def test_generic_bodies_of_every_kind_made_in_c(spec: str, hook: int, rec: dict[
     """The bodies of LSM hooks, uprobes and USDT probes, and enforcements' explained messages
     (a tracepoint's too: its return action enforced), are made in C in build_body's order."""
     hooks, lp, handle, calls = _counted_policy_events(spec)
-    r = {"ktime": 7_000_000_000, "pid": 100, "exec_ktime": 5_000_000_000, "selector": 0, "action": 0,
-         "ret_action": 0, "flags": 0, "kstack": 0, "ret": 0, **rec}
+    r = plain_record(**rec)
     ev = handle(_generic_record(hooks[hook], r), 0)
     assert calls == [] and list(ev.body) == keys
     assert list(ev.body.items()) == list(generic_events_reference(hooks[hook], r).items())
@@ -1196,8 +1195,7 @@ def test_socket_addresses_written_as_ipaddress_does(raw: bytes, family: int) -> 
 
     hooks, _, handle, calls = _counted_policy_events("kprobe-sock")
     payload = struct.pack("<HH4x16s", family, 80, raw)
-    r = {"ktime": 7_000_000_000, "pid": 100, "exec_ktime": 5_000_000_000, "selector": 0, "action": 0,
-         "ret_action": 0, "flags": 0, "kstack": 0, "ret": 0, "args": [(payload, 0, 0, 0), (b"", 1, 0, 0)]}
+    r = plain_record(args=[(payload, 0, 0, 0), (b"", 1, 0, 0)])
     ev = handle(_generic_record(hooks[1], r), 0)
     want = ipaddress.IPv4Address(raw[:4]) if family == 2 else ipaddress.IPv6Address(raw)
     assert calls == [] and ev.body["args"][0]["sockaddr_arg"]["addr"] == str(want)

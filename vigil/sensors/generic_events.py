@@ -417,7 +417,8 @@ _GA_BY_TYPE = {
     **dict.fromkeys(("bpf_attr", "bpf_prog"), GA["bpf_prog"]), "bpf_map": GA["bpf_map"],
     "perf_event": GA["perf_event"], **dict.fromkeys(("module", "load_info"), GA["module"]), "user_ns": GA["user_ns"],
 }
-# the name tables of the compiled handler (its GN_*): sockets', capabilities', bpf commands'
+# the name tables of the compiled handler (its GN_*): sockets', capabilities', bpf commands',
+# program, map and perf event types, module taints
 _GA_NAMES = (AF_NAMES, SOCK_TYPES, PROTOCOLS, TCP_STATES, dict(enumerate(CAP_NAMES)), dict(enumerate(BPF_CMDS)),
              {i: f"BPF_PROG_TYPE_{n}" for i, n in enumerate(BPF_PROG_TYPES)},
              {i: f"BPF_MAP_TYPE_{n}" for i, n in enumerate(BPF_MAP_TYPES)}, dict(enumerate(PERF_TYPES)),
