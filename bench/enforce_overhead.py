@@ -6,7 +6,12 @@ exec: N x fork+execve+wait of a copy of /bin/true from the C loop of _common.py,
   off        no permission marks;
   permd      vigil-permd, the native helper the agent uses, with an allow-all exec
              rule set (an Override rule on the directory whose second condition never
-             matches): every exec is read, evaluated against the table and answered;
+             matches): its rules read only the path, so the first exec of the binary is
+             read, evaluated and answered, and the helper then tells the kernel to stop
+             asking about that file (a remembered allow);
+  permd-ask  the same with a third condition on the requester's binary (never
+             evaluated: the second fails first), so no answer can be remembered and
+             every exec is read, evaluated against the table and answered;
   permd+open the same with FAN_OPEN_PERM too (two permission events per exec);
   permd-else the same rule set on another directory: the execs are outside its marks
              and never reach the helper (what every exec the rules don't name costs);
@@ -118,23 +123,26 @@ def run_connector(exe: str, n: int, cgroup: str) -> float:
     return int(p.stdout) / 1e9
 
 
-def allow_all_table(guard_dir: str, open_too: bool) -> Table:
+def allow_all_table(guard_dir: str, open_too: bool, ask_every_time: bool) -> Table:
     kinds = frozenset({"exec", "open"} if open_too else {"exec"})
-    never = Cond("path", "Postfix", (".vigil-bench-never",))
-    rule = Rule(1, 0, kinds, "override", conds=(Cond("path", "Prefix", (guard_dir + "/",)), never))
+    conds = [Cond("path", "Prefix", (guard_dir + "/",)), Cond("path", "Postfix", (".vigil-bench-never",))]
+    if ask_every_time:  # a rule reading the requester: the helper cannot remember an answer per file
+        conds.append(Cond("binary", "Equal", ("/vigil-bench-never",)))
+    rule = Rule(1, 0, kinds, "override", conds=tuple(conds))
     return Table([rule], [Mark("tree", guard_dir, kinds)], exempt=(os.getpid(),))
 
 
 def permd_round(spawner: str, n: int, binary: str, guard_dir: str, open_too: bool,
-                stats: dict[str, float]) -> float:
+                stats: dict[str, float], ask_every_time: bool = False) -> float:
     with PermissionHelper() as h:
-        h.push(allow_all_table(guard_dir, open_too))
+        h.push(allow_all_table(guard_dir, open_too, ask_every_time))
         secs = run_spawner(spawner, n, binary)[0]
         st = h.stats()
     if st["allowed"]:
         stats["answer_us"] = st["latency_ns_total"] / st["allowed"] / 1e3  # read -> response written
         stats["max_answer_us"] = st["latency_ns_max"] / 1e3
         stats["events_per_exec"] = st["events"] / n
+        stats["remembered"] = st["cached"]
     if st["timeouts"] or st["denied"] or st["rescued"]:
         raise RuntimeError(f"the helper misbehaved during the bench: {st}")
     return secs
@@ -253,6 +261,7 @@ def main() -> int:
     rounds = a.rounds or (1 if a.quick else 3)
     cg = os.path.join(cgroup2_root(), f"vigil-bench-enforce-{os.getpid()}")
     answer: dict[str, float] = {}
+    remembered: dict[str, float] = {}
     with tempdir("vigil-bench-enforce-") as tmp:
         spawner = build_spawner(tmp)
         connector = build_connector(tmp)
@@ -266,7 +275,8 @@ def main() -> int:
         print(f"exec: {n} fork+exec+wait of {binary} per round, {rounds} rounds")
         ex = interleave({
             "off": lambda: run_spawner(spawner, n, binary)[0],
-            "permd": lambda: permd_round(spawner, n, binary, str(gdir), False, answer),
+            "permd": lambda: permd_round(spawner, n, binary, str(gdir), False, remembered),
+            "permd-ask": lambda: permd_round(spawner, n, binary, str(gdir), False, answer, True),
             "permd-else": lambda: permd_round(spawner, n, binary, str(other), False, {}),
             "permd+open": lambda: permd_round(spawner, n, binary, str(gdir), True, {}),
             "python": lambda: python_round(spawner, n, binary, str(gdir), answer),
@@ -292,13 +302,17 @@ def main() -> int:
     cs = summarize("connect", co, "off")
     if "answer_us" in answer:
         print(f"vigil-permd: {answer['answer_us']:.1f} µs mean read->answer per event "
-              f"(max {answer['max_answer_us']:.0f} µs), {answer['events_per_exec']:.2f} events per exec")
+              f"(max {answer['max_answer_us']:.0f} µs), {answer['events_per_exec']:.2f} events per exec (permd-ask)")
+    if "events_per_exec" in remembered:
+        print(f"vigil-permd, path-only rules: {remembered['events_per_exec'] * n:.0f} permission event(s) for {n} "
+              f"execs, {remembered['remembered']:.0f} file(s) remembered")
     if "python_answer_us" in answer:
         print(f"python responder: {answer['python_answer_us']:.1f} µs mean read->answer per batch")
     if "connect4_prog_ns" in answer:
         print(f"netdeny connect4 program: {answer['connect4_prog_ns']:.0f} ns per run (bpf_stats)")
     emit_json("enforce_overhead", {"n": n, "rounds": rounds, "exec": es, "connect": cs,
                                    "permd_answer_us": round(answer.get("answer_us", 0.0), 1),
+                                   "permd_events_remembered_table": remembered.get("events_per_exec", 0.0) * n,
                                    "python_answer_us": round(answer.get("python_answer_us", 0.0), 1),
                                    "connect4_prog_ns": round(answer.get("connect4_prog_ns", 0.0))})
     return 0

@@ -24,6 +24,11 @@
  * new fanotify group, marked completely before the old group is drained and closed,
  * so there is no moment without the rules.
  *
+ * Remembered allows: when every rule of a kind reads only the file's path, a file no rule
+ * matched is allowed whoever asks, so the group stops asking about it (an ignore mask on
+ * its inode, cleared by the kernel when the file is written to). Allow-list and deny-list
+ * tables then cost one round trip per binary, not one per exec.
+ *
  * Usage: vigil-permd --control-fd N [--test-hooks]   |   vigil-permd --layout
  */
 #define _GNU_SOURCE
@@ -55,6 +60,7 @@
 #define MAX_ANCESTORS 64
 #define SERVICE_EVERY 64          /* directories marked between looks at the current group */
 #define META_SZ ((int)sizeof(struct fanotify_event_metadata))
+#define MAX_CACHED 16384          /* ignore marks per group: each pins its inode in the kernel */
 
 /* ------------------------------------------------------------------ small things */
 static uint64_t now_ns(clockid_t c)
@@ -87,6 +93,7 @@ struct table {
 	struct markspec *marks; uint32_t nmarks;
 	uint32_t *exempt; uint32_t nexempt;
 	int need_binary;
+	uint32_t cache_kinds;     /* PD_KIND_* whose decisions read only the path (set at commit) */
 };
 
 static void table_free(struct table *t)
@@ -256,6 +263,7 @@ struct gen {
 	uint32_t marks, dirs, mark_errors;
 	dev_t *devs; uint32_t ndevs;         /* file systems marked for PD_MARK_ALL */
 	uint32_t all_mask;                   /* mask of PD_MARK_ALL, 0 if none */
+	uint32_t cached;                     /* files this group no longer asks about */
 	char warn[1024];
 };
 
@@ -630,6 +638,25 @@ static int path_of_fd(int efd, char *buf, size_t size)
 	return (int)n;
 }
 
+/* An allow no rule took part in, from a table whose rules of this kind read only the path:
+ * the same file gets the same answer whoever asks, so the group stops asking about it (an
+ * ignore mask on the file's inode, this kind only). Execs of allowed binaries then never wait
+ * on this helper again. The kernel clears the mask when the file is written to; a new table
+ * gets a new group, so nothing remembered outlives the rules it was decided by. Only regular
+ * files with a single name: with a second hard link, the same inode could be asked about
+ * under a path a rule names. Caller holds S.mu; efd is still open. */
+static void remember_allow(struct gen *g, int efd, uint32_t kind)
+{
+	struct stat st;
+	if (g->cached >= MAX_CACHED || fstat(efd, &st) || !S_ISREG(st.st_mode) || st.st_nlink != 1)
+		return;
+	uint64_t mask = kind == PD_KIND_EXEC ? FAN_OPEN_EXEC_PERM : FAN_OPEN_PERM;
+	if (fanotify_mark(g->fan_fd, FAN_MARK_ADD | FAN_MARK_IGNORED_MASK, mask, efd, NULL) == 0) {
+		g->cached++;
+		S.st[PD_STAT_cached]++;
+	}
+}
+
 /* Read what the group has queued (up to the free pending slots) and decide each event. */
 static void handle_fanotify(struct gen *g)
 {
@@ -704,6 +731,9 @@ static void handle_fanotify(struct gen *g)
 					kill((pid_t)p.pid, SIGKILL);   /* the requester the kernel named, nothing else */
 					S.st[PD_STAT_killed]++;
 				}
+				if (v.allow && !v.nmatch && q.path_len && S.table && S.table->cache_kinds & q.kind &&
+				    cur->fan_fd == g->fan_fd)
+					remember_allow(g, cur->efd, q.kind);
 				respond(cur->fan_fd, cur->efd, v.allow);
 				account_latency(lat);
 				cur->used = 0;
@@ -961,6 +991,19 @@ static const char *stage(const char *msg, size_t len)
 	return "unknown message type";
 }
 
+/* The kinds whose every rule reads only the file's path: for those, the answer for a file
+ * does not depend on who asks, so a silent allow can be remembered per file (see
+ * remember_allow). One rule reading the requester (binary, pid) makes its kinds ask every time. */
+static uint32_t path_only_kinds(const struct table *t)
+{
+	uint32_t kinds = PD_KIND_EXEC | PD_KIND_OPEN;
+	for (uint32_t i = 0; i < t->nrules; i++)
+		for (uint32_t j = 0; j < t->rules[i].ncond; j++)
+			if (t->rules[i].conds[j].field != PD_FIELD_PATH)
+				kinds &= ~t->rules[i].kinds;
+	return kinds;
+}
+
 static void commit(void)
 {
 	struct table *t = S.staging;
@@ -972,6 +1015,7 @@ static void commit(void)
 		return;
 	}
 	int err = 0;
+	t->cache_kinds = path_only_kinds(t);
 	__atomic_store_n(&S.busy_since, now_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
 	struct gen *g = gen_build(t, &err);
 	if (err) {

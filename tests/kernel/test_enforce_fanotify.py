@@ -172,6 +172,57 @@ def test_matchbinaries_and_pids(gdir: Path, helper: Helper) -> None:
     assert run([tool]) == 0
 
 
+def guard_tree_deny_blocked(gdir: Path, requester: Cond | None = None) -> list[Rule]:
+    """Rules that mark the whole test tree and deny only blocked/: an exec under allowed/
+    reaches the helper and no rule matches it. `requester` adds a condition on who asks to
+    the never-matching rule (its other condition fails first, so it never matches)."""
+    never = (Cond("path", "Prefix", (f"{gdir}/",)), Cond("path", "Postfix", ("/vigil-never",)))
+    return [Rule(1, 0, EXEC, "override", conds=never + ((requester,) if requester else ())),
+            Rule(2, 0, EXEC, "override", conds=(Cond("path", "Prefix", (f"{gdir}/blocked/",)),))]
+
+
+def exec_events(helper: Helper, argv: list[str], times: int) -> tuple[int, int]:
+    """(permission events, remembered allows) the helper counted while argv ran `times` times."""
+    st0 = helper.h.stats()
+    for _ in range(times):
+        assert run(argv) == 0
+    st = helper.h.stats()
+    return st["events"] - st0["events"], st["cached"] - st0["cached"]
+
+
+@pytest.mark.parametrize(("case", "events", "remembered"), [
+    ("path rules only", 1, 1),                      # asked once, then the file is remembered
+    ("a rule reads the requester's binary", 3, 0),  # the answer may differ by who asks
+    ("a rule reads the requester's pid", 3, 0),
+    ("the file has a second hard link", 3, 0),      # a rule may name the other path
+])
+def test_silent_allows_are_remembered_only_when_the_file_decides(
+        gdir: Path, helper: Helper, case: str, events: int, remembered: int) -> None:
+    requester = {"a rule reads the requester's binary": Cond("binary", "Equal", ("/vigil-never",)),
+                 "a rule reads the requester's pid": Cond("pid", "In", (1,))}.get(case)
+    helper.push(guard_tree_deny_blocked(gdir, requester))
+    tool = gdir / "allowed" / "tool"
+    if case == "the file has a second hard link":
+        os.link(tool, gdir / "allowed" / "tool-link")
+    assert exec_events(helper, [str(tool)], 3) == (events, remembered)
+    for _ in range(2):  # the deny stands whatever was remembered
+        assert is_eperm(run([str(gdir / "blocked" / "tool")]))
+    assert [r.path for r in helper.wait_reports(2)] == [f"{gdir}/blocked/tool"] * 2
+
+
+def test_a_remembered_file_is_asked_about_again_once_written_or_under_new_rules(gdir: Path, helper: Helper) -> None:
+    helper.push(guard_tree_deny_blocked(gdir))
+    tool = gdir / "allowed" / "tool"
+    assert exec_events(helper, [str(tool)], 2) == (1, 1)
+    with open(tool, "ab") as f:   # a write: the kernel drops what the group remembered
+        f.write(b"\0")
+    assert exec_events(helper, [str(tool)], 2) == (1, 1)
+    # new rules, new group: nothing remembered under the old ones lets the file through
+    helper.push([Rule(3, 0, EXEC, "override", conds=(Cond("path", "Prefix", (f"{gdir}/allowed/",)),))])
+    assert is_eperm(run([str(tool)])) and is_eperm(run([str(tool)]))
+    assert helper.h.stats()["denied"] == 2
+
+
 def wait_stalled(pid: int) -> None:
     """Until the helper's main thread sleeps in the stalled decision."""
     deadline = time.monotonic() + 10
