@@ -2115,11 +2115,17 @@ static PyObject *pod_from_table(Builder *b, PyObject *pods, PyObject *cgroup_nam
 	}
 	PyObject *fast = b->pods_fast;
 	PyObject *hit = PyDict_GetItemWithError(PyList_GET_ITEM(fast, 0), cgroup_name);
-	if (!hit || !PyTuple_CheckExact(hit) || PyTuple_GET_SIZE(hit) != 3 || !pod_type)
+	if (!hit || !PyTuple_CheckExact(hit) || PyTuple_GET_SIZE(hit) != 4 || !pod_type)
 		return NULL;
 	PyObject *probes = PyTuple_GET_ITEM(hit, 1);
-	if (probes != Py_None && (!PyFrozenSet_CheckExact(probes) || PySet_Contains(probes, arguments) != 0))
-		return NULL;  /* maybe an exec probe (or an error) */
+	if (probes != Py_None) {  /* arguments longer than every probe's are none of them: no hashing */
+		Py_ssize_t longest = PyLong_AsSsize_t(PyTuple_GET_ITEM(hit, 3));
+		if (longest < 0)
+			return NULL;  /* (an error: set) */
+		if (PyUnicode_GET_LENGTH(arguments) <= longest &&
+		    (!PyFrozenSet_CheckExact(probes) || PySet_Contains(probes, arguments) != 0))
+			return NULL;  /* maybe an exec probe (or an error) */
+	}
 	PyObject *pod = new_slotted(pod_type);
 	if (!pod)
 		return NULL;

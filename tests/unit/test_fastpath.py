@@ -465,10 +465,12 @@ def test_pod_table_serves_known_containers_and_asks_the_resolver_otherwise() -> 
     assert table_hits() == 1 and pod["pod_labels"]["rev"] == "1"
     pod, want = run(103, args=b"curl\0-s\0a b\0")  # a possible exec probe: the resolver decides
     assert table_hits() == 1 and pod.probe and want.probe
-    run(104)
+    run(104)                                     # as short as a probe's, not one: the table
     assert table_hits() == 2
-    assert run(105, cgroup=f"/kubepods/besteffort/pod{POD_UID}/{UNKNOWN}") == (None, None)
-    assert fast_b.pods.enriched == ref_b.pods.enriched == 5 and fast_b.pods.unknown == ref_b.pods.unknown == 1
+    pod, _ = run(105, args=b"curl\0" + b"x" * 64 + b"\0")  # longer than every probe's: the table
+    assert table_hits() == 3 and not pod.probe
+    assert run(106, cgroup=f"/kubepods/besteffort/pod{POD_UID}/{UNKNOWN}") == (None, None)
+    assert fast_b.pods.enriched == ref_b.pods.enriched == 6 and fast_b.pods.unknown == ref_b.pods.unknown == 1
 
 
 @SETTINGS

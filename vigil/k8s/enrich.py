@@ -29,8 +29,10 @@ class PodResolver:
         self._refs: dict[str, ContainerRef] = {}          # cgroup name -> ref
         self.by_docker: dict[str, ContainerRef] = {}      # docker field (31) -> ref of kubelet containers
         # cgroup name -> (the shared pod part, its exec probes' argument strings or None, the
-        # (pod, container) it was made from): dropped when the store changes that container
-        self._by_cg: dict[str, tuple[PodShared, frozenset[str] | None, tuple[PodInfo, ContainerInfo]]] = {}
+        # (pod, container) it was made from, the longest of those strings' length: longer
+        # arguments are no probe, without hashing them): dropped when the store changes that
+        # container
+        self._by_cg: dict[str, tuple[PodShared, frozenset[str] | None, tuple[PodInfo, ContainerInfo], int]] = {}
         self._cgroups_of: dict[str, list[str]] = {}      # container id -> its cgroup names in _by_cg
         # what the compiled exec path reads (native/fastpath.c, pod_from_table): a process of a
         # container in the table that runs none of its exec probes gets its pod there, counted
@@ -97,7 +99,8 @@ class PodResolver:
             if len(self._by_cg) >= _REF_CACHE_MAX:
                 self._by_cg.clear()
                 self._cgroups_of.clear()
-            hit = self._by_cg[cgroup_name] = (self._base(*entry), entry[1].probe_args or None, entry)
+            probes = entry[1].probe_args or None
+            hit = self._by_cg[cgroup_name] = (self._base(*entry), probes, entry, max(map(len, probes or ("",))))
             self._cgroups_of.setdefault(entry[1].id, []).append(cgroup_name)
             if self.store.updates != seen:  # the store changed meanwhile: maybe after _forget ran
                 self._by_cg.pop(cgroup_name, None)
