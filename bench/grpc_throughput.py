@@ -8,6 +8,10 @@ by process creation):
   alone    export only, no gRPC server
   1 client the gRPC front end and one GetEvents client
   4        four concurrent clients
+  paced    one client while the records arrive at a set rate (--paced-rate, default 60,000
+           events/s, in 1 ms steps, as a live source at that rate would deliver them):
+           whether a client receives every exported event when the export runs at that
+           rate, rather than as fast as one core can replay
 
 Clients are real gRPC clients in separate processes, of two kinds (--client-impl, both by
 default, each after the same export-alone baseline):
@@ -136,6 +140,40 @@ def spawn_client(address: str, impl: str, raw: bool, threaded: bool) -> subproce
 
 # ---------------------------------------------------------------- one phase
 
+class PacedReplay:
+    """The records released at `rate` per second from the first wait() on (the agent's
+    replay-source interface: wait, drain, exhausted, close)."""
+
+    def __init__(self, records: list[bytes], rate: float) -> None:
+        self.records, self.rate = records, rate
+        self.pos = 0
+        self.t0 = 0.0
+
+    def _due(self) -> int:
+        if not self.t0:
+            self.t0 = time.monotonic()
+        step = int((time.monotonic() - self.t0) * 1000)  # whole milliseconds
+        return min(len(self.records), int(step * self.rate / 1000))
+
+    @property
+    def exhausted(self) -> bool:
+        return self.pos >= len(self.records)
+
+    def wait(self, timeout: float) -> bool:
+        if not self.exhausted and self._due() <= self.pos:
+            time.sleep(min(timeout, 0.001))
+        return self._due() > self.pos
+
+    def drain(self) -> list[bytes]:
+        due = self._due()
+        out = self.records[self.pos : due]
+        self.pos = max(self.pos, due)
+        return out
+
+    def close(self) -> None:
+        self.pos = len(self.records)
+
+
 def _wait(pred, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not pred():
@@ -144,7 +182,8 @@ def _wait(pred, timeout: float, what: str) -> None:
         time.sleep(0.01)
 
 
-def run_phase(records: list[bytes], tmp: Path, n_clients: int, impl: str, raw: bool, threaded: bool) -> dict:
+def run_phase(records: list[bytes], tmp: Path, n_clients: int, impl: str, raw: bool, threaded: bool,
+              rate: float = 0.0) -> dict:
     from vigil.agent.agent import Agent
     from vigil.agent.config import AgentConfig
     from vigil.agent.frontends import attach_frontends
@@ -155,7 +194,7 @@ def run_phase(records: list[bytes], tmp: Path, n_clients: int, impl: str, raw: b
     address = f"unix://{sock}" if n_clients else ""
     cfg = AgentConfig(export_filename=str(export), server_address=address, info_file="",
                       export_file_max_size_mb=100_000, node_name="bench-node")
-    agent = Agent(cfg, source=ReplaySource(records))
+    agent = Agent(cfg, source=PacedReplay(records, rate) if rate else ReplaySource(records))
     attach_frontends(agent)
     procs: list[subprocess.Popen[str]] = []
     agent.start()
@@ -205,7 +244,7 @@ def run_phase(records: list[bytes], tmp: Path, n_clients: int, impl: str, raw: b
         span = (r["last"] - t0) if cnt else float("nan")
         clients.append({"received": cnt, "lost": d, "events_per_s": cnt / span if cnt else 0.0,
                         "status": r.get("status", r.get("error"))})
-    return {"clients": n_clients, "impl": "go" if impl != "python" else "python", "events": n_events,
+    return {"clients": n_clients, "impl": "go" if impl != "python" else "python", "events": n_events, "rate": rate,
             "export_seconds": t_export,
             "export_events_per_s": n_events / t_export, "per_client": clients, "grpc": grpc_stats,
             "cpu_s": {"agent_export": round(cpu_agent, 3), "serving": round(cpu_serving, 3),
@@ -240,6 +279,8 @@ def main() -> int:
     ap.add_argument("--raw-clients", action="store_true", help="Python clients count bytes, do not parse")
     ap.add_argument("--threaded-clients", action="store_true",
                     help="clients consume with grpcio's default (threaded) consumer")
+    ap.add_argument("--paced-rate", type=float, default=60_000,
+                    help="events/s of the paced phase (one client of each kind; 0: skip it)")
     ap.add_argument("--client", metavar="ADDRESS", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.client:
@@ -265,12 +306,24 @@ def main() -> int:
         for i in impls:
             for k in counts:
                 phases.append(run_phase(records, tmp, k, paths[i], a.raw_clients, a.threaded_clients))
+            if a.paced_rate:
+                phases.append(run_phase(records, tmp, 1, paths[i], a.raw_clients, a.threaded_clients,
+                                        a.paced_rate))
     base = phases[0]["export_events_per_s"]
     for ph in phases:
         ph["export_ratio"] = ph["export_events_per_s"] / base
         for c in ph["per_client"]:
             c["ratio"] = c["events_per_s"] / base
         label = "export alone" if not ph["clients"] else f"{ph['clients']} {ph['impl']} client(s)"
+        if ph["rate"]:
+            label = f"1 {ph['impl']}, paced"
+            c = ph["per_client"][0]
+            print(f"{label:>14}: export {ph['export_events_per_s']:>9,.0f} ev/s (paced at {ph['rate']:,.0f}); client "
+                  f"received {c['received']} of {ph['events']} ({c['lost']} lost), {c['events_per_s']:,.0f} ev/s "
+                  f"[{c['status']}]", flush=True)
+            print(f"{'':>16}CPU s: agent {ph['cpu_s']['agent_export']:.2f}, serving process(es) "
+                  f"{ph['cpu_s']['serving']:.2f}, client {ph['cpu_s']['clients'][0]:.2f}", flush=True)
+            continue
         print(f"{label:>14}: export {ph['export_events_per_s']:>9,.0f} ev/s (x{ph['export_ratio']:.2f})", flush=True)
         for i, c in enumerate(ph["per_client"]):
             print(f"{'':>16}client {i + 1}: {c['received']:>8} received, {c['lost']:>7} lost, "
@@ -287,6 +340,11 @@ def main() -> int:
                "go_output": a.go_output,
                "export_alone_events_per_s": round(base)}
     for ph in phases[1:]:
+        if ph["rate"]:
+            c = ph["per_client"][0]
+            summary[f"{ph['impl']}_paced"] = {"rate": ph["rate"], "exported": ph["events"], "received": c["received"],
+                                              "lost": c["lost"], "delivered_events_per_s": round(c["events_per_s"])}
+            continue
         k = f"{ph['impl']}_{ph['clients']}"
         rates = [c["events_per_s"] for c in ph["per_client"]]
         summary[f"{k}_export_ratio"] = round(ph["export_ratio"], 3)
