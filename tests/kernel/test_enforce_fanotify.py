@@ -398,6 +398,9 @@ def test_mount_and_filesystem_marks(marker_bin: Path, helper: Helper, kind: str)
         helper.push([rule], marks=[Mark(kind, str(mnt), EXEC)])
         assert is_eperm(run([str(mnt / "a" / "b" / "denied")]))
         assert run([str(mnt / "a" / "b" / "allowed")]) == 0
+        # remembered under this kind of mark too: the kernel no longer asks, the deny stands
+        assert exec_events(helper, [str(mnt / "a" / "b" / "allowed")], 2) == (0, 0)
+        assert is_eperm(run([str(mnt / "a" / "b" / "denied")]))
         if kind == "mount":  # a prefix that is a mount point gets a mount mark from the planner
             assert plan_marks([Rule(1, 0, EXEC, "override", conds=(Cond("path", "Prefix", (f"{mnt}/",)),))]) == \
                 [Mark("mount", str(mnt), EXEC)]
