@@ -26,8 +26,9 @@
  *
  * Remembered allows: when every rule of a kind reads only the file's path, a file no rule
  * matched is allowed whoever asks, so the group stops asking about it (an ignore mask on
- * its inode, cleared by the kernel when the file is written to). Allow-list and deny-list
- * tables then cost one round trip per binary, not one per exec.
+ * its inode, cleared by the kernel when the file is written to; forgotten when the file is
+ * renamed, linked, changed or deleted). Allow-list and deny-list tables then cost one
+ * round trip per binary, not one per exec.
  *
  * Usage: vigil-permd --control-fd N [--test-hooks]   |   vigil-permd --layout
  */
@@ -49,6 +50,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
@@ -61,6 +63,7 @@
 #define SERVICE_EVERY 64          /* directories marked between looks at the current group */
 #define META_SZ ((int)sizeof(struct fanotify_event_metadata))
 #define MAX_CACHED 16384          /* ignore marks per group: each pins its inode in the kernel */
+#define WATCH_MASK (FAN_MOVE_SELF | FAN_ATTRIB | FAN_DELETE_SELF)   /* what makes a remembered file forgotten */
 
 /* ------------------------------------------------------------------ small things */
 static uint64_t now_ns(clockid_t c)
@@ -257,13 +260,20 @@ static void decide(const struct table *t, struct request *q, struct verdict *v)
 
 /* ------------------------------------------------------------------ marks (one group per table) */
 struct watch { int wd, dirfd; uint32_t kind, mask; char *name; };
+struct handle { unsigned int bytes; int type; unsigned char h[MAX_HANDLE_SZ]; };   /* a struct file_handle */
+struct remembered { fsid_t fsid; struct handle fh; int root; };   /* root: index in gen.roots */
+struct fsroot { fsid_t fsid; int fd; };   /* a directory of a file system, for open_by_handle_at */
 struct gen {
 	int fan_fd, ino_fd;
 	struct watch *w; uint32_t nw;
 	uint32_t marks, dirs, mark_errors;
 	dev_t *devs; uint32_t ndevs;         /* file systems marked for PD_MARK_ALL */
 	uint32_t all_mask;                   /* mask of PD_MARK_ALL, 0 if none */
-	uint32_t cached;                     /* files this group no longer asks about */
+	/* remembered allows (remember_allow): the files, found again by handle, and a FID
+	 * notification group that says when one is renamed, linked, changed or deleted */
+	int notif_fd;                        /* -1: not opened yet; -2: this kernel cannot */
+	struct remembered *rem; uint32_t nrem;
+	struct fsroot *roots; uint32_t nroots;
 	char warn[1024];
 };
 
@@ -278,6 +288,12 @@ static void gen_free(struct gen *g)
 	}
 	free(g->w);
 	free(g->devs);
+	for (uint32_t i = 0; i < g->nroots; i++)
+		close(g->roots[i].fd);
+	free(g->roots);
+	free(g->rem);
+	if (g->notif_fd >= 0)
+		close(g->notif_fd);
 	if (g->ino_fd >= 0)
 		close(g->ino_fd);
 	if (g->fan_fd >= 0)
@@ -496,6 +512,7 @@ static struct gen *gen_build(const struct table *t, int *err)
 	struct gen *g = xrealloc(NULL, sizeof(*g));
 	memset(g, 0, sizeof(*g));
 	g->ino_fd = -1;
+	g->notif_fd = -1;
 	g->fan_fd = fanotify_init(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE |
 				  FAN_UNLIMITED_MARKS, O_RDONLY | O_LARGEFILE | O_CLOEXEC);
 	if (g->fan_fd < 0) {
@@ -641,19 +658,123 @@ static int path_of_fd(int efd, char *buf, size_t size)
 /* An allow no rule took part in, from a table whose rules of this kind read only the path:
  * the same file gets the same answer whoever asks, so the group stops asking about it (an
  * ignore mask on the file's inode, this kind only). Execs of allowed binaries then never wait
- * on this helper again. The kernel clears the mask when the file is written to; a new table
- * gets a new group, so nothing remembered outlives the rules it was decided by. Only regular
- * files with a single name: with a second hard link, the same inode could be asked about
- * under a path a rule names. Caller holds S.mu; efd is still open. */
-static void remember_allow(struct gen *g, int efd, uint32_t kind)
+ * on this helper again.
+ *
+ * What would make the remembered answer wrong is the file under another name a rule may
+ * name, or other contents. So: only regular files with a single name; the kernel drops the
+ * ignore mask when the file is written to; and a second fanotify group (FID notifications)
+ * watches each remembered file, so a rename, a new hard link, an attribute change or its
+ * deletion makes the helper forget it (forget_remembered) and ask again. Between such a
+ * change and the helper reading its notification (microseconds, unless the helper is held
+ * up), an exec of the file under the new name is still not asked about. A file system that
+ * cannot give file handles (overlayfs without nfs_export, ...) is never remembered. A new
+ * table gets a new group, so nothing remembered outlives the rules it was decided by.
+ * Caller holds S.mu; efd is still open. */
+static int fsroot_of(struct gen *g, const fsid_t *fsid, const char *path)
+{
+	for (uint32_t i = 0; i < g->nroots; i++)
+		if (!memcmp(&g->roots[i].fsid, fsid, sizeof(*fsid)))
+			return (int)i;
+	const char *slash = strrchr(path, '/');
+	if (!slash)
+		return -1;
+	char dir[PATH_MAX];
+	size_t n = slash == path ? 1 : (size_t)(slash - path);
+	if (n >= sizeof(dir))
+		return -1;
+	memcpy(dir, path, n);
+	dir[n] = 0;
+	/* a directory: opening it asks no permission of this helper's groups (no FAN_ONDIR) */
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	struct statfs sfs;
+	if (fd < 0 || fstatfs(fd, &sfs) || memcmp(&sfs.f_fsid, fsid, sizeof(*fsid))) {
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	*PUSH(g->roots, g->nroots) = (struct fsroot){ *fsid, fd };
+	return (int)g->nroots - 1;
+}
+
+static void remember_allow(struct gen *g, int efd, uint32_t kind, const char *path)
 {
 	struct stat st;
-	if (g->cached >= MAX_CACHED || fstat(efd, &st) || !S_ISREG(st.st_mode) || st.st_nlink != 1)
+	struct statfs sfs;
+	struct remembered r;
+	int mount_id;
+	if (g->nrem >= MAX_CACHED || fstat(efd, &st) || !S_ISREG(st.st_mode) || st.st_nlink != 1)
+		return;
+	if (g->notif_fd == -1) {
+		g->notif_fd = fanotify_init(FAN_CLASS_NOTIF | FAN_REPORT_FID | FAN_CLOEXEC | FAN_NONBLOCK |
+					    FAN_UNLIMITED_QUEUE, O_RDONLY | O_CLOEXEC);
+		if (g->notif_fd < 0)
+			g->notif_fd = -2;
+	}
+	memset(&r, 0, sizeof(r));
+	r.fh.bytes = MAX_HANDLE_SZ;
+	if (g->notif_fd < 0 || fstatfs(efd, &sfs) ||
+	    name_to_handle_at(efd, "", (struct file_handle *)&r.fh, &mount_id, AT_EMPTY_PATH))
+		return;
+	r.fsid = sfs.f_fsid;
+	if ((r.root = fsroot_of(g, &r.fsid, path)) < 0)
+		return;
+	/* watched first: a rename or link from here on is seen */
+	if (fanotify_mark(g->notif_fd, FAN_MARK_ADD, WATCH_MASK, efd, NULL))
 		return;
 	uint64_t mask = kind == PD_KIND_EXEC ? FAN_OPEN_EXEC_PERM : FAN_OPEN_PERM;
-	if (fanotify_mark(g->fan_fd, FAN_MARK_ADD | FAN_MARK_IGNORED_MASK, mask, efd, NULL) == 0) {
-		g->cached++;
-		S.st[PD_STAT_cached]++;
+	if (fanotify_mark(g->fan_fd, FAN_MARK_ADD | FAN_MARK_IGNORED_MASK, mask, efd, NULL))
+		return;   /* the watch left behind only costs a forget later */
+	*PUSH(g->rem, g->nrem) = r;
+	S.st[PD_STAT_cached]++;
+}
+
+/* The kernel said a remembered file was renamed, linked, changed or deleted: ask about it
+ * again (its ignore mask removed; reached by handle, as its name may be new). */
+static void forget_remembered(struct gen *g, const fsid_t *fsid, const struct file_handle *fh)
+{
+	int done = 0;
+	for (uint32_t i = 0; i < g->nrem;) {
+		struct remembered *r = &g->rem[i];
+		if (memcmp(&r->fsid, fsid, sizeof(*fsid)) || r->fh.type != fh->handle_type ||
+		    r->fh.bytes != fh->handle_bytes || memcmp(r->fh.h, fh->f_handle, fh->handle_bytes)) {
+			i++;
+			continue;
+		}
+		if (!done) {   /* O_PATH: no permission event; the mark calls reach it through /proc */
+			int fd = open_by_handle_at(g->roots[r->root].fd, (struct file_handle *)&r->fh, O_PATH | O_CLOEXEC);
+			if (fd >= 0) {
+				char p[64];
+				snprintf(p, sizeof(p), "/proc/self/fd/%d", fd);
+				fanotify_mark(g->fan_fd, FAN_MARK_REMOVE | FAN_MARK_IGNORED_MASK,
+					      FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM, AT_FDCWD, p);
+				fanotify_mark(g->notif_fd, FAN_MARK_REMOVE, WATCH_MASK, AT_FDCWD, p);
+				close(fd);
+			}   /* else deleted: the kernel dropped its marks */
+			done = 1;
+			S.st[PD_STAT_forgotten]++;
+		}
+		g->rem[i] = g->rem[--g->nrem];
+	}
+}
+
+static void handle_notifications(struct gen *g)
+{
+	char buf[16384] __attribute__((aligned(8)));
+	for (;;) {
+		ssize_t len = read(g->notif_fd, buf, sizeof(buf));
+		if (len <= 0)
+			return;
+		pthread_mutex_lock(&S.mu);
+		for (struct fanotify_event_metadata *m = (void *)buf; FAN_EVENT_OK(m, len); m = FAN_EVENT_NEXT(m, len)) {
+			const struct fanotify_event_info_fid *fid = (const void *)(m + 1);
+			if (m->event_len < sizeof(*m) + sizeof(*fid) + sizeof(struct file_handle) ||
+			    fid->hdr.info_type != FAN_EVENT_INFO_TYPE_FID)
+				continue;
+			fsid_t fsid;
+			memcpy(&fsid, &fid->fsid, sizeof(fsid));
+			forget_remembered(g, &fsid, (const struct file_handle *)fid->handle);
+		}
+		pthread_mutex_unlock(&S.mu);
 	}
 }
 
@@ -733,7 +854,7 @@ static void handle_fanotify(struct gen *g)
 				}
 				if (v.allow && !v.nmatch && q.path_len && S.table && S.table->cache_kinds & q.kind &&
 				    cur->fan_fd == g->fan_fd)
-					remember_allow(g, cur->efd, q.kind);
+					remember_allow(g, cur->efd, q.kind, path);
 				respond(cur->fan_fd, cur->efd, v.allow);
 				account_latency(lat);
 				cur->used = 0;
@@ -1236,17 +1357,20 @@ int main(int argc, char **argv)
 	send_pkt(&hello, sizeof(hello), 0);
 
 	while (!S.quit) {
-		struct pollfd p[4] = {
+		struct pollfd p[5] = {
 			{ .fd = S.ctl, .events = POLLIN },
 			{ .fd = S.cur ? S.cur->fan_fd : -1, .events = POLLIN },
 			{ .fd = S.cur ? S.cur->ino_fd : -1, .events = POLLIN },
 			{ .fd = S.cur && S.cur->all_mask ? S.mountinfo_fd : -1, .events = POLLPRI },
+			{ .fd = S.cur && S.cur->notif_fd >= 0 ? S.cur->notif_fd : -1, .events = POLLIN },
 		};
-		if (poll(p, 4, -1) < 0) {
+		if (poll(p, 5, -1) < 0) {
 			if (errno == EINTR)
 				continue;
 			break;
 		}
+		if (p[4].revents & POLLIN)   /* first: a renamed file is asked about again sooner */
+			handle_notifications(S.cur);
 		if (p[1].revents & POLLIN)
 			handle_fanotify(S.cur);
 		if (p[2].revents & POLLIN)

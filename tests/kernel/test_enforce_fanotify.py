@@ -223,6 +223,38 @@ def test_a_remembered_file_is_asked_about_again_once_written_or_under_new_rules(
     assert helper.h.stats()["denied"] == 2
 
 
+def wait_forgotten(helper: Helper, n: int) -> None:
+    """Until the helper has read the notification that made it forget n remembered files."""
+    deadline = time.monotonic() + 10
+    while helper.h.stats()["forgotten"] < n and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert helper.h.stats()["forgotten"] == n
+
+
+@pytest.mark.parametrize("change", ["renamed", "linked", "chmod", "deleted"])
+def test_a_remembered_file_under_a_new_name_is_asked_about_again(gdir: Path, helper: Helper, change: str) -> None:
+    """A file remembered as allowed and then renamed or hard-linked into the denied directory
+    is denied there: the helper forgets it when the kernel reports the change."""
+    helper.push(guard_tree_deny_blocked(gdir))
+    tool, moved = gdir / "allowed" / "tool", gdir / "blocked" / "moved"
+    assert exec_events(helper, [str(tool)], 2) == (1, 1)
+    if change == "renamed":
+        os.rename(tool, moved)
+    elif change == "linked":
+        os.link(tool, moved)
+    elif change == "chmod":
+        os.chmod(tool, 0o755)
+    else:
+        tool.unlink()
+    wait_forgotten(helper, 1)
+    if change in ("renamed", "linked"):
+        assert is_eperm(run([str(moved)]))
+        assert [r.path for r in helper.wait_reports(1)] == [str(moved)]
+    if change in ("linked", "chmod"):  # asked again; remembered again only with one name
+        assert exec_events(helper, [str(tool)], 2) == ((2, 0) if change == "linked" else (1, 1))
+    assert helper.h.stats()["denied"] == (1 if change in ("renamed", "linked") else 0)
+
+
 def wait_stalled(pid: int) -> None:
     """Until the helper's main thread sleeps in the stalled decision."""
     deadline = time.monotonic() + 10

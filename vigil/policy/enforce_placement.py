@@ -160,8 +160,8 @@ def place_syscall_on_host(spec: KProbeSpec, section: str, index: int, sc: Syscal
                         "are marked)" + (" (opens of existing files; creating a file is not prevented)"
                                          if what == "open" else ""))
         pl.notes.append(f"a file no selector matches is answered once, then the kernel stops asking about it "
-                        f"until it is written to; not while any loaded {what} rule reads the caller "
-                        "(matchBinaries, matchPIDs), whose answer depends on who asks")
+                        f"until it is written to, renamed, linked or changed; not while any loaded {what} rule "
+                        "reads the caller (matchBinaries, matchPIDs), whose answer depends on who asks")
         if what == "exec":
             pl.notes.append("a Sigkill action instead of Override is decided in the kernel with no user-space "
                             "round trip (the new image never runs its first instruction), at the cost of a "
