@@ -261,8 +261,8 @@ static void decide(const struct table *t, struct request *q, struct verdict *v)
 /* ------------------------------------------------------------------ marks (one group per table) */
 struct watch { int wd, dirfd; uint32_t kind, mask; char *name; };
 struct handle { unsigned int bytes; int type; unsigned char h[MAX_HANDLE_SZ]; };   /* a struct file_handle */
-struct remembered { fsid_t fsid; struct handle fh; int root; };   /* root: index in gen.roots */
-struct fsroot { fsid_t fsid; int fd; };   /* a directory of a file system, for open_by_handle_at */
+/* mount_id: the mount the handle was made through (as in /proc/self/mountinfo); dev: the file's */
+struct remembered { fsid_t fsid; struct handle fh; int mount_id; dev_t dev; };
 struct gen {
 	int fan_fd, ino_fd;
 	struct watch *w; uint32_t nw;
@@ -273,7 +273,6 @@ struct gen {
 	 * notification group that says when one is renamed, linked, changed or deleted */
 	int notif_fd;                        /* -1: not opened yet; -2: this kernel cannot */
 	struct remembered *rem; uint32_t nrem;
-	struct fsroot *roots; uint32_t nroots;
 	char warn[1024];
 };
 
@@ -288,9 +287,6 @@ static void gen_free(struct gen *g)
 	}
 	free(g->w);
 	free(g->devs);
-	for (uint32_t i = 0; i < g->nroots; i++)
-		close(g->roots[i].fd);
-	free(g->roots);
 	free(g->rem);
 	if (g->notif_fd >= 0)
 		close(g->notif_fd);
@@ -670,38 +666,39 @@ static int path_of_fd(int efd, char *buf, size_t size)
  * cannot give file handles (overlayfs without nfs_export, ...) is never remembered. A new
  * table gets a new group, so nothing remembered outlives the rules it was decided by.
  * Caller holds S.mu; efd is still open. */
-static int fsroot_of(struct gen *g, const fsid_t *fsid, const char *path)
+/* A directory on the file system of a remembered file, to decode its handle with: the root
+ * of the mount the handle was made through, else of any mount of its device. Opened only for
+ * that moment: a descriptor held on a file system would keep it from being unmounted. */
+static int open_mount_of(const struct remembered *r)
 {
-	for (uint32_t i = 0; i < g->nroots; i++)
-		if (!memcmp(&g->roots[i].fsid, fsid, sizeof(*fsid)))
-			return (int)i;
-	const char *slash = strrchr(path, '/');
-	if (!slash)
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	if (!f)
 		return -1;
-	char dir[PATH_MAX];
-	size_t n = slash == path ? 1 : (size_t)(slash - path);
-	if (n >= sizeof(dir))
-		return -1;
-	memcpy(dir, path, n);
-	dir[n] = 0;
-	/* a directory: opening it asks no permission of this helper's groups (no FAN_ONDIR) */
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	struct statfs sfs;
-	if (fd < 0 || fstatfs(fd, &sfs) || memcmp(&sfs.f_fsid, fsid, sizeof(*fsid))) {
-		if (fd >= 0)
-			close(fd);
-		return -1;
+	char *line = NULL, other[PATH_MAX] = "";
+	size_t cap = 0;
+	int fd = -1;
+	while (fd < 0 && getline(&line, &cap, f) > 0) {
+		int id;
+		unsigned maj, min;
+		char mp[PATH_MAX];
+		if (sscanf(line, "%d %*u %u:%u %*s %4095s", &id, &maj, &min, mp) != 4)
+			continue;
+		unescape_mount(mp);
+		if (id == r->mount_id)   /* a directory: opening it asks no permission of our groups */
+			fd = open(mp, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		else if (!other[0] && makedev(maj, min) == r->dev)
+			snprintf(other, sizeof(other), "%s", mp);
 	}
-	*PUSH(g->roots, g->nroots) = (struct fsroot){ *fsid, fd };
-	return (int)g->nroots - 1;
+	free(line);
+	fclose(f);
+	return fd >= 0 || !other[0] ? fd : open(other, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 }
 
-static void remember_allow(struct gen *g, int efd, uint32_t kind, const char *path)
+static void remember_allow(struct gen *g, int efd, uint32_t kind)
 {
 	struct stat st;
 	struct statfs sfs;
 	struct remembered r;
-	int mount_id;
 	if (g->nrem >= MAX_CACHED || fstat(efd, &st) || !S_ISREG(st.st_mode) || st.st_nlink != 1)
 		return;
 	if (g->notif_fd == -1) {
@@ -713,11 +710,10 @@ static void remember_allow(struct gen *g, int efd, uint32_t kind, const char *pa
 	memset(&r, 0, sizeof(r));
 	r.fh.bytes = MAX_HANDLE_SZ;
 	if (g->notif_fd < 0 || fstatfs(efd, &sfs) ||
-	    name_to_handle_at(efd, "", (struct file_handle *)&r.fh, &mount_id, AT_EMPTY_PATH))
+	    name_to_handle_at(efd, "", (struct file_handle *)&r.fh, &r.mount_id, AT_EMPTY_PATH))
 		return;
 	r.fsid = sfs.f_fsid;
-	if ((r.root = fsroot_of(g, &r.fsid, path)) < 0)
-		return;
+	r.dev = st.st_dev;
 	/* watched first: a rename or link from here on is seen */
 	if (fanotify_mark(g->notif_fd, FAN_MARK_ADD, WATCH_MASK, efd, NULL))
 		return;
@@ -741,7 +737,10 @@ static void forget_remembered(struct gen *g, const fsid_t *fsid, const struct fi
 			continue;
 		}
 		if (!done) {   /* O_PATH: no permission event; the mark calls reach it through /proc */
-			int fd = open_by_handle_at(g->roots[r->root].fd, (struct file_handle *)&r->fh, O_PATH | O_CLOEXEC);
+			int mfd = open_mount_of(r);
+			int fd = mfd < 0 ? -1 : open_by_handle_at(mfd, (struct file_handle *)&r->fh, O_PATH | O_CLOEXEC);
+			if (mfd >= 0)
+				close(mfd);
 			if (fd >= 0) {
 				char p[64];
 				snprintf(p, sizeof(p), "/proc/self/fd/%d", fd);
@@ -749,7 +748,7 @@ static void forget_remembered(struct gen *g, const fsid_t *fsid, const struct fi
 					      FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM, AT_FDCWD, p);
 				fanotify_mark(g->notif_fd, FAN_MARK_REMOVE, WATCH_MASK, AT_FDCWD, p);
 				close(fd);
-			}   /* else deleted: the kernel dropped its marks */
+			}   /* else deleted, or its file system unmounted: the kernel dropped its marks */
 			done = 1;
 			S.st[PD_STAT_forgotten]++;
 		}
@@ -854,7 +853,7 @@ static void handle_fanotify(struct gen *g)
 				}
 				if (v.allow && !v.nmatch && q.path_len && S.table && S.table->cache_kinds & q.kind &&
 				    cur->fan_fd == g->fan_fd)
-					remember_allow(g, cur->efd, q.kind, path);
+					remember_allow(g, cur->efd, q.kind);
 				respond(cur->fan_fd, cur->efd, v.allow);
 				account_latency(lat);
 				cur->used = 0;

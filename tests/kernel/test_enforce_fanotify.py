@@ -443,6 +443,27 @@ def test_mount_and_filesystem_marks(marker_bin: Path, helper: Helper, kind: str)
         os.rmdir(mnt)
 
 
+def test_a_file_system_with_remembered_files_can_be_unmounted(marker_bin: Path, helper: Helper) -> None:
+    """Remembering holds nothing open on the file's file system: it unmounts with the table
+    still in force, and the helper goes on answering."""
+    mnt = Path(tempfile.mkdtemp(prefix="vigil-fan-umount-"))
+    mounted = False
+    try:
+        ksys.mount("tmpfs", str(mnt), "tmpfs")
+        mounted = True
+        shutil.copy2(marker_bin, mnt / "tool")
+        helper.push([Rule(1, 0, EXEC, "override", conds=(Cond("path", "Postfix", ("/vigil-never",)),))],
+                    marks=[Mark("filesystem", str(mnt), EXEC)])
+        assert exec_events(helper, [str(mnt / "tool")], 2) == (1, 1)
+        ksys.umount(str(mnt), 0)  # not lazily: EBUSY if anything holds the file system
+        mounted = False
+        assert helper.h.stats()["generation"] == 1 and helper.h.running
+    finally:
+        if mounted:
+            ksys.umount(str(mnt))
+        os.rmdir(mnt)
+
+
 def test_rule_that_can_match_anywhere_marks_every_file_system(marker_bin: Path, helper: Helper) -> None:
     """A Postfix-only rule concerns every exec: every real file system is marked, and a file
     system mounted later too. The rule matches only a test-unique name."""
