@@ -63,7 +63,8 @@
 #define SERVICE_EVERY 64          /* directories marked between looks at the current group */
 #define META_SZ ((int)sizeof(struct fanotify_event_metadata))
 #define MAX_CACHED 16384          /* ignore marks per group: each pins its inode in the kernel */
-#define WATCH_MASK (FAN_MOVE_SELF | FAN_ATTRIB | FAN_DELETE_SELF)   /* what makes a remembered file forgotten */
+/* what makes a remembered file forgotten (a write: the kernel has dropped its ignore mask already) */
+#define WATCH_MASK (FAN_MOVE_SELF | FAN_ATTRIB | FAN_DELETE_SELF | FAN_MODIFY)
 
 /* ------------------------------------------------------------------ small things */
 static uint64_t now_ns(clockid_t c)

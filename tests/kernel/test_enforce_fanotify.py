@@ -216,6 +216,7 @@ def test_a_remembered_file_is_asked_about_again_once_written_or_under_new_rules(
     assert exec_events(helper, [str(tool)], 2) == (1, 1)
     with open(tool, "ab") as f:   # a write: the kernel drops what the group remembered
         f.write(b"\0")
+    wait_forgotten(helper, 1)     # and so does the helper: no stale entry piles up
     assert exec_events(helper, [str(tool)], 2) == (1, 1)
     # new rules, new group: nothing remembered under the old ones lets the file through
     helper.push([Rule(3, 0, EXEC, "override", conds=(Cond("path", "Prefix", (f"{gdir}/allowed/",)),))])
