@@ -666,7 +666,8 @@ static int path_of_fd(int efd, char *buf, size_t size)
  * up), an exec of the file under the new name is still not asked about. A file system that
  * cannot give file handles (overlayfs without nfs_export, ...) is never remembered. A new
  * table gets a new group, so nothing remembered outlives the rules it was decided by.
- * Caller holds S.mu; efd is still open. */
+ * Only the main thread touches a group's remembered files, and it does so without S.mu: these
+ * are file-system calls, and the watchdog must never wait behind one. */
 /* A directory on the file system of a remembered file, to decode its handle with: the root
  * of the mount the handle was made through, else of any mount of its device. Opened only for
  * that moment: a descriptor held on a file system would keep it from being unmounted. */
@@ -722,7 +723,7 @@ static void remember_allow(struct gen *g, int efd, uint32_t kind)
 	if (fanotify_mark(g->fan_fd, FAN_MARK_ADD | FAN_MARK_IGNORED_MASK, mask, efd, NULL))
 		return;   /* the watch left behind only costs a forget later */
 	*PUSH(g->rem, g->nrem) = r;
-	S.st[PD_STAT_cached]++;
+	__atomic_add_fetch(&S.st[PD_STAT_cached], 1, __ATOMIC_RELAXED);
 }
 
 /* The kernel said a remembered file was renamed, linked, changed or deleted: ask about it
@@ -751,7 +752,7 @@ static void forget_remembered(struct gen *g, const fsid_t *fsid, const struct fi
 				close(fd);
 			}   /* else deleted, or its file system unmounted: the kernel dropped its marks */
 			done = 1;
-			S.st[PD_STAT_forgotten]++;
+			__atomic_add_fetch(&S.st[PD_STAT_forgotten], 1, __ATOMIC_RELAXED);
 		}
 		g->rem[i] = g->rem[--g->nrem];
 	}
@@ -764,7 +765,6 @@ static void handle_notifications(struct gen *g)
 		ssize_t len = read(g->notif_fd, buf, sizeof(buf));
 		if (len <= 0)
 			return;
-		pthread_mutex_lock(&S.mu);
 		for (struct fanotify_event_metadata *m = (void *)buf; FAN_EVENT_OK(m, len); m = FAN_EVENT_NEXT(m, len)) {
 			const struct fanotify_event_info_fid *fid = (const void *)(m + 1);
 			if (m->event_len < sizeof(*m) + sizeof(*fid) + sizeof(struct file_handle) ||
@@ -774,7 +774,6 @@ static void handle_notifications(struct gen *g)
 			memcpy(&fsid, &fid->fsid, sizeof(fsid));
 			forget_remembered(g, &fsid, (const struct file_handle *)fid->handle);
 		}
-		pthread_mutex_unlock(&S.mu);
 	}
 }
 
@@ -847,6 +846,7 @@ static void handle_fanotify(struct gen *g)
 			struct pend *cur = &S.pend[slots[i]];
 			int mine = cur->used && cur->seq == seqs[i];
 			uint64_t lat = now_ns(CLOCK_MONOTONIC) - t;
+			int keep = -1;   /* the file, to remember once answered and unlocked */
 			if (mine) {
 				if (v.kill) {
 					kill((pid_t)p.pid, SIGKILL);   /* the requester the kernel named, nothing else */
@@ -854,13 +854,17 @@ static void handle_fanotify(struct gen *g)
 				}
 				if (v.allow && !v.nmatch && q.path_len && S.table && S.table->cache_kinds & q.kind &&
 				    cur->fan_fd == g->fan_fd)
-					remember_allow(g, cur->efd, q.kind);
+					keep = fcntl(cur->efd, F_DUPFD_CLOEXEC, 0);
 				respond(cur->fan_fd, cur->efd, v.allow);
 				account_latency(lat);
 				cur->used = 0;
 				S.npend--;
 			}
 			pthread_mutex_unlock(&S.mu);
+			if (keep >= 0) {   /* answered already: the requester does not wait for this */
+				remember_allow(g, keep, q.kind);
+				close(keep);
+			}
 			if (mine) {
 				for (int k = 0; k < v.nmatch; k++) {
 					const struct rule *r = &S.table->rules[v.rules[k]];
