@@ -274,6 +274,7 @@ struct gen {
 	 * notification group that says when one is renamed, linked, changed or deleted */
 	int notif_fd;                        /* -1: not opened yet; -2: this kernel cannot */
 	struct remembered *rem; uint32_t nrem;
+	int mounts_changed;                  /* since the last prune_unmounted */
 	char warn[1024];
 };
 
@@ -555,7 +556,8 @@ static struct {
 	uint32_t self;
 	uint64_t seq;             /* identity of a pending slot's occupant */
 	uint64_t wd_wake;          /* when the watchdog wakes next (monotonic ns) */
-} S = { .ctl = -1, .mu = PTHREAD_MUTEX_INITIALIZER, .mountinfo_fd = -1 };
+	uint32_t max_remembered;   /* files a group remembers (MAX_CACHED; tests may lower it) */
+} S = { .ctl = -1, .mu = PTHREAD_MUTEX_INITIALIZER, .mountinfo_fd = -1, .max_remembered = MAX_CACHED };
 
 static void send_pkt(const void *buf, size_t len, int is_report)
 {
@@ -696,12 +698,54 @@ static int open_mount_of(const struct remembered *r)
 	return fd >= 0 || !other[0] ? fd : open(other, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 }
 
+/* A full table drops the entries of files whose file system is no longer mounted: the kernel
+ * dropped their marks at the unmount and sends no notification for it. Only after the mount
+ * table changed (handle_mount_change). 1: room was made. */
+static int prune_unmounted(struct gen *g)
+{
+	if (!g->mounts_changed)
+		return 0;
+	g->mounts_changed = 0;
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	if (!f)
+		return 0;
+	int *ids = NULL;
+	dev_t *devs = NULL;
+	uint32_t n = 0, nd = 0;
+	char *line = NULL;
+	size_t cap = 0;
+	while (getline(&line, &cap, f) > 0) {
+		int id;
+		unsigned maj, min;
+		if (sscanf(line, "%d %*u %u:%u", &id, &maj, &min) == 3) {
+			*PUSH(ids, n) = id;
+			*PUSH(devs, nd) = makedev(maj, min);
+		}
+	}
+	free(line);
+	fclose(f);
+	uint32_t before = g->nrem;
+	for (uint32_t i = 0; i < g->nrem;) {
+		int mounted = 0;
+		for (uint32_t k = 0; k < n && !mounted; k++)
+			mounted = ids[k] == g->rem[i].mount_id || devs[k] == g->rem[i].dev;
+		if (mounted)
+			i++;
+		else
+			g->rem[i] = g->rem[--g->nrem];
+	}
+	free(ids);
+	free(devs);
+	return g->nrem < before;
+}
+
 static void remember_allow(struct gen *g, int efd, uint32_t kind)
 {
 	struct stat st;
 	struct statfs sfs;
 	struct remembered r;
-	if (g->nrem >= MAX_CACHED || fstat(efd, &st) || !S_ISREG(st.st_mode) || st.st_nlink != 1)
+	if (fstat(efd, &st) || !S_ISREG(st.st_mode) || st.st_nlink != 1 ||
+	    (g->nrem >= S.max_remembered && !prune_unmounted(g)))
 		return;
 	if (g->notif_fd == -1) {
 		g->notif_fd = fanotify_init(FAN_CLASS_NOTIF | FAN_REPORT_FID | FAN_CLOEXEC | FAN_NONBLOCK |
@@ -927,6 +971,8 @@ static void handle_mount_change(void)
 	lseek(S.mountinfo_fd, 0, SEEK_SET);
 	while (read(S.mountinfo_fd, buf, sizeof(buf)) > 0)
 		;   /* reading it to the end re-arms the notification */
+	if (S.cur)
+		S.cur->mounts_changed = 1;
 	if (S.cur && S.cur->all_mask) {
 		S.st[PD_STAT_mount_rescans]++;
 		mark_all_filesystems(S.cur);
@@ -1325,6 +1371,9 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
+	const char *maxrem = getenv("VIGIL_PERMD_MAX_REMEMBERED");   /* test hook: a small table */
+	if (S.test_hooks && maxrem)
+		S.max_remembered = (uint32_t)strtoul(maxrem, NULL, 10);
 	int type = 0;
 	socklen_t tl = sizeof(type);
 	if (S.ctl < 0 || getsockopt(S.ctl, SOL_SOCKET, SO_TYPE, &type, &tl) < 0 || type != SOCK_SEQPACKET) {
@@ -1365,7 +1414,7 @@ int main(int argc, char **argv)
 			{ .fd = S.ctl, .events = POLLIN },
 			{ .fd = S.cur ? S.cur->fan_fd : -1, .events = POLLIN },
 			{ .fd = S.cur ? S.cur->ino_fd : -1, .events = POLLIN },
-			{ .fd = S.cur && S.cur->all_mask ? S.mountinfo_fd : -1, .events = POLLPRI },
+			{ .fd = S.cur && (S.cur->all_mask || S.cur->nrem) ? S.mountinfo_fd : -1, .events = POLLPRI },
 			{ .fd = S.cur && S.cur->notif_fd >= 0 ? S.cur->notif_fd : -1, .events = POLLIN },
 		};
 		if (poll(p, 5, -1) < 0) {
@@ -1373,14 +1422,16 @@ int main(int argc, char **argv)
 				continue;
 			break;
 		}
-		if (p[4].revents & POLLIN)   /* first: a renamed file is asked about again sooner */
+		/* first what changes how events are handled: a renamed file asked about again, a
+		 * new file system marked, room made for remembering */
+		if (p[4].revents & POLLIN)
 			handle_notifications(S.cur);
+		if (p[3].revents & (POLLPRI | POLLERR))
+			handle_mount_change();
 		if (p[1].revents & POLLIN)
 			handle_fanotify(S.cur);
 		if (p[2].revents & POLLIN)
 			handle_inotify(S.cur);
-		if (p[3].revents & (POLLPRI | POLLERR))
-			handle_mount_change();
 		if (p[0].revents & (POLLIN | POLLHUP | POLLERR))
 			handle_ctl();
 	}

@@ -465,6 +465,36 @@ def test_a_file_system_with_remembered_files_can_be_unmounted(marker_bin: Path, 
         os.rmdir(mnt)
 
 
+def test_a_full_table_drops_files_of_unmounted_file_systems(
+        gdir: Path, marker_bin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel says nothing when a remembered file's file system goes away: once the table
+    is full (two files here, a test hook), those entries make room for new ones."""
+    monkeypatch.setenv("VIGIL_PERMD_MAX_REMEMBERED", "2")
+    w = Helper()
+    w.h.start()
+    mnt = Path(tempfile.mkdtemp(prefix="vigil-fan-prune-"))
+    mounted = False
+    try:
+        ksys.mount("tmpfs", str(mnt), "tmpfs")
+        mounted = True
+        for name in ("a", "b"):
+            shutil.copy2(marker_bin, mnt / name)
+        w.push([Rule(1, 0, EXEC, "override", conds=(Cond("path", "Postfix", ("/vigil-never",)),))],
+               marks=[Mark("filesystem", str(mnt), EXEC), Mark("tree", str(gdir), EXEC)])
+        for name in ("a", "b"):
+            assert exec_events(w, [str(mnt / name)], 2) == (1, 1)
+        tool = gdir / "allowed" / "tool"
+        assert exec_events(w, [str(tool)], 2) == (2, 0)  # full
+        ksys.umount(str(mnt), 0)
+        mounted = False
+        assert exec_events(w, [str(tool)], 2) == (1, 1)  # room made: remembered
+    finally:
+        w.h.stop()
+        if mounted:
+            ksys.umount(str(mnt))
+        os.rmdir(mnt)
+
+
 def test_rule_that_can_match_anywhere_marks_every_file_system(marker_bin: Path, helper: Helper) -> None:
     """A Postfix-only rule concerns every exec: every real file system is marked, and a file
     system mounted later too. The rule matches only a test-unique name."""
