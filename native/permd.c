@@ -62,7 +62,7 @@
 #define MAX_ANCESTORS 64
 #define SERVICE_EVERY 64          /* directories marked between looks at the current group */
 #define META_SZ ((int)sizeof(struct fanotify_event_metadata))
-#define MAX_CACHED 16384          /* ignore marks per group: each pins its inode in the kernel */
+#define MAX_REMEMBERED 16384      /* ignore marks per group: each pins its inode in the kernel */
 /* what makes a remembered file forgotten (a write: the kernel has dropped its ignore mask already) */
 #define WATCH_MASK (FAN_MOVE_SELF | FAN_ATTRIB | FAN_DELETE_SELF | FAN_MODIFY)
 
@@ -97,7 +97,7 @@ struct table {
 	struct markspec *marks; uint32_t nmarks;
 	uint32_t *exempt; uint32_t nexempt;
 	int need_binary;
-	uint32_t cache_kinds;     /* PD_KIND_* whose decisions read only the path (set at commit) */
+	uint32_t remember_kinds;  /* PD_KIND_* whose decisions read only the path (set at commit) */
 };
 
 static void table_free(struct table *t)
@@ -332,44 +332,59 @@ static void unescape_mount(char *s)
 	*o = 0;
 }
 
+/* One line of /proc/self/mountinfo: mount id, device, mount point (unescaped), type. */
+struct mount_entry { int id; dev_t dev; char path[PATH_MAX]; char fstype[64]; };
+struct mountinfo { FILE *f; char *line; size_t cap; };
+
+static int mountinfo_open(struct mountinfo *mi)
+{
+	*mi = (struct mountinfo){ fopen("/proc/self/mountinfo", "re"), NULL, 0 };
+	return mi->f ? 0 : -1;
+}
+
+/* 1: *m holds the next mount; 0: no more (and mi is closed) */
+static int mountinfo_next(struct mountinfo *mi, struct mount_entry *m)
+{
+	while (getline(&mi->line, &mi->cap, mi->f) > 0) {
+		unsigned maj, min;
+		char *dash = strstr(mi->line, " - ");
+		if (sscanf(mi->line, "%d %*u %u:%u %*s %4095s", &m->id, &maj, &min, m->path) != 4 || !dash ||
+		    sscanf(dash + 3, "%63s", m->fstype) != 1)
+			continue;
+		unescape_mount(m->path);
+		m->dev = makedev(maj, min);
+		return 1;
+	}
+	free(mi->line);
+	fclose(mi->f);
+	return 0;
+}
+
 /* Mark every real file system of the host (once per superblock). */
 static void mark_all_filesystems(struct gen *g)
 {
-	FILE *f = fopen("/proc/self/mountinfo", "re");
-	if (!f) {
+	struct mountinfo mi;
+	struct mount_entry m;
+	if (mountinfo_open(&mi)) {
 		g->mark_errors++;
 		return;
 	}
-	char *line = NULL;
-	size_t cap = 0;
-	while (getline(&line, &cap, f) > 0) {
-		unsigned maj, min;
-		char mp[PATH_MAX];
-		if (sscanf(line, "%*u %*u %u:%u %*s %4095s", &maj, &min, mp) != 3)
-			continue;
-		char *dash = strstr(line, " - ");
-		char fstype[64];
-		if (!dash || sscanf(dash + 3, "%63s", fstype) != 1)
-			continue;
+	while (mountinfo_next(&mi, &m)) {
 		int pseudo = 0;
 		for (int i = 0; PSEUDO_FS[i]; i++)
-			pseudo |= strcmp(fstype, PSEUDO_FS[i]) == 0;
-		dev_t dev = makedev(maj, min);
+			pseudo |= strcmp(m.fstype, PSEUDO_FS[i]) == 0;
 		int seen = 0;
 		for (uint32_t i = 0; i < g->ndevs; i++)
-			seen |= g->devs[i] == dev;
+			seen |= g->devs[i] == m.dev;
 		if (pseudo || seen)
 			continue;
-		unescape_mount(mp);
-		if (fanotify_mark(g->fan_fd, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, g->all_mask, AT_FDCWD, mp) == 0) {
-			*PUSH(g->devs, g->ndevs) = dev;
+		if (fanotify_mark(g->fan_fd, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, g->all_mask, AT_FDCWD, m.path) == 0) {
+			*PUSH(g->devs, g->ndevs) = m.dev;
 			g->marks++;
 		} else {
 			g->mark_errors++;   /* e.g. a file system fanotify cannot mark; nothing can run from it */
 		}
 	}
-	free(line);
-	fclose(f);
 }
 
 static void (*service_hook)(void);   /* answers the current group while a new one is built */
@@ -556,8 +571,8 @@ static struct {
 	uint32_t self;
 	uint64_t seq;             /* identity of a pending slot's occupant */
 	uint64_t wd_wake;          /* when the watchdog wakes next (monotonic ns) */
-	uint32_t max_remembered;   /* files a group remembers (MAX_CACHED; tests may lower it) */
-} S = { .ctl = -1, .mu = PTHREAD_MUTEX_INITIALIZER, .mountinfo_fd = -1, .max_remembered = MAX_CACHED };
+	uint32_t max_remembered;   /* files a group remembers (MAX_REMEMBERED; tests may lower it) */
+} S = { .ctl = -1, .mu = PTHREAD_MUTEX_INITIALIZER, .mountinfo_fd = -1, .max_remembered = MAX_REMEMBERED };
 
 static void send_pkt(const void *buf, size_t len, int is_report)
 {
@@ -654,6 +669,55 @@ static int path_of_fd(int efd, char *buf, size_t size)
 	return (int)n;
 }
 
+/* A directory on the file system of a remembered file, to decode its handle with: the root
+ * of the mount the handle was made through, else of any mount of its device. Opened only for
+ * that moment: a descriptor held on a file system would keep it from being unmounted. */
+static int open_mount_of(const struct remembered *r)
+{
+	struct mountinfo mi;
+	struct mount_entry m;
+	char other[PATH_MAX] = "";
+	int fd = -1;
+	if (mountinfo_open(&mi))
+		return -1;
+	while (mountinfo_next(&mi, &m)) {   /* read to the end: it closes mi */
+		if (fd < 0 && m.id == r->mount_id)   /* a directory: opening it asks no permission of our groups */
+			fd = open(m.path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		else if (!other[0] && m.dev == r->dev)
+			snprintf(other, sizeof(other), "%s", m.path);
+	}
+	return fd >= 0 || !other[0] ? fd : open(other, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+}
+
+/* A full table drops the entries of files whose file system is no longer mounted: the kernel
+ * dropped their marks at the unmount and sends no notification for it. Only after the mount
+ * table changed (handle_mount_change). 1: room was made. */
+static int prune_unmounted(struct gen *g)
+{
+	struct mountinfo mi;
+	struct mount_entry m;
+	struct { int id; dev_t dev; } *mounts = NULL;
+	uint32_t n = 0, before = g->nrem;
+	if (!g->mounts_changed || mountinfo_open(&mi))
+		return 0;
+	g->mounts_changed = 0;
+	while (mountinfo_next(&mi, &m)) {
+		mounts = xrealloc(mounts, sizeof(*mounts) * (n + 1));
+		mounts[n].id = m.id, mounts[n++].dev = m.dev;
+	}
+	for (uint32_t i = 0; i < g->nrem;) {
+		int mounted = 0;
+		for (uint32_t k = 0; k < n && !mounted; k++)
+			mounted = mounts[k].id == g->rem[i].mount_id || mounts[k].dev == g->rem[i].dev;
+		if (mounted)
+			i++;
+		else
+			g->rem[i] = g->rem[--g->nrem];
+	}
+	free(mounts);
+	return g->nrem < before;
+}
+
 /* An allow no rule took part in, from a table whose rules of this kind read only the path:
  * the same file gets the same answer whoever asks, so the group stops asking about it (an
  * ignore mask on the file's inode, this kind only). Execs of allowed binaries then never wait
@@ -670,75 +734,6 @@ static int path_of_fd(int efd, char *buf, size_t size)
  * table gets a new group, so nothing remembered outlives the rules it was decided by.
  * Only the main thread touches a group's remembered files, and it does so without S.mu: these
  * are file-system calls, and the watchdog must never wait behind one. */
-/* A directory on the file system of a remembered file, to decode its handle with: the root
- * of the mount the handle was made through, else of any mount of its device. Opened only for
- * that moment: a descriptor held on a file system would keep it from being unmounted. */
-static int open_mount_of(const struct remembered *r)
-{
-	FILE *f = fopen("/proc/self/mountinfo", "re");
-	if (!f)
-		return -1;
-	char *line = NULL, other[PATH_MAX] = "";
-	size_t cap = 0;
-	int fd = -1;
-	while (fd < 0 && getline(&line, &cap, f) > 0) {
-		int id;
-		unsigned maj, min;
-		char mp[PATH_MAX];
-		if (sscanf(line, "%d %*u %u:%u %*s %4095s", &id, &maj, &min, mp) != 4)
-			continue;
-		unescape_mount(mp);
-		if (id == r->mount_id)   /* a directory: opening it asks no permission of our groups */
-			fd = open(mp, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		else if (!other[0] && makedev(maj, min) == r->dev)
-			snprintf(other, sizeof(other), "%s", mp);
-	}
-	free(line);
-	fclose(f);
-	return fd >= 0 || !other[0] ? fd : open(other, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-}
-
-/* A full table drops the entries of files whose file system is no longer mounted: the kernel
- * dropped their marks at the unmount and sends no notification for it. Only after the mount
- * table changed (handle_mount_change). 1: room was made. */
-static int prune_unmounted(struct gen *g)
-{
-	if (!g->mounts_changed)
-		return 0;
-	g->mounts_changed = 0;
-	FILE *f = fopen("/proc/self/mountinfo", "re");
-	if (!f)
-		return 0;
-	int *ids = NULL;
-	dev_t *devs = NULL;
-	uint32_t n = 0, nd = 0;
-	char *line = NULL;
-	size_t cap = 0;
-	while (getline(&line, &cap, f) > 0) {
-		int id;
-		unsigned maj, min;
-		if (sscanf(line, "%d %*u %u:%u", &id, &maj, &min) == 3) {
-			*PUSH(ids, n) = id;
-			*PUSH(devs, nd) = makedev(maj, min);
-		}
-	}
-	free(line);
-	fclose(f);
-	uint32_t before = g->nrem;
-	for (uint32_t i = 0; i < g->nrem;) {
-		int mounted = 0;
-		for (uint32_t k = 0; k < n && !mounted; k++)
-			mounted = ids[k] == g->rem[i].mount_id || devs[k] == g->rem[i].dev;
-		if (mounted)
-			i++;
-		else
-			g->rem[i] = g->rem[--g->nrem];
-	}
-	free(ids);
-	free(devs);
-	return g->nrem < before;
-}
-
 static void remember_allow(struct gen *g, int efd, uint32_t kind)
 {
 	struct stat st;
@@ -896,8 +891,7 @@ static void handle_fanotify(struct gen *g)
 					kill((pid_t)p.pid, SIGKILL);   /* the requester the kernel named, nothing else */
 					S.st[PD_STAT_killed]++;
 				}
-				if (v.allow && !v.nmatch && q.path_len && S.table && S.table->cache_kinds & q.kind &&
-				    cur->fan_fd == g->fan_fd)
+				if (v.allow && !v.nmatch && q.path_len && S.table && S.table->remember_kinds & q.kind)
 					keep = fcntl(cur->efd, F_DUPFD_CLOEXEC, 0);
 				respond(cur->fan_fd, cur->efd, v.allow);
 				account_latency(lat);
@@ -1186,7 +1180,7 @@ static void commit(void)
 		return;
 	}
 	int err = 0;
-	t->cache_kinds = path_only_kinds(t);
+	t->remember_kinds = path_only_kinds(t);
 	__atomic_store_n(&S.busy_since, now_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
 	struct gen *g = gen_build(t, &err);
 	if (err) {
