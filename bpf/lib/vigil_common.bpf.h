@@ -41,6 +41,15 @@ static __always_inline void count_drop(__u32 cause)
 		*v += 1;  /* per-CPU slot: no atomics needed */
 }
 
+/* A field read in a body shared by a tp_btf and a raw_tp program; `btf` is a
+ * constant once the body is inlined. A tp_btf program's arguments are typed
+ * kernel pointers it may follow with plain loads (a fault reads 0, through the
+ * exception table); a raw_tp program must call bpf_probe_read_kernel for each
+ * read, a helper call that costs tens of ns. */
+#define VREAD(btf, src, a, ...)                                                   \
+	((btf) ? __builtin_preserve_access_index(___arrow(src, a, ##__VA_ARGS__)) \
+	       : BPF_CORE_READ(src, a, ##__VA_ARGS__))
+
 static __always_inline long emit(void *data, __u64 size, __u32 cause)
 {
 	long err = bpf_ringbuf_output(&events, data, size, 0);

@@ -15,6 +15,7 @@ from vigil.core.errors import PolicyError
 BINARY_LEN = 256
 LPM_LEN = 248
 MAX_RULES = 64
+FOLLOW_EXACT, FOLLOW_PREFIX, FOLLOW_POSTFIX = 1, 2, 4  # bits of follow_tables (bpf/process.bpf.c)
 
 
 class FollowRules:
@@ -76,6 +77,10 @@ class FollowRules:
         for name, table in (("follow_prefix", prefixes), ("follow_postfix", postfixes)):
             self._replace(name, {struct.pack("<I", 8 * len(k)) + k.ljust(LPM_LEN, b"\0"): m
                                  for k, m in table.items()})
+        # the tables an exec looks in (it skips empty ones): set once their entries are in
+        tables = (FOLLOW_EXACT if exact else 0) | (FOLLOW_PREFIX if prefixes else 0) | \
+            (FOLLOW_POSTFIX if postfixes else 0)
+        self.obj.map("follow_tables").update(struct.pack("<I", 0), struct.pack("<I", tables))
 
     def _replace(self, name: str, entries: dict[bytes, int]) -> None:
         m = self.obj.map(name)
