@@ -1,4 +1,4 @@
-/* Maps and helpers every Vigil sensor shares. The agent creates `events`
+/* Maps and helpers every Vigil sensor shares. The agent creates `events`, `vigil_reader`
  * and `vigil_drops` once (in the process sensor) and hands the same maps to
  * every other object, so all records arrive in one ordered stream. */
 #ifndef VIGIL_COMMON_BPF_H
@@ -50,9 +50,36 @@ static __always_inline void count_drop(__u32 cause)
 	((btf) ? __builtin_preserve_access_index(___arrow(src, a, ##__VA_ARGS__)) \
 	       : BPF_CORE_READ(src, a, ##__VA_ARGS__))
 
+/* How the agent reads the rings: written by the agent, read by every program.
+ * While it drains on a timer a record needs no wakeup, and a wakeup costs the
+ * task that made the record an interrupt (irq_work; 10-15 us inside a VM);
+ * while it sleeps in epoll every record wakes it. Left unset (no agent manages
+ * it) the kernel's own rule applies: wake when the reader had caught up. */
+enum vigil_reader_state {
+	VIGIL_READER_UNMANAGED = 0,
+	VIGIL_READER_DRAINING = 1,
+	VIGIL_READER_SLEEPING = 2,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} vigil_reader SEC(".maps");
+
+static __always_inline __u64 wakeup_flags(void)
+{
+	__u32 k = 0, *st = bpf_map_lookup_elem(&vigil_reader, &k);
+
+	if (!st || *st == VIGIL_READER_UNMANAGED)
+		return 0;
+	return *st == VIGIL_READER_DRAINING ? BPF_RB_NO_WAKEUP : BPF_RB_FORCE_WAKEUP;
+}
+
 static __always_inline long emit(void *data, __u64 size, __u32 cause)
 {
-	long err = bpf_ringbuf_output(&events, data, size, 0);
+	long err = bpf_ringbuf_output(&events, data, size, wakeup_flags());
 
 	if (err)
 		count_drop(cause);

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -258,6 +259,67 @@ def test_ring_buffer_overflow_is_counted_not_silent(workdir: Path, tmp_path: Pat
         assert agent.status()["lost"]["kernel"]["ringbuf_full_exec"] == drops["ringbuf_full_exec"]
     finally:
         agent.close()
+
+
+def test_records_wake_a_sleeping_reader_and_never_a_draining_one(workdir: Path):
+    """`vigil_reader`: while the agent sleeps in epoll every record wakes it; while it drains
+    on its own clock no record sends a wakeup (each would cost the task that made it an
+    interrupt). Records of other processes on the host only ever add wakeups or data, so
+    the checks below hold beside them."""
+    from vigil.kernel import RingBuffer
+    from vigil.kernel.ringbuf import READER_DRAINING, READER_SLEEPING, PairedRings
+    from vigil.sensors.process import ProcessSensor
+
+    def state() -> int:
+        return int.from_bytes(sensor.reader_map.lookup(b"\0\0\0\0") or b"", "little")
+
+    def run_child() -> None:
+        pid = os.posix_spawn(str(workdir / "child"), [str(workdir / "child"), "wake"], os.environ)
+        os.waitpid(pid, 0)
+
+    sensor = ProcessSensor()
+    sensor.start()
+    ep = select.epoll()
+    try:
+        ev = sensor.events_map
+        rings = PairedRings(RingBuffer(ev.fd, ev.max_entries), reader_state=sensor.reader_map)
+        # sleeping: our child's exec wakes the reader, which then drains on its own
+        rings.process.drain()
+        pid = os.fork()
+        if pid == 0:  # makes the records a moment after the reader went to sleep
+            try:
+                import time
+
+                time.sleep(0.3)
+                run_child()
+            finally:
+                os._exit(0)
+        try:
+            assert rings.wait(30.0)
+        finally:
+            os.waitpid(pid, 0)
+        assert state() == READER_DRAINING
+        # draining: a reader that sleeps anyway (a fresh epoll) is never woken
+        for _ in range(50):
+            rings.process.drain()
+            ep.register(ev.fd, select.EPOLLIN)
+            if not ep.poll(0):
+                break
+            ep.unregister(ev.fd)  # a record of the host came in between: again
+        else:
+            pytest.fail("the ring never stayed empty long enough to start")
+        run_child()
+        assert rings.process.pending() > 0
+        assert ep.poll(0.3) == []
+        # going to sleep, the reader finds the records already there at once
+        assert rings.wait(5.0) and state() == READER_DRAINING
+        rings.process.drain()
+        woke = rings.wait(0.05)  # woken only by a record of the host
+        assert state() == (READER_DRAINING if woke else READER_SLEEPING)
+        rings.close()
+    finally:
+        ep.close()
+        sensor.stop()
 
 
 def test_no_programs_left_after_close(tmp_path: Path):

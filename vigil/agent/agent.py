@@ -213,7 +213,8 @@ class Agent:
             self.pins.pin_map(sensor.drops_map, "vigil_drops")
         recovered = self._recover_previous(attached_ktime) if self._previous else []
         events = sensor.events_map
-        src: EventSource = PairedRings(RingBuffer(events.fd, events.max_entries))
+        src: EventSource = PairedRings(RingBuffer(events.fd, events.max_entries),
+                                       reader_state=sensor.reader_map)
         if c.record_file:
             src = RecordingSource(src, c.record_file)
         self.source = src

@@ -134,7 +134,8 @@ class PolicyManager:
         sensor = self.agent.sensor
         if sensor is None or sensor.obj is None:
             raise PolicyError("the process sensor is not running; policies need the live kernel")
-        shared = {n: sensor.obj.map(n) for n in ("vigil_drops", "execve_map", "socktrack", "policy_cgroups")}
+        shared = {n: sensor.obj.map(n) for n in ("vigil_drops", "vigil_reader", "execve_map", "socktrack",
+                                               "policy_cgroups")}
         shared["events"] = self._policy_ring()
         shared["enforcer_notes"] = self._enforcer_notes()
         return shared

@@ -52,7 +52,7 @@ PROTO_NAMES = {6: "tcp", 17: "udp"}
 MSG = Layout("msg_netdeny", "hdr.op:B hdr.pad:B hdr.flags:H hdr.size:I hdr.ktime:Q key.pid:I key.pad:I key.ktime:Q "
              "tid:I rule_id:I cgroup_id:Q family:B protocol:B hook:B action:B monitor:B pad:B dport:H daddr:16s "
              "comm:16s")
-SHARED = ("events", "vigil_drops", "execve_map")
+SHARED = ("events", "vigil_drops", "vigil_reader", "execve_map")
 _U32 = struct.Struct("<I")
 
 

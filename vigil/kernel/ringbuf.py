@@ -17,8 +17,13 @@ import select
 import struct
 import time
 from collections.abc import Callable
+from typing import Any
 
 from vigil.core import native
+
+# enum vigil_reader_state (bpf/lib/vigil_common.bpf.h): what a record's program asks of the ring
+READER_UNMANAGED, READER_DRAINING, READER_SLEEPING = 0, 1, 2
+_ZERO_KEY = (0).to_bytes(4, "little")
 
 BUSY = 1 << 31
 DISCARD = 1 << 30
@@ -117,13 +122,17 @@ class PairedRings:
     keeps its own order), the later ones wait for the next pass. So a policy record comes
     after the exec of its process and before whatever the kernel recorded after it."""
 
-    def __init__(self, process: RingBuffer, clock: Callable[[], int] = time.monotonic_ns) -> None:
+    def __init__(self, process: RingBuffer, clock: Callable[[], int] = time.monotonic_ns,
+                 reader_state: Any = None) -> None:
         self.process = process
         self.policy: RingBuffer | None = None
         self.clock = clock  # CLOCK_MONOTONIC: the clock of bpf_ktime_get_ns
         self._held: list[bytes] = []  # policy records newer than the last pass's time
         self._ep = select.epoll()
         self._ep.register(process.fileno(), select.EPOLLIN)
+        self._reader = reader_state  # the `vigil_reader` map every program reads (or None)
+        self._state = READER_UNMANAGED
+        self.state_changes = 0
 
     def add_policy_ring(self, rb: RingBuffer) -> None:
         """Called once, from whichever thread loads the first policy."""
@@ -137,7 +146,26 @@ class PairedRings:
         return self._ep.fileno()
 
     def wait(self, timeout: float) -> bool:
-        return bool(self._held) or bool(self._ep.poll(timeout))
+        """Sleep until a ring has records. The programs are told to wake us only for as
+        long as we sleep: between a wakeup and the next call the loop drains on its own
+        clock, and a wakeup per pass would cost the task that made the record an
+        interrupt. The epoll call reads the rings after the state is stored, so a record
+        made before the programs saw SLEEPING is found by this call; the one left over
+        is a record whose program read DRAINING just before this store, which waits
+        for the next record (woken, as every record now is) or the timeout."""
+        if self._held:
+            return True
+        self._set_reader(READER_SLEEPING)
+        ready = bool(self._ep.poll(timeout))
+        if ready:
+            self._set_reader(READER_DRAINING)
+        return ready
+
+    def _set_reader(self, state: int) -> None:
+        if self._reader is not None and state != self._state:
+            self._reader.update(_ZERO_KEY, _I.pack(state))
+            self._state = state
+            self.state_changes += 1
 
     def drain(self) -> list[bytes]:
         policy = self.policy

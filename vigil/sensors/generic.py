@@ -1,6 +1,6 @@
 """One loaded hook of a policy: a copy of bpf/generic.bpf.c configured by data.
 
-The object shares `events`, `vigil_drops` and `execve_map` with the process
+The object shares `events`, `vigil_drops`, `vigil_reader` and `execve_map` with the process
 sensor, so its records join the same ordered stream and its selectors see
 the binaries the process sensor recorded. Load rolls back on any failure.
 """

@@ -1,7 +1,7 @@
 """Process lifecycle sensor: loads bpf/process.bpf.c and owns its maps.
 
-It creates the shared `events` ring buffer and `vigil_drops` counters that
-every other sensor reuses. Each hook exists as tp_btf and raw_tp; the BTF
+It creates the shared `events` ring buffer, the `vigil_drops` counters and the
+`vigil_reader` state that every other sensor reuses. Each hook exists as tp_btf and raw_tp; the BTF
 flavour is tried first and the raw one used where the kernel refuses it.
 """
 from __future__ import annotations
@@ -79,6 +79,12 @@ class ProcessSensor:
     def events_map(self):  # type: ignore[no-untyped-def]
         assert self.obj is not None
         return self.obj.map("events")
+
+    @property
+    def reader_map(self):  # type: ignore[no-untyped-def]
+        """`vigil_reader`: whether the agent sleeps on the rings (see kernel.ringbuf.PairedRings)."""
+        assert self.obj is not None
+        return self.obj.map("vigil_reader")
 
     @property
     def drops_map(self):  # type: ignore[no-untyped-def]
