@@ -17,9 +17,12 @@ import select
 import struct
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from vigil.core import native
+
+if TYPE_CHECKING:
+    from vigil.kernel.objects import Map
 
 # enum vigil_reader_state (bpf/lib/vigil_common.bpf.h): what a record's program asks of the ring
 READER_UNMANAGED, READER_DRAINING, READER_SLEEPING = 0, 1, 2
@@ -123,7 +126,7 @@ class PairedRings:
     after the exec of its process and before whatever the kernel recorded after it."""
 
     def __init__(self, process: RingBuffer, clock: Callable[[], int] = time.monotonic_ns,
-                 reader_state: Any = None) -> None:
+                 reader_state: Map | None = None) -> None:
         self.process = process
         self.policy: RingBuffer | None = None
         self.clock = clock  # CLOCK_MONOTONIC: the clock of bpf_ktime_get_ns
@@ -132,7 +135,6 @@ class PairedRings:
         self._ep.register(process.fileno(), select.EPOLLIN)
         self._reader = reader_state  # the `vigil_reader` map every program reads (or None)
         self._state = READER_UNMANAGED
-        self.state_changes = 0
 
     def add_policy_ring(self, rb: RingBuffer) -> None:
         """Called once, from whichever thread loads the first policy."""
@@ -165,7 +167,6 @@ class PairedRings:
         if self._reader is not None and state != self._state:
             self._reader.update(_ZERO_KEY, _I.pack(state))
             self._state = state
-            self.state_changes += 1
 
     def drain(self) -> list[bytes]:
         policy = self.policy
