@@ -79,6 +79,27 @@ def test_rotation_by_size_keeps_max_backups(tmp_path):
         assert p.stat().st_size <= w.max_bytes
 
 
+def test_a_fifo_or_device_is_written_as_a_stream_never_rotated_or_chmoded(tmp_path):
+    """--export-filename /dev/null (or a pipe to a log shipper): rotating would rename the
+    node and leave a regular file in its place, and fchmod would change the node's mode."""
+    fifo = tmp_path / "shipper.pipe"
+    os.mkfifo(fifo, 0o644)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    one_line = len(orjson.dumps(_event(0, pad=1000))) + 1
+    w = JsonlWriter(str(fifo), max_size_mb=(2 * one_line) / (1024 * 1024), max_backups=2)
+    for i in range(10):
+        w.write(_event(i, pad=1000))
+    w.close()
+    reader.join(10)
+    assert [orjson.loads(x)["process_exec"]["process"]["pid"] for x in got[0].splitlines()] == list(range(10))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shipper.pipe"]
+    st = fifo.stat()
+    assert stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o644
+    assert w.rotations == 0 and w.events_written == 10
+
+
 def test_large_batch_is_split_on_event_boundaries(tmp_path):
     path = tmp_path / "v.log"
     one_line = len(orjson.dumps(_event(0, pad=1000))) + 1

@@ -30,6 +30,7 @@ import gzip
 import logging
 import os
 import shutil
+import stat
 import sys
 import threading
 import time
@@ -70,6 +71,7 @@ class JsonlWriter:
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._stream: BinaryIO | None = None
+        self._owns_stream = False  # a non-regular file we opened (closed with the writer)
         self._size = 0
         self._opened_at = 0.0
         self._path_checked_at = 0.0
@@ -162,6 +164,8 @@ class JsonlWriter:
             elif self._stream is not None:
                 try:
                     self._stream.flush()
+                    if self._owns_stream:
+                        self._stream.close()
                 except (BrokenPipeError, ValueError):
                     pass
 
@@ -248,6 +252,12 @@ class JsonlWriter:
 
     def _open(self) -> None:
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, self.perm)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            # a device, FIFO or socket (/dev/null, a pipe to a log shipper): written as a stream,
+            # never chmod'ed, rotated or renamed (rotating /dev/null would move the device node)
+            self._stream = os.fdopen(fd, "wb", buffering=0)
+            self._owns_stream = True
+            return
         os.fchmod(fd, self.perm)  # the umask must not widen or narrow the requested mode
         self._fd = fd
         self._size = os.fstat(fd).st_size
