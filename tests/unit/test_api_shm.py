@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from vigil.api import grpcframe, shm
@@ -78,3 +79,28 @@ def test_a_lapped_reader_counts_what_it_lost() -> None:
             finally:
                 r.close()
                 w.close()
+
+
+def test_each_serving_process_keeps_its_own_wanted_count() -> None:
+    """With several serving processes, one's last client leaving must not stop the agent
+    encoding for another's clients; a process started again in a slot starts from 0."""
+    w = shm.RingWriter(4096)
+    first, second = shm.RingReader(w.fd, 0), shm.RingReader(w.fd, 1)
+    try:
+        assert w.wanted == 0
+        first.set_wanted(2)
+        second.set_wanted(1)
+        second.set_wanted(0)
+        assert w.wanted == 2
+        first.set_wanted(0)
+        assert w.wanted == 0
+        second.set_wanted(3)
+        again = shm.RingReader(w.fd, 1)  # the slot's process was restarted
+        assert w.wanted == 0
+        again.close()
+        with pytest.raises(ValueError, match="reader index"):
+            shm.RingReader(w.fd, shm.READERS)
+    finally:
+        first.close()
+        second.close()
+        w.close()

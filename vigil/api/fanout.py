@@ -34,11 +34,12 @@ from vigil.api.h2front import Front
 from vigil.api.passthrough import Upstream
 from vigil.api.server import ServerError, TlsConfig, remove_info_files, unix_path, write_info_files
 from vigil.api.streams import StreamStats
+from vigil.core import sharedmem
 
 log = logging.getLogger("vigil.api.fanout")
 
 BATCH = 1024              # records read from the ring at a time
-MAX_PROCESSES = 4
+MAX_PROCESSES = shm.READERS
 MAX_CLIENTS = 13           # per process in the stats block
 _SUMMARY = struct.Struct("<IIQQQQ")       # pid, streams, sent, dropped, filtered, lost (ring laps)
 _CLIENT = struct.Struct("<40sQQ")         # peer, sent, dropped
@@ -145,16 +146,17 @@ class StatsWriter(threading.Thread):
     def write(self) -> None:
         st = self.stats
         snap = st.snapshot()
-        _SUMMARY.pack_into(self.view, self.base, os.getpid(), snap["streams_active"], snap["events_sent"],
+        # written while the agent reads it: never through 0 (a counter read as 0 would look reset)
+        sharedmem.write(self.view, self.base, _SUMMARY, os.getpid(), snap["streams_active"], snap["events_sent"],
                            snap["events_dropped_slow_client"], snap["events_filtered"], self.reader.lost)
         clients = st.clients()[:MAX_CLIENTS]
         for k in range(MAX_CLIENTS):
             off = self.base + _SUMMARY.size + k * _CLIENT.size
             if k < len(clients):
                 peer, sent, dropped = clients[k]
-                _CLIENT.pack_into(self.view, off, peer.encode()[:40], sent, dropped)
+                sharedmem.write(self.view, off, _CLIENT, peer.encode()[:40], sent, dropped)
             else:
-                _CLIENT.pack_into(self.view, off, b"", 0, 0)
+                sharedmem.write(self.view, off, _CLIENT, b"", 0, 0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ServerError, OSError) as e:
         print(f"vigil-fanout: {e}", file=sys.stderr, flush=True)
         return 1
-    reader = shm.RingReader(a.ring_fd)
+    reader = shm.RingReader(a.ring_fd, a.index)
     os.set_blocking(a.wake_fd, False)
     return asyncio.run(serve(a, reader, socks, address, ssl_context))
 

@@ -8,9 +8,10 @@ torn copy is dropped and counted like a lost one).
 
 Layout of the memfd (all little endian):
   header (4096 bytes): magic u32, version u32, capacity u64, ver u64 (even when stable),
-    head u64 (bytes written, ever), seq u64 (records written, ever), wanted u64 (readers
-    that want records: the writer skips encoding when 0), then a stats block written by
-    the readers (see `StatsBlock`).
+    head u64 (bytes written, ever), seq u64 (records written, ever), wanted u64 x READERS
+    (each reader's count of streams that want records: the writer skips encoding while
+    all are 0), then from STATS_OFF a stats block written by the readers (vigil.api.fanout).
+  Words another process reads are stored whole (vigil.core.sharedmem), never through 0.
   data (capacity bytes): records [len u32][pad u32][seq u64][payload][pad to 8]; a record
     that does not fit before the end of the data starts at its beginning, the rest of the
     end marked with len WRAP (when at least 4 bytes are left).
@@ -23,17 +24,18 @@ import struct
 from collections.abc import Iterator
 
 from vigil.core import native
+from vigil.core.sharedmem import Words
 
 MAGIC = 0x56474C52  # "VGLR"
-VERSION = 1
+VERSION = 2
 HEADER = 4096
-_HDR = struct.Struct("<IIQQQQQ")     # magic, version, capacity, ver, head, seq, wanted
+READERS = 4                          # serving processes, each with its own `wanted` word
+_HDR = struct.Struct("<IIQQQQ")      # magic, version, capacity, ver, head, seq
 _REC = struct.Struct("<IIQ")         # len, pad, seq
-_Q = struct.Struct("<Q")
 _PREFIX = struct.Struct(">BI")       # a gRPC message's prefix (vigil.api.grpcframe.PREFIX)
 WRAP = 0xFFFFFFFF
 _OFF_VER, _OFF_HEAD, _OFF_SEQ, _OFF_WANTED = 16, 24, 32, 40
-STATS_OFF = 64                       # StatsBlock starts here (up to HEADER)
+STATS_OFF = 128                      # the readers' stats block starts here (up to HEADER)
 
 
 class RingWriter:
@@ -48,7 +50,8 @@ class RingWriter:
         # populated now: the first lap would otherwise fault in every page on the event path
         flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
         self._m = mmap.mmap(self.fd, HEADER + capacity, flags=flags)
-        _HDR.pack_into(self._m, 0, MAGIC, VERSION, capacity, 0, 0, 0, 0)
+        _HDR.pack_into(self._m, 0, MAGIC, VERSION, capacity, 0, 0, 0)  # before any reader maps it
+        self._words = Words(self._m)
         self._head = 0
         self._seq = 0
         self.records = 0
@@ -56,8 +59,8 @@ class RingWriter:
 
     @property
     def wanted(self) -> int:
-        """How many readers want records now (0: encoding them would be wasted)."""
-        return _Q.unpack_from(self._m, _OFF_WANTED)[0]
+        """How many streams want records now, over all readers (0: encoding would be wasted)."""
+        return sum(self._words.load(_OFF_WANTED + 8 * i) for i in range(READERS))
 
     def write_batch(self, payloads: list[bytes]) -> None:
         if native.fast is not None:
@@ -87,13 +90,13 @@ class RingWriter:
         return head, seq
 
     def _publish(self, head: int, seq: int) -> None:
-        m = self._m
+        w = self._words
         # publish: odd version while head and seq change (readers retry), then even
-        ver = _Q.unpack_from(m, _OFF_VER)[0]
-        _Q.pack_into(m, _OFF_VER, ver + 1)
-        _Q.pack_into(m, _OFF_HEAD, head)
-        _Q.pack_into(m, _OFF_SEQ, seq)
-        _Q.pack_into(m, _OFF_VER, ver + 2)
+        ver = w.load(_OFF_VER)
+        w.store(_OFF_VER, ver + 1)
+        w.store(_OFF_HEAD, head)
+        w.store(_OFF_SEQ, seq)
+        w.store(_OFF_VER, ver + 2)
         self.records += seq - self._seq
         self.bytes += head - self._head
         self._head, self._seq = head, seq
@@ -105,6 +108,7 @@ class RingWriter:
         """Idempotent: a front end that failed to start is stopped too."""
         if self.fd < 0:
             return
+        self._words.release()
         self._m.close()
         os.close(self.fd)
         self.fd = -1
@@ -113,28 +117,35 @@ class RingWriter:
 class RingReader:
     """A serving process's end: read() returns what was written since the last call."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, index: int = 0) -> None:
+        if not 0 <= index < READERS:
+            raise ValueError(f"reader index must be 0..{READERS - 1}")
+        self._wanted_off = _OFF_WANTED + 8 * index
         size = os.fstat(fd).st_size
         self._m = mmap.mmap(fd, size)
         magic, version, cap, *_ = _HDR.unpack_from(self._m, 0)
         if magic != MAGIC or version != VERSION or size != HEADER + cap:
             raise ValueError("not a vigil event ring (magic/version/size)")
         self.capacity = cap
+        self._words = Words(self._m)
+        self.set_wanted(0)  # a reader that served this slot before and died left its count
         head, seq = self._position()
         self._pos, self._next = head, seq + 1  # start at the present: nothing old
         self.lost = 0     # records the writer went over before they were read
 
     def _position(self) -> tuple[int, int]:
-        m = self._m
+        w = self._words
         while True:
-            v1 = _Q.unpack_from(m, _OFF_VER)[0]
-            head = _Q.unpack_from(m, _OFF_HEAD)[0]
-            seq = _Q.unpack_from(m, _OFF_SEQ)[0]
-            if v1 & 1 == 0 and _Q.unpack_from(m, _OFF_VER)[0] == v1:
+            v1 = w.load(_OFF_VER)
+            head = w.load(_OFF_HEAD)
+            seq = w.load(_OFF_SEQ)
+            if v1 & 1 == 0 and w.load(_OFF_VER) == v1:
                 return head, seq
 
     def set_wanted(self, n: int) -> None:
-        _Q.pack_into(self._m, _OFF_WANTED, n)
+        """This reader's streams that want records (its own word: readers never overwrite
+        each other's count, so one process's last client leaving cannot starve another's)."""
+        self._words.store(self._wanted_off, n)
 
     def read(self, max_records: int = 4096, *, framed: bool = False) -> list[bytes]:
         """Records written since the last call (at most max_records); `framed`: each
@@ -191,4 +202,5 @@ class RingReader:
         return memoryview(self._m)[STATS_OFF:HEADER]
 
     def close(self) -> None:
+        self._words.release()
         self._m.close()

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from vigil.core import native
+from vigil.core.sharedmem import Words
 
 if TYPE_CHECKING:
     from vigil.kernel.objects import Map
@@ -44,6 +45,7 @@ class RingBuffer:
         self._mask = size - 1
         self._fd = os.dup(map_fd)
         self._cons = mmap.mmap(self._fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        self._cons_pos = Words(self._cons)  # the kernel reads it on every reservation: one store
         self._prod = mmap.mmap(self._fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
         self._data_off = page
         self._ep = select.epoll()
@@ -102,7 +104,7 @@ class RingBuffer:
     def _consumed(self, start: int, cons: int, out: list[bytes]) -> list[bytes]:
         """Hands the space up to `cons` back to the kernel."""
         if cons != start:
-            _Q.pack_into(self._cons, 0, cons)
+            self._cons_pos.store(0, cons)
             self.bytes += cons - start
             self.records += len(out)
         return out
@@ -111,6 +113,7 @@ class RingBuffer:
         if self._fd >= 0:
             self._ep.close()
             self._prod.close()
+            self._cons_pos.release()
             self._cons.close()
             os.close(self._fd)
             self._fd = -1

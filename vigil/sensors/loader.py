@@ -18,6 +18,7 @@ import struct
 import threading
 from collections.abc import Callable
 
+from vigil.core.sharedmem import Words
 from vigil.kernel.objects import possible_cpus
 
 log = logging.getLogger("vigil.sensor.loader")
@@ -163,7 +164,11 @@ class LoaderSensor:
                 self.emit(pid, tid, path, build_id, time_ns)
             except Exception:  # one bad event must not stop the sensor
                 log.exception("loader event for %s", path)
-        struct.pack_into("<Q", ring, 1032, tail)
+        tail_word = Words(ring)  # the kernel reads data_tail while we write it: one store
+        try:
+            tail_word.store(1032, tail)
+        finally:
+            tail_word.release()
 
     @staticmethod
     def _bytes(ring: mmap.mmap, base: int, size: int, at: int, n: int) -> bytes:
