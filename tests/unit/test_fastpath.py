@@ -543,6 +543,7 @@ def _ring(records: list[tuple[int, int, bytes]], size: int, start: int) -> tuple
     """A BPF ring buffer's producer mapping (page 1 onward: producer_pos, then the data area
     twice) holding `records` (flags, payload) from consumer position `start`: (a RingBuffer
     reading it, cons, prod)."""
+    from vigil.core.sharedmem import Words
     from vigil.kernel.ringbuf import RingBuffer
 
     page = 4096
@@ -556,6 +557,7 @@ def _ring(records: list[tuple[int, int, bytes]], size: int, start: int) -> tuple
     mapping = bytearray(struct.pack("<Q", pos) + bytes(page - 8)) + data + data
     rb = RingBuffer.__new__(RingBuffer)
     rb._prod, rb._cons = mapping, bytearray(struct.pack("<Q", start))
+    rb._cons_pos = Words(rb._cons)
     rb._data_off, rb._mask, rb.size = page, size - 1, size
     rb.discarded = rb.bytes = rb.records = rb.peak = 0
     return rb, start, pos
