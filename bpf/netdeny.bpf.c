@@ -82,37 +82,6 @@ struct {
 	__type(value, struct nd_scratch);
 } nd_scratch SEC(".maps");
 
-struct port_ctx {
-	__u64 cand;     /* in: rules with ports still to check; out: those whose ports match */
-	__u32 base;     /* gen * ND_MAX_RULES */
-	__u16 port;
-};
-
-static long port_step(__u32 i, struct port_ctx *pc)
-{
-	__u64 bit = 1ULL << (i & (ND_MAX_RULES - 1));
-	__u32 slot = pc->base + (i & (ND_MAX_RULES - 1));
-	struct nd_rule *r;
-	int hit = 0;
-
-	if (!(pc->cand & bit))
-		return 0;
-	r = bpf_map_lookup_elem(&nd_rules, &slot);
-	if (r) {
-		for (int j = 0; j < ND_MAX_PORTS; j++) {
-			if (j >= r->nports)
-				break;
-			if (pc->port >= r->ports[j].lo && pc->port <= r->ports[j].hi) {
-				hit = 1;
-				break;
-			}
-		}
-	}
-	if (!hit)
-		pc->cand &= ~bit;
-	return 0;
-}
-
 /* index of the lowest set bit (m != 0); no ctz instruction in BPF */
 static __always_inline int lowest_slot(__u64 m)
 {
@@ -126,6 +95,45 @@ static __always_inline int lowest_slot(__u64 m)
 	if (!(m & 0x1))
 		n += 1;
 	return n;
+}
+
+struct port_ctx {
+	__u64 todo;     /* in: the candidates that name port ranges, each checked once */
+	__u64 cand;     /* in: the same; out: those whose ports match */
+	__u32 base;     /* gen * ND_MAX_RULES */
+	__u16 port;
+};
+
+/* One candidate per iteration, lowest slot first; the loop ends when none is left, so a
+ * rule set pays for the rules with ports that got this far, not for all ND_MAX_RULES
+ * (an iteration is a callback call: the 64 of before were three quarters of an allow-all
+ * connect4 run, 1,082 ns then and 296 ns now, bpf_stats). */
+static long port_step(__u32 i, struct port_ctx *pc)
+{
+	__u64 todo = pc->todo;
+	__u32 slot;
+	struct nd_rule *r;
+	int hit = 0;
+
+	if (!todo)
+		return 1;
+	slot = lowest_slot(todo) & (ND_MAX_RULES - 1);
+	pc->todo = todo & (todo - 1);
+	slot += pc->base;
+	r = bpf_map_lookup_elem(&nd_rules, &slot);
+	if (r) {
+		for (int j = 0; j < ND_MAX_PORTS; j++) {
+			if (j >= r->nports)
+				break;
+			if (pc->port >= r->ports[j].lo && pc->port <= r->ports[j].hi) {
+				hit = 1;
+				break;
+			}
+		}
+	}
+	if (!hit)
+		pc->cand &= ~(todo & -todo);
+	return pc->todo ? 0 : 1;
 }
 
 static __always_inline void count(__u32 gen, int slot, int which)
@@ -270,7 +278,8 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 hook, int kind
 
 	/* ports: a loop over the candidates that name port ranges */
 	if (cand & ~g->noport) {
-		struct port_ctx pc = { .cand = cand & ~g->noport, .base = gen * ND_MAX_RULES, .port = port };
+		struct port_ctx pc = { .todo = cand & ~g->noport, .cand = cand & ~g->noport,
+				       .base = gen * ND_MAX_RULES, .port = port };
 
 		bpf_loop(ND_MAX_RULES, port_step, &pc, 0);
 		cand = (cand & g->noport) | pc.cand;
