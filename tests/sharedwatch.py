@@ -19,6 +19,7 @@ from typing import Any
 
 def zero_reads(buf: Any, offset: int, write: Callable[[int], None], seconds: float = 0.4) -> tuple[int, int]:
     """(loads that returned 0, loads made) while `write` ran for about `seconds`."""
+    write(1)  # before the reader exists: a word that held 0 until its first write is not a zero read
     r, w = os.pipe()
     go_r, go_w = os.pipe()
     pid = os.fork()
@@ -47,7 +48,6 @@ def zero_reads(buf: Any, offset: int, write: Callable[[int], None], seconds: flo
     os.close(w)
     os.close(go_r)
     try:
-        write(1)
         time.sleep(0.05)  # the reader is spinning before the writes that count
         i, end = 2, time.monotonic() + seconds
         while time.monotonic() < end:
