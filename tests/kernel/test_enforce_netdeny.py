@@ -7,7 +7,6 @@ The cgroup, programs and netns are removed even on failure.
 """
 from __future__ import annotations
 
-import errno
 import itertools
 import json
 import os
@@ -16,13 +15,13 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
+from tests.cgroupdir import remove_test_cgroup
 from tests.kernel.bpfstate import require_root
 from vigil.enforce.netdeny import NetDeny, cgroup2_root
 from vigil.enforce.netrules import NetRule, NetRuleError
@@ -80,22 +79,7 @@ def cgroup() -> Iterator[str]:
     try:
         yield path
     finally:
-        # only test children ever entered; kill stragglers by pid, then remove
-        with open(os.path.join(path, "cgroup.procs")) as f:
-            for pid in f.read().split():
-                try:
-                    os.kill(int(pid), 9)
-                except ProcessLookupError:
-                    pass
-        for _ in range(100):
-            try:
-                os.rmdir(path)
-                break
-            except OSError as e:
-                if e.errno != errno.EBUSY:
-                    raise
-                time.sleep(0.05)
-        assert not os.path.exists(path)
+        remove_test_cgroup(path)
 
 
 @pytest.fixture

@@ -4,15 +4,15 @@ name, only for processes in the test's own cgroup."""
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import pytest
+
+from tests.cgroupdir import remove_test_cgroup
 
 CHILD = """
 import errno, socket, sys
@@ -47,14 +47,7 @@ def cgroup() -> Iterator[str]:
     try:
         yield path
     finally:
-        for _ in range(100):
-            try:
-                os.rmdir(path)
-                break
-            except OSError as e:
-                if e.errno != errno.EBUSY:
-                    raise
-                time.sleep(0.05)
+        remove_test_cgroup(path)
 
 
 def test_port_rules_refuse_only_the_connects_they_name(cgroup: str) -> None:

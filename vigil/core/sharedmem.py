@@ -3,10 +3,10 @@
 Never `struct.pack_into` there: CPython zero-fills the target before it packs the values
 (`s_pack_internal`), so a concurrent reader can see 0 for a field that never holds 0. A
 forked reader spinning on a u64 that `pack_into` kept advancing saw 0 in 18,103 of 19.5M
-reads (2 s). Two places paid for it: a BPF ring's consumer position read as 0 by a
-reservation made the ring look full once the producer had gone round it once (the
-records lost in process churn, counted as `ringbuf_full_*` with the ring nearly empty),
-and a perf ring's tail the same way.
+reads (2 s). A BPF ring's consumer position read as 0 by a reservation made the ring
+look full once the producer had gone round it once (the records lost in process churn,
+counted as `ringbuf_full_*` with the ring nearly empty); a perf ring's tail is read by
+the kernel the same way.
 
 - `Words`: the aligned u64 words of a mapping, each loaded and stored as one machine
   word (a memoryview cast to "Q" copies 8 bytes at a time), for positions and counters.

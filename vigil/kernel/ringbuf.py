@@ -64,13 +64,12 @@ class RingBuffer:
 
     def pending(self) -> int:
         prod = _Q.unpack_from(self._prod, 0)[0]
-        cons = _Q.unpack_from(self._cons, 0)[0]
-        return prod - cons
+        return prod - self._cons_pos.load(0)
 
     def drain(self, max_bytes: int = 1 << 62) -> list[bytes]:
         """Take every committed record; stops at the first one still being written."""
-        prod_map, cons_map = self._prod, self._cons
-        cons = _Q.unpack_from(cons_map, 0)[0]
+        prod_map = self._prod
+        cons = self._cons_pos.load(0)
         prod = _Q.unpack_from(prod_map, 0)[0]
         if prod - cons > self.peak:
             self.peak = prod - cons
