@@ -154,3 +154,22 @@ def test_event_loop_thread_takes_batch_scheduling_alone():
     t.join()
     assert seen == {"set": True, "policy": os.SCHED_BATCH}
     assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
+def test_a_closed_agent_and_its_process_cache_are_freed(tmp_path: Path):
+    """start() freezes the agent's objects for the GC; close() must thaw them, or a process that
+    goes on after an agent (tests, benches) keeps that agent's whole process cache"""
+    import gc
+    import weakref
+
+    recs = [process_record(pid=100 + i, ktime=1000 + i, binary="/bin/true") for i in range(50)]
+    agent = Agent(AgentConfig(export_filename=str(tmp_path / "e.log"), server_address="", node_name="n1"),
+                  source=ReplaySource(recs))
+    agent.start()
+    agent.run()
+    assert len(agent.cache) >= 50
+    gone = weakref.ref(agent.cache)
+    agent.close()
+    del agent
+    gc.collect()
+    assert gone() is None
