@@ -40,6 +40,9 @@ def test_precedence_flag_env_configdir(tmp_path: Path, captured: list):
     ([], {"VIGIL_RB_SIZE": "lots"}, "--rb-size"),
     ([], {"VIGIL_PROCESS_CACHE_SIZE": "many"}, "--process-cache-size"),
     (["--export-file-perm", "8"], {}, "--export-file-perm"),
+    (["--event-batch-delay-ms", "5000"], {}, "--event-batch-delay-ms must be 0..1000"),
+    (["--event-batch-delay-ms", "-1"], {}, "--event-batch-delay-ms"),
+    ([], {"VIGIL_EVENT_BATCH_DELAY_MS": "soon"}, "--event-batch-delay-ms"),
 ])
 def test_bad_values_name_the_option(captured: list, args, env, needle):
     r = run(args, env)
@@ -50,3 +53,11 @@ def test_unknown_config_dir_file(tmp_path: Path, captured: list):
     (tmp_path / "no-such-option").write_text("1")
     r = run(["--config-dir", str(tmp_path)])
     assert r.exit_code != 0 and "no-such-option" in r.output
+
+
+def test_event_batch_delay_is_milliseconds(captured: list):
+    r = run(["--event-batch-delay-ms", "20"])
+    assert r.exit_code == 0, r.output
+    assert captured[0].batch_delay == 0.020
+    r = run([])
+    assert captured[1].batch_delay == 0.004  # the default keeps export latency p99 under 10 ms

@@ -66,7 +66,7 @@ class AgentConfig:
     print_events: str = ""          # "", "compact" or "json": also print events to stdout
     record_file: str = ""           # append raw kernel records here (replay seam)
     stats_interval: float = 1.0
-    batch_delay: float = 0.004      # seconds to let records accumulate after a small batch (CPU vs latency)
+    batch_delay: float = 0.004      # --event-batch-delay-ms: records accumulate after a small batch (CPU vs latency)
 
     def validate(self) -> None:
         errors = []
@@ -101,6 +101,8 @@ class AgentConfig:
             errors.append("--server-tls-cert-file and --server-tls-key-file go together")
         if self.server_tls_require_client_cert and not self.server_tls_client_ca_files:
             errors.append("--server-tls-require-client-cert needs --server-tls-client-ca-files")
+        if not 0 <= self.batch_delay <= 1:
+            errors.append(f"--event-batch-delay-ms must be 0..1000 (got {self.batch_delay * 1000:g})")
         if not 0 <= self.k8s_pod_wait <= 60:
             errors.append(f"--k8s-pod-wait must be 0..60 seconds (got {self.k8s_pod_wait})")
         if self.k8s_kubeconfig_path and not os.path.isfile(self.k8s_kubeconfig_path):

@@ -138,6 +138,12 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--k8s-cgroup-root", dict(default="",
                                help="Where the tracking cgroup hierarchy is mounted here (default: found in "
                                     "/proc/self/mounts).")),
+    ("--event-batch-delay-ms", dict(type=int, default=4, show_default=True,
+                                    help="After a small batch of kernel records, wait this long for more before "
+                                         "reading again: events leave up to this much later, and fewer, larger "
+                                         "batches cost less CPU per event (agent CPU per exec of a fork+exec loop "
+                                         "at 1,250 execs/s: 47-65 us at 4 ms, 31-33 at 20 ms, 22-24 at 50 ms). "
+                                         "0: read as soon as records arrive.")),
     ("--print-events", dict(type=click.Choice(["", "compact", "json"]), default="",
                             help="Also print events to stdout.")),
     ("--record-file", dict(default="", help="Record raw kernel records here for replay.")),
@@ -235,7 +241,7 @@ def _build_command() -> click.Command:
             enable_k8s_api=kw["enable_k8s_api"], k8s_kubeconfig_path=kw["k8s_kubeconfig_path"],
             enable_tracing_policy_crd=kw["enable_tracing_policy_crd"],
             enable_pod_annotations=kw["enable_pod_annotations"], k8s_pod_wait=kw["k8s_pod_wait"],
-            k8s_cgroup_root=kw["k8s_cgroup_root"],
+            k8s_cgroup_root=kw["k8s_cgroup_root"], batch_delay=kw["event_batch_delay_ms"] / 1000,
         )
         try:
             cfg.validate()
