@@ -90,3 +90,23 @@ def test_oldest_eviction_is_linear_over_many_rounds():
         c.add(Process(str(i), (i, i), "", None, 0, ProcessMsg(str(i), i)), 0)
     assert len(c) == 1000 and c.evictions == 49_000 and c.get((49_000, 49_000)) is not None
     assert len(c._order) <= 2 * len(c) + 64
+
+
+def test_removed_processes_are_freed_while_nothing_new_arrives():
+    """An idle host after a churn: the cache's GC empties it, and no structure of the cache
+    keeps the removed processes (and their encoded messages) alive until the next exec"""
+    import gc
+
+    def alive() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if type(o) is Process and o.exec_id.startswith("churn-"))
+
+    c = ProcessCache(capacity=1000, grace_ns=5 * S)
+    for i in range(900):
+        p = Process(f"churn-{i}", (i, i), "", None, 0, ProcessMsg(f"churn-{i}", i))
+        c.add(p, 0)
+        c.exit(p, 0)
+    del p
+    assert alive() == 900
+    assert c.gc(10 * S) == 900 and len(c) == 0
+    assert alive() == 0

@@ -173,3 +173,23 @@ def test_a_closed_agent_and_its_process_cache_are_freed(tmp_path: Path):
     del agent
     gc.collect()
     assert gone() is None
+
+
+@pytest.mark.parametrize("sizes, trims", [
+    ([100, 5000, 9000, 9000, 100], 1),            # a churn ended: trimmed once
+    ([100, 5000, 9000, 4000, 100, 50], 1),        # still shrinking after the trim: not again
+    ([65536, 65536, 65536, 65536], 0),            # a churn at capacity reuses the heap: never
+    ([3000, 10], 0),                              # fewer than 4,096 processes gone
+    ([20000, 12000, 11000], 0),                   # lost less than half of its peak
+    ([9000, 100, 9000, 100], 2),                  # two churns, two trims
+])
+def test_heap_is_trimmed_once_per_large_cache_shrink(monkeypatch: pytest.MonkeyPatch, sizes, trims):
+    from vigil.agent import pipeline as P
+
+    calls: list[int] = []
+    monkeypatch.setattr(P, "release_free_heap", lambda: calls.append(1) or True)
+    pl = P.Pipeline.__new__(P.Pipeline)
+    pl.cache_peak, pl.heap_trims = 0, 0
+    for n in sizes:
+        pl._trim_heap_after_shrink(n)
+    assert len(calls) == trims == pl.heap_trims

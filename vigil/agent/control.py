@@ -71,7 +71,7 @@ class AgentControl:
             "ringbuf": self._ringbuf_stats(),
             "process_cache": {"size": len(a.cache), "capacity": a.cache.capacity,
                               "evictions": a.cache.evictions, "misses": a.cache.misses,
-                              "removed": a.cache.removed},
+                              "removed": a.cache.removed, "heap_trims": p.heap_trims},
             "records": {"exec": b.exec_count, "exit": b.exit_count, "clone": b.clone_count,
                         "parent_misses": b.miss_count},
             "export": self._export_stats(),

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from vigil.core import native
 from vigil.core.bus import EventBus
 from vigil.core.events import Event
+from vigil.core.heap import release_free_heap
 from vigil.events import records as R
 from vigil.events.source import EventSource
 
@@ -36,6 +37,7 @@ log = logging.getLogger("vigil.agent")
 Handler = Callable[[bytes, int], "Event | None"]
 _kind = attrgetter("kind")
 _BAD_RECORD = (R.DecodeError, ValueError, IndexError)  # a record the loop skips, counted
+_TRIM_MIN_DROP = 4096  # cached processes gone before the heap is trimmed (5 ms per 250 MB heap)
 
 
 class Pipeline:
@@ -53,6 +55,8 @@ class Pipeline:
         self.decode_errors = 0
         self.kernel_drops: dict[str, int] = {}
         self.user_drops: dict[str, int] = {}
+        self.cache_peak = 0  # the cache's largest size since the heap was last trimmed
+        self.heap_trims = 0
 
     # -- outputs, opened by Agent.start
     def open_outputs(self, c: AgentConfig) -> None:
@@ -113,6 +117,16 @@ class Pipeline:
         if a.k8s is not None:
             self.emit(a.k8s.hold.flush(), hold=False)
         self.tick()
+
+    def _trim_heap_after_shrink(self, size: int) -> None:
+        """Once the cache has lost half of its peak (and thousands of processes), hand the
+        freed heap back: once per shrink, never while a churn at capacity reuses it."""
+        if size > self.cache_peak:
+            self.cache_peak = size
+        elif self.cache_peak - size >= _TRIM_MIN_DROP and size <= self.cache_peak // 2:
+            if release_free_heap():
+                self.heap_trims += 1
+            self.cache_peak = size
 
     def inject(self, event: Event) -> None:
         """Queue an event made outside the pipeline thread (fanotify decisions)."""
@@ -182,6 +196,7 @@ class Pipeline:
         a = self.agent
         now = time.monotonic_ns()
         a.cache.gc(now)
+        self._trim_heap_after_shrink(len(a.cache))
         if a.k8s is not None:
             a.k8s.tick()
         if self.export_filter is not None:
