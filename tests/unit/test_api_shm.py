@@ -104,3 +104,18 @@ def test_each_serving_process_keeps_its_own_wanted_count() -> None:
         first.close()
         second.close()
         w.close()
+
+
+def test_the_ring_takes_memory_only_once_a_stream_wants_records() -> None:
+    def shmem_kb() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1]) for ln in f if ln.startswith("RssShmem:"))
+
+    before = shmem_kb()
+    w = shm.RingWriter(32 << 20)
+    try:
+        assert shmem_kb() - before < 1024  # the header page, not the 32 MB
+        w.populate()
+        assert shmem_kb() - before >= 32 << 10
+    finally:
+        w.close()

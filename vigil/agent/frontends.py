@@ -102,6 +102,7 @@ class GrpcFrontend:
         """Encode each event once into the ring, if a client is there to read it."""
         if not self.ring.wanted:
             return
+        self.ring.populate()
         from vigil.api.wire import encode_event_batch
         from vigil.core.events import DictEvent
         from vigil.export.dicts import event_dict
