@@ -3891,8 +3891,9 @@ static PyObject *write_pieces(PyObject *self, PyObject *args)
 
 /* bpf_ring_drain(data, base, mask, cons, prod, max_bytes) -> (records, cons, discarded): the
  * twin of vigil.kernel.ringbuf.RingBuffer.drain's loop over a BPF ring buffer's mapped data
- * (`data`: the producer mapping, data area at `base`, mapped twice so a record is contiguous):
- * each committed record's payload from `cons` on, stopping at a record still being written
+ * (`data`: the producer mapping, data area at `base`, mapped once: a payload that runs past
+ * its end continues at its start; a header never does, records being 8-aligned): each
+ * committed record's payload from `cons` on, stopping at a record still being written
  * (BUSY), at `prod`, or past max_bytes. */
 #define BPF_RB_BUSY (1U << 31)
 #define BPF_RB_DISCARD (1U << 30)
@@ -3902,9 +3903,9 @@ static PyObject *bpf_ring_drain(PyObject *self, PyObject *args)
 	unsigned long long base, mask, cons, prod, max_bytes, discarded = 0;
 	if (!PyArg_ParseTuple(args, "y*KKKKK", &view, &base, &mask, &cons, &prod, &max_bytes))
 		return NULL;
-	if ((unsigned long long)view.len < base + 2 * (mask + 1)) {
+	if ((unsigned long long)view.len < base + mask + 1) {
 		PyBuffer_Release(&view);
-		PyErr_SetString(PyExc_ValueError, "bpf_ring_drain: mapping smaller than twice the data area");
+		PyErr_SetString(PyExc_ValueError, "bpf_ring_drain: mapping smaller than the data area");
 		return NULL;
 	}
 	const char *data = (const char *)view.buf + base;
@@ -3923,7 +3924,17 @@ static PyObject *bpf_ring_drain(PyObject *self, PyObject *args)
 			break;
 		}
 		if (!(ln & BPF_RB_DISCARD)) {
-			PyObject *b = PyBytes_FromStringAndSize(rec + 8, size);
+			unsigned long long at = (cons + 8) & mask, room = mask + 1 - at;
+			PyObject *b = PyBytes_FromStringAndSize(NULL, size);
+			if (b) {
+				char *to = PyBytes_AS_STRING(b);
+				if (size <= room) {
+					memcpy(to, data + at, size);
+				} else {  /* wraps: the rest is at the start of the data area */
+					memcpy(to, data + at, room);
+					memcpy(to + room, data, size - room);
+				}
+			}
 			if (!b || PyList_Append(out, b) < 0)
 				Py_CLEAR(out);
 			Py_XDECREF(b);

@@ -46,7 +46,10 @@ class RingBuffer:
         self._fd = os.dup(map_fd)
         self._cons = mmap.mmap(self._fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         self._cons_pos = Words(self._cons)  # the kernel reads it on every reservation: one store
-        self._prod = mmap.mmap(self._fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        # the data area mapped once, not twice as libbpf does (which makes a wrapped record
+        # contiguous): a wrapped payload is copied in two pieces, and the agent's RSS counts
+        # the ring's pages once (a 128 MiB ring showed as 256 MB)
+        self._prod = mmap.mmap(self._fd, page + size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
         self._data_off = page
         self._ep = select.epoll()
         self._ep.register(self._fd, select.EPOLLIN)
@@ -94,7 +97,12 @@ class RingBuffer:
                 break
             size = ln & ~(BUSY | DISCARD)
             if not ln & DISCARD:
-                out.append(prod_map[off + HDR : off + HDR + size])
+                at = (cons + HDR) & mask  # a header never wraps (records are 8-aligned); a payload may
+                room = mask + 1 - at
+                if size <= room:
+                    out.append(prod_map[base + at : base + at + size])
+                else:
+                    out.append(prod_map[base + at : base + at + room] + prod_map[base : base + size - room])
             else:
                 self.discarded += 1
             cons += (size + HDR + 7) & ~7
