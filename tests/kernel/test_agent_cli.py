@@ -27,17 +27,18 @@ def free_port() -> int:
 
 
 class AgentProcess:
-    def __init__(self, tmp: Path, extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp: Path, extra: list[str] | None = None, env: dict[str, str] | None = None,
+                 command: list[str] | None = None, cwd: Path | None = None) -> None:
         self.sock = f"unix://{tmp}/vigil.sock"
         self.export = tmp / "export.log"
         self.info = tmp / "info.json"
         self.metrics_port = free_port()
         self.stderr = tmp / "agent.err"
         self.proc = subprocess.Popen(
-            [*VIGIL, "agent", "--export-filename", str(self.export), "--server-address", self.sock,
+            [*(command or VIGIL), "agent", "--export-filename", str(self.export), "--server-address", self.sock,
              "--metrics-server", f"127.0.0.1:{self.metrics_port}", "--info-file", str(self.info),
              *(extra or [])],
-            stdout=subprocess.DEVNULL, stderr=open(self.stderr, "wb"), env=env,
+            stdout=subprocess.DEVNULL, stderr=open(self.stderr, "wb"), env=env, cwd=cwd,
         )
         deadline = time.monotonic() + 60
         while b"vigil agent ready" not in self.stderr.read_bytes():
@@ -74,6 +75,25 @@ def agent_proc(tmp_path: Path) -> Iterator[AgentProcess]:
         yield ap
     finally:
         ap.stop()
+
+
+def test_serving_process_never_runs_code_from_the_working_directory(tmp_path: Path):
+    """A root agent started in a directory others can write (/tmp) runs only its own code:
+    its gRPC serving process is started so that the working directory is not on its path."""
+    require_root()
+    cwd, marker = tmp_path / "cwd", tmp_path / "ran-from-the-working-directory"
+    (cwd / "vigil" / "api").mkdir(parents=True)
+    (cwd / "vigil" / "__init__.py").write_text("")
+    (cwd / "vigil" / "api" / "__init__.py").write_text("")
+    (cwd / "vigil" / "api" / "fanout.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise SystemExit(1)\n")
+    # the console script users run (`python -m` would put the working directory on the agent's own path)
+    ap = AgentProcess(tmp_path, command=[str(Path(sys.executable).parent / "vigil")], cwd=cwd)
+    try:
+        r = ap.cli("status")
+        assert r.returncode == 0 and "Health Status: running" in r.stdout, r.stdout + r.stderr
+    finally:
+        ap.stop()
+    assert not marker.exists()
 
 
 def metric_value(text: str, name: str, labels: str = "") -> float:

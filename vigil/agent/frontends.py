@@ -49,7 +49,10 @@ class GrpcFrontend:
     def _spawn(self, index: int) -> None:
         r, w = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(w, False)
-        argv = [sys.executable, "-m", "vigil.api.fanout", "--ring-fd", str(self.ring.fd), "--wake-fd", str(r),
+        # -P: the agent's own vigil package, never one in the directory it was started from
+        # (`-m` would put the working directory first on the path: a root agent started in
+        # /tmp would run /tmp/vigil/api/fanout.py)
+        argv = [sys.executable, "-P", "-m", "vigil.api.fanout", "--ring-fd", str(self.ring.fd), "--wake-fd", str(r),
                 "--index", str(index), "--listen", self.address, "--upstream", self.internal.address or "",
                 "--queue-size", str(self.cfg.server_client_queue)]
         for f in self.info_files:
