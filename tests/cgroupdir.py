@@ -4,6 +4,18 @@ from __future__ import annotations
 import errno
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def made_cgroup(path: str) -> Iterator[str]:
+    """Makes the cgroup `path` for the length of the block, then removes it."""
+    os.mkdir(path)
+    try:
+        yield path
+    finally:
+        remove_test_cgroup(path)
 
 
 def remove_test_cgroup(path: str) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.cgroupdir import remove_test_cgroup
+from tests.cgroupdir import made_cgroup
 from tests.kernel.bpfstate import require_root
 from vigil.enforce.netdeny import NetDeny, cgroup2_root
 from vigil.enforce.netrules import NetRule, NetRuleError
@@ -74,12 +74,8 @@ def _cgroup_progs(path: str) -> str:
 @pytest.fixture
 def cgroup() -> Iterator[str]:
     _require()
-    path = os.path.join(cgroup2_root(), f"vigil-nd-test-{os.getpid()}-{next(_seq)}")
-    os.mkdir(path)
-    try:
+    with made_cgroup(os.path.join(cgroup2_root(), f"vigil-nd-test-{os.getpid()}-{next(_seq)}")) as path:
         yield path
-    finally:
-        remove_test_cgroup(path)
 
 
 @pytest.fixture

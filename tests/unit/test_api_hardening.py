@@ -18,6 +18,7 @@ import pytest
 from tests.api.fake_agent import FakeAgent
 from tests.api.harness import ROOT, marker, read_result, running_server, spawn_client, wait_for
 from tests.api.pki import pki_fixture
+from tests.procstatus import status_kb
 from vigil.api.client import AgentUnreachable, Client, ClientTls
 from vigil.api.pb import sensors_pb2
 from vigil.api.server import MAX_REQUEST, ApiServer, ServerError, TlsConfig, is_loopback
@@ -154,11 +155,6 @@ def _other_threads() -> int:
     return threading.active_count() - _pool_threads()
 
 
-def _rss_kb() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:"))
-
-
 CHURN = r"""
 import sys, grpc
 from vigil.api.client import Client
@@ -205,13 +201,13 @@ def _churn_and_measure(srv: ApiServer, churn, settled) -> None:  # type: ignore[
     churn(40)  # warm up: gRPC's worker pool and allocator reach their working size
     wait_for(settled, what="streams to close")
     gc.collect()
-    threads, fds, rss = _other_threads(), _fds(), _rss_kb()
+    threads, fds, rss = _other_threads(), _fds(), status_kb()
     churn(200)
     wait_for(settled, what="streams to close")
     gc.collect()
     wait_for(lambda: _fds() <= fds, what=f"fds back to {fds} (now {_fds()})")
     assert _other_threads() <= threads
     assert _pool_threads() <= srv.max_workers  # the server's worker pool grows to its bound, no further
-    grown = _rss_kb() - rss
+    grown = status_kb() - rss
     assert grown < 8 * 1024, f"RSS grew {grown} KiB over 200 connections"
     assert srv.stats()["streams_started"] == 240

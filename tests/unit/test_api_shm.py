@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from tests.procstatus import status_kb
 from vigil.api import grpcframe, shm
 from vigil.core import native
 
@@ -107,15 +108,11 @@ def test_each_serving_process_keeps_its_own_wanted_count() -> None:
 
 
 def test_the_ring_takes_memory_only_once_a_stream_wants_records() -> None:
-    def shmem_kb() -> int:
-        with open("/proc/self/status") as f:
-            return next(int(ln.split()[1]) for ln in f if ln.startswith("RssShmem:"))
-
-    before = shmem_kb()
+    before = status_kb("RssShmem")
     w = shm.RingWriter(32 << 20)
     try:
-        assert shmem_kb() - before < 1024  # the header page, not the 32 MB
+        assert status_kb("RssShmem") - before < 1024  # the header page, not the 32 MB
         w.populate()
-        assert shmem_kb() - before >= 32 << 10
+        assert status_kb("RssShmem") - before >= 32 << 10
     finally:
         w.close()

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cgroupdir import remove_test_cgroup
+from tests.cgroupdir import made_cgroup
 
 CHILD = """
 import errno, socket, sys
@@ -42,12 +42,8 @@ def connects(ports: list[int], cgroup: str | None) -> list[str]:
 def cgroup() -> Iterator[str]:
     from vigil.enforce.netdeny import cgroup2_root
 
-    path = os.path.join(cgroup2_root(), f"vigil-vm-nd-{os.getpid()}")
-    os.mkdir(path)
-    try:
+    with made_cgroup(os.path.join(cgroup2_root(), f"vigil-vm-nd-{os.getpid()}")) as path:
         yield path
-    finally:
-        remove_test_cgroup(path)
 
 
 def test_port_rules_refuse_only_the_connects_they_name(cgroup: str) -> None:
