@@ -1,7 +1,8 @@
 """Memory another process reads while the agent writes it is never seen passing through 0
-(vigil.core.sharedmem): the event ring's positions and each reader's `wanted` count
-(vigil.api.shm), the serving processes' stats, and the helpers themselves. The control
-shows the watcher catches struct.pack_into doing exactly that on this machine."""
+(vigil.core.sharedmem): the event ring's positions, each reader's `wanted` count and the
+count of events skipped (vigil.api.shm), the serving processes' stats, and the helpers
+themselves. The control shows the watcher catches struct.pack_into doing exactly that on
+this machine."""
 from __future__ import annotations
 
 import mmap
@@ -61,6 +62,12 @@ def _wanted() -> Iterator[tuple[Any, int, Callable[[int], None]]]:
     w.close()
 
 
+def _skipped() -> Iterator[tuple[Any, int, Callable[[int], None]]]:
+    w = shm.RingWriter(4096)
+    yield w._m, shm._OFF_SKIPPED, lambda _i: w.skip(1)
+    w.close()
+
+
 WRITERS = {
     "sharedmem.Words.store": _words,
     "sharedmem.write": _write,
@@ -68,6 +75,7 @@ WRITERS = {
     "event ring: seq": _ring(shm._OFF_SEQ),
     "event ring: version": _ring(shm._OFF_VER),
     "event ring: a reader's wanted count": _wanted,
+    "event ring: events skipped while no stream had room": _skipped,
 }
 
 

@@ -102,8 +102,9 @@ class GrpcFrontend:
         self.agent.pipeline.sinks.append(self.publish)
 
     def publish(self, events: list[Any]) -> None:
-        """Encode each event once into the ring, if a client is there to read it."""
-        if not self.ring.wanted:
+        """Encode each event once into the ring, if a stream has room to take it (when every
+        stream's queue is full, the events are counted as dropped for each, never encoded)."""
+        if not self.ring.takes(len(events)):
             return
         self.ring.populate()
         from vigil.api.wire import encode_event_batch
@@ -141,6 +142,7 @@ class GrpcFrontend:
             "events_dropped_slow_client": sum(p["events_dropped"] for p in procs),
             "events_filtered": sum(p["events_filtered"] for p in procs),
             "ring": {"records": self.ring.records, "bytes": self.ring.bytes, "capacity": self.ring.capacity,
+                     "skipped_no_room": self.ring.skipped,
                      "lost": sum(p["ring_lost"] for p in procs)},
             "clients": [c for p in procs for c in p["clients"]],
         }

@@ -9,10 +9,16 @@ events: what does not fit is dropped and counted on this client (`dropped`).
 A client with filters queues the ring's messages unfiltered (`pending`, within the same
 limit) and filters them in slices as it sends (`refill`), so its filtering costs only
 what it actually sends, and a client whose filters cannot keep up loses its own events.
+
+A queue that overflowed is `full` until it has sent down to half its limit: while every
+stream is full, the agent does not encode events at all (vigil.api.shm, `wanted`), and
+what it skipped is counted as dropped here (`skip`). The half-limit margin keeps a slow
+client busy while the agent resumes, and keeps the flag from flipping on every send.
 """
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from vigil.api import grpcframe
@@ -22,7 +28,7 @@ from vigil.api.wire import EventEncoder
 
 class ClientQueue:
     __slots__ = ("limit", "runs", "queued", "offset", "sent", "dropped", "closed",
-                 "event_filter", "encoder", "pending", "filtered", "errors")
+                 "event_filter", "encoder", "pending", "filtered", "errors", "full", "on_room")
 
     def __init__(self, limit: int, event_filter: Any | None = None, encoder: EventEncoder | None = None) -> None:
         self.limit = limit
@@ -36,6 +42,18 @@ class ClientQueue:
         self.encoder = encoder
         self.pending: deque[bytes] = deque()  # framed, not yet filtered (a client with filters)
         self.filtered = self.errors = 0
+        self.full = False      # overflowed, and not yet back down to half the limit
+        self.on_room: Callable[[], None] | None = None  # called when `full` ends
+
+    def skip(self, n: int) -> None:
+        """`n` events the agent did not encode while no stream had room: dropped for this one."""
+        self.dropped += n
+
+    def _sent_some(self) -> None:
+        if self.full and self.queued <= self.limit // 2:
+            self.full = False
+            if self.on_room is not None:
+                self.on_room()
 
     def offer(self, framed: list[bytes], joined: bytes) -> None:
         """A batch from the ring: each message framed (`framed`), all of them joined (`joined`)."""
@@ -43,6 +61,7 @@ class ClientQueue:
         room = self.limit - self.queued
         if room < n:
             self.dropped += n - max(room, 0)
+            self.full = True
             if room <= 0:
                 return
             n = room
@@ -66,6 +85,7 @@ class ClientQueue:
         self.queued -= filtered + errors
         if out:
             self.runs.append((b"".join(grpcframe.frame_all(out)), len(out)))
+        self._sent_some()
         return bool(self.pending)
 
     def take_pieces(self, max_bytes: int) -> list[memoryview]:
@@ -86,6 +106,7 @@ class ClientQueue:
                 self.queued -= n
             else:
                 self.offset = end
+        self._sent_some()
         return parts
 
     def take(self, max_bytes: int) -> bytes:

@@ -123,6 +123,7 @@ class RingFeed:
 
     def drain(self) -> None:
         read, publish = self.reader.read, self.front.publish
+        self.front.account_skipped()
         while True:
             batch = read(BATCH, framed=True)
             if not batch:
@@ -195,7 +196,8 @@ async def serve(a: argparse.Namespace, reader: shm.RingReader, socks: list[socke
                 ssl_context: ssl.SSLContext | None) -> int:
     loop = asyncio.get_running_loop()
     upstream = Upstream(a.upstream)
-    front = Front(upstream, queue_size=a.queue_size, max_streams=a.max_streams, on_streams_changed=reader.set_wanted)
+    front = Front(upstream, queue_size=a.queue_size, max_streams=a.max_streams, on_streams_changed=reader.set_wanted,
+                  read_skipped=reader.skipped)
     feed = RingFeed(reader, a.wake_fd, front)
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -72,12 +72,16 @@ class Front:
     """Every connection and GetEvents stream of a serving process (one event loop)."""
 
     def __init__(self, upstream: Upstream | None, *, queue_size: int = 10000, max_streams: int = 24,
-                 max_request: int = MAX_REQUEST, on_streams_changed: Callable[[int], None] | None = None) -> None:
+                 max_request: int = MAX_REQUEST, on_streams_changed: Callable[[int, int], None] | None = None,
+                 read_skipped: Callable[[], int] | None = None) -> None:
         self.upstream = upstream
         self.queue_size = queue_size
         self.max_streams = max_streams
         self.max_request = max_request
-        self.on_streams_changed = on_streams_changed
+        self.on_streams_changed = on_streams_changed  # told (streams with room, streams open)
+        self.read_skipped = read_skipped  # events the agent skipped while none had room, ever
+        self._skipped_seen = read_skipped() if read_skipped is not None else 0
+        self._wanting = (-1, -1)
         self.stats = StreamStats()
         self.encoder = EventEncoder()  # re-encodes what field filters rewrite
         self.connections: set[Connection] = set()
@@ -94,17 +98,34 @@ class Front:
         joined = b"".join(framed)
         for q in self.event_streams:
             q.offer(framed, joined)
+        self._changed()  # a queue may have filled
         for conn in set(self.event_streams.values()):
             conn.pump()
 
+    def account_skipped(self) -> None:
+        """What the agent skipped since the last look is dropped for every stream open now
+        (each was full: had one had room, the agent would have encoded the events)."""
+        if self.read_skipped is None:
+            return
+        now = self.read_skipped()
+        if now != self._skipped_seen:
+            n, self._skipped_seen = now - self._skipped_seen, now
+            for q in self.event_streams:
+                q.skip(n)
+
     def open_events(self, q: ClientQueue, conn: Connection) -> None:
+        self.account_skipped()  # skipped before it came: not its loss
         self.event_streams[q] = conn
+        q.on_room = self._changed
         self.stats.open(q, conn.peer)
         self._changed()
 
     def close_events(self, q: ClientQueue) -> None:
-        if self.event_streams.pop(q, None) is None:
+        if q not in self.event_streams:
             return
+        self.account_skipped()
+        del self.event_streams[q]
+        q.on_room = None
         q.close()
         self.stats.close(q)
         self.stats.add(q.sent, q.filtered, q.errors)
@@ -117,8 +138,11 @@ class Front:
             self.stats.progress(q, q.sent)
 
     def _changed(self) -> None:
-        if self.on_streams_changed is not None:
-            self.on_streams_changed(len(self.event_streams))
+        """Tell the agent how many streams have room, and are open (when either changes)."""
+        n = (sum(1 for q in self.event_streams if not q.full), len(self.event_streams))
+        if n != self._wanting and self.on_streams_changed is not None:
+            self._wanting = n
+            self.on_streams_changed(*n)
 
     # -- lifecycle
     async def serve(self, socks: list[socket.socket], ssl_context: ssl.SSLContext | None) -> None:

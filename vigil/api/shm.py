@@ -9,8 +9,11 @@ torn copy is dropped and counted like a lost one).
 Layout of the memfd (all little endian):
   header (4096 bytes): magic u32, version u32, capacity u64, ver u64 (even when stable),
     head u64 (bytes written, ever), seq u64 (records written, ever), wanted u64 x READERS
-    (each reader's count of streams that want records: the writer skips encoding while
-    all are 0), then from STATS_OFF a stats block written by the readers (vigil.api.fanout).
+    (each reader's streams: how many are open << 32 | how many have room for records; the
+    writer skips encoding while no stream anywhere has room), skipped u64 (events the writer
+    did not encode because no stream had room, ever: each reader counts them as dropped for
+    every stream it had then), then from STATS_OFF a stats block written by the readers
+    (vigil.api.fanout).
   Words another process reads are stored whole (vigil.core.sharedmem), never through 0.
   data (capacity bytes): records [len u32][pad u32][seq u64][payload][pad to 8]; a record
     that does not fit before the end of the data starts at its beginning, the rest of the
@@ -27,7 +30,7 @@ from vigil.core import native
 from vigil.core.sharedmem import Words
 
 MAGIC = 0x56474C52  # "VGLR"
-VERSION = 2
+VERSION = 3
 HEADER = 4096
 READERS = 4                          # serving processes, each with its own `wanted` word
 _HDR = struct.Struct("<IIQQQQ")      # magic, version, capacity, ver, head, seq
@@ -35,6 +38,7 @@ _REC = struct.Struct("<IIQ")         # len, pad, seq
 _PREFIX = struct.Struct(">BI")       # a gRPC message's prefix (vigil.api.grpcframe.PREFIX)
 WRAP = 0xFFFFFFFF
 _OFF_VER, _OFF_HEAD, _OFF_SEQ, _OFF_WANTED = 16, 24, 32, 40
+_OFF_SKIPPED = _OFF_WANTED + 8 * READERS
 STATS_OFF = 128                      # the readers' stats block starts here (up to HEADER)
 _MADV_POPULATE_WRITE = 23            # linux/mman.h (Linux 5.14); Python's mmap module lacks the name
 
@@ -58,11 +62,38 @@ class RingWriter:
         self._seq = 0
         self.records = 0
         self.bytes = 0
+        self.skipped = 0
+
+    def demand(self) -> tuple[int, int]:
+        """(streams with room for records, streams open), over all readers; no room
+        anywhere: encoding would be wasted."""
+        room = open_ = 0
+        for i in range(READERS):
+            w = self._words.load(_OFF_WANTED + 8 * i)
+            room += w & 0xFFFF_FFFF
+            open_ += w >> 32
+        return room, open_
 
     @property
     def wanted(self) -> int:
-        """How many streams want records now, over all readers (0: encoding would be wasted)."""
-        return sum(self._words.load(_OFF_WANTED + 8 * i) for i in range(READERS))
+        """How many streams have room for records now, over all readers."""
+        return self.demand()[0]
+
+    def takes(self, n: int) -> bool:
+        """Whether `n` events should be encoded now: not while no stream has room, and then
+        they are counted as skipped if any stream is open (its loss, as its full queue's)."""
+        room, streams = self.demand()
+        if room:
+            return True
+        if streams:
+            self.skip(n)
+        return False
+
+    def skip(self, n: int) -> None:
+        """`n` events not encoded while no stream had room: the readers count them as
+        dropped for each stream they have (a full queue would have dropped them anyway)."""
+        self.skipped += n
+        self._words.store(_OFF_SKIPPED, self.skipped)
 
     def populate(self) -> None:
         """Fault the whole ring in at once, when a stream first wants records: 46 ms for 64 MB
@@ -155,10 +186,18 @@ class RingReader:
             if v1 & 1 == 0 and w.load(_OFF_VER) == v1:
                 return head, seq
 
-    def set_wanted(self, n: int) -> None:
-        """This reader's streams that want records (its own word: readers never overwrite
-        each other's count, so one process's last client leaving cannot starve another's)."""
-        self._words.store(self._wanted_off, n)
+    def set_wanted(self, room: int, streams: int | None = None) -> None:
+        """This reader's streams with room for records, and open (`streams`, default:
+        `room`). Its own word: readers never overwrite each other's counts, so one
+        process's last client leaving cannot starve another's."""
+        streams = room if streams is None else streams
+        if not 0 <= room <= streams < 1 << 32:
+            raise ValueError(f"stream counts out of range: {room} with room of {streams}")
+        self._words.store(self._wanted_off, streams << 32 | room)
+
+    def skipped(self) -> int:
+        """Events the writer has not encoded because no stream had room, ever (RingWriter.skip)."""
+        return self._words.load(_OFF_SKIPPED)
 
     def read(self, max_records: int = 4096, *, framed: bool = False) -> list[bytes]:
         """Records written since the last call (at most max_records); `framed`: each

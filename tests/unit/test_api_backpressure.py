@@ -1,0 +1,119 @@
+"""While every GetEvents stream's queue is full, the agent encodes nothing for gRPC, and what
+it skipped is dropped and counted for each stream open then (vigil.api.shm `takes`,
+ClientQueue `full`, Front `account_skipped`): every event offered to a stream is still
+sent, dropped or filtered, and no stream pays for events from before it opened."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.api import samples
+from tests.api.h2client import RawClient
+from tests.api.harness import wait_for
+from tests.api.serving import serving_process
+from vigil.api import shm, wire
+from vigil.api.clientqueue import ClientQueue
+from vigil.api.h2front import Front
+
+# (steps on a queue of limit 10, expected (queued, dropped, full) after each, and how many
+# times it told the front it had room again); "offer N" offers N one-byte messages as one
+# batch (the queue holds each batch as one run, and an event counts as sent once its run is),
+# "take N" takes N bytes, "skip N" counts N events the agent skipped
+QUEUE_CASES = {
+    "fills without overflow: not full": (["offer 10"], [(10, 0, False)], 0),
+    "overflow: full, the rest dropped": (["offer 8", "offer 5"], [(8, 0, False), (10, 3, True)], 0),
+    "full until half sent": (["offer 4", "offer 4", "offer 4", "take 4", "take 1", "take 3"],
+                             [(4, 0, False), (8, 0, False), (10, 2, True), (6, 2, True), (6, 2, True),
+                              (2, 2, False)], 1),
+    "room again, then full again": (["offer 5", "offer 6", "take 5", "offer 7"],
+                                    [(5, 0, False), (10, 1, True), (5, 1, False), (10, 3, True)], 1),
+    "skipped events are dropped": (["offer 3", "skip 40"], [(3, 0, False), (3, 40, False)], 0),
+}
+
+
+@pytest.mark.parametrize("case", list(QUEUE_CASES))
+def test_a_queue_is_full_from_overflow_until_half_sent(case: str) -> None:
+    steps, expected, rooms = QUEUE_CASES[case]
+    q = ClientQueue(10)
+    told: list[int] = []
+    q.on_room = lambda: told.append(1)
+    for step, want in zip(steps, expected, strict=True):
+        verb, n = step.split()
+        if verb == "offer":
+            msgs = [b"x"] * int(n)
+            q.offer(msgs, b"".join(msgs))
+        elif verb == "take":
+            assert len(q.take(int(n))) == int(n)
+        else:
+            q.skip(int(n))
+        assert (q.queued, q.dropped, q.full) == want, step
+    assert len(told) == rooms
+
+
+class _Conn:
+    peer = "test"
+
+    def pump(self) -> None:
+        pass
+
+
+def test_front_tells_room_and_counts_what_the_agent_skipped_for_the_streams_open_then() -> None:
+    skipped = [7]    # the agent skipped 7 before this front started: nobody's loss
+    told: list[tuple[int, int]] = []
+    front = Front(None, queue_size=4, on_streams_changed=lambda room, n: told.append((room, n)),
+                  read_skipped=lambda: skipped[0])
+    a, b = ClientQueue(4), ClientQueue(4)
+    front.open_events(a, _Conn())  # type: ignore[arg-type]
+    assert told[-1] == (1, 1)
+    front.publish([b"m"] * 5)      # a overflows
+    assert (told[-1], a.dropped) == ((0, 1), 1)
+    skipped[0] += 100             # the agent sees no room: skips 100
+    front.open_events(b, _Conn())  # type: ignore[arg-type]
+    assert told[-1] == (1, 2) and a.dropped == 101 and b.dropped == 0  # b came after them
+    front.publish([b"m"] * 4)      # b fills exactly, a drops all 4
+    assert told[-1] == (1, 2) and a.dropped == 105
+    skipped[0] += 10
+    front.account_skipped()
+    assert (a.dropped, b.dropped) == (115, 10)
+    a.take(4)                      # sent everything: room again
+    assert told[-1] == (2, 2)
+    skipped[0] += 3                # skipped before a closed: counted on it, then it is gone
+    front.close_events(a)
+    assert told[-1] == (1, 1) and a.dropped == 118
+    assert a.sent + a.dropped == 5 + 100 + 4 + 10 + 3   # every event offered while open
+
+
+def test_the_agent_skips_encoding_only_while_every_open_stream_is_full(tmp_path: Path) -> None:
+    """A real serving process: a client that never reads fills its queue; the ring then says
+    no stream has room, the writer skips (takes() is False) and the serving process counts
+    those events as that client's drops; sent + dropped is every event once it is gone."""
+    w = shm.RingWriter(4096)
+    try:
+        assert not w.takes(5) and w.skipped == 0  # no stream open: nothing to count
+    finally:
+        w.close()
+    queue, n = 500, 5000  # 45-byte events: the client's 64 KiB window takes ~1,400 before it is stuck
+    payloads = [wire.reference_bytes(samples.numbered_exec(i)) for i in range(n)]
+    with serving_process(tmp_path, queue_size=queue) as front:
+        stuck = RawClient(front.address, window=65535)
+        try:
+            stuck.get_events()
+            wait_for(lambda: front.ring.demand() == (1, 1), what="the stream, with room")
+            assert front.ring.takes(n)
+            front.publish_encoded(payloads)
+            wait_for(lambda: front.ring.demand() == (0, 1), what="the stuck stream full")
+            assert not front.ring.takes(300) and front.ring.skipped == 300
+            front.poke()
+
+            def entry() -> dict[str, Any] | None:
+                c = front.stats()["clients"]
+                return c[0] if c and c[0]["sent"] + c[0]["dropped"] >= n + 300 - queue else None
+            e = wait_for(entry, what="the skipped events counted")
+            assert e["dropped"] >= 300 + n - queue - e["sent"]
+        finally:
+            stuck.close()
+        st = wait_for(lambda: (s := front.stats())["streams_active"] == 0 and s, what="the stream to end")
+        assert st["events_sent"] + st["events_dropped"] == n + 300
+        assert front.ring.demand() == (0, 0)
