@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from vigil.k8s.cgroups import ContainerRef, container_id, parse
+from vigil.process.cgroups import ContainerRef, container_id, parse
 
 CID = "4e6f1c2a9b8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f"
 UID = "0c7e9f3a-1b2c-4d5e-8f90-a1b2c3d4e5f6"

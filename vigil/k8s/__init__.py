@@ -1,6 +1,7 @@
 """Kubernetes awareness (layer 3, beside vigil.process): cgroup -> container -> pod.
 
 Importing this package is cheap and never imports the `kubernetes` client: the pure parts
-(cgroup paths, pod records, label selectors) are used by the pipeline and the tests alone; the
-API-server side (`vigil.k8s.watch`, `vigil.k8s.crd`) is imported only with --enable-k8s-api.
+(pod records, label selectors; cgroup paths are vigil.process.cgroups) are used by the
+pipeline and the tests alone; the API-server side (`vigil.k8s.watch`, `vigil.k8s.crd`) is
+imported only with --enable-k8s-api.
 """

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from vigil.core.events import Event, Pod, PodShared
-from vigil.k8s.cgroups import ContainerRef, parse
 from vigil.k8s.pods import ContainerInfo, PodInfo, PodStore, maybe_exec_probe
+from vigil.process.cgroups import ContainerRef, parse
 
 _REF_CACHE_MAX = 16384
 

@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from vigil.k8s.cgroups import parse
 from vigil.k8s.pods import PodInfo, PodStore
 from vigil.k8s.selectors import container_labels, matches, pod_labels
+from vigil.process.cgroups import parse
 
 log = logging.getLogger("vigil.k8s")
 KEY = struct.Struct("<IIQ")

@@ -11,10 +11,10 @@ from typing import Any
 from vigil.core import native
 from vigil.core.events import ProcessExec, ProcessExit, ProcessMsg, missing_process
 from vigil.events import records as R
-from vigil.k8s.cgroups import parse as parse_cgroup
 from vigil.kernel.caps import cap_list, securebits_list
 from vigil.kernel.namespaces import NS_NAMES, host_namespaces
 from vigil.process.cache import ProcessCache
+from vigil.process.cgroups import parse as parse_cgroup
 from vigil.process.clock import WallClock
 from vigil.process.ids import exec_id
 from vigil.process.model import Key, Process
