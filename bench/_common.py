@@ -137,8 +137,13 @@ def assert_no_bpf_left(wait_s: float = 3.0) -> bool:
 
 
 @contextmanager
-def tempdir(prefix: str = "vigil-bench-") -> Iterator[Path]:
-    d = tempfile.mkdtemp(prefix=prefix)
+def tempdir(prefix: str = "vigil-bench-", memory: bool = False) -> Iterator[Path]:
+    """A temp dir, removed afterwards. `memory`: on tmpfs (/dev/shm) when there is one, for
+    replays' exports: on a disk, the writeback of earlier runs' 400 MB files throttles later
+    runs' writes (system time of the bench process that depends on the run order, not on what
+    the agent does: grpc_throughput's later rounds took 2x the CPU of its first)."""
+    shm = "/dev/shm" if memory and os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    d = tempfile.mkdtemp(prefix=prefix, dir=shm)
     try:
         yield Path(d)
     finally:

@@ -198,6 +198,7 @@ def run_phase(records: list[bytes], tmp: Path, n_clients: int, impl: str, raw: b
     from vigil.events.source import ReplaySource
 
     export = tmp / f"export-{n_clients}.json"
+    export.unlink(missing_ok=True)  # each phase writes its own file from empty
     sock = tmp / "vigil.sock"
     address = f"unix://{sock}" if n_clients else ""
     cfg = AgentConfig(export_filename=str(export), server_address=address, info_file="",
@@ -312,7 +313,7 @@ def main() -> int:
           + ", ".join(kinds[i] for i in impls), flush=True)
     rounds: list[dict] = []   # each: export alone, then every client phase, back to back
     paced = []
-    with tempdir("vigil-grpc-bench-") as tmp:
+    with tempdir("vigil-grpc-bench-", memory=True) as tmp:
         paths = {i: build_go_client(tmp) if i == "go" else "python" for i in impls}
         for _ in range(a.rounds):
             alone = run_phase(records, tmp, 0, "python", a.raw_clients, a.threaded_clients)

@@ -39,6 +39,7 @@ from _common import (
     median,
     pct,
     shell_record,
+    tempdir,
 )
 
 GOAL_RATIO, GOAL_RSS_MB, GOAL_P99_S = 1.10, 30.0, 1.0
@@ -129,11 +130,7 @@ def part_a(n: int, n_pods: int, rounds: int) -> dict[str, Any]:
     recs = records(n, container_cgroups(pods))
     off: list[tuple[float, float]] = []
     on: list[tuple[float, float]] = []
-    # the export goes to memory when there is a tmpfs: on a disk, the writeback of earlier
-    # rounds' 400-500 MB files throttles later rounds' writes (system time of this process
-    # that depends on the round order, not on what the agent does)
-    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    with tempfile.TemporaryDirectory(prefix="vigil-bench-k8s-", dir=shm) as d:
+    with tempdir("vigil-bench-k8s-", memory=True) as d:
         export = f"{d}/events.log"
         for _ in range(rounds):  # interleaved: machine noise hits both alike
             off.append(replay(recs, None, export)[:2])

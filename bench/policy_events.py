@@ -19,12 +19,11 @@ import itertools
 import os
 import struct
 import sys
-import tempfile
 import textwrap
 import time
 from typing import Any
 
-from _common import ROOT, emit_json, median
+from _common import ROOT, emit_json, median, tempdir
 
 from vigil.agent.policies import LoadedPolicy
 from vigil.agent.policy_events import PolicyEvents
@@ -193,10 +192,9 @@ def main() -> int:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core
     except OSError:
         pass
-    shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
     out: dict[str, Any] = {}
     print(f"policy_events: {n} records per shape, {repeats} runs per handler (median), one core", flush=True)
-    with tempfile.TemporaryDirectory(prefix="vigil-bench-policy-", dir=shm) as d:
+    with tempdir("vigil-bench-policy-", memory=True) as d:
         for shape in SHAPES:
             cpu: dict[str, list[float]] = {"compiled": [], "reference": []}
             lines: dict[str, bytes] = {}

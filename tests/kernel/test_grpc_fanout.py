@@ -91,6 +91,54 @@ def test_slow_client_loses_only_its_own_events(tmp_path: Path) -> None:
         assert a.stop() == 0
 
 
+def test_while_the_only_stream_is_full_the_agent_encodes_nothing_and_every_event_is_accounted(
+        tmp_path: Path) -> None:
+    """One client that stops reading: once its queue is full the agent stops encoding for the
+    ring (skipped_no_room grows while the export gets every event), and when the stream ends
+    everything offered to it while it was open (what the ring carried plus what the agent
+    skipped) is sent, dropped or filtered: nothing unaccounted."""
+    require_root()
+    a = AgentProcess(tmp_path, ["--server-client-queue", "200", "--export-file-max-size-mb", "100000"])
+    slow = None
+    try:
+        token = f"skip-{uuid.uuid4().hex[:8]}"
+        slow = spawn_client(a.sock, "--allow", json.dumps([{"arguments_regex": [token]}]), "--quiet")
+        wait_for(lambda: status(a)["grpc"]["streams_active"] == 1, what="the stream")
+        os.kill(slow.pid, signal.SIGSTOP)
+        n = 1500
+        subprocess.run(["sh", "-c", f"for i in $(seq {n}); do /bin/true {token} $i; done"], check=True, timeout=300)
+        wait_for(lambda: a.export.read_text().count(token) >= 2 * n, timeout=60, what="every event exported")
+        st = wait_for(lambda: (g := status(a)["grpc"])["ring"]["skipped_no_room"] > 0 and g,
+                      what="the agent to skip encoding for the full stream")
+        assert st["ring"]["records"] < 2 * n  # most of the burst was never encoded
+        os.kill(slow.pid, signal.SIGCONT)
+        # it reads what its queue held (then it has room: the agent encodes again) before it
+        # ends; a stream that closes while full may leave a skip of that very instant unowned
+        seen: list[int] = []
+
+        def drained() -> bool:  # its count unchanged over 1.2 s (the stats are written every 0.5 s)
+            time.sleep(0.4)
+            seen.append(status(a)["grpc"]["clients"][0]["sent"])
+            return len(seen) >= 4 and seen[-1] == seen[-4] > 0
+
+        wait_for(drained, what="the resumed client to read its queue")
+        stop_process(slow, signal.SIGINT)
+
+        def settled() -> dict | None:
+            g = status(a)["grpc"]
+            offered = g["ring"]["records"] + g["ring"]["skipped_no_room"]
+            done = g["events_sent"] + g["events_dropped_slow_client"] + g["events_filtered"]
+            return g if g["streams_active"] == 0 and done == offered else None
+
+        g = wait_for(settled, what="every event offered to the stream accounted")
+        assert g["events_dropped_slow_client"] >= g["ring"]["skipped_no_room"] > 0
+    finally:
+        if slow is not None and slow.poll() is None:
+            os.kill(slow.pid, signal.SIGCONT)
+            stop_process(slow, signal.SIGINT)
+        assert a.stop() == 0
+
+
 def test_serving_process_is_not_the_agent_and_goes_with_it(tmp_path: Path) -> None:
     require_root()
     a = AgentProcess(tmp_path, [])
