@@ -113,6 +113,17 @@ def test_the_ring_takes_memory_only_once_a_stream_wants_records() -> None:
     try:
         assert status_kb("RssShmem") - before < 1024  # the header page, not the 32 MB
         w.populate()
+        assert w.wait_populated(30)
         assert status_kb("RssShmem") - before >= 32 << 10
     finally:
         w.close()
+
+
+def test_a_ring_closed_while_it_is_being_populated_closes_cleanly() -> None:
+    """populate() faults the ring in on a thread of its own: close() waits for it, and no view
+    of the mapping is left to stop the unmap."""
+    for _ in range(10):
+        w = shm.RingWriter(64 << 20)
+        w.populate()
+        w.close()
+        assert w.fd == -1 and w.wait_populated(0)
