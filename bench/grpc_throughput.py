@@ -353,7 +353,7 @@ def main() -> int:
         if ph["grpc"]:
             g = ph["grpc"]
             print(f"{'':>16}ring: {g['ring']['records']} of {ph['events']} events encoded and written once by the "
-                  f"agent ({g['ring'].get('skipped_no_room', 0)} skipped: every stream full), {g['ring']['lost']} "
+                  f"agent ({g['ring']['skipped_no_room']} skipped: every stream full), {g['ring']['lost']} "
                   f"lost to laps; {g['serving_processes']} serving process(es)", flush=True)
         k = f"{ph['impl']}_{ph['clients']}"
         rates = [c["events_per_s"] for c in ph["per_client"]]

@@ -21,14 +21,13 @@ Layout of the memfd (all little endian):
 """
 from __future__ import annotations
 
-import ctypes
 import mmap
 import os
 import struct
 import threading
 from collections.abc import Iterator
 
-from vigil.core import native
+from vigil.core import native, sharedmem
 from vigil.core.sharedmem import Words
 
 MAGIC = 0x56474C52  # "VGLR"
@@ -42,17 +41,6 @@ WRAP = 0xFFFFFFFF
 _OFF_VER, _OFF_HEAD, _OFF_SEQ, _OFF_WANTED = 16, 24, 32, 40
 _OFF_SKIPPED = _OFF_WANTED + 8 * READERS
 STATS_OFF = 128                      # the readers' stats block starts here (up to HEADER)
-_MADV_POPULATE_WRITE = 23            # linux/mman.h (Linux 5.14); Python's mmap module lacks the name
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-
-
-def _populate_write(address: int, length: int) -> None:
-    """madvise(MADV_POPULATE_WRITE) with the GIL released; before Linux 5.14 it fails (EINVAL)
-    and the pages come in as the first lap writes them."""
-    _libc.madvise(address, length, _MADV_POPULATE_WRITE)
 
 
 class RingWriter:
@@ -67,8 +55,7 @@ class RingWriter:
         # not populated here: an agent no gRPC client ever streams from keeps no ring in memory
         # (--server-ring-mb, 64 MB by default); populate() runs when the first stream subscribes
         self._m = mmap.mmap(self.fd, HEADER + capacity, flags=mmap.MAP_SHARED)
-        self._populated = False
-        self._populating: threading.Thread | None = None
+        self._populating: threading.Thread | None = None  # populate() was called
         _HDR.pack_into(self._m, 0, MAGIC, VERSION, capacity, 0, 0, 0)  # before any reader maps it
         self._words = Words(self._m)
         self._head = 0
@@ -113,22 +100,16 @@ class RingWriter:
         here, where the first lap faulting page by page cost the event path 70 ms more. On a
         thread of its own, through ctypes so the GIL is released meanwhile (mmap.madvise holds
         it): the event loop goes on draining, and what it writes first faults its own pages in."""
-        if self._populated:
-            return
-        self._populated = True
-        view = ctypes.c_char.from_buffer(self._m)
-        address = ctypes.addressof(view)
-        del view  # no export of the mapping may outlive this call: close() must be able to unmap
-        self._populating = threading.Thread(target=_populate_write, args=(address, len(self._m)),
-                                            name="vigil-ring-populate", daemon=True)
-        self._populating.start()
+        if self._populating is None:
+            self._populating = sharedmem.prefault(self._m)
 
     def wait_populated(self, timeout: float | None = None) -> bool:
         """Whether the ring has been faulted in (after populate()), waiting up to `timeout`."""
         t = self._populating
-        if t is not None:
-            t.join(timeout)
-        return self._populated and (t is None or not t.is_alive())
+        if t is None:
+            return False
+        t.join(timeout)
+        return not t.is_alive()
 
     def write_batch(self, payloads: list[bytes]) -> None:
         if native.fast is not None:

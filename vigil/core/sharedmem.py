@@ -12,11 +12,19 @@ the kernel the same way.
   word (a memoryview cast to "Q" copies 8 bytes at a time), for positions and counters.
 - `write`: a packed struct copied in with one memmove; each byte goes from its old value
   to its new one, never through 0.
+- `prefault`: a shared mapping faulted in on a thread of its own, without the GIL.
 """
 from __future__ import annotations
 
+import ctypes
+import mmap
 import struct
+import threading
 from typing import Any
+
+_MADV_POPULATE_WRITE = 23  # linux/mman.h (Linux 5.14); Python's mmap module lacks the name
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
 
 
 class Words:
@@ -41,3 +49,16 @@ class Words:
 def write(view: Any, offset: int, st: struct.Struct, *values: Any) -> None:
     """`st.pack_into(view, offset, *values)` without the zero-fill a reader could see."""
     view[offset:offset + st.size] = st.pack(*values)
+
+
+def prefault(m: mmap.mmap) -> threading.Thread:
+    """Fault all of `m` in for writing (madvise MADV_POPULATE_WRITE) on a thread of its own,
+    through ctypes so the GIL is released meanwhile (mmap.madvise holds it). Join the thread
+    before closing `m`. Before Linux 5.14 madvise fails (EINVAL) and pages come in as written."""
+    view = ctypes.c_char.from_buffer(m)
+    address = ctypes.addressof(view)
+    del view  # no export of the mapping may outlive this call: m.close() must be able to unmap
+    t = threading.Thread(target=_libc.madvise, args=(address, len(m), _MADV_POPULATE_WRITE),
+                         name="vigil-prefault", daemon=True)
+    t.start()
+    return t
