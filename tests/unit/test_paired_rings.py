@@ -4,6 +4,7 @@ the pass waits for the next one, so it never comes before the exec of its proces
 from __future__ import annotations
 
 import os
+import select
 import struct
 from typing import Any
 
@@ -31,7 +32,16 @@ class FakeRing:
     def fileno(self) -> int:
         return self.r
 
+    def pending(self) -> int:
+        return len(self.records)
+
+    def wake(self) -> None:
+        """What the kernel does for a record committed with a wakeup."""
+        os.write(self.w, b"x")
+
     def drain(self) -> list[bytes]:
+        while select.select([self.r], [], [], 0)[0]:
+            os.read(self.r, 64)
         if self.on_drain is not None:
             self.on_drain()
         out, self.records = self.records, []
@@ -62,6 +72,57 @@ def test_records_come_in_kernel_time_order() -> None:
         policy.on_drain = None
         assert names(rings.drain()) == ["exec 42", "open by 42"]
         assert rings.drain() == [] and not rings.wait(0)
+    finally:
+        rings.close()
+
+
+class ReaderMap:
+    """The `vigil_reader` map: `on_store(state)` runs as the agent stores a state (what the
+    programs do meanwhile)."""
+
+    def __init__(self, on_store: Any = None) -> None:
+        self.stored: list[int] = []
+        self.on_store = on_store
+
+    def update(self, key: bytes, value: bytes) -> None:
+        state = int.from_bytes(value, "little")
+        self.stored.append(state)
+        if self.on_store is not None:
+            self.on_store(state)
+
+
+def test_a_record_whose_program_read_draining_just_before_the_reader_slept_is_found_at_once() -> None:
+    """The program read DRAINING (no wakeup), the reader stored SLEEPING and polled, then the
+    record was committed: without a second look it would wait for the next record or the
+    whole timeout."""
+    from vigil.kernel.ringbuf import READER_DRAINING, READER_SLEEPING
+
+    process = FakeRing()
+
+    def commit_without_wakeup(state: int) -> None:
+        if state == READER_SLEEPING and not process.records:
+            process.records.append(rec("exec 9", 9))
+
+    reader = ReaderMap()
+    rings = PairedRings(process, reader_state=reader)  # type: ignore[arg-type]
+    try:
+        process.records.append(rec("exec 8", 8))
+        process.wake()
+        assert rings.wait(5.0) and names(rings.drain()) == ["exec 8"]
+        assert reader.stored == [READER_SLEEPING, READER_DRAINING]
+        reader.on_store = commit_without_wakeup
+        assert rings.wait(5.0), "the record committed without a wakeup was not found"
+        assert names(rings.drain()) == ["exec 9"] and reader.stored[-1] == READER_DRAINING
+        # nothing committed: asleep until the timeout, and asleep it stays (no store per call)
+        reader.on_store = None
+        assert not rings.wait(0.01) and reader.stored[-1] == READER_SLEEPING
+        n = len(reader.stored)
+        assert not rings.wait(0.01) and len(reader.stored) == n
+        # asleep, every record wakes the reader
+        process.records.append(rec("exec 10", 10))
+        process.wake()
+        assert rings.wait(5.0) and reader.stored[-1] == READER_DRAINING
+        assert names(rings.drain()) == ["exec 10"]
     finally:
         rings.close()
 

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 # enum vigil_reader_state (bpf/lib/vigil_common.bpf.h): what a record's program asks of the ring
 READER_UNMANAGED, READER_DRAINING, READER_SLEEPING = 0, 1, 2
+# how long a program that read DRAINING may take to commit its record (it runs for
+# microseconds): on going to sleep the reader looks at the rings again after this
+_SETTLE = 0.002
 _ZERO_KEY = (0).to_bytes(4, "little")
 
 BUSY = 1 << 31
@@ -162,12 +165,22 @@ class PairedRings:
         long as we sleep: between a wakeup and the next call the loop drains on its own
         clock, and a wakeup per pass would cost the task that made the record an
         interrupt. The epoll call reads the rings after the state is stored, so a record
-        made before the programs saw SLEEPING is found by this call; the one left over
-        is a record whose program read DRAINING just before this store, which waits
-        for the next record (woken, as every record now is) or the timeout."""
+        made before the programs saw SLEEPING is found by this call. A program that read
+        DRAINING just before the store commits its record without a wakeup after that
+        read: on going to sleep, the first poll lasts only until such a program has
+        finished (_SETTLE), then the rings' positions are read once more. Asleep already,
+        every program wakes us."""
         if self._held:
             return True
-        self._set_reader(READER_SLEEPING)
+        if self._reader is not None and self._state != READER_SLEEPING:
+            self._set_reader(READER_SLEEPING)
+            settle = min(timeout, _SETTLE)
+            if self._ep.poll(settle) or any(rb.pending() > 0 for rb in self.rings()):
+                self._set_reader(READER_DRAINING)
+                return True
+            timeout -= settle
+            if timeout <= 0:
+                return False
         ready = bool(self._ep.poll(timeout))
         if ready:
             self._set_reader(READER_DRAINING)
