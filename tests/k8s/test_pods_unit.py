@@ -70,6 +70,31 @@ def test_pod_info_and_json() -> None:
     assert res.pod_json(f"pod{UID}/{CID2}", 1, "/bin/sh", "") is None
 
 
+def test_a_containers_pod_part_is_made_when_its_pod_arrives_and_remade_when_it_changes() -> None:
+    """The watcher thread builds each container's shared pod part (PodResolver listens to the
+    store), so a container's first process only looks it up; a part made for an older version
+    of the pod is never used, even before the watcher has replaced it."""
+    store = PodStore()
+    res = PodResolver(store)
+    cg = f"pod{UID}/{CID}"
+    store.upsert(pod_obj())
+    made = res._shared[CID][1]
+    first = res.pod_json(cg, 7, "/bin/ls", "")
+    assert first.shared is made and first["pod_labels"] == {"app": "web"}
+    stale = res._shared[CID]
+    store.upsert(pod_obj(labels={"app": "web", "tier": "1"}))
+    assert res._shared[CID][1] is not made
+    later = res.pod_json(cg, 8, "/bin/ls", "")
+    assert later.shared is res._shared[CID][1] and later["pod_labels"] == {"app": "web", "tier": "1"}
+    # as if the store had changed and the watcher not yet got to the resolver
+    store.upsert(pod_obj(labels={"app": "web", "tier": "2"}))
+    res._shared[CID] = stale
+    res._by_cg.clear()
+    assert res.pod_json(cg, 9, "/bin/ls", "")["pod_labels"] == {"app": "web", "tier": "2"}
+    store.delete(pod_obj())
+    assert CID not in res._shared and res.pod_json(cg, 10, "/bin/ls", "") is None
+
+
 def test_maybe_exec_probe() -> None:
     c = pod_info(pod_obj(probe=["/bin/sh", "-c", "test -f /tmp/ok"])).containers[0]
     assert maybe_exec_probe(c, "/bin/sh", '-c "test -f /tmp/ok"')

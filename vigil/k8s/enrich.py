@@ -26,8 +26,10 @@ class PodResolver:
     def __init__(self, store: PodStore, annotations: bool = False) -> None:
         self.store = store
         self.annotations = annotations  # --enable-pod-annotations
-        self._refs: dict[str, ContainerRef] = {}          # cgroup name -> ref
         self.by_docker: dict[str, ContainerRef] = {}      # docker field (31) -> ref of kubelet containers
+        # container id -> (the store's (pod, container) entry, its shared pod part): made when the
+        # pod arrives or changes (watcher thread), so a container's first process builds nothing
+        self._shared: dict[str, tuple[tuple[PodInfo, ContainerInfo], PodShared]] = {}
         # cgroup name -> (the shared pod part, its exec probes' argument strings or None, the
         # (pod, container) it was made from, the longest of those strings' length: longer
         # arguments are no probe, without hashing them): dropped when the store changes that
@@ -40,28 +42,29 @@ class PodResolver:
         self.fast: list[Any] = [self._by_cg, 0]
         self._enriched = 0
         self.unknown = 0
-        store.listen(self._forget)
+        store.listen(self._changed)
 
     @property
     def enriched(self) -> int:
         return self._enriched + int(self.fast[1])
 
-    def _forget(self, old: PodInfo | None, new: PodInfo | None) -> None:
-        """The store changed a pod (watcher thread, after its update): its containers' entries go."""
+    def _changed(self, old: PodInfo | None, new: PodInfo | None) -> None:
+        """The store changed a pod (watcher thread, after its update): its containers' entries
+        go, and the new pod's shared parts are made."""
         for p in (old, new):
             for c in p.containers if p is not None else ():
                 for cg in self._cgroups_of.pop(c.id, ()):
                     self._by_cg.pop(cg, None)
+                self._shared.pop(c.id, None)
+        for c in new.containers if new is not None else ():
+            entry = self.store.lookup(c.id)
+            if entry is not None and entry[0] is new:
+                self._shared[c.id] = (entry, self._base(new, c))
 
     def ref(self, cgroup_name: str) -> ContainerRef:
-        r = self._refs.get(cgroup_name)
-        if r is None:
-            r = parse(cgroup_name)
-            if len(self._refs) >= _REF_CACHE_MAX:
-                self._refs.clear()
-            self._refs[cgroup_name] = r
-            if r.pod_uid:
-                self.by_docker[r.docker] = r
+        r = parse(cgroup_name)
+        if r.pod_uid:
+            self.by_docker[r.docker] = r
         return r
 
     def _base(self, pod: PodInfo, c: ContainerInfo) -> PodShared:
@@ -88,7 +91,7 @@ class PodResolver:
         """Tetragon's `pod` object for a process in this cgroup (None: no pod known)."""
         hit = self._by_cg.get(cgroup_name)
         if hit is None:
-            r = self._refs.get(cgroup_name) or self.ref(cgroup_name)
+            r = self.ref(cgroup_name)
             if not r.container_id:
                 return None
             seen = self.store.updates
@@ -99,10 +102,13 @@ class PodResolver:
             if len(self._by_cg) >= _REF_CACHE_MAX:
                 self._by_cg.clear()
                 self._cgroups_of.clear()
+            made = self._shared.get(r.container_id)
+            # made for this very entry, or the watcher has not got to it yet
+            shared = made[1] if made is not None and made[0] is entry else self._base(*entry)
             probes = entry[1].probe_args or None
-            hit = self._by_cg[cgroup_name] = (self._base(*entry), probes, entry, max(map(len, probes or ("",))))
+            hit = self._by_cg[cgroup_name] = (shared, probes, entry, max(map(len, probes or ("",))))
             self._cgroups_of.setdefault(entry[1].id, []).append(cgroup_name)
-            if self.store.updates != seen:  # the store changed meanwhile: maybe after _forget ran
+            if self.store.updates != seen:  # the store changed meanwhile: maybe after _changed ran
                 self._by_cg.pop(cgroup_name, None)
         return self._with_process(hit[0], hit[2][1], pid, binary, arguments)
 

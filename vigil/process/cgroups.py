@@ -12,6 +12,7 @@ container, as the kernel sees it.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -68,8 +69,11 @@ def _pod_uid(name: str) -> str:
     return m.group(1).replace("_", "-") if m else ""
 
 
+@functools.lru_cache(maxsize=16384)
 def parse(path: str) -> ContainerRef:
-    """The container and pod a cgroup path (or its parent/leaf tail) belongs to."""
+    """The container and pod a cgroup path (or its parent/leaf tail) belongs to. Cached: the
+    event builder (the `docker` field) and the pod resolver ask about the same cgroup names,
+    once per new name each."""
     parts = [p for p in path.split("/") if p]
     if not parts:
         return NONE
