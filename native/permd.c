@@ -65,6 +65,9 @@
 #define MAX_REMEMBERED 16384      /* ignore marks per group: each pins its inode in the kernel */
 /* what makes a remembered file forgotten (a write: the kernel has dropped its ignore mask already) */
 #define WATCH_MASK (FAN_MOVE_SELF | FAN_ATTRIB | FAN_DELETE_SELF | FAN_MODIFY)
+#ifndef AT_HANDLE_FID
+#define AT_HANDLE_FID 0x200       /* Linux 6.5: a handle that names a file, not one to open it by */
+#endif
 
 /* ------------------------------------------------------------------ small things */
 static uint64_t now_ns(clockid_t c)
@@ -263,7 +266,9 @@ static void decide(const struct table *t, struct request *q, struct verdict *v)
 struct watch { int wd, dirfd; uint32_t kind, mask; char *name; };
 struct handle { unsigned int bytes; int type; unsigned char h[MAX_HANDLE_SZ]; };   /* a struct file_handle */
 /* mount_id: the mount the handle was made through (as in /proc/self/mountinfo); dev: the file's */
-struct remembered { fsid_t fsid; struct handle fh; int mount_id; dev_t dev; };
+/* fid_only: the file system gives handles that name a file but cannot open it (overlayfs
+ * without nfs_export): forgetting such a file takes a new group (regroup) */
+struct remembered { fsid_t fsid; struct handle fh; int mount_id; dev_t dev; int fid_only; };
 struct gen {
 	int fan_fd, ino_fd;
 	struct watch *w; uint32_t nw;
@@ -275,6 +280,7 @@ struct gen {
 	int notif_fd;                        /* -1: not opened yet; -2: this kernel cannot */
 	struct remembered *rem; uint32_t nrem;
 	int mounts_changed;                  /* since the last prune_unmounted */
+	uint32_t regroup;                    /* fid_only files changed: forgotten once a new group is in */
 	char warn[1024];
 };
 
@@ -729,9 +735,13 @@ static int prune_unmounted(struct gen *g)
  * watches each remembered file, so a rename, a new hard link, an attribute change or its
  * deletion makes the helper forget it (forget_remembered) and ask again. Between such a
  * change and the helper reading its notification (microseconds, unless the helper is held
- * up), an exec of the file under the new name is still not asked about. A file system that
- * cannot give file handles (overlayfs without nfs_export, ...) is never remembered. A new
- * table gets a new group, so nothing remembered outlives the rules it was decided by.
+ * up), an exec of the file under the new name is still not asked about. A file system whose
+ * handles only name files (overlayfs without nfs_export: the root file system of every
+ * container; AT_HANDLE_FID, Linux 6.5) gives no way back to the file to clear its ignore mask:
+ * a change to one of those files makes the helper replace the group, marked the same, which
+ * forgets everything it remembered (regroup; the window above then lasts until the new group
+ * is in). A file system that gives no handles at all is never remembered. A new table gets a
+ * new group, so nothing remembered outlives the rules it was decided by.
  * Only the main thread touches a group's remembered files, and it does so without S.mu: these
  * are file-system calls, and the watchdog must never wait behind one. */
 static void remember_allow(struct gen *g, int efd, uint32_t kind)
@@ -750,9 +760,15 @@ static void remember_allow(struct gen *g, int efd, uint32_t kind)
 	}
 	memset(&r, 0, sizeof(r));
 	r.fh.bytes = MAX_HANDLE_SZ;
-	if (g->notif_fd < 0 || fstatfs(efd, &sfs) ||
-	    name_to_handle_at(efd, "", (struct file_handle *)&r.fh, &r.mount_id, AT_EMPTY_PATH))
+	if (g->notif_fd < 0 || fstatfs(efd, &sfs))
 		return;
+	if (name_to_handle_at(efd, "", (struct file_handle *)&r.fh, &r.mount_id, AT_EMPTY_PATH)) {
+		r.fh.bytes = MAX_HANDLE_SZ;
+		if (errno != EOPNOTSUPP ||
+		    name_to_handle_at(efd, "", (struct file_handle *)&r.fh, &r.mount_id, AT_EMPTY_PATH | AT_HANDLE_FID))
+			return;
+		r.fid_only = 1;
+	}
 	r.fsid = sfs.f_fsid;
 	r.dev = st.st_dev;
 	/* watched first: a rename or link from here on is seen */
@@ -777,7 +793,10 @@ static void forget_remembered(struct gen *g, const fsid_t *fsid, const struct fi
 			i++;
 			continue;
 		}
-		if (!done) {   /* O_PATH: no permission event; the mark calls reach it through /proc */
+		if (!done && r->fid_only) {   /* no way back to it: forgotten with its group (regroup) */
+			g->regroup++;
+			done = 1;
+		} else if (!done) {   /* O_PATH: no permission event; the mark calls reach it through /proc */
 			int mfd = open_mount_of(r);
 			int fd = mfd < 0 ? -1 : open_by_handle_at(mfd, (struct file_handle *)&r->fh, O_PATH | O_CLOEXEC);
 			if (mfd >= 0)
@@ -1169,27 +1188,10 @@ static uint32_t path_only_kinds(const struct table *t)
 	return kinds;
 }
 
-static void commit(void)
+/* A fully marked group (and its table) in force: the old group's events still held are
+ * answered and it is closed. Returns the table it replaced. */
+static struct table *install(struct gen *g, struct table *t)
 {
-	struct table *t = S.staging;
-	S.staging = NULL;
-	if (!t || S.staging_bad) {
-		send_ack(PD_COMMIT, t ? t->generation : 0, EINVAL, 0, 0, "the staged table was refused earlier; nothing changed");
-		table_free(t);
-		S.staging_bad = 0;
-		return;
-	}
-	int err = 0;
-	t->remember_kinds = path_only_kinds(t);
-	__atomic_store_n(&S.busy_since, now_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
-	struct gen *g = gen_build(t, &err);
-	if (err) {
-		send_ack(PD_COMMIT, t->generation, err, 0, 0, g->warn);
-		gen_free(g);
-		table_free(t);
-		return;
-	}
-	/* the new group is fully marked: swap, then answer what the old one still holds */
 	pthread_mutex_lock(&S.mu);
 	struct gen *old = S.cur;
 	struct table *old_t = S.table;
@@ -1214,6 +1216,50 @@ static void commit(void)
 		gen_free(old);   /* closing the group allows anything that raced in */
 		pthread_mutex_unlock(&S.mu);
 	}
+	return old_t;
+}
+
+/* Remembered files that cannot be reached to be forgotten (fid_only) changed: the same table
+ * in a new group, fully marked before the old one goes with everything it remembered. When
+ * that fails the old group stays, and the main loop tries again a second later. */
+static void regroup(void)
+{
+	uint32_t n = S.cur->regroup;
+	int err = 0;
+	__atomic_store_n(&S.busy_since, now_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
+	struct gen *g = gen_build(S.table, &err);
+	if (err) {
+		fprintf(stderr, "vigil-permd: a new group to forget changed files: %s\n", g->warn);
+		gen_free(g);
+	} else {
+		install(g, S.table);
+		__atomic_add_fetch(&S.st[PD_STAT_forgotten], n, __ATOMIC_RELAXED);
+		__atomic_add_fetch(&S.st[PD_STAT_regroups], 1, __ATOMIC_RELAXED);
+	}
+	__atomic_store_n(&S.busy_since, 0, __ATOMIC_RELAXED);
+}
+
+static void commit(void)
+{
+	struct table *t = S.staging;
+	S.staging = NULL;
+	if (!t || S.staging_bad) {
+		send_ack(PD_COMMIT, t ? t->generation : 0, EINVAL, 0, 0, "the staged table was refused earlier; nothing changed");
+		table_free(t);
+		S.staging_bad = 0;
+		return;
+	}
+	int err = 0;
+	t->remember_kinds = path_only_kinds(t);
+	__atomic_store_n(&S.busy_since, now_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
+	struct gen *g = gen_build(t, &err);
+	if (err) {
+		send_ack(PD_COMMIT, t->generation, err, 0, 0, g->warn);
+		gen_free(g);
+		table_free(t);
+		return;
+	}
+	struct table *old_t = install(g, t);
 	/* rules of the old table may still be referenced by nothing now */
 	table_free(old_t);
 	__atomic_store_n(&S.busy_since, 0, __ATOMIC_RELAXED);
@@ -1411,7 +1457,7 @@ int main(int argc, char **argv)
 			{ .fd = S.cur && (S.cur->all_mask || S.cur->nrem) ? S.mountinfo_fd : -1, .events = POLLPRI },
 			{ .fd = S.cur && S.cur->notif_fd >= 0 ? S.cur->notif_fd : -1, .events = POLLIN },
 		};
-		if (poll(p, 5, -1) < 0) {
+		if (poll(p, 5, S.cur && S.cur->regroup ? 1000 : -1) < 0) {
 			if (errno == EINTR)
 				continue;
 			break;
@@ -1420,6 +1466,8 @@ int main(int argc, char **argv)
 		 * new file system marked, room made for remembering */
 		if (p[4].revents & POLLIN)
 			handle_notifications(S.cur);
+		if (S.cur && S.cur->regroup)
+			regroup();
 		if (p[3].revents & (POLLPRI | POLLERR))
 			handle_mount_change();
 		if (p[1].revents & POLLIN)

@@ -57,18 +57,63 @@ def _launcher(bins: tuple[Path, Path]) -> None:
 LAUNCHER = ""
 
 
+def _populate(d: Path, marker_bin: Path) -> None:
+    for sub in ("blocked", "allowed"):
+        (d / sub).mkdir()
+        shutil.copy2(marker_bin, d / sub / "tool")
+    (d / "secret.txt").write_text("secret\n")
+    (d / "public.txt").write_text("public\n")
+
+
 @pytest.fixture
-def gdir(marker_bin: Path) -> Iterator[Path]:
+def gdir(request: pytest.FixtureRequest, marker_bin: Path) -> Iterator[Path]:
+    """The test's directory: a plain one, or (parametrized "overlayfs") the root of an overlay
+    mount whose files are in its lower layer, as in a container's root file system (all on a
+    test-mounted tmpfs; both mounts are removed)."""
     d = Path(tempfile.mkdtemp(prefix="vigil-fan-test-"))
+    if getattr(request, "param", "dir") == "dir":
+        try:
+            _populate(d, marker_bin)
+            yield d
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+        return
+    mounted: list[str] = []
     try:
-        for sub in ("blocked", "allowed"):
+        ksys.mount("tmpfs", str(d), "tmpfs")
+        mounted.append(str(d))
+        for sub in ("lower", "upper", "work", "root"):
             (d / sub).mkdir()
-            shutil.copy2(marker_bin, d / sub / "tool")
-        (d / "secret.txt").write_text("secret\n")
-        (d / "public.txt").write_text("public\n")
-        yield d
+        _populate(d / "lower", marker_bin)
+        root = d / "root"
+        ksys.mount("overlay", str(root), "overlay", data=f"lowerdir={d}/lower,upperdir={d}/upper,workdir={d}/work")
+        mounted.append(str(root))
+        yield root
     finally:
-        shutil.rmtree(d, ignore_errors=True)
+        for m in reversed(mounted):
+            ksys.umount(m)
+        os.rmdir(d)
+
+
+def on_overlayfs(path: Path) -> bool:
+    at = max((m for m in ksys.mounts() if str(path).startswith(m[1].rstrip("/") + "/")), key=lambda m: len(m[1]))
+    return at[2] == "overlay"
+
+
+def rememberable(path: Path) -> bool:
+    """Whether the helper can remember this file: on overlayfs only by a handle that names
+    (not opens) the file (name_to_handle_at AT_HANDLE_FID, Linux 6.5); without one such
+    files are asked about every time."""
+    if not on_overlayfs(path):
+        return True
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(8 + 128)
+    ctypes.c_uint32.from_buffer(buf).value = 128
+    mount_id = ctypes.c_int()
+    return libc.name_to_handle_at(-100, str(path).encode(), buf, ctypes.byref(mount_id), 0x200) == 0
+
+
+FILE_SYSTEMS = pytest.mark.parametrize("gdir", ["dir", "overlayfs"], indirect=True)
 
 
 class Helper:
@@ -190,6 +235,7 @@ def exec_events(helper: Helper, argv: list[str], times: int) -> tuple[int, int]:
     return st["events"] - st0["events"], st["cached"] - st0["cached"]
 
 
+@FILE_SYSTEMS
 @pytest.mark.parametrize(("case", "events", "remembered"), [
     ("path rules only", 1, 1),                      # asked once, then the file is remembered
     ("a rule reads the requester's binary", 3, 0),  # the answer may differ by who asks
@@ -204,6 +250,8 @@ def test_silent_allows_are_remembered_only_when_the_file_decides(
     tool = gdir / "allowed" / "tool"
     if case == "the file has a second hard link":
         os.link(tool, gdir / "allowed" / "tool-link")
+    if remembered and not rememberable(tool):
+        events, remembered = 3, 0
     assert exec_events(helper, [str(tool)], 3) == (events, remembered)
     for _ in range(2):  # the deny stands whatever was remembered
         assert is_eperm(run([str(gdir / "blocked" / "tool")]))
@@ -232,13 +280,22 @@ def wait_forgotten(helper: Helper, n: int) -> None:
     assert helper.h.stats()["forgotten"] == n
 
 
+@FILE_SYSTEMS
 @pytest.mark.parametrize("change", ["renamed", "linked", "chmod", "deleted"])
 def test_a_remembered_file_under_a_new_name_is_asked_about_again(gdir: Path, helper: Helper, change: str) -> None:
     """A file remembered as allowed and then renamed or hard-linked into the denied directory
-    is denied there: the helper forgets it when the kernel reports the change."""
-    helper.push(guard_tree_deny_blocked(gdir))
+    is denied there: the helper forgets it when the kernel reports the change. On overlayfs
+    (no way back to the file from its handle) by replacing its group: everything remembered
+    is forgotten and asked about again."""
     tool, moved = gdir / "allowed" / "tool", gdir / "blocked" / "moved"
+    if not rememberable(tool):
+        pytest.skip("this kernel cannot remember overlayfs files (no AT_HANDLE_FID: Linux < 6.5)")
+    fid_only = on_overlayfs(tool)
+    helper.push(guard_tree_deny_blocked(gdir))
+    other = gdir / "other"
+    shutil.copy2(tool, other)
     assert exec_events(helper, [str(tool)], 2) == (1, 1)
+    assert exec_events(helper, [str(other)], 2) == (1, 1)
     if change == "renamed":
         os.rename(tool, moved)
     elif change == "linked":
@@ -254,6 +311,9 @@ def test_a_remembered_file_under_a_new_name_is_asked_about_again(gdir: Path, hel
     if change in ("linked", "chmod"):  # asked again; remembered again only with one name
         assert exec_events(helper, [str(tool)], 2) == ((2, 0) if change == "linked" else (1, 1))
     assert helper.h.stats()["denied"] == (1 if change in ("renamed", "linked") else 0)
+    # the unchanged file: still remembered, or forgotten with the group and remembered again
+    assert exec_events(helper, [str(other)], 2) == ((1, 1) if fid_only else (0, 0))
+    assert helper.h.stats()["regroups"] == (1 if fid_only else 0)
 
 
 def wait_stalled(pid: int) -> None:
@@ -444,25 +504,38 @@ def test_mount_and_filesystem_marks(marker_bin: Path, helper: Helper, kind: str)
         os.rmdir(mnt)
 
 
-def test_a_file_system_with_remembered_files_can_be_unmounted(marker_bin: Path, helper: Helper) -> None:
+@pytest.mark.parametrize("fs", ["tmpfs", "overlayfs"])
+def test_a_file_system_with_remembered_files_can_be_unmounted(marker_bin: Path, helper: Helper, fs: str) -> None:
     """Remembering holds nothing open on the file's file system: it unmounts with the table
-    still in force, and the helper goes on answering."""
-    mnt = Path(tempfile.mkdtemp(prefix="vigil-fan-umount-"))
-    mounted = False
+    still in force, and the helper goes on answering (overlayfs: a container's root file
+    system, unmounted when the container goes)."""
+    base = Path(tempfile.mkdtemp(prefix="vigil-fan-umount-"))
+    mounted: list[str] = []
     try:
-        ksys.mount("tmpfs", str(mnt), "tmpfs")
-        mounted = True
-        shutil.copy2(marker_bin, mnt / "tool")
+        ksys.mount("tmpfs", str(base), "tmpfs")
+        mounted.append(str(base))
+        mnt = base
+        if fs == "overlayfs":
+            for sub in ("lower", "upper", "work", "root"):
+                (base / sub).mkdir()
+            shutil.copy2(marker_bin, base / "lower" / "tool")
+            mnt = base / "root"
+            ksys.mount("overlay", str(mnt), "overlay",
+                       data=f"lowerdir={base}/lower,upperdir={base}/upper,workdir={base}/work")
+            mounted.append(str(mnt))
+        else:
+            shutil.copy2(marker_bin, mnt / "tool")
         helper.push([Rule(1, 0, EXEC, "override", conds=(Cond("path", "Postfix", ("/vigil-never",)),))],
                     marks=[Mark("filesystem", str(mnt), EXEC)])
-        assert exec_events(helper, [str(mnt / "tool")], 2) == (1, 1)
-        ksys.umount(str(mnt), 0)  # not lazily: EBUSY if anything holds the file system
-        mounted = False
+        assert exec_events(helper, [str(mnt / "tool")], 2) == ((1, 1) if rememberable(mnt / "tool") else (2, 0))
+        while mounted:
+            ksys.umount(mounted[-1], 0)  # not lazily: EBUSY if anything holds the file system
+            mounted.pop()
         assert helper.h.stats()["generation"] == 1 and helper.h.running
     finally:
-        if mounted:
-            ksys.umount(str(mnt))
-        os.rmdir(mnt)
+        for m in reversed(mounted):
+            ksys.umount(m)
+        os.rmdir(base)
 
 
 def test_a_full_table_drops_files_of_unmounted_file_systems(
