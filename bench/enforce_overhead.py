@@ -17,6 +17,10 @@ exec: N x fork+execve+wait of a copy of /bin/true from the C loop of _common.py,
              and never reach the helper (what every exec the rules don't name costs);
   python     the previous design for comparison: a Python thread in this process reads
              the events and answers allow (the round trip the agent used to make).
+  overlayfs  off / permd again with the binary and the guarded directory in an overlay
+             mount (its file in the lower layer, as in a container's root file system; the
+             layers on a bench-mounted tmpfs): such a file is remembered by a handle that
+             only names it (Linux 6.5+); before, every exec of it was asked about.
 connect: N x (socket, connect to a loopback listener, accept, close with RST) from a
   small C loop run in a bench-owned cgroup2 child. Configurations: off (nothing
   attached) and netdeny (NetDeny attached to that cgroup with a rule set the loopback
@@ -249,6 +253,35 @@ def summarize(kind: str, res: dict[str, list[float]], base: str) -> dict[str, di
     return summary
 
 
+def overlay_rounds(tmp: Path, spawner: str, n: int, rounds: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """off / permd with the binary in an overlay mount (layers on a tmpfs mounted here)."""
+    base = tmp / "overlay"
+    base.mkdir()
+    mounted: list[str] = []
+    stats: dict[str, float] = {}
+    try:
+        ksys.mount("tmpfs", str(base), "tmpfs")
+        mounted.append(str(base))
+        for sub in ("lower/guarded", "upper", "work", "root"):
+            (base / sub).mkdir(parents=True)
+        shutil.copy2(os.path.realpath("/bin/true"), base / "lower" / "guarded" / "true")
+        root = base / "root"
+        ksys.mount("overlay", str(root), "overlay",
+                   data=f"lowerdir={base}/lower,upperdir={base}/upper,workdir={base}/work")
+        mounted.append(str(root))
+        binary, gdir = str(root / "guarded" / "true"), str(root / "guarded")
+        run_spawner(spawner, 50, binary)
+        print(f"exec on overlayfs: {n} fork+exec+wait of {binary} per round, {rounds} rounds")
+        res = interleave({
+            "off": lambda: run_spawner(spawner, n, binary)[0],
+            "permd": lambda: permd_round(spawner, n, binary, gdir, False, stats),
+        }, rounds, n)
+    finally:
+        for m in reversed(mounted):
+            ksys.umount(m)
+    return res, stats
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="N=300, 1 round (smoke test)")
@@ -281,6 +314,7 @@ def main() -> int:
             "permd+open": lambda: permd_round(spawner, n, binary, str(gdir), True, {}),
             "python": lambda: python_round(spawner, n, binary, str(gdir), answer),
         }, rounds, n)
+        ovl = overlay_rounds(tmp, spawner, n, rounds)
         os.mkdir(cg)
         try:
             print(f"connect: {n} loopback connect+accept+close per round in {cg}, {rounds} rounds")
@@ -299,6 +333,9 @@ def main() -> int:
                     time.sleep(0.05)
     print()
     es = summarize("exec", ex, "off")
+    os_ = summarize("overlay", ovl[0], "off")
+    print(f"vigil-permd on overlayfs, path-only rules: {ovl[1].get('events_per_exec', 0.0) * n:.0f} permission "
+          f"event(s) for {n} execs, {ovl[1].get('remembered', 0.0):.0f} file(s) remembered")
     cs = summarize("connect", co, "off")
     if "answer_us" in answer:
         print(f"vigil-permd: {answer['answer_us']:.1f} µs mean read->answer per event "
@@ -310,7 +347,7 @@ def main() -> int:
         print(f"python responder: {answer['python_answer_us']:.1f} µs mean read->answer per batch")
     if "connect4_prog_ns" in answer:
         print(f"netdeny connect4 program: {answer['connect4_prog_ns']:.0f} ns per run (bpf_stats)")
-    emit_json("enforce_overhead", {"n": n, "rounds": rounds, "exec": es, "connect": cs,
+    emit_json("enforce_overhead", {"n": n, "rounds": rounds, "exec": es, "exec_overlayfs": os_, "connect": cs,
                                    "permd_answer_us": round(answer.get("answer_us", 0.0), 1),
                                    "permd_events_remembered_table": remembered.get("events_per_exec", 0.0) * n,
                                    "python_answer_us": round(answer.get("python_answer_us", 0.0), 1),
