@@ -267,8 +267,9 @@ struct watch { int wd, dirfd; uint32_t kind, mask; char *name; };
 struct handle { unsigned int bytes; int type; unsigned char h[MAX_HANDLE_SZ]; };   /* a struct file_handle */
 /* mount_id: the mount the handle was made through (as in /proc/self/mountinfo); dev: the file's */
 /* fid_only: the file system gives handles that name a file but cannot open it (overlayfs
- * without nfs_export): forgetting such a file takes a new group (regroup) */
-struct remembered { fsid_t fsid; struct handle fh; int mount_id; dev_t dev; int fid_only; };
+ * without nfs_export): forgetting such a file takes a new group (regroup); changed: such a
+ * file was renamed, linked or changed, to be forgotten that way unless it was deleted */
+struct remembered { fsid_t fsid; struct handle fh; int mount_id; dev_t dev; int fid_only, changed; };
 struct gen {
 	int fan_fd, ino_fd;
 	struct watch *w; uint32_t nw;
@@ -280,6 +281,7 @@ struct gen {
 	int notif_fd;                        /* -1: not opened yet; -2: this kernel cannot */
 	struct remembered *rem; uint32_t nrem;
 	int mounts_changed;                  /* since the last prune_unmounted */
+	uint32_t changed;                    /* fid_only files marked changed in this batch of notifications */
 	uint32_t regroup;                    /* fid_only files changed: forgotten once a new group is in */
 	char warn[1024];
 };
@@ -782,10 +784,15 @@ static void remember_allow(struct gen *g, int efd, uint32_t kind)
 }
 
 /* The kernel said a remembered file was renamed, linked, changed or deleted: ask about it
- * again (its ignore mask removed; reached by handle, as its name may be new). */
-static void forget_remembered(struct gen *g, const fsid_t *fsid, const struct file_handle *fh)
+ * again (its ignore mask removed; reached by handle, as its name may be new). A file that
+ * cannot be reached by its handle (fid_only) is only marked when renamed, linked or changed:
+ * handle_notifications replaces the group for it after the batch, unless the batch also says
+ * it was deleted (an unlink reports a link-count change first). Deleted or written, it is
+ * forgotten at once: the kernel dropped its ignore mask at the write, and a deleted file has
+ * no name left to be reached by. */
+static void forget_remembered(struct gen *g, const fsid_t *fsid, const struct file_handle *fh, uint64_t mask)
 {
-	int done = 0;
+	int done = 0, uncounted = 0;
 	for (uint32_t i = 0; i < g->nrem;) {
 		struct remembered *r = &g->rem[i];
 		if (memcmp(&r->fsid, fsid, sizeof(*fsid)) || r->fh.type != fh->handle_type ||
@@ -793,9 +800,17 @@ static void forget_remembered(struct gen *g, const fsid_t *fsid, const struct fi
 			i++;
 			continue;
 		}
-		if (!done && r->fid_only) {   /* no way back to it: forgotten with its group (regroup) */
-			g->regroup++;
+		if (r->fid_only && !(mask & (FAN_DELETE_SELF | FAN_MODIFY))) {
+			if (!done && !r->changed)
+				g->changed++;
+			r->changed = 1;
 			done = 1;
+			i++;
+			continue;
+		}
+		if (r->fid_only) {
+			if (r->changed && !uncounted)
+				g->changed--, uncounted = 1;
 		} else if (!done) {   /* O_PATH: no permission event; the mark calls reach it through /proc */
 			int mfd = open_mount_of(r);
 			int fd = mfd < 0 ? -1 : open_by_handle_at(mfd, (struct file_handle *)&r->fh, O_PATH | O_CLOEXEC);
@@ -809,9 +824,10 @@ static void forget_remembered(struct gen *g, const fsid_t *fsid, const struct fi
 				fanotify_mark(g->notif_fd, FAN_MARK_REMOVE, WATCH_MASK, AT_FDCWD, p);
 				close(fd);
 			}   /* else deleted, or its file system unmounted: the kernel dropped its marks */
-			done = 1;
-			__atomic_add_fetch(&S.st[PD_STAT_forgotten], 1, __ATOMIC_RELAXED);
 		}
+		if (!done)
+			__atomic_add_fetch(&S.st[PD_STAT_forgotten], 1, __ATOMIC_RELAXED);
+		done = 1;
 		g->rem[i] = g->rem[--g->nrem];
 	}
 }
@@ -819,10 +835,8 @@ static void forget_remembered(struct gen *g, const fsid_t *fsid, const struct fi
 static void handle_notifications(struct gen *g)
 {
 	char buf[16384] __attribute__((aligned(8)));
-	for (;;) {
-		ssize_t len = read(g->notif_fd, buf, sizeof(buf));
-		if (len <= 0)
-			return;
+	ssize_t len;
+	while ((len = read(g->notif_fd, buf, sizeof(buf))) > 0) {
 		for (struct fanotify_event_metadata *m = (void *)buf; FAN_EVENT_OK(m, len); m = FAN_EVENT_NEXT(m, len)) {
 			const struct fanotify_event_info_fid *fid = (const void *)(m + 1);
 			if (m->event_len < sizeof(*m) + sizeof(*fid) + sizeof(struct file_handle) ||
@@ -830,9 +844,18 @@ static void handle_notifications(struct gen *g)
 				continue;
 			fsid_t fsid;
 			memcpy(&fsid, &fid->fsid, sizeof(fsid));
-			forget_remembered(g, &fsid, (const struct file_handle *)fid->handle);
+			forget_remembered(g, &fsid, (const struct file_handle *)fid->handle, m->mask);
 		}
 	}
+	if (!g->changed)
+		return;
+	for (uint32_t i = 0; i < g->nrem;)   /* forgotten with the group (main loop: regroup) */
+		if (g->rem[i].changed)
+			g->rem[i] = g->rem[--g->nrem];
+		else
+			i++;
+	g->regroup += g->changed;
+	g->changed = 0;
 }
 
 /* Read what the group has queued (up to the free pending slots) and decide each event. */
