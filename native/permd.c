@@ -63,6 +63,7 @@
 #define SERVICE_EVERY 64          /* directories marked between looks at the current group */
 #define META_SZ ((int)sizeof(struct fanotify_event_metadata))
 #define MAX_REMEMBERED 16384      /* ignore marks per group: each pins its inode in the kernel */
+#define REGROUP_QUIET_MS 1000     /* after a regroup, no fid_only file is remembered for this long */
 /* what makes a remembered file forgotten (a write: the kernel has dropped its ignore mask already) */
 #define WATCH_MASK (FAN_MOVE_SELF | FAN_ATTRIB | FAN_DELETE_SELF | FAN_MODIFY)
 #ifndef AT_HANDLE_FID
@@ -580,7 +581,9 @@ static struct {
 	uint64_t seq;             /* identity of a pending slot's occupant */
 	uint64_t wd_wake;          /* when the watchdog wakes next (monotonic ns) */
 	uint32_t max_remembered;   /* files a group remembers (MAX_REMEMBERED; tests may lower it) */
-} S = { .ctl = -1, .mu = PTHREAD_MUTEX_INITIALIZER, .mountinfo_fd = -1, .max_remembered = MAX_REMEMBERED };
+	uint64_t regrouped_ns, regroup_quiet_ns;   /* the last regroup (CLOCK_MONOTONIC), REGROUP_QUIET_MS */
+} S = { .ctl = -1, .mu = PTHREAD_MUTEX_INITIALIZER, .mountinfo_fd = -1, .max_remembered = MAX_REMEMBERED,
+	.regroup_quiet_ns = REGROUP_QUIET_MS * 1000000ULL };
 
 static void send_pkt(const void *buf, size_t len, int is_report)
 {
@@ -766,7 +769,9 @@ static void remember_allow(struct gen *g, int efd, uint32_t kind)
 		return;
 	if (name_to_handle_at(efd, "", (struct file_handle *)&r.fh, &r.mount_id, AT_EMPTY_PATH)) {
 		r.fh.bytes = MAX_HANDLE_SZ;
-		if (errno != EOPNOTSUPP ||
+		/* a new group at most once per quiet period, whatever the files do (each regroup
+		 * marks everything again) */
+		if (errno != EOPNOTSUPP || (S.regrouped_ns && now_ns(CLOCK_MONOTONIC) - S.regrouped_ns < S.regroup_quiet_ns) ||
 		    name_to_handle_at(efd, "", (struct file_handle *)&r.fh, &r.mount_id, AT_EMPTY_PATH | AT_HANDLE_FID))
 			return;
 		r.fid_only = 1;
@@ -1256,6 +1261,7 @@ static void regroup(void)
 		gen_free(g);
 	} else {
 		install(g, S.table);
+		S.regrouped_ns = now_ns(CLOCK_MONOTONIC);
 		__atomic_add_fetch(&S.st[PD_STAT_forgotten], n, __ATOMIC_RELAXED);
 		__atomic_add_fetch(&S.st[PD_STAT_regroups], 1, __ATOMIC_RELAXED);
 	}
@@ -1437,6 +1443,9 @@ int main(int argc, char **argv)
 	const char *maxrem = getenv("VIGIL_PERMD_MAX_REMEMBERED");   /* test hook: a small table */
 	if (S.test_hooks && maxrem)
 		S.max_remembered = (uint32_t)strtoul(maxrem, NULL, 10);
+	const char *quiet = getenv("VIGIL_PERMD_REGROUP_QUIET_MS");   /* test hook: another quiet period */
+	if (S.test_hooks && quiet)
+		S.regroup_quiet_ns = strtoull(quiet, NULL, 10) * 1000000ULL;
 	int type = 0;
 	socklen_t tl = sizeof(type);
 	if (S.ctl < 0 || getsockopt(S.ctl, SOL_SOCKET, SO_TYPE, &type, &tl) < 0 || type != SOCK_SEQPACKET) {

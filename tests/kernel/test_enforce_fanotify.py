@@ -135,7 +135,9 @@ class Helper:
 
 
 @pytest.fixture
-def helper() -> Iterator[Helper]:
+def helper(monkeypatch: pytest.MonkeyPatch) -> Iterator[Helper]:
+    # no quiet period after a new group (test_a_new_group_is_followed_by_a_quiet_period has one)
+    monkeypatch.setenv("VIGIL_PERMD_REGROUP_QUIET_MS", "0")
     w = Helper()
     w.h.start()
     try:
@@ -322,6 +324,31 @@ def test_a_remembered_file_under_a_new_name_is_asked_about_again(gdir: Path, hel
     regroups = helper.h.stats()["regroups"]
     assert regroups == (1 if fid_only and change != "deleted" else 0) or (fid_only and regroups == 1)
     assert exec_events(helper, [str(other)], 2) == ((1, 1) if regroups else (0, 0))
+
+
+@pytest.mark.parametrize("gdir", ["overlayfs"], indirect=True)
+def test_a_new_group_is_followed_by_a_quiet_period(gdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """However often overlayfs files change, the helper replaces its group at most once per
+    quiet period (each new group marks everything again): until the period is over, no such
+    file is remembered, so no change can ask for another one. (An hour here; 1 s by default.)"""
+    tool = gdir / "allowed" / "tool"
+    if not rememberable(tool):
+        pytest.skip("this kernel cannot remember overlayfs files (no AT_HANDLE_FID: Linux < 6.5)")
+    monkeypatch.setenv("VIGIL_PERMD_REGROUP_QUIET_MS", "3600000")
+    w = Helper()
+    w.h.start()
+    try:
+        w.push(guard_tree_deny_blocked(gdir))
+        assert exec_events(w, [str(tool)], 2) == (1, 1)
+        os.chmod(tool, 0o755)
+        wait_forgotten(w, 1)
+        assert w.h.stats()["regroups"] == 1
+        assert exec_events(w, [str(tool)], 3) == (3, 0)   # asked each time, not remembered
+        os.chmod(tool, 0o700)
+        assert exec_events(w, [str(tool)], 1) == (1, 0) and w.h.stats()["regroups"] == 1
+        assert is_eperm(run([str(gdir / "blocked" / "tool")]))  # the rules stand throughout
+    finally:
+        w.h.stop()
 
 
 def wait_stalled(pid: int) -> None:
