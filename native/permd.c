@@ -582,6 +582,7 @@ static struct {
 	uint64_t wd_wake;          /* when the watchdog wakes next (monotonic ns) */
 	uint32_t max_remembered;   /* files a group remembers (MAX_REMEMBERED; tests may lower it) */
 	uint64_t regrouped_ns, regroup_quiet_ns;   /* the last regroup (CLOCK_MONOTONIC), REGROUP_QUIET_MS */
+	uint64_t regroup_failed_ns;                /* the last regroup that failed: retried a second later */
 } S = { .ctl = -1, .mu = PTHREAD_MUTEX_INITIALIZER, .mountinfo_fd = -1, .max_remembered = MAX_REMEMBERED,
 	.regroup_quiet_ns = REGROUP_QUIET_MS * 1000000ULL };
 
@@ -1254,14 +1255,18 @@ static void regroup(void)
 {
 	uint32_t n = S.cur->regroup;
 	int err = 0;
+	if (S.regroup_failed_ns && now_ns(CLOCK_MONOTONIC) - S.regroup_failed_ns < 1000000000ULL)
+		return;
 	__atomic_store_n(&S.busy_since, now_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
 	struct gen *g = gen_build(S.table, &err);
 	if (err) {
 		fprintf(stderr, "vigil-permd: a new group to forget changed files: %s\n", g->warn);
 		gen_free(g);
+		S.regroup_failed_ns = now_ns(CLOCK_MONOTONIC);
 	} else {
 		install(g, S.table);
 		S.regrouped_ns = now_ns(CLOCK_MONOTONIC);
+		S.regroup_failed_ns = 0;
 		__atomic_add_fetch(&S.st[PD_STAT_forgotten], n, __ATOMIC_RELAXED);
 		__atomic_add_fetch(&S.st[PD_STAT_regroups], 1, __ATOMIC_RELAXED);
 	}
