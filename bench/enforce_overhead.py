@@ -258,22 +258,16 @@ def summarize(kind: str, res: dict[str, list[float]], base: str) -> dict[str, di
     return summary
 
 
-def overlay_rounds(tmp: Path, spawner: str, n: int, rounds: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+def overlay_rounds(spawner: str, n: int, rounds: int) -> tuple[dict[str, list[float]], dict[str, float]]:
     """off / permd with the binary in an overlay mount (layers on a tmpfs mounted here)."""
-    base = tmp / "overlay"
-    base.mkdir()
-    mounted: list[str] = []
+    from tests.overlaymount import overlay_mount
+
+    def fill(lower: Path) -> None:
+        (lower / "guarded").mkdir()
+        shutil.copy2(os.path.realpath("/bin/true"), lower / "guarded" / "true")
+
     stats: dict[str, float] = {}
-    try:
-        ksys.mount("tmpfs", str(base), "tmpfs")
-        mounted.append(str(base))
-        for sub in ("lower/guarded", "upper", "work", "root"):
-            (base / sub).mkdir(parents=True)
-        shutil.copy2(os.path.realpath("/bin/true"), base / "lower" / "guarded" / "true")
-        root = base / "root"
-        ksys.mount("overlay", str(root), "overlay",
-                   data=f"lowerdir={base}/lower,upperdir={base}/upper,workdir={base}/work")
-        mounted.append(str(root))
+    with overlay_mount(fill, prefix="vigil-bench-enforce-ovl-") as root:
         binary, gdir = str(root / "guarded" / "true"), str(root / "guarded")
         run_spawner(spawner, 50, binary)
         print(f"exec on overlayfs: {n} fork+exec+wait of {binary} per round, {rounds} rounds")
@@ -281,9 +275,6 @@ def overlay_rounds(tmp: Path, spawner: str, n: int, rounds: int) -> tuple[dict[s
             "off": lambda: run_spawner(spawner, n, binary)[0],
             "permd": lambda: permd_round(spawner, n, binary, gdir, False, stats),
         }, rounds, n)
-    finally:
-        for m in reversed(mounted):
-            ksys.umount(m)
     return res, stats
 
 
@@ -325,7 +316,7 @@ def main() -> int:
             "permd+open": lambda: permd_round(spawner, n, binary, str(gdir), True, {}),
             "python": lambda: python_round(spawner, n, binary, str(gdir), answer),
         }, rounds, n)
-        ovl = overlay_rounds(tmp, spawner, n, rounds)
+        ovl = overlay_rounds(spawner, n, rounds)
         os.mkdir(cg)
         try:
             print(f"connect: {cn} loopback connect+accept+close per round in {cg}, {crounds} rounds")

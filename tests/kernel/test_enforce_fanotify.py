@@ -25,6 +25,7 @@ import pytest
 
 from tests.kernel.bpfstate import require_root
 from tests.kernel.testbins import LAUNCH_C, MARKER_C, build, is_eperm, launch
+from tests.overlaymount import overlay_mount
 from vigil.enforce.permd import PermdError, PermissionHelper
 from vigil.enforce.permd_proto import Report
 from vigil.enforce.permtable import Cond, Mark, Rule, Table, plan_marks
@@ -70,29 +71,16 @@ def gdir(request: pytest.FixtureRequest, marker_bin: Path) -> Iterator[Path]:
     """The test's directory: a plain one, or (parametrized "overlayfs") the root of an overlay
     mount whose files are in its lower layer, as in a container's root file system (all on a
     test-mounted tmpfs; both mounts are removed)."""
-    d = Path(tempfile.mkdtemp(prefix="vigil-fan-test-"))
-    if getattr(request, "param", "dir") == "dir":
-        try:
-            _populate(d, marker_bin)
-            yield d
-        finally:
-            shutil.rmtree(d, ignore_errors=True)
+    if getattr(request, "param", "dir") == "overlayfs":
+        with overlay_mount(lambda lower: _populate(lower, marker_bin), prefix="vigil-fan-test-") as root:
+            yield root
         return
-    mounted: list[str] = []
+    d = Path(tempfile.mkdtemp(prefix="vigil-fan-test-"))
     try:
-        ksys.mount("tmpfs", str(d), "tmpfs")
-        mounted.append(str(d))
-        for sub in ("lower", "upper", "work", "root"):
-            (d / sub).mkdir()
-        _populate(d / "lower", marker_bin)
-        root = d / "root"
-        ksys.mount("overlay", str(root), "overlay", data=f"lowerdir={d}/lower,upperdir={d}/upper,workdir={d}/work")
-        mounted.append(str(root))
-        yield root
+        _populate(d, marker_bin)
+        yield d
     finally:
-        for m in reversed(mounted):
-            ksys.umount(m)
-        os.rmdir(d)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 OVERLAYFS_SUPER_MAGIC = 0x794C7630
@@ -108,20 +96,26 @@ def on_overlayfs(path: Path) -> bool:
     return ctypes.c_long.from_buffer(buf).value == OVERLAYFS_SUPER_MAGIC
 
 
-def rememberable(path: Path) -> bool:
-    """Whether the helper can remember this file: on overlayfs only by a handle that names
-    (not opens) the file (name_to_handle_at AT_HANDLE_FID, Linux 6.5); without one such
-    files are asked about every time."""
-    if not on_overlayfs(path):
-        return True
+def handles_that_name_files() -> bool:
+    """The kernel gives a handle that names (not opens) a file (name_to_handle_at
+    AT_HANDLE_FID, Linux 6.5; EINVAL before): what the helper remembers an overlayfs file by.
+    Without it such files are asked about at every exec."""
     libc = ctypes.CDLL(None, use_errno=True)
     buf = ctypes.create_string_buffer(8 + 128)
     ctypes.c_uint32.from_buffer(buf).value = 128
     mount_id = ctypes.c_int()
-    return libc.name_to_handle_at(-100, str(path).encode(), buf, ctypes.byref(mount_id), 0x200) == 0
+    return libc.name_to_handle_at(-100, b"/", buf, ctypes.byref(mount_id), 0x200) == 0
 
 
-FILE_SYSTEMS = pytest.mark.parametrize("gdir", ["dir", "overlayfs"], indirect=True)
+def rememberable(path: Path) -> bool:
+    return not on_overlayfs(path) or handles_that_name_files()
+
+
+NO_FID_HANDLES = "this kernel cannot remember overlayfs files (no AT_HANDLE_FID: Linux < 6.5)"
+OVERLAYFS_REMEMBERED = pytest.param(
+    "overlayfs", marks=pytest.mark.skipif(not handles_that_name_files(), reason=NO_FID_HANDLES))
+# where the helper remembers files: a plain directory, and overlayfs where this kernel allows
+FILE_SYSTEMS = pytest.mark.parametrize("gdir", ["dir", OVERLAYFS_REMEMBERED], indirect=True)
 
 
 class Helper:
@@ -272,8 +266,6 @@ def test_silent_allows_are_remembered_only_when_the_file_decides(
 def test_a_remembered_file_is_asked_about_again_once_written_or_under_new_rules(gdir: Path, helper: Helper) -> None:
     helper.push(guard_tree_deny_blocked(gdir))
     tool = gdir / "allowed" / "tool"
-    if not rememberable(tool):
-        pytest.skip("this kernel cannot remember overlayfs files (no AT_HANDLE_FID: Linux < 6.5)")
     assert exec_events(helper, [str(tool)], 2) == (1, 1)
     with open(tool, "ab") as f:   # a write: the kernel drops what the group remembered
         f.write(b"\0")
@@ -302,8 +294,6 @@ def test_a_remembered_file_under_a_new_name_is_asked_about_again(gdir: Path, hel
     (no way back to the file from its handle) by replacing its group: everything remembered
     is forgotten and asked about again."""
     tool, moved = gdir / "allowed" / "tool", gdir / "blocked" / "moved"
-    if not rememberable(tool):
-        pytest.skip("this kernel cannot remember overlayfs files (no AT_HANDLE_FID: Linux < 6.5)")
     fid_only = on_overlayfs(tool)
     helper.push(guard_tree_deny_blocked(gdir))
     other = gdir / "other"
@@ -334,14 +324,12 @@ def test_a_remembered_file_under_a_new_name_is_asked_about_again(gdir: Path, hel
     assert exec_events(helper, [str(other)], 2) == ((1, 1) if regroups else (0, 0))
 
 
-@pytest.mark.parametrize("gdir", ["overlayfs"], indirect=True)
+@pytest.mark.parametrize("gdir", [OVERLAYFS_REMEMBERED], indirect=True)
 def test_a_new_group_is_followed_by_a_quiet_period(gdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """However often overlayfs files change, the helper replaces its group at most once per
     quiet period (each new group marks everything again): until the period is over, no such
     file is remembered, so no change can ask for another one. (An hour here; 1 s by default.)"""
     tool = gdir / "allowed" / "tool"
-    if not rememberable(tool):
-        pytest.skip("this kernel cannot remember overlayfs files (no AT_HANDLE_FID: Linux < 6.5)")
     monkeypatch.setenv("VIGIL_PERMD_REGROUP_QUIET_MS", "3600000")
     w = Helper()
     w.h.start()
@@ -552,33 +540,30 @@ def test_a_file_system_with_remembered_files_can_be_unmounted(marker_bin: Path, 
     """Remembering holds nothing open on the file's file system: it unmounts with the table
     still in force, and the helper goes on answering (overlayfs: a container's root file
     system, unmounted when the container goes)."""
-    base = Path(tempfile.mkdtemp(prefix="vigil-fan-umount-"))
-    mounted: list[str] = []
-    try:
-        ksys.mount("tmpfs", str(base), "tmpfs")
-        mounted.append(str(base))
-        mnt = base
-        if fs == "overlayfs":
-            for sub in ("lower", "upper", "work", "root"):
-                (base / sub).mkdir()
-            shutil.copy2(marker_bin, base / "lower" / "tool")
-            mnt = base / "root"
-            ksys.mount("overlay", str(mnt), "overlay",
-                       data=f"lowerdir={base}/lower,upperdir={base}/upper,workdir={base}/work")
-            mounted.append(str(mnt))
-        else:
-            shutil.copy2(marker_bin, mnt / "tool")
+    def check(mnt: Path) -> None:
         helper.push([Rule(1, 0, EXEC, "override", conds=(Cond("path", "Postfix", ("/vigil-never",)),))],
                     marks=[Mark("filesystem", str(mnt), EXEC)])
         assert exec_events(helper, [str(mnt / "tool")], 2) == ((1, 1) if rememberable(mnt / "tool") else (2, 0))
-        while mounted:
-            ksys.umount(mounted[-1], 0)  # not lazily: EBUSY if anything holds the file system
-            mounted.pop()
-        assert helper.h.stats()["generation"] == 1 and helper.h.running
-    finally:
-        for m in reversed(mounted):
-            ksys.umount(m)
-        os.rmdir(base)
+
+    if fs == "overlayfs":
+        with overlay_mount(lambda lower: shutil.copy2(marker_bin, lower / "tool"), prefix="vigil-fan-umount-",
+                           strict_unmount=True) as mnt:  # EBUSY if anything holds them
+            check(mnt)
+    else:
+        mnt = Path(tempfile.mkdtemp(prefix="vigil-fan-umount-"))
+        mounted = False
+        try:
+            ksys.mount("tmpfs", str(mnt), "tmpfs")
+            mounted = True
+            shutil.copy2(marker_bin, mnt / "tool")
+            check(mnt)
+            ksys.umount(str(mnt), 0)  # not lazily: EBUSY if anything holds the file system
+            mounted = False
+        finally:
+            if mounted:
+                ksys.umount(str(mnt))
+            os.rmdir(mnt)
+    assert helper.h.stats()["generation"] == 1 and helper.h.running
 
 
 def test_a_full_table_drops_files_of_unmounted_file_systems(

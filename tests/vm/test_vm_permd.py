@@ -7,15 +7,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.overlaymount import overlay_mount
 from vigil.enforce.permd import PermissionHelper
 from vigil.enforce.permtable import Cond, Rule, Table, plan_marks
-from vigil.kernel import sys as ksys
 
 EXEC = frozenset({"exec"})
 
@@ -25,26 +24,16 @@ def release(kernel: str) -> tuple[int, int]:
     return int(major), int(minor.split("-")[0].split("+")[0])
 
 
+def _tools(lower: Path) -> None:
+    for sub in ("allowed", "blocked"):
+        (lower / sub).mkdir()
+        shutil.copy2(os.path.realpath("/bin/true"), lower / sub / "tool")
+
+
 @pytest.fixture
 def overlay() -> Iterator[Path]:
-    base = Path(tempfile.mkdtemp(prefix="vigil-vm-ovl-"))
-    mounted: list[str] = []
-    try:
-        ksys.mount("tmpfs", str(base), "tmpfs")
-        mounted.append(str(base))
-        for sub in ("lower/allowed", "lower/blocked", "upper", "work", "root"):
-            (base / sub).mkdir(parents=True)
-        for sub in ("allowed", "blocked"):
-            shutil.copy2(os.path.realpath("/bin/true"), base / "lower" / sub / "tool")
-        root = base / "root"
-        ksys.mount("overlay", str(root), "overlay",
-                   data=f"lowerdir={base}/lower,upperdir={base}/upper,workdir={base}/work")
-        mounted.append(str(root))
+    with overlay_mount(_tools, prefix="vigil-vm-ovl-") as root:
         yield root
-    finally:
-        for m in reversed(mounted):
-            ksys.umount(m)
-        os.rmdir(base)
 
 
 def run(path: Path) -> int | str:
