@@ -6,6 +6,10 @@ version. A watch that ends (server timeout) is resumed from the last version see
 fresh list, whose result replaces the whole state (objects missing from it are deleted); a
 connection error is retried with exponential backoff. A periodic re-list (resync) repairs
 anything a watch could have missed. Handlers run on this thread.
+
+Every request has a read timeout: the server ends a watch itself after `timeout_seconds`, but a
+connection a proxy or the network dropped without a word would otherwise be read from forever,
+and the resync that runs on this thread with it.
 """
 from __future__ import annotations
 
@@ -37,7 +41,8 @@ def _lines(resp: Any):  # type: ignore[no-untyped-def]
 class Informer:
     def __init__(self, name: str, list_fn: ListFn, on_event: Handler, on_sync: SyncHandler, *,
                  list_kwargs: dict[str, Any] | None = None, watch_timeout: int = 300,
-                 resync_seconds: float = 600.0, backoff_max: float = 5.0) -> None:
+                 resync_seconds: float = 600.0, backoff_max: float = 5.0, connect_timeout: float = 10.0,
+                 read_grace: float = 30.0) -> None:
         self.name = name
         self.list_fn = list_fn
         self.on_event = on_event
@@ -46,6 +51,8 @@ class Informer:
         self.watch_timeout = watch_timeout
         self.resync_seconds = resync_seconds
         self.backoff_max = backoff_max
+        self.connect_timeout = connect_timeout
+        self.read_grace = read_grace  # silence beyond the watch's own end (or a list's reply): a dead connection
         self.resource_version = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -108,7 +115,8 @@ class Informer:
                 backoff = min(backoff * 2, self.backoff_max)
 
     def _list(self) -> None:
-        resp = self.list_fn(_preload_content=False, **self.kw)
+        resp = self.list_fn(_preload_content=False, _request_timeout=(self.connect_timeout, self.read_grace),
+                            **self.kw)
         try:
             data = json.loads(resp.data)
         finally:
@@ -127,7 +135,8 @@ class Informer:
     def _watch(self, until: float) -> None:
         timeout = max(1, min(self.watch_timeout, int(until - time.monotonic()) + 1))
         resp = self.list_fn(watch=True, resource_version=self.resource_version, timeout_seconds=timeout,
-                            allow_watch_bookmarks=True, _preload_content=False, **self.kw)
+                            allow_watch_bookmarks=True, _preload_content=False,
+                            _request_timeout=(self.connect_timeout, timeout + self.read_grace), **self.kw)
         self._resp = resp
         self.watches += 1
         try:
