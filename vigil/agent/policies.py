@@ -76,6 +76,17 @@ def _workload_scope(policy: Policy) -> tuple[str | None, Any, Any] | None:
     return policy.namespace if policy.namespaced else None, pod, cont
 
 
+def _scope_refusal(key: str, compiled: CompiledPolicy) -> str:
+    """Why a pod-scoped policy cannot be loaded as compiled ("" when it can): enforcement
+    outside BPF hooks (fanotify, cgroup socket programs) has no pod filter."""
+    odd = [ch.placement.describe() for ch in compiled.hooks
+           if ch.placement.mechanism in ("fanotify", "cgroup_sock_addr")]
+    if not odd:
+        return ""
+    return (f"policy {key!r}: a policy scoped to pods cannot use {', '.join(odd)} (enforcement outside BPF "
+            "hooks has no pod filter); use a hook with BPF LSM or kprobes, or a cluster-wide policy")
+
+
 class PolicyManager:
     def __init__(self, agent: Any) -> None:
         self.agent = agent
@@ -248,14 +259,11 @@ class PolicyManager:
             scope = _workload_scope(policy)
             filter_id = 0
             if scope is not None:
-                odd = [ch.placement.describe() for ch in compiled.hooks
-                       if ch.placement.mechanism in ("fanotify", "cgroup_sock_addr")]
-                if odd:
+                refusal = _scope_refusal(key, compiled)
+                if refusal:
                     for b in bits:
                         follow.release(b)
-                    raise PolicyError(f"policy {key!r}: a policy scoped to pods cannot use {', '.join(odd)} "
-                                      "(enforcement outside BPF hooks has no pod filter); use a hook with BPF "
-                                      "LSM or kprobes, or a cluster-wide policy")
+                    raise PolicyError(refusal)
                 filter_id = k8s.add_scope(key, *scope)
                 for ch in compiled.hooks:
                     ch.config.filter_id = filter_id
@@ -367,12 +375,16 @@ class PolicyManager:
             log.info("policy %s deleted", _key(name, namespace))
 
     def check_text(self, text: str, filename: str) -> None:
-        """Parse, validate and compile without loading (raises PolicyError with the reasons)."""
+        """Parse, validate and compile without loading (raises PolicyError with the reasons):
+        every refusal `add` makes before it touches the kernel."""
         try:
             policies = parse_policies(text, filename)
             k8s = getattr(self.agent, "k8s", None)
             for p in policies:
-                compile_policy(p, self.facts, lambda: 0, workloads=k8s is not None)
+                compiled = compile_policy(p, self.facts, lambda: 0, workloads=k8s is not None)
+                refusal = _scope_refusal(_key(p.name, p.namespace), compiled) if _workload_scope(p) else ""
+                if refusal:
+                    raise PolicyError(refusal)
         except PolicyErrors as e:
             raise PolicyError(str(e)) from None
 

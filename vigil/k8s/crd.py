@@ -4,8 +4,9 @@ Each resource becomes the YAML document a file would hold (apiVersion, kind, met
 namespace, spec) and goes through the same parser, validation and compiler as a file, under the
 name `<Kind>/<namespace>/<name>`, so a rejected resource is reported with that name, the field
 path and the reason, and is never half-loaded. A change of spec replaces the loaded policy (the
-new version is checked first: a rejected update keeps the previous version and reports why);
-deletion unloads it; a re-list reconciles (resources gone from the cluster are unloaded).
+new version is checked first: a rejected update keeps the previous version and reports why; one
+the kernel refuses while loading gets the previous version loaded again); deletion unloads it; a
+re-list reconciles (resources gone from the cluster are unloaded).
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ class PolicyResources:
     def __init__(self, control: PolicyControl) -> None:
         self.control = control
         self._lock = threading.Lock()
-        self.loaded: dict[tuple[str, str, str], str] = {}     # (kind, ns, name) -> spec digest
+        self.loaded: dict[tuple[str, str, str], tuple[str, str]] = {}  # (kind, ns, name) -> (spec digest, document)
         self.rejected: dict[tuple[str, str, str], str] = {}   # -> reason
         self.loads = 0
         self.unloads = 0
@@ -82,7 +83,9 @@ class PolicyResources:
         kind, ns, name = key
         digest = json.dumps(obj.get("spec"), sort_keys=True)
         with self._lock:
-            if self.loaded.get(key) == digest:
+            prev = self.loaded.get(key)
+            if prev is not None and prev[0] == digest:
+                self.rejected.pop(key, None)  # back to the loaded version after a rejected update
                 return
             text = document(obj)
             src = resource_name(kind, ns, name)
@@ -93,7 +96,7 @@ class PolicyResources:
                 log.error("%s rejected%s: %s", src, " (the previous version stays loaded)"
                           if key in self.loaded else "", e)
                 return
-            if key in self.loaded:
+            if prev is not None:
                 try:
                     self.control.delete(name, ns)
                 except Exception:  # noqa: BLE001 - already gone
@@ -101,14 +104,25 @@ class PolicyResources:
                 self.loaded.pop(key, None)
             try:
                 self.control.add_text(text, src, source="k8s")
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # noqa: BLE001 - refused while loading (the kernel, a map): reported
                 self.rejected[key] = str(e)
-                log.error("%s rejected: %s", src, e)
+                log.error("%s rejected: %s%s", src, e, self._restore(key, prev, src))
                 return
             self.rejected.pop(key, None)
-            self.loaded[key] = digest
+            self.loaded[key] = (digest, text)
             self.loads += 1
             log.info("%s loaded from the cluster", src)
+
+    def _restore(self, key: tuple[str, str, str], prev: tuple[str, str] | None, src: str) -> str:
+        """The previous version loaded again after its update failed to load; what to add to the log."""
+        if prev is None:
+            return ""
+        try:
+            self.control.add_text(prev[1], src, source="k8s")
+        except Exception as e:  # noqa: BLE001
+            return f" (the previous version could not be loaded again either: {e})"
+        self.loaded[key] = prev
+        return " (the previous version is loaded again)"
 
     def _unload(self, key: tuple[str, str, str]) -> None:
         kind, ns, name = key
