@@ -3703,20 +3703,25 @@ fail:
 #define RING_REC 16
 #define RING_WRAP 0xFFFFFFFFu
 
-/* ring_write(buf, header, capacity, head, seq, payloads) -> (head, seq) */
+/* ring_write(buf, header, capacity, head, seq, payloads, reserve_off) -> (head, seq)
+ * Before each record's bytes, the u64 at reserve_off gets the position the writer writes up
+ * to: a reader whose copy that may overwrite finds out, published or not (vigil/api/shm.py). */
 static PyObject *ring_write(PyObject *self, PyObject *args)
 {
 	Py_buffer view;
-	unsigned long long header, cap, head, seq;
+	unsigned long long header, cap, head, seq, reserve_off;
 	PyObject *list;
-	if (!PyArg_ParseTuple(args, "w*KKKKO!", &view, &header, &cap, &head, &seq, &PyList_Type, &list))
+	if (!PyArg_ParseTuple(args, "w*KKKKO!K", &view, &header, &cap, &head, &seq, &PyList_Type, &list,
+			      &reserve_off))
 		return NULL;
-	if (cap < 4096 || (cap & 7) || (unsigned long long)view.len < header + cap) {
+	if (cap < 4096 || (cap & 7) || (unsigned long long)view.len < header + cap || (reserve_off & 7) ||
+	    reserve_off + 8 > header) {
 		PyBuffer_Release(&view);
 		PyErr_SetString(PyExc_ValueError, "ring_write: buffer smaller than header + capacity");
 		return NULL;
 	}
 	char *data = (char *)view.buf + header;
+	unsigned long long *reserve = (unsigned long long *)((char *)view.buf + reserve_off);
 	Py_ssize_t count = PyList_GET_SIZE(list);
 	for (Py_ssize_t i = 0; i < count; i++) {
 		PyObject *item = PyList_GET_ITEM(list, i);
@@ -3730,12 +3735,15 @@ static PyObject *ring_write(PyObject *self, PyObject *args)
 		if (need > cap)
 			continue; /* larger than the whole ring: cannot be carried */
 		unsigned long long off = head % cap;
-		if (cap - off < need) {
-			if (cap - off >= 4) {
+		unsigned long long pad = cap - off < need ? cap - off : 0; /* no room before the end: wrap */
+		__atomic_store_n(reserve, head + pad + need, __ATOMIC_RELAXED);
+		__atomic_thread_fence(__ATOMIC_RELEASE); /* the reserve before the bytes it warns of */
+		if (pad) {
+			if (pad >= 4) {
 				uint32_t w = RING_WRAP;
 				memcpy(data + off, &w, 4);
 			}
-			head += cap - off;
+			head += pad;
 			off = 0;
 		}
 		seq++;
@@ -3815,6 +3823,7 @@ static PyObject *ring_read(PyObject *self, PyObject *args)
 			skipped += rseq - next;
 		next = rseq + 1;
 	}
+	__atomic_thread_fence(__ATOMIC_ACQUIRE); /* the copies before the caller reads the reserve again */
 	PyBuffer_Release(&view);
 	return Py_BuildValue("NKKK", out, pos, next, skipped);
 fail:
@@ -4003,7 +4012,8 @@ static PyMethodDef methods[] = {
 	{"handle_records", (PyCFunction)(void (*)(void))handle_records, METH_FASTCALL,
 	 "handle_records(recs, handlers, now, emit, errors, bad): the event loop's dispatch (Pipeline.handle)"},
 	{"set_decode_error", set_decode_error, METH_O, "the exception class a bad record raises"},
-	{"ring_write", ring_write, METH_VARARGS, "(buf, header, capacity, head, seq, payloads) -> (head, seq)"},
+	{"ring_write", ring_write, METH_VARARGS,
+	 "(buf, header, capacity, head, seq, payloads, reserve_off) -> (head, seq)"},
 	{"ring_read", ring_read, METH_VARARGS,
 	 "(buf, header, capacity, pos, head, next_seq, max_records, frame) -> (payloads, pos, next_seq, skipped)"},
 	{NULL, NULL, 0, NULL},

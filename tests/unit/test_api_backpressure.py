@@ -117,3 +117,43 @@ def test_the_agent_skips_encoding_only_while_every_open_stream_is_full(tmp_path:
         st = wait_for(lambda: (s := front.stats())["streams_active"] == 0 and s, what="the stream to end")
         assert st["events_sent"] + st["events_dropped"] == n + 300
         assert front.ring.demand() == (0, 0)
+
+
+def test_events_the_ring_lapped_before_the_serving_process_read_them_are_each_streams_drops(tmp_path: Path) -> None:
+    """A serving process that cannot run for a while (here: stopped) is lapped by the agent's
+    writes: the events it never read are dropped for every stream open then, counted per
+    client, so sent + dropped is still every event."""
+    import os
+    import signal
+
+    n = 3000  # ~1,400 bytes each: more than the 1 MiB ring holds
+    events = [samples.numbered_exec(i) for i in range(n)]
+    for e in events:
+        e["process_exec"]["process"]["arguments"] = "x" * 1300
+    payloads = [wire.reference_bytes(e) for e in events]
+    with serving_process(tmp_path, ring_mb=1) as front:
+        client = RawClient(front.address, window=1 << 30)
+        try:
+            sid = client.get_events()
+            wait_for(lambda: front.ring.demand() == (1, 1), what="the stream, with room")
+            os.kill(front.proc.pid, signal.SIGSTOP)
+            try:
+                assert front.ring.takes(n)
+                front.publish_encoded(payloads)
+            finally:
+                os.kill(front.proc.pid, signal.SIGCONT)
+            front.poke()
+
+            def counted() -> dict[str, Any] | None:
+                try:
+                    client.pump(lambda _ev: False, timeout=0.2)  # reads (and acknowledges) what came
+                except TimeoutError:
+                    pass
+                c = front.stats()["clients"]
+                return c[0] if c and c[0]["sent"] + c[0]["dropped"] >= n else None
+            e = wait_for(counted, what="every event sent or counted as dropped")
+            assert e["dropped"] > 0 and e["sent"] + e["dropped"] == n, e
+            assert e["sent"] == len(client.messages(sid))
+            assert front.stats()["ring_lost"] == e["dropped"]
+        finally:
+            client.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -80,6 +81,90 @@ def test_a_lapped_reader_counts_what_it_lost() -> None:
             finally:
                 r.close()
                 w.close()
+
+
+def _unpublished(w: shm.RingWriter, payloads: list[bytes]) -> tuple[int, int]:
+    """Records written as the writer writes them, not published yet (a writer in the middle
+    of write_batch); (head, seq) to publish them with."""
+    if native.fast is not None:
+        return native.fast.ring_write(w._m, shm.HEADER, w.capacity, w._head, w._seq, payloads, shm._OFF_RESERVE)
+    return w._append(payloads)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "pure"])
+def test_records_the_writer_is_going_over_are_never_read_even_before_it_publishes(compiled: bool) -> None:
+    with pure(not compiled):
+        w = shm.RingWriter(4096)
+        r = shm.RingReader(w.fd)
+        try:
+            w.write_batch([b"old-%03d" % i + b"." * 92 for i in range(10)])   # 10 records, none read yet
+            new = [b"new-%03d" % i + b"." * 92 for i in range(30)]           # over the unread ones
+            head, seq = _unpublished(w, new)
+            assert r.read() == [] and r.lost == 10  # not the old records' bytes under the new ones
+            w._publish(head, seq)
+            got = r.read()
+            assert got == new and r.lost == 10      # every record read once or counted lost
+        finally:
+            r.close()
+            w.close()
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "pure"])
+def test_a_lap_during_the_copy_drops_the_copy_and_counts_every_record_it_skips(compiled: bool) -> None:
+    """The writer comes round while the reader copies: nothing of that copy is delivered, and
+    lost counts each record from the first one not delivered up to the writer's last."""
+    from types import SimpleNamespace
+
+    with pure(not compiled):
+        w = shm.RingWriter(4096)
+        r = shm.RingReader(w.fd)
+        first = [b"first-%03d" % i + b"." * 90 for i in range(10)]
+        over = [b"over-%03d" % i + b"." * 92 for i in range(40)]
+        published: list[tuple[int, int]] = []
+
+        def writer_runs_meanwhile(copy: Any) -> Any:
+            def wrapped(*args: Any) -> Any:
+                res = copy(*args)
+                if not published:  # the writer goes round the ring and publishes during the copy
+                    published.append(_unpublished(w, over))
+                    w._publish(*published[0])
+                return res
+            return wrapped
+
+        saved = native.fast
+        try:
+            w.write_batch(first)
+            if compiled:
+                native.fast = SimpleNamespace(ring_read=writer_runs_meanwhile(saved.ring_read),
+                                              ring_write=saved.ring_write)
+            else:
+                r._copy = writer_runs_meanwhile(r._copy)  # type: ignore[method-assign]
+            assert r.read() == []
+            assert r.lost == 50      # the 10 copied and dropped, and the 40 that went over them
+            native.fast = saved if compiled else native.fast
+            w.write_batch([b"after"] * 3)
+            assert r.read() == [b"after"] * 3 and r.lost == 50
+        finally:
+            native.fast = saved
+            r.close()
+            w.close()
+
+
+def test_a_writer_stopped_in_the_middle_of_a_publish_holds_no_reader() -> None:
+    w = shm.RingWriter(4096)
+    r = shm.RingReader(w.fd)
+    try:
+        w.write_batch([b"a"] * 3)
+        assert r.read() == [b"a"] * 3
+        ver = w._words.load(shm._OFF_VER)
+        w._words.store(shm._OFF_VER, ver + 1)   # a publish begun and never finished (writer killed)
+        assert r.read() == [] and r.lost == 0   # nothing new, and read() returned
+        w._words.store(shm._OFF_VER, ver)
+        w.write_batch([b"b"] * 2)
+        assert r.read() == [b"b"] * 2 and r.lost == 0
+    finally:
+        r.close()
+        w.close()
 
 
 def test_each_serving_process_keeps_its_own_wanted_count() -> None:

@@ -127,8 +127,9 @@ class RingFeed:
         while True:
             batch = read(BATCH, framed=True)
             if not batch:
-                return
+                break
             publish(batch)
+        self.front.account_skipped()  # a lap found by these reads: dropped for the streams open now
 
 
 class StatsWriter(threading.Thread):
@@ -197,7 +198,7 @@ async def serve(a: argparse.Namespace, reader: shm.RingReader, socks: list[socke
     loop = asyncio.get_running_loop()
     upstream = Upstream(a.upstream)
     front = Front(upstream, queue_size=a.queue_size, max_streams=a.max_streams, on_streams_changed=reader.set_wanted,
-                  read_skipped=reader.skipped)
+                  read_skipped=reader.missed)
     feed = RingFeed(reader, a.wake_fd, front)
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

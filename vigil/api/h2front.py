@@ -79,7 +79,7 @@ class Front:
         self.max_streams = max_streams
         self.max_request = max_request
         self.on_streams_changed = on_streams_changed  # told (streams with room, streams open)
-        self.read_skipped = read_skipped  # events the agent skipped while none had room, ever
+        self.read_skipped = read_skipped  # events no stream got, ever (skipped while none had room, lapped)
         self._skipped_seen = read_skipped() if read_skipped is not None else 0
         self._wanting = (-1, -1)
         self.stats = StreamStats()
@@ -103,8 +103,9 @@ class Front:
             conn.pump()
 
     def account_skipped(self) -> None:
-        """What the agent skipped since the last look is dropped for every stream open now
-        (each was full: had one had room, the agent would have encoded the events)."""
+        """What no stream got since the last look is dropped for every stream open now: the
+        events the agent skipped (each stream was full: had one had room, the agent would have
+        encoded them) and those the ring's writer went over before this process read them."""
         if self.read_skipped is None:
             return
         now = self.read_skipped()

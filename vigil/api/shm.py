@@ -4,7 +4,9 @@ serving processes), no locks and no waiting on either side.
 The writer appends records and never blocks: a reader that falls a whole ring behind
 loses the records the writer went over, and knows exactly how many (sequence numbers).
 A reader copies a record out and then checks the writer has not lapped it meanwhile (a
-torn copy is dropped and counted like a lost one).
+torn copy is dropped and counted like a lost one): before it writes a record the writer
+announces how far it is about to write (`reserve`), so a copy the writer may be going over
+is found even before that write is published.
 
 Layout of the memfd (all little endian):
   header (4096 bytes): magic u32, version u32, capacity u64, ver u64 (even when stable),
@@ -12,8 +14,9 @@ Layout of the memfd (all little endian):
     (each reader's streams: how many are open << 32 | how many have room for records; the
     writer skips encoding while no stream anywhere has room), skipped u64 (events the writer
     did not encode because no stream had room, ever: each reader counts them as dropped for
-    every stream it had then), then from STATS_OFF a stats block written by the readers
-    (vigil.api.fanout).
+    every stream it had then), reserve u64 (the byte position the writer is writing up to,
+    stored before the record's bytes), then from STATS_OFF a stats block written by the
+    readers (vigil.api.fanout).
   Words another process reads are stored whole (vigil.core.sharedmem), never through 0.
   data (capacity bytes): records [len u32][pad u32][seq u64][payload][pad to 8]; a record
     that does not fit before the end of the data starts at its beginning, the rest of the
@@ -31,7 +34,7 @@ from vigil.core import native, sharedmem
 from vigil.core.sharedmem import Words
 
 MAGIC = 0x56474C52  # "VGLR"
-VERSION = 3
+VERSION = 4
 HEADER = 4096
 READERS = 4                          # serving processes, each with its own `wanted` word
 _HDR = struct.Struct("<IIQQQQ")      # magic, version, capacity, ver, head, seq
@@ -40,6 +43,8 @@ _PREFIX = struct.Struct(">BI")       # a gRPC message's prefix (vigil.api.grpcfr
 WRAP = 0xFFFFFFFF
 _OFF_VER, _OFF_HEAD, _OFF_SEQ, _OFF_WANTED = 16, 24, 32, 40
 _OFF_SKIPPED = _OFF_WANTED + 8 * READERS
+_OFF_RESERVE = _OFF_SKIPPED + 8
+_STALL_TRIES = 100_000               # a publish seen half-done this many times: nothing new (writer gone)
 STATS_OFF = 128                      # the readers' stats block starts here (up to HEADER)
 
 
@@ -113,7 +118,8 @@ class RingWriter:
 
     def write_batch(self, payloads: list[bytes]) -> None:
         if native.fast is not None:
-            head, seq = native.fast.ring_write(self._m, HEADER, self.capacity, self._head, self._seq, payloads)
+            head, seq = native.fast.ring_write(self._m, HEADER, self.capacity, self._head, self._seq, payloads,
+                                               _OFF_RESERVE)
         else:
             head, seq = self._append(payloads)
         self._publish(head, seq)
@@ -127,10 +133,12 @@ class RingWriter:
             if need > cap:
                 continue  # larger than the whole ring: cannot be carried (never for an event)
             off = head % cap
-            if cap - off < need:  # no room before the end: wrap
-                if cap - off >= 4:
+            pad = cap - off if cap - off < need else 0   # no room before the end: wrap
+            self._words.store(_OFF_RESERVE, head + pad + need)  # before a byte of it is written
+            if pad:
+                if pad >= 4:
                     struct.pack_into("<I", m, HEADER + off, WRAP)
-                head += cap - off
+                head += pad
                 off = 0
             seq += 1
             _REC.pack_into(m, HEADER + off, len(p), 0, seq)
@@ -185,13 +193,16 @@ class RingReader:
         self.lost = 0     # records the writer went over before they were read
 
     def _position(self) -> tuple[int, int]:
+        """(head, seq) as last published; while a publish stays half-done (a writer killed in
+        the middle of one) this reader's own position: nothing new, asked again next time."""
         w = self._words
-        while True:
+        for _ in range(_STALL_TRIES):
             v1 = w.load(_OFF_VER)
             head = w.load(_OFF_HEAD)
             seq = w.load(_OFF_SEQ)
             if v1 & 1 == 0 and w.load(_OFF_VER) == v1:
                 return head, seq
+        return self._pos, self._next - 1
 
     def set_wanted(self, room: int, streams: int | None = None) -> None:
         """This reader's streams with room for records, and open (`streams`, default:
@@ -206,34 +217,44 @@ class RingReader:
         """Events the writer has not encoded because no stream had room, ever (RingWriter.skip)."""
         return self._words.load(_OFF_SKIPPED)
 
+    def missed(self) -> int:
+        """Events no stream of this reader got, ever: skipped by the writer, or lost to a lap."""
+        return self.skipped() + self.lost
+
     def read(self, max_records: int = 4096, *, framed: bool = False) -> list[bytes]:
         """Records written since the last call (at most max_records); `framed`: each
         as a gRPC message, behind its 5-byte prefix (vigil.api.grpcframe)."""
         head, seq = self._position()
-        cap, pos = self.capacity, self._pos
-        if head - pos > cap:  # lapped: everything up to `seq` older than one ring is gone
-            self.lost += max(0, seq - self._next + 1)
-            self._pos, self._next = head, seq + 1
-            return []
+        cap, start = self.capacity, self._pos
+        if self._words.load(_OFF_RESERVE) - start > cap:  # lapped: what it has not read is gone
+            return self._lapped(head, seq)
         if native.fast is not None:
-            out, pos, self._next, skipped = native.fast.ring_read(self._m, HEADER, cap, pos, head, self._next,
-                                                                  max_records, framed)
-            self.lost += skipped
+            out, pos, nxt, skipped = native.fast.ring_read(self._m, HEADER, cap, start, head, self._next,
+                                                           max_records, framed)
         else:
-            out, pos = self._copy(pos, head, max_records, framed)
-        # copies are only good if the writer did not come round over them meanwhile
-        head_now, seq_now = self._position()
-        if head_now - self._pos > cap:
-            self.lost += len(out)
-            self._pos, self._next = head_now, seq_now + 1
-            return []
-        self._pos = pos
+            out, pos, nxt, skipped = self._copy(start, head, self._next, max_records, framed)
+        # the copies are good only if the writer has not come to their bytes since (its reserve:
+        # what it is writing now, published or not); else none of them is sent
+        if self._words.load(_OFF_RESERVE) - start > cap:
+            return self._lapped(*self._position())
+        self.lost += skipped
+        self._pos, self._next = pos, nxt
         return out
 
-    def _copy(self, pos: int, head: int, max_records: int, framed: bool) -> tuple[list[bytes], int]:
-        """The records from `pos` (the compiled ring_read's twin)."""
+    def _lapped(self, head: int, seq: int) -> list[bytes]:
+        """The writer went over records not read yet: every one from the next this reader
+        wanted up to `seq` is lost (counted), and reading goes on from `head`."""
+        self.lost += max(0, seq - self._next + 1)
+        self._pos, self._next = head, seq + 1
+        return []
+
+    def _copy(self, pos: int, head: int, nxt: int, max_records: int,
+              framed: bool) -> tuple[list[bytes], int, int, int]:
+        """The records from `pos`: (payloads, pos, next seq, seqs skipped) (the compiled
+        ring_read's twin)."""
         m, cap = self._m, self.capacity
         out: list[bytes] = []
+        skipped = 0
         while pos < head and len(out) < max_records:
             off = pos % cap
             if cap - off < 4:
@@ -248,11 +269,11 @@ class RingReader:
             _n, _pad, rseq = _REC.unpack_from(m, HEADER + off)
             payload = bytes(m[HEADER + off + _REC.size:HEADER + off + _REC.size + n])
             pos += (_REC.size + n + 7) & ~7
-            if rseq != self._next:  # skipped records (a partial lap between reads)
-                self.lost += max(0, rseq - self._next)
-            self._next = rseq + 1
+            if rseq > nxt:  # skipped records (a partial lap between reads)
+                skipped += rseq - nxt
+            nxt = rseq + 1
             out.append(_PREFIX.pack(0, n) + payload if framed else payload)
-        return out, pos
+        return out, pos, nxt, skipped
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self.read())

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from vigil.api import convert, wire
 
@@ -116,7 +117,7 @@ def filter_messages(msgs: list[bytes], event_filter: Any, encoder: wire.EventEnc
     for m in msgs:
         try:
             r = filter_message(m, event_filter, derived)
-        except convert.ConversionError as e:
+        except (convert.ConversionError, DecodeError) as e:  # (a record that is not protobuf: never sent)
             errors += 1
             if errors <= 3:
                 log.warning("GetEvents: dropping unconvertible event: %s", e)
