@@ -284,6 +284,8 @@ struct gen {
 	int mounts_changed;                  /* since the last prune_unmounted */
 	uint32_t changed;                    /* fid_only files marked changed in this batch of notifications */
 	uint32_t regroup;                    /* fid_only files changed: forgotten once a new group is in */
+	int sweep_due;                       /* a watched directory lost a subdirectory: sweep_deleted_dirs */
+	uint64_t swept_ns;                   /* the last sweep (CLOCK_MONOTONIC) */
 	char warn[1024];
 };
 
@@ -326,6 +328,26 @@ static const char *const PSEUDO_FS[] = {
 	"pstore", "bpf", "configfs", "fusectl", "binfmt_misc", "autofs", "nsfs", "rpc_pipefs",
 	"hugetlbfs", "efivarfs", "selinuxfs", NULL,
 };
+
+/* File systems served by a process or over the network: the kernel opens a file for the helper
+ * with each event, and such an open waits on that server. One that hangs would hold the queue,
+ * and every exec under the group's marks with it, so "every file system" leaves them out (an
+ * exec there is not asked about; the ack's warning says so). A rule naming a path on one still
+ * marks it. */
+static const char *const SERVED_FS[] = {
+	"fuse", "fuseblk", "virtiofs", "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "afs",
+	"glusterfs", "lustre", "ncpfs", "coda", NULL,
+};
+
+static int served_fs(const char *fstype)
+{
+	if (!strncmp(fstype, "fuse.", 5))
+		return 1;
+	for (int i = 0; SERVED_FS[i]; i++)
+		if (!strcmp(fstype, SERVED_FS[i]))
+			return 1;
+	return 0;
+}
 
 static void unescape_mount(char *s)
 {
@@ -387,6 +409,12 @@ static void mark_all_filesystems(struct gen *g)
 			seen |= g->devs[i] == m.dev;
 		if (pseudo || seen)
 			continue;
+		if (served_fs(m.fstype)) {
+			*PUSH(g->devs, g->ndevs) = m.dev;   /* said once */
+			gen_warn(g, "%s (%s) is not guarded: its files are served by a process or the network, "
+				 "whose opens can wait without end", m.path, m.fstype);
+			continue;
+		}
 		if (fanotify_mark(g->fan_fd, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, g->all_mask, AT_FDCWD, m.path) == 0) {
 			*PUSH(g->devs, g->ndevs) = m.dev;
 			g->marks++;
@@ -397,6 +425,9 @@ static void mark_all_filesystems(struct gen *g)
 }
 
 static void (*service_hook)(void);   /* answers the current group while a new one is built */
+/* the group gen_build is marking: its marks take effect one by one, and its events would
+ * otherwise wait until it is installed (service_hook answers them too) */
+static struct gen *building;
 
 /* Watch dirfd's directory for new entries. Returns 1 when a watch of this kind (and name)
  * already covers it, 0 when added (the watch keeps dirfd), -1 on error. */
@@ -404,7 +435,7 @@ static int watch_dir(struct gen *g, int dirfd, uint32_t kind, uint32_t mask, con
 {
 	char p[64];
 	snprintf(p, sizeof(p), "/proc/self/fd/%d", dirfd);
-	int wd = inotify_add_watch(g->ino_fd, p, IN_CREATE | IN_MOVED_TO | IN_EXCL_UNLINK);
+	int wd = inotify_add_watch(g->ino_fd, p, IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_EXCL_UNLINK);
 	if (wd < 0)
 		return -1;
 	for (uint32_t i = 0; i < g->nw; i++)
@@ -548,13 +579,16 @@ static struct gen *gen_build(const struct table *t, int *err)
 		gen_warn(g, "inotify_init1: %s", strerror(errno));
 		return g;
 	}
-	for (uint32_t i = 0; i < t->nmarks; i++) {
-		if (apply_mark(g, &t->marks[i]) < 0) {
-			*err = EINVAL;
-			return g;
-		}
+	int e = 0;
+	building = g;
+	for (uint32_t i = 0; i < t->nmarks && !e; i++) {
+		if (apply_mark(g, &t->marks[i]) < 0)
+			e = EINVAL;
+		if (service_hook)
+			service_hook();   /* (a mark may take long: a whole tree, every file system) */
 	}
-	*err = 0;
+	building = NULL;
+	*err = e;
 	return g;
 }
 
@@ -750,7 +784,7 @@ static int prune_unmounted(struct gen *g)
  * new group, so nothing remembered outlives the rules it was decided by.
  * Only the main thread touches a group's remembered files, and it does so without S.mu: these
  * are file-system calls, and the watchdog must never wait behind one. */
-static void remember_allow(struct gen *g, int efd, uint32_t kind)
+static void remember_allow(struct gen *g, int efd, uint32_t kind, const char *path)
 {
 	struct stat st;
 	struct statfs sfs;
@@ -782,9 +816,33 @@ static void remember_allow(struct gen *g, int efd, uint32_t kind)
 	/* watched first: a rename or link from here on is seen */
 	if (fanotify_mark(g->notif_fd, FAN_MARK_ADD, WATCH_MASK, efd, NULL))
 		return;
+	/* and its directories: one renamed puts the file under another path without a word to
+	 * the file's own watch (handle_notifications forgets everything then) */
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s", path);
+	for (char *slash = strrchr(dir, '/'); slash && slash > dir; slash = strrchr(dir, '/')) {
+		*slash = 0;
+		if (fanotify_mark(g->notif_fd, FAN_MARK_ADD, FAN_MOVE_SELF | FAN_ONDIR, AT_FDCWD, dir))
+			return;   /* a directory not watched: not remembered */
+	}
 	uint64_t mask = kind == PD_KIND_EXEC ? FAN_OPEN_EXEC_PERM : FAN_OPEN_PERM;
 	if (fanotify_mark(g->fan_fd, FAN_MARK_ADD | FAN_MARK_IGNORED_MASK, mask, efd, NULL))
 		return;   /* the watch left behind only costs a forget later */
+	/* renamed (it or a directory above it) between the decision and the watches: its answer
+	 * was for the old path; asked again */
+	char now[PATH_MAX];
+	if ((size_t)path_of_fd(efd, now, sizeof(now)) != strlen(path) || strcmp(now, path)) {
+		fanotify_mark(g->fan_fd, FAN_MARK_REMOVE | FAN_MARK_IGNORED_MASK, mask, efd, NULL);
+		fanotify_mark(g->notif_fd, FAN_MARK_REMOVE, WATCH_MASK, efd, NULL);
+		__atomic_add_fetch(&S.st[PD_STAT_forgotten], 1, __ATOMIC_RELAXED);
+		return;
+	}
+	for (uint32_t i = 0; i < g->nrem; i++) {   /* asked about twice before its mask was in */
+		const struct remembered *o = &g->rem[i];
+		if (o->mount_id == r.mount_id && !memcmp(&o->fsid, &r.fsid, sizeof(r.fsid)) && o->fh.type == r.fh.type &&
+		    o->fh.bytes == r.fh.bytes && !memcmp(o->fh.h, r.fh.h, r.fh.bytes))
+			return;
+	}
 	*PUSH(g->rem, g->nrem) = r;
 	__atomic_add_fetch(&S.st[PD_STAT_cached], 1, __ATOMIC_RELAXED);
 }
@@ -796,46 +854,74 @@ static void remember_allow(struct gen *g, int efd, uint32_t kind)
  * it was deleted (an unlink reports a link-count change first). Deleted or written, it is
  * forgotten at once: the kernel dropped its ignore mask at the write, and a deleted file has
  * no name left to be reached by. */
+static int same_file(const struct remembered *r, const fsid_t *fsid, const struct file_handle *fh)
+{
+	return !memcmp(&r->fsid, fsid, sizeof(*fsid)) && r->fh.type == fh->handle_type &&
+	       r->fh.bytes == fh->handle_bytes && !memcmp(r->fh.h, fh->f_handle, fh->handle_bytes);
+}
+
+/* Entry i forgotten: its ignore mask removed (reached by handle), or, for a file that cannot
+ * be reached (fid_only), marked changed unless `gone` (deleted or written: no mask left to
+ * remove). 1: removed from the table; 0: left there, changed (regroup). */
+static int forget_entry(struct gen *g, uint32_t i, int gone)
+{
+	struct remembered *r = &g->rem[i];
+	if (r->fid_only && !gone) {
+		if (!r->changed)
+			g->changed++;
+		r->changed = 1;
+		return 0;
+	}
+	if (r->fid_only) {
+		if (r->changed)
+			g->changed--;
+	} else {   /* O_PATH: no permission event; the mark calls reach it through /proc */
+		int mfd = open_mount_of(r);
+		int fd = mfd < 0 ? -1 : open_by_handle_at(mfd, (struct file_handle *)&r->fh, O_PATH | O_CLOEXEC);
+		if (mfd >= 0)
+			close(mfd);
+		if (fd >= 0) {
+			char p[64];
+			snprintf(p, sizeof(p), "/proc/self/fd/%d", fd);
+			fanotify_mark(g->fan_fd, FAN_MARK_REMOVE | FAN_MARK_IGNORED_MASK,
+				      FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM, AT_FDCWD, p);
+			fanotify_mark(g->notif_fd, FAN_MARK_REMOVE, WATCH_MASK, AT_FDCWD, p);
+			close(fd);
+		}   /* else deleted, or its file system unmounted: the kernel dropped its marks */
+	}
+	g->rem[i] = g->rem[--g->nrem];
+	return 1;
+}
+
+/* Every entry with the file's identity: two mounts can show the same (fsid, handle) for files
+ * that are not the same to a rule (overlays sharing a lower layer without a uuid), so a
+ * deletion or a write seen through one of them only lets a file go without a new group when
+ * it is the only one with that identity. */
 static void forget_remembered(struct gen *g, const fsid_t *fsid, const struct file_handle *fh, uint64_t mask)
 {
-	int done = 0, uncounted = 0;
+	uint32_t matches = 0;
+	for (uint32_t i = 0; i < g->nrem; i++)
+		matches += same_file(&g->rem[i], fsid, fh);
+	if (!matches)
+		return;
+	int gone = (mask & (FAN_DELETE_SELF | FAN_MODIFY)) && matches == 1, removed = 0;
 	for (uint32_t i = 0; i < g->nrem;) {
-		struct remembered *r = &g->rem[i];
-		if (memcmp(&r->fsid, fsid, sizeof(*fsid)) || r->fh.type != fh->handle_type ||
-		    r->fh.bytes != fh->handle_bytes || memcmp(r->fh.h, fh->f_handle, fh->handle_bytes)) {
-			i++;
-			continue;
-		}
-		if (r->fid_only && !(mask & (FAN_DELETE_SELF | FAN_MODIFY))) {
-			if (!done && !r->changed)
-				g->changed++;
-			r->changed = 1;
-			done = 1;
-			i++;
-			continue;
-		}
-		if (r->fid_only) {
-			if (r->changed && !uncounted)
-				g->changed--, uncounted = 1;
-		} else if (!done) {   /* O_PATH: no permission event; the mark calls reach it through /proc */
-			int mfd = open_mount_of(r);
-			int fd = mfd < 0 ? -1 : open_by_handle_at(mfd, (struct file_handle *)&r->fh, O_PATH | O_CLOEXEC);
-			if (mfd >= 0)
-				close(mfd);
-			if (fd >= 0) {
-				char p[64];
-				snprintf(p, sizeof(p), "/proc/self/fd/%d", fd);
-				fanotify_mark(g->fan_fd, FAN_MARK_REMOVE | FAN_MARK_IGNORED_MASK,
-					      FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM, AT_FDCWD, p);
-				fanotify_mark(g->notif_fd, FAN_MARK_REMOVE, WATCH_MASK, AT_FDCWD, p);
-				close(fd);
-			}   /* else deleted, or its file system unmounted: the kernel dropped its marks */
-		}
-		if (!done)
-			__atomic_add_fetch(&S.st[PD_STAT_forgotten], 1, __ATOMIC_RELAXED);
-		done = 1;
-		g->rem[i] = g->rem[--g->nrem];
+		int r = same_file(&g->rem[i], fsid, fh) ? forget_entry(g, i, gone) : 0;
+		removed |= r;
+		i += !r;
 	}
+	if (removed)   /* (one file; the changed ones are counted with their new group) */
+		__atomic_add_fetch(&S.st[PD_STAT_forgotten], 1, __ATOMIC_RELAXED);
+}
+
+/* A directory above remembered files was renamed: which files were below it is not known,
+ * so every one is forgotten. */
+static void forget_all(struct gen *g)
+{
+	uint32_t before = g->nrem;   /* (the changed ones are counted with their new group) */
+	for (uint32_t i = 0; i < g->nrem;)
+		i += g->rem[i].changed ? 1 : !forget_entry(g, i, 0);
+	__atomic_add_fetch(&S.st[PD_STAT_forgotten], before - g->nrem, __ATOMIC_RELAXED);
 }
 
 static void handle_notifications(struct gen *g)
@@ -848,6 +934,10 @@ static void handle_notifications(struct gen *g)
 			if (m->event_len < sizeof(*m) + sizeof(*fid) + sizeof(struct file_handle) ||
 			    fid->hdr.info_type != FAN_EVENT_INFO_TYPE_FID)
 				continue;
+			if ((m->mask & (FAN_MOVE_SELF | FAN_ONDIR)) == (FAN_MOVE_SELF | FAN_ONDIR)) {
+				forget_all(g);
+				continue;
+			}
 			fsid_t fsid;
 			memcpy(&fsid, &fid->fsid, sizeof(fsid));
 			forget_remembered(g, &fsid, (const struct file_handle *)fid->handle, m->mask);
@@ -868,15 +958,26 @@ static void handle_notifications(struct gen *g)
 static void handle_fanotify(struct gen *g)
 {
 	static char buf[64 * 1024] __attribute__((aligned(8)));
-	for (;;) {
+	for (int errors = 0;;) {
 		pthread_mutex_lock(&S.mu);
 		size_t room = (size_t)(MAX_PENDING - S.npend) * META_SZ;
 		pthread_mutex_unlock(&S.mu);
 		if (room < (size_t)META_SZ)
 			return;   /* the watchdog frees slots by the deadline */
+		/* busy while reading too: the kernel opens each event's file for us in read(), and an
+		 * open that waits (a file server) must not hold the queue past the deadline */
+		__atomic_store_n(&S.busy_since, now_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
 		ssize_t len = read(g->fan_fd, buf, room < sizeof(buf) ? room : sizeof(buf));
-		if (len <= 0)
+		if (len <= 0) {
+			/* not EAGAIN: the kernel could not open the file for us, and refused that
+			 * request itself (no answer of ours can change it): counted */
+			if (len < 0 && errno != EAGAIN && errno != EINTR)
+				__atomic_add_fetch(&S.st[PD_STAT_read_errors], 1, __ATOMIC_RELAXED);
+			__atomic_store_n(&S.busy_since, 0, __ATOMIC_RELAXED);
+			if (len < 0 && errno != EAGAIN && errno != EINTR && ++errors < 64)
+				continue;   /* the next events may open fine (each failed read took one) */
 			return;
+		}
 		uint64_t t = now_ns(CLOCK_MONOTONIC);
 		static int slots[MAX_PENDING];
 		static uint64_t seqs[MAX_PENDING];
@@ -939,7 +1040,10 @@ static void handle_fanotify(struct gen *g)
 					kill((pid_t)p.pid, SIGKILL);   /* the requester the kernel named, nothing else */
 					S.st[PD_STAT_killed]++;
 				}
-				if (v.allow && !v.nmatch && q.path_len && S.table && S.table->remember_kinds & q.kind)
+				/* (a group being built answers with the table in force, not the one it is
+				 * built for: nothing is remembered in it) */
+				if (g == S.cur && v.allow && !v.nmatch && q.path_len && S.table &&
+				    S.table->remember_kinds & q.kind)
 					keep = fcntl(cur->efd, F_DUPFD_CLOEXEC, 0);
 				respond(cur->fan_fd, cur->efd, v.allow);
 				account_latency(lat);
@@ -948,7 +1052,7 @@ static void handle_fanotify(struct gen *g)
 			}
 			pthread_mutex_unlock(&S.mu);
 			if (keep >= 0) {   /* answered already: the requester does not wait for this */
-				remember_allow(g, keep, q.kind);
+				remember_allow(g, keep, q.kind, path);
 				close(keep);
 			}
 			if (mine) {
@@ -986,6 +1090,10 @@ static void handle_inotify(struct gen *g)
 			}
 			if (!e->len)
 				continue;
+			if (e->mask & IN_DELETE) {
+				g->sweep_due |= !!(e->mask & IN_ISDIR);   /* its watch (and fd) to let go */
+				continue;
+			}
 			uint32_t n = g->nw;   /* mark_tree appends watches */
 			for (uint32_t i = 0; i < n; i++) {
 				struct watch *w = &g->w[i];
@@ -998,13 +1106,40 @@ static void handle_inotify(struct gen *g)
 						g->mark_errors++;
 				} else if (w->kind == PD_MARK_TREE && e->mask & IN_ISDIR) {
 					int sub = openat(w->dirfd, e->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-					if (sub >= 0 && mark_tree(g, sub, w->mask) < 0)
-						g->mark_errors++;
+					if (sub >= 0 ? mark_tree(g, sub, w->mask) < 0 : errno != ENOENT)
+						g->mark_errors++;   /* (ENOENT: gone again already) */
 					w = &g->w[i];   /* the array may have moved */
 				}
 			}
 		}
 	}
+}
+
+/* Watches of directories that were deleted: each holds the directory's fd, which keeps the
+ * directory (and its inotify watch) alive, so they are found by their link count and let go;
+ * the tree's directory count goes down with them. At most once a second. */
+static void sweep_deleted_dirs(struct gen *g)
+{
+	uint64_t now = now_ns(CLOCK_MONOTONIC);
+	if (!g->sweep_due || now - g->swept_ns < 1000000000ULL)
+		return;
+	g->sweep_due = 0;
+	g->swept_ns = now;
+	for (uint32_t i = 0; i < g->nw;) {
+		struct watch *w = &g->w[i];
+		struct stat st;
+		if (fstat(w->dirfd, &st) || st.st_nlink) {
+			i++;
+			continue;
+		}
+		close(w->dirfd);   /* each watch holds an fd of its own (watch_dir) */
+		if (w->kind == PD_MARK_TREE && g->dirs)
+			g->dirs--;
+		free(w->name);
+		g->w[i] = g->w[--g->nw];
+		__atomic_add_fetch(&S.st[PD_STAT_dirs_gone], 1, __ATOMIC_RELAXED);
+	}
+	S.st[PD_STAT_dirs] = g->dirs;
 }
 
 static void handle_mount_change(void)
@@ -1021,11 +1156,15 @@ static void handle_mount_change(void)
 	}
 }
 
+/* While a new group is built (gen_build): the group in force, and the new one (building). */
 static void service_current(void)
 {
 	__atomic_store_n(&S.busy_since, now_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
 	if (S.cur)
 		handle_fanotify(S.cur);
+	if (building)
+		handle_fanotify(building);
+	__atomic_store_n(&S.busy_since, now_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
 }
 
 /* ------------------------------------------------------------------ watchdog */
@@ -1494,23 +1633,31 @@ int main(int argc, char **argv)
 			{ .fd = S.cur && (S.cur->all_mask || S.cur->nrem) ? S.mountinfo_fd : -1, .events = POLLPRI },
 			{ .fd = S.cur && S.cur->notif_fd >= 0 ? S.cur->notif_fd : -1, .events = POLLIN },
 		};
-		if (poll(p, 5, S.cur && S.cur->regroup ? 1000 : -1) < 0) {
+		if (poll(p, 5, S.cur && (S.cur->regroup || S.cur->sweep_due) ? 1000 : -1) < 0) {
 			if (errno == EINTR)
 				continue;
 			break;
 		}
 		/* first what changes how events are handled: a renamed file asked about again, a
 		 * new file system marked, room made for remembering */
+		/* (busy: these make file-system calls, and the watchdog answers for a main thread
+		 * that one of them holds past the deadline) */
+		__atomic_store_n(&S.busy_since, now_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
 		if (p[4].revents & POLLIN)
 			handle_notifications(S.cur);
 		if (S.cur && S.cur->regroup)
 			regroup();
 		if (p[3].revents & (POLLPRI | POLLERR))
 			handle_mount_change();
+		__atomic_store_n(&S.busy_since, 0, __ATOMIC_RELAXED);
 		if (p[1].revents & POLLIN)
 			handle_fanotify(S.cur);
+		__atomic_store_n(&S.busy_since, now_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
 		if (p[2].revents & POLLIN)
 			handle_inotify(S.cur);
+		if (S.cur)
+			sweep_deleted_dirs(S.cur);
+		__atomic_store_n(&S.busy_since, 0, __ATOMIC_RELAXED);
 		if (p[0].revents & (POLLIN | POLLHUP | POLLERR))
 			handle_ctl();
 	}

@@ -7,7 +7,7 @@
 #define VIGIL_PERMD_H
 #include <stdint.h>
 
-#define PD_VERSION 2
+#define PD_VERSION 3
 #define PD_MAX_MSG 65536          /* largest packet either side sends */
 
 enum pd_type {
@@ -81,7 +81,7 @@ struct pd_stall { struct pd_hdr h; uint32_t ms; };
 	X(events) X(allowed) X(denied) X(timeouts) X(rescued) X(exempt) X(killed) X(monitored) \
 	X(reports) X(reports_dropped) X(write_errors) X(overflows) X(latency_ns_total) X(latency_ns_max) \
 	X(generation) X(marks) X(dirs) X(mark_errors) X(watch_overflows) X(mount_rescans) X(cached) X(forgotten) \
-	X(regroups)
+	X(regroups) X(read_errors) X(dirs_gone)
 #define PD_STAT_ENUM(n) PD_STAT_##n,
 enum { PD_STATS_LIST(PD_STAT_ENUM) PD_NSTATS };
 struct pd_stats { struct pd_hdr h; uint64_t v[PD_NSTATS]; };

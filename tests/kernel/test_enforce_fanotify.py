@@ -370,6 +370,76 @@ def test_new_directories_in_a_tree_are_guarded(gdir: Path, helper: Helper) -> No
     assert is_eperm(run([str(gdir / "blocked" / "new" / "deeper" / "tool")]))
 
 
+def test_deleted_directories_of_a_tree_are_let_go(gdir: Path, helper: Helper) -> None:
+    """Each directory of a guarded tree is watched through a descriptor of it; a deleted one's
+    descriptor is closed, so directories made and removed over time neither use up the
+    helper's descriptors nor its count of directories (after which new ones went unguarded)."""
+    helper.push([deny_exec_under(gdir)])
+    pid = helper.h.helper_pid
+    st0 = helper.h.stats()
+    fds0 = len(os.listdir(f"/proc/{pid}/fd"))
+
+    def marked(st: dict[str, int]) -> int:   # directories marked since, gone or not
+        return st["dirs"] - st0["dirs"] + st["dirs_gone"] - st0["dirs_gone"]
+    n = 200
+    for i in range(n):
+        d = gdir / "blocked" / f"d{i}"
+        d.mkdir()
+        deadline = time.monotonic() + 10
+        while marked(helper.h.stats()) < i + 1 and time.monotonic() < deadline:
+            time.sleep(0.001)   # marked (its watch holds a descriptor of it) before it goes
+        d.rmdir()
+    deadline = time.monotonic() + 10
+    while helper.h.stats()["dirs_gone"] < st0["dirs_gone"] + n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    st = helper.h.stats()
+    assert st["dirs_gone"] - st0["dirs_gone"] == n and st["dirs"] == st0["dirs"]
+    assert len(os.listdir(f"/proc/{pid}/fd")) <= fds0 + 2  # (a report in flight may hold one)
+    (gdir / "blocked" / "later").mkdir()   # still guarded afterwards
+    shutil.copy2(gdir / "allowed" / "tool", gdir / "blocked" / "later" / "tool")
+    deadline = time.monotonic() + 10
+    while helper.h.stats()["dirs"] < st0["dirs"] + 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert is_eperm(run([str(gdir / "blocked" / "later" / "tool")]))
+
+
+@FILE_SYSTEMS
+def test_a_remembered_file_whose_directory_is_renamed_is_asked_about_again(gdir: Path, helper: Helper) -> None:
+    """The file keeps its name; a directory above it moves into the denied tree. Nothing is said
+    to the file's own watch, so the helper also watches the directories above each file it
+    remembers, and forgets what it remembered when one of them moves."""
+    (gdir / "allowed" / "sub").mkdir()
+    shutil.copy2(gdir / "allowed" / "tool", gdir / "allowed" / "sub" / "tool")
+    helper.push(guard_tree_deny_blocked(gdir))
+    tool = gdir / "allowed" / "sub" / "tool"
+    assert exec_events(helper, [str(tool)], 2) == (1, 1)
+    forgotten = helper.h.stats()["forgotten"]
+    os.rename(gdir / "allowed" / "sub", gdir / "blocked" / "sub")
+    deadline = time.monotonic() + 10
+    while helper.h.stats()["forgotten"] == forgotten and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert is_eperm(run([str(gdir / "blocked" / "sub" / "tool")]))
+    assert [r.path for r in helper.wait_reports(1)] == [f"{gdir}/blocked/sub/tool"]
+
+
+def test_a_file_renamed_while_its_answer_was_decided_is_not_remembered(gdir: Path, helper: Helper) -> None:
+    """Allowed under its old name, renamed into the denied directory before the helper put its
+    watch on it: the helper finds the new name when it checks after the watch, and does not
+    remember the answer it gave the old one."""
+    helper.push(guard_tree_deny_blocked(gdir), deadline_ms=20000)
+    tool, moved = gdir / "allowed" / "tool", gdir / "blocked" / "moved"
+    helper.h.stall_next_decision(1500)
+    outs: list[int | OSError] = []
+    t = threading.Thread(target=lambda: outs.append(run([str(tool)])), daemon=True)
+    t.start()
+    wait_stalled(helper.h.helper_pid)
+    os.rename(tool, moved)          # decided for allowed/tool; the file is blocked/moved now
+    t.join(30)
+    assert outs == [0]
+    assert helper.h.stats()["cached"] == 0
+    assert is_eperm(run([str(moved)]))
+
+
 def test_replaced_file_is_guarded_again(gdir: Path, helper: Helper) -> None:
     target = gdir / "allowed" / "tool"
     helper.push([Rule(1, 0, EXEC, "override", conds=(Cond("path", "Equal", (str(target),)),))])
