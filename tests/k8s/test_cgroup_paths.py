@@ -8,6 +8,7 @@ from vigil.process.cgroups import ContainerRef, container_id, parse
 CID = "4e6f1c2a9b8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f"
 UID = "0c7e9f3a-1b2c-4d5e-8f90-a1b2c3d4e5f6"
 UID_ = UID.replace("-", "_")
+STATIC = "6f8d1e2c3b4a59687d6e5f4a3b2c1d0e"   # a static pod: the kubelet's hash of its manifest
 
 LAYOUTS = [
     # cgroupfs driver (kubelet)
@@ -23,6 +24,10 @@ LAYOUTS = [
     (f"/kubepods.slice/kubepods-pod{UID_}.slice/docker-{CID}.scope", ContainerRef(CID, UID, "docker")),
     (f"/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice/crio-conmon-{CID}.scope",
      ContainerRef(CID, UID, "cri-o", conmon=True)),
+    # static pods (kube-apiserver, etcd, ...): named by the manifest's hash, not a uid
+    (f"/kubepods/burstable/pod{STATIC}/{CID}", ContainerRef(CID, STATIC, "")),
+    (f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{STATIC}.slice/cri-containerd-{CID}.scope",
+     ContainerRef(CID, STATIC, "containerd")),
     # the slice:prefix:id form (runc's --systemd-cgroup cgroupsPath)
     (f"kubepods-besteffort-pod{UID_}.slice:cri-containerd:{CID}", ContainerRef(CID, UID, "containerd")),
     (f"system.slice:docker:{CID}", ContainerRef(CID, "", "docker")),

@@ -1,7 +1,9 @@
 """Pod records, workloads, exec-probe guesses, label selectors and the hold stage (no cluster)."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -221,3 +223,85 @@ def test_pod_json_equals_the_whole_dicts_encoding(v: dict[str, Any]) -> None:
     assert pod_json(p) == orjson.dumps(dict(p)) == orjson.dumps(p.as_dict())
     assert list(p) == list(shared) and p["container"]["id"] == "containerd://abc"
     assert ("pid" in p["container"]) == bool(v["pid"]) and shared["container"] is cont and "pid" not in cont
+
+
+def test_a_change_a_listener_failed_on_is_told_again_at_the_next_sight_of_the_pod() -> None:
+    """A listener that fails (a full kernel map) neither keeps the change from the others nor
+    loses it: the watch replaying the same pod after the error, or a re-list, tells it again."""
+    store = PodStore()
+    heard: list[Any] = []
+    fail = [True]
+
+    def flaky(old: Any, new: Any) -> None:
+        if fail[0]:
+            raise OSError(12, "Cannot allocate memory")
+        heard.append((old and old.labels, new and new.labels))
+    other: list[Any] = []
+    store.listen(flaky)
+    store.listen(lambda old, new: other.append(new and new.labels))
+    store.upsert(pod_obj())
+    assert heard == [] and other == [{"app": "web"}] and store.listener_errors == 1
+    fail[0] = False
+    store.upsert(pod_obj())          # the same pod again (the watch resumed from before the error)
+    assert heard == [(None, {"app": "web"})]
+    store.upsert(pod_obj())          # told once, not again
+    assert len(heard) == 1
+    fail[0] = True
+    store.replace_all([])            # its deletion fails to reach the listener
+    fail[0] = False
+    store.replace_all([])            # the next re-list tells it
+    assert heard[-1] == ({"app": "web"}, None) and len(heard) == 2
+
+
+def test_static_pods_and_exited_containers_in_the_policy_filter(tmp_path: Path) -> None:
+    """A static pod's cgroup is named by its manifest's hash (the mirror pod's annotation), not
+    its API uid; a container that exited has no cgroup and is not waited for; one still
+    missing is looked for again with a wait that doubles, not a walk every second."""
+    from vigil.k8s.policyfilter import CgroupLocator, PolicyFilter, Scope
+
+    h = "6f8d1e2c3b4a59687d6e5f4a3b2c1d0e"
+    static = pod_obj(name="etcd-node", uid=UID)
+    static["metadata"]["annotations"] = {"kubernetes.io/config.mirror": h}
+    cg = tmp_path / "kubepods" / "burstable" / f"pod{h}" / CID
+    cg.mkdir(parents=True)
+    done = pod_obj(name="job-1", uid="1" * 8 + UID[8:], cid=CID2)
+    done["status"]["containerStatuses"][0]["state"] = {"terminated": {"exitCode": 0}}
+
+    class Writer:
+        def __init__(self) -> None:
+            self.keys: set[bytes] = set()
+
+        def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
+            self.keys.add(key)
+
+        def delete(self, key: bytes) -> None:
+            self.keys.discard(key)
+    store, w = PodStore(), Writer()
+    loc = CgroupLocator(str(tmp_path))
+    pf = PolicyFilter(store, w, loc)
+    store.listen(pf.on_pod)
+    store.upsert(static)
+    store.upsert(done)
+    fid = pf.add(Scope(namespace=None))
+    assert pf.scopes[fid].cgroups == {cg.stat().st_ino}
+    assert pf._pending == {}          # the exited container's cgroup is not waited for
+    missing = pod_obj(name="late", uid="2" * 8 + UID[8:], cid="e" * 64)
+    store.upsert(missing)             # running, no cgroup yet
+    assert list(pf._pending) == [missing["metadata"]["uid"]]
+    looks: list[str] = []
+    pod_dir = loc.pod_dir
+    loc.pod_dir = lambda uid: looks.append(uid) or pod_dir(uid)  # type: ignore[method-assign]
+    t0 = time.monotonic()
+    for k in range(10):               # ten ticks a second apart: looked for at 1, 3 and 7 s
+        pf.retry_pending(now=t0 + k + 1.0)
+    assert len(looks) == 3
+
+
+def test_a_deleted_pods_containers_are_no_longer_waited_for() -> None:
+    store = PodStore()
+    res = PodResolver(store)
+    store.upsert(pod_obj())
+    res.pod_json(f"pod{UID}/{CID}", 7, "/bin/x", "")
+    assert CID[:31] in res.by_docker
+    store.replace_all([])
+    assert CID[:31] not in res.by_docker and not res.waits_for_pod(CID[:31])

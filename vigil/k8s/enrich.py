@@ -56,6 +56,9 @@ class PodResolver:
                 for cg in self._cgroups_of.pop(c.id, ()):
                     self._by_cg.pop(cg, None)
                 self._shared.pop(c.id, None)
+        if new is None and old is not None:  # deleted: its containers are no longer waited for
+            for c in old.containers:
+                self.by_docker.pop(c.id[:31], None)
         for c in new.containers if new is not None else ():
             entry = self.store.lookup(c.id)
             if entry is not None and entry[0] is new:
@@ -64,6 +67,8 @@ class PodResolver:
     def ref(self, cgroup_name: str) -> ContainerRef:
         r = parse(cgroup_name)
         if r.pod_uid:
+            if len(self.by_docker) >= _REF_CACHE_MAX and r.docker not in self.by_docker:
+                self.by_docker.clear()   # (containers whose pods went while we were away)
             self.by_docker[r.docker] = r
         return r
 
@@ -206,11 +211,12 @@ class HoldStage:
 
     def on_pod(self, _old: PodInfo | None, new: PodInfo | None) -> None:
         """Watcher thread: a pod arrived or changed; release what waited for its containers."""
-        if new is None or not self._waiting:
+        if new is None:
             return
         ids = {c.id[:31] for c in new.containers}
-        if not ids & self._waiting.keys():
-            return
+        with self._lock:  # (filter() decides to hold under it: either it sees the pod, or this its wait)
+            if not ids & self._waiting.keys():
+                return
         self._release(lambda docker: docker in ids)
 
     def tick(self, now_ns: int | None = None) -> None:

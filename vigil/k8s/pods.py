@@ -6,13 +6,16 @@ update replaces whole objects, so a reader sees either the old or the new pod, n
 """
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+log = logging.getLogger("vigil.k8s")
 _CRONJOB_JOB = re.compile(r"^(?P<name>.+)-\d{8,10}$")
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +29,7 @@ class ContainerInfo:
     exec_probes: tuple[tuple[str, ...], ...] = ()
     privileged: bool = False
     probe_args: frozenset[str] = frozenset()   # the probes' `arguments` strings: a quick first check
+    running: bool = True     # has a cgroup now (an exited container's is gone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +44,7 @@ class PodInfo:
     containers: tuple[ContainerInfo, ...]
     container_names: tuple[str, ...]    # from the spec, started or not
     images: dict[str, str] = field(default_factory=dict)  # container name -> spec image
+    cgroup_uid: str = ""     # what its cgroup directory is named by: the uid, or a static pod's hash
 
     def container(self, cid: str) -> ContainerInfo | None:
         for c in self.containers:
@@ -104,13 +109,17 @@ def pod_info(obj: dict[str, Any]) -> PodInfo:
                 image=cs.get("image", "") or sc.get("image", ""), image_id=cs.get("imageID", ""),
                 started_at=started, exec_probes=_probes(sc),
                 probe_args=frozenset(_probe_args(cmd) for cmd in _probes(sc)),
-                privileged=bool((sc.get("securityContext") or {}).get("privileged"))))
+                privileged=bool((sc.get("securityContext") or {}).get("privileged")),
+                running="running" in state))
     workload, kind = workload_of(meta)
+    annotations = meta.get("annotations") or {}
     return PodInfo(
         uid=meta.get("uid", ""), namespace=meta.get("namespace", ""), name=meta.get("name", ""),
         labels=dict(meta.get("labels") or {}), annotations=dict(meta.get("annotations") or {}),
         workload=workload, workload_kind=kind, containers=tuple(containers),
-        container_names=tuple(spec_cs), images={n: c.get("image", "") for n, c in spec_cs.items()})
+        container_names=tuple(spec_cs), images={n: c.get("image", "") for n, c in spec_cs.items()},
+        # a static pod's API object is its mirror: the kubelet names the cgroup by the hash
+        cgroup_uid=annotations.get(MIRROR_ANNOTATION) or meta.get("uid", ""))
 
 
 def _probe_args(cmd: tuple[str, ...]) -> str:
@@ -140,6 +149,10 @@ class PodStore:
         self.by_container: dict[str, tuple[PodInfo, ContainerInfo]] = {}
         self._listeners: list[Listener] = []
         self.updates = 0
+        # changes a listener failed on (uid -> (old, new)), told again at the pod's next sight
+        # even unchanged (the watch replaying it after the error, a re-list)
+        self._unheard: dict[str, tuple[PodInfo | None, PodInfo | None]] = {}
+        self.listener_errors = 0
 
     def listen(self, fn: Listener) -> None:
         self._listeners.append(fn)
@@ -160,13 +173,16 @@ class PodStore:
         uid = (obj.get("metadata") or {}).get("uid", "")
         with self._lock:
             old = self.by_uid.pop(uid, None)
-            if old is None:
-                return
-            for c in old.containers:
-                if self.by_container.get(c.id, (None,))[0] is old:
-                    del self.by_container[c.id]
-            self.updates += 1
-        self._notify(old, None)
+            retell = self._unheard.get(uid) if old is None else None
+            if old is not None:
+                for c in old.containers:
+                    if self.by_container.get(c.id, (None,))[0] is old:
+                        del self.by_container[c.id]
+                self.updates += 1
+        if old is not None:
+            self._notify(old, None)
+        elif retell is not None and retell[1] is None:
+            self._notify(*retell)   # a deletion a listener missed
 
     def replace_all(self, objs: Iterable[dict[str, Any]]) -> None:
         """A fresh list: pods missing from it are deleted."""
@@ -174,24 +190,46 @@ class PodStore:
         keep = {p.uid for p in new}
         for uid in [u for u in list(self.by_uid) if u not in keep]:
             self.delete({"metadata": {"uid": uid}})
+        for uid in [u for u, (_o, n) in list(self._unheard.items()) if n is None and u not in keep]:
+            self.delete({"metadata": {"uid": uid}})   # deletions a listener missed
         for p in new:
             self._set(p)
 
     def _set(self, pod: PodInfo) -> None:
         with self._lock:
             old = self.by_uid.get(pod.uid)
-            if old == pod:
-                return
-            self.by_uid[pod.uid] = pod
-            if old is not None:
-                for c in old.containers:
-                    if self.by_container.get(c.id, (None,))[0] is old:
-                        del self.by_container[c.id]
-            for c in pod.containers:
-                self.by_container[c.id] = (pod, c)
-            self.updates += 1
-        self._notify(old, pod)
+            same = old == pod
+            retell = self._unheard.get(pod.uid) if same else None
+            if not same:
+                self.by_uid[pod.uid] = pod
+                if old is not None:
+                    for c in old.containers:
+                        if self.by_container.get(c.id, (None,))[0] is old:
+                            del self.by_container[c.id]
+                for c in pod.containers:
+                    self.by_container[c.id] = (pod, c)
+                self.updates += 1
+        if not same:
+            self._notify(old, pod)
+        elif retell is not None:
+            self._notify(*retell)   # unchanged, but a listener missed its last change
 
     def _notify(self, old: PodInfo | None, new: PodInfo | None) -> None:
+        """Every listener hears of the change; one that fails (a full kernel map, ...) keeps it
+        from no other, and the change is told again at the pod's next sight."""
+        either = new or old
+        uid = either.uid if either is not None else ""
+        failed = False
         for fn in self._listeners:
-            fn(old, new)
+            try:
+                fn(old, new)
+            except Exception as e:  # noqa: BLE001 - logged and told again, never lost
+                failed = True
+                self.listener_errors += 1
+                if self.listener_errors <= 10:
+                    log.warning("pod %s: %s failed: %s (told again at its next update or re-list)",
+                                uid, getattr(fn, "__qualname__", fn), e)
+        if failed:
+            self._unheard[uid] = (old, new)
+        else:
+            self._unheard.pop(uid, None)

@@ -23,6 +23,7 @@ from vigil.process.cgroups import parse
 
 log = logging.getLogger("vigil.k8s")
 KEY = struct.Struct("<IIQ")
+PENDING_FIRST_S, PENDING_MAX_S = 1.0, 60.0
 ONE = b"\x01"
 
 
@@ -95,7 +96,7 @@ class CgroupLocator:
 
     def container_cgroups(self, pod: PodInfo) -> dict[str, int]:
         """container id -> cgroup id, for the pod's containers that have a cgroup here."""
-        d = self.pod_dir(pod.uid)
+        d = self.pod_dir(pod.cgroup_uid or pod.uid)
         if d is None:
             return {}
         want = {c.id for c in pod.containers}
@@ -120,7 +121,10 @@ class PolicyFilter:
         self._lock = threading.RLock()
         self.scopes: dict[int, Scope] = {}
         self._next = 1
-        self._pending: set[str] = set()   # pod uids with containers whose cgroup was not found yet
+        # pod uids with running containers whose cgroup was not found yet -> (next try, wait):
+        # tried again with a wait that doubles up to PENDING_MAX_S (each try may walk the
+        # hierarchy), and at once when the pod changes
+        self._pending: dict[str, tuple[float, float]] = {}
         self.map_updates = 0
         self.map_deletes = 0
         self.last_update_ns = 0
@@ -148,20 +152,31 @@ class PolicyFilter:
     # -- pods (watcher thread)
     def on_pod(self, old: PodInfo | None, new: PodInfo | None) -> None:
         with self._lock:
+            either = new or old
+            uid = either.uid if either is not None else ""
+            waited = self._pending.pop(uid, None)
             for fid, scope in self.scopes.items():
                 self._apply(fid, scope, new, old)
+            if waited is not None and uid in self._pending:
+                self._pending[uid] = (self._pending[uid][0], waited[1])  # still waiting: keep its pace
 
-    def retry_pending(self) -> None:
-        """Containers whose cgroup did not exist yet when their pod was seen."""
+    def retry_pending(self, now: float | None = None) -> None:
+        """Running containers whose cgroup did not exist yet when their pod was seen."""
         if not self._pending:
             return
+        now = time.monotonic() if now is None else now
         with self._lock:
-            uids, self._pending = self._pending, set()
-            for uid in uids:
+            for uid, (when, wait) in list(self._pending.items()):
+                if when > now:
+                    continue
+                del self._pending[uid]
                 pod = self.store.by_uid.get(uid)
                 if pod is not None:
                     for fid, scope in self.scopes.items():
                         self._apply(fid, scope, pod, None)
+                if uid in self._pending:  # still not there: wait longer before the next walk
+                    wait = min(wait * 2, PENDING_MAX_S)
+                    self._pending[uid] = (now + wait, wait)
 
     def _wanted(self, scope: Scope, pod: PodInfo | None) -> set[int]:
         if pod is None or not pod.containers or not scope.pod_matches(pod):
@@ -174,8 +189,8 @@ class PolicyFilter:
             cg = cgs.get(c.id)
             if cg:
                 out.add(cg)
-            else:
-                self._pending.add(pod.uid)
+            elif c.running and pod.uid not in self._pending:  # (an exited one has no cgroup to wait for)
+                self._pending[pod.uid] = (time.monotonic() + PENDING_FIRST_S, PENDING_FIRST_S)
         return out
 
     def _apply(self, fid: int, scope: Scope, new: PodInfo | None, old: PodInfo | None) -> None:

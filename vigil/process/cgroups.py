@@ -7,7 +7,8 @@ the way Tetragon takes it: after the last ':' (the `slice:prefix:id` form), then
 Podman puts the container's processes one level deeper (`libpod-<id>.scope/container`), so a
 leaf that names no container falls back to its parent. The pod UID is the kubelet's pod
 directory (`pod<uid>` with the cgroupfs driver, `...-pod<uid_with_underscores>.slice` with the
-systemd driver). Nested layouts (a kubelet inside a Docker container) resolve to the innermost
+systemd driver; a static pod's is the 32-digit hash the API shows as its mirror pod's
+`kubernetes.io/config.mirror` annotation). Nested layouts (a kubelet inside a Docker container) resolve to the innermost
 container, as the kernel sees it.
 """
 from __future__ import annotations
@@ -21,8 +22,9 @@ from dataclasses import dataclass
 MIN_ID_LEN = 31
 DOCKER_FIELD_LEN = 31
 _HEX = re.compile(r"[0-9a-f]+")
-_POD_UID = re.compile(r"(?:^|-)pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})"
-                      r"(?:\.slice)?$")
+# a pod's uid, or for a static pod (a manifest on the node) the kubelet's 32-digit hash of it
+_POD_UID = re.compile(r"(?:^|-)pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12}"
+                      r"|[0-9a-f]{32})(?:\.slice)?$")
 _RUNTIMES = (("cri-containerd", "containerd"), ("crio-conmon", "cri-o"), ("crio", "cri-o"),
              ("docker", "docker"), ("libpod", "podman"))
 
