@@ -156,3 +156,40 @@ def test_serving_process_is_not_the_agent_and_goes_with_it(tmp_path: Path) -> No
     state = Path(f"/proc/{kids[0]}/stat").read_text().rsplit(")", 1)[1].split()[0] if os.path.exists(
         f"/proc/{kids[0]}") else "gone"
     assert state in ("gone", "Z"), "the serving process outlived the agent"
+
+
+def test_a_killed_serving_process_is_replaced_and_its_counters_stay_in_the_totals(tmp_path: Path) -> None:
+    """The agent starts another serving process (off its event loop) when one dies; what the
+    dead one had sent and dropped stays in the totals (counters never go down), and the new
+    one serves the same address."""
+    require_root()
+    a = AgentProcess(tmp_path, ["--server-client-queue", "200", "--export-file-max-size-mb", "100000"])
+    slow = None
+    try:
+        token = f"restart-{uuid.uuid4().hex[:8]}"
+        slow = spawn_client(a.sock, "--allow", json.dumps([{"arguments_regex": [token]}]), "--quiet")
+        wait_for(lambda: status(a)["grpc"]["streams_active"] == 1, what="the stream")
+        os.kill(slow.pid, signal.SIGSTOP)
+        subprocess.run(["sh", "-c", f"for i in $(seq 600); do /bin/true {token} $i; done"], check=True, timeout=300)
+        before = wait_for(lambda: (g := status(a)["grpc"])["events_dropped_slow_client"] > 0 and g,
+                          what="drops counted")
+        time.sleep(1.2)   # the serving process writes its counters every 0.5 s
+        before = status(a)["grpc"]
+        (old,) = [k for k in children(a.proc.pid) if "vigil.api.fanout" in Path(f"/proc/{k}/cmdline").read_text()]
+        os.kill(old, signal.SIGKILL)
+        after = wait_for(lambda: (g := status(a)["grpc"])["restarts"] == 1 and g, timeout=30,
+                         what="a new serving process")
+        (new,) = [k for k in children(a.proc.pid) if "vigil.api.fanout" in Path(f"/proc/{k}/cmdline").read_text()]
+        assert new != old
+        for k in ("events_sent", "events_dropped_slow_client"):
+            assert after[k] >= before[k], (k, before, after)
+        assert after["streams_active"] == 0 and after["clients"] == []
+        metrics = a.metrics()
+        drops = float(next(ln for ln in metrics.splitlines()
+                           if ln.startswith("vigil_grpc_slow_client_drops_total ")).split()[1])
+        assert drops >= before["events_dropped_slow_client"]
+    finally:
+        if slow is not None and slow.poll() is None:
+            os.kill(slow.pid, signal.SIGCONT)
+            stop_process(slow, signal.SIGINT)
+        assert a.stop() == 0

@@ -213,6 +213,46 @@ def test_oversized_request_is_resource_exhausted(front: Serving) -> None:
     assert not [x for x in front.agent.calls if x[0] == "add"]
 
 
+def test_unfinished_requests_cannot_make_the_serving_process_hold_without_bound(front: Serving) -> None:
+    """Streams whose requests never end hold their bytes; past the process's budget for those
+    the stream that asks for more is refused (RESOURCE_EXHAUSTED) and its bytes are let go."""
+    from vigil.api.h2front import MAX_BUFFERED
+
+    def rss_mb() -> float:
+        with open(f"/proc/{front.proc.pid}/status") as f:
+            return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")) / 1024
+
+    before = rss_mb()
+    raw = RawClient(front.address)
+    try:
+        def send(sid: int, n: int) -> None:   # as flow control lets it (the server acks as it reads)
+            while n > 0 and trailers_of(raw.events, sid) == {}:
+                k = min(n, raw.conn.local_flow_control_window(sid), raw.conn.max_outbound_frame_size)
+                if k > 0:
+                    raw.conn.send_data(sid, b"\0" * k)
+                    raw.flush()
+                    n -= k
+                    continue
+                try:
+                    raw.pump(lambda _ev: False, timeout=0.05)
+                except TimeoutError:
+                    pass
+
+        sids = []
+        for _ in range(40):   # 40 streams x 3 MiB each, none ending: 120 MiB asked to be held
+            sid = raw.request(GET_EVENTS, b"", end=False)
+            send(sid, 3 << 20)
+            sids.append(sid)
+        refused = [sid for sid in sids if trailers_of(raw.events, sid).get("grpc-status") == "8"]
+        assert refused, "no stream was refused"
+        assert "unfinished requests" in trailers_of(raw.events, refused[0]).get("grpc-message", "")
+        assert rss_mb() - before < (MAX_BUFFERED >> 20) + 40   # the budget, not 120 MiB
+    finally:
+        raw.close()
+    with Client(front.address, timeout=5) as c:   # and it serves as before
+        assert c.version() == "9.9.9-test"
+
+
 def test_cancel_mid_stream_frees_the_stream(front: Serving) -> None:
     raw = RawClient(front.address)
     try:

@@ -13,9 +13,11 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from typing import Any
 
 log = logging.getLogger("vigil.agent")
+SPAWN_TIMEOUT_S = 10.0   # a serving process that has not said it listens by then is ended
 
 
 class GrpcFrontend:
@@ -36,6 +38,10 @@ class GrpcFrontend:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.wakes: list[int] = []
         self.restarts = 0
+        self._restarting: set[int] = set()   # serving processes being started again (on a thread)
+        self._retired: list[int] = []        # wake fds of replaced processes, closed by tick()
+        # counters of serving processes that ended, kept in the totals (a new process starts at 0)
+        self._carried = {"events_sent": 0, "events_dropped": 0, "events_filtered": 0, "ring_lost": 0}
         self.info_files = [f for f in (cfg.info_file, "/var/run/vigil/vigil-info.json") if f]
         self.tls = None
         if cfg.server_tls_cert_file or cfg.server_tls_key_file:
@@ -69,23 +75,31 @@ class GrpcFrontend:
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
         os.close(r)
         assert proc.stderr is not None
+        # one that never says it listens is ended (then reported as exited before listening)
+        deadline = threading.Timer(SPAWN_TIMEOUT_S, proc.kill)
+        deadline.daemon = True
+        deadline.start()
         for line in proc.stderr:  # until it says where it listens, or fails
             line = line.rstrip()
             if line.startswith("vigil-fanout listening on "):
                 self.address = line.removeprefix("vigil-fanout listening on ")
                 break
             if line.startswith("vigil-fanout: "):
+                deadline.cancel()
                 proc.wait()
                 os.close(w)
                 raise ValueError(line.removeprefix("vigil-fanout: "))
             log.info("%s", line)
         else:
+            deadline.cancel()
             proc.wait()
             os.close(w)
             raise ValueError(f"the gRPC serving process exited ({proc.returncode}) before listening")
+        deadline.cancel()
         threading.Thread(target=_drain_log, args=(proc,), daemon=True).start()
         if index < len(self.procs):
-            os.close(self.wakes[index])
+            # (publish, on the pipeline thread, may be writing to the old wake fd: tick closes it)
+            self._retired.append(self.wakes[index])
             self.procs[index], self.wakes[index] = proc, w
         else:
             self.procs.append(proc)
@@ -122,28 +136,54 @@ class GrpcFrontend:
                 pass  # a wakeup is pending already, or the process is gone (tick restarts it)
 
     def tick(self) -> None:
+        """Pipeline thread, every second: a serving process that ended is started again on a
+        thread of its own (the event loop never waits for one to start)."""
+        while self._retired:
+            os.close(self._retired.pop())
         for i, proc in enumerate(self.procs):
-            if proc.poll() is not None:
+            if proc.poll() is not None and i not in self._restarting:
                 self.restarts += 1
                 log.error("gRPC serving process %d exited (%s); starting another", proc.pid, proc.returncode)
-                try:
-                    self._spawn(i)
-                except ValueError as e:
-                    log.error("gRPC serving process could not start again: %s", e)
+                self._carry_over(i, proc.pid)
+                self._restarting.add(i)
+                threading.Thread(target=self._restart, args=(i,), name="vigil-fanout-restart", daemon=True).start()
+
+    def _restart(self, i: int) -> None:
+        try:
+            self._spawn(i)
+        except (ValueError, OSError) as e:
+            log.error("gRPC serving process could not start again: %s", e)
+            time.sleep(1.0)   # tick tries again after that
+        finally:
+            self._restarting.discard(i)
+
+    def _carry_over(self, i: int, pid: int) -> None:
+        """An ended process's counters stay in the totals; its region and its streams' room go."""
+        from vigil.api.fanout import clear_region, read_stats
+
+        for p in read_stats(self.ring.stats_view()):
+            if p["index"] == i and p["pid"] == pid:
+                for k in self._carried:
+                    self._carried[k] += p[k]
+        clear_region(self.ring.stats_view(), i)
+        self.ring.clear_reader(i)
 
     def stats(self) -> dict[str, Any]:
         from vigil.api.fanout import read_stats
 
         procs = read_stats(self.ring.stats_view())
+        live = {proc.pid for proc in self.procs if proc.poll() is None}
+        procs = [p for p in procs if p["pid"] in live]   # (an ended one's counters are carried)
+        c = self._carried
         return {
             "serving_processes": len(self.procs), "restarts": self.restarts,
             "streams_active": sum(p["streams_active"] for p in procs),
-            "events_sent": sum(p["events_sent"] for p in procs),
-            "events_dropped_slow_client": sum(p["events_dropped"] for p in procs),
-            "events_filtered": sum(p["events_filtered"] for p in procs),
+            "events_sent": c["events_sent"] + sum(p["events_sent"] for p in procs),
+            "events_dropped_slow_client": c["events_dropped"] + sum(p["events_dropped"] for p in procs),
+            "events_filtered": c["events_filtered"] + sum(p["events_filtered"] for p in procs),
             "ring": {"records": self.ring.records, "bytes": self.ring.bytes, "capacity": self.ring.capacity,
                      "skipped_no_room": self.ring.skipped,
-                     "lost": sum(p["ring_lost"] for p in procs)},
+                     "lost": c["ring_lost"] + sum(p["ring_lost"] for p in procs)},
             "clients": [c for p in procs for c in p["clients"]],
         }
 

@@ -60,9 +60,15 @@ def read_stats(view: memoryview) -> list[dict[str, Any]]:
             if peer.strip(b"\0"):
                 clients.append({"peer": peer.rstrip(b"\0").decode(errors="replace"), "sent": csent,
                                 "dropped": cdropped})
-        out.append({"pid": pid, "streams_active": streams, "events_sent": sent, "events_dropped": dropped,
+        out.append({"index": i, "pid": pid, "streams_active": streams, "events_sent": sent, "events_dropped": dropped,
                     "events_filtered": filtered, "ring_lost": lost, "clients": clients})
     return out
+
+
+def clear_region(view: memoryview, index: int) -> None:
+    """An ended serving process's region: no pid, no counters, no clients (the agent carried
+    its counters over)."""
+    view[index * REGION:(index + 1) * REGION] = bytes(REGION)
 
 
 class RingFeed:

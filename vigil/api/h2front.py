@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 GET_EVENTS = "/tetragon.FineGuidanceSensors/GetEvents"
 MAX_REQUEST = 4 * 1024 * 1024  # as the agent's own server (vigil.api.server.MAX_REQUEST)
+# request bytes held for requests not yet complete, over every connection and stream: a client
+# may not make this process hold MAX_REQUEST for each of its streams
+MAX_BUFFERED = 4 * MAX_REQUEST
 SEND_BUDGET = 1 << 20          # bytes written per connection per turn of the loop
 FILTER_BUDGET = 256            # events a filtered stream filters per turn
 WRITE_HIGH_WATER = 256 << 10   # transport buffer above which a connection is not written to
@@ -78,6 +81,8 @@ class Front:
         self.queue_size = queue_size
         self.max_streams = max_streams
         self.max_request = max_request
+        self.max_buffered = max(MAX_BUFFERED, max_request)
+        self.buffered = 0   # request bytes held now (Connection._data)
         self.on_streams_changed = on_streams_changed  # told (streams with room, streams open)
         self.read_skipped = read_skipped  # events no stream got, ever (skipped while none had room, lapped)
         self._skipped_seen = read_skipped() if read_skipped is not None else 0
@@ -255,12 +260,21 @@ class Connection(asyncio.Protocol):
         if st is None or st.end is not None or st.queue is not None:
             self._ack(ev)
             return
+        front = self.front
         st.body += ev.data
+        front.buffered += len(ev.data)
         self._ack(ev)
-        if len(st.body) > self.front.max_request + grpcframe.PREFIX.size:
-            st.body = bytearray()
+        if len(st.body) > front.max_request + grpcframe.PREFIX.size:
+            self._drop_body(st)
+            self._finish(st, grpc.StatusCode.RESOURCE_EXHAUSTED, f"request larger than {front.max_request} bytes")
+        elif front.buffered > front.max_buffered:
+            self._drop_body(st)
             self._finish(st, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                         f"request larger than {self.front.max_request} bytes")
+                         f"more than {front.max_buffered} bytes of unfinished requests held; try again")
+
+    def _drop_body(self, st: Stream) -> None:
+        self.front.buffered -= len(st.body)
+        st.body = bytearray()
 
     def _ack(self, ev: Any) -> None:
         try:
@@ -275,12 +289,13 @@ class Connection(asyncio.Protocol):
         st.request_ended = True
         if st.end is not None or st.started:
             return  # answered already (refused, too large)
+        body = bytes(st.body)
+        self._drop_body(st)
         try:
-            msgs = grpcframe.split_messages(bytes(st.body))
+            msgs = grpcframe.split_messages(body)
         except ValueError as e:
             self._finish(st, grpc.StatusCode.INTERNAL, str(e))
             return
-        st.body = bytearray()
         if len(msgs) != 1:
             self._finish(st, grpc.StatusCode.UNIMPLEMENTED, f"{st.method}: expected one request message, "
                          f"got {len(msgs)}")
@@ -463,6 +478,7 @@ class Connection(asyncio.Protocol):
         st = self.streams.pop(sid, None)
         if st is None:
             return
+        self._drop_body(st)
         if st.events and st.queue is not None:
             self.front.close_events(st.queue)
         if st.cancel is not None:

@@ -94,6 +94,10 @@ class RingWriter:
             self.skip(n)
         return False
 
+    def clear_reader(self, index: int) -> None:
+        """A reader (serving process) that ended: its streams no longer ask for records."""
+        self._words.store(_OFF_WANTED + 8 * index, 0)
+
     def skip(self, n: int) -> None:
         """`n` events not encoded while no stream had room: the readers count them as
         dropped for each stream they have (a full queue would have dropped them anyway)."""
