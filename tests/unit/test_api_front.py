@@ -380,3 +380,53 @@ def test_serving_processes_can_share_a_tcp_port() -> None:
     finally:
         for s in first:
             s.close()
+
+
+def test_a_client_that_asks_without_reading_the_answers_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PINGs (and SETTINGS) are answered by h2 itself, also while the connection is not written
+    to because the client reads nothing: past MAX_UNREAD waiting the connection is closed."""
+    import asyncio
+
+    import h2.config
+    import h2.connection
+
+    from vigil.api import h2front
+
+    class Transport(asyncio.Transport):   # a client that reads nothing: everything written stays buffered
+        def __init__(self) -> None:
+            super().__init__()
+            self.buffered, self.aborted = 0, False
+
+        def write(self, data: bytes) -> None:
+            self.buffered += len(data)
+
+        def get_write_buffer_size(self) -> int:
+            return self.buffered
+
+        def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+            pass
+
+        def get_extra_info(self, name: str, default: object = None) -> object:
+            return default  # (no peer name)
+
+        def abort(self) -> None:
+            self.aborted = True
+            conn.connection_lost(None)
+
+    monkeypatch.setattr(h2front, "MAX_UNREAD", 1 << 20)   # (16 MiB of PINGs take seconds to parse)
+    front = h2front.Front(None)
+    conn = h2front.Connection(front)
+    t = Transport()
+    conn.connection_made(t)  # type: ignore[arg-type]
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    conn.data_received(client.data_to_send())
+    conn.pause_writing()
+    client.ping(b"12345678")
+    ping = client.data_to_send()
+    sent = 0
+    while not t.aborted and sent < 2 * h2front.MAX_UNREAD:
+        conn.data_received(ping * 1000)
+        sent += len(ping) * 1000
+    assert t.aborted and h2front.MAX_UNREAD < t.buffered < h2front.MAX_UNREAD + len(ping) * 1000
+    assert conn not in front.connections

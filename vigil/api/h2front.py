@@ -47,6 +47,9 @@ MAX_BUFFERED = 4 * MAX_REQUEST
 SEND_BUDGET = 1 << 20          # bytes written per connection per turn of the loop
 FILTER_BUDGET = 256            # events a filtered stream filters per turn
 WRITE_HIGH_WATER = 256 << 10   # transport buffer above which a connection is not written to
+# past the high water only h2's own answers (PING and SETTINGS acks, resets) are written; a client
+# that sends those asks without reading their answers is cut off once this much waits for it
+MAX_UNREAD = 16 << 20
 # request headers that are HTTP/2 or gRPC transport, not call metadata (grpc-* are all reserved)
 _NOT_METADATA = frozenset({b"content-type", b"te", b"user-agent", b"accept-encoding", b"host"})
 _H2_CONFIG = h2.config.H2Configuration(client_side=False, header_encoding=None)
@@ -228,6 +231,8 @@ class Connection(asyncio.Protocol):
                 self.closed = True
                 self.close()
                 return
+        if self.paused:
+            self._flush()   # h2's own answers (PING, SETTINGS acks): counted against MAX_UNREAD
         self.pump()
 
     def pause_writing(self) -> None:
@@ -469,6 +474,11 @@ class Connection(asyncio.Protocol):
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.closed:
             self.transport.write(data)
+            if self.transport.get_write_buffer_size() > MAX_UNREAD:
+                log.warning("HTTP/2 client %s reads nothing of what it asks for (%d bytes waiting): "
+                            "connection closed", self.peer, self.transport.get_write_buffer_size())
+                self.closed = True
+                self.transport.abort()
 
     # -- ends
     def _reset(self, sid: int) -> None:
