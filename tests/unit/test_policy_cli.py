@@ -90,3 +90,81 @@ def test_validate_prints_warnings(tmp_path: Path) -> None:
 def test_validate_missing_file() -> None:
     r = CliRunner().invoke(policy, ["validate", "/nonexistent/x.yaml"])
     assert r.exit_code == 2
+
+
+# ---- input that once gave a traceback or passed unnoticed: a clear error, nothing half done
+BAD_EVENT_LINES = [
+    ('{"process_exec":5}', "process_exec is a number, not an object"),
+    ('{"process_exec":{"process":"x"}}', "process_exec.process is a string, not an object"),
+    ('{"process_exec":{"process":{"binary":5}}}', "process_exec.process.binary is a number, not a string"),
+    ('{"process_exec":{"process":{"binary":"/x"}},"time":5}', "time is a number, not a string"),
+    ('{"process_kprobe":{"process":{"binary":"/x"},"args":[1]}}', "process_kprobe.args[0] is a number"),
+]
+
+
+def test_dry_run_and_getevents_skip_lines_that_are_not_events_of_the_export(tmp_path: Path) -> None:
+    good = '{"process_kprobe":{"process":{"binary":"/x","pid":1},"function_name":"__x64_sys_write",' \
+           '"args":[{"size_arg":"abc"}]}}'
+    ev = tmp_path / "ev.json"
+    ev.write_text("\n".join([good] + [line for line, _ in BAD_EVENT_LINES]) + "\n")
+    pol = tmp_path / "p.yaml"
+    pol.write_text("apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: w}\nspec:\n"
+                   "  kprobes: [{call: sys_write, syscall: true, args: [{index: 2, type: size_t}],\n"
+                   "             selectors: [{matchArgs: [{index: 2, operator: GT, values: ['10']}]}]}]\n")
+    r = CliRunner().invoke(cli, ["policy", "dry-run", str(pol), "--events", str(ev)])
+    assert r.exit_code == 0, r.output
+    for n, (_line, why) in enumerate(BAD_EVENT_LINES, start=2):
+        assert f"ev.json:{n}: skipping malformed line: {why}" in r.output
+    assert "undecidable" in r.output   # the good line's size "abc" cannot be compared, and says so
+    for output in ("json", "compact"):
+        r = CliRunner().invoke(cli, ["getevents", "-o", output, "--timestamps", "--process", "x",
+                                     "--file", str(ev)])
+        assert r.exit_code == 0, r.output
+        assert r.output.count("skipping malformed line") == len(BAD_EVENT_LINES)
+
+
+def test_explain_with_a_facts_file_that_is_not_one(tmp_path: Path) -> None:
+    for text in ("not json", "[1, 2]"):
+        f = tmp_path / "facts.json"
+        f.write_text(text)
+        r = CliRunner().invoke(cli, ["policy", "explain", "--facts", str(f), str(GOOD / "14-macros.yaml")])
+        assert r.exit_code == 2 and "not a facts file recorded by --record-facts" in r.output, r.output
+    facts = Path(__file__).parents[1] / "data" / "facts" / "host-6.18.json"
+    r = CliRunner().invoke(cli, ["policy", "explain", "--facts", str(facts), "--record-facts", str(tmp_path),
+                                 str(GOOD / "14-macros.yaml")])
+    assert r.exit_code == 2 and "Is a directory" in r.output, r.output
+
+
+def test_validate_a_directory_without_policies(tmp_path: Path) -> None:
+    r = CliRunner().invoke(cli, ["policy", "validate", str(tmp_path)])
+    assert r.exit_code == 2 and "no .yaml, .yml or .json file" in r.output
+    (tmp_path / "P.YAML").write_text((GOOD / "14-macros.yaml").read_text())
+    r = CliRunner().invoke(cli, ["policy", "validate", str(tmp_path)])
+    assert r.exit_code == 0 and "P.YAML: OK" in r.output, r.output
+
+
+def test_a_mode_given_on_the_command_line_hides_nothing_from_the_strict_reading(tmp_path: Path) -> None:
+    f = tmp_path / "dup.yaml"
+    f.write_text("apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: d}\nspec:\n"
+                 "  kprobes: [{call: sys_write, syscall: true, selectors: [{matchBinaries: [], matchBinaries: []}]}]\n")
+    r = CliRunner().invoke(cli, ["tracingpolicy", "add", "-m", "monitor", str(f), "--server-address",
+                                 "unix:///nonexistent/vigil.sock"])
+    assert r.exit_code == 1 and f"{f}:5:" in r.output and 'duplicate field "matchBinaries"' in r.output, r.output
+
+
+def test_aliases_that_multiply_values_and_deep_nesting_are_refused_quickly() -> None:
+    from vigil.policy import check_text
+
+    n = 30   # each level a list of aliases to the one below: n**4 values from a few kilobytes
+    vals = "[" + ",".join(f'"/a{i}"' for i in range(n)) + "]"
+    text = ("apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: bomb}\nspec:\n  kprobes:\n"
+            "  - &K\n    call: sys_openat\n    syscall: true\n    args: [{index: 1, type: string}]\n"
+            "    selectors:\n    - &S\n      matchArgs:\n"
+            f"      - &A {{index: 1, operator: Equal, values: {vals}}}\n"
+            + "      - *A\n" * (n - 1) + "    - *S\n" * (n - 1) + "  - *K\n" * (n - 1))
+    r = check_text(text, "bomb.yaml")
+    assert not r.ok and any("more than 200000 values" in e.message for e in r.errors)
+    deep = ("apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: d}\nstatus: "
+            + "[" * 900 + "]" * 900 + "\nspec: {tracepoints: [{subsystem: syscalls, event: sys_enter_getppid}]}\n")
+    r = check_text(deep, "deep.yaml")
+    assert not r.ok and "nested too deeply" in r.errors[0].message

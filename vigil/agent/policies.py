@@ -221,7 +221,7 @@ class PolicyManager:
         names: list[str] = []
         refused: list[str] = []
         for f in sorted(d.iterdir()):
-            if f.suffix in (".yaml", ".yml", ".json"):
+            if f.suffix.lower() in (".yaml", ".yml", ".json"):
                 try:  # each file all or nothing; one refused file does not keep the others out
                     names += self.add_file(str(f))
                 except PolicyError as e:

@@ -12,6 +12,7 @@ import click
 import orjson
 
 from vigil.events.source import MAGIC
+from vigil.export.shape import shape_error
 
 Event = dict[str, Any]
 
@@ -27,6 +28,10 @@ def events_from_jsonl(data: bytes, name: str, bad: list[str]) -> Iterator[Event]
             continue
         if not isinstance(e, dict):
             bad.append(f"{name}:{lineno}: skipping malformed line: not a JSON object")
+            continue
+        why = shape_error(e)
+        if why:
+            bad.append(f"{name}:{lineno}: skipping malformed line: {why}")
             continue
         yield e
 

@@ -29,6 +29,7 @@ import orjson
 
 from vigil.api.cliutil import tls_options
 from vigil.export.event_types import FilterError, parse_event_type
+from vigil.export.shape import shape_error
 
 Event = dict[str, Any]
 DEFAULT_TIMEOUT = 30.0
@@ -191,6 +192,10 @@ class LineDecoder:
                 continue
             if not isinstance(event, dict):
                 self._report(lineno, "not a JSON object")
+                continue
+            why = shape_error(event)
+            if why:
+                self._report(lineno, why)
                 continue
             yield event
 

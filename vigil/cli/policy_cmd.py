@@ -27,7 +27,10 @@ def _expand(paths: tuple[str, ...]) -> list[Path]:
         if not p.exists():
             raise click.BadParameter(f"{ref}: no such file or directory", param_hint="FILES")
         if p.is_dir():
-            out.extend(sorted(f for f in p.iterdir() if f.suffix in (".yaml", ".yml", ".json")))
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in (".yaml", ".yml", ".json") and f.is_file())
+            if not found:
+                raise click.BadParameter(f"{ref}: no .yaml, .yml or .json file in this directory", param_hint="FILES")
+            out.extend(found)
         else:
             out.append(p)
     return out
@@ -114,7 +117,14 @@ def explain(files: tuple[str, ...], output: str, details: bool, hook_substitutio
     from vigil.policy.explain import CAUSE_TEXT, explain_policy
     from vigil.policy.loader import load_policies
 
-    facts = KernelFacts.load(facts_file) if facts_file else KernelFacts.gather()
+    if facts_file:
+        try:
+            facts = KernelFacts.load(facts_file)
+        except (OSError, ValueError, TypeError, AttributeError, KeyError) as e:  # (JSONDecodeError: a ValueError)
+            raise click.BadParameter(f"{facts_file}: not a facts file recorded by --record-facts ({e})",
+                                     param_hint="--facts") from None
+    else:
+        facts = KernelFacts.gather()
     report: list[dict[str, Any]] = []
     ok = True
     for path in _expand(files):
@@ -132,8 +142,11 @@ def explain(files: tuple[str, ...], output: str, details: bool, hook_substitutio
             ok = ok and entry["loadable"]
             report.append(entry)
     if record_facts:
-        with open(record_facts, "w") as fh:
-            json.dump(facts.record(full=full), fh, indent=1, sort_keys=True)
+        try:
+            with open(record_facts, "w") as fh:
+                json.dump(facts.record(full=full), fh, indent=1, sort_keys=True)
+        except OSError as e:
+            raise click.BadParameter(f"{record_facts}: {e.strerror}", param_hint="--record-facts") from None
     if output == "json":
         click.echo(json.dumps({"kernel": facts.release, "hook_substitution": hook_substitution,
                                "policies": report, "counts": _counts(report)}, indent=2))

@@ -63,21 +63,27 @@ def render_policies(pols: list[dict[str, Any]], wide: bool = False) -> str:
     return "\n".join(result)
 
 
-def with_mode(yaml_text: str, mode: str) -> str:
-    """Set the `policy-mode` option in a policy document (what tetra's -m does)."""
+def with_mode(yaml_text: str, mode: str, filename: str = "<policy>") -> str:
+    """Set the `policy-mode` option in each policy document (what tetra's -m does). The YAML is
+    read strictly first, as the agent reads it: the documents are written anew here, and what
+    that rewriting would hide (a duplicate key, a merge key) must not pass."""
     import yaml
 
-    try:
-        doc = yaml.safe_load(yaml_text)
-    except yaml.YAMLError as e:
-        raise click.ClickException(f"cannot parse policy YAML: {e}") from None
-    if not isinstance(doc, dict):
-        raise click.ClickException("policy YAML is not a mapping")
-    spec = doc.setdefault("spec", {}) or {}
-    doc["spec"] = spec
-    opts = [o for o in (spec.get("options") or []) if not (isinstance(o, dict) and o.get("name") == "policy-mode")]
-    spec["options"] = [*opts, {"name": "policy-mode", "value": mode}]
-    return yaml.safe_dump(doc, sort_keys=False)
+    from vigil.policy import structure_errors
+
+    errors = structure_errors(yaml_text, filename)
+    if errors:
+        raise click.ClickException("\n".join(str(e) for e in errors))
+    docs = list(yaml.safe_load_all(yaml_text))
+    for doc in docs:
+        if not isinstance(doc, dict) or not str(doc.get("apiVersion", "")).startswith("cilium.io/"):
+            continue  # (other objects of a manifest: the agent skips them)
+        spec = doc.setdefault("spec", {}) or {}
+        doc["spec"] = spec
+        opts = [o for o in (spec.get("options") or [])
+                if not (isinstance(o, dict) and o.get("name") == "policy-mode")]
+        spec["options"] = [*opts, {"name": "policy-mode", "value": mode}]
+    return yaml.safe_dump_all([d for d in docs if d is not None], sort_keys=False)
 
 
 @click.group("tracingpolicy")
@@ -102,7 +108,7 @@ def add(file: Path, mode: str | None, server_address: str | None, timeout: float
     except OSError as e:
         raise click.ClickException(f"cannot read {file}: {e.strerror or e}") from None
     if mode:
-        text = with_mode(text, mode)
+        text = with_mode(text, mode, str(file))
     with client(server_address, timeout) as c:
         c.add_policy(text)
     click.echo(f"tracing policy {file} added")

@@ -3,7 +3,7 @@ model and validate it (no kernel, no BPF maps)."""
 from __future__ import annotations
 
 from .errors import Loc, PolicyErrors, PolicyValidationError
-from .loader import LoadResult, check_file, check_text, load_policies, parse_policies
+from .loader import LoadResult, check_file, check_text, load_policies, parse_policies, structure_errors
 from .model import (
                     ActionSelector,
                     ArgSelector,
@@ -35,5 +35,5 @@ __all__ = [
     "LsmHookSpec", "NamespaceChangesSelector", "NamespaceSelector", "ObjectMeta", "OptionSpec",
     "PIDSelector", "Policy", "PolicyErrors", "PolicyValidationError", "Selector",
     "TracepointSpec", "TracingPolicySpec", "UProbeSpec", "UsdtSpec", "check_file", "check_text",
-    "load_policies", "parse_policies",
+    "load_policies", "parse_policies", "structure_errors",
 ]

@@ -27,7 +27,7 @@ from .enforce_placement import place_syscall_on_host, place_syscall_on_lsm
 from .errors import Loc, PolicyErrors, PolicyValidationError
 from .model import ActionSelector, ArgSelector, KProbeSpec, LsmHookSpec, Policy, Selector, TracepointSpec
 from .placement import ArgPlan, Placement, place_kernel_function, place_tracepoint, place_uprobe, place_usdt
-from .syscall_place import TRACEPOINT_NAME, parse_syscall, place_syscall
+from .syscall_place import TRACEPOINT_NAME, list_syscall_numbers, parse_syscall, place_syscall
 from .syscalls import SYSCALL_NUMBERS
 from .values import (
     parse_capability,
@@ -557,7 +557,7 @@ def _compile_filter(ch: CompiledHook, f: L.Filter, e: ArgSelector, plan: ArgPlan
             n = 0
             for v in e.values:
                 if v.startswith("list:"):
-                    for num in _list_numbers(ch, v[5:]):
+                    for num in list_syscall_numbers(ch.lists, v[5:]):
                         ch.val_keys.append(struct.pack("<IIq", map_id, 0, num))
                     continue
                 lo, hi = parse_int_or_range(v)
@@ -578,25 +578,6 @@ def _compile_filter(ch: CompiledHook, f: L.Filter, e: ArgSelector, plan: ArgPlan
         errs.error(e.at("values"), f"at most {L.MAX_VALUES} values for {op} (Vigil's limit)", "vigil")
         return
     _set_values(ch, f, ranges, e, errs, map_id)
-
-
-def _list_numbers(ch: CompiledHook, name: str) -> list[int]:
-    """Syscall numbers of a spec.lists entry (for syscall64 InMap): 32-bit syscalls with bit 31,
-    as the kernel side reports them."""
-    from .syscall_place import parse_syscall
-
-    lst = ch.lists.get(name)
-    if lst is None:
-        raise ValueError(f"no list named {name!r} in spec.lists")
-    if lst.type == "generated_syscalls":
-        return sorted(SYSCALL_NUMBERS.values())
-    out = []
-    for v in lst.values:
-        sc = parse_syscall(v if v.startswith(("sys_", "__")) else f"sys_{v}", True)
-        if sc is None or sc.nr is None:
-            raise ValueError(f"list {name!r}: {v!r} is not an x86_64 or 32-bit syscall")
-        out.append(sc.nr | (0x80000000 if sc.abi == "i386" else 0))
-    return out
 
 
 def _set_values(ch: CompiledHook, f: L.Filter, ranges: list[tuple[int, int]], e: ArgSelector, errs: _Errors,

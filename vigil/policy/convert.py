@@ -22,8 +22,11 @@ from .model import Node
 
 _TAG = "tag:yaml.org,2002:"
 _STR, _INT, _BOOL, _NULL, _FLOAT = (_TAG + t for t in ("str", "int", "bool", "null", "float"))
-_CONSTRUCT = SafeConstructor()
+_CONSTRUCT = SafeConstructor()   # scalars only (keeps no state for them)
 _BAD = object()  # conversion failed (already reported)
+# values converted for one document at most: YAML aliases can make a few kilobytes name
+# billions of values (each level a list of aliases to the one below)
+MAX_VALUES = 200_000
 _INT_RANGES = {
     "uint32": (0, 2**32 - 1),
     "int32": (-(2**31), 2**31 - 1),
@@ -69,6 +72,7 @@ class Converter:
     def __init__(self, filename: str, diag: Diagnostics) -> None:
         self.file = filename
         self.diag = diag
+        self.budget = MAX_VALUES   # reset by the caller for each document
 
     def loc(self, node: yaml.Node, path: str) -> Loc:
         m = node.start_mark
@@ -116,8 +120,20 @@ class Converter:
 
     def value(self, tp: Any, kind: str | None, node: yaml.Node, path: str, key: str,
               locs: dict[str, Loc]) -> Any:
+        self.budget -= 1
+        if self.budget < 0:
+            if self.budget == -1:
+                self.diag.error(self.loc(node, path), f"the document holds more than {MAX_VALUES} values "
+                                "(through YAML aliases?)")
+            return _BAD
         if kind == "opaque":
-            return _CONSTRUCT.construct_object(node, deep=True)
+            try:  # a constructor of its own: one keeps every object it made, for ever
+                return SafeConstructor().construct_object(node, deep=True)
+            except (ConstructorError, ValueError, TypeError) as e:
+                self.diag.error(self.loc(node, path), f"cannot read {key}: {getattr(e, 'problem', None) or e}")
+            except RecursionError:
+                self.diag.error(self.loc(node, path), f"cannot read {key}: nested too deeply")
+            return _BAD
         origin = typing.get_origin(tp)
         if origin in (types.UnionType, typing.Union):
             tp = next(a for a in typing.get_args(tp) if a is not type(None))
@@ -181,7 +197,7 @@ class Converter:
                     return _BAD
                 return v
         except (ConstructorError, ValueError) as e:
-            self.diag.error(here, f"invalid {what[2:] if what.startswith('a ') else what}: {e}")
+            self.diag.error(here, f"invalid {what.split(' ', 1)[1]}: {e}")
             return _BAD
         return node.value
 

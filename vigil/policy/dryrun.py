@@ -224,7 +224,15 @@ def _sock(d: Mapping[str, Any], sockaddr: bool) -> Sock | None:
 
 
 def arg_value(a: Mapping[str, Any]) -> Any:
-    """The value a selector compares, from one exported argument (None: not comparable)."""
+    """The value a selector compares, from one exported argument (None: not comparable, also
+    when the argument's value is not of its kind: "size_arg": "abc")."""
+    try:
+        return _arg_value(a)
+    except (ValueError, TypeError, AttributeError):   # (binascii.Error is a ValueError)
+        return None
+
+
+def _arg_value(a: Mapping[str, Any]) -> Any:
     if "string_arg" in a:
         return a["string_arg"]
     for k in ("file_arg", "path_arg", "linux_binprm_arg"):

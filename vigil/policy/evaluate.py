@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from . import enums
 from .model import ActionSelector, ArgSelector, KProbeArg, LabelSelector, Selector
+from .syscall_place import list_syscall_numbers
 from .values import (
     parse_capability,
     parse_cidr,
@@ -176,25 +177,13 @@ def _int_values(e: ArgSelector, lists: Mapping[str, object]) -> list[tuple[int, 
         out: list[tuple[int, int]] = []
         for v in e.values:
             if v.startswith("list:"):
-                out += [(n, n) for n in _list_numbers(lists, v[5:])]
+                out += [(n, n) for n in list_syscall_numbers(lists, v[5:])]
             else:
                 out.append(parse_int_or_range(v))
         return out
     if e.operator in ("InRange", "NotInRange"):
         return [parse_int_or_range(v) for v in e.values]
     return [(parse_int(v), parse_int(v)) for v in e.values]
-
-
-def _list_numbers(lists: Mapping[str, object], name: str) -> list[int]:
-    from .syscalls import SYSCALL_NUMBERS
-    from .values import syscall_base
-
-    lst = lists.get(name)
-    if lst is None:
-        raise ValueError(f"no list named {name!r} in spec.lists")
-    if getattr(lst, "type", "") == "generated_syscalls":
-        return sorted(SYSCALL_NUMBERS.values())
-    return [SYSCALL_NUMBERS[syscall_base(v) or v] for v in getattr(lst, "values", ())]
 
 
 def int_match(op: str, values: Sequence[tuple[int, int]], v: int) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from . import enums
-from .convert import BAD, Converter, is_null
+from .convert import BAD, MAX_VALUES, Converter, is_null
 from .errors import Diagnostics, Loc, PolicyErrors, PolicyValidationError
 from .macros import expand_macros
 from .model import Policy
@@ -44,6 +44,15 @@ def check_text(text: str, filename: str = "<string>") -> LoadResult:
     return LoadResult(filename, [] if errors else policies, errors, diag.sorted_warnings())
 
 
+def structure_errors(text: str, filename: str = "<string>") -> list[PolicyValidationError]:
+    """What the strict reading of the YAML alone finds (syntax, duplicate or unknown fields,
+    types), before any check of what the policy means: for a tool that rewrites the documents
+    before another checks them (`vigil tracingpolicy add -m`), so the rewriting hides nothing."""
+    diag = Diagnostics()
+    _parse(text, filename, diag, semantic=False)
+    return diag.sorted_errors()
+
+
 def check_file(path: str | Path) -> LoadResult:
     p = Path(path)
     try:
@@ -66,7 +75,7 @@ def load_policies(path: str | Path,
     """Policies of a file, or of every *.yaml/*.yml/*.json file in a directory (sorted).
     Raises PolicyErrors with the errors of every failing file."""
     p = Path(path)
-    files = sorted(f for f in p.iterdir() if f.suffix in POLICY_SUFFIXES) if p.is_dir() else [p]
+    files = sorted(f for f in p.iterdir() if f.suffix.lower() in POLICY_SUFFIXES) if p.is_dir() else [p]
     results = [check_file(f) for f in files]
     if len(results) > 1:
         _cross_file_duplicates(results)
@@ -84,7 +93,7 @@ def _unwrap(results: list[LoadResult], warnings: list[PolicyValidationError] | N
     return [pol for r in results for pol in r.policies]
 
 
-def _parse(text: str, filename: str, diag: Diagnostics) -> list[Policy]:
+def _parse(text: str, filename: str, diag: Diagnostics, semantic: bool = True) -> list[Policy]:
     try:
         docs = list(yaml.compose_all(text, Loader=_LOADER))
     except yaml.MarkedYAMLError as e:
@@ -95,6 +104,9 @@ def _parse(text: str, filename: str, diag: Diagnostics) -> list[Policy]:
         return []
     except yaml.YAMLError as e:
         diag.error(Loc(filename, 1, 1, ""), f"YAML error: {e}")
+        return []
+    except RecursionError:
+        diag.error(Loc(filename, 1, 1, ""), "YAML error: nested too deeply")
         return []
     conv = Converter(filename, diag)
     policies: list[Policy] = []
@@ -109,14 +121,16 @@ def _parse(text: str, filename: str, diag: Diagnostics) -> list[Policy]:
             continue
         structural = Diagnostics()
         conv.diag = structural
+        conv.budget = MAX_VALUES
         pol = conv.build(Policy, doc, "")
-        semantic = Diagnostics()
+        meaning = Diagnostics()
         if pol is not BAD:
-            pol = _normalize(pol, semantic)
-            pol = expand_macros(pol, semantic)
-            validate_policy(pol, semantic)
+            if semantic:
+                pol = _normalize(pol, meaning)
+                pol = expand_macros(pol, meaning)
+                validate_policy(pol, meaning)
             policies.append(pol)
-        _merge(diag, structural, semantic)
+        _merge(diag, structural, meaning)
     if not policies and not diag.errors:
         diag.error(Loc(filename, 1, 1, ""), "no TracingPolicy document in file")
     _duplicate_names(policies, diag)

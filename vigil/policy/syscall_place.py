@@ -9,7 +9,9 @@ the kernel has none for it, on `raw_syscalls` filtered by number; 32-bit syscall
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from vigil.kernel import policy_layout as L
 from vigil.kernel.facts import KernelFacts
@@ -54,6 +56,25 @@ def parse_syscall(call: str, syscall_flag: bool) -> Syscall | None:
     if syscall_flag:
         return Syscall(call, "x64", SYSCALL_NUMBERS.get(call))
     return None
+
+
+def list_syscall_numbers(lists: Mapping[str, Any], name: str) -> list[int]:
+    """Syscall numbers of a spec.lists entry (for syscall64 InMap), as the kernel side reports
+    them: 32-bit syscalls with bit 31 (the compiler and the evaluator both read lists here)."""
+    lst = lists.get(name)
+    if lst is None:
+        raise ValueError(f"no list named {name!r} in spec.lists")
+    if lst.type == "generated_syscalls":
+        return sorted(SYSCALL_NUMBERS.values())
+    if lst.type == "generated_ftrace":
+        raise ValueError(f"list {name!r} is a generated_ftrace list: it names kernel functions, not syscalls")
+    out = []
+    for v in lst.values:
+        sc = parse_syscall(v if v.startswith(("sys_", "__")) else f"sys_{v}", True)
+        if sc is None or sc.nr is None:
+            raise ValueError(f"list {name!r}: {v!r} is not an x86_64 or 32-bit syscall")
+        out.append(sc.nr | (0x80000000 if sc.abi == "i386" else 0))
+    return out
 
 
 def place_syscall(spec: KProbeSpec, section: str, index: int, call: str, sc: Syscall,

@@ -193,7 +193,9 @@ class ArgChecker:
             return _string(limits.MAX_POSTFIX_LEN, "characters")
         if op in ("SubString", "SubStringIgnCase"):
             return _string(limits.MAX_SUBSTRING_LEN, "characters")
-        if op in ONE_VALUE_OPS or op == "Mask":
+        if op == "Mask":
+            return lambda v: self._int(v, atype, bits_only=True)
+        if op in ONE_VALUE_OPS:
             return lambda v: self._int(v, atype)
         if op in ("InRange", "NotInRange"):
             return lambda v: self._range(v, atype)
@@ -215,13 +217,18 @@ class ArgChecker:
             return _string(4096, "characters")
         return lambda v: v
 
-    def _int(self, text: str, atype: str) -> int:
+    def _int(self, text: str, atype: str, bits_only: bool = False) -> int:
+        """A value of an integer argument type: within the type's range (a signed type is read
+        sign-extended, so 0xffffff9c of an int is no value it can have: -100 is); `bits_only`
+        (Mask): any bit pattern of the type's width."""
         v = values.parse_int(text)
         bits = INT_BITS.get(atype)
         if bits is not None:
-            lo = 0 if atype in UNSIGNED else -(2 ** (bits - 1))
-            if not lo <= v <= 2**bits - 1:
-                raise ValueError(f"{text} does not fit argument type {atype}")
+            signed = atype not in UNSIGNED and atype != "syscall64"
+            lo = -(2 ** (bits - 1)) if signed else 0
+            hi = 2 ** (bits - 1) - 1 if signed and not bits_only else 2**bits - 1
+            if not lo <= v <= hi:
+                raise ValueError(f"{text} does not fit argument type {atype} ({lo}..{hi})")
         return v
 
     def _range(self, text: str, atype: str) -> tuple[int, int]:
@@ -236,6 +243,9 @@ class ArgChecker:
             ls = self.spec.list_named(name)
             if ls is None:
                 raise ValueError(f'list "{name}" is not defined in spec.lists')
+            if ls.type == "generated_ftrace":
+                raise ValueError(f'list "{name}" is a generated_ftrace list: it names kernel functions, '
+                                 "not values to match")
             return ls
         if atype == "syscall64" and values.is_syscall(text, bare_ok=False):
             return text

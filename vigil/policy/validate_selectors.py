@@ -315,9 +315,39 @@ class SelectorChecker:
             d.error(a.loc.child("argError"), "action Override needs argError (a negative errno)")
 
 
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def label_key_error(key: str) -> str:
+    """Why `key` is no Kubernetes label key ("" when it is one): [prefix/]name, the name at most
+    63 characters of [A-Za-z0-9-_.] starting and ending alphanumeric, the prefix a DNS subdomain."""
+    prefix, _, name = key.removeprefix("k8s:").rpartition("/")   # (k8s:io.kubernetes.pod.namespace)
+    if not _LABEL_NAME.fullmatch(name):
+        return f"label key {key!r}: the name must be 1-63 characters of [A-Za-z0-9-_.], starting and ending " \
+               "with a letter or digit"
+    if "/" in key.removeprefix("k8s:") and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix)):
+        return f"label key {key!r}: the prefix must be a DNS subdomain"
+    return ""
+
+
+def label_value_error(value: str) -> str:
+    if value and not _LABEL_NAME.fullmatch(value):
+        return f"label value {value!r}: at most 63 characters of [A-Za-z0-9-_.], starting and ending with a " \
+               "letter or digit"
+    return ""
+
+
 def check_label_selector(d: Diagnostics, ls: LabelSelector) -> None:
+    for k, v in ls.match_labels.items():
+        why = label_key_error(k) or label_value_error(v)
+        if why:
+            d.error(ls.at("matchLabels"), why)
     for r in ls.match_expressions:
-        if r.operator not in enums.LABEL_OPERATORS:
+        why = label_key_error(r.key)
+        if why:
+            d.error(r.at("key"), why)
+        elif r.operator not in enums.LABEL_OPERATORS:
             d.error(r.at("operator"), enum_message("operator", r.operator, enums.LABEL_OPERATORS))
         elif r.operator in ("In", "NotIn") and not r.values:
             d.error(r.at("values"), f"operator {r.operator} needs at least one value")

@@ -123,7 +123,14 @@ def parse_duration(text: str) -> int:
     n = int(m.group(1))
     if n == 0:
         raise ValueError(f'rateLimit "{text}" must be greater than zero')
-    return n * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+    seconds = n * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f'rateLimit "{text}" is longer than {MAX_DURATION_S} seconds (the kernel counts it '
+                         "in nanoseconds, in 64 bits)")
+    return seconds
+
+
+MAX_DURATION_S = (2**64 - 1) // 10**9
 
 
 def parse_bool_string(text: str) -> bool:
