@@ -448,27 +448,54 @@ static __always_inline int binary_filter(struct vp_selector *sel, struct gen_hea
 	return 0;
 }
 
-static __always_inline int pid_filter(struct vp_pid_filter *pf, struct gen_heap *h)
+/* The process's pid in its own pid namespace (its thread-group leader's, whichever thread
+ * runs), 0 for a process of the host's pid namespace: isNamespacePID matches only processes
+ * in a pid namespace, as in Tetragon. */
+static __always_inline __u32 process_nspid(struct task_struct *task)
 {
-	__u32 pid;
+	struct pid *tp = BPF_CORE_READ(task, group_leader, thread_pid);
+	unsigned int level = BPF_CORE_READ(tp, level);
+	struct upid up = {};
 
-	if (pf->nspid && !h->nspid_known) {
-		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-		struct pid *tp = BPF_CORE_READ(task, thread_pid);
-		unsigned int level = BPF_CORE_READ(tp, level);
-		struct upid up = {};
+	if (!level)
+		return 0;
+	bpf_probe_read_kernel(&up, sizeof(up), &tp->numbers[level & 31]);
+	return up.nr;
+}
 
-		bpf_probe_read_kernel(&up, sizeof(up), &tp->numbers[level & 31]);
-		h->nspid = up.nr;
-		h->nspid_known = 1;
-	}
-	pid = pf->nspid ? h->nspid : h->tgid;
+static __always_inline int pid_listed(struct vp_pid_filter *pf, __u32 pid)
+{
 	int i, any = 0;
 
 	for (i = 0; i < VP_MAX_PIDS; i++) {
 		if (i >= pf->n)
 			break;
-		any |= pf->pids[i] == pid;
+		any |= pid && pf->pids[i] == pid;
+	}
+	return any;
+}
+
+static __always_inline int pid_filter(struct vp_pid_filter *pf, struct gen_heap *h)
+{
+	__u32 pid;
+	int i, any;
+
+	if (pf->nspid && !h->nspid_known) {
+		h->nspid = process_nspid((struct task_struct *)bpf_get_current_task());
+		h->nspid_known = 1;
+	}
+	pid = pf->nspid ? h->nspid : h->tgid;
+	any = pid_listed(pf, pid);
+	if (!any && pf->follow && pf->nspid) {
+		/* followForks by namespace pid: each ancestor by its own pid in its namespace */
+		struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+
+		for (int d = 0; d < 8 && !any; d++) {
+			t = BPF_CORE_READ(t, group_leader, real_parent);
+			if (!t)
+				break;
+			any = pid_listed(pf, process_nspid(t));
+		}
 	}
 	if (!any && pf->follow && !pf->nspid) {
 		/* followForks: a descendant of a listed pid matches too */
@@ -480,13 +507,10 @@ static __always_inline int pid_filter(struct vp_pid_filter *pf, struct gen_heap 
 			if (!e || e->pkey.pid == cur || e->pkey.pid == 0)
 				break;
 			cur = e->pkey.pid;
-			for (i = 0; i < VP_MAX_PIDS; i++) {
-				if (i >= pf->n)
-					break;
-				any |= pf->pids[i] == cur;
-			}
+			any = pid_listed(pf, cur);
 		}
 	}
+	(void)i;
 	return pf->op == 1 ? any : !any;
 }
 
@@ -499,6 +523,17 @@ static __always_inline int cap_filter(struct vp_cap_filter *cf, struct task_stru
 		return 0;
 	any = (caps & cf->mask) != 0;
 	return (cf->op == 1) == !!any;
+}
+
+/* matchCapabilityChanges entry, on the bits changed since exec: In, a listed capability
+ * changed; NotIn, none of them did but another one did */
+static __always_inline int cap_change_filter(struct vp_cap_filter *cf, struct task_struct *task, __u64 changed)
+{
+	if (cf->ns && BPF_CORE_READ(task, cred, user_ns, ns.inum) == cf->ns)
+		return 0;
+	if (cf->op == 1)
+		return (changed & cf->mask) != 0;
+	return !(changed & cf->mask) && changed;
 }
 
 /* Global: do all filters of selector si hold (matchArgs and the process filters)? */
@@ -568,18 +603,21 @@ __noinline int match_selector(__u32 si)
 				if (j >= sel->ncapchg)
 					break;
 				at_exec = cf->type == 1 ? e->caps[1] : cf->type == 2 ? e->caps[2] : e->caps[0];
-				if (!cap_filter(cf, task, read_caps(task, cf->type) ^ at_exec))
+				if (!cap_change_filter(cf, task, read_caps(task, cf->type) ^ at_exec))
 					return 0;
 			}
 		}
 		if (sel->present & VP_SEL_NSCHG) {
+			/* In: one of the listed namespaces changed since exec; NotIn: one of the
+			 * others did (a namespace unknown at exec counts as unchanged) */
+			__u32 m = sel->nschg_op == 1 ? sel->nschg_mask : ~sel->nschg_mask;
 			int any = 0;
 
 			for (j = 0; j < VP_MAX_NS; j++) {
-				if ((sel->nschg_mask & (1 << j)) && read_ns(task, j) != e->ns[j])
+				if ((m & (1u << j)) && e->ns[j] && read_ns(task, j) != e->ns[j])
 					any = 1;
 			}
-			if ((sel->nschg_op == 1) != any)
+			if (!any)
 				return 0;
 		}
 	}

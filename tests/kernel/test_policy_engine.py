@@ -270,6 +270,71 @@ kprobes:
     assert not policy_events(events, runs["plain"].pid, "changes")
 
 
+def test_notin_change_selectors_need_another_change(running_agent: RunningAgent, pywork: Path):
+    """NotIn of matchNamespaceChanges / matchCapabilityChanges: a change outside the list (as
+    Tetragon); a process where nothing changed, or only a listed one, is no match."""
+    d = str(pywork / "data")
+    spec = f"""
+kprobes:
+- call: sys_openat
+  syscall: true
+  args: [{{index: 1, type: string}}]
+  selectors:
+  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
+    matchNamespaceChanges: [{{operator: NotIn, values: [Uts]}}]
+  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
+    matchCapabilityChanges: [{{type: Effective, operator: NotIn, values: ["CAP_SYS_ADMIN"]}}]
+"""
+    code = {
+        "plain": open_file(f"{d}/present.txt"),
+        "uts": "import ctypes\nctypes.CDLL(None).unshare(0x04000000)\n" + open_file(f"{d}/present.txt"),
+        "ipc": "import ctypes\nctypes.CDLL(None).unshare(0x08000000)\n" + open_file(f"{d}/present.txt"),
+        # every capability but CAP_SYS_ADMIN dropped from the effective set (capset, v3)
+        "caps": ("import ctypes\nhdr = (ctypes.c_uint32 * 2)(0x20080522, 0)\n"
+                 "data = (ctypes.c_uint32 * 6)()\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                 "assert libc.capget(hdr, data) == 0\ndata[0] &= 1 << 21; data[3] = 0\n"
+                 "assert libc.capset(hdr, data) == 0, ctypes.get_errno()\n" + open_file(f"{d}/present.txt")),
+    }
+    runs = {k: Run() for k in code}
+    with loaded(running_agent, policy_yaml("notin-changes", spec)):
+        events = running_agent.collect(lambda: [run_py(pywork, c, out=runs[k]) for k, c in code.items()])
+    got = {k: bool(policy_events(events, r.pid, "notin-changes")) for k, r in runs.items()}
+    assert got == {"plain": False, "uts": False, "ipc": True, "caps": True}, got
+
+
+def test_namespace_pid_is_the_processs_from_any_of_its_threads(running_agent: RunningAgent, pywork: Path):
+    """isNamespacePID compares the process's pid in its pid namespace, also when another of its
+    threads makes the call; followForks takes its children too."""
+    d = str(pywork / "data")
+    spec = f"""
+kprobes:
+- call: sys_openat
+  syscall: true
+  args: [{{index: 1, type: string}}]
+  selectors:
+  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
+    matchPIDs: [{{operator: In, values: [1], isNamespacePID: true, followForks: true}}]
+"""
+    code = ("import ctypes, os, sys, threading\n"
+            "assert ctypes.CDLL(None).unshare(0x20000000) == 0\n"   # CLONE_NEWPID: the next child is pid 1
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    " + open_file(f"{d}/present.txt").replace("\n", "\n    ") + "\n"
+            "    t = threading.Thread(target=lambda: open('" + d + "/present.txt').close()); t.start(); t.join()\n"
+            "    c = os.fork()\n"
+            "    if c == 0:\n"
+            "        open('" + d + "/present.txt').close(); os._exit(0)\n"
+            "    os.waitpid(c, 0); os._exit(0)\n"
+            "os.waitpid(pid, 0)\n"
+            "print(pid, file=sys.stderr)\n")
+    r = Run()
+    with loaded(running_agent, policy_yaml("nspid", spec)):
+        events = running_agent.collect(lambda: run_py(pywork, code, out=r))
+    hits = [b for e in events for k, b in e.items() if k == "process_kprobe" and b.get("policy_name") == "nspid"]
+    # pid 1's own open, its second thread's, and its child's (followForks)
+    assert len(hits) == 3, hits
+
+
 def test_return_value_and_matchreturnargs(running_agent: RunningAgent, pywork: Path):
     d = str(pywork / "data")
     spec = f"""

@@ -276,7 +276,9 @@ def pids_match(sel: Selector, p: Process) -> Truth:
             return Unknown("the process's pid in its namespace is not known" if mp.is_namespace_pid
                            else "the process's pid is not known")
         hit = pid in mp.values
-        if not hit and mp.follow_forks and not mp.is_namespace_pid:
+        if not hit and mp.follow_forks and mp.is_namespace_pid:
+            return Unknown("matchPIDs followForks with isNamespacePID needs each ancestor's pid in its namespace")
+        if not hit and mp.follow_forks:
             if p.ancestors is None:
                 return Unknown("matchPIDs followForks needs the process's ancestors")
             hit = any(a in mp.values for a in p.ancestors[:MAX_FOLLOW_DEPTH])
@@ -320,8 +322,9 @@ def capability_changes_match(sel: Selector, p: Process) -> Truth:
         key = CAP_KEYS[mc.type]
         if p.caps is None or p.exec_caps is None or key not in p.caps or key not in p.exec_caps:
             return Unknown("matchCapabilityChanges needs the capabilities at the call and at exec")
-        hit = bool((p.caps[key] ^ p.exec_caps[key]) & _cap_mask(mc.values))
-        if hit != (mc.operator == "In"):
+        changed, mask = p.caps[key] ^ p.exec_caps[key], _cap_mask(mc.values)
+        # In: a listed capability changed; NotIn: none of them, but another one did
+        if not (changed & mask if mc.operator == "In" else changed and not changed & mask):
             return False
     return True
 
@@ -330,13 +333,15 @@ def namespace_changes_match(sel: Selector, p: Process) -> Truth:
     for mc in sel.match_namespace_changes:
         if p.namespaces is None or p.exec_namespaces is None:
             return Unknown("matchNamespaceChanges needs the namespaces at the call and at exec")
+        # In: a listed namespace changed since exec; NotIn: one of the others did
+        listed = {NS_KEY.get(v) for v in mc.values}
+        keys = listed if mc.operator == "In" else set(NS_KEY.values()) - listed
         changed = False
-        for v in mc.values:
-            k = NS_KEY.get(v)
-            if k is None or k not in p.namespaces or k not in p.exec_namespaces:
-                return Unknown(f"the {v} namespace at the call or at exec is not known")
-            changed |= p.namespaces[k][0] != p.exec_namespaces[k]
-        if changed != (mc.operator == "In"):
+        for k in sorted(k for k in keys if k is not None):
+            if k not in p.namespaces or k not in p.exec_namespaces:
+                return Unknown(f"the {k} namespace at the call or at exec is not known")
+            changed |= bool(p.exec_namespaces[k]) and p.namespaces[k][0] != p.exec_namespaces[k]
+        if not changed:
             return False
     return True
 
