@@ -310,8 +310,13 @@ static __always_inline int do_exec(struct task_struct *task, struct linux_binprm
 	if (r > 0) {
 		m->filename_len = r;
 		off += r;
-		if (r == NAME_MAX_LEN)
-			m->hdr.flags |= VIGIL_F_FILENAME_TRUNC;
+		if (r == NAME_MAX_LEN) {   /* full: cut short, unless the name is exactly that long */
+			char next = 0;
+
+			bpf_probe_read_kernel(&next, 1, fname + NAME_MAX_LEN - 1);
+			if (next)
+				m->hdr.flags |= VIGIL_F_FILENAME_TRUNC;
+		}
 	}
 
 	/* the tracking cgroup's "parent/leaf" names (container id and pod UID source); the

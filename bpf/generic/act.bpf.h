@@ -161,6 +161,7 @@ struct data_loop {
 	__u32 end;
 	__u32 tid;
 	__u32 slot;
+	__u32 failed;    /* a chunk could not be read (not in memory): the rest is not sent */
 };
 
 /* one maxData chunk: bytes [start + i*4096, ...) of the user buffer */
@@ -191,8 +192,10 @@ static long data_step(__u32 i, void *arg)
 	d->slot = dl->slot;
 	d->offset = at;
 	d->len = 0;
-	if (bpf_probe_read_user(d->data, len, (void *)(dl->ptr + at)))
+	if (bpf_probe_read_user(d->data, len, (void *)(dl->ptr + at))) {
+		dl->failed = 1;
 		return 1;
+	}
 	d->len = len;
 	d->hdr.size = sizeof(*d) - VP_DATA_CHUNK + len;
 	emit(d, (sizeof(*d) - VP_DATA_CHUNK + len) & 0x1fff, DROP_RB_FULL_GENERIC);
@@ -214,6 +217,10 @@ static __always_inline void send_data(struct gen_heap *h)
 		dl.tid = h->m.tid;
 		dl.slot = i;
 		bpf_loop(VP_MAX_DATA / VP_DATA_CHUNK + 1, data_step, &dl, 0);
+		if (dl.failed) {   /* the event says its bytes are cut short; counted */
+			h->m.args[i].flags |= VP_ARGF_TRUNC;
+			stat_inc(HS_ERRORS);
+		}
 	}
 }
 
@@ -234,22 +241,34 @@ static __always_inline __u32 hash_len(__s32 algo)
 static __always_inline void send(void *ctx, struct gen_heap *h)
 {
 	send_data(h);
-	__u32 off = h->off & DATA_MASK;
+	/* what follows the arguments goes after them, never over them: the record ends where it
+	 * ends (no mask); a part with no room left is not sent, and counted */
+	__u32 off = h->off;
 	__u64 size;
 	long n;
 
+	if (off > sizeof(h->data))
+		off = sizeof(h->data);
 	if (h->want_stack & VP_AF_KSTACK) {
-		n = bpf_get_stack(ctx, h->data + off, STACK_DEPTH * 8, 0);
-		if (n > 0) {
-			h->m.kstack_len = n;
-			off = (off + n) & DATA_MASK;
+		if (off <= sizeof(h->data) - STACK_DEPTH * 8) {
+			n = bpf_get_stack(ctx, h->data + off, STACK_DEPTH * 8, 0);
+			if (n > 0 && n <= STACK_DEPTH * 8) {
+				h->m.kstack_len = n;
+				off += n;
+			}
+		} else {
+			stat_inc(HS_ERRORS);
 		}
 	}
 	if (h->want_stack & VP_AF_USTACK) {
-		n = bpf_get_stack(ctx, h->data + off, STACK_DEPTH * 8, BPF_F_USER_STACK);
-		if (n > 0) {
-			h->m.ustack_len = n;
-			off = (off + n) & DATA_MASK;
+		if (off <= sizeof(h->data) - STACK_DEPTH * 8) {
+			n = bpf_get_stack(ctx, h->data + off, STACK_DEPTH * 8, BPF_F_USER_STACK);
+			if (n > 0 && n <= STACK_DEPTH * 8) {
+				h->m.ustack_len = n;
+				off += n;
+			}
+		} else {
+			stat_inc(HS_ERRORS);
 		}
 	}
 	h->m.ima_len = 0;
@@ -257,18 +276,21 @@ static __always_inline void send(void *ctx, struct gen_heap *h)
 		__u64 id = bpf_get_current_pid_tgid();
 		struct ima_stash *st = bpf_map_lookup_elem(&ima_hashes, &id);
 
-		if (st) {
+		if (st && off <= sizeof(h->data) - 64) {
 			__u32 n = hash_len(st->algo);
 
 			bpf_probe_read_kernel(h->data + off, n & 63, st->hash);
 			h->m.ima_len = n & 63;
 			h->m.ima_algo = st->algo;
-			off = (off + (n & 63)) & DATA_MASK;
+			off += n & 63;
 			bpf_map_delete_elem(&ima_hashes, &id);
+		} else if (st) {
+			stat_inc(HS_ERRORS);
 		}
 	}
 	size = sizeof(h->m) + off;
 	h->m.hdr.size = size;
+	barrier_var(size);   /* the bound below must be on the register emit() gets */
 	if (size > sizeof(h->m) + sizeof(h->data))
 		return;
 	if (!emit(h, size, DROP_RB_FULL_GENERIC))

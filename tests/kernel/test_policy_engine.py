@@ -683,3 +683,81 @@ kprobes:
     t = got[1]["args"][1]["truncated_bytes_arg"]
     assert t["orig_size"] == "400000"
     assert base64.b64decode(t["bytes_arg"]) == b"z" * 327360
+
+
+def test_maxdata_bytes_not_in_memory_are_marked_cut_and_counted(running_agent: RunningAgent, pywork: Path):
+    """A buffer whose later pages were never touched (the kernel program cannot fault them in):
+    the bytes it could read come, marked as cut short of the size, and the hook counts it."""
+    import base64
+
+    d = str(pywork / "data")
+    spec = f"""
+kprobes:
+- call: sys_write
+  syscall: true
+  args:
+  - {{index: 0, type: fd}}
+  - {{index: 1, type: char_buf, sizeArgIndex: 3, maxData: true}}
+  - {{index: 2, type: size_t}}
+  selectors:
+  - matchArgs: [{{index: 0, operator: Prefix, values: ["{d}/sparse"]}}]
+    matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
+"""
+    code = (f"import mmap, os\nfd = os.open('{d}/sparse.bin', os.O_WRONLY|os.O_CREAT, 0o644)\n"
+            "m = mmap.mmap(-1, 65536)\nm[:8192] = b'a' * 8192\n"   # pages 3.. never touched
+            "os.write(fd, m)\nos.close(fd)\n")
+    r = Run()
+    with loaded(running_agent, policy_yaml("sparse", spec)):
+        events = running_agent.collect(lambda: run_py(pywork, code, out=r))
+        stats = next(x for x in running_agent.agent.list_policies() if x["name"] == "sparse")
+    (ev,) = [b for _, b in policy_events(events, r.pid, "sparse")]
+    t = ev["args"][1]["truncated_bytes_arg"]
+    assert t["orig_size"] == "65536"
+    got = base64.b64decode(t["bytes_arg"])
+    assert 4095 <= len(got) < 65536 and got[:4095] == b"a" * 4095
+    assert stats["kernel_stats"]["errors"] >= 1, stats
+
+
+@pytest.mark.parametrize("shape", ["4 char_buf", "5 string"])
+def test_arguments_and_stacks_share_the_records_room_and_never_wrap(
+        running_agent: RunningAgent, pywork: Path, shape: str):
+    """Argument bytes and stacks share one record buffer: the stack goes after the arguments,
+    never over them; a stack with no room left after them is not sent, and counted in the
+    hook's errors (it once wrapped round over the first arguments)."""
+    if shape == "4 char_buf":
+        args = ["{index: 2, type: size_t}"] + ["{index: 1, type: char_buf, sizeArgIndex: 3}"] * 4
+    else:
+        args = ["{index: 1, type: string}"] * 5
+    arg_lines = "\n".join("  - " + a for a in args)
+    spec = f"""
+kprobes:
+- call: sys_write
+  syscall: true
+  args:
+{arg_lines}
+  selectors:
+  - matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
+    matchActions: [{{action: Post, kernelStackTrace: true}}]
+"""
+    payload = (bytes(range(32, 127)) * 44)[:4096]   # printable, no NUL: a string argument keeps it too
+    code = f"import os\nfd = os.open('/dev/null', os.O_WRONLY)\nos.write(fd, {payload!r})\n"
+    r = Run()
+    with loaded(running_agent, policy_yaml("room", spec)):
+        events = running_agent.collect(lambda: run_py(pywork, code, out=r))
+        stats = next(x for x in running_agent.agent.list_policies() if x["name"] == "room")
+    (_, ev), *_ = policy_events(events, r.pid, "room")
+    import base64
+
+    def value(a: dict) -> bytes:
+        if "string_arg" in a:
+            return a["string_arg"].encode("latin-1", "replace")
+        return base64.b64decode(a.get("bytes_arg") or a["truncated_bytes_arg"]["bytes_arg"])
+    got = [value(a) for a in ev["args"] if "size_arg" not in a]
+    kept = len(got[0])   # (a string keeps one byte less: its NUL)
+    assert kept >= 4094 and got == [payload[:kept]] * (len(args) - (shape == "4 char_buf")), \
+        [len(g) for g in got]
+    if shape == "4 char_buf":
+        assert ev.get("kernel_stack_trace"), "the stack goes after the arguments"
+    else:   # 5 x 4,095 bytes: no room left for a stack
+        assert not ev.get("kernel_stack_trace")
+        assert stats["kernel_stats"]["errors"] >= 1, stats

@@ -229,14 +229,18 @@ def _check_arg(a: KProbeArg, section: str, siblings: tuple[KProbeArg, ...], pos:
             diag.error(a.loc.child("type"), "missing type (the default, auto, is only supported "
                        "on tracepoints)")
     if a.size_arg_index:
-        if a.size_arg_index > len(siblings):
-            diag.error(a.at("sizeArgIndex"), f"sizeArgIndex {a.size_arg_index} does not refer to "
-                       f"an argument (it is 1-based; there are {len(siblings)})")
-        elif a.size_arg_index == pos + 1:
+        # as Tetragon reads it: the function's argument index + 1 (the placement looks up the
+        # captured argument of that index, vigil.policy.placement.size_arg_slots)
+        target = next((s for s in siblings if s.index == a.size_arg_index - 1), None)
+        if target is None:
+            diag.error(a.at("sizeArgIndex"), f"sizeArgIndex {a.size_arg_index} refers to argument index "
+                       f"{a.size_arg_index - 1}, which args does not capture (it is the index + 1); add it "
+                       "(e.g. as size_t)")
+        elif target.index == a.index:
             diag.error(a.at("sizeArgIndex"), "sizeArgIndex refers to the argument itself")
-        elif siblings[a.size_arg_index - 1].type not in (*INT_BITS, "auto"):
+        elif target.type not in (*INT_BITS, "auto"):
             diag.error(a.at("sizeArgIndex"), f"sizeArgIndex {a.size_arg_index} refers to a "
-                       f"{siblings[a.size_arg_index - 1].type} argument, not an integer")
+                       f"{target.type} argument, not an integer")
         if a.type not in _BUF_TYPES:
             diag.warn(a.at("sizeArgIndex"), f"sizeArgIndex is only used with {'/'.join(_BUF_TYPES)}")
     if a.return_copy and a.max_data:
