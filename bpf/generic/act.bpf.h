@@ -238,15 +238,16 @@ static __always_inline __u32 hash_len(__s32 algo)
 	return 32;
 }
 
-static __always_inline void send(void *ctx, struct gen_heap *h)
+/* What follows the arguments in a record, after them and never over them (the record ends
+ * where it ends: no mask); a part with no room left is not sent, and counted. Returns the
+ * record's data length. A function of its own: its stack is not the event program's. */
+static __noinline __u32 append_extras(void *ctx, struct gen_heap *h)
 {
-	send_data(h);
-	/* what follows the arguments goes after them, never over them: the record ends where it
-	 * ends (no mask); a part with no room left is not sent, and counted */
 	__u32 off = h->off;
-	__u64 size;
 	long n;
 
+	if (!h)
+		return 0;
 	if (off > sizeof(h->data))
 		off = sizeof(h->data);
 	if (h->want_stack & VP_AF_KSTACK) {
@@ -277,18 +278,26 @@ static __always_inline void send(void *ctx, struct gen_heap *h)
 		struct ima_stash *st = bpf_map_lookup_elem(&ima_hashes, &id);
 
 		if (st && off <= sizeof(h->data) - 64) {
-			__u32 n = hash_len(st->algo);
+			__u32 hn = hash_len(st->algo);
 
-			bpf_probe_read_kernel(h->data + off, n & 63, st->hash);
-			h->m.ima_len = n & 63;
+			bpf_probe_read_kernel(h->data + off, hn & 63, st->hash);
+			h->m.ima_len = hn & 63;
 			h->m.ima_algo = st->algo;
-			off += n & 63;
+			off += hn & 63;
 			bpf_map_delete_elem(&ima_hashes, &id);
 		} else if (st) {
 			stat_inc(HS_ERRORS);
 		}
 	}
-	size = sizeof(h->m) + off;
+	return off;
+}
+
+static __always_inline void send(void *ctx, struct gen_heap *h)
+{
+	__u64 size;
+
+	send_data(h);
+	size = sizeof(h->m) + append_extras(ctx, h);
 	h->m.hdr.size = size;
 	barrier_var(size);   /* the bound below must be on the register emit() gets */
 	if (size > sizeof(h->m) + sizeof(h->data))

@@ -451,16 +451,16 @@ static __always_inline int binary_filter(struct vp_selector *sel, struct gen_hea
 /* The process's pid in its own pid namespace (its thread-group leader's, whichever thread
  * runs), 0 for a process of the host's pid namespace: isNamespacePID matches only processes
  * in a pid namespace, as in Tetragon. */
-static __always_inline __u32 process_nspid(struct task_struct *task)
+static __noinline __u32 process_nspid(struct task_struct *task)
 {
 	struct pid *tp = BPF_CORE_READ(task, group_leader, thread_pid);
 	unsigned int level = BPF_CORE_READ(tp, level);
-	struct upid up = {};
+	int nr = 0;
 
-	if (!level)
+	if (!level || !task)
 		return 0;
-	bpf_probe_read_kernel(&up, sizeof(up), &tp->numbers[level & 31]);
-	return up.nr;
+	bpf_probe_read_kernel(&nr, sizeof(nr), &tp->numbers[level & 31].nr);
+	return nr;
 }
 
 static __always_inline int pid_listed(struct vp_pid_filter *pf, __u32 pid)
