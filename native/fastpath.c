@@ -1521,11 +1521,13 @@ static PyObject *configure_pb(PyObject *self, PyObject *args, PyObject *kw)
 
 enum {
 	P_EXEC_ID, P_KEY, P_PID, P_KTIME, P_PARENT_EXEC_ID, P_PARENT_KEY, P_PPID, P_REFCNT, P_MSG, P_BINARY, P_EXE,
-	P_CGROUP_ID, P_NS, P_CAP_EFFECTIVE, P_FLAGS, P_EXITED, P_REMOVAL_AT, P_NSPID, P_UID, P_DOCKER, P_COUNT
+	P_CGROUP_ID, P_NS, P_CAP_EFFECTIVE, P_FLAGS, P_EXITED, P_REMOVAL_AT, P_NSPID, P_UID, P_DOCKER,
+	P_HOLDS_PARENT, P_COUNT
 };
 static const char *const proc_slot[P_COUNT] = {
 	"exec_id", "key", "pid", "ktime", "parent_exec_id", "parent_key", "ppid", "refcnt", "msg", "binary", "exe",
 	"cgroup_id", "ns", "cap_effective", "flags", "exited", "removal_at", "nspid", "uid", "docker",
+	"holds_parent",
 };
 
 #define REC_FLAG_BITS (1 << 0 | 1 << 5 | 1 << 3 | 1 << 2 | 1 << 4)  /* args trunc, err path/args, cwd */
@@ -1896,8 +1898,8 @@ static int cache_remove(Builder *b, PyObject *p, PyObject *now)
 	if (PyErr_Occurred() || (cur == p && PyDict_DelItem(b->by_pid, pid) < 0) || bump_attr(b->cache, b->s_removed) < 0)
 		return -1;
 	PyObject *pk = pslot(b, p, P_PARENT_KEY);
-	if (pk == Py_None)
-		return 0;
+	if (pk == Py_None || pslot(b, p, P_HOLDS_PARENT) != Py_True)
+		return 0;  /* (a child cached before its parent took no reference on it) */
 	PyObject *parent = PyDict_GetItemWithError(b->by_key, pk);
 	if (!parent)
 		return PyErr_Occurred() ? -1 : 0;
@@ -1991,6 +1993,8 @@ static int cache_add(Builder *b, PyObject *p, PyObject *now)
 		long rc;
 		if (PyErr_Occurred() || (parent && refcnt_add(b, parent, 1, &rc) < 0))
 			return -1;
+		if (parent)
+			SET(p, b->proc_off[P_HOLDS_PARENT], Py_True);
 	}
 	PyObject *pid = pslot(b, p, P_PID);
 	PyObject *old = PyDict_GetItemWithError(b->by_pid, pid);
@@ -2335,7 +2339,7 @@ static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t n
 		[P_BINARY] = binary, [P_EXE] = r->exe, [P_NS] = PyTuple_GET_ITEM(nsent, 0),
 		[P_CAP_EFFECTIVE] = PyTuple_GET_ITEM(ck, 1), [P_FLAGS] = flags, [P_EXITED] = Py_False,
 		[P_DOCKER] = docker, [P_PID] = PyTuple_GET_ITEM(key, 0), [P_KTIME] = PyTuple_GET_ITEM(key, 1),
-		[P_UID] = slot(msg, msg_off[M_UID]),
+		[P_UID] = slot(msg, msg_off[M_UID]), [P_HOLDS_PARENT] = Py_False,
 	};
 	for (int f = 0; f < P_COUNT; f++)
 		if (pv[f])
@@ -2458,7 +2462,7 @@ static PyObject *builder_on_clone(Builder *b, PyObject *const *args, Py_ssize_t 
 		[P_PARENT_EXEC_ID] = peid, [P_PARENT_KEY] = pkey, [P_MSG] = msg, [P_BINARY] = slot(msg, msg_off[M_BINARY]),
 		[P_EXE] = pslot(b, of, P_EXE), [P_CGROUP_ID] = pslot(b, of, P_CGROUP_ID), [P_NS] = pslot(b, of, P_NS),
 		[P_CAP_EFFECTIVE] = pslot(b, of, P_CAP_EFFECTIVE), [P_FLAGS] = b->s_clone, [P_EXITED] = Py_False,
-		[P_UID] = pslot(b, of, P_UID), [P_DOCKER] = pslot(b, of, P_DOCKER),
+		[P_UID] = pslot(b, of, P_UID), [P_DOCKER] = pslot(b, of, P_DOCKER), [P_HOLDS_PARENT] = Py_False,
 	};
 	for (int f = 0; f < P_COUNT; f++)
 		if (pv[f])

@@ -100,6 +100,42 @@ def test_a_fifo_or_device_is_written_as_a_stream_never_rotated_or_chmoded(tmp_pa
     assert w.rotations == 0 and w.events_written == 10
 
 
+def test_a_pipe_write_cut_short_by_a_signal_goes_on_where_it_stopped(tmp_path):
+    """A signal the agent handles (its timers, SIGTERM) cuts a blocked pipe write short: the
+    rest of the batch follows; no line is lost or broken."""
+    import signal
+    import time
+
+    fifo = tmp_path / "slow.pipe"
+    os.mkfifo(fifo, 0o644)
+    got: list[bytes] = []
+
+    def slow_reader() -> None:
+        with open(fifo, "rb", buffering=0) as f:
+            while chunk := f.read(4096):
+                got.append(chunk)
+                time.sleep(0.0002)
+
+    reader = threading.Thread(target=slow_reader)
+    reader.start()
+    ticks = [0]
+    old = signal.signal(signal.SIGALRM, lambda *_: ticks.__setitem__(0, ticks[0] + 1))
+    signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
+    try:
+        w = JsonlWriter(str(fifo), max_size_mb=0, max_backups=0)
+        for b in range(30):
+            w.write_batch([_event(b * 100 + i, pad=300) for i in range(100)])
+        w.close()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        signal.signal(signal.SIGALRM, old)
+    reader.join(30)
+    lines = b"".join(got).splitlines()
+    assert ticks[0] > 0
+    assert [orjson.loads(x)["process_exec"]["process"]["pid"] for x in lines] == list(range(3000))
+    assert w.events_written == 3000
+
+
 def test_large_batch_is_split_on_event_boundaries(tmp_path):
     path = tmp_path / "v.log"
     one_line = len(orjson.dumps(_event(0, pad=1000))) + 1

@@ -37,6 +37,22 @@ def test_parent_stays_while_child_lives():
     assert len(c) == 0
 
 
+def test_a_child_cached_before_its_parent_does_not_release_the_parent():
+    """At start the previous run's records (a child that exec'd while no agent ran) come before
+    the /proc scan adds the long-running parent: the child took no reference on it, so its
+    removal must not drop the live parent."""
+    c = C(capacity=100, grace_ns=1 * S)
+    KEYS["SH"] = (20, 1)   # the parent's key, known to the child before the parent is cached
+    child = Process("K", (21, 5), "SH", KEYS["SH"], 20, ProcessMsg("K", 21))
+    c.add(child, 0)
+    c.add(Process("SH", KEYS["SH"], "", None, 1, ProcessMsg("SH", 20)), 0)
+    c.exit(child, 1 * S)
+    c.gc(10 * S)
+    assert c.get("SH") is not None and c.get("SH").refcnt == 1, "the live parent was released"
+    c.add(proc("K2", 22, "SH"), 11 * S)   # its next child finds it
+    assert c.get("SH").refcnt == 2
+
+
 def test_exec_replaces_previous_image_of_pid():
     c = C(capacity=100, grace_ns=0)
     c.add(proc("A", 5), 0)

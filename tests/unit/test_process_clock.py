@@ -34,3 +34,16 @@ def test_format_arguments_edge_cases():
     assert format_arguments(b"/bin/ls\0-l\0\0") == "-l "
     assert format_arguments(b"a b\0x\0") == "x"  # argv[0] is not part of `arguments`
     assert format_arguments(b"sh\0-c\0echo  hi\0") == '-c "echo  hi"'
+
+
+def test_processes_older_than_the_time_the_machine_slept_get_a_usable_key():
+    """CLOCK_BOOTTIME counts suspended time, the kernel's ktime does not: on a machine that slept
+    longer than init had run when it started, the conversion went negative and the agent could
+    not start (the exec id and the kernel map key are unsigned)."""
+    from vigil.process import procfs
+
+    c = WallClock()
+    c.boot_offset = -10 * 365 * 86400 * 10**9   # ten years asleep
+    snaps = procfs.scan(c)
+    assert snaps and all(s.ktime >= 1 and s.exec_ktime >= 1 and s.pktime >= 0 for s in snaps)
+    assert c.boottime_to_ktime(5 * 10**9) == 1 and WallClock().boottime_to_ktime(0) >= 1

@@ -133,10 +133,10 @@ class FieldFilter:
     def __init__(self, spec: dict[str, Any]) -> None:
         fields = normalize_keys(spec, FIELD_FILTER_FIELDS, "field filter")
         self.source = fields
-        self.event_keys = frozenset(
-            parse_event_type(v, "field filter event_set").lower()
-            for v in (fields.get("event_set") or [])
-        )
+        event_set = fields.get("event_set") or []
+        if not isinstance(event_set, (list, tuple)):
+            raise FilterError(f"field filter event_set: expected a list of event types, got {event_set!r}")
+        self.event_keys = frozenset(parse_event_type(v, "field filter event_set").lower() for v in event_set)
         invert = fields.get("invert_event_set", False)
         if not isinstance(invert, bool):
             raise FilterError(f"field filter invert_event_set: expected a bool, got {invert!r}")

@@ -128,7 +128,7 @@ def _uint_list(value: Any, field: str) -> frozenset[int]:
     for item in _list_of(value, field):
         try:
             number = int(item)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):   # (OverflowError: JSON's Infinity)
             raise FilterError(f"{field}: expected integers, got {item!r}") from None
         if isinstance(item, bool) or number < 0:
             raise FilterError(f"{field}: expected non-negative integers, got {item!r}")

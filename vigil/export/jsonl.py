@@ -29,6 +29,7 @@ import errno
 import gzip
 import logging
 import os
+import select
 import shutil
 import stat
 import sys
@@ -117,7 +118,7 @@ class JsonlWriter:
             if self._stream is not None:
                 blob = b"".join(pieces)
                 try:
-                    self._stream.write(blob)
+                    _write_fully(self._stream, blob)
                     self._stream.flush()
                 except OSError as e:
                     self._failed(len(events), len(blob), e)
@@ -352,3 +353,15 @@ def py_write_all(fd: int, parts: list[bytes], nbytes: int) -> None:
             view = memoryview(b"".join(group))[written:]
             while view:
                 view = view[os.write(fd, view):]
+
+
+def _write_fully(stream: Any, blob: bytes) -> None:
+    """All of `blob` to a stream: an unbuffered one (a FIFO, a device) may take part of it (a
+    signal handled while a pipe write waits), and the rest must follow, not be lost mid-line."""
+    view = memoryview(blob)
+    while view:
+        n = stream.write(view)
+        if n is None:   # (a non-blocking stream that takes nothing now)
+            select.select([], [stream], [])
+            continue
+        view = view[n:]

@@ -67,6 +67,7 @@ class ProcessCache:
             parent = by_key.get(p.parent_key)
             if parent is not None:
                 parent.refcnt += 1
+                p.holds_parent = True
         old = self._by_pid.get(p.pid)
         self._by_pid[p.pid] = p
         if old is not None and old is not p and not old.exited:
@@ -110,7 +111,9 @@ class ProcessCache:
         if self._by_pid.get(p.pid) is p:
             del self._by_pid[p.pid]
         self.removed += 1
-        if p.parent_key is not None:
+        # only a reference it took: a child cached before its parent (the previous run's
+        # records replayed before the /proc scan) took none, and must not drop a live parent
+        if p.holds_parent and p.parent_key is not None:
             parent = self._by_key.get(p.parent_key)
             if parent is not None:
                 self._release(parent, now_ns)

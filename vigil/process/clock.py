@@ -43,5 +43,8 @@ class WallClock:
         return f"{self._prefix}{str(frac + 1_000_000_000)[1:]}Z"
 
     def boottime_to_ktime(self, boot_ns: int) -> int:
-        """CLOCK_BOOTTIME ns (procfs start times) -> CLOCK_MONOTONIC ns."""
-        return boot_ns + self.boot_offset
+        """CLOCK_BOOTTIME ns (procfs start times) -> CLOCK_MONOTONIC ns. A process started
+        before the machine had been suspended for longer than it had run (init, early daemons,
+        kernel threads on a laptop) would come out negative: it gets 1, which only has to be a
+        key the kernel side and this side agree on (its start_time comes from CLOCK_BOOTTIME)."""
+        return max(1, boot_ns + self.boot_offset)

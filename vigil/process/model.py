@@ -10,7 +10,7 @@ class Process:
     __slots__ = (
         "exec_id", "key", "pid", "ktime", "parent_exec_id", "parent_key", "ppid", "refcnt", "msg",
         "binary", "exe", "cgroup_id", "ns", "cap_effective", "flags", "exited", "removal_at", "nspid",
-        "uid", "docker",
+        "uid", "docker", "holds_parent",
     )
 
     def __init__(self, exec_id: str, key: Key, parent_exec_id: str, parent_key: Key | None, ppid: int,
@@ -36,6 +36,7 @@ class Process:
         self.nspid = 0
         self.uid = 0
         self.docker = ""
+        self.holds_parent = False  # counted in its parent's refcnt (the parent was cached when it came)
 
     def __repr__(self) -> str:
         return f"<Process pid={self.pid} {self.binary!r} refcnt={self.refcnt}>"
