@@ -41,6 +41,19 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def stopped_client(a: AgentProcess, token: str) -> subprocess.Popen:
+    """A GetEvents client of the events whose arguments hold `token`, stopped (SIGSTOP) once its
+    stream is open: a client that reads nothing more."""
+    client = spawn_client(a.sock, "--allow", json.dumps([{"arguments_regex": [token]}]), "--quiet")
+    wait_for(lambda: status(a)["grpc"]["streams_active"] == 1, what="the stream")
+    os.kill(client.pid, signal.SIGSTOP)
+    return client
+
+
+def serving_pids(a: AgentProcess) -> list[int]:
+    return [k for k in children(a.proc.pid) if "vigil.api.fanout" in Path(f"/proc/{k}/cmdline").read_text()]
+
+
 def test_slow_client_loses_only_its_own_events(tmp_path: Path) -> None:
     require_root()
     a = AgentProcess(tmp_path, ["--server-client-queue", "2000", "--export-file-max-size-mb", "100000"])
@@ -102,9 +115,7 @@ def test_while_the_only_stream_is_full_the_agent_encodes_nothing_and_every_event
     slow = None
     try:
         token = f"skip-{uuid.uuid4().hex[:8]}"
-        slow = spawn_client(a.sock, "--allow", json.dumps([{"arguments_regex": [token]}]), "--quiet")
-        wait_for(lambda: status(a)["grpc"]["streams_active"] == 1, what="the stream")
-        os.kill(slow.pid, signal.SIGSTOP)
+        slow = stopped_client(a, token)
         n = 1500
         subprocess.run(["sh", "-c", f"for i in $(seq {n}); do /bin/true {token} $i; done"], check=True, timeout=300)
         wait_for(lambda: a.export.read_text().count(token) >= 2 * n, timeout=60, what="every event exported")
@@ -145,7 +156,7 @@ def test_serving_process_is_not_the_agent_and_goes_with_it(tmp_path: Path) -> No
     try:
         served = status(a)  # a unary call through the serving process to the agent
         assert served["grpc"]["serving_processes"] == 1
-        kids = [k for k in children(a.proc.pid) if "vigil.api.fanout" in Path(f"/proc/{k}/cmdline").read_text()]
+        kids = serving_pids(a)
         assert len(kids) == 1
     finally:
         a.proc.kill()
@@ -167,19 +178,17 @@ def test_a_killed_serving_process_is_replaced_and_its_counters_stay_in_the_total
     slow = None
     try:
         token = f"restart-{uuid.uuid4().hex[:8]}"
-        slow = spawn_client(a.sock, "--allow", json.dumps([{"arguments_regex": [token]}]), "--quiet")
-        wait_for(lambda: status(a)["grpc"]["streams_active"] == 1, what="the stream")
-        os.kill(slow.pid, signal.SIGSTOP)
+        slow = stopped_client(a, token)
         subprocess.run(["sh", "-c", f"for i in $(seq 600); do /bin/true {token} $i; done"], check=True, timeout=300)
         before = wait_for(lambda: (g := status(a)["grpc"])["events_dropped_slow_client"] > 0 and g,
                           what="drops counted")
         time.sleep(1.2)   # the serving process writes its counters every 0.5 s
         before = status(a)["grpc"]
-        (old,) = [k for k in children(a.proc.pid) if "vigil.api.fanout" in Path(f"/proc/{k}/cmdline").read_text()]
+        (old,) = serving_pids(a)
         os.kill(old, signal.SIGKILL)
         after = wait_for(lambda: (g := status(a)["grpc"])["restarts"] == 1 and g, timeout=30,
                          what="a new serving process")
-        (new,) = [k for k in children(a.proc.pid) if "vigil.api.fanout" in Path(f"/proc/{k}/cmdline").read_text()]
+        (new,) = serving_pids(a)
         assert new != old
         for k in ("events_sent", "events_dropped_slow_client"):
             assert after[k] >= before[k], (k, before, after)

@@ -655,11 +655,9 @@ kprobes:
     assert all(b["parent"]["binary"] == f"{pywork}/launcher" for b in got)
 
 
-def test_maxdata_captures_large_buffers(running_agent: RunningAgent, pywork: Path):
-    import base64
-
-    d = str(pywork / "data")
-    spec = f"""
+def maxdata_writes(pywork: Path, prefix: str) -> str:
+    """Writes by the test's python to files under data/<prefix>, their whole buffers (maxData)."""
+    return f"""
 kprobes:
 - call: sys_write
   syscall: true
@@ -668,9 +666,16 @@ kprobes:
   - {{index: 1, type: char_buf, sizeArgIndex: 3, maxData: true}}
   - {{index: 2, type: size_t}}
   selectors:
-  - matchArgs: [{{index: 0, operator: Prefix, values: ["{d}/big"]}}]
+  - matchArgs: [{{index: 0, operator: Prefix, values: ["{pywork / 'data' / prefix}"]}}]
     matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
 """
+
+
+def test_maxdata_captures_large_buffers(running_agent: RunningAgent, pywork: Path):
+    import base64
+
+    d = str(pywork / "data")
+    spec = maxdata_writes(pywork, "big")
     code = (f"import os\nfd = os.open('{d}/big.bin', os.O_WRONLY|os.O_CREAT, 0o644)\n"
             "os.write(fd, bytes(range(256)) * 80)\n"         # 20480 bytes: fully captured
             "os.write(fd, b'z' * 400000)\nos.close(fd)\n")   # beyond 327360: truncated
@@ -691,18 +696,7 @@ def test_maxdata_bytes_not_in_memory_are_marked_cut_and_counted(running_agent: R
     import base64
 
     d = str(pywork / "data")
-    spec = f"""
-kprobes:
-- call: sys_write
-  syscall: true
-  args:
-  - {{index: 0, type: fd}}
-  - {{index: 1, type: char_buf, sizeArgIndex: 3, maxData: true}}
-  - {{index: 2, type: size_t}}
-  selectors:
-  - matchArgs: [{{index: 0, operator: Prefix, values: ["{d}/sparse"]}}]
-    matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
-"""
+    spec = maxdata_writes(pywork, "sparse")
     code = (f"import mmap, os\nfd = os.open('{d}/sparse.bin', os.O_WRONLY|os.O_CREAT, 0o644)\n"
             "m = mmap.mmap(-1, 65536)\nm[:8192] = b'a' * 8192\n"   # pages 3.. never touched
             "os.write(fd, m)\nos.close(fd)\n")
