@@ -451,7 +451,7 @@ static __always_inline int binary_filter(struct vp_selector *sel, struct gen_hea
 /* The process's pid in its own pid namespace (its thread-group leader's, whichever thread
  * runs), 0 for a process of the host's pid namespace: isNamespacePID matches only processes
  * in a pid namespace, as in Tetragon. */
-static __noinline __u32 process_nspid(struct task_struct *task)
+static __always_inline __u32 process_nspid(struct task_struct *task)
 {
 	struct pid *tp = BPF_CORE_READ(task, group_leader, thread_pid);
 	unsigned int level = BPF_CORE_READ(tp, level);
@@ -487,15 +487,20 @@ static __always_inline int pid_filter(struct vp_pid_filter *pf, struct gen_heap 
 	pid = pf->nspid ? h->nspid : h->tgid;
 	any = pid_listed(pf, pid);
 	if (!any && pf->follow && pf->nspid) {
-		/* followForks by namespace pid: each ancestor by its own pid in its namespace */
+		/* followForks by namespace pid: each ancestor by its own pid in its namespace,
+		 * written out eight times (with a loop, clang leaves a fall-through back-edge
+		 * that Linux 6.1's verifier refuses) */
 		struct task_struct *t = (struct task_struct *)bpf_get_current_task();
 
-		for (int d = 0; d < 8 && !any; d++) {
-			t = BPF_CORE_READ(t, group_leader, real_parent);
-			if (!t)
-				break;
-			any = pid_listed(pf, process_nspid(t));
+#define NSPID_ANCESTOR                                                     \
+		if (!any && t) {                                           \
+			t = BPF_CORE_READ(t, group_leader, real_parent);   \
+			if (t)                                             \
+				any = pid_listed(pf, process_nspid(t));    \
 		}
+		NSPID_ANCESTOR NSPID_ANCESTOR NSPID_ANCESTOR NSPID_ANCESTOR
+		NSPID_ANCESTOR NSPID_ANCESTOR NSPID_ANCESTOR NSPID_ANCESTOR
+#undef NSPID_ANCESTOR
 	}
 	if (!any && pf->follow && !pf->nspid) {
 		/* followForks: a descendant of a listed pid matches too */
@@ -537,6 +542,74 @@ static __always_inline int cap_change_filter(struct vp_cap_filter *cf, struct ta
 }
 
 /* Global: do all filters of selector si hold (matchArgs and the process filters)? */
+/* matchPIDs of selector si (functions of their own: the event program's stack is shared by
+ * the whole call chain, and Linux 6.1 counts each frame rounded up) */
+static __noinline int pids_match(__u32 si)
+{
+	struct gen_heap *h = heap();
+	struct vp_hook *cfg = hook_cfg();
+	struct vp_selector *sel;
+	int j;
+
+	if (!h || !cfg || si >= VP_MAX_SELECTORS)
+		return 0;
+	barrier_var(si);
+	sel = &cfg->sel[si & (VP_SLOTS - 1)];
+	for (j = 0; j < VP_MAX_PID_FILTERS; j++) {
+		if (j >= sel->npids)
+			break;
+		if (!pid_filter(&sel->pids[j], h))
+			return 0;
+	}
+	return 1;
+}
+
+/* matchCapabilityChanges and matchNamespaceChanges of selector si: against the process's
+ * capabilities and namespaces at exec */
+static __noinline int changes_match(__u32 si)
+{
+	struct gen_heap *h = heap();
+	struct vp_hook *cfg = hook_cfg();
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct execve_entry *e;
+	struct vp_selector *sel;
+	int j;
+
+	if (!h || !cfg || si >= VP_MAX_SELECTORS)
+		return 0;
+	barrier_var(si);
+	sel = &cfg->sel[si & (VP_SLOTS - 1)];
+	e = bpf_map_lookup_elem(&execve_map, &h->tgid);
+	if (!e)
+		return 0;
+	if (sel->present & VP_SEL_CAPCHG) {
+		for (j = 0; j < VP_MAX_CAP_FILTERS; j++) {
+			struct vp_cap_filter *cf = &sel->capchg[j];
+			__u64 at_exec;
+
+			if (j >= sel->ncapchg)
+				break;
+			at_exec = cf->type == 1 ? e->caps[1] : cf->type == 2 ? e->caps[2] : e->caps[0];
+			if (!cap_change_filter(cf, task, read_caps(task, cf->type) ^ at_exec))
+				return 0;
+		}
+	}
+	if (sel->present & VP_SEL_NSCHG) {
+		/* In: one of the listed namespaces changed since exec; NotIn: one of the
+		 * others did (a namespace unknown at exec counts as unchanged) */
+		__u32 m = sel->nschg_op == 1 ? sel->nschg_mask : ~sel->nschg_mask;
+		int any = 0;
+
+		for (j = 0; j < VP_MAX_NS; j++) {
+			if ((m & (1u << j)) && e->ns[j] && read_ns(task, j) != e->ns[j])
+				any = 1;
+		}
+		if (!any)
+			return 0;
+	}
+	return 1;
+}
+
 __noinline int match_selector(__u32 si)
 {
 	struct gen_heap *h = heap();
@@ -550,16 +623,10 @@ __noinline int match_selector(__u32 si)
 	barrier_var(si);
 	sel = &cfg->sel[si & (VP_SLOTS - 1)];
 	/* a helper call: only for the filters that read the task */
-	if (sel->present & (VP_SEL_NS | VP_SEL_CAPS | VP_SEL_CAPCHG | VP_SEL_NSCHG))
+	if (sel->present & (VP_SEL_NS | VP_SEL_CAPS))
 		task = (struct task_struct *)bpf_get_current_task();
-	if (sel->present & VP_SEL_PIDS) {
-		for (j = 0; j < VP_MAX_PID_FILTERS; j++) {
-			if (j >= sel->npids)
-				break;
-			if (!pid_filter(&sel->pids[j], h))
-				return 0;
-		}
-	}
+	if ((sel->present & VP_SEL_PIDS) && !pids_match(si))
+		return 0;
 	if ((sel->present & VP_SEL_BINS) && !binary_filter(sel, h))
 		return 0;
 	if (sel->present & VP_SEL_NS) {
@@ -590,37 +657,8 @@ __noinline int match_selector(__u32 si)
 				return 0;
 		}
 	}
-	if (sel->present & (VP_SEL_CAPCHG | VP_SEL_NSCHG)) {
-		struct execve_entry *e = bpf_map_lookup_elem(&execve_map, &h->tgid);
-
-		if (!e)
-			return 0;
-		if (sel->present & VP_SEL_CAPCHG) {
-			for (j = 0; j < VP_MAX_CAP_FILTERS; j++) {
-				struct vp_cap_filter *cf = &sel->capchg[j];
-				__u64 at_exec;
-
-				if (j >= sel->ncapchg)
-					break;
-				at_exec = cf->type == 1 ? e->caps[1] : cf->type == 2 ? e->caps[2] : e->caps[0];
-				if (!cap_change_filter(cf, task, read_caps(task, cf->type) ^ at_exec))
-					return 0;
-			}
-		}
-		if (sel->present & VP_SEL_NSCHG) {
-			/* In: one of the listed namespaces changed since exec; NotIn: one of the
-			 * others did (a namespace unknown at exec counts as unchanged) */
-			__u32 m = sel->nschg_op == 1 ? sel->nschg_mask : ~sel->nschg_mask;
-			int any = 0;
-
-			for (j = 0; j < VP_MAX_NS; j++) {
-				if ((m & (1u << j)) && e->ns[j] && read_ns(task, j) != e->ns[j])
-					any = 1;
-			}
-			if (!any)
-				return 0;
-		}
-	}
+	if ((sel->present & (VP_SEL_CAPCHG | VP_SEL_NSCHG)) && !changes_match(si))
+		return 0;
 	for (j = 0; j < VP_MAX_MATCH_ARGS; j++) {
 		if (j >= sel->nfilters)
 			break;

@@ -580,16 +580,6 @@ __noinline int read_arg(__u32 i)
 		raw = resolve_value(raw, a);
 	ah->value = raw;
 	ah->mode = 0;
-	if (h->off > DATA_MASK) {
-		/* the record holds no more argument bytes (16 KiB of them before this one): this
-		 * one is sent without its bytes, marked unreadable, and counted */
-		ah->off = DATA_MASK;
-		ah->type = a->type;
-		ah->len = 0;
-		ah->flags |= VP_ARGF_ERR;
-		stat_inc(HS_ERRORS);
-		return 0;
-	}
 	off = h->off & DATA_MASK;
 	ah->off = off;
 	ah->type = a->type;
