@@ -541,20 +541,27 @@ static __always_inline int cap_change_filter(struct vp_cap_filter *cf, struct ta
 	return !(changed & cf->mask) && changed;
 }
 
-/* Global: do all filters of selector si hold (matchArgs and the process filters)? */
+/* Selector si of the hook's config (NULL: out of range, or no heap/config) */
+static __always_inline struct vp_selector *selector_at(__u32 si)
+{
+	struct vp_hook *cfg = hook_cfg();
+
+	if (!heap() || !cfg || si >= VP_MAX_SELECTORS)
+		return NULL;
+	barrier_var(si);
+	return &cfg->sel[si & (VP_SLOTS - 1)];
+}
+
 /* matchPIDs of selector si (functions of their own: the event program's stack is shared by
  * the whole call chain, and Linux 6.1 counts each frame rounded up) */
 static __noinline int pids_match(__u32 si)
 {
+	struct vp_selector *sel = selector_at(si);
 	struct gen_heap *h = heap();
-	struct vp_hook *cfg = hook_cfg();
-	struct vp_selector *sel;
 	int j;
 
-	if (!h || !cfg || si >= VP_MAX_SELECTORS)
+	if (!sel || !h)
 		return 0;
-	barrier_var(si);
-	sel = &cfg->sel[si & (VP_SLOTS - 1)];
 	for (j = 0; j < VP_MAX_PID_FILTERS; j++) {
 		if (j >= sel->npids)
 			break;
@@ -568,17 +575,14 @@ static __noinline int pids_match(__u32 si)
  * capabilities and namespaces at exec */
 static __noinline int changes_match(__u32 si)
 {
+	struct vp_selector *sel = selector_at(si);
 	struct gen_heap *h = heap();
-	struct vp_hook *cfg = hook_cfg();
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct execve_entry *e;
-	struct vp_selector *sel;
 	int j;
 
-	if (!h || !cfg || si >= VP_MAX_SELECTORS)
+	if (!sel || !h)
 		return 0;
-	barrier_var(si);
-	sel = &cfg->sel[si & (VP_SLOTS - 1)];
 	e = bpf_map_lookup_elem(&execve_map, &h->tgid);
 	if (!e)
 		return 0;
@@ -610,18 +614,16 @@ static __noinline int changes_match(__u32 si)
 	return 1;
 }
 
+/* Global: do all filters of selector si hold (matchArgs and the process filters)? */
 __noinline int match_selector(__u32 si)
 {
+	struct vp_selector *sel = selector_at(si);
 	struct gen_heap *h = heap();
-	struct vp_hook *cfg = hook_cfg();
 	struct task_struct *task = NULL;
-	struct vp_selector *sel;
 	int j;
 
-	if (!h || !cfg || si >= VP_MAX_SELECTORS)
+	if (!sel || !h)
 		return 0;
-	barrier_var(si);
-	sel = &cfg->sel[si & (VP_SLOTS - 1)];
 	/* a helper call: only for the filters that read the task */
 	if (sel->present & (VP_SEL_NS | VP_SEL_CAPS))
 		task = (struct task_struct *)bpf_get_current_task();
