@@ -18,6 +18,9 @@ char LICENSE[] SEC("license") = "GPL";
 /* the agent itself is never refused (its own connections to exporters, gRPC peers) */
 const volatile __u32 exempt_tgid = 0;
 
+/* in the object's BTF, where user space checks its mirror of the record */
+struct msg_netdeny *vigil_btf_msg_netdeny __attribute__((unused));
+
 /* [0] = active generation */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -68,19 +71,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct nd_counters);
 } nd_stats SEC(".maps");
-
-/* per-CPU scratch: the binary key is too large for the stack next to the record */
-struct nd_scratch {
-	struct nd_bin_key bk;
-	struct msg_netdeny msg;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct nd_scratch);
-} nd_scratch SEC(".maps");
 
 /* index of the lowest set bit (m != 0); no ctz instruction in BPF */
 static __always_inline int lowest_slot(__u64 m)
@@ -143,24 +133,32 @@ static __always_inline void count(__u32 gen, int slot, int which)
 
 	if (!c)
 		return;
+	/* atomic although per-CPU: a cgroup program runs preemptibly (migrate_disable only),
+	 * so another task's program can run on this CPU between a load and its store */
 	if (which == 0)
-		c->denied += 1;
+		__sync_fetch_and_add(&c->denied, 1);
 	else if (which == 1)
-		c->monitored += 1;
+		__sync_fetch_and_add(&c->monitored, 1);
 	else
-		c->allowed += 1;
+		__sync_fetch_and_add(&c->allowed, 1);
 }
 
-static __always_inline void report(struct bpf_sock_addr *ctx, struct nd_scratch *s, __u32 gen, int slot,
+/* The record is built in its ring reservation, never in a per-CPU buffer: a cgroup
+ * program can be preempted, and another task's program on this CPU would write over it. */
+static __always_inline void report(struct bpf_sock_addr *ctx, __u32 gen, int slot,
 				   __u8 hook, __u8 monitor, __u32 *addr, __u16 port)
 {
-	struct msg_netdeny *m = &s->msg;
+	struct msg_netdeny *m = bpf_ringbuf_reserve(&events, sizeof(*m), 0);
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tgid = pid_tgid >> 32;
 	__u32 k = gen * ND_MAX_RULES + (slot & (ND_MAX_RULES - 1));
 	struct execve_entry *e;
 	struct nd_rule *r;
 
+	if (!m) {
+		count_drop(DROP_RB_FULL_GENERIC);
+		return;
+	}
 	__builtin_memset(m, 0, sizeof(*m));
 	m->hdr.op = VIGIL_OP_NETDENY;
 	m->hdr.size = sizeof(*m);
@@ -185,7 +183,7 @@ static __always_inline void report(struct bpf_sock_addr *ctx, struct nd_scratch 
 	m->daddr[2] = addr[2];
 	m->daddr[3] = addr[3];
 	bpf_get_current_comm(m->comm, sizeof(m->comm));
-	emit(m, sizeof(*m), DROP_RB_FULL_GENERIC);
+	bpf_ringbuf_submit(m, wakeup_flags());
 }
 
 /* 1: let the operation proceed, 0: refuse it (EPERM). */
@@ -194,7 +192,7 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 hook, int kind
 	__u32 zero = 0, addr[4] = {}, *active, gen;
 	struct nd_cidr_key ck = {};
 	struct nd_pid_key pk;
-	struct nd_scratch *s;
+	struct nd_bin_key bk;   /* on the stack: see report() for why not per-CPU */
 	struct execve_entry *e;
 	struct nd_gen *g;
 	__u64 *mp, cand, proc, deny;
@@ -210,8 +208,7 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 hook, int kind
 		return 1;
 	gen = *active & 1;
 	g = bpf_map_lookup_elem(&nd_gens, &gen);
-	s = bpf_map_lookup_elem(&nd_scratch, &zero);
-	if (!g || !s)
+	if (!g)
 		return 1;
 
 	/* protocol and hook first: cheapest way to an empty candidate set */
@@ -265,9 +262,9 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 hook, int kind
 		proc = g->nobin;
 		e = bpf_map_lookup_elem(&execve_map, &tgid);
 		if (e) {
-			s->bk.gen = gen;
-			__builtin_memcpy(s->bk.bin, e->bin, ND_BIN_LEN);
-			mp = bpf_map_lookup_elem(&nd_bins, &s->bk);
+			bk.gen = gen;
+			__builtin_memcpy(bk.bin, e->bin, ND_BIN_LEN);
+			mp = bpf_map_lookup_elem(&nd_bins, &bk);
 			if (mp)
 				proc |= *mp;
 		}
@@ -295,12 +292,12 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 hook, int kind
 	if (deny) {
 		slot = lowest_slot(deny);
 		count(gen, slot, 0);
-		report(ctx, s, gen, slot, hook, 0, addr, port);
+		report(ctx, gen, slot, hook, 0, addr, port);
 		return 0;
 	}
 	slot = lowest_slot(cand);
 	count(gen, slot, 1);
-	report(ctx, s, gen, slot, hook, 1, addr, port);
+	report(ctx, gen, slot, hook, 1, addr, port);
 	return 1;
 }
 

@@ -37,8 +37,10 @@ static __always_inline void count_drop(__u32 cause)
 {
 	__u64 *v = bpf_map_lookup_elem(&vigil_drops, &cause);
 
+	/* atomic although per-CPU: preemptible programs (cgroup, uprobe, trampolines) and
+	 * programs in interrupt context can run between a load and its store on this CPU */
 	if (v)
-		*v += 1;  /* per-CPU slot: no atomics needed */
+		__sync_fetch_and_add(v, 1);
 }
 
 /* A field read in a body shared by a tp_btf and a raw_tp program; `btf` is a
