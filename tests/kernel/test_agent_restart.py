@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.kernel.bpfstate import prog_ids_held, require_root, still_loaded
-from tests.kernel.test_agent_cli import AgentProcess
+from tests.kernel.test_agent_cli import VIGIL, AgentProcess, free_port
 from vigil.kernel import sys as ksys
 
 pytestmark = pytest.mark.kernel
@@ -145,3 +145,26 @@ def test_keep_sensors_on_exit_survives_sigkill_and_is_adopted(setup: dict[str, P
     finally:
         assert c.stop() == 0
     assert not list((s["bpffs"] / "vigil").glob("run-*")) and opened_by_test_binary(s) == 0
+
+
+def test_a_refused_start_with_keep_sensors_leaves_nothing_pinned(setup: dict[str, Path]) -> None:
+    """All or nothing: when a later policy is refused the agent does not start, and what it
+    had loaded before (the process sensor, the first policy, with its Sigkill) goes with it,
+    although --keep-sensors-on-exit keeps a started agent's attachments."""
+    s = setup
+    bad = s["tmp"] / "bad.yaml"
+    bad.write_text("apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: refused}\n"
+                   "spec:\n  kprobes:\n  - call: sys_openat\n    syscall: true\n    args: [{index: 9, type: int}]\n")
+    d = s["tmp"] / "refused"
+    d.mkdir()
+    err = d / "agent.err"
+    with open(err, "wb") as f:
+        r = subprocess.run([*VIGIL, "agent", "--export-filename", str(d / "export.log"),
+                            "--server-address", f"unix://{d}/vigil.sock", "--metrics-server", f"127.0.0.1:{free_port()}",
+                            "--keep-sensors-on-exit", "true", "--bpf-dir", str(s["bpffs"] / "vigil"),
+                            "--tracing-policy", str(s["policy"]), "--tracing-policy", str(bad)],
+                           stdout=subprocess.DEVNULL, stderr=f, timeout=120)
+    text = err.read_text()
+    assert r.returncode != 0 and "bad.yaml" in text and "Traceback" not in text, text
+    assert not list((s["bpffs"] / "vigil").glob("run-*/*")), "a refused start left pins"
+    assert opened_by_test_binary(s) == 0, "the first policy still enforces with no agent running"

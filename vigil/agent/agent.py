@@ -71,6 +71,7 @@ class Agent:
         self._previous: list[Any] = []       # runs a killed or keeping agent left pinned
         self.restart: dict[str, int] = {}    # what was recovered from / lost by those runs
         self.k8s: Any = None  # vigil.k8s.stage.K8sStage with --enable-k8s-api
+        self._started = False  # start() completed: only then may close() leave sensors pinned
 
     # -- lifecycle
     def start(self) -> None:
@@ -101,6 +102,7 @@ class Agent:
             self.ready_at = time.monotonic()
             for fe in self.frontends:
                 fe.start()
+            self._started = True
         except BaseException:
             self.close()
             raise
@@ -251,8 +253,10 @@ class Agent:
             except Exception:  # keep tearing down
                 log.exception("stopping %s", fe)
         if self.pins is not None:
-            if self.config.keep_sensors_on_exit and not self._previous:
-                self.pins.keep()  # pinned attachments stay; the next start adopts them
+            if self.config.keep_sensors_on_exit and self._started and not self._previous:
+                # pinned attachments stay; the next start adopts them. Never after a failed
+                # start: what loaded before the refused policy would enforce with no agent
+                self.pins.keep()
             else:
                 self.pins.stop()
             self.pins = None
