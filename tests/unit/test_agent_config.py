@@ -43,6 +43,8 @@ def test_precedence_flag_env_configdir(tmp_path: Path, captured: list):
     (["--event-batch-delay-ms", "5000"], {}, "--event-batch-delay-ms must be 0..1000"),
     (["--event-batch-delay-ms", "-1"], {}, "--event-batch-delay-ms"),
     ([], {"VIGIL_EVENT_BATCH_DELAY_MS": "soon"}, "--event-batch-delay-ms"),
+    (["--metrics-server", "foo"], {}, "--metrics-server 'foo': expected [host]:port"),
+    (["--metrics-server", "localhost:99999"], {}, "--metrics-server"),
 ])
 def test_bad_values_name_the_option(captured: list, args, env, needle):
     r = run(args, env)
@@ -53,6 +55,12 @@ def test_unknown_config_dir_file(tmp_path: Path, captured: list):
     (tmp_path / "no-such-option").write_text("1")
     r = run(["--config-dir", str(tmp_path)])
     assert r.exit_code != 0 and "no-such-option" in r.output
+
+
+def test_config_dir_file_not_utf8(tmp_path: Path, captured: list):
+    (tmp_path / "export-filename").write_bytes(b"/var/log/\xff.log")
+    r = run(["--config-dir", str(tmp_path)])
+    assert r.exit_code != 0 and "export-filename" in r.output and not captured
 
 
 def test_event_batch_delay_is_milliseconds(captured: list):

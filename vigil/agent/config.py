@@ -107,6 +107,10 @@ class AgentConfig:
             errors.append(f"--k8s-pod-wait must be 0..60 seconds (got {self.k8s_pod_wait})")
         if self.k8s_kubeconfig_path and not os.path.isfile(self.k8s_kubeconfig_path):
             errors.append(f"--k8s-kubeconfig-path {self.k8s_kubeconfig_path}: no such file")
+        if self.metrics_server:
+            port = self.metrics_server.rpartition(":")[2]
+            if not (port.isdigit() and int(port) <= 65535):
+                errors.append(f"--metrics-server {self.metrics_server!r}: expected [host]:port")
         if not self.node_name:
             errors.append("node name is empty")
         if errors:

@@ -174,7 +174,10 @@ def _config_dir_values(path: str | None) -> dict[str, str]:
             continue
         if f.name not in known:
             raise click.BadParameter(f"{f}: unknown option {f.name!r}", param_hint="--config-dir")
-        out[f.name] = f.read_text().strip()
+        try:
+            out[f.name] = f.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise click.BadParameter(f"{f}: {e}", param_hint="--config-dir") from None
     return out
 
 
@@ -271,7 +274,6 @@ def run_agent(cfg: AgentConfig) -> int:
         click.echo("vigil agent: must run as root (loads BPF programs)", err=True)
         return 1
     agent = Agent(cfg)
-    attach_frontends(agent)
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)
@@ -279,6 +281,7 @@ def run_agent(cfg: AgentConfig) -> int:
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        attach_frontends(agent)  # in here: one made before another refused is closed below
         agent.start()
         from vigil.agent import testhooks
 
