@@ -115,6 +115,19 @@ def _ports(rule: NetRule) -> list[tuple[int, int]]:
     return out
 
 
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def _v4_mapped(n: ipaddress.IPv4Network | ipaddress.IPv6Network) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """::ffff:a.b.c.d/N (N >= 96) as a.b.c.d/(N-96): the programs look an IPv4-mapped destination
+    up as IPv4 (it reaches an IPv4 peer), so a rule stored as IPv6 there would never match."""
+    if isinstance(n, ipaddress.IPv6Network) and n.prefixlen >= 96 and n.subnet_of(_MAPPED):
+        v4 = n.network_address.ipv4_mapped
+        assert v4 is not None
+        return ipaddress.IPv4Network((v4, n.prefixlen - 96))
+    return n
+
+
 def _networks(rule: NetRule) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     if isinstance(rule.cidrs, str):
         raise NetRuleError(f"rule {rule.id}: cidrs must be a list, not the string {rule.cidrs!r}")
@@ -129,7 +142,7 @@ def _networks(rule: NetRule) -> list[ipaddress.IPv4Network | ipaddress.IPv6Netwo
             raise NetRuleError(f"rule {rule.id}: {e}") from None
         if fam is not None and (n.version == 4) != (FAMILIES[fam] == AF_INET):
             raise NetRuleError(f"rule {rule.id}: {c} is not an address of family {fam}")
-        nets.append(n)
+        nets.append(_v4_mapped(n))
     if not nets:  # any address of the rule's families
         want = [FAMILIES[fam]] if fam else [AF_INET, AF_INET6]
         nets = [ipaddress.ip_network("0.0.0.0/0" if f == AF_INET else "::/0") for f in want]
