@@ -331,3 +331,26 @@ def test_cidr_in_own_network_namespace(nd: NetDeny, cgroup: str, netns: str) -> 
     ops = [["self", 4, "10.99.0.1", 0], ["self", 4, "10.99.1.1", 0]]
     assert run_child(ops, cgroup, prefix=in_netns(netns)) == ["EPERM", "ok"]
     assert run_child(ops, None, prefix=in_netns(netns)) == ["ok", "ok"]
+
+
+def test_prefix_table_holds_two_generations(cgroup: str, listeners: Listeners) -> None:
+    """A rule set may fill half of the prefix table: replacing it (a mode switch, a new set of the
+    same size) always fits beside it. A bigger set is refused up front and the old one stays."""
+    port = listeners.tcp4[0]
+    op = [["tcp", 4, "127.0.0.1", port], ["tcp", 4, "127.0.0.2", port]]
+    cidrs = ["127.0.0.1/32"] + [f"192.0.2.{i}/32" for i in range(7)]
+    n = NetDeny(cgroup, exempt_self=False, max_cidrs=16)
+    try:
+        n.attach()
+        n.set_rules([NetRule(1, cidrs=cidrs)])
+        n.set_rules([NetRule(1, cidrs=cidrs, monitor=True)])
+        n.set_rules([NetRule(1, cidrs=cidrs)])
+        assert run_child(op, cgroup) == ["EPERM", "ECONNREFUSED"]
+        with pytest.raises(NetRuleError, match="9 address prefixes, at most 8"):
+            n.set_rules([NetRule(2, cidrs=[*cidrs, "127.0.0.2/32"])])
+        assert run_child(op, cgroup) == ["EPERM", "ECONNREFUSED"]
+        n.set_rules([NetRule(3, cidrs=["127.0.0.2/32", *cidrs[1:]])])
+        assert run_child(op, cgroup) == ["ok", "EPERM"]
+        assert n.obj.map("nd_cidrs").count() == 16
+    finally:
+        n.close()

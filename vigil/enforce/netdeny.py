@@ -74,6 +74,7 @@ class NetDeny:
         self._gen_rules: list[list[NetRule]] = [[], []]
         self._carried: dict[int, list[int]] = {}
         self._active = 0
+        self.max_cidrs = max_cidrs
         obj = BpfObject.open(bpf_object("netdeny"))
         try:
             for mirror in (MSG, CIDR_KEY, PID_KEY, BIN_KEY, GEN, RULE, COUNTERS):
@@ -112,8 +113,9 @@ class NetDeny:
     # -- rules
     def set_rules(self, rules: Sequence[NetRule]) -> None:
         """Replace the rule set atomically. Invalid rules raise NetRuleError and
-        change nothing; a kernel error (map full) leaves the old set active."""
-        compiled = compile_rules(rules)
+        change nothing; a kernel error leaves the old set active. A set may use half of
+        the prefix table (max_cidrs): its replacement is written beside it."""
+        compiled = compile_rules(rules, max_prefixes=self.max_cidrs // 2)
         obj = self.obj
         target = 1 - self._active
         self._harvest(target)

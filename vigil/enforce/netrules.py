@@ -17,6 +17,10 @@ from vigil.kernel.layouts import Layout
 
 MAX_RULES = 64
 MAX_PORTS = 8
+# nd_cidrs (8,192 entries) and nd_pids (1,024) hold both generations: a rule set may fill half,
+# so the next one always fits beside it while it stays in force
+MAX_PREFIXES = 8192 // 2
+MAX_PIDS = 1024 // 2
 BIN_LEN = 256
 AF_INET, AF_INET6 = 2, 10
 FAMILIES = {"inet": AF_INET, "inet6": AF_INET6, "ipv4": AF_INET, "ipv6": AF_INET6}
@@ -169,8 +173,37 @@ def _validate(rule: NetRule) -> None:
             raise NetRuleError(f"rule {rule.id}: binary must be an absolute path shorter than {BIN_LEN} bytes")
 
 
-def compile_rules(rules: Sequence[NetRule]) -> Compiled:
-    """Validate and compile; raises NetRuleError before anything is written."""
+def _containment(nets_of: Sequence[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int]]
+                 ) -> dict[tuple[int, bytes, int], int]:
+    """Each distinct prefix with the rules of every prefix that contains it (itself included):
+    the LPM lookup returns only the longest stored prefix, so that one must carry them all.
+
+    CIDRs nest or are disjoint, so one sweep in (address, length) order with a stack of the
+    enclosing prefixes does it: O(n log n), where pairwise tests took seconds for a few
+    thousand prefixes."""
+    own: dict[tuple[int, int, int], int] = {}
+    for n, bit in nets_of:
+        k = (n.version, int(n.network_address), n.prefixlen)
+        own[k] = own.get(k, 0) | bit
+    out: dict[tuple[int, bytes, int], int] = {}
+    stack: list[tuple[int, int, int, int]] = []  # version, first, last address, mask
+    for version, addr, plen in sorted(own):
+        bits = 32 if version == 4 else 128
+        last = addr | ((1 << (bits - plen)) - 1)
+        while stack and (stack[-1][0] != version or stack[-1][2] < addr):
+            stack.pop()
+        mask = own[(version, addr, plen)] | (stack[-1][3] if stack else 0)
+        stack.append((version, addr, last, mask))
+        fam = AF_INET if version == 4 else AF_INET6
+        out[(fam, addr.to_bytes(bits // 8, "big").ljust(16, b"\0"), plen)] = mask
+    return out
+
+
+def compile_rules(rules: Sequence[NetRule], *, max_prefixes: int = MAX_PREFIXES,
+                  max_pids: int = MAX_PIDS) -> Compiled:
+    """Validate and compile; raises NetRuleError before anything is written.
+
+    max_prefixes/max_pids: what one generation may use (half of each shared table)."""
     rules = list(rules)
     if len(rules) > MAX_RULES:
         raise NetRuleError(f"{len(rules)} rules, at most {MAX_RULES} per rule set")
@@ -178,7 +211,6 @@ def compile_rules(rules: Sequence[NetRule]) -> Compiled:
     nopid = nobin = noport = allow = monitor = 0
     proto = [0, 0, 0]
     hooks = [0, 0, 0]
-    prefixes: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
     nets_of: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int]] = []
     out = Compiled(rules=rules, gen=(), slots=[])
     for slot, r in enumerate(rules):
@@ -190,7 +222,6 @@ def compile_rules(rules: Sequence[NetRule]) -> Compiled:
         ports = _ports(r)
         out.slots.append((r.id, ports))
         for n in _networks(r):
-            prefixes.add(n)
             nets_of.append((n, bit))
         if not r.pids:
             nopid |= bit
@@ -211,14 +242,12 @@ def compile_rules(rules: Sequence[NetRule]) -> Compiled:
             proto[i] |= bit
         for h in r.hooks:
             hooks[HOOKS[h]] |= bit
-    # The LPM lookup returns only the longest stored prefix: give each prefix the
-    # rules of every stored prefix that contains it.
-    for net in prefixes:
-        mask = 0
-        for n, bit in nets_of:
-            if n.version == net.version and net.subnet_of(n):  # type: ignore[arg-type]
-                mask |= bit
-        fam = AF_INET if net.version == 4 else AF_INET6
-        out.cidrs[(fam, net.network_address.packed.ljust(16, b"\0"), net.prefixlen)] = mask
+    if len(out.pids) > max_pids:
+        raise NetRuleError(f"{len(out.pids)} pids, at most {max_pids} per rule set (the pid table holds the rule "
+                           "set in force and its replacement)")
+    out.cidrs = _containment(nets_of)
+    if len(out.cidrs) > max_prefixes:
+        raise NetRuleError(f"{len(out.cidrs)} address prefixes, at most {max_prefixes} per rule set (the prefix "
+                           "table holds the rule set in force and its replacement)")
     out.gen = (nopid, nobin, noport, allow, monitor, *proto, *hooks)
     return out
