@@ -4,7 +4,7 @@
  * answer must never wait on the agent's Python interpreter (a vfork that keeps the
  * GIL, a long C call, SIGSTOP, a debugger). The agent compiles the policy into a
  * decision table and pushes it here over a SOCK_SEQPACKET socketpair (permd.h); this
- * process owns the fanotify group, decides every event from the table, answers, and
+ * process owns the fanotify groups, decides every event from the table, answers, and
  * sends the agent a report for each selector that matched.
  *
  * Bounds:
@@ -16,19 +16,35 @@
  *   closing the fanotify group makes the kernel allow whatever is in flight.
  * - Reports are sent without blocking; when the agent does not read, they are
  *   dropped and counted.
+ * - The kernel opens each event's file for the listener inside read(), and closing it
+ *   may call the file system too. On a file system served by a process or the network
+ *   (FUSE, NFS, CIFS, 9p, ...: SERVED_FS) both wait on the server. So the main group
+ *   holds only marks on other file systems, and each served file system that a rule
+ *   names gets a group of its own, read by a thread of its own (served_main) that holds
+ *   no lock across a read or a close; the watchdog answers its pending events at their
+ *   deadline without reading it (their fds closed by that thread) and never rescues it.
+ *   A hung server then holds only events on its own file system, whose processes would
+ *   wait on it for their own open anyway (the permission event comes before the file
+ *   system's ->open, in do_dentry_open, for exec as for open). Counted: `served`
+ *   (events read from such groups), `served_groups`. Marking a path on a served file
+ *   system (at a commit) still asks its server; a server that hangs then holds the main
+ *   thread, and the watchdog rescues its events by the default meanwhile.
  *
  * Marks cover only what the rules name: a file (its directory watched with inotify so
  * a replacement is marked too), a directory tree (new directories marked as they
  * appear), a mount, a file system, or, for rules that can match anywhere, every real
- * file system (new mounts followed through /proc/self/mountinfo). A new table gets a
- * new fanotify group, marked completely before the old group is drained and closed,
- * so there is no moment without the rules.
+ * file system (new mounts followed through /proc/self/mountinfo; file systems served by a
+ * process or the network left out). A new table gets new fanotify groups, marked completely
+ * before the old ones are drained and closed (a served one by its own thread, once its server
+ * lets it read), so there is no moment without the rules. The table is shared (refcounted)
+ * with the served groups' threads, which decide by the same rules.
  *
  * Remembered allows: when every rule of a kind reads only the file's path, a file no rule
  * matched is allowed whoever asks, so the group stops asking about it (an ignore mask on
  * its inode, cleared by the kernel when the file is written to; forgotten when the file is
  * renamed, linked, changed or deleted). Allow-list and deny-list tables then cost one
- * round trip per binary, not one per exec.
+ * round trip per binary, not one per exec. Files on served file systems are never
+ * remembered (their handles and attributes would be asked of their server).
  *
  * Usage: vigil-permd --control-fd N [--test-hooks]   |   vigil-permd --layout
  */
@@ -45,6 +61,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/fanotify.h>
 #include <sys/inotify.h>
 #include <sys/resource.h>
@@ -69,6 +86,10 @@
 #ifndef AT_HANDLE_FID
 #define AT_HANDLE_FID 0x200       /* Linux 6.5: a handle that names a file, not one to open it by */
 #endif
+#ifndef STATX_MNT_ID
+#define STATX_MNT_ID 0x1000U      /* Linux 5.8 */
+#endif
+#define MAX_SERVED_GROUPS 32      /* served file systems with a group (and thread) of their own */
 
 /* ------------------------------------------------------------------ small things */
 static uint64_t now_ns(clockid_t c)
@@ -94,8 +115,11 @@ static void *xrealloc(void *p, size_t n)
 struct sval { uint32_t len; char *s; };
 struct cond { uint32_t field, op, flags, n; struct sval *sv; uint32_t *pids; };
 struct rule { uint32_t hook_id, selector, kinds, action, monitor, ncond; struct cond *conds; };
-struct markspec { uint32_t kind, mask; char *path; };
+/* served: the path is on a file system served by a process or the network (set when the table
+ * is first marked; a regroup leaves those marks to the groups that hold them) */
+struct markspec { uint32_t kind, mask; char *path; int served; };
 struct table {
+	int refs;                 /* S.table's, and one per batch a served group's thread decides with (under S.mu) */
 	uint32_t generation, default_allow, deadline_ms;
 	struct rule *rules; uint32_t nrules;
 	struct markspec *marks; uint32_t nmarks;
@@ -287,12 +311,33 @@ struct gen {
 	int sweep_due;                       /* a watched directory lost a subdirectory: sweep_deleted_dirs */
 	uint64_t swept_ns;                   /* the last sweep (CLOCK_MONOTONIC) */
 	char warn[1024];
+	/* A table's main group (read by the main thread) holds the marks on local file systems;
+	 * the marks on each file system served by a process or the network are in a group of
+	 * their own (served), read by a thread of its own (served_main), so a server that hangs
+	 * the kernel's open of an event's file holds only the events of its own file system. */
+	struct gen **srv; uint32_t nsrv;     /* main group: the served groups of its table */
+	int served;                          /* this is a served group */
+	dev_t served_dev;                    /* its file system */
+	int wake_fd;                         /* eventfd: wakes its thread (retired, fds to close) */
+	int ready, retired;                  /* (atomic) marked completely; the table moved on: drain, close, exit */
+	int *closeq; uint32_t nclose;        /* answered event fds for its thread to close (under S.mu) */
 };
 
+static void served_retire(struct gen *g);
+
+/* Everything a group holds; a main group's served groups are retired (their threads close them). */
 static void gen_free(struct gen *g)
 {
 	if (!g)
 		return;
+	for (uint32_t i = 0; i < g->nsrv; i++)
+		served_retire(g->srv[i]);
+	free(g->srv);
+	for (uint32_t i = 0; i < g->nclose; i++)
+		close(g->closeq[i]);
+	free(g->closeq);
+	if (g->wake_fd >= 0)
+		close(g->wake_fd);
 	for (uint32_t i = 0; i < g->nw; i++) {
 		if (g->w[i].dirfd >= 0)
 			close(g->w[i].dirfd);
@@ -330,10 +375,15 @@ static const char *const PSEUDO_FS[] = {
 };
 
 /* File systems served by a process or over the network: the kernel opens a file for the helper
- * with each event, and such an open waits on that server. One that hangs would hold the queue,
- * and every exec under the group's marks with it, so "every file system" leaves them out (an
- * exec there is not asked about; the ack's warning says so). A rule naming a path on one still
- * marks it. */
+ * with each event (inside read()), and such an open waits on that server; closing it does too
+ * (FUSE's FLUSH). One that hangs would hold the group's queue, and every exec under its marks
+ * with it, so "every file system" leaves them out (an exec there is not asked about; the ack's
+ * warning says so), and a rule naming a path on one marks it in a group of that file system's
+ * own (route), read by a thread of its own that takes no lock while it reads or closes: a hung
+ * server then holds only events on its own file system, whose processes wait on that server for
+ * their own open anyway (the permission event comes before the file system's ->open). Which
+ * file system a path is on comes from its mount (statx STATX_MNT_ID without syncing, then
+ * /proc/self/mountinfo), so classifying asks no server. */
 static const char *const SERVED_FS[] = {
 	"fuse", "fuseblk", "virtiofs", "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "afs",
 	"glusterfs", "lustre", "ncpfs", "coda", NULL,
@@ -411,8 +461,8 @@ static void mark_all_filesystems(struct gen *g)
 			continue;
 		if (served_fs(m.fstype)) {
 			*PUSH(g->devs, g->ndevs) = m.dev;   /* said once */
-			gen_warn(g, "%s (%s) is not guarded: its files are served by a process or the network, "
-				 "whose opens can wait without end", m.path, m.fstype);
+			gen_warn(g, "%s (%s) is not guarded by rules that match anywhere: its files are served by a "
+				 "process or the network, whose opens can wait without end", m.path, m.fstype);
 			continue;
 		}
 		if (fanotify_mark(g->fan_fd, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, g->all_mask, AT_FDCWD, m.path) == 0) {
@@ -428,6 +478,70 @@ static void (*service_hook)(void);   /* answers the current group while a new on
 /* the group gen_build is marking: its marks take effect one by one, and its events would
  * otherwise wait until it is installed (service_hook answers them too) */
 static struct gen *building;
+static pthread_t main_thread;        /* service_hook is the main thread's alone */
+
+/* The mount of dirfd/name, asking no file system (no sync: FUSE, NFS, CIFS answer from their
+ * cache); -1 when not found. */
+static int mnt_id_at(int dirfd, const char *name, int flags)
+{
+	struct statx sx;
+	if (statx(dirfd, name, flags | AT_NO_AUTOMOUNT | AT_STATX_DONT_SYNC, STATX_MNT_ID, &sx) ||
+	    !(sx.stx_mask & STATX_MNT_ID))
+		return -1;
+	return (int)sx.stx_mnt_id;
+}
+
+/* 1: the mount's file system is served (its device and mount point given), 0: it is not,
+ * -1: no such mount */
+static int mount_served(int mnt_id, dev_t *dev, char *path, size_t size)
+{
+	struct mountinfo mi;
+	struct mount_entry m;
+	int r = -1;
+	if (mnt_id < 0 || mountinfo_open(&mi))
+		return -1;
+	while (mountinfo_next(&mi, &m)) {   /* read to the end: it closes mi */
+		if (r >= 0 || m.id != mnt_id)
+			continue;
+		r = served_fs(m.fstype);
+		*dev = m.dev;
+		snprintf(path, size, "%s (%s)", m.path, m.fstype);
+	}
+	return r;
+}
+
+/* What gen_build marks for: the table's main group, and whether the served groups are left
+ * as they are (a regroup: only the main group is new, the served ones move over to it). */
+struct build { struct gen *home; int local_only; };
+
+static struct gen *gen_new(int *err);
+static struct gen *served_group(struct gen *home, dev_t dev, const char *where);
+
+/* The group that marks what is on mount mnt_id: the main group, or the served group of its
+ * file system (made on first use). NULL: nothing to mark (a served file system in a regroup,
+ * or one whose group could not be made: warned). */
+static struct gen *route(struct build *b, int mnt_id)
+{
+	char where[PATH_MAX + 80];
+	dev_t dev;
+	if (mount_served(mnt_id, &dev, where, sizeof(where)) != 1)
+		return b->home;
+	if (b->local_only)
+		return NULL;
+	for (uint32_t i = 0; i < b->home->nsrv; i++)
+		if (b->home->srv[i]->served_dev == dev)
+			return b->home->srv[i];
+	if (b->home->nsrv >= MAX_SERVED_GROUPS) {
+		gen_warn(b->home, "%s shares the group of another served file system (more than %d)", where,
+			 MAX_SERVED_GROUPS);
+		return b->home->srv[b->home->nsrv - 1];
+	}
+	struct gen *g = served_group(b->home, dev, where);
+	if (!g)
+		return NULL;
+	*PUSH(b->home->srv, b->home->nsrv) = g;
+	return g;
+}
 
 /* Watch dirfd's directory for new entries. Returns 1 when a watch of this kind (and name)
  * already covers it, 0 when added (the watch keeps dirfd), -1 on error. */
@@ -449,8 +563,10 @@ static int watch_dir(struct gen *g, int dirfd, uint32_t kind, uint32_t mask, con
 
 /* Mark dirfd's directory (children events) and every directory below; takes dirfd. A
  * directory already in the tree (seen twice: by the walk and by its creation event) is
- * skipped. Returns -1 when the tree is too large to follow. */
-static int mark_tree(struct gen *g, int dirfd, uint32_t mask)
+ * skipped. Returns -1 when the tree is too large to follow. While a table is marked (b), a
+ * directory that is another mount (mnt: dirfd's) is marked in the group of its file system
+ * (route); a new directory (b NULL) is on its parent's. */
+static int mark_tree(struct gen *g, int dirfd, uint32_t mask, struct build *b, int mnt)
 {
 	if (g->dirs >= MAX_TREE_DIRS) {
 		close(dirfd);
@@ -469,7 +585,7 @@ static int mark_tree(struct gen *g, int dirfd, uint32_t mask)
 	}
 	g->dirs++;
 	g->marks++;
-	if (service_hook && g->dirs % SERVICE_EVERY == 0)
+	if (service_hook && g->dirs % SERVICE_EVERY == 0 && pthread_equal(pthread_self(), main_thread))
 		service_hook();
 	int lfd = dup(dirfd);
 	DIR *d = lfd >= 0 ? fdopendir(lfd) : NULL;
@@ -485,30 +601,55 @@ static int mark_tree(struct gen *g, int dirfd, uint32_t mask)
 			continue;
 		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
 			continue;
+		struct gen *tg = g;
+		int sub_mnt = mnt;
+		if (b) {   /* (before opening it: a served file system's directory is not opened in a regroup) */
+			sub_mnt = mnt_id_at(dirfd, e->d_name, AT_SYMLINK_NOFOLLOW);
+			if (sub_mnt < 0)
+				sub_mnt = mnt;
+			if (sub_mnt != mnt && !(tg = route(b, sub_mnt)))
+				continue;
+		}
 		int sub = openat(dirfd, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 		if (sub >= 0)
-			rc = mark_tree(g, sub, mask);
+			rc = mark_tree(tg, sub, mask, b, sub_mnt);
 	}
 	closedir(d);
 	return rc;
 }
 
-static int apply_mark(struct gen *g, const struct markspec *m)
+/* The group for a mark's path (its file system's), or NULL when it is not marked now: on a
+ * served file system in a regroup (the served group keeps its marks), or a served file system
+ * whose group could not be made. */
+static struct gen *mark_group(struct build *b, struct markspec *m, int mnt)
 {
+	if (b->local_only && m->served)
+		return NULL;   /* (asks nothing of the path: its server may be the one that hangs) */
+	struct gen *g = route(b, mnt);
+	if (!b->local_only)
+		m->served = g != b->home;
+	return g;
+}
+
+static int apply_mark(struct build *b, struct markspec *m)
+{
+	struct gen *g = b->home, *tg;   /* warnings go to the main group: the ack says them */
 	uint32_t mask = m->mask;
 	switch (m->kind) {
 	case PD_MARK_ALL:
 		g->all_mask |= mask;
-		mark_all_filesystems(g);
+		mark_all_filesystems(g);   /* (local file systems only) */
 		return 0;
 	case PD_MARK_MOUNT:
 	case PD_MARK_FILESYSTEM:
-		if (fanotify_mark(g->fan_fd, FAN_MARK_ADD | (m->kind == PD_MARK_MOUNT ? FAN_MARK_MOUNT : FAN_MARK_FILESYSTEM),
+		if (!(tg = mark_group(b, m, mnt_id_at(AT_FDCWD, m->path, 0))))
+			return 0;
+		if (fanotify_mark(tg->fan_fd, FAN_MARK_ADD | (m->kind == PD_MARK_MOUNT ? FAN_MARK_MOUNT : FAN_MARK_FILESYSTEM),
 				  mask, AT_FDCWD, m->path) < 0) {
 			gen_warn(g, "%s: %s", m->path, strerror(errno));
 			return -1;
 		}
-		g->marks++;
+		tg->marks++;
 		return 0;
 	case PD_MARK_FILE: {
 		char *slash = strrchr(m->path, '/');
@@ -518,12 +659,15 @@ static int apply_mark(struct gen *g, const struct markspec *m)
 		}
 		char dir[PATH_MAX];
 		snprintf(dir, sizeof(dir), "%.*s", slash == m->path ? 1 : (int)(slash - m->path), m->path);
+		int mnt = b->local_only && m->served ? -1 : mnt_id_at(AT_FDCWD, m->path, 0);
+		if (!(tg = mark_group(b, m, mnt >= 0 ? mnt : mnt_id_at(AT_FDCWD, dir, 0))))
+			return 0;
 		int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		if (dfd < 0) {
 			gen_warn(g, "%s: %s", dir, strerror(errno));
 			return -1;
 		}
-		int w = watch_dir(g, dfd, PD_MARK_FILE, mask, slash + 1);
+		int w = watch_dir(tg, dfd, PD_MARK_FILE, mask, slash + 1);
 		if (w < 0) {
 			gen_warn(g, "%s: inotify: %s", dir, strerror(errno));
 			close(dfd);
@@ -531,25 +675,28 @@ static int apply_mark(struct gen *g, const struct markspec *m)
 		}
 		if (w > 0)
 			close(dfd);   /* the same file named twice */
-		if (fanotify_mark(g->fan_fd, FAN_MARK_ADD, mask, AT_FDCWD, m->path) == 0)
-			g->marks++;
+		if (fanotify_mark(tg->fan_fd, FAN_MARK_ADD, mask, AT_FDCWD, m->path) == 0)
+			tg->marks++;
 		else if (errno != ENOENT)   /* not there yet: marked when it appears */
-			g->mark_errors++;
+			tg->mark_errors++;
 		return 0;
 	}
 	case PD_MARK_TREE: {
+		int mnt = b->local_only && m->served ? -1 : mnt_id_at(AT_FDCWD, m->path, 0);
+		if (!(tg = mark_group(b, m, mnt)))
+			return 0;
 		int dfd = open(m->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		if (dfd < 0) {
 			gen_warn(g, "%s: %s", m->path, strerror(errno));
 			return -1;
 		}
-		if (mark_tree(g, dfd, mask) < 0) {
+		if (mark_tree(tg, dfd, mask, b, mnt) < 0) {
 			/* too many directories: the mount holding the tree instead */
-			if (fanotify_mark(g->fan_fd, FAN_MARK_ADD | FAN_MARK_MOUNT, mask, AT_FDCWD, m->path) < 0) {
+			if (fanotify_mark(tg->fan_fd, FAN_MARK_ADD | FAN_MARK_MOUNT, mask, AT_FDCWD, m->path) < 0) {
 				gen_warn(g, "%s: %s", m->path, strerror(errno));
 				return -1;
 			}
-			g->marks++;
+			tg->marks++;
 			gen_warn(g, "%s: more than %d directories (or out of watches): its whole mount is guarded instead",
 				 m->path, MAX_TREE_DIRS);
 		}
@@ -560,12 +707,16 @@ static int apply_mark(struct gen *g, const struct markspec *m)
 	return -1;
 }
 
-static struct gen *gen_build(const struct table *t, int *err)
+/* A group (fanotify for the permissions, inotify for new files and directories); *err and
+ * g->warn say what failed. */
+static struct gen *gen_new(int *err)
 {
 	struct gen *g = xrealloc(NULL, sizeof(*g));
 	memset(g, 0, sizeof(*g));
 	g->ino_fd = -1;
 	g->notif_fd = -1;
+	g->wake_fd = -1;
+	*err = 0;
 	g->fan_fd = fanotify_init(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE |
 				  FAN_UNLIMITED_MARKS, O_RDONLY | O_LARGEFILE | O_CLOEXEC);
 	if (g->fan_fd < 0) {
@@ -577,23 +728,47 @@ static struct gen *gen_build(const struct table *t, int *err)
 	if (g->ino_fd < 0) {
 		*err = errno;
 		gen_warn(g, "inotify_init1: %s", strerror(errno));
-		return g;
 	}
+	return g;
+}
+
+/* The groups of table t: a new main group, and (unless local_only) new served groups. */
+static struct gen *gen_build(struct table *t, int *err, int local_only)
+{
+	struct gen *g = gen_new(err);
+	if (*err)
+		return g;
 	int e = 0;
+	struct build b = { g, local_only };
 	building = g;
 	for (uint32_t i = 0; i < t->nmarks && !e; i++) {
-		if (apply_mark(g, &t->marks[i]) < 0)
+		if (apply_mark(&b, &t->marks[i]) < 0)
 			e = EINVAL;
 		if (service_hook)
 			service_hook();   /* (a mark may take long: a whole tree, every file system) */
 	}
 	building = NULL;
+	for (uint32_t i = 0; i < g->nsrv; i++)   /* their threads follow new files from now on */
+		__atomic_store_n(&g->srv[i]->ready, 1, __ATOMIC_RELEASE);
 	*err = e;
 	return g;
 }
 
+/* What a main group and its served groups hold (their threads change the served counts:
+ * read as they are). */
+static void gen_totals(const struct gen *g, uint64_t *marks, uint64_t *dirs, uint64_t *errors)
+{
+	*marks = g->marks, *dirs = g->dirs, *errors = g->mark_errors;
+	for (uint32_t i = 0; i < g->nsrv; i++) {
+		*marks += __atomic_load_n(&g->srv[i]->marks, __ATOMIC_RELAXED);
+		*dirs += __atomic_load_n(&g->srv[i]->dirs, __ATOMIC_RELAXED);
+		*errors += __atomic_load_n(&g->srv[i]->mark_errors, __ATOMIC_RELAXED);
+	}
+}
+
 /* ------------------------------------------------------------------ process state */
-struct pend { int used; int efd, fan_fd; uint32_t pid; uint64_t mask, read_ns, deadline_ns, seq; };
+/* sg: the served group the event was read from (NULL: the main group) */
+struct pend { int used; int efd, fan_fd; uint32_t pid; uint64_t mask, read_ns, deadline_ns, seq; struct gen *sg; };
 
 static struct {
 	int ctl;
@@ -601,7 +776,7 @@ static struct {
 	volatile sig_atomic_t quit;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
-	struct table *table;      /* in force; replaced only by the main thread, under mu */
+	struct table *table;      /* in force; replaced only by the main thread, under mu (refs) */
 	struct gen *cur;          /* its fanotify group; replaced under mu */
 	struct table *staging;
 	int staging_bad;
@@ -675,14 +850,33 @@ static int is_exempt(uint32_t pid)
 	return 0;
 }
 
-/* Write the one answer for a read event and close its fd. Caller holds S.mu. */
-static void respond(int fan_fd, int efd, int allow)
+/* Write the one answer for a read event and let go of its fd. Caller holds S.mu. A served
+ * group's (sg) is closed by that group's thread, never here: closing a file of a served file
+ * system asks its server (FUSE's FLUSH), and S.mu must never wait on a server. */
+static void answer(struct gen *sg, int fan_fd, int efd, int allow)
 {
 	struct fanotify_response r = { .fd = efd, .response = allow ? FAN_ALLOW : FAN_DENY };
 	if (write(fan_fd, &r, sizeof(r)) != sizeof(r))
 		S.st[PD_STAT_write_errors]++;   /* the kernel allows it when the group closes */
-	close(efd);
+	if (sg)
+		*PUSH(sg->closeq, sg->nclose) = efd;
+	else
+		close(efd);
 	S.st[allow ? PD_STAT_allowed : PD_STAT_denied]++;
+}
+
+/* A table a batch of decisions held (handle_fanotify takes the table in force, refs + 1, under
+ * S.mu): a served group's thread may still decide with it after the main thread installed
+ * another. */
+static void table_put(struct table *t)
+{
+	if (!t)
+		return;
+	pthread_mutex_lock(&S.mu);
+	int left = --t->refs;
+	pthread_mutex_unlock(&S.mu);
+	if (!left)
+		table_free(t);
 }
 
 static void account_latency(uint64_t lat)
@@ -954,10 +1148,29 @@ static void handle_notifications(struct gen *g)
 	g->changed = 0;
 }
 
-/* Read what the group has queued (up to the free pending slots) and decide each event. */
+/* A served group's thread closes the event fds answered (by it or by the watchdog), holding no
+ * lock: such a close may wait on the file system's server. */
+static void close_answered(struct gen *g)
+{
+	pthread_mutex_lock(&S.mu);
+	int *fds = g->closeq;
+	uint32_t n = g->nclose;
+	g->closeq = NULL, g->nclose = 0;
+	pthread_mutex_unlock(&S.mu);
+	for (uint32_t i = 0; i < n; i++)
+		close(fds[i]);
+	free(fds);
+}
+
+/* Read what the group has queued (up to the free pending slots) and decide each event. The
+ * main thread reads the main group; a served group's own thread reads it, and neither holds
+ * S.mu while in read() (where the kernel opens each event's file) or while closing one. */
 static void handle_fanotify(struct gen *g)
 {
-	static char buf[64 * 1024] __attribute__((aligned(8)));
+	char buf[64 * 1024] __attribute__((aligned(8)));
+	int slots[MAX_PENDING];
+	uint64_t seqs[MAX_PENDING];
+	struct gen *sg = g->served ? g : NULL;
 	for (int errors = 0;;) {
 		pthread_mutex_lock(&S.mu);
 		size_t room = (size_t)(MAX_PENDING - S.npend) * META_SZ;
@@ -965,25 +1178,29 @@ static void handle_fanotify(struct gen *g)
 		if (room < (size_t)META_SZ)
 			return;   /* the watchdog frees slots by the deadline */
 		/* busy while reading too: the kernel opens each event's file for us in read(), and an
-		 * open that waits (a file server) must not hold the queue past the deadline */
-		__atomic_store_n(&S.busy_since, now_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
+		 * open that waits must not hold the main group's queue past the deadline (a served
+		 * group's thread is not watched so: only its own file system's events wait on it) */
+		if (!sg)
+			__atomic_store_n(&S.busy_since, now_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
 		ssize_t len = read(g->fan_fd, buf, room < sizeof(buf) ? room : sizeof(buf));
 		if (len <= 0) {
 			/* not EAGAIN: the kernel could not open the file for us, and refused that
 			 * request itself (no answer of ours can change it): counted */
 			if (len < 0 && errno != EAGAIN && errno != EINTR)
 				__atomic_add_fetch(&S.st[PD_STAT_read_errors], 1, __ATOMIC_RELAXED);
-			__atomic_store_n(&S.busy_since, 0, __ATOMIC_RELAXED);
+			if (!sg)
+				__atomic_store_n(&S.busy_since, 0, __ATOMIC_RELAXED);
 			if (len < 0 && errno != EAGAIN && errno != EINTR && ++errors < 64)
 				continue;   /* the next events may open fine (each failed read took one) */
 			return;
 		}
 		uint64_t t = now_ns(CLOCK_MONOTONIC);
-		static int slots[MAX_PENDING];
-		static uint64_t seqs[MAX_PENDING];
 		int ns = 0;
 		/* register the whole batch first: each event's deadline starts when it was read */
 		pthread_mutex_lock(&S.mu);
+		struct table *tab = S.table;   /* this batch's decisions (held: see table_get) */
+		if (tab)
+			tab->refs++;
 		uint64_t dl = deadline_ns();
 		for (struct fanotify_event_metadata *m = (void *)buf; FAN_EVENT_OK(m, len); m = FAN_EVENT_NEXT(m, len)) {
 			if (m->fd == FAN_NOFD) {
@@ -991,15 +1208,17 @@ static void handle_fanotify(struct gen *g)
 				continue;
 			}
 			S.st[PD_STAT_events]++;
+			if (sg)
+				S.st[PD_STAT_served]++;
 			if (is_exempt((uint32_t)m->pid) || !(m->mask & (FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM))) {
-				respond(g->fan_fd, m->fd, 1);
+				answer(sg, g->fan_fd, m->fd, 1);
 				S.st[PD_STAT_exempt]++;
 				continue;
 			}
 			int s = 0;
 			while (S.pend[s].used)
 				s++;   /* room was checked above; only the watchdog frees slots meanwhile */
-			S.pend[s] = (struct pend){ 1, m->fd, g->fan_fd, (uint32_t)m->pid, m->mask, t, t + dl, ++S.seq };
+			S.pend[s] = (struct pend){ 1, m->fd, g->fan_fd, (uint32_t)m->pid, m->mask, t, t + dl, ++S.seq, sg };
 			S.npend++;
 			seqs[ns] = S.seq;
 			slots[ns++] = s;
@@ -1007,6 +1226,8 @@ static void handle_fanotify(struct gen *g)
 		if (ns && t + dl < S.wd_wake)
 			pthread_cond_signal(&S.cv);   /* only when the watchdog would wake too late */
 		pthread_mutex_unlock(&S.mu);
+		if (sg)
+			close_answered(g);
 
 		for (int i = 0; i < ns; i++) {
 			struct pend p;
@@ -1015,15 +1236,16 @@ static void handle_fanotify(struct gen *g)
 			pthread_mutex_unlock(&S.mu);
 			if (!p.used || p.seq != seqs[i])
 				continue;   /* answered by the watchdog already */
-			__atomic_store_n(&S.busy_since, now_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
+			if (!sg)
+				__atomic_store_n(&S.busy_since, now_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
 			char path[PATH_MAX];
 			struct request q = { .kind = p.mask & FAN_OPEN_EXEC_PERM ? PD_KIND_EXEC : PD_KIND_OPEN,
 					     .pid = p.pid, .binary_len = -1, .nanc = -1 };
 			q.path_len = (size_t)path_of_fd(p.efd, path, sizeof(path));
 			q.path = path;
 			struct verdict v;
-			decide(S.table, &q, &v);
-			if (S.stall_ms) {   /* test hook: a decision that takes too long */
+			decide(tab, &q, &v);
+			if (!sg && S.stall_ms) {   /* test hook: a decision that takes too long */
 				uint32_t ms = S.stall_ms;
 				S.stall_ms = 0;
 				struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
@@ -1041,23 +1263,26 @@ static void handle_fanotify(struct gen *g)
 					S.st[PD_STAT_killed]++;
 				}
 				/* (a group being built answers with the table in force, not the one it is
-				 * built for: nothing is remembered in it) */
-				if (g == S.cur && v.allow && !v.nmatch && q.path_len && S.table &&
-				    S.table->remember_kinds & q.kind)
+				 * built for: nothing is remembered in it; nor in a served group, whose
+				 * files' handles and attributes would be asked of their server) */
+				if (!sg && g == S.cur && v.allow && !v.nmatch && q.path_len && tab &&
+				    tab->remember_kinds & q.kind)
 					keep = fcntl(cur->efd, F_DUPFD_CLOEXEC, 0);
-				respond(cur->fan_fd, cur->efd, v.allow);
+				answer(sg, cur->fan_fd, cur->efd, v.allow);
 				account_latency(lat);
 				cur->used = 0;
 				S.npend--;
 			}
 			pthread_mutex_unlock(&S.mu);
+			if (sg)
+				close_answered(g);
 			if (keep >= 0) {   /* answered already: the requester does not wait for this */
 				remember_allow(g, keep, q.kind, path);
 				close(keep);
 			}
 			if (mine) {
 				for (int k = 0; k < v.nmatch; k++) {
-					const struct rule *r = &S.table->rules[v.rules[k]];
+					const struct rule *r = &tab->rules[v.rules[k]];
 					if (r->action == PD_ACT_NOPOST)
 						continue;
 					int enforcing = r->action == PD_ACT_OVERRIDE || r->action == PD_ACT_SIGKILL;
@@ -1068,8 +1293,10 @@ static void handle_fanotify(struct gen *g)
 					send_report(r, &q, fl, lat);
 				}
 			}
-			__atomic_store_n(&S.busy_since, 0, __ATOMIC_RELAXED);
+			if (!sg)
+				__atomic_store_n(&S.busy_since, 0, __ATOMIC_RELAXED);
 		}
+		table_put(tab);
 	}
 }
 
@@ -1085,7 +1312,7 @@ static void handle_inotify(struct gen *g)
 			struct inotify_event *e = (struct inotify_event *)p;
 			p += sizeof(*e) + e->len;
 			if (e->mask & IN_Q_OVERFLOW) {
-				S.st[PD_STAT_watch_overflows]++;
+				__atomic_add_fetch(&S.st[PD_STAT_watch_overflows], 1, __ATOMIC_RELAXED);
 				continue;
 			}
 			if (!e->len)
@@ -1106,7 +1333,7 @@ static void handle_inotify(struct gen *g)
 						g->mark_errors++;
 				} else if (w->kind == PD_MARK_TREE && e->mask & IN_ISDIR) {
 					int sub = openat(w->dirfd, e->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-					if (sub >= 0 ? mark_tree(g, sub, w->mask) < 0 : errno != ENOENT)
+					if (sub >= 0 ? mark_tree(g, sub, w->mask, NULL, 0) < 0 : errno != ENOENT)
 						g->mark_errors++;   /* (ENOENT: gone again already) */
 					w = &g->w[i];   /* the array may have moved */
 				}
@@ -1139,7 +1366,8 @@ static void sweep_deleted_dirs(struct gen *g)
 		g->w[i] = g->w[--g->nw];
 		__atomic_add_fetch(&S.st[PD_STAT_dirs_gone], 1, __ATOMIC_RELAXED);
 	}
-	S.st[PD_STAT_dirs] = g->dirs;
+	if (!g->served)
+		S.st[PD_STAT_dirs] = g->dirs;
 }
 
 static void handle_mount_change(void)
@@ -1167,7 +1395,103 @@ static void service_current(void)
 	__atomic_store_n(&S.busy_since, now_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
 }
 
+/* ------------------------------------------------------------------ served groups */
+/* The thread of a served group: reads and answers its events, follows new files and
+ * directories under its marks, closes the event fds answered. It takes S.mu only around
+ * bookkeeping, never across a read, a close or a mark, so whatever its server does, the main
+ * thread and the watchdog never wait on it. Retired (a new table, or the one it was made for
+ * refused), it answers what its group still holds by the table in force, leaves no pending
+ * slot behind, closes its group (the kernel allows anything that raced in) and ends. A server
+ * that never answers keeps the thread in read() with its group open: only that file system's
+ * events wait, as its processes wait on that server anyway. */
+static void *served_main(void *arg)
+{
+	struct gen *g = arg;
+	while (!__atomic_load_n(&g->retired, __ATOMIC_ACQUIRE)) {
+		int ready = __atomic_load_n(&g->ready, __ATOMIC_ACQUIRE);
+		struct pollfd p[3] = {
+			{ .fd = g->fan_fd, .events = POLLIN },
+			{ .fd = ready ? g->ino_fd : -1, .events = POLLIN },
+			{ .fd = g->wake_fd, .events = POLLIN },
+		};
+		if (poll(p, 3, g->sweep_due || !ready ? 100 : -1) < 0) {
+			struct timespec ts = { 0, 10000000L };   /* (EINTR; nothing else is expected) */
+			nanosleep(&ts, NULL);
+			continue;
+		}
+		if (p[2].revents & POLLIN) {
+			uint64_t n;
+			if (read(g->wake_fd, &n, sizeof(n)) < 0)
+				;   /* (EAGAIN: someone else's wake-up read it) */
+		}
+		close_answered(g);
+		if (__atomic_load_n(&g->retired, __ATOMIC_ACQUIRE))
+			break;
+		if (p[0].revents & POLLIN)
+			handle_fanotify(g);
+		if (p[1].revents & POLLIN)
+			handle_inotify(g);
+		if (ready)
+			sweep_deleted_dirs(g);
+	}
+	handle_fanotify(g);
+	pthread_mutex_lock(&S.mu);
+	for (int i = 0; i < MAX_PENDING; i++) {   /* nothing should be left; never leave one unanswered */
+		struct pend *p = &S.pend[i];
+		if (p->used && p->sg == g) {
+			answer(g, p->fan_fd, p->efd, default_allow());
+			p->used = 0;
+			S.npend--;
+		}
+	}
+	pthread_mutex_unlock(&S.mu);   /* no slot names g now: nothing but this thread reaches it */
+	close_answered(g);
+	gen_free(g);
+	return NULL;
+}
+
+static void served_retire(struct gen *g)
+{
+	uint64_t one = 1;
+	__atomic_store_n(&g->retired, 1, __ATOMIC_RELEASE);
+	if (write(g->wake_fd, &one, sizeof(one)) < 0)
+		;   /* (its counter full: it is awake anyway) */
+}
+
+/* A group for the served file system dev (where: its mount, for warnings), its thread started:
+ * it answers events by the table in force while the table it is made for is being marked. */
+static struct gen *served_group(struct gen *home, dev_t dev, const char *where)
+{
+	int err;
+	struct gen *g = gen_new(&err);
+	g->served = 1;
+	g->served_dev = dev;
+	if (!err && (g->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
+		err = errno;
+	pthread_attr_t a;
+	pthread_t th;
+	sigset_t all, old;
+	if (!err) {   /* signals are the main thread's (SIGTERM, SIGINT end its loop) */
+		sigfillset(&all);
+		pthread_sigmask(SIG_SETMASK, &all, &old);
+		pthread_attr_init(&a);
+		pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+		err = pthread_create(&th, &a, served_main, g);
+		pthread_attr_destroy(&a);
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+	}
+	if (err) {
+		gen_warn(home, "%s is not guarded: no group of its own (%s)", where, strerror(err));
+		home->mark_errors++;
+		gen_free(g);
+		return NULL;
+	}
+	return g;
+}
+
 /* ------------------------------------------------------------------ watchdog */
+/* The main group only (g: S.cur): a served group is never read here, as reading it may wait
+ * on its server, and the watchdog holds S.mu. */
 static void rescue_locked(struct gen *g)
 {
 	static char buf[16 * 1024] __attribute__((aligned(8)));
@@ -1181,7 +1505,7 @@ static void rescue_locked(struct gen *g)
 			}
 			S.st[PD_STAT_events]++;
 			S.st[PD_STAT_rescued]++;
-			respond(g->fan_fd, m->fd, allow || is_exempt((uint32_t)m->pid));
+			answer(NULL, g->fan_fd, m->fd, allow || is_exempt((uint32_t)m->pid));
 		}
 	}
 }
@@ -1205,7 +1529,12 @@ static void *watchdog(void *arg)
 				q.path = path;
 				q.binary[0] = 0;
 				int allow = default_allow();
-				respond(p->fan_fd, p->efd, allow);
+				answer(p->sg, p->fan_fd, p->efd, allow);   /* (a served group's fd: closed by its thread) */
+				if (p->sg) {
+					uint64_t one = 1;
+					if (write(p->sg->wake_fd, &one, sizeof(one)) < 0)
+						;   /* (its counter full: it is awake anyway) */
+				}
 				S.st[PD_STAT_timeouts]++;
 				account_latency(now - p->read_ns);
 				p->used = 0;
@@ -1328,7 +1657,7 @@ static const char *stage(const char *msg, size_t len)
 		if (m->kind != PD_MARK_ALL && (pl == 0 || msg[sizeof(*m)] != '/'))
 			return "PD_MARK: the path must be absolute";
 		struct markspec *n = PUSH(t->marks, t->nmarks);
-		n->kind = m->kind, n->mask = m->mask;
+		n->kind = m->kind, n->mask = m->mask, n->served = 0;
 		n->path = strndup(msg + sizeof(*m), pl);
 		return NULL;
 	}
@@ -1363,25 +1692,31 @@ static struct table *install(struct gen *g, struct table *t)
 	pthread_mutex_lock(&S.mu);
 	struct gen *old = S.cur;
 	struct table *old_t = S.table;
+	uint64_t marks, dirs, errors;
+	gen_totals(g, &marks, &dirs, &errors);
 	S.cur = g;
 	S.table = t;
 	S.st[PD_STAT_generation] = t->generation;
-	S.st[PD_STAT_marks] = g->marks;
-	S.st[PD_STAT_dirs] = g->dirs;
+	S.st[PD_STAT_marks] = marks;
+	S.st[PD_STAT_dirs] = dirs;
+	S.st[PD_STAT_served_groups] = g->nsrv;
 	pthread_mutex_unlock(&S.mu);
 	if (old) {
 		handle_fanotify(old);
+		gen_totals(old, &marks, &dirs, &errors);
 		pthread_mutex_lock(&S.mu);
 		for (int i = 0; i < MAX_PENDING; i++) {   /* nothing should be left; never leave one unanswered */
 			struct pend *p = &S.pend[i];
-			if (p->used && p->fan_fd == old->fan_fd) {
-				respond(p->fan_fd, p->efd, default_allow());
+			if (p->used && !p->sg && p->fan_fd == old->fan_fd) {
+				answer(NULL, p->fan_fd, p->efd, default_allow());
 				p->used = 0;
 				S.npend--;
 			}
 		}
-		S.st[PD_STAT_mark_errors] += old->mark_errors;
-		gen_free(old);   /* closing the group allows anything that raced in */
+		S.st[PD_STAT_mark_errors] += errors;
+		/* closing the group allows anything that raced in; its served groups are retired:
+		 * each thread answers what its group holds by the new table, then closes it */
+		gen_free(old);
 		pthread_mutex_unlock(&S.mu);
 	}
 	return old_t;
@@ -1397,12 +1732,16 @@ static void regroup(void)
 	if (S.regroup_failed_ns && now_ns(CLOCK_MONOTONIC) - S.regroup_failed_ns < 1000000000ULL)
 		return;
 	__atomic_store_n(&S.busy_since, now_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
-	struct gen *g = gen_build(S.table, &err);
+	/* the main group only: nothing remembered is in a served group, whose file systems are
+	 * not asked again (their servers may be the ones that hang) */
+	struct gen *g = gen_build(S.table, &err, 1);
 	if (err) {
 		fprintf(stderr, "vigil-permd: a new group to forget changed files: %s\n", g->warn);
 		gen_free(g);
 		S.regroup_failed_ns = now_ns(CLOCK_MONOTONIC);
 	} else {
+		g->srv = S.cur->srv, g->nsrv = S.cur->nsrv;   /* the served groups go on with it */
+		S.cur->srv = NULL, S.cur->nsrv = 0;
 		install(g, S.table);
 		S.regrouped_ns = now_ns(CLOCK_MONOTONIC);
 		S.regroup_failed_ns = 0;
@@ -1425,18 +1764,21 @@ static void commit(void)
 	int err = 0;
 	t->remember_kinds = path_only_kinds(t);
 	__atomic_store_n(&S.busy_since, now_ns(CLOCK_MONOTONIC), __ATOMIC_RELAXED);
-	struct gen *g = gen_build(t, &err);
+	t->refs = 1;   /* S.table's */
+	struct gen *g = gen_build(t, &err, 0);
 	if (err) {
 		send_ack(PD_COMMIT, t->generation, err, 0, 0, g->warn);
 		gen_free(g);
-		table_free(t);
+		table_free(t);   /* (a served group's thread may have decided with the table in force, never this) */
 		return;
 	}
 	struct table *old_t = install(g, t);
-	/* rules of the old table may still be referenced by nothing now */
-	table_free(old_t);
+	/* the old table goes once no served group's thread decides with it */
+	table_put(old_t);
 	__atomic_store_n(&S.busy_since, 0, __ATOMIC_RELAXED);
-	send_ack(PD_COMMIT, t->generation, 0, g->marks, g->dirs, g->warn);
+	uint64_t marks, dirs, errors;
+	gen_totals(g, &marks, &dirs, &errors);
+	send_ack(PD_COMMIT, t->generation, 0, (uint32_t)marks, (uint32_t)dirs, g->warn);
 }
 
 static void eval(const char *msg, size_t len)
@@ -1488,9 +1830,12 @@ static void handle_ctl(void)
 			pthread_mutex_lock(&S.mu);
 			memcpy(s.v, S.st, sizeof(s.v));
 			if (S.cur) {   /* marks follow new directories, files and mounts after the commit */
-				s.v[PD_STAT_marks] = S.cur->marks;
-				s.v[PD_STAT_dirs] = S.cur->dirs;
-				s.v[PD_STAT_mark_errors] += S.cur->mark_errors;
+				uint64_t marks, dirs, errors;
+				gen_totals(S.cur, &marks, &dirs, &errors);
+				s.v[PD_STAT_marks] = marks;
+				s.v[PD_STAT_dirs] = dirs;
+				s.v[PD_STAT_mark_errors] += errors;
+				s.v[PD_STAT_served_groups] = S.cur->nsrv;
 			}
 			pthread_mutex_unlock(&S.mu);
 			send_pkt(&s, sizeof(s), 0);
@@ -1598,6 +1943,7 @@ int main(int argc, char **argv)
 	}
 	fcntl(S.ctl, F_SETFD, FD_CLOEXEC);
 	S.self = (uint32_t)getpid();
+	main_thread = pthread_self();
 	struct sigaction sa = { .sa_handler = on_signal };
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);

@@ -7,7 +7,7 @@
 #define VIGIL_PERMD_H
 #include <stdint.h>
 
-#define PD_VERSION 3
+#define PD_VERSION 4
 #define PD_MAX_MSG 65536          /* largest packet either side sends */
 
 enum pd_type {
@@ -76,12 +76,14 @@ struct pd_eval { struct pd_hdr h; uint32_t kind; uint32_t pid; uint32_t path_len
 struct pd_eval_result { struct pd_hdr h; uint32_t allow; uint32_t kill; uint32_t nmatch; int32_t rules[PD_MAX_MATCH]; };
 struct pd_stall { struct pd_hdr h; uint32_t ms; };
 
-/* PD_STATS counters, in this order */
+/* PD_STATS counters, in this order. served: events read from the groups of file systems
+ * served by a process or the network (one group and reader thread each, see permd.c);
+ * served_groups: how many such groups the table in force has */
 #define PD_STATS_LIST(X) \
 	X(events) X(allowed) X(denied) X(timeouts) X(rescued) X(exempt) X(killed) X(monitored) \
 	X(reports) X(reports_dropped) X(write_errors) X(overflows) X(latency_ns_total) X(latency_ns_max) \
 	X(generation) X(marks) X(dirs) X(mark_errors) X(watch_overflows) X(mount_rescans) X(cached) X(forgotten) \
-	X(regroups) X(read_errors) X(dirs_gone)
+	X(regroups) X(read_errors) X(dirs_gone) X(served) X(served_groups)
 #define PD_STAT_ENUM(n) PD_STAT_##n,
 enum { PD_STATS_LIST(PD_STAT_ENUM) PD_NSTATS };
 struct pd_stats { struct pd_hdr h; uint64_t v[PD_NSTATS]; };

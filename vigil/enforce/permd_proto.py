@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-VERSION = 3
+VERSION = 4
 MAX_MSG = 65536
 MAX_MATCH = 16
 
@@ -44,7 +44,7 @@ STALL_S = struct.Struct("=III")
 STAT_NAMES = ("events", "allowed", "denied", "timeouts", "rescued", "exempt", "killed", "monitored",
               "reports", "reports_dropped", "write_errors", "overflows", "latency_ns_total", "latency_ns_max",
               "generation", "marks", "dirs", "mark_errors", "watch_overflows", "mount_rescans",
-              "cached", "forgotten", "regroups", "read_errors", "dirs_gone")
+              "cached", "forgotten", "regroups", "read_errors", "dirs_gone", "served", "served_groups")
 STATS_S = struct.Struct(f"=II{len(STAT_NAMES)}Q")
 
 # what the layout test compares: struct name -> (our Struct, field names in order after the header)
