@@ -1106,13 +1106,16 @@ static int varint_len(unsigned long long v)
 	return n;
 }
 
-/* strict "YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ" (the agent's clock): 1 and seconds/nanos */
+/* strict "YYYY-MM-DDTHH:MM:SS[.fff[fff[fff]]]Z" (the agent's clock: protojson's 0, 3, 6 or 9
+ * fractional digits): 1 and seconds/nanos; 0 for anything else (the twin parses it) */
 static int parse_ts(const char *s, Py_ssize_t n, long long *secs, long *nanos)
 {
-	static const char pat[] = "dddd-dd-ddTdd:dd:dd.dddddddddZ";
-	if (n != 30)
+	static const char pat[] = "dddd-dd-ddTdd:dd:dd.ddddddddd";
+	if (n != 20 && n != 24 && n != 27 && n != 30)
 		return 0;
-	for (int i = 0; i < 30; i++)
+	if (s[n - 1] != 'Z' || (n == 20 ? 0 : s[19] != '.'))
+		return 0;
+	for (int i = 0; i < n - 1; i++)
 		if (pat[i] == 'd' ? (s[i] < '0' || s[i] > '9') : s[i] != pat[i])
 			return 0;
 #define NUM(a, k) ({ int v_ = 0; for (int i_ = (a); i_ < (a) + (k); i_++) v_ = v_ * 10 + (s[i_] - '0'); v_; })
@@ -1129,7 +1132,10 @@ static int parse_ts(const char *s, Py_ssize_t n, long long *secs, long *nanos)
 		day_ok = 1;
 	}
 	*secs = day_base + NUM(11, 2) * 3600LL + NUM(14, 2) * 60LL + NUM(17, 2);
-	*nanos = NUM(20, 9);
+	long frac = n > 20 ? NUM(20, (int)n - 21) : 0;
+	for (Py_ssize_t k = n; k < 30; k++)
+		frac *= 10;  /* ".123" is 123000000 ns */
+	*nanos = frac;
 #undef NUM
 	return 1;
 }
@@ -1561,7 +1567,7 @@ typedef struct {
 	int enable_cred, enable_ns, ancestors;  /* BuildOptions (frozen) */
 	struct creds_raw last_creds_raw;
 	PyObject *last_creds;
-	long long sec_cached;      /* the second whose "YYYY-MM-DDTHH:MM:SS." is in prefix */
+	long long sec_cached;      /* the second whose "YYYY-MM-DDTHH:MM:SS" is in prefix */
 	char prefix[32];
 } Builder;
 
@@ -1756,16 +1762,27 @@ static PyObject *rfc3339(Builder *b, unsigned long long ktime)
 		time_t t = (time_t)sec;
 		struct tm tm;
 		gmtime_r(&t, &tm);
-		strftime(b->prefix, sizeof(b->prefix), "%Y-%m-%dT%H:%M:%S.", &tm);
+		strftime(b->prefix, sizeof(b->prefix), "%Y-%m-%dT%H:%M:%S", &tm);
 		b->sec_cached = sec;
 	}
+	/* protojson's fraction: the fewest of 9, 6, 3 or 0 digits that hold it (clock.frac_z) */
+	int digits = 9;
+	if (frac % 1000 == 0) {
+		digits = !frac ? 0 : frac % 1000000 ? 6 : 3;
+		for (int k = digits; k < 9; k++)
+			frac /= 10;
+	}
 	char s[48];
-	size_t pn = strlen(b->prefix);
+	size_t pn = strlen(b->prefix), o = pn;
 	memcpy(s, b->prefix, pn);
-	for (int i = 8; i >= 0; i--, frac /= 10)
-		s[pn + (size_t)i] = (char)('0' + frac % 10);
-	s[pn + 9] = 'Z';
-	return PyUnicode_DecodeASCII(s, (Py_ssize_t)pn + 10, NULL);
+	if (digits) {
+		s[o++] = '.';
+		for (int i = digits - 1; i >= 0; i--, frac /= 10)
+			s[o + (size_t)i] = (char)('0' + frac % 10);
+		o += (size_t)digits;
+	}
+	s[o++] = 'Z';
+	return PyUnicode_DecodeASCII(s, (Py_ssize_t)o, NULL);
 }
 
 static PyObject *key_tuple(unsigned long long pid, unsigned long long ktime)

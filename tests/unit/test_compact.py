@@ -197,6 +197,9 @@ def test_timestamps_prefix():
     assert line.startswith("2026-03-01T10:00:00.123000000Z 🚀 process ")
     assert timestamp_prefix("2026-03-01T12:00:00+02:00") == "2026-03-01T10:00:00.000000000Z"
     assert timestamp_prefix(None) == "1970-01-01T00:00:00.000000000Z"
+    # the compact prefix keeps Go's fixed 9-digit layout whatever form the event's time has
+    assert timestamp_prefix("2026-03-01T10:00:00Z") == "2026-03-01T10:00:00.000000000Z"
+    assert timestamp_prefix("2026-03-01T10:00:00.123456Z") == "2026-03-01T10:00:00.123456000Z"
 
 
 def test_stack_traces_can_be_disabled():

@@ -57,6 +57,14 @@ EVENTS = [
         "message": "denied"}, T, "n")),
     ("rate-limit", DictEvent({"rate_limit_info": {"number_of_dropped_process_events": "3"}, "node_name": "n",
                               "time": T})),
+    # protojson's shorter Timestamp forms (whole millisecond, microsecond, second)
+    ("exec-whole-millisecond", ProcessExec(proc(13, start_time="2026-12-05T11:00:00.120Z"), PARENT, (),
+                                           "2026-12-05T11:00:01.123Z", "n")),
+    ("exit-whole-microsecond", ProcessExit(proc(14, start_time="2026-12-05T11:00:00Z"), PARENT, (), "", 1,
+                                           "2026-12-05T11:00:02.123456Z", "n")),
+    ("kprobe-whole-second", PolicyEvent("process_kprobe", proc(15, start_time="2026-12-05T11:00:00.000001Z"),
+                                        None, {"function_name": "f", "policy_name": "p"},
+                                        "2026-12-05T11:00:03Z", "n")),
 ]
 
 
@@ -81,3 +89,84 @@ def test_json_is_canonical_protojson(name: str, ev: object) -> None:
     ours = orjson.loads(codec.encode(ev))  # type: ignore[arg-type]
     msg = json_format.Parse(json.dumps(ours), events_pb2.GetEventsResponse())
     assert json_format.MessageToDict(msg, preserving_proto_field_name=True) == ours
+
+
+def _exec_record(pid: int, ktime: int, event_ktime: int) -> bytes:
+    """A kernel exec record of /bin/true (bpf/include/vigil_events.h's msg_process)."""
+    from vigil.events import records as R
+
+    exe, cwd, fn, cg, args = b"/bin/true", b"/", b"/bin/true\0", b"\0", b"true\0"
+    head = R.PROCESS.pack(
+        R.OP_EXEC, 0, 0, 0, event_ktime, pid, 0, ktime, 0, 0, 0, pid, 1, pid, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, *(0,) * 10, 0, 0, 0o100755, 1, ktime,
+        len(exe), len(cwd), len(fn), len(cg), len(args), 0)
+    return head + exe + cwd + fn + cg + args
+
+
+def test_event_on_a_whole_millisecond_exports_the_short_form_and_round_trips() -> None:
+    """An exec whose time lands on a whole millisecond (and whose start on a whole second):
+    the compiled and the pure builder write ".123Z" (and no fraction), JSON and protobuf
+    encoders agree, and the protobuf bytes hold the right seconds and nanos (parsed by
+    protobuf itself, printed back as the same strings)."""
+    from vigil.core import native
+    from vigil.events import records as R
+    from vigil.process.build import BuildOptions, EventBuilder
+    from vigil.process.cache import ProcessCache
+    from vigil.process.clock import WallClock
+
+    base = 1_764_000_000  # 2025-11-24T16:00:00Z
+    events = []
+    for compiled in (True, False):
+        clock = WallClock()
+        clock.offset = base * 1_000_000_000
+        b = EventBuilder(ProcessCache(), clock, BuildOptions("n", host_ns=(0,) * 10))
+        buf = _exec_record(4242, 5_000_000_000, 7_123_000_000)
+        if compiled:
+            if native.fast is None:
+                continue
+            ev = b.record_handlers()[R.OP_EXEC](buf, 0)
+        else:
+            ev = b.on_exec(R.PyProcessRecord(buf), 0)
+        events.append(ev)
+        assert ev.time == "2025-11-24T16:00:07.123Z"
+        assert ev.process.start_time == "2025-11-24T16:00:05Z"
+    assert len(events) == (2 if native.fast is not None else 1)
+    for ev in events:
+        line = codec.encode(ev)
+        assert line == codec.encode_reference(ev)
+        ours = orjson.loads(line)
+        assert ours["time"] == "2025-11-24T16:00:07.123Z"
+        assert ours["process_exec"]["process"]["start_time"] == "2025-11-24T16:00:05Z"
+        pb = wire.encode_event(ev)
+        assert pb == wire.py_encode_event(_fresh(ev)) == wire.reference_bytes(event_dict(_fresh(ev)))
+        msg = events_pb2.GetEventsResponse.FromString(pb)
+        assert (msg.time.seconds, msg.time.nanos) == (base + 7, 123_000_000)
+        st = msg.process_exec.process.start_time
+        assert (st.seconds, st.nanos) == (base + 5, 0)
+        assert json_format.MessageToDict(msg, preserving_proto_field_name=True) == ours
+
+
+def _fresh(ev: ProcessExec) -> ProcessExec:
+    """The same event with no encoding cached (each encoder makes its own)."""
+    p = ev.process.derive()
+    return ProcessExec(p, ev.parent, ev.ancestors, ev.time, ev.node_name)
+
+
+@pytest.mark.parametrize("text, secs, nanos", [
+    ("2026-12-05T11:00:00Z", 1796468400, 0),
+    ("2026-12-05T11:00:00.100Z", 1796468400, 100_000_000),
+    ("2026-12-05T11:00:00.000001Z", 1796468400, 1000),
+    ("2026-12-05T11:00:00.123456789Z", 1796468400, 123_456_789),
+    ("2026-12-05T11:00:00.5Z", 1796468400, 500_000_000),          # not a form the agent writes
+    ("2026-12-05T12:00:00.25+01:00", 1796468400, 250_000_000),
+])
+def test_timestamp_forms_encode_the_same_in_every_encoder(text: str, secs: int, nanos: int) -> None:
+    """The compiled protobuf encoder parses the 0/3/6/9-digit forms itself (others go to the
+    twin): every form gives the same Timestamp in the compiled, pure and reference paths."""
+    mk = lambda: ProcessExec(proc(20, start_time=text), None, (), text, "n")  # noqa: E731
+    pb = wire.encode_event(mk())
+    assert pb == wire.py_encode_event(mk()) == wire.reference_bytes(event_dict(mk()))
+    msg = events_pb2.GetEventsResponse.FromString(pb)
+    assert (msg.time.seconds, msg.time.nanos) == (secs, nanos)
+    st = msg.process_exec.process.start_time
+    assert (st.seconds, st.nanos) == (secs, nanos)

@@ -136,8 +136,12 @@ BODIES = {
 times = st.one_of(
     st.integers(0, 2**34).map(lambda s: f"2026-12-{1 + s % 28:02d}T{s % 24:02d}:{s % 60:02d}:{s % 59:02d}."
                               f"{s % 1_000_000_000:09d}Z"),
+    st.integers(0, 2**34).map(lambda s: f"2026-12-{1 + s % 28:02d}T{s % 24:02d}:{s % 60:02d}:{s % 59:02d}"
+                              + ("Z", f".{s % 1000:03d}Z", f".{s % 1_000_000:06d}Z")[s % 3]),
     st.sampled_from(["1970-01-01T00:00:00.000000000Z", "2026-12-05T11:00:00Z", "2026-12-05T11:00:00.5+01:00",
-                     "2024-02-29T23:59:59.999999999Z"]))
+                     "2024-02-29T23:59:59.999999999Z", "1970-01-01T00:00:00Z", "2026-12-05T11:00:00.120Z",
+                     "2026-12-05T11:00:00.000001Z", "2026-13-05T11:00:00.120Z", "2026-12-05T11:00:00.12xZ",
+                     "2026-12-05T11:00:00.1234Z"]))
 maybe_int = st.one_of(st.none(), u32)
 
 
@@ -220,6 +224,35 @@ def test_event_protobuf(spec: tuple[str, dict[str, Any]]) -> None:
         assert FAST.encode_pb_batch([_make(kind, s)]) == [out]
         if kind != "dict":
             assert FAST.process_pb(_make(kind, s).process) == wire.py_process_bytes(ref.process)
+
+
+def test_compiled_protobuf_parses_every_form_the_clock_writes() -> None:
+    """The compiled encoder reads protojson's 0, 3, 6 and 9-digit Timestamp forms itself
+    (the twin is asked only for other forms) and writes the twin's bytes."""
+    asked: list[Any] = []
+
+    def twin(v: Any) -> bytes:
+        asked.append(v)
+        return wire._ts_bytes(v)
+
+    def configure(ts: Callable[[Any], bytes]) -> None:
+        FAST.configure_pb(encode=wire.py_encode_event, process_bytes=wire.py_process_bytes, sub=wire._submsg,
+                          timestamp=ts, body=wire._policy_rest, kind_numbers=dict(wire._EVENT_FIELD),
+                          pod_parts=wire.pod_parts)
+
+    forms = ["2026-12-05T11:00:00Z", "2026-12-05T11:00:00.120Z", "2026-12-05T11:00:00.000001Z",
+             "2026-12-05T11:00:00.123456789Z"]
+    configure(twin)
+    try:
+        for t in forms:
+            mk = lambda t=t: ProcessExec(ProcessMsg("e", 1, start_time=t), None, (), t, "n")  # noqa: E731
+            assert FAST.encode_pb(mk()) == wire.py_encode_event(mk())
+        assert asked == []
+        mk = lambda: ProcessExec(ProcessMsg("e", 1), None, (), "2026-12-05T11:00:00.5Z", "n")  # noqa: E731
+        assert FAST.encode_pb(mk()) == wire.py_encode_event(mk())
+        assert asked == ["2026-12-05T11:00:00.5Z"]
+    finally:
+        configure(wire._ts_bytes)
 
 
 def _joined(encode_pieces: Callable[[list[Any]], tuple[list[bytes], int]]) -> Callable[[list[Any]], Any]:

@@ -15,12 +15,15 @@ from __future__ import annotations
 import base64
 import calendar
 import re
-import time
 from collections.abc import Callable
 from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor as FD
+
+# (seconds, nanos) -> RFC 3339 UTC with 0/3/6/9 fraction digits, like protojson: the one
+# formatter of Timestamp strings, the agent's clock's
+from vigil.process.clock import format_timestamp
 
 _WRAPPERS = {
     "google.protobuf.DoubleValue", "google.protobuf.FloatValue", "google.protobuf.Int64Value",
@@ -146,18 +149,6 @@ def parse_timestamp(v: Any) -> tuple[int, int]:
         secs += -off if sign == "+" else off
     nanos = int(frac.ljust(9, "0")) if frac else 0
     return secs, nanos
-
-
-def format_timestamp(seconds: int, nanos: int) -> str:
-    """(seconds, nanos) -> RFC 3339 UTC with 0/3/6/9 fraction digits, like protojson."""
-    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-    if nanos == 0:
-        return base + "Z"
-    if nanos % 1_000_000 == 0:
-        return f"{base}.{nanos // 1_000_000:03d}Z"
-    if nanos % 1000 == 0:
-        return f"{base}.{nanos // 1000:06d}Z"
-    return f"{base}.{nanos:09d}Z"
 
 
 # ------------------------------------------------------------------ plans

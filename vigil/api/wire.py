@@ -98,12 +98,15 @@ def _ts_bytes(v: Any) -> bytes:
     """RFC 3339 string -> varint(length) + serialised google.protobuf.Timestamp."""
     if type(v) is not str:
         raise _Fallback
-    if len(v) == 30 and v[19] == "." and v[29] == "Z":  # the form the agent's clock writes
+    n = len(v)
+    scale = _FRAC_SCALE.get(n)
+    # the forms the agent's clock writes: 9, 6, 3 or no fractional digits, then Z
+    if scale is not None and v[n - 1] == "Z" and (n == 20 or v[19] == "."):
         base = _day_cache.get(v[:10])
         if base is not None:
             try:
                 secs = base + int(v[11:13]) * 3600 + int(v[14:16]) * 60 + int(v[17:19])
-                nanos = int(v[20:29])
+                nanos = int(v[20 : n - 1]) * scale if n > 20 else 0
             except ValueError:
                 raise _Fallback from None
             out = (b"\x08" + varint(secs) if secs else b"") + (b"\x10" + varint(nanos) if nanos else b"")
@@ -134,6 +137,7 @@ def _ts_bytes(v: Any) -> bytes:
 
 
 _TS_RE = pbdict._TS_RE
+_FRAC_SCALE = {30: 1, 27: 1000, 24: 1_000_000, 20: 0}  # string length -> nanoseconds per last digit
 _day_cache: dict[str, int] = {}
 _ts_cache: dict[str, bytes] = {}  # the last few: an exit's body and envelope share one time
 

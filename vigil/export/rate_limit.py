@@ -10,16 +10,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
+
+from vigil.process.clock import format_timestamp
 
 
 def rfc3339_now() -> str:
-    """Current UTC time as protojson writes a Timestamp (9 fractional digits)."""
-    ns = time.time_ns()
-    secs, frac = divmod(ns, 1_000_000_000)
-    base = datetime.fromtimestamp(secs, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{base}.{frac:09d}Z"
+    """Current UTC time as protojson writes a Timestamp (0, 3, 6 or 9 fractional digits)."""
+    return format_timestamp(*divmod(time.time_ns(), 1_000_000_000))
 
 
 class ExportRateLimiter:
