@@ -99,11 +99,24 @@ static uint64_t now_ns(clockid_t c)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* Every descriptor closed, before the process ends: the groups close now, and the kernel
+ * allows what they hold in flight. Not left to the exit: a thread held in a served file
+ * system's open (a FUSE request its server has read is waited out even by a killed thread)
+ * keeps the process's descriptor table, and with it every group, open for as long as it is
+ * held. Its own group stays open only while it reads it. */
+static void close_all(void)
+{
+	if (close_range(3, ~0U, 0))
+		for (int fd = 3; fd < 65536; fd++)
+			close(fd);
+}
+
 static void *xrealloc(void *p, size_t n)
 {
 	void *q = realloc(p, n ? n : 1);
 	if (!q) {
 		fprintf(stderr, "vigil-permd: out of memory\n");
+		close_all();
 		_exit(1);   /* the kernel allows everything in flight when the group closes */
 	}
 	return q;
@@ -1546,8 +1559,10 @@ static void *watchdog(void *arg)
 		}
 		/* the agent gone: exit now, even while the main thread is stuck (the kernel allows in-flight) */
 		struct pollfd cp = { .fd = S.ctl, .events = POLLRDHUP };
-		if (poll(&cp, 1, 0) == 1 && cp.revents & (POLLHUP | POLLRDHUP | POLLERR))
+		if (poll(&cp, 1, 0) == 1 && cp.revents & (POLLHUP | POLLRDHUP | POLLERR)) {
+			close_all();
 			_exit(0);
+		}
 		if (wake > now + 100000000ull)
 			wake = now + 100000000ull;
 		uint64_t busy = __atomic_load_n(&S.busy_since, __ATOMIC_RELAXED);
@@ -2013,5 +2028,6 @@ int main(int argc, char **argv)
 	pthread_cond_signal(&S.cv);
 	pthread_mutex_unlock(&S.mu);
 	pthread_join(wd, NULL);
+	close_all();
 	return 0;
 }

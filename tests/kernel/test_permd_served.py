@@ -61,13 +61,14 @@ def fs(bins: tuple[Path, Path]) -> Iterator[FuseMount]:
 
 
 @pytest.fixture
-def helper() -> Iterator[tuple[PermissionHelper, list[Report]]]:
+def helper(fs: FuseMount) -> Iterator[tuple[PermissionHelper, list[Report]]]:
     reports: list[Report] = []
     h = PermissionHelper(reports.append, test_hooks=True)
     h.start()
     try:
         yield h, reports
     finally:
+        fs.release()   # first: a helper thread held by the server would outlast the stop
         h.stop()
         assert not h.running
 
@@ -187,3 +188,43 @@ def test_a_new_table_while_a_file_server_hangs(
 def test_no_fuse_mount_is_left_behind() -> None:
     with open("/proc/self/mountinfo") as f:
         assert not [line for line in f if "vigil-served-fuse-" in line]
+
+
+def test_the_helper_stopped_while_a_file_server_hangs_holds_nothing_else(
+        bins: tuple[Path, Path], local: Path, fs: FuseMount,
+        helper: tuple[PermissionHelper, list[Report]]) -> None:
+    """A FUSE request the server has read is waited out even by a killed thread, so the helper's
+    thread held in it outlives the helper's exit, and with it the process's descriptors. The
+    helper closes them itself before it exits: its main group goes, and the execs it guarded on
+    local disk are allowed (the agent gone); the stop returns (reaped later). The FUSE exec it
+    held goes on once the server answers."""
+    h, _reports = helper
+    launcher = bins[1]
+    h.push(rules_and_marks(fs, local))
+    pid = h.helper_pid
+    fs.stall()
+    fuse_exec: list[int | OSError] = []
+    t = threading.Thread(target=lambda: fuse_exec.append(
+        launch(launcher, [str(fs.root / "denied"), str(local / "ran-fuse")], timeout=120)), daemon=True)
+    t.start()
+    try:
+        fs.wait_entered()
+        h.stop(timeout=1)
+        assert not h.running
+        # the helper's main group is closed although one of its threads is still held
+        assert os.path.exists(f"/proc/{pid}/task") and len(os.listdir(f"/proc/{pid}/task")) >= 1
+        assert launch(launcher, [str(local / "blocked" / "tool"), str(local / "ran-blocked")], timeout=120) == 0
+        assert (local / "ran-blocked").exists()
+        assert t.is_alive() and not fuse_exec
+    finally:
+        fs.release()
+        t.join(120)
+    assert fuse_exec == [0] and (local / "ran-fuse").exists()
+    wait_for(lambda: _reaped(pid))   # the held thread let go: the helper ends
+
+
+def _reaped(pid: int) -> bool:
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:
+        return True

@@ -37,6 +37,23 @@ class PermdError(Exception):
     """The helper refused a table or could not be started."""
 
 
+def reap(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> int | None:
+    """The helper's exit status, killing it after `timeout`; None when it still cannot be reaped
+    then: a thread of it is held in a file server's open that the kernel waits out even for a
+    killed process (FUSE, once its server has read the request). The helper closed its groups
+    before exiting, so nothing on the host waits on it; it is reaped once that server answers."""
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        log.error("vigil-permd (pid %d) does not exit: a thread of it waits on a file server that does not "
+                  "answer; it is reaped once that server answers (or its connection is aborted)", proc.pid)
+        return None
+
+
 def helper_path() -> str:
     """The vigil-permd binary: $VIGIL_PERMD, the checkout's build/, or an installed copy."""
     env = os.environ.get("VIGIL_PERMD")
@@ -116,11 +133,7 @@ class PermissionHelper:
             except OSError:
                 pass
         if proc is not None:
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            reap(proc, timeout)
         if sock is not None:
             sock.close()
         if self._reader is not None and self._reader is not threading.current_thread():
@@ -130,7 +143,7 @@ class PermissionHelper:
     def _kill(self) -> None:
         if self.proc is not None:
             self.proc.kill()
-            self.proc.wait()
+            reap(self.proc)
         if self._sock is not None:
             self._sock.close()
         self.proc, self._sock = None, None
@@ -236,7 +249,7 @@ class PermissionHelper:
         """The helper died: the kernel allowed what was in flight. Start a new one with
         the table in force, unless it keeps dying."""
         proc = self.proc
-        status = proc.wait() if proc is not None else None
+        status = reap(proc) if proc is not None else None
         log.error("vigil-permd exited unexpectedly (status %s); exec/open enforcement is off until it restarts",
                   status)
         now = time.monotonic()
@@ -259,4 +272,4 @@ class PermissionHelper:
             log.error("vigil-permd restart failed: %s", e)
 
 
-__all__ = ["PermdError", "PermissionHelper", "helper_path"]
+__all__ = ["PermdError", "PermissionHelper", "helper_path", "reap"]
