@@ -4,10 +4,13 @@ from __future__ import annotations
 import base64
 import os
 import select
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +25,19 @@ pytestmark = pytest.mark.kernel
 def _ns_inum(pid: int | str, name: str) -> int:
     link = os.readlink(f"/proc/{pid}/ns/{name}")
     return int(link[link.index("[") + 1 : -1])
+
+
+def _map_entry(ra: RunningAgent, pid: int) -> dict[str, Any] | None:
+    """The agent's execve_map entry of pid, by field."""
+    from vigil.sensors.process import ENTRY
+
+    assert ra.agent.sensor is not None and ra.agent.sensor.obj is not None
+    raw = ra.agent.sensor.obj.map("execve_map").lookup(struct.pack("<I", pid))
+    if raw is None:
+        return None
+    f = ENTRY.unpack_from(raw)
+    return {"key": (f[0], f[2]), "pkey": (f[3], f[5]), "bin": f[8][: f[6]].decode(), "caps": f[9:12],
+            "ns": f[12:22], "follow": f[22]}
 
 
 def _status_caps(pid: int | str = "self") -> dict[str, int]:
@@ -361,3 +377,31 @@ def test_non_utf8_arguments_do_not_stop_the_pipeline(running_agent: RunningAgent
     )
     (e,) = execs(events, binary=str(child))
     assert e["process"]["arguments"] == "bad-\ufffd\ufffd-arg ok"
+
+
+def test_running_process_whose_binary_was_deleted_is_seeded_by_its_name(workdir: Path, tmp_path: Path):
+    """An upgraded daemon: its file replaced while it runs. /proc/<pid>/exe then ends in
+    " (deleted)"; the seeded binary (what matchBinaries compares) and the event's binary are
+    the file's name, as a live exec of that file reports it, and the snapshot says the file
+    has no links left."""
+    daemon = workdir / "upgraded-daemon"
+    shutil.copy2(workdir / "sleeper", daemon)
+    pre = subprocess.Popen([str(daemon), "60"])
+    try:
+        daemon.unlink()
+        assert os.readlink(f"/proc/{pre.pid}/exe") == f"{daemon} (deleted)"
+        cfg = AgentConfig(export_filename=str(tmp_path / "del.log"), server_address="", node_name="vigil-test")
+        with RunningAgent(cfg) as ra:
+            e = _map_entry(ra, pre.pid)
+            assert e is not None and e["bin"] == str(daemon)
+            p = ra.agent.cache.by_pid(pre.pid)
+            assert p is not None and p.msg.binary == str(daemon) and p.exe == str(daemon)
+        from vigil.process.clock import WallClock
+        from vigil.process.procfs import scan
+
+        (s,) = [s for s in scan(WallClock()) if s.pid == pre.pid]
+        assert (s.exe, s.filename, s.i_nlink) == (str(daemon), str(daemon), 0)
+        assert s.ino == os.stat(f"/proc/{pre.pid}/exe").st_ino
+    finally:
+        pre.kill()
+        pre.wait()

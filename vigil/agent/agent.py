@@ -223,7 +223,7 @@ class Agent:
         # attach first, then scan: anything missed by the scan is seen live
         snaps = scan(self.clock)
         known = sensor.seed(
-            (s.pid, s.exec_ktime, s.ppid, s.pktime, s.exe,
+            (s.pid, s.exec_ktime, s.ppid, s.pktime, s.filename,
              (s.cap_effective, s.cap_inheritable, s.cap_permitted), s.ns) for s in snaps)
         if recovered:
             self.pipeline.handle(recovered)  # execs and exits while no agent ran, in their order

@@ -124,8 +124,11 @@ def snapshot(pid: int, clock: WallClock, cg_root: str, start_ticks: dict[int, in
     s.ns = tuple(_ns_inums(pid))
     s.args = _read(f"{base}/cmdline") or b""
     try:
-        s.exe = os.readlink(f"{base}/exe")
-        s.filename = s.exe.removesuffix(" (deleted)")
+        s.exe = s.filename = os.readlink(f"{base}/exe")
+        st = os.stat(f"{base}/exe")  # the running image's inode, even unlinked
+        s.ino, s.i_nlink = st.st_ino, st.st_nlink
+        if st.st_nlink == 0:  # replaced or removed while it runs: the kernel's walk gives the name
+            s.exe = s.filename = s.exe.removesuffix(" (deleted)")
     except OSError:
         pass  # kernel threads have no exe
     try:
