@@ -25,6 +25,7 @@ class Serving:
     agent: FakeAgent
     proc: subprocess.Popen[str]
     wake: int
+    internal: ApiServer   # the agent's private server (its health service: internal._health)
 
     def publish(self, events: list[dict[str, Any]]) -> None:
         """Encode and write events the way the agent does (GrpcFrontend.publish)."""
@@ -49,9 +50,12 @@ class Serving:
 
 @contextmanager
 def serving_process(tmp_path: Path, address: str = "", *, queue_size: int = 10000, ring_mb: int = 16,
-                    extra: list[str] | None = None, agent: FakeAgent | None = None) -> Iterator[Serving]:
+                    extra: list[str] | None = None, agent: FakeAgent | None = None,
+                    handlers: list[Any] | None = None) -> Iterator[Serving]:
+    """`handlers`: generic handlers the agent serves instead of its health service."""
     agent = agent or FakeAgent()
-    internal = ApiServer(agent, f"unix://{tmp_path}/agent.sock", info_files=[])
+    internal = ApiServer(agent, f"unix://{tmp_path}/agent.sock", info_files=[], health=handlers is None,
+                         generic_handlers=handlers or ())
     internal.start()
     ring = shm.RingWriter(ring_mb << 20)
     r, w = os.pipe2(os.O_CLOEXEC)
@@ -75,7 +79,7 @@ def serving_process(tmp_path: Path, address: str = "", *, queue_size: int = 1000
                 raise RuntimeError(line.strip())
         if not bound:
             raise RuntimeError(f"serving process exited ({proc.wait()}) before listening")
-        srv = Serving(bound, ring, agent, proc, w)
+        srv = Serving(bound, ring, agent, proc, w, internal)
         wait_for(lambda: fanout.read_stats(ring.stats_view()), what="the serving process's first stats")
         yield srv
     finally:

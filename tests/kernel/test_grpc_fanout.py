@@ -202,3 +202,47 @@ def test_a_killed_serving_process_is_replaced_and_its_counters_stay_in_the_total
             os.kill(slow.pid, signal.SIGCONT)
             stop_process(slow, signal.SIGINT)
         assert a.stop() == 0
+
+
+def test_watch_streams_left_unread_never_keep_other_calls_from_the_agent(tmp_path: Path) -> None:
+    """More health Watch streams than a serving process forwards at once, opened by grpcio clients
+    that then read nothing: the ones past the limit are refused RESOURCE_EXHAUSTED at once (never
+    left waiting for a thread), and unary calls (`vigil status`, Check) are answered all along."""
+    require_root()
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from vigil.api.passthrough import MAX_STREAMS
+
+    a = AgentProcess(tmp_path, [])
+    channels: list[grpc.Channel] = []
+    try:
+        def watch() -> object:
+            ch = grpc.insecure_channel(a.sock)
+            channels.append(ch)
+            return health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service="liveness"), timeout=120)
+
+        held = [watch() for _ in range(MAX_STREAMS)]
+        for w in held:
+            assert next(w).status == health_pb2.HealthCheckResponse.SERVING  # forwarded; then not read
+        refused = [watch() for _ in range(4)]
+        for w in refused:
+            with pytest.raises(grpc.RpcError) as e:
+                next(w)
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.value
+        # unary calls, answered (the serving process writes its counters every 0.5 s)
+        wait_for(lambda: (fw := status(a)["grpc"]["forwarded_streams"])["active"] == MAX_STREAMS
+                 and fw["refused"] == 4, what="the open and refused Watch streams counted")
+        check = health_pb2_grpc.HealthStub(channels[0]).Check(health_pb2.HealthCheckRequest(service="liveness"),
+                                                               timeout=30)
+        assert check.status == health_pb2.HealthCheckResponse.SERVING
+        r = a.cli("tracingpolicy", "list")
+        assert r.returncode == 0, r.stderr
+        assert 'reason="limit"} 4.0' in a.metrics()
+        for w in held:
+            w.cancel()  # type: ignore[attr-defined]
+        wait_for(lambda: status(a)["grpc"]["forwarded_streams"]["active"] == 0, what="the Watch streams to end")
+    finally:
+        for ch in channels:
+            ch.close()
+        assert a.stop() == 0

@@ -27,13 +27,19 @@ class GrpcFrontend:
     through. Clients never run on the agent's interpreter."""
 
     def __init__(self, agent: Any, cfg: Any) -> None:
+        from vigil.api import passthrough
         from vigil.api.server import ApiServer, TlsConfig
         from vigil.api.shm import RingWriter
 
         self.agent = agent
         self.cfg = cfg
         self.rundir = tempfile.mkdtemp(prefix="vigil-agent-", dir=_run_root())
-        self.internal = ApiServer(agent.control, f"unix://{self.rundir}/agent.sock", info_files=[])
+        # room for every call the serving processes forward at once (unary and streaming: a
+        # streaming call the agent serves holds one of its calls as long as it lasts), so that
+        # no number of forwarded streams can make the agent refuse the others
+        workers = cfg.server_processes * (passthrough.WORKERS + passthrough.MAX_STREAMS) + 8
+        self.internal = ApiServer(agent.control, f"unix://{self.rundir}/agent.sock", info_files=[],
+                                  max_workers=workers)
         self.ring = RingWriter(cfg.server_ring_mb << 20)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.wakes: list[int] = []
@@ -41,7 +47,8 @@ class GrpcFrontend:
         self._restarting: set[int] = set()   # serving processes being started again (on a thread)
         self._retired: list[int] = []        # wake fds of replaced processes, closed by tick()
         # counters of serving processes that ended, kept in the totals (a new process starts at 0)
-        self._carried = {"events_sent": 0, "events_dropped": 0, "events_filtered": 0, "ring_lost": 0}
+        self._carried = {"events_sent": 0, "events_dropped": 0, "events_filtered": 0, "ring_lost": 0,
+                         "forwarded_refused": 0, "forwarded_ended_slow": 0}
         self.info_files = [f for f in (cfg.info_file, "/var/run/vigil/vigil-info.json") if f]
         self.tls = None
         if cfg.server_tls_cert_file or cfg.server_tls_key_file:
@@ -163,8 +170,10 @@ class GrpcFrontend:
 
         for p in read_stats(self.ring.stats_view()):
             if p["index"] == i and p["pid"] == pid:
-                for k in self._carried:
+                for k in ("events_sent", "events_dropped", "events_filtered", "ring_lost"):
                     self._carried[k] += p[k]
+                for k in ("refused", "ended_slow"):
+                    self._carried[f"forwarded_{k}"] += p["forwarded"][k]
         clear_region(self.ring.stats_view(), i)
         self.ring.clear_reader(i)
 
@@ -185,6 +194,13 @@ class GrpcFrontend:
                      "skipped_no_room": self.ring.skipped,
                      "lost": c["ring_lost"] + sum(p["ring_lost"] for p in procs)},
             "clients": [c for p in procs for c in p["clients"]],
+            # calls other than GetEvents that stream (the health service's Watch), passed to the agent
+            "forwarded_streams": {
+                "active": sum(p["forwarded"]["streams_active"] for p in procs),
+                "refused": c["forwarded_refused"] + sum(p["forwarded"]["refused"] for p in procs),
+                "ended_slow_client": c["forwarded_ended_slow"] + sum(p["forwarded"]["ended_slow"] for p in procs),
+                "held_bytes": sum(p["forwarded"]["held_bytes"] for p in procs),
+            },
         }
 
     def stop(self) -> None:

@@ -102,6 +102,18 @@ class AgentCollector(Collector):
             yield CounterMetricFamily("vigil_grpc_slow_client_drops",
                                       "Events dropped for slow GetEvents clients, ended streams included",
                                       value=grpc_st.get("events_dropped_slow_client", 0))
+        fw = grpc_st.get("forwarded_streams")
+        if fw is not None:
+            yield GaugeMetricFamily("vigil_grpc_forwarded_streams", "Streaming calls other than GetEvents (the health "
+                                    "service's Watch) passed to the agent, open now", value=fw["active"])
+            ended = CounterMetricFamily("vigil_grpc_forwarded_streams_ended",
+                                        "Streaming calls other than GetEvents ended by a serving process with "
+                                        "RESOURCE_EXHAUSTED, by reason (limit: too many open at once; slow_client: "
+                                        "its client left more than the serving process holds unread)",
+                                        labels=["reason"])
+            ended.add_metric(["limit"], fw["refused"])
+            ended.add_metric(["slow_client"], fw["ended_slow_client"])
+            yield ended
         pc = st["process_cache"]
         yield GaugeMetricFamily("tetragon_process_cache_size", "Process cache entries", value=pc["size"])
         yield GaugeMetricFamily("tetragon_process_cache_capacity", "Process cache capacity", value=pc["capacity"])

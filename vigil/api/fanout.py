@@ -11,7 +11,8 @@ it was sent) in the stats block of the ring, which the agent reports in `vigil s
 and its metrics.
 
     python -m vigil.api.fanout --ring-fd N --wake-fd N --index I --listen ADDR --upstream unix:///... \\
-        [--info-file F] [--queue-size N] [--max-streams N] [--allow-remote]
+        [--info-file F] [--queue-size N] [--max-streams N] [--max-forwarded-streams N]
+        [--forward-buffer BYTES] [--allow-remote]
         [--tls-cert F --tls-key F [--tls-client-ca F,...] [--require-client-cert]]
 """
 from __future__ import annotations
@@ -30,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from vigil.api import listen, shm
-from vigil.api.h2front import Front
-from vigil.api.passthrough import Upstream
+from vigil.api.h2front import FORWARD_BUFFER, Front
+from vigil.api.passthrough import MAX_STREAMS as MAX_FORWARDED_STREAMS, Upstream
 from vigil.api.server import ServerError, TlsConfig, remove_info_files, unix_path, write_info_files
 from vigil.api.streams import StreamStats
 from vigil.core import sharedmem
@@ -41,9 +42,12 @@ log = logging.getLogger("vigil.api.fanout")
 BATCH = 1024              # records read from the ring at a time
 MAX_PROCESSES = shm.READERS
 MAX_CLIENTS = 13           # per process in the stats block
-_SUMMARY = struct.Struct("<IIQQQQ")       # pid, streams, sent, dropped, filtered, lost (ring laps)
+# pid, streams, sent, dropped, filtered, lost (ring laps); forwarded streaming calls: open, refused
+# (the limit reached), ended for a slow client, bytes held for their clients now and at most
+_SUMMARY = struct.Struct("<IIQQQQQQQQQ")
 _CLIENT = struct.Struct("<40sQQ")         # peer, sent, dropped
 REGION = _SUMMARY.size + MAX_CLIENTS * _CLIENT.size
+FORWARDED = ("streams_active", "refused", "ended_slow", "held_bytes", "held_bytes_max")
 
 
 def read_stats(view: memoryview) -> list[dict[str, Any]]:
@@ -51,7 +55,7 @@ def read_stats(view: memoryview) -> list[dict[str, Any]]:
     out = []
     for i in range(MAX_PROCESSES):
         base = i * REGION
-        pid, streams, sent, dropped, filtered, lost = _SUMMARY.unpack_from(view, base)
+        pid, streams, sent, dropped, filtered, lost, *fwd = _SUMMARY.unpack_from(view, base)
         if not pid:
             continue
         clients = []
@@ -61,7 +65,8 @@ def read_stats(view: memoryview) -> list[dict[str, Any]]:
                 clients.append({"peer": peer.rstrip(b"\0").decode(errors="replace"), "sent": csent,
                                 "dropped": cdropped})
         out.append({"index": i, "pid": pid, "streams_active": streams, "events_sent": sent, "events_dropped": dropped,
-                    "events_filtered": filtered, "ring_lost": lost, "clients": clients})
+                    "events_filtered": filtered, "ring_lost": lost, "clients": clients,
+                    "forwarded": dict(zip(FORWARDED, fwd, strict=True))})
     return out
 
 
@@ -141,10 +146,11 @@ class RingFeed:
 class StatsWriter(threading.Thread):
     """Writes this process's counters into its region of the ring's stats block."""
 
-    def __init__(self, view: memoryview, index: int, stats: StreamStats, reader: shm.RingReader) -> None:
+    def __init__(self, view: memoryview, index: int, stats: StreamStats, reader: shm.RingReader,
+                 front: Front | None = None) -> None:
         super().__init__(name="vigil-fanout-stats", daemon=True)
         self.view, self.base = view, index * REGION
-        self.stats, self.reader = stats, reader
+        self.stats, self.reader, self.front = stats, reader, front
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -154,9 +160,13 @@ class StatsWriter(threading.Thread):
     def write(self) -> None:
         st = self.stats
         snap = st.snapshot()
+        fr = self.front
+        up = fr.upstream if fr is not None else None
+        fwd = ((up.streams if up is not None else 0), (up.refused if up is not None else 0), fr.forward_ended_slow,
+               fr.forward_held, fr.forward_held_max) if fr is not None else (0, 0, 0, 0, 0)
         # written while the agent reads it: never through 0 (a counter read as 0 would look reset)
         sharedmem.write(self.view, self.base, _SUMMARY, os.getpid(), snap["streams_active"], snap["events_sent"],
-                           snap["events_dropped_slow_client"], snap["events_filtered"], self.reader.lost)
+                        snap["events_dropped_slow_client"], snap["events_filtered"], self.reader.lost, *fwd)
         clients = st.clients()[:MAX_CLIENTS]
         for k in range(MAX_CLIENTS):
             off = self.base + _SUMMARY.size + k * _CLIENT.size
@@ -177,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--info-file", action="append", default=[])
     ap.add_argument("--queue-size", type=int, default=10000)
     ap.add_argument("--max-streams", type=int, default=24)
+    ap.add_argument("--max-forwarded-streams", type=int, default=MAX_FORWARDED_STREAMS)
+    ap.add_argument("--forward-buffer", type=int, default=FORWARD_BUFFER)
     ap.add_argument("--allow-remote", action="store_true")
     ap.add_argument("--tls-cert", default="")
     ap.add_argument("--tls-key", default="")
@@ -202,9 +214,9 @@ def main(argv: list[str] | None = None) -> int:
 async def serve(a: argparse.Namespace, reader: shm.RingReader, socks: list[socket.socket], address: str,
                 ssl_context: ssl.SSLContext | None) -> int:
     loop = asyncio.get_running_loop()
-    upstream = Upstream(a.upstream)
+    upstream = Upstream(a.upstream, max_streams=a.max_forwarded_streams)
     front = Front(upstream, queue_size=a.queue_size, max_streams=a.max_streams, on_streams_changed=reader.set_wanted,
-                  read_skipped=reader.missed)
+                  read_skipped=reader.missed, forward_buffer=a.forward_buffer)
     feed = RingFeed(reader, a.wake_fd, front)
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -213,7 +225,7 @@ async def serve(a: argparse.Namespace, reader: shm.RingReader, socks: list[socke
     info_files = [Path(f) for f in a.info_file]
     write_info_files(info_files, address)
     feed.start()
-    stats = StatsWriter(reader.stats_view(), a.index, front.stats, reader)
+    stats = StatsWriter(reader.stats_view(), a.index, front.stats, reader, front)
     stats.start()
     print(f"vigil-fanout listening on {address}", file=sys.stderr, flush=True)
     parent = os.getppid()

@@ -11,6 +11,13 @@ of its queue as its HTTP/2 flow-control windows allow, many messages per DATA fr
 A client that does not read closes its own flow-control window: nothing more is sent to
 it, its queue fills and the overflow is dropped and counted for it alone. The event loop
 never waits for a client, so neither the ring's reader nor the other clients slow down.
+
+A forwarded streaming call (the health service's Watch) is read from the agent as its
+messages come; what its client has not taken is held up to `forward_buffer` bytes
+(FORWARD_BUFFER): a client that lets more than that pile up has its stream ended with
+RESOURCE_EXHAUSTED (counted, `forward_ended_slow`), and its call to the agent cancelled.
+Its messages are never dropped from the middle of a stream (a Watch's last message is the
+status now), and the agent never waits for a client that does not read.
 """
 from __future__ import annotations
 
@@ -32,7 +39,7 @@ import h2.stream
 
 from vigil.api import grpcframe
 from vigil.api.clientqueue import ClientQueue
-from vigil.api.passthrough import Upstream
+from vigil.api.passthrough import STREAMING, Upstream
 from vigil.api.pb import events_pb2
 from vigil.api.streams import StreamStats, request_filter
 from vigil.api.wire import EventEncoder
@@ -50,6 +57,8 @@ WRITE_HIGH_WATER = 256 << 10   # transport buffer above which a connection is no
 # past the high water only h2's own answers (PING and SETTINGS acks, resets) are written; a client
 # that sends those asks without reading their answers is cut off once this much waits for it
 MAX_UNREAD = 16 << 20
+# bytes held for the client of one forwarded streaming call before it is ended (RESOURCE_EXHAUSTED)
+FORWARD_BUFFER = 1 << 20
 # request headers that are HTTP/2 or gRPC transport, not call metadata (grpc-* are all reserved)
 _NOT_METADATA = frozenset({b"content-type", b"te", b"user-agent", b"accept-encoding", b"host"})
 _H2_CONFIG = h2.config.H2Configuration(client_side=False, header_encoding=None)
@@ -59,7 +68,8 @@ _CAN_SEND = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOT
 class Stream:
     """One HTTP/2 stream: the request while it arrives, then its response."""
 
-    __slots__ = ("sid", "method", "headers", "body", "queue", "end", "started", "cancel", "events", "request_ended")
+    __slots__ = ("sid", "method", "headers", "body", "queue", "end", "started", "cancel", "events", "request_ended",
+                 "held")
 
     def __init__(self, sid: int, method: str, headers: dict[bytes, bytes]) -> None:
         self.sid = sid
@@ -72,6 +82,7 @@ class Stream:
         self.cancel: Callable[[], None] | None = None  # a forwarded call in flight
         self.events = False        # a GetEvents stream
         self.request_ended = False
+        self.held: int | None = None  # a forwarded streaming call: bytes queued for its client
 
 
 class Front:
@@ -79,13 +90,17 @@ class Front:
 
     def __init__(self, upstream: Upstream | None, *, queue_size: int = 10000, max_streams: int = 24,
                  max_request: int = MAX_REQUEST, on_streams_changed: Callable[[int, int], None] | None = None,
-                 read_skipped: Callable[[], int] | None = None) -> None:
+                 read_skipped: Callable[[], int] | None = None, forward_buffer: int = FORWARD_BUFFER) -> None:
         self.upstream = upstream
         self.queue_size = queue_size
         self.max_streams = max_streams
         self.max_request = max_request
         self.max_buffered = max(MAX_BUFFERED, max_request)
         self.buffered = 0   # request bytes held now (Connection._data)
+        self.forward_buffer = forward_buffer
+        self.forward_held = 0        # bytes held for the clients of forwarded streaming calls, now
+        self.forward_held_max = 0    # ... at most, ever
+        self.forward_ended_slow = 0  # forwarded streaming calls ended: their client let too much pile up
         self.on_streams_changed = on_streams_changed  # told (streams with room, streams open)
         self.read_skipped = read_skipped  # events no stream got, ever (skipped while none had room, lapped)
         self._skipped_seen = read_skipped() if read_skipped is not None else 0
@@ -335,7 +350,9 @@ class Connection(asyncio.Protocol):
         metadata = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in st.headers.items()
                     if not k.startswith((b":", b"grpc-")) and not k.endswith(b"-bin") and k not in _NOT_METADATA]
         loop = asyncio.get_running_loop()
-        st.queue = ClientQueue(1 << 62)
+        st.queue = ClientQueue(1 << 62)   # one message for a unary call; bounded by `held` for a streaming one
+        if st.method in STREAMING:
+            st.held = 0
         sid = st.sid
 
         def on_message(msg: bytes) -> None:
@@ -352,8 +369,38 @@ class Connection(asyncio.Protocol):
         if st is None or st.queue is None:
             return
         framed = grpcframe.frame(msg)
+        if st.held is not None:
+            front = self.front
+            if st.held + len(framed) > front.forward_buffer:
+                self._end_slow_forward(st, len(framed))
+                return
+            st.held += len(framed)
+            front.forward_held += len(framed)
+            front.forward_held_max = max(front.forward_held_max, front.forward_held)
         st.queue.offer([framed], framed)
         self.pump()
+
+    def _end_slow_forward(self, st: Stream, more: int) -> None:
+        """A forwarded stream whose client has not taken `forward_buffer` bytes (and `more` came):
+        ended now, what it holds let go, its call to the agent cancelled."""
+        front = self.front
+        front.forward_ended_slow += 1
+        log.warning("%s from %s: the client read nothing of %d bytes (and %d more came): stream ended", st.method,
+                    self.peer, st.held, more)
+        self._release_held(st)
+        assert st.queue is not None
+        st.queue.close()
+        if st.cancel is not None:
+            st.cancel()
+            st.cancel = None
+        self._finish(st, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                     f"client too slow: more than {front.forward_buffer} bytes of this stream unread; "
+                     "stream ended (call again)")
+
+    def _release_held(self, st: Stream) -> None:
+        if st.held:
+            self.front.forward_held -= st.held
+            st.held = 0
 
     def _forwarded_done(self, sid: int, code: grpc.StatusCode, details: str) -> None:
         st = self.streams.get(sid)
@@ -461,6 +508,9 @@ class Connection(asyncio.Protocol):
                 size += len(chunk)
         stream.outbound_flow_control_window -= size
         conn.outbound_flow_control_window -= size
+        if st.held is not None:
+            st.held -= size
+            self.front.forward_held -= size
         self._flush()  # what h2 has queued (this stream's HEADERS) goes first
         assert self.transport is not None
         self.transport.write(b"".join(out))
@@ -489,6 +539,7 @@ class Connection(asyncio.Protocol):
         if st is None:
             return
         self._drop_body(st)
+        self._release_held(st)
         if st.events and st.queue is not None:
             self.front.close_events(st.queue)
         if st.cancel is not None:

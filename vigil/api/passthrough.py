@@ -5,6 +5,15 @@ The HTTP/2 front end hands over a method path, the request message, the deadline
 the client's custom metadata; the call runs on a worker thread and its outcome comes
 back through callbacks the front end schedules on its own loop. Server-streaming
 methods (the health service's Watch) stream their messages back the same way.
+
+Unary calls and streaming calls never share threads: a unary call runs on one of WORKERS
+threads for as long as it takes; a streaming call holds a thread of its own for as long as
+it lasts, and at most `max_streams` (MAX_STREAMS by default) are forwarded at once: one
+more is refused at once with RESOURCE_EXHAUSTED (counted, `refused`), never queued behind
+the others (a Watch lasts as long as its client wants). The messages of a forwarded stream
+are read from the agent as they come (the agent never waits for a slow client: grpcio's
+server would hold the thread that sends, e.g. the health service's set()); the front end
+bounds what it holds for each client (vigil.api.h2front, `forward_buffer`).
 """
 from __future__ import annotations
 
@@ -39,17 +48,23 @@ def _server_streaming() -> frozenset[str]:
 
 
 STREAMING = _server_streaming()
+WORKERS = 16         # unary calls forwarded at once
+MAX_STREAMS = 16     # streaming calls forwarded at once (each holds a thread while it lasts)
 
 
 class Upstream:
-    def __init__(self, address: str, workers: int = 16) -> None:
+    def __init__(self, address: str, workers: int = WORKERS, max_streams: int = MAX_STREAMS) -> None:
         self.channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20),
                                                                ("grpc.max_send_message_length", 64 << 20)])
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vigil-passthrough")
-        # streaming calls hold their thread for as long as they last: never the unary calls' ones
-        self.stream_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vigil-passthrough-stream")
+        # streaming calls hold their thread for as long as they last: never the unary calls' ones,
+        # and one each (no more are admitted than it has threads: none waits in its queue)
+        self.max_streams = max_streams
+        self.stream_pool = ThreadPoolExecutor(max_workers=max_streams, thread_name_prefix="vigil-passthrough-stream")
         self._lock = threading.Lock()
         self._calls: set[Any] = set()  # streaming calls in flight (cancelled on close)
+        self.streams = 0     # streaming calls admitted and not finished
+        self.refused = 0     # streaming calls refused (max_streams were running)
 
     def call(self, method: str, request: bytes, timeout: float | None, metadata: list[tuple[str, str]],
              on_message: OnMessage, on_done: OnDone) -> Callable[[], None]:
@@ -57,12 +72,31 @@ class Upstream:
         cancelled = threading.Event()
         holder: list[Any] = []
         md: tuple[tuple[str, str | bytes], ...] | None = tuple(metadata) or None
+        streaming = method in STREAMING
+        if streaming:
+            with self._lock:
+                admitted = self.streams < self.max_streams
+                if admitted:
+                    self.streams += 1
+                else:
+                    self.refused += 1
+            if not admitted:
+                on_done(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"too many forwarded streaming calls (limit {self.max_streams} per serving process)")
+                return lambda: None
 
         def run() -> None:
-            if cancelled.is_set():
-                return
             try:
-                if method in STREAMING:
+                if not cancelled.is_set():
+                    forward()
+            finally:
+                if streaming:
+                    with self._lock:
+                        self.streams -= 1
+
+        def forward() -> None:
+            try:
+                if streaming:
                     call = self.channel.unary_stream(method, None, None)(request, timeout=timeout, metadata=md)
                     holder.append(call)
                     with self._lock:
@@ -92,7 +126,7 @@ class Upstream:
             for c in holder:
                 c.cancel()
 
-        (self.stream_pool if method in STREAMING else self.pool).submit(run)
+        (self.stream_pool if streaming else self.pool).submit(run)
         return cancel
 
     def close(self) -> None:
