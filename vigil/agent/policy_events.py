@@ -111,17 +111,17 @@ class PolicyEvents:
     # -- record handlers (the event loop's table, by record op)
     def handle_netdeny(self, buf: bytes, now_ns: int) -> PolicyEvent | None:
         from vigil.enforce.netdeny import NetDeny
-        from vigil.sensors.hostdeny import event_kind, netdeny_event
+        from vigil.sensors.hostdeny import event_kind, netdeny_event, netdeny_hook_id, netdeny_selector
 
         rec = NetDeny.decode(buf)
-        entry = self.hooks.get(rec["rule_id"] >> 8)
+        entry = self.hooks.get(netdeny_hook_id(rec["rule_id"]))
         if entry is None:
             return None
         ch, lp = entry
         process, parent = self.processes(rec["pid"], rec["exec_ktime"], rec["tid"])
         body = netdeny_event(rec, ch)
         if lp is not None:
-            _count_action(lp, ch, ((rec["rule_id"] >> 4) & 0xF) + 1, body["action"])
+            _count_action(lp, ch, netdeny_selector(rec["rule_id"]), body["action"])
         return PolicyEvent(event_kind(ch), process, parent, body,
                            self.builder.clock.ktime_rfc3339(rec["ktime"]), self.builder.node)
 

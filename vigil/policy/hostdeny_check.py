@@ -4,15 +4,24 @@ rest with their locations, so `explain` shows them before anything is loaded).
 * fanotify (exec/open permission, decided by the native helper): matchArgs on the path with
   string operators, matchBinaries, plain matchPIDs.
 * cgroup sock_addr (connect/sendmsg/bind): Family, SAddr/DAddr and SPort/DPort on the address,
-  Protocol (and Family) on the socket, matchBinaries In, plain matchPIDs In. Rules are not
-  ordered like selectors (a deny applies whatever the selectors before it said), so a selector
-  that only posts may not come before an enforcing one.
+  Protocol (and Family) on the socket, matchBinaries In, plain matchPIDs In. `socket_rules`
+  builds the kernel rules (the agent loads exactly these) and says, with the field, what the
+  kernel tables cannot hold. Rules are not ordered like selectors (a deny applies whatever the
+  selectors before it said), so a selector that only posts may not come before an enforcing one.
 """
 from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .errors import Loc
 from .model import Selector
 from .placement import Placement
+from .values import parse_family, parse_port, parse_protocol
+
+if TYPE_CHECKING:
+    from vigil.kernel.netrules import NetRule
 
 STRING_OPS = ("Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix")
 BINARY_OPS = ("In", "NotIn", "Prefix", "NotPrefix", "Postfix", "NotPostfix")
@@ -25,6 +34,160 @@ UNSUPPORTED = (("match_namespaces", "matchNamespaces"), ("match_namespace_change
 
 def _enforcing(sel: Selector) -> bool:
     return any(a.action.lower() in ("override", "sigkill") for a in sel.match_actions)
+
+
+# Rule ids of socket rules: hook id, selector index and the rule's index within its selector
+# (one per matchBinaries value), so a record names its hook and selector. A hook has at most
+# 64 rules (netrules.MAX_RULES) and 5 selectors.
+_K_BITS, _SEL_BITS = 6, 3
+_HOOK_SHIFT = _K_BITS + _SEL_BITS
+MAX_HOOK_ID = (1 << (32 - _HOOK_SHIFT)) - 1
+
+
+def socket_rule_id(hook_id: int, si: int, k: int) -> int:
+    return (hook_id << _HOOK_SHIFT) | (si << _K_BITS) | k
+
+
+def socket_rule_origin(rule_id: int) -> tuple[int, int]:
+    """(hook id, 0-based selector index) of a socket rule id."""
+    return rule_id >> _HOOK_SHIFT, (rule_id >> _K_BITS) & ((1 << _SEL_BITS) - 1)
+
+
+@dataclass
+class SocketRules:
+    rules: list[NetRule] = field(default_factory=list)
+    problems: list[tuple[Loc, str]] = field(default_factory=list)
+
+
+def socket_rules(pl: Placement, selectors: tuple[Selector, ...], hook_id: int = 0,
+                 monitor: bool = False) -> SocketRules:
+    """The cgroup socket rules of a hook's selectors, in selector order, and what the kernel
+    tables cannot express (with the field). Selectors after the last enforcing one make no
+    rule: whatever they match proceeds anyway."""
+    from vigil.kernel.netrules import (
+        BIN_LEN,
+        MAX_PIDS,
+        MAX_PORTS,
+        MAX_PREFIXES,
+        MAX_RULES,
+        NetRule,
+        NetRuleError,
+        compile_rules,
+        rule_networks,
+    )
+
+    out = SocketRules()
+    what = pl.attach.get("what", "connect")
+    roles = pl.attach.get("roles") or {}
+    enforcing = [si for si, s in enumerate(selectors) if _enforcing(s)]
+    if not enforcing:
+        out.problems.append((pl.loc, f"an Override on {pl.target} needs a selector with Override/Sigkill"))
+        return out
+    if hook_id > MAX_HOOK_ID:
+        out.problems.append((pl.loc, f"hook id {hook_id} does not fit a socket rule id (at most {MAX_HOOK_ID}): "
+                             "restart the agent"))
+        return out
+    last = enforcing[-1]
+    prefixes: set[object] = set()
+    pids: set[int] = set()
+    for si, sel in enumerate(selectors[:last + 1]):
+        enforce = si in enforcing
+        if not enforce:
+            continue
+        family: str | None = None
+        cidrs: list[str] = []
+        ports: list[tuple[int, int]] = []
+        port_loc: Loc | None = None
+        addr_loc: Loc | None = None
+        protocol: str | None = None
+        bad = False
+        for e in sel.match_args:
+            try:
+                if e.operator == "Protocol":
+                    protos = {parse_protocol(v) for v in e.values}
+                    if protos - {6, 17}:
+                        bad = True  # reported by check_host_selectors
+                        continue
+                    if len(protos) != 1:
+                        out.problems.append((e.at("values"), "Protocol: cgroup socket rules take one of "
+                                             "IPPROTO_TCP, IPPROTO_UDP per selector (write two selectors)"))
+                        bad = True
+                        continue
+                    protocol = "tcp" if protos == {6} else "udp"
+                elif e.operator == "Family":
+                    fams = {parse_family(v) for v in e.values}
+                    if fams - {2, 10}:
+                        bad = True  # reported by check_host_selectors
+                        continue
+                    family = None if fams == {2, 10} else {2: "inet", 10: "inet6"}[fams.pop()]
+                elif e.operator in ("SAddr", "DAddr") and roles.get(e.index) != "socket":
+                    cidrs += [str(ipaddress.ip_network(v, strict=False)) for v in e.values]
+                    addr_loc = e.at("values")
+                elif e.operator in ("SPort", "DPort") and roles.get(e.index) != "socket":
+                    ports += [parse_port(v) for v in e.values]
+                    port_loc = e.at("values")
+                else:
+                    bad = True  # reported by check_host_selectors
+            except ValueError as err:
+                out.problems.append((e.at("values"), str(err)))
+                bad = True
+        if len(ports) > MAX_PORTS:
+            out.problems.append((port_loc or sel.loc, f"selector {si + 1}: {len(ports)} port ranges, at most "
+                                 f"{MAX_PORTS} per selector in cgroup socket rules"))
+            bad = True
+        binaries: list[str | None] = [None]
+        bin_loc = sel.at("matchBinaries")
+        for b in sel.match_binaries:
+            if b.operator != "In":
+                bad = True  # reported by check_host_selectors
+                continue
+            binaries = list(b.values)
+            bin_loc = b.at("values")
+            for v in b.values:
+                raw = v.encode("utf-8", "surrogateescape")
+                if not raw.startswith(b"/") or len(raw) >= BIN_LEN or b"\0" in raw:
+                    out.problems.append((bin_loc, f'matchBinaries value "{v}": cgroup socket rules match the '
+                                         f"absolute path of the executable (shorter than {BIN_LEN} bytes)"))
+                    bad = True
+        sel_pids: list[int] = []
+        for mp in sel.match_pids:
+            if mp.operator != "In" or mp.follow_forks or mp.is_namespace_pid:
+                bad = True  # reported by check_host_selectors
+                continue
+            sel_pids += [int(v) for v in mp.values]
+        if bad:
+            continue
+        if len(out.rules) + len(binaries) > MAX_RULES:
+            out.problems.append((sel.at("matchBinaries") if sel.match_binaries else sel.loc,
+                                 f"selector {si + 1}: {len(out.rules) + len(binaries)} socket rules (one per "
+                                 f"matchBinaries value of each selector), at most {MAX_RULES} per hook"))
+            continue
+        for k, path in enumerate(binaries):
+            r = NetRule(id=socket_rule_id(hook_id, si, k), action="deny" if enforce else "allow",
+                        monitor=monitor and enforce, family=family, cidrs=cidrs, ports=ports, binary=path,
+                        pids=sel_pids, hooks=(what,), protocol=protocol)
+            out.rules.append(r)
+        try:
+            for n in rule_networks(out.rules[-1]):
+                prefixes.add(n)
+        except NetRuleError as err:
+            out.problems.append((addr_loc or sel.loc, str(err).split(": ", 1)[-1]))
+            continue
+        if len(prefixes) > MAX_PREFIXES:
+            out.problems.append((addr_loc or sel.loc, f"selector {si + 1}: {len(prefixes)} address prefixes so far, "
+                                 f"at most {MAX_PREFIXES} per hook in cgroup socket rules"))
+            return out
+        pids.update(sel_pids)
+        if len(pids) > MAX_PIDS:
+            out.problems.append((sel.at("matchPIDs"), f"selector {si + 1}: {len(pids)} pids so far, at most "
+                                 f"{MAX_PIDS} per hook in cgroup socket rules"))
+            return out
+    if not out.problems:
+        try:
+            compile_rules(out.rules)
+        except NetRuleError as err:  # a limit not checked above: still before anything loads
+            out.problems.append((pl.loc, f"cgroup socket rules: {err}"))
+    return out
 
 
 def check_host_selectors(pl: Placement, selectors: tuple[Selector, ...]) -> list[tuple[Loc, str]]:
@@ -73,6 +236,6 @@ def check_host_selectors(pl: Placement, selectors: tuple[Selector, ...]) -> list
                                 "be kept"))
             elif any(a.action.lower() != "nopost" for a in sel.match_actions) or not sel.match_actions:
                 seen_post = True
-    if pl.mechanism != "fanotify" and not any(_enforcing(s) for s in selectors):
-        out.append((pl.loc, f"an Override on {pl.target} needs a selector with Override/Sigkill"))
+    if pl.mechanism != "fanotify":
+        out += socket_rules(pl, selectors).problems
     return out

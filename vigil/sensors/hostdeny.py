@@ -6,7 +6,6 @@ at construction, before anything is loaded.
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import threading
@@ -19,8 +18,8 @@ from vigil.enforce.permd_proto import Report
 from vigil.enforce.permtable import PID_OPS, STRING_OPS, Cond, Rule, Table, plan_marks
 from vigil.kernel import policy_layout as L
 from vigil.policy.compile import CompiledHook
+from vigil.policy.hostdeny_check import socket_rule_origin, socket_rules
 from vigil.policy.model import Selector
-from vigil.policy.values import parse_family, parse_port
 
 if TYPE_CHECKING:
     from vigil.enforce.netrules import NetRule
@@ -234,61 +233,16 @@ class NetDenyHook:
         self.shared = shared
         self.monitor = monitor
         self.nd: Any = None
-        what = compiled.placement.attach["what"]
-        self.rules: list[NetRule] = []
-        for si, sel in enumerate(compiled.selectors):
-            self.rules += self._rules_for(si, sel, what)
-        if not self.rules:
-            raise PolicyError(f"{compiled.placement.loc}: an Override on {compiled.placement.target} needs a selector "
-                              "with Override/Sigkill to become a socket rule")
+        self.rules: list[NetRule] = self._build(monitor)
 
-    def _rules_for(self, si: int, sel: Selector, what: str) -> list[NetRule]:
-        from vigil.enforce.netrules import NetRule
-
-        act = _action(sel)
-        if act not in ENFORCE:
-            return []
-        for n in ("match_namespaces", "match_namespace_changes", "match_capabilities", "match_capability_changes",
-                  "match_return_args", "match_data"):
-            if getattr(sel, n):
-                raise PolicyError(f"{sel.loc}: {n} cannot be expressed as a cgroup socket rule")
-        family = None
-        cidrs: list[str] = []
-        ports: list[tuple[int, int]] = []
-        protocol = None
-        for e in sel.match_args:
-            if e.operator == "Protocol":
-                from vigil.policy.values import parse_protocol
-
-                protos = {parse_protocol(v) for v in e.values}
-                if protos - {6, 17} or len(protos) != 1:
-                    raise PolicyError(f"{e.at('values')}: Protocol must be one of IPPROTO_TCP, IPPROTO_UDP here")
-                protocol = "tcp" if protos == {6} else "udp"
-            elif e.operator == "Family":
-                fams = {parse_family(v) for v in e.values}
-                if fams - {2, 10}:
-                    raise PolicyError(f"{e.at('values')}: Family must be AF_INET and/or AF_INET6 here")
-                family = None if fams == {2, 10} else {2: "inet", 10: "inet6"}[fams.pop()]
-            elif e.operator in ("SAddr", "DAddr"):
-                cidrs += [str(ipaddress.ip_network(v, strict=False)) for v in e.values]
-            elif e.operator in ("SPort", "DPort"):
-                ports += [parse_port(v) for v in e.values]
-            else:
-                raise PolicyError(f"{e.at('operator')}: {e.operator} cannot be expressed as a cgroup socket rule "
-                                  "(supported: Family, SAddr/DAddr, SPort/DPort, Protocol)")
-        binaries: list[str | None] = [None]
-        for b in sel.match_binaries:
-            if b.operator != "In":
-                raise PolicyError(f"{b.at('operator')}: only matchBinaries In is supported for socket rules")
-            binaries = list(b.values)
-        pids: list[int] = []
-        for mp in sel.match_pids:
-            if mp.operator != "In" or mp.follow_forks or mp.is_namespace_pid:
-                raise PolicyError(f"{mp.loc}: only plain matchPIDs In is supported for socket rules")
-            pids += list(mp.values)
-        return [NetRule(id=(self.hook_id << 8) | (si << 4) | k, action="deny", monitor=self.monitor, family=family,
-                        cidrs=cidrs, ports=ports, binary=b, pids=pids, hooks=(what,), protocol=protocol)
-                for k, b in enumerate(binaries)]
+    def _build(self, monitor: bool) -> list[NetRule]:
+        """The rules of this hook's selectors in this mode: what explain checked (check_host_selectors
+        runs the same socket_rules), refused with the field when the tables cannot hold them."""
+        sr = socket_rules(self.compiled.placement, self.compiled.selectors, self.hook_id, monitor)
+        if sr.problems:
+            loc, msg = sr.problems[0]
+            raise PolicyError(f"{loc}: {loc.path + ': ' if loc.path else ''}{msg}")
+        return sr.rules
 
     def load(self) -> None:
         from vigil.enforce.netdeny import NetDeny
@@ -337,6 +291,16 @@ class NetDenyHook:
         return 64 * 1024
 
 
+def netdeny_hook_id(rule_id: int) -> int:
+    """The hook whose rule refused (or reported) a socket operation."""
+    return socket_rule_origin(rule_id)[0]
+
+
+def netdeny_selector(rule_id: int) -> int:
+    """The 1-based selector a socket rule was built from."""
+    return socket_rule_origin(rule_id)[1] + 1
+
+
 def netdeny_event(rec: dict[str, Any], hook: CompiledHook) -> dict[str, Any]:
     """The process_kprobe body (after process and parent) of a refused (or, in monitor mode,
     reported) socket operation."""
@@ -359,7 +323,7 @@ def netdeny_event(rec: dict[str, Any], hook: CompiledHook) -> dict[str, Any]:
         body["args"] = args
     body["action"] = "KPROBE_ACTION_OVERRIDE"
     body["policy_name"] = hook.policy
-    sel = ((rec["rule_id"] >> 4) & 0xF) + 1
+    sel = netdeny_selector(rec["rule_id"])
     mode = "monitor mode: reported, not enforced" if rec["monitor"] else "enforced"
     msg = (f"[vigil: selector {sel} matched {rec['protocol']} {rec['daddr']}:{rec['dport']}; override {mode} via "
            f"cgroup/{rec['hook']}]")
@@ -403,4 +367,5 @@ def event_kind(hook: CompiledHook) -> str:
     return hook.placement.event_kind or "process_kprobe"
 
 
-__all__ = ["FanotifyHook", "GuardRegistry", "NetDenyHook", "fanotify_event", "netdeny_event", "L"]
+__all__ = ["FanotifyHook", "GuardRegistry", "NetDenyHook", "fanotify_event", "netdeny_event", "netdeny_hook_id",
+           "netdeny_selector", "L"]
