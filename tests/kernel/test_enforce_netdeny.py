@@ -354,3 +354,46 @@ def test_prefix_table_holds_two_generations(cgroup: str, listeners: Listeners) -
         assert n.obj.map("nd_cidrs").count() == 16
     finally:
         n.close()
+
+
+def _policy_rules(selectors: str, call: str = "sys_connect", index: int = 1) -> list[NetRule]:
+    """The socket rules the agent builds for a policy's hook (host facts: cgroup placement)."""
+    from pathlib import Path
+
+    from vigil.kernel.facts import KernelFacts
+    from vigil.policy import parse_policies
+    from vigil.policy.compile import compile_policy
+    from vigil.sensors.hostdeny import NetDenyHook
+
+    facts = KernelFacts.load(str(Path(__file__).parents[1] / "data" / "facts" / "host-6.18.json"))
+    text = (f"apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {{name: nd}}\nspec:\n  kprobes:\n"
+            f"  - call: {call}\n    syscall: true\n    args: [{{index: {index}, type: sockaddr}}]\n    selectors:\n"
+            f"{selectors}")
+    (p,) = parse_policies(text, "p.yaml")
+    (ch,) = compile_policy(p, facts, lambda: 3).hooks
+    assert ch.placement.mechanism == "cgroup_sock_addr"
+    return NetDenyHook(ch, {}, False).rules
+
+
+@pytest.mark.parametrize("action", ["NoPost", "Post"])
+def test_earlier_non_enforcing_selector_lets_its_traffic_through(nd: NetDeny, cgroup: str, listeners: Listeners,
+                                                                 action: str) -> None:
+    """The first matching selector decides: 127.0.0.1:P1 matches selector 1 (NoPost/Post) first and
+    goes through; selector 2's Override refuses the rest of 127.0.0.0/8."""
+    p1, p2 = listeners.tcp4
+    nd.set_rules(_policy_rules(
+        f"    - matchArgs: [{{index: 1, operator: SAddr, values: ['127.0.0.1/32']}},"
+        f" {{index: 1, operator: SPort, values: ['{p1}']}}]\n"
+        f"      matchActions: [{{action: {action}}}]\n"
+        "    - matchArgs: [{index: 1, operator: SAddr, values: ['127.0.0.0/8']}]\n"
+        "      matchActions: [{action: Override, argError: -1}]\n"))
+    rb = RingBuffer(nd.events.fd, nd.events.max_entries)
+    try:
+        rb.drain()
+        assert run_child([["tcp", 4, "127.0.0.1", p1], ["tcp", 4, "127.0.0.1", p2]], cgroup) == ["ok", "EPERM"]
+        recs = [NetDeny.decode(r) for r in rb.drain()]
+    finally:
+        rb.close()
+    from vigil.sensors.hostdeny import netdeny_hook_id, netdeny_selector
+
+    assert [(netdeny_hook_id(r["rule_id"]), netdeny_selector(r["rule_id"]), r["dport"]) for r in recs] == [(3, 2, p2)]

@@ -6,8 +6,10 @@ rest with their locations, so `explain` shows them before anything is loaded).
 * cgroup sock_addr (connect/sendmsg/bind): Family, SAddr/DAddr and SPort/DPort on the address,
   Protocol (and Family) on the socket, matchBinaries In, plain matchPIDs In. `socket_rules`
   builds the kernel rules (the agent loads exactly these) and says, with the field, what the
-  kernel tables cannot hold. Rules are not ordered like selectors (a deny applies whatever the
-  selectors before it said), so a selector that only posts may not come before an enforcing one.
+  kernel tables cannot hold. The first matching selector decides: a selector that lets the
+  operation through (NoPost, Post) ahead of an enforcing one becomes an allow rule. In the
+  tables an allow wins over every deny, so such a selector may not come after an enforcing
+  one (it would also let through what the earlier one refuses).
 """
 from __future__ import annotations
 
@@ -57,6 +59,7 @@ def socket_rule_origin(rule_id: int) -> tuple[int, int]:
 class SocketRules:
     rules: list[NetRule] = field(default_factory=list)
     problems: list[tuple[Loc, str]] = field(default_factory=list)
+    allows: list[int] = field(default_factory=list)  # 0-based selectors that became allow rules
 
 
 def socket_rules(pl: Placement, selectors: tuple[Selector, ...], hook_id: int = 0,
@@ -87,13 +90,20 @@ def socket_rules(pl: Placement, selectors: tuple[Selector, ...], hook_id: int = 
         out.problems.append((pl.loc, f"hook id {hook_id} does not fit a socket rule id (at most {MAX_HOOK_ID}): "
                              "restart the agent"))
         return out
-    last = enforcing[-1]
+    first, last = enforcing[0], enforcing[-1]
     prefixes: set[object] = set()
     pids: set[int] = set()
     for si, sel in enumerate(selectors[:last + 1]):
         enforce = si in enforcing
-        if not enforce:
+        if not enforce and si > first:
+            acts = ", ".join(a.action for a in sel.match_actions) or "Post"
+            out.problems.append((sel.loc, f"selector {si + 1} ({acts}) lets operations through between enforcing "
+                                 f"selectors {first + 1} and {last + 1}; in the cgroup socket rules an allow wins "
+                                 "over every deny, so it would also let through what an earlier selector refuses "
+                                 f"(first-match order cannot be kept): move it before selector {first + 1}"))
             continue
+        if not enforce:
+            out.allows.append(si)
         family: str | None = None
         cidrs: list[str] = []
         ports: list[tuple[int, int]] = []
@@ -195,7 +205,6 @@ def check_host_selectors(pl: Placement, selectors: tuple[Selector, ...]) -> list
     back = "fanotify" if pl.mechanism == "fanotify" else "cgroup socket rules"
     why = f"the {back} back end that enforces this Override here cannot evaluate it"
     roles = pl.attach.get("roles") or {}
-    seen_post = False
     for si, sel in enumerate(selectors):
         for attr, yaml in UNSUPPORTED:
             if getattr(sel, attr):
@@ -228,14 +237,10 @@ def check_host_selectors(pl: Placement, selectors: tuple[Selector, ...]) -> list
             if pl.mechanism != "fanotify" and e.operator == "Family" and any(
                     v not in ("AF_INET", "AF_INET6", "2", "10") for v in e.values):
                 out.append((e.at("values"), f"Family: {back} see AF_INET and AF_INET6 only"))
-        if pl.mechanism != "fanotify":
-            if _enforcing(sel):
-                if seen_post:
-                    out.append((sel.loc, f"selector {si + 1} enforces after a selector that only posts; {back} "
-                                "apply denies whatever earlier selectors matched, so first-match order cannot "
-                                "be kept"))
-            elif any(a.action.lower() != "nopost" for a in sel.match_actions) or not sel.match_actions:
-                seen_post = True
     if pl.mechanism != "fanotify":
-        out += socket_rules(pl, selectors).problems
+        sr = socket_rules(pl, selectors)
+        out += sr.problems
+        for si in sr.allows:
+            pl.notes.append(f"selector {si + 1} lets matching {pl.attach.get('what', 'connect')} operations through "
+                            "(an allow rule ahead of the Override, as the first matching selector decides)")
     return out
