@@ -9,6 +9,8 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -405,3 +407,85 @@ def test_running_process_whose_binary_was_deleted_is_seeded_by_its_name(workdir:
     finally:
         pre.kill()
         pre.wait()
+
+
+def _static_binary(dest: Path, tmp: Path) -> None:
+    """A static program to run in a chroot: busybox-static's applets by name, or a small C
+    sleeper compiled here."""
+    busybox = shutil.which("busybox")
+    if busybox and "statically linked" in subprocess.run(["file", "-L", busybox], capture_output=True,
+                                                          text=True).stdout:
+        shutil.copy2(busybox, dest)
+        return
+    src = tmp / "sleeper.c"
+    src.write_text("#include <unistd.h>\n#include <stdlib.h>\n"
+                   "int main(int c, char **v) { if (c > 2) chdir(v[2]); sleep(c > 1 ? atoi(v[1]) : 60); return 0; }\n")
+    if subprocess.run(["clang", "-static", "-O1", "-o", str(dest), str(src)]).returncode:
+        pytest.skip("no static binary for the chroot (busybox-static, or clang with a static libc)")
+
+
+def test_chrooted_process_paths_are_relative_to_its_root(workdir: Path, tmp_path: Path):
+    """exe and cwd of a process found at start are relative to its own root, as the kernel's
+    walk gives them for a live exec in the same chroot; a path outside that root is kept
+    as /proc shows it."""
+    root = Path(tempfile.mkdtemp(prefix="vigil-test-chroot-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        os.chmod(root, 0o755)
+        _static_binary(root / "sh", tmp_path)
+        os.link(root / "sh", root / "sleep")
+        (root / "w").mkdir()
+
+        def start() -> subprocess.Popen[bytes]:
+            # busybox: `sh` then `sleep` by name; the C sleeper: its cwd from argv
+            p = subprocess.Popen(["chroot", str(root), "/sh", "-c", "cd /w && exec /sleep 60"] if _is_busybox(root / "sh")
+                                 else ["chroot", str(root), "/sh", "60", "/w"])
+            procs.append(p)
+            return p
+
+        def in_root(p: subprocess.Popen[bytes], exe: str) -> None:
+            # the target image runs (not chroot(1) or the shell before its exec)
+            for _ in range(1000):
+                try:
+                    if os.readlink(f"/proc/{p.pid}/exe") == exe and os.readlink(f"/proc/{p.pid}/cwd") == str(root / "w"):
+                        return
+                except OSError:
+                    pass
+                time.sleep(0.01)
+            pytest.fail(f"{p.args} did not start in the chroot")
+
+        target = str(root / ("sleep" if _is_busybox(root / "sh") else "sh"))
+        pre = start()
+        in_root(pre, target)
+        # and one outside its root: chroot() without chdir, the binary from the host
+        outside = subprocess.Popen([os.path.realpath(sys.executable), "-c",
+                                    f"import os, time; os.chroot({str(root)!r}); time.sleep(60)"], cwd=workdir)
+        procs.append(outside)
+        for _ in range(1000):
+            if os.readlink(f"/proc/{outside.pid}/root") == str(root):
+                break
+            time.sleep(0.01)
+        cfg = AgentConfig(export_filename=str(tmp_path / "chroot.log"), server_address="", node_name="vigil-test")
+        with RunningAgent(cfg) as ra:
+            post: list[subprocess.Popen[bytes]] = []
+            ra.collect(lambda: (post.append(start()), in_root(post[0], target)))
+            want = "/" + Path(target).name
+            for p in (pre, post[0]):
+                c = ra.agent.cache.by_pid(p.pid)
+                e = _map_entry(ra, p.pid)
+                assert c is not None and e is not None
+                assert (c.msg.binary, c.msg.cwd, e["bin"]) == (want, "/w", want), p
+            c = ra.agent.cache.by_pid(outside.pid)
+            e = _map_entry(ra, outside.pid)
+            assert c is not None and e is not None
+            assert (c.msg.binary, c.msg.cwd, e["bin"]) == (os.path.realpath(sys.executable), str(workdir),
+                                                           os.path.realpath(sys.executable))
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _is_busybox(path: Path) -> bool:
+    return b"BusyBox" in path.read_bytes()[:2_000_000]

@@ -94,6 +94,15 @@ def _ns_inums(pid: int) -> list[int]:
     return out
 
 
+def _under_root(path: str, root: str) -> str:
+    """path (from the agent's root) as seen from root; one outside root is kept as it is."""
+    if path == root:
+        return "/"
+    if path.startswith(root + "/"):
+        return path[len(root):]
+    return path
+
+
 def snapshot(pid: int, clock: WallClock, cg_root: str, start_ticks: dict[int, int]) -> ProcSnapshot | None:
     base = f"/proc/{pid}"
     stat = _read(f"{base}/stat")
@@ -135,6 +144,13 @@ def snapshot(pid: int, clock: WallClock, cg_root: str, start_ticks: dict[int, in
         s.cwd = os.readlink(f"{base}/cwd")
     except OSError:
         pass
+    try:
+        root = os.readlink(f"{base}/root")
+    except OSError:
+        root = "/"
+    if root != "/":  # chroot: as the kernel walks them for an exec there, from the task's root
+        s.exe = s.filename = _under_root(s.exe, root)
+        s.cwd = _under_root(s.cwd, root)
     lu = _read(f"{base}/loginuid")
     if lu:
         try:
