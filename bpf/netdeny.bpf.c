@@ -186,6 +186,22 @@ static __always_inline void report(struct bpf_sock_addr *ctx, __u32 gen, int slo
 	bpf_ringbuf_submit(m, wakeup_flags());
 }
 
+/* sendto/sendmsg(MSG_FASTOPEN) on TCP connects from the sendmsg path, and the kernel runs
+ * the connect hook for it (tcp_sendmsg_fastopen -> __inet_stream_connect -> pre_connect), not
+ * sendmsg. It has set tp->fastopen_req by then; a connect() has not (TCP_FASTOPEN_CONNECT
+ * allocates it later, in tcp_v4_connect/tcp_v6_connect, past this hook). So the sendmsg
+ * rules apply here too, to that call only. */
+static __always_inline int tcp_fastopen_send(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	struct tcp_sock *tp;
+
+	if (!sk)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(sk);
+	return tp && tp->fastopen_req;
+}
+
 /* 1: let the operation proceed, 0: refuse it (EPERM). */
 static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 hook, int kind, int v6)
 {
@@ -213,8 +229,11 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 hook, int kind
 
 	/* protocol and hook first: cheapest way to an empty candidate set */
 	proto = ctx->protocol;
-	cand = g->hooks[kind] &
-	       g->proto[proto == IPPROTO_TCP ? ND_PROTO_TCP : proto == IPPROTO_UDP ? ND_PROTO_UDP : ND_PROTO_OTHER];
+	cand = g->hooks[kind];
+	if (kind == ND_KIND_CONNECT && proto == IPPROTO_TCP && (g->hooks[ND_KIND_SENDMSG] & ~cand) &&
+	    tcp_fastopen_send(ctx))
+		cand |= g->hooks[ND_KIND_SENDMSG];
+	cand &= g->proto[proto == IPPROTO_TCP ? ND_PROTO_TCP : proto == IPPROTO_UDP ? ND_PROTO_UDP : ND_PROTO_OTHER];
 	if (!cand)
 		return 1;
 

@@ -54,6 +54,10 @@ for kind, fam, host, port in ops:
         elif kind == "self":  # connect to a listener of our own (network namespace tests)
             with socket.socket(f) as l, socket.socket(f) as s:
                 l.bind((host, 0)); l.listen(); s.settimeout(5); s.connect(l.getsockname()[:2])
+        elif kind == "tfo":  # TCP Fast Open to a listener of our own: sendto(MSG_FASTOPEN), no connect()
+            with socket.socket(f) as l, socket.socket(f) as s:
+                l.bind((host, 0)); l.listen()  # blocking: the send waits for the handshake
+                s.sendto(b"x", socket.MSG_FASTOPEN, l.getsockname()[:2])
         res.append("ok")
     except OSError as e:
         res.append(errno.errorcode.get(e.errno, str(e.errno)))
@@ -397,3 +401,34 @@ def test_earlier_non_enforcing_selector_lets_its_traffic_through(nd: NetDeny, cg
     from vigil.sensors.hostdeny import netdeny_hook_id, netdeny_selector
 
     assert [(netdeny_hook_id(r["rule_id"]), netdeny_selector(r["rule_id"]), r["dport"]) for r in recs] == [(3, 2, p2)]
+
+
+@pytest.fixture
+def tfo_netns(netns: str) -> str:
+    """The test namespace with TCP Fast Open enabled for clients (bit 1; only in this netns)."""
+    subprocess.run([*in_netns(netns), "sh", "-c", "echo 1 > /proc/sys/net/ipv4/tcp_fastopen"], check=True)
+    return netns
+
+
+TFO_OPS = [["tfo", 4, "10.99.0.1", 0], ["self", 4, "10.99.0.1", 0], ["tfo", 4, "10.99.1.1", 0],
+           ["tfo", 6, "::1", 0], ["self", 6, "::1", 0]]
+
+
+@pytest.mark.parametrize("call, index", [("sys_sendto", 4), ("sys_sendmsg", 1)])
+def test_sendto_override_refuses_tcp_fast_open(nd: NetDeny, cgroup: str, tfo_netns: str, call: str,
+                                               index: int) -> None:
+    """sendto(MSG_FASTOPEN) on TCP connects from the sendmsg path, and the kernel runs the cgroup
+    connect hook for it, not sendmsg: an Override on sys_sendto/sys_sendmsg must refuse it there,
+    while a plain connect() to the same address (no sendto) still goes through."""
+    nd.set_rules(_policy_rules(
+        f"    - matchArgs: [{{index: {index}, operator: SAddr, values: ['10.99.0.1/32', '::1/128']}}]\n"
+        f"      matchActions: [{{action: Override, argError: -1}}]\n", call=call, index=index))
+    assert run_child(TFO_OPS, cgroup, prefix=in_netns(tfo_netns)) == ["EPERM", "ok", "ok", "EPERM", "ok"]
+    assert run_child(TFO_OPS, None, prefix=in_netns(tfo_netns)) == ["ok"] * 5
+
+
+def test_connect_override_still_refuses_tcp_fast_open(nd: NetDeny, cgroup: str, tfo_netns: str) -> None:
+    nd.set_rules(_policy_rules(
+        "    - matchArgs: [{index: 1, operator: SAddr, values: ['10.99.0.1/32', '::1/128']}]\n"
+        "      matchActions: [{action: Override, argError: -1}]\n"))
+    assert run_child(TFO_OPS, cgroup, prefix=in_netns(tfo_netns)) == ["EPERM", "EPERM", "ok", "EPERM", "EPERM"]

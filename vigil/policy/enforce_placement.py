@@ -169,6 +169,14 @@ def place_syscall_on_host(spec: KProbeSpec, section: str, index: int, sc: Syscal
     else:
         pl.override = f"cgroup/{what}4+6 (all cgroups)"
         pl.notes.append(f"Override of {call} enforced by {pl.override}")
+        if what == "sendmsg":
+            # sendto/sendmsg(MSG_FASTOPEN) on TCP connects, and the kernel checks it at the connect hook
+            ok, why = facts.has("cgroup_connect4")
+            if not ok:
+                pl.block(spec.loc, f"Override of {call} also needs cgroup_connect4 ({why}): TCP Fast Open "
+                         "(MSG_FASTOPEN) sends are checked only at the cgroup connect hook", "kernel")
+            pl.notes.append("TCP Fast Open sends (MSG_FASTOPEN) are refused at cgroup/connect4+6, where the kernel "
+                            "checks them; a connect() to the same address is not")
     for slot, a in enumerate(spec.args):
         if a.index != arg_index:
             pl.block(a.at("index"), f"argument index {a.index} of {call} is not available to {mech}, which "
