@@ -620,20 +620,20 @@ static PyObject *exec_id(PyObject *self, PyObject *args)
 /* fields of ProcessMsg in Process's field order; JSON keys are the proto names */
 enum {
 	M_EXEC_ID, M_PID, M_UID, M_CWD, M_BINARY, M_ARGUMENTS, M_FLAGS, M_START_TIME, M_AUID, M_POD, M_DOCKER,
-	M_PARENT_EXEC_ID, M_CAP, M_NS, M_TID, M_CREDS, M_BP, M_ENC_JSON, M_ENC_PB, M_ENC_DICT, M_COUNT
+	M_PARENT_EXEC_ID, M_CAP, M_NS, M_TID, M_CREDS, M_BP, M_IN_INIT_TREE, M_ENC_JSON, M_ENC_PB, M_ENC_DICT, M_COUNT
 };
 static const char *const msg_slot[M_COUNT] = {
 	"exec_id", "pid", "uid", "cwd", "binary", "arguments", "flags", "start_time", "auid", "pod", "docker",
-	"parent_exec_id", "cap", "ns", "tid", "process_credentials", "binary_properties", "enc_json", "enc_pb",
-	"enc_dict",
+	"parent_exec_id", "cap", "ns", "tid", "process_credentials", "binary_properties", "in_init_tree", "enc_json",
+	"enc_pb", "enc_dict",
 };
-/* how each field is written: a string, a wrapper int, a sub-message dict, a Pod */
-enum { K_STR, K_INT, K_SUB, K_TS, K_POD, K_NONE };
+/* how each field is written: a string, a wrapper int, a sub-message dict, a Pod, a BoolValue */
+enum { K_STR, K_INT, K_SUB, K_TS, K_POD, K_BOOL, K_NONE };
 static const unsigned char msg_kind[M_COUNT] = {
 	K_STR, K_INT, K_INT, K_STR, K_STR, K_STR, K_STR, K_TS, K_INT, K_POD, K_STR,
-	K_STR, K_SUB, K_SUB, K_INT, K_SUB, K_SUB, K_NONE, K_NONE, K_NONE,
+	K_STR, K_SUB, K_SUB, K_INT, K_SUB, K_SUB, K_BOOL, K_NONE, K_NONE, K_NONE,
 };
-static const unsigned char msg_number[M_COUNT] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 16, 17, 18};
+static const unsigned char msg_number[M_COUNT] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 16, 17, 18, 20};
 
 enum { E_TIME, E_NODE, E_ENC_JSON, E_ENC_PB, E_ENC_DICT, E_PROCESS, E_PARENT, E_ANCESTORS, E_SIGNAL, E_STATUS,
        E_KIND, E_BODY, E_COUNT };
@@ -737,6 +737,17 @@ static int get_uint(PyObject *v, unsigned long long *out)
 		PyErr_Clear();
 		return -FALLBACK;
 	}
+	return 1;
+}
+
+/* a BoolValue: 1 and its value for True or False, 0 for None (not set), FALLBACK otherwise */
+static int get_bool(PyObject *v, unsigned long long *out)
+{
+	if (v == Py_None)
+		return 0;
+	if (v != Py_True && v != Py_False)
+		return -FALLBACK;
+	*out = v == Py_True;
 	return 1;
 }
 
@@ -888,6 +899,9 @@ static int msg_json_body(buf_t *b, PyObject *m)
 		case K_POD:
 			have = get_pod(v, pod_parts_json, &shared, &u, &probe);
 			break;
+		case K_BOOL:
+			have = get_bool(v, &u);
+			break;
 		default:
 			have = get_sub(v);
 		}
@@ -899,6 +913,10 @@ static int msg_json_body(buf_t *b, PyObject *m)
 			return -1;
 		first = 0;
 		switch (msg_kind[f]) {
+		case K_BOOL:
+			if (u ? put(b, "true", 4) : put(b, "false", 5))
+				return -1;
+			break;
 		case K_STR:
 		case K_TS:
 			if (put_json_str(b, s, n))
@@ -1203,6 +1221,9 @@ static int msg_pb_body(buf_t *b, PyObject *m)
 		case K_POD:
 			have = get_pod(v, pod_parts_pb, &shared, &u, &probe);
 			break;
+		case K_BOOL:
+			have = get_bool(v, &u);
+			break;
 		default:
 			have = get_sub(v);
 		}
@@ -1211,6 +1232,10 @@ static int msg_pb_body(buf_t *b, PyObject *m)
 		if (!have)
 			continue;
 		switch (msg_kind[f]) {
+		case K_BOOL:  /* BoolValue{value: true} is 08 01; a set false one is empty */
+			if (put_tag(b, msg_number[f], 2) || (u ? put(b, "\x02\x08\x01", 3) : put(b, "\0", 1)))
+				return -1;
+			break;
 		case K_STR:
 			if (put_len_delim(b, msg_number[f], s, n))
 				return -1;
@@ -1528,18 +1553,19 @@ static PyObject *configure_pb(PyObject *self, PyObject *args, PyObject *kw)
 enum {
 	P_EXEC_ID, P_KEY, P_PID, P_KTIME, P_PARENT_EXEC_ID, P_PARENT_KEY, P_PPID, P_REFCNT, P_MSG, P_BINARY, P_EXE,
 	P_CGROUP_ID, P_NS, P_CAP_EFFECTIVE, P_FLAGS, P_EXITED, P_REMOVAL_AT, P_NSPID, P_UID, P_DOCKER,
-	P_HOLDS_PARENT, P_COUNT
+	P_HOLDS_PARENT, P_IN_INIT_TREE, P_COUNT
 };
 static const char *const proc_slot[P_COUNT] = {
 	"exec_id", "key", "pid", "ktime", "parent_exec_id", "parent_key", "ppid", "refcnt", "msg", "binary", "exe",
 	"cgroup_id", "ns", "cap_effective", "flags", "exited", "removal_at", "nspid", "uid", "docker",
-	"holds_parent",
+	"holds_parent", "in_init_tree",
 };
 
 #define REC_FLAG_BITS (1 << 0 | 1 << 5 | 1 << 3 | 1 << 2 | 1 << 4)  /* args trunc, err path/args, cwd */
 #define K_MISS (1 << 17)
 #define K_NOCWD (1 << 18)
 #define K_ROOTCWD (1 << 19)
+#define K_INIT_TREE (1 << 20)
 #define F_PATH_NOT_ROOTED (1 << 8)
 #define OP_EXEC 1
 
@@ -1557,7 +1583,7 @@ typedef struct {
 	PyObject *s_exec_count, *s_exit_count, *s_offset, *s_enable_cred, *s_enable_ns, *s_ancestors;
 	PyObject *s_order, *s_pending, *s_append, *s_capacity, *s_grace, *m_rebuild_order;
 	PyObject *s_pods, *s_pod_json, *s_fast, *one, *pods, *pods_fast, *s_popleft, *s_removed, *s_evictions;
-	PyObject *s_miss_count, *s_clone_count, *s_clone, *s_with_pid;
+	PyObject *s_miss_count, *s_clone_count, *s_clone, *s_clone_init, *s_with_pid;
 	PyObject *empty_str, *empty_tuple;
 	PyObject *generic;  /* on_generic's context (set_generic), NULL until set */
 	PyTypeObject *proc_type;
@@ -1582,7 +1608,7 @@ typedef struct {
 		&b->s_pending, &b->s_append, &b->s_capacity, &b->s_grace,                                              \
 		&b->m_rebuild_order, &b->last_creds, &b->s_pods, &b->s_pod_json, &b->s_fast, &b->one, &b->pods, &b->pods_fast,\
 		&b->s_popleft, &b->s_removed, &b->s_evictions, &b->s_miss_count, &b->s_clone_count, &b->s_clone,  \
-		&b->s_with_pid, &b->generic,                                                                     \
+		&b->s_clone_init, &b->s_with_pid, &b->generic,                                                   \
 	}
 
 static int builder_traverse(Builder *b, visitproc visit, void *arg)
@@ -1681,6 +1707,7 @@ static int builder_init(Builder *b, PyObject *args, PyObject *kw)
 	b->s_miss_count = PyUnicode_InternFromString("miss_count");
 	b->s_clone_count = PyUnicode_InternFromString("clone_count");
 	b->s_clone = PyUnicode_InternFromString("clone");
+	b->s_clone_init = PyUnicode_InternFromString("clone inInitTree");  /* build._CLONE_FLAGS */
 	b->s_with_pid = PyUnicode_InternFromString("with_pid");
 	b->s_removed = PyUnicode_InternFromString("removed");
 	b->s_evictions = PyUnicode_InternFromString("evictions");
@@ -1694,7 +1721,7 @@ static int builder_init(Builder *b, PyObject *args, PyObject *kw)
 	if (!b->node_s || !b->s_exec_count || !b->s_exit_count || !b->s_offset || !b->s_enable_cred ||
 	    !b->s_enable_ns || !b->s_ancestors || !b->empty_str || !b->empty_tuple || !b->s_order || !b->s_pending ||
 	    !b->s_append || !b->s_capacity || !b->s_grace || !b->s_pods || !b->s_pod_json || !b->s_fast || !b->one || !b->s_popleft || !b->s_removed ||
-	    !b->s_evictions || !b->s_miss_count || !b->s_clone_count || !b->s_clone || !b->s_with_pid)
+	    !b->s_evictions || !b->s_miss_count || !b->s_clone_count || !b->s_clone || !b->s_clone_init || !b->s_with_pid)
 		return -1;
 	return 0;
 }
@@ -2227,8 +2254,25 @@ static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t n
 		goto out;
 	if (parent_of(b, r, &peid, &pkey) < 0)
 		goto out;
+	/* in_init_tree (EventBuilder._in_init_tree, a kernel exec): pid 1 of its namespace, or
+	 * the mark of its image before the exec, or (none cached) of its parent */
+	int in_tree = r->nspid == 1;
+	if (!in_tree) {
+		if (!(tmp = PyLong_FromUnsignedLong(r->pid)))
+			goto out;
+		PyObject *before = PyDict_GetItemWithError(b->by_pid, tmp);
+		Py_CLEAR(tmp);
+		if (!before && !PyErr_Occurred() && pkey != Py_None)
+			before = PyDict_GetItemWithError(b->by_key, pkey);
+		if (PyErr_Occurred())
+			goto out;
+		in_tree = before && pslot(b, before, P_IN_INIT_TREE) == Py_True;
+	}
+	PyObject *in_tree_obj = in_tree ? Py_True : Py_False;
 	/* flag words */
 	long fk = r->flags & REC_FLAG_BITS;
+	if (in_tree)
+		fk |= K_INIT_TREE;
 	if (PyUnicode_GET_LENGTH(peid) == 0)
 		fk |= K_MISS;
 	Py_ssize_t cwdn = PyUnicode_GET_LENGTH(r->cwd);
@@ -2316,7 +2360,8 @@ static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t n
 		[M_EXEC_ID] = eid, [M_CWD] = r->cwd, [M_BINARY] = binary, [M_ARGUMENTS] = arguments, [M_FLAGS] = flags,
 		[M_START_TIME] = start, [M_POD] = Py_None, [M_DOCKER] = docker, [M_PARENT_EXEC_ID] = peid,
 		[M_CAP] = cred && has_caps ? caps : Py_None, [M_NS] = nsopt && has_ns ? ns_json : Py_None,
-		[M_CREDS] = creds, [M_BP] = bp, [M_ENC_JSON] = Py_None, [M_ENC_PB] = Py_None, [M_ENC_DICT] = Py_None,
+		[M_CREDS] = creds, [M_BP] = bp, [M_IN_INIT_TREE] = in_tree_obj, [M_ENC_JSON] = Py_None,
+		[M_ENC_PB] = Py_None, [M_ENC_DICT] = Py_None,
 	};
 	for (int f = 0; f < M_COUNT; f++)
 		if (mv[f])
@@ -2356,7 +2401,7 @@ static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t n
 		[P_BINARY] = binary, [P_EXE] = r->exe, [P_NS] = PyTuple_GET_ITEM(nsent, 0),
 		[P_CAP_EFFECTIVE] = PyTuple_GET_ITEM(ck, 1), [P_FLAGS] = flags, [P_EXITED] = Py_False,
 		[P_DOCKER] = docker, [P_PID] = PyTuple_GET_ITEM(key, 0), [P_KTIME] = PyTuple_GET_ITEM(key, 1),
-		[P_UID] = slot(msg, msg_off[M_UID]), [P_HOLDS_PARENT] = Py_False,
+		[P_UID] = slot(msg, msg_off[M_UID]), [P_HOLDS_PARENT] = Py_False, [P_IN_INIT_TREE] = in_tree_obj,
 	};
 	for (int f = 0; f < P_COUNT; f++)
 		if (pv[f])
@@ -2463,12 +2508,15 @@ static PyObject *builder_on_clone(Builder *b, PyObject *const *args, Py_ssize_t 
 		if (v)
 			SET(msg, msg_off[f], v);
 	}
-	/* ProcessMsg.derive(exec_id=, pid=, start_time=, parent_exec_id=, tid=pid, flags="clone",
-	 * binary_properties=None, pod=), encodings not made yet */
+	/* the forking process's mark, or pid 1 of a new namespace (make_process(clone_of=)) */
+	int in_tree = r->nspid == 1 || pslot(b, of, P_IN_INIT_TREE) == Py_True;
+	PyObject *in_tree_obj = in_tree ? Py_True : Py_False, *cflags = in_tree ? b->s_clone_init : b->s_clone;
+	/* ProcessMsg.derive(exec_id=, pid=, start_time=, parent_exec_id=, tid=pid, flags="clone[ inInitTree]",
+	 * binary_properties=None, pod=, in_init_tree=), encodings not made yet */
 	static const int changed[] = {M_EXEC_ID, M_PID, M_START_TIME, M_PARENT_EXEC_ID, M_TID, M_FLAGS, M_BP, M_POD,
-				      M_ENC_JSON, M_ENC_PB, M_ENC_DICT};
-	PyObject *values[] = {eid, pid, start, peid, pid, b->s_clone, Py_None, pod ? pod : Py_None, Py_None, Py_None,
-			      Py_None};
+				      M_IN_INIT_TREE, M_ENC_JSON, M_ENC_PB, M_ENC_DICT};
+	PyObject *values[] = {eid, pid, start, peid, pid, cflags, Py_None, pod ? pod : Py_None, in_tree_obj, Py_None,
+			      Py_None, Py_None};
 	for (size_t i = 0; i < sizeof(changed) / sizeof(changed[0]); i++)
 		SET(msg, msg_off[changed[i]], values[i]);
 	/* the cache entry (Process.__init__, then what make_process copies from the parent) */
@@ -2478,8 +2526,9 @@ static PyObject *builder_on_clone(Builder *b, PyObject *const *args, Py_ssize_t 
 		[P_EXEC_ID] = eid, [P_KEY] = key, [P_PID] = PyTuple_GET_ITEM(key, 0), [P_KTIME] = PyTuple_GET_ITEM(key, 1),
 		[P_PARENT_EXEC_ID] = peid, [P_PARENT_KEY] = pkey, [P_MSG] = msg, [P_BINARY] = slot(msg, msg_off[M_BINARY]),
 		[P_EXE] = pslot(b, of, P_EXE), [P_CGROUP_ID] = pslot(b, of, P_CGROUP_ID), [P_NS] = pslot(b, of, P_NS),
-		[P_CAP_EFFECTIVE] = pslot(b, of, P_CAP_EFFECTIVE), [P_FLAGS] = b->s_clone, [P_EXITED] = Py_False,
+		[P_CAP_EFFECTIVE] = pslot(b, of, P_CAP_EFFECTIVE), [P_FLAGS] = cflags, [P_EXITED] = Py_False,
 		[P_UID] = pslot(b, of, P_UID), [P_DOCKER] = pslot(b, of, P_DOCKER), [P_HOLDS_PARENT] = Py_False,
+		[P_IN_INIT_TREE] = in_tree_obj,
 	};
 	for (int f = 0; f < P_COUNT; f++)
 		if (pv[f])

@@ -155,7 +155,8 @@ def msg_specs(draw: Any) -> dict[str, Any]:
                 parent_exec_id=draw(st.one_of(st.just(""), text)), cap=draw(st.sampled_from([None, {}, CAPS])),
                 ns=draw(st.sampled_from([None, NS])), tid=draw(maybe_int),
                 process_credentials=draw(st.sampled_from([None, CREDS])),
-                binary_properties=draw(st.sampled_from([None, {"setuid": 0}])))
+                binary_properties=draw(st.sampled_from([None, {"setuid": 0}])),
+                in_init_tree=draw(st.sampled_from([None, True, False])))
 
 
 @st.composite
@@ -262,7 +263,7 @@ def _joined(encode_pieces: Callable[[list[Any]], tuple[list[bytes], int]]) -> Ca
 def test_unexpected_field_types_go_to_the_twin() -> None:
     """A field of a type the C encoder does not write is handed to the reference whole."""
     for odd in (dict(uid=-1), dict(pid=None), dict(cwd=b"/bytes"), dict(tid=True), dict(cap=["x"]),
-                dict(auid=2**70)):
+                dict(auid=2**70), dict(in_init_tree=1), dict(in_init_tree="yes")):
         base = dict(exec_id="e", pid=1, cwd="/", binary="/b")
         base.update(odd)  # type: ignore[arg-type]
         ev = ProcessExec(ProcessMsg(**base), None, (), "2026-12-05T11:00:00.000000001Z", "n")  # type: ignore[arg-type]
@@ -293,7 +294,7 @@ def _exec_record(pid: int, ktime: int, ppid: int, pktime: int, d: dict[str, Any]
     caps = d["caps"]
     head = R.PROCESS.pack(
         d["op"], 0, d["flags"], 0, ktime + 1000, pid, 0, ktime, ppid if pktime else 0, 0, pktime,
-        pid + d["tid_off"], ppid, pid, d["auid"], d["uid"], d["uid"], d["euid"], d["uid"], d["uid"], d["uid"],
+        pid + d["tid_off"], ppid, d.get("nspid") or pid, d["auid"], d["uid"], d["uid"], d["euid"], d["uid"], d["uid"], d["uid"],
         d["uid"], d["uid"], d["securebits"], d["userns_level"], 0, 0, caps[0], caps[1], caps[2], *d["ns"], 77,
         123456, d["i_mode"], d["nlink"], ktime, len(exe), len(cwd), len(fn), len(cg), len(args), 0)
     return head + exe + cwd + fn + cg + args
@@ -312,6 +313,7 @@ exec_fields = st.fixed_dictionaries({
     "userns_level": st.sampled_from([0, 1]), "i_mode": st.sampled_from([0o100755, 0o104755, 0o102755]),
     "nlink": st.sampled_from([1, 1, 0]), "flags": st.sampled_from([0, 1, 1 << 3, 1 << 4, 1 << 8, (1 << 2) | 1]),
     "tid_off": st.sampled_from([0, 0, 3]), "op": st.sampled_from([R.OP_EXEC, R.OP_EXEC, R.OP_CLONE]),
+    "nspid": st.sampled_from([0, 0, 0, 1, 2]),  # 0: the host pid; 1: pid 1 of a namespace (in_init_tree)
 })
 steps = st.lists(st.one_of(
     st.tuples(st.just("exec"), st.integers(0, 12), st.integers(0, 12), st.booleans(), exec_fields),

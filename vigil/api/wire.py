@@ -573,6 +573,9 @@ def pod_bytes(p: Pod) -> bytes:
     return _tag(_PROC_FIELDS["pod"].number) + varint(len(body)) + body
 
 
+_IN_INIT_TREE = {True: _tag(20) + b"\x02\x08\x01", False: _tag(20) + b"\x00"}  # BoolValue, set
+
+
 def py_process_bytes(m: Any) -> bytes:
     """varint(length) + the serialised Process of a ProcessMsg, made once."""
     b = m.enc_pb
@@ -595,6 +598,8 @@ def py_process_bytes(m: Any) -> bytes:
         parts.append(_submsg("process_credentials", m.process_credentials))
     if m.binary_properties:
         parts.append(_submsg("binary_properties", m.binary_properties))
+    if m.in_init_tree is not None:
+        parts.append(_IN_INIT_TREE[m.in_init_tree])
     body = b"".join(parts)
     b = m.enc_pb = varint(len(body)) + body
     return b

@@ -20,12 +20,12 @@ from vigil.core import native
 
 class ProcessMsg:
     """tetragon.Process. Empty strings / None mean absent (not sent, as protojson omits
-    them); pid, uid, auid and tid are wrapper fields, sent even when 0."""
+    them); pid, uid, auid, tid and in_init_tree are wrapper fields, sent even when 0 / false."""
 
     __slots__ = (
         "exec_id", "pid", "uid", "cwd", "binary", "arguments", "flags", "start_time", "auid", "pod",
         "docker", "parent_exec_id", "cap", "ns", "tid", "process_credentials", "binary_properties",
-        "enc_json", "enc_pb", "enc_dict",
+        "in_init_tree", "enc_json", "enc_pb", "enc_dict",
     )
 
     def __init__(self, exec_id: str, pid: int, uid: int | None = None, cwd: str = "", binary: str = "",
@@ -33,7 +33,7 @@ class ProcessMsg:
                  pod: Pod | None = None, docker: str = "", parent_exec_id: str = "",
                  cap: dict[str, Any] | None = None, ns: dict[str, Any] | None = None, tid: int | None = None,
                  process_credentials: dict[str, Any] | None = None,
-                 binary_properties: dict[str, Any] | None = None) -> None:
+                 binary_properties: dict[str, Any] | None = None, in_init_tree: bool | None = None) -> None:
         self.exec_id = exec_id
         self.pid = pid
         self.uid = uid
@@ -51,6 +51,9 @@ class ProcessMsg:
         self.tid = tid
         self.process_credentials = process_credentials
         self.binary_properties = binary_properties
+        # BoolValue (field 20): a cached process's is always set (true: it descends from
+        # pid 1 of a pid namespace, vigil.process.build); None only for one the cache missed
+        self.in_init_tree = in_init_tree
         self.enc_json: bytes | None = None   # vigil.export.codec
         self.enc_pb: bytes | None = None     # vigil.api.wire
         self.enc_dict: dict[str, Any] | None = None  # vigil.export.dicts

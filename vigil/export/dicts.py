@@ -53,6 +53,8 @@ def process_fields(m: ProcessMsg, sub: Callable[[Any], Any] = _same) -> dict[str
         d["process_credentials"] = sub(m.process_credentials)
     if m.binary_properties:
         d["binary_properties"] = m.binary_properties
+    if m.in_init_tree is not None:
+        d["in_init_tree"] = m.in_init_tree
     return d
 
 

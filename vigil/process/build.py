@@ -69,7 +69,8 @@ class BuildOptions:
 # record flag bits that select flag words; with the builder's own conditions (below)
 # they form the key of the flags-string cache
 _REC_FLAG_BITS = R.F_ARGS_TRUNC | R.F_ERR_PATH | R.F_ERR_ARGS | R.F_CWD_TRUNC | R.F_ERR_CWD
-_K_PROCFS, _K_MISS, _K_NOCWD, _K_ROOTCWD = 1 << 16, 1 << 17, 1 << 18, 1 << 19
+_K_PROCFS, _K_MISS, _K_NOCWD, _K_ROOTCWD, _K_INIT_TREE = 1 << 16, 1 << 17, 1 << 18, 1 << 19, 1 << 20
+_CLONE_FLAGS = ("clone", "clone inInitTree")  # a fork's flags, by whether it is in its init tree
 _INTERN_MAX = 4096  # bound of each intern cache (caps, credentials, namespaces, cgroups)
 _FD_PATHS = ("/dev/fd/", "/proc/self/fd/")  # fexecve: the name says nothing, use the file
 
@@ -90,6 +91,8 @@ def _flag_words(k: int) -> str:
         flags.append("rootcwd")
     if k & (R.F_CWD_TRUNC | R.F_ERR_CWD):
         flags.append("errorCWD")
+    if k & _K_INIT_TREE:
+        flags.append("inInitTree")
     flags.sort(key=FLAG_ORDER.index)
     return " ".join(flags)
 
@@ -218,6 +221,28 @@ class EventBuilder:
         parent = self.cache.by_pid(r.ppid)
         return (parent.exec_id, parent.key) if parent is not None else ("", None)
 
+    def _in_init_tree(self, r: Any, procfs: bool, docker: str, pkey: Key | None) -> bool:
+        """Process field in_init_tree (and the flag word inInitTree), as Tetragon sets it: a
+        process that is pid 1 in its own pid namespace is in its init tree, and so is every
+        process forked from one that is (the mark passes through fork, and an exec keeps
+        its process's mark). A process entered into the namespace from outside (setns:
+        runc exec, kubectl exec, nsenter) descends from a process outside it: not in the
+        tree, nor are its children. Tetragon's /proc scan counts pid 1 only for a process
+        with a container id (it zeroes the namespace pid of the others, so host init and
+        its descendants are not in a tree); the kernel side counts any pid 1 it sees exec."""
+        if procfs:
+            if r.nspid == 1 and docker:
+                return True
+            before = None
+        elif r.nspid == 1:
+            return True
+        else:
+            # the thread group's image before this exec (its fork's entry, or an earlier exec)
+            before = self.cache.by_pid(r.pid)
+        if before is None and pkey is not None:  # none cached: its parent's mark, as at fork
+            before = self.cache._by_key.get(pkey)
+        return before is not None and before.in_init_tree
+
     def make_process(self, r: Any, *, procfs: bool = False, clone_of: Process | None = None) -> Process:
         """Cache entry for an exec / procfs snapshot, or (clone_of) a forked child."""
         ktime = r.exec_ktime
@@ -230,15 +255,23 @@ class EventBuilder:
             pod = clone_of.msg.pod
             if pod and self.pods is not None:
                 pod = self.pods.with_pid(pod, r.nspid)
+            # the forking process's mark, or pid 1 of a new namespace (clone records carry
+            # no namespace pid yet: 0, so this is the parent's mark)
+            in_tree = r.nspid == 1 or clone_of.in_init_tree
             msg = clone_of.msg.derive(exec_id=eid, pid=pid, start_time=self.clock.ktime_rfc3339(ktime),
-                                      parent_exec_id=peid, tid=pid, flags="clone", binary_properties=None,
-                                      pod=pod)
+                                      parent_exec_id=peid, tid=pid, flags=_CLONE_FLAGS[in_tree],
+                                      binary_properties=None, pod=pod, in_init_tree=in_tree)
             p = Process(eid, (pid, ktime), peid, pkey, r.ppid, msg)
             p.exe, p.cgroup_id, p.ns = clone_of.exe, clone_of.cgroup_id, clone_of.ns
             p.cap_effective, p.uid, p.docker = clone_of.cap_effective, clone_of.uid, clone_of.docker
             return p
 
         cwd = r.cwd
+        cg = r.cgroup_name
+        docker = self._docker_cache.get(cg)
+        if docker is None:
+            docker = self._docker(cg)
+        in_tree = self._in_init_tree(r, procfs, docker, pkey)
         fk = r.flags & _REC_FLAG_BITS
         if procfs:
             fk |= _K_PROCFS
@@ -248,15 +281,13 @@ class EventBuilder:
             fk |= _K_NOCWD
         elif cwd == "/":
             fk |= _K_ROOTCWD
+        if in_tree:
+            fk |= _K_INIT_TREE
         flags = self._flags_cache.get(fk)
         if flags is None:
             flags = self._flags_cache[fk] = _flag_words(fk)
         opts = self.opts
         fn = r.filename
-        cg = r.cgroup_name
-        docker = self._docker_cache.get(cg)
-        if docker is None:
-            docker = self._docker(cg)
         ck = (r.cap_permitted, r.cap_effective, r.cap_inheritable)
         caps = self._caps_cache.get(ck)
         if caps is None:
@@ -273,7 +304,7 @@ class EventBuilder:
             ns_json if opts.enable_ns and ns_json else None,
             r.tid,
             self._creds(r, caps) if opts.enable_cred else None,
-            bp,
+            bp, in_tree,
         )
         if docker and self.pods is not None:
             msg.pod = self.pods.pod_json(cg, r.nspid, msg.binary, msg.arguments)

@@ -10,7 +10,7 @@ class Process:
     __slots__ = (
         "exec_id", "key", "pid", "ktime", "parent_exec_id", "parent_key", "ppid", "refcnt", "msg",
         "binary", "exe", "cgroup_id", "ns", "cap_effective", "flags", "exited", "removal_at", "nspid",
-        "uid", "docker", "holds_parent",
+        "uid", "docker", "holds_parent", "in_init_tree",
     )
 
     def __init__(self, exec_id: str, key: Key, parent_exec_id: str, parent_key: Key | None, ppid: int,
@@ -37,6 +37,9 @@ class Process:
         self.uid = 0
         self.docker = ""
         self.holds_parent = False  # counted in its parent's refcnt (the parent was cached when it came)
+        # descends from pid 1 of its pid namespace (the container's init) by fork and exec alone:
+        # not one entered from outside (setns: runc exec, kubectl exec, nsenter); see build.py
+        self.in_init_tree = bool(msg.in_init_tree)
 
     def __repr__(self) -> str:
         return f"<Process pid={self.pid} {self.binary!r} refcnt={self.refcnt}>"
