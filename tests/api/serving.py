@@ -14,8 +14,9 @@ from typing import Any
 
 from tests.api.fake_agent import FakeAgent
 from tests.api.harness import ROOT, stop_process, wait_for
-from vigil.api import fanout, shm, wire
+from vigil.api import shm, wire
 from vigil.api.server import ApiServer
+from vigil.api.streamtable import Tally
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Serving:
     proc: subprocess.Popen[str]
     wake: int
     internal: ApiServer   # the agent's private server (its health service: internal._health)
+    tally: Tally          # the serving process's counters, as the agent reads and keeps them
 
     def publish(self, events: list[dict[str, Any]]) -> None:
         """Encode and write events the way the agent does (GrpcFrontend.publish)."""
@@ -43,9 +45,8 @@ class Serving:
             pass
 
     def stats(self) -> dict[str, Any]:
-        procs = fanout.read_stats(self.ring.stats_view())
-        return procs[0] if procs else {"streams_active": 0, "clients": [], "events_sent": 0,
-                                       "events_dropped": 0}
+        """As the agent reports them (streams that ended, in the totals)."""
+        return self.tally.stats()
 
 
 @contextmanager
@@ -65,6 +66,7 @@ def serving_process(tmp_path: Path, address: str = "", *, queue_size: int = 1000
             "--listen", address, "--upstream", internal.address or "", "--queue-size", str(queue_size),
             *(extra or [])]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    tally: Tally | None = None
     proc = subprocess.Popen(argv, pass_fds=(ring.fd, r), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, cwd=ROOT, env=env)
     os.close(r)
@@ -79,8 +81,9 @@ def serving_process(tmp_path: Path, address: str = "", *, queue_size: int = 1000
                 raise RuntimeError(line.strip())
         if not bound:
             raise RuntimeError(f"serving process exited ({proc.wait()}) before listening")
-        srv = Serving(bound, ring, agent, proc, w, internal)
-        wait_for(lambda: fanout.read_stats(ring.stats_view()), what="the serving process's first stats")
+        tally = Tally(ring.stats_view())
+        srv = Serving(bound, ring, agent, proc, w, internal, tally)
+        wait_for(lambda: tally.pid(0) == proc.pid, what="the serving process's stream table")
         yield srv
     finally:
         stop_process(proc)
@@ -88,4 +91,6 @@ def serving_process(tmp_path: Path, address: str = "", *, queue_size: int = 1000
             proc.stderr.close()
         os.close(w)
         internal.stop(grace=0.5)
+        if tally is not None:
+            tally.release()
         ring.close()

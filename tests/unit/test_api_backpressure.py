@@ -157,3 +157,49 @@ def test_events_the_ring_lapped_before_the_serving_process_read_them_are_each_st
             assert front.stats()["ring_lost"] == e["dropped"]
         finally:
             client.close()
+
+
+def test_a_killed_serving_process_leaves_every_streams_events_accounted(tmp_path: Path) -> None:
+    """Each stream's counters are in shared memory as they change, and where it starts in the
+    ring: when its serving process is killed, the agent (Tally.carry_over) counts for each open
+    stream every event offered to it that it had not sent or filtered as dropped: what sat in its
+    queue, what the process had not read. A client that got every event shows it all sent, at
+    once (no report interval to wait for)."""
+    import os
+    import signal
+
+    from tests.api.h2client import RawClient
+
+    queue, n = 2000, 5000   # the stuck client: ~1,400 sent (its window), 2,000 queued, the rest dropped
+    payloads = [wire.reference_bytes(samples.numbered_exec(i)) for i in range(n)]
+    with serving_process(tmp_path, queue_size=queue) as front:
+        reading = RawClient(front.address, window=1 << 30)
+        stuck = RawClient(front.address, window=65535)
+        try:
+            rsid = reading.get_events()
+            stuck.get_events()
+            wait_for(lambda: front.ring.demand() == (2, 2), what="both streams")
+            for i in range(0, n, 500):   # as fast as the reading client takes them
+                front.publish_encoded(payloads[i:i + 500])
+                size = sum(len(p) + 5 for p in payloads[:i + 500])
+                reading.pump(lambda _ev, size=size: len(reading.data.get(rsid, b"")) >= size, timeout=30)
+            assert len(reading.messages(rsid)) == n
+            more = payloads[:700]          # written before the kill, not all read by then
+            front.ring.write_batch(more)   # (no wakeup: the process reads them within 0.25 s, or not)
+            os.kill(front.proc.pid, signal.SIGKILL)
+            front.proc.wait()
+            streams = front.tally.carry_over(0, front.ring.seq, front.ring.skipped)
+        finally:
+            reading.close()
+            stuck.close()
+        assert len(streams) == 2, streams
+        for s in streams:   # every event offered: sent, or counted dropped
+            assert s["offered"] == n + len(more), s
+            assert s["sent"] + s["dropped"] + s["filtered"] + s["errors"] == s["offered"], s
+        fast = next(s for s in streams if s["sent"] >= n)
+        slow = next(s for s in streams if s is not fast)
+        assert fast["sent"] <= n + len(more) and fast["dropped"] == n + len(more) - fast["sent"], fast
+        assert 0 < slow["sent"] < n and slow["dropped"] >= n - queue - slow["sent"], slow
+        st = front.stats()
+        assert st["streams_active"] == 0 and st["clients"] == []
+        assert st["events_sent"] + st["events_dropped"] == 2 * (n + len(more)), st

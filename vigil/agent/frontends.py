@@ -30,6 +30,7 @@ class GrpcFrontend:
         from vigil.api import passthrough
         from vigil.api.server import ApiServer, TlsConfig
         from vigil.api.shm import RingWriter
+        from vigil.api.streamtable import Tally
 
         self.agent = agent
         self.cfg = cfg
@@ -41,14 +42,15 @@ class GrpcFrontend:
         self.internal = ApiServer(agent.control, f"unix://{self.rundir}/agent.sock", info_files=[],
                                   max_workers=workers)
         self.ring = RingWriter(cfg.server_ring_mb << 20)
+        # every stream's counters, from the serving processes' tables in the ring; those of
+        # streams that ended and of processes that died, in its totals (a new process starts at 0)
+        self.tally = Tally(self.ring.stats_view())
+        self._carried: set[int] = set()      # pids of dead serving processes already accounted
         self.procs: list[subprocess.Popen[bytes]] = []
         self.wakes: list[int] = []
         self.restarts = 0
         self._restarting: set[int] = set()   # serving processes being started again (on a thread)
         self._retired: list[int] = []        # wake fds of replaced processes, closed by tick()
-        # counters of serving processes that ended, kept in the totals (a new process starts at 0)
-        self._carried = {"events_sent": 0, "events_dropped": 0, "events_filtered": 0, "ring_lost": 0,
-                         "forwarded_refused": 0, "forwarded_ended_slow": 0}
         self.info_files = [f for f in (cfg.info_file, "/var/run/vigil/vigil-info.json") if f]
         self.tls = None
         if cfg.server_tls_cert_file or cfg.server_tls_key_file:
@@ -125,7 +127,12 @@ class GrpcFrontend:
     def publish(self, events: list[Any]) -> None:
         """Encode each event once into the ring, if a stream has room to take it (when every
         stream's queue is full, the events are counted as dropped for each, never encoded)."""
+        skipped = self.ring.skipped
         if not self.ring.takes(len(events)):
+            if self.ring.skipped != skipped:   # counted for each open stream: not for those of a process gone
+                for i, proc in enumerate(self.procs):
+                    if proc.poll() is not None:
+                        self._gone(i)
             return
         self.ring.populate()
         from vigil.api.wire import encode_event_batch
@@ -136,22 +143,41 @@ class GrpcFrontend:
         if red is not None:  # gRPC clients never see what the export redacts
             events = [e if (d := red.apply(event_dict(e))) is event_dict(e) else DictEvent(d) for e in events]
         self.ring.write_batch(encode_event_batch(events))
-        for w in self.wakes:
+        for i, w in enumerate(self.wakes):
             try:
                 os.write(w, b"x")
-            except (BlockingIOError, BrokenPipeError):
-                pass  # a wakeup is pending already, or the process is gone (tick restarts it)
+            except BlockingIOError:
+                pass  # a wakeup is pending already
+            except BrokenPipeError:   # the process is gone (tick starts another)
+                self._gone(i)
+
+    def _gone(self, i: int) -> None:
+        """Pipeline thread: serving process `i` has died (its end of the wake pipe closed: it
+        writes nothing more): what its open streams had not sent is counted as dropped now,
+        before more events are written or skipped for them."""
+        if i in self._restarting or i >= len(self.procs):
+            return   # (its replacement is starting: that wake fd was the old one's)
+        pid = self.procs[i].pid
+        if pid in self._carried:
+            return
+        self._carried.add(pid)
+        for st in self.tally.carry_over(i, self.ring.seq, self.ring.skipped):
+            log.warning("gRPC serving process %d died: its stream %s is accounted: %d offered, %d sent, "
+                        "%d filtered, %d dropped", pid, st["peer"], st["offered"], st["sent"], st["filtered"],
+                        st["dropped"])
+        self.ring.clear_reader(i)   # its streams no longer ask for records
 
     def tick(self) -> None:
         """Pipeline thread, every second: a serving process that ended is started again on a
         thread of its own (the event loop never waits for one to start)."""
         while self._retired:
             os.close(self._retired.pop())
+        self.tally.harvest()   # the slots of streams that ended, free for new ones
         for i, proc in enumerate(self.procs):
             if proc.poll() is not None and i not in self._restarting:
                 self.restarts += 1
                 log.error("gRPC serving process %d exited (%s); starting another", proc.pid, proc.returncode)
-                self._carry_over(i, proc.pid)
+                self._gone(i)
                 self._restarting.add(i)
                 threading.Thread(target=self._restart, args=(i,), name="vigil-fanout-restart", daemon=True).start()
 
@@ -164,43 +190,22 @@ class GrpcFrontend:
         finally:
             self._restarting.discard(i)
 
-    def _carry_over(self, i: int, pid: int) -> None:
-        """An ended process's counters stay in the totals; its region and its streams' room go."""
-        from vigil.api.fanout import clear_region, read_stats
-
-        for p in read_stats(self.ring.stats_view()):
-            if p["index"] == i and p["pid"] == pid:
-                for k in ("events_sent", "events_dropped", "events_filtered", "ring_lost"):
-                    self._carried[k] += p[k]
-                for k in ("refused", "ended_slow"):
-                    self._carried[f"forwarded_{k}"] += p["forwarded"][k]
-        clear_region(self.ring.stats_view(), i)
-        self.ring.clear_reader(i)
-
     def stats(self) -> dict[str, Any]:
-        from vigil.api.fanout import read_stats
-
-        procs = read_stats(self.ring.stats_view())
-        live = {proc.pid for proc in self.procs if proc.poll() is None}
-        procs = [p for p in procs if p["pid"] in live]   # (an ended one's counters are carried)
-        c = self._carried
+        t = self.tally.stats()
+        fw = t["forwarded"]
         return {
             "serving_processes": len(self.procs), "restarts": self.restarts,
-            "streams_active": sum(p["streams_active"] for p in procs),
-            "events_sent": c["events_sent"] + sum(p["events_sent"] for p in procs),
-            "events_dropped_slow_client": c["events_dropped"] + sum(p["events_dropped"] for p in procs),
-            "events_filtered": c["events_filtered"] + sum(p["events_filtered"] for p in procs),
+            "streams_active": t["streams_active"],
+            "events_sent": t["events_sent"],
+            "events_dropped_slow_client": t["events_dropped"],
+            "events_filtered": t["events_filtered"],
+            "conversion_errors": t["conversion_errors"],
             "ring": {"records": self.ring.records, "bytes": self.ring.bytes, "capacity": self.ring.capacity,
-                     "skipped_no_room": self.ring.skipped,
-                     "lost": c["ring_lost"] + sum(p["ring_lost"] for p in procs)},
-            "clients": [c for p in procs for c in p["clients"]],
+                     "skipped_no_room": self.ring.skipped, "lost": t["ring_lost"]},
+            "clients": t["clients"],
             # calls other than GetEvents that stream (the health service's Watch), passed to the agent
-            "forwarded_streams": {
-                "active": sum(p["forwarded"]["streams_active"] for p in procs),
-                "refused": c["forwarded_refused"] + sum(p["forwarded"]["refused"] for p in procs),
-                "ended_slow_client": c["forwarded_ended_slow"] + sum(p["forwarded"]["ended_slow"] for p in procs),
-                "held_bytes": sum(p["forwarded"]["held_bytes"] for p in procs),
-            },
+            "forwarded_streams": {"active": fw["streams_active"], "refused": fw["refused"],
+                                  "ended_slow_client": fw["ended_slow"], "held_bytes": fw["held_bytes"]},
         }
 
     def stop(self) -> None:
@@ -219,6 +224,7 @@ class GrpcFrontend:
             os.close(w)
         self.procs, self.wakes = [], []
         self.internal.stop(grace=1.0)
+        self.tally.release()
         self.ring.close()
         shutil.rmtree(self.rundir, ignore_errors=True)
 

@@ -6,9 +6,9 @@ many, runs on the agent's interpreter: the agent only encodes each event once an
 it into the ring.
 
 Per client: a bounded queue, filled on the one event loop that reads the ring; a client
-that does not keep up loses the overflow, counted for that client and shown (with what
-it was sent) in the stats block of the ring, which the agent reports in `vigil status`
-and its metrics.
+that does not keep up loses the overflow, counted for that client in its slot of the
+ring's stats block (vigil.api.streamtable), written as it changes, which the agent reports
+in `vigil status` and its metrics, and which outlives this process.
 
     python -m vigil.api.fanout --ring-fd N --wake-fd N --index I --listen ADDR --upstream unix:///... \\
         [--info-file F] [--queue-size N] [--max-streams N] [--max-forwarded-streams N]
@@ -24,58 +24,19 @@ import os
 import signal
 import socket
 import ssl
-import struct
 import sys
-import threading
 from pathlib import Path
-from typing import Any
 
 from vigil.api import listen, shm
 from vigil.api.h2front import FORWARD_BUFFER, Front
 from vigil.api.passthrough import MAX_STREAMS as MAX_FORWARDED_STREAMS, Upstream
 from vigil.api.server import ServerError, TlsConfig, remove_info_files, unix_path, write_info_files
-from vigil.api.streams import StreamStats
-from vigil.core import sharedmem
+from vigil.api.streamtable import MAX_SLOTS, StreamTable
 
 log = logging.getLogger("vigil.api.fanout")
 
 BATCH = 1024              # records read from the ring at a time
 MAX_PROCESSES = shm.READERS
-MAX_CLIENTS = 13           # per process in the stats block
-# pid, streams, sent, dropped, filtered, lost (ring laps); forwarded streaming calls: open, refused
-# (the limit reached), ended for a slow client, bytes held for their clients now and at most
-_SUMMARY = struct.Struct("<IIQQQQQQQQQ")
-_CLIENT = struct.Struct("<40sQQ")         # peer, sent, dropped
-REGION = _SUMMARY.size + MAX_CLIENTS * _CLIENT.size
-FORWARDED = ("streams_active", "refused", "ended_slow", "held_bytes", "held_bytes_max")
-
-
-def read_stats(view: memoryview) -> list[dict[str, Any]]:
-    """The serving processes' counters, as the agent reports them."""
-    out = []
-    for i in range(MAX_PROCESSES):
-        base = i * REGION
-        pid, streams, sent, dropped, filtered, lost, *fwd = _SUMMARY.unpack_from(view, base)
-        if not pid:
-            continue
-        clients = []
-        for k in range(MAX_CLIENTS):
-            peer, csent, cdropped = _CLIENT.unpack_from(view, base + _SUMMARY.size + k * _CLIENT.size)
-            if peer.strip(b"\0"):
-                clients.append({"peer": peer.rstrip(b"\0").decode(errors="replace"), "sent": csent,
-                                "dropped": cdropped})
-        out.append({"index": i, "pid": pid, "streams_active": streams, "events_sent": sent, "events_dropped": dropped,
-                    "events_filtered": filtered, "ring_lost": lost, "clients": clients,
-                    "forwarded": dict(zip(FORWARDED, fwd, strict=True))})
-    return out
-
-
-def clear_region(view: memoryview, index: int) -> None:
-    """An ended serving process's region: no pid, no counters, no clients (the agent carried
-    its counters over)."""
-    view[index * REGION:(index + 1) * REGION] = bytes(REGION)
-
-
 class RingFeed:
     """Reads the ring when the agent says it wrote (a byte on the wake pipe, or every
     POLL seconds) and hands each batch to the front end, on its event loop.
@@ -141,40 +102,7 @@ class RingFeed:
                 break
             publish(batch)
         self.front.account_skipped()  # a lap found by these reads: dropped for the streams open now
-
-
-class StatsWriter(threading.Thread):
-    """Writes this process's counters into its region of the ring's stats block."""
-
-    def __init__(self, view: memoryview, index: int, stats: StreamStats, reader: shm.RingReader,
-                 front: Front | None = None) -> None:
-        super().__init__(name="vigil-fanout-stats", daemon=True)
-        self.view, self.base = view, index * REGION
-        self.stats, self.reader, self.front = stats, reader, front
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.wait(0.5):
-            self.write()
-
-    def write(self) -> None:
-        st = self.stats
-        snap = st.snapshot()
-        fr = self.front
-        up = fr.upstream if fr is not None else None
-        fwd = ((up.streams if up is not None else 0), (up.refused if up is not None else 0), fr.forward_ended_slow,
-               fr.forward_held, fr.forward_held_max) if fr is not None else (0, 0, 0, 0, 0)
-        # written while the agent reads it: never through 0 (a counter read as 0 would look reset)
-        sharedmem.write(self.view, self.base, _SUMMARY, os.getpid(), snap["streams_active"], snap["events_sent"],
-                        snap["events_dropped_slow_client"], snap["events_filtered"], self.reader.lost, *fwd)
-        clients = st.clients()[:MAX_CLIENTS]
-        for k in range(MAX_CLIENTS):
-            off = self.base + _SUMMARY.size + k * _CLIENT.size
-            if k < len(clients):
-                peer, sent, dropped = clients[k]
-                sharedmem.write(self.view, off, _CLIENT, peer.encode()[:40], sent, dropped)
-            else:
-                sharedmem.write(self.view, off, _CLIENT, b"", 0, 0)
+        self.front.write_summary()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vigil-fanout: {e}", file=sys.stderr, flush=True)
         return 1
     reader = shm.RingReader(a.ring_fd, a.index)
+    a.max_streams = min(a.max_streams, MAX_SLOTS // 2)   # room for the slots of streams that ended
     os.set_blocking(a.wake_fd, False)
     return asyncio.run(serve(a, reader, socks, address, ssl_context))
 
@@ -215,8 +144,10 @@ async def serve(a: argparse.Namespace, reader: shm.RingReader, socks: list[socke
                 ssl_context: ssl.SSLContext | None) -> int:
     loop = asyncio.get_running_loop()
     upstream = Upstream(a.upstream, max_streams=a.max_forwarded_streams)
+    table = StreamTable(reader.stats_view(), a.index)
+    table.start(os.getpid())
     front = Front(upstream, queue_size=a.queue_size, max_streams=a.max_streams, on_streams_changed=reader.set_wanted,
-                  read_skipped=reader.missed, forward_buffer=a.forward_buffer)
+                  forward_buffer=a.forward_buffer, reader=reader, table=table)
     feed = RingFeed(reader, a.wake_fd, front)
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -225,8 +156,6 @@ async def serve(a: argparse.Namespace, reader: shm.RingReader, socks: list[socke
     info_files = [Path(f) for f in a.info_file]
     write_info_files(info_files, address)
     feed.start()
-    stats = StatsWriter(reader.stats_view(), a.index, front.stats, reader, front)
-    stats.start()
     print(f"vigil-fanout listening on {address}", file=sys.stderr, flush=True)
     parent = os.getppid()
     while not stopping.is_set():
@@ -245,8 +174,7 @@ async def serve(a: argparse.Namespace, reader: shm.RingReader, socks: list[socke
             os.unlink(path)
         except FileNotFoundError:
             pass
-    stats.stopping.set()
-    stats.write()
+    front.write_summary()
     await loop.run_in_executor(None, upstream.close)
     return 0
 

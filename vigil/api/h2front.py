@@ -41,7 +41,9 @@ from vigil.api import grpcframe
 from vigil.api.clientqueue import ClientQueue
 from vigil.api.passthrough import STREAMING, Upstream
 from vigil.api.pb import events_pb2
-from vigil.api.streams import StreamStats, request_filter
+from vigil.api.shm import RingReader
+from vigil.api.streams import request_filter
+from vigil.api.streamtable import StreamTable
 from vigil.api.wire import EventEncoder
 
 log = logging.getLogger(__name__)
@@ -90,7 +92,8 @@ class Front:
 
     def __init__(self, upstream: Upstream | None, *, queue_size: int = 10000, max_streams: int = 24,
                  max_request: int = MAX_REQUEST, on_streams_changed: Callable[[int, int], None] | None = None,
-                 read_skipped: Callable[[], int] | None = None, forward_buffer: int = FORWARD_BUFFER) -> None:
+                 read_skipped: Callable[[], int] | None = None, forward_buffer: int = FORWARD_BUFFER,
+                 reader: RingReader | None = None, table: StreamTable | None = None) -> None:
         self.upstream = upstream
         self.queue_size = queue_size
         self.max_streams = max_streams
@@ -102,10 +105,12 @@ class Front:
         self.forward_held_max = 0    # ... at most, ever
         self.forward_ended_slow = 0  # forwarded streaming calls ended: their client let too much pile up
         self.on_streams_changed = on_streams_changed  # told (streams with room, streams open)
-        self.read_skipped = read_skipped  # events no stream got, ever (skipped while none had room, lapped)
-        self._skipped_seen = read_skipped() if read_skipped is not None else 0
+        # events no stream got, ever (skipped while none had room, lapped)
+        self.read_skipped = read_skipped if read_skipped is not None or reader is None else reader.missed
+        self._skipped_seen = self.read_skipped() if self.read_skipped is not None else 0
+        self.reader = reader  # where each stream starts in the ring, what it has not read at a stream's end
+        self.table = table    # each stream's counters, in shared memory (vigil.api.streamtable)
         self._wanting = (-1, -1)
-        self.stats = StreamStats()
         self.encoder = EventEncoder()  # re-encodes what field filters rewrite
         self.connections: set[Connection] = set()
         self.event_streams: dict[ClientQueue, Connection] = {}
@@ -137,29 +142,51 @@ class Front:
             for q in self.event_streams:
                 q.skip(n)
 
-    def open_events(self, q: ClientQueue, conn: Connection) -> None:
+    def open_events(self, q: ClientQueue, conn: Connection) -> bool:
+        """Stream `q` is offered every event from now on; False (not opened) when the table of
+        streams has no free slot."""
         self.account_skipped()  # skipped before it came: not its loss
+        if self.table is not None:
+            first, lost = self.reader.position() if self.reader is not None else (0, 0)
+            # (what account_skipped has counted: the agent's skips then, and the laps it found)
+            if not self.table.open(q, conn.peer, first, self._skipped_seen - lost, q.event_filter is not None):
+                return False
         self.event_streams[q] = conn
         q.on_room = self._changed
-        self.stats.open(q, conn.peer)
         self._changed()
+        return True
 
     def close_events(self, q: ClientQueue) -> None:
+        """The stream ended: what it was offered and did not send is dropped: its queue, and
+        the records written before now that this process has not read yet."""
         if q not in self.event_streams:
             return
         self.account_skipped()
+        if self.reader is not None:
+            q.skip(self.reader.unread())
         del self.event_streams[q]
         q.on_room = None
         q.close()
-        self.stats.close(q)
-        self.stats.add(q.sent, q.filtered, q.errors)
+        if self.table is not None:
+            self.table.close(q)
         if q.dropped:
             log.warning("GetEvents stream lost %d events (client too slow)", q.dropped)
         self._changed()
 
     def update_progress(self) -> None:
-        for q in self.event_streams:
-            self.stats.progress(q, q.sent)
+        if self.table is not None:
+            for q in self.event_streams:
+                self.table.update(q)
+        self.write_summary()
+
+    def write_summary(self) -> None:
+        """This process's own counters (ring laps, forwarded streaming calls) in its table."""
+        if self.table is None:
+            return
+        up = self.upstream
+        self.table.summary(self.reader.lost if self.reader is not None else 0,
+                           (up.streams if up is not None else 0, up.refused if up is not None else 0,
+                            self.forward_ended_slow, self.forward_held, self.forward_held_max))
 
     def _changed(self) -> None:
         """Tell the agent how many streams have room, and are open (when either changes)."""
@@ -337,10 +364,15 @@ class Connection(asyncio.Protocol):
             self._finish(st, grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"too many GetEvents streams (limit {front.max_streams})")
             return
+        q = ClientQueue(front.queue_size, event_filter, front.encoder)
+        if not front.open_events(q, self):
+            self._finish(st, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         "too many GetEvents streams ended in the last moment, not yet counted by the agent; "
+                         "try again")
+            return
         st.events = True
-        st.queue = ClientQueue(front.queue_size, event_filter, front.encoder)
+        st.queue = q
         self._send_headers(st, grpcframe.RESPONSE_HEADERS)
-        front.open_events(st.queue, self)
 
     def _forward(self, st: Stream, request: bytes) -> None:
         upstream = self.front.upstream
@@ -363,6 +395,8 @@ class Connection(asyncio.Protocol):
 
         st.cancel = upstream.call(st.method, request, grpcframe.parse_timeout(st.headers.get(b"grpc-timeout")),
                                   metadata, on_message, on_done)
+        if st.held is not None:
+            self.front.write_summary()   # a streaming call forwarded, or refused
 
     def _forwarded_message(self, sid: int, msg: bytes) -> None:
         st = self.streams.get(sid)
@@ -396,6 +430,7 @@ class Connection(asyncio.Protocol):
         self._finish(st, grpc.StatusCode.RESOURCE_EXHAUSTED,
                      f"client too slow: more than {front.forward_buffer} bytes of this stream unread; "
                      "stream ended (call again)")
+        front.write_summary()
 
     def _release_held(self, st: Stream) -> None:
         if st.held:
@@ -458,6 +493,8 @@ class Connection(asyncio.Protocol):
                     again |= q.refill(FILTER_BUDGET)
                 if q.has_data() and budget > 0:
                     budget = self._send(st, q, budget, maxf)
+                    if st.events and self.front.table is not None:
+                        self.front.table.update(q)   # after the write: what it shows sent, was
                     if st.sid not in self.streams:
                         continue
                     again |= q.event_filter is not None and bool(q.pending) and not q.runs

@@ -9,14 +9,14 @@ announces how far it is about to write (`reserve`), so a copy the writer may be 
 is found even before that write is published.
 
 Layout of the memfd (all little endian):
-  header (4096 bytes): magic u32, version u32, capacity u64, ver u64 (even when stable),
+  header (HEADER bytes): magic u32, version u32, capacity u64, ver u64 (even when stable),
     head u64 (bytes written, ever), seq u64 (records written, ever), wanted u64 x READERS
     (each reader's streams: how many are open << 32 | how many have room for records; the
     writer skips encoding while no stream anywhere has room), skipped u64 (events the writer
     did not encode because no stream had room, ever: each reader counts them as dropped for
     every stream it had then), reserve u64 (the byte position the writer is writing up to,
-    stored before the record's bytes), then from STATS_OFF a stats block written by the
-    readers (vigil.api.fanout).
+    stored before the record's bytes), then from STATS_OFF a stats block: each reader's
+    counters and its streams' (vigil.api.streamtable), which outlive the reader.
   Words another process reads are stored whole (vigil.core.sharedmem), never through 0.
   data (capacity bytes): records [len u32][pad u32][seq u64][payload][pad to 8]; a record
     that does not fit before the end of the data starts at its beginning, the rest of the
@@ -34,8 +34,8 @@ from vigil.core import native, sharedmem
 from vigil.core.sharedmem import Words
 
 MAGIC = 0x56474C52  # "VGLR"
-VERSION = 4
-HEADER = 4096
+VERSION = 5
+HEADER = 32768                       # (the stats block: a slot for every stream of every reader)
 READERS = 4                          # serving processes, each with its own `wanted` word
 _HDR = struct.Struct("<IIQQQQ")      # magic, version, capacity, ver, head, seq
 _REC = struct.Struct("<IIQ")         # len, pad, seq
@@ -68,6 +68,11 @@ class RingWriter:
         self.records = 0
         self.bytes = 0
         self.skipped = 0
+
+    @property
+    def seq(self) -> int:
+        """The seq of the last record published (records are numbered from 1)."""
+        return self._seq
 
     def demand(self) -> tuple[int, int]:
         """(streams with room for records, streams open), over all readers; no room
@@ -224,6 +229,14 @@ class RingReader:
     def missed(self) -> int:
         """Events no stream of this reader got, ever: skipped by the writer, or lost to a lap."""
         return self.skipped() + self.lost
+
+    def position(self) -> tuple[int, int]:
+        """(the seq of the next record this reader will read, records it has lost so far)."""
+        return self._next, self.lost
+
+    def unread(self) -> int:
+        """Records the writer has published that this reader has not read yet."""
+        return max(0, self._position()[1] - self._next + 1)
 
     def read(self, max_records: int = 4096, *, framed: bool = False) -> list[bytes]:
         """Records written since the last call (at most max_records); `framed`: each
