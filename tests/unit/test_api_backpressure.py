@@ -203,3 +203,47 @@ def test_a_killed_serving_process_leaves_every_streams_events_accounted(tmp_path
         st = front.stats()
         assert st["streams_active"] == 0 and st["clients"] == []
         assert st["events_sent"] + st["events_dropped"] == 2 * (n + len(more)), st
+
+
+def test_a_filtered_streams_drops_are_counted_before_its_filter(tmp_path: Path) -> None:
+    """What a stream loses before its filter sees it is dropped whatever the filter would have
+    said: a stream that allows one binary only, lapped by the ring while its process was stopped,
+    counts the lost events (none of them that binary) as dropped, not filtered. The records are
+    overwritten: nobody can tell which would have passed. Its client entry says it is a filtered
+    stream (its drops: an upper bound on the matching events it missed); sent + filtered + dropped
+    is still every event."""
+    import os
+    import signal
+
+    from tests.api.h2client import RawClient
+    from vigil.api.pb import events_pb2
+
+    n = 3000  # ~1,400 bytes each: more than the 1 MiB ring holds
+    events = [samples.numbered_exec(i) for i in range(n)]
+    for e in events:
+        e["process_exec"]["process"]["arguments"] = "x" * 1300
+    payloads = [wire.reference_bytes(e) for e in events]
+    request = events_pb2.GetEventsRequest(allow_list=[events_pb2.Filter(binary_regex=["^/never/this$"])])
+    with serving_process(tmp_path, ring_mb=1) as front:
+        client = RawClient(front.address, window=1 << 30)
+        try:
+            client.request("/tetragon.FineGuidanceSensors/GetEvents", request.SerializeToString())
+            wait_for(lambda: front.ring.demand() == (1, 1), what="the stream, with room")
+            os.kill(front.proc.pid, signal.SIGSTOP)
+            try:
+                front.publish_encoded(payloads)
+            finally:
+                os.kill(front.proc.pid, signal.SIGCONT)
+            front.poke()
+            front.publish_encoded(payloads[:10])   # read after the lap: filtered out, counted filtered
+
+            def counted() -> dict[str, Any] | None:
+                st = front.stats()
+                return st if st["events_dropped"] + st["events_filtered"] >= n + 10 else None
+            st = wait_for(counted, what="every event dropped or filtered")
+            (c,) = st["clients"]
+            assert c["filtered_stream"] and c["sent"] == 0, c
+            assert st["events_filtered"] >= 10 and c["dropped"] == st["events_dropped"] > 0, st
+            assert st["events_dropped"] + st["events_filtered"] == n + 10, st
+        finally:
+            client.close()

@@ -93,14 +93,18 @@ class AgentCollector(Collector):
             sent = CounterMetricFamily("vigil_grpc_events_sent", "Events sent to GetEvents clients, by client",
                                        labels=["peer"])
             dropped = CounterMetricFamily("vigil_grpc_events_dropped",
-                                          "Events a GetEvents client did not keep up with, by client", labels=["peer"])
+                                          "Events a GetEvents client lost (its queue full, skipped while every "
+                                          "stream was full, overwritten in the ring before they were read), by "
+                                          "client; counted before the stream's filters: for a filtered stream, "
+                                          "an upper bound on the matching events it missed", labels=["peer"])
             for c in grpc_st["clients"]:
                 sent.add_metric([c["peer"]], c["sent"])
                 dropped.add_metric([c["peer"]], c["dropped"])
             yield sent
             yield dropped
             yield CounterMetricFamily("vigil_grpc_slow_client_drops",
-                                      "Events dropped for slow GetEvents clients, ended streams included",
+                                      "Events dropped for slow GetEvents clients, ended streams included "
+                                      "(counted before each stream's filters: see vigil_grpc_events_dropped)",
                                       value=grpc_st.get("events_dropped_slow_client", 0))
         fw = grpc_st.get("forwarded_streams")
         if fw is not None:

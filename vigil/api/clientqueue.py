@@ -14,6 +14,14 @@ A queue that overflowed is `full` until it has sent down to half its limit: whil
 stream is full, the agent does not encode events at all (vigil.api.shm, `wanted`), and
 what it skipped is counted as dropped here (`skip`). The half-limit margin keeps a slow
 client busy while the agent resumes, and keeps the flag from flipping on every send.
+
+`dropped` is counted before the stream's filters. A client with filters loses events it
+would have filtered out along with those it wanted: its overflow is unfiltered (`pending`),
+the agent's skipped events were never encoded, the records a ring lap overwrote cannot be
+read back, and none of them can be put through the filter; filtering them anyway would cost
+the slow client's process the very work it could not keep up with. So for an unfiltered
+stream `dropped` is exactly what its client lost, and for a filtered one it is an upper
+bound on the matching events it lost (`filtered` counts only events it did evaluate).
 """
 from __future__ import annotations
 

@@ -87,6 +87,12 @@ class Stream:
         self.held: int | None = None  # a forwarded streaming call: bytes queued for its client
 
 
+def removes_events(event_filter: Any) -> bool:
+    """Whether a stream's filters can leave events out (an allow or a deny list), not only
+    rewrite them (field filters, redaction): its drops are then an upper bound on what it missed."""
+    return event_filter is not None and bool(event_filter.allow or event_filter.deny)
+
+
 class Front:
     """Every connection and GetEvents stream of a serving process (one event loop)."""
 
@@ -133,7 +139,9 @@ class Front:
     def account_skipped(self) -> None:
         """What no stream got since the last look is dropped for every stream open now: the
         events the agent skipped (each stream was full: had one had room, the agent would have
-        encoded them) and those the ring's writer went over before this process read them."""
+        encoded them) and those the ring's writer went over before this process read them.
+        Neither can be put through a stream's filters (never encoded; overwritten), so a
+        filtered stream counts them all, those it would have filtered out too."""
         if self.read_skipped is None:
             return
         now = self.read_skipped()
@@ -149,7 +157,7 @@ class Front:
         if self.table is not None:
             first, lost = self.reader.position() if self.reader is not None else (0, 0)
             # (what account_skipped has counted: the agent's skips then, and the laps it found)
-            if not self.table.open(q, conn.peer, first, self._skipped_seen - lost, q.event_filter is not None):
+            if not self.table.open(q, conn.peer, first, self._skipped_seen - lost, removes_events(q.event_filter)):
                 return False
         self.event_streams[q] = conn
         q.on_room = self._changed

@@ -2,7 +2,8 @@
 
 Each stream gets its own bounded Subscription. Publishing never blocks, so when a
 client reads slowly, gRPC flow control stalls only that stream's thread, its queue
-fills up and the bus drops (and counts) the overflow for that subscriber alone.
+fills up and the bus drops (and counts) the overflow for that subscriber alone, before
+its filters (as the serving processes count: vigil.api.clientqueue).
 
 Streams yield wire bytes (the GetEvents handler is registered with an identity
 serializer, see servicer.add_to_server): every stream shares one `wire.EventEncoder`,

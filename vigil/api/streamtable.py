@@ -24,13 +24,15 @@ connection: never ahead of it). Events written between the death and the agent n
 up to one batch more than the stream was open for, never less.
 
 "Sent" is handed to the client's connection; what a killed process had in its connection's
-buffers is lost with it, counted as sent.
+buffers is lost with it, counted as sent. "Dropped" is counted before the stream's filters
+(vigil.api.clientqueue): for a stream with filters (flag FILTERED, `filtered_stream` in the
+agent's status) it is an upper bound on the matching events it lost, not their number.
 
 Layout of a region (u64 words, stored whole, never through 0: vigil.core.sharedmem):
   summary: pid, ring records lost (laps), forwarded streaming calls: open, refused, ended for
     a slow client, bytes held now, bytes held at most (vigil.api.h2front)
   MAX_SLOTS slots: state (FREE, OPEN, CLOSED), first ring seq, agent skips at open, sent,
-    dropped, filtered, unconvertible, flags (FILTERED: the stream has filters), peer (40 bytes)
+    dropped, filtered, unconvertible, flags (FILTERED: an allow or deny list), peer (40 bytes)
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ from vigil.core.sharedmem import Words
 PROCESSES = shm.READERS
 MAX_SLOTS = 64                 # streams per serving process, open or ended and not yet harvested
 FREE, OPEN, CLOSED = 0, 1, 2
-FILTERED = 1                   # flags: the stream has filters (its drops are counted before them)
+FILTERED = 1                   # flags: the stream has an allow or deny list (its drops: counted before it)
 _SUMMARY_WORDS = 7
 _PID, _LOST, _FWD = 0, 8, 16   # summary offsets; _FWD: 5 words
 FORWARDED = ("streams_active", "refused", "ended_slow", "held_bytes", "held_bytes_max")
