@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import select
 import shutil
@@ -489,3 +490,74 @@ def test_chrooted_process_paths_are_relative_to_its_root(workdir: Path, tmp_path
 
 def _is_busybox(path: Path) -> bool:
     return b"BusyBox" in path.read_bytes()[:2_000_000]
+
+
+def _procfs_pids(export: Path) -> set[int]:
+    out = set()
+    for line in export.read_text().splitlines():
+        e = json.loads(line)
+        if "process_exec" in e and "procFS" in e["process_exec"]["process"]["flags"]:
+            out.add(e["process_exec"]["process"]["pid"])
+    return out
+
+
+def test_zombies_and_processes_gone_before_the_seed_leave_nothing(workdir: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch):
+    """A zombie (exited, not reaped) found by the scan, and a process that exits between the
+    scan and the seed, get no execve_map entry, no cache entry and no procfs process_exec
+    (whose exit would never come: the kernel reported it before the seed)."""
+    import vigil.agent.agent as agent_mod
+
+    holder = subprocess.Popen([sys.executable, "-c", "import os, sys, time\npid = os.fork()\nif pid == 0:\n"
+                               "    os._exit(3)\nprint(pid, flush=True)\nsys.stdin.read()\n"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert holder.stdout is not None and holder.stdin is not None
+    zombie = int(holder.stdout.readline())
+    late = subprocess.Popen([str(workdir / "sleeper"), "60"])
+    # alive although its leader is a zombie: the main thread ended with pthread_exit
+    leaderless = subprocess.Popen([sys.executable, "-c", "import ctypes, threading, time\n"
+                                   "threading.Thread(target=time.sleep, args=(60,)).start()\n"
+                                   "ctypes.CDLL(None).pthread_exit(None)\n"])
+    real_scan = agent_mod.scan
+
+    def scan_then_exit(clock):  # type: ignore[no-untyped-def]
+        snaps = real_scan(clock)
+        late.kill()
+        late.wait()
+        return snaps
+
+    monkeypatch.setattr(agent_mod, "scan", scan_then_exit)
+    try:
+        for _ in range(1000):  # the child has exited: a zombie until its parent reads stdin's end
+            if Path(f"/proc/{zombie}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("the child did not become a zombie")
+        for _ in range(1000):
+            if Path(f"/proc/{leaderless.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("the leader did not end")
+        export = tmp_path / "zombie.log"
+        cfg = AgentConfig(export_filename=str(export), server_address="", node_name="vigil-test")
+        with RunningAgent(cfg) as ra:
+            for pid in (zombie, late.pid):
+                assert _map_entry(ra, pid) is None, pid
+                assert ra.agent.cache.by_pid(pid) is None, pid
+            for pid in (holder.pid, leaderless.pid):  # the rest is there
+                assert ra.agent.cache.by_pid(pid) is not None, pid
+                assert _map_entry(ra, pid) is not None, pid
+            assert ra.agent.status()["restart"]["procfs_gone"] >= 1
+            ra.collect(lambda: (holder.stdin.close(), holder.wait()))  # type: ignore[union-attr]
+        found = _procfs_pids(export)
+        assert holder.pid in found and leaderless.pid in found and zombie not in found and late.pid not in found
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        for p in (late, leaderless):
+            if p.poll() is None:
+                p.kill()
+                p.wait()

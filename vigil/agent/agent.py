@@ -32,7 +32,7 @@ from vigil.events.source import EventSource, RecordingSource
 from vigil.process.build import BuildOptions, EventBuilder
 from vigil.process.cache import ProcessCache
 from vigil.process.clock import WallClock
-from vigil.process.procfs import scan
+from vigil.process.procfs import scan, still_running
 
 if TYPE_CHECKING:
     from vigil.sensors.process import ProcessSensor
@@ -69,7 +69,7 @@ class Agent:
                                        R.OP_DATA: pe.handle_data})
         self.pins: Any = None                # PinDir while --keep-sensors-on-exit is on
         self._previous: list[Any] = []       # runs a killed or keeping agent left pinned
-        self.restart: dict[str, int] = {}    # what was recovered from / lost by those runs
+        self.restart: dict[str, int] = {}    # what start recovered from / lost by those runs, and fixed up
         self.k8s: Any = None  # vigil.k8s.stage.K8sStage with --enable-k8s-api
         self._started = False  # start() completed: only then may close() leave sensors pinned
 
@@ -225,11 +225,16 @@ class Agent:
         known = sensor.seed(
             (s.pid, s.exec_ktime, s.ppid, s.pktime, s.filename,
              (s.cap_effective, s.cap_inheritable, s.cap_permitted), s.ns) for s in snaps)
+        # exited between the scan and the seed: the kernel reported the exit before the entry
+        # was there, so nothing would ever remove it, nor end its procfs event
+        gone = {s.pid for s in snaps if s.pid not in known and not still_running(s)
+                and sensor.forget(s.pid, s.exec_ktime) != "absent"}  # absent: its exit record follows
+        self.restart["procfs_gone"] = len(gone)
         if recovered:
             self.pipeline.handle(recovered)  # execs and exits while no agent ran, in their order
         now = time.monotonic_ns()
         batch: list[Event] = [self.builder.on_procfs(s, now) for s in snaps
-                 if s.pid not in known and self.cache.by_pid(s.pid) is None]
+                 if s.pid not in known and s.pid not in gone and self.cache.by_pid(s.pid) is None]
         self.pipeline.emit(batch)
 
     def request_stop(self) -> None:

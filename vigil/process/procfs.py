@@ -83,6 +83,31 @@ def _starttime_ticks(stat: bytes) -> tuple[int, int]:
     return int(rest[1]), int(rest[19])
 
 
+def _exited(stat: bytes | None) -> bool:
+    return stat is None or stat[stat.rindex(b")") + 2 :][:1] in (b"Z", b"X")
+
+
+def _dead(pid: int, stat: bytes) -> bool:
+    """The thread group has exited and is only not reaped yet: its leader is in state Z
+    (zombie) or X and so is every other thread (a leader that ended with pthread_exit is a
+    zombie too while its threads run: that process lives)."""
+    if not _exited(stat):
+        return False
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return True
+    return all(_exited(_read(f"/proc/{pid}/task/{t}/stat")) for t in tids)
+
+
+def still_running(s: ProcSnapshot) -> bool:
+    """The process of snapshot s is alive: same pid, same start time, not exited."""
+    stat = _read(f"/proc/{s.pid}/stat")
+    if stat is None or _dead(s.pid, stat):
+        return False
+    return _starttime_ticks(stat)[1] * 1_000_000_000 // CLK_TCK == s.boottime
+
+
 def _ns_inums(pid: int) -> list[int]:
     out = []
     for name in NS_NAMES:
@@ -107,8 +132,8 @@ def snapshot(pid: int, clock: WallClock, cg_root: str, start_ticks: dict[int, in
     base = f"/proc/{pid}"
     stat = _read(f"{base}/stat")
     status = _read(f"{base}/status")
-    if stat is None or status is None:
-        return None  # gone
+    if stat is None or status is None or _dead(pid, stat):
+        return None  # gone, or a zombie: the kernel reported its exit already
     s = ProcSnapshot()
     ppid, ticks = _starttime_ticks(stat)
     s.pid = s.tid = pid

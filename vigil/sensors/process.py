@@ -113,6 +113,24 @@ class ProcessSensor:
                     raise
         return known
 
+    def entry(self, pid: int) -> tuple[Any, ...] | None:
+        """pid's execve_map entry, as ENTRY's fields."""
+        assert self.obj is not None
+        raw = self.obj.map("execve_map").lookup(struct.pack("<I", pid))
+        return ENTRY.unpack_from(raw) if raw is not None else None
+
+    def forget(self, pid: int, ktime: int) -> str:
+        """Remove the entry seed() wrote for a process that turned out gone: "deleted"; "absent"
+        when the kernel's exit program removed it already (its exit record carries that key);
+        "replaced" when the pid holds another process's entry (left alone)."""
+        assert self.obj is not None
+        e = self.entry(pid)
+        if e is None:
+            return "absent"
+        if (e[0], e[2]) != (pid, ktime):
+            return "replaced"
+        return "deleted" if self.obj.map("execve_map").delete(struct.pack("<I", pid)) else "absent"
+
     def drops(self) -> dict[str, int]:
         m = self.drops_map
         return {cause: m.sum_percpu_u64(struct.pack("<I", i)) for i, cause in enumerate(DROP_CAUSES)
