@@ -79,7 +79,7 @@ class AgentControl:
             "maps": a.sensor.map_usage() if a.sensor is not None else {},
             "programs": self._program_stats(),
             "policy_events": [{"policy": lp.name, "hook": kind, "count": n}
-                              for lp in pols for kind, n in lp.events.items()],
+                              for lp in pols for kind, n in list(lp.events.items())],
             "policy_actions": [{"policy": lp.name, "namespace": lp.compiled.policy.namespace or "", "hook": k[0],
                                 "hook_index": k[1], "selector_index": k[2], "selector_label": k[3],
                                 "action": k[4], "count": n}

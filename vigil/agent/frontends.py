@@ -9,11 +9,13 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("vigil.agent")
@@ -34,7 +36,9 @@ class GrpcFrontend:
 
         self.agent = agent
         self.cfg = cfg
-        self.rundir = tempfile.mkdtemp(prefix="vigil-agent-", dir=_run_root())
+        root = _run_root()
+        _remove_stale_rundirs(root)
+        self.rundir = tempfile.mkdtemp(prefix="vigil-agent-", dir=root)
         # room for every call the serving processes forward at once (unary and streaming: a
         # streaming call the agent serves holds one of its calls as long as it lasts), so that
         # no number of forwarded streams can make the agent refuse the others
@@ -240,6 +244,37 @@ def _run_root() -> str:
         except OSError:
             continue
     return tempfile.gettempdir()
+
+
+STALE_AFTER_S = 60.0   # a run directory this old with no agent listening in it was left by a killed one
+
+
+def _remove_stale_rundirs(root: str, now: float | None = None) -> int:
+    """Remove the private directories of agents that were killed (SIGKILL, OOM) and never
+    cleaned up: nothing listens on their socket. A young one may belong to an agent that is
+    starting right now (its socket not bound yet), so those are left alone."""
+    now = time.time() if now is None else now
+    removed = 0
+    for d in Path(root).glob("vigil-agent-*"):
+        try:
+            if not d.is_dir() or d.is_symlink() or now - d.stat().st_mtime < STALE_AFTER_S:
+                continue
+        except OSError:
+            continue
+        sock = d / "agent.sock"
+        if sock.exists():
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(1.0)
+                try:
+                    s.connect(str(sock))
+                    continue  # an agent serves here
+                except OSError:
+                    pass
+        shutil.rmtree(d, ignore_errors=True)
+        removed += 1
+    if removed:
+        log.info("removed %d run directories of agents that did not stop cleanly", removed)
+    return removed
 
 
 def _drain_log(proc: subprocess.Popen[str]) -> None:
