@@ -2,6 +2,7 @@
 open denial through fanotify permission events, network denial through cgroup-BPF socket hooks."""
 from __future__ import annotations
 
+import errno
 import socket
 import subprocess
 from pathlib import Path
@@ -157,3 +158,62 @@ def test_exec_control_with_a_vfork_holding_the_gil(running_agent: RunningAgent, 
         a.delete_policy(name)
     assert results == {"blocked": 1, "allowed": 0}  # EPERM from the refused exec
     assert not (edir / "vfork-blocked").exists() and (edir / "vfork-allowed").exists()
+
+
+def test_mode_switch_of_socket_rules_is_all_or_nothing(running_agent: RunningAgent, monkeypatch: pytest.MonkeyPatch):
+    """A policy with two cgroup-socket hooks: when the second cannot take its monitor-mode rules,
+    set_mode fails with PolicyError naming it and leaves the whole policy enforcing (the first
+    hook's kernel rules, its flags and the policy's mode restored)."""
+    from vigil.core.errors import PolicyError
+    from vigil.enforce.netrules import NetRuleError
+    from vigil.kernel import policy_layout as L
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    port = srv.getsockname()[1]
+    text = C.policy("deny-connect-bind-port", f"""
+kprobes:
+- call: sys_connect
+  syscall: true
+  args: [{{index: 1, type: sockaddr}}]
+  selectors:
+  - matchArgs:
+    - {{index: 1, operator: SAddr, values: ["127.0.0.1/32"]}}
+    - {{index: 1, operator: SPort, values: ["{port}"]}}
+    matchActions: [{{action: Override, argError: -1}}]
+- call: sys_bind
+  syscall: true
+  args: [{{index: 1, type: sockaddr}}]
+  selectors:
+  - matchArgs:
+    - {{index: 1, operator: SAddr, values: ["127.0.0.1/32"]}}
+    - {{index: 1, operator: SPort, values: ["{port}"]}}
+    matchActions: [{{action: Override, argError: -1}}]
+""")
+    a = running_agent.agent
+    name = a.policies.add_text(text, "<t>")[0]
+    connect = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=5).close()"
+    try:
+        lp = a.policies._get(name)
+        nds = [gh for gh in lp.hooks if getattr(gh, "nd", None) is not None]
+        assert len(nds) == 2
+
+        def broken(rules: object) -> None:
+            raise NetRuleError("injected: writing the rule set failed")
+        monkeypatch.setattr(nds[1].nd, "set_rules", broken)
+        with pytest.raises(PolicyError, match="injected"):
+            a.policies.set_mode(name, "monitor")
+        assert lp.mode == "enforce"
+        for gh in nds:
+            assert not gh.monitor and not any(r.monitor for r in gh.rules)
+            assert not any(r.monitor for r in gh.nd.rules)  # the kernel's rules in force
+            assert not gh.compiled.config.flags & L.HOOK_MONITOR
+        assert C._child(connect) == errno.EPERM
+        monkeypatch.undo()
+        a.policies.set_mode(name, "monitor")
+        assert lp.mode == "monitor" and all(r.monitor for gh in nds for r in gh.nd.rules)
+        assert C._child(connect) == 0
+    finally:
+        a.delete_policy(name)
+        srv.close()

@@ -401,27 +401,63 @@ class PolicyManager:
             lp.enabled = enabled
 
     def set_mode(self, name: str, mode: str, namespace: str = "") -> None:
+        """Switch every hook of the policy, or none: what can be refused (socket rules that do not
+        compile) is checked for all hooks first; a hook that fails while switching puts the hooks
+        switched before it back, and the policy keeps its mode."""
         if mode not in ("enforce", "monitor"):
             raise PolicyError(f"mode must be enforce or monitor, not {mode!r}")
+        monitor = mode == "monitor"
         with self._lock:
             lp = self._get(name, namespace)
-            for gh in lp.hooks:
-                if not gh.compiled.hook_id:
-                    continue  # an enforcer: it acts on notes, which monitor mode never leaves
-                cfg = gh.compiled.config
-                cfg.flags = (cfg.flags & ~L.HOOK_MONITOR) | (L.HOOK_MONITOR if mode == "monitor" else 0)
-                if hasattr(gh, "set_monitor"):  # the fanotify back end: a new helper table
-                    gh.set_monitor(mode == "monitor")
-                elif hasattr(gh, "monitor"):  # the cgroup socket back end
-                    gh.monitor = mode == "monitor"
-                    if getattr(gh, "nd", None) is not None:
-                        import dataclasses
-
-                        gh.rules = [dataclasses.replace(r, monitor=gh.monitor) for r in gh.rules]
-                        gh.nd.set_rules(gh.rules)
-                elif gh.obj is not None:
-                    gh.obj.map("hook_config").update(struct.pack("<I", 0), bytes(cfg))
+            # enforcers (hook id 0) act on notes, which monitor mode never leaves
+            hooks = [gh for gh in lp.hooks if gh.compiled.hook_id]
+            prepared = {id(gh): gh.prepare_monitor(monitor) for gh in hooks if hasattr(gh, "prepare_monitor")}
+            done: list[tuple[Any, int, bool | None]] = []
+            try:
+                for gh in hooks:
+                    cfg = gh.compiled.config
+                    state = (gh, cfg.flags, getattr(gh, "monitor", None))
+                    try:
+                        self._switch_hook(gh, monitor, prepared.get(id(gh)))
+                    except BaseException:
+                        # a failed switch replaced nothing in the kernel (each back end keeps
+                        # its rules, table or config in force): only the Python side goes back
+                        cfg.flags = state[1]
+                        if state[2] is not None:
+                            gh.monitor = state[2]
+                        raise
+                    done.append(state)
+            except BaseException as e:
+                for gh, flags, was in reversed(done):
+                    try:
+                        self._switch_hook(gh, bool(was) if was is not None else not monitor, None, flags)
+                    except Exception as undo:  # noqa: BLE001 - report, keep restoring the others
+                        log.error("policy %s: restoring the mode of %s failed: %s", name,
+                                  gh.compiled.placement.describe(), undo)
+                if isinstance(e, Exception):
+                    raise PolicyError(f"policy {name!r}: switching to {mode} mode failed, the policy stays in "
+                                      f"{lp.mode} mode: {e}") from e
+                raise
             lp.mode = mode
+
+    @staticmethod
+    def _switch_hook(gh: Any, monitor: bool, rules: Any, flags: int | None = None) -> None:
+        """One hook to a mode (`flags`: the config flags to restore instead of deriving them)."""
+        cfg = gh.compiled.config
+        new = flags if flags is not None else \
+            (cfg.flags & ~L.HOOK_MONITOR) | (L.HOOK_MONITOR if monitor else 0)
+        if hasattr(gh, "prepare_monitor"):  # the cgroup socket back end: a new rule set
+            gh.set_monitor(monitor, rules)
+        elif hasattr(gh, "set_monitor"):  # the fanotify back end: a new helper table
+            gh.set_monitor(monitor)
+        elif gh.obj is not None:
+            old, cfg.flags = cfg.flags, new
+            try:
+                gh.obj.map("hook_config").update(struct.pack("<I", 0), bytes(cfg))
+            except BaseException:
+                cfg.flags = old
+                raise
+        cfg.flags = new
 
     def close(self) -> None:
         with self._lock:

@@ -256,6 +256,35 @@ class NetDenyHook:
             raise
         self.nd = nd
 
+    def prepare_monitor(self, monitor: bool) -> list[NetRule]:
+        """The rules of this hook in that mode, compiled (nothing in the kernel changes):
+        PolicyError when they cannot be loaded."""
+        from vigil.enforce.netrules import NetRuleError, compile_rules
+
+        rules = self._build(monitor)
+        if self.nd is not None:
+            try:
+                compile_rules(rules, max_prefixes=self.nd.max_cidrs // 2)
+            except NetRuleError as e:
+                raise PolicyError(f"{self.compiled.placement.loc}: socket rules of {self.compiled.placement.target}: "
+                                  f"{e}") from None
+        return rules
+
+    def set_monitor(self, monitor: bool, rules: list[NetRule] | None = None) -> None:
+        """Switch mode: the new rule set replaces the old one atomically in the kernel, or
+        PolicyError and this hook stays as it was."""
+        from vigil.enforce.netrules import NetRuleError
+
+        if rules is None:
+            rules = self.prepare_monitor(monitor)
+        if self.nd is not None:
+            try:
+                self.nd.set_rules(rules)
+            except NetRuleError as e:
+                raise PolicyError(f"{self.compiled.placement.loc}: socket rules of {self.compiled.placement.target}: "
+                                  f"{e}") from None
+        self.monitor, self.rules = monitor, rules
+
     def attach(self) -> None:
         if self.nd is not None and not self.nd.attached:
             self.nd.attach()
