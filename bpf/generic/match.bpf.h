@@ -133,6 +133,9 @@ static __always_inline int val_in_map(__u32 map_id, __s64 v)
 static __always_inline int int_filter(struct vp_filter *f, __s64 v)
 {
 	struct scratch *s;
+	/* an unsigned argument's order: flipping the sign bit of both sides maps unsigned order
+	 * onto signed (GT, LT and the ranges; equality and masks do not need it) */
+	__s64 bias = f->flags & VP_FF_UNSIGNED ? (__s64)(1ULL << 63) : 0;
 	int i, any = 0;
 
 	if (f->flags & VP_FF_MAP) {
@@ -151,9 +154,9 @@ static __always_inline int int_filter(struct vp_filter *f, __s64 v)
 	}
 	switch (f->op) {
 	case VP_OP_GT:
-		return v > f->lo[0];
+		return (v ^ bias) > (f->lo[0] ^ bias);
 	case VP_OP_LT:
-		return v < f->lo[0];
+		return (v ^ bias) < (f->lo[0] ^ bias);
 	case VP_OP_INMAP:
 	case VP_OP_NOTINMAP:
 		s = scratch();
@@ -185,7 +188,7 @@ static __always_inline int int_filter(struct vp_filter *f, __s64 v)
 		case VP_OP_NOTSPORT:
 		case VP_OP_DPORT:
 		case VP_OP_NOTDPORT:
-			any |= v >= f->lo[i] && v <= f->hi[i];
+			any |= (v ^ bias) >= (f->lo[i] ^ bias) && (v ^ bias) <= (f->hi[i] ^ bias);
 			break;
 		}
 	}

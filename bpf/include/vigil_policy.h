@@ -106,6 +106,8 @@ enum vp_op {
 
 /* vp_filter.flags */
 #define VP_FF_MAP (1 << 0)   /* the values are in val_map under map_id (lists of any length) */
+#define VP_FF_UNSIGNED (1 << 1) /* an unsigned argument (u64 size_t, ulong, ...): GT, LT and the
+				 * ranges compare the 64-bit values unsigned (else signed) */
 
 /* vp_guard.op: conditions on raw values checked before anything else */
 enum vp_guard_op {

@@ -161,6 +161,68 @@ def test_integer_operators(running_agent: RunningAgent, pywork: Path, case, inde
     assert bool(got) == hit, got
 
 
+# lseek offsets the test passes (as u64; the syscall gets them as the same 64 bits), on either
+# side of 2^63: where signed and unsigned order part
+U64 = (0, 1, 2**63 - 1, 2**63, 2**63 + 1, 0xFFFFFFFF81000000, 2**64 - 2, 2**64 - 1)
+HIGH = {2**63, 2**63 + 1, 0xFFFFFFFF81000000, 2**64 - 2, 2**64 - 1}   # negative as s64
+ORDER_CASES = [
+    # (id, argument type, operator, values, the offsets (u64) that match)
+    ("u64-gt-top-of-s64", "uint64", "GT", '["9223372036854775807"]', HIGH),
+    ("u64-gt-max-minus-1", "uint64", "GT", '["18446744073709551614"]', {2**64 - 1}),
+    ("u64-lt-2p63", "uint64", "LT", '["9223372036854775808"]', {0, 1, 2**63 - 1}),
+    ("u64-lt-max", "uint64", "LessThan", '["18446744073709551615"]', set(U64) - {2**64 - 1}),
+    ("ulong-gt-kernel-base", "ulong", "GT", '["0xffffffff80000000"]', {0xFFFFFFFF81000000, 2**64 - 2, 2**64 - 1}),
+    ("ulong-inrange-across-2p63", "ulong", "InRange", '["0x7fffffffffffffff:0xffffffff81000000"]',
+     {2**63 - 1, 2**63, 2**63 + 1, 0xFFFFFFFF81000000}),
+    ("sizet-inrange-across-2p63", "size_t", "InRange", '["9223372036854775807:9223372036854775809"]',
+     {2**63 - 1, 2**63, 2**63 + 1}),
+    ("u64-notinrange-inner", "uint64", "NotInRange", '["1:0xfffffffffffffffe"]', {0, 2**64 - 1}),
+    ("s64-lt-zero", "int64", "LT", '["0"]', HIGH),
+    ("s64-gt-minus-2", "int64", "GreaterThan", '["-2"]', {0, 1, 2**63 - 1, 2**64 - 1}),
+    ("s64-inrange-around-zero", "int64", "InRange", '["-2:1"]', {2**64 - 2, 2**64 - 1, 0, 1}),
+    ("long-notinrange-negatives", "long", "NotInRange", '["-9223372036854775808:-1"]', {0, 1, 2**63 - 1}),
+]
+ODD_WHENCE = 77  # no lseek whence: the call fails with EINVAL before it looks at the offset
+
+
+@pytest.mark.parametrize("case, atype, op, values, hits", ORDER_CASES, ids=[c[0] for c in ORDER_CASES])
+def test_integer_order_follows_the_arguments_signedness(running_agent: RunningAgent, pywork: Path,
+                                                        case, atype, op, values, hits):
+    """GT, LT and the ranges on a 64-bit argument: unsigned types order values of 2^63 and
+    above above 2^63 - 1 (kernel addresses, 2^64 - 1), signed types order them below 0; the
+    reference evaluator decides each call the same."""
+    from vigil.policy.evaluate import Call, HookRules, Process, decide
+    from vigil.policy.loader import parse_policies
+
+    spec = f"""
+kprobes:
+- call: sys_lseek
+  syscall: true
+  args: [{{index: 1, type: {atype}}}, {{index: 2, type: int}}]
+  selectors:
+  - matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
+    matchArgs:
+    - {{index: 2, operator: Equal, values: ["{ODD_WHENCE}"]}}
+    - {{index: 1, operator: {op}, values: {values}}}
+"""
+    name = f"order-{case}"
+    text = policy_yaml(name, spec)
+    kp = parse_policies(text)[0].spec.kprobes[0]
+    rules = HookRules(kp.args, kp.selectors)
+    proc = Process(binary=f"{pywork}/vpy")
+    assert {v for v in U64 if decide(rules, proc, Call((v, ODD_WHENCE))).matched} == hits
+    offsets = [v - 2**64 if v >= 2**63 else v for v in U64]  # os.lseek takes a signed off_t
+    code = ("import os\nfd = os.open('/dev/null', os.O_RDONLY)\n"
+            f"for off in {offsets!r}:\n    try: os.lseek(fd, off, {ODD_WHENCE})\n    except OSError: pass\n")
+    r = Run()
+    with loaded(running_agent, text):
+        events = running_agent.collect(lambda: run_py(pywork, code, out=r))
+    got = [b["args"][0] for _, b in policy_events(events, r.pid, name)]
+    key = "long_arg" if atype in ("int64", "long") else "size_arg"
+    assert all(set(a) <= {key} for a in got), got
+    assert sorted(int(a[key]) & (2**64 - 1) for a in got) == sorted(hits)
+
+
 def test_non_matching_events_cost_no_record(running_agent: RunningAgent, pywork: Path):
     d = str(pywork / "data")
     spec = OPENAT.format(index=1, op="Equal", values=f'["{d}/never-opened"]')

@@ -205,6 +205,104 @@ kprobes:
     assert ports == [1, 2, 3, 4, 5, 6, 7, 8, 100, 101, 102]
 
 
+# (policy type of lseek's offset, do GT, LT and the ranges compare unsigned?)
+ORDER_TYPES = [("uint64", True), ("ulong", True), ("size_t", True), ("uint32", True), ("uint16", True),
+               ("uint8", True), ("int64", False), ("long", False), ("sint64", False), ("int", False),
+               ("int32", False), ("int16", False), ("int8", False)]
+
+
+@pytest.mark.parametrize("atype, unsigned", ORDER_TYPES, ids=[t for t, _ in ORDER_TYPES])
+def test_integer_filters_say_how_the_arguments_type_orders(atype: str, unsigned: bool) -> None:
+    """The kernel compares GT, LT and the ranges unsigned on unsigned types (FF_UNSIGNED), signed
+    on the others; the evaluator reads the same from the type's name."""
+    from vigil.policy.validate_args import compares_unsigned
+
+    cp = comp(f"""
+kprobes:
+- call: sys_lseek
+  syscall: true
+  args: [{{index: 1, type: {atype}}}]
+  selectors:
+  - matchArgs:
+    - {{index: 1, operator: GT, values: ["1"]}}
+    - {{index: 1, operator: LessThan, values: ["100"]}}
+    - {{index: 1, operator: InRange, values: ["2:3"]}}
+    - {{index: 1, operator: NotInRange, values: ["5:7"]}}
+""", HOST)
+    (ch,) = cp.hooks
+    flags = [ch.config.sel[0].args[j].flags for j in range(4)]
+    assert flags == [L.FF_UNSIGNED if unsigned else 0] * 4
+    assert compares_unsigned(atype) is unsigned
+
+
+# (type, operator, values, (lo, hi) of each value as the kernel holds them: 64-bit patterns)
+EXTREME_VALUES = [
+    ("uint64", "GT", '["18446744073709551615"]', [(-1, -1)]),
+    ("uint64", "LT", '["9223372036854775808"]', [(-2**63, -2**63)]),
+    ("ulong", "InRange", '["0xffffffff80000000:0xffffffffffffffff"]', [(-2**31, -1)]),
+    ("size_t", "NotInRange", '["0:18446744073709551614", "18446744073709551615:18446744073709551615"]',
+     [(0, -2), (-1, -1)]),
+    ("int64", "InRange", '["-9223372036854775808:9223372036854775807"]', [(-2**63, 2**63 - 1)]),
+    ("long", "LT", '["-1"]', [(-1, -1)]),
+]
+
+
+@pytest.mark.parametrize("atype, op, values, lohi", EXTREME_VALUES, ids=[f"{c[0]}-{c[1]}" for c in EXTREME_VALUES])
+def test_the_whole_range_of_the_type_reaches_the_kernel(atype: str, op: str, values: str, lohi: list) -> None:
+    cp = comp(f"""
+kprobes:
+- call: sys_lseek
+  syscall: true
+  args: [{{index: 1, type: {atype}}}]
+  selectors:
+  - matchArgs: [{{index: 1, operator: {op}, values: {values}}}]
+""", HOST)
+    (ch,) = cp.hooks
+    f = ch.config.sel[0].args[0]
+    assert [(f.lo[k], f.hi[k]) for k in range(f.nvals)] == lohi
+    assert bool(f.flags & L.FF_UNSIGNED) == (atype not in ("int64", "long"))
+
+
+@pytest.mark.parametrize("atype, value", [("uint64", "-1"), ("uint64", "18446744073709551616"),
+                                          ("ulong", "0x10000000000000000"), ("int64", "9223372036854775808"),
+                                          ("long", "-9223372036854775809"), ("uint32", "4294967296")])
+def test_values_outside_the_types_range_are_refused(atype: str, value: str) -> None:
+    (msg,) = errors(f"""
+kprobes:
+- call: sys_lseek
+  syscall: true
+  args: [{{index: 1, type: {atype}}}]
+  selectors:
+  - matchArgs: [{{index: 1, operator: GT, values: ["{value}"]}}]
+""", HOST)
+    assert f"does not fit argument type {atype}" in msg
+
+
+def test_auto_arguments_and_return_values_order_by_their_type() -> None:
+    """type auto: the tracepoint field's signedness (syscall fields are all unsigned longs);
+    matchReturnArgs: the returnArg's type."""
+    cp = comp("""
+tracepoints:
+- subsystem: syscalls
+  event: sys_enter_read
+  args: [{index: 7}]
+  selectors:
+  - matchArgs: [{index: 7, operator: GT, values: ["4096"]}]
+""", HOST)
+    assert cp.hooks[0].config.sel[0].args[0].flags == L.FF_UNSIGNED
+    for ret_type, flag in (("size_t", L.FF_UNSIGNED), ("uint64", L.FF_UNSIGNED), ("int", 0), ("long", 0)):
+        cp = comp(f"""
+kprobes:
+- call: sys_read
+  syscall: true
+  return: true
+  returnArg: {{index: 0, type: {ret_type}}}
+  selectors:
+  - matchReturnArgs: [{{index: 0, operator: GT, values: ["100"]}}]
+""", HOST)
+        assert cp.hooks[0].config.sel[0].ret[0].flags == flag, ret_type
+
+
 def test_resolve_steps_come_from_btf() -> None:
     """resolve on an LSM hook argument (VM facts: BTF of the 6.12 guest)."""
     cp = comp("""

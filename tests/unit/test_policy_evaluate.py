@@ -33,7 +33,9 @@ def rules(spec: str) -> HookRules:
             + textwrap.indent(textwrap.dedent(spec).strip("\n"), "  ") + "\n")
     (p,) = parse_policies(text)
     h = p.spec.kprobes[0] if p.spec.kprobes else p.spec.tracepoints[0]
-    return HookRules(h.args, h.selectors, tracepoint=not p.spec.kprobes, lists={ls.name: ls for ls in p.spec.lists})
+    ret = getattr(h, "return_arg", None)
+    return HookRules(h.args, h.selectors, tracepoint=not p.spec.kprobes, lists={ls.name: ls for ls in p.spec.lists},
+                     ret_type=ret.type if ret is not None else "")
 
 
 def proc(**kw) -> Process:
@@ -70,8 +72,72 @@ def test_integer_operators_on_the_kernels_signed_64_bit_value():
     assert int_match("Mask", [(0x4, 0x4), (0x10, 0x10)], 0x14) and not int_match("Mask", [(0x8, 0x8)], 0x7)
     assert int_match("InRange", [(1, 3)], 3) and int_match("NotInRange", [(1, 3)], 4)
     assert int_match("InMap", [(7, 7)], 7) and int_match("NotInMap", [(7, 7)], 8)
-    # a u64 size above 2^63 is negative to the kernel
+    # to a signed type (the default) 2^63 and above are negative
     assert int_match("LT", [(0, 0)], 2 ** 64 - 1)
+
+
+# (operator, values, value, signed result, unsigned result): 2^63 and above are negative to a
+# signed type and above 2^63 - 1 to an unsigned one
+ORDER = [
+    ("GT", [(2**63 - 1, 2**63 - 1)], 2**64 - 1, False, True),
+    ("GT", [(0xFFFFFFFF80000000, 0xFFFFFFFF80000000)], 0xFFFFFFFF81000000, True, True),
+    ("GT", [(0, 0)], 0xFFFFFFFF81000000, False, True),
+    ("LT", [(0, 0)], -1, True, False),
+    ("LT", [(2**64 - 1, 2**64 - 1)], 2**64 - 2, True, True),
+    ("LT", [(-1, -1)], 5, False, True),            # -1 of an unsigned type is 2^64 - 1
+    ("LessThan", [(2**63, 2**63)], 2**63 - 1, False, True),
+    ("InRange", [(2**63 - 1, 2**63 + 1)], 2**63, False, True),
+    ("InRange", [(-2, 1)], 2**64 - 1, True, False),
+    ("NotInRange", [(1, 2**64 - 2)], 5, True, False),     # signed: an empty range
+    ("NotInRange", [(0, 2**63 - 1)], 2**63, True, True),
+    ("Equal", [(2**64 - 1, 2**64 - 1)], -1, True, True),  # the same 64 bits either way
+    ("Mask", [(2**63, 2**63)], -1, True, True),
+]
+
+
+@pytest.mark.parametrize("op, values, v, signed, unsigned", ORDER)
+def test_integer_order_is_the_arguments_types(op, values, v, signed, unsigned):
+    assert int_match(op, values, v) is signed
+    assert int_match(op, values, v, unsigned=True) is unsigned
+
+
+def test_unsigned_argument_types_compare_unsigned_through_the_rules():
+    for atype, hit in (("uint64", True), ("size_t", True), ("ulong", True), ("int64", False), ("long", False)):
+        r = rules(f"""
+        kprobes:
+        - call: sys_lseek
+          syscall: true
+          args: [{{index: 1, type: {atype}}}]
+          selectors:
+          - matchArgs: [{{index: 1, operator: GT, values: ["0"]}}]
+        """)
+        assert decide(r, proc(), Call((0xFFFFFFFF81000000,))).matched is hit, atype
+    # auto (the kernel's field type decides): known only where both orders agree
+    r = rules("""
+    tracepoints:
+    - subsystem: syscalls
+      event: sys_enter_lseek
+      args: [{index: 6}]
+      selectors:
+      - matchArgs: [{index: 6, operator: GT, values: ["0"]}]
+    """)
+    assert decide(r, proc(), Call((5,))).matched
+    assert not decide(r, proc(), Call((0,))).matched
+    assert "whether it is signed is not known" in decide(r, proc(), Call((2**64 - 1,))).unknown
+
+
+def test_return_values_order_by_the_return_args_type():
+    for ret_type, hit in (("size_t", True), ("uint64", True), ("long", False), ("int", False)):
+        r = rules(f"""
+        kprobes:
+        - call: sys_read
+          syscall: true
+          return: true
+          returnArg: {{index: 0, type: {ret_type}}}
+          selectors:
+          - matchReturnArgs: [{{index: 0, operator: GT, values: ["100"]}}]
+        """)
+        assert decide(r, proc(), Call((), -14)).matched is hit, ret_type
 
 
 def test_socket_operators():

@@ -49,6 +49,7 @@ OP = dict(
     DAddr=24, NotDAddr=25, Protocol=26, Family=27, State=28, FileType=29, NotFileType=30,
 )
 FF_MAP = 1 << 0
+FF_UNSIGNED = 1 << 1  # an unsigned argument: GT, LT and the ranges compare unsigned 64-bit values
 
 # enum vp_guard_op
 G_EQ, G_BIT, G_MASK, G_NOMASK, G_NE, G_UMASK = 1, 2, 3, 4, 5, 6

@@ -49,6 +49,9 @@ SOCK_OPS = ("SPort", "NotSPort", "SPortPriv", "NotSportPriv", "DPort", "NotDPort
             "SAddr", "NotSAddr", "DAddr", "NotDAddr", "Protocol", "Family", "State")
 INT_OPS = ("Equal", "NotEqual", "GT", "LT", "GreaterThan", "LessThan", "Mask", "InRange", "NotInRange",
            "InMap", "NotInMap")
+# arguments whose value the kernel holds zero-extended: GT, LT and the ranges compare unsigned
+# (validate_args.compares_unsigned says the same of the policy's type names)
+UNSIGNED_VTYPES = {L.T[t] for t in ("uint", "size", "syscall64", "kernel_cap", "capset")}
 NS_INDEX = {n: i for i, n in enumerate(enums.NAMESPACES)}
 CAP_TYPE = {"Effective": 0, "Inheritable": 1, "Permitted": 2}
 S_IFMT = {"sock": 0o140000, "socket": 0o140000, "lnk": 0o120000, "link": 0o120000, "reg": 0o100000,
@@ -469,6 +472,8 @@ def _str_value(v: str) -> bytes:
 
 def _compile_filter(ch: CompiledHook, f: L.Filter, e: ArgSelector, plan: ArgPlan | None, map_id: int,
                     errs: _Errors, *, is_return: bool = False) -> None:
+    """One matchArgs entry on argument `plan`, or (is_return) one matchReturnArgs entry on the
+    return value (`plan`: the returnArg's plan, None when the hook declares none)."""
     op = e.operator
     vtype = plan.vtype if plan is not None else L.T["long"]
     if op in ("SubString", "SubStringIgnCase", "CelExpr", "CapabilitiesGained"):
@@ -577,6 +582,8 @@ def _compile_filter(ch: CompiledHook, f: L.Filter, e: ArgSelector, plan: ArgPlan
     if op in ("Mask", "GT", "LT", "GreaterThan", "LessThan") and len(ranges) > L.MAX_VALUES:
         errs.error(e.at("values"), f"at most {L.MAX_VALUES} values for {op} (Vigil's limit)", "vigil")
         return
+    if vtype in UNSIGNED_VTYPES:
+        f.flags |= L.FF_UNSIGNED  # 2^63 and above are above 2^63 - 1, not negative
     _set_values(ch, f, ranges, e, errs, map_id)
 
 
@@ -635,7 +642,7 @@ def _compile_selector(ch: CompiledHook, hook: object, pl: Placement, si: int, se
             s.present |= L.SEL_RETARGS
             s.nret = len(sel.match_return_args)
             for k, e in enumerate(sel.match_return_args):
-                _compile_filter(ch, s.ret[k], e, None, (si << 4) | (8 + k), errs, is_return=True)
+                _compile_filter(ch, s.ret[k], e, pl.ret, (si << 4) | (8 + k), errs, is_return=True)
     if sel.match_pids:
         if len(sel.match_pids) > L.MAX_PID_FILTERS:
             errs.error(sel.at("matchPIDs"), f"at most {L.MAX_PID_FILTERS} matchPIDs entries per selector "

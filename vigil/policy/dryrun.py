@@ -28,7 +28,7 @@ from typing import Any
 from . import enums
 from .evaluate import NS_KEYS, Call, Decision, HookRules, Process, Sock, Unknown, decide, pod_selector_match
 from .findings import Correlator, finding_sequence
-from .model import KProbeSpec, Policy, Selector
+from .model import KProbeSpec, Policy, Selector, UProbeSpec
 from .values import parse_duration
 
 Event = dict[str, Any]
@@ -82,7 +82,7 @@ def hooks_of(policy: Policy) -> list[HookView]:
     for section in ("kprobes", "fentries"):
         for i, kp in enumerate(getattr(spec, section)):
             calls = _expand(policy, kp)
-            rules = HookRules(kp.args, kp.selectors, lists=lists)
+            rules = HookRules(kp.args, kp.selectors, lists=lists, ret_type=_ret_type(kp))
             hv = HookView(section, i, "process_kprobe", tuple(calls), rules, kp)
             for c in calls:
                 if c in EXEC_KPROBES:
@@ -102,8 +102,13 @@ def hooks_of(policy: Policy) -> list[HookView]:
         out.append(hv)
     for i, up in enumerate(spec.uprobes):
         keys = tuple(f"{up.path}:{s}" for s in up.symbols) or (up.path,)
-        out.append(HookView("uprobes", i, "process_uprobe", keys, HookRules(up.args, up.selectors, lists=lists), up))
+        out.append(HookView("uprobes", i, "process_uprobe", keys,
+                            HookRules(up.args, up.selectors, lists=lists, ret_type=_ret_type(up)), up))
     return out
+
+
+def _ret_type(spec: KProbeSpec | UProbeSpec) -> str:
+    return spec.return_arg.type if spec.return_ and spec.return_arg is not None else ""
 
 
 def _expand(policy: Policy, kp: KProbeSpec) -> list[str]:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from . import enums
 from .model import ActionSelector, ArgSelector, KProbeArg, LabelSelector, Selector
 from .syscall_place import list_syscall_numbers
+from .validate_args import compares_unsigned
 from .values import (
     parse_capability,
     parse_cidr,
@@ -115,6 +116,7 @@ class HookRules:
     selectors: tuple[Selector, ...]
     tracepoint: bool = False
     lists: Mapping[str, object] = field(default_factory=dict)   # spec.lists by name (InMap list:)
+    ret_type: str = ""            # returnArg's type (its GT/LT/ranges order by it); "": none
 
 
 @dataclass(frozen=True)
@@ -186,10 +188,16 @@ def _int_values(e: ArgSelector, lists: Mapping[str, object]) -> list[tuple[int, 
     return [(parse_int(v), parse_int(v)) for v in e.values]
 
 
-def int_match(op: str, values: Sequence[tuple[int, int]], v: int) -> bool:
-    """Integer operators on the 64-bit signed value the kernel holds."""
-    v = s64(v)
-    vals = [(s64(lo), s64(hi)) for lo, hi in values]
+def u64(v: int) -> int:
+    return v & ((1 << 64) - 1)
+
+
+def int_match(op: str, values: Sequence[tuple[int, int]], v: int, unsigned: bool = False) -> bool:
+    """Integer operators on the 64-bit value the kernel holds: GT, LT and the ranges order it
+    as signed, or (`unsigned`: an argument of an unsigned type) as unsigned."""
+    conv = u64 if unsigned else s64
+    v = conv(v)
+    vals = [(conv(lo), conv(hi)) for lo, hi in values]
     if op in ("GT", "GreaterThan"):
         return bool(vals) and v > vals[0][0]
     if op in ("LT", "LessThan"):
@@ -229,8 +237,14 @@ def sock_match(op: str, values: Sequence[str], s: Sock) -> bool:
     return any(have == parse(v) for v in values)
 
 
-def arg_match(e: ArgSelector, value: Value | None, lists: Mapping[str, object] | None = None) -> Truth:
-    """One matchArgs / matchReturnArgs entry against one argument value."""
+ORDERED_OPS = ("GT", "LT", "GreaterThan", "LessThan", "InRange", "NotInRange")
+
+
+def arg_match(e: ArgSelector, value: Value | None, lists: Mapping[str, object] | None = None,
+              unsigned: bool | None = False) -> Truth:
+    """One matchArgs / matchReturnArgs entry against one argument value. `unsigned`: how the
+    argument's type orders integers (validate_args.compares_unsigned); None, not known (type
+    auto): an ordered comparison the two orders decide differently is undecidable."""
     op = e.operator
     if value is None:
         return Unknown(f"argument for {op} not available")
@@ -244,7 +258,13 @@ def arg_match(e: ArgSelector, value: Value | None, lists: Mapping[str, object] |
         return kernel_string_match(op, e.values, value)
     if op not in INT_OPS:
         return Unknown(f"operator {op} does not apply to integer arguments")
-    return int_match(op, _int_values(e, lists or {}), value)
+    vals = _int_values(e, lists or {})
+    if unsigned is None:
+        hit = int_match(op, vals, value)
+        if op in ORDERED_OPS and int_match(op, vals, value, unsigned=True) != hit:
+            return Unknown(f"{op} on an argument of type auto: whether it is signed is not known")
+        return hit
+    return int_match(op, vals, value, unsigned)
 
 
 # ---------------------------------------------------------------- process filters
@@ -406,7 +426,8 @@ def args_match(rules: HookRules, sel: Selector, call: Call) -> Truth:
         if isinstance(pos, Unknown):
             return pos
         value = call.args[pos] if pos < len(call.args) else None
-        t = arg_match(e, value, rules.lists)
+        atype = rules.args[pos].type if pos < len(rules.args) else "auto"
+        t = arg_match(e, value, rules.lists, compares_unsigned(atype))
         if t is False:
             return False
         checks.append(t)
@@ -429,7 +450,8 @@ def return_matches(rules: HookRules, sel: Selector, call: Call) -> Truth:
     for e in sel.match_return_args:
         if call.ret is None:
             return Unknown("matchReturnArgs needs the return value")
-        checks.append(arg_match(e, call.ret, rules.lists))
+        # the kernel orders a return value of no declared (or auto) type as signed
+        checks.append(arg_match(e, call.ret, rules.lists, compares_unsigned(rules.ret_type) or False))
     return _and(*checks)
 
 

@@ -19,6 +19,18 @@ INT_BITS = {
 }
 UNSIGNED = {"uint8", "uint16", "uint32", "ulong", "uint64", "size_t", "kernel_cap_t",
             "cap_inheritable", "cap_permitted", "cap_effective"}
+
+
+def compares_unsigned(atype: str) -> bool | None:
+    """How GT, LT, InRange and NotInRange order the values of integer argument type `atype`, in
+    the kernel and in the evaluator: True as unsigned 64-bit values (2^64 - 1 is the largest),
+    False as signed (-1 is below 0); None for `auto`, where the kernel's type of the argument
+    decides (compile.UNSIGNED_VTYPES)."""
+    if atype == "auto":
+        return None
+    return atype in UNSIGNED or atype in ("syscall64", "unsigned long")
+
+
 CAP_TYPES = {"kernel_cap_t", "cap_inheritable", "cap_permitted", "cap_effective", "cred"}
 STRING_TYPES = {"string", "char_buf", "filename", "fd", "file", "path", "dentry", "linux_binprm",
                 "data_loc", "net_device", "kiocb"}
