@@ -561,3 +561,77 @@ def test_zombies_and_processes_gone_before_the_seed_leave_nothing(workdir: Path,
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+FORKER = """import os, signal, sys
+while True:
+    if not os.read(0, 1):
+        os._exit(0)
+    pid = os.fork()
+    if pid:  # the parent stops here; the child serves the next command
+        os.write(1, b"%d\\n" % pid)
+        signal.pause()
+"""
+
+
+@pytest.mark.parametrize("take", [True, False], ids=["lookup-and-delete", "check-then-write"])
+def test_processes_forked_between_attach_and_seed_get_their_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   take: bool):
+    """A fork after the programs attached but before the seed copies its parent's entry, which
+    does not exist yet: the child's entry is empty (no binary, caps or namespaces), and so is
+    every entry forked from it, for life (matchBinaries, capabilities, followChildren miss a
+    pre-fork server's workers). After the seed those entries are filled in, from the scan for
+    a process it saw, else from the parent's entry, keeping the kernel's exec key."""
+    import vigil.agent.agent as agent_mod
+    from vigil.sensors.process import ProcessSensor
+
+    py = os.path.realpath(sys.executable)
+    server = subprocess.Popen([py, "-c", FORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert server.stdin is not None and server.stdout is not None
+    pids = [server.pid]
+    real_scan = agent_mod.scan
+
+    def fork() -> int:
+        server.stdin.write(b"f")  # type: ignore[union-attr]
+        server.stdin.flush()  # type: ignore[union-attr]
+        pid = int(server.stdout.readline())  # type: ignore[union-attr]
+        pids.append(pid)
+        return pid
+
+    def scan_in_the_window(clock):  # type: ignore[no-untyped-def]
+        fork()          # a worker the scan sees
+        snaps = real_scan(clock)
+        fork()          # and its own fork, after the scan: in no snapshot
+        return snaps
+
+    monkeypatch.setattr(agent_mod, "scan", scan_in_the_window)
+    if not take:  # what a kernel before 5.14 (no lookup-and-delete on hash maps) gets
+        monkeypatch.setattr(ProcessSensor, "take_supported", False)
+    elif not ProcessSensor.take_supported:
+        pytest.skip("no lookup-and-delete for hash maps here")
+    try:
+        cfg = AgentConfig(export_filename=str(tmp_path / "window.log"), server_address="", node_name="vigil-test")
+        with RunningAgent(cfg) as ra:
+            ra.collect(lambda: None)  # the forks' records are in the cache
+            caps = _status_caps(server.pid)
+            parent = _map_entry(ra, server.pid)
+            assert parent is not None and parent["bin"] == py
+            for pid in pids[1:]:
+                e = _map_entry(ra, pid)
+                assert e is not None
+                assert e["bin"] == py, (pid, e)
+                assert e["caps"] == (caps["CapEff"], caps["CapInh"], caps["CapPrm"])
+                assert e["ns"][:3] == parent["ns"][:3] and all(e["ns"])
+                assert e["pkey"] == parent["key"]
+                # the kernel's identity of the fork, the one its records and the cache carry
+                c = ra.agent.cache.by_pid(pid)
+                assert c is not None and c.key == e["key"] and c.key != parent["key"]
+                parent = e
+            assert ra.agent.status()["restart"]["execve_map_repaired"] >= 2
+    finally:
+        for pid in reversed(pids):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        server.wait()

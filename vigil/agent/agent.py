@@ -32,7 +32,7 @@ from vigil.events.source import EventSource, RecordingSource
 from vigil.process.build import BuildOptions, EventBuilder
 from vigil.process.cache import ProcessCache
 from vigil.process.clock import WallClock
-from vigil.process.procfs import scan, still_running
+from vigil.process.procfs import alive, scan, still_running
 
 if TYPE_CHECKING:
     from vigil.sensors.process import ProcessSensor
@@ -225,6 +225,10 @@ class Agent:
         known = sensor.seed(
             (s.pid, s.exec_ktime, s.ppid, s.pktime, s.filename,
              (s.cap_effective, s.cap_inheritable, s.cap_permitted), s.ns) for s in snaps)
+        # forked between attach and seed: the kernel gave them an empty entry (no parent one yet)
+        self.restart["execve_map_repaired"] = sensor.repair(
+            {s.pid: (s.filename, (s.cap_effective, s.cap_inheritable, s.cap_permitted), s.ns) for s in snaps},
+            {s.pid for s in snaps if s.pid not in known}, alive)
         # exited between the scan and the seed: the kernel reported the exit before the entry
         # was there, so nothing would ever remove it, nor end its procfs event
         gone = {s.pid for s in snaps if s.pid not in known and not still_running(s)

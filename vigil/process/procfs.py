@@ -108,6 +108,12 @@ def still_running(s: ProcSnapshot) -> bool:
     return _starttime_ticks(stat)[1] * 1_000_000_000 // CLK_TCK == s.boottime
 
 
+def alive(pid: int) -> bool:
+    """A process with this pid runs (has not exited)."""
+    stat = _read(f"/proc/{pid}/stat")
+    return stat is not None and not _dead(pid, stat)
+
+
 def _ns_inums(pid: int) -> list[int]:
     out = []
     for name in NS_NAMES:

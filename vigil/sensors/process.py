@@ -6,13 +6,15 @@ flavour is tried first and the raw one used where the kernel refuses it.
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from vigil.events import records as R
-from vigil.kernel import BpfError, BpfObject, possible_cpus
+from vigil.kernel import BpfError, BpfObject, Map, _libbpf as L, possible_cpus
 from vigil.kernel.cgroups import tracking as cgroup_tracking
 from vigil.kernel.layouts import Layout
 from vigil.kernel.paths import bpf_object
@@ -28,10 +30,19 @@ ENTRY = Layout("execve_entry", "key.pid:I key.pad:I key.ktime:Q pkey.pid:I pkey.
 BINARY_LEN = 256
 BPF_NOEXIST = 1
 ARGS_CAP = 32767
+REPAIR_ROUNDS = 16  # fixed-point passes of repair() (one per generation forked in the window)
+
+# take an entry out atomically (kernels >= 5.14 for hash maps): repair() writes only where it
+# took an entry that was still empty, so an exec's entry written meanwhile is never replaced
+_take: Any = None
+if hasattr(L.lib, "bpf_map_lookup_and_delete_elem"):
+    _take = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, use_errno=True)(
+        ("bpf_map_lookup_and_delete_elem", L.lib))
 
 
 class ProcessSensor:
     name = "process"
+    take_supported = _take is not None  # lookup-and-delete on execve_map (see repair())
 
     def __init__(self, *, args_max: int = 4096, ringbuf_bytes: int = 8 << 20, execve_map_entries: int = 32768):
         if not 0 < args_max <= ARGS_CAP:
@@ -112,6 +123,90 @@ class ProcessSensor:
                 else:
                     raise
         return known
+
+    def repair(self, snaps: Mapping[int, tuple[str, tuple[int, int, int], tuple[int, ...]]],
+               seeded: set[int], alive: Callable[[int], bool]) -> int:
+        """Fill the entries of processes forked between attach and seed; returns how many.
+
+        Such a fork copied its parent's entry before the seed wrote it: its entry has no
+        binary, caps or namespaces (and its own forks copy that). Each entry without a binary
+        that seed() did not write gets snaps[pid] (binary, caps, namespaces) if the scan saw
+        the process, else its parent's entry if that is filled and older than the fork;
+        its key stays the kernel's (the one its records carry). Repeated until nothing
+        changes, for forks of forks. Kernel threads stay empty: the scan saw no binary, or
+        their parent (kthreadd) has none.
+        """
+        assert self.obj is not None
+        m = self.obj.map("execve_map")
+        total = 0
+        for _ in range(REPAIR_ROUNDS):
+            n = 0
+            for k, v in m.items():
+                f = ENTRY.unpack_from(v)
+                if f[6] or f[0] in seeded:
+                    continue
+                new = self._filled(m, f, snaps.get(f[0]))
+                if new is not None and self._replace_empty(m, k, f, new):
+                    n += 1
+                    if not alive(f[0]):  # it exited while its entry was out: nothing removes it now
+                        self.forget(f[0], f[2])
+            total += n
+            if not n:
+                break
+        return total
+
+    @staticmethod
+    def _filled(m: Map, f: tuple[Any, ...], snap: tuple[str, tuple[int, int, int], tuple[int, ...]] | None
+                ) -> bytes | None:
+        pid, ktime, ppid, pktime = f[0], f[2], f[3], f[5]
+        raw = m.lookup(struct.pack("<I", ppid))
+        parent = ENTRY.unpack_from(raw) if raw is not None else None
+        if parent is not None and parent[2] > ktime:
+            parent = None  # the parent's image now is newer than the fork: not what it copied
+        if parent is not None and not pktime:  # the parent had no entry at the fork: its key now
+            pktime = parent[2]
+        if snap is not None:
+            binary, caps, ns = snap
+            b = binary.encode("utf-8", "surrogateescape")[: BINARY_LEN - 1]
+            if not b:
+                return None
+            follow = parent[22] if parent is not None and parent[6] else 0
+            return ENTRY.pack(pid, 0, ktime, ppid, 0, pktime, len(b), 0, b, *caps, *ns, follow)
+        if parent is None or not parent[6]:
+            return None
+        return ENTRY.pack(pid, 0, ktime, ppid, 0, pktime, *parent[6:])
+
+    @staticmethod
+    def _replace_empty(m: Map, key: bytes, was: tuple[Any, ...], new: bytes) -> bool:
+        """Write new where the entry `was` still is (race-safe against the programs: an
+        exec's or a new process's entry written meanwhile stays)."""
+        if not ProcessSensor.take_supported:  # libbpf or kernel without it: check, then write
+            cur = m.lookup(key)
+            if cur is None or ENTRY.unpack_from(cur)[:7] != was[:7]:
+                return False
+            try:
+                m.update(key, new, 2)  # BPF_EXIST
+            except BpfError:
+                return False
+            return True
+        buf = ctypes.create_string_buffer(m.value_size)
+        if _take(m.fd, key, buf):
+            err = ctypes.get_errno()
+            if err == errno.ENOENT:  # exited meanwhile
+                return False
+            if err in (errno.EINVAL, errno.EOPNOTSUPP, 524):  # an older kernel (524: ENOTSUPP)
+                ProcessSensor.take_supported = False
+                return ProcessSensor._replace_empty(m, key, was, new)
+            raise BpfError("map execve_map: lookup and delete", err)
+        took = ENTRY.unpack_from(buf.raw)
+        put = new if took[:7] == was[:7] else buf.raw  # an exec (or a new process) meanwhile: back
+        try:
+            m.update(key, put, BPF_NOEXIST)
+        except BpfError as e:
+            if e.errno != errno.EEXIST:  # the kernel wrote a newer one in between: it stays
+                raise
+            return False
+        return put is new
 
     def entry(self, pid: int) -> tuple[Any, ...] | None:
         """pid's execve_map entry, as ENTRY's fields."""
