@@ -235,6 +235,9 @@ def test_a_filtered_streams_drops_are_counted_before_its_filter(tmp_path: Path) 
             finally:
                 os.kill(front.proc.pid, signal.SIGCONT)
             front.poke()
+            # the lap handled first: published before it, the 10 would be part of what it skips
+            wait_for(lambda: front.stats()["events_dropped"] + front.stats()["events_filtered"] >= n or None,
+                     what="the lap accounted")
             front.publish_encoded(payloads[:10])   # read after the lap: filtered out, counted filtered
 
             def counted() -> dict[str, Any] | None:
