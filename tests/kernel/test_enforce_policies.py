@@ -71,6 +71,11 @@ def test_network_denial(running_agent: RunningAgent):
         events = running_agent.collect(lambda: res.update(C.run_connect_case(srv)))
         prog_ids = next(p for p in a.list_policies() if p["name"] == name)["program_ids"]
         assert prog_ids
+        # its events and programs in the policy metrics (tetragon_policy_events_total, overhead)
+        st = a.status()
+        assert [e["count"] for e in st["policy_events"] if e["policy"] == name] == [1], st["policy_events"]
+        progs = [p for p in st["programs"] if p["policy"] == name]
+        assert {p["sensor"] for p in progs} == {"netdeny"} and {p["id"] for p in progs} == set(prog_ids), progs
     finally:
         a.delete_policy(name)
     assert res == C.EXPECT["connect"]

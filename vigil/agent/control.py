@@ -105,14 +105,21 @@ class AgentControl:
                 info = prog_info(prog.fd)
                 out.append({"policy": "", "attach": prog.section, "sensor": "process", **info})
         for lp in list(self.agent.policies.policies.values()):
-            for gh in lp.hooks:
-                if getattr(gh, "obj", None) is None:
+            for gh in list(lp.hooks):
+                obj, what = getattr(gh, "obj", None), "generic"
+                nd = getattr(gh, "nd", None)
+                if obj is None and nd is not None:  # socket rules: the cgroup sock_addr object
+                    obj, what = getattr(nd, "_obj", None), "netdeny"
+                if obj is None:
                     continue
-                for prog in gh.obj.programs.values():
-                    if prog.fd >= 0:
-                        info = prog_info(prog.fd)
-                        out.append({"policy": lp.name, "attach": gh.compiled.placement.describe(),
-                                    "sensor": "generic", **info})
+                try:
+                    for prog in list(obj.programs.values()):
+                        if prog.fd >= 0:
+                            info = prog_info(prog.fd)
+                            out.append({"policy": lp.name, "attach": gh.compiled.placement.describe(),
+                                        "sensor": what, **info})
+                except OSError:  # the policy was deleted meanwhile (status takes no policy lock)
+                    continue
         return out
 
     def _ringbuf_stats(self) -> dict[str, Any]:

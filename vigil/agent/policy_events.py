@@ -120,9 +120,11 @@ class PolicyEvents:
         ch, lp = entry
         process, parent = self.processes(rec["pid"], rec["exec_ktime"], rec["tid"])
         body = netdeny_event(rec, ch)
+        kind = event_kind(ch)
         if lp is not None:
+            lp.events[kind] = lp.events.get(kind, 0) + 1
             _count_action(lp, ch, netdeny_selector(rec["rule_id"]), body["action"])
-        return PolicyEvent(event_kind(ch), process, parent, body,
+        return PolicyEvent(kind, process, parent, body,
                            self.builder.clock.ktime_rfc3339(rec["ktime"]), self.builder.node)
 
     def handle_data(self, buf: bytes, now_ns: int) -> None:
