@@ -364,11 +364,12 @@ static __always_inline int do_exec(struct task_struct *task, struct linux_binprm
 	return 0;
 }
 
-static __always_inline int do_clone(struct task_struct *child, const bool btf)
+static __always_inline int do_clone(struct task_struct *caller, struct task_struct *child, const bool btf)
 {
 	struct exec_heap *h;
 	struct msg_process *m;
 	struct execve_entry *pe;
+	__u32 ctgid;
 
 	/* a new thread shares its group's identity: not a process event */
 	if (VREAD(btf, child, pid) != VREAD(btf, child, tgid))
@@ -377,11 +378,22 @@ static __always_inline int do_clone(struct task_struct *child, const bool btf)
 	if (!h)
 		return 0;
 	m = &h->m;
-	pe = bpf_map_lookup_elem(&execve_map, &m->ppid);
+	/* The child runs the image of the process that called clone (the tracepoint's parent,
+	 * current). Its parent (pkey, from real_parent) is that process, except with
+	 * CLONE_PARENT, where it is the caller's parent: binary, caps, namespaces and follow
+	 * marks still come from the caller, and the record names the caller apart. */
+	ctgid = VREAD(btf, caller, tgid);
+	pe = bpf_map_lookup_elem(&execve_map, &ctgid);
 	if (pe) {
 		h->ent = *pe;
 	} else {
 		__builtin_memset(&h->ent, 0, sizeof(h->ent));
+	}
+	if (ctgid != m->ppid) {
+		if (pe)
+			m->ckey = pe->key;
+		else
+			m->ckey.pid = ctgid;
 	}
 	h->ent.key = m->key;
 	h->ent.pkey = m->pkey;
@@ -434,13 +446,13 @@ int BPF_PROG(vigil_exec_raw, struct task_struct *p, pid_t old_pid, struct linux_
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(vigil_fork_btf, struct task_struct *parent, struct task_struct *child)
 {
-	return do_clone(child, true);
+	return do_clone(parent, child, true);
 }
 
 SEC("raw_tp/sched_process_fork")
 int BPF_PROG(vigil_fork_raw, struct task_struct *parent, struct task_struct *child)
 {
-	return do_clone(child, false);
+	return do_clone(parent, child, false);
 }
 
 SEC("tp_btf/sched_process_exit")

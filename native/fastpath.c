@@ -293,6 +293,8 @@ typedef struct {
 	unsigned long long cgroup_id, ino;
 	unsigned int i_mode, i_nlink;
 	unsigned long long boottime;
+	unsigned int caller_pid;
+	unsigned long long caller_ktime;
 	PyObject *exe, *cwd, *filename, *cgroup_name, *args;
 } ProcessRecord;
 
@@ -343,6 +345,7 @@ static PyObject *ProcessRecord_new(PyTypeObject *type, PyObject *argsv, PyObject
 	r->cap_permitted = m.cap_permitted, r->cap_effective = m.cap_effective, r->cap_inheritable = m.cap_inheritable;
 	r->cgroup_id = m.cgroup_id, r->ino = m.ino, r->i_mode = m.i_mode, r->i_nlink = m.i_nlink;
 	r->boottime = m.boottime;
+	r->caller_pid = m.ckey.pid, r->caller_ktime = m.ckey.ktime;
 	r->ns = ns_tuple(m.ns);
 	if (!r->ns)
 		goto fail;
@@ -376,7 +379,7 @@ static PyMemberDef ProcessRecord_members[] = {
 	U(userns_uid, T_UINT), U(userns_gid, T_UINT), U(cap_permitted, T_ULONGLONG),
 	U(cap_effective, T_ULONGLONG), U(cap_inheritable, T_ULONGLONG), U(ns, T_OBJECT_EX),
 	U(cgroup_id, T_ULONGLONG), U(ino, T_ULONGLONG), U(i_mode, T_UINT), U(i_nlink, T_UINT),
-	U(boottime, T_ULONGLONG), U(exe, T_OBJECT_EX), U(cwd, T_OBJECT_EX), U(filename, T_OBJECT_EX),
+	U(boottime, T_ULONGLONG), U(caller_pid, T_UINT), U(caller_ktime, T_ULONGLONG), U(exe, T_OBJECT_EX), U(cwd, T_OBJECT_EX), U(filename, T_OBJECT_EX),
 	U(cgroup_name, T_OBJECT_EX), U(args, T_OBJECT_EX),
 	{NULL, 0, 0, 0, NULL},
 };
@@ -2455,8 +2458,10 @@ static PyObject *builder_on_clone(Builder *b, PyObject *const *args, Py_ssize_t 
 		return NULL;
 	PyObject *now = args[1], *res = NULL, *key = NULL, *pkey = NULL, *peid = NULL, *eid = NULL, *of = NULL;
 	PyObject *pod = NULL, *msg = NULL, *p = NULL, *start = NULL, *pid = NULL;
-	/* the process it was forked from: by its key when the kernel knew it, else by ppid */
-	of = cached_process(b, r->ppid_key, r->pktime, r->ppid);
+	/* the process it was forked from, whose image it runs: the caller the record names
+	 * (CLONE_PARENT), else its parent; by its key when the kernel knew it, else by pid */
+	of = r->caller_pid ? cached_process(b, r->caller_pid, r->caller_ktime, r->caller_pid)
+			   : cached_process(b, r->ppid_key, r->pktime, r->ppid);
 	if (PyErr_Occurred())
 		goto out;
 	if (!of) {
@@ -2465,10 +2470,11 @@ static PyObject *builder_on_clone(Builder *b, PyObject *const *args, Py_ssize_t 
 		goto out;
 	}
 	Py_INCREF(of);
-	/* its parent as an exec names it, else the process it forked from */
+	/* its parent as an exec names it, else (unknown, and no CLONE_PARENT) the process it
+	 * forked from */
 	if (parent_of(b, r, &peid, &pkey) < 0)
 		goto out;
-	if (PyUnicode_GET_LENGTH(peid) == 0) {
+	if (PyUnicode_GET_LENGTH(peid) == 0 && !r->caller_pid) {
 		Py_SETREF(peid, Py_NewRef(pslot(b, of, P_EXEC_ID)));
 		Py_SETREF(pkey, Py_NewRef(pslot(b, of, P_KEY)));
 	}

@@ -67,6 +67,9 @@ struct msg_process {
 	__u32 i_mode;              /* mode of the executed file (setuid/setgid bits) */
 	__u32 i_nlink;
 	__u64 boottime;            /* start time, ns since boot (CLOCK_BOOTTIME) */
+	struct exec_key ckey;      /* clone: the process that called clone when it is not the parent
+				    * (CLONE_PARENT: the child runs the caller's image, its parent is
+				    * the caller's parent); pid 0 otherwise (and in exec records) */
 	/* lengths of the variable tail, in this order */
 	__u16 exe_len;             /* binary path components, leaf first, NUL separated */
 	__u16 cwd_len;             /* cwd components, leaf first, NUL separated */

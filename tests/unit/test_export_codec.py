@@ -98,7 +98,7 @@ def _exec_record(pid: int, ktime: int, event_ktime: int) -> bytes:
     exe, cwd, fn, cg, args = b"/bin/true", b"/", b"/bin/true\0", b"\0", b"true\0"
     head = R.PROCESS.pack(
         R.OP_EXEC, 0, 0, 0, event_ktime, pid, 0, ktime, 0, 0, 0, pid, 1, pid, 0,
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, *(0,) * 10, 0, 0, 0o100755, 1, ktime,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, *(0,) * 10, 0, 0, 0o100755, 1, ktime, 0, 0, 0,
         len(exe), len(cwd), len(fn), len(cg), len(args), 0)
     return head + exe + cwd + fn + cg + args
 

@@ -296,7 +296,8 @@ def _exec_record(pid: int, ktime: int, ppid: int, pktime: int, d: dict[str, Any]
         d["op"], 0, d["flags"], 0, ktime + 1000, pid, 0, ktime, ppid if pktime else 0, 0, pktime,
         pid + d["tid_off"], ppid, d.get("nspid") or pid, d["auid"], d["uid"], d["uid"], d["euid"], d["uid"], d["uid"], d["uid"],
         d["uid"], d["uid"], d["securebits"], d["userns_level"], 0, 0, caps[0], caps[1], caps[2], *d["ns"], 77,
-        123456, d["i_mode"], d["nlink"], ktime, len(exe), len(cwd), len(fn), len(cg), len(args), 0)
+        123456, d["i_mode"], d["nlink"], ktime, d.get("ckey", (0, 0))[0], 0, d.get("ckey", (0, 0))[1],
+        len(exe), len(cwd), len(fn), len(cg), len(args), 0)
     return head + exe + cwd + fn + cg + args
 
 
@@ -314,6 +315,9 @@ exec_fields = st.fixed_dictionaries({
     "nlink": st.sampled_from([1, 1, 0]), "flags": st.sampled_from([0, 1, 1 << 3, 1 << 4, 1 << 8, (1 << 2) | 1]),
     "tid_off": st.sampled_from([0, 0, 3]), "op": st.sampled_from([R.OP_EXEC, R.OP_EXEC, R.OP_CLONE]),
     "nspid": st.sampled_from([0, 0, 0, 1, 2]),  # 0: the host pid; 1: pid 1 of a namespace (in_init_tree)
+    # a clone's caller when it is not the parent (CLONE_PARENT): an index into the pids so far
+    # (-1: none), named by its exec key or (False) by pid alone
+    "caller": st.sampled_from([-1, -1, -1, 0, 1, 2, 5]), "caller_keyed": st.booleans(),
 })
 steps = st.lists(st.one_of(
     st.tuples(st.just("exec"), st.integers(0, 12), st.integers(0, 12), st.booleans(), exec_fields),
@@ -447,6 +451,9 @@ def test_builder(seq: list[Any], opts: dict[str, Any], capacity: int, pods: bool
             _, pid_i, parent_i, known_parent, d = step
             ppid, pktime = pids[parent_i % len(pids)]
             pid = 100 + pid_i
+            if d["op"] == R.OP_CLONE and d["caller"] >= 0:
+                cpid, cktime = pids[d["caller"] % len(pids)]
+                d = {**d, "ckey": (cpid, cktime if d["caller_keyed"] else 0)}
             buf = _exec_record(pid, ktime, ppid, pktime if known_parent else 0, d)
             pids.append((pid, ktime))
         else:

@@ -35,7 +35,7 @@ def record(op: int, pid: int, ktime: int, ppid: int, pktime: int, nspid: int, *,
     exe, cwd, fn, cg, args = binary.encode(), b"/", binary.encode() + b"\0", cgroup.encode() + b"\0", b"sh\0"
     head = R.PROCESS.pack(
         op, 0, 0, 0, ktime + 1000, pid, 0, ktime, ppid if pktime else 0, 0, pktime, pid, ppid, nspid, 0,
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, *ns, 77, 0, 0o100755, 1, ktime,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, *ns, 77, 0, 0o100755, 1, ktime, 0, 0, 0,
         len(exe), len(cwd), len(fn), len(cg), len(args), 0)
     return head + exe + cwd + fn + cg + args
 

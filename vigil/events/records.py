@@ -36,7 +36,8 @@ PROCESS = Layout("msg_process", "hdr.op:B hdr.pad:B hdr.flags:H hdr.size:I hdr.k
                  "pkey.pid:I pkey.pad:I pkey.ktime:Q tid:I ppid:I nspid:I auid:I "
                  "uid:I gid:I euid:I egid:I suid:I sgid:I fsuid:I fsgid:I securebits:I userns_level:I userns_uid:I "
                  "userns_gid:I cap_permitted:Q cap_effective:Q cap_inheritable:Q ns:10I cgroup_id:Q ino:Q i_mode:I "
-                 "i_nlink:I boottime:Q exe_len:H cwd_len:H filename_len:H cgroup_len:H args_len:I pad2:I")
+                 "i_nlink:I boottime:Q ckey.pid:I ckey.pad:I ckey.ktime:Q "
+                 "exe_len:H cwd_len:H filename_len:H cgroup_len:H args_len:I pad2:I")
 EXIT = Layout("msg_exit", "hdr.op:B hdr.pad:B hdr.flags:H hdr.size:I hdr.ktime:Q key.pid:I key.pad:I key.ktime:Q "
               "tid:I code:I")
 
@@ -47,13 +48,14 @@ class DecodeError(ValueError):
 
 
 class ProcessRecord:
-    """An exec (op 1) or a clone (op 2) of a new thread group."""
+    """An exec (op 1) or a clone (op 2) of a new thread group. caller_pid/caller_ktime: a
+    clone's caller when it is not the parent (CLONE_PARENT), whose image the child runs."""
 
     __slots__ = (
         "op", "flags", "ktime", "pid", "exec_ktime", "ppid_key", "pktime", "tid", "ppid", "nspid", "auid",
         "uid", "gid", "euid", "egid", "suid", "sgid", "fsuid", "fsgid", "securebits",
         "userns_level", "userns_uid", "userns_gid", "cap_permitted", "cap_effective", "cap_inheritable",
-        "ns", "cgroup_id", "ino", "i_mode", "i_nlink", "boottime",
+        "ns", "cgroup_id", "ino", "i_mode", "i_nlink", "boottime", "caller_pid", "caller_ktime",
         "exe", "cwd", "filename", "cgroup_name", "args",
     )
 
@@ -69,7 +71,8 @@ class ProcessRecord:
          self.cap_permitted, self.cap_effective, self.cap_inheritable) = v[:30]
         self.ns = v[30:40]
         (self.cgroup_id, self.ino, self.i_mode, self.i_nlink, self.boottime,
-         exe_len, cwd_len, fn_len, cg_len, args_len, _) = v[40:51]
+         self.caller_pid, _, self.caller_ktime,
+         exe_len, cwd_len, fn_len, cg_len, args_len, _) = v[40:54]
         o = PROCESS.size
         end = o + exe_len + cwd_len + fn_len + cg_len + args_len
         if end > len(buf):

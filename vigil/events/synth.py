@@ -24,10 +24,11 @@ def process_record(*, op: int = R.OP_EXEC, pid: int, ktime: int, ppid: int = 1, 
                    cwd: str = "/tmp", exe: str | None = None, cgroup_name: str = "",
                    uid: int = 0, auid: int = AUID_UNSET, caps: int = ALL_CAPS,
                    ns: tuple[int, ...] | None = None, flags: int = 0, cgroup_id: int = 1234, ino: int = 99,
-                   sent_ktime: int | None = None) -> bytes:
+                   sent_ktime: int | None = None, caller: tuple[int, int] = (0, 0)) -> bytes:
     """An exec (op 1) or a clone (op 2). An exec carries its paths and arguments: argv is
     `binary` then `args`, or `raw_args` as it is (NUL-separated). `sent_ktime`: when the
-    record was made (the header's time), the exec's own ktime by default."""
+    record was made (the header's time), the exec's own ktime by default. `caller`: a clone's
+    (pid, exec ktime) of the process that called clone when it is not the parent (CLONE_PARENT)."""
     is_exec = op == R.OP_EXEC
     exe_b = kernel_path(exe or binary) if is_exec else b""
     cwd_b = kernel_path(cwd) if is_exec else b""
@@ -46,7 +47,7 @@ def process_record(*, op: int = R.OP_EXEC, pid: int, ktime: int, ppid: int = 1, 
         0, 0, 0, 0,
         caps, caps, 0,
         *(ns or HOST_NS),
-        cgroup_id, ino, 0o100755, 1, ktime,
+        cgroup_id, ino, 0o100755, 1, ktime, caller[0], 0, caller[1],
         len(exe_b), len(cwd_b), len(fn_b), len(cg_b), len(args_b), 0,
     )
     return head + tail

@@ -250,7 +250,7 @@ class EventBuilder:
         eid = exec_id(self.node, ktime, pid)
         peid, pkey = self._parent_of(r, procfs)
         if clone_of is not None:
-            if not peid:
+            if not peid and not r.caller_pid:  # unknown parent: the process it was forked from
                 peid, pkey = clone_of.exec_id, clone_of.key
             pod = clone_of.msg.pod
             if pod and self.pods is not None:
@@ -357,14 +357,21 @@ class EventBuilder:
         return ProcessExec(p.msg, parent, ancestors, self.clock.ktime_rfc3339(r.ktime), self.node)
 
     def on_clone(self, r: R.ProcessRecord, now_ns: int) -> None:
-        """Forks are not exported (as in Tetragon) but give the child a cache entry."""
-        parent = self.cache._by_key.get((r.ppid_key, r.pktime)) if r.pktime else None
-        if parent is None:
-            parent = self.cache.by_pid(r.ppid)
-        if parent is None:
+        """Forks are not exported (as in Tetragon) but give the child a cache entry: the
+        image of the process that called clone, which is its parent, or (CLONE_PARENT, the
+        record names the caller) a child of the caller's parent."""
+        if r.caller_pid:
+            of = self.cache._by_key.get((r.caller_pid, r.caller_ktime)) if r.caller_ktime else None
+            if of is None:
+                of = self.cache.by_pid(r.caller_pid)
+        else:
+            of = self.cache._by_key.get((r.ppid_key, r.pktime)) if r.pktime else None
+            if of is None:
+                of = self.cache.by_pid(r.ppid)
+        if of is None:
             self.miss_count += 1
             return
-        self.cache.add(self.make_process(r, clone_of=parent), now_ns)
+        self.cache.add(self.make_process(r, clone_of=of), now_ns)
         self.clone_count += 1
 
     def on_exit(self, r: R.ExitRecord, now_ns: int) -> ProcessExit:
