@@ -11,8 +11,11 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
+import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -168,3 +171,69 @@ def test_a_refused_start_with_keep_sensors_leaves_nothing_pinned(setup: dict[str
     assert r.returncode != 0 and "bad.yaml" in text and "Traceback" not in text, text
     assert not list((s["bpffs"] / "vigil").glob("run-*/*")), "a refused start left pins"
     assert opened_by_test_binary(s) == 0, "the first policy still enforces with no agent running"
+
+
+@pytest.fixture
+def bpffs() -> Iterator[Path]:
+    require_root()
+    d = Path(tempfile.mkdtemp(prefix="vigil-test-bpffs-"))
+    ksys.mount("bpf", str(d), "bpf")
+    try:
+        yield d
+    finally:
+        ksys.umount(str(d))  # drops every pin left in it: nothing stays attached
+        os.rmdir(d)
+
+
+def test_a_process_that_exec_d_while_no_agent_ran_keeps_one_identity(bpffs: Path, tmp_path: Path) -> None:
+    """With --keep-sensors-on-exit, the previous agent's sensors record an exec while no agent
+    runs; the next agent replays that record (its exec key: the exec's time) and seeds the
+    process into its execve_map with that same key, not the /proc start time: its later
+    records (exit, forks, policy events) name the process the cache and the events know."""
+    from tests.kernel.conftest import RunningAgent, execs, exits
+    from vigil.agent.config import AgentConfig
+    from vigil.sensors.process import ENTRY
+
+    def cfg(name: str) -> AgentConfig:
+        return AgentConfig(export_filename=str(tmp_path / f"{name}.log"), server_address="", node_name="vigil-test",
+                           keep_sensors_on_exit=True, bpf_dir=str(bpffs / "vigil"))
+
+    with RunningAgent(cfg("first")):
+        pass
+    token = f"child-{uuid.uuid4().hex[:8]}"
+    # while no agent runs: a shell that execs a long-lived program
+    p = subprocess.Popen(["/bin/sh", "-c", "exec \"$0\" -c 'import subprocess, sys\nsys.stdin.readline()\n"
+                          f"subprocess.run([\"/bin/true\", \"{token}\"])\nsys.stdin.readline()'",
+                          os.path.realpath(sys.executable)], stdin=subprocess.PIPE)
+    assert p.stdin is not None
+    try:
+        for _ in range(1000):
+            try:
+                if os.readlink(f"/proc/{p.pid}/exe") == os.path.realpath(sys.executable):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.01)
+        with RunningAgent(cfg("second")) as ra:
+            assert ra.agent.restart["records_recovered"] > 0
+            c = ra.agent.cache.by_pid(p.pid)
+            assert c is not None and "procFS" not in c.msg.flags  # from the recovered exec record
+            assert ra.agent.sensor is not None and ra.agent.sensor.obj is not None
+            raw = ra.agent.sensor.obj.map("execve_map").lookup(struct.pack("<I", p.pid))
+            assert raw is not None
+            f = ENTRY.unpack_from(raw)
+            assert (f[0], f[2]) == c.key
+
+            def act() -> None:
+                p.stdin.write(b"go\ngo\n")  # type: ignore[union-attr]
+                p.stdin.flush()  # type: ignore[union-attr]
+                p.wait()
+            events = ra.collect(act)
+            (child,) = execs(events, arguments=token)
+            assert child["process"]["parent_exec_id"] == c.exec_id
+            (x,) = exits(events, pid=p.pid)
+            assert x["process"]["exec_id"] == c.exec_id
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()

@@ -31,7 +31,7 @@ from vigil.events import records as R
 from vigil.events.source import EventSource, RecordingSource
 from vigil.process.build import BuildOptions, EventBuilder
 from vigil.process.cache import ProcessCache
-from vigil.process.clock import WallClock
+from vigil.process.clock import CLK_TCK, WallClock
 from vigil.process.procfs import alive, scan, still_running
 
 if TYPE_CHECKING:
@@ -222,6 +222,9 @@ class Agent:
         self.source = src
         # attach first, then scan: anything missed by the scan is seen live
         snaps = scan(self.clock)
+        if recovered:
+            self.pipeline.handle(recovered)  # execs and exits while no agent ran, in their order
+            self._adopt_recovered(snaps)
         known = sensor.seed(
             (s.pid, s.exec_ktime, s.ppid, s.pktime, s.filename,
              (s.cap_effective, s.cap_inheritable, s.cap_permitted), s.ns) for s in snaps)
@@ -234,12 +237,27 @@ class Agent:
         gone = {s.pid for s in snaps if s.pid not in known and not still_running(s)
                 and sensor.forget(s.pid, s.exec_ktime) != "absent"}  # absent: its exit record follows
         self.restart["procfs_gone"] = len(gone)
-        if recovered:
-            self.pipeline.handle(recovered)  # execs and exits while no agent ran, in their order
         now = time.monotonic_ns()
         batch: list[Event] = [self.builder.on_procfs(s, now) for s in snaps
                  if s.pid not in known and s.pid not in gone and self.cache.by_pid(s.pid) is None]
         self.pipeline.emit(batch)
+
+    def _adopt_recovered(self, snaps: list[Any]) -> None:
+        """A process whose exec (or fork) a previous agent's sensors recorded while no agent ran
+        is known by that record's key (its exec time), not by its /proc start time: seed it
+        with that key, and its children found by the scan with it as their parent's."""
+        tick = 1_000_000_000 // CLK_TCK  # /proc start times are whole ticks
+        adopted: dict[int, int] = {}
+        for s in snaps:
+            p = self.cache.by_pid(s.pid)
+            # the same process: its recorded image is not older than its start (a reused pid's is)
+            if p is not None and p.key[1] + tick >= s.ktime:
+                adopted[s.pid] = s.exec_ktime = p.key[1]
+        for s in snaps:
+            pk = adopted.get(s.ppid)
+            if pk is not None and pk <= s.ktime + tick:  # the parent's image this one was forked from
+                s.pktime = pk
+        self.restart["procfs_keys_recovered"] = len(adopted)
 
     def request_stop(self) -> None:
         self._stop.set()
