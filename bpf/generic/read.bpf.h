@@ -522,6 +522,18 @@ static __always_inline __u64 syscall_reg(__u32 idx)
 	return v;
 }
 
+/* Was a string whose read filled its buffer cut short? The read returns the buffer's size both
+ * for a string of size - 1 bytes (its own NUL in the last byte) and for a longer one (size - 1
+ * of its bytes and a NUL the helper wrote): the source's byte at size - 1 (`at`, which the read
+ * got to either way) tells them apart. It is read into the first byte of `spare`, a buffer of
+ * the caller's that is free by then (no stack of its own). */
+static __always_inline int str_went_on(char *spare, __u64 at)
+{
+	if (bpf_probe_read_user(spare, 1, (void *)at))
+		bpf_probe_read_kernel(spare, 1, (void *)at);  /* zeroed if unreadable: not cut */
+	return spare[0] != 0;
+}
+
 /* Read argument slot i; returns 0. Global: verified once, on its own. */
 __noinline int read_arg(__u32 i)
 {
@@ -626,7 +638,7 @@ __noinline int read_arg(__u32 i)
 			ah->flags |= VP_ARGF_ERR;
 		else if (r > 0)
 			n = r - 1; /* without the NUL */
-		if (r == max)
+		if (r == max && str_went_on(tmp, raw + max - 1))
 			ah->flags |= VP_ARGF_TRUNC;
 		break;
 	}

@@ -1,0 +1,96 @@
+"""Strings read up to a limit in the kernel: one exactly as long as the limit is whole, one
+longer is cut short and flagged so. The read helpers return the buffer's size both for a string
+that fills it with its own NUL and for a longer one (whose last kept byte they replace by a
+NUL); the source's next byte tells them apart. The flags are in the kernel's records, which is
+where these tests look: a Tetragon string argument or exec event has no field for them."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.kernel.conftest import RunningAgent
+from tests.kernel.test_policy_engine import Run, loaded, open_file, policy_events, policy_yaml, pywork, run_py
+from vigil.events import records as R
+from vigil.events.generic import py_decode_generic
+from vigil.kernel import policy_layout as L
+
+pytestmark = pytest.mark.kernel
+__all__ = ["pywork"]  # the fixture, used here
+
+STR_LIMIT = L.ARG_DATA - 2  # bytes of a string argument kept: its 4095-byte buffer holds them and the NUL
+NAME_LIMIT = 255            # bytes of an exec's filename kept (NAME_MAX_LEN 256 with the NUL)
+
+
+@contextmanager
+def raw_records(ra: RunningAgent, op: int) -> Iterator[list[bytes]]:
+    """The kernel's records of `op`, as the agent's event loop gets them, while the block runs."""
+    handlers = ra.agent.pipeline.handlers
+    inner = handlers[op]
+    seen: list[bytes] = []
+
+    def tap(buf: Any, now: int) -> Any:
+        seen.append(bytes(buf))
+        return inner(buf, now)
+
+    handlers[op] = tap
+    try:
+        yield seen
+    finally:
+        handlers[op] = inner
+
+
+def test_string_argument_cut_short_only_past_its_limit(running_agent: RunningAgent, pywork: Path):
+    """Lengths limit - 1 and limit: whole, not flagged (limit was flagged cut short); limit + 1
+    and + 2: the first `limit` bytes, flagged."""
+    stem = f"{pywork}/data/long-"
+    spec = f"""
+kprobes:
+- call: sys_openat
+  syscall: true
+  args: [{{index: 1, type: string}}]
+  selectors:
+  - matchArgs: [{{index: 1, operator: Prefix, values: ["{stem}"]}}]
+    matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
+"""
+    lengths = (100, STR_LIMIT - 1, STR_LIMIT, STR_LIMIT + 1, STR_LIMIT + 2)
+    names = [stem + "x" * (n - len(stem)) for n in lengths]   # no such files: the opens fail
+    code = "import os\n" + "".join(open_file(n) for n in names)
+    r = Run()
+    with loaded(running_agent, policy_yaml("strlimit", spec)), raw_records(running_agent, R.OP_GENERIC) as raw:
+        events = running_agent.collect(lambda: run_py(pywork, code, out=r))
+    got = [b["args"][0]["string_arg"] for _, b in policy_events(events, r.pid, "strlimit")]
+    assert got == [n[:STR_LIMIT] for n in names]
+    flags = []
+    for buf in raw:
+        m, data = py_decode_generic(buf)
+        ah = m.args[0]
+        if m.pid == r.pid and data[ah.off:ah.off + len(stem)] == stem.encode():
+            flags.append((ah.len, bool(ah.flags & L.ARGF_TRUNC)))
+    assert flags == [(min(n, STR_LIMIT), n > STR_LIMIT) for n in lengths]
+
+
+def test_exec_filename_cut_short_only_past_its_limit(running_agent: RunningAgent, workdir: Path):
+    """The name execve was given, 255 bytes long: whole, not flagged; 256 and 257: its first
+    255 bytes, flagged."""
+    lengths = (NAME_LIMIT - 1, NAME_LIMIT, NAME_LIMIT + 1, NAME_LIMIT + 2)
+    paths = []
+    for n in lengths:
+        d = workdir / ("p" * (n - len(str(workdir)) - len("//t")))
+        d.mkdir()
+        shutil.copy2(workdir / "truebin", d / "t")
+        paths.append(str(d / "t"))
+        assert len(paths[-1]) == n
+    with raw_records(running_agent, R.OP_EXEC) as raw:
+        running_agent.collect(lambda: [subprocess.run([p], check=True) for p in paths])
+    got = []
+    for buf in raw:
+        rec = R.ProcessRecord(buf)
+        if rec.filename.startswith(f"{workdir}/p"):
+            got.append((rec.filename, bool(rec.flags & R.F_FILENAME_TRUNC)))
+    assert got == [(p[:NAME_LIMIT], len(p) > NAME_LIMIT) for p in paths]
