@@ -52,7 +52,8 @@ enum hook_stat {
 	HS_PENDING_FULL = 6,
 	HS_ERRORS = 7,
 	HS_NOT_WORKLOAD = 8, /* the process is outside the policy's pods/containers: nothing read */
-	HS_MAX = 9,
+	HS_BUSY = 9,       /* a preemptible run found another one's buffers in use on its CPU: nothing done */
+	HS_MAX = 10,
 };
 
 struct {
@@ -251,6 +252,45 @@ static __always_inline void stat_inc(__u32 k)
 
 	if (v)
 		*v += 1;
+}
+
+/* The per-CPU buffers (gen_heap, gen_scratch, data_heap, path_scratch) serve one program run
+ * at a time on a CPU. Tracepoint and kprobe programs are not preempted and do not nest. Uprobe
+ * and trampoline programs (LSM, fentry/fexit/fmod_ret) run preemptibly (migrate_disable only):
+ * on a kernel with full preemption another task can run a program of this object on the same
+ * CPU in the middle of one, and would write over its buffers. Those entry points hold this
+ * flag while they run; a run that finds it held does nothing (an LSM or fmod_ret verdict of 0:
+ * allowed) and is counted. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} gen_busy SEC(".maps");
+
+static __always_inline int claim_buffers(void)
+{
+	__u32 zero = 0, k = HS_BUSY;
+	__u64 *b = bpf_map_lookup_elem(&gen_busy, &zero), *v;
+
+	if (!b)
+		return 0;
+	if (!__sync_fetch_and_add(b, 1))
+		return 1;
+	__sync_fetch_and_sub(b, 1);
+	v = bpf_map_lookup_elem(&hook_stats, &k);
+	if (v)
+		__sync_fetch_and_add(v, 1);
+	return 0;
+}
+
+static __always_inline void release_buffers(void)
+{
+	__u32 zero = 0;
+	__u64 *b = bpf_map_lookup_elem(&gen_busy, &zero);
+
+	if (b)
+		__sync_fetch_and_sub(b, 1);
 }
 
 static __always_inline struct gen_heap *heap(void)
@@ -527,13 +567,21 @@ static __always_inline int from_regs(struct pt_regs *ctx)
 SEC("uprobe")
 int vigil_uprobe(struct pt_regs *ctx)
 {
-	return from_regs(ctx);
+	if (!claim_buffers())
+		return 0;
+	from_regs(ctx);
+	release_buffers();
+	return 0;
 }
 
 SEC("uretprobe")
 int vigil_uretprobe(struct pt_regs *ctx)
 {
-	return run_return(ctx, PT_REGS_RC(ctx));
+	if (!claim_buffers())
+		return 0;
+	run_return(ctx, PT_REGS_RC(ctx));
+	release_buffers();
+	return 0;
 }
 
 SEC("kprobe")
@@ -588,15 +636,24 @@ static __always_inline struct gen_heap *from_func_args(void *ctx)
 SEC("lsm/file_open")
 long vigil_lsm(void *ctx)
 {
-	struct gen_heap *h = from_func_args(ctx);
+	struct gen_heap *h;
+	long r;
 
-	return h ? verdict(h) : 0;
+	if (!claim_buffers())
+		return 0;
+	h = from_func_args(ctx);
+	r = h ? verdict(h) : 0;
+	release_buffers();
+	return r;
 }
 
 SEC("fentry/security_file_open")
 int vigil_fentry(void *ctx)
 {
+	if (!claim_buffers())
+		return 0;
 	from_func_args(ctx);
+	release_buffers();
 	return 0;
 }
 
@@ -605,8 +662,12 @@ int vigil_fexit(void *ctx)
 {
 	__u64 ret = 0;
 
+	if (!claim_buffers())
+		return 0;
 	bpf_get_func_ret(ctx, &ret);
-	return run_return(ctx, (__s64)ret);
+	run_return(ctx, (__s64)ret);
+	release_buffers();
+	return 0;
 }
 
 /* fmod_ret on a security_* or error-injectable function: a non-zero return skips the
@@ -614,9 +675,15 @@ int vigil_fexit(void *ctx)
 SEC("fmod_ret/security_file_open")
 long vigil_fmod_ret(void *ctx)
 {
-	struct gen_heap *h = from_func_args(ctx);
+	struct gen_heap *h;
+	long r;
 
-	return h ? (__s32)h->override_err : 0;
+	if (!claim_buffers())
+		return 0;
+	h = from_func_args(ctx);
+	r = h ? (__s32)h->override_err : 0;
+	release_buffers();
+	return r;
 }
 
 /* ---- imaHash: a sleepable LSM program computes the file's IMA hash before the hook's

@@ -487,7 +487,8 @@ tracepoints:
     assert got[0]["args"][0] == {"syscall_id": {"id": 33, "abi": "x64"}}
 
 
-def test_uprobe_on_test_binary(running_agent: RunningAgent, pywork: Path):
+def uprobe_target(pywork: Path) -> str:
+    """A test binary with a function to probe, and the uprobe policy spec on it."""
     cc = shutil.which("clang") or shutil.which("cc")
     if cc is None:
         pytest.fail("no C compiler: `make` installs clang")
@@ -495,23 +496,52 @@ def test_uprobe_on_test_binary(running_agent: RunningAgent, pywork: Path):
     src.write_text("int __attribute__((noinline)) vigil_target(int a, int b) { return a + b; }\n"
                    "int main(int c, char **v) { return vigil_target(c, 41) == 42 ? 0 : 1; }\n")
     subprocess.run([cc, "-O1", "-g", "-o", str(pywork / "target"), str(src)], check=True)
-    spec = f"""
+    return f"""
 uprobes:
 - path: "{pywork}/target"
   symbols: [vigil_target]
   args: [{{index: 0, type: int}}, {{index: 1, type: int}}]
 """
-    r = Run()
 
-    def act() -> None:
-        p = subprocess.Popen([str(pywork / "target")])
-        r.pid = p.pid
-        r.returncode = p.wait()
+
+def run_target(pywork: Path, r: Run) -> None:
+    p = subprocess.Popen([str(pywork / "target")])
+    r.pid = p.pid
+    r.returncode = p.wait()
+
+
+def test_uprobe_on_test_binary(running_agent: RunningAgent, pywork: Path):
+    spec = uprobe_target(pywork)
+    r = Run()
     with loaded(running_agent, policy_yaml("uprobe-target", spec)):
-        events = running_agent.collect(act)
+        events = running_agent.collect(lambda: run_target(pywork, r))
     (ev,) = [b for k, b in policy_events(events, r.pid, "uprobe-target") if k == "process_uprobe"]
     assert ev["path"] == f"{pywork}/target" and ev["symbol"] == "vigil_target"
     assert ev["args"] == [{"int_arg": 1}, {"int_arg": 41}]
+
+
+def test_a_uprobe_run_never_uses_buffers_another_run_holds(running_agent: RunningAgent, pywork: Path):
+    """Uprobe programs run preemptibly: a run that finds this CPU's buffers held by another
+    (preempted) run does nothing and is counted `busy`, instead of writing over them. Here the
+    flag is held on every CPU from user space, as a preempted run would hold it on one."""
+    import struct
+
+    spec = uprobe_target(pywork)
+    held, free = Run(), Run()
+    with loaded(running_agent, policy_yaml("uprobe-busy", spec)):
+        (gh,) = running_agent.agent.policies.policies["uprobe-busy"].hooks
+        busy = gh.obj.map("gen_busy")
+        key = struct.pack("<I", 0)
+        n = len(busy.lookup_percpu(key))
+        try:
+            busy.update(key, struct.pack("<Q", 1) * n)
+            events = running_agent.collect(lambda: run_target(pywork, held))
+        finally:
+            busy.update(key, struct.pack("<Q", 0) * n)
+        assert held.returncode == 0 and not policy_events(events, held.pid, "uprobe-busy")
+        assert gh.stats()["busy"] == 1 and gh.stats()["hits"] == 0, gh.stats()
+        events = running_agent.collect(lambda: run_target(pywork, free))
+    assert [k for k, _ in policy_events(events, free.pid, "uprobe-busy")] == ["process_uprobe"]
 
 
 ACTION_CASES = [
