@@ -45,6 +45,28 @@ struct {
 	__type(value, struct path_buf);
 } path_scratch SEC(".maps");
 
+/* Appends dentry's name as the next component (leaf first); 0 when the walk is full (then
+ * marked truncated) or the name unreadable. */
+static __always_inline int add_component(struct path_buf *pb, struct walk_ctx *c, struct dentry *dentry)
+{
+	long n;
+
+	if (c->off >= c->limit || c->ncomp >= PATH_MAX_DEPTH) {
+		c->truncated = 1;
+		return 0;
+	}
+	n = bpf_probe_read_kernel_str(pb->comps + (c->off & PATH_MASK), NAME_MAX_LEN,
+				      BPF_CORE_READ(dentry, d_name.name));
+	if (n <= 0)
+		return 0;
+	if (n == 1)
+		return 1;  /* an empty name: nothing to add */
+	pb->lens[c->ncomp & (PATH_MAX_DEPTH - 1)] = n;
+	c->ncomp++;
+	c->off += n;
+	return 1;
+}
+
 static long walk_step(__u32 i, void *arg)
 {
 	struct dentry *dentry, *parent, *mnt_root;
@@ -53,7 +75,6 @@ static long walk_step(__u32 i, void *arg)
 	struct walk_ctx *c;
 	struct path_buf *pb;
 	__u32 zero = 0;
-	long n;
 
 	pb = bpf_map_lookup_elem(&path_scratch, &zero);
 	if (!pb)
@@ -71,7 +92,11 @@ static long walk_step(__u32 i, void *arg)
 		struct mount *mparent = BPF_CORE_READ(mnt, mnt_parent);
 
 		if (dentry != mnt_root) {
+			/* its own parent, not a mount's root: a pseudo file (memfd, anonymous
+			 * shmem) or a disconnected dentry. Its name is all the path there is
+			 * ("/memfd:x", as /proc/<pid>/exe shows it, less " (deleted)") */
 			c->not_rooted = 1;
+			add_component(pb, c, dentry);
 			goto done;
 		}
 		if (mnt == mparent) {
@@ -85,17 +110,8 @@ static long walk_step(__u32 i, void *arg)
 						bpf_core_field_offset(struct mount, mnt));
 		return 0;
 	}
-	if (c->off >= c->limit || c->ncomp >= PATH_MAX_DEPTH) {
-		c->truncated = 1;
+	if (!add_component(pb, c, dentry))
 		goto done;
-	}
-	n = bpf_probe_read_kernel_str(pb->comps + (c->off & PATH_MASK), NAME_MAX_LEN,
-				      BPF_CORE_READ(dentry, d_name.name));
-	if (n <= 0)
-		goto done;
-	pb->lens[c->ncomp & (PATH_MAX_DEPTH - 1)] = n;
-	c->ncomp++;
-	c->off += n;
 	c->dentry = parent;
 	return 0;
 done:

@@ -7,6 +7,7 @@ One test program (LIFECYCLE_C, built per test) plays every part; copies of it un
 different names tell the processes apart in events."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -29,6 +30,8 @@ LIFECYCLE_C = r"""
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <sched.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 
 int main(int argc, char **argv) {
     const char *m = argc > 1 ? argv[1] : "";
@@ -43,6 +46,20 @@ int main(int argc, char **argv) {
         if (p == 0) { char b; while (read(0, &b, 1) > 0) ; _exit(4); }
         printf("%d\n", p);
         fflush(stdout);
+        return 0;
+    }
+    if (!strcmp(m, "memfd")) {              /* fexecve a memfd holding argv[2]: "payload wait" */
+        int fd = memfd_create("vigil-test-payload", 0), src = open(argv[2], O_RDONLY);
+        char buf[65536]; ssize_t n;
+        while ((n = read(src, buf, sizeof buf)) > 0) if (write(fd, buf, n) != n) return 3;
+        close(src);
+        char *av[] = {"payload", "wait", NULL}, *ev[] = {NULL};
+        fexecve(fd, av, ev);
+        return 127;
+    }
+    if (!strcmp(m, "wait")) {               /* says it runs, then waits for stdin's EOF */
+        char b; if (write(1, "ready\n", 6) != 6) return 3;
+        while (read(0, &b, 1) > 0) ;
         return 0;
     }
     return 2;
@@ -100,4 +117,39 @@ def test_clone_parent_child_runs_the_callers_image(running_agent: RunningAgent, 
     key_pid, _, _, pkey_pid, _, _, bin_len, _, binary = entry[:9]
     assert key_pid == child and pkey_pid == parent
     assert binary[:bin_len].decode() == caller_bin
+
+
+def test_memfd_exec_is_named_after_the_memfd(running_agent: RunningAgent, lifecycle: Path) -> None:
+    """fexecve of memfd_create("vigil-test-payload"): the kernel's walk ends on the memfd's own
+    dentry (its own parent, on no mounted tree); its name is the path, "/memfd:vigil-test-payload"
+    as /proc/<pid>/exe shows it less " (deleted)", in events (binary: the exec name is
+    /dev/fd/N, which says nothing) and in the process map (matchBinaries). No errorFilename;
+    binary_properties names the unlinked file. Before: no name, errorFilename, binary /dev/fd/N."""
+    seen: dict[str, Any] = {}
+
+    def act() -> None:
+        p = subprocess.Popen([str(lifecycle), "memfd", str(lifecycle)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE)
+        assert p.stdin is not None and p.stdout is not None
+        seen["pid"] = p.pid
+        assert p.stdout.readline() == b"ready\n", "the memfd exec failed"  # the payload runs
+        seen["proc_exe"] = os.readlink(f"/proc/{p.pid}/exe")
+        assert running_agent.agent.sensor is not None
+        seen["entry"] = running_agent.agent.sensor.entry(p.pid)
+        p.stdin.close()
+        assert p.wait(timeout=30) == 0
+
+    events = running_agent.collect(act)
+    name = "/memfd:vigil-test-payload"
+    assert seen["proc_exe"] == name + " (deleted)"
+    ex = _one([e for e in execs(events, pid=seen["pid"]) if e["process"].get("arguments") == "wait"], "memfd exec")
+    proc = ex["process"]
+    assert proc["binary"] == name
+    assert "errorFilename" not in proc["flags"].split()
+    bp = proc["binary_properties"]
+    assert bp["file"]["inode"]["links"] == 0 and int(bp["file"]["inode"]["number"]) > 0
+    assert bp["file"]["path"] == name
+    entry = seen["entry"]
+    assert entry is not None and entry[8][:entry[6]].decode() == name
+    assert _one(exits(events, pid=seen["pid"]), "memfd exit")["process"]["binary"] == name
 
