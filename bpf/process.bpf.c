@@ -297,11 +297,16 @@ static __always_inline int do_exec(struct task_struct *task, struct linux_binprm
 	/* cwd */
 	n = resolve_path(BPF_CORE_READ(fs, pwd.dentry), BPF_CORE_READ(fs, pwd.mnt), &root,
 		      h->data + (off & VIGIL_DATA_MASK), path_limit, &trunc, &detached);
+	if (detached) {
+		/* on a detached mount (umount -l) or otherwise out of every mounted tree: there
+		 * is no path to give (one from its own mount's root names a place that is not
+		 * there, and none would read as "/"). Tetragon's errorCWD: an empty cwd. */
+		m->hdr.flags |= VIGIL_F_CWD_NOT_ROOTED | VIGIL_F_ERR_CWD;
+		n = 0;
+	}
 	m->cwd_len = n;
 	if (trunc)
 		m->hdr.flags |= VIGIL_F_CWD_TRUNC;
-	if (detached)
-		m->hdr.flags |= VIGIL_F_CWD_NOT_ROOTED;
 	off += n;
 
 	/* the name execve was given (may be relative or a symlink) */

@@ -2279,8 +2279,10 @@ static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t n
 	if (PyUnicode_GET_LENGTH(peid) == 0)
 		fk |= K_MISS;
 	Py_ssize_t cwdn = PyUnicode_GET_LENGTH(r->cwd);
-	if (cwdn == 0)
-		fk |= K_NOCWD;
+	if (cwdn == 0) {
+		if (!(fk & F_ERR_CWD))  /* an unreachable cwd is errorCWD alone, as in Tetragon */
+			fk |= K_NOCWD;
+	}
 	else if (cwdn == 1 && PyUnicode_READ_CHAR(r->cwd, 0) == '/')
 		fk |= K_ROOTCWD;
 	if (!(tmp = PyLong_FromLong(fk)))

@@ -153,3 +153,36 @@ def test_memfd_exec_is_named_after_the_memfd(running_agent: RunningAgent, lifecy
     assert entry is not None and entry[8][:entry[6]].decode() == name
     assert _one(exits(events, pid=seen["pid"]), "memfd exit")["process"]["binary"] == name
 
+
+def test_cwd_on_a_detached_mount_is_an_error_not_a_path(running_agent: RunningAgent, workdir: Path) -> None:
+    """A process whose cwd is on a tmpfs lazily unmounted (umount -l) under it execs: its cwd
+    is reachable from no root, so the exec has Tetragon's error form, an empty cwd and
+    errorCWD (not "/" with rootcwd, nor the path inside the detached mount, "/sub", as before)."""
+    mnt = workdir / "mnt"
+    mnt.mkdir()
+    truebin = str(workdir / "truebin")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "vigil-test", str(mnt)], check=True)
+    try:
+        (mnt / "sub").mkdir()
+
+        def act() -> None:
+            for where, tag in ((mnt, "at-root"), (mnt / "sub", "in-sub")):
+                subprocess.run(["/bin/sh", "-c", f'cd "{where}" && umount -l "{mnt}" && exec "{truebin}" {tag}'],
+                               check=True)
+                if tag == "at-root":  # mounted again for the second
+                    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "vigil-test", str(mnt)], check=True)
+                    (mnt / "sub").mkdir()
+            subprocess.run(["/bin/sh", "-c", f'cd "{workdir}" && exec "{truebin}" mounted-cwd'], check=True)
+
+        events = running_agent.collect(act)
+    finally:
+        if os.path.ismount(mnt):
+            subprocess.run(["umount", "-l", str(mnt)])
+    for tag in ("at-root", "in-sub"):
+        proc = _one(execs(events, binary=truebin, arguments=tag), tag)["process"]
+        assert proc.get("cwd", "") == "", (tag, proc.get("cwd"))
+        flags = proc["flags"].split()
+        assert "errorCWD" in flags and "rootcwd" not in flags and "nocwd" not in flags, (tag, flags)
+    # a cwd on a mounted tree is still its path
+    proc = _one(execs(events, binary=truebin, arguments="mounted-cwd"), "mounted-cwd")["process"]
+    assert proc["cwd"] == str(workdir) and "errorCWD" not in proc["flags"].split()

@@ -278,7 +278,8 @@ class EventBuilder:
         elif not peid:
             fk |= _K_MISS
         if not cwd:
-            fk |= _K_NOCWD
+            if not fk & R.F_ERR_CWD:  # an unreachable cwd is errorCWD alone, as in Tetragon
+                fk |= _K_NOCWD
         elif cwd == "/":
             fk |= _K_ROOTCWD
         if in_tree:
