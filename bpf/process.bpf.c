@@ -141,19 +141,29 @@ static __always_inline void fill_creds(struct task_struct *task, struct msg_proc
 		m->auid = (__u32)-1;
 }
 
-static __always_inline void fill_namespaces(struct task_struct *task, struct msg_process *m, const bool btf)
+/* The task's pid in its own pid namespace, and (ns) that namespace. */
+static __always_inline __u32 task_nspid(struct task_struct *task, struct pid_namespace **ns, const bool btf)
 {
-	struct nsproxy *nsp = VREAD(btf, task, nsproxy);
 	struct pid *tp = VREAD(btf, task, thread_pid);
 	unsigned int level = VREAD(btf, tp, level);
 	struct upid up = {};
 
+	bpf_probe_read_kernel(&up, sizeof(up), &tp->numbers[level & 31]);
+	if (ns)
+		*ns = up.ns;
+	return up.nr;
+}
+
+static __always_inline void fill_namespaces(struct task_struct *task, struct msg_process *m, const bool btf)
+{
+	struct nsproxy *nsp = VREAD(btf, task, nsproxy);
+	struct pid_namespace *pidns = NULL;
+
 	m->ns[0] = VREAD(btf, nsp, uts_ns, ns.inum);
 	m->ns[1] = VREAD(btf, nsp, ipc_ns, ns.inum);
 	m->ns[2] = VREAD(btf, nsp, mnt_ns, ns.inum);
-	bpf_probe_read_kernel(&up, sizeof(up), &tp->numbers[level & 31]);
-	m->nspid = up.nr;
-	m->ns[3] = BPF_CORE_READ(up.ns, ns.inum);
+	m->nspid = task_nspid(task, &pidns, btf);
+	m->ns[3] = BPF_CORE_READ(pidns, ns.inum);
 	m->ns[4] = VREAD(btf, nsp, pid_ns_for_children, ns.inum);
 	m->ns[5] = VREAD(btf, nsp, net_ns, ns.inum);
 	if (bpf_core_field_exists(nsp->time_ns)) {
@@ -400,6 +410,8 @@ static __always_inline int do_clone(struct task_struct *caller, struct task_stru
 		else
 			m->ckey.pid = ctgid;
 	}
+	/* pid 1 of a new pid namespace starts its init tree here, before any exec */
+	m->nspid = task_nspid(child, NULL, btf);
 	h->ent.key = m->key;
 	h->ent.pkey = m->pkey;
 	if (bpf_map_update_elem(&execve_map, &m->key.pid, &h->ent, BPF_ANY))

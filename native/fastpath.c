@@ -2544,7 +2544,7 @@ static PyObject *builder_on_clone(Builder *b, PyObject *const *args, Py_ssize_t 
 	SET_STEAL(p, b->proc_off[P_PPID], PyLong_FromUnsignedLong(r->ppid));
 	SET_STEAL(p, b->proc_off[P_REFCNT], PyLong_FromLong(0));
 	SET_STEAL(p, b->proc_off[P_REMOVAL_AT], PyLong_FromLong(0));
-	SET_STEAL(p, b->proc_off[P_NSPID], PyLong_FromLong(0));
+	SET_STEAL(p, b->proc_off[P_NSPID], PyLong_FromUnsignedLong(r->nspid));
 	if (PyErr_Occurred() || cache_add(b, p, now) < 0 || bump(b, b->s_clone_count) < 0)
 		goto out;
 	res = Py_NewRef(Py_None);

@@ -62,6 +62,18 @@ int main(int argc, char **argv) {
         while (read(0, &b, 1) > 0) ;
         return 0;
     }
+    if (!strcmp(m, "ns-init")) {            /* pid 1 of a new pid namespace forks (no exec) */
+        if (unshare(CLONE_NEWPID)) return 3;
+        pid_t init = fork();
+        if (init == 0) {
+            pid_t c = fork();
+            if (c == 0) _exit(6);
+            waitpid(c, NULL, 0);
+            _exit(getpid() == 1 ? 5 : 4);
+        }
+        waitpid(init, NULL, 0);
+        return 0;
+    }
     return 2;
 }
 """
@@ -186,3 +198,20 @@ def test_cwd_on_a_detached_mount_is_an_error_not_a_path(running_agent: RunningAg
     # a cwd on a mounted tree is still its path
     proc = _one(execs(events, binary=truebin, arguments="mounted-cwd"), "mounted-cwd")["process"]
     assert proc["cwd"] == str(workdir) and "errorCWD" not in proc["flags"].split()
+
+
+def test_fork_of_a_new_pid_namespaces_init_is_in_its_init_tree(running_agent: RunningAgent, lifecycle: Path) -> None:
+    """unshare(CLONE_NEWPID), fork: the child is pid 1 of the new namespace and forks a child
+    of its own, neither ever execs. Fork records carry the namespace pid, so pid 1 is in its
+    init tree from its fork and its child inherits the mark (before, fork records had no
+    namespace pid: both were outside, like the host process they were forked from)."""
+    nsinit = _copy(lifecycle, "nsinit")
+    events = running_agent.collect(lambda: subprocess.run([nsinit, "ns-init"], check=True))
+    by_status = {e.get("status", 0): e for e in exits(events, binary=nsinit)}
+    assert set(by_status) == {0, 5, 6}, by_status.keys()  # the host process, pid 1 (5), its child (6)
+    assert by_status[0]["process"]["in_init_tree"] is False
+    for status in (5, 6):
+        proc = by_status[status]["process"]
+        assert proc["in_init_tree"] is True, (status, proc)
+        assert "inInitTree" in proc["flags"].split(), (status, proc["flags"])
+    assert by_status[6]["process"]["parent_exec_id"] == by_status[5]["process"]["exec_id"]

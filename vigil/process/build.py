@@ -255,8 +255,8 @@ class EventBuilder:
             pod = clone_of.msg.pod
             if pod and self.pods is not None:
                 pod = self.pods.with_pid(pod, r.nspid)
-            # the forking process's mark, or pid 1 of a new namespace (clone records carry
-            # no namespace pid yet: 0, so this is the parent's mark)
+            # the forking process's mark, or pid 1 of a new namespace (its clone record's
+            # namespace pid)
             in_tree = r.nspid == 1 or clone_of.in_init_tree
             msg = clone_of.msg.derive(exec_id=eid, pid=pid, start_time=self.clock.ktime_rfc3339(ktime),
                                       parent_exec_id=peid, tid=pid, flags=_CLONE_FLAGS[in_tree],
@@ -264,6 +264,7 @@ class EventBuilder:
             p = Process(eid, (pid, ktime), peid, pkey, r.ppid, msg)
             p.exe, p.cgroup_id, p.ns = clone_of.exe, clone_of.cgroup_id, clone_of.ns
             p.cap_effective, p.uid, p.docker = clone_of.cap_effective, clone_of.uid, clone_of.docker
+            p.nspid = r.nspid
             return p
 
         cwd = r.cwd
