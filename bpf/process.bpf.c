@@ -256,6 +256,7 @@ static __always_inline int do_exec(struct task_struct *task, struct linux_binprm
 	unsigned long astart, aend;
 	const char *fname;
 	struct kernfs_node *cg_kn, *cg_parent;
+	struct execve_entry *pe;
 	__u32 cg_off;
 	long r;
 
@@ -289,6 +290,10 @@ static __always_inline int do_exec(struct task_struct *task, struct linux_binprm
 	h->ent.key = m->key;
 	h->ent.pkey = m->pkey;
 	h->ent.flags = 0;
+	/* the first exec of a forked process: Tetragon's "clone" flag word */
+	pe = bpf_map_lookup_elem(&execve_map, &m->key.pid);
+	if (pe && (pe->flags & EXECVE_F_CLONE))
+		m->hdr.flags |= VIGIL_F_CLONE;
 	h->ent.caps[0] = m->cap_effective;
 	h->ent.caps[1] = m->cap_inheritable;
 	h->ent.caps[2] = m->cap_permitted;
@@ -414,6 +419,7 @@ static __always_inline int do_clone(struct task_struct *caller, struct task_stru
 	m->nspid = task_nspid(child, NULL, btf);
 	h->ent.key = m->key;
 	h->ent.pkey = m->pkey;
+	h->ent.flags = EXECVE_F_CLONE;
 	if (bpf_map_update_elem(&execve_map, &m->key.pid, &h->ent, BPF_ANY))
 		count_drop(DROP_EXECVE_MAP_FULL);
 	m->hdr.size = sizeof(*m);

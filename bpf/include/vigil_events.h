@@ -26,6 +26,7 @@ enum vigil_exec_flags {
 	VIGIL_F_PATH_NOT_ROOTED = 1 << 8,/* walk ended on a detached mount (memfd, pipe, ...) */
 	VIGIL_F_CWD_NOT_ROOTED = 1 << 9,
 	VIGIL_F_FILENAME_TRUNC = 1 << 10,
+	VIGIL_F_CLONE = 1 << 11,         /* exec: the first since the process was forked (Tetragon's "clone") */
 };
 
 struct msg_header {

@@ -8,6 +8,9 @@
 
 #define BINARY_LEN 256
 
+/* execve_entry.flags */
+#define EXECVE_F_CLONE 1  /* made by a fork, no exec since */
+
 /* Identity and binary of a thread group. `bin` is the executed file (the
  * interpreter for scripts), what matchBinaries selectors compare. */
 struct execve_entry {

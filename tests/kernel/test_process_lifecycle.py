@@ -215,3 +215,15 @@ def test_fork_of_a_new_pid_namespaces_init_is_in_its_init_tree(running_agent: Ru
         assert proc["in_init_tree"] is True, (status, proc)
         assert "inInitTree" in proc["flags"].split(), (status, proc["flags"])
     assert by_status[6]["process"]["parent_exec_id"] == by_status[5]["process"]["exec_id"]
+
+
+def test_first_exec_after_a_fork_is_flagged_clone(running_agent: RunningAgent, workdir: Path) -> None:
+    """Tetragon's "clone" flag word: on the exec of a process that forked and had not exec'd
+    since (the usual fork + exec), not on a later exec of the same process."""
+    sh, truebin = str(workdir / "parent-sh"), str(workdir / "truebin")
+    events = running_agent.collect(lambda: subprocess.run([sh, "-c", f'exec "{truebin}" after-exec'], check=True))
+    first = _one(execs(events, binary=sh), "the forked shell's exec")["process"]
+    second = _one(execs(events, binary=truebin, arguments="after-exec"), "the shell's own exec")["process"]
+    assert {"execve", "clone"} <= set(first["flags"].split()), first["flags"]
+    assert "clone" not in second["flags"].split(), second["flags"]
+    assert second["pid"] == first["pid"]

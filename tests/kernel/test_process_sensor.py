@@ -81,7 +81,7 @@ def test_exec_event_has_exact_process_fields(running_agent: RunningAgent, workdi
         assert proc["arguments"] == expected_arguments
     assert proc["cwd"] == str(cwd)
     assert proc["uid"] == 0 and proc["auid"] >= 0
-    assert proc["flags"] == "execve"
+    assert proc["flags"] == "execve clone"  # the first exec of a forked process
     assert proc["tid"] == proc["pid"]
     # parent links: the child's parent is the test-created shell
     assert proc["parent_exec_id"] == p["exec_id"]

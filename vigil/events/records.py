@@ -29,6 +29,7 @@ F_EXE_DELETED = 1 << 7
 F_PATH_NOT_ROOTED = 1 << 8
 F_CWD_NOT_ROOTED = 1 << 9
 F_FILENAME_TRUNC = 1 << 10
+F_CLONE = 1 << 11  # exec: the first since the process was forked
 
 # mirrors of bpf/include/vigil_events.h, checked against the object's BTF at load
 HEADER = Layout("msg_header", "op:B pad:B flags:H size:I ktime:Q")
