@@ -219,6 +219,44 @@ static __always_inline __u64 follow_marks(struct exec_heap *h, __u32 pid, __u32 
 	return mask;
 }
 
+/* A privileged exec (enum vigil_exec_privs), from the new credentials (m) and what the
+ * kernel decided about the exec. bprm->per_clear is set when a set-user/group-ID bit was
+ * applied (bprm_fill_uid), or, on kernels before 6.18's, when file capabilities raised the
+ * permitted set (there it stays 0 for those: 6.18 tells them by bprm->secureexec). That is
+ * the condition of Tetragon's bprm_committing_creds hook; the real ids do not change at
+ * exec, so euid != uid is a set-user-ID exec. "Capabilities gained" compares with the
+ * credentials before the exec, gone here: a non-root process with a permitted set after a
+ * secure exec, no id change and no ambient set can only have it from the file; per_clear
+ * with no effective set-ID bit on the file is checked against the permitted set at the
+ * process's last exec (old), as an LSM's transition sets it too. */
+static __always_inline __u32 exec_privs(struct linux_binprm *bprm, const struct cred *cred, struct msg_process *m,
+					struct execve_entry *old, const bool btf)
+{
+	__u32 privs = 0, mode = m->i_mode, setid, per_clear, secure;
+
+	per_clear = VREAD(btf, bprm, per_clear);
+	secure = BPF_CORE_READ_BITFIELD_PROBED(bprm, secureexec);
+	if (!per_clear && !secure)
+		return 0;
+	if (per_clear && m->euid != m->uid) {
+		privs |= VIGIL_PRIV_SETUID;
+		if (m->uid != 0 && m->euid == 0)
+			privs |= VIGIL_PRIV_SETUID_ROOT;
+	}
+	if (per_clear && m->egid != m->gid) {
+		privs |= VIGIL_PRIV_SETGID;
+		if (m->gid != 0 && m->egid == 0)
+			privs |= VIGIL_PRIV_SETGID_ROOT;
+	}
+	if (m->euid != m->uid || !m->cap_permitted || read_cap((kernel_cap_t *)&cred->cap_ambient))
+		return privs;
+	setid = (mode & 04000) || (mode & 02010) == 02010;  /* S_ISUID; S_ISGID with S_IXGRP */
+	if ((secure && m->uid != 0) ||
+	    (per_clear && !setid && old && (m->cap_permitted & ~old->caps[2])))
+		privs |= VIGIL_PRIV_FILE_CAPS;
+	return privs;
+}
+
 /* This CPU's record slot, its header and identity filled in (exec and clone records). */
 static __always_inline struct exec_heap *begin_record(__u8 op, struct task_struct *task, const bool btf)
 {
@@ -294,6 +332,7 @@ static __always_inline int do_exec(struct task_struct *task, struct linux_binprm
 	pe = bpf_map_lookup_elem(&execve_map, &m->key.pid);
 	if (pe && (pe->flags & EXECVE_F_CLONE))
 		m->hdr.flags |= VIGIL_F_CLONE;
+	m->privs = exec_privs(bprm, VREAD(btf, task, cred), m, pe, btf);
 	h->ent.caps[0] = m->cap_effective;
 	h->ent.caps[1] = m->cap_inheritable;
 	h->ent.caps[2] = m->cap_permitted;

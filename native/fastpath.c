@@ -295,6 +295,7 @@ typedef struct {
 	unsigned long long boottime;
 	unsigned int caller_pid;
 	unsigned long long caller_ktime;
+	unsigned int privs;
 	PyObject *exe, *cwd, *filename, *cgroup_name, *args;
 } ProcessRecord;
 
@@ -345,7 +346,7 @@ static PyObject *ProcessRecord_new(PyTypeObject *type, PyObject *argsv, PyObject
 	r->cap_permitted = m.cap_permitted, r->cap_effective = m.cap_effective, r->cap_inheritable = m.cap_inheritable;
 	r->cgroup_id = m.cgroup_id, r->ino = m.ino, r->i_mode = m.i_mode, r->i_nlink = m.i_nlink;
 	r->boottime = m.boottime;
-	r->caller_pid = m.ckey.pid, r->caller_ktime = m.ckey.ktime;
+	r->caller_pid = m.ckey.pid, r->caller_ktime = m.ckey.ktime, r->privs = m.privs;
 	r->ns = ns_tuple(m.ns);
 	if (!r->ns)
 		goto fail;
@@ -379,7 +380,8 @@ static PyMemberDef ProcessRecord_members[] = {
 	U(userns_uid, T_UINT), U(userns_gid, T_UINT), U(cap_permitted, T_ULONGLONG),
 	U(cap_effective, T_ULONGLONG), U(cap_inheritable, T_ULONGLONG), U(ns, T_OBJECT_EX),
 	U(cgroup_id, T_ULONGLONG), U(ino, T_ULONGLONG), U(i_mode, T_UINT), U(i_nlink, T_UINT),
-	U(boottime, T_ULONGLONG), U(caller_pid, T_UINT), U(caller_ktime, T_ULONGLONG), U(exe, T_OBJECT_EX), U(cwd, T_OBJECT_EX), U(filename, T_OBJECT_EX),
+	U(boottime, T_ULONGLONG), U(caller_pid, T_UINT), U(caller_ktime, T_ULONGLONG), U(privs, T_UINT),
+	U(exe, T_OBJECT_EX), U(cwd, T_OBJECT_EX), U(filename, T_OBJECT_EX),
 	U(cgroup_name, T_OBJECT_EX), U(args, T_OBJECT_EX),
 	{NULL, 0, 0, 0, NULL},
 };
@@ -2306,7 +2308,7 @@ static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t n
 		PyErr_SetString(PyExc_TypeError, "namespace cache entries are (ns, message) pairs");
 		goto out;
 	}
-	if (r->op == OP_EXEC && (r->i_mode & 06000 || r->flags & F_PATH_NOT_ROOTED || r->i_nlink == 0)) {
+	if (r->op == OP_EXEC && (r->privs || r->flags & F_PATH_NOT_ROOTED || r->i_nlink == 0)) {
 		if (!(bp = PyObject_CallOneArg(b->m_binary_properties, rec)))
 			goto out;
 		int t = PyObject_IsTrue(bp);

@@ -29,6 +29,16 @@ enum vigil_exec_flags {
 	VIGIL_F_CLONE = 1 << 11,         /* exec: the first since the process was forked (Tetragon's "clone") */
 };
 
+/* msg_process.privs: a privileged exec, as Tetragon's bprm_committing_creds hook tells them
+ * (its secureexec bits, same values) */
+enum vigil_exec_privs {
+	VIGIL_PRIV_SETUID = 1 << 0,      /* euid differs from uid (set-user-ID file) */
+	VIGIL_PRIV_SETGID = 1 << 1,      /* egid differs from gid */
+	VIGIL_PRIV_FILE_CAPS = 1 << 2,   /* file capabilities raised the permitted set */
+	VIGIL_PRIV_SETUID_ROOT = 1 << 3, /* a non-root uid got euid 0 */
+	VIGIL_PRIV_SETGID_ROOT = 1 << 4, /* a non-root gid got egid 0 */
+};
+
 struct msg_header {
 	__u8 op;
 	__u8 pad;
@@ -77,7 +87,7 @@ struct msg_process {
 	__u16 filename_len;        /* bprm->filename, as passed to execve */
 	__u16 cgroup_len;          /* tracking cgroup: "parent/leaf" directory names */
 	__u32 args_len;            /* raw argv area (NUL separated) */
-	__u32 pad2;
+	__u32 privs;               /* exec: enum vigil_exec_privs */
 	char data[];
 };
 

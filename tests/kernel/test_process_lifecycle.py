@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -227,3 +228,48 @@ def test_first_exec_after_a_fork_is_flagged_clone(running_agent: RunningAgent, w
     assert {"execve", "clone"} <= set(first["flags"].split()), first["flags"]
     assert "clone" not in second["flags"].split(), second["flags"]
     assert second["pid"] == first["pid"]
+
+
+def _setcap_net_raw(path: str) -> None:
+    """cap_net_raw+ep on path: setcap when installed, else the security.capability xattr
+    (struct vfs_cap_data, revision 2, effective; permitted = CAP_NET_RAW)."""
+    setcap = shutil.which("setcap")
+    if setcap:
+        subprocess.run([setcap, "cap_net_raw+ep", path], check=True)
+    else:
+        os.setxattr(path, "security.capability", struct.pack("<5I", 0x02000001, 1 << 13, 0, 0, 0))
+
+
+def test_privileged_execs_have_binary_properties(running_agent: RunningAgent, workdir: Path,
+                                                 others_can_resolve_paths: None) -> None:
+    """Run as nobody: a set-user-ID-root copy of true gives setuid 0 and
+    PRIVILEGES_RAISED_EXEC_FILE_SETUID, a set-group-ID-root copy setgid 0 and ..._SETGID, a
+    cap_net_raw+ep copy ..._FILE_CAP (Tetragon's conditions); a plain copy, and the set-user-ID
+    copy run by root (no id change, no capability gained), have no binary_properties."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("util-linux setpriv not installed")
+    src = workdir / "truebin"
+    bins = {name: _copy(src, name) for name in ("suidtrue", "sgidtrue", "captrue", "plaintrue")}
+    os.chmod(bins["suidtrue"], 0o4755)
+    os.chmod(bins["sgidtrue"], 0o2755)
+    _setcap_net_raw(bins["captrue"])
+    nobody = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+    def act() -> None:
+        for name, path in bins.items():
+            subprocess.run([*nobody, path, f"as-nobody-{name}"], check=True)
+        subprocess.run([bins["suidtrue"], "as-root"], check=True)
+
+    events = running_agent.collect(act)
+
+    def props(binary: str, arguments: str) -> Any:
+        return _one(execs(events, binary=binary, arguments=arguments), arguments)["process"].get("binary_properties")
+
+    assert props(bins["suidtrue"], "as-nobody-suidtrue") == {
+        "setuid": 0, "privileges_changed": ["PRIVILEGES_RAISED_EXEC_FILE_SETUID"]}
+    assert props(bins["sgidtrue"], "as-nobody-sgidtrue") == {
+        "setgid": 0, "privileges_changed": ["PRIVILEGES_RAISED_EXEC_FILE_SETGID"]}
+    assert props(bins["captrue"], "as-nobody-captrue") == {"privileges_changed": ["PRIVILEGES_RAISED_EXEC_FILE_CAP"]}
+    assert props(bins["plaintrue"], "as-nobody-plaintrue") is None
+    assert props(bins["suidtrue"], "as-root") is None

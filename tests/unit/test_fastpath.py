@@ -297,7 +297,7 @@ def _exec_record(pid: int, ktime: int, ppid: int, pktime: int, d: dict[str, Any]
         pid + d["tid_off"], ppid, d.get("nspid") or pid, d["auid"], d["uid"], d["uid"], d["euid"], d["uid"], d["uid"], d["uid"],
         d["uid"], d["uid"], d["securebits"], d["userns_level"], 0, 0, caps[0], caps[1], caps[2], *d["ns"], 77,
         123456, d["i_mode"], d["nlink"], ktime, d.get("ckey", (0, 0))[0], 0, d.get("ckey", (0, 0))[1],
-        len(exe), len(cwd), len(fn), len(cg), len(args), 0)
+        len(exe), len(cwd), len(fn), len(cg), len(args), d.get("privs", 0))
     return head + exe + cwd + fn + cg + args
 
 
@@ -318,6 +318,9 @@ exec_fields = st.fixed_dictionaries({
     # a clone's caller when it is not the parent (CLONE_PARENT): an index into the pids so far
     # (-1: none), named by its exec key or (False) by pid alone
     "caller": st.sampled_from([-1, -1, -1, 0, 1, 2, 5]), "caller_keyed": st.booleans(),
+    # a privileged exec (enum vigil_exec_privs): set-user/group-ID, to root, file capabilities
+    "privs": st.sampled_from([0, 0, 0, R.PRIV_SETUID, R.PRIV_SETUID | R.PRIV_SETUID_ROOT, R.PRIV_FILE_CAPS,
+                              R.PRIV_SETGID | R.PRIV_SETGID_ROOT | R.PRIV_SETUID, 31]),
 })
 steps = st.lists(st.one_of(
     st.tuples(st.just("exec"), st.integers(0, 12), st.integers(0, 12), st.booleans(), exec_fields),

@@ -31,6 +31,13 @@ F_CWD_NOT_ROOTED = 1 << 9
 F_FILENAME_TRUNC = 1 << 10
 F_CLONE = 1 << 11  # exec: the first since the process was forked
 
+# msg_process.privs (enum vigil_exec_privs): a privileged exec, Tetragon's secureexec bits
+PRIV_SETUID = 1 << 0
+PRIV_SETGID = 1 << 1
+PRIV_FILE_CAPS = 1 << 2
+PRIV_SETUID_ROOT = 1 << 3
+PRIV_SETGID_ROOT = 1 << 4
+
 # mirrors of bpf/include/vigil_events.h, checked against the object's BTF at load
 HEADER = Layout("msg_header", "op:B pad:B flags:H size:I ktime:Q")
 PROCESS = Layout("msg_process", "hdr.op:B hdr.pad:B hdr.flags:H hdr.size:I hdr.ktime:Q key.pid:I key.pad:I key.ktime:Q "
@@ -38,7 +45,7 @@ PROCESS = Layout("msg_process", "hdr.op:B hdr.pad:B hdr.flags:H hdr.size:I hdr.k
                  "uid:I gid:I euid:I egid:I suid:I sgid:I fsuid:I fsgid:I securebits:I userns_level:I userns_uid:I "
                  "userns_gid:I cap_permitted:Q cap_effective:Q cap_inheritable:Q ns:10I cgroup_id:Q ino:Q i_mode:I "
                  "i_nlink:I boottime:Q ckey.pid:I ckey.pad:I ckey.ktime:Q "
-                 "exe_len:H cwd_len:H filename_len:H cgroup_len:H args_len:I pad2:I")
+                 "exe_len:H cwd_len:H filename_len:H cgroup_len:H args_len:I privs:I")
 EXIT = Layout("msg_exit", "hdr.op:B hdr.pad:B hdr.flags:H hdr.size:I hdr.ktime:Q key.pid:I key.pad:I key.ktime:Q "
               "tid:I code:I")
 
@@ -56,7 +63,7 @@ class ProcessRecord:
         "op", "flags", "ktime", "pid", "exec_ktime", "ppid_key", "pktime", "tid", "ppid", "nspid", "auid",
         "uid", "gid", "euid", "egid", "suid", "sgid", "fsuid", "fsgid", "securebits",
         "userns_level", "userns_uid", "userns_gid", "cap_permitted", "cap_effective", "cap_inheritable",
-        "ns", "cgroup_id", "ino", "i_mode", "i_nlink", "boottime", "caller_pid", "caller_ktime",
+        "ns", "cgroup_id", "ino", "i_mode", "i_nlink", "boottime", "caller_pid", "caller_ktime", "privs",
         "exe", "cwd", "filename", "cgroup_name", "args",
     )
 
@@ -73,7 +80,7 @@ class ProcessRecord:
         self.ns = v[30:40]
         (self.cgroup_id, self.ino, self.i_mode, self.i_nlink, self.boottime,
          self.caller_pid, _, self.caller_ktime,
-         exe_len, cwd_len, fn_len, cg_len, args_len, _) = v[40:54]
+         exe_len, cwd_len, fn_len, cg_len, args_len, self.privs) = v[40:54]
         o = PROCESS.size
         end = o + exe_len + cwd_len + fn_len + cg_len + args_len
         if end > len(buf):

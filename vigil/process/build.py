@@ -73,6 +73,10 @@ _K_PROCFS, _K_MISS, _K_NOCWD, _K_ROOTCWD, _K_INIT_TREE = 1 << 16, 1 << 17, 1 << 
 _CLONE_FLAGS = ("clone", "clone inInitTree")  # a fork's flags, by whether it is in its init tree
 _INTERN_MAX = 4096  # bound of each intern cache (caps, credentials, namespaces, cgroups)
 _FD_PATHS = ("/dev/fd/", "/proc/self/fd/")  # fexecve: the name says nothing, use the file
+# binary_properties.privileges_changed, in Tetragon's order
+_PRIVILEGES_CHANGED = ((R.PRIV_FILE_CAPS, "PRIVILEGES_RAISED_EXEC_FILE_CAP"),
+                       (R.PRIV_SETUID_ROOT, "PRIVILEGES_RAISED_EXEC_FILE_SETUID"),
+                       (R.PRIV_SETGID_ROOT, "PRIVILEGES_RAISED_EXEC_FILE_SETGID"))
 
 
 def _flag_words(k: int) -> str:
@@ -298,7 +302,7 @@ class EventBuilder:
             caps = self._caps(r)
         ns, ns_json = self._ns_cache.get(r.ns) or self._namespaces(r.ns)
         bp = None
-        if r.op == R.OP_EXEC and (r.i_mode & 0o6000 or r.flags & R.F_PATH_NOT_ROOTED or r.i_nlink == 0):
+        if r.op == R.OP_EXEC and (r.privs or r.flags & R.F_PATH_NOT_ROOTED or r.i_nlink == 0):
             bp = self._binary_properties(r) or None
         msg = ProcessMsg(
             eid, pid, r.euid, cwd,
@@ -327,10 +331,14 @@ class EventBuilder:
         bp: dict[str, Any] = {}
         if getattr(r, "op", 0) != R.OP_EXEC:
             return bp
-        if r.i_mode & 0o4000 and r.euid != r.uid:
+        # a privileged exec, as Tetragon's hook tells it (the kernel's privs bits)
+        if r.privs & R.PRIV_SETUID:
             bp["setuid"] = r.euid
-        if r.i_mode & 0o2000 and r.egid != r.gid:
+        if r.privs & R.PRIV_SETGID:
             bp["setgid"] = r.egid
+        changed = [name for bit, name in _PRIVILEGES_CHANGED if r.privs & bit]
+        if changed:
+            bp["privileges_changed"] = changed
         if r.flags & R.F_PATH_NOT_ROOTED or r.i_nlink == 0:
             bp["file"] = {"inode": {"number": str(r.ino), "links": r.i_nlink}, "path": r.exe}
         return bp
