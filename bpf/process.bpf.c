@@ -466,15 +466,38 @@ static __always_inline int do_clone(struct task_struct *caller, struct task_stru
 	return 0;
 }
 
-static __always_inline int do_exit(struct task_struct *task, const bool btf)
+/* Since 6.18 the sched_process_exit tracepoint passes group_dead: this thread's exit is the
+ * one that ended its thread group (do_exit's atomic_dec_and_test of signal->live), true for
+ * exactly one thread. Its trace event got a group_dead field in the same change, which is what
+ * the CO-RE check below asks for; without it the argument is not there (reading it would be
+ * refused), and signal->live is read at the tracepoint instead. */
+struct trace_event_raw_sched_process_exit___vigil {
+	bool group_dead;
+} __attribute__((preserve_access_index));
+
+/* 1: the group died with this thread, 0: not, -1: the kernel does not say */
+static __always_inline int exit_group_dead(unsigned long long *ctx)
+{
+	if (bpf_core_field_exists(struct trace_event_raw_sched_process_exit___vigil, group_dead))
+		return *(volatile unsigned long long *)&ctx[1] & 1;  /* not hoisted above the check */
+	return -1;
+}
+
+static __always_inline int do_exit(struct task_struct *task, int group_dead, const bool btf)
 {
 	struct msg_exit x = {};
 	struct execve_entry *e;
 	__u32 tgid = VREAD(btf, task, tgid);
 
-	/* only the last thread of the group ends the process */
-	if (VREAD(btf, task, signal, live.counter) != 0)
+	/* only the last thread of the group ends the process. signal->live is read after every
+	 * exiting thread decremented it, so two threads ending together may both see 0: the
+	 * first to delete the entry would report, with its own exit code and tid */
+	if (group_dead >= 0) {
+		if (!group_dead)
+			return 0;
+	} else if (VREAD(btf, task, signal, live.counter) != 0) {
 		return 0;
+	}
 	x.hdr.op = VIGIL_OP_EXIT;
 	x.hdr.size = sizeof(x);
 	x.hdr.ktime = bpf_ktime_get_ns();
@@ -483,7 +506,7 @@ static __always_inline int do_exit(struct task_struct *task, const bool btf)
 	e = bpf_map_lookup_elem(&execve_map, &tgid);
 	if (e) {
 		x.key = e->key;
-		/* two threads may both see live == 0; only the deleter reports */
+		/* (without group_dead) two threads may both see live == 0; only the deleter reports */
 		if (bpf_map_delete_elem(&execve_map, &tgid))
 			return 0;
 	} else {
@@ -520,11 +543,11 @@ int BPF_PROG(vigil_fork_raw, struct task_struct *parent, struct task_struct *chi
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(vigil_exit_btf, struct task_struct *p)
 {
-	return do_exit(p, true);
+	return do_exit(p, exit_group_dead(ctx), true);
 }
 
 SEC("raw_tp/sched_process_exit")
 int BPF_PROG(vigil_exit_raw, struct task_struct *p)
 {
-	return do_exit(p, false);
+	return do_exit(p, exit_group_dead(ctx), false);
 }

@@ -33,6 +33,11 @@ LIFECYCLE_C = r"""
 #include <sched.h>
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <pthread.h>
+
+static pthread_barrier_t go;
+static void *thread_exit(void *a) { pthread_barrier_wait(&go); syscall(SYS_exit, 20 + (int)(long)a); return NULL; }
+static void *group_exit(void *a) { pthread_barrier_wait(&go); syscall(SYS_exit_group, 7); return NULL; }
 
 int main(int argc, char **argv) {
     const char *m = argc > 1 ? argv[1] : "";
@@ -74,6 +79,14 @@ int main(int argc, char **argv) {
         }
         waitpid(init, NULL, 0);
         return 0;
+    }
+    if (!strcmp(m, "threads-exit")) {       /* 16 threads end at once: SYS_exit(20 + i), or thread 0 exit_group(7) */
+        int group = argc > 2 && !strcmp(argv[2], "group");
+        pthread_t t[16];
+        pthread_barrier_init(&go, NULL, 17);
+        for (long i = 0; i < 16; i++) pthread_create(&t[i], NULL, group && i == 0 ? group_exit : thread_exit, (void *)i);
+        pthread_barrier_wait(&go);
+        pthread_exit(NULL);                 /* the leader first: a zombie until the group ends */
     }
     return 2;
 }
@@ -273,3 +286,28 @@ def test_privileged_execs_have_binary_properties(running_agent: RunningAgent, wo
     assert props(bins["captrue"], "as-nobody-captrue") == {"privileges_changed": ["PRIVILEGES_RAISED_EXEC_FILE_CAP"]}
     assert props(bins["plaintrue"], "as-nobody-plaintrue") is None
     assert props(bins["suidtrue"], "as-root") is None
+
+
+def test_threads_ending_together_give_one_exit(running_agent: RunningAgent, lifecycle: Path) -> None:
+    """Thread groups whose 16 threads end at once (after the leader's pthread_exit), each with
+    its own SYS_exit code, or while one of them calls exit_group(7): one exit event per
+    process, with one of its threads' codes. Where the kernel says which thread's exit ended the group (sched_process_exit's
+    group_dead, 6.18) that thread reports; before, every thread that found signal->live at 0
+    could (the first to delete the process's entry did)."""
+    runs = 12
+    statuses: dict[int, int] = {}
+
+    def act() -> None:
+        for i in range(runs):
+            group = i % 2 == 1
+            p = subprocess.Popen([str(lifecycle), "threads-exit"] + (["group"] if group else []))
+            statuses[p.pid] = p.wait(timeout=30)
+
+    events = running_agent.collect(act)
+    for pid, rc in statuses.items():
+        ex = _one(exits(events, pid=pid), f"exit of {pid}")
+        got = ex.get("status", 0)
+        # the code of the thread that ended the group, as Tetragon's acct_process hook
+        # reads it: exit_group's 7 (every thread it stopped has it), one of the SYS_exit
+        # codes, or the leader's 0 when its pthread_exit came last
+        assert got in (0, 7) or 20 <= got < 36, (pid, got, rc)
