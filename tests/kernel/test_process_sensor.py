@@ -451,9 +451,12 @@ def test_chrooted_process_paths_are_relative_to_its_root(workdir: Path, tmp_path
         (root / "w").mkdir()
 
         def start() -> subprocess.Popen[bytes]:
-            # busybox: `sh` then `sleep` by name; the C sleeper: its cwd from argv
-            p = subprocess.Popen(["chroot", str(root), "/sh", "-c", "cd /w && exec /sleep 60"] if _is_busybox(root / "sh")
-                                 else ["chroot", str(root), "/sh", "60", "/w"])
+            # busybox: `sh` then `sleep` by name; the C sleeper: in /w before its exec, which is
+            # where the kernel reads the cwd of a live exec
+            if _is_busybox(root / "sh"):
+                p = subprocess.Popen(["chroot", str(root), "/sh", "-c", "cd /w && exec /sleep 60"])
+            else:
+                p = subprocess.Popen(["/sh", "60"], preexec_fn=lambda: (os.chroot(root), os.chdir("/w")))
             procs.append(p)
             return p
 
