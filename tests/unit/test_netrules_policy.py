@@ -124,3 +124,30 @@ def test_hook_refuses_what_explain_refuses() -> None:
     assert errors and ch is not None
     with pytest.raises(PolicyError, match=r'p\.yaml:11:.*matchBinaries value "curl"'):
         NetDenyHook(ch, {}, False)
+
+
+@pytest.mark.parametrize("blocks, pid_blocks, want_bins, want_pids", [
+    # several matchPIDs entries of a selector are ANDed (as in Tetragon and the evaluator): the
+    # pids every entry lists (validation allows one matchBinaries entry per selector)
+    ([], [[1, 2, 3], [2, 3, 4]], [None], [2, 3]),
+    ([["/usr/bin/a", "/usr/bin/b"]], [[7, 8], [8]], ["/usr/bin/a", "/usr/bin/b"], [8]),
+    # nothing in common: the selector matches nothing, so it makes no rule (before, the lists
+    # were merged and every pid of either was refused)
+    ([], [[1], [2]], None, None),
+], ids=["pids", "binaries-and-pids", "disjoint-pids"])
+def test_several_pid_entries_of_a_selector_are_anded(blocks, pid_blocks, want_bins, want_pids) -> None:
+    lines = "".join(f"      - {{operator: In, values: [{', '.join(chr(34) + b + chr(34) for b in vals)}]}}\n"
+                    for vals in blocks)
+    plines = "".join(f"      - {{operator: In, values: [{', '.join(map(str, vals))}]}}\n" for vals in pid_blocks)
+    sel = "    - matchArgs: [{index: 1, operator: SAddr, values: [\"10.0.0.0/8\"]}]\n"
+    if blocks:
+        sel += "      matchBinaries:\n" + lines
+    if pid_blocks:
+        sel += "      matchPIDs:\n" + plines
+    sel += "      matchActions: [{action: Override, argError: -1}]\n"
+    got = rules(policy(sel))
+    if want_bins is None:
+        assert got == []
+        return
+    assert [r.binary for r in got] == want_bins
+    assert all(list(r.pids) == want_pids for r in got)

@@ -145,13 +145,15 @@ def socket_rules(pl: Placement, selectors: tuple[Selector, ...], hook_id: int = 
             out.problems.append((port_loc or sel.loc, f"selector {si + 1}: {len(ports)} port ranges, at most "
                                  f"{MAX_PORTS} per selector in cgroup socket rules"))
             bad = True
-        binaries: list[str | None] = [None]
+        # several matchBinaries / matchPIDs entries of a selector are ANDed: a rule for each
+        # value every entry lists (none: the selector can match nothing, no rule)
+        anded: list[str] | None = None
         bin_loc = sel.at("matchBinaries")
         for b in sel.match_binaries:
             if b.operator != "In":
                 bad = True  # reported by check_host_selectors
                 continue
-            binaries = list(b.values)
+            anded = list(b.values) if anded is None else [v for v in anded if v in b.values]
             bin_loc = b.at("values")
             for v in b.values:
                 raw = v.encode("utf-8", "surrogateescape")
@@ -159,14 +161,17 @@ def socket_rules(pl: Placement, selectors: tuple[Selector, ...], hook_id: int = 
                     out.problems.append((bin_loc, f'matchBinaries value "{v}": cgroup socket rules match the '
                                          f"absolute path of the executable (shorter than {BIN_LEN} bytes)"))
                     bad = True
-        sel_pids: list[int] = []
+        anded_pids: list[int] | None = None
         for mp in sel.match_pids:
             if mp.operator != "In" or mp.follow_forks or mp.is_namespace_pid:
                 bad = True  # reported by check_host_selectors
                 continue
-            sel_pids += [int(v) for v in mp.values]
-        if bad:
+            vals = [int(v) for v in mp.values]
+            anded_pids = vals if anded_pids is None else [p for p in anded_pids if p in vals]
+        if bad or anded == [] or anded_pids == []:
             continue
+        binaries: list[str | None] = list(anded) if anded is not None else [None]
+        sel_pids = anded_pids or []
         if len(out.rules) + len(binaries) > MAX_RULES:
             out.problems.append((sel.at("matchBinaries") if sel.match_binaries else sel.loc,
                                  f"selector {si + 1}: {len(out.rules) + len(binaries)} socket rules (one per "
