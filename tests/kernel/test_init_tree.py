@@ -32,7 +32,7 @@ NAMES = ("initsh", "childsh", "grandchild", "joinsh", "joinchild")
 def bins(workdir: Path) -> dict[str, str]:
     """Test-owned copies (the binary names the events are told apart by)."""
     if not (UNSHARE and NSENTER):
-        pytest.skip("util-linux unshare/nsenter not installed")
+        pytest.fail("util-linux unshare/nsenter missing (util-linux is essential on Debian)")
     out = {}
     for name in NAMES:
         src = "/bin/sh" if name.endswith("sh") else "/bin/sleep"

@@ -36,7 +36,7 @@ EXEC = frozenset({"exec"})
 def bins(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     require_root()  # fanotify permission events, mounting FUSE
     if not os.path.exists("/dev/fuse"):
-        pytest.skip("no /dev/fuse")
+        pytest.skip("kernel without FUSE (CONFIG_FUSE_FS: no /dev/fuse)")
     d = tmp_path_factory.mktemp("served-bins")
     return build(d, "m", MARKER_C), build(d, "launch", LAUNCH_C)
 

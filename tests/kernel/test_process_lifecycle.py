@@ -261,7 +261,7 @@ def test_privileged_execs_have_binary_properties(running_agent: RunningAgent, wo
     copy run by root (no id change, no capability gained), have no binary_properties."""
     setpriv = shutil.which("setpriv")
     if setpriv is None:
-        pytest.skip("util-linux setpriv not installed")
+        pytest.fail("util-linux setpriv missing (util-linux is essential on Debian)")
     src = workdir / "truebin"
     bins = {name: _copy(src, name) for name in ("suidtrue", "sgidtrue", "captrue", "plaintrue")}
     os.chmod(bins["suidtrue"], 0o4755)

@@ -435,7 +435,7 @@ def _static_binary(dest: Path, tmp: Path) -> None:
     src.write_text("#include <unistd.h>\n#include <stdlib.h>\n"
                    "int main(int c, char **v) { if (c > 2) chdir(v[2]); sleep(c > 1 ? atoi(v[1]) : 60); return 0; }\n")
     if subprocess.run(["clang", "-static", "-O1", "-o", str(dest), str(src)]).returncode:
-        pytest.skip("no static binary for the chroot (busybox-static, or clang with a static libc)")
+        pytest.fail("no static binary for the chroot: `make` installs clang and libc6-dev (static libc)")
 
 
 def test_chrooted_process_paths_are_relative_to_its_root(workdir: Path, tmp_path: Path):
@@ -624,7 +624,7 @@ def test_processes_forked_between_attach_and_seed_get_their_binary(tmp_path: Pat
     if not take:  # what a kernel before 5.14 (no lookup-and-delete on hash maps) gets
         monkeypatch.setattr(ProcessSensor, "take_supported", False)
     elif not ProcessSensor.take_supported:
-        pytest.skip("no lookup-and-delete for hash maps here")
+        pytest.skip("kernel without BPF_MAP_LOOKUP_AND_DELETE_ELEM on hash maps (before 5.14)")
     try:
         cfg = AgentConfig(export_filename=str(tmp_path / "window.log"), server_address="", node_name="vigil-test")
         with RunningAgent(cfg) as ra:

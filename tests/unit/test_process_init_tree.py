@@ -90,7 +90,7 @@ IN_TREE = {100: False, 101: False, 102: True, 103: True, 104: True, 105: False, 
 def test_init_tree_through_fork_and_exec(name: str) -> None:
     bs = dict(builders())
     if name not in bs:
-        pytest.skip("vigil/_fastpath is not built")
+        pytest.fail("vigil/_fastpath is not built: run `make`")
     b = bs[name]
     execs = {}
     for op, pid, ktime, ppid, pktime, nspid, ns in STEPS:
@@ -125,7 +125,7 @@ def test_init_tree_through_fork_and_exec(name: str) -> None:
 def test_compiled_and_python_caches_agree() -> None:
     bs = builders()
     if len(bs) < 2:
-        pytest.skip("vigil/_fastpath is not built")
+        pytest.fail("vigil/_fastpath is not built: run `make`")
     (_, fast), (_, ref) = bs
     for op, pid, ktime, ppid, pktime, nspid, ns in STEPS:
         buf = record(op, pid, ktime, ppid, pktime, nspid, ns=ns)
