@@ -211,24 +211,29 @@ ORDER_TYPES = [("uint64", True), ("ulong", True), ("size_t", True), ("uint32", T
                ("int32", False), ("int16", False), ("int8", False)]
 
 
+def lseek_offset_policy(atype: str, match_args: str) -> str:
+    """A policy on lseek's offset (argument 1) typed `atype`, with these matchArgs entries."""
+    return f"""
+kprobes:
+- call: sys_lseek
+  syscall: true
+  args: [{{index: 1, type: {atype}}}]
+  selectors:
+  - matchArgs:{match_args}
+"""
+
+
 @pytest.mark.parametrize("atype, unsigned", ORDER_TYPES, ids=[t for t, _ in ORDER_TYPES])
 def test_integer_filters_say_how_the_arguments_type_orders(atype: str, unsigned: bool) -> None:
     """The kernel compares GT, LT and the ranges unsigned on unsigned types (FF_UNSIGNED), signed
     on the others; the evaluator reads the same from the type's name."""
     from vigil.policy.validate_args import compares_unsigned
 
-    cp = comp(f"""
-kprobes:
-- call: sys_lseek
-  syscall: true
-  args: [{{index: 1, type: {atype}}}]
-  selectors:
-  - matchArgs:
-    - {{index: 1, operator: GT, values: ["1"]}}
-    - {{index: 1, operator: LessThan, values: ["100"]}}
-    - {{index: 1, operator: InRange, values: ["2:3"]}}
-    - {{index: 1, operator: NotInRange, values: ["5:7"]}}
-""", HOST)
+    cp = comp(lseek_offset_policy(atype, """
+    - {index: 1, operator: GT, values: ["1"]}
+    - {index: 1, operator: LessThan, values: ["100"]}
+    - {index: 1, operator: InRange, values: ["2:3"]}
+    - {index: 1, operator: NotInRange, values: ["5:7"]}"""), HOST)
     (ch,) = cp.hooks
     flags = [ch.config.sel[0].args[j].flags for j in range(4)]
     assert flags == [L.FF_UNSIGNED if unsigned else 0] * 4
@@ -249,14 +254,8 @@ EXTREME_VALUES = [
 
 @pytest.mark.parametrize("atype, op, values, lohi", EXTREME_VALUES, ids=[f"{c[0]}-{c[1]}" for c in EXTREME_VALUES])
 def test_the_whole_range_of_the_type_reaches_the_kernel(atype: str, op: str, values: str, lohi: list) -> None:
-    cp = comp(f"""
-kprobes:
-- call: sys_lseek
-  syscall: true
-  args: [{{index: 1, type: {atype}}}]
-  selectors:
-  - matchArgs: [{{index: 1, operator: {op}, values: {values}}}]
-""", HOST)
+    cp = comp(lseek_offset_policy(atype, f"""
+    - {{index: 1, operator: {op}, values: {values}}}"""), HOST)
     (ch,) = cp.hooks
     f = ch.config.sel[0].args[0]
     assert [(f.lo[k], f.hi[k]) for k in range(f.nvals)] == lohi
