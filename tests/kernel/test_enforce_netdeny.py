@@ -42,8 +42,8 @@ res = []
 for kind, fam, host, port in ops:
     f = socket.AF_INET if fam == 4 else socket.AF_INET6
     try:
-        if kind == "tcp":
-            with socket.socket(f, socket.SOCK_STREAM) as s:
+        if kind in ("tcp", "mptcp"):  # MPTCP: a TCP connection to a peer without MPTCP
+            with socket.socket(f, socket.SOCK_STREAM, 262 if kind == "mptcp" else 0) as s:
                 s.settimeout(5); s.connect((host, port))
         elif kind == "udp":
             with socket.socket(f, socket.SOCK_DGRAM) as s:
@@ -190,6 +190,9 @@ CASES: list[tuple[str, list[NetRule], list[list[Any]], list[str], list[int]]] = 
     ("v4-mapped cidr is an IPv4 rule", [R(16, cidrs=["::ffff:127.0.0.1/128"], ports=["P1"])],
      [["tcp", 4, "127.0.0.1", "P1"], ["tcp", 6, "::ffff:127.0.0.1", "P1"], ["tcp", 4, "127.0.0.2", "P1"]],
      ["EPERM", "EPERM", "ECONNREFUSED"], [16, 16]),
+    ("mptcp is tcp", [R(17, protocol="tcp", cidrs=LO4, ports=["P1"])],
+     [["mptcp", 4, "127.0.0.1", "P1"], ["mptcp", 6, "::ffff:127.0.0.1", "P1"], ["mptcp", 4, "127.0.0.1", "P2"]],
+     ["EPERM", "EPERM", "ok"], [17, 17]),
     ("monitor allows, records", [R(11, cidrs=LO4, monitor=True)], [["tcp", 4, "127.0.0.1", "P1"]], ["ok"], [11]),
     ("enforcing deny beats monitor", [R(12, cidrs=LO4, monitor=True), R(13, cidrs=["127.0.0.1/32"])],
      [["tcp", 4, "127.0.0.1", "P1"]], ["EPERM"], [13]),
