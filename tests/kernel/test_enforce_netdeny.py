@@ -51,11 +51,11 @@ for kind, fam, host, port in ops:
         elif kind == "bind":
             with socket.socket(f, socket.SOCK_STREAM) as s:
                 s.bind((host, port))
-        elif kind == "self":  # connect to a listener of our own (network namespace tests)
-            with socket.socket(f) as l, socket.socket(f) as s:
+        elif kind in ("self", "mself"):  # connect to a listener of our own (network namespace tests)
+            with socket.socket(f) as l, socket.socket(f, socket.SOCK_STREAM, 262 if kind == "mself" else 0) as s:
                 l.bind((host, 0)); l.listen(); s.settimeout(5); s.connect(l.getsockname()[:2])
-        elif kind == "tfo":  # TCP Fast Open to a listener of our own: sendto(MSG_FASTOPEN), no connect()
-            with socket.socket(f) as l, socket.socket(f) as s:
+        elif kind in ("tfo", "mtfo"):  # TCP Fast Open to a listener of our own: sendto(MSG_FASTOPEN), no connect()
+            with socket.socket(f) as l, socket.socket(f, socket.SOCK_STREAM, 262 if kind == "mtfo" else 0) as s:
                 l.bind((host, 0)); l.listen()  # blocking: the send waits for the handshake
                 s.sendto(b"x", socket.MSG_FASTOPEN, l.getsockname()[:2])
         res.append("ok")
@@ -414,7 +414,9 @@ def tfo_netns(netns: str) -> str:
 
 
 TFO_OPS = [["tfo", 4, "10.99.0.1", 0], ["self", 4, "10.99.0.1", 0], ["tfo", 4, "10.99.1.1", 0],
-           ["tfo", 6, "::1", 0], ["self", 6, "::1", 0]]
+           ["tfo", 6, "::1", 0], ["self", 6, "::1", 0],
+           # the same from MPTCP sockets (m*): their first subflow is a TCP socket
+           ["mtfo", 4, "10.99.0.1", 0], ["mself", 4, "10.99.0.1", 0], ["mtfo", 6, "::1", 0]]
 
 
 @pytest.mark.parametrize("call, index", [("sys_sendto", 4), ("sys_sendmsg", 1)])
@@ -426,12 +428,14 @@ def test_sendto_override_refuses_tcp_fast_open(nd: NetDeny, cgroup: str, tfo_net
     nd.set_rules(_policy_rules(
         f"    - matchArgs: [{{index: {index}, operator: SAddr, values: ['10.99.0.1/32', '::1/128']}}]\n"
         f"      matchActions: [{{action: Override, argError: -1}}]\n", call=call, index=index))
-    assert run_child(TFO_OPS, cgroup, prefix=in_netns(tfo_netns)) == ["EPERM", "ok", "ok", "EPERM", "ok"]
-    assert run_child(TFO_OPS, None, prefix=in_netns(tfo_netns)) == ["ok"] * 5
+    assert run_child(TFO_OPS, cgroup, prefix=in_netns(tfo_netns)) == ["EPERM", "ok", "ok", "EPERM", "ok",
+                                                                         "EPERM", "ok", "EPERM"]
+    assert run_child(TFO_OPS, None, prefix=in_netns(tfo_netns)) == ["ok"] * len(TFO_OPS)
 
 
 def test_connect_override_still_refuses_tcp_fast_open(nd: NetDeny, cgroup: str, tfo_netns: str) -> None:
     nd.set_rules(_policy_rules(
         "    - matchArgs: [{index: 1, operator: SAddr, values: ['10.99.0.1/32', '::1/128']}]\n"
         "      matchActions: [{action: Override, argError: -1}]\n"))
-    assert run_child(TFO_OPS, cgroup, prefix=in_netns(tfo_netns)) == ["EPERM", "EPERM", "ok", "EPERM", "EPERM"]
+    assert run_child(TFO_OPS, cgroup, prefix=in_netns(tfo_netns)) == ["EPERM", "EPERM", "ok", "EPERM", "EPERM",
+                                                                         "EPERM", "EPERM", "EPERM"]
