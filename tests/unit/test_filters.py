@@ -86,7 +86,8 @@ FIELD_CASES = [
     ({"in_init_tree": True}, True, False),
     ({"in_init_tree": False}, False, True),
     ({"ancestor_binary_regex": ["containerd-shim"]}, True, False),
-    ({"ancestor_binary_regex": ["init$"]}, True, True),  # parent of the kprobe counts
+    ({"ancestor_binary_regex": ["init$"]}, True, False),  # the parent is no ancestor (Tetragon)
+    ({"ancestor_binary_regex": ["bash"]}, False, False),  # POD_EXEC's parent
     ({"ancestor_binary_regex": ["nothing"]}, False, False),
     ({"container_name_regex": ["^space"]}, True, False),
     ({"container_name_regex": ["^tie"]}, False, False),

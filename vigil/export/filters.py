@@ -9,7 +9,8 @@ Notes on fields whose behaviour depends on what the event carries:
 * ``pid_set`` matches when ``process.pid``, ``parent.pid`` or any ``ancestors[].pid``
   is in the set. Tetragon tracks descendants itself; we only see what the event holds,
   so without ``--enable-ancestors`` only the process and its parent are checked.
-* ``ancestor_binary_regex`` checks the parent and every entry of ``ancestors``.
+* ``ancestor_binary_regex`` checks the entries of ``ancestors`` (the processes beyond the
+  parent, as in Tetragon): never the parent, and nothing without ``--enable-ancestors``.
 * ``namespace`` / ``namespace_regex`` see host processes (no pod) as namespace ``""``.
 * ``health_check`` treats an event as a health check when its process or parent is
   flagged ``pod.container.maybe_exec_probe``.
@@ -229,8 +230,8 @@ def _compile_field(field: str, value: Any) -> Check | None:
         search = pattern.search
 
         def ancestors_match(body: dict[str, Any], event: Event) -> bool:
-            chain = [body.get("parent") or {}, *(body.get("ancestors") or ())]
-            return any(search(p.get("binary", "")) for p in chain if p)
+            ancestors = body.get("ancestors") or ()
+            return any(search(p.get("binary") or "") for p in ancestors if isinstance(p, dict))
 
         return ancestors_match
     if field == "namespace":
