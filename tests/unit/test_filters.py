@@ -92,7 +92,8 @@ FIELD_CASES = [
     ({"container_name_regex": ["^space"]}, True, False),
     ({"container_name_regex": ["^tie"]}, False, False),
     ({"namespace_regex": ["^def"]}, True, False),
-    ({"namespace_regex": ["^$"]}, False, True),  # host = ""
+    ({"namespace_regex": ["^$"]}, False, False),  # no pod: never matches (only `namespace` has "")
+    ({"namespace_regex": [".*"]}, True, False),
 ]
 
 
@@ -101,6 +102,37 @@ FIELD_CASES = [
 def test_filter_field(spec, pod_exec, host_kprobe):
     assert m(spec, POD_EXEC) is pod_exec
     assert m(spec, HOST_KPROBE) is host_kprobe
+
+
+# A process without arguments, outside any container, its pod-less parent without arguments
+# either: protojson leaves the empty strings out, and Tetragon's regexes see "" for them.
+BARE_EXEC = {
+    "process_exec": {
+        "process": {"pid": 300, "binary": "/usr/bin/id"},
+        "parent": {"pid": 299, "binary": "/bin/sh"},
+    },
+}
+POD_NAMELESS = {"process_exec": {"process": {"pid": 301, "pod": {"namespace": "ns1", "container": {}}}}}
+
+# (field spec, matches BARE_EXEC, matches POD_NAMELESS, matches THROTTLE)
+ABSENT_STRING_CASES = [
+    ({"arguments_regex": ["^$"]}, True, True, False),
+    ({"parent_arguments_regex": ["^$"]}, True, False, False),  # POD_NAMELESS has no parent
+    ({"container_id": ["^$"]}, True, True, False),
+    ({"binary_regex": ["^$"]}, False, True, False),
+    ({"pod_regex": ["^$"]}, False, True, False),  # a pod, its name empty
+    ({"container_name_regex": ["^$"]}, False, True, False),
+    ({"namespace_regex": ["^ns"]}, False, True, False),
+    ({"arguments_regex": ["x"]}, False, False, False),
+]
+
+
+@pytest.mark.parametrize("spec,bare,nameless,throttle", ABSENT_STRING_CASES,
+                         ids=[str(c[0]) for c in ABSENT_STRING_CASES])
+def test_absent_strings_are_empty(spec, bare, nameless, throttle):
+    assert m(spec, BARE_EXEC) is bare
+    assert m(spec, POD_NAMELESS) is nameless
+    assert m(spec, THROTTLE) is throttle
 
 
 def test_fields_and_values_or():

@@ -11,7 +11,11 @@ Notes on fields whose behaviour depends on what the event carries:
   so without ``--enable-ancestors`` only the process and its parent are checked.
 * ``ancestor_binary_regex`` checks the entries of ``ancestors`` (the processes beyond the
   parent, as in Tetragon): never the parent, and nothing without ``--enable-ancestors``.
-* ``namespace`` / ``namespace_regex`` see host processes (no pod) as namespace ``""``.
+* ``namespace`` sees host processes (no pod) as namespace ``""``; ``namespace_regex``,
+  ``pod_regex`` and ``container_name_regex`` never match a host process.
+* A string field the event leaves out is empty (protojson omits empty strings): the regex
+  fields match it as ``""`` whenever the message that holds it (process, parent, pod,
+  container) is there, so ``arguments_regex: ["^$"]`` finds processes run without arguments.
 * ``health_check`` treats an event as a health check when its process or parent is
   flagged ``pod.container.maybe_exec_probe``.
 * Events without a process (throttle, rate_limit_info) only match filters whose
@@ -157,17 +161,18 @@ def _regex_on(field: str, value: Any, getter: Callable[[dict[str, Any]], Any]) -
 
 
 def _proc_field(*path: str) -> Callable[[dict[str, Any]], Any]:
-    """Getter for body[path[0]][path[1]]..., None when any step is missing."""
+    """Getter for the string body[path[0]]...[path[-1]]: None when a message on the way is
+    missing, "" when only the string itself is (protojson leaves empty strings out)."""
+    *messages, leaf = path
 
     def get(body: dict[str, Any]) -> Any:
         node: Any = body
-        for step in path:
+        for step in messages:
+            node = node.get(step)
             if not isinstance(node, dict):
                 return None
-            node = node.get(step)
-            if node is None:
-                return None
-        return node
+        text = node.get(leaf)
+        return text if isinstance(text, str) else ""
 
     return get
 
@@ -222,7 +227,7 @@ def _compile_field(field: str, value: Any) -> Check | None:
     if field == "container_name_regex":
         return _regex_on(field, value, _proc_field("process", "pod", "container", "name"))
     if field == "namespace_regex":
-        return _regex_on(field, value, lambda body: _namespace(_process(body)))
+        return _regex_on(field, value, _proc_field("process", "pod", "namespace"))
     if field == "ancestor_binary_regex":
         pattern = compile_regex_list(_string_list(value, field), field)
         if pattern is None:
