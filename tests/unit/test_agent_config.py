@@ -69,3 +69,25 @@ def test_event_batch_delay_is_milliseconds(captured: list):
     assert captured[0].batch_delay == 0.020
     r = run([])
     assert captured[1].batch_delay == 0.004  # the default keeps export latency p99 under 10 ms
+
+
+@pytest.mark.parametrize("args, env, seconds", [
+    ([], {}, 0.0),                                                        # default: by size only
+    (["--export-file-rotation-interval", "1h30m"], {}, 5400.0),
+    ([], {"TETRAGON_EXPORT_FILE_ROTATION_INTERVAL": "15m"}, 900.0),       # Tetragon's variable
+    (["--export-file-rotation-interval", "0"], {}, 0.0),
+])
+def test_export_file_rotation_interval(captured: list, args, env, seconds):
+    r = run(args, env)
+    assert r.exit_code == 0, r.output
+    assert captured[0].export_file_rotation_interval == seconds
+
+
+def test_export_file_rotation_interval_from_config_dir_and_bad(tmp_path: Path, captured: list):
+    (tmp_path / "export-file-rotation-interval").write_text("24h\n")
+    r = run(["--config-dir", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert captured[0].export_file_rotation_interval == 86400.0
+    for bad in ("soon", "-1h"):
+        r = run(["--export-file-rotation-interval", bad])
+        assert r.exit_code != 0 and "--export-file-rotation-interval" in r.output and len(captured) == 1

@@ -44,3 +44,15 @@ def test_bad_duration_is_invalid_argument(stub):
     with pytest.raises(grpc.RpcError) as e:
         s.SetEventLogParams(pb.SetEventLogParamsRequest(rotation_interval="soon"), timeout=5)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "soon" in e.value.details()
+
+
+def test_rotation_interval_from_the_agent_config(tmp_path: Path):
+    """--export-file-rotation-interval reaches the export file's writer."""
+    agent = Agent(AgentConfig(export_filename=str(tmp_path / "e.log"), server_address="", node_name="n",
+                              export_file_rotation_interval=3600), source=ReplaySource([]))
+    agent.start()
+    try:
+        assert agent.pipeline.writer is not None and agent.pipeline.writer.rotation_interval == 3600
+        assert agent.control.event_log_params()["rotation_interval"] == "1h"
+    finally:
+        agent.close()

@@ -17,6 +17,7 @@ class AgentConfig:
     # export
     export_filename: str = ""
     export_file_max_size_mb: float = 10
+    export_file_rotation_interval: float = 0  # seconds (a Go duration on the command line); 0: by size only
     export_file_max_backups: int = 5
     export_file_compress: bool = False
     export_file_perm: int = 0o600
@@ -72,6 +73,8 @@ class AgentConfig:
         errors = []
         if self.export_file_max_size_mb <= 0:
             errors.append("--export-file-max-size-mb must be > 0")
+        if self.export_file_rotation_interval < 0:
+            errors.append("--export-file-rotation-interval must be >= 0 (0: rotate by size only)")
         if self.export_file_max_backups < 0:
             errors.append("--export-file-max-backups must be >= 0")
         if self.export_rate_limit < -1:

@@ -181,7 +181,7 @@ class AgentControl:
             raise ValueError("max_size must be >= 0 (MiB)")
         if max_backups is not None and max_backups < 0:
             raise ValueError("max_backups must be >= 0")
-        interval = _parse_go_duration(rotation_interval) if rotation_interval is not None else None
+        interval = parse_go_duration(rotation_interval) if rotation_interval is not None else None
         w.set_params(max_size_mb=max_size_mb, max_backups=max_backups, rotation_interval=interval)
 
     # -- policies (PolicyManager does the work)
@@ -205,7 +205,7 @@ class AgentControl:
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-def _parse_go_duration(text: str) -> float:
+def parse_go_duration(text: str) -> float:
     """Go time.Duration strings ("90s", "1h30m", "0") -> seconds."""
     import re
 

@@ -72,7 +72,7 @@ class Pipeline:
             self.writer = JsonlWriter(
                 c.export_filename, max_size_mb=c.export_file_max_size_mb,
                 max_backups=c.export_file_max_backups, compress=c.export_file_compress,
-                perm=c.export_file_perm,
+                perm=c.export_file_perm, rotation_interval=c.export_file_rotation_interval,
             )
         if c.print_events:
             self.printer = _make_printer(c.print_events)

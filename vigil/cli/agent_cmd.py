@@ -50,6 +50,9 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--export-filename", dict(default="", help="Write events as JSON lines to this file ('-' = stdout).")),
     ("--export-file-max-size-mb", dict(type=float, default=10, show_default=True,
                                        help="Rotate the export file at this size.")),
+    ("--export-file-rotation-interval", dict(default="0", show_default=True,
+                                             help="Also rotate the export file this often: a duration such as "
+                                                  "90s, 15m or 1h30m; 0: by size only.")),
     ("--export-file-max-backups", dict(type=int, default=5, show_default=True, help="Rotated files to keep.")),
     ("--export-file-compress", dict(type=bool, default=False, help="gzip rotated files.")),
     ("--export-file-perm", dict(default="600", show_default=True, help="Export file mode (octal).")),
@@ -214,12 +217,20 @@ def _build_command() -> click.Command:
         except ValueError:
             raise click.BadParameter(f"{kw['export_file_perm']!r} is not an octal mode",
                                      param_hint="--export-file-perm") from None
+        from vigil.agent.control import parse_go_duration
+
+        try:
+            rotation = parse_go_duration(kw["export_file_rotation_interval"])
+        except ValueError:
+            raise click.BadParameter(f"{kw['export_file_rotation_interval']!r} is not a duration like 90s, 15m "
+                                     "or 1h30m", param_hint="--export-file-rotation-interval") from None
         try:
             rb = auto_ring_size() if kw["rb_size"].strip().lower() == "auto" else _size(kw["rb_size"])
         except ValueError:
             raise click.BadParameter(f"{kw['rb_size']!r} is not a size", param_hint="--rb-size") from None
         cfg = AgentConfig(
             export_filename=kw["export_filename"], export_file_max_size_mb=kw["export_file_max_size_mb"],
+            export_file_rotation_interval=rotation,
             export_file_max_backups=kw["export_file_max_backups"], export_file_compress=kw["export_file_compress"],
             export_file_perm=perm, export_rate_limit=kw["export_rate_limit"],
             export_allowlist=kw["export_allowlist"], export_denylist=kw["export_denylist"],
