@@ -139,14 +139,16 @@ static __always_inline void count(__u32 gen, int slot, int which)
 		__sync_fetch_and_add(&c->denied, 1);
 	else if (which == 1)
 		__sync_fetch_and_add(&c->monitored, 1);
-	else
+	else if (which == 2)
 		__sync_fetch_and_add(&c->allowed, 1);
+	else
+		__sync_fetch_and_add(&c->posted, 1);
 }
 
 /* The record is built in its ring reservation, never in a per-CPU buffer: a cgroup
  * program can be preempted, and another task's program on this CPU would write over it. */
 static __always_inline void report(struct bpf_sock_addr *ctx, __u32 gen, int slot,
-				   __u8 hook, __u8 monitor, __u32 *addr, __u16 port)
+				   __u8 hook, __u8 action, __u8 monitor, __u32 *addr, __u16 port)
 {
 	struct msg_netdeny *m = bpf_ringbuf_reserve(&events, sizeof(*m), 0);
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -175,7 +177,7 @@ static __always_inline void report(struct bpf_sock_addr *ctx, __u32 gen, int slo
 	m->family = ctx->user_family;
 	m->protocol = ctx->protocol;
 	m->hook = hook;
-	m->action = 1;
+	m->action = action;
 	m->monitor = monitor;
 	m->dport = port;
 	m->daddr[0] = addr[0];
@@ -304,19 +306,31 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 hook, int kind
 	}
 
 	if (cand & g->allow) {
-		count(gen, lowest_slot(cand & g->allow), 2);
+		slot = lowest_slot(cand & g->allow);
+		if ((g->post >> slot) & 1) {
+			count(gen, slot, 3);
+			report(ctx, gen, slot, hook, 0, 0, addr, port);
+		} else {
+			count(gen, slot, 2);
+		}
 		return 1;
 	}
 	deny = cand & ~g->monitor;
 	if (deny) {
 		slot = lowest_slot(deny);
 		count(gen, slot, 0);
-		report(ctx, gen, slot, hook, 0, addr, port);
+		report(ctx, gen, slot, hook, 1, 0, addr, port);
 		return 0;
 	}
+	/* the low class: a monitor deny reports as one, a post rule as let through */
 	slot = lowest_slot(cand);
-	count(gen, slot, 1);
-	report(ctx, gen, slot, hook, 1, addr, port);
+	if ((g->post >> slot) & 1) {
+		count(gen, slot, 3);
+		report(ctx, gen, slot, hook, 0, 0, addr, port);
+	} else {
+		count(gen, slot, 1);
+		report(ctx, gen, slot, hook, 1, 1, addr, port);
+	}
 	return 1;
 }
 

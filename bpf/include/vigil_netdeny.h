@@ -11,8 +11,10 @@
  *   bins   hash {gen, path}   -> rules scoped to that binary (execve_map bin); gen.nobin
  *   gen    per rule set: protocol masks, hook masks, allow/monitor masks
  *   rules  per slot: id and port ranges (the only per-rule loop, via bpf_loop)
- * Allow rules win over deny rules; among deny rules an enforcing one wins over a
- * monitor one; the lowest slot names the rule in the record.
+ * Allow rules win over deny rules; an enforcing deny wins over the low class (monitor
+ * denies and post rules: a TracingPolicy's Post selectors after its last enforcing one);
+ * within a class the lowest slot decides and names the rule in the record. An allow or
+ * post rule with its bit in `post` sends a record too (action 0: let through, reported).
  * Rule sets are double buffered by `gen` (0/1): user space fills the idle
  * generation, then flips `active`, so a replacement is atomic for the programs. */
 #ifndef VIGIL_NETDENY_H
@@ -70,9 +72,10 @@ struct nd_gen {
 	__u64 nobin;               /* rules without a binary scope */
 	__u64 noport;              /* rules without port ranges */
 	__u64 allow;               /* allow rules */
-	__u64 monitor;             /* deny rules in monitor mode */
+	__u64 monitor;             /* the low class: deny rules in monitor mode, post rules */
 	__u64 proto[ND_PROTO_MAX]; /* rules that apply to the protocol */
 	__u64 hooks[ND_KIND_MAX];  /* rules that apply to the hook */
+	__u64 post;                /* rules that let through and report (a Post selector) */
 };
 
 struct nd_port_range {
@@ -90,6 +93,7 @@ struct nd_counters {
 	__u64 denied;
 	__u64 monitored;
 	__u64 allowed;             /* an allow rule decided */
+	__u64 posted;              /* a post rule decided: let through, reported */
 };
 
 struct msg_netdeny {
@@ -101,7 +105,7 @@ struct msg_netdeny {
 	__u8 family;               /* AF_INET / AF_INET6 of the socket */
 	__u8 protocol;             /* IPPROTO_* */
 	__u8 hook;                 /* enum nd_hook */
-	__u8 action;               /* 1 deny, 0 allow */
+	__u8 action;               /* 1 deny, 0 allow (a post rule's report) */
 	__u8 monitor;              /* 1: would deny, allowed (monitor mode) */
 	__u8 pad;
 	__u16 dport;               /* host order (bind: the local port) */

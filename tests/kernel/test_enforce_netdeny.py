@@ -365,12 +365,18 @@ def test_prefix_table_holds_two_generations(cgroup: str, listeners: Listeners) -
 
 def _policy_rules(selectors: str, call: str = "sys_connect", index: int = 1) -> list[NetRule]:
     """The socket rules the agent builds for a policy's hook (host facts: cgroup placement)."""
+    from vigil.sensors.hostdeny import NetDenyHook
+
+    return NetDenyHook(_policy_hook(selectors, call, index), {}, False).rules
+
+
+def _policy_hook(selectors: str, call: str = "sys_connect", index: int = 1) -> Any:
+    """A policy's compiled hook on the cgroup placement (host facts)."""
     from pathlib import Path
 
     from vigil.kernel.facts import KernelFacts
     from vigil.policy import parse_policies
     from vigil.policy.compile import compile_policy
-    from vigil.sensors.hostdeny import NetDenyHook
 
     facts = KernelFacts.load(str(Path(__file__).parents[1] / "data" / "facts" / "host-6.18.json"))
     text = (f"apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {{name: nd}}\nspec:\n  kprobes:\n"
@@ -379,14 +385,14 @@ def _policy_rules(selectors: str, call: str = "sys_connect", index: int = 1) -> 
     (p,) = parse_policies(text, "p.yaml")
     (ch,) = compile_policy(p, facts, lambda: 3).hooks
     assert ch.placement.mechanism == "cgroup_sock_addr"
-    return NetDenyHook(ch, {}, False).rules
+    return ch
 
 
 @pytest.mark.parametrize("action", ["NoPost", "Post"])
 def test_earlier_non_enforcing_selector_lets_its_traffic_through(nd: NetDeny, cgroup: str, listeners: Listeners,
                                                                  action: str) -> None:
     """The first matching selector decides: 127.0.0.1:P1 matches selector 1 (NoPost/Post) first and
-    goes through; selector 2's Override refuses the rest of 127.0.0.0/8."""
+    goes through (reported for Post); selector 2's Override refuses the rest of 127.0.0.0/8."""
     p1, p2 = listeners.tcp4
     nd.set_rules(_policy_rules(
         f"    - matchArgs: [{{index: 1, operator: SAddr, values: ['127.0.0.1/32']}},"
@@ -403,7 +409,55 @@ def test_earlier_non_enforcing_selector_lets_its_traffic_through(nd: NetDeny, cg
         rb.close()
     from vigil.sensors.hostdeny import netdeny_hook_id, netdeny_selector
 
-    assert [(netdeny_hook_id(r["rule_id"]), netdeny_selector(r["rule_id"]), r["dport"]) for r in recs] == [(3, 2, p2)]
+    posted = [(3, 1, p1, "allow")] if action == "Post" else []
+    assert [(netdeny_hook_id(r["rule_id"]), netdeny_selector(r["rule_id"]), r["dport"], r["action"])
+            for r in recs] == [*posted, (3, 2, p2, "deny")]
+
+
+# selectors (Post/NoPost around an Override on 127.0.0.0/8, one address each) -> per operation:
+# the result and the selector reported (None: no record), in enforce and in monitor mode
+POST_CASES = [
+    ("post after override", "O8 P*", {"a1": ("EPERM", 1), "o": ("ok", 2)}),
+    ("nopost after override", "O8 N*", {"a1": ("EPERM", 1), "o": ("ok", None)}),
+    ("post before and after", "P1 O8 P*", {"a1": ("ok", 1), "a2": ("EPERM", 2), "o": ("ok", 3)}),
+    ("post after two overrides", "O1 O8 P*", {"a1": ("EPERM", 1), "a2": ("EPERM", 2), "o": ("ok", 3)}),
+]
+
+
+@pytest.mark.parametrize("mode", ["enforce", "monitor"])
+@pytest.mark.parametrize("name, sels, expect", POST_CASES, ids=[c[0] for c in POST_CASES])
+def test_post_selectors_report_what_they_let_through(nd: NetDeny, cgroup: str, netns: str, name: str, sels: str,
+                                                     expect: dict[str, tuple[str, int | None]], mode: str) -> None:
+    """A Post selector on the cgroup path sends its event (KPROBE_ACTION_POST) for what it lets
+    through; one after the Override only when the Override did not refuse (first match
+    decides), a NoPost none. Operations (own listeners in a test netns): a1 127.0.0.1 (in O1,
+    P1 and O8), a2 127.0.0.2 (O8 only), o 10.99.0.1 (no Override: P* matches anything)."""
+    addr = {"1": "127.0.0.1/32", "8": "127.0.0.0/8", "*": "0.0.0.0/0"}
+    act = {"O": "Override, argError: -1", "P": "Post", "N": "NoPost"}
+    text = "".join(f"    - matchArgs: [{{index: 1, operator: SAddr, values: ['{addr[s[1]]}']}}]\n"
+                   f"      matchActions: [{{action: {act[s[0]]}}}]\n" for s in sels.split())
+    monitor = mode == "monitor"
+    ch = _policy_hook(text)
+    from vigil.sensors.hostdeny import NetDenyHook, netdeny_event, netdeny_selector
+
+    nd.set_rules(NetDenyHook(ch, {}, monitor).rules)
+    rb = RingBuffer(nd.events.fd, nd.events.max_entries)
+    try:
+        ops = {"a1": ["self", 4, "127.0.0.1", 0], "a2": ["self", 4, "127.0.0.2", 0], "o": ["self", 4, "10.99.0.1", 0]}
+        for op, (res, sel) in expect.items():
+            rb.drain()
+            assert run_child([ops[op]], cgroup, prefix=in_netns(netns)) == ["ok" if monitor else res], (op, mode)
+            recs = [NetDeny.decode(r) for r in rb.drain()]
+            assert [netdeny_selector(r["rule_id"]) for r in recs] == ([sel] if sel else []), (op, mode)
+            for r in recs:
+                enforcing = res == "EPERM"
+                assert netdeny_event(r, ch)["action"] == ("KPROBE_ACTION_OVERRIDE" if enforcing
+                                                          else "KPROBE_ACTION_POST"), (op, mode)
+                assert r["monitor"] is (monitor and enforcing), (op, mode)
+    finally:
+        rb.close()
+    posted = sum(1 for res, sel in expect.values() if sel and res == "ok")
+    assert sum(v["posted"] for v in nd.stats().values()) == posted
 
 
 @pytest.fixture

@@ -46,10 +46,11 @@ def test_masks_and_containment() -> None:
         NetRule(11, action="allow", cidrs=["10.1.0.0/16"], pids=[77]),
         NetRule(12, monitor=True, binary="/usr/bin/curl", hooks=["connect", "bind"]),
     ])
-    nopid, nobin, noport, allow, monitor, tcp, udp, other, conn, send, bind = c.gen
+    nopid, nobin, noport, allow, monitor, tcp, udp, other, conn, send, bind, post = c.gen
     assert (nopid, nobin, noport, allow, monitor) == (0b101, 0b011, 0b110, 0b010, 0b100)
     assert (tcp, udp, other) == (0b111, 0b110, 0b110)
     assert (conn, send, bind) == (0b111, 0b011, 0b100)
+    assert post == 0
     pad = lambda a: ipaddress.ip_address(a).packed.ljust(16, b"\0")  # noqa: E731
     # the longest prefix carries every rule whose CIDR contains it (rule 12: any address)
     assert c.cidrs[(N.AF_INET, pad("10.1.0.0"), 16)] == 0b111
@@ -62,6 +63,25 @@ def test_masks_and_containment() -> None:
     assert c.rule_value(5) == bytes(N.RULE.size)
     key, val = next(iter(c.cidr_items(gen=1)))
     assert N.CIDR_KEY.unpack(key)[1] == 1 and len(val) == 8
+
+
+def test_post_rules_masks() -> None:
+    """A posting allow rule is in allow and post; a post rule is in the low class (monitor) and post."""
+    c = compile_rules([NetRule(1, action="allow", post=True), NetRule(2), NetRule(3, action="post"),
+                       NetRule(4, action="allow")])
+    nopid, nobin, noport, allow, monitor, *_, post = c.gen
+    assert (allow, monitor, post) == (0b1001, 0b0100, 0b0101)
+
+
+@pytest.mark.parametrize("rule, why", [
+    (NetRule(1, action="post", monitor=True), "monitor applies to deny rules only"),
+    (NetRule(1, action="deny", post=True), "post applies to allow rules only"),
+    (NetRule(1, action="post", post=True), "post applies to allow rules only"),
+    (NetRule(1, action="log"), "is not 'deny', 'allow' or 'post'"),
+])
+def test_post_rule_validation(rule: NetRule, why: str) -> None:
+    with pytest.raises(NetRuleError, match=why):
+        compile_rules([rule])
 
 
 def test_family_without_cidrs_is_that_family_only() -> None:

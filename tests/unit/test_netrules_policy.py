@@ -73,7 +73,7 @@ def test_event_names_the_selector_of_the_seventeenth_binary() -> None:
     assert ch is not None
     r17 = NetDenyHook(ch, {}, False).rules[16]
     rec: dict[str, Any] = {"family": "inet", "daddr": "127.0.0.1", "dport": 9, "protocol": "tcp", "rule_id": r17.id,
-                           "monitor": False, "hook": "connect4"}
+                           "action": "deny", "monitor": False, "hook": "connect4"}
     assert "selector 1 matched" in netdeny_event(rec, ch)["message"]
 
 
@@ -151,3 +151,34 @@ def test_several_pid_entries_of_a_selector_are_anded(blocks, pid_blocks, want_bi
         return
     assert [r.binary for r in got] == want_bins
     assert all(list(r.pids) == want_pids for r in got)
+
+
+def _sel(action: str, cidr: str) -> str:
+    return (f"    - matchArgs: [{{index: 1, operator: SAddr, values: ['{cidr}']}}]\n"
+            f"      matchActions: [{{action: {action}}}]\n")
+
+
+OVR = "Override, argError: -1"
+
+
+# selectors -> (action, post) of each rule built, in selector order (first match decides)
+@pytest.mark.parametrize("sels, want", [
+    ([("Post", "127.0.0.2/32"), (OVR, "127.0.0.0/8")], [("allow", True), ("deny", False)]),
+    ([("NoPost", "127.0.0.2/32"), (OVR, "127.0.0.0/8")], [("allow", False), ("deny", False)]),
+    ([(OVR, "127.0.0.0/8"), ("Post", "0.0.0.0/0")], [("deny", False), ("post", False)]),
+    ([(OVR, "127.0.0.0/8"), ("NoPost", "0.0.0.0/0")], [("deny", False)]),
+    ([("Post", "127.0.0.2/32"), (OVR, "127.0.0.0/8"), ("NoPost", "10.0.0.0/8"), ("Post", "0.0.0.0/0")],
+     [("allow", True), ("deny", False), ("post", False)]),
+], ids=["post-first", "nopost-first", "post-last", "nopost-last", "both-sides"])
+def test_post_selectors_become_reporting_rules(sels: list[tuple[str, str]], want: list[tuple[str, bool]]) -> None:
+    built = rules(policy("".join(_sel(a, c) for a, c in sels)))
+    assert [(r.action, r.post) for r in built] == want
+    compile_rules(built)  # the kernel tables take them
+
+
+@pytest.mark.parametrize("param", ["rateLimit: 1m", "kernelStackTrace: true", "userStackTrace: true"])
+def test_post_parameters_the_socket_rules_cannot_honour_are_refused(param: str) -> None:
+    sels = _sel(OVR, "127.0.0.0/8") + _sel(f"Post, {param}", "0.0.0.0/0")
+    _, errors = compiled(policy(sels))
+    assert len(errors) == 1 and f"Post {param.split(':')[0]}" in errors[0], errors
+    assert errors[0].startswith("p.yaml:14:"), errors[0]

@@ -10,8 +10,8 @@ Usage::
     nd.close()             # detaches everything
 
 Rule sets replace atomically (double-buffered tables, see vigil_netdeny.h).
-Every refusal (and every would-be refusal of a monitor rule) sends a
-`msg_netdeny` record (op VIGIL_OP_NETDENY) into the `events` ring buffer;
+Every refusal (and every would-be refusal of a monitor rule, and every operation a
+post rule lets through) sends a `msg_netdeny` record (op VIGIL_OP_NETDENY) into the `events` ring buffer;
 `NetDeny.decode()` turns one into a dict.
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ from vigil.enforce.netrules import (
     AF_INET6,
     BIN_KEY,
     CIDR_KEY,
+    COUNTER_NAMES,
     COUNTERS,
     GEN,
     MAX_RULES,
@@ -155,7 +156,7 @@ class NetDeny:
         stats = self.obj.map("nd_stats")
         for slot, r in enumerate(self._gen_rules[gen]):
             key = _U32.pack(gen * MAX_RULES + slot)
-            tot = self._carried.setdefault(r.id, [0, 0, 0])
+            tot = self._carried.setdefault(r.id, [0] * len(COUNTER_NAMES))
             for v in stats.lookup_percpu(key):
                 for i, n in enumerate(COUNTERS.unpack(v)):
                     tot[i] += n
@@ -196,17 +197,18 @@ class NetDeny:
 
     # -- reporting
     def stats(self) -> dict[int, dict[str, int]]:
-        """Per rule id: denied, monitored (would deny), allowed (an allow rule decided);
-        totals since the rule id first appeared, across replacements."""
+        """Per rule id: denied, monitored (would deny), allowed (an allow rule decided), posted
+        (a post rule or a posting allow rule decided: let through, reported); totals since the
+        rule id first appeared, across replacements."""
         stats = self.obj.map("nd_stats")
         out = {rid: list(v) for rid, v in self._carried.items()}
         for gen in (0, 1):
             for slot, r in enumerate(self._gen_rules[gen]):
-                tot = out.setdefault(r.id, [0, 0, 0])
+                tot = out.setdefault(r.id, [0] * len(COUNTER_NAMES))
                 for v in stats.lookup_percpu(_U32.pack(gen * MAX_RULES + slot)):
                     for i, n in enumerate(COUNTERS.unpack(v)):
                         tot[i] += n
-        return {rid: dict(zip(("denied", "monitored", "allowed"), v)) for rid, v in out.items()}
+        return {rid: dict(zip(COUNTER_NAMES, v)) for rid, v in out.items()}
 
     @staticmethod
     def decode(record: bytes) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from vigil.kernel.netrules import (
     BIN_KEY,
     BIN_LEN,
     CIDR_KEY,
+    COUNTER_NAMES,
     COUNTERS,
     DEFAULT_HOOKS,
     FAMILIES,
@@ -28,6 +29,6 @@ from vigil.kernel.netrules import (
     rule_networks,
 )
 
-__all__ = ["AF_INET", "AF_INET6", "BIN_KEY", "BIN_LEN", "CIDR_KEY", "COUNTERS", "DEFAULT_HOOKS", "FAMILIES", "GEN",
-           "HOOKS", "MAX_PIDS", "MAX_PORTS", "MAX_PREFIXES", "MAX_RULES", "PID_KEY", "PROTOS", "RULE", "Compiled",
-           "NetRule", "NetRuleError", "compile_rules", "rule_networks"]
+__all__ = ["AF_INET", "AF_INET6", "BIN_KEY", "BIN_LEN", "CIDR_KEY", "COUNTER_NAMES", "COUNTERS", "DEFAULT_HOOKS",
+           "FAMILIES", "GEN", "HOOKS", "MAX_PIDS", "MAX_PORTS", "MAX_PREFIXES", "MAX_RULES", "PID_KEY", "PROTOS",
+           "RULE", "Compiled", "NetRule", "NetRuleError", "compile_rules", "rule_networks"]

@@ -6,7 +6,7 @@ with the very code that loads them (vigil.enforce.netrules re-exports it).
 Tables (see bpf/include/vigil_netdeny.h): every rule owns one bit; the kernel
 intersects the bitmasks found by address (LPM trie), pid, binary, protocol and
 hook, then checks port ranges of the survivors. Allow rules win over deny
-rules; an enforcing deny wins over a monitor deny.
+rules; an enforcing deny wins over the low class (monitor denies and post rules).
 """
 from __future__ import annotations
 
@@ -34,9 +34,10 @@ DEFAULT_HOOKS = ("connect", "sendmsg")
 CIDR_KEY = Layout("nd_cidr_key", "prefixlen:I gen:B family:B pad:2x addr:16s")
 PID_KEY = Layout("nd_pid_key", "gen:I tgid:I")
 BIN_KEY = Layout("nd_bin_key", f"gen:I bin:{BIN_LEN}s")
-GEN = Layout("nd_gen", "nopid:Q nobin:Q noport:Q allow:Q monitor:Q proto:3Q hooks:3Q")
+GEN = Layout("nd_gen", "nopid:Q nobin:Q noport:Q allow:Q monitor:Q proto:3Q hooks:3Q post:Q")
 RULE = Layout("nd_rule", f"id:I nports:I ports:{2 * MAX_PORTS}H")
-COUNTERS = Layout("nd_counters", "denied:Q monitored:Q allowed:Q")
+COUNTERS = Layout("nd_counters", "denied:Q monitored:Q allowed:Q posted:Q")
+COUNTER_NAMES = ("denied", "monitored", "allowed", "posted")
 
 
 class NetRuleError(ValueError):
@@ -52,6 +53,9 @@ class NetRule:
     protocol: "tcp", "udp" or None (any). binary: exact path as the process sensor
     records it (execve_map bin); pids: thread-group ids. hooks: any of connect,
     sendmsg, bind. monitor: deny rules only; report, never refuse.
+    action "post": let through and report, when no allow or enforcing deny rule of the set
+    decides (a Post selector after the last enforcing one). post: an allow rule that also
+    reports (a Post selector ahead of the enforcing ones).
     """
     id: int
     action: str = "deny"
@@ -63,6 +67,7 @@ class NetRule:
     binary: str | None = None
     pids: Sequence[int] = ()
     hooks: Sequence[str] = DEFAULT_HOOKS
+    post: bool = False
 
 
 @dataclass
@@ -164,10 +169,12 @@ def rule_networks(rule: NetRule) -> list[ipaddress.IPv4Network | ipaddress.IPv6N
 def _validate(rule: NetRule) -> None:
     if isinstance(rule.id, bool) or not isinstance(rule.id, int) or not 0 <= rule.id < 2**32:
         raise NetRuleError(f"rule id {rule.id!r} must be an integer in 0..2^32-1")
-    if rule.action not in ("deny", "allow"):
-        raise NetRuleError(f"rule {rule.id}: action {rule.action!r} is not 'deny' or 'allow'")
-    if rule.monitor and rule.action == "allow":
+    if rule.action not in ("deny", "allow", "post"):
+        raise NetRuleError(f"rule {rule.id}: action {rule.action!r} is not 'deny', 'allow' or 'post'")
+    if rule.monitor and rule.action != "deny":
         raise NetRuleError(f"rule {rule.id}: monitor applies to deny rules only")
+    if rule.post and rule.action != "allow":
+        raise NetRuleError(f"rule {rule.id}: post applies to allow rules only (action 'post' reports already)")
     if rule.protocol not in PROTOS:
         raise NetRuleError(f"rule {rule.id}: protocol {rule.protocol!r} is not tcp, udp or None")
     if isinstance(rule.hooks, str) or not rule.hooks or any(h not in HOOKS for h in rule.hooks):
@@ -216,7 +223,7 @@ def compile_rules(rules: Sequence[NetRule], *, max_prefixes: int = MAX_PREFIXES,
     if len(rules) > MAX_RULES:
         raise NetRuleError(f"{len(rules)} rules, at most {MAX_RULES} per rule set")
     seen: set[int] = set()
-    nopid = nobin = noport = allow = monitor = 0
+    nopid = nobin = noport = allow = monitor = post = 0
     proto = [0, 0, 0]
     hooks = [0, 0, 0]
     nets_of: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int]] = []
@@ -244,8 +251,10 @@ def compile_rules(rules: Sequence[NetRule], *, max_prefixes: int = MAX_PREFIXES,
             noport |= bit
         if r.action == "allow":
             allow |= bit
-        if r.monitor:
+        if r.monitor or r.action == "post":
             monitor |= bit
+        if r.post or r.action == "post":
+            post |= bit
         for i in PROTOS[r.protocol]:
             proto[i] |= bit
         for h in r.hooks:
@@ -257,5 +266,5 @@ def compile_rules(rules: Sequence[NetRule], *, max_prefixes: int = MAX_PREFIXES,
     if len(out.cidrs) > max_prefixes:
         raise NetRuleError(f"{len(out.cidrs)} address prefixes, at most {max_prefixes} per rule set (the prefix "
                            "table holds the rule set in force and its replacement)")
-    out.gen = (nopid, nobin, noport, allow, monitor, *proto, *hooks)
+    out.gen = (nopid, nobin, noport, allow, monitor, *proto, *hooks, post)
     return out

@@ -7,9 +7,11 @@ rest with their locations, so `explain` shows them before anything is loaded).
   Protocol (and Family) on the socket, matchBinaries In, plain matchPIDs In. `socket_rules`
   builds the kernel rules (the agent loads exactly these) and says, with the field, what the
   kernel tables cannot hold. The first matching selector decides: a selector that lets the
-  operation through (NoPost, Post) ahead of an enforcing one becomes an allow rule. In the
-  tables an allow wins over every deny, so such a selector may not come after an enforcing
-  one (it would also let through what the earlier one refuses).
+  operation through (NoPost, Post) ahead of an enforcing one becomes an allow rule (one that
+  reports, for Post). In the tables an allow wins over every deny, so such a selector may not
+  come between enforcing ones (it would also let through what the earlier one refuses). A Post
+  selector after the last enforcing one becomes a post rule, which reports only when no
+  enforcing rule refuses; a NoPost there makes no rule.
 """
 from __future__ import annotations
 
@@ -38,6 +40,17 @@ def _enforcing(sel: Selector) -> bool:
     return any(a.action.lower() in ("override", "sigkill") for a in sel.match_actions)
 
 
+def _posts(sel: Selector) -> bool:
+    """Does a matching selector send an event (every selector does, unless NoPost)?"""
+    return not any(a.action.lower() == "nopost" for a in sel.match_actions)
+
+
+# what a Post action can ask for that the cgroup socket rules do not do (they report every
+# matching operation, with no stack or hash)
+_POST_PARAMS = (("rate_limit", "rateLimit"), ("kernel_stack_trace", "kernelStackTrace"),
+                ("user_stack_trace", "userStackTrace"), ("ima_hash", "imaHash"))
+
+
 # Rule ids of socket rules: hook id, selector index and the rule's index within its selector
 # (one per matchBinaries value), so a record names its hook and selector. A hook has at most
 # 64 rules (netrules.MAX_RULES) and 5 selectors.
@@ -60,13 +73,15 @@ class SocketRules:
     rules: list[NetRule] = field(default_factory=list)
     problems: list[tuple[Loc, str]] = field(default_factory=list)
     allows: list[int] = field(default_factory=list)  # 0-based selectors that became allow rules
+    posts: list[int] = field(default_factory=list)   # 0-based selectors that became post rules
 
 
 def socket_rules(pl: Placement, selectors: tuple[Selector, ...], hook_id: int = 0,
                  monitor: bool = False) -> SocketRules:
     """The cgroup socket rules of a hook's selectors, in selector order, and what the kernel
-    tables cannot express (with the field). Selectors after the last enforcing one make no
-    rule: whatever they match proceeds anyway."""
+    tables cannot express (with the field). After the last enforcing selector, a posting one
+    becomes a post rule (reports what it matches, lets it through) and a NoPost one makes no
+    rule: whatever it matches proceeds anyway."""
     from vigil.kernel.netrules import (
         BIN_LEN,
         MAX_PIDS,
@@ -93,16 +108,21 @@ def socket_rules(pl: Placement, selectors: tuple[Selector, ...], hook_id: int = 
     first, last = enforcing[0], enforcing[-1]
     prefixes: set[object] = set()
     pids: set[int] = set()
-    for si, sel in enumerate(selectors[:last + 1]):
+    for si, sel in enumerate(selectors):
         enforce = si in enforcing
-        if not enforce and si > first:
+        trailing = si > last
+        if trailing and not _posts(sel):
+            continue
+        if not enforce and si > first and not trailing:
             acts = ", ".join(a.action for a in sel.match_actions) or "Post"
             out.problems.append((sel.loc, f"selector {si + 1} ({acts}) lets operations through between enforcing "
                                  f"selectors {first + 1} and {last + 1}; in the cgroup socket rules an allow wins "
                                  "over every deny, so it would also let through what an earlier selector refuses "
                                  f"(first-match order cannot be kept): move it before selector {first + 1}"))
             continue
-        if not enforce:
+        if trailing:
+            out.posts.append(si)
+        elif not enforce:
             out.allows.append(si)
         family: str | None = None
         cidrs: list[str] = []
@@ -178,9 +198,11 @@ def socket_rules(pl: Placement, selectors: tuple[Selector, ...], hook_id: int = 
                                  f"matchBinaries value of each selector), at most {MAX_RULES} per hook"))
             continue
         for k, path in enumerate(binaries):
-            r = NetRule(id=socket_rule_id(hook_id, si, k), action="deny" if enforce else "allow",
+            r = NetRule(id=socket_rule_id(hook_id, si, k),
+                        action="deny" if enforce else "post" if trailing else "allow",
                         monitor=monitor and enforce, family=family, cidrs=cidrs, ports=ports, binary=path,
-                        pids=sel_pids, hooks=(what,), protocol=protocol)
+                        pids=sel_pids, hooks=(what,), protocol=protocol,
+                        post=not enforce and not trailing and _posts(sel))
             out.rules.append(r)
         try:
             for n in rule_networks(out.rules[-1]):
@@ -245,7 +267,19 @@ def check_host_selectors(pl: Placement, selectors: tuple[Selector, ...]) -> list
     if pl.mechanism != "fanotify":
         sr = socket_rules(pl, selectors)
         out += sr.problems
+        what = pl.attach.get("what", "connect")
         for si in sr.allows:
-            pl.notes.append(f"selector {si + 1} lets matching {pl.attach.get('what', 'connect')} operations through "
-                            "(an allow rule ahead of the Override, as the first matching selector decides)")
+            pl.notes.append(f"selector {si + 1} lets matching {what} operations through "
+                            "(an allow rule ahead of the Override, as the first matching selector decides"
+                            f"{'; each one is reported' if _posts(selectors[si]) else ''})")
+        for si in sr.posts:
+            pl.notes.append(f"selector {si + 1} reports matching {what} operations that no earlier selector "
+                            "refuses (a post rule after the Override)")
+        for si in sr.allows + sr.posts:
+            for a in selectors[si].match_actions:
+                for attr, yaml in _POST_PARAMS:
+                    if a.action.lower() == "post" and getattr(a, attr, None):
+                        out.append((a.at(yaml), f"selector {si + 1}: Post {yaml}: the cgroup socket rules that "
+                                    "enforce this hook's Override here report every matching operation, "
+                                    f"without {yaml}"))
     return out

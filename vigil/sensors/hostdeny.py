@@ -306,7 +306,9 @@ class NetDenyHook:
         st = self.nd.stats() if self.nd is not None else {}
         denied = sum(v["denied"] for v in st.values())
         mon = sum(v["monitored"] for v in st.values())
-        return {"hits": denied + mon + sum(v["allowed"] for v in st.values()), "filtered": 0, "posted": denied + mon,
+        posts = sum(v["posted"] for v in st.values())
+        return {"hits": denied + mon + posts + sum(v["allowed"] for v in st.values()), "filtered": 0,
+                "posted": denied + mon + posts,
                 "ratelimited": 0, "signals": denied, "monitored": mon, "pending_full": 0, "errors": 0}
 
     def program_ids(self) -> list[int]:
@@ -332,7 +334,7 @@ def netdeny_selector(rule_id: int) -> int:
 
 def netdeny_event(rec: dict[str, Any], hook: CompiledHook) -> dict[str, Any]:
     """The process_kprobe body (after process and parent) of a refused (or, in monitor mode,
-    reported) socket operation."""
+    reported) socket operation, or of one a Post selector let through."""
     fam = {"inet": "AF_INET", "inet6": "AF_INET6"}.get(rec["family"], rec["family"])
     body: dict[str, Any] = {}
     body["function_name"] = hook.placement.event_function
@@ -350,11 +352,13 @@ def netdeny_event(rec: dict[str, Any], hook: CompiledHook) -> dict[str, Any]:
         args.append(a)
     if args:
         body["args"] = args
-    body["action"] = "KPROBE_ACTION_OVERRIDE"
+    posted = rec["action"] == "allow"   # a Post selector's rule: let through, reported
+    body["action"] = "KPROBE_ACTION_POST" if posted else "KPROBE_ACTION_OVERRIDE"
     body["policy_name"] = hook.policy
     sel = netdeny_selector(rec["rule_id"])
-    mode = "monitor mode: reported, not enforced" if rec["monitor"] else "enforced"
-    msg = (f"[vigil: selector {sel} matched {rec['protocol']} {rec['daddr']}:{rec['dport']}; override {mode} via "
+    what = ("post: allowed" if posted else
+            "override monitor mode: reported, not enforced" if rec["monitor"] else "override enforced")
+    msg = (f"[vigil: selector {sel} matched {rec['protocol']} {rec['daddr']}:{rec['dport']}; {what} via "
            f"cgroup/{rec['hook']}]")
     body["message"] = f"{hook.message} {msg}" if hook.message else msg
     if hook.tags:
