@@ -433,6 +433,74 @@ spec:
         "template (${PODCIDR}): fill it in before applying the policy"]
 
 
+NOT_ENFORCEABLE = [
+    # (id, spec, field of the error, its words): loading these would report an Override that
+    # never happens, so they are refused where they are written
+    ("return-action-fmod-ret", """
+kprobes:
+- call: security_file_open
+  syscall: false
+  return: true
+  returnArg: {index: 0, type: int}
+  selectors:
+  - matchReturnArgs: [{index: 0, operator: Equal, values: ["0"]}]
+    matchReturnActions: [{action: Override, argError: -1}]
+""", "spec.kprobes[0].selectors[0].matchReturnActions[0].action", "Override in matchReturnActions cannot change"),
+    ("return-action-beside-entry-override", """
+kprobes:
+- call: security_inode_mkdir
+  syscall: false
+  return: true
+  returnArg: {index: 0, type: int}
+  selectors:
+  - matchActions: [{action: Override, argError: -1}]
+    matchReturnActions: [{action: Override, argError: -13}]
+""", "spec.kprobes[0].selectors[0].matchReturnActions[0].action", "return actions run after it has returned"),
+    ("lsm-errno-out-of-range", """
+lsmhooks:
+- hook: file_open
+  selectors: [{matchActions: [{action: Override, argError: -4096}]}]
+""", "spec.lsmhooks[0].selectors[0].matchActions[0].argError", "only return 0 or a negative errno (-1..-4095)"),
+    ("lsm-positive-errno", """
+lsmhooks:
+- hook: file_open
+  selectors: [{matchActions: [{action: Override, argError: 1}]}]
+""", "spec.lsmhooks[0].selectors[0].matchActions[0].argError", "only return 0 or a negative errno"),
+    ("syscall-at-lsm-errno-out-of-range", """
+kprobes:
+- call: sys_linkat
+  args: [{index: 1, type: string}]
+  selectors: [{matchActions: [{action: Override, argError: -100000}]}]
+""", "spec.kprobes[0].selectors[0].matchActions[0].argError", "only return 0 or a negative errno"),
+]
+
+
+@pytest.mark.parametrize("case, spec, field, words", NOT_ENFORCEABLE, ids=[c[0] for c in NOT_ENFORCEABLE])
+def test_an_override_that_cannot_act_is_refused_at_its_field(case: str, spec: str, field: str, words: str) -> None:
+    """On the 6.12 guest (fmod_ret, BPF LSM): Override in matchReturnActions ran at the fexit,
+    after the function had returned, and an LSM verdict below -4095 was turned into 0 (allowed);
+    both loaded and reported KPROBE_ACTION_OVERRIDE while nothing was refused."""
+    errs = errors(spec, VM)
+    assert any(f"{field}:" in e and words in e for e in errs), errs
+
+
+def test_override_in_match_actions_still_loads_beside_return_actions() -> None:
+    cp = comp("""
+kprobes:
+- call: security_inode_mkdir
+  syscall: false
+  return: true
+  returnArg: {index: 0, type: int}
+  selectors:
+  - matchActions: [{action: Override, argError: -4095}]
+    matchReturnActions: [{action: Post}]
+""", VM)
+    pl = cp.hooks[0].placement
+    assert pl.mechanism == "fmod_ret" and pl.return_prog == "vigil_fexit"
+    act = cp.hooks[0].config.sel[0].actions[0]
+    assert (act.type, act.arg) == (L.ACT["Override"], -4095)
+
+
 def test_validate_unsupported_offline_ignores_the_kernel() -> None:
     p = one("""
 kprobes:

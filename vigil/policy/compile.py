@@ -18,11 +18,12 @@ import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from vigil.kernel import policy_layout as L
 from vigil.kernel.facts import KernelFacts
 
-from . import enums, standins
+from . import enums, limits, standins
 from .enforce_placement import place_syscall_on_host, place_syscall_on_lsm
 from .errors import Loc, PolicyErrors, PolicyValidationError
 from .model import ActionSelector, ArgSelector, KProbeSpec, LsmHookSpec, Policy, Selector, TracepointSpec
@@ -158,7 +159,34 @@ def plan_policy(policy: Policy, facts: KernelFacts, *, substitute: bool = False,
     for i, us in enumerate(spec.usdts):
         for pl in place_usdt(us, i, facts):
             out.append((pl, us))
+    for pl, hook in out:
+        pl.stats_hook = stats_hook(pl.section, hook)
     return out
+
+
+def stats_hook(section: str, hook: object) -> str:
+    """The `hook` label of Tetragon's policy metrics (tetragon_policy_events_total,
+    tetragon_tracingpolicy_selector_actions_total) for a hook of the policy: named after the
+    policy's spec (the call as written), not after where the hook runs here."""
+    h: Any = hook
+    if section in ("kprobes", "fentries"):
+        return f"{'kprobe' if section == 'kprobes' else 'fentry'}:{h.call}"
+    if section == "tracepoints":
+        return f"tracepoint:{h.subsystem}/{h.event}"
+    if section == "lsmhooks":
+        return f"lsm:{h.hook}"
+    if section == "uprobes":
+        p = f"uprobe:{h.path}"
+        if h.symbols:
+            p += ":" + ",".join(h.symbols)
+        if h.offsets:
+            p += ":offsets=" + ",".join(str(o) for o in h.offsets)
+        if h.addrs:
+            p += ":addrs=" + ",".join(str(a) for a in h.addrs)
+        return p
+    if section == "usdts":
+        return f"usdt:{h.path}:{h.provider}/{h.name}"
+    return ""
 
 
 def _has_action(hook: object, names: tuple[str, ...]) -> bool:
@@ -704,7 +732,8 @@ def _compile_selector(ch: CompiledHook, hook: object, pl: Placement, si: int, se
     s.nactions = _compile_actions(ch, pl, hook, sel.match_actions, s.actions, errs, facts)
     if sel.match_return_actions and not pl.return_prog and not pl.ret_raw:
         errs.error(sel.at("matchReturnActions"), "matchReturnActions needs `return: true` on the hook", "policy")
-    s.nret_actions = _compile_actions(ch, pl, hook, sel.match_return_actions, s.ret_actions, errs, facts)
+    s.nret_actions = _compile_actions(ch, pl, hook, sel.match_return_actions, s.ret_actions, errs, facts,
+                                      returning=True)
 
 
 def _compile_binaries(ch: CompiledHook, sel: Selector, si: int, s: L.Selector, errs: _Errors,
@@ -744,7 +773,8 @@ def _compile_binaries(ch: CompiledHook, sel: Selector, si: int, s: L.Selector, e
 
 
 def _compile_actions(ch: CompiledHook, pl: Placement, hook: object, actions: tuple[ActionSelector, ...],
-                     out: object, errs: _Errors, facts: KernelFacts) -> int:
+                     out: object, errs: _Errors, facts: KernelFacts, returning: bool = False) -> int:
+    """returning: the actions of matchReturnActions, which run once the function has returned."""
     for k, a in enumerate(actions[:L.MAX_ACTIONS]):
         cfg = out[k]  # type: ignore[index]
         name = a.action
@@ -756,12 +786,19 @@ def _compile_actions(ch: CompiledHook, pl: Placement, hook: object, actions: tup
             if pl.attach.get("degraded"):
                 cfg.type = L.ACT["Sigkill"]
                 continue
+            if returning:
+                # the function has returned: its result can no longer be changed (fmod_ret, the LSM
+                # verdict and bpf_override_return act before it runs)
+                errs.error(a.at("action"), f"Override in matchReturnActions cannot change what {pl.target} "
+                           "returns: return actions run after it has returned; put Override in matchActions",
+                           "policy")
+                continue
             if mech in ("fanotify", "cgroup_sock_addr"):
                 cfg.type, cfg.arg = L.ACT["Override"], a.arg_error
                 continue
-            if mech == "lsm" and a.arg_error > 0:
+            if mech == "lsm" and not -limits.MAX_ERRNO <= a.arg_error <= 0:
                 errs.error(a.at("argError"), f"argError {a.arg_error}: a BPF LSM hook can only return 0 or a "
-                           "negative errno", "kernel")
+                           f"negative errno (-1..-{limits.MAX_ERRNO})", "kernel")
                 continue
             if mech in ("lsm", "fmod_ret") or pl.entry_prog == "vigil_kprobe_override":
                 if a.arg_error == 0:
