@@ -250,11 +250,29 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 hook, int kind
 	}
 
 	ck.gen = gen;
-	/* an IPv4-mapped IPv6 address (::ffff:a.b.c.d) reaches an IPv4 peer: match IPv4 rules */
+	/* an IPv4-mapped IPv6 address (::ffff:a.b.c.d) reaches an IPv4 peer: match IPv4 rules,
+	 * and the IPv6 prefixes shorter than /96 that contain it (user space stores the mapped
+	 * ones, /96 and longer, as IPv4) */
 	if (v6 && addr[0] == 0 && addr[1] == 0 && addr[2] == bpf_htonl(0xffff)) {
+		__u64 both = 0;
+
+		ck.family = AF_INET6;
+		__builtin_memcpy(ck.addr, addr, 16);
+		ck.prefixlen = 32 + 128;
+		mp = bpf_map_lookup_elem(&nd_cidrs, &ck);
+		if (mp)
+			both = *mp;
+		__builtin_memset(ck.addr, 0, 16);
 		ck.family = AF_INET;
 		__builtin_memcpy(ck.addr, &addr[3], 4);
 		ck.prefixlen = 32 + 32;
+		mp = bpf_map_lookup_elem(&nd_cidrs, &ck);
+		if (mp)
+			both |= *mp;
+		cand &= both;
+		if (!cand)
+			return 1;
+		goto scope;
 	} else if (v6) {
 		ck.family = AF_INET6;
 		__builtin_memcpy(ck.addr, addr, 16);
@@ -271,7 +289,7 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 hook, int kind
 	if (!cand)
 		return 1;
 
-	/* process scope: pid and binary */
+scope:	/* process scope: pid and binary */
 	proc = g->nopid;
 	pk.gen = gen;
 	pk.tgid = tgid;
