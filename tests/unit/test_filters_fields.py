@@ -213,3 +213,17 @@ def test_redaction_happens_before_matching():
 def test_from_request_bad_filter_raises():
     with pytest.raises(FilterError, match="binary_regex"):
         EventFilter.from_request([{"binary_regex": ["[z-a]"]}])
+
+
+@pytest.mark.parametrize("option, text, needle", [
+    ("allowlist", '{"binary_regex":["("]}', "--export-allowlist: binary_regex: invalid regex"),
+    ("denylist", '{"pid":[1]}\n{"namespace":"default"}', "--export-denylist (filter 2 of 2): namespace"),
+    ("field_filters", '{"fields":"proces.binary"}', "--field-filters: field filter fields: 'proces.binary'"),
+    ("redaction_filters", '{"redact":["(x)"]}\n{"redact":["x"]}', "--redaction-filters (filter 2 of 2): "),
+    ("allowlist", '{"pid":[1]} junk', "--export-allowlist: invalid JSON on line 1"),
+])
+def test_from_config_errors_name_the_option(option, text, needle):
+    """Which of the four options (and which filter in it) is wrong: the field alone does not say."""
+    with pytest.raises(FilterError) as info:
+        EventFilter.from_config(**{option: text})
+    assert needle in str(info.value)

@@ -16,12 +16,27 @@ from typing import Any
 
 from vigil.core.events import DictEvent
 from vigil.export.dicts import event_dict
+from vigil.export.event_types import FilterError
 from vigil.export.field_filters import FieldFilterSet
 from vigil.export.filters import FilterList, parse_filter_config
 from vigil.export.rate_limit import ExportRateLimiter, rfc3339_now
 from vigil.export.redaction import RedactionSet
 
 Event = dict[str, Any]
+
+
+def _compiled(kind: Callable[[list[Any]], Any], text: str, option: str) -> Any:
+    """`kind` (FilterList, FieldFilterSet, RedactionSet) of the config string of --`option`;
+    an error names the option and the filter's place in it."""
+    specs = parse_filter_config(text, f"--{option}")
+    compiled = []
+    for i, spec in enumerate(specs, 1):
+        try:
+            compiled += kind([spec]).filters
+        except FilterError as e:
+            where = f" (filter {i} of {len(specs)})" if len(specs) > 1 else ""
+            raise FilterError(f"--{option}{where}: {e}") from None
+    return kind(compiled)
 
 
 class EventFilter:
@@ -70,12 +85,13 @@ class EventFilter:
         rate_limit: int = -1,
         node_name: str = "",
     ) -> EventFilter:
-        """From the agent's config strings (newline-separated JSON objects)."""
+        """From the agent's config strings (newline-separated JSON objects). A bad filter is
+        a FilterError naming the option and which of its filters it is."""
         return cls(
-            parse_filter_config(allowlist, "export-allowlist"),
-            parse_filter_config(denylist, "export-denylist"),
-            parse_filter_config(field_filters, "field-filters"),
-            parse_filter_config(redaction_filters, "redaction-filters"),
+            _compiled(FilterList, allowlist, "export-allowlist"),
+            _compiled(FilterList, denylist, "export-denylist"),
+            _compiled(FieldFilterSet, field_filters, "field-filters"),
+            _compiled(RedactionSet, redaction_filters, "redaction-filters"),
             rate_limit=rate_limit,
             node_name=node_name,
         )
