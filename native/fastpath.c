@@ -2660,7 +2660,7 @@ enum { GP_ENTRY, GP_KIND, GP_LAYOUT, GP_ARGS, GP_ACTIONS, GP_EVENTS, GP_ACTION_C
 enum { LAY_CONST, LAY_ARGS, LAY_RETURN, LAY_ACTION, LAY_RETURN_ACTION, LAY_MESSAGE, LAY_TAGS, LAY_KSTACK, LAY_IMA };
 /* GP_NAMES: the name tables of sockets, capabilities and bpf commands (dicts: number -> name) */
 enum { GN_AF, GN_SOCK_TYPE, GN_PROTOCOL, GN_TCP_STATE, GN_CAP, GN_BPF_CMD, GN_PROG_TYPE, GN_MAP_TYPE, GN_PERF_TYPE,
-       GN_TAINTS, GN_COUNT };  /* GN_TAINTS: ((bit, name), ...) in render_arg's order */
+       GN_TAINTS, GN_SECUREBITS, GN_COUNT };  /* GN_TAINTS, GN_SECUREBITS: ((bit, name), ...) in render_arg's order */
 /* how an argument is rendered; vigil.sensors.generic_events.GA names them in this order */
 enum { GA_STRING, GA_INT, GA_UINT, GA_LONG, GA_SIZE, GA_STRING_ERR, GA_FILE, GA_PATH, GA_BINPRM, GA_SOCK,
        GA_SOCKADDR, GA_SYSCALL64, GA_BYTES, GA_IOV_BYTES, GA_CAP_MASK, GA_CAPABILITY, GA_BPF_CMD, GA_CRED,
@@ -2939,6 +2939,21 @@ static PyObject *cap_names(PyObject *names, unsigned long long mask)
 /* render_arg's process_credentials_arg (_cred_json), in its key order: the 80 bytes of
  * read.bpf.h's cred (uid, gid, euid, egid, suid, sgid, fsuid, fsgid, securebits, user_ns level,
  * uid, gid, inum; the permitted, effective and inheritable capabilities at 56) */
+static PyObject *userns_json(const struct vp_userns_info *u);
+
+/* the names of the bits set in `bits`, from a ((bit, name), ...) table (module taints, securebits) */
+static PyObject *bit_names(PyObject *table, unsigned long long bits)
+{
+	PyObject *out = PyList_New(0);
+	for (Py_ssize_t i = 0; out && i < PyTuple_GET_SIZE(table); i++) {
+		PyObject *bn = PyTuple_GET_ITEM(table, i);
+		unsigned long long bit = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(bn, 0));
+		if (PyErr_Occurred() || ((bits & bit) && PyList_Append(out, PyTuple_GET_ITEM(bn, 1)) < 0))
+			Py_CLEAR(out);
+	}
+	return out;
+}
+
 static PyObject *cred_json(const unsigned char *p, PyObject *names)
 {
 	static const char *const ids[8] = {"uid", "gid", "euid", "egid", "suid", "sgid", "fsuid", "fsgid"};
@@ -2950,17 +2965,24 @@ static PyObject *cred_json(const unsigned char *p, PyObject *names)
 		ok = v && !body_set(d, ids[i], v);
 		Py_XDECREF(v);
 	}
+	unsigned long long sb = le_field(p + 32, 4);
+	if (ok && sb) {
+		PyObject *l = bit_names(PyTuple_GET_ITEM(names, GN_SECUREBITS), sb);
+		ok = l && !body_set(d, "securebits", l);
+		Py_XDECREF(l);
+	}
 	for (int i = 0; ok && i < 3; i++) {
 		unsigned long long mask = (unsigned long long)le_field(p + 56 + 8 * i, 8);
 		PyObject *l = mask ? cap_names(names, mask) : NULL;
 		ok = !mask || (l && !body_set(caps, sets[i], l));
 		Py_XDECREF(l);
 	}
-	if (ok && PyDict_GET_SIZE(caps))
-		ok = !body_set(d, "caps", caps);
-	if (ok)
-		ns = Py_BuildValue("{s:k,s:k,s:k,s:{s:k}}", "level", le_field(p + 36, 4), "uid", le_field(p + 40, 4), "gid",
-				   le_field(p + 44, 4), "ns", "inum", le_field(p + 48, 4));
+	ok = ok && !body_set(d, "caps", caps);  /* {} when no set has a capability, as Tetragon's */
+	if (ok) {
+		struct vp_userns_info u;
+		memcpy(&u, p + 36, sizeof(u));  /* level, uid, gid, inum: the layout of a user_namespace argument */
+		ns = userns_json(&u);
+	}
 	ok = ok && ns && !body_set(d, "user_ns", ns);
 	Py_XDECREF(ns);
 	Py_XDECREF(caps);

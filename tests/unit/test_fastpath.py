@@ -1118,11 +1118,27 @@ CRED = struct.pack("<13I4x3Q", 1000, 1000, 0, 0, 1000, 1000, 0, 0, 0, 1, 0, 0, 4
          "caps": {"permitted": ["CAP_SYS_ADMIN"], "effective": ["CAP_CHOWN", "CAP_SYS_ADMIN"]},
          "user_ns": {"level": 1, "uid": 0, "gid": 0, "ns": {"inum": 4026531837}}}, "label": "cred"},
          {"capability_arg": {"value": 21, "name": "CAP_SYS_ADMIN"}}]}),
-    (CAPS_SPEC, 0, {"args": [(CRED[:56] + bytes(24), 0, 0, 0), (b"", -1, 0, 0)]},
+    (CAPS_SPEC, 0, {"args": [(CRED[:56] + bytes(24), 0, 0, 0), (b"", -1, 0, 0)]},  # Tetragon's caps: always set
      {"args": [{"process_credentials_arg": {
          "uid": 1000, "gid": 1000, "euid": 0, "egid": 0, "suid": 1000, "sgid": 1000, "fsuid": 0, "fsgid": 0,
-         "user_ns": {"level": 1, "uid": 0, "gid": 0, "ns": {"inum": 4026531837}}}, "label": "cred"},
+         "caps": {}, "user_ns": {"level": 1, "uid": 0, "gid": 0, "ns": {"inum": 4026531837}}}, "label": "cred"},
          {"capability_arg": {"value": -1, "name": "-1"}}]}),
+    # the host's user namespace (level 0) is_host, as a user_namespace argument's; securebits by name
+    (CAPS_SPEC, 0, {"args": [(CRED[:32] + struct.pack("<5I", 1 << 4 | 1 << 5, 0, 0, 0, 4026531837) + CRED[52:],
+                              0, 0, 0), (b"", 21, 0, 0)]},
+     {"args": [{"process_credentials_arg": {
+         "uid": 1000, "gid": 1000, "euid": 0, "egid": 0, "suid": 1000, "sgid": 1000, "fsuid": 0, "fsgid": 0,
+         "securebits": ["SecBitKeepCaps", "SecBitKeepCapsLocked"],
+         "caps": {"permitted": ["CAP_SYS_ADMIN"], "effective": ["CAP_CHOWN", "CAP_SYS_ADMIN"]},
+         "user_ns": {"level": 0, "uid": 0, "gid": 0, "ns": {"inum": 4026531837, "is_host": True}}}, "label": "cred"},
+         {"capability_arg": {"value": 21, "name": "CAP_SYS_ADMIN"}}]}),
+    (CAPS_SPEC, 0, {"args": [(CRED[:36] + struct.pack("<4I", 3, 1000, 1000, 0) + CRED[52:], 0, 0, 0),
+                             (b"", 21, 0, 0)]},  # an unknown namespace number is left out (proto3 zero)
+     {"args": [{"process_credentials_arg": {
+         "uid": 1000, "gid": 1000, "euid": 0, "egid": 0, "suid": 1000, "sgid": 1000, "fsuid": 0, "fsgid": 0,
+         "caps": {"permitted": ["CAP_SYS_ADMIN"], "effective": ["CAP_CHOWN", "CAP_SYS_ADMIN"]},
+         "user_ns": {"level": 3, "uid": 1000, "gid": 1000, "ns": {}}}, "label": "cred"},
+         {"capability_arg": {"value": 21, "name": "CAP_SYS_ADMIN"}}]}),
     (CAPS_SPEC, 1, {"args": [(b"", 0x1FFFFFFFFF, 0, 0), (b"", 0, 0, 0), (b"", -1, 0, 0)]},
      {"args": [{"kernel_cap_t_arg": "0000001fffffffff"}, {"cap_inheritable_arg": "0000000000000000"},
                {"cap_permitted_arg": "ffffffffffffffff"}]}),

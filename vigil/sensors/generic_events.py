@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from vigil.kernel import policy_layout as L
-from vigil.kernel.caps import CAP_NAMES, cap_list
+from vigil.kernel.caps import CAP_NAMES, SECUREBITS, cap_list, securebits_list
 from vigil.policy import enums
 from vigil.policy.compile import CompiledHook
 
@@ -136,18 +136,27 @@ def _ip(raw: bytes, family: int) -> str:
 
 def _cred_json(p: bytes) -> dict[str, Any]:
     vals = ctypes.cast(ctypes.create_string_buffer(p, 80), ctypes.POINTER(ctypes.c_uint32))
-    uid, gid, euid, egid, suid, sgid, fsuid, fsgid, _sb, lvl, uuid, ugid, uinum = (vals[i] for i in range(13))
+    uid, gid, euid, egid, suid, sgid, fsuid, fsgid, sb, lvl, uuid, ugid, uinum = (vals[i] for i in range(13))
     caps = [int.from_bytes(p[56 + 8 * i:64 + 8 * i], "little") for i in range(3)]
     out: dict[str, Any] = {"uid": uid, "gid": gid, "euid": euid, "egid": egid, "suid": suid, "sgid": sgid,
                            "fsuid": fsuid, "fsgid": fsgid}
+    if sb:
+        out["securebits"] = list(securebits_list(sb))
     c: dict[str, Any] = {}
     for k, m in (("permitted", caps[0]), ("effective", caps[1]), ("inheritable", caps[2])):
         if m:
             c[k] = list(cap_list(m))
-    if c:
-        out["caps"] = c
-    out["user_ns"] = {"level": lvl, "uid": uuid, "gid": ugid, "ns": {"inum": uinum}}
+    out["caps"] = c  # Tetragon always sets the message: {} when no set has a capability
+    out["user_ns"] = _userns_json(ctypes.c_int32(lvl).value, uuid, ugid, uinum)
     return out
+
+
+def _userns_json(level: int, uid: int, gid: int, inum: int) -> dict[str, Any]:
+    """A UserNamespace: the initial namespace (level 0) is the host's."""
+    ns: dict[str, Any] = {"inum": inum} if inum else {}
+    if level == 0:
+        ns["is_host"] = True
+    return {"level": level, "uid": uid, "gid": gid, "ns": ns}
 
 
 def render_arg(plan: Any, ah: Any, payload: bytes, args_by_slot: dict[int, Any]) -> dict[str, Any]:
@@ -230,10 +239,7 @@ def render_arg(plan: Any, ah: Any, payload: bytes, args_by_slot: dict[int, Any])
         d = {"module_arg": md}
     elif t == L.T["user_ns"]:
         u = L.UserNsInfo.from_buffer_copy(payload.ljust(ctypes.sizeof(L.UserNsInfo), b"\0"))
-        ns: dict[str, Any] = {"inum": u.inum} if u.inum else {}
-        if u.level == 0:
-            ns["is_host"] = True
-        d = {"user_ns_arg": {"level": u.level, "uid": u.uid, "gid": u.gid, "ns": ns}}
+        d = {"user_ns_arg": _userns_json(u.level, u.uid, u.gid, u.inum)}
     elif t in (L.T["sockaddr"], L.T["ksockaddr"]):
         fam = int.from_bytes(payload[0:2], "little")
         d = {"sockaddr_arg": {"family": AF_NAMES.get(fam, str(fam)), "addr": _ip(payload[8:24], fam),
@@ -418,11 +424,11 @@ _GA_BY_TYPE = {
     "perf_event": GA["perf_event"], **dict.fromkeys(("module", "load_info"), GA["module"]), "user_ns": GA["user_ns"],
 }
 # the name tables of the compiled handler (its GN_*): sockets', capabilities', bpf commands',
-# program, map and perf event types, module taints
+# program, map and perf event types, module taints, securebits
 _GA_NAMES = (AF_NAMES, SOCK_TYPES, PROTOCOLS, TCP_STATES, dict(enumerate(CAP_NAMES)), dict(enumerate(BPF_CMDS)),
              {i: f"BPF_PROG_TYPE_{n}" for i, n in enumerate(BPF_PROG_TYPES)},
              {i: f"BPF_MAP_TYPE_{n}" for i, n in enumerate(BPF_MAP_TYPES)}, dict(enumerate(PERF_TYPES)),
-             tuple(TAINTS.items()))
+             tuple(TAINTS.items()), SECUREBITS)
 _GA_BY_VTYPE = {L.T[name]: how for name, how in _GA_BY_TYPE.items()}
 _GA_RET = {"int_arg": GA["int"], "uint_arg": GA["uint"], "long_arg": GA["long"], "size_arg": GA["size"]}  # by ret_key
 
