@@ -178,6 +178,9 @@ def test_allow_deny_semantics():
     ({"binary_regex": "curl"}, "binary_regex"),  # must be a list
     ({"pid": ["abc"]}, "pid"),
     ({"pid": [-1]}, "pid"),
+    ({"pid": [1.5]}, "pid"),  # was pid 1
+    ({"pid_set": [4294967297]}, "pid_set"),  # was no error, never matching
+    ({"pid": [True]}, "pid"),
     ({"event_set": ["PROCESS_NOPE"]}, "event_set"),
     ({"event_set": [77]}, "event_set"),
     ({"health_check": "yes"}, "health_check"),

@@ -129,14 +129,18 @@ def _string_list(value: Any, field: str) -> list[str]:
 
 
 def _uint_list(value: Any, field: str) -> frozenset[int]:
+    """uint32 values (pids), as protojson takes them: integers or numeric strings; 1.5 or
+    2**32 is an error, never a pid truncated into another one."""
     out = set()
     for item in _list_of(value, field):
         try:
             number = int(item)
         except (TypeError, ValueError, OverflowError):   # (OverflowError: JSON's Infinity)
             raise FilterError(f"{field}: expected integers, got {item!r}") from None
-        if isinstance(item, bool) or number < 0:
-            raise FilterError(f"{field}: expected non-negative integers, got {item!r}")
+        if isinstance(item, bool) or (isinstance(item, float) and item != number):
+            raise FilterError(f"{field}: expected integers, got {item!r}")
+        if not 0 <= number <= 0xFFFFFFFF:
+            raise FilterError(f"{field}: expected integers from 0 to 4294967295, got {item!r}")
         out.add(number)
     return frozenset(out)
 
