@@ -39,19 +39,30 @@ class AgentCollector(Collector):
             ev.add_metric([_EVENT_TYPE.get(k, k.upper())], n)
         yield ev
 
+        # both from the policies' action counters (every posted event is counted there once),
+        # labelled as Tetragon does: hook = the hook as the policy names it (kprobe:sys_openat),
+        # selector_index 0-based; an event no selector decided has no selector counter
+        by_hook: dict[tuple[str, str], int] = {}
+        by_selector: dict[tuple[str, ...], int] = {}
+        for pa in st.get("policy_actions", []):
+            hk = (pa["policy"], pa["hook"])
+            by_hook[hk] = by_hook.get(hk, 0) + pa["count"]
+            if pa["selector_index"] >= 0:
+                sk = (pa["policy"], pa["namespace"], pa["hook"], str(pa["hook_index"]), str(pa["selector_index"]),
+                      pa["selector_label"], pa["action"])
+                by_selector[sk] = by_selector.get(sk, 0) + pa["count"]
         pol = CounterMetricFamily("tetragon_policy_events", "Policy events, by policy and hook",
                                   labels=["policy", "hook"])
-        for pe in st.get("policy_events", []):
-            pol.add_metric([pe["policy"], pe["hook"]], pe["count"])
+        for (policy, hook), n in by_hook.items():  # same-named policies of two namespaces: one series
+            pol.add_metric([policy, hook], n)
         yield pol
 
         acts = CounterMetricFamily("tetragon_tracingpolicy_selector_actions",
                                    "Policy events posted, by policy, hook, deciding selector and action",
                                    labels=["policy", "policy_namespace", "hook", "hook_index", "selector_index",
                                            "selector_label", "action"])
-        for pa in st.get("policy_actions", []):
-            acts.add_metric([pa["policy"], pa["namespace"], pa["hook"], str(pa["hook_index"]),
-                             str(pa["selector_index"]), pa["selector_label"], pa["action"]], pa["count"])
+        for labels, n in by_selector.items():
+            acts.add_metric(list(labels), n)
         yield acts
 
         missed = CounterMetricFamily("tetragon_bpf_missed_events", "Records the kernel could not deliver",

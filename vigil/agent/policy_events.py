@@ -183,13 +183,15 @@ _ACTION_KEYS: dict[tuple[int, int, str], tuple[tuple[str, int, int, str, str], s
 
 def _action_key(ch: CompiledHook, selector: int, action: str) -> tuple[tuple[str, int, int, str, str], str]:
     """(the counter key, the selector's label) of events of `ch` decided by `selector`
-    (1-based, 0 = none) with `action`."""
+    (1-based, 0 = none) with `action`. The key is Tetragon's selector action counter: the hook
+    as the policy names it (kprobe:<call>, ...: Placement.stats_hook), its index in its list,
+    the selector's 0-based index (-1: no selector decided) and label, the action."""
     ck = (ch.hook_id, selector, action)
     hit = _ACTION_KEYS.get(ck)
     if hit is None:
         label = ch.selectors[selector - 1].label if 0 < selector <= len(ch.selectors) else ""
-        key = (ch.placement.describe().split(";")[0], ch.placement.index, selector, label,
-               action.removeprefix("KPROBE_ACTION_").lower())
+        key = (ch.placement.stats_hook or ch.placement.describe().split(";")[0], ch.placement.index,
+               selector - 1 if selector > 0 else -1, label, action.removeprefix("KPROBE_ACTION_").lower())
         if len(_ACTION_KEYS) >= 65536:
             _ACTION_KEYS.clear()
         hit = _ACTION_KEYS[ck] = (key, label)

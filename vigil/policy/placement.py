@@ -116,6 +116,9 @@ class Placement:
     substitute: str = ""          # the stand-in this hook runs on (empty: the hook itself)
     ret_raw: int = 0              # the return value is raw argument ret_raw - 1 (stand-ins)
     override: str = ""            # how Override is enforced here (explain)
+    # the hook as Tetragon's policy metrics name it (`hook` label): kprobe:<call>,
+    # tracepoint:<subsystem>/<event>, lsm:<hook>, uprobe:<path>[:<symbols>], usdt:<path>:<provider>/<name>
+    stats_hook: str = ""
 
     @property
     def ok(self) -> bool:

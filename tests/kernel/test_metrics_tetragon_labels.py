@@ -1,0 +1,74 @@
+"""The agent's Prometheus metrics carry Tetragon's label values, on a running agent (the shared
+in-process agent) after a workload its policy sees: what a Tetragon user's queries and alerts
+select on must select the same series here."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.kernel.conftest import RunningAgent
+from vigil.agent.metrics import AgentCollector
+
+pytestmark = pytest.mark.kernel
+
+# a kprobe on a syscall (runs on the syscall tracepoint here) and a tracepoint; the first selector
+# of each never matches, the second does: Tetragon's selector_index is 0-based
+POLICY = """apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {{name: {name}}}
+spec:
+  kprobes:
+  - call: sys_openat
+    syscall: true
+    args: [{{index: 1, type: string}}]
+    selectors:
+    - label: never
+      matchArgs: [{{index: 1, operator: Equal, values: ["{work}/nothing-opens-this"]}}]
+      matchBinaries: [{{operator: In, values: ["{vpy}"]}}]
+    - label: secret
+      matchArgs: [{{index: 1, operator: Equal, values: ["{work}/secret.txt"]}}]
+      matchBinaries: [{{operator: In, values: ["{vpy}"]}}]
+  tracepoints:
+  - subsystem: syscalls
+    event: sys_enter_getppid
+    selectors:
+    - label: never
+      matchBinaries: [{{operator: In, values: ["/nothing/runs/this"]}}]
+    - label: getppid
+      matchBinaries: [{{operator: In, values: ["{vpy}"]}}]
+"""
+
+
+def samples(agent: Any, family: str) -> list[tuple[dict[str, str], float]]:
+    out = []
+    for fam in AgentCollector(agent).collect():
+        if fam.name == family:
+            out += [(s.labels, s.value) for s in fam.samples if s.name == family + "_total"]
+    return out
+
+
+def test_policy_metrics_name_hooks_and_selectors_as_tetragon(running_agent: RunningAgent, workdir: Path):
+    a = running_agent.agent
+    shutil.copy2(os.path.realpath(sys.executable), workdir / "vpy")
+    (workdir / "secret.txt").write_text("s")
+    name = a.policies.add_text(POLICY.format(name="metric-labels", work=workdir, vpy=workdir / "vpy"), "<t>")[0]
+    try:
+        code = f"import os; open({str(workdir / 'secret.txt')!r}).close(); os.getppid()"
+        running_agent.collect(lambda: subprocess.run([str(workdir / "vpy"), "-S", "-c", code], check=True),
+                              until=lambda evs: sum(1 for e in evs for k in ("process_kprobe", "process_tracepoint")
+                                                    if e.get(k, {}).get("policy_name") == name) >= 2)
+        hits = {s["hook"]: v for s, v in samples(a, "tetragon_policy_events") if s["policy"] == name}
+        assert set(hits) == {"kprobe:sys_openat", "tracepoint:syscalls/sys_enter_getppid"}, hits
+        assert all(v >= 1 for v in hits.values()), hits
+        acts = {(s["hook"], s["hook_index"], s["selector_index"], s["selector_label"], s["action"], s["policy_namespace"])
+                for s, _ in samples(a, "tetragon_tracingpolicy_selector_actions") if s["policy"] == name}
+        assert acts == {("kprobe:sys_openat", "0", "1", "secret", "post", ""),
+                        ("tracepoint:syscalls/sys_enter_getppid", "0", "1", "getppid", "post", "")}, acts
+    finally:
+        a.delete_policy(name)
