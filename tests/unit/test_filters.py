@@ -135,6 +135,27 @@ def test_absent_strings_are_empty(spec, bare, nameless, throttle):
     assert m(spec, THROTTLE) is throttle
 
 
+def _exec(pid: int, ppid: int) -> dict:
+    return {"process_exec": {"process": {"pid": pid, "binary": "/bin/x"}, "parent": {"pid": ppid}}}
+
+
+def test_pid_set_follows_descendants_without_ancestors():
+    """Tetragon's pid_set: a process whose parent matched is remembered, so its children (the
+    grandchildren of the listed pid) match too, though their events name no listed pid."""
+    f = compile_filter({"pid_set": [100]})
+    assert f.matches(_exec(100, 1))          # the listed process
+    assert f.matches(_exec(200, 100))        # its child
+    assert f.matches(_exec(300, 200))        # a grandchild: its parent was seen as a child
+    assert f.matches(_exec(400, 300))        # and deeper
+    kprobe = {"process_kprobe": {"process": {"pid": 300}, "parent": {"pid": 200}}}
+    assert f.matches(kprobe)
+    assert not f.matches(_exec(500, 1))      # unrelated
+    assert not f.matches(_exec(600, 500))
+    assert not f.matches({"process_exec": {"parent": {"pid": 100}}})  # no process: no match
+    # each compiled filter has its own memory (one per GetEvents stream, as in Tetragon)
+    assert not compile_filter({"pid_set": [100]}).matches(_exec(300, 200))
+
+
 def test_fields_and_values_or():
     assert m({"binary_regex": ["curl"], "namespace": ["default"]}, POD_EXEC)
     assert not m({"binary_regex": ["curl"], "namespace": ["kube-system"]}, POD_EXEC)

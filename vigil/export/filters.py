@@ -6,9 +6,12 @@ filter (an empty allow list allows everything) and no deny filter.
 
 Notes on fields whose behaviour depends on what the event carries:
 
-* ``pid_set`` matches when ``process.pid``, ``parent.pid`` or any ``ancestors[].pid``
-  is in the set. Tetragon tracks descendants itself; we only see what the event holds,
-  so without ``--enable-ancestors`` only the process and its parent are checked.
+* ``pid_set`` matches the listed processes and their descendants, as Tetragon tracks them:
+  an event matches when ``process.pid`` is in the set or is a descendant seen before, or
+  when its parent (or, with ``--enable-ancestors``, an ancestor) is; then the process is
+  remembered as a descendant, so its own children match too (grandchildren and deeper
+  are found without ``--enable-ancestors``). Like Tetragon's, the memory lives as long as
+  the filter (one per GetEvents stream, one for the export).
 * ``ancestor_binary_regex`` checks the entries of ``ancestors`` (the processes beyond the
   parent, as in Tetragon): never the parent, and nothing without ``--enable-ancestors``.
 * ``namespace`` sees host processes (no pod) as namespace ``""``; ``namespace_regex``,
@@ -263,9 +266,24 @@ def _compile_field(field: str, value: Any) -> Check | None:
         if not pids:
             return None
 
+        children: set[int] = set()  # descendants met so far (pids listed or not: `known`)
+
+        def known(pid: Any) -> bool:
+            return pid in pids or pid in children
+
         def in_pid_set(body: dict[str, Any], event: Event) -> bool:
-            chain = [body.get("process"), body.get("parent"), *(body.get("ancestors") or ())]
-            return any(p.get("pid") in pids for p in chain if p)
+            proc = body.get("process")
+            if not isinstance(proc, dict):
+                return False
+            pid = proc.get("pid")
+            if known(pid):
+                return True
+            for p in (body.get("parent"), *(body.get("ancestors") or ())):
+                if isinstance(p, dict) and known(p.get("pid")):
+                    if isinstance(pid, int):
+                        children.add(pid)
+                    return True
+            return False
 
         return in_pid_set
     if field == "event_set":
