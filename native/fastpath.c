@@ -2664,7 +2664,8 @@ enum { GN_AF, GN_SOCK_TYPE, GN_PROTOCOL, GN_TCP_STATE, GN_CAP, GN_BPF_CMD, GN_PR
 /* how an argument is rendered; vigil.sensors.generic_events.GA names them in this order */
 enum { GA_STRING, GA_INT, GA_UINT, GA_LONG, GA_SIZE, GA_STRING_ERR, GA_FILE, GA_PATH, GA_BINPRM, GA_SOCK,
        GA_SOCKADDR, GA_SYSCALL64, GA_BYTES, GA_IOV_BYTES, GA_CAP_MASK, GA_CAPABILITY, GA_BPF_CMD, GA_CRED,
-       GA_SKB, GA_NET_DEV, GA_BPF_PROG, GA_BPF_MAP, GA_PERF_EVENT, GA_MODULE, GA_USER_NS, GA_SYSCALL_X64, GA_KINDS };
+       GA_SKB, GA_NET_DEV, GA_BPF_PROG, GA_BPF_MAP, GA_PERF_EVENT, GA_MODULE, GA_USER_NS, GA_SYSCALL_X64,
+       GA_LOAD_INFO, GA_KINDS };
 #define GA_ERR_OK 128  /* with a file-like kind: an fd, rendered as a file even when it could not be read */
 _Static_assert(GA_KINDS <= GA_ERR_OK, "an argument's kind must stay below its flags");
 #define GA_SIZE_SHIFT 8  /* with GA_BYTES: 1 + the slot of the buffer's size argument (0: none) */
@@ -3068,22 +3069,22 @@ static PyObject *perf_json(const struct vp_perf_info *pe, PyObject *names)
 	return nz_dict(d, bad);
 }
 
-static PyObject *module_json(const struct vp_module_info *mi, PyObject *names)
+/* render_arg's module_arg: empty when no name was read; a load_info's signature check always
+ * (a struct module's never) */
+static PyObject *module_json(const struct vp_module_info *mi, int load_info, PyObject *names)
 {
-	PyObject *d = PyDict_New(), *name = cstr(mi->name, sizeof(mi->name)), *tainted = PyList_New(0);
-	PyObject *taints = PyTuple_GET_ITEM(names, GN_TAINTS);
-	int bad = !d || !name || !tainted || (PyUnicode_GET_LENGTH(name) && body_set(d, "name", name)) ||
-		  (mi->has_sig && body_set(d, "signature_ok", mi->sig_ok ? Py_True : Py_False));
-	for (Py_ssize_t i = 0; !bad && i < PyTuple_GET_SIZE(taints); i++) {
-		PyObject *bn = PyTuple_GET_ITEM(taints, i);
-		unsigned long long bit = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(bn, 0));
-		bad = PyErr_Occurred() || ((mi->taints & bit) && PyList_Append(tainted, PyTuple_GET_ITEM(bn, 1)) < 0);
+	PyObject *d = PyDict_New(), *name = cstr(mi->name, sizeof(mi->name));
+	if (!d || !name || !PyUnicode_GET_LENGTH(name)) {
+		Py_XDECREF(name);
+		return nz_dict(d, !name);
 	}
-	if (!bad && PyList_GET_SIZE(tainted))
-		bad = body_set(d, "tainted", tainted);
-	Py_XDECREF(name);
+	PyObject *tainted = bit_names(PyTuple_GET_ITEM(names, GN_TAINTS), mi->taints);
+	int bad = !tainted || body_set(d, "name", name) ||
+		  (load_info && body_set(d, "signature_ok", mi->sig_ok ? Py_True : Py_False)) ||
+		  (PyList_GET_SIZE(tainted) && body_set(d, "tainted", tainted));
+	Py_DECREF(name);
 	Py_XDECREF(tainted);
-	return nz_dict(d, bad || !d);
+	return nz_dict(d, bad);
 }
 
 static PyObject *userns_json(const struct vp_userns_info *u)
@@ -3233,9 +3234,9 @@ static PyObject *struct_arg(int how, const struct vp_arg_hdr *a, const char *dat
 		STRUCT_ARG(struct vp_perf_info, pe, a, data);
 		return perf_json(&pe, names);
 	}
-	if (how == GA_MODULE) {
+	if (how == GA_MODULE || how == GA_LOAD_INFO) {
 		STRUCT_ARG(struct vp_module_info, mi, a, data);
-		return module_json(&mi, names);
+		return module_json(&mi, how == GA_LOAD_INFO, names);
 	}
 	STRUCT_ARG(struct vp_userns_info, u, a, data);
 	return userns_json(&u);
@@ -3325,6 +3326,7 @@ static int generic_arg(PyObject *list, int how, PyObject *label, PyObject *key, 
 	case GA_BPF_MAP:
 	case GA_PERF_EVENT:
 	case GA_MODULE:
+	case GA_LOAD_INFO:
 	case GA_USER_NS:
 		if ((Py_ssize_t)a->off + a->len > n || (how == GA_BPF_PROG && !PyUnicode_CheckExact(key)))
 			return 1;
@@ -3334,7 +3336,7 @@ static int generic_arg(PyObject *list, int how, PyObject *label, PyObject *key, 
 							 : how == GA_NET_DEV   ? "net_dev_arg"
 							 : how == GA_BPF_MAP   ? "bpf_map_arg"
 							 : how == GA_PERF_EVENT ? "perf_event_arg"
-							 : how == GA_MODULE    ? "module_arg"
+							 : how == GA_MODULE || how == GA_LOAD_INFO ? "module_arg"
 									       : "user_ns_arg"));
 		break;
 	case GA_STRING:

@@ -879,6 +879,9 @@ GENERIC_SPECS = {
         - call: cap_capable
           syscall: false
           args: [{index: 1, type: user_namespace, label: ns}]
+        - call: do_init_module  # carries a load_info (the recorded kernels inline its functions)
+          syscall: false
+          args: [{index: 0, type: nop}, {index: 0, type: load_info}]
     """,
     # enforcements, and monitor mode: the message explains them
     "kprobe-enforce": """
@@ -1160,9 +1163,17 @@ CRED = struct.pack("<13I4x3Q", 1000, 1000, 0, 0, 1000, 1000, 0, 0, 0, 1, 0, 0, 4
     (OBJ_SPEC, 3, {"args": [(struct.pack("<I", 999), 0, 0, 0)]}, {"args": [{"bpf_map_arg": {"MapType": "999"}}]}),
     (OBJ_SPEC, 4, {"args": [(struct.pack("<IIQQ64s", 2, 0, 5, 0, b"do_sys_open"), 0, 0, 0)]},
      {"args": [{"perf_event_arg": {"KprobeFunc": "do_sys_open", "Type": "PERF_TYPE_TRACEPOINT", "Config": "5"}}]}),
-    (OBJ_SPEC, 5, {"args": [(struct.pack("<QBB6x56s", 1 << 12 | 1 << 13, 0, 1, b"vigil_test"), 0, 0, 0)]},
-     {"args": [{"module_arg": {"name": "vigil_test", "signature_ok": False,
+    # a struct module has no signature check (Tetragon's module_arg of a module has none)
+    (OBJ_SPEC, 5, {"args": [(struct.pack("<QBB6x56s", 1 << 12 | 1 << 13, 1, 1, b"vigil_test"), 0, 0, 0)]},
+     {"args": [{"module_arg": {"name": "vigil_test",
                                "tainted": ["TAINT_OUT_OF_TREE_MODULE", "TAINT_UNSIGNED_MODULE"]}}]}),
+    # a load_info's check is always there, false too, even when the kernel does not record one
+    (OBJ_SPEC, 7, {"args": [(b"", 0, 0, 0), (struct.pack("<QBB6x56s", 1 << 12, 0, 0, b"vigil_test"), 0, 0, 0)]},
+     {"args": [{"module_arg": {"name": "vigil_test", "signature_ok": False, "tainted": ["TAINT_OUT_OF_TREE_MODULE"]}}]}),
+    (OBJ_SPEC, 7, {"args": [(b"", 0, 0, 0), (struct.pack("<QBB6x56s", 0, 1, 1, b"signed"), 0, 0, 0)]},
+     {"args": [{"module_arg": {"name": "signed", "signature_ok": True}}]}),
+    (OBJ_SPEC, 7, {"args": [(b"", 0, 0, 0), (struct.pack("<QBB6x56s", 1 << 12, 1, 1, b""), 0, 0, 0)]},
+     {"args": [{"module_arg": {}}]}),  # no name read: nothing, as Tetragon's
     (OBJ_SPEC, 6, {"args": [(struct.pack("<iIII", 0, 0, 0, 4026531837), 0, 0, 0)]},
      {"args": [{"user_ns_arg": {"level": 0, "uid": 0, "gid": 0, "ns": {"inum": 4026531837, "is_host": True}},
                 "label": "ns"}]}),

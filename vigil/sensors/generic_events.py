@@ -230,12 +230,14 @@ def render_arg(plan: Any, ah: Any, payload: bytes, args_by_slot: dict[int, Any])
                                          "ProbeOffset": str(pe.probe_offset) if pe.probe_offset else ""})}
     elif t in (L.T["module"], L.T["load_info"]):
         mi = L.ModuleInfo.from_buffer_copy(payload.ljust(ctypes.sizeof(L.ModuleInfo), b"\0"))
-        md: dict[str, Any] = {"name": _cstr(mi.name)} if _cstr(mi.name) else {}
-        if mi.has_sig:
-            md["signature_ok"] = bool(mi.sig_ok)
-        tainted = [name for bit, name in TAINTS.items() if mi.taints & bit]
-        if tainted:
-            md["tainted"] = tainted
+        md: dict[str, Any] = {}
+        if _cstr(mi.name):  # as Tetragon's: nothing when no name was read
+            md["name"] = _cstr(mi.name)
+            if t == L.T["load_info"]:  # the signature check of a module being loaded; a module's has none
+                md["signature_ok"] = bool(mi.sig_ok)
+            tainted = [name for bit, name in TAINTS.items() if mi.taints & bit]
+            if tainted:
+                md["tainted"] = tainted
         d = {"module_arg": md}
     elif t == L.T["user_ns"]:
         u = L.UserNsInfo.from_buffer_copy(payload.ljust(ctypes.sizeof(L.UserNsInfo), b"\0"))
@@ -406,7 +408,7 @@ def _shape(hook: CompiledHook) -> _Shape:
 GA = {n: i for i, n in enumerate(("string", "int", "uint", "long", "size", "string_err", "file", "path", "binprm",
                                   "sock", "sockaddr", "syscall64", "bytes", "iov_bytes", "cap_mask", "capability",
                                   "bpf_cmd", "cred", "skb", "net_dev", "bpf_prog", "bpf_map", "perf_event",
-                                  "module", "user_ns", "syscall_x64"))}
+                                  "module", "user_ns", "syscall_x64", "load_info"))}
 GA_ERR_OK = 128  # with a file-like kind: an fd is rendered as a file even when it could not be read
 GA_SIZE_SHIFT = 8  # with "bytes": 1 + the slot of the buffer's size argument (0: none)
 _GA_RENDER = {"file": GA["file"], "path": GA["path"], "linux_binprm": GA["binprm"]}
@@ -421,7 +423,7 @@ _GA_BY_TYPE = {
     **dict.fromkeys(("kernel_cap", "capset"), GA["cap_mask"]), "capability": GA["capability"],
     "bpf_cmd": GA["bpf_cmd"], "cred": GA["cred"], "skb": GA["skb"], "net_device": GA["net_dev"],
     **dict.fromkeys(("bpf_attr", "bpf_prog"), GA["bpf_prog"]), "bpf_map": GA["bpf_map"],
-    "perf_event": GA["perf_event"], **dict.fromkeys(("module", "load_info"), GA["module"]), "user_ns": GA["user_ns"],
+    "perf_event": GA["perf_event"], "module": GA["module"], "load_info": GA["load_info"], "user_ns": GA["user_ns"],
 }
 # the name tables of the compiled handler (its GN_*): sockets', capabilities', bpf commands',
 # program, map and perf event types, module taints, securebits
