@@ -111,3 +111,32 @@ def usdt_notes(path: str) -> list:
                                 vaddr_to_offset(data, pc), vaddr_to_offset(data, sem) if sem else 0,
                                 strs[2].decode(errors="replace")))
     return out
+
+
+def function_ranges(data: bytes) -> list[tuple[int, int, str]]:
+    """The defined function symbols of an ELF (.symtab and .dynsym) as sorted (file offset of
+    the start, of the end, name): which function a file offset is in (user stack traces)."""
+    _, shoff, _, _, shentsize, shnum, _ = _header(data)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    out = set()
+    for sh in sections:
+        if sh[1] not in (SHT_SYMTAB, SHT_DYNSYM):
+            continue
+        off, size, link, entsize = sh[4], sh[5], sh[6], sh[9] or 24
+        stroff = sections[link][4]
+        for p in range(off, min(off + size, len(data) - 23), entsize):
+            st_name, st_info, _other, st_shndx, st_value, st_size = struct.unpack_from("<IBBHQQ", data, p)
+            if st_info & 0xF != STT_FUNC or not st_size or not 0 < st_shndx < len(sections):
+                continue
+            sec = sections[st_shndx]  # the symbol's section turns its address into a file offset
+            start = st_value - sec[3] + sec[4]
+            out.add((start, start + st_size, _cstr(data, stroff + st_name).decode(errors="replace")))
+    return sorted(out)
+
+
+def function_at(ranges: list[tuple[int, int, str]], offset: int) -> str:
+    """The name of the function of `ranges` (function_ranges) holding file offset `offset`, or ""."""
+    import bisect
+
+    i = bisect.bisect_right(ranges, (offset, 1 << 64, "")) - 1
+    return ranges[i][2] if i >= 0 and offset < ranges[i][1] else ""

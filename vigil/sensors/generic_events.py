@@ -10,6 +10,7 @@ import bisect
 import ctypes
 import ipaddress
 import os
+import struct
 from typing import Any
 
 from vigil.kernel import policy_layout as L
@@ -304,28 +305,68 @@ def _stack(data: bytes, off: int, n: int) -> list[dict[str, Any]]:
     return out
 
 
+class _ElfFunctions:
+    """Function ranges of the files user stacks go through, by (path, device, inode, mtime): a
+    few, each read once."""
+
+    def __init__(self, capacity: int = 64) -> None:
+        self.capacity = capacity
+        self._by_file: dict[tuple[str, int, int, int], list[tuple[int, int, str]]] = {}
+
+    def name(self, path: str, offset: int) -> str:
+        from vigil.kernel import elfsym
+
+        try:
+            st = os.stat(path)
+        except OSError:
+            return ""
+        key = (path, st.st_dev, st.st_ino, st.st_mtime_ns)
+        ranges = self._by_file.get(key)
+        if ranges is None:
+            try:
+                with open(path, "rb") as f:
+                    ranges = elfsym.function_ranges(f.read())
+            except (OSError, ValueError, struct.error, IndexError):
+                ranges = []
+            if len(self._by_file) >= self.capacity:
+                self._by_file.clear()
+            self._by_file[key] = ranges
+        return elfsym.function_at(ranges, offset)
+
+
+ELF_FUNCTIONS = _ElfFunctions()
+
+
 def _user_stack(data: bytes, off: int, n: int, pid: int) -> list[dict[str, Any]]:
+    """A user stack as Tetragon's: each frame's offset in the file mapped there, the file's
+    path (module) and the function holding it (symbol); frames of no mapping (the process is
+    gone, or the address is unmapped) are left out."""
     maps = []
     try:
         with open(f"/proc/{pid}/maps") as f:
             for line in f:
-                parts = line.split()
-                if len(parts) >= 6:
+                parts = line.rstrip("\n").split(maxsplit=5)
+                if len(parts) >= 5:
                     lo, hi = (int(x, 16) for x in parts[0].split("-"))
-                    maps.append((lo, hi, int(parts[2], 16), parts[5]))
-    except OSError:
+                    maps.append((lo, hi, int(parts[2], 16), parts[5] if len(parts) > 5 else ""))
+    except (OSError, ValueError):
         pass
     out = []
     for i in range(off, off + n, 8):
         addr = int.from_bytes(data[i:i + 8], "little")
         if not addr:
             continue
-        e: dict[str, Any] = {}
         for lo, hi, foff, path in maps:
             if lo <= addr < hi:
-                e = {"offset": str(addr - lo + foff), "module": os.path.basename(path)}
+                rel = addr - lo + foff
+                e: dict[str, Any] = {"offset": str(rel)} if rel else {}
+                sym = ELF_FUNCTIONS.name(path, rel) if path.startswith("/") else ""
+                if sym:
+                    e["symbol"] = sym
+                if path:
+                    e["module"] = path
+                out.append(e)
                 break
-        out.append(e or {"offset": str(addr)})
     return out
 
 
