@@ -66,6 +66,7 @@ def test_rendered_objects_are_valid_kubernetes(values: dict[str, Any]) -> None:
         assert pod["nodeSelector"] == {"kubernetes.io/os": "linux", "disk": "ssd"} and pod["serviceAccountName"] == "custom"
     else:
         assert c["readinessProbe"]["exec"]["command"][:2] == ["vigil", "health"]
+        assert cm["metrics-label-filter"] == "namespace,workload,pod,binary"
 
 
 def test_config_map_holds_only_options_the_agent_knows() -> None:

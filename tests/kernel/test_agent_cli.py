@@ -122,17 +122,23 @@ def test_getevents_compact_streams_live_events(agent_proc: AgentProcess, workdir
         ge.wait()
 
 
+def exec_count(text: str, binary: str) -> float:
+    """tetragon_events_total of the execs of `binary` (Tetragon's binary label)."""
+    return sum(float(v) for labels, v in re.findall(r"^tetragon_events_total{(.*)} (\S+)$", text, re.M)
+               if 'type="PROCESS_EXEC"' in labels and f'binary="{binary}"' in labels)
+
+
 def test_status_and_metrics_count_a_known_workload(agent_proc: AgentProcess, workdir: Path):
-    before = metric_value(agent_proc.metrics(), "tetragon_events_total", '{type="PROCESS_EXEC"}')
     truebin = str(workdir / "truebin")
+    assert exec_count(agent_proc.metrics(), truebin) == 0
     for i in range(25):
         subprocess.run([truebin, str(i)], check=True)
     deadline = time.monotonic() + 30
-    after = before
-    while time.monotonic() < deadline and after < before + 25:
+    after = 0.0
+    while time.monotonic() < deadline and after < 25:
         time.sleep(0.1)
-        after = metric_value(agent_proc.metrics(), "tetragon_events_total", '{type="PROCESS_EXEC"}')
-    assert after >= before + 25
+        after = exec_count(agent_proc.metrics(), truebin)
+    assert after == 25
     text = agent_proc.metrics()
     assert metric_value(text, "tetragon_bpf_missed_events_total", '{error="ringbuf_full",msg_op="execve"}') == 0
     assert metric_value(text, "tetragon_process_cache_size") > 0

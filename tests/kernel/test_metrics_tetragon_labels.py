@@ -72,3 +72,40 @@ def test_policy_metrics_name_hooks_and_selectors_as_tetragon(running_agent: Runn
                         ("tracepoint:syscalls/sys_enter_getppid", "0", "1", "getppid", "post", "")}, acts
     finally:
         a.delete_policy(name)
+
+
+@pytest.mark.parametrize("label_filter, expect", [
+    ("namespace,workload,pod,binary", {"binary": "{bin}", "node_name": ""}),   # Tetragon's default
+    ("binary,node_name", {"binary": "{bin}", "node_name": "vigil-test"}),
+    ("", {"binary": "", "node_name": ""}),
+    (" pod , nonsense", {"binary": "", "node_name": ""}),
+], ids=["default", "binary-node", "none", "unknown-ignored"])
+def test_events_total_by_process_labels(running_agent: RunningAgent, workdir: Path, label_filter: str,
+                                        expect: dict[str, str]):
+    """tetragon_events_total{type,namespace,workload,pod,binary,node_name}: every event the agent
+    emits, by the labels --metrics-label-filter fills (the others empty, as Tetragon sends them)."""
+    from vigil.agent.metrics import MetricsFrontend
+
+    a = running_agent.agent
+    a.config.metrics_label_filter = label_filter
+    fe = MetricsFrontend(a.control, "127.0.0.1:0")  # not serving: read through its collector
+    try:
+        binary = str(workdir / "truebin")
+        running_agent.collect(lambda: [subprocess.run([binary, str(i)], check=True) for i in range(3)])
+        running_agent.collect(lambda: None)  # the loop hands a batch to its sinks before it emits the next
+        got = {}
+        for fam in fe.registry.collect():
+            if fam.name == "tetragon_events":
+                for s in fam.samples:
+                    assert set(s.labels) == {"type", "namespace", "workload", "pod", "binary", "node_name"}
+                    got[tuple(sorted(s.labels.items()))] = s.value
+        want = {k: v.format(bin=binary) for k, v in expect.items()}
+        for typ in ("PROCESS_EXEC", "PROCESS_EXIT"):
+            key = tuple(sorted({"type": typ, "namespace": "", "workload": "", "pod": "", **want}.items()))
+            assert got.get(key, 0) >= 3, (key, got)
+        if not want["binary"]:  # no binary label: every exec of every binary in one series per type
+            assert [k for k in got if dict(k)["binary"]] == []
+    finally:
+        fe.stop()
+        a.config.metrics_label_filter = "namespace,workload,pod,binary"
+    assert fe.events not in a.pipeline.sinks

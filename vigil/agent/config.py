@@ -37,6 +37,7 @@ class AgentConfig:
     server_tls_client_ca_files: str = ""    # comma-separated
     server_tls_require_client_cert: bool = False
     metrics_server: str = ""
+    metrics_label_filter: str = "namespace,workload,pod,binary"  # labels of tetragon_events_total that carry values
     info_file: str = "/var/run/tetragon/tetragon-info.json"
     # process cache and kernel side
     process_cache_size: int = 65536

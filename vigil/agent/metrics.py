@@ -6,7 +6,10 @@ metrics are prefixed `vigil_`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import time
+from collections import _count_elements  # type: ignore[attr-defined]
+from collections.abc import Iterable, Iterator
+from operator import attrgetter
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -23,9 +26,79 @@ _EVENT_TYPE = {"process_exec": "PROCESS_EXEC", "process_exit": "PROCESS_EXIT", "
                "process_lsm": "PROCESS_LSM", "rate_limit_info": "RATE_LIMIT_INFO"}
 
 
+# Tetragon's process labels of tetragon_events_total, in its order; --metrics-label-filter
+# says which carry values (the others are sent empty)
+PROCESS_LABELS = ("namespace", "workload", "pod", "binary", "node_name")
+DEFAULT_LABEL_FILTER = "namespace,workload,pod,binary"
+POD_GONE_SECONDS = 60.0  # series of a deleted pod are dropped this long after it left (as Tetragon)
+_KIND_PROCESS = attrgetter("kind", "process")
+
+
+def parse_label_filter(text: str) -> frozenset[str]:
+    """--metrics-label-filter: comma-separated labels to fill; unknown ones are ignored."""
+    return frozenset(x.strip() for x in text.split(",")) & frozenset(PROCESS_LABELS)
+
+
+class EventMetrics:
+    """tetragon_events_total{type,namespace,workload,pod,binary,node_name}: a sink of the event
+    loop (Pipeline.sinks) that sees every event the loop emits. A batch is counted by (kind,
+    process) in C; each distinct process of the batch then adds to its label set. Series of a
+    pod that left the node go a minute later, so pod churn does not grow the metric forever."""
+
+    def __init__(self, labels: Iterable[str], node_name: str = "", k8s: Any = None) -> None:
+        self.labels = frozenset(labels)
+        self.node_name = node_name if "node_name" in self.labels else ""
+        self.k8s = k8s  # the agent's K8sStage (pods of this node), or a callable returning it
+        self.counts: dict[tuple[str, ...], int] = {}
+        self._gone: dict[tuple[str, str], float] = {}  # (namespace, pod) not on the node since
+        self._next_prune = 0.0
+
+    def __call__(self, events: list[Any]) -> None:
+        batch: dict[tuple[str, Any], int] = {}
+        try:
+            _count_elements(batch, map(_KIND_PROCESS, events))
+        except AttributeError:  # an event without a process (DictEvent): count one by one
+            batch = {}
+            _count_elements(batch, ((e.kind, getattr(e, "process", None)) for e in events))
+        counts, want = self.counts, self.labels
+        for (kind, proc), n in batch.items():
+            ns = wl = pod = binary = ""
+            if proc is not None:
+                if "binary" in want:
+                    binary = proc.binary or ""
+                p = proc.pod
+                if p is not None:
+                    ns = p.get("namespace", "") if "namespace" in want else ""
+                    wl = p.get("workload", "") if "workload" in want else ""
+                    pod = p.get("name", "") if "pod" in want else ""
+            key = (_EVENT_TYPE.get(kind, kind.upper()), ns, wl, pod, binary, self.node_name)
+            counts[key] = counts.get(key, 0) + n
+        if self.k8s is not None and "pod" in want:
+            now = time.monotonic()
+            if now >= self._next_prune:
+                self._next_prune = now + 10.0
+                self.prune(now)
+
+    def prune(self, now: float) -> None:
+        """Drop the series of pods the node has not had for POD_GONE_SECONDS."""
+        k8s = self.k8s() if callable(self.k8s) else self.k8s
+        if k8s is None:
+            return
+        here = {(p.namespace, p.name) for p in k8s.store.pods()}
+        seen = {(k[1], k[3]) for k in list(self.counts) if k[3]}
+        for pod in seen - here:
+            since = self._gone.setdefault(pod, now)
+            if now - since >= POD_GONE_SECONDS:
+                self.counts = {k: v for k, v in self.counts.items() if (k[1], k[3]) != pod}
+                del self._gone[pod]
+        for pod in [p for p in self._gone if p in here or p not in seen]:
+            del self._gone[pod]
+
+
 class AgentCollector(Collector):
-    def __init__(self, agent: Any) -> None:
+    def __init__(self, agent: Any, event_metrics: EventMetrics | None = None) -> None:
         self.agent = agent
+        self.event_metrics = event_metrics
 
     def collect(self) -> Iterator[Any]:
         a = self.agent
@@ -34,9 +107,14 @@ class AgentCollector(Collector):
         info.add_metric([], {"version": a.version, "commit": "", "go_version": "", "modified": "", "time": ""})
         yield info
 
-        ev = CounterMetricFamily("tetragon_events", "Events observed, by type", labels=["type"])
-        for k, n in st["events"].items():
-            ev.add_metric([_EVENT_TYPE.get(k, k.upper())], n)
+        ev = CounterMetricFamily("tetragon_events", "Events observed, by type and process (--metrics-label-filter)",
+                                 labels=["type", *PROCESS_LABELS])
+        if self.event_metrics is not None:
+            for key, n in list(self.event_metrics.counts.items()):
+                ev.add_metric(list(key), n)
+        else:
+            for k, n in st["events"].items():
+                ev.add_metric([_EVENT_TYPE.get(k, k.upper()), "", "", "", "", ""], n)
         yield ev
 
         # both from the policies' action counters (every posted event is counted there once),
@@ -174,7 +252,17 @@ class MetricsFrontend:
         self.host = host or "0.0.0.0"
         self.port = int(port)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(AgentCollector(agent))
+        # the event counts by process: a sink of the event loop from now on (before the agent
+        # starts: no event goes uncounted)
+        a = getattr(agent, "agent", None)  # the Agent behind the AgentControl
+        self.events: EventMetrics | None = None
+        if a is not None:
+            cfg = a.config
+            self.events = EventMetrics(parse_label_filter(getattr(cfg, "metrics_label_filter", DEFAULT_LABEL_FILTER)),
+                                       cfg.node_name, k8s=lambda: a.k8s)
+            a.pipeline.sinks.append(self.events)
+        self._agent = a
+        self.registry.register(AgentCollector(agent, self.events))
         self._server: Any = None
         self._thread: Any = None
 
@@ -184,6 +272,8 @@ class MetricsFrontend:
         log.info("metrics at http://%s:%d/metrics", self.host, self.port)
 
     def stop(self) -> None:
+        if self.events is not None and self._agent is not None and self.events in self._agent.pipeline.sinks:
+            self._agent.pipeline.sinks.remove(self.events)
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -82,6 +82,10 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
                                               help="Refuse TLS clients without a certificate from "
                                                    "--server-tls-client-ca-files.")),
     ("--metrics-server", dict(default="", help="Prometheus /metrics listen address, e.g. :2112; empty disables.")),
+    ("--metrics-label-filter", dict(default="namespace,workload,pod,binary", show_default=True,
+                                    help="Comma-separated process labels of tetragon_events_total that carry values "
+                                         "(of namespace, workload, pod, binary, node_name; others are ignored, "
+                                         "empty: none).")),
     ("--process-cache-size", dict(type=int, default=65536, show_default=True,
                                   help="Max entries in the process cache.")),
     ("--process-cache-gc-interval", dict(type=float, default=30.0, show_default=True,
@@ -236,6 +240,7 @@ def _build_command() -> click.Command:
             export_allowlist=kw["export_allowlist"], export_denylist=kw["export_denylist"],
             field_filters=kw["field_filters"], redaction_filters=kw["redaction_filters"],
             server_address=kw["server_address"], metrics_server=kw["metrics_server"],
+            metrics_label_filter=kw["metrics_label_filter"],
             server_allow_remote=kw["server_allow_remote"], server_processes=kw["server_processes"],
             server_ring_mb=kw["server_ring_mb"], server_client_queue=kw["server_client_queue"],
             server_tls_cert_file=kw["server_tls_cert_file"],
