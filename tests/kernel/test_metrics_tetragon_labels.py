@@ -109,3 +109,35 @@ def test_events_total_by_process_labels(running_agent: RunningAgent, workdir: Pa
         fe.stop()
         a.config.metrics_label_filter = "namespace,workload,pod,binary"
     assert fe.events not in a.pipeline.sinks
+
+
+def missed(agent: Any) -> dict[tuple[str, str], float]:
+    return {(s["msg_op"], s["error"]): v for s, v in samples(agent, "tetragon_bpf_missed_events")}
+
+
+def test_a_full_ring_buffer_is_a_missed_execve_with_tetragon_labels(workdir: Path, tmp_path: Path):
+    """Execs the kernel could not deliver (an 8 KiB ring nobody drains) are
+    tetragon_bpf_missed_events_total{msg_op="5",error="EAGAIN"}: the opcode number and the errno
+    of the failed ring buffer output, as Tetragon labels them."""
+    from vigil.agent.agent import Agent
+    from vigil.agent.config import AgentConfig
+
+    agent = Agent(AgentConfig(export_filename=str(tmp_path / "x.log"), server_address="", node_name="t",
+                              rb_size=8192, args_max=4096))
+    agent.start()
+    try:
+        child = str(workdir / "child")
+        pids = [os.posix_spawn(child, [child, *["y" * 1000] * 3], os.environ) for _ in range(50)]
+        for pid in pids:
+            os.waitpid(pid, 0)
+        agent.pipeline.tick()
+        drops = agent.status()["lost"]["kernel"]
+        assert drops["ringbuf_full_exec"] > 0
+        got = missed(agent.control)
+        assert got[("5", "EAGAIN")] == drops["ringbuf_full_exec"], got
+        assert set(got) <= {("5", "EAGAIN"), ("23", "EAGAIN"), ("7", "EAGAIN"), ("13", "EAGAIN"),
+                            ("5", "unknown")}, got
+        maps = {s["map"]: v for s, v in samples(agent.control, "tetragon_map_errors_update")}
+        assert maps == {"execve_map": drops["execve_map_full"]}
+    finally:
+        agent.close()

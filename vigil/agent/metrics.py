@@ -18,9 +18,15 @@ from prometheus_client.registry import Collector
 
 log = logging.getLogger("vigil.metrics")
 
-_OP_OF_CAUSE = {"ringbuf_full_exec": ("execve", "ringbuf_full"), "ringbuf_full_clone": ("clone", "ringbuf_full"),
-                "ringbuf_full_exit": ("exit", "ringbuf_full"), "ringbuf_full_generic": ("generic", "ringbuf_full"),
-                "execve_map_full": ("execve", "map_full"), "heap": ("any", "no_scratch_buffer")}
+# kernel drop causes (`vigil status` lost.kernel) -> tetragon_bpf_missed_events_total{msg_op, error}
+# as Tetragon labels them: the record's opcode number (5 execve, 23 clone, 7 exit, 13 generic
+# kprobe: policy records of every hook kind share one counter here) and the errno name of the
+# failed output (a full BPF ring buffer: EAGAIN); an exec that found no scratch buffer: unknown
+_MISSED = {"ringbuf_full_exec": ("5", "EAGAIN"), "ringbuf_full_clone": ("23", "EAGAIN"),
+           "ringbuf_full_exit": ("7", "EAGAIN"), "ringbuf_full_generic": ("13", "EAGAIN"),
+           "heap": ("5", "unknown")}
+# causes Tetragon counts as a failed map update: tetragon_map_errors_update_total{map}
+_MAP_UPDATE_ERRORS = {"execve_map_full": "execve_map"}
 _EVENT_TYPE = {"process_exec": "PROCESS_EXEC", "process_exit": "PROCESS_EXIT", "process_kprobe": "PROCESS_KPROBE",
                "process_tracepoint": "PROCESS_TRACEPOINT", "process_uprobe": "PROCESS_UPROBE",
                "process_lsm": "PROCESS_LSM", "rate_limit_info": "RATE_LIMIT_INFO"}
@@ -145,10 +151,21 @@ class AgentCollector(Collector):
 
         missed = CounterMetricFamily("tetragon_bpf_missed_events", "Records the kernel could not deliver",
                                      labels=["msg_op", "error"])
+        map_errors = CounterMetricFamily("tetragon_map_errors_update", "Failed updates per BPF map", labels=["map"])
+        by_op: dict[tuple[str, str], int] = {}
+        by_map: dict[str, int] = {}
         for cause, n in st["lost"]["kernel"].items():
-            op, err = _OP_OF_CAUSE.get(cause, ("unknown", cause))
+            if cause in _MAP_UPDATE_ERRORS:
+                by_map[_MAP_UPDATE_ERRORS[cause]] = by_map.get(_MAP_UPDATE_ERRORS[cause], 0) + n
+            else:
+                key = _MISSED.get(cause, ("0", "unknown"))
+                by_op[key] = by_op.get(key, 0) + n
+        for (op, err), n in by_op.items():
             missed.add_metric([op, err], n)
+        for name, n in by_map.items():
+            map_errors.add_metric([name], n)
         yield missed
+        yield map_errors
 
         rb = st["ringbuf"]
         yield CounterMetricFamily("tetragon_observer_ringbuf_events_received", "Ring buffer records read",
