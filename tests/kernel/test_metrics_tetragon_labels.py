@@ -141,3 +141,60 @@ def test_a_full_ring_buffer_is_a_missed_execve_with_tetragon_labels(workdir: Pat
         assert maps == {"execve_map": drops["execve_map_full"]}
     finally:
         agent.close()
+
+
+def test_loader_records_the_kernel_could_not_report_are_counted(running_agent: RunningAgent, tmp_path: Path):
+    """A policy with loader: true reads executable mappings from per-CPU perf rings; mappings the
+    kernel could not write there (a full ring: PERF_RECORD_LOST) are process_loader events that
+    never come. They are counted in `vigil status` (lost.kernel.perf_ring_full_loader) and in
+    tetragon_bpf_missed_events_total{msg_op="26"} (Tetragon's loader opcode). The ring fills
+    while the sensor's reader is held inside its first event."""
+    import mmap
+    import threading
+    import time
+
+    a = running_agent.agent
+    lib = tmp_path / "lib.so"
+    lib.write_bytes(b"\0" * mmap.PAGESIZE)
+    name = a.policies.add_text(POLICY_LOADER, "<t>")[0]
+    gate, held = threading.Event(), threading.Event()
+    loader = a.policies._loader
+    emit = loader.emit
+
+    def blocking_emit(*args: Any) -> None:
+        held.set()
+        gate.wait(60)
+        emit(*args)
+
+    loader.emit = blocking_emit
+    try:
+        def map_exec(n: int) -> None:
+            with open(lib, "rb") as f:
+                for _ in range(n):
+                    mmap.mmap(f.fileno(), mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_EXEC).close()
+
+        map_exec(1)
+        assert held.wait(30), "the loader sensor reported no mapping"
+        map_exec(20000)  # ~100 bytes each: far more than the 32 KiB rings hold while the reader waits
+        gate.set()
+        deadline = time.monotonic() + 30
+        while loader.lost == 0 and time.monotonic() < deadline:
+            map_exec(10)  # the kernel writes its LOST record once the ring has room again
+            time.sleep(0.05)
+        assert loader.lost > 0
+        lost = a.status()["lost"]["kernel"]["perf_ring_full_loader"]
+        assert lost >= 1
+        got = missed(a)
+        assert got[("26", "ENOSPC")] >= lost, got
+    finally:
+        gate.set()
+        loader.emit = emit
+        a.delete_policy(name)
+
+
+POLICY_LOADER = """apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: metric-loader-lost}
+spec:
+  loader: true
+"""

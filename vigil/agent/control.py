@@ -65,7 +65,7 @@ class AgentControl:
             "hook_flavour": getattr(a.sensor, "flavour", ""),
             "events": dict(p.events_by_type),
             "lost": {
-                "kernel": dict(p.kernel_drops),
+                "kernel": {**p.kernel_drops, **self._loader_drops()},
                 "user": {**p.user_drops, "decode_errors": p.decode_errors},
             },
             "ringbuf": self._ringbuf_stats(),
@@ -91,6 +91,12 @@ class AgentControl:
             "permission_helper": a.policies.guards.stats(),
             **({"k8s": a.k8s.status()} if a.k8s is not None else {}),
         }
+
+    def _loader_drops(self) -> dict[str, int]:
+        """Mappings the kernel could not report to the loader sensor (its perf rings were full:
+        PERF_RECORD_LOST): process_loader events that never came. Once the sensor ran."""
+        loader = getattr(self.agent.policies, "_loader", None)
+        return {"perf_ring_full_loader": loader.lost} if loader is not None else {}
 
     def _program_stats(self) -> list[dict[str, Any]]:
         """Per-program run counts (non-zero only with kernel.bpf_stats_enabled=1)."""

@@ -21,10 +21,11 @@ log = logging.getLogger("vigil.metrics")
 # kernel drop causes (`vigil status` lost.kernel) -> tetragon_bpf_missed_events_total{msg_op, error}
 # as Tetragon labels them: the record's opcode number (5 execve, 23 clone, 7 exit, 13 generic
 # kprobe: policy records of every hook kind share one counter here) and the errno name of the
-# failed output (a full BPF ring buffer: EAGAIN); an exec that found no scratch buffer: unknown
+# failed output (a full BPF ring buffer: EAGAIN; the loader sensor's full perf rings: 26 loader,
+# ENOSPC); an exec that found no scratch buffer: unknown
 _MISSED = {"ringbuf_full_exec": ("5", "EAGAIN"), "ringbuf_full_clone": ("23", "EAGAIN"),
            "ringbuf_full_exit": ("7", "EAGAIN"), "ringbuf_full_generic": ("13", "EAGAIN"),
-           "heap": ("5", "unknown")}
+           "heap": ("5", "unknown"), "perf_ring_full_loader": ("26", "ENOSPC")}
 # causes Tetragon counts as a failed map update: tetragon_map_errors_update_total{map}
 _MAP_UPDATE_ERRORS = {"execve_map_full": "execve_map"}
 _EVENT_TYPE = {"process_exec": "PROCESS_EXEC", "process_exit": "PROCESS_EXIT", "process_kprobe": "PROCESS_KPROBE",
