@@ -58,6 +58,12 @@ def test_rendered_objects_are_valid_kubernetes(values: dict[str, Any]) -> None:
     assert pod["hostPID"] and c["securityContext"]["privileged"]
     assert {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in c["env"]
     assert c["args"] == ["--config-dir", "/etc/vigil/config"]
+    # the host's bpffs, where --keep-sensors-on-exit pins outlive the container (one mounted inside
+    # it would die with it); Bidirectional: a bpffs the agent mounts there reaches the host
+    vols = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts["/sys/fs/bpf"]["mountPropagation"] == "Bidirectional"
+    assert vols[mounts["/sys/fs/bpf"]["name"]]["hostPath"]["path"] == "/sys/fs/bpf"
     cm = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
     assert cm["enable-k8s-api"] == "true"
     if values:
