@@ -96,6 +96,9 @@ def test_slow_client_loses_only_its_own_events(tmp_path: Path) -> None:
         assert len(lines) == 2 and sum(float(ln.rsplit(" ", 1)[1]) > 0 for ln in lines) == 1, lines
         assert float(next(ln for ln in metrics.splitlines()
                           if ln.startswith("vigil_grpc_slow_client_drops_total ")).split()[1]) > 0
+        # and under Tetragon's name, which its users alert on
+        assert float(next(ln for ln in metrics.splitlines()
+                          if ln.startswith("tetragon_notify_overflowed_events_total ")).split()[1]) > 0
     finally:
         for p in (locals().get("fast"), locals().get("slow")):
             if p is not None and p.poll() is None:
