@@ -2665,7 +2665,7 @@ enum { GN_AF, GN_SOCK_TYPE, GN_PROTOCOL, GN_TCP_STATE, GN_CAP, GN_BPF_CMD, GN_PR
 enum { GA_STRING, GA_INT, GA_UINT, GA_LONG, GA_SIZE, GA_STRING_ERR, GA_FILE, GA_PATH, GA_BINPRM, GA_SOCK,
        GA_SOCKADDR, GA_SYSCALL64, GA_BYTES, GA_IOV_BYTES, GA_CAP_MASK, GA_CAPABILITY, GA_BPF_CMD, GA_CRED,
        GA_SKB, GA_NET_DEV, GA_BPF_PROG, GA_BPF_MAP, GA_PERF_EVENT, GA_MODULE, GA_USER_NS, GA_SYSCALL_X64,
-       GA_LOAD_INFO, GA_KINDS };
+       GA_LOAD_INFO, GA_CONST_BUF, GA_KINDS };
 #define GA_ERR_OK 128  /* with a file-like kind: an fd, rendered as a file even when it could not be read */
 _Static_assert(GA_KINDS <= GA_ERR_OK, "an argument's kind must stay below its flags");
 #define GA_SIZE_SHIFT 8  /* with GA_BYTES: 1 + the slot of the buffer's size argument (0: none) */
@@ -3255,6 +3255,24 @@ static int generic_arg(PyObject *list, int how, PyObject *label, PyObject *key, 
 		k = Py_XNewRef(lit("error_arg"));
 		v = Py_BuildValue("{s:s}", "Message", "could not be read");
 		goto made;
+	}
+	if (how == GA_CONST_BUF) {  /* const_buf_args: one size_arg per 8 bytes */
+		if ((Py_ssize_t)a->off + a->len > n)
+			return 1;
+		for (unsigned i = 0; i + 8 <= a->len; i += 8) {
+			unsigned long long x;
+			char tmp[24];
+			memcpy(&x, data + a->off + i, 8);
+			PyObject *s = PyUnicode_FromStringAndSize(tmp, snprintf(tmp, sizeof(tmp), "%llu", x));
+			PyObject *d = s ? PyDict_New() : NULL;
+			int bad = !d || body_set(d, "size_arg", s) ||
+				  (PyUnicode_GET_LENGTH(label) && body_set(d, "label", label)) || PyList_Append(list, d);
+			Py_XDECREF(s);
+			Py_XDECREF(d);
+			if (bad)
+				return -1;
+		}
+		return 0;
 	}
 	switch (how) {
 	case GA_INT:

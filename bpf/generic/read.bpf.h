@@ -664,6 +664,13 @@ __noinline int read_arg(__u32 i)
 		if (r > 0)
 			n = r - 1;
 		break;
+	case VP_T_CONST_BUF:  /* an array of longs (raw_syscalls sys_enter's args): copied whole */
+		n = a->size & (VP_ARG_DATA - 1);
+		if (bpf_probe_read_kernel(h->data + off, n, (void *)(h->ctxp + a->off))) {
+			ah->flags |= VP_ARGF_ERR;
+			n = 0;
+		}
+		break;
 	case VP_T_CHAR_BUF: {
 		__u64 size;
 

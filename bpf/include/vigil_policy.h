@@ -85,6 +85,7 @@ enum vp_type {
 	VP_T_FD_SOCK = 37,    /* fd of a socket -> its struct sock */
 	VP_T_CAPSET = 38,     /* user struct __user_cap_data_struct[2]; off2: 0 eff, 1 perm, 2 inh */
 	VP_T_DENTRY_PATH = 39,/* dentry -> path from its file system's root */
+	VP_T_CONST_BUF = 40,  /* tracepoint array field of longs: its size bytes, as they are */
 };
 
 /* filter operators (matchArgs / matchReturnArgs) */

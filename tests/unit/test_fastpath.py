@@ -815,6 +815,13 @@ GENERIC_SPECS = {
           event: sys_enter
           args: [{index: 4, type: syscall64}, {index: 4, type: uint64}]
     """,
+    # a tracepoint's array of longs (const_buf): one size_arg per element
+    "tracepoint-const-buf": """
+        tracepoints:
+        - subsystem: raw_syscalls
+          event: sys_enter
+          args: [{index: 4, type: syscall64}, {index: 5}, {index: 5, label: regs}]
+    """,
     # user space: a function by symbol and by offset (its body says which), a USDT probe
     "uprobe": """
         uprobes:
@@ -1115,6 +1122,12 @@ CRED = struct.pack("<13I4x3Q", 1000, 1000, 0, 0, 1000, 1000, 0, 0, 0, 1, 0, 0, 4
      {"args": [{"truncated_bytes_arg": {"bytes_arg": "eHl6", "orig_size": "4000"}, "label": "from"}]}),
     ("tracepoint-syscall64", 0, {"args": [(b"", 0x80000000 | 5, 0, 0), (b"", 59, 0, 0)]},
      {"args": [{"syscall_id": {"id": 5, "abi": "i386"}}, {"size_arg": "59"}]}),
+    ("tracepoint-const-buf", 0, {"args": [(b"", 39, 0, 0), (struct.pack("<6Q", 1, 2, 3, 0, 2**64 - 1, 6), 1, 0, 0),
+                                          (struct.pack("<2Q", 7, 8), 7, 0, 0)]},
+     {"args": [{"syscall_id": {"id": 39, "abi": "x64"}}, *({"size_arg": str(v)} for v in (1, 2, 3, 0, 2**64 - 1, 6)),
+               {"size_arg": "7", "label": "regs"}, {"size_arg": "8", "label": "regs"}]}),
+    ("tracepoint-const-buf", 0, {"args": [(b"", 39, 0, 0), (b"", 0, 2, 0), (b"", 0, 0, 0)]},
+     {"args": [{"syscall_id": {"id": 39, "abi": "x64"}}, {"error_arg": {"Message": "could not be read"}}]}),
     (CAPS_SPEC, 0, {"args": [(CRED, 0, 0, 0), (b"", 21, 0, 0)]},
      {"args": [{"process_credentials_arg": {
          "uid": 1000, "gid": 1000, "euid": 0, "egid": 0, "suid": 1000, "sgid": 1000, "fsuid": 0, "fsgid": 0,

@@ -38,7 +38,7 @@ T = dict(
     char_iovec=10, fd=11, file=12, path=13, sockaddr=14, sock=15, cred=16, syscall64=17,
     dentry=18, capability=19, bpf_cmd=20, path_child=21, linux_binprm=22, socket=23, ksockaddr=24,
     skb=25, net_device=26, kiocb=27, iov_iter=28, bpf_attr=29, bpf_prog=30, bpf_map=31, perf_event=32,
-    module=33, load_info=34, user_ns=35, kernel_cap=36, fd_sock=37, capset=38, dentry_path=39,
+    module=33, load_info=34, user_ns=35, kernel_cap=36, fd_sock=37, capset=38, dentry_path=39, const_buf=40,
 )
 
 # enum vp_op

@@ -524,6 +524,9 @@ def _compile_filter(ch: CompiledHook, f: L.Filter, e: ArgSelector, plan: ArgPlan
     if op not in L.OP:
         errs.error(e.at("operator"), f'operator "{op}" is not supported by Vigil', "vigil")
         return
+    if vtype == L.T["const_buf"]:
+        errs.error(e.at("index"), "matchArgs on an array field (const_buf) is not supported by Vigil", "vigil")
+        return
     f.op, f.map_id = L.OP[op], map_id
     loc = e.at("values")
     if vtype in STRING_TYPES and not is_return:

@@ -473,6 +473,15 @@ def place_tracepoint(spec: TracepointSpec, index: int, facts: KernelFacts) -> Pl
         elif "[" in f.type and f.type.startswith("char"):
             plan.vtype = L.T["char_array"]
             plan.size = min(f.size, 255)
+        elif t == "auto" and "[" in f.type and f.type.partition("[")[0].strip() in ("long", "unsigned long"):
+            # an array of longs (raw_syscalls sys_enter's args): Tetragon's const_buf, one
+            # size_arg per element
+            if f.size > 248 or f.size % 8:
+                pl.block(a.at("index"), f'field "{f.name}" ({f.type}) of {target} has {f.size} bytes; Vigil '
+                         "reads arrays of up to 31 longs", "vigil")
+                continue
+            plan.vtype = L.T["const_buf"]
+            plan.size = f.size
         elif t == "auto" or t in INT_TYPES:
             kind = INT_TYPES.get(t) or (("long" if f.signed else "size") if f.size == 8 else
                                         ("int" if f.signed else "uint"))

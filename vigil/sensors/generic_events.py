@@ -274,6 +274,19 @@ def render_arg(plan: Any, ah: Any, payload: bytes, args_by_slot: dict[int, Any])
     return d
 
 
+def const_buf_args(plan: Any, ah: Any, payload: bytes) -> list[dict[str, Any]]:
+    """A tracepoint's array of longs (const_buf) as Tetragon writes it: one size_arg per element;
+    an error_arg when it could not be read."""
+    if ah.flags & L.ARGF_ERR:
+        out: list[dict[str, Any]] = [{"error_arg": {"Message": "could not be read"}}]
+    else:
+        out = [{"size_arg": str(int.from_bytes(payload[i:i + 8], "little"))} for i in range(0, len(payload) - 7, 8)]
+    if plan.label:
+        for d in out:
+            d["label"] = plan.label
+    return out
+
+
 def _nonzero(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v not in (0, "", None)}
 
@@ -449,7 +462,7 @@ def _shape(hook: CompiledHook) -> _Shape:
 GA = {n: i for i, n in enumerate(("string", "int", "uint", "long", "size", "string_err", "file", "path", "binprm",
                                   "sock", "sockaddr", "syscall64", "bytes", "iov_bytes", "cap_mask", "capability",
                                   "bpf_cmd", "cred", "skb", "net_dev", "bpf_prog", "bpf_map", "perf_event",
-                                  "module", "user_ns", "syscall_x64", "load_info"))}
+                                  "module", "user_ns", "syscall_x64", "load_info", "const_buf"))}
 GA_ERR_OK = 128  # with a file-like kind: an fd is rendered as a file even when it could not be read
 GA_SIZE_SHIFT = 8  # with "bytes": 1 + the slot of the buffer's size argument (0: none)
 _GA_RENDER = {"file": GA["file"], "path": GA["path"], "linux_binprm": GA["binprm"]}
@@ -465,6 +478,7 @@ _GA_BY_TYPE = {
     "bpf_cmd": GA["bpf_cmd"], "cred": GA["cred"], "skb": GA["skb"], "net_device": GA["net_dev"],
     **dict.fromkeys(("bpf_attr", "bpf_prog"), GA["bpf_prog"]), "bpf_map": GA["bpf_map"],
     "perf_event": GA["perf_event"], "module": GA["module"], "load_info": GA["load_info"], "user_ns": GA["user_ns"],
+    "const_buf": GA["const_buf"],
 }
 # the name tables of the compiled handler (its GN_*): sockets', capabilities', bpf commands',
 # program, map and perf event types, module taints, securebits
@@ -577,7 +591,10 @@ def build_body(hook: CompiledHook, m: L.MsgGeneric, data: bytes,
         payload = data[off:off + ah.len]
         if more and slot in more:
             payload += more[slot]
-        args.append(render_arg(p, ah, payload, by_slot))
+        if p.vtype == L.T["const_buf"]:
+            args.extend(const_buf_args(p, ah, payload))
+        else:
+            args.append(render_arg(p, ah, payload, by_slot))
     body: dict[str, Any] = {}
     action = ACTION_NAMES.get(m.action, "KPROBE_ACTION_POST")
     if kind == "process_kprobe":
