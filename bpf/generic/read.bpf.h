@@ -603,10 +603,11 @@ __noinline int read_arg(__u32 i)
 	case VP_T_INT:
 	case VP_T_CAPABILITY:
 	case VP_T_BPF_CMD:
-		ah->value = (__s32)raw;
+		/* int8 and int16 (size 1, 2): the low bits, sign-extended, as Tetragon reads them */
+		ah->value = a->size == 1 ? (__s64)(__s8)raw : a->size == 2 ? (__s64)(__s16)raw : (__s64)(__s32)raw;
 		break;
 	case VP_T_UINT:
-		ah->value = (__u32)raw;
+		ah->value = a->size == 1 ? (__u8)raw : a->size == 2 ? (__u16)raw : (__u32)raw;
 		break;
 	case VP_T_SYSCALL64:
 		/* 32-bit (ia32) syscalls carry bit 31, as Tetragon's syscall64 values do */

@@ -488,6 +488,8 @@ def place_tracepoint(spec: TracepointSpec, index: int, facts: KernelFacts) -> Pl
             plan.vtype = int_vtype(kind)
             if t == "auto" and f.size < 4:
                 plan.vtype = L.T["int" if f.signed else "uint"]
+            if t in INT_WIDTH:  # int8, uint16, ...: the field's low bytes
+                plan.size, plan.is_signed = min(plan.size, INT_WIDTH[t]), kind == "int"
         elif t in ("string", "filename"):
             plan.vtype = L.T["string" if user_ptrs else "kstring"]
         elif t in ("char_buf", "char_iovec", "fd", "sockaddr") and user_ptrs:

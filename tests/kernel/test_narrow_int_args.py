@@ -1,0 +1,89 @@
+"""8- and 16-bit integer argument types (int8, uint8, int16, uint16, and their s-spellings) of
+syscall hooks on this kernel: the value is the argument's low 8 or 16 bits, sign-extended for
+the signed types, as Tetragon reads them; matchArgs compares that value too."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.kernel.conftest import RunningAgent
+from tests.kernel.test_policy_engine import Run, loaded, policy_events, policy_yaml, run_py
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture
+def pywork(workdir: Path) -> Path:
+    shutil.copy2(os.path.realpath(sys.executable), workdir / "vpy")
+    return workdir
+
+
+# (type, the value passed as lseek's whence, the event's argument)
+CASES = [
+    ("uint8", 0x1FF, {"uint_arg": 0xFF}),
+    ("int8", 0x1FF, {"int_arg": -1}),
+    ("sint8", 0x17F, {"int_arg": 127}),
+    ("uint16", 0x12345, {"uint_arg": 0x2345}),
+    ("int16", 0x1FFFE, {"int_arg": -2}),
+    ("uint32", 0x1FFFE, {"uint_arg": 0x1FFFE}),
+]
+
+
+def test_narrow_integer_types(running_agent: RunningAgent, pywork: Path) -> None:
+    kprobes = "".join(f"""
+- call: sys_lseek
+  syscall: true
+  args: [{{index: 0, type: int}}, {{index: 2, type: {t}, label: {t}}}]
+  selectors:
+  - matchArgs: [{{index: 0, operator: Equal, values: ["{900 + i}"]}}]
+    matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
+""" for i, (t, _v, _want) in enumerate(CASES))
+    # lseek on fds 900.. (not open: EBADF) with whence values wider than the types
+    code = "import ctypes\nlseek = ctypes.CDLL(None).lseek\n" + "".join(
+        f"lseek({900 + i}, 0, {v})\n" for i, (_t, v, _w) in enumerate(CASES))
+    r = Run()
+    with loaded(running_agent, policy_yaml("narrow-ints", "kprobes:" + kprobes)):
+        events = running_agent.collect(lambda: run_py(pywork, code, out=r))
+    got = {b["args"][0]["int_arg"]: b["args"][1] for _k, b in policy_events(events, r.pid, "narrow-ints")}
+    assert got == {900 + i: {**want, "label": t} for i, (t, _v, want) in enumerate(CASES)}
+
+
+def test_matchargs_compare_the_narrowed_value(running_agent: RunningAgent, pywork: Path) -> None:
+    spec = f"""
+kprobes:
+- call: sys_lseek
+  syscall: true
+  args: [{{index: 0, type: int}}, {{index: 2, type: uint8}}]
+  selectors:
+  - matchArgs: [{{index: 2, operator: Equal, values: ["7"]}}]
+    matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
+"""
+    code = "import ctypes\nlseek = ctypes.CDLL(None).lseek\nlseek(901, 0, 0x107)\nlseek(902, 0, 0x108)\n"
+    r = Run()
+    with loaded(running_agent, policy_yaml("narrow-match", spec)):
+        events = running_agent.collect(lambda: run_py(pywork, code, out=r))
+    got = [b["args"] for _k, b in policy_events(events, r.pid, "narrow-match")]
+    assert got == [[{"int_arg": 901}, {"uint_arg": 7}]]
+
+
+def test_narrow_types_of_tracepoint_fields(running_agent: RunningAgent, pywork: Path) -> None:
+    """The same types naming a wider field of a classic tracepoint (whence: 8 bytes)."""
+    spec = f"""
+tracepoints:
+- subsystem: syscalls
+  event: sys_enter_lseek
+  args: [{{index: 5, type: int}}, {{index: 7, type: int8}}, {{index: 7, type: uint16}}, {{index: 7}}]
+  selectors:
+  - matchArgs: [{{index: 5, operator: Equal, values: ["903"]}}]
+    matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
+"""
+    code = "import ctypes\nctypes.CDLL(None).lseek(903, 0, 0x1FFFE)\n"
+    r = Run()
+    with loaded(running_agent, policy_yaml("narrow-tp", spec)):
+        events = running_agent.collect(lambda: run_py(pywork, code, out=r))
+    got = [b["args"] for _k, b in policy_events(events, r.pid, "narrow-tp")]
+    assert got == [[{"int_arg": 903}, {"int_arg": -2}, {"uint_arg": 0xFFFE}, {"size_arg": str(0x1FFFE)}]]
