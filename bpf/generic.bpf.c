@@ -53,7 +53,8 @@ enum hook_stat {
 	HS_ERRORS = 7,
 	HS_NOT_WORKLOAD = 8, /* the process is outside the policy's pods/containers: nothing read */
 	HS_BUSY = 9,       /* a preemptible run found another one's buffers in use on its CPU: nothing done */
-	HS_MAX = 10,
+	HS_NOT_TASK = 10,  /* Sigkill/Signal/NotifyEnforcer not done: the hook ran in interrupt context */
+	HS_MAX = 11,
 };
 
 struct {
@@ -291,6 +292,30 @@ static __always_inline void release_buffers(void)
 
 	if (b)
 		__sync_fetch_and_sub(b, 1);
+}
+
+/* Does this run act for the task `current` names? In hard or soft interrupt or NMI context
+ * `current` is whichever task was interrupted: a signal or an enforcer note there would land on
+ * a task that has nothing to do with the event (and the selectors matched that task). Interrupts,
+ * softirqs (also those served on the way out of local_bh_enable) and NMIs run on their own
+ * stacks, not on the task's: this run is for the task when its stack frame lies in the task's
+ * stack [task->stack, + THREAD_SIZE). THREAD_SIZE is the size of x86-64's struct irq_stack
+ * (IRQ_STACK_SIZE, of the same order). A frame address, not the preempt count: the per-CPU
+ * __preempt_count/pcpu_hot can be read only through kallsyms, which lists no data symbols
+ * without CONFIG_KALLSYMS_ALL. A softirq served by ksoftirqd is that kernel thread's, which no
+ * signal reaches. A call of its own: its two words would not fit in the LSM entry's frame
+ * (512 bytes across calls). */
+static __noinline int in_task_context(void)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	__u64 size = 16384, base = (__u64)BPF_CORE_READ(t, stack), frame = 0;
+	void *at = &frame;
+
+	if (bpf_core_type_exists(struct irq_stack))
+		size = bpf_core_type_size(struct irq_stack);
+	/* the frame's address as a number (the verifier does no arithmetic on stack pointers) */
+	bpf_probe_read_kernel(&frame, sizeof(frame), &at);
+	return frame - base < size;
 }
 
 static __always_inline struct gen_heap *heap(void)

@@ -73,6 +73,8 @@ static __always_inline __u8 do_actions(struct gen_heap *h, struct vp_hook *cfg,
 			if (cfg->flags & VP_HOOK_MONITOR) {
 				h->m.flags |= VP_EV_MONITOR;
 				stat_inc(HS_MONITORED);
+			} else if (!in_task_context()) {
+				stat_inc(HS_NOT_TASK);  /* `current` was only interrupted */
 			} else {
 				bpf_send_signal(a->type == VP_ACT_SIGKILL ? 9 : a->arg);
 				stat_inc(HS_SIGNALS);
@@ -128,6 +130,10 @@ static __always_inline __u8 do_actions(struct gen_heap *h, struct vp_hook *cfg,
 			if (cfg->flags & VP_HOOK_MONITOR) {
 				h->m.flags |= VP_EV_MONITOR;
 				stat_inc(HS_MONITORED);
+				break;
+			}
+			if (!in_task_context()) {  /* the note would be for the interrupted task */
+				stat_inc(HS_NOT_TASK);
 				break;
 			}
 			n.error = a->arg;

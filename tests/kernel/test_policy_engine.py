@@ -613,6 +613,56 @@ kprobes:
     assert "monitor mode: reported, not enforced" in ev["message"]
 
 
+UDP_SENDER = """import socket, sys
+r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+r.bind(("127.0.0.1", 0))
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sys.stdin.buffer.read(1)
+for _ in range(20):
+    s.sendto(b"x", r.getsockname())
+    r.recv(16)
+"""
+
+
+@pytest.mark.parametrize("actions", ["[{action: Sigkill}]", "[{action: Signal, argSig: 10}]"])
+def test_enforcement_in_interrupt_context_spares_the_interrupted_task(running_agent: RunningAgent, pywork: Path,
+                                                                       actions: str):
+    """net/netif_receive_skb fires while the kernel serves the NET_RX softirq; a loopback send
+    serves it on the sender's way out of the send (local_bh_enable), so `current` is the sender
+    there without the packet's receipt being any act of it (in general: whichever task was
+    interrupted). Sigkill/Signal acted on it: the sender died. They are now not done in interrupt
+    context (counted as not_task); the event is still sent."""
+    p = subprocess.Popen([str(pywork / "vpy"), "-S", "-c", UDP_SENDER], cwd=pywork, stdin=subprocess.PIPE,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env={"PYTHONDONTWRITEBYTECODE": "1", "PATH": "/usr/bin:/bin"})
+    try:
+        spec = f"""
+tracepoints:
+- subsystem: net
+  event: netif_receive_skb
+  args: [{{index: 5, type: uint32}}]
+  selectors:
+  - matchPIDs: [{{operator: In, values: [{p.pid}]}}]
+    matchActions: {actions}
+"""
+        with loaded(running_agent, policy_yaml("irq-kill", spec)) as st:
+            def go() -> None:
+                assert p.stdin is not None
+                p.stdin.write(b"g")
+                p.stdin.close()
+                p.wait(60)
+            events = running_agent.collect(go)
+            kstats = next(x for x in running_agent.agent.list_policies() if x["name"] == st["name"])["kernel_stats"]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    got = [b for _, b in policy_events(events, p.pid, "irq-kill")]
+    assert got, "no netif_receive_skb served in the sender's context"
+    assert p.returncode == 0
+    assert kstats["not_task"] >= len(got) and kstats["signals"] == 0, kstats
+
+
 def test_kernel_stack_trace(running_agent: RunningAgent, pywork: Path):
     d = str(pywork / "data")
     spec = f"""

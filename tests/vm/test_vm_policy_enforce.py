@@ -370,3 +370,79 @@ kprobes:
     assert got["tcp_close"]["action"] == "KPROBE_ACTION_UNTRACKSOCK"
     # tcp_close ran in the child, but is attributed to the tracked owner (this process)
     assert got["tcp_close"]["process"]["pid"] == os.getpid() != child_pid[0]
+
+
+SIGNALLED_CHILD = """import socket, sys
+sys.stdin.buffer.read(1)
+if sys.argv[1] == "open":
+    open(sys.argv[2]).close()
+else:
+    r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    r.bind(("127.0.0.1", 0))
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for _ in range(20):
+        s.sendto(b"x", r.getsockname())
+        r.recv(16)
+"""
+
+SIGNAL_CASES = [
+    # (id, hook yaml with {file} and {pid}, what the child does, its expected return code)
+    ("fentry-sigkill", """kprobes:
+- call: security_file_open
+  syscall: false
+  args: [{{index: 0, type: file}}]
+  selectors:
+  - matchArgs: [{{index: 0, operator: Equal, values: ["{file}"]}}]
+    matchPIDs: [{{operator: In, values: [{pid}]}}]
+    matchActions: [{{action: Sigkill}}]""", "open", -9),
+    ("lsm-signal", """lsmhooks:
+- hook: file_open
+  args: [{{index: 0, type: file}}]
+  selectors:
+  - matchArgs: [{{index: 0, operator: Equal, values: ["{file}"]}}]
+    matchPIDs: [{{operator: In, values: [{pid}]}}]
+    matchActions: [{{action: Signal, argSig: 10}}]""", "open", -10),
+    # ip_rcv runs in the NET_RX softirq, served on the sender's way out of its loopback send:
+    # `current` is the sender, only interrupted; no signal for it
+    ("softirq-spared", """kprobes:
+- call: ip_rcv
+  syscall: false
+  selectors:
+  - matchPIDs: [{{operator: In, values: [{pid}]}}]
+    matchActions: [{{action: Sigkill}}]""", "udp", 0),
+]
+
+
+@pytest.mark.parametrize("case, hook, what, rc", SIGNAL_CASES, ids=[c[0] for c in SIGNAL_CASES])
+def test_signals_reach_the_task_and_spare_an_interrupted_one(agent: Running, work: Path, case: str, hook: str,
+                                                             what: str, rc: int):
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-S", "-c", SIGNALLED_CHILD, what, str(work / "secret.txt")],
+                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    name = ""
+    try:
+        name = agent.agent.add_policy(policy(f"sig-{case}", hook.format(file=work / "secret.txt", pid=p.pid)))
+
+        def act() -> None:
+            assert p.stdin is not None
+            p.stdin.write(b"g")
+            p.stdin.close()
+            p.wait(120)
+        events = agent.collect(act)
+        kstats = next(x for x in agent.agent.list_policies() if x["name"] == name)["kernel_stats"]
+    finally:
+        if name:
+            agent.agent.delete_policy(name)
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    got = [b for b in (e[next(iter(e))] for e in events)
+           if b.get("policy_name") == name and b["process"]["pid"] == p.pid]
+    assert got, f"no event of the child for {case}"
+    assert p.returncode == rc
+    if rc:
+        assert kstats["signals"] >= 1 and kstats["not_task"] == 0, kstats
+    else:
+        assert kstats["signals"] == 0 and kstats["not_task"] >= len(got), kstats
