@@ -15,8 +15,8 @@ ALL = "namespace,workload,pod,binary,node_name"
 
 
 def proc(binary: str, ns: str = "", pod: str = "", workload: str = "") -> ProcessMsg:
-    p = Pod(PodShared(namespace=ns, name=pod, workload=workload, container={"id": "c1"}), 7, False) if pod else None
-    return ProcessMsg("id-" + binary + pod, 1, binary=binary, pod=p)
+    p = Pod(PodShared(namespace=ns, name=pod, workload=workload, container={"id": "c-" + pod}), 7, False) if pod else None
+    return ProcessMsg("id-" + binary + pod, 1, binary=binary, pod=p, docker="c-" + pod if pod else "")
 
 
 class Store:
@@ -43,7 +43,7 @@ def test_label_filter(text: str, labels: set[str]) -> None:
     ("", ("PROCESS_EXEC", "", "", "", "", "")),
 ])
 def test_events_are_counted_by_the_labels_the_filter_fills(labels: str, key: tuple[str, ...]) -> None:
-    em = EventMetrics(parse_label_filter(labels), "n1")
+    em = EventMetrics(parse_label_filter(labels), "n1", k8s=SimpleNamespace(store=Store(("shop", "cart-1"))))
     p = proc("/app", "shop", "cart-1", "cart")
     em([ProcessExec(p, None, (), "t", "n1") for _ in range(3)])
     em([ProcessExit(p, None, (), "", 0, "t", "n1")])
@@ -78,3 +78,25 @@ def test_series_of_a_deleted_pod_go_a_minute_after_it_left() -> None:
     store.here = [("shop", "cart-2")]
     em.prune(2000.0 + POD_GONE_SECONDS)
     assert pods() == ["", "cart-2"] and em._gone == {}
+
+
+def test_without_kubernetes_container_processes_count_without_pod_labels() -> None:
+    em = EventMetrics(parse_label_filter(ALL), "n1", k8s=lambda: None)
+    em([ProcessExec(proc("/app", "shop", "cart-1", "cart"), None, (), "t", "n1")])
+    assert em.counts == {("PROCESS_EXEC", "", "", "", "/app", "n1"): 1}
+
+
+def test_a_container_counts_with_its_pod_once_its_events_carry_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Events sent before their pod was known (held, then let go without it) count without pod
+    labels; the container's later events, which carry the pod, count with them."""
+    clock = [100.0]
+    monkeypatch.setattr("vigil.agent.metrics.time.monotonic", lambda: clock[0])
+    em = EventMetrics(parse_label_filter(ALL), "n1", k8s=SimpleNamespace(store=Store(("shop", "cart-1"))))
+    with_pod = proc("/app", "shop", "cart-1", "cart")
+    bare = ProcessMsg("id-early", 1, binary="/app", docker=with_pod.docker)
+    em([ProcessExec(bare, None, (), "t", "n1"), ProcessExec(proc("/bin/sh"), None, (), "t", "n1")])
+    clock[0] += 1.0
+    em([ProcessExec(with_pod, None, (), "t", "n1") for _ in range(2)] + [ProcessExec(bare, None, (), "t", "n1")])
+    assert em.counts == {("PROCESS_EXEC", "", "", "", "/app", "n1"): 1,
+                         ("PROCESS_EXEC", "", "", "", "/bin/sh", "n1"): 1,
+                         ("PROCESS_EXEC", "shop", "cart", "cart-1", "/app", "n1"): 3}
