@@ -916,3 +916,38 @@ tracepoints:
         with pytest.raises(PolicyError, match=r"enforcer that overrides __x64_sys_dup's return value"):
             running_agent.agent.policies.add_text(policy_yaml("notify-err", spec.replace(
                 "argSig: 9", "argError: -1")), "<t>")
+
+
+def notifying_policy(name: str, pywork: Path, hook_call: str, enforced: str, sig: int) -> str:
+    return policy_yaml(name, f"""
+lists:
+- {{name: hooked, type: syscalls, values: [{hook_call}]}}
+enforcers:
+- calls: [{enforced}]
+tracepoints:
+- subsystem: raw_syscalls
+  event: sys_enter
+  args: [{{index: 4, type: syscall64}}]
+  selectors:
+  - matchArgs: [{{index: 4, operator: InMap, values: ["list:hooked"]}}]
+    {scoped(pywork)}
+    matchActions: [{{action: NotifyEnforcer, argSig: {sig}}}]
+""")
+
+
+def test_a_policys_notes_are_acted_on_by_its_own_enforcers_only(running_agent: RunningAgent, pywork: Path) -> None:
+    """Policy A leaves a note at getppid for its enforcer at dup; policy B enforces at getpgid.
+    Every policy shared one notes map, so B's enforcer took A's note at the getpgid that came
+    first (Tetragon keeps an enforcer_data map per policy). SIGUSR1 is blocked in the process:
+    sigpending() says after which syscall it was sent."""
+    d = pywork / "data"
+    code = ("import ctypes, signal\nsignal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})\n"
+            "libc = ctypes.CDLL(None)\nlibc.getppid()\nlibc.getpgid(0)\n"
+            "a = signal.SIGUSR1 in signal.sigpending()\nlibc.dup(1)\n"
+            "b = signal.SIGUSR1 in signal.sigpending()\n"
+            f"open('{d}/result', 'w').write(f'{{a}} {{b}}')\n")
+    with loaded(running_agent, notifying_policy("notes-a", pywork, "sys_getppid", "sys_dup", 10)), \
+            loaded(running_agent, notifying_policy("notes-b", pywork, "sys_getsid", "sys_getpgid", 12)):
+        r = run_py(pywork, code)
+    assert r.returncode == 0
+    assert (d / "result").read_text() == "False True"  # not at B's getpgid; at A's dup

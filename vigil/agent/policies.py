@@ -48,6 +48,17 @@ class LoadedPolicy:
         return self.compiled.name
 
 
+def _notes_map() -> Any:
+    """A map for NotifyEnforcer notes: per thread, what the enforcer does at its next listed syscall."""
+    from vigil.kernel import _libbpf as LB
+    from vigil.kernel.objects import Map
+
+    fd = LB.lib.bpf_map_create(1, b"enforcer_notes", 8, 16, 32768, None)  # BPF_MAP_TYPE_HASH
+    if fd < 0:
+        raise PolicyError(f"creating the enforcer notes map failed: errno {LB.errno()}")
+    return Map(None, fd=fd, key_size=8, value_size=16, map_type=1, name="enforcer_notes", max_entries=32768)
+
+
 class _EnforcerEntry:
     """An enforcer program in the list of a policy's hooks (it sends no events)."""
 
@@ -172,16 +183,10 @@ class PolicyManager:
         return self._ring
 
     def _enforcer_notes(self) -> Any:
-        """The NotifyEnforcer notes every hook object shares (one per agent)."""
+        """The NotifyEnforcer notes map the hook objects of policies without enforcers share (one
+        per agent: every object has the map, and a map of its own each would cost its memory)."""
         if self._notes is None:
-            from vigil.kernel import _libbpf as LB
-            from vigil.kernel.objects import Map
-
-            fd = LB.lib.bpf_map_create(1, b"enforcer_notes", 8, 16, 32768, None)  # BPF_MAP_TYPE_HASH
-            if fd < 0:
-                raise PolicyError(f"creating the enforcer notes map failed: errno {LB.errno()}")
-            self._notes = Map(None, fd=fd, key_size=8, value_size=16, map_type=1, name="enforcer_notes",
-                              max_entries=32768)
+            self._notes = _notes_map()
         return self._notes
 
     # -- adding
@@ -305,10 +310,25 @@ class PolicyManager:
     def _load_hooks(self, name: str, compiled: CompiledPolicy, mode: str) -> list[Any]:
         """Every hook of a compiled policy loaded and attached, or none: on any failure the
         hooks loaded so far are closed and PolicyError names the hook that failed."""
+        shared = self._shared_maps()
+        notes = None
+        if compiled.enforcers:
+            # the policy's notes are its own (Tetragon: an enforcer_data map per policy): another
+            # policy's enforcers never act on them, and they go when the policy goes. Its objects
+            # hold the map; this descriptor is closed once they are loaded.
+            notes = _notes_map()
+            shared = {**shared, "enforcer_notes": notes}
+        try:
+            return self._load_hook_objects(name, compiled, mode, shared)
+        finally:
+            if notes is not None:
+                notes.close_fd()
+
+    def _load_hook_objects(self, name: str, compiled: CompiledPolicy, mode: str,
+                           shared: dict[str, Any]) -> list[Any]:
         from vigil.sensors.generic import EnforcerHook, GenericHook
         from vigil.sensors.hostdeny import FanotifyHook, NetDenyHook
 
-        shared = self._shared_maps()
         # build every hook object first: refusals happen before anything is loaded
         hooks: list[Any] = []
         # enforcers first: a note left by a hook must find its enforcer attached
