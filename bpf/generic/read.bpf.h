@@ -142,20 +142,29 @@ static __always_inline __u32 read_cred(struct gen_heap *h, struct cred *cred, __
 	return sizeof(c);
 }
 
+/* the first max bytes of the buffers of a user iovec array of cnt entries (at most 8 looked at);
+ * ah->value: the bytes the entries hold (the first 8), the buffer's original size */
 static __always_inline __u32 read_iovec(struct gen_heap *h, __u64 uptr, __u64 cnt, __u32 off,
 					__u32 max, struct vp_arg_hdr *ah)
 {
 	__u32 done = 0;
+	__u64 total = 0;
 	int i;
 
 	for (i = 0; i < 8; i++) {
 		struct iovec iov;
 		__u32 n;
 
-		if (i >= cnt || done >= max)
+		if (i >= cnt)
 			break;
 		if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(uptr + i * sizeof(iov))))
 			break;
+		total += iov.iov_len;
+		if (done >= max) {
+			if (iov.iov_len)
+				ah->flags |= VP_ARGF_TRUNC;
+			continue;
+		}
 		n = iov.iov_len;
 		if (n > max - done) {
 			n = max - done;
@@ -169,6 +178,7 @@ static __always_inline __u32 read_iovec(struct gen_heap *h, __u64 uptr, __u64 cn
 	}
 	if (i == 8 && i < cnt)
 		ah->flags |= VP_ARGF_TRUNC;
+	ah->value = total;
 	return done;
 }
 
@@ -704,14 +714,29 @@ __noinline int read_arg(__u32 i)
 		}
 		if (ah->flags & VP_ARGF_DATA)
 			ah->value = h->data_total[i];
+		else if (a->return_copy && h->m.ret > 0)  /* at the return: the original size is what it returned */
+			ah->value = h->m.ret;
 		break;
 	}
 	case VP_T_CHAR_IOVEC: {
 		__u64 cnt = 1;
+		__s64 ret = h->m.ret;
 
 		if (a->size_arg >= 1 && a->size_arg <= VP_MAX_ARGS)
 			cnt = h->m.args[(a->size_arg - 1) & 7].value;
-		n = read_iovec(h, raw, cnt, off, max, ah);
+		if (!a->return_copy) {
+			n = read_iovec(h, raw, cnt, off, max, ah);
+			break;
+		}
+		/* returnCopy (readv): at the return, the ret bytes the call filled (their original
+		 * size); at the entry (ret 0) nothing, the value kept: the return reads it again */
+		if (ret <= 0)
+			break;
+		n = read_iovec(h, raw, cnt, off, ret < max ? ret : max, ah);
+		ah->flags &= ~VP_ARGF_TRUNC;
+		if (ret > max)
+			ah->flags |= VP_ARGF_TRUNC;
+		ah->value = ret;
 		break;
 	}
 	case VP_T_FD:

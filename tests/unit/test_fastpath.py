@@ -803,6 +803,16 @@ GENERIC_SPECS = {
           syscall: true
           args: [{index: 1, type: char_buf}]
     """,
+    # returnCopy: the buffer read at the return; a cut one's original size is what the call returned
+    "kprobe-return-copy": """
+        kprobes:
+        - call: sys_read
+          syscall: true
+          return: true
+          returnArg: {index: 0, type: int}
+          args: [{index: 0, type: int}, {index: 1, type: char_buf, returnCopy: true, sizeArgIndex: 3},
+                 {index: 2, type: size_t}]
+    """,
     "kprobe-iov-iter": """
         kprobes:
         - call: tty_write
@@ -1114,6 +1124,16 @@ CRED = struct.pack("<13I4x3Q", 1000, 1000, 0, 0, 1000, 1000, 0, 0, 0, 1, 0, 0, 4
     ("kprobe-bytes", 1, {"args": [(b"", 3, 0, 0), (b"\0\xff", 0, 1, 0), (b"", 65536, 0, 0)]},
      {"args": [{"int_arg": 3}, {"truncated_bytes_arg": {"bytes_arg": "AP8=", "orig_size": "65536"}},
                {"size_arg": "65536"}]}),
+    # a cut iovec array's original size: the bytes its iovecs hold (the record's value), not the count
+    ("kprobe-bytes", 2, {"args": [(b"", 3, 0, 0), (b"xy", 6000, 1, 0), (b"", 2, 0, 0)]},
+     {"args": [{"int_arg": 3}, {"truncated_bytes_arg": {"bytes_arg": "eHk=", "orig_size": "6000"}},
+               {"int_arg": 2}]}),
+    # a cut returnCopy buffer's original size: what the call returned (the record's value), not the
+    # size it was asked for
+    ("kprobe-return-copy", 0, {"args": [(b"", 3, 0, 0), (b"xy", 5120, 1, 0), (b"", 65536, 0, 0)], "flags": 1,
+                               "ret": 5120},
+     {"args": [{"int_arg": 3}, {"truncated_bytes_arg": {"bytes_arg": "eHk=", "orig_size": "5120"}},
+               {"size_arg": "65536"}], "return": {"int_arg": 5120}}),
     ("kprobe-bytes", 3, {"args": [(b"abcd", 0, 1, 0)]},
      {"args": [{"truncated_bytes_arg": {"bytes_arg": "YWJjZA==", "orig_size": "4"}}]}),
     ("kprobe-sock", 0, {"args": [(b"", 0, 2, 0)]},  # an argument that could not be read

@@ -236,6 +236,7 @@ def plan_arg(pl: Placement, a: KProbeArg, slot: int, src: int, off: int, *, user
     elif t == "char_iovec":
         plan.vtype = L.T["char_iovec"]
         plan.size_arg = a.size_arg_index
+        plan.return_copy = a.return_copy
     elif t == "fd":
         plan.vtype = L.T["fd"]
     elif t == "sockaddr":

@@ -195,8 +195,8 @@ def render_arg(plan: Any, ah: Any, payload: bytes, args_by_slot: dict[int, Any])
     elif t in (L.T["char_buf"], L.T["char_iovec"], L.T["iov_iter"]):
         b64 = base64.b64encode(payload).decode()
         if ah.flags & L.ARGF_TRUNC:
-            if t == L.T["iov_iter"]:
-                orig = v
+            if t in (L.T["iov_iter"], L.T["char_iovec"]) or getattr(plan, "return_copy", False):
+                orig = v  # what the iovecs hold, or (returnCopy) what the call returned
             else:
                 size_plan = args_by_slot.get(plan.size_arg - 1) if plan.size_arg else None
                 orig = size_plan[1].value if size_plan is not None else len(payload)
@@ -473,7 +473,7 @@ _GA_BY_TYPE = {
     **dict.fromkeys(("sockaddr", "ksockaddr"), GA["sockaddr"]),
     "int": GA["int"], "uint": GA["uint"], "long": GA["long"], "size": GA["size"], "syscall64": GA["syscall64"],
     **dict.fromkeys(("string", "kstring", "data_loc", "char_array"), GA["string_err"]),
-    **dict.fromkeys(("char_buf", "char_iovec"), GA["bytes"]), "iov_iter": GA["iov_bytes"],
+    "char_buf": GA["bytes"], **dict.fromkeys(("char_iovec", "iov_iter"), GA["iov_bytes"]),
     **dict.fromkeys(("kernel_cap", "capset"), GA["cap_mask"]), "capability": GA["capability"],
     "bpf_cmd": GA["bpf_cmd"], "cred": GA["cred"], "skb": GA["skb"], "net_device": GA["net_dev"],
     **dict.fromkeys(("bpf_attr", "bpf_prog"), GA["bpf_prog"]), "bpf_map": GA["bpf_map"],
@@ -501,6 +501,8 @@ def _fast_arg(p: Any) -> int | None:
         how = _GA_RENDER[render]
     elif t == L.T["size"] and p.policy_type == "syscall64":
         return GA["syscall_x64"]  # render_arg's syscall_id of a size argument
+    elif t == L.T["char_buf"] and getattr(p, "return_copy", False):
+        return GA["iov_bytes"]  # a cut buffer's original size is its own value (the return value)
     else:
         how = _GA_BY_VTYPE.get(t)
     return how | GA_ERR_OK if how is not None and t == L.T["fd"] else how
