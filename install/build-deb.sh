@@ -38,7 +38,7 @@ install -m 0755 build/native/vigil-permd "$STAGE/usr/lib/vigil/vigil-permd"
 cat > "$STAGE/usr/bin/vigil" <<'WRAP'
 #!/bin/sh
 # Vigil, installed: the package's BPF objects, permission helper and policy library.
-export VIGIL_BPF_DIR="${VIGIL_BPF_DIR:-/usr/lib/vigil/bpf}"
+export VIGIL_BPF_OBJECTS="${VIGIL_BPF_OBJECTS:-/usr/lib/vigil/bpf}"
 export VIGIL_PERMD="${VIGIL_PERMD:-/usr/lib/vigil/vigil-permd}"
 export VIGIL_POLICY_LIBRARY="${VIGIL_POLICY_LIBRARY:-/usr/share/vigil/policies}"
 exec /usr/lib/vigil/venv/bin/vigil "$@"

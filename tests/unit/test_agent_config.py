@@ -91,3 +91,45 @@ def test_export_file_rotation_interval_from_config_dir_and_bad(tmp_path: Path, c
     for bad in ("soon", "-1h"):
         r = run(["--export-file-rotation-interval", bad])
         assert r.exit_code != 0 and "--export-file-rotation-interval" in r.output and len(captured) == 1
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _wrapper_exports() -> list[str]:
+    """The variables the Debian package's /usr/bin/vigil exports (install/build-deb.sh)."""
+    import re
+
+    text = (REPO / "install/build-deb.sh").read_text()
+    wrapper = text.split("<<'WRAP'", 1)[1].split("\nWRAP\n", 1)[0]
+    return re.findall(r"^export (\w+)=", wrapper, re.M)
+
+
+@pytest.mark.parametrize("flag", [f for f, _ in agent_cmd.OPTIONS])
+def test_internal_variables_are_not_agent_options(flag: str):
+    """VIGIL_<OPTION> sets an agent option: a variable the code or the package's wrapper uses for
+    something else must not have such a name (VIGIL_BPF_DIR once named the objects' directory,
+    so the package's wrapper set --bpf-dir to /usr/lib/vigil/bpf, and `VIGIL_BPF_DIR=... vigil
+    agent` looked for the BPF objects among the pins and did not start)."""
+    from vigil.kernel import paths
+
+    env = "VIGIL_" + flag.lstrip("-").replace("-", "_").upper()
+    assert env != paths.OBJECTS_ENV
+    assert env not in _wrapper_exports()
+
+
+def test_bpf_dir_from_environment_is_the_pin_dir(captured: list, monkeypatch: pytest.MonkeyPatch):
+    from vigil.kernel import paths
+
+    monkeypatch.delenv(paths.OBJECTS_ENV, raising=False)
+    for env in ({"VIGIL_BPF_DIR": "/sys/fs/bpf/mine"}, {"TETRAGON_BPF_DIR": "/sys/fs/bpf/mine"}):
+        monkeypatch.setenv(*next(iter(env.items())))
+        r = run([], env)
+        assert r.exit_code == 0, r.output
+        assert captured[-1].bpf_dir == "/sys/fs/bpf/mine"
+        assert paths.bpf_object("process") == REPO / "build/bpf/process.bpf.o"  # the objects stay put
+        monkeypatch.delenv(next(iter(env)))
+    monkeypatch.setenv(paths.OBJECTS_ENV, "/usr/lib/vigil/bpf")
+    assert paths.bpf_object("process") == Path("/usr/lib/vigil/bpf/process.bpf.o")
+    r = run([])
+    assert captured[-1].bpf_dir == "vigil"  # the objects' directory is not the pins'

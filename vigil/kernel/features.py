@@ -568,7 +568,7 @@ def probe_all(obj_path: str | os.PathLike[str] | None = None, *, refresh: bool =
     if _cache is not None and not refresh:
         return _cache
     t = time.perf_counter()
-    # bpf_object: VIGIL_BPF_DIR where a package puts the objects
+    # bpf_object: VIGIL_BPF_OBJECTS where a package puts the objects
     results = _Prober(os.fspath(obj_path) if obj_path else str(bpf_object("probe"))).probe()
     ordered = {n: results.get(n, Feature(n, None, "not probed")) for n in FEATURES}
     _cache = ordered

@@ -7,8 +7,14 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+# Not VIGIL_BPF_DIR: that is `vigil agent --bpf-dir` (where pins go) from the environment.
+OBJECTS_ENV = "VIGIL_BPF_OBJECTS"
+
+
 def bpf_dir() -> Path:
-    env = os.environ.get("VIGIL_BPF_DIR")
+    """The directory of the built BPF objects: $VIGIL_BPF_OBJECTS (the package's
+    /usr/lib/vigil/bpf, another build for a benchmark), else build/bpf."""
+    env = os.environ.get(OBJECTS_ENV)
     return Path(env) if env else REPO_ROOT / "build" / "bpf"
 
 
