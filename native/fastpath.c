@@ -3510,13 +3510,14 @@ static PyObject *kernel_stack(PyObject *ksyms, const struct msg_generic *m, cons
 				lo = mid + 1;
 		}
 		Py_ssize_t i = lo - 1;
-		int known = i >= 0 && start[i];
-		unsigned long long delta = known ? addr - start[i] : addr;
+		/* _stack: a frame of no known symbol (below the first, or hidden addresses) is left out:
+		 * its address is not written */
+		if (i < 0 || !start[i] || !PyUnicode_GET_LENGTH(PyList_GET_ITEM(names, i)))
+			continue;
+		unsigned long long delta = addr - start[i];
 		PyObject *e = PyDict_New(), *d = e && delta ? decimal_or_empty(delta) : NULL;
 		int bad = !e || (delta && (!d || body_set(e, "offset", d) < 0)) ||
-			  (known && PyUnicode_GET_LENGTH(PyList_GET_ITEM(names, i)) &&
-			   body_set(e, "symbol", PyList_GET_ITEM(names, i)) < 0) ||
-			  PyList_Append(out, e) < 0;
+			  body_set(e, "symbol", PyList_GET_ITEM(names, i)) < 0 || PyList_Append(out, e) < 0;
 		Py_XDECREF(d);
 		Py_XDECREF(e);
 		if (bad)
@@ -3621,9 +3622,11 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 				v = enforcement_message(b, plan, &m);
 			r = !v ? -1 : PyUnicode_GET_LENGTH(v) ? PyDict_SetItem(body, key, v) : 0;
 			break;
-		case LAY_KSTACK:
-			r = m.kstack_len ? set_made(body, key, kernel_stack(v, &m, data, n)) : 0;
+		case LAY_KSTACK: {  /* left out when no frame could be placed, as build_body does */
+			PyObject *st = m.kstack_len ? kernel_stack(v, &m, data, n) : NULL;
+			r = !m.kstack_len ? 0 : st && !PyList_GET_SIZE(st) ? (Py_DECREF(st), 0) : set_made(body, key, st);
 			break;
+		}
 		case LAY_IMA:
 			r = m.ima_len ? set_made(body, key, ima_hash(v, &m, data, n)) : 0;
 			break;

@@ -309,11 +309,10 @@ def _stack(data: bytes, off: int, n: int) -> list[dict[str, Any]]:
         if not addr:
             continue
         sym, delta = KSYMS.lookup(addr)
-        e: dict[str, Any] = {}
-        if delta:
-            e["offset"] = str(delta)
-        if sym:
-            e["symbol"] = sym
+        if not sym:  # no known symbol (hidden addresses, below the first): left out, as Tetragon
+            continue  # does, and the kernel address is not written
+        e: dict[str, Any] = {"offset": str(delta)} if delta else {}
+        e["symbol"] = sym
         out.append(e)
     return out
 
@@ -610,7 +609,9 @@ def build_body(hook: CompiledHook, m: L.MsgGeneric, data: bytes,
                 ret["label"] = sh.ret_label
         body["action"] = action
         if m.kstack_len:
-            body["kernel_stack_trace"] = _stack(data, _stack_off(m), m.kstack_len)
+            frames = _stack(data, _stack_off(m), m.kstack_len)
+            if frames:  # none placed (hidden addresses): left out, as Tetragon's empty list is
+                body["kernel_stack_trace"] = frames
         body["policy_name"] = sh.policy
         if m.ret_action:
             body["return_action"] = ACTION_NAMES.get(m.ret_action, "KPROBE_ACTION_POST")
