@@ -95,3 +95,14 @@ def test_helpers():
     assert humanize_bytes(5_500_000) == "5.50 MB"
     doc = yaml.safe_load(with_mode(POLICY.replace("spec:\n", "spec:\n  options: [{name: policy-mode, value: enforce}, {name: x, value: y}]\n"), "monitor"))
     assert doc["spec"]["options"] == [{"name": "x", "value": "y"}, {"name": "policy-mode", "value": "monitor"}]
+
+
+@pytest.mark.parametrize("command", [["status"], ["health"], ["version", "-s"], ["tp", "list"],
+                                     ["tp", "delete", "p"], ["getevents"]])
+@pytest.mark.parametrize("timeout, shown", [("500ms", "0.5s"), ("0.5", "0.5s")])
+def test_timeout_takes_a_duration_like_tetra(command, timeout, shown):
+    """tetra's --timeout is a duration (30s): `vigil status --timeout 2s` was refused with
+    "'2s' is not a valid float" by every command but getevents."""
+    res = CliRunner().invoke(cli, [*command, "--server-address", "localhost:1", "--timeout", timeout])
+    assert res.exit_code == 1, res.output
+    assert f"no connection within {shown}" in res.output

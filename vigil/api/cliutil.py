@@ -5,11 +5,34 @@ import contextvars
 import functools
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import click
+
+
+class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only from click 8.2 (we support 8.1)
+    """Go-style durations (``2s``, ``500ms``, ``1m30s``) or plain seconds."""
+
+    name = "duration"
+    _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+    _UNITS: ClassVar[dict[str, float]] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        text = str(value).strip()
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        parts = self._PART.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            self.fail(f"{value!r} is not a duration (e.g. 2s, 500ms, 1m)", param, ctx)
+        return sum(float(n) * self._UNITS[u] for n, u in parts)
+
 
 SERVER_HELP = ("gRPC address of the agent (host:port or unix:///path); default: the "
                "server-info file, else localhost:54321")
@@ -47,8 +70,8 @@ def tls_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--server-address / --timeout / --tls-*, and clean exits for unreachable agents and RPC errors."""
     @click.option("--server-address", default=None, envvar="VIGIL_SERVER_ADDRESS", help=SERVER_HELP)
-    @click.option("--timeout", default=30.0, show_default=True, type=float,
-                  help="Seconds to wait for the connection and each call.")
+    @click.option("--timeout", default=30.0, show_default=True, type=Duration(),
+                  help="Time to wait for the connection and each call (30s, 500ms, 1m; plain seconds).")
     @tls_options
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -17,44 +17,22 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import stat
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Any, ClassVar
+from typing import IO, Any
 
 import click
 import orjson
 
-from vigil.api.cliutil import tls_options
+from vigil.api.cliutil import Duration, tls_options
 from vigil.export.event_types import FilterError, parse_event_type
 from vigil.export.shape import shape_error
 
 Event = dict[str, Any]
 DEFAULT_TIMEOUT = 30.0
 PROG = "vigil getevents"
-
-
-class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only from click 8.2 (we support 8.1)
-    """Go-style durations (``2s``, ``500ms``, ``1m30s``) or plain seconds."""
-
-    name = "duration"
-    _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-    _UNITS: ClassVar[dict[str, float]] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> float:
-        if isinstance(value, (int, float)):
-            return float(value)
-        text = str(value).strip()
-        try:
-            return float(text)
-        except ValueError:
-            pass
-        parts = self._PART.findall(text)
-        if not parts or "".join(n + u for n, u in parts) != text:
-            self.fail(f"{value!r} is not a duration (e.g. 2s, 500ms, 1m)", param, ctx)
-        return sum(float(n) * self._UNITS[u] for n, u in parts)
 
 
 def _split(values: Iterable[str]) -> list[str]:
