@@ -3104,14 +3104,14 @@ static PyObject *userns_json(const struct vp_userns_info *u)
 	memset(&var, 0, sizeof(var));                                                               \
 	memcpy(&var, (data) + (a)->off, (a)->len < sizeof(var) ? (a)->len : sizeof(var))
 
-/* stat.filemode(mode), each mode asked of the twin once (the 16-bit modes are few) */
+/* generic_events.file_permission(mode), each mode asked of the twin once (the 16-bit modes are few) */
 static PyObject *filemode_of(unsigned short mode)
 {
 	static PyObject *cache, *twin;
 	if (!cache) {
-		PyObject *stat = PyImport_ImportModule("stat");
-		twin = stat ? PyObject_GetAttrString(stat, "filemode") : NULL;
-		Py_XDECREF(stat);
+		PyObject *mod = PyImport_ImportModule("vigil.sensors.generic_events");
+		twin = mod ? PyObject_GetAttrString(mod, "file_permission") : NULL;
+		Py_XDECREF(mod);
 		if (!twin || !(cache = PyDict_New())) {
 			Py_CLEAR(twin);
 			return NULL;

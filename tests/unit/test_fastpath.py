@@ -1106,6 +1106,9 @@ CRED = struct.pack("<13I4x3Q", 1000, 1000, 0, 0, 1000, 1000, 0, 0, 0, 1, 0, 0, 4
     (FILE_SPEC, 2, {"args": [(b"/usr/bin/su", 0, 0, 0o104755)]},
      {"args": [{"linux_binprm_arg": {"path": "/usr/bin/su", "permission": "-rwsr-xr-x"}}]}),
     (FILE_SPEC, 3, {"args": [(b"", 4, 0, 0), (b"", 0, 0, 0)]}, {"args": [{"int_arg": 4}, {"file_arg": {}}]}),
+    # an anonymous inode (eventfd, epoll: no file type before Linux 6.15): no type letter, as Tetragon's
+    (FILE_SPEC, 0, {"args": [(b"anon_inode:[eventfd]", 0, 0, 0o600)]},
+     {"args": [{"file_arg": {"path": "anon_inode:[eventfd]", "permission": "rw-------"}, "label": "f"}]}),
     (RET_SPEC, 0, {"args": [(b"/etc/hosts", 0, 0, 0)], "flags": 1, "ret": -2, "ret_action": 1},
      {"args": [{"string_arg": "/etc/hosts"}], "return": {"int_arg": -2, "label": "fd"},
       "return_action": "KPROBE_ACTION_POST"}),

@@ -68,16 +68,22 @@ def _cstr(b: bytes) -> str:
     return b.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
-def _file_like(payload: bytes, ah: Any) -> dict[str, Any]:
+def file_permission(mode: int) -> str:
+    """An inode mode as `ls -l` writes it, as Tetragon's: no type letter for an inode of no known
+    type (anonymous inodes: eventfd, epoll, ... before Linux 6.15), where stat.filemode writes '?'."""
     import stat
 
+    return stat.filemode(mode).removeprefix("?")
+
+
+def _file_like(payload: bytes, ah: Any) -> dict[str, Any]:
     d: dict[str, Any] = {}
     if payload:
         d["path"] = payload.decode("utf-8", "replace")
     if ah.flags & L.ARGF_TRUNC:
         d["flags"] = "unresolvedPathComponents"
     if ah.mode:
-        d["permission"] = stat.filemode(ah.mode)
+        d["permission"] = file_permission(ah.mode)
     return d
 
 
