@@ -48,6 +48,18 @@ class LoadedPolicy:
         return self.compiled.name
 
 
+_ENFORCING_ACTIONS = frozenset(L.ACT[a] for a in ("Sigkill", "Signal", "Override", "NotifyEnforcer", "Set"))
+
+
+def _enforcing(lp: LoadedPolicy) -> bool:
+    """Whether the policy has an action that monitor mode would hold back. Tetragon reports a
+    policy without one as TP_MODE_MONITOR_ONLY (`tetra tp list`: monitor_only), whatever its
+    policy-mode option, and refuses to switch its mode."""
+    return any(a.type in _ENFORCING_ACTIONS
+               for ch in lp.compiled.hooks for i in range(ch.config.nselectors)
+               for a in list(ch.config.sel[i].actions) + list(ch.config.sel[i].ret_actions))
+
+
 def _notes_map() -> Any:
     """A map for NotifyEnforcer notes: per thread, what the enforcer does at its next listed syscall."""
     from vigil.kernel import _libbpf as LB
@@ -429,6 +441,9 @@ class PolicyManager:
         monitor = mode == "monitor"
         with self._lock:
             lp = self._get(name, namespace)
+            if not _enforcing(lp):  # as Tetragon: a policy with nothing to enforce has no mode to set
+                raise PolicyError(f"policy {name!r}: cannot set policy mode on a policy that is monitor only "
+                                  "(it has no Sigkill, Signal, Override, NotifyEnforcer or Set action)")
             # enforcers (hook id 0) act on notes, which monitor mode never leaves
             hooks = [gh for gh in lp.hooks if gh.compiled.hook_id]
             prepared = {id(gh): gh.prepare_monitor(monitor) for gh in hooks if hasattr(gh, "prepare_monitor")}
@@ -498,10 +513,7 @@ class PolicyManager:
     def status(self, lp: LoadedPolicy) -> dict[str, Any]:
         stats = [gh.stats() for gh in lp.hooks]
         total = {k: sum(s[k] for s in stats) for k in (stats[0] if stats else {})}
-        enforcing = any(a.type in (L.ACT["Sigkill"], L.ACT["Signal"], L.ACT["Override"])
-                        for ch in lp.compiled.hooks for i in range(ch.config.nselectors)
-                        for a in list(ch.config.sel[i].actions) + list(ch.config.sel[i].ret_actions))
-        mode = lp.mode if enforcing else "monitor_only" if lp.mode == "monitor" else lp.mode
+        mode = lp.mode if _enforcing(lp) else "monitor_only"
         counters = {"post": total.get("posted", 0), "signal": total.get("signals", 0),
                     "monitor_signal": total.get("monitored", 0)}
         return {
