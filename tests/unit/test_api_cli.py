@@ -106,3 +106,18 @@ def test_timeout_takes_a_duration_like_tetra(command, timeout, shown):
     res = CliRunner().invoke(cli, [*command, "--server-address", "localhost:1", "--timeout", timeout])
     assert res.exit_code == 1, res.output
     assert f"no connection within {shown}" in res.output
+
+
+def test_tracingpolicy_messages_are_tetras(env, tmp_path):
+    """The confirmations read as tetra's (Go %q quoting), which scripts match."""
+    run, _ = env
+    f = tmp_path / "p.yaml"
+    f.write_text(POLICY)
+    for args, line in [
+        (("tp", "add", str(f)), f'tracing policy "{f}" added'),
+        (("tp", "disable", "p1"), 'tracing policy "p1" disabled'),
+        (("tp", "enable", "p1"), 'tracing policy "p1" enabled'),
+        (("tp", "set-mode", "p1", "monitor"), 'tracing policy "p1" set to mode "monitor"'),
+        (("tp", "delete", "p1"), 'tracing policy "p1" deleted'),
+    ]:
+        assert run(*args).output.splitlines() == [line]

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from vigil.api.cliutil import client, print_json, server_options, table
+from vigil.export.compact import go_quote
 
 COLUMNS = ["ID", "NAME", "DOMAIN", "STATE", "FILTERID", "NAMESPACE", "SENSORS", "KERNELMEMORY",
            "MODE", "NPOST", "NENFORCE", "NMONITOR"]
@@ -100,8 +101,9 @@ def add(file: Path, mode: str | None, server_address: str | None, timeout: float
     """Load the policy in FILE (or library:NAME, a policy of the library)."""
     from vigil.policy.library import LibraryError, resolve
 
+    given = str(file)
     try:
-        file = resolve(str(file))
+        file = resolve(given)
         text = file.read_text()
     except LibraryError as e:
         raise click.ClickException(str(e)) from None
@@ -111,7 +113,7 @@ def add(file: Path, mode: str | None, server_address: str | None, timeout: float
         text = with_mode(text, mode, str(file))
     with client(server_address, timeout) as c:
         c.add_policy(text)
-    click.echo(f"tracing policy {file} added")
+    click.echo(f"tracing policy {go_quote(given)} added")  # tetra's words, for scripts
 
 
 def _namespace_opt(fn: Any) -> Any:
@@ -126,7 +128,7 @@ def delete(name: str, namespace: str, server_address: str | None, timeout: float
     """Unload and remove policy NAME."""
     with client(server_address, timeout) as c:
         c.delete_policy(name, namespace)
-    click.echo(f"tracing policy {name!r} deleted")
+    click.echo(f"tracing policy {go_quote(name)} deleted")
 
 
 @tracingpolicy.command("enable")
@@ -137,7 +139,7 @@ def enable(name: str, namespace: str, server_address: str | None, timeout: float
     """Enable policy NAME."""
     with client(server_address, timeout) as c:
         c.enable_policy(name, namespace)
-    click.echo(f"tracing policy {name!r} enabled")
+    click.echo(f"tracing policy {go_quote(name)} enabled")
 
 
 @tracingpolicy.command("disable")
@@ -148,7 +150,7 @@ def disable(name: str, namespace: str, server_address: str | None, timeout: floa
     """Disable policy NAME (it stays loaded and can be enabled again)."""
     with client(server_address, timeout) as c:
         c.disable_policy(name, namespace)
-    click.echo(f"tracing policy {name!r} disabled")
+    click.echo(f"tracing policy {go_quote(name)} disabled")
 
 
 @tracingpolicy.command("set-mode")
@@ -160,7 +162,7 @@ def set_mode(name: str, mode: str, namespace: str, server_address: str | None, t
     """Switch policy NAME between enforce and monitor mode."""
     with client(server_address, timeout) as c:
         c.set_policy_mode(name, mode, namespace)
-    click.echo(f"tracing policy {name!r} set to {mode} mode")
+    click.echo(f"tracing policy {go_quote(name)} set to mode {go_quote(mode)}")
 
 
 @tracingpolicy.command("list")
