@@ -121,3 +121,18 @@ def test_tracingpolicy_messages_are_tetras(env, tmp_path):
         (("tp", "delete", "p1"), 'tracing policy "p1" deleted'),
     ]:
         assert run(*args).output.splitlines() == [line]
+
+
+def test_status_renders_lists_of_records_as_blocks():
+    """Lists of records (rings, programs, policy_events) were printed as Python dict reprs."""
+    from vigil.cli.status_cmd import _render
+
+    out = _render({"ringbuf": {"size": 8, "rings": [{"name": "process", "records": 3},
+                                                    {"name": "policy", "records": 10}]},
+                   "maps": {"execve_map": [84, 32768]}, "policy_events": []})
+    assert out == ["ringbuf:", "  size  8", "  rings:",
+                   "    - name     process", "      records  3",
+                   "    - name     policy", "      records  10",
+                   "maps:", "  execve_map: 84, 32768",
+                   "policy_events: (none)"]
+    assert not any("{" in line for line in out)

@@ -20,6 +20,12 @@ def _render(value: Any, indent: int = 0) -> list[str]:
         if isinstance(v, dict):
             lines.append(f"{pad}{k}:")
             lines.extend(_render(v, indent + 1) if v else [f"{pad}  (none)"])
+        elif isinstance(v, list) and any(isinstance(x, (dict, list)) for x in v):
+            lines.append(f"{pad}{k}:")  # records (rings, programs): one block each
+            for item in v:
+                block = _render(item, indent + 2)
+                lines.append(f"{pad}  - {block[0].lstrip()}")
+                lines.extend(block[1:])
         elif isinstance(v, list):
             lines.append(f"{pad}{k}: {', '.join(map(str, v)) or '(none)'}")
         else:
