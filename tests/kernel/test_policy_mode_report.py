@@ -36,6 +36,7 @@ def test_listed_mode_is_tetragons(running_agent: RunningAgent, action: str, load
     name = f"mode-{listed.replace('_', '-')}-{len(action)}-{load_mode or 'default'}"
     with loaded(running_agent, policy_yaml(name, SPEC.format(actions=action)), mode=load_mode) as st:
         assert st["mode"] == listed
+        assert running_agent.agent.status()["policies"][name]["mode"] == listed  # `vigil status` says the same
         other = "enforce" if listed == "monitor" else "monitor"
         if can_switch:
             running_agent.agent.policies.set_mode(name, other)

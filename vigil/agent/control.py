@@ -53,6 +53,8 @@ class AgentControl:
 
     # -- `vigil status`, GetInfo and the metrics: keys and their order are an interface
     def status(self) -> dict[str, Any]:
+        from vigil.agent.policies import listed_mode
+
         a, p = self.agent, self.agent.pipeline
         b = a.builder
         pols = list(a.policies.policies.values())
@@ -84,7 +86,7 @@ class AgentControl:
                                 "hook_index": k[1], "selector_index": k[2], "selector_label": k[3],
                                 "action": k[4], "count": n}
                                for lp in pols for k, n in list(lp.actions.items())],
-            "policies": {lp.name: {"state": "enabled" if lp.enabled else "disabled", "mode": lp.mode}
+            "policies": {lp.name: {"state": "enabled" if lp.enabled else "disabled", "mode": listed_mode(lp)}
                          for lp in pols},
             "restart": dict(a.restart),
             **({"grpc": grpc[-1].stats()} if grpc else {}),

@@ -60,6 +60,11 @@ def _enforcing(lp: LoadedPolicy) -> bool:
                for a in list(ch.config.sel[i].actions) + list(ch.config.sel[i].ret_actions))
 
 
+def listed_mode(lp: LoadedPolicy) -> str:
+    """The mode to show: enforce, monitor, or monitor_only (nothing to enforce)."""
+    return lp.mode if _enforcing(lp) else "monitor_only"
+
+
 def _notes_map() -> Any:
     """A map for NotifyEnforcer notes: per thread, what the enforcer does at its next listed syscall."""
     from vigil.kernel import _libbpf as LB
@@ -513,7 +518,7 @@ class PolicyManager:
     def status(self, lp: LoadedPolicy) -> dict[str, Any]:
         stats = [gh.stats() for gh in lp.hooks]
         total = {k: sum(s[k] for s in stats) for k in (stats[0] if stats else {})}
-        mode = lp.mode if _enforcing(lp) else "monitor_only"
+        mode = listed_mode(lp)
         counters = {"post": total.get("posted", 0), "signal": total.get("signals", 0),
                     "monitor_signal": total.get("monitored", 0)}
         return {
