@@ -133,3 +133,29 @@ def test_bpf_dir_from_environment_is_the_pin_dir(captured: list, monkeypatch: py
     assert paths.bpf_object("process") == Path("/usr/lib/vigil/bpf/process.bpf.o")
     r = run([])
     assert captured[-1].bpf_dir == "vigil"  # the objects' directory is not the pins'
+
+
+@pytest.mark.parametrize("args, field, value", [
+    (["--enable-k8s-api"], "enable_k8s_api", True),                       # README: vigil agent --enable-k8s-api
+    (["--enable-k8s-api", "--export-filename", "/x.log"], "enable_k8s_api", True),
+    (["--hook-substitution"], "hook_substitution", True),
+    (["--hook-substitution=false"], "hook_substitution", False),
+    (["--enable-process-cred=false"], "enable_process_cred", False),      # pflag's spelling
+    (["--enable-process-cred", "false"], "enable_process_cred", False),
+    (["--keep-sensors-on-exit", "true"], "keep_sensors_on_exit", True),
+    ([], "enable_ancestors", False),
+    (["--enable-ancestors"], "enable_ancestors", True),
+])
+def test_boolean_options_work_alone_as_tetragons(captured: list, args, field, value):
+    """`vigil agent --enable-k8s-api` (as README shows it, and as Tetragon takes its boolean
+    flags) failed: "Option '--enable-k8s-api' requires an argument"."""
+    r = run(args)
+    assert r.exit_code == 0, r.output
+    assert getattr(captured[0], field) is value
+    if "--export-filename" in args:
+        assert captured[0].export_filename == "/x.log"
+
+
+def test_boolean_option_refuses_a_non_boolean(captured: list):
+    r = run(["--enable-k8s-api", "maybe"])
+    assert r.exit_code != 0 and "--enable-k8s-api" in r.output and not captured

@@ -271,6 +271,10 @@ def _build_command() -> click.Command:
     params: list[click.Parameter] = [click.Option(["--config-dir"], default=None,
                                                   help="Directory with one file per option.")]
     for flag, spec in OPTIONS:
+        if spec.get("type") is bool:
+            # as Tetragon's (pflag) booleans: the flag alone is true; a value may follow
+            # (--enable-k8s-api, --enable-k8s-api=false, --enable-k8s-api false)
+            spec = {**spec, "is_flag": False, "flag_value": True, "metavar": "[BOOLEAN]"}
         params.append(click.Option([flag], **spec))
     return click.Command("agent", callback=agent, params=params,
                          help="Run the Vigil agent (observability and enforcement) in the foreground.\n\n"
