@@ -238,8 +238,10 @@ class Agent:
                 and sensor.forget(s.pid, s.exec_ktime) != "absent"}  # absent: its exit record follows
         self.restart["procfs_gone"] = len(gone)
         now = time.monotonic_ns()
-        batch: list[Event] = [self.builder.on_procfs(s, now) for s in snaps
-                 if s.pid not in known and s.pid not in gone and self.cache.by_pid(s.pid) is None]
+        batch: list[Event] = [ev for s in snaps
+                              if s.pid not in known and s.pid not in gone and self.cache.by_pid(s.pid) is None
+                              # kernel threads are cached (parents, exits) but, as in Tetragon, not exported
+                              if (ev := self.builder.on_procfs(s, now)) is not None and not s.kthread]
         self.pipeline.emit(batch)
 
     def _adopt_recovered(self, snaps: list[Any]) -> None:

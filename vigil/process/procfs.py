@@ -35,6 +35,7 @@ class ProcSnapshot:
     i_nlink = 1
     userns_uid = 0
     userns_gid = 0
+    kthread = False   # a kernel thread: cached as "[comm]", its procfs exec not exported (Tetragon)
     # set by snapshot() (the fields of a kernel exec record it fills)
     pid: int
     tid: int
@@ -81,6 +82,15 @@ def _starttime_ticks(stat: bytes) -> tuple[int, int]:
     """(ppid, starttime) from /proc/<pid>/stat; comm may contain spaces/parens."""
     rest = stat[stat.rindex(b")") + 2 :].split()
     return int(rest[1]), int(rest[19])
+
+
+PF_KTHREAD = 0x00200000
+
+
+def _is_kthread(stat: bytes) -> bool:
+    """A kernel thread: PF_KTHREAD in the flags of /proc/<pid>/stat (its 9th field)."""
+    rest = stat[stat.rindex(b")") + 2 :].split()
+    return bool(int(rest[6]) & PF_KTHREAD)
 
 
 def _exited(stat: bytes | None) -> bool:
@@ -171,6 +181,12 @@ def snapshot(pid: int, clock: WallClock, cg_root: str, start_ticks: dict[int, in
             s.exe = s.filename = s.exe.removesuffix(" (deleted)")
     except OSError:
         pass  # kernel threads have no exe
+    if _is_kthread(stat):
+        # the binary as Tetragon (and ps) name them: "[kthreadd]", no arguments; the filename
+        # (the kernel's execve_map entry) stays empty
+        s.kthread = True
+        comm = (_read(f"{base}/comm") or b"").rstrip(b"\n").decode(errors="replace")
+        s.exe, s.filename, s.args = f"[{comm}]", "", b""
     try:
         s.cwd = os.readlink(f"{base}/cwd")
     except OSError:
