@@ -219,3 +219,20 @@ def test_broken_pipe_exits_quietly(monkeypatch):
     monkeypatch.setattr(getevents_cmd, "_silence_stdout", lambda: None)
     result = run("--file", str(SAMPLE))
     assert result.exit_code == 0 and result.stderr == ""
+
+
+def test_file_reads_a_gzipd_rotated_export(tmp_path):
+    """The agent's rotated exports are gzip'd (--export-file-compress, the package's default):
+    `--file vigil.log.1.gz` reported every line as malformed JSON."""
+    import gzip
+
+    gz = tmp_path / "vigil.log.1.gz"
+    gz.write_bytes(gzip.compress(SAMPLE.read_bytes()))
+    result = run("--file", str(gz), "-o", "compact", "--color", "never")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == COMPACT_ALL and not result.stderr
+    assert run("--file", str(gz), "--follow").exit_code == 2  # a rotated file does not grow
+    broken = tmp_path / "broken.gz"
+    broken.write_bytes(gzip.compress(SAMPLE.read_bytes())[:-12])
+    result = CliRunner().invoke(getevents, ["--file", str(broken)])
+    assert result.exit_code == 1 and "not a readable gzip file" in result.output

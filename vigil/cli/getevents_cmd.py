@@ -15,6 +15,7 @@ Malformed input lines are reported on stderr with their line number and skipped.
 """
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import stat
@@ -111,7 +112,15 @@ def iter_file_lines(
     poll_interval: float = 0.25,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Iterator[tuple[int, bytes]]:
-    """(line number, raw line) from a file; with `follow`, wait for more like tail -F."""
+    """(line number, raw line) from a file (gzip'd too: the agent's rotated exports); with
+    `follow`, wait for more like tail -F."""
+    if not follow and is_gzip(path):
+        with gzip.open(path, "rb") as z:
+            try:
+                yield from enumerate(z, start=1)
+            except (OSError, EOFError) as e:  # truncated or corrupt
+                raise click.ClickException(f"{path}: not a readable gzip file: {e}") from None
+        return
     f = open(path, "rb")  # noqa: SIM115 - reopened when the file is replaced, closed in `finally`
     lineno, partial = 0, b""
     try:
@@ -137,6 +146,11 @@ def iter_file_lines(
             time.sleep(poll_interval)
     finally:
         f.close()
+
+
+def is_gzip(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
 
 
 def _replaced(path: str, f: IO[bytes]) -> bool:
@@ -285,7 +299,7 @@ def _silence_stdout() -> None:
 @click.option("--policy-names", multiple=True, help="Only events of these policies.")
 @click.option("--namespace-regex", multiple=True, help="Pod namespace regex.")
 @click.option("--file", "file_path", type=click.Path(dir_okay=False),
-              help="Read events from a JSON export file instead of the agent.")
+              help="Read events from a JSON export file (gzip'd too) instead of the agent.")
 @click.option("--follow/--no-follow", default=False, show_default=True,
               help="With --file: keep reading as the file grows (tail -F).")
 @click.option("--server-address", default=None,
@@ -329,10 +343,11 @@ def getevents(
             raise click.UsageError(str(e)) from None
         if file_path is not None:
             try:  # report an unreadable file before streaming starts
-                with open(file_path, "rb"):
-                    pass
+                gzipped = is_gzip(file_path)
             except OSError as e:
                 raise click.ClickException(f"cannot read {file_path}: {e.strerror or e}") from None
+            if gzipped and follow:
+                raise click.UsageError(f"--follow: {file_path} is gzip'd (a rotated export), it does not grow")
             lines = iter_file_lines(file_path, follow=follow)
             decoder, live = LineDecoder(file_path), follow
         else:
