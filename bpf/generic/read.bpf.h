@@ -148,9 +148,9 @@ static __always_inline __u32 read_iovec(struct gen_heap *h, __u64 uptr, __u64 cn
 					__u32 max, struct vp_arg_hdr *ah)
 {
 	__u32 done = 0;
-	__u64 total = 0;
 	int i;
 
+	ah->value = 0;  /* the total, kept where it ends (no stack: read_arg's is at its limit on 6.1) */
 	for (i = 0; i < 8; i++) {
 		struct iovec iov;
 		__u32 n;
@@ -159,13 +159,8 @@ static __always_inline __u32 read_iovec(struct gen_heap *h, __u64 uptr, __u64 cn
 			break;
 		if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(uptr + i * sizeof(iov))))
 			break;
-		total += iov.iov_len;
-		if (done >= max) {
-			if (iov.iov_len)
-				ah->flags |= VP_ARGF_TRUNC;
-			continue;
-		}
-		n = iov.iov_len;
+		ah->value += iov.iov_len;
+		n = iov.iov_len;  /* past max: 0 bytes, and the buffer is cut */
 		if (n > max - done) {
 			n = max - done;
 			ah->flags |= VP_ARGF_TRUNC;
@@ -178,7 +173,6 @@ static __always_inline __u32 read_iovec(struct gen_heap *h, __u64 uptr, __u64 cn
 	}
 	if (i == 8 && i < cnt)
 		ah->flags |= VP_ARGF_TRUNC;
-	ah->value = total;
 	return done;
 }
 
@@ -720,7 +714,6 @@ __noinline int read_arg(__u32 i)
 	}
 	case VP_T_CHAR_IOVEC: {
 		__u64 cnt = 1;
-		__s64 ret = h->m.ret;
 
 		if (a->size_arg >= 1 && a->size_arg <= VP_MAX_ARGS)
 			cnt = h->m.args[(a->size_arg - 1) & 7].value;
@@ -730,13 +723,13 @@ __noinline int read_arg(__u32 i)
 		}
 		/* returnCopy (readv): at the return, the ret bytes the call filled (their original
 		 * size); at the entry (ret 0) nothing, the value kept: the return reads it again */
-		if (ret <= 0)
+		if (h->m.ret <= 0)
 			break;
-		n = read_iovec(h, raw, cnt, off, ret < max ? ret : max, ah);
+		n = read_iovec(h, raw, cnt, off, h->m.ret < max ? h->m.ret : max, ah);
 		ah->flags &= ~VP_ARGF_TRUNC;
-		if (ret > max)
+		if (h->m.ret > max)
 			ah->flags |= VP_ARGF_TRUNC;
-		ah->value = ret;
+		ah->value = h->m.ret;
 		break;
 	}
 	case VP_T_FD:
