@@ -684,7 +684,7 @@ __noinline int read_arg(__u32 i)
 		else if (a->size_arg >= 1 && a->size_arg <= VP_MAX_ARGS)
 			size = h->m.args[(a->size_arg - 1) & 7].value;
 		else
-			size = max;
+			size = 0;  /* no size named: no bytes, as Tetragon's (not the memory after the buffer) */
 		if (a->max_data && size > max) {
 			/* the first max bytes inline (selectors see them), the rest as data records */
 			__u64 total = size > VP_MAX_DATA ? VP_MAX_DATA : size;

@@ -93,3 +93,25 @@ kprobes:
     wv = got["__x64_sys_writev"]
     assert wv["args"][1] == {"truncated_bytes_arg": {"bytes_arg": b64((b"a" * 3000 + b"b" * 3000)[:4095]),
                                                      "orig_size": "6000"}}
+
+
+def test_char_buf_without_a_size_holds_nothing(running_agent: RunningAgent, pywork: Path) -> None:
+    """A char_buf naming no sizeArgIndex (nor returnCopy) has no bytes, as Tetragon's: not the
+    4095 bytes of the writer's memory from the buffer on."""
+    spec = f"""
+kprobes:
+- call: sys_write
+  syscall: true
+  args: [{{index: 0, type: fd}}, {{index: 1, type: char_buf}}]
+  selectors:
+  - matchArgs: [{{index: 0, operator: Equal, values: ["{pywork}/data/out.txt"]}}]
+    matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
+"""
+    code = (f"import os\nsecret = b'S3CRET' * 1000\nbuf = bytearray(b'hi' + secret)\n"
+            f"fd = os.open('{pywork}/data/out.txt', os.O_WRONLY | os.O_CREAT, 0o644)\n"
+            "os.write(fd, memoryview(buf)[:2])\nos.close(fd)\n")
+    r = Run()
+    with loaded(running_agent, policy_yaml("no-size", spec)):
+        events = running_agent.collect(lambda: run_py(pywork, code, out=r))
+    got = [b["args"][1] for _k, b in policy_events(events, r.pid, "no-size")]
+    assert got == [{"bytes_arg": ""}], [str(g)[:80] for g in got]
