@@ -135,6 +135,35 @@ def test_explain_with_a_facts_file_that_is_not_one(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "Is a directory" in r.output, r.output
 
 
+UNRECORDED_POLICY = """apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: unrecorded}
+spec:
+  kprobes:
+  - call: vigil_never_recorded_fn
+    syscall: false
+"""
+
+
+def test_explain_names_what_a_partial_facts_file_never_recorded(tmp_path: Path) -> None:
+    """A recording holds only what its policies asked about: a function it never saw is not
+    absent from that kernel, only unknown, and explain says so (exit 1) instead of refusing the
+    hook 'on this kernel' as if it were a fact. A complete recording (--full) is believed."""
+    facts = json.loads((Path(__file__).parents[1] / "data" / "facts" / "host-6.18.json").read_text())
+    pol = tmp_path / "p.yaml"
+    pol.write_text(UNRECORDED_POLICY)
+    for full in (False, True):
+        f = tmp_path / f"facts-{full}.json"
+        f.write_text(json.dumps({**facts, "full": full}))
+        r = CliRunner().invoke(cli, ["policy", "explain", "--facts", str(f), str(pol)])
+        assert r.exit_code == 1, r.output  # not loadable either way: the hook needs kprobes here
+        note = f"{f}: does not record kernel function (BTF) vigil_never_recorded_fn"
+        assert (note in r.output) is not full, r.output
+        r = CliRunner().invoke(cli, ["policy", "explain", "-o", "json", "--facts", str(f), str(pol)])
+        got = json.loads(r.output[r.output.index("{"):r.output.rindex("}") + 1])["unrecorded"]
+        assert ("kernel function (BTF) vigil_never_recorded_fn" in got) is not full, got
+
+
 def test_validate_a_directory_without_policies(tmp_path: Path) -> None:
     r = CliRunner().invoke(cli, ["policy", "validate", str(tmp_path)])
     assert r.exit_code == 2 and "no .yaml, .yml or .json file" in r.output

@@ -147,15 +147,23 @@ def explain(files: tuple[str, ...], output: str, details: bool, hook_substitutio
                 json.dump(facts.record(full=full), fh, indent=1, sort_keys=True)
         except OSError as e:
             raise click.BadParameter(f"{record_facts}: {e.strerror}", param_hint="--record-facts") from None
+    unrecorded = list(facts.unrecorded)
     if output == "json":
         click.echo(json.dumps({"kernel": facts.release, "hook_substitution": hook_substitution,
-                               "policies": report, "counts": _counts(report)}, indent=2))
+                               "policies": report, "counts": _counts(report), "unrecorded": unrecorded},
+                              indent=2))
     elif summary:
         for k, v in _counts(report).items():
             click.echo(f"{k}: {v}")
     else:
         for entry in report:
             _print_explain(entry, details, CAUSE_TEXT)
+    if unrecorded:  # answered "absent" only because the file does not hold them
+        ok = False
+        shown = ", ".join(unrecorded[:8]) + (f" and {len(unrecorded) - 8} more" if len(unrecorded) > 8 else "")
+        click.echo(f"{facts_file}: does not record {shown}: it holds only what its recording asked about, so "
+                   "what rests on these is not known for that kernel (record the facts with these policies, "
+                   "or with --record-facts --full)", err=True)
     if not ok:
         raise SystemExit(1)
 

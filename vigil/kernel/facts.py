@@ -14,7 +14,9 @@ the agent compile through the same path:
   can be written out with `record()` and read back with `KernelFacts.from_dict()`.
 * `KernelFacts.from_dict(d)`: recorded facts (tests compile byte for byte with them, without
   root; `vigil policy explain --facts FILE` explains for another machine). A question the
-  recording has no answer for is answered "absent".
+  recording has no answer for is answered "absent"; unless the recording is complete
+  (`record(full=True)`), such questions are listed in `unrecorded`, so that explain can say
+  its answer rests on names the file never recorded rather than on the kernel.
 * `KernelFacts.ideal()`: a kernel that has every feature and every name. Compiling against it
   finds what Vigil cannot do on *any* kernel (`vigil policy validate`).
 
@@ -91,6 +93,13 @@ def _tracefs_root(mount: bool) -> str | None:
     return None
 
 
+# what a question is about, in explain's words
+_WHAT = {"tracepoints": "tracepoint", "functions": "kernel function (BTF)", "raw_tracepoints": "raw tracepoint",
+         "kprobe_functions": "kprobe target", "error_injection": "error-injectable function",
+         "tp_formats": "tracepoint format", "func_params": "parameters of", "tp_btf_params": "BTF tracepoint",
+         "resolve": "type path", "files": "file"}
+
+
 class KernelFacts:
     """See the module docstring. Answers are plain data; `mode` is live | recorded | ideal."""
 
@@ -99,8 +108,10 @@ class KernelFacts:
                  tracepoints: Iterable[str] | None = None, functions: Iterable[str] | None = None,
                  raw_tracepoints: Iterable[str] | None = None, kprobe_functions: Iterable[str] | None = None,
                  error_injection: Iterable[str] | None = None, host_ns: Iterable[int] = (),
-                 answers: dict[str, dict[str, Any]] | None = None) -> None:
+                 answers: dict[str, dict[str, Any]] | None = None, full: bool = False) -> None:
         self.mode = mode
+        self.full = full  # recorded: the complete name lists (an unrecorded name is really absent)
+        self.unrecorded: dict[str, None] = {}  # recorded, not full: questions the file has no answer for
         self.release = release
         self.arch = arch
         self.features = dict(features or {})
@@ -163,7 +174,7 @@ class KernelFacts:
                    tracepoints=opt("tracepoints"), functions=opt("functions"),
                    raw_tracepoints=opt("raw_tracepoints"), kprobe_functions=opt("kprobe_functions"),
                    error_injection=opt("error_injection"), host_ns=d.get("host_ns", ()),
-                   answers=d.get("answers", {}))
+                   answers=d.get("answers", {}), full=bool(d.get("full", False)))
 
     @classmethod
     def load(cls, path: str) -> KernelFacts:
@@ -177,7 +188,7 @@ class KernelFacts:
     def record(self, *, full: bool = False) -> dict[str, Any]:
         """JSON-able form. Long name lists are kept only with `full` (else: only the names
         that were asked about, which is what a recording for tests needs)."""
-        d: dict[str, Any] = {"release": self.release, "arch": self.arch,
+        d: dict[str, Any] = {"release": self.release, "arch": self.arch, "full": full,
                              "features": {k: list(v) for k, v in sorted(self.features.items())},
                              "host_ns": list(self.host_ns), "answers": self._answers}
         asked = self._answers.get("asked", {})
@@ -196,14 +207,19 @@ class KernelFacts:
     def ideal_kernel(self) -> bool:
         return self.mode == "ideal"
 
-    def _note(self, key: str, name: str) -> None:
-        self._answers.setdefault("asked", {})[f"{key}:{name}"] = 1
+    def _note(self, key: str, name: str, hit: bool = True) -> None:
+        asked = self._answers.setdefault("asked", {})
+        if not hit and self.mode == "recorded" and not self.full and f"{key}:{name}" not in asked:
+            self.unrecorded[f"{_WHAT.get(key, key)} {name}"] = None
+        asked[f"{key}:{name}"] = 1
 
     def _answer(self, kind: str, key: str, compute: Any) -> Any:
         table = self._answers.setdefault(kind, {})
         if key in table:
             return table[key]
         if self.mode != "live":
+            if self.mode == "recorded" and not self.full:
+                self.unrecorded[f"{_WHAT.get(kind, kind)} {key}"] = None
             return None
         v = compute()
         table[key] = v
@@ -220,8 +236,9 @@ class KernelFacts:
         names = getattr(self, key)
         if names is None:
             return None
-        self._note(key, name)
-        return name in names
+        hit = name in names
+        self._note(key, name, hit)
+        return hit
 
     def btf(self) -> B.Btf | None:
         if self._btf is None and self.mode == "live":
