@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 class AgentControl:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
-        self.log_level = "info"
 
     # identity, read by GetVersion / GetInfo / the metrics
     @property
@@ -166,11 +165,18 @@ class AgentControl:
                  "collection": "base"}]
 
     def set_log_level(self, level: str) -> None:
-        logging.getLogger().setLevel(level.upper())
-        self.log_level = level.lower()
+        """Tetragon's levels (SetDebug, `tetra loglevel set`): trace, debug, info, warn, error,
+        fatal, panic. Python logging has no trace or panic: trace logs as debug does, panic
+        only above critical."""
+        number = _LOG_LEVELS.get(level.strip().lower())
+        if number is None:
+            raise ValueError(f"unknown log level {level!r} (one of {', '.join(_LOG_LEVEL_NAMES)})")
+        logging.getLogger().setLevel(number)
 
     def get_log_level(self) -> str:
-        return self.log_level
+        """The level the agent logs at now (also when set at start, `vigil -d agent`)."""
+        number = logging.getLogger().getEffectiveLevel()
+        return next((name for name in _LOG_LEVEL_NAMES if number <= _LOG_LEVELS[name]), "panic")
 
     # -- export file rotation at run time (EventLogService)
     def event_log_params(self) -> dict[str, Any]:
@@ -209,6 +215,11 @@ class AgentControl:
     def list_policies(self) -> list[dict[str, Any]]:
         return self.agent.policies.list()
 
+
+_LOG_LEVEL_NAMES = ("trace", "debug", "info", "warn", "error", "fatal", "panic")  # from most to least verbose
+_LOG_LEVELS = {"trace": 5, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+               "warning": logging.WARNING, "error": logging.ERROR, "fatal": logging.CRITICAL,
+               "critical": logging.CRITICAL, "panic": logging.CRITICAL + 10}
 
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
