@@ -227,12 +227,14 @@ class PolicyManager:
         before it."""
         with self._lock:
             names: list[str] = []
+            added: list[Policy] = []
             try:
                 for p in policies:
                     names.append(self.add(p, mode=mode, source=source))
+                    added.append(p)
             except BaseException:
-                for n in reversed(names):
-                    self.delete(n)
+                for p in reversed(added):  # by name and namespace: a namespaced one is keyed by both
+                    self.delete(p.name, p.namespace or "")
                 raise
             return names
 
