@@ -520,6 +520,24 @@ def test_uprobe_on_test_binary(running_agent: RunningAgent, pywork: Path):
     assert ev["args"] == [{"int_arg": 1}, {"int_arg": 41}]
 
 
+@pytest.mark.parametrize("ret, want", [
+    ("", [{"int_arg": 1}, {"int_arg": 41}]),
+    ("return: true\nreturnArg: {index: 0, type: int}", [{"int_arg": 1}, {"int_arg": 41}, {"int_arg": 42}]),
+    ("return: true\nreturnArg: {index: 0, type: uint64, label: sum}",
+     [{"int_arg": 1}, {"int_arg": 41}, {"size_arg": "42", "label": "sum"}]),
+], ids=["entry", "return-int", "return-labelled"])
+def test_uprobe_return_value_follows_the_arguments(running_agent: RunningAgent, pywork: Path, ret: str,
+                                                   want: list[dict]):
+    """return: true with returnArg: one event, at the return, with the function's return value
+    after the entry's arguments, as Tetragon merges its uretprobe into the uprobe event."""
+    spec = uprobe_target(pywork) + textwrap.indent(ret, "  ") + "\n"
+    r = Run()
+    with loaded(running_agent, policy_yaml("uprobe-ret", spec)):
+        events = running_agent.collect(lambda: run_target(pywork, r))
+    (ev,) = [b for k, b in policy_events(events, r.pid, "uprobe-ret") if k == "process_uprobe"]
+    assert ev["args"] == want
+
+
 def test_a_uprobe_run_never_uses_buffers_another_run_holds(running_agent: RunningAgent, pywork: Path):
     """Uprobe programs run preemptibly: a run that finds this CPU's buffers held by another
     (preempted) run does nothing and is counted `busy`, instead of writing over them. Here the

@@ -568,6 +568,8 @@ def fast_plan(hook: CompiledHook, entry: Any, events: dict[str, int], actions: d
                "bpf_attr_arg" if p.vtype == L.T["bpf_attr"] else "bpf_prog_arg" if how == GA["bpf_prog"] else None)
         specs.append((slot, how, p.label or "", key))
     names = {a: n for a, n in ACTION_NAMES.items() if a not in skip_actions}
+    if sh.kind == "process_uprobe" and sh.ret is not None:
+        return None  # the return value goes into args: build_body's
     ret = (_GA_RET[sh.ret_key], sh.ret_label or "") if sh.kind == "process_kprobe" and sh.ret is not None else None
     return (entry, sh.kind, _layout(sh), tuple(specs), names, events, actions, {}, ret,
             _GA_NAMES, {}, sum(1 << a for a in ENFORCING))
@@ -647,6 +649,12 @@ def build_body(hook: CompiledHook, m: L.MsgGeneric, data: bytes,
     message = body_message(hook, m.selector, m.action, m.ret_action, bool(m.flags & L.EV_MONITOR))
     if message:
         body["message"] = message
+    if kind == "process_uprobe" and m.flags & L.EV_HAS_RET and sh.ret is not None:
+        # Tetragon merges the return probe's value into the entry's arguments, after them
+        ret = {sh.ret_key: _ret_value(sh.ret_key, m.ret)}
+        if sh.ret_label:
+            ret["label"] = sh.ret_label
+        args.append(ret)
     if args and kind in ("process_uprobe", "process_usdt"):
         body["args"] = args
     if kind == "process_lsm" and m.ima_len:
