@@ -430,14 +430,40 @@ class PolicyManager:
     def set_enabled(self, name: str, enabled: bool, namespace: str = "") -> None:
         with self._lock:
             lp = self._get(name, namespace)
-            for gh in lp.hooks:
-                if enabled:
-                    gh.attach()
-                else:
+            if enabled:
+                self._attach_all(lp)
+            else:
+                for gh in lp.hooks:
                     gh.detach()
             if lp.compiled.policy.spec.loader and enabled != lp.enabled:
                 (self._loader_sensor().acquire if enabled else self._loader_sensor().release)()
             lp.enabled = enabled
+            lp.error = ""
+
+    def _attach_all(self, lp: LoadedPolicy) -> None:
+        """Every hook of the policy attached, or none of those this call attached: a hook that
+        cannot attach (e.g. a uprobe whose binary is gone) leaves the policy as it was, and
+        PolicyError names the hook (its `error` in the policy list too)."""
+        attached: list[Any] = []
+        for gh in lp.hooks:
+            if gh.attached:
+                continue
+            try:
+                gh.attach()
+            except Exception as e:
+                for g in [gh, *reversed(attached)]:  # gh too: a hook may have attached its return side
+                    try:
+                        g.detach()
+                    except Exception as undo:  # noqa: BLE001 - report, keep detaching the others
+                        log.error("policy %s: detaching %s failed: %s", lp.name,
+                                  g.compiled.placement.describe(), undo)
+                first, _, detail = str(e).partition("\n")  # the libbpf log goes to the debug log
+                if detail:
+                    log.debug("attaching %s: %s", gh.compiled.placement.describe(), detail)
+                lp.error = (f"policy {lp.name!r}: enabling failed, attaching {gh.compiled.placement.describe()} "
+                            f"failed: {first}")
+                raise PolicyError(lp.error) from e
+            attached.append(gh)
 
     def set_mode(self, name: str, mode: str, namespace: str = "") -> None:
         """Switch every hook of the policy, or none: what can be refused (socket rules that do not
