@@ -518,6 +518,21 @@ def test_uprobe_on_test_binary(running_agent: RunningAgent, pywork: Path):
     (ev,) = [b for k, b in policy_events(events, r.pid, "uprobe-target") if k == "process_uprobe"]
     assert ev["path"] == f"{pywork}/target" and ev["symbol"] == "vigil_target"
     assert ev["args"] == [{"int_arg": 1}, {"int_arg": 41}]
+    assert "offset" not in ev  # Tetragon's offset is the policy's: 0 for a symbol
+
+
+def test_uprobe_at_an_offset_reports_the_offset(running_agent: RunningAgent, pywork: Path):
+    """offsets: the event names no symbol and carries the policy's offset (a uint64: a string)."""
+    from vigil.kernel.elfsym import func_offset
+
+    uprobe_target(pywork)
+    off = func_offset(str(pywork / "target"), "vigil_target")
+    spec = f'uprobes:\n- path: "{pywork}/target"\n  offsets: [{off:#x}]\n  args: [{{index: 1, type: int}}]\n'
+    r = Run()
+    with loaded(running_agent, policy_yaml("uprobe-offset", spec)):
+        events = running_agent.collect(lambda: run_target(pywork, r))
+    (ev,) = [b for k, b in policy_events(events, r.pid, "uprobe-offset") if k == "process_uprobe"]
+    assert "symbol" not in ev and ev["offset"] == str(off) and ev["args"] == [{"int_arg": 41}]
 
 
 @pytest.mark.parametrize("ret, want", [

@@ -1290,7 +1290,7 @@ def generic_events_reference(ch: Any, r: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("spec, hook, rec, keys", [
     ("uprobe", 0, {"args": [(b"$ ", 0, 0, 0), (b"", 3, 0, 0)]},
-     ["path", "symbol", "policy_name", "message", "args", "tags", "offset", "action"]),
+     ["path", "symbol", "policy_name", "message", "args", "tags", "action"]),  # offset: 0 for a symbol
     ("uprobe", 1, {"args": [(b"", 9, 0, 0)]}, ["path", "policy_name", "args", "offset", "action"]),
     ("usdt", 0, {"args": [(b"app.py", 0, 0, 0), (b"", 7, 0, 0)]},
      ["path", "provider", "name", "policy_name", "message", "args", "action"]),

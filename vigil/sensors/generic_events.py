@@ -446,7 +446,8 @@ class _Shape:
                         "uint_arg" if t == L.T["uint"] else "long_arg")
         self.ret_label = pl.ret.label if pl.ret is not None else ""
         self.path, self.symbol = a.get("path", ""), a.get("symbol", "")
-        self.offset = str(a["offset"]) if "offset" in a else ""
+        # Tetragon's offset is the policy's (offsets:): 0, left out, for a symbol
+        self.offset = str(a["offset"]) if a.get("offset") and not self.symbol else ""
         self.provider = a.get("provider", "")
         self.name = a.get("name", "")
 
@@ -539,7 +540,8 @@ def _layout(sh: _Shape) -> tuple[tuple[str, int, Any], ...]:
                 ("ima_hash", lay["ima"], tuple(IMA_ALGOS)), tags)
     if kind == "process_uprobe":
         symbol = (("symbol", const, sh.symbol),) if sh.symbol else ()
-        return (("path", const, sh.path), *symbol, policy, msg, args, tags, ("offset", const, sh.offset), action)
+        offset = (("offset", const, sh.offset),) if sh.offset else ()
+        return (("path", const, sh.path), *symbol, policy, msg, args, tags, *offset, action)
     return (("path", const, sh.path), ("provider", const, sh.provider), ("name", const, sh.name), policy, msg,
             args, tags, action)  # process_usdt
 
@@ -666,7 +668,8 @@ def build_body(hook: CompiledHook, m: L.MsgGeneric, data: bytes,
     if kind == "process_kprobe" and m.ustack_len:
         body["user_stack_trace"] = _user_stack(data, _stack_off(m) + m.kstack_len, m.ustack_len, m.pid)
     if kind == "process_uprobe":
-        body["offset"] = sh.offset
+        if sh.offset:
+            body["offset"] = sh.offset
         body["action"] = action
     elif kind == "process_usdt":
         body["action"] = action
