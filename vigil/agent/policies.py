@@ -16,17 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vigil.core.errors import PolicyError, PolicyNotFound
+from vigil.core.errors import PolicyError, PolicyExists, PolicyNotFound
 from vigil.kernel import policy_layout as L
 from vigil.policy import PolicyErrors, load_policies, parse_policies
 from vigil.policy.compile import CompiledHook, CompiledPolicy, compile_policy
 from vigil.policy.model import Policy
 
 log = logging.getLogger("vigil.policies")
-
-
-class PolicyExists(PolicyError):
-    pass
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """tetragon.FineGuidanceSensors / tetragon.EventLogService on top of AgentAPI.
 
 Status codes: malformed requests -> INVALID_ARGUMENT, unknown policy -> NOT_FOUND,
-policy refused by the agent -> INVALID_ARGUMENT (add) or FAILED_PRECONDITION (state
-changes), methods Vigil has no meaning for -> UNIMPLEMENTED (immediately, with a
-reason), too many event streams -> RESOURCE_EXHAUSTED, agent bugs -> INTERNAL.
+a policy of that name already loaded -> ALREADY_EXISTS, policy refused by the agent ->
+INVALID_ARGUMENT (add) or FAILED_PRECONDITION (state changes), methods Vigil has no
+meaning for -> UNIMPLEMENTED (immediately, with a reason), too many event streams ->
+RESOURCE_EXHAUSTED, agent bugs -> INTERNAL.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from vigil.api.pb import (
 )
 from vigil.api.streams import StreamStats, request_filter, stream_events
 from vigil.core.agent_api import AgentAPI
-from vigil.core.errors import PolicyError, PolicyNotFound
+from vigil.core.errors import PolicyError, PolicyExists, PolicyNotFound
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(self, request, context)
         except PolicyNotFound as e:
             context.abort(grpc.StatusCode.NOT_FOUND, str(e) or "tracing policy not found")
+        except PolicyExists as e:
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, str(e) or "tracing policy already exists")
         except PolicyError as e:
             code = (grpc.StatusCode.INVALID_ARGUMENT if fn.__name__ == "AddTracingPolicy"
                     else grpc.StatusCode.FAILED_PRECONDITION)

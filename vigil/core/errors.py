@@ -9,3 +9,7 @@ class PolicyError(Exception):
 
 class PolicyNotFound(PolicyError):
     pass
+
+
+class PolicyExists(PolicyError):
+    """A policy of that name (and namespace) is already loaded."""
