@@ -57,6 +57,8 @@ CASES = [
      C.NOT_FOUND, "codes-missing"),
     ("configure-enable-missing", "ConfigureTracingPolicy",
      S.ConfigureTracingPolicyRequest(name="codes-missing", enable=True), C.NOT_FOUND, "codes-missing"),
+    ("configure-nothing-missing", "ConfigureTracingPolicy", S.ConfigureTracingPolicyRequest(name="codes-missing"),
+     C.NOT_FOUND, "codes-missing"),
     ("configure-mode-monitor-only", "ConfigureTracingPolicy",
      S.ConfigureTracingPolicyRequest(name=NAME, mode=S.TP_MODE_MONITOR_ONLY), C.INVALID_ARGUMENT, "mode"),
 ]

@@ -167,6 +167,12 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
             self.agent.set_policy_mode(request.name, policies.mode_name(request.mode), request.namespace)
         if request.HasField("enable"):
             self.agent.set_policy_enabled(request.name, request.enable, request.namespace)
+        # nothing to change: the policy must still exist
+        if not request.HasField("mode") and not request.HasField("enable") and not any(
+                p.get("name") == request.name and (p.get("namespace") or "") == request.namespace
+                for p in self.agent.list_policies()):
+            key = f"{request.namespace}/{request.name}" if request.namespace else request.name
+            raise PolicyNotFound(f"no policy named {key!r}")
         return sensors_pb2.ConfigureTracingPolicyResponse()
 
     @_rpc
