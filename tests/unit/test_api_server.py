@@ -221,3 +221,25 @@ def test_concurrent_unary_calls(srv):
     for t in ts:
         t.join()
     assert not errors and len(agent.policies) == 20
+
+
+@pytest.mark.parametrize("dump, binaries", [
+    (None, ["/live", "/exited", "/bare"]),
+    (sensors_pb2.DumpProcessCacheReqArgs(), ["/live", "/exited", "/bare"]),
+    (sensors_pb2.DumpProcessCacheReqArgs(skip_zero_refcnt=True), ["/live"]),
+], ids=["no-args", "defaults", "skip-zero-refcnt"])
+def test_process_cache_dump_honours_skip_zero_refcnt(srv, dump, binaries):
+    """`tetra debug dump processcache --skip-zero-refcnt`: entries nobody refers to any more are left
+    out (a bare Process entry has no reference count: 0)."""
+    _, agent, c = srv
+    agent.process_cache_dump = lambda: [  # type: ignore[method-assign]
+        {"process": {"exec_id": "a", "pid": 10, "binary": "/live"}, "refcnt": 1},
+        {"process": {"exec_id": "b", "pid": 11, "binary": "/exited"}, "refcnt": 0},
+        {"exec_id": "c", "pid": 12, "binary": "/bare"},
+    ]
+    req = sensors_pb2.GetDebugRequest(flag=sensors_pb2.CONFIG_FLAG_DUMP_PROCESS_CACHE)
+    if dump is not None:
+        req.dump.CopyFrom(dump)
+    res = c.stub.GetDebug(req, timeout=5)
+    assert [p.process.binary for p in res.processes.processes] == binaries
+    assert all(p.HasField("refcnt") for p in res.processes.processes)  # as Tetragon: set, also when 0

@@ -224,12 +224,17 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
         if request.flag == sensors_pb2.CONFIG_FLAG_DUMP_PROCESS_CACHE:
             res = sensors_pb2.GetDebugResponse(flag=request.flag)
             res.processes.SetInParent()
+            skip_zero = request.HasField("dump") and request.dump.skip_zero_refcnt
             for entry in self.agent.process_cache_dump():
+                refcnt = int(entry.get("refcnt") or 0) if "process" in entry else 0
+                if skip_zero and refcnt == 0:
+                    continue
                 item = res.processes.processes.add()
                 if "process" in entry:  # ProcessInternal-shaped
                     pbdict.parse_into(entry, item, ignore_unknown=True)
                 else:  # a bare Process dict
                     pbdict.parse_into(entry, item.process, ignore_unknown=True)
+                item.refcnt.value = refcnt  # set also when 0, as Tetragon's dump does
             return res
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"GetDebug: unknown flag {request.flag}")
 
