@@ -748,6 +748,11 @@ def test_loader_events(running_agent: RunningAgent, pywork: Path) -> None:
     assert any(p.endswith("/libc.so.6") for p in paths), paths
     lib = next(e for e in got if e["path"].endswith("/libc.so.6"))
     assert base64.b64decode(lib["buildid"]) == _build_id(lib["path"])
+    # perf reports the mapping before the ring buffer brings the exec: the event still names
+    # the process fully (not a pid-only "miss"), and its parent
+    for e in got:
+        assert e["process"].get("binary") == str(pywork / "vpy") and e["process"].get("exec_id"), e
+        assert "miss" not in e["process"].get("flags", "") and e["parent"].get("exec_id"), e
 
 
 def _build_id(path: str) -> bytes:

@@ -209,6 +209,7 @@ class Agent:
         self.sensor = sensor = ProcessSensor(args_max=c.args_max, ringbuf_bytes=c.rb_size,
                                              execve_map_entries=c.execve_map_entries)
         sensor.start()
+        self.policies.events.exec_key = sensor.exec_key  # the loader sensor's events name their process by it
         attached_ktime = time.monotonic_ns()
         if self.pins is not None:
             self.pins.pin_map(sensor.events_map, "events")

@@ -50,6 +50,9 @@ class Pipeline:
         self.writer: JsonlWriter | None = None
         self.printer: Callable[[list[Event]], None] | None = None
         self._injected: deque[Event] = deque()
+        # events made later, on this thread: (loop step when queued, the function making it)
+        self._later: deque[tuple[int, Callable[[], Event | None]]] = deque()
+        self.steps = 0  # loop iterations done (each waited for or drained the kernel's records)
         # what `vigil status` and the metrics report
         self.events_by_type: dict[str, int] = {}
         self.decode_errors = 0
@@ -92,7 +95,7 @@ class Pipeline:
             batch_scheduling()
         waited = False  # records accumulated during a pause: drain without asking epoll first
         while not stop.is_set():
-            if self._injected:
+            if self._injected or self._later:
                 self._emit_injected()
             if waited or src.wait(0.1):
                 waited = False
@@ -106,6 +109,7 @@ class Pipeline:
                         waited = True
             elif not live and getattr(src, "exhausted", False):
                 break  # a replay is over
+            self.steps += 1
             now = time.monotonic()
             if now >= next_tick:
                 self.tick()
@@ -114,6 +118,8 @@ class Pipeline:
         recs = src.drain()
         if recs:
             self.handle(recs)
+        self.steps += 2
+        self._emit_injected()
         if a.k8s is not None:
             self.emit(a.k8s.hold.flush(), hold=False)
         self.tick()
@@ -128,15 +134,32 @@ class Pipeline:
                 self.heap_trims += 1
             self.cache_peak = size
 
-    def inject(self, event: Event) -> None:
-        """Queue an event made outside the pipeline thread (fanotify decisions)."""
-        self._injected.append(event)
+    def inject(self, event: Event | Callable[[], Event | None]) -> None:
+        """Queue an event made outside the pipeline thread (fanotify decisions). A function
+        instead makes its event on this thread once the records the kernel had committed when
+        it was queued are handled: an event seen elsewhere first (a library mapped, reported by
+        perf) names a process whose exec record may still wait in the ring."""
+        if callable(event):
+            self._later.append((self.steps, event))
+        else:
+            self._injected.append(event)
 
     def _emit_injected(self) -> None:
         batch = []
         while self._injected:
             batch.append(self._injected.popleft())
-        self.emit(batch, hold=False)
+        # queued during step n (whose drain may have begun before): step n + 1 drained after it
+        later, done = self._later, self.steps - 2
+        while later and later[0][0] <= done:
+            try:
+                e = later.popleft()[1]()
+            except Exception:  # one bad event must not stop the loop
+                log.exception("making an injected event")
+                continue
+            if e is not None:
+                batch.append(e)
+        if batch:
+            self.emit(batch, hold=False)
 
     def handle(self, recs: list[bytes]) -> None:
         """Records -> events: one table lookup per record (decoders registered by record op),

@@ -8,6 +8,7 @@ into the policies it finds there.
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +25,12 @@ if TYPE_CHECKING:
     from vigil.sensors.user_actions import UserActions
 
 
+_LOADER_TRIES = 16  # loop steps x2 a loader event waits for its process's exec record
+_GONE_SCAN = 4096   # the newest ended processes a loader event looks for its process among
+
+
 class PolicyEvents:
-    def __init__(self, builder: EventBuilder, inject: Callable[[Event], None],
+    def __init__(self, builder: EventBuilder, inject: Callable[[Event | Callable[[], Event | None]], None],
                  hooks: dict[int, tuple[CompiledHook, LoadedPolicy]], user_actions: UserActions) -> None:
         self.builder = builder
         self.inject = inject                # events made off the pipeline thread go through the loop
@@ -34,6 +39,8 @@ class PolicyEvents:
         # maxData chunks wait here for their event: (event ktime, tid, slot) -> [(offset, bytes)]
         self._data: dict[tuple[int, int, int], list[tuple[int, bytes]]] = {}
         self.data_orphans = 0
+        # pid -> its execve_map key (pid, ktime) in the kernel now; set by the agent
+        self.exec_key: Callable[[int], tuple[int, int] | None] | None = None
 
     def processes(self, pid: int, exec_ktime: int = 0, tid: int = 0) -> tuple[ProcessMsg, ProcessMsg | None]:
         """The message of the process a record names, and its parent's."""
@@ -49,21 +56,40 @@ class PolicyEvents:
 
     # -- reported from other threads
     def loader_event(self, pid: int, tid: int, path: str, build_id: bytes, time_ns: int) -> None:
-        """Runs on the loader sensor's thread."""
+        """Runs on the loader sensor's thread. Perf reports a mapping at once; the process it
+        names comes through the ring buffer, maybe later, and may be gone from the cache's pids
+        by then (exited). The kernel's execve_map names the process that maps (the exec, or
+        while it still execs the clone, as Tetragon's loader reads it); the event is made on the
+        loop's thread once that process's record is handled."""
+        key = self.exec_key(pid) if self.exec_key is not None else None
+        ktime = key[1] if key is not None and key[0] == pid else 0
+        self.inject(lambda: self._loader_event(pid, tid, ktime, path, build_id, time_ns, _LOADER_TRIES))
+
+    def _loader_event(self, pid: int, tid: int, ktime: int, path: str, build_id: bytes, time_ns: int,
+                      tries: int) -> Event | None:
         import base64
 
         from vigil.core.events import DictEvent
         from vigil.export.dicts import process_dict
 
-        process, parent = self.processes(pid, 0, tid)
+        cache = self.builder.cache
+        known = cache._by_key.get((pid, ktime)) if ktime else cache.by_pid(pid)
+        if known is None and not ktime:
+            # exited before the sensor read the mapping: the newest image of pid that ended
+            known = next((p for p in itertools.islice(reversed(cache._pending), _GONE_SCAN) if p.pid == pid), None)
+            ktime = known.key[1] if known is not None else 0
+        if known is None and tries > 1:  # its record not handled yet: a few loop steps on
+            self.inject(lambda: self._loader_event(pid, tid, ktime, path, build_id, time_ns, tries - 1))
+            return None
+        process, parent = self.processes(pid, ktime, tid)
         # ProcessLoader: process (1), path (2), buildid (3), parent (4), as a dict event
         body: dict[str, Any] = {"process": process_dict(process), "path": path}
         if build_id:
             body["buildid"] = base64.b64encode(build_id).decode()
         if parent is not None:
             body["parent"] = process_dict(parent)
-        self.inject(DictEvent({"process_loader": body, "node_name": self.builder.node,
-                               "time": self.builder.clock.ktime_rfc3339(time_ns)}))
+        return DictEvent({"process_loader": body, "node_name": self.builder.node,
+                          "time": self.builder.clock.ktime_rfc3339(time_ns)})
 
     def report_fanotify(self, rep: Any, hook: Any) -> None:
         """Runs on the helper's report thread, after the helper wrote its answer."""

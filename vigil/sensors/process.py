@@ -214,6 +214,16 @@ class ProcessSensor:
         raw = self.obj.map("execve_map").lookup(struct.pack("<I", pid))
         return ENTRY.unpack_from(raw) if raw is not None else None
 
+    def exec_key(self, pid: int) -> tuple[int, int] | None:
+        """The (pid, ktime) key of pid's execve_map entry: the process the kernel has for it now."""
+        if self.obj is None:
+            return None
+        try:
+            e = self.entry(pid)
+        except (OSError, BpfError):
+            return None
+        return (e[0], e[2]) if e is not None and e[2] else None
+
     def forget(self, pid: int, ktime: int) -> str:
         """Remove the entry seed() wrote for a process that turned out gone: "deleted"; "absent"
         when the kernel's exit program removed it already (its exit record carries that key);
