@@ -553,6 +553,46 @@ def test_uprobe_return_value_follows_the_arguments(running_agent: RunningAgent, 
     assert ev["args"] == want
 
 
+
+# a function whose second instruction is at +1 (after a one-byte nop), still with both arguments in registers
+ASM_TARGET_C = r"""
+__asm__(".text\n.globl vigil_asm\n.type vigil_asm,@function\nvigil_asm:\n nop\n lea (%rdi,%rsi),%eax\n ret\n"
+        ".size vigil_asm, .-vigil_asm\n");
+int vigil_asm(int a, int b);
+int main(int c, char **v) { return vigil_asm(c, 41) == 42 ? 0 : 1; }
+"""
+
+
+@pytest.mark.parametrize("symbol, error", [
+    ("vigil_asm+1", None),
+    ("vigil_asm+0x1", None),
+    ("vigil_asm+64", r"symbols\[0\].*offset 0x40 is out of range of function 'vigil_asm'"),
+    ("vigil_asm+1+2", r"symbols\[0\].*wrong symbol 'vigil_asm\+1\+2'"),
+    ("vigil_asm+x", r"symbols\[0\].*wrong offset 'x'"),
+], ids=["decimal", "hex", "out-of-range", "two-offsets", "bad-offset"])
+def test_uprobe_symbol_plus_offset(running_agent: RunningAgent, pywork: Path, symbol: str, error: str | None):
+    """symbols: ["func+OFFSET"] probes OFFSET bytes into func, as Tetragon's; the event names
+    the symbol as written (and no offset). A bad one is refused naming the symbol's field."""
+    from vigil.core.errors import PolicyError
+
+    cc = shutil.which("clang") or shutil.which("cc")
+    if cc is None:
+        pytest.fail("no C compiler: `make` installs clang")
+    (pywork / "asm.c").write_text(ASM_TARGET_C)
+    subprocess.run([cc, "-O1", "-o", str(pywork / "target"), str(pywork / "asm.c")], check=True)
+    spec = f'uprobes:\n- path: "{pywork}/target"\n  symbols: ["{symbol}"]\n  args: [{{index: 1, type: int}}]\n'
+    if error is not None:
+        with pytest.raises(PolicyError, match=error):
+            running_agent.agent.policies.add_text(policy_yaml("uprobe-symoff", spec), "<t>")
+        assert "uprobe-symoff" not in running_agent.agent.policies.policies
+        return
+    r = Run()
+    with loaded(running_agent, policy_yaml("uprobe-symoff", spec)):
+        events = running_agent.collect(lambda: run_target(pywork, r))
+    assert r.returncode == 0
+    (ev,) = [b for k, b in policy_events(events, r.pid, "uprobe-symoff") if k == "process_uprobe"]
+    assert ev["symbol"] == symbol and "offset" not in ev and ev["args"] == [{"int_arg": 41}]
+
 def test_a_uprobe_run_never_uses_buffers_another_run_holds(running_agent: RunningAgent, pywork: Path):
     """Uprobe programs run preemptibly: a run that finds this CPU's buffers held by another
     (preempted) run does nothing and is counted `busy`, instead of writing over them. Here the

@@ -35,6 +35,11 @@ def _cstr(data: bytes, off: int) -> bytes:
 
 def symbol_value(data: bytes, name: str) -> int:
     """Virtual address of the defined function symbol `name` (.symtab first, then .dynsym)."""
+    return _symbol(data, name)[0]
+
+
+def _symbol(data: bytes, name: str) -> tuple[int, int]:
+    """(virtual address, size) of the defined function symbol `name`."""
     _, shoff, _, _, shentsize, shnum, _ = _header(data)
     want = name.encode()
     sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
@@ -45,9 +50,9 @@ def symbol_value(data: bytes, name: str) -> int:
             off, size, link, entsize = sh[4], sh[5], sh[6], sh[9] or 24
             stroff = sections[link][4]
             for p in range(off, off + size, entsize):
-                st_name, st_info, _other, st_shndx, st_value, _sz = struct.unpack_from("<IBBHQQ", data, p)
+                st_name, st_info, _other, st_shndx, st_value, st_size = struct.unpack_from("<IBBHQQ", data, p)
                 if st_info & 0xF == STT_FUNC and st_shndx != 0 and st_value and _cstr(data, stroff + st_name) == want:
-                    return st_value
+                    return st_value, st_size
     raise ElfError(f"no defined function symbol {name!r}")
 
 
@@ -61,11 +66,33 @@ def vaddr_to_offset(data: bytes, vaddr: int) -> int:
     raise ElfError(f"address {vaddr:#x} is in no loadable segment")
 
 
+def split_symbol(name: str) -> tuple[str, int]:
+    """A uprobe symbol as Tetragon takes it: "func" or "func+OFFSET" (OFFSET decimal, 0x hex,
+    0o octal or 0b binary): (func, offset)."""
+    parts = name.split("+")
+    if len(parts) == 1:
+        return name, 0
+    if len(parts) != 2 or not parts[0]:
+        raise ElfError(f"wrong symbol {name!r}: a function name, or one and +OFFSET")
+    try:
+        off = int(parts[1].strip(), 0)
+    except ValueError:
+        off = -1
+    if off < 0:
+        raise ElfError(f"wrong offset {parts[1]!r} in symbol {name!r}")
+    return parts[0], off
+
+
 def func_offset(path: str, name: str) -> int:
-    """File offset of function `name` in the ELF at `path`, as uprobes want it."""
+    """File offset of function `name` ("func" or "func+OFFSET") in the ELF at `path`, as
+    uprobes want it."""
+    func, off = split_symbol(name)
     with open(path, "rb") as f:
         data = f.read()
-    return vaddr_to_offset(data, symbol_value(data, name))
+    value, size = _symbol(data, func)
+    if off and off >= size:
+        raise ElfError(f"offset {off:#x} is out of range of function {func!r} ({size} bytes)")
+    return vaddr_to_offset(data, value + off)
 
 
 SHT_NOTE = 7
