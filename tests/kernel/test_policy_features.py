@@ -866,6 +866,41 @@ usdts:
     assert [e["args"] for e in got] == [[{"int_arg": 42}]]
 
 
+def test_uprobe_ref_ctr_offset_counts_the_semaphore(running_agent: RunningAgent, usdt_bin: Path) -> None:
+    """refCtrOffsets: a uprobe at an offset with the semaphore guarding that site; the kernel
+    counts it up while attached, so the guarded code runs and the probe fires; the event carries
+    offset and ref_ctr_offset (uint64: strings in JSON), as Tetragon's."""
+    from vigil.kernel.facts import KernelFacts
+
+    notes, err = KernelFacts.gather().usdt_notes(str(usdt_bin))
+    site = next(n for n in notes or [] if n.name == "guarded")
+    assert site.semaphore, err
+    spec = f"""
+uprobes:
+- path: "{usdt_bin}"
+  offsets: [{site.pc}]
+  refCtrOffsets: [{site.semaphore}]
+"""
+    with loaded(running_agent, policy_yaml("uprobe-refctr", spec)):
+        events = running_agent.collect(lambda: subprocess.run([str(usdt_bin), "42"], check=False))
+    got = [e["process_uprobe"] for e in events
+           if "process_uprobe" in e and e["process_uprobe"]["policy_name"] == "uprobe-refctr"]
+    assert len(got) == 1, got
+    assert (got[0]["offset"], got[0]["ref_ctr_offset"]) == (str(site.pc), str(site.semaphore))
+
+
+def test_uprobe_ref_ctr_offsets_need_one_per_site(running_agent: RunningAgent, usdt_bin: Path) -> None:
+    spec = f"""
+uprobes:
+- path: "{usdt_bin}"
+  symbols: [main]
+  refCtrOffsets: [1, 2]
+"""
+    with pytest.raises(PolicyError, match=r"spec.uprobes\[0\].refCtrOffsets: .*refCtrOffsets has 2 entries and symbols 1"):
+        running_agent.agent.policies.add_text(policy_yaml("uprobe-refctr-bad", spec), "<t>")
+    assert "uprobe-refctr-bad" not in [p["name"] for p in running_agent.agent.list_policies()]
+
+
 def test_usdt_set_refused_with_the_reason_where_the_kernel_forbids_it(running_agent: RunningAgent,
                                                                       usdt_bin: Path) -> None:
     """Set writes the process's memory (bpf_probe_write_user): refused, naming the kernel's

@@ -556,13 +556,19 @@ def place_uprobe(spec: UProbeSpec, index: int, sym_i: int, facts: KernelFacts) -
     else:
         pl.block(spec.at("addrs"), "uprobe addrs (absolute addresses) are not supported by Vigil; use symbols "
                  "or offsets", "vigil")
-    if spec.ref_ctr_offsets:
-        pl.block(spec.at("refCtrOffsets"), "refCtrOffsets on uprobes are not supported by Vigil (usdts set "
-                 "semaphores themselves)", "vigil")
+    ref_ctr = 0
+    if spec.ref_ctr_offsets:  # one per symbol (or offset): a semaphore the kernel counts up while attached
+        sites = len(spec.symbols) or len(spec.offsets)
+        if len(spec.ref_ctr_offsets) != sites:
+            what = "symbols" if spec.symbols else "offsets"
+            pl.block(spec.at("refCtrOffsets"), f"refCtrOffsets has {len(spec.ref_ctr_offsets)} entries and {what} "
+                     f"{sites}: one per {what[:-1]}", "policy")
+        else:
+            ref_ctr = spec.ref_ctr_offsets[sym_i]
     if spec.binary_digests:
         pl.block(spec.at("binaryDigests"), "binaryDigests are not supported by Vigil", "vigil")
     pl.mechanism, pl.entry_prog = "uprobe", "vigil_uprobe"
-    pl.attach = {"path": spec.path, "symbol": symbol, "offset": offset}
+    pl.attach = {"path": spec.path, "symbol": symbol, "offset": offset, "ref_ctr": ref_ctr}
     pl.target = f"{spec.path}:{symbol or hex(offset)}"
     if spec.return_:
         pl.return_prog = "vigil_uretprobe"

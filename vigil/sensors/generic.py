@@ -127,7 +127,7 @@ class GenericHook:
         elif pl.mechanism == "uprobe":
             if pl.return_prog:
                 obj.program(pl.return_prog).attach_uprobe(a["path"], a["offset"], retprobe=True)
-            entry.attach_uprobe(a["path"], a["offset"])
+            entry.attach_uprobe(a["path"], a["offset"], ref_ctr_offset=a.get("ref_ctr", 0))
         elif pl.mechanism == "usdt":
             entry.attach_uprobe(a["path"], a["offset"], ref_ctr_offset=a.get("ref_ctr", 0))
         elif pl.mechanism == "lsm":

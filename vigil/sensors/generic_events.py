@@ -425,7 +425,8 @@ class _Shape:
     """What a hook's events share, read once from the compiled hook (build_body's constants)."""
 
     __slots__ = ("hook", "kind", "args", "all_args", "by_slot_needed", "function", "subsys", "event", "policy",
-                 "message", "tags", "ret", "ret_key", "ret_label", "path", "symbol", "offset", "provider", "name")
+                 "message", "tags", "ret", "ret_key", "ret_label", "path", "symbol", "offset", "ref_ctr", "provider",
+                 "name")
 
     def __init__(self, hook: CompiledHook) -> None:
         pl = hook.placement
@@ -448,6 +449,8 @@ class _Shape:
         self.path, self.symbol = a.get("path", ""), a.get("symbol", "")
         # Tetragon's offset is the policy's (offsets:): 0, left out, for a symbol
         self.offset = str(a["offset"]) if a.get("offset") and not self.symbol else ""
+        # a uprobe's refCtrOffsets entry (a usdt's semaphore is not in its event)
+        self.ref_ctr = str(a["ref_ctr"]) if a.get("ref_ctr") and self.kind == "process_uprobe" else ""
         self.provider = a.get("provider", "")
         self.name = a.get("name", "")
 
@@ -541,7 +544,8 @@ def _layout(sh: _Shape) -> tuple[tuple[str, int, Any], ...]:
     if kind == "process_uprobe":
         symbol = (("symbol", const, sh.symbol),) if sh.symbol else ()
         offset = (("offset", const, sh.offset),) if sh.offset else ()
-        return (("path", const, sh.path), *symbol, policy, msg, args, tags, *offset, action)
+        ref_ctr = (("ref_ctr_offset", const, sh.ref_ctr),) if sh.ref_ctr else ()
+        return (("path", const, sh.path), *symbol, policy, msg, args, tags, *offset, *ref_ctr, action)
     return (("path", const, sh.path), ("provider", const, sh.provider), ("name", const, sh.name), policy, msg,
             args, tags, action)  # process_usdt
 
@@ -670,6 +674,8 @@ def build_body(hook: CompiledHook, m: L.MsgGeneric, data: bytes,
     if kind == "process_uprobe":
         if sh.offset:
             body["offset"] = sh.offset
+        if sh.ref_ctr:
+            body["ref_ctr_offset"] = sh.ref_ctr
         body["action"] = action
     elif kind == "process_usdt":
         body["action"] = action
