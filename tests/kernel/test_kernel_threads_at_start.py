@@ -34,10 +34,10 @@ def kernel_threads() -> dict[int, str]:
     return out
 
 
+@pytest.mark.skipif(not kernel_threads(), reason="no kernel thread (PF_KTHREAD task) visible: a pid namespace "
+                    "other than the host's")
 def test_kernel_threads_are_cached_not_exported(tmp_path: Path):
     kthreads = kernel_threads()
-    if not kthreads:
-        pytest.skip("no kernel threads visible in this pid namespace")
     export = tmp_path / "events.log"
     cfg = AgentConfig(export_filename=str(export), server_address="", node_name="vigil-test")
     with RunningAgent(cfg) as ra:

@@ -27,7 +27,8 @@ from vigil.enforce.permd import PermissionHelper
 from vigil.enforce.permd_proto import Report
 from vigil.enforce.permtable import Cond, Mark, Rule, Table
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel,
+              pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="kernel without FUSE (CONFIG_FUSE_FS: no /dev/fuse)")]
 
 EXEC = frozenset({"exec"})
 
@@ -35,8 +36,6 @@ EXEC = frozenset({"exec"})
 @pytest.fixture(scope="module")
 def bins(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     require_root()  # fanotify permission events, mounting FUSE
-    if not os.path.exists("/dev/fuse"):
-        pytest.skip("kernel without FUSE (CONFIG_FUSE_FS: no /dev/fuse)")
     d = tmp_path_factory.mktemp("served-bins")
     return build(d, "m", MARKER_C), build(d, "launch", LAUNCH_C)
 

@@ -21,6 +21,7 @@ from tests.kernel.bpfstate import loaded_prog_ids, prog_ids_held, still_loaded
 from tests.kernel.conftest import RunningAgent, execs, exits
 from vigil.agent.config import AgentConfig
 from vigil.kernel.caps import cap_list
+from vigil.sensors.process import ProcessSensor
 
 pytestmark = pytest.mark.kernel
 
@@ -287,7 +288,6 @@ def test_records_wake_a_sleeping_reader_and_never_a_draining_one(workdir: Path):
     the checks below hold beside them."""
     from vigil.kernel import RingBuffer
     from vigil.kernel.ringbuf import READER_DRAINING, READER_SLEEPING, PairedRings
-    from vigil.sensors.process import ProcessSensor
 
     def state() -> int:
         return int.from_bytes(sensor.reader_map.lookup(b"\0\0\0\0") or b"", "little")
@@ -590,7 +590,11 @@ while True:
 """
 
 
-@pytest.mark.parametrize("take", [True, False], ids=["lookup-and-delete", "check-then-write"])
+@pytest.mark.parametrize("take", [
+    pytest.param(True, marks=pytest.mark.skipif(
+        not ProcessSensor.take_supported,
+        reason="kernel without BPF_MAP_LOOKUP_AND_DELETE_ELEM on hash maps (before 5.14)")),
+    False], ids=["lookup-and-delete", "check-then-write"])
 def test_processes_forked_between_attach_and_seed_get_their_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                    take: bool):
     """A fork after the programs attached but before the seed copies its parent's entry, which
@@ -599,7 +603,6 @@ def test_processes_forked_between_attach_and_seed_get_their_binary(tmp_path: Pat
     pre-fork server's workers). After the seed those entries are filled in, from the scan for
     a process it saw, else from the parent's entry, keeping the kernel's exec key."""
     import vigil.agent.agent as agent_mod
-    from vigil.sensors.process import ProcessSensor
 
     py = os.path.realpath(sys.executable)
     server = subprocess.Popen([py, "-c", FORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -623,8 +626,6 @@ def test_processes_forked_between_attach_and_seed_get_their_binary(tmp_path: Pat
     monkeypatch.setattr(agent_mod, "scan", scan_in_the_window)
     if not take:  # what a kernel before 5.14 (no lookup-and-delete on hash maps) gets
         monkeypatch.setattr(ProcessSensor, "take_supported", False)
-    elif not ProcessSensor.take_supported:
-        pytest.skip("kernel without BPF_MAP_LOOKUP_AND_DELETE_ELEM on hash maps (before 5.14)")
     try:
         cfg = AgentConfig(export_filename=str(tmp_path / "window.log"), server_address="", node_name="vigil-test")
         with RunningAgent(cfg) as ra:
