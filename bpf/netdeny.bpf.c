@@ -204,16 +204,30 @@ static __always_inline int tcp_fastopen_send(struct bpf_sock_addr *ctx)
 	return tp && tp->fastopen_req;
 }
 
+/* the rules whose CIDRs hold addr (family's first plen/8 bytes of it), 0 when none does */
+static __always_inline __u64 cidr_rules(__u32 gen, __u8 family, const void *addr, __u32 plen)
+{
+	struct nd_cidr_key ck = { .prefixlen = 32 + plen, .gen = gen, .family = family };
+	__u64 *mp;
+
+	if (plen == 128)
+		__builtin_memcpy(ck.addr, addr, 16);
+	else
+		__builtin_memcpy(ck.addr, addr, 4);
+	mp = bpf_map_lookup_elem(&nd_cidrs, &ck);
+	return mp ? *mp : 0;
+}
+
 /* 1: let the operation proceed, 0: refuse it (EPERM). */
 static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 hook, int kind, int v6)
 {
 	__u32 zero = 0, addr[4] = {}, *active, gen;
-	struct nd_cidr_key ck = {};
 	struct nd_pid_key pk;
 	struct nd_bin_key bk;   /* on the stack: see report() for why not per-CPU */
 	struct execve_entry *e;
 	struct nd_gen *g;
 	__u64 *mp, cand, proc, deny;
+	int monitor;
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	__u16 port;
 	__u8 proto;
@@ -249,47 +263,17 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 hook, int kind
 		addr[0] = ctx->user_ip4;
 	}
 
-	ck.gen = gen;
 	/* an IPv4-mapped IPv6 address (::ffff:a.b.c.d) reaches an IPv4 peer: match IPv4 rules,
 	 * and the IPv6 prefixes shorter than /96 that contain it (user space stores the mapped
 	 * ones, /96 and longer, as IPv4) */
-	if (v6 && addr[0] == 0 && addr[1] == 0 && addr[2] == bpf_htonl(0xffff)) {
-		__u64 both = 0;
-
-		ck.family = AF_INET6;
-		__builtin_memcpy(ck.addr, addr, 16);
-		ck.prefixlen = 32 + 128;
-		mp = bpf_map_lookup_elem(&nd_cidrs, &ck);
-		if (mp)
-			both = *mp;
-		__builtin_memset(ck.addr, 0, 16);
-		ck.family = AF_INET;
-		__builtin_memcpy(ck.addr, &addr[3], 4);
-		ck.prefixlen = 32 + 32;
-		mp = bpf_map_lookup_elem(&nd_cidrs, &ck);
-		if (mp)
-			both |= *mp;
-		cand &= both;
-		if (!cand)
-			return 1;
-		goto scope;
-	} else if (v6) {
-		ck.family = AF_INET6;
-		__builtin_memcpy(ck.addr, addr, 16);
-		ck.prefixlen = 32 + 128;
-	} else {
-		ck.family = AF_INET;
-		__builtin_memcpy(ck.addr, addr, 4);
-		ck.prefixlen = 32 + 32;
-	}
-	mp = bpf_map_lookup_elem(&nd_cidrs, &ck);
-	if (!mp)
-		return 1;
-	cand &= *mp;
+	if (v6 && addr[0] == 0 && addr[1] == 0 && addr[2] == bpf_htonl(0xffff))
+		cand &= cidr_rules(gen, AF_INET6, addr, 128) | cidr_rules(gen, AF_INET, &addr[3], 32);
+	else
+		cand &= cidr_rules(gen, v6 ? AF_INET6 : AF_INET, addr, v6 ? 128 : 32);
 	if (!cand)
 		return 1;
 
-scope:	/* process scope: pid and binary */
+	/* process scope: pid and binary */
 	proc = g->nopid;
 	pk.gen = gen;
 	pk.tgid = tgid;
@@ -323,31 +307,24 @@ scope:	/* process scope: pid and binary */
 			return 1;
 	}
 
-	if (cand & g->allow) {
-		slot = lowest_slot(cand & g->allow);
-		if ((g->post >> slot) & 1) {
-			count(gen, slot, 3);
-			report(ctx, gen, slot, hook, 0, 0, addr, port);
-		} else {
-			count(gen, slot, 2);
-		}
-		return 1;
-	}
 	deny = cand & ~g->monitor;
-	if (deny) {
+	if (!(cand & g->allow) && deny) {
 		slot = lowest_slot(deny);
 		count(gen, slot, 0);
 		report(ctx, gen, slot, hook, 1, 0, addr, port);
 		return 0;
 	}
-	/* the low class: a monitor deny reports as one, a post rule as let through */
-	slot = lowest_slot(cand);
+	/* let through: by an allow rule, else by the low class (a monitor deny reports as one);
+	 * a post rule reports what it lets through */
+	monitor = !(cand & g->allow);
+	slot = lowest_slot(monitor ? cand : cand & g->allow);
 	if ((g->post >> slot) & 1) {
 		count(gen, slot, 3);
 		report(ctx, gen, slot, hook, 0, 0, addr, port);
 	} else {
-		count(gen, slot, 1);
-		report(ctx, gen, slot, hook, 1, 1, addr, port);
+		count(gen, slot, monitor ? 1 : 2);
+		if (monitor)
+			report(ctx, gen, slot, hook, 1, 1, addr, port);
 	}
 	return 1;
 }
