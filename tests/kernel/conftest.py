@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,23 @@ def workdir() -> Iterator[Path]:
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+@contextmanager
+def agent_api(ra: RunningAgent, work: Path) -> Iterator[Any]:
+    """The running agent's gRPC API on a unix socket in `work`, and a FineGuidanceSensors
+    client of it; both stopped on the way out."""
+    import grpc
+
+    from tests.api.harness import running_server
+    from vigil.api.pb import sensors_pb2_grpc
+
+    with running_server(f"unix://{work}/api.sock", ra.agent.control, health=False) as (srv, _):
+        ch = grpc.insecure_channel(srv.address or "")
+        try:
+            yield sensors_pb2_grpc.FineGuidanceSensorsStub(ch)
+        finally:
+            ch.close()
 
 
 def execs(events: list[dict], **match: Any) -> list[dict]:

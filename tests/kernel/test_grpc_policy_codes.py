@@ -10,9 +10,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.kernel.conftest import RunningAgent
+from tests.kernel.conftest import RunningAgent, agent_api
 from vigil.api.pb import sensors_pb2 as S, sensors_pb2_grpc
-from vigil.api.server import ApiServer
 
 pytestmark = pytest.mark.kernel
 C = grpc.StatusCode
@@ -31,16 +30,11 @@ spec:
 @pytest.fixture(scope="module")
 def stub(running_agent: RunningAgent) -> Iterator[sensors_pb2_grpc.FineGuidanceSensorsStub]:
     work = Path(tempfile.mkdtemp(prefix="vigil-codes-"))
-    srv = ApiServer(running_agent.agent.control, f"unix://{work}/api.sock", info_files=[], health=False)
-    srv.start()
-    ch = grpc.insecure_channel(srv.address or "")
     try:
-        st = sensors_pb2_grpc.FineGuidanceSensorsStub(ch)
-        st.AddTracingPolicy(S.AddTracingPolicyRequest(yaml=YAML), timeout=60)
-        yield st
+        with agent_api(running_agent, work) as st:
+            st.AddTracingPolicy(S.AddTracingPolicyRequest(yaml=YAML), timeout=60)
+            yield st
     finally:
-        ch.close()
-        srv.stop(grace=0.5)
         if NAME in running_agent.agent.policies.policies:
             running_agent.agent.policies.delete(NAME)
         shutil.rmtree(work, ignore_errors=True)

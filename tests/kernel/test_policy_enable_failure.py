@@ -14,9 +14,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.kernel.conftest import RunningAgent
+from tests.kernel.conftest import RunningAgent, agent_api
 from vigil.api.pb import sensors_pb2, sensors_pb2_grpc
-from vigil.api.server import ApiServer
 
 pytestmark = pytest.mark.kernel
 NAME = "enable-all-or-none"
@@ -31,14 +30,10 @@ def _libc() -> str:
 @pytest.fixture
 def api(running_agent: RunningAgent) -> Iterator[tuple[RunningAgent, sensors_pb2_grpc.FineGuidanceSensorsStub, Path]]:
     work = Path(tempfile.mkdtemp(prefix="vigil-enable-"))
-    srv = ApiServer(running_agent.agent.control, f"unix://{work}/api.sock", info_files=[], health=False)
-    srv.start()
-    ch = grpc.insecure_channel(srv.address or "")
     try:
-        yield running_agent, sensors_pb2_grpc.FineGuidanceSensorsStub(ch), work
+        with agent_api(running_agent, work) as stub:
+            yield running_agent, stub, work
     finally:
-        ch.close()
-        srv.stop(grace=0.5)
         if NAME in running_agent.agent.policies.policies:
             running_agent.agent.policies.delete(NAME)
         shutil.rmtree(work, ignore_errors=True)
