@@ -302,8 +302,9 @@ def _silence_stdout() -> None:
               help="Read events from a JSON export file (gzip'd too) instead of the agent.")
 @click.option("--follow/--no-follow", default=False, show_default=True,
               help="With --file: keep reading as the file grows (tail -F).")
-@click.option("--server-address", default=None,
-              help="Agent address (default: the agent's info file, else localhost:54321).")
+@click.option("--server-address", default=None, envvar="VIGIL_SERVER_ADDRESS",
+              help="Agent address (default: $VIGIL_SERVER_ADDRESS, the agent's info file, "
+                   "else localhost:54321).")
 @click.option("--timeout", type=Duration(), default=DEFAULT_TIMEOUT, show_default=True,
               help="Connection timeout.")
 @tls_options
@@ -332,8 +333,11 @@ def getevents(
     decoder: LineDecoder | None = None
     live = True
     # Like tetra, a piped stdin is read as events; an explicit --server-address
-    # means the agent even then (scripts and services have no terminal).
-    use_stdin = file_path is None and server_address is None and _stdin_has_events()
+    # means the agent even then (scripts and services have no terminal). The address
+    # from VIGIL_SERVER_ADDRESS only says where the agent is: a pipe is still read.
+    address_flag = (click.get_current_context().get_parameter_source("server_address")
+                    is click.core.ParameterSource.COMMANDLINE)
+    use_stdin = file_path is None and not address_flag and _stdin_has_events()
     if file_path is not None or use_stdin:
         from vigil.export.event_filter import EventFilter
 
