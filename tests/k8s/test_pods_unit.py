@@ -19,8 +19,10 @@ CID2 = "b" * 64
 UID = "0c7e9f3a-1b2c-4d5e-8f90-a1b2c3d4e5f6"
 
 
-def owner(kind: str, name: str) -> dict[str, Any]:
-    return {"ownerReferences": [{"kind": kind, "name": name, "controller": True, "uid": "x", "apiVersion": "v1"}]}
+def owner(kind: str, name: str, controller: bool = True, generated: bool = True) -> dict[str, Any]:
+    """Metadata of a pod its controller made (a generated name), as the API server gives it."""
+    return {"ownerReferences": [{"kind": kind, "name": name, "controller": controller, "uid": "x", "apiVersion": "v1"}],
+            **({"generateName": name + "-"} if generated else {})}
 
 
 @pytest.mark.parametrize("meta,want", [
@@ -32,6 +34,18 @@ def owner(kind: str, name: str) -> dict[str, Any]:
     ({"name": "once-abcde", **owner("Job", "once")}, ("once", "Job")),
     ({"name": "nightly-28912345-q", **owner("Job", "nightly-28912345")}, ("nightly", "CronJob")),
     ({"name": "lonely"}, ("lonely", "Pod")),
+    # as Tetragon: a static pod's mirror names its node as controller, with no generated name
+    ({"name": "etcd-node1", **owner("Node", "node1", generated=False)}, ("etcd-node1", "Pod")),
+    ({"name": "named", **owner("StatefulSet", "db", generated=False)}, ("named", "Pod")),
+    # an owner that is not the controller is no workload
+    ({"name": "adopted-x", **owner("ConfigMap", "cm", controller=False)}, ("adopted-x", "Pod")),
+    ({"name": "dc-1-abc", "labels": {"deploymentconfig": "frontend"}, **owner("ReplicationController", "dc-1")},
+     ("frontend", "DeploymentConfig")),
+    ({"name": "rc-abc", **owner("ReplicationController", "rc")}, ("rc", "ReplicationController")),
+    # the ReplicaSet's name ends with the hash without a dash before it: a Deployment of that name
+    ({"name": "web7c9f8d-x", "labels": {"pod-template-hash": "7c9f8d"}, **owner("ReplicaSet", "web7c9f8d")},
+     ("web7c9f8d", "Deployment")),
+    ({"name": "x-abc", **owner("DaemonSet", "")}, ("x-abc", "DaemonSet")),
 ])
 def test_workload(meta: dict[str, Any], want: tuple[str, str]) -> None:
     assert workload_of(meta) == want

@@ -54,25 +54,25 @@ class PodInfo:
 
 
 def workload_of(meta: dict[str, Any]) -> tuple[str, str]:
-    """(workload, workload_kind) from owner references, as Tetragon reports them."""
-    refs = meta.get("ownerReferences") or []
-    ref = next((r for r in refs if r.get("controller")), refs[0] if refs else None)
-    if ref is None:
-        return meta.get("name", ""), "Pod"
-    kind, name = ref.get("kind", ""), ref.get("name", "")
-    labels = meta.get("labels") or {}
-    if kind == "ReplicaSet":
-        # a Deployment's ReplicaSet is named <deployment>-<pod-template-hash>
-        h = labels.get("pod-template-hash")
-        if h and name.endswith("-" + h):
-            return name[: -len(h) - 1], "Deployment"
-        return name, "ReplicaSet"
-    if kind == "Job":
-        m = _CRONJOB_JOB.match(name)
-        if m:
-            return m.group("name"), "CronJob"
-        return name, "Job"
-    return name, kind
+    """(workload, workload_kind) from owner references, as Tetragon reports them: only a pod
+    whose name was generated (metadata.generateName) is looked into, and then only its
+    controller reference (never another owner); anything else is the pod itself, kind Pod."""
+    name, kind = meta.get("name", ""), "Pod"
+    ref = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+    if meta.get("generateName") and ref is not None:
+        kind, name = ref.get("kind", ""), ref.get("name", "")
+        labels = meta.get("labels") or {}
+        h = labels.get("pod-template-hash", "")
+        if kind == "ReplicaSet" and h and name.endswith(h):
+            # a Deployment's ReplicaSet is named <deployment>-<pod-template-hash>
+            name, kind = name.removesuffix("-" + h), "Deployment"
+        elif kind == "ReplicationController" and labels.get("deploymentconfig"):
+            name, kind = labels["deploymentconfig"], "DeploymentConfig"   # OpenShift
+        elif kind == "Job":
+            m = _CRONJOB_JOB.match(name)
+            if m:
+                name, kind = m.group("name"), "CronJob"
+    return name or meta.get("name", ""), kind
 
 
 def _split_runtime_id(cid: str) -> str:

@@ -68,6 +68,7 @@ class Kubelet:
         if owner:
             meta["ownerReferences"] = [{"apiVersion": owner.get("apiVersion", "apps/v1"), "kind": owner["kind"],
                                         "name": owner["name"], "uid": str(uuid.uuid4()), "controller": True}]
+            meta["generateName"] = owner["name"] + "-"   # as a controller makes its pods (the name still wins)
         body = {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
                 "spec": {"nodeName": node or self.node, "hostNetwork": True, "containers": spec_cs,
                          "terminationGracePeriodSeconds": 0}}
