@@ -150,3 +150,48 @@ def test_processes_older_than_the_time_the_machine_slept_get_a_usable_key():
     snaps = procfs.scan(c)
     assert snaps and all(s.ktime >= 1 and s.exec_ktime >= 1 and s.pktime >= 0 for s in snaps)
     assert c.boottime_to_ktime(5 * 10**9) == 1 and WallClock().boottime_to_ktime(0) >= 1
+
+
+def _uptime_ns() -> int:
+    import time
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+@pytest.mark.parametrize("asleep_ns", [0, 3600 * 10**9, -1], ids=["never", "an-hour", "longer-than-its-age"])
+def test_procfs_start_time_counts_the_time_asleep(asleep_ns: int) -> None:
+    """A process found in /proc starts when /proc says (CLOCK_BOOTTIME, which counts suspended
+    time; Tetragon's start_time for procFS processes), however long the machine slept: one
+    older than the time asleep had its start_time from its key, held at 1 (the instant the
+    monotonic clock began), not its start. A suspension moves wall-minus-monotonic up and
+    monotonic-minus-boottime down by the time asleep; the start must not move."""
+    import subprocess
+    import sys
+    import time
+
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from vigil.process import procfs
+    from vigil.process.build import BuildOptions, EventBuilder
+    from vigil.process.cache import ProcessCache
+
+    before = time.time_ns()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        after = time.time_ns()
+        if asleep_ns < 0:
+            asleep_ns = _uptime_ns() + 3600 * 10**9  # longer than anything here has run
+        clock = WallClock()
+        clock.offset += asleep_ns
+        clock.boot_offset -= asleep_ns
+        s = procfs.snapshot(child.pid, clock, "/sys/fs/cgroup", {})
+        assert s is not None
+        b = EventBuilder(ProcessCache(), clock, BuildOptions("n", host_ns=(0,) * 10))
+        ev = b.on_procfs(s, time.monotonic_ns())
+        ts = Timestamp()
+        ts.FromJsonString(ev.process.start_time)
+        tick = 10**9 // procfs.CLK_TCK  # /proc start times are whole clock ticks
+        assert before - tick <= ts.ToNanoseconds() <= after, (ev.process.start_time, asleep_ns)
+        assert s.exec_ktime >= 1
+    finally:
+        child.kill()
+        child.wait()

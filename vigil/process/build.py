@@ -307,7 +307,7 @@ class EventBuilder:
         msg = ProcessMsg(
             eid, pid, r.euid, cwd,
             fn if fn[:1] == "/" and not fn.startswith(_FD_PATHS) else self._binary(r, cwd),
-            format_arguments(r.args), flags, self.clock.ktime_rfc3339(ktime), r.auid, None, docker, peid,
+            format_arguments(r.args), flags, self._start_time(r, procfs), r.auid, None, docker, peid,
             caps if opts.enable_cred and caps else None,
             ns_json if opts.enable_ns and ns_json else None,
             r.tid,
@@ -325,6 +325,16 @@ class EventBuilder:
         p.uid = r.euid
         p.docker = docker
         return p
+
+    def _start_time(self, r: Any, procfs: bool) -> str:
+        """start_time: the exec's ktime; for a process found in /proc, its start in CLOCK_BOOTTIME
+        (as Tetragon reads it), which counts the time the machine was suspended: its ktime (the
+        key) is that moved to CLOCK_MONOTONIC and held at 1 for a process older than the time
+        asleep, which would give the wrong instant. A process adopted from a recorded exec
+        (exec_ktime moved off its /proc start) keeps that exec's time."""
+        if procfs and r.exec_ktime == r.ktime and r.boottime:
+            return self.clock.ktime_rfc3339(r.boottime + self.clock.boot_offset)
+        return self.clock.ktime_rfc3339(r.exec_ktime)
 
     @staticmethod
     def _binary_properties(r: Any) -> dict[str, Any]:
