@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from vigil.core.events import ProcessExec, ProcessMsg
 from vigil.k8s.enrich import HoldStage, PodResolver
-from vigil.k8s.pods import PodStore, maybe_exec_probe, pod_info, workload_of
+from vigil.k8s.pods import PodStore, maybe_exec_probe, workload_of
 from vigil.k8s.selectors import container_labels, image_repo, matches, pod_labels
 
 CID = "a" * 64
@@ -111,11 +111,47 @@ def test_a_containers_pod_part_is_made_when_its_pod_arrives_and_remade_when_it_c
     assert CID not in res._shared and res.pod_json(cg, 10, "/bin/ls", "") is None
 
 
-def test_maybe_exec_probe() -> None:
-    c = pod_info(pod_obj(probe=["/bin/sh", "-c", "test -f /tmp/ok"])).containers[0]
-    assert maybe_exec_probe(c, "/bin/sh", '-c "test -f /tmp/ok"')
-    assert not maybe_exec_probe(c, "/bin/sh", "-c true")
-    assert not maybe_exec_probe(c, "/usr/bin/sh", '-c "test -f /tmp/ok"')  # absolute paths must be equal
+def probe_pod(probes: dict[str, list[str]], init: bool = False) -> dict[str, Any]:
+    """A pod whose container "app" (or, init=True, its init container "app") has these exec probes."""
+    obj = pod_obj()
+    c = obj["spec"]["containers"][0]
+    c.update({k: {"exec": {"command": cmd}} for k, cmd in probes.items()})
+    if init:
+        obj["spec"]["initContainers"] = [obj["spec"]["containers"].pop(0)]
+        obj["status"]["initContainerStatuses"] = [obj["status"]["containerStatuses"].pop(0)]
+    return obj
+
+
+SH_OK = ["/bin/sh", "-c", "test -f /tmp/ok"]
+
+
+@pytest.mark.parametrize("probes,init,binary,arguments,want", [
+    ({"readinessProbe": SH_OK}, False, "/bin/sh", '-c "test -f /tmp/ok"', True),
+    ({"livenessProbe": SH_OK}, False, "/bin/sh", '-c "test -f /tmp/ok"', True),
+    ({"readinessProbe": SH_OK}, False, "/bin/sh", "-c true", False),
+    ({"readinessProbe": SH_OK}, False, "/usr/bin/sh", '-c "test -f /tmp/ok"', False),  # absolute: equal paths
+    # as Tetragon: a startup probe's command is not flagged, nor a (sidecar) init container's probe
+    ({"startupProbe": SH_OK}, False, "/bin/sh", '-c "test -f /tmp/ok"', False),
+    ({"readinessProbe": SH_OK}, True, "/bin/sh", '-c "test -f /tmp/ok"', False),
+    # a relative command compares last elements, also when it names a directory
+    ({"livenessProbe": ["cat", "/tmp/ready"]}, False, "/bin/cat", "/tmp/ready", True),
+    ({"livenessProbe": ["./bin/check", "x"]}, False, "/app/bin/check", "x", True),
+    ({"livenessProbe": ["./bin/check", "x"]}, False, "/app/bin/other", "x", False),
+    # a script run through its #! line: the kernel passes the script's path as the first argument
+    ({"livenessProbe": ["/health/ping.sh", "5"]}, False, "/health/ping.sh", "/health/ping.sh 5", True),
+    ({"livenessProbe": ["/health/ping.sh", "5"]}, False, "/health/ping.sh", "5", True),
+    ({"livenessProbe": ["/health/ping.sh", "5"]}, False, "/health/ping.sh", "/health/ping.sh 6", False),
+    ({"livenessProbe": ["ping.sh", "5"]}, False, "/health/ping.sh", "/health/ping.sh 5", False),
+])
+def test_maybe_exec_probe(probes: dict[str, list[str]], init: bool, binary: str, arguments: str,
+                          want: bool) -> None:
+    store = PodStore()
+    store.upsert(probe_pod(probes, init))
+    _pod, c = store.lookup(CID)
+    assert maybe_exec_probe(c, binary, arguments) is want
+    # the resolver's quick check on the arguments agrees
+    got = PodResolver(store).pod_json(f"pod{UID}/{CID}", 7, binary, arguments)
+    assert got is not None and got["container"].get("maybe_exec_probe", False) is want
 
 
 def test_store_updates_notify_and_reindex() -> None:

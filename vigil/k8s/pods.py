@@ -80,8 +80,10 @@ def _split_runtime_id(cid: str) -> str:
 
 
 def _probes(spec_container: dict[str, Any]) -> tuple[tuple[str, ...], ...]:
+    """The exec commands of a container's liveness and readiness probes (Tetragon's guess
+    looks at these two only: a startup probe's command is not flagged)."""
     out = []
-    for key in ("livenessProbe", "readinessProbe", "startupProbe"):
+    for key in ("livenessProbe", "readinessProbe"):
         cmd = ((spec_container.get(key) or {}).get("exec") or {}).get("command")
         if cmd:
             out.append(tuple(str(a) for a in cmd))
@@ -101,14 +103,17 @@ def pod_info(obj: dict[str, Any]) -> PodInfo:
             if not rid:
                 continue
             sc = spec_cs.get(cs.get("name"), {})
+            # probes are read from spec.containers only (a native sidecar's, an init container
+            # with restartPolicy Always, is not flagged by Tetragon either)
+            probes = _probes(sc) if key == "containerStatuses" else ()
             state = cs.get("state") or {}
             started = ((state.get("running") or {}).get("startedAt")
                        or (state.get("terminated") or {}).get("startedAt") or "")
             containers.append(ContainerInfo(
                 id=_split_runtime_id(rid), runtime_id=rid, name=cs.get("name", ""),
                 image=cs.get("image", "") or sc.get("image", ""), image_id=cs.get("imageID", ""),
-                started_at=started, exec_probes=_probes(sc),
-                probe_args=frozenset(_probe_args(cmd) for cmd in _probes(sc)),
+                started_at=started, exec_probes=probes,
+                probe_args=frozenset(a for cmd in probes for a in _probe_arg_forms(cmd)),
                 privileged=bool((sc.get("securityContext") or {}).get("privileged")),
                 running="running" in state))
     workload, kind = workload_of(meta)
@@ -122,17 +127,43 @@ def pod_info(obj: dict[str, Any]) -> PodInfo:
         cgroup_uid=annotations.get(MIRROR_ANNOTATION) or meta.get("uid", ""))
 
 
+def _join(args: tuple[str, ...]) -> str:
+    """Arguments as a process's `arguments` string holds them (vigil.process.build)."""
+    return " ".join(f'"{a}"' if " " in a else a for a in args)
+
+
 def _probe_args(cmd: tuple[str, ...]) -> str:
-    return " ".join(f'"{a}"' if " " in a else a for a in cmd[1:])
+    return _join(cmd[1:])
+
+
+def _probe_arg_forms(cmd: tuple[str, ...]) -> tuple[str, ...]:
+    """The `arguments` strings a process running this probe command can have: its arguments,
+    and for a script run through its #! line (the kernel passes the script's path again) the
+    path and its arguments."""
+    return (_probe_args(cmd), _join(cmd)) if cmd[0].startswith("/") else (_probe_args(cmd),)
+
+
+def _go_base(p: str) -> str:
+    """path.Base of Go: the last element, trailing slashes ignored ("." for "", "/" for slashes)."""
+    if not p:
+        return "."
+    p = p.rstrip("/")
+    return p.rsplit("/", 1)[-1] if p else "/"
 
 
 def maybe_exec_probe(c: ContainerInfo, binary: str, arguments: str) -> bool:
-    """The process runs one of the container's exec probe commands (Tetragon's heuristic)."""
+    """The process runs one of the container's exec probe commands (Tetragon's heuristic): an
+    absolute command path must be the binary, a relative one only names its last element; the
+    arguments are the probe's, or (a script run through its #! line, the probe naming the
+    binary itself) the binary's path followed by the probe's."""
     for cmd in c.exec_probes:
         head = cmd[0]
-        if head != binary and ("/" in head or binary.rsplit("/", 1)[-1] != head):
+        if head.startswith("/"):
+            if head != binary:
+                continue
+        elif _go_base(head) != _go_base(binary):
             continue
-        if _probe_args(cmd) == arguments:
+        if arguments == _probe_args(cmd) or (head == binary and arguments == _join(cmd)):
             return True
     return False
 
