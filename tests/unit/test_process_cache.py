@@ -1,6 +1,8 @@
 """Process cache: refcounted ancestry, grace period, bounded size."""
 from __future__ import annotations
 
+import pytest
+
 from vigil.core.events import ProcessMsg
 from vigil.process.cache import ProcessCache
 from vigil.process.model import Process
@@ -126,3 +128,43 @@ def test_removed_processes_are_freed_while_nothing_new_arrives():
     assert alive() == 900
     assert c.gc(10 * S) == 900 and len(c) == 0
     assert alive() == 0
+
+
+def _gc_removed(c: C) -> None:
+    """P (pid 40) exits and the GC removes it once its grace is over."""
+    c.add(proc("P", 40), 0)
+    c.exit(c.get("P"), 0)
+    assert c.gc(2 * S) == 1
+
+
+def _revived_then_removed(c: C) -> None:
+    """P exits, a child (cached late) holds it again, the child goes: P is pending twice."""
+    c.add(proc("P", 40), 0)
+    c.exit(c.get("P"), 0)
+    c.add(proc("K", 41, "P"), 0)
+    c.exit(c.get("K"), 0)
+    assert c.gc(2 * S) == 1  # K, which releases P (pending again)
+    assert c.gc(4 * S) == 1 and c.get("P") is None
+
+
+# what happened to the process, the lookup that missed (name or (pid, exec ktime); None: no
+# lookup), then (misses, early_deletions): Tetragon's
+# tetragon_process_cache_misses_total{operation="get"} and _early_deletions_total
+@pytest.mark.parametrize("setup, lookup, want", [
+    (None, (40, 7), (1, 0)),              # never known: a miss only
+    (_gc_removed, "P", (1, 1)),           # by its key after the GC removed it
+    (_gc_removed, (40, 0), (1, 1)),       # by pid only (the compiled handler knows no exec ktime)
+    (_gc_removed, (40, 999), (1, 0)),     # another image of the pid: not the one removed
+    (_revived_then_removed, "P", (1, 1)),  # removed once its late child went
+    (_revived_then_removed, "K", (1, 1)),
+], ids=["unknown", "gc-removed", "gc-removed-by-pid", "other-image", "parent-after-child", "child"])
+def test_misses_and_early_deletions(setup, lookup, want):
+    c = C(capacity=4, grace_ns=1 * S)
+    KEYS.clear()
+    if setup is not None:
+        setup(c)
+    if lookup is not None:
+        pid, ktime = KEYS[lookup] if isinstance(lookup, str) else lookup
+        assert c.get((pid, ktime)) is None and c.by_pid(pid) is None
+        c.missed(pid, ktime)
+    assert (c.misses, c.early_deletions) == want

@@ -52,6 +52,7 @@ class AgentControl:
 
     # -- `vigil status`, GetInfo and the metrics: keys and their order are an interface
     def status(self) -> dict[str, Any]:
+        from vigil.agent.pipeline import TETRAGON_OPCODE
         from vigil.agent.policies import listed_mode
 
         a, p = self.agent, self.agent.pipeline
@@ -72,6 +73,7 @@ class AgentControl:
             "ringbuf": self._ringbuf_stats(),
             "process_cache": {"size": len(a.cache), "capacity": a.cache.capacity,
                               "evictions": a.cache.evictions, "misses": a.cache.misses,
+                              "early_deletions": a.cache.early_deletions,
                               "removed": a.cache.removed, "heap_trims": p.heap_trims},
             "records": {"exec": b.exec_count, "exit": b.exit_count, "clone": b.clone_count,
                         "parent_misses": b.miss_count},
@@ -87,6 +89,10 @@ class AgentControl:
                                for lp in pols for k, n in list(lp.actions.items())],
             "policies": {lp.name: {"state": "enabled" if lp.enabled else "disabled", "mode": listed_mode(lp)}
                          for lp in pols},
+            "handler_errors": [{"opcode": op, "error": err, "count": n}
+                               for (op, err), n in list(p.handler_errors.items())],
+            "handled_opcodes": sorted({TETRAGON_OPCODE.get(op, str(op)) for op in list(p.handlers)}, key=int),
+            "events_missing_process_info": b.missing_info,
             "restart": dict(a.restart),
             **({"grpc": grpc[-1].stats()} if grpc else {}),
             "permission_helper": a.policies.guards.stats(),
@@ -151,6 +157,7 @@ class AgentControl:
             "bytes_failed": w.bytes_failed if w else 0,
             "write_errors": dict(w.errors) if w else {},
             "last_error": w.last_error if w else "",
+            "last_event_time": w.last_event_time if w else "",
             "filtered": f.events_filtered if f else 0,
             "rate_limited": f.events_rate_limited if f else 0,
         }

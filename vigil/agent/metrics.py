@@ -5,6 +5,7 @@ metrics are prefixed `vigil_`.
 """
 from __future__ import annotations
 
+import calendar
 import logging
 import time
 from collections import _count_elements  # type: ignore[attr-defined]
@@ -146,6 +147,14 @@ class EventMetrics:
             del self._gone[pod]
 
 
+def _unix_seconds(rfc3339: str) -> float:
+    """Whole Unix seconds of an event's UTC time (2026-12-07T10:30:21.123456789Z); 0 when none."""
+    try:
+        return float(calendar.timegm(time.strptime(rfc3339[:19], "%Y-%m-%dT%H:%M:%S")))
+    except ValueError:
+        return 0.0
+
+
 class AgentCollector(Collector):
     def __init__(self, agent: Any, event_metrics: EventMetrics | None = None) -> None:
         self.agent = agent
@@ -238,6 +247,21 @@ class AgentCollector(Collector):
         yield failed
         yield CounterMetricFamily("tetragon_export_ratelimit_events_dropped", "Events dropped by the export rate limit",
                                   value=exp["rate_limited"])
+        yield GaugeMetricFamily("tetragon_events_last_exported_timestamp",
+                                "Time (Unix seconds) of the most recent event written to the export file",
+                                value=_unix_seconds(exp.get("last_event_time", "")))
+        yield CounterMetricFamily("tetragon_events_missing_process_info",
+                                  "Events sent without their process's info (not in the process cache)",
+                                  value=st.get("events_missing_process_info", 0))
+        handler = CounterMetricFamily("tetragon_handler_errors", "Kernel records the event handlers could not "
+                                      "handle, by opcode and error", labels=["opcode", "error"])
+        herr = {(str(op), "event_handler_failed"): 0 for op in st.get("handled_opcodes", ())}
+        herr.update({("0", "unknown_opcode"): 0, ("0", "perf_empty_data"): 0})
+        for h in st.get("handler_errors", ()):
+            herr[(h["opcode"], h["error"])] = h["count"]
+        for (op, err), n in herr.items():
+            handler.add_metric([op, err], n)
+        yield handler
 
         grpc_st = st.get("grpc") or {}
         if "clients" in grpc_st:
@@ -278,7 +302,15 @@ class AgentCollector(Collector):
         yield GaugeMetricFamily("tetragon_process_cache_capacity", "Process cache capacity", value=pc["capacity"])
         yield CounterMetricFamily("tetragon_process_cache_evictions", "Entries evicted for space",
                                   value=pc["evictions"])
-        yield CounterMetricFamily("tetragon_process_cache_misses", "Lookups that found no process", value=pc["misses"])
+        # Tetragon's other operation, "remove" (the GC finds the entry gone), does not happen here:
+        # an eviction takes the entry out of the GC's queue
+        misses = CounterMetricFamily("tetragon_process_cache_misses", "Process cache misses: lookups of the "
+                                     "process of an event that found none", labels=["operation"])
+        misses.add_metric(["get"], pc["misses"])
+        yield misses
+        yield CounterMetricFamily("tetragon_process_cache_early_deletions",
+                                  "Processes looked up after the GC had removed them (deleted too early)",
+                                  value=pc.get("early_deletions", 0))
 
         entries = GaugeMetricFamily("tetragon_map_entries", "BPF map entries in use", labels=["map"])
         capacity = GaugeMetricFamily("tetragon_map_capacity", "BPF map capacity", labels=["map"])

@@ -37,6 +37,10 @@ log = logging.getLogger("vigil.agent")
 Handler = Callable[[bytes, int], "Event | None"]
 _kind = attrgetter("kind")
 _BAD_RECORD = (R.DecodeError, ValueError, IndexError)  # a record the loop skips, counted
+# record op -> Tetragon's opcode of the same record (tetragon_handler_errors_total's label;
+# policy records of every hook kind are its generic kprobe's, as in tetragon_bpf_missed_events)
+TETRAGON_OPCODE = {R.OP_EXEC: "5", R.OP_CLONE: "23", R.OP_EXIT: "7", R.OP_GENERIC: "13", R.OP_NETDENY: "13",
+                   R.OP_DATA: "24"}
 _TRIM_MIN_DROP = 4096  # cached processes gone before the heap is trimmed (5 ms per 250 MB heap)
 
 
@@ -56,6 +60,7 @@ class Pipeline:
         # what `vigil status` and the metrics report
         self.events_by_type: dict[str, int] = {}
         self.decode_errors = 0
+        self.handler_errors: dict[tuple[str, str], int] = {}  # (opcode, error) -> records skipped
         self.kernel_drops: dict[str, int] = {}
         self.user_drops: dict[str, int] = {}
         self.cache_peak = 0  # the cache's largest size since the heap was last trimmed
@@ -172,6 +177,11 @@ class Pipeline:
             self.py_handle(recs, now, errors)
         for op, n, msg in errors:
             self.decode_errors += 1
+            # tetragon_handler_errors_total{opcode, error}: Tetragon's opcode of the record
+            # (an unknown one: its number) and error
+            key = (("0", "perf_empty_data") if op < 0 else (str(op), "unknown_opcode") if msg is None
+                   else (TETRAGON_OPCODE.get(op, str(op)), "event_handler_failed"))
+            self.handler_errors[key] = self.handler_errors.get(key, 0) + 1
             if self.decode_errors <= 10:
                 log.warning("bad kernel record (op %s, %d bytes): %s", op, n, msg or "no handler")
 

@@ -82,6 +82,7 @@ class JsonlWriter:
         self.bytes_written = 0
         self.rotations = 0
         self.last_write_time = 0.0  # wall clock of the last successful write
+        self.last_event_time = ""  # `time` of the last event written (tetragon_events_last_exported_timestamp)
         # what could not be written (disk full, file system gone, ...), by errno name
         self.events_failed = 0
         self.bytes_failed = 0
@@ -123,12 +124,14 @@ class JsonlWriter:
                 except OSError as e:
                     self._failed(len(events), len(blob), e)
                     return
-                self._account(len(events), len(blob))
+                self._account(len(events), len(blob), events[-1])
                 return
             limit = self.max_bytes
             chunks = ([(pieces, len(events), total)] if limit <= 0 or total <= limit
                       else self._chunks(encode_events(events)))  # a batch alone over the size limit: by line
+            done = 0
             for parts, count, nbytes in chunks:
+                done += count
                 try:
                     self._ensure_open()
                     self._maybe_rotate(nbytes)
@@ -136,7 +139,7 @@ class JsonlWriter:
                 except OSError as e:
                     self._failed(count, nbytes, e)
                     continue
-                self._account(count, nbytes)
+                self._account(count, nbytes, events[done - 1])
 
     def set_params(
         self,
@@ -182,10 +185,14 @@ class JsonlWriter:
 
     # -- internals (called with the lock held) ----------------------------------
 
-    def _account(self, events: int, nbytes: int) -> None:
+    def _account(self, events: int, nbytes: int, last: Any = None) -> None:
         self.events_written += events
         self.bytes_written += nbytes
         self.last_write_time = time.time()
+        if last is not None:
+            t = last.get("time") if isinstance(last, dict) else getattr(last, "time", None)
+            if t:
+                self.last_event_time = str(t)
 
     def _failed(self, events: int, nbytes: int, e: OSError) -> None:
         name = errno.errorcode.get(e.errno or 0, "EIO")

@@ -9,11 +9,14 @@ releasable entries go first, then the oldest of all (counted as evictions).
 from __future__ import annotations
 
 import binascii
+import itertools
 from collections import deque
 from collections.abc import Iterator
 
 from vigil.process.ids import parse_exec_id
 from vigil.process.model import Key, Process
+
+_GONE_MAX = 16384  # removed processes remembered for early deletions
 
 
 class ProcessCache:
@@ -28,8 +31,12 @@ class ProcessCache:
         # deque is rebuilt when it grows past twice the cache (amortised O(1))
         self._order: deque[Process] = deque()
         self.evictions = 0
-        self.misses = 0
+        self.misses = 0  # lookups (an event's process, an exit's) that found nothing
+        self.early_deletions = 0  # misses of a process the GC had removed: its grace was too short
         self.removed = 0
+        # pid -> exec ktime of the newest images the GC removed, oldest first (bounded): a later
+        # miss of one of them is an early deletion (Tetragon's process_cache_early_deletions)
+        self._gone: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -49,6 +56,14 @@ class ProcessCache:
 
     def by_pid(self, pid: int) -> Process | None:
         return self._by_pid.get(pid)
+
+    def missed(self, pid: int, ktime: int = 0) -> None:
+        """Count a lookup of the process (pid, exec ktime; 0: by pid only) that found nothing,
+        and an early deletion when the GC had removed that process."""
+        self.misses += 1
+        gone = self._gone.get(pid)
+        if gone is not None and (not ktime or gone == ktime):
+            self.early_deletions += 1
 
     def add(self, p: Process, now_ns: int) -> None:
         """Insert a new exec/clone; it replaces the pid's previous image."""
@@ -94,11 +109,17 @@ class ProcessCache:
     def gc(self, now_ns: int) -> int:
         """Remove entries whose grace period is over; returns how many."""
         n = 0
+        gone = self._gone
         while self._pending and self._pending[0].removal_at <= now_ns:
             p = self._pending.popleft()
             if p.refcnt <= 0 and self._by_key.get(p.key) is p:
                 self._remove(p, now_ns)
+                gone.pop(p.pid, None)  # newest last
+                gone[p.pid] = p.key[1]
                 n += 1
+        if len(gone) > _GONE_MAX:
+            for pid in list(itertools.islice(gone, len(gone) - _GONE_MAX // 2)):
+                del gone[pid]
         if len(self._order) > 2 * len(self._by_key) + 64:
             # otherwise the removed entries (their messages too) stay referenced here until
             # execs resume: after a million-process churn the idle agent kept 880 MB RSS

@@ -1,0 +1,84 @@
+"""Metrics of what the event loop meets in replayed records (no kernel needed): records no
+handler can take (tetragon_handler_errors_total), exits of processes the cache never had
+(tetragon_process_cache_misses_total, tetragon_events_missing_process_info_total), and the
+time of the last exported event (tetragon_events_last_exported_timestamp)."""
+from __future__ import annotations
+
+import calendar
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from vigil.agent.agent import Agent
+from vigil.agent.config import AgentConfig
+from vigil.agent.metrics import AgentCollector
+from vigil.events.source import ReplaySource
+from vigil.events.synth import exit_record, process_record
+
+EXEC = process_record(pid=100, ktime=1000, binary="/usr/bin/bash")
+
+
+def replay(tmp_path: Path, records: list[bytes]) -> tuple[dict[str, dict[tuple[str, ...], float]], list[Any]]:
+    """Every sample of the agent's metrics after the replay (family -> label values -> value),
+    and the exported events."""
+    out = tmp_path / "events.log"
+    agent = Agent(AgentConfig(export_filename=str(out), server_address="", node_name="n1"),
+                  source=ReplaySource(records, batch=7))
+    agent.start()
+    try:
+        agent.run()
+        got: dict[str, dict[tuple[str, ...], float]] = {}
+        for fam in AgentCollector(agent.control).collect():
+            for s in fam.samples:
+                if s.name.endswith("_created"):
+                    continue
+                got.setdefault(s.name, {})[tuple(f"{k}={v}" for k, v in sorted(s.labels.items()))] = s.value
+    finally:
+        agent.close()
+    return got, [orjson.loads(line) for line in out.read_bytes().splitlines()]
+
+
+# records, then the non-zero tetragon_handler_errors_total series ((opcode, error) -> count):
+# Tetragon's opcode numbers (5 execve, 7 exit) and errors
+@pytest.mark.parametrize("records, want", [
+    ([EXEC], {}),
+    ([b"", EXEC], {("0", "perf_empty_data"): 1}),
+    ([bytes([0xEE]) + b"\0" * 31, EXEC, bytes([0xEE])], {("238", "unknown_opcode"): 2}),
+    ([EXEC[:20], EXEC], {("5", "event_handler_failed"): 1}),
+    ([exit_record(pid=1, ktime=5, exec_ktime=1)[:12], EXEC[:9]], {("7", "event_handler_failed"): 1,
+                                                                  ("5", "event_handler_failed"): 1}),
+], ids=["none", "empty", "unknown-op", "short-exec", "short-exit-and-exec"])
+def test_handler_errors_by_tetragon_opcode_and_error(tmp_path: Path, records: list[bytes],
+                                                     want: dict[tuple[str, str], int]):
+    got, _ = replay(tmp_path, records)
+    series = {(dict(v.split("=", 1) for v in k)["opcode"], dict(v.split("=", 1) for v in k)["error"]): n
+              for k, n in got["tetragon_handler_errors_total"].items()}
+    # every opcode the loop handles is listed (at 0 until it fails), as Tetragon initialises them
+    assert {("5", "event_handler_failed"), ("7", "event_handler_failed"), ("23", "event_handler_failed"),
+            ("0", "unknown_opcode"), ("0", "perf_empty_data")} <= set(series)
+    assert {k: n for k, n in series.items() if n} == want
+
+
+# records, then (process_cache_misses{operation="get"}, events_missing_process_info)
+@pytest.mark.parametrize("records, want", [
+    ([EXEC, exit_record(pid=100, ktime=2000, exec_ktime=1000)], (0, 0)),
+    ([EXEC, exit_record(pid=101, ktime=2000, exec_ktime=1500)], (1, 1)),
+    ([exit_record(pid=7, ktime=5, exec_ktime=1), exit_record(pid=8, ktime=6, exec_ktime=2)], (2, 2)),
+], ids=["known", "unknown", "two-unknown"])
+def test_exits_of_unknown_processes_are_misses_and_miss_process_info(tmp_path: Path, records: list[bytes],
+                                                                     want: tuple[int, int]):
+    got, _ = replay(tmp_path, records)
+    assert (got["tetragon_process_cache_misses_total"][("operation=get",)],
+            got["tetragon_events_missing_process_info_total"][()]) == want
+    assert got["tetragon_process_cache_early_deletions_total"][()] == 0
+
+
+def test_last_exported_timestamp_is_the_last_exported_events_time(tmp_path: Path):
+    got, events = replay(tmp_path, [EXEC, exit_record(pid=100, ktime=2_000_000_000, exec_ktime=1000)])
+    last = events[-1]["time"]
+    want = calendar.timegm(time.strptime(last[:19], "%Y-%m-%dT%H:%M:%S"))
+    assert got["tetragon_events_last_exported_timestamp"][()] == want > 0
+    assert got["tetragon_events_exported_total"][()] == len(events) == 2
