@@ -115,6 +115,18 @@ def test_malformed_filter_is_invalid_argument(front: Serving) -> None:
         assert "invalid GetEvents filter" in (e.value.details() or "")
 
 
+def test_unknown_request_field_is_refused(front: Serving) -> None:
+    """A serving process refuses a GetEventsRequest field it does not define, as the agent's
+    own server does (tests/unit/test_api_server.py::test_request_fields_are_honoured_or_refused),
+    naming where it is, instead of ignoring it."""
+    raw = b"\x0a\x06\x0a\x01x\xa0\x01\x01"  # allow_list[0] {binary_regex: ["x"], field 20: 1}
+    with Client(front.address, timeout=5) as c:
+        with pytest.raises(grpc.RpcError) as e:
+            next(iter(c.stub.GetEvents(events_pb2.GetEventsRequest.FromString(raw), timeout=5)))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "allow_list[0]: field number 20" in (e.value.details() or "")
+
+
 def test_stuck_client_loses_only_its_own_events(tmp_path: Path) -> None:
     """A client that never reads: the other client gets every event, the stuck one's
     overflow is dropped and counted for it alone."""

@@ -243,3 +243,63 @@ def test_process_cache_dump_honours_skip_zero_refcnt(srv, dump, binaries):
     res = c.stub.GetDebug(req, timeout=5)
     assert [p.process.binary for p in res.processes.processes] == binaries
     assert all(p.HasField("refcnt") for p in res.processes.processes)  # as Tetragon: set, also when 0
+
+
+def _varint(n: int) -> bytes:
+    out = b""
+    while True:
+        low, n = n & 0x7F, n >> 7
+        if not n:
+            return out + bytes([low])
+        out += bytes([low | 0x80])
+
+
+def _msg(number: int, payload: bytes) -> bytes:  # a length-delimited field
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _extra(number: int) -> bytes:  # a varint field the schema does not define
+    return _varint(number << 3) + b"\x01"
+
+
+_REGEX = _msg(1, b"x")  # Filter.binary_regex: ["x"]
+_CAPS = _msg(11, _msg(2, _msg(1, b"\x0d")))  # Filter.capabilities.effective.any: [CAP_NET_RAW] (packed)
+
+# (GetEventsRequest wire bytes, the place the refusal names); None: served
+REQUEST_FIELD_CASES = [
+    (_extra(5), "GetEventsRequest: field number 5"),
+    (_msg(1, _REGEX + _extra(20)), "allow_list[0]: field number 20"),
+    (_msg(2, _REGEX) + _msg(2, _extra(99)), "deny_list[1]: field number 99"),
+    (_msg(1, _msg(11, _msg(2, _extra(5)))), "allow_list[0].capabilities.effective: field number 5"),
+    (_msg(1, _msg(11, _extra(4))), "allow_list[0].capabilities: field number 4"),
+    (_msg(4, _msg(2, _msg(1, b"process")) + _extra(5)), "field_filters[0]: field number 5"),
+    (_msg(3, _extra(3)), "aggregation_options: field number 3"),
+    (_msg(3, _msg(1, _extra(3))), "aggregation_options.window_size: field number 3"),
+    (_msg(3, _msg(1, _varint(1 << 3) + b"\x01") + _varint(2 << 3) + b"\x10"), None),  # {window 1s, buffer 16}
+    (_msg(1, _REGEX + _CAPS), None),
+]
+
+
+@pytest.mark.parametrize("raw,named", REQUEST_FIELD_CASES, ids=[str(c[1]) for c in REQUEST_FIELD_CASES])
+def test_request_fields_are_honoured_or_refused(srv, raw, named):
+    """A field of GetEventsRequest (or of a message in it) this agent does not define is refused
+    with INVALID_ARGUMENT naming where it is, never parsed into the unknown-field set and ignored;
+    aggregation_options is honoured (as Tetragon's: no event type aggregates, all are sent)."""
+    server, agent, c = srv
+    req = events_pb2.GetEventsRequest.FromString(raw)  # the client sends the unknown fields on
+    assert req.SerializeToString() == raw
+    if named is not None:
+        with pytest.raises(grpc.RpcError) as e:
+            next(iter(c.stub.GetEvents(req, timeout=5)))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert named in e.value.details(), e.value.details()
+        assert server.stats()["streams_active"] == 0
+        return
+    stream = c.stub.GetEvents(req, timeout=10)
+    event = {"process_exec": {"process": {"pid": 5, "binary": "/x",
+                                          "cap": {"effective": ["CAP_NET_RAW"]}}}}
+    wait_for(lambda: server.stats()["streams_active"] == 1, what="stream open")
+    agent.publish([event])
+    got = next(iter(stream))
+    stream.cancel()
+    assert got.process_exec.process.pid.value == 5

@@ -367,7 +367,7 @@ class Connection(asyncio.Protocol):
         except Exception as e:  # noqa: BLE001 - DecodeError, FilterError, ConversionError: the client's mistake
             self._finish(st, grpc.StatusCode.INVALID_ARGUMENT, f"invalid GetEvents filter: {e}")
             return
-        # aggregation_options is accepted and ignored, as by the agent's own server
+        # aggregation_options: honoured as by the agent's own server (no event type aggregates)
         if len(front.event_streams) >= front.max_streams:
             self._finish(st, grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"too many GetEvents streams (limit {front.max_streams})")

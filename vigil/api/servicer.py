@@ -90,8 +90,9 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
             event_filter = self._event_filter(request)
         except ValueError as e:  # FilterError and ConversionError are ValueErrors
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid GetEvents filter: {e}")
-        # aggregation_options is accepted and ignored: as in Tetragon, aggregation only
-        # ever applied to connect/accept events, which no longer exist.
+        # aggregation_options is honoured as in Tetragon, where aggregation only ever applied
+        # to connect/accept events, which no longer exist: every event is sent as it is.
+        # Fields this agent does not know are refused (request_filter), never ignored.
         with self._streams_lock:
             if self.stream_stats.active >= self.max_streams:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,

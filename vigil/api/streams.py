@@ -19,8 +19,10 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from vigil.api import convert, wire
+from vigil.export.event_types import FilterError
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +90,34 @@ class StreamStats:
             }
 
 
+def unknown_request_fields(msg: Any, path: str = "") -> list[str]:
+    """Where `msg` (a GetEventsRequest) carries fields this agent's API does not define, as
+    "allow_list[0].capabilities: field number 7": a newer client's field, which would
+    otherwise be parsed into the unknown-field set and silently ignored."""
+    unknown = UnknownFieldSet(msg)
+    out = [f"{path or msg.DESCRIPTOR.name}: field number {unknown[i].field_number}"
+           for i in range(len(unknown))]
+    for fd, value in msg.ListFields():
+        if fd.type != fd.TYPE_MESSAGE:
+            continue
+        where = f"{path}.{fd.name}" if path else fd.name
+        if fd.is_repeated:
+            for i, item in enumerate(value):
+                out += unknown_request_fields(item, f"{where}[{i}]")
+        else:
+            out += unknown_request_fields(value, where)
+    return out
+
+
 def request_filter(request: Any, redaction: Any = None) -> Any | None:
     """The EventFilter of a GetEventsRequest (None when it asks for everything, unredacted).
-    Raises ValueError (FilterError, ConversionError) for a malformed filter."""
+    Raises ValueError (FilterError, ConversionError) for a malformed filter, and for a
+    request with fields this agent does not know (refused, never ignored).
+
+    aggregation_options is honoured as Tetragon does: it aggregates only the legacy
+    connect/accept events, which no longer exist, so every event is sent as it is."""
+    if unknown := unknown_request_fields(request):
+        raise FilterError(f"fields unknown to this agent (not ignored, refused): {'; '.join(unknown)}")
     allow, deny, fields = convert.request_filters(request)
     if not (allow or deny or fields or redaction):
         return None
