@@ -574,6 +574,11 @@ __noinline int read_arg(__u32 i)
 		if (a->off < 21 * 8)  /* a register of struct pt_regs */
 			bpf_probe_read_kernel(&base, 8, (void *)(h->ctxp + (a->off & 0xff)));
 		raw = base + a->konst;
+		if (a->off2 >> 1) {  /* base + index * scale: off2 bits 1-5 index register + 1, 6-7 log2 scale */
+			base = 0;     /* (reused: a local more would pass 6.1's stack limit) */
+			bpf_probe_read_kernel(&base, 8, (void *)(h->ctxp + ((((a->off2 >> 1) & 0x1f) - 1) & 0x1f) * 8));
+			raw += base << ((a->off2 >> 6) & 3);
+		}
 		if (a->off2) {  /* memory operand: read its bytes from user memory */
 			__u64 x = 0;
 

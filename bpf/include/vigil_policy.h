@@ -39,8 +39,9 @@ enum vp_src {
 			       * (a syscall enforced at an LSM hook reports the syscall's own arguments) */
 	VP_SRC_TASK = 8,      /* the current task (resolve paths start there) */
 	VP_SRC_USDT = 9,      /* USDT operand: off = pt_regs byte offset of the register (0xffff:
-			       * none), konst = displacement or constant, off2 = 1 memory operand,
-			       * size/is_signed its width */
+			       * none), konst = displacement or constant, off2 bit 0: memory operand,
+			       * bits 1-5: index register's pt_regs slot + 1 (0: none), bits 6-7:
+			       * log2 of its scale (base + index * scale), size/is_signed its width */
 };
 
 /* how an argument is read and reported */

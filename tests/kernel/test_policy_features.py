@@ -801,10 +801,15 @@ USDT_C = r"""
     SDT_BASE :: __VA_ARGS__)
 /* a semaphore: the kernel counts it up while a uprobe with ref_ctr_offset is attached */
 unsigned short vigil_guarded_semaphore __attribute__((section(".probes"), used));
+static int iarr[6] = {10, -20, 30, -40, 50, 60};
+static long larr[3] = {1, 1099511627776L, 3};
 int main(int argc, char **argv) {
     volatile int ret = 0;
     int a = argc > 1 ? atoi(argv[1]) : 0, b = argc > 2 ? atoi(argv[2]) : 0;
+    long i = b & 1;
     SDT("0", "vigil", "probe3", "-4@%0 -4@%1 -4@%2", "m"(ret), "r"(a), "r"(b));
+    /* base + index * scale (+ displacement) operands: element i of iarr and larr, i + 2 of iarr */
+    SDT("0", "vigil", "sib", "-4@(%0,%2,4) -4@8(%0,%2,4) 8@(%1,%2,8)", "r"(iarr), "r"(larr), "r"(i));
     if (vigil_guarded_semaphore)  /* only when someone listens, as <sys/sdt.h> semaphores go */
         SDT("vigil_guarded_semaphore", "vigil", "guarded", "-4@%0", "r"(a));
     return ret;
@@ -847,6 +852,46 @@ usdts:
     assert [e["process"]["pid"] for e in got] == [pids[0]]
     assert got[0]["args"] == [{"int_arg": 0}, {"int_arg": 5}, {"int_arg": 7}]
     assert (got[0]["provider"], got[0]["name"], got[0]["path"]) == ("vigil", "probe3", str(usdt_bin))
+
+
+def test_usdt_base_index_scale_operands(running_agent: RunningAgent, usdt_bin: Path) -> None:
+    """Memory operands of the form base + index * scale (+ displacement), `-4@(%rax,%rdx,4)`
+    (libbpf's ARG_SIB): the element the site names, read from the process's memory; i = 1 and
+    i = 0 give different elements, so the index register counts."""
+    notes, _err = running_agent.agent.policies.facts.usdt_notes(str(usdt_bin))
+    site = next(n for n in notes or [] if n.name == "sib")
+    assert all("," in op for op in site.args.split()), site.args  # the compiler wrote SIB operands
+    spec = f"""
+usdts:
+- path: "{usdt_bin}"
+  provider: vigil
+  name: sib
+  args: [{{index: 0, type: int32}}, {{index: 1, type: int32}}, {{index: 2, type: int64}}]
+"""
+    with loaded(running_agent, policy_yaml("usdt-sib", spec)):
+        events = running_agent.collect(lambda: [subprocess.run([str(usdt_bin), "0", i]) for i in ("1", "0")])
+    got = [e["process_usdt"]["args"] for e in events
+           if "process_usdt" in e and e["process_usdt"]["policy_name"] == "usdt-sib"]
+    assert got == [[{"int_arg": -20}, {"int_arg": -40}, {"long_arg": "1099511627776"}],
+                   [{"int_arg": 10}, {"int_arg": 30}, {"long_arg": "1"}]]
+
+
+def test_usdt_set_refuses_a_base_index_scale_operand(running_agent: RunningAgent, usdt_bin: Path) -> None:
+    """Set writes through a register + displacement operand only: on a base + index * scale one it
+    would write elsewhere, so the policy is refused at argIndex."""
+    spec = policy_yaml("usdt-sib-set", f"""
+usdts:
+- path: "{usdt_bin}"
+  provider: vigil
+  name: sib
+  args: [{{index: 0, type: int32}}]
+  selectors:
+  - matchActions: [{{action: Set, argIndex: 0, argValue: 32}}]
+""")
+    with pytest.raises(PolicyError, match=r"spec.usdts\[0\].selectors\[0\].matchActions\[0\].argIndex: .*"
+                                          r"base \+ index \* scale"):
+        running_agent.agent.policies.add_text(spec, "<t>")
+    assert "usdt-sib-set" not in [p["name"] for p in running_agent.agent.list_policies()]
 
 
 def test_usdt_semaphore(running_agent: RunningAgent, usdt_bin: Path) -> None:

@@ -559,3 +559,37 @@ def test_explain_compact_and_details(tmp_path: Path) -> None:
 
 def test_ctypes_mirror_sizes_are_what_the_compiler_fills() -> None:
     assert ctypes.sizeof(L.Hook) == ctypes.sizeof(L.Hook())
+
+
+# USDT operand strings (the SDT note's argument list) -> (pt_regs offset, off2, displacement,
+# size, signed) or the reason they are refused; off2 bit 0 memory, bits 1-5 index slot + 1,
+# bits 6-7 log2 scale (libbpf's ARG_CONST, ARG_REG, ARG_REG_DEREF, ARG_SIB)
+SDT_OPERANDS = [
+    ("-4@$5", (0xFFFF, 0, 5, 4, True)),
+    ("8@%rdi", (112, 0, 0, 8, False)),
+    ("-4@%eax", (80, 0, 0, 4, True)),
+    ("4@-20(%rbp)", (32, 1, -20, 4, False)),
+    ("8@(%rax)", (80, 1, 0, 8, False)),
+    ("-4@(%rcx,%rax,4)", (88, 1 | (80 // 8 + 1) << 1 | 2 << 6, 0, 4, True)),
+    ("-4@8(%rcx,%rax,4)", (88, 1 | 11 << 1 | 2 << 6, 8, 4, True)),
+    ("8@-16(%rdx,%r15,8)", (96, 1 | 1 << 1 | 3 << 6, -16, 8, False)),
+    ("2@(%rsi,%rdi)", (104, 1 | 15 << 1, 0, 2, False)),
+    ("1@(%rsi,%r9,1)", (104, 1 | 9 << 1, 0, 1, False)),
+    ("8@(%rax,%rdx,3)", "scale 3 is not 1, 2, 4 or 8"),
+    ("8@(%rax,%rip,1)", "index register %rip is not supported"),
+    ("8@(%rax,%xmm0,1)", "index register %xmm0 is not supported"),
+    ("8@(%xmm0)", "register %xmm0 is not supported"),
+    ("3@%rax", "size 3 is not 1, 2, 4 or 8 bytes"),
+    ("8@sym(,%rax,8)", "in a form Vigil does not decode"),
+]
+
+
+@pytest.mark.parametrize("spec, want", SDT_OPERANDS, ids=[c[0] for c in SDT_OPERANDS])
+def test_sdt_operand_decodes_the_forms_libbpf_reads(spec: str, want: object) -> None:
+    from vigil.policy.placement import sdt_operand
+
+    got = sdt_operand(spec)
+    if isinstance(want, str):
+        assert isinstance(got, str) and want in got and spec in got
+    else:
+        assert got == want

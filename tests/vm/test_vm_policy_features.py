@@ -256,9 +256,12 @@ USDT_C = textwrap.dedent(r"""
         "993: .8byte 990b\n.8byte _.stapsdt.base\n.8byte 0\n" \
         ".asciz \"" prov "\"\n.asciz \"" name "\"\n.asciz \"" argfmt "\"\n994: .balign 4\n.popsection\n" \
         SDT_BASE :: __VA_ARGS__)
-    int main(void) {
+    static int iarr[4] = {10, -20, 30, -40};
+    int main(int argc, char **argv) {
         volatile int ret = 0;
+        long i = argc > 1;
         SDT("vigil", "set", "-4@%0", "m"(ret));
+        SDT("vigil", "sib", "-4@(%0,%1,4) -4@8(%0,%1,4)", "r"(iarr), "r"(i));  /* base + index * scale */
         return ret;
     }
 """)
@@ -292,6 +295,30 @@ usdts:
     (ev,) = events_of(events, "vm-usdt-set")
     assert ev["action"] == "KPROBE_ACTION_SET"
 
+
+def test_usdt_base_index_scale_operands(agent: Running, work: Path) -> None:
+    """`-4@(%rcx,%rax,4)`-style operands (base + index * scale + displacement): the element the
+    index register selects, read in the program (read_arg's stack at 6.1's limit)."""
+    (work / "u.c").write_text(USDT_C)
+    cc = shutil.which("clang") or shutil.which("cc")
+    assert cc, "no C compiler"
+    subprocess.run([cc, "-O1", "-o", str(work / "u"), str(work / "u.c")], check=True)
+    spec = f"""
+usdts:
+- path: "{work}/u"
+  provider: vigil
+  name: sib
+  args: [{{index: 0, type: int32}}, {{index: 1, type: int32}}]
+  selectors:
+  - {SCOPE}
+"""
+    name = agent.agent.add_policy(policy("vm-usdt-sib", spec))
+    try:
+        events = agent.collect(lambda: [subprocess.run([str(work / "u"), *x]) for x in ((), ("1",))])
+    finally:
+        agent.agent.delete_policy(name)
+    assert [e["args"] for e in events_of(events, "vm-usdt-sib")] == [[{"int_arg": 10}, {"int_arg": 30}],
+                                                                     [{"int_arg": -20}, {"int_arg": -40}]]
 
 
 def test_ima_hash(agent: Running, work: Path) -> None:

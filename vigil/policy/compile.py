@@ -836,6 +836,10 @@ def _compile_actions(ch: CompiledHook, pl: Placement, hook: object, actions: tup
                 errs.error(a.at("argIndex"), f"USDT argument {a.arg_index} is not a memory operand: there is "
                            "nothing to write to", "policy")
                 continue
+            if plan is not None and plan.off2 > 1:  # base + index * scale: Tetragon's Set skips these
+                errs.error(a.at("argIndex"), f"USDT argument {a.arg_index} is a base + index * scale memory "
+                           "operand: Set writes only through a register (+ displacement) operand", "vigil")
+                continue
             ok_w, why_w = facts.has("probe_write_user")
             if not ok_w:
                 errs.error(a.at("action"), f"action Set writes the process's memory with bpf_probe_write_user, "

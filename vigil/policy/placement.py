@@ -600,7 +600,8 @@ _SUBREG = {"eax": "rax", "ax": "rax", "al": "rax", "ebx": "rbx", "bx": "rbx", "b
            "cl": "rcx", "edx": "rdx", "dx": "rdx", "dl": "rdx", "esi": "rsi", "si": "rsi", "sil": "rsi",
            "edi": "rdi", "di": "rdi", "dil": "rdi", "ebp": "rbp", "bp": "rbp", "bpl": "rbp", "esp": "rsp",
            "sp": "rsp", "spl": "rsp"}
-_SDT = re.compile(r"^(?P<size>-?\d+)@(?:\$(?P<imm>-?\d+)|%(?P<reg>\w+)|(?P<disp>-?\d*)\(%(?P<base>\w+)\))$")
+_SDT = re.compile(r"^(?P<size>-?\d+)@(?:\$(?P<imm>-?\d+)|%(?P<reg>\w+)|"
+                  r"(?P<disp>-?\d*)\(%(?P<base>\w+)(?:,%(?P<index>\w+)(?:,(?P<scale>\d+))?)?\))$")
 
 
 def _sdt_reg(name: str) -> int | None:
@@ -610,22 +611,38 @@ def _sdt_reg(name: str) -> int | None:
     return PT_REGS.get(name)
 
 
-def sdt_operand(spec: str) -> tuple[int, bool, int, int, bool] | str:
-    """(pt_regs offset or 0xffff, memory operand, constant/displacement, size, signed), or why not."""
+SDT_SCALES = {1: 0, 2: 1, 4: 2, 8: 3}  # scale: its log2, as off2 holds it
+
+
+def sdt_operand(spec: str) -> tuple[int, int, int, int, bool] | str:
+    """(pt_regs offset or 0xffff, off2, constant/displacement, size, signed), or why not. off2
+    (vp_arg's, VP_SRC_USDT): 0 a register or constant, bit 0 a memory operand, bits 1-5 the index
+    register's pt_regs slot + 1 and bits 6-7 log2 of its scale (`disp(%base,%index,scale)`)."""
     m = _SDT.match(spec)
     if not m:
         return f'USDT argument "{spec}" is in a form Vigil does not decode'
     size = int(m.group("size"))
     signed, width = size < 0, abs(size)
+    if width not in (1, 2, 4, 8):
+        return f'USDT argument "{spec}": size {width} is not 1, 2, 4 or 8 bytes'
     if m.group("imm") is not None:
-        return 0xFFFF, False, int(m.group("imm")), width, signed
+        return 0xFFFF, 0, int(m.group("imm")), width, signed
     regname = m.group("reg") or m.group("base")
     reg = _sdt_reg(regname)
     if reg is None:
         return f'USDT argument "{spec}": register %{regname} is not supported'
     if m.group("reg"):
-        return reg, False, 0, width, signed
-    return reg, True, int(m.group("disp") or 0), width, signed
+        return reg, 0, 0, width, signed
+    off2 = 1
+    if m.group("index"):
+        idx = _sdt_reg(m.group("index"))
+        if idx is None or idx == PT_REGS["rip"]:
+            return f'USDT argument "{spec}": index register %{m.group("index")} is not supported'
+        scale = int(m.group("scale") or 1)
+        if scale not in SDT_SCALES:
+            return f'USDT argument "{spec}": scale {scale} is not 1, 2, 4 or 8'
+        off2 |= (idx // 8 + 1) << 1 | SDT_SCALES[scale] << 6
+    return reg, off2, int(m.group("disp") or 0), width, signed
 
 
 def place_usdt(spec: UsdtSpec, index: int, facts: KernelFacts) -> list[Placement]:
@@ -665,8 +682,8 @@ def place_usdt(spec: UsdtSpec, index: int, facts: KernelFacts) -> list[Placement
                 if isinstance(op, str):
                     pl.block(a.at("index"), op, "vigil")
                     continue
-                reg, mem, k, width, signed = op
-                plan.off, plan.off2, plan.konst, plan.size = reg, int(mem), k, width
+                reg, off2, k, width, signed = op
+                plan.off, plan.off2, plan.konst, plan.size = reg, off2, k, width
                 plan.is_signed = plan.is_signed or signed
             pl.args.append(plan)
         size_arg_slots(pl)
