@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 import socket
 import stat
@@ -892,6 +893,39 @@ usdts:
                                           r"base \+ index \* scale"):
         running_agent.agent.policies.add_text(spec, "<t>")
     assert "usdt-sib-set" not in [p["name"] for p in running_agent.agent.list_policies()]
+
+
+REL_PATH_CASES = [  # (case, the hook with {path} for its path, the event kind; None: refused at path)
+    ("uprobe-symbols", "uprobes:\n- path: \"{path}\"\n  symbols: [main]\n", "process_uprobe"),
+    ("uprobe-offsets", "uprobes:\n- path: \"{path}\"\n  offsets: [{pc}]\n", "process_uprobe"),
+    ("usdt", "usdts:\n- path: \"{path}\"\n  provider: vigil\n  name: probe3\n", "process_usdt"),
+    ("uprobe-missing", "uprobes:\n- path: \"{path}-gone\"\n  symbols: [main]\n", None),
+    ("usdt-missing", "usdts:\n- path: \"{path}-gone\"\n  provider: vigil\n  name: probe3\n", None),
+]
+
+
+@pytest.mark.parametrize("case, hook, kind", REL_PATH_CASES, ids=[c[0] for c in REL_PATH_CASES])
+def test_relative_uprobe_path_is_taken_from_the_agents_cwd(running_agent: RunningAgent, usdt_bin: Path,
+                                                            case: str, hook: str, kind: str | None) -> None:
+    """A relative `path` (uprobes, usdts) names a file from the agent's working directory, as
+    Tetragon makes it absolute (filepath.Abs) before attaching: the probe attaches and the event
+    names the absolute path. A relative path to no file is refused at the field, nothing loaded."""
+    notes, _err = running_agent.agent.policies.facts.usdt_notes(str(usdt_bin))
+    pc = next(n.pc for n in notes or [] if n.name == "probe3")
+    rel = os.path.relpath(usdt_bin)  # the agent runs in this process: its cwd is ours
+    assert not os.path.isabs(rel)
+    spec = policy_yaml("rel-path", hook.format(path=rel, pc=pc))
+    if kind is None:
+        with pytest.raises(PolicyError, match=r"<t>:\d+:\d+: spec.(uprobes|usdts)\[0\].path: .*"
+                                              + re.escape(f"{usdt_bin}-gone")):
+            running_agent.agent.policies.add_text(spec, "<t>")
+        assert "rel-path" not in [p["name"] for p in running_agent.agent.list_policies()]
+        return
+    pids: list[int] = []
+    with loaded(running_agent, spec):
+        events = running_agent.collect(lambda: pids.append(subprocess.run([str(usdt_bin), "1", "2"]).returncode))
+    got = [e[kind] for e in events if kind in e and e[kind]["policy_name"] == "rel-path"]
+    assert [e["path"] for e in got] == [str(usdt_bin)]
 
 
 def test_usdt_semaphore(running_agent: RunningAgent, usdt_bin: Path) -> None:

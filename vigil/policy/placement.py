@@ -14,6 +14,7 @@ The compiler refuses the policy with all of them; `explain` prints them all.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -533,8 +534,16 @@ def _auto_for(a: KProbeArg, ctype: str) -> KProbeArg:
 
 # ---------------------------------------------------------------- user space
 
+def target_path(path: str, facts: KernelFacts) -> str:
+    """The file a uprobe/usdt `path` names: a relative one from the agent's working directory,
+    as Tetragon makes it absolute (filepath.Abs) before attaching; its events name the result.
+    (Left as written for the ideal kernel, which looks at no file.)"""
+    return path if facts.ideal_kernel or not path else os.path.abspath(path)
+
+
 def place_uprobe(spec: UProbeSpec, index: int, sym_i: int, facts: KernelFacts) -> Placement:
-    pl = Placement("uprobes", index, spec.loc, spec.path, event_kind="process_uprobe")
+    path = target_path(spec.path, facts)
+    pl = Placement("uprobes", index, spec.loc, path, event_kind="process_uprobe")
     ok, why = facts.has("uprobe")
     if not ok:
         pl.block(spec.loc, f"uprobes are unavailable on this kernel: {why}", "kernel")
@@ -542,15 +551,15 @@ def place_uprobe(spec: UProbeSpec, index: int, sym_i: int, facts: KernelFacts) -
     offset = 0
     if spec.symbols:
         symbol = spec.symbols[sym_i]
-        off, err = facts.file_symbol(spec.path, symbol)
+        off, err = facts.file_symbol(path, symbol)
         if off is None:
-            key = "path" if not _binary_present(facts, spec.path) else f"symbols[{sym_i}]"
+            key = "path" if not _binary_present(facts, path) else f"symbols[{sym_i}]"
             pl.block(spec.at(key), f"uprobe target: {err}", "target")
         else:
             offset = off
     elif spec.offsets:
         offset = spec.offsets[sym_i]
-        info = facts.file_info(spec.path)
+        info = facts.file_info(path)
         if info is not None and "error" in info:
             pl.block(spec.at("path"), f"uprobe target: {info['error']}", "target")
     else:
@@ -568,8 +577,8 @@ def place_uprobe(spec: UProbeSpec, index: int, sym_i: int, facts: KernelFacts) -
     if spec.binary_digests:
         pl.block(spec.at("binaryDigests"), "binaryDigests are not supported by Vigil", "vigil")
     pl.mechanism, pl.entry_prog = "uprobe", "vigil_uprobe"
-    pl.attach = {"path": spec.path, "symbol": symbol, "offset": offset, "ref_ctr": ref_ctr}
-    pl.target = f"{spec.path}:{symbol or hex(offset)}"
+    pl.attach = {"path": path, "symbol": symbol, "offset": offset, "ref_ctr": ref_ctr}
+    pl.target = f"{path}:{symbol or hex(offset)}"
     if spec.return_:
         pl.return_prog = "vigil_uretprobe"
         pl.ret = return_plan(spec)
@@ -647,17 +656,18 @@ def sdt_operand(spec: str) -> tuple[int, int, int, int, bool] | str:
 
 def place_usdt(spec: UsdtSpec, index: int, facts: KernelFacts) -> list[Placement]:
     """One placement per probe site of provider:name in the binary."""
-    base = Placement("usdts", index, spec.loc, f"{spec.path}:{spec.provider}:{spec.name}", event_kind="process_usdt")
+    path = target_path(spec.path, facts)
+    base = Placement("usdts", index, spec.loc, f"{path}:{spec.provider}:{spec.name}", event_kind="process_usdt")
     ok, why = facts.has("uprobe")
     if not ok:
         base.block(spec.loc, f"usdts need uprobes, which are unavailable on this kernel: {why}", "kernel")
-    notes, err = facts.usdt_notes(spec.path)
+    notes, err = facts.usdt_notes(path)
     sites = [n for n in (notes or []) if n.provider == spec.provider and n.name == spec.name]
     if notes is None:
         base.block(spec.at("path"), f"usdt target: {err}", "target")
     elif not sites and not facts.ideal_kernel:
         have = sorted({f"{n.provider}:{n.name}" for n in notes})
-        base.block(spec.at("name"), f"no USDT probe {spec.provider}:{spec.name} in {spec.path} (it has: "
+        base.block(spec.at("name"), f"no USDT probe {spec.provider}:{spec.name} in {path} (it has: "
                    f"{', '.join(have[:12]) or 'none'}{' ...' if len(have) > 12 else ''})", "target")
     if not sites:
         sites = [None]  # type: ignore[list-item]
@@ -666,7 +676,7 @@ def place_usdt(spec: UsdtSpec, index: int, facts: KernelFacts) -> list[Placement
         pl = Placement("usdts", index, spec.loc, base.target, event_kind="process_usdt",
                        blockers=list(base.blockers))
         pl.mechanism, pl.entry_prog = "usdt", "vigil_uprobe"
-        pl.attach = {"path": spec.path, "provider": spec.provider, "name": spec.name,
+        pl.attach = {"path": path, "provider": spec.provider, "name": spec.name,
                      "offset": site.pc if site else 0, "ref_ctr": site.semaphore if site else 0}
         operands = site.args.split() if site else []
         for slot, a in enumerate(spec.args):

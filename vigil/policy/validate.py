@@ -287,7 +287,8 @@ def _check_uprobe(hook: UProbeSpec, diag: Diagnostics) -> None:
     if not hook.path:
         diag.error(hook.at("path"), "path must not be empty")
     elif not hook.path.startswith("/"):
-        diag.warn(hook.at("path"), f'path "{hook.path}" is not absolute')
+        diag.warn(hook.at("path"), f'path "{hook.path}" is not absolute: the agent takes it from its working '
+                  "directory, as Tetragon does")
     given = [k for k in ("symbols", "offsets", "addrs") if getattr(hook, k)]
     if not given:
         diag.error(hook.loc.child("symbols"), "a uprobe needs one of symbols, offsets or addrs")
