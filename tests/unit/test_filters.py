@@ -1,8 +1,13 @@
 """Allow/deny Filter semantics: every field, positive and negative."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from vigil.api import convert
+from vigil.api.streams import request_filter
+from vigil.export.event_filter import EventFilter
 from vigil.export.filters import (
     FilterError,
     FilterList,
@@ -77,7 +82,6 @@ FIELD_CASES = [
     ({"capabilities": {"permitted": {"exactly": ["CAP_NET_RAW"]}}}, False, False),
     ({"capabilities": {"effective": {"none": ["CAP_SYS_ADMIN"]}}}, True, True),
     ({"capabilities": {"effective": {"none": [13]}}}, False, True),  # 13 = CAP_NET_RAW
-    ({"capabilities": {"inheritable": {"exactly": []}}}, True, True),
     ({"parent_binary_regex": ["bash"]}, True, False),
     ({"parent_binary_regex": ["init"]}, False, True),
     ({"parent_arguments_regex": ["run"]}, True, False),
@@ -133,6 +137,52 @@ def test_absent_strings_are_empty(spec, bare, nameless, throttle):
     assert m(spec, BARE_EXEC) is bare
     assert m(spec, POD_NAMELESS) is nameless
     assert m(spec, THROTTLE) is throttle
+
+
+def _caps_exec(**sets: list[str]) -> dict:
+    return {"process_exec": {"process": {"pid": 7, "binary": "/bin/x", **({"cap": sets} if sets else {})}}}
+
+
+ADMIN = _caps_exec(permitted=["CAP_CHOWN", "CAP_SYS_ADMIN"], effective=["CAP_SYS_ADMIN"])
+RAW_ONLY = _caps_exec(permitted=["CAP_NET_RAW"], effective=["CAP_NET_RAW"], inheritable=["CAP_NET_RAW"])
+NO_CAPS = _caps_exec()  # every set empty: the event leaves `cap` out
+
+# (filter, event, kept): CapFilter as Tetragon evaluates it
+CAP_CASES = [
+    ({"capabilities": {"effective": {"any": ["CAP_SYS_ADMIN", "CAP_BPF"]}}}, ADMIN, True),
+    ({"capabilities": {"effective": {"any": ["CAP_SYS_ADMIN", "CAP_BPF"]}}}, RAW_ONLY, False),
+    ({"capabilities": {"effective": {"any": ["CAP_SYS_ADMIN"]}}}, NO_CAPS, False),
+    ({"capabilities": {"permitted": {"all": ["CAP_CHOWN", "CAP_SYS_ADMIN"]}}}, ADMIN, True),
+    ({"capabilities": {"permitted": {"all": ["CAP_CHOWN", "CAP_NET_RAW"]}}}, ADMIN, False),
+    ({"capabilities": {"effective": {"exactly": ["CAP_SYS_ADMIN"]}}}, ADMIN, True),
+    ({"capabilities": {"permitted": {"exactly": ["CAP_SYS_ADMIN"]}}}, ADMIN, False),  # a subset only
+    ({"capabilities": {"effective": {"none": ["CAP_SYS_ADMIN"]}}}, RAW_ONLY, True),
+    ({"capabilities": {"effective": {"none": ["CAP_SYS_ADMIN"]}}}, NO_CAPS, True),  # empty set
+    ({"capabilities": {"effective": {"none": ["CAP_SYS_ADMIN"]}}}, ADMIN, False),
+    # the sets given are ANDed
+    ({"capabilities": {"effective": {"any": ["CAP_SYS_ADMIN"]},
+                       "permitted": {"none": ["CAP_CHOWN"]}}}, ADMIN, False),
+    ({"capabilities": {"effective": {"any": ["CAP_NET_RAW"]},
+                       "inheritable": {"all": ["CAP_NET_RAW"]}}}, RAW_ONLY, True),
+    # null sets and null modes are not given
+    ({"capabilities": {"effective": {"any": ["CAP_SYS_ADMIN"], "none": None}, "permitted": None}},
+     ADMIN, True),
+    # a CapFilter without sets needs a process, nothing more
+    ({"capabilities": {}}, NO_CAPS, True),
+    ({"capabilities": {}}, THROTTLE, False),
+    ({"capabilities": {"effective": {"none": ["CAP_SYS_ADMIN"]}}}, THROTTLE, False),
+]
+
+
+@pytest.mark.parametrize("spec,event,kept", CAP_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CAP_CASES)])
+def test_capability_filters(spec, event, kept):
+    assert m(spec, event) is kept
+    assert passes(event, FilterList(), FilterList([spec])) is not kept  # as a deny filter
+    # the export (a config string) and a GetEvents stream (a request) build the same filter
+    export = EventFilter.from_config(allowlist=json.dumps(spec))
+    stream = request_filter(convert.events_request([spec]))
+    assert (export.apply(event) is not None) is kept
+    assert (stream.apply(event) is not None) is kept
 
 
 def _exec(pid: int, ppid: int) -> dict:
@@ -210,6 +260,13 @@ def test_allow_deny_semantics():
     ({"capabilities": {"effective": {"some": ["CAP_BPF"]}}}, "some"),
     ({"capabilities": {"effectiv": {}}}, "effectiv"),
     ({"capabilities": {"effective": {"any": ["CAP_NOPE"]}}}, "capabilities.effective.any"),
+    # a capability set names exactly one mode, with at least one capability (Tetragon's rule)
+    ({"capabilities": {"effective": {}}}, "capabilities.effective: give exactly one of"),
+    ({"capabilities": {"inheritable": {"exactly": []}}}, "capabilities.inheritable: give exactly one"),
+    ({"capabilities": {"permitted": {"any": [], "none": None}}}, "capabilities.permitted: give exactly"),
+    ({"capabilities": {"effective": {"any": ["CAP_BPF"], "none": ["CAP_SYS_ADMIN"]}}}, "(got any, none)"),
+    ({"capabilities": {"effective": {"all": "CAP_BPF"}}}, "capabilities.effective.all: expected a list"),
+    ({"capabilities": ["CAP_BPF"]}, "capabilities must be a JSON object"),
     ({"cel_expression": ["true"]}, "cel_expression"),
 ])
 def test_errors_name_the_field(spec, needle):

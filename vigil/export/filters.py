@@ -23,6 +23,10 @@ Notes on fields whose behaviour depends on what the event carries:
   flagged ``pod.container.maybe_exec_probe``.
 * Events without a process (throttle, rate_limit_info) only match filters whose
   fields do not need one (``event_set``).
+* ``capabilities``: as Tetragon, each set given (permitted, effective, inheritable) names exactly
+  one of ``any``/``all``/``exactly``/``none`` with at least one capability, or the filter is
+  refused; the sets are ANDed; a process whose sets are all empty (no ``cap`` in the event)
+  has none of the capabilities; an event without a process never matches.
 * ``cel_expression`` is not supported and is rejected with FilterError.
 * Regexes use Python ``re`` instead of RE2 (see vigil.export.regex).
 """
@@ -184,24 +188,33 @@ def _proc_field(*path: str) -> Callable[[dict[str, Any]], Any]:
     return get
 
 
-def _compile_capabilities(value: Any) -> Check | None:
+def _compile_capabilities(value: Any) -> Check:
+    """CapFilter: each set given names exactly one mode with at least one capability, as
+    Tetragon requires (a set with none, or with two, is refused, never guessed at); the sets
+    given are ANDed; a CapFilter without sets still needs a process."""
     spec = normalize_keys(value, _CAP_SETS, "capabilities")
     tests: list[tuple[str, str, frozenset[str]]] = []
     for set_name, set_spec in spec.items():
+        if set_spec is None:  # JSON null: the set is not given
+            continue
         field = f"capabilities.{set_name}"
-        modes = normalize_keys(set_spec or {}, _CAP_MODES, field)
-        for mode, caps in modes.items():
-            names = frozenset(parse_capability(c, f"{field}.{mode}") for c in _list_of(caps, field))
-            if names or mode == "exactly":
-                tests.append((set_name, mode, names))
-    if not tests:
-        return None
+        modes = normalize_keys(set_spec, _CAP_MODES, field)
+        given = {mode: _list_of(caps, f"{field}.{mode}") for mode, caps in modes.items()
+                 if caps is not None}
+        given = {mode: caps for mode, caps in given.items() if caps}  # [] is unset (protobuf)
+        if len(given) != 1:
+            got = f" (got {', '.join(given)})" if given else ""
+            raise FilterError(f"{field}: give exactly one of any, all, exactly, none, with at least "
+                              f"one capability{got}")
+        [(mode, caps)] = given.items()
+        names = frozenset(parse_capability(c, f"{field}.{mode}") for c in caps)
+        tests.append((set_name, mode, names))
 
     def check(body: dict[str, Any], event: Event) -> bool:
         proc = _process(body)
         if proc is None:
             return False
-        cap = proc.get("cap") or {}
+        cap = proc.get("cap") or {}  # (left out when every set is empty)
         for set_name, mode, wanted in tests:
             have = set(cap.get(set_name) or ())
             if mode == "any" and not (have & wanted):
