@@ -79,11 +79,70 @@ def test_pod_info_and_json() -> None:
                  "container": {"id": f"containerd://{CID}", "name": "app",
                                "image": {"id": "reg.example/shop/web@sha256:" + "d" * 64,
                                          "name": "reg.example/shop/web:1.2"},
-                               "start_time": "2026-01-02T03:04:05Z", "pid": 7, "maybe_exec_probe": True},
+                               "start_time": "2026-01-02T03:04:05Z", "pid": 7, "maybe_exec_probe": True,
+                               "security_context": {}},
                  "pod_labels": {"app": "web"}, "workload": "web", "workload_kind": "StatefulSet"}
     assert list(j) == ["namespace", "name", "uid", "container", "pod_labels", "workload", "workload_kind"]
+    assert list(j["container"]) == ["id", "name", "image", "start_time", "pid", "maybe_exec_probe",
+                                    "security_context"]   # proto field order
     assert "maybe_exec_probe" not in res.pod_json(f"pod{UID}/{CID}", 8, "/bin/cat", "/etc/passwd")["container"]
     assert res.pod_json(f"pod{UID}/{CID2}", 1, "/bin/sh", "") is None
+
+
+def with_status(state: dict[str, Any], privileged: bool | None = None, image_id: str | None = None,
+                image: str | None = None) -> dict[str, Any]:
+    obj = pod_obj()
+    cs = obj["status"]["containerStatuses"][0]
+    cs["state"] = state
+    if image_id is not None:
+        cs["imageID"] = image_id
+    if image is not None:
+        cs["image"] = obj["spec"]["containers"][0]["image"] = image
+    if privileged is not None:
+        obj["spec"]["containers"][0]["securityContext"] = {"privileged": privileged}
+    return obj
+
+
+RUNNING = {"running": {"startedAt": "2026-01-02T03:04:05Z"}}
+TERMINATED = {"terminated": {"startedAt": "2026-01-02T03:04:05Z", "finishedAt": "2026-01-02T03:05:00Z",
+                             "exitCode": 0}}
+IMG, IMG_ID = "reg.example/shop/web:1.2", "reg.example/shop/web@sha256:" + "d" * 64
+
+
+@pytest.mark.parametrize("obj,want", [
+    (with_status(RUNNING), {"image": {"id": IMG_ID, "name": IMG}, "start_time": "2026-01-02T03:04:05Z",
+                            "security_context": {}}),
+    # as Tetragon: start_time only while the container runs (a terminated one's is left out)
+    (with_status(TERMINATED), {"image": {"id": IMG_ID, "name": IMG}, "security_context": {}}),
+    (with_status(RUNNING, privileged=True), {"image": {"id": IMG_ID, "name": IMG},
+                                             "start_time": "2026-01-02T03:04:05Z",
+                                             "security_context": {"privileged": True}}),
+    (with_status(RUNNING, privileged=False), {"image": {"id": IMG_ID, "name": IMG},
+                                              "start_time": "2026-01-02T03:04:05Z", "security_context": {}}),
+    # image is always there, its empty fields left out
+    (with_status(RUNNING, image_id="", image=""), {"image": {}, "start_time": "2026-01-02T03:04:05Z",
+                                                   "security_context": {}}),
+])
+def test_container_fields_present_as_tetragon_gives_them(obj: dict[str, Any], want: dict[str, Any]) -> None:
+    import orjson
+
+    from vigil.api import wire
+    from vigil.api.gen.tetragon import tetragon_pb2
+    from vigil.export.codec import pod_json
+
+    store = PodStore()
+    store.upsert(obj)
+    p = PodResolver(store).pod_json(f"pod{UID}/{CID}", 0, "/bin/ls", "")
+    assert p is not None
+    assert p["container"] == {"id": f"containerd://{CID}", "name": "app", **want}
+    assert orjson.loads(pod_json(p)) == p.as_dict()
+    # the protobuf has the same fields set (an empty security_context or image is still there)
+    msg = tetragon_pb2.Pod()
+    body = wire.pod_bytes(p)
+    msg.ParseFromString(body[2:] if body[1] < 0x80 else body[3:])
+    assert msg.container.HasField("image") and msg.container.HasField("security_context")
+    assert msg.container.security_context.privileged == want["security_context"].get("privileged", False)
+    assert msg.container.HasField("start_time") == ("start_time" in want)
 
 
 def test_a_containers_pod_part_is_made_when_its_pod_arrives_and_remade_when_it_changes() -> None:
@@ -250,7 +309,7 @@ def test_hold_stage_deadline_and_bound_never_drop() -> None:
     "labels": st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=3),
     "workload": st.sampled_from(["", "web", "w\u00e9b"]), "image": st.sampled_from(["", "reg/web:1"]),
     "started": st.sampled_from(["", "2026-12-05T10:00:00Z"]), "pid": st.integers(0, 2**31),
-    "probe": st.booleans()}))
+    "probe": st.booleans(), "sc": st.sampled_from([None, {}, {"privileged": True}])}))
 def test_pod_json_equals_the_whole_dicts_encoding(v: dict[str, Any]) -> None:
     """The export encodes a container's shared part once and adds the process's own fields:
     the same bytes as encoding the pod dict whole, and the dict is Tetragon's pod object."""
@@ -264,6 +323,8 @@ def test_pod_json_equals_the_whole_dicts_encoding(v: dict[str, Any]) -> None:
         cont["image"] = {"name": v["image"]}
     if v["started"]:
         cont["start_time"] = v["started"]
+    if v["sc"] is not None:
+        cont["security_context"] = v["sc"]
     shared: dict[str, Any] = {"namespace": "shop", "name": "web-1", "uid": "u", "container": cont}
     if v["labels"]:
         shared["pod_labels"] = v["labels"]
@@ -273,6 +334,8 @@ def test_pod_json_equals_the_whole_dicts_encoding(v: dict[str, Any]) -> None:
     assert pod_json(p) == orjson.dumps(dict(p)) == orjson.dumps(p.as_dict())
     assert list(p) == list(shared) and p["container"]["id"] == "containerd://abc"
     assert ("pid" in p["container"]) == bool(v["pid"]) and shared["container"] is cont and "pid" not in cont
+    if v["sc"] is not None:  # the last field, after the process's own (proto order)
+        assert list(p["container"])[-1] == "security_context"
 
 
 def test_a_change_a_listener_failed_on_is_told_again_at_the_next_sight_of_the_pod() -> None:

@@ -125,6 +125,13 @@ SHARED_PODS = (  # a container's part of the pod object, as the resolver makes i
                    "start_time": "2026-12-05T10:00:00Z"},
      "pod_labels": {"app": "api", "\u00e9": "\"x\""}, "workload": "api", "workload_kind": "Deployment",
      "pod_annotations": {"a": "b"}},
+    # security_context is the container's last field: the process's pid and exec-probe guess go before it
+    PodShared(namespace="shop", name="db-0", uid="u-3",
+              container={"id": "containerd://" + "e" * 64, "name": "db", "image": {},
+                         "security_context": {"privileged": True}}, workload="db", workload_kind="StatefulSet"),
+    {"namespace": "shop", "name": "db-0", "uid": "u-3",
+     "container": {"id": "containerd://" + "e" * 64, "name": "db", "image": {"name": "r/db:1"},
+                   "start_time": "2026-12-05T10:00:00Z", "security_context": {}}},
 )
 BODIES = {
     "process_kprobe": {"function_name": "security_file_open", "args": [{"file_arg": {"path": "/etc/x"}}],

@@ -175,10 +175,13 @@ class Pod(Mapping[str, Any]):
         if d is None:
             d = dict(self.shared)
             cont = d["container"] = dict(d["container"])
+            sc = cont.pop("security_context", None)   # field 14: after pid (5) and maybe_exec_probe (13)
             if self.pid:
                 cont["pid"] = self.pid
             if self.probe:
                 cont["maybe_exec_probe"] = True
+            if sc is not None:
+                cont["security_context"] = sc
             self._dict = d
         return d
 

@@ -69,6 +69,9 @@ def pod_parts(shared: dict[str, Any]) -> tuple[bytes, bytes]:
         return e[1]
     raw, cont = _dumps(shared), _dumps(shared["container"])
     at = raw.index(b'"container":' + cont) + len(b'"container":') + len(cont) - 1
+    sc = cont.rfind(b',"security_context":')   # the container's last field: pid and the rest go before it
+    if sc > 0:
+        at -= len(cont) - 1 - sc
     parts = (raw[:at], raw[at:])
     if type(shared) is PodShared:
         shared.enc_json = parts
@@ -84,7 +87,7 @@ def pod_json(p: Pod) -> bytes:
     exec-probe guess added (the same bytes as encoding the whole dict)."""
     head, tail = pod_parts(p.shared)
     own = b""
-    sep = b"," if len(p.shared["container"]) else b""
+    sep = b"," if head[-1:] != b"{" else b""
     if p.pid:
         own = b'%s"pid":%d' % (sep, p.pid)
         sep = b","

@@ -75,12 +75,14 @@ class PodResolver:
     def _base(self, pod: PodInfo, c: ContainerInfo) -> PodShared:
         """What every process of this container shares, built once: the pod object with its
         container's part (no pid), in Tetragon's field order; shared, never mutated."""
-        cont: dict[str, Any] = {"id": c.runtime_id, "name": c.name}
-        image = {k: v for k, v in (("id", c.image_id), ("name", c.image)) if v}
-        if image:
-            cont["image"] = image
-        if c.started_at:
+        # as Tetragon's: image always (its empty fields left out), start_time while the
+        # container runs, security_context always ({} unless privileged); the process's pid
+        # and maybe_exec_probe go between start_time and security_context
+        cont: dict[str, Any] = {"id": c.runtime_id, "name": c.name,
+                                "image": {k: v for k, v in (("id", c.image_id), ("name", c.image)) if v}}
+        if c.started_at and c.running:
             cont["start_time"] = c.started_at
+        cont["security_context"] = {"privileged": True} if c.privileged else {}
         d = PodShared(namespace=pod.namespace, name=pod.name, uid=pod.uid, container=cont)
         if pod.labels:
             d["pod_labels"] = pod.labels
