@@ -15,7 +15,8 @@
  * - When the agent goes away (socket closed) or on SIGTERM/SIGINT the helper exits;
  *   closing the fanotify group makes the kernel allow whatever is in flight.
  * - Reports are sent without blocking; when the agent does not read, they are
- *   dropped and counted.
+ *   dropped and counted, and never take the last of the socket's buffer: the replies
+ *   to the agent's requests (ACK, PD_STATS) always have room (REPLY_ROOM).
  * - The kernel opens each event's file for the listener inside read(), and closing it
  *   may call the file system too. On a file system served by a process or the network
  *   (FUSE, NFS, CIFS, 9p, ...: SERVED_FS) both wait on the server. So the main group
@@ -64,6 +65,7 @@
 #include <sys/eventfd.h>
 #include <sys/fanotify.h>
 #include <sys/inotify.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -71,6 +73,7 @@
 #include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/sockios.h>
 
 #include "permd.h"
 
@@ -785,6 +788,7 @@ struct pend { int used; int efd, fan_fd; uint32_t pid; uint64_t mask, read_ns, d
 
 static struct {
 	int ctl;
+	int sndbuf;               /* the control socket's send buffer, as the kernel keeps it */
 	int test_hooks;
 	volatile sig_atomic_t quit;
 	pthread_mutex_t mu;
@@ -808,8 +812,19 @@ static struct {
 } S = { .ctl = -1, .mu = PTHREAD_MUTEX_INITIALIZER, .mountinfo_fd = -1, .max_remembered = MAX_REMEMBERED,
 	.regroup_quiet_ns = REGROUP_QUIET_MS * 1000000ULL };
 
+/* Reports never take the last REPLY_ROOM bytes of the socket's send buffer: when the agent
+ * does not read (stopped, busy), reports are dropped (counted) while there is still room for
+ * the replies to its requests (an ACK, PD_STATS: how it learns about the drops), which would
+ * otherwise be dropped behind them and leave the agent waiting for an answer. */
+#define REPLY_ROOM (256 * 1024)
+
 static void send_pkt(const void *buf, size_t len, int is_report)
 {
+	int queued;
+	if (is_report && ioctl(S.ctl, SIOCOUTQ, &queued) == 0 && queued > S.sndbuf - REPLY_ROOM) {
+		__atomic_add_fetch(&S.st[PD_STAT_reports_dropped], 1, __ATOMIC_RELAXED);
+		return;
+	}
 	if (send(S.ctl, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
 		if (is_report)
 			__atomic_add_fetch(&S.st[PD_STAT_reports_dropped], 1, __ATOMIC_RELAXED);
@@ -1971,6 +1986,9 @@ int main(int argc, char **argv)
 	int sndbuf = 4 << 20;   /* room for reports while the agent is busy */
 	if (setsockopt(S.ctl, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof(sndbuf)) < 0)
 		setsockopt(S.ctl, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+	socklen_t sl = sizeof(S.sndbuf);
+	if (getsockopt(S.ctl, SOL_SOCKET, SO_SNDBUF, &S.sndbuf, &sl) < 0)
+		S.sndbuf = INT_MAX;   /* (not expected: then no room is kept) */
 	S.mountinfo_fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
 	service_hook = service_current;
 
