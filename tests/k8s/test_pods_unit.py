@@ -252,9 +252,61 @@ def test_selectors() -> None:
     assert matches(Sel(match_expressions=(Req("app", "Exists"),)), labels)
     assert not matches(Sel(match_expressions=(Req("app", "DoesNotExist"),)), labels)
     assert matches(Sel(match_expressions=(Req("gone", "DoesNotExist"),)), labels)
-    assert image_repo("reg.example:5000/shop/web:1.2") == "reg.example:5000/shop/web"
-    assert image_repo("reg.example/side@sha256:abc") == "reg.example/side"
-    assert matches(Sel({"name": "app", "repo": "reg/web"}), container_labels("app", "reg/web:3"))
+    # a pod's own io.kubernetes.pod.namespace label stays (Tetragon adds the namespace only when absent)
+    own = pod_labels("shop", {"io.kubernetes.pod.namespace": "other"})
+    assert matches(Sel({"k8s:io.kubernetes.pod.namespace": "other"}), own)
+
+
+@pytest.mark.parametrize("image_id,repo", [
+    ("reg.example/shop/web@sha256:" + "d" * 64, "reg.example/shop/web"),
+    ("reg.example:5000/shop/web@sha256:abc", "reg.example:5000/shop/web"),
+    ("docker.io/library/busybox@sha256:abc", "docker.io/library/busybox"),
+    # as Tetragon: the repo comes from the imageID, never from the image name; an imageID
+    # without exactly one @ (the image ran by its id) has none
+    ("sha256:" + "d" * 64, ""),
+    ("", ""),
+    ("a@b@c", ""),
+])
+def test_container_selector_repo_is_the_image_ids(image_id: str, repo: str) -> None:
+    assert image_repo(image_id) == repo
+    assert container_labels("app", image_id) == {"name": "app", "repo": repo}
+
+
+@pytest.mark.parametrize("image,image_id,selector,want", [
+    ("reg.example/shop/web:1.2", "reg.example/shop/web@sha256:" + "d" * 64,
+     {"name": "app", "repo": "reg.example/shop/web"}, True),
+    # a tag of another repository than the image's digest: the digest's repository decides
+    ("reg.example/alias:latest", "reg.example/shop/web@sha256:" + "d" * 64, {"repo": "reg.example/alias"}, False),
+    ("reg.example/alias:latest", "reg.example/shop/web@sha256:" + "d" * 64, {"repo": "reg.example/shop/web"}, True),
+    ("reg.example/shop/web:1.2", "sha256:" + "d" * 64, {"repo": "reg.example/shop/web"}, False),
+])
+def test_container_selector_picks_by_name_and_repo(image: str, image_id: str, selector: dict[str, str],
+                                                   want: bool) -> None:
+    """Through the policy filter: the container's cgroup is in the kernel map or not."""
+    from vigil.k8s.policyfilter import PolicyFilter, Scope
+
+    class Writer:
+        def __init__(self) -> None:
+            self.keys: set[bytes] = set()
+
+        def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
+            self.keys.add(key)
+
+        def delete(self, key: bytes) -> None:
+            self.keys.discard(key)
+
+    class Locator:
+        def container_cgroups(self, pod: Any) -> dict[str, int]:
+            return {c.id: 1000 + i for i, c in enumerate(pod.containers)}
+
+    obj = pod_obj()
+    obj["status"]["containerStatuses"][0].update(image=image, imageID=image_id)
+    store, writer = PodStore(), Writer()
+    store.upsert(obj)
+    pf = PolicyFilter(store, writer, Locator())  # type: ignore[arg-type]
+    fid = pf.add(Scope(None, None, Sel(selector)))
+    assert pf.scopes[fid].cgroups == ({1000} if want else set())
+    assert len(writer.keys) == int(want)
 
 
 def exec_event(docker: str, n: int) -> ProcessExec:

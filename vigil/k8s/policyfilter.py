@@ -46,8 +46,8 @@ class Scope:
             return False
         return matches(self.pod_selector, pod_labels(pod.namespace, pod.labels))
 
-    def container_matches(self, name: str, image: str) -> bool:
-        return matches(self.container_selector, container_labels(name, image))
+    def container_matches(self, name: str, image_id: str) -> bool:
+        return matches(self.container_selector, container_labels(name, image_id))
 
 
 class CgroupLocator:
@@ -184,7 +184,7 @@ class PolicyFilter:
         cgs = self.locator.container_cgroups(pod)
         out = set()
         for c in pod.containers:
-            if not scope.container_matches(c.name, c.image):
+            if not scope.container_matches(c.name, c.image_id):
                 continue
             cg = cgs.get(c.id)
             if cg:

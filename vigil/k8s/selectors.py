@@ -3,7 +3,8 @@
 Takes any object with `match_labels` and `match_expressions` (the policy model's LabelSelector),
 so this layer needs nothing from the policy layer. As in Tetragon, keys may carry a `k8s:`
 prefix, and a pod's labels include `io.kubernetes.pod.namespace` (its namespace). A container's
-labels for containerSelector are `name` (the container name) and `repo` (its image repository).
+labels for containerSelector are `name` (the container name) and `repo` (its image repository,
+from the container status's imageID).
 """
 from __future__ import annotations
 
@@ -44,16 +45,19 @@ def matches(sel: Any, labels: Mapping[str, str]) -> bool:
 
 
 def pod_labels(namespace: str, labels: Mapping[str, str]) -> dict[str, str]:
-    return {**labels, NAMESPACE_LABEL: namespace}
+    """A pod's labels for podSelector: its own, and its namespace's label unless the pod has
+    that label itself (then its own value stays, as in Tetragon)."""
+    return {NAMESPACE_LABEL: namespace, **labels}
 
 
-def image_repo(image: str) -> str:
-    """registry/repo:tag or registry/repo@sha256:... -> registry/repo."""
-    base = image.split("@", 1)[0]
-    slash = base.rfind("/")
-    colon = base.rfind(":")
-    return base[:colon] if colon > slash else base
+def image_repo(image_id: str) -> str:
+    """The repository of a container's image, as Tetragon reads it from the container status's
+    imageID: `registry/repo@sha256:...` -> `registry/repo`; an imageID without exactly one `@`
+    (a bare `sha256:...`, the image ran by its id) has none: ""."""
+    parts = image_id.split("@")
+    return parts[0] if len(parts) == 2 else ""
 
 
-def container_labels(name: str, image: str) -> dict[str, str]:
-    return {"name": name, "repo": image_repo(image)}
+def container_labels(name: str, image_id: str) -> dict[str, str]:
+    """containerSelector's keys: `name` (the container's name), `repo` (from its imageID)."""
+    return {"name": name, "repo": image_repo(image_id)}
