@@ -91,3 +91,22 @@ def test_refused_document_unloads_the_ones_before_it(scoped_agent, first):
     assert [p["name"] for p in ra.agent.list_policies() if p["name"].startswith("rollback-")] == []
     assert scopes.scopes == {}  # the namespaced policy's pod scope went with it
     assert prog_ids_held() == before
+
+
+def test_policy_dir_loads_one_level_of_subdirectories(running_agent: RunningAgent, tmp_path) -> None:
+    """--tracing-policy-dir is read as Tetragon reads it: the directory's files and its
+    subdirectories' (a tree such as examples/tracingpolicy/cves/), not deeper ones. The
+    subdirectory's policy was left out."""
+    layout = {"top.yaml": "h5-dir-top", "sub/one.yaml": "h5-dir-sub", "sub/deeper/two.yaml": "h5-dir-deep"}
+    for rel, name in layout.items():
+        f = tmp_path / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(DOC.format(kind="TracingPolicy", name=name, ns="", event="sys_enter_openat"))
+    a = running_agent.agent
+    loaded: list[str] = []
+    try:
+        loaded = a.policies.add_dir(str(tmp_path))
+        assert sorted(loaded) == ["h5-dir-sub", "h5-dir-top"]
+    finally:
+        for name in loaded:
+            a.policies.delete(name, "")

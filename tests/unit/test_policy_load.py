@@ -207,3 +207,34 @@ def test_pure_python_loader_gives_same_diagnostics(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(loader_mod, "_LOADER", yaml.SafeLoader)
     slow = check_text(text, "x.yaml").errors
     assert fast == slow and len(fast) == 1
+
+
+# A policy directory is read as Tetragon reads --tracing-policy-dir: its files and those of its
+# subdirectories one level down (examples/tracingpolicy/cves/*.yaml), not deeper; a symlink to a
+# directory is not entered (fs.WalkDir does not follow it), nor is a hidden directory (a
+# Kubernetes ConfigMap's ..2026_... data directory, whose files the top level links to).
+POLICY_DIR_LAYOUT = [
+    ("top.yaml", True),
+    ("sub/one.yml", True),
+    ("sub/deeper/three.yaml", False),
+    (".hidden/four.yaml", False),
+    ("linked/five.yaml", False),  # linked is a symlink to a directory outside
+    ("sub/notes.txt", False),
+]
+
+
+def test_policy_dir_reads_one_level_of_subdirectories(tmp_path: Path) -> None:
+    d, outside = tmp_path / "d", tmp_path / "outside"
+    outside.mkdir()
+    (outside / "five.yaml").write_text(doc("kprobes:\n- call: sys_write", name="five"))
+    d.mkdir()
+    (d / "linked").symlink_to(outside, target_is_directory=True)
+    for rel, _ in POLICY_DIR_LAYOUT:
+        if rel.startswith("linked/"):
+            continue
+        f = d / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(doc("kprobes:\n- call: sys_write", name=f.stem))
+    names = sorted(p.name for p in load_policies(d))
+    assert names == sorted(Path(rel).stem for rel, loaded in POLICY_DIR_LAYOUT if loaded)
+    assert [str(f.relative_to(d)) for f in loader_mod.policy_dir_files(d)] == ["sub/one.yml", "top.yaml"]

@@ -20,6 +20,7 @@ from vigil.core.errors import PolicyError, PolicyExists, PolicyNotFound
 from vigil.kernel import policy_layout as L
 from vigil.policy import PolicyErrors, load_policies, parse_policies
 from vigil.policy.compile import CompiledHook, CompiledPolicy, compile_policy
+from vigil.policy.loader import policy_dir_files
 from vigil.policy.model import Policy
 
 log = logging.getLogger("vigil.policies")
@@ -240,12 +241,11 @@ class PolicyManager:
             raise PolicyError(f"--tracing-policy-dir {path}: not a directory")
         names: list[str] = []
         refused: list[str] = []
-        for f in sorted(d.iterdir()):
-            if f.suffix.lower() in (".yaml", ".yml", ".json"):
-                try:  # each file all or nothing; one refused file does not keep the others out
-                    names += self.add_file(str(f))
-                except PolicyError as e:
-                    refused.append(str(e))
+        for f in policy_dir_files(d):  # and one level of subdirectories, as Tetragon's
+            try:  # each file all or nothing; one refused file does not keep the others out
+                names += self.add_file(str(f))
+            except PolicyError as e:
+                refused.append(str(e))
         if refused:
             raise PolicyError("\n".join(refused))
         return names

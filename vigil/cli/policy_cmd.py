@@ -17,6 +17,7 @@ def policy() -> None:
 
 def _expand(paths: tuple[str, ...]) -> list[Path]:
     from vigil.policy.library import LibraryError, resolve
+    from vigil.policy.loader import policy_dir_files
 
     out: list[Path] = []
     for ref in paths:
@@ -27,9 +28,10 @@ def _expand(paths: tuple[str, ...]) -> list[Path]:
         if not p.exists():
             raise click.BadParameter(f"{ref}: no such file or directory", param_hint="FILES")
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in (".yaml", ".yml", ".json") and f.is_file())
+            found = policy_dir_files(p)  # and one level of subdirectories, as --tracing-policy-dir
             if not found:
-                raise click.BadParameter(f"{ref}: no .yaml, .yml or .json file in this directory", param_hint="FILES")
+                raise click.BadParameter(f"{ref}: no .yaml, .yml or .json file in this directory (or in its "
+                                         "subdirectories)", param_hint="FILES")
             out.extend(found)
         else:
             out.append(p)

@@ -70,12 +70,28 @@ def parse_policies(text: str, filename: str = "<string>",
     return _unwrap([check_text(text, filename)], warnings)
 
 
+def policy_dir_files(d: Path) -> list[Path]:
+    """The policy files (*.yaml, *.yml, *.json) of a directory, read as Tetragon reads
+    --tracing-policy-dir: the directory's own and those of its subdirectories one level
+    down, not deeper, in path order. A symlink to a directory is not entered (as Go's
+    fs.WalkDir), nor is a hidden directory (a Kubernetes ConfigMap mount's ..DATE data
+    directory, whose files the top level already links to)."""
+    out: list[Path] = []
+    for f in sorted(d.iterdir()):
+        if f.is_dir():
+            if not f.is_symlink() and not f.name.startswith("."):
+                out += (g for g in sorted(f.iterdir()) if g.suffix.lower() in POLICY_SUFFIXES and g.is_file())
+        elif f.suffix.lower() in POLICY_SUFFIXES and f.is_file():
+            out.append(f)
+    return out
+
+
 def load_policies(path: str | Path,
                   warnings: list[PolicyValidationError] | None = None) -> list[Policy]:
-    """Policies of a file, or of every *.yaml/*.yml/*.json file in a directory (sorted).
+    """Policies of a file, or of every policy file of a directory (policy_dir_files).
     Raises PolicyErrors with the errors of every failing file."""
     p = Path(path)
-    files = sorted(f for f in p.iterdir() if f.suffix.lower() in POLICY_SUFFIXES) if p.is_dir() else [p]
+    files = policy_dir_files(p) if p.is_dir() else [p]
     results = [check_file(f) for f in files]
     if len(results) > 1:
         _cross_file_duplicates(results)
