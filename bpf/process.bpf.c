@@ -78,6 +78,28 @@ struct {
 	__type(value, __u32);
 } follow_tables SEC(".maps");
 
+/* The execing thread's credentials before its exec (what a privileged exec is measured
+ * against, as Tetragon's bprm_committing_creds hook reads them from current), taken at the
+ * execve/execveat syscall's entry, by thread id. At sched_process_exec they are gone (the new
+ * ones are committed), and the permitted set at the process's last exec, which is all the
+ * execve_map has, differs after a capset, a setuid or a fork of a process that did either.
+ * `task` (the thread's task_struct, the same after a non-leader's exec takes the leader's id,
+ * where old_pid names the entry) tells a stale entry of an exec that failed in a thread whose
+ * id was reused; LRU, as a failed exec leaves its entry. */
+struct exec_creds {
+	__u64 task;
+	__u64 permitted;
+	__u32 uid;
+	__u32 gid;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct exec_creds);
+} exec_creds SEC(".maps");
+
 /* One scratch slot per CPU. A plain array indexed by CPU, because per-CPU
  * maps cap values at 32 KiB; the loader sizes it to the possible CPUs. */
 struct {
@@ -219,37 +241,44 @@ static __always_inline __u64 follow_marks(struct exec_heap *h, __u32 pid, __u32 
 	return mask;
 }
 
-/* A privileged exec (enum vigil_exec_privs), from the new credentials (m) and what the
- * kernel decided about the exec. bprm->per_clear is set when a set-user/group-ID bit was
- * applied (bprm_fill_uid), or, on kernels before 6.18's, when file capabilities raised the
- * permitted set (there it stays 0 for those: 6.18 tells them by bprm->secureexec). That is
- * the condition of Tetragon's bprm_committing_creds hook; the real ids do not change at
- * exec, so euid != uid is a set-user-ID exec. "Capabilities gained" compares with the
- * credentials before the exec, gone here: a non-root process with a permitted set after a
- * secure exec, no id change and no ambient set can only have it from the file; per_clear
- * with no effective set-ID bit on the file is checked against the permitted set at the
- * process's last exec (old), as an LSM's transition sets it too. */
+/* A privileged exec (enum vigil_exec_privs), Tetragon's bprm_committing_creds conditions:
+ * the kernel marked the exec (bprm->per_clear: a set-user/group-ID bit applied, or file
+ * capabilities raised the permitted set; on 6.18 per_clear stays 0 for the latter, which
+ * bprm->secureexec tells), then set-user-ID is a new euid other than the uid before the exec,
+ * to root from a non-root uid _ROOT (likewise gid), and file capabilities are a permitted set
+ * that grew past the one before the exec, with no id change and no ambient set.
+ * m: the new credentials; oc: those before the exec (exec_creds), when the syscall's entry
+ * was seen (a kernel-started exec, or a 32-bit one, has none). Without them the real ids
+ * stand in for the old ones (exec does not change them), and a grown permitted set is judged
+ * by a non-root secure exec, or against the permitted set at the process's last exec (old). */
 static __always_inline __u32 exec_privs(struct linux_binprm *bprm, const struct cred *cred, struct msg_process *m,
-					struct execve_entry *old, const bool btf)
+					struct execve_entry *old, struct exec_creds *oc, const bool btf)
 {
-	__u32 privs = 0, mode = m->i_mode, setid, per_clear, secure;
+	__u32 privs = 0, mode = m->i_mode, setid, per_clear, secure, ouid, ogid;
 
 	per_clear = VREAD(btf, bprm, per_clear);
 	secure = BPF_CORE_READ_BITFIELD_PROBED(bprm, secureexec);
 	if (!per_clear && !secure)
 		return 0;
-	if (per_clear && m->euid != m->uid) {
+	ouid = oc ? oc->uid : m->uid;
+	ogid = oc ? oc->gid : m->gid;
+	if (per_clear && m->euid != ouid) {
 		privs |= VIGIL_PRIV_SETUID;
 		if (m->uid != 0 && m->euid == 0)
 			privs |= VIGIL_PRIV_SETUID_ROOT;
 	}
-	if (per_clear && m->egid != m->gid) {
+	if (per_clear && m->egid != ogid) {
 		privs |= VIGIL_PRIV_SETGID;
 		if (m->gid != 0 && m->egid == 0)
 			privs |= VIGIL_PRIV_SETGID_ROOT;
 	}
-	if (m->euid != m->uid || !m->cap_permitted || read_cap((kernel_cap_t *)&cred->cap_ambient))
+	if (m->euid != ouid || !m->cap_permitted || read_cap((kernel_cap_t *)&cred->cap_ambient))
 		return privs;
+	if (oc) {
+		if (m->cap_permitted & ~oc->permitted)
+			privs |= VIGIL_PRIV_FILE_CAPS;
+		return privs;
+	}
 	setid = (mode & 04000) || (mode & 02010) == 02010;  /* S_ISUID; S_ISGID with S_IXGRP */
 	if ((secure && m->uid != 0) ||
 	    (per_clear && !setid && old && (m->cap_permitted & ~old->caps[2])))
@@ -280,7 +309,7 @@ static __always_inline struct exec_heap *begin_record(__u8 op, struct task_struc
 	return h;
 }
 
-static __always_inline int do_exec(struct task_struct *task, struct linux_binprm *bprm, const bool btf)
+static __always_inline int do_exec(struct task_struct *task, __u32 old_tid, struct linux_binprm *bprm, const bool btf)
 {
 	__u32 off = 0, n;
 	struct exec_heap *h;
@@ -295,6 +324,7 @@ static __always_inline int do_exec(struct task_struct *task, struct linux_binprm
 	const char *fname;
 	struct kernfs_node *cg_kn, *cg_parent;
 	struct execve_entry *pe;
+	struct exec_creds *oc;
 	__u32 cg_off;
 	long r;
 
@@ -332,7 +362,12 @@ static __always_inline int do_exec(struct task_struct *task, struct linux_binprm
 	pe = bpf_map_lookup_elem(&execve_map, &m->key.pid);
 	if (pe && (pe->flags & EXECVE_F_CLONE))
 		m->hdr.flags |= VIGIL_F_CLONE;
-	m->privs = exec_privs(bprm, VREAD(btf, task, cred), m, pe, btf);
+	oc = bpf_map_lookup_elem(&exec_creds, &old_tid);
+	if (oc && oc->task != (__u64)task)
+		oc = NULL;  /* a thread that had this id before, whose exec failed */
+	m->privs = exec_privs(bprm, VREAD(btf, task, cred), m, pe, oc, btf);
+	if (oc)
+		bpf_map_delete_elem(&exec_creds, &old_tid);
 	h->ent.caps[0] = m->cap_effective;
 	h->ent.caps[1] = m->cap_inheritable;
 	h->ent.caps[2] = m->cap_permitted;
@@ -519,13 +554,43 @@ static __always_inline int do_exit(struct task_struct *task, int group_dead, con
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(vigil_exec_btf, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
-	return do_exec(p, bprm, true);
+	return do_exec(p, old_pid, bprm, true);
 }
 
 SEC("raw_tp/sched_process_exec")
 int BPF_PROG(vigil_exec_raw, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
-	return do_exec(p, bprm, false);
+	return do_exec(p, old_pid, bprm, false);
+}
+
+/* execve/execveat entry: the caller's credentials before the exec (exec_creds). A plain
+ * tracepoint program on the syscall's own trace event (only these two syscalls run it); where
+ * the kernel has no syscall trace events the agent leaves it unattached. */
+static __always_inline int save_exec_creds(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	const struct cred *cred = BPF_CORE_READ(task, cred);
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct exec_creds c = {};
+
+	c.task = (__u64)task;
+	c.uid = BPF_CORE_READ(cred, uid.val);
+	c.gid = BPF_CORE_READ(cred, gid.val);
+	c.permitted = read_cap((kernel_cap_t *)&cred->cap_permitted);
+	bpf_map_update_elem(&exec_creds, &tid, &c, BPF_ANY);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_execve")
+int vigil_execve_enter(void *ctx)
+{
+	return save_exec_creds();
+}
+
+SEC("tracepoint/syscalls/sys_enter_execveat")
+int vigil_execveat_enter(void *ctx)
+{
+	return save_exec_creds();
 }
 
 SEC("tp_btf/sched_process_fork")

@@ -968,6 +968,47 @@ uprobes:
     assert (got[0]["offset"], got[0]["ref_ctr_offset"]) == (str(site.pc), str(site.semaphore))
 
 
+def _vaddr_of(path: Path, offset: int) -> int:
+    """The virtual address (st_value form) of file offset `offset` in the ELF at `path`."""
+    import struct
+
+    data = path.read_bytes()
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    for i in range(phnum):
+        typ, flags, off, vaddr, _pa, filesz, _ms, _al = struct.unpack_from("<IIQQQQQQ", data, phoff + i * phentsize)
+        if typ == 1 and flags & 1 and off <= offset < off + filesz:
+            return vaddr + offset - off
+    raise AssertionError(f"offset {offset:#x} is in no executable segment of {path}")
+
+
+def test_uprobe_addrs_attach_at_the_address_and_report_its_file_offset(running_agent: RunningAgent,
+                                                                       usdt_bin: Path) -> None:
+    """addrs: virtual addresses in the binary (as nm prints them), turned into file offsets in
+    its executable segments, as Tetragon's; the event's offset is the file offset. An address in
+    no executable segment is refused at the field; refCtrOffsets go one per address."""
+    notes, _err = running_agent.agent.policies.facts.usdt_notes(str(usdt_bin))
+    site = next(n for n in notes or [] if n.name == "guarded")
+    addr = _vaddr_of(usdt_bin, site.pc)
+    spec = f"""
+uprobes:
+- path: "{usdt_bin}"
+  addrs: [{addr:#x}]
+  refCtrOffsets: [{site.semaphore}]
+"""
+    with loaded(running_agent, policy_yaml("uprobe-addrs", spec)):
+        events = running_agent.collect(lambda: subprocess.run([str(usdt_bin), "42"], check=False))
+    got = [e["process_uprobe"] for e in events
+           if "process_uprobe" in e and e["process_uprobe"]["policy_name"] == "uprobe-addrs"]
+    assert [(e["offset"], e["ref_ctr_offset"], "symbol" in e) for e in got] == [
+        (str(site.pc), str(site.semaphore), False)]
+    bad = f'uprobes:\n- path: "{usdt_bin}"\n  addrs: [{addr:#x}, 0x10]\n'
+    with pytest.raises(PolicyError, match=r"spec.uprobes\[0\].addrs\[1\]: .*address 0x10 is in no executable "
+                                          r"segment"):
+        running_agent.agent.policies.add_text(policy_yaml("uprobe-addrs-bad", bad), "<t>")
+    assert "uprobe-addrs-bad" not in [p["name"] for p in running_agent.agent.list_policies()]
+
+
 def test_uprobe_ref_ctr_offsets_need_one_per_site(running_agent: RunningAgent, usdt_bin: Path) -> None:
     spec = f"""
 uprobes:

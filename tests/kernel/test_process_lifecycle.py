@@ -11,13 +11,14 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.kernel.conftest import RunningAgent, execs, exits
-from tests.kernel.testbins import build
+from tests.kernel.testbins import CREDS_EXEC_PY, build
 
 pytestmark = pytest.mark.kernel
 
@@ -253,39 +254,53 @@ def _setcap_net_raw(path: str) -> None:
         os.setxattr(path, "security.capability", struct.pack("<5I", 0x02000001, 1 << 13, 0, 0, 0))
 
 
+SETUID = {"setuid": 0, "privileges_changed": ["PRIVILEGES_RAISED_EXEC_FILE_SETUID"]}
+SETGID = {"setgid": 0, "privileges_changed": ["PRIVILEGES_RAISED_EXEC_FILE_SETGID"]}
+FILE_CAP = {"privileges_changed": ["PRIVILEGES_RAISED_EXEC_FILE_CAP"]}
+
+
+@pytest.mark.parametrize("binary, runner, want", [
+    ("suidtrue", "nobody", SETUID),
+    ("sgidtrue", "nobody", SETGID),
+    ("captrue", "nobody", FILE_CAP),
+    ("plaintrue", "nobody", None),
+    ("suidtrue", "root", None),          # no id change, no capability gained
+    # nobody that kept root's permitted set: the file's capability is no gain over the set
+    # before the exec (Tetragon compares with current's credentials), though the kernel calls
+    # the exec secure (a non-root exec of a file with the effective bit); setpriv keeps the
+    # effective set too
+    ("captrue", "keepcaps-nobody", None),
+    ("captrue", "setpriv-nobody", None),
+    ("suidtrue", "keepcaps-nobody", SETUID),
+    # root that emptied its capability sets: its exec gives them back, a gain over the set before
+    # the exec (the permitted set at its last exec was full, which hid it)
+    ("plaintrue", "root-empty", FILE_CAP),
+])
 def test_privileged_execs_have_binary_properties(running_agent: RunningAgent, workdir: Path,
-                                                 others_can_resolve_paths: None) -> None:
-    """Run as nobody: a set-user-ID-root copy of true gives setuid 0 and
-    PRIVILEGES_RAISED_EXEC_FILE_SETUID, a set-group-ID-root copy setgid 0 and ..._SETGID, a
-    cap_net_raw+ep copy ..._FILE_CAP (Tetragon's conditions); a plain copy, and the set-user-ID
-    copy run by root (no id change, no capability gained), have no binary_properties."""
+                                                 others_can_resolve_paths: None,
+                                                 binary: str, runner: str, want: Any) -> None:
+    """Tetragon's binary_properties of an exec, by who runs which file, judged against the
+    credentials before the exec: a set-user-ID-root copy of true run by nobody gives setuid 0
+    and PRIVILEGES_RAISED_EXEC_FILE_SETUID, a set-group-ID one setgid 0 and ..._SETGID, an exec
+    whose permitted set grew past the one before it ..._FILE_CAP; a plain copy, and the
+    set-user-ID copy run by root, have no binary_properties."""
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         pytest.fail("util-linux setpriv missing (util-linux is essential on Debian)")
-    src = workdir / "truebin"
-    bins = {name: _copy(src, name) for name in ("suidtrue", "sgidtrue", "captrue", "plaintrue")}
-    os.chmod(bins["suidtrue"], 0o4755)
-    os.chmod(bins["sgidtrue"], 0o2755)
-    _setcap_net_raw(bins["captrue"])
-    nobody = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
-
-    def act() -> None:
-        for name, path in bins.items():
-            subprocess.run([*nobody, path, f"as-nobody-{name}"], check=True)
-        subprocess.run([bins["suidtrue"], "as-root"], check=True)
-
-    events = running_agent.collect(act)
-
-    def props(binary: str, arguments: str) -> Any:
-        return _one(execs(events, binary=binary, arguments=arguments), arguments)["process"].get("binary_properties")
-
-    assert props(bins["suidtrue"], "as-nobody-suidtrue") == {
-        "setuid": 0, "privileges_changed": ["PRIVILEGES_RAISED_EXEC_FILE_SETUID"]}
-    assert props(bins["sgidtrue"], "as-nobody-sgidtrue") == {
-        "setgid": 0, "privileges_changed": ["PRIVILEGES_RAISED_EXEC_FILE_SETGID"]}
-    assert props(bins["captrue"], "as-nobody-captrue") == {"privileges_changed": ["PRIVILEGES_RAISED_EXEC_FILE_CAP"]}
-    assert props(bins["plaintrue"], "as-nobody-plaintrue") is None
-    assert props(bins["suidtrue"], "as-root") is None
+    path = _copy(workdir / "truebin", f"{binary}-{runner}")
+    if binary == "suidtrue":
+        os.chmod(path, 0o4755)
+    elif binary == "sgidtrue":
+        os.chmod(path, 0o2755)
+    elif binary == "captrue":
+        _setcap_net_raw(path)
+    py = [os.path.realpath(sys.executable), "-c", CREDS_EXEC_PY]
+    argv = {"nobody": [*py, "drop"], "keepcaps-nobody": [*py, "keep"], "root-empty": [*py, "root-empty"], "root": [],
+            "setpriv-nobody": [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]}[runner]
+    arg = f"{binary}-as-{runner}"
+    events = running_agent.collect(lambda: subprocess.run([*argv, path, arg], check=True))
+    got = _one(execs(events, binary=path, arguments=arg), arg)["process"].get("binary_properties")
+    assert got == want
 
 
 def test_threads_ending_together_give_one_exit(running_agent: RunningAgent, lifecycle: Path) -> None:

@@ -54,3 +54,55 @@ def test_both_flavours_load_and_record_an_exec(flavour: str, tmp_path: Path) -> 
         assert [x.exec_ktime for x in exits if x.pid == child.pid] == [rec.exec_ktime]
     finally:
         sensor.stop()
+
+
+# (launcher mode, file, privs bits): records of execs judged against the credentials before them
+PRIV_ROWS = [
+    ("drop", "cap", 4),         # nobody with nothing execs a cap_net_raw+ep file: FILE_CAPS
+    ("keep", "cap", 0),         # nobody that kept root's permitted set: no gain
+    ("root-empty", "plain", 4), # root that emptied its sets gets them back: a gain
+    ("drop", "plain", 0),
+    ("drop", "suid", 1 | 8),    # SETUID | SETUID_ROOT
+]
+
+
+@pytest.mark.parametrize("flavour", ["btf", "raw"])
+def test_privileged_execs_judged_against_the_credentials_before(flavour: str) -> None:
+    """The execve entry programs attach here and keep the caller's credentials for the exec
+    program: a capability gain is measured against the permitted set before the exec."""
+    import shutil
+    import struct
+    import sys
+    import tempfile
+
+    from tests.kernel.testbins import CREDS_EXEC_PY
+    from vigil.events import records as R
+    from vigil.kernel import RingBuffer
+    from vigil.sensors.process import ProcessSensor
+
+    tmp_path = Path(tempfile.mkdtemp())  # nobody runs files here: not under pytest's 0700 tree
+    os.chmod(tmp_path, 0o755)
+    for name in ("plain", "cap", "suid"):
+        shutil.copy2("/bin/true", tmp_path / name)
+    os.chmod(tmp_path / "suid", 0o4755)
+    # cap_net_raw+ep (struct vfs_cap_data, revision 2, effective)
+    os.setxattr(tmp_path / "cap", "security.capability", struct.pack("<5I", 0x02000001, 1 << 13, 0, 0, 0))
+    sensor = ProcessSensor()
+    sensor.obj = sensor._open(flavour)
+    try:
+        assert sensor.exec_creds
+        ev = sensor.events_map
+        rb = RingBuffer(ev.fd, ev.max_entries)
+        got = []
+        try:
+            for mode, name, _ in PRIV_ROWS:
+                path = str(tmp_path / name)
+                subprocess.run([os.path.realpath(sys.executable), "-c", CREDS_EXEC_PY, mode, path, mode], check=True)
+                recs = [R.ProcessRecord(b) for b in rb.drain() if b[0] == R.OP_EXEC]
+                got.append((mode, name, [r.privs for r in recs if r.exe == path]))
+        finally:
+            rb.close()
+        assert got == [(mode, name, [privs]) for mode, name, privs in PRIV_ROWS]
+    finally:
+        sensor.stop()
+        shutil.rmtree(tmp_path)

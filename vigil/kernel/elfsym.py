@@ -66,6 +66,23 @@ def vaddr_to_offset(data: bytes, vaddr: int) -> int:
     raise ElfError(f"address {vaddr:#x} is in no loadable segment")
 
 
+PF_X = 1
+
+
+def exec_addr_offset(path: str, addr: int) -> int:
+    """File offset of virtual address `addr` in an executable loadable segment of the ELF at
+    `path`, as Tetragon turns a uprobe's addrs into offsets."""
+    with open(path, "rb") as f:
+        data = f.read()
+    phoff, _, phentsize, phnum, _, _, _ = _header(data)
+    for i in range(phnum):
+        p_type, flags, p_offset, p_vaddr, _paddr, _filesz, memsz, _align = struct.unpack_from(
+            "<IIQQQQQQ", data, phoff + i * phentsize)
+        if p_type == PT_LOAD and flags & PF_X and p_vaddr <= addr < p_vaddr + memsz:
+            return addr - p_vaddr + p_offset
+    raise ElfError(f"address {addr:#x} is in no executable segment of {path}")
+
+
 def split_symbol(name: str) -> tuple[str, int]:
     """A uprobe symbol as Tetragon takes it: "func" or "func+OFFSET" (OFFSET decimal, 0x hex,
     0o octal or 0b binary): (func, offset)."""

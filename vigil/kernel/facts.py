@@ -399,6 +399,28 @@ class KernelFacts:
         v = syms.get(symbol, f"no function symbol {symbol!r} in {path}")
         return (v, "") if isinstance(v, int) else (None, str(v))
 
+    def file_addr(self, path: str, addr: int) -> tuple[int | None, str]:
+        """(file offset of virtual address `addr` in an executable segment of ELF `path`, "")
+        or (None, why not)."""
+        if self.mode == "ideal":
+            return addr, ""
+        info = self.file_info(path)
+        if info is None:
+            return None, f"{path}: not recorded"
+        if "error" in info:
+            return None, info["error"]
+        addrs = info.setdefault("addrs", {})
+        key = str(addr)  # recorded facts are JSON: string keys
+        if key not in addrs and self.mode == "live":
+            from vigil.kernel import elfsym
+
+            try:
+                addrs[key] = elfsym.exec_addr_offset(path, addr)
+            except (OSError, elfsym.ElfError) as e:
+                addrs[key] = str(e)
+        v = addrs.get(key, f"address {addr:#x} in {path}: not recorded")
+        return (v, "") if isinstance(v, int) else (None, str(v))
+
     def usdt_notes(self, path: str) -> tuple[list[UsdtNote] | None, str]:
         if self.mode == "ideal":
             return [], ""

@@ -151,7 +151,7 @@ def plan_policy(policy: Policy, facts: KernelFacts, *, substitute: bool = False,
     for i, tp in enumerate(spec.tracepoints):
         out.append((place_tracepoint(tp, i, facts), tp))
     for i, up in enumerate(spec.uprobes):
-        for j in range(max(len(up.symbols), len(up.offsets), 1)):
+        for j in range(max(len(up.symbols), len(up.offsets), len(up.addrs), 1)):
             out.append((place_uprobe(up, i, j, facts), up))
     for i, lh in enumerate(spec.lsmhooks):
         for pl in _place_lsm(lh, i, facts, sub):

@@ -562,16 +562,20 @@ def place_uprobe(spec: UProbeSpec, index: int, sym_i: int, facts: KernelFacts) -
         info = facts.file_info(path)
         if info is not None and "error" in info:
             pl.block(spec.at("path"), f"uprobe target: {info['error']}", "target")
-    else:
-        pl.block(spec.at("addrs"), "uprobe addrs (absolute addresses) are not supported by Vigil; use symbols "
-                 "or offsets", "vigil")
+    elif spec.addrs:  # virtual addresses: the file offsets of their executable segments, as Tetragon's
+        off, err = facts.file_addr(path, spec.addrs[sym_i])
+        if off is None:
+            key = "path" if not _binary_present(facts, path) else f"addrs[{sym_i}]"
+            pl.block(spec.at(key), f"uprobe target: {err}", "target")
+        else:
+            offset = off
     ref_ctr = 0
-    if spec.ref_ctr_offsets:  # one per symbol (or offset): a semaphore the kernel counts up while attached
-        sites = len(spec.symbols) or len(spec.offsets)
+    if spec.ref_ctr_offsets:  # one per symbol (offset, address): a semaphore the kernel counts up while attached
+        sites = len(spec.symbols) or len(spec.offsets) or len(spec.addrs)
         if len(spec.ref_ctr_offsets) != sites:
-            what = "symbols" if spec.symbols else "offsets"
+            what = "symbols" if spec.symbols else "offsets" if spec.offsets else "addrs"
             pl.block(spec.at("refCtrOffsets"), f"refCtrOffsets has {len(spec.ref_ctr_offsets)} entries and {what} "
-                     f"{sites}: one per {what[:-1]}", "policy")
+                     f"{sites}: one per {what[:-1].replace('addr', 'address')}", "policy")
         else:
             ref_ctr = spec.ref_ctr_offsets[sym_i]
     if spec.binary_digests:

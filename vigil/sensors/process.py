@@ -22,6 +22,7 @@ from vigil.kernel.paths import bpf_object
 log = logging.getLogger("vigil.sensor.process")
 
 HOOKS = ("exec", "fork", "exit")
+EXEC_ENTRY = ("vigil_execve_enter", "vigil_execveat_enter")  # the credentials before an exec
 DROP_CAUSES = ("ringbuf_full_exec", "ringbuf_full_clone", "ringbuf_full_exit", "ringbuf_full_generic",
                "execve_map_full", "heap", "cause6", "cause7")
 # struct execve_entry (bpf/lib/process_map.bpf.h): caps are effective, inheritable, permitted
@@ -55,6 +56,7 @@ class ProcessSensor:
         self.obj: BpfObject | None = None
         self.flavour = ""
         self.follow = None  # followChildren rules (vigil.sensors.follow), created on first use
+        self.exec_creds = False  # the execve entry programs are attached (see _attach_exec_creds)
 
     def _open(self, flavour: str) -> BpfObject:
         obj = BpfObject.open(bpf_object("process"))
@@ -71,10 +73,26 @@ class ProcessSensor:
             obj.load()
             for hook in HOOKS:
                 obj.program(f"vigil_{hook}_{flavour}").attach()
+            self.exec_creds = self._attach_exec_creds(obj)
         except BaseException:
             obj.close()
             raise
         return obj
+
+    @staticmethod
+    def _attach_exec_creds(obj: BpfObject) -> bool:
+        """The execve/execveat entry programs, which keep the credentials before an exec for
+        binary_properties (exec_creds in process.bpf.c). A kernel without syscall trace events
+        (CONFIG_FTRACE_SYSCALLS off) has nowhere to attach them: the exec program then judges a
+        privileged exec without them, as before."""
+        try:
+            for prog in EXEC_ENTRY:
+                obj.program(prog).attach()
+        except BpfError as e:
+            log.info("no syscall trace events for execve (%s): privileged execs judged without the "
+                     "credentials before the exec", e.what)
+            return False
+        return True
 
     def start(self) -> None:
         try:
