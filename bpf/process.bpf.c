@@ -493,6 +493,12 @@ static __always_inline int do_clone(struct task_struct *caller, struct task_stru
 	m->nspid = task_nspid(child, NULL, btf);
 	h->ent.key = m->key;
 	h->ent.pkey = m->pkey;
+	/* CLONE_PARENT by a caller the agent had not seeded yet (between attach and seed; the
+	 * caller may be such a fork itself, with an empty entry): this entry is empty and its
+	 * parent is not the process whose image it runs. pkey.pad names that caller for the
+	 * agent's repair, which fills the entry (it is 0 in every other entry). */
+	if ((!pe || !pe->bin_len) && ctgid != m->ppid)
+		h->ent.pkey.pad = ctgid;
 	h->ent.flags = EXECVE_F_CLONE;
 	if (bpf_map_update_elem(&execve_map, &m->key.pid, &h->ent, BPF_ANY))
 		count_drop(DROP_EXECVE_MAP_FULL);

@@ -42,10 +42,22 @@ static void *group_exit(void *a) { pthread_barrier_wait(&go); syscall(SYS_exit_g
 
 int main(int argc, char **argv) {
     const char *m = argc > 1 ? argv[1] : "";
-    if (!strcmp(m, "cp-parent")) {          /* fork, exec argv[2] as "cp-call", reap everyone */
+    if (!strcmp(m, "cp-parent")) {          /* fork, exec argv[2] as argv[3] ("cp-call"), reap everyone */
         pid_t c = fork();
-        if (c == 0) { char *av[] = {argv[2], "cp-call", NULL}; execv(av[0], av); _exit(127); }
+        if (c == 0) { char *av[] = {argv[2], argc > 3 ? argv[3] : "cp-call", NULL}; execv(av[0], av); _exit(127); }
         while (wait(NULL) > 0) ;
+        return 0;
+    }
+    if (!strcmp(m, "cp-serve")) {           /* a CLONE_PARENT child per byte on stdin (each pauses) */
+        char b;
+        printf("%d\n", getpid());
+        fflush(stdout);
+        while (read(0, &b, 1) > 0) {
+            pid_t p = syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0);
+            if (p == 0) { for (;;) pause(); }
+            printf("%d\n", p);
+            fflush(stdout);
+        }
         return 0;
     }
     if (!strcmp(m, "cp-call")) {            /* a CLONE_PARENT child: waits for stdin's EOF, exits 4 */

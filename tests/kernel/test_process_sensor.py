@@ -652,3 +652,58 @@ def test_processes_forked_between_attach_and_seed_get_their_binary(tmp_path: Pat
             except ProcessLookupError:
                 pass
         server.wait()
+
+
+def test_clone_parent_child_made_between_attach_and_seed_runs_the_callers_image(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workdir: Path) -> None:
+    """cpparent -> cpcaller, both running before the agent; cpcaller clones with CLONE_PARENT
+    after the programs attached and the scan ran, before the seed: its caller had no entry to
+    copy, so the child's entry was empty, and the repair filled it from its parent's entry,
+    cpparent's binary (matchBinaries, caps, followChildren for life). It is filled from the
+    caller's, keeping the real parent's key; the cache agrees."""
+    import vigil.agent.agent as agent_mod
+    from tests.kernel.test_process_lifecycle import LIFECYCLE_C
+    from tests.kernel.testbins import build
+
+    prog = build(workdir, "lifecycle", LIFECYCLE_C)
+    parent_bin, caller_bin = str(workdir / "cpparent"), str(workdir / "cpcaller")
+    shutil.copy2(prog, parent_bin)
+    shutil.copy2(prog, caller_bin)
+    parent = subprocess.Popen([parent_bin, "cp-parent", caller_bin, "cp-serve"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert parent.stdin is not None and parent.stdout is not None
+    pids = [int(parent.stdout.readline())]  # cpcaller, exec'd
+    real_scan = agent_mod.scan
+
+    def scan_then_clone(clock):  # type: ignore[no-untyped-def]
+        snaps = real_scan(clock)
+        parent.stdin.write(b"c")  # type: ignore[union-attr]
+        parent.stdin.flush()  # type: ignore[union-attr]
+        pids.append(int(parent.stdout.readline()))  # type: ignore[union-attr]
+        return snaps
+
+    monkeypatch.setattr(agent_mod, "scan", scan_then_clone)
+    try:
+        cfg = AgentConfig(export_filename=str(tmp_path / "cp.log"), server_address="", node_name="vigil-test")
+        with RunningAgent(cfg) as ra:
+            ra.collect(lambda: None)  # the clone's record is in the cache
+            caller, child = pids
+            pe, ce = _map_entry(ra, parent.pid), _map_entry(ra, caller)
+            e = _map_entry(ra, child)
+            assert pe is not None and ce is not None and e is not None
+            assert (pe["bin"], ce["bin"]) == (parent_bin, caller_bin)
+            assert e["bin"] == caller_bin, e
+            assert (e["caps"], e["ns"]) == (ce["caps"], ce["ns"])
+            assert e["pkey"] == pe["key"]
+            c = ra.agent.cache.by_pid(child)
+            assert c is not None and c.key == e["key"]
+            assert c.msg.binary == caller_bin
+            assert c.parent_key == pe["key"]
+    finally:
+        for pid in reversed(pids):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        parent.stdin.close()
+        parent.wait(timeout=30)

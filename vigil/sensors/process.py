@@ -149,7 +149,8 @@ class ProcessSensor:
         Such a fork copied its parent's entry before the seed wrote it: its entry has no
         binary, caps or namespaces (and its own forks copy that). Each entry without a binary
         that seed() did not write gets snaps[pid] (binary, caps, namespaces) if the scan saw
-        the process, else its parent's entry if that is filled and older than the fork;
+        the process, else the entry of the process it was forked from if that is filled and
+        older than the fork: its parent's, or with CLONE_PARENT the caller's (pkey.pad);
         its key stays the kernel's (the one its records carry). Repeated until nothing
         changes, for forks of forks. Kernel threads stay empty: the scan saw no binary, or
         their parent (kthreadd) has none.
@@ -176,23 +177,29 @@ class ProcessSensor:
     @staticmethod
     def _filled(m: Map, f: tuple[Any, ...], snap: tuple[str, tuple[int, int, int], tuple[int, ...]] | None
                 ) -> bytes | None:
-        pid, ktime, ppid, pktime = f[0], f[2], f[3], f[5]
-        raw = m.lookup(struct.pack("<I", ppid))
-        parent = ENTRY.unpack_from(raw) if raw is not None else None
-        if parent is not None and parent[2] > ktime:
-            parent = None  # the parent's image now is newer than the fork: not what it copied
+        pid, ktime, ppid, caller, pktime = f[0], f[2], f[3], f[4], f[5]
+
+        def older(p: int) -> tuple[Any, ...] | None:
+            """p's entry, if its image is not newer than the fork (else not what the fork copied)."""
+            raw = m.lookup(struct.pack("<I", p))
+            e = ENTRY.unpack_from(raw) if raw is not None else None
+            return e if e is not None and e[2] <= ktime else None
+
+        parent = older(ppid)
         if parent is not None and not pktime:  # the parent had no entry at the fork: its key now
             pktime = parent[2]
+        # the image it runs: its parent's, or (CLONE_PARENT, pkey.pad) the caller's
+        image = older(caller) if caller else parent
         if snap is not None:
             binary, caps, ns = snap
             b = binary.encode("utf-8", "surrogateescape")[: BINARY_LEN - 1]
             if not b:
                 return None
-            follow = parent[22] if parent is not None and parent[6] else 0
+            follow = image[22] if image is not None and image[6] else 0
             return ENTRY.pack(pid, 0, ktime, ppid, 0, pktime, len(b), 0, b, *caps, *ns, follow)
-        if parent is None or not parent[6]:
+        if image is None or not image[6]:
             return None
-        return ENTRY.pack(pid, 0, ktime, ppid, 0, pktime, *parent[6:])
+        return ENTRY.pack(pid, 0, ktime, ppid, 0, pktime, *image[6:])
 
     @staticmethod
     def _replace_empty(m: Map, key: bytes, was: tuple[Any, ...], new: bytes) -> bool:
