@@ -4,11 +4,12 @@ A field filter applies to the event types in ``event_set`` (all types when empty
 complement when ``invert_event_set`` is true). Paths are relative to the inner event
 message: ``process.binary``, not ``process_exec.process.binary``.
 
-For one event, every applicable filter is merged:
-
-* if at least one INCLUDE filter applies, only the union of the included paths is kept
-  (one INCLUDE turns the type into default-exclude);
-* then every EXCLUDE path is removed (exclusion wins over inclusion).
+The filters that apply to an event are applied one after the other, in their order, as
+Tetragon's server does: an INCLUDE keeps only its paths (one INCLUDE turns the type into
+default-exclude), an EXCLUDE removes its paths. So exclusion wins over inclusion in any order,
+and two INCLUDE filters keep what both include (``process`` then ``parent.pid`` keeps
+nothing; ``process`` then ``process.pid`` keeps the pid), not the union of their paths. A
+filter without paths changes nothing (an empty FieldMask), as in Tetragon.
 
 Envelope fields (``node_name``, ``time``...) are never touched. Paths may cross lists
 (``ancestors.binary`` trims every ancestor), which protobuf field masks cannot express
@@ -146,8 +147,6 @@ class FieldFilter:
             raise FilterError(f"field filter action: expected INCLUDE or EXCLUDE, got {action!r}")
         self.action = ACTIONS[action]
         self.paths = parse_paths(fields.get("fields", ""), "field filter fields")
-        if not self.paths:
-            raise FilterError("field filter fields: at least one field path is required")
         self._check_paths()
         self.tree = build_tree(self.paths)
 
@@ -171,29 +170,29 @@ class FieldFilter:
 
 
 class FieldFilterSet:
-    """All field filters of a request or of the agent config, merged per event type."""
+    """All field filters of a request or of the agent config, applied in order per event."""
 
     def __init__(self, specs: Iterable[dict[str, Any] | FieldFilter] = ()) -> None:
         self.filters = [s if isinstance(s, FieldFilter) else FieldFilter(s) for s in specs]
-        # (include tree or None, exclude tree or None) per event key, computed lazily.
-        self._plans: dict[str, tuple[PathTree | None, PathTree | None]] = {}
+        # per event key, computed lazily: the (action, paths) steps of the filters that apply,
+        # in order; runs of the same action merged (two EXCLUDEs drop the union of their paths).
+        self._plans: dict[str, list[tuple[str, PathTree]]] = {}
 
     def __bool__(self) -> bool:
         return bool(self.filters)
 
-    def _plan(self, key: str) -> tuple[PathTree | None, PathTree | None]:
+    def _plan(self, key: str) -> list[tuple[str, PathTree]]:
         plan = self._plans.get(key)
         if plan is None:
-            include: PathTree | None = None
-            exclude: PathTree | None = None
+            plan = []
             for f in self.filters:
-                if not f.applies_to(key):
+                if not f.applies_to(key) or not f.tree:  # no paths: an empty FieldMask, a no-op
                     continue
-                if f.action == "INCLUDE":
-                    include = merge_trees(include or {}, f.tree)
+                if f.action == "EXCLUDE" and plan and plan[-1][0] == "EXCLUDE":
+                    plan[-1] = ("EXCLUDE", merge_trees(plan[-1][1], f.tree))
                 else:
-                    exclude = merge_trees(exclude or {}, f.tree)
-            plan = self._plans[key] = (include, exclude)
+                    plan.append((f.action, f.tree))
+            self._plans[key] = plan
         return plan
 
     def apply(self, event: dict[str, Any]) -> dict[str, Any]:
@@ -204,13 +203,11 @@ class FieldFilterSet:
         if key is None:
             return event
         body = event[key]
-        include, exclude = self._plan(key)
-        if include is None and exclude is None:
+        plan = self._plan(key)
+        if not plan:
             return event
-        if include is not None:
-            body = keep_paths(body, include)
-        if exclude is not None:
-            body = drop_paths(body, exclude)
+        for action, tree in plan:
+            body = keep_paths(body, tree) if action == "INCLUDE" else drop_paths(body, tree)
         out = dict(event)
         out[key] = body
         return out
