@@ -1634,7 +1634,8 @@ static const char *stage(const char *msg, size_t len)
 		const struct pd_begin *b = (const void *)msg;
 		if (len < sizeof(*b))
 			return "short PD_BEGIN";
-		table_free(S.staging);
+		table_free(S.staging);   /* (a table staged and not committed is abandoned, refused or not) */
+		S.staging_bad = 0;
 		S.staging = t = xrealloc(NULL, sizeof(*t));
 		memset(t, 0, sizeof(*t));
 		t->generation = b->generation, t->default_allow = b->default_allow, t->deadline_ms = b->deadline_ms;
@@ -1838,14 +1839,27 @@ static void handle_ctl(void)
 {
 	static char msg[PD_MAX_MSG] __attribute__((aligned(8)));
 	for (;;) {
-		ssize_t len = recv(S.ctl, msg, sizeof(msg), MSG_DONTWAIT);
-		if (len == 0 || (len < 0 && errno != EAGAIN && errno != EINTR)) {
+		/* MSG_TRUNC: the packet's own length, so one longer than msg is refused, not cut */
+		ssize_t len = recv(S.ctl, msg, sizeof(msg), MSG_DONTWAIT | MSG_TRUNC);
+		if (len < 0 && errno != EAGAIN && errno != EINTR) {
 			S.quit = 1;   /* the agent went away */
 			return;
 		}
 		if (len < 0)
 			return;
+		if (len == 0) {   /* the agent gone, or an empty packet (refused below) */
+			struct pollfd p = { .fd = S.ctl, .events = POLLRDHUP };
+			if (poll(&p, 1, 0) == 1 && p.revents & (POLLHUP | POLLRDHUP | POLLERR)) {
+				S.quit = 1;
+				return;
+			}
+		}
 		const struct pd_hdr *h = (const void *)msg;
+		if ((size_t)len > sizeof(msg)) {
+			S.staging_bad = S.staging != NULL;
+			send_ack(0, 0, EINVAL, 0, 0, "malformed message (longer than PD_MAX_MSG)");
+			continue;
+		}
 		if ((size_t)len < sizeof(*h) || h->len != (uint32_t)len) {
 			S.staging_bad = S.staging != NULL;
 			send_ack(0, 0, EINVAL, 0, 0, "malformed message (length)");
