@@ -166,8 +166,8 @@ def test_a_containers_pod_part_is_made_when_its_pod_arrives_and_remade_when_it_c
     res._shared[CID] = stale
     res._by_cg.clear()
     assert res.pod_json(cg, 9, "/bin/ls", "")["pod_labels"] == {"app": "web", "tier": "2"}
-    store.delete(pod_obj())
-    assert CID not in res._shared and res.pod_json(cg, 10, "/bin/ls", "") is None
+    store.delete(pod_obj())   # its processes still running: the deleted pod's data (as Tetragon's)
+    assert CID not in res._shared and res.pod_json(cg, 10, "/bin/ls", "")["pod_labels"] == {"app": "web", "tier": "2"}
 
 
 def probe_pod(probes: dict[str, list[str]], init: bool = False) -> dict[str, Any]:
@@ -222,7 +222,7 @@ def test_store_updates_notify_and_reindex() -> None:
     store.upsert(pod_obj(labels={"app": "web", "tier": "1"}, cid=CID2))
     assert store.lookup(CID) is None and store.lookup(CID2)[0].labels["tier"] == "1"
     store.replace_all([])
-    assert len(store) == 0 and store.lookup(CID2) is None
+    assert len(store) == 0 and CID2 not in store.by_container
     assert seen == [(None, {"app": "web"}), ({"app": "web"}, {"app": "web", "tier": "1"}),
                     ({"app": "web", "tier": "1"}, None)]
 
@@ -460,6 +460,45 @@ def test_static_pods_and_exited_containers_in_the_policy_filter(tmp_path: Path) 
     for k in range(10):               # ten ticks a second apart: looked for at 1, 3 and 7 s
         pf.retry_pending(now=t0 + k + 1.0)
     assert len(looks) == 3
+
+
+CID3 = "c" * 64
+
+
+@pytest.mark.parametrize("steps,found", [
+    # (what happens to the pod, in order), then which container ids still give pod data
+    ((), {CID: True}),
+    (("delete",), {CID: True}),                       # deleted while its processes run
+    (("relist-without",), {CID: True}),               # a re-list that no longer has it
+    (("restart",), {CID: False, CID3: True}),         # a restarted container: the old id is gone
+    (("restart", "delete"), {CID: False, CID3: True}),
+    (("delete", "others"), {CID: False}),             # pushed out by the deletions of later pods
+])
+def test_a_deleted_pods_containers_are_still_found(steps: tuple[str, ...], found: dict[str, bool]) -> None:
+    from vigil.k8s import pods
+
+    store = PodStore()
+    res = PodResolver(store)
+    store.upsert(pod_obj())
+    for step in steps:
+        if step == "delete":
+            store.delete(pod_obj())
+        elif step == "relist-without":
+            store.replace_all([])
+        elif step == "restart":
+            store.upsert(pod_obj(cid=CID3))
+        elif step == "others":
+            for i in range(pods.DELETED_CONTAINERS_MAX):
+                other = pod_obj(cid=f"{i:064x}", uid=f"u{i}", name=f"o{i}")
+                store.upsert(other)
+                store.delete(other)
+    assert len(store.deleted) <= pods.DELETED_CONTAINERS_MAX
+    for cid, want in found.items():
+        p = res.pod_json(f"pod{UID}/{cid}", 7, "/bin/ls", "")
+        assert (p is not None) is want
+        if want:
+            assert p is not None and p["name"] == "web-1" and p["container"]["id"] == f"containerd://{cid}"
+            assert not res.waits_for_pod(cid[:31])
 
 
 def test_a_deleted_pods_containers_are_no_longer_waited_for() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -171,13 +172,20 @@ def maybe_exec_probe(c: ContainerInfo, binary: str, arguments: str) -> bool:
 Listener = Callable[[PodInfo | None, PodInfo | None], None]  # (old, new): added, changed or deleted
 
 
+DELETED_CONTAINERS_MAX = 1024   # Tetragon's --deleted-pod-cache-size default
+
+
 class PodStore:
-    """Pods of this node by uid, and (pod, container) by container id."""
+    """Pods of this node by uid, and (pod, container) by container id. As Tetragon's, the
+    containers of recently deleted pods are still found (the last `DELETED_CONTAINERS_MAX`):
+    a pod deleted while its processes run (a forced deletion, a watch that saw the deletion
+    before the last events were read) still gives them its pod data."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.by_uid: dict[str, PodInfo] = {}
         self.by_container: dict[str, tuple[PodInfo, ContainerInfo]] = {}
+        self.deleted: OrderedDict[str, tuple[PodInfo, ContainerInfo]] = OrderedDict()
         self._listeners: list[Listener] = []
         self.updates = 0
         # changes a listener failed on (uid -> (old, new)), told again at the pod's next sight
@@ -192,7 +200,10 @@ class PodStore:
         return len(self.by_uid)
 
     def lookup(self, container_id: str) -> tuple[PodInfo, ContainerInfo] | None:
-        return self.by_container.get(container_id)
+        hit = self.by_container.get(container_id)
+        if hit is None and self.deleted:
+            hit = self.deleted.get(container_id)
+        return hit
 
     def pods(self) -> list[PodInfo]:
         return list(self.by_uid.values())
@@ -209,6 +220,10 @@ class PodStore:
                 for c in old.containers:
                     if self.by_container.get(c.id, (None,))[0] is old:
                         del self.by_container[c.id]
+                        self.deleted[c.id] = (old, c)
+                        self.deleted.move_to_end(c.id)
+                while len(self.deleted) > DELETED_CONTAINERS_MAX:
+                    self.deleted.popitem(last=False)
                 self.updates += 1
         if old is not None:
             self._notify(old, None)
@@ -239,6 +254,7 @@ class PodStore:
                             del self.by_container[c.id]
                 for c in pod.containers:
                     self.by_container[c.id] = (pod, c)
+                    self.deleted.pop(c.id, None)   # (listed again after all)
                 self.updates += 1
         if not same:
             self._notify(old, pod)
