@@ -7,6 +7,9 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,24 +56,105 @@ def samples(agent: Any, family: str) -> list[tuple[dict[str, str], float]]:
     return out
 
 
-def test_policy_metrics_name_hooks_and_selectors_as_tetragon(running_agent: RunningAgent, workdir: Path):
+@pytest.fixture
+def scrape(running_agent: RunningAgent) -> Iterator[Callable[[], dict[str, dict[frozenset[tuple[str, str]], float]]]]:
+    """The shared agent's /metrics served on a loopback port: a function reading it (sample name
+    -> label set -> value)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from vigil.agent.metrics import MetricsFrontend
+
+    fe = MetricsFrontend(running_agent.agent.control, "127.0.0.1:0")
+    fe.start()
+
+    def read() -> dict[str, dict[frozenset[tuple[str, str]], float]]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{fe.port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        out: dict[str, dict[frozenset[tuple[str, str]], float]] = {}
+        for fam in text_string_to_metric_families(text):
+            for smp in fam.samples:
+                out.setdefault(smp.name, {})[frozenset(smp.labels.items())] = smp.value
+        return out
+    try:
+        yield read
+    finally:
+        fe.stop()
+
+
+def test_policy_metrics_name_hooks_and_selectors_as_tetragon(running_agent: RunningAgent, workdir: Path, scrape):
+    """tetragon_policy_events_total{policy,hook,namespace,workload,pod,binary,node_name}: the hook
+    as Tetragon's event names it (kprobe:<the event's function_name>), the process labels the
+    default --metrics-label-filter fills (binary; node_name empty)."""
     a = running_agent.agent
-    shutil.copy2(os.path.realpath(sys.executable), workdir / "vpy")
+    vpy = workdir / "vpy"
+    shutil.copy2(os.path.realpath(sys.executable), vpy)
     (workdir / "secret.txt").write_text("s")
-    name = a.policies.add_text(POLICY.format(name="metric-labels", work=workdir, vpy=workdir / "vpy"), "<t>")[0]
+    name = a.policies.add_text(POLICY.format(name="metric-labels", work=workdir, vpy=vpy), "<t>")[0]
     try:
         code = f"import os; open({str(workdir / 'secret.txt')!r}).close(); os.getppid()"
-        running_agent.collect(lambda: subprocess.run([str(workdir / "vpy"), "-S", "-c", code], check=True),
-                              until=lambda evs: sum(1 for e in evs for k in ("process_kprobe", "process_tracepoint")
-                                                    if e.get(k, {}).get("policy_name") == name) >= 2)
-        hits = {s["hook"]: v for s, v in samples(a, "tetragon_policy_events") if s["policy"] == name}
-        assert set(hits) == {"kprobe:sys_openat", "tracepoint:syscalls/sys_enter_getppid"}, hits
-        assert all(v >= 1 for v in hits.values()), hits
-        acts = {(s["hook"], s["hook_index"], s["selector_index"], s["selector_label"], s["action"], s["policy_namespace"])
-                for s, _ in samples(a, "tetragon_tracingpolicy_selector_actions") if s["policy"] == name}
+        evs = running_agent.collect(lambda: subprocess.run([str(vpy), "-S", "-c", code], check=True),
+                                    until=lambda evs: sum(1 for e in evs for k in ("process_kprobe", "process_tracepoint")
+                                                          if e.get(k, {}).get("policy_name") == name) >= 2)
+        fn = next(e["process_kprobe"]["function_name"] for e in evs
+                  if e.get("process_kprobe", {}).get("policy_name") == name)
+        assert fn.endswith("sys_openat"), fn
+        got = scrape()
+        hits = {dict(k)["hook"]: (dict(k), v) for k, v in got["tetragon_policy_events_total"].items()
+                if dict(k)["policy"] == name}
+        assert set(hits) == {f"kprobe:{fn}", "tracepoint:syscalls/sys_enter_getppid"}, hits
+        for labels, v in hits.values():
+            assert v >= 1 and labels["binary"] == str(vpy) and labels["node_name"] == "", labels
+            assert set(labels) == {"policy", "hook", "namespace", "workload", "pod", "binary", "node_name"}
+        acts = {(dict(k)["hook"], dict(k)["hook_index"], dict(k)["selector_index"], dict(k)["selector_label"],
+                 dict(k)["action"], dict(k)["policy_namespace"])
+                for k in got["tetragon_tracingpolicy_selector_actions_total"] if dict(k)["policy"] == name}
         assert acts == {("kprobe:sys_openat", "0", "1", "secret", "post", ""),
                         ("tracepoint:syscalls/sys_enter_getppid", "0", "1", "getppid", "post", "")}, acts
     finally:
+        a.delete_policy(name)
+
+
+def test_a_policy_event_of_a_process_the_cache_lacks_is_a_miss_and_missing_process_info(
+        running_agent: RunningAgent, workdir: Path, scrape):
+    """A policy event whose process is not in the process cache (here: taken out of it once its
+    exec was cached) is sent with a stand-in process, and counted as a process cache miss
+    (tetragon_process_cache_misses_total{operation="get"}) and as an event missing its process
+    info (tetragon_events_missing_process_info_total)."""
+    a = running_agent.agent
+    vpy, secret = workdir / "vpy", workdir / "secret.txt"
+    shutil.copy2(os.path.realpath(sys.executable), vpy)
+    secret.write_text("s")
+    name = a.policies.add_text(POLICY.format(name="metric-cache-miss", work=workdir, vpy=vpy), "<t>")[0]
+    code = f"import sys; sys.stdin.readline(); open({str(secret)!r}).close(); sys.stdin.readline()"
+    child = subprocess.Popen([str(vpy), "-S", "-c", code], stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while (a.cache.by_pid(child.pid) is None or a.cache.by_pid(child.pid).binary != str(vpy)) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        p = a.cache.by_pid(child.pid)
+        assert p is not None and p.binary == str(vpy)
+        before = scrape()
+        a.cache._by_key.pop(p.key, None)  # as if its exec had never been seen
+        a.cache._by_pid.pop(child.pid, None)
+
+        def opens() -> None:
+            assert child.stdin is not None
+            child.stdin.write(b"\n")
+            child.stdin.flush()
+
+        evs = running_agent.collect(opens, until=lambda evs: any(
+            e.get("process_kprobe", {}).get("policy_name") == name for e in evs))
+        ev = next(e["process_kprobe"] for e in evs if e.get("process_kprobe", {}).get("policy_name") == name)
+        assert ev["process"]["pid"] == child.pid and "binary" not in ev["process"], ev["process"]
+        after = scrape()
+        get = frozenset({("operation", "get")})
+        assert after["tetragon_process_cache_misses_total"][get] > before["tetragon_process_cache_misses_total"][get]
+        info = "tetragon_events_missing_process_info_total"
+        assert after[info][frozenset()] > before[info][frozenset()]
+    finally:
+        child.kill()
+        child.wait()
         a.delete_policy(name)
 
 

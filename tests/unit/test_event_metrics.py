@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from vigil.agent.metrics import POD_GONE_SECONDS, EventMetrics, parse_label_filter
-from vigil.core.events import DictEvent, Pod, PodShared, ProcessExec, ProcessExit, ProcessMsg
+from vigil.core.events import DictEvent, Pod, PodShared, PolicyEvent, ProcessExec, ProcessExit, ProcessMsg
 
 ALL = "namespace,workload,pod,binary,node_name"
 
@@ -100,3 +100,62 @@ def test_a_container_counts_with_its_pod_once_its_events_carry_it(monkeypatch: p
     assert em.counts == {("PROCESS_EXEC", "", "", "", "/app", "n1"): 1,
                          ("PROCESS_EXEC", "", "", "", "/bin/sh", "n1"): 1,
                          ("PROCESS_EXEC", "shop", "cart", "cart-1", "/app", "n1"): 3}
+
+
+def pev(kind: str, p: ProcessMsg, **body: str) -> PolicyEvent:
+    return PolicyEvent(kind, p, None, dict(body), "t", "n1")
+
+
+# events (kind, process, body), the label filter, then tetragon_policy_events_total's series:
+# (policy, hook, namespace, workload, pod, binary, node_name) -> count. Tetragon's hook label is
+# made of the event's own fields (its PolicyInfo): kprobe:<function_name>, tracepoint:<subsys>/<event>, ...
+CART = ("shop", "cart-1", "cart")
+POLICY_CASES = {
+    "kprobe-all-labels": (
+        [("process_kprobe", ("/app", *CART), {"policy_name": "p", "function_name": "__x64_sys_openat"})] * 2
+        + [("process_kprobe", ("/bin/sh",), {"policy_name": "p", "function_name": "__x64_sys_openat"})],
+        ALL, {("p", "kprobe:__x64_sys_openat", "shop", "cart", "cart-1", "/app", "n1"): 2,
+              ("p", "kprobe:__x64_sys_openat", "", "", "", "/bin/sh", "n1"): 1}),
+    "default-filter": (
+        [("process_tracepoint", ("/app", *CART), {"subsys": "syscalls", "event": "sys_enter_getppid",
+                                                  "policy_name": "t"})],
+        "namespace,workload,pod,binary",
+        {("t", "tracepoint:syscalls/sys_enter_getppid", "shop", "cart", "cart-1", "/app", ""): 1}),
+    "binary-only": (
+        [("process_lsm", ("/app", *CART), {"function_name": "file_open", "policy_name": "l"})] * 3,
+        "binary", {("l", "lsm:file_open", "", "", "", "/app", ""): 3}),
+    "no-labels": (
+        [("process_uprobe", (b,), {"path": "/lib/libc.so.6", "symbol": "malloc", "policy_name": "u"})
+         for b in ("/a", "/b")] + [("process_kprobe", ("/a",), {"policy_name": "u", "function_name": "f"})],
+        "", {("u", "uprobe:/lib/libc.so.6/malloc", "", "", "", "", ""): 2, ("u", "kprobe:f", "", "", "", "", ""): 1}),
+    "uprobe-at-an-offset": (  # no symbol in the body: counted one by one, the symbol empty
+        [("process_uprobe", ("/a",), {"path": "/bin/x", "policy_name": "u"}),
+         ("process_uprobe", ("/a",), {"path": "/bin/x", "symbol": "main", "policy_name": "u"})],
+        "binary", {("u", "uprobe:/bin/x/", "", "", "", "/a", ""): 1, ("u", "uprobe:/bin/x/main", "", "", "", "/a", ""): 1}),
+    "usdt": (
+        [("process_usdt", ("/a",), {"path": "/bin/x", "provider": "prov", "name": "probe", "policy_name": "s"})],
+        "binary,node_name", {("s", "usdt:prov/probe", "", "", "", "/a", "n1"): 1}),
+    "unnamed-policy-not-counted": (
+        [("process_kprobe", ("/a",), {"function_name": "f"})], ALL, {}),
+}
+
+
+@pytest.mark.parametrize("events, labels, want", POLICY_CASES.values(), ids=POLICY_CASES.keys())
+def test_policy_events_are_counted_by_policy_hook_and_the_labels_the_filter_fills(
+        events: list[tuple[str, tuple[str, ...], dict[str, str]]], labels: str,
+        want: dict[tuple[str, ...], int]) -> None:
+    em = EventMetrics(parse_label_filter(labels), "n1", k8s=SimpleNamespace(store=Store(("shop", "cart-1"))))
+    em([pev(kind, proc(*p), **body) for kind, p, body in events]
+       + [ProcessExec(proc("/app", *CART), None, (), "t", "n1")])  # not a policy event
+    assert em.policy_counts == want
+    assert sum(n for k, n in em.counts.items() if k[0] != "PROCESS_EXEC") == len(events)
+
+
+def test_policy_event_series_of_a_deleted_pod_go_with_its_other_series() -> None:
+    store = Store(("shop", "cart-1"))
+    em = EventMetrics(parse_label_filter(ALL), "n1", k8s=SimpleNamespace(store=store))
+    em([pev("process_kprobe", proc("/app", *CART), policy_name="p", function_name="f")])
+    store.here = []
+    em.prune(1000.0)
+    em.prune(1000.0 + POD_GONE_SECONDS)
+    assert em.policy_counts == {} and em.counts == {}

@@ -82,3 +82,28 @@ def test_last_exported_timestamp_is_the_last_exported_events_time(tmp_path: Path
     want = calendar.timegm(time.strptime(last[:19], "%Y-%m-%dT%H:%M:%S"))
     assert got["tetragon_events_last_exported_timestamp"][()] == want > 0
     assert got["tetragon_events_exported_total"][()] == len(events) == 2
+
+
+# PolicyEvents' lookups of an event's process (handle(), netdeny, fanotify, loader events: by pid
+# and exec ktime; the compiled handler's stand-in: by pid) -> (misses, missing process info, stand-in)
+@pytest.mark.parametrize("lookup, want", [
+    (lambda pe: pe.processes(100, 1000, 100), (0, 0, False)),   # cached: by its key
+    (lambda pe: pe.processes(100, 0, 100), (0, 0, False)),      # cached: by pid
+    (lambda pe: pe.processes(101, 1500, 102), (1, 1, True)),    # not cached
+    (lambda pe: pe.processes(101, 0, 0), (1, 1, True)),
+    (lambda pe: (pe._missing_fast("", 101, 102), None), (1, 1, True)),
+], ids=["key", "pid", "unknown-key", "unknown-pid", "compiled-handler"])
+def test_policy_event_processes_the_cache_lacks_are_counted(lookup: Any, want: tuple[int, int, bool]):
+    from vigil.agent.policy_events import PolicyEvents
+    from vigil.core.events import ProcessMsg
+    from vigil.process.cache import ProcessCache
+    from vigil.process.model import Process
+
+    cache = ProcessCache()
+    cache.add(Process("e100", (100, 1000), "", None, 1, ProcessMsg("e100", 100)), 0)
+    builder = type("B", (), {"cache": cache, "missing_info": 0})()
+    pe = PolicyEvents(builder, lambda e: None, {}, None)  # type: ignore[arg-type]
+    msg, _parent = lookup(pe)
+    assert (cache.misses, builder.missing_info, msg.flags == "miss") == want
+    if want[2]:
+        assert msg.exec_id == "" and msg.pid == 101

@@ -10,7 +10,8 @@ import logging
 import time
 from collections import _count_elements  # type: ignore[attr-defined]
 from collections.abc import Iterable, Iterator
-from operator import attrgetter
+from itertools import compress
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -41,32 +42,52 @@ DEFAULT_LABEL_FILTER = "namespace,workload,pod,binary"
 POD_GONE_SECONDS = 60.0  # series of a deleted pod are dropped this long after it left (as Tetragon)
 
 
+# policy event kind -> the body fields naming its policy and hook, and Tetragon's `hook` label of
+# tetragon_policy_events_total made of them (its PolicyInfo of the event: kprobe:<function as the
+# event names it, __x64_sys_openat for a syscall>, tracepoint:<subsys>/<event>, ...)
+_POLICY_HOOKS: dict[str, tuple[tuple[str, ...], str]] = {
+    "process_kprobe": (("policy_name", "function_name"), "kprobe:{}"),
+    "process_lsm": (("policy_name", "function_name"), "lsm:{}"),
+    "process_tracepoint": (("policy_name", "subsys", "event"), "tracepoint:{}/{}"),
+    "process_uprobe": (("policy_name", "path", "symbol"), "uprobe:{}/{}"),
+    "process_usdt": (("policy_name", "provider", "name"), "usdt:{}/{}"),
+}
+_POLICY_GETTERS = {k: itemgetter(*fields) for k, (fields, _) in _POLICY_HOOKS.items()}
+_body = attrgetter("body")
+
+
 def parse_label_filter(text: str) -> frozenset[str]:
     """--metrics-label-filter: comma-separated labels to fill; unknown ones are ignored."""
     return frozenset(x.strip() for x in text.split(",")) & frozenset(PROCESS_LABELS)
 
 
 class EventMetrics:
-    """tetragon_events_total{type,namespace,workload,pod,binary,node_name}: a sink of the event
-    loop (Pipeline.sinks) that sees every event the loop emits. A batch is counted in C by
+    """tetragon_events_total{type,namespace,workload,pod,binary,node_name} and
+    tetragon_policy_events_total{policy,hook,namespace,workload,pod,binary,node_name}: a sink of
+    the event loop (Pipeline.sinks) that sees every event the loop emits. A batch is counted in C by
     (kind, binary, container id), only by the parts the label filter asks for: a handful of
     keys per batch, not one per process (counting by process cost 11% of the replay's CPU,
     with a Python step per process; by these keys 190-245 ns an event, by kind alone 45). A
     container's pod labels are read once from one of its events, and kept while the pod is
     known. Series of a pod that left the node go a minute later, so pod churn does not grow the
-    metric forever."""
+    metric forever. The policy events of a batch are counted the same way, one C pass per policy
+    event kind the batch has, by those keys and the body's policy and hook fields."""
 
     def __init__(self, labels: Iterable[str], node_name: str = "", k8s: Any = None) -> None:
         self.labels = frozenset(labels)
         self.node_name = node_name if "node_name" in self.labels else ""
         self.k8s = k8s  # the agent's K8sStage (pods of this node), or a callable returning it
         self.counts: dict[tuple[str, ...], int] = {}
+        # (policy, hook, namespace, workload, pod, binary, node_name) -> policy events
+        self.policy_counts: dict[tuple[str, ...], int] = {}
         self._gone: dict[tuple[str, str], float] = {}  # (namespace, pod) not on the node since
         self._next_prune = 0.0
         self._pods = bool(self.labels & {"namespace", "workload", "pod"})
         self._binary = "binary" in self.labels
         self._key_pods = attrgetter("kind", "process.binary", "process.docker")
         self._key_plain = attrgetter("kind", "process.binary")
+        self._proc_pods = attrgetter("process.binary", "process.docker")
+        self._proc_plain = attrgetter("process.binary")
         self._key_kind = attrgetter("kind")
         self._by_container: dict[str, tuple[str, str, str]] = {}  # container id -> its pod's labels
         self._podless: dict[str, float] = {}  # container ids whose events had no pod, when last looked
@@ -106,6 +127,8 @@ class EventMetrics:
             for kind, n in by_kind.items():
                 k = (_EVENT_TYPE.get(kind, kind.upper()), "", "", "", "", self.node_name)
                 counts[k] = counts.get(k, 0) + n
+            if not by_kind.keys().isdisjoint(_POLICY_HOOKS):
+                self._count_policy(events, by_kind, False)
             return
         key = self._key_pods if pods else self._key_plain
         batch: dict[tuple[str, ...], int] = {}
@@ -125,11 +148,55 @@ class EventMetrics:
                                pod if "pod" in want else "")
             k = (_EVENT_TYPE.get(kind, kind.upper()), ns, wl, pod, binary or "", self.node_name)
             counts[k] = counts.get(k, 0) + n
+        kinds = {k[0] for k in batch}
+        if not kinds.isdisjoint(_POLICY_HOOKS):
+            self._count_policy(events, kinds, pods)
         if pods and "pod" in want:
             now = time.monotonic()
             if now >= self._next_prune:
                 self._next_prune = now + 10.0
                 self.prune(now)
+
+    def _count_policy(self, events: list[Any], kinds: Iterable[str], pods: bool) -> None:
+        """tetragon_policy_events_total of a batch: for each policy event kind in it, its events
+        counted in C by (process key, policy and hook fields of the body)."""
+        want, node = self.labels, self.node_name
+        proc = self._proc_pods if pods else self._proc_plain if self._binary else None
+        pc = self.policy_counts
+        for kind in kinds:
+            spec = _POLICY_HOOKS.get(kind)
+            if spec is None:
+                continue
+            fields, fmt = spec
+            sel = list(compress(events, map(kind.__eq__, map(self._key_kind, events))))
+            batch: dict[tuple[Any, ...], int] = {}
+            try:
+                hooks: Iterable[Any] = list(map(_POLICY_GETTERS[kind], map(_body, sel)))
+                _count_elements(batch, zip(map(proc, sel), hooks) if proc is not None else zip(hooks))
+            except (KeyError, AttributeError):  # a body without a field (a uprobe at an offset): one by one
+                none = ("", "") if pods else ""
+                batch = {}
+                _count_elements(batch, ((proc(e) if proc is not None and getattr(e, "process", None) is not None
+                                         else none, tuple(getattr(e, "body", {}).get(f) or "" for f in fields))
+                                        for e in sel))
+            for key, n in batch.items():
+                names = key[-1]
+                if not names[0]:
+                    continue  # Tetragon counts the events of a named policy
+                ns = wl = pod = binary = ""
+                if proc is not None:
+                    pk = key[0]
+                    if pods:
+                        binary, cid = pk
+                        if cid:
+                            ns, wl, pod = self._pod_labels(cid, sel)
+                            ns, wl, pod = (ns if "namespace" in want else "", wl if "workload" in want else "",
+                                           pod if "pod" in want else "")
+                    else:
+                        binary = pk
+                    binary = (binary or "") if self._binary else ""
+                k = (names[0], fmt.format(*names[1:]), ns, wl, pod, binary, node)
+                pc[k] = pc.get(k, 0) + n
 
     def prune(self, now: float) -> None:
         """Drop the series of pods the node has not had for POD_GONE_SECONDS."""
@@ -138,10 +205,12 @@ class EventMetrics:
             return
         here = {(p.namespace, p.name) for p in k8s.store.pods()}
         seen = {(k[1], k[3]) for k in list(self.counts) if k[3]}
+        seen |= {(k[2], k[4]) for k in list(self.policy_counts) if k[4]}
         for pod in seen - here:
             since = self._gone.setdefault(pod, now)
             if now - since >= POD_GONE_SECONDS:
                 self.counts = {k: v for k, v in self.counts.items() if (k[1], k[3]) != pod}
+                self.policy_counts = {k: v for k, v in self.policy_counts.items() if (k[2], k[4]) != pod}
                 del self._gone[pod]
         for pod in [p for p in self._gone if p in here or p not in seen]:
             del self._gone[pod]
@@ -189,10 +258,14 @@ class AgentCollector(Collector):
                 sk = (pa["policy"], pa["namespace"], pa["hook"], str(pa["hook_index"]), str(pa["selector_index"]),
                       pa["selector_label"], pa["action"])
                 by_selector[sk] = by_selector.get(sk, 0) + pa["count"]
-        pol = CounterMetricFamily("tetragon_policy_events", "Policy events, by policy and hook",
-                                  labels=["policy", "hook"])
-        for (policy, hook), n in by_hook.items():  # same-named policies of two namespaces: one series
-            pol.add_metric([policy, hook], n)
+        pol = CounterMetricFamily("tetragon_policy_events", "Policy events, by policy, hook and process "
+                                  "(--metrics-label-filter)", labels=["policy", "hook", *PROCESS_LABELS])
+        if self.event_metrics is not None:
+            for key, n in list(self.event_metrics.policy_counts.items()):
+                pol.add_metric(list(key), n)
+        else:  # no event sink (a collector read directly): by the policies' counters
+            for (policy, hook), n in by_hook.items():  # same-named policies of two namespaces: one series
+                pol.add_metric([policy, hook, "", "", "", "", ""], n)
         yield pol
 
         acts = CounterMetricFamily("tetragon_tracingpolicy_selector_actions",

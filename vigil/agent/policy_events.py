@@ -50,9 +50,20 @@ class PolicyEvents:
         if p is None:
             p = cache.by_pid(pid)
         if p is None:
-            return missing_process("", pid, tid or pid), None
+            return self.missing(pid, exec_ktime, tid or pid), None
         parent = by_key.get(p.parent_key) if p.parent_key else None
         return p.msg, parent.msg if parent is not None else None
+
+    def missing(self, pid: int, exec_ktime: int, tid: int) -> ProcessMsg:
+        """The stand-in of a process the cache does not have, for an event about to be sent
+        with it: counted as a cache miss and as an event missing its process info."""
+        self.builder.cache.missed(pid, exec_ktime)
+        self.builder.missing_info += 1
+        return missing_process("", pid, tid)
+
+    def _missing_fast(self, exec_id: str, pid: int, tid: int) -> ProcessMsg:
+        """missing() for the compiled handler (which names no exec ktime)."""
+        return self.missing(pid, 0, tid)
 
     # -- reported from other threads
     def loader_event(self, pid: int, tid: int, path: str, build_id: bytes, time_ns: int) -> None:
@@ -119,9 +130,9 @@ class PolicyEvents:
         return _action_key(ch, selector, action)[0]
 
     @staticmethod
-    def message(ch: CompiledHook, selector: int, action: int, ret_action: int, monitor: bool) -> str:
+    def message(ch: CompiledHook, selector: int, action: int, ret_action: int, monitor: int) -> str:
         """The message of events of `ch` with this selector, actions and mode (an enforcement's
-        explains it)."""
+        explains it; monitor: L.enforcement_state)."""
         return generic_events.body_message(ch, selector, action, ret_action, monitor)
 
     def compiled_handler(self) -> Callable[[bytes, int], PolicyEvent | None]:
@@ -131,7 +142,7 @@ class PolicyEvents:
         if fast is None:
             return self.handle
         fast.set_generic((self.hooks, {}, self.fast_plan, self.handle, self._data, self.action_key,
-                         self.message, missing_process))
+                         self.message, self._missing_fast))
         return fast.on_generic  # type: ignore[no-any-return]
 
     # -- record handlers (the event loop's table, by record op)
