@@ -213,6 +213,20 @@ def test_maybe_exec_probe(probes: dict[str, list[str]], init: bool, binary: str,
     assert got is not None and got["container"].get("maybe_exec_probe", False) is want
 
 
+@pytest.mark.parametrize("arguments,probe", [('-c "test -f /tmp/ok"', True), ("-c true", False)])
+def test_a_forked_child_keeps_its_parents_exec_probe_guess(arguments: str, probe: bool) -> None:
+    """As Tetragon's clone of the parent's process: its own pid, the parent's maybe_exec_probe."""
+    store = PodStore()
+    store.upsert(probe_pod({"livenessProbe": SH_OK}))
+    res = PodResolver(store)
+    parent = res.pod_json(f"pod{UID}/{CID}", 7, "/bin/sh", arguments)
+    assert parent is not None
+    child = res.with_pid(parent, 8)
+    assert child["container"]["pid"] == 8 and child["container"].get("maybe_exec_probe", False) is probe
+    assert {k: v for k, v in child["container"].items() if k != "pid"} == \
+        {k: v for k, v in parent["container"].items() if k != "pid"}
+
+
 def test_store_updates_notify_and_reindex() -> None:
     store = PodStore()
     seen: list[tuple[Any, Any]] = []

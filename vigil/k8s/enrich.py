@@ -126,8 +126,10 @@ class PodResolver:
         return Pod(base, pid, probe)
 
     def with_pid(self, pod: Pod, pid: int) -> Pod:
-        """The same pod object for a forked child (its own pid inside the container)."""
-        return Pod(pod.shared, pid, False)
+        """The same pod object for a forked child (its own pid inside the container): as
+        Tetragon's copy of the parent's, it keeps the parent's maybe_exec_probe (a probe's
+        forked children are part of the probe)."""
+        return Pod(pod.shared, pid, pod.probe)
 
     def for_docker(self, docker: str) -> tuple[PodInfo, ContainerInfo] | None:
         r = self.by_docker.get(docker)
