@@ -1009,6 +1009,20 @@ uprobes:
     assert "uprobe-addrs-bad" not in [p["name"] for p in running_agent.agent.list_policies()]
 
 
+@pytest.mark.parametrize("data", [
+    "[{index: 0, type: uint64, source: pt_regs, resolve: rsp}]",
+    "[{index: 0, type: int, source: current_task, resolve: pid}]",
+], ids=["pt_regs", "current_task"])
+def test_uprobe_data_is_refused_at_the_field_not_dropped(running_agent: RunningAgent, usdt_bin: Path,
+                                                         data: str) -> None:
+    """`data` (values from pt_regs or current_task, in the event's `data` list) is not read by
+    Vigil: the policy is refused naming spec.uprobes[i].data, not loaded with events that lack it."""
+    spec = f'uprobes:\n- path: "{usdt_bin}"\n  symbols: [main]\n  data: {data}\n'
+    with pytest.raises(PolicyError, match=r"<t>:\d+:\d+: spec.uprobes\[0\].data: .*data is not supported by Vigil"):
+        running_agent.agent.policies.add_text(policy_yaml("uprobe-data", spec), "<t>")
+    assert "uprobe-data" not in [p["name"] for p in running_agent.agent.list_policies()]
+
+
 def test_uprobe_ref_ctr_offsets_need_one_per_site(running_agent: RunningAgent, usdt_bin: Path) -> None:
     spec = f"""
 uprobes:

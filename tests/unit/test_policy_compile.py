@@ -511,7 +511,8 @@ kprobes:
   selectors: [{matchData: [{index: 0, operator: Equal, values: ["1"]}]}]
 """)
     errs = [e.message for e in unsupported(p)]
-    assert errs == ["matchData is not supported by Vigil yet"]
+    assert errs == ["data is not supported by Vigil yet (its values, from pt_regs or current_task, would be "
+                    "missing from the events)", "matchData is not supported by Vigil yet"]
 
 
 def test_return_arg_action_post_is_accepted_with_a_warning() -> None:

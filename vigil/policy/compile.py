@@ -346,6 +346,10 @@ def compile_report(policy: Policy, facts: KernelFacts, next_hook_id: Callable[[]
                        f"{policy.namespace or '(none)'}, which this agent does not know (run it with "
                        "--enable-k8s-api)", "option")
     _check_templates(policy, errs)
+    for _section, hook in policy.spec.hooks():
+        if getattr(hook, "data", ()):  # not read: its events would lack Tetragon's `data` list
+            errs.error(hook.at("data"), "data is not supported by Vigil yet (its values, from pt_regs or "  # type: ignore[attr-defined]
+                       "current_task, would be missing from the events)", "vigil")
     placements = plan_policy(policy, facts, substitute=substitute, errs=errs)
     enforcers = _place_enforcers(policy, facts, errs)
     hooks: list[CompiledHook] = []
