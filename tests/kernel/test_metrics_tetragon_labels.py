@@ -110,6 +110,20 @@ def test_policy_metrics_name_hooks_and_selectors_as_tetragon(running_agent: Runn
                 for k in got["tetragon_tracingpolicy_selector_actions_total"] if dict(k)["policy"] == name}
         assert acts == {("kprobe:sys_openat", "0", "1", "secret", "post", ""),
                         ("tracepoint:syscalls/sys_enter_getppid", "0", "1", "getppid", "post", "")}, acts
+        # every state Tetragon reports; the policy's own maps' kernel memory, as ListTracingPolicies says
+        states = {dict(k)["state"]: v for k, v in got["tetragon_tracingpolicy_loaded"].items()}
+        assert set(states) == {"enabled", "disabled", "error", "load_error", "skipped", "partially_enabled"}
+        assert states["enabled"] >= 1, states
+        listed = next(p for p in a.list_policies() if p["name"] == name)["kernel_memory_bytes"]
+        mem = got["tetragon_tracingpolicy_kernel_memory_bytes"]
+        assert mem[frozenset({("policy", name), ("policy_namespace", "")})] == listed > 0, mem
+        # tetragon_missed_prog_probes_total{policy,attach}: each program's recursion_misses
+        progs = [p for p in a.status()["programs"] if p["policy"] == name]
+        missed = {dict(k)["attach"]: v for k, v in got["tetragon_missed_prog_probes_total"].items()
+                  if dict(k)["policy"] == name}
+        assert progs and set(missed) == {p["attach"] for p in progs}, missed
+        for attach, v in missed.items():
+            assert v <= sum(p["recursion_misses"] for p in progs if p["attach"] == attach)
     finally:
         a.delete_policy(name)
 

@@ -393,14 +393,23 @@ class AgentCollector(Collector):
         yield entries
         yield capacity
 
+        # every state Tetragon reports, 0 when no policy is in it (a policy is loaded whole or
+        # refused here: error, load_error, skipped and partially_enabled stay 0)
         states = GaugeMetricFamily("tetragon_tracingpolicy_loaded", "Tracing policies by state", labels=["state"])
-        counts: dict[str, int] = dict.fromkeys(("enabled", "disabled", "error", "load_error"), 0)
+        counts: dict[str, int] = dict.fromkeys(("load_error", "error", "disabled", "enabled", "skipped",
+                                                "partially_enabled"), 0)
+        memory = GaugeMetricFamily("tetragon_tracingpolicy_kernel_memory_bytes",
+                                   "Kernel memory (memlock) of the BPF maps of a policy's own sensors",
+                                   labels=["policy", "policy_namespace"])
         for p in a.list_policies():
             s = str(p.get("state", "")).lower().removeprefix("tp_state_")
             counts[s] = counts.get(s, 0) + 1
+            memory.add_metric([str(p.get("name", "")), str(p.get("namespace", ""))],
+                              int(p.get("kernel_memory_bytes") or 0))
         for s, n in counts.items():
             states.add_metric([s], n)
         yield states
+        yield memory
 
         runs = CounterMetricFamily("tetragon_overhead_program_runs",
                                    "BPF program runs (needs kernel.bpf_stats_enabled)",
@@ -408,11 +417,21 @@ class AgentCollector(Collector):
         secs = CounterMetricFamily("tetragon_overhead_program_seconds",
                                    "BPF program run time (needs kernel.bpf_stats_enabled)",
                                    labels=["policy", "attach", "sensor"])
+        # runs the kernel skipped because the program was already running on that CPU (its
+        # recursion_misses), by policy and attach point as Tetragon's
+        skipped: dict[tuple[str, str], int] = {}
         for p in st.get("programs", []):
             runs.add_metric([p["policy"], p["attach"], p["sensor"]], p["run_cnt"])
             secs.add_metric([p["policy"], p["attach"], p["sensor"]], p["run_time_ns"] / 1e9)
+            key = (p["policy"], p["attach"])
+            skipped[key] = skipped.get(key, 0) + int(p.get("recursion_misses", 0))
         yield runs
         yield secs
+        prog_missed = CounterMetricFamily("tetragon_missed_prog_probes", "Program runs the kernel skipped (the "
+                                          "program was already running on that CPU)", labels=["policy", "attach"])
+        for (policy, attach), n in skipped.items():
+            prog_missed.add_metric([policy, attach], n)
+        yield prog_missed
 
 
 class MetricsFrontend:

@@ -12,6 +12,7 @@ _OFF_ID = 4
 _OFF_NAME = 64
 _OFF_RUN_TIME_NS = 192
 _OFF_RUN_CNT = 200
+_OFF_RECURSION_MISSES = 208  # runs the kernel skipped: the program was already running on that CPU (5.12+)
 _OFF_VERIFIED_INSNS = 216
 
 L.lib.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
@@ -22,13 +23,14 @@ def prog_info(fd: int) -> dict[str, int | str]:
     buf = ctypes.create_string_buffer(_INFO_LEN)
     n = ctypes.c_uint32(_INFO_LEN)
     if L.lib.bpf_obj_get_info_by_fd(fd, buf, ctypes.byref(n)):
-        return {"id": 0, "name": "", "run_time_ns": 0, "run_cnt": 0, "verified_insns": 0}
+        return {"id": 0, "name": "", "run_time_ns": 0, "run_cnt": 0, "recursion_misses": 0, "verified_insns": 0}
     raw = buf.raw
     return {
         "id": struct.unpack_from("<I", raw, _OFF_ID)[0],
         "name": raw[_OFF_NAME:_OFF_NAME + 16].split(b"\0", 1)[0].decode(),
         "run_time_ns": struct.unpack_from("<Q", raw, _OFF_RUN_TIME_NS)[0],
         "run_cnt": struct.unpack_from("<Q", raw, _OFF_RUN_CNT)[0],
+        "recursion_misses": struct.unpack_from("<Q", raw, _OFF_RECURSION_MISSES)[0],
         "verified_insns": struct.unpack_from("<I", raw, _OFF_VERIFIED_INSNS)[0],
     }
 
