@@ -107,3 +107,26 @@ def test_policy_event_processes_the_cache_lacks_are_counted(lookup: Any, want: t
     assert (cache.misses, builder.missing_info, msg.flags == "miss") == want
     if want[2]:
         assert msg.exec_id == "" and msg.pid == 101
+
+
+def data_record(ev_ktime: int, tid: int = 9, slot: int = 0, chunk: bytes = b"abc") -> bytes:
+    from vigil.kernel import policy_layout as L
+
+    h = L.MsgDataHdr(op=12, ev_ktime=ev_ktime, tid=tid, slot=slot, offset=0, len=len(chunk))
+    h.size = len(bytes(h)) + len(chunk)
+    return bytes(h) + chunk
+
+
+# maxData chunks whose events never came (distinct events), then tetragon_data_cache_
+# (size, capacity, evictions_total): the oldest go once the cache is full
+@pytest.mark.parametrize("chunks, want", [
+    (0, (0, 4096, 0)),
+    (3, (3, 4096, 0)),
+    (4096, (4096, 4096, 0)),
+    (4100, (4096, 4096, 4)),
+])
+def test_data_cache_size_capacity_and_evictions(tmp_path: Path, chunks: int, want: tuple[int, int, int]):
+    got, _ = replay(tmp_path, [data_record(1000 + i) for i in range(chunks)] + [EXEC])
+    assert (got["tetragon_data_cache_size"][()], got["tetragon_data_cache_capacity"][()],
+            got["tetragon_data_cache_evictions_total"][()]) == want
+    assert got["tetragon_handler_errors_total"][("error=event_handler_failed", "opcode=24")] == 0

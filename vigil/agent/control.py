@@ -93,11 +93,20 @@ class AgentControl:
                                for (op, err), n in list(p.handler_errors.items())],
             "handled_opcodes": sorted({TETRAGON_OPCODE.get(op, str(op)) for op in list(p.handlers)}, key=int),
             "events_missing_process_info": b.missing_info,
+            "data_cache": self._data_cache(),
             "restart": dict(a.restart),
             **({"grpc": grpc[-1].stats()} if grpc else {}),
             "permission_helper": a.policies.guards.stats(),
             **({"k8s": a.k8s.status()} if a.k8s is not None else {}),
         }
+
+    def _data_cache(self) -> dict[str, int]:
+        """maxData chunks waiting for their events (Tetragon's data cache)."""
+        from vigil.agent.policy_events import DATA_CAPACITY
+
+        pe = getattr(self.agent.policies, "events", None)
+        return {"size": len(pe._data) if pe is not None else 0, "capacity": DATA_CAPACITY,
+                "evictions": pe.data_orphans if pe is not None else 0}
 
     def _loader_drops(self) -> dict[str, int]:
         """Mappings the kernel could not report to the loader sensor (its perf rings were full:

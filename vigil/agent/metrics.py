@@ -385,6 +385,14 @@ class AgentCollector(Collector):
                                   "Processes looked up after the GC had removed them (deleted too early)",
                                   value=pc.get("early_deletions", 0))
 
+        dc = st.get("data_cache") or {}
+        yield GaugeMetricFamily("tetragon_data_cache_size", "maxData chunks waiting for their events",
+                                value=dc.get("size", 0))
+        yield GaugeMetricFamily("tetragon_data_cache_capacity", "maxData chunks that can wait",
+                                value=dc.get("capacity", 0))
+        yield CounterMetricFamily("tetragon_data_cache_evictions", "maxData chunks dropped for room (their events "
+                                  "never came)", value=dc.get("evictions", 0))
+
         entries = GaugeMetricFamily("tetragon_map_entries", "BPF map entries in use", labels=["map"])
         capacity = GaugeMetricFamily("tetragon_map_capacity", "BPF map capacity", labels=["map"])
         for name, (used, cap) in st.get("maps", {}).items():

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from vigil.sensors.user_actions import UserActions
 
 
+DATA_CAPACITY = 4096  # maxData chunks waiting for their events (Tetragon's data cache); the oldest go first
 _LOADER_TRIES = 16  # loop steps x2 a loader event waits for its process's exec record
 _GONE_SCAN = 4096   # the newest ended processes a loader event looks for its process among
 
@@ -166,7 +167,7 @@ class PolicyEvents:
 
     def handle_data(self, buf: bytes, now_ns: int) -> None:
         h, chunk = G.decode_data(buf)
-        if len(self._data) >= 4096:  # events that never came (dropped): forget the oldest
+        if len(self._data) >= DATA_CAPACITY:  # events that never came (dropped): forget the oldest
             self._data.pop(next(iter(self._data)))
             self.data_orphans += 1
         self._data.setdefault((h.ev_ktime, h.tid, h.slot), []).append((h.offset, chunk))
