@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 
 from tests.k8s.conftest import Cluster, K8sAgent
+from tests.k8s.test_policies import wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -48,6 +49,8 @@ def test_exec_in_a_container_has_pod_container_and_workload(cluster: Cluster, k8
     got = p["pod"]
     assert {k: got["container"][k] for k in want_container} == want_container
     assert got["container"]["start_time"].endswith("Z")
+    assert got["container"]["security_context"] == {}                 # always there, as Tetragon's
+    assert list(got["container"])[-1] == "security_context"           # proto field order
     assert 1 < got["container"]["pid"] != p["pid"]            # pid inside the container's pid namespace
     assert {k: got[k] for k in ("namespace", "name", "uid", "workload", "workload_kind")} == {
         "namespace": ns, "name": pod.name, "uid": pod.uid, "workload": "web", "workload_kind": "Deployment"}
@@ -57,6 +60,17 @@ def test_exec_in_a_container_has_pod_container_and_workload(cluster: Cluster, k8
     exits = [e["process_exit"] for e in events if "process_exit" in e
              and e["process_exit"]["process"]["exec_id"] == p["exec_id"]]
     assert exits and exits[0]["process"]["pod"]["name"] == pod.name
+
+    # the Pod object deleted at once (a forced deletion) while its container runs: its processes'
+    # events still carry the pod, as Tetragon's deleted-pod cache gives them
+    store = k8s_agent.agent.k8s.store
+    cluster.core.delete_namespaced_pod(pod.name, ns, grace_period_seconds=0)
+    wait_for(lambda: pod.uid not in store.by_uid, "the agent saw the pod deleted")
+    def late_cat(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [e for e in execs_in(events, cid) if e["process"]["arguments"] == "/etc/hostname"]
+    (late,) = late_cat(k8s_agent.collect(lambda: kl.exec(pod, "app", ["/bin/cat", "/etc/hostname"]), until=late_cat))
+    assert {k: late["process"]["pod"][k] for k in ("namespace", "name", "uid", "workload")} == {
+        "namespace": ns, "name": pod.name, "uid": pod.uid, "workload": "web"}
 
 
 def test_processes_started_before_the_agent_get_pod_data(cluster: Cluster) -> None:
