@@ -442,3 +442,25 @@ def test_a_client_that_asks_without_reading_the_answers_is_cut_off(monkeypatch: 
         sent += len(ping) * 1000
     assert t.aborted and h2front.MAX_UNREAD < t.buffered < h2front.MAX_UNREAD + len(ping) * 1000
     assert conn not in front.connections
+
+
+@pytest.mark.parametrize("config,spec,named", [
+    ({"enable_ancestors": False}, {"ancestor_binary_regex": ["init"]},
+     "ancestor_binary_regex: events carry no ancestors"),
+    ({"enable_process_cred": False}, {"capabilities": {"effective": {"any": ["CAP_BPF"]}}},
+     "capabilities: events carry no capabilities"),
+])
+def test_filter_on_what_events_never_carry_is_refused(tmp_path: Path, config, spec, named) -> None:
+    """A serving process started as the agent starts it (vigil.agent.frontends) without
+    --enable-ancestors (or with --enable-process-cred=false) refuses the filter that could
+    never work, like the agent's server."""
+    from vigil.agent.config import AgentConfig
+    from vigil.export.filters import FilterOptions
+
+    extra = FilterOptions.of(AgentConfig(**config)).fanout_args()
+    assert extra  # (the defaults: Vigil's --enable-process-cred is on, --enable-ancestors off)
+    with serving_process(tmp_path, extra=extra) as s, Client(s.address, timeout=5) as c:
+        with pytest.raises(grpc.RpcError) as e:
+            next(c.events([spec]))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert named in (e.value.details() or "")

@@ -9,9 +9,11 @@ import threading
 import grpc
 import pytest
 
+from tests.api.fake_agent import FakeAgent
 from tests.api.harness import POLICY, running_server, wait_for
 from vigil.api.client import AgentUnreachable, Client, resolve_address
 from vigil.api.pb import eventlogservice_pb2, eventlogservice_pb2_grpc, events_pb2, sensors_pb2, tetragon_pb2
+from vigil.export.filters import FilterOptions
 
 
 @pytest.fixture
@@ -303,3 +305,38 @@ def test_request_fields_are_honoured_or_refused(srv, raw, named):
     got = next(iter(stream))
     stream.cancel()
     assert got.process_exec.process.pid.value == 5
+
+
+class _NoAncestorsAgent(FakeAgent):
+    """An agent whose events carry neither ancestors nor capabilities."""
+
+    filter_options = FilterOptions(ancestors=False, process_cred=False)
+
+
+# (allow filter, the refusal's field, or None: served)
+OPTION_REQUEST_CASES = [
+    ({"ancestor_binary_regex": ["init"]}, "ancestor_binary_regex: events carry no ancestors"),
+    ({"capabilities": {"permitted": {"none": ["CAP_SYS_ADMIN"]}}}, "capabilities: events carry no capabilities"),
+    ({"binary_regex": ["/x"]}, None),
+]
+
+
+@pytest.mark.parametrize("spec,named", OPTION_REQUEST_CASES, ids=[str(c[0]) for c in OPTION_REQUEST_CASES])
+def test_filter_on_what_events_never_carry_is_invalid_argument(spec, named):
+    """Through the gRPC server (AgentControl.filter_options) and a serving process (whose
+    --no-ancestors / --no-process-cred the agent passes from its config)."""
+    from vigil.api import convert
+
+    req = convert.events_request([spec])
+    with running_server(agent=_NoAncestorsAgent()) as (server, agent), Client(server.address, timeout=5) as c:
+        if named is None:
+            stream = c.stub.GetEvents(req, timeout=10)
+            wait_for(lambda: server.stats()["streams_active"] == 1, what="stream open")
+            agent.publish([{"process_exec": {"process": {"pid": 5, "binary": "/x"}}}])
+            assert next(iter(stream)).process_exec.process.pid.value == 5
+            stream.cancel()
+        else:
+            with pytest.raises(grpc.RpcError) as e:
+                next(iter(c.stub.GetEvents(req, timeout=5)))
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert named in e.value.details(), e.value.details()

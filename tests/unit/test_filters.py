@@ -11,6 +11,7 @@ from vigil.export.event_filter import EventFilter
 from vigil.export.filters import (
     FilterError,
     FilterList,
+    FilterOptions,
     compile_filter,
     parse_filter_config,
     passes,
@@ -306,3 +307,37 @@ def test_parse_filter_config_strings():
 def test_alternative_regexes_with_inline_flags():
     assert m({"binary_regex": ["(?i)CURL", "sshd"]}, POD_EXEC)
     assert m({"binary_regex": ["(?i)CURL", "sshd"]}, HOST_KPROBE)
+
+
+NO_ANCESTORS = FilterOptions(ancestors=False)
+NO_CREDS = FilterOptions(process_cred=False)
+
+# (filter, what the agent's events carry, error naming the field, or None: compiled)
+OPTION_CASES = [
+    ({"ancestor_binary_regex": ["init"]}, NO_ANCESTORS, "ancestor_binary_regex: events carry no ancestors"),
+    ({"ancestor_binary_regex": ["init"]}, NO_CREDS, None),
+    ({"ancestor_binary_regex": []}, NO_ANCESTORS, None),  # empty: not given
+    ({"capabilities": {"effective": {"any": ["CAP_BPF"]}}}, NO_CREDS, "capabilities: events carry no capabilities"),
+    ({"capabilities": {}}, NO_CREDS, "capabilities: events carry no capabilities"),
+    ({"capabilities": {"effective": {"any": ["CAP_BPF"]}}}, NO_ANCESTORS, None),
+    ({"binary_regex": ["x"], "parent_binary_regex": ["y"]}, FilterOptions(False, False), None),
+]
+
+
+@pytest.mark.parametrize("spec,options,error", OPTION_CASES, ids=[f"{c[0]}-{c[1]}" for c in OPTION_CASES])
+def test_filters_on_what_events_never_carry_are_refused(spec, options, error):
+    """As Tetragon's (CheckAncestorsEnabled, the caps filter's EnableProcessCred check), not a
+    filter that silently never matches (ancestors) or sees every process as capability-less;
+    for the export (its config strings) and a GetEvents stream alike."""
+    builds = [
+        lambda: compile_filter(spec, options),
+        lambda: EventFilter.from_config(denylist=json.dumps(spec), options=options),
+        lambda: request_filter(convert.events_request([spec]), options=options),
+    ]
+    for build in builds:
+        if error is None:
+            build()
+            continue
+        with pytest.raises(FilterError, match=error):
+            build()
+    compile_filter(spec)  # events of any shape (files, stdin): never refused

@@ -263,3 +263,37 @@ def test_from_config_errors_name_the_option(option, text, needle):
     with pytest.raises(FilterError) as info:
         EventFilter.from_config(**{option: text})
     assert needle in str(info.value)
+
+
+# (agent config, --export-denylist, the start error, or None: the agent starts)
+AGENT_OPTION_CASES = [
+    ({"enable_ancestors": False}, '{"ancestor_binary_regex":["init"]}',
+     "--export-denylist: ancestor_binary_regex: events carry no ancestors"),
+    ({"enable_ancestors": True}, '{"ancestor_binary_regex":["init"]}', None),
+    ({"enable_process_cred": False}, '{"capabilities":{"effective":{"any":["CAP_BPF"]}}}',
+     "--export-denylist: capabilities: events carry no capabilities"),
+    ({}, '{"capabilities":{"effective":{"any":["CAP_BPF"]}}}', None),
+]
+
+
+@pytest.mark.parametrize("config,denylist,error", AGENT_OPTION_CASES, ids=[str(c[0]) for c in AGENT_OPTION_CASES])
+def test_agent_filters_know_what_its_events_carry(config, denylist, error):
+    """The agent's export (Pipeline.open_outputs) and its GetEvents server (AgentControl)
+    compile filters for the events its configuration makes."""
+    from types import SimpleNamespace
+
+    from vigil.agent.config import AgentConfig
+    from vigil.agent.control import AgentControl
+    from vigil.agent.pipeline import Pipeline
+    from vigil.export.filters import FilterOptions
+
+    cfg = AgentConfig(**config, export_denylist=denylist)
+    options = AgentControl(SimpleNamespace(config=cfg)).filter_options  # type: ignore[arg-type]
+    assert options == FilterOptions(cfg.enable_ancestors, cfg.enable_process_cred)
+    pipeline = Pipeline.__new__(Pipeline)  # open_outputs needs none of the loop's parts
+    if error is None:
+        pipeline.open_outputs(cfg)
+        assert len(pipeline.export_filter.deny) == 1
+    else:
+        with pytest.raises(FilterError, match=error):
+            pipeline.open_outputs(cfg)

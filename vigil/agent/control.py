@@ -40,6 +40,13 @@ class AgentControl:
         ef = self.agent.pipeline.export_filter
         return ef.redaction if ef is not None else None
 
+    @property
+    def filter_options(self) -> Any:
+        """What the events carry, for GetEvents filters that need it (FilterOptions)."""
+        from vigil.export.filters import FilterOptions
+
+        return FilterOptions.of(self.agent.config)
+
     def subscribe(self, maxsize: int = 10000) -> Subscription:
         return self.agent.pipeline.bus.subscribe(maxsize)
 

@@ -66,6 +66,8 @@ class GrpcFrontend:
 
     # -- serving processes
     def _spawn(self, index: int) -> None:
+        from vigil.export.filters import FilterOptions
+
         r, w = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(w, False)
         # -P: the agent's own vigil package, never one in the directory it was started from
@@ -78,6 +80,7 @@ class GrpcFrontend:
             argv += ["--info-file", f]
         if self.cfg.server_allow_remote:
             argv.append("--allow-remote")
+        argv += FilterOptions.of(self.cfg).fanout_args()  # what events carry, for GetEvents filters
         if self.tls is not None:
             argv += ["--tls-cert", self.tls.cert_file, "--tls-key", self.tls.key_file,
                      "--tls-client-ca", ",".join(self.tls.client_ca_files)]

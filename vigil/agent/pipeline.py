@@ -69,10 +69,12 @@ class Pipeline:
     # -- outputs, opened by Agent.start
     def open_outputs(self, c: AgentConfig) -> None:
         from vigil.export.event_filter import EventFilter
+        from vigil.export.filters import FilterOptions
 
         self.export_filter = EventFilter.from_config(
             allowlist=c.export_allowlist, denylist=c.export_denylist, field_filters=c.field_filters,
             redaction_filters=c.redaction_filters, rate_limit=c.export_rate_limit, node_name=c.node_name,
+            options=FilterOptions.of(c),
         )
         if c.export_filename:
             from vigil.export.jsonl import JsonlWriter

@@ -32,6 +32,7 @@ from vigil.api.h2front import FORWARD_BUFFER, Front
 from vigil.api.passthrough import MAX_STREAMS as MAX_FORWARDED_STREAMS, Upstream
 from vigil.api.server import ServerError, TlsConfig, remove_info_files, unix_path, write_info_files
 from vigil.api.streamtable import MAX_SLOTS, StreamTable
+from vigil.export.filters import FilterOptions
 
 log = logging.getLogger("vigil.api.fanout")
 
@@ -122,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tls-key", default="")
     ap.add_argument("--tls-client-ca", default="")
     ap.add_argument("--require-client-cert", action="store_true")
+    # what the agent's events carry, for the GetEvents filters that need it
+    ap.add_argument("--no-ancestors", action="store_true")
+    ap.add_argument("--no-process-cred", action="store_true")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not 0 <= a.index < MAX_PROCESSES:
@@ -147,7 +151,8 @@ async def serve(a: argparse.Namespace, reader: shm.RingReader, socks: list[socke
     table = StreamTable(reader.stats_view(), a.index)
     table.start(os.getpid())
     front = Front(upstream, queue_size=a.queue_size, max_streams=a.max_streams, on_streams_changed=reader.set_wanted,
-                  forward_buffer=a.forward_buffer, reader=reader, table=table)
+                  forward_buffer=a.forward_buffer, reader=reader, table=table,
+                  filter_options=FilterOptions(ancestors=not a.no_ancestors, process_cred=not a.no_process_cred))
     feed = RingFeed(reader, a.wake_fd, front)
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

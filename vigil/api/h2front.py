@@ -99,8 +99,10 @@ class Front:
     def __init__(self, upstream: Upstream | None, *, queue_size: int = 10000, max_streams: int = 24,
                  max_request: int = MAX_REQUEST, on_streams_changed: Callable[[int, int], None] | None = None,
                  read_skipped: Callable[[], int] | None = None, forward_buffer: int = FORWARD_BUFFER,
-                 reader: RingReader | None = None, table: StreamTable | None = None) -> None:
+                 reader: RingReader | None = None, table: StreamTable | None = None,
+                 filter_options: Any = None) -> None:
         self.upstream = upstream
+        self.filter_options = filter_options  # what the agent's events carry (FilterOptions)
         self.queue_size = queue_size
         self.max_streams = max_streams
         self.max_request = max_request
@@ -363,7 +365,8 @@ class Connection(asyncio.Protocol):
     def _get_events(self, st: Stream, request: bytes) -> None:
         front = self.front
         try:
-            event_filter = request_filter(events_pb2.GetEventsRequest.FromString(request))
+            event_filter = request_filter(events_pb2.GetEventsRequest.FromString(request),
+                                          options=front.filter_options)
         except Exception as e:  # noqa: BLE001 - DecodeError, FilterError, ConversionError: the client's mistake
             self._finish(st, grpc.StatusCode.INVALID_ARGUMENT, f"invalid GetEvents filter: {e}")
             return

@@ -107,7 +107,9 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
         return stream_events(sub, event_filter, context, self.stopping, self.stream_stats, self.encoder)
 
     def _event_filter(self, request: Any) -> Any | None:
-        return request_filter(request, getattr(self.agent, "redaction", None))  # optional: agent's RedactionSet
+        # optional parts of the agent: its RedactionSet, what its events carry (FilterOptions)
+        return request_filter(request, getattr(self.agent, "redaction", None),
+                              getattr(self.agent, "filter_options", None))
 
     # ------------------------------------------------------------------ health/info
 

@@ -109,21 +109,24 @@ def unknown_request_fields(msg: Any, path: str = "") -> list[str]:
     return out
 
 
-def request_filter(request: Any, redaction: Any = None) -> Any | None:
+def request_filter(request: Any, redaction: Any = None, options: Any = None) -> Any | None:
     """The EventFilter of a GetEventsRequest (None when it asks for everything, unredacted).
     Raises ValueError (FilterError, ConversionError) for a malformed filter, and for a
     request with fields this agent does not know (refused, never ignored).
 
     aggregation_options is honoured as Tetragon does: it aggregates only the legacy
-    connect/accept events, which no longer exist, so every event is sent as it is."""
+    connect/accept events, which no longer exist, so every event is sent as it is.
+    `options` (vigil.export.filters.FilterOptions) says what the agent's events carry: a
+    filter on what they never carry (ancestors, capabilities) is refused."""
     if unknown := unknown_request_fields(request):
         raise FilterError(f"fields unknown to this agent (not ignored, refused): {'; '.join(unknown)}")
     allow, deny, fields = convert.request_filters(request)
     if not (allow or deny or fields or redaction):
         return None
     from vigil.export import EventFilter  # lazy: only streams with filters need it
+    from vigil.export.filters import ANY_EVENTS
 
-    return EventFilter.from_request(allow, deny, fields, redaction)
+    return EventFilter.from_request(allow, deny, fields, redaction, options or ANY_EVENTS)
 
 
 def filter_message(msg: bytes, event_filter: Any, derived: Callable[[Any], bytes]) -> bytes | None:

@@ -10,6 +10,7 @@ encodings), a rewritten one as a DictEvent.
 """
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -18,7 +19,7 @@ from vigil.core.events import DictEvent
 from vigil.export.dicts import event_dict
 from vigil.export.event_types import FilterError
 from vigil.export.field_filters import FieldFilterSet
-from vigil.export.filters import FilterList, parse_filter_config
+from vigil.export.filters import ANY_EVENTS, FilterList, FilterOptions, parse_filter_config
 from vigil.export.rate_limit import ExportRateLimiter, rfc3339_now
 from vigil.export.redaction import RedactionSet
 
@@ -52,9 +53,10 @@ class EventFilter:
         report_interval: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         wall_time: Callable[[], str] = rfc3339_now,
+        options: FilterOptions = ANY_EVENTS,
     ) -> None:
-        self.allow = allow if isinstance(allow, FilterList) else FilterList(allow)
-        self.deny = deny if isinstance(deny, FilterList) else FilterList(deny)
+        self.allow = allow if isinstance(allow, FilterList) else FilterList(allow, options)
+        self.deny = deny if isinstance(deny, FilterList) else FilterList(deny, options)
         self.fields = (
             field_filters if isinstance(field_filters, FieldFilterSet)
             else FieldFilterSet(field_filters)
@@ -84,12 +86,14 @@ class EventFilter:
         redaction_filters: str = "",
         rate_limit: int = -1,
         node_name: str = "",
+        options: FilterOptions = ANY_EVENTS,
     ) -> EventFilter:
-        """From the agent's config strings (newline-separated JSON objects). A bad filter is
-        a FilterError naming the option and which of its filters it is."""
+        """From the agent's config strings (newline-separated JSON objects), for events of
+        `options`. A bad filter is a FilterError naming the option and which of its filters it is."""
+        filters = functools.partial(FilterList, options=options)
         return cls(
-            _compiled(FilterList, allowlist, "export-allowlist"),
-            _compiled(FilterList, denylist, "export-denylist"),
+            _compiled(filters, allowlist, "export-allowlist"),
+            _compiled(filters, denylist, "export-denylist"),
             _compiled(FieldFilterSet, field_filters, "field-filters"),
             _compiled(RedactionSet, redaction_filters, "redaction-filters"),
             rate_limit=rate_limit,
@@ -103,10 +107,11 @@ class EventFilter:
         deny_list: Iterable[dict[str, Any]] = (),
         field_filters: Iterable[dict[str, Any]] = (),
         redaction: RedactionSet | None = None,
+        options: FilterOptions = ANY_EVENTS,
     ) -> EventFilter:
-        """From a GetEventsRequest (already converted to dicts). The agent's redaction
-        set may be passed along so gRPC clients never see unredacted arguments."""
-        return cls(allow_list, deny_list, field_filters, redaction or ())
+        """From a GetEventsRequest (already converted to dicts), for events of `options`. The
+        agent's redaction set may be passed along so gRPC clients never see unredacted arguments."""
+        return cls(allow_list, deny_list, field_filters, redaction or (), options=options)
 
     # -- hot path ------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ Notes on fields whose behaviour depends on what the event carries:
   are found without ``--enable-ancestors``). Like Tetragon's, the memory lives as long as
   the filter (one per GetEvents stream, one for the export).
 * ``ancestor_binary_regex`` checks the entries of ``ancestors`` (the processes beyond the
-  parent, as in Tetragon): never the parent, and nothing without ``--enable-ancestors``.
+  parent, as in Tetragon): never the parent; refused by an agent without ``--enable-ancestors``.
 * ``namespace`` sees host processes (no pod) as namespace ``""``; ``namespace_regex``,
   ``pod_regex`` and ``container_name_regex`` never match a host process.
 * A string field the event leaves out is empty (protojson omits empty strings): the regex
@@ -28,12 +28,17 @@ Notes on fields whose behaviour depends on what the event carries:
   refused; the sets are ANDed; a process whose sets are all empty (no ``cap`` in the event)
   has none of the capabilities; an event without a process never matches.
 * ``cel_expression`` is not supported and is rejected with FilterError.
+* As Tetragon's, an agent refuses ``ancestor_binary_regex`` when its events carry no
+  ancestors (no ``--enable-ancestors``) and ``capabilities`` when they carry no capabilities
+  (``--enable-process-cred=false``): such a filter could never do what it says
+  (FilterOptions; files and stdin read by ``vigil getevents`` are not checked).
 * Regexes use Python ``re`` instead of RE2 (see vigil.export.regex).
 """
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -51,6 +56,7 @@ __all__ = [
     "FilterError",
     "CompiledFilter",
     "FilterList",
+    "FilterOptions",
     "compile_filter",
     "normalize_keys",
     "parse_filter_config",
@@ -92,6 +98,28 @@ def normalize_keys(obj: dict[str, Any], known: Iterable[str], what: str) -> dict
             )
         out[name] = value
     return out
+
+
+@dataclass(frozen=True)
+class FilterOptions:
+    """What the agent's events carry, for the fields that need it: a filter on something
+    they never carry is refused, as Tetragon refuses it, instead of never matching."""
+
+    ancestors: bool = True       # --enable-ancestors
+    process_cred: bool = True    # --enable-process-cred
+
+    @classmethod
+    def of(cls, config: Any) -> FilterOptions:
+        """From an AgentConfig."""
+        return cls(ancestors=bool(config.enable_ancestors), process_cred=bool(config.enable_process_cred))
+
+    def fanout_args(self) -> list[str]:
+        """The flags that tell a serving process (vigil.api.fanout) these options."""
+        return [*([] if self.ancestors else ["--no-ancestors"]),
+                *([] if self.process_cred else ["--no-process-cred"])]
+
+
+ANY_EVENTS = FilterOptions()  # events of any shape (files, stdin): nothing is refused
 
 
 # -- field accessors -------------------------------------------------------------
@@ -230,7 +258,7 @@ def _compile_capabilities(value: Any) -> Check:
     return check
 
 
-def _compile_field(field: str, value: Any) -> Check | None:
+def _compile_field(field: str, value: Any, options: FilterOptions = ANY_EVENTS) -> Check | None:
     """One populated Filter field -> a check; None when the value is empty (unset)."""
     if field == "binary_regex":
         return _regex_on(field, value, _proc_field("process", "binary"))
@@ -252,6 +280,9 @@ def _compile_field(field: str, value: Any) -> Check | None:
         pattern = compile_regex_list(_string_list(value, field), field)
         if pattern is None:
             return None
+        if not options.ancestors:
+            raise FilterError(f"{field}: events carry no ancestors (the agent runs without "
+                              "--enable-ancestors), so this filter could never match")
         search = pattern.search
 
         def ancestors_match(body: dict[str, Any], event: Event) -> bool:
@@ -324,6 +355,9 @@ def _compile_field(field: str, value: Any) -> Check | None:
             return None
         return lambda body, event: body.get("policy_name") in names
     if field == "capabilities":
+        if not options.process_cred:
+            raise FilterError(f"{field}: events carry no capabilities (the agent runs with "
+                              "--enable-process-cred=false), so this filter cannot be applied")
         return _compile_capabilities(value)
     if field == "in_init_tree":
         wanted = _bool(value, field)
@@ -358,14 +392,14 @@ def _body(event: Event) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def compile_filter(spec: dict[str, Any]) -> CompiledFilter:
-    """Compile one Filter JSON object (snake_case or lowerCamel keys)."""
+def compile_filter(spec: dict[str, Any], options: FilterOptions = ANY_EVENTS) -> CompiledFilter:
+    """Compile one Filter JSON object (snake_case or lowerCamel keys) for events of `options`."""
     fields = normalize_keys(spec, FILTER_FIELDS, "filter")
     checks = []
     for field, value in fields.items():
         if value is None:
             continue
-        check = _compile_field(field, value)
+        check = _compile_field(field, value, options)
         if check is not None:
             checks.append(check)
     return CompiledFilter(fields, checks)
@@ -374,8 +408,9 @@ def compile_filter(spec: dict[str, Any]) -> CompiledFilter:
 class FilterList:
     """A compiled allow or deny list."""
 
-    def __init__(self, specs: Iterable[dict[str, Any] | CompiledFilter] = ()) -> None:
-        self.filters = [s if isinstance(s, CompiledFilter) else compile_filter(s) for s in specs]
+    def __init__(self, specs: Iterable[dict[str, Any] | CompiledFilter] = (),
+                 options: FilterOptions = ANY_EVENTS) -> None:
+        self.filters = [s if isinstance(s, CompiledFilter) else compile_filter(s, options) for s in specs]
 
     def __bool__(self) -> bool:
         return bool(self.filters)
