@@ -172,6 +172,46 @@ def test_a_policy_event_of_a_process_the_cache_lacks_is_a_miss_and_missing_proce
         a.delete_policy(name)
 
 
+POLICY_RAW_SYSCALLS = """apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {{name: {name}}}
+spec:
+  tracepoints:
+  - subsystem: raw_syscalls
+    event: sys_enter
+    args: [{{index: 4, type: syscall64}}]
+    selectors:
+    - matchArgs: [{{index: 4, operator: Equal, values: ["{dup2}"]}}]
+      matchBinaries: [{{operator: In, values: ["{vpy}"]}}]
+"""
+
+
+def test_syscalls_total_counts_raw_syscall_events_by_name_and_binary(running_agent: RunningAgent, workdir: Path,
+                                                                     scrape):
+    """tetragon_syscalls_total{syscall,namespace,workload,pod,binary,node_name}: the
+    raw_syscalls/sys_enter events a policy reports, by the syscall their syscall_id names."""
+    import platform
+
+    a = running_agent.agent
+    vpy = workdir / "vpy"
+    shutil.copy2(os.path.realpath(sys.executable), vpy)
+    dup2 = {"x86_64": 33, "aarch64": 24}[platform.machine()]  # dup3 on arm64 (no dup2 there)
+    name = a.policies.add_text(POLICY_RAW_SYSCALLS.format(name="metric-syscalls", vpy=vpy, dup2=dup2), "<t>")[0]
+    try:
+        code = "import os\nfor _ in range(3): os.dup2(1, 57)\n"
+        running_agent.collect(lambda: subprocess.run([str(vpy), "-S", "-c", code], check=True),
+                              until=lambda evs: sum(1 for e in evs
+                                                    if e.get("process_tracepoint", {}).get("policy_name") == name) >= 3)
+        got = {dict(k)["syscall"]: (dict(k), v) for k, v in scrape()["tetragon_syscalls_total"].items()
+               if dict(k)["binary"] == str(vpy)}
+        want = "dup2" if dup2 == 33 else "dup3"
+        assert set(got) == {want}, got
+        labels, v = got[want]
+        assert v == 3 and labels["node_name"] == "" and labels["pod"] == "", labels
+    finally:
+        a.delete_policy(name)
+
+
 @pytest.mark.parametrize("label_filter, expect", [
     ("namespace,workload,pod,binary", {"binary": "{bin}", "node_name": ""}),   # Tetragon's default
     ("binary,node_name", {"binary": "{bin}", "node_name": "vigil-test"}),

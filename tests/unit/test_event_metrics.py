@@ -159,3 +159,37 @@ def test_policy_event_series_of_a_deleted_pod_go_with_its_other_series() -> None
     em.prune(1000.0)
     em.prune(1000.0 + POD_GONE_SECONDS)
     assert em.policy_counts == {} and em.counts == {}
+
+
+def raw(p: ProcessMsg, *args: dict[str, Any], subsys: str = "raw_syscalls", event: str = "sys_enter",
+        policy: str = "sc") -> PolicyEvent:
+    return pev("process_tracepoint", p, subsys=subsys, event=event, policy_name=policy, args=list(args))  # type: ignore[arg-type]
+
+
+def sid(n: int, abi: str = "x64") -> dict[str, Any]:
+    return {"syscall_id": {"id": n, "abi": abi}}
+
+
+# events, label filter, then tetragon_syscalls_total's series: (syscall, namespace, workload,
+# pod, binary, node_name) -> count. Only raw_syscalls/sys_enter events with a syscall_id
+# argument (Tetragon's first one, wherever it is) whose number names a syscall of its ABI
+SYSCALL_CASES = {
+    "by-binary": ([raw(proc("/a"), sid(257)), raw(proc("/a"), sid(257)), raw(proc("/b"), sid(0))], "binary",
+                  {("openat", "", "", "", "/a", ""): 2, ("read", "", "", "", "/b", ""): 1}),
+    "pod-labels": ([raw(proc("/app", *CART), sid(59))], ALL, {("execve", "shop", "cart", "cart-1", "/app", "n1"): 1}),
+    "no-labels": ([raw(proc("/a"), sid(1)), raw(proc("/b"), sid(1))], "", {("write", "", "", "", "", ""): 2}),
+    "id-not-first": ([raw(proc("/a"), {"int_arg": 3}, sid(3))], "binary", {("close", "", "", "", "/a", ""): 1}),
+    "arm64": ([raw(proc("/a"), sid(56, "arm64"))], "binary", {("openat", "", "", "", "/a", ""): 1}),
+    "not-raw-syscalls": ([raw(proc("/a"), sid(257), subsys="syscalls", event="sys_enter_openat"),
+                          raw(proc("/a"), sid(257), event="sys_exit")], "binary", {}),
+    "no-syscall-id": ([raw(proc("/a"), {"int_arg": 3}), raw(proc("/a"))], "binary", {}),
+    "unknown-number": ([raw(proc("/a"), sid(100000))], "binary", {}),
+}
+
+
+@pytest.mark.parametrize("events, labels, want", SYSCALL_CASES.values(), ids=SYSCALL_CASES.keys())
+def test_raw_syscall_events_are_counted_by_syscall_name(events: list[PolicyEvent], labels: str,
+                                                         want: dict[tuple[str, ...], int]) -> None:
+    em = EventMetrics(parse_label_filter(labels), "n1", k8s=SimpleNamespace(store=Store(("shop", "cart-1"))))
+    em(events)
+    assert em.syscall_counts == want

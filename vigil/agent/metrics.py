@@ -54,6 +54,34 @@ _POLICY_HOOKS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 _POLICY_GETTERS = {k: itemgetter(*fields) for k, (fields, _) in _POLICY_HOOKS.items()}
 _body = attrgetter("body")
+# tetragon_syscalls_total: the raw_syscalls/sys_enter events, by their syscall_id argument
+_RAW_SYSCALL = ("raw_syscalls", "sys_enter")
+_subsys_event = itemgetter(1, 2)
+_args, _first = itemgetter("args"), itemgetter(0)
+_syscall_id, _id_abi = itemgetter("syscall_id"), itemgetter("id", "abi")
+
+
+def _syscall_id_of(e: Any) -> tuple[int, str] | None:
+    """(id, abi) of the first syscall_id argument of a raw_syscalls event, as Tetragon looks for it."""
+    for a in getattr(e, "body", {}).get("args") or ():
+        sid = a.get("syscall_id") if isinstance(a, dict) else None
+        if isinstance(sid, dict):
+            return int(sid.get("id", 0)), str(sid.get("abi", ""))
+    return None
+
+
+def _is_raw_syscall(e: Any) -> bool:
+    body = getattr(e, "body", None) or {}
+    return (body.get("subsys"), body.get("event")) == _RAW_SYSCALL
+
+
+def _syscall_name(sid: tuple[int, str] | None) -> str:
+    from vigil.export.syscall_table import SYSCALL_NAMES
+
+    if sid is None:
+        return ""
+    names = SYSCALL_NAMES.get(sid[1], ())
+    return names[sid[0]] if 0 <= sid[0] < len(names) else ""
 
 
 def parse_label_filter(text: str) -> frozenset[str]:
@@ -80,6 +108,8 @@ class EventMetrics:
         self.counts: dict[tuple[str, ...], int] = {}
         # (policy, hook, namespace, workload, pod, binary, node_name) -> policy events
         self.policy_counts: dict[tuple[str, ...], int] = {}
+        # (syscall, namespace, workload, pod, binary, node_name) -> raw_syscalls/sys_enter events
+        self.syscall_counts: dict[tuple[str, ...], int] = {}
         self._gone: dict[tuple[str, str], float] = {}  # (namespace, pod) not on the node since
         self._next_prune = 0.0
         self._pods = bool(self.labels & {"namespace", "workload", "pod"})
@@ -160,7 +190,6 @@ class EventMetrics:
     def _count_policy(self, events: list[Any], kinds: Iterable[str], pods: bool) -> None:
         """tetragon_policy_events_total of a batch: for each policy event kind in it, its events
         counted in C by (process key, policy and hook fields of the body)."""
-        want, node = self.labels, self.node_name
         proc = self._proc_pods if pods else self._proc_plain if self._binary else None
         pc = self.policy_counts
         for kind in kinds:
@@ -179,24 +208,56 @@ class EventMetrics:
                 _count_elements(batch, ((proc(e) if proc is not None and getattr(e, "process", None) is not None
                                          else none, tuple(getattr(e, "body", {}).get(f) or "" for f in fields))
                                         for e in sel))
+            raw = False
             for key, n in batch.items():
                 names = key[-1]
+                raw = raw or (kind == "process_tracepoint" and names[1:] == _RAW_SYSCALL)
                 if not names[0]:
                     continue  # Tetragon counts the events of a named policy
-                ns = wl = pod = binary = ""
-                if proc is not None:
-                    pk = key[0]
-                    if pods:
-                        binary, cid = pk
-                        if cid:
-                            ns, wl, pod = self._pod_labels(cid, sel)
-                            ns, wl, pod = (ns if "namespace" in want else "", wl if "workload" in want else "",
-                                           pod if "pod" in want else "")
-                    else:
-                        binary = pk
-                    binary = (binary or "") if self._binary else ""
-                k = (names[0], fmt.format(*names[1:]), ns, wl, pod, binary, node)
+                k = (names[0], fmt.format(*names[1:]), *self._process_labels(key[0] if proc is not None else None,
+                                                                            pods, sel))
                 pc[k] = pc.get(k, 0) + n
+            if raw:
+                self._count_syscalls(sel, proc, pods)
+
+    def _process_labels(self, pk: Any, pods: bool, events: list[Any]) -> tuple[str, str, str, str, str]:
+        """(namespace, workload, pod, binary, node_name) of a process key (binary[, container id])."""
+        want = self.labels
+        ns = wl = pod = binary = ""
+        if pk is not None:
+            if pods:
+                binary, cid = pk
+                if cid:
+                    ns, wl, pod = self._pod_labels(cid, events)
+                    ns, wl, pod = (ns if "namespace" in want else "", wl if "workload" in want else "",
+                                   pod if "pod" in want else "")
+            else:
+                binary = pk
+            binary = (binary or "") if self._binary else ""
+        return ns, wl, pod, binary, self.node_name
+
+    def _count_syscalls(self, sel: list[Any], proc: Any, pods: bool) -> None:
+        """tetragon_syscalls_total of a batch's tracepoint events: the raw_syscalls/sys_enter ones
+        counted in C by (process key, syscall id and ABI), named per key."""
+        batch: dict[tuple[Any, ...], int] = {}
+        raw = sel
+        try:
+            raw = list(compress(sel, map(_RAW_SYSCALL.__eq__, map(_subsys_event, map(
+                _POLICY_GETTERS["process_tracepoint"], map(_body, sel))))))
+            ids: Iterable[Any] = list(map(_id_abi, map(_syscall_id, map(_first, map(_args, map(_body, raw))))))
+            _count_elements(batch, zip(map(proc, raw), ids) if proc is not None else zip(ids))
+        except (KeyError, IndexError, TypeError, AttributeError):  # the id not first, or none: one by one
+            raw = [e for e in sel if _is_raw_syscall(e)]
+            none = ("", "") if pods else ""
+            batch = {}
+            _count_elements(batch, ((proc(e) if proc is not None and getattr(e, "process", None) is not None
+                                     else none, _syscall_id_of(e)) for e in raw))
+        sc = self.syscall_counts
+        for key, n in batch.items():
+            name = _syscall_name(key[-1])
+            if name:  # Tetragon counts the syscalls it can name
+                k = (name, *self._process_labels(key[0] if proc is not None else None, pods, raw))
+                sc[k] = sc.get(k, 0) + n
 
     def prune(self, now: float) -> None:
         """Drop the series of pods the node has not had for POD_GONE_SECONDS."""
@@ -206,11 +267,13 @@ class EventMetrics:
         here = {(p.namespace, p.name) for p in k8s.store.pods()}
         seen = {(k[1], k[3]) for k in list(self.counts) if k[3]}
         seen |= {(k[2], k[4]) for k in list(self.policy_counts) if k[4]}
+        seen |= {(k[1], k[3]) for k in list(self.syscall_counts) if k[3]}
         for pod in seen - here:
             since = self._gone.setdefault(pod, now)
             if now - since >= POD_GONE_SECONDS:
                 self.counts = {k: v for k, v in self.counts.items() if (k[1], k[3]) != pod}
                 self.policy_counts = {k: v for k, v in self.policy_counts.items() if (k[2], k[4]) != pod}
+                self.syscall_counts = {k: v for k, v in self.syscall_counts.items() if (k[1], k[3]) != pod}
                 del self._gone[pod]
         for pod in [p for p in self._gone if p in here or p not in seen]:
             del self._gone[pod]
@@ -267,6 +330,14 @@ class AgentCollector(Collector):
             for (policy, hook), n in by_hook.items():  # same-named policies of two namespaces: one series
                 pol.add_metric([policy, hook, "", "", "", "", ""], n)
         yield pol
+
+        sysc = CounterMetricFamily("tetragon_syscalls", "System calls observed (raw_syscalls/sys_enter events), "
+                                   "by syscall and process (--metrics-label-filter)",
+                                   labels=["syscall", *PROCESS_LABELS])
+        if self.event_metrics is not None:
+            for key, n in list(self.event_metrics.syscall_counts.items()):
+                sysc.add_metric(list(key), n)
+        yield sysc
 
         acts = CounterMetricFamily("tetragon_tracingpolicy_selector_actions",
                                    "Policy events posted, by policy, hook, deciding selector and action",
