@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.kernel.bpfstate import still_loaded
 from tests.kernel.conftest import RunningAgent
 from tests.kernel.test_policy_engine import Run, loaded, open_file, policy_events, policy_yaml, run_py
 from vigil.core.errors import PolicyError
@@ -1021,6 +1022,92 @@ def test_uprobe_data_is_refused_at_the_field_not_dropped(running_agent: RunningA
     with pytest.raises(PolicyError, match=r"<t>:\d+:\d+: spec.uprobes\[0\].data: .*data is not supported by Vigil"):
         running_agent.agent.policies.add_text(policy_yaml("uprobe-data", spec), "<t>")
     assert "uprobe-data" not in [p["name"] for p in running_agent.agent.list_policies()]
+
+
+def _uprobe_users(binary: Path, prog_ids: set[int]) -> tuple[list[dict], list[str]]:
+    """The BPF links of programs `prog_ids` (bpftool link: perf_event, uprobe_multi) and the
+    tracefs uprobe_events lines naming `binary` (libbpf's legacy attach)."""
+    import json
+
+    out = subprocess.run(["bpftool", "-j", "link", "show"], capture_output=True, text=True, check=True).stdout
+    links = [lk for lk in json.loads(out) if lk.get("prog_id") in prog_ids]
+    ev = Path("/sys/kernel/tracing/uprobe_events")
+    lines = [ln for ln in (ev.read_text().splitlines() if ev.exists() else []) if str(binary) in ln]
+    return links, lines
+
+
+def test_uprobes_and_usdts_leave_nothing_behind_on_delete(running_agent: RunningAgent, usdt_bin: Path) -> None:
+    """Deleting a policy with a uprobe (entry and return), a usdt and a semaphore-counted uprobe
+    removes every program, link and tracefs probe of it: the binary runs without events of it."""
+    notes, _err = running_agent.agent.policies.facts.usdt_notes(str(usdt_bin))
+    site = next(n for n in notes or [] if n.name == "guarded")
+    spec = f"""
+uprobes:
+- path: "{usdt_bin}"
+  symbols: [main]
+  return: true
+  returnArg: {{index: 0, type: int}}
+- path: "{usdt_bin}"
+  offsets: [{site.pc}]
+  refCtrOffsets: [{site.semaphore}]
+usdts:
+- path: "{usdt_bin}"
+  provider: vigil
+  name: probe3
+"""
+    a = running_agent.agent
+    name = a.policies.add_text(policy_yaml("uprobe-cleanup", spec), "<t>")[0]
+    try:
+        prog_ids = set(next(p for p in a.list_policies() if p["name"] == name)["program_ids"])
+        links, lines = _uprobe_users(usdt_bin, prog_ids)
+        assert len(links) + len(lines) >= 4, (links, lines)  # uprobe, uretprobe, offset, usdt
+        on = running_agent.collect(lambda: subprocess.run([str(usdt_bin), "1"], check=False))
+    finally:
+        a.delete_policy(name)
+    assert {e["process_uprobe"].get("offset") for e in on if "process_uprobe" in e} >= {str(site.pc)}
+    assert _uprobe_users(usdt_bin, prog_ids) == ([], [])
+    assert not still_loaded(prog_ids)
+    off = running_agent.collect(lambda: subprocess.run([str(usdt_bin), "1"], check=False))
+    assert not [e for e in off for k in ("process_uprobe", "process_usdt")
+                if k in e and e[k]["policy_name"] == "uprobe-cleanup"]
+
+
+def test_uprobe_several_symbols_each_fire_under_their_name(running_agent: RunningAgent, usdt_bin: Path) -> None:
+    """symbols: [a, b]: one probe per symbol, each event naming its symbol as written (here main
+    and main+OFFSET of the probe3 site inside it), in the order they run."""
+    from vigil.kernel.elfsym import func_offset
+
+    notes, _err = running_agent.agent.policies.facts.usdt_notes(str(usdt_bin))
+    site = next(n for n in notes or [] if n.name == "probe3")
+    inner = f"main+{site.pc - func_offset(str(usdt_bin), 'main'):#x}"
+    spec = f"""
+uprobes:
+- path: "{usdt_bin}"
+  symbols: [main, "{inner}"]
+"""
+    with loaded(running_agent, policy_yaml("uprobe-syms", spec)):
+        events = running_agent.collect(lambda: subprocess.run([str(usdt_bin), "1"], check=False))
+    got = [e["process_uprobe"] for e in events
+           if "process_uprobe" in e and e["process_uprobe"]["policy_name"] == "uprobe-syms"]
+    assert [(e["symbol"], "offset" in e) for e in got] == [("main", False), (inner, False)]
+
+
+@pytest.mark.parametrize("operator, fires", [("In", True), ("NotIn", False)])
+def test_uprobe_match_binaries(running_agent: RunningAgent, usdt_bin: Path, operator: str, fires: bool) -> None:
+    """matchBinaries on a uprobe filters by the executing binary, as Tetragon's uprobe selectors
+    do: In the probed binary gives its event, NotIn none."""
+    spec = f"""
+uprobes:
+- path: "{usdt_bin}"
+  symbols: [main]
+  selectors:
+  - matchBinaries: [{{operator: {operator}, values: ["{usdt_bin}"]}}]
+"""
+    with loaded(running_agent, policy_yaml("uprobe-mb", spec)):
+        events = running_agent.collect(lambda: subprocess.run([str(usdt_bin), "1"], check=False))
+    got = [e["process_uprobe"] for e in events
+           if "process_uprobe" in e and e["process_uprobe"]["policy_name"] == "uprobe-mb"]
+    assert [e["process"]["binary"] for e in got] == ([str(usdt_bin)] if fires else [])
 
 
 def test_uprobe_ref_ctr_offsets_need_one_per_site(running_agent: RunningAgent, usdt_bin: Path) -> None:
