@@ -247,6 +247,18 @@ def test_process_cache_dump_honours_skip_zero_refcnt(srv, dump, binaries):
     assert all(p.HasField("refcnt") for p in res.processes.processes)  # as Tetragon: set, also when 0
 
 
+def test_process_cache_dump_refuses_exclude_execve_map_processes(srv):
+    """`tetra debug dump processcache --exclude-execve-map-processes`: Vigil cannot tell which
+    entries the kernel's execve_map holds, so the flag is refused by name, never ignored."""
+    _, _, c = srv
+    req = sensors_pb2.GetDebugRequest(flag=sensors_pb2.CONFIG_FLAG_DUMP_PROCESS_CACHE,
+                                      dump=sensors_pb2.DumpProcessCacheReqArgs(exclude_execve_map_processes=True))
+    with pytest.raises(grpc.RpcError) as e:
+        c.stub.GetDebug(req, timeout=5)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "exclude_execve_map_processes" in e.value.details()
+
+
 def _varint(n: int) -> bytes:
     out = b""
     while True:

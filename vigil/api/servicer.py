@@ -228,6 +228,11 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
             res = sensors_pb2.GetDebugResponse(flag=request.flag)
             res.processes.SetInParent()
             skip_zero = request.HasField("dump") and request.dump.skip_zero_refcnt
+            if request.HasField("dump") and request.dump.exclude_execve_map_processes:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              "GetDebug: dump.exclude_execve_map_processes is not supported by Vigil "
+                              "(its process cache dump cannot tell which entries the kernel's execve_map "
+                              "holds); dump without it")
             for entry in self.agent.process_cache_dump():
                 refcnt = int(entry.get("refcnt") or 0) if "process" in entry else 0
                 if skip_zero and refcnt == 0:
