@@ -235,8 +235,11 @@ class SelectorChecker:
             d.error(a.at("action"), enum_message("action", name, enums.ACTIONS))
             return
         allowed, needed = ACTION_PARAMS[name]
+        if a.has("rateLimit") and name != "Post":
+            # the one misplaced parameter Tetragon refuses rather than ignores
+            d.error(a.at("rateLimit"), f"rateLimit applies only to action Post, not {name}")
         for key in ACTION_PARAM_KEYS:
-            if a.has(key) and key not in allowed:
+            if a.has(key) and key not in allowed and key != "rateLimit":
                 # Tetragon ignores such parameters and upstream examples carry some
                 # (e.g. Sigkill with argError), so this cannot reject the policy.
                 d.warn(a.at(key), f"{key} is not a parameter of action {name}; it is ignored")
