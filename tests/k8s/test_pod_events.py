@@ -95,7 +95,18 @@ def test_processes_started_before_the_agent_get_pod_data(cluster: Cluster) -> No
 
 
 def test_container_of_an_unknown_pod_leaves_without_pod_data_counted(cluster: Cluster) -> None:
+    """A container of a pod the API never lists: its events wait, then leave without pod data,
+    counted in `vigil status` and in Tetragon's event cache metrics (scraped from /metrics):
+    tetragon_event_cache_inserts_total, tetragon_event_cache_fetch_failures_total{entry_type="pod_info"}."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from vigil.agent.metrics import MetricsFrontend
+
     with K8sAgent(cluster, k8s_pod_wait=0.5) as a:
+        fe = MetricsFrontend(a.agent.control, "127.0.0.1:0")
+        fe.start()
         pods = []
         events = a.collect(lambda: pods.append(cluster.kubelet.run_unlisted_pod("ghost", ["/bin/sleep", "3600"])))
         try:
@@ -110,6 +121,13 @@ def test_container_of_an_unknown_pod_leaves_without_pod_data_counted(cluster: Cl
             assert got and "pod" not in got[0]["process"]
             st = a.agent.status()["k8s"]["events"]
             assert st["released_without_pod"] >= 1 and st["held"] >= 1, st
+            with urllib.request.urlopen(f"http://127.0.0.1:{fe.port}/metrics", timeout=10) as r:
+                got = {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
+                       for fam in text_string_to_metric_families(r.read().decode()) for smp in fam.samples}
+            assert got[("tetragon_event_cache_inserts_total", ())] >= st["held"] >= 1
+            assert got[("tetragon_event_cache_fetch_failures_total", (("entry_type", "pod_info"),))] >= 1
+            assert ("tetragon_event_cache_entries", ()) in got
         finally:
+            fe.stop()
             for p in pods:
                 cluster.kubelet.delete_pod(p)

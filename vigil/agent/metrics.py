@@ -456,6 +456,19 @@ class AgentCollector(Collector):
                                   "Processes looked up after the GC had removed them (deleted too early)",
                                   value=pc.get("early_deletions", 0))
 
+        # Tetragon's event cache holds events until their process's or pod's info is known; here
+        # the Kubernetes stage's hold, for pods (entry_type pod_info): events it took in, holds
+        # now, and let go without their pod once the wait was over
+        held = (st.get("k8s") or {}).get("events") or {}
+        yield GaugeMetricFamily("tetragon_event_cache_entries", "Events waiting for their pod's info",
+                                value=held.get("held_now", 0))
+        yield CounterMetricFamily("tetragon_event_cache_inserts", "Events that waited for their pod's info",
+                                  value=held.get("held", 0))
+        failures = CounterMetricFamily("tetragon_event_cache_fetch_failures", "Events sent without the info "
+                                       "they waited for (the wait was over)", labels=["entry_type"])
+        failures.add_metric(["pod_info"], held.get("released_without_pod", 0))
+        yield failures
+
         dc = st.get("data_cache") or {}
         yield GaugeMetricFamily("tetragon_data_cache_size", "maxData chunks waiting for their events",
                                 value=dc.get("size", 0))
