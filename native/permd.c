@@ -12,8 +12,9 @@
  *   default when the decision has not been written by then. When the main thread
  *   has been busy longer than the deadline, the watchdog also reads and answers new
  *   events by the default (rescue), so nothing waits on a stuck decision.
- * - When the agent goes away (socket closed) or on SIGTERM/SIGINT the helper exits;
- *   closing the fanotify group makes the kernel allow whatever is in flight.
+ * - When the agent goes away (socket closed) or on SIGTERM/SIGINT the helper exits, from
+ *   the watchdog when the main thread is stuck; closing the fanotify group makes the kernel
+ *   allow whatever is in flight.
  * - Reports are sent without blocking; when the agent does not read, they are
  *   dropped and counted, and never take the last of the socket's buffer: the replies
  *   to the agent's requests (ACK, PD_STATS) always have room (REPLY_ROOM).
@@ -1587,8 +1588,12 @@ static void *watchdog(void *arg)
 		struct timespec ts = { (time_t)(wake / 1000000000ull), (long)(wake % 1000000000ull) };
 		pthread_cond_timedwait(&S.cv, &S.mu, &ts);
 	}
+	/* told to end (SIGTERM/SIGINT, the agent gone, PD_SHUTDOWN): now, not once the main thread
+	 * is done, as it may be stuck in a decision or a mark (a hung file server): past this loop
+	 * nothing would answer at the deadline. The kernel allows whatever is in flight. */
 	pthread_mutex_unlock(&S.mu);
-	return NULL;
+	close_all();
+	_exit(0);
 }
 
 /* ------------------------------------------------------------------ control messages */
@@ -2054,7 +2059,8 @@ int main(int argc, char **argv)
 		if (p[0].revents & (POLLIN | POLLHUP | POLLERR))
 			handle_ctl();
 	}
-	/* closing the group (at exit) makes the kernel allow everything still in flight */
+	/* the watchdog, woken, closes every group (the kernel allows everything still in flight)
+	 * and ends the process: the join does not return */
 	pthread_mutex_lock(&S.mu);
 	S.quit = 1;
 	pthread_cond_signal(&S.cv);

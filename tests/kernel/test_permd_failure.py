@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -264,3 +266,122 @@ def test_malformed_messages_are_refused(tmpfs: Path, raw: Raw, case: str) -> Non
     assert opens(tmpfs / "secret.txt", 1) == (0, 1)
     acks = raw.send(table(tmpfs, 3))
     assert [(a.error, a.reply_to) for a in acks] == [(0, P.COMMIT)] and raw.stats["generation"] == 3
+
+
+def storm(tmpfs: Path, threads: int, rounds: int) -> dict[str, list[int | OSError | tuple[int, int]]]:
+    """Guarded execs (blocked/, allowed/) and opens (secret.txt) from `threads` threads at once,
+    `rounds` each; every outcome, by what was run. Each thread is joined with a bound: an exec or
+    open nobody answers fails the test instead of hanging it."""
+    out: dict[str, list[int | OSError | tuple[int, int]]] = {"blocked": [], "allowed": [], "secret": []}
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(rounds):
+            b = run(tmpfs, [str(tmpfs / "blocked" / "tool")])
+            a = run(tmpfs, [str(tmpfs / "allowed" / "tool")])
+            s = opens(tmpfs / "secret.txt", 5)
+            with lock:
+                out["blocked"].append(b)
+                out["allowed"].append(a)
+                out["secret"].append(s)
+
+    ts = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+        assert not t.is_alive(), "an exec or open was never answered"
+    return out
+
+
+def extra_rule(tmpfs: Path, hook: int) -> Rule:
+    """A policy added and deleted during the storm: it names a file nothing runs."""
+    return Rule(hook, 0, EXEC | OPEN, "override", conds=(Cond("path", "Equal", (f"{tmpfs}/public.txt",)),))
+
+
+def test_rule_updates_during_an_exec_storm(tmpfs: Path, held: Held) -> None:
+    """Tables pushed back to back (a policy added, then deleted, its hook renumbered) while 16
+    threads exec and open under the rules every table has: no exec or open waits without end,
+    none is answered against those rules, none by the deadline, and each event is answered once."""
+    push(held.h, deny_rules(tmpfs), deadline_ms=60000)
+    done = threading.Event()
+    pushes = [0]
+
+    def updates() -> None:
+        while not done.is_set():
+            pushes[0] += 1
+            rules = deny_rules(tmpfs) + ([extra_rule(tmpfs, 10 + pushes[0])] if pushes[0] % 2 else [])
+            push(held.h, rules[::-1] if pushes[0] % 3 else rules, deadline_ms=60000)
+
+    u = threading.Thread(target=updates, daemon=True)
+    u.start()
+    try:
+        out = storm(tmpfs, threads=16, rounds=15)
+    finally:
+        done.set()
+        u.join(60)
+    assert not u.is_alive() and pushes[0] > 2
+    assert all(is_eperm(r) for r in out["blocked"]) and len(out["blocked"]) == 16 * 15
+    assert out["allowed"] == [0] * (16 * 15)
+    assert out["secret"] == [(0, 5)] * (16 * 15)
+    st = held.h.stats()
+    assert st["generation"] == pushes[0] + 1
+    assert st["timeouts"] == st["rescued"] == st["write_errors"] == st["overflows"] == 0
+    assert st["events"] == st["allowed"] + st["denied"] and st["denied"] >= 16 * 15 * 6
+
+
+@pytest.mark.parametrize("default_allow", [True, False])
+def test_an_exec_storm_through_a_stuck_decision(tmpfs: Path, held: Held, default_allow: bool) -> None:
+    """16 threads exec and open while the helper's decision is stuck (stall hook) far past the
+    deadline: every one is answered, by the rules or (stuck, or arriving while stuck: rescued)
+    by the default, each once, and the counters add up to what happened."""
+    push(held.h, deny_rules(tmpfs), deadline_ms=200, default_allow=default_allow)
+    held.h.stall_next_decision(1500)
+    out = storm(tmpfs, threads=16, rounds=4)
+    st = held.h.stats()
+    by_default = st["timeouts"] + st["rescued"]
+    assert by_default >= 1 and st["write_errors"] == st["overflows"] == 0
+    assert st["events"] == st["allowed"] + st["denied"]
+    eperm = [is_eperm(r) for r in out["blocked"] + out["allowed"]]
+    assert all(e or r == 0 for e, r in zip(eperm, out["blocked"] + out["allowed"]))
+    if default_allow:   # answers against the rule are the default's, and never more than it gave
+        assert sum(not is_eperm(r) for r in out["blocked"]) <= by_default and out["allowed"] == [0] * 64
+    else:
+        assert sum(is_eperm(r) for r in out["allowed"]) <= by_default and all(is_eperm(r) for r in out["blocked"])
+        assert all(s == (0, 5) for s in out["secret"])
+
+
+def wait_stalled(pid: int) -> None:
+    """Until the helper's main thread sleeps in the stalled decision."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/task/{pid}/syscall") as f:
+            if f.read().split()[0] in ("35", "230"):  # x86-64 nanosleep, clock_nanosleep
+                return
+        time.sleep(0.005)
+    pytest.fail("the helper never entered the stalled decision")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
+def test_the_helper_ended_by_a_signal_while_a_decision_is_stuck(tmpfs: Path, held: Held, sig: signal.Signals) -> None:
+    """The helper told to end (a service manager's SIGTERM reaches it with the agent) while its
+    decision is stuck for longer than any test waits, with a deadline as long: it ends at once,
+    the kernel allows the exec that waited (the documented fail-open), nothing else waits, and the
+    agent side starts a new helper with the table, which guards again."""
+    push(held.h, deny_rules(tmpfs), deadline_ms=60000)
+    held.h.stall_next_decision(60000)
+    pid = held.h.helper_pid
+    out: list[int | OSError] = []
+    t = threading.Thread(target=lambda: out.append(run(tmpfs, [str(tmpfs / "blocked" / "tool")])), daemon=True)
+    t.start()
+    wait_stalled(pid)
+    os.kill(pid, sig)
+    t.join(20)
+    assert out == [0], "the waiting exec was not let go when the helper was told to end"
+    assert opens(tmpfs / "public.txt", 1) == (1, 0)
+    deadline = time.monotonic() + 20
+    while (held.h.restarts < 1 or not held.h.running) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert held.h.restarts == 1 and held.h.helper_pid != pid
+    assert held.h.stats()["generation"] >= 1
+    assert is_eperm(run(tmpfs, [str(tmpfs / "blocked" / "tool")]))
