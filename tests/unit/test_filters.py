@@ -341,3 +341,27 @@ def test_filters_on_what_events_never_carry_are_refused(spec, options, error):
         with pytest.raises(FilterError, match=error):
             build()
     compile_filter(spec)  # events of any shape (files, stdin): never refused
+
+
+def _bin(binary: str) -> dict:
+    return {"process_exec": {"process": {"pid": 1, "binary": binary}}}
+
+
+_LONG = "/usr/bin/" + "c?" * 1500 + "curl"  # 3,013 characters: under the limit of one regex
+
+# (binary_regex values, binary, kept): each value is an alternative, whatever their sizes
+REGEX_LIST_CASES = [
+    (["^/nope/" + "x?" * 1500, _LONG], "/usr/bin/curl", True),  # together over 4,096 characters
+    (["^/nope/" + "x?" * 1500, _LONG], "/usr/bin/wget", False),
+    ([r"\pL{400}$", r"\pN{400}$"], "/" + "7" * 400, True),  # too large for RE2 as one pattern
+    ([r"\pL{400}$", r"\pN{400}$"], "/" + "a" * 400, True),
+    ([r"\pL{400}$", r"\pN{400}$"], "/" + "7" * 399, False),
+]
+
+
+@pytest.mark.parametrize("patterns,binary,kept", REGEX_LIST_CASES,
+                         ids=[f"{len(c[0][0])}+{len(c[0][1])}-{c[1][:12]}" for c in REGEX_LIST_CASES])
+def test_regex_values_are_alternatives_of_any_size(patterns, binary, kept):
+    """Several values of one regex field are ORed, each under the length limit on its own: they
+    were joined into one pattern that the limit (or RE2's program size) then refused."""
+    assert m({"binary_regex": patterns}, _bin(binary)) is kept

@@ -31,13 +31,32 @@ def compile_regex(pattern: object, field: str) -> Any:
         raise FilterError(f"{field}: invalid regex {pattern!r}: {msg}") from None
 
 
+class _AnyOf:
+    """Alternatives RE2 cannot take as one pattern (too large together): searched in turn."""
+
+    def __init__(self, compiled: list[Any]) -> None:
+        self.compiled = compiled
+        self.pattern = "|".join(f"(?:{c.pattern})" for c in compiled)
+
+    def search(self, text: str) -> Any:
+        for c in self.compiled:
+            if (found := c.search(text)) is not None:
+                return found
+        return None
+
+
 def compile_regex_list(patterns: list[object], field: str) -> Any | None:
     """Compile a list of alternatives into one pattern (one search instead of N).
 
-    Each alternative is compiled alone first, so an error names the bad pattern."""
+    Each alternative is compiled alone first, so an error names the bad pattern; the
+    length limit is each alternative's, never their sum's (the joined pattern is nobody's
+    input), and alternatives too large for RE2 together are searched one by one."""
     compiled = [compile_regex(p, field) for p in patterns]
     if not compiled:
         return None
     if len(compiled) == 1:
         return compiled[0]
-    return compile_regex("|".join(f"(?:{c.pattern})" for c in compiled), field)
+    try:
+        return re2.compile("|".join(f"(?:{c.pattern})" for c in compiled), options=_OPTIONS)
+    except re2.error:
+        return _AnyOf(compiled)
