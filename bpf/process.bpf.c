@@ -286,6 +286,33 @@ static __always_inline __u32 exec_privs(struct linux_binprm *bprm, const struct 
 	return privs;
 }
 
+/* Tetragon's exec event: a 1024-byte buffer whose first 56 bytes are the process fields, then
+ * the name as read with a 255-byte limit (a name that fills it, 254 bytes or more, goes apart
+ * and leaves a 24-byte descriptor), then the arguments after argv[0] when fewer than the bytes
+ * left (and fewer than 1024). */
+#define TG_NAME_INLINE 255
+#define TG_ARGS_ROOM(m) (1024 - 56 - (((m)->hdr.flags & VIGIL_F_DATA_FILENAME) ? 24 : (m)->filename_len))
+
+struct nul_scan {
+	__u32 base, n, at;
+};
+
+/* bpf_loop step: the first NUL of the captured argument area (argv[0]'s end) */
+static long nul_step(__u32 i, void *arg)
+{
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct exec_heap *h = bpf_map_lookup_elem(&exec_heap, &cpu);
+	struct nul_scan *ns = arg;
+
+	if (!h || i >= ns->n)
+		return 1;
+	if (!h->data[(ns->base + i) & (sizeof(h->data) - 1)]) {  /* 64 KiB: a mask */
+		ns->at = i;
+		return 1;
+	}
+	return 0;
+}
+
 /* This CPU's record slot, its header and identity filled in (exec and clone records). */
 static __always_inline struct exec_heap *begin_record(__u8 op, struct task_struct *task, const bool btf)
 {
@@ -398,16 +425,19 @@ static __always_inline int do_exec(struct task_struct *task, __u32 old_tid, stru
 		m->hdr.flags |= VIGIL_F_CWD_TRUNC;
 	off += n;
 
-	/* the name execve was given (may be relative or a symlink) */
+	/* the name execve was given (may be relative or a symlink), whole: execve refuses one
+	 * longer than PATH_MAX, which is what is read */
 	fname = VREAD(btf, bprm, filename);
-	r = bpf_probe_read_kernel_str(h->data + (off & VIGIL_DATA_MASK), NAME_MAX_LEN, fname);
+	r = bpf_probe_read_kernel_str(h->data + (off & VIGIL_DATA_MASK), FILENAME_MAX_LEN, fname);
 	if (r > 0) {
 		m->filename_len = r;
 		off += r;
-		if (r == NAME_MAX_LEN) {   /* full: cut short, unless the name is exactly that long */
+		if (r >= TG_NAME_INLINE)
+			m->hdr.flags |= VIGIL_F_DATA_FILENAME;
+		if (r == FILENAME_MAX_LEN) {   /* full: cut short, unless the name is exactly that long */
 			char next = 0;
 
-			bpf_probe_read_kernel(&next, 1, fname + NAME_MAX_LEN - 1);
+			bpf_probe_read_kernel(&next, 1, fname + FILENAME_MAX_LEN - 1);
 			if (next)
 				m->hdr.flags |= VIGIL_F_FILENAME_TRUNC;
 		}
@@ -449,6 +479,16 @@ static __always_inline int do_exec(struct task_struct *task, __u32 old_tid, stru
 		}
 	}
 	m->args_len = n;
+	/* Tetragon's exec event holds the arguments after argv[0] only when they fit its buffer
+	 * beside the name, else sends them apart ("dataArgs"); only an area that long needs
+	 * argv[0]'s length */
+	if (n && aend - astart >= TG_ARGS_ROOM(m)) {
+		struct nul_scan ns = {.base = off & VIGIL_DATA_MASK, .n = n, .at = n};
+
+		bpf_loop(n, nul_step, &ns, 0);
+		if (aend - astart - (ns.at + 1) >= TG_ARGS_ROOM(m))
+			m->hdr.flags |= VIGIL_F_DATA_ARGS;
+	}
 	off = (off & VIGIL_DATA_MASK) + n;
 
 	m->hdr.size = sizeof(*m) + off;

@@ -1566,7 +1566,8 @@ static const char *const proc_slot[P_COUNT] = {
 	"holds_parent", "in_init_tree",
 };
 
-#define REC_FLAG_BITS (1 << 0 | 1 << 5 | 1 << 3 | 1 << 2 | 1 << 4 | 1 << 11)  /* args trunc, err path/args, cwd, clone */
+/* args trunc, err path/args, cwd, clone, data filename/args */
+#define REC_FLAG_BITS (1 << 0 | 1 << 5 | 1 << 3 | 1 << 2 | 1 << 4 | 1 << 11 | 1 << 12 | 1 << 13)
 #define K_MISS (1 << 17)
 #define K_NOCWD (1 << 18)
 #define K_ROOTCWD (1 << 19)

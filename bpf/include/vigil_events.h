@@ -27,6 +27,8 @@ enum vigil_exec_flags {
 	VIGIL_F_CWD_NOT_ROOTED = 1 << 9,
 	VIGIL_F_FILENAME_TRUNC = 1 << 10,
 	VIGIL_F_CLONE = 1 << 11,         /* exec: the first since the process was forked (Tetragon's "clone") */
+	VIGIL_F_DATA_FILENAME = 1 << 12, /* exec: a name Tetragon's exec event sends apart ("dataFilename") */
+	VIGIL_F_DATA_ARGS = 1 << 13,     /* exec: arguments Tetragon's exec event sends apart ("dataArgs") */
 };
 
 /* msg_process.privs: a privileged exec, as Tetragon's bprm_committing_creds hook tells them

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.kernel.conftest import RunningAgent
+from tests.kernel.conftest import RunningAgent, execs
 from tests.kernel.test_policy_engine import Run, loaded, open_file, policy_events, policy_yaml, pywork, run_py
 from vigil.events import records as R
 from vigil.events.generic import py_decode_generic
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.kernel
 __all__ = ["pywork"]  # the fixture, used here
 
 STR_LIMIT = L.ARG_DATA - 2  # bytes of a string argument kept: its 4095-byte buffer holds them and the NUL
-NAME_LIMIT = 255            # bytes of an exec's filename kept (NAME_MAX_LEN 256 with the NUL)
+NAME_LIMIT = 255            # bytes of a name Tetragon's exec event keeps in place (with its NUL)
 
 
 @contextmanager
@@ -75,22 +75,57 @@ kprobes:
     assert flags == [(min(n, STR_LIMIT), n > STR_LIMIT) for n in lengths]
 
 
-def test_exec_filename_cut_short_only_past_its_limit(running_agent: RunningAgent, workdir: Path):
-    """The name execve was given, 255 bytes long: whole, not flagged; 256 and 257: its first
-    255 bytes, flagged."""
-    lengths = (NAME_LIMIT - 1, NAME_LIMIT, NAME_LIMIT + 1, NAME_LIMIT + 2)
-    paths = []
-    for n in lengths:
-        d = workdir / ("p" * (n - len(str(workdir)) - len("//t")))
-        d.mkdir()
-        shutil.copy2(workdir / "truebin", d / "t")
-        paths.append(str(d / "t"))
-        assert len(paths[-1]) == n
+def _path_of_length(root: Path, n: int, truebin: Path) -> str:
+    """A copy of truebin at a path of exactly n bytes under root (directories of at most 200)."""
+    d, left = root, n - len(str(root)) - len("/t")
+    while left > 201:
+        d, left = d / ("d" * 200), left - 201
+    d = d / ("p" * (left - 1))
+    d.mkdir(parents=True)
+    shutil.copy2(truebin, d / "t")
+    path = str(d / "t")
+    assert len(path) == n
+    return path
+
+
+# name lengths: whole up to execve's own limit (PATH_MAX with its NUL); Tetragon's exec event
+# keeps a name of up to 253 bytes in place and sends a longer one apart (dataFilename)
+NAME_LENGTHS = (NAME_LIMIT - 2, NAME_LIMIT - 1, NAME_LIMIT, NAME_LIMIT + 1, 300, 4095)
+
+
+def test_exec_filename_is_whole_up_to_the_kernels_limit(running_agent: RunningAgent, workdir: Path):
+    """The name execve was given was read up to 255 bytes: a longer one was cut short (flagged
+    in the record) and the event's binary was its first 255 bytes. It is read up to PATH_MAX,
+    which execve itself refuses beyond: whole, never flagged, the binary the path run; the flag
+    word dataFilename from 254 bytes, as Tetragon's exec event sets it."""
+    paths = [_path_of_length(workdir / f"n{n}", n, workdir / "truebin") for n in NAME_LENGTHS]
     with raw_records(running_agent, R.OP_EXEC) as raw:
-        running_agent.collect(lambda: [subprocess.run([p], check=True) for p in paths])
+        events = running_agent.collect(lambda: [subprocess.run([p], check=True) for p in paths])
     got = []
     for buf in raw:
         rec = R.ProcessRecord(buf)
-        if rec.filename.startswith(f"{workdir}/p"):
+        if rec.filename.startswith(f"{workdir}/n"):
             got.append((rec.filename, bool(rec.flags & R.F_FILENAME_TRUNC)))
-    assert got == [(p[:NAME_LIMIT], len(p) > NAME_LIMIT) for p in paths]
+    assert got == [(p, False) for p in paths]
+    for p in paths:
+        (ev,) = execs(events, binary=p)
+        assert ("dataFilename" in ev["process"]["flags"].split()) == (len(p) >= NAME_LIMIT - 1), (len(p), ev)
+
+
+# Tetragon's exec event holds the arguments after argv[0] in place when they are fewer bytes than
+# its 1024-byte buffer leaves after 56 bytes of fields and the name with its NUL, else sends them
+# apart (dataArgs): (the one argument's length past that room, dataArgs)
+ARGS_ROWS = [(-2, False), (-1, True), (0, True), (2000, True)]
+
+
+@pytest.mark.parametrize("past, data", ARGS_ROWS, ids=[str(p) for p, _ in ARGS_ROWS])
+def test_long_arguments_carry_tetragons_dataArgs_word(running_agent: RunningAgent, workdir: Path,
+                                                        past: int, data: bool):
+    truebin = str(workdir / "truebin")
+    room = 1024 - 56 - (len(truebin) + 1)
+    arg = "a" * (room + past)  # its bytes after argv[0]: the argument and its NUL
+    events = running_agent.collect(lambda: subprocess.run([truebin, arg], check=True))
+    (ev,) = execs(events, binary=truebin, arguments=arg)
+    assert ("dataArgs" in ev["process"]["flags"].split()) == data, ev["process"]["flags"]
+
+

@@ -319,7 +319,8 @@ exec_fields = st.fixed_dictionaries({
     "ns": st.sampled_from(NS_CHOICES), "uid": st.sampled_from([0, 1000]), "euid": st.sampled_from([0, 1000]),
     "auid": st.sampled_from([0, 4294967295]), "securebits": st.sampled_from([0, 0x2F]),
     "userns_level": st.sampled_from([0, 1]), "i_mode": st.sampled_from([0o100755, 0o104755, 0o102755]),
-    "nlink": st.sampled_from([1, 1, 0]), "flags": st.sampled_from([0, 1, 1 << 3, 1 << 4, 1 << 8, (1 << 2) | 1, 1 << 11, (1 << 11) | (1 << 4)]),
+    "nlink": st.sampled_from([1, 1, 0]), "flags": st.sampled_from([0, 1, 1 << 3, 1 << 4, 1 << 8, (1 << 2) | 1, 1 << 11, (1 << 11) | (1 << 4),
+                               1 << 12, 1 << 13, (1 << 11) | (1 << 12) | (1 << 13)]),
     "tid_off": st.sampled_from([0, 0, 3]), "op": st.sampled_from([R.OP_EXEC, R.OP_EXEC, R.OP_CLONE]),
     "nspid": st.sampled_from([0, 0, 0, 1, 2]),  # 0: the host pid; 1: pid 1 of a namespace (in_init_tree)
     # a clone's caller when it is not the parent (CLONE_PARENT): an index into the pids so far

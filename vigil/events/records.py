@@ -30,6 +30,8 @@ F_PATH_NOT_ROOTED = 1 << 8
 F_CWD_NOT_ROOTED = 1 << 9
 F_FILENAME_TRUNC = 1 << 10
 F_CLONE = 1 << 11  # exec: the first since the process was forked
+F_DATA_FILENAME = 1 << 12  # exec: a name Tetragon's exec event sends apart (its flag word dataFilename)
+F_DATA_ARGS = 1 << 13  # exec: arguments Tetragon's exec event sends apart (dataArgs)
 
 # msg_process.privs (enum vigil_exec_privs): a privileged exec, Tetragon's secureexec bits
 PRIV_SETUID = 1 << 0

@@ -68,7 +68,8 @@ class BuildOptions:
 
 # record flag bits that select flag words; with the builder's own conditions (below)
 # they form the key of the flags-string cache
-_REC_FLAG_BITS = R.F_ARGS_TRUNC | R.F_ERR_PATH | R.F_ERR_ARGS | R.F_CWD_TRUNC | R.F_ERR_CWD | R.F_CLONE
+_REC_FLAG_BITS = (R.F_ARGS_TRUNC | R.F_ERR_PATH | R.F_ERR_ARGS | R.F_CWD_TRUNC | R.F_ERR_CWD | R.F_CLONE
+                  | R.F_DATA_FILENAME | R.F_DATA_ARGS)
 _K_PROCFS, _K_MISS, _K_NOCWD, _K_ROOTCWD, _K_INIT_TREE = 1 << 16, 1 << 17, 1 << 18, 1 << 19, 1 << 20
 _CLONE_FLAGS = ("clone", "clone inInitTree")  # a fork's flags, by whether it is in its init tree
 _INTERN_MAX = 4096  # bound of each intern cache (caps, credentials, namespaces, cgroups)
@@ -97,6 +98,11 @@ def _flag_words(k: int) -> str:
         flags.append("errorCWD")
     if k & R.F_CLONE:  # the first exec of a forked process
         flags.append("clone")
+    # a long name or argument list, which Tetragon's exec event sends in data events of its own
+    if k & R.F_DATA_FILENAME:
+        flags.append("dataFilename")
+    if k & R.F_DATA_ARGS:
+        flags.append("dataArgs")
     if k & _K_INIT_TREE:
         flags.append("inInitTree")
     flags.sort(key=FLAG_ORDER.index)
