@@ -16,6 +16,7 @@ from vigil.k8s.selectors import container_labels, image_repo, matches, pod_label
 
 CID = "a" * 64
 CID2 = "b" * 64
+CID3 = "c" * 64
 UID = "0c7e9f3a-1b2c-4d5e-8f90-a1b2c3d4e5f6"
 
 
@@ -143,6 +144,39 @@ def test_container_fields_present_as_tetragon_gives_them(obj: dict[str, Any], wa
     assert msg.container.HasField("image") and msg.container.HasField("security_context")
     assert msg.container.security_context.privileged == want["security_context"].get("privileged", False)
     assert msg.container.HasField("start_time") == ("start_time" in want)
+
+
+def all_kinds_pod() -> dict[str, Any]:
+    """A pod with an init container (done), a container and an ephemeral (debug) container."""
+    def status(name: str, cid: str, state: dict[str, Any]) -> dict[str, Any]:
+        return {"name": name, "containerID": f"containerd://{cid}", "image": f"reg/{name}:1",
+                "imageID": f"reg/{name}@sha256:00", "state": state}
+    return {"metadata": {"name": "web-1", "namespace": "shop", "uid": UID},
+            "spec": {"initContainers": [{"name": "setup", "image": "reg/setup:1",
+                                         "securityContext": {"privileged": True}}],
+                     "containers": [{"name": "app", "image": "reg/app:1"}],
+                     "ephemeralContainers": [{"name": "debug", "image": "reg/debug:1",
+                                              "securityContext": {"privileged": True}}]},
+            "status": {"initContainerStatuses": [status("setup", CID3, TERMINATED)],
+                       "containerStatuses": [status("app", CID, RUNNING)],
+                       "ephemeralContainerStatuses": [status("debug", CID2, RUNNING)]}}
+
+
+@pytest.mark.parametrize("cid,name,started,privileged", [
+    (CID3, "setup", False, True),    # init container, finished: no start_time
+    (CID, "app", True, False),
+    (CID2, "debug", True, True),     # ephemeral container: its status is in its own list
+])
+def test_init_and_ephemeral_containers_have_their_pod(cid: str, name: str, started: bool, privileged: bool) -> None:
+    store = PodStore()
+    store.upsert(all_kinds_pod())
+    p = PodResolver(store).pod_json(f"pod{UID}/{cid}", 3, "/bin/ls", "")
+    assert p is not None and p["name"] == "web-1"
+    c = p["container"]
+    assert (c["id"], c["name"], c["image"]) == (f"containerd://{cid}", name, {"id": f"reg/{name}@sha256:00",
+                                                                             "name": f"reg/{name}:1"})
+    assert ("start_time" in c) is started
+    assert c["security_context"] == ({"privileged": True} if privileged else {})
 
 
 def test_a_containers_pod_part_is_made_when_its_pod_arrives_and_remade_when_it_changes() -> None:
@@ -474,9 +508,6 @@ def test_static_pods_and_exited_containers_in_the_policy_filter(tmp_path: Path) 
     for k in range(10):               # ten ticks a second apart: looked for at 1, 3 and 7 s
         pf.retry_pending(now=t0 + k + 1.0)
     assert len(looks) == 3
-
-
-CID3 = "c" * 64
 
 
 @pytest.mark.parametrize("steps,found", [
