@@ -130,3 +130,29 @@ def test_data_cache_size_capacity_and_evictions(tmp_path: Path, chunks: int, wan
     assert (got["tetragon_data_cache_size"][()], got["tetragon_data_cache_capacity"][()],
             got["tetragon_data_cache_evictions_total"][()]) == want
     assert got["tetragon_handler_errors_total"][("error=event_handler_failed", "opcode=24")] == 0
+
+
+# Tetragon's families present with no gRPC server, no Kubernetes, no policy (Tetragon registers
+# them all at start): each name -> its samples' label names
+ALWAYS = {
+    "tetragon_notify_overflowed_events_total": set(),
+    "tetragon_handler_errors_total": {"opcode", "error"},
+    "tetragon_events_missing_process_info_total": set(),
+    "tetragon_events_last_exported_timestamp": set(),
+    "tetragon_process_cache_misses_total": {"operation"},
+    "tetragon_process_cache_early_deletions_total": set(),
+    "tetragon_event_cache_entries": set(),
+    "tetragon_event_cache_inserts_total": set(),
+    "tetragon_event_cache_fetch_failures_total": {"entry_type"},
+    "tetragon_data_cache_size": set(),
+    "tetragon_data_cache_capacity": set(),
+    "tetragon_data_cache_evictions_total": set(),
+    "tetragon_tracingpolicy_loaded": {"state"},
+}
+
+
+@pytest.mark.parametrize("name, labels", ALWAYS.items(), ids=ALWAYS.keys())
+def test_tetragon_families_present_on_a_bare_agent(tmp_path: Path, name: str, labels: set[str]):
+    got, _ = replay(tmp_path, [EXEC])
+    assert got.get(name), f"{name} missing"
+    assert all({kv.split("=", 1)[0] for kv in k} == labels for k in got[name]), got[name]

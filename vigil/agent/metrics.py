@@ -425,10 +425,11 @@ class AgentCollector(Collector):
                                       "Events dropped for slow GetEvents clients, ended streams included "
                                       "(counted before each stream's filters: see vigil_grpc_events_dropped)",
                                       value=grpc_st.get("events_dropped_slow_client", 0))
-            # Tetragon's name for the same count (events a GetEvents listener's full buffer lost)
-            yield CounterMetricFamily("tetragon_notify_overflowed_events",
-                                      "Events dropped because a GetEvents listener's buffer was full",
-                                      value=grpc_st.get("events_dropped_slow_client", 0))
+        # Tetragon's name for the same count (events a GetEvents listener's full buffer lost); 0
+        # without a gRPC server, as Tetragon's
+        yield CounterMetricFamily("tetragon_notify_overflowed_events",
+                                  "Events dropped because a GetEvents listener's buffer was full",
+                                  value=grpc_st.get("events_dropped_slow_client", 0))
         fw = grpc_st.get("forwarded_streams")
         if fw is not None:
             yield GaugeMetricFamily("vigil_grpc_forwarded_streams", "Streaming calls other than GetEvents (the health "
