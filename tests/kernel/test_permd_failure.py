@@ -7,6 +7,7 @@ Everything happens on a tmpfs this module mounts (binaries copied there); rules 
 on it, and the test process is not exempt, so its own opens are the guarded ones."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -22,7 +23,9 @@ from pathlib import Path
 import pytest
 
 import vigil.enforce.permd as permd_mod
+from tests import enforce_cases as C
 from tests.kernel.bpfstate import require_root
+from tests.kernel.test_agent_cli import AgentProcess, metric_value
 from tests.kernel.testbins import LAUNCH_C, MARKER_C, build, is_eperm, launch
 from vigil.enforce import permd_proto as P
 from vigil.enforce.permd import PermdError, PermissionHelper, helper_path, reap
@@ -385,3 +388,43 @@ def test_the_helper_ended_by_a_signal_while_a_decision_is_stuck(tmpfs: Path, hel
     assert held.h.restarts == 1 and held.h.helper_pid != pid
     assert held.h.stats()["generation"] >= 1
     assert is_eperm(run(tmpfs, [str(tmpfs / "blocked" / "tool")]))
+
+
+def proc_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_reports_an_agent_did_not_read_are_counted_in_status_and_metrics(tmpfs: Path, tmp_path: Path) -> None:
+    """A real `vigil agent` enforcing an open Override, SIGSTOPped while this process opens the
+    denied file far more often than the helper's socket holds reports: every open is refused
+    while the agent is stopped, and once it runs again `vigil status` and /metrics show the
+    reports the helper dropped (and its answers)."""
+    policy = tmp_path / "deny-open.yaml"
+    policy.write_text(C.open_deny(tmpfs))
+    agent = AgentProcess(tmp_path, ["--tracing-policy", str(policy)])
+    pid = agent.proc.pid
+    try:
+        assert opens(tmpfs / "secret.txt", 1) == (0, 1)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 10
+            while proc_state(pid) != "T" and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert opens(tmpfs / "secret.txt", 30000) == (0, 30000)
+            assert opens(tmpfs / "public.txt", 1) == (1, 0)
+            assert proc_state(pid) == "T", "the answers came while the agent was stopped"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        r = agent.cli("status", "-o", "json")
+        assert r.returncode == 0, r.stderr
+        ph = json.loads(r.stdout)["status"]["permission_helper"]
+        assert ph["reports_dropped"] > 0 and ph["denied"] >= 30001
+        text = agent.metrics()
+        assert metric_value(text, "vigil_permission_helper_reports_dropped_total") >= ph["reports_dropped"]
+        assert metric_value(text, "vigil_permission_helper_answers_total", '{answer="denied"}') >= 30001
+        assert metric_value(text, "vigil_permission_helper_default_answers_total", '{reason="timeout"}') == 0
+    finally:
+        if agent.proc.poll() is None:
+            os.kill(pid, signal.SIGCONT)
+        agent.stop()

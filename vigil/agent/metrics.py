@@ -526,6 +526,29 @@ class AgentCollector(Collector):
             prog_missed.add_metric([policy, attach], n)
         yield prog_missed
 
+        # the native exec/open permission helper (fanotify Override without BPF LSM), as `vigil
+        # status` shows it (permission_helper); no series while it does not run
+        ph = st.get("permission_helper") or {}
+        if ph:
+            answers = CounterMetricFamily("vigil_permission_helper_answers", "Exec/open permissions the native "
+                                          "helper answered, by answer", labels=["answer"])
+            answers.add_metric(["allowed"], ph.get("allowed", 0))
+            answers.add_metric(["denied"], ph.get("denied", 0))
+            yield answers
+            by_default = CounterMetricFamily("vigil_permission_helper_default_answers", "Exec/open permissions "
+                                             "answered by --permission-default, by why: not decided by the "
+                                             "deadline (timeout), or read while a decision was stuck (rescued)",
+                                             labels=["reason"])
+            by_default.add_metric(["timeout"], ph.get("timeouts", 0))
+            by_default.add_metric(["rescued"], ph.get("rescued", 0))
+            yield by_default
+            yield CounterMetricFamily("vigil_permission_helper_reports_dropped", "Reports of answered exec/open "
+                                      "permissions the helper dropped because the agent was not reading them (the "
+                                      "answers were given; their policy events are lost)",
+                                      value=ph.get("reports_dropped", 0))
+            yield CounterMetricFamily("vigil_permission_helper_restarts", "Times the agent restarted the "
+                                      "permission helper after it died", value=ph.get("restarts", 0))
+
 
 class MetricsFrontend:
     def __init__(self, agent: Any, address: str) -> None:
