@@ -352,3 +352,45 @@ def test_filter_on_what_events_never_carry_is_invalid_argument(spec, named):
                 next(iter(c.stub.GetEvents(req, timeout=5)))
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert named in e.value.details(), e.value.details()
+
+
+_S = sensors_pb2
+# (call, its request with a domain, the domain the loaded policy is in, status; None: done)
+DOMAIN_CASES = [
+    ("DeleteTracingPolicy", _S.DeleteTracingPolicyRequest(name="p1", domain="static"), "static", None),
+    ("DeleteTracingPolicy", _S.DeleteTracingPolicyRequest(name="p1", domain="grpc"), "static",
+     grpc.StatusCode.NOT_FOUND),
+    ("DeleteTracingPolicy", _S.DeleteTracingPolicyRequest(name="p1"), "static", None),  # any domain
+    ("DisableTracingPolicy", _S.DisableTracingPolicyRequest(name="p1", domain="k8s"), "grpc",
+     grpc.StatusCode.NOT_FOUND),
+    ("DisableTracingPolicy", _S.DisableTracingPolicyRequest(name="p1", domain="grpc"), "grpc", None),
+    ("EnableTracingPolicy", _S.EnableTracingPolicyRequest(name="p1", domain="static"), "grpc",
+     grpc.StatusCode.NOT_FOUND),
+    ("ConfigureTracingPolicy", _S.ConfigureTracingPolicyRequest(name="p1", domain="static", enable=False),
+     "grpc", grpc.StatusCode.NOT_FOUND),
+    ("ConfigureTracingPolicy", _S.ConfigureTracingPolicyRequest(name="p1", domain="static", enable=False),
+     "static", None),
+    ("AddTracingPolicy", _S.AddTracingPolicyRequest(yaml=POLICY % "p2", domain="static"), None,
+     grpc.StatusCode.INVALID_ARGUMENT),
+    ("AddTracingPolicy", _S.AddTracingPolicyRequest(yaml=POLICY % "p2", domain="grpc"), None, None),
+]
+
+
+@pytest.mark.parametrize("call,req,loaded_in,code", DOMAIN_CASES,
+                         ids=[f"{c[0]}-{c[1].domain or 'none'}-{c[2]}" for c in DOMAIN_CASES])
+def test_policy_calls_honour_or_refuse_domain(srv, call, req, loaded_in, code):
+    """The domain of a policy call is honoured (a policy of another domain is not found, as in
+    Tetragon, whose policies are keyed by name, namespace and domain) or refused (a policy is
+    added to another domain than grpc), never ignored."""
+    _, agent, c = srv
+    if loaded_in is not None:
+        agent.add_policy("metadata: {name: p1}\nspec: {}\n", source=loaded_in)
+    before = agent.list_policies()
+    if code is None:
+        getattr(c.stub, call)(req, timeout=5)
+        return
+    with pytest.raises(grpc.RpcError) as e:
+        getattr(c.stub, call)(req, timeout=5)
+    assert e.value.code() == code
+    assert repr(req.domain) in e.value.details()
+    assert agent.list_policies() == before  # nothing changed

@@ -143,12 +143,30 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
     def AddTracingPolicy(self, request: Any, context: grpc.ServicerContext) -> Any:
         if not request.yaml.strip():
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "AddTracingPolicy: empty yaml")
+        if request.domain not in ("", "grpc"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"AddTracingPolicy: domain {request.domain!r}: Vigil adds policies sent over "
+                          "gRPC to the 'grpc' domain only (leave domain empty)")
         self.agent.add_policy(request.yaml, source="grpc")
         return sensors_pb2.AddTracingPolicyResponse()
+
+    def _check_domain(self, request: Any) -> None:
+        """Tetragon keys policies by name, namespace and domain: a domain given must be the
+        policy's (Vigil's names are unique across domains, so an empty one means any)."""
+        if not request.domain:
+            return
+        for p in self.agent.list_policies():
+            if p.get("name") == request.name and (p.get("namespace") or "") == request.namespace:
+                have = p.get("domain") or "grpc"
+                if have != request.domain:
+                    key = f"{request.namespace}/{request.name}" if request.namespace else request.name
+                    raise PolicyNotFound(f"no policy named {key!r} in domain {request.domain!r} "
+                                         f"(it is in domain {have!r})")
 
     @_rpc
     def DeleteTracingPolicy(self, request: Any, context: grpc.ServicerContext) -> Any:
         _need_name(request, context)
+        self._check_domain(request)
         self.agent.delete_policy(request.name, request.namespace)
         return sensors_pb2.DeleteTracingPolicyResponse()
 
@@ -162,6 +180,7 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
     @_rpc
     def ConfigureTracingPolicy(self, request: Any, context: grpc.ServicerContext) -> Any:
         _need_name(request, context)
+        self._check_domain(request)
         if request.HasField("mode"):
             if request.mode not in (sensors_pb2.TP_MODE_ENFORCE, sensors_pb2.TP_MODE_MONITOR):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -181,12 +200,14 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
     @_rpc
     def EnableTracingPolicy(self, request: Any, context: grpc.ServicerContext) -> Any:
         _need_name(request, context)
+        self._check_domain(request)
         self.agent.set_policy_enabled(request.name, True, request.namespace)
         return sensors_pb2.EnableTracingPolicyResponse()
 
     @_rpc
     def DisableTracingPolicy(self, request: Any, context: grpc.ServicerContext) -> Any:
         _need_name(request, context)
+        self._check_domain(request)
         self.agent.set_policy_enabled(request.name, False, request.namespace)
         return sensors_pb2.DisableTracingPolicyResponse()
 
