@@ -1,6 +1,8 @@
 """Events of processes in real containers carry their pod (issue 10, items 1-2)."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -9,6 +11,29 @@ from tests.k8s.conftest import Cluster, K8sAgent
 from tests.k8s.test_policies import wait_for
 
 pytestmark = pytest.mark.kernel
+
+
+@contextmanager
+def metrics_of(agent: K8sAgent) -> Iterator[Callable[[], dict[tuple[str, tuple[tuple[str, str], ...]], float]]]:
+    """The agent's /metrics served on a loopback port: a function reading it ((sample name,
+    sorted labels) -> value)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from vigil.agent.metrics import MetricsFrontend
+
+    fe = MetricsFrontend(agent.agent.control, "127.0.0.1:0")
+    fe.start()
+
+    def read() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{fe.port}/metrics", timeout=10) as r:
+            return {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
+                    for fam in text_string_to_metric_families(r.read().decode()) for smp in fam.samples}
+    try:
+        yield read
+    finally:
+        fe.stop()
 
 
 def execs_in(events: list[dict[str, Any]], cid: str) -> list[dict[str, Any]]:
@@ -30,7 +55,11 @@ def test_exec_in_a_container_has_pod_container_and_workload(cluster: Cluster, k8
         cid = pods[0].containers["app"]
         return [e for e in execs_in(events, cid) if e["process"]["binary"] == "/bin/sleep"]
 
-    events = k8s_agent.collect(start, timeout=60, until=sleep_exec)
+    with metrics_of(k8s_agent) as scrape:
+        before = scrape().get(("tetragon_watcher_events_total", (("watcher", "k8s"),)), 0)
+        events = k8s_agent.collect(start, timeout=60, until=sleep_exec)
+        # pod info found for the container's processes: Tetragon's watcher events
+        assert scrape()[("tetragon_watcher_events_total", (("watcher", "k8s"),))] > before
     pod = pods[0]
     cid = pod.containers["app"]
     first = sleep_exec(events)
@@ -96,17 +125,11 @@ def test_processes_started_before_the_agent_get_pod_data(cluster: Cluster) -> No
 
 def test_container_of_an_unknown_pod_leaves_without_pod_data_counted(cluster: Cluster) -> None:
     """A container of a pod the API never lists: its events wait, then leave without pod data,
-    counted in `vigil status` and in Tetragon's event cache metrics (scraped from /metrics):
-    tetragon_event_cache_inserts_total, tetragon_event_cache_fetch_failures_total{entry_type="pod_info"}."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    from vigil.agent.metrics import MetricsFrontend
-
-    with K8sAgent(cluster, k8s_pod_wait=0.5) as a:
-        fe = MetricsFrontend(a.agent.control, "127.0.0.1:0")
-        fe.start()
+    counted in `vigil status` and in Tetragon's event cache and watcher metrics (scraped from
+    /metrics): tetragon_event_cache_inserts_total,
+    tetragon_event_cache_fetch_failures_total{entry_type="pod_info"},
+    tetragon_watcher_errors_total{watcher="k8s",error="failed_to_get_pod"}."""
+    with K8sAgent(cluster, k8s_pod_wait=0.5) as a, metrics_of(a) as scrape:
         pods = []
         events = a.collect(lambda: pods.append(cluster.kubelet.run_unlisted_pod("ghost", ["/bin/sleep", "3600"])))
         try:
@@ -121,13 +144,11 @@ def test_container_of_an_unknown_pod_leaves_without_pod_data_counted(cluster: Cl
             assert got and "pod" not in got[0]["process"]
             st = a.agent.status()["k8s"]["events"]
             assert st["released_without_pod"] >= 1 and st["held"] >= 1, st
-            with urllib.request.urlopen(f"http://127.0.0.1:{fe.port}/metrics", timeout=10) as r:
-                got = {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
-                       for fam in text_string_to_metric_families(r.read().decode()) for smp in fam.samples}
+            got = scrape()
             assert got[("tetragon_event_cache_inserts_total", ())] >= st["held"] >= 1
             assert got[("tetragon_event_cache_fetch_failures_total", (("entry_type", "pod_info"),))] >= 1
             assert ("tetragon_event_cache_entries", ()) in got
+            assert got[("tetragon_watcher_errors_total", (("error", "failed_to_get_pod"), ("watcher", "k8s")))] >= 1
         finally:
-            fe.stop()
             for p in pods:
                 cluster.kubelet.delete_pod(p)

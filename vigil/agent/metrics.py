@@ -469,6 +469,16 @@ class AgentCollector(Collector):
                                        "they waited for (the wait was over)", labels=["entry_type"])
         failures.add_metric(["pod_info"], held.get("released_without_pod", 0))
         yield failures
+        # Tetragon's watcher metrics: pod info found for a process's container (at build, or once
+        # its pod came), and containers no known pod has
+        watched = CounterMetricFamily("tetragon_watcher_events", "Pod info found for a container's process",
+                                      labels=["watcher"])
+        watched.add_metric(["k8s"], held.get("enriched_at_build", 0) + held.get("released_enriched", 0))
+        yield watched
+        werr = CounterMetricFamily("tetragon_watcher_errors", "Processes of a container no known pod has",
+                                   labels=["watcher", "error"])
+        werr.add_metric(["k8s", "failed_to_get_pod"], held.get("container_without_pod", 0))
+        yield werr
 
         dc = st.get("data_cache") or {}
         yield GaugeMetricFamily("tetragon_data_cache_size", "maxData chunks waiting for their events",
