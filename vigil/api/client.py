@@ -68,10 +68,24 @@ class ClientTls:
         return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file), read(self.cert_file))
 
 
-def channel(address: str, timeout: float, tls: ClientTls | None = None) -> grpc.Channel:
+def retry_service_config(retries: int) -> str:
+    """tetra's --retries: calls that fail UNAVAILABLE are tried again, `retries` more times,
+    with exponential backoff from 1s (gRPC caps the attempts at 5); 0 or less: no retries."""
+    if retries <= 0:
+        return "{}"
+    return json.dumps({"methodConfig": [{
+        "name": [{"service": "tetragon.FineGuidanceSensors"}],
+        "retryPolicy": {"maxAttempts": retries + 1, "initialBackoff": "1s", "maxBackoff": "3600s",
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]})
+
+
+def channel(address: str, timeout: float, tls: ClientTls | None = None, *,
+            retries: int = 1, max_recv_size: int = MAX_RECV) -> grpc.Channel:
     options: list[tuple[str, Any]] = [
-        ("grpc.max_receive_message_length", MAX_RECV),
+        ("grpc.max_receive_message_length", max_recv_size),
         ("grpc.enable_http_proxy", 0),  # a local agent is never behind a proxy
+        ("grpc.enable_retries", 1 if retries > 0 else 0),
+        ("grpc.service_config", retry_service_config(retries)),
     ]
     if tls is not None:
         if tls.server_name:
@@ -91,10 +105,11 @@ def channel(address: str, timeout: float, tls: ClientTls | None = None) -> grpc.
 class Client:
     """A connected stub plus helpers that speak dicts; closes its channel on exit."""
 
-    def __init__(self, address: str | None = None, timeout: float = 30.0, tls: ClientTls | None = None) -> None:
+    def __init__(self, address: str | None = None, timeout: float = 30.0, tls: ClientTls | None = None, *,
+                 retries: int = 1, max_recv_size: int = MAX_RECV) -> None:
         self.address = resolve_address(address)
         self.timeout = timeout
-        self.channel = channel(self.address, timeout, tls)
+        self.channel = channel(self.address, timeout, tls, retries=retries, max_recv_size=max_recv_size)
         self.stub = sensors_pb2_grpc.FineGuidanceSensorsStub(self.channel)
 
     def __enter__(self) -> Client:
@@ -192,11 +207,12 @@ class Client:
 
 
 def stream_events(server_address: str | None, allow_list: list[dict], deny_list: list[dict],
-                  field_filters: list[dict], timeout: float, tls: ClientTls | None = None) -> Iterator[dict[str, Any]]:
+                  field_filters: list[dict], timeout: float, tls: ClientTls | None = None, *,
+                  retries: int = 1, max_recv_size: int = MAX_RECV) -> Iterator[dict[str, Any]]:
     """Event dicts (export JSON shape) from the agent. `timeout` bounds connecting only.
     Raises ValueError (ConversionError) for malformed filters before connecting."""
     convert.events_request(allow_list, deny_list, field_filters)  # fail fast on bad filters
-    client = Client(server_address, timeout, tls)
+    client = Client(server_address, timeout, tls, retries=retries, max_recv_size=max_recv_size)
     try:
         yield from client.events(allow_list, deny_list, field_filters)
     finally:

@@ -67,6 +67,66 @@ def tls_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def global_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """tetra's global flags, given before the command (`vigil --server-address X tp list`):
+    the connection settings of every command that talks to the agent. A command's own
+    --server-address/--timeout, given on its command line, wins."""
+    @click.option("--server-address", "global_server_address", default=None, help=SERVER_HELP)
+    @click.option("--timeout", "global_timeout", default=None, type=Duration(),
+                  help="Connection timeout (30s, 500ms, 1m; plain seconds).  [default: 30s]")
+    @click.option("--retries", "global_retries", default=1, show_default=True, type=int,
+                  help="Connection retries with exponential backoff (0: none).")
+    @click.option("--max-recv-size", "global_max_recv_size", default=10 * 1024 * 1024, show_default=True,
+                  type=click.IntRange(min=1), help="Largest gRPC message the client receives, in bytes.")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for key in ("global_server_address", "global_timeout", "global_retries", "global_max_recv_size"):
+            kwargs.pop(key)  # read back from the root context by connection()
+        return fn(*args, **kwargs)
+    return wrapper
+
+
+def _root_params() -> dict[str, Any]:
+    ctx = click.get_current_context(silent=True)
+    return ctx.find_root().params if ctx is not None else {}
+
+
+def connection(server_address: str | None, timeout: float) -> tuple[str | None, float]:
+    """The address and timeout a command uses: its own flags when given on its command line,
+    else the global flags, else its defaults ($VIGIL_SERVER_ADDRESS, the info file; 30s)."""
+    ctx = click.get_current_context(silent=True)
+    root = _root_params()
+
+    def given(name: str) -> bool:
+        return ctx is not None and ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+
+    if not given("server_address") and root.get("global_server_address"):
+        server_address = root["global_server_address"]
+    if not given("timeout") and root.get("global_timeout") is not None:
+        timeout = root["global_timeout"]
+    return server_address, timeout
+
+
+def address_given() -> bool:
+    """True when --server-address was typed, the command's or the global one."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return False
+    return (ctx.get_parameter_source("server_address") is click.core.ParameterSource.COMMANDLINE
+            or bool(_root_params().get("global_server_address")))
+
+
+def channel_options() -> dict[str, int]:
+    """retries / max_recv_size for Client and stream_events, from the global flags."""
+    root = _root_params()
+    out = {}
+    if root.get("global_retries") is not None:
+        out["retries"] = int(root["global_retries"])
+    if root.get("global_max_recv_size") is not None:
+        out["max_recv_size"] = int(root["global_max_recv_size"])
+    return out
+
+
 def server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--server-address / --timeout / --tls-*, and clean exits for unreachable agents and RPC errors."""
     @click.option("--server-address", default=None, envvar="VIGIL_SERVER_ADDRESS", help=SERVER_HELP)
@@ -79,6 +139,7 @@ def server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
         from vigil.api.client import AgentUnreachable
 
+        kwargs["server_address"], kwargs["timeout"] = connection(kwargs["server_address"], kwargs["timeout"])
         try:
             return fn(*args, **kwargs)
         except AgentUnreachable as e:
@@ -93,7 +154,7 @@ def server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def client(server_address: str | None, timeout: float) -> Any:
     from vigil.api.client import Client
 
-    return Client(server_address, timeout, tls())
+    return Client(server_address, timeout, tls(), **channel_options())
 
 
 def tls() -> Any:

@@ -27,7 +27,7 @@ from typing import IO, Any
 import click
 import orjson
 
-from vigil.api.cliutil import Duration, tls_options
+from vigil.api.cliutil import Duration, address_given, channel_options, connection, tls_options
 from vigil.export.event_types import FilterError, parse_event_type
 from vigil.export.shape import shape_error
 
@@ -210,7 +210,8 @@ def agent_events(
 
     while True:
         try:
-            yield from stream_events(server_address, allow_list, [], field_filters, timeout, tls=tls())
+            yield from stream_events(server_address, allow_list, [], field_filters, timeout, tls=tls(),
+                                     **channel_options())
             if not reconnect:
                 return
             reason = "stream ended"
@@ -335,8 +336,8 @@ def getevents(
     # Like tetra, a piped stdin is read as events; an explicit --server-address
     # means the agent even then (scripts and services have no terminal). The address
     # from VIGIL_SERVER_ADDRESS only says where the agent is: a pipe is still read.
-    address_flag = (click.get_current_context().get_parameter_source("server_address")
-                    is click.core.ParameterSource.COMMANDLINE)
+    address_flag = address_given()
+    server_address, timeout = connection(server_address, timeout)
     use_stdin = file_path is None and not address_flag and _stdin_has_events()
     if file_path is not None or use_stdin:
         from vigil.export.event_filter import EventFilter

@@ -7,6 +7,7 @@ import logging
 import click
 
 from vigil import __version__
+from vigil.api.cliutil import global_options
 
 # (module, attribute) of every subcommand; imported lazily so `vigil --help` stays fast
 # and a broken optional module cannot take the whole CLI down.
@@ -47,6 +48,7 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vigil")
 @click.option("-d", "--debug", is_flag=True, help="Verbose logging.")
+@global_options
 def cli(debug: bool) -> None:
     """Vigil: eBPF security observability and enforcement (Tetragon-compatible)."""
     logging.basicConfig(
