@@ -11,7 +11,8 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,29 @@ class K8sAgent:
 
     def __exit__(self, *exc: object) -> None:
         self.ra.__exit__(*exc)
+
+
+@contextmanager
+def metrics_of(agent: K8sAgent) -> Iterator[Callable[[], dict[tuple[str, tuple[tuple[str, str], ...]], float]]]:
+    """The agent's /metrics served on a loopback port: a function reading it ((sample name,
+    sorted labels) -> value)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from vigil.agent.metrics import MetricsFrontend
+
+    fe = MetricsFrontend(agent.agent.control, "127.0.0.1:0")
+    fe.start()
+
+    def read() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{fe.port}/metrics", timeout=10) as r:
+            return {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
+                    for fam in text_string_to_metric_families(r.read().decode()) for smp in fam.samples}
+    try:
+        yield read
+    finally:
+        fe.stop()
 
 
 @pytest.fixture(scope="module")

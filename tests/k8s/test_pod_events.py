@@ -1,39 +1,14 @@
 """Events of processes in real containers carry their pod (issue 10, items 1-2)."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 
-from tests.k8s.conftest import Cluster, K8sAgent
+from tests.k8s.conftest import Cluster, K8sAgent, metrics_of
 from tests.k8s.test_policies import wait_for
 
 pytestmark = pytest.mark.kernel
-
-
-@contextmanager
-def metrics_of(agent: K8sAgent) -> Iterator[Callable[[], dict[tuple[str, tuple[tuple[str, str], ...]], float]]]:
-    """The agent's /metrics served on a loopback port: a function reading it ((sample name,
-    sorted labels) -> value)."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    from vigil.agent.metrics import MetricsFrontend
-
-    fe = MetricsFrontend(agent.agent.control, "127.0.0.1:0")
-    fe.start()
-
-    def read() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{fe.port}/metrics", timeout=10) as r:
-            return {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
-                    for fam in text_string_to_metric_families(r.read().decode()) for smp in fam.samples}
-    try:
-        yield read
-    finally:
-        fe.stop()
 
 
 def execs_in(events: list[dict[str, Any]], cid: str) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.k8s.conftest import Cluster, K8sAgent
+from tests.k8s.conftest import Cluster, K8sAgent, metrics_of
 
 pytestmark = pytest.mark.kernel
 
@@ -65,11 +65,20 @@ def test_namespaced_policy_fires_only_in_its_namespace(cluster: Cluster, k8s_age
         wait_for(lambda: any(f["cgroups"] >= 1 for f in k8s_agent.agent.status()["k8s"]["policy_filter"]
                              ["filters"].values()), f"the inside pod's cgroup in the kernel map ({pf})")
         before = stats(k8s_agent, "etc-group", ns_in)
-        events = k8s_agent.collect(lambda: [kl.exec(p, "c", ["/bin/cat", "/etc/group"]) for p in (inside, outside)])
+        with metrics_of(k8s_agent) as scrape:
+            events = k8s_agent.collect(lambda: [kl.exec(p, "c", ["/bin/cat", "/etc/group"])
+                                                for p in (inside, outside)])
+            k8s_agent.collect(lambda: None)  # the loop hands a batch to its sinks before it emits the next
+            got = scrape()
         after = stats(k8s_agent, "etc-group", ns_in)
         got_in = hits(events, "etc-group", inside.containers["c"])
         assert got_in and got_in[0]["process"]["pod"]["namespace"] == ns_in
         assert hits(events, "etc-group", outside.containers["c"]) == []
+        # tetragon_policy_events_total by the pod's labels (the default --metrics-label-filter)
+        series = [(dict(k), v) for (n, k), v in got.items()
+                  if n == "tetragon_policy_events_total" and dict(k)["policy"] == "etc-group"]
+        assert [(lb["namespace"], lb["pod"], lb["binary"], lb["workload"], v) for lb, v in series] == [
+            (ns_in, "inside", "/bin/cat", got_in[0]["process"]["pod"].get("workload", ""), len(got_in))], series
         # the outside pod and the host were turned away in the kernel, before any argument was read
         assert after["not_workload"] > before["not_workload"]
         assert after["posted"] - before["posted"] == len(hits(events, "etc-group"))

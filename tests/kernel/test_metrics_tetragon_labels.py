@@ -98,6 +98,7 @@ def test_policy_metrics_name_hooks_and_selectors_as_tetragon(running_agent: Runn
         fn = next(e["process_kprobe"]["function_name"] for e in evs
                   if e.get("process_kprobe", {}).get("policy_name") == name)
         assert fn.endswith("sys_openat"), fn
+        running_agent.collect(lambda: None)  # the loop hands a batch to its sinks before it emits the next
         got = scrape()
         hits = {dict(k)["hook"]: (dict(k), v) for k, v in got["tetragon_policy_events_total"].items()
                 if dict(k)["policy"] == name}
@@ -161,6 +162,7 @@ def test_a_policy_event_of_a_process_the_cache_lacks_is_a_miss_and_missing_proce
             e.get("process_kprobe", {}).get("policy_name") == name for e in evs))
         ev = next(e["process_kprobe"] for e in evs if e.get("process_kprobe", {}).get("policy_name") == name)
         assert ev["process"]["pid"] == child.pid and "binary" not in ev["process"], ev["process"]
+        running_agent.collect(lambda: None)
         after = scrape()
         get = frozenset({("operation", "get")})
         assert after["tetragon_process_cache_misses_total"][get] > before["tetragon_process_cache_misses_total"][get]
@@ -202,6 +204,7 @@ def test_syscalls_total_counts_raw_syscall_events_by_name_and_binary(running_age
         running_agent.collect(lambda: subprocess.run([str(vpy), "-S", "-c", code], check=True),
                               until=lambda evs: sum(1 for e in evs
                                                     if e.get("process_tracepoint", {}).get("policy_name") == name) >= 3)
+        running_agent.collect(lambda: None)
         got = {dict(k)["syscall"]: (dict(k), v) for k, v in scrape()["tetragon_syscalls_total"].items()
                if dict(k)["binary"] == str(vpy)}
         want = "dup2" if dup2 == 33 else "dup3"
