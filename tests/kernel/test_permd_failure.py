@@ -28,9 +28,9 @@ from tests.kernel.bpfstate import require_root
 from tests.kernel.test_agent_cli import AgentProcess, metric_value
 from tests.kernel.testbins import LAUNCH_C, MARKER_C, build, is_eperm, launch
 from vigil.enforce import permd_proto as P
-from vigil.enforce.permd import PermdError, PermissionHelper, helper_path, reap
+from vigil.enforce.permd import PermdError, PermdTimeout, PermissionHelper, helper_path, reap
 from vigil.enforce.permd_proto import Report
-from vigil.enforce.permtable import Cond, Rule, Table, encode, plan_marks
+from vigil.enforce.permtable import Cond, Mark, Rule, Table, encode, plan_marks
 from vigil.kernel import sys as ksys
 
 pytestmark = pytest.mark.kernel
@@ -428,3 +428,31 @@ def test_reports_an_agent_did_not_read_are_counted_in_status_and_metrics(tmpfs: 
         if agent.proc.poll() is None:
             os.kill(pid, signal.SIGCONT)
         agent.stop()
+
+
+def test_a_table_taken_after_its_push_gave_up(tmpfs: Path, held: Held, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A push that gives up waiting (the helper held up: here a stuck decision) while the helper
+    still takes its table later: the next push is answered by its own reply, not by the late
+    success of the one before (a refused table taken for loaded), and the helper ends up with
+    the table the agent has in force, not the one it gave up on."""
+    push(held.h, deny_rules(tmpfs), deadline_ms=60000)
+    held.h.stall_next_decision(4000)
+    out: list[int | OSError] = []
+    t = threading.Thread(target=lambda: out.append(run(tmpfs, [str(tmpfs / "blocked" / "tool")])), daemon=True)
+    t.start()
+    wait_stalled(held.h.helper_pid)
+    monkeypatch.setattr(permd_mod, "REPLY_TIMEOUT_S", 0.5)
+    given_up = deny_rules(tmpfs) + [Rule(5, 0, EXEC, "override", conds=(Cond("path", "Prefix", (f"{tmpfs}/allowed/",)),))]
+    with pytest.raises(PermdTimeout):
+        push(held.h, given_up, deadline_ms=60000)
+    monkeypatch.setattr(permd_mod, "REPLY_TIMEOUT_S", 30.0)
+    with pytest.raises(PermdError, match="must be absolute"):   # sent while the helper is still held
+        held.h.push(Table(deny_rules(tmpfs), [Mark("tree", "relative/dir", EXEC)]))
+    t.join(30)
+    assert len(out) == 1 and is_eperm(out[0])
+    deadline = time.monotonic() + 20
+    while held.h.stats()["generation"] < 4 and time.monotonic() < deadline:   # the table in force, again
+        time.sleep(0.02)
+    assert held.h.stats()["generation"] == 4
+    assert run(tmpfs, [str(tmpfs / "allowed" / "tool")]) == 0
+    assert is_eperm(run(tmpfs, [str(tmpfs / "blocked" / "tool")]))

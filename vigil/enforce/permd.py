@@ -37,6 +37,10 @@ class PermdError(Exception):
     """The helper refused a table or could not be started."""
 
 
+class PermdTimeout(PermdError):
+    """The helper did not answer within REPLY_TIMEOUT_S (it may still do what was asked)."""
+
+
 def reap(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> int | None:
     """The helper's exit status, killing it after `timeout`; None when it still cannot be reaped
     then: a thread of it is held in a file server's open that the kernel waits out even for a
@@ -85,6 +89,10 @@ class PermissionHelper:
         self._generation = 0
         self._stopping = False
         self._restart_times: list[float] = []
+        # generations of tables whose push gave up waiting: their late ACKs are not replies to
+        # anything asked now (see _late_ack); _ack_lock orders them with the reader's queueing
+        self._abandoned: set[int] = set()
+        self._ack_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -182,7 +190,7 @@ class PermissionHelper:
                 try:
                     buf = self._replies.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
-                    raise PermdError("vigil-permd did not answer") from None
+                    raise PermdTimeout("vigil-permd did not answer") from None
                 if buf is None:
                     raise PermdError("vigil-permd exited")
                 mtype = P.HDR.unpack_from(buf)[0]
@@ -200,7 +208,12 @@ class PermissionHelper:
         """Make `table` the one in force: marks first, then the swap; raises PermdError
         (and keeps the previous table) when the helper refuses it."""
         self._generation += 1
-        ack = P.Ack.decode(self._exchange(encode(table, self._generation), P.COMMIT))
+        gen = self._generation
+        try:
+            ack = P.Ack.decode(self._exchange(encode(table, gen), P.COMMIT))
+        except PermdTimeout:
+            self._abandon(gen)
+            raise
         self._table = table
         if ack.text:
             log.warning("vigil-permd: %s", ack.text)
@@ -221,6 +234,47 @@ class PermissionHelper:
         """Test hook (helper started with test_hooks): the next decision sleeps `ms`."""
         self._exchange([P.pack(P.STALL_S, P.STALL, ms)], P.STALL)
 
+    # ------------------------------------------------------------------ late answers
+    def _abandon(self, gen: int) -> None:
+        """The push of table `gen` gave up waiting, but the helper may still take it (a commit
+        held up, e.g. marking a path whose file server hangs). Its ACKs come later, in front of
+        the replies to whatever is asked next: they are taken out of the way (the next push
+        would otherwise read its success as its own), and a table that did go in is replaced by
+        the one the agent has in force."""
+        with self._ack_lock:
+            self._abandoned.add(gen)
+            kept: list[bytes | None] = []
+            while True:   # an ACK queued before it was abandoned
+                try:
+                    buf = self._replies.get_nowait()
+                except queue.Empty:
+                    break
+                if buf is None or not self._late_ack(buf):
+                    kept.append(buf)
+            for buf in kept:
+                self._replies.put(buf)
+
+    def _late_ack(self, buf: bytes) -> bool:
+        """True when buf is an ACK for an abandoned table (handled here). Under _ack_lock."""
+        if P.HDR.unpack_from(buf)[0] != P.ACK:
+            return False
+        ack = P.Ack.decode(buf)
+        if ack.generation not in self._abandoned:
+            return False
+        if ack.reply_to == P.COMMIT:
+            self._abandoned.discard(ack.generation)
+            if not ack.error:
+                log.error("vigil-permd took table %d after its push gave up; the table in force is pushed again",
+                          ack.generation)
+                threading.Thread(target=self._repush, name="vigil-permd-repush", daemon=True).start()
+        return True
+
+    def _repush(self) -> None:
+        try:
+            self.push(self._table if self._table is not None else Table())
+        except PermdError as e:
+            log.error("vigil-permd: pushing the table in force again failed: %s", e)
+
     # ------------------------------------------------------------------ reader
     def _read_loop(self, sock: socket.socket) -> None:
         while True:
@@ -240,7 +294,9 @@ class PermissionHelper:
                         self.report_errors += 1
                         log.exception("permission report handler failed")
             else:
-                self._replies.put(buf)
+                with self._ack_lock:
+                    if not self._late_ack(buf):
+                        self._replies.put(buf)
         self._replies.put(None)
         if not self._stopping and sock is self._sock:
             self._on_helper_exit()
@@ -272,4 +328,4 @@ class PermissionHelper:
             log.error("vigil-permd restart failed: %s", e)
 
 
-__all__ = ["PermdError", "PermissionHelper", "helper_path", "reap"]
+__all__ = ["PermdError", "PermdTimeout", "PermissionHelper", "helper_path", "reap"]
