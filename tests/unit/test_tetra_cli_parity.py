@@ -1,7 +1,9 @@
 """Flags and commands of `tetra` that users type, against `vigil` (an in-process agent server)."""
 from __future__ import annotations
 
+import base64
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -67,3 +69,51 @@ def test_retries_become_a_retry_policy(retries, attempts):
     else:
         policy = config["methodConfig"][0]["retryPolicy"]
         assert policy["maxAttempts"] == attempts and policy["retryableStatusCodes"] == ["UNAVAILABLE"]
+
+
+# -- getevents flags ------------------------------------------------------------------------
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "events_sample.jsonl"
+
+
+def _kprobe(path: str, data: bytes) -> dict:
+    return {"process_kprobe": {"process": {"binary": "/bin/sh", "pod": {}}, "function_name": "tty_write",
+                               "args": [{"file_arg": {"path": path}},
+                                        {"bytes_arg": base64.b64encode(data).decode()}]},
+            "node_name": "n", "time": "2024-01-01T00:00:00Z"}
+
+
+def test_tty_encode_prints_the_bytes_written_to_that_terminal():
+    """-t/--tty-encode PATH: tetra writes the raw bytes of kprobe events on that file and
+    nothing else; vigil refused the flag."""
+    events = [_kprobe("/dev/pts/3", b"ls -l\r\n"), _kprobe("/dev/pts/4", b"other"),
+              *(json.loads(line) for line in SAMPLE.read_text().splitlines()),
+              _kprobe("/dev/pts/3", b"\x1b[0mdone\n")]
+    lines = "".join(json.dumps(e) + "\n" for e in events)
+    for flag in ("-t", "--tty-encode"):
+        res = CliRunner().invoke(cli, ["getevents", flag, "/dev/pts/3"], input=lines)
+        assert res.exit_code == 0, res.output
+        assert res.stdout_bytes == b"ls -l\r\n\x1b[0mdone\n"
+
+
+def test_cel_expression_is_refused_clearly():
+    res = invoke("getevents", "--cel-expression", "process_exec.process.binary == '/bin/sh'", input="")
+    assert res.exit_code == 2 and "--cel-expression" in res.output and "not supported" in res.output
+    assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--process", "curl,sshd"], [0, 1, 2, 3, 4]),       # tetra's StringSlice: two regexes
+    (["--processes", "sshd$", "--process", "nope"], [2, 4]),
+    (["--process", "c{1,2}url"], [0, 1, 3]),             # a comma of a regex stays in it
+    (["--process", '"zz,z",curl'], [0, 1, 3]),           # quoted as CSV
+    (["--pods", "nope,^xw"], [0, 1, 3]),
+    (["--namespace-regex", "x,^def"], [0, 1, 3]),
+    (["--namespaces", "x,default"], [0, 1, 3]),
+    (["--containers", "nope"], []),
+])
+def test_regex_flags_split_on_commas_like_tetra(flags, expected):
+    lines = SAMPLE.read_text().splitlines()
+    res = invoke("getevents", *flags, input="\n".join(lines) + "\n")
+    assert res.exit_code == 0, res.output
+    assert [json.loads(x) for x in res.stdout.splitlines()] == [json.loads(lines[i]) for i in expected]

@@ -15,6 +15,7 @@ Malformed input lines are reported on stderr with their line number and skipped.
 """
 from __future__ import annotations
 
+import base64
 import gzip
 import io
 import os
@@ -41,6 +42,38 @@ def _split(values: Iterable[str]) -> list[str]:
     return [v.strip() for value in values for v in value.split(",") if v.strip()]
 
 
+def _split_regexes(values: Iterable[str]) -> list[str]:
+    """Regex flags split like pflag's StringSlice (`--process curl,wget` is two regexes, as
+    tetra's; a double-quoted item keeps its commas), except that a comma inside {} or []
+    belongs to the regex (`curl{1,2}`, `[a,b]`), where tetra would cut it in two."""
+    out: list[str] = []
+    for value in values:
+        item, depth, quoted, i = "", 0, False, 0
+        while i < len(value):
+            ch = value[i]
+            if ch == '"' and (quoted or item == ""):
+                if quoted and value[i + 1:i + 2] == '"':
+                    item += '"'  # "" inside quotes, as CSV
+                    i += 2
+                    continue
+                quoted = not quoted
+            elif quoted:
+                item += ch
+            elif ch == "\\" and i + 1 < len(value):
+                item += value[i:i + 2]
+                i += 2
+                continue
+            elif ch == "," and depth == 0:
+                out.append(item)
+                item = ""
+            else:
+                depth += 1 if ch in "{[" else -1 if ch in "}]" and depth > 0 else 0
+                item += ch
+            i += 1
+        out.append(item)
+    return [v for v in out if v]
+
+
 def build_request_filters(
     *,
     event_types: Iterable[str] = (),
@@ -54,9 +87,7 @@ def build_request_filters(
     include_fields: Iterable[str] = (),
     exclude_fields: Iterable[str] = (),
 ) -> tuple[list[Event], list[Event]]:
-    """(allow_list, field_filters) from the getevents flags: one allow filter, as tetra.
-
-    Regex flags are not split on commas (a comma is meaningful inside a regex)."""
+    """(allow_list, field_filters) from the getevents flags: one allow filter, as tetra."""
     allow: Event = {}
     if types := _split(event_types):
         allow["event_set"] = [parse_event_type(t, "--event-types") for t in types]
@@ -68,7 +99,7 @@ def build_request_filters(
     for key, values in (("binary_regex", processes), ("pod_regex", pods),
                         ("container_name_regex", containers),
                         ("namespace_regex", namespace_regex)):
-        if values := [v for v in values if v]:
+        if values := _split_regexes(values):
             allow[key] = values
     if names := _split(policy_names):
         allow["policy_names"] = names
@@ -250,8 +281,31 @@ def _use_color(mode: str, stream: IO[Any]) -> bool:
         return False
 
 
+def tty_bytes(event: Event, tty: str) -> bytes | None:
+    """-t/--tty-encode: the bytes a kprobe event writes to the terminal `tty` (its first
+    argument a file at that path, its second the bytes), as tetra's tty encoder; every
+    other event prints nothing."""
+    kprobe = event.get("process_kprobe")
+    if not isinstance(kprobe, dict):
+        return None
+    args = kprobe.get("args") or []
+    first = args[0] if args and isinstance(args[0], dict) else {}
+    path = (first.get("file_arg") or {}).get("path", "") if isinstance(first.get("file_arg"), dict) else ""
+    if path != tty:
+        return None
+    data = args[1].get("bytes_arg") if len(args) > 1 and isinstance(args[1], dict) else None
+    if not isinstance(data, str):
+        return b""
+    try:
+        return base64.b64decode(data, validate=True)
+    except ValueError:
+        return data.encode()
+
+
 def _make_encoder(output: str, color: bool, timestamps: bool, stack_traces: bool,
-                  ima_hash: bool) -> Callable[[Event], bytes | None]:
+                  ima_hash: bool, tty: str = "") -> Callable[[Event], bytes | None]:
+    if tty:
+        return lambda event: tty_bytes(event, tty)
     if output == "json":
         return lambda event: orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
     from vigil.export.compact import format_compact
@@ -309,6 +363,11 @@ def _silence_stdout() -> None:
 @click.option("--timeout", type=Duration(), default=DEFAULT_TIMEOUT, show_default=True,
               help="Connection timeout.")
 @tls_options
+@click.option("-t", "--tty-encode", default="",
+              help="Print only the bytes written to this terminal (a kprobe's file and bytes "
+                   "arguments); all other events are ignored.")
+@click.option("--cel-expression", multiple=True,
+              help="Not supported by vigil (CEL filters): refused.")
 @click.option("--reconnect", is_flag=True, help="Reconnect when the agent goes away.")
 @click.option("--reconnect-wait", type=Duration(), default=2.0, show_default=True,
               help="Delay between reconnection attempts.")
@@ -318,9 +377,13 @@ def getevents(
     pods: tuple[str, ...], containers: tuple[str, ...], host: bool, timestamps: bool,
     stack_traces: bool, ima_hash: bool, policy_names: tuple[str, ...],
     namespace_regex: tuple[str, ...], file_path: str | None, follow: bool,
-    server_address: str | None, timeout: float, reconnect: bool, reconnect_wait: float,
+    server_address: str | None, timeout: float, tty_encode: str, cel_expression: tuple[str, ...],
+    reconnect: bool, reconnect_wait: float,
 ) -> None:
     """Print events from the agent, a JSON export file, or stdin."""
+    if cel_expression:
+        raise click.UsageError("--cel-expression: CEL filters are not supported by vigil; "
+                               "use the other filter flags (--process, --pod, --namespace, -e, ...)")
     try:
         allow_list, field_filters = build_request_filters(
             event_types=event_types, namespaces=namespaces, host=host, processes=processes,
@@ -367,7 +430,7 @@ def getevents(
 
     out = _binary_stream(sys.stdout)
     encode = _make_encoder(output, _use_color(color, sys.stdout), timestamps, stack_traces,
-                           ima_hash)
+                           ima_hash, tty_encode)
     try:
         for event in events:
             data = encode(event)
