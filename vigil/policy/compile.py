@@ -165,9 +165,9 @@ def plan_policy(policy: Policy, facts: KernelFacts, *, substitute: bool = False,
 
 
 def stats_hook(section: str, hook: object) -> str:
-    """The `hook` label of Tetragon's policy metrics (tetragon_policy_events_total,
-    tetragon_tracingpolicy_selector_actions_total) for a hook of the policy: named after the
-    policy's spec (the call as written), not after where the hook runs here."""
+    """The `hook` label of tetragon_tracingpolicy_selector_actions_total for a hook of the
+    policy: named after the policy's spec (the call as written), not after where the hook runs
+    here. (tetragon_policy_events_total names the hook as its events do: vigil.agent.metrics.)"""
     h: Any = hook
     if section in ("kprobes", "fentries"):
         return f"{'kprobe' if section == 'kprobes' else 'fentry'}:{h.call}"
