@@ -579,14 +579,17 @@ static PyObject *format_arguments(PyObject *self, PyObject *arg)
 	const char *rest = z + 1, *end = s + n;
 	buf_t b = {0};
 	int spaces = memchr(rest, ' ', (size_t)(end - rest)) != NULL;
+	/* Tetragon's ArgsDecoder: a quoted argument is appended after a space even when first;
+	 * while nothing is written an empty argument adds nothing, after that its space */
 	for (const char *a = rest; a <= end;) {
 		const char *e = memchr(a, 0, (size_t)(end - a));
 		if (!e)
 			e = end;
 		int q = spaces && memchr(a, ' ', (size_t)(e - a)) != NULL;
-		if (a != rest && put(&b, " ", 1))
-			goto fail;
-		if ((q && put(&b, "\"", 1)) || put(&b, a, e - a) || (q && put(&b, "\"", 1)))
+		if (q) {
+			if (put(&b, " \"", 2) || put(&b, a, e - a) || put(&b, "\"", 1))
+				goto fail;
+		} else if ((b.n && put(&b, " ", 1)) || (e > a && put(&b, a, e - a)))
 			goto fail;
 		a = e + 1;
 	}

@@ -59,6 +59,9 @@ def _status_caps(pid: int | str = "self") -> dict[str, int]:
         (["one"], "one"),
         (["arg1", "arg two", "x"], 'arg1 "arg two" x'),
         ([], None),
+        # Tetragon's joining: a quoted first argument after a space, leading empty ones dropped
+        (["arg one", "x"], ' "arg one" x'),
+        (["", "", "y"], "y"),
     ],
 )
 def test_exec_event_has_exact_process_fields(running_agent: RunningAgent, workdir: Path, args, expected_arguments):

@@ -139,6 +139,31 @@ def test_format_arguments_edge_cases():
     assert format_arguments(b"sh\0-c\0echo  hi\0") == '-c "echo  hi"'
 
 
+# Tetragon's ArgsDecoder: a quoted argument comes after a space even when it is the first; empty
+# arguments before the first non-empty one add nothing, after it each adds its space
+TETRAGON_ARGUMENTS = [
+    (b"py\0a b\0c\0", ' "a b" c'),
+    (b"py\0a b\0", ' "a b"'),
+    (b"py\0c\0a b\0", 'c "a b"'),
+    (b"x\0\0\0y\0", "y"),
+    (b"x\0\0a b\0", ' "a b"'),
+    (b"x\0\0\0", ""),
+    (b"x\0y\0\0z\0", "y  z"),
+    (b"x\0a b\0\0c d\0", ' "a b"  "c d"'),
+]
+
+
+@pytest.mark.parametrize("which", ["pure", "compiled"])
+@pytest.mark.parametrize("area, want", TETRAGON_ARGUMENTS, ids=[repr(a) for a, _ in TETRAGON_ARGUMENTS])
+def test_arguments_joined_as_tetragon_joins_them(which: str, area: bytes, want: str) -> None:
+    from vigil.process.build import py_format_arguments
+
+    if which == "compiled" and native.fast is None:
+        pytest.fail("vigil/_fastpath is not built: run `make`")
+    fmt = py_format_arguments if which == "pure" else native.fast.format_arguments
+    assert fmt(area) == want
+
+
 def test_processes_older_than_the_time_the_machine_slept_get_a_usable_key():
     """CLOCK_BOOTTIME counts suspended time, the kernel's ktime does not: on a machine that slept
     longer than init had run when it started, the conversion went negative and the agent could

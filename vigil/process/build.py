@@ -37,7 +37,10 @@ def container_id(cgroup_name: str) -> str:
 
 
 def format_arguments(args: bytes) -> str:
-    """argv area -> Tetragon `arguments`: argv[1:] space-joined, each quoted if it has a space."""
+    """argv area -> Tetragon `arguments`: argv[1:] joined by spaces, an argument with a space
+    quoted, as Tetragon's ArgsDecoder joins them: a quoted argument is appended with a space
+    before it even when it comes first (' "a b" c'), and empty arguments before the first
+    non-empty one add nothing ("", "", "y" -> "y"; after it, each adds its space)."""
     # one decode and one split (a NUL never occurs inside a UTF-8 sequence, so decoding
     # the whole area equals decoding each argument); argv itself is not kept
     s = args.decode("utf-8", "replace")
@@ -48,8 +51,16 @@ def format_arguments(args: bytes) -> str:
         return ""
     rest = s[i + 1 :]
     if " " not in rest:
-        return rest.replace("\0", " ")
-    return " ".join(f'"{a}"' if " " in a else a for a in rest.split("\0"))
+        return rest.lstrip("\0").replace("\0", " ")
+    out = ""
+    for a in rest.split("\0"):
+        if " " in a:
+            out += f' "{a}"'
+        elif out:
+            out += " " + a
+        else:
+            out = a
+    return out
 
 
 
