@@ -15,6 +15,7 @@ import pytest
 from vigil.agent.agent import Agent
 from vigil.agent.config import AgentConfig
 from vigil.agent.metrics import AgentCollector
+from vigil.events import records as R
 from vigil.events.source import ReplaySource
 from vigil.events.synth import exit_record, process_record
 
@@ -67,7 +68,10 @@ def test_handler_errors_by_tetragon_opcode_and_error(tmp_path: Path, records: li
     ([EXEC, exit_record(pid=100, ktime=2000, exec_ktime=1000)], (0, 0)),
     ([EXEC, exit_record(pid=101, ktime=2000, exec_ktime=1500)], (1, 1)),
     ([exit_record(pid=7, ktime=5, exec_ktime=1), exit_record(pid=8, ktime=6, exec_ktime=2)], (2, 2)),
-], ids=["known", "unknown", "two-unknown"])
+    # a clone of a process the cache does not have: its parent's lookup missed (no event is sent)
+    ([process_record(op=R.OP_CLONE, pid=201, ktime=3000, ppid=200, pktime=2500)], (1, 0)),
+    ([EXEC, process_record(op=R.OP_CLONE, pid=101, ktime=3000, ppid=100, pktime=1000)], (0, 0)),
+], ids=["known", "unknown", "two-unknown", "clone-of-unknown", "clone-of-known"])
 def test_exits_of_unknown_processes_are_misses_and_miss_process_info(tmp_path: Path, records: list[bytes],
                                                                      want: tuple[int, int]):
     got, _ = replay(tmp_path, records)

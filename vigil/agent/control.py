@@ -79,7 +79,9 @@ class AgentControl:
             },
             "ringbuf": self._ringbuf_stats(),
             "process_cache": {"size": len(a.cache), "capacity": a.cache.capacity,
-                              "evictions": a.cache.evictions, "misses": a.cache.misses,
+                              "evictions": a.cache.evictions,
+                              # lookups that found nothing: an event's process, an exit's, a clone's parent
+                              "misses": a.cache.misses + b.miss_count - b.exit_misses,
                               "early_deletions": a.cache.early_deletions,
                               "removed": a.cache.removed, "heap_trims": p.heap_trims},
             "records": {"exec": b.exec_count, "exit": b.exit_count, "clone": b.clone_count,

@@ -144,6 +144,7 @@ class EventBuilder:
         self.clone_count = 0
         self.miss_count = 0
         self.missing_info = 0  # events sent with a stand-in for a process the cache did not have
+        self.exit_misses = 0  # of miss_count: exits (the rest: clones of a process the cache did not have)
         # the compiled exec and exit (native/fastpath.c), which use the caches and methods
         # below on misses; the Python on_exec / on_exit are the reference
         self._fast = native.fast.Builder(self, Process, sys.modules[__name__]) if native.fast is not None else None
@@ -425,6 +426,7 @@ class EventBuilder:
         t = self.clock.ktime_rfc3339(r.ktime)
         if p is None:
             self.miss_count += 1
+            self.exit_misses += 1
             self.missing_info += 1
             cache.missed(r.pid, r.exec_ktime)
             msg = missing_process(exec_id(self.node, r.exec_ktime, r.pid), r.pid, r.tid)
