@@ -386,6 +386,40 @@ def test_hold_stage_waits_for_the_pod_then_enriches_in_order() -> None:
     assert hold.stats()["released_enriched"] == 2 and hold.stats()["held_now"] == 0
 
 
+@pytest.mark.parametrize("docker,gets_pod", [(CID[:31], True), (CID2[:31], False)])
+def test_processes_forked_while_their_pod_was_awaited_get_it_too(docker: str, gets_pod: bool) -> None:
+    """A container's first process forks before the kubelet reports the container: its
+    children (cached with no pod, as their parent was) get the pod when the held events are
+    released, so their later events carry it (Tetragon looks their pod up again); processes
+    of other containers are left alone."""
+    from vigil.process.cache import ProcessCache
+    from vigil.process.ids import exec_id
+    from vigil.process.model import Process
+
+    store = PodStore()
+    res = PodResolver(store)
+    cache = ProcessCache()
+    hold = HoldStage(res, hold_seconds=5, cache=cache, emit=lambda _evs: None)
+    store.listen(hold.on_pod)
+    assert res.pod_json(f"pod{UID}/{CID}", 1, "/bin/sh", "") is None
+    procs = []
+    for i, (pid, nspid) in enumerate(((100, 1), (101, 2))):  # the container's first process, its forked child
+        eid = exec_id("node", 1000 + i, pid)
+        p = Process(eid, (pid, 1000 + i), "", None, 1,
+                    ProcessMsg(eid, pid, binary="/bin/sh", docker=docker if i else CID[:31]))
+        p.docker, p.nspid = p.msg.docker, nspid
+        cache.add(p, 0)
+        procs.append(p)
+    first = ProcessExec(procs[0].msg, None, (), "", "node")
+    assert hold.filter([first], now_ns=0) == []   # the first exec waits for the pod
+    store.upsert(pod_obj())
+    child = procs[1].msg.pod
+    assert procs[0].msg.pod is not None and procs[0].msg.pod["container"]["pid"] == 1
+    assert (child is not None) is gets_pod
+    if gets_pod:
+        assert child is not None and child["name"] == "web-1" and child["container"]["pid"] == 2
+
+
 def test_hold_stage_deadline_and_bound_never_drop() -> None:
     store = PodStore()
     res = PodResolver(store)

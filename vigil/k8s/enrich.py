@@ -230,8 +230,26 @@ class HoldStage:
             expired = {d for t, d, _e in self._held if t <= now_ns}
             self._release(lambda docker: docker in expired, give_up=True)
 
+    def _enrich_cached(self, dockers: set[str]) -> None:
+        """The cached processes of these containers still without pod (forked while the pod was
+        awaited: a clone copies its parent's message) get it, as Tetragon looks a clone's pod up
+        again; their later events carry it."""
+        res = self.resolver
+        for p in self.cache if self.cache is not None and dockers else ():
+            m = p.msg
+            if m.pod is not None or p.docker not in dockers:
+                continue
+            hit = res.for_docker(p.docker)
+            if hit is None:
+                continue
+            pod, c = hit
+            new = m.derive(pod=res._with_process(res._base(pod, c), c, p.nspid, m.binary, m.arguments))
+            if p.msg is m:  # (not replaced meanwhile by an exec)
+                p.msg = new
+
     def _release(self, which: Callable[[str], bool], give_up: bool = False) -> None:
         out = []
+        enriched: set[str] = set()
         with self._lock:
             keep: deque[tuple[int, str, Event]] = deque()
             for item in self._held:
@@ -242,6 +260,7 @@ class HoldStage:
                 e = item[2]
                 if self._enrich(e):
                     self.released_enriched += 1
+                    enriched.add(docker)
                 else:
                     self.released_without_pod += 1
                     if give_up:
@@ -255,6 +274,7 @@ class HoldStage:
                     self._waiting.pop(docker, None)
                 out.append(e)
             self._held = keep
+        self._enrich_cached(enriched)
         if out and self.emit is not None:
             self.emit(out)
 
