@@ -456,3 +456,53 @@ def test_a_table_taken_after_its_push_gave_up(tmpfs: Path, held: Held, monkeypat
     assert held.h.stats()["generation"] == 4
     assert run(tmpfs, [str(tmpfs / "allowed" / "tool")]) == 0
     assert is_eperm(run(tmpfs, [str(tmpfs / "blocked" / "tool")]))
+
+
+def helpers_of(agent_pid: int) -> list[int]:
+    """The vigil-permd processes whose parent is agent_pid."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    st = f.read()
+            except OSError:
+                continue
+            if "(vigil-permd)" in st and int(st.rsplit(")", 1)[1].split()[1]) == agent_pid:
+                out.append(int(d))
+    return out
+
+
+def test_an_agent_killed_and_started_again_guards_again(tmpfs: Path, tmp_path: Path) -> None:
+    """The agent SIGKILLed: its helper sees it gone and exits (the kernel allows what is in
+    flight, and nothing is guarded while no agent runs, as documented); the agent started again
+    guards from the moment it says it is ready, with one helper of its own."""
+    policy = tmp_path / "deny-exec.yaml"
+    policy.write_text(C.exec_control(tmpfs))
+    blocked = [str(tmpfs / "blocked" / "tool")]
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+    first = AgentProcess(tmp_path / "first", ["--tracing-policy", str(policy)])
+    try:
+        assert is_eperm(run(tmpfs, blocked))
+        (old_helper,) = helpers_of(first.proc.pid)
+        first.proc.kill()
+        first.proc.wait()
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{old_helper}") and proc_state(old_helper) != "Z" \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not os.path.exists(f"/proc/{old_helper}") or proc_state(old_helper) == "Z"
+        assert run(tmpfs, blocked) == 0   # no agent: nothing guarded
+    finally:
+        first.stop()
+    second = AgentProcess(tmp_path / "second", ["--tracing-policy", str(policy)])
+    try:
+        assert is_eperm(run(tmpfs, blocked))   # guarded as soon as it is ready
+        assert run(tmpfs, [str(tmpfs / "allowed" / "tool")]) == 0
+        assert len(helpers_of(second.proc.pid)) == 1
+        r = second.cli("status", "-o", "json")
+        ph = json.loads(r.stdout)["status"]["permission_helper"]
+        assert ph["denied"] == 1 and ph["restarts"] == 0 and ph["timeouts"] == 0
+    finally:
+        second.stop()
