@@ -339,3 +339,32 @@ metadata: {name: metric-loader-lost}
 spec:
   loader: true
 """
+
+
+def test_process_loader_stats_count_loader_events_and_how_their_process_was_found(
+        running_agent: RunningAgent, workdir: Path, scrape):
+    """tetragon_process_loader_stats{count}: loader events the sensor reported (LoaderReceived),
+    and those whose process was found, at once (LoaderResolvedImm) or after waiting for its exec
+    record (LoaderResolvedRetry): each process_loader event sent with its process is one of them."""
+    a = running_agent.agent
+    vpy = workdir / "vpy"
+    shutil.copy2(os.path.realpath(sys.executable), vpy)
+    name = a.policies.add_text(POLICY_LOADER.replace("metric-loader-lost", "metric-loader-stats"), "<t>")[0]
+    loader = "tetragon_process_loader_stats"
+    try:
+        before = {dict(k)["count"]: v for k, v in scrape()[loader].items()}
+        got: list[dict[str, Any]] = []
+        action: Callable[[], object] = lambda: subprocess.run([str(vpy), "-S", "-c", "import _json"], check=True)  # noqa: E731
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(e["process"].get("binary") == str(vpy) for e in got):
+            got += [e["process_loader"] for e in running_agent.collect(action) if "process_loader" in e]
+            action = lambda: None  # noqa: E731
+        running_agent.collect(lambda: None)
+        after = {dict(k)["count"]: v for k, v in scrape()[loader].items()}
+        assert set(after) == {"LoaderReceived", "LoaderResolvedImm", "LoaderResolvedRetry"}, after
+        resolved = [e for e in got if "miss" not in e["process"].get("flags", "")]
+        assert resolved, got
+        d = {k: after[k] - before.get(k, 0) for k in after}
+        assert d["LoaderReceived"] >= len(got) and d["LoaderResolvedImm"] + d["LoaderResolvedRetry"] >= len(resolved), d
+    finally:
+        a.delete_policy(name)

@@ -103,6 +103,7 @@ class AgentControl:
             "handled_opcodes": sorted({TETRAGON_OPCODE.get(op, str(op)) for op in list(p.handlers)}, key=int),
             "events_missing_process_info": b.missing_info,
             "data_cache": self._data_cache(),
+            "loader_stats": dict(getattr(getattr(a.policies, "events", None), "loader_stats", {})),
             "restart": dict(a.restart),
             **({"grpc": grpc[-1].stats()} if grpc else {}),
             "permission_helper": a.policies.guards.stats(),

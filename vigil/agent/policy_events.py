@@ -40,6 +40,9 @@ class PolicyEvents:
         # maxData chunks wait here for their event: (event ktime, tid, slot) -> [(offset, bytes)]
         self._data: dict[tuple[int, int, int], list[tuple[int, bytes]]] = {}
         self.data_orphans = 0
+        # loader events by how their process was found (Tetragon's tetragon_process_loader_stats):
+        # reported by the sensor, found when first made, found after waiting for its exec record
+        self.loader_stats = dict.fromkeys(("LoaderReceived", "LoaderResolvedImm", "LoaderResolvedRetry"), 0)
         # pid -> its execve_map key (pid, ktime) in the kernel now; set by the agent
         self.exec_key: Callable[[int], tuple[int, int] | None] | None = None
 
@@ -73,6 +76,7 @@ class PolicyEvents:
         by then (exited). The kernel's execve_map names the process that maps (the exec, or
         while it still execs the clone, as Tetragon's loader reads it); the event is made on the
         loop's thread once that process's record is handled."""
+        self.loader_stats["LoaderReceived"] += 1
         key = self.exec_key(pid) if self.exec_key is not None else None
         ktime = key[1] if key is not None and key[0] == pid else 0
         self.inject(lambda: self._loader_event(pid, tid, ktime, path, build_id, time_ns, _LOADER_TRIES))
@@ -93,6 +97,8 @@ class PolicyEvents:
         if known is None and tries > 1:  # its record not handled yet: a few loop steps on
             self.inject(lambda: self._loader_event(pid, tid, ktime, path, build_id, time_ns, tries - 1))
             return None
+        if known is not None:
+            self.loader_stats["LoaderResolvedImm" if tries == _LOADER_TRIES else "LoaderResolvedRetry"] += 1
         process, parent = self.processes(pid, ktime, tid)
         # ProcessLoader: process (1), path (2), buildid (3), parent (4), as a dict event
         body: dict[str, Any] = {"process": process_dict(process), "path": path}
