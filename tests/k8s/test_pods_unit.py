@@ -288,21 +288,35 @@ class Req:
     values: tuple[str, ...] = ()
 
 
-def test_selectors() -> None:
-    labels = pod_labels("shop", {"app": "web", "tier": "front"})
-    assert matches(None, labels) and matches(Sel(), labels)
-    assert matches(Sel({"app": "web"}), labels) and not matches(Sel({"app": "db"}), labels)
-    assert matches(Sel({"k8s:io.kubernetes.pod.namespace": "shop"}), labels)
-    assert not matches(Sel({"k8s:io.kubernetes.pod.namespace": "other"}), labels)
-    assert matches(Sel(match_expressions=(Req("tier", "In", ("front", "back")),)), labels)
-    assert not matches(Sel(match_expressions=(Req("tier", "NotIn", ("front",)),)), labels)
-    assert matches(Sel(match_expressions=(Req("gone", "NotIn", ("x",)),)), labels)
-    assert matches(Sel(match_expressions=(Req("app", "Exists"),)), labels)
-    assert not matches(Sel(match_expressions=(Req("app", "DoesNotExist"),)), labels)
-    assert matches(Sel(match_expressions=(Req("gone", "DoesNotExist"),)), labels)
-    # a pod's own io.kubernetes.pod.namespace label stays (Tetragon adds the namespace only when absent)
-    own = pod_labels("shop", {"io.kubernetes.pod.namespace": "other"})
-    assert matches(Sel({"k8s:io.kubernetes.pod.namespace": "other"}), own)
+NS_KEY = "k8s:io.kubernetes.pod.namespace"
+
+
+@pytest.mark.parametrize("sel,labels,want", [
+    (None, {"app": "web"}, True),
+    (Sel(), {"app": "web"}, True),
+    (Sel({"app": "web"}), {"app": "web", "tier": "front"}, True),
+    (Sel({"app": "db"}), {"app": "web"}, False),
+    (Sel({NS_KEY: "shop"}), {"app": "web"}, True),        # the namespace, under its k8s: key
+    (Sel({NS_KEY: "other"}), {"app": "web"}, False),
+    (Sel(match_expressions=(Req(NS_KEY, "In", ("shop", "x")),)), {}, True),
+    (Sel(match_expressions=(Req("tier", "In", ("front", "back")),)), {"tier": "front"}, True),
+    (Sel(match_expressions=(Req("tier", "In", ("front",)),)), {}, False),
+    (Sel(match_expressions=(Req("tier", "NotIn", ("front",)),)), {"tier": "front"}, False),
+    (Sel(match_expressions=(Req("gone", "NotIn", ("x",)),)), {}, True),
+    (Sel(match_expressions=(Req("app", "Exists"),)), {"app": "web"}, True),
+    (Sel(match_expressions=(Req("app", "DoesNotExist"),)), {"app": "web"}, False),
+    (Sel(match_expressions=(Req("gone", "DoesNotExist"),)), {}, True),
+    # as Tetragon: keys are matched as written; k8s: is no prefix of the pod's own labels, and
+    # the namespace has no unprefixed key (a pod label of that name is the pod's own)
+    (Sel({"k8s:app": "web"}), {"app": "web"}, False),
+    (Sel(match_expressions=(Req("k8s:app", "Exists"),)), {"app": "web"}, False),
+    (Sel({"io.kubernetes.pod.namespace": "shop"}), {"app": "web"}, False),
+    (Sel({"io.kubernetes.pod.namespace": "other"}), {"io.kubernetes.pod.namespace": "other"}, True),
+    (Sel({NS_KEY: "shop"}), {"io.kubernetes.pod.namespace": "other"}, True),
+])
+def test_pod_selector(sel: Sel | None, labels: dict[str, str], want: bool) -> None:
+    """podSelector against a pod of namespace "shop" with these labels."""
+    assert matches(sel, pod_labels("shop", labels)) is want
 
 
 @pytest.mark.parametrize("image_id,repo", [

@@ -1,21 +1,18 @@
 """Kubernetes label selectors (matchLabels, matchExpressions: In, NotIn, Exists, DoesNotExist).
 
 Takes any object with `match_labels` and `match_expressions` (the policy model's LabelSelector),
-so this layer needs nothing from the policy layer. As in Tetragon, keys may carry a `k8s:`
-prefix, and a pod's labels include `io.kubernetes.pod.namespace` (its namespace). A container's
-labels for containerSelector are `name` (the container name) and `repo` (its image repository,
-from the container status's imageID).
+so this layer needs nothing from the policy layer. As in Tetragon, keys are matched as written:
+a pod's labels are its own (`app`, never `k8s:app`) plus its namespace under
+`k8s:io.kubernetes.pod.namespace` (the only `k8s:` key; without the prefix it is an ordinary
+label the pod may or may not have). A container's labels for containerSelector are `name` (the
+container name) and `repo` (its image repository, from the container status's imageID).
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
-
-
-def _key(k: str) -> str:
-    return k[4:] if k.startswith("k8s:") else k
+NAMESPACE_LABEL = "k8s:io.kubernetes.pod.namespace"
 
 
 def matches(sel: Any, labels: Mapping[str, str]) -> bool:
@@ -23,10 +20,10 @@ def matches(sel: Any, labels: Mapping[str, str]) -> bool:
     if sel is None:
         return True
     for k, v in sel.match_labels.items():
-        if labels.get(_key(k)) != v:
+        if labels.get(k) != v:
             return False
     for r in sel.match_expressions:
-        k = _key(r.key)
+        k = r.key
         if r.operator == "In":
             if labels.get(k) not in r.values:
                 return False
@@ -45,8 +42,8 @@ def matches(sel: Any, labels: Mapping[str, str]) -> bool:
 
 
 def pod_labels(namespace: str, labels: Mapping[str, str]) -> dict[str, str]:
-    """A pod's labels for podSelector: its own, and its namespace's label unless the pod has
-    that label itself (then its own value stays, as in Tetragon)."""
+    """A pod's labels for podSelector: its own, and its namespace under NAMESPACE_LABEL (unless
+    present already, as Tetragon's; a label key cannot hold the `:` anyway)."""
     return {NAMESPACE_LABEL: namespace, **labels}
 
 
