@@ -473,6 +473,15 @@ static __always_inline int finish_return(void *ctx, struct gen_heap *h, struct v
 {
 	__u32 sel;
 
+	/* a returnArg of 32 bits or less (int, uint32, int16...) is the register's low bits, sign-
+	 * extended for the signed types: a function returning int leaves the upper half undefined
+	 * (-EACCES is 0xfffffff3 there), and Tetragon stores and compares the narrow value */
+	if (cfg->ret_arg.size == 4)
+		h->m.ret = cfg->ret_arg.is_signed ? (__s64)(__s32)h->m.ret : (__s64)(__u32)h->m.ret;
+	else if (cfg->ret_arg.size == 2)
+		h->m.ret = cfg->ret_arg.is_signed ? (__s64)(__s16)h->m.ret : (__s64)(__u16)h->m.ret;
+	else if (cfg->ret_arg.size == 1)
+		h->m.ret = cfg->ret_arg.is_signed ? (__s64)(__s8)h->m.ret : (__s64)(__u8)h->m.ret;
 	h->m.flags |= VP_EV_HAS_RET;
 	sel = h->sel;
 	if (sel && sel <= VP_MAX_SELECTORS) {

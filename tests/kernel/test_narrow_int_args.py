@@ -87,3 +87,60 @@ tracepoints:
         events = running_agent.collect(lambda: run_py(pywork, code, out=r))
     got = [b["args"] for _k, b in policy_events(events, r.pid, "narrow-tp")]
     assert got == [[{"int_arg": 903}, {"int_arg": -2}, {"uint_arg": 0xFFFE}, {"size_arg": str(0x1FFFE)}]]
+
+
+# A 32-bit returnArg type is the low 32 bits of the return register, sign-extended for int, as
+# Tetragon stores it; matchReturnArgs compares that value. (lseek returns the offset it was given:
+# offsets past 4 GiB make returns whose upper half is not part of an int's value.)
+# (returnArg type, the offset lseek returns, the event's return)
+RET_CASES = [
+    ("int", 0x100000005, {"int_arg": 5}),
+    ("int", 0x2FFFFFFFE, {"int_arg": -2}),
+    ("int32", 0x3FFFFFFF3, {"int_arg": -13}),
+    ("uint32", 0x4FFFFFFFE, {"uint_arg": 0xFFFFFFFE}),
+    ("int64", 0x5FFFFFFFE, {"long_arg": str(0x5FFFFFFFE)}),
+]
+
+
+def _lseeks(pywork: Path, offsets: list[int]) -> str:
+    (pywork / "seek.dat").write_bytes(b"x")
+    return ("import os\nfd = os.open('seek.dat', os.O_RDONLY)\n"
+            + "".join(f"os.lseek(fd, {off}, os.SEEK_SET)\n" for off in offsets))
+
+
+def test_narrow_return_types(running_agent: RunningAgent, pywork: Path) -> None:
+    kprobes = "".join(f"""
+- call: sys_lseek
+  syscall: true
+  return: true
+  args: [{{index: 1, type: int64}}]
+  returnArg: {{index: 0, type: {t}}}
+  selectors:
+  - matchArgs: [{{index: 1, operator: Equal, values: ["{off}"]}}]
+    matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
+""" for t, off, _want in RET_CASES)
+    r = Run()
+    with loaded(running_agent, policy_yaml("narrow-ret", "kprobes:" + kprobes)):
+        events = running_agent.collect(lambda: run_py(pywork, _lseeks(pywork, [o for _t, o, _w in RET_CASES]), out=r))
+    got = {int(b["args"][0]["long_arg"]): b["return"] for _k, b in policy_events(events, r.pid, "narrow-ret")}
+    assert got == {off: want for _t, off, want in RET_CASES}
+
+
+def test_matchreturnargs_compare_the_narrowed_return(running_agent: RunningAgent, pywork: Path) -> None:
+    """An int return of -2 (0x2FFFFFFFE's low half) is below 0; one of 5 is not."""
+    spec = f"""
+kprobes:
+- call: sys_lseek
+  syscall: true
+  return: true
+  args: [{{index: 1, type: int64}}]
+  returnArg: {{index: 0, type: int}}
+  selectors:
+  - matchReturnArgs: [{{index: 0, operator: LT, values: ["0"]}}]
+    matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
+"""
+    r = Run()
+    with loaded(running_agent, policy_yaml("narrow-ret-match", spec)):
+        events = running_agent.collect(lambda: run_py(pywork, _lseeks(pywork, [0x100000005, 0x2FFFFFFFE]), out=r))
+    got = [(b["args"], b["return"]) for _k, b in policy_events(events, r.pid, "narrow-ret-match")]
+    assert got == [([{"long_arg": str(0x2FFFFFFFE)}], {"int_arg": -2})]

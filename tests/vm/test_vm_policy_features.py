@@ -195,6 +195,32 @@ kprobes:
     os.mkdir(work / "newdir")  # the policy is gone: mkdir works again
 
 
+def test_int_return_of_a_kernel_function_is_its_low_32_bits(agent: Running, work: Path) -> None:
+    """inode_permission returns int: -EACCES leaves 0xfffffff3 in the return register, whose
+    upper half the function does not set. The event's return is -13 and matchReturnArgs LT 0
+    holds for it, as Tetragon's int; it was 4294967283, never below 0, and no event came."""
+    spec = f"""
+kprobes:
+- call: inode_permission
+  syscall: false
+  return: true
+  args: [{{index: 2, type: int}}]
+  returnArg: {{index: 0, type: int}}
+  selectors:
+  - {SCOPE}
+    matchReturnArgs: [{{index: 0, operator: LT, values: ["0"]}}]
+"""
+    work.chmod(0o700)  # another user cannot list it
+    name = agent.agent.add_policy(policy("vm-int-ret", spec))
+    try:
+        events = agent.collect(lambda: subprocess.run(["/bin/ls", str(work)], user=65534, group=65534,
+                                                      capture_output=True))
+    finally:
+        agent.agent.delete_policy(name)
+    rets = [ev["return"]["int_arg"] for ev in events_of(events, "vm-int-ret")]
+    assert -errno.EACCES in rets and all(r < 0 for r in rets), rets
+
+
 def test_syscall_override_at_lsm_with_the_argument_in_another_form(agent: Running, work: Path) -> None:
     """sys_linkat filtered on its old path (a user string): enforced at LSM path_link, which
     sees a dentry; the fd arguments come from the syscall's registers."""

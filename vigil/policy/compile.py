@@ -27,7 +27,7 @@ from . import enums, limits, standins
 from .enforce_placement import place_syscall_on_host, place_syscall_on_lsm
 from .errors import Loc, PolicyErrors, PolicyValidationError
 from .model import ActionSelector, ArgSelector, KProbeSpec, LsmHookSpec, Policy, Selector, TracepointSpec
-from .placement import ArgPlan, Placement, place_kernel_function, place_tracepoint, place_uprobe, place_usdt
+from .placement import INT_WIDTH, ArgPlan, Placement, place_kernel_function, place_tracepoint, place_uprobe, place_usdt
 from .syscall_place import TRACEPOINT_NAME, list_syscall_numbers, parse_syscall, place_syscall
 from .syscalls import SYSCALL_NUMBERS
 from .values import (
@@ -396,6 +396,9 @@ def _compile_hook(policy: Policy, pl: Placement, hook: object, hook_id: int, mon
     cfg.hook_id = hook_id
     cfg.flags = (L.HOOK_RETURN if pl.return_prog or pl.ret_raw else 0) | (L.HOOK_MONITOR if monitor else 0)
     cfg.ret_raw = pl.ret_raw
+    if pl.ret is not None and pl.ret.vtype in (L.T["int"], L.T["uint"]):  # the return register's low bits
+        cfg.ret_arg.size = INT_WIDTH.get(pl.ret.policy_type, 4)
+        cfg.ret_arg.is_signed = int(pl.ret.vtype == L.T["int"])
     cfg.nargs = len(pl.args)
     ret_action = getattr(hook, "return_arg_action", "")
     placed = not any(b.cause in ("kernel", "target", "option") for b in pl.blockers)
