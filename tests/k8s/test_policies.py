@@ -112,8 +112,14 @@ def test_pod_selector_follows_label_changes_in_the_kernel(cluster: Cluster, k8s_
 
         assert not in_map()
         assert posted_after_exec() == 0
-        kl.label(pod, {"audit": "on"})
-        wait_for(in_map, "label on: the pod's cgroup id in the kernel map")
+        with metrics_of(k8s_agent) as scrape:
+            key = ("tetragon_policyfilter_operations_total",
+                   (("error", ""), ("operation", "update"), ("subsys", "pod-handlers")))
+            updates = scrape()[key]
+            kl.label(pod, {"audit": "on"})
+            wait_for(in_map, "label on: the pod's cgroup id in the kernel map")
+            # the pod's change went through the policy filter's pod handler (Tetragon's metric)
+            assert scrape()[key] > updates
         assert posted_after_exec() >= 1
         kl.label(pod, {"audit": None})
         wait_for(lambda: not in_map(), "label removed: the cgroup id out of the kernel map")

@@ -489,6 +489,16 @@ class AgentCollector(Collector):
             loader.add_sample("tetragon_process_loader_stats", {"count": what}, ls.get(what, 0))
         yield loader
 
+        # pods the policy filter handled (Tetragon's pod-handlers subsystem; Vigil has no OCI hook)
+        pf_ops = CounterMetricFamily("tetragon_policyfilter_operations", "Pods the policy filter handled, by "
+                                     "operation and error", labels=["subsys", "operation", "error"])
+        ops = {(o, ""): 0 for o in ("add", "update", "delete")}
+        for o in ((st.get("k8s") or {}).get("policy_filter") or {}).get("operations", ()):
+            ops[(o["operation"], o["error"])] = o["count"]
+        for (o, err), n in ops.items():
+            pf_ops.add_metric(["pod-handlers", o, err], n)
+        yield pf_ops
+
         dc = st.get("data_cache") or {}
         yield GaugeMetricFamily("tetragon_data_cache_size", "maxData chunks waiting for their events",
                                 value=dc.get("size", 0))

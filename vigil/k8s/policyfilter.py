@@ -127,6 +127,9 @@ class PolicyFilter:
         self._pending: dict[str, tuple[float, float]] = {}
         self.map_updates = 0
         self.map_deletes = 0
+        # pods handled, by operation (add, update, delete) and error ("" or generic-error):
+        # Tetragon's tetragon_policyfilter_operations_total{subsys="pod-handlers"}
+        self.operations: dict[tuple[str, str], int] = {}
         self.last_update_ns = 0
 
     # -- policies
@@ -151,14 +154,20 @@ class PolicyFilter:
 
     # -- pods (watcher thread)
     def on_pod(self, old: PodInfo | None, new: PodInfo | None) -> None:
-        with self._lock:
-            either = new or old
-            uid = either.uid if either is not None else ""
-            waited = self._pending.pop(uid, None)
-            for fid, scope in self.scopes.items():
-                self._apply(fid, scope, new, old)
-            if waited is not None and uid in self._pending:
-                self._pending[uid] = (self._pending[uid][0], waited[1])  # still waiting: keep its pace
+        op = "add" if old is None else "delete" if new is None else "update"
+        err = "generic-error"
+        try:
+            with self._lock:
+                either = new or old
+                uid = either.uid if either is not None else ""
+                waited = self._pending.pop(uid, None)
+                for fid, scope in self.scopes.items():
+                    self._apply(fid, scope, new, old)
+                if waited is not None and uid in self._pending:
+                    self._pending[uid] = (self._pending[uid][0], waited[1])  # still waiting: keep its pace
+            err = ""
+        finally:
+            self.operations[(op, err)] = self.operations.get((op, err), 0) + 1
 
     def retry_pending(self, now: float | None = None) -> None:
         """Running containers whose cgroup did not exist yet when their pod was seen."""
@@ -223,4 +232,6 @@ class PolicyFilter:
     def stats(self) -> dict[str, Any]:
         return {"filters": {fid: {"policy": s.name, "cgroups": len(s.cgroups)} for fid, s in self.scopes.items()},
                 "map_updates": self.map_updates, "map_deletes": self.map_deletes,
+                "operations": [{"operation": op, "error": err, "count": n}
+                               for (op, err), n in list(self.operations.items())],
                 "cgroup_walks": self.locator.walks}
