@@ -2332,7 +2332,22 @@ static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t n
 		binary = Py_NewRef(r->filename);
 	else if (!(binary = PyObject_CallFunctionObjArgs(b->m_binary, rec, r->cwd, NULL)))
 		goto out;
-	if (!(arguments = format_arguments(NULL, r->args)) || !(start = rfc3339(b, r->exec_ktime)))
+	/* build.py _args_area: with no cwd after the arguments in Tetragon's event (rootcwd, nocwd,
+	 * errorCWD), the NULs at the end are trimmed and empty last arguments go with them */
+	{
+		const char *ap = PyBytes_AS_STRING(r->args);
+		Py_ssize_t an = PyBytes_GET_SIZE(r->args);
+		if ((fk & (K_NOCWD | K_ROOTCWD | 1 << 2 | F_ERR_CWD)) && an >= 2 && !ap[an - 1] && !ap[an - 2]) {
+			while (an && !ap[an - 1])
+				an--;
+			if (!(tmp = PyBytes_FromStringAndSize(ap, an)))
+				goto out;
+		} else
+			tmp = Py_NewRef(r->args);
+		arguments = format_arguments(NULL, tmp);
+		Py_CLEAR(tmp);
+	}
+	if (!arguments || !(start = rfc3339(b, r->exec_ktime)))
 		goto out;
 	int has_caps = PyObject_IsTrue(caps);
 	if (has_caps < 0)

@@ -710,3 +710,26 @@ def test_clone_parent_child_made_between_attach_and_seed_runs_the_callers_image(
                 pass
         parent.stdin.close()
         parent.wait(timeout=30)
+
+
+# (cwd "/" or the test's directory, argv[1:], arguments): Tetragon's event carries the cwd after
+# the arguments unless it is "/" (rootcwd), and trims the NULs at the end of the whole first, so
+# from "/" empty last arguments are not there; elsewhere each still adds its space
+TRAILING_EMPTY_ROWS = [
+    ("/", ["a", ""], "a"),
+    ("dir", ["a", ""], "a "),
+    ("/", ["a", "", "b"], "a  b"),
+    ("/", ["", ""], None),
+    ("dir", ["", ""], None),
+]
+
+
+@pytest.mark.parametrize("cwd, args, want", TRAILING_EMPTY_ROWS,
+                         ids=[f"{c}-{len(a)}-{w!r}" for c, a, w in TRAILING_EMPTY_ROWS])
+def test_empty_last_arguments_as_tetragon_splits_them(running_agent: RunningAgent, workdir: Path,
+                                                      cwd: str, args: list[str], want: str | None) -> None:
+    truebin = str(workdir / "truebin")
+    where = "/" if cwd == "/" else str(workdir)
+    events = running_agent.collect(lambda: subprocess.run([truebin, *args], cwd=where, check=True))
+    (ev,) = [e for e in execs(events, binary=truebin) if e["process"].get("cwd") == where]
+    assert ev["process"].get("arguments") == want

@@ -91,6 +91,18 @@ _PRIVILEGES_CHANGED = ((R.PRIV_FILE_CAPS, "PRIVILEGES_RAISED_EXEC_FILE_CAP"),
                        (R.PRIV_SETGID_ROOT, "PRIVILEGES_RAISED_EXEC_FILE_SETGID"))
 
 
+_NO_CWD_TOKEN = _K_NOCWD | _K_ROOTCWD | R.F_CWD_TRUNC | R.F_ERR_CWD
+
+
+def _args_area(args: bytes, fk: int) -> bytes:
+    """The argv area as Tetragon's ArgsDecoder splits it: the cwd follows the arguments in its
+    event unless the flags say there is none (rootcwd, nocwd, errorCWD), and the NULs at the
+    end of the whole are trimmed first, so then empty last arguments are not there."""
+    if fk & _NO_CWD_TOKEN and args.endswith(b"\0\0"):
+        return args.rstrip(b"\0")
+    return args
+
+
 def _flag_words(k: int) -> str:
     flags = ["procFS" if k & _K_PROCFS else "execve"]
     if k & R.F_ARGS_TRUNC:
@@ -326,7 +338,7 @@ class EventBuilder:
         msg = ProcessMsg(
             eid, pid, r.euid, cwd,
             fn if fn[:1] == "/" and not fn.startswith(_FD_PATHS) else self._binary(r, cwd),
-            format_arguments(r.args), flags, self._start_time(r, procfs), r.auid, None, docker, peid,
+            format_arguments(_args_area(r.args, fk)), flags, self._start_time(r, procfs), r.auid, None, docker, peid,
             caps if opts.enable_cred and caps else None,
             ns_json if opts.enable_ns and ns_json else None,
             r.tid,
