@@ -46,11 +46,11 @@ static __always_inline __u8 do_actions(struct gen_heap *h, struct vp_hook *cfg,
 			break;
 		switch (a->type) {
 		case VP_ACT_POST:
+			/* Post never undoes a NoPost of the same list (in either order): the
+			 * record is sent unless some action says not to */
 			if (rate_limited(h, a, sel)) {
 				h->post = 0;
 				stat_inc(HS_RATELIMITED);
-			} else {
-				h->post = 1;
 			}
 			h->want_stack |= a->flags;
 			break;

@@ -258,3 +258,31 @@ def test_label_and_pod_selectors():
                               proc(pod=pod)) is True
     assert pod_selector_match(None, proc(pod=pod), namespace="dev") is False
     assert isinstance(pod_selector_match(sel, proc(pod=None)), Unknown)
+
+
+# an event is sent unless the list holds a NoPost: a Post before or after it does not undo it
+# (Tetragon: post starts true, NoPost and a rate-limited Post clear it, Post never sets it)
+POST_CASES = [
+    ("[{action: Post}]", "", True),
+    ("[{action: NoPost}]", "", False),
+    ("[{action: NoPost}, {action: Post}]", "", False),
+    ("[{action: Post}, {action: NoPost}]", "", False),
+    ("[{action: Sigkill}, {action: NoPost}, {action: Post}]", "", False),
+    ("[{action: NoPost}]", "[{action: Post}]", False),   # a return Post does not undo the entry's NoPost
+    ("[{action: Post}]", "[{action: NoPost}]", False),
+]
+
+
+@pytest.mark.parametrize("actions, ret_actions, post", POST_CASES)
+def test_nopost_holds_whatever_post_is_listed(actions, ret_actions, post):
+    ret = (f"\n    matchReturnArgs: [{{index: 0, operator: Equal, values: ['0']}}]"
+           f"\n    matchReturnActions: {ret_actions}") if ret_actions else ""
+    r = rules(f"""
+kprobes:
+- call: sys_openat
+  return: true
+  returnArg: {{index: 0, type: int}}
+  selectors:
+  - matchActions: {actions}{ret}
+""")
+    assert decide(r, proc(), Call((), 0)).post is post

@@ -10,9 +10,9 @@ Semantics (as bpf/generic/match.bpf.h and act.bpf.h implement them):
   no selectors posts every call; a hook with selectors none of which holds posts nothing;
 * within a selector every filter must hold (matchArgs entries, matchPIDs, matchBinaries,
   matchNamespaces, matchCapabilities, the *Changes filters, then matchReturnArgs at return);
-* the deciding selector's actions run in order: Post / NoPost set whether an event is sent
-  (the last one wins), Sigkill / Signal / Override enforce (reported, not done, in monitor
-  mode), the reported action is the last non-Post action.
+* the deciding selector's actions run in order: an event is sent unless a NoPost is among
+  them (a Post, before or after it, does not undo it), Sigkill / Signal / Override enforce
+  (reported, not done, in monitor mode), the reported action is the last non-Post action.
 
 Facts the caller does not have are `None`; a filter that needs one is *undecidable* and the
 decision says why, instead of guessing. `Truth` is True, False or an `Unknown` reason.
@@ -470,7 +470,7 @@ def run_actions(actions: Sequence[ActionSelector], monitor: bool, post: bool = T
         n = _canon(a.action)
         names.append(n)
         if n == "Post":
-            out["post"] = True
+            pass  # sends what no NoPost holds back (its rate limit is the kernel's)
         elif n == "NoPost":
             out["post"] = False
         else:
