@@ -3435,16 +3435,16 @@ static int enforces(PyObject *plan, int action)
  * then keeps (what it depends on fits one key) */
 static PyObject *enforcement_message(Builder *b, PyObject *plan, const struct msg_generic *m)
 {
-	int monitor = !!(m->flags & VP_EV_MONITOR);
+	/* how the enforcement went: vigil.kernel.policy_layout.enforcement_state */
+	int monitor = m->flags & VP_EV_MONITOR ? 1 : m->flags & (1 << 3) ? 2 : m->flags & (1 << 4) ? 3 : 0;
 	PyObject *messages = PyTuple_GET_ITEM(plan, GP_MESSAGES);
 	PyObject *k = PyLong_FromUnsignedLong((unsigned long)m->selector << 24 | (unsigned long)m->action << 16 |
 					      (unsigned long)m->ret_action << 8 | (unsigned long)monitor);
 	PyObject *v = k ? PyDict_GetItemWithError(messages, k) : NULL;
 	if (!v && k && !PyErr_Occurred()) {
-		PyObject *made = PyObject_CallFunction(PyTuple_GET_ITEM(b->generic, GC_MESSAGE), "OiiiO",
+		PyObject *made = PyObject_CallFunction(PyTuple_GET_ITEM(b->generic, GC_MESSAGE), "Oiiii",
 						       PyTuple_GET_ITEM(PyTuple_GET_ITEM(plan, GP_ENTRY), 0),
-						       (int)m->selector, (int)m->action, (int)m->ret_action,
-						       monitor ? Py_True : Py_False);
+						       (int)m->selector, (int)m->action, (int)m->ret_action, monitor);
 		if (made && !PyUnicode_CheckExact(made))
 			PyErr_SetString(PyExc_TypeError, "message() must return a str");
 		else if (made && PyDict_SetItem(messages, k, made) == 0)

@@ -5,6 +5,30 @@
 
 /* ---- actions and sending ---- */
 
+/* more VP_EV_* record flags (vigil_policy.h has the others): an enforcing action was not done */
+#define VP_EV_NOT_TASK  (1 << 3)  /* the hook ran in interrupt context: `current` was interrupted */
+#define VP_EV_NOT_OWNER (1 << 4)  /* the record is a tracked socket's owner's, not current's */
+
+/* May an enforcing action act on `current` (Sigkill/Signal/NotifyEnforcer)? Only in task
+ * context, and only when the record is current's own: a TrackSock'd socket makes the record its
+ * owner's, and `current` is then another process handling that socket (or the task a softirq
+ * interrupted). It is neither killed nor signalled in its place: counted, and the record says so.
+ * A call of its own: inlined twice, it took the entry programs past 6.1's combined stack limit. */
+static __noinline int acts_on_current(struct gen_heap *h)
+{
+	if (!in_task_context()) {
+		stat_inc(HS_NOT_TASK);
+		h->m.flags |= VP_EV_NOT_TASK;
+		return 0;
+	}
+	if (h->tgid != bpf_get_current_pid_tgid() >> 32) {
+		stat_inc(HS_NOT_OWNER);
+		h->m.flags |= VP_EV_NOT_OWNER;
+		return 0;
+	}
+	return 1;
+}
+
 static __always_inline int rate_limited(struct gen_heap *h, struct vp_action_cfg *a, __u32 sel)
 {
 	struct scratch *s = scratch();
@@ -73,9 +97,7 @@ static __always_inline __u8 do_actions(struct gen_heap *h, struct vp_hook *cfg,
 			if (cfg->flags & VP_HOOK_MONITOR) {
 				h->m.flags |= VP_EV_MONITOR;
 				stat_inc(HS_MONITORED);
-			} else if (!in_task_context()) {
-				stat_inc(HS_NOT_TASK);  /* `current` was only interrupted */
-			} else {
+			} else if (acts_on_current(h)) {
 				bpf_send_signal(a->type == VP_ACT_SIGKILL ? 9 : a->arg);
 				stat_inc(HS_SIGNALS);
 			}
@@ -132,10 +154,8 @@ static __always_inline __u8 do_actions(struct gen_heap *h, struct vp_hook *cfg,
 				stat_inc(HS_MONITORED);
 				break;
 			}
-			if (!in_task_context()) {  /* the note would be for the interrupted task */
-				stat_inc(HS_NOT_TASK);
+			if (!acts_on_current(h))  /* the note would be for another task's syscall */
 				break;
-			}
 			n.error = a->arg;
 			n.sig = a->arg2;
 			n.hook_id = cfg->hook_id;

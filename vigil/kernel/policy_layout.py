@@ -164,6 +164,14 @@ class MsgDataHdr(C.Structure):
                 ("ktime", C.c_uint64), ("ev_ktime", C.c_uint64), ("tid", C.c_uint32), ("slot", C.c_uint8),
                 ("pad", C.c_uint8 * 3), ("offset", C.c_uint32), ("len", C.c_uint32)]
 EV_HAS_RET, EV_MONITOR = 1, 2
+EV_NOT_TASK, EV_NOT_OWNER = 1 << 3, 1 << 4  # act.bpf.h: an enforcing action was not done, and why
+
+
+def enforcement_state(flags: int) -> int:
+    """How a record's enforcing action went (the message's key, native/fastpath.c's too):
+    0 done, 1 monitor mode, 2 not done in interrupt context, 3 not done: the record is a
+    tracked socket's owner's, not the current task's."""
+    return 1 if flags & EV_MONITOR else 2 if flags & EV_NOT_TASK else 3 if flags & EV_NOT_OWNER else 0
 
 
 # ---- payloads of structured argument types (bpf/include/vigil_policy.h)

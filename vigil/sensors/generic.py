@@ -19,7 +19,7 @@ from vigil.policy.compile import CompiledHook, entry_prefilter, str_key_size
 log = logging.getLogger("vigil.sensor.generic")
 
 STATS = ("hits", "filtered", "posted", "ratelimited", "signals", "monitored", "pending_full", "errors",
-         "not_workload", "busy", "not_task")
+         "not_workload", "busy", "not_task", "not_owner")
 ENTRY_PROGS = (*(f"vigil_sys_enter{n}" for n in range(7)), "vigil_sys_exit", "vigil_tp", "vigil_raw_tp", "vigil_uprobe",
                "vigil_uretprobe", "vigil_kprobe", "vigil_kretprobe", "vigil_lsm", "vigil_fentry",
                "vigil_fexit", "vigil_fmod_ret", "vigil_kprobe_override", "vigil_raw_sys_enter",

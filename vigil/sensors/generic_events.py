@@ -391,7 +391,13 @@ def _user_stack(data: bytes, off: int, n: int, pid: int) -> list[dict[str, Any]]
 ENFORCING = {L.ACT["Sigkill"], L.ACT["Signal"], L.ACT["Override"]}
 
 
-def body_message(hook: CompiledHook, selector: int, action: int, ret_action: int, monitor: bool) -> str:
+_ENFORCEMENT_STATES = ("enforced", "monitor mode: reported, not enforced",
+                       "not enforced: the hook ran in interrupt context, the current task was only interrupted",
+                       "not enforced: the event is a tracked socket's owner's, the current task is another "
+                       "process")
+
+
+def body_message(hook: CompiledHook, selector: int, action: int, ret_action: int, monitor: int) -> str:
     """The event's message: the hook's own, and an enforcement's explanation after it."""
     message = hook.message or ""
     if action in ENFORCING or ret_action in ENFORCING:
@@ -401,7 +407,8 @@ def body_message(hook: CompiledHook, selector: int, action: int, ret_action: int
     return message
 
 
-def explain_enforcement(hook: CompiledHook, selector: int, action: int, ret_action: int, monitor: bool) -> str:
+def explain_enforcement(hook: CompiledHook, selector: int, action: int, ret_action: int, monitor: int) -> str:
+    """monitor: L.enforcement_state of the record (a bool: monitor mode or not)."""
     act = ACTION_NAMES.get(action if action in ENFORCING else ret_action, "?").removeprefix("KPROBE_ACTION_")
     sel = selector
     detail = ""
@@ -416,7 +423,7 @@ def explain_enforcement(hook: CompiledHook, selector: int, action: int, ret_acti
                 act += f" {a.arg_error}"
             elif a.action.lower() == "signal":
                 act += f" {a.arg_sig}"
-    mode = "monitor mode: reported, not enforced" if monitor else "enforced"
+    mode = _ENFORCEMENT_STATES[int(monitor)]
     return (f"[vigil: selector {sel}{detail} matched; {act.lower()} {mode} via "
             f"{hook.placement.describe()}]")
 
@@ -652,7 +659,7 @@ def build_body(hook: CompiledHook, m: L.MsgGeneric, data: bytes,
         body["provider"] = sh.provider
         body["name"] = sh.name
         body["policy_name"] = sh.policy
-    message = body_message(hook, m.selector, m.action, m.ret_action, bool(m.flags & L.EV_MONITOR))
+    message = body_message(hook, m.selector, m.action, m.ret_action, L.enforcement_state(m.flags))
     if message:
         body["message"] = message
     if kind == "process_uprobe" and m.flags & L.EV_HAS_RET and sh.ret is not None:
