@@ -25,6 +25,8 @@ from vigil.sensors.process import ProcessSensor
 
 pytestmark = pytest.mark.kernel
 
+EXECVE_F_CLONE = 1  # execve_entry.flags (bpf/lib/process_map.bpf.h): made by a fork, no exec since
+
 
 def _ns_inum(pid: int | str, name: str) -> int:
     link = os.readlink(f"/proc/{pid}/ns/{name}")
@@ -41,7 +43,7 @@ def _map_entry(ra: RunningAgent, pid: int) -> dict[str, Any] | None:
         return None
     f = ENTRY.unpack_from(raw)
     return {"key": (f[0], f[2]), "pkey": (f[3], f[5]), "bin": f[8][: f[6]].decode(), "caps": f[9:12],
-            "ns": f[12:22], "follow": f[22]}
+            "ns": f[12:22], "follow": f[22], "flags": f[7]}
 
 
 def _status_caps(pid: int | str = "self") -> dict[str, int]:
@@ -643,6 +645,9 @@ def test_processes_forked_between_attach_and_seed_get_their_binary(tmp_path: Pat
                 assert e["caps"] == (caps["CapEff"], caps["CapInh"], caps["CapPrm"])
                 assert e["ns"][:3] == parent["ns"][:3] and all(e["ns"])
                 assert e["pkey"] == parent["key"]
+                # a fork the scan saw is written as the scan's (Tetragon's procfs write: no
+                # "clone" mark); one after it keeps its fork's mark, for its first exec
+                assert e["flags"] == (0 if pid == pids[1] else EXECVE_F_CLONE), (pid, e)
                 # the kernel's identity of the fork, the one its records and the cache carry
                 c = ra.agent.cache.by_pid(pid)
                 assert c is not None and c.key == e["key"] and c.key != parent["key"]
@@ -698,6 +703,7 @@ def test_clone_parent_child_made_between_attach_and_seed_runs_the_callers_image(
             assert e["bin"] == caller_bin, e
             assert (e["caps"], e["ns"]) == (ce["caps"], ce["ns"])
             assert e["pkey"] == pe["key"]
+            assert e["flags"] == EXECVE_F_CLONE  # a fork the scan did not see: its first exec is "clone"
             c = ra.agent.cache.by_pid(child)
             assert c is not None and c.key == e["key"]
             assert c.msg.binary == caller_bin

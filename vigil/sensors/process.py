@@ -199,7 +199,9 @@ class ProcessSensor:
             return ENTRY.pack(pid, 0, ktime, ppid, 0, pktime, len(b), 0, b, *caps, *ns, follow)
         if image is None or not image[6]:
             return None
-        return ENTRY.pack(pid, 0, ktime, ppid, 0, pktime, *image[6:])
+        # the image's binary, caps, namespaces and follow marks; its own flags stay (the fork's
+        # "clone" mark: its first exec carries the flag word, as after any fork)
+        return ENTRY.pack(pid, 0, ktime, ppid, 0, pktime, image[6], f[7], *image[8:])
 
     @staticmethod
     def _replace_empty(m: Map, key: bytes, was: tuple[Any, ...], new: bytes) -> bool:
