@@ -53,7 +53,7 @@ enum hook_stat {
 	HS_ERRORS = 7,
 	HS_NOT_WORKLOAD = 8, /* the process is outside the policy's pods/containers: nothing read */
 	HS_BUSY = 9,       /* a preemptible run found another one's buffers in use on its CPU: nothing done */
-	HS_NOT_TASK = 10,  /* Sigkill/Signal/NotifyEnforcer not done: the hook ran in interrupt context */
+	HS_NOT_TASK = 10,  /* Sigkill/Signal/NotifyEnforcer/TrackSock not done: the hook ran in interrupt context */
 	HS_NOT_OWNER = 11, /* Sigkill/Signal/NotifyEnforcer not done: the record is a tracked socket's owner's */
 	HS_MAX = 12,
 };

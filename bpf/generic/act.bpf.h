@@ -117,6 +117,13 @@ static __always_inline __u8 do_actions(struct gen_heap *h, struct vp_hook *cfg,
 			if (a->type == VP_ACT_TRACKSOCK) {
 				struct sock_owner o = {};
 
+				/* in interrupt context the process is whichever task was
+				 * interrupted: the socket is not its to own */
+				if (!in_task_context()) {
+					stat_inc(HS_NOT_TASK);
+					break;
+				}
+
 				o.key = h->m.key;
 				o.tid = h->m.tid;
 				bpf_map_update_elem(&socktrack, &sk, &o, BPF_ANY);

@@ -867,6 +867,76 @@ tracepoints:
     assert received["exec_id"] != sent["exec_id"]
 
 
+ACCEPTING_SERVER = """import os, socket, sys
+l = socket.socket()
+l.bind(("127.0.0.1", 0))
+l.listen(1)
+r, w = os.pipe()
+c = os.fork()
+if c == 0:
+    os.read(r, 1)
+    k = socket.create_connection(l.getsockname())
+    k.sendall(b"x")
+    k.recv(1)
+    os._exit(0)
+sys.stdout.write(f"{c}\\n")
+sys.stdout.flush()
+sys.stdin.buffer.read(1)
+os.write(w, b"g")
+a, _ = l.accept()
+a.recv(16)
+a.sendall(b"y")
+os.waitpid(c, 0)
+"""
+
+
+@pytest.mark.skipif(not Path("/sys/kernel/tracing/events/sock/sock_recv_length").exists(),
+                    reason="no sock:sock_recv_length tracepoint (kernel < 6.4)")
+def test_tracksock_in_interrupt_context_tracks_nothing(running_agent: RunningAgent, pywork: Path):
+    """On loopback the server's side of a connection becomes ESTABLISHED in the NET_RX softirq
+    served on the client's way out of its send: `current` is the client, only interrupted
+    (which lives on until the server has received).
+    TrackSock there made the client the owner of the server's socket, and the server's own
+    receive on it was reported as the client's. TrackSock is now not done in interrupt context
+    (counted as not_task): the receive is the server's."""
+    p = subprocess.Popen([str(pywork / "vpy"), "-S", "-c", ACCEPTING_SERVER], cwd=pywork, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         env={"PYTHONDONTWRITEBYTECODE": "1", "PATH": "/usr/bin:/bin"})
+    try:
+        assert p.stdout is not None
+        client = int(p.stdout.readline())
+        spec = f"""
+tracepoints:
+- subsystem: sock
+  event: inet_sock_set_state
+  raw: true
+  args: [{{index: 0, type: sock}}, {{index: 2, type: int}}]
+  selectors:
+  - matchArgs: [{{index: 2, operator: Equal, values: ["1"]}}]
+    matchPIDs: [{{operator: In, values: [{client}]}}]
+    matchActions: [{{action: TrackSock, argSock: 0}}, {{action: NoPost}}]
+- subsystem: sock
+  event: sock_recv_length
+  raw: true
+  args: [{{index: 0, type: sock}}]
+  selectors:
+  - matchPIDs: [{{operator: In, values: [{p.pid}, {client}]}}]
+"""
+        with loaded(running_agent, policy_yaml("tracksock-irq", spec)) as st:
+            events = running_agent.collect(lambda: p.communicate(b"g", 60))
+            kstats = next(x for x in running_agent.agent.list_policies() if x["name"] == st["name"])["kernel_stats"]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0
+    got = [b["process"]["pid"] for b in (e[next(iter(e))] for e in events)
+           if isinstance(b, dict) and b.get("policy_name") == "tracksock-irq" and b.get("event") == "sock_recv_length"]
+    # the server's receive (on the socket the softirq made) and the client's (its own socket)
+    assert sorted(got) == sorted([p.pid, client]), (got, p.pid, client)
+    assert kstats["not_task"] >= 1, kstats
+
+
 def test_kernel_stack_trace(running_agent: RunningAgent, pywork: Path):
     d = str(pywork / "data")
     spec = f"""
