@@ -283,6 +283,7 @@ FILE_CAP = {"privileges_changed": ["PRIVILEGES_RAISED_EXEC_FILE_CAP"]}
     # effective set too
     ("captrue", "keepcaps-nobody", None),
     ("captrue", "setpriv-nobody", None),
+    ("captrue", "keepcaps-nobody-thread", None),  # the exec of a thread: its credentials by its own id
     ("suidtrue", "keepcaps-nobody", SETUID),
     # root that emptied its capability sets: its exec gives them back, a gain over the set before
     # the exec (the permitted set at its last exec was full, which hid it)
@@ -307,7 +308,8 @@ def test_privileged_execs_have_binary_properties(running_agent: RunningAgent, wo
     elif binary == "captrue":
         _setcap_net_raw(path)
     py = [os.path.realpath(sys.executable), "-c", CREDS_EXEC_PY]
-    argv = {"nobody": [*py, "drop"], "keepcaps-nobody": [*py, "keep"], "root-empty": [*py, "root-empty"], "root": [],
+    argv = {"nobody": [*py, "drop"], "keepcaps-nobody": [*py, "keep"], "keepcaps-nobody-thread": [*py, "keep-thread"],
+            "root-empty": [*py, "root-empty"], "root": [],
             "setpriv-nobody": [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]}[runner]
     arg = f"{binary}-as-{runner}"
     events = running_agent.collect(lambda: subprocess.run([*argv, path, arg], check=True))

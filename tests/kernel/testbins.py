@@ -18,9 +18,10 @@ import pytest
 # Root changes its credentials, then execs argv[2:] (run with python3 -c): argv[1] "drop"
 # becomes nobody (setresuid: the kernel empties the permitted and effective sets), "keep" becomes
 # nobody after PR_SET_KEEPCAPS (the permitted set stays root's, the effective one empties),
+# "keep-thread" the same but execs from a second thread (which takes the leader's pid),
 # "root-empty" stays root with empty capability sets (capset).
 CREDS_EXEC_PY = """
-import ctypes, os, struct, sys
+import ctypes, os, struct, sys, threading
 libc = ctypes.CDLL(None, use_errno=True)
 def check(r, what):
     if r:
@@ -30,11 +31,15 @@ if mode == "root-empty":
     hdr = ctypes.create_string_buffer(struct.pack("<Ii", 0x20080522, 0))  # _LINUX_CAPABILITY_VERSION_3
     check(libc.capset(hdr, ctypes.create_string_buffer(24)), "capset")
 else:
-    if mode == "keep":
+    if mode in ("keep", "keep-thread"):
         check(libc.prctl(8, 1, 0, 0, 0), "prctl(PR_SET_KEEPCAPS)")
     os.setgroups([])
     os.setresgid(65534, 65534, 65534)
     os.setresuid(65534, 65534, 65534)
+if mode == "keep-thread":
+    t = threading.Thread(target=os.execv, args=(sys.argv[2], sys.argv[2:]))
+    t.start()
+    t.join()
 os.execv(sys.argv[2], sys.argv[2:])
 """
 
