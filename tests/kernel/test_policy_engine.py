@@ -628,10 +628,6 @@ ACTION_CASES = [
     ("nopost-post", "[{action: NoPost}, {action: Post}]", 0, 0, None),
     ("post-nopost", "[{action: Post}, {action: NoPost}]", 0, 0, None),
     ("signal-nopost-post", "[{action: Signal, argSig: 10}, {action: NoPost}, {action: Post}]", -10, 0, None),
-    # a Post does not undo a NoPost of the same list, before or after it (Tetragon's rule)
-    ("nopost-post", "[{action: NoPost}, {action: Post}]", 0, 0, None),
-    ("post-nopost", "[{action: Post}, {action: NoPost}]", 0, 0, None),
-    ("signal-nopost-post", "[{action: Signal, argSig: 10}, {action: NoPost}, {action: Post}]", -10, 0, None),
     ("ratelimit", '[{action: Post, rateLimit: "1m"}]', 0, 1, "KPROBE_ACTION_POST"),
     ("followfd", "[{action: FollowFD, argFd: 0, argName: 1}]", 0, 3, "KPROBE_ACTION_FOLLOWFD"),
 ]
