@@ -97,7 +97,8 @@ def test_pod_selector_follows_label_changes_in_the_kernel(cluster: Cluster, k8s_
     agent = k8s_agent.agent
     try:
         doc = policy("TracingPolicy", "audited-passwd", "/etc/passwd",
-                     extra={"podSelector": {"matchLabels": {"audit": "on"}}})
+                     # the namespace under its k8s: key, as Tetragon's pod labels hold it
+                     extra={"podSelector": {"matchLabels": {"audit": "on", "k8s:io.kubernetes.pod.namespace": ns}}})
         agent.policies.add_text(yaml.safe_dump(doc), "test.yaml")
         cg = kl.cgroup_id(pod, "c")
 
