@@ -216,6 +216,7 @@ def probe_pod(probes: dict[str, list[str]], init: bool = False) -> dict[str, Any
 
 
 SH_OK = ["/bin/sh", "-c", "test -f /tmp/ok"]
+ARGV: Any = object()   # the arguments the process builder makes of the probe command
 
 
 @pytest.mark.parametrize("probes,init,binary,arguments,want", [
@@ -235,9 +236,16 @@ SH_OK = ["/bin/sh", "-c", "test -f /tmp/ok"]
     ({"livenessProbe": ["/health/ping.sh", "5"]}, False, "/health/ping.sh", "5", True),
     ({"livenessProbe": ["/health/ping.sh", "5"]}, False, "/health/ping.sh", "/health/ping.sh 6", False),
     ({"livenessProbe": ["ping.sh", "5"]}, False, "/health/ping.sh", "/health/ping.sh 5", False),
+    # the arguments as the process's are written (a quoted first argument follows a space)
+    ({"livenessProbe": ["python3", "my check.py", "x"]}, False, "/usr/bin/python3", ARGV, True),
+    ({"livenessProbe": ["python3", "", "y"]}, False, "/usr/bin/python3", ARGV, True),
 ])
 def test_maybe_exec_probe(probes: dict[str, list[str]], init: bool, binary: str, arguments: str,
                           want: bool) -> None:
+    if arguments is ARGV:  # what the process builder makes of the probe's own argv
+        from vigil.process.build import format_arguments
+        cmd = next(iter(probes.values()))
+        arguments = format_arguments("\0".join(cmd).encode() + b"\0")
     store = PodStore()
     store.upsert(probe_pod(probes, init))
     _pod, c = store.lookup(CID)

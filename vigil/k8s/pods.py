@@ -129,8 +129,18 @@ def pod_info(obj: dict[str, Any]) -> PodInfo:
 
 
 def _join(args: tuple[str, ...]) -> str:
-    """Arguments as a process's `arguments` string holds them (vigil.process.build)."""
-    return " ".join(f'"{a}"' if " " in a else a for a in args)
+    """Arguments as a process's `arguments` string holds them (vigil.process.build.format_arguments),
+    which is how Tetragon's JoinArgs encodes a probe's: an argument with a space is quoted and
+    follows a space even when it comes first; an empty one adds nothing before the first."""
+    out = ""
+    for a in args:
+        if " " in a:
+            out += f' "{a}"'
+        elif out:
+            out += " " + a
+        else:
+            out = a
+    return out
 
 
 def _probe_args(cmd: tuple[str, ...]) -> str:
