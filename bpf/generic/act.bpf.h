@@ -511,6 +511,8 @@ static __always_inline int finish_return(void *ctx, struct gen_heap *h, struct v
 	/* a returnArg of 32 bits or less (int, uint32, int16...) is the register's low bits, sign-
 	 * extended for the signed types: a function returning int leaves the upper half undefined
 	 * (-EACCES is 0xfffffff3 there), and Tetragon stores and compares the narrow value */
+	if ((cfg->flags & VP_HOOK_RET_ERRNO) && h->m.ret > 0)
+		h->m.ret = 0;
 	if (cfg->ret_arg.size == 4)
 		h->m.ret = cfg->ret_arg.is_signed ? (__s64)(__s32)h->m.ret : (__s64)(__u32)h->m.ret;
 	else if (cfg->ret_arg.size == 2)

@@ -148,6 +148,8 @@ enum vp_action {
 #define VP_HOOK_RET_TRACKSOCK   (1 << 3)  /* returnArgAction TrackSock: the returned sock */
 #define VP_HOOK_RET_UNTRACKSOCK (1 << 4)
 #define VP_HOOK_IMA        (1 << 5)  /* an imaHash Post: the sleepable stage adds the hash */
+#define VP_HOOK_RET_ERRNO  (1 << 6)  /* stand-in of an LSM hook (0 or -errno): the syscall's positive
+				       * return (bytes, fd, address) reads as 0 */
 
 /* selector.present bits */
 #define VP_SEL_PIDS     (1 << 0)

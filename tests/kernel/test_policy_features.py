@@ -491,6 +491,31 @@ def _file_ops(got: list[dict], work: Path, port: int) -> None:
     assert t["args"][0]["path_arg"]["path"] == f"{work}/data/present.txt"
 
 
+@standin("lsm-hook-returns", """
+kprobes:
+- call: security_file_permission
+  syscall: false
+  return: true
+  args: [{{index: 0, type: file}}, {{index: 1, type: int}}]
+  returnArg: {{index: 0, type: int}}
+  selectors: [{{matchArgs: [{{index: 0, operator: Prefix, values: ["{work}/data/"]}}],
+               matchReturnArgs: [{{index: 0, operator: Equal, values: ["0"]}}], {scope}}}]
+- call: security_mmap_file
+  syscall: false
+  return: true
+  args: [{{index: 0, type: file}}, {{index: 1, type: uint32}}]
+  returnArg: {{index: 0, type: int}}
+  selectors: [{{matchArgs: [{{index: 0, operator: Prefix, values: ["{work}/data/"]}}], {scope}}}]
+""", ("import os, mmap\nfd = os.open('{work}/data/present.txt', os.O_RDONLY)\nos.read(fd, 3)\n"
+      "mmap.mmap(fd, 1, prot=mmap.PROT_READ).close()\n"))
+def _lsm_hook_returns(got: list[dict], work: Path, port: int) -> None:
+    """An LSM hook returns 0 or -errno: where its stand-in syscall succeeded, the return is 0 (it
+    was the syscall's: the 3 bytes read, which matchReturnArgs Equal 0 refused, and the address
+    mmap returned)."""
+    assert sorted((e["function_name"], e["return"]) for e in got) == [
+        ("security_file_permission", {"int_arg": 0}), ("security_mmap_file", {"int_arg": 0})]
+
+
 BPF_CODE = textwrap.dedent("""
     import ctypes, struct
     libc = ctypes.CDLL(None, use_errno=True)

@@ -66,6 +66,7 @@ HOOK_MONITOR = 1 << 1
 HOOK_RET_TRACKSOCK = 1 << 3
 HOOK_RET_UNTRACKSOCK = 1 << 4
 HOOK_IMA = 1 << 5
+HOOK_RET_ERRNO = 1 << 6  # a stand-in's return: a positive value (the syscall's success) reads as 0
 
 SEL_PIDS, SEL_BINS, SEL_NS, SEL_CAPS, SEL_NSCHG, SEL_CAPCHG, SEL_RETARGS = (1 << i for i in range(7))
 AF_KSTACK, AF_USTACK, AF_IMA = 1, 2, 4

@@ -396,6 +396,8 @@ def _compile_hook(policy: Policy, pl: Placement, hook: object, hook_id: int, mon
     cfg.hook_id = hook_id
     cfg.flags = (L.HOOK_RETURN if pl.return_prog or pl.ret_raw else 0) | (L.HOOK_MONITOR if monitor else 0)
     cfg.ret_raw = pl.ret_raw
+    if pl.attach.get("ret_errno"):  # a stand-in syscall's success is the LSM hook's 0
+        cfg.flags |= L.HOOK_RET_ERRNO
     if pl.ret is not None and pl.ret.vtype in (L.T["int"], L.T["uint"]):  # the return register's low bits
         cfg.ret_arg.size = INT_WIDTH.get(pl.ret.policy_type, 4)
         cfg.ret_arg.is_signed = int(pl.ret.vtype == L.T["int"])
@@ -874,7 +876,7 @@ def _compile_actions(ch: CompiledHook, pl: Placement, hook: object, actions: tup
                 cfg.rate_ns = a.rate_limit_seconds * 1_000_000_000
             cfg.scope = L.SCOPE.get(a.rate_limit_scope, 0)
             cfg.flags = (L.AF_KSTACK if a.kernel_stack_trace else 0) | (L.AF_USTACK if a.user_stack_trace else 0)
-            if a.ima_hash and pl.attach.get("placed", True):
+            if a.ima_hash and pl.attach.get("placed", True) and pl.event_kind == "process_lsm":
                 why = _ima_why(pl, facts)
                 if why:
                     errs.error(a.at("imaHash"), f"imaHash: {why[1]}", why[0])

@@ -352,7 +352,14 @@ def place(spec: KProbeSpec | LsmHookSpec, section: str, index: int, target: str,
                 from .placement import return_plan
 
                 pl.ret = return_plan(spec)  # type: ignore[arg-type]
-                pl.notes.append(f"the return value is the {site.name} syscall's")
+                if label.startswith("security_") or target.startswith("lsm:"):
+                    # an LSM hook returns 0 or -errno, not what the syscall returns (bytes, an fd,
+                    # an address): the syscall's success reads as the hook's 0
+                    pl.attach["ret_errno"] = True
+                    pl.notes.append(f"the return value is 0 where the {site.name} syscall succeeds, its error "
+                                    f"otherwise ({label} returns 0 or -errno)")
+                else:
+                    pl.notes.append(f"the return value is the {site.name} syscall's")
             else:
                 pl.block(spec.at("return"), f"return: true: the stand-in {pl.substitute} has no return value",
                          "kernel")
