@@ -668,6 +668,28 @@ kprobes:
         assert "enforced via tracepoint:syscalls/sys_enter_openat" in msg
 
 
+def test_imahash_outside_lsmhooks_is_ignored(running_agent: RunningAgent, pywork: Path):
+    """Post's imaHash adds the file's hash to ProcessLsm events; Tetragon loads it on any other
+    hook too, where it has nothing to add it to. Vigil refused such a policy ('imaHash is only
+    supported on lsmhooks'); it is now loaded with a warning and its events are sent."""
+    d = str(pywork / "data")
+    spec = f"""
+kprobes:
+- call: sys_openat
+  syscall: true
+  args: [{{index: 1, type: string}}]
+  selectors:
+  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
+    matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
+    matchActions: [{{action: Post, imaHash: true}}]
+"""
+    r = Run()
+    with loaded(running_agent, policy_yaml("imahash-kprobe", spec)):
+        events = running_agent.collect(lambda: run_py(pywork, open_file(f"{d}/present.txt"), out=r))
+    (ev,) = [b for _, b in policy_events(events, r.pid, "imahash-kprobe")]
+    assert ev["action"] == "KPROBE_ACTION_POST" and "ima_hash" not in ev
+
+
 def test_monitor_mode_reports_without_killing(running_agent: RunningAgent, pywork: Path):
     d = str(pywork / "data")
     spec = f"""

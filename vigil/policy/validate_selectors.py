@@ -296,7 +296,9 @@ class SelectorChecker:
             elif not a.has("rateLimit"):
                 d.error(a.at("rateLimitScope"), "rateLimitScope needs rateLimit")
         if a.ima_hash and section not in ("lsmhooks", "macro"):
-            d.error(a.at("imaHash"), "imaHash is only supported on lsmhooks")
+            # Tetragon loads it and has nothing to add it to (only ProcessLsm has ima_hash)
+            d.warn(a.at("imaHash"), "imaHash has an effect only on lsmhooks (ProcessLsm's ima_hash); it is "
+                   "ignored here")
 
     def _override(self, a: ActionSelector, ctx: HookCtx) -> None:
         d, section = self.diag, ctx.section
