@@ -7,6 +7,7 @@ Everything happens on a tmpfs this module mounts (binaries copied there); rules 
 on it, and the test process is not exempt, so its own opens are the guarded ones."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -506,3 +507,54 @@ def test_an_agent_killed_and_started_again_guards_again(tmpfs: Path, tmp_path: P
         assert ph["denied"] == 1 and ph["restarts"] == 0 and ph["timeouts"] == 0
     finally:
         second.stop()
+
+
+def big_table(tmpfs: Path) -> list[Rule]:
+    """The deny rules and a rule with ~2 MB of values: more packets than the socket holds."""
+    names = tuple(f"{tmpfs}/nothing-{i:06d}-{'x' * 200}" for i in range(10000))
+    return deny_rules(tmpfs) + [Rule(7, 0, EXEC, "override", conds=(Cond("path", "Equal", names),))]
+
+
+@pytest.mark.parametrize("request_name", ["push", "stop"])
+def test_the_agent_never_blocks_on_a_helper_that_does_not_read(
+        tmpfs: Path, held: Held, monkeypatch: pytest.MonkeyPatch, request_name: str) -> None:
+    """The helper's main thread held up (a stuck decision) while the agent sends more than its
+    socket holds (a big table): the push gives up at its deadline instead of waiting in send()
+    for the helper to read, and the agent's stop ends the helper (killed when it does not read
+    the request) instead of waiting. The exec that waited is allowed once the helper is gone."""
+    push(held.h, deny_rules(tmpfs), deadline_ms=60000)
+    held.h.stall_next_decision(60000)
+    out: list[int | OSError] = []
+    t = threading.Thread(target=lambda: out.append(run(tmpfs, [str(tmpfs / "blocked" / "tool")])), daemon=True)
+    t.start()
+    wait_stalled(held.h.helper_pid)
+    monkeypatch.setattr(permd_mod, "REPLY_TIMEOUT_S", 1.0)
+    done: list[object] = []
+
+    def call() -> None:
+        try:
+            if request_name == "push":
+                push(held.h, big_table(tmpfs), deadline_ms=60000)
+            else:   # the socket left full (as by a push that gave up), then the agent stops
+                assert held.h._sock is not None
+                pkt = P.pack(P.EXEMPT_S, P.EXEMPT, 1, tail=b"\0" * 60000)
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        held.h._sock.send(pkt, socket.MSG_DONTWAIT)
+            held.h.stop(timeout=1.0)
+            done.append("stopped")
+        except PermdError as e:
+            done.append(e)
+
+    c = threading.Thread(target=call, daemon=True)
+    c.start()
+    c.join(30)
+    assert not c.is_alive(), "the agent waited on the helper's socket"
+    if request_name == "push":
+        assert len(done) == 1 and isinstance(done[0], PermdTimeout)
+        held.h.stop(timeout=1.0)
+    else:
+        assert done == ["stopped"]
+    assert not held.h.running
+    t.join(30)
+    assert out == [0]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import select
 import socket
 import subprocess
 import threading
@@ -136,8 +137,8 @@ class PermissionHelper:
         self._stopping = True
         sock, proc = self._sock, self.proc
         if sock is not None:
-            try:
-                sock.send(P.HDR.pack(P.SHUTDOWN, P.HDR.size))
+            try:   # (not waiting for room: a helper that does not read is killed by reap)
+                sock.send(P.HDR.pack(P.SHUTDOWN, P.HDR.size), socket.MSG_DONTWAIT)
             except OSError:
                 pass
         if proc is not None:
@@ -179,13 +180,9 @@ class PermissionHelper:
                     self._replies.get_nowait()
                 except queue.Empty:
                     break
-            try:
-                for pkt in packets:
-                    self._sock.send(pkt)
-            except OSError as e:
-                raise PermdError(f"vigil-permd: {e}") from None
-            refused: list[str] = []
             deadline = time.monotonic() + REPLY_TIMEOUT_S
+            self._send(self._sock, packets, deadline)
+            refused: list[str] = []
             while True:
                 try:
                     buf = self._replies.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -203,6 +200,22 @@ class PermissionHelper:
                         raise PermdError("; ".join(refused + [ack.text]) or os.strerror(ack.error))
                 if mtype == want or mtype == P.ACK:
                     return buf
+
+    @staticmethod
+    def _send(sock: socket.socket, packets: list[bytes], deadline: float) -> None:
+        """Send packets by the deadline: a helper whose main thread is held up reads nothing,
+        and a blocking send would hold the agent (and every request after it) without end."""
+        for pkt in packets:
+            while True:
+                try:
+                    sock.send(pkt, socket.MSG_DONTWAIT)
+                    break
+                except BlockingIOError:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not select.select([], [sock], [], left)[1]:
+                        raise PermdTimeout("vigil-permd did not read its socket") from None
+                except OSError as e:
+                    raise PermdError(f"vigil-permd: {e}") from None
 
     def push(self, table: Table) -> P.Ack:
         """Make `table` the one in force: marks first, then the swap; raises PermdError
