@@ -16,7 +16,6 @@ from vigil.policy.evaluate import (
     decide,
     int_match,
     kernel_string_match,
-    label_selector_match,
     pod_selector_match,
     sock_match,
     string_match,
@@ -248,16 +247,32 @@ def test_return_args_decide_at_return():
     assert isinstance(Unknown(decide(r, proc(), Call(("/x",), None)).unknown), str)
 
 
-def test_label_and_pod_selectors():
-    sel = LabelSelector(match_labels={"app": "web"})
-    assert label_selector_match(sel, {"app": "web", "x": "y"}) and not label_selector_match(sel, {"app": "db"})
-    pod = {"namespace": "prod", "name": "web-1", "pod_labels": {"app": "web"}}
-    assert pod_selector_match(sel, proc(pod=pod)) is True
-    assert pod_selector_match(sel, proc(pod={})) is False                       # host process
-    assert pod_selector_match(LabelSelector(match_labels={"k8s:io.kubernetes.pod.namespace": "prod"}),
-                              proc(pod=pod)) is True
-    assert pod_selector_match(None, proc(pod=pod), namespace="dev") is False
-    assert isinstance(pod_selector_match(sel, proc(pod=None)), Unknown)
+POD = {"namespace": "prod", "name": "web-1", "pod_labels": {"app": "web"},
+       "container": {"name": "main", "image": {"id": "registry.example/shop/web@sha256:ab", "name": "web:1"}}}
+
+
+@pytest.mark.parametrize("pod_sel, container_sel, namespace, pod, want", [
+    ({"app": "web"}, None, None, POD, True),
+    ({"app": "db"}, None, None, POD, False),
+    ({"k8s:io.kubernetes.pod.namespace": "prod"}, None, None, POD, True),
+    ({"k8s:app": "web"}, None, None, POD, False),          # keys as written, as the agent's
+    ({"io.kubernetes.pod.namespace": "prod"}, None, None, POD, False),
+    (None, None, "dev", POD, False),
+    (None, None, "prod", POD, True),
+    (None, {"name": "main"}, None, POD, True),
+    (None, {"name": "sidecar"}, None, POD, False),
+    (None, {"repo": "registry.example/shop/web"}, None, POD, True),
+    (None, {"repo": "web"}, None, POD, False),
+    ({"app": "web"}, {"name": "sidecar"}, None, POD, False),
+    ({"app": "web"}, None, None, {}, False),               # a host process
+    (None, {"name": "main"}, None, {}, False),
+    ({"app": "web"}, None, None, None, Unknown),           # pod not known
+])
+def test_pod_and_container_selectors(pod_sel, container_sel, namespace, pod, want):
+    """The dry run scopes with the agent's own selector evaluator (vigil.k8s.selectors)."""
+    sels = [None if m is None else LabelSelector(match_labels=m) for m in (pod_sel, container_sel)]
+    got = pod_selector_match(sels[0], proc(pod=pod), namespace, sels[1])
+    assert isinstance(got, Unknown) if want is Unknown else got is want
 
 
 # an event is sent unless the list holds a NoPost: a Post before or after it does not undo it

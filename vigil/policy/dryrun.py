@@ -440,7 +440,8 @@ def dry_run(policy: Policy, events: Iterable[Event], *, mode: str | None = None,
     seq = finding_sequence(policy)
     correlator = Correlator(policy.name, seq) if seq is not None else None
     last_post: dict[tuple[object, ...], int] = {}
-    scope_ok = policy.spec.pod_selector is not None or policy.namespaced
+    scope_ok = (policy.spec.pod_selector is not None or policy.spec.container_selector is not None
+                or policy.namespaced)
     for e in events:
         if "process_exec" in e:
             body = e["process_exec"] or {}
@@ -486,12 +487,13 @@ def _decide_one(rep: DryRunReport, hv: HookView, hr: HookReport, body: Mapping[s
                 correlator: Correlator | None, scoped: bool, policy: Policy, sample_limit: int) -> None:
     hr.seen += 1
     if scoped:
-        t = pod_selector_match(policy.spec.pod_selector, p, policy.namespace if policy.namespaced else None)
+        t = pod_selector_match(policy.spec.pod_selector, p, policy.namespace if policy.namespaced else None,
+                               policy.spec.container_selector)
         if t is False:
             rep.out_of_scope += 1
             return
         if isinstance(t, Unknown):
-            hr.undecidable[f"podSelector: {t}"] += 1
+            hr.undecidable[f"podSelector/containerSelector: {t}"] += 1
             return
     d = decide(hv.rules, p, call, monitor=monitor)
     if d.unknown:

@@ -23,6 +23,8 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from vigil.k8s.selectors import container_labels, matches, pod_labels
+
 from . import enums
 from .model import ActionSelector, ArgSelector, KProbeArg, LabelSelector, Selector
 from .syscall_place import list_syscall_numbers
@@ -366,35 +368,6 @@ def namespace_changes_match(sel: Selector, p: Process) -> Truth:
     return True
 
 
-def label_selector_match(sel: LabelSelector, labels: Mapping[str, str]) -> bool:
-    """Kubernetes label selector semantics (matchLabels and matchExpressions, all ANDed)."""
-    for k, v in sel.match_labels.items():
-        if labels.get(k) != v:
-            return False
-    for r in sel.match_expressions:
-        present = r.key in labels
-        if r.operator == "In" and not (present and labels[r.key] in r.values):
-            return False
-        if r.operator == "NotIn" and present and labels[r.key] in r.values:
-            return False
-        if r.operator == "Exists" and not present:
-            return False
-        if r.operator == "DoesNotExist" and present:
-            return False
-    return True
-
-
-def pod_labels(pod: Mapping[str, object]) -> dict[str, str]:
-    """A pod's labels plus the `k8s:`-prefixed spellings and its namespace label, as Tetragon's
-    podSelector sees them."""
-    labels = {str(k): str(v) for k, v in (pod.get("pod_labels") or {}).items()}
-    out = dict(labels)
-    out.update({f"k8s:{k}": v for k, v in labels.items()})
-    ns = str(pod.get("namespace") or "")
-    out["k8s:io.kubernetes.pod.namespace"] = ns
-    return out
-
-
 # ---------------------------------------------------------------- selectors and decisions
 def _and(*checks: Truth) -> Truth:
     unknown: Unknown | None = None
@@ -513,21 +486,34 @@ def decide(rules: HookRules, p: Process, call: Call, *, monitor: bool = False) -
     return Decision(matched=False)
 
 
-def pod_selector_match(sel: LabelSelector | None, p: Process, namespace: str | None = None) -> Truth:
-    """spec.podSelector (and a TracingPolicyNamespaced's namespace) against the process's pod."""
-    if sel is None and namespace is None:
+def pod_selector_match(sel: LabelSelector | None, p: Process, namespace: str | None = None,
+                       container_sel: LabelSelector | None = None) -> Truth:
+    """spec.podSelector, spec.containerSelector (and a TracingPolicyNamespaced's namespace)
+    against the process's pod, with the agent's selector evaluator (vigil.k8s.selectors)."""
+    if sel is None and namespace is None and container_sel is None:
         return True
     if p.pod is None:
         return Unknown("the process's pod is not known")
     if not p.pod:  # a host process: pod-scoped policies never apply
         return False
-    if namespace is not None and p.pod.get("namespace") != namespace:
+    pod_ns = str(p.pod.get("namespace") or "")
+    if namespace is not None and pod_ns != namespace:
         return False
-    if sel is None or sel.empty:
-        return True
-    return label_selector_match(sel, pod_labels(p.pod))
+    if sel is not None and not matches(sel, pod_labels(pod_ns, _str_map(p.pod.get("pod_labels")))):
+        return False
+    if container_sel is not None:
+        c = p.pod.get("container")
+        c = c if isinstance(c, Mapping) else {}
+        image = c.get("image")
+        image_id = str(image.get("id") or "") if isinstance(image, Mapping) else ""
+        return matches(container_sel, container_labels(str(c.get("name") or ""), image_id))
+    return True
+
+
+def _str_map(v: object) -> dict[str, str]:
+    return {str(k): str(x) for k, x in v.items()} if isinstance(v, Mapping) else {}
 
 
 __all__ = ["Call", "Decision", "HookRules", "Process", "Sock", "Truth", "Unknown", "arg_match", "capabilities_match",
-           "decide", "int_match", "kernel_string_match", "label_selector_match", "pod_selector_match",
+           "decide", "int_match", "kernel_string_match", "pod_selector_match",
            "run_actions", "selector_matches", "sock_match", "string_match"]
