@@ -558,3 +558,21 @@ def test_the_agent_never_blocks_on_a_helper_that_does_not_read(
     assert not held.h.running
     t.join(30)
     assert out == [0]
+
+
+def test_a_stopped_helper_is_continued(tmpfs: Path, held: Held) -> None:
+    """vigil-permd SIGSTOPped (a stray signal, a job-control stop): every guarded exec would wait
+    for as long as it stays stopped, its watchdog stopped with it. The agent side continues it, and
+    the exec that waited is answered by the rules."""
+    push(held.h, deny_rules(tmpfs), deadline_ms=60000)
+    pid = held.h.helper_pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        out: list[int | OSError] = []
+        t = threading.Thread(target=lambda: out.append(run(tmpfs, [str(tmpfs / "blocked" / "tool")])), daemon=True)
+        t.start()
+        t.join(20)
+        assert len(out) == 1 and is_eperm(out[0]), "the exec waited on a stopped helper"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert held.h.helper_pid == pid and held.h.restarts == 0 and held.h.stats()["continued"] >= 1

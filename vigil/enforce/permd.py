@@ -17,6 +17,7 @@ import logging
 import os
 import queue
 import select
+import signal
 import socket
 import subprocess
 import threading
@@ -32,6 +33,7 @@ log = logging.getLogger("vigil.enforce.permd")
 REPLY_TIMEOUT_S = 30.0   # a commit walks directory trees; it answers events meanwhile
 RESTART_LIMIT = 5        # restarts within RESTART_WINDOW_S before giving up
 RESTART_WINDOW_S = 60.0
+WATCH_INTERVAL_S = 0.1   # how often a started helper is looked at (stopped by a signal: continued)
 
 
 class PermdError(Exception):
@@ -80,6 +82,7 @@ class PermissionHelper:
         self.proc: subprocess.Popen[bytes] | None = None
         self.helper_pid = 0
         self.restarts = 0
+        self.continued = 0
         self.reports_received = 0
         self.report_errors = 0
         self._sock: socket.socket | None = None
@@ -131,6 +134,23 @@ class PermissionHelper:
         self._replies = queue.SimpleQueue()
         self._reader = threading.Thread(target=self._read_loop, args=(ours,), name="vigil-permd-reader", daemon=True)
         self._reader.start()
+        threading.Thread(target=self._watch, args=(self.proc,), name="vigil-permd-watch", daemon=True).start()
+
+    def _watch(self, proc: subprocess.Popen[bytes]) -> None:
+        """A helper stopped by a signal (SIGSTOP, SIGTSTP, ...) answers nothing, its watchdog
+        stopped with it: every guarded exec would wait for as long. It is continued at once
+        (counted: `continued`). (A helper stopped by a tracer is left to it.)"""
+        while self.proc is proc and not self._stopping and proc.poll() is None:
+            time.sleep(WATCH_INTERVAL_S)
+            try:
+                with open(f"/proc/{proc.pid}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+                if state == "T":
+                    os.kill(proc.pid, signal.SIGCONT)
+                    self.continued += 1
+                    log.error("vigil-permd (pid %d) was stopped by a signal: continued", proc.pid)
+            except (OSError, IndexError):
+                pass   # (it ended: the reader restarts it)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Ask the helper to exit (the kernel allows whatever is in flight) and reap it."""
@@ -234,7 +254,7 @@ class PermissionHelper:
 
     def stats(self) -> dict[str, int]:
         st = P.decode_stats(self._exchange([P.HDR.pack(P.STATS_REQ, P.HDR.size)], P.STATS))
-        st.update(restarts=self.restarts, reports_received=self.reports_received)
+        st.update(restarts=self.restarts, continued=self.continued, reports_received=self.reports_received)
         return st
 
     def evaluate(self, kind: str, pid: int, path: str, binary: str) -> P.EvalResult:
