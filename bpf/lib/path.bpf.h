@@ -92,6 +92,10 @@ static long walk_step(__u32 i, void *arg)
 		struct mount *mparent = BPF_CORE_READ(mnt, mnt_parent);
 
 		if (dentry != mnt_root) {
+			/* no mount (a bare dentry argument): its file system's root ends the path
+			 * (its name, "/", is not a component) */
+			if (!vfsmnt && dentry == BPF_CORE_READ(dentry, d_sb, s_root))
+				goto done;
 			/* its own parent, not a mount's root: a pseudo file (memfd, anonymous
 			 * shmem) or a disconnected dentry. Its name is all the path there is
 			 * ("/memfd:x", as /proc/<pid>/exe shows it, less " (deleted)") */
