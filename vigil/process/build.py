@@ -316,7 +316,9 @@ class EventBuilder:
         elif not peid:
             fk |= _K_MISS
         if not cwd:
-            if not fk & R.F_ERR_CWD:  # an unreachable cwd is errorCWD alone, as in Tetragon
+            if procfs:  # /proc/<pid>/cwd unreadable: Tetragon's /proc reader says rootcwd errorCWD
+                fk |= _K_ROOTCWD | R.F_ERR_CWD
+            elif not fk & R.F_ERR_CWD:  # an unreachable cwd is errorCWD alone, as in Tetragon
                 fk |= _K_NOCWD
         elif cwd == "/":
             fk |= _K_ROOTCWD
