@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tests.api.fake_agent import FakeAgent
 from tests.api.harness import running_server
 from vigil.api.client import retry_service_config
 from vigil.cli.main import cli
@@ -117,3 +118,83 @@ def test_regex_flags_split_on_commas_like_tetra(flags, expected):
     res = invoke("getevents", *flags, input="\n".join(lines) + "\n")
     assert res.exit_code == 0, res.output
     assert [json.loads(x) for x in res.stdout.splitlines()] == [json.loads(lines[i]) for i in expected]
+
+
+# -- loglevel, eventlog, dump: tetra's commands over GetDebug/SetDebug and EventLogService ----
+
+class EventLogAgent(FakeAgent):
+    def __init__(self) -> None:
+        super().__init__()
+        self.params = {"max_size": 100, "rotation_interval": "0s", "max_backups": 5}
+
+    def event_log_params(self) -> dict:
+        return dict(self.params)
+
+    def set_event_log_params(self, *, max_size_mb=None, rotation_interval=None, max_backups=None) -> None:
+        for key, value in (("max_size", max_size_mb), ("rotation_interval", rotation_interval),
+                           ("max_backups", max_backups)):
+            if value is not None:
+                self.params[key] = value
+
+
+@pytest.fixture
+def agent_cli():
+    with running_server(agent=EventLogAgent()) as (srv, agent):
+        agent.log_level = "info"
+
+        def run(*args: str):
+            return invoke("--server-address", srv.address, "--timeout", "5s", *args)
+        yield run, agent
+
+
+@pytest.mark.parametrize("args, code, out, level", [
+    (["loglevel", "get"], 0, "Current log level: LOG_LEVEL_INFO\n", "info"),
+    (["log", "get"], 0, "Current log level: LOG_LEVEL_INFO\n", "info"),
+    (["loglevel", "set", "debug"], 0, "Log level set to: LOG_LEVEL_DEBUG\n", "debug"),
+    (["loglevel", "set", "WARNING"], 0, "Log level set to: LOG_LEVEL_WARN\n", "warn"),
+    (["loglevel", "set", "trace"], 0, "Log level set to: LOG_LEVEL_TRACE\n", "trace"),
+    (["loglevel", "set", "loud"], 2, "invalid log level: loud", "info"),
+    (["loglevel", "set"], 2, "Missing argument", "info"),
+])
+def test_loglevel(agent_cli, args, code, out, level):
+    run, agent = agent_cli
+    res = run(*args)
+    assert res.exit_code == code, res.output
+    assert (res.output == out) if code == 0 else (out in res.output and "Traceback" not in res.output)
+    assert agent.log_level == level
+
+
+@pytest.mark.parametrize("args, params", [
+    ([], {"max_size": 100, "rotation_interval": "0s", "max_backups": 5}),
+    (["--max-size", "20"], {"max_size": 20, "rotation_interval": "0s", "max_backups": 5}),
+    (["--max-backups", "0", "--rotation-interval", "1h"], {"max_size": 100, "rotation_interval": "1h0m0s",
+                                                           "max_backups": 0}),
+    (["--rotation-interval", "90s"], {"max_size": 100, "rotation_interval": "1m30s", "max_backups": 5}),
+])
+def test_eventlog_set_and_get(agent_cli, args, params):
+    run, agent = agent_cli
+    res = run("eventlog", "set", *args)
+    assert res.exit_code == 0 and res.output == "", res.output
+    assert agent.params == params
+    res = run("eventlog", "get")
+    assert res.exit_code == 0, res.output
+    assert res.output == (f'Current logging parameters: max_size:{params["max_size"]} '
+                          f'rotation_interval:"{params["rotation_interval"]}" max_backups:{params["max_backups"]}\n')
+
+
+@pytest.mark.parametrize("args, code, want", [
+    (["dump", "processcache"], 0, '"binary": "/sbin/init"'),
+    (["dump", "processCache", "--skip-zero-refcnt"], 0, '"refcnt": 2'),
+    (["debug", "dump", "processcache"], 0, '"exec_id": "x"'),
+    (["dump", "processcache", "--exclude-execve-map-processes"], 1, "exclude_execve_map_processes"),
+    (["dump", "execve"], 1, "not available in vigil"),
+    (["dump", "policyfilter", "--map-fname", "x"], 1, "not available in vigil"),
+])
+def test_dump(agent_cli, args, code, want):
+    run, _ = agent_cli
+    res = run(*args)
+    assert res.exit_code == code, res.output
+    assert want in res.output and "Traceback" not in res.output
+    if code == 0:
+        entries = [json.loads(line) for line in res.output.splitlines()]
+        assert [e["process"]["pid"] for e in entries] == [1]

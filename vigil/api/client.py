@@ -70,17 +70,25 @@ class ClientTls:
 
 def retry_service_config(retries: int) -> str:
     """tetra's --retries: calls that fail UNAVAILABLE are tried again, `retries` more times,
-    with exponential backoff from 1s (gRPC caps the attempts at 5); 0 or less: no retries."""
+    with exponential backoff from 1s (gRPC caps the attempts at 5); 0 or less: no retries.
+    Only the CLI asks for retries (its --retries, default 1, as tetra's)."""
     if retries <= 0:
         return "{}"
+    from vigil.api.pb import eventlogservice_pb2
+
+    names = [{"service": svc.full_name, "method": m.name}
+             for svc in (sensors_pb2.DESCRIPTOR.services_by_name["FineGuidanceSensors"],
+                         eventlogservice_pb2.DESCRIPTOR.services_by_name["EventLogService"])
+             for m in svc.methods
+             if not m.server_streaming]  # GetEvents: a stream is not retried (getevents --reconnect is)
     return json.dumps({"methodConfig": [{
-        "name": [{"service": "tetragon.FineGuidanceSensors"}],
+        "name": names,
         "retryPolicy": {"maxAttempts": retries + 1, "initialBackoff": "1s", "maxBackoff": "3600s",
                         "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]})
 
 
 def channel(address: str, timeout: float, tls: ClientTls | None = None, *,
-            retries: int = 1, max_recv_size: int = MAX_RECV) -> grpc.Channel:
+            retries: int = 0, max_recv_size: int = MAX_RECV) -> grpc.Channel:
     options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", max_recv_size),
         ("grpc.enable_http_proxy", 0),  # a local agent is never behind a proxy
@@ -106,7 +114,7 @@ class Client:
     """A connected stub plus helpers that speak dicts; closes its channel on exit."""
 
     def __init__(self, address: str | None = None, timeout: float = 30.0, tls: ClientTls | None = None, *,
-                 retries: int = 1, max_recv_size: int = MAX_RECV) -> None:
+                 retries: int = 0, max_recv_size: int = MAX_RECV) -> None:
         self.address = resolve_address(address)
         self.timeout = timeout
         self.channel = channel(self.address, timeout, tls, retries=retries, max_recv_size=max_recv_size)
@@ -138,6 +146,50 @@ class Client:
 
     def version(self) -> str:
         return self._call("GetVersion", sensors_pb2.GetVersionRequest()).version
+
+    # ---- debug: log level, process cache dump; event log (export file) parameters
+
+    def log_level(self) -> str:
+        """The agent's log level, as the LogLevel name (LOG_LEVEL_INFO)."""
+        res = self._call("GetDebug", sensors_pb2.GetDebugRequest(flag=sensors_pb2.CONFIG_FLAG_LOG_LEVEL))
+        return str(sensors_pb2.LogLevel.Name(res.level))
+
+    def set_log_level(self, level: str) -> str:
+        res = self._call("SetDebug", sensors_pb2.SetDebugRequest(
+            flag=sensors_pb2.CONFIG_FLAG_LOG_LEVEL, level=level))
+        return str(sensors_pb2.LogLevel.Name(res.level))
+
+    def process_cache(self, skip_zero_refcnt: bool = False,
+                      exclude_execve_map_processes: bool = False) -> list[Any]:
+        """The agent's process cache: ProcessInternal messages."""
+        res = self._call("GetDebug", sensors_pb2.GetDebugRequest(
+            flag=sensors_pb2.CONFIG_FLAG_DUMP_PROCESS_CACHE,
+            dump=sensors_pb2.DumpProcessCacheReqArgs(
+                skip_zero_refcnt=skip_zero_refcnt,
+                exclude_execve_map_processes=exclude_execve_map_processes)))
+        return list(res.processes.processes)
+
+    def event_log_params(self) -> Any:
+        from vigil.api.pb import eventlogservice_pb2, eventlogservice_pb2_grpc
+
+        stub = eventlogservice_pb2_grpc.EventLogServiceStub(self.channel)
+        return self._call_on(stub, "GetEventLogParams", eventlogservice_pb2.GetEventLogParamsRequest())
+
+    def set_event_log_params(self, max_size: int | None = None, rotation_interval: str | None = None,
+                             max_backups: int | None = None) -> None:
+        from vigil.api.pb import eventlogservice_pb2, eventlogservice_pb2_grpc
+
+        stub = eventlogservice_pb2_grpc.EventLogServiceStub(self.channel)
+        self._call_on(stub, "SetEventLogParams", eventlogservice_pb2.SetEventLogParamsRequest(
+            max_size=max_size, rotation_interval=rotation_interval, max_backups=max_backups))
+
+    def _call_on(self, stub: Any, method: str, request: Any) -> Any:
+        try:
+            return getattr(stub, method)(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.UNAVAILABLE:
+                raise AgentUnreachable(self.address, e.details() or "unavailable") from None
+            raise
 
     def info(self) -> Any:
         return self._call("GetInfo", sensors_pb2.GetInfoRequest())
@@ -208,7 +260,7 @@ class Client:
 
 def stream_events(server_address: str | None, allow_list: list[dict], deny_list: list[dict],
                   field_filters: list[dict], timeout: float, tls: ClientTls | None = None, *,
-                  retries: int = 1, max_recv_size: int = MAX_RECV) -> Iterator[dict[str, Any]]:
+                  retries: int = 0, max_recv_size: int = MAX_RECV) -> Iterator[dict[str, Any]]:
     """Event dicts (export JSON shape) from the agent. `timeout` bounds connecting only.
     Raises ValueError (ConversionError) for malformed filters before connecting."""
     convert.events_request(allow_list, deny_list, field_filters)  # fail fast on bad filters

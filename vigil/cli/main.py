@@ -20,8 +20,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "version": ("vigil.cli.version_cmd", "version"),
     "policy": ("vigil.cli.policy_cmd", "policy"),
     "tracingpolicy": ("vigil.cli.tracingpolicy_cmd", "tracingpolicy"),
+    "loglevel": ("vigil.cli.debug_cmd", "loglevel"),
+    "eventlog": ("vigil.cli.debug_cmd", "eventlog"),
+    "dump": ("vigil.cli.debug_cmd", "dump"),
+    "debug": ("vigil.cli.debug_cmd", "debug"),
 }
-ALIASES = {"tp": "tracingpolicy"}
+ALIASES = {"tp": "tracingpolicy", "log": "loglevel"}
 
 
 class LazyGroup(click.Group):
