@@ -3496,6 +3496,33 @@ static PyObject *ima_hash(PyObject *algos, const struct msg_generic *m, const ch
  * skipped) as {offset, symbol} by the symbol table ksyms.table() gives: (the start addresses,
  * sorted, as native u64s; their names). NULL without an error: a record handle() must make (its
  * stack past the data). */
+/* _bpf_prog_frame and RUNNER_FRAMES (vigil/sensors/generic_events.py): a stack taken in a BPF
+ * program starts with its frames (bpf_prog_<16 hex>_<name>), then the tracing code that ran it;
+ * both are left out at the top. 1: a program frame; 2: a runner frame (left out only below one). */
+static int runner_frame(PyObject *name)
+{
+	static const char *const prefixes[] = {"bpf_trace_run", "__bpf_trace_", "trace_call_bpf", "perf_trace_",
+					       "perf_call_bpf_", "perf_syscall_", "__traceiter_", "bpf_trampoline_"};
+	const char *s = PyUnicode_AsUTF8(name);
+
+	if (!s) {
+		PyErr_Clear();
+		return 0;
+	}
+	if (strlen(s) > 26 && !strncmp(s, "bpf_prog_", 9) && s[25] == '_') {
+		int hex = 1;
+
+		for (int k = 9; k < 25; k++)
+			hex &= (s[k] >= '0' && s[k] <= '9') || (s[k] >= 'a' && s[k] <= 'f');
+		if (hex)
+			return 1;
+	}
+	for (size_t k = 0; k < sizeof(prefixes) / sizeof(prefixes[0]); k++)
+		if (!strncmp(s, prefixes[k], strlen(prefixes[k])))
+			return 2;
+	return 0;
+}
+
 static PyObject *kernel_stack(PyObject *ksyms, const struct msg_generic *m, const char *data, Py_ssize_t n)
 {
 	Py_ssize_t off = stack_off(m);
@@ -3515,6 +3542,7 @@ static PyObject *kernel_stack(PyObject *ksyms, const struct msg_generic *m, cons
 	const unsigned long long *start = (const unsigned long long *)PyBytes_AS_STRING(addrs);
 	Py_ssize_t count = PyList_GET_SIZE(names);
 	PyObject *out = PyList_New(0);
+	int skipped = 0;
 	for (Py_ssize_t at = off; out && at < off + (Py_ssize_t)m->kstack_len; at += 8) {
 		unsigned long long addr;
 		memcpy(&addr, data + at, 8);
@@ -3533,6 +3561,14 @@ static PyObject *kernel_stack(PyObject *ksyms, const struct msg_generic *m, cons
 		 * its address is not written */
 		if (i < 0 || !start[i] || !PyUnicode_GET_LENGTH(PyList_GET_ITEM(names, i)))
 			continue;
+		if (!PyList_GET_SIZE(out)) {
+			int rf = runner_frame(PyList_GET_ITEM(names, i));
+
+			if (rf == 1 || (rf == 2 && skipped)) {
+				skipped = 1;
+				continue;
+			}
+		}
 		unsigned long long delta = addr - start[i];
 		PyObject *e = PyDict_New(), *d = e && delta ? decimal_or_empty(delta) : NULL;
 		int bad = !e || (delta && (!d || body_set(e, "offset", d) < 0)) ||

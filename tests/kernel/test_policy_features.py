@@ -621,6 +621,24 @@ def _skb(got: list[dict], work: Path, port: int) -> None:
     assert by["kfree_skb_reason"] and by["kfree_skb_reason"][0]["args"][0]["skb_arg"]["proto"] == 17
 
 
+@standin("stack-trace", """
+kprobes:
+- call: kfree_skb_reason
+  syscall: false
+  args: [{{index: 0, type: skb}}]
+  selectors: [{{matchArgs: [{{index: 0, operator: DPort, values: ["{udp}"]}}], {scope},
+               matchActions: [{{action: Post, kernelStackTrace: true}}]}}]
+""", "import socket\nu = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nu.sendto(b'abc', ('127.0.0.1', {udp}))\n")
+def _stack_trace(got: list[dict], work: Path, port: int) -> None:
+    """A stand-in's kernel stack starts where its tracepoint fired, as a kprobe's starts at the
+    function: not with Vigil's BPF program and the tracing code that ran it (bpf_prog_..._vigil_raw_tp,
+    bpf_trace_run4 were its first frames)."""
+    (e,) = got
+    syms = [f["symbol"] for f in e["kernel_stack_trace"]]
+    assert syms and not syms[0].startswith(("bpf_", "__bpf_", "trace_call_bpf", "perf_")), syms[:4]
+    assert "udp_sendmsg" in syms
+
+
 @pytest.mark.parametrize("case, spec, code, check", STANDINS, ids=[c[0] for c in STANDINS])
 def test_hook_substitution(running_agent: RunningAgent, pywork: Path, case: str, spec: str, code: str,
                            check: Callable[[list[dict], Path, int], None]) -> None:

@@ -1287,6 +1287,32 @@ def test_kernel_stacks_are_made_in_c(monkeypatch: pytest.MonkeyPatch) -> None:
     assert list(ev.body.items()) == list(generic_events_reference(ch, r).items())
 
 
+def test_kernel_stacks_start_below_the_program_that_took_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stack taken in a tracepoint program starts with that program and the tracing code that
+    ran it: those leading frames are left out (C and the reference alike), so a stand-in's stack
+    starts where its tracepoint fired, as a kprobe's starts at its function. The same names
+    further down are kept."""
+    from vigil.sensors import generic_events as G
+
+    syms = G.KernelSymbols()
+    syms._addrs = [0x1000, 0x2000, 0x3000, 0x4000, 0x5000, 0x6000]
+    syms._names = ["bpf_prog_0123456789abcdef_vigil_raw_tp", "bpf_trace_run4", "perf_trace_run_bpf_submit",
+                   "sk_skb_reason_drop", "__bpf_trace_x", "bpf_prog_load"]
+    monkeypatch.setattr(G, "KSYMS", syms)
+    (ch,), lp, handle, calls = _counted_policy_events("kprobe-string")
+    # (stack, the frames kept): a program's stack; a kprobe's on bpf_prog_load, and on a function
+    # named like tracing code, which start at the function (no program frame above them)
+    for addrs, want in [((0x1010, 0x2020, 0x3030, 0x4040, 0x5050, 0x1010),
+                         ["sk_skb_reason_drop", "__bpf_trace_x", "bpf_prog_0123456789abcdef_vigil_raw_tp"]),
+                        ((0x6060, 0x4040), ["bpf_prog_load", "sk_skb_reason_drop"]),
+                        ((0x3030, 0x4040), ["perf_trace_run_bpf_submit", "sk_skb_reason_drop"])]:
+        stack = struct.pack(f"<{len(addrs)}Q", *addrs)
+        r = plain_record(action=1, kstack=stack, args=[(b"/etc/hosts", 0, 0, 0), (b"", 1, 0, 0)])
+        ev = handle(_generic_record(ch, r), 0)
+        assert calls == [] and [f["symbol"] for f in ev.body["kernel_stack_trace"]] == want
+        assert list(ev.body.items()) == list(generic_events_reference(ch, r).items())
+
+
 def generic_events_reference(ch: Any, r: dict[str, Any]) -> dict[str, Any]:
     """build_body's body of a record of `ch`: the reference the compiled handler is held to."""
     from vigil.events.generic import decode_generic

@@ -308,8 +308,22 @@ def _skb_json(payload: bytes) -> dict[str, Any]:
                      "family": AF_NAMES.get(fam, str(fam)) if fam else ""})
 
 
+# A stack taken in a BPF program starts with the program's own frames (bpf_prog_<tag>_<name>) and,
+# below them, the tracing code that ran it: both are left out. A kprobe's stack (Tetragon's) starts
+# at the probed function; a stand-in's then starts where its tracepoint fired. (native/fastpath.c
+# too.)
+RUNNER_FRAMES = ("bpf_trace_run", "__bpf_trace_", "trace_call_bpf", "perf_trace_", "perf_call_bpf_", "perf_syscall_",
+                 "__traceiter_", "bpf_trampoline_")
+_HEX = frozenset("0123456789abcdef")
+
+
+def _bpf_prog_frame(sym: str) -> bool:
+    return len(sym) > 26 and sym.startswith("bpf_prog_") and sym[25] == "_" and _HEX.issuperset(sym[9:25])
+
+
 def _stack(data: bytes, off: int, n: int) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
+    skipped = False
     for i in range(off, off + n, 8):
         addr = int.from_bytes(data[i:i + 8], "little")
         if not addr:
@@ -317,6 +331,9 @@ def _stack(data: bytes, off: int, n: int) -> list[dict[str, Any]]:
         sym, delta = KSYMS.lookup(addr)
         if not sym:  # no known symbol (hidden addresses, below the first): left out, as Tetragon
             continue  # does, and the kernel address is not written
+        if not out and (_bpf_prog_frame(sym) or (skipped and sym.startswith(RUNNER_FRAMES))):
+            skipped = True
+            continue
         e: dict[str, Any] = {"offset": str(delta)} if delta else {}
         e["symbol"] = sym
         out.append(e)
