@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from tests.api.fake_agent import FakeAgent
@@ -198,3 +199,63 @@ def test_dump(agent_cli, args, code, want):
     if code == 0:
         entries = [json.loads(line) for line in res.output.splitlines()]
         assert [e["process"]["pid"] for e in entries] == [1]
+
+
+# -- tracingpolicy: --domain, domains, modify ---------------------------------------------
+
+POLICY = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: p1}\nspec:\n  kprobes: [{call: x}]\n"
+
+
+def test_tracingpolicy_domain_flag_and_domains(agent_cli, tmp_path):
+    """tetra's --domain on add/delete/enable/disable/set-mode/list and `tp domains`: vigil
+    refused them ("No such option", "No such command")."""
+    run, agent = agent_cli
+    f = tmp_path / "p.yaml"
+    f.write_text(POLICY)
+    for args, code, want in [
+        (["tp", "add", str(f), "--domain", "grpc"], 0, f'tracing policy "{f}" added'),
+        (["tp", "add", str(f), "--domain", "k8s"], 1, "INVALID_ARGUMENT"),
+        (["tp", "list", "--domain", "grpc"], 0, "p1"),
+        (["tp", "list", "--domain", "static"], 0, "NMONITOR\n"),
+        (["tp", "disable", "p1", "--domain", "grpc"], 0, 'tracing policy "p1" disabled'),
+        (["tp", "enable", "p1", "--domain", "static"], 1, "NOT_FOUND"),
+        (["tp", "enable", "p1", "--domain", "grpc", "-n", ""], 0, 'tracing policy "p1" enabled'),
+        (["tp", "set-mode", "p1", "monitor", "--domain", "grpc"], 0, 'set to mode "monitor"'),
+        (["tp", "domains"], 0, "[static grpc]\n"),
+        (["tp", "domains", "-o", "json"], 0, '{"domains":["static","grpc"]}\n'),
+        (["tp", "delete", "p1", "--domain", "static"], 1, "NOT_FOUND"),
+        (["tp", "delete", "p1", "--domain", "grpc"], 0, 'tracing policy "p1" deleted'),
+    ]:
+        res = run(*args)
+        assert res.exit_code == code, (args, res.output)
+        assert want in res.output and "Traceback" not in res.output, (args, res.output)
+
+
+@pytest.mark.parametrize("content, args, code, want", [
+    (POLICY, [], 0, POLICY),                                           # unchanged without -m
+    (POLICY, ["-m", "monitor"], 0, "options:\n  - name: policy-mode\n    value: monitor\n"),
+    (POLICY, ["--mode", "enforce"], 0, "value: enforce"),
+    (POLICY, ["-m", "loud"], 2, "'loud' is not one of 'enforce', 'monitor'"),
+    ("kind: TracingPolicy\nmetadata: {name: p1\n", ["-m", "enforce"], 1, "p.yaml:3:1: YAML syntax error"),
+    (b"\xff\xfe", ["-m", "enforce"], 1, "not UTF-8 text"),
+    (None, ["-m", "enforce"], 1, "No such file or directory"),
+])
+def test_tracingpolicy_modify_prints_the_modified_yaml(tmp_path, content, args, code, want):
+    f = tmp_path / "p.yaml"
+    if isinstance(content, bytes):
+        f.write_bytes(content)
+    elif content is not None:
+        f.write_text(content)
+    res = invoke("tp", "modify", str(f), *args)
+    assert res.exit_code == code, res.output
+    assert want in res.output and "Traceback" not in res.output
+    if code == 0 and args:
+        assert yaml.safe_load(res.output)["metadata"]["name"] == "p1"
+        assert f.read_text() == content   # the file is left as it was
+
+
+def test_tracingpolicy_add_of_a_binary_file_is_a_clear_error(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_bytes(b"\xff\xfe\x00")
+    res = invoke("tp", "add", str(f), "--server-address", "localhost:1", "--timeout", "0.2")
+    assert res.exit_code == 1 and f"cannot read {f}: not UTF-8 text" in res.output, res.output

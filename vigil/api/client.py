@@ -207,33 +207,37 @@ class Client:
 
     # ---- tracing policies
 
-    def add_policy(self, yaml_text: str) -> None:
-        self._call("AddTracingPolicy", sensors_pb2.AddTracingPolicyRequest(yaml=yaml_text))
+    def add_policy(self, yaml_text: str, domain: str = "") -> None:
+        self._call("AddTracingPolicy", sensors_pb2.AddTracingPolicyRequest(yaml=yaml_text, domain=domain))
 
-    def delete_policy(self, name: str, namespace: str = "") -> None:
-        self._call("DeleteTracingPolicy", sensors_pb2.DeleteTracingPolicyRequest(name=name, namespace=namespace))
+    def delete_policy(self, name: str, namespace: str = "", domain: str = "") -> None:
+        self._call("DeleteTracingPolicy", sensors_pb2.DeleteTracingPolicyRequest(
+            name=name, namespace=namespace, domain=domain))
 
-    def list_policies(self) -> list[dict[str, Any]]:
-        res = self._call("ListTracingPolicies", sensors_pb2.ListTracingPoliciesRequest())
+    def list_policies(self, domain: str = "") -> list[dict[str, Any]]:
+        res = self._call("ListTracingPolicies", sensors_pb2.ListTracingPoliciesRequest(domain=domain))
         return [pbdict.to_dict(p) for p in res.policies]
 
+    def list_domains(self) -> list[str]:
+        return list(self._call("ListDomains", sensors_pb2.ListDomainsRequest()).domains)
+
     def configure_policy(self, name: str, namespace: str = "", *, enable: bool | None = None,
-                         mode: str | None = None) -> None:
-        req = sensors_pb2.ConfigureTracingPolicyRequest(name=name, namespace=namespace)
+                         mode: str | None = None, domain: str = "") -> None:
+        req = sensors_pb2.ConfigureTracingPolicyRequest(name=name, namespace=namespace, domain=domain)
         if enable is not None:
             req.enable = enable
         if mode is not None:
             req.mode = sensors_pb2.TracingPolicyMode.Value("TP_MODE_" + mode.upper())
         self._call("ConfigureTracingPolicy", req)
 
-    def enable_policy(self, name: str, namespace: str = "") -> None:
-        self.configure_policy(name, namespace, enable=True)
+    def enable_policy(self, name: str, namespace: str = "", domain: str = "") -> None:
+        self.configure_policy(name, namespace, enable=True, domain=domain)
 
-    def disable_policy(self, name: str, namespace: str = "") -> None:
-        self.configure_policy(name, namespace, enable=False)
+    def disable_policy(self, name: str, namespace: str = "", domain: str = "") -> None:
+        self.configure_policy(name, namespace, enable=False, domain=domain)
 
-    def set_policy_mode(self, name: str, mode: str, namespace: str = "") -> None:
-        self.configure_policy(name, namespace, mode=mode)
+    def set_policy_mode(self, name: str, mode: str, namespace: str = "", domain: str = "") -> None:
+        self.configure_policy(name, namespace, mode=mode, domain=domain)
 
     def list_sensors(self) -> list[dict[str, Any]]:
         res = self._call("ListSensors", sensors_pb2.ListSensorsRequest())

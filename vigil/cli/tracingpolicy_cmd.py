@@ -92,12 +92,19 @@ def tracingpolicy() -> None:
     """Manage tracing policies in the running agent."""
 
 
+def _domain_opt(fn: Any) -> Any:
+    return click.option("--domain", default="",
+                        help="Domain of the policy: grpc (added over the API), k8s (CRDs), static "
+                             "(--tracing-policy-dir); default: any (list: all).")(fn)
+
+
 @tracingpolicy.command("add")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-m", "--mode", type=click.Choice(["enforce", "monitor"]), default=None,
               help="Load the policy in this mode (sets the policy-mode option).")
+@_domain_opt
 @server_options
-def add(file: Path, mode: str | None, server_address: str | None, timeout: float) -> None:
+def add(file: Path, mode: str | None, domain: str, server_address: str | None, timeout: float) -> None:
     """Load the policy in FILE (or library:NAME, a policy of the library)."""
     from vigil.policy.library import LibraryError, resolve
 
@@ -109,10 +116,12 @@ def add(file: Path, mode: str | None, server_address: str | None, timeout: float
         raise click.ClickException(str(e)) from None
     except OSError as e:
         raise click.ClickException(f"cannot read {file}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise click.ClickException(f"cannot read {file}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     if mode:
         text = with_mode(text, mode, str(file))
     with client(server_address, timeout) as c:
-        c.add_policy(text)
+        c.add_policy(text, domain)
     click.echo(f"tracing policy {go_quote(given)} added")  # tetra's words, for scripts
 
 
@@ -123,33 +132,36 @@ def _namespace_opt(fn: Any) -> Any:
 @tracingpolicy.command("delete")
 @click.argument("name")
 @_namespace_opt
+@_domain_opt
 @server_options
-def delete(name: str, namespace: str, server_address: str | None, timeout: float) -> None:
+def delete(name: str, namespace: str, domain: str, server_address: str | None, timeout: float) -> None:
     """Unload and remove policy NAME."""
     with client(server_address, timeout) as c:
-        c.delete_policy(name, namespace)
+        c.delete_policy(name, namespace, domain)
     click.echo(f"tracing policy {go_quote(name)} deleted")
 
 
 @tracingpolicy.command("enable")
 @click.argument("name")
 @_namespace_opt
+@_domain_opt
 @server_options
-def enable(name: str, namespace: str, server_address: str | None, timeout: float) -> None:
+def enable(name: str, namespace: str, domain: str, server_address: str | None, timeout: float) -> None:
     """Enable policy NAME."""
     with client(server_address, timeout) as c:
-        c.enable_policy(name, namespace)
+        c.enable_policy(name, namespace, domain)
     click.echo(f"tracing policy {go_quote(name)} enabled")
 
 
 @tracingpolicy.command("disable")
 @click.argument("name")
 @_namespace_opt
+@_domain_opt
 @server_options
-def disable(name: str, namespace: str, server_address: str | None, timeout: float) -> None:
+def disable(name: str, namespace: str, domain: str, server_address: str | None, timeout: float) -> None:
     """Disable policy NAME (it stays loaded and can be enabled again)."""
     with client(server_address, timeout) as c:
-        c.disable_policy(name, namespace)
+        c.disable_policy(name, namespace, domain)
     click.echo(f"tracing policy {go_quote(name)} disabled")
 
 
@@ -157,23 +169,55 @@ def disable(name: str, namespace: str, server_address: str | None, timeout: floa
 @click.argument("name")
 @click.argument("mode", type=click.Choice(["enforce", "monitor"]))
 @_namespace_opt
+@_domain_opt
 @server_options
-def set_mode(name: str, mode: str, namespace: str, server_address: str | None, timeout: float) -> None:
+def set_mode(name: str, mode: str, namespace: str, domain: str, server_address: str | None,
+             timeout: float) -> None:
     """Switch policy NAME between enforce and monitor mode."""
     with client(server_address, timeout) as c:
-        c.set_policy_mode(name, mode, namespace)
+        c.set_policy_mode(name, mode, namespace, domain)
     click.echo(f"tracing policy {go_quote(name)} set to mode {go_quote(mode)}")
 
 
 @tracingpolicy.command("list")
 @click.option("-o", "--output", type=click.Choice(["text", "wide", "json"]), default="text",
               show_default=True, help="wide adds a HOOKS column (where each part is attached).")
+@_domain_opt
 @server_options
-def list_(output: str, server_address: str | None, timeout: float) -> None:
+def list_(output: str, domain: str, server_address: str | None, timeout: float) -> None:
     """List loaded policies."""
     with client(server_address, timeout) as c:
-        pols = c.list_policies()
+        pols = c.list_policies(domain)
     if output == "json":
         print_json({"policies": pols})
     else:
         click.echo(render_policies(pols, wide=output == "wide"))
+
+
+@tracingpolicy.command("domains")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@server_options
+def domains(output: str, server_address: str | None, timeout: float) -> None:
+    """List the domains policies come from (tetra prints them as [grpc k8s static])."""
+    with client(server_address, timeout) as c:
+        names = c.list_domains()
+    if output == "json":
+        print_json({"domains": names})
+    else:
+        click.echo("[" + " ".join(names) + "]")
+
+
+@tracingpolicy.command("modify")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-m", "--mode", type=click.Choice(["enforce", "monitor"]), default=None,
+              help="Set the policy-mode option of the policy.")
+def modify(file: Path, mode: str | None) -> None:
+    """Print the policy YAML in FILE, modified (-m: its mode); the file is not changed."""
+    try:
+        text = file.read_text()
+    except OSError as e:
+        raise click.ClickException(f"failed to read yaml file {file}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise click.ClickException(f"failed to read yaml file {file}: not UTF-8 text "
+                                   f"(byte {e.start}: {e.reason})") from None
+    click.echo(with_mode(text, mode, str(file)) if mode else text, nl=False)
