@@ -192,12 +192,14 @@ class EventMetrics:
         counted in C by (process key, policy and hook fields of the body)."""
         proc = self._proc_pods if pods else self._proc_plain if self._binary else None
         pc = self.policy_counts
+        kinds = list(kinds)
         for kind in kinds:
             spec = _POLICY_HOOKS.get(kind)
             if spec is None:
                 continue
             fields, fmt = spec
-            sel = list(compress(events, map(kind.__eq__, map(self._key_kind, events))))
+            # a batch of one kind (a busy hook's) is taken whole
+            sel = events if len(kinds) == 1 else list(compress(events, map(kind.__eq__, map(self._key_kind, events))))
             batch: dict[tuple[Any, ...], int] = {}
             try:
                 hooks: Iterable[Any] = list(map(_POLICY_GETTERS[kind], map(_body, sel)))
