@@ -114,9 +114,9 @@ def test_getevents_compact_streams_live_events(agent_proc: AgentProcess, workdir
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not any(ln.startswith("💥") for ln in lines):
             lines.append(ge.stdout.readline().rstrip("\n"))
-        # root runs with every capability: lines carry the caps suffix after column 120
-        assert any(ln.startswith(f"🚀 process {socket.gethostname()} {child} hello compact ") for ln in lines), lines
-        assert any(ln.startswith(f"💥 exit    {socket.gethostname()} {child} hello compact 0") for ln in lines), lines
+        # root runs with every capability: lines end with the caps trailer, and the arguments (with a space) are quoted as tetra
+        assert any(ln.startswith(f"🚀 process {socket.gethostname()} {child} \"hello compact\" ") for ln in lines), lines
+        assert any(ln.startswith(f"💥 exit    {socket.gethostname()} {child} \"hello compact\" 0") for ln in lines), lines
     finally:
         ge.kill()
         ge.wait()

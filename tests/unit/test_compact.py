@@ -35,17 +35,17 @@ def sock(sport=0, dport=443):
 
 CASES = [
     ("exec", ev("process_exec", {"process": HOST_PROC}),
-     "🚀 process node-1 /usr/bin/curl https://ebpf.io -s"),
+     '🚀 process node-1 /usr/bin/curl "https://ebpf.io -s"'),   # tetra's maybeQuote(arguments)
     ("exec pod source", ev("process_exec", {"process": POD_PROC}),
      "🚀 process default/xwing /usr/bin/cat /etc/passwd"),
     ("exec no args", ev("process_exec", {"process": {"binary": "/bin/ls"}}),
      "🚀 process node-1 /bin/ls"),
     ("exit status", ev("process_exit", {"process": HOST_PROC, "status": 60}),
-     "💥 exit    node-1 /usr/bin/curl https://ebpf.io -s 60"),
+     '💥 exit    node-1 /usr/bin/curl "https://ebpf.io -s" 60'),
     ("exit status zero", ev("process_exit", {"process": HOST_PROC}),
-     "💥 exit    node-1 /usr/bin/curl https://ebpf.io -s 0"),
+     '💥 exit    node-1 /usr/bin/curl "https://ebpf.io -s" 0'),
     ("exit signal", ev("process_exit", {"process": HOST_PROC, "signal": "SIGKILL", "status": 9}),
-     "💥 exit    node-1 /usr/bin/curl https://ebpf.io -s SIGKILL"),
+     '💥 exit    node-1 /usr/bin/curl "https://ebpf.io -s" SIGKILL'),
     ("sys_write", kp("__x64_sys_write", [{"file_arg": {"path": "/etc/passwd"}},
                                          {"bytes_arg": "aGk="}, {"size_arg": "1269"}]),
      "📝 write   node-1 /usr/bin/curl /etc/passwd 1269 bytes"),
@@ -143,7 +143,7 @@ CASES = [
      "🚦 rate_limit node-1 dropped 42 events"),
     ("quoting", ev("process_exec", {"process": {"binary": "/tmp/my prog",
                                                 "arguments": "a\x1bb \"c d\""}}),
-     '🚀 process node-1 "/tmp/my prog" a\\x1bb "c d"'),
+     '🚀 process node-1 "/tmp/my prog" "a\\x1bb \\"c d\\""'),
     ("kprobe stack", kp("security_bprm_check", [], kernel_stack_trace=[
         {"address": "18446744072636861344", "offset": "16", "symbol": "security_bprm_check"},
         {"offset": "1", "symbol": "do_execve"}], user_stack_trace=[
@@ -160,12 +160,23 @@ def test_compact_line(name, event, expected):
     assert format_compact(event, color=False, timestamps=False) == expected
 
 
-def test_caps_trailer_at_column_120():
-    proc = {**HOST_PROC, "cap": {"effective": ["CAP_CHOWN", "CAP_SYS_ADMIN", "CAP_NET_RAW"]}}
+@pytest.mark.parametrize("proc, head", [
+    ({**HOST_PROC, "cap": {"effective": ["CAP_CHOWN", "CAP_SYS_ADMIN", "CAP_NET_RAW"]}},
+     '🚀 process node-1 /usr/bin/curl "https://ebpf.io -s"'),
+    ({"binary": "/bin/sh", "cap": {"effective": ["CAP_SYS_ADMIN"]}}, "🚀 process node-1 /bin/sh "),
+    ({"binary": "/" + "x" * 130, "cap": {"effective": ["CAP_SYS_ADMIN"]}},
+     "🚀 process node-1 /" + "x" * 130 + " "),
+])
+def test_caps_trailer_at_column_120(proc, head):
+    """tetra's CapTrailorPrinter: Sprintf("%s %*s", line, 120-len(line), caps), len in bytes
+    (the rocket is 4), the caps right-aligned: it ends at character 118 of a short line.
+    Vigil padded the line to 120 characters and put the caps after it (ending at 136)."""
     line = format_compact(ev("process_exec", {"process": proc}), color=False, timestamps=False)
-    head = "🚀 process node-1 /usr/bin/curl https://ebpf.io -s"
+    width = max(120 - len(head.encode()), 0)
     # only CAP_SYS_ADMIN is flagged, as tetra does
-    assert line == head.ljust(120) + " 🛑 CAP_SYS_ADMIN"
+    assert line == head + " " + " " * max(width - 15, 0) + "🛑 CAP_SYS_ADMIN"
+    if len(head.encode()) < 105:
+        assert len(line) == 118
     # permitted-only caps do not print a trailer
     proc2 = {**HOST_PROC, "cap": {"permitted": ["CAP_SYS_ADMIN"]}}
     assert "🛑" not in format_compact(ev("process_exec", {"process": proc2}))
@@ -176,14 +187,17 @@ def test_caps_trailer_at_column_120():
 def test_caps_without_sys_admin_print_no_trailer(effective):
     proc = {**HOST_PROC, "cap": {"effective": effective}}
     line = format_compact(ev("process_exec", {"process": proc}), color=False, timestamps=False)
-    assert line == "🚀 process node-1 /usr/bin/curl https://ebpf.io -s"
+    assert line == '🚀 process node-1 /usr/bin/curl "https://ebpf.io -s"'
 
 
-def test_caps_padding_ignores_color_codes():
+def test_caps_padding_counts_color_codes_as_tetra():
+    """tetra measures the coloured line in bytes: the colour codes shorten the padding."""
     proc = {**HOST_PROC, "cap": {"effective": ["CAP_SYS_ADMIN"]}}
     line = format_compact(ev("process_exec", {"process": proc}), color=True)
-    plain = __import__("re").sub(r"\x1b\[\d+m", "", line)
-    assert plain.index("🛑") == 121
+    head = format_compact(ev("process_exec", {"process": HOST_PROC}), color=True)
+    caps = "\x1b[35m🛑 CAP_SYS_ADMIN\x1b[0m"
+    assert 120 - len(head.encode()) > len(caps)
+    assert line == head + " " + caps.rjust(120 - len(head.encode()))
 
 
 def test_colors():

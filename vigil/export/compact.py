@@ -4,12 +4,12 @@ Line shape: ``<emoji> <tag padded to 7> <source> <binary> <details>[ <caps>]`` w
 ``<source>`` is ``namespace/pod`` for pod processes and the event's ``node_name``
 otherwise. Choices made here (documented, tested):
 
-* Single values that contain a space or a non-printable character (binary, paths,
-  string arguments, symbols, cgroups...) are Go-quoted (``strconv.Quote`` style) so the
-  line stays unambiguous. ``process.arguments`` is already a space-joined argv with
-  Tetragon's own quoting, so it is printed as is, only non-printables are escaped.
-* When CAP_SYS_ADMIN is among the process's effective capabilities the plain line is
-  padded with spaces to 120 code points and ``🛑 CAP_SYS_ADMIN`` follows after one space.
+* Values that contain a space or a non-printable character (binary, paths, string
+  arguments, symbols, cgroups, and the process's whole ``arguments`` string) are Go-quoted
+  (``strconv.Quote`` style), as tetra's maybeQuote: ``/usr/bin/ls "-l /tmp"``.
+* When CAP_SYS_ADMIN is among the process's effective capabilities, ``🛑 CAP_SYS_ADMIN``
+  follows the line after one space, right-aligned in ``120 - len(line)`` characters where
+  len counts the line's UTF-8 bytes (colour codes included), as tetra's CapTrailorPrinter.
   tetra flags only that capability (the one that makes a process as good as root); other
   effective capabilities print nothing. (tetra's loop tests the position in the list rather
   than the value, which agrees for full-capability processes; this tests the value.)
@@ -124,14 +124,16 @@ class _Line:
         return self
 
     def render(self, caps: str = "") -> str:
-        plain = " ".join(self.plain).rstrip(" ")
-        styled = " ".join(self.styled).rstrip(" ")
         if not caps:
-            return styled
-        pad = " " * max(CAPS_COLUMN - len(plain), 0)
+            return " ".join(self.styled).rstrip(" ")
+        # tetra's CapTrailorPrinter: fmt.Sprintf("%s %*s", line, 120 - len(line), caps), where
+        # len counts the bytes of the line as printed (UTF-8 emoji, colour codes) and the
+        # width right-aligns the caps text (counted in characters) in the rest.
+        styled = " ".join(self.styled)
         if self.color:
             caps = f"\x1b[{_ANSI['magenta']}m{caps}\x1b[0m"
-        return f"{styled}{pad} {caps}"
+        width = max(CAPS_COLUMN - len(styled.encode()), 0)
+        return f"{styled} {caps:>{width}}"
 
 
 def _header(line: _Line, emoji: str, tag: str, color: str = "blue") -> None:
@@ -355,7 +357,7 @@ def format_compact(
             return None
         _header(line, "🚀" if is_exec else "💥", "process" if is_exec else "exit")
         caps = _process_info(line, event, process)
-        line.add(escape_nonprintable(process.get("arguments", "")), "cyan")
+        line.add(quote_if_needed(process.get("arguments", "")), "cyan")
         if not is_exec:
             status = body.get("signal") or str(_int(body.get("status")))
             line.add(status, "red")
