@@ -22,11 +22,11 @@ from vigil.events.synth import exit_record, process_record
 EXEC = process_record(pid=100, ktime=1000, binary="/usr/bin/bash")
 
 
-def replay(tmp_path: Path, records: list[bytes]) -> tuple[dict[str, dict[tuple[str, ...], float]], list[Any]]:
+def replay(tmp_path: Path, records: list[bytes], **cfg: Any) -> tuple[dict[str, dict[tuple[str, ...], float]], list[Any]]:
     """Every sample of the agent's metrics after the replay (family -> label values -> value),
     and the exported events."""
     out = tmp_path / "events.log"
-    agent = Agent(AgentConfig(export_filename=str(out), server_address="", node_name="n1"),
+    agent = Agent(AgentConfig(export_filename=str(out), server_address="", node_name="n1", **cfg),
                   source=ReplaySource(records, batch=7))
     agent.start()
     try:
@@ -160,3 +160,23 @@ def test_tetragon_families_present_on_a_bare_agent(tmp_path: Path, name: str, la
     got, _ = replay(tmp_path, [EXEC])
     assert got.get(name), f"{name} missing"
     assert all({kv.split("=", 1)[0] for kv in k} == labels for k in got[name]), got[name]
+
+
+def execs(n: int, exit_: bool = False) -> list[bytes]:
+    out = [process_record(pid=300 + i, ktime=10_000 + i) for i in range(n)]
+    return out + ([exit_record(pid=300 + i, ktime=20_000 + i, exec_ktime=10_000 + i) for i in range(n)] if exit_ else [])
+
+
+# records, process cache size, then (tetragon_process_cache_evictions_total: every entry that
+# left, as Tetragon's LRU counts them; tetragon_process_cache_capacity_evictions_total: for space)
+@pytest.mark.parametrize("records, size, want", [
+    (execs(3), 64, (0, 0)),
+    (execs(3, exit_=True), 64, (3, 0)),    # removed by the GC (no grace here)
+    (execs(66), 64, (2, 2)),               # evicted for space
+    (execs(66, exit_=True), 64, (66, 2)),
+], ids=["live", "exited", "over-capacity", "both"])
+def test_process_cache_evictions_count_every_entry_that_left(tmp_path: Path, records: list[bytes], size: int,
+                                                             want: tuple[int, int]):
+    got, _ = replay(tmp_path, records, process_cache_size=size, process_cache_gc_interval=0.0)
+    assert (got["tetragon_process_cache_evictions_total"][()],
+            got["tetragon_process_cache_capacity_evictions_total"][()]) == want

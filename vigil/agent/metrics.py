@@ -447,7 +447,11 @@ class AgentCollector(Collector):
         pc = st["process_cache"]
         yield GaugeMetricFamily("tetragon_process_cache_size", "Process cache entries", value=pc["size"])
         yield GaugeMetricFamily("tetragon_process_cache_capacity", "Process cache capacity", value=pc["capacity"])
-        yield CounterMetricFamily("tetragon_process_cache_evictions", "Entries evicted for space",
+        # as Tetragon's LRU counts them: every entry that left, removed by the GC or evicted for
+        # space; the latter alone in _capacity_evictions
+        yield CounterMetricFamily("tetragon_process_cache_evictions", "Entries that left the cache (removed by "
+                                  "the GC, or evicted for space)", value=pc.get("removed", 0))
+        yield CounterMetricFamily("tetragon_process_cache_capacity_evictions", "Entries evicted for space",
                                   value=pc["evictions"])
         # Tetragon's other operation, "remove" (the GC finds the entry gone), does not happen here:
         # an eviction takes the entry out of the GC's queue
