@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import json
+import platform
 from pathlib import Path
 
 import pytest
@@ -259,3 +260,21 @@ def test_tracingpolicy_add_of_a_binary_file_is_a_clear_error(tmp_path):
     f.write_bytes(b"\xff\xfe\x00")
     res = invoke("tp", "add", str(f), "--server-address", "localhost:1", "--timeout", "0.2")
     assert res.exit_code == 1 and f"cannot read {f}: not UTF-8 text" in res.output, res.output
+
+
+@pytest.mark.parametrize("args, keys", [
+    (["version", "-b"], ["CLI version", "PythonVersion"]),
+    (["version", "--build", "-s"], ["CLI version", "Server version", "PythonVersion"]),
+    (["version"], ["CLI version"]),
+])
+def test_version_build_info(agent_cli, args, keys):
+    """tetra's version -b/--build prints the CLI's build info after the versions: vigil
+    refused -b ("No such option")."""
+    run, _ = agent_cli
+    res = run(*args)
+    assert res.exit_code == 0, res.output
+    got = [line.split(": ", 1)[0] for line in res.output.splitlines()]
+    assert got[:len(keys)] == keys
+    assert set(got[len(keys):]) <= {"Date", "GitCommit", "GitTreeState"}
+    if "PythonVersion" in keys:
+        assert f"PythonVersion: {platform.python_version()}\n" in res.output
