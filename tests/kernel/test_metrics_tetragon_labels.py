@@ -118,6 +118,10 @@ def test_policy_metrics_name_hooks_and_selectors_as_tetragon(running_agent: Runn
         listed = next(p for p in a.list_policies() if p["name"] == name)["kernel_memory_bytes"]
         mem = got["tetragon_tracingpolicy_kernel_memory_bytes"]
         assert mem[frozenset({("policy", name), ("policy_namespace", "")})] == listed > 0, mem
+        # the overhead metrics with Tetragon's labels: the program's ELF section among them
+        over = [dict(k) for k in got["tetragon_overhead_program_runs_total"] if dict(k)["policy"] == name]
+        assert over and all(set(lb) == {"policy_namespace", "policy", "sensor", "attach", "section"}
+                            and lb["section"] and lb["policy_namespace"] == "" for lb in over), over
         # tetragon_missed_prog_probes_total{policy,attach}: each program's recursion_misses
         progs = [p for p in a.status()["programs"] if p["policy"] == name]
         missed = {dict(k)["attach"]: v for k, v in got["tetragon_missed_prog_probes_total"].items()

@@ -135,7 +135,8 @@ class AgentControl:
         for prog in sensor.obj.programs.values():
             if prog.fd >= 0:
                 info = prog_info(prog.fd)
-                out.append({"policy": "", "attach": prog.section, "sensor": "process", **info})
+                out.append({"policy": "", "namespace": "", "attach": prog.section, "sensor": "process",
+                            "section": prog.section, **info})
         for lp in list(self.agent.policies.policies.values()):
             for gh in list(lp.hooks):
                 obj, what = getattr(gh, "obj", None), "generic"
@@ -148,8 +149,9 @@ class AgentControl:
                     for prog in list(obj.programs.values()):
                         if prog.fd >= 0:
                             info = prog_info(prog.fd)
-                            out.append({"policy": lp.name, "attach": gh.compiled.placement.describe(),
-                                        "sensor": what, **info})
+                            out.append({"policy": lp.name, "namespace": lp.compiled.policy.namespace or "",
+                                        "attach": gh.compiled.placement.describe(), "sensor": what,
+                                        "section": prog.section, **info})
                 except OSError:  # the policy was deleted meanwhile (status takes no policy lock)
                     continue
         return out

@@ -539,18 +539,19 @@ class AgentCollector(Collector):
         yield states
         yield memory
 
+        # Tetragon's labels: policy_namespace, policy, sensor, attach, section (the program's ELF section)
+        overhead = ["policy_namespace", "policy", "sensor", "attach", "section"]
         runs = CounterMetricFamily("tetragon_overhead_program_runs",
-                                   "BPF program runs (needs kernel.bpf_stats_enabled)",
-                                   labels=["policy", "attach", "sensor"])
+                                   "BPF program runs (needs kernel.bpf_stats_enabled)", labels=overhead)
         secs = CounterMetricFamily("tetragon_overhead_program_seconds",
-                                   "BPF program run time (needs kernel.bpf_stats_enabled)",
-                                   labels=["policy", "attach", "sensor"])
+                                   "BPF program run time (needs kernel.bpf_stats_enabled)", labels=overhead)
         # runs the kernel skipped because the program was already running on that CPU (its
         # recursion_misses), by policy and attach point as Tetragon's
         skipped: dict[tuple[str, str], int] = {}
         for p in st.get("programs", []):
-            runs.add_metric([p["policy"], p["attach"], p["sensor"]], p["run_cnt"])
-            secs.add_metric([p["policy"], p["attach"], p["sensor"]], p["run_time_ns"] / 1e9)
+            values = [p.get("namespace", ""), p["policy"], p["sensor"], p["attach"], p.get("section", "")]
+            runs.add_metric(values, p["run_cnt"])
+            secs.add_metric(values, p["run_time_ns"] / 1e9)
             key = (p["policy"], p["attach"])
             skipped[key] = skipped.get(key, 0) + int(p.get("recursion_misses", 0))
         yield runs
