@@ -221,3 +221,12 @@ def modify(file: Path, mode: str | None) -> None:
         raise click.ClickException(f"failed to read yaml file {file}: not UTF-8 text "
                                    f"(byte {e.start}: {e.reason})") from None
     click.echo(with_mode(text, mode, str(file)) if mode else text, nl=False)
+
+
+def _add_generate() -> None:
+    from vigil.cli.generate_cmd import generate
+
+    tracingpolicy.add_command(generate)
+
+
+_add_generate()
