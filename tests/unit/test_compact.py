@@ -130,6 +130,15 @@ CASES = [
         "process": HOST_PROC, "function_name": "file_open", "ima_hash": "sha256:abcd",
         "args": [{"file_arg": {"path": "/etc/passwd"}}]}),
      "🔒 LSM     node-1 /usr/bin/curl file_open\n   /etc/passwd sha256:abcd"),
+    ("lsm ima quoted path", ev("process_lsm", {   # tetra's maybeQuote on the hashed file's path
+        "process": HOST_PROC, "function_name": "bprm_check_security", "ima_hash": "sha256:ab",
+        "args": [{"linux_binprm_arg": {"path": "/tmp/my \x1bprog"}}]}),
+     '🔒 LSM     node-1 /usr/bin/curl bprm_check_security\n   "/tmp/my \\x1bprog" sha256:ab'),
+    ("stack quoted symbol and module", kp("security_bprm_check", [], kernel_stack_trace=[
+        {"address": "16", "offset": "1", "symbol": "evil\x1b[31m"}], user_stack_trace=[
+        {"address": "32", "offset": "2", "symbol": "my sym", "module": "/tmp/my lib.so"}]),
+     '❓ syscall node-1 /usr/bin/curl security_bprm_check\nKernel:\n   0x10: "evil\\x1b[31m"+0x1\n'
+     'User:\n   0x20: "my sym" ("/tmp/my lib.so"+0x2)'),
     ("loader", ev("process_loader", {"process": HOST_PROC, "path": "/lib/libz.so",
                                      "buildid": "3q2+7w=="}),
      "🧬 loader  node-1 /usr/bin/curl deadbeef /lib/libz.so"),

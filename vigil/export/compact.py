@@ -311,7 +311,7 @@ def _stack_lines(body: dict[str, Any], color: bool) -> list[str]:
         out.append("Kernel:")
         for st in kernel:
             out.append(paint(f"   0x{_int(st.get('address')):x}:", "green")
-                       + paint(f" {st.get('symbol', '')}", "blue") + "+"
+                       + paint(f" {quote_if_needed(st.get('symbol', ''))}", "blue") + "+"
                        + paint(f"0x{_int(st.get('offset')):x}", "yellow"))
     user = body.get("user_stack_trace") or []
     if user:
@@ -319,8 +319,9 @@ def _stack_lines(body: dict[str, Any], color: bool) -> list[str]:
         for st in user:
             symbol = st.get("symbol", "")
             out.append(paint(f"   0x{_int(st.get('address')):x}:", "green")
-                       + (paint(f" {symbol}", "blue") if symbol else "")
-                       + paint(f" ({st.get('module', '')}+0x{_int(st.get('offset')):x})", "yellow"))
+                       + (paint(f" {quote_if_needed(symbol)}", "blue") if symbol else "")
+                       + paint(f" ({quote_if_needed(st.get('module', ''))}+0x{_int(st.get('offset')):x})",
+                               "yellow"))
     return out
 
 
@@ -332,6 +333,7 @@ def _ima_line(body: dict[str, Any], color: bool) -> list[str]:
     path = _sub(_arg(body.get("args") or [], 0), variant).get("path", "")
     if not path:
         return []
+    path = quote_if_needed(path)
     if color:
         return [f"\x1b[32m   {path}\x1b[0m\x1b[34m {ima}\x1b[0m"]
     return [f"   {path} {ima}"]
