@@ -5,6 +5,9 @@ import base64
 import json
 import os
 import platform
+import select
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import yaml
 from click.testing import CliRunner
 
 from tests.api.fake_agent import FakeAgent
-from tests.api.harness import running_server
+from tests.api.harness import ROOT, running_server, stop_process, wait_for
 from vigil.api.client import retry_service_config
 from vigil.cli.main import cli
 
@@ -344,3 +347,53 @@ def test_generate_errors_are_clear(tmp_path, args, code, want):
     res = invoke("tp", "generate", *args)
     assert res.exit_code == code, res.output
     assert want in res.output and "Traceback" not in res.output
+
+
+# -- getevents --reconnect against a server that goes away and comes back -------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _exec_event(binary: str) -> dict:
+    return {"process_exec": {"process": {"exec_id": binary, "pid": 7, "binary": binary, "arguments": "a b"}},
+            "node_name": "test-node", "time": "2024-01-01T00:00:00Z"}
+
+
+def _read_line(proc: subprocess.Popen, deadline_s: float = 20.0) -> str:
+    ready, _, _ = select.select([proc.stdout], [], [], deadline_s)
+    assert ready, "no output from getevents"
+    return proc.stdout.readline()
+
+
+@pytest.mark.parametrize("reconnect", [True, False])
+def test_getevents_reconnect(reconnect):
+    """--reconnect keeps reading across an agent restart (--reconnect-wait between tries);
+    without it the end of the agent is one clear error."""
+    address = f"localhost:{_free_port()}"
+    args = [sys.executable, "-m", "vigil.cli.main", "getevents", "-o", "compact", "--color", "never",
+            "--server-address", address]
+    if reconnect:
+        args += ["--reconnect", "--reconnect-wait", "100ms"]
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT)
+    try:
+        with running_server(address) as (_, agent):
+            wait_for(lambda: agent.bus.subscriber_count == 1, what="getevents to subscribe")
+            agent.publish([_exec_event("/bin/first")])
+            assert _read_line(proc) == '🚀 process test-node /bin/first "a b"\n'
+        if not reconnect:
+            assert proc.wait(20) == 1
+            err = proc.stderr.read()
+            assert f"cannot reach the agent at {address}" in err and "Traceback" not in err
+            return
+        with running_server(address) as (_, agent):
+            wait_for(lambda: agent.bus.subscriber_count == 1, what="getevents to reconnect")
+            agent.publish([_exec_event("/bin/second")])
+            assert _read_line(proc) == '🚀 process test-node /bin/second "a b"\n'
+        assert proc.poll() is None
+    finally:
+        stop_process(proc)
+    assert "reconnecting in 0.1s" in proc.stderr.read()
