@@ -397,3 +397,37 @@ def test_getevents_reconnect(reconnect):
     finally:
         stop_process(proc)
     assert "reconnecting in 0.1s" in proc.stderr.read()
+
+
+def test_info_prints_the_agents_info_as_tetra(agent_cli):
+    """tetra's `info` (GetInfo as {Name, Version, Probes, Conf, Build}) was 'No such command'."""
+    run, _ = agent_cli
+    res = run("info")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["Name"] == "vigil" and data["Version"] == "9.9.9-test"
+    assert set(data) == {"Name", "Version", "Probes", "Conf", "Build"}
+    assert json.loads(data["Conf"]["vigil.status"])["process_cache"]["size"] == 42
+    assert data["Build"]["GoVersion"].startswith("python")
+
+
+@pytest.mark.parametrize("value, want", [
+    ("string", "x"), ("int", 7), ("bool", True), ("list", ["a", 1.0]), ("other", "unknown value type"),
+])
+def test_info_decodes_each_conf_value_kind(value, want):
+    from google.protobuf import any_pb2, struct_pb2, timestamp_pb2, wrappers_pb2
+
+    from vigil.api.pb import sensors_pb2
+    from vigil.cli.info_cmd import decode_info
+
+    msg = {"string": wrappers_pb2.StringValue(value="x"), "int": wrappers_pb2.Int64Value(value=7),
+           "bool": wrappers_pb2.BoolValue(value=True), "other": timestamp_pb2.Timestamp(seconds=1)}.get(value)
+    if value == "list":
+        msg = struct_pb2.ListValue()
+        msg.extend(["a", 1])
+    packed = any_pb2.Any()
+    packed.Pack(msg)
+    res = sensors_pb2.GetInfoResponse(name="vigil")
+    res.conf.add(key="k", value=packed)
+    got = decode_info(res)["Conf"]["k"]
+    assert (want in got) if value == "other" else (got == want)

@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eventlog": ("vigil.cli.debug_cmd", "eventlog"),
     "dump": ("vigil.cli.debug_cmd", "dump"),
     "debug": ("vigil.cli.debug_cmd", "debug"),
+    "info": ("vigil.cli.info_cmd", "info"),
 }
 ALIASES = {"tp": "tracingpolicy", "log": "loglevel"}
 
