@@ -431,3 +431,35 @@ def test_info_decodes_each_conf_value_kind(value, want):
     res.conf.add(key="k", value=packed)
     got = decode_info(res)["Conf"]["k"]
     assert (want in got) if value == "other" else (got == want)
+
+
+# -- probe config ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("proc, boot, code, want", [
+    (b"CONFIG_BPF=y\n# CONFIG_AUDIT is not set\nCONFIG_SECURITY=m\nCONFIG_X=y\n", None, 0,
+     {"CONFIG_BPF:y", "CONFIG_AUDIT:n", "CONFIG_SECURITY:m"}),
+    (None, "CONFIG_BPF_JIT=y\nCONFIG_CGROUPS=\n", 0, {"CONFIG_BPF_JIT:y", "CONFIG_CGROUPS:n", "CONFIG_BPF:n"}),
+    (None, None, 1, "detecting kernel config failed"),
+    (b"not gzip", None, 1, "detecting kernel config failed"),
+])
+def test_probe_config(tmp_path, monkeypatch, proc, boot, code, want):
+    """tetra's `probe config` (the kernel build options it cares about) was 'Got unexpected
+    extra argument (config)'."""
+    import gzip
+
+    from vigil.cli import probe_cmd
+
+    proc_path, boot_path = tmp_path / "config.gz", tmp_path / "config-{release}"
+    if proc is not None:
+        proc_path.write_bytes(gzip.compress(proc) if proc != b"not gzip" else proc)
+    if boot is not None:
+        (tmp_path / f"config-{os.uname().release}").write_text(boot)
+    monkeypatch.setattr(probe_cmd, "PROC_CONFIG", str(proc_path))
+    monkeypatch.setattr(probe_cmd, "BOOT_CONFIG", str(boot_path))
+    res = invoke("probe", "config")
+    assert res.exit_code == code, res.output
+    if code == 0:
+        lines = res.output.splitlines()
+        assert len(lines) == 15 and lines == sorted(lines) and want <= set(lines)
+    else:
+        assert want in res.output and "Traceback" not in res.output
