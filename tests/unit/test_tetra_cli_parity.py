@@ -463,3 +463,40 @@ def test_probe_config(tmp_path, monkeypatch, proc, boot, code, want):
         assert len(lines) == 15 and lines == sorted(lines) and want <= set(lines)
     else:
         assert want in res.output and "Traceback" not in res.output
+
+
+# -- explain ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, code, want", [
+    (["--list"], 0, ["NAME                     SHORTNAMES", "TracingPolicy            tgtp",
+                     "TracingPolicyNamespaced  tgtpn"]),
+    (["tracingpolicy"], 0, ["KIND:     TracingPolicy", "VERSION:  v1alpha1", "", "DESCRIPTION:"]),
+    (["TracingPolicy.spec"], 0, ["KIND:     TracingPolicy", "VERSION:  v1alpha1", "", "FIELD:    spec <object>"]),
+    (["tgtp[spec][options]"], 0, ["KIND:     TracingPolicy", "VERSION:  v1alpha1", "",
+                                  "FIELD:    options <[]object>", "", "FIELDS:", "   name\t<string> -required-"]),
+    (["tgtpn[spec].kprobes", "--api-version", "v1alpha1"], 0, ["KIND:     TracingPolicyNamespaced"]),
+    (["tracingpolicy.spec.nope"], 1, "field 'nope' not found in 'tracingpolicy.spec' (available fields: "),
+    (["podinfo"], 1, "unsupported resource: podinfo (supported resources: TracingPolicy"),
+    (["tracingpolicy", "--api-version", "v9"], 1, "version v9 not found"),
+    (["tracingpolicy.spec."], 2, "cannot be empty, start or end with '.'"),
+    ([], 2, "missing RESOURCE"),
+])
+def test_explain(args, code, want):
+    """tetra's `explain RESOURCE[.FIELD...]` (the CRDs' fields, no cluster needed) was
+    'No such command'."""
+    res = invoke("explain", *args)
+    assert res.exit_code == code, res.output
+    if code == 0:
+        assert res.output.splitlines()[:len(want)] == want
+    else:
+        assert want in res.output and "Traceback" not in res.output
+
+
+def test_explain_recursive_and_machine_output():
+    spec = json.loads(invoke("explain", "tracingpolicy.spec", "-o", "json").output)
+    assert spec["type"] == "object" and "kprobes" in spec["properties"]
+    assert yaml.safe_load(invoke("explain", "tracingpolicy.spec", "-o", "yaml").output) == spec
+    flat = invoke("explain", "tracingpolicy").output
+    deep = invoke("explain", "tracingpolicy", "-R").output
+    assert "   spec\t<object> -required-" in flat and "     kprobes\t<[]object>" not in flat
+    assert "     kprobes\t<[]object>" in deep   # spec's fields, one level in

@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "dump": ("vigil.cli.debug_cmd", "dump"),
     "debug": ("vigil.cli.debug_cmd", "debug"),
     "info": ("vigil.cli.info_cmd", "info"),
+    "explain": ("vigil.cli.explain_cmd", "explain"),
 }
 ALIASES = {"tp": "tracingpolicy", "log": "loglevel"}
 
