@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from tests.api.fake_agent import FakeAgent
 from tests.api.harness import ROOT, running_server, stop_process, wait_for
+from tests.api.pki import pki_fixture
 from vigil.api.client import retry_service_config
 from vigil.cli.main import cli
 
@@ -500,3 +501,39 @@ def test_explain_recursive_and_machine_output():
     deep = invoke("explain", "tracingpolicy", "-R").output
     assert "   spec\t<object> -required-" in flat and "     kprobes\t<[]object>" not in flat
     assert "     kprobes\t<[]object>" in deep   # spec's fields, one level in
+
+
+# -- tetra's TLS flags: names, global placement -------------------------------------------------
+
+pki = pki_fixture
+
+
+@pytest.fixture
+def tls_address(pki):
+    from vigil.api.server import TlsConfig
+
+    tls = TlsConfig(pki["server.pem"], pki["server.key"], (pki["ca.pem"],), require_client_cert=True)
+    with running_server("127.0.0.1:0", tls=tls) as (srv, _):
+        yield srv.address
+
+
+@pytest.mark.parametrize("before, after, code, want", [
+    (["--tls-ca-cert-files", "ca.pem", "--tls-cert-file", "ca-client.pem", "--tls-key-file", "ca-client.key"],
+     [], 0, "HEALTH_STATUS_RUNNING"),                                      # tetra's global flags
+    ([], ["--tls-ca-cert-files", "ca.pem", "--tls-cert-file", "ca-client.pem", "--tls-key-file", "ca-client.key"],
+     0, "HEALTH_STATUS_RUNNING"),                                          # tetra's names on the command
+    (["--tls-cert-file", "ca-client.pem", "--tls-key-file", "ca-client.key"],
+     ["--tls-ca-cert-files", "rogue.pem,ca.pem"], 0, "HEALTH_STATUS_RUNNING"),   # several CAs, mixed places
+    (["--tls-ca-cert-files", "ca.pem"], [], 1, "cannot reach the agent"),   # no client certificate
+    (["--tls-skip-verify"], [], 2, "--tls-skip-verify is not supported by vigil"),
+    ([], ["--tls-ca-cert-files", "nope.pem"], 2, "nope.pem: no such file"),
+])
+def test_tls_flags_as_tetra(pki, tls_address, before, after, code, want):
+    """tetra's TLS flags are global and the CA flag is --tls-ca-cert-files (a list): vigil
+    took only --tls-ca-file after the command."""
+    def path(a: str) -> str:
+        return ",".join(pki.get(x, x) for x in a.split(","))
+    res = invoke(*map(path, before), "--server-address", tls_address, "--timeout", "5s", "status", "-o", "json",
+                 *map(path, after))
+    assert res.exit_code == code, res.output
+    assert want in res.output and "Traceback" not in res.output

@@ -61,11 +61,15 @@ class ClientTls:
     cert_file: str = ""
     key_file: str = ""
     server_name: str = ""   # the name in the agent's certificate, when not the address's host
+    more_ca_files: tuple[str, ...] = ()  # further CA bundles (tetra's --tls-ca-cert-files a,b)
 
     def credentials(self) -> grpc.ChannelCredentials:
         def read(path: str) -> bytes | None:
             return Path(path).read_bytes() if path else None
-        return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file), read(self.cert_file))
+        roots = read(self.ca_file)
+        for extra in self.more_ca_files:
+            roots = (roots or b"") + b"\n" + Path(extra).read_bytes()
+        return grpc.ssl_channel_credentials(roots, read(self.key_file), read(self.cert_file))
 
 
 def retry_service_config(retries: int) -> str:

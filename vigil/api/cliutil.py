@@ -41,29 +41,66 @@ SERVER_HELP = ("gRPC address of the agent (host:port or unix:///path); default: 
 _TLS: contextvars.ContextVar[Any] = contextvars.ContextVar("vigil_cli_tls", default=None)
 
 
+_TLS_KEYS = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name", "tls_skip_verify")
+
+
+def _tls_flags(prefix: str, envvars: bool) -> list[Callable[[Any], Any]]:
+    """tetra's TLS flags (--tls-ca-cert-files, --tls-cert-file, --tls-key-file,
+    --tls-server-name, --tls-skip-verify), plus Vigil's --tls-ca-file spelling."""
+    def env(name: str) -> str | None:
+        return name if envvars else None
+    return [
+        click.option("--tls-ca-file", "--tls-ca-cert-files", f"{prefix}tls_ca_file", multiple=True,
+                     envvar=env("VIGIL_TLS_CA_FILE"),
+                     help="Connect with TLS, trusting these CAs (PEM; repeat or comma-separate) for the "
+                          "agent's certificate."),
+        click.option("--tls-cert-file", f"{prefix}tls_cert_file", default="", envvar=env("VIGIL_TLS_CERT_FILE"),
+                     help="Client certificate (PEM)."),
+        click.option("--tls-key-file", f"{prefix}tls_key_file", default="", envvar=env("VIGIL_TLS_KEY_FILE"),
+                     help="Client certificate key (PEM)."),
+        click.option("--tls-server-name", f"{prefix}tls_server_name", default="",
+                     help="Name in the agent's certificate, if not the host's."),
+        click.option("--tls-skip-verify", f"{prefix}tls_skip_verify", is_flag=True, hidden=True,
+                     help="Not supported by vigil: refused."),
+    ]
+
+
 def tls_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--tls-ca-file / --tls-cert-file / --tls-key-file / --tls-server-name: connect with TLS
-    (mutual, with a client certificate) to a TCP listener; read back with tls()."""
-    @click.option("--tls-ca-file", default="", envvar="VIGIL_TLS_CA_FILE",
-                  help="Connect with TLS, trusting this CA (PEM) for the agent's certificate.")
-    @click.option("--tls-cert-file", default="", envvar="VIGIL_TLS_CERT_FILE", help="Client certificate (PEM).")
-    @click.option("--tls-key-file", default="", envvar="VIGIL_TLS_KEY_FILE", help="Client certificate key (PEM).")
-    @click.option("--tls-server-name", default="", help="Name in the agent's certificate, if not the host's.")
+    """--tls-ca-file (--tls-ca-cert-files) / --tls-cert-file / --tls-key-file / --tls-server-name:
+    connect with TLS (mutual, with a client certificate) to a TCP listener; read back with tls().
+    Each flag not given to the command is taken from the global one (before the command)."""
     @functools.wraps(fn)
-    def wrapper(*args: Any, tls_ca_file: str, tls_cert_file: str, tls_key_file: str, tls_server_name: str,
-                **kwargs: Any) -> Any:
-        if bool(tls_cert_file) != bool(tls_key_file):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        given = {k: kwargs.pop(k) for k in _TLS_KEYS}
+        root = _root_params()
+        ctx = click.get_current_context(silent=True)
+        for k in _TLS_KEYS:  # a global flag on the command line beats the environment
+            if (ctx is not None and root.get(f"global_{k}")
+                    and ctx.get_parameter_source(k) is click.core.ParameterSource.ENVIRONMENT):
+                given[k] = root[f"global_{k}"]
+        ca_files = [f.strip() for v in (given["tls_ca_file"] or root.get("global_tls_ca_file") or ())
+                    for f in v.split(",") if f.strip()]
+        cert = given["tls_cert_file"] or root.get("global_tls_cert_file") or ""
+        key = given["tls_key_file"] or root.get("global_tls_key_file") or ""
+        server_name = given["tls_server_name"] or root.get("global_tls_server_name") or ""
+        if given["tls_skip_verify"] or root.get("global_tls_skip_verify"):
+            raise click.UsageError("--tls-skip-verify is not supported by vigil: give the CA that signed "
+                                   "the agent's certificate with --tls-ca-cert-files")
+        if bool(cert) != bool(key):
             raise click.UsageError("--tls-cert-file and --tls-key-file go together")
-        for opt, path in (("--tls-ca-file", tls_ca_file), ("--tls-cert-file", tls_cert_file),
-                          ("--tls-key-file", tls_key_file)):
-            if path and not os.path.isfile(path):
-                raise click.BadParameter(f"{path}: no such file", param_hint=opt)
+        for opt, paths in (("--tls-ca-cert-files", ca_files), ("--tls-cert-file", [cert] if cert else []),
+                           ("--tls-key-file", [key] if key else [])):
+            for path in paths:
+                if not os.path.isfile(path):
+                    raise click.BadParameter(f"{path}: no such file", param_hint=opt)
         _TLS.set(None)
-        if tls_ca_file or tls_cert_file:
+        if ca_files or cert:
             from vigil.api.client import ClientTls
 
-            _TLS.set(ClientTls(tls_ca_file, tls_cert_file, tls_key_file, tls_server_name))
+            _TLS.set(ClientTls(ca_files[0] if ca_files else "", cert, key, server_name, tuple(ca_files[1:])))
         return fn(*args, **kwargs)
+    for option in reversed(_tls_flags("", envvars=True)):
+        wrapper = option(wrapper)
     return wrapper
 
 
@@ -80,9 +117,12 @@ def global_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                   type=click.IntRange(min=1), help="Largest gRPC message the client receives, in bytes.")
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        for key in ("global_server_address", "global_timeout", "global_retries", "global_max_recv_size"):
-            kwargs.pop(key)  # read back from the root context by connection()
+        for key in ("global_server_address", "global_timeout", "global_retries", "global_max_recv_size",
+                    *(f"global_{k}" for k in _TLS_KEYS)):
+            kwargs.pop(key)  # read back from the root context by connection() and tls_options
         return fn(*args, **kwargs)
+    for option in reversed(_tls_flags("global_", envvars=False)):
+        wrapper = option(wrapper)
     return wrapper
 
 
