@@ -537,3 +537,20 @@ def test_tls_flags_as_tetra(pki, tls_address, before, after, code, want):
                  *map(path, after))
     assert res.exit_code == code, res.output
     assert want in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("args, code, want", [
+    (["sensors", "list"], 0, "exec (enabled) base\n"),
+    (["sensors", "enable", "exec"], 1, "UNIMPLEMENTED: EnableSensor: sensors belong to tracing policies"),
+    (["sensors", "disable", "exec"], 1, "UNIMPLEMENTED: DisableSensor"),
+    (["sensors", "rm", "exec"], 1, "UNIMPLEMENTED: RemoveSensor"),
+    (["sensors", "enable"], 2, "Missing argument 'SENSOR'"),
+])
+def test_deprecated_sensors_command(agent_cli, args, code, want):
+    """tetra's deprecated `sensors list|enable|disable|rm` was 'No such command'."""
+    run, _ = agent_cli
+    res = run(*args)
+    assert res.exit_code == code, res.output
+    assert want in res.output and "Traceback" not in res.output
+    if code != 2:
+        assert res.output.startswith('Command "sensors" is deprecated, please use the tracingpolicy command')

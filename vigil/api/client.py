@@ -243,6 +243,11 @@ class Client:
     def set_policy_mode(self, name: str, mode: str, namespace: str = "", domain: str = "") -> None:
         self.configure_policy(name, namespace, mode=mode, domain=domain)
 
+    def sensor_call(self, method: str, name: str) -> None:
+        """EnableSensor / DisableSensor / RemoveSensor (tetra's deprecated `sensors`)."""
+        request = getattr(sensors_pb2, method + "Request")(name=name)
+        self._call(method, request)
+
     def list_sensors(self) -> list[dict[str, Any]]:
         res = self._call("ListSensors", sensors_pb2.ListSensorsRequest())
         return [pbdict.to_dict(s) for s in res.sensors]

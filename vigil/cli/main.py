@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "debug": ("vigil.cli.debug_cmd", "debug"),
     "info": ("vigil.cli.info_cmd", "info"),
     "explain": ("vigil.cli.explain_cmd", "explain"),
+    "sensors": ("vigil.cli.sensors_cmd", "sensors"),
 }
 ALIASES = {"tp": "tracingpolicy", "log": "loglevel"}
 
