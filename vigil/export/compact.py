@@ -285,17 +285,20 @@ def raw_syscall_text(args: list[Any], default_abi: str | None = None) -> str:
     name = names[sys_id] if 0 <= sys_id < len(names) and names[sys_id] != "-" else ""
     if not name:
         return "unknown"
-    text = name if abi == default_abi else f"{abi}/{name}"
+    if abi != default_abi:
+        return f"{abi}/{name}"  # tetra looks the arguments up under "abi/name", which names none
     signature = SYSCALL_ARGS.get(name)
     if signature is None:
-        return text
+        return name
+    text = name
     rendered = []
     for i, (typ, arg_name) in enumerate(signature, start=1):
         arg = _arg(args, i)
-        is_ptr = typ.endswith("*")
+        is_ptr = False  # as tetra: a pointer's type is glued to its name only when it has a value
         value = "?"
         if "size_arg" in arg:
             number = _int(arg["size_arg"])
+            is_ptr = typ.endswith("*")
             value = f"0x{number:x}" if is_ptr else str(number)
         rendered.append(f"{typ}{arg_name}={value}" if is_ptr else f"{typ} {arg_name}={value}")
     return f"{text}({', '.join(rendered)})"
