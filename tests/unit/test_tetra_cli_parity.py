@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import platform
@@ -554,3 +555,30 @@ def test_deprecated_sensors_command(agent_cli, args, code, want):
     assert want in res.output and "Traceback" not in res.output
     if code != 2:
         assert res.output.startswith('Command "sensors" is deprecated, please use the tracingpolicy command')
+
+
+class _Tty(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize("mode, tty, env, color", [
+    ("auto", True, {}, True),
+    ("auto", False, {}, False),
+    ("auto", True, {"NO_COLOR": "1"}, False),
+    ("auto", True, {"TERM": "dumb"}, False),     # tetra's colour library: a dumb terminal has none
+    ("always", False, {"NO_COLOR": "1", "TERM": "dumb"}, True),
+    ("never", True, {}, False),
+])
+def test_color_modes(monkeypatch, mode, tty, env, color):
+    from vigil.cli.getevents_cmd import _use_color
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert _use_color(mode, _Tty(tty)) is color

@@ -273,8 +273,8 @@ def agent_events(
 def _use_color(mode: str, stream: IO[Any]) -> bool:
     if mode == "always":
         return True
-    if mode == "never" or os.environ.get("NO_COLOR"):
-        return False
+    if mode == "never" or os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False  # auto: as tetra's colour library, NO_COLOR or a dumb terminal means none
     try:
         return stream.isatty()
     except (AttributeError, ValueError):
