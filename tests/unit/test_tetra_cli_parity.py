@@ -582,3 +582,19 @@ def test_color_modes(monkeypatch, mode, tty, env, color):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     assert _use_color(mode, _Tty(tty)) is color
+
+
+@pytest.mark.parametrize("args, want", [
+    (["policyfilter", "dump"], "`policyfilter` (a tetra command) is not available in vigil"),
+    (["cgtracker", "dump"], "`cgtracker` (a tetra command) is not available in vigil"),
+    (["cri", "version"], "`cri` (a tetra command) is not available in vigil"),
+    (["rthooks", "create-container", "--help"], "`rthooks` (a tetra command) is not available in vigil"),
+    (["policytest", "run"], "use `vigil policy dry-run"),
+    (["debug", "maps"], "debug maps: not available in vigil"),
+    (["debug", "progs", "--all-progs"], "debug progs: not available in vigil"),
+    (["debug", "enable-stats"], "debug enable-stats: not available in vigil"),
+])
+def test_tetra_commands_without_a_vigil_counterpart_say_so(args, want):
+    res = invoke(*args)
+    assert res.exit_code == 1, res.output
+    assert want in res.output and "Traceback" not in res.output

@@ -82,11 +82,11 @@ def eventlog_set(max_size: int | None, max_backups: int | None, rotation_interva
         c.set_event_log_params(max_size=max_size, rotation_interval=interval, max_backups=max_backups)
 
 
-def _unsupported(name: str, why: str) -> click.Command:
+def _unsupported(name: str, why: str, group: str = "dump") -> click.Command:
     @click.command(name, help=f"Not available in vigil: {why}.",
                    context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
     def cmd() -> None:
-        raise click.ClickException(f"dump {name}: not available in vigil: {why}")
+        raise click.ClickException(f"{group} {name}: not available in vigil: {why}")
     return cmd
 
 
@@ -126,3 +126,6 @@ def debug() -> None:
 
 
 debug.add_command(_dump_group("dump"))
+for _name in ("maps", "progs", "enable-stats"):
+    debug.add_command(_unsupported(_name, "vigil's CLI does not read the agent's BPF maps and programs; "
+                                          "see `vigil status` (maps, programs, rings) and `bpftool`", "debug"))

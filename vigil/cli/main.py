@@ -28,6 +28,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "explain": ("vigil.cli.explain_cmd", "explain"),
     "sensors": ("vigil.cli.sensors_cmd", "sensors"),
 }
+# tetra's commands Vigil has no counterpart for: a clear error each (vigil/cli/unsupported_cmd.py)
+UNSUPPORTED = ("policyfilter", "cgtracker", "cri", "rthooks", "policytest")
 ALIASES = {"tp": "tracingpolicy", "log": "loglevel"}
 
 
@@ -42,6 +44,10 @@ class LazyGroup(click.Group):
     def _load(name: str) -> click.Command | None:
         target = SUBCOMMANDS.get(name)
         if target is None:
+            if name in UNSUPPORTED:
+                from vigil.cli.unsupported_cmd import COMMANDS
+
+                return COMMANDS[name]
             return None
         try:
             mod = importlib.import_module(target[0])
