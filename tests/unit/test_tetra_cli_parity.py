@@ -598,3 +598,45 @@ def test_tetra_commands_without_a_vigil_counterpart_say_so(args, want):
     res = invoke(*args)
     assert res.exit_code == 1, res.output
     assert want in res.output and "Traceback" not in res.output
+
+
+# -- bugtool -----------------------------------------------------------------------------------
+
+def _members(path) -> dict[str, bytes]:
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        return {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+def test_bugtool_archives_the_agents_state(agent_cli, tmp_path):
+    """tetra's `bugtool [-o FILE]` was 'No such command'."""
+    run, _ = agent_cli
+    out = tmp_path / "bt.tar.gz"
+    res = run("bugtool", "-o", str(out), "--gops", "/usr/bin/gops")
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith(f"bugtool archive written to {out}")
+    files = _members(out)
+    assert {"cli-version.txt", "uname.txt", "agent/health.json", "agent/status.json", "agent/version.txt",
+            "agent/loglevel.txt", "agent/info.json", "agent/tracingpolicies.json",
+            "agent/processcache.jsonl"} <= set(files)
+    assert json.loads(files["agent/status.json"])["process_cache"]["size"] == 42
+    assert files["agent/version.txt"] == b"9.9.9-test\n" and files["agent/loglevel.txt"] == b"LOG_LEVEL_INFO\n"
+    assert json.loads(files["agent/processcache.jsonl"].splitlines()[0])["process"]["pid"] == 1
+    assert b"gops" in files["errors.txt"]   # named, not silently ignored
+
+
+@pytest.mark.parametrize("args, code, want", [
+    (["--server-address", "localhost:1", "--timeout", "0.2"], 0, "see errors.txt"),
+    (["--bpftool", "/nonexistent/bpftool"], 2, "/nonexistent/bpftool: not an executable file"),
+    (["-o", "/nonexistent/dir/x.tar.gz", "--server-address", "localhost:1", "--timeout", "0.2"], 1,
+     "cannot write /nonexistent/dir/x.tar.gz: No such file or directory"),
+])
+def test_bugtool_without_an_agent_or_with_bad_flags(tmp_path, monkeypatch, args, code, want):
+    monkeypatch.chdir(tmp_path)
+    res = invoke("bugtool", *args)
+    assert res.exit_code == code, res.output
+    assert want in res.output and "Traceback" not in res.output
+    if code == 0:
+        files = _members(tmp_path / "vigil-bugtool.tar.gz")
+        assert "cli-version.txt" in files and b"cannot reach the agent at localhost:1" in files["errors.txt"]

@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "info": ("vigil.cli.info_cmd", "info"),
     "explain": ("vigil.cli.explain_cmd", "explain"),
     "sensors": ("vigil.cli.sensors_cmd", "sensors"),
+    "bugtool": ("vigil.cli.bugtool_cmd", "bugtool"),
 }
 # tetra's commands Vigil has no counterpart for: a clear error each (vigil/cli/unsupported_cmd.py)
 UNSUPPORTED = ("policyfilter", "cgtracker", "cri", "rthooks", "policytest")
