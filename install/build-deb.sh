@@ -3,8 +3,9 @@
 #
 # Layout: /usr/bin/vigil (a wrapper), /usr/lib/vigil/venv (the Python package and its dependencies,
 # on Debian's interpreter), /usr/lib/vigil/bpf (the BPF objects), /usr/lib/vigil/vigil-permd,
-# /usr/share/vigil/policies (the policy library), /usr/share/vigil/grafana, /etc/vigil (one file per
-# agent option, conffiles), /etc/vigil/policies.d, /usr/lib/systemd/system/vigil.service.
+# /usr/share/vigil/policies (the policy library), /usr/share/vigil/crds (vigil explain),
+# /usr/share/vigil/grafana, /etc/vigil (one file per agent option, conffiles), /etc/vigil/policies.d,
+# /usr/lib/systemd/system/vigil.service.
 set -eu
 PYTHON=$1
 OUT=$2
@@ -45,6 +46,8 @@ exec /usr/lib/vigil/venv/bin/vigil "$@"
 WRAP
 chmod 0755 "$STAGE/usr/bin/vigil"
 cp -r policies "$STAGE/usr/share/vigil/policies"
+mkdir -p "$STAGE/usr/share/vigil/crds"   # read by `vigil explain`
+install -m 0644 install/kubernetes/vigil/crds/*.yaml "$STAGE/usr/share/vigil/crds/"
 install -m 0644 install/grafana/vigil-dashboard.json "$STAGE/usr/share/vigil/grafana/"
 install -m 0644 README.md "$STAGE/usr/share/doc/vigil/README.md"
 install -m 0644 install/systemd/vigil.service "$STAGE/usr/lib/systemd/system/vigil.service"

@@ -640,3 +640,16 @@ def test_bugtool_without_an_agent_or_with_bad_flags(tmp_path, monkeypatch, args,
     if code == 0:
         files = _members(tmp_path / "vigil-bugtool.tar.gz")
         assert "cli-version.txt" in files and b"cannot reach the agent at localhost:1" in files["errors.txt"]
+
+
+def test_explain_finds_the_crds_where_the_package_installs_them(tmp_path, monkeypatch):
+    """The Debian package installs the CRDs where `vigil explain` looks for them when it does
+    not run from a checkout, and VIGIL_CRD_DIR points elsewhere."""
+    from vigil.cli import explain_cmd
+
+    script = (ROOT / "install" / "build-deb.sh").read_text()
+    assert 'install -m 0644 install/kubernetes/vigil/crds/*.yaml "$STAGE/usr/share/vigil/crds/"' in script
+    assert Path("/usr/share/vigil/crds") in explain_cmd.crd_dirs()
+    (tmp_path / "x.yaml").write_text((ROOT / "install/kubernetes/vigil/crds/cilium.io_tracingpolicies.yaml").read_text())
+    monkeypatch.setenv("VIGIL_CRD_DIR", str(tmp_path))
+    assert [c["spec"]["names"]["kind"] for c in explain_cmd.load_crds()] == ["TracingPolicy"]
