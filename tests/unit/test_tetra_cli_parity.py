@@ -653,3 +653,15 @@ def test_explain_finds_the_crds_where_the_package_installs_them(tmp_path, monkey
     (tmp_path / "x.yaml").write_text((ROOT / "install/kubernetes/vigil/crds/cilium.io_tracingpolicies.yaml").read_text())
     monkeypatch.setenv("VIGIL_CRD_DIR", str(tmp_path))
     assert [c["spec"]["names"]["kind"] for c in explain_cmd.load_crds()] == ["TracingPolicy"]
+
+
+@pytest.mark.parametrize("command", [["status"], ["tp", "list"], ["getevents"]])
+def test_global_server_address_beats_the_environment(monkeypatch, command):
+    """A --server-address typed before the command wins over $VIGIL_SERVER_ADDRESS (which only
+    stands in for a flag not typed)."""
+    monkeypatch.setenv("VIGIL_SERVER_ADDRESS", "localhost:9")
+    res = invoke("--server-address", "localhost:1", "--timeout", "0.2", *command)
+    assert res.exit_code == 1 and "cannot reach the agent at localhost:1" in res.output, res.output
+    if command != ["getevents"]:  # (getevents reads the runner's stdin when no address is typed)
+        res = invoke("--timeout", "0.2", *command)
+        assert res.exit_code == 1 and "cannot reach the agent at localhost:9" in res.output, res.output
