@@ -215,6 +215,20 @@ def test_colors():
                     "\x1b[35m/usr/bin/cat\x1b[0m \x1b[36m/etc/passwd\x1b[0m \x1b[31mSIGTERM\x1b[0m")
 
 
+@pytest.mark.parametrize("event, details", [
+    # what tetra paints cyan (files, sockets) and what it leaves plain (the function name of an
+    # unknown kprobe, setns's namespace, sendmsg's byte count)
+    (kp("sys_write", [{"file_arg": {"path": "/etc/x"}}, {}, {"size_arg": "3"}]),
+     "\x1b[36m/etc/x\x1b[0m \x1b[36m3 bytes\x1b[0m"),
+    (kp("__x64_sys_unshare", []), "__x64_sys_unshare"),
+    (kp("__x64_sys_setns", [{"int_arg": 3}, {"int_arg": 0x40000000}]), "net"),
+    (kp("tcp_sendmsg", [sock(), {"int_arg": 9}]), "\x1b[36mtcp 10.0.0.1:0 -> 1.1.1.1:443\x1b[0m bytes 9"),
+])
+def test_kprobe_detail_colors_as_tetra(event, details):
+    line = format_compact(event, color=True)
+    assert line.split("\x1b[35m/usr/bin/curl\x1b[0m ", 1)[1] == details
+
+
 def test_timestamps_prefix():
     line = format_compact(ev("process_exec", {"process": HOST_PROC}), timestamps=True)
     assert line.startswith("2026-03-01T10:00:00.123000000Z 🚀 process ")

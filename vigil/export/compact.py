@@ -151,6 +151,10 @@ def _process_info(line: _Line, event: dict[str, Any], process: dict[str, Any]) -
     return "🛑 " + ",".join(flagged) if flagged else ""
 
 
+class _Plain(str):
+    """A detail segment tetra prints without colour."""
+
+
 # -- argument accessors (tolerant of missing pieces, like protobuf getters) ----------
 
 
@@ -192,8 +196,9 @@ def _sock_text(args: list[Any]) -> str:
 
 
 
-def _kprobe_details(name: str, args: list[Any], function_name: str) -> tuple[str, str, list[str]]:
-    """(emoji, tag, detail segments) for a kprobe, by syscall-prefix-stripped name."""
+def _kprobe_details(name: str, args: list[Any], function_name: str) -> tuple[str, str, list[str | _Plain]]:
+    """(emoji, tag, detail segments) for a kprobe, by syscall-prefix-stripped name. Segments are
+    cyan with colours on, but a _Plain one, which tetra prints without colour."""
     n = len(args)
     if name in ("sys_write", "sys_read"):
         emoji, tag = ("📝", "write") if name == "sys_write" else ("📚", "read")
@@ -217,14 +222,14 @@ def _kprobe_details(name: str, args: list[Any], function_name: str) -> tuple[str
         return "🔧", "proc_exec_connector", []
     if name == "sys_setns":
         ns = NAMESPACE_BY_CLONE_FLAG.get(_int(_arg(args, 1).get("int_arg")), "") if n > 1 else ""
-        return "🔧", "setns", [ns]
+        return "🔧", "setns", [_Plain(ns)]
     if name == "tcp_connect":
         return "🔌", "connect", [_sock_text(args)]
     if name == "tcp_close":
         return "🧹", "close", [_sock_text(args)]
     if name == "tcp_sendmsg":
         size = _int(_arg(args, 1).get("int_arg"))
-        return "📤", "sendmsg", [_sock_text(args), "bytes", str(size)]
+        return "📤", "sendmsg", [_sock_text(args), _Plain("bytes"), _Plain(str(size))]
     if name == "bpf_check":
         if not n:
             return "🐝", "bpf_load", []
@@ -264,7 +269,7 @@ def _kprobe_details(name: str, args: list[Any], function_name: str) -> tuple[str
         first = _arg(args, 0)
         path = _sub(first, "path_arg").get("path") or _sub(first, "file_arg").get("path", "")
         return "📝", "truncate", [quote_if_needed(path)]
-    return "❓", "syscall", [quote_if_needed(function_name)]
+    return "❓", "syscall", [_Plain(quote_if_needed(function_name))]
 
 
 def _default_abi() -> str:
@@ -376,7 +381,7 @@ def format_compact(
         _header(line, emoji, tag)
         caps = _process_info(line, event, process)
         for d in details:
-            line.add(d, "cyan")
+            line.add(d, None if isinstance(d, _Plain) else "cyan")
         if stack_traces:
             extra = _stack_lines(body, color)
     elif "process_tracepoint" in event:
