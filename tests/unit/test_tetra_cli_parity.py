@@ -665,3 +665,17 @@ def test_global_server_address_beats_the_environment(monkeypatch, command):
     if command != ["getevents"]:  # (getevents reads the runner's stdin when no address is typed)
         res = invoke("--timeout", "0.2", *command)
         assert res.exit_code == 1 and "cannot reach the agent at localhost:9" in res.output, res.output
+
+
+@pytest.mark.parametrize("health, first", [
+    ([], "Health Status: no status available"),
+    ([{"status": "HEALTH_STATUS_RUNNING", "details": "running"}], "Health Status: running"),
+])
+def test_status_first_line_as_tetra(agent_cli, monkeypatch, health, first):
+    from vigil.api.client import Client
+
+    monkeypatch.setattr(Client, "health", lambda self: health)
+    run, _ = agent_cli
+    res = run("status")
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines()[0] == first

@@ -44,7 +44,9 @@ def status(output: str, server_address: str | None, timeout: float) -> None:
         if output == "json":
             print_json({"server_address": c.address, "health": health, "status": counters})
             return
-        for h in health or [{}]:
+        if not health:
+            click.echo("Health Status: no status available")  # tetra's words
+        for h in health:
             state = str(h.get("status", "HEALTH_STATUS_UNDEF")).removeprefix("HEALTH_STATUS_").lower()
             details = h.get("details", "")
             click.echo(f"Health Status: {state}" + (f" ({details})" if details and details != state else ""))
