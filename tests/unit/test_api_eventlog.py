@@ -53,6 +53,18 @@ def test_rotation_interval_from_the_agent_config(tmp_path: Path):
     agent.start()
     try:
         assert agent.pipeline.writer is not None and agent.pipeline.writer.rotation_interval == 3600
-        assert agent.control.event_log_params()["rotation_interval"] == "1h"
+        assert agent.control.event_log_params()["rotation_interval"] == "1h0m0s"  # Go's Duration.String()
     finally:
         agent.close()
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (0, "0s"), (0.5, "500ms"), (1.5, "1.5s"), (90, "1m30s"), (3600, "1h0m0s"), (3661, "1h1m1s"),
+    (86400, "24h0m0s"), (7200.5, "2h0m0.5s"), (1.5e-6, "1.5\u00b5s"), (1e-9, "1ns"),
+])
+def test_rotation_interval_is_reported_as_gos_duration_string(seconds, text):
+    """Tetragon reports its configured rotation interval with Go's Duration.String() (24h0m0s);
+    Vigil wrote 24h, and 1h for 3600s. An interval set over the API is reported as it was sent."""
+    from vigil.agent.control import _go_duration
+
+    assert _go_duration(seconds) == text

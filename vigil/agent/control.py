@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 class AgentControl:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
+        self._rotation_text: tuple[str, float | None] | None = None  # the last interval set, as sent
 
     # identity, read by GetVersion / GetInfo / the metrics
     @property
@@ -211,8 +212,9 @@ class AgentControl:
         w = self.agent.pipeline.writer
         if w is None:
             raise LookupError("no export file is configured (--export-filename)")
-        return {"max_size": w.max_size_mb, "rotation_interval": _go_duration(w.rotation_interval),
-                "max_backups": w.max_backups}
+        sent = self._rotation_text
+        text = sent[0] if sent is not None and sent[1] == w.rotation_interval else _go_duration(w.rotation_interval)
+        return {"max_size": w.max_size_mb, "rotation_interval": text, "max_backups": w.max_backups}
 
     def set_event_log_params(self, *, max_size_mb: float | None = None, rotation_interval: str | None = None,
                              max_backups: int | None = None) -> None:
@@ -225,6 +227,8 @@ class AgentControl:
             raise ValueError("max_backups must be >= 0")
         interval = parse_go_duration(rotation_interval) if rotation_interval is not None else None
         w.set_params(max_size_mb=max_size_mb, max_backups=max_backups, rotation_interval=interval)
+        if rotation_interval is not None:
+            self._rotation_text = (rotation_interval, interval)  # reported as sent, as Tetragon does
 
     # -- policies (PolicyManager does the work)
     def add_policy(self, yaml_text: str, *, mode: str | None = None, source: str = "grpc") -> str:
@@ -266,9 +270,25 @@ def parse_go_duration(text: str) -> float:
 
 
 def _go_duration(seconds: float) -> str:
-    s = int(seconds)
-    if s == 0:
+    """Go's time.Duration.String(), as Tetragon reports its rotation interval: 0s, 500ms,
+    1.5s, 1m30s, 1h0m0s, 24h0m0s."""
+    ns = round(seconds * 1e9)
+    if ns == 0:
         return "0s"
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return (f"{h}h" if h else "") + (f"{m}m" if m else "") + (f"{sec}s" if sec else "")
+    sign, ns = ("-", -ns) if ns < 0 else ("", ns)
+    if ns < 1_000_000_000:  # under a second: the largest unit that keeps an integer part
+        for unit, size in (("ms", 1_000_000), ("µs", 1_000), ("ns", 1)):
+            if ns >= size:
+                return sign + _frac(ns, size) + unit
+    h, rest = divmod(ns, 3_600_000_000_000)
+    m, rest = divmod(rest, 60_000_000_000)
+    text = _frac(rest, 1_000_000_000) + "s"
+    if h:
+        return f"{sign}{h}h{m}m{text}"
+    return f"{sign}{m}m{text}" if m else sign + text
+
+
+def _frac(value: int, unit: int) -> str:
+    whole, part = divmod(value, unit)
+    digits = str(part).rjust(len(str(unit)) - 1, "0").rstrip("0") if unit > 1 else ""
+    return f"{whole}.{digits}" if digits else str(whole)

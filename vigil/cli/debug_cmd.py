@@ -44,18 +44,11 @@ def eventlog() -> None:
 
 
 def go_duration(seconds: float) -> str:
-    """Seconds as Go's time.Duration.String() writes them (1h0m0s, 1m30s, 500ms, 0s)."""
-    if seconds == 0:
-        return "0s"
-    if seconds < 1:
-        ms = seconds * 1000
-        return f"{ms:g}ms"
-    h, rest = divmod(seconds, 3600)
-    m, sec = divmod(rest, 60)
-    text = f"{sec:.9f}".rstrip("0").rstrip(".") + "s"
-    if h:
-        return f"{int(h)}h{int(m)}m{text}"
-    return f"{int(m)}m{text}" if m else text
+    """Seconds as Go's time.Duration.String() writes them (1h0m0s, 1m30s, 500ms, 0s): what
+    tetra sends, and what the agent reports."""
+    from vigil.agent.control import _go_duration
+
+    return _go_duration(seconds)
 
 
 @eventlog.command("get")
