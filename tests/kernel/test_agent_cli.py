@@ -263,3 +263,28 @@ def test_stopping_the_agent_removes_its_denies(tmp_path: Path):
     socket.create_connection(("127.0.0.1", port), timeout=5).close()  # the deny left with the agent
     srv.close()
     assert not still_loaded(ids)
+
+
+def test_tetras_commands_against_the_agent(agent_proc: AgentProcess):
+    """tetra's loglevel, eventlog, dump, info, tp domains, sensors, version -s -b and global
+    flags, run as a user would against a running agent."""
+    ap = agent_proc
+    for args, want in [
+        (["loglevel", "get"], r"^Current log level: LOG_LEVEL_INFO\n$"),
+        (["loglevel", "set", "debug"], r"^Log level set to: LOG_LEVEL_DEBUG\n$"),
+        (["log", "get"], r"^Current log level: LOG_LEVEL_DEBUG\n$"),
+        (["loglevel", "set", "info"], r"^Log level set to: LOG_LEVEL_INFO\n$"),
+        (["eventlog", "set", "--max-backups", "3", "--rotation-interval", "1h"], r"^$"),
+        (["eventlog", "get"], r'^Current logging parameters: max_size:\d+ rotation_interval:"1h0m0s" max_backups:3\n$'),
+        (["dump", "processcache", "--skip-zero-refcnt"], r'^\{"process": \{'),
+        (["info"], r'^\{"Name":"vigil","Version":'),
+        (["tp", "domains"], r"^\[.*grpc.*\]\n$"),
+        (["sensors", "list"], r"\((enabled|not enabled)\)"),
+        (["version", "-s", "-b"], r"^CLI version: .*\nServer version: .*\nPythonVersion: "),
+        (["--timeout", "10s", "--retries", "0", "tp", "list", "-o", "json"], r'^\{"policies":\['),
+    ]:
+        r = ap.cli(*args)
+        assert r.returncode == 0, (args, r.stdout, r.stderr)
+        assert re.search(want, r.stdout), (args, r.stdout)
+    pids = {json.loads(line)["process"]["pid"] for line in ap.cli("dump", "processcache").stdout.splitlines()}
+    assert ap.proc.pid in pids  # the agent's own process is among the cached ones
