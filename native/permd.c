@@ -1721,8 +1721,48 @@ static uint32_t path_only_kinds(const struct table *t)
 	return kinds;
 }
 
+/* Main groups replaced by a new table (or a regroup), their marks removed: read for
+ * RETIRED_GRACE_NS more, then closed (install). Only the main thread touches them. */
+#define MAX_RETIRED 16
+#define RETIRED_GRACE_NS 1000000000ULL
+static struct { struct gen *g[MAX_RETIRED]; uint64_t since[MAX_RETIRED]; int n; } R;
+
+/* Closed, what they still hold answered first: all (quit = 1) or those retired long enough. */
+static void retired_sweep(int all)
+{
+	uint64_t now = now_ns(CLOCK_MONOTONIC);
+	for (int i = 0; i < R.n;) {
+		if (!all && now - R.since[i] < RETIRED_GRACE_NS) {
+			i++;
+			continue;
+		}
+		handle_fanotify(R.g[i]);
+		pthread_mutex_lock(&S.mu);   /* (the watchdog reads S.pend under it; nothing of this group is there) */
+		gen_free(R.g[i]);
+		pthread_mutex_unlock(&S.mu);
+		memmove(&R.g[i], &R.g[i + 1], sizeof(R.g[0]) * (size_t)(R.n - i - 1));
+		memmove(&R.since[i], &R.since[i + 1], sizeof(R.since[0]) * (size_t)(R.n - i - 1));
+		R.n--;
+	}
+}
+
+static void retired_add(struct gen *r)
+{
+	if (R.n == MAX_RETIRED) {   /* tables replaced faster than the grace: the oldest goes now */
+		handle_fanotify(R.g[0]);
+		pthread_mutex_lock(&S.mu);
+		gen_free(R.g[0]);
+		pthread_mutex_unlock(&S.mu);
+		memmove(&R.g[0], &R.g[1], sizeof(R.g[0]) * (MAX_RETIRED - 1));
+		memmove(&R.since[0], &R.since[1], sizeof(R.since[0]) * (MAX_RETIRED - 1));
+		R.n--;
+	}
+	R.g[R.n] = r;
+	R.since[R.n++] = now_ns(CLOCK_MONOTONIC);
+}
+
 /* A fully marked group (and its table) in force: the old group's events still held are
- * answered and it is closed. Returns the table it replaced. */
+ * answered and it is retired. Returns the table it replaced. */
 static struct table *install(struct gen *g, struct table *t)
 {
 	pthread_mutex_lock(&S.mu);
@@ -1750,10 +1790,21 @@ static struct table *install(struct gen *g, struct table *t)
 			}
 		}
 		S.st[PD_STAT_mark_errors] += errors;
-		/* closing the group allows anything that raced in; its served groups are retired:
-		 * each thread answers what its group holds by the new table, then closes it */
+		/* Its group stays open, marked, a while (retired), read and decided by the new table:
+		 * an exec or open whose walk of the kernel's marks passed the new group's place before
+		 * that group's mark was in (preempted there: the new group was being marked) gets to
+		 * the old group's mark later; had the group been closed (or unmarked) by then, no group
+		 * at all would have been asked (the kernel allows what it cannot queue to a closed
+		 * group). Its served groups are retired: each thread answers what its group holds by
+		 * the new table, then closes it. */
+		struct gen *r = xrealloc(NULL, sizeof(*r));
+		memset(r, 0, sizeof(*r));
+		r->ino_fd = r->notif_fd = r->wake_fd = -1;
+		r->fan_fd = old->fan_fd;
+		old->fan_fd = -1;
 		gen_free(old);
 		pthread_mutex_unlock(&S.mu);
+		retired_add(r);
 	}
 	return old_t;
 }
@@ -2024,18 +2075,28 @@ int main(int argc, char **argv)
 	send_pkt(&hello, sizeof(hello), 0);
 
 	while (!S.quit) {
-		struct pollfd p[5] = {
+		struct pollfd p[5 + MAX_RETIRED] = {
 			{ .fd = S.ctl, .events = POLLIN },
 			{ .fd = S.cur ? S.cur->fan_fd : -1, .events = POLLIN },
 			{ .fd = S.cur ? S.cur->ino_fd : -1, .events = POLLIN },
 			{ .fd = S.cur && (S.cur->all_mask || S.cur->nrem) ? S.mountinfo_fd : -1, .events = POLLPRI },
 			{ .fd = S.cur && S.cur->notif_fd >= 0 ? S.cur->notif_fd : -1, .events = POLLIN },
 		};
-		if (poll(p, 5, S.cur && (S.cur->regroup || S.cur->sweep_due) ? 1000 : -1) < 0) {
+		int nr = R.n;
+		for (int i = 0; i < nr; i++)
+			p[5 + i] = (struct pollfd){ .fd = R.g[i]->fan_fd, .events = POLLIN };
+		int timeout = S.cur && (S.cur->regroup || S.cur->sweep_due) ? 1000 : -1;
+		if (nr)
+			timeout = 250;   /* (retired groups closed once their grace is over) */
+		if (poll(p, (nfds_t)(5 + nr), timeout) < 0) {
 			if (errno == EINTR)
 				continue;
 			break;
 		}
+		for (int i = 0; i < nr; i++)   /* (before anything below can retire another) */
+			if (p[5 + i].revents & POLLIN)
+				handle_fanotify(R.g[i]);
+		retired_sweep(0);
 		/* first what changes how events are handled: a renamed file asked about again, a
 		 * new file system marked, room made for remembering */
 		/* (busy: these make file-system calls, and the watchdog answers for a main thread

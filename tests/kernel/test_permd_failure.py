@@ -325,9 +325,9 @@ def test_rule_updates_during_an_exec_storm(tmpfs: Path, held: Held) -> None:
         done.set()
         u.join(60)
     assert not u.is_alive() and pushes[0] > 2
-    assert all(is_eperm(r) for r in out["blocked"]) and len(out["blocked"]) == 16 * 15
-    assert out["allowed"] == [0] * (16 * 15)
-    assert out["secret"] == [(0, 5)] * (16 * 15)
+    assert [r for r in out["blocked"] if not is_eperm(r)] == [] and len(out["blocked"]) == 16 * 15
+    assert out["allowed"] == [0] * (16 * 15), [r for r in out["allowed"] if r != 0]
+    assert out["secret"] == [(0, 5)] * (16 * 15), [r for r in out["secret"] if r != (0, 5)]
     st = held.h.stats()
     assert st["generation"] == pushes[0] + 1
     assert st["timeouts"] == st["rescued"] == st["write_errors"] == st["overflows"] == 0
@@ -391,11 +391,24 @@ def test_the_helper_ended_by_a_signal_while_a_decision_is_stuck(tmpfs: Path, hel
     assert is_eperm(run(tmpfs, [str(tmpfs / "blocked" / "tool")]))
 
 
+def agent_uses_permd() -> bool:
+    """The agent enforces exec/open Override through vigil-permd here: fanotify permission events,
+    and no BPF LSM programs (where it has those, it enforces in the kernel instead)."""
+    from vigil.kernel import features as F
+
+    return os.geteuid() == 0 and F.has("fanotify_perm") and not F.has("lsm")
+
+
+AGENT_USES_PERMD = pytest.mark.skipif(not agent_uses_permd(), reason="the agent enforces exec/open with BPF LSM on "
+                                      "this kernel (or cannot use fanotify): no vigil-permd to look at")
+
+
 def proc_state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0]
 
 
+@AGENT_USES_PERMD
 def test_reports_an_agent_did_not_read_are_counted_in_status_and_metrics(tmpfs: Path, tmp_path: Path) -> None:
     """A real `vigil agent` enforcing an open Override, SIGSTOPped while this process opens the
     denied file far more often than the helper's socket holds reports: every open is refused
@@ -474,6 +487,7 @@ def helpers_of(agent_pid: int) -> list[int]:
     return out
 
 
+@AGENT_USES_PERMD
 def test_an_agent_killed_and_started_again_guards_again(tmpfs: Path, tmp_path: Path) -> None:
     """The agent SIGKILLed: its helper sees it gone and exits (the kernel allows what is in
     flight, and nothing is guarded while no agent runs, as documented); the agent started again
