@@ -38,7 +38,8 @@
  * file system (new mounts followed through /proc/self/mountinfo; file systems served by a
  * process or the network left out). A new table gets new fanotify groups, marked completely
  * before the old ones are drained and closed (a served one by its own thread, once its server
- * lets it read), so there is no moment without the rules. The table is shared (refcounted)
+ * lets it read; the main one a second later, read meanwhile: see install), so there is no
+ * moment without the rules. The table is shared (refcounted)
  * with the served groups' threads, which decide by the same rules.
  *
  * Remembered allows: when every rule of a kind reads only the file's path, a file no rule
