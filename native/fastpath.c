@@ -1592,7 +1592,7 @@ typedef struct {
 	PyObject *s_exec_count, *s_exit_count, *s_offset, *s_enable_cred, *s_enable_ns, *s_ancestors;
 	PyObject *s_order, *s_pending, *s_append, *s_capacity, *s_grace, *m_rebuild_order;
 	PyObject *s_pods, *s_pod_json, *s_fast, *one, *pods, *pods_fast, *s_popleft, *s_removed, *s_evictions;
-	PyObject *s_miss_count, *s_clone_count, *s_clone, *s_clone_init, *s_with_pid;
+	PyObject *s_miss_count, *s_clone_count, *s_clone, *s_clone_init, *s_with_pid, *s_by_docker, *s_for_clone;
 	PyObject *empty_str, *empty_tuple;
 	PyObject *generic;  /* on_generic's context (set_generic), NULL until set */
 	PyTypeObject *proc_type;
@@ -1617,7 +1617,7 @@ typedef struct {
 		&b->s_pending, &b->s_append, &b->s_capacity, &b->s_grace,                                              \
 		&b->m_rebuild_order, &b->last_creds, &b->s_pods, &b->s_pod_json, &b->s_fast, &b->one, &b->pods, &b->pods_fast,\
 		&b->s_popleft, &b->s_removed, &b->s_evictions, &b->s_miss_count, &b->s_clone_count, &b->s_clone,  \
-		&b->s_clone_init, &b->s_with_pid, &b->generic,                                                   \
+		&b->s_clone_init, &b->s_with_pid, &b->s_by_docker, &b->s_for_clone, &b->generic,                 \
 	}
 
 static int builder_traverse(Builder *b, visitproc visit, void *arg)
@@ -1718,6 +1718,8 @@ static int builder_init(Builder *b, PyObject *args, PyObject *kw)
 	b->s_clone = PyUnicode_InternFromString("clone");
 	b->s_clone_init = PyUnicode_InternFromString("clone inInitTree");  /* build._CLONE_FLAGS */
 	b->s_with_pid = PyUnicode_InternFromString("with_pid");
+	b->s_by_docker = PyUnicode_InternFromString("by_docker");
+	b->s_for_clone = PyUnicode_InternFromString("for_clone");
 	b->s_removed = PyUnicode_InternFromString("removed");
 	b->s_evictions = PyUnicode_InternFromString("evictions");
 	b->one = PyLong_FromLong(1);
@@ -1730,7 +1732,8 @@ static int builder_init(Builder *b, PyObject *args, PyObject *kw)
 	if (!b->node_s || !b->s_exec_count || !b->s_exit_count || !b->s_offset || !b->s_enable_cred ||
 	    !b->s_enable_ns || !b->s_ancestors || !b->empty_str || !b->empty_tuple || !b->s_order || !b->s_pending ||
 	    !b->s_append || !b->s_capacity || !b->s_grace || !b->s_pods || !b->s_pod_json || !b->s_fast || !b->one || !b->s_popleft || !b->s_removed ||
-	    !b->s_evictions || !b->s_miss_count || !b->s_clone_count || !b->s_clone || !b->s_clone_init || !b->s_with_pid)
+	    !b->s_evictions || !b->s_miss_count || !b->s_clone_count || !b->s_clone || !b->s_clone_init || !b->s_with_pid ||
+	    !b->s_by_docker || !b->s_for_clone)
 		return -1;
 	return 0;
 }
@@ -2527,6 +2530,38 @@ static PyObject *builder_on_clone(Builder *b, PyObject *const *args, Py_ssize_t 
 				goto out;
 			}
 			Py_SETREF(pod, np_pod);
+		}
+		Py_DECREF(pods);
+	} else if (PyUnicode_GET_LENGTH(pslot(b, of, P_DOCKER))) {
+		/* no pod yet (it came after the parent was built and no event waited for it any
+		 * more): looked up again, as Tetragon does at fork; the resolver is asked only for a
+		 * kubelet container (PodResolver.by_docker), the rest is a dict lookup here */
+		PyObject *pods = PyObject_GetAttr(b->builder, b->s_pods);
+		if (!pods)
+			goto out;
+		if (pods != Py_None) {
+			PyObject *docker = pslot(b, of, P_DOCKER);
+			PyObject *byd = PyObject_GetAttr(pods, b->s_by_docker);
+			PyObject *ref = byd && PyDict_Check(byd) ? PyDict_GetItemWithError(byd, docker) : NULL;
+			PyObject *found = NULL;
+			if (byd && !PyDict_Check(byd))
+				PyErr_SetString(PyExc_TypeError, "PodResolver.by_docker is not a dict");
+			if (ref) {
+				PyObject *np = PyLong_FromUnsignedLong(r->nspid);
+				found = np ? PyObject_CallMethodObjArgs(pods, b->s_for_clone, docker, np,
+									slot(of_msg, msg_off[M_BINARY]),
+									slot(of_msg, msg_off[M_ARGUMENTS]), NULL)
+					   : NULL;
+				Py_XDECREF(np);
+			}
+			Py_XDECREF(byd);
+			if (PyErr_Occurred()) {
+				Py_XDECREF(found);
+				Py_DECREF(pods);
+				goto out;
+			}
+			if (found)
+				Py_SETREF(pod, found);
 		}
 		Py_DECREF(pods);
 	}

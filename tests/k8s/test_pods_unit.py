@@ -610,3 +610,61 @@ def test_a_deleted_pods_containers_are_no_longer_waited_for() -> None:
     assert CID[:31] in res.by_docker
     store.replace_all([])
     assert CID[:31] not in res.by_docker and not res.waits_for_pod(CID[:31])
+
+
+def _process_record(op: int, pid: int, ktime: int, ppid: int, pktime: int, nspid: int, cgroup: str) -> bytes:
+    """An exec or clone record (msg_process) of /bin/sh -c x in `cgroup`, its parent named by key."""
+    from vigil.events import records as R
+
+    exe, cwd, fn, cg, args = b"/bin/sh", b"/", b"/bin/sh\0", cgroup.encode() + b"\0", b"sh\0-c\0x\0"
+    host = (4026531835, 4026531836, 4026531837, 4026531838, 4026531839, 4026531840, 4026531841, 4026531842,
+            4026531843, 4026531844)
+    head = R.PROCESS.pack(op, 0, 0, 0, ktime + 1000, pid, 0, ktime, ppid, 0, pktime, pid, ppid, nspid, 0,
+                          *([0] * 8), 0, 0, 0, 0, 0, 0, 0, *host, 77, 123456, 0o100755, 1, ktime, 0, 0, 0,
+                          len(exe), len(cwd), len(fn), len(cg), len(args), 0)
+    return head + exe + cwd + fn + cg + args
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+@pytest.mark.parametrize("cgroup,pod_comes,want_pod", [
+    (f"/kubepods/besteffort/pod{UID}/{CID}", True, True),    # the pod came after the hold gave up
+    (f"/kubepods/besteffort/pod{UID}/{CID}", False, False),  # still no pod: none
+    (f"/docker/{CID}", True, False),                         # a plain Docker container has no pod
+])
+def test_a_child_forked_after_its_pod_came_gets_it(compiled: bool, cgroup: str, pod_comes: bool,
+                                                   want_pod: bool) -> None:
+    """A container's process built without its pod, whose held events left without it (the wait
+    ran out), forks after the pod came: the child's pod is looked up again at fork, as Tetragon
+    does, so its events carry it (its own pid in the container); both builder twins."""
+    from vigil.core import native
+    from vigil.events import records as R
+    from vigil.process.build import BuildOptions, EventBuilder
+    from vigil.process.cache import ProcessCache
+    from vigil.process.clock import WallClock
+
+    if compiled:
+        assert native.fast is not None, "the compiled extension is not built (make native)"
+    store = PodStore()
+    res = PodResolver(store)
+    cache = ProcessCache()
+    b = EventBuilder(cache, WallClock(), BuildOptions("node"))
+    b.pods = res
+    if not compiled:
+        b._fast = None
+    handlers = b.record_handlers()
+    hold = HoldStage(res, hold_seconds=1, cache=cache, emit=lambda _evs: None)
+    store.listen(hold.on_pod)
+    parent = handlers[R.OP_EXEC](_process_record(R.OP_EXEC, 100, 5_000, 1, 0, 1, cgroup), 0)
+    assert parent.process.pod is None
+    assert hold.filter([parent], now_ns=0) == ([] if "kubepods" in cgroup else [parent])
+    hold.tick(now_ns=2_000_000_000)  # the wait ran out: the event left without its pod
+    if pod_comes:
+        store.upsert(pod_obj())
+    assert cache.get((100, 5_000)).msg.pod is None
+    handlers[R.OP_CLONE](_process_record(R.OP_CLONE, 101, 6_000, 100, 5_000, 7, cgroup), 0)
+    child = cache.get((101, 6_000))
+    exit_ev = handlers[R.OP_EXIT](R.EXIT.pack(R.OP_EXIT, 0, 0, R.EXIT.size, 7_000, 101, 0, 6_000, 101, 0), 0)
+    for pod in (child.msg.pod, exit_ev.process.pod):
+        assert (pod is not None) is want_pod
+        if want_pod:
+            assert pod is not None and pod["name"] == "web-1" and pod["container"]["pid"] == 7

@@ -131,6 +131,18 @@ class PodResolver:
         forked children are part of the probe)."""
         return Pod(pod.shared, pid, pod.probe)
 
+    def for_clone(self, docker: str, pid: int, binary: str, arguments: str) -> Pod | None:
+        """The pod of a process forked from one built without it (its pod came later): looked
+        up again by the container, as Tetragon does at fork; the child's own pid, the exec probe
+        guess from the image it runs. None: still none known (or no kubelet container)."""
+        r = self.by_docker.get(docker)
+        entry = self.store.lookup(r.container_id) if r is not None else None
+        if r is None or entry is None:
+            return None
+        made = self._shared.get(r.container_id)
+        shared = made[1] if made is not None and made[0] is entry else self._base(*entry)
+        return self._with_process(shared, entry[1], pid, binary, arguments)
+
     def for_docker(self, docker: str) -> tuple[PodInfo, ContainerInfo] | None:
         r = self.by_docker.get(docker)
         return self.store.lookup(r.container_id) if r is not None else None

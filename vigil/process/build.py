@@ -290,8 +290,14 @@ class EventBuilder:
             if not peid and not r.caller_pid:  # unknown parent: the process it was forked from
                 peid, pkey = clone_of.exec_id, clone_of.key
             pod = clone_of.msg.pod
-            if pod and self.pods is not None:
-                pod = self.pods.with_pid(pod, r.nspid)
+            if self.pods is not None:
+                if pod:
+                    pod = self.pods.with_pid(pod, r.nspid)
+                elif clone_of.docker:
+                    # no pod when its parent was built (it came later, after no event waited
+                    # for it any more): looked up again at fork, as Tetragon does
+                    pod = self.pods.for_clone(clone_of.docker, r.nspid, clone_of.msg.binary,
+                                              clone_of.msg.arguments)
             # the forking process's mark, or pid 1 of a new namespace (its clone record's
             # namespace pid)
             in_tree = r.nspid == 1 or clone_of.in_init_tree
