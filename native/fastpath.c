@@ -1588,7 +1588,7 @@ typedef struct {
 	PyObject *builder, *cache, *by_key, *by_pid, *clock, *opts, *node;
 	PyObject *flags_cache, *docker_cache, *caps_cache, *ns_cache, *creds_cache, *signames;
 	PyObject *m_flag_words, *m_docker, *m_caps, *m_namespaces, *m_creds, *m_binary, *m_binary_properties;
-	PyObject *m_parents, *m_on_exit, *m_rfc3339, *m_signal_name;
+	PyObject *m_parents, *m_on_exit, *m_rfc3339, *m_signal_name, *m_missed;
 	PyObject *s_exec_count, *s_exit_count, *s_offset, *s_enable_cred, *s_enable_ns, *s_ancestors;
 	PyObject *s_order, *s_pending, *s_append, *s_capacity, *s_grace, *m_rebuild_order;
 	PyObject *s_pods, *s_pod_json, *s_fast, *one, *pods, *pods_fast, *s_popleft, *s_removed, *s_evictions;
@@ -1611,7 +1611,7 @@ typedef struct {
 		&b->builder, &b->cache, &b->by_key, &b->by_pid, &b->clock, &b->opts, &b->node, &b->flags_cache,  \
 		&b->docker_cache, &b->caps_cache, &b->ns_cache, &b->creds_cache, &b->signames, &b->m_flag_words, \
 		&b->m_docker, &b->m_caps, &b->m_namespaces, &b->m_creds, &b->m_binary, &b->m_binary_properties,  \
-		&b->m_parents, &b->m_on_exit, &b->m_rfc3339, &b->m_signal_name,                                 \
+		&b->m_parents, &b->m_on_exit, &b->m_rfc3339, &b->m_signal_name, &b->m_missed,                  \
 		&b->s_exec_count, &b->s_exit_count, &b->s_offset, &b->s_enable_cred, &b->s_enable_ns,            \
 		&b->s_ancestors, &b->empty_str, &b->empty_tuple, (PyObject **)&b->proc_type, &b->s_order,         \
 		&b->s_pending, &b->s_append, &b->s_capacity, &b->s_grace,                                              \
@@ -1689,7 +1689,7 @@ static int builder_init(Builder *b, PyObject *args, PyObject *kw)
 	    !(b->m_binary = get(builder, "_binary")) || !(b->m_binary_properties = get(builder, "_binary_properties")) ||
 	    !(b->m_parents = get(builder, "_parents")) || !(b->m_on_exit = get(builder, "py_on_exit")) ||
 	    !(b->m_rfc3339 = get(b->clock, "ktime_rfc3339")) ||
-	    !(b->m_rebuild_order = get(b->cache, "_rebuild_order")))
+	    !(b->m_rebuild_order = get(b->cache, "_rebuild_order")) || !(b->m_missed = get(b->cache, "missed")))
 		return -1;
 	if (!PyDict_CheckExact(b->by_key) || !PyDict_CheckExact(b->by_pid) || !PyDict_CheckExact(b->flags_cache) ||
 	    !PyDict_CheckExact(b->docker_cache) || !PyDict_CheckExact(b->caps_cache) ||
@@ -2447,6 +2447,13 @@ static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t n
 	if (bump(b, b->s_exec_count) < 0 || parents(b, p, ancestors, &parent, &anc) < 0 ||
 	    !(etime = rfc3339(b, r->ktime)))
 		goto out;
+	if (parent == Py_None) {  /* its parent is not in the cache: a miss (ProcessCache.missed) */
+		PyObject *mr = pkey != Py_None ? PyObject_CallObject(b->m_missed, pkey)
+					       : PyObject_CallFunction(b->m_missed, "k", (unsigned long)r->ppid);
+		if (!mr)
+			goto out;
+		Py_DECREF(mr);
+	}
 	res = new_event(T_EXEC, msg, parent, anc, etime, b->node);
 out:
 	Py_XDECREF(eid);

@@ -1365,3 +1365,32 @@ def test_socket_addresses_written_as_ipaddress_does(raw: bytes, family: int) -> 
     ev = handle(_generic_record(hooks[1], r), 0)
     want = ipaddress.IPv4Address(raw[:4]) if family == 2 else ipaddress.IPv6Address(raw)
     assert calls == [] and ev.body["args"][0]["sockaddr_arg"]["addr"] == str(want)
+
+
+# the parent an exec names, then (misses, early_deletions): an exec whose parent is not in the
+# cache is a miss (tetragon_process_cache_misses_total{operation="get"}), as a clone's or an exit's
+@pytest.mark.parametrize("parent, want", [
+    ("cached", (0, 0)),            # named by its key
+    ("cached-by-pid", (0, 0)),     # named by pid alone (no parent ktime)
+    ("unknown", (1, 0)),
+    ("unknown-by-pid", (1, 0)),
+    ("gc-removed", (1, 1)),        # removed by the GC before the exec came: an early deletion too
+])
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_an_exec_whose_parent_is_not_cached_is_a_miss(compiled: bool, parent: str, want: tuple[int, int]) -> None:
+    fast_b, ref_b = _builders({"enable_cred": False, "enable_ns": False, "ancestors": False}, 64)
+    b = fast_b if compiled else ref_b
+    on_exec = b._fast.on_exec if compiled else (lambda buf, now: b.on_exec(R.PyProcessRecord(buf), now))
+    d = {"exe": "/bin/sh", "cwd": b"/", "filename": "/bin/sh", "cgroup": "", "args": b"sh\0", "caps": (0, 0, 0),
+         "ns": HOST, "uid": 0, "euid": 0, "auid": 0, "securebits": 0, "userns_level": 0, "i_mode": 0o100755,
+         "nlink": 1, "flags": 0, "tid_off": 0, "op": R.OP_EXEC}
+    if parent.startswith("cached") or parent == "gc-removed":
+        on_exec(_exec_record(100, 5_000_000_000, 1, 0, d), 0)
+    if parent == "gc-removed":
+        b.cache.exit(b.cache.get((100, 5_000_000_000)), 0)
+        assert b.cache.gc(1000) == 1
+    misses = b.cache.misses
+    ppid, pktime = (200, 4_000_000_000) if parent.startswith("unknown") else (100, 5_000_000_000)
+    ev = on_exec(_exec_record(101, 6_000_000_000, ppid, 0 if parent.endswith("by-pid") else pktime, d), 0)
+    assert (ev.parent is None) is (want[0] == 1)
+    assert (b.cache.misses - misses, b.cache.early_deletions) == want

@@ -81,7 +81,7 @@ class AgentControl:
             "ringbuf": self._ringbuf_stats(),
             "process_cache": {"size": len(a.cache), "capacity": a.cache.capacity,
                               "evictions": a.cache.evictions,
-                              # lookups that found nothing: an event's process, an exit's, a clone's parent
+                              # lookups that found nothing: an event's process, an exit's, an exec's or a clone's parent
                               "misses": a.cache.misses + b.miss_count - b.exit_misses,
                               "early_deletions": a.cache.early_deletions,
                               "removed": a.cache.removed, "heap_trims": p.heap_trims},

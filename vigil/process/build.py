@@ -409,6 +409,8 @@ class EventBuilder:
         self.cache.add(p, now_ns)
         self.exec_count += 1
         parent, ancestors = self._parents(p)
+        if parent is None:  # its parent is not in the cache: a miss, as a clone's or an exit's
+            self.cache.missed(*(p.parent_key or (r.ppid, 0)))
         return ProcessExec(p.msg, parent, ancestors, self.clock.ktime_rfc3339(r.ktime), self.node)
 
     def on_procfs(self, r: Any, now_ns: int) -> ProcessExec:
