@@ -2701,8 +2701,8 @@ static PyObject *builder_rfc3339(Builder *b, PyObject *ktime)
  * PolicyEvents.hooks (hook id -> (hook, policy)), plans the plans made so far (hook id -> plan or
  * None), make_plan(hook_id) -> plan or None, handle the Python handler, data PolicyEvents._data,
  * action_key(hook, selector, action name) -> the policy's counter key, message(hook, selector,
- * action, ret_action, monitor) -> the body's message when an action enforces, missing(exec_id,
- * pid, tid) -> the message of a process not in the cache (core.events.missing_process). A plan
+ * action, ret_action, monitor) -> the body's message when an action enforces, missing(pid,
+ * exec_ktime, tid) -> the message of a process not in the cache (PolicyEvents.missing). A plan
  * (made by PolicyEvents.fast_plan) is the tuple
  *   (entry, kind, layout, args, action_names, events, actions, keys, ret, names, messages, enforcing)
  * entry: the hooks entry it was made from (a plan is used only while hooks holds that very
@@ -3661,8 +3661,8 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 	if (!p && PyErr_Occurred())
 		return NULL;
 	if (!p) {  /* not in the cache: missing_process's message ("miss"), no parent */
-		missing = PyObject_CallFunction(PyTuple_GET_ITEM(b->generic, GC_MISSING), "sKK", "",
-						(unsigned long long)m.key.pid,
+		missing = PyObject_CallFunction(PyTuple_GET_ITEM(b->generic, GC_MISSING), "KKK",
+						(unsigned long long)m.key.pid, (unsigned long long)m.key.ktime,
 						(unsigned long long)(m.tid ? m.tid : m.key.pid));
 		if (!missing)
 			return NULL;

@@ -1394,3 +1394,37 @@ def test_an_exec_whose_parent_is_not_cached_is_a_miss(compiled: bool, parent: st
     ev = on_exec(_exec_record(101, 6_000_000_000, ppid, 0 if parent.endswith("by-pid") else pktime, d), 0)
     assert (ev.parent is None) is (want[0] == 1)
     assert (b.cache.misses - misses, b.cache.early_deletions) == want
+
+
+# the exec ktime a policy record names for pid 100, whose image (100, 5 s) the GC removed, then
+# (misses, early_deletions): an early deletion is a miss of that very image (by pid alone when
+# the record names no exec ktime), not of a later one of the reused pid
+@pytest.mark.parametrize("exec_ktime, want", [
+    (5_000_000_000, (1, 1)),
+    (0, (1, 1)),
+    (8_000_000_000, (1, 0)),   # the pid reused by a process the cache never had
+])
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_early_deletions_of_policy_records_match_the_exec_key(compiled: bool, exec_ktime: int,
+                                                             want: tuple[int, int]) -> None:
+    from vigil.agent.policy_events import PolicyEvents
+
+    b, _ = _builders({"enable_cred": False, "enable_ns": False, "ancestors": False}, 64)
+    d = {"exe": "/bin/cat", "cwd": b"/", "filename": "/bin/cat", "cgroup": "", "args": b"cat\0", "caps": (0, 0, 0),
+         "ns": HOST, "uid": 0, "euid": 0, "auid": 0, "securebits": 0, "userns_level": 0, "i_mode": 0o100755,
+         "nlink": 1, "flags": 0, "tid_off": 0, "op": R.OP_EXEC}
+    b.record_handlers()[R.OP_EXEC](_exec_record(100, 5_000_000_000, 1, 0, d), 0)
+    cache = b.cache
+    cache.exit(cache.get((100, 5_000_000_000)), 0)
+    assert cache.gc(1000) == 1
+    hooks, lp = _generic_hooks("kprobe-string")
+    pe = PolicyEvents(b, lambda e: None, {c.hook_id: (c, lp) for c in hooks}, None)  # type: ignore[arg-type]
+    calls: list[int] = []
+    py_handle = pe.handle
+    pe.handle = lambda buf, now: (calls.append(1), py_handle(buf, now))[1]  # type: ignore[method-assign]
+    handler = pe.compiled_handler() if compiled else py_handle
+    misses = cache.misses
+    rec = plain_record(action=1, exec_ktime=exec_ktime, args=[(b"/etc/passwd", 0, 0, 0), (b"", 3, 0, 0)])
+    ev = handler(_generic_record(hooks[0], rec), 0)
+    assert ev.process.flags == "miss" and calls == []   # (the compiled handler made it itself)
+    assert (cache.misses - misses, cache.early_deletions) == want

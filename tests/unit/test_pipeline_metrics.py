@@ -95,15 +95,14 @@ def test_last_exported_timestamp_is_the_last_exported_events_time(tmp_path: Path
     assert got["tetragon_events_exported_total"][()] == len(events) == 2
 
 
-# PolicyEvents' lookups of an event's process (handle(), netdeny, fanotify, loader events: by pid
-# and exec ktime; the compiled handler's stand-in: by pid) -> (misses, missing process info, stand-in)
+# PolicyEvents' lookups of an event's process (handle(), netdeny, fanotify, loader events, the
+# compiled handler's stand-in: by pid and exec ktime) -> (misses, missing process info, stand-in)
 @pytest.mark.parametrize("lookup, want", [
     (lambda pe: pe.processes(100, 1000, 100), (0, 0, False)),   # cached: by its key
     (lambda pe: pe.processes(100, 0, 100), (0, 0, False)),      # cached: by pid
     (lambda pe: pe.processes(101, 1500, 102), (1, 1, True)),    # not cached
     (lambda pe: pe.processes(101, 0, 0), (1, 1, True)),
-    (lambda pe: (pe._missing_fast("", 101, 102), None), (1, 1, True)),
-], ids=["key", "pid", "unknown-key", "unknown-pid", "compiled-handler"])
+], ids=["key", "pid", "unknown-key", "unknown-pid"])
 def test_policy_event_processes_the_cache_lacks_are_counted(lookup: Any, want: tuple[int, int, bool]):
     from vigil.agent.policy_events import PolicyEvents
     from vigil.core.events import ProcessMsg

@@ -65,10 +65,6 @@ class PolicyEvents:
         self.builder.missing_info += 1
         return missing_process("", pid, tid)
 
-    def _missing_fast(self, exec_id: str, pid: int, tid: int) -> ProcessMsg:
-        """missing() for the compiled handler (which names no exec ktime)."""
-        return self.missing(pid, 0, tid)
-
     # -- reported from other threads
     def loader_event(self, pid: int, tid: int, path: str, build_id: bytes, time_ns: int) -> None:
         """Runs on the loader sensor's thread. Perf reports a mapping at once; the process it
@@ -149,7 +145,7 @@ class PolicyEvents:
         if fast is None:
             return self.handle
         fast.set_generic((self.hooks, {}, self.fast_plan, self.handle, self._data, self.action_key,
-                         self.message, self._missing_fast))
+                         self.message, self.missing))
         return fast.on_generic  # type: ignore[no-any-return]
 
     # -- record handlers (the event loop's table, by record op)
