@@ -2697,12 +2697,14 @@ static PyObject *builder_rfc3339(Builder *b, PyObject *ktime)
  * /proc/<pid>/maps), an argument whose maxData chunks wait, a payload shorter than its header
  * says.
  *
- * set_generic((hooks, plans, make_plan, handle, data, action_key, message, missing)): hooks is
+ * set_generic((hooks, plans, make_plan, handle, data, action_key, message, missing, data_misses)): hooks is
  * PolicyEvents.hooks (hook id -> (hook, policy)), plans the plans made so far (hook id -> plan or
  * None), make_plan(hook_id) -> plan or None, handle the Python handler, data PolicyEvents._data,
  * action_key(hook, selector, action name) -> the policy's counter key, message(hook, selector,
  * action, ret_action, monitor) -> the body's message when an action enforces, missing(pid,
- * exec_ktime, tid) -> the message of a process not in the cache (PolicyEvents.missing). A plan
+ * exec_ktime, tid) -> the message of a process not in the cache (PolicyEvents.missing),
+ * data_misses PolicyEvents.data_misses (operation -> count: "get", an argument whose maxData
+ * chunks never came). A plan
  * (made by PolicyEvents.fast_plan) is the tuple
  *   (entry, kind, layout, args, action_names, events, actions, keys, ret, names, messages, enforcing)
  * entry: the hooks entry it was made from (a plan is used only while hooks holds that very
@@ -2730,19 +2732,31 @@ enum { GA_STRING, GA_INT, GA_UINT, GA_LONG, GA_SIZE, GA_STRING_ERR, GA_FILE, GA_
 #define GA_ERR_OK 128  /* with a file-like kind: an fd, rendered as a file even when it could not be read */
 _Static_assert(GA_KINDS <= GA_ERR_OK, "an argument's kind must stay below its flags");
 #define GA_SIZE_SHIFT 8  /* with GA_BYTES: 1 + the slot of the buffer's size argument (0: none) */
-enum { GC_HOOKS, GC_PLANS, GC_MAKE_PLAN, GC_HANDLE, GC_DATA, GC_ACTION_KEY, GC_MESSAGE, GC_MISSING, GC_COUNT };
+enum { GC_HOOKS, GC_PLANS, GC_MAKE_PLAN, GC_HANDLE, GC_DATA, GC_ACTION_KEY, GC_MESSAGE, GC_MISSING, GC_DATA_MISSES,
+       GC_COUNT };
 
 static PyObject *builder_set_generic(Builder *b, PyObject *ctx)
 {
 	if (!PyTuple_CheckExact(ctx) || PyTuple_GET_SIZE(ctx) != GC_COUNT ||
 	    !PyDict_CheckExact(PyTuple_GET_ITEM(ctx, GC_HOOKS)) || !PyDict_CheckExact(PyTuple_GET_ITEM(ctx, GC_PLANS)) ||
-	    !PyDict_CheckExact(PyTuple_GET_ITEM(ctx, GC_DATA))) {
-		PyErr_SetString(PyExc_TypeError,
-				"set_generic((hooks, plans, make_plan, handle, data, action_key, message, missing))");
+	    !PyDict_CheckExact(PyTuple_GET_ITEM(ctx, GC_DATA)) || !PyDict_CheckExact(PyTuple_GET_ITEM(ctx, GC_DATA_MISSES))) {
+		PyErr_SetString(PyExc_TypeError, "set_generic((hooks, plans, make_plan, handle, data, action_key, message, "
+						 "missing, data_misses))");
 		return NULL;
 	}
 	Py_XSETREF(b->generic, Py_NewRef(ctx));
 	Py_RETURN_NONE;
+}
+
+static int dict_add(PyObject *d, PyObject *key, PyObject *n)  /* d[key] = d.get(key, 0) + n */
+{
+	PyObject *v = PyDict_GetItemWithError(d, key);
+	if (!v && PyErr_Occurred())
+		return -1;
+	PyObject *sum = v ? PyNumber_Add(v, n) : Py_NewRef(n);
+	int r = sum ? PyDict_SetItem(d, key, sum) : -1;
+	Py_XDECREF(sum);
+	return r;
 }
 
 static int dict_incr(PyObject *d, PyObject *key, PyObject *one)  /* d[key] = d.get(key, 0) + 1 */
@@ -3643,11 +3657,13 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 	if (m.ustack_len || m.kstack_len % 8)
 		return NULL;
 	/* maxData chunks wait: a record with an argument they continue takes them in handle()
-	 * (a chunk of an event that never came waits too, but concerns no other record) */
-	if (PyDict_GET_SIZE(PyTuple_GET_ITEM(b->generic, GC_DATA)))
-		for (int i = 0; i < VP_MAX_ARGS; i++)
-			if (m.args[i].flags & VP_ARGF_DATA)
-				return NULL;
+	 * (a chunk of an event that never came waits too, but concerns no other record); with
+	 * none waiting, each such argument's chunks never came: counted below, once it is made */
+	long data_args = 0;
+	for (int i = 0; i < VP_MAX_ARGS; i++)
+		data_args += (m.args[i].flags & VP_ARGF_DATA) != 0;
+	if (data_args && PyDict_GET_SIZE(PyTuple_GET_ITEM(b->generic, GC_DATA)))
+		return NULL;
 	PyObject *hid = PyLong_FromUnsignedLong(m.hook_id);
 	PyObject *plan = hid ? generic_plan(b, hid) : NULL;
 	Py_XDECREF(hid);
@@ -3748,6 +3764,19 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 	*out_of_plan = 0;
 	Py_DECREF(args);
 	untrack_body(body, 0);
+	/* data_misses["get"] += data_args (PolicyEvents._more_data: Tetragon's data cache misses) */
+	if (data_args) {
+		static PyObject *get_op;
+		PyObject *dm = PyTuple_GET_ITEM(b->generic, GC_DATA_MISSES);
+		PyObject *n = (get_op || (get_op = PyUnicode_InternFromString("get"))) ? PyLong_FromLong(data_args) : NULL;
+		int bad = !n || dict_add(dm, get_op, n) < 0;
+		Py_XDECREF(n);
+		if (bad) {
+			Py_DECREF(body);
+			Py_XDECREF(missing);
+			return NULL;
+		}
+	}
 	/* the counters: lp.events[kind] += 1, lp.actions[key] += 1 (PolicyEvents._count_action) */
 	PyObject *kind = PyTuple_GET_ITEM(plan, GP_KIND), *keys = PyTuple_GET_ITEM(plan, GP_KEYS);
 	PyObject *sk = PyLong_FromLong((long)m.selector << 8 | m.action);

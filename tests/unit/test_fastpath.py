@@ -1428,3 +1428,29 @@ def test_early_deletions_of_policy_records_match_the_exec_key(compiled: bool, ex
     ev = handler(_generic_record(hooks[0], rec), 0)
     assert ev.process.flags == "miss" and calls == []   # (the compiled handler made it itself)
     assert (cache.misses - misses, cache.early_deletions) == want
+
+
+# the maxData chunks waiting when a record of pid 100 comes whose first argument continues in
+# them (ARGF_DATA): its own ((ktime, tid, slot) -> chunks), another event's (never came), both
+# or none; then (tetragon_data_cache_misses_total{operation="get"}, the argument, chunks left)
+@pytest.mark.parametrize("waiting, want", [
+    ({(7_000_000_000, 100, 0): [(0, b"/more")]}, (0, "/etc/passwd/more", 0)),
+    ({}, (1, "/etc/passwd", 0)),                                    # its chunks never came
+    ({(1, 2, 3): [(0, b"x")]}, (1, "/etc/passwd", 1)),              # nor these, of another event
+    ({(1, 2, 3): [(0, b"x")], (7_000_000_000, 100, 0): [(0, b"/more")]}, (0, "/etc/passwd/more", 1)),
+], ids=["came", "never-came", "never-came-other-waits", "came-other-waits"])
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_data_chunks_that_never_came_are_data_cache_misses(compiled: bool, waiting: dict[Any, Any],
+                                                           want: tuple[int, str, int]) -> None:
+    from vigil.agent.policy_events import PolicyEvents
+
+    b, _ = _builders({"enable_cred": False, "enable_ns": False, "ancestors": False}, 64)
+    hooks, lp = _generic_hooks("kprobe-string")
+    pe = PolicyEvents(b, lambda e: None, {c.hook_id: (c, lp) for c in hooks}, None)  # type: ignore[arg-type]
+    pe._data.update({k: list(v) for k, v in waiting.items()})
+    handler = pe.compiled_handler() if compiled else pe.handle
+    rec = plain_record(action=1, args=[(b"/etc/passwd", 4096, 8, 0), (b"", 3, 0, 0)])  # 8: ARGF_DATA
+    ev = handler(_generic_record(hooks[0], rec), 0)
+    assert (pe.data_misses["get"], ev.body["args"][0]["string_arg"], len(pe._data)) == want
+    assert handler(_generic_record(hooks[0], plain_record(action=1, args=[(b"/a", 0, 0, 0)])), 0) is not None
+    assert pe.data_misses["get"] == want[0]   # a record with no argument in chunks: none missed

@@ -157,6 +157,7 @@ ALWAYS = {
     "tetragon_data_cache_size": set(),
     "tetragon_data_cache_capacity": set(),
     "tetragon_data_cache_evictions_total": set(),
+    "tetragon_data_cache_misses_total": {"operation"},
     "tetragon_tracingpolicy_loaded": {"state"},
 }
 

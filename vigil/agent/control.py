@@ -117,7 +117,8 @@ class AgentControl:
 
         pe = getattr(self.agent.policies, "events", None)
         return {"size": len(pe._data) if pe is not None else 0, "capacity": DATA_CAPACITY,
-                "evictions": pe.data_orphans if pe is not None else 0}
+                "evictions": pe.data_orphans if pe is not None else 0,
+                "misses": pe.data_misses["get"] if pe is not None else 0}
 
     def _loader_drops(self) -> dict[str, int]:
         """Mappings the kernel could not report to the loader sensor (its perf rings were full:

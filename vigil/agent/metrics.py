@@ -512,6 +512,10 @@ class AgentCollector(Collector):
                                 value=dc.get("capacity", 0))
         yield CounterMetricFamily("tetragon_data_cache_evictions", "maxData chunks dropped for room (their events "
                                   "never came)", value=dc.get("evictions", 0))
+        dmiss = CounterMetricFamily("tetragon_data_cache_misses", "maxData lookups that found nothing: arguments "
+                                    "whose chunks never came (dropped, or evicted)", labels=["operation"])
+        dmiss.add_metric(["get"], dc.get("misses", 0))
+        yield dmiss
 
         entries = GaugeMetricFamily("tetragon_map_entries", "BPF map entries in use", labels=["map"])
         capacity = GaugeMetricFamily("tetragon_map_capacity", "BPF map capacity", labels=["map"])

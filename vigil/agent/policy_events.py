@@ -40,6 +40,9 @@ class PolicyEvents:
         # maxData chunks wait here for their event: (event ktime, tid, slot) -> [(offset, bytes)]
         self._data: dict[tuple[int, int, int], list[tuple[int, bytes]]] = {}
         self.data_orphans = 0
+        # arguments whose maxData chunks were not there when their event came (dropped, or
+        # evicted): Tetragon's tetragon_data_cache_misses_total{operation="get"}
+        self.data_misses: dict[str, int] = {"get": 0}
         # loader events by how their process was found (Tetragon's tetragon_process_loader_stats):
         # reported by the sensor, found when first made, found after waiting for its exec record
         self.loader_stats = dict.fromkeys(("LoaderReceived", "LoaderResolvedImm", "LoaderResolvedRetry"), 0)
@@ -145,7 +148,7 @@ class PolicyEvents:
         if fast is None:
             return self.handle
         fast.set_generic((self.hooks, {}, self.fast_plan, self.handle, self._data, self.action_key,
-                         self.message, self.missing))
+                         self.message, self.missing, self.data_misses))
         return fast.on_generic  # type: ignore[no-any-return]
 
     # -- record handlers (the event loop's table, by record op)
@@ -179,7 +182,10 @@ class PolicyEvents:
         more: dict[int, bytes] | None = None
         for slot, ah in enumerate(m.args):
             if ah.flags & _ARGF_DATA:
-                chunks = self._data.pop((m.ktime, m.tid, slot), [])
+                chunks = self._data.pop((m.ktime, m.tid, slot), None)
+                if chunks is None:  # they never came
+                    self.data_misses["get"] += 1
+                    continue
                 chunks.sort()
                 more = more or {}
                 more[slot] = b"".join(c for _, c in chunks)
@@ -200,7 +206,7 @@ class PolicyEvents:
             for what, target in requested(ch, m.selector):
                 self.user_actions.submit(what, target)
         kind = ch.placement.event_kind
-        more = self._more_data(m) if self._data else None
+        more = self._more_data(m)
         event = PolicyEvent(kind, process, parent, generic_events.build_body(ch, m, data, more),
                             b.ktime_rfc3339(m.ktime), b.node)
         if lp is not None:
