@@ -40,6 +40,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("vigil.agent")
 
 
+class StartInterrupted(Exception):
+    """request_stop() (SIGINT/SIGTERM) came while start() ran: start() stopped at its next
+    step and closed everything it had made."""
+
+    def __init__(self, step: str) -> None:
+        super().__init__(f"stop requested while starting ({step})")
+        self.step = step
+
+
 class Agent:
     def __init__(self, config: AgentConfig, source: EventSource | None = None) -> None:
         config.validate()
@@ -74,15 +83,26 @@ class Agent:
         self._started = False  # start() completed: only then may close() leave sensors pinned
 
     # -- lifecycle
+    def checkpoint(self, step: str) -> None:
+        """Between the steps of start(): a stop requested meanwhile ends the start here
+        (start() closes what it made), not after every policy of a large directory loaded."""
+        if self._stop.is_set():
+            raise StartInterrupted(step)
+
     def start(self) -> None:
+        """Everything up, or StartInterrupted if request_stop() came first, or the error that
+        refused the start; either way nothing of it is left (close())."""
         self.started_at = time.monotonic()
         c = self.config
         self.pipeline.open_outputs(c)
         try:
+            self.checkpoint("opening the outputs")
             if self.live and c.enable_k8s_api:
                 self._start_k8s()
+                self.checkpoint("listing the node's pods")
             if self.live:
                 self._start_kernel()
+                self.checkpoint("attaching the process sensor")
                 if self.k8s is not None:
                     from vigil.kernel.cgroups import tracking
 
@@ -92,6 +112,7 @@ class Agent:
                 self._load_start_policies()
                 if self.k8s is not None and c.enable_tracing_policy_crd:
                     self.k8s.start_policies(self.policies)
+                    self.checkpoint("loading the cluster's policies")
                 self._release_previous()  # our programs and policies are in: no enforcement gap
             # what exists now (modules, the procfs snapshot) lives as long as the agent:
             # keep it out of every cyclic collection; cycles are rare on the hot path,
@@ -101,7 +122,9 @@ class Agent:
             gc.set_threshold(20_000, 20, 50)
             self.ready_at = time.monotonic()
             for fe in self.frontends:
+                self.checkpoint("starting the servers")
                 fe.start()
+            self.checkpoint("starting the servers")
             self._started = True
         except BaseException:
             self.close()
@@ -118,8 +141,10 @@ class Agent:
         c = self.config
         jobs: list[tuple[Callable[[str], list[str]], str]] = [(self.policies.add_file, f) for f in c.tracing_policy]
         if c.tracing_policy_dir:
-            jobs.append((self.policies.add_dir, c.tracing_policy_dir))
+            jobs.append((lambda d: self.policies.add_dir(d, checkpoint=lambda f: self.checkpoint(f"loading {f}")),
+                         c.tracing_policy_dir))
         for add, path in jobs:
+            self.checkpoint(f"loading {path}")
             try:
                 add(path)
             except PolicyError as e:
@@ -221,8 +246,10 @@ class Agent:
         if c.record_file:
             src = RecordingSource(src, c.record_file)
         self.source = src
+        self.checkpoint("attaching the process sensor")
         # attach first, then scan: anything missed by the scan is seen live
         snaps = scan(self.clock)
+        self.checkpoint("reading /proc")
         if recovered:
             self.pipeline.handle(recovered)  # execs and exits while no agent ran, in their order
             self._adopt_recovered(snaps)

@@ -12,6 +12,7 @@ import logging
 import os
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,13 +236,17 @@ class PolicyManager:
                 raise
             return names
 
-    def add_dir(self, path: str) -> list[str]:
+    def add_dir(self, path: str, *, checkpoint: Callable[[Path], None] | None = None) -> list[str]:
+        """Every policy file of the directory; checkpoint(file) before each may raise to stop
+        there (the agent's start interrupted: what loaded before is unloaded by its close)."""
         d = Path(path)
         if not d.is_dir():
             raise PolicyError(f"--tracing-policy-dir {path}: not a directory")
         names: list[str] = []
         refused: list[str] = []
         for f in policy_dir_files(d):  # and one level of subdirectories, as Tetragon's
+            if checkpoint is not None:
+                checkpoint(f)
             try:  # each file all or nothing; one refused file does not keep the others out
                 names += self.add_file(str(f))
             except PolicyError as e:

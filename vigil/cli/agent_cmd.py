@@ -285,7 +285,7 @@ def _build_command() -> click.Command:
 
 
 def run_agent(cfg: AgentConfig) -> int:
-    from vigil.agent.agent import Agent
+    from vigil.agent.agent import Agent, StartInterrupted
     from vigil.agent.frontends import attach_frontends
     from vigil.core.errors import PolicyError
     from vigil.kernel import BpfError
@@ -294,9 +294,14 @@ def run_agent(cfg: AgentConfig) -> int:
         click.echo("vigil agent: must run as root (loads BPF programs)", err=True)
         return 1
     agent = Agent(cfg)
+    received: list[str] = []
 
     def on_signal(signum: int, _frame: object) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if received:
+            force_exit(agent, name, 128 + signum)
+        received.append(name)
+        log.info("received %s, stopping (again to exit at once)", name)
         agent.request_stop()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -308,6 +313,10 @@ def run_agent(cfg: AgentConfig) -> int:
         testhooks.install(agent)
         print("vigil agent ready", file=sys.stderr, flush=True)
         agent.run()
+    except StartInterrupted as e:  # start() closed what it made
+        click.echo(f"vigil agent: {received[0] if received else 'stop requested'} while starting "
+                   f"({e.step}): stopped, nothing of it left loaded", err=True)
+        return 0
     except (BpfError, PolicyError) as e:
         for line in str(e).splitlines() or [type(e).__name__]:
             click.echo(f"vigil agent: {line}", err=True)
@@ -321,6 +330,26 @@ def run_agent(cfg: AgentConfig) -> int:
             signal.signal(s, h)
     log.info("vigil agent stopped")
     return 0
+
+
+def force_exit(agent: Any, signame: str, status: int) -> None:
+    """A second SIGINT/SIGTERM while the agent stops: exit now, without the orderly unload
+    (one policy at a time, slow with many). The kernel frees every program, link and map the
+    process holds; the serving processes and vigil-permd see it go and stop themselves (the
+    kernel allows what permd had in flight); the run directory is removed by the next start.
+    Pins stay only when --keep-sensors-on-exit asked for them on a started agent (the next
+    start adopts them): those of an agent still starting are removed here."""
+    try:
+        pins = agent.pins
+        if pins is not None and not (agent.config.keep_sensors_on_exit and agent._started):
+            pins.stop()
+    except Exception:  # noqa: BLE001 - exiting anyway; the next start removes what is left
+        pass
+    try:
+        sys.stderr.write(f"vigil agent: second {signame}: exiting now, without the orderly shutdown\n")
+        sys.stderr.flush()
+    finally:
+        os._exit(status)
 
 
 agent = _build_command()

@@ -1,0 +1,203 @@
+"""SIGINT/SIGTERM at any moment of `vigil agent`'s life: while it starts (a large policy
+directory loading), and a second one while it stops.
+
+One signal while starting: the start stops at its next step (not after every policy of the
+directory), everything it made is removed, one clear line, exit status 0. A second signal
+while stopping: the agent exits at once (128 + signal), the kernel removes what it held, and
+the next start is not hindered. Each agent pins into a BPF file system this test mounts."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.kernel.bpfstate import require_root, still_loaded
+from tests.kernel.test_agent_cli import VIGIL, AgentProcess
+from vigil.kernel import sys as ksys
+
+pytestmark = pytest.mark.kernel
+
+# tracepoints that exist on every kernel the project supports; a binary that never runs
+SYSCALLS = ["read", "write", "openat", "close", "getpid", "getppid", "getuid", "geteuid", "getgid", "getegid",
+            "dup", "dup3", "pipe2", "fcntl", "ioctl", "lseek", "pread64", "pwrite64", "readv", "writev",
+            "faccessat", "nanosleep", "clock_nanosleep", "socket", "connect", "accept4", "sendto", "recvfrom",
+            "bind", "listen", "getsockname", "getpeername", "mmap", "munmap", "mprotect", "brk", "getcwd",
+            "kill", "chdir", "umask"]
+
+
+def write_policies(d: Path, n: int) -> None:
+    d.mkdir()
+    for i, sc in enumerate(SYSCALLS[:n]):
+        (d / f"p{i:02d}.yaml").write_text(f"""apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {{name: stop-test-{i:02d}}}
+spec:
+  tracepoints:
+  - subsystem: syscalls
+    event: sys_enter_{sc}
+    args: [{{index: 0}}]
+    selectors:
+    - matchBinaries: [{{operator: In, values: ["/nonexistent/stop-test-{i}"]}}]
+""")
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[dict[str, Path]]:
+    require_root()
+    write_policies(tmp_path / "policies", len(SYSCALLS))
+    write_policies(tmp_path / "few", 10)
+    bpffs = Path(tempfile.mkdtemp(prefix="vigil-test-bpffs-"))
+    ksys.mount("bpf", str(bpffs), "bpf")
+    try:
+        yield {"tmp": tmp_path, "policies": tmp_path / "policies", "few": tmp_path / "few", "bpffs": bpffs}
+    finally:
+        ksys.umount(str(bpffs))  # drops every pin left in it
+        os.rmdir(bpffs)
+
+
+def held_ids(pid: int) -> tuple[set[int], set[int]]:
+    """(program ids, link ids) process `pid` holds fds for; empty once it is gone."""
+    progs: set[int] = set()
+    links: set[int] = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fdinfo")
+    except OSError:
+        return progs, links
+    for fd in fds:
+        try:
+            text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            if key == "prog_id":
+                progs.add(int(value))
+            elif key == "link_id":
+                links.add(int(value))
+    return progs, links
+
+
+def loaded_link_ids() -> set[int]:
+    out = subprocess.run(["bpftool", "-j", "link", "show"], capture_output=True, text=True, check=True).stdout
+    return {k["id"] for k in json.loads(out or "[]")}
+
+
+class Run:
+    """`vigil agent` with the test's policy directory; what it held, sampled until it exits."""
+
+    def __init__(self, env: dict[str, Path], name: str, extra: list[str], policies: str = "policies") -> None:
+        d = env["tmp"] / name
+        d.mkdir()
+        self.stderr = d / "agent.err"
+        self.proc = subprocess.Popen(
+            [*VIGIL, "agent", "--tracing-policy-dir", str(env[policies]), "--server-address",
+             f"unix://{d}/vigil.sock", "--info-file", str(d / "info.json"), "--bpf-dir", str(env["bpffs"] / "vigil"),
+             *extra], stdout=subprocess.DEVNULL, stderr=open(self.stderr, "wb"))
+        self.progs: set[int] = set()
+        self.links: set[int] = set()
+
+    def sample(self) -> None:
+        p, k = held_ids(self.proc.pid)
+        self.progs |= p
+        self.links |= k
+
+    def wait_for(self, text: str) -> None:
+        deadline = time.monotonic() + 120
+        while text not in self.stderr.read_text():
+            self.sample()
+            assert self.proc.poll() is None and time.monotonic() < deadline, \
+                f"agent never logged {text!r}:\n{self.stderr.read_text()}"
+            time.sleep(0.02)
+
+    def wait_exit(self) -> int:
+        deadline = time.monotonic() + 120
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            self.sample()
+            time.sleep(0.02)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("agent still running 120 s after the signal:\n" + self.stderr.read_text())
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def pinned_files(bpffs: Path) -> list[str]:
+    return [os.path.join(r, f) for r, _, fs in os.walk(bpffs) for f in fs]
+
+
+def probe_cgroups(pid: int) -> list[str]:
+    """The feature probe's cgroups of agent `pid` still there."""
+    roots = [mp for _, mp, fs in ksys.mounts() if fs == "cgroup2"]
+    return [p for r in roots if os.path.exists(p := os.path.join(r, f"vigil-probe-{pid}"))]
+
+
+def assert_nothing_left(run: Run, env: dict[str, Path]) -> None:
+    assert run.progs, "the agent held no BPF programs before the signal?"
+    assert not still_loaded(run.progs), "programs still loaded"
+    assert not run.links & loaded_link_ids(), "links still attached"
+    assert not probe_cgroups(run.proc.pid)
+
+
+# (log line to signal after, signal, extra flags): every step of the start
+WHILE_STARTING = [
+    ("process sensor attached", signal.SIGINT, []),
+    ("kernel features", signal.SIGTERM, []),
+    ("policy stop-test-03 loaded", signal.SIGINT, []),
+    ("policy stop-test-08 loaded", signal.SIGTERM, []),
+    ("policy stop-test-05 loaded", signal.SIGINT, ["--keep-sensors-on-exit", "true"]),
+]
+
+
+@pytest.mark.parametrize("after,sig,extra", WHILE_STARTING,
+                         ids=[f"{s.name}-after-{a.replace(' ', '-')}{'-keep' if e else ''}"
+                              for a, s, e in WHILE_STARTING])
+def test_a_signal_while_starting_stops_the_start(env: dict[str, Path], after: str, sig: signal.Signals,
+                                                 extra: list[str]) -> None:
+    run = Run(env, "agent", extra)
+    try:
+        run.wait_for(after)
+        run.proc.send_signal(sig)
+        rc = run.wait_exit()
+    finally:
+        run.kill()
+    err = run.stderr.read_text()
+    assert rc == 0 and "Traceback" not in err, err
+    assert "vigil agent ready" not in err, "the start went on to the end:\n" + err
+    assert f"vigil agent: {sig.name} while starting (" in err, err
+    assert f"policy stop-test-{len(SYSCALLS) - 1:02d} loaded" not in err, err
+    assert_nothing_left(run, env)
+    assert not pinned_files(env["bpffs"] / "vigil"), "a start that did not complete left pins (its partial policies)"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_a_second_signal_while_stopping_exits_at_once(env: dict[str, Path], sig: signal.Signals) -> None:
+    run = Run(env, "agent", [], policies="few")
+    try:
+        run.wait_for("vigil agent ready")
+        run.proc.send_signal(sig)
+        run.wait_for(f"received {sig.name}, stopping")  # then unloading the policies one at a time
+        run.proc.send_signal(sig)
+        rc = run.wait_exit()
+    finally:
+        run.kill()
+    err = run.stderr.read_text()
+    assert rc == 128 + sig and "Traceback" not in err, err
+    assert f"vigil agent: second {sig.name}: exiting now" in err, err
+    assert "vigil agent stopped" not in err, err
+    assert_nothing_left(run, env)
+    # what the forced exit left (the run directory) does not hinder the next start
+    (env["tmp"] / "again").mkdir()
+    again = AgentProcess(env["tmp"] / "again", ["--bpf-dir", str(env["bpffs"] / "vigil")])
+    assert again.stop() == 0
