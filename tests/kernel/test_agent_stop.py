@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.kernel.bpfstate import require_root, still_loaded
-from tests.kernel.test_agent_cli import VIGIL, AgentProcess
+from tests.kernel.test_agent_cli import VIGIL, AgentProcess, free_port
 from vigil.kernel import sys as ksys
 
 pytestmark = pytest.mark.kernel
@@ -150,22 +150,34 @@ def assert_nothing_left(run: Run, env: dict[str, Path]) -> None:
     assert not probe_cgroups(run.proc.pid)
 
 
-# (log line to signal after, signal, extra flags): every step of the start
+# an API server that never answers: nothing listens on the port (loopback)
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{{name: c, cluster: {{server: "https://127.0.0.1:{port}"}}}}]
+users: [{{name: u, user: {{token: x}}}}]
+contexts: [{{name: x, context: {{cluster: c, user: u}}}}]
+current-context: x
+"""
+K8S = ["--enable-k8s-api", "true", "--k8s-kubeconfig-path", "{kubeconfig}"]
+
+# (id, log line to signal after, signal, extra flags): every step of the start
 WHILE_STARTING = [
-    ("process sensor attached", signal.SIGINT, []),
-    ("kernel features", signal.SIGTERM, []),
-    ("policy stop-test-03 loaded", signal.SIGINT, []),
-    ("policy stop-test-08 loaded", signal.SIGTERM, []),
-    ("policy stop-test-05 loaded", signal.SIGINT, ["--keep-sensors-on-exit", "true"]),
+    ("sensor-attached", "process sensor attached", signal.SIGINT, []),
+    ("features-probed", "kernel features", signal.SIGTERM, []),
+    ("policy-03", "policy stop-test-03 loaded", signal.SIGINT, []),
+    ("policy-08", "policy stop-test-08 loaded", signal.SIGTERM, []),
+    ("policy-05-keep-sensors", "policy stop-test-05 loaded", signal.SIGINT, ["--keep-sensors-on-exit", "true"]),
+    # waiting (up to 15 s) for the first listing of the node's pods
+    ("k8s-pods-unlisted", "WARNING vigil.k8s: pods: ", signal.SIGINT, K8S),
 ]
 
 
-@pytest.mark.parametrize("after,sig,extra", WHILE_STARTING,
-                         ids=[f"{s.name}-after-{a.replace(' ', '-')}{'-keep' if e else ''}"
-                              for a, s, e in WHILE_STARTING])
+@pytest.mark.parametrize("after,sig,extra", [r[1:] for r in WHILE_STARTING], ids=[r[0] for r in WHILE_STARTING])
 def test_a_signal_while_starting_stops_the_start(env: dict[str, Path], after: str, sig: signal.Signals,
                                                  extra: list[str]) -> None:
-    run = Run(env, "agent", extra)
+    kubeconfig = env["tmp"] / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG.format(port=free_port()))
+    run = Run(env, "agent", [a.format(kubeconfig=kubeconfig) for a in extra])
     try:
         run.wait_for(after)
         run.proc.send_signal(sig)
@@ -177,6 +189,10 @@ def test_a_signal_while_starting_stops_the_start(env: dict[str, Path], after: st
     assert "vigil agent ready" not in err, "the start went on to the end:\n" + err
     assert f"vigil agent: {sig.name} while starting (" in err, err
     assert f"policy stop-test-{len(SYSCALLS) - 1:02d} loaded" not in err, err
+    assert "not listed within" not in err, "the start waited for the API server:\n" + err
+    if after.startswith("WARNING vigil.k8s"):
+        assert "(listing the node's pods)" in err, err
+        return  # before any BPF program
     assert_nothing_left(run, env)
     assert not pinned_files(env["bpffs"] / "vigil"), "a start that did not complete left pins (its partial policies)"
 

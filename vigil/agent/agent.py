@@ -157,7 +157,8 @@ class Agent:
 
         c = self.config
         self.k8s = K8sStage(node=c.node_name, kubeconfig=c.k8s_kubeconfig_path, hold_seconds=c.k8s_pod_wait,
-                            cache=self.cache, inject=self.pipeline.inject, annotations=c.enable_pod_annotations)
+                            cache=self.cache, inject=self.pipeline.inject, annotations=c.enable_pod_annotations,
+                            stop=self._stop)
         self.k8s.start_pods()  # before the procfs scan: processes found at start get their pods too
         self.builder.pods = self.k8s.resolver
 

@@ -10,6 +10,8 @@ own threads; nothing here blocks the pipeline.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -49,8 +51,10 @@ def api_client(kubeconfig: str = "") -> Any:
 class K8sStage:
     def __init__(self, *, node: str, kubeconfig: str = "", hold_seconds: float = 3.0,
                  cache: Any = None, inject: Callable[[Event], None] | None = None,
-                 sync_timeout: float = 15.0, annotations: bool = False) -> None:
+                 sync_timeout: float = 15.0, annotations: bool = False,
+                 stop: threading.Event | None = None) -> None:
         self.node = node
+        self.stop = stop  # set: the agent stops; waiting for a first listing ends at once
         self.kubeconfig = kubeconfig
         self.sync_timeout = sync_timeout
         self.store = PodStore()
@@ -77,11 +81,27 @@ class K8sStage:
                        list_kwargs={"field_selector": f"spec.nodeName={self.node}"})
         self.informers.append(inf)
         inf.start()
-        if not inf.wait_synced(self.sync_timeout):
+        if not self._wait_synced(inf):
+            if self.stop is not None and self.stop.is_set():
+                return
             log.warning("pods of node %s not listed within %.0f s (%s); events wait for pod data as usual",
                         self.node, self.sync_timeout, inf.last_error or "no answer")
         else:
             log.info("watching %d pods of node %s", len(self.store), self.node)
+
+    def _wait_synced(self, inf: Informer) -> bool:
+        """Listed within sync_timeout; False at once when the agent stops meanwhile (an API
+        server that does not answer kept a Ctrl-C waiting for the whole timeout)."""
+        if self.stop is None:
+            return inf.wait_synced(self.sync_timeout)
+        deadline = time.monotonic() + self.sync_timeout
+        while not self.stop.is_set():
+            left = deadline - time.monotonic()
+            if inf.wait_synced(min(0.05, max(left, 0))):
+                return True
+            if left <= 0:
+                return False
+        return False
 
     def _on_pod(self, typ: str, obj: dict[str, Any]) -> None:
         if typ == "DELETED":
@@ -109,7 +129,9 @@ class K8sStage:
             self.informers.append(inf)
             inf.start()
         for inf in self.informers[-2:]:
-            if not inf.wait_synced(self.sync_timeout):
+            if not self._wait_synced(inf):
+                if self.stop is not None and self.stop.is_set():
+                    return
                 log.warning("%s not listed within %.0f s (%s); loading them when the API server answers",
                             inf.name, self.sync_timeout, inf.last_error or "no answer")
 
