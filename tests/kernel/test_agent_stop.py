@@ -92,12 +92,13 @@ def loaded_link_ids() -> set[int]:
 class Run:
     """`vigil agent` with the test's policy directory; what it held, sampled until it exits."""
 
-    def __init__(self, env: dict[str, Path], name: str, extra: list[str], policies: str = "policies") -> None:
+    def __init__(self, env: dict[str, Path], name: str, extra: list[str], policies: str = "policies",
+                 command: list[str] | None = None) -> None:
         d = env["tmp"] / name
         d.mkdir()
         self.stderr = d / "agent.err"
         self.proc = subprocess.Popen(
-            [*VIGIL, "agent", "--tracing-policy-dir", str(env[policies]), "--server-address",
+            [*(command or VIGIL), "agent", "--tracing-policy-dir", str(env[policies]), "--server-address",
              f"unix://{d}/vigil.sock", "--info-file", str(d / "info.json"), "--bpf-dir", str(env["bpffs"] / "vigil"),
              *extra], stdout=subprocess.DEVNULL, stderr=open(self.stderr, "wb"))
         self.progs: set[int] = set()
@@ -195,6 +196,33 @@ def test_a_signal_while_starting_stops_the_start(env: dict[str, Path], after: st
         return  # before any BPF program
     assert_nothing_left(run, env)
     assert not pinned_files(env["bpffs"] / "vigil"), "a start that did not complete left pins (its partial policies)"
+
+
+# `vigil agent` that signals itself while it reads its options, before the agent exists
+SIGNALS_ITSELF = """import os, signal, sys
+from vigil.agent.config import AgentConfig
+from vigil.cli.main import main
+validate, sent = AgentConfig.validate, []
+def signalling(self):
+    if not sent:
+        sent.append(os.kill(os.getpid(), signal.{sig}))
+    return validate(self)
+AgentConfig.validate = signalling
+main()
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_a_signal_before_the_agent_exists(env: dict[str, Path], sig: signal.Signals) -> None:
+    run = Run(env, "agent", [], command=[VIGIL[0], "-c", SIGNALS_ITSELF.format(sig=sig.name)])
+    try:
+        rc = run.wait_exit()
+    finally:
+        run.kill()
+    err = run.stderr.read_text()
+    assert rc == 0 and "Traceback" not in err and "Aborted!" not in err, err
+    assert f"vigil agent: {sig.name} while starting (opening the outputs)" in err, err
+    assert not run.progs, "the agent loaded programs after the signal"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)

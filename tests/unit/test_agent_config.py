@@ -13,7 +13,7 @@ from vigil.cli.main import cli
 @pytest.fixture
 def captured(monkeypatch: pytest.MonkeyPatch) -> list:
     got: list = []
-    monkeypatch.setattr(agent_cmd, "run_agent", lambda cfg: got.append(cfg) or 0)
+    monkeypatch.setattr(agent_cmd, "run_agent", lambda cfg, signals=None: got.append(cfg) or 0)
     return got
 
 

@@ -191,6 +191,9 @@ def _config_dir_values(path: str | None) -> dict[str, str]:
 def _build_command() -> click.Command:
     def agent(**kw: Any) -> None:
         ctx = click.get_current_context()
+        # from the first moment: a Ctrl-C while the options are read is not click's 'Aborted!'
+        signals = StopSignals()
+        ctx.call_on_close(signals.restore)
         cfgdir = _config_dir_values(kw.pop("config_dir"))
         for flag, spec in OPTIONS:
             name = _param_name(flag)
@@ -266,7 +269,7 @@ def _build_command() -> click.Command:
             cfg.validate()
         except ValueError as e:
             raise click.UsageError(str(e)) from e
-        sys.exit(run_agent(cfg))
+        sys.exit(run_agent(cfg, signals))
 
     params: list[click.Parameter] = [click.Option(["--config-dir"], default=None,
                                                   help="Directory with one file per option.")]
@@ -284,7 +287,37 @@ def _build_command() -> click.Command:
                               "environment, the environment over the config dir.")
 
 
-def run_agent(cfg: AgentConfig) -> int:
+class StopSignals:
+    """SIGINT/SIGTERM handling of `vigil agent` from before the agent exists: the first asks
+    the agent to stop (at once if it comes before the agent is made), a second exits at once
+    (force_exit). restore() puts the previous handlers back."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        self.agent: Any = None
+        self._old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self.received:
+            force_exit(self.agent, name, 128 + signum)
+        self.received.append(name)
+        log.info("received %s, stopping (again to exit at once)", name)
+        if self.agent is not None:
+            self.agent.request_stop()
+
+    def attach(self, agent: Any) -> None:
+        self.agent = agent
+        if self.received:
+            agent.request_stop()
+
+    def restore(self) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old = {}
+
+
+def run_agent(cfg: AgentConfig, signals: StopSignals | None = None) -> int:
     from vigil.agent.agent import Agent, StartInterrupted
     from vigil.agent.frontends import attach_frontends
     from vigil.core.errors import PolicyError
@@ -293,18 +326,10 @@ def run_agent(cfg: AgentConfig) -> int:
     if os.geteuid() != 0:
         click.echo("vigil agent: must run as root (loads BPF programs)", err=True)
         return 1
+    own = signals is None
+    sig = signals if signals is not None else StopSignals()
     agent = Agent(cfg)
-    received: list[str] = []
-
-    def on_signal(signum: int, _frame: object) -> None:
-        name = signal.Signals(signum).name
-        if received:
-            force_exit(agent, name, 128 + signum)
-        received.append(name)
-        log.info("received %s, stopping (again to exit at once)", name)
-        agent.request_stop()
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    sig.attach(agent)
     try:
         attach_frontends(agent)  # in here: one made before another refused is closed below
         agent.start()
@@ -314,7 +339,7 @@ def run_agent(cfg: AgentConfig) -> int:
         print("vigil agent ready", file=sys.stderr, flush=True)
         agent.run()
     except StartInterrupted as e:  # start() closed what it made
-        click.echo(f"vigil agent: {received[0] if received else 'stop requested'} while starting "
+        click.echo(f"vigil agent: {sig.received[0] if sig.received else 'stop requested'} while starting "
                    f"({e.step}): stopped, nothing of it left loaded", err=True)
         return 0
     except (BpfError, PolicyError) as e:
@@ -326,8 +351,8 @@ def run_agent(cfg: AgentConfig) -> int:
         return 1
     finally:
         agent.close()
-        for s, h in old.items():
-            signal.signal(s, h)
+        if own:
+            sig.restore()
     log.info("vigil agent stopped")
     return 0
 
@@ -340,7 +365,7 @@ def force_exit(agent: Any, signame: str, status: int) -> None:
     Pins stay only when --keep-sensors-on-exit asked for them on a started agent (the next
     start adopts them): those of an agent still starting are removed here."""
     try:
-        pins = agent.pins
+        pins = agent.pins if agent is not None else None
         if pins is not None and not (agent.config.keep_sensors_on_exit and agent._started):
             pins.stop()
     except Exception:  # noqa: BLE001 - exiting anyway; the next start removes what is left
