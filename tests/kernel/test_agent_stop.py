@@ -97,6 +97,7 @@ class Run:
         d = env["tmp"] / name
         d.mkdir()
         self.stderr = d / "agent.err"
+        self.files = [d / "vigil.sock", d / "info.json"]  # the gRPC socket and server info file
         self.proc = subprocess.Popen(
             [*(command or VIGIL), "agent", "--tracing-policy-dir", str(env[policies]), "--server-address",
              f"unix://{d}/vigil.sock", "--info-file", str(d / "info.json"), "--bpf-dir", str(env["bpffs"] / "vigil"),
@@ -191,6 +192,7 @@ def test_a_signal_while_starting_stops_the_start(env: dict[str, Path], after: st
     assert f"vigil agent: {sig.name} while starting (" in err, err
     assert f"policy stop-test-{len(SYSCALLS) - 1:02d} loaded" not in err, err
     assert "not listed within" not in err, "the start waited for the API server:\n" + err
+    assert not [f for f in run.files if f.exists()]
     if after.startswith("WARNING vigil.k8s"):
         assert "(listing the node's pods)" in err, err
         return  # before any BPF program
@@ -241,6 +243,11 @@ def test_a_second_signal_while_stopping_exits_at_once(env: dict[str, Path], sig:
     assert f"vigil agent: second {sig.name}: exiting now" in err, err
     assert "vigil agent stopped" not in err, err
     assert_nothing_left(run, env)
+    # the serving process sees the agent go, stops, and removes its socket and info file
+    deadline = time.monotonic() + 30
+    while any(f.exists() for f in run.files) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [f for f in run.files if f.exists()]
     # what the forced exit left (the run directory) does not hinder the next start
     (env["tmp"] / "again").mkdir()
     again = AgentProcess(env["tmp"] / "again", ["--bpf-dir", str(env["bpffs"] / "vigil")])
