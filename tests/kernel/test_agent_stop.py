@@ -32,10 +32,12 @@ SYSCALLS = ["read", "write", "openat", "close", "getpid", "getppid", "getuid", "
             "kill", "chdir", "umask"]
 
 
-def write_policies(d: Path, n: int) -> None:
+def write_policies(d: Path, n: int, one_file: bool = False) -> None:
+    """n policies, a file each, or all in one file (YAML documents)"""
     d.mkdir()
+    docs = []
     for i, sc in enumerate(SYSCALLS[:n]):
-        (d / f"p{i:02d}.yaml").write_text(f"""apiVersion: cilium.io/v1alpha1
+        docs.append(f"""apiVersion: cilium.io/v1alpha1
 kind: TracingPolicy
 metadata: {{name: stop-test-{i:02d}}}
 spec:
@@ -46,6 +48,10 @@ spec:
     selectors:
     - matchBinaries: [{{operator: In, values: ["/nonexistent/stop-test-{i}"]}}]
 """)
+        if not one_file:
+            (d / f"p{i:02d}.yaml").write_text(docs[-1])
+    if one_file:
+        (d / "all.yaml").write_text("---\n".join(docs))
 
 
 @pytest.fixture
@@ -53,10 +59,13 @@ def env(tmp_path: Path) -> Iterator[dict[str, Path]]:
     require_root()
     write_policies(tmp_path / "policies", len(SYSCALLS))
     write_policies(tmp_path / "few", 10)
+    write_policies(tmp_path / "one-file", len(SYSCALLS), one_file=True)
+    (tmp_path / "none").mkdir()
     bpffs = Path(tempfile.mkdtemp(prefix="vigil-test-bpffs-"))
     ksys.mount("bpf", str(bpffs), "bpf")
     try:
-        yield {"tmp": tmp_path, "policies": tmp_path / "policies", "few": tmp_path / "few", "bpffs": bpffs}
+        yield {"tmp": tmp_path, "policies": tmp_path / "policies", "few": tmp_path / "few",
+               "one-file": tmp_path / "one-file", "none": tmp_path / "none", "bpffs": bpffs}
     finally:
         ksys.umount(str(bpffs))  # drops every pin left in it
         os.rmdir(bpffs)
@@ -162,24 +171,32 @@ current-context: x
 """
 K8S = ["--enable-k8s-api", "true", "--k8s-kubeconfig-path", "{kubeconfig}"]
 
-# (id, log line to signal after, signal, extra flags): every step of the start
+ONE_FILE = ["--tracing-policy", "{one_file}"]
+
+# (id, --tracing-policy-dir, log line to signal after, signal, extra flags): every step of the start
 WHILE_STARTING = [
-    ("sensor-attached", "process sensor attached", signal.SIGINT, []),
-    ("features-probed", "kernel features", signal.SIGTERM, []),
-    ("policy-03", "policy stop-test-03 loaded", signal.SIGINT, []),
-    ("policy-08", "policy stop-test-08 loaded", signal.SIGTERM, []),
-    ("policy-05-keep-sensors", "policy stop-test-05 loaded", signal.SIGINT, ["--keep-sensors-on-exit", "true"]),
+    ("sensor-attached", "policies", "process sensor attached", signal.SIGINT, []),
+    ("features-probed", "policies", "kernel features", signal.SIGTERM, []),
+    ("policy-03", "policies", "policy stop-test-03 loaded", signal.SIGINT, []),
+    ("policy-08", "policies", "policy stop-test-08 loaded", signal.SIGTERM, []),
+    ("policy-05-keep-sensors", "policies", "policy stop-test-05 loaded", signal.SIGINT,
+     ["--keep-sensors-on-exit", "true"]),
+    # the documents of one file: in the directory, and given with --tracing-policy
+    ("one-file-in-dir-policy-04", "one-file", "policy stop-test-04 loaded", signal.SIGINT, []),
+    ("one-file-policy-06", "none", "policy stop-test-06 loaded", signal.SIGTERM, ONE_FILE),
     # waiting (up to 15 s) for the first listing of the node's pods
-    ("k8s-pods-unlisted", "WARNING vigil.k8s: pods: ", signal.SIGINT, K8S),
+    ("k8s-pods-unlisted", "policies", "WARNING vigil.k8s: pods: ", signal.SIGINT, K8S),
 ]
 
 
-@pytest.mark.parametrize("after,sig,extra", [r[1:] for r in WHILE_STARTING], ids=[r[0] for r in WHILE_STARTING])
-def test_a_signal_while_starting_stops_the_start(env: dict[str, Path], after: str, sig: signal.Signals,
-                                                 extra: list[str]) -> None:
+@pytest.mark.parametrize("policies,after,sig,extra", [r[1:] for r in WHILE_STARTING],
+                         ids=[r[0] for r in WHILE_STARTING])
+def test_a_signal_while_starting_stops_the_start(env: dict[str, Path], policies: str, after: str,
+                                                 sig: signal.Signals, extra: list[str]) -> None:
     kubeconfig = env["tmp"] / "kubeconfig"
     kubeconfig.write_text(KUBECONFIG.format(port=free_port()))
-    run = Run(env, "agent", [a.format(kubeconfig=kubeconfig) for a in extra])
+    run = Run(env, "agent", [a.format(kubeconfig=kubeconfig, one_file=env["one-file"] / "all.yaml") for a in extra],
+              policies=policies)
     try:
         run.wait_for(after)
         run.proc.send_signal(sig)

@@ -139,14 +139,17 @@ class Agent:
         from vigil.core.errors import PolicyError
 
         c = self.config
-        jobs: list[tuple[Callable[[str], list[str]], str]] = [(self.policies.add_file, f) for f in c.tracing_policy]
+
+        def step(what: str) -> None:  # between files and between the policies of a file
+            self.checkpoint(f"loading {what}")
+
+        jobs: list[tuple[Callable[..., list[str]], str]] = [(self.policies.add_file, f) for f in c.tracing_policy]
         if c.tracing_policy_dir:
-            jobs.append((lambda d: self.policies.add_dir(d, checkpoint=lambda f: self.checkpoint(f"loading {f}")),
-                         c.tracing_policy_dir))
+            jobs.append((self.policies.add_dir, c.tracing_policy_dir))
         for add, path in jobs:
             self.checkpoint(f"loading {path}")
             try:
-                add(path)
+                add(path, checkpoint=step)
             except PolicyError as e:
                 if c.tracing_policy_on_error != "warn":
                     raise

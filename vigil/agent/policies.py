@@ -213,14 +213,19 @@ class PolicyManager:
             raise PolicyError(str(e)) from None
         return self._add_all(policies, mode=mode, source=source)
 
-    def add_file(self, path: str, *, source: str = "static") -> list[str]:
+    def add_file(self, path: str, *, source: str = "static",
+                 checkpoint: Callable[[str], None] | None = None) -> list[str]:
+        """Every policy of the file, or none. checkpoint(step) before each may raise to stop
+        there (the agent's start interrupted): the file's policies loaded before are unloaded."""
         try:
             policies = load_policies(path)
         except PolicyErrors as e:
             raise PolicyError(str(e)) from None
-        return self._add_all(policies, source=source)
+        return self._add_all(policies, source=source,
+                             checkpoint=None if checkpoint is None else lambda p: checkpoint(f"{path}: {p.name}"))
 
-    def _add_all(self, policies: list[Policy], *, mode: str | None = None, source: str) -> list[str]:
+    def _add_all(self, policies: list[Policy], *, mode: str | None = None, source: str,
+                 checkpoint: Callable[[Policy], None] | None = None) -> list[str]:
         """Every policy of one file or text, or none: a refused document unloads the ones
         before it."""
         with self._lock:
@@ -228,6 +233,8 @@ class PolicyManager:
             added: list[Policy] = []
             try:
                 for p in policies:
+                    if checkpoint is not None:
+                        checkpoint(p)
                     names.append(self.add(p, mode=mode, source=source))
                     added.append(p)
             except BaseException:
@@ -236,9 +243,10 @@ class PolicyManager:
                 raise
             return names
 
-    def add_dir(self, path: str, *, checkpoint: Callable[[Path], None] | None = None) -> list[str]:
-        """Every policy file of the directory; checkpoint(file) before each may raise to stop
-        there (the agent's start interrupted: what loaded before is unloaded by its close)."""
+    def add_dir(self, path: str, *, checkpoint: Callable[[str], None] | None = None) -> list[str]:
+        """Every policy file of the directory; checkpoint(step) before each file and each
+        policy may raise to stop there (the agent's start interrupted: what loaded before is
+        unloaded by its close)."""
         d = Path(path)
         if not d.is_dir():
             raise PolicyError(f"--tracing-policy-dir {path}: not a directory")
@@ -246,9 +254,9 @@ class PolicyManager:
         refused: list[str] = []
         for f in policy_dir_files(d):  # and one level of subdirectories, as Tetragon's
             if checkpoint is not None:
-                checkpoint(f)
+                checkpoint(str(f))
             try:  # each file all or nothing; one refused file does not keep the others out
-                names += self.add_file(str(f))
+                names += self.add_file(str(f), checkpoint=checkpoint)
             except PolicyError as e:
                 refused.append(str(e))
         if refused:
