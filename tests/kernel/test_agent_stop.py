@@ -244,11 +244,25 @@ def test_a_signal_before_the_agent_exists(env: dict[str, Path], sig: signal.Sign
     assert not run.progs, "the agent loaded programs after the signal"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
-def test_a_second_signal_while_stopping_exits_at_once(env: dict[str, Path], sig: signal.Signals) -> None:
-    run = Run(env, "agent", [], policies="few")
+KEEP = ["--keep-sensors-on-exit", "true"]
+# (id, --tracing-policy-dir, log line to signal after, signal, extra flags, pins kept)
+SECOND_SIGNAL = [
+    ("SIGINT-running", "few", "vigil agent ready", signal.SIGINT, [], False),
+    ("SIGTERM-running", "few", "vigil agent ready", signal.SIGTERM, [], False),
+    # a start that had not completed keeps no pins (its partial policies would enforce)
+    ("SIGINT-starting-keep-sensors", "policies", "policy stop-test-05 loaded", signal.SIGINT, KEEP, False),
+    # a running agent's are kept, as asked; the next start adopts and releases them
+    ("SIGTERM-running-keep-sensors", "few", "vigil agent ready", signal.SIGTERM, KEEP, True),
+]
+
+
+@pytest.mark.parametrize("policies,after,sig,extra,kept", [r[1:] for r in SECOND_SIGNAL],
+                         ids=[r[0] for r in SECOND_SIGNAL])
+def test_a_second_signal_while_stopping_exits_at_once(env: dict[str, Path], policies: str, after: str,
+                                                      sig: signal.Signals, extra: list[str], kept: bool) -> None:
+    run = Run(env, "agent", extra, policies=policies)
     try:
-        run.wait_for("vigil agent ready")
+        run.wait_for(after)
         run.proc.send_signal(sig)
         run.wait_for(f"received {sig.name}, stopping")  # then unloading the policies one at a time
         run.proc.send_signal(sig)
@@ -259,13 +273,19 @@ def test_a_second_signal_while_stopping_exits_at_once(env: dict[str, Path], sig:
     assert rc == 128 + sig and "Traceback" not in err, err
     assert f"vigil agent: second {sig.name}: exiting now" in err, err
     assert "vigil agent stopped" not in err, err
-    assert_nothing_left(run, env)
+    if kept:
+        assert pinned_files(env["bpffs"] / "vigil")
+    else:
+        assert_nothing_left(run, env)
+        assert not pinned_files(env["bpffs"] / "vigil")
     # the serving process sees the agent go, stops, and removes its socket and info file
     deadline = time.monotonic() + 30
     while any(f.exists() for f in run.files) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [f for f in run.files if f.exists()]
-    # what the forced exit left (the run directory) does not hinder the next start
+    # what the forced exit left (the run directory, kept pins) does not hinder the next start
     (env["tmp"] / "again").mkdir()
     again = AgentProcess(env["tmp"] / "again", ["--bpf-dir", str(env["bpffs"] / "vigil")])
     assert again.stop() == 0
+    assert_nothing_left(run, env)
+    assert not pinned_files(env["bpffs"] / "vigil")
