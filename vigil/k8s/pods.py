@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vigil.process.build import join_arguments
+
 log = logging.getLogger("vigil.k8s")
 _CRONJOB_JOB = re.compile(r"^(?P<name>.+)-\d{8,10}$")
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
@@ -128,30 +130,15 @@ def pod_info(obj: dict[str, Any]) -> PodInfo:
         cgroup_uid=annotations.get(MIRROR_ANNOTATION) or meta.get("uid", ""))
 
 
-def _join(args: tuple[str, ...]) -> str:
-    """Arguments as a process's `arguments` string holds them (vigil.process.build.format_arguments),
-    which is how Tetragon's JoinArgs encodes a probe's: an argument with a space is quoted and
-    follows a space even when it comes first; an empty one adds nothing before the first."""
-    out = ""
-    for a in args:
-        if " " in a:
-            out += f' "{a}"'
-        elif out:
-            out += " " + a
-        else:
-            out = a
-    return out
-
-
 def _probe_args(cmd: tuple[str, ...]) -> str:
-    return _join(cmd[1:])
+    return join_arguments(cmd[1:])
 
 
 def _probe_arg_forms(cmd: tuple[str, ...]) -> tuple[str, ...]:
     """The `arguments` strings a process running this probe command can have: its arguments,
     and for a script run through its #! line (the kernel passes the script's path again) the
     path and its arguments."""
-    return (_probe_args(cmd), _join(cmd)) if cmd[0].startswith("/") else (_probe_args(cmd),)
+    return (_probe_args(cmd), join_arguments(cmd)) if cmd[0].startswith("/") else (_probe_args(cmd),)
 
 
 def _go_base(p: str) -> str:
@@ -174,7 +161,7 @@ def maybe_exec_probe(c: ContainerInfo, binary: str, arguments: str) -> bool:
                 continue
         elif _go_base(head) != _go_base(binary):
             continue
-        if arguments == _probe_args(cmd) or (head == binary and arguments == _join(cmd)):
+        if arguments == _probe_args(cmd) or (head == binary and arguments == join_arguments(cmd)):
             return True
     return False
 

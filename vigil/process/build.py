@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,8 +52,13 @@ def format_arguments(args: bytes) -> str:
     rest = s[i + 1 :]
     if " " not in rest:
         return rest.lstrip("\0").replace("\0", " ")
+    return join_arguments(rest.split("\0"))
+
+
+def join_arguments(args: Iterable[str]) -> str:
+    """Arguments joined as Tetragon's ArgsDecoder/JoinArgs joins them (see format_arguments)."""
     out = ""
-    for a in rest.split("\0"):
+    for a in args:
         if " " in a:
             out += f' "{a}"'
         elif out:
