@@ -20,6 +20,19 @@ CID3 = "c" * 64
 UID = "0c7e9f3a-1b2c-4d5e-8f90-a1b2c3d4e5f6"
 
 
+class Writer:
+    """A kernel map's stand-in for the policy filter: the keys it holds."""
+
+    def __init__(self) -> None:
+        self.keys: set[bytes] = set()
+
+    def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
+        self.keys.add(key)
+
+    def delete(self, key: bytes) -> None:
+        self.keys.discard(key)
+
+
 def owner(kind: str, name: str, controller: bool = True, generated: bool = True) -> dict[str, Any]:
     """Metadata of a pod its controller made (a generated name), as the API server gives it."""
     return {"ownerReferences": [{"kind": kind, "name": name, "controller": controller, "uid": "x", "apiVersion": "v1"}],
@@ -355,15 +368,6 @@ def test_container_selector_picks_by_name_and_repo(image: str, image_id: str, se
     """Through the policy filter: the container's cgroup is in the kernel map or not."""
     from vigil.k8s.policyfilter import PolicyFilter, Scope
 
-    class Writer:
-        def __init__(self) -> None:
-            self.keys: set[bytes] = set()
-
-        def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
-            self.keys.add(key)
-
-        def delete(self, key: bytes) -> None:
-            self.keys.discard(key)
 
     class Locator:
         def container_cgroups(self, pod: Any) -> dict[str, int]:
@@ -536,15 +540,6 @@ def test_static_pods_and_exited_containers_in_the_policy_filter(tmp_path: Path) 
     done = pod_obj(name="job-1", uid="1" * 8 + UID[8:], cid=CID2)
     done["status"]["containerStatuses"][0]["state"] = {"terminated": {"exitCode": 0}}
 
-    class Writer:
-        def __init__(self) -> None:
-            self.keys: set[bytes] = set()
-
-        def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
-            self.keys.add(key)
-
-        def delete(self, key: bytes) -> None:
-            self.keys.discard(key)
     store, w = PodStore(), Writer()
     loc = CgroupLocator(str(tmp_path))
     pf = PolicyFilter(store, w, loc)

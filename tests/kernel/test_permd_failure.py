@@ -27,6 +27,7 @@ import vigil.enforce.permd as permd_mod
 from tests import enforce_cases as C
 from tests.kernel.bpfstate import require_root
 from tests.kernel.test_agent_cli import AgentProcess, metric_value
+from tests.kernel.test_enforce_fanotify import wait_stalled
 from tests.kernel.testbins import LAUNCH_C, MARKER_C, build, is_eperm, launch
 from vigil.enforce import permd_proto as P
 from vigil.enforce.permd import PermdError, PermdTimeout, PermissionHelper, helper_path, reap
@@ -353,17 +354,6 @@ def test_an_exec_storm_through_a_stuck_decision(tmpfs: Path, held: Held, default
     else:
         assert sum(is_eperm(r) for r in out["allowed"]) <= by_default and all(is_eperm(r) for r in out["blocked"])
         assert all(s == (0, 5) for s in out["secret"])
-
-
-def wait_stalled(pid: int) -> None:
-    """Until the helper's main thread sleeps in the stalled decision."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with open(f"/proc/{pid}/task/{pid}/syscall") as f:
-            if f.read().split()[0] in ("35", "230"):  # x86-64 nanosleep, clock_nanosleep
-                return
-        time.sleep(0.005)
-    pytest.fail("the helper never entered the stalled decision")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
