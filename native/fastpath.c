@@ -3492,7 +3492,7 @@ static int enforces(PyObject *plan, int action)
 static PyObject *enforcement_message(Builder *b, PyObject *plan, const struct msg_generic *m)
 {
 	/* how the enforcement went: vigil.kernel.policy_layout.enforcement_state */
-	int monitor = m->flags & VP_EV_MONITOR ? 1 : m->flags & (1 << 3) ? 2 : m->flags & (1 << 4) ? 3 : 0;
+	int monitor = m->flags & VP_EV_MONITOR ? 1 : m->flags & VP_EV_NOT_TASK ? 2 : m->flags & VP_EV_NOT_OWNER ? 3 : 0;
 	PyObject *messages = PyTuple_GET_ITEM(plan, GP_MESSAGES);
 	PyObject *k = PyLong_FromUnsignedLong((unsigned long)m->selector << 24 | (unsigned long)m->action << 16 |
 					      (unsigned long)m->ret_action << 8 | (unsigned long)monitor);

@@ -5,10 +5,6 @@
 
 /* ---- actions and sending ---- */
 
-/* more VP_EV_* record flags (vigil_policy.h has the others): an enforcing action was not done */
-#define VP_EV_NOT_TASK  (1 << 3)  /* the hook ran in interrupt context: `current` was interrupted */
-#define VP_EV_NOT_OWNER (1 << 4)  /* the record is a tracked socket's owner's, not current's */
-
 /* May an enforcing action act on `current` (Sigkill/Signal/NotifyEnforcer)? Only in task
  * context, and only when the record is current's own: a TrackSock'd socket makes the record its
  * owner's, and `current` is then another process handling that socket (or the task a softirq

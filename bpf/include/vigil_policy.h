@@ -419,5 +419,7 @@ struct enforcer_note {
 #define VP_EV_HAS_RET   (1 << 0)
 #define VP_EV_MONITOR   (1 << 1)  /* enforcement action reported, not performed */
 #define VP_EV_RATELIMIT_SKIPPED (1 << 2)
+#define VP_EV_NOT_TASK  (1 << 3)  /* an enforcing action not done: the hook ran in interrupt context */
+#define VP_EV_NOT_OWNER (1 << 4)  /* ... not done: the record is a tracked socket's owner's, not current's */
 
 #endif

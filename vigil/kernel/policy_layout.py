@@ -165,7 +165,7 @@ class MsgDataHdr(C.Structure):
                 ("ktime", C.c_uint64), ("ev_ktime", C.c_uint64), ("tid", C.c_uint32), ("slot", C.c_uint8),
                 ("pad", C.c_uint8 * 3), ("offset", C.c_uint32), ("len", C.c_uint32)]
 EV_HAS_RET, EV_MONITOR = 1, 2
-EV_NOT_TASK, EV_NOT_OWNER = 1 << 3, 1 << 4  # act.bpf.h: an enforcing action was not done, and why
+EV_NOT_TASK, EV_NOT_OWNER = 1 << 3, 1 << 4  # vigil_policy.h: an enforcing action was not done, and why
 
 
 def enforcement_state(flags: int) -> int:
