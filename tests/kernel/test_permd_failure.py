@@ -132,6 +132,15 @@ REQUESTS: list[tuple[str, Callable[[PermissionHelper, Path], object]]] = [
 ]
 
 
+def exec_blocked_tool(tmpfs: Path) -> tuple[threading.Thread, list[int | OSError]]:
+    """blocked/tool exec'd on a thread of its own (it may wait on the helper): the thread and the
+    list its result goes into."""
+    out: list[int | OSError] = []
+    t = threading.Thread(target=lambda: out.append(run(tmpfs, [str(tmpfs / "blocked" / "tool")])), daemon=True)
+    t.start()
+    return t, out
+
+
 @pytest.mark.parametrize("request_name", [name for name, _ in REQUESTS])
 def test_replies_get_through_while_reports_fill_the_socket(
         tmpfs: Path, held: Held, monkeypatch: pytest.MonkeyPatch, request_name: str) -> None:
@@ -365,9 +374,7 @@ def test_the_helper_ended_by_a_signal_while_a_decision_is_stuck(tmpfs: Path, hel
     push(held.h, deny_rules(tmpfs), deadline_ms=60000)
     held.h.stall_next_decision(60000)
     pid = held.h.helper_pid
-    out: list[int | OSError] = []
-    t = threading.Thread(target=lambda: out.append(run(tmpfs, [str(tmpfs / "blocked" / "tool")])), daemon=True)
-    t.start()
+    t, out = exec_blocked_tool(tmpfs)
     wait_stalled(pid)
     os.kill(pid, sig)
     t.join(20)
@@ -441,9 +448,7 @@ def test_a_table_taken_after_its_push_gave_up(tmpfs: Path, held: Held, monkeypat
     the table the agent has in force, not the one it gave up on."""
     push(held.h, deny_rules(tmpfs), deadline_ms=60000)
     held.h.stall_next_decision(4000)
-    out: list[int | OSError] = []
-    t = threading.Thread(target=lambda: out.append(run(tmpfs, [str(tmpfs / "blocked" / "tool")])), daemon=True)
-    t.start()
+    t, out = exec_blocked_tool(tmpfs)
     wait_stalled(held.h.helper_pid)
     monkeypatch.setattr(permd_mod, "REPLY_TIMEOUT_S", 0.5)
     given_up = deny_rules(tmpfs) + [Rule(5, 0, EXEC, "override", conds=(Cond("path", "Prefix", (f"{tmpfs}/allowed/",)),))]
@@ -528,9 +533,7 @@ def test_the_agent_never_blocks_on_a_helper_that_does_not_read(
     the request) instead of waiting. The exec that waited is allowed once the helper is gone."""
     push(held.h, deny_rules(tmpfs), deadline_ms=60000)
     held.h.stall_next_decision(60000)
-    out: list[int | OSError] = []
-    t = threading.Thread(target=lambda: out.append(run(tmpfs, [str(tmpfs / "blocked" / "tool")])), daemon=True)
-    t.start()
+    t, out = exec_blocked_tool(tmpfs)
     wait_stalled(held.h.helper_pid)
     monkeypatch.setattr(permd_mod, "REPLY_TIMEOUT_S", 1.0)
     done: list[object] = []
@@ -572,9 +575,7 @@ def test_a_stopped_helper_is_continued(tmpfs: Path, held: Held) -> None:
     pid = held.h.helper_pid
     os.kill(pid, signal.SIGSTOP)
     try:
-        out: list[int | OSError] = []
-        t = threading.Thread(target=lambda: out.append(run(tmpfs, [str(tmpfs / "blocked" / "tool")])), daemon=True)
-        t.start()
+        t, out = exec_blocked_tool(tmpfs)
         t.join(20)
         assert len(out) == 1 and is_eperm(out[0]), "the exec waited on a stopped helper"
     finally:

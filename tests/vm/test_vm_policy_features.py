@@ -295,14 +295,19 @@ USDT_C = textwrap.dedent(r"""
 """)
 
 
-def test_usdt_set(agent: Running, work: Path) -> None:
-    """Set writes argValue into the memory operand argIndex names: the program returns it."""
-    ok, why = agent.agent.policies.has("probe_write_user")
-    assert ok, f"the guest kernel refuses bpf_probe_write_user: {why}"
+def build_usdt(work: Path) -> None:
+    """USDT_C compiled to work/u."""
     (work / "u.c").write_text(USDT_C)
     cc = shutil.which("clang") or shutil.which("cc")
     assert cc, "no C compiler"
     subprocess.run([cc, "-O1", "-o", str(work / "u"), str(work / "u.c")], check=True)
+
+
+def test_usdt_set(agent: Running, work: Path) -> None:
+    """Set writes argValue into the memory operand argIndex names: the program returns it."""
+    ok, why = agent.agent.policies.has("probe_write_user")
+    assert ok, f"the guest kernel refuses bpf_probe_write_user: {why}"
+    build_usdt(work)
     spec = f"""
 usdts:
 - path: "{work}/u"
@@ -327,10 +332,7 @@ usdts:
 def test_usdt_base_index_scale_operands(agent: Running, work: Path) -> None:
     """`-4@(%rcx,%rax,4)`-style operands (base + index * scale + displacement): the element the
     index register selects, read in the program (read_arg's stack at 6.1's limit)."""
-    (work / "u.c").write_text(USDT_C)
-    cc = shutil.which("clang") or shutil.which("cc")
-    assert cc, "no C compiler"
-    subprocess.run([cc, "-O1", "-o", str(work / "u"), str(work / "u.c")], check=True)
+    build_usdt(work)
     spec = f"""
 usdts:
 - path: "{work}/u"
