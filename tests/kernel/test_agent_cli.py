@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -149,6 +150,27 @@ def test_status_and_metrics_count_a_known_workload(agent_proc: AgentProcess, wor
     assert st.returncode == 0, st.stderr
     data = json.loads(st.stdout)
     assert "ringbuf_full_exec" in json.dumps(data)
+
+
+def _threads(pid: int) -> dict[int, tuple[int, int]]:
+    """Each thread of `pid`: (nice, scheduling policy), from /proc/<pid>/task/<tid>/stat."""
+    out = {}
+    for t in Path(f"/proc/{pid}/task").iterdir():
+        stat = (t / "stat").read_text()
+        rest = stat[stat.rindex(")") + 2:].split()  # fields 3.. (comm may hold spaces)
+        out[int(t.name)] = (int(rest[19 - 3]), int(rest[41 - 3]))
+    return out
+
+
+def test_the_event_loop_alone_runs_raised_and_in_batch_scheduling(agent_proc: AgentProcess):
+    """The live event loop's thread: SCHED_BATCH, and 4 nice levels (the default
+    --event-loop-priority-boost) above the agent's other threads, which keep their nice."""
+    threads = _threads(agent_proc.proc.pid)
+    loop = [tid for tid, (_nice, policy) in threads.items() if policy == os.SCHED_BATCH]
+    assert len(loop) == 1, threads
+    others = {nice for tid, (nice, _p) in threads.items() if tid != loop[0]}
+    assert len(others) == 1, threads   # (the loop runs on the main thread: the others started with its nice)
+    assert threads[loop[0]][0] == max(-20, others.pop() - 4), threads
 
 
 def test_sigterm_stops_cleanly_and_removes_everything(agent_proc: AgentProcess):

@@ -189,11 +189,14 @@ def test_a_killed_serving_process_is_replaced_and_every_event_of_its_stream_is_a
         before = wait_for(lambda: (g := status(a)["grpc"])["events_dropped_slow_client"] > 0 and g,
                           what="drops counted")
         (old,) = serving_pids(a)
+        old_nice = os.getpriority(os.PRIO_PROCESS, old)
         os.kill(old, signal.SIGKILL)    # at once: its queue full, events it has not read, counters unreported
         after = wait_for(lambda: (g := status(a)["grpc"])["restarts"] == 1 and g, timeout=30,
                          what="a new serving process")
         (new,) = serving_pids(a)
         assert new != old
+        # started from the event loop's thread, it still runs at the agent's nice, not the loop's raised one
+        assert os.getpriority(os.PRIO_PROCESS, new) == old_nice == os.getpriority(os.PRIO_PROCESS, a.proc.pid) + 4
         for k in ("events_sent", "events_dropped_slow_client"):
             assert after[k] >= before[k], (k, before, after)
         assert after["streams_active"] == 0 and after["clients"] == []

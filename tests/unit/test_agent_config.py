@@ -43,6 +43,9 @@ def test_precedence_flag_env_configdir(tmp_path: Path, captured: list):
     (["--event-batch-delay-ms", "5000"], {}, "--event-batch-delay-ms must be 0..1000"),
     (["--event-batch-delay-ms", "-1"], {}, "--event-batch-delay-ms"),
     ([], {"VIGIL_EVENT_BATCH_DELAY_MS": "soon"}, "--event-batch-delay-ms"),
+    (["--event-loop-priority-boost", "-1"], {}, "--event-loop-priority-boost must be 0..39"),
+    (["--event-loop-priority-boost", "40"], {}, "--event-loop-priority-boost must be 0..39"),
+    ([], {"VIGIL_EVENT_LOOP_PRIORITY_BOOST": "high"}, "--event-loop-priority-boost"),
     (["--metrics-server", "foo"], {}, "--metrics-server 'foo': expected [host]:port"),
     (["--metrics-server", "localhost:99999"], {}, "--metrics-server"),
 ])
@@ -69,6 +72,11 @@ def test_event_batch_delay_is_milliseconds(captured: list):
     assert captured[0].batch_delay == 0.020
     r = run([])
     assert captured[1].batch_delay == 0.004  # the default keeps export latency p99 under 10 ms
+
+
+def test_event_loop_priority_boost(captured: list):
+    assert run([]).exit_code == 0 and captured[0].event_loop_priority_boost == 4   # auditd's default
+    assert run(["--event-loop-priority-boost", "0"]).exit_code == 0 and captured[1].event_loop_priority_boost == 0
 
 
 @pytest.mark.parametrize("args, env, seconds", [

@@ -156,6 +156,59 @@ def test_event_loop_thread_takes_batch_scheduling_alone():
     assert os.sched_getscheduler(0) == os.SCHED_OTHER
 
 
+@pytest.mark.parametrize("base, steps, raised", [(0, 4, -4), (5, 4, 1), (-18, 4, -20), (3, 0, 3)])
+def test_event_loop_priority_boost_raises_its_thread_alone(base: int, steps: int, raised: int):
+    """boost_priority raises the calling thread `steps` nice levels above its own (never past
+    -20) and says what it had; the thread that started it keeps its nice; restore_priority
+    puts it back. 0 steps changes nothing."""
+    import os
+    import threading
+
+    from vigil.agent.pipeline import boost_priority, restore_priority
+
+    seen: dict[str, int | None] = {}
+
+    def loop() -> None:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, base)
+        seen["before"] = boost_priority(steps)
+        seen["raised"] = os.getpriority(os.PRIO_PROCESS, tid)
+        if seen["before"] is not None:
+            restore_priority(seen["before"])
+        seen["restored"] = os.getpriority(os.PRIO_PROCESS, tid)
+
+    main_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    t = threading.Thread(target=loop)
+    t.start()
+    t.join()
+    assert seen == {"before": base if steps else None, "raised": raised, "restored": base}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_nice
+
+
+def test_a_replay_runs_its_loop_raised_and_gives_the_thread_back(tmp_path: Path):
+    """A replay's loop runs on its caller's thread: raised by the configured boost while it
+    runs (seen from a sink, on that thread), back to the caller's nice after."""
+    import os
+    import threading
+
+    tid = threading.get_native_id()
+    nice = os.getpriority(os.PRIO_PROCESS, tid)
+    recs = [process_record(pid=100, ktime=1000, binary="/usr/bin/true"), exit_record(pid=100, ktime=2000, exec_ktime=1000)]
+    seen: list[int] = []
+    for boost, expected in ((4, max(-20, nice - 4)), (0, nice)):
+        agent = Agent(AgentConfig(export_filename=str(tmp_path / "out.json"), server_address="",
+                                  event_loop_priority_boost=boost), source=ReplaySource(recs))
+        agent.pipeline.sinks.append(lambda evs: seen.append(os.getpriority(os.PRIO_PROCESS, tid)))
+        agent.start()
+        try:
+            agent.run()
+        finally:
+            agent.close()
+        assert seen and set(seen) == {expected}, (boost, seen)
+        assert os.getpriority(os.PRIO_PROCESS, tid) == nice
+        seen.clear()
+
+
 def test_a_closed_agent_and_its_process_cache_are_freed(tmp_path: Path):
     """start() freezes the agent's objects for the GC; close() must thaw them, or a process that
     goes on after an agent (tests, benches) keeps that agent's whole process cache"""

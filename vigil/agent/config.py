@@ -69,6 +69,7 @@ class AgentConfig:
     record_file: str = ""           # append raw kernel records here (replay seam)
     stats_interval: float = 1.0
     batch_delay: float = 0.004      # --event-batch-delay-ms: records accumulate after a small batch (CPU vs latency)
+    event_loop_priority_boost: int = 4   # nice levels the event loop's thread is raised by (auditd's priority_boost)
 
     def validate(self) -> None:
         errors = []
@@ -107,6 +108,8 @@ class AgentConfig:
             errors.append("--server-tls-require-client-cert needs --server-tls-client-ca-files")
         if not 0 <= self.batch_delay <= 1:
             errors.append(f"--event-batch-delay-ms must be 0..1000 (got {self.batch_delay * 1000:g})")
+        if not 0 <= self.event_loop_priority_boost <= 39:
+            errors.append(f"--event-loop-priority-boost must be 0..39 (got {self.event_loop_priority_boost})")
         if not 0 <= self.k8s_pod_wait <= 60:
             errors.append(f"--k8s-pod-wait must be 0..60 seconds (got {self.k8s_pod_wait})")
         if self.k8s_kubeconfig_path and not os.path.isfile(self.k8s_kubeconfig_path):

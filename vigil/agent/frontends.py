@@ -189,6 +189,9 @@ class GrpcFrontend:
                 threading.Thread(target=self._restart, args=(i,), name="vigil-fanout-restart", daemon=True).start()
 
     def _restart(self, i: int) -> None:
+        from vigil.agent.pipeline import unboost_this_thread
+
+        unboost_this_thread()   # (started by the event loop: the new process runs at the agent's nice)
         try:
             self._spawn(i)
         except (ValueError, OSError) as e:
