@@ -36,7 +36,9 @@ client CPU per message); --threaded-clients uses grpcio's default consumer, whic
 each message over from its polling thread (about 40 us per message: such a client cannot
 take more than about 20k messages/s on one core, whatever the server does).
 
-The agent writes each event once, encoded, into the shared-memory ring; its serving
+Before each client phase's replay, the ring is faulted in (what the agent does once, when the
+first stream wants records), so the phases compare steady states. The agent writes each event
+once, encoded, into the shared-memory ring; its serving
 process (vigil.api.fanout, an HTTP/2 server of its own) writes the streams from it.
 While every stream's queue is full the agent encodes nothing (counted as each stream's
 drops, shown as `skipped`). The
@@ -215,6 +217,12 @@ def run_phase(records: list[bytes], tmp: Path, n_clients: int, impl: str, raw: b
                   or procs[-1].poll() is not None, 60, f"client {i + 1} to subscribe")
             if procs[-1].poll() is not None:
                 raise RuntimeError(f"client {i + 1} died: {procs[-1].stderr.read()}")
+        if fe is not None:
+            # steady state: the ring faulted in first, as the agent does once when a stream first
+            # wants records (64 MB, ~50 ms of a thread: ~10% of a 200k-event phase, once in an
+            # agent's life), not inside the measured replay
+            fe.ring.populate()
+            fe.ring.wait_populated(60)
         cpu0 = _cpu_self(), [_cpu_pid(p.pid) for p in (fe.procs if fe is not None else [])]
         t0 = time.monotonic()
         agent.run()
