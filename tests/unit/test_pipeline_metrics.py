@@ -159,6 +159,9 @@ ALWAYS = {
     "tetragon_data_cache_evictions_total": set(),
     "tetragon_data_cache_misses_total": {"operation"},
     "tetragon_tracingpolicy_loaded": {"state"},
+    "tetragon_msg_op_total": {"msg_op"},
+    "tetragon_handling_latency_count": {"op"},
+    "tetragon_handling_latency_bucket": {"op", "le"},
 }
 
 
@@ -187,3 +190,60 @@ def test_process_cache_evictions_count_every_entry_that_left(tmp_path: Path, rec
     got, _ = replay(tmp_path, records, process_cache_size=size, process_cache_gc_interval=0.0)
     assert (got["tetragon_process_cache_evictions_total"][()],
             got["tetragon_process_cache_capacity_evictions_total"][()]) == want
+
+
+def _series(got: dict[str, dict[tuple[str, ...], float]], name: str, label: str) -> dict[str, float]:
+    return {dict(v.split("=", 1) for v in k)[label]: n for k, n in got.get(name, {}).items()}
+
+
+# records, then the non-zero tetragon_msg_op_total series (Tetragon's opcode -> records): every
+# record read counts, handled or not (an unknown op by its number, an empty record as 0)
+@pytest.mark.parametrize("records, want", [
+    ([EXEC], {"5": 1}),
+    (execs(3, exit_=True), {"5": 3, "7": 3}),
+    ([EXEC, process_record(op=R.OP_CLONE, pid=101, ktime=3000, ppid=100, pktime=1000)], {"5": 1, "23": 1}),
+    ([b"", EXEC, EXEC[:20]], {"0": 1, "5": 2}),
+    ([bytes([0xEE]) + b"\0" * 31, EXEC], {"238": 1, "5": 1}),
+], ids=["exec", "execs-and-exits", "clone", "empty-and-short", "unknown-op"])
+def test_msg_op_total_and_handling_latency_count_records_by_opcode(tmp_path: Path, records: list[bytes],
+                                                                  want: dict[str, int]):
+    got, _ = replay(tmp_path, records)
+    ops = _series(got, "tetragon_msg_op_total", "msg_op")
+    # every opcode the loop handles is listed (at 0 until a record comes), as Tetragon initialises them
+    assert {"5", "7", "23", "13", "24", "26"} <= set(ops)
+    assert {k: n for k, n in ops.items() if n} == want
+    # one observation per record, in the histogram of its opcode; Tetragon's buckets (microseconds)
+    counts = _series(got, "tetragon_handling_latency_count", "op")
+    assert {k: n for k, n in counts.items() if n} == want
+    les = {dict(v.split("=", 1) for v in k)["le"] for k in got["tetragon_handling_latency_bucket"]}
+    assert les == {"50", "100", "500", "1000", "10000", "100000", "+Inf"}  # as Tetragon (Go) writes them
+    sums = _series(got, "tetragon_handling_latency_sum", "op")
+    assert all(sums[op] > 0 for op in want), sums
+
+
+# a batch's records (ops), its handling time, then the bucket (upper bound, microseconds) each
+# record is observed in: the batch's time per record
+@pytest.mark.parametrize("ops, elapsed_us, bucket", [
+    ([1, 1, 3, 3], 4 * 10, 50.0),
+    ([1, 1, 3, 3], 4 * 50, 50.0),        # a bound holds its own value (le)
+    ([1, 1, 3, 3], 4 * 51, 100.0),
+    ([1], 700, 1000.0),
+    ([10] * 8, 8 * 20_000, 100000.0),
+    ([1, 10], 2 * 200_000, float("inf")),
+], ids=["fast", "on-bound", "above-bound", "one", "policy", "slow"])
+def test_handling_latency_observes_each_record_at_its_batchs_time_per_record(ops: list[int], elapsed_us: int,
+                                                                             bucket: float):
+    from types import SimpleNamespace
+
+    from vigil.agent.pipeline import LATENCY_BUCKETS_US, Pipeline
+
+    p = SimpleNamespace(msg_ops={}, latency={})
+    recs = [bytes([op]) + b"\0" * 7 for op in ops]
+    Pipeline._count_ops(p, recs, elapsed_us * 1000)  # type: ignore[arg-type]
+    want = {op: ops.count(op) for op in set(ops)}
+    assert p.msg_ops == want
+    i = (*LATENCY_BUCKETS_US, float("inf")).index(bucket)
+    for op, n in want.items():
+        buckets, total = p.latency[op]
+        assert buckets == [n if j == i else 0 for j in range(len(LATENCY_BUCKETS_US) + 1)]
+        assert total[0] == pytest.approx(elapsed_us / len(ops) * n)

@@ -102,6 +102,7 @@ class AgentControl:
             "handler_errors": [{"opcode": op, "error": err, "count": n}
                                for (op, err), n in list(p.handler_errors.items())],
             "handled_opcodes": sorted({TETRAGON_OPCODE.get(op, str(op)) for op in list(p.handlers)}, key=int),
+            **self._msg_ops(),
             "events_missing_process_info": b.missing_info,
             "data_cache": self._data_cache(),
             "loader_stats": dict(getattr(getattr(a.policies, "events", None), "loader_stats", {})),
@@ -110,6 +111,25 @@ class AgentControl:
             "permission_helper": a.policies.guards.stats(),
             **({"k8s": a.k8s.status()} if a.k8s is not None else {}),
         }
+
+    def _msg_ops(self) -> dict[str, Any]:
+        """Kernel records handled, by Tetragon's opcode of their op (an op it has no opcode for:
+        its number; an empty record: 0), and the handling-time histogram of each (bucket counts
+        of pipeline.LATENCY_BUCKETS_US then +Inf, not cumulative; sum in microseconds)."""
+        from vigil.agent.pipeline import TETRAGON_OPCODE
+
+        p = self.agent.pipeline
+        ops: dict[str, int] = {}
+        for op, n in list(p.msg_ops.items()):
+            k = TETRAGON_OPCODE.get(op, str(max(op, 0)))
+            ops[k] = ops.get(k, 0) + n
+        lat: dict[str, dict[str, Any]] = {}
+        for op, (buckets, total) in list(p.latency.items()):
+            k = TETRAGON_OPCODE.get(op, str(max(op, 0)))
+            h = lat.setdefault(k, {"buckets": [0] * len(buckets), "sum_us": 0.0})
+            h["buckets"] = [a + b for a, b in zip(h["buckets"], buckets)]
+            h["sum_us"] += total[0]
+        return {"msg_ops": ops, "handling_latency": lat}
 
     def _data_cache(self) -> dict[str, int]:
         """maxData chunks waiting for their events (Tetragon's data cache)."""

@@ -15,7 +15,13 @@ from operator import attrgetter, itemgetter
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 log = logging.getLogger("vigil.metrics")
@@ -408,6 +414,32 @@ class AgentCollector(Collector):
         for (op, err), n in herr.items():
             handler.add_metric([op, err], n)
         yield handler
+
+        # kernel records by Tetragon's opcode (as tetragon_handler_errors_total's), every opcode
+        # the agent handles from 0; the loader sensor's records (26) are its events received
+        from vigil.agent.pipeline import LATENCY_BUCKETS_US
+
+        msg_ops = CounterMetricFamily("tetragon_msg_op", "Kernel records received, by opcode", labels=["msg_op"])
+        received = dict.fromkeys((str(op) for op in st.get("handled_opcodes", ())), 0)
+        received.update(st.get("msg_ops") or {})
+        received["26"] = received.get("26", 0) + (st.get("loader_stats") or {}).get("LoaderReceived", 0)
+        for op, n in sorted(received.items(), key=lambda kv: int(kv[0])):
+            msg_ops.add_metric([op], n)
+        yield msg_ops
+        # microseconds to handle a kernel record, by opcode, in Tetragon's buckets: each record
+        # observed at its batch's time per record (Pipeline._count_ops)
+        latency = HistogramMetricFamily("tetragon_handling_latency", "Time to handle a kernel record (decode and "
+                                        "hand to every consumer), in microseconds: its batch's time per record",
+                                        labels=["op"])
+        lat = st.get("handling_latency") or {}
+        for op in sorted(set(lat) | {str(o) for o in st.get("handled_opcodes", ())}, key=int):
+            h = lat.get(op) or {"buckets": [0] * (len(LATENCY_BUCKETS_US) + 1), "sum_us": 0.0}
+            cum, buckets = 0, []
+            for le, n in zip((*(f"{b:g}" for b in LATENCY_BUCKETS_US), "+Inf"), h["buckets"]):
+                cum += n
+                buckets.append((le, cum))
+            latency.add_metric([op], buckets, h["sum_us"])
+        yield latency
 
         grpc_st = st.get("grpc") or {}
         if "clients" in grpc_st:
