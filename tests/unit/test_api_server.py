@@ -360,7 +360,15 @@ DOMAIN_CASES = [
     ("DeleteTracingPolicy", _S.DeleteTracingPolicyRequest(name="p1", domain="static"), "static", None),
     ("DeleteTracingPolicy", _S.DeleteTracingPolicyRequest(name="p1", domain="grpc"), "static",
      grpc.StatusCode.NOT_FOUND),
-    ("DeleteTracingPolicy", _S.DeleteTracingPolicyRequest(name="p1"), "static", None),  # any domain
+    # no domain is 'grpc', as Tetragon's server reads it: a file's or a CRD's policy is not found
+    ("DeleteTracingPolicy", _S.DeleteTracingPolicyRequest(name="p1"), "static", grpc.StatusCode.NOT_FOUND),
+    ("DeleteTracingPolicy", _S.DeleteTracingPolicyRequest(name="p1"), "k8s", grpc.StatusCode.NOT_FOUND),
+    ("DeleteTracingPolicy", _S.DeleteTracingPolicyRequest(name="p1"), "grpc", None),
+    ("DisableTracingPolicy", _S.DisableTracingPolicyRequest(name="p1"), "static", grpc.StatusCode.NOT_FOUND),
+    ("EnableTracingPolicy", _S.EnableTracingPolicyRequest(name="p1"), "k8s", grpc.StatusCode.NOT_FOUND),
+    ("ConfigureTracingPolicy", _S.ConfigureTracingPolicyRequest(name="p1", enable=False), "static",
+     grpc.StatusCode.NOT_FOUND),
+    ("ConfigureTracingPolicy", _S.ConfigureTracingPolicyRequest(name="p1", enable=False), "grpc", None),
     ("DisableTracingPolicy", _S.DisableTracingPolicyRequest(name="p1", domain="k8s"), "grpc",
      grpc.StatusCode.NOT_FOUND),
     ("DisableTracingPolicy", _S.DisableTracingPolicyRequest(name="p1", domain="grpc"), "grpc", None),
@@ -392,5 +400,7 @@ def test_policy_calls_honour_or_refuse_domain(srv, call, req, loaded_in, code):
     with pytest.raises(grpc.RpcError) as e:
         getattr(c.stub, call)(req, timeout=5)
     assert e.value.code() == code
-    assert repr(req.domain) in e.value.details()
+    assert repr(req.domain or "grpc") in e.value.details()
+    if loaded_in is not None:  # says where the policy is
+        assert f"--domain {loaded_in}" in e.value.details(), e.value.details()
     assert agent.list_policies() == before  # nothing changed

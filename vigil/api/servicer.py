@@ -151,17 +151,19 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
         return sensors_pb2.AddTracingPolicyResponse()
 
     def _check_domain(self, request: Any) -> None:
-        """Tetragon keys policies by name, namespace and domain: a domain given must be the
-        policy's (Vigil's names are unique across domains, so an empty one means any)."""
-        if not request.domain:
-            return
+        """Tetragon keys policies by name, namespace and domain, and its server reads an empty
+        domain as 'grpc' (tetra's --domain default: "By default only acts against grpc
+        domain"): a policy from a file (static) or a CRD (k8s) is only found with its domain
+        given. Vigil's names are unique across domains, so the error can say where it is."""
+        want = request.domain or "grpc"
         for p in self.agent.list_policies():
             if p.get("name") == request.name and (p.get("namespace") or "") == request.namespace:
                 have = p.get("domain") or "grpc"
-                if have != request.domain:
+                if have != want:
                     key = f"{request.namespace}/{request.name}" if request.namespace else request.name
-                    raise PolicyNotFound(f"no policy named {key!r} in domain {request.domain!r} "
-                                         f"(it is in domain {have!r})")
+                    given = "" if request.domain else " (no domain given: 'grpc', as in Tetragon)"
+                    raise PolicyNotFound(f"no policy named {key!r} in domain {want!r}{given}; it is in "
+                                         f"domain {have!r}: give domain {have!r} (--domain {have})")
 
     @_rpc
     def DeleteTracingPolicy(self, request: Any, context: grpc.ServicerContext) -> Any:

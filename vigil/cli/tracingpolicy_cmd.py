@@ -95,7 +95,7 @@ def tracingpolicy() -> None:
 def _domain_opt(fn: Any) -> Any:
     return click.option("--domain", default="",
                         help="Domain of the policy: grpc (added over the API), k8s (CRDs), static "
-                             "(--tracing-policy-dir); default: any (list: all).")(fn)
+                             "(--tracing-policy-dir); default: grpc (list: all), as tetra's.")(fn)
 
 
 @tracingpolicy.command("add")
