@@ -116,16 +116,41 @@ def test_paths_through_lists():
     assert ff.apply(EXEC)["process_exec"] == {"ancestors": [{"binary": "/init"}]}
 
 
+# (field filter, event, its body after it): a path naming no field of the event types is kept
+# and matches nothing, as in Tetragon (whose field masks are not checked against the messages):
+# an INCLUDE of it alone empties the body, an EXCLUDE of it removes nothing. The log names it.
+UNKNOWN_PATH_CASES = [
+    ({"fields": "process_exec.process.binary", "action": _INC}, EXEC, {}),
+    ({"fields": "proces.pid", "action": _INC}, EXEC, {}),
+    ({"fields": "proces.pid,process.pid", "action": _INC}, EXEC, {"process": {"pid": 10}}),
+    ({"fields": "proces.pid", "action": _EXC}, EXEC, EXEC["process_exec"]),
+    ({"fields": "function_name", "action": _EXC, "event_set": ["PROCESS_EXEC"]}, EXEC, EXEC["process_exec"]),
+    ({"fields": "process", "action": _INC, "event_set": ["PROCESS_THROTTLE"]}, EXEC, EXEC["process_exec"]),
+]
+
+
+@pytest.mark.parametrize("spec,event,body", UNKNOWN_PATH_CASES, ids=[str(c[0]) for c in UNKNOWN_PATH_CASES])
+def test_unknown_field_paths_are_kept_and_logged(spec, event, body, caplog):
+    from vigil.api import convert
+    from vigil.api.streams import request_filter
+
+    key = next(iter(event))
+    with caplog.at_level("WARNING", logger="vigil.export.field_filters"):
+        assert FieldFilterSet([spec]).apply(event)[key] == body
+        # the export (config string) and a GetEvents stream (request) take it alike
+        assert EventFilter.from_config(field_filters=json.dumps(spec)).apply(event)[key] == body
+        assert request_filter(convert.events_request(field_filters=[spec])).apply(event)[key] == body
+    unknown = spec["fields"].split(",")[0]
+    assert f"{unknown!r} name no field" in caplog.text
+
+
 @pytest.mark.parametrize("spec,needle", [
-    ({"fields": "process_exec.process.binary"}, "process_exec.process.binary"),
-    ({"fields": "proces.pid"}, "proces.pid"),
     ({"fields": "process..pid"}, "process..pid"),
     ({"fields": "process", "action": "KEEP"}, "action"),
     ({"fields": "process", "event_set": ["NOPE"]}, "event_set"),
     ({"fields": "process", "invert_event_set": "yes"}, "invert_event_set"),
     ({"fields": 5}, "fields"),
     ({"fieldz": "process"}, "fieldz"),
-    ({"event_set": ["PROCESS_THROTTLE"], "fields": "process"}, "process"),
 ])
 def test_field_filter_errors(spec, needle):
     with pytest.raises(FilterError) as info:
@@ -254,7 +279,8 @@ def test_from_request_bad_filter_raises():
 @pytest.mark.parametrize("option, text, needle", [
     ("allowlist", '{"binary_regex":["("]}', "--export-allowlist: binary_regex: invalid regex"),
     ("denylist", '{"pid":[1]}\n{"namespace":"default"}', "--export-denylist (filter 2 of 2): namespace"),
-    ("field_filters", '{"fields":"proces.binary"}', "--field-filters: field filter fields: 'proces.binary'"),
+    ("field_filters", '{"fields":"process..binary"}', "--field-filters: field filter fields: invalid field "
+     "path 'process..binary'"),
     ("redaction_filters", '{"redact":["(x)"]}\n{"redact":["x"]}', "--redaction-filters (filter 2 of 2): "),
     ("allowlist", '{"pid":[1]} junk', "--export-allowlist: invalid JSON on line 1"),
 ])

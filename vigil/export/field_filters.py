@@ -18,16 +18,19 @@ share untouched sub-objects with the original.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
 from vigil.export.event_types import FilterError, event_key, parse_event_type
 from vigil.export.filters import normalize_keys, snake_case
 
+log = logging.getLogger(__name__)
+
 FIELD_FILTER_FIELDS = ("event_set", "fields", "action", "invert_event_set")
 ACTIONS = {"INCLUDE": "INCLUDE", "EXCLUDE": "EXCLUDE", "0": "INCLUDE", "1": "EXCLUDE"}
 
-# Top-level fields of the inner event messages, used to catch typos in paths.
+# Top-level fields of the inner event messages, used to warn of typos in paths.
 _PROCESS_EVENT = {"process", "parent", "ancestors"}
 _HOOK_COMMON = _PROCESS_EVENT | {"policy_name", "message", "args", "tags", "action"}
 KNOWN_TOP_FIELDS: dict[str, set[str]] = {
@@ -151,17 +154,20 @@ class FieldFilter:
         self.tree = build_tree(self.paths)
 
     def _check_paths(self) -> None:
+        """A path naming no field of the selected event types is kept, as Tetragon keeps it
+        (its field masks are not checked against the messages): it matches nothing, so an
+        INCLUDE of it alone leaves the event empty and an EXCLUDE of it removes nothing. The
+        agent's log says so, once per filter, since it is most likely a typo."""
         keys = self.event_keys or frozenset(KNOWN_TOP_FIELDS)
         if self.invert_event_set:
             keys = frozenset(KNOWN_TOP_FIELDS) - self.event_keys
         known = set().union(*(KNOWN_TOP_FIELDS[k] for k in keys)) if keys else set()
-        for path in self.paths:
-            top = path.split(".", 1)[0]
-            if top not in known:
-                raise FilterError(
-                    f"field filter fields: {path!r} is not a field of the selected event "
-                    f"types (fields are relative to the event, e.g. 'process.binary')"
-                )
+        self.unknown_paths = tuple(p for p in self.paths if p.split(".", 1)[0] not in known)
+        if self.unknown_paths:
+            log.warning("field filter fields: %s name no field of the selected event types (fields are "
+                        "relative to the event, e.g. 'process.binary'): they match nothing (%s)",
+                        ", ".join(map(repr, self.unknown_paths)),
+                        "the events keep none of them" if self.action == "INCLUDE" else "nothing is removed")
 
     def applies_to(self, key: str) -> bool:
         if not self.event_keys:
