@@ -62,9 +62,25 @@ def test_fork_only_child_exit_uses_clone_entry(tmp_path: Path):
     assert x["parent"]["pid"] == 10
 
 
-def test_unknown_process_exit_is_flagged_miss(tmp_path: Path):
-    events = run_replay(tmp_path, [exit_record(pid=77, ktime=5, exec_ktime=4)])
-    assert events[0]["process_exit"]["process"]["flags"] == "miss"
+# an exit of a process the cache never saw, by the kernel's key of it (exec ktime; 0: the
+# kernel had no entry) -> the exit's process, as Tetragon's GetProcessExit makes it: only pid
+# and start_time (its key's ktime), no exec_id, flags or tid, and no parent; with no kernel
+# entry, no exit at all (Tetragon's exit hook sends none then). START: the start_time of an
+# exec at ktime 4000 (the first event)
+@pytest.mark.parametrize("exec_ktime, want", [
+    (4000, {"process": {"pid": 77, "start_time": "START"}, "status": 3}),
+    (0, None),
+], ids=["kernel-key", "no-kernel-entry"])
+def test_exit_of_a_process_the_cache_never_saw(tmp_path: Path, exec_ktime: int, want: dict | None):
+    events = run_replay(tmp_path, [process_record(pid=5, ktime=4000),
+                                   exit_record(pid=77, ktime=5000, exec_ktime=exec_ktime, code=3 << 8)])
+    start = events[0]["process_exec"]["process"]["start_time"]
+    got = [e["process_exit"] for e in events if "process_exit" in e]
+    assert all(x.pop("time") == e["time"] for x, e in zip(got, events[1:]))  # the exit's own time
+    if want is None:
+        assert got == []
+    else:
+        assert got == [{**want, "process": {**want["process"], "start_time": start}}]
 
 
 def test_bad_records_are_counted_not_fatal(tmp_path: Path):

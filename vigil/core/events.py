@@ -213,8 +213,8 @@ class Pod(Mapping[str, Any]):
         return f"Pod({self.as_dict()!r})"
 
 
-# A process that left no trace (exited before the agent saw it): its exit event carries
-# this much, flagged "miss", as Tetragon does.
+# A policy event's process that the cache lacks: this much, flagged "miss". (An exit's is
+# built in vigil.process.build.EventBuilder.on_exit, as Tetragon's: pid and start_time.)
 def missing_process(exec_id: str, pid: int, tid: int) -> ProcessMsg:
     return ProcessMsg(exec_id, pid, flags="miss", tid=tid)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vigil.core import native
-from vigil.core.events import ProcessExec, ProcessExit, ProcessMsg, missing_process
+from vigil.core.events import ProcessExec, ProcessExit, ProcessMsg
 from vigil.events import records as R
 from vigil.kernel.caps import cap_list, securebits_list
 from vigil.kernel.namespaces import NS_NAMES, host_namespaces
@@ -442,7 +442,7 @@ class EventBuilder:
         self.cache.add(self.make_process(r, clone_of=of), now_ns)
         self.clone_count += 1
 
-    def on_exit(self, r: R.ExitRecord, now_ns: int) -> ProcessExit:
+    def on_exit(self, r: R.ExitRecord, now_ns: int) -> ProcessExit | None:
         cache = self.cache
         p = cache._by_key.get((r.pid, r.exec_ktime)) if r.exec_ktime else None
         if p is None:
@@ -454,9 +454,14 @@ class EventBuilder:
         if p is None:
             self.miss_count += 1
             self.exit_misses += 1
-            self.missing_info += 1
             cache.missed(r.pid, r.exec_ktime)
-            msg = missing_process(exec_id(self.node, r.exec_ktime, r.pid), r.pid, r.tid)
+            if not r.exec_ktime:
+                # the kernel had no entry for it either: Tetragon's exit hook sends nothing then
+                return None
+            self.missing_info += 1
+            # as Tetragon's GetProcessExit makes a process its cache lacks: the pid and the
+            # start time of the kernel's key, nothing else (no exec_id, flags, tid, parent)
+            msg = ProcessMsg("", r.pid, start_time=self.clock.ktime_rfc3339(r.exec_ktime))
             return ProcessExit(msg, None, (), sig, (code >> 8) & 0xFF, t, self.node)
         parent, ancestors = self._parents(p)
         cache.exit(p, now_ns)
