@@ -59,9 +59,9 @@ FIELD_CASES = [
     ({"health_check": False}, False, True),
     ({"pid": [100]}, True, False),
     ({"pid": [200, 300]}, False, True),
-    ({"pid_set": [80]}, True, False),  # an ancestor
+    ({"pid_set": [80]}, False, False),  # an ancestor: never looked at, as in Tetragon
     ({"pid_set": [90]}, True, False),  # the parent
-    ({"pid_set": [1]}, True, True),
+    ({"pid_set": [1]}, False, True),  # POD_EXEC's farthest ancestor, HOST_KPROBE's parent
     ({"pid_set": [5]}, False, False),
     ({"event_set": ["PROCESS_EXEC"]}, True, False),
     ({"event_set": [9]}, False, True),  # enum number
@@ -226,7 +226,7 @@ def test_events_without_process():
 
 
 def test_lower_camel_keys_accepted():
-    assert m({"binaryRegex": ["curl"], "eventSet": ["PROCESS_EXEC"], "pidSet": [1],
+    assert m({"binaryRegex": ["curl"], "eventSet": ["PROCESS_EXEC"], "pidSet": [90],
               "inInitTree": True, "containerNameRegex": ["space"],
               "capabilities": {"effective": {"any": ["CAP_NET_RAW"]}}}, POD_EXEC)
 

@@ -299,6 +299,9 @@ AGENT_OPTION_CASES = [
     ({"enable_process_cred": False}, '{"capabilities":{"effective":{"any":["CAP_BPF"]}}}',
      "--export-denylist: capabilities: events carry no capabilities"),
     ({}, '{"capabilities":{"effective":{"any":["CAP_BPF"]}}}', None),
+    # pid_set: in the export's lists only with --enable-pid-set-filter, as Tetragon's agent
+    ({}, '{"pid_set":[1]}', "--export-denylist: pid_set: .* only with --enable-pid-set-filter"),
+    ({"enable_pid_set_filter": True}, '{"pid_set":[1]}', None),
 ]
 
 
@@ -316,6 +319,11 @@ def test_agent_filters_know_what_its_events_carry(config, denylist, error):
     cfg = AgentConfig(**config, export_denylist=denylist)
     options = AgentControl(SimpleNamespace(config=cfg)).filter_options  # type: ignore[arg-type]
     assert options == FilterOptions(cfg.enable_ancestors, cfg.enable_process_cred)
+    if "pid_set" in denylist:  # GetEvents takes it whatever the flag (Tetragon gates the export only)
+        from vigil.api import convert
+        from vigil.api.streams import request_filter
+
+        assert request_filter(convert.events_request([json.loads(denylist)]), None, options) is not None
     pipeline = Pipeline.__new__(Pipeline)  # open_outputs needs none of the loop's parts
     if error is None:
         pipeline.open_outputs(cfg)

@@ -26,6 +26,7 @@ class AgentConfig:
     export_denylist: str = ""
     field_filters: str = ""
     redaction_filters: str = ""
+    enable_pid_set_filter: bool = False   # pid_set in export_allowlist/denylist (Tetragon: tests only)
     # front ends
     server_address: str = "localhost:54321"
     server_allow_remote: bool = False       # a non-loopback TCP address

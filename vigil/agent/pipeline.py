@@ -83,7 +83,7 @@ class Pipeline:
         self.export_filter = EventFilter.from_config(
             allowlist=c.export_allowlist, denylist=c.export_denylist, field_filters=c.field_filters,
             redaction_filters=c.redaction_filters, rate_limit=c.export_rate_limit, node_name=c.node_name,
-            options=FilterOptions.of(c),
+            options=FilterOptions.of(c, export=True),
         )
         if c.export_filename:
             from vigil.export.jsonl import JsonlWriter

@@ -8,10 +8,12 @@ Notes on fields whose behaviour depends on what the event carries:
 
 * ``pid_set`` matches the listed processes and their descendants, as Tetragon tracks them:
   an event matches when ``process.pid`` is in the set or is a descendant seen before, or
-  when its parent (or, with ``--enable-ancestors``, an ancestor) is; then the process is
-  remembered as a descendant, so its own children match too (grandchildren and deeper
-  are found without ``--enable-ancestors``). Like Tetragon's, the memory lives as long as
-  the filter (one per GetEvents stream, one for the export).
+  when its parent's is; then the process is remembered as a descendant, so its own children
+  match too. Only the process and its parent count, never ``ancestors``: a grandchild matches
+  when its parent was seen as a descendant before (its exec, or any event of it), as in
+  Tetragon. The memory lives as long as the filter (one per GetEvents stream, one for the
+  export). As Tetragon's agent, the export's allow/deny lists refuse it without
+  ``--enable-pid-set-filter`` (a best-effort filter meant for tests); GetEvents takes it.
 * ``ancestor_binary_regex`` checks the entries of ``ancestors`` (the processes beyond the
   parent, as in Tetragon): never the parent; refused by an agent without ``--enable-ancestors``.
 * ``namespace`` sees host processes (no pod) as namespace ``""``; ``namespace_regex``,
@@ -107,11 +109,14 @@ class FilterOptions:
 
     ancestors: bool = True       # --enable-ancestors
     process_cred: bool = True    # --enable-process-cred
+    pid_set: bool = True         # --enable-pid-set-filter: the export's lists only (GetEvents: always)
 
     @classmethod
-    def of(cls, config: Any) -> FilterOptions:
-        """From an AgentConfig."""
-        return cls(ancestors=bool(config.enable_ancestors), process_cred=bool(config.enable_process_cred))
+    def of(cls, config: Any, export: bool = False) -> FilterOptions:
+        """From an AgentConfig; `export`: for its export allow/deny lists, which take pid_set
+        only with --enable-pid-set-filter (as Tetragon's; its GetEvents filters always do)."""
+        return cls(ancestors=bool(config.enable_ancestors), process_cred=bool(config.enable_process_cred),
+                   pid_set=bool(getattr(config, "enable_pid_set_filter", False)) if export else True)
 
     def fanout_args(self) -> list[str]:
         """The flags that tell a serving process (vigil.api.fanout) these options."""
@@ -309,6 +314,10 @@ def _compile_field(field: str, value: Any, options: FilterOptions = ANY_EVENTS) 
         pids = _uint_list(value, field)
         if not pids:
             return None
+        if not options.pid_set:
+            raise FilterError(f"{field}: pid_set filters track descendants on a best-effort basis and are "
+                              "meant for tests and development, not production: the agent takes them in "
+                              "its export filters only with --enable-pid-set-filter")
 
         children: set[int] = set()  # descendants met so far (pids listed or not: `known`)
 
@@ -322,11 +331,11 @@ def _compile_field(field: str, value: Any, options: FilterOptions = ANY_EVENTS) 
             pid = proc.get("pid")
             if known(pid):
                 return True
-            for p in (body.get("parent"), *(body.get("ancestors") or ())):
-                if isinstance(p, dict) and known(p.get("pid")):
-                    if isinstance(pid, int):
-                        children.add(pid)
-                    return True
+            parent = body.get("parent")  # (never the ancestors: Tetragon's looks no further)
+            if isinstance(parent, dict) and known(parent.get("pid")):
+                if isinstance(pid, int):
+                    children.add(pid)
+                return True
             return False
 
         return in_pid_set
