@@ -91,6 +91,7 @@ class AgentControl:
             "subscribers": p.bus.subscriber_count,
             "maps": a.sensor.map_usage() if a.sensor is not None else {},
             "programs": self._program_stats(),
+            "links": self._link_stats(),
             "policy_events": [{"policy": lp.name, "hook": kind, "count": n}
                               for lp in pols for kind, n in list(lp.events.items())],
             "policy_actions": [{"policy": lp.name, "namespace": lp.compiled.policy.namespace or "", "hook": k[0],
@@ -176,6 +177,25 @@ class AgentControl:
                                         "section": prog.section, **info})
                 except OSError:  # the policy was deleted meanwhile (status takes no policy lock)
                     continue
+        return out
+
+    def _link_stats(self) -> list[dict[str, Any]]:
+        """Per policy hook attachment: probe hits the kernel did not run the program for
+        (kernel.info.link_missed), for the links the kernel reports that of (kprobes, 6.7+)."""
+        from vigil.kernel.info import link_missed
+
+        out = []
+        for lp in list(self.agent.policies.policies.values()):
+            for gh in list(lp.hooks):
+                obj = getattr(gh, "obj", None)
+                if obj is None:
+                    continue
+                for link in obj.links:
+                    missed = link_missed(link.fd)
+                    if missed is not None:
+                        out.append({"policy": lp.name, "namespace": lp.compiled.policy.namespace or "",
+                                    "attach": gh.compiled.placement.describe(), "link": link.desc,
+                                    "missed": missed})
         return out
 
     def _ringbuf_stats(self) -> dict[str, Any]:

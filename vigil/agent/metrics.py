@@ -597,6 +597,19 @@ class AgentCollector(Collector):
         for (policy, attach), n in skipped.items():
             prog_missed.add_metric([policy, attach], n)
         yield prog_missed
+        # probe hits whose program the kernel did not run (another kprobe was running on that
+        # CPU), from each kprobe link's info, summed by policy and attach point as Tetragon's; no
+        # series for links the kernel does not report it for (before 6.7; tracepoints, trampolines)
+        link_missed = CounterMetricFamily("tetragon_missed_link_probes", "Probe hits the kernel did not run the "
+                                          "program for, by policy and attach point (kprobe links, kernel 6.7+)",
+                                          labels=["policy", "attach"])
+        by_link: dict[tuple[str, str], int] = {}
+        for ln in st.get("links", ()):
+            key = (ln["policy"], ln["attach"])
+            by_link[key] = by_link.get(key, 0) + int(ln["missed"])
+        for (policy, attach), n in by_link.items():
+            link_missed.add_metric([policy, attach], n)
+        yield link_missed
 
         # the native exec/open permission helper (fanotify Override without BPF LSM), as `vigil
         # status` shows it (permission_helper); no series while it does not run

@@ -47,3 +47,44 @@ def map_info(fd: int) -> dict[str, int | str]:
     typ, mid, ks, vs, me = struct.unpack_from("<5I", buf.raw, 0)
     name = buf.raw[24:40].split(b"\0", 1)[0].decode()
     return {"type": typ, "id": mid, "key_size": ks, "value_size": vs, "max_entries": me, "name": name}
+
+
+# struct bpf_link_info (uapi/linux/bpf.h): type, id, prog_id, then the union at 16
+_LINK_INFO_LEN = 96
+_LINK_TYPE_PERF_EVENT, _LINK_TYPE_KPROBE_MULTI = 7, 8
+_PERF_EVENT_KPROBE, _PERF_EVENT_KRETPROBE = 3, 4   # enum bpf_perf_event_type
+_OFF_PERF_EVENT_TYPE = 16
+_OFF_PERF_KPROBE_MISSED = 48   # perf_event.kprobe.missed (func_name 24, name_len 32, offset 36, addr 40)
+_OFF_KPROBE_MULTI_MISSED = 32  # kprobe_multi.missed (addrs 16, count 24, flags 28)
+_LINK_MISSED_SINCE = (6, 7)    # both missed fields came in 6.7: older kernels leave them 0
+
+
+def _release() -> tuple[int, int]:
+    import os
+    import re
+
+    m = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def link_missed(fd: int) -> int | None:
+    """Hits of a kprobe link's probe the kernel did not run its program for (another kprobe was
+    running on that CPU: the probe's nmissed; for a kprobe_multi link, its fprobe's and the
+    program's recursion misses), from bpf_link_info: a perf-event kprobe/kretprobe link or a
+    kprobe_multi link, kernel 6.7 and later. None for any other link (tracepoints, trampolines,
+    uprobes), a kernel that does not report it, or an fd that is not a BPF link (a kprobe
+    attached the legacy way)."""
+    if fd < 0 or _release() < _LINK_MISSED_SINCE:
+        return None
+    buf = ctypes.create_string_buffer(_LINK_INFO_LEN)  # name and address buffers left NULL: not asked
+    n = ctypes.c_uint32(_LINK_INFO_LEN)
+    if L.lib.bpf_obj_get_info_by_fd(fd, buf, ctypes.byref(n)):
+        return None
+    raw = buf.raw
+    typ = struct.unpack_from("<I", raw, 0)[0]
+    if typ == _LINK_TYPE_PERF_EVENT and struct.unpack_from("<I", raw, _OFF_PERF_EVENT_TYPE)[0] in (
+            _PERF_EVENT_KPROBE, _PERF_EVENT_KRETPROBE):
+        return int(struct.unpack_from("<Q", raw, _OFF_PERF_KPROBE_MISSED)[0])
+    if typ == _LINK_TYPE_KPROBE_MULTI:
+        return int(struct.unpack_from("<Q", raw, _OFF_KPROBE_MULTI_MISSED)[0])
+    return None
