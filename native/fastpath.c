@@ -2355,13 +2355,13 @@ static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t n
 			Py_SETREF(bp, Py_NewRef(Py_None));
 	} else
 		bp = Py_NewRef(Py_None);
-	/* binary: the name as executed when absolute and not an fd path, else resolved */
+	/* binary: the name as executed when absolute (an fd's too: /dev/fd/N, as Tetragon), else
+	 * resolved */
 	Py_ssize_t fnn;
 	const char *fn = PyUnicode_AsUTF8AndSize(r->filename, &fnn);
 	if (!fn)
 		goto out;
-	if (fnn && fn[0] == '/' && !(fnn >= 8 && !memcmp(fn, "/dev/fd/", 8)) &&
-	    !(fnn >= 14 && !memcmp(fn, "/proc/self/fd/", 14)))
+	if (fnn && fn[0] == '/')
 		binary = Py_NewRef(r->filename);
 	else if (!(binary = PyObject_CallFunctionObjArgs(b->m_binary, rec, r->cwd, NULL)))
 		goto out;

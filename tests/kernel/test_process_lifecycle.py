@@ -67,13 +67,16 @@ int main(int argc, char **argv) {
         fflush(stdout);
         return 0;
     }
-    if (!strcmp(m, "memfd")) {              /* fexecve a memfd holding argv[2]: "payload wait" */
-        int fd = memfd_create("vigil-test-payload", 0), src = open(argv[2], O_RDONLY);
-        char buf[65536]; ssize_t n;
+    if (!strcmp(m, "memfd")) {              /* exec a memfd holding argv[2] as "payload wait": says its fd, */
+        int fd = memfd_create("vigil-test-payload", 0), src = open(argv[2], O_RDONLY);  /* then fexecve */
+        char buf[65536]; ssize_t n;        /* (execveat AT_EMPTY_PATH), or argv[3] "proc": /proc/self/fd/N */
         while ((n = read(src, buf, sizeof buf)) > 0) if (write(fd, buf, n) != n) return 3;
         close(src);
-        char *av[] = {"payload", "wait", NULL}, *ev[] = {NULL};
-        fexecve(fd, av, ev);
+        char *av[] = {"payload", "wait", NULL}, *ev[] = {NULL}, path[64];
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        dprintf(1, "%d\n", fd);
+        if (argc > 3 && !strcmp(argv[3], "proc")) execve(path, av, ev);
+        else fexecve(fd, av, ev);
         return 127;
     }
     if (!strcmp(m, "wait")) {               /* says it runs, then waits for stdin's EOF */
@@ -158,19 +161,28 @@ def test_clone_parent_child_runs_the_callers_image(running_agent: RunningAgent, 
     assert binary[:bin_len].decode() == caller_bin
 
 
-def test_memfd_exec_is_named_after_the_memfd(running_agent: RunningAgent, lifecycle: Path) -> None:
-    """fexecve of memfd_create("vigil-test-payload"): the kernel's walk ends on the memfd's own
-    dentry (its own parent, on no mounted tree); its name is the path, "/memfd:vigil-test-payload"
-    as /proc/<pid>/exe shows it less " (deleted)", in events (binary: the exec name is
-    /dev/fd/N, which says nothing) and in the process map (matchBinaries). No errorFilename;
-    binary_properties names the unlinked file. Before: no name, errorFilename, binary /dev/fd/N."""
+# how the memfd is executed -> the exec's binary (N: the memfd's fd)
+@pytest.mark.parametrize("how, binary", [
+    ("fexecve", "/dev/fd/{fd}"),      # glibc's fexecve: execveat(fd, "", AT_EMPTY_PATH)
+    ("proc", "/proc/self/fd/{fd}"),   # execve of the fd's /proc name
+])
+def test_memfd_exec_is_named_as_executed(running_agent: RunningAgent, lifecycle: Path, how: str,
+                                         binary: str) -> None:
+    """An exec of memfd_create("vigil-test-payload") through its fd: the event's binary is the
+    name the kernel gives the exec (bprm->filename: "/dev/fd/N" for execveat AT_EMPTY_PATH, the
+    path itself for /proc/self/fd/N), as Tetragon reports it, in the exec and the exit. The
+    kernel's walk ends on the memfd's own dentry (its own parent, on no mounted tree): that
+    name, "/memfd:vigil-test-payload" as /proc/<pid>/exe shows it less " (deleted)", is the
+    process map's binary (matchBinaries, as Tetragon's map has the exe's path) and
+    binary_properties' file. No errorFilename. Before: the binary was the memfd's name."""
     seen: dict[str, Any] = {}
 
     def act() -> None:
-        p = subprocess.Popen([str(lifecycle), "memfd", str(lifecycle)], stdin=subprocess.PIPE,
+        p = subprocess.Popen([str(lifecycle), "memfd", str(lifecycle), how], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE)
         assert p.stdin is not None and p.stdout is not None
         seen["pid"] = p.pid
+        seen["fd"] = int(p.stdout.readline())
         assert p.stdout.readline() == b"ready\n", "the memfd exec failed"  # the payload runs
         seen["proc_exe"] = os.readlink(f"/proc/{p.pid}/exe")
         assert running_agent.agent.sensor is not None
@@ -183,14 +195,14 @@ def test_memfd_exec_is_named_after_the_memfd(running_agent: RunningAgent, lifecy
     assert seen["proc_exe"] == name + " (deleted)"
     ex = _one([e for e in execs(events, pid=seen["pid"]) if e["process"].get("arguments") == "wait"], "memfd exec")
     proc = ex["process"]
-    assert proc["binary"] == name
+    assert proc["binary"] == binary.format(fd=seen["fd"])
     assert "errorFilename" not in proc["flags"].split()
     bp = proc["binary_properties"]
     assert bp["file"]["inode"]["links"] == 0 and int(bp["file"]["inode"]["number"]) > 0
     assert bp["file"]["path"] == name
     entry = seen["entry"]
     assert entry is not None and entry[8][:entry[6]].decode() == name
-    assert _one(exits(events, pid=seen["pid"]), "memfd exit")["process"]["binary"] == name
+    assert _one(exits(events, pid=seen["pid"]), "memfd exit")["process"]["binary"] == proc["binary"]
 
 
 def test_cwd_on_a_detached_mount_is_an_error_not_a_path(running_agent: RunningAgent, workdir: Path) -> None:

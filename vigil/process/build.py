@@ -89,7 +89,6 @@ _REC_FLAG_BITS = (R.F_ARGS_TRUNC | R.F_ERR_PATH | R.F_ERR_ARGS | R.F_CWD_TRUNC |
 _K_PROCFS, _K_MISS, _K_NOCWD, _K_ROOTCWD, _K_INIT_TREE = 1 << 16, 1 << 17, 1 << 18, 1 << 19, 1 << 20
 _CLONE_FLAGS = ("clone", "clone inInitTree")  # a fork's flags, by whether it is in its init tree
 _INTERN_MAX = 4096  # bound of each intern cache (caps, credentials, namespaces, cgroups)
-_FD_PATHS = ("/dev/fd/", "/proc/self/fd/")  # fexecve: the name says nothing, use the file
 # binary_properties.privileges_changed, in Tetragon's order
 _PRIVILEGES_CHANGED = ((R.PRIV_FILE_CAPS, "PRIVILEGES_RAISED_EXEC_FILE_CAP"),
                        (R.PRIV_SETUID_ROOT, "PRIVILEGES_RAISED_EXEC_FILE_SETUID"),
@@ -244,8 +243,8 @@ class EventBuilder:
 
     def _binary(self, r: Any, cwd: str) -> str:
         fn = r.filename
-        if not fn or fn.startswith(_FD_PATHS):
-            return r.exe or fn
+        if not fn:
+            return r.exe
         if not fn.startswith("/"):
             return os.path.normpath(os.path.join(cwd or "/", fn))
         return fn
@@ -350,7 +349,7 @@ class EventBuilder:
             bp = self._binary_properties(r) or None
         msg = ProcessMsg(
             eid, pid, r.euid, cwd,
-            fn if fn[:1] == "/" and not fn.startswith(_FD_PATHS) else self._binary(r, cwd),
+            fn if fn[:1] == "/" else self._binary(r, cwd),
             format_arguments(_args_area(r.args, fk)), flags, self._start_time(r, procfs), r.auid, None, docker, peid,
             caps if opts.enable_cred and caps else None,
             ns_json if opts.enable_ns and ns_json else None,
