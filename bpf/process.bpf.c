@@ -587,9 +587,12 @@ static __always_inline int do_exit(struct task_struct *task, int group_dead, con
 	e = bpf_map_lookup_elem(&execve_map, &tgid);
 	if (e) {
 		x.key = e->key;
-		/* (without group_dead) two threads may both see live == 0; only the deleter reports */
-		if (bpf_map_delete_elem(&execve_map, &tgid))
+		/* (without group_dead) two threads may both see live == 0; only the deleter reports.
+		 * A failed delete is counted (tetragon_map_errors_delete_total{map="execve_map"}) */
+		if (bpf_map_delete_elem(&execve_map, &tgid)) {
+			count_drop(DROP_EXECVE_MAP_DELETE);
 			return 0;
+		}
 	} else {
 		x.key.pid = tgid;
 	}

@@ -18,6 +18,7 @@ enum vigil_drop_cause {
 	DROP_RB_FULL_GENERIC = 3,
 	DROP_EXECVE_MAP_FULL = 4,
 	DROP_HEAP = 5,
+	DROP_EXECVE_MAP_DELETE = 6,  /* not a lost record: a failed execve_map delete (map_errors_delete) */
 	DROP_CAUSE_MAX = 8,
 };
 

@@ -36,6 +36,10 @@ _MISSED = {"ringbuf_full_exec": ("5", "EAGAIN"), "ringbuf_full_clone": ("23", "E
            "heap": ("5", "unknown"), "perf_ring_full_loader": ("26", "ENOSPC")}
 # causes Tetragon counts as a failed map update: tetragon_map_errors_update_total{map}
 _MAP_UPDATE_ERRORS = {"execve_map_full": "execve_map"}
+# and as a failed map delete: tetragon_map_errors_delete_total{map} (an exit's execve_map delete
+# that failed: the entry went between its lookup and its delete, e.g. another thread of the
+# group ended it first where the kernel does not say which thread ended the group, before 6.18)
+_MAP_DELETE_ERRORS = {"execve_map_delete": "execve_map"}
 _EVENT_TYPE = {"process_exec": "PROCESS_EXEC", "process_exit": "PROCESS_EXIT", "process_kprobe": "PROCESS_KPROBE",
                "process_tracepoint": "PROCESS_TRACEPOINT", "process_uprobe": "PROCESS_UPROBE",
                "process_lsm": "PROCESS_LSM", "rate_limit_info": "RATE_LIMIT_INFO"}
@@ -358,11 +362,16 @@ class AgentCollector(Collector):
         missed = CounterMetricFamily("tetragon_bpf_missed_events", "Records the kernel could not deliver",
                                      labels=["msg_op", "error"])
         map_errors = CounterMetricFamily("tetragon_map_errors_update", "Failed updates per BPF map", labels=["map"])
+        delete_errors = CounterMetricFamily("tetragon_map_errors_delete", "Failed deletes per BPF map",
+                                            labels=["map"])
         by_op: dict[tuple[str, str], int] = {}
         by_map: dict[str, int] = {}
+        by_map_delete: dict[str, int] = dict.fromkeys(_MAP_DELETE_ERRORS.values(), 0)  # from 0, as Tetragon's
         for cause, n in st["lost"]["kernel"].items():
             if cause in _MAP_UPDATE_ERRORS:
                 by_map[_MAP_UPDATE_ERRORS[cause]] = by_map.get(_MAP_UPDATE_ERRORS[cause], 0) + n
+            elif cause in _MAP_DELETE_ERRORS:
+                by_map_delete[_MAP_DELETE_ERRORS[cause]] += n
             else:
                 key = _MISSED.get(cause, ("0", "unknown"))
                 by_op[key] = by_op.get(key, 0) + n
@@ -370,8 +379,11 @@ class AgentCollector(Collector):
             missed.add_metric([op, err], n)
         for name, n in by_map.items():
             map_errors.add_metric([name], n)
+        for name, n in by_map_delete.items():
+            delete_errors.add_metric([name], n)
         yield missed
         yield map_errors
+        yield delete_errors
 
         rb = st["ringbuf"]
         yield CounterMetricFamily("tetragon_observer_ringbuf_events_received", "Ring buffer records read",

@@ -24,7 +24,7 @@ log = logging.getLogger("vigil.sensor.process")
 HOOKS = ("exec", "fork", "exit")
 EXEC_ENTRY = ("vigil_execve_enter", "vigil_execveat_enter")  # the credentials before an exec
 DROP_CAUSES = ("ringbuf_full_exec", "ringbuf_full_clone", "ringbuf_full_exit", "ringbuf_full_generic",
-               "execve_map_full", "heap", "cause6", "cause7")
+               "execve_map_full", "heap", "execve_map_delete", "cause7")
 # struct execve_entry (bpf/lib/process_map.bpf.h): caps are effective, inheritable, permitted
 ENTRY = Layout("execve_entry", "key.pid:I key.pad:I key.ktime:Q pkey.pid:I pkey.pad:I pkey.ktime:Q bin_len:I "
                "flags:I bin:256s caps:3Q ns:10I follow:Q")
