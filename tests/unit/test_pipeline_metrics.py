@@ -162,6 +162,7 @@ ALWAYS = {
     "tetragon_msg_op_total": {"msg_op"},
     "tetragon_handling_latency_count": {"op"},
     "tetragon_handling_latency_bucket": {"op", "le"},
+    "tetragon_map_errors_delete_total": {"map"},
 }
 
 
