@@ -263,6 +263,46 @@ spec:
     assert r.returncode != 0 and "Equals" in (r.stderr + r.stdout)
 
 
+NO_SUCH_CALL = """apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: named-in-file
+spec:
+  kprobes:
+  - call: "no_such_syscall_vigil"
+"""
+
+
+def test_tracingpolicy_add_refusal_names_the_file(agent_proc: AgentProcess, tmp_path: Path):
+    """A policy the agent refuses is reported at the file's line and column, as `vigil policy
+    validate` and `vigil agent --tracing-policy` report it; the agent's own name for text
+    sent over gRPC (`<grpc>`) meant nothing to the user. With -m the text sent is rewritten:
+    the positions are said to be those `tp modify -m` prints."""
+    pol = tmp_path / "p.yaml"
+    call = 'spec.kprobes[0].call: "no_such_syscall_vigil" is not an x86_64 syscall'
+    for text, args, first, last in [
+        (NO_SUCH_CALL, [], f"Error: INVALID_ARGUMENT: {pol}:7:11: {call}", None),
+        ("# a comment moves it a line down\n" + NO_SUCH_CALL, [], f"Error: INVALID_ARGUMENT: {pol}:8:11: {call}",
+         None),
+        (NO_SUCH_CALL, ["-m", "monitor"], f"Error: INVALID_ARGUMENT: {pol} (-m monitor):", "`vigil tracingpolicy "
+         f"modify -m monitor {pol}` prints it)"),
+        (NO_SUCH_CALL.replace("no_such_syscall_vigil", "sys_getppid"), [], None, None),  # loads
+        (NO_SUCH_CALL.replace("no_such_syscall_vigil", "sys_getppid"), [],
+         f"Error: ALREADY_EXISTS: {pol}:4:9: metadata.name: policy 'named-in-file' already exists", None),
+    ]:
+        pol.write_text(text)
+        r = agent_proc.cli("tracingpolicy", "add", *args, str(pol))
+        if first is None:
+            assert r.returncode == 0, r.stderr
+            continue
+        lines = r.stderr.splitlines()
+        assert r.returncode == 1 and "<grpc>" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert lines[0].startswith(first), r.stderr
+        if last is not None:
+            assert lines[-1].endswith(last), r.stderr
+    assert agent_proc.cli("tracingpolicy", "delete", "named-in-file").returncode == 0
+
+
 
 
 def test_stopping_the_agent_removes_its_denies(tmp_path: Path):

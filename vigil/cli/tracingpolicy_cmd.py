@@ -1,6 +1,7 @@
 """`vigil tracingpolicy` (alias `tp`): manage tracing policies in a running agent."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -120,9 +121,30 @@ def add(file: Path, mode: str | None, domain: str, server_address: str | None, t
         raise click.ClickException(f"cannot read {file}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     if mode:
         text = with_mode(text, mode, str(file))
-    with client(server_address, timeout) as c:
-        c.add_policy(text, domain)
+    import grpc
+
+    try:
+        with client(server_address, timeout) as c:
+            c.add_policy(text, domain)
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.UNAVAILABLE:
+            raise
+        raise click.ClickException(f"{e.code().name}: {refusal_in_file(e.details() or '', str(file), mode)}") from None
     click.echo(f"tracing policy {go_quote(given)} added")  # tetra's words, for scripts
+
+
+def refusal_in_file(details: str, file: str, mode: str | None) -> str:
+    """The agent's refusal of a policy sent over gRPC, with the file's name where the agent
+    wrote its own name for the text (`<grpc>:LINE:COL: field: message`). With -m the text
+    sent is the file rewritten: its positions are those `tp modify -m MODE FILE` prints."""
+    if not re.search(r"(?m)^<grpc>:", details):
+        return details
+    where = file if mode is None else f"{file} (-m {mode})"
+    out = re.sub(r"(?m)^<grpc>:", lambda _: f"{where}:", details)
+    if mode is not None:
+        out += (f"\n(with -m, lines and columns are those of the policy as "
+                f"`vigil tracingpolicy modify -m {mode} {file}` prints it)")
+    return out
 
 
 def _namespace_opt(fn: Any) -> Any:
