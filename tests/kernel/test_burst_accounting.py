@@ -97,18 +97,25 @@ int main(int argc, char **argv) {
 """
 
 
+PROCESS_RING, POLICY_RING = 8 << 20, 1 << 16  # ~270 B a process record: 300 execs (and their clones, exits) ~250 KiB
+
+
 def test_a_flood_of_policy_records_costs_no_process_event(workdir: Path) -> None:
-    """Policy hooks write to a ring of their own: with rings too small for a burst of policy
-    records (some are dropped, counted), every exec and exit of processes started meanwhile
-    is still exported."""
+    """Policy hooks write to a ring of their own: with a policy ring too small for a burst of
+    policy records (some are dropped, counted), every exec and exit of processes started
+    meanwhile is still exported. The process ring is sized for what is checked: it holds every
+    record the spawner makes (and the rest of the machine's) even if the event loop is not
+    scheduled until the spawner is done. A 64 KiB process ring also lost execs under load
+    without any policy flood: that tested the machine's scheduling, not the rings' separation."""
     loop, spawn = build(workdir, "openloop", LOOP_C), build(workdir, "spawn", SPAWN_C)
     target = workdir / "target.txt"
     target.write_text("x")
     export = workdir / "events.log"
     cfg = AgentConfig(export_filename=str(export), server_address="", node_name="vigil-test",
-                      export_file_max_size_mb=100_000, rb_size=1 << 16)
+                      export_file_max_size_mb=100_000, rb_size=PROCESS_RING)
     n_exec = 300
     with RunningAgent(cfg) as ra:
+        ra.agent.config.rb_size = POLICY_RING  # the policy ring is made with the first policy
         ra.agent.policies.add_text(POLICY.format(path=target), "<test>")
         flood = subprocess.Popen([str(loop), str(N), str(target)])
         spawner = subprocess.Popen([str(spawn), str(n_exec)])
@@ -141,4 +148,5 @@ def test_a_flood_of_policy_records_costs_no_process_event(workdir: Path) -> None
         assert (execs, exits) == (n_exec, n_exec), lost
         assert not any(lost.get(k) for k in ("ringbuf_full_exec", "ringbuf_full_clone", "ringbuf_full_exit")), lost
         rings = ra.agent.status()["ringbuf"]["rings"]
-        assert [r["name"] for r in rings] == ["process", "policy"] and rings[1]["records"] >= policy
+        assert [(r["name"], r["size"]) for r in rings] == [("process", PROCESS_RING), ("policy", POLICY_RING)]
+        assert rings[1]["records"] >= policy
