@@ -630,6 +630,11 @@ ACTION_CASES = [
     ("signal-nopost-post", "[{action: Signal, argSig: 10}, {action: NoPost}, {action: Post}]", -10, 0, None),
     ("ratelimit", '[{action: Post, rateLimit: "1m"}]', 0, 1, "KPROBE_ACTION_POST"),
     ("followfd", "[{action: FollowFD, argFd: 0, argName: 1}]", 0, 3, "KPROBE_ACTION_FOLLOWFD"),
+    # the event names the last action run, as Tetragon's (its BPF sets it at every action,
+    # Post included): the enforcement still happens
+    ("sigkill-post", "[{action: Sigkill}, {action: Post}]", -9, 1, "KPROBE_ACTION_POST"),
+    ("post-sigkill", "[{action: Post}, {action: Sigkill}]", -9, 1, "KPROBE_ACTION_SIGKILL"),
+    ("signal-post", "[{action: Signal, argSig: 10}, {action: Post}]", -10, 1, "KPROBE_ACTION_POST"),
 ]
 
 
@@ -661,6 +666,7 @@ kprobes:
     assert len(got) == nevents, got
     if action:
         assert got[0]["action"] == action
+        assert got[0]["return_action"] == "KPROBE_ACTION_POST"  # always there, as Tetragon's
     if action in ("KPROBE_ACTION_SIGKILL", "KPROBE_ACTION_SIGNAL"):
         # enforcement explains itself: selector, matched values, mechanism, action
         msg = got[0]["message"]

@@ -1073,7 +1073,7 @@ def test_generic_plain_records_need_no_python() -> None:
     rec = plain_record(selector=1, action=1, args=[(b"/etc/passwd", 0, 0, 0), (b"", 3, 0, 0)] * 2)
     ev = handle(_generic_record(ch, rec), 0)
     assert calls == [] and not gc.is_tracked(ev)
-    assert list(ev.body) == ["function_name", "args", "action", "policy_name", "message", "tags"]
+    assert list(ev.body) == ["function_name", "args", "action", "policy_name", "return_action", "message", "tags"]
     assert ev.body["args"] == [{"string_arg": "/etc/passwd", "label": "path"}, {"int_arg": 3}]
     assert lp.events == {"process_kprobe": 1} and sum(lp.actions.values()) == 1
     ev = handle(_generic_record(ch, {**rec, "action": 5}), 0)  # Override
@@ -1335,7 +1335,7 @@ def generic_events_reference(ch: Any, r: dict[str, Any]) -> dict[str, Any]:
     ("tracepoint", 0, {"args": [(b"/etc/hosts", 0, 0, 0), (b"", 0, 0, 0)], "ret_action": 3},
      ["subsys", "event", "args", "policy_name", "action", "message"]),
     ("kprobe-enforce", 0, {"selector": 1, "action": 3, "args": [(b"/etc/shadow", 0, 0, 0)]},
-     ["function_name", "args", "action", "policy_name", "message"]),
+     ["function_name", "args", "action", "policy_name", "return_action", "message"]),
     ("kprobe-enforce", 0, {"selector": 3, "action": 1, "ret_action": 4, "flags": 2, "args": [(b"/x", 0, 0, 0)]},
      ["function_name", "args", "action", "policy_name", "return_action", "message"]),
 ])

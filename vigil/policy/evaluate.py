@@ -12,7 +12,9 @@ Semantics (as bpf/generic/match.bpf.h and act.bpf.h implement them):
   matchNamespaces, matchCapabilities, the *Changes filters, then matchReturnArgs at return);
 * the deciding selector's actions run in order: an event is sent unless a NoPost is among
   them (a Post, before or after it, does not undo it), Sigkill / Signal / Override enforce
-  (reported, not done, in monitor mode), the reported action is the last non-Post action.
+  (reported, not done, in monitor mode), the record's action is the last non-Post action
+  (the event reports the list's last action, Post included, as Tetragon's:
+  vigil.sensors.generic_events.reported_action).
 
 Facts the caller does not have are `None`; a filter that needs one is *undecidable* and the
 decision says why, instead of guessing. `Truth` is True, False or an `Unknown` reason.

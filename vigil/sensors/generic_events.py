@@ -406,6 +406,39 @@ def _user_stack(data: bytes, off: int, n: int, pid: int) -> list[dict[str, Any]]
 
 
 ENFORCING = {L.ACT["Sigkill"], L.ACT["Signal"], L.ACT["Override"]}
+_ACT_BY_LOWER = {n.lower(): code for n, code in L.ACT.items()}
+_POST = "KPROBE_ACTION_POST"
+
+
+def _codes(actions: Any) -> list[int]:
+    return [_ACT_BY_LOWER.get(str(a.action).lower(), 0) for a in actions]
+
+
+def kernel_action(codes: list[int]) -> int:
+    """The action a list of actions leaves in the record (act.bpf.h do_actions): the last one
+    other than Post, NoPost and CleanupEnforcerNotification; Post when there is none."""
+    fired = L.ACT["Post"]
+    for c in codes:
+        if c not in (L.ACT["Post"], L.ACT["NoPost"], L.ACT["CleanupEnforcerNotification"]):
+            fired = c
+    return fired
+
+
+def reported_action(codes: list[int]) -> str:
+    """The `action` of the event, as Tetragon's: the last action of the list run (its BPF sets
+    the event's action at each action it runs, Post and NoPost included: [Sigkill, Post] reports
+    KPROBE_ACTION_POST); Post for a selector without actions."""
+    return ACTION_NAMES.get(codes[-1], _POST) if codes else _POST
+
+
+def event_action(hook: CompiledHook, selector: int, action: int) -> str:
+    """The event's action for an event of `hook` decided by `selector` (1-based, 0: none) whose
+    kernel side chose `action` (kernel_action): the selector's last action (reported_action)."""
+    if 0 < selector <= len(hook.selectors):
+        codes = _codes(hook.selectors[selector - 1].match_actions)
+        if kernel_action(codes) == action:
+            return reported_action(codes)
+    return ACTION_NAMES.get(action, _POST)
 
 
 _ENFORCEMENT_STATES = ("enforced", "monitor mode: reported, not enforced",
@@ -450,7 +483,7 @@ class _Shape:
 
     __slots__ = ("hook", "kind", "args", "all_args", "by_slot_needed", "function", "subsys", "event", "policy",
                  "message", "tags", "ret", "ret_key", "ret_label", "path", "symbol", "offset", "ref_ctr", "provider",
-                 "name")
+                 "name", "actions", "ret_actions", "has_ret_actions", "actions_as_kernel")
 
     def __init__(self, hook: CompiledHook) -> None:
         pl = hook.placement
@@ -477,6 +510,37 @@ class _Shape:
         self.ref_ctr = str(a["ref_ctr"]) if a.get("ref_ctr") and self.kind == "process_uprobe" else ""
         self.provider = a.get("provider", "")
         self.name = a.get("name", "")
+        # per selector (1-based): (what the record holds, what the event reports) of its
+        # matchActions and of its matchReturnActions
+        entry = [_codes(sel.match_actions) for sel in hook.selectors]
+        ret = [_codes(sel.match_return_actions) for sel in hook.selectors]
+        self.actions = tuple((kernel_action(c), reported_action(c)) for c in entry)
+        self.ret_actions = tuple((kernel_action(c), reported_action(c)) for c in ret)
+        self.has_ret_actions = any(ret)
+        # every selector reports the action its records hold (the compiled handler's case)
+        self.actions_as_kernel = all(ACTION_NAMES.get(k) == r for k, r in self.actions)
+
+    def action(self, selector: int, action: int) -> str:
+        """The event's action for a record of `selector` (1-based) holding `action`: the
+        selector's last action when the record is the selector's (it holds what that list
+        leaves in the kernel); the record's action otherwise (no selector)."""
+        if 0 < selector <= len(self.actions):
+            kernel, reported = self.actions[selector - 1]
+            if kernel == action:
+                return reported
+        return ACTION_NAMES.get(action, _POST)
+
+    def return_action(self, selector: int, ret_action: int) -> str:
+        """A kprobe event's return_action, as Tetragon's: always there, Post unless return
+        actions ran (its unset return action reads as Post, action 0); then the selector's last
+        return action."""
+        if not self.has_ret_actions or not ret_action:
+            return _POST
+        if 0 < selector <= len(self.ret_actions):
+            kernel, reported = self.ret_actions[selector - 1]
+            if kernel == ret_action:
+                return reported
+        return ACTION_NAMES.get(ret_action, _POST)
 
 
 _SHAPES: dict[int, _Shape] = {}
@@ -557,8 +621,9 @@ def _layout(sh: _Shape) -> tuple[tuple[str, int, Any], ...]:
     policy = ("policy_name", const, sh.policy)
     kind = sh.kind
     if kind == "process_kprobe":
+        # (fast_plan leaves the hooks with return actions to build_body: always Post here)
         return (("function_name", const, sh.function), args, ("return", lay["return"], None), action,
-                ("kernel_stack_trace", lay["kstack"], KSYMS), policy, ("return_action", lay["return_action"], None),
+                ("kernel_stack_trace", lay["kstack"], KSYMS), policy, ("return_action", const, _POST),
                 msg, tags)
     if kind == "process_tracepoint":
         return ("subsys", const, sh.subsys), ("event", const, sh.event), args, policy, action, msg, tags
@@ -586,6 +651,8 @@ def fast_plan(hook: CompiledHook, entry: Any, events: dict[str, int], actions: d
     sh = _shape(hook)
     if sh.kind not in _KINDS:
         return None
+    if not sh.actions_as_kernel or sh.has_ret_actions:
+        return None  # the event's action is not the name of the record's: build_body's
     slots = {slot for slot, _ in sh.all_args}
     specs = []
     for slot, p in sh.args:
@@ -635,7 +702,7 @@ def build_body(hook: CompiledHook, m: L.MsgGeneric, data: bytes,
         else:
             args.append(render_arg(p, ah, payload, by_slot))
     body: dict[str, Any] = {}
-    action = ACTION_NAMES.get(m.action, "KPROBE_ACTION_POST")
+    action = sh.action(m.selector, m.action)
     if kind == "process_kprobe":
         # a syscall enforced at an LSM hook, or a stand-in, keeps the name the policy hooked
         body["function_name"] = sh.function
@@ -651,8 +718,7 @@ def build_body(hook: CompiledHook, m: L.MsgGeneric, data: bytes,
             if frames:  # none placed (hidden addresses): left out, as Tetragon's empty list is
                 body["kernel_stack_trace"] = frames
         body["policy_name"] = sh.policy
-        if m.ret_action:
-            body["return_action"] = ACTION_NAMES.get(m.ret_action, "KPROBE_ACTION_POST")
+        body["return_action"] = sh.return_action(m.selector, m.ret_action)
     elif kind == "process_tracepoint":
         body["subsys"] = sh.subsys
         body["event"] = sh.event

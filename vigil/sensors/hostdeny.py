@@ -20,6 +20,7 @@ from vigil.kernel import policy_layout as L
 from vigil.policy.compile import CompiledHook
 from vigil.policy.hostdeny_check import socket_rule_origin, socket_rules
 from vigil.policy.model import Selector
+from vigil.sensors.generic_events import event_action
 
 if TYPE_CHECKING:
     from vigil.enforce.netrules import NetRule
@@ -353,9 +354,12 @@ def netdeny_event(rec: dict[str, Any], hook: CompiledHook) -> dict[str, Any]:
     if args:
         body["args"] = args
     posted = rec["action"] == "allow"   # a Post selector's rule: let through, reported
-    body["action"] = "KPROBE_ACTION_POST" if posted else "KPROBE_ACTION_OVERRIDE"
-    body["policy_name"] = hook.policy
     sel = netdeny_selector(rec["rule_id"])
+    # as the kernel hooks' events: the selector's last action ([Override, Post]: Post), and a
+    # return_action (Post: no return actions run here)
+    body["action"] = event_action(hook, sel, L.ACT["Post"] if posted else L.ACT["Override"])
+    body["policy_name"] = hook.policy
+    body["return_action"] = "KPROBE_ACTION_POST"
     what = ("post: allowed" if posted else
             "override monitor mode: reported, not enforced" if rec["monitor"] else "override enforced")
     msg = (f"[vigil: selector {sel} matched {rec['protocol']} {rec['daddr']}:{rec['dport']}; {what} via "
@@ -380,8 +384,12 @@ def fanotify_event(rep: Report, hook: CompiledHook) -> dict[str, Any]:
         body["args"] = [a]
     enforcing = rep.action in ENFORCE
     act = "KPROBE_ACTION_SIGKILL" if rep.action == "sigkill" else "KPROBE_ACTION_OVERRIDE"
-    body["action"] = act if enforcing else "KPROBE_ACTION_POST"
+    # as the kernel hooks' events: the selector's last action ([Sigkill, Post]: Post), and a
+    # return_action (Post: no return actions run here)
+    code = L.ACT["Sigkill"] if rep.action == "sigkill" else L.ACT["Override"] if enforcing else L.ACT["Post"]
+    body["action"] = event_action(hook, rep.selector + 1, code)
     body["policy_name"] = hook.policy
+    body["return_action"] = "KPROBE_ACTION_POST"
     kind = "FAN_OPEN_EXEC_PERM" if rep.kind == "exec" else "FAN_OPEN_PERM"
     if not enforcing:
         what = "allowed"

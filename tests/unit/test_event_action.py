@@ -1,0 +1,110 @@
+"""The `action` and `return_action` of policy events, as Tetragon's: its BPF sets the event's
+action at every action it runs, Post and NoPost included, so the event reports the last action
+of the deciding selector's list ([Sigkill, Post]: KPROBE_ACTION_POST); a kprobe event's
+return_action is always there, Post unless return actions ran (Tetragon's unset return action
+is action 0, Post). The record keeps the kernel's choice (the last action other than Post and
+NoPost, vigil.sensors.generic_events.kernel_action) for enforcement messages and counters."""
+from __future__ import annotations
+
+import itertools
+import textwrap
+from typing import Any
+
+import pytest
+
+from vigil.events.generic import decode_generic
+from vigil.events.synth import generic_record
+from vigil.kernel import policy_layout as L
+from vigil.sensors import generic_events as G
+
+A = L.ACT
+HOOKS = {  # one hook of each kind, with {sel} for its selectors
+    "process_kprobe": "kprobes:\n- call: sys_openat\n  syscall: true\n  args: [{index: 1, type: string}]\n{sel}",
+    "process_tracepoint": ("tracepoints:\n- subsystem: syscalls\n  event: sys_enter_openat\n"
+                           "  args: [{index: 6, type: string}]\n{sel}"),
+    "process_lsm": "lsmhooks:\n- hook: file_open\n  args: [{index: 0, type: file}]\n{sel}",
+    "process_uprobe": "uprobes:\n- path: /bin/bash\n  symbols: [readline]\n{sel}",
+}
+
+
+def _hook(kind: str, actions: str | None, ret_actions: str | None = None) -> Any:
+    from tests.policyfuzz import facts
+    from vigil.policy import parse_policies
+    from vigil.policy.compile import compile_policy
+
+    sel = ""
+    if actions is not None:
+        sel = "  selectors:\n  - matchActions: " + actions + "\n"
+        if ret_actions is not None:
+            sel += ("    matchReturnArgs: [{index: 0, operator: Equal, values: ['0']}]\n"
+                    "    matchReturnActions: " + ret_actions + "\n")
+    spec = HOOKS[kind].replace("{sel}", sel)
+    if ret_actions is not None:
+        spec = spec.replace("  syscall: true\n", "  syscall: true\n  return: true\n  returnArg: {index: 0, type: int}\n")
+    text = ("apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: act\nspec:\n"
+            + textwrap.indent(spec, "  "))
+    (policy,) = parse_policies(text, "act.yaml")
+    ids = itertools.count(7)
+    (ch,) = compile_policy(policy, facts("vm-6.12"), lambda: next(ids), follow_bit=lambda op, v: 0).hooks
+    assert ch.placement.event_kind == kind
+    return ch
+
+
+def _body(ch: Any, selector: int, action: int, ret_action: int = 0) -> dict[str, Any]:
+    m, data = decode_generic(generic_record(hook_id=ch.hook_id, pid=100, ktime=7, exec_ktime=5,
+                                            args=[(b"/etc/passwd", 0, 0, 0)], selector=selector,
+                                            action=action, ret_action=ret_action))
+    return G.build_body(ch, m, data)
+
+
+# (the selector's matchActions, or None: no selectors; the event's action)
+ACTION_CASES = [
+    (None, "KPROBE_ACTION_POST"),
+    ("[{action: Post}]", "KPROBE_ACTION_POST"),
+    ("[{action: Sigkill}]", "KPROBE_ACTION_SIGKILL"),
+    ("[{action: Sigkill}, {action: Post}]", "KPROBE_ACTION_POST"),       # the last action run
+    ("[{action: Post}, {action: Sigkill}]", "KPROBE_ACTION_SIGKILL"),
+    ("[{action: Signal, argSig: 10}, {action: Post}]", "KPROBE_ACTION_POST"),
+    ("[{action: Override, argError: -1}, {action: Post, rateLimit: '1m'}]", "KPROBE_ACTION_POST"),
+    ("[{action: Post}, {action: Signal, argSig: 10}]", "KPROBE_ACTION_SIGNAL"),
+    ("[{action: GetUrl, argUrl: 'http://x'}, {action: Post}]", "KPROBE_ACTION_POST"),
+    ("[{action: Post}, {action: GetUrl, argUrl: 'http://x'}]", "KPROBE_ACTION_GETURL"),
+]
+
+
+# Override is for kprobes and LSM hooks; the rest is taken by every kind
+CASES = [(kind, actions, want) for kind in sorted(HOOKS) for actions, want in ACTION_CASES
+         if not (actions and "Override" in actions and kind not in ("process_kprobe", "process_lsm"))]
+
+
+@pytest.mark.parametrize("kind,actions,want", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+def test_event_action_is_the_last_action_run(kind: str, actions: str | None, want: str) -> None:
+    ch = _hook(kind, actions)
+    codes = [G._ACT_BY_LOWER[a.action.lower()] for a in (ch.selectors[0].match_actions if ch.selectors else ())]
+    selector = 1 if ch.selectors else 0
+    body = _body(ch, selector, G.kernel_action(codes))  # the record as the kernel fills it
+    assert body["action"] == want
+    if kind == "process_kprobe":
+        assert body["return_action"] == "KPROBE_ACTION_POST"  # no return actions ran
+    # the compiled handler's plan covers only the hooks whose events report the record's action
+    plan = G.fast_plan(ch, (ch, None), {}, {}, frozenset())
+    assert (plan is None) == (want != G.ACTION_NAMES[G.kernel_action(codes)])
+
+
+# (matchReturnActions, whether they ran, the event's return_action)
+RETURN_CASES = [
+    ("[{action: Post}]", True, "KPROBE_ACTION_POST"),
+    ("[{action: Signal, argSig: 10}]", True, "KPROBE_ACTION_SIGNAL"),
+    ("[{action: Signal, argSig: 10}, {action: Post}]", True, "KPROBE_ACTION_POST"),
+    ("[{action: Post}, {action: Signal, argSig: 10}]", True, "KPROBE_ACTION_SIGNAL"),
+    ("[{action: Signal, argSig: 10}]", False, "KPROBE_ACTION_POST"),
+]
+
+
+@pytest.mark.parametrize("ret_actions,ran,want", RETURN_CASES, ids=[f"{c[0]}-{c[1]}" for c in RETURN_CASES])
+def test_kprobe_return_action_is_the_last_return_action_run(ret_actions: str, ran: bool, want: str) -> None:
+    ch = _hook("process_kprobe", "[{action: Post}]", ret_actions)
+    codes = [G._ACT_BY_LOWER[a.action.lower()] for a in ch.selectors[0].match_return_actions]
+    body = _body(ch, 1, A["Post"], G.kernel_action(codes) if ran else 0)
+    assert (body["action"], body["return_action"]) == ("KPROBE_ACTION_POST", want)
+    assert G.fast_plan(ch, (ch, None), {}, {}, frozenset()) is None  # build_body's: always there
