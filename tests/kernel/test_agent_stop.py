@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -242,6 +243,44 @@ def test_a_signal_before_the_agent_exists(env: dict[str, Path], sig: signal.Sign
     assert rc == 0 and "Traceback" not in err and "Aborted!" not in err, err
     assert f"vigil agent: {sig.name} while starting (opening the outputs)" in err, err
     assert not run.progs, "the agent loaded programs after the signal"
+
+
+# sitecustomize (on PYTHONPATH) that sends its own process SIGINT when `module` is first
+# imported, and says so in `marker`: a Ctrl-C at that moment of the start, every run alike
+SIGINT_AT_IMPORT = """import os, signal, sys
+class SigintAt:
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r} and not os.path.exists({marker!r}):
+            open({marker!r}, "w").close()
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, SigintAt())
+"""
+
+
+@pytest.mark.parametrize("launcher", [[str(Path(sys.executable).parent / "vigil")], VIGIL],
+                         ids=["console-script", "python-m"])
+# the modules the start imports, in their order, before the agent's own handling of signals
+@pytest.mark.parametrize("module", ["click", "vigil.api.cliutil", "vigil.cli.agent_cmd", "vigil.agent.config"])
+def test_a_sigint_while_python_imports_exits_quietly(env: dict[str, Path], launcher: list[str], module: str) -> None:
+    """Ctrl-C in the first moments of `vigil agent`, while Python imports the CLI (before the
+    agent's own SIGINT/SIGTERM handling): exit status 130, nothing printed. Before: a Python
+    traceback (KeyboardInterrupt), or click's "Aborted!" and status 1."""
+    d = env["tmp"] / "site"
+    d.mkdir()
+    marker = d / "sent"
+    (d / "sitecustomize.py").write_text(SIGINT_AT_IMPORT.format(module=module, marker=str(marker)))
+    proc = subprocess.Popen([*launcher, "agent", "--tracing-policy-dir", str(env["none"]), "--server-address", "",
+                             "--bpf-dir", str(env["bpffs"] / "vigil")],
+                            env={**os.environ, "PYTHONPATH": str(d)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert marker.exists(), f"{module} was not imported"
+    assert (proc.returncode, out, err) == (130, b"", b""), err.decode()
 
 
 KEEP = ["--keep-sensors-on-exit", "true"]

@@ -1,13 +1,39 @@
 """`vigil` command line: a thin click group; each subcommand lives in its own module."""
 from __future__ import annotations
 
-import importlib
-import logging
+import signal
 
-import click
+from vigil import exit_on_early_sigint
 
-from vigil import __version__
-from vigil.api.cliutil import global_options
+
+def quiet_early_sigint() -> None:
+    """From here until a command takes SIGINT itself (`vigil agent`'s StopSignals) or gives it
+    back (start_command), a SIGINT exits quietly with 130 (vigil.exit_on_early_sigint). Only
+    over Python's own handler (not when SIGINT is ignored, or a program has its own)."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, exit_on_early_sigint)
+
+
+def start_command(name: str | None) -> None:
+    """A command other than `vigil agent` is about to run: Python's SIGINT handling again
+    (getevents ends its stream on KeyboardInterrupt)."""
+    if name != "agent" and signal.getsignal(signal.SIGINT) is exit_on_early_sigint:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+# first thing, before the imports below: as `python -m vigil.cli.main` (the console script
+# has it from the package, vigil/__init__.py); a program that only imports this module keeps
+# its handler
+if __name__ == "__main__":
+    quiet_early_sigint()
+
+import importlib  # noqa: E402
+import logging  # noqa: E402
+
+import click  # noqa: E402
+
+from vigil import __version__  # noqa: E402
+from vigil.api.cliutil import global_options  # noqa: E402
 
 # (module, attribute) of every subcommand; imported lazily so `vigil --help` stays fast
 # and a broken optional module cannot take the whole CLI down.
@@ -65,6 +91,7 @@ class LazyGroup(click.Group):
 @global_options
 def cli(debug: bool) -> None:
     """Vigil: eBPF security observability and enforcement (Tetragon-compatible)."""
+    start_command(click.get_current_context().invoked_subcommand)
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -72,6 +99,7 @@ def cli(debug: bool) -> None:
 
 
 def main() -> None:
+    quiet_early_sigint()
     cli(prog_name="vigil")
 
 
