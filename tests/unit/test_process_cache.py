@@ -87,10 +87,31 @@ def test_bounded_size_evicts_released_first_then_oldest():
 
 def test_ancestors_nearest_first():
     c = C()
-    c.add(proc("G", 1), 0)
-    c.add(proc("P", 2, "G"), 0)
-    c.add(proc("C", 3, "P"), 0)
+    c.add(proc("G", 10), 0)
+    c.add(proc("P", 11, "G"), 0)
+    c.add(proc("C", 12, "P"), 0)
     assert [p.exec_id for p in c.ancestors(c.get("C"))] == ["P", "G"]
+
+
+# the chain below <kernel> (pid 0, its own parent) as (name, pid), parent first; whose ancestors
+# -> the expected walk: as Tetragon's, up to the first of pid 1 or 2, never <kernel> above them
+@pytest.mark.parametrize("chain, of, want", [
+    ([("init", 1), ("sh", 50), ("ls", 51)], "ls", ["sh", "init"]),
+    ([("init", 1), ("sh", 50), ("ls", 51)], "sh", ["init"]),
+    ([("init", 1), ("sh", 50)], "init", []),
+    ([("kthreadd", 2), ("kworker", 60), ("helper", 61)], "helper", ["kworker", "kthreadd"]),
+    ([("kthreadd", 2), ("kworker", 60)], "kthreadd", []),
+], ids=["grandchild-of-init", "child-of-init", "init", "grandchild-of-kthreadd", "kthreadd"])
+def test_ancestors_stop_at_pid_1_or_2(chain: list[tuple[str, int]], of: str, want: list[str]):
+    c = C()
+    kernel = Process("kernel", (0, 1), "kernel", (0, 1), 0, ProcessMsg("kernel", 0))
+    KEYS["kernel"] = (0, 1)
+    c.add(kernel, 0)
+    parent = "kernel"
+    for name, pid in chain:
+        c.add(proc(name, pid, parent), 0)
+        parent = name
+    assert [p.exec_id for p in c.ancestors(c.get(of))] == want
 
 
 def test_lookup_by_exec_id_string():

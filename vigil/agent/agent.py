@@ -254,6 +254,8 @@ class Agent:
         # attach first, then scan: anything missed by the scan is seen live
         snaps = scan(self.clock)
         self.checkpoint("reading /proc")
+        # the <kernel> process first (the parent of init and kthreadd), as Tetragon sends it
+        self.pipeline.emit([self.builder.kernel_exec(time.monotonic_ns())])
         if recovered:
             self.pipeline.handle(recovered)  # execs and exits while no agent ran, in their order
             self._adopt_recovered(snaps)

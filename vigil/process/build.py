@@ -96,6 +96,15 @@ _PRIVILEGES_CHANGED = ((R.PRIV_FILE_CAPS, "PRIVILEGES_RAISED_EXEC_FILE_CAP"),
 
 
 _NO_CWD_TOKEN = _K_NOCWD | _K_ROOTCWD | R.F_CWD_TRUNC | R.F_ERR_CWD
+# Tetragon's <kernel> process: the parent of the processes of parent pid 0 (init, kthreadd)
+KERNEL_PID, KERNEL_KTIME, AUID_UNSET = 0, 1, 0xFFFFFFFF
+
+
+class _ZeroCreds:
+    """The credentials, capabilities and namespaces of the <kernel> process: all 0."""
+    uid = gid = euid = egid = suid = sgid = fsuid = fsgid = securebits = 0
+    cap_permitted = cap_effective = cap_inheritable = userns_level = userns_uid = userns_gid = 0
+    ns = (0,) * len(NS_NAMES)
 
 
 def _args_area(args: bytes, fk: int) -> bytes:
@@ -250,10 +259,12 @@ class EventBuilder:
         return fn
 
     def _parent_of(self, r: Any, procfs: bool) -> tuple[str, Key | None]:
-        """(parent exec_id, parent cache key); ("", None) when unknown."""
+        """(parent exec_id, parent cache key); ("", None) when unknown. Parent pid 0 (init,
+        kthreadd) is the <kernel> process (kernel_exec), found by its pid as a live record's."""
         if r.pktime or procfs:
             if not (r.pktime or r.ppid_key):
-                return "", None
+                kernel = self.cache.by_pid(KERNEL_PID)
+                return (kernel.exec_id, kernel.key) if kernel is not None else ("", None)
             pkey = (r.ppid_key, r.pktime)
             parent = self.cache._by_key.get(pkey)
             if parent is not None:  # reuse its id string and key tuple
@@ -407,6 +418,24 @@ class EventBuilder:
         if self.opts.ancestors:
             return parent.msg, tuple(a.msg for a in self.cache.ancestors(parent))
         return parent.msg, ()
+
+    def kernel_exec(self, now_ns: int) -> ProcessExec:
+        """The <kernel> process, cached (once) and its process_exec, as Tetragon sends it at start
+        before the /proc scan's: pid 0 at ktime 1 (exec_id "<node>:1:0", the event's time too),
+        binary "<kernel>", flags "procFS", uid 0, auid unset, no cwd or arguments; its own parent
+        (parent_exec_id and the event's parent)."""
+        p = self.cache._by_key.get((KERNEL_PID, KERNEL_KTIME))
+        if p is None:
+            eid = exec_id(self.node, KERNEL_KTIME, KERNEL_PID)
+            z = _ZeroCreds()
+            caps, ns_json = self._caps(z), self._namespaces(z.ns)[1]  # none sent (as of any process)
+            msg = ProcessMsg(eid, KERNEL_PID, 0, "", "<kernel>", "", "procFS", self.clock.ktime_rfc3339(KERNEL_KTIME),
+                             AUID_UNSET, None, "", eid, caps if self.opts.enable_cred and caps else None,
+                             ns_json if self.opts.enable_ns and ns_json else None, KERNEL_PID,
+                             self._creds(z, caps) if self.opts.enable_cred else None, None, False)
+            p = Process(eid, (KERNEL_PID, KERNEL_KTIME), eid, (KERNEL_PID, KERNEL_KTIME), KERNEL_PID, msg)
+            self.cache.add(p, now_ns)  # its own parent: never released
+        return ProcessExec(p.msg, p.msg, (), p.msg.start_time, self.node)
 
     def on_exec(self, r: R.ProcessRecord, now_ns: int) -> ProcessExec:
         p = self.make_process(r)

@@ -156,13 +156,17 @@ class ProcessCache:
             self.evictions += 1
 
     def ancestors(self, p: Process, limit: int = 64) -> list[Process]:
-        """Parent first, then its parent, ..."""
+        """Parent first, then its parent, ..., as Tetragon walks them: up to the first of pid 1
+        or 2 (init, kthreadd), never their parent, the <kernel> process (pid 0); none above a
+        process of pid 1 or 2."""
         out: list[Process] = []
+        if p.pid <= 2:
+            return out
         by_key = self._by_key
         cur = by_key.get(p.parent_key) if p.parent_key is not None else None
         while cur is not None and len(out) < limit:
             out.append(cur)
-            if cur.parent_key == cur.key or cur.parent_key is None:
+            if cur.parent_key == cur.key or cur.parent_key is None or cur.pid <= 2:
                 break
             cur = by_key.get(cur.parent_key)
         return out
