@@ -153,6 +153,8 @@ def test_bpf_dir_from_environment_is_the_pin_dir(captured: list, monkeypatch: py
     (["--keep-sensors-on-exit", "true"], "keep_sensors_on_exit", True),
     ([], "enable_ancestors", False),
     (["--enable-ancestors"], "enable_ancestors", True),
+    ([], "enable_pid_set_filter", False),                                 # Tetragon's flag and default
+    (["--enable-pid-set-filter"], "enable_pid_set_filter", True),
 ])
 def test_boolean_options_work_alone_as_tetragons(captured: list, args, field, value):
     """`vigil agent --enable-k8s-api` (as README shows it, and as Tetragon takes its boolean

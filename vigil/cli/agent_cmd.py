@@ -62,6 +62,9 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--export-denylist", dict(default="", help="Newline-separated JSON Filter objects; never export matches.")),
     ("--field-filters", dict(default="", help="Newline-separated JSON FieldFilter objects.")),
     ("--redaction-filters", dict(default="", help="Newline-separated JSON RedactionFilter objects.")),
+    ("--enable-pid-set-filter", dict(type=bool, default=False, show_default=True,
+                                     help="Take pid_set in --export-allowlist/--export-denylist (best effort, "
+                                          "for tests and development; GetEvents filters always take it).")),
     ("--server-address", dict(default="localhost:54321", show_default=True,
                               help="gRPC listen address (host:port or unix:///path); empty disables.")),
     ("--server-processes", dict(type=int, default=1, show_default=True,
@@ -242,6 +245,7 @@ def _build_command() -> click.Command:
             export_file_perm=perm, export_rate_limit=kw["export_rate_limit"],
             export_allowlist=kw["export_allowlist"], export_denylist=kw["export_denylist"],
             field_filters=kw["field_filters"], redaction_filters=kw["redaction_filters"],
+            enable_pid_set_filter=kw["enable_pid_set_filter"],
             server_address=kw["server_address"], metrics_server=kw["metrics_server"],
             metrics_label_filter=kw["metrics_label_filter"],
             server_allow_remote=kw["server_allow_remote"], server_processes=kw["server_processes"],
