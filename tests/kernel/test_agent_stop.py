@@ -55,18 +55,60 @@ spec:
         (d / "all.yaml").write_text("---\n".join(docs))
 
 
+def mixed_policy_docs(n: int) -> list[str]:
+    """Policies whose hooks have more than one link and an order to keep: a kprobe with its
+    return side, an enforcer with the hook that leaves it notes, one policy of n tracepoints.
+    Each needs a binary that never runs."""
+    tps = "\n".join(f"""- subsystem: syscalls
+  event: sys_enter_{sc}
+  args: [{{index: 0}}]
+  selectors:
+  - matchBinaries: [{{operator: In, values: ["/nonexistent/stop-test-many"]}}]""" for sc in SYSCALLS[:n])
+    head = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\n"
+    return [head + """metadata: {name: stop-test-kretprobe}
+spec:
+  kprobes:
+  - call: sys_getppid
+    syscall: true
+    return: true
+    returnArg: {index: 0, type: int}
+    selectors:
+    - matchBinaries: [{operator: In, values: ["/nonexistent/stop-test-kretprobe"]}]
+""", head + """metadata: {name: stop-test-enforcer}
+spec:
+  lists:
+  - {name: dups, type: syscalls, values: [sys_dup]}
+  enforcers:
+  - calls: ["list:dups"]
+  tracepoints:
+  - subsystem: raw_syscalls
+    event: sys_enter
+    args: [{index: 4, type: syscall64}]
+    selectors:
+    - matchArgs: [{index: 4, operator: InMap, values: ["list:dups"]}]
+      matchBinaries: [{operator: In, values: ["/nonexistent/stop-test-enforcer"]}]
+      matchActions: [{action: NotifyEnforcer, argSig: 9}]
+""", head + "metadata: {name: stop-test-many}\nspec:\n  tracepoints:\n" + "\n".join(
+        "  " + line for line in tps.splitlines()) + "\n"]
+
+
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[dict[str, Path]]:
     require_root()
     write_policies(tmp_path / "policies", len(SYSCALLS))
     write_policies(tmp_path / "few", 10)
     write_policies(tmp_path / "one-file", len(SYSCALLS), one_file=True)
+    write_policies(tmp_path / "one", 1)
+    (tmp_path / "mixed").mkdir()
+    for i, doc in enumerate(mixed_policy_docs(len(SYSCALLS))):
+        (tmp_path / "mixed" / f"m{i}.yaml").write_text(doc)
     (tmp_path / "none").mkdir()
     bpffs = Path(tempfile.mkdtemp(prefix="vigil-test-bpffs-"))
     ksys.mount("bpf", str(bpffs), "bpf")
     try:
         yield {"tmp": tmp_path, "policies": tmp_path / "policies", "few": tmp_path / "few",
-               "one-file": tmp_path / "one-file", "none": tmp_path / "none", "bpffs": bpffs}
+               "one-file": tmp_path / "one-file", "none": tmp_path / "none", "one": tmp_path / "one",
+               "mixed": tmp_path / "mixed", "bpffs": bpffs}
     finally:
         ksys.umount(str(bpffs))  # drops every pin left in it
         os.rmdir(bpffs)
@@ -328,3 +370,64 @@ def test_a_second_signal_while_stopping_exits_at_once(env: dict[str, Path], poli
     assert again.stop() == 0
     assert_nothing_left(run, env)
     assert not pinned_files(env["bpffs"] / "vigil")
+
+
+# (id, --tracing-policy-dir, signal): one policy, 40 (a file each, all in one file), hooks of
+# several links (kretprobe, enforcer) and one policy of 40 hooks
+STOP_WITH = [
+    ("one-policy", "one", signal.SIGTERM),
+    ("forty-policies", "policies", signal.SIGINT),
+    ("forty-in-one-file", "one-file", signal.SIGTERM),
+    ("kretprobe-enforcer-forty-hooks", "mixed", signal.SIGINT),
+]
+
+
+@pytest.mark.parametrize("policies,sig", [r[1:] for r in STOP_WITH], ids=[r[0] for r in STOP_WITH])
+def test_stopping_with_many_policies_leaves_nothing(env: dict[str, Path], policies: str,
+                                                    sig: signal.Signals) -> None:
+    """The links of every policy close at once (vigil.kernel.objects.detach_objects), then the
+    programs and maps: nothing of any of them stays loaded, attached or pinned."""
+    run = Run(env, "agent", [], policies=policies)
+    try:
+        run.wait_for("vigil agent ready")
+        run.sample()
+        t0 = time.monotonic()
+        run.proc.send_signal(sig)
+        rc = run.wait_exit()
+        took = time.monotonic() - t0
+    finally:
+        run.kill()
+    err = run.stderr.read_text()
+    assert rc == 0 and "Traceback" not in err and "vigil agent stopped" in err, err
+    n = sum(1 for ln in err.splitlines() if "INFO vigil.policies: policy stop-test-" in ln and ln.endswith(" deleted"))
+    assert n == len(list(env[policies].glob("*.yaml"))) * (1 if policies != "one-file" else len(SYSCALLS))
+    assert run.links, "the agent held no links before the signal?"
+    assert_nothing_left(run, env)
+    assert not pinned_files(env["bpffs"] / "vigil"), "pins left"
+    print(f"stopped with {n} policies ({len(run.links)} links) in {took:.2f} s")
+
+
+def test_deleting_a_policy_of_many_hooks_removes_all_of_it(env: dict[str, Path]) -> None:
+    """`tracingpolicy delete` of one policy (40 tracepoints): its programs and links go, all at
+    once; the other policies' stay attached."""
+    from tests.kernel.bpfstate import loaded_prog_ids
+    from tests.kernel.conftest import RunningAgent
+    from vigil.agent.config import AgentConfig
+
+    def link_progs() -> set[int]:
+        out = subprocess.run(["bpftool", "-j", "link", "show"], capture_output=True, text=True, check=True).stdout
+        return {k.get("prog_id", 0) for k in json.loads(out or "[]")}
+
+    cfg = AgentConfig(export_filename=str(env["tmp"] / "events.log"), server_address="",
+                      tracing_policy_dir=str(env["mixed"]))
+    with RunningAgent(cfg) as ra:
+        ids = {p["name"]: set(p["program_ids"]) for p in ra.agent.list_policies()}
+        assert set(ids) == {"stop-test-many", "stop-test-kretprobe", "stop-test-enforcer"}
+        gone, kept = ids["stop-test-many"], ids["stop-test-kretprobe"] | ids["stop-test-enforcer"]
+        assert len(gone) == len(SYSCALLS) and gone <= link_progs() and kept <= link_progs()
+        ra.agent.delete_policy("stop-test-many")
+        assert not gone & link_progs(), "links of the deleted policy still attached"
+        assert not still_loaded(gone)
+        assert kept <= link_progs() and kept <= loaded_prog_ids(), "the other policies lost programs"
+        assert [p["name"] for p in ra.agent.list_policies()] == ["stop-test-kretprobe", "stop-test-enforcer"]
+    assert not still_loaded(kept)

@@ -74,6 +74,36 @@ def _notes_map() -> Any:
     return Map(None, fd=fd, key_size=8, value_size=16, map_type=1, name="enforcer_notes", max_entries=32768)
 
 
+def _detach_links(hooks: list[Any]) -> None:
+    """Close the links of the hooks' BPF objects (`hooks` of one or more policies, in load
+    order), many at once (vigil.kernel.objects.detach_objects): closing a link waits for the
+    kernel's grace periods, ~65 ms a tracepoint, so one link after the other an agent with 40
+    policies took 2.8 s to stop. Order kept: each hook's links newest first (its entry before
+    its return side), and the policies' hooks before their enforcers (a note a hook leaves
+    finds its enforcer attached)."""
+    from vigil.kernel.objects import BpfObject, detach_objects
+
+    for enforcers in (False, True):
+        detach_objects([obj for gh in hooks if (not gh.compiled.hook_id) == enforcers
+                        and isinstance(obj := getattr(gh, "obj", None), BpfObject)])
+
+
+def _detach_hooks(hooks: list[Any]) -> None:
+    """Detach the hooks (in load order): the BPF links as _detach_links, then the rest
+    (fanotify rules, cgroup socket programs), last loaded first."""
+    _detach_links(hooks)
+    for gh in reversed(hooks):
+        gh.detach()
+
+
+def _close_hooks(hooks: list[Any]) -> None:
+    """Close the hooks (in load order): every BPF link first, as _detach_links, then each hook
+    with its programs and maps, last loaded first."""
+    _detach_links(hooks)
+    for gh in reversed(hooks):
+        gh.close()
+
+
 class _EnforcerEntry:
     """An enforcer program in the list of a policy's hooks (it sends no events)."""
 
@@ -237,9 +267,8 @@ class PolicyManager:
                         checkpoint(p)
                     names.append(self.add(p, mode=mode, source=source))
                     added.append(p)
-            except BaseException:
-                for p in reversed(added):  # by name and namespace: a namespaced one is keyed by both
-                    self.delete(p.name, p.namespace or "")
+            except BaseException:  # by name and namespace: a namespaced one is keyed by both
+                self._delete([self._get(p.name, p.namespace or "") for p in reversed(added)])
                 raise
             return names
 
@@ -316,8 +345,7 @@ class PolicyManager:
                 try:
                     self._loader_sensor().acquire()
                 except OSError as e:
-                    for gh in reversed(loaded):
-                        gh.close()
+                    _close_hooks(loaded)
                     for b in bits:
                         follow.release(b)
                     if filter_id:
@@ -390,8 +418,7 @@ class PolicyManager:
                                       f"{gh.compiled.placement.describe()} failed: {first}") from e
                 loaded.append(gh)
         except BaseException:
-            for gh in reversed(loaded):
-                gh.close()
+            _close_hooks(loaded)
             for ch in compiled.hooks:
                 self.hooks.pop(ch.hook_id, None)
             raise
@@ -406,9 +433,12 @@ class PolicyManager:
 
     def delete(self, name: str, namespace: str = "") -> None:
         with self._lock:
-            lp = self._get(name, namespace)
-            for gh in lp.hooks:
-                gh.close()
+            self._delete([self._get(name, namespace)])
+
+    def _delete(self, lps: list[LoadedPolicy]) -> None:
+        """Unload the policies: the links of all of them at once (_close_hooks), then the rest."""
+        _close_hooks([gh for lp in lps for gh in lp.hooks])
+        for lp in lps:
             for ch in lp.compiled.hooks:
                 self.hooks.pop(ch.hook_id, None)
                 for b in ch.follow_bits:
@@ -419,8 +449,9 @@ class PolicyManager:
                 k8s = getattr(self.agent, "k8s", None)
                 if k8s is not None:
                     k8s.remove_scope(lp.filter_id)
-            del self.policies[_key(name, namespace)]
-            log.info("policy %s deleted", _key(name, namespace))
+            key = _key(lp.compiled.policy.name, lp.compiled.policy.namespace)
+            del self.policies[key]
+            log.info("policy %s deleted", key)
 
     def check_text(self, text: str, filename: str) -> None:
         """Parse, validate and compile without loading (raises PolicyError with the reasons):
@@ -442,8 +473,7 @@ class PolicyManager:
             if enabled:
                 self._attach_all(lp)
             else:
-                for gh in lp.hooks:
-                    gh.detach()
+                _detach_hooks(lp.hooks)
             if lp.compiled.policy.spec.loader and enabled != lp.enabled:
                 (self._loader_sensor().acquire if enabled else self._loader_sensor().release)()
             lp.enabled = enabled
@@ -538,8 +568,7 @@ class PolicyManager:
 
     def close(self) -> None:
         with self._lock:
-            for lp in list(self.policies.values()):
-                self.delete(lp.name, lp.compiled.policy.namespace or "")
+            self._delete(list(self.policies.values()))
             self.guards.close()
             if self._notes is not None:
                 self._notes.close_fd()

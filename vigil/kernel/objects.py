@@ -4,6 +4,14 @@ Two phases like libbpf itself: after `BpfObject.open()` you may set rodata
 knobs, resize or share maps and switch programs off; `load()` then creates
 everything in the kernel. Links are owned by their object and destroyed, in
 reverse order, when the object closes (also on error paths and at exit).
+
+Closing a link can wait for the kernel. A tracepoint, kprobe or uprobe link is a perf
+event: its close waits for RCU grace periods, one in perf_event_detach_bpf_prog (since
+6.13, outside any lock) and, for the last perf event of a tracepoint, one more under the
+global event_mutex (perf_trace_event_unreg: tracepoint_synchronize_unregister). Closed
+one after the other, N links wait 2N grace periods; `close_links()` / `detach_objects()`
+close many at once from several threads, so the first waits overlap and only the ones
+under the kernel's mutex stay in a row (40 syscall tracepoints on 6.18: 3.3 s -> 1.6 s).
 """
 from __future__ import annotations
 
@@ -11,8 +19,9 @@ import atexit
 import ctypes
 import os
 import struct
+import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from vigil.kernel import _libbpf as L
 from vigil.kernel.errors import AttachError, BpfError, VerifierError
@@ -25,6 +34,8 @@ LOG_BUF_SIZE = 4 << 20
 _open_objects: weakref.WeakSet[BpfObject] = weakref.WeakSet()
 # set by vigil.kernel.pins while keep-sensors-on-exit is on: called with every new link
 pin_links: Callable[[Link], None] | None = None
+# links closed at once by close_links(): at most this many threads
+CLOSE_THREADS = 64
 
 
 def possible_cpus() -> int:
@@ -70,16 +81,66 @@ class Link:
             self.kept = True
 
     def close(self) -> None:
-        if self._ptr:
-            if self.pin_path and not self.kept:
-                L.lib.bpf_link__unpin(self._ptr)
-            L.lib.bpf_link__destroy(self._ptr)
-            self._ptr = None
-            if self._owner is not None:
-                self._owner._forget_link(self)
+        job = self._take()
+        if job is not None:
+            _destroy(job)
+
+    def _take(self) -> _LinkJob | None:
+        """The kernel side of the link, to destroy (None: closed already). From here on this
+        Link is closed: it forgets its pointer first, so a caller interrupted while the
+        destroy runs elsewhere never destroys it twice."""
+        ptr = self._ptr
+        if not ptr:
+            return None
+        self._ptr = None
+        if self._owner is not None:
+            self._owner._forget_link(self)
+        return _LinkJob(ptr, bool(self.pin_path) and not self.kept, self.desc)
 
     def __repr__(self) -> str:
         return f"<Link {self.desc}{'' if self._ptr else ' closed'}>"
+
+
+class _LinkJob:
+    __slots__ = ("ptr", "unpin", "desc")
+
+    def __init__(self, ptr: int, unpin: bool, desc: str) -> None:
+        self.ptr, self.unpin, self.desc = ptr, unpin, desc
+
+
+def _destroy(job: _LinkJob) -> None:
+    """Unpin and detach one link (libbpf releases the GIL: threads may run this side by side)."""
+    if job.unpin:
+        L.lib.bpf_link__unpin(job.ptr)
+    L.lib.bpf_link__destroy(job.ptr)
+
+
+def close_links(links: Iterable[Link]) -> None:
+    """Close every link, many at once: each on one of up to CLOSE_THREADS threads (the caller's
+    among them), so the kernel's grace-period waits of one overlap those of the others.
+    Returns once all are closed. The order among them is not kept: close the links that must
+    go first with an earlier call."""
+    pending = [job for job in (link._take() for link in links) if job is not None]
+
+    def work() -> None:
+        while True:
+            try:
+                job = pending.pop()  # atomic: each job is taken by one thread
+            except IndexError:
+                return
+            _destroy(job)
+
+    threads: list[threading.Thread] = []
+    for _ in range(min(len(pending), CLOSE_THREADS) - 1):
+        t = threading.Thread(target=work, name="vigil-unlink", daemon=True)
+        try:
+            t.start()
+        except RuntimeError:  # no more threads (interpreter exiting): the ones started and this one do the rest
+            break
+        threads.append(t)
+    work()
+    for t in threads:
+        t.join()
 
 
 class Program:
@@ -450,9 +511,20 @@ class BpfObject:
         _open_objects.discard(self)
 
 
+def detach_objects(objs: Iterable[BpfObject]) -> None:
+    """detach_all() of every object, the objects side by side: round k closes the k-th newest
+    link of every object with close_links(), so each object's links still go newest first
+    (a hook's entry before its return side) while the objects' waits overlap."""
+    stacks = [o.links[::-1] for o in objs]
+    for k in range(max(map(len, stacks), default=0)):
+        close_links([s[k] for s in stacks if k < len(s)])
+
+
 def close_all() -> None:
     """Detach and free every object still open (exit and signal paths)."""
-    for obj in list(_open_objects):
+    objs = list(_open_objects)
+    detach_objects(objs)
+    for obj in objs:
         obj.close()
 
 
