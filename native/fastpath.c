@@ -1623,6 +1623,7 @@ typedef struct {
 	PyObject *s_order, *s_pending, *s_append, *s_capacity, *s_grace, *m_rebuild_order;
 	PyObject *s_pods, *s_pod_json, *s_fast, *one, *pods, *pods_fast, *s_popleft, *s_removed, *s_evictions;
 	PyObject *s_miss_count, *s_clone_count, *s_clone, *s_clone_init, *s_with_pid, *s_by_docker, *s_for_clone;
+	PyObject *s_podless;
 	PyObject *empty_str, *empty_tuple;
 	PyObject *generic;  /* on_generic's context (set_generic), NULL until set */
 	PyTypeObject *proc_type;
@@ -1647,7 +1648,7 @@ typedef struct {
 		&b->s_pending, &b->s_append, &b->s_capacity, &b->s_grace,                                              \
 		&b->m_rebuild_order, &b->last_creds, &b->s_pods, &b->s_pod_json, &b->s_fast, &b->one, &b->pods, &b->pods_fast,\
 		&b->s_popleft, &b->s_removed, &b->s_evictions, &b->s_miss_count, &b->s_clone_count, &b->s_clone,  \
-		&b->s_clone_init, &b->s_with_pid, &b->s_by_docker, &b->s_for_clone, &b->generic,                 \
+		&b->s_clone_init, &b->s_with_pid, &b->s_by_docker, &b->s_for_clone, &b->generic, &b->s_podless,  \
 	}
 
 static int builder_traverse(Builder *b, visitproc visit, void *arg)
@@ -1750,6 +1751,7 @@ static int builder_init(Builder *b, PyObject *args, PyObject *kw)
 	b->s_with_pid = PyUnicode_InternFromString("with_pid");
 	b->s_by_docker = PyUnicode_InternFromString("by_docker");
 	b->s_for_clone = PyUnicode_InternFromString("for_clone");
+	b->s_podless = PyUnicode_InternFromString("podless");
 	b->s_removed = PyUnicode_InternFromString("removed");
 	b->s_evictions = PyUnicode_InternFromString("evictions");
 	b->one = PyLong_FromLong(1);
@@ -1763,7 +1765,7 @@ static int builder_init(Builder *b, PyObject *args, PyObject *kw)
 	    !b->s_enable_ns || !b->s_ancestors || !b->empty_str || !b->empty_tuple || !b->s_order || !b->s_pending ||
 	    !b->s_append || !b->s_capacity || !b->s_grace || !b->s_pods || !b->s_pod_json || !b->s_fast || !b->one || !b->s_popleft || !b->s_removed ||
 	    !b->s_evictions || !b->s_miss_count || !b->s_clone_count || !b->s_clone || !b->s_clone_init || !b->s_with_pid ||
-	    !b->s_by_docker || !b->s_for_clone)
+	    !b->s_by_docker || !b->s_for_clone || !b->s_podless)
 		return -1;
 	return 0;
 }
@@ -2189,6 +2191,37 @@ static PyObject *record_arg(PyObject *const *args, Py_ssize_t nargs, const char 
  * its container is in it (the resolver drops a container the store changes) and the
  * arguments are not one of the container's exec probes. NULL without an error: ask the
  * resolver. */
+/* A process of a kubelet container (PodResolver.by_docker) just cached without its pod: told
+ * to the resolver (PodResolver.podless), which gives it the pod when it comes; as the twin's
+ * EventBuilder._podless. Nothing is called for a process with a pod or of no container. */
+static int tell_podless(Builder *b, PyObject *p)
+{
+	PyObject *docker = pslot(b, p, P_DOCKER), *msg = pslot(b, p, P_MSG);
+	if (!docker || !PyUnicode_Check(docker) || !PyUnicode_GET_LENGTH(docker) || !msg ||
+	    !Py_IS_TYPE(msg, msg_type))
+		return 0;
+	PyObject *pod = slot(msg, msg_off[M_POD]);
+	if (pod && pod != Py_None)
+		return 0;
+	PyObject *pods = PyObject_GetAttr(b->builder, b->s_pods);
+	if (!pods)
+		return -1;
+	int rc = 0;
+	if (pods != Py_None) {
+		PyObject *byd = PyObject_GetAttr(pods, b->s_by_docker);
+		if (byd && !PyDict_Check(byd))
+			PyErr_SetString(PyExc_TypeError, "PodResolver.by_docker is not a dict");
+		else if (byd && PyDict_GetItemWithError(byd, docker)) {
+			PyObject *res = PyObject_CallMethodObjArgs(pods, b->s_podless, p, NULL);
+			Py_XDECREF(res);
+		}
+		Py_XDECREF(byd);
+		rc = PyErr_Occurred() ? -1 : 0;
+	}
+	Py_DECREF(pods);
+	return rc;
+}
+
 static PyObject *pod_from_table(Builder *b, PyObject *pods, PyObject *cgroup_name, PyObject *pid,
 				PyObject *arguments)
 {
@@ -2472,7 +2505,7 @@ static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t n
 	SET_STEAL(p, b->proc_off[P_NSPID], PyLong_FromUnsignedLong(r->nspid));
 	if (PyErr_Occurred())
 		goto out;
-	if (cache_add(b, p, now) < 0)
+	if (cache_add(b, p, now) < 0 || tell_podless(b, p) < 0)
 		goto out;
 	if (bump(b, b->s_exec_count) < 0 || parents(b, p, ancestors, &parent, &anc) < 0 ||
 	    !(etime = rfc3339(b, r->ktime)))
@@ -2638,7 +2671,7 @@ static PyObject *builder_on_clone(Builder *b, PyObject *const *args, Py_ssize_t 
 	SET_STEAL(p, b->proc_off[P_REFCNT], PyLong_FromLong(0));
 	SET_STEAL(p, b->proc_off[P_REMOVAL_AT], PyLong_FromLong(0));
 	SET_STEAL(p, b->proc_off[P_NSPID], PyLong_FromUnsignedLong(r->nspid));
-	if (PyErr_Occurred() || cache_add(b, p, now) < 0 || bump(b, b->s_clone_count) < 0)
+	if (PyErr_Occurred() || cache_add(b, p, now) < 0 || tell_podless(b, p) < 0 || bump(b, b->s_clone_count) < 0)
 		goto out;
 	res = Py_NewRef(Py_None);
 out:

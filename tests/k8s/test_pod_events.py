@@ -127,3 +127,48 @@ def test_container_of_an_unknown_pod_leaves_without_pod_data_counted(cluster: Cl
         finally:
             for p in pods:
                 cluster.kubelet.delete_pod(p)
+
+
+def test_a_pod_that_comes_late_reaches_the_containers_cached_processes(cluster: Cluster) -> None:
+    """The kubelet reports a container's status (its id) only after the wait for its pod ran
+    out: its processes were cached without pod data and their first events left without it.
+    When the status comes, every cached process of the container gets the pod (its own pid in
+    the container), so later events carry it: the exec server's (a process forked before) as
+    the `parent` and among the ancestors of a command it runs, and in the process cache."""
+    ns = cluster.namespace("late")
+    kl = cluster.kubelet
+    with K8sAgent(cluster, k8s_pod_wait=0.5, enable_ancestors=True) as a:
+        pods: list[Any] = []
+
+        def sleep_exec(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [e for e in execs_in(events, pods[0].containers["app"]) if e["process"]["binary"] == "/bin/sleep"]
+        try:
+            events = a.collect(lambda: pods.append(kl.run_pod(
+                ns, "late-1", [{"name": "app", "command": ["/bin/sleep", "3600"]}], report=False)),
+                until=sleep_exec)
+            pod = pods[0]
+            cid = pod.containers["app"]
+            assert "pod" not in sleep_exec(events)[0]["process"]   # its wait ran out: no pod data
+            kl.report(pod)
+            store = a.agent.k8s.store
+            wait_for(lambda: store.lookup(cid) is not None, "the agent saw the container's status")
+
+            def cat(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+                return [e for e in execs_in(events, cid) if e["process"]["arguments"] == "/etc/hostname"]
+            (ex,) = cat(a.collect(lambda: kl.exec(pod, "app", ["/bin/cat", "/etc/hostname"]), until=cat))
+            # the exec server (forked before the pod came) runs the command: its parent; the
+            # container's ancestors (the runtime's, outside it, have none)
+            mine = [p for p in ex["ancestors"] if p.get("docker") == cid[:31]]
+            for what, proc in [("process", ex["process"]), ("parent", ex["parent"]),
+                               *((f"ancestor {i}", p) for i, p in enumerate(mine))]:
+                got = proc.get("pod")
+                assert got is not None, f"{what} {proc['binary']} has no pod data"
+                assert (got["name"], got["container"]["name"]) == ("late-1", "app"), what
+                assert got["container"]["pid"] != proc["pid"], what  # its pid inside the container
+            assert mine, "the command's ancestors in its container were not sent"
+            cached = [p["process"] for p in a.agent.control.process_cache_dump()
+                      if p["process"].get("docker") == cid[:31]]
+            assert cached and all(p.get("pod", {}).get("name") == "late-1" for p in cached), cached
+        finally:
+            for p in pods:
+                kl.delete_pod(p)

@@ -435,6 +435,7 @@ def test_processes_forked_while_their_pod_was_awaited_get_it_too(docker: str, ge
                     ProcessMsg(eid, pid, binary="/bin/sh", docker=docker if i else CID[:31]))
         p.docker, p.nspid = p.msg.docker, nspid
         cache.add(p, 0)
+        res.podless(p)   # as the builders tell it of a process cached without its pod
         procs.append(p)
     first = ProcessExec(procs[0].msg, None, (), "", "node")
     assert hold.filter([first], now_ns=0) == []   # the first exec waits for the pod
@@ -620,19 +621,38 @@ def _process_record(op: int, pid: int, ktime: int, ppid: int, pktime: int, nspid
     return head + exe + cwd + fn + cg + args
 
 
+KUBELET_CG, DOCKER_CG = f"/kubepods/besteffort/pod{UID}/{CID}", f"/docker/{CID3}"
+
+
+def _no_status(obj: dict[str, Any]) -> dict[str, Any]:
+    """The pod as listed before the kubelet reported its containers (no container ids yet)."""
+    return {**obj, "status": {}}
+
+
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
-@pytest.mark.parametrize("cgroup,pod_comes,want_pod", [
-    (f"/kubepods/besteffort/pod{UID}/{CID}", True, True),    # the pod came after the hold gave up
-    (f"/kubepods/besteffort/pod{UID}/{CID}", False, False),  # still no pod: none
-    (f"/docker/{CID}", True, False),                         # a plain Docker container has no pod
+@pytest.mark.parametrize("cgroup,news,want_pod", [
+    # the pod came after the hold gave up
+    (KUBELET_CG, ["pod"], True),
+    # the pod was listed before, without its container's status; the status came after
+    (KUBELET_CG, ["early", "pod"], True),
+    # the pod came, then was deleted: its processes keep the pod they got (as Tetragon's)
+    (KUBELET_CG, ["pod", "delete"], True),
+    # listed without the container's status only: no pod for its processes
+    (KUBELET_CG, ["early"], False),
+    (KUBELET_CG, [], False),                   # still no pod: none
+    (DOCKER_CG, ["pod"], False),               # a plain Docker container has no pod
 ])
-def test_a_child_forked_after_its_pod_came_gets_it(compiled: bool, cgroup: str, pod_comes: bool,
-                                                   want_pod: bool) -> None:
-    """A container's process built without its pod, whose held events left without it (the wait
-    ran out), forks after the pod came: the child's pod is looked up again at fork, as Tetragon
-    does, so its events carry it (its own pid in the container); both builder twins."""
+def test_a_pod_that_comes_late_reaches_every_cached_process_of_its_container(
+        compiled: bool, cgroup: str, news: list[str], want_pod: bool) -> None:
+    """A container's processes built without their pod (its first exec, a child forked while
+    the pod was awaited), whose held events left without it (the wait ran out): when the pod
+    comes (or its container's status does), every cached process of the container gets it, with
+    its own pid inside the container, so every later event carries it: the process's own exit,
+    its children's `parent`, ancestors lists; their cached encodings are made again. A child
+    forked after the pod came gets it at fork. Both builder twins."""
     from vigil.core import native
     from vigil.events import records as R
+    from vigil.export import codec
     from vigil.process.build import BuildOptions, EventBuilder
     from vigil.process.cache import ProcessCache
     from vigil.process.clock import WallClock
@@ -642,24 +662,98 @@ def test_a_child_forked_after_its_pod_came_gets_it(compiled: bool, cgroup: str, 
     store = PodStore()
     res = PodResolver(store)
     cache = ProcessCache()
-    b = EventBuilder(cache, WallClock(), BuildOptions("node"))
+    b = EventBuilder(cache, WallClock(), BuildOptions("node", ancestors=True))
     b.pods = res
     if not compiled:
         b._fast = None
     handlers = b.record_handlers()
     hold = HoldStage(res, hold_seconds=1, cache=cache, emit=lambda _evs: None)
     store.listen(hold.on_pod)
-    parent = handlers[R.OP_EXEC](_process_record(R.OP_EXEC, 100, 5_000, 1, 0, 1, cgroup), 0)
-    assert parent.process.pod is None
-    assert hold.filter([parent], now_ns=0) == ([] if "kubepods" in cgroup else [parent])
-    hold.tick(now_ns=2_000_000_000)  # the wait ran out: the event left without its pod
-    if pod_comes:
-        store.upsert(pod_obj())
-    assert cache.get((100, 5_000)).msg.pod is None
-    handlers[R.OP_CLONE](_process_record(R.OP_CLONE, 101, 6_000, 100, 5_000, 7, cgroup), 0)
-    child = cache.get((101, 6_000))
-    exit_ev = handlers[R.OP_EXIT](R.EXIT.pack(R.OP_EXIT, 0, 0, R.EXIT.size, 7_000, 101, 0, 6_000, 101, 0), 0)
-    for pod in (child.msg.pod, exit_ev.process.pod):
-        assert (pod is not None) is want_pod
+    kubelet = "kubepods" in cgroup
+
+    def exit_of(pid: int, ktime: int, t: int) -> Any:
+        return handlers[R.OP_EXIT](R.EXIT.pack(R.OP_EXIT, 0, 0, R.EXIT.size, t, pid, 0, ktime, pid, 0), 0)
+
+    shell = handlers[R.OP_EXEC](_process_record(R.OP_EXEC, 100, 5_000, 1, 0, 1, cgroup), 0)
+    handlers[R.OP_CLONE](_process_record(R.OP_CLONE, 101, 6_000, 100, 5_000, 2, cgroup), 0)   # forked before
+    handlers[R.OP_CLONE](_process_record(R.OP_CLONE, 103, 6_500, 101, 6_000, 4, cgroup), 0)   # and its child
+    assert shell.process.pod is None and cache.get((101, 6_000)).msg.pod is None
+    before = codec.process_json(cache.get((100, 5_000)).msg)   # its encoding, cached on its message
+    assert hold.filter([shell], now_ns=0) == ([] if kubelet else [shell])
+    hold.tick(now_ns=2_000_000_000)   # the wait ran out: the event left without its pod
+    for step in news:
+        if step == "delete":
+            store.delete(pod_obj())
+        else:
+            store.upsert(_no_status(pod_obj()) if step == "early" else pod_obj())
+    # an exec in the grandchild, and a child forked from the shell after the news
+    ex = handlers[R.OP_EXEC](_process_record(R.OP_EXEC, 103, 7_000, 101, 6_000, 4, cgroup), 0)
+    handlers[R.OP_CLONE](_process_record(R.OP_CLONE, 102, 8_000, 100, 5_000, 3, cgroup), 0)
+    gone = [exit_of(103, 7_000, 9_000), exit_of(102, 8_000, 9_100), exit_of(100, 5_000, 9_200)]
+    pods = {  # what carries the pod, and the pid inside the container it must name
+        "the shell's cached process": (cache.get((100, 5_000)).msg.pod, 1),
+        "the child forked before": (cache.get((101, 6_000)).msg.pod, 2),
+        "the child forked after": (cache.get((102, 8_000)).msg.pod, 3),
+        "the grandchild forked before": (cache.get((103, 6_500)).msg.pod, 4),
+        "the exec's parent": (ex.parent.pod, 2),
+        "the exec's ancestors": (ex.ancestors[0].pod if ex.ancestors else None, 1),
+        "the exec's process": (ex.process.pod, 4),
+        "the exit's parent": (gone[1].parent.pod, 1),
+        "the shell's exit": (gone[2].process.pod, 1),
+    }
+    for what, (pod, pid) in pods.items():
+        assert (pod is not None) is want_pod, what
         if want_pod:
-            assert pod is not None and pod["name"] == "web-1" and pod["container"]["pid"] == 7
+            assert pod is not None and pod["name"] == "web-1" and pod["container"]["pid"] == pid, what
+    after = codec.encode(gone[2])
+    assert (b'"pod":{' in after) is want_pod and (b'"pod":{' in before) is False
+    assert not want_pod or res.podless_now() == 0   # none left waiting
+
+
+@pytest.mark.parametrize("pod_at,cgroup,want_pod,waiting", [
+    ("before", KUBELET_CG, True, 0),     # the pod came between its build and the builder's word
+    ("after", KUBELET_CG, True, 0),      # the pod came later: given then
+    ("never", KUBELET_CG, False, 1),     # kept, waiting
+    ("before", DOCKER_CG, False, 0),     # no kubelet container: never kept
+])
+def test_resolver_keeps_podless_processes_until_their_pod(pod_at: str, cgroup: str, want_pod: bool,
+                                                          waiting: int) -> None:
+    from vigil.process.cache import ProcessCache
+    from vigil.process.model import Process
+
+    store = PodStore()
+    res = PodResolver(store)
+    res.cache = cache = ProcessCache()
+    assert res.pod_json(cgroup, 5, "/bin/sh", "") is None   # the builder found none
+    p = Process("e", (100, 1), "", None, 1, ProcessMsg("e", 100, binary="/bin/sh", docker=CID[:31]))
+    p.docker, p.nspid = p.msg.docker, 5
+    cache.add(p, 0)
+    if pod_at == "before":
+        store.upsert(pod_obj())
+    res.podless(p)
+    if pod_at == "after":
+        store.upsert(pod_obj())
+        assert res.adopt(store.lookup(CID)[0]) == 1
+    assert (p.msg.pod is not None) is want_pod
+    if want_pod:
+        assert p.msg.pod is not None and p.msg.pod["container"]["pid"] == 5
+    assert res.podless_now() == waiting
+
+
+def test_podless_index_stays_bounded() -> None:
+    """Processes of a container whose pod never comes, gone from the cache: the index keeps
+    only cached ones once it passes its bound."""
+    from vigil.k8s import enrich
+    from vigil.process.cache import ProcessCache
+    from vigil.process.model import Process
+
+    res = PodResolver(PodStore())
+    res.cache = cache = ProcessCache(capacity=16, grace_ns=0)
+    assert res.pod_json(KUBELET_CG, 5, "/bin/sh", "") is None
+    for i in range(enrich._PODLESS_MIN * 2):
+        p = Process(f"e{i}", (1000 + i, i), "", None, 1, ProcessMsg(f"e{i}", 1000 + i, docker=CID[:31]))
+        p.docker = CID[:31]
+        cache.add(p, i)   # (the oldest are evicted past the capacity)
+        res.podless(p)
+    assert res.podless_now() <= enrich._PODLESS_MIN
+    assert res.podless_now() >= len(cache)

@@ -18,8 +18,10 @@ from typing import Any
 from vigil.core.events import Event, Pod, PodShared
 from vigil.k8s.pods import ContainerInfo, PodInfo, PodStore, maybe_exec_probe
 from vigil.process.cgroups import ContainerRef, parse
+from vigil.process.model import Key, Process
 
 _REF_CACHE_MAX = 16384
+_PODLESS_MIN = 4096   # entries of the pod-less index before it is first pruned
 
 
 class PodResolver:
@@ -42,6 +44,14 @@ class PodResolver:
         self.fast: list[Any] = [self._by_cg, 0]
         self._enriched = 0
         self.unknown = 0
+        # the process cache (vigil.process.cache.ProcessCache; the hold stage gives it) and, by
+        # docker field, the keys of its processes of kubelet containers built without their pod
+        # (the builders tell podless()): when the pod comes, adopt() gives it to each of them
+        self.cache: Any = None
+        self._podless: dict[str, dict[Key, None]] = {}
+        self._podless_n = 0
+        self._podless_lock = threading.Lock()
+        self.adopted = 0
         store.listen(self._changed)
 
     @property
@@ -143,6 +153,105 @@ class PodResolver:
         shared = made[1] if made is not None and made[0] is entry else self._base(*entry)
         return self._with_process(shared, entry[1], pid, binary, arguments)
 
+    def _pod_for(self, entry: tuple[PodInfo, ContainerInfo], pid: int, binary: str, arguments: str) -> Pod:
+        """The pod object of a process of this (pod, container) entry: the container's shared
+        part (made when the pod came), its own pid inside the container, the exec probe guess."""
+        made = self._shared.get(entry[1].id)
+        shared = made[1] if made is not None and made[0] is entry else self._base(*entry)
+        c = entry[1]
+        probe = bool(c.probe_args and arguments in c.probe_args and maybe_exec_probe(c, binary, arguments))
+        return Pod(shared, pid, probe)
+
+    def _give(self, p: Process, entry: tuple[PodInfo, ContainerInfo]) -> bool:
+        """The cached process gets its pod: a new message (its encodings made again at its next
+        event), which its later events, its children's `parent` and ancestors lists carry."""
+        m = p.msg
+        if m.pod is not None:
+            return False
+        new = m.derive(pod=self._pod_for(entry, p.nspid, m.binary, m.arguments))
+        if p.msg is not m:   # (replaced meanwhile: the hold stage gave it its pod)
+            return False
+        p.msg = new
+        self.adopted += 1
+        return True
+
+    def podless(self, p: Process) -> None:
+        """Pipeline thread, from the builders: the cached process `p` of a container was built
+        without its pod. One of a kubelet container (its cgroup named a pod) is kept by its
+        container, to get the pod when it comes (adopt); one whose pod came meanwhile gets it now."""
+        r = self.by_docker.get(p.docker)
+        if r is None:
+            return   # no kubelet container: no pod will come
+        if self.cache is not None:
+            self._keep_podless(p)
+        entry = self.store.lookup(r.container_id)
+        if entry is not None:  # the pod came after its build, and adopt() may be over
+            with self._podless_lock:
+                keys = self._podless.get(p.docker)
+                if keys is not None and keys.pop(p.key, 0) is None:
+                    self._podless_n -= 1
+                    if not keys:
+                        del self._podless[p.docker]
+            self._give(p, entry)
+
+    def _keep_podless(self, p: Process) -> None:
+        with self._podless_lock:
+            keys = self._podless.get(p.docker)
+            if keys is None:
+                keys = self._podless[p.docker] = {}
+            if p.key not in keys:
+                keys[p.key] = None
+                self._podless_n += 1
+            if self._podless_n > max(_PODLESS_MIN, 2 * len(self.cache)):
+                self._prune()
+
+    def _prune(self) -> None:
+        """(under the lock) Only processes still cached and still without pod stay."""
+        cache = self.cache
+        n = 0
+        for docker, keys in list(self._podless.items()):
+            live = {k: None for k in keys if (q := cache.get(k)) is not None and q.msg.pod is None}
+            if live:
+                self._podless[docker] = live
+                n += len(live)
+            else:
+                del self._podless[docker]
+        self._podless_n = n
+
+    def adopt(self, pod: PodInfo) -> int:
+        """Watcher thread: a pod came (or its container statuses did): every cached process of
+        its containers built without it gets it now, with its own pid inside the container, so
+        every later event carries it; one pass over the processes of each such container (the
+        pod-less index), nothing per event. A process keeps a pod it has (a pod deleted or
+        changed later leaves it as it was, as Tetragon's cached processes keep theirs)."""
+        cache = self.cache
+        if cache is None or not self._podless:
+            return 0
+        n = 0
+        for c in pod.containers:
+            docker = c.id[:31]
+            with self._podless_lock:
+                keys = self._podless.pop(docker, None)
+                if keys:
+                    self._podless_n -= len(keys)
+            if not keys:
+                continue
+            entry = self.store.lookup(c.id)
+            if entry is None:   # gone again meanwhile: kept for its next arrival
+                with self._podless_lock:
+                    self._podless.setdefault(docker, {}).update(keys)
+                    self._podless_n += len(keys)
+                continue
+            for key in keys:
+                p = cache.get(key)
+                if p is not None and p.docker == docker and self._give(p, entry):
+                    n += 1
+        return n
+
+    def podless_now(self) -> int:
+        """Processes waiting in the pod-less index (status)."""
+        return self._podless_n
+
     def for_docker(self, docker: str) -> tuple[PodInfo, ContainerInfo] | None:
         r = self.by_docker.get(docker)
         return self.store.lookup(r.container_id) if r is not None else None
@@ -163,6 +272,8 @@ class HoldStage:
         self.max_events = max_events
         self.cache = cache        # vigil.process.cache.ProcessCache: enriched messages replace the cached ones
         self.emit = emit          # hands released events back to the pipeline (Pipeline.inject)
+        if cache is not None and resolver.cache is None:
+            resolver.cache = cache   # its processes built without their pod get it when it comes
         self._lock = threading.Lock()
         self._held: deque[tuple[int, str, Event]] = deque()   # (deadline, docker, event)
         self._waiting: dict[str, int] = {}                             # docker -> events held
@@ -215,20 +326,27 @@ class HoldStage:
             hit = res.for_docker(proc.docker)
             if hit is None:
                 continue
-            pod, c = hit
             p = self.cache.get(proc.exec_id) if self.cache is not None and proc.exec_id else None
-            pj = res._with_process(res._base(pod, c), c, getattr(p, "nspid", 0), proc.binary, proc.arguments)
-            new = proc.derive(pod=pj)
+            if p is not None and p.msg.pod is not None and p.msg.exec_id == proc.exec_id:
+                new = p.msg   # the cached process got it when the pod came (PodResolver.adopt)
+            else:
+                pod, c = hit
+                pj = res._with_process(res._base(pod, c), c, getattr(p, "nspid", 0), proc.binary, proc.arguments)
+                new = proc.derive(pod=pj)
+                if p is not None and p.msg.pod is None:
+                    p.msg = new   # later events of this process (and its children's parent) carry it
             setattr(e, key, new)
-            if p is not None and p.msg.pod is None:
-                p.msg = new   # later events of this process (and its children's parent) carry it
             done = done or key == "process"
         return done
 
     def on_pod(self, _old: PodInfo | None, new: PodInfo | None) -> None:
         """Watcher thread: a pod arrived or changed; release what waited for its containers."""
         if new is None:
-            return
+            return   # deleted: its processes keep the pod they have, as Tetragon's
+        if self.resolver.adopt(new):
+            # its cached processes have it now; events built before (still on their way to
+            # filter()) are looked at once more there
+            self._unknown_seen = -1
         ids = {c.id[:31] for c in new.containers}
         with self._lock:  # (filter() decides to hold under it: either it sees the pod, or this its wait)
             if not ids & self._waiting.keys():
@@ -242,26 +360,8 @@ class HoldStage:
             expired = {d for t, d, _e in self._held if t <= now_ns}
             self._release(lambda docker: docker in expired, give_up=True)
 
-    def _enrich_cached(self, dockers: set[str]) -> None:
-        """The cached processes of these containers still without pod (forked while the pod was
-        awaited: a clone copies its parent's message) get it, as Tetragon looks a clone's pod up
-        again; their later events carry it."""
-        res = self.resolver
-        for p in self.cache if self.cache is not None and dockers else ():
-            m = p.msg
-            if m.pod is not None or p.docker not in dockers:
-                continue
-            hit = res.for_docker(p.docker)
-            if hit is None:
-                continue
-            pod, c = hit
-            new = m.derive(pod=res._with_process(res._base(pod, c), c, p.nspid, m.binary, m.arguments))
-            if p.msg is m:  # (not replaced meanwhile by an exec)
-                p.msg = new
-
     def _release(self, which: Callable[[str], bool], give_up: bool = False) -> None:
         out = []
-        enriched: set[str] = set()
         with self._lock:
             keep: deque[tuple[int, str, Event]] = deque()
             for item in self._held:
@@ -272,7 +372,6 @@ class HoldStage:
                 e = item[2]
                 if self._enrich(e):
                     self.released_enriched += 1
-                    enriched.add(docker)
                 else:
                     self.released_without_pod += 1
                     if give_up:
@@ -286,7 +385,6 @@ class HoldStage:
                     self._waiting.pop(docker, None)
                 out.append(e)
             self._held = keep
-        self._enrich_cached(enriched)
         if out and self.emit is not None:
             self.emit(out)
 
@@ -303,4 +401,6 @@ class HoldStage:
     def stats(self) -> dict[str, int]:
         return {"held_now": len(self._held), "held": self.held, "released_enriched": self.released_enriched,
                 "released_without_pod": self.released_without_pod, "hold_overflow": self.overflow,
-                "enriched_at_build": self.resolver.enriched, "container_without_pod": self.resolver.unknown}
+                "enriched_at_build": self.resolver.enriched, "container_without_pod": self.resolver.unknown,
+                "processes_given_pod_late": self.resolver.adopted,
+                "processes_awaiting_pod": self.resolver.podless_now()}

@@ -437,9 +437,16 @@ class EventBuilder:
             self.cache.add(p, now_ns)  # its own parent: never released
         return ProcessExec(p.msg, p.msg, (), p.msg.start_time, self.node)
 
+    def _podless(self, p: Process) -> None:
+        """A process of a kubelet container cached without its pod: the resolver gives it the
+        pod when it comes (PodResolver.podless)."""
+        if p.msg.pod is None and p.docker and self.pods is not None and p.docker in self.pods.by_docker:
+            self.pods.podless(p)
+
     def on_exec(self, r: R.ProcessRecord, now_ns: int) -> ProcessExec:
         p = self.make_process(r)
         self.cache.add(p, now_ns)
+        self._podless(p)
         self.exec_count += 1
         parent, ancestors = self._parents(p)
         if parent is None:  # its parent is not in the cache: a miss, as a clone's or an exit's
@@ -449,6 +456,7 @@ class EventBuilder:
     def on_procfs(self, r: Any, now_ns: int) -> ProcessExec:
         p = self.make_process(r, procfs=True)
         self.cache.add(p, now_ns)
+        self._podless(p)
         parent, ancestors = self._parents(p)
         return ProcessExec(p.msg, parent, ancestors, self.clock.ktime_rfc3339(r.ktime), self.node)
 
@@ -467,7 +475,9 @@ class EventBuilder:
         if of is None:
             self.miss_count += 1
             return
-        self.cache.add(self.make_process(r, clone_of=of), now_ns)
+        p = self.make_process(r, clone_of=of)
+        self.cache.add(p, now_ns)
+        self._podless(p)
         self.clone_count += 1
 
     def on_exit(self, r: R.ExitRecord, now_ns: int) -> ProcessExit | None:

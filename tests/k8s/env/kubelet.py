@@ -44,6 +44,7 @@ class RunningPod:
     containers: dict[str, str] = field(default_factory=dict)  # name -> container id
     cgroup_parent: str = ""
     exec_dirs: dict[str, str] = field(default_factory=dict)   # name -> host dir of its exec server
+    statuses: list[dict[str, Any]] = field(default_factory=list)  # containerStatuses not reported yet
 
 
 class Kubelet:
@@ -56,8 +57,10 @@ class Kubelet:
 
     def run_pod(self, namespace: str, name: str, containers: list[dict[str, Any]], *,
                 labels: dict[str, str] | None = None, owner: dict[str, str] | None = None,
-                node: str | None = None, start: bool = True) -> RunningPod:
-        """containers: [{"name": ..., "command": [...], "probe": [...] (exec liveness probe)}]."""
+                node: str | None = None, start: bool = True, report: bool = True) -> RunningPod:
+        """containers: [{"name": ..., "command": [...], "probe": [...] (exec liveness probe)}].
+        report=False: the containers run, but their status (their ids) is written only by
+        `report()` (a kubelet or API server that is slow to tell)."""
         spec_cs = []
         for c in containers:
             sc: dict[str, Any] = {"name": c["name"], "image": c.get("image", BUSYBOX), "command": c["command"]}
@@ -108,10 +111,16 @@ class Kubelet:
             statuses.append({"name": c["name"], "containerID": f"containerd://{cid}", "image": image,
                              "imageID": self.cri.image_ref(image), "ready": True, "started": True,
                              "restartCount": 0, "state": {"running": {"startedAt": now_rfc3339()}}})
-        self.core.patch_namespaced_pod_status(name, namespace, {"status": {
-            "phase": "Running", "hostIP": "127.0.0.1", "podIP": "127.0.0.1", "startTime": now_rfc3339(),
-            "containerStatuses": statuses}})
+        rp.statuses = statuses
+        if report:
+            self.report(rp)
         return rp
+
+    def report(self, rp: RunningPod) -> None:
+        """Write the pod's container statuses (its container ids) to the API server."""
+        self.core.patch_namespaced_pod_status(rp.name, rp.namespace, {"status": {
+            "phase": "Running", "hostIP": "127.0.0.1", "podIP": "127.0.0.1", "startTime": now_rfc3339(),
+            "containerStatuses": rp.statuses}})
 
     def run_unlisted_pod(self, name: str, command: list[str]) -> RunningPod:
         """A sandbox and container in the kubelet layout whose Pod the API server never gets."""
