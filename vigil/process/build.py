@@ -390,21 +390,24 @@ class EventBuilder:
             return self.clock.ktime_rfc3339(r.boottime + self.clock.boot_offset)
         return self.clock.ktime_rfc3339(r.exec_ktime)
 
-    @staticmethod
-    def _binary_properties(r: Any) -> dict[str, Any]:
+    def _binary_properties(self, r: Any) -> dict[str, Any]:
+        """An exec's binary_properties, as Tetragon's UpdateExecOutsideCache adds them: a
+        privileged exec (with --enable-process-cred), and an unlinked file (memfd, deleted):
+        its inode alone, no path (Tetragon sets none)."""
         bp: dict[str, Any] = {}
         if getattr(r, "op", 0) != R.OP_EXEC:
             return bp
-        # a privileged exec, as Tetragon's hook tells it (the kernel's privs bits)
-        if r.privs & R.PRIV_SETUID:
-            bp["setuid"] = r.euid
-        if r.privs & R.PRIV_SETGID:
-            bp["setgid"] = r.egid
-        changed = [name for bit, name in _PRIVILEGES_CHANGED if r.privs & bit]
-        if changed:
-            bp["privileges_changed"] = changed
-        if r.flags & R.F_PATH_NOT_ROOTED or r.i_nlink == 0:
-            bp["file"] = {"inode": {"number": str(r.ino), "links": r.i_nlink}, "path": r.exe}
+        if self.opts.enable_cred:
+            # a privileged exec, as Tetragon's hook tells it (the kernel's privs bits)
+            if r.privs & R.PRIV_SETUID:
+                bp["setuid"] = r.euid
+            if r.privs & R.PRIV_SETGID:
+                bp["setgid"] = r.egid
+            changed = [name for bit, name in _PRIVILEGES_CHANGED if r.privs & bit]
+            if changed:
+                bp["privileges_changed"] = changed
+        if r.ino and r.i_nlink == 0:
+            bp["file"] = {"inode": {"number": str(r.ino), "links": r.i_nlink}}
         return bp
 
     # -- events
