@@ -136,3 +136,25 @@ def test_status_renders_lists_of_records_as_blocks():
                    "maps:", "  execve_map: 84, 32768",
                    "policy_events: (none)"]
     assert not any("{" in line for line in out)
+
+
+@pytest.mark.parametrize("args", [["status", "--timeout"], ["tp", "list", "--timeout"], ["--timeout"],
+                                  ["getevents", "--timeout"], ["getevents", "--reconnect-wait"],
+                                  ["eventlog", "set", "--rotation-interval"]])
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "1e999", "-0.5"])
+def test_a_duration_is_finite_and_not_negative(args, value):
+    """`--timeout inf` ended in an OverflowError traceback, `--timeout -1` waited "-1s" and
+    `nan` failed as DEADLINE_EXCEEDED: each is now a usage error naming the option."""
+    cmd = [*args, value, "--server-address", "localhost:1"] if args[0] != "--timeout" else \
+        ["--timeout", value, "--server-address", "localhost:1", "status"]
+    res = CliRunner().invoke(cli, cmd)
+    assert res.exit_code == 2, res.output
+    assert f"Invalid value for '{args[-1]}'" in res.output and f"{value!r} is not a duration" in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+
+
+@pytest.mark.parametrize("value, seconds", [("0", 0.0), ("0s", 0.0), ("1.5", 1.5), ("1m30s", 90.0), ("250ms", 0.25)])
+def test_durations_that_are_taken(value, seconds):
+    from vigil.api.cliutil import Duration
+
+    assert Duration().convert(value, None, None) == seconds

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import json
+import math
 import os
 import re
 import sys
@@ -25,13 +26,16 @@ class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only from 
             return float(value)
         text = str(value).strip()
         try:
-            return float(text)
+            seconds = float(text)
         except ValueError:
-            pass
-        parts = self._PART.findall(text)
-        if not parts or "".join(n + u for n, u in parts) != text:
-            self.fail(f"{value!r} is not a duration (e.g. 2s, 500ms, 1m)", param, ctx)
-        return sum(float(n) * self._UNITS[u] for n, u in parts)
+            parts = self._PART.findall(text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                self.fail(f"{value!r} is not a duration (e.g. 2s, 500ms, 1m)", param, ctx)
+            seconds = sum(float(n) * self._UNITS[u] for n, u in parts)
+        if not math.isfinite(seconds) or seconds < 0:  # -1, nan, inf, 1e999: a traceback or nonsense later
+            self.fail(f"{value!r} is not a duration: a finite length of 0 or more is (e.g. 2s, 500ms, 1m)",
+                      param, ctx)
+        return seconds
 
 
 SERVER_HELP = ("gRPC address of the agent (host:port or unix:///path); default: the "
