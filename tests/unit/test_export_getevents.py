@@ -101,7 +101,7 @@ def test_stdin_source_when_not_a_tty():
 
 def test_bad_regex_and_bad_event_type_are_usage_errors():
     result = run("--file", str(SAMPLE), "--process", "(")
-    assert result.exit_code == 2 and "binary_regex" in result.output
+    assert result.exit_code == 2 and "--process: invalid regex" in result.output
     result = run("--file", str(SAMPLE), "-e", "PROCESS_NOPE")
     assert result.exit_code == 2 and "PROCESS_NOPE" in result.output
     result = run("--file", str(SAMPLE), "-f", "process..binary")
@@ -176,6 +176,20 @@ def test_agent_unreachable_is_a_clear_error(fake_client):
     result = run("--server-address", "localhost:9999")
     assert result.exit_code == 1
     assert "localhost:9999" in result.output and "connection refused" in result.output
+
+
+@pytest.mark.parametrize("flag", ["--process", "--pod", "--namespace-regex", "--container"])
+@pytest.mark.parametrize("source", ["file", "agent"])
+def test_a_bad_regex_is_named_by_its_flag_before_the_agent_is_asked(fake_client, flag, source):
+    """The error named the request's field (`binary_regex: invalid regex`), not the flag the
+    user typed; from the agent it came back as `agent error: invalid GetEvents filter` (exit 1)
+    after connecting. Now a usage error naming the flag, and the agent is not asked."""
+    _, calls = fake_client
+    where = ["--file", str(SAMPLE)] if source == "file" else ["--server-address", "localhost:9999"]
+    result = run(*where, flag, "ok", flag, "a(")
+    assert result.exit_code == 2, result.output
+    assert f"Error: {flag}: invalid regex 'a(': missing )" in result.output
+    assert calls == []
 
 
 # -- follow and broken pipe ------------------------------------------------------------

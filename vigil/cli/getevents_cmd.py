@@ -331,6 +331,20 @@ def _silence_stdout() -> None:
         pass
 
 
+# the request filter's fields the regex flags fill, and the flags, for errors the user can act on
+_REGEX_FLAGS = {"binary_regex": "--process", "pod_regex": "--pod", "container_name_regex": "--container",
+                "namespace_regex": "--namespace-regex"}
+
+
+def _filter_usage_error(e: FilterError) -> click.UsageError:
+    """A filter built from the flags that cannot be used, named by its flag (`binary_regex:
+    invalid regex` said nothing of --process)."""
+    field, sep, rest = str(e).partition(": ")
+    if sep and field in _REGEX_FLAGS:
+        return click.UsageError(f"{_REGEX_FLAGS[field]}: {rest}")
+    return click.UsageError(str(e))
+
+
 @click.command("getevents")
 @click.option("-o", "--output", type=click.Choice(["json", "compact"]), default="json",
               show_default=True, help="Output format.")
@@ -392,7 +406,13 @@ def getevents(
             exclude_fields=exclude_fields,
         )
     except FilterError as e:
-        raise click.UsageError(str(e)) from None
+        raise _filter_usage_error(e) from None
+    from vigil.export.event_filter import EventFilter
+
+    try:  # compile first, so a bad regex fails before any output (and before the agent is asked)
+        local_filter = EventFilter(allow_list, (), field_filters)
+    except FilterError as e:
+        raise _filter_usage_error(e) from None
 
     decoder: LineDecoder | None = None
     live = True
@@ -403,12 +423,6 @@ def getevents(
     server_address, timeout = connection(server_address, timeout)
     use_stdin = file_path is None and not address_flag and _stdin_has_events()
     if file_path is not None or use_stdin:
-        from vigil.export.event_filter import EventFilter
-
-        try:  # compile first, so a bad regex fails before any output
-            local_filter = EventFilter(allow_list, (), field_filters)
-        except FilterError as e:
-            raise click.UsageError(str(e)) from None
         if file_path is not None:
             try:  # report an unreadable file before streaming starts
                 gzipped = is_gzip(file_path)
