@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from vigil.cli.main import cli
@@ -199,3 +200,23 @@ def test_aliases_that_multiply_values_and_deep_nesting_are_refused_quickly() -> 
             + "[" * 900 + "]" * 900 + "\nspec: {tracepoints: [{subsystem: syscalls, event: sys_enter_getppid}]}\n")
     r = check_text(deep, "deep.yaml")
     assert not r.ok and "nested too deeply" in r.errors[0].message
+
+
+@pytest.mark.parametrize("ref, error", [
+    ("missing.yaml", "missing.yaml: no such file or directory"),
+    ("empty-dir", "no .yaml, .yml or .json file in this directory"),
+    ("library:no-such-policy", "no library policy named 'no-such-policy'"),
+])
+def test_explain_reports_a_file_it_cannot_read_before_probing_the_kernel(tmp_path: Path, monkeypatch,
+                                                                          ref: str, error: str) -> None:
+    """`policy explain missing.yaml` ran the kernel feature probe first (root; seconds, and a log
+    line) and only then said the file does not exist."""
+    from vigil.kernel.facts import KernelFacts
+
+    probed: list[bool] = []
+    monkeypatch.setattr(KernelFacts, "gather", classmethod(lambda cls, *a, **k: probed.append(True)))
+    (tmp_path / "empty-dir").mkdir()
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(cli, ["policy", "explain", ref])
+    assert res.exit_code in (1, 2) and error in res.output, res.output
+    assert probed == []

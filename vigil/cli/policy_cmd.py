@@ -119,6 +119,7 @@ def explain(files: tuple[str, ...], output: str, details: bool, hook_substitutio
     from vigil.policy.explain import CAUSE_TEXT, explain_policy
     from vigil.policy.loader import load_policies
 
+    paths = _expand(files)  # a missing file is reported before the kernel is probed (root, seconds)
     if facts_file:
         try:
             facts = KernelFacts.load(facts_file)
@@ -129,7 +130,7 @@ def explain(files: tuple[str, ...], output: str, details: bool, hook_substitutio
         facts = KernelFacts.gather()
     report: list[dict[str, Any]] = []
     ok = True
-    for path in _expand(files):
+    for path in paths:
         warnings: list[PolicyValidationError] = []
         try:
             policies = load_policies(path, warnings)
