@@ -8,6 +8,7 @@ import yaml
 from click.testing import CliRunner
 
 from tests.api.harness import running_server
+from tests.api.pki import pki_fixture
 from vigil.cli.main import cli
 from vigil.cli.tracingpolicy_cmd import humanize_bytes, with_mode
 
@@ -158,3 +159,42 @@ def test_durations_that_are_taken(value, seconds):
     from vigil.api.cliutil import Duration
 
     assert Duration().convert(value, None, None) == seconds
+
+
+pki = pki_fixture
+
+
+@pytest.mark.parametrize("command", [["tp", "list"], ["status"], ["getevents"]])
+@pytest.mark.parametrize("files, option, shown", [
+    ({"--tls-ca-cert-files": "garbage"}, "--tls-ca-cert-files", "garbage: no PEM certificate could be read"),
+    ({"--tls-ca-cert-files": "ca-client.key"}, "--tls-ca-cert-files", "ca-client.key: no PEM certificate"),
+    ({"--tls-ca-cert-files": "ca.pem,garbage"}, "--tls-ca-cert-files", "garbage: no PEM certificate"),
+    ({"--tls-ca-cert-files": "ca.pem", "--tls-cert-file": "ca-client.pem", "--tls-key-file": "garbage"},
+     "--tls-cert-file/--tls-key-file", "not a PEM certificate and its unencrypted private key"),
+    ({"--tls-ca-cert-files": "ca.pem", "--tls-cert-file": "ca-client.pem", "--tls-key-file": "rogue-client.key"},
+     "--tls-cert-file/--tls-key-file", "not a PEM certificate and its unencrypted private key"),
+    ({"--tls-ca-cert-files": "ca.pem", "--tls-cert-file": "garbage", "--tls-key-file": "ca-client.key"},
+     "--tls-cert-file/--tls-key-file", "not a PEM certificate and its unencrypted private key"),
+], ids=["ca-garbage", "ca-is-a-key", "second-ca-garbage", "key-garbage", "key-of-another-cert", "cert-garbage"])
+def test_tls_files_that_are_not_pem_are_named(tmp_path, pki, command, files, option, shown):
+    """A CA bundle or client certificate gRPC cannot use was only logged by gRPC (C-core lines
+    on stderr) and the command said it could not reach the agent: now a usage error naming
+    the option and the file, before connecting."""
+    (tmp_path / "garbage").write_text("not a certificate\n")
+
+    def path(name: str) -> str:
+        return str(tmp_path / name) if name == "garbage" else pki[name]
+
+    args = [a for opt, names in files.items()
+            for a in (opt, ",".join(path(n) for n in names.split(",")))]
+    res = CliRunner().invoke(cli, [*command, "--server-address", "localhost:1", "--timeout", "0.5", *args])
+    assert res.exit_code == 2, res.output
+    assert f"Invalid value for {option}" in res.output and shown in res.output, res.output
+    assert "cannot reach" not in res.output
+
+
+def test_good_tls_files_pass_the_check(pki):
+    res = CliRunner().invoke(cli, ["tp", "list", "--server-address", "localhost:1", "--timeout", "0.5",
+                                   "--tls-ca-cert-files", pki["ca.pem"], "--tls-cert-file", pki["ca-client.pem"],
+                                   "--tls-key-file", pki["ca-client.key"]])
+    assert res.exit_code == 1 and "cannot reach the agent at localhost:1" in res.output, res.output

@@ -97,6 +97,7 @@ def tls_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             for path in paths:
                 if not os.path.isfile(path):
                     raise click.BadParameter(f"{path}: no such file", param_hint=opt)
+        _check_pem(ca_files, cert, key)
         _TLS.set(None)
         if ca_files or cert:
             from vigil.api.client import ClientTls
@@ -106,6 +107,29 @@ def tls_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(_tls_flags("", envvars=True)):
         wrapper = option(wrapper)
     return wrapper
+
+
+def _check_pem(ca_files: list[str], cert: str, key: str) -> None:
+    """The CA bundles hold certificates and the client certificate goes with its key, read as
+    gRPC will read them: gRPC only logs a file it cannot use (C-core lines on stderr) and the
+    command then said it could not reach the agent."""
+    import ssl
+
+    def reason(e: Exception) -> str:
+        return str(getattr(e, "reason", None) or getattr(e, "strerror", None) or e)
+
+    for path in ca_files:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+        except (ssl.SSLError, OSError, ValueError) as e:
+            raise click.BadParameter(f"{path}: no PEM certificate could be read from it ({reason(e)})",
+                                     param_hint="--tls-ca-cert-files") from None
+    if cert:
+        try:  # an encrypted key is refused (gRPC cannot ask for its password), never prompted for
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key, password=lambda: b"")
+        except (ssl.SSLError, OSError, ValueError) as e:
+            raise click.BadParameter(f"{cert} and {key}: not a PEM certificate and its unencrypted private "
+                                     f"key ({reason(e)})", param_hint="--tls-cert-file/--tls-key-file") from None
 
 
 def global_options(fn: Callable[..., Any]) -> Callable[..., Any]:
