@@ -3739,10 +3739,9 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 	PyObject *p = cached_process(b, m.key.pid, m.key.ktime, m.key.pid), *missing = NULL;
 	if (!p && PyErr_Occurred())
 		return NULL;
-	if (!p) {  /* not in the cache: missing_process's message ("miss"), no parent */
-		missing = PyObject_CallFunction(PyTuple_GET_ITEM(b->generic, GC_MISSING), "KKK",
-						(unsigned long long)m.key.pid, (unsigned long long)m.key.ktime,
-						(unsigned long long)(m.tid ? m.tid : m.key.pid));
+	if (!p) {  /* not in the cache: PolicyEvents.missing's stand-in (pid, start_time, "unknown"), no parent */
+		missing = PyObject_CallFunction(PyTuple_GET_ITEM(b->generic, GC_MISSING), "KK",
+						(unsigned long long)m.key.pid, (unsigned long long)m.key.ktime);
 		if (!missing)
 			return NULL;
 	}

@@ -101,7 +101,7 @@ def test_deny_exec_writable_dirs_refuses_before_the_first_instruction(running_ag
     assert b["message"].startswith("exec from a world-writable directory [vigil: selector 1")
     assert "enforced via fanotify FAN_OPEN_EXEC_PERM" in b["message"]
     # (the process fields are not asserted: the helper's report races with the exit of the gate,
-    # whose exec failed, and the process cache forgets a pid at its exit: then flags is "miss")
+    # whose exec failed, and the process cache forgets a pid at its exit: then it is a stand-in)
     assert b["process"]["pid"] == g.pid and b["tags"] == ["vigil.exec-control"]
 
 

@@ -44,7 +44,7 @@ EVENTS = [
         T, "n")),
     ("exit-signal", ProcessExit(proc(6), PARENT, (), "SIGKILL", 0, T, "n")),
     ("exit-status", ProcessExit(proc(7), PARENT, (PARENT,), "", 3, T, "n")),
-    ("exit-miss", ProcessExit(missing_process("bWlzcw==", 8, 9), None, (), "", 0, T, "n")),
+    ("exit-miss", ProcessExit(missing_process(8, T), None, (), "", 0, T, "n")),
     ("kprobe", PolicyEvent("process_kprobe", proc(10), PARENT, {
         "function_name": "__x64_sys_openat", "args": [{"string_arg": "/etc/passwd", "label": "path"},
                                                      {"int_arg": -100}],
@@ -52,7 +52,7 @@ EVENTS = [
     ("tracepoint", PolicyEvent("process_tracepoint", proc(11), None, {
         "subsys": "syscalls", "event": "sys_enter_openat", "args": [{"long_arg": "42"}], "policy_name": "p",
         "action": "KPROBE_ACTION_POST"}, T, "n")),
-    ("lsm", PolicyEvent("process_lsm", missing_process("", 12, 12), None, {
+    ("lsm", PolicyEvent("process_lsm", missing_process(12, T, "unknown"), None, {
         "function_name": "file_open", "policy_name": "p", "action": "KPROBE_ACTION_OVERRIDE",
         "message": "denied"}, T, "n")),
     ("rate-limit", DictEvent({"rate_limit_info": {"number_of_dropped_process_events": "3"}, "node_name": "n",

@@ -1083,7 +1083,7 @@ def test_generic_plain_records_need_no_python() -> None:
         "monitor mode: reported, not enforced via " + ch.placement.describe() + "]")
     assert calls == []
     ev = handle(_generic_record(ch, {**rec, "pid": 555, "exec_ktime": 0}), 0)  # a process not in the cache
-    assert calls == [] and (ev.process.pid, ev.process.flags, ev.process.exec_id, ev.parent) == (555, "miss", "", None)
+    assert calls == [] and (ev.process.pid, ev.process.flags, ev.process.exec_id, ev.parent) == (555, "unknown", "", None)
     handle(_generic_record(ch, {**rec, "action": 14}), 0)  # GetUrl
     assert calls == [1]
 
@@ -1426,8 +1426,42 @@ def test_early_deletions_of_policy_records_match_the_exec_key(compiled: bool, ex
     misses = cache.misses
     rec = plain_record(action=1, exec_ktime=exec_ktime, args=[(b"/etc/passwd", 0, 0, 0), (b"", 3, 0, 0)])
     ev = handler(_generic_record(hooks[0], rec), 0)
-    assert ev.process.flags == "miss" and calls == []   # (the compiled handler made it itself)
+    assert ev.process.binary == "" and calls == []   # a stand-in (the compiled handler made it itself)
     assert (cache.misses - misses, cache.early_deletions) == want
+
+
+# a policy record of a process the cache does not have (pid 555), by the kernel's key: its
+# stand-in process is Tetragon's getProcessParent's: the pid and the start time of the key,
+# flags "unknown" when the kernel had no entry either (no exec ktime); no exec_id, tid, parent
+@pytest.mark.parametrize("exec_ktime, tid, want", [
+    (5_000_000_000, 556, {"pid": 555, "start_time": "2025-11-24T16:00:05Z"}),
+    (5_000_000_000, 0, {"pid": 555, "start_time": "2025-11-24T16:00:05Z"}),
+    (0, 556, {"pid": 555, "flags": "unknown"}),
+], ids=["key", "key-leader", "no-key"])
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_a_policy_events_process_the_cache_lacks_is_tetragons_stand_in(compiled: bool, exec_ktime: int, tid: int,
+                                                                      want: dict[str, Any]) -> None:
+    from vigil.agent.policy_events import PolicyEvents
+
+    b, _ = _builders({"enable_cred": False, "enable_ns": False, "ancestors": False}, 64)
+    hooks, lp = _generic_hooks("kprobe-string")
+    pe = PolicyEvents(b, lambda e: None, {c.hook_id: (c, lp) for c in hooks}, None)  # type: ignore[arg-type]
+    handler = pe.compiled_handler() if compiled else pe.handle
+    rec = plain_record(pid=555, exec_ktime=exec_ktime, args=[(b"/etc/passwd", 0, 0, 0), (b"", 3, 0, 0)])
+    ev = handler(_generic_record(hooks[0], rec) if not tid else _with_tid(_generic_record(hooks[0], rec), tid), 0)
+    d = event_dict(ev)["process_kprobe"]
+    assert (d["process"], "parent" in d) == (want, False)
+    pb = wire.encode_event(ev)
+    assert pb == wire.reference_bytes(event_dict(ev))
+    assert wire.decode_response(pb)["process_kprobe"]["process"] == want
+
+
+def _with_tid(rec: bytes, tid: int) -> bytes:
+    """The record with another thread's id (struct msg_generic's tid)."""
+    from vigil.kernel import policy_layout as L
+
+    off = L.MsgGeneric.tid.offset
+    return rec[:off] + struct.pack("<I", tid) + rec[off + 4:]
 
 
 # the maxData chunks waiting when a record of pid 100 comes whose first argument continues in

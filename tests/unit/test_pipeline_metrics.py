@@ -96,14 +96,18 @@ def test_last_exported_timestamp_is_the_last_exported_events_time(tmp_path: Path
 
 
 # PolicyEvents' lookups of an event's process (handle(), netdeny, fanotify, loader events, the
-# compiled handler's stand-in: by pid and exec ktime) -> (misses, missing process info, stand-in)
+# compiled handler's stand-in: by pid and exec ktime) -> (misses, missing process info, the
+# stand-in's (pid, start_time, flags, tid) or None: the cached process's): Tetragon's
+# getProcessParent's stand-in, "unknown" when a kernel hook's key has no exec ktime
 @pytest.mark.parametrize("lookup, want", [
-    (lambda pe: pe.processes(100, 1000, 100), (0, 0, False)),   # cached: by its key
-    (lambda pe: pe.processes(100, 0, 100), (0, 0, False)),      # cached: by pid
-    (lambda pe: pe.processes(101, 1500, 102), (1, 1, True)),    # not cached
-    (lambda pe: pe.processes(101, 0, 0), (1, 1, True)),
-], ids=["key", "pid", "unknown-key", "unknown-pid"])
-def test_policy_event_processes_the_cache_lacks_are_counted(lookup: Any, want: tuple[int, int, bool]):
+    (lambda pe: pe.processes(100, 1000), (0, 0, None)),        # cached: by its key
+    (lambda pe: pe.processes(100, 0), (0, 0, None)),           # cached: by pid
+    (lambda pe: pe.processes(101, 1500), (1, 1, (101, "1500", "", None))),         # not cached
+    (lambda pe: pe.processes(101, 0), (1, 1, (101, "", "unknown", None))),
+    (lambda pe: pe.processes(101, 0, kernel=False), (1, 1, (101, "", "", None))),  # loader, fanotify
+    (lambda pe: pe.processes(101, 1500, kernel=False), (1, 1, (101, "1500", "", None))),
+], ids=["key", "pid", "unknown-key", "unknown-pid", "unknown-pid-loader", "unknown-key-loader"])
+def test_policy_event_processes_the_cache_lacks_are_counted(lookup: Any, want: tuple[int, int, Any]):
     from vigil.agent.policy_events import PolicyEvents
     from vigil.core.events import ProcessMsg
     from vigil.process.cache import ProcessCache
@@ -111,12 +115,11 @@ def test_policy_event_processes_the_cache_lacks_are_counted(lookup: Any, want: t
 
     cache = ProcessCache()
     cache.add(Process("e100", (100, 1000), "", None, 1, ProcessMsg("e100", 100)), 0)
-    builder = type("B", (), {"cache": cache, "missing_info": 0})()
+    builder = type("B", (), {"cache": cache, "missing_info": 0, "ktime_rfc3339": staticmethod(str)})()
     pe = PolicyEvents(builder, lambda e: None, {}, None)  # type: ignore[arg-type]
     msg, _parent = lookup(pe)
-    assert (cache.misses, builder.missing_info, msg.flags == "miss") == want
-    if want[2]:
-        assert msg.exec_id == "" and msg.pid == 101
+    stand_in = (msg.pid, msg.start_time, msg.flags, msg.tid) if msg.exec_id == "" else None
+    assert (cache.misses, builder.missing_info, stand_in) == want
 
 
 def data_record(ev_ktime: int, tid: int = 9, slot: int = 0, chunk: bytes = b"abc") -> bytes:

@@ -49,24 +49,30 @@ class PolicyEvents:
         # pid -> its execve_map key (pid, ktime) in the kernel now; set by the agent
         self.exec_key: Callable[[int], tuple[int, int] | None] | None = None
 
-    def processes(self, pid: int, exec_ktime: int = 0, tid: int = 0) -> tuple[ProcessMsg, ProcessMsg | None]:
-        """The message of the process a record names, and its parent's."""
+    def processes(self, pid: int, exec_ktime: int = 0, *,
+                  kernel: bool = True) -> tuple[ProcessMsg, ProcessMsg | None]:
+        """The message of the process a record names (by the kernel's key when `kernel`: a
+        record of a kernel hook), and its parent's."""
         cache = self.builder.cache
         by_key = cache._by_key  # by (pid, ktime) key: an exec_id string would be encoded and decoded
         p = by_key.get((pid, exec_ktime)) if exec_ktime else None
         if p is None:
             p = cache.by_pid(pid)
         if p is None:
-            return self.missing(pid, exec_ktime, tid or pid), None
+            return self.missing(pid, exec_ktime, kernel), None
         parent = by_key.get(p.parent_key) if p.parent_key else None
         return p.msg, parent.msg if parent is not None else None
 
-    def missing(self, pid: int, exec_ktime: int, tid: int) -> ProcessMsg:
+    def missing(self, pid: int, exec_ktime: int, kernel: bool = True) -> ProcessMsg:
         """The stand-in of a process the cache does not have, for an event about to be sent
-        with it: counted as a cache miss and as an event missing its process info."""
+        with it, as Tetragon's getProcessParent makes it: the pid and the start time of the
+        kernel's key, and flags "unknown" when the kernel had no entry for it either (a kernel
+        hook's record whose key has no exec ktime); no exec_id, tid or parent. Counted as a
+        cache miss and as an event missing its process info. (The compiled handler calls it.)"""
         self.builder.cache.missed(pid, exec_ktime)
         self.builder.missing_info += 1
-        return missing_process("", pid, tid)
+        return missing_process(pid, self.builder.ktime_rfc3339(exec_ktime) if exec_ktime else "",
+                               "" if exec_ktime or not kernel else "unknown")
 
     # -- reported from other threads
     def loader_event(self, pid: int, tid: int, path: str, build_id: bytes, time_ns: int) -> None:
@@ -98,7 +104,7 @@ class PolicyEvents:
             return None
         if known is not None:
             self.loader_stats["LoaderResolvedImm" if tries == _LOADER_TRIES else "LoaderResolvedRetry"] += 1
-        process, parent = self.processes(pid, ktime, tid)
+        process, parent = self.processes(pid, ktime, kernel=False)
         # ProcessLoader: process (1), path (2), buildid (3), parent (4), as a dict event
         body: dict[str, Any] = {"process": process_dict(process), "path": path}
         if build_id:
@@ -112,7 +118,7 @@ class PolicyEvents:
         """Runs on the helper's report thread, after the helper wrote its answer."""
         from vigil.sensors.hostdeny import event_kind, fanotify_event
 
-        process, parent = self.processes(rep.pid)
+        process, parent = self.processes(rep.pid, kernel=False)
         body = fanotify_event(rep, hook.compiled)
         entry = self.hooks.get(hook.compiled.hook_id)
         if entry is not None and entry[1] is not None:
@@ -161,7 +167,7 @@ class PolicyEvents:
         if entry is None:
             return None
         ch, lp = entry
-        process, parent = self.processes(rec["pid"], rec["exec_ktime"], rec["tid"])
+        process, parent = self.processes(rec["pid"], rec["exec_ktime"])
         body = netdeny_event(rec, ch)
         kind = event_kind(ch)
         if lp is not None:
@@ -198,7 +204,7 @@ class PolicyEvents:
             return None  # a record of a policy deleted meanwhile
         ch, lp = entry
         b = self.builder
-        process, parent = self.processes(m.pid, m.exec_ktime, m.tid)
+        process, parent = self.processes(m.pid, m.exec_ktime)
         action = m.action
         if ch.actions and action in _USER_ACTIONS and not m.flags & L.EV_MONITOR:
             from vigil.sensors.user_actions import requested

@@ -213,10 +213,12 @@ class Pod(Mapping[str, Any]):
         return f"Pod({self.as_dict()!r})"
 
 
-# A policy event's process that the cache lacks: this much, flagged "miss". (An exit's is
-# built in vigil.process.build.EventBuilder.on_exit, as Tetragon's: pid and start_time.)
-def missing_process(exec_id: str, pid: int, tid: int) -> ProcessMsg:
-    return ProcessMsg(exec_id, pid, flags="miss", tid=tid)
+# A policy event's process that the cache lacks, as Tetragon's getProcessParent makes it: the
+# pid and the start time of the kernel's key, flags "unknown" when the kernel had no entry for
+# it either; no exec_id, tid or parent. (An exit's is built in
+# vigil.process.build.EventBuilder.on_exit, as Tetragon's: pid and start_time.)
+def missing_process(pid: int, start_time: str = "", flags: str = "") -> ProcessMsg:
+    return ProcessMsg("", pid, flags=flags, start_time=start_time)
 
 
 if native.fast is not None:  # the compiled encoders read these classes' slots directly
