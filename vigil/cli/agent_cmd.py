@@ -154,6 +154,11 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
                                          "batches cost less CPU per event (agent CPU per exec of a fork+exec loop "
                                          "at 1,250 execs/s: 47-65 us at 4 ms, 31-33 at 20 ms, 22-24 at 50 ms). "
                                          "0: read as soon as records arrive.")),
+    ("--event-loop-priority-boost", dict(type=int, default=4, show_default=True,
+                                         help="Nice levels the event loop's thread runs above the agent's, as "
+                                              "auditd's priority_boost: when every CPU is busy (gRPC clients, a "
+                                              "build), the loop keeps the share that keeps the kernel rings from "
+                                              "filling. Adds no work. 0: the agent's own nice.")),
     ("--print-events", dict(type=click.Choice(["", "compact", "json"]), default="",
                             help="Also print events to stdout.")),
     ("--record-file", dict(default="", help="Record raw kernel records here for replay.")),
@@ -268,6 +273,7 @@ def _build_command() -> click.Command:
             enable_tracing_policy_crd=kw["enable_tracing_policy_crd"],
             enable_pod_annotations=kw["enable_pod_annotations"], k8s_pod_wait=kw["k8s_pod_wait"],
             k8s_cgroup_root=kw["k8s_cgroup_root"], batch_delay=kw["event_batch_delay_ms"] / 1000,
+            event_loop_priority_boost=kw["event_loop_priority_boost"],
         )
         try:
             cfg.validate()
