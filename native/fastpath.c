@@ -2378,7 +2378,9 @@ static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t n
 		PyErr_SetString(PyExc_TypeError, "namespace cache entries are (ns, message) pairs");
 		goto out;
 	}
-	if (r->op == OP_EXEC && (r->privs || r->flags & F_PATH_NOT_ROOTED || r->i_nlink == 0)) {
+	/* binary_properties: on the exec event's message alone (a copy, below), never the cached
+	 * one (EventBuilder._exec_msg) */
+	if (r->op == OP_EXEC && (r->privs || r->i_nlink == 0)) {
 		if (!(bp = PyObject_CallOneArg(b->m_binary_properties, rec)))
 			goto out;
 		int t = PyObject_IsTrue(bp);
@@ -2452,7 +2454,7 @@ static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t n
 		[M_EXEC_ID] = eid, [M_CWD] = r->cwd, [M_BINARY] = binary, [M_ARGUMENTS] = arguments, [M_FLAGS] = flags,
 		[M_START_TIME] = start, [M_POD] = Py_None, [M_DOCKER] = docker, [M_PARENT_EXEC_ID] = peid,
 		[M_CAP] = cred && has_caps ? caps : Py_None, [M_NS] = nsopt && has_ns ? ns_json : Py_None,
-		[M_CREDS] = creds, [M_BP] = bp, [M_IN_INIT_TREE] = in_tree_obj, [M_ENC_JSON] = Py_None,
+		[M_CREDS] = creds, [M_BP] = Py_None, [M_IN_INIT_TREE] = in_tree_obj, [M_ENC_JSON] = Py_None,
 		[M_ENC_PB] = Py_None, [M_ENC_DICT] = Py_None,
 	};
 	for (int f = 0; f < M_COUNT; f++)
@@ -2517,7 +2519,23 @@ static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t n
 			goto out;
 		Py_DECREF(mr);
 	}
-	res = new_event(T_EXEC, msg, parent, anc, etime, b->node);
+	if (bp != Py_None) {  /* the event's own message: the cached one's with binary_properties */
+		PyObject *emsg = new_slotted(msg_type);
+		if (!emsg)
+			goto out;
+		for (int f = 0; f < M_ENC_JSON; f++) {
+			PyObject *v = slot(msg, msg_off[f]);
+			if (v)
+				SET(emsg, msg_off[f], v);
+		}
+		static const int changed[] = {M_BP, M_ENC_JSON, M_ENC_PB, M_ENC_DICT};
+		PyObject *values[] = {bp, Py_None, Py_None, Py_None};
+		for (size_t i = 0; i < sizeof(changed) / sizeof(changed[0]); i++)
+			SET(emsg, msg_off[changed[i]], values[i]);
+		res = new_event(T_EXEC, emsg, parent, anc, etime, b->node);
+		Py_DECREF(emsg);
+	} else
+		res = new_event(T_EXEC, msg, parent, anc, etime, b->node);
 out:
 	Py_XDECREF(eid);
 	Py_XDECREF(key);

@@ -608,15 +608,17 @@ def test_a_deleted_pods_containers_are_no_longer_waited_for() -> None:
     assert CID[:31] not in res.by_docker and not res.waits_for_pod(CID[:31])
 
 
-def _process_record(op: int, pid: int, ktime: int, ppid: int, pktime: int, nspid: int, cgroup: str) -> bytes:
-    """An exec or clone record (msg_process) of /bin/sh -c x in `cgroup`, its parent named by key."""
+def _process_record(op: int, pid: int, ktime: int, ppid: int, pktime: int, nspid: int, cgroup: str,
+                    nlink: int = 1) -> bytes:
+    """An exec or clone record (msg_process) of /bin/sh -c x in `cgroup`, its parent named by key
+    (nlink 0: an unlinked file, which gives the exec binary_properties)."""
     from vigil.events import records as R
 
     exe, cwd, fn, cg, args = b"/bin/sh", b"/", b"/bin/sh\0", cgroup.encode() + b"\0", b"sh\0-c\0x\0"
     host = (4026531835, 4026531836, 4026531837, 4026531838, 4026531839, 4026531840, 4026531841, 4026531842,
             4026531843, 4026531844)
     head = R.PROCESS.pack(op, 0, 0, 0, ktime + 1000, pid, 0, ktime, ppid, 0, pktime, pid, ppid, nspid, 0,
-                          *([0] * 8), 0, 0, 0, 0, 0, 0, 0, *host, 77, 123456, 0o100755, 1, ktime, 0, 0, 0,
+                          *([0] * 8), 0, 0, 0, 0, 0, 0, 0, *host, 77, 123456, 0o100755, nlink, ktime, 0, 0, 0,
                           len(exe), len(cwd), len(fn), len(cg), len(args), 0)
     return head + exe + cwd + fn + cg + args
 
@@ -708,6 +710,46 @@ def test_a_pod_that_comes_late_reaches_every_cached_process_of_its_container(
     after = codec.encode(gone[2])
     assert (b'"pod":{' in after) is want_pod and (b'"pod":{' in before) is False
     assert not want_pod or res.podless_now() == 0   # none left waiting
+
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+@pytest.mark.parametrize("adopting", [True, False], ids=["pod-given-to-the-cache", "pod-given-at-release"])
+def test_a_held_exec_keeps_its_binary_properties_and_the_cache_gets_none(compiled: bool, adopting: bool) -> None:
+    """An exec with binary_properties (an unlinked file) held for its pod: released with the pod
+    and its binary_properties, while the cached process gets the pod and no binary_properties
+    (Tetragon adds them to the exec event alone), whether the pod reached the cache first
+    (PodResolver.adopt, the hold stage listening) or at the event's release. Before: the adopted
+    message replaced the event's (binary_properties lost), or the event's went into the cache."""
+    from vigil.events import records as R
+    from vigil.process.build import BuildOptions, EventBuilder
+    from vigil.process.cache import ProcessCache
+    from vigil.process.clock import WallClock
+
+    store = PodStore()
+    res = PodResolver(store)
+    cache = ProcessCache()
+    b = EventBuilder(cache, WallClock(), BuildOptions("node"))
+    b.pods = res
+    if not compiled:
+        b._fast = None
+    released: list[Any] = []
+    hold = HoldStage(res, hold_seconds=5, cache=cache, emit=released.extend)
+    if adopting:
+        store.listen(hold.on_pod)
+    ex = b.record_handlers()[R.OP_EXEC](_process_record(R.OP_EXEC, 100, 5_000, 1, 0, 1, KUBELET_CG, nlink=0), 0)
+    bp = {"file": {"inode": {"number": "123456", "links": 0}}}
+    assert ex.process.pod is None and ex.process.binary_properties == bp
+    if adopting:
+        assert hold.filter([ex], now_ns=0) == []
+        store.upsert(pod_obj())
+    else:
+        store.upsert(pod_obj())
+        released = hold.filter([ex], now_ns=0)
+    (got,) = released
+    cached = cache.get((100, 5_000)).msg
+    assert (got.process.binary_properties, got.process.pod is not None) == (bp, True)
+    assert (cached.binary_properties, cached.pod is not None) == (None, True)
 
 
 @pytest.mark.parametrize("pod_at,cgroup,want_pod,waiting", [

@@ -203,7 +203,11 @@ def test_memfd_exec_is_named_as_executed(running_agent: RunningAgent, lifecycle:
     assert proc["binary_properties"] == {"file": {"inode": {"number": str(seen["ino"]), "links": 0}}}
     entry = seen["entry"]
     assert entry is not None and entry[8][:entry[6]].decode() == name
-    assert _one(exits(events, pid=seen["pid"]), "memfd exit")["process"]["binary"] == proc["binary"]
+    gone = _one(exits(events, pid=seen["pid"]), "memfd exit")["process"]
+    assert gone["binary"] == proc["binary"]
+    # binary_properties are the exec event's alone (Tetragon's UpdateExecOutsideCache): not
+    # on the cached process, so not on its exit
+    assert gone["exec_id"] == proc["exec_id"] and "binary_properties" not in gone, gone
 
 
 def test_cwd_on_a_detached_mount_is_an_error_not_a_path(running_agent: RunningAgent, workdir: Path) -> None:

@@ -431,6 +431,56 @@ def test_compiled_builder_objects_are_left_to_reference_counting() -> None:
     _assert_acyclic(*made)
 
 
+# an exec's (privs, links, --enable-process-cred) -> its process_exec's binary_properties.
+# Tetragon adds them to that event's process alone (UpdateExecOutsideCache: a copy, never the
+# cache entry): the process's exit, its policy events, a child's `parent`, a fork's entry and
+# the ancestors lists carry none
+@pytest.mark.parametrize("privs, links, cred, want", [
+    (R.PRIV_SETUID | R.PRIV_SETUID_ROOT, 1, True,
+     {"setuid": 0, "privileges_changed": ["PRIVILEGES_RAISED_EXEC_FILE_SETUID"]}),
+    (0, 0, True, {"file": {"inode": {"number": "123456", "links": 0}}}),
+    (0, 1, True, None),
+], ids=["setuid-root", "unlinked", "plain"])
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_binary_properties_are_the_exec_events_alone(compiled: bool, privs: int, links: int, cred: bool,
+                                                     want: dict[str, Any] | None) -> None:
+    from vigil.agent.policy_events import PolicyEvents
+    from vigil.export.dicts import process_dict
+
+    b, _ = _builders({"enable_cred": cred, "enable_ns": False, "ancestors": True}, 64)
+    if compiled:
+        on_exec, on_clone, on_exit = (b.record_handlers()[op] for op in (R.OP_EXEC, R.OP_CLONE, R.OP_EXIT))
+    else:
+        on_exec = lambda buf, now: b.on_exec(R.ProcessRecord(buf), now)  # noqa: E731
+        on_clone = lambda buf, now: b.on_clone(R.ProcessRecord(buf), now)  # noqa: E731
+        on_exit = lambda buf, now: b.on_exit(R.ExitRecord(buf), now)  # noqa: E731
+    d = {"exe": "/bin/su", "cwd": b"/", "filename": "/bin/su", "cgroup": "", "args": b"su\0", "caps": (0, 0, 0),
+         "ns": HOST, "uid": 1000, "euid": 0, "auid": 0, "securebits": 0, "userns_level": 0, "i_mode": 0o104755,
+         "nlink": links, "flags": 0, "tid_off": 0, "op": R.OP_EXEC, "privs": privs}
+    plain = {**d, "exe": "/bin/true", "filename": "/bin/true", "args": b"true\0", "nlink": 1, "privs": 0}
+    on_exec(_exec_record(99, 4_000_000_000, 1, 0, plain), 0)
+    ex = on_exec(_exec_record(100, 5_000_000_000, 99, 4_000_000_000, d), 1)
+    got = event_dict(ex)["process_exec"]["process"]
+    assert got.get("binary_properties") == want
+    cached = b.cache.get((100, 5_000_000_000)).msg
+    assert cached.binary_properties is None
+    # both encodings: the event's process is the cached one's with binary_properties
+    assert {k: v for k, v in got.items() if k != "binary_properties"} == process_dict(cached)
+    assert wire.encode_event(ex) == wire.reference_bytes(event_dict(ex))
+    on_clone(_exec_record(101, 6_000_000_000, 100, 5_000_000_000, {**plain, "op": R.OP_CLONE}), 2)
+    child = on_exec(_exec_record(101, 6_000_000_000, 100, 5_000_000_000, plain), 3)
+    grandchild = on_exec(_exec_record(102, 7_000_000_000, 101, 6_000_000_000, plain), 4)
+    hooks, lp = _generic_hooks("kprobe-string")
+    pe = PolicyEvents(b, lambda e: None, {c.hook_id: (c, lp) for c in hooks}, None)  # type: ignore[arg-type]
+    rec = plain_record(pid=100, exec_ktime=5_000_000_000, args=[(b"/etc/passwd", 0, 0, 0), (b"", 3, 0, 0)])
+    pol = (pe.compiled_handler() if compiled else pe.handle)(_generic_record(hooks[0], rec), 5)
+    gone = on_exit(R.EXIT.pack(R.OP_EXIT, 0, 0, R.EXIT.size, 8_000_000_000, 100, 0, 5_000_000_000, 100, 0), 6)
+    later = [event_dict(child)["process_exec"]["parent"], event_dict(grandchild)["process_exec"]["ancestors"][0],
+             event_dict(pol)["process_kprobe"]["process"], event_dict(gone)["process_exit"]["process"]]
+    assert [m["exec_id"] for m in later] == [got["exec_id"]] * 4
+    assert ["binary_properties" in m for m in later] == [False] * 4
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps, st.fixed_dictionaries({"enable_cred": st.booleans(), "enable_ns": st.booleans(),
                                      "ancestors": st.booleans()}), st.sampled_from([4, 64]), st.booleans())

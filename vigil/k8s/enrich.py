@@ -327,14 +327,20 @@ class HoldStage:
             if hit is None:
                 continue
             p = self.cache.get(proc.exec_id) if self.cache is not None and proc.exec_id else None
+            # an exec event's own message (binary_properties, which the cached one never has)
+            # keeps them: the cached message is never the event's, nor the event's the cache's
+            bp = proc.binary_properties
             if p is not None and p.msg.pod is not None and p.msg.exec_id == proc.exec_id:
                 new = p.msg   # the cached process got it when the pod came (PodResolver.adopt)
+                if bp:
+                    new = new.derive(binary_properties=bp)
             else:
                 pod, c = hit
                 pj = res._with_process(res._base(pod, c), c, getattr(p, "nspid", 0), proc.binary, proc.arguments)
                 new = proc.derive(pod=pj)
                 if p is not None and p.msg.pod is None:
-                    p.msg = new   # later events of this process (and its children's parent) carry it
+                    # later events of this process (and its children's parent) carry it
+                    p.msg = new if not bp else p.msg.derive(pod=pj)
             setattr(e, key, new)
             done = done or key == "process"
         return done

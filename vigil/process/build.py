@@ -355,9 +355,6 @@ class EventBuilder:
         if caps is None:
             caps = self._caps(r)
         ns, ns_json = self._ns_cache.get(r.ns) or self._namespaces(r.ns)
-        bp = None
-        if r.op == R.OP_EXEC and (r.privs or r.flags & R.F_PATH_NOT_ROOTED or r.i_nlink == 0):
-            bp = self._binary_properties(r) or None
         msg = ProcessMsg(
             eid, pid, r.euid, cwd,
             fn if fn[:1] == "/" else self._binary(r, cwd),
@@ -366,7 +363,7 @@ class EventBuilder:
             ns_json if opts.enable_ns and ns_json else None,
             r.tid,
             self._creds(r, caps) if opts.enable_cred else None,
-            bp, in_tree,
+            None, in_tree,  # binary_properties: the exec event's alone (_exec_msg)
         )
         if docker and self.pods is not None:
             msg.pod = self.pods.pod_json(cg, r.nspid, msg.binary, msg.arguments)
@@ -389,6 +386,17 @@ class EventBuilder:
         if procfs and r.exec_ktime == r.ktime and r.boottime:
             return self.clock.ktime_rfc3339(r.boottime + self.clock.boot_offset)
         return self.clock.ktime_rfc3339(r.exec_ktime)
+
+    def _exec_msg(self, r: Any, p: Process) -> ProcessMsg:
+        """The process message of an exec's event: the cached one, or for an exec with
+        binary_properties a copy with them (encoded on its own), as Tetragon's
+        UpdateExecOutsideCache adds them to that event alone, never to the cache entry (so
+        never to the process's exit, its policy events, a child's parent or ancestors)."""
+        if r.privs or r.i_nlink == 0:
+            bp = self._binary_properties(r)
+            if bp:
+                return p.msg.derive(binary_properties=bp)
+        return p.msg
 
     def _binary_properties(self, r: Any) -> dict[str, Any]:
         """An exec's binary_properties, as Tetragon's UpdateExecOutsideCache adds them: a
@@ -454,7 +462,7 @@ class EventBuilder:
         parent, ancestors = self._parents(p)
         if parent is None:  # its parent is not in the cache: a miss, as a clone's or an exit's
             self.cache.missed(*(p.parent_key or (r.ppid, 0)))
-        return ProcessExec(p.msg, parent, ancestors, self.clock.ktime_rfc3339(r.ktime), self.node)
+        return ProcessExec(self._exec_msg(r, p), parent, ancestors, self.clock.ktime_rfc3339(r.ktime), self.node)
 
     def on_procfs(self, r: Any, now_ns: int) -> ProcessExec:
         p = self.make_process(r, procfs=True)
