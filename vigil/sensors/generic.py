@@ -161,7 +161,12 @@ class GenericHook:
         if self.obj is None:
             return dict.fromkeys(STATS, 0)
         m = self.obj.map("hook_stats")
-        return {name: m.sum_percpu_u64(struct.pack("<I", i)) for i, name in enumerate(STATS)}
+        out = {name: m.sum_percpu_u64(struct.pack("<I", i)) for i, name in enumerate(STATS)}
+        # hits the syscall entry's pre-filter filtered are counted once, in the slot after STATS
+        pre = m.sum_percpu_u64(struct.pack("<I", len(STATS)))
+        out["hits"] += pre
+        out["filtered"] += pre
+        return out
 
     def program_ids(self) -> list[int]:
         from vigil.kernel.info import prog_info
