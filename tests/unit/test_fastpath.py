@@ -439,8 +439,9 @@ def test_compiled_builder_objects_are_left_to_reference_counting() -> None:
     (R.PRIV_SETUID | R.PRIV_SETUID_ROOT, 1, True,
      {"setuid": 0, "privileges_changed": ["PRIVILEGES_RAISED_EXEC_FILE_SETUID"]}),
     (0, 0, True, {"file": {"inode": {"number": "123456", "links": 0}}}),
+    (0, 0, False, None),   # none at all without --enable-process-cred, as in Tetragon
     (0, 1, True, None),
-], ids=["setuid-root", "unlinked", "plain"])
+], ids=["setuid-root", "unlinked", "unlinked-no-cred", "plain"])
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
 def test_binary_properties_are_the_exec_events_alone(compiled: bool, privs: int, links: int, cred: bool,
                                                      want: dict[str, Any] | None) -> None:

@@ -399,21 +399,21 @@ class EventBuilder:
         return p.msg
 
     def _binary_properties(self, r: Any) -> dict[str, Any]:
-        """An exec's binary_properties, as Tetragon's UpdateExecOutsideCache adds them: a
-        privileged exec (with --enable-process-cred), and an unlinked file (memfd, deleted):
-        its inode alone, no path (Tetragon sets none)."""
+        """An exec's binary_properties, as Tetragon's UpdateExecOutsideCache adds them, all
+        only with --enable-process-cred (its check of the flag guards every field): a
+        privileged exec, and an unlinked file (memfd, deleted): its inode alone, no path
+        (Tetragon sets none)."""
         bp: dict[str, Any] = {}
-        if getattr(r, "op", 0) != R.OP_EXEC:
+        if getattr(r, "op", 0) != R.OP_EXEC or not self.opts.enable_cred:
             return bp
-        if self.opts.enable_cred:
-            # a privileged exec, as Tetragon's hook tells it (the kernel's privs bits)
-            if r.privs & R.PRIV_SETUID:
-                bp["setuid"] = r.euid
-            if r.privs & R.PRIV_SETGID:
-                bp["setgid"] = r.egid
-            changed = [name for bit, name in _PRIVILEGES_CHANGED if r.privs & bit]
-            if changed:
-                bp["privileges_changed"] = changed
+        # a privileged exec, as Tetragon's hook tells it (the kernel's privs bits)
+        if r.privs & R.PRIV_SETUID:
+            bp["setuid"] = r.euid
+        if r.privs & R.PRIV_SETGID:
+            bp["setgid"] = r.egid
+        changed = [name for bit, name in _PRIVILEGES_CHANGED if r.privs & bit]
+        if changed:
+            bp["privileges_changed"] = changed
         if r.ino and r.i_nlink == 0:
             bp["file"] = {"inode": {"number": str(r.ino), "links": r.i_nlink}}
         return bp
