@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -133,17 +134,33 @@ def test_policy_metrics_name_hooks_and_selectors_as_tetragon(running_agent: Runn
         a.delete_policy(name)
 
 
+POLICY_OPEN = """apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {{name: {name}}}
+spec:
+  kprobes:
+  - call: sys_openat
+    syscall: true
+    args: [{{index: 1, type: string}}]
+    selectors:
+    - matchArgs: [{{index: 1, operator: Equal, values: ["{work}/secret.txt"]}}]
+"""
+
+
+@pytest.mark.parametrize("kernel_forgets", [False, True], ids=["cache-lacks-it", "kernel-lacks-it-too"])
 def test_a_policy_event_of_a_process_the_cache_lacks_is_a_miss_and_missing_process_info(
-        running_agent: RunningAgent, workdir: Path, scrape):
+        running_agent: RunningAgent, workdir: Path, scrape, kernel_forgets: bool):
     """A policy event whose process is not in the process cache (here: taken out of it once its
-    exec was cached) is sent with a stand-in process, and counted as a process cache miss
+    exec was cached) is sent with Tetragon's stand-in process: the pid and the start time of the
+    kernel's key, or when the kernel's execve_map lacks it too (its entry deleted) the pid and
+    flags "unknown"; no exec_id, tid or parent. Counted as a process cache miss
     (tetragon_process_cache_misses_total{operation="get"}) and as an event missing its process
     info (tetragon_events_missing_process_info_total)."""
     a = running_agent.agent
     vpy, secret = workdir / "vpy", workdir / "secret.txt"
     shutil.copy2(os.path.realpath(sys.executable), vpy)
     secret.write_text("s")
-    name = a.policies.add_text(POLICY.format(name="metric-cache-miss", work=workdir, vpy=vpy), "<t>")[0]
+    name = a.policies.add_text(POLICY_OPEN.format(name="metric-cache-miss", work=workdir), "<t>")[0]
     code = f"import sys; sys.stdin.readline(); open({str(secret)!r}).close(); sys.stdin.readline()"
     child = subprocess.Popen([str(vpy), "-S", "-c", code], stdin=subprocess.PIPE)
     try:
@@ -156,6 +173,9 @@ def test_a_policy_event_of_a_process_the_cache_lacks_is_a_miss_and_missing_proce
         before = scrape()
         a.cache._by_key.pop(p.key, None)  # as if its exec had never been seen
         a.cache._by_pid.pop(child.pid, None)
+        if kernel_forgets:  # (our own child's entry)
+            assert a.sensor is not None and a.sensor.obj is not None
+            assert a.sensor.obj.map("execve_map").delete(struct.pack("<I", child.pid))
 
         def opens() -> None:
             assert child.stdin is not None
@@ -167,7 +187,9 @@ def test_a_policy_event_of_a_process_the_cache_lacks_is_a_miss_and_missing_proce
         ev = next(e["process_kprobe"] for e in evs if e.get("process_kprobe", {}).get("policy_name") == name)
         # Tetragon's stand-in: the pid and start time of the kernel's key (the kernel has it: no
         # "unknown"), no exec_id, tid or parent
-        assert ev["process"] == {"pid": child.pid, "start_time": p.msg.start_time} and "parent" not in ev, ev
+        want = {"pid": child.pid, "flags": "unknown"} if kernel_forgets else \
+            {"pid": child.pid, "start_time": p.msg.start_time}
+        assert ev["process"] == want and "parent" not in ev, ev
         running_agent.collect(lambda: None)
         after = scrape()
         get = frozenset({("operation", "get")})
