@@ -48,8 +48,11 @@ class RawClient:
 
     def pump(self, until: Any, timeout: float = 10.0, ack: bool = True) -> list[Any]:
         """Read until `until(event)` holds for a received event; `ack`: give received data back
-        (window updates), as a reading client does."""
+        (window updates), as a reading client does. Only the wait for data is bounded by what
+        remains of `timeout`: left at that (down to 10 ms), the socket's timeout made a send in
+        flush() time out whenever the server read nothing for that long (a loaded machine)."""
         deadline = time.monotonic() + timeout
+        send_timeout = self.sock.gettimeout()
         while True:
             for ev in self.events:
                 if until(ev):
@@ -61,6 +64,8 @@ class RawClient:
                 chunk = self.sock.recv(1 << 20)
             except TimeoutError:
                 continue
+            finally:
+                self.sock.settimeout(send_timeout)
             if not chunk:
                 raise ConnectionError("server closed the connection")
             for ev in self.conn.receive_data(chunk):
