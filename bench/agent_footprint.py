@@ -14,8 +14,12 @@
     at a modest rate with CLOCK_REALTIME taken just before the spawn; a thread tails
     the export file (1 ms poll) and notes when each line appears. Also reported:
     event `start_time` (kernel exec time) -> line seen.
+(d) stop time with 40 policies (a syscall tracepoint each, for a binary that never runs):
+    SIGINT -> exit of `vigil agent`, against the same with one policy (alternated, median of
+    3 each); the ratio is the figure (closing a tracepoint's link waits for kernel grace
+    periods: the policies' links are closed at once, vigil.kernel.objects.detach_objects).
 
-    .venv/bin/python bench/agent_footprint.py [--quick] [--skip a,b,c]
+    .venv/bin/python bench/agent_footprint.py [--quick] [--skip a,b,c,d]
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from _common import (
     SHELL_KTIME,
@@ -174,6 +179,54 @@ def ready_runs(runs: int) -> list[dict]:
     return out
 
 
+# ---------------------------------------------------------------- (d) stop time
+
+STOP_SYSCALLS = ["read", "write", "openat", "close", "getpid", "getppid", "getuid", "geteuid", "getgid", "getegid",
+                 "dup", "dup3", "pipe2", "fcntl", "ioctl", "lseek", "pread64", "pwrite64", "readv", "writev",
+                 "faccessat", "nanosleep", "clock_nanosleep", "socket", "connect", "accept4", "sendto", "recvfrom",
+                 "bind", "listen", "getsockname", "getpeername", "mmap", "munmap", "mprotect", "brk", "getcwd",
+                 "kill", "chdir", "umask"]
+
+
+def _write_policies(d: Path, n: int) -> None:
+    d.mkdir()
+    for i, sc in enumerate(STOP_SYSCALLS[:n]):
+        (d / f"p{i:02d}.yaml").write_text(f"""apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {{name: bench-stop-{i:02d}}}
+spec:
+  tracepoints:
+  - subsystem: syscalls
+    event: sys_enter_{sc}
+    args: [{{index: 0}}]
+    selectors:
+    - matchBinaries: [{{operator: In, values: ["/nonexistent/bench-stop-{i}"]}}]
+""")
+
+
+def stop_runs(n: int, runs: int) -> dict:
+    """Seconds from SIGINT to the exit of an agent with one policy and with n, alternated."""
+    times: dict[int, list[float]] = {1: [], n: []}
+    with tempdir() as tmp:
+        for k in times:
+            _write_policies(tmp / f"policies-{k}", k)
+        for i in range(runs):
+            for k in times:
+                agent = AgentProc(tmp / f"stop-{k}-{i}.json", ["--tracing-policy-dir", str(tmp / f"policies-{k}")])
+                try:
+                    agent.start(timeout=300)
+                    t0 = time.monotonic()
+                    rc = agent.stop(timeout=120)
+                    times[k].append(time.monotonic() - t0)
+                finally:
+                    agent.stop()
+                if rc != 0:
+                    raise RuntimeError(f"agent with {k} policies exited {rc}:\n" + "\n".join(agent.stderr_lines[-20:]))
+    one, many = median(times[1]), median(times[n])
+    return {"policies": n, "one_policy_s": one, "policies_s": many, "ratio": many / one,
+            "one_policy_runs_s": times[1], "policies_runs_s": times[n]}
+
+
 # ---------------------------------------------------------------- (c) latency
 
 
@@ -252,11 +305,11 @@ def main() -> int:
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="3k cache entries, 100 sleepers, 1 run, 50 execs")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c,d")
     a = ap.parse_args()
     install_signal_handlers()
     skip = set(filter(None, a.skip.split(",")))
-    if skip != {"b", "c"} and not {"b", "c"} <= skip:
+    if not {"b", "c", "d"} <= skip:
         require_root()
     n_cache = 3_000 if a.quick else 30_000
     n_sleep = 100 if a.quick else 1_000
@@ -302,6 +355,15 @@ def main() -> int:
               f"(kernel start_time -> line p50 {r['kernel_to_line_p50_ms']:.2f} / p99 "
               f"{r['kernel_to_line_p99_ms']:.2f} ms)  goal p99 <= {GOAL_P99_MS} ms: "
               f"{'OK' if r['p99_ms'] <= GOAL_P99_MS else 'OVER'}", flush=True)
+
+    if "d" not in skip:
+        n_pol = 10 if a.quick else len(STOP_SYSCALLS)
+        r = stop_runs(n_pol, runs)
+        res["stop"] = r
+        print(f"(d) stop (SIGINT -> exit), median of {runs}: {r['policies']} policies {r['policies_s']:.2f} s, "
+              f"one policy {r['one_policy_s']:.2f} s: ratio {r['ratio']:.2f} "
+              f"({(r['policies_s'] - r['one_policy_s']) / (r['policies'] - 1) * 1000:.0f} ms a policy more)",
+              flush=True)
 
     clean = assert_no_bpf_left()
     res["bpf_clean"] = clean
