@@ -369,9 +369,10 @@ def run_agent(cfg: AgentConfig, signals: StopSignals | None = None) -> int:
 
 def force_exit(agent: Any, signame: str, status: int) -> None:
     """A second SIGINT/SIGTERM while the agent stops: exit now, without the orderly unload
-    (about 40 ms a tracepoint policy: the kernel waits a grace period for each). The kernel frees every program, link and map the
-    process holds; the serving processes and vigil-permd see it go and stop themselves (the
-    kernel allows what permd had in flight); the run directory is removed by the next start.
+    (about 40 ms a tracepoint policy: the kernel waits a grace period for each). The kernel
+    frees every program, link and map the process holds; the serving processes and vigil-permd
+    see it go and stop themselves (the kernel allows what permd had in flight); the run
+    directory is removed by the next start.
     Pins stay only when --keep-sensors-on-exit asked for them on a started agent (the next
     start adopts them): those of an agent still starting are removed here."""
     try:
