@@ -37,6 +37,12 @@ const volatile __u64 pre_lenmask[4] = {};
 #define STR_FAST 128  /* strings shorter than this are read through the stack */
 #define STACK_DEPTH 32
 
+/* One value in all the pre-filter's Equals (its bytes, NUL-padded, and its read length with the
+ * NUL; 0: more than one): the entry compares the string with it, and a string that is that value
+ * holds every such Equal without a str_map lookup (h->pre_eq). */
+const volatile __u64 pre_val[STR_FAST / 8] = {};
+const volatile __u32 pre_val_r = 0;
+
 /* struct types kept in BTF for the layout test */
 struct vp_hook *vigil_btf_vp_hook __attribute__((unused));
 struct msg_generic *vigil_btf_msg_generic __attribute__((unused));
@@ -155,6 +161,7 @@ struct gen_heap {
 	__u64 data_total[VP_SLOTS];
 	__u32 data_inline[VP_SLOTS];
 	__s32 pre_r;           /* the pre-filter's string read (> 0: pre[] holds it for read_arg) */
+	__u32 pre_eq;          /* the pre-filter's string is pre_val */
 	char pre[STR_FAST];
 };
 
@@ -394,6 +401,26 @@ static __always_inline int pre_len_possible(long r)
 	return (pre_lenmask[(n >> 6) & 3] >> (n & 63)) & 1;
 }
 
+/* Is the string read as r bytes (its NUL included) in pre[] pre_val? Word by word, the bytes past
+ * the NUL left out (pre[] is not cleared past it). */
+static __always_inline int pre_is_val(const char *pre, long r)
+{
+	if (r != pre_val_r)
+		return 0;
+	for (__u32 w = 0; w < STR_FAST / 8; w++) {
+		__u64 x;
+
+		if (w * 8 >= r)
+			break;
+		x = *(const __u64 *)(pre + w * 8) ^ pre_val[w];
+		if (r - w * 8 < 8)
+			x &= (1ULL << ((r - w * 8) * 8)) - 1;
+		if (x)
+			return 0;
+	}
+	return 1;
+}
+
 /* The pre-filter on the user string at uptr: 0 when the hit is filtered (no map but the
  * counters touched); otherwise the stack copy is handed to read_arg. A call of its own (~10
  * ns): the copy does not fit beside the entry's and read_arg's frames (512 bytes across
@@ -410,7 +437,7 @@ static __noinline int pre_filter(__u64 uptr)
 
 	touch(count);
 	r = bpf_probe_read_user_str(pre, sizeof(pre), (void *)uptr);
-	if (r > 0 && !pre_len_possible(r)) {
+	if (r > 0 && (!pre_len_possible(r) || (pre_val_r && !pre_is_val(pre, r)))) {
 		if (count)
 			*count += 1;
 		return 0;
@@ -418,6 +445,7 @@ static __noinline int pre_filter(__u64 uptr)
 	h = heap();
 	if (!h)
 		return 0;
+	h->pre_eq = pre_val_r && r > 0;  /* read, and equal to pre_val */
 	/* the condition of read_arg's own stack read */
 	h->pre_r = r > 0 && r < STR_FAST ? r : 0;
 	if (h->pre_r)

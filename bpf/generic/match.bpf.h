@@ -97,6 +97,8 @@ static __always_inline int string_filter(struct gen_heap *h, struct vp_filter *f
 
 		if (f->flags & VP_FF_LENMASK && (n >= VP_STR_KEY || !((__u64)f->lo[(n >> 6) & 3] >> (n & 63) & 1)))
 			hit = 0;  /* no value has this length */
+		else if (pre_val_r && h->pre_eq && f->op == VP_OP_EQ && f->flags & VP_FF_LENMASK && f->slot == pre_slot)
+			hit = 1;  /* the entry found it is the one value of every such Equal */
 		else
 			hit = str_payload_key(h, ah, s, f->map_id) >= 0 && bpf_map_lookup_elem(&str_map, &s->sk);
 		return f->op == VP_OP_EQ ? hit : !hit;

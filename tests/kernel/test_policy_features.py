@@ -198,6 +198,40 @@ kprobes:
     assert after["hits"] - before["hits"] >= after["filtered"] - before["filtered"] + len(got)
 
 
+@pytest.mark.parametrize("name", ["present.txt", "l" * 90])  # both read through the stack
+def test_string_equal_to_one_value_compared_in_the_syscall_entry(running_agent: RunningAgent, pywork: Path,
+                                                                   name: str) -> None:
+    """All the Equals on the string name one value (in two selectors here): the syscall entry
+    compares the string with it, and the selectors hold without a map lookup. The value matches
+    (each time); a string of its length that differs in its first or last byte, and one of
+    another length, are filtered in the entry and counted as hits."""
+    d = pywork / "data"
+    value = d / name
+    first, last, other = d / ("X" + name[1:]), d / (name[:-1] + "X"), d / (name + "x")
+    for f in (value, first, last, other):
+        f.write_text("x")
+    spec = f"""
+kprobes:
+- call: sys_openat
+  args: [{{index: 1, type: string}}]
+  selectors:
+  - matchArgs: [{{index: 1, operator: Equal, values: ["{value}"]}}]
+    {scoped(pywork)}
+  - matchArgs: [{{index: 1, operator: Equal, values: ["{value}", "{value}"]}}]
+    {scoped(pywork)}
+"""
+    code = "".join(open_file(str(f)) for f in (value, first, last, other, value))
+    r = Run()
+    with loaded(running_agent, policy_yaml("entry-one-value", spec)):
+        before = next(p for p in running_agent.agent.list_policies() if p["name"] == "entry-one-value")["kernel_stats"]
+        events = running_agent.collect(lambda: run_py(pywork, code, out=r))
+        after = next(p for p in running_agent.agent.list_policies() if p["name"] == "entry-one-value")["kernel_stats"]
+    got = [b["args"][0]["string_arg"] for b in mine(events, r, "entry-one-value")]
+    assert got == [str(value), str(value)]
+    assert after["filtered"] - before["filtered"] >= 3
+    assert after["hits"] - before["hits"] >= after["filtered"] - before["filtered"] + len(got)
+
+
 def test_port_lists_of_any_length(running_agent: RunningAgent, pywork: Path) -> None:
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))

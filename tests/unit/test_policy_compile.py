@@ -138,6 +138,29 @@ def test_entry_prefilter_lengths_of_the_equal_values() -> None:
     assert _lengths(_prefilter(f"- matchArgs: [{{index: 1, operator: Equal, values: [\"{long}\"]}}]")) == [200]
 
 
+@pytest.mark.parametrize("selectors, value", [
+    ('- matchArgs: [{index: 1, operator: Equal, values: ["/etc/passwd"]}]', b"/etc/passwd"),
+    ('- matchArgs: [{index: 1, operator: Equal, values: ["/etc/passwd", "/etc/passwd"]}]\n'
+     '- matchArgs: [{index: 1, operator: Equal, values: ["/etc/passwd"]}]\n'
+     '  matchBinaries: [{operator: In, values: ["/usr/bin/cat"]}]', b"/etc/passwd"),  # one value, twice
+    ('- matchArgs: [{index: 1, operator: Equal, values: [""]}]', b""),
+    ('- matchArgs: [{index: 1, operator: Equal, values: ["/etc/passwd", "/etc/shadow"]}]', None),
+    ('- matchArgs: [{index: 1, operator: Equal, values: ["/etc/passwd"]}]\n'
+     '- matchArgs: [{index: 1, operator: Equal, values: ["/etc/shadow"]}]', None),  # one each
+    (f'- matchArgs: [{{index: 1, operator: Equal, values: ["/{"x" * 125}"]}}]', b"/" + b"x" * 125),
+    (f'- matchArgs: [{{index: 1, operator: Equal, values: ["/{"x" * 126}"]}}]', None),  # read as 128: cut
+], ids=["one", "one-in-every-selector", "empty", "two", "two-selectors", "longest", "too-long"])
+def test_entry_prefilter_compares_a_single_value(selectors: str, value: bytes | None) -> None:
+    """All the Equals name one value: the entry compares the string with it (its bytes and read
+    length with the NUL); with more values, or one the entry's read would cut, only lengths."""
+    pf = _prefilter(selectors)
+    assert pf["pre_arg"] == 2
+    if value is None:
+        assert "pre_val" not in pf and "pre_val_r" not in pf
+    else:
+        assert (pf["pre_val"], pf["pre_val_r"]) == (value.ljust(128, b"\0"), len(value) + 1)
+
+
 @pytest.mark.parametrize("selectors, args, call", [
     ("- matchArgs: [{index: 1, operator: NotEqual, values: [\"/etc/passwd\"]}]", "", ""),
     ("- matchArgs: [{index: 1, operator: Prefix, values: [\"/etc/\"]}]", "", ""),

@@ -377,3 +377,33 @@ lsmhooks:
     algo, _, digest = ev["ima_hash"].partition(":")
     assert ev["args"][0]["linux_binprm_arg"]["path"] == str(binary)
     assert digest == hashlib.new(algo, binary.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("values", [1, 2], ids=["one-value", "two-values"])
+def test_syscall_string_equal_decided_in_the_entry(agent: Running, work: Path, values: int) -> None:
+    """Every selector holds a string Equal on a syscall argument: the tracepoint entry's pre-filter
+    (lengths, and with one value the value itself, bpf/generic.bpf.c pre_filter) loads and decides
+    on this kernel. The value matches, a string of its length that differs does not."""
+    value, same_len = work / "target.txt", work / "targeX.txt"
+    same_len.write_text("x")
+    vals = ", ".join(f'"{v}"' for v in [value, work / "another-length.txt"][:values])
+    spec = f"""
+kprobes:
+- call: sys_openat
+  syscall: true
+  args: [{{index: 1, type: string}}]
+  selectors:
+  - matchArgs: [{{index: 1, operator: Equal, values: [{vals}]}}]
+    {SCOPE}
+"""
+    name = agent.agent.add_policy(policy(f"vm-entry-{values}", spec))
+    try:
+        assert agent.agent.list_policies()[0]["hooks"][0]["hook"].startswith("tracepoint:")
+
+        def act() -> None:
+            for f in (value, same_len, value):
+                open(f).close()
+        events = agent.collect(act)
+    finally:
+        agent.agent.delete_policy(name)
+    assert [e["args"][0]["string_arg"] for e in events_of(events, f"vm-entry-{values}")] == [str(value)] * 2

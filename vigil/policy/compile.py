@@ -443,8 +443,10 @@ def entry_prefilter(ch: CompiledHook) -> dict[str, int | bytes]:
     """Rodata of the syscall entry's pre-filter (`pre_arg` in bpf/generic.bpf.c), from the final
     config (a workload filter is set after compiling): when every selector holds an Equal on one
     user-string syscall argument, a hit whose string has none of those lengths is filtered in the
-    entry, before the hook's maps are touched. Empty when that does not hold: guards and workload
-    filters come first in the kernel, and a string read shorter than STR_FAST would be cut."""
+    entry, before the hook's maps are touched; when all those Equals name one value (pre_val), the
+    entry compares the string with it too, and the Equals hold without a str_map lookup. Empty when
+    that does not hold: guards and workload filters come first in the kernel, and a string read
+    shorter than STR_FAST would be cut."""
     cfg, entry = ch.config, ch.placement.entry_prog
     if not re.fullmatch(r"vigil_sys_enter\d", entry) or not cfg.nselectors or cfg.nguards or cfg.filter_id:
         return {}
@@ -455,18 +457,26 @@ def entry_prefilter(ch: CompiledHook) -> dict[str, int | bytes]:
         if a.type != L.T["string"] or a.src != L.SRC_SYSCALL or a.nsteps or a.off >= arity \
                 or 0 < a.max_len < L.STR_FAST:
             continue
-        mask = 0
+        mask, map_ids = 0, set()
         for s in sels:
-            lengths = [f.lo for f in s.args[:min(s.nfilters, L.MAX_MATCH_ARGS)]
-                       if f.op == L.OP["Equal"] and f.slot == slot and f.flags & L.FF_LENMASK]
-            if not lengths:
+            equal = [f for f in s.args[:min(s.nfilters, L.MAX_MATCH_ARGS)]
+                     if f.op == L.OP["Equal"] and f.slot == slot and f.flags & L.FF_LENMASK]
+            if not equal:
                 break  # this selector may match any length
             m = (1 << 256) - 1
-            for lo in lengths:  # a selector's filters all hold
-                m &= sum((v & 0xFFFFFFFFFFFFFFFF) << (64 * w) for w, v in enumerate(lo[:4]))
+            for f in equal:  # a selector's filters all hold
+                m &= sum((v & 0xFFFFFFFFFFFFFFFF) << (64 * w) for w, v in enumerate(f.lo[:4]))
+                map_ids.add(f.map_id)
             mask |= m
         else:
-            return {"pre_arg": a.off + 1, "pre_slot": slot, "pre_lenmask": mask.to_bytes(32, "little")}
+            pre: dict[str, int | bytes] = {"pre_arg": a.off + 1, "pre_slot": slot,
+                                           "pre_lenmask": mask.to_bytes(32, "little")}
+            # one value in all of them: the entry compares the string with it (pre_val, and its
+            # read length pre_val_r), and every Equal on the argument holds exactly when it is equal
+            values = {k[4:].rstrip(b"\0") for k in ch.str_keys if struct.unpack_from("<I", k)[0] in map_ids}
+            if len(values) == 1 and len(v := values.pop()) + 1 < L.STR_FAST:
+                pre.update(pre_val=v.ljust(L.STR_FAST, b"\0"), pre_val_r=len(v) + 1)
+            return pre
     return {}
 
 
