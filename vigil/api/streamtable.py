@@ -218,10 +218,21 @@ class Tally:
     def stats(self) -> dict[str, Any]:
         """Totals (ended streams, dead processes) plus what the serving processes show now, and
         their open streams. (A process that died and is not carried over yet shows what it last
-        wrote: carry_over only adds to that; no counter ever goes down.)"""
+        wrote: carry_over only adds to that; no counter ever goes down.) Each slot's state is
+        read once: a stream that ends while this runs is counted either open or in the totals
+        (harvesting first and reading the states again lost a stream that ended in between)."""
         w = self.words
         with self._lock:
-            self._harvest()
+            open_now: list[tuple[int, int]] = []   # (process, slot) read OPEN: counted as open
+            for i in range(PROCESSES):
+                for k in range(MAX_SLOTS):
+                    off = _slot(i, k)
+                    state = w.load(off + _STATE)
+                    if state == CLOSED:   # ended: its final counters go into the totals
+                        self._add(*self._counters(off))
+                        w.store(off + _STATE, FREE)
+                    elif state == OPEN:
+                        open_now.append((i, off))
             out: dict[str, Any] = {k: v for k, v in self.totals.items()
                                    if not k.startswith("forwarded_")}
             fwd = dict.fromkeys(FORWARDED, 0)
@@ -239,9 +250,8 @@ class Tally:
                 for n, key in enumerate(FORWARDED):
                     v = w.load(base + _FWD + 8 * n)
                     fwd[key] = max(fwd[key], v) if key == "held_bytes_max" else fwd[key] + v
-                for k in range(MAX_SLOTS):
-                    off = _slot(i, k)
-                    if w.load(off + _STATE) != OPEN:
+                for j, off in open_now:
+                    if j != i:
                         continue
                     sent, dropped, filtered, errors = self._counters(off)
                     out["events_sent"] += sent
