@@ -305,6 +305,46 @@ def test_tracingpolicy_add_refusal_names_the_file(agent_proc: AgentProcess, tmp_
 
 
 
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+def test_a_second_agent_on_the_same_address_is_refused(tmp_path: Path, kind: str):
+    """A second agent given a running agent's --server-address started: on a unix socket it
+    replaced the socket (the first agent's clients could no longer reach it, and the socket
+    was gone once the second stopped), on TCP it shared the port (SO_REUSEPORT: connections
+    went to either agent). It is refused now, naming the address, and the first keeps it."""
+    require_root()
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    address = f"unix://{first_dir}/vigil.sock" if kind == "unix" else f"127.0.0.1:{free_port()}"
+    first = AgentProcess(first_dir, ["--server-address", address] if kind == "tcp" else None)
+    try:
+        r = subprocess.run([*VIGIL, "agent", "--server-address", address, "--info-file", str(second_dir / "info.json"),
+                            "--export-filename", str(second_dir / "export.log")],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert f"vigil agent: cannot listen on {address}: another process is listening there" in r.stderr, r.stderr
+        status = subprocess.run([*VIGIL, "status", "--server-address", address, "-o", "json", "--timeout", "10"],
+                                capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["status"]["export"]["file"] == str(first.export)
+    finally:
+        assert first.stop() == 0
+
+
+def test_a_stale_unix_socket_is_replaced(tmp_path: Path):
+    """A socket file nobody listens on (an agent that was killed) does not keep the next one out."""
+    require_root()
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(tmp_path / "vigil.sock"))
+    stale.close()  # the file stays, nobody listens
+    agent = AgentProcess(tmp_path)
+    try:
+        r = agent.cli("status", "-o", "json")
+        assert r.returncode == 0, r.stderr
+    finally:
+        assert agent.stop() == 0
+
+
 def test_stopping_the_agent_removes_its_denies(tmp_path: Path):
     from tests import enforce_cases as C
 

@@ -122,6 +122,9 @@ class GrpcFrontend:
             self.wakes.append(w)
 
     def start(self) -> None:
+        from vigil.api.listen import refuse_if_taken
+
+        refuse_if_taken(self.address)  # before anything starts: another agent's clients stay its own
         self.internal.start()
         ef = self.agent.pipeline.export_filter
         self.redaction = ef.redaction if ef is not None and ef.redaction else None

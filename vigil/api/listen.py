@@ -9,8 +9,10 @@ kernel spreads connections between them), as grpcio's listeners do.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
+from typing import Any
 
 from vigil.api.server import ServerError, clear_unix_path, is_loopback, unix_path
 
@@ -62,6 +64,44 @@ def bind(address: str, *, tls: bool = False, allow_remote: bool = False) -> tupl
     if not socks:
         raise ServerError(f"cannot listen on {address}" + (f" ({'; '.join(errors)})" if errors else ""))
     return socks, f"{host}:{port}"
+
+
+def refuse_if_taken(address: str) -> None:
+    """ServerError when something already accepts connections at `address`: another agent's
+    unix socket would be replaced (its clients cut off), and its TCP port shared through
+    SO_REUSEPORT (connections spread over both agents). Asked once, before the agent's
+    serving processes bind: they share the port among themselves, and one started again
+    finds only its own dead socket."""
+    path = unix_path(address)
+    targets: list[tuple[int, Any]] = []
+    if path is not None:
+        targets.append((socket.AF_UNIX, path))
+    else:
+        host, sep, port_s = address.rpartition(":")
+        if not sep or not port_s.isdigit() or int(port_s) == 0:
+            return  # (a bad address is bind()'s to report; port 0 is never taken)
+        host = host.strip("[]")
+        try:
+            infos = socket.getaddrinfo(host or None, int(port_s), type=socket.SOCK_STREAM,
+                                       flags=0 if host else socket.AI_PASSIVE)
+        except OSError:
+            return
+        for info in infos:
+            fam, sa = int(info[0]), info[4]
+            if fam not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            if ipaddress.ip_address(str(sa[0]).split("%")[0]).is_unspecified:  # a wildcard answers on loopback
+                sa = ("127.0.0.1" if fam == socket.AF_INET else "::1", *sa[1:])
+            targets.append((fam, sa))
+    for family, target in targets:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.settimeout(1.0)
+            try:
+                s.connect(target)
+            except OSError:
+                continue  # nobody there (ECONNREFUSED, a stale socket file, no such file, ...)
+        raise ServerError(f"cannot listen on {address}: another process is listening there "
+                          "(another vigil agent?); stop it or choose another --server-address")
 
 
 def _bind_unix(path: str, address: str) -> socket.socket:
