@@ -331,6 +331,24 @@ def test_a_second_agent_on_the_same_address_is_refused(tmp_path: Path, kind: str
         assert first.stop() == 0
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", ""])
+def test_a_metrics_port_in_use_is_named(tmp_path: Path, host: str):
+    """`vigil agent: [Errno 98] Address already in use` named neither --metrics-server nor the
+    address (the gRPC address in use was named): one line naming both now, exit 1."""
+    require_root()
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([*VIGIL, "agent", "--server-address", "", "--metrics-server", f"{host}:{port}",
+                            "--info-file", str(tmp_path / "info.json"), "--export-filename", str(tmp_path / "e.log")],
+                           capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("vigil agent: ")]
+    assert errors == [f"vigil agent: --metrics-server {host or '0.0.0.0'}:{port}: cannot listen: "
+                      "Address already in use"], r.stderr
+
+
 def test_a_stale_unix_socket_is_replaced(tmp_path: Path):
     """A socket file nobody listens on (an agent that was killed) does not keep the next one out."""
     require_root()

@@ -670,7 +670,10 @@ class MetricsFrontend:
         self._thread: Any = None
 
     def start(self) -> None:
-        self._server, self._thread = start_http_server(self.port, addr=self.host, registry=self.registry)
+        try:
+            self._server, self._thread = start_http_server(self.port, addr=self.host, registry=self.registry)
+        except OSError as e:  # ("[Errno 98] Address already in use" named neither the option nor the address)
+            raise ValueError(f"--metrics-server {self.host}:{self.port}: cannot listen: {e.strerror or e}") from None
         self.port = self._server.server_port
         log.info("metrics at http://%s:%d/metrics", self.host, self.port)
 
