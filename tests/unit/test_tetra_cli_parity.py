@@ -351,6 +351,32 @@ def test_generate_errors_are_clear(tmp_path, args, code, want):
     assert want in res.output and "Traceback" not in res.output
 
 
+@pytest.mark.parametrize("first, second, code, want", [
+    ("missing", "missing", 1, "cannot read the kernel's ftrace functions ({d}/first: No such file or directory; "
+                              "{d}/second: No such file or directory)"),
+    ("dir", "missing", 1, "{d}/first: Is a directory; {d}/second: No such file or directory)"),
+    ("missing", "file", 0, "values:\n    - vfs_open\n"),
+])
+def test_generate_ftrace_list_says_why_it_cannot_read(tmp_path, monkeypatch, first, second, code, want):
+    """`cannot read available_filter_functions (is tracefs mounted? root?)` was said whatever the
+    cause, also to root on a mounted tracefs whose kernel refuses the file (EPERM): each file's
+    own error now."""
+    from vigil.cli import generate_cmd
+
+    paths = []
+    for name, kind in (("first", first), ("second", second)):
+        p = tmp_path / name
+        if kind == "dir":
+            p.mkdir()
+        elif kind == "file":
+            p.write_text("vfs_open\n")
+        paths.append(str(p))
+    monkeypatch.setattr(generate_cmd, "FTRACE_FUNCTIONS", tuple(paths))
+    res = invoke("tp", "generate", "ftrace-list")
+    assert res.exit_code == code, res.output
+    assert want.format(d=tmp_path) in res.output and "Traceback" not in res.output
+
+
 # -- getevents --reconnect against a server that goes away and comes back -------------------
 
 def _free_port() -> int:

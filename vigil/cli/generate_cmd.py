@@ -83,6 +83,11 @@ def all_syscalls_list(match_binary: str) -> None:
     _emit(p)
 
 
+# where tracefs lists the functions ftrace (and so kprobes) can attach to
+FTRACE_FUNCTIONS = ("/sys/kernel/tracing/available_filter_functions",
+                    "/sys/kernel/debug/tracing/available_filter_functions")
+
+
 @generate.command("ftrace-list")
 @click.option("-r", "--regex", default="", help="Use regex to limit the generated symbols.")
 @click.pass_obj
@@ -92,11 +97,15 @@ def ftrace_list(match_binary: str, regex: str) -> None:
         pattern = re.compile(regex)
     except re.error as e:
         raise click.BadParameter(f"{regex!r}: {e}", param_hint="--regex") from None
-    path = next((p for p in ("/sys/kernel/tracing/available_filter_functions",
-                             "/sys/kernel/debug/tracing/available_filter_functions")
-                 if _readable(p)), None)
-    if path is None:
-        raise click.ClickException("cannot read available_filter_functions (is tracefs mounted? root?)")
+    path, errors = None, []
+    for candidate in FTRACE_FUNCTIONS:
+        why = _unreadable(candidate)
+        if why is None:
+            path = candidate
+            break
+        errors.append(f"{candidate}: {why}")
+    if path is None:  # each file's own error: a kernel that refuses it (EPERM) is no unmounted tracefs
+        raise click.ClickException("cannot read the kernel's ftrace functions (" + "; ".join(errors) + ")")
     syms: list[str] = []
     with open(path) as f:
         for line in f:
@@ -109,12 +118,13 @@ def ftrace_list(match_binary: str, regex: str) -> None:
     _emit(p)
 
 
-def _readable(path: str) -> bool:
+def _unreadable(path: str) -> str | None:
+    """Why `path` cannot be read, or None when it can."""
     try:
         with open(path):
-            return True
-    except OSError:
-        return False
+            return None
+    except OSError as e:
+        return e.strerror or str(e)
 
 
 def _read_elf(binary: str) -> bytes:
