@@ -431,14 +431,25 @@ def reported_action(codes: list[int]) -> str:
     return ACTION_NAMES.get(codes[-1], _POST) if codes else _POST
 
 
+def _action_of(table: tuple[tuple[int, str], ...], selector: int, action: int) -> str:
+    """The event's action for a record of `selector` (1-based, 0: none) holding `action`, from
+    `table`: per selector, (what its action list leaves in the record, what its events report).
+    The selector's report when the record is the selector's; the record's action otherwise."""
+    if 0 < selector <= len(table):
+        kernel, reported = table[selector - 1]
+        if kernel == action:
+            return reported
+    return ACTION_NAMES.get(action, _POST)
+
+
+def _action_table(lists: Any) -> tuple[tuple[int, str], ...]:
+    return tuple((kernel_action(c), reported_action(c)) for c in (_codes(actions) for actions in lists))
+
+
 def event_action(hook: CompiledHook, selector: int, action: int) -> str:
     """The event's action for an event of `hook` decided by `selector` (1-based, 0: none) whose
     kernel side chose `action` (kernel_action): the selector's last action (reported_action)."""
-    if 0 < selector <= len(hook.selectors):
-        codes = _codes(hook.selectors[selector - 1].match_actions)
-        if kernel_action(codes) == action:
-            return reported_action(codes)
-    return ACTION_NAMES.get(action, _POST)
+    return _action_of(_action_table(sel.match_actions for sel in hook.selectors), selector, action)
 
 
 _ENFORCEMENT_STATES = ("enforced", "monitor mode: reported, not enforced",
@@ -512,23 +523,15 @@ class _Shape:
         self.name = a.get("name", "")
         # per selector (1-based): (what the record holds, what the event reports) of its
         # matchActions and of its matchReturnActions
-        entry = [_codes(sel.match_actions) for sel in hook.selectors]
-        ret = [_codes(sel.match_return_actions) for sel in hook.selectors]
-        self.actions = tuple((kernel_action(c), reported_action(c)) for c in entry)
-        self.ret_actions = tuple((kernel_action(c), reported_action(c)) for c in ret)
-        self.has_ret_actions = any(ret)
+        self.actions = _action_table(sel.match_actions for sel in hook.selectors)
+        self.ret_actions = _action_table(sel.match_return_actions for sel in hook.selectors)
+        self.has_ret_actions = any(sel.match_return_actions for sel in hook.selectors)
         # every selector reports the action its records hold (the compiled handler's case)
         self.actions_as_kernel = all(ACTION_NAMES.get(k) == r for k, r in self.actions)
 
     def action(self, selector: int, action: int) -> str:
-        """The event's action for a record of `selector` (1-based) holding `action`: the
-        selector's last action when the record is the selector's (it holds what that list
-        leaves in the kernel); the record's action otherwise (no selector)."""
-        if 0 < selector <= len(self.actions):
-            kernel, reported = self.actions[selector - 1]
-            if kernel == action:
-                return reported
-        return ACTION_NAMES.get(action, _POST)
+        """The event's action for a record of `selector` (1-based) holding `action` (_action_of)."""
+        return _action_of(self.actions, selector, action)
 
     def return_action(self, selector: int, ret_action: int) -> str:
         """A kprobe event's return_action, as Tetragon's: always there, Post unless return
@@ -536,11 +539,7 @@ class _Shape:
         return action."""
         if not self.has_ret_actions or not ret_action:
             return _POST
-        if 0 < selector <= len(self.ret_actions):
-            kernel, reported = self.ret_actions[selector - 1]
-            if kernel == ret_action:
-                return reported
-        return ACTION_NAMES.get(ret_action, _POST)
+        return _action_of(self.ret_actions, selector, ret_action)
 
 
 _SHAPES: dict[int, _Shape] = {}
