@@ -75,3 +75,60 @@ def test_map_errors_delete_total_is_the_exit_programs_failed_execve_map_deletes(
         assert ("0", "unknown") not in missed, missed
     finally:
         agent.close()
+
+
+# map type, whether the key is in the map before the delete -> delete's result (True: deleted,
+# False: already gone, an errno: BpfError), and whether tetragon_map_errors_delete_total{map}
+# counts it: ENOENT is no failure (the caller's key is gone, as it asked); EINVAL (an array's
+# slots cannot be deleted) is
+@pytest.mark.parametrize("map_type, present, want, counted", [
+    (1, True, True, False),      # BPF_MAP_TYPE_HASH, key there: deleted
+    (1, False, False, False),    # hash, key absent: ENOENT, already gone
+    (2, True, 22, True),         # BPF_MAP_TYPE_ARRAY: EINVAL
+], ids=["deleted", "absent", "einval"])
+def test_a_user_space_delete_that_fails_is_a_map_delete_error(tmp_path: Path, map_type: int, present: bool,
+                                                              want: bool | int, counted: bool):
+    """Map.delete (the policy filter's, follow's and netdeny's deletes) of a map made here: a
+    failure other than ENOENT is counted by the map's name, in `vigil status` map_delete_errors
+    and tetragon_map_errors_delete_total{map}; a deleted or absent key counts nothing."""
+    import os
+    import struct
+
+    from tests.unit.test_pipeline_metrics import EXEC
+    from vigil.agent.agent import Agent
+    from vigil.agent.config import AgentConfig
+    from vigil.events.source import ReplaySource
+    from vigil.kernel import _libbpf as LB
+    from vigil.kernel.errors import BpfError
+    from vigil.kernel.objects import Map, delete_errors
+
+    name = f"vgt_del_{map_type}{int(present)}"
+    fd = LB.lib.bpf_map_create(map_type, name.encode(), 4, 8, 4, None)
+    assert fd >= 0, LB.errno()
+    try:
+        m = Map(None, fd=fd, key_size=4, value_size=8, map_type=map_type, name=name, max_entries=4)
+        key = struct.pack("<I", 1)
+        if present:
+            m.update(key, struct.pack("<Q", 7))
+        before = delete_errors().get(name, 0)
+        if isinstance(want, bool):
+            assert m.delete(key) is want
+        else:
+            with pytest.raises(BpfError) as e:
+                m.delete(key)
+            assert e.value.errno == want
+        assert delete_errors().get(name, 0) - before == int(counted)
+    finally:
+        os.close(fd)
+    agent = Agent(AgentConfig(export_filename=str(tmp_path / "e.log"), server_address="", node_name="n1"),
+                  source=ReplaySource([EXEC], batch=7))
+    agent.start()
+    try:
+        agent.run()
+        assert agent.status()["map_delete_errors"].get(name, 0) == delete_errors().get(name, 0)
+        series = by_label(agent.control, "tetragon_map_errors_delete_total", "map")
+    finally:
+        agent.close()
+    assert series.get(name, 0) == delete_errors().get(name, 0)
+    assert (name in series) == (delete_errors().get(name, 0) > 0)
+    assert series["execve_map"] == 0  # the kernel's own, listed from 0 as before

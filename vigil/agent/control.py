@@ -62,6 +62,7 @@ class AgentControl:
     def status(self) -> dict[str, Any]:
         from vigil.agent.pipeline import TETRAGON_OPCODE
         from vigil.agent.policies import listed_mode
+        from vigil.kernel.objects import delete_errors
 
         a, p = self.agent, self.agent.pipeline
         b = a.builder
@@ -90,6 +91,7 @@ class AgentControl:
             "export": self._export_stats(),
             "subscribers": p.bus.subscriber_count,
             "maps": a.sensor.map_usage() if a.sensor is not None else {},
+            "map_delete_errors": delete_errors(),  # failed user-space deletes (not ENOENT), by map
             "programs": self._program_stats(),
             "links": self._link_stats(),
             "policy_events": [{"policy": lp.name, "hook": kind, "count": n}

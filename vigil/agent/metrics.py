@@ -38,7 +38,8 @@ _MISSED = {"ringbuf_full_exec": ("5", "EAGAIN"), "ringbuf_full_clone": ("23", "E
 _MAP_UPDATE_ERRORS = {"execve_map_full": "execve_map"}
 # and as a failed map delete: tetragon_map_errors_delete_total{map} (an exit's execve_map delete
 # that failed: the entry went between its lookup and its delete, e.g. another thread of the
-# group ended it first where the kernel does not say which thread ended the group, before 6.18)
+# group ended it first where the kernel does not say which thread ended the group, before 6.18;
+# the agent's own deletes that failed other than ENOENT come from status' map_delete_errors)
 _MAP_DELETE_ERRORS = {"execve_map_delete": "execve_map"}
 _EVENT_TYPE = {"process_exec": "PROCESS_EXEC", "process_exit": "PROCESS_EXIT", "process_kprobe": "PROCESS_KPROBE",
                "process_tracepoint": "PROCESS_TRACEPOINT", "process_uprobe": "PROCESS_UPROBE",
@@ -375,6 +376,9 @@ class AgentCollector(Collector):
             else:
                 key = _MISSED.get(cause, ("0", "unknown"))
                 by_op[key] = by_op.get(key, 0) + n
+        # and the deletes of the agent's own (policy filter, follow, netdeny maps) that failed
+        for name, n in (st.get("map_delete_errors") or {}).items():
+            by_map_delete[name] = by_map_delete.get(name, 0) + n
         for (op, err), n in by_op.items():
             missed.add_metric([op, err], n)
         for name, n in by_map.items():

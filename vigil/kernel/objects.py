@@ -36,6 +36,20 @@ _open_objects: weakref.WeakSet[BpfObject] = weakref.WeakSet()
 pin_links: Callable[[Link], None] | None = None
 # links closed at once by close_links(): at most this many threads
 CLOSE_THREADS = 64
+# user-space deletes that failed, by map name (tetragon_map_errors_delete_total{map}). ENOENT is
+# not a failure here: every delete from user space (policy filter cgroups, follow tables, netdeny
+# generations, clear(), the seeded execve_map entry of a gone process) asks for the key to be
+# gone and takes "already gone" as done, as Tetragon counts no delete its agent makes (its
+# counter is the kernel's own execve_map deletes, Vigil's lost.kernel execve_map_delete).
+# EPERM, EINVAL, EBADF, ... are: the entry stays where the caller wanted it removed.
+_delete_errors: dict[str, int] = {}
+_delete_errors_lock = threading.Lock()
+
+
+def delete_errors() -> dict[str, int]:
+    """Failed user-space deletes (not ENOENT) so far, by map name."""
+    with _delete_errors_lock:
+        return dict(_delete_errors)
 
 
 def possible_cpus() -> int:
@@ -355,8 +369,10 @@ class Map:
         self._check(key)
         if L.lib.bpf_map_delete_elem(self.fd, key):
             err = L.errno()
-            if err == 2:
+            if err == 2:  # ENOENT: already gone, what the delete asks for
                 return False
+            with _delete_errors_lock:
+                _delete_errors[self.name] = _delete_errors.get(self.name, 0) + 1
             raise BpfError(f"map {self.name}: delete", err)
         return True
 
