@@ -162,10 +162,22 @@ SPAWNER_C = r"""
 #include <unistd.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 extern char **environ;
 /* spawner N BINARY MODE [ARG]: N x (fork+exec | posix_spawn) + waitpid,
- * prints the elapsed CLOCK_MONOTONIC ns of the loop on stdout. */
+ * prints the elapsed CLOCK_MONOTONIC ns of the loop on stdout, then the CPU ns
+ * (user + system) the loop and its children used during it: what runs in the
+ * loop's own tasks (fork, exec, exit, and the BPF programs on those hooks), not
+ * the time it waited for a CPU that another process had. */
+static long long cpu_ns(void) {
+    struct rusage s, c;
+    getrusage(RUSAGE_SELF, &s);
+    getrusage(RUSAGE_CHILDREN, &c);
+    long long us = (long long)(s.ru_utime.tv_sec + s.ru_stime.tv_sec + c.ru_utime.tv_sec + c.ru_stime.tv_sec)
+                   * 1000000LL + s.ru_utime.tv_usec + s.ru_stime.tv_usec + c.ru_utime.tv_usec + c.ru_stime.tv_usec;
+    return us * 1000LL;
+}
 int main(int argc, char **argv) {
     if (argc < 4) { fprintf(stderr, "usage: spawner N BINARY fork|spawn [ARG]\n"); return 2; }
     long n = atol(argv[1]);
@@ -174,6 +186,7 @@ int main(int argc, char **argv) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);  /* never outlive the benchmark */
     char *args[] = {bin, argc > 4 ? argv[4] : NULL, NULL};
     struct timespec a, b;
+    long long cpu0 = cpu_ns();
     clock_gettime(CLOCK_MONOTONIC, &a);
     for (long i = 0; i < n; i++) {
         pid_t p;
@@ -189,7 +202,8 @@ int main(int argc, char **argv) {
         if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) { fprintf(stderr, "child failed: %d\n", st); return 1; }
     }
     clock_gettime(CLOCK_MONOTONIC, &b);
-    printf("%lld\n", (long long)(b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec));
+    printf("%lld %lld\n", (long long)(b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec),
+           cpu_ns() - cpu0);
     return 0;
 }
 """
@@ -209,6 +223,13 @@ def build_spawner(tmp: Path) -> str:
 def run_spawner(spawner: str, n: int, binary: str = "/bin/true", mode: str = "fork",
                 arg: str | None = None) -> tuple[float, int]:
     """Run the loop; returns (seconds, spawner pid)."""
+    secs, _cpu, pid = run_spawner_times(spawner, n, binary, mode, arg)
+    return secs, pid
+
+
+def run_spawner_times(spawner: str, n: int, binary: str = "/bin/true", mode: str = "fork",
+                      arg: str | None = None) -> tuple[float, float, int]:
+    """Run the loop; returns (wall seconds, CPU seconds of the loop and its children, spawner pid)."""
     cmd = [spawner, str(n), binary, mode] + ([arg] if arg else [])
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -219,7 +240,8 @@ def run_spawner(spawner: str, n: int, binary: str = "/bin/true", mode: str = "fo
             p.wait()
     if p.returncode != 0:
         raise RuntimeError(f"spawner failed ({p.returncode}): {err.strip()}")
-    return int(out.strip()) / 1e9, p.pid
+    wall_ns, cpu_ns = out.split()
+    return int(wall_ns) / 1e9, int(cpu_ns) / 1e9, p.pid
 
 
 # ---------------------------------------------------------------- agent subprocess
