@@ -233,8 +233,11 @@ def test_broken_pipe_exits_quietly(monkeypatch):
     real = getevents_cmd._binary_stream
     monkeypatch.setattr(getevents_cmd, "_binary_stream",
                         lambda s: ClosedPipe() if s is sys.stdout else real(s))
-    monkeypatch.setattr(getevents_cmd, "_silence_stdout", lambda: None)
-    result = run("--file", str(SAMPLE))
+    from vigil.cli import main  # every command's ending on a closed stdout (test_cli_endings.py)
+
+    monkeypatch.setattr(main, "_stdout_closed", lambda: True)
+    monkeypatch.setattr(main, "_silence_stdout", lambda: None)
+    result = CliRunner().invoke(main.cli, ["getevents", "--file", str(SAMPLE)], catch_exceptions=False)
     assert result.exit_code == 0 and result.stderr == ""
 
 

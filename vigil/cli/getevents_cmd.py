@@ -322,15 +322,6 @@ def _binary_stream(stream: IO[Any]) -> IO[bytes]:
     return getattr(stream, "buffer", stream)
 
 
-def _silence_stdout() -> None:
-    """After EPIPE, point stdout at /dev/null so the interpreter's final flush is quiet."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):
-        pass
-
-
 # the request filter's fields the regex flags fill, and the flags, for errors the user can act on
 _REGEX_FLAGS = {"binary_regex": "--process", "pod_regex": "--pod", "container_name_regex": "--container",
                 "namespace_regex": "--namespace-regex"}
@@ -445,19 +436,14 @@ def getevents(
     out = _binary_stream(sys.stdout)
     encode = _make_encoder(output, _use_color(color, sys.stdout), timestamps, stack_traces,
                            ima_hash, tty_encode)
-    try:
-        for event in events:
-            data = encode(event)
-            if data is not None:
-                out.write(data)
-                if live:
-                    out.flush()
-        out.flush()
-    except BrokenPipeError:
-        _silence_stdout()
-        return
-    except KeyboardInterrupt:
-        return
+    # Ctrl-C and a closed stdout (`| head`) end every command alike: vigil.cli.main.LazyGroup
+    for event in events:
+        data = encode(event)
+        if data is not None:
+            out.write(data)
+            if live:
+                out.flush()
+    out.flush()
     if decoder is not None and decoder.malformed:
         click.echo(f"{PROG}: skipped {decoder.malformed} malformed line(s)", err=True)
 

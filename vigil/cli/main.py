@@ -29,6 +29,8 @@ if __name__ == "__main__":
 
 import importlib  # noqa: E402
 import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
 
 import click  # noqa: E402
 
@@ -60,7 +62,47 @@ UNSUPPORTED = ("policyfilter", "cgtracker", "cri", "rthooks", "policytest")
 ALIASES = {"tp": "tracingpolicy", "log": "loglevel"}
 
 
+def _stdout_closed() -> bool:
+    """True when nobody reads stdout any more (the reader of its pipe or socket is gone: the
+    kernel reports an error or hang-up on it), as opposed to an EPIPE from some other file."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered for the closed pipe goes nowhere, so the
+    interpreter's last flush does not print 'Exception ignored ... BrokenPipeError' (exit 120)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 class LazyGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> object:
+        """How every command ends when its user stops it, in one place: Ctrl-C (a status,
+        getevents, a call to an agent that does not answer) ends quietly with the shell's 130,
+        not click's 'Aborted!' and 1; stdout closed by its reader (`vigil dump processcache |
+        head`) ends quietly with 0, as a unix tool killed by SIGPIPE ends its pipeline."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise click.exceptions.Exit(128 + signal.SIGINT) from None
+        except BrokenPipeError:
+            if not _stdout_closed():
+                raise
+            _silence_stdout()
+            raise click.exceptions.Exit(0) from None
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(n for n in SUBCOMMANDS if self._load(n) is not None)
 
