@@ -239,6 +239,29 @@ def test_tracingpolicy_domain_flag_and_domains(agent_cli, tmp_path):
         assert want in res.output and "Traceback" not in res.output, (args, res.output)
 
 
+@pytest.mark.parametrize("args", [
+    ["tp", "list", "--domain", "bogus"],
+    ["tp", "list", "-o", "json", "--domain", "GRPC"],
+    ["tp", "add", "{file}", "--domain", "bogus"],
+    ["tp", "delete", "p1", "--domain", "bogus"],
+    ["tp", "enable", "p1", "--domain", "bogus"],
+    ["tp", "disable", "p1", "--domain", "bogus"],
+    ["tp", "set-mode", "p1", "monitor", "--domain", "bogus"],
+])
+def test_tracingpolicy_unknown_domain_is_a_usage_error(agent_cli, tmp_path, args):
+    """`tp list --domain bogus` printed an empty table and exited 0 (a typo read as 'no
+    policies'): an unknown domain is a usage error naming the option and the domains."""
+    run, agent = agent_cli
+    f = tmp_path / "p.yaml"
+    f.write_text(POLICY)
+    res = run(*[a.format(file=f) for a in args])
+    assert res.exit_code == 2, res.output
+    bad = args[-1]
+    assert "'--domain'" in res.output and f"'{bad}' is not a policy domain: use one of grpc, k8s, static" \
+        in res.output, res.output
+    assert not [c for c in agent.calls if c[0] != "log_level"]  # nothing reached the agent
+
+
 @pytest.mark.parametrize("content, args, code, want", [
     (POLICY, [], 0, POLICY),                                           # unchanged without -m
     (POLICY, ["-m", "monitor"], 0, "options:\n  - name: policy-mode\n    value: monitor\n"),

@@ -93,8 +93,20 @@ def tracingpolicy() -> None:
     """Manage tracing policies in the running agent."""
 
 
+DOMAINS = ("grpc", "k8s", "static")  # where a policy comes from (Tetragon's domains)
+
+
+def _check_domain(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """A domain the agent has no policies in: the agent lists none (tp list printed an empty
+    table and exited 0) or finds none; a usage error names the option and the domains."""
+    if value not in ("", *DOMAINS):
+        raise click.BadParameter(f"{value!r} is not a policy domain: use one of {', '.join(DOMAINS)} "
+                                 "(default: grpc; tp list: all)")
+    return value
+
+
 def _domain_opt(fn: Any) -> Any:
-    return click.option("--domain", default="",
+    return click.option("--domain", default="", callback=_check_domain, metavar="[" + "|".join(DOMAINS) + "]",
                         help="Domain of the policy: grpc (added over the API), k8s (CRDs), static "
                              "(--tracing-policy-dir); default: grpc (list: all), as tetra's.")(fn)
 
