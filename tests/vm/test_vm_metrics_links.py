@@ -75,3 +75,42 @@ def test_missed_link_probes_count_a_kprobe_hit_while_another_runs(agent: Running
         assert after[outer] == 0, after  # vfs_open's probe ran each time
     finally:
         agent.agent.delete_policy(name)
+
+
+# the release vigil.kernel.info sees, whether its BTF is one whose struct bpf_link_info lacks the
+# missed fields (else the guest's own) -> the hook's links are read where the BTF it sees has
+# the fields (6.12's; 6.1's has none), whatever the release says
+@pytest.mark.parametrize("release, lacking", [
+    ((5, 14), False),   # a backport: an old release, the struct (on 6.12) has the fields
+    ((6, 12), True),    # an odd kernel: a new release whose struct lacks them
+], ids=["backport", "odd-kernel"])
+def test_missed_link_probes_go_by_the_kernels_btf(agent: Running, monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path, release: tuple[int, int], lacking: bool) -> None:
+    from tests.unit.test_link_missed_btf import link_info_btf
+    from vigil.kernel import btf, info
+
+    has_fields = info.missed_offsets(btf.load()) != (None, None)
+    monkeypatch.setattr(info, "_release", lambda: release)
+    if lacking:
+        monkeypatch.setattr(info, "_btf", lambda: link_info_btf(False, False))
+    info._kernel_missed_offsets.cache_clear()
+    name = f"{NAME}-btf"
+    spec = f"""
+    kprobes:
+    - call: vfs_open
+      syscall: false
+      selectors:
+      - matchPIDs: [{{operator: In, followForks: false, values: [{PID}]}}]
+    """
+    added = agent.agent.policies.add_text(policy(name, spec), "<t>")[0]
+    try:
+        (tmp_path / "f").write_text("x")
+        links = [ln for ln in agent.agent.status()["links"] if ln["policy"] == name]
+        series = {s.labels["attach"] for fam in AgentCollector(agent.agent.control).collect() for s in fam.samples
+                  if s.name == "tetragon_missed_link_probes_total" and s.labels["policy"] == name}
+    finally:
+        agent.agent.delete_policy(added)
+        info._kernel_missed_offsets.cache_clear()
+    read = has_fields and not lacking
+    assert bool(links) == read, (os.environ["VIGIL_VM_KERNEL"], links)
+    assert bool(series) == read, series

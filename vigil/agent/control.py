@@ -183,7 +183,7 @@ class AgentControl:
 
     def _link_stats(self) -> list[dict[str, Any]]:
         """Per policy hook attachment: probe hits the kernel did not run the program for
-        (kernel.info.link_missed), for the links the kernel reports that of (kprobes, 6.7+)."""
+        (kernel.info.link_missed), for the links the kernel reports that of (kprobes; its BTF says)."""
         from vigil.kernel.info import link_missed
 
         out = []

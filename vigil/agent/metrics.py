@@ -615,9 +615,11 @@ class AgentCollector(Collector):
         yield prog_missed
         # probe hits whose program the kernel did not run (another kprobe was running on that
         # CPU), from each kprobe link's info, summed by policy and attach point as Tetragon's; no
-        # series for links the kernel does not report it for (before 6.7; tracepoints, trampolines)
+        # series for links the kernel does not report it for (no such field in its BTF's struct
+        # bpf_link_info: before 6.7 without a backport; tracepoints, trampolines)
         link_missed = CounterMetricFamily("tetragon_missed_link_probes", "Probe hits the kernel did not run the "
-                                          "program for, by policy and attach point (kprobe links, kernel 6.7+)",
+                                          "program for, by policy and attach point (kprobe links, kernel 6.7+ "
+                                          "or a backport)",
                                           labels=["policy", "attach"])
         by_link: dict[tuple[str, str], int] = {}
         for ln in st.get("links", ()):

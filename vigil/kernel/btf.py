@@ -159,6 +159,21 @@ class Btf:
                         return hit[0], bits // 8 + hit[1]
         return None
 
+    def offset_of(self, tid: int, path: str) -> int | None:
+        """Byte offset of the field at `path` (names separated by '.', inside the value: no
+        pointers followed) in struct/union `tid`, anonymous members looked into; None when
+        this BTF's type lacks one of them."""
+        cur, off = self._strip(tid), 0
+        for name in path.split("."):
+            if self._hdr(cur)[1] not in (STRUCT, UNION):
+                return None
+            hit = self._member(cur, name)
+            if hit is None:
+                return None
+            off += hit[1]
+            cur = self._strip(hit[0])
+        return off
+
     # ---- queries the compiler's facts need
     def func_params(self, name: str) -> list[tuple[str, str, int]] | None:
         """[(param name, C type, type id)] of FUNC `name`; None if no such function."""

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import struct
+from typing import Any
 
 from vigil.kernel import _libbpf as L
 
@@ -56,7 +58,7 @@ _PERF_EVENT_KPROBE, _PERF_EVENT_KRETPROBE = 3, 4   # enum bpf_perf_event_type
 _OFF_PERF_EVENT_TYPE = 16
 _OFF_PERF_KPROBE_MISSED = 48   # perf_event.kprobe.missed (func_name 24, name_len 32, offset 36, addr 40)
 _OFF_KPROBE_MULTI_MISSED = 32  # kprobe_multi.missed (addrs 16, count 24, flags 28)
-_LINK_MISSED_SINCE = (6, 7)    # both missed fields came in 6.7: older kernels leave them 0
+_LINK_MISSED_SINCE = (6, 7)    # both missed fields came in 6.7 upstream (used only without BTF)
 
 
 def _release() -> tuple[int, int]:
@@ -67,14 +69,51 @@ def _release() -> tuple[int, int]:
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
+def missed_offsets(b: Any) -> tuple[int | None, int | None]:
+    """Where a kernel with BTF `b` (vigil.kernel.btf.Btf) puts a link's missed count in struct
+    bpf_link_info: (perf_event.kprobe.missed, kprobe_multi.missed) byte offsets, None for a field
+    its struct does not have (it leaves no count there: a kernel before 6.7 upstream, or one
+    that backported only one of them)."""
+    from vigil.kernel import btf
+
+    sid = b.find(btf.STRUCT, "bpf_link_info")
+    if sid is None:
+        return None, None
+    out = []
+    for path in ("perf_event.kprobe.missed", "kprobe_multi.missed"):
+        off = b.offset_of(sid, path)
+        out.append(off if off is not None and off + 8 <= _LINK_INFO_LEN else None)
+    return out[0], out[1]
+
+
+def _btf() -> Any:
+    from vigil.kernel import btf
+
+    return btf.load()
+
+
+@functools.lru_cache(maxsize=1)
+def _kernel_missed_offsets() -> tuple[int | None, int | None]:
+    """missed_offsets() of the running kernel, asked of its BTF once (backports and odd
+    kernels are what their struct says); a kernel without BTF: by its release."""
+    b = _btf()
+    if b is not None:
+        return missed_offsets(b)
+    if _release() >= _LINK_MISSED_SINCE:
+        return _OFF_PERF_KPROBE_MISSED, _OFF_KPROBE_MULTI_MISSED
+    return None, None
+
+
 def link_missed(fd: int) -> int | None:
     """Hits of a kprobe link's probe the kernel did not run its program for (another kprobe was
     running on that CPU: the probe's nmissed; for a kprobe_multi link, its fprobe's and the
     program's recursion misses), from bpf_link_info: a perf-event kprobe/kretprobe link or a
-    kprobe_multi link, kernel 6.7 and later. None for any other link (tracepoints, trampolines,
+    kprobe_multi link, on a kernel whose struct bpf_link_info has that link's missed field (its
+    BTF says: 6.7 upstream, or a backport). None for any other link (tracepoints, trampolines,
     uprobes), a kernel that does not report it, or an fd that is not a BPF link (a kprobe
     attached the legacy way)."""
-    if fd < 0 or _release() < _LINK_MISSED_SINCE:
+    perf_off, multi_off = _kernel_missed_offsets()
+    if fd < 0 or (perf_off is None and multi_off is None):
         return None
     buf = ctypes.create_string_buffer(_LINK_INFO_LEN)  # name and address buffers left NULL: not asked
     n = ctypes.c_uint32(_LINK_INFO_LEN)
@@ -82,9 +121,9 @@ def link_missed(fd: int) -> int | None:
         return None
     raw = buf.raw
     typ = struct.unpack_from("<I", raw, 0)[0]
-    if typ == _LINK_TYPE_PERF_EVENT and struct.unpack_from("<I", raw, _OFF_PERF_EVENT_TYPE)[0] in (
-            _PERF_EVENT_KPROBE, _PERF_EVENT_KRETPROBE):
-        return int(struct.unpack_from("<Q", raw, _OFF_PERF_KPROBE_MISSED)[0])
-    if typ == _LINK_TYPE_KPROBE_MULTI:
-        return int(struct.unpack_from("<Q", raw, _OFF_KPROBE_MULTI_MISSED)[0])
+    if typ == _LINK_TYPE_PERF_EVENT and perf_off is not None and struct.unpack_from(
+            "<I", raw, _OFF_PERF_EVENT_TYPE)[0] in (_PERF_EVENT_KPROBE, _PERF_EVENT_KRETPROBE):
+        return int(struct.unpack_from("<Q", raw, perf_off)[0])
+    if typ == _LINK_TYPE_KPROBE_MULTI and multi_off is not None:
+        return int(struct.unpack_from("<Q", raw, multi_off)[0])
     return None
