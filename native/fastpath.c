@@ -2787,7 +2787,8 @@ static PyObject *builder_rfc3339(Builder *b, PyObject *ktime)
  * data_misses PolicyEvents.data_misses (operation -> count: "get", an argument whose maxData
  * chunks never came). A plan
  * (made by PolicyEvents.fast_plan) is the tuple
- *   (entry, kind, layout, args, action_names, events, actions, keys, ret, names, messages, enforcing)
+ *   (entry, kind, layout, args, action_names, events, actions, keys, ret, names, messages, enforcing,
+ *    reported, ret_reported)
  * entry: the hooks entry it was made from (a plan is used only while hooks holds that very
  * object); layout: the body's fields in build_body's order, (key, LAY_*, value) triples (value: a
  * LAY_CONST's value, a LAY_MESSAGE's message when no action enforces, LAY_TAGS' tuple,
@@ -2797,9 +2798,13 @@ static PyObject *builder_rfc3339(Builder *b, PyObject *ktime)
  * here; ret: (how, label) of a kprobe's return value, or None; names: (AF_NAMES, SOCK_TYPES,
  * PROTOCOLS, TCP_STATES) of generic_events, for socket arguments; messages: an enforcement's
  * messages by (selector, action, ret_action, monitor), filled here; enforcing: the bit mask of
- * the actions that enforce. */
+ * the actions that enforce; reported, ret_reported: (selector << 8 | the record's action, or
+ * return action) -> the event's action, or return_action, where the selector's action list
+ * reports another than the record holds (generic_events._action_of: [Sigkill, Post] reports
+ * Post); any other covered action reports its own name. A LAY_RETURN_ACTION's value: the
+ * return_action of a record whose return actions did not run. */
 enum { GP_ENTRY, GP_KIND, GP_LAYOUT, GP_ARGS, GP_ACTIONS, GP_EVENTS, GP_ACTION_COUNTS, GP_KEYS, GP_RET, GP_NAMES,
-       GP_MESSAGES, GP_ENFORCING, GP_COUNT };
+       GP_MESSAGES, GP_ENFORCING, GP_REPORTED, GP_RET_REPORTED, GP_COUNT };
 /* what fills a field of the body; vigil.sensors.generic_events.LAY names them in this order */
 enum { LAY_CONST, LAY_ARGS, LAY_RETURN, LAY_ACTION, LAY_RETURN_ACTION, LAY_MESSAGE, LAY_TAGS, LAY_KSTACK, LAY_IMA };
 /* GP_NAMES: the name tables of sockets, capabilities and bpf commands (dicts: number -> name) */
@@ -2858,7 +2863,9 @@ static int plan_ok(PyObject *plan, PyObject *entry)
 		return 0;
 	PyObject *layout = PyTuple_GET_ITEM(plan, GP_LAYOUT);
 	if (!PyTuple_CheckExact(layout) || !PyDict_CheckExact(PyTuple_GET_ITEM(plan, GP_MESSAGES)) ||
-	    !PyLong_CheckExact(PyTuple_GET_ITEM(plan, GP_ENFORCING)))
+	    !PyLong_CheckExact(PyTuple_GET_ITEM(plan, GP_ENFORCING)) || !PyDict_CheckExact(PyTuple_GET_ITEM(plan, GP_ACTIONS)) ||
+	    !PyDict_CheckExact(PyTuple_GET_ITEM(plan, GP_REPORTED)) ||
+	    !PyDict_CheckExact(PyTuple_GET_ITEM(plan, GP_RET_REPORTED)))
 		return 0;
 	for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(layout); i++) {
 		PyObject *f = PyTuple_GET_ITEM(layout, i);
@@ -2867,7 +2874,7 @@ static int plan_ok(PyObject *plan, PyObject *entry)
 			return 0;
 		long op = PyLong_AsLong(PyTuple_GET_ITEM(f, 1));
 		PyObject *v = PyTuple_GET_ITEM(f, 2);
-		if (op < LAY_CONST || op > LAY_IMA || (op == LAY_MESSAGE && !PyUnicode_CheckExact(v)) ||
+		if (op < LAY_CONST || op > LAY_IMA || ((op == LAY_MESSAGE || op == LAY_RETURN_ACTION) && !PyUnicode_CheckExact(v)) ||
 		    ((op == LAY_TAGS || op == LAY_IMA) && !PyTuple_CheckExact(v)))
 			return 0;
 	}
@@ -3562,6 +3569,20 @@ static PyObject *action_name(PyObject *plan, int action)
 	return v;
 }
 
+/* the event's name of a covered action `action` of a record of `selector` (action_name's, or
+ * the table `gp`'s where the selector's list reports another), borrowed; NULL without an
+ * error: an action the plan does not cover */
+static PyObject *reported_name(PyObject *plan, int gp, int selector, int action)
+{
+	PyObject *name = action_name(plan, action);
+	if (!name)
+		return NULL;
+	PyObject *k = PyLong_FromLong((long)selector << 8 | action);
+	PyObject *v = k ? PyDict_GetItemWithError(PyTuple_GET_ITEM(plan, gp), k) : NULL;
+	Py_XDECREF(k);
+	return v ? v : PyErr_Occurred() ? NULL : name;
+}
+
 static int enforces(PyObject *plan, int action)
 {
 	unsigned long long mask = PyLong_AsUnsignedLongLongMask(PyTuple_GET_ITEM(plan, GP_ENFORCING));
@@ -3750,8 +3771,10 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 	Py_XDECREF(hid);
 	if (!plan)
 		return NULL;  /* an error, or handle() */
-	PyObject *aname = action_name(plan, m.action);
-	if (!aname)
+	PyObject *aname = action_name(plan, m.action), *reported = aname;
+	if (aname)
+		reported = reported_name(plan, GP_REPORTED, m.selector, m.action);
+	if (!reported)
 		return NULL;  /* an error, or an action the plan leaves to handle() */
 	/* the process and its parent: PolicyEvents.processes */
 	PyObject *p = cached_process(b, m.key.pid, m.key.ktime, m.key.pid), *missing = NULL;
@@ -3802,14 +3825,13 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 			break;
 		}
 		case LAY_ACTION:
-			r = PyDict_SetItem(body, key, aname);
+			r = PyDict_SetItem(body, key, reported);
 			break;
-		case LAY_RETURN_ACTION:
-			if (m.ret_action) {
-				PyObject *rname = action_name(plan, m.ret_action);
-				r = rname ? PyDict_SetItem(body, key, rname) : PyErr_Occurred() ? -1 : 1;
-			}
+		case LAY_RETURN_ACTION: {  /* Shape.return_action: v (Post) unless return actions ran */
+			PyObject *rname = m.ret_action ? reported_name(plan, GP_RET_REPORTED, m.selector, m.ret_action) : v;
+			r = rname ? PyDict_SetItem(body, key, rname) : PyErr_Occurred() ? -1 : 1;
 			break;
+		}
 		case LAY_MESSAGE:
 			if (enforces(plan, m.action) || enforces(plan, m.ret_action))
 				v = enforcement_message(b, plan, &m);

@@ -974,8 +974,48 @@ GENERIC_SPECS = {
           - matchBinaries: [{operator: In, values: ["/usr/bin/cat"]}]
             matchActions: [{action: Signal, argSig: 10}]
     """,
+    # events that report another action than the record holds (the last one of the selector's
+    # list, Post and NoPost included), and return actions
+    "kprobe-reported-actions": """
+        kprobes:
+        - call: sys_openat
+          syscall: true
+          return: true
+          message: "guarded"
+          args: [{index: 1, type: string}]
+          returnArg: {index: 0, type: int}
+          selectors:
+          - matchArgs: [{index: 1, operator: Prefix, values: ["/etc/shadow"]}]
+            matchActions: [{action: Sigkill}, {action: Post}]
+          - matchArgs: [{index: 1, operator: Prefix, values: ["/etc/passwd"]}]
+            matchActions: [{action: Signal, argSig: 10}, {action: Post}]
+            matchReturnArgs: [{index: 0, operator: Equal, values: ["0"]}]
+            matchReturnActions: [{action: Signal, argSig: 10}, {action: Post}]
+          - matchBinaries: [{operator: In, values: ["/usr/bin/cat"]}]
+            matchActions: [{action: Sigkill}, {action: NoPost}]
+            matchReturnArgs: [{index: 0, operator: Equal, values: ["1"]}]
+            matchReturnActions: [{action: Post}, {action: Signal, argSig: 10}]
+        - call: sys_unlinkat
+          syscall: true
+          args: [{index: 1, type: string}]
+          selectors:
+          - matchActions: [{action: Post}, {action: Signal, argSig: 10}, {action: NoPost}]
+        - call: security_file_open
+          syscall: false
+          args: [{index: 0, type: file}]
+          selectors:
+          - matchActions: [{action: Override, argError: -1}, {action: Post}]
+    """,
+    "lsm-reported-actions": """
+        lsmhooks:
+        - hook: file_open
+          args: [{index: 0, type: file}]
+          selectors:
+          - matchActions: [{action: Override, argError: -1}, {action: Post}]
+          - matchActions: [{action: Signal, argSig: 10}, {action: NoPost}]
+    """,
 }
-GENERIC_FACTS = {"kprobe-file-path-binprm": "vm-6.12", "kretprobe": "vm-6.12", "kprobe-sock": "vm-6.12",
+GENERIC_FACTS = {"kprobe-reported-actions": "vm-6.12", "lsm-reported-actions": "vm-6.12", "kprobe-file-path-binprm": "vm-6.12", "kretprobe": "vm-6.12", "kprobe-sock": "vm-6.12",
                  "kprobe-iov-iter": "vm-6.12", "lsm": "vm-6.12", "kprobe-enforce": "vm-6.12",
                  "kprobe-caps-cred-bpf": "vm-6.12", "kprobe-kernel-objects": "vm-6.12"}
 
@@ -1400,6 +1440,49 @@ def test_generic_bodies_of_every_kind_made_in_c(spec: str, hook: int, rec: dict[
     assert list(ev.body.items()) == list(generic_events_reference(hooks[hook], r).items())
     enforcing = r["action"] in (3, 4, 5) or r["ret_action"] in (3, 4, 5)  # Sigkill, Signal, Override
     assert ("[vigil: selector" in ev.body.get("message", "")) == enforcing
+    assert codec.encode(ev) == codec.py_encode(ev)
+
+
+A = {n: f"KPROBE_ACTION_{n.upper()}" for n in ("Post", "NoPost", "Sigkill", "Signal", "Override")}
+
+
+@pytest.mark.parametrize("spec, hook, rec, action, return_action", [
+    # Post after Sigkill: the record holds Sigkill (3), the event reports Post
+    ("kprobe-reported-actions", 0, {"selector": 1, "action": 3}, A["Post"], A["Post"]),
+    # Signal+Post, and return actions [Signal, Post] that ran (the record's return action: Signal, 4)
+    ("kprobe-reported-actions", 0, {"selector": 2, "action": 4}, A["Post"], A["Post"]),
+    ("kprobe-reported-actions", 0, {"selector": 2, "action": 4, "ret_action": 4, "flags": 1}, A["Post"], A["Post"]),
+    ("kprobe-reported-actions", 0, {"selector": 2, "action": 4, "flags": 1}, A["Post"], A["Post"]),
+    # Override+Post
+    ("kprobe-reported-actions", 2, {"selector": 1, "action": 5, "args": [(b"/etc/hosts", 0, 0, 0o100644)]},
+     A["Post"], A["Post"]),
+    ("kprobe-reported-actions", 2, {"selector": 1, "action": 5, "flags": 2,
+                                    "args": [(b"/etc/hosts", 0, 0, 0o100644)]}, A["Post"], A["Post"]),
+    # NoPost after Sigkill; return actions [Post, Signal] that ran: Signal
+    ("kprobe-reported-actions", 0, {"selector": 3, "action": 3}, A["NoPost"], A["Post"]),
+    ("kprobe-reported-actions", 0, {"selector": 3, "action": 3, "ret_action": 4, "flags": 1}, A["NoPost"],
+     A["Signal"]),
+    # a record another selector's action filled: its own name
+    ("kprobe-reported-actions", 0, {"selector": 1, "action": 5}, A["Override"], A["Post"]),
+    ("kprobe-reported-actions", 0, {"selector": 0, "action": 3}, A["Sigkill"], A["Post"]),
+    ("kprobe-reported-actions", 1, {"selector": 1, "action": 4}, A["NoPost"], A["Post"]),
+    ("lsm-reported-actions", 0, {"selector": 1, "action": 5, "args": [(b"/etc/hosts", 0, 0, 0o100644)]},
+     A["Post"], None),
+    ("lsm-reported-actions", 0, {"selector": 2, "action": 4, "args": [(b"/etc/hosts", 0, 0, 0o100644)]},
+     A["NoPost"], None),
+])
+def test_reported_actions_are_made_in_c(spec: str, hook: int, rec: dict[str, Any], action: str,
+                                        return_action: str | None) -> None:
+    """A hook whose events report another action than the record holds (Post or NoPost after an
+    enforcing action), or that has return actions, stays in the compiled handler: handle() is not
+    called, and the body and its encodings are build_body's, byte for byte."""
+    hooks, lp, handle, calls = _counted_policy_events(spec)
+    r = plain_record(**{"args": [(b"/etc/shadow", 0, 0, 0)], **rec})
+    ev = handle(_generic_record(hooks[hook], r), 0)
+    assert calls == []
+    assert (ev.body["action"], ev.body.get("return_action")) == (action, return_action)
+    assert list(ev.body.items()) == list(generic_events_reference(hooks[hook], r).items())
+    assert ("[vigil: selector" in ev.body.get("message", "")) == (r["action"] in (3, 4, 5) or r["ret_action"] in (3, 4, 5))
     assert codec.encode(ev) == codec.py_encode(ev)
 
 

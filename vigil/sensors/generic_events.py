@@ -494,7 +494,7 @@ class _Shape:
 
     __slots__ = ("hook", "kind", "args", "all_args", "by_slot_needed", "function", "subsys", "event", "policy",
                  "message", "tags", "ret", "ret_key", "ret_label", "path", "symbol", "offset", "ref_ctr", "provider",
-                 "name", "actions", "ret_actions", "has_ret_actions", "actions_as_kernel")
+                 "name", "actions", "ret_actions", "has_ret_actions")
 
     def __init__(self, hook: CompiledHook) -> None:
         pl = hook.placement
@@ -526,8 +526,6 @@ class _Shape:
         self.actions = _action_table(sel.match_actions for sel in hook.selectors)
         self.ret_actions = _action_table(sel.match_return_actions for sel in hook.selectors)
         self.has_ret_actions = any(sel.match_return_actions for sel in hook.selectors)
-        # every selector reports the action its records hold (the compiled handler's case)
-        self.actions_as_kernel = all(ACTION_NAMES.get(k) == r for k, r in self.actions)
 
     def action(self, selector: int, action: int) -> str:
         """The event's action for a record of `selector` (1-based) holding `action` (_action_of)."""
@@ -620,10 +618,10 @@ def _layout(sh: _Shape) -> tuple[tuple[str, int, Any], ...]:
     policy = ("policy_name", const, sh.policy)
     kind = sh.kind
     if kind == "process_kprobe":
-        # (fast_plan leaves the hooks with return actions to build_body: always Post here)
+        # return_action: Post unless return actions ran (Shape.return_action; the value: Post)
+        ret_action = ("return_action", lay["return_action"] if sh.has_ret_actions else const, _POST)
         return (("function_name", const, sh.function), args, ("return", lay["return"], None), action,
-                ("kernel_stack_trace", lay["kstack"], KSYMS), policy, ("return_action", const, _POST),
-                msg, tags)
+                ("kernel_stack_trace", lay["kstack"], KSYMS), policy, ret_action, msg, tags)
     if kind == "process_tracepoint":
         return ("subsys", const, sh.subsys), ("event", const, sh.event), args, policy, action, msg, tags
     if kind == "process_lsm":
@@ -650,8 +648,6 @@ def fast_plan(hook: CompiledHook, entry: Any, events: dict[str, int], actions: d
     sh = _shape(hook)
     if sh.kind not in _KINDS:
         return None
-    if not sh.actions_as_kernel or sh.has_ret_actions:
-        return None  # the event's action is not the name of the record's: build_body's
     slots = {slot for slot, _ in sh.all_args}
     specs = []
     for slot, p in sh.args:
@@ -668,7 +664,16 @@ def fast_plan(hook: CompiledHook, entry: Any, events: dict[str, int], actions: d
         return None  # the return value goes into args: build_body's
     ret = (_GA_RET[sh.ret_key], sh.ret_label or "") if sh.kind == "process_kprobe" and sh.ret is not None else None
     return (entry, sh.kind, _layout(sh), tuple(specs), names, events, actions, {}, ret,
-            _GA_NAMES, {}, sum(1 << a for a in ENFORCING))
+            _GA_NAMES, {}, sum(1 << a for a in ENFORCING), _reported(sh.actions),
+            _reported(sh.ret_actions) if sh.has_ret_actions else {})
+
+
+def _reported(table: tuple[tuple[int, str], ...]) -> dict[int, str]:
+    """_action_of's table for the compiled handler: (selector << 8 | the record's action) -> the
+    event's action, for the selectors whose events report another action than the record's
+    (an action list with Post or NoPost after the action the kernel keeps)."""
+    return {sel << 8 | kernel: reported for sel, (kernel, reported) in enumerate(table, 1)
+            if ACTION_NAMES.get(kernel) != reported}
 
 
 def _ret_value(key: str, v: int) -> Any:
