@@ -54,6 +54,44 @@ def test_bad_values_name_the_option(captured: list, args, env, needle):
     assert r.exit_code != 0 and needle in r.output and not captured
 
 
+@pytest.mark.parametrize("source, option, value, shown", [
+    ("env", "VIGIL_RB_SIZE", "lots", "'lots' is not a size"),
+    ("env", "TETRAGON_PROCESS_CACHE_SIZE", "many", "'many' is not a valid integer"),
+    ("env", "VIGIL_ENABLE_K8S_API", "maybe", "'maybe' is not a valid boolean"),
+    ("env", "TETRAGON_EXPORT_FILE_PERM", "8", "'8' is not an octal mode"),
+    ("env", "VIGIL_EXPORT_FILE_ROTATION_INTERVAL", "soon", "'soon' is not a duration"),
+    ("env", "VIGIL_PERMISSION_DEFAULT", "maybe", "'maybe' is not one of 'allow', 'deny'"),
+    ("env", "VIGIL_TRACING_POLICY", "library:no-such-policy", "no-such-policy"),
+    ("env", "VIGIL_PROCESS_CACHE_SIZE", "10", "must be >= 64"),                # found by cfg.validate
+    ("file", "rb-size", "lots", "'lots' is not a size"),
+    ("file", "event-batch-delay-ms", "soon", "'soon' is not a valid integer"),
+    ("file", "enable-k8s-api", "maybe", "'maybe' is not a valid boolean"),
+    ("file", "args-max-bytes", "0", "must be 1..32767"),                       # found by cfg.validate
+])
+def test_bad_values_name_their_source(tmp_path: Path, captured: list, source, option, value, shown):
+    """A bad value from the environment or from a --config-dir file said "'x' from
+    environment/config dir" (which variable? which file?), and cfg.validate's errors did not
+    say at all that the value came from there: the error names the variable or the file, the
+    option and the value."""
+    if source == "env":
+        flag = "--" + option.split("_", 1)[1].lower().replace("_", "-")
+        r = run([], env={option: value})
+        where = f"environment variable {option}"
+    else:
+        flag = f"--{option}"
+        (tmp_path / option).write_text(value + "\n")
+        r = run(["--config-dir", str(tmp_path)])
+        where = f"config file {tmp_path / option}"
+    assert r.exit_code == 2 and not captured, r.output
+    assert f"{flag} (from {where}" in r.output and shown in r.output and repr(value) in r.output, r.output
+
+
+def test_a_flag_beats_a_bad_environment_value_and_its_own_errors_name_no_source(captured: list):
+    r = run(["--process-cache-size", "10"], env={"VIGIL_RB_SIZE": "1M"})
+    assert r.exit_code == 2 and "--process-cache-size must be >= 64" in r.output and "from" not in r.output
+    assert run(["--rb-size", "1M"], env={"VIGIL_RB_SIZE": "lots"}).exit_code == 0
+
+
 def test_unknown_config_dir_file(tmp_path: Path, captured: list):
     (tmp_path / "no-such-option").write_text("1")
     r = run(["--config-dir", str(tmp_path)])

@@ -171,12 +171,17 @@ def _param_name(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
 
 
-def _env_default(flag: str) -> str | None:
+def _env_default(flag: str) -> tuple[str, str] | None:
+    """(variable, value) of the option's environment variable: VIGIL_<NAME>, else TETRAGON_<NAME>."""
     key = flag.lstrip("-").replace("-", "_").upper()
-    return os.environ.get(f"VIGIL_{key}") or os.environ.get(f"TETRAGON_{key}")
+    for var in (f"VIGIL_{key}", f"TETRAGON_{key}"):
+        if os.environ.get(var):
+            return var, os.environ[var]
+    return None
 
 
-def _config_dir_values(path: str | None) -> dict[str, str]:
+def _config_dir_values(path: str | None) -> dict[str, tuple[Path, str]]:
+    """option name -> (its file, its value) of a --config-dir."""
     if not path:
         return {}
     d = Path(path)
@@ -190,10 +195,39 @@ def _config_dir_values(path: str | None) -> dict[str, str]:
         if f.name not in known:
             raise click.BadParameter(f"{f}: unknown option {f.name!r}", param_hint="--config-dir")
         try:
-            out[f.name] = f.read_text(encoding="utf-8").strip()
+            out[f.name] = (f, f.read_text(encoding="utf-8").strip())
         except (OSError, UnicodeDecodeError) as e:
             raise click.BadParameter(f"{f}: {e}", param_hint="--config-dir") from None
     return out
+
+
+class _Origins:
+    """Where each option not given as a flag came from (an environment variable, a file of
+    --config-dir), so that an error about its value says where to fix it."""
+
+    def __init__(self) -> None:
+        self.where: dict[str, str] = {}  # flag -> "environment variable X" / "config file P"
+        self.raw: dict[str, str] = {}    # flag -> the value read there
+
+    def hint(self, flag: str, message: str = "") -> str:
+        """The error's subject: the flag, and its source when not the command line (and the
+        value read there, unless the message shows it)."""
+        where = self.where.get(flag)
+        if not where:
+            return flag
+        value = "" if repr(self.raw[flag]) in message else f": {self.raw[flag]!r}"
+        return f"{flag} (from {where}{value})"
+
+    def explain(self, message: str) -> str:
+        """A message naming options (cfg.validate): each from the environment or a file says so."""
+        import re
+
+        def sub(m: re.Match[str]) -> str:
+            flag = m.group(0)
+            where = self.where.get(flag)
+            return f"{flag} (from {where}: {self.raw[flag]!r})" if where else flag
+
+        return re.sub(r"--[a-z0-9][a-z0-9-]*[a-z0-9]", sub, message)
 
 
 def _build_command() -> click.Command:
@@ -203,15 +237,20 @@ def _build_command() -> click.Command:
         signals = StopSignals()
         ctx.call_on_close(signals.restore)
         cfgdir = _config_dir_values(kw.pop("config_dir"))
+        origins = _Origins()
         for flag, spec in OPTIONS:
             name = _param_name(flag)
             src = ctx.get_parameter_source(name)
             if src is not click.core.ParameterSource.DEFAULT:
                 continue
-            raw = _env_default(flag)
-            if raw is None:
-                raw = cfgdir.get(flag.lstrip("-"))
-            if raw is None:
+            found = _env_default(flag)
+            if found is not None:
+                origins.where[flag] = f"environment variable {found[0]}"
+                raw = origins.raw[flag] = found[1]
+            elif flag.lstrip("-") in cfgdir:
+                path, raw = cfgdir[flag.lstrip("-")]
+                origins.where[flag], origins.raw[flag] = f"config file {path}", raw
+            else:
                 continue
             try:
                 if spec.get("multiple"):
@@ -220,29 +259,29 @@ def _build_command() -> click.Command:
                     opt = click.Option([flag], **{k: v for k, v in spec.items() if k != "help"})
                     kw[name] = opt.type_cast_value(ctx, raw)
             except click.BadParameter as e:
-                raise click.BadParameter(f"{raw!r} from environment/config dir: {e.message}", param_hint=flag) from e
+                raise click.BadParameter(e.message, param_hint=origins.hint(flag)) from e
         from vigil.policy.library import LibraryError, resolve
 
         try:  # library:NAME -> the library's file for it
             kw["tracing_policy"] = tuple(str(resolve(p)) for p in kw["tracing_policy"])
         except LibraryError as e:
-            raise click.BadParameter(str(e), param_hint="--tracing-policy") from e
+            raise click.BadParameter(str(e), param_hint=origins.hint("--tracing-policy", str(e))) from e
         try:
             perm = int(kw["export_file_perm"], 8)
         except ValueError:
             raise click.BadParameter(f"{kw['export_file_perm']!r} is not an octal mode",
-                                     param_hint="--export-file-perm") from None
+                                     param_hint=origins.hint("--export-file-perm")) from None
         from vigil.agent.control import parse_go_duration
 
         try:
             rotation = parse_go_duration(kw["export_file_rotation_interval"])
         except ValueError:
             raise click.BadParameter(f"{kw['export_file_rotation_interval']!r} is not a duration like 90s, 15m "
-                                     "or 1h30m", param_hint="--export-file-rotation-interval") from None
+                                     "or 1h30m", param_hint=origins.hint("--export-file-rotation-interval")) from None
         try:
             rb = auto_ring_size() if kw["rb_size"].strip().lower() == "auto" else _size(kw["rb_size"])
         except ValueError:
-            raise click.BadParameter(f"{kw['rb_size']!r} is not a size", param_hint="--rb-size") from None
+            raise click.BadParameter(f"{kw['rb_size']!r} is not a size", param_hint=origins.hint("--rb-size")) from None
         cfg = AgentConfig(
             export_filename=kw["export_filename"], export_file_max_size_mb=kw["export_file_max_size_mb"],
             export_file_rotation_interval=rotation,
@@ -278,7 +317,7 @@ def _build_command() -> click.Command:
         try:
             cfg.validate()
         except ValueError as e:
-            raise click.UsageError(str(e)) from e
+            raise click.UsageError(origins.explain(str(e))) from e
         sys.exit(run_agent(cfg, signals))
 
     params: list[click.Parameter] = [click.Option(["--config-dir"], default=None,
