@@ -107,3 +107,52 @@ def test_kprobe_return_action_is_the_last_return_action_run(ret_actions: str, ra
     body = _body(ch, 1, A["Post"], G.kernel_action(codes) if ran else 0)
     assert (body["action"], body["return_action"]) == ("KPROBE_ACTION_POST", want)
     assert G.fast_plan(ch, (ch, None), {}, {}, frozenset()) is not None  # compiled too (test_fastpath)
+
+
+# (matchActions, the user-space actions an event of the selector asks for): Tetragon's agent runs
+# the GetUrl/DnsLookup the event's action names, the last action run: only the selector's last
+URL, FQDN = "{action: GetUrl, argUrl: 'http://127.0.0.1/x'}", "{action: DnsLookup, argFqdn: 'localhost'}"
+USER_ACTION_CASES = [
+    (f"[{URL}]", [("GetUrl", "http://127.0.0.1/x")]),
+    (f"[{FQDN}]", [("DnsLookup", "localhost")]),
+    (f"[{{action: Post}}, {URL}]", [("GetUrl", "http://127.0.0.1/x")]),
+    (f"[{URL}, {{action: Post}}]", []),
+    (f"[{URL}, {{action: NoPost}}]", []),
+    (f"[{URL}, {FQDN}]", [("DnsLookup", "localhost")]),
+    (f"[{FQDN}, {URL}]", [("GetUrl", "http://127.0.0.1/x")]),
+    (f"[{URL}, {{action: Signal, argSig: 10}}]", []),
+    ("[{action: Post}]", []),
+]
+
+
+@pytest.mark.parametrize("actions,want", USER_ACTION_CASES, ids=[c[0] for c in USER_ACTION_CASES])
+def test_user_actions_run_only_as_the_selectors_last_action(actions: str, want: list[tuple[str, str]]) -> None:
+    from vigil.agent.policy_events import PolicyEvents
+    from vigil.sensors.user_actions import requested
+
+    ch = _hook("process_kprobe", actions)
+    assert requested(ch, 1) == want
+    # through the Python handler: what it submits for a record as the kernel fills it
+    codes = [G._ACT_BY_LOWER[a.action.lower()] for a in ch.selectors[0].match_actions]
+    submitted: list[tuple[str, str]] = []
+    builder = _StubBuilder()
+    pe = PolicyEvents(builder, lambda e: None, {ch.hook_id: (ch, None)},  # type: ignore[arg-type]
+                      type("UA", (), {"submit": lambda self, k, t: submitted.append((k, t))})())
+    rec = generic_record(hook_id=ch.hook_id, pid=100, ktime=7, exec_ktime=5, args=[(b"/etc/passwd", 0, 0, 0)],
+                         selector=1, action=G.kernel_action(codes))
+    ev = pe.handle(rec, 0)
+    assert submitted == want and ev is not None and ev.body["action"] == G.reported_action(codes)
+
+
+class _StubBuilder:
+    """What PolicyEvents.handle asks of the process stage, for a process it does not know."""
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        self.cache = SimpleNamespace(_by_key={}, by_pid=lambda pid: None, missed=lambda pid, ktime: None)
+        self.missing_info = 0
+        self.node = ""
+
+    def ktime_rfc3339(self, ktime: int) -> str:
+        return "1970-01-01T00:00:00Z"

@@ -220,3 +220,19 @@ def test_explain_reports_a_file_it_cannot_read_before_probing_the_kernel(tmp_pat
     res = CliRunner().invoke(cli, ["policy", "explain", ref])
     assert res.exit_code in (1, 2) and error in res.output, res.output
     assert probed == []
+
+
+def test_explain_says_a_user_action_before_the_last_will_not_run(tmp_path: Path) -> None:
+    pol = tmp_path / "ua.yaml"
+    pol.write_text("apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: ua}\nspec:\n"
+                   "  kprobes:\n  - call: sys_openat\n    syscall: true\n    args: [{index: 1, type: string}]\n"
+                   "    selectors:\n    - matchActions: [{action: GetUrl, argUrl: 'http://127.0.0.1/x'}, "
+                   "{action: Post}]\n")
+    facts = Path(__file__).parents[1] / "data" / "facts" / "host-6.18.json"
+    r = CliRunner().invoke(cli, ["policy", "explain", "-o", "json", "--facts", str(facts), str(pol)])
+    assert r.exit_code == 0, r.output
+    (entry,) = json.loads(r.output)["policies"]
+    assert entry["loadable"] and [w for w in entry["warnings"] if "GetUrl will not run" in w] == [
+        f"{pol}:10:31: spec.kprobes[0].selectors[0].matchActions[0].action: warning: GetUrl will not run: it is "
+        "not the selector's last action (matchActions[0] of 2); the agent runs GetUrl and DnsLookup only when the "
+        "selector's last action is one, as Tetragon does"]

@@ -238,3 +238,26 @@ def test_policy_dir_reads_one_level_of_subdirectories(tmp_path: Path) -> None:
     names = sorted(p.name for p in load_policies(d))
     assert names == sorted(Path(rel).stem for rel, loaded in POLICY_DIR_LAYOUT if loaded)
     assert [str(f.relative_to(d)) for f in loader_mod.policy_dir_files(d)] == ["sub/one.yml", "top.yaml"]
+
+
+_URL, _FQDN = "{action: GetUrl, argUrl: 'http://127.0.0.1/x'}", "{action: DnsLookup, argFqdn: localhost}"
+
+
+@pytest.mark.parametrize("actions, not_run", [
+    (f"[{_URL}]", []),
+    (f"[{{action: Post}}, {_URL}]", []),
+    (f"[{_URL}, {{action: Post}}]", [0]),
+    (f"[{_FQDN}, {{action: NoPost}}]", [0]),
+    (f"[{_URL}, {_FQDN}]", [0]),
+    (f"[{_URL}, {_FQDN}, {{action: Sigkill}}]", [0, 1]),
+])
+def test_user_actions_before_the_last_action_warn_that_they_will_not_run(actions: str, not_run: list[int]) -> None:
+    """GetUrl and DnsLookup run only as the selector's last action (as Tetragon's agent runs
+    them): one before another action is a warning naming it, and the policy loads."""
+    text = doc("kprobes:\n- call: sys_openat\n  syscall: true\n  args: [{index: 1, type: string}]\n"
+               f"  selectors:\n  - matchActions: {actions}\n")
+    result = check_text(text, "u.yaml")
+    assert result.ok, result.errors
+    got = [w for w in result.warnings if "will not run" in w.message]
+    assert [w.path for w in got] == [f"spec.kprobes[0].selectors[0].matchActions[{i}].action" for i in not_run]
+    assert all(w.severity == "warning" and "not the selector's last action" in w.message for w in got)

@@ -133,6 +133,8 @@ class SelectorChecker:
                         f"(max {limits.MAX_ACTIONS} per selector)")
             for a in acts:
                 self.action(a, ctx)
+            if key == "matchActions":
+                self._user_actions_last(acts)
 
     def _pids(self, sel: Selector) -> None:
         for p in sel.match_pids:
@@ -281,6 +283,18 @@ class SelectorChecker:
             elif hook is not None and a.has("argIndex") and a.arg_index >= len(hook.args):
                 d.error(a.at("argIndex"), f"argIndex {a.arg_index} is out of range: the hook has "
                         f"{len(hook.args)} args")
+
+    def _user_actions_last(self, acts: tuple[ActionSelector, ...]) -> None:
+        """GetUrl and DnsLookup run only as the selector's last action: the agent runs the one
+        the event's action names, and the event's action is the last action run (Tetragon's
+        handleMsgGenericKprobe; vigil.sensors.user_actions.requested)."""
+        for i, a in enumerate(acts[:-1]):
+            name = a.action.lower()
+            if name in ("geturl", "dnslookup"):
+                canon = "GetUrl" if name == "geturl" else "DnsLookup"
+                self.diag.warn(a.at("action"), f"{canon} will not run: it is not the selector's last action "
+                               f"(matchActions[{i}] of {len(acts)}); the agent runs GetUrl and DnsLookup only "
+                               "when the selector's last action is one, as Tetragon does")
 
     def _post(self, a: ActionSelector, section: str) -> None:
         d = self.diag

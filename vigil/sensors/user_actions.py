@@ -59,12 +59,16 @@ class UserActions:
 
 
 def requested(hook: Any, selector: int) -> list[tuple[str, str]]:
-    """(kind, target) of the GetUrl/DnsLookup actions of selector `selector` (1-based)."""
-    out = []
+    """(kind, target) of the GetUrl/DnsLookup action an event of selector `selector` (1-based)
+    asks for: the selector's last action, when it is one, as Tetragon's: its agent runs the one
+    the event's action names (its BPF sets the event's action at every action it runs, Post and
+    NoPost included), so a GetUrl or DnsLookup before another action never runs
+    (validate_selectors warns of it)."""
     if 0 < selector <= len(hook.selectors):
-        for a in hook.selectors[selector - 1].match_actions:
-            if a.action.lower() == "geturl":
-                out.append(("GetUrl", a.arg_url))
-            elif a.action.lower() == "dnslookup":
-                out.append(("DnsLookup", a.arg_fqdn))
-    return out
+        acts = hook.selectors[selector - 1].match_actions
+        last = acts[-1] if acts else None
+        if last is not None and last.action.lower() == "geturl":
+            return [("GetUrl", last.arg_url)]
+        if last is not None and last.action.lower() == "dnslookup":
+            return [("DnsLookup", last.arg_fqdn)]
+    return []
