@@ -810,13 +810,19 @@ kprobes:
   - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/sub"]}}]
     {scoped(pywork)}
     matchActions: [{{action: DnsLookup, argFqdn: "localhost"}}]
+  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/./present.txt"]}}]
+    {scoped(pywork)}
+    matchActions: [{{action: GetUrl, argUrl: "http://127.0.0.1:{httpd.server_port}/not-last"}}, {{action: Post}}]
 """
     r = Run()
     try:
         with loaded(running_agent, policy_yaml("user-actions", spec)):
             before = dict(running_agent.agent.policies.user_actions.stats)
             events = running_agent.collect(lambda: run_py(
-                pywork, open_file(f"{d}/present.txt") + open_file(f"{d}/sub"), out=r))
+                # a GetUrl before another action never runs (as Tetragon's): opened first, it would be
+                # fetched before /vigil-hit (one worker, in order)
+                pywork, open_file(f"{d}/./present.txt") + open_file(f"{d}/present.txt") + open_file(f"{d}/sub"),
+                out=r))
             import time
 
             deadline = time.monotonic() + 10
@@ -829,7 +835,7 @@ kprobes:
     assert hits == ["/vigil-hit"]
     assert after["dnslookup"] == before["dnslookup"] + 1
     actions = sorted(e["action"] for e in mine(events, r, "user-actions"))
-    assert actions == ["KPROBE_ACTION_DNSLOOKUP", "KPROBE_ACTION_GETURL"]
+    assert actions == ["KPROBE_ACTION_DNSLOOKUP", "KPROBE_ACTION_GETURL", "KPROBE_ACTION_POST"]
 
 
 def test_loader_events(running_agent: RunningAgent, pywork: Path) -> None:
