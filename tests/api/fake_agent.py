@@ -89,6 +89,9 @@ class FakeAgent:
                 "lost": {"ringbuf": 1, "slow_subscriber": self.bus.dropped_total},
                 "process_cache": {"size": 42, "capacity": 65536}}
 
+    def kernel_probes(self) -> dict[str, bool]:
+        return {"kprobe": True, "fmod_ret": False, "lsm": False}
+
     def process_cache_dump(self) -> list[dict[str, Any]]:
         return [{"process": {"exec_id": "x", "pid": 1, "binary": "/sbin/init"}, "color": "green", "refcnt": 2}]
 

@@ -408,3 +408,16 @@ def test_tetras_commands_against_the_agent(agent_proc: AgentProcess):
         assert re.search(want, r.stdout), (args, r.stdout)
     pids = {json.loads(line)["process"]["pid"] for line in ap.cli("dump", "processcache").stdout.splitlines()}
     assert ap.proc.pid in pids  # the agent's own process is among the cached ones
+
+
+def test_info_reports_the_kernel_probes_vigil_found(agent_proc: AgentProcess):
+    """`vigil info` printed "Probes":{}: it is the agent's feature probe (what `vigil probe`
+    finds on this kernel), each feature's name -> whether it works, as tetra's info prints it."""
+    info = agent_proc.cli("info")
+    assert info.returncode == 0, info.stderr
+    probes = json.loads(info.stdout)["Probes"]
+    probed = subprocess.run([*VIGIL, "probe", "-o", "json"], capture_output=True, text=True, timeout=120)
+    assert probed.returncode == 0, probed.stderr
+    want = {name: f["supported"] is True for name, f in json.loads(probed.stdout).items()}
+    assert probes == want and list(probes) == list(want)
+    assert probes["tracepoint"] is True  # what the agent's process sensor runs on

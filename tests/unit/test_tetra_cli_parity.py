@@ -458,8 +458,28 @@ def test_info_prints_the_agents_info_as_tetra(agent_cli):
     data = json.loads(res.output)
     assert data["Name"] == "vigil" and data["Version"] == "9.9.9-test"
     assert set(data) == {"Name", "Version", "Probes", "Conf", "Build"}
+    assert data["Probes"] == {"kprobe": True, "fmod_ret": False, "lsm": False}  # was {}
     assert json.loads(data["Conf"]["vigil.status"])["process_cache"]["size"] == 42
     assert data["Build"]["GoVersion"].startswith("python")
+
+
+@pytest.mark.parametrize("probes, want", [
+    ([], {}),
+    ([("kprobe", True)], {"kprobe": True}),
+    ([("kprobe", True), ("lsm", False), ("fentry", None)], {"kprobe": True, "lsm": False, "fentry": False}),
+])
+def test_info_decodes_probes_as_tetra(probes, want):
+    """GetInfo's probes ({Name, Enabled}, the proto's Go-cased fields) as tetra's map of name ->
+    enabled (an unset Enabled: false); decoding any probe raised AttributeError ('name')."""
+    from vigil.api.pb import sensors_pb2
+    from vigil.cli.info_cmd import decode_info
+
+    res = sensors_pb2.GetInfoResponse(name="vigil")
+    for name, enabled in probes:
+        p = res.probes.add(Name=name)
+        if enabled is not None:
+            p.Enabled.value = enabled
+    assert decode_info(res)["Probes"] == want
 
 
 @pytest.mark.parametrize("value, want", [

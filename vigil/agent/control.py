@@ -227,6 +227,11 @@ class AgentControl:
             "rate_limited": f.events_rate_limited if f else 0,
         }
 
+    def kernel_probes(self) -> dict[str, bool]:
+        """GetInfo's probes (tetra info's "Probes"): each kernel feature the agent's probe tried
+        (`vigil probe`'s names and order) -> whether it works here (inconclusive: false)."""
+        return {name: found is True for name, (found, _) in self.agent.policies.facts.features.items()}
+
     def process_cache_dump(self) -> list[dict[str, Any]]:
         from vigil.export.dicts import process_dict
 

@@ -130,6 +130,11 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
 
         res = sensors_pb2.GetInfoResponse(version=str(self.agent.version), name="vigil")
         res.build.go_version = f"python{platform.python_version()}"  # the field name is Go's
+        try:  # as Tetragon's: its feature probes, each with whether it works on this kernel
+            for name, found in self.agent.kernel_probes().items():
+                res.probes.add(Name=name).Enabled.value = found
+        except Exception:  # partial information rather than none (Tetragon's GetInfo does the same)
+            log.warning("GetInfo: the kernel probes could not be read", exc_info=True)
         status = dict(self.agent.status() or {})
         status.setdefault("grpc", self.stream_stats.snapshot())  # the agent's serving processes, or ours
         packed = any_pb2.Any()

@@ -31,7 +31,7 @@ def decode_info(res: Any) -> dict[str, Any]:
     return {
         "Name": res.name,
         "Version": res.version,
-        "Probes": {p.name: p.enabled.value for p in res.probes},
+        "Probes": {p.Name: p.Enabled.value for p in res.probes},  # the proto's field names are Go's
         "Conf": {c.key: _conf_value(c.value) for c in res.conf},
         "Build": {"GoVersion": res.build.go_version, "Commit": res.build.commit,
                   "Time": res.build.time, "Modified": res.build.modified},

@@ -51,6 +51,9 @@ class AgentAPI(Protocol):
 
     def process_cache_dump(self) -> list[dict[str, Any]]: ...
 
+    def kernel_probes(self) -> dict[str, bool]:
+        """Kernel feature -> whether the agent found it works (GetInfo's probes)."""
+
     def set_log_level(self, level: str) -> None: ...
 
     def get_log_level(self) -> str: ...
