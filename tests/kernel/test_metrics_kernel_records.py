@@ -132,3 +132,62 @@ def test_a_user_space_delete_that_fails_is_a_map_delete_error(tmp_path: Path, ma
     assert series.get(name, 0) == delete_errors().get(name, 0)
     assert (name in series) == (delete_errors().get(name, 0) > 0)
     assert series["execve_map"] == 0  # the kernel's own, listed from 0 as before
+
+
+# a policy hook's kernel counters of hits whose record was not made, per CPU (busy: slot 9,
+# HS_BUSY; pending_full: slot 6, HS_PENDING_FULL), then set again to more
+@pytest.mark.parametrize("busy, pending, more", [
+    ([0], [0], 0),
+    ([2], [0], 1),
+    ([1, 3], [4], 2),
+], ids=["none", "busy", "both-two-cpus"])
+def test_a_policy_hooks_unmade_records_are_counted_as_missed_events(tmp_path: Path, busy: list[int],
+                                                                   pending: list[int], more: int):
+    """Hits of a policy's hook whose record the kernel did not make (its CPU's buffers busy, no
+    room to keep the entry for the return) were counted only in the policy's kernel_stats: not
+    in `vigil status` lost.kernel nor /metrics. Now lost.kernel generic_busy and
+    generic_pending_full, and tetragon_bpf_missed_events_total{msg_op="13", error="EBUSY"|"E2BIG"},
+    summed over the hooks and kept when the policy is deleted. (The drops cannot be made to
+    happen on demand: the hook's counters are set here, on a private agent.)"""
+    import struct
+
+    from vigil.agent.agent import Agent
+    from vigil.agent.config import AgentConfig
+    from vigil.kernel.objects import possible_cpus
+
+    def missed(agent: Agent) -> dict[tuple[str, str], float]:
+        return {(s.labels["msg_op"], s.labels["error"]): s.value for fam in AgentCollector(agent.control).collect()
+                for s in fam.samples if s.name == "tetragon_bpf_missed_events_total"}
+
+    agent = Agent(AgentConfig(export_filename=str(tmp_path / "x.log"), server_address="", node_name="t"))
+    agent.start()
+    try:
+        name = agent.policies.add_text(
+            "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: unmade-records}\nspec:\n"
+            "  kprobes:\n  - call: sys_openat\n    syscall: true\n    args: [{index: 1, type: string}]\n"
+            "    selectors:\n    - matchArgs: [{index: 1, operator: Equal, values: [/nonexistent/vigil]}]\n",
+            "<t>")[0]
+        gh = agent.policies.policies[name].hooks[0]
+        stats = gh.obj.map("hook_stats")
+        ncpu = possible_cpus()
+
+        def put(slot: int, per_cpu: list[int]) -> None:
+            vals = (per_cpu + [0] * ncpu)[:ncpu]
+            stats.update(struct.pack("<I", slot), b"".join(struct.pack("<Q", v) for v in vals))
+
+        put(9, busy)
+        put(6, pending)
+        agent.pipeline.tick()
+        lost = agent.status()["lost"]["kernel"]  # (a cause that never happened: no entry, no series)
+        assert (lost.get("generic_busy", 0), lost.get("generic_pending_full", 0)) == (sum(busy), sum(pending))
+        m = missed(agent)
+        assert (m.get(("13", "EBUSY"), 0), m.get(("13", "E2BIG"), 0)) == (sum(busy), sum(pending))
+        put(9, [busy[0] + more, *busy[1:]])
+        agent.pipeline.tick()
+        agent.delete_policy(name)
+        agent.pipeline.tick()
+        lost = agent.status()["lost"]["kernel"]
+        assert (lost.get("generic_busy", 0), lost.get("generic_pending_full", 0)) == (sum(busy) + more, sum(pending))
+        assert missed(agent).get(("13", "EBUSY"), 0) == sum(busy) + more  # the deleted policy's stay
+    finally:
+        agent.close()

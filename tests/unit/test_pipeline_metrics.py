@@ -251,3 +251,32 @@ def test_handling_latency_observes_each_record_at_its_batchs_time_per_record(ops
         buckets, total = p.latency[op]
         assert buckets == [n if j == i else 0 for j in range(len(LATENCY_BUCKETS_US) + 1)]
         assert total[0] == pytest.approx(elapsed_us / len(ops) * n)
+
+
+@pytest.mark.parametrize("fails", [0, 1, 3], ids=["none", "one", "three"])
+def test_an_injected_event_that_cannot_be_made_is_counted_lost(tmp_path: Path, fails: int):
+    """An event made on the loop's thread from another thread's report (a loader event) whose
+    making raised was logged and lost uncounted. Now `vigil status` lost.user injected_failed
+    and vigil_events_lost_userspace{cause="injected_failed"} count it; the others are sent."""
+    from vigil.core.events import DictEvent
+
+    out = tmp_path / "events.log"
+    agent = Agent(AgentConfig(export_filename=str(out), server_address="", node_name="n1"),
+                  source=ReplaySource([EXEC], batch=7))
+    agent.start()
+    try:
+        def bad() -> Any:
+            raise KeyError("a process gone")
+
+        for _ in range(fails):
+            agent.pipeline.inject(bad)
+        agent.pipeline.inject(lambda: DictEvent({"process_loader": {"path": "/x"}, "node_name": "n1"}))
+        agent.run()
+        lost = agent.status()["lost"]["user"]
+        series = {s.labels["cause"]: s.value for fam in AgentCollector(agent.control).collect()
+                  for s in fam.samples if s.name == "vigil_events_lost_userspace_total"}
+    finally:
+        agent.close()
+    assert lost.get("injected_failed", 0) == fails
+    assert series.get("injected_failed", 0) == fails
+    assert sum(1 for line in out.read_bytes().splitlines() if b"process_loader" in line) == 1

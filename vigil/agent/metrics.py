@@ -30,10 +30,13 @@ log = logging.getLogger("vigil.metrics")
 # as Tetragon labels them: the record's opcode number (5 execve, 23 clone, 7 exit, 13 generic
 # kprobe: policy records of every hook kind share one counter here) and the errno name of the
 # failed output (a full BPF ring buffer: EAGAIN; the loader sensor's full perf rings: 26 loader,
-# ENOSPC); an exec that found no scratch buffer: unknown
+# ENOSPC); an exec that found no scratch buffer: unknown; a policy hook's hit whose record was
+# not made (pipeline._HOOK_DROPS): its CPU's buffers busy, EBUSY; no room to keep its entry for
+# the return (a full hash map), E2BIG
 _MISSED = {"ringbuf_full_exec": ("5", "EAGAIN"), "ringbuf_full_clone": ("23", "EAGAIN"),
            "ringbuf_full_exit": ("7", "EAGAIN"), "ringbuf_full_generic": ("13", "EAGAIN"),
-           "heap": ("5", "unknown"), "perf_ring_full_loader": ("26", "ENOSPC")}
+           "heap": ("5", "unknown"), "perf_ring_full_loader": ("26", "ENOSPC"),
+           "generic_busy": ("13", "EBUSY"), "generic_pending_full": ("13", "E2BIG")}
 # causes Tetragon counts as a failed map update: tetragon_map_errors_update_total{map}
 _MAP_UPDATE_ERRORS = {"execve_map_full": "execve_map"}
 # and as a failed map delete: tetragon_map_errors_delete_total{map} (an exit's execve_map delete

@@ -26,6 +26,7 @@ from vigil.core.events import Event
 from vigil.core.heap import release_free_heap
 from vigil.events import records as R
 from vigil.events.source import EventSource
+from vigil.kernel.errors import BpfError
 
 if TYPE_CHECKING:
     from vigil.agent.agent import Agent
@@ -45,6 +46,11 @@ TETRAGON_OPCODE = {R.OP_EXEC: "5", R.OP_CLONE: "23", R.OP_EXIT: "7", R.OP_GENERI
 # tetragon_handling_latency's buckets (microseconds), as Tetragon's: 50us, 100us, 500us, 1ms, 10ms, 100ms
 LATENCY_BUCKETS_US = (50.0, 100.0, 500.0, 1000.0, 10000.0, 100000.0)
 _op_of = itemgetter(0)  # a record's op: its first byte
+# a policy hook's kernel counters (vigil.sensors.generic.STATS) of hits whose record was not
+# made -> their cause in `vigil status` lost.kernel (tetragon_bpf_missed_events, msg_op 13):
+# busy, a run that found its CPU's buffers in use by a run it preempted (nothing done);
+# pending_full, an entry the hook could not keep for its return (the pending map was full)
+_HOOK_DROPS = {"busy": "generic_busy", "pending_full": "generic_pending_full"}
 _TRIM_MIN_DROP = 4096  # cached processes gone before the heap is trimmed (5 ms per 250 MB heap)
 
 
@@ -72,6 +78,11 @@ class Pipeline:
         # +Inf], and the sum of the observations in microseconds (see _count_ops)
         self.latency: dict[int, tuple[list[int], list[float]]] = {}
         self.user_drops: dict[str, int] = {}
+        # hits of the policies' hooks whose records the kernel could not make, by cause (the
+        # hooks' busy and pending_full counters: see _policy_drops), summed over every hook
+        # the agent has had (a deleted policy's stay counted); the last seen of each hook
+        self.policy_kernel_drops: dict[str, int] = dict.fromkeys(_HOOK_DROPS.values(), 0)
+        self._hook_seen: dict[int, tuple[Any, dict[str, int]]] = {}  # id(hook) -> (hook, its counters)
         self.cache_peak = 0  # the cache's largest size since the heap was last trimmed
         self.heap_trims = 0
 
@@ -178,8 +189,9 @@ class Pipeline:
         while later and later[0][0] <= done:
             try:
                 e = later.popleft()[1]()
-            except Exception:  # one bad event must not stop the loop
+            except Exception:  # one bad event must not stop the loop: lost, counted
                 log.exception("making an injected event")
+                self.user_drops["injected_failed"] = self.user_drops.get("injected_failed", 0) + 1
                 continue
             if e is not None:
                 batch.append(e)
@@ -276,6 +288,32 @@ class Pipeline:
         for sink in self.sinks:
             sink(events)
 
+    def _policy_drops(self) -> None:
+        """Fold the policies' hooks' busy and pending_full counters into policy_kernel_drops:
+        what each hook counted since it was last read (a hook read before keeps its count
+        when its policy goes)."""
+        pols = getattr(getattr(self.agent, "policies", None), "policies", None)
+        if pols is None:
+            return
+        totals, seen_now = self.policy_kernel_drops, {}
+        for lp in list(pols.values()):
+            for gh in list(lp.hooks):
+                try:
+                    st = gh.stats()
+                except (OSError, BpfError):  # the policy was deleted meanwhile
+                    continue
+                now = {k: int(st.get(k, 0)) for k in _HOOK_DROPS}
+                seen = self._hook_seen.get(id(gh))
+                last = seen[1] if seen is not None and seen[0] is gh else dict.fromkeys(_HOOK_DROPS, 0)
+                for k, cause in _HOOK_DROPS.items():
+                    if now[k] > last[k]:
+                        n = now[k] - last[k]
+                        totals[cause] += n
+                        log.warning("policy %s: the kernel could not make %d records (%s); %d in total",
+                                    lp.name, n, cause, totals[cause])
+                seen_now[id(gh)] = (gh, now)
+        self._hook_seen = seen_now
+
     def tick(self) -> None:
         """Every --stats-interval: cache GC, k8s hold, export rate report, drop counters."""
         a = self.agent
@@ -295,6 +333,8 @@ class Pipeline:
                 if n > prev and cause != "execve_map_delete":  # a failed delete loses no record
                     log.warning("kernel could not deliver %d records (%s); %d in total", n - prev, cause, n)
             self.kernel_drops = drops
+        self._policy_drops()
+        self.kernel_drops = {**self.kernel_drops, **{k: n for k, n in self.policy_kernel_drops.items() if n}}
         for fe in a.frontends:
             fe_tick = getattr(fe, "tick", None)
             if fe_tick is not None:
