@@ -135,6 +135,7 @@ class SelectorChecker:
                 self.action(a, ctx)
             if key == "matchActions":
                 self._user_actions_last(acts)
+                self._user_actions_supported(acts, ctx.section)
 
     def _pids(self, sel: Selector) -> None:
         for p in sel.match_pids:
@@ -295,6 +296,19 @@ class SelectorChecker:
                 self.diag.warn(a.at("action"), f"{canon} will not run: it is not the selector's last action "
                                f"(matchActions[{i}] of {len(acts)}); the agent runs GetUrl and DnsLookup only "
                                "when the selector's last action is one, as Tetragon does")
+
+    def _user_actions_supported(self, acts: tuple[ActionSelector, ...], section: str) -> None:
+        """GetUrl and DnsLookup are refused on uprobes and usdts, as Tetragon refuses such a
+        hook (HasGetUrlOrDnsLookup over its selectors' matchActions): their records carry no
+        action argument for the agent to run."""
+        if section not in ("uprobes", "usdts"):
+            return
+        for a in acts:
+            name = a.action.lower()
+            if name in ("geturl", "dnslookup"):
+                canon = "GetUrl" if name == "geturl" else "DnsLookup"
+                self.diag.error(a.at("action"), f"action {canon} is not supported on {section}, "
+                                "as in Tetragon")
 
     def _post(self, a: ActionSelector, section: str) -> None:
         d = self.diag
