@@ -70,12 +70,16 @@ def opened_by_test_binary(s: dict[str, Path]) -> int:
     return subprocess.run([str(s["cat"]), str(s["target"])], stdout=subprocess.DEVNULL, timeout=60).returncode
 
 
-def start(s: dict[str, Path], name: str, keep: bool) -> AgentProcess:
+def start(s: dict[str, Path], name: str, keep: bool, export_args: str = "") -> AgentProcess:
+    """`export_args`: export only the processes whose arguments start with it (the rest of this
+    shared machine's execs rotate the export file away, beyond what the test reads)."""
     d = s["tmp"] / name
     d.mkdir()
     # a large ring buffer: while no agent runs, the old one fills with every exec of this
     # (shared, busy) machine; what does not fit is counted, checked below
     extra = ["--tracing-policy", str(s["policy"]), "--bpf-dir", str(s["bpffs"] / "vigil"), "--rb-size", "64M"]
+    if export_args:
+        extra += ["--export-allowlist", json.dumps({"arguments_regex": [f"^{export_args}"]})]
     return AgentProcess(d, extra + (["--keep-sensors-on-exit", "true"] if keep else []))
 
 
@@ -124,7 +128,7 @@ def test_keep_sensors_on_exit_survives_sigkill_and_is_adopted(setup: dict[str, P
     for i in range(5):
         subprocess.run(["/bin/true", token, str(i)], check=True)  # while no agent runs
 
-    b = start(s, "k2", keep=True)
+    b = start(s, "k2", keep=True, export_args=f"{token} ")
     try:
         assert opened_by_test_binary(s) == -9
         st = json.loads(b.cli("status", "-o", "json").stdout)["status"]
