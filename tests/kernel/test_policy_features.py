@@ -715,6 +715,72 @@ def test_hook_substitution(running_agent: RunningAgent, pywork: Path, case: str,
     check(got, pywork, port)
 
 
+def _jited_symbols(prog_id: int) -> dict[int, str]:
+    """The kernel's own addresses of program `prog_id`'s functions (bpf_prog_info.jited_ksyms),
+    each with its name as /proc/kallsyms says it now."""
+    import ctypes
+    import struct
+
+    from vigil.kernel import _libbpf as lb
+
+    fd = lb.lib.bpf_prog_get_fd_by_id(prog_id)
+    assert fd >= 0, f"program {prog_id}: {os.strerror(ctypes.get_errno())}"
+    try:
+        addrs = (ctypes.c_uint64 * 64)()
+        info = ctypes.create_string_buffer(256)
+        # struct bpf_prog_info: nr_jited_ksyms at 104, jited_ksyms (a u64 pointer) at 112
+        struct.pack_into("<IIQ", info, 104, 64, 0, ctypes.addressof(addrs))
+        n = ctypes.c_uint32(256)
+        assert lb.lib.bpf_obj_get_info_by_fd(fd, info, ctypes.byref(n)) == 0
+        count = min(struct.unpack_from("<I", info.raw, 104)[0], 64)
+    finally:
+        os.close(fd)
+    want = set(addrs[:count])
+    assert want and all(want), f"program {prog_id}: no kernel addresses (kptr_restrict?)"
+    names = {}
+    with open("/proc/kallsyms") as f:
+        for line in f:
+            a, _t, name = line.split()[:3]
+            if int(a, 16) in want and name.startswith("bpf_prog_"):
+                names[int(a, 16)] = name
+    assert set(names) == want, f"program {prog_id}: {sorted(map(hex, want - set(names)))} not in /proc/kallsyms"
+    return names
+
+
+@pytest.mark.parametrize("case, spec", [
+    ("stand-in", """
+kprobes:
+- call: kfree_skb_reason
+  syscall: false
+  args: [{index: 0, type: skb}]
+  selectors: [{matchActions: [{action: Post, kernelStackTrace: true}]}]
+""" + SUB),
+    ("syscall", """
+kprobes:
+- call: sys_getppid
+  syscall: true
+  selectors: [{matchActions: [{action: Post, kernelStackTrace: true}]}]
+"""),
+])
+def test_stack_symbols_know_the_programs_loaded_after_they_were_read(running_agent: RunningAgent, case: str,
+                                                                     spec: str) -> None:
+    """The agent's kernel symbols were read before this policy's programs existed (an earlier
+    stack); loading a hook that takes kernel stacks has them read again, so its own program
+    frames are named as its programs (and left out) rather than after whatever symbol was below
+    them then: seen as a neighbour's unnamed program (bpf_prog_<tag>) atop a stand-in's stack.
+    Only this policy's programs are looked at (by id), wherever others load theirs."""
+    from vigil.sensors.generic_events import KSYMS
+
+    KSYMS.lookup(0)  # read now, before the policy's programs are loaded
+    name = f"ksyms-{case}"
+    with loaded(running_agent, policy_yaml(name, spec)):
+        ids = [p["id"] for p in running_agent.agent.status()["programs"] if p["policy"] == name]
+        assert ids
+        for prog_id in ids:
+            syms = _jited_symbols(prog_id)
+            assert {a: KSYMS.lookup(a) for a in syms} == {a: (sym, 0) for a, sym in syms.items()}
+
+
 def test_substitution_is_off_unless_the_policy_opts_in(running_agent: RunningAgent) -> None:
     spec = policy_yaml("no-opt-in", """
 kprobes:

@@ -15,6 +15,7 @@ from vigil.kernel.cgroups import tracking as cgroup_tracking
 from vigil.kernel.layouts import check_ctypes
 from vigil.kernel.paths import bpf_object
 from vigil.policy.compile import CompiledHook, entry_prefilter, str_key_size
+from vigil.sensors.generic_events import KSYMS
 
 log = logging.getLogger("vigil.sensor.generic")
 
@@ -59,6 +60,12 @@ def _raise_nofile() -> None:
             continue
 
 
+def takes_kernel_stacks(c: CompiledHook) -> bool:
+    """Whether a Post action of the hook asks for the kernel stack (kernelStackTrace)."""
+    return any(c.config.sel[i].actions[k].flags & L.AF_KSTACK for i in range(c.config.nselectors)
+               for k in range(c.config.sel[i].nactions))
+
+
 class GenericHook:
     def __init__(self, compiled: CompiledHook, shared: dict[str, Map]) -> None:
         self.compiled = compiled
@@ -97,6 +104,8 @@ class GenericHook:
                 obj.set_rodata(cfg_write_user=1)  # USDT Set writes user memory
             obj.set_rodata(cgrp_subsys_idx=cgroup_tracking().subsys_idx, str_key_words=(str_key - 4) // 8, **pre)
             obj.load()
+            if takes_kernel_stacks(c):  # its programs' symbols are newer than a table read before
+                KSYMS.invalidate()
             obj.map("hook_config").update(struct.pack("<I", 0), bytes(c.config))
             one = b"\x01"
             for name, keys in (("str_map", c.str_keys), ("prefix_map", c.prefix_keys),

@@ -88,26 +88,37 @@ def _file_like(payload: bytes, ah: Any) -> dict[str, Any]:
 
 
 class KernelSymbols:
-    """/proc/kallsyms, loaded on first use, for kernel stack traces."""
+    """/proc/kallsyms, loaded on first use, for kernel stack traces; read again on the first
+    use after invalidate(). A BPF program's symbol exists from its load on: an address in a
+    program loaded after the read would be named after whichever symbol was below it then
+    (another program: a neighbour's, or one since unloaded)."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: str = "/proc/kallsyms") -> None:
+        self.path = path
         self._addrs: list[int] | None = None
         self._names: list[str] = []
         self._table: tuple[bytes, list[str]] | None = None
+        self._stale = False
+
+    def invalidate(self) -> None:
+        """A program that can take kernel stacks was loaded: read the symbols again before the
+        next lookup (there, on the thread that builds events)."""
+        self._stale = True
 
     def table(self) -> tuple[bytes, list[str]]:
         """The compiled handler's copy: (the sorted start addresses as native u64s, the names)."""
+        if self._addrs is None or self._stale:
+            self._load()
         if self._table is None:
-            if self._addrs is None:
-                self._load()
             assert self._addrs is not None
             self._table = (array.array("Q", self._addrs).tobytes(), self._names)
         return self._table
 
     def _load(self) -> None:
+        self._stale = False  # before the read: an invalidate() during it reads again next time
         addrs, names = [], []
         try:
-            with open("/proc/kallsyms") as f:
+            with open(self.path) as f:
                 for line in f:
                     a, _, rest = line.partition(" ")
                     t, _, name = rest.partition(" ")
@@ -117,11 +128,12 @@ class KernelSymbols:
         except OSError:
             pass
         order = sorted(range(len(addrs)), key=addrs.__getitem__)
-        self._addrs = [addrs[i] for i in order]
+        self._table = None
         self._names = [names[i] for i in order]
+        self._addrs = [addrs[i] for i in order]
 
     def lookup(self, addr: int) -> tuple[str, int]:
-        if self._addrs is None:
+        if self._addrs is None or self._stale:
             self._load()
         assert self._addrs is not None
         i = bisect.bisect_right(self._addrs, addr) - 1
