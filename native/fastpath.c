@@ -3781,8 +3781,9 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 	if (!p && PyErr_Occurred())
 		return NULL;
 	if (!p) {  /* not in the cache: PolicyEvents.missing's stand-in (pid, start_time, "unknown"), no parent */
-		missing = PyObject_CallFunction(PyTuple_GET_ITEM(b->generic, GC_MISSING), "KK",
-						(unsigned long long)m.key.pid, (unsigned long long)m.key.ktime);
+		missing = PyObject_CallFunction(PyTuple_GET_ITEM(b->generic, GC_MISSING), "KKOO",
+						(unsigned long long)m.key.pid, (unsigned long long)m.key.ktime, Py_True,
+						m.flags & VP_EV_NO_PROC ? Py_True : Py_False);
 		if (!missing)
 			return NULL;
 	}

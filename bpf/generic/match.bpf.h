@@ -3,7 +3,9 @@
 #ifndef VIGIL_GENERIC_MATCH_BPF_H
 #define VIGIL_GENERIC_MATCH_BPF_H
 
-/* m.key of the current process (from execve_map), unless already resolved */
+/* m.key of the current process (from execve_map), unless already resolved. A process
+ * execve_map lacks gets, as Tetragon's, its thread group leader's start (task->start_time:
+ * CLOCK_MONOTONIC ns, the clock of exec keys) and VP_EV_NO_PROC (user space: flags "unknown") */
 static __always_inline void resolve_key(struct gen_heap *h)
 {
 	struct execve_entry *e;
@@ -15,9 +17,12 @@ static __always_inline void resolve_key(struct gen_heap *h)
 	if (e) {
 		h->m.key = e->key;
 	} else {
+		struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+
 		h->m.key.pid = h->tgid;
 		h->m.key.pad = 0;
-		h->m.key.ktime = 0;
+		h->m.key.ktime = BPF_CORE_READ(t, group_leader, start_time);
+		h->m.flags |= VP_EV_NO_PROC;
 	}
 }
 

@@ -384,7 +384,7 @@ struct msg_data {
 
 struct msg_generic {
 	struct msg_header hdr;
-	struct exec_key key;      /* current process (from execve_map); ktime 0: unknown */
+	struct exec_key key;      /* current process (from execve_map; else VP_EV_NO_PROC) */
 	__u32 hook_id;
 	__u32 tid;
 	__u8 selector;            /* matching selector + 1; 0 = none (default Post) */
@@ -421,5 +421,6 @@ struct enforcer_note {
 #define VP_EV_RATELIMIT_SKIPPED (1 << 2)
 #define VP_EV_NOT_TASK  (1 << 3)  /* an enforcing action not done: the hook ran in interrupt context */
 #define VP_EV_NOT_OWNER (1 << 4)  /* ... not done: the record is a tracked socket's owner's, not current's */
+#define VP_EV_NO_PROC   (1 << 5)  /* execve_map lacks the process: key.ktime is its leader's start */
 
 #endif

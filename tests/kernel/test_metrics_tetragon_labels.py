@@ -152,8 +152,9 @@ def test_a_policy_event_of_a_process_the_cache_lacks_is_a_miss_and_missing_proce
         running_agent: RunningAgent, workdir: Path, scrape, kernel_forgets: bool):
     """A policy event whose process is not in the process cache (here: taken out of it once its
     exec was cached) is sent with Tetragon's stand-in process: the pid and the start time of the
-    kernel's key, or when the kernel's execve_map lacks it too (its entry deleted) the pid and
-    flags "unknown"; no exec_id, tid or parent. Counted as a process cache miss
+    kernel's key, or when the kernel's execve_map lacks it too (its entry deleted) the pid, flags
+    "unknown" and the start of its thread group leader (the kernel's task start_time, which
+    /proc/<pid>/stat gives in clock ticks); no exec_id, tid or parent. Counted as a process cache miss
     (tetragon_process_cache_misses_total{operation="get"}) and as an event missing its process
     info (tetragon_events_missing_process_info_total)."""
     a = running_agent.agent
@@ -187,8 +188,15 @@ def test_a_policy_event_of_a_process_the_cache_lacks_is_a_miss_and_missing_proce
         ev = next(e["process_kprobe"] for e in evs if e.get("process_kprobe", {}).get("policy_name") == name)
         # Tetragon's stand-in: the pid and start time of the kernel's key (the kernel has it: no
         # "unknown"), no exec_id, tid or parent
-        want = {"pid": child.pid, "flags": "unknown"} if kernel_forgets else \
-            {"pid": child.pid, "start_time": p.msg.start_time}
+        want = {"pid": child.pid, "start_time": p.msg.start_time}
+        if kernel_forgets:  # the leader's start: within the clock tick /proc says it started in
+            got = ev["process"].get("start_time", "")
+            want = {"pid": child.pid, "flags": "unknown", "start_time": got}
+            hz = os.sysconf("SC_CLK_TCK")
+            ticks = int(Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+            wall = a.clock.boot_offset + a.clock.offset  # boot ns -> wall ns
+            assert got and ticks * 10**9 // hz + wall - 10**6 <= _rfc3339_ns(got) \
+                < (ticks + 1) * 10**9 // hz + wall + 10**6, (got, ticks, hz)
         assert ev["process"] == want and "parent" not in ev, ev
         running_agent.collect(lambda: None)
         after = scrape()
@@ -200,6 +208,14 @@ def test_a_policy_event_of_a_process_the_cache_lacks_is_a_miss_and_missing_proce
         child.kill()
         child.wait()
         a.delete_policy(name)
+
+
+def _rfc3339_ns(ts: str) -> int:
+    """Wall-clock ns of an RFC 3339 UTC time as events carry it (fraction of up to 9 digits)."""
+    import calendar
+
+    base, _, frac = ts.rstrip("Z").partition(".")
+    return calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S")) * 10**9 + int((frac + "000000000")[:9])
 
 
 POLICY_RAW_SYSCALLS = """apiVersion: cilium.io/v1alpha1

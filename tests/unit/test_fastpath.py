@@ -1566,22 +1566,26 @@ def test_early_deletions_of_policy_records_match_the_exec_key(compiled: bool, ex
 
 # a policy record of a process the cache does not have (pid 555), by the kernel's key: its
 # stand-in process is Tetragon's getProcessParent's: the pid and the start time of the key,
-# flags "unknown" when the kernel had no entry either (no exec ktime); no exec_id, tid, parent
-@pytest.mark.parametrize("exec_ktime, tid, want", [
-    (5_000_000_000, 556, {"pid": 555, "start_time": "2025-11-24T16:00:05Z"}),
-    (5_000_000_000, 0, {"pid": 555, "start_time": "2025-11-24T16:00:05Z"}),
-    (0, 556, {"pid": 555, "flags": "unknown"}),
-], ids=["key", "key-leader", "no-key"])
+# flags "unknown" when the kernel had no entry either (VP_EV_NO_PROC, the key's ktime then the
+# thread group leader's start; or no exec ktime); no exec_id, tid, parent
+@pytest.mark.parametrize("exec_ktime, tid, flags, want", [
+    (5_000_000_000, 556, 0, {"pid": 555, "start_time": "2025-11-24T16:00:05Z"}),
+    (5_000_000_000, 0, 0, {"pid": 555, "start_time": "2025-11-24T16:00:05Z"}),
+    (5_000_000_000, 556, "EV_NO_PROC", {"pid": 555, "flags": "unknown", "start_time": "2025-11-24T16:00:05Z"}),
+    (0, 556, 0, {"pid": 555, "flags": "unknown"}),
+], ids=["key", "key-leader", "no-proc-leader-start", "no-key"])
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
 def test_a_policy_events_process_the_cache_lacks_is_tetragons_stand_in(compiled: bool, exec_ktime: int, tid: int,
-                                                                      want: dict[str, Any]) -> None:
+                                                                      flags: int | str, want: dict[str, Any]) -> None:
     from vigil.agent.policy_events import PolicyEvents
+    from vigil.kernel import policy_layout as L
 
     b, _ = _builders({"enable_cred": False, "enable_ns": False, "ancestors": False}, 64)
     hooks, lp = _generic_hooks("kprobe-string")
     pe = PolicyEvents(b, lambda e: None, {c.hook_id: (c, lp) for c in hooks}, None)  # type: ignore[arg-type]
     handler = pe.compiled_handler() if compiled else pe.handle
-    rec = plain_record(pid=555, exec_ktime=exec_ktime, args=[(b"/etc/passwd", 0, 0, 0), (b"", 3, 0, 0)])
+    rec = plain_record(pid=555, exec_ktime=exec_ktime, args=[(b"/etc/passwd", 0, 0, 0), (b"", 3, 0, 0)],
+                       flags=getattr(L, flags) if isinstance(flags, str) else flags)
     ev = handler(_generic_record(hooks[0], rec) if not tid else _with_tid(_generic_record(hooks[0], rec), tid), 0)
     d = event_dict(ev)["process_kprobe"]
     assert (d["process"], "parent" in d) == (want, False)

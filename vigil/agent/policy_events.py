@@ -49,30 +49,31 @@ class PolicyEvents:
         # pid -> its execve_map key (pid, ktime) in the kernel now; set by the agent
         self.exec_key: Callable[[int], tuple[int, int] | None] | None = None
 
-    def processes(self, pid: int, exec_ktime: int = 0, *,
-                  kernel: bool = True) -> tuple[ProcessMsg, ProcessMsg | None]:
+    def processes(self, pid: int, exec_ktime: int = 0, *, kernel: bool = True,
+                  unknown: bool = False) -> tuple[ProcessMsg, ProcessMsg | None]:
         """The message of the process a record names (by the kernel's key when `kernel`: a
-        record of a kernel hook), and its parent's."""
+        record of a kernel hook; `unknown`: the kernel had no entry for it), and its parent's."""
         cache = self.builder.cache
         by_key = cache._by_key  # by (pid, ktime) key: an exec_id string would be encoded and decoded
         p = by_key.get((pid, exec_ktime)) if exec_ktime else None
         if p is None:
             p = cache.by_pid(pid)
         if p is None:
-            return self.missing(pid, exec_ktime, kernel), None
+            return self.missing(pid, exec_ktime, kernel, unknown), None
         parent = by_key.get(p.parent_key) if p.parent_key else None
         return p.msg, parent.msg if parent is not None else None
 
-    def missing(self, pid: int, exec_ktime: int, kernel: bool = True) -> ProcessMsg:
+    def missing(self, pid: int, exec_ktime: int, kernel: bool = True, unknown: bool = False) -> ProcessMsg:
         """The stand-in of a process the cache does not have, for an event about to be sent
         with it, as Tetragon's getProcessParent makes it: the pid and the start time of the
-        kernel's key, and flags "unknown" when the kernel had no entry for it either (a kernel
-        hook's record whose key has no exec ktime); no exec_id, tid or parent. Counted as a
+        kernel's key, and flags "unknown" when the kernel had no entry for it either (`unknown`:
+        the record's VP_EV_NO_PROC, its key's ktime then the thread group leader's start; or a
+        kernel hook's record whose key has no ktime); no exec_id, tid or parent. Counted as a
         cache miss and as an event missing its process info. (The compiled handler calls it.)"""
         self.builder.cache.missed(pid, exec_ktime)
         self.builder.missing_info += 1
         return missing_process(pid, self.builder.ktime_rfc3339(exec_ktime) if exec_ktime else "",
-                               "" if exec_ktime or not kernel else "unknown")
+                               "unknown" if unknown or (kernel and not exec_ktime) else "")
 
     # -- reported from other threads
     def loader_event(self, pid: int, tid: int, path: str, build_id: bytes, time_ns: int) -> None:
@@ -204,7 +205,7 @@ class PolicyEvents:
             return None  # a record of a policy deleted meanwhile
         ch, lp = entry
         b = self.builder
-        process, parent = self.processes(m.pid, m.exec_ktime)
+        process, parent = self.processes(m.pid, m.exec_ktime, unknown=bool(m.flags & L.EV_NO_PROC))
         action = m.action
         if ch.actions and action in _USER_ACTIONS and not m.flags & L.EV_MONITOR:
             from vigil.sensors.user_actions import requested

@@ -166,6 +166,7 @@ class MsgDataHdr(C.Structure):
                 ("pad", C.c_uint8 * 3), ("offset", C.c_uint32), ("len", C.c_uint32)]
 EV_HAS_RET, EV_MONITOR = 1, 2
 EV_NOT_TASK, EV_NOT_OWNER = 1 << 3, 1 << 4  # vigil_policy.h: an enforcing action was not done, and why
+EV_NO_PROC = 1 << 5  # vigil_policy.h: execve_map lacks the process (key.ktime: its leader's start)
 
 
 def enforcement_state(flags: int) -> int:
