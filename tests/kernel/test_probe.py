@@ -21,11 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel.bpfstate import require_root
+from tests.kernel.bpfstate import require_root, still_loaded
 from vigil.kernel import BpfError, BpfObject, features as F, sys as ksys
 
 pytestmark = pytest.mark.kernel
-BPFTOOL = shutil.which("bpftool") or "/usr/sbin/bpftool"
 OBJ = str(F.bpf_object("probe"))
 
 
@@ -46,19 +45,28 @@ def _bpf_fds() -> int:
     return n
 
 
-def _progs() -> dict[int, str]:
-    out = subprocess.run([BPFTOOL, "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
-    return {p["id"]: p.get("name", "") for p in json.loads(out or "[]")}
-
-
 @pytest.fixture(scope="module")
-def probed() -> Iterator[tuple[dict[str, F.Feature], float, dict[int, str], dict[int, str], int, int]]:
+def probed() -> Iterator[tuple[dict[str, F.Feature], set[int], int, int]]:
+    """The probe's results, the ids of the programs it loaded (only its own: others load
+    programs on this machine meanwhile, some named probe_* too), its process's BPF fds before
+    and after."""
+    from vigil.kernel.info import prog_info
+
     _require()
-    before, fds_before = _progs(), _bpf_fds()
-    t = time.perf_counter()
-    res = F.probe_all(OBJ, refresh=True)
-    took = time.perf_counter() - t
-    yield res, took, before, _progs(), fds_before, _bpf_fds()
+    ours: set[int] = set()
+    real_load = BpfObject.load
+
+    def load(obj: BpfObject) -> None:
+        real_load(obj)
+        ours.update(int(prog_info(p.fd)["id"]) for p in obj.programs.values() if p.fd >= 0)
+
+    fds_before = _bpf_fds()
+    BpfObject.load = load  # type: ignore[method-assign]
+    try:
+        res = F.probe_all(OBJ, refresh=True)
+    finally:
+        BpfObject.load = real_load  # type: ignore[method-assign]
+    yield res, ours, fds_before, _bpf_fds()
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +112,9 @@ def test_every_feature_answered_and_decided(probed) -> None:  # type: ignore[no-
 
 
 def test_nothing_left_loaded(probed) -> None:  # type: ignore[no-untyped-def]
-    _, _, before, after, fds_before, fds_after = probed
-    new = {i: n for i, n in after.items() if i not in before}
-    assert not {i: n for i, n in new.items() if n.startswith("probe_")}, new
+    _, ours, fds_before, fds_after = probed
+    assert ours, "the probe loaded no programs?"
+    assert not still_loaded(ours), "programs of the probe still loaded"
     assert fds_after == fds_before, "BPF fds (programs, maps, links) left open"
     mounts = Path("/proc/mounts").read_text()
     assert "vigil-secfs" not in mounts and "vigil-cg2" not in mounts
