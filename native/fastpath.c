@@ -701,8 +701,8 @@ enum { POD_SHARED, POD_PID, POD_PROBE, POD_DICT, POD_COUNT };
 static const char *const pod_slot[POD_COUNT] = {"shared", "pid", "probe", "_dict"};
 static PyTypeObject *pod_type;
 static Py_ssize_t pod_off[POD_COUNT];
-enum { SH_ENC_JSON, SH_ENC_PB, SH_COUNT };
-static const char *const shared_slot[SH_COUNT] = {"enc_json", "enc_pb"};
+enum { SH_ENC_JSON, SH_ENC_PB, SH_PROBES, SH_PROBES_LONGEST, SH_COUNT };
+static const char *const shared_slot[SH_COUNT] = {"enc_json", "enc_pb", "probes", "probes_longest"};
 static PyTypeObject *podshared_type;  /* PodShared: the pod parts are cached in its slots */
 static Py_ssize_t shared_off[SH_COUNT];
 static PyObject *pod_parts_json, *pod_parts_pb;
@@ -2187,10 +2187,6 @@ static PyObject *record_arg(PyObject *const *args, Py_ssize_t nargs, const char 
 	return r;
 }
 
-/* A process's Pod from the resolver's table (PodResolver.fast: [by cgroup name, hits]) when
- * its container is in it (the resolver drops a container the store changes) and the
- * arguments are not one of the container's exec probes. NULL without an error: ask the
- * resolver. */
 /* A process of a kubelet container (PodResolver.by_docker) just cached without its pod: told
  * to the resolver (PodResolver.podless), which gives it the pod when it comes; as the twin's
  * EventBuilder._podless. Nothing is called for a process with a pod or of no container. */
@@ -2222,6 +2218,11 @@ static int tell_podless(Builder *b, PyObject *p)
 	return rc;
 }
 
+/* A process's Pod from the resolver's table (PodResolver.fast: [by cgroup name, hits]) when
+ * its container is in it (the resolver drops a container the store changes) and the
+ * arguments are not one of the container's exec probes. The table's value is the container's
+ * PodShared itself, which carries its probes (one object read, not a tuple and then it).
+ * NULL without an error: ask the resolver. */
 static PyObject *pod_from_table(Builder *b, PyObject *pods, PyObject *cgroup_name, PyObject *pid,
 				PyObject *arguments)
 {
@@ -2238,13 +2239,16 @@ static PyObject *pod_from_table(Builder *b, PyObject *pods, PyObject *cgroup_nam
 	}
 	PyObject *fast = b->pods_fast;
 	PyObject *hit = PyDict_GetItemWithError(PyList_GET_ITEM(fast, 0), cgroup_name);
-	if (!hit || !PyTuple_CheckExact(hit) || PyTuple_GET_SIZE(hit) != 4 || !pod_type)
+	if (!hit || !pod_type || !Py_IS_TYPE(hit, podshared_type))
 		return NULL;
-	PyObject *probes = PyTuple_GET_ITEM(hit, 1);
+	PyObject *probes = slot(hit, shared_off[SH_PROBES]);
+	if (!probes)
+		return NULL;
 	if (probes != Py_None) {  /* arguments longer than every probe's are none of them: no hashing */
-		Py_ssize_t longest = PyLong_AsSsize_t(PyTuple_GET_ITEM(hit, 3));
+		PyObject *lo = slot(hit, shared_off[SH_PROBES_LONGEST]);
+		Py_ssize_t longest = lo && PyLong_CheckExact(lo) ? PyLong_AsSsize_t(lo) : -1;
 		if (longest < 0)
-			return NULL;  /* (an error: set) */
+			return NULL;  /* (an overflow error set, or not the resolver's: it decides) */
 		if (PyUnicode_GET_LENGTH(arguments) <= longest &&
 		    (!PyFrozenSet_CheckExact(probes) || PySet_Contains(probes, arguments) != 0))
 			return NULL;  /* maybe an exec probe (or an error) */
@@ -2252,7 +2256,7 @@ static PyObject *pod_from_table(Builder *b, PyObject *pods, PyObject *cgroup_nam
 	PyObject *pod = new_slotted(pod_type);
 	if (!pod)
 		return NULL;
-	PyObject *pv[POD_COUNT] = {[POD_SHARED] = PyTuple_GET_ITEM(hit, 0), [POD_PID] = pid,
+	PyObject *pv[POD_COUNT] = {[POD_SHARED] = hit, [POD_PID] = pid,
 				   [POD_PROBE] = Py_False, [POD_DICT] = Py_None};
 	for (int f = 0; f < POD_COUNT; f++)
 		SET(pod, pod_off[f], pv[f]);

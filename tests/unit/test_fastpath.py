@@ -563,11 +563,16 @@ def test_pod_table_serves_known_containers_and_asks_the_resolver_otherwise() -> 
     assert table_hits() == 0
     pod, _ = run(101)                            # then the table
     assert table_hits() == 1 and pod.pid == 101 and pod["container"]["pid"] == 101
+    # the table's value is the container's shared pod part itself (no tuple around it), which
+    # carries the container's probes for the exec path
+    assert fast_b.pods._by_cg[fields["cgroup"]] is pod.shared and pod.shared.probes_longest == len("/usr/bin/curl")
     _pod_step(fast_b, 1)                         # the pod changed: probes ["curl", "-s", "a b"]
     _pod_step(ref_b, 1)
     pod, _ = run(102)                            # a changed entry: the resolver again
     assert table_hits() == 1 and pod["pod_labels"]["rev"] == "1"
     pod, want = run(103, args=b"curl\0-s\0a b\0")  # a possible exec probe: the resolver decides
+    hit = fast_b.pods._by_cg[fields["cgroup"]]
+    assert (hit is pod.shared and hit.probes_longest == max(map(len, hit.probes)) and hit.probes == {'-s "a b"'})
     assert table_hits() == 1 and pod.probe and want.probe
     run(104)                                     # as short as a probe's, not one: the table
     assert table_hits() == 2

@@ -143,14 +143,21 @@ class PodShared(dict):  # type: ignore[type-arg]
     """The part of a pod object every process of one container shares: a plain dict of
     Tetragon's pod fields with the container's own part under "container", made once per
     container and never changed. Its encodings are cached on it (`enc_*`, owned by the
-    encoder that fills them: vigil/export for JSON, vigil/api for protobuf)."""
+    encoder that fills them: vigil/export for JSON, vigil/api for protobuf). The pod resolver
+    (vigil/k8s/enrich.py) keeps on it what the exec path needs besides it, so its table holds
+    this object alone: the container's exec probes' argument strings (`probes`, None: none),
+    the longest of them (`probes_longest`: longer arguments are no probe, without hashing)
+    and the container it was made from (`container_info`)."""
 
-    __slots__ = ("enc_json", "enc_pb")
+    __slots__ = ("probes", "probes_longest", "enc_json", "enc_pb", "container_info")
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
+        self.probes: frozenset[str] | None = None
+        self.probes_longest = 0
         self.enc_json: tuple[bytes, bytes] | None = None
         self.enc_pb: tuple[bytes, bytes, bytes, bytes] | None = None
+        self.container_info: Any = None
 
 
 class Pod(Mapping[str, Any]):

@@ -32,11 +32,12 @@ class PodResolver:
         # container id -> (the store's (pod, container) entry, its shared pod part): made when the
         # pod arrives or changes (watcher thread), so a container's first process builds nothing
         self._shared: dict[str, tuple[tuple[PodInfo, ContainerInfo], PodShared]] = {}
-        # cgroup name -> (the shared pod part, its exec probes' argument strings or None, the
-        # (pod, container) it was made from, the longest of those strings' length: longer
-        # arguments are no probe, without hashing them): dropped when the store changes that
-        # container
-        self._by_cg: dict[str, tuple[PodShared, frozenset[str] | None, tuple[PodInfo, ContainerInfo], int]] = {}
+        # cgroup name -> the container's shared pod part (which carries its exec probes'
+        # argument strings, their longest length and the container: PodShared): dropped when
+        # the store changes that container. One object per hit, no tuple around it: the
+        # compiled exec path reads it for every process of a container, and each object it
+        # goes through is one more cache miss with thousands of containers
+        self._by_cg: dict[str, PodShared] = {}
         self._cgroups_of: dict[str, list[str]] = {}      # container id -> its cgroup names in _by_cg
         # what the compiled exec path reads (native/fastpath.c, pod_from_table): a process of a
         # container in the table that runs none of its exec probes gets its pod there, counted
@@ -102,6 +103,9 @@ class PodResolver:
             d["workload_kind"] = pod.workload_kind
         if self.annotations and pod.annotations:
             d["pod_annotations"] = pod.annotations
+        d.probes = c.probe_args or None
+        d.probes_longest = max(map(len, c.probe_args), default=0)
+        d.container_info = c
         return d
 
     def pod_json(self, cgroup_name: str, pid: int, binary: str, arguments: str) -> Pod | None:
@@ -121,13 +125,12 @@ class PodResolver:
                 self._cgroups_of.clear()
             made = self._shared.get(r.container_id)
             # made for this very entry, or the watcher has not got to it yet
-            shared = made[1] if made is not None and made[0] is entry else self._base(*entry)
-            probes = entry[1].probe_args or None
-            hit = self._by_cg[cgroup_name] = (shared, probes, entry, max(map(len, probes or ("",))))
+            hit = made[1] if made is not None and made[0] is entry else self._base(*entry)
+            self._by_cg[cgroup_name] = hit
             self._cgroups_of.setdefault(entry[1].id, []).append(cgroup_name)
             if self.store.updates != seen:  # the store changed meanwhile: maybe after _changed ran
                 self._by_cg.pop(cgroup_name, None)
-        return self._with_process(hit[0], hit[2][1], pid, binary, arguments)
+        return self._with_process(hit, hit.container_info, pid, binary, arguments)
 
     def _with_process(self, base: dict[str, Any], c: ContainerInfo, pid: int, binary: str,
                       arguments: str) -> Pod:
