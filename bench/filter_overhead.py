@@ -13,6 +13,9 @@ measured (the least of --reps runs) between two measurements of `off`:
              a raw_syscalls:sys_enter program that returns at once unless the syscall is
              openat. It runs on every syscall of the machine, so it is also measured on a
              getppid loop beside `floor`: what every other syscall would pay for it
+  disp-floor the floor of one raw_syscalls:sys_enter dispatcher for all syscall hooks: it
+             tail-calls through a program array indexed by the syscall number (an empty
+             program at openat's index; a missing index falls through), also on getppid
   nomatch    agent with a policy on sys_openat whose selector never matches
   match      agent with a policy whose selector matches every open (Post)
   bt-nomatch bpftrace (Debian's) on the same tracepoint, filtering on the same
@@ -84,6 +87,19 @@ SEC("tracepoint/syscalls/sys_enter_openat")
 int vigil_bench_floor(void *ctx) { return 0; }
 SEC("raw_tp/sys_enter")
 int vigil_bench_raw_floor(struct bpf_raw_tracepoint_args *ctx) { return ctx->args[1] == __NR_openat; }
+struct {
+    __uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+    __uint(max_entries, 512);
+    __type(key, __u32);
+    __type(value, __u32);
+} vigil_bench_calls SEC(".maps");
+SEC("raw_tp/sys_enter")
+int vigil_bench_disp_floor(struct bpf_raw_tracepoint_args *ctx) {
+    bpf_tail_call(ctx, &vigil_bench_calls, (__u32)ctx->args[1]);
+    return 0;
+}
+SEC("raw_tp/sys_enter")
+int vigil_bench_disp_leaf(struct bpf_raw_tracepoint_args *ctx) { return 1; }
 """
 
 PPID_C = r"""
@@ -151,26 +167,36 @@ class Bpftrace:
         self.stop()
 
 
-class Floor:
-    """An empty program of FLOOR_C (built at bench time) attached: on the hook's tracepoint,
-    or (raw) on raw_syscalls:sys_enter."""
+FLOOR_PROGS = {"floor": ("vigil_bench_floor",), "raw-floor": ("vigil_bench_raw_floor",),
+               "disp-floor": ("vigil_bench_disp_floor", "vigil_bench_disp_leaf")}
 
-    def __init__(self, obj_path: Path, raw: bool = False) -> None:
+
+class Floor:
+    """The empty program(s) of FLOOR_C (built at bench time) of configuration `cfg` attached: on
+    the hook's tracepoint (floor), on raw_syscalls:sys_enter (raw-floor), or a raw_syscalls:sys_enter
+    dispatcher with the empty program at openat's index of its program array (disp-floor)."""
+
+    def __init__(self, obj_path: Path, cfg: str) -> None:
+        import struct
+
         from vigil.kernel import BpfObject
         from vigil.kernel.info import prog_info
 
         self.obj = BpfObject.open(obj_path)
         try:
-            name, other = "vigil_bench_floor", "vigil_bench_raw_floor"
-            if raw:
-                name, other = other, name
-            self.obj.program(other).set_autoload(False)
+            names = FLOOR_PROGS[cfg]
+            for other in {n for ns in FLOOR_PROGS.values() for n in ns} - set(names):
+                self.obj.program(other).set_autoload(False)
             self.obj.load()
-            prog = self.obj.program(name)
-            if raw:
-                prog.attach_raw_tracepoint("sys_enter")
-            else:
+            prog = self.obj.program(names[0])
+            if cfg == "disp-floor":
+                leaf = self.obj.program(names[1])
+                self.obj.map("vigil_bench_calls").update(struct.pack("I", OPENAT_NR), struct.pack("I", leaf.fd))
+                OWN_PROG_IDS.add(int(prog_info(leaf.fd)["id"]))
+            if cfg == "floor":
                 prog.attach_tracepoint("syscalls", "sys_enter_openat")
+            else:
+                prog.attach_raw_tracepoint("sys_enter")
             OWN_PROG_IDS.add(int(prog_info(prog.fd)["id"]))
         except BaseException:
             self.obj.close()
@@ -183,6 +209,9 @@ class Floor:
         self.obj.close()
 
 
+OPENAT_NR = 257  # x86_64 (asm/unistd.h), the index of the dispatcher's program array
+
+
 def build_floor(tmp: Path) -> Path:
     src, obj = tmp / "floor.bpf.c", tmp / "floor.bpf.o"
     src.write_text(FLOOR_C)
@@ -191,15 +220,18 @@ def build_floor(tmp: Path) -> Path:
     return obj
 
 
-def ns_per_hit(new_ids: set[int], a0: dict[int, dict], a1: dict[int, dict], n: int) -> float:
-    """Own run time per hit, between snapshots a0 and a1, of the program among `new_ids` (those
-    of the configuration) that ran at least once per open: the one on the hook."""
+def ns_per_hit(new_ids: set[int], a0: dict[int, dict], a1: dict[int, dict], n: int) -> tuple[float, float]:
+    """Own run time per run, between snapshots a0 and a1, of the program among `new_ids` (those
+    of the configuration) that ran at least once per open: the one on the hook; and its runs per
+    open (1 on the openat tracepoint; on raw_syscalls:sys_enter every syscall of the machine
+    runs it: the loop's open and close, and others'). A program it tail-calls counts in its
+    time (the kernel keeps no statistics of its own for that one)."""
     best = (0, 0)
     for pid in new_ids & set(a0) & set(a1):
         cnt = a1[pid].get("run_cnt", 0) - a0[pid].get("run_cnt", 0)
         if cnt >= n and cnt > best[1]:
             best = (a1[pid].get("run_time_ns", 0) - a0[pid].get("run_time_ns", 0), cnt)
-    return best[0] / best[1] if best[1] else float("nan")
+    return (best[0] / best[1], best[1] / n) if best[1] else (float("nan"), 0.0)
 
 
 def ensure_bpftrace() -> None:
@@ -249,7 +281,7 @@ def main() -> int:
         target.write_text("x")
         (tmp / "nomatch.yaml").write_text(POLICY.format(name="bench-nomatch", path="/nonexistent/vigil"))
         (tmp / "match.yaml").write_text(POLICY.format(name="bench-match", path=str(target)))
-        configs = ["off", "floor", "raw-floor", "nomatch", "match"] + ([] if a.no_bpftrace else
+        configs = ["off", "floor", "raw-floor", "disp-floor", "nomatch", "match"] + ([] if a.no_bpftrace else
                                                                         ["bt-nomatch", "bt-match"])
         if a.configs:
             want = {c.strip() for c in a.configs.split(",") if c.strip()}
@@ -267,8 +299,8 @@ def main() -> int:
 
         def measured(cfg: str, rnd: object, body: Callable[[], float]) -> float:
             """body() run with configuration cfg in place; its after-work (loss counts) done."""
-            if cfg in ("floor", "raw-floor"):
-                with Floor(floor_obj, raw=cfg == "raw-floor"):
+            if cfg in FLOOR_PROGS:
+                with Floor(floor_obj, cfg):
                     return body()
             if cfg.startswith("bt-"):
                 path = "/nonexistent/vigil" if cfg == "bt-nomatch" else str(target)
@@ -300,7 +332,7 @@ def main() -> int:
                 ratios[cfg].append(t / base)
         # what another syscall pays for each floor (getppid: the cheapest syscall there is)
         ppid_n = a.n * 10
-        ppid: dict[str, list[float]] = {c: [] for c in ("floor", "raw-floor") if c in configs}
+        ppid: dict[str, list[float]] = {c: [] for c in FLOOR_PROGS if c in configs}
         ppid_off: list[float] = []
         for rnd in range(a.rounds if ppid else 0):
             for cfg in ppid:
@@ -320,11 +352,12 @@ def main() -> int:
             return t
 
         per_hit: dict[str, float] = {}
-        for cfg in [c for c in configs[1:] if c not in ("bt-match", "raw-floor")]:
+        runs: dict[str, float] = {}
+        for cfg in [c for c in configs[1:] if c != "bt-match"]:
             pre, snap = set(bpf_prog_stats()), []
             with bpf_run_stats():
                 measured(cfg, "stats", functools.partial(snapped, snap))
-            per_hit[cfg] = ns_per_hit(set(snap[1]) - pre, snap[0], snap[1], a.n)
+            per_hit[cfg], runs[cfg] = ns_per_hit(set(snap[1]) - pre, snap[0], snap[1], a.n)
         off = median(times["off"])
         med = {c: median(r) for c, r in ratios.items()}
         added = {c: round((median(times[c]) - off) / a.n * 1e9) for c in configs[1:]}
@@ -338,6 +371,7 @@ def main() -> int:
             **{f"ratios_{c.replace('-', '_')}": [round(x, 3) for x in r] for c, r in ratios.items()},
             **{f"ns_added_{c.replace('-', '_')}": v for c, v in added.items()},
             **{f"prog_ns_per_hit_{c.replace('-', '_')}": round(v, 1) for c, v in per_hit.items()},
+            **{f"prog_runs_per_open_{c.replace('-', '_')}": round(runs[c], 2) for c in FLOOR_PROGS if c in runs},
             **{f"ppid_ratio_{c.replace('-', '_')}": round(median(r), 3) for c, r in ppid.items()},
         }
         if ppid:
@@ -351,6 +385,8 @@ def main() -> int:
             res["bt_match_lost"] = expected - sum(printed)
 
         def hit(c: str) -> str:
+            if c in ("raw-floor", "disp-floor") and c in per_hit:
+                return f"; program {per_hit[c]:.0f} ns/run, {runs[c]:.2f} runs/open"
             return f"; program {per_hit[c]:.0f} ns/hit" if c in per_hit else ""
 
         def above_floor(c: str) -> str:
@@ -364,7 +400,10 @@ def main() -> int:
                 return f"(+{added[c]} ns/open: an empty program on the tracepoint{hit(c)})"
             if c == "raw-floor":
                 return f"(+{added[c]} ns/open: an empty raw_syscalls:sys_enter program that returns unless the " \
-                       "syscall is openat)"
+                       f"syscall is openat{hit(c)})"
+            if c == "disp-floor":
+                return f"(+{added[c]} ns/open: a raw_syscalls:sys_enter dispatcher tail-calling an empty program " \
+                       f"at openat's index{hit(c)})"
             if c == "nomatch":
                 return f"(+{added[c]} ns/open{above_floor(c)}{hit(c)}; goal <= 1.10 and below bpftrace's)"
             if c == "bt-nomatch":
@@ -378,7 +417,7 @@ def main() -> int:
         print(f"  off        {res['off_s']:.3f}s CPU ({res['ns_per_open_off']} ns/open)")
         for c in configs[1:]:
             print(f"  {c:<10} ratio {med[c]:.3f} {line(c)}  {rounds(c)}")
-            if c == "raw-floor" and ppid:
+            if c == [f for f in FLOOR_PROGS if f in configs][-1] and ppid:
                 p_off = res["ppid_ns_per_syscall_off"]
                 print(f"             and every other syscall pays for a floor: a getppid loop ({p_off} ns/syscall) "
                       + ", ".join(f"with {k} {median(v):.3f} (+{round((median(v) - 1) * p_off)} ns)"
