@@ -3965,12 +3965,32 @@ static PyTypeObject BuilderType = {
 };
 
 /* ------------------------------------------------------------------ the event loop's dispatch
- * handle_records(recs, handlers, now, emit, errors, bad): Pipeline.handle's loop (its
- * reference), compiled: each record to the handler of its op (dict op -> callable), the
+ * handle_records(recs, handlers, now, emit, errors, bad[, samples]): Pipeline.handle's loop
+ * (its reference), compiled: each record to the handler of its op (dict op -> callable), the
  * events to emit() in batches of 256; a record with no handler, or whose handler raises
  * one of the `bad` exception classes, is appended to `errors` as (op, length, message or
- * None) and skipped. Other exceptions propagate. */
+ * None) and skipped. Other exceptions propagate.
+ * `samples` (optional; Pipeline.samples, int64 x SAMPLE_SLOTS): one handler call in about
+ * every [SAMPLE_EVERY] records is timed, [op] += its ns and [256 + op] += 1, the next one
+ * SAMPLE_EVERY/2 .. 3*SAMPLE_EVERY/2 records later ([SAMPLE_LEFT] counts down, kept between
+ * calls; [SAMPLE_RNG] the xorshift state that varies the gap, so records interleaved with a
+ * period are all sampled): two clock reads per that many records, none for the others. */
 #define EMIT_BATCH 256
+#define SAMPLE_EVERY 512
+#define SAMPLE_LEFT 513
+#define SAMPLE_RNG 514
+#define SAMPLE_SLOTS 515
+
+static int64_t sample_gap(int64_t *s)
+{
+	uint64_t x = (uint64_t)s[SAMPLE_RNG] | 1;
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	s[SAMPLE_RNG] = (int64_t)x;
+	int64_t every = s[SAMPLE_EVERY] > 0 ? s[SAMPLE_EVERY] : 1;
+	return every / 2 + (int64_t)(x % (uint64_t)every) + 1;
+}
 
 static int emit_batch(PyObject *emit, PyObject **out)
 {
@@ -3982,12 +4002,23 @@ static int emit_batch(PyObject *emit, PyObject **out)
 
 static PyObject *handle_records(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-	if (nargs != 6 || !PyList_Check(args[0]) || !PyDict_Check(args[1]) || !PyList_Check(args[4]) ||
-	    !PyTuple_Check(args[5]))
+	if ((nargs != 6 && nargs != 7) || !PyList_Check(args[0]) || !PyDict_Check(args[1]) ||
+	    !PyList_Check(args[4]) || !PyTuple_Check(args[5]))
 		return PyErr_Format(PyExc_TypeError, "handle_records(recs: list, handlers: dict, now, emit, errors: list, "
-						     "bad: tuple)");
+						     "bad: tuple[, samples])");
 	PyObject *recs = args[0], *handlers = args[1], *now = args[2], *emit = args[3], *errors = args[4];
 	PyObject *bad = args[5], *out = NULL;
+	Py_buffer sv = {0};
+	int64_t *samples = NULL;
+	if (nargs == 7 && args[6] != Py_None) {
+		if (PyObject_GetBuffer(args[6], &sv, PyBUF_WRITABLE) < 0)
+			return NULL;
+		if (sv.len < (Py_ssize_t)(SAMPLE_SLOTS * sizeof(int64_t))) {
+			PyBuffer_Release(&sv);
+			return PyErr_Format(PyExc_ValueError, "handle_records: samples of %zd bytes", sv.len);
+		}
+		samples = sv.buf;
+	}
 	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(recs); i++) {
 		PyObject *buf = PyList_GET_ITEM(recs, i);
 		Py_buffer view;
@@ -4005,9 +4036,21 @@ static PyObject *handle_records(PyObject *self, PyObject *const *args, Py_ssize_
 				goto fail;
 		}
 		if (h) {
+			struct timespec t0;
+			int timed = samples && --samples[SAMPLE_LEFT] <= 0;
+			if (timed) {
+				samples[SAMPLE_LEFT] = sample_gap(samples);
+				clock_gettime(CLOCK_MONOTONIC, &t0);
+			}
 			Py_INCREF(buf);  /* the handler may outlive the list's hold on it */
 			e = PyObject_Vectorcall(h, (PyObject *[]){buf, now}, 2, NULL);
 			Py_DECREF(buf);
+			if (timed) {
+				struct timespec t1;
+				clock_gettime(CLOCK_MONOTONIC, &t1);
+				samples[op] += (int64_t)(t1.tv_sec - t0.tv_sec) * 1000000000 + (t1.tv_nsec - t0.tv_nsec);
+				samples[256 + op] += 1;
+			}
 			if (!e) {
 				if (!PyErr_ExceptionMatches(bad))
 					goto fail;
@@ -4043,10 +4086,14 @@ static PyObject *handle_records(PyObject *self, PyObject *const *args, Py_ssize_
 			goto fail;
 	}
 	if (out && emit_batch(emit, &out) < 0)
-		return NULL;
+		goto fail;
+	if (samples)
+		PyBuffer_Release(&sv);
 	Py_RETURN_NONE;
 fail:
 	Py_XDECREF(out);
+	if (samples)
+		PyBuffer_Release(&sv);
 	return NULL;
 }
 
@@ -4368,7 +4415,7 @@ static PyMethodDef methods[] = {
 	 "pod_parts(dict)"},
 	{"decode_generic", decode_generic, METH_O, "generic policy record -> (GenericRecord, data after the header)"},
 	{"handle_records", (PyCFunction)(void (*)(void))handle_records, METH_FASTCALL,
-	 "handle_records(recs, handlers, now, emit, errors, bad): the event loop's dispatch (Pipeline.handle)"},
+	 "handle_records(recs, handlers, now, emit, errors, bad[, samples]): the event loop's dispatch (Pipeline.handle)"},
 	{"set_decode_error", set_decode_error, METH_O, "the exception class a bad record raises"},
 	{"ring_write", ring_write, METH_VARARGS,
 	 "(buf, header, capacity, head, seq, payloads, reserve_off) -> (head, seq)"},

@@ -253,6 +253,54 @@ def test_handling_latency_observes_each_record_at_its_batchs_time_per_record(ops
         assert total[0] == pytest.approx(elapsed_us / len(ops) * n)
 
 
+def _lat_means(p: Any) -> dict[int, float]:
+    return {op: total[0] / sum(buckets) for op, (buckets, total) in p.latency.items()}
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["python", "compiled"])
+def test_handling_latency_gives_each_op_of_a_mixed_batch_its_own_share(compiled: bool,
+                                                                      monkeypatch: pytest.MonkeyPatch):
+    """A batch of two ops interleaved (a slow one, a fast one: as exec and clone records come)
+    was observed at the batch's mean time per record for both. Now the batch's time is shared
+    by the ops' sampled handler times: the slow op's records are in its own buckets. Python
+    loop: a fake clock the handlers move (1000 us and 10 us), so the shares are exact; compiled
+    loop (its own clock): a 1 ms sleep against a handler that returns at once."""
+    from types import SimpleNamespace
+
+    from vigil.agent import pipeline as P
+    from vigil.core import native
+
+    if compiled and native.fast is None:
+        pytest.fail("the compiled fast path is not built (make native)")
+    clock = [0]
+    if not compiled:
+        monkeypatch.setattr(P.native, "fast", None)
+        monkeypatch.setattr(P.time, "monotonic_ns", lambda: clock[0])
+
+    def slow(buf: bytes, now: int) -> None:
+        if compiled:
+            time.sleep(0.001)
+        clock[0] += 1_000_000
+
+    def fast(buf: bytes, now: int) -> None:
+        clock[0] += 10_000
+
+    pipe = P.Pipeline(SimpleNamespace(k8s=None))  # type: ignore[arg-type]
+    pipe.handlers = {1: slow, 3: fast}
+    pipe.samples[P._S_EVERY] = 4  # a sample in every 3 to 6 records
+    recs = [bytes([op]) + b"\0" * 7 for op in (1, 3)] * 40  # interleaved with period 2
+    for i in range(0, len(recs), 20):
+        pipe.handle(recs[i:i + 20])
+    assert pipe.msg_ops == {1: 40, 3: 40}
+    assert pipe.samples[256 + 1] > 0 and pipe.samples[256 + 3] > 0  # both ops sampled, not one phase
+    means = _lat_means(pipe)
+    assert means[1] > means[3], means  # the batch's mean for both before
+    if not compiled:  # exact: each op its own time
+        assert means == {1: pytest.approx(1000.0), 3: pytest.approx(10.0)}
+        buckets = {op: b for op, (b, _) in pipe.latency.items()}
+        assert buckets == {1: [0, 0, 0, 40, 0, 0, 0], 3: [40, 0, 0, 0, 0, 0, 0]}
+
+
 @pytest.mark.parametrize("fails", [0, 1, 3], ids=["none", "one", "three"])
 def test_an_injected_event_that_cannot_be_made_is_counted_lost(tmp_path: Path, fails: int):
     """An event made on the loop's thread from another thread's report (a loader event) whose

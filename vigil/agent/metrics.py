@@ -446,10 +446,10 @@ class AgentCollector(Collector):
             msg_ops.add_metric([op], n)
         yield msg_ops
         # microseconds to handle a kernel record, by opcode, in Tetragon's buckets: each record
-        # observed at its batch's time per record (Pipeline._count_ops)
+        # observed at its op's share of its batch's time per record (Pipeline._count_ops)
         latency = HistogramMetricFamily("tetragon_handling_latency", "Time to handle a kernel record (decode and "
-                                        "hand to every consumer), in microseconds: its batch's time per record",
-                                        labels=["op"])
+                                        "hand to every consumer), in microseconds: its op's share of its batch's "
+                                        "time (by sampled handler times), per record", labels=["op"])
         lat = st.get("handling_latency") or {}
         for op in sorted(set(lat) | {str(o) for o in st.get("handled_opcodes", ())}, key=int):
             h = lat.get(op) or {"buckets": [0] * (len(LATENCY_BUCKETS_US) + 1), "sum_us": 0.0}

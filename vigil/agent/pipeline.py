@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 import time
+from array import array
 from bisect import bisect_left
 from collections import _count_elements, deque  # type: ignore[attr-defined]
 from collections.abc import Callable
@@ -45,6 +46,11 @@ TETRAGON_OPCODE = {R.OP_EXEC: "5", R.OP_CLONE: "23", R.OP_EXIT: "7", R.OP_GENERI
                    R.OP_DATA: "24"}
 # tetragon_handling_latency's buckets (microseconds), as Tetragon's: 50us, 100us, 500us, 1ms, 10ms, 100ms
 LATENCY_BUCKETS_US = (50.0, 100.0, 500.0, 1000.0, 10000.0, 100000.0)
+# one handler call in about this many records is timed (Pipeline.samples), for each op's share of
+# its batch's handling time (_count_ops); slots of the samples array, as native/fastpath.c's
+SAMPLE_EVERY = 64
+_S_EVERY, _S_LEFT, _S_RNG, _S_SLOTS = 512, 513, 514, 515
+_SAMPLES_KEPT = 4096  # an op's samples past this many are halved: its estimate follows a change
 _op_of = itemgetter(0)  # a record's op: its first byte
 # a policy hook's kernel counters (vigil.sensors.generic.STATS) of hits whose record was not
 # made -> their cause in `vigil status` lost.kernel (tetragon_bpf_missed_events, msg_op 13):
@@ -77,6 +83,10 @@ class Pipeline:
         # tetragon_handling_latency: record op -> [count per bucket of LATENCY_BUCKETS_US, then
         # +Inf], and the sum of the observations in microseconds (see _count_ops)
         self.latency: dict[int, tuple[list[int], list[float]]] = {}
+        # handler calls timed, by record op: [op] ns, [256 + op] calls, then the sampling state
+        # (every, records left to the next, xorshift state), as native/fastpath.c reads it
+        self.samples = array("q", bytes(8 * _S_SLOTS))
+        self.samples[_S_EVERY], self.samples[_S_LEFT], self.samples[_S_RNG] = SAMPLE_EVERY, 1, 0x9E3779B97F4A7C15 >> 1
         self.user_drops: dict[str, int] = {}
         # hits of the policies' hooks whose records the kernel could not make, by cause (the
         # hooks' busy and pending_full counters: see _policy_drops), summed over every hook
@@ -204,9 +214,9 @@ class Pipeline:
         now = time.monotonic_ns()
         errors: list[tuple[int, int, str | None]] = []
         if native.fast is not None and type(recs) is list:
-            native.fast.handle_records(recs, self.handlers, now, self.emit, errors, _BAD_RECORD)
+            native.fast.handle_records(recs, self.handlers, now, self.emit, errors, _BAD_RECORD, self.samples)
         else:
-            self.py_handle(recs, now, errors)
+            self.py_handle(recs, now, errors, self.samples)
         self._count_ops(recs, time.monotonic_ns() - now)
         for op, n, msg in errors:
             self.decode_errors += 1
@@ -222,13 +232,16 @@ class Pipeline:
         """tetragon_msg_op_total and tetragon_handling_latency of a handled batch. Tetragon counts
         each record by its op and times each one's handling (decode and hand-off to the
         listeners) alone. Here a batch is handled at once (decode, emit to every consumer), and
-        timing each record would add two clock reads and a histogram step of Python per record
-        to the loop's hot path: instead the batch is timed once, and each of its records is one
-        observation of the batch's time per record (what handling a record cost, amortised over
-        the batch it came in), counted per op with the record counts of the same C pass (a few
-        steps per batch, none per record). So a histogram's count is the records of its op, as
-        msg_op_total's, and its sum their handling time; a batch of mixed ops gives each op the
-        batch's mean time per record (the ops are not timed apart)."""
+        timing each record would add two clock reads per record to the loop's hot path.
+        Instead the batch is timed once, and one handler call in about SAMPLE_EVERY records
+        is timed by the loop (self.samples, by op): the batch's time is shared among its ops
+        in proportion to their records and their mean sampled handler time, and each record
+        is one observation of its op's share per record. A batch is records of the rings
+        merged in kernel-time order (clone, exec, exit, policy records interleaved), so ops
+        are not timed in runs. An op with no sample yet is given the mean of the batch's
+        sampled ops; with none, every op the batch's mean time per record. So a histogram's
+        count is the records of its op, as msg_op_total's, the sums of a batch's ops its
+        measured time, and a costly op's records are in its own buckets, not the batch's mean."""
         n = len(recs)
         if not n:
             return
@@ -238,18 +251,21 @@ class Pipeline:
         except IndexError:  # an empty record (no op): one by one
             batch = {}
             _count_elements(batch, (r[0] if len(r) else -1 for r in recs))
-        per_us = elapsed_ns / n / 1000.0
-        i = bisect_left(LATENCY_BUCKETS_US, per_us)  # the first bucket whose bound (le) holds it
+        elapsed_us = elapsed_ns / 1000.0
+        unit = _unit_costs(getattr(self, "samples", None), batch)
+        weight = sum(unit[op] * k for op, k in batch.items())
         ops, lat = self.msg_ops, self.latency
         for op, k in batch.items():
             ops[op] = ops.get(op, 0) + k
             h = lat.get(op)
             if h is None:
                 h = lat[op] = ([0] * (len(LATENCY_BUCKETS_US) + 1), [0.0])
-            h[0][i] += k
+            per_us = elapsed_us * unit[op] / weight if weight > 0 else elapsed_us / n
+            h[0][bisect_left(LATENCY_BUCKETS_US, per_us)] += k  # the first bucket whose bound (le) holds it
             h[1][0] += per_us * k
 
-    def py_handle(self, recs: list[bytes], now: int, errors: list[tuple[int, int, str | None]]) -> None:
+    def py_handle(self, recs: list[bytes], now: int, errors: list[tuple[int, int, str | None]],
+                  samples: array[int] | None = None) -> None:
         """The reference of the compiled loop (native/fastpath.c, handle_records)."""
         handlers = self.handlers
         out: list[Event] = []
@@ -260,11 +276,21 @@ class Pipeline:
             if h is None:
                 errors.append((op, len(buf), None))
                 continue
+            timed = 0
+            if samples is not None:
+                samples[_S_LEFT] -= 1
+                if samples[_S_LEFT] <= 0:
+                    samples[_S_LEFT] = _sample_gap(samples)
+                    timed = time.monotonic_ns()
             try:
                 e = h(buf, now)
             except _BAD_RECORD as ex:
                 errors.append((op, len(buf), str(ex)))
                 continue
+            finally:
+                if timed:
+                    samples[op] += time.monotonic_ns() - timed  # type: ignore[index]
+                    samples[256 + op] += 1  # type: ignore[index]
             if e is not None:
                 append(e)
             if len(out) >= 256:
@@ -342,6 +368,36 @@ class Pipeline:
         lost = self.bus.dropped_total
         if lost and lost != self.user_drops.get("slow_subscriber"):
             self.user_drops["slow_subscriber"] = lost
+
+
+def _unit_costs(s: array[int] | None, batch: dict[int, int]) -> dict[int, float]:
+    """Mean sampled handler ns of each op of a batch (Pipeline._count_ops); an op without a
+    sample: the mean of the others; 1.0 each when none has one."""
+    out: dict[int, float] = {}
+    for op in batch:
+        if s is not None and 0 <= op < 256 and s[256 + op] > 0:
+            if s[256 + op] > _SAMPLES_KEPT:
+                s[op] //= 2
+                s[256 + op] //= 2
+            out[op] = max(s[op], 1) / s[256 + op]
+    if len(out) < len(batch):
+        mean = sum(out.values()) / len(out) if out else 1.0
+        for op in batch:
+            out.setdefault(op, mean)
+    return out
+
+
+def _sample_gap(s: array[int]) -> int:
+    """Records to the next timed handler call: SAMPLE_EVERY/2 .. 3*SAMPLE_EVERY/2 by a xorshift
+    (native/fastpath.c's sample_gap), so ops interleaved with a period are all sampled."""
+    m = (1 << 64) - 1
+    x = (s[_S_RNG] & m) | 1
+    x ^= (x << 13) & m
+    x ^= x >> 7
+    x ^= (x << 17) & m
+    s[_S_RNG] = x - (1 << 64) if x >= 1 << 63 else x
+    every = s[_S_EVERY] if s[_S_EVERY] > 0 else 1
+    return every // 2 + x % every + 1
 
 
 def batch_scheduling() -> bool:
