@@ -45,8 +45,10 @@ drops, shown as `skipped`). The
 replay starts once all clients are subscribed. Per phase: export events/s, delivered
 events/s per client (received / (last message - replay start)), both as ratios to the
 export-alone rate, per-client losses (counted by the serving process per client; a
-client that cannot keep up loses events, it never slows the export), and the CPU time
-of the agent, the serving process and each client.
+client that cannot keep up loses events, it never slows the export), the CPU time
+of the agent, the serving process and each client, and what the agent's event loop lost to
+them: the time it was runnable but waited for a CPU, and how often it was preempted
+(/proc/thread-self/schedstat and status; the same for export alone, beside it).
 
     .venv/bin/python bench/grpc_throughput.py [--quick] [-n N] [--rounds 3] [--clients 1,4] [--client-impl go,python]
                                               [--go-output none|json] [--raw-clients] [--threaded-clients]
@@ -224,9 +226,11 @@ def run_phase(records: list[bytes], tmp: Path, n_clients: int, impl: str, raw: b
             fe.ring.populate()
             fe.ring.wait_populated(60)
         cpu0 = _cpu_self(), [_cpu_pid(p.pid) for p in (fe.procs if fe is not None else [])]
+        sched0 = _sched_self()
         t0 = time.monotonic()
         agent.run()
         t_export = time.monotonic() - t0
+        sched = [b - a for a, b in zip(sched0, _sched_self())]
         cpu_agent = _cpu_self() - cpu0[0]
         n_events = sum(agent.pipeline.events_by_type.values())
         dropped: list[int] = []
@@ -265,13 +269,25 @@ def run_phase(records: list[bytes], tmp: Path, n_clients: int, impl: str, raw: b
             "export_seconds": t_export,
             "export_events_per_s": n_events / t_export, "per_client": clients, "grpc": grpc_stats,
             "cpu_s": {"agent_export": round(cpu_agent, 3), "serving": round(cpu_serving, 3),
-                      "clients": [round(r.get("cpu_s", 0.0), 3) for r in results]}}
+                      "clients": [round(r.get("cpu_s", 0.0), 3) for r in results]},
+            "agent_loop": {"ran_s": round(sched[0], 3), "waited_s": round(sched[1], 3),
+                           "preempted": int(sched[2])}}
 
 
 def _cpu_self() -> float:
     """CPU seconds of this process's threads (the agent runs in this process)."""
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
+
+
+def _sched_self() -> tuple[float, float, float]:
+    """The calling thread (the agent's event loop in a replay) so far: seconds on a CPU,
+    seconds runnable but waiting for one (/proc schedstat), and times it was preempted
+    (involuntary context switches): what the export loses to the other processes."""
+    ran, waited, _ = Path("/proc/thread-self/schedstat").read_text().split()
+    status = Path("/proc/thread-self/status").read_text()
+    preempted = int(status.rsplit("nonvoluntary_ctxt_switches:", 1)[1].split()[0])
+    return int(ran) / 1e9, int(waited) / 1e9, float(preempted)
 
 
 def _cpu_pid(pid: int) -> float:
@@ -342,7 +358,9 @@ def main() -> int:
           f"(agent CPU {' / '.join(f'{x:.2f}' for x in alone_cpu)} s)", flush=True)
     summary: dict = {"n": n, "cpus": os.cpu_count(), "raw_clients": a.raw_clients,
                      "threaded_clients": a.threaded_clients, "go_output": a.go_output, "rounds": len(rounds),
-                     "export_alone_events_per_s": [round(x) for x in alone_rates]}
+                     "export_alone_events_per_s": [round(x) for x in alone_rates],
+                     "alone_loop_waited_s_rounds": [r["alone"]["agent_loop"]["waited_s"] for r in rounds],
+                     "alone_loop_preempted_rounds": [r["alone"]["agent_loop"]["preempted"] for r in rounds]}
     for j in range(len(rounds[0]["phases"])):
         across = [r["phases"][j] for r in rounds]
         ratios = [ph["export_ratio"] for ph in across]
@@ -358,6 +376,9 @@ def main() -> int:
         cpu = ph["cpu_s"]
         print(f"{'':>16}CPU s: agent {cpu['agent_export']:.2f} (during the export), serving process(es) "
               f"{cpu['serving']:.2f}, clients {' '.join(f'{c:.2f}' for c in cpu['clients']) or '-'}", flush=True)
+        loop, alone_loop = ph["agent_loop"], rounds[across.index(ph)]["alone"]["agent_loop"]
+        print(f"{'':>16}agent's loop: waited {loop['waited_s']:.3f} s for a CPU, preempted {loop['preempted']} "
+              f"times (export alone: {alone_loop['waited_s']:.3f} s, {alone_loop['preempted']})", flush=True)
         if ph["grpc"]:
             g = ph["grpc"]
             print(f"{'':>16}ring: {g['ring']['records']} of {ph['events']} events encoded and written once by the "
@@ -371,6 +392,8 @@ def main() -> int:
         summary[f"{k}_delivered_events_per_s"] = [round(r) for r in rates]
         summary[f"{k}_received"] = [c["received"] for c in ph["per_client"]]
         summary[f"{k}_lost"] = [c["lost"] for c in ph["per_client"]]
+        summary[f"{k}_loop_waited_s_rounds"] = [r["agent_loop"]["waited_s"] for r in across]
+        summary[f"{k}_loop_preempted_rounds"] = [r["agent_loop"]["preempted"] for r in across]
     for ph in paced:
         c = ph["per_client"][0]
         print(f"{'1 ' + ph['impl'] + ', paced':>14}: export {ph['export_events_per_s']:>9,.0f} ev/s (paced at "
