@@ -17,9 +17,22 @@ from vigil.agent.config import AgentConfig
 from vigil.agent.metrics import AgentCollector
 from vigil.events import records as R
 from vigil.events.source import ReplaySource
-from vigil.events.synth import exit_record, process_record
+from vigil.events.synth import exit_record, generic_record, process_record
 
 EXEC = process_record(pid=100, ktime=1000, binary="/usr/bin/bash")
+GONE_HOOK = generic_record(hook_id=4000, pid=100, ktime=2000, exec_ktime=1000)
+
+
+def _netdeny_record(rule_id: int) -> bytes:
+    from vigil.enforce.netdeny import MSG, VIGIL_OP_NETDENY
+
+    fields = [0] * len(MSG.unpack(bytes(MSG.size)))
+    fields[0], fields[4], fields[5], fields[7], fields[8], fields[9] = VIGIL_OP_NETDENY, 2000, 100, 1000, 100, rule_id
+    fields[11], fields[18], fields[19] = 2, b"\x7f\0\0\x01" + bytes(12), b"curl"  # AF_INET 127.0.0.1
+    return MSG.pack(*fields)
+
+
+GONE_RULE = _netdeny_record(77)
 
 
 def replay(tmp_path: Path, records: list[bytes], **cfg: Any) -> tuple[dict[str, dict[tuple[str, ...], float]], list[Any]]:
@@ -51,7 +64,11 @@ def replay(tmp_path: Path, records: list[bytes], **cfg: Any) -> tuple[dict[str, 
     ([EXEC[:20], EXEC], {("5", "event_handler_failed"): 1}),
     ([exit_record(pid=1, ktime=5, exec_ktime=1)[:12], EXEC[:9]], {("7", "event_handler_failed"): 1,
                                                                   ("5", "event_handler_failed"): 1}),
-], ids=["none", "empty", "unknown-op", "short-exec", "short-exit-and-exec"])
+    # records of a policy deleted meanwhile (no loaded hook or rule has their id): lost, and
+    # counted as Tetragon's generic handler counts a record of an unknown id
+    ([EXEC, GONE_HOOK, GONE_HOOK], {("13", "event_handler_failed"): 2}),
+    ([EXEC, GONE_RULE], {("13", "event_handler_failed"): 1}),
+], ids=["none", "empty", "unknown-op", "short-exec", "short-exit-and-exec", "gone-hook", "gone-netdeny-rule"])
 def test_handler_errors_by_tetragon_opcode_and_error(tmp_path: Path, records: list[bytes],
                                                      want: dict[tuple[str, str], int]):
     got, _ = replay(tmp_path, records)

@@ -165,8 +165,8 @@ class PolicyEvents:
 
         rec = NetDeny.decode(buf)
         entry = self.hooks.get(netdeny_hook_id(rec["rule_id"]))
-        if entry is None:
-            return None
+        if entry is None:  # a rule of a policy deleted meanwhile: lost, a handler error as Tetragon's
+            raise ValueError(f"netdeny rule {rec['rule_id']}: no loaded policy has it")
         ch, lp = entry
         process, parent = self.processes(rec["pid"], rec["exec_ktime"])
         body = netdeny_event(rec, ch)
@@ -201,8 +201,8 @@ class PolicyEvents:
     def handle(self, buf: bytes, now_ns: int) -> PolicyEvent | None:
         m, data = decode_generic(buf)
         entry = self.hooks.get(m.hook_id)
-        if entry is None:
-            return None  # a record of a policy deleted meanwhile
+        if entry is None:  # a record of a policy deleted meanwhile: lost, a handler error as Tetragon's
+            raise ValueError(f"hook {m.hook_id}: no loaded policy has it")
         ch, lp = entry
         b = self.builder
         process, parent = self.processes(m.pid, m.exec_ktime, unknown=bool(m.flags & L.EV_NO_PROC))
