@@ -262,6 +262,20 @@ def test_tracingpolicy_unknown_domain_is_a_usage_error(agent_cli, tmp_path, args
     assert not [c for c in agent.calls if c[0] != "log_level"]  # nothing reached the agent
 
 
+@pytest.mark.parametrize("args, want", [
+    (["bugtool", "-o", ""], "Invalid value for -o/--out: an empty file name"),          # was ValueError: nothing to open
+    (["probe", "--obj", "/etc/passwd"], "Invalid value for --obj: /etc/passwd: not a BPF object"),  # was 34 '?'s, exit 0
+    (["tp", "add", ""], "Invalid value for 'FILE': an empty file name"),               # was 'cannot read .'
+    (["tp", "modify", ""], "Invalid value for 'FILE': an empty file name"),
+])
+def test_bad_arguments_are_usage_errors(args, want):
+    """Bad arguments found while walking the CLI: a traceback, a table of '?' and exit 0, and
+    an empty name read as '.': each is now a usage error naming the argument (checked before
+    any agent is asked)."""
+    res = invoke(*args)
+    assert res.exit_code == 2 and want in res.output, (res.output, res.exception)
+
+
 @pytest.mark.parametrize("content, args, code, want", [
     (POLICY, [], 0, POLICY),                                           # unchanged without -m
     (POLICY, ["-m", "monitor"], 0, "options:\n  - name: policy-mode\n    value: monitor\n"),

@@ -86,6 +86,8 @@ def _run(argv: list[str]) -> bytes:
 @server_options
 def bugtool(out_file: str, bpftool: str, gops: str, server_address: str | None, timeout: float) -> None:
     """Produce a tar archive with debug information."""
+    if not out_file:  # tarfile's own words were a traceback: ValueError: nothing to open
+        raise click.BadParameter("an empty file name: give the archive's path", param_hint="-o/--out")
     if bpftool and not os.access(bpftool, os.X_OK):
         raise click.BadParameter(f"{bpftool}: not an executable file", param_hint="--bpftool")
     files = _collect(server_address, timeout, bpftool, gops)

@@ -34,6 +34,14 @@ def probe(ctx: click.Context, output: str, obj_path: str | None) -> None:
         return
     from vigil.kernel.features import probe_all
 
+    if obj_path is not None:  # not an object libbpf opens: one error, not every feature inconclusive
+        from vigil.kernel import BpfError
+        from vigil.kernel.objects import BpfObject
+
+        try:
+            BpfObject.open(obj_path).close()
+        except BpfError as e:
+            raise click.BadParameter(f"{obj_path}: not a BPF object ({e})", param_hint="--obj") from None
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.getLogger("vigil.features").setLevel(logging.WARNING)  # the table says it all
     t = time.perf_counter()

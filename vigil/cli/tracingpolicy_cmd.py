@@ -111,8 +111,15 @@ def _domain_opt(fn: Any) -> Any:
                              "(--tracing-policy-dir); default: grpc (list: all), as tetra's.")(fn)
 
 
+def _policy_file(_ctx: click.Context, _param: click.Parameter, value: Path) -> Path:
+    """click reads an empty FILE as Path('') == '.': 'cannot read .: Is a directory'."""
+    if value == Path(""):  # (click has already refused an existing directory such as ".")
+        raise click.BadParameter("an empty file name")
+    return value
+
+
 @tracingpolicy.command("add")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path), callback=_policy_file)
 @click.option("-m", "--mode", type=click.Choice(["enforce", "monitor"]), default=None,
               help="Load the policy in this mode (sets the policy-mode option).")
 @_domain_opt
@@ -242,7 +249,7 @@ def domains(output: str, server_address: str | None, timeout: float) -> None:
 
 
 @tracingpolicy.command("modify")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path), callback=_policy_file)
 @click.option("-m", "--mode", type=click.Choice(["enforce", "monitor"]), default=None,
               help="Set the policy-mode option of the policy.")
 def modify(file: Path, mode: str | None) -> None:
