@@ -159,3 +159,30 @@ class _StubBuilder:
     def ktime_rfc3339(self, ktime: int) -> str:
         return "1970-01-01T00:00:00Z"
 
+
+# (matchActions, the user-space action wanted) of a policy in monitor mode: its records carry
+# EV_MONITOR when an enforcing action before the user action was only reported. Tetragon's
+# monitor mode turns the enforcing actions into monitor_* ones alone (do_action's enforce_mode):
+# GetUrl and DnsLookup still set the action argument and its agent runs them whatever the mode
+MONITOR_USER_ACTION_CASES = [
+    (f"[{{action: Sigkill}}, {URL}]", [("GetUrl", "http://127.0.0.1/x")]),
+    (f"[{{action: Override, argError: -1}}, {FQDN}]", [("DnsLookup", "localhost")]),
+    (f"[{{action: Signal, argSig: 10}}, {URL}]", [("GetUrl", "http://127.0.0.1/x")]),
+    (f"[{URL}]", [("GetUrl", "http://127.0.0.1/x")]),
+    (f"[{URL}, {{action: Sigkill}}]", []),
+]
+
+
+@pytest.mark.parametrize("actions,want", MONITOR_USER_ACTION_CASES, ids=[c[0] for c in MONITOR_USER_ACTION_CASES])
+def test_user_actions_run_in_monitor_mode(actions: str, want: list[tuple[str, str]]) -> None:
+    from vigil.agent.policy_events import PolicyEvents
+
+    ch = _hook("process_kprobe", actions)
+    codes = [G._ACT_BY_LOWER[a.action.lower()] for a in ch.selectors[0].match_actions]
+    submitted: list[tuple[str, str]] = []
+    pe = PolicyEvents(_StubBuilder(), lambda e: None, {ch.hook_id: (ch, None)},  # type: ignore[arg-type]
+                      type("UA", (), {"submit": lambda self, k, t: submitted.append((k, t))})())
+    rec = generic_record(hook_id=ch.hook_id, pid=100, ktime=7, exec_ktime=5, args=[(b"/etc/passwd", 0, 0, 0)],
+                         selector=1, action=G.kernel_action(codes), flags=L.EV_MONITOR)
+    ev = pe.handle(rec, 0)
+    assert submitted == want and ev is not None and ev.body["action"] == G.reported_action(codes)

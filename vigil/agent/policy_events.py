@@ -207,7 +207,7 @@ class PolicyEvents:
         b = self.builder
         process, parent = self.processes(m.pid, m.exec_ktime, unknown=bool(m.flags & L.EV_NO_PROC))
         action = m.action
-        if ch.actions and action in _USER_ACTIONS and not m.flags & L.EV_MONITOR:
+        if ch.actions and action in _USER_ACTIONS:  # in monitor mode too, as Tetragon
             from vigil.sensors.user_actions import requested
 
             for what, target in requested(ch, m.selector):
