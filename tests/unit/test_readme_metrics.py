@@ -14,11 +14,11 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def not_sent_yet() -> list[str]:
-    """The metric names of README's "Not sent yet: ..." sentence (up to its full stop)."""
+    """The metric names of README's "Not sent yet: ..." sentence (up to its full stop); none
+    when it has no such sentence (every family is sent)."""
     text = " ".join(README.read_text().split())
     m = re.search(r"Not sent yet: (.*?)\.(?: |$)", text)
-    assert m, "README has no 'Not sent yet:' sentence"
-    return re.findall(r"`(tetragon_[a-z_]+)`", m.group(1))
+    return re.findall(r"`(tetragon_[a-z_]+)`", m.group(1)) if m else []
 
 
 def test_readme_does_not_call_a_sent_metric_unsent(tmp_path: Path):
@@ -34,5 +34,4 @@ def test_readme_does_not_call_a_sent_metric_unsent(tmp_path: Path):
     finally:
         agent.close()
     listed = not_sent_yet()
-    assert listed
     assert [n for n in listed if n.removesuffix("_total") in sent] == []

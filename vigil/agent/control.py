@@ -107,6 +107,8 @@ class AgentControl:
             "handled_opcodes": sorted({TETRAGON_OPCODE.get(op, str(op)) for op in list(p.handlers)}, key=int),
             **self._msg_ops(),
             "events_missing_process_info": b.missing_info,
+            # policy events held for their process's exec record (vigil.process.hold)
+            "event_cache": b.hold.status(),
             "data_cache": self._data_cache(),
             "loader_stats": dict(getattr(getattr(a.policies, "events", None), "loader_stats", {})),
             "restart": dict(a.restart),

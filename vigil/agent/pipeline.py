@@ -95,6 +95,8 @@ class Pipeline:
         self._hook_seen: dict[int, tuple[Any, dict[str, int]]] = {}  # id(hook) -> (hook, its counters)
         self.cache_peak = 0  # the cache's largest size since the heap was last trimmed
         self.heap_trims = 0
+        # policy events of a process the cache does not have yet (vigil.process.hold)
+        self.hold = getattr(getattr(agent, "builder", None), "hold", None)
 
     # -- outputs, opened by Agent.start
     def open_outputs(self, c: AgentConfig) -> None:
@@ -143,6 +145,8 @@ class Pipeline:
         while not stop.is_set():
             if self._injected or self._later:
                 self._emit_injected()
+            if self.hold is not None and self.hold.held and (done := self.hold.retry(time.monotonic_ns(), self.steps)):
+                self.emit(done)
             if waited or src.wait(0.1):
                 waited = False
                 recs = src.drain()
@@ -166,6 +170,8 @@ class Pipeline:
             self.handle(recs)
         self.steps += 2
         self._emit_injected()
+        if self.hold is not None and self.hold.held:  # what still waits for its process: sent as it is
+            self.emit(self.hold.retry(time.monotonic_ns(), self.steps, final=True))
         if a.k8s is not None:
             self.emit(a.k8s.hold.flush(), hold=False)
         self.tick()
@@ -301,6 +307,8 @@ class Pipeline:
             self.emit(out)
 
     def emit(self, events: list[Event], hold: bool = True) -> None:
+        if hold and self.hold is not None and self.hold.pending:  # events of a process not known yet
+            events = self.hold.take(events, time.monotonic_ns(), self.steps)
         k8s = self.agent.k8s
         if hold and k8s is not None:
             events = k8s.filter_events(events)  # events waiting for their pod stay behind

@@ -69,11 +69,18 @@ class PolicyEvents:
         kernel's key, and flags "unknown" when the kernel had no entry for it either (`unknown`:
         the record's VP_EV_NO_PROC, its key's ktime then the thread group leader's start; or a
         kernel hook's record whose key has no ktime); no exec_id, tid or parent. Counted as a
-        cache miss and as an event missing its process info. (The compiled handler calls it.)"""
+        cache miss; a kernel hook's event is held until its process comes (vigil.process.hold),
+        counted as missing its process info if it is sent with this. (The compiled handler
+        calls it.)"""
         self.builder.cache.missed(pid, exec_ktime)
-        self.builder.missing_info += 1
-        return missing_process(pid, self.builder.ktime_rfc3339(exec_ktime) if exec_ktime else "",
-                               "unknown" if unknown or (kernel and not exec_ktime) else "")
+        msg = missing_process(pid, self.builder.ktime_rfc3339(exec_ktime) if exec_ktime else "",
+                              "unknown" if unknown or (kernel and not exec_ktime) else "")
+        hold = getattr(self.builder, "hold", None)
+        if kernel and hold is not None:  # its event waits for the exec record (vigil.process.hold)
+            hold.standin(msg, pid, exec_ktime)
+        else:
+            self.builder.missing_info += 1
+        return msg
 
     # -- reported from other threads
     def loader_event(self, pid: int, tid: int, path: str, build_id: bytes, time_ns: int) -> None:

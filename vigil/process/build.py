@@ -16,6 +16,7 @@ from vigil.kernel.namespaces import NS_NAMES, host_namespaces
 from vigil.process.cache import ProcessCache
 from vigil.process.cgroups import parse as parse_cgroup
 from vigil.process.clock import WallClock
+from vigil.process.hold import ProcessHold
 from vigil.process.ids import exec_id
 from vigil.process.model import Key, Process
 
@@ -170,6 +171,8 @@ class EventBuilder:
         self.miss_count = 0
         self.missing_info = 0  # events sent with a stand-in for a process the cache did not have
         self.exit_misses = 0  # of miss_count: exits (the rest: clones of a process the cache did not have)
+        # policy events of a process the cache does not have yet wait here for its exec record
+        self.hold = ProcessHold(cache, self)
         # the compiled exec and exit (native/fastpath.c), which use the caches and methods
         # below on misses; the Python on_exec / on_exit are the reference
         self._fast = native.fast.Builder(self, Process, sys.modules[__name__]) if native.fast is not None else None

@@ -1,0 +1,164 @@
+"""Policy events of a process the cache does not have yet (vigil.process.hold, Tetragon's event
+cache for process info): held while its exec record may still come, sent with the process
+once it does, else with the stand-in; other events are not held back. Driven by records
+replayed through the agent's loop in order (the compiled handler and the Python one), and the
+hold's own bounds (time, loop steps, capacity) by a table."""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.unit.test_fastpath import _generic_hooks, _generic_record, plain_record
+from vigil.agent.agent import Agent
+from vigil.agent.config import AgentConfig
+from vigil.agent.metrics import AgentCollector
+from vigil.events.source import ReplaySource
+from vigil.events.synth import process_record
+
+HOOKS, _ = _generic_hooks("kprobe-string")
+
+
+def _policy(pid: int, exec_ktime: int, ktime: int) -> bytes:
+    return _generic_record(HOOKS[0], plain_record(pid=pid, exec_ktime=exec_ktime, ktime=ktime,
+                                                  args=[(b"/etc/passwd", 0, 0, 0), (b"", 3, 0, 0)]))
+
+
+def _exec(pid: int, ktime: int) -> bytes:
+    return process_record(pid=pid, ktime=ktime, binary=f"/usr/bin/p{pid}")
+
+
+# records (in the order the loop reads them), the replay's batch size, then the events exported
+# in order (kind and pid; a policy event's process "known" or "stand-in"), and the hold's counts
+# (held, resolved, given up)
+CASES = [
+    ("known", [_exec(100, 5000), _policy(100, 5000, 6000)], 7,
+     [("exec", 100), ("kprobe", 100, "known")], (0, 0, 0)),
+    ("exec-later-in-the-batch", [_policy(100, 5000, 6000), _exec(100, 5000)], 7,
+     [("exec", 100), ("kprobe", 100, "known")], (1, 1, 0)),
+    ("exec-in-a-later-batch", [_policy(100, 5000, 6000), _exec(200, 5500), _exec(100, 5000)], 1,
+     [("exec", 200), ("exec", 100), ("kprobe", 100, "known")], (1, 1, 0)),
+    # the process never comes: the other events go on, it is sent with the stand-in at the stop
+    ("never-comes", [_policy(300, 5000, 6000), _exec(200, 5500), _exec(100, 5000), _policy(100, 5000, 7000)], 1,
+     [("exec", 200), ("exec", 100), ("kprobe", 100, "known"), ("kprobe", 300, "stand-in")], (1, 0, 1)),
+    ("two-held-one-comes", [_policy(300, 5000, 6000), _policy(100, 5000, 6500), _exec(100, 5000)], 2,
+     [("exec", 100), ("kprobe", 100, "known"), ("kprobe", 300, "stand-in")], (2, 1, 1)),
+]
+
+
+def _replay(tmp_path: Path, records: list[bytes], batch: int, compiled: bool) -> tuple[list[Any], dict, dict]:
+    out = tmp_path / "events.log"
+    agent = Agent(AgentConfig(export_filename=str(out), server_address="", node_name="n1"),
+                  source=ReplaySource(records, batch=batch))
+    agent.start()
+    try:
+        pe = agent.policies.events
+        # the hook's policy: counters only (a policy with none goes to the Python handler)
+        lp = SimpleNamespace(events={}, actions={}, correlator=None) if compiled else None
+        for ch in HOOKS:
+            pe.hooks[ch.hook_id] = (ch, lp)
+        agent.run()
+        metrics = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for fam in AgentCollector(agent.control).collect() for s in fam.samples}
+        status = agent.control.status()
+    finally:
+        agent.close()
+    return [orjson.loads(line) for line in out.read_bytes().splitlines()], status, metrics
+
+
+def _shape(e: dict[str, Any]) -> tuple[Any, ...]:
+    kind = next(k for k in e if k not in ("node_name", "time"))
+    proc = e[kind]["process"]
+    if kind == "process_exec":
+        return ("exec", proc["pid"])
+    return (kind.removeprefix("process_"), proc["pid"], "known" if proc.get("exec_id") else "stand-in")
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+@pytest.mark.parametrize("records,batch,want,counts", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_a_policy_event_waits_for_its_process(tmp_path: Path, records: list[bytes], batch: int,
+                                              want: list[tuple[Any, ...]], counts: tuple[int, int, int],
+                                              compiled: bool) -> None:
+    events, status, metrics = _replay(tmp_path, records, batch, compiled)
+    assert [_shape(e) for e in events] == want
+    held = status["event_cache"]
+    assert (held["held"], held["resolved"], held["given_up"], held["held_now"]) == (*counts, 0)
+    # a known process's event carries the process of its exec event
+    execs = {e["process_exec"]["process"]["pid"]: e["process_exec"]["process"] for e in events if "process_exec" in e}
+    for e in events:
+        if "process_kprobe" in e and e["process_kprobe"]["process"].get("exec_id"):
+            assert e["process_kprobe"]["process"] == execs[e["process_kprobe"]["process"]["pid"]]
+    # sent with the stand-in: missing its process info, as before the hold
+    assert status["events_missing_process_info"] == counts[2]
+    assert metrics[("tetragon_event_cache_inserts_total", ())] == counts[0]
+    assert metrics[("tetragon_event_cache_fetch_failures_total", (("entry_type", "process_info"),))] == counts[2]
+    assert metrics[("tetragon_event_cache_entries", ())] == 0
+
+
+class _Cache:
+    def __init__(self) -> None:
+        self._by_key: dict[tuple[int, int], Any] = {}
+
+    def by_pid(self, pid: int) -> Any:
+        return next((p for k, p in self._by_key.items() if k[0] == pid), None)
+
+
+# one held event, then loop steps at (ns since it was held, steps since): what each retry sends
+# ("" nothing yet, "gave-up"); it is given up once both its time and its steps are over
+RETRY_CASES = [
+    ("time-not-steps", [(3_000_000_000, 1), (3_000_000_001, 2)], ["", "gave-up"]),
+    ("steps-not-time", [(100, 5), (1_999_999_999, 50), (2_000_000_000, 51)], ["", "", "gave-up"]),
+    ("both-at-once", [(2_000_000_000, 2)], ["gave-up"]),
+]
+
+
+@pytest.mark.parametrize("steps,want", [c[1:] for c in RETRY_CASES], ids=[c[0] for c in RETRY_CASES])
+def test_a_held_event_is_given_up_after_its_time_and_steps(steps: list[tuple[int, int]], want: list[str]) -> None:
+    from vigil.core.events import PolicyEvent, missing_process
+    from vigil.process.hold import ProcessHold
+
+    counts = SimpleNamespace(missing_info=0)
+    hold = ProcessHold(_Cache(), counts)  # type: ignore[arg-type]
+    msg = missing_process(300, "t")
+    hold.standin(msg, 300, 5000)
+    ev = PolicyEvent("process_kprobe", msg, None, {}, "t", "n")
+    assert hold.take([ev], 10, 7) == []
+    got = []
+    for dt, ds in steps:
+        out = hold.retry(10 + dt, 7 + ds)
+        got.append("gave-up" if out == [ev] else "" if out == [] else repr(out))
+    assert got == want and counts.missing_info == 1 and hold.status()["held_now"] == 0
+
+
+def test_a_full_hold_sends_its_oldest_with_the_stand_in() -> None:
+    from vigil.core.events import PolicyEvent, missing_process
+    from vigil.process import hold as H
+
+    counts = SimpleNamespace(missing_info=0)
+    hold = H.ProcessHold(_Cache(), counts)  # type: ignore[arg-type]
+    made = []
+    for i in range(H.HOLD_CAPACITY + 2):
+        msg = missing_process(1000 + i, "t")
+        hold.standin(msg, 1000 + i, 5000)
+        made.append(PolicyEvent("process_kprobe", msg, None, {}, "t", "n"))
+    sent = hold.take(made, 0, 0)
+    assert sent == made[:2] and hold.status()["held_now"] == H.HOLD_CAPACITY and counts.missing_info == 2
+    # the rest are all sent, in order, at the stop
+    assert hold.retry(1, 1, final=True) == made[2:] and counts.missing_info == H.HOLD_CAPACITY + 2
+
+
+def test_a_stand_in_whose_event_is_not_in_the_batch_counts_as_sent() -> None:
+    """A correlated policy keeps its event (sent later, as it is): the batch has no event of the
+    stand-in, which is then counted as an event sent missing its process info."""
+    from vigil.core.events import PolicyEvent, missing_process
+    from vigil.process.hold import ProcessHold
+
+    counts = SimpleNamespace(missing_info=0)
+    hold = ProcessHold(_Cache(), counts)  # type: ignore[arg-type]
+    hold.standin(missing_process(300, "t"), 300, 5000)
+    other = PolicyEvent("process_kprobe", missing_process(301, "t"), None, {}, "t", "n")
+    assert hold.take([other], 0, 0) == [other]
+    assert counts.missing_info == 1 and hold.status()["held"] == 0 and not hold.pending

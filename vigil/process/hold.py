@@ -1,0 +1,97 @@
+"""Policy events of a process the cache does not have yet: Tetragon's event cache, for process
+info. A policy record can be read before the exec record of its process (another CPU's ring,
+or the exec's record just behind): the cache has no entry for it when the event is made. As
+Tetragon's eventcache, such an event is held and tried again, and sent with its process once
+the cache has it; when the wait is over it is sent with the stand-in it was made with
+(PolicyEvents.missing: {pid, start_time} or {pid, flags: unknown}).
+
+Tetragon's cache (pkg/eventcache) tries its events every --event-cache-retry-delay (2 s) up to
+--event-cache-retries (15) times, sends the rest of the stream meanwhile (held events come
+later, out of order), and counts tetragon_event_cache_inserts_total, _entries,
+_fetch_retries_total{entry_type} and _fetch_failures_total{event_type, entry_type}. Here the
+wait is shorter: a held event is tried at every later loop step (each drained every ring, so
+an exec record committed before the policy record has been read after two), and given up once
+it waited HOLD_NS and HOLD_MIN_STEPS steps; at most HOLD_CAPACITY wait (past that the oldest
+is sent at once). Known processes never come here: the handlers make their events as before,
+and the loop asks `pending` once per batch (a stand-in was made for it: rare).
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vigil.core.events import Event, ProcessMsg
+    from vigil.process.cache import ProcessCache
+
+HOLD_CAPACITY = 4096            # events waiting at once; past that the oldest is sent with its stand-in
+HOLD_NS = 2_000_000_000         # a held event waits at least this long (Tetragon: a 2 s retry delay) ...
+HOLD_MIN_STEPS = 2              # ... and this many later loop steps (rings drained) before it is given up
+
+
+class ProcessHold:
+    def __init__(self, cache: ProcessCache, counts: Any) -> None:
+        self.cache = cache
+        self.counts = counts  # the builder: missing_info counts the events sent with a stand-in
+        # stand-ins made for kernel hooks' records since the last batch: id -> (stand-in, pid, ktime)
+        self.pending: dict[int, tuple[ProcessMsg, int, int]] = {}
+        # held events, oldest first: [event, pid, ktime, since_ns, since_step]
+        self.held: deque[list[Any]] = deque()
+        # held (Tetragon's inserts), sent with their process, sent with the stand-in (fetch
+        # failures, entry_type process_info), and tries that found no process (fetch retries)
+        self.stats = {"held": 0, "resolved": 0, "given_up": 0, "retries": 0}
+
+    def standin(self, msg: ProcessMsg, pid: int, ktime: int) -> None:
+        """A stand-in was made for a kernel hook's record (PolicyEvents.missing): its event, in
+        the batch about to be emitted, is held."""
+        self.pending[id(msg)] = (msg, pid, ktime)
+
+    def take(self, events: list[Event], now_ns: int, step: int) -> list[Event]:
+        """The batch less the events made with a pending stand-in, which are held. A stand-in
+        whose event is not in the batch (a correlated policy kept it) was sent as it is."""
+        pending, self.pending = self.pending, {}
+        keep: list[Event] = []
+        held = self.held
+        for e in events:
+            hit = pending.pop(id(getattr(e, "process", None)), None)
+            if hit is None or hit[0] is not getattr(e, "process", None):
+                keep.append(e)
+                continue
+            if len(held) >= HOLD_CAPACITY:  # full: the oldest goes with its stand-in
+                keep.append(self._give_up(held.popleft()))
+            held.append([e, hit[1], hit[2], now_ns, step])
+            self.stats["held"] += 1
+        self.counts.missing_info += len(pending)
+        return keep
+
+    def retry(self, now_ns: int, step: int, final: bool = False) -> list[Event]:
+        """Held events whose process the cache has now (sent with it and its parent), and those
+        whose wait is over (or all: `final`, the agent stops), in the order they were held."""
+        out: list[Event] = []
+        keep: deque[list[Any]] = deque()
+        by_key, by_pid = self.cache._by_key, self.cache.by_pid
+        for h in self.held:
+            e, pid, ktime = h[0], h[1], h[2]
+            p = by_key.get((pid, ktime)) if ktime else None
+            if p is None:
+                p = by_pid(pid)
+            if p is not None:
+                parent = by_key.get(p.parent_key) if p.parent_key else None
+                e.process, e.parent = p.msg, parent.msg if parent is not None else None
+                self.stats["resolved"] += 1
+                out.append(e)
+            elif final or (now_ns - h[3] >= HOLD_NS and step - h[4] >= HOLD_MIN_STEPS):
+                out.append(self._give_up(h))
+            else:
+                self.stats["retries"] += 1
+                keep.append(h)
+        self.held = keep
+        return out
+
+    def _give_up(self, h: list[Any]) -> Event:
+        self.stats["given_up"] += 1
+        self.counts.missing_info += 1
+        return h[0]  # type: ignore[no-any-return]
+
+    def status(self) -> dict[str, int]:
+        return {**self.stats, "held_now": len(self.held)}
