@@ -66,3 +66,53 @@ kprobes:
     assert (pywork / "result").read_text() == ("signalled" if signalled else "not signalled")
     assert hits == [f"/vigil-{mode}"]
     assert [e["action"] for e in mine(events, r, f"user-actions-{mode}")] == ["KPROBE_ACTION_GETURL"]
+
+
+# (policy mode, the open refused?): Override on sys_openat, which this kernel may enforce through
+# the fanotify stand-in (the event then comes from the permission helper's report): the
+# selector's last action, GetUrl, runs as from a kernel record, in either mode
+OVERRIDE_CASES = [("enforce", True), ("monitor", False)]
+
+
+@pytest.mark.parametrize("mode,refused", OVERRIDE_CASES, ids=[c[0] for c in OVERRIDE_CASES])
+def test_geturl_after_override_runs_in_either_mode(running_agent: RunningAgent, pywork: Path,  # noqa: F811
+                                                   mode: str, refused: bool) -> None:
+    hits: list[str] = []
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            hits.append(self.path)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *a: Any) -> None:
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    d = pywork / "data"
+    spec = f"""
+kprobes:
+- call: sys_openat
+  syscall: true
+  args: [{{index: 1, type: string}}]
+  selectors:
+  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
+    {scoped(pywork)}
+    matchActions:
+    - {{action: Override, argError: -1}}
+    - {{action: GetUrl, argUrl: "http://127.0.0.1:{httpd.server_port}/override-{mode}"}}
+"""
+    code = (f"try:\n    open({str(d / 'present.txt')!r}).close()\n    open('result', 'w').write('opened')\n"
+            "except OSError:\n    open('result', 'w').write('refused')\n")
+    try:
+        with loaded(running_agent, policy_yaml(f"override-geturl-{mode}", spec), mode=mode):
+            running_agent.collect(lambda: run_py(pywork, code))
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not hits:
+                time.sleep(0.05)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert (pywork / "result").read_text() == ("refused" if refused else "opened")
+    assert hits == [f"/override-{mode}"]

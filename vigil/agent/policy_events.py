@@ -128,6 +128,11 @@ class PolicyEvents:
 
         process, parent = self.processes(rep.pid, kernel=False)
         body = fanotify_event(rep, hook.compiled)
+        if hook.compiled.actions:  # the selector's last action, GetUrl or DnsLookup, as from a kernel record
+            from vigil.sensors.user_actions import requested
+
+            for what, target in requested(hook.compiled, rep.selector + 1):
+                self.user_actions.submit(what, target)
         entry = self.hooks.get(hook.compiled.hook_id)
         if entry is not None and entry[1] is not None:
             _count_action(entry[1], hook.compiled, rep.selector + 1, body["action"])
