@@ -1186,6 +1186,92 @@ uprobes:
     assert "uprobe-addrs-bad" not in [p["name"] for p in running_agent.agent.list_policies()]
 
 
+@pytest.fixture
+def digest_bin(workdir: Path) -> Path:
+    """The usdt program linked with a GNU build ID note (and a copy without one)."""
+    cc = shutil.which("clang") or shutil.which("cc")
+    if cc is None:
+        pytest.fail("no C compiler: `make` installs clang")
+    (workdir / "usdt.c").write_text(USDT_C)
+    for name, flag in (("with-id", "-Wl,--build-id=sha1"), ("no-id", "-Wl,--build-id=none")):
+        subprocess.run([cc, "-O1", flag, "-o", str(workdir / name), str(workdir / "usdt.c")], check=True)
+    return workdir / "with-id"
+
+
+def _digest_of(path: Path, algo: str) -> str:
+    import hashlib
+
+    if algo == "build-id":
+        out = subprocess.run(["readelf", "-n", str(path)], capture_output=True, text=True, check=True).stdout
+        return re.search(r"Build ID: ([0-9a-f]+)", out).group(1)  # type: ignore[union-attr]
+    return hashlib.new(algo, path.read_bytes()).hexdigest()
+
+
+DIGEST_CASES = [  # (case, binary, the digests ({algo} = that digest of the binary), ignore, outcome)
+    # outcome: "events" (attached), "skipped" (loaded, this uprobe not attached), or the error's regex
+    ("sha256", "with-id", ["{sha256}"], False, "events"),
+    ("sha1-upper-case", "with-id", ["{SHA1}"], False, "events"),
+    ("sha384", "with-id", ["{sha384}"], False, "events"),
+    ("sha512", "with-id", ["{sha512}"], False, "events"),
+    ("build-id", "with-id", ["{build-id}"], False, "events"),
+    ("second-matches", "with-id", ["sha256:" + "1" * 64, "{sha512}"], False, "events"),
+    ("mismatch", "with-id", ["sha256:" + "1" * 64], False,
+     r"spec.uprobes\[0\].binaryDigests: .*matches none of binaryDigests .*ignore.digestVerificationFailure"),
+    ("mismatch-ignored", "with-id", ["sha256:" + "1" * 64, "build-id:" + "2" * 40], True, "skipped"),
+    ("no-build-id", "no-id", ["build-id:" + "2" * 40], True,
+     r"spec.uprobes\[0\].binaryDigests\[0\]: .*cannot compute the build-id digest .*no GNU build ID"),
+]
+
+
+@pytest.mark.parametrize("case,binary,digests,ignore,outcome", DIGEST_CASES, ids=[c[0] for c in DIGEST_CASES])
+def test_uprobe_binary_digests(running_agent: RunningAgent, digest_bin: Path, case: str, binary: str,
+                               digests: list[str], ignore: bool, outcome: str) -> None:
+    """binaryDigests: the uprobe attaches when one of the digests (sha1/256/384/512 of the file,
+    or its build ID note; any case) is the binary's. None matching refuses the policy at
+    binaryDigests, unless ignore.digestVerificationFailure: then only this uprobe is left out
+    (explain says why) and the policy's other uprobe still reports."""
+    from vigil.policy import parse_policies
+    from vigil.policy.explain import explain_policy
+
+    path = digest_bin.parent / binary
+    values = {a: f"{a}:{_digest_of(path, a)}" for a in ("sha1", "sha256", "sha384", "sha512")}
+    values["SHA1"] = values["sha1"].upper()
+    if binary == "with-id":
+        values["build-id"] = f"build-id:{_digest_of(path, 'build-id')}"
+    listed = ", ".join(f'"{d.format(**values)}"' if "{" in d else f'"{d}"' for d in digests)
+    spec = f"""
+uprobes:
+- path: "{path}"
+  symbols: [main]
+  message: checked
+  binaryDigests: [{listed}]
+  ignore: {{digestVerificationFailure: {str(ignore).lower()}}}
+- path: "{path}"
+  symbols: [main]
+  message: unchecked
+"""
+    text = policy_yaml(f"digest-{case}", spec)
+    agent = running_agent.agent
+    if outcome not in ("events", "skipped"):
+        with pytest.raises(PolicyError, match=r"<t>:\d+:\d+: " + outcome):
+            agent.policies.add_text(text, "<t>")
+        assert f"digest-{case}" not in [p["name"] for p in agent.list_policies()]
+        return
+    with loaded(running_agent, text):
+        events = running_agent.collect(lambda: subprocess.run([str(path)]))
+    got = sorted(e["process_uprobe"].get("message", "") for e in events
+                 if "process_uprobe" in e and e["process_uprobe"]["policy_name"] == f"digest-{case}")
+    assert got == (["checked", "unchecked"] if outcome == "events" else ["unchecked"])
+    report = explain_policy(parse_policies(text, "<t>")[0], agent.policies.facts)
+    first = report["hooks"][0]
+    assert report["loadable"]
+    if outcome == "skipped":
+        assert first["runs_on"].startswith("not attached: ") and "ignore.digestVerificationFailure" in first["runs_on"]
+        assert any("uprobes[0]" in w and "not attached" in w for w in report["warnings"])
+    else:
+        assert first["runs_on"].startswith("uprobe:") and not report["warnings"]
+
+
 @pytest.mark.parametrize("data", [
     "[{index: 0, type: uint64, source: pt_regs, resolve: rsp}]",
     "[{index: 0, type: int, source: current_task, resolve: pid}]",

@@ -157,6 +157,31 @@ def usdt_notes(path: str) -> list:
     return out
 
 
+NT_GNU_BUILD_ID = 3
+
+
+def build_id(data: bytes) -> str:
+    """The GNU build ID (hex) of the ELF `data`: the NT_GNU_BUILD_ID note, from the
+    .note.gnu.build-id section first, else any note section; ElfError when there is none."""
+    _, shoff, _, _, shentsize, shnum, shstrndx = _header(data)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    names_off = sections[shstrndx][4] if sections else 0
+    notes = [sh for sh in sections if sh[1] == SHT_NOTE]
+    notes.sort(key=lambda sh: _cstr(data, names_off + sh[0]) != b".note.gnu.build-id")
+    for sh in notes:
+        p, end = sh[4], min(sh[4] + sh[5], len(data))
+        while p + 12 <= end:
+            namesz, descsz, ntype = struct.unpack_from("<III", data, p)
+            p += 12
+            name = data[p:p + namesz].rstrip(b"\0")
+            p += (namesz + 3) & ~3
+            desc = data[p:p + descsz]
+            p += (descsz + 3) & ~3
+            if name == b"GNU" and ntype == NT_GNU_BUILD_ID and desc:
+                return desc.hex()
+    raise ElfError("no GNU build ID note")
+
+
 def function_ranges(data: bytes) -> list[tuple[int, int, str]]:
     """The defined function symbols of an ELF (.symtab and .dynsym) as sorted (file offset of
     the start, of the end, name): which function a file offset is in (user stack traces)."""

@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import re
+import struct
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -421,6 +422,32 @@ class KernelFacts:
         v = addrs.get(key, f"address {addr:#x} in {path}: not recorded")
         return (v, "") if isinstance(v, int) else (None, str(v))
 
+    def file_digest(self, path: str, algo: str) -> tuple[str | None, str]:
+        """(the lower-case hex digest of file `path`, "") or (None, why not): algo sha1, sha256,
+        sha384, sha512 (of the whole file) or build-id (its ELF GNU build ID note). (None, "")
+        when this kernel cannot tell (ideal, or not recorded). Live answers are kept only while
+        the file's inode, size and mtime stay the same: a rewritten binary is hashed again."""
+        if self.mode == "ideal":
+            return None, ""
+        table = self._answers.setdefault("digests", {})
+        key = f"{algo}:{path}"
+        sig = ""
+        if self.mode == "live":
+            try:
+                st = os.stat(path)
+                sig = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+            except OSError as e:
+                return None, f"{path}: {e.strerror or e}"
+            old = table.get(key)
+            if not (isinstance(old, list) and old[0] == sig):
+                table[key] = [sig, _digest(path, algo)]
+        elif key not in table:
+            if self.mode == "recorded" and not self.full:
+                self.unrecorded[f"digest {key}"] = None
+            return None, ""
+        v = table[key][1]
+        return (v[1:], "") if v.startswith("=") else (None, v)
+
     def usdt_notes(self, path: str) -> tuple[list[UsdtNote] | None, str]:
         if self.mode == "ideal":
             return [], ""
@@ -430,6 +457,28 @@ class KernelFacts:
         if "error" in info:
             return None, info["error"]
         return [UsdtNote(*x) for x in info.get("usdt", [])], ""
+
+
+def _digest(path: str, algo: str) -> str:
+    """"=<hex>" or why not (file_digest's stored form)."""
+    import hashlib
+
+    from vigil.kernel import elfsym
+
+    try:
+        with open(path, "rb") as fh:
+            if algo == "build-id":
+                return "=" + elfsym.build_id(fh.read())
+            h = hashlib.new(algo)
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+            return "=" + h.hexdigest()
+    except OSError as e:
+        return f"{path}: {e.strerror or e}"
+    except (elfsym.ElfError, struct.error, IndexError) as e:
+        return f"{path}: {e}"
+    except ValueError as e:  # hashlib: an algorithm it does not have
+        return f"digest {algo}: {e}"
 
 
 def _read_names(path: str) -> frozenset[str] | None:

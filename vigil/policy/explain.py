@@ -33,10 +33,10 @@ def explain_policy(policy: Policy, facts: KernelFacts, *, substitute: bool = Fal
         target = _target(section, hook)
         entry: dict[str, Any] = {"section": section, "index": idx, "target": target,
                                  "loc": str(hook.loc)}
-        ok = [p for p in pls if p.ok]
+        ok = [p for p in pls if p.ok and not p.skipped]
         bad = [p for p in pls if not p.ok]
-        entry["runs_on"] = _summary(ok)
-        entry["placements"] = [{"target": p.target, "runs_on": p.describe(), "ok": p.ok,
+        entry["runs_on"] = _summary(ok) or "; ".join(p.describe() for p in pls if p.ok and p.skipped)
+        entry["placements"] = [{"target": p.target, "runs_on": p.describe(), "ok": p.ok, "skipped": p.skipped,
                                 "substitute": p.substitute, "override": p.override, "notes": list(p.notes),
                                 "blockers": [{"where": str(b.loc), "field": b.loc.path, "cause": b.cause,
                                               "message": b.message} for b in p.blockers]}

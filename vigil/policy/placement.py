@@ -120,6 +120,7 @@ class Placement:
     # the hook as Tetragon's policy metrics name it (`hook` label): kprobe:<call>,
     # tracepoint:<subsystem>/<event>, lsm:<hook>, uprobe:<path>[:<symbols>], usdt:<path>:<provider>/<name>
     stats_hook: str = ""
+    skipped: str = ""             # why this hook is left out without refusing the policy (not attached)
 
     @property
     def ok(self) -> bool:
@@ -167,6 +168,8 @@ class Placement:
     def describe(self) -> str:
         if not self.ok:
             return f"not loaded: {self.reason}"
+        if self.skipped:
+            return f"not attached: {self.skipped}"
         d = self.where()
         if self.substitute:
             d += f" (stand-in for {self.target})"
@@ -579,7 +582,7 @@ def place_uprobe(spec: UProbeSpec, index: int, sym_i: int, facts: KernelFacts) -
         else:
             ref_ctr = spec.ref_ctr_offsets[sym_i]
     if spec.binary_digests:
-        pl.block(spec.at("binaryDigests"), "binaryDigests are not supported by Vigil", "vigil")
+        _check_digests(pl, spec, path, facts)
     pl.mechanism, pl.entry_prog = "uprobe", "vigil_uprobe"
     pl.attach = {"path": path, "symbol": symbol, "offset": offset, "ref_ctr": ref_ctr}
     pl.target = f"{path}:{symbol or hex(offset)}"
@@ -597,6 +600,34 @@ def place_uprobe(spec: UProbeSpec, index: int, sym_i: int, facts: KernelFacts) -
             pl.args.append(plan)
     size_arg_slots(pl)
     return pl
+
+
+def _check_digests(pl: Placement, spec: UProbeSpec, path: str, facts: KernelFacts) -> None:
+    """binaryDigests: the uprobe attaches only when one of them is the binary's digest (each
+    `<algo>:<hex>`, compared without case). None matching refuses the policy, or with
+    ignore.digestVerificationFailure skips this uprobe and the rest of the policy loads. A digest
+    that cannot be computed (unreadable file, no build ID) refuses the policy either way."""
+    for i, dg in enumerate(spec.binary_digests):
+        algo, _, want = dg.strip().partition(":")
+        algo, want = algo.strip().lower(), want.strip().lower()
+        have, err = facts.file_digest(path, algo)
+        if have is None:
+            if err:
+                pl.block(spec.at(f"binaryDigests[{i}]"), f"binaryDigests: cannot compute the {algo} digest of "
+                         f"{path}: {err}", "target")
+            return  # (or this kernel cannot tell: nothing to check)
+        if have == want:
+            return
+    ignore = spec.ignore is not None and spec.ignore.digest_verification_failure
+    why = (f"{path} matches none of binaryDigests ({len(spec.binary_digests)} given; its "
+           + ", ".join(sorted({f'{a}:{facts.file_digest(path, a)[0]}' for a in
+                               {d.strip().partition(':')[0].strip().lower() for d in spec.binary_digests}}))
+           + ")")
+    if ignore:
+        pl.skipped = f"{why}; skipped (ignore.digestVerificationFailure), the rest of the policy loads"
+    else:
+        pl.block(spec.at("binaryDigests"), f"{why}: the policy is refused (set ignore.digestVerificationFailure "
+                 "to skip only this uprobe)", "target")
 
 
 def _binary_present(facts: KernelFacts, path: str) -> bool:

@@ -299,7 +299,8 @@ def _check_uprobe(hook: UProbeSpec, diag: Diagnostics) -> None:
         if not s:
             diag.error(hook.at(f"symbols[{i}]"), "symbol must not be empty")
     for i, dg in enumerate(hook.binary_digests):
-        algo, sep, hexpart = dg.partition(":")
+        algo, sep, hexpart = dg.strip().partition(":")  # as Tetragon reads it: trimmed, any case
+        algo, hexpart = algo.strip().lower(), hexpart.strip()
         want = enums.DIGEST_ALGOS.get(algo)
         ok = bool(sep) and want is not None and re.fullmatch(r"[0-9a-fA-F]+", hexpart or "-")
         if not ok or (want and len(hexpart) != want):
