@@ -911,14 +911,50 @@ static int put_pod_json(buf_t *b, PyObject *shared, unsigned long long pid, int 
 }
 
 /* ---- JSON */
+/* A process's pod is written from its container's encoded parts (PodShared.enc_json: a tuple
+ * of two bytes), one set per container: with thousands of containers they are not in the CPU
+ * cache, and each object on the way (the tuple, then its bytes) was a miss the encoder waited
+ * for. They are prefetched while the fields before the pod are written: the tuple at the
+ * start (the Pod and its PodShared are warm: the exec path made and read them), its bytes a
+ * few fields later. Nothing is read here that is not checked where it is used (put_pod_json);
+ * a prefetch of anything else is harmless. */
+static PyObject *pod_prefetch_parts(PyObject *m)
+{
+	PyObject *pod = slot(m, msg_off[M_POD]);
+	if (!pod || !pod_type || !Py_IS_TYPE(pod, pod_type))
+		return NULL;
+	PyObject *shared = slot(pod, pod_off[POD_SHARED]);
+	if (!shared || !Py_IS_TYPE(shared, podshared_type))
+		return NULL;
+	PyObject *parts = slot(shared, shared_off[SH_ENC_JSON]);
+	if (!parts || parts == Py_None)
+		return NULL;
+	__builtin_prefetch(parts);
+	return parts;
+}
+
+static void pod_prefetch_bytes(PyObject *parts)
+{
+	if (!PyTuple_CheckExact(parts) || PyTuple_GET_SIZE(parts) != 2)
+		return;
+	const char *head = (const char *)PyTuple_GET_ITEM(parts, 0), *tail = (const char *)PyTuple_GET_ITEM(parts, 1);
+	__builtin_prefetch(head);
+	__builtin_prefetch(head + 64);
+	__builtin_prefetch(head + 128);
+	__builtin_prefetch(tail);
+}
+
 static int msg_json_body(buf_t *b, PyObject *m)
 {
 	int first = 1, probe = 0;
 	PyObject *shared = NULL;
 	if (put(b, "{", 1))
 		return -1;
+	PyObject *pod_parts_ahead = pod_prefetch_parts(m);
 	for (int f = 0; f < M_ENC_JSON; f++) {
 		PyObject *v = slot(m, msg_off[f]);
+		if (f == M_CWD && pod_parts_ahead)
+			pod_prefetch_bytes(pod_parts_ahead);
 		const char *key = msg_slot[f];
 		const char *s = NULL;
 		Py_ssize_t n = 0;
