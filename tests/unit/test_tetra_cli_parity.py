@@ -265,6 +265,8 @@ def test_tracingpolicy_unknown_domain_is_a_usage_error(agent_cli, tmp_path, args
 @pytest.mark.parametrize("args, want", [
     (["bugtool", "-o", ""], "Invalid value for -o/--out: an empty file name"),          # was ValueError: nothing to open
     (["probe", "--obj", "/etc/passwd"], "Invalid value for --obj: /etc/passwd: not a BPF object"),  # was 34 '?'s, exit 0
+    (["eventlog", "set", "--max-size", str(2**31)], "'--max-size': 2147483648 is not in the range 0<=x<=2147483647"),
+    (["eventlog", "set", "--max-backups", "-1"], "'--max-backups': -1 is not in the range"),  # (the agent's words)
     (["tp", "add", ""], "Invalid value for 'FILE': an empty file name"),               # was 'cannot read .'
     (["tp", "modify", ""], "Invalid value for 'FILE': an empty file name"),
 ])

@@ -38,6 +38,9 @@ def loglevel_set(level: str, server_address: str | None, timeout: float) -> None
         click.echo(f"Log level set to: {c.set_log_level(name)}")
 
 
+INT32_MAX = 2**31 - 1
+
+
 @click.group("eventlog")
 def eventlog() -> None:
     """Get and change the export file's rotation parameters."""
@@ -62,8 +65,9 @@ def eventlog_get(server_address: str | None, timeout: float) -> None:
 
 
 @eventlog.command("set")
-@click.option("--max-size", type=int, default=None, help="Export file maximum size (MiB).")
-@click.option("--max-backups", type=int, default=None, help="Rotated export files to keep.")
+# the API's fields are int32 (a larger value ended in a traceback); the agent takes >= 0
+@click.option("--max-size", type=click.IntRange(0, INT32_MAX), default=None, help="Export file maximum size (MiB).")
+@click.option("--max-backups", type=click.IntRange(0, INT32_MAX), default=None, help="Rotated export files to keep.")
 @click.option("--rotation-interval", type=Duration(), default=None,
               help="Export file rotation interval (1h, 30m; 0: none).")
 @server_options
