@@ -154,6 +154,30 @@ def test_a_duration_is_finite_and_not_negative(args, value):
     assert res.exception is None or isinstance(res.exception, SystemExit)
 
 
+@pytest.mark.parametrize("args", [["status", "--timeout"], ["tp", "list", "--timeout"], ["--timeout"],
+                                  ["getevents", "--timeout"], ["dump", "processcache", "--timeout"]])
+@pytest.mark.parametrize("value", ["0", "0s", "0ms"])
+def test_a_timeout_is_more_than_zero(args, value):
+    """`--timeout 0` printed a gRPC thread's traceback (ValueError: Cannot monitor channel
+    state: Channel closed!) and 'no connection within 0s': a usage error naming the option."""
+    cmd = [*args, value, "--server-address", "localhost:1"] if args[0] != "--timeout" else \
+        ["--timeout", value, "--server-address", "localhost:1", "status"]
+    res = CliRunner().invoke(cli, cmd)
+    assert res.exit_code == 2, res.output
+    assert f"Invalid value for '--timeout': {value!r} is no time to wait" in res.output, res.output
+
+
+@pytest.mark.parametrize("option, value, shown", [
+    ("--retries", "99999999999999999999", "is not in the range x<=2147483646"),         # was a C-core error, 30 s
+    ("--max-recv-size", "99999999999999999999", "is not in the range 1<=x<=2147483647"),  # was OverflowError
+    ("--max-recv-size", "2147483648", "is not in the range 1<=x<=2147483647"),
+])
+def test_global_integers_fit_grpcs(option, value, shown):
+    res = CliRunner().invoke(cli, [option, value, "--server-address", "localhost:1", "--timeout", "0.2", "status"])
+    assert res.exit_code == 2 and f"Invalid value for '{option}': {value} {shown}" in res.output, \
+        (res.output, res.exception)
+
+
 @pytest.mark.parametrize("value, seconds", [("0", 0.0), ("0s", 0.0), ("1.5", 1.5), ("1m30s", 90.0), ("250ms", 0.25)])
 def test_durations_that_are_taken(value, seconds):
     from vigil.api.cliutil import Duration

@@ -71,7 +71,7 @@ def test_global_max_recv_size_bounds_replies(server):
     assert res.exit_code == 2 and "--max-recv-size" in res.output
 
 
-@pytest.mark.parametrize("retries, attempts", [(0, None), (-1, None), (1, 2), (3, 4)])
+@pytest.mark.parametrize("retries, attempts", [(0, None), (-1, None), (1, 2), (3, 4), (4, 5), (10, 5)])
 def test_retries_become_a_retry_policy(retries, attempts):
     config = json.loads(retry_service_config(retries))
     if attempts is None:

@@ -87,7 +87,8 @@ def retry_service_config(retries: int) -> str:
              if not m.server_streaming]  # GetEvents: a stream is not retried (getevents --reconnect is)
     return json.dumps({"methodConfig": [{
         "name": names,
-        "retryPolicy": {"maxAttempts": retries + 1, "initialBackoff": "1s", "maxBackoff": "3600s",
+        # gRPC's cap given here: above it, it logs an error line ("clamped ... at 5") on every call
+        "retryPolicy": {"maxAttempts": min(retries + 1, 5), "initialBackoff": "1s", "maxBackoff": "3600s",
                         "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]})
 
 

@@ -18,6 +18,10 @@ class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only from 
     """Go-style durations (``2s``, ``500ms``, ``1m30s``) or plain seconds."""
 
     name = "duration"
+
+    def __init__(self, positive: bool = False) -> None:
+        self.positive = positive  # a timeout: 0 is refused (gRPC gave up at once, a thread's traceback printed)
+
     _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
     _UNITS: ClassVar[dict[str, float]] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -35,8 +39,12 @@ class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only from 
         if not math.isfinite(seconds) or seconds < 0:  # -1, nan, inf, 1e999: a traceback or nonsense later
             self.fail(f"{value!r} is not a duration: a finite length of 0 or more is (e.g. 2s, 500ms, 1m)",
                       param, ctx)
+        if self.positive and seconds == 0:
+            self.fail(f"{value!r} is no time to wait: give a length above 0 (e.g. 2s, 500ms, 1m)", param, ctx)
         return seconds
 
+
+INT32_MAX = 2**31 - 1
 
 SERVER_HELP = ("gRPC address of the agent (host:port or unix:///path); default: the "
                "server-info file, else localhost:54321")
@@ -137,12 +145,14 @@ def global_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     the connection settings of every command that talks to the agent. A command's own
     --server-address/--timeout, given on its command line, wins."""
     @click.option("--server-address", "global_server_address", default=None, help=SERVER_HELP)
-    @click.option("--timeout", "global_timeout", default=None, type=Duration(),
+    @click.option("--timeout", "global_timeout", default=None, type=Duration(positive=True),
                   help="Connection timeout (30s, 500ms, 1m; plain seconds).  [default: 30s]")
-    @click.option("--retries", "global_retries", default=1, show_default=True, type=int,
+    # gRPC takes both as C ints: a larger --retries was a C-core error line and a 30 s wait, a
+    # larger --max-recv-size an OverflowError traceback
+    @click.option("--retries", "global_retries", default=1, show_default=True, type=click.IntRange(max=INT32_MAX - 1),
                   help="Connection retries with exponential backoff (0: none).")
     @click.option("--max-recv-size", "global_max_recv_size", default=10 * 1024 * 1024, show_default=True,
-                  type=click.IntRange(min=1), help="Largest gRPC message the client receives, in bytes.")
+                  type=click.IntRange(min=1, max=INT32_MAX), help="Largest gRPC message the client receives, in bytes.")
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         for key in ("global_server_address", "global_timeout", "global_retries", "global_max_recv_size",
@@ -198,7 +208,7 @@ def channel_options() -> dict[str, int]:
 def server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--server-address / --timeout / --tls-*, and clean exits for unreachable agents and RPC errors."""
     @click.option("--server-address", default=None, envvar="VIGIL_SERVER_ADDRESS", help=SERVER_HELP)
-    @click.option("--timeout", default=30.0, show_default=True, type=Duration(),
+    @click.option("--timeout", default=30.0, show_default=True, type=Duration(positive=True),
                   help="Time to wait for the connection and each call (30s, 500ms, 1m; plain seconds).")
     @tls_options
     @functools.wraps(fn)

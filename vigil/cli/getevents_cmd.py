@@ -365,7 +365,7 @@ def _filter_usage_error(e: FilterError) -> click.UsageError:
 @click.option("--server-address", default=None, envvar="VIGIL_SERVER_ADDRESS",
               help="Agent address (default: $VIGIL_SERVER_ADDRESS, the agent's info file, "
                    "else localhost:54321).")
-@click.option("--timeout", type=Duration(), default=DEFAULT_TIMEOUT, show_default=True,
+@click.option("--timeout", type=Duration(positive=True), default=DEFAULT_TIMEOUT, show_default=True,
               help="Connection timeout.")
 @tls_options
 @click.option("-t", "--tty-encode", default="",
