@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.kernel.bpfstate import prog_ids_held, require_root, still_loaded
+from tests.kernel.policytext import openat_policy, openat_selector
 
 pytestmark = pytest.mark.kernel
 VIGIL = [sys.executable, "-m", "vigil.cli.main"]
@@ -189,17 +190,7 @@ def test_agent_unreachable_is_a_clear_error(tmp_path: Path):
     assert r.returncode == 1 and "none.sock" in r.stderr and "Traceback" not in r.stderr
 
 
-REFUSED_POLICY = """apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata: {name: refused}
-spec:
-  kprobes:
-  - call: sys_openat
-    syscall: true
-    args: [{index: 1, type: string}]
-    selectors:
-    - matchArgs: [{index: 3, operator: Equal, values: ["/x"]}]
-"""
+REFUSED_POLICY = openat_policy("refused", openat_selector("/x", index=3))  # no argument 3
 
 
 def test_policy_refused_at_start_is_one_error_line(tmp_path: Path):
@@ -228,17 +219,7 @@ def test_policy_refused_at_start_with_warn_starts_without_it(tmp_path: Path):
 
 def test_tracingpolicy_add_list_delete_over_grpc(agent_proc: AgentProcess, tmp_path: Path):
     pol = tmp_path / "p.yaml"
-    pol.write_text("""apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata: {name: grpc-open}
-spec:
-  kprobes:
-  - call: sys_openat
-    syscall: true
-    args: [{index: 1, type: string}]
-    selectors:
-    - matchArgs: [{index: 1, operator: Equal, values: ["/nonexistent/vigil-grpc"]}]
-""")
+    pol.write_text(openat_policy("grpc-open", openat_selector("/nonexistent/vigil-grpc")))
     r = agent_proc.cli("tracingpolicy", "add", str(pol))
     assert r.returncode == 0, r.stderr
     r = agent_proc.cli("tracingpolicy", "list", "-o", "json")

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.kernel.bpfstate import prog_ids_held, require_root, still_loaded
+from tests.kernel.policytext import openat_policy, openat_selector
 from tests.kernel.test_agent_cli import VIGIL, AgentProcess, free_port
 from vigil.kernel import sys as ksys
 
@@ -30,19 +31,7 @@ pytestmark = pytest.mark.kernel
 
 
 def kill_policy(target: Path, binary: Path) -> str:
-    return f"""apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata: {{name: kill-on-open}}
-spec:
-  kprobes:
-  - call: sys_openat
-    syscall: true
-    args: [{{index: 1, type: string}}]
-    selectors:
-    - matchArgs: [{{index: 1, operator: Equal, values: ["{target}"]}}]
-      matchBinaries: [{{operator: In, values: ["{binary}"]}}]
-      matchActions: [{{action: Sigkill}}]
-"""
+    return openat_policy("kill-on-open", openat_selector(target, binary, action="action: Sigkill"))
 
 
 @pytest.fixture

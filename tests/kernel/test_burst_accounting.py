@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.kernel.conftest import RunningAgent
+from tests.kernel.policytext import openat_policy, openat_selector
 from tests.kernel.testbins import build
 from vigil.agent.config import AgentConfig
 from vigil.cli.agent_cmd import auto_ring_size
@@ -31,17 +32,6 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
-POLICY = """apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata: {{name: burst-accounting}}
-spec:
-  kprobes:
-  - call: sys_openat
-    syscall: true
-    args: [{{index: 1, type: string}}]
-    selectors:
-    - matchArgs: [{{index: 1, operator: Equal, values: ["{path}"]}}]
-"""
 
 
 def test_burst_of_policy_events_is_exported_whole(workdir: Path) -> None:
@@ -52,7 +42,7 @@ def test_burst_of_policy_events_is_exported_whole(workdir: Path) -> None:
     cfg = AgentConfig(export_filename=str(export), server_address="", node_name="vigil-test",
                       export_file_max_size_mb=100_000, rb_size=auto_ring_size())
     with RunningAgent(cfg) as ra:
-        ra.agent.policies.add_text(POLICY.format(path=target), "<test>")
+        ra.agent.policies.add_text(openat_policy("burst-accounting", openat_selector(target)), "<test>")
         subprocess.run([str(loop), str(N), str(target)], check=True, timeout=300)
 
         def exported() -> int:
@@ -116,7 +106,7 @@ def test_a_flood_of_policy_records_costs_no_process_event(workdir: Path) -> None
     n_exec = 300
     with RunningAgent(cfg) as ra:
         ra.agent.config.rb_size = POLICY_RING  # the policy ring is made with the first policy
-        ra.agent.policies.add_text(POLICY.format(path=target), "<test>")
+        ra.agent.policies.add_text(openat_policy("burst-accounting", openat_selector(target)), "<test>")
         flood = subprocess.Popen([str(loop), str(N), str(target)])
         spawner = subprocess.Popen([str(spawn), str(n_exec)])
         assert spawner.wait(timeout=120) == 0 and flood.wait(timeout=300) == 0

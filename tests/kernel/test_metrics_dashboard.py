@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from tests.kernel.bpfstate import require_root
+from tests.kernel.policytext import openat_policy, openat_selector
 from tests.kernel.test_agent_cli import AgentProcess, free_port
 
 pytestmark = pytest.mark.kernel
@@ -115,22 +116,6 @@ class Prometheus:
         self.log.close()
 
 
-ENFORCE = """apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata: {{name: dashboard-deny-open}}
-spec:
-  kprobes:
-  - call: sys_openat
-    syscall: true
-    args: [{{index: 1, type: string}}]
-    selectors:
-    - label: test-secret
-      matchArgs: [{{index: 1, operator: Equal, values: ["{secret}"]}}]
-      matchBinaries: [{{operator: In, values: ["{vpy}"]}}]
-      matchActions: [{{action: Override, argError: -1}}]
-"""
-
-
 def query(prom: Prometheus, expr: str) -> list[Any]:
     expr = expr.replace("$__rate_interval", "1m").replace("$instance", ".*").replace("$policy", ".*")
     r = prom.api("query", query=expr)
@@ -147,7 +132,8 @@ def test_dashboard_queries_against_prometheus_scraping_the_agent(tmp_path: Path,
     shutil.copy2(os.path.realpath(sys.executable), work / "vpy")
     (work / "secret.txt").write_text("s")
     policy = tmp_path / "deny.yaml"
-    policy.write_text(ENFORCE.format(secret=work / "secret.txt", vpy=work / "vpy"))
+    policy.write_text(openat_policy("dashboard-deny-open", openat_selector(work / "secret.txt", work / "vpy", "test-secret",
+                                                                           "action: Override, argError: -1")))
     ap = AgentProcess(tmp_path, ["--tracing-policy", "library:mining-pool-ports", "--tracing-policy", str(policy)])
     try:
         prom = Prometheus(tmp_path, f"127.0.0.1:{ap.metrics_port}")

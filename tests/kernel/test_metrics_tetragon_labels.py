@@ -17,28 +17,16 @@ from typing import Any
 import pytest
 
 from tests.kernel.conftest import RunningAgent
+from tests.kernel.policytext import openat_policy, openat_selector
 from vigil.agent.metrics import AgentCollector
 
 pytestmark = pytest.mark.kernel
 
 # a kprobe on a syscall (runs on the syscall tracepoint here) and a tracepoint; the first selector
 # of each never matches, the second does: Tetragon's selector_index is 0-based
-POLICY = """apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata: {{name: {name}}}
-spec:
-  kprobes:
-  - call: sys_openat
-    syscall: true
-    args: [{{index: 1, type: string}}]
-    selectors:
-    - label: never
-      matchArgs: [{{index: 1, operator: Equal, values: ["{work}/nothing-opens-this"]}}]
-      matchBinaries: [{{operator: In, values: ["{vpy}"]}}]
-    - label: secret
-      matchArgs: [{{index: 1, operator: Equal, values: ["{work}/secret.txt"]}}]
-      matchBinaries: [{{operator: In, values: ["{vpy}"]}}]
-  tracepoints:
+def labels_policy(name: str, work: Path, vpy: Path) -> str:
+    return openat_policy(name, openat_selector(work / "nothing-opens-this", vpy, "never"),
+                         openat_selector(work / "secret.txt", vpy, "secret"), more=f"""  tracepoints:
   - subsystem: syscalls
     event: sys_enter_getppid
     selectors:
@@ -46,7 +34,7 @@ spec:
       matchBinaries: [{{operator: In, values: ["/nothing/runs/this"]}}]
     - label: getppid
       matchBinaries: [{{operator: In, values: ["{vpy}"]}}]
-"""
+""")
 
 
 def samples(agent: Any, family: str) -> list[tuple[dict[str, str], float]]:
@@ -90,7 +78,7 @@ def test_policy_metrics_name_hooks_and_selectors_as_tetragon(running_agent: Runn
     vpy = workdir / "vpy"
     shutil.copy2(os.path.realpath(sys.executable), vpy)
     (workdir / "secret.txt").write_text("s")
-    name = a.policies.add_text(POLICY.format(name="metric-labels", work=workdir, vpy=vpy), "<t>")[0]
+    name = a.policies.add_text(labels_policy("metric-labels", workdir, vpy), "<t>")[0]
     try:
         code = f"import os; open({str(workdir / 'secret.txt')!r}).close(); os.getppid()"
         evs = running_agent.collect(lambda: subprocess.run([str(vpy), "-S", "-c", code], check=True),
@@ -134,19 +122,6 @@ def test_policy_metrics_name_hooks_and_selectors_as_tetragon(running_agent: Runn
         a.delete_policy(name)
 
 
-POLICY_OPEN = """apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata: {{name: {name}}}
-spec:
-  kprobes:
-  - call: sys_openat
-    syscall: true
-    args: [{{index: 1, type: string}}]
-    selectors:
-    - matchArgs: [{{index: 1, operator: Equal, values: ["{work}/secret.txt"]}}]
-"""
-
-
 @pytest.mark.parametrize("kernel_forgets", [False, True], ids=["cache-lacks-it", "kernel-lacks-it-too"])
 def test_a_policy_event_of_a_process_the_cache_lacks_is_a_miss_and_missing_process_info(
         running_agent: RunningAgent, workdir: Path, scrape, kernel_forgets: bool):
@@ -161,7 +136,7 @@ def test_a_policy_event_of_a_process_the_cache_lacks_is_a_miss_and_missing_proce
     vpy, secret = workdir / "vpy", workdir / "secret.txt"
     shutil.copy2(os.path.realpath(sys.executable), vpy)
     secret.write_text("s")
-    name = a.policies.add_text(POLICY_OPEN.format(name="metric-cache-miss", work=workdir), "<t>")[0]
+    name = a.policies.add_text(openat_policy("metric-cache-miss", openat_selector(workdir / "secret.txt")), "<t>")[0]
     code = f"import sys; sys.stdin.readline(); open({str(secret)!r}).close(); sys.stdin.readline()"
     child = subprocess.Popen([str(vpy), "-S", "-c", code], stdin=subprocess.PIPE)
     try:
