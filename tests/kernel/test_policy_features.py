@@ -1272,18 +1272,58 @@ uprobes:
         assert first["runs_on"].startswith("uprobe:") and not report["warnings"]
 
 
-@pytest.mark.parametrize("data", [
-    "[{index: 0, type: uint64, source: pt_regs, resolve: rsp}]",
-    "[{index: 0, type: int, source: current_task, resolve: pid}]",
-], ids=["pt_regs", "current_task"])
-def test_uprobe_data_is_refused_at_the_field_not_dropped(running_agent: RunningAgent, usdt_bin: Path,
-                                                         data: str) -> None:
-    """`data` (values from pt_regs or current_task, in the event's `data` list) is not read by
-    Vigil: the policy is refused naming spec.uprobes[i].data, not loaded with events that lack it."""
-    spec = f'uprobes:\n- path: "{usdt_bin}"\n  symbols: [main]\n  data: {data}\n'
-    with pytest.raises(PolicyError, match=r"<t>:\d+:\d+: spec.uprobes\[0\].data: .*data is not supported by Vigil"):
-        running_agent.agent.policies.add_text(policy_yaml("uprobe-data", spec), "<t>")
-    assert "uprobe-data" not in [p["name"] for p in running_agent.agent.list_policies()]
+DATA_CASES = [  # (case, the data list, what the event's data list holds; a str: the error's regex)
+    ("regs-widths", "[{index: 0, type: int32, source: pt_regs, resolve: edi, label: argc},"
+     " {index: 0, type: uint64, source: pt_regs, resolve: rdi}, {index: 0, type: uint8, source: pt_regs,"
+     " resolve: dil}]", [{"int_arg": 3, "label": "argc"}, {"size_arg": "3"}, {"uint_arg": 3}]),
+    ("current-task", "[{index: 0, type: int32, source: current_task, resolve: pid},"
+     " {index: 0, type: string, source: current_task, resolve: comm},"
+     " {index: 0, type: int32, source: current_task, resolve: real_parent.tgid}]",
+     [{"int_arg": "{pid}"}, {"string_arg": "with-id"}, {"int_arg": "{ppid}"}]),
+    ("no-source", "[{index: 0, type: int32, resolve: edi}]", r"spec.uprobes\[0\].data\[0\].source: .*needs a source"),
+    ("no-resolve", "[{index: 0, type: int32, source: pt_regs}]",
+     r"spec.uprobes\[0\].data\[0\].resolve: .*needs resolve"),
+    ("not-a-register", "[{index: 0, type: int32, source: pt_regs, resolve: xmm0}]",
+     r"spec.uprobes\[0\].data\[0\].resolve: .*not a register name"),
+    ("no-such-field", "[{index: 0, type: int32, source: current_task, resolve: no_such_field}]",
+     r"spec.uprobes\[0\].data\[0\].resolve: .*no_such_field"),
+    ("slots", "[{index: 0, type: int32, source: pt_regs, resolve: edi}, {index: 0, type: int32, source: pt_regs,"
+     " resolve: esi}, {index: 0, type: int32, source: pt_regs, resolve: edx}, {index: 0, type: int32,"
+     " source: pt_regs, resolve: ecx}, {index: 0, type: int32, source: pt_regs, resolve: eax}]",
+     r"spec.uprobes\[0\].data\[4\]: .*share 5 argument slots"),
+]
+
+
+@pytest.mark.parametrize("case,data,want", DATA_CASES, ids=[c[0] for c in DATA_CASES])
+def test_uprobe_data(running_agent: RunningAgent, digest_bin: Path, case: str, data: str, want: Any) -> None:
+    """A uprobe's `data`: values that are not the function's arguments, read at the hook and
+    reported in the event's `data` list (the args stay in `args`): source pt_regs reads the
+    register `resolve` names at its width (edi: 4 bytes, dil: 1), source current_task follows a
+    task_struct field path by kernel BTF. Wrong entries are refused at their field."""
+    spec = f'uprobes:\n- path: "{digest_bin}"\n  symbols: [main]\n  args: [{{index: 0, type: int32}}]\n  data: {data}\n'
+    text = policy_yaml(f"uprobe-data-{case}", spec)
+    agent = running_agent.agent
+    if isinstance(want, str):
+        with pytest.raises(PolicyError, match=r"<t>:\d+:\d+: " + want):
+            agent.policies.add_text(text, "<t>")
+        assert f"uprobe-data-{case}" not in [p["name"] for p in agent.list_policies()]
+        return
+    pids: list[int] = []
+
+    def act() -> None:
+        p = subprocess.Popen([str(digest_bin), "1", "2"])
+        pids.append(p.pid)
+        p.wait()
+    with loaded(running_agent, text):
+        events = running_agent.collect(act)
+    got = [e["process_uprobe"] for e in events
+           if "process_uprobe" in e and e["process_uprobe"]["policy_name"] == f"uprobe-data-{case}"]
+    assert [e["process"]["pid"] for e in got] == pids
+    expect = [{k: (int(v.format(pid=pids[0], ppid=os.getpid())) if isinstance(v, str) and "{" in v else v)
+               for k, v in d.items()} for d in want]
+    assert got[0]["args"] == [{"int_arg": 3}]
+    assert got[0]["data"] == expect
+    assert list(got[0]).index("data") == len(got[0]) - 1  # after action, as Tetragon's field 13
 
 
 def _uprobe_users(binary: Path, prog_ids: set[int]) -> tuple[list[dict], list[str]]:

@@ -530,7 +530,7 @@ kprobes:
 - call: tcp_connect
   syscall: false
   args: [{index: 0, type: sock}]
-  data: [{index: 0, type: int, source: current_task}]
+  data: [{index: 0, type: int, source: current_task, resolve: pid}]
   selectors: [{matchData: [{index: 0, operator: Equal, values: ["1"]}]}]
 """)
     errs = [e.message for e in unsupported(p)]

@@ -347,7 +347,7 @@ def compile_report(policy: Policy, facts: KernelFacts, next_hook_id: Callable[[]
                        "--enable-k8s-api)", "option")
     _check_templates(policy, errs)
     for _section, hook in policy.spec.hooks():
-        if getattr(hook, "data", ()):  # not read: its events would lack Tetragon's `data` list
+        if _section != "uprobes" and getattr(hook, "data", ()):  # not read: its events would lack `data`
             errs.error(hook.at("data"), "data is not supported by Vigil yet (its values, from pt_regs or "  # type: ignore[attr-defined]
                        "current_task, would be missing from the events)", "vigil")
     placements = plan_policy(policy, facts, substitute=substitute, errs=errs)
@@ -507,7 +507,7 @@ def _arg_for(pl: Placement, hook: object, e: ArgSelector, errs: _Errors) -> ArgP
                    "carry it", "kernel")
         return None
     for p in pl.args:
-        if p.index == index:
+        if p.index == index and not p.data:
             return p
     if any(a.index == index for a in spec_args):
         return None  # the argument could not be planned: that is reported already

@@ -86,6 +86,7 @@ class ArgPlan:
     konst: int = 0
     off2: int = 0
     note: str = ""        # where a stand-in takes this argument from
+    data: bool = False    # a `data` entry (its value goes to the event's data list, not args)
 
     def fill(self, a: L.Arg) -> None:
         a.type, a.src, a.size, a.is_signed = self.vtype, self.src, self.size & 0xFF, int(self.is_signed)
@@ -283,7 +284,7 @@ def plan_arg(pl: Placement, a: KProbeArg, slot: int, src: int, off: int, *, user
 
 def size_arg_slots(pl: Placement) -> None:
     """sizeArgIndex names the n-th *function* argument; point it at the slot holding it."""
-    by_index = {p.index: p.slot for p in pl.args}
+    by_index = {p.index: p.slot for p in pl.args if not p.data}
     for p in pl.args:
         if p.vtype in (L.T["char_buf"], L.T["char_iovec"]) and p.size_arg:
             slot = by_index.get(p.size_arg - 1)
@@ -598,8 +599,65 @@ def place_uprobe(spec: UProbeSpec, index: int, sym_i: int, facts: KernelFacts) -
                         what=f"uprobe argument {a.index}")
         if plan is not None:
             pl.args.append(plan)
+    for j, a in enumerate(spec.data):
+        plan = place_data(pl, a, len(spec.args) + j, facts)
+        if plan is not None:
+            pl.args.append(plan)
     size_arg_slots(pl)
     return pl
+
+
+def pt_reg(name: str) -> tuple[int, int] | None:
+    """(byte offset in struct pt_regs, width) of a register named as Tetragon's `data` entries
+    name them: rax/eax/ax/al, ..., rsi/esi/si/sil, r8/r8d/r8w/r8b, ..., rip/eip."""
+    widths = {"r": 8, "e": 4}
+    if name in ("rip", "eip"):
+        return PT_REGS["rip"], widths[name[0]]
+    m = re.fullmatch(r"r(8|9|1[0-5])([dwb]?)", name)
+    if m:
+        return PT_REGS[f"r{m.group(1)}"], {"": 8, "d": 4, "w": 2, "b": 1}[m.group(2)]
+    if name in PT_REGS and name != "rip":
+        return PT_REGS[name], 8
+    full = _SUBREG.get(name)
+    if full is None or name in ("ah", "bh", "ch", "dh"):
+        return None
+    width = 4 if name.startswith("e") else 1 if name.endswith("l") else 2
+    return PT_REGS[full], width
+
+
+def place_data(pl: Placement, a: KProbeArg, slot: int, facts: KernelFacts) -> ArgPlan | None:
+    """A `data` entry of a uprobe: a value not among the function's arguments, read at the hook
+    into argument slot `slot` (after the args; they share the record's slots) and reported in the
+    event's data list. source pt_regs: `resolve` names a register, read at its width; source
+    current_task: `resolve` is a field path from the current task_struct (kernel BTF), followed
+    as a kprobe argument's resolve is."""
+    import dataclasses
+
+    if slot >= L.MAX_ARGS:
+        pl.block(a.loc, f"args and data share {L.MAX_ARGS} argument slots; this data entry is the "
+                 f"{slot + 1}th", "vigil")
+        return None
+    if a.source == "pt_regs":
+        reg = pt_reg(a.resolve)
+        if reg is None:
+            pl.block(a.at("resolve"), f'"{a.resolve}" is not a register name (rax, eax, ax, al, ..., r8, r8d, '
+                     "r8w, r8b, ..., rip)", "policy")
+            return None
+        plan = plan_arg(pl, dataclasses.replace(a, resolve=""), slot, L.SRC_USDT, 0, user=True, facts=facts,
+                        what=f"register {a.resolve}")
+        if plan is None:
+            return None
+        plan.off, plan.size = reg
+    elif a.source == "current_task":
+        plan = plan_arg(pl, dataclasses.replace(a, btf_type="", btf_type_module=""), slot, L.SRC_TASK, 0,
+                        user=False, facts=facts, ctype="struct task_struct *", what="the current task")
+        if plan is None:
+            return None
+    else:  # validation refuses the policy first
+        pl.block(a.at("source"), "a data entry needs source pt_regs or current_task", "policy")
+        return None
+    plan.data = True
+    return plan
 
 
 def _check_digests(pl: Placement, spec: UProbeSpec, path: str, facts: KernelFacts) -> None:

@@ -253,6 +253,11 @@ def _check_arg(a: KProbeArg, section: str, siblings: tuple[KProbeArg, ...], pos:
     if a.resolve and not _RESOLVE.match(a.resolve):
         diag.error(a.at("resolve"), f'invalid resolve path "{a.resolve}" (expected fields '
                    "separated by '.', with optional [n] indexes)")
+    if data and not a.source:
+        diag.error(a.loc.child("source"), f"a data entry needs a source ({' or '.join(enums.DATA_SOURCES)})")
+    if data and not a.resolve:
+        diag.error(a.loc.child("resolve"), "a data entry needs resolve (a register for source pt_regs, a "
+                   "task_struct field path for current_task)")
     if a.has("source"):
         if not data:
             diag.error(a.at("source"), "source is only valid in data entries")

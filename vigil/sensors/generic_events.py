@@ -504,7 +504,7 @@ def explain_enforcement(hook: CompiledHook, selector: int, action: int, ret_acti
 class _Shape:
     """What a hook's events share, read once from the compiled hook (build_body's constants)."""
 
-    __slots__ = ("hook", "kind", "args", "all_args", "by_slot_needed", "function", "subsys", "event", "policy",
+    __slots__ = ("hook", "kind", "args", "data", "all_args", "by_slot_needed", "function", "subsys", "event", "policy",
                  "message", "tags", "ret", "ret_key", "ret_label", "path", "symbol", "offset", "ref_ctr", "provider",
                  "name", "actions", "ret_actions", "has_ret_actions")
 
@@ -514,7 +514,9 @@ class _Shape:
         self.hook = hook
         self.kind = pl.event_kind
         self.all_args = [(p.slot, p) for p in pl.args]
-        self.args = [(slot, p) for slot, p in self.all_args if p.vtype != 0]
+        self.args = [(slot, p) for slot, p in self.all_args if p.vtype != 0 and not getattr(p, "data", False)]
+        # `data` entries (uprobes): read into the slots after the args, reported in the data list
+        self.data = [(slot, p) for slot, p in self.all_args if p.vtype != 0 and getattr(p, "data", False)]
         # only truncated buffers look at another slot (their size argument)
         self.by_slot_needed = any(p.size_arg for _, p in self.args)
         self.function = (pl.event_function if self.kind == "process_kprobe" else
@@ -672,8 +674,8 @@ def fast_plan(hook: CompiledHook, entry: Any, events: dict[str, int], actions: d
                "bpf_attr_arg" if p.vtype == L.T["bpf_attr"] else "bpf_prog_arg" if how == GA["bpf_prog"] else None)
         specs.append((slot, how, p.label or "", key))
     names = {a: n for a, n in ACTION_NAMES.items() if a not in skip_actions}
-    if sh.kind == "process_uprobe" and sh.ret is not None:
-        return None  # the return value goes into args: build_body's
+    if sh.kind == "process_uprobe" and (sh.ret is not None or sh.data):
+        return None  # the return value goes into args, data into its own list: build_body's
     ret = (_GA_RET[sh.ret_key], sh.ret_label or "") if sh.kind == "process_kprobe" and sh.ret is not None else None
     return (entry, sh.kind, _layout(sh), tuple(specs), names, events, actions, {}, ret,
             _GA_NAMES, {}, sum(1 << a for a in ENFORCING), _reported(sh.actions),
@@ -783,6 +785,9 @@ def build_body(hook: CompiledHook, m: L.MsgGeneric, data: bytes,
         if sh.ref_ctr:
             body["ref_ctr_offset"] = sh.ref_ctr
         body["action"] = action
+        if sh.data:  # Tetragon's ProcessUprobe.data (field 13, after action)
+            body["data"] = [render_arg(p, margs[slot], data[margs[slot].off:margs[slot].off + margs[slot].len],
+                                       by_slot) for slot, p in sh.data]
     elif kind == "process_usdt":
         body["action"] = action
     return body
