@@ -242,6 +242,7 @@ class Connection(asyncio.Protocol):
         self.paused = False
         self.closed = False
         self._again = False  # a pump is scheduled (filtered streams with more to filter)
+        self._out: list[bytes | memoryview] = []  # this turn's bytes, not yet written (_flush)
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -559,19 +560,28 @@ class Connection(asyncio.Protocol):
         if st.held is not None:
             st.held -= size
             self.front.forward_held -= size
-        self._flush()  # what h2 has queued (this stream's HEADERS) goes first
-        assert self.transport is not None
-        self.transport.write(b"".join(out))
+        self._take_h2()  # what h2 has queued (this stream's HEADERS, a PING's ack) goes first
+        self._out += out   # written with the rest of this turn (pump's _flush)
         return budget - size
 
     def _pump_again(self) -> None:
         self._again = False
         self.pump()
 
-    def _flush(self) -> None:
+    def _take_h2(self) -> None:
+        """What h2 has queued (HEADERS, trailers, its answers), next in this turn's write."""
         data = self.h2.data_to_send()
-        if data and self.transport is not None and not self.closed:
-            self.transport.write(data)
+        if data:
+            self._out.append(data)
+
+    def _flush(self) -> None:
+        """Everything of this turn in one write: h2's frames and the DATA frames of every
+        stream, in the order they were made (one syscall, and one wakeup of the client,
+        where a PING's ack, each stream's data and the trailers were a write each)."""
+        self._take_h2()
+        out, self._out = self._out, []
+        if out and self.transport is not None and not self.closed:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
             if self.transport.get_write_buffer_size() > MAX_UNREAD:
                 log.warning("HTTP/2 client %s reads nothing of what it asks for (%d bytes waiting): "
                             "connection closed", self.peer, self.transport.get_write_buffer_size())
