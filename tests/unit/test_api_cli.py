@@ -222,3 +222,38 @@ def test_good_tls_files_pass_the_check(pki):
                                    "--tls-ca-cert-files", pki["ca.pem"], "--tls-cert-file", pki["ca-client.pem"],
                                    "--tls-key-file", pki["ca-client.key"]])
     assert res.exit_code == 1 and "cannot reach the agent at localhost:1" in res.output, res.output
+
+
+@pytest.mark.parametrize("command", [["tp", "list"], ["status"], ["getevents"]])
+@pytest.mark.parametrize("env, args, code, shown", [
+    ({"VIGIL_TLS_CA_FILE": "/nonexistent/ca.pem"}, [], 2,
+     "Invalid value for --tls-ca-cert-files (from environment variable VIGIL_TLS_CA_FILE): /nonexistent/ca.pem: "
+     "no such file"),
+    ({"VIGIL_TLS_CA_FILE": "{garbage}"}, [], 2,
+     "--tls-ca-cert-files (from environment variable VIGIL_TLS_CA_FILE): {garbage}: no PEM certificate"),
+    ({"VIGIL_TLS_CERT_FILE": "{garbage}"}, [], 2,
+     "--tls-cert-file (from environment variable VIGIL_TLS_CERT_FILE) and --tls-key-file go together"),
+    ({"VIGIL_TLS_CERT_FILE": "{garbage}", "VIGIL_TLS_KEY_FILE": "{garbage}"}, [], 2,
+     "--tls-cert-file (from environment variable VIGIL_TLS_CERT_FILE)/--tls-key-file (from environment variable "
+     "VIGIL_TLS_KEY_FILE): {garbage} and {garbage}: not a PEM certificate"),
+    ({"VIGIL_TLS_CA_FILE": "{garbage}"}, ["--tls-ca-cert-files", "/nonexistent/ca.pem"], 2,
+     "Invalid value for --tls-ca-cert-files: /nonexistent/ca.pem: no such file"),     # the flag's, no variable
+    ({"VIGIL_SERVER_ADDRESS": "localhost:1"}, [], 1,
+     "cannot reach the agent at localhost:1: no connection within 0.3s (is `vigil agent` running? use "
+     "--server-address) (address from environment variable VIGIL_SERVER_ADDRESS)"),
+    ({"VIGIL_SERVER_ADDRESS": "localhost:2"}, ["--server-address", "localhost:1"], 1,
+     "use --server-address)\n"),                                                       # typed: no variable named
+])
+def test_values_from_the_environment_are_named(tmp_path, monkeypatch, command, env, args, code, shown):
+    """A bad VIGIL_TLS_* file or an unreachable VIGIL_SERVER_ADDRESS was reported as if the
+    option had been typed (`--tls-ca-cert-files: X: no such file`; `use --server-address`):
+    the error now names the variable the value came from."""
+    garbage = tmp_path / "garbage"
+    garbage.write_text("not a certificate\n")
+    env = {k: v.format(garbage=garbage) for k, v in env.items()}
+    from vigil.cli import getevents_cmd
+
+    monkeypatch.setattr(getevents_cmd, "_stdin_has_events", lambda: False)  # as at a terminal: ask the agent
+    res = CliRunner().invoke(cli, [*command, "--timeout", "0.3", *args], env=env)
+    assert res.exit_code == code, res.output
+    assert shown.format(garbage=garbage) in res.output, res.output

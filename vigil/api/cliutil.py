@@ -54,6 +54,26 @@ _TLS: contextvars.ContextVar[Any] = contextvars.ContextVar("vigil_cli_tls", defa
 
 
 _TLS_KEYS = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name", "tls_skip_verify")
+_TLS_ENV = {"tls_ca_file": "VIGIL_TLS_CA_FILE", "tls_cert_file": "VIGIL_TLS_CERT_FILE",
+            "tls_key_file": "VIGIL_TLS_KEY_FILE"}
+
+
+def from_environment(key: str) -> str | None:
+    """The environment variable the running command's parameter `key` was read from, if it was."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or ctx.get_parameter_source(key) is not click.core.ParameterSource.ENVIRONMENT:
+        return None
+    param = next((p for p in ctx.command.params if p.name == key), None)
+    env = getattr(param, "envvar", None)
+    return env if isinstance(env, str) else None
+
+
+def _hint(option: str, key: str) -> str:
+    """An option's name in an error, with the environment variable its value came from."""
+    env = from_environment(key)
+    if env and _root_params().get(f"global_{key}"):
+        env = None  # the global flag (before the command) was used instead
+    return f"{option} (from environment variable {env})" if env else option
 
 
 def _tls_flags(prefix: str, envvars: bool) -> list[Callable[[Any], Any]]:
@@ -63,12 +83,12 @@ def _tls_flags(prefix: str, envvars: bool) -> list[Callable[[Any], Any]]:
         return name if envvars else None
     return [
         click.option("--tls-ca-file", "--tls-ca-cert-files", f"{prefix}tls_ca_file", multiple=True,
-                     envvar=env("VIGIL_TLS_CA_FILE"),
+                     envvar=env(_TLS_ENV["tls_ca_file"]),
                      help="Connect with TLS, trusting these CAs (PEM; repeat or comma-separate) for the "
                           "agent's certificate."),
-        click.option("--tls-cert-file", f"{prefix}tls_cert_file", default="", envvar=env("VIGIL_TLS_CERT_FILE"),
+        click.option("--tls-cert-file", f"{prefix}tls_cert_file", default="", envvar=env(_TLS_ENV["tls_cert_file"]),
                      help="Client certificate (PEM)."),
-        click.option("--tls-key-file", f"{prefix}tls_key_file", default="", envvar=env("VIGIL_TLS_KEY_FILE"),
+        click.option("--tls-key-file", f"{prefix}tls_key_file", default="", envvar=env(_TLS_ENV["tls_key_file"]),
                      help="Client certificate key (PEM)."),
         click.option("--tls-server-name", f"{prefix}tls_server_name", default="",
                      help="Name in the agent's certificate, if not the host's."),
@@ -99,12 +119,14 @@ def tls_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise click.UsageError("--tls-skip-verify is not supported by vigil: give the CA that signed "
                                    "the agent's certificate with --tls-ca-cert-files")
         if bool(cert) != bool(key):
-            raise click.UsageError("--tls-cert-file and --tls-key-file go together")
-        for opt, paths in (("--tls-ca-cert-files", ca_files), ("--tls-cert-file", [cert] if cert else []),
-                           ("--tls-key-file", [key] if key else [])):
+            raise click.UsageError(f"{_hint('--tls-cert-file', 'tls_cert_file')} and "
+                                   f"{_hint('--tls-key-file', 'tls_key_file')} go together")
+        for opt, k, paths in (("--tls-ca-cert-files", "tls_ca_file", ca_files),
+                              ("--tls-cert-file", "tls_cert_file", [cert] if cert else []),
+                              ("--tls-key-file", "tls_key_file", [key] if key else [])):
             for path in paths:
                 if not os.path.isfile(path):
-                    raise click.BadParameter(f"{path}: no such file", param_hint=opt)
+                    raise click.BadParameter(f"{path}: no such file", param_hint=_hint(opt, k))
         _check_pem(ca_files, cert, key)
         _TLS.set(None)
         if ca_files or cert:
@@ -131,13 +153,14 @@ def _check_pem(ca_files: list[str], cert: str, key: str) -> None:
             ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
         except (ssl.SSLError, OSError, ValueError) as e:
             raise click.BadParameter(f"{path}: no PEM certificate could be read from it ({reason(e)})",
-                                     param_hint="--tls-ca-cert-files") from None
+                                     param_hint=_hint("--tls-ca-cert-files", "tls_ca_file")) from None
     if cert:
         try:  # an encrypted key is refused (gRPC cannot ask for its password), never prompted for
             ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key, password=lambda: b"")
         except (ssl.SSLError, OSError, ValueError) as e:
             raise click.BadParameter(f"{cert} and {key}: not a PEM certificate and its unencrypted private "
-                                     f"key ({reason(e)})", param_hint="--tls-cert-file/--tls-key-file") from None
+                                     f"key ({reason(e)})", param_hint=_hint("--tls-cert-file", "tls_cert_file") + "/"
+                                     + _hint("--tls-key-file", "tls_key_file")) from None
 
 
 def global_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -194,6 +217,13 @@ def address_given() -> bool:
             or bool(_root_params().get("global_server_address")))
 
 
+def address_source() -> str:
+    """' (address from environment variable VIGIL_SERVER_ADDRESS)' when the command's address
+    came from there (not typed, no global flag), else ''."""
+    env = from_environment("server_address")
+    return f" (address from environment variable {env})" if env and not address_given() else ""
+
+
 def channel_options() -> dict[str, int]:
     """retries / max_recv_size for Client and stream_events, from the global flags."""
     root = _root_params()
@@ -221,7 +251,7 @@ def server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except AgentUnreachable as e:
-            click.echo(f"Error: {e}", err=True)
+            click.echo(f"Error: {e}{address_source()}", err=True)
             sys.exit(1)
         except grpc.RpcError as e:
             click.echo(f"Error: {e.code().name}: {e.details()}", err=True)

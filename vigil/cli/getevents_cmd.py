@@ -28,7 +28,7 @@ from typing import IO, Any
 import click
 import orjson
 
-from vigil.api.cliutil import Duration, address_given, channel_options, connection, tls_options
+from vigil.api.cliutil import Duration, address_given, address_source, channel_options, connection, tls_options
 from vigil.export.event_types import FilterError, parse_event_type
 from vigil.export.shape import shape_error
 
@@ -251,6 +251,7 @@ def agent_events(
             address = getattr(e, "address", None) or server_address or "the default address"
             if address not in message:
                 message = f"{message} (agent address: {address})"
+            message += address_source()
             if not reconnect:
                 raise click.ClickException(message) from None
             reason = message
