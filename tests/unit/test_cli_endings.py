@@ -96,6 +96,25 @@ def test_ctrl_c_ends_quietly_with_130(stuck_agent, name: str) -> None:
     assert (proc.returncode, err.decode()) == (130, ""), err.decode()
 
 
+@pytest.mark.parametrize("args", [
+    ["getevents", "--file", "{export}", "--follow"],
+    ["getevents", "--file", "{export}", "--follow", "-o", "compact"],
+])
+def test_ctrl_c_ends_a_follow_quietly_with_130(tmp_path: Path, args: list[str]) -> None:
+    """`getevents --follow` (tail -f of an export) ended 0 on Ctrl-C; 130 as every command."""
+    export = tmp_path / "export.log"
+    export.write_text(json.dumps({"process_exec": {"process": {"binary": "/bin/x"}}, "node_name": "n"}) + "\n")
+    proc = subprocess.Popen([*VIGIL, *[a.format(export=export) for a in args]], cwd=ROOT, env=ENV,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline()  # following now
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        stop_process(proc)
+    assert (proc.returncode, err.decode()) == (130, ""), err.decode()
+
+
 def _big_export(tmp_path: Path) -> Path:
     event = {"process_exec": {"process": {"exec_id": "e", "pid": 1, "binary": "/bin/" + "x" * 200,
                                           "arguments": "a b"}}, "node_name": "n", "time": "2024-01-01T00:00:00Z"}
