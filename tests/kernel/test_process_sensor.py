@@ -287,7 +287,7 @@ def test_ring_buffer_overflow_is_counted_not_silent(workdir: Path, tmp_path: Pat
 
 
 def test_records_wake_a_sleeping_reader_and_never_a_draining_one(workdir: Path):
-    """`vigil_reader`: while the agent sleeps in epoll every record wakes it; while it drains
+    """`vigil_reader`: while the agent sleeps in epoll a record wakes it; while it drains
     on its own clock no record sends a wakeup (each would cost the task that made it an
     interrupt). Records of other processes on the host only ever add wakeups or data, so
     the checks below hold beside them."""
@@ -341,6 +341,48 @@ def test_records_wake_a_sleeping_reader_and_never_a_draining_one(workdir: Path):
         woke = rings.wait(0.05)  # woken only by a record of the host
         assert state() == (READER_DRAINING if woke else READER_SLEEPING)
         rings.close()
+    finally:
+        ep.close()
+        sensor.stop()
+
+
+def test_asleep_only_the_first_record_after_a_drain_wakes_the_reader(workdir: Path):
+    """While the agent sleeps in epoll, the records after the first one it has not drained yet
+    send no wakeup of their own (the kernel's rule: a record wakes a reader that had caught up
+    to it): each would cost the task that made it an interrupt, for a reader woken already.
+    Edge-triggered epoll counts wakeups, not data. Records of other processes on the host are
+    not drained in between either, so they add no wakeup after the first."""
+    from vigil.kernel import RingBuffer
+    from vigil.kernel.ringbuf import READER_SLEEPING
+
+    def run_child() -> None:
+        pid = os.posix_spawn(str(workdir / "child"), [str(workdir / "child"), "wake"], os.environ)
+        os.waitpid(pid, 0)
+
+    sensor = ProcessSensor()
+    sensor.start()
+    ep = select.epoll()
+    try:
+        ev = sensor.events_map
+        rb = RingBuffer(ev.fd, ev.max_entries)
+        sensor.reader_map.update(b"\0\0\0\0", READER_SLEEPING.to_bytes(4, "little"))
+        for _ in range(50):  # caught up, with nothing waiting
+            rb.drain()
+            ep.register(ev.fd, select.EPOLLIN | select.EPOLLET)
+            if not ep.poll(0):
+                break
+            ep.unregister(ev.fd)
+        else:
+            pytest.fail("the ring never stayed empty long enough to start")
+        run_child()
+        assert ep.poll(5.0), "the first record after the drain woke nobody"
+        run_child()  # not drained: its records need no wakeup
+        assert rb.pending() > 0
+        assert ep.poll(0.3) == [], "records made while the reader was woken already woke it again"
+        rb.drain()  # caught up again: the next record wakes it
+        run_child()
+        assert ep.poll(5.0)
+        rb.close()
     finally:
         ep.close()
         sensor.stop()

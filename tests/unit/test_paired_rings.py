@@ -8,6 +8,8 @@ import select
 import struct
 from typing import Any
 
+import pytest
+
 from vigil.kernel.ringbuf import PairedRings
 
 
@@ -118,11 +120,36 @@ def test_a_record_whose_program_read_draining_just_before_the_reader_slept_is_fo
         assert not rings.wait(0.01) and reader.stored[-1] == READER_SLEEPING
         n = len(reader.stored)
         assert not rings.wait(0.01) and len(reader.stored) == n
-        # asleep, every record wakes the reader
+        # asleep, a record after the last drain wakes the reader
         process.records.append(rec("exec 10", 10))
         process.wake()
         assert rings.wait(5.0) and reader.stored[-1] == READER_DRAINING
         assert names(rings.drain()) == ["exec 10"]
+    finally:
+        rings.close()
+
+
+@pytest.mark.parametrize("ring", ["process", "policy", None])
+def test_a_record_committed_without_a_wakeup_while_asleep_is_found_at_the_timeout(ring: str | None) -> None:
+    """Asleep, only the first record after the last drain wakes the reader (the kernel's
+    rule); a preemptible program that read DRAINING long before may commit its record after
+    the settle time without a wakeup, and no later record wakes the reader either. A poll
+    that times out looks at the rings' positions: the record is found then, not never."""
+    from vigil.kernel.ringbuf import READER_DRAINING, READER_SLEEPING
+
+    process, policy = FakeRing(), FakeRing()
+    reader = ReaderMap()
+    rings = PairedRings(process, clock=lambda: 1 << 60, reader_state=reader)  # type: ignore[arg-type]
+    rings.add_policy_ring(policy)  # type: ignore[arg-type]
+    try:
+        assert not rings.wait(0.01) and reader.stored == [READER_SLEEPING]  # asleep
+        if ring is not None:
+            (process if ring == "process" else policy).records.append(rec(f"{ring} record", 5))
+        assert rings.wait(0.01) == (ring is not None)
+        if ring is not None:
+            assert reader.stored[-1] == READER_DRAINING and names(rings.drain()) == [f"{ring} record"]
+        else:
+            assert reader.stored == [READER_SLEEPING]
     finally:
         rings.close()
 

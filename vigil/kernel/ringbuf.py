@@ -169,7 +169,11 @@ class PairedRings:
         DRAINING just before the store commits its record without a wakeup after that
         read: on going to sleep, the first poll lasts only until such a program has
         finished (_SETTLE), then the rings' positions are read once more. Asleep already,
-        every program wakes us."""
+        the first record after our last drain wakes us (the kernel's rule: a record wakes
+        the reader that had caught up to it; the records after it need no wakeup of their
+        own). A preemptible program (uprobe, LSM) that read DRAINING may commit after the
+        settle time, and then no later record wakes us either: a poll that times out
+        asleep reads the rings' positions too, so such a record waits at most `timeout`."""
         if self._held:
             return True
         if self._reader is not None and self._state != READER_SLEEPING:
@@ -181,7 +185,7 @@ class PairedRings:
             timeout -= settle
             if timeout <= 0:
                 return False
-        ready = bool(self._ep.poll(timeout))
+        ready = bool(self._ep.poll(timeout)) or any(rb.pending() > 0 for rb in self.rings())
         if ready:
             self._set_reader(READER_DRAINING)
         return ready
