@@ -415,9 +415,10 @@ def main() -> int:
 
         print(f"openat+close x{a.n}, {a.rounds} round(s); ratios to `off` of the same round, medians:")
         print(f"  off        {res['off_s']:.3f}s CPU ({res['ns_per_open_off']} ns/open)")
+        floors = [f for f in FLOOR_PROGS if f in configs]
         for c in configs[1:]:
             print(f"  {c:<10} ratio {med[c]:.3f} {line(c)}  {rounds(c)}")
-            if c == [f for f in FLOOR_PROGS if f in configs][-1] and ppid:
+            if floors and c == floors[-1] and ppid:
                 p_off = res["ppid_ns_per_syscall_off"]
                 print(f"             and every other syscall pays for a floor: a getppid loop ({p_off} ns/syscall) "
                       + ", ".join(f"with {k} {median(v):.3f} (+{round((median(v) - 1) * p_off)} ns)"
