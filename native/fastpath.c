@@ -2307,8 +2307,10 @@ static PyObject *pod_from_table(Builder *b, PyObject *pods, PyObject *cgroup_nam
 	return pod;
 }
 
+#define NO_PID (~0ULL)  /* cached_process: by the key alone */
+
 /* the cache entry of a process (borrowed): by its exec key (key_pid, ktime) when the kernel
- * knew the ktime, else by pid, as ProcessCache lookups do; NULL: none, or an error (set) */
+ * knew the ktime, else (or pid NO_PID) by pid, as ProcessCache lookups do; NULL: none, or an error (set) */
 static PyObject *cached_process(Builder *b, unsigned long long key_pid, unsigned long long ktime,
 				unsigned long long pid)
 {
@@ -2320,7 +2322,7 @@ static PyObject *cached_process(Builder *b, unsigned long long key_pid, unsigned
 		p = PyDict_GetItemWithError(b->by_key, k);
 		Py_DECREF(k);
 	}
-	if (!p && !PyErr_Occurred()) {
+	if (!p && !PyErr_Occurred() && pid != NO_PID) {
 		PyObject *n = PyLong_FromUnsignedLongLong(pid);
 		p = n ? PyDict_GetItemWithError(b->by_pid, n) : NULL;
 		Py_XDECREF(n);
@@ -3817,7 +3819,11 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 	if (!reported)
 		return NULL;  /* an error, or an action the plan leaves to handle() */
 	/* the process and its parent: PolicyEvents.processes */
-	PyObject *p = cached_process(b, m.key.pid, m.key.ktime, m.key.pid), *missing = NULL;
+	/* an exec key names one image: that one or none (its exec record may be behind: the event
+	 * is held), never an older image of the pid; by pid without a key, or with VP_EV_NO_PROC
+	 * (the key's ktime is the thread group leader's start, not an exec's) */
+	int exact = m.key.ktime && !(m.flags & VP_EV_NO_PROC);
+	PyObject *p = cached_process(b, m.key.pid, m.key.ktime, exact ? NO_PID : m.key.pid), *missing = NULL;
 	if (!p && PyErr_Occurred())
 		return NULL;
 	if (!p) {  /* not in the cache: PolicyEvents.missing's stand-in (pid, start_time, "unknown"), no parent */

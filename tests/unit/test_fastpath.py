@@ -1070,7 +1070,7 @@ generic_fields = st.fixed_dictionaries({
     "ktime": st.integers(1, 2**62), "pid": st.sampled_from([100, 101, 555]),
     "exec_ktime": st.sampled_from([0, 5_000_000_000, 123]), "selector": st.integers(0, 3),
     "action": st.sampled_from([0, 1, 2, 3, 5, 14, 15, 200]), "ret_action": st.sampled_from([0, 0, 0, 1, 3, 200]),
-    "flags": st.sampled_from([0, 0, 1, 2]), "kstack": st.sampled_from([0, 0, 8]),
+    "flags": st.sampled_from([0, 0, 1, 2, 32]), "kstack": st.sampled_from([0, 0, 8]),
     "ret": st.integers(-2**63, 2**63 - 1),
     "args": st.lists(st.tuples(st.one_of(st.binary(max_size=40), st.text(max_size=20).map(str.encode),
                                          sock_payloads),

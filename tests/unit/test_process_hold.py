@@ -16,19 +16,30 @@ from tests.unit.test_fastpath import _generic_hooks, _generic_record, plain_reco
 from vigil.agent.agent import Agent
 from vigil.agent.config import AgentConfig
 from vigil.agent.metrics import AgentCollector
+from vigil.events import records as R
 from vigil.events.source import ReplaySource
 from vigil.events.synth import process_record
+from vigil.kernel.policy_layout import EV_NO_PROC
 
 HOOKS, _ = _generic_hooks("kprobe-string")
 
 
-def _policy(pid: int, exec_ktime: int, ktime: int) -> bytes:
-    return _generic_record(HOOKS[0], plain_record(pid=pid, exec_ktime=exec_ktime, ktime=ktime,
+def _policy(pid: int, exec_ktime: int, ktime: int, flags: int = 0) -> bytes:
+    return _generic_record(HOOKS[0], plain_record(pid=pid, exec_ktime=exec_ktime, ktime=ktime, flags=flags,
                                                   args=[(b"/etc/passwd", 0, 0, 0), (b"", 3, 0, 0)]))
 
 
+def _no_proc(pid: int, leader_start: int, ktime: int) -> bytes:
+    """A record of a process execve_map lacks: its key's ktime is the thread group leader's start."""
+    return _policy(pid, leader_start, ktime, flags=EV_NO_PROC)
+
+
 def _exec(pid: int, ktime: int) -> bytes:
-    return process_record(pid=pid, ktime=ktime, binary=f"/usr/bin/p{pid}")
+    return process_record(pid=pid, ktime=ktime, binary=f"/usr/bin/p{pid}-{ktime}")
+
+
+def _clone(pid: int, ktime: int, ppid: int, pktime: int) -> bytes:
+    return process_record(op=R.OP_CLONE, pid=pid, ktime=ktime, ppid=ppid, pktime=pktime)
 
 
 # records (in the order the loop reads them), the replay's batch size, then the events exported
@@ -46,6 +57,21 @@ CASES = [
      [("exec", 200), ("exec", 100), ("kprobe", 100, "known"), ("kprobe", 300, "stand-in")], (1, 0, 1)),
     ("two-held-one-comes", [_policy(300, 5000, 6000), _policy(100, 5000, 6500), _exec(100, 5000)], 2,
      [("exec", 100), ("kprobe", 100, "known"), ("kprobe", 300, "stand-in")], (2, 1, 1)),
+    # the cache has an older image of the pid (its fork, its previous exec) while the exec the
+    # record's key names is still behind: the event waits for that exec, never goes with the old one
+    ("older-image-cached-exec-behind", [_exec(100, 4000), _policy(100, 5000, 6000), _exec(100, 5000)], 1,
+     [("exec", 100, 4000), ("exec", 100, 5000), ("kprobe", 100, "known", 5000)], (1, 1, 0)),
+    ("clone-cached-exec-behind", [_exec(50, 1000), _clone(100, 4000, 50, 1000), _policy(100, 5000, 6000),
+                                  _exec(100, 5000)], 1,
+     [("exec", 50, 1000), ("exec", 100, 5000), ("kprobe", 100, "known", 5000)], (1, 1, 0)),
+    ("older-image-cached-exec-never", [_exec(100, 4000), _policy(100, 5000, 6000)], 1,
+     [("exec", 100, 4000), ("kprobe", 100, "stand-in")], (1, 0, 1)),
+    # execve_map lacks the process (VP_EV_NO_PROC): its key's ktime is its leader's start, no
+    # exec key, so the cache's image of that pid is its process (at once, or once it comes)
+    ("no-proc-known-by-pid", [_exec(100, 5000), _no_proc(100, 4000, 6000)], 1,
+     [("exec", 100, 5000), ("kprobe", 100, "known", 5000)], (0, 0, 0)),
+    ("no-proc-comes-later", [_no_proc(100, 4000, 6000), _exec(200, 5500), _exec(100, 5000)], 1,
+     [("exec", 200, 5500), ("exec", 100, 5000), ("kprobe", 100, "known", 5000)], (1, 1, 0)),
 ]
 
 
@@ -72,9 +98,11 @@ def _replay(tmp_path: Path, records: list[bytes], batch: int, compiled: bool) ->
 def _shape(e: dict[str, Any]) -> tuple[Any, ...]:
     kind = next(k for k in e if k not in ("node_name", "time"))
     proc = e[kind]["process"]
+    # the image: the exec's ktime its binary names (/usr/bin/p<pid>-<ktime>), in the rows that say
+    image = (int(proc["binary"].rsplit("-", 1)[1]),) if "-" in proc.get("binary", "") else ()
     if kind == "process_exec":
-        return ("exec", proc["pid"])
-    return (kind.removeprefix("process_"), proc["pid"], "known" if proc.get("exec_id") else "stand-in")
+        return ("exec", proc["pid"], *image)
+    return (kind.removeprefix("process_"), proc["pid"], "known" if proc.get("exec_id") else "stand-in", *image)
 
 
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
@@ -83,7 +111,8 @@ def test_a_policy_event_waits_for_its_process(tmp_path: Path, records: list[byte
                                               want: list[tuple[Any, ...]], counts: tuple[int, int, int],
                                               compiled: bool) -> None:
     events, status, metrics = _replay(tmp_path, records, batch, compiled)
-    assert [_shape(e) for e in events] == want
+    shapes = [_shape(e) for e in events]
+    assert [s[:len(w)] for s, w in zip(shapes, want)] == want and len(shapes) == len(want), shapes
     held = status["event_cache"]
     assert (held["held"], held["resolved"], held["given_up"], held["held_now"]) == (*counts, 0)
     # a known process's event carries the process of its exec event

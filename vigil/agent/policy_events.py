@@ -52,11 +52,16 @@ class PolicyEvents:
     def processes(self, pid: int, exec_ktime: int = 0, *, kernel: bool = True,
                   unknown: bool = False) -> tuple[ProcessMsg, ProcessMsg | None]:
         """The message of the process a record names (by the kernel's key when `kernel`: a
-        record of a kernel hook; `unknown`: the kernel had no entry for it), and its parent's."""
+        record of a kernel hook; `unknown`: the kernel had no entry for it), and its parent's.
+        A kernel hook's exec key (a ktime, not `unknown`) names one image: that one or none (its
+        exec record may be behind: the event is held), never another image of the pid, as
+        Tetragon looks its exec_id up. By pid: no key (reports of other threads, loader events:
+        `kernel` false, whose keys may be missing or not yet read), or `unknown` (its ktime is the
+        thread group leader's start, not an exec's: the cache knows it by its exec, if at all)."""
         cache = self.builder.cache
         by_key = cache._by_key  # by (pid, ktime) key: an exec_id string would be encoded and decoded
         p = by_key.get((pid, exec_ktime)) if exec_ktime else None
-        if p is None:
+        if p is None and not (kernel and exec_ktime and not unknown):
             p = cache.by_pid(pid)
         if p is None:
             return self.missing(pid, exec_ktime, kernel, unknown), None
@@ -72,12 +77,15 @@ class PolicyEvents:
         cache miss; a kernel hook's event is held until its process comes (vigil.process.hold),
         counted as missing its process info if it is sent with this. (The compiled handler
         calls it.)"""
+        # `unknown`: the ktime is the leader's start, no exec key: the process is looked for by
+        # pid (an early deletion when the GC removed that pid's newest image), and held so
+        exec_key = 0 if unknown else exec_ktime
         self.builder.cache.missed(pid, exec_ktime)
         msg = missing_process(pid, self.builder.ktime_rfc3339(exec_ktime) if exec_ktime else "",
                               "unknown" if unknown or (kernel and not exec_ktime) else "")
         hold = getattr(self.builder, "hold", None)
         if kernel and hold is not None:  # its event waits for the exec record (vigil.process.hold)
-            hold.standin(msg, pid, exec_ktime)
+            hold.standin(msg, pid, exec_key)
         else:
             self.builder.missing_info += 1
         return msg

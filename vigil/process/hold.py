@@ -43,7 +43,9 @@ class ProcessHold:
 
     def standin(self, msg: ProcessMsg, pid: int, ktime: int) -> None:
         """A stand-in was made for a kernel hook's record (PolicyEvents.missing): its event, in
-        the batch about to be emitted, is held."""
+        the batch about to be emitted, is held, waiting for the image of exec key (pid, ktime)
+        exactly (not an older one of that pid, whose exec record is behind), or for pid's image
+        when `ktime` is 0 (no exec key: the kernel had no entry for the process, VP_EV_NO_PROC)."""
         self.pending[id(msg)] = (msg, pid, ktime)
 
     def take(self, events: list[Event], now_ns: int, step: int) -> list[Event]:
@@ -72,9 +74,7 @@ class ProcessHold:
         by_key, by_pid = self.cache._by_key, self.cache.by_pid
         for h in self.held:
             e, pid, ktime = h[0], h[1], h[2]
-            p = by_key.get((pid, ktime)) if ktime else None
-            if p is None:
-                p = by_pid(pid)
+            p = by_key.get((pid, ktime)) if ktime else by_pid(pid)
             if p is not None:
                 parent = by_key.get(p.parent_key) if p.parent_key else None
                 e.process, e.parent = p.msg, parent.msg if parent is not None else None
