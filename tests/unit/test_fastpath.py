@@ -1535,18 +1535,21 @@ def test_an_exec_whose_parent_is_not_cached_is_a_miss(compiled: bool, parent: st
     assert (b.cache.misses - misses, b.cache.early_deletions) == want
 
 
-# the exec ktime a policy record names for pid 100, whose image (100, 5 s) the GC removed, then
-# (misses, early_deletions): an early deletion is a miss of that very image (by pid alone when
-# the record names no exec ktime), not of a later one of the reused pid
-@pytest.mark.parametrize("exec_ktime, want", [
-    (5_000_000_000, (1, 1)),
-    (0, (1, 1)),
-    (8_000_000_000, (1, 0)),   # the pid reused by a process the cache never had
-])
+# the exec ktime a policy record names for pid 100, whose image (100, 5 s) the GC removed, and
+# its flags, then (misses, early_deletions): an early deletion is a miss of that very image (by
+# pid alone when the record names no exec key: no ktime, or VP_EV_NO_PROC, whose ktime is the
+# thread group leader's start), not of a later one of the reused pid
+@pytest.mark.parametrize("exec_ktime, flags, want", [
+    (5_000_000_000, 0, (1, 1)),
+    (0, 0, (1, 1)),
+    (8_000_000_000, 0, (1, 0)),   # the pid reused by a process the cache never had
+    (4_000_000_000, "EV_NO_PROC", (1, 1)),  # execve_map lacks it too: its leader started at 4 s
+], ids=["exec-key", "no-key", "reused-pid", "no-proc-leader-start"])
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
-def test_early_deletions_of_policy_records_match_the_exec_key(compiled: bool, exec_ktime: int,
+def test_early_deletions_of_policy_records_match_the_exec_key(compiled: bool, exec_ktime: int, flags: int | str,
                                                              want: tuple[int, int]) -> None:
     from vigil.agent.policy_events import PolicyEvents
+    from vigil.kernel import policy_layout as L
 
     b, _ = _builders({"enable_cred": False, "enable_ns": False, "ancestors": False}, 64)
     d = {"exe": "/bin/cat", "cwd": b"/", "filename": "/bin/cat", "cgroup": "", "args": b"cat\0", "caps": (0, 0, 0),
@@ -1563,7 +1566,8 @@ def test_early_deletions_of_policy_records_match_the_exec_key(compiled: bool, ex
     pe.handle = lambda buf, now: (calls.append(1), py_handle(buf, now))[1]  # type: ignore[method-assign]
     handler = pe.compiled_handler() if compiled else py_handle
     misses = cache.misses
-    rec = plain_record(action=1, exec_ktime=exec_ktime, args=[(b"/etc/passwd", 0, 0, 0), (b"", 3, 0, 0)])
+    rec = plain_record(action=1, exec_ktime=exec_ktime, args=[(b"/etc/passwd", 0, 0, 0), (b"", 3, 0, 0)],
+                       flags=getattr(L, flags) if isinstance(flags, str) else flags)
     ev = handler(_generic_record(hooks[0], rec), 0)
     assert ev.process.binary == "" and calls == []   # a stand-in (the compiled handler made it itself)
     assert (cache.misses - misses, cache.early_deletions) == want

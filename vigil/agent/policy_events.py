@@ -80,7 +80,7 @@ class PolicyEvents:
         # `unknown`: the ktime is the leader's start, no exec key: the process is looked for by
         # pid (an early deletion when the GC removed that pid's newest image), and held so
         exec_key = 0 if unknown else exec_ktime
-        self.builder.cache.missed(pid, exec_ktime)
+        self.builder.cache.missed(pid, exec_key)
         msg = missing_process(pid, self.builder.ktime_rfc3339(exec_ktime) if exec_ktime else "",
                               "unknown" if unknown or (kernel and not exec_ktime) else "")
         hold = getattr(self.builder, "hold", None)
