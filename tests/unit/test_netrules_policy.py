@@ -77,6 +77,41 @@ def test_event_names_the_selector_of_the_seventeenth_binary() -> None:
     assert "selector 1 matched" in netdeny_event(rec, ch)["message"]
 
 
+# (the selector's matchActions, the record's action: deny or allow; the event's action, as a
+# kernel record of that selector reports: the last action of the list)
+STAND_IN_ACTIONS = [
+    ("[{action: Override, argError: -1}]", "deny", "KPROBE_ACTION_OVERRIDE"),
+    ("[{action: Override, argError: -1}, {action: Post}]", "deny", "KPROBE_ACTION_POST"),
+    ("[{action: Override, argError: -1}, {action: GetUrl, argUrl: 'http://127.0.0.1:9/x'}]", "deny",
+     "KPROBE_ACTION_GETURL"),
+    ("[{action: Override, argError: -1}, {action: DnsLookup, argFqdn: vigil.invalid}]", "deny",
+     "KPROBE_ACTION_DNSLOOKUP"),
+    ("[{action: Post}]", "allow", "KPROBE_ACTION_POST"),
+]
+
+
+@pytest.mark.parametrize("actions, verdict, want", STAND_IN_ACTIONS, ids=[c[0] for c in STAND_IN_ACTIONS])
+def test_stand_in_events_report_the_selectors_last_action(actions: str, verdict: str, want: str) -> None:
+    """The events the cgroup socket rules and the fanotify helper make report the selector's last
+    action, as the kernel hooks' do: [Override, GetUrl] reported Override before."""
+    from vigil.enforce.permd_proto import REP_ALLOWED, Report
+    from vigil.sensors.hostdeny import fanotify_event
+
+    sels = f"""    - matchArgs: [{{index: 1, operator: SPort, values: ["10"]}}]
+      matchActions: [{{action: Override, argError: -1}}]
+    - matchArgs: [{{index: 1, operator: SPort, values: ["9"]}}]
+      matchActions: {actions}"""   # (selector 2, under test: a lone Post needs no socket rules)
+    ch, errors = compiled(policy(sels))
+    assert not errors and ch is not None
+    (rule,) = [r for r in NetDenyHook(ch, {}, False).rules if socket_rule_origin(r.id)[1] == 1]
+    rec: dict[str, Any] = {"family": "inet", "daddr": "127.0.0.1", "dport": 9, "protocol": "tcp",
+                           "rule_id": rule.id, "action": verdict, "monitor": False, "hook": "connect4"}
+    assert netdeny_event(rec, ch)["action"] == want
+    rep = Report(0, 1, ch.hook_id, 1, "open", "override" if verdict == "deny" else "post",
+                 0 if verdict == "deny" else REP_ALLOWED, 0, "/etc/x", "/bin/cat")
+    assert fanotify_event(rep, ch)["action"] == want
+
+
 @pytest.mark.parametrize("sels, where, what", [
     (f"""    - matchBinaries: [{{operator: In, values: [{_bins(65)}]}}]
       matchActions: [{{action: Override, argError: -1}}]""",

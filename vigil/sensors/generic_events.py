@@ -458,10 +458,13 @@ def _action_table(lists: Any) -> tuple[tuple[int, str], ...]:
     return tuple((kernel_action(c), reported_action(c)) for c in (_codes(actions) for actions in lists))
 
 
-def event_action(hook: CompiledHook, selector: int, action: int) -> str:
-    """The event's action for an event of `hook` decided by `selector` (1-based, 0: none) whose
-    kernel side chose `action` (kernel_action): the selector's last action (reported_action)."""
-    return _action_of(_action_table(sel.match_actions for sel in hook.selectors), selector, action)
+def selector_action(hook: CompiledHook, selector: int) -> str:
+    """The `action` of an event a stand-in (the fanotify helper, the cgroup socket rules) made
+    for `selector` (1-based) of `hook`: as a kernel record of that selector's, the last action
+    of its list run ([Override, Post]: Post; [Override, GetUrl]: GetUrl), whichever of its
+    actions the stand-in itself carried out; Post without a selector."""
+    table = _action_table(sel.match_actions for sel in hook.selectors)
+    return table[selector - 1][1] if 0 < selector <= len(table) else _POST
 
 
 _ENFORCEMENT_STATES = ("enforced", "monitor mode: reported, not enforced",

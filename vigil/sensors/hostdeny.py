@@ -20,7 +20,7 @@ from vigil.kernel import policy_layout as L
 from vigil.policy.compile import CompiledHook
 from vigil.policy.hostdeny_check import socket_rule_origin, socket_rules
 from vigil.policy.model import Selector
-from vigil.sensors.generic_events import event_action
+from vigil.sensors.generic_events import selector_action
 
 if TYPE_CHECKING:
     from vigil.enforce.netrules import NetRule
@@ -357,7 +357,7 @@ def netdeny_event(rec: dict[str, Any], hook: CompiledHook) -> dict[str, Any]:
     sel = netdeny_selector(rec["rule_id"])
     # as the kernel hooks' events: the selector's last action ([Override, Post]: Post), and a
     # return_action (Post: no return actions run here)
-    body["action"] = event_action(hook, sel, L.ACT["Post"] if posted else L.ACT["Override"])
+    body["action"] = selector_action(hook, sel)
     body["policy_name"] = hook.policy
     body["return_action"] = "KPROBE_ACTION_POST"
     what = ("post: allowed" if posted else
@@ -386,8 +386,7 @@ def fanotify_event(rep: Report, hook: CompiledHook) -> dict[str, Any]:
     act = "KPROBE_ACTION_SIGKILL" if rep.action == "sigkill" else "KPROBE_ACTION_OVERRIDE"
     # as the kernel hooks' events: the selector's last action ([Sigkill, Post]: Post), and a
     # return_action (Post: no return actions run here)
-    code = L.ACT["Sigkill"] if rep.action == "sigkill" else L.ACT["Override"] if enforcing else L.ACT["Post"]
-    body["action"] = event_action(hook, rep.selector + 1, code)
+    body["action"] = selector_action(hook, rep.selector + 1)
     body["policy_name"] = hook.policy
     body["return_action"] = "KPROBE_ACTION_POST"
     kind = "FAN_OPEN_EXEC_PERM" if rep.kind == "exec" else "FAN_OPEN_PERM"
