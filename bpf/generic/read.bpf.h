@@ -449,6 +449,14 @@ static __always_inline struct socket *fd_socket(__s64 fd)
 	return BPF_CORE_READ(f, private_data);
 }
 
+/* a read for resolve: from user memory for a uprobe argument's struct (a->user: btfPath types) */
+static __always_inline long resolve_read(void *dst, __u32 size, __u64 src, struct vp_arg *a)
+{
+	if (a->user)
+		return bpf_probe_read_user(dst, size, (void *)src);
+	return bpf_probe_read_kernel(dst, size, (void *)src);
+}
+
 /* resolve: follow the compiled steps from a pointer to the field */
 static __always_inline __u64 resolve_value(__u64 v, struct vp_arg *a)
 {
@@ -457,7 +465,7 @@ static __always_inline __u64 resolve_value(__u64 v, struct vp_arg *a)
 
 		if (k + 1 >= a->nsteps)
 			break;
-		if (!v || bpf_probe_read_kernel(&next, 8, (void *)(v + a->steps[k])))
+		if (!v || resolve_read(&next, 8, v + a->steps[k], a))
 			return 0;
 		v = next;
 	}
@@ -467,7 +475,7 @@ static __always_inline __u64 resolve_value(__u64 v, struct vp_arg *a)
 	if (a->final_size) {
 		__u64 x = 0;
 
-		bpf_probe_read_kernel(&x, a->final_size & 0xf, (void *)v);
+		resolve_read(&x, a->final_size & 0xf, v, a);
 		if (a->final_signed) {
 			if (a->final_size == 4)
 				x = (__s64)(__s32)x;

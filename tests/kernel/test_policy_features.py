@@ -1326,6 +1326,81 @@ def test_uprobe_data(running_agent: RunningAgent, digest_bin: Path, case: str, d
     assert list(got[0]).index("data") == len(got[0]) - 1  # after action, as Tetragon's field 13
 
 
+RESOLVE_C = r"""
+struct inner { int code; char name[16]; };
+struct req { long id; struct inner *in; const char *path; };
+__attribute__((noinline, used)) int handle(struct req *r) { __asm__ volatile("" ::: "memory"); return r->in->code; }
+int main(int argc, char **argv) {
+    struct inner in = {argc * 7, "inner-name"};
+    struct req r = {40 + argc, &in, "/some/path"};
+    return handle(&r) & 0;
+}
+"""
+# the same types as the BTF of a BPF object (what clang -g writes; variables of each struct, or
+# clang writes a struct only met through a pointer as a forward declaration), for btfPath
+RESOLVE_TYPES_C = RESOLVE_C.split("__attribute__")[0] + "struct req keep_req;\nstruct inner keep_inner;\n"
+
+
+@pytest.fixture
+def resolve_bin(workdir: Path) -> Path:
+    """A program calling handle(struct req *), and its types' BTF: types.o (ELF, .BTF) and
+    types.btf (raw)."""
+    cc = shutil.which("clang")
+    if cc is None:
+        pytest.fail("no clang: `make` installs it")
+    (workdir / "r.c").write_text(RESOLVE_C)
+    (workdir / "types.c").write_text(RESOLVE_TYPES_C)
+    subprocess.run([cc, "-O1", "-o", str(workdir / "r"), str(workdir / "r.c")], check=True)
+    subprocess.run([cc, "-g", "-O2", "-target", "bpf", "-c", "-o", str(workdir / "types.o"), str(workdir / "types.c")],
+                   check=True)
+    subprocess.run(["llvm-objcopy", "--dump-section", f".BTF={workdir / 'types.btf'}", str(workdir / "types.o")],
+                   check=True)
+    return workdir / "r"
+
+
+RESOLVE_ARGS = ("[{index: 0, type: int64, btfType: req, resolve: id}, {index: 0, type: int32, btfType: req, "
+                "resolve: in.code}, {index: 0, type: string, btfType: req, resolve: in.name}, {index: 0, type: "
+                "string, btfType: req, resolve: path, label: p}]")
+RESOLVE_WANT = [{"long_arg": "43"}, {"int_arg": 21}, {"string_arg": "inner-name"}, {"string_arg": "/some/path",
+                                                                                     "label": "p"}]
+RESOLVE_CASES = [  # (case, btfPath (in the work dir; None: not set), args, the event's args or the error's regex)
+    ("elf-btf", "types.o", RESOLVE_ARGS, RESOLVE_WANT),
+    ("raw-btf", "types.btf", RESOLVE_ARGS, RESOLVE_WANT),
+    ("unreadable", "gone.btf", RESOLVE_ARGS, r"spec.uprobes\[0\].btfPath: .*cannot read btfPath .*gone.btf"),
+    ("not-btf", "r.c", RESOLVE_ARGS, r"spec.uprobes\[0\].btfPath: .*cannot read btfPath .*r.c: bad BTF magic"),
+    ("no-btf-path", None, RESOLVE_ARGS, r"spec.uprobes\[0\].btfPath: .*btfPath, which is not set"),
+    ("no-btf-type", "types.o", "[{index: 0, type: int64, resolve: id}]",
+     r"spec.uprobes\[0\].args\[0\].btfType: .*needs btfType"),
+    ("no-such-struct", "types.o", "[{index: 0, type: int64, btfType: nosuch, resolve: id}]",
+     r"spec.uprobes\[0\].args\[0\].resolve: .*no struct 'nosuch'"),
+    ("no-such-field", "types.o", "[{index: 0, type: int64, btfType: req, resolve: in.nosuch}]",
+     r"spec.uprobes\[0\].args\[0\].resolve: .*has no field 'nosuch'"),
+]
+
+
+@pytest.mark.parametrize("case,btf,args,want", RESOLVE_CASES, ids=[c[0] for c in RESOLVE_CASES])
+def test_uprobe_arg_resolve_by_btf_path(running_agent: RunningAgent, resolve_bin: Path, case: str, btf: str | None,
+                                        args: str, want: Any) -> None:
+    """resolve on a uprobe argument: the argument points to struct btfType of the binary's BTF
+    (btfPath: an ELF with .BTF or raw BTF), and the field path is followed in the process's
+    memory (pointers on the way too). A btfPath that cannot be read, or no btfPath/btfType,
+    refuses the policy at that field."""
+    btf_line = f'  btfPath: "{resolve_bin.parent / btf}"\n' if btf else ""
+    spec = f'uprobes:\n- path: "{resolve_bin}"\n{btf_line}  symbols: [handle]\n  args: {args}\n'
+    text = policy_yaml(f"uprobe-resolve-{case}", spec)
+    agent = running_agent.agent
+    if isinstance(want, str):
+        with pytest.raises(PolicyError, match=r"<t>:\d+:\d+: " + want):
+            agent.policies.add_text(text, "<t>")
+        assert f"uprobe-resolve-{case}" not in [p["name"] for p in agent.list_policies()]
+        return
+    with loaded(running_agent, text):
+        events = running_agent.collect(lambda: subprocess.run([str(resolve_bin), "x", "y"]))
+    got = [e["process_uprobe"]["args"] for e in events
+           if "process_uprobe" in e and e["process_uprobe"]["policy_name"] == f"uprobe-resolve-{case}"]
+    assert got == [want]
+
+
 def _uprobe_users(binary: Path, prog_ids: set[int]) -> tuple[list[dict], list[str]]:
     """The BPF links of programs `prog_ids` (bpftool link: perf_event, uprobe_multi) and the
     tracefs uprobe_events lines naming `binary` (libbpf's legacy attach)."""

@@ -351,6 +351,54 @@ usdts:
                                                                      [{"int_arg": -20}, {"int_arg": -40}]]
 
 
+UPROBE_C = r"""
+struct inner { int code; char name[16]; };
+struct req { long id; struct inner *in; const char *path; };
+__attribute__((noinline, used)) int handle(struct req *r) { __asm__ volatile("" ::: "memory"); return r->in->code; }
+int main(int argc, char **argv) {
+    struct inner in = {argc * 7, "inner-name"};
+    struct req r = {40 + argc, &in, "/some/path"};
+    return handle(&r) & 0;
+}
+"""
+
+
+def test_uprobe_resolve_and_data(agent: Running, work: Path) -> None:
+    """A uprobe argument followed through the binary's BTF (btfPath) in user memory, and data
+    from a register and from the current task: read in the program (read_arg's stack at 6.1's
+    limit), in the event's args and data."""
+    cc = shutil.which("clang")
+    assert cc, "no clang"
+    (work / "r.c").write_text(UPROBE_C)
+    (work / "types.c").write_text(UPROBE_C.split("__attribute__")[0] + "struct req keep_req;\nstruct inner keep_inner;\n")
+    subprocess.run([cc, "-O1", "-o", str(work / "r"), str(work / "r.c")], check=True)
+    subprocess.run([cc, "-g", "-O2", "-target", "bpf", "-c", "-o", str(work / "types.o"), str(work / "types.c")],
+                   check=True)
+    spec = f"""
+uprobes:
+- path: "{work}/r"
+  btfPath: "{work}/types.o"
+  symbols: [handle]
+  args: [{{index: 0, type: int32, btfType: req, resolve: in.code}}, {{index: 0, type: string, btfType: req, resolve: path}}]
+  data: [{{index: 0, type: uint64, source: pt_regs, resolve: rdi}}, {{index: 0, type: int32, source: current_task, resolve: tgid}}]
+  selectors:
+  - {SCOPE}
+"""
+    name = agent.agent.add_policy(policy("vm-uprobe-resolve", spec))
+    pids: list[int] = []
+    try:
+        def run() -> None:
+            p = subprocess.Popen([str(work / "r"), "x"])
+            pids.append(p.pid)
+            p.wait()
+        events = agent.collect(run)
+    finally:
+        agent.agent.delete_policy(name)
+    (ev,) = events_of(events, "vm-uprobe-resolve")
+    assert ev["args"] == [{"int_arg": 14}, {"string_arg": "/some/path"}]
+    assert int(ev["data"][0]["size_arg"]) > 0 and ev["data"][1] == {"int_arg": pids[0]}
+
+
 def test_ima_hash(agent: Running, work: Path) -> None:
     """imaHash on an LSM hook: a sleepable program computes the executed file's IMA hash."""
     import hashlib

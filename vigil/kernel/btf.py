@@ -234,12 +234,16 @@ class Btf:
         """Follow `path` (fields separated by '.', optional [n]) from a value of type `start`
         (usually a pointer). Pointers met on the way are dereferenced."""
         tid = self._strip(start)
-        steps: list[Step] = []
         # the starting value: a pointer to the struct the first field is in
         _n, kind, _v, _kf, st = self._hdr(tid)
         if kind != PTR:
             raise BtfError(f"resolve starts from a {self.type_str(start)}, not a pointer")
-        cur = self._strip(st)
+        return self.resolve_from(self._strip(st), path)
+
+    def resolve_from(self, struct_tid: int, path: str) -> Resolved:
+        """resolve() from a pointer to the struct or union `struct_tid` (btfType's start)."""
+        cur = self._strip(struct_tid)
+        steps: list[Step] = []
         offset = 0
         pending_deref = True  # the start value is a pointer: read through it
         for part in path.split("."):
@@ -285,6 +289,25 @@ class Btf:
             enc = struct.unpack_from("<I", self._data, self._offs[cur] + 12)[0]
             signed = bool((enc >> 24) & 1)
         return Resolved(tuple(steps), self.type_str(cur), self.size_of(cur), kname, signed)
+
+
+def load_file(path: str) -> Btf:
+    """The BTF of file `path`: raw BTF (as /sys/kernel/btf/vmlinux or `bpftool btf dump ...
+    format raw` write) or an ELF file's .BTF section (a BPF object, a binary pahole -J
+    encoded). Raises OSError or BtfError."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:4] == b"\x7fELF":
+        from vigil.kernel import elfsym
+
+        try:
+            data = elfsym.section(data, ".BTF")
+        except (elfsym.ElfError, struct.error, IndexError) as e:
+            raise BtfError(f"{path}: {e}") from None
+    try:
+        return Btf(data)
+    except (struct.error, IndexError) as e:
+        raise BtfError(f"{path}: not valid BTF ({e})") from None
 
 
 @functools.lru_cache(maxsize=2)

@@ -157,6 +157,17 @@ def usdt_notes(path: str) -> list:
     return out
 
 
+def section(data: bytes, name: str) -> bytes:
+    """The bytes of the ELF section called `name`; ElfError when there is none."""
+    _, shoff, _, _, shentsize, shnum, shstrndx = _header(data)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    names_off = sections[shstrndx][4] if sections else 0
+    for sh in sections:
+        if _cstr(data, names_off + sh[0]) == name.encode():
+            return data[sh[4]:sh[4] + sh[5]]
+    raise ElfError(f"no {name} section")
+
+
 NT_GNU_BUILD_ID = 3
 
 

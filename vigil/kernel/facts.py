@@ -357,6 +357,36 @@ class KernelFacts:
         return B.Resolved(tuple(B.Step(o, d) for o, d in raw["steps"]), raw["ctype"], raw["size"], raw["kind"],
                           raw["signed"])
 
+    def user_resolve(self, btf_path: str, btf_type: str, path: str) -> B.Resolved | str | None:
+        """A resolve path from a pointer to struct `btf_type` of the BTF file `btf_path` (a
+        uprobe's btfPath: the traced binary's types): the steps, or why not; None when unknown
+        (ideal)."""
+        if self.mode == "ideal":
+            return None
+        def read() -> Any:
+            try:
+                b = B.load_file(btf_path)
+            except OSError as e:
+                return f"cannot read btfPath {btf_path}: {e.strerror or e}"
+            except B.BtfError as e:
+                return f"cannot read btfPath {btf_path}: {e}"
+            tid = b.find(B.STRUCT, btf_type)
+            if tid is None:
+                return f"no struct {btf_type!r} in {btf_path}"
+            try:
+                r = b.resolve_from(tid, path)
+            except B.BtfError as e:
+                return str(e)
+            return {"steps": [[s.offset, s.deref] for s in r.steps], "ctype": r.ctype, "size": r.size,
+                    "kind": r.kind, "signed": r.signed}
+        raw = self._answer("user_resolve", f"{btf_path}|{btf_type}|{path}", read)
+        if raw is None:
+            return "not recorded"
+        if isinstance(raw, str):
+            return raw
+        return B.Resolved(tuple(B.Step(o, d) for o, d in raw["steps"]), raw["ctype"], raw["size"], raw["kind"],
+                          raw["signed"])
+
     def file_info(self, path: str) -> dict[str, Any] | None:
         """{"error": str} or {"elf": True, "symbols": {...asked...}, "usdt": [...]} for a
         uprobe/usdt target; None in the ideal kernel."""

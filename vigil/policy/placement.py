@@ -186,15 +186,18 @@ def _ptr_target(ctype: str) -> str:
 
 
 def plan_arg(pl: Placement, a: KProbeArg, slot: int, src: int, off: int, *, user: bool,
-             facts: KernelFacts, ctype: str | None = None, what: str = "") -> ArgPlan | None:
+             facts: KernelFacts, ctype: str | None = None, what: str = "",
+             user_btf: tuple[str, Loc] | None = None) -> ArgPlan | None:
     """Plan one argument whose raw value is a 64-bit word (syscall argument, register,
     raw tracepoint or function argument). `user`: the word comes from user space (syscall
     arguments), so kernel pointer types cannot apply. `ctype`: its C type when BTF says.
+    `user_btf`: (btfPath, its location) of a uprobe: a user-space value that `resolve` follows
+    in user memory by the struct `btfType` of that BTF file.
     Problems become blockers of `pl`; returns None then."""
     t = a.type
     plan = ArgPlan(slot, t, 0, src, off, label=a.label, index=a.index)
     if a.resolve or a.btf_type:
-        if user:
+        if user and user_btf is None:
             pl.block(a.at("resolve" if a.resolve else "btfType"), f"resolve reads kernel structures; "
                      f"{what or 'this argument'} is a user-space value", "policy")
             return None
@@ -203,7 +206,26 @@ def plan_arg(pl: Placement, a: KProbeArg, slot: int, src: int, off: int, *, user
             pl.block(a.at("btfTypeModule"), "btfTypeModule (types from module BTF) is not supported by "
                      "Vigil", "vigil")
             return None
-        if not a.resolve:
+        r: Any = None
+        if user_btf is not None:
+            btf_path, btf_loc = user_btf
+            if not a.resolve:
+                pl.block(a.at("btfType"), "btfType on a uprobe argument is only used with resolve", "policy")
+                return None
+            if not btf_path:
+                pl.block(btf_loc, f'resolve "{a.resolve}" on a uprobe argument reads the binary\'s types from '
+                         "btfPath, which is not set", "policy")
+                return None
+            if not a.btf_type:
+                pl.block(a.loc.child("btfType"), f'resolve "{a.resolve}" on a uprobe argument needs btfType: the '
+                         f"struct (of {btf_path}) the argument points to", "policy")
+                return None
+            r = facts.user_resolve(btf_path, a.btf_type.removeprefix("struct ").rstrip(" *"), a.resolve)
+            if isinstance(r, str) and r.startswith("cannot read btfPath"):
+                pl.block(btf_loc, r, "target")
+                return None
+            plan.user = True
+        elif not a.resolve:
             ctype = start
         elif facts.ideal_kernel:
             ctype = None
@@ -213,21 +235,22 @@ def plan_arg(pl: Placement, a: KProbeArg, slot: int, src: int, off: int, *, user
             return None
         else:
             r = facts.resolve(start, a.resolve)
-            if isinstance(r, str):
-                pl.block(a.at("resolve"), f'resolve "{a.resolve}" from {start}: {r}', "target")
+        if isinstance(r, str):
+            pl.block(a.at("resolve"), f'resolve "{a.resolve}" from {a.btf_type if user_btf else start}: {r}',
+                     "target")
+            return None
+        if r is not None:
+            if len(r.steps) > L.MAX_STEPS:
+                pl.block(a.at("resolve"), f'resolve "{a.resolve}" follows {len(r.steps)} pointers '
+                         f"(Vigil follows at most {L.MAX_STEPS})", "vigil")
                 return None
-            if r is not None:
-                if len(r.steps) > L.MAX_STEPS:
-                    pl.block(a.at("resolve"), f'resolve "{a.resolve}" follows {len(r.steps)} pointers '
-                             f"(Vigil follows at most {L.MAX_STEPS})", "vigil")
-                    return None
-                plan.steps = tuple(s.offset for s in r.steps)
-                if r.kind in ("int", "ptr", "enum"):
-                    plan.final_size = r.size if r.size in (1, 2, 4, 8) else 8
-                    plan.final_signed = r.signed
-                ctype = r.ctype
-                if r.kind in ("struct",):
-                    ctype = r.ctype + " *"  # its address is what a struct reader wants
+            plan.steps = tuple(s.offset for s in r.steps)
+            if r.kind in ("int", "ptr", "enum"):
+                plan.final_size = r.size if r.size in (1, 2, 4, 8) else 8
+                plan.final_signed = r.signed
+            ctype = r.ctype
+            if r.kind in ("struct",):
+                ctype = r.ctype + " *"  # its address is what a struct reader wants
     if t in INT_TYPES:
         kind = INT_TYPES[t]
         plan.vtype = int_vtype(kind)
@@ -596,7 +619,7 @@ def place_uprobe(spec: UProbeSpec, index: int, sym_i: int, facts: KernelFacts) -
                      "vigil")
             continue
         plan = plan_arg(pl, a, slot, L.SRC_REGS, a.index, user=True, facts=facts,
-                        what=f"uprobe argument {a.index}")
+                        what=f"uprobe argument {a.index}", user_btf=(spec.btf_path, spec.at("btfPath")))
         if plan is not None:
             pl.args.append(plan)
     for j, a in enumerate(spec.data):
