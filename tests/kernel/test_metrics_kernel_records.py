@@ -135,14 +135,18 @@ def test_a_user_space_delete_that_fails_is_a_map_delete_error(tmp_path: Path, ma
 
 
 # a policy hook's kernel counters of hits whose record was not made, per CPU (busy: slot 9,
-# HS_BUSY; pending_full: slot 6, HS_PENDING_FULL), then set again to more
-@pytest.mark.parametrize("busy, pending, more", [
-    ([0], [0], 0),
-    ([2], [0], 1),
-    ([1, 3], [4], 2),
-], ids=["none", "busy", "both-two-cpus"])
+# HS_BUSY; pending_full: slot 6, HS_PENDING_FULL), then set again to more busy ones (read at a
+# stats tick), then to `late` more pending_full ones after the last tick, just before the
+# policy is deleted (read at its deletion)
+@pytest.mark.parametrize("busy, pending, more, late", [
+    ([0], [0], 0, 0),
+    ([2], [0], 1, 0),
+    ([1, 3], [4], 2, 0),
+    ([1], [0], 0, 3),
+    ([1, 3], [4], 2, 5),
+], ids=["none", "busy", "both-two-cpus", "after-the-last-tick", "both-and-after-the-last-tick"])
 def test_a_policy_hooks_unmade_records_are_counted_as_missed_events(tmp_path: Path, busy: list[int],
-                                                                   pending: list[int], more: int):
+                                                                   pending: list[int], more: int, late: int):
     """Hits of a policy's hook whose record the kernel did not make (its CPU's buffers busy, no
     room to keep the entry for the return) were counted only in the policy's kernel_stats: not
     in `vigil status` lost.kernel nor /metrics. Now lost.kernel generic_busy and
@@ -184,10 +188,13 @@ def test_a_policy_hooks_unmade_records_are_counted_as_missed_events(tmp_path: Pa
         assert (m.get(("13", "EBUSY"), 0), m.get(("13", "E2BIG"), 0)) == (sum(busy), sum(pending))
         put(9, [busy[0] + more, *busy[1:]])
         agent.pipeline.tick()
+        put(6, [pending[0] + late, *pending[1:]])  # after the last tick: read at the deletion
         agent.delete_policy(name)
         agent.pipeline.tick()
         lost = agent.status()["lost"]["kernel"]
-        assert (lost.get("generic_busy", 0), lost.get("generic_pending_full", 0)) == (sum(busy) + more, sum(pending))
-        assert missed(agent).get(("13", "EBUSY"), 0) == sum(busy) + more  # the deleted policy's stay
+        assert (lost.get("generic_busy", 0), lost.get("generic_pending_full", 0)) == (sum(busy) + more,
+                                                                                    sum(pending) + late)
+        m = missed(agent)  # the deleted policy's stay
+        assert (m.get(("13", "EBUSY"), 0), m.get(("13", "E2BIG"), 0)) == (sum(busy) + more, sum(pending) + late)
     finally:
         agent.close()

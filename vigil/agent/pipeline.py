@@ -93,6 +93,7 @@ class Pipeline:
         # the agent has had (a deleted policy's stay counted); the last seen of each hook
         self.policy_kernel_drops: dict[str, int] = dict.fromkeys(_HOOK_DROPS.values(), 0)
         self._hook_seen: dict[int, tuple[Any, dict[str, int]]] = {}  # id(hook) -> (hook, its counters)
+        self._drops_lock = threading.Lock()  # the stats tick and a policy's deletion (another thread)
         self.cache_peak = 0  # the cache's largest size since the heap was last trimmed
         self.heap_trims = 0
         # policy events of a process the cache does not have yet (vigil.process.hold)
@@ -329,24 +330,43 @@ class Pipeline:
         pols = getattr(getattr(self.agent, "policies", None), "policies", None)
         if pols is None:
             return
-        totals, seen_now = self.policy_kernel_drops, {}
-        for lp in list(pols.values()):
-            for gh in list(lp.hooks):
-                try:
-                    st = gh.stats()
-                except (OSError, BpfError):  # the policy was deleted meanwhile
-                    continue
-                now = {k: int(st.get(k, 0)) for k in _HOOK_DROPS}
-                seen = self._hook_seen.get(id(gh))
-                last = seen[1] if seen is not None and seen[0] is gh else dict.fromkeys(_HOOK_DROPS, 0)
-                for k, cause in _HOOK_DROPS.items():
-                    if now[k] > last[k]:
-                        n = now[k] - last[k]
-                        totals[cause] += n
-                        log.warning("policy %s: the kernel could not make %d records (%s); %d in total",
-                                    lp.name, n, cause, totals[cause])
-                seen_now[id(gh)] = (gh, now)
-        self._hook_seen = seen_now
+        with self._drops_lock:  # not while a deletion reads its hooks (policy_hooks_closing)
+            seen_now = {}
+            for lp in list(pols.values()):
+                for gh in list(lp.hooks):
+                    now = self._hook_drops(lp.name, gh)
+                    if now is not None:
+                        seen_now[id(gh)] = (gh, now)
+            self._hook_seen = seen_now
+
+    def policy_hooks_closing(self, name: str, hooks: list[Any]) -> None:
+        """A policy's hooks, detached (no more hits), are about to be closed (PolicyManager
+        delete): fold what they counted since the last stats tick, which would be lost with
+        them, and list it as lost.kernel at once."""
+        with self._drops_lock:
+            for gh in hooks:  # (still seen: a tick before they close reads the same counts)
+                self._hook_drops(name, gh)
+            self.kernel_drops = {**self.kernel_drops, **{k: n for k, n in self.policy_kernel_drops.items() if n}}
+
+    def _hook_drops(self, name: str, gh: Any) -> dict[str, int] | None:
+        """Fold a hook's busy and pending_full counts since it was last read; its counts now
+        (None: it cannot be read, its policy deleted meanwhile)."""
+        try:
+            st = gh.stats()
+        except (OSError, BpfError):
+            return None
+        totals = self.policy_kernel_drops
+        now = {k: int(st.get(k, 0)) for k in _HOOK_DROPS}
+        seen = self._hook_seen.get(id(gh))
+        last = seen[1] if seen is not None and seen[0] is gh else dict.fromkeys(_HOOK_DROPS, 0)
+        for k, cause in _HOOK_DROPS.items():
+            if now[k] > last[k]:
+                n = now[k] - last[k]
+                totals[cause] += n
+                log.warning("policy %s: the kernel could not make %d records (%s); %d in total",
+                            name, n, cause, totals[cause])
+        self._hook_seen[id(gh)] = (gh, now)
+        return now
 
     def tick(self) -> None:
         """Every --stats-interval: cache GC, k8s hold, export rate report, drop counters."""

@@ -436,8 +436,16 @@ class PolicyManager:
             self._delete([self._get(name, namespace)])
 
     def _delete(self, lps: list[LoadedPolicy]) -> None:
-        """Unload the policies: the links of all of them at once (_close_hooks), then the rest."""
-        _close_hooks([gh for lp in lps for gh in lp.hooks])
+        """Unload the policies: the links of all of them at once (as _close_hooks), then the rest."""
+        hooks = [gh for lp in lps for gh in lp.hooks]
+        _detach_links(hooks)
+        # no hit now: what the hooks' drop counters counted since the last stats tick is final
+        closing = getattr(getattr(self.agent, "pipeline", None), "policy_hooks_closing", None)
+        if closing is not None:
+            for lp in lps:
+                closing(lp.name, lp.hooks)
+        for gh in reversed(hooks):
+            gh.close()
         for lp in lps:
             for ch in lp.compiled.hooks:
                 self.hooks.pop(ch.hook_id, None)
@@ -585,6 +593,9 @@ class PolicyManager:
         stats = [gh.stats() for gh in lp.hooks]
         total = {k: sum(s[k] for s in stats) for k in (stats[0] if stats else {})}
         mode = listed_mode(lp)
+        # hooks left out without refusing the policy (a uprobe whose binaryDigests do not match,
+        # with ignore.digestVerificationFailure): the policy is partially enabled, as Tetragon's
+        skipped = [p for p in lp.compiled.placements if p.ok and p.skipped]
         counters = {"post": total.get("posted", 0), "signal": total.get("signals", 0),
                     "monitor_signal": total.get("monitored", 0)}
         return {
@@ -595,7 +606,7 @@ class PolicyManager:
             "domain": lp.source,
             "filter_id": lp.filter_id,
             "sensors": ["generic"],
-            "state": "enabled" if lp.enabled else "disabled",
+            "state": ("partially_enabled" if lp.enabled and skipped else "enabled") if lp.enabled else "disabled",
             "error": lp.error,
             "mode": mode,
             "kernel_memory_bytes": sum(gh.kernel_memory() for gh in lp.hooks),
@@ -603,7 +614,9 @@ class PolicyManager:
             "hooks": [{"section": ch.placement.section, "index": ch.placement.index,
                        "hook": ch.placement.describe(), "state": "loaded" if lp.enabled else "disabled",
                        "target": ch.placement.target}
-                      for ch in lp.compiled.hooks],
+                      for ch in lp.compiled.hooks] +
+                     [{"section": p.section, "index": p.index, "hook": p.describe(), "state": "digest_rejected",
+                       "target": p.target} for p in skipped],
             "kernel_stats": total,
             "user_actions": dict(self.user_actions.stats),
             "program_ids": [i for gh in lp.hooks for i in gh.program_ids()],
