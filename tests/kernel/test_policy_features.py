@@ -1259,16 +1259,21 @@ uprobes:
         return
     with loaded(running_agent, text):
         events = running_agent.collect(lambda: subprocess.run([str(path)]))
+        (listed,) = [p for p in agent.list_policies() if p["name"] == f"digest-{case}"]
     got = sorted(e["process_uprobe"].get("message", "") for e in events
                  if "process_uprobe" in e and e["process_uprobe"]["policy_name"] == f"digest-{case}")
     assert got == (["checked", "unchecked"] if outcome == "events" else ["unchecked"])
     report = explain_policy(parse_policies(text, "<t>")[0], agent.policies.facts)
     first = report["hooks"][0]
     assert report["loadable"]
+    # the policy's status (ListTracingPolicies): partially enabled, the skipped hook DIGEST_REJECTED
+    states = sorted((h["index"], h["state"]) for h in listed["hooks"])
     if outcome == "skipped":
+        assert listed["state"] == "partially_enabled" and states == [(0, "digest_rejected"), (1, "loaded")]
         assert first["runs_on"].startswith("not attached: ") and "ignore.digestVerificationFailure" in first["runs_on"]
         assert any("uprobes[0]" in w and "not attached" in w for w in report["warnings"])
     else:
+        assert listed["state"] == "enabled" and states == [(0, "loaded"), (1, "loaded")]
         assert first["runs_on"].startswith("uprobe:") and not report["warnings"]
 
 
@@ -1287,6 +1292,8 @@ DATA_CASES = [  # (case, the data list, what the event's data list holds; a str:
      r"spec.uprobes\[0\].data\[0\].resolve: .*not a register name"),
     ("no-such-field", "[{index: 0, type: int32, source: current_task, resolve: no_such_field}]",
      r"spec.uprobes\[0\].data\[0\].resolve: .*no_such_field"),
+    ("index", "[{index: 5, type: int32, source: pt_regs, resolve: edi}]",
+     r"spec.uprobes\[0\].data\[0\].index: .*out of range"),
     ("slots", "[{index: 0, type: int32, source: pt_regs, resolve: edi}, {index: 0, type: int32, source: pt_regs,"
      " resolve: esi}, {index: 0, type: int32, source: pt_regs, resolve: edx}, {index: 0, type: int32,"
      " source: pt_regs, resolve: ecx}, {index: 0, type: int32, source: pt_regs, resolve: eax}]",
@@ -1371,6 +1378,7 @@ RESOLVE_CASES = [  # (case, btfPath (in the work dir; None: not set), args, the 
     ("no-btf-path", None, RESOLVE_ARGS, r"spec.uprobes\[0\].btfPath: .*btfPath, which is not set"),
     ("no-btf-type", "types.o", "[{index: 0, type: int64, resolve: id}]",
      r"spec.uprobes\[0\].args\[0\].btfType: .*needs btfType"),
+    ("btf-type-alone", "types.o", "[{index: 0, type: uint64, btfType: req}]", "nonzero"),  # unused, as Tetragon's
     ("no-such-struct", "types.o", "[{index: 0, type: int64, btfType: nosuch, resolve: id}]",
      r"spec.uprobes\[0\].args\[0\].resolve: .*no struct 'nosuch'"),
     ("no-such-field", "types.o", "[{index: 0, type: int64, btfType: req, resolve: in.nosuch}]",
@@ -1389,7 +1397,7 @@ def test_uprobe_arg_resolve_by_btf_path(running_agent: RunningAgent, resolve_bin
     spec = f'uprobes:\n- path: "{resolve_bin}"\n{btf_line}  symbols: [handle]\n  args: {args}\n'
     text = policy_yaml(f"uprobe-resolve-{case}", spec)
     agent = running_agent.agent
-    if isinstance(want, str):
+    if isinstance(want, str) and want != "nonzero":
         with pytest.raises(PolicyError, match=r"<t>:\d+:\d+: " + want):
             agent.policies.add_text(text, "<t>")
         assert f"uprobe-resolve-{case}" not in [p["name"] for p in agent.list_policies()]
@@ -1398,6 +1406,9 @@ def test_uprobe_arg_resolve_by_btf_path(running_agent: RunningAgent, resolve_bin
         events = running_agent.collect(lambda: subprocess.run([str(resolve_bin), "x", "y"]))
     got = [e["process_uprobe"]["args"] for e in events
            if "process_uprobe" in e and e["process_uprobe"]["policy_name"] == f"uprobe-resolve-{case}"]
+    if want == "nonzero":  # the argument itself (the struct's address)
+        assert len(got) == 1 and int(got[0][0]["size_arg"]) > 0
+        return
     assert got == [want]
 
 

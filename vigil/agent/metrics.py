@@ -584,7 +584,8 @@ class AgentCollector(Collector):
         yield capacity
 
         # every state Tetragon reports, 0 when no policy is in it (a policy is loaded whole or
-        # refused here: error, load_error, skipped and partially_enabled stay 0)
+        # refused here, but for uprobes skipped by binaryDigests: partially_enabled; error,
+        # load_error and skipped stay 0)
         states = GaugeMetricFamily("tetragon_tracingpolicy_loaded", "Tracing policies by state", labels=["state"])
         counts: dict[str, int] = dict.fromkeys(("load_error", "error", "disabled", "enabled", "skipped",
                                                 "partially_enabled"), 0)

@@ -196,7 +196,7 @@ def plan_arg(pl: Placement, a: KProbeArg, slot: int, src: int, off: int, *, user
     Problems become blockers of `pl`; returns None then."""
     t = a.type
     plan = ArgPlan(slot, t, 0, src, off, label=a.label, index=a.index)
-    if a.resolve or a.btf_type:
+    if a.resolve or (a.btf_type and user_btf is None):  # (a uprobe's btfType alone: unused, as Tetragon's)
         if user and user_btf is None:
             pl.block(a.at("resolve" if a.resolve else "btfType"), f"resolve reads kernel structures; "
                      f"{what or 'this argument'} is a user-space value", "policy")
@@ -209,9 +209,6 @@ def plan_arg(pl: Placement, a: KProbeArg, slot: int, src: int, off: int, *, user
         r: Any = None
         if user_btf is not None:
             btf_path, btf_loc = user_btf
-            if not a.resolve:
-                pl.block(a.at("btfType"), "btfType on a uprobe argument is only used with resolve", "policy")
-                return None
             if not btf_path:
                 pl.block(btf_loc, f'resolve "{a.resolve}" on a uprobe argument reads the binary\'s types from '
                          "btfPath, which is not set", "policy")
@@ -659,6 +656,9 @@ def place_data(pl: Placement, a: KProbeArg, slot: int, facts: KernelFacts) -> Ar
     if slot >= L.MAX_ARGS:
         pl.block(a.loc, f"args and data share {L.MAX_ARGS} argument slots; this data entry is the "
                  f"{slot + 1}th", "vigil")
+        return None
+    if a.index > 4:  # unused for data, but bounded as Tetragon's loader bounds it
+        pl.block(a.at("index"), f"index {a.index} is out of range (0..4)", "policy")
         return None
     if a.source == "pt_regs":
         reg = pt_reg(a.resolve)
