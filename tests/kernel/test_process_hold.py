@@ -46,6 +46,8 @@ def test_a_policy_event_waits_for_its_process(running_agent: RunningAgent, workd
                                               comes_back: bool, want: str) -> None:
     a = running_agent.agent
     hold = a.builder.hold
+    saved = (hold.retries, hold.retry_delay_s)
+    hold.configure(1, 2)  # the wait one 2 s try takes (Tetragon's defaults would take 30 s)
     vpy, secret = workdir / "vpy", workdir / "secret.txt"
     shutil.copy2(os.path.realpath(sys.executable), vpy)
     secret.write_text("s")
@@ -84,6 +86,7 @@ def test_a_policy_event_waits_for_its_process(running_agent: RunningAgent, workd
             child.stdin.close()
         child.wait(30)
         a.delete_policy(name)
+        hold.configure(*saved)
     kinds = [next(iter(e)) for e in evs]
     ev = next(e["process_kprobe"] for e in evs if e.get("process_kprobe", {}).get("policy_name") == name)
     got = "known" if ev["process"].get("exec_id") else "stand-in"

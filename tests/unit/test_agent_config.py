@@ -48,6 +48,10 @@ def test_precedence_flag_env_configdir(tmp_path: Path, captured: list):
     ([], {"VIGIL_EVENT_LOOP_PRIORITY_BOOST": "high"}, "--event-loop-priority-boost"),
     (["--metrics-server", "foo"], {}, "--metrics-server 'foo': expected [host]:port"),
     (["--metrics-server", "localhost:99999"], {}, "--metrics-server"),
+    (["--event-cache-retries", "-1"], {}, "--event-cache-retries must be 0..1000 (got -1)"),
+    ([], {"TETRAGON_EVENT_CACHE_RETRIES": "many"}, "--event-cache-retries"),
+    (["--event-cache-retry-delay", "0"], {}, "--event-cache-retry-delay must be 1..60 seconds (got 0)"),
+    (["--event-cache-retry-delay", "1.5"], {}, "--event-cache-retry-delay"),
 ])
 def test_bad_values_name_the_option(captured: list, args, env, needle):
     r = run(args, env)
@@ -67,6 +71,9 @@ def test_bad_values_name_the_option(captured: list, args, env, needle):
     ("file", "event-batch-delay-ms", "soon", "'soon' is not a valid integer"),
     ("file", "enable-k8s-api", "maybe", "'maybe' is not a valid boolean"),
     ("file", "args-max-bytes", "0", "must be 1..32767"),                       # found by cfg.validate
+    ("file", "event-cache-retries", "lots", "'lots' is not a valid integer"),
+    ("file", "event-cache-retry-delay", "100", "must be 1..60 seconds"),       # found by cfg.validate
+    ("env", "VIGIL_EVENT_CACHE_RETRY_DELAY", "soon", "'soon' is not a valid integer"),
 ])
 def test_bad_values_name_their_source(tmp_path: Path, captured: list, source, option, value, shown):
     """A bad value from the environment or from a --config-dir file said "'x' from
@@ -207,3 +214,26 @@ def test_boolean_options_work_alone_as_tetragons(captured: list, args, field, va
 def test_boolean_option_refuses_a_non_boolean(captured: list):
     r = run(["--enable-k8s-api", "maybe"])
     assert r.exit_code != 0 and "--enable-k8s-api" in r.output and not captured
+
+
+# Tetragon's event cache options, from a flag, the environment or the config dir, then the
+# config's (retries, delay) and how long the agent's hold keeps an event (ns; 0 retries: no hold)
+@pytest.mark.parametrize("args, env, files, want, wait_ns", [
+    ([], {}, {}, (15, 2), 30_000_000_000),                                             # Tetragon's defaults
+    (["--event-cache-retries", "3", "--event-cache-retry-delay", "1"], {}, {}, (3, 1), 3_000_000_000),
+    ([], {"TETRAGON_EVENT_CACHE_RETRIES": "4"}, {"event-cache-retry-delay": "5\n"}, (4, 5), 20_000_000_000),
+    (["--event-cache-retries", "0"], {"VIGIL_EVENT_CACHE_RETRY_DELAY": "7"}, {}, (0, 7), 0),
+])
+def test_event_cache_options_drive_the_hold(tmp_path: Path, captured: list, args, env, files, want, wait_ns):
+    from vigil.agent.agent import Agent
+    from vigil.events.source import ReplaySource
+
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    r = run([*(["--config-dir", str(tmp_path)] if files else []), *args], env)
+    assert r.exit_code == 0, r.output
+    cfg = captured[0]
+    assert (cfg.event_cache_retries, cfg.event_cache_retry_delay) == want
+    cfg.export_filename, cfg.server_address = str(tmp_path / "x.log"), ""
+    hold = Agent(cfg, source=ReplaySource([])).builder.hold
+    assert (hold.retries, hold.retry_delay_s, hold.wait_ns) == (*want, wait_ns)

@@ -135,22 +135,27 @@ class _Cache:
         return next((p for k, p in self._by_key.items() if k[0] == pid), None)
 
 
-# one held event, then loop steps at (ns since it was held, steps since): what each retry sends
-# ("" nothing yet, "gave-up"); it is given up once both its time and its steps are over
+# --event-cache-retries and --event-cache-retry-delay (s), one held event, then loop steps at
+# (ns since it was held, steps since): what each retry sends ("" nothing yet, "gave-up"); it is
+# given up once both its time (retries x delay, as Tetragon's tries take) and its steps are over
 RETRY_CASES = [
-    ("time-not-steps", [(3_000_000_000, 1), (3_000_000_001, 2)], ["", "gave-up"]),
-    ("steps-not-time", [(100, 5), (1_999_999_999, 50), (2_000_000_000, 51)], ["", "", "gave-up"]),
-    ("both-at-once", [(2_000_000_000, 2)], ["gave-up"]),
+    ("time-not-steps", 1, 2, [(3_000_000_000, 1), (3_000_000_001, 2)], ["", "gave-up"]),
+    ("steps-not-time", 1, 2, [(100, 5), (1_999_999_999, 50), (2_000_000_000, 51)], ["", "", "gave-up"]),
+    ("both-at-once", 1, 2, [(2_000_000_000, 2)], ["gave-up"]),
+    ("tetragons-defaults", 15, 2, [(2_000_000_000, 2), (29_999_999_999, 90), (30_000_000_000, 91)],
+     ["", "", "gave-up"]),
+    ("three-tries-a-second-apart", 3, 1, [(2_999_999_999, 9), (3_000_000_000, 10)], ["", "gave-up"]),
 ]
 
 
-@pytest.mark.parametrize("steps,want", [c[1:] for c in RETRY_CASES], ids=[c[0] for c in RETRY_CASES])
-def test_a_held_event_is_given_up_after_its_time_and_steps(steps: list[tuple[int, int]], want: list[str]) -> None:
+@pytest.mark.parametrize("retries,delay,steps,want", [c[1:] for c in RETRY_CASES], ids=[c[0] for c in RETRY_CASES])
+def test_a_held_event_is_given_up_after_its_time_and_steps(retries: int, delay: int, steps: list[tuple[int, int]],
+                                                           want: list[str]) -> None:
     from vigil.core.events import PolicyEvent, missing_process
     from vigil.process.hold import ProcessHold
 
     counts = SimpleNamespace(missing_info=0)
-    hold = ProcessHold(_Cache(), counts)  # type: ignore[arg-type]
+    hold = ProcessHold(_Cache(), counts, retries, delay)  # type: ignore[arg-type]
     msg = missing_process(300, "t")
     hold.standin(msg, 300, 5000)
     ev = PolicyEvent("process_kprobe", msg, None, {}, "t", "n")
@@ -191,3 +196,16 @@ def test_a_stand_in_whose_event_is_not_in_the_batch_counts_as_sent() -> None:
     other = PolicyEvent("process_kprobe", missing_process(301, "t"), None, {}, "t", "n")
     assert hold.take([other], 0, 0) == [other]
     assert counts.missing_info == 1 and hold.status()["held"] == 0 and not hold.pending
+
+
+def test_no_retries_hold_nothing() -> None:
+    """--event-cache-retries 0: an event made with a stand-in leaves at once, missing its info."""
+    from vigil.core.events import PolicyEvent, missing_process
+    from vigil.process.hold import ProcessHold
+
+    counts = SimpleNamespace(missing_info=0)
+    hold = ProcessHold(_Cache(), counts, 0, 2)  # type: ignore[arg-type]
+    msg = missing_process(300, "t")
+    hold.standin(msg, 300, 5000)
+    ev = PolicyEvent("process_kprobe", msg, None, {}, "t", "n")
+    assert hold.take([ev], 10, 7) == [ev] and counts.missing_info == 1 and hold.status()["held"] == 0

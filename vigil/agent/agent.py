@@ -62,6 +62,7 @@ class Agent:
             BuildOptions(config.node_name, config.enable_process_cred, config.enable_process_ns,
                          config.enable_ancestors),
         )
+        self.builder.hold.configure(config.event_cache_retries, config.event_cache_retry_delay)
         self.source = source
         self.live = source is None           # False: a replay (tests, dry runs, benchmarks)
         self.sensor: ProcessSensor | None = None

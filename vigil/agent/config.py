@@ -49,6 +49,10 @@ class AgentConfig:
     enable_process_cred: bool = True
     enable_process_ns: bool = True
     enable_ancestors: bool = False
+    # policy events of a process (or parent) the cache lacks wait (vigil.process.hold) as long as
+    # Tetragon's event cache tries them: this many times, this many seconds apart (0: no wait)
+    event_cache_retries: int = 15
+    event_cache_retry_delay: int = 2
     # policies
     tracing_policy: list[str] = field(default_factory=list)
     tracing_policy_dir: str = ""
@@ -111,6 +115,10 @@ class AgentConfig:
             errors.append(f"--event-batch-delay-ms must be 0..1000 (got {self.batch_delay * 1000:g})")
         if not 0 <= self.event_loop_priority_boost <= 39:
             errors.append(f"--event-loop-priority-boost must be 0..39 (got {self.event_loop_priority_boost})")
+        if not 0 <= self.event_cache_retries <= 1000:
+            errors.append(f"--event-cache-retries must be 0..1000 (got {self.event_cache_retries})")
+        if not 1 <= self.event_cache_retry_delay <= 60:
+            errors.append(f"--event-cache-retry-delay must be 1..60 seconds (got {self.event_cache_retry_delay})")
         if not 0 <= self.k8s_pod_wait <= 60:
             errors.append(f"--k8s-pod-wait must be 0..60 seconds (got {self.k8s_pod_wait})")
         if self.k8s_kubeconfig_path and not os.path.isfile(self.k8s_kubeconfig_path):

@@ -142,6 +142,12 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
                                               "custom resources.")),
     ("--enable-pod-annotations", dict(type=bool, default=False, show_default=True,
                                       help="Add pod_annotations to the pod data of events.")),
+    ("--event-cache-retries", dict(type=int, default=15, show_default=True,
+                                   help="A policy event whose process (or parent) is not known yet waits for it as "
+                                        "long as this many tries --event-cache-retry-delay apart take (it is tried "
+                                        "at every loop step meanwhile), then leaves with what is known. 0: no wait.")),
+    ("--event-cache-retry-delay", dict(type=int, default=2, show_default=True,
+                                       help="Seconds between the tries of --event-cache-retries.")),
     ("--k8s-pod-wait", dict(type=float, default=3.0, show_default=True,
                             help="Seconds an event of a kubelet container waits for its pod before it leaves without "
                                  "pod data.")),
@@ -302,6 +308,7 @@ def _build_command() -> click.Command:
             rb_size=rb, execve_map_entries=kw["execve_map_entries"], args_max=kw["args_max_bytes"],
             enable_process_cred=kw["enable_process_cred"], enable_process_ns=kw["enable_process_ns"],
             enable_ancestors=kw["enable_ancestors"], tracing_policy=list(kw["tracing_policy"]),
+            event_cache_retries=kw["event_cache_retries"], event_cache_retry_delay=kw["event_cache_retry_delay"],
             tracing_policy_dir=kw["tracing_policy_dir"], print_events=kw["print_events"],
             tracing_policy_on_error=kw["tracing_policy_on_error"],
             keep_sensors_on_exit=kw["keep_sensors_on_exit"], bpf_dir=kw["bpf_dir"],

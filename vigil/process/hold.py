@@ -8,10 +8,11 @@ the cache has it; when the wait is over it is sent with the stand-in it was made
 Tetragon's cache (pkg/eventcache) tries its events every --event-cache-retry-delay (2 s) up to
 --event-cache-retries (15) times, sends the rest of the stream meanwhile (held events come
 later, out of order), and counts tetragon_event_cache_inserts_total, _entries,
-_fetch_retries_total{entry_type} and _fetch_failures_total{event_type, entry_type}. Here the
-wait is shorter: a held event is tried at every later loop step (each drained every ring, so
-an exec record committed before the policy record has been read after two), and given up once
-it waited HOLD_NS and HOLD_MIN_STEPS steps; at most HOLD_CAPACITY wait (past that the oldest
+_fetch_retries_total{entry_type} and _fetch_failures_total{event_type, entry_type}. The agent
+has the same two options: a held event is tried at every later loop step (each drained every
+ring, so an exec record committed before the policy record has been read after two), and given
+up once it waited the time Tetragon's tries take (retries x delay seconds) and HOLD_MIN_STEPS
+steps; --event-cache-retries 0 holds nothing. At most HOLD_CAPACITY wait (past that the oldest
 is sent at once). Known processes never come here: the handlers make their events as before,
 and the loop asks `pending` once per batch (a stand-in was made for it: rare).
 """
@@ -25,14 +26,16 @@ if TYPE_CHECKING:
     from vigil.process.cache import ProcessCache
 
 HOLD_CAPACITY = 4096            # events waiting at once; past that the oldest is sent with its stand-in
-HOLD_NS = 2_000_000_000         # a held event waits at least this long (Tetragon: a 2 s retry delay) ...
-HOLD_MIN_STEPS = 2              # ... and this many later loop steps (rings drained) before it is given up
+RETRIES, RETRY_DELAY_S = 15, 2  # Tetragon's --event-cache-retries, --event-cache-retry-delay defaults
+HOLD_MIN_STEPS = 2              # a held event also waits this many later loop steps (rings drained)
 
 
 class ProcessHold:
-    def __init__(self, cache: ProcessCache, counts: Any) -> None:
+    def __init__(self, cache: ProcessCache, counts: Any, retries: int = RETRIES,
+                 retry_delay_s: int = RETRY_DELAY_S) -> None:
         self.cache = cache
         self.counts = counts  # the builder: missing_info counts the events sent with a stand-in
+        self.configure(retries, retry_delay_s)
         # stand-ins made for kernel hooks' records since the last batch: id -> (stand-in, pid, ktime)
         self.pending: dict[int, tuple[ProcessMsg, int, int]] = {}
         # held events, oldest first: [event, pid, ktime, since_ns, since_step]
@@ -41,12 +44,21 @@ class ProcessHold:
         # failures, entry_type process_info), and tries that found no process (fetch retries)
         self.stats = {"held": 0, "resolved": 0, "given_up": 0, "retries": 0}
 
+    def configure(self, retries: int, retry_delay_s: int) -> None:
+        """--event-cache-retries, --event-cache-retry-delay: a held event is given up once it
+        waited as long as Tetragon's `retries` tries `retry_delay_s` apart; 0 retries: no hold."""
+        self.retries, self.retry_delay_s = retries, retry_delay_s
+        self.wait_ns = retries * retry_delay_s * 1_000_000_000
+
     def standin(self, msg: ProcessMsg, pid: int, ktime: int) -> None:
         """A stand-in was made for a kernel hook's record (PolicyEvents.missing): its event, in
         the batch about to be emitted, is held, waiting for the image of exec key (pid, ktime)
         exactly (not an older one of that pid, whose exec record is behind), or for pid's image
         when `ktime` is 0 (no exec key: the kernel had no entry for the process, VP_EV_NO_PROC)."""
-        self.pending[id(msg)] = (msg, pid, ktime)
+        if self.retries:
+            self.pending[id(msg)] = (msg, pid, ktime)
+        else:  # no hold: sent as it is
+            self.counts.missing_info += 1
 
     def take(self, events: list[Event], now_ns: int, step: int) -> list[Event]:
         """The batch less the events made with a pending stand-in, which are held. A stand-in
@@ -80,7 +92,7 @@ class ProcessHold:
                 e.process, e.parent = p.msg, parent.msg if parent is not None else None
                 self.stats["resolved"] += 1
                 out.append(e)
-            elif final or (now_ns - h[3] >= HOLD_NS and step - h[4] >= HOLD_MIN_STEPS):
+            elif final or (now_ns - h[3] >= self.wait_ns and step - h[4] >= HOLD_MIN_STEPS):
                 out.append(self._give_up(h))
             else:
                 self.stats["retries"] += 1
