@@ -1,0 +1,59 @@
+"""The string the syscall entry's pre-filter read (bpf/generic.bpf.c pre_filter) is handed on to
+the hook's record by 8-byte words, not whole stack copies: from the entry's copy when several
+values are named, from the one value itself when all the Equals name one. Whatever the string's
+length modulo 8, the record reports it whole and nothing after it."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.kernel.conftest import RunningAgent
+from tests.kernel.test_policy_engine import Run, loaded, open_file, policy_events, policy_yaml, run_py
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture
+def pywork(workdir: Path) -> Path:
+    py = os.path.realpath(sys.executable)
+    shutil.copy2(py, workdir / "vpy")
+    (workdir / "data").mkdir()
+    os.chmod(workdir / "data", 0o777)
+    return workdir
+
+
+def padded(d: Path, stem: str, residue: int) -> Path:
+    """d/<stem + n...>: the path read with its NUL is `residue` bytes past a multiple of 8."""
+    k = (residue - (len(str(d)) + 1 + len(stem) + 1)) % 8
+    return d / (stem + "n" * k)
+
+
+@pytest.mark.parametrize("residue", [0, 1, 7])
+@pytest.mark.parametrize("values", ["one", "two"])  # one value: copied from it; two: from the entry's copy
+@pytest.mark.parametrize("stem", ["p", "l" * 90])
+def test_a_string_the_entry_read_is_reported_whole(running_agent: RunningAgent, pywork: Path, residue: int,
+                                                   values: str, stem: str) -> None:
+    d = pywork / "data"
+    value = padded(d, stem, residue)
+    other = d / ("o" * 40)  # the second value: another length, so the entry cannot compare with one
+    for f in (value, other):
+        f.write_text("x")
+    vals = f'"{value}"' + (f', "{other}"' if values == "two" else "")
+    name = f"entry-words-{values}-{residue}-{len(stem)}"
+    spec = f"""
+kprobes:
+- call: sys_openat
+  args: [{{index: 1, type: string}}, {{index: 2, type: int}}]
+  selectors:
+  - matchArgs: [{{index: 1, operator: Equal, values: [{vals}]}}]
+    matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
+"""
+    r = Run()
+    with loaded(running_agent, policy_yaml(name, spec)):
+        events = running_agent.collect(lambda: run_py(pywork, open_file(str(value)) * 2, out=r))
+    got = [(b["args"][0]["string_arg"], b["args"][1]["int_arg"]) for _k, b in policy_events(events, r.pid, name)]
+    assert got == [(str(value), os.O_RDONLY | os.O_CLOEXEC)] * 2
