@@ -100,7 +100,10 @@ def others_can_resolve_paths() -> Iterator[None]:
 def running_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAgent]:
     _require_kernel()
     export = tmp_path_factory.mktemp("export") / "events.log"
-    cfg = AgentConfig(export_filename=str(export), server_address="", node_name="vigil-test")
+    # a policy event whose process (or parent) the cache lacks waits one 2 s try, not Tetragon's
+    # 15: tests that take a process out of the cache see its stand-in within their wait
+    cfg = AgentConfig(export_filename=str(export), server_address="", node_name="vigil-test",
+                      event_cache_retries=1, event_cache_retry_delay=2)
     with RunningAgent(cfg) as ra:
         yield ra
 
