@@ -3840,6 +3840,8 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 		Py_XDECREF(missing);
 		return NULL;
 	}
+	if (pk && pk != Py_None && !pp)
+		return NULL;  /* the parent its exec named is not cached (yet): handle() holds its event */
 	/* the arguments, then the body in build_body's order (the plan's layout) */
 	const char *data = buf + sizeof(m);
 	Py_ssize_t n = len - (Py_ssize_t)sizeof(m);

@@ -30,8 +30,10 @@ spec:
     - matchArgs: [{{index: 1, operator: Equal, values: ["{work}/secret.txt"]}}]
 """
 
-# (the process comes back while its event waits?, what the event's process is then)
-CASES = [(True, "known"), (False, "stand-in")]
+# (what is taken out of the cache: the child or its parent, does it come back while the event
+# waits?, what the event's process is then)
+CASES = [("process", True, "known"), ("process", False, "stand-in"),
+         ("parent", True, "known"), ("parent", False, "known")]
 
 
 def _wait(cond, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
@@ -41,8 +43,9 @@ def _wait(cond, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-un
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("comes_back,want", CASES, ids=["process-comes", "process-never-comes"])
-def test_a_policy_event_waits_for_its_process(running_agent: RunningAgent, workdir: Path,
+@pytest.mark.parametrize("gone,comes_back,want", CASES, ids=["process-comes", "process-never-comes",
+                                                              "parent-comes", "parent-never-comes"])
+def test_a_policy_event_waits_for_its_process(running_agent: RunningAgent, workdir: Path, gone: str,
                                               comes_back: bool, want: str) -> None:
     a = running_agent.agent
     hold = a.builder.hold
@@ -58,14 +61,17 @@ def test_a_policy_event_waits_for_its_process(running_agent: RunningAgent, workd
         _wait(lambda: (q := a.cache.by_pid(child.pid)) is not None and q.binary == str(vpy), "the child's exec")
         p = a.cache.by_pid(child.pid)
         assert p is not None
+        parent = a.cache.get(p.parent_key)  # (this test's process)
+        assert parent is not None and parent.pid == os.getpid()
+        out = p if gone == "process" else parent
         before = dict(hold.status())
 
         def forget() -> None:  # on the loop's thread: as if its exec record had not been read yet
-            a.cache._by_key.pop(p.key, None)
-            a.cache._by_pid.pop(child.pid, None)
+            a.cache._by_key.pop(out.key, None)
+            a.cache._by_pid.pop(out.pid, None)
 
         a.pipeline.inject(lambda: forget())  # type: ignore[func-returns-value]
-        _wait(lambda: a.cache.by_pid(child.pid) is None, "the child out of the cache")
+        _wait(lambda: a.cache.by_pid(out.pid) is None, f"the {gone} out of the cache")
 
         def opens() -> None:
             assert child.stdin is not None
@@ -74,8 +80,8 @@ def test_a_policy_event_waits_for_its_process(running_agent: RunningAgent, workd
             _wait(lambda: hold.status()["held"] > before["held"], "the event held")
             if comes_back:  # its exec record handled now, on the loop's thread
                 def back() -> None:
-                    a.cache._by_key[p.key] = p
-                    a.cache._by_pid[child.pid] = p
+                    a.cache._by_key[out.key] = out
+                    a.cache._by_pid[out.pid] = out
                 a.pipeline.inject(lambda: back())  # type: ignore[func-returns-value]
 
         evs = running_agent.collect(opens, until=lambda evs: any(
@@ -87,11 +93,18 @@ def test_a_policy_event_waits_for_its_process(running_agent: RunningAgent, workd
         child.wait(30)
         a.delete_policy(name)
         hold.configure(*saved)
+        if gone == "parent":  # this test's process back in the cache, as it was
+            a.pipeline.inject(lambda: a.cache._by_key.setdefault(out.key, out) and None)
+            a.pipeline.inject(lambda: a.cache._by_pid.setdefault(out.pid, out) and None)
+            _wait(lambda: a.cache.get(out.key) is out, "this test's process back in the cache")
     kinds = [next(iter(e)) for e in evs]
     ev = next(e["process_kprobe"] for e in evs if e.get("process_kprobe", {}).get("policy_name") == name)
     got = "known" if ev["process"].get("exec_id") else "stand-in"
     assert got == want, ev["process"]
-    if comes_back:
+    if gone == "parent":  # its process at once; its parent once it came back, else none
+        assert ev["process"]["exec_id"] == p.msg.exec_id
+        assert ev.get("parent", {}).get("exec_id") == (parent.msg.exec_id if comes_back else None), ev
+    elif comes_back:
         assert ev["process"]["exec_id"] == p.msg.exec_id and ev["process"]["binary"] == str(vpy)
     else:
         assert ev["process"] == {"pid": child.pid, "start_time": p.msg.start_time}
@@ -100,5 +113,6 @@ def test_a_policy_event_waits_for_its_process(running_agent: RunningAgent, workd
                   and e["process_exec"]["process"].get("binary") == "/bin/true")
     assert marker < kinds.index("process_kprobe") or comes_back
     after = hold.status()
-    assert (after["resolved"] - before["resolved"], after["given_up"] - before["given_up"]) == \
+    given_up = "given_up" if gone == "process" else "parent_given_up"
+    assert (after["resolved"] - before["resolved"], after[given_up] - before.get(given_up, 0)) == \
         ((1, 0) if comes_back else (0, 1))

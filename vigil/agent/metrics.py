@@ -517,7 +517,8 @@ class AgentCollector(Collector):
         # Tetragon's event cache holds events until their process's or pod's info is known; here
         # the Kubernetes stage's hold, for pods (entry_type pod_info): events it took in, holds
         # now, and let go without their pod once the wait was over
-        # and the policy events held for their process's exec record (entry_type process_info)
+        # and the policy events held for their process's exec record (entry_type process_info) or
+        # for their parent's (parent_info)
         held = (st.get("k8s") or {}).get("events") or {}
         ph = st.get("event_cache") or {}
         yield GaugeMetricFamily("tetragon_event_cache_entries", "Events waiting for their process's or pod's info",
@@ -528,10 +529,12 @@ class AgentCollector(Collector):
                                        "they waited for (the wait was over)", labels=["entry_type"])
         failures.add_metric(["pod_info"], held.get("released_without_pod", 0))
         failures.add_metric(["process_info"], ph.get("given_up", 0))
+        failures.add_metric(["parent_info"], ph.get("parent_given_up", 0))  # sent without the parent it named
         yield failures
         retries = CounterMetricFamily("tetragon_event_cache_fetch_retries", "Tries of a held event that did "
                                       "not find its process's info yet", labels=["entry_type"])
         retries.add_metric(["process_info"], ph.get("retries", 0))
+        retries.add_metric(["parent_info"], ph.get("parent_retries", 0))
         yield retries
         # Tetragon's watcher metrics: pod info found for a process's container (at build, or once
         # its pod came), and containers no known pod has

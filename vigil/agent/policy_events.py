@@ -66,7 +66,13 @@ class PolicyEvents:
         if p is None:
             return self.missing(pid, exec_ktime, kernel, unknown), None
         parent = by_key.get(p.parent_key) if p.parent_key else None
-        return p.msg, parent.msg if parent is not None else None
+        if parent is None:
+            if p.parent_key is not None and kernel:  # named, not cached (yet): the event waits for it
+                hold = getattr(self.builder, "hold", None)
+                if hold is not None:
+                    hold.parent_missing(p.msg, p.parent_key)
+            return p.msg, None
+        return p.msg, parent.msg
 
     def missing(self, pid: int, exec_ktime: int, kernel: bool = True, unknown: bool = False) -> ProcessMsg:
         """The stand-in of a process the cache does not have, for an event about to be sent

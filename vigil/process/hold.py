@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from vigil.core.events import PolicyEvent
+
 if TYPE_CHECKING:
     from vigil.core.events import Event, ProcessMsg
     from vigil.process.cache import ProcessCache
@@ -36,13 +38,19 @@ class ProcessHold:
         self.cache = cache
         self.counts = counts  # the builder: missing_info counts the events sent with a stand-in
         self.configure(retries, retry_delay_s)
-        # stand-ins made for kernel hooks' records since the last batch: id -> (stand-in, pid, ktime)
+        # stand-ins made for kernel hooks' records since the last batch: id -> (stand-in, pid, ktime);
+        # processes whose events of the batch lack their parent: id(message) -> (message, parent key)
         self.pending: dict[int, tuple[ProcessMsg, int, int]] = {}
-        # held events, oldest first: [event, pid, ktime, since_ns, since_step]
+        self.pending_parents: dict[int, tuple[ProcessMsg, Any]] = {}
+        # held events, oldest first: [event, pid, ktime, since_ns, since_step, parent key]; the
+        # parent key (None until its process is known) names the parent it waits for then
         self.held: deque[list[Any]] = deque()
-        # held (Tetragon's inserts), sent with their process, sent with the stand-in (fetch
-        # failures, entry_type process_info), and tries that found no process (fetch retries)
-        self.stats = {"held": 0, "resolved": 0, "given_up": 0, "retries": 0}
+        # held (Tetragon's inserts), sent with their process and parent, sent with the stand-in
+        # (fetch failures, entry_type process_info), tries that found no process (fetch retries);
+        # sent without the parent their process names (entry_type parent_info), and tries that
+        # found no parent
+        self.stats = {"held": 0, "resolved": 0, "given_up": 0, "retries": 0, "parent_given_up": 0,
+                      "parent_retries": 0}
 
     def configure(self, retries: int, retry_delay_s: int) -> None:
         """--event-cache-retries, --event-cache-retry-delay: a held event is given up once it
@@ -60,49 +68,75 @@ class ProcessHold:
         else:  # no hold: sent as it is
             self.counts.missing_info += 1
 
+    def parent_missing(self, msg: ProcessMsg, parent_key: Any) -> None:
+        """A kernel hook's event of a cached process whose parent (the key its exec named) the
+        cache does not have (its record behind, as Tetragon's ErrFailedToGetParentInfo): the
+        batch's policy events of that process without a parent are held for it."""
+        if self.retries:
+            self.pending_parents[id(msg)] = (msg, parent_key)
+
     def take(self, events: list[Event], now_ns: int, step: int) -> list[Event]:
-        """The batch less the events made with a pending stand-in, which are held. A stand-in
-        whose event is not in the batch (a correlated policy kept it) was sent as it is."""
+        """The batch less the events made with a pending stand-in, or of a process whose parent
+        is pending, which are held. A stand-in whose event is not in the batch (a correlated
+        policy kept it) was sent as it is."""
         pending, self.pending = self.pending, {}
+        parents, self.pending_parents = self.pending_parents, {}
         keep: list[Event] = []
         held = self.held
         for e in events:
-            hit = pending.pop(id(getattr(e, "process", None)), None)
-            if hit is None or hit[0] is not getattr(e, "process", None):
-                keep.append(e)
-                continue
-            if len(held) >= HOLD_CAPACITY:  # full: the oldest goes with its stand-in
+            proc = getattr(e, "process", None)
+            hit = pending.pop(id(proc), None) if pending else None
+            if hit is not None and hit[0] is proc:
+                entry = [e, hit[1], hit[2], now_ns, step, None]
+            else:
+                ph = parents.get(id(proc)) if parents else None
+                # (every policy event of that process in the batch made without its parent)
+                if ph is None or ph[0] is not proc or not isinstance(e, PolicyEvent) or e.parent is not None:
+                    keep.append(e)
+                    continue
+                entry = [e, 0, 0, now_ns, step, ph[1]]
+            if len(held) >= HOLD_CAPACITY:  # full: the oldest goes with what it has
                 keep.append(self._give_up(held.popleft()))
-            held.append([e, hit[1], hit[2], now_ns, step])
+            held.append(entry)
             self.stats["held"] += 1
         self.counts.missing_info += len(pending)
         return keep
 
     def retry(self, now_ns: int, step: int, final: bool = False) -> list[Event]:
-        """Held events whose process the cache has now (sent with it and its parent), and those
-        whose wait is over (or all: `final`, the agent stops), in the order they were held."""
+        """Held events whose process (and the parent it names) the cache has now, sent with
+        them, and those whose wait is over (or all: `final`, the agent stops) with what they
+        have, in the order they were held."""
         out: list[Event] = []
         keep: deque[list[Any]] = deque()
         by_key, by_pid = self.cache._by_key, self.cache.by_pid
         for h in self.held:
-            e, pid, ktime = h[0], h[1], h[2]
-            p = by_key.get((pid, ktime)) if ktime else by_pid(pid)
-            if p is not None:
-                parent = by_key.get(p.parent_key) if p.parent_key else None
-                e.process, e.parent = p.msg, parent.msg if parent is not None else None
-                self.stats["resolved"] += 1
-                out.append(e)
-            elif final or (now_ns - h[3] >= self.wait_ns and step - h[4] >= HOLD_MIN_STEPS):
+            e, pkey = h[0], h[5]
+            if pkey is None:  # its process first
+                p = by_key.get((h[1], h[2])) if h[2] else by_pid(h[1])
+                if p is not None:
+                    e.process, e.parent = p.msg, None
+                    pkey = h[5] = p.parent_key or ()  # (): it names no parent
+            if pkey is not None:
+                parent = by_key.get(pkey) if pkey else None
+                if parent is not None or not pkey:
+                    e.parent = parent.msg if parent is not None else None
+                    self.stats["resolved"] += 1
+                    out.append(e)
+                    continue
+            if final or (now_ns - h[3] >= self.wait_ns and step - h[4] >= HOLD_MIN_STEPS):
                 out.append(self._give_up(h))
             else:
-                self.stats["retries"] += 1
+                self.stats["retries" if pkey is None else "parent_retries"] += 1
                 keep.append(h)
         self.held = keep
         return out
 
     def _give_up(self, h: list[Any]) -> Event:
-        self.stats["given_up"] += 1
-        self.counts.missing_info += 1
+        if h[5] is None:  # with the stand-in: missing its process info
+            self.stats["given_up"] += 1
+            self.counts.missing_info += 1
+        else:  # with its process, without the parent it names
+            self.stats["parent_given_up"] += 1
         return h[0]  # type: ignore[no-any-return]
 
     def status(self) -> dict[str, int]:
