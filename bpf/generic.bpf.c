@@ -449,8 +449,9 @@ static __noinline int pre_filter(__u64 uptr)
 	/* the condition of read_arg's own stack read */
 	h->pre_r = r > 0 && r < STR_FAST ? r : 0;
 	/* the string's words, not all STR_FAST bytes: the record sends the string alone (the
-	 * copy of 128 bytes cost ~20 ns a made record, two cold lines of the heap more) */
-	if (h->pre_r) {
+	 * copy of 128 bytes cost ~20 ns a made record, two cold lines of the heap more). None
+	 * when it is pre_val: read_arg copies it from there. */
+	if (h->pre_r && !h->pre_eq) {
 		for (__u32 w = 0; w < STR_FAST / 8; w++) {
 			if (w * 8 >= r)
 				break;

@@ -637,8 +637,13 @@ __noinline int read_arg(__u32 i)
 		char tmp[STR_FAST];
 
 		if (pre_arg && i == pre_slot && h->pre_r > 0 && h->pre_r < max) {
-			/* the entry's pre-filter read it */
-			__builtin_memcpy(h->data + off, h->pre, sizeof(h->pre));
+			/* the entry's pre-filter read it: its words (pre_val's, when it is pre_val) */
+			for (__u32 w = 0; w < STR_FAST / 8; w++) {
+				if (w * 8 >= h->pre_r)
+					break;
+				*(__u64 *)(h->data + off + w * 8) =
+					h->pre_eq ? pre_val[w] : *(const __u64 *)(h->pre + w * 8);
+			}
 			n = h->pre_r - 1;
 			h->pre_r = 0;
 			break;
