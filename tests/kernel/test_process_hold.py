@@ -30,9 +30,11 @@ spec:
     - matchArgs: [{{index: 1, operator: Equal, values: ["{work}/secret.txt"]}}]
 """
 
-# (what is taken out of the cache: the child or its parent, does it come back while the event
-# waits?, what the event's process is then)
+# (what is taken out of the cache: the child, the child with another image of its pid left
+# (its parent's entry, as an older image whose exec record is behind), or its parent; does it
+# come back while the event waits?, what the event's process is then)
 CASES = [("process", True, "known"), ("process", False, "stand-in"),
+         ("older-image", True, "known"), ("older-image", False, "stand-in"),
          ("parent", True, "known"), ("parent", False, "known")]
 
 
@@ -44,6 +46,7 @@ def _wait(cond, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-un
 
 
 @pytest.mark.parametrize("gone,comes_back,want", CASES, ids=["process-comes", "process-never-comes",
+                                                              "older-image-exec-comes", "older-image-exec-never-comes",
                                                               "parent-comes", "parent-never-comes"])
 def test_a_policy_event_waits_for_its_process(running_agent: RunningAgent, workdir: Path, gone: str,
                                               comes_back: bool, want: str) -> None:
@@ -63,15 +66,17 @@ def test_a_policy_event_waits_for_its_process(running_agent: RunningAgent, workd
         assert p is not None
         parent = a.cache.get(p.parent_key)  # (this test's process)
         assert parent is not None and parent.pid == os.getpid()
-        out = p if gone == "process" else parent
+        out = parent if gone == "parent" else p
         before = dict(hold.status())
 
         def forget() -> None:  # on the loop's thread: as if its exec record had not been read yet
             a.cache._by_key.pop(out.key, None)
             a.cache._by_pid.pop(out.pid, None)
+            if gone == "older-image":  # another image of the pid: not the one the kernel's key names
+                a.cache._by_pid[child.pid] = parent
 
         a.pipeline.inject(lambda: forget())  # type: ignore[func-returns-value]
-        _wait(lambda: a.cache.by_pid(out.pid) is None, f"the {gone} out of the cache")
+        _wait(lambda: a.cache.get(out.key) is None, f"the {gone} out of the cache")
 
         def opens() -> None:
             assert child.stdin is not None
@@ -93,6 +98,10 @@ def test_a_policy_event_waits_for_its_process(running_agent: RunningAgent, workd
         child.wait(30)
         a.delete_policy(name)
         hold.configure(*saved)
+        if gone == "older-image":  # the child's pid no longer names this test's process
+            a.pipeline.inject(lambda: a.cache._by_pid.pop(child.pid) and None
+                              if a.cache._by_pid.get(child.pid) is parent else None)
+            _wait(lambda: a.cache._by_pid.get(child.pid) is not parent, "the child's pid cleared")
         if gone == "parent":  # this test's process back in the cache, as it was
             a.pipeline.inject(lambda: a.cache._by_key.setdefault(out.key, out) and None)
             a.pipeline.inject(lambda: a.cache._by_pid.setdefault(out.pid, out) and None)
@@ -113,6 +122,6 @@ def test_a_policy_event_waits_for_its_process(running_agent: RunningAgent, workd
                   and e["process_exec"]["process"].get("binary") == "/bin/true")
     assert marker < kinds.index("process_kprobe") or comes_back
     after = hold.status()
-    given_up = "given_up" if gone == "process" else "parent_given_up"
+    given_up = "parent_given_up" if gone == "parent" else "given_up"
     assert (after["resolved"] - before["resolved"], after[given_up] - before.get(given_up, 0)) == \
         ((1, 0) if comes_back else (0, 1))
