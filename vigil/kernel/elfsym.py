@@ -6,6 +6,7 @@ PT_LOAD segment that turns a symbol's virtual address into a file offset.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 SHT_SYMTAB = 2
 SHT_DYNSYM = 11
@@ -26,6 +27,26 @@ def _header(data: bytes) -> tuple[int, int, int, int, int, int, int]:
     phoff, shoff = struct.unpack_from("<QQ", data, 0x20)
     phentsize, phnum, shentsize, shnum, shstrndx = struct.unpack_from("<HHHHH", data, 0x36)
     return phoff, shoff, phentsize, phnum, shentsize, shnum, shstrndx
+
+
+def _sections(data: bytes) -> tuple[list[tuple[int, ...]], int]:
+    """The section headers of the ELF `data`, and where the section names' strings start."""
+    _, shoff, _, _, shentsize, shnum, shstrndx = _header(data)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    return sections, (sections[shstrndx][4] if sections else 0)
+
+
+def _notes(data: bytes, sh: tuple[int, ...]) -> Iterator[tuple[bytes, int, bytes]]:
+    """The (name, type, descriptor) of each note of the SHT_NOTE section `sh`."""
+    p, end = sh[4], min(sh[4] + sh[5], len(data))
+    while p + 12 <= end:
+        namesz, descsz, ntype = struct.unpack_from("<III", data, p)
+        p += 12
+        name = data[p:p + namesz].rstrip(b"\0")
+        p += (namesz + 3) & ~3
+        desc = data[p:p + descsz]
+        p += (descsz + 3) & ~3
+        yield name, ntype, desc
 
 
 def _cstr(data: bytes, off: int) -> bytes:
@@ -122,25 +143,16 @@ def usdt_notes(path: str) -> list:
 
     with open(path, "rb") as f:
         data = f.read()
-    _, shoff, _, _, shentsize, shnum, shstrndx = _header(data)
-    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    sections, names_off = _sections(data)
     if not sections:
         return []
-    names_off = sections[shstrndx][4]
     by_name = {_cstr(data, names_off + sh[0]).decode(errors="replace"): sh for sh in sections}
     base_sec = by_name.get(".stapsdt.base")
     out = []
     for sh in sections:
         if sh[1] != SHT_NOTE or _cstr(data, names_off + sh[0]) != b".note.stapsdt":
             continue
-        p, end = sh[4], sh[4] + sh[5]
-        while p + 12 <= end:
-            namesz, descsz, ntype = struct.unpack_from("<III", data, p)
-            p += 12
-            name = data[p:p + namesz].rstrip(b"\0")
-            p += (namesz + 3) & ~3
-            desc = data[p:p + descsz]
-            p += (descsz + 3) & ~3
+        for name, ntype, desc in _notes(data, sh):
             if name != b"stapsdt" or ntype != 3 or len(desc) < 24:
                 continue
             pc, base, sem = struct.unpack_from("<QQQ", desc, 0)
@@ -159,9 +171,7 @@ def usdt_notes(path: str) -> list:
 
 def section(data: bytes, name: str) -> bytes:
     """The bytes of the ELF section called `name`; ElfError when there is none."""
-    _, shoff, _, _, shentsize, shnum, shstrndx = _header(data)
-    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
-    names_off = sections[shstrndx][4] if sections else 0
+    sections, names_off = _sections(data)
     for sh in sections:
         if _cstr(data, names_off + sh[0]) == name.encode():
             return data[sh[4]:sh[4] + sh[5]]
@@ -174,20 +184,11 @@ NT_GNU_BUILD_ID = 3
 def build_id(data: bytes) -> str:
     """The GNU build ID (hex) of the ELF `data`: the NT_GNU_BUILD_ID note, from the
     .note.gnu.build-id section first, else any note section; ElfError when there is none."""
-    _, shoff, _, _, shentsize, shnum, shstrndx = _header(data)
-    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
-    names_off = sections[shstrndx][4] if sections else 0
+    sections, names_off = _sections(data)
     notes = [sh for sh in sections if sh[1] == SHT_NOTE]
     notes.sort(key=lambda sh: _cstr(data, names_off + sh[0]) != b".note.gnu.build-id")
     for sh in notes:
-        p, end = sh[4], min(sh[4] + sh[5], len(data))
-        while p + 12 <= end:
-            namesz, descsz, ntype = struct.unpack_from("<III", data, p)
-            p += 12
-            name = data[p:p + namesz].rstrip(b"\0")
-            p += (namesz + 3) & ~3
-            desc = data[p:p + descsz]
-            p += (descsz + 3) & ~3
+        for name, ntype, desc in _notes(data, sh):
             if name == b"GNU" and ntype == NT_GNU_BUILD_ID and desc:
                 return desc.hex()
     raise ElfError("no GNU build ID note")
@@ -196,8 +197,7 @@ def build_id(data: bytes) -> str:
 def function_ranges(data: bytes) -> list[tuple[int, int, str]]:
     """The defined function symbols of an ELF (.symtab and .dynsym) as sorted (file offset of
     the start, of the end, name): which function a file offset is in (user stack traces)."""
-    _, shoff, _, _, shentsize, shnum, _ = _header(data)
-    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    sections, _ = _sections(data)
     out = set()
     for sh in sections:
         if sh[1] not in (SHT_SYMTAB, SHT_DYNSYM):

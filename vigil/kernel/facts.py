@@ -343,19 +343,8 @@ class KernelFacts:
             tid = b.type_by_name(ctype)
             if tid is None:
                 return f"no type {ctype!r} in the kernel's BTF"
-            try:
-                r = b.resolve(tid, path)
-            except B.BtfError as e:
-                return str(e)
-            return {"steps": [[s.offset, s.deref] for s in r.steps], "ctype": r.ctype, "size": r.size,
-                    "kind": r.kind, "signed": r.signed}
-        raw = self._answer("resolve", f"{ctype}|{path}", read)
-        if raw is None:
-            return "not recorded"
-        if isinstance(raw, str):
-            return raw
-        return B.Resolved(tuple(B.Step(o, d) for o, d in raw["steps"]), raw["ctype"], raw["size"], raw["kind"],
-                          raw["signed"])
+            return _resolve_record(lambda: b.resolve(tid, path))
+        return _resolved(self._answer("resolve", f"{ctype}|{path}", read))
 
     def user_resolve(self, btf_path: str, btf_type: str, path: str) -> B.Resolved | str | None:
         """A resolve path from a pointer to struct `btf_type` of the BTF file `btf_path` (a
@@ -373,19 +362,8 @@ class KernelFacts:
             tid = b.find(B.STRUCT, btf_type)
             if tid is None:
                 return f"no struct {btf_type!r} in {btf_path}"
-            try:
-                r = b.resolve_from(tid, path)
-            except B.BtfError as e:
-                return str(e)
-            return {"steps": [[s.offset, s.deref] for s in r.steps], "ctype": r.ctype, "size": r.size,
-                    "kind": r.kind, "signed": r.signed}
-        raw = self._answer("user_resolve", f"{btf_path}|{btf_type}|{path}", read)
-        if raw is None:
-            return "not recorded"
-        if isinstance(raw, str):
-            return raw
-        return B.Resolved(tuple(B.Step(o, d) for o, d in raw["steps"]), raw["ctype"], raw["size"], raw["kind"],
-                          raw["signed"])
+            return _resolve_record(lambda: b.resolve_from(tid, path))
+        return _resolved(self._answer("user_resolve", f"{btf_path}|{btf_type}|{path}", read))
 
     def file_info(self, path: str) -> dict[str, Any] | None:
         """{"error": str} or {"elf": True, "symbols": {...asked...}, "usdt": [...]} for a
@@ -487,6 +465,26 @@ class KernelFacts:
         if "error" in info:
             return None, info["error"]
         return [UsdtNote(*x) for x in info.get("usdt", [])], ""
+
+
+def _resolve_record(resolve: Any) -> Any:
+    """A resolve path as facts record it (JSON), or the reason it does not resolve."""
+    try:
+        r = resolve()
+    except B.BtfError as e:
+        return str(e)
+    return {"steps": [[s.offset, s.deref] for s in r.steps], "ctype": r.ctype, "size": r.size,
+            "kind": r.kind, "signed": r.signed}
+
+
+def _resolved(raw: Any) -> B.Resolved | str:
+    """A recorded resolve path (_resolve_record) as steps, or the reason it does not resolve."""
+    if raw is None:
+        return "not recorded"
+    if isinstance(raw, str):
+        return raw
+    return B.Resolved(tuple(B.Step(o, d) for o, d in raw["steps"]), raw["ctype"], raw["size"], raw["kind"],
+                      raw["signed"])
 
 
 def _digest(path: str, algo: str) -> str:
