@@ -234,3 +234,35 @@ def test_no_retries_hold_nothing() -> None:
     hold.standin(msg, 300, 5000)
     ev = PolicyEvent("process_kprobe", msg, None, {}, "t", "n")
     assert hold.take([ev], 10, 7) == [ev] and counts.missing_info == 1 and hold.status()["held"] == 0
+
+
+@pytest.mark.parametrize("held,at_ns,sent", [
+    (1, 1, True),                                    # a small hold: tried at every step
+    (64, 1, True),
+    (65, 1, False),                                  # a large one: walked at most every 10 ms
+    (65, 9_999_999, False),
+    (65, 10_000_000, True),
+    (4096, 10_000_000, True),
+], ids=lambda v: str(v))
+def test_a_large_hold_is_walked_at_most_every_ten_ms(held: int, at_ns: int, sent: bool) -> None:
+    """A process the cache never gets, firing a policy all the time, fills the hold: walking
+    thousands of entries at every loop step would be per-event Python work at every step. The
+    first of the held processes arrives just after a walk: a small hold sends its event at the
+    next step, a large one at the first step 10 ms after the last walk."""
+    from vigil.core.events import PolicyEvent, missing_process
+    from vigil.process.hold import ProcessHold
+
+    cache = _Cache()
+    hold = ProcessHold(cache, SimpleNamespace(missing_info=0))  # type: ignore[arg-type]
+    made = []
+    for i in range(held):
+        msg = missing_process(1000 + i, "t")
+        hold.standin(msg, 1000 + i, 5000 + i)
+        made.append(PolicyEvent("process_kprobe", msg, None, {}, "t", "n"))
+    assert hold.take(made, 0, 0) == []
+    assert hold.retry(0, 1) == []                     # a walk: nothing has arrived yet
+    cache._by_key[(1000, 5000)] = SimpleNamespace(msg="proc-1000", parent_key=())
+    out = hold.retry(at_ns, 2)
+    assert out == ([made[0]] if sent else []) and hold.status()["held_now"] == held - (1 if sent else 0)
+    if sent:
+        assert made[0].process == "proc-1000"

@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 HOLD_CAPACITY = 4096            # events waiting at once; past that the oldest is sent with its stand-in
 RETRIES, RETRY_DELAY_S = 15, 2  # Tetragon's --event-cache-retries, --event-cache-retry-delay defaults
 HOLD_MIN_STEPS = 2              # a held event also waits this many later loop steps (rings drained)
+# A hold of up to WALK_EVERY_STEP events is tried at every loop step (the usual case: an exec
+# record just behind, sent as soon as it is read); a larger one at most every WALK_EVERY_NS, so
+# a process the cache never gets, firing a policy all the time, costs the loop a walk of at most
+# HOLD_CAPACITY entries (~1 ms of Python) a hundred times a second, not at every step.
+WALK_EVERY_STEP, WALK_EVERY_NS = 64, 10_000_000
 
 
 class ProcessHold:
@@ -51,6 +56,7 @@ class ProcessHold:
         # found no parent
         self.stats = {"held": 0, "resolved": 0, "given_up": 0, "retries": 0, "parent_given_up": 0,
                       "parent_retries": 0}
+        self._walked_ns: int | None = None  # when retry last walked the hold
 
     def configure(self, retries: int, retry_delay_s: int) -> None:
         """--event-cache-retries, --event-cache-retry-delay: a held event is given up once it
@@ -105,7 +111,11 @@ class ProcessHold:
     def retry(self, now_ns: int, step: int, final: bool = False) -> list[Event]:
         """Held events whose process (and the parent it names) the cache has now, sent with
         them, and those whose wait is over (or all: `final`, the agent stops) with what they
-        have, in the order they were held."""
+        have, in the order they were held. A large hold is walked at most every WALK_EVERY_NS."""
+        if (not final and len(self.held) > WALK_EVERY_STEP and self._walked_ns is not None
+                and now_ns - self._walked_ns < WALK_EVERY_NS):
+            return []
+        self._walked_ns = now_ns
         out: list[Event] = []
         keep: deque[list[Any]] = deque()
         by_key, by_pid = self.cache._by_key, self.cache.by_pid
