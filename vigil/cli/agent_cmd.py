@@ -145,7 +145,8 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--event-cache-retries", dict(type=int, default=15, show_default=True,
                                    help="A policy event whose process (or parent) is not known yet waits for it as "
                                         "long as this many tries --event-cache-retry-delay apart take (it is tried "
-                                        "at every loop step meanwhile), then leaves with what is known. 0: no wait.")),
+                                        "again every few milliseconds meanwhile), then leaves with what is known. "
+                                        "0: no wait.")),
     ("--event-cache-retry-delay", dict(type=int, default=2, show_default=True,
                                        help="Seconds between the tries of --event-cache-retries.")),
     ("--k8s-pod-wait", dict(type=float, default=3.0, show_default=True,
