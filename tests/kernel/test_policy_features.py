@@ -9,6 +9,7 @@ Sigkill/Override act on nothing else. Hooks this kernel lacks run on their docum
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import shutil
@@ -17,7 +18,7 @@ import stat
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -846,7 +847,10 @@ lsmhooks:
 
 # ---------------------------------------------------------------- user-space actions, loader
 
-def test_geturl_and_dnslookup(running_agent: RunningAgent, pywork: Path) -> None:
+@contextlib.contextmanager
+def url_server() -> Iterator[tuple[int, list[str]]]:
+    """A loopback HTTP server for GetUrl actions: its port, and the paths fetched from it so far;
+    shut down on leaving."""
     import http.server
     import threading
 
@@ -862,26 +866,33 @@ def test_geturl_and_dnslookup(running_agent: RunningAgent, pywork: Path) -> None
             pass
 
     httpd = http.server.HTTPServer(("127.0.0.1", 0), H)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield httpd.server_port, hits
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_geturl_and_dnslookup(running_agent: RunningAgent, pywork: Path) -> None:
     d = pywork / "data"
-    spec = f"""
+    r = Run()
+    with url_server() as (port, hits):
+        spec = f"""
 kprobes:
 - call: sys_openat
   args: [{{index: 1, type: string}}]
   selectors:
   - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
     {scoped(pywork)}
-    matchActions: [{{action: GetUrl, argUrl: "http://127.0.0.1:{httpd.server_port}/vigil-hit"}}]
+    matchActions: [{{action: GetUrl, argUrl: "http://127.0.0.1:{port}/vigil-hit"}}]
   - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/sub"]}}]
     {scoped(pywork)}
     matchActions: [{{action: DnsLookup, argFqdn: "localhost"}}]
   - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/./present.txt"]}}]
     {scoped(pywork)}
-    matchActions: [{{action: GetUrl, argUrl: "http://127.0.0.1:{httpd.server_port}/not-last"}}, {{action: Post}}]
+    matchActions: [{{action: GetUrl, argUrl: "http://127.0.0.1:{port}/not-last"}}, {{action: Post}}]
 """
-    r = Run()
-    try:
         with loaded(running_agent, policy_yaml("user-actions", spec)):
             before = dict(running_agent.agent.policies.user_actions.stats)
             events = running_agent.collect(lambda: run_py(
@@ -896,8 +907,6 @@ kprobes:
                     "dnslookup"] == before["dnslookup"]):
                 time.sleep(0.05)
             after = dict(running_agent.agent.policies.user_actions.stats)
-    finally:
-        httpd.shutdown()
     assert hits == ["/vigil-hit"]
     assert after["dnslookup"] == before["dnslookup"] + 1
     actions = sorted(e["action"] for e in mine(events, r, "user-actions"))

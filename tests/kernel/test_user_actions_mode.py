@@ -5,17 +5,14 @@ argument, and its agent runs it whatever the mode. So the URL is fetched in both
 signal reaches the process (the test's own child) in enforce mode alone."""
 from __future__ import annotations
 
-import http.server
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.kernel.conftest import RunningAgent
 from tests.kernel.test_policy_engine import Run, loaded, open_file, policy_yaml, run_py
-from tests.kernel.test_policy_features import mine, pywork, scoped  # noqa: F401 - pywork: a fixture
+from tests.kernel.test_policy_features import mine, pywork, scoped, url_server  # noqa: F401 - pywork: a fixture
 
 # (policy mode, the process signalled?)
 MODE_CASES = [("enforce", True), ("monitor", False)]
@@ -24,21 +21,13 @@ MODE_CASES = [("enforce", True), ("monitor", False)]
 @pytest.mark.parametrize("mode,signalled", MODE_CASES, ids=[c[0] for c in MODE_CASES])
 def test_geturl_after_an_enforcing_action_runs_in_either_mode(running_agent: RunningAgent, pywork: Path,  # noqa: F811
                                                               mode: str, signalled: bool) -> None:
-    hits: list[str] = []
-
-    class H(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            hits.append(self.path)
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *a: Any) -> None:
-            pass
-
-    httpd = http.server.HTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     d = pywork / "data"
-    spec = f"""
+    r = Run()
+    # SIGUSR1 caught: the child records it rather than ending
+    code = ("import signal\ngot = []\nsignal.signal(signal.SIGUSR1, lambda *a: got.append(1))\n"
+            + open_file(str(d / "present.txt")) + "open('result', 'w').write('signalled' if got else 'not signalled')\n")
+    with url_server() as (port, hits):
+        spec = f"""
 kprobes:
 - call: sys_openat
   syscall: true
@@ -48,21 +37,13 @@ kprobes:
     {scoped(pywork)}
     matchActions:
     - {{action: Signal, argSig: 10}}
-    - {{action: GetUrl, argUrl: "http://127.0.0.1:{httpd.server_port}/vigil-{mode}"}}
+    - {{action: GetUrl, argUrl: "http://127.0.0.1:{port}/vigil-{mode}"}}
 """
-    r = Run()
-    # SIGUSR1 caught: the child records it rather than ending
-    code = ("import signal\ngot = []\nsignal.signal(signal.SIGUSR1, lambda *a: got.append(1))\n"
-            + open_file(str(d / "present.txt")) + "open('result', 'w').write('signalled' if got else 'not signalled')\n")
-    try:
         with loaded(running_agent, policy_yaml(f"user-actions-{mode}", spec), mode=mode):
             events = running_agent.collect(lambda: run_py(pywork, code, out=r))
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and not hits:
                 time.sleep(0.05)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     assert (pywork / "result").read_text() == ("signalled" if signalled else "not signalled")
     assert hits == [f"/vigil-{mode}"]
     assert [e["action"] for e in mine(events, r, f"user-actions-{mode}")] == ["KPROBE_ACTION_GETURL"]
@@ -77,21 +58,11 @@ OVERRIDE_CASES = [("enforce", True), ("monitor", False)]
 @pytest.mark.parametrize("mode,refused", OVERRIDE_CASES, ids=[c[0] for c in OVERRIDE_CASES])
 def test_geturl_after_override_runs_in_either_mode(running_agent: RunningAgent, pywork: Path,  # noqa: F811
                                                    mode: str, refused: bool) -> None:
-    hits: list[str] = []
-
-    class H(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            hits.append(self.path)
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *a: Any) -> None:
-            pass
-
-    httpd = http.server.HTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     d = pywork / "data"
-    spec = f"""
+    code = (f"try:\n    open({str(d / 'present.txt')!r}).close()\n    open('result', 'w').write('opened')\n"
+            "except OSError:\n    open('result', 'w').write('refused')\n")
+    with url_server() as (port, hits):
+        spec = f"""
 kprobes:
 - call: sys_openat
   syscall: true
@@ -101,18 +72,12 @@ kprobes:
     {scoped(pywork)}
     matchActions:
     - {{action: Override, argError: -1}}
-    - {{action: GetUrl, argUrl: "http://127.0.0.1:{httpd.server_port}/override-{mode}"}}
+    - {{action: GetUrl, argUrl: "http://127.0.0.1:{port}/override-{mode}"}}
 """
-    code = (f"try:\n    open({str(d / 'present.txt')!r}).close()\n    open('result', 'w').write('opened')\n"
-            "except OSError:\n    open('result', 'w').write('refused')\n")
-    try:
         with loaded(running_agent, policy_yaml(f"override-geturl-{mode}", spec), mode=mode):
             running_agent.collect(lambda: run_py(pywork, code))
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and not hits:
                 time.sleep(0.05)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     assert (pywork / "result").read_text() == ("refused" if refused else "opened")
     assert hits == [f"/override-{mode}"]
