@@ -77,6 +77,18 @@ class RunningAgent:
         finally:
             sub.close()
 
+    def counted(self, timeout: float = 10.0) -> None:
+        """Wait until the agent's loop step now under way is over. The loop hands a batch's
+        events to subscribers while it handles the batch and counts the batch's records
+        (msg_ops, handling latency) after: the last events `collect` returned may be of a batch
+        not counted yet. A step ends after its batch is counted."""
+        p = self.agent.pipeline
+        step = p.steps
+        deadline = time.monotonic() + timeout
+        while p.steps == step:
+            assert time.monotonic() < deadline, f"the agent's loop did not end a step within {timeout}s"
+            time.sleep(0.005)
+
 
 @pytest.fixture(scope="session")
 def others_can_resolve_paths() -> Iterator[None]:
