@@ -1229,6 +1229,18 @@ DIGEST_CASES = [  # (case, binary, the digests ({algo} = that digest of the bina
     ("mismatch-ignored", "with-id", ["sha256:" + "1" * 64, "build-id:" + "2" * 40], True, "skipped"),
     ("no-build-id", "no-id", ["build-id:" + "2" * 40], True,
      r"spec.uprobes\[0\].binaryDigests\[0\]: .*cannot compute the build-id digest .*no GNU build ID"),
+    # tried in order, as Tetragon does: an entry after the match is never read; one reached that
+    # cannot be read refuses (also with ignore); a well-formed one that can never match is a mismatch
+    ("malformed-after-match", "with-id", ["{sha256}", "md5:00"], False, "events"),
+    ("malformed-before-match", "with-id", ["sha256:" + "1" * 64, "md5:00", "{sha256}"], True,
+     r'spec.uprobes\[0\].binaryDigests\[1\]: .*invalid digest "md5:00": unsupported algorithm "md5".*also with '
+     r"ignore.digestVerificationFailure"),
+    ("no-colon-before-match", "with-id", ["sha256:" + "1" * 64, "deadbeef", "{sha256}"], False,
+     r'spec.uprobes\[0\].binaryDigests\[1\]: .*invalid digest "deadbeef": expected "<algo>:<hex>"'),
+    ("short-digest-mismatch", "with-id", ["sha256:abcd"], False,
+     r"spec.uprobes\[0\].binaryDigests: .*matches none of binaryDigests"),
+    ("short-digest-mismatch-ignored", "with-id", ["sha256:abcd"], True, "skipped"),
+    ("empty-matches", "with-id", [""], False, "events"),
 ]
 
 
@@ -1283,7 +1295,63 @@ uprobes:
         assert any("uprobes[0]" in w and "not attached" in w for w in report["warnings"])
     else:
         assert listed["state"] == "enabled" and states == [(0, "loaded"), (1, "loaded")]
-        assert first["runs_on"].startswith("uprobe:") and not report["warnings"]
+        assert first["runs_on"].startswith("uprobe:") and not [w for w in report["warnings"] if "not attached" in w]
+
+
+SWAP_CASES = [  # (case, when another binary is renamed over the checked one, the error's regex or None)
+    ("unchanged", "never", None),
+    ("replaced-between-check-and-attach", "before-attach", r"binaryDigests: .*matches none of them now"),
+    ("replaced-while-disabled", "while-disabled", None),
+]
+
+
+@pytest.mark.parametrize("case,when,error", SWAP_CASES, ids=[c[0] for c in SWAP_CASES])
+def test_uprobe_binary_digests_hold_for_the_file_attached_to(running_agent: RunningAgent, digest_bin: Path,
+                                                             monkeypatch: pytest.MonkeyPatch, case: str, when: str,
+                                                             error: str | None) -> None:
+    """binaryDigests are checked on the very file the uprobe attaches to: the agent opens the
+    binary once, walks the digests on that open file and attaches through /proc/self/fd/N. A
+    binary put at the path after the policy's check (before the attach, or while the policy is
+    disabled) is never attached to unchecked: the load is refused, or the uprobe stays on the
+    checked file (a hard link to it still reports; the new file at the path does not)."""
+    from vigil.sensors.generic import GenericHook
+
+    path, kept = digest_bin, digest_bin.parent / "checked-link"
+    os.link(path, kept)  # the checked inode, runnable after the path names another file
+    digest = f"sha256:{_digest_of(path, 'sha256')}"
+
+    def replace() -> None:
+        other = path.parent / "other"
+        shutil.copy(path.parent / "no-id", other)
+        os.rename(other, path)
+
+    if when == "before-attach":
+        load = GenericHook.load
+
+        def replace_then_load(self: GenericHook) -> None:
+            if self.compiled.placement.attach.get("digests"):
+                replace()
+            load(self)
+        monkeypatch.setattr(GenericHook, "load", replace_then_load)
+    name = f"digest-swap-{case}"
+    text = policy_yaml(name, f'uprobes:\n- path: "{path}"\n  symbols: [main]\n  binaryDigests: ["{digest}"]\n')
+    agent = running_agent.agent
+    if error is not None:
+        with pytest.raises(PolicyError, match=error):
+            agent.policies.add_text(text, "<t>")
+        assert name not in [p["name"] for p in agent.list_policies()]
+        events = running_agent.collect(lambda: (subprocess.run([str(path)]), subprocess.run([str(kept)])))
+        assert not [e for e in events if e.get("process_uprobe", {}).get("policy_name") == name]
+        return
+    with loaded(running_agent, text):
+        if when == "while-disabled":
+            agent.policies.set_enabled(name, False)
+            replace()
+            agent.policies.set_enabled(name, True)
+        events = running_agent.collect(lambda: (subprocess.run([str(path)]), subprocess.run([str(kept)])))
+    got = [Path(e["process_uprobe"]["process"]["binary"]).name for e in events
+           if e.get("process_uprobe", {}).get("policy_name") == name]
+    assert got == (["with-id", "checked-link"] if when == "never" else ["checked-link"])
 
 
 DATA_CASES = [  # (case, the data list, what the event's data list holds; a str: the error's regex)

@@ -487,6 +487,14 @@ def _resolved(raw: Any) -> B.Resolved | str:
                       raw["signed"])
 
 
+def digest_now(path: str, algo: str) -> tuple[str | None, str]:
+    """(the lower-case hex `algo` digest of file `path`, read now, "") or (None, why not):
+    file_digest's reading without the cache (the agent checks the very file it attaches to,
+    e.g. /proc/self/fd/N)."""
+    v = _digest(path, algo)
+    return (v[1:], "") if v.startswith("=") else (None, v)
+
+
 def _digest(path: str, algo: str) -> str:
     """"=<hex>" or why not (file_digest's stored form)."""
     import hashlib

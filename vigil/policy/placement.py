@@ -22,6 +22,7 @@ from typing import Any
 from vigil.kernel import policy_layout as L
 from vigil.kernel.facts import KernelFacts
 
+from . import enums
 from .errors import Loc
 from .model import KProbeArg, KProbeSpec, LsmHookSpec, TracepointSpec, UProbeSpec, UsdtSpec
 
@@ -602,10 +603,10 @@ def place_uprobe(spec: UProbeSpec, index: int, sym_i: int, facts: KernelFacts) -
                      f"{sites}: one per {what[:-1].replace('addr', 'address')}", "policy")
         else:
             ref_ctr = spec.ref_ctr_offsets[sym_i]
-    if spec.binary_digests:
-        _check_digests(pl, spec, path, facts)
     pl.mechanism, pl.entry_prog = "uprobe", "vigil_uprobe"
     pl.attach = {"path": path, "symbol": symbol, "offset": offset, "ref_ctr": ref_ctr}
+    if spec.binary_digests:
+        _check_digests(pl, spec, path, facts)
     pl.target = f"{path}:{symbol or hex(offset)}"
     if spec.return_:
         pl.return_prog = "vigil_uretprobe"
@@ -683,27 +684,57 @@ def place_data(pl: Placement, a: KProbeArg, slot: int, facts: KernelFacts) -> Ar
     return plan
 
 
-def _check_digests(pl: Placement, spec: UProbeSpec, path: str, facts: KernelFacts) -> None:
-    """binaryDigests: the uprobe attaches only when one of them is the binary's digest (each
-    `<algo>:<hex>`, compared without case). None matching refuses the policy, or with
-    ignore.digestVerificationFailure skips this uprobe and the rest of the policy loads. A digest
-    that cannot be computed (unreadable file, no build ID) refuses the policy either way."""
-    for i, dg in enumerate(spec.binary_digests):
-        algo, _, want = dg.strip().partition(":")
+def digest_verdict(digests: tuple[str, ...] | list[str],
+                   have: Any) -> tuple[str, int, str]:
+    """binaryDigests tried as Tetragon tries them (verifyBinaryDigests), in order: the first
+    that is the binary's digest ends the walk ("match"); one that is not goes on to the next;
+    one that cannot be tried -- not "<algo>:<hex>", an algorithm other than sha1, sha256, sha384,
+    sha512 and build-id, or a digest of the binary that cannot be computed (unreadable file, no
+    build ID) -- ends it with "error", which refuses the policy even with
+    ignore.digestVerificationFailure. An entry that is exactly "" counts as a match (Tetragon's
+    reading). `have(algo)` gives (the binary's lower-case hex digest, "") or (None, why not);
+    (None, "") means it cannot tell (ideal kernel): "unknown". Returns (verdict, the index of
+    the entry that ended the walk, why)."""
+    seen: dict[str, tuple[str | None, str]] = {}
+    for i, dg in enumerate(digests):
+        if dg == "":
+            return "match", i, ""
+        algo, sep, want = dg.strip().partition(":")
         algo, want = algo.strip().lower(), want.strip().lower()
-        have, err = facts.file_digest(path, algo)
-        if have is None:
-            if err:
-                pl.block(spec.at(f"binaryDigests[{i}]"), f"binaryDigests: cannot compute the {algo} digest of "
-                         f"{path}: {err}", "target")
-            return  # (or this kernel cannot tell: nothing to check)
-        if have == want:
-            return
+        if not sep or not algo or not want:
+            return "error", i, f'invalid digest "{dg}": expected "<algo>:<hex>"'
+        if algo not in enums.DIGEST_ALGOS:
+            return "error", i, (f'invalid digest "{dg}": unsupported algorithm "{algo}" (sha1, sha256, '
+                                "sha384, sha512 or build-id)")
+        if algo not in seen:
+            seen[algo] = have(algo)
+        got, err = seen[algo]
+        if got is None:
+            return ("error", i, f"cannot compute the {algo} digest of the binary: {err}") if err else ("unknown", i, "")
+        if got == want:
+            return "match", i, ""
+    return "mismatch", len(digests), ""
+
+
+def _check_digests(pl: Placement, spec: UProbeSpec, path: str, facts: KernelFacts) -> None:
+    """binaryDigests: the uprobe attaches only when the walk of digest_verdict finds the
+    binary's digest (each `<algo>:<hex>`, compared without case). None matching refuses the
+    policy, or with ignore.digestVerificationFailure skips this uprobe and the rest of the policy
+    loads. An entry the walk reaches and cannot try (malformed, or a digest that cannot be
+    computed: unreadable file, no build ID) refuses the policy either way, at that entry. The
+    agent walks them again on the binary it attaches to (GenericHook: the same open file)."""
+    verdict, i, why = digest_verdict(spec.binary_digests, lambda algo: facts.file_digest(path, algo))
+    if verdict == "error":
+        pl.block(spec.at(f"binaryDigests[{i}]"), f"binaryDigests: {why} (the policy is refused, also with "
+                 "ignore.digestVerificationFailure)", "target" if "compute" in why else "policy")
+        return
+    if verdict != "mismatch":  # match, or this kernel cannot tell: nothing to check
+        pl.attach["digests"] = list(spec.binary_digests)
+        return
     ignore = spec.ignore is not None and spec.ignore.digest_verification_failure
+    algos = {d.strip().partition(':')[0].strip().lower() for d in spec.binary_digests} & set(enums.DIGEST_ALGOS)
     why = (f"{path} matches none of binaryDigests ({len(spec.binary_digests)} given; its "
-           + ", ".join(sorted({f'{a}:{facts.file_digest(path, a)[0]}' for a in
-                               {d.strip().partition(':')[0].strip().lower() for d in spec.binary_digests}}))
-           + ")")
+           + ", ".join(sorted({f'{a}:{facts.file_digest(path, a)[0]}' for a in algos})) + ")")
     if ignore:
         pl.skipped = f"{why}; skipped (ignore.digestVerificationFailure), the rest of the policy loads"
     else:

@@ -303,11 +303,25 @@ def _check_uprobe(hook: UProbeSpec, diag: Diagnostics) -> None:
     for i, s in enumerate(hook.symbols):
         if not s:
             diag.error(hook.at(f"symbols[{i}]"), "symbol must not be empty")
+    # Tetragon tries binaryDigests in order at load (placement.digest_verdict): an entry it
+    # reaches and cannot read refuses the policy; one after a match is never read. So only the
+    # first entry's form refuses here; a later one is refused at load only if reached.
     for i, dg in enumerate(hook.binary_digests):
+        where = hook.at(f"binaryDigests[{i}]")
+        if dg == "":
+            diag.warn(where, "an empty digest matches any binary (Tetragon reads it so): when the "
+                      "walk reaches it, the binary is not checked")
+            continue
         algo, sep, hexpart = dg.strip().partition(":")  # as Tetragon reads it: trimmed, any case
         algo, hexpart = algo.strip().lower(), hexpart.strip()
         want = enums.DIGEST_ALGOS.get(algo)
-        ok = bool(sep) and want is not None and re.fullmatch(r"[0-9a-fA-F]+", hexpart or "-")
-        if not ok or (want and len(hexpart) != want):
-            diag.error(hook.at(f"binaryDigests[{i}]"), f'invalid digest "{dg}" (expected '
-                       "sha1|sha256|sha384|sha512|build-id:<hex> with the right length)")
+        if not sep or not algo or not hexpart or want is None:
+            why = (f'invalid digest "{dg}" (expected sha1|sha256|sha384|sha512|build-id:<hex>)')
+            if i == 0:
+                diag.error(where, why)
+                break
+            diag.warn(where, f"{why}: the policy is refused at load unless an earlier digest is the binary's "
+                      "(Tetragon tries them in order)")
+        elif not re.fullmatch(r"[0-9a-fA-F]+", hexpart) or (want and len(hexpart) != want):
+            what = "not hex" if not re.fullmatch(r"[0-9a-fA-F]+", hexpart) else f"{algo} is {want} hex digits"
+            diag.warn(where, f'digest "{dg}" can never match ({what}): it counts as a mismatch')

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import struct
 
 from vigil.kernel import BpfObject, Map, policy_layout as L
@@ -71,6 +72,7 @@ class GenericHook:
         self.compiled = compiled
         self.shared = shared
         self.obj: BpfObject | None = None
+        self._binary_fd = -1  # a uprobe with binaryDigests: the binary checked and attached to
 
     @property
     def hook_id(self) -> int:
@@ -134,9 +136,10 @@ class GenericHook:
                 obj.program(pl.return_prog).attach_raw_tracepoint(a["exit_name"])
             entry.attach_raw_tracepoint(a["name"])
         elif pl.mechanism == "uprobe":
+            path = self._checked_binary(a["path"], a["digests"]) if a.get("digests") else a["path"]
             if pl.return_prog:
-                obj.program(pl.return_prog).attach_uprobe(a["path"], a["offset"], retprobe=True)
-            entry.attach_uprobe(a["path"], a["offset"], ref_ctr_offset=a.get("ref_ctr", 0))
+                obj.program(pl.return_prog).attach_uprobe(path, a["offset"], retprobe=True)
+            entry.attach_uprobe(path, a["offset"], ref_ctr_offset=a.get("ref_ctr", 0))
         elif pl.mechanism == "usdt":
             entry.attach_uprobe(a["path"], a["offset"], ref_ctr_offset=a.get("ref_ctr", 0))
         elif pl.mechanism == "lsm":
@@ -153,6 +156,25 @@ class GenericHook:
             entry.attach_kprobe(a["func"])
         else:
             raise ValueError(f"cannot attach mechanism {pl.mechanism!r}")
+
+    def _checked_binary(self, path: str, digests: list[str]) -> str:
+        """binaryDigests, checked on the file the uprobe attaches to (as Tetragon does): the
+        binary is opened once (kept open while the hook lives), its digests are walked on that
+        open file, and the uprobe attaches through /proc/self/fd/N, the same inode, so a file
+        put at `path` after the check is never attached to. The walk is digest_verdict's;
+        anything but a match raises (the compile-time check passed on what `path` was then)."""
+        from vigil.kernel.facts import digest_now
+        from vigil.policy.placement import digest_verdict
+
+        if self._binary_fd < 0:
+            self._binary_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd_path = f"/proc/self/fd/{self._binary_fd}"
+        verdict, i, why = digest_verdict(digests, lambda algo: digest_now(fd_path, algo))
+        if verdict != "match":
+            raise RuntimeError(f"{path}: binaryDigests" + (f"[{i}]: {why}" if verdict == "error" else
+                               ": the binary matches none of them now (it changed after the policy's check); "
+                               "not attached"))
+        return fd_path
 
     def detach(self) -> None:
         if self.obj is not None:
@@ -194,6 +216,9 @@ class GenericHook:
         if self.obj is not None:
             self.obj.close()
             self.obj = None
+        if self._binary_fd >= 0:
+            os.close(self._binary_fd)
+            self._binary_fd = -1
 
 
 class EnforcerHook:
