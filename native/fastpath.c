@@ -2615,9 +2615,11 @@ static PyObject *builder_on_clone(Builder *b, PyObject *const *args, Py_ssize_t 
 	PyObject *now = args[1], *res = NULL, *key = NULL, *pkey = NULL, *peid = NULL, *eid = NULL, *of = NULL;
 	PyObject *pod = NULL, *msg = NULL, *p = NULL, *start = NULL, *pid = NULL;
 	/* the process it was forked from, whose image it runs: the caller the record names
-	 * (CLONE_PARENT), else its parent; by its key when the kernel knew it, else by pid */
-	of = r->caller_pid ? cached_process(b, r->caller_pid, r->caller_ktime, r->caller_pid)
-			   : cached_process(b, r->ppid_key, r->pktime, r->ppid);
+	 * (CLONE_PARENT), else its parent; by its key alone when the kernel knew it (an older
+	 * image of that pid is not the one it runs: the exec that keyed it was not handled), else
+	 * by pid */
+	of = r->caller_pid ? cached_process(b, r->caller_pid, r->caller_ktime, r->caller_ktime ? NO_PID : r->caller_pid)
+			   : cached_process(b, r->ppid_key, r->pktime, r->pktime ? NO_PID : r->ppid);
 	if (PyErr_Occurred())
 		goto out;
 	if (!of) {
@@ -2759,10 +2761,12 @@ static PyObject *builder_on_exit(Builder *b, PyObject *const *args, Py_ssize_t n
 	PyObject *res = NULL, *sig = NULL, *status = NULL, *t = NULL, *parent = NULL, *anc = NULL,
 		 *tmp = NULL;
 	int ancestors = b->ancestors;
-	PyObject *p = cached_process(b, r->pid, r->exec_ktime, r->pid);
+	/* by its exec key alone when the kernel had one (an older image of the pid is not the
+	 * process that ended: the exec that keyed it was not handled), else by pid */
+	PyObject *p = cached_process(b, r->pid, r->exec_ktime, r->exec_ktime ? NO_PID : r->pid);
 	if (PyErr_Occurred())
 		goto out;
-	if (!p) {  /* a process the cache never saw: the reference handles (and counts) it */
+	if (!p) {  /* a process the cache does not have: the reference handles (and counts) it */
 		res = PyObject_CallFunctionObjArgs(b->m_on_exit, rec, now, NULL);
 		goto out;
 	}

@@ -1535,6 +1535,69 @@ def test_an_exec_whose_parent_is_not_cached_is_a_miss(compiled: bool, parent: st
     assert (b.cache.misses - misses, b.cache.early_deletions) == want
 
 
+# pid 100 ran /bin/sh (exec key 5 s), then exec'd again at 6 s: that exec's record never
+# reached the cache (lost, or not read yet). An exit, or a clone of pid 100, whose record carries
+# an exec key names that image exactly, as a policy record does (369e482): never the pid's older
+# image; by pid only without a key. (exit's exec key, the exit's process: a binary or the
+# stand-in's start time, the pid still cached afterwards)
+@pytest.mark.parametrize("exec_ktime, want, pid_left", [
+    (5_000_000_000, "/bin/sh", None),
+    (6_000_000_000, "1970-01-01T00:00:06Z", None),   # the older image released, not named
+    (0, "/bin/sh", None),                              # no key: by pid
+    (4_000_000_000, "1970-01-01T00:00:04Z", "/bin/sh"),  # an earlier process of the pid: left alone
+], ids=["exec-key", "exec-missed", "no-key", "earlier-process"])
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_an_exit_names_the_image_of_its_exec_key(compiled: bool, exec_ktime: int, want: str,
+                                                 pid_left: str | None) -> None:
+    fast_b, ref_b = _builders({"enable_cred": False, "enable_ns": False, "ancestors": False}, 64)
+    b = fast_b if compiled else ref_b
+    b.clock.offset = 0
+    on_exec = b._fast.on_exec if compiled else (lambda buf, now: b.on_exec(R.PyProcessRecord(buf), now))
+    on_exit = b._fast.on_exit if compiled else (lambda buf, now: b.on_exit(R.PyExitRecord(buf), now))
+    on_exec(_exec_record(100, 5_000_000_000, 1, 0, _SH), 0)
+    ev = on_exit(R.EXIT.pack(R.OP_EXIT, 0, 0, R.EXIT.size, 7_000_000_000, 100, 0, exec_ktime, 100, 0), 0)
+    got = ev.process.binary or ev.process.start_time
+    assert got == want, ev.process
+    left = b.cache.by_pid(100)
+    assert (left.binary if left is not None else None) == pid_left
+
+
+# a fork by pid 100 (its parent, or with CLONE_PARENT the caller the record names), whose image
+# in the cache is /bin/sh (exec key 5 s); the record's key of that process, then the child's
+# cached binary (None: no entry, a miss)
+@pytest.mark.parametrize("via, ktime, want", [
+    ("parent", 5_000_000_000, "/bin/sh"),
+    ("parent", 6_000_000_000, None),      # an exec of pid 100 the cache missed: not /bin/sh's child
+    ("parent", 0, "/bin/sh"),             # no key: by pid
+    ("caller", 5_000_000_000, "/bin/sh"),
+    ("caller", 6_000_000_000, None),
+    ("caller", 0, "/bin/sh"),
+])
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_a_clone_copies_the_image_of_its_parents_exec_key(compiled: bool, via: str, ktime: int,
+                                                          want: str | None) -> None:
+    fast_b, ref_b = _builders({"enable_cred": False, "enable_ns": False, "ancestors": False}, 64)
+    b = fast_b if compiled else ref_b
+    on_exec = b._fast.on_exec if compiled else (lambda buf, now: b.on_exec(R.PyProcessRecord(buf), now))
+    on_clone = b._fast.on_clone if compiled else (lambda buf, now: b.on_clone(R.PyProcessRecord(buf), now))
+    on_exec(_exec_record(100, 5_000_000_000, 1, 0, _SH), 0)
+    clone = {**_SH, "op": R.OP_CLONE}
+    if via == "parent":
+        rec = _exec_record(101, 7_000_000_000, 100, ktime, clone)  # ktime 0: the parent's pid alone
+    else:  # CLONE_PARENT: the child's parent is the caller's (pid 1), its image the caller's
+        rec = _exec_record(101, 7_000_000_000, 1, 0, {**clone, "ckey": (100, ktime)})
+    misses = b.miss_count
+    on_clone(rec, 0)
+    child = b.cache.by_pid(101)
+    assert (child.binary if child is not None else None) == want
+    assert b.miss_count - misses == (want is None)
+
+
+_SH = {"exe": "/bin/sh", "cwd": b"/", "filename": "/bin/sh", "cgroup": "", "args": b"sh\0", "caps": (0, 0, 0),
+       "ns": HOST, "uid": 0, "euid": 0, "auid": 0, "securebits": 0, "userns_level": 0, "i_mode": 0o100755,
+       "nlink": 1, "flags": 0, "tid_off": 0, "op": R.OP_EXEC}
+
+
 # the exec ktime a policy record names for pid 100, whose image (100, 5 s) the GC removed, and
 # its flags, then (misses, early_deletions): an early deletion is a miss of that very image (by
 # pid alone when the record names no exec key: no ktime, or VP_EV_NO_PROC, whose ktime is the

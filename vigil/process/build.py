@@ -478,14 +478,13 @@ class EventBuilder:
         """Forks are not exported (as in Tetragon) but give the child a cache entry: the
         image of the process that called clone, which is its parent, or (CLONE_PARENT, the
         record names the caller) a child of the caller's parent."""
+        # by the kernel's key alone when it had one: an older image of that pid is not the one
+        # the child runs (the exec that keyed it was not handled); by pid without a key
         if r.caller_pid:
-            of = self.cache._by_key.get((r.caller_pid, r.caller_ktime)) if r.caller_ktime else None
-            if of is None:
-                of = self.cache.by_pid(r.caller_pid)
+            of = (self.cache._by_key.get((r.caller_pid, r.caller_ktime)) if r.caller_ktime
+                  else self.cache.by_pid(r.caller_pid))
         else:
-            of = self.cache._by_key.get((r.ppid_key, r.pktime)) if r.pktime else None
-            if of is None:
-                of = self.cache.by_pid(r.ppid)
+            of = self.cache._by_key.get((r.ppid_key, r.pktime)) if r.pktime else self.cache.by_pid(r.ppid)
         if of is None:
             self.miss_count += 1
             return
@@ -496,9 +495,9 @@ class EventBuilder:
 
     def on_exit(self, r: R.ExitRecord, now_ns: int) -> ProcessExit | None:
         cache = self.cache
-        p = cache._by_key.get((r.pid, r.exec_ktime)) if r.exec_ktime else None
-        if p is None:
-            p = cache.by_pid(r.pid)
+        # by its exec key alone when the kernel had one: an older image of the pid is not the
+        # process that ended (the exec that keyed it was not handled); by pid without a key
+        p = cache._by_key.get((r.pid, r.exec_ktime)) if r.exec_ktime else cache.by_pid(r.pid)
         self.exit_count += 1
         code = r.code
         sig = signal_name(code & 0x7F) if code & 0x7F else ""
@@ -507,6 +506,13 @@ class EventBuilder:
             self.miss_count += 1
             self.exit_misses += 1
             cache.missed(r.pid, r.exec_ktime)
+            older = cache.by_pid(r.pid) if r.exec_ktime else None
+            if older is not None and older.key[1] < r.exec_ktime:
+                # the pid's image before the exec the cache missed ended with it: released
+                # (not named), as that exec's record would have released it
+                cache.exit(older, now_ns)
+                if cache._by_pid.get(r.pid) is older:
+                    del cache._by_pid[r.pid]
             if not r.exec_ktime:
                 # the kernel had no entry for it either: Tetragon's exit hook sends nothing then
                 return None
