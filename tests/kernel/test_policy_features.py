@@ -1489,6 +1489,54 @@ def test_uprobe_arg_resolve_by_btf_path(running_agent: RunningAgent, resolve_bin
     assert got == [want]
 
 
+REPLACED_CASES = [  # (case, what is replaced between two loads of the policy, the second load's args or error regex)
+    ("btf-without-the-struct", "btfPath", r"spec.uprobes\[0\].args\[0\].resolve: .*no struct 'req'"),
+    ("btf-removed", "btfPath-gone", r"spec.uprobes\[0\].btfPath: .*cannot read btfPath .*types.o"),
+    ("binary-rebuilt", "binary", [{"long_arg": "43"}]),
+]
+
+
+@pytest.mark.parametrize("case,what,second", REPLACED_CASES, ids=[c[0] for c in REPLACED_CASES])
+def test_uprobe_files_are_read_again_when_replaced(running_agent: RunningAgent, resolve_bin: Path, case: str,
+                                                   what: str, second: Any) -> None:
+    """The agent keeps what it read from a uprobe's files (btfPath's types, the binary's
+    symbols) only while the file stays the same (device, inode, size, mtime): a policy loaded
+    again after the file was replaced, removed or rebuilt is compiled against the file as it is."""
+    work = resolve_bin.parent
+    btf = work / "types.o"
+    spec = (f'uprobes:\n- path: "{resolve_bin}"\n  btfPath: "{btf}"\n  symbols: [handle]\n'
+            "  args: [{index: 0, type: int64, btfType: req, resolve: id}]\n")
+    name = f"uprobe-replaced-{case}"
+    text = policy_yaml(name, spec)
+    agent = running_agent.agent
+
+    def args_reported() -> list[Any]:
+        with loaded(running_agent, text):
+            events = running_agent.collect(lambda: subprocess.run([str(resolve_bin), "x", "y"]))
+        return [e["process_uprobe"]["args"] for e in events
+                if "process_uprobe" in e and e["process_uprobe"]["policy_name"] == name]
+
+    assert args_reported() == [[{"long_arg": "43"}]]
+    if what == "btfPath":  # another object at the path, whose BTF has no struct req
+        (work / "other.c").write_text("struct other { int x; };\nstruct other keep_other;\n")
+        subprocess.run(["clang", "-g", "-O2", "-target", "bpf", "-c", "-o", str(work / "other.o"),
+                        str(work / "other.c")], check=True)
+        os.replace(work / "other.o", btf)
+    elif what == "btfPath-gone":
+        btf.unlink()
+    else:  # handle() moves: a function put before it in the program's text
+        (work / "r2.c").write_text("__attribute__((noinline, used)) int pad(int x) { int s = 0; "
+                                   "for (int i = 0; i < x; i++) s += i * x; return s; }\n" + RESOLVE_C)
+        subprocess.run(["clang", "-O1", "-o", str(work / "r2"), str(work / "r2.c")], check=True)
+        os.replace(work / "r2", resolve_bin)
+    if isinstance(second, str):
+        with pytest.raises(PolicyError, match=r"<t>:\d+:\d+: " + second):
+            agent.policies.add_text(text, "<t>")
+        assert name not in [p["name"] for p in agent.list_policies()]
+    else:
+        assert args_reported() == [second]
+
+
 def _uprobe_users(binary: Path, prog_ids: set[int]) -> tuple[list[dict], list[str]]:
     """The BPF links of programs `prog_ids` (bpftool link: perf_event, uprobe_multi) and the
     tracefs uprobe_events lines naming `binary` (libbpf's legacy attach)."""

@@ -124,6 +124,7 @@ class KernelFacts:
         self.host_ns = tuple(host_ns) or (0,) * 10
         # per-item answers: kind -> key -> JSON-able value
         self._answers: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (answers or {}).items()}
+        self._file_sigs: dict[tuple[str, str], str] = {}  # live: (kind, key) -> _file_sig when read
         self._tracefs: str | None = None
         self._btf: B.Btf | None = None
 
@@ -214,8 +215,19 @@ class KernelFacts:
             self.unrecorded[f"{_WHAT.get(key, key)} {name}"] = None
         asked[f"{key}:{name}"] = 1
 
-    def _answer(self, kind: str, key: str, compute: Any) -> Any:
+    def _answer(self, kind: str, key: str, compute: Any, file: str = "") -> Any:
+        """The kept answer to question `key` of `kind`, else compute() kept. `file`: the answer
+        is read from that file (a uprobe target, a btfPath): live, it is kept only while the
+        file's device, inode, size and mtime stay the same, so a replaced file is read again."""
         table = self._answers.setdefault(kind, {})
+        if file and self.mode == "live":
+            sig = _file_sig(file)
+            if key in table and self._file_sigs.get((kind, key)) == sig:
+                return table[key]
+            v = compute()
+            table[key] = v
+            self._file_sigs[(kind, key)] = sig
+            return v
         if key in table:
             return table[key]
         if self.mode != "live":
@@ -363,7 +375,7 @@ class KernelFacts:
             if tid is None:
                 return f"no struct {btf_type!r} in {btf_path}"
             return _resolve_record(lambda: b.resolve_from(tid, path))
-        return _resolved(self._answer("user_resolve", f"{btf_path}|{btf_type}|{path}", read))
+        return _resolved(self._answer("user_resolve", f"{btf_path}|{btf_type}|{path}", read, file=btf_path))
 
     def file_info(self, path: str) -> dict[str, Any] | None:
         """{"error": str} or {"elf": True, "symbols": {...asked...}, "usdt": [...]} for a
@@ -386,7 +398,7 @@ class KernelFacts:
                 return {"error": f"{path}: {e}"}
             return {"elf": True, "symbols": {},
                     "usdt": [[n.provider, n.name, n.pc, n.semaphore, n.args] for n in notes]}
-        return self._answer("files", path, read)
+        return self._answer("files", path, read, file=path)
 
     def file_symbol(self, path: str, symbol: str) -> tuple[int | None, str]:
         """(file offset of function `symbol` in ELF `path`, "") or (None, why not)."""
@@ -485,6 +497,15 @@ def _resolved(raw: Any) -> B.Resolved | str:
         return raw
     return B.Resolved(tuple(B.Step(o, d) for o, d in raw["steps"]), raw["ctype"], raw["size"], raw["kind"],
                       raw["signed"])
+
+
+def _file_sig(path: str) -> str:
+    """What tells a file from the one that was at `path` before: device, inode, size, mtime."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return f"error {e.errno}"
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def digest_now(path: str, algo: str) -> tuple[str | None, str]:
