@@ -2844,11 +2844,14 @@ static PyObject *builder_rfc3339(Builder *b, PyObject *ktime)
  * here; ret: (how, label) of a kprobe's return value, or None; names: (AF_NAMES, SOCK_TYPES,
  * PROTOCOLS, TCP_STATES) of generic_events, for socket arguments; messages: an enforcement's
  * messages by (selector, action, ret_action, monitor), filled here; enforcing: the bit mask of
- * the actions that enforce; reported, ret_reported: (selector << 8 | the record's action, or
- * return action) -> the event's action, or return_action, where the selector's action list
- * reports another than the record holds (generic_events._action_of: [Sigkill, Post] reports
- * Post); any other covered action reports its own name. A LAY_RETURN_ACTION's value: the
+ * the actions that enforce; reported, ret_reported: tuples of REPORTED_ROW names per selector
+ * (generic_events.reported_table, made with the plan), [selector * REPORTED_ROW + the record's
+ * action, or return action] -> the event's action, or return_action (None: an action the plan
+ * does not cover); row 0 holds each action's own name (selector 0, and selectors past the
+ * table), a selector's row another where its action list reports another than the record holds
+ * (generic_events._action_of: [Sigkill, Post] reports Post). A LAY_RETURN_ACTION's value: the
  * return_action of a record whose return actions did not run. */
+#define REPORTED_ROW 64
 enum { GP_ENTRY, GP_KIND, GP_LAYOUT, GP_ARGS, GP_ACTIONS, GP_EVENTS, GP_ACTION_COUNTS, GP_KEYS, GP_RET, GP_NAMES,
        GP_MESSAGES, GP_ENFORCING, GP_REPORTED, GP_RET_REPORTED, GP_COUNT };
 /* what fills a field of the body; vigil.sensors.generic_events.LAY names them in this order */
@@ -2902,6 +2905,17 @@ static int dict_incr(PyObject *d, PyObject *key, PyObject *one)  /* d[key] = d.g
 	return r;
 }
 
+/* a reported table (GP_REPORTED, GP_RET_REPORTED): whole rows of names or None */
+static int reported_ok(PyObject *t)
+{
+	if (!PyTuple_CheckExact(t) || !PyTuple_GET_SIZE(t) || PyTuple_GET_SIZE(t) % REPORTED_ROW)
+		return 0;
+	for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(t); i++)
+		if (PyTuple_GET_ITEM(t, i) != Py_None && !PyUnicode_CheckExact(PyTuple_GET_ITEM(t, i)))
+			return 0;
+	return 1;
+}
+
 /* a plan of `entry` whose parts generic_fast reads without checking them again */
 static int plan_ok(PyObject *plan, PyObject *entry)
 {
@@ -2910,8 +2924,7 @@ static int plan_ok(PyObject *plan, PyObject *entry)
 	PyObject *layout = PyTuple_GET_ITEM(plan, GP_LAYOUT);
 	if (!PyTuple_CheckExact(layout) || !PyDict_CheckExact(PyTuple_GET_ITEM(plan, GP_MESSAGES)) ||
 	    !PyLong_CheckExact(PyTuple_GET_ITEM(plan, GP_ENFORCING)) || !PyDict_CheckExact(PyTuple_GET_ITEM(plan, GP_ACTIONS)) ||
-	    !PyDict_CheckExact(PyTuple_GET_ITEM(plan, GP_REPORTED)) ||
-	    !PyDict_CheckExact(PyTuple_GET_ITEM(plan, GP_RET_REPORTED)))
+	    !reported_ok(PyTuple_GET_ITEM(plan, GP_REPORTED)) || !reported_ok(PyTuple_GET_ITEM(plan, GP_RET_REPORTED)))
 		return 0;
 	for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(layout); i++) {
 		PyObject *f = PyTuple_GET_ITEM(layout, i);
@@ -3606,27 +3619,24 @@ static void untrack_body(PyObject *o, int depth)
 			untrack_body(PyList_GET_ITEM(o, i), depth + 1);
 }
 
-/* the name of an action the plan covers, borrowed; NULL without an error: one it does not */
-static PyObject *action_name(PyObject *plan, int action)
+/* the event's name of a covered action `action` of a record of `selector`, from the plan's
+ * table `gp` (row 0: the action's own name), borrowed; NULL (never an error): an action the
+ * plan does not cover. An index into the table made with the plan: nothing allocated, nothing
+ * hashed per event. */
+static PyObject *reported_name(PyObject *plan, int gp, unsigned selector, unsigned action)
 {
-	PyObject *k = PyLong_FromLong(action);
-	PyObject *v = k ? PyDict_GetItemWithError(PyTuple_GET_ITEM(plan, GP_ACTIONS), k) : NULL;
-	Py_XDECREF(k);
-	return v;
+	PyObject *t = PyTuple_GET_ITEM(plan, gp);
+	Py_ssize_t rows = PyTuple_GET_SIZE(t) / REPORTED_ROW;
+	if (action >= REPORTED_ROW)
+		return NULL;
+	PyObject *v = PyTuple_GET_ITEM(t, (Py_ssize_t)(selector < (unsigned)rows ? selector : 0) * REPORTED_ROW + action);
+	return v == Py_None ? NULL : v;
 }
 
-/* the event's name of a covered action `action` of a record of `selector` (action_name's, or
- * the table `gp`'s where the selector's list reports another), borrowed; NULL without an
- * error: an action the plan does not cover */
-static PyObject *reported_name(PyObject *plan, int gp, int selector, int action)
+/* the name of an action the plan covers, borrowed; NULL (never an error): one it does not */
+static PyObject *action_name(PyObject *plan, unsigned action)
 {
-	PyObject *name = action_name(plan, action);
-	if (!name)
-		return NULL;
-	PyObject *k = PyLong_FromLong((long)selector << 8 | action);
-	PyObject *v = k ? PyDict_GetItemWithError(PyTuple_GET_ITEM(plan, gp), k) : NULL;
-	Py_XDECREF(k);
-	return v ? v : PyErr_Occurred() ? NULL : name;
+	return reported_name(plan, GP_REPORTED, 0, action);
 }
 
 static int enforces(PyObject *plan, int action)
@@ -3821,7 +3831,7 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 	if (aname)
 		reported = reported_name(plan, GP_REPORTED, m.selector, m.action);
 	if (!reported)
-		return NULL;  /* an error, or an action the plan leaves to handle() */
+		return NULL;  /* an action the plan leaves to handle() */
 	/* the process and its parent: PolicyEvents.processes */
 	/* an exec key names one image: that one or none (its exec record may be behind: the event
 	 * is held), never an older image of the pid; by pid without a key, or with VP_EV_NO_PROC
@@ -3882,7 +3892,7 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 			break;
 		case LAY_RETURN_ACTION: {  /* Shape.return_action: v (Post) unless return actions ran */
 			PyObject *rname = m.ret_action ? reported_name(plan, GP_RET_REPORTED, m.selector, m.ret_action) : v;
-			r = rname ? PyDict_SetItem(body, key, rname) : PyErr_Occurred() ? -1 : 1;
+			r = rname ? PyDict_SetItem(body, key, rname) : 1;
 			break;
 		}
 		case LAY_MESSAGE:

@@ -1491,6 +1491,53 @@ def test_reported_actions_are_made_in_c(spec: str, hook: int, rec: dict[str, Any
     assert codec.encode(ev) == codec.py_encode(ev)
 
 
+# (the table, a selector and an action of the record): the compiled handler names the event's
+# action (and a kprobe's return_action) by an index into tables made with the plan, not by a
+# lookup per event; an entry changed in the plan is what the event reports
+@pytest.mark.parametrize("table, selector, action", [
+    ("reported", 1, 3),   # selector 1 reports Post for its Sigkill
+    ("reported", 0, 3),   # row 0: the action's own name
+    ("reported", 9, 4),   # a selector past the table: row 0 too
+    ("ret_reported", 2, 4),
+])
+def test_reported_actions_are_read_from_the_plans_tables(table: str, selector: int, action: int) -> None:
+    from vigil.agent.policy_events import PolicyEvents
+    from vigil.sensors import generic_events as G
+
+    hooks, lp = _generic_hooks("kprobe-reported-actions")
+    b, _ = _builders({"enable_cred": False, "enable_ns": False, "ancestors": False}, 64)
+    pe = PolicyEvents(b, lambda e: None, {ch.hook_id: (ch, lp) for ch in hooks}, None)  # type: ignore[arg-type]
+    ch = hooks[0]
+    plan = pe.fast_plan(ch.hook_id)
+    assert plan is not None
+    at = {"reported": 12, "ret_reported": 13}[table]
+    t = plan[at]
+    sh = G._shape(ch)
+    # the plan exposes its tables: every entry the reference's name (None: an action left to handle())
+    rows = len(t) // G.REPORTED_ROW
+    assert len(t) == rows * G.REPORTED_ROW and rows == 1 + len(sh.actions if at == 12 else sh.ret_actions)
+    for sel in range(rows):
+        for a in range(0 if at == 12 else 1, G.REPORTED_ROW):  # (no return action ran: Post, no lookup)
+            ref = sh.action(sel, a) if at == 12 else sh.return_action(sel, a)
+            assert t[sel * G.REPORTED_ROW + a] == (ref if a in plan[4] else None), (sel, a)
+    # the compiled handler reads them: an entry changed in the plan is the event's
+    row = selector if selector < rows else 0
+    changed = list(t)
+    changed[row * G.REPORTED_ROW + action] = "FROM_THE_TABLE"
+    made = plan[:at] + (tuple(changed),) + plan[at + 1:]
+    pe.fast_plan = lambda hook_id: made if hook_id == ch.hook_id else None  # type: ignore[method-assign]
+    calls: list[int] = []
+    py_handle = pe.handle
+    pe.handle = lambda buf, now: (calls.append(1), py_handle(buf, now))[1]  # type: ignore[method-assign]
+    handle = pe.compiled_handler()
+    rec = {"selector": selector, "action": 3 if table == "ret_reported" else action, "args": [(b"/etc/x", 0, 0, 0)]}
+    if table == "ret_reported":
+        rec.update(ret_action=action, flags=1)
+    ev = handle(_generic_record(ch, plain_record(**rec)), 0)
+    assert calls == []
+    assert ev.body["return_action" if table == "ret_reported" else "action"] == "FROM_THE_TABLE"
+
+
 @SETTINGS
 @given(_addr, st.sampled_from([2, 10]))
 def test_socket_addresses_written_as_ipaddress_does(raw: bytes, family: int) -> None:

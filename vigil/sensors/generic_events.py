@@ -681,16 +681,29 @@ def fast_plan(hook: CompiledHook, entry: Any, events: dict[str, int], actions: d
         return None  # the return value goes into args, data into its own list: build_body's
     ret = (_GA_RET[sh.ret_key], sh.ret_label or "") if sh.kind == "process_kprobe" and sh.ret is not None else None
     return (entry, sh.kind, _layout(sh), tuple(specs), names, events, actions, {}, ret,
-            _GA_NAMES, {}, sum(1 << a for a in ENFORCING), _reported(sh.actions),
-            _reported(sh.ret_actions) if sh.has_ret_actions else {})
+            _GA_NAMES, {}, sum(1 << a for a in ENFORCING), reported_table(sh.actions, names),
+            reported_table(sh.ret_actions if sh.has_ret_actions else (), names))
 
 
-def _reported(table: tuple[tuple[int, str], ...]) -> dict[int, str]:
-    """_action_of's table for the compiled handler: (selector << 8 | the record's action) -> the
-    event's action, for the selectors whose events report another action than the record's
-    (an action list with Post or NoPost after the action the kernel keeps)."""
-    return {sel << 8 | kernel: reported for sel, (kernel, reported) in enumerate(table, 1)
-            if ACTION_NAMES.get(kernel) != reported}
+REPORTED_ROW = 64  # a reported table's row: one selector's actions (action codes are below 64)
+
+
+def reported_table(table: tuple[tuple[int, str], ...], names: dict[int, str]) -> tuple[str | None, ...]:
+    """_action_of's table as the compiled handler reads it, by index alone (no lookup, no
+    allocation per event): [selector * REPORTED_ROW + the record's action] -> the event's action,
+    None for an action `names` does not cover (the compiled handler leaves it to handle()). Row 0
+    is each action's own name: selector 0's, and any selector past the table's; a selector's row
+    differs where its events report another action than the record's (an action list with Post
+    or NoPost after the action the kernel keeps)."""
+    assert all(a < REPORTED_ROW for a in ACTION_NAMES)
+    own = [names.get(a) for a in range(REPORTED_ROW)]
+    rows = list(own)
+    for kernel, reported in table:
+        row = list(own)
+        if kernel < REPORTED_ROW and row[kernel] is not None:
+            row[kernel] = reported
+        rows.extend(row)
+    return tuple(rows)
 
 
 def _ret_value(key: str, v: int) -> Any:
