@@ -134,10 +134,10 @@ PIPED = {  # each prints more than a pipe holds
 
 
 @pytest.mark.parametrize("name", list(PIPED))
-def test_a_closed_stdout_ends_quietly_with_0(stuck_agent, tmp_path: Path, name: str) -> None:
+def test_a_closed_stdout_ends_quietly_by_sigpipe(stuck_agent, tmp_path: Path, name: str) -> None:
     """`vigil dump processcache | head` exited 1 (click's EPIPE handling) or printed a
-    BrokenPipeError: a reader that has had enough ends the command as SIGPIPE ends unix tools,
-    quietly; the pipeline's status is the reader's."""
+    BrokenPipeError, then ended 0: a reader that has had enough ends the command as it ends
+    tetra (a Go program writing to a closed stdout is killed by SIGPIPE), quietly."""
     address, agent = stuck_agent
     args = [a.format(export=_big_export(tmp_path), address=address) for a in PIPED[name]]
     if name == "status":  # a long status: every policy's state
@@ -152,4 +152,17 @@ def test_a_closed_stdout_ends_quietly_with_0(stuck_agent, tmp_path: Path, name: 
         proc.wait(30)
     finally:
         stop_process(proc)
-    assert first and (proc.returncode, err) == (0, ""), err
+    assert first and (proc.returncode, err) == (-signal.SIGPIPE, ""), err
+
+
+@pytest.mark.parametrize("args", [["getevents", "--file", "{export}"],
+                                  ["getevents", "--file", "{export}", "-o", "compact"]])
+def test_a_pipe_to_head_ends_with_141_as_tetra(tmp_path: Path, args: list[str]) -> None:
+    """`vigil getevents | head -1` in a shell: the status the shell gives vigil is tetra's, 141
+    (killed by SIGPIPE), and nothing is printed on stderr; head got its line."""
+    import shlex
+
+    cmd = " ".join(shlex.quote(a) for a in [*VIGIL, *[a.format(export=_big_export(tmp_path)) for a in args]])
+    r = subprocess.run(["bash", "-c", f'{cmd} 2>"$1" | head -1 >/dev/null; echo "${{PIPESTATUS[0]}}"', "-",
+                        str(tmp_path / "err")], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60)
+    assert (r.stdout.strip(), (tmp_path / "err").read_text()) == ("141", "")

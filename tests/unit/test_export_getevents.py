@@ -237,8 +237,10 @@ def test_broken_pipe_exits_quietly(monkeypatch):
 
     monkeypatch.setattr(main, "_stdout_closed", lambda: True)
     monkeypatch.setattr(main, "_silence_stdout", lambda: None)
+    died: list[bool] = []
+    monkeypatch.setattr(main, "_die_of_sigpipe", lambda: died.append(True))  # not this test process
     result = CliRunner().invoke(main.cli, ["getevents", "--file", str(SAMPLE)], catch_exceptions=False)
-    assert result.exit_code == 0 and result.stderr == ""
+    assert died == [True] and result.exit_code == 141 and result.stderr == ""
 
 
 def test_file_reads_a_gzipd_rotated_export(tmp_path):

@@ -16,9 +16,15 @@ def quiet_early_sigint() -> None:
 
 def start_command(name: str | None) -> None:
     """A command other than `vigil agent` is about to run: Python's SIGINT handling again
-    (getevents ends its stream on KeyboardInterrupt)."""
+    (getevents ends its stream on KeyboardInterrupt), and SIGPIPE's default action, as a Go
+    program (tetra) has it for its stdout and stderr: a write to them once their reader is
+    gone (`vigil getevents | head`) ends the command by SIGPIPE, quietly (the shell's 141).
+    Python ignores SIGPIPE and, writing more than a pipe holds, drops the rest silently when
+    the reader goes (exit 0). Only as the `vigil` program (its early SIGINT handler is there),
+    never in a process that merely calls the CLI (tests' CliRunner)."""
     if name != "agent" and signal.getsignal(signal.SIGINT) is exit_on_early_sigint:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
 
 # first thing, before the imports below: as `python -m vigil.cli.main` (the console script
@@ -87,12 +93,21 @@ def _silence_stdout() -> None:
         pass
 
 
+def _die_of_sigpipe() -> None:
+    """End this process by SIGPIPE with its default action, as the Go runtime ends tetra when
+    a write to its stdout finds the pipe closed: for an EPIPE that still reaches Python (SIGPIPE
+    ignored again by someone, or the CLI run from another program)."""
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
+
+
 class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context) -> object:
         """How every command ends when its user stops it, in one place: Ctrl-C (a status,
         getevents, a call to an agent that does not answer) ends quietly with the shell's 130,
-        not click's 'Aborted!' and 1; stdout closed by its reader (`vigil dump processcache |
-        head`) ends quietly with 0, as a unix tool killed by SIGPIPE ends its pipeline."""
+        not click's 'Aborted!' and 1; stdout closed by its reader (`vigil getevents | head`)
+        ends it as tetra ends (a Go program writing to a closed stdout dies of SIGPIPE): killed
+        by SIGPIPE, quietly (the shell's 141), not a traceback or 'Exception ignored'."""
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
@@ -101,7 +116,8 @@ class LazyGroup(click.Group):
             if not _stdout_closed():
                 raise
             _silence_stdout()
-            raise click.exceptions.Exit(0) from None
+            _die_of_sigpipe()
+            raise click.exceptions.Exit(128 + signal.SIGPIPE) from None  # (if SIGPIPE did not end it)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(n for n in SUBCOMMANDS if self._load(n) is not None)
