@@ -50,18 +50,19 @@ class PolicyEvents:
         self.exec_key: Callable[[int], tuple[int, int] | None] | None = None
 
     def processes(self, pid: int, exec_ktime: int = 0, *, kernel: bool = True,
-                  unknown: bool = False) -> tuple[ProcessMsg, ProcessMsg | None]:
+                  unknown: bool = False, keyed: bool = False) -> tuple[ProcessMsg, ProcessMsg | None]:
         """The message of the process a record names (by the kernel's key when `kernel`: a
         record of a kernel hook; `unknown`: the kernel had no entry for it), and its parent's.
         A kernel hook's exec key (a ktime, not `unknown`) names one image: that one or none (its
         exec record may be behind: the event is held), never another image of the pid, as
-        Tetragon looks its exec_id up. By pid: no key (reports of other threads, loader events:
-        `kernel` false, whose keys may be missing or not yet read), or `unknown` (its ktime is the
-        thread group leader's start, not an exec's: the cache knows it by its exec, if at all)."""
+        Tetragon looks its exec_id up; so does a report's key read from execve_map (`keyed`: a
+        loader event's; not held). By pid: no key (reports of other threads, a loader event whose
+        key was not read), or `unknown` (its ktime is the thread group leader's start, not an
+        exec's: the cache knows it by its exec, if at all)."""
         cache = self.builder.cache
         by_key = cache._by_key  # by (pid, ktime) key: an exec_id string would be encoded and decoded
         p = by_key.get((pid, exec_ktime)) if exec_ktime else None
-        if p is None and not (kernel and exec_ktime and not unknown):
+        if p is None and not ((kernel or keyed) and exec_ktime and not unknown):
             p = cache.by_pid(pid)
         if p is None:
             return self.missing(pid, exec_ktime, kernel, unknown), None
@@ -126,7 +127,8 @@ class PolicyEvents:
             return None
         if known is not None:
             self.loader_stats["LoaderResolvedImm" if tries == _LOADER_TRIES else "LoaderResolvedRetry"] += 1
-        process, parent = self.processes(pid, ktime, kernel=False)
+        # its key (the image that mapped) names that image or none, never an older one of the pid
+        process, parent = self.processes(pid, ktime, kernel=False, keyed=True)
         # ProcessLoader: process (1), path (2), buildid (3), parent (4), as a dict event
         body: dict[str, Any] = {"process": process_dict(process), "path": path}
         if build_id:
