@@ -482,11 +482,13 @@ def test_info_prints_the_agents_info_as_tetra(agent_cli):
 @pytest.mark.parametrize("probes, want", [
     ([], {}),
     ([("kprobe", True)], {"kprobe": True}),
-    ([("kprobe", True), ("lsm", False), ("fentry", None)], {"kprobe": True, "lsm": False, "fentry": False}),
+    ([("kprobe", True), ("lsm", False), ("fentry", None)], {"fentry": False, "kprobe": True, "lsm": False}),
+    ([("signal", True), ("fmodret", True), ("buildid", False)], {"buildid": False, "fmodret": True, "signal": True}),
 ])
 def test_info_decodes_probes_as_tetra(probes, want):
     """GetInfo's probes ({Name, Enabled}, the proto's Go-cased fields) as tetra's map of name ->
-    enabled (an unset Enabled: false); decoding any probe raised AttributeError ('name')."""
+    enabled (an unset Enabled: false); decoding any probe raised AttributeError ('name'). A Go
+    map: tetra prints it with its keys sorted (Vigil printed the agent's order)."""
     from vigil.api.pb import sensors_pb2
     from vigil.cli.info_cmd import decode_info
 
@@ -495,7 +497,27 @@ def test_info_decodes_probes_as_tetra(probes, want):
         p = res.probes.add(Name=name)
         if enabled is not None:
             p.Enabled.value = enabled
-    assert decode_info(res)["Probes"] == want
+    assert list(decode_info(res)["Probes"].items()) == list(want.items())
+
+
+@pytest.mark.parametrize("features, want", [
+    ({"fmod_ret": (True, "")}, {"fmodret": True}),
+    ({"send_signal": (False, "no helper")}, {"signal": False}),
+    ({"kprobe_multi": (True, ""), "fentry": (None, "?"), "lsm": (False, ""), "override_return": (True, ""),
+      "probe_write_user": (True, "")},
+     {"kprobe_multi": True, "fentry": False, "lsm": False, "override_return": True, "probe_write_user": True}),
+    ({"kprobe": (True, ""), "d_path": (True, "")}, {"kprobe": True, "d_path": True}),  # no Tetragon counterpart
+])
+def test_info_names_probes_as_tetragon_does(features, want):
+    """GetInfo's probes carry Tetragon's probe name where Tetragon probes the same thing (its
+    pkg/bpf names: fmod_ret programs are 'fmodret', the send-signal helper 'signal'); they
+    were Vigil's own ('fmod_ret', 'send_signal'), so tetra info against Vigil showed other keys."""
+    from types import SimpleNamespace
+
+    from vigil.agent.control import AgentControl
+
+    agent = SimpleNamespace(policies=SimpleNamespace(facts=SimpleNamespace(features=features)))
+    assert AgentControl(agent).kernel_probes() == want  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("value, want", [

@@ -231,8 +231,12 @@ class AgentControl:
 
     def kernel_probes(self) -> dict[str, bool]:
         """GetInfo's probes (tetra info's "Probes"): each kernel feature the agent's probe tried
-        (`vigil probe`'s names and order) -> whether it works here (inconclusive: false)."""
-        return {name: found is True for name, (found, _) in self.agent.policies.facts.features.items()}
+        (`vigil probe`'s order; named as Tetragon names the same probe, TETRAGON_PROBE_NAMES,
+        else as `vigil probe` does) -> whether it works here (inconclusive: false)."""
+        from vigil.kernel.features import TETRAGON_PROBE_NAMES
+
+        return {TETRAGON_PROBE_NAMES.get(name, name): found is True
+                for name, (found, _) in self.agent.policies.facts.features.items()}
 
     def process_cache_dump(self) -> list[dict[str, Any]]:
         from vigil.export.dicts import process_dict

@@ -26,13 +26,18 @@ def _conf_value(any_value: Any) -> Any:
     return f"unknown value type: {any_value.type_url}"
 
 
+def _key(item: tuple[str, Any]) -> str:
+    return item[0]
+
+
 def decode_info(res: Any) -> dict[str, Any]:
-    """GetInfoResponse -> {Name, Version, Probes, Conf, Build} (tetragoninfo.Decode's fields)."""
+    """GetInfoResponse -> {Name, Version, Probes, Conf, Build} (tetragoninfo.Decode's fields).
+    Probes and Conf are Go maps in tetra, which prints them with their keys sorted."""
     return {
         "Name": res.name,
         "Version": res.version,
-        "Probes": {p.Name: p.Enabled.value for p in res.probes},  # the proto's field names are Go's
-        "Conf": {c.key: _conf_value(c.value) for c in res.conf},
+        "Probes": dict(sorted(((p.Name, p.Enabled.value) for p in res.probes), key=_key)),  # Go-cased proto fields
+        "Conf": dict(sorted(((c.key, _conf_value(c.value)) for c in res.conf), key=_key)),
         "Build": {"GoVersion": res.build.go_version, "Commit": res.build.commit,
                   "Time": res.build.time, "Modified": res.build.modified},
     }

@@ -43,6 +43,13 @@ FEATURES: tuple[str, ...] = (
     "ima_hash",
 )
 
+# Vigil's feature -> the name Tetragon's probe of the same thing has (pkg/bpf: the probes tetra
+# `info` lists). GetInfo reports a feature by the Tetragon name when there is one: fmod_ret
+# programs on a kernel function (fmodret), the bpf_send_signal helper (signal). The rest have
+# the same name (kprobe_multi, fentry, lsm, override_return, probe_write_user) or no Tetragon
+# counterpart.
+TETRAGON_PROBE_NAMES = {"fmod_ret": "fmodret", "send_signal": "signal"}
+
 KPROBE_TARGET = "vfs_read"                       # also the kprobe.multi and fentry/fexit target in the C
 OVERRIDE_TARGETS = ("should_failslab", "__x64_sys_getpid")
 TRACEFS = "/sys/kernel/tracing"
