@@ -3804,6 +3804,23 @@ static int set_made(PyObject *body, PyObject *key, PyObject *made)
 	return r;
 }
 
+/* ProcessCache.by_pid_since: is cached image p (found by pid) not older than a process that
+ * started at ktime `start`? Exec and fork keys are never before their process's start; a /proc
+ * image's ktime is up to a clock tick (START_SLACK_NS) before it. 0 with an error set: a bad slot. */
+static int image_since(Builder *b, PyObject *p, unsigned long long start)
+{
+	static long long slack;
+	if (!slack) {
+		long tck = sysconf(_SC_CLK_TCK);
+		slack = 1000000000LL / (tck > 0 ? tck : 100);
+	}
+	PyObject *kt = pslot(b, p, P_KTIME);
+	unsigned long long k = kt && PyLong_Check(kt) ? PyLong_AsUnsignedLongLong(kt) : 0;
+	if (!kt || !PyLong_Check(kt))
+		PyErr_SetString(PyExc_TypeError, "a cached process's ktime is not an int");
+	return !PyErr_Occurred() && k + (unsigned long long)slack >= start;
+}
+
 /* the event, or NULL with *out_of_plan set (no error): handle() takes the record */
 static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *out_of_plan)
 {
@@ -3839,6 +3856,10 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 	int exact = m.key.ktime && !(m.flags & VP_EV_NO_PROC);
 	PyObject *p = cached_process(b, m.key.pid, m.key.ktime, exact ? NO_PID : m.key.pid), *missing = NULL;
 	if (!p && PyErr_Occurred())
+		return NULL;
+	if (p && !exact && (m.flags & VP_EV_NO_PROC) && !image_since(b, p, m.key.ktime))
+		p = NULL;  /* an earlier process's image of the pid, older than this one's leader */
+	if (PyErr_Occurred())
 		return NULL;
 	if (!p) {  /* not in the cache: PolicyEvents.missing's stand-in (pid, start_time, "unknown"), no parent */
 		missing = PyObject_CallFunction(PyTuple_GET_ITEM(b->generic, GC_MISSING), "KKOO",

@@ -125,3 +125,58 @@ def test_a_policy_event_waits_for_its_process(running_agent: RunningAgent, workd
     given_up = "parent_given_up" if gone == "parent" else "given_up"
     assert (after["resolved"] - before["resolved"], after[given_up] - before.get(given_up, 0)) == \
         ((1, 0) if comes_back else (0, 1))
+
+
+def test_a_no_proc_event_is_not_given_an_earlier_processs_image(running_agent: RunningAgent, workdir: Path) -> None:
+    """A policy record of a process execve_map lacks (VP_EV_NO_PROC: the key's ktime is its thread
+    group leader's start) is matched by pid, but never to a cached image older than that start:
+    an earlier process's of the pid (here this test's process, started before the child, stands
+    in for it under the child's pid). The test's own child is taken out of the cache and out of
+    execve_map; its event waits, then goes with the stand-in (pid, flags unknown, start time)."""
+    import struct
+
+    a = running_agent.agent
+    vpy, secret = workdir / "vpy", workdir / "secret.txt"
+    shutil.copy2(os.path.realpath(sys.executable), vpy)
+    secret.write_text("s")
+    name = a.policies.add_text(POLICY.format(name="no-proc-earlier-image", work=workdir)
+                               .replace("operator: Equal", "operator: Prefix"), "<t>")[0]
+    code = f"import sys; sys.stdin.readline(); open({str(secret)!r}).close(); sys.stdin.readline()"
+    child = subprocess.Popen([str(vpy), "-S", "-c", code], stdin=subprocess.PIPE)
+    earlier = None
+    try:
+        _wait(lambda: (q := a.cache.by_pid(child.pid)) is not None and q.binary == str(vpy), "the child's exec")
+        p = a.cache.by_pid(child.pid)
+        assert p is not None
+        earlier = a.cache.get(p.parent_key)  # this test's process: started before the child
+        assert earlier is not None and earlier.pid == os.getpid() and earlier.key[1] < p.key[1]
+
+        def forget() -> None:  # on the loop's thread
+            a.cache._by_key.pop(p.key, None)
+            a.cache._by_pid[child.pid] = earlier
+
+        a.pipeline.inject(lambda: forget())  # type: ignore[func-returns-value]
+        _wait(lambda: a.cache.get(p.key) is None, "the child out of the cache")
+        assert a.sensor is not None and a.sensor.obj is not None  # (our own child's entry)
+        assert a.sensor.obj.map("execve_map").delete(struct.pack("<I", child.pid))
+
+        def opens() -> None:
+            assert child.stdin is not None
+            child.stdin.write(b"\n")
+            child.stdin.flush()
+
+        evs = running_agent.collect(opens, until=lambda evs: any(
+            e.get("process_kprobe", {}).get("policy_name") == name for e in evs))
+    finally:
+        if child.poll() is None and child.stdin is not None:
+            child.stdin.write(b"\n")
+            child.stdin.close()
+        child.wait(30)
+        a.delete_policy(name)
+        if earlier is not None:  # the child's pid no longer names this test's process
+            a.pipeline.inject(lambda: a.cache._by_pid.pop(child.pid) and None
+                              if a.cache._by_pid.get(child.pid) is earlier else None)
+            _wait(lambda: a.cache._by_pid.get(child.pid) is not earlier, "the child's pid cleared")
+    ev = next(e["process_kprobe"] for e in evs if e.get("process_kprobe", {}).get("policy_name") == name)
+    assert ev["process"].get("flags") == "unknown" and "exec_id" not in ev["process"], ev["process"]
+    assert ev["process"]["pid"] == child.pid and "parent" not in ev

@@ -22,6 +22,7 @@ from vigil.events.synth import process_record
 from vigil.kernel.policy_layout import EV_NO_PROC
 
 HOOKS, _ = _generic_hooks("kprobe-string")
+S = 1_000_000_000  # ns
 
 
 def _policy(pid: int, exec_ktime: int, ktime: int, flags: int = 0) -> bytes:
@@ -72,6 +73,14 @@ CASES = [
      [("exec", 100, 5000), ("kprobe", 100, "known", 5000)], (0, 0, 0)),
     ("no-proc-comes-later", [_no_proc(100, 4000, 6000), _exec(200, 5500), _exec(100, 5000)], 1,
      [("exec", 200, 5500), ("exec", 100, 5000), ("kprobe", 100, "known", 5000)], (1, 1, 0)),
+    # ... but not an image older than that start: an earlier process's of the pid (its exit not
+    # read); one up to a clock tick before it is this process's (a /proc start, floored to a tick)
+    ("no-proc-older-image-cached", [_exec(100, 4 * S), _no_proc(100, 5 * S, 6 * S)], 1,
+     [("exec", 100, 4 * S), ("kprobe", 100, "stand-in")], (1, 0, 1)),
+    ("no-proc-older-image-then-its-own", [_exec(100, 4 * S), _no_proc(100, 5 * S, 6 * S), _exec(100, 5 * S + 1)], 1,
+     [("exec", 100, 4 * S), ("exec", 100, 5 * S + 1), ("kprobe", 100, "known", 5 * S + 1)], (1, 1, 0)),
+    ("no-proc-image-a-tick-before", [_exec(100, 5 * S - 9_000_000), _no_proc(100, 5 * S, 6 * S)], 1,
+     [("exec", 100, 5 * S - 9_000_000), ("kprobe", 100, "known", 5 * S - 9_000_000)], (0, 0, 0)),
     # the process is known, the parent its exec named is not (yet): held for the parent, as
     # Tetragon's event cache holds an event whose parent it lacks; sent without it once the wait
     # is over (its process info is not missing: a parent_info fetch failure)
@@ -158,6 +167,9 @@ class _Cache:
 
     def by_pid(self, pid: int) -> Any:
         return next((p for k, p in self._by_key.items() if k[0] == pid), None)
+
+    def by_pid_since(self, pid: int, start: int) -> Any:
+        return next((p for k, p in self._by_key.items() if k[0] == pid and k[1] >= start), None)
 
 
 # --event-cache-retries and --event-cache-retry-delay (s), one held event, then loop steps at

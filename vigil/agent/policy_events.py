@@ -63,7 +63,8 @@ class PolicyEvents:
         by_key = cache._by_key  # by (pid, ktime) key: an exec_id string would be encoded and decoded
         p = by_key.get((pid, exec_ktime)) if exec_ktime else None
         if p is None and not ((kernel or keyed) and exec_ktime and not unknown):
-            p = cache.by_pid(pid)
+            # `unknown`: not an image older than the leader's start (an earlier process's)
+            p = cache.by_pid_since(pid, exec_ktime) if unknown else cache.by_pid(pid)
         if p is None:
             return self.missing(pid, exec_ktime, kernel, unknown), None
         parent = by_key.get(p.parent_key) if p.parent_key else None
@@ -92,7 +93,7 @@ class PolicyEvents:
                               "unknown" if unknown or (kernel and not exec_ktime) else "")
         hold = getattr(self.builder, "hold", None)
         if kernel and hold is not None:  # its event waits for the exec record (vigil.process.hold)
-            hold.standin(msg, pid, exec_key)
+            hold.standin(msg, pid, exec_key, exec_ktime if unknown else 0)
         else:
             self.builder.missing_info += 1
         return msg

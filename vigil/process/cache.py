@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import binascii
 import itertools
+import os
 from collections import deque
 from collections.abc import Iterator
 
@@ -17,6 +18,9 @@ from vigil.process.ids import parse_exec_id
 from vigil.process.model import Key, Process
 
 _GONE_MAX = 16384  # removed processes remembered for early deletions
+# a /proc image's ktime is its start floored to a clock tick (/proc/<pid>/stat): an image is of
+# a process started at ktime t if its ktime is at least t less one tick (by_pid_since)
+START_SLACK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
 class ProcessCache:
@@ -56,6 +60,15 @@ class ProcessCache:
 
     def by_pid(self, pid: int) -> Process | None:
         return self._by_pid.get(pid)
+
+    def by_pid_since(self, pid: int, start: int) -> Process | None:
+        """pid's image, unless it is older than a process that started at ktime `start` (a
+        record's thread group leader start, VP_EV_NO_PROC): then it is an earlier process's
+        of that pid, not this one's (exec and fork keys are never before their process's start;
+        a /proc image's is up to a clock tick before it). The compiled twin: native/fastpath.c
+        generic_fast."""
+        p = self._by_pid.get(pid)
+        return p if p is None or p.key[1] + START_SLACK_NS >= start else None
 
     def missed(self, pid: int, ktime: int = 0) -> None:
         """Count a lookup of the process (pid, exec ktime; 0: by pid only) that found nothing,

@@ -45,9 +45,10 @@ class ProcessHold:
         self.configure(retries, retry_delay_s)
         # stand-ins made for kernel hooks' records since the last batch: id -> (stand-in, pid, ktime);
         # processes whose events of the batch lack their parent: id(message) -> (message, parent key)
-        self.pending: dict[int, tuple[ProcessMsg, int, int]] = {}
+        self.pending: dict[int, tuple[ProcessMsg, int, int, int]] = {}
         self.pending_parents: dict[int, tuple[ProcessMsg, Any]] = {}
-        # held events, oldest first: [event, pid, ktime, since_ns, since_step, parent key]; the
+        # held events, oldest first: [event, pid, ktime, since_ns, since_step, parent key, the
+        # leader's start an image by pid must not be older than (0: any)]; the
         # parent key (None until its process is known) names the parent it waits for then
         self.held: deque[list[Any]] = deque()
         # held (Tetragon's inserts), sent with their process and parent, sent with the stand-in
@@ -64,13 +65,14 @@ class ProcessHold:
         self.retries, self.retry_delay_s = retries, retry_delay_s
         self.wait_ns = retries * retry_delay_s * 1_000_000_000
 
-    def standin(self, msg: ProcessMsg, pid: int, ktime: int) -> None:
+    def standin(self, msg: ProcessMsg, pid: int, ktime: int, since: int = 0) -> None:
         """A stand-in was made for a kernel hook's record (PolicyEvents.missing): its event, in
         the batch about to be emitted, is held, waiting for the image of exec key (pid, ktime)
         exactly (not an older one of that pid, whose exec record is behind), or for pid's image
-        when `ktime` is 0 (no exec key: the kernel had no entry for the process, VP_EV_NO_PROC)."""
+        when `ktime` is 0 (no exec key: the kernel had no entry for the process, VP_EV_NO_PROC),
+        not one older than `since` (VP_EV_NO_PROC: the leader's start; ProcessCache.by_pid_since)."""
         if self.retries:
-            self.pending[id(msg)] = (msg, pid, ktime)
+            self.pending[id(msg)] = (msg, pid, ktime, since)
         else:  # no hold: sent as it is
             self.counts.missing_info += 1
 
@@ -93,14 +95,14 @@ class ProcessHold:
             proc = getattr(e, "process", None)
             hit = pending.pop(id(proc), None) if pending else None
             if hit is not None and hit[0] is proc:
-                entry = [e, hit[1], hit[2], now_ns, step, None]
+                entry = [e, hit[1], hit[2], now_ns, step, None, hit[3]]
             else:
                 ph = parents.get(id(proc)) if parents else None
                 # (every policy event of that process in the batch made without its parent)
                 if ph is None or ph[0] is not proc or not isinstance(e, PolicyEvent) or e.parent is not None:
                     keep.append(e)
                     continue
-                entry = [e, 0, 0, now_ns, step, ph[1]]
+                entry = [e, 0, 0, now_ns, step, ph[1], 0]
             if len(held) >= HOLD_CAPACITY:  # full: the oldest goes with what it has
                 keep.append(self._give_up(held.popleft()))
             held.append(entry)
@@ -118,11 +120,11 @@ class ProcessHold:
         self._walked_ns = now_ns
         out: list[Event] = []
         keep: deque[list[Any]] = deque()
-        by_key, by_pid = self.cache._by_key, self.cache.by_pid
+        by_key, by_pid_since = self.cache._by_key, self.cache.by_pid_since
         for h in self.held:
             e, pkey = h[0], h[5]
             if pkey is None:  # its process first
-                p = by_key.get((h[1], h[2])) if h[2] else by_pid(h[1])
+                p = by_key.get((h[1], h[2])) if h[2] else by_pid_since(h[1], h[6])
                 if p is not None:
                     e.process, e.parent = p.msg, None
                     pkey = h[5] = p.parent_key or ()  # (): it names no parent
