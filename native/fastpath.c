@@ -2254,7 +2254,9 @@ static int tell_podless(Builder *b, PyObject *p)
 	return rc;
 }
 
-/* A process's Pod from the resolver's table (PodResolver.fast: [by cgroup name, hits]) when
+/* A process's Pod from the resolver's table (PodResolver.fast: [by cgroup name, hits: a
+ * bytearray of one native u64, counted in place: a Python int there was a new int object, an
+ * addition and a dealloc per exec]) when
  * its container is in it (the resolver drops a container the store changes) and the
  * arguments are not one of the container's exec probes. The table's value is the container's
  * PodShared itself, which carries its probes (one object read, not a tuple and then it).
@@ -2266,7 +2268,8 @@ static PyObject *pod_from_table(Builder *b, PyObject *pods, PyObject *cgroup_nam
 		PyObject *fast = PyObject_GetAttr(pods, b->s_fast);
 		if (!fast)
 			return NULL;
-		if (!PyList_CheckExact(fast) || PyList_GET_SIZE(fast) != 2 || !PyDict_CheckExact(PyList_GET_ITEM(fast, 0))) {
+		if (!PyList_CheckExact(fast) || PyList_GET_SIZE(fast) != 2 || !PyDict_CheckExact(PyList_GET_ITEM(fast, 0)) ||
+		    !PyByteArray_CheckExact(PyList_GET_ITEM(fast, 1))) {
 			Py_DECREF(fast);
 			return NULL;
 		}
@@ -2289,6 +2292,9 @@ static PyObject *pod_from_table(Builder *b, PyObject *pods, PyObject *cgroup_nam
 		    (!PyFrozenSet_CheckExact(probes) || PySet_Contains(probes, arguments) != 0))
 			return NULL;  /* maybe an exec probe (or an error) */
 	}
+	PyObject *hits = PyList_GET_ITEM(fast, 1);
+	if (!PyByteArray_CheckExact(hits) || PyByteArray_GET_SIZE(hits) != (Py_ssize_t)sizeof(unsigned long long))
+		return NULL;  /* (not the resolver's counter: it decides, and counts) */
 	PyObject *pod = new_slotted(pod_type);
 	if (!pod)
 		return NULL;
@@ -2296,14 +2302,10 @@ static PyObject *pod_from_table(Builder *b, PyObject *pods, PyObject *cgroup_nam
 				   [POD_PROBE] = Py_False, [POD_DICT] = Py_None};
 	for (int f = 0; f < POD_COUNT; f++)
 		SET(pod, pod_off[f], pv[f]);
-	PyObject *hits = PyList_GET_ITEM(fast, 1);
-	PyObject *n = PyLong_Check(hits) ? PyNumber_Add(hits, b->one) : NULL;
-	if (!n) {
-		Py_DECREF(pod);
-		return NULL;
-	}
-	PyList_SET_ITEM(fast, 1, n);
-	Py_DECREF(hits);
+	unsigned long long n;
+	memcpy(&n, PyByteArray_AS_STRING(hits), sizeof(n));
+	n++;
+	memcpy(PyByteArray_AS_STRING(hits), &n, sizeof(n));
 	return pod;
 }
 

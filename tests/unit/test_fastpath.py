@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import gc
 import struct
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -557,7 +558,7 @@ def test_pod_table_serves_known_containers_and_asks_the_resolver_otherwise() -> 
         return got.process.pod, want.process.pod
 
     def table_hits() -> int:
-        return int(fast_b.pods.fast[1])
+        return int.from_bytes(fast_b.pods.fast[1], sys.byteorder)
 
     run(100)                                     # first exec of the container: the resolver
     assert table_hits() == 0

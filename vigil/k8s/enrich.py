@@ -9,6 +9,7 @@ counted). Events leave in the order they came.
 """
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import OrderedDict, deque
@@ -41,8 +42,9 @@ class PodResolver:
         self._cgroups_of: dict[str, list[str]] = {}      # container id -> its cgroup names in _by_cg
         # what the compiled exec path reads (native/fastpath.c, pod_from_table): a process of a
         # container in the table that runs none of its exec probes gets its pod there, counted
-        # in [1]; anything else calls pod_json
-        self.fast: list[Any] = [self._by_cg, 0]
+        # in [1] (one native u64, which that code increments in place: no int object per exec);
+        # anything else calls pod_json
+        self.fast: list[Any] = [self._by_cg, bytearray(8)]
         self._enriched = 0
         self.unknown = 0
         # the process cache (vigil.process.cache.ProcessCache; the hold stage gives it) and, by
@@ -57,7 +59,7 @@ class PodResolver:
 
     @property
     def enriched(self) -> int:
-        return self._enriched + int(self.fast[1])
+        return self._enriched + int.from_bytes(self.fast[1], sys.byteorder)
 
     def _changed(self, old: PodInfo | None, new: PodInfo | None) -> None:
         """The store changed a pod (watcher thread, after its update): its containers' entries
