@@ -37,6 +37,12 @@ const volatile __u64 pre_lenmask[4] = {};
 #define STR_FAST 128  /* strings shorter than this are read through the stack */
 #define STACK_DEPTH 32
 
+/* The pre-filter's read size: the longest of its lengths, its NUL and one byte more, at most
+ * STR_FAST (vigil.policy.compile.entry_prefilter). A string the read cuts (r == pre_read: its
+ * byte at the longest length is not a NUL) is longer than every value: no more of it is read (a
+ * read costs by the word: a 115-byte path cost ~7 ns more a hit read whole). */
+const volatile __u32 pre_read = STR_FAST;
+
 /* One value in all the pre-filter's Equals (its bytes, NUL-padded, and its read length with the
  * NUL; 0: more than one): the entry compares the string with it, and a string that is that value
  * holds every such Equal without a str_map lookup (h->pre_eq). */
@@ -390,14 +396,15 @@ static __always_inline void touch(const void *p)
 		(void)*(const volatile __u64 *)p;
 }
 
-/* may a string read as r bytes (with its NUL; STR_FAST: that long or longer) pass the
- * pre-filter? */
-static __always_inline int pre_len_possible(long r)
+/* may a string read as r bytes (with its NUL) by a read of size bytes pass the pre-filter?
+ * r == size: the read cut it, a string of size - 1 bytes or more: below STR_FAST, longer than
+ * every value (size is the longest + 2); at STR_FAST, of any length from 127 on. */
+static __always_inline int pre_len_possible(long r, __u32 size)
 {
 	__u32 n = r - 1;
 
-	if (r >= STR_FAST)
-		return (pre_lenmask[1] >> 63) || pre_lenmask[2] || pre_lenmask[3];
+	if (r >= size)
+		return size >= STR_FAST && ((pre_lenmask[1] >> 63) || pre_lenmask[2] || pre_lenmask[3]);
 	return (pre_lenmask[(n >> 6) & 3] >> (n & 63)) & 1;
 }
 
@@ -433,11 +440,14 @@ static __noinline int pre_filter(__u64 uptr)
 	__u64 *count = bpf_map_lookup_elem(&hook_stats, &k);
 	char pre[STR_FAST];
 	struct gen_heap *h;
+	__u32 size = pre_read;
 	long r;
 
+	if (!size || size > STR_FAST)
+		size = STR_FAST;
 	touch(count);
-	r = bpf_probe_read_user_str(pre, sizeof(pre), (void *)uptr);
-	if (r > 0 && (!pre_len_possible(r) || (pre_val_r && !pre_is_val(pre, r)))) {
+	r = bpf_probe_read_user_str(pre, size, (void *)uptr);
+	if (r > 0 && (!pre_len_possible(r, size) || (pre_val_r && !pre_is_val(pre, r)))) {
 		if (count)
 			*count += 1;
 		return 0;
@@ -446,8 +456,8 @@ static __noinline int pre_filter(__u64 uptr)
 	if (!h)
 		return 0;
 	h->pre_eq = pre_val_r && r > 0;  /* read, and equal to pre_val */
-	/* the condition of read_arg's own stack read */
-	h->pre_r = r > 0 && r < STR_FAST ? r : 0;
+	/* the string whole (not cut by the read), as read_arg's own stack read has it */
+	h->pre_r = r > 0 && r < size ? r : 0;
 	/* the string's words, not all STR_FAST bytes: the record sends the string alone (the
 	 * copy of 128 bytes cost ~20 ns a made record, two cold lines of the heap more). None
 	 * when it is pre_val: read_arg copies it from there. */

@@ -57,3 +57,40 @@ kprobes:
         events = running_agent.collect(lambda: run_py(pywork, open_file(str(value)) * 2, out=r))
     got = [(b["args"][0]["string_arg"], b["args"][1]["int_arg"]) for _k, b in policy_events(events, r.pid, name)]
     assert got == [(str(value), os.O_RDONLY | os.O_CLOEXEC)] * 2
+
+
+def _stats(ra: RunningAgent, name: str) -> dict:
+    return next(p for p in ra.agent.list_policies() if p["name"] == name)["kernel_stats"]
+
+
+@pytest.mark.parametrize("values", ["one", "two"])  # two: the second 2 bytes longer, the read set by it
+@pytest.mark.parametrize("stem", ["p", "l" * 90])
+def test_the_entry_reads_the_longest_value_and_two_bytes(running_agent: RunningAgent, pywork: Path, values: str,
+                                                         stem: str) -> None:
+    """The entry's pre-filter reads no more than the longest value, its NUL and one byte
+    (pre_read): a string one byte longer than the longest value (its NUL the read's last byte), one
+    the read cuts, and one longer than the entry's stack copy match none and are filtered in the
+    entry; so is one a byte shorter, and (two values) one between them, read whole. The values
+    match, reported whole."""
+    v = str(pywork / "data" / stem)
+    vals = [v] + ([v + "yy"] if values == "two" else [])
+    longest = vals[-1]
+    rejected = [longest + "x", longest + "xy", longest + "x" * 130, v[:-1], v + "x"]
+    name = f"entry-read-{values}-{len(stem)}"
+    spec = f"""
+kprobes:
+- call: sys_openat
+  args: [{{index: 1, type: string}}]
+  selectors:
+  - matchArgs: [{{index: 1, operator: Equal, values: [{", ".join(f'"{x}"' for x in vals)}]}}]
+    matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
+"""
+    r = Run()
+    code = "".join(open_file(p) for p in [*rejected, *vals, v])
+    with loaded(running_agent, policy_yaml(name, spec)):
+        before = _stats(running_agent, name)
+        events = running_agent.collect(lambda: run_py(pywork, code, out=r))
+        after = _stats(running_agent, name)
+    got = [b["args"][0]["string_arg"] for _k, b in policy_events(events, r.pid, name)]
+    assert got == [*vals, v]
+    assert after["filtered"] - before["filtered"] >= len(rejected)

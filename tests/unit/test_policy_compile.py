@@ -138,6 +138,24 @@ def test_entry_prefilter_lengths_of_the_equal_values() -> None:
     assert _lengths(_prefilter(f"- matchArgs: [{{index: 1, operator: Equal, values: [\"{long}\"]}}]")) == [200]
 
 
+@pytest.mark.parametrize("selectors, read", [
+    ('- matchArgs: [{index: 1, operator: Equal, values: ["/etc/passwd", "/x"]}]', 13),  # the longest, 11
+    ('- matchArgs: [{index: 1, operator: Equal, values: ["/ab"]}]\n'
+     '- matchArgs: [{index: 1, operator: Equal, values: ["/abcdef"]}]', 9),  # over the selectors
+    ('- matchArgs: [{index: 1, operator: Equal, values: ["/ab", "/abcdefgh"]}, '
+     '{index: 1, operator: Equal, values: ["/ab"]}]', 5),  # the lengths a selector can match: 3
+    ('- matchArgs: [{index: 1, operator: Equal, values: [""]}]', 2),
+    (f'- matchArgs: [{{index: 1, operator: Equal, values: ["/{"x" * 125}"]}}]', 128),  # 126 + 2: STR_FAST
+    (f'- matchArgs: [{{index: 1, operator: Equal, values: ["/{"x" * 126}"]}}]', 128),  # longer: at most that
+    (f'- matchArgs: [{{index: 1, operator: Equal, values: ["/x", "/{"x" * 199}"]}}]', 128),
+], ids=["two-values", "two-selectors", "a-selectors-lengths", "empty", "longest-below", "at-the-stack-copy",
+        "past-the-stack-copy"])
+def test_entry_prefilter_reads_the_longest_length_and_two_bytes(selectors: str, read: int) -> None:
+    """The entry reads the longest length the Equals can match, its NUL and one byte more (a
+    string the read cuts is longer than all of them), at most STR_FAST."""
+    assert _prefilter(selectors)["pre_read"] == read
+
+
 @pytest.mark.parametrize("selectors, value", [
     ('- matchArgs: [{index: 1, operator: Equal, values: ["/etc/passwd"]}]', b"/etc/passwd"),
     ('- matchArgs: [{index: 1, operator: Equal, values: ["/etc/passwd", "/etc/passwd"]}]\n'

@@ -431,10 +431,15 @@ lsmhooks:
 def test_syscall_string_equal_decided_in_the_entry(agent: Running, work: Path, values: int) -> None:
     """Every selector holds a string Equal on a syscall argument: the tracepoint entry's pre-filter
     (lengths, and with one value the value itself, bpf/generic.bpf.c pre_filter) loads and decides
-    on this kernel. The value matches, a string of its length that differs does not."""
+    on this kernel. The value matches, a string of its length that differs does not, nor do strings
+    one and two bytes longer than the longest value (the entry reads its length and two bytes: the
+    first ends in the read's last byte, the read cuts the second)."""
     value, same_len = work / "target.txt", work / "targeX.txt"
-    same_len.write_text("x")
-    vals = ", ".join(f'"{v}"' for v in [value, work / "another-length.txt"][:values])
+    named = [value, work / "another-length.txt"][:values]
+    longer = [Path(f"{named[-1]}x"), Path(f"{named[-1]}xy")]
+    for f in (same_len, *longer):
+        f.write_text("x")
+    vals = ", ".join(f'"{v}"' for v in named)
     spec = f"""
 kprobes:
 - call: sys_openat
@@ -449,7 +454,7 @@ kprobes:
         assert agent.agent.list_policies()[0]["hooks"][0]["hook"].startswith("tracepoint:")
 
         def act() -> None:
-            for f in (value, same_len, value):
+            for f in (value, same_len, *longer, value):
                 open(f).close()
         events = agent.collect(act)
     finally:

@@ -446,7 +446,8 @@ def entry_prefilter(ch: CompiledHook) -> dict[str, int | bytes]:
     """Rodata of the syscall entry's pre-filter (`pre_arg` in bpf/generic.bpf.c), from the final
     config (a workload filter is set after compiling): when every selector holds an Equal on one
     user-string syscall argument, a hit whose string has none of those lengths is filtered in the
-    entry, before the hook's maps are touched; when all those Equals name one value (pre_val), the
+    entry, before the hook's maps are touched (reading no more of it than the longest of those
+    lengths and two bytes, pre_read); when all those Equals name one value (pre_val), the
     entry compares the string with it too, and the Equals hold without a str_map lookup. Empty when
     that does not hold: guards and workload filters come first in the kernel, and a string read
     shorter than STR_FAST would be cut."""
@@ -472,8 +473,11 @@ def entry_prefilter(ch: CompiledHook) -> dict[str, int | bytes]:
                 map_ids.add(f.map_id)
             mask |= m
         else:
+            # the read: the longest length and its NUL, and one byte more, which a longer string
+            # fills (the helper's NUL): cut there, a string is longer than every value
             pre: dict[str, int | bytes] = {"pre_arg": a.off + 1, "pre_slot": slot,
-                                           "pre_lenmask": mask.to_bytes(32, "little")}
+                                           "pre_lenmask": mask.to_bytes(32, "little"),
+                                           "pre_read": min(mask.bit_length() + 1, L.STR_FAST)}
             # one value in all of them: the entry compares the string with it (pre_val, and its
             # read length pre_val_r), and every Equal on the argument holds exactly when it is equal
             values = {k[4:].rstrip(b"\0") for k in ch.str_keys if struct.unpack_from("<I", k)[0] in map_ids}
