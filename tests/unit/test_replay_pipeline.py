@@ -225,6 +225,85 @@ def test_a_replay_runs_its_loop_raised_and_gives_the_thread_back(tmp_path: Path)
         seen.clear()
 
 
+def _policy_and_nice() -> tuple[int, int]:
+    """The calling thread's scheduling policy and nice, as /proc shows them (stat fields 41, 19)."""
+    stat = Path("/proc/thread-self/stat").read_text()
+    rest = stat[stat.rindex(")") + 2:].split()  # fields 3.. (comm may hold spaces)
+    return int(rest[41 - 3]), int(rest[19 - 3])
+
+
+B, N = 3, 0  # SCHED_BATCH, SCHED_NORMAL (os.SCHED_OTHER) as /proc shows them
+
+
+@pytest.mark.parametrize("live, boost, base, drains, expected", [
+    # records per drain -> (policy, nice) after each drain: the live loop (SCHED_BATCH, 4 levels up)
+    (True, 4, 0, [0, 10, 255, 1023], [(B, -4)] * 4),                    # keeping up, or not far behind
+    (True, 4, 0, [1024], [(N, -10)]),                                   # behind: normal, 10 levels up
+    (True, 4, 0, [4096, 1023, 256], [(N, -10)] * 3),                    # in between: stays as it was
+    (True, 4, 0, [4096, 255], [(N, -10), (B, -4)]),                     # caught up: back
+    (True, 4, 0, [2000, 0, 5000, 100], [(N, -10), (B, -4), (N, -10), (B, -4)]),
+    (True, 4, 15, [4096, 0], [(N, 5), (B, 11)]),                        # from the agent's own nice
+    (True, 4, -15, [4096, 0], [(N, -20), (B, -19)]),                    # never past -20
+    (True, 12, 0, [4096, 0], [(N, -12), (B, -12)]),                     # a larger configured boost holds
+    (True, 0, 0, [4096, 0], [(N, 0), (B, 0)]),                          # --event-loop-priority-boost 0: nice untouched
+    (False, 4, 0, [4096, 0], [(N, -10), (N, -4)]),                      # a replay: its caller's policy
+], ids=["keeping-up", "behind", "in-between", "caught-up", "back-and-forth", "agent-nice-15", "at-most-minus-20",
+        "boost-12", "boost-0", "replay"])
+def test_the_loop_is_scheduled_by_how_far_behind_it_is(live: bool, boost: int, base: int, drains: list[int],
+                                                       expected: list[tuple[int, int]]):
+    """LoopScheduling, on a thread of its own as the loop: the policy and nice /proc shows after
+    each drain; stop() gives the thread its nice back. The thread that started it keeps its own."""
+    import os
+    import threading
+
+    from vigil.agent.pipeline import LoopScheduling
+
+    seen: list[tuple[int, int]] = []
+    after: list[int] = []
+
+    def loop() -> None:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), base)
+        sched = LoopScheduling(boost, batch=live)
+        sched.start()
+        for n in drains:
+            sched.drained(n)
+            seen.append(_policy_and_nice())
+        sched.stop()
+        after.append(_policy_and_nice()[1])
+
+    main = _policy_and_nice()
+    t = threading.Thread(target=loop)
+    t.start()
+    t.join()
+    assert seen == expected
+    assert after == [base]
+    assert _policy_and_nice() == main
+
+
+@pytest.mark.parametrize("batch, expected_steps", [(1024, 10), (1023, 4), (5, 4)])
+def test_a_replay_behind_runs_its_loop_raised_further(tmp_path: Path, batch: int, expected_steps: int):
+    """The loop looks at every drain: a replay drained 1024 records at a time runs 10 nice
+    levels up (seen from a sink, on the loop's thread), smaller drains the configured 4; the
+    caller's nice is back after."""
+    import os
+    import threading
+
+    tid = threading.get_native_id()
+    nice = os.getpriority(os.PRIO_PROCESS, tid)
+    recs = [process_record(pid=1000 + i, ktime=1000 + i, binary="/bin/true") for i in range(2048)]
+    seen: list[int] = []
+    agent = Agent(AgentConfig(export_filename=str(tmp_path / "out.json"), server_address=""),
+                  source=ReplaySource(recs, batch=batch))
+    agent.pipeline.sinks.append(lambda evs: seen.append(os.getpriority(os.PRIO_PROCESS, tid)))
+    agent.start()
+    try:
+        agent.run()
+    finally:
+        agent.close()
+    assert seen and set(seen) == {max(-20, nice - expected_steps)}, seen
+    assert os.getpriority(os.PRIO_PROCESS, tid) == nice
+
+
 def test_a_closed_agent_and_its_process_cache_are_freed(tmp_path: Path):
     """start() freezes the agent's objects for the GC; close() must thaw them, or a process that
     goes on after an agent (tests, benches) keeps that agent's whole process cache"""

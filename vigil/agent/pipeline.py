@@ -98,6 +98,7 @@ class Pipeline:
         self.heap_trims = 0
         # policy events of a process the cache does not have yet (vigil.process.hold)
         self.hold = getattr(getattr(agent, "builder", None), "hold", None)
+        self.sched = LoopScheduling(0, batch=False)  # run() sets the loop's own
 
     # -- outputs, opened by Agent.start
     def open_outputs(self, c: AgentConfig) -> None:
@@ -128,15 +129,12 @@ class Pipeline:
     # -- the loop
     def run(self, src: EventSource, stop: threading.Event, live: bool) -> None:
         """Drain, decode and emit until stop is set (or a replay is over)."""
-        a = self.agent
-        if live:
-            batch_scheduling()
-        before = boost_priority(a.config.event_loop_priority_boost)
+        self.sched = LoopScheduling(self.agent.config.event_loop_priority_boost, batch=live)
+        self.sched.start()
         try:
             self._loop(src, stop, live)
         finally:
-            if before is not None:
-                restore_priority(before)
+            self.sched.stop()
 
     def _loop(self, src: EventSource, stop: threading.Event, live: bool) -> None:
         a = self.agent
@@ -157,6 +155,7 @@ class Pipeline:
                 waited = False
                 recs = src.drain()
                 idle = not recs
+                self.sched.drained(len(recs))
                 if recs:
                     self.handle(recs)
                     # a small batch means we woke for nearly every record: let records
@@ -495,6 +494,72 @@ def unboost_this_thread() -> None:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
         except OSError as e:
             log.debug("priority not restored for %s: %s", threading.current_thread().name, e)
+
+
+# A drain of at least BACKLOG_RECORDS records: they piled up while the loop worked (it is
+# behind). One of fewer than CAUGHT_UP_RECORDS: it keeps up (the loop pauses after such a
+# drain to let records accumulate, see _loop). In between: as it was.
+BACKLOG_RECORDS = 1024
+CAUGHT_UP_RECORDS = 256
+BACKLOG_BOOST = 10   # nice levels above the agent's own while behind (at least the configured boost)
+
+
+class LoopScheduling:
+    """The event loop's scheduling, by how far behind the kernel it is (one comparison per
+    drain; a system call only when that changes).
+
+    Keeping up (small drains: low rates), the live loop runs SCHED_BATCH, `boost` nice levels
+    up (batch_scheduling, boost_priority): its wakeups do not cut into the workload it observes.
+    Behind (a large drain), it runs SCHED_NORMAL, BACKLOG_BOOST nice levels up: by then it does
+    not sleep between drains, and its CPU share, not its wakeups, is what keeps the rings from
+    filling. At 4 levels its weight (2501) is half that of 5 busy nice-0 tasks (4 GetEvents
+    clients and the serving process, 5 x 1024): on 2 CPUs that bounds it to ~0.66 of a CPU.
+    bench/grpc_throughput.py lost the export's rate to waiting for a CPU alone (its CPU time
+    the same as alone); at 10 levels (weight 9548) the loop waited 0.03-0.15 s instead of
+    0.2-0.8 s with one Go client, 0.06-0.6 s instead of 0.37-0.63 s with four, and the clients'
+    share of the CPUs while it waited halved (perf sched). Both back once a drain is small
+    again: an exec loop (bench/exec_overhead.py) never leaves SCHED_BATCH. A replay (`batch`
+    False) only changes its nice; a boost of 0, or
+    none permitted, leaves the nice alone."""
+
+    __slots__ = ("boost", "batch", "base", "behind")
+
+    def __init__(self, boost: int, batch: bool) -> None:
+        self.boost, self.batch = boost, batch
+        self.base: int | None = None  # the thread's nice before start(); None: not raised
+        self.behind = False
+
+    def start(self) -> None:
+        """On the loop's thread, before its first drain."""
+        if self.batch:
+            self.batch = batch_scheduling()
+        self.base = boost_priority(self.boost)
+
+    def drained(self, n: int) -> None:
+        """A drain took `n` records."""
+        if n >= BACKLOG_RECORDS:
+            if not self.behind:
+                self._set(True)
+        elif n < CAUGHT_UP_RECORDS and self.behind:
+            self._set(False)
+
+    def _set(self, behind: bool) -> None:
+        self.behind = behind
+        try:
+            if self.batch:
+                os.sched_setscheduler(0, os.SCHED_OTHER if behind else os.SCHED_BATCH, os.sched_param(0))
+            if self.base is not None:
+                steps = max(self.boost, BACKLOG_BOOST) if behind else self.boost
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), max(-20, self.base - steps))
+        except OSError as e:
+            log.debug("the event loop's scheduling is not changed: %s", e)
+
+    def stop(self) -> None:
+        """The thread's nice back (a replay's loop runs on its caller's thread)."""
+        if self.base is not None:
+            restore_priority(self.base)
+            self.base = None
+        self.behind = False
 
 
 def _make_printer(kind: str) -> Callable[[list[Any]], None]:
