@@ -48,7 +48,10 @@ export-alone rate, per-client losses (counted by the serving process per client;
 client that cannot keep up loses events, it never slows the export), the CPU time
 of the agent, the serving process and each client, and what the agent's event loop lost to
 them: the time it was runnable but waited for a CPU, and how often it was preempted
-(/proc/thread-self/schedstat and status; the same for export alone, beside it).
+(/proc/thread-self/schedstat and status; the same for export alone, beside it; the paced
+phase too). A replay's loop runs on this script's thread, SCHED_NORMAL (the live loop's
+SCHED_BATCH is for a loop that keeps up: vigil.agent.pipeline.LoopScheduling), raised by
+the boost while it drains 1,024 records or more at a time, as every replay drain here does.
 
     .venv/bin/python bench/grpc_throughput.py [--quick] [-n N] [--rounds 3] [--clients 1,4] [--client-impl go,python]
                                               [--go-output none|json] [--raw-clients] [--threaded-clients]
@@ -401,8 +404,12 @@ def main() -> int:
               f"{c['events_per_s']:,.0f} ev/s [{c['status']}]", flush=True)
         print(f"{'':>16}CPU s: agent {ph['cpu_s']['agent_export']:.2f}, serving process(es) "
               f"{ph['cpu_s']['serving']:.2f}, client {ph['cpu_s']['clients'][0]:.2f}", flush=True)
+        loop = ph["agent_loop"]
+        print(f"{'':>16}agent's loop: waited {loop['waited_s']:.3f} s for a CPU, preempted {loop['preempted']} "
+              f"times", flush=True)
         summary[f"{ph['impl']}_paced"] = {"rate": ph["rate"], "exported": ph["events"], "received": c["received"],
-                                          "lost": c["lost"], "delivered_events_per_s": round(c["events_per_s"])}
+                                          "lost": c["lost"], "delivered_events_per_s": round(c["events_per_s"]),
+                                          "loop_waited_s": loop["waited_s"], "loop_preempted": loop["preempted"]}
     emit_json("grpc_throughput", summary)
     return 0
 
