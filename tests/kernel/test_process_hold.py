@@ -67,6 +67,9 @@ def test_a_policy_event_waits_for_its_process(running_agent: RunningAgent, workd
         parent = a.cache.get(p.parent_key)  # (this test's process)
         assert parent is not None and parent.pid == os.getpid()
         out = parent if gone == "parent" else p
+        # what an earlier test left waiting (the exit of its child taken out of the cache) is
+        # sent first: the counts below are this test's event's alone
+        _wait(lambda: hold.status()["held_now"] == 0, "the hold empty")
         before = dict(hold.status())
 
         def forget() -> None:  # on the loop's thread: as if its exec record had not been read yet
@@ -180,3 +183,64 @@ def test_a_no_proc_event_is_not_given_an_earlier_processs_image(running_agent: R
     ev = next(e["process_kprobe"] for e in evs if e.get("process_kprobe", {}).get("policy_name") == name)
     assert ev["process"].get("flags") == "unknown" and "exec_id" not in ev["process"], ev["process"]
     assert ev["process"]["pid"] == child.pid and "parent" not in ev
+
+
+@pytest.mark.parametrize("comes_back", [True, False], ids=["exec-comes", "exec-never-comes"])
+def test_an_exit_waits_for_its_process(running_agent: RunningAgent, comes_back: bool) -> None:
+    """An exit whose exec key the cache lacks (its exec record as if not read yet) is held as
+    a policy event is: the test's own child (sh) is taken out of the cache, then ends. Put back
+    while the exit waits (its exec record handled late), the exit names it and ends it (the pid
+    names no image, the entry released for the GC); else the exit goes with the stand-in (pid,
+    start time) once the wait is over."""
+    a = running_agent.agent
+    hold = a.builder.hold
+    saved = (hold.retries, hold.retry_delay_s)
+    hold.configure(1, 2)
+    child = subprocess.Popen(["/bin/sh", "-c", "read x"], stdin=subprocess.PIPE)
+    p = None
+    try:
+        _wait(lambda: (q := a.cache.by_pid(child.pid)) is not None and q.binary == "/bin/sh", "the child's exec")
+        p = a.cache.by_pid(child.pid)
+        assert p is not None and p.key[1]
+        _wait(lambda: hold.status()["held_now"] == 0, "the hold empty")  # (an earlier test's exit)
+        before = dict(hold.status())
+
+        def forget() -> None:  # on the loop's thread: as if its exec record had not been read yet
+            a.cache._by_key.pop(p.key, None)
+            a.cache._by_pid.pop(p.pid, None)
+
+        a.pipeline.inject(lambda: forget())  # type: ignore[func-returns-value]
+        _wait(lambda: a.cache.get(p.key) is None, "the child out of the cache")
+
+        def ends() -> None:
+            assert child.stdin is not None
+            child.stdin.write(b"\n")
+            child.stdin.close()
+            child.wait(30)
+            _wait(lambda: hold.status()["held"] > before["held"], "the exit held")
+            if comes_back:  # its exec record handled now, on the loop's thread
+                def back() -> None:
+                    a.cache._by_key[p.key] = p
+                    a.cache._by_pid[p.pid] = p
+                a.pipeline.inject(lambda: back())  # type: ignore[func-returns-value]
+
+        evs = running_agent.collect(ends, until=lambda evs: any(
+            e.get("process_exit", {}).get("process", {}).get("pid") == child.pid for e in evs))
+    finally:
+        if child.poll() is None and child.stdin is not None:
+            if not child.stdin.closed:
+                child.stdin.write(b"\n")
+                child.stdin.close()
+            child.wait(30)
+        hold.configure(*saved)
+    ex = next(e["process_exit"] for e in evs if e.get("process_exit", {}).get("process", {}).get("pid") == child.pid)
+    after = hold.status()
+    if comes_back:
+        assert ex["process"]["exec_id"] == p.msg.exec_id and ex["process"]["binary"] == "/bin/sh", ex
+        # ended by the exit, as an exit of a cached process ends it
+        _wait(lambda: a.cache.by_pid(child.pid) is not p, "the child's pid cleared")
+        assert p.exited and p.refcnt <= 0
+    else:
+        assert ex["process"] == {"pid": child.pid, "start_time": p.msg.start_time}, ex
+    assert (after["resolved"] - before["resolved"], after["given_up"] - before["given_up"]) == \
+        ((1, 0) if comes_back else (0, 1))

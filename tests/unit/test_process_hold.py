@@ -16,9 +16,10 @@ from tests.unit.test_fastpath import _generic_hooks, _generic_record, plain_reco
 from vigil.agent.agent import Agent
 from vigil.agent.config import AgentConfig
 from vigil.agent.metrics import AgentCollector
+from vigil.core import native
 from vigil.events import records as R
 from vigil.events.source import ReplaySource
-from vigil.events.synth import process_record
+from vigil.events.synth import exit_record, process_record
 from vigil.kernel.policy_layout import EV_NO_PROC
 
 HOOKS, _ = _generic_hooks("kprobe-string")
@@ -41,6 +42,10 @@ def _exec(pid: int, ktime: int, ppid: int = 1, pktime: int = 0) -> bytes:
 
 def _clone(pid: int, ktime: int, ppid: int, pktime: int) -> bytes:
     return process_record(op=R.OP_CLONE, pid=pid, ktime=ktime, ppid=ppid, pktime=pktime)
+
+
+def _exit(pid: int, exec_ktime: int, ktime: int) -> bytes:
+    return exit_record(pid=pid, ktime=ktime, exec_ktime=exec_ktime)
 
 
 # records (in the order the loop reads them), the replay's batch size, then the events exported
@@ -100,26 +105,48 @@ CASES = [
      (1, 1, 0)),
     ("parent-never-comes", [_exec(100, 5000, 50, 1000), _policy(100, 5000, 6000), _exec(200, 5500)], 1,
      [("exec", 100, 5000), ("exec", 200, 5500), ("kprobe", 100, "known", 5000, 0)], (1, 0, 0, 1)),
+    # an exit whose exec key the cache lacks (that exec's record behind it): held the same way,
+    # sent with the process once its exec comes, else with the stand-in (pid, start time)
+    ("exit-known", [_exec(100, 5000), _exit(100, 5000, 6000)], 1,
+     [("exec", 100, 5000), ("exit", 100, "known", 5000)], (0, 0, 0)),
+    ("exit-exec-later-in-the-batch", [_exit(100, 5000, 6000), _exec(100, 5000)], 7,
+     [("exec", 100, 5000), ("exit", 100, "known", 5000)], (1, 1, 0)),
+    ("exit-exec-in-a-later-batch", [_exit(100, 5000, 6000), _exec(200, 5500), _exec(100, 5000)], 1,
+     [("exec", 200, 5500), ("exec", 100, 5000), ("exit", 100, "known", 5000)], (1, 1, 0)),
+    ("exit-exec-never-comes", [_exit(300, 5000, 6000), _exec(100, 5000)], 1,
+     [("exec", 100, 5000), ("exit", 300, "stand-in")], (1, 0, 1)),
+    ("exit-older-image-cached-exec-behind", [_exec(100, 4000), _exit(100, 5000, 6000), _exec(100, 5000)], 1,
+     [("exec", 100, 4000), ("exec", 100, 5000), ("exit", 100, "known", 5000)], (1, 1, 0)),
+    ("exit-and-policy-event-exec-behind", [_policy(100, 5000, 5500), _exit(100, 5000, 6000), _exec(100, 5000)], 1,
+     [("exec", 100, 5000), ("kprobe", 100, "known", 5000), ("exit", 100, "known", 5000)], (2, 2, 0)),
 ]
 
 
-def _replay(tmp_path: Path, records: list[bytes], batch: int, compiled: bool) -> tuple[list[Any], dict, dict]:
-    out = tmp_path / "events.log"
-    agent = Agent(AgentConfig(export_filename=str(out), server_address="", node_name="n1"),
-                  source=ReplaySource(records, batch=batch))
-    agent.start()
-    try:
-        pe = agent.policies.events
-        # the hook's policy: counters only (a policy with none goes to the Python handler)
-        lp = SimpleNamespace(events={}, actions={}, correlator=None) if compiled else None
-        for ch in HOOKS:
-            pe.hooks[ch.hook_id] = (ch, lp)
-        agent.run()
-        metrics = {(s.name, tuple(sorted(s.labels.items()))): s.value
-                   for fam in AgentCollector(agent.control).collect() for s in fam.samples}
-        status = agent.control.status()
-    finally:
-        agent.close()
+def _replay(tmp_path: Path, records: list[bytes], batch: int, compiled: bool,
+            left: list[Any] | None = None) -> tuple[list[Any], dict, dict]:
+    """The exported events, status and metrics of a replay; `compiled` False: the pure-Python
+    agent (as VIGIL_PURE_PYTHON=1). `left` gets the agent's process cache once it stopped."""
+    with pytest.MonkeyPatch.context() as mp:
+        if not compiled:
+            mp.setattr(native, "fast", None)
+        out = tmp_path / "events.log"
+        agent = Agent(AgentConfig(export_filename=str(out), server_address="", node_name="n1"),
+                      source=ReplaySource(records, batch=batch))
+        agent.start()
+        try:
+            pe = agent.policies.events
+            # the hook's policy: counters only (a policy with none goes to the Python handler)
+            lp = SimpleNamespace(events={}, actions={}, correlator=None) if compiled else None
+            for ch in HOOKS:
+                pe.hooks[ch.hook_id] = (ch, lp)
+            agent.run()
+            metrics = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                       for fam in AgentCollector(agent.control).collect() for s in fam.samples}
+            status = agent.control.status()
+            if left is not None:
+                left.append(agent.builder.cache)
+        finally:
+            agent.close()
     return [orjson.loads(line) for line in out.read_bytes().splitlines()], status, metrics
 
 
@@ -161,6 +188,30 @@ def test_a_policy_event_waits_for_its_process(tmp_path: Path, records: list[byte
     assert metrics[("tetragon_event_cache_entries", ())] == 0
 
 
+# an exit held for its exec, once that exec comes, ends the process as the exit of a cached
+# process does: the pid names no image any more and the entry waits for the GC (released), the
+# hold keeps nothing alive; one whose exec never comes leaves nothing either
+EXIT_CASES = [
+    ("exec-first", [_exec(100, 5000), _exit(100, 5000, 6000)], 1),
+    ("exec-later-in-the-batch", [_exit(100, 5000, 6000), _exec(100, 5000)], 7),
+    ("exec-in-a-later-batch", [_exit(100, 5000, 6000), _exec(200, 5500), _exec(100, 5000)], 1),
+    ("older-image-cached-exec-behind", [_exec(100, 4000), _exit(100, 5000, 6000), _exec(100, 5000)], 1),
+]
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+@pytest.mark.parametrize("records,batch", [c[1:] for c in EXIT_CASES], ids=[c[0] for c in EXIT_CASES])
+def test_a_held_exit_ends_its_process_once_it_comes(tmp_path: Path, records: list[bytes], batch: int,
+                                                    compiled: bool) -> None:
+    left: list[Any] = []
+    events, _, _ = _replay(tmp_path, records, batch, compiled, left)
+    assert [_shape(e)[:4] for e in events if "process_exit" in e] == [("exit", 100, "known", 5000)]
+    cache = left[0]
+    p = cache.get((100, 5000))
+    assert cache.by_pid(100) is None and p.exited and p.refcnt <= 0 and p in cache._pending
+    assert cache.gc(p.removal_at) >= 1 and cache.get((100, 5000)) is None
+
+
 class _Cache:
     def __init__(self) -> None:
         self._by_key: dict[tuple[int, int], Any] = {}
@@ -185,27 +236,38 @@ RETRY_CASES = [
 ]
 
 
+def _event(kind: str, msg: Any) -> Any:
+    """A policy event, or an exit, made with stand-in `msg`."""
+    from vigil.core.events import PolicyEvent, ProcessExit
+
+    return (PolicyEvent("process_kprobe", msg, None, {}, "t", "n") if kind == "policy"
+            else ProcessExit(msg, None, (), "", 0, "t", "n"))
+
+
+@pytest.mark.parametrize("kind", ["policy", "exit"])
 @pytest.mark.parametrize("retries,delay,steps,want", [c[1:] for c in RETRY_CASES], ids=[c[0] for c in RETRY_CASES])
 def test_a_held_event_is_given_up_after_its_time_and_steps(retries: int, delay: int, steps: list[tuple[int, int]],
-                                                           want: list[str]) -> None:
-    from vigil.core.events import PolicyEvent, missing_process
+                                                           want: list[str], kind: str) -> None:
+    from vigil.core.events import missing_process
     from vigil.process.hold import ProcessHold
 
     counts = SimpleNamespace(missing_info=0)
     hold = ProcessHold(_Cache(), counts, retries, delay)  # type: ignore[arg-type]
     msg = missing_process(300, "t")
     hold.standin(msg, 300, 5000)
-    ev = PolicyEvent("process_kprobe", msg, None, {}, "t", "n")
+    ev = _event(kind, msg)
     assert hold.take([ev], 10, 7) == []
     got = []
     for dt, ds in steps:
         out = hold.retry(10 + dt, 7 + ds)
         got.append("gave-up" if out == [ev] else "" if out == [] else repr(out))
     assert got == want and counts.missing_info == 1 and hold.status()["held_now"] == 0
+    assert (hold.status()["held"], hold.status()["given_up"], hold.status()["resolved"]) == (1, 1, 0)
 
 
-def test_a_full_hold_sends_its_oldest_with_the_stand_in() -> None:
-    from vigil.core.events import PolicyEvent, missing_process
+@pytest.mark.parametrize("kind", ["policy", "exit"])
+def test_a_full_hold_sends_its_oldest_with_the_stand_in(kind: str) -> None:
+    from vigil.core.events import missing_process
     from vigil.process import hold as H
 
     counts = SimpleNamespace(missing_info=0)
@@ -214,9 +276,10 @@ def test_a_full_hold_sends_its_oldest_with_the_stand_in() -> None:
     for i in range(H.HOLD_CAPACITY + 2):
         msg = missing_process(1000 + i, "t")
         hold.standin(msg, 1000 + i, 5000)
-        made.append(PolicyEvent("process_kprobe", msg, None, {}, "t", "n"))
+        made.append(_event(kind, msg))
     sent = hold.take(made, 0, 0)
     assert sent == made[:2] and hold.status()["held_now"] == H.HOLD_CAPACITY and counts.missing_info == 2
+    assert (hold.status()["held"], hold.status()["given_up"]) == (H.HOLD_CAPACITY + 2, 2)
     # the rest are all sent, in order, at the stop
     assert hold.retry(1, 1, final=True) == made[2:] and counts.missing_info == H.HOLD_CAPACITY + 2
 

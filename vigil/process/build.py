@@ -516,13 +516,24 @@ class EventBuilder:
             if not r.exec_ktime:
                 # the kernel had no entry for it either: Tetragon's exit hook sends nothing then
                 return None
-            self.missing_info += 1
             # as Tetragon's GetProcessExit makes a process its cache lacks: the pid and the
-            # start time of the kernel's key, nothing else (no exec_id, flags, tid, parent)
+            # start time of the kernel's key, nothing else (no exec_id, flags, tid, parent);
+            # held, as Tetragon's event cache holds it, for the exec record the key names (still
+            # behind in the ring): once it comes, the exit names that image and ends it
+            # (held_exit_found); else it is sent with this stand-in, missing its process info
             msg = ProcessMsg("", r.pid, start_time=self.clock.ktime_rfc3339(r.exec_ktime))
+            self.hold.standin(msg, r.pid, r.exec_ktime)
             return ProcessExit(msg, None, (), sig, (code >> 8) & 0xFF, t, self.node)
         parent, ancestors = self._parents(p)
         cache.exit(p, now_ns)
         return ProcessExit(p.msg, parent, ancestors, sig, (code >> 8) & 0xFF, t, self.node)
 
     py_on_exit = on_exit  # the compiled on_exit hands a process it never saw to this
+
+    def held_exit_found(self, p: Process, now_ns: int) -> tuple[ProcessMsg | None, tuple[ProcessMsg, ...]]:
+        """A held exit's process came (its exec record was behind the exit's): the exit ends it
+        as on_exit ends a cached process (released from the cache: its pid no longer names it,
+        removed after the grace period), and names its parent and ancestors as then."""
+        parent, ancestors = self._parents(p)
+        self.cache.exit(p, now_ns)
+        return parent, ancestors

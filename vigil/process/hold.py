@@ -1,9 +1,12 @@
-"""Policy events of a process the cache does not have yet: Tetragon's event cache, for process
-info. A policy record can be read before the exec record of its process (another CPU's ring,
-or the exec's record just behind): the cache has no entry for it when the event is made. As
-Tetragon's eventcache, such an event is held and tried again, and sent with its process once
-the cache has it; when the wait is over it is sent with the stand-in it was made with
-(PolicyEvents.missing: {pid, start_time} or {pid, flags: unknown}).
+"""Policy events and exits of a process the cache does not have yet: Tetragon's event cache, for
+process info. A policy record, or an exit, can be read before the exec record of its process
+(another CPU's ring, or the exec's record just behind): the cache has no entry for it when the
+event is made. As Tetragon's eventcache, such an event is held and tried again, and sent with
+its process once the cache has it; when the wait is over it is sent with the stand-in it was
+made with (PolicyEvents.missing: {pid, start_time} or {pid, flags: unknown}; an exit's:
+{pid, start_time}, as Tetragon's GetProcessExit makes it). A held exit whose process comes ends
+it then, as an exit of a cached process does (EventBuilder.held_exit_found): the hold never
+keeps a process that exited in the cache.
 
 Tetragon's cache (pkg/eventcache) tries its events every --event-cache-retry-delay (2 s) up to
 --event-cache-retries (15) times, sends the rest of the stream meanwhile (held events come
@@ -21,7 +24,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from vigil.core.events import PolicyEvent
+from vigil.core.events import PolicyEvent, ProcessExit
 
 if TYPE_CHECKING:
     from vigil.core.events import Event, ProcessMsg
@@ -41,7 +44,9 @@ class ProcessHold:
     def __init__(self, cache: ProcessCache, counts: Any, retries: int = RETRIES,
                  retry_delay_s: int = RETRY_DELAY_S) -> None:
         self.cache = cache
-        self.counts = counts  # the builder: missing_info counts the events sent with a stand-in
+        # the builder: missing_info counts the events sent with a stand-in; held_exit_found ends
+        # the process of a held exit once it comes
+        self.counts = counts
         self.configure(retries, retry_delay_s)
         # stand-ins made for kernel hooks' records since the last batch: id -> (stand-in, pid, ktime);
         # processes whose events of the batch lack their parent: id(message) -> (message, parent key)
@@ -66,7 +71,8 @@ class ProcessHold:
         self.wait_ns = retries * retry_delay_s * 1_000_000_000
 
     def standin(self, msg: ProcessMsg, pid: int, ktime: int, since: int = 0) -> None:
-        """A stand-in was made for a kernel hook's record (PolicyEvents.missing): its event, in
+        """A stand-in was made for a kernel hook's record (PolicyEvents.missing) or an exit
+        (EventBuilder.on_exit, whose key is always an exec key): its event, in
         the batch about to be emitted, is held, waiting for the image of exec key (pid, ktime)
         exactly (not an older one of that pid, whose exec record is behind), or for pid's image
         when `ktime` is 0 (no exec key: the kernel had no entry for the process, VP_EV_NO_PROC),
@@ -125,6 +131,12 @@ class ProcessHold:
             e, pkey = h[0], h[5]
             if pkey is None:  # its process first
                 p = by_key.get((h[1], h[2])) if h[2] else by_pid_since(h[1], h[6])
+                if p is not None and type(e) is ProcessExit:  # its exec came: the exit ends it
+                    e.process = p.msg
+                    e.parent, e.ancestors = self.counts.held_exit_found(p, now_ns)
+                    self.stats["resolved"] += 1
+                    out.append(e)
+                    continue
                 if p is not None:
                     e.process, e.parent = p.msg, None
                     pkey = h[5] = p.parent_key or ()  # (): it names no parent
