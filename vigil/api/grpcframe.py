@@ -12,6 +12,8 @@ from urllib.parse import quote
 
 import grpc
 
+from vigil.api.statusmsg import bounded
+
 PREFIX = struct.Struct(">BI")
 _pack = PREFIX.pack
 
@@ -62,7 +64,7 @@ def trailers(code: grpc.StatusCode, message: str = "") -> list[tuple[bytes, byte
     """The trailers ending a response with `code` (after response headers)."""
     out = [(b"grpc-status", str(code.value[0]).encode())]
     if message:
-        out.append((b"grpc-message", quote(message, safe=_MESSAGE_SAFE).encode()))
+        out.append((b"grpc-message", quote(bounded(message), safe=_MESSAGE_SAFE).encode()))  # clients take ~8 KiB
     return out
 
 

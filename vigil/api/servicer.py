@@ -27,6 +27,7 @@ from vigil.api.pb import (
     sensors_pb2_grpc,
     tetragon_pb2,
 )
+from vigil.api.statusmsg import bounded
 from vigil.api.streams import StreamStats, request_filter, stream_events
 from vigil.core.agent_api import AgentAPI
 from vigil.core.errors import PolicyError, PolicyExists, PolicyNotFound
@@ -42,6 +43,12 @@ _LEVELS = {"panic": "LOG_LEVEL_PANIC", "fatal": "LOG_LEVEL_FATAL", "critical": "
            "info": "LOG_LEVEL_INFO", "debug": "LOG_LEVEL_DEBUG", "trace": "LOG_LEVEL_TRACE"}
 
 
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> None:
+    """context.abort with a message clients take (vigil.api.statusmsg): one echoing a long
+    name or value, or many policy errors, reached them as RESOURCE_EXHAUSTED instead."""
+    context.abort(code, bounded(details))
+
+
 def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Map agent exceptions to status codes; never let a bug surface as UNKNOWN."""
     @functools.wraps(fn)
@@ -49,25 +56,25 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(self, request, context)
         except PolicyNotFound as e:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(e) or "tracing policy not found")
+            _abort(context, grpc.StatusCode.NOT_FOUND, str(e) or "tracing policy not found")
         except PolicyExists as e:
-            context.abort(grpc.StatusCode.ALREADY_EXISTS, str(e) or "tracing policy already exists")
+            _abort(context, grpc.StatusCode.ALREADY_EXISTS, str(e) or "tracing policy already exists")
         except PolicyError as e:
             code = (grpc.StatusCode.INVALID_ARGUMENT if fn.__name__ == "AddTracingPolicy"
                     else grpc.StatusCode.FAILED_PRECONDITION)
-            context.abort(code, str(e) or type(e).__name__)
+            _abort(context, code, str(e) or type(e).__name__)
         except (pbdict.ConversionError, ValueError) as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except Exception as e:  # context.abort's own exception is re-raised below
             if isinstance(e, grpc.RpcError) or type(e).__name__ == "_AbortionError" or context.code() is not None:
                 raise
             log.exception("%s failed", fn.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"{fn.__name__}: {type(e).__name__}: {e}")
+            _abort(context, grpc.StatusCode.INTERNAL, f"{fn.__name__}: {type(e).__name__}: {e}")
     return wrapper
 
 
 def _unimplemented(context: grpc.ServicerContext, why: str) -> None:
-    context.abort(grpc.StatusCode.UNIMPLEMENTED, why)
+    _abort(context, grpc.StatusCode.UNIMPLEMENTED, why)
 
 
 class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
@@ -89,13 +96,13 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
         try:
             event_filter = self._event_filter(request)
         except ValueError as e:  # FilterError and ConversionError are ValueErrors
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid GetEvents filter: {e}")
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"invalid GetEvents filter: {e}")
         # aggregation_options is honoured as in Tetragon, where aggregation only ever applied
         # to connect/accept events, which no longer exist: every event is sent as it is.
         # Fields this agent does not know are refused (request_filter), never ignored.
         with self._streams_lock:
             if self.stream_stats.active >= self.max_streams:
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                               f"too many GetEvents streams (limit {self.max_streams})")
             sub = self.agent.subscribe(maxsize=self.queue_size)
             self.stream_stats.open(sub, context.peer())  # counted before the generator starts: limit holds
@@ -147,9 +154,9 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
     @_rpc
     def AddTracingPolicy(self, request: Any, context: grpc.ServicerContext) -> Any:
         if not request.yaml.strip():
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "AddTracingPolicy: empty yaml")
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "AddTracingPolicy: empty yaml")
         if request.domain not in ("", "grpc"):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                           f"AddTracingPolicy: domain {request.domain!r}: Vigil adds policies sent over "
                           "gRPC to the 'grpc' domain only (leave domain empty)")
         self.agent.add_policy(request.yaml, source="grpc")
@@ -190,7 +197,7 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
         self._check_domain(request)
         if request.HasField("mode"):
             if request.mode not in (sensors_pb2.TP_MODE_ENFORCE, sensors_pb2.TP_MODE_MONITOR):
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                               f"mode must be TP_MODE_ENFORCE or TP_MODE_MONITOR, got "
                               f"{sensors_pb2.TracingPolicyMode.Name(request.mode)}")
             self.agent.set_policy_mode(request.name, policies.mode_name(request.mode), request.namespace)
@@ -257,7 +264,7 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
             res.processes.SetInParent()
             skip_zero = request.HasField("dump") and request.dump.skip_zero_refcnt
             if request.HasField("dump") and request.dump.exclude_execve_map_processes:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                               "GetDebug: dump.exclude_execve_map_processes is not supported by Vigil "
                               "(its process cache dump cannot tell which entries the kernel's execve_map "
                               "holds); dump without it")
@@ -272,12 +279,12 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
                     pbdict.parse_into(entry, item.process, ignore_unknown=True)
                 item.refcnt.value = refcnt  # set also when 0, as Tetragon's dump does
             return res
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"GetDebug: unknown flag {request.flag}")
+        _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"GetDebug: unknown flag {request.flag}")
 
     @_rpc
     def SetDebug(self, request: Any, context: grpc.ServicerContext) -> Any:
         if request.flag != sensors_pb2.CONFIG_FLAG_LOG_LEVEL or request.WhichOneof("arg") != "level":
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "SetDebug: only CONFIG_FLAG_LOG_LEVEL with a level")
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "SetDebug: only CONFIG_FLAG_LOG_LEVEL with a level")
         name = sensors_pb2.LogLevel.Name(request.level).removeprefix("LOG_LEVEL_").lower()
         self.agent.set_log_level(name)
         return sensors_pb2.SetDebugResponse(flag=request.flag, level=request.level)
@@ -334,7 +341,7 @@ class _Registrar:
 
 def _need_name(request: Any, context: grpc.ServicerContext) -> None:
     if not request.name:
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "policy name is required")
+        _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "policy name is required")
 
 
 class EventLogService(eventlogservice_pb2_grpc.EventLogServiceServicer):
@@ -356,9 +363,9 @@ class EventLogService(eventlogservice_pb2_grpc.EventLogServiceServicer):
                 rotation_interval=request.rotation_interval if request.HasField("rotation_interval") else None,
                 max_backups=request.max_backups if request.HasField("max_backups") else None)
         except LookupError as e:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+            _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(e))
         except ValueError as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
         return eventlogservice_pb2.SetEventLogParamsResponse()
 
     def GetEventLogParams(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -366,7 +373,7 @@ class EventLogService(eventlogservice_pb2_grpc.EventLogServiceServicer):
         try:
             p = agent.event_log_params()
         except LookupError as e:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+            _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(e))
         return eventlogservice_pb2.GetEventLogParamsResponse(
             max_size=int(p["max_size"]), rotation_interval=p["rotation_interval"], max_backups=p["max_backups"])
 
