@@ -133,6 +133,9 @@ SHARED_PODS = (  # a container's part of the pod object, as the resolver makes i
     {"namespace": "shop", "name": "db-0", "uid": "u-3",
      "container": {"id": "containerd://" + "e" * 64, "name": "db", "image": {"name": "r/db:1"},
                    "start_time": "2026-12-05T10:00:00Z", "security_context": {}}},
+    # an empty container object: the process's fields are its first (no comma before them)
+    PodShared(namespace="x", name="empty-0", uid="u-4", container={}),
+    {"namespace": "x", "name": "empty-0", "uid": "u-4", "container": {}},
 )
 BODIES = {
     "process_kprobe": {"function_name": "security_file_open", "args": [{"file_arg": {"path": "/etc/x"}}],
@@ -539,6 +542,23 @@ def test_builder(seq: list[Any], opts: dict[str, Any], capacity: int, pods: bool
         assert _cache_state(fast_b) == _cache_state(ref_b)
         if pods:
             assert (fast_b.pods.enriched, fast_b.pods.unknown) == (ref_b.pods.enriched, ref_b.pods.unknown)
+
+
+@pytest.mark.parametrize("probe", [False, True], ids=["no-probe", "probe"])
+@pytest.mark.parametrize("pid", [0, 1, 4294967295], ids=["no-pid", "pid-1", "pid-max"])
+@pytest.mark.parametrize("container", [
+    {}, {"security_context": {}}, {"id": "containerd://abc", "name": "c"},
+    {"id": "containerd://abc", "security_context": {"privileged": True}},
+], ids=["empty", "security-context-alone", "id-name", "id-security-context"])
+def test_a_process_pod_is_written_as_the_twin_writes_it(container: dict[str, Any], pid: int, probe: bool) -> None:
+    """The compiled encoder writes a process's pod from its container's parts with the
+    process's pid and exec-probe guess between them (native/fastpath.c put_pod_json), the
+    same bytes as the twin (codec.pod_json): no comma after an opening brace, the pid and
+    the guess only when set, before security_context."""
+    shared = PodShared(namespace="ns", name="p-0", uid="u-9", container=dict(container))
+    got = FAST.process_json(ProcessMsg(exec_id="e", pid=5, binary="/b", pod=Pod(shared, pid, probe)))
+    want = codec.py_process_json(ProcessMsg(exec_id="e", pid=5, binary="/b", pod=Pod(dict(shared), pid, probe)))
+    assert got == want
 
 
 def test_pod_table_serves_known_containers_and_asks_the_resolver_otherwise() -> None:
