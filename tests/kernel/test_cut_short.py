@@ -15,7 +15,18 @@ from typing import Any
 import pytest
 
 from tests.kernel.conftest import RunningAgent, execs
-from tests.kernel.test_policy_engine import Run, loaded, open_file, policy_events, policy_yaml, pywork, run_py
+from tests.kernel.test_policy_engine import (
+    Run,
+    loaded,
+    open_file,
+    openat_spec,
+    path_is,
+    policy_events,
+    policy_yaml,
+    pywork,
+    run_py,
+    scoped,
+)
 from vigil.events import records as R
 from vigil.events.generic import py_decode_generic
 from vigil.kernel import policy_layout as L
@@ -49,15 +60,7 @@ def test_string_argument_cut_short_only_past_its_limit(running_agent: RunningAge
     """Lengths limit - 1 and limit: whole, not flagged (limit was flagged cut short); limit + 1
     and + 2: the first `limit` bytes, flagged."""
     stem = f"{pywork}/data/long-"
-    spec = f"""
-kprobes:
-- call: sys_openat
-  syscall: true
-  args: [{{index: 1, type: string}}]
-  selectors:
-  - matchArgs: [{{index: 1, operator: Prefix, values: ["{stem}"]}}]
-    matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
-"""
+    spec = openat_spec([path_is(stem, op="Prefix"), scoped(pywork)])
     lengths = (100, STR_LIMIT - 1, STR_LIMIT, STR_LIMIT + 1, STR_LIMIT + 2)
     names = [stem + "x" * (n - len(stem)) for n in lengths]   # no such files: the opens fail
     code = "import os\n" + "".join(open_file(n) for n in names)

@@ -13,7 +13,7 @@ import stat
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,19 @@ def loaded(ra: RunningAgent, yaml_text: str, mode: str | None = None) -> Iterato
         ra.agent.delete_policy(name)
 
 
+def kernel_stats(ra: RunningAgent, name: str) -> dict[str, int]:
+    """Policy `name`'s kernel counters (its list_policies() kernel_stats)."""
+    return next(p for p in ra.agent.list_policies() if p["name"] == name)["kernel_stats"]
+
+
+def collect_with_stats(ra: RunningAgent, name: str,
+                       action: Callable[[], object]) -> tuple[list[dict[str, Any]], dict[str, int], dict[str, int]]:
+    """ra.collect(action)'s events, and policy `name`'s kernel_stats before and after it."""
+    before = kernel_stats(ra, name)
+    events = ra.collect(action)
+    return events, before, kernel_stats(ra, name)
+
+
 class Run:
     def __init__(self) -> None:
         self.pid = 0
@@ -78,6 +91,25 @@ def policy_events(events: list[dict], pid: int, policy: str) -> list[tuple[str, 
 
 def open_file(path: str) -> str:
     return f"import os\ntry:\n    os.close(os.open({path!r}, os.O_RDONLY))\nexcept OSError:\n    pass\n"
+
+
+def openat_spec(*selectors: Sequence[str]) -> str:
+    """The spec of a policy of one hook, the sys_openat syscall with its path (index 1, a
+    string) as its one argument, and `selectors`, each given as its lines (path_is, scoped,
+    `matchActions: [...]`, ...)."""
+    return ("kprobes:\n- call: sys_openat\n  syscall: true\n  args: [{index: 1, type: string}]\n  selectors:\n"
+            + "".join("  - " + "\n    ".join(lines) + "\n" for lines in selectors))
+
+
+def path_is(*values: str, op: str = "Equal") -> str:
+    """A selector's line: sys_openat's path (argument index 1) `op` one of `values`."""
+    quoted = ", ".join(f'"{v}"' for v in values)
+    return f"matchArgs: [{{index: 1, operator: {op}, values: [{quoted}]}}]"
+
+
+def scoped(pywork: Path) -> str:
+    """A selector's line: only the test's own copy of the interpreter."""
+    return f'matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]'
 
 
 OPENAT = """
@@ -227,13 +259,11 @@ def test_non_matching_events_cost_no_record(running_agent: RunningAgent, pywork:
     d = str(pywork / "data")
     spec = OPENAT.format(index=1, op="Equal", values=f'["{d}/never-opened"]')
     r = Run()
+    code = (f"import os\nfor i in range(500):\n    try: os.close(os.open('{d}/present.txt', os.O_RDONLY))\n"
+            "    except OSError: pass\n")
     with loaded(running_agent, policy_yaml("never-matches", spec)):
-        before = running_agent.agent.policies.list()[0]["kernel_stats"]
         rb_before = running_agent.agent.status()["ringbuf"]["rings"][1]["records"]  # the policy ring
-        code = (f"import os\nfor i in range(500):\n    try: os.close(os.open('{d}/present.txt', os.O_RDONLY))\n"
-                "    except OSError: pass\n")
-        events = running_agent.collect(lambda: run_py(pywork, code, out=r))
-        after = next(p for p in running_agent.agent.list_policies() if p["name"] == "never-matches")["kernel_stats"]
+        events, before, after = collect_with_stats(running_agent, "never-matches", lambda: run_py(pywork, code, out=r))
     assert policy_events(events, r.pid, "never-matches") == []
     assert after["hits"] - before["hits"] >= 500
     assert after["filtered"] - before["filtered"] >= 500
@@ -269,15 +299,7 @@ def test_process_selectors(running_agent: RunningAgent, pywork: Path, case, sel,
                            others_can_resolve_paths: None):
     d = str(pywork / "data")
     sel = sel.format(d=d, bin=pywork / "vpy", work=pywork, pid=os.getpid())
-    spec = f"""
-kprobes:
-- call: sys_openat
-  syscall: true
-  args: [{{index: 1, type: string}}]
-  selectors:
-  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
-    {sel}
-"""
+    spec = openat_spec([path_is(f"{d}/present.txt"), sel])
     r = Run()
     with loaded(running_agent, policy_yaml(f"sel-{case}", spec)):
         events = running_agent.collect(lambda: run_py(pywork, open_file(f"{d}/present.txt"), user=user, out=r))
@@ -286,18 +308,8 @@ kprobes:
 
 def test_selectors_or_first_match_wins(running_agent: RunningAgent, pywork: Path):
     d = str(pywork / "data")
-    spec = f"""
-kprobes:
-- call: sys_openat
-  syscall: true
-  args: [{{index: 1, type: string}}]
-  selectors:
-  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/nothing"]}}]
-    matchActions: [{{action: Sigkill}}]
-  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
-    matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
-    matchActions: [{{action: Post}}]
-"""
+    spec = openat_spec([path_is(f"{d}/nothing"), "matchActions: [{action: Sigkill}]"],
+                       [path_is(f"{d}/present.txt"), scoped(pywork), "matchActions: [{action: Post}]"])
     r = Run()
     with loaded(running_agent, policy_yaml("or-selectors", spec)):
         events = running_agent.collect(lambda: run_py(pywork, open_file(f"{d}/present.txt"), out=r))
@@ -308,17 +320,9 @@ kprobes:
 
 def test_change_selectors(running_agent: RunningAgent, pywork: Path):
     d = str(pywork / "data")
-    spec = f"""
-kprobes:
-- call: sys_openat
-  syscall: true
-  args: [{{index: 1, type: string}}]
-  selectors:
-  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
-    matchNamespaceChanges: [{{operator: In, values: [Uts]}}]
-  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
-    matchCapabilityChanges: [{{type: Effective, operator: In, values: ["CAP_SYS_ADMIN"]}}]
-"""
+    spec = openat_spec([path_is(f"{d}/present.txt"), "matchNamespaceChanges: [{operator: In, values: [Uts]}]"],
+                       [path_is(f"{d}/present.txt"),
+                        'matchCapabilityChanges: [{type: Effective, operator: In, values: ["CAP_SYS_ADMIN"]}]'])
     unshare = ("import ctypes, os\nctypes.CDLL(None).unshare(0x04000000)\n" + open_file(f"{d}/present.txt"))
     dropcaps = ("import os\nos.setgid(65534); os.setuid(65534)\n" + open_file(f"{d}/present.txt"))
     plain = open_file(f"{d}/present.txt")
@@ -336,17 +340,9 @@ def test_notin_change_selectors_need_another_change(running_agent: RunningAgent,
     """NotIn of matchNamespaceChanges / matchCapabilityChanges: a change outside the list (as
     Tetragon); a process where nothing changed, or only a listed one, is no match."""
     d = str(pywork / "data")
-    spec = f"""
-kprobes:
-- call: sys_openat
-  syscall: true
-  args: [{{index: 1, type: string}}]
-  selectors:
-  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
-    matchNamespaceChanges: [{{operator: NotIn, values: [Uts]}}]
-  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
-    matchCapabilityChanges: [{{type: Effective, operator: NotIn, values: ["CAP_SYS_ADMIN"]}}]
-"""
+    spec = openat_spec([path_is(f"{d}/present.txt"), "matchNamespaceChanges: [{operator: NotIn, values: [Uts]}]"],
+                       [path_is(f"{d}/present.txt"),
+                        'matchCapabilityChanges: [{type: Effective, operator: NotIn, values: ["CAP_SYS_ADMIN"]}]'])
     code = {
         "plain": open_file(f"{d}/present.txt"),
         "uts": "import ctypes\nctypes.CDLL(None).unshare(0x04000000)\n" + open_file(f"{d}/present.txt"),
@@ -368,15 +364,8 @@ def test_namespace_pid_is_the_processs_from_any_of_its_threads(running_agent: Ru
     """isNamespacePID compares the process's pid in its pid namespace, also when another of its
     threads makes the call; followForks takes its children too."""
     d = str(pywork / "data")
-    spec = f"""
-kprobes:
-- call: sys_openat
-  syscall: true
-  args: [{{index: 1, type: string}}]
-  selectors:
-  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
-    matchPIDs: [{{operator: In, values: [1], isNamespacePID: true, followForks: true}}]
-"""
+    spec = openat_spec([path_is(f"{d}/present.txt"),
+                        "matchPIDs: [{operator: In, values: [1], isNamespacePID: true, followForks: true}]"])
     code = ("import ctypes, os, sys, threading\n"
             "assert ctypes.CDLL(None).unshare(0x20000000) == 0\n"   # CLONE_NEWPID: the next child is pid 1
             "pid = os.fork()\n"
@@ -641,16 +630,7 @@ ACTION_CASES = [
 @pytest.mark.parametrize("case, actions, rc, nevents, action", ACTION_CASES, ids=[c[0] for c in ACTION_CASES])
 def test_actions(running_agent: RunningAgent, pywork: Path, case, actions, rc, nevents, action):
     d = str(pywork / "data")
-    spec = f"""
-kprobes:
-- call: sys_openat
-  syscall: true
-  args: [{{index: 1, type: string}}]
-  selectors:
-  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
-    matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
-    matchActions: {actions}
-"""
+    spec = openat_spec([path_is(f"{d}/present.txt"), scoped(pywork), f"matchActions: {actions}"])
     bystander = Run()
     r = Run()
     code = open_file(f"{d}/present.txt") * 3  # three identical opens: rate limit keeps one
@@ -679,16 +659,7 @@ def test_imahash_outside_lsmhooks_is_ignored(running_agent: RunningAgent, pywork
     hook too, where it has nothing to add it to. Vigil refused such a policy ('imaHash is only
     supported on lsmhooks'); it is now loaded with a warning and its events are sent."""
     d = str(pywork / "data")
-    spec = f"""
-kprobes:
-- call: sys_openat
-  syscall: true
-  args: [{{index: 1, type: string}}]
-  selectors:
-  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
-    matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
-    matchActions: [{{action: Post, imaHash: true}}]
-"""
+    spec = openat_spec([path_is(f"{d}/present.txt"), scoped(pywork), "matchActions: [{action: Post, imaHash: true}]"])
     r = Run()
     with loaded(running_agent, policy_yaml("imahash-kprobe", spec)):
         events = running_agent.collect(lambda: run_py(pywork, open_file(f"{d}/present.txt"), out=r))
@@ -698,16 +669,7 @@ kprobes:
 
 def test_monitor_mode_reports_without_killing(running_agent: RunningAgent, pywork: Path):
     d = str(pywork / "data")
-    spec = f"""
-kprobes:
-- call: sys_openat
-  syscall: true
-  args: [{{index: 1, type: string}}]
-  selectors:
-  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
-    matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
-    matchActions: [{{action: Sigkill}}]
-"""
+    spec = openat_spec([path_is(f"{d}/present.txt"), scoped(pywork), "matchActions: [{action: Sigkill}]"])
     r = Run()
     with loaded(running_agent, policy_yaml("monitor-kill", spec), mode="monitor") as st:
         assert st["mode"] == "monitor"
@@ -757,7 +719,7 @@ tracepoints:
                 p.stdin.close()
                 p.wait(60)
             events = running_agent.collect(go)
-            kstats = next(x for x in running_agent.agent.list_policies() if x["name"] == st["name"])["kernel_stats"]
+            kstats = kernel_stats(running_agent, st["name"])
     finally:
         if p.poll() is None:
             p.kill()
@@ -822,7 +784,7 @@ tracepoints:
                 nonlocal out
                 out, _ = p.communicate(b"g", 60)
             events = running_agent.collect(go)
-            kstats = next(x for x in running_agent.agent.list_policies() if x["name"] == st["name"])["kernel_stats"]
+            kstats = kernel_stats(running_agent, st["name"])
     finally:
         if p.poll() is None:
             p.kill()
@@ -948,7 +910,7 @@ tracepoints:
 """
         with loaded(running_agent, policy_yaml("tracksock-irq", spec)) as st:
             events = running_agent.collect(lambda: p.communicate(b"g", 60))
-            kstats = next(x for x in running_agent.agent.list_policies() if x["name"] == st["name"])["kernel_stats"]
+            kstats = kernel_stats(running_agent, st["name"])
     finally:
         if p.poll() is None:
             p.kill()
@@ -963,16 +925,7 @@ tracepoints:
 
 def test_kernel_stack_trace(running_agent: RunningAgent, pywork: Path):
     d = str(pywork / "data")
-    spec = f"""
-kprobes:
-- call: sys_openat
-  syscall: true
-  args: [{{index: 1, type: string}}]
-  selectors:
-  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
-    matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]
-    matchActions: [{{action: Post, kernelStackTrace: true}}]
-"""
+    spec = openat_spec([path_is(f"{d}/present.txt"), scoped(pywork), "matchActions: [{action: Post, kernelStackTrace: true}]"])
     r = Run()
     with loaded(running_agent, policy_yaml("kstack", spec)):
         events = running_agent.collect(lambda: run_py(pywork, open_file(f"{d}/present.txt"), out=r))
@@ -1070,15 +1023,8 @@ kprobes:
 def test_matchbinaries_follow_children(running_agent: RunningAgent, pywork: Path):
     d = str(pywork / "data")
     shutil.copy2(os.path.realpath("/bin/sh"), pywork / "launcher")
-    spec = f"""
-kprobes:
-- call: sys_openat
-  syscall: true
-  args: [{{index: 1, type: string}}]
-  selectors:
-  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
-    matchBinaries: [{{operator: In, followChildren: true, values: ["{pywork}/launcher"]}}]
-"""
+    spec = openat_spec([path_is(f"{d}/present.txt"),
+                        f'matchBinaries: [{{operator: In, followChildren: true, values: ["{pywork}/launcher"]}}]'])
     launched, direct = Run(), Run()
     with loaded(running_agent, policy_yaml("follow-children", spec)):
         def act() -> None:

@@ -26,7 +26,16 @@ import pytest
 
 from tests.kernel.bpfstate import still_loaded
 from tests.kernel.conftest import RunningAgent
-from tests.kernel.test_policy_engine import Run, loaded, open_file, policy_events, policy_yaml, run_py
+from tests.kernel.test_policy_engine import (
+    Run,
+    collect_with_stats,
+    loaded,
+    open_file,
+    policy_events,
+    policy_yaml,
+    run_py,
+    scoped,
+)
 from vigil.core.errors import PolicyError
 
 pytestmark = pytest.mark.kernel
@@ -42,10 +51,6 @@ def pywork(workdir: Path) -> Path:
     (workdir / "data" / "sub").mkdir()
     os.chmod(workdir / "data", 0o777)
     return workdir
-
-
-def scoped(pywork: Path) -> str:
-    return f'matchBinaries: [{{operator: In, values: ["{pywork}/vpy"]}}]'
 
 
 def mine(events: list[dict], r: Run, name: str) -> list[dict]:
@@ -189,9 +194,7 @@ kprobes:
     code = "".join(open_file(str(f)) for f in (short, long, same_len, other, short))
     r = Run()
     with loaded(running_agent, policy_yaml("entry-equal", spec)):
-        before = next(p for p in running_agent.agent.list_policies() if p["name"] == "entry-equal")["kernel_stats"]
-        events = running_agent.collect(lambda: run_py(pywork, code, out=r))
-        after = next(p for p in running_agent.agent.list_policies() if p["name"] == "entry-equal")["kernel_stats"]
+        events, before, after = collect_with_stats(running_agent, "entry-equal", lambda: run_py(pywork, code, out=r))
     got = [b["args"][0]["string_arg"] for b in mine(events, r, "entry-equal")]
     assert got == [str(short), str(long), str(short)]
     assert after["filtered"] - before["filtered"] >= 2
@@ -224,9 +227,7 @@ kprobes:
     code = "".join(open_file(str(f)) for f in (value, first, last, other, value))
     r = Run()
     with loaded(running_agent, policy_yaml("entry-one-value", spec)):
-        before = next(p for p in running_agent.agent.list_policies() if p["name"] == "entry-one-value")["kernel_stats"]
-        events = running_agent.collect(lambda: run_py(pywork, code, out=r))
-        after = next(p for p in running_agent.agent.list_policies() if p["name"] == "entry-one-value")["kernel_stats"]
+        events, before, after = collect_with_stats(running_agent, "entry-one-value", lambda: run_py(pywork, code, out=r))
     got = [b["args"][0]["string_arg"] for b in mine(events, r, "entry-one-value")]
     assert got == [str(value), str(value)]
     assert after["filtered"] - before["filtered"] >= 3

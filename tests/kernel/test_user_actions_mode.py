@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.kernel.conftest import RunningAgent
-from tests.kernel.test_policy_engine import Run, loaded, open_file, policy_yaml, run_py
-from tests.kernel.test_policy_features import mine, pywork, scoped, url_server  # noqa: F401 - pywork: a fixture
+from tests.kernel.test_policy_engine import Run, loaded, open_file, openat_spec, path_is, policy_yaml, run_py, scoped
+from tests.kernel.test_policy_features import mine, pywork, url_server  # noqa: F401 - pywork: a fixture
 
 # (policy mode, the process signalled?)
 MODE_CASES = [("enforce", True), ("monitor", False)]
@@ -27,18 +27,9 @@ def test_geturl_after_an_enforcing_action_runs_in_either_mode(running_agent: Run
     code = ("import signal\ngot = []\nsignal.signal(signal.SIGUSR1, lambda *a: got.append(1))\n"
             + open_file(str(d / "present.txt")) + "open('result', 'w').write('signalled' if got else 'not signalled')\n")
     with url_server() as (port, hits):
-        spec = f"""
-kprobes:
-- call: sys_openat
-  syscall: true
-  args: [{{index: 1, type: string}}]
-  selectors:
-  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
-    {scoped(pywork)}
-    matchActions:
-    - {{action: Signal, argSig: 10}}
-    - {{action: GetUrl, argUrl: "http://127.0.0.1:{port}/vigil-{mode}"}}
-"""
+        spec = openat_spec([path_is(f"{d}/present.txt"), scoped(pywork), "matchActions:",
+                            "- {action: Signal, argSig: 10}",
+                            f'- {{action: GetUrl, argUrl: "http://127.0.0.1:{port}/vigil-{mode}"}}'])
         with loaded(running_agent, policy_yaml(f"user-actions-{mode}", spec), mode=mode):
             events = running_agent.collect(lambda: run_py(pywork, code, out=r))
             deadline = time.monotonic() + 10
@@ -62,18 +53,9 @@ def test_geturl_after_override_runs_in_either_mode(running_agent: RunningAgent, 
     code = (f"try:\n    open({str(d / 'present.txt')!r}).close()\n    open('result', 'w').write('opened')\n"
             "except OSError:\n    open('result', 'w').write('refused')\n")
     with url_server() as (port, hits):
-        spec = f"""
-kprobes:
-- call: sys_openat
-  syscall: true
-  args: [{{index: 1, type: string}}]
-  selectors:
-  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/present.txt"]}}]
-    {scoped(pywork)}
-    matchActions:
-    - {{action: Override, argError: -1}}
-    - {{action: GetUrl, argUrl: "http://127.0.0.1:{port}/override-{mode}"}}
-"""
+        spec = openat_spec([path_is(f"{d}/present.txt"), scoped(pywork), "matchActions:",
+                            "- {action: Override, argError: -1}",
+                            f'- {{action: GetUrl, argUrl: "http://127.0.0.1:{port}/override-{mode}"}}'])
         with loaded(running_agent, policy_yaml(f"override-geturl-{mode}", spec), mode=mode):
             running_agent.collect(lambda: run_py(pywork, code))
             deadline = time.monotonic() + 10
