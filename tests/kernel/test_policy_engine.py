@@ -69,14 +69,31 @@ class Run:
         self.returncode: int | None = None
 
 
+PY_ENV = {"PYTHONDONTWRITEBYTECODE": "1", "PATH": "/usr/bin:/bin"}
+
+
 def run_py(work: Path, code: str, *, user: int | None = None, out: Run | None = None) -> Run:
     r = out or Run()
     p = subprocess.Popen([str(work / "vpy"), "-S", "-c", code], cwd=work, user=user,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         env={"PYTHONDONTWRITEBYTECODE": "1", "PATH": "/usr/bin:/bin"})
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=PY_ENV)
     r.pid = p.pid
     r.returncode = p.wait(60)
     return r
+
+
+@contextmanager
+def py_started(work: Path, code: str, *, stdout: int = subprocess.DEVNULL) -> Iterator[subprocess.Popen[bytes]]:
+    """The test's copy of the interpreter running `code` in `work`, started (its stdin a pipe,
+    which the code may read to wait for the test's go): killed and reaped on leaving if it
+    still runs."""
+    p = subprocess.Popen([str(work / "vpy"), "-S", "-c", code], cwd=work, stdin=subprocess.PIPE,
+                         stdout=stdout, stderr=subprocess.DEVNULL, env=PY_ENV)
+    try:
+        yield p
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
 
 
 def policy_events(events: list[dict], pid: int, policy: str) -> list[tuple[str, dict]]:
@@ -699,10 +716,7 @@ def test_enforcement_in_interrupt_context_spares_the_interrupted_task(running_ag
     there without the packet's receipt being any act of it (in general: whichever task was
     interrupted). Sigkill/Signal acted on it: the sender died. They are now not done in interrupt
     context (counted as not_task); the event is still sent."""
-    p = subprocess.Popen([str(pywork / "vpy"), "-S", "-c", UDP_SENDER], cwd=pywork, stdin=subprocess.PIPE,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         env={"PYTHONDONTWRITEBYTECODE": "1", "PATH": "/usr/bin:/bin"})
-    try:
+    with py_started(pywork, UDP_SENDER) as p:
         spec = f"""
 tracepoints:
 - subsystem: net
@@ -720,10 +734,6 @@ tracepoints:
                 p.wait(60)
             events = running_agent.collect(go)
             kstats = kernel_stats(running_agent, st["name"])
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
     got = [b for _, b in policy_events(events, p.pid, "irq-kill")]
     assert got, "no netif_receive_skb served in the sender's context"
     assert p.returncode == 0
@@ -757,10 +767,7 @@ def test_enforcement_on_a_tracked_socket_spares_another_process(running_agent: R
     its parent's tracked socket was killed for an event reported as the parent's. They are now
     done only when `current` is the event's process: the child lives (counted as not_owner, the
     event says it was not enforced), the owner handling its own socket is killed."""
-    p = subprocess.Popen([str(pywork / "vpy"), "-S", "-c", TRACKED_SOCK_SHARER], cwd=pywork, stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                         env={"PYTHONDONTWRITEBYTECODE": "1", "PATH": "/usr/bin:/bin"})
-    try:
+    with py_started(pywork, TRACKED_SOCK_SHARER, stdout=subprocess.PIPE) as p:
         spec = f"""
 tracepoints:
 - subsystem: sock
@@ -785,10 +792,6 @@ tracepoints:
                 out, _ = p.communicate(b"g", 60)
             events = running_agent.collect(go)
             kstats = kernel_stats(running_agent, st["name"])
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
     child, status = (int(x) for x in out.split())
     assert status == 0, f"the child handling the tracked socket ended with wait status {status}"
     assert p.returncode == -sig, (kstats, [b.get("message") for _, b in policy_events(events, p.pid, "tracksock-kill")])
@@ -819,10 +822,7 @@ def test_a_tracked_socket_is_not_its_ended_owners(running_agent: RunningAgent, p
     freed one's address) the socket's events were still the ended process's, and matched or
     missed selectors as that process. Now an entry whose owner is gone is dropped: the receive
     after the exec is the new program's."""
-    p = subprocess.Popen([str(pywork / "vpy"), "-S", "-c", TRACKED_THEN_EXEC], cwd=pywork, stdin=subprocess.PIPE,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         env={"PYTHONDONTWRITEBYTECODE": "1", "PATH": "/usr/bin:/bin"})
-    try:
+    with py_started(pywork, TRACKED_THEN_EXEC) as p:
         spec = f"""
 tracepoints:
 - subsystem: sock
@@ -841,10 +841,6 @@ tracepoints:
 """
         with loaded(running_agent, policy_yaml("tracksock-exec", spec)):
             events = running_agent.collect(lambda: p.communicate(b"g", 60))
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
     assert p.returncode == 0
     got = {b["event"]: b for _, b in policy_events(events, p.pid, "tracksock-exec")}
     assert set(got) == {"sock_send_length", "sock_recv_length"}, got
@@ -885,10 +881,7 @@ def test_tracksock_in_interrupt_context_tracks_nothing(running_agent: RunningAge
     TrackSock there made the client the owner of the server's socket, and the server's own
     receive on it was reported as the client's. TrackSock is now not done in interrupt context
     (counted as not_task): the receive is the server's."""
-    p = subprocess.Popen([str(pywork / "vpy"), "-S", "-c", ACCEPTING_SERVER], cwd=pywork, stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                         env={"PYTHONDONTWRITEBYTECODE": "1", "PATH": "/usr/bin:/bin"})
-    try:
+    with py_started(pywork, ACCEPTING_SERVER, stdout=subprocess.PIPE) as p:
         assert p.stdout is not None
         client = int(p.stdout.readline())
         spec = f"""
@@ -911,10 +904,6 @@ tracepoints:
         with loaded(running_agent, policy_yaml("tracksock-irq", spec)) as st:
             events = running_agent.collect(lambda: p.communicate(b"g", 60))
             kstats = kernel_stats(running_agent, st["name"])
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
     assert p.returncode == 0
     got = [b["process"]["pid"] for b in (e[next(iter(e))] for e in events)
            if isinstance(b, dict) and b.get("policy_name") == "tracksock-irq" and b.get("event") == "sock_recv_length"]
