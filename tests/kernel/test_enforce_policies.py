@@ -12,6 +12,7 @@ import pytest
 from tests import enforce_cases as C
 from tests.kernel.bpfstate import still_loaded
 from tests.kernel.conftest import RunningAgent
+from tests.kernel.test_policy_engine import loaded
 
 pytestmark = pytest.mark.kernel
 
@@ -22,19 +23,12 @@ def edir(workdir: Path) -> Path:
     return workdir
 
 
-def _explain(agent, name: str) -> str:  # type: ignore[no-untyped-def]
-    return next(p for p in agent.list_policies() if p["name"] == name)["hooks"][0]["hook"]
-
-
 def test_exec_control_before_first_instruction(running_agent: RunningAgent, edir: Path):
-    a = running_agent.agent
-    name = a.policies.add_text(C.exec_control(edir), "<t>")[0]
-    try:
-        assert "fanotify FAN_OPEN_EXEC_PERM" in _explain(a, name)
+    with loaded(running_agent, C.exec_control(edir)) as st:
+        name = st["name"]
+        assert "fanotify FAN_OPEN_EXEC_PERM" in st["hooks"][0]["hook"]
         res: dict = {}
         events = running_agent.collect(lambda: res.update(C.run_exec_case(edir)))
-    finally:
-        a.delete_policy(name)
     assert res == C.EXPECT["exec"]
     (ev,) = [e for e in C.enforcement_events(events, name) if e["args"][0]["string_arg"].endswith("blocked/tool")]
     C.check_event(ev, "fanotify")
@@ -43,14 +37,11 @@ def test_exec_control_before_first_instruction(running_agent: RunningAgent, edir
 
 
 def test_open_of_existing_file_denied(running_agent: RunningAgent, edir: Path):
-    a = running_agent.agent
-    name = a.policies.add_text(C.open_deny(edir), "<t>")[0]
-    try:
-        assert "FAN_OPEN_PERM" in _explain(a, name)
+    with loaded(running_agent, C.open_deny(edir)) as st:
+        name = st["name"]
+        assert "FAN_OPEN_PERM" in st["hooks"][0]["hook"]
         res: dict = {}
         events = running_agent.collect(lambda: res.update(C.run_open_case(edir)))
-    finally:
-        a.delete_policy(name)
     assert res == C.EXPECT["open"]
     (ev,) = C.enforcement_events(events, name)
     assert ev["args"][0]["string_arg"] == f"{edir}/secret.txt"
@@ -63,21 +54,18 @@ def test_network_denial(running_agent: RunningAgent):
     srv.bind(("127.0.0.1", 0))
     srv.listen(4)
     port = srv.getsockname()[1]
-    a = running_agent.agent
-    name = a.policies.add_text(C.connect_deny(port), "<t>")[0]
-    try:
-        assert "cgroup/connect4" in _explain(a, name)
+    with loaded(running_agent, C.connect_deny(port)) as st:
+        name = st["name"]
+        assert "cgroup/connect4" in st["hooks"][0]["hook"]
         res: dict = {}
         events = running_agent.collect(lambda: res.update(C.run_connect_case(srv)))
-        prog_ids = next(p for p in a.list_policies() if p["name"] == name)["program_ids"]
+        prog_ids = st["program_ids"]
         assert prog_ids
         # its events and programs in the policy metrics (tetragon_policy_events_total, overhead)
-        st = a.status()
-        assert [e["count"] for e in st["policy_events"] if e["policy"] == name] == [1], st["policy_events"]
-        progs = [p for p in st["programs"] if p["policy"] == name]
+        status = running_agent.agent.status()
+        assert [e["count"] for e in status["policy_events"] if e["policy"] == name] == [1], status["policy_events"]
+        progs = [p for p in status["programs"] if p["policy"] == name]
         assert {p["sensor"] for p in progs} == {"netdeny"} and {p["id"] for p in progs} == set(prog_ids), progs
-    finally:
-        a.delete_policy(name)
     assert res == C.EXPECT["connect"]
     (ev,) = C.enforcement_events(events, name)
     assert ev["args"][0]["sockaddr_arg"] == {"family": "AF_INET", "addr": "127.0.0.1", "port": port}
@@ -90,13 +78,10 @@ def test_network_denial(running_agent: RunningAgent):
 
 
 def test_monitor_mode_denies_nothing(running_agent: RunningAgent, edir: Path):
-    a = running_agent.agent
-    name = a.policies.add_text(C.open_deny(edir), "<t>", mode="monitor")[0]
-    try:
+    with loaded(running_agent, C.open_deny(edir), mode="monitor") as st:
+        name = st["name"]
         res: dict = {}
         events = running_agent.collect(lambda: res.update(C.run_open_case(edir)))
-    finally:
-        a.delete_policy(name)
     assert res == {"secret_errno": 0, "public_ok": True}
     (ev,) = C.enforcement_events(events, name)
     assert "monitor mode: reported, not enforced" in ev["message"]
@@ -117,13 +102,10 @@ kprobes:
     with pytest.raises(PolicyError, match="cannot refuse sys_mkdir before it takes effect"):
         running_agent.agent.policies.add_text(C.policy("no-mkdir", spec), "<t>")
     opted = spec.replace("kprobes:", "options:\n- {name: vigil-enforce-fallback, value: sigkill}\nkprobes:")
-    name = running_agent.agent.policies.add_text(C.policy("no-mkdir", opted), "<t>")[0]
-    try:
-        assert "degraded to Sigkill" in _explain(running_agent.agent, name)
+    with loaded(running_agent, C.policy("no-mkdir", opted)) as st:
+        assert "degraded to Sigkill" in st["hooks"][0]["hook"]
         r = subprocess.run(["mkdir", str(edir / "nodir")])
         assert r.returncode == -9  # killed (after the fact: the directory may exist)
-    finally:
-        running_agent.agent.delete_policy(name)
 
 
 def test_exec_control_with_a_vfork_holding_the_gil(running_agent: RunningAgent, edir: Path):
@@ -138,8 +120,6 @@ def test_exec_control_with_a_vfork_holding_the_gil(running_agent: RunningAgent, 
     libc = ctypes.PyDLL(None, use_errno=True)
     libc.posix_spawn.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p,
                                  ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_char_p)]
-    a = running_agent.agent
-    name = a.policies.add_text(C.exec_control(edir), "<t>")[0]
     results: dict[str, int] = {}
 
     def spawn(which: str) -> None:
@@ -153,14 +133,12 @@ def test_exec_control_with_a_vfork_holding_the_gil(running_agent: RunningAgent, 
             os.waitpid(pid.value, 0)
         results[which] = rc
 
-    try:
+    with loaded(running_agent, C.exec_control(edir)):
         for which in ("blocked", "allowed"):
             t = threading.Thread(target=spawn, args=(which,), daemon=True)
             t.start()
             t.join(30)
             assert not t.is_alive(), f"posix_spawn of {which}/tool never returned"
-    finally:
-        a.delete_policy(name)
     assert results == {"blocked": 1, "allowed": 0}  # EPERM from the refused exec
     assert not (edir / "vfork-blocked").exists() and (edir / "vfork-allowed").exists()
 
