@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -286,6 +287,24 @@ def test_ring_buffer_overflow_is_counted_not_silent(workdir: Path, tmp_path: Pat
         agent.close()
 
 
+def _run_child(workdir: Path) -> None:
+    """A record-making exec of the test's own `child`, waited for."""
+    pid = os.posix_spawn(str(workdir / "child"), [str(workdir / "child"), "wake"], os.environ)
+    os.waitpid(pid, 0)
+
+
+def _drained_quiet(drain: Callable[[], object], ep: select.epoll, fd: int, events: int) -> None:
+    """drain() until a fresh registration of `fd` in `ep` reports nothing waiting (a record of
+    the host may come in between: again, up to 50 times); `fd` is left registered."""
+    for _ in range(50):
+        drain()
+        ep.register(fd, events)
+        if not ep.poll(0):
+            return
+        ep.unregister(fd)  # a record of the host came in between: again
+    pytest.fail("the ring never stayed empty long enough to start")
+
+
 def test_records_wake_a_sleeping_reader_and_never_a_draining_one(workdir: Path):
     """`vigil_reader`: while the agent sleeps in epoll a record wakes it; while it drains
     on its own clock no record sends a wakeup (each would cost the task that made it an
@@ -296,10 +315,6 @@ def test_records_wake_a_sleeping_reader_and_never_a_draining_one(workdir: Path):
 
     def state() -> int:
         return int.from_bytes(sensor.reader_map.lookup(b"\0\0\0\0") or b"", "little")
-
-    def run_child() -> None:
-        pid = os.posix_spawn(str(workdir / "child"), [str(workdir / "child"), "wake"], os.environ)
-        os.waitpid(pid, 0)
 
     sensor = ProcessSensor()
     sensor.start()
@@ -315,7 +330,7 @@ def test_records_wake_a_sleeping_reader_and_never_a_draining_one(workdir: Path):
                 import time
 
                 time.sleep(0.3)
-                run_child()
+                _run_child(workdir)
             finally:
                 os._exit(0)
         try:
@@ -324,15 +339,8 @@ def test_records_wake_a_sleeping_reader_and_never_a_draining_one(workdir: Path):
             os.waitpid(pid, 0)
         assert state() == READER_DRAINING
         # draining: a reader that sleeps anyway (a fresh epoll) is never woken
-        for _ in range(50):
-            rings.process.drain()
-            ep.register(ev.fd, select.EPOLLIN)
-            if not ep.poll(0):
-                break
-            ep.unregister(ev.fd)  # a record of the host came in between: again
-        else:
-            pytest.fail("the ring never stayed empty long enough to start")
-        run_child()
+        _drained_quiet(rings.process.drain, ep, ev.fd, select.EPOLLIN)
+        _run_child(workdir)
         assert rings.process.pending() > 0
         assert ep.poll(0.3) == []
         # going to sleep, the reader finds the records already there at once
@@ -355,10 +363,6 @@ def test_asleep_only_the_first_record_after_a_drain_wakes_the_reader(workdir: Pa
     from vigil.kernel import RingBuffer
     from vigil.kernel.ringbuf import READER_SLEEPING
 
-    def run_child() -> None:
-        pid = os.posix_spawn(str(workdir / "child"), [str(workdir / "child"), "wake"], os.environ)
-        os.waitpid(pid, 0)
-
     sensor = ProcessSensor()
     sensor.start()
     ep = select.epoll()
@@ -366,21 +370,14 @@ def test_asleep_only_the_first_record_after_a_drain_wakes_the_reader(workdir: Pa
         ev = sensor.events_map
         rb = RingBuffer(ev.fd, ev.max_entries)
         sensor.reader_map.update(b"\0\0\0\0", READER_SLEEPING.to_bytes(4, "little"))
-        for _ in range(50):  # caught up, with nothing waiting
-            rb.drain()
-            ep.register(ev.fd, select.EPOLLIN | select.EPOLLET)
-            if not ep.poll(0):
-                break
-            ep.unregister(ev.fd)
-        else:
-            pytest.fail("the ring never stayed empty long enough to start")
-        run_child()
+        _drained_quiet(rb.drain, ep, ev.fd, select.EPOLLIN | select.EPOLLET)  # caught up, with nothing waiting
+        _run_child(workdir)
         assert ep.poll(5.0), "the first record after the drain woke nobody"
-        run_child()  # not drained: its records need no wakeup
+        _run_child(workdir)  # not drained: its records need no wakeup
         assert rb.pending() > 0
         assert ep.poll(0.3) == [], "records made while the reader was woken already woke it again"
         rb.drain()  # caught up again: the next record wakes it
-        run_child()
+        _run_child(workdir)
         assert ep.poll(5.0)
         rb.close()
     finally:
