@@ -141,20 +141,14 @@ class Pipeline:
         next_tick = 0.0
         coalesce = a.config.batch_delay
         waited = False  # records accumulated during a pause: drain without asking epoll first
-        idle = True  # the last drain found nothing: records that end a wait began a burst
         while not stop.is_set():
             if self._injected or self._later:
                 self._emit_injected()
             if self.hold is not None and self.hold.held and (done := self.hold.retry(time.monotonic_ns(), self.steps)):
                 self.emit(done)
             if waited or src.wait(0.1):
-                if idle and coalesce and live:
-                    # woken by the first record after an idle spell: its burst accumulates too
-                    # (the bound of any record), one pass instead of one for that record alone
-                    time.sleep(coalesce)
                 waited = False
                 recs = src.drain()
-                idle = not recs
                 self.sched.drained(len(recs))
                 if recs:
                     self.handle(recs)

@@ -157,9 +157,8 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
                                help="Where the tracking cgroup hierarchy is mounted here (default: found in "
                                     "/proc/self/mounts).")),
     ("--event-batch-delay-ms", dict(type=int, default=4, show_default=True,
-                                    help="After a small batch of kernel records, or the first record after an idle "
-                                         "spell, wait this long for more before reading: events leave up to this "
-                                         "much later, and fewer, larger "
+                                    help="After a small batch of kernel records, wait this long for more before "
+                                         "reading again: events leave up to this much later, and fewer, larger "
                                          "batches cost less CPU per event (agent CPU per exec of a fork+exec loop "
                                          "at 1,250 execs/s: 47-65 us at 4 ms, 31-33 at 20 ms, 22-24 at 50 ms). "
                                          "0: read as soon as records arrive.")),
