@@ -2841,24 +2841,27 @@ static PyObject *builder_rfc3339(Builder *b, PyObject *ktime)
  * /proc/<pid>/maps), an argument whose maxData chunks wait, a payload shorter than its header
  * says.
  *
- * set_generic((hooks, plans, make_plan, handle, data, action_key, message, missing, data_misses)): hooks is
- * PolicyEvents.hooks (hook id -> (hook, policy)), plans the plans made so far (hook id -> plan or
- * None), make_plan(hook_id) -> plan or None, handle the Python handler, data PolicyEvents._data,
- * action_key(hook, selector, action name) -> the policy's counter key, message(hook, selector,
- * action, ret_action, monitor) -> the body's message when an action enforces, missing(pid,
- * exec_ktime, tid) -> the message of a process not in the cache (PolicyEvents.missing),
+ * set_generic((hooks, plans, make_plan, handle, data, message, missing, data_misses, table)): hooks
+ * is PolicyEvents.hooks (hook id -> (hook, policy)), plans the plans made so far (hook id -> plan
+ * or None), make_plan(hook_id) -> plan or None, handle the Python handler, data PolicyEvents._data,
+ * message(hook, selector, action, ret_action, monitor) -> the body's message when an action
+ * enforces, missing(pid, exec_ktime, tid) -> the message of a process not in the cache (PolicyEvents.missing),
  * data_misses PolicyEvents.data_misses (operation -> count: "get", an argument whose maxData
- * chunks never came). A plan
- * (made by PolicyEvents.fast_plan) is the tuple
- *   (entry, kind, layout, args, action_names, events, actions, keys, ret, names, messages, enforcing,
+ * chunks never came), table an empty list, filled here as a plan is made: [hook id] -> (hook
+ * id, plan or None), so a record's plan is found by its hook id without an int made or plans
+ * read (hook ids count up from 1; past PLAN_TABLE_MAX plans is read). A plan
+ * (made by PolicyEvents.fast_plan; generic_events.PLAN_FIELDS names its parts) is the tuple
+ *   (entry, kind, layout, args, events, actions, keys, ret, names, messages, enforcing,
  *    reported, ret_reported)
  * entry: the hooks entry it was made from (a plan is used only while hooks holds that very
  * object); layout: the body's fields in build_body's order, (key, LAY_*, value) triples (value: a
  * LAY_CONST's value, a LAY_MESSAGE's message when no action enforces, LAY_TAGS' tuple,
  * LAY_KSTACK's kernel symbols: generic_events.KernelSymbols, LAY_IMA's names of hash algorithms); args:
- * (slot, how, label) triples; action_names: action -> its name, for the actions the plan covers;
- * events, actions: the policy's counters; keys: (selector << 8 | action) -> counter key, filled
- * here; ret: (how, label) of a kprobe's return value, or None; names: (AF_NAMES, SOCK_TYPES,
+ * (slot, how, label) triples; events, actions: the policy's counters; keys: the counter keys
+ * (generic_events.counter_table, made with the plan), [selector * REPORTED_ROW + action] -> the
+ * key (None: an action the plan does not cover), a row per selector of the hook (a record of a
+ * selector past them: handle());
+ * ret: (how, label) of a kprobe's return value, or None; names: (AF_NAMES, SOCK_TYPES,
  * PROTOCOLS, TCP_STATES) of generic_events, for socket arguments; messages: an enforcement's
  * messages by (selector, action, ret_action, monitor), filled here; enforcing: the bit mask of
  * the actions that enforce; reported, ret_reported: tuples of REPORTED_ROW names per selector
@@ -2869,8 +2872,9 @@ static PyObject *builder_rfc3339(Builder *b, PyObject *ktime)
  * (generic_events._action_of: [Sigkill, Post] reports Post). A LAY_RETURN_ACTION's value: the
  * return_action of a record whose return actions did not run. */
 #define REPORTED_ROW 64
-enum { GP_ENTRY, GP_KIND, GP_LAYOUT, GP_ARGS, GP_ACTIONS, GP_EVENTS, GP_ACTION_COUNTS, GP_KEYS, GP_RET, GP_NAMES,
-       GP_MESSAGES, GP_ENFORCING, GP_REPORTED, GP_RET_REPORTED, GP_COUNT };
+enum { GP_ENTRY, GP_KIND, GP_LAYOUT, GP_ARGS, GP_EVENTS, GP_ACTION_COUNTS, GP_KEYS, GP_RET, GP_NAMES, GP_MESSAGES,
+       GP_ENFORCING, GP_REPORTED, GP_RET_REPORTED, GP_COUNT };
+#define PLAN_TABLE_MAX 65536  /* hook ids the table (GC_TABLE) holds plans of */
 /* what fills a field of the body; vigil.sensors.generic_events.LAY names them in this order */
 enum { LAY_CONST, LAY_ARGS, LAY_RETURN, LAY_ACTION, LAY_RETURN_ACTION, LAY_MESSAGE, LAY_TAGS, LAY_KSTACK, LAY_IMA };
 /* GP_NAMES: the name tables of sockets, capabilities and bpf commands (dicts: number -> name) */
@@ -2884,16 +2888,17 @@ enum { GA_STRING, GA_INT, GA_UINT, GA_LONG, GA_SIZE, GA_STRING_ERR, GA_FILE, GA_
 #define GA_ERR_OK 128  /* with a file-like kind: an fd, rendered as a file even when it could not be read */
 _Static_assert(GA_KINDS <= GA_ERR_OK, "an argument's kind must stay below its flags");
 #define GA_SIZE_SHIFT 8  /* with GA_BYTES: 1 + the slot of the buffer's size argument (0: none) */
-enum { GC_HOOKS, GC_PLANS, GC_MAKE_PLAN, GC_HANDLE, GC_DATA, GC_ACTION_KEY, GC_MESSAGE, GC_MISSING, GC_DATA_MISSES,
+enum { GC_HOOKS, GC_PLANS, GC_MAKE_PLAN, GC_HANDLE, GC_DATA, GC_MESSAGE, GC_MISSING, GC_DATA_MISSES, GC_TABLE,
        GC_COUNT };
 
 static PyObject *builder_set_generic(Builder *b, PyObject *ctx)
 {
 	if (!PyTuple_CheckExact(ctx) || PyTuple_GET_SIZE(ctx) != GC_COUNT ||
 	    !PyDict_CheckExact(PyTuple_GET_ITEM(ctx, GC_HOOKS)) || !PyDict_CheckExact(PyTuple_GET_ITEM(ctx, GC_PLANS)) ||
-	    !PyDict_CheckExact(PyTuple_GET_ITEM(ctx, GC_DATA)) || !PyDict_CheckExact(PyTuple_GET_ITEM(ctx, GC_DATA_MISSES))) {
-		PyErr_SetString(PyExc_TypeError, "set_generic((hooks, plans, make_plan, handle, data, action_key, message, "
-						 "missing, data_misses))");
+	    !PyDict_CheckExact(PyTuple_GET_ITEM(ctx, GC_DATA)) || !PyDict_CheckExact(PyTuple_GET_ITEM(ctx, GC_DATA_MISSES)) ||
+	    !PyList_CheckExact(PyTuple_GET_ITEM(ctx, GC_TABLE)) || PyList_GET_SIZE(PyTuple_GET_ITEM(ctx, GC_TABLE))) {
+		PyErr_SetString(PyExc_TypeError, "set_generic((hooks, plans, make_plan, handle, data, message, missing, "
+						 "data_misses, table: []))");
 		return NULL;
 	}
 	Py_XSETREF(b->generic, Py_NewRef(ctx));
@@ -2933,6 +2938,17 @@ static int reported_ok(PyObject *t)
 	return 1;
 }
 
+/* a plan's counter keys (GP_KEYS): whole rows of keys (tuples) or None */
+static int keys_ok(PyObject *t)
+{
+	if (!PyTuple_CheckExact(t) || !PyTuple_GET_SIZE(t) || PyTuple_GET_SIZE(t) % REPORTED_ROW)
+		return 0;
+	for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(t); i++)
+		if (PyTuple_GET_ITEM(t, i) != Py_None && !PyTuple_CheckExact(PyTuple_GET_ITEM(t, i)))
+			return 0;
+	return 1;
+}
+
 /* a plan of `entry` whose parts generic_fast reads without checking them again */
 static int plan_ok(PyObject *plan, PyObject *entry)
 {
@@ -2940,7 +2956,7 @@ static int plan_ok(PyObject *plan, PyObject *entry)
 		return 0;
 	PyObject *layout = PyTuple_GET_ITEM(plan, GP_LAYOUT);
 	if (!PyTuple_CheckExact(layout) || !PyDict_CheckExact(PyTuple_GET_ITEM(plan, GP_MESSAGES)) ||
-	    !PyLong_CheckExact(PyTuple_GET_ITEM(plan, GP_ENFORCING)) || !PyDict_CheckExact(PyTuple_GET_ITEM(plan, GP_ACTIONS)) ||
+	    !PyLong_CheckExact(PyTuple_GET_ITEM(plan, GP_ENFORCING)) || !keys_ok(PyTuple_GET_ITEM(plan, GP_KEYS)) ||
 	    !reported_ok(PyTuple_GET_ITEM(plan, GP_REPORTED)) || !reported_ok(PyTuple_GET_ITEM(plan, GP_RET_REPORTED)))
 		return 0;
 	for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(layout); i++) {
@@ -2957,8 +2973,20 @@ static int plan_ok(PyObject *plan, PyObject *entry)
 	return 1;
 }
 
-/* the plan of a hook, borrowed; NULL without an error: handle() takes the record */
-static PyObject *generic_plan(Builder *b, PyObject *hook_id)
+/* table[id] = (hook_id, plan): generic_fast finds it there by the record's hook id alone */
+static int plan_table_set(PyObject *table, unsigned long id, PyObject *hook_id, PyObject *plan)
+{
+	if (id >= PLAN_TABLE_MAX)
+		return 0;
+	while (PyList_GET_SIZE(table) <= (Py_ssize_t)id)
+		if (PyList_Append(table, Py_None) < 0)
+			return -1;
+	PyObject *pair = PyTuple_Pack(2, hook_id, plan);
+	return pair ? PyList_SetItem(table, (Py_ssize_t)id, pair) : -1;  /* (steals pair) */
+}
+
+/* the plan of a hook (hook_id: id's int), borrowed; NULL without an error: handle() takes the record */
+static PyObject *generic_plan(Builder *b, PyObject *hook_id, unsigned long id)
 {
 	PyObject *ctx = b->generic, *plans = PyTuple_GET_ITEM(ctx, GC_PLANS);
 	PyObject *entry = PyDict_GetItemWithError(PyTuple_GET_ITEM(ctx, GC_HOOKS), hook_id);
@@ -2981,7 +3009,31 @@ static PyObject *generic_plan(Builder *b, PyObject *hook_id)
 		Py_DECREF(made);
 		plan = PyDict_GetItemWithError(plans, hook_id);
 	}
+	if (!plan || plan_table_set(PyTuple_GET_ITEM(ctx, GC_TABLE), id, hook_id, plan) < 0)
+		return NULL;
 	return plan == Py_None ? NULL : plan;
+}
+
+/* the plan of a record's hook from the table (plan_table_set): while hooks holds the entry it
+ * was made from; else (or none there yet) generic_plan's. Borrowed; NULL without an error: handle() */
+static PyObject *plan_of(Builder *b, unsigned long id)
+{
+	PyObject *table = PyTuple_GET_ITEM(b->generic, GC_TABLE);
+	PyObject *pair = (Py_ssize_t)id < PyList_GET_SIZE(table) ? PyList_GET_ITEM(table, (Py_ssize_t)id) : Py_None;
+	if (pair != Py_None) {
+		PyObject *plan = PyTuple_GET_ITEM(pair, 1);
+		if (plan == Py_None)
+			return NULL;  /* the hook's records are all handle()'s */
+		PyObject *entry = PyDict_GetItemWithError(PyTuple_GET_ITEM(b->generic, GC_HOOKS), PyTuple_GET_ITEM(pair, 0));
+		if (entry && entry == PyTuple_GET_ITEM(plan, GP_ENTRY))
+			return plan;
+		if (PyErr_Occurred())
+			return NULL;
+	}
+	PyObject *hid = PyLong_FromUnsignedLong(id);
+	PyObject *plan = hid ? generic_plan(b, hid, id) : NULL;
+	Py_XDECREF(hid);
+	return plan;
 }
 
 /* the interned str of a C string literal, made once per literal (found by its address: the
@@ -3856,9 +3908,7 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 		data_args += (m.args[i].flags & VP_ARGF_DATA) != 0;
 	if (data_args && PyDict_GET_SIZE(PyTuple_GET_ITEM(b->generic, GC_DATA)))
 		return NULL;
-	PyObject *hid = PyLong_FromUnsignedLong(m.hook_id);
-	PyObject *plan = hid ? generic_plan(b, hid) : NULL;
-	Py_XDECREF(hid);
+	PyObject *plan = plan_of(b, m.hook_id);
 	if (!plan)
 		return NULL;  /* an error, or handle() */
 	PyObject *aname = action_name(plan, m.action), *reported = aname;
@@ -3866,6 +3916,12 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 		reported = reported_name(plan, GP_REPORTED, m.selector, m.action);
 	if (!reported)
 		return NULL;  /* an action the plan leaves to handle() */
+	/* the policy's counter key (PolicyEvents._count_action), from the plan's table */
+	PyObject *keys = PyTuple_GET_ITEM(plan, GP_KEYS);
+	PyObject *ck = (Py_ssize_t)m.selector < PyTuple_GET_SIZE(keys) / REPORTED_ROW
+			       ? PyTuple_GET_ITEM(keys, (Py_ssize_t)m.selector * REPORTED_ROW + m.action) : Py_None;
+	if (ck == Py_None)
+		return NULL;  /* a selector past the hook's (or an action the plan does not cover): handle() */
 	/* the process and its parent: PolicyEvents.processes */
 	/* an exec key names one image: that one or none (its exec record may be behind: the event
 	 * is held), never an older image of the pid; by pid without a key, or with VP_EV_NO_PROC
@@ -3981,19 +4037,8 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 		}
 	}
 	/* the counters: lp.events[kind] += 1, lp.actions[key] += 1 (PolicyEvents._count_action) */
-	PyObject *kind = PyTuple_GET_ITEM(plan, GP_KIND), *keys = PyTuple_GET_ITEM(plan, GP_KEYS);
-	PyObject *sk = PyLong_FromLong((long)m.selector << 8 | m.action);
-	PyObject *ck = sk ? PyDict_GetItemWithError(keys, sk) : NULL;
-	if (sk && !ck && !PyErr_Occurred()) {
-		PyObject *made = PyObject_CallFunction(PyTuple_GET_ITEM(b->generic, GC_ACTION_KEY), "OiO",
-						       PyTuple_GET_ITEM(PyTuple_GET_ITEM(plan, GP_ENTRY), 0),
-						       (int)m.selector, aname);
-		if (made && PyDict_SetItem(keys, sk, made) == 0)
-			ck = made;
-		Py_XDECREF(made);  /* keys holds it */
-	}
-	Py_XDECREF(sk);
-	PyObject *t = ck ? rfc3339(b, m.hdr.ktime) : NULL;
+	PyObject *kind = PyTuple_GET_ITEM(plan, GP_KIND);
+	PyObject *t = rfc3339(b, m.hdr.ktime);
 	if (!t || dict_incr(PyTuple_GET_ITEM(plan, GP_EVENTS), kind, b->one) < 0 ||
 	    dict_incr(PyTuple_GET_ITEM(plan, GP_ACTION_COUNTS), ck, b->one) < 0 ||
 	    !(ev = new_slotted(evtypes[T_POLICY].type))) {

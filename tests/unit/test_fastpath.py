@@ -1518,11 +1518,11 @@ def test_reported_actions_are_made_in_c(spec: str, hook: int, rec: dict[str, Any
 @pytest.mark.parametrize("table, selector, action", [
     ("reported", 1, 3),   # selector 1 reports Post for its Sigkill
     ("reported", 0, 3),   # row 0: the action's own name
-    ("reported", 9, 4),   # a selector past the table: row 0 too
+    ("reported", 9, 4),   # a selector past the hook's: handle()'s (no counter key in the plan for it)
     ("ret_reported", 2, 4),
 ])
 def test_reported_actions_are_read_from_the_plans_tables(table: str, selector: int, action: int) -> None:
-    from vigil.agent.policy_events import PolicyEvents
+    from vigil.agent.policy_events import _USER_ACTIONS, PolicyEvents
     from vigil.sensors import generic_events as G
 
     hooks, lp = _generic_hooks("kprobe-reported-actions")
@@ -1531,16 +1531,17 @@ def test_reported_actions_are_read_from_the_plans_tables(table: str, selector: i
     ch = hooks[0]
     plan = pe.fast_plan(ch.hook_id)
     assert plan is not None
-    at = {"reported": 12, "ret_reported": 13}[table]
+    at = G.PLAN_FIELDS.index(table)
     t = plan[at]
     sh = G._shape(ch)
+    covered = set(G.ACTION_NAMES) - _USER_ACTIONS  # the actions the compiled handler names
     # the plan exposes its tables: every entry the reference's name (None: an action left to handle())
     rows = len(t) // G.REPORTED_ROW
-    assert len(t) == rows * G.REPORTED_ROW and rows == 1 + len(sh.actions if at == 12 else sh.ret_actions)
+    assert len(t) == rows * G.REPORTED_ROW and rows == 1 + len(sh.actions if table == "reported" else sh.ret_actions)
     for sel in range(rows):
-        for a in range(0 if at == 12 else 1, G.REPORTED_ROW):  # (no return action ran: Post, no lookup)
-            ref = sh.action(sel, a) if at == 12 else sh.return_action(sel, a)
-            assert t[sel * G.REPORTED_ROW + a] == (ref if a in plan[4] else None), (sel, a)
+        for a in range(0 if table == "reported" else 1, G.REPORTED_ROW):  # (no return action ran: Post, no lookup)
+            ref = sh.action(sel, a) if table == "reported" else sh.return_action(sel, a)
+            assert t[sel * G.REPORTED_ROW + a] == (ref if a in covered else None), (sel, a)
     # the compiled handler reads them: an entry changed in the plan is the event's
     row = selector if selector < rows else 0
     changed = list(t)
@@ -1555,8 +1556,70 @@ def test_reported_actions_are_read_from_the_plans_tables(table: str, selector: i
     if table == "ret_reported":
         rec.update(ret_action=action, flags=1)
     ev = handle(_generic_record(ch, plain_record(**rec)), 0)
-    assert calls == []
-    assert ev.body["return_action" if table == "ret_reported" else "action"] == "FROM_THE_TABLE"
+    past = selector >= len(plan[G.PLAN_FIELDS.index("keys")]) // G.REPORTED_ROW
+    assert calls == ([1] if past else [])
+    assert ev.body["return_action" if table == "ret_reported" else "action"] == (
+        sh.action(0, action) if past else "FROM_THE_TABLE")
+
+
+# the compiled handler finds a record's plan by its hook id in a table filled as plans are made
+# (set_generic's last part: [hook id] -> (hook id, plan)), and the policy's counter key of its
+# event in the plan's own table (generic_events.counter_table, [selector * REPORTED_ROW +
+# action]): no int made and no dict read per event. (what is changed after the first event,
+# then what the second event reports as its action, and the counter key it was counted under)
+@pytest.mark.parametrize("change, action, key", [
+    ("counter-key-in-the-plan", "KPROBE_ACTION_POST", ("FROM_THE_TABLE",)),  # the plan's table is the key
+    ("plans-dict", "KPROBE_ACTION_POST", None),         # the table's plan, not the dict's
+    ("entry-replaced", "KPROBE_ACTION_POST", None),     # a plan of the new entry is made (and tabled)
+    ("hook-id-past-the-table", "FROM_THE_DICT", None),  # no table row: the dict's plan
+])
+def test_a_records_plan_and_counter_key_are_read_from_tables(change: str, action: str, key: Any) -> None:
+    import dataclasses
+
+    from vigil.agent.policy_events import PolicyEvents
+    from vigil.sensors import generic_events as G
+
+    hooks, lp = _generic_hooks("kprobe-string")
+    ch = hooks[0]
+    if change == "hook-id-past-the-table":
+        ch = dataclasses.replace(ch, hook_id=70_000)
+    hid = ch.hook_id
+    b, _ = _builders({"enable_cred": False, "enable_ns": False, "ancestors": False}, 64)
+    pe = PolicyEvents(b, lambda e: None, {hid: (ch, lp)}, None)  # type: ignore[arg-type]
+    at_keys, at_reported = G.PLAN_FIELDS.index("keys"), G.PLAN_FIELDS.index("reported")
+    made: list[Any] = []
+
+    def fast_plan(hook_id: int) -> Any:
+        plan = PolicyEvents.fast_plan(pe, hook_id)
+        if plan is not None and change == "counter-key-in-the-plan":
+            keys = list(plan[at_keys])
+            keys[1 * G.REPORTED_ROW + 1] = ("FROM_THE_TABLE",)
+            plan = plan[:at_keys] + (tuple(keys),) + plan[at_keys + 1:]
+        made.append(plan)
+        return plan
+
+    calls: list[int] = []
+    plans: dict[int, Any] = {}
+    table: list[Any] = []
+    b._fast.set_generic((pe.hooks, plans, fast_plan, lambda buf, now: (calls.append(1), pe.handle(buf, now))[1],
+                         pe._data, pe.message, pe.missing, pe.data_misses, table))
+    rec = _generic_record(ch, plain_record(selector=1, action=1, args=[(b"/etc/x", 0, 0, 0), (b"", 3, 0, 0)]))
+    b._fast.on_generic(rec, 0)
+    assert len(made) == 1 and plans[hid] is made[0]
+    assert table == ([] if hid >= 65536 else [None] * hid + [(hid, made[0])])
+    if change in ("plans-dict", "hook-id-past-the-table"):
+        reported = list(made[0][at_reported])
+        reported[1 * G.REPORTED_ROW + 1] = "FROM_THE_DICT"
+        plans[hid] = made[0][:at_reported] + (tuple(reported),) + made[0][at_reported + 1:]
+    elif change == "entry-replaced":
+        pe.hooks[hid] = (ch, lp)  # another entry of the hook id (a policy replaced)
+    lp.actions.clear()
+    ev = b._fast.on_generic(rec, 0)
+    assert calls == [] and ev.body["action"] == action
+    assert lp.actions == {key or PolicyEvents.action_key(ch, 1, "KPROBE_ACTION_POST"): 1}
+    assert len(made) == (2 if change == "entry-replaced" else 1)
+    if change == "entry-replaced":
+        assert made[1][0] is pe.hooks[hid] and table[hid] == (hid, made[1])
 
 
 @SETTINGS

@@ -164,7 +164,7 @@ class PolicyEvents:
         if entry is None or entry[1] is None or entry[1].correlator is not None:
             return None
         ch, lp = entry
-        return generic_events.fast_plan(ch, entry, lp.events, lp.actions, _USER_ACTIONS)
+        return generic_events.fast_plan(ch, entry, lp.events, lp.actions, _USER_ACTIONS, self.action_key)
 
     @staticmethod
     def action_key(ch: CompiledHook, selector: int, action: str) -> tuple[str, int, int, str, str]:
@@ -183,8 +183,8 @@ class PolicyEvents:
         fast = getattr(self.builder, "_fast", None)
         if fast is None:
             return self.handle
-        fast.set_generic((self.hooks, {}, self.fast_plan, self.handle, self._data, self.action_key,
-                         self.message, self.missing, self.data_misses))
+        fast.set_generic((self.hooks, {}, self.fast_plan, self.handle, self._data, self.message, self.missing,
+                          self.data_misses, []))
         return fast.on_generic  # type: ignore[no-any-return]
 
     # -- record handlers (the event loop's table, by record op)

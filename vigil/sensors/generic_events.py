@@ -11,6 +11,7 @@ import ctypes
 import ipaddress
 import os
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from vigil.kernel import policy_layout as L
@@ -656,12 +657,20 @@ def _layout(sh: _Shape) -> tuple[tuple[str, int, Any], ...]:
 _KINDS = ("process_kprobe", "process_tracepoint", "process_lsm", "process_uprobe", "process_usdt")
 
 
+# The parts of a plan (fast_plan), in native/fastpath.c's order (enum GP_*)
+PLAN_FIELDS = ("entry", "kind", "layout", "args", "events", "actions", "keys", "ret", "names", "messages",
+               "enforcing", "reported", "ret_reported")
+
+
 def fast_plan(hook: CompiledHook, entry: Any, events: dict[str, int], actions: dict[Any, int],
-              skip_actions: frozenset[int]) -> tuple[Any, ...] | None:
+              skip_actions: frozenset[int],
+              action_key: Callable[[CompiledHook, int, str], Any]) -> tuple[Any, ...] | None:
     """What the compiled handler (Builder.on_generic, native/fastpath.c) needs to build this
     hook's bodies exactly as build_body does, for the records whose arguments _fast_arg
     renders and whose return value is plain; None: a hook whose bodies only build_body
-    makes. `skip_actions`: actions the compiled handler must leave to Python."""
+    makes. `skip_actions`: actions the compiled handler must leave to Python; `action_key`:
+    the policy's counter key of an event (hook, selector, action name), read from the plan's
+    table (counter_table)."""
     sh = _shape(hook)
     if sh.kind not in _KINDS:
         return None
@@ -680,9 +689,9 @@ def fast_plan(hook: CompiledHook, entry: Any, events: dict[str, int], actions: d
     if sh.kind == "process_uprobe" and (sh.ret is not None or sh.data):
         return None  # the return value goes into args, data into its own list: build_body's
     ret = (_GA_RET[sh.ret_key], sh.ret_label or "") if sh.kind == "process_kprobe" and sh.ret is not None else None
-    return (entry, sh.kind, _layout(sh), tuple(specs), names, events, actions, {}, ret,
-            _GA_NAMES, {}, sum(1 << a for a in ENFORCING), reported_table(sh.actions, names),
-            reported_table(sh.ret_actions if sh.has_ret_actions else (), names))
+    return (entry, sh.kind, _layout(sh), tuple(specs), events, actions,
+            counter_table(hook, names, action_key), ret, _GA_NAMES, {}, sum(1 << a for a in ENFORCING),
+            reported_table(sh.actions, names), reported_table(sh.ret_actions if sh.has_ret_actions else (), names))
 
 
 REPORTED_ROW = 64  # a reported table's row: one selector's actions (action codes are below 64)
@@ -704,6 +713,17 @@ def reported_table(table: tuple[tuple[int, str], ...], names: dict[int, str]) ->
             row[kernel] = reported
         rows.extend(row)
     return tuple(rows)
+
+
+def counter_table(hook: CompiledHook, names: dict[int, str],
+                  action_key: Callable[[CompiledHook, int, str], Any]) -> tuple[Any, ...]:
+    """The policy's counter keys of the hook's events as the compiled handler reads them, by
+    index alone: [selector * REPORTED_ROW + the record's action] -> action_key(hook, selector,
+    the action's own name), as handle() counts it; None for an action `names` does not cover.
+    A row per selector the hook has (and row 0: none decided); a record of a selector past
+    them is handle()'s."""
+    return tuple(action_key(hook, sel, names[a]) if a in names else None
+                 for sel in range(1 + len(hook.selectors)) for a in range(REPORTED_ROW))
 
 
 def _ret_value(key: str, v: int) -> Any:
