@@ -13,6 +13,7 @@
  *   decode_generic(bytes)         a policy hook's record    <-> vigil/events/generic.py
  *   Builder.on_exec/on_clone/on_exit, the process cache      <-> vigil/process/build.py, cache.py
  *   handle_records                the event loop's dispatch <-> vigil/agent/pipeline.py
+ *   count_ops                     a batch's op counts/latency <-> Pipeline.py_count_ops
  *   Builder.on_generic            a policy record           <-> vigil/agent/policy_events.py
  * The encoders handle ProcessExec, ProcessExit and PolicyEvent; anything else (and any
  * field of an unexpected type) is handed to the twin. Sub-messages many processes share
@@ -4238,6 +4239,157 @@ fail:
 	return NULL;
 }
 
+/* count_ops(recs, elapsed_ns, samples, msg_ops, latency, bounds, kept): Pipeline._count_ops
+ * (py_count_ops, its reference), compiled: tetragon_msg_op_total and tetragon_handling_latency
+ * of a handled batch. Each record's op (its first byte, -1 when empty) is counted in the order
+ * the ops first come; the batch's time is shared among them by their mean sampled handler
+ * ns (samples[op] / samples[256 + op], halved past `kept` samples; an op without a sample
+ * the mean of the others, 1.0 each when none has one), each record one observation of its
+ * op's share per record in `latency` ({op: ([count per bound of `bounds`, then +Inf], [sum])}).
+ * The same float operations in the same order as the reference: the same values. */
+static PyObject *count_ops(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+	if (nargs != 7 || !PyList_Check(args[0]) || !PyDict_Check(args[3]) || !PyDict_Check(args[4]) ||
+	    !PyTuple_Check(args[5]))
+		return PyErr_Format(PyExc_TypeError, "count_ops(recs: list, elapsed_ns, samples, msg_ops: dict, "
+						     "latency: dict, bounds: tuple, kept)");
+	PyObject *recs = args[0], *ops = args[3], *lat = args[4], *bounds = args[5];
+	Py_ssize_t n = PyList_GET_SIZE(recs), nb = PyTuple_GET_SIZE(bounds);
+	if (!n)
+		Py_RETURN_NONE;
+	long long elapsed_ns = PyLong_AsLongLong(args[1]), kept = PyLong_AsLongLong(args[6]);
+	if ((elapsed_ns == -1 || kept == -1) && PyErr_Occurred())
+		return NULL;
+	double bound[16];
+	if (nb > 16)
+		return PyErr_Format(PyExc_ValueError, "count_ops: %zd bounds", nb);
+	for (Py_ssize_t j = 0; j < nb; j++) {
+		bound[j] = PyFloat_AsDouble(PyTuple_GET_ITEM(bounds, j));
+		if (bound[j] == -1.0 && PyErr_Occurred())
+			return NULL;
+	}
+	Py_buffer sv = {0};
+	int64_t *s = NULL;
+	if (args[2] != Py_None) {
+		if (PyObject_GetBuffer(args[2], &sv, PyBUF_WRITABLE) < 0)
+			return NULL;
+		if (sv.len < (Py_ssize_t)(512 * sizeof(int64_t))) {
+			PyBuffer_Release(&sv);
+			return PyErr_Format(PyExc_ValueError, "count_ops: samples of %zd bytes", sv.len);
+		}
+		s = sv.buf;
+	}
+	/* slot op + 1 (0: an empty record, op -1); order: the ops as they first come */
+	Py_ssize_t count[257] = {0};
+	int order[257], nops = 0;
+	for (Py_ssize_t i = 0; i < n; i++) {
+		PyObject *r = PyList_GET_ITEM(recs, i);
+		int op;
+		if (PyBytes_Check(r)) {
+			op = PyBytes_GET_SIZE(r) ? (unsigned char)PyBytes_AS_STRING(r)[0] : -1;
+		} else {
+			Py_buffer v;
+			if (PyObject_GetBuffer(r, &v, PyBUF_SIMPLE) < 0)
+				goto fail;
+			op = v.len ? ((unsigned char *)v.buf)[0] : -1;
+			PyBuffer_Release(&v);
+		}
+		if (!count[op + 1]++)
+			order[nops++] = op;
+	}
+	double unit[257], sampled = 0.0;
+	int nsampled = 0, has[257] = {0};
+	for (int i = 0; i < nops; i++) {
+		int op = order[i];
+		if (s && op >= 0 && s[256 + op] > 0) {
+			if (s[256 + op] > kept) {
+				s[op] /= 2;  /* both >= 0: floor division */
+				s[256 + op] /= 2;
+			}
+			unit[op + 1] = (double)(s[op] > 1 ? s[op] : 1) / (double)s[256 + op];
+			has[op + 1] = 1;
+			sampled += unit[op + 1];
+			nsampled++;
+		}
+	}
+	double mean = nsampled ? sampled / nsampled : 1.0, weight = 0.0, elapsed_us = (double)elapsed_ns / 1000.0;
+	for (int i = 0; i < nops; i++) {
+		int op = order[i];
+		if (!has[op + 1])
+			unit[op + 1] = mean;
+		weight += unit[op + 1] * (double)count[op + 1];
+	}
+	for (int i = 0; i < nops; i++) {
+		int op = order[i];
+		Py_ssize_t k = count[op + 1];
+		double per_us = weight > 0 ? elapsed_us * unit[op + 1] / weight : elapsed_us / (double)n;
+		Py_ssize_t at = 0;
+		while (at < nb && !(bound[at] >= per_us))  /* bisect_left: the first bound (le) that holds it */
+			at++;
+		PyObject *key = PyLong_FromLong(op), *kk = PyLong_FromSsize_t(k), *h, *was, *v;
+		if (!key || !kk)
+			goto fail_key;
+		was = PyDict_GetItemWithError(ops, key);
+		if (!was && PyErr_Occurred())
+			goto fail_key;
+		v = was ? PyNumber_Add(was, kk) : Py_NewRef(kk);
+		if (!v || PyDict_SetItem(ops, key, v) < 0) {
+			Py_XDECREF(v);
+			goto fail_key;
+		}
+		Py_DECREF(v);
+		h = PyDict_GetItemWithError(lat, key);
+		if (!h) {
+			if (PyErr_Occurred())
+				goto fail_key;
+			PyObject *b = PyList_New(nb + 1), *t = PyList_New(1);
+			if (b && t) {
+				for (Py_ssize_t j = 0; j <= nb; j++)
+					PyList_SET_ITEM(b, j, PyLong_FromLong(0));
+				PyList_SET_ITEM(t, 0, PyFloat_FromDouble(0.0));
+			}
+			h = b && t ? PyTuple_Pack(2, b, t) : NULL;
+			Py_XDECREF(b);
+			Py_XDECREF(t);
+			if (!h || PyDict_SetItem(lat, key, h) < 0) {
+				Py_XDECREF(h);
+				goto fail_key;
+			}
+			Py_DECREF(h);  /* the dict holds it */
+		}
+		PyObject *b = PyTuple_Check(h) && PyTuple_GET_SIZE(h) == 2 ? PyTuple_GET_ITEM(h, 0) : NULL;
+		PyObject *t = b ? PyTuple_GET_ITEM(h, 1) : NULL;
+		if (!b || !PyList_Check(b) || PyList_GET_SIZE(b) != nb + 1 || !PyList_Check(t) || PyList_GET_SIZE(t) != 1) {
+			PyErr_SetString(PyExc_TypeError, "count_ops: a latency entry is not ([buckets], [sum])");
+			goto fail_key;
+		}
+		v = PyNumber_Add(PyList_GET_ITEM(b, at), kk);
+		if (!v)
+			goto fail_key;
+		PyList_SetItem(b, at, v);  /* steals v */
+		PyObject *add = PyFloat_FromDouble(per_us * (double)k);
+		v = add ? PyNumber_Add(PyList_GET_ITEM(t, 0), add) : NULL;
+		Py_XDECREF(add);
+		if (!v)
+			goto fail_key;
+		PyList_SetItem(t, 0, v);
+		Py_DECREF(key);
+		Py_DECREF(kk);
+		continue;
+fail_key:
+		Py_XDECREF(key);
+		Py_XDECREF(kk);
+		goto fail;
+	}
+	if (s)
+		PyBuffer_Release(&sv);
+	Py_RETURN_NONE;
+fail:
+	if (s)
+		PyBuffer_Release(&sv);
+	return NULL;
+}
+
 /* ------------------------------------------------------------------ event ring
  * The shared-memory ring of encoded events (vigil/api/shm.py, which holds the layout and
  * the pure-Python twins): records [len u32][pad u32][seq u64][payload][pad to 8] from
@@ -4557,6 +4709,8 @@ static PyMethodDef methods[] = {
 	{"decode_generic", decode_generic, METH_O, "generic policy record -> (GenericRecord, data after the header)"},
 	{"handle_records", (PyCFunction)(void (*)(void))handle_records, METH_FASTCALL,
 	 "handle_records(recs, handlers, now, emit, errors, bad[, samples]): the event loop's dispatch (Pipeline.handle)"},
+	{"count_ops", (PyCFunction)(void (*)(void))count_ops, METH_FASTCALL,
+	 "count_ops(recs, elapsed_ns, samples, msg_ops, latency, bounds, kept): a batch's metrics (Pipeline._count_ops)"},
 	{"set_decode_error", set_decode_error, METH_O, "the exception class a bad record raises"},
 	{"ring_write", ring_write, METH_VARARGS,
 	 "(buf, header, capacity, head, seq, payloads, reserve_off) -> (head, seq)"},

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import calendar
 import time
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -252,15 +253,16 @@ def test_msg_op_total_and_handling_latency_count_records_by_opcode(tmp_path: Pat
     ([10] * 8, 8 * 20_000, 100000.0),
     ([1, 10], 2 * 200_000, float("inf")),
 ], ids=["fast", "on-bound", "above-bound", "one", "policy", "slow"])
+@pytest.mark.parametrize("count", ["py_count_ops", "_count_ops"], ids=["python", "compiled"])
 def test_handling_latency_observes_each_record_at_its_batchs_time_per_record(ops: list[int], elapsed_us: int,
-                                                                             bucket: float):
+                                                                             bucket: float, count: str):
     from types import SimpleNamespace
 
     from vigil.agent.pipeline import LATENCY_BUCKETS_US, Pipeline
 
     p = SimpleNamespace(msg_ops={}, latency={})
     recs = [bytes([op]) + b"\0" * 7 for op in ops]
-    Pipeline._count_ops(p, recs, elapsed_us * 1000)  # type: ignore[arg-type]
+    getattr(Pipeline, count)(p, recs, elapsed_us * 1000)
     want = {op: ops.count(op) for op in set(ops)}
     assert p.msg_ops == want
     i = (*LATENCY_BUCKETS_US, float("inf")).index(bucket)
@@ -268,6 +270,47 @@ def test_handling_latency_observes_each_record_at_its_batchs_time_per_record(ops
         buckets, total = p.latency[op]
         assert buckets == [n if j == i else 0 for j in range(len(LATENCY_BUCKETS_US) + 1)]
         assert total[0] == pytest.approx(elapsed_us / len(ops) * n)
+
+
+# batches of records (their ops; -1: an empty record), each with its handling time (ns), and
+# the handler time samples (op -> (ns, calls)) the loop had taken before the first one
+@pytest.mark.parametrize("batches, sampled", [
+    ([([1, 1, 3, 3], 40_000)], {}),                                      # no sample: the batch's mean
+    ([([1, 3, 1, 3, 2], 123_457)], {1: (9_000, 3), 3: (40, 7)}),          # both sampled, one not
+    ([([3, 1], 1)], {1: (0, 1)}),                                          # a sample of 0 ns counts as 1
+    ([([7] * 9 + [1], 5_000_000)], {7: (10**9, 4097), 1: (77, 4096)}),   # past _SAMPLES_KEPT: halved
+    ([([-1, 1, -1, 10], 999)], {1: (5, 1)}),                               # empty records (op -1)
+    ([([1, 3], 10_000), ([3, 5, 1], 700_001), ([10] * 4, 80_000_000)],
+     {1: (120_000, 9), 3: (1_000, 13)}),                                   # buckets and sums add up
+    ([([255, 0, 255], 3_333_333)], {0: (11, 2), 255: (12_345, 5)}),
+    ([([], 5)], {1: (3, 1)}),                                              # an empty batch: nothing
+], ids=["unsampled", "mixed", "zero-ns", "halved", "empty-records", "accumulate", "edge-ops", "no-records"])
+def test_the_compiled_count_ops_gives_the_references_values(batches: list[tuple[list[int], int]],
+                                                           sampled: dict[int, tuple[int, int]]):
+    """Pipeline._count_ops runs in C (native/fastpath.c count_ops): the same msg_ops, the same
+    latency buckets and float sums (bit for bit) and the same samples (halved alike) as the
+    pure-Python py_count_ops, batch after batch."""
+    from types import SimpleNamespace
+
+    from vigil.agent import pipeline as P
+    from vigil.core import native
+
+    assert native.fast is not None, "the compiled fast path is not built (make native)"
+    state = []
+    for _ in range(2):
+        samples = array("q", bytes(8 * P._S_SLOTS))
+        for op, (ns, calls) in sampled.items():
+            samples[op], samples[256 + op] = ns, calls
+        state.append(SimpleNamespace(msg_ops={}, latency={}, samples=samples))
+    py, c = state
+    for ops, elapsed_ns in batches:
+        recs = [bytes([op]) + b"\0" * 15 if op >= 0 else b"" for op in ops]
+        P.Pipeline.py_count_ops(py, recs, elapsed_ns)  # type: ignore[arg-type]
+        P.Pipeline._count_ops(c, recs, elapsed_ns)  # type: ignore[arg-type]
+        assert c.msg_ops == py.msg_ops
+        assert c.latency == py.latency  # floats compared exactly
+        assert list(c.samples) == list(py.samples)
+    assert sum(py.msg_ops.values()) == sum(len(ops) for ops, _ in batches)
 
 
 def _lat_means(p: Any) -> dict[int, float]:

@@ -247,7 +247,17 @@ class Pipeline:
         are not timed in runs. An op with no sample yet is given the mean of the batch's
         sampled ops; with none, every op the batch's mean time per record. So a histogram's
         count is the records of its op, as msg_op_total's, the sums of a batch's ops its
-        measured time, and a costly op's records are in its own buckets, not the batch's mean."""
+        measured time, and a costly op's records are in its own buckets, not the batch's mean.
+        Compiled (native/fastpath.c count_ops): a few C calls per pass instead of ~17 us of
+        bytecode on a live exec loop; py_count_ops is its reference (the same values)."""
+        if native.fast is not None and type(recs) is list:
+            native.fast.count_ops(recs, elapsed_ns, getattr(self, "samples", None), self.msg_ops, self.latency,
+                                  LATENCY_BUCKETS_US, _SAMPLES_KEPT)
+        else:
+            self.py_count_ops(recs, elapsed_ns)
+
+    def py_count_ops(self, recs: list[bytes], elapsed_ns: int) -> None:
+        """The reference of the compiled count_ops (see _count_ops)."""
         n = len(recs)
         if not n:
             return
