@@ -53,8 +53,18 @@ phase too). A replay's loop runs on this script's thread, SCHED_NORMAL (the live
 SCHED_BATCH is for a loop that keeps up: vigil.agent.pipeline.LoopScheduling), raised by
 the boost while it drains 1,024 records or more at a time, as every replay drain here does.
 
+--peer go (off by default): is a Go client's cost per event (about 15 us of CPU) caused by how
+Vigil frames the stream? The same Go client against Vigil and against a grpc-go server
+(bench/goclient -serve: real grpc-go, one DATA frame per message as grpc-go writes them),
+alternated --rounds times, both paced at --peer-rate (20,000 events/s): the grpc-go server
+streams the very GetEventsResponse bytes the client got from Vigil first (-dump). Per run:
+the client's CPU per event (its getrusage), the HTTP/2 frames it read per event (DATA, their
+size, the read calls) and the WINDOW_UPDATE and PING frames it sent per event (-frames), and
+as a floor the same client decoding those messages with no gRPC around them (-decode).
+
     .venv/bin/python bench/grpc_throughput.py [--quick] [-n N] [--rounds 3] [--clients 1,4] [--client-impl go,python]
                                               [--go-output none|json] [--raw-clients] [--threaded-clients]
+                                              [--peer go [--peer-rate 20000]]
 
 The last line is JSON.
 """
@@ -132,7 +142,8 @@ def build_go_client(tmp: Path) -> str:
                     f"--go-grpc_out=paths=source_relative:{gen}", *protos], cwd=ROOT, check=True)
     src = gopath / "src" / "vigilbench" / "goclient"
     src.mkdir(parents=True)
-    shutil.copy(Path(__file__).parent / "goclient" / "main.go", src / "main.go")
+    for f in (Path(__file__).parent / "goclient").glob("*.go"):
+        shutil.copy(f, src / f.name)
     exe = tmp / "vigil-getevents-go"
     env = {**os.environ, "GO111MODULE": "off", "GOPATH": f"{gopath}:/usr/share/gocode",
            "GOCACHE": str(tmp / "gocache"), "CGO_ENABLED": "0"}
@@ -141,16 +152,96 @@ def build_go_client(tmp: Path) -> str:
 
 
 GO_OUTPUT = "none"  # --go-output
+GO_ARGS: list[str] = []  # more arguments for the Go clients (--peer go: -frames)
 
 
 def spawn_client(address: str, impl: str, raw: bool, threaded: bool) -> subprocess.Popen[str]:
     if impl != "python":  # the Go client's path
-        return subprocess.Popen([impl, "--server-address", address, "-o", GO_OUTPUT], stdout=subprocess.PIPE,
+        return subprocess.Popen([impl, "--server-address", address, "-o", GO_OUTPUT, *GO_ARGS], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     args = ([sys.executable, __file__, "--client", address] + (["--raw-clients"] if raw else [])
             + (["--threaded-clients"] if threaded else []))
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_go_server(exe: str, tmp: Path, messages: Path, rate: float) -> dict:
+    """One Go client (GO_ARGS) against the grpc-go comparison server streaming `messages`
+    (bench/goclient -serve) at `rate` per second (0: as fast as it goes): the client's line."""
+    sock = tmp / "go-peer.sock"
+    srv = subprocess.Popen([exe, "-serve", str(sock), "-messages", str(messages), "-rate", str(rate)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    client: subprocess.Popen[str] | None = None
+    try:
+        _wait(lambda: sock.exists() or srv.poll() is not None, 60, "the grpc-go server to listen")
+        if srv.poll() is not None:
+            raise RuntimeError(f"the grpc-go server died: {srv.stderr.read() if srv.stderr else ''}")
+        client = spawn_client(f"unix://{sock}", exe, False, False)
+        out, err = client.communicate(timeout=600)
+        srv.wait(timeout=60)   # it ends after its one stream
+    finally:
+        for p in (client, srv):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    line = (out or "").strip().splitlines()
+    return json.loads(line[-1]) if line else {"error": err[-500:]}
+
+
+def peer_figures(r: dict) -> dict:
+    """A Go client's line (-frames) as per-event figures."""
+    n = r.get("count", 0) or 1
+    fin, fout = r.get("frames_in", {}), r.get("frames_out", {})
+    data = fin.get("DATA", 0)
+    return {"received": r.get("count", 0), "status": r.get("status", r.get("error")),
+            "cpu_us_per_event": round(1e6 * r.get("cpu_s", 0.0) / n, 2),
+            "data_frames_per_event": round(data / n, 4),
+            "data_frame_bytes": round(fin.get("data_bytes", 0) / max(data, 1)),
+            "reads_per_event": round(fin.get("calls", 0) / n, 4),
+            "other_frames_in": {k: v for k, v in fin.items() if k.isupper() and k != "DATA"},
+            "window_updates_per_event": round(fout.get("WINDOW_UPDATE", 0) / n, 4),
+            "pings_per_event": round(fout.get("PING", 0) / n, 4),
+            "writes_per_event": round(fout.get("calls", 0) / n, 4)}
+
+
+def run_peer_go(records: list[bytes], tmp: Path, exe: str, rate: float, rounds: int) -> dict:
+    """--peer go: the Go client against Vigil and against the grpc-go server, alternated."""
+    global GO_ARGS
+    messages = tmp / "peer-messages.bin"
+    saved = GO_ARGS
+    try:
+        GO_ARGS = [*saved, "-frames", "-dump", str(messages)]   # what Vigil sends, for the grpc-go server
+        run_phase(records, tmp, 1, exe, False, False, rate)
+        GO_ARGS = [*saved, "-frames"]
+        runs: dict[str, list[dict]] = {"vigil": [], "grpc-go": []}
+        for i in range(rounds):
+            for peer in (("vigil", "grpc-go") if i % 2 == 0 else ("grpc-go", "vigil")):
+                if peer == "vigil":
+                    ph = run_phase(records, tmp, 1, exe, False, False, rate)
+                    runs[peer].append({**peer_figures(ph["client_lines"][0]), "lost": ph["per_client"][0]["lost"]})
+                else:   # flow control holds the server back: nothing is lost
+                    runs[peer].append({**peer_figures(run_go_server(exe, tmp, messages, rate)), "lost": 0})
+    finally:
+        GO_ARGS = saved
+    floor = subprocess.run([exe, "-decode", "-messages", str(messages)], capture_output=True, text=True, check=True)
+    dec = json.loads(floor.stdout.strip().splitlines()[-1])
+    messages.unlink()
+    return {"rate": rate, "runs": runs, "decode_only_us_per_event": round(1e6 * dec["cpu_s"] / max(dec["count"], 1), 2),
+            "messages": dec["count"]}
+
+
+def print_peer_go(peer: dict) -> None:
+    print(f"  --peer go: one Go client, paced at {peer['rate']:,.0f} events/s, against Vigil and against a grpc-go "
+          f"server streaming the same {peer['messages']} messages (runs alternated)", flush=True)
+    for name, runs in peer["runs"].items():
+        for r in runs:
+            print(f"{name:>14}: client {r['cpu_us_per_event']:5.2f} us CPU/event, {r['received']} received "
+                  f"({r['lost']} lost) [{r['status']}]; per event: DATA frames {r['data_frames_per_event']:.3f} "
+                  f"({r['data_frame_bytes']} B each), reads {r['reads_per_event']:.3f}, sent WINDOW_UPDATE "
+                  f"{r['window_updates_per_event']:.4f}, PING {r['pings_per_event']:.4f}", flush=True)
+        print(f"{'':>16}median {median([r['cpu_us_per_event'] for r in runs]):.2f} us/event", flush=True)
+    print(f"{'decode only':>14}: {peer['decode_only_us_per_event']:.2f} us CPU/event (proto.Unmarshal of the same "
+          f"messages, no gRPC)", flush=True)
 
 
 # ---------------------------------------------------------------- one phase
@@ -270,7 +361,8 @@ def run_phase(records: list[bytes], tmp: Path, n_clients: int, impl: str, raw: b
                         "status": r.get("status", r.get("error"))})
     return {"clients": n_clients, "impl": "go" if impl != "python" else "python", "events": n_events, "rate": rate,
             "export_seconds": t_export,
-            "export_events_per_s": n_events / t_export, "per_client": clients, "grpc": grpc_stats,
+            "export_events_per_s": n_events / t_export, "per_client": clients, "client_lines": results,
+            "grpc": grpc_stats,
             "cpu_s": {"agent_export": round(cpu_agent, 3), "serving": round(cpu_serving, 3),
                       "clients": [round(r.get("cpu_s", 0.0), 3) for r in results]},
             "agent_loop": {"ran_s": round(sched[0], 3), "waited_s": round(sched[1], 3),
@@ -319,6 +411,9 @@ def main() -> int:
                     help="clients consume with grpcio's default (threaded) consumer")
     ap.add_argument("--paced-rate", type=float, default=60_000,
                     help="events/s of the paced phase (one client of each kind; 0: skip it)")
+    ap.add_argument("--peer", choices=("none", "go"), default="none",
+                    help="go: also compare the Go client's CPU per event against Vigil and a grpc-go server")
+    ap.add_argument("--peer-rate", type=float, default=20_000, help="events/s of the --peer phases")
     ap.add_argument("--client", metavar="ADDRESS", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.client:
@@ -333,6 +428,8 @@ def main() -> int:
     impls = [x.strip() for x in a.client_impl.split(",") if x.strip()]
     if not impls or set(impls) - {"go", "python"}:
         ap.error(f"--client-impl: go, python or go,python, not {a.client_impl!r}")
+    if a.peer == "go" and "go" not in impls:
+        ap.error("--peer go compares the Go client: --client-impl must include go")
     kinds = {"go": f"Go (grpc-go, {'decoded' if a.go_output == 'none' else 'decoded, written as protojson'})",
              "python": f"Python (grpcio, {'raw' if a.raw_clients else 'parsing'}, "
                        f"{'threaded' if a.threaded_clients else 'single-threaded'} consumer)"}
@@ -355,6 +452,7 @@ def main() -> int:
         if a.paced_rate:
             paced = [run_phase(records, tmp, 1, paths[i], a.raw_clients, a.threaded_clients, a.paced_rate)
                      for i in impls]
+        peer = run_peer_go(records, tmp, paths["go"], a.peer_rate, a.rounds) if a.peer == "go" else None
     alone_rates = [r["alone"]["export_events_per_s"] for r in rounds]
     alone_cpu = [r["alone"]["cpu_s"]["agent_export"] for r in rounds]
     print(f"  export alone: {' / '.join(f'{x:,.0f}' for x in alone_rates)} ev/s in rounds 1..{len(rounds)} "
@@ -410,6 +508,10 @@ def main() -> int:
         summary[f"{ph['impl']}_paced"] = {"rate": ph["rate"], "exported": ph["events"], "received": c["received"],
                                           "lost": c["lost"], "delivered_events_per_s": round(c["events_per_s"]),
                                           "loop_waited_s": loop["waited_s"], "loop_preempted": loop["preempted"]}
+    if peer is not None:
+        print_peer_go(peer)
+        summary["peer_go"] = {"rate": peer["rate"], "decode_only_us_per_event": peer["decode_only_us_per_event"],
+                              **peer["runs"]}
     emit_json("grpc_throughput", summary)
     return 0
 
