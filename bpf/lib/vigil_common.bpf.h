@@ -68,8 +68,12 @@ enum vigil_reader_state {
 	VIGIL_READER_SLEEPING = 2,
 };
 
+/* BPF_F_MMAPABLE (Linux 5.5): the agent stores its state through a shared mapping of the
+ * value, a plain store instead of a bpf(BPF_MAP_UPDATE_ELEM) system call each time it goes
+ * to sleep or wakes (kernel.ringbuf.PairedRings; the system call where it cannot map it). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, __u32);

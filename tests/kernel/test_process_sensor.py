@@ -305,11 +305,14 @@ def _drained_quiet(drain: Callable[[], object], ep: select.epoll, fd: int, event
     pytest.fail("the ring never stayed empty long enough to start")
 
 
-def test_records_wake_a_sleeping_reader_and_never_a_draining_one(workdir: Path):
+@pytest.mark.parametrize("mapped", [True, False], ids=["mmap", "syscall"])
+def test_records_wake_a_sleeping_reader_and_never_a_draining_one(workdir: Path, mapped: bool):
     """`vigil_reader`: while the agent sleeps in epoll a record wakes it; while it drains
     on its own clock no record sends a wakeup (each would cost the task that made it an
     interrupt). Records of other processes on the host only ever add wakeups or data, so
-    the checks below hold beside them."""
+    the checks below hold beside them. The state is stored through the map's mapped value
+    (BPF_F_MMAPABLE: no system call), or by bpf(BPF_MAP_UPDATE_ELEM) where it cannot be
+    mapped (forced here); the programs read the same value either way."""
     from vigil.kernel import RingBuffer
     from vigil.kernel.ringbuf import READER_DRAINING, READER_SLEEPING, PairedRings
 
@@ -321,7 +324,8 @@ def test_records_wake_a_sleeping_reader_and_never_a_draining_one(workdir: Path):
     ep = select.epoll()
     try:
         ev = sensor.events_map
-        rings = PairedRings(RingBuffer(ev.fd, ev.max_entries), reader_state=sensor.reader_map)
+        rings = PairedRings(RingBuffer(ev.fd, ev.max_entries), reader_state=sensor.reader_map, map_reader=mapped)
+        assert rings.reader_mapped == mapped
         # sleeping: our child's exec wakes the reader, which then drains on its own
         rings.process.drain()
         pid = os.fork()

@@ -106,3 +106,41 @@ def test_privileged_execs_judged_against_the_credentials_before(flavour: str) ->
     finally:
         sensor.stop()
         shutil.rmtree(tmp_path)
+
+
+# how the agent stores `vigil_reader` (mapped value or bpf() update), on each flavour
+@pytest.mark.parametrize("flavour, mapped", [("btf", True), ("btf", False), ("raw", True), ("raw", False)])
+def test_the_reader_state_wakes_a_sleeping_reader_and_not_a_draining_one(flavour: str, mapped: bool,
+                                                                          tmp_path: Path) -> None:
+    """`vigil_reader` is BPF_F_MMAPABLE: the agent stores its state through the mapped value
+    (no system call) and the programs read it; asleep, an exec wakes the reader; draining,
+    a fresh epoll on the ring is not woken by an exec. Forced off: the bpf() update."""
+    import select
+
+    from vigil.kernel import RingBuffer
+    from vigil.kernel.ringbuf import READER_DRAINING, READER_SLEEPING, PairedRings
+    from vigil.sensors.process import ProcessSensor
+
+    sensor = ProcessSensor()
+    sensor.obj = sensor._open(flavour)
+    ep = select.epoll()
+    try:
+        ev, reader = sensor.events_map, sensor.reader_map
+        rings = PairedRings(RingBuffer(ev.fd, ev.max_entries), reader_state=reader, map_reader=mapped)
+        try:
+            assert rings.reader_mapped == mapped
+            rings.process.drain()
+            assert not rings.wait(0.01)  # asleep (nothing else runs in the guest)
+            assert reader.lookup(b"\0\0\0\0") == READER_SLEEPING.to_bytes(4, "little")
+            subprocess.run(["/bin/true"], cwd=tmp_path, check=True)
+            assert rings.wait(10.0)
+            assert reader.lookup(b"\0\0\0\0") == READER_DRAINING.to_bytes(4, "little")
+            rings.process.drain()
+            ep.register(ev.fd, select.EPOLLIN)
+            subprocess.run(["/bin/true"], cwd=tmp_path, check=True)
+            assert rings.process.pending() > 0 and ep.poll(0.2) == []  # draining: no wakeup
+        finally:
+            rings.close()
+    finally:
+        ep.close()
+        sensor.stop()

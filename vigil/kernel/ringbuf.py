@@ -139,7 +139,7 @@ class PairedRings:
     after the exec of its process and before whatever the kernel recorded after it."""
 
     def __init__(self, process: RingBuffer, clock: Callable[[], int] = time.monotonic_ns,
-                 reader_state: Map | None = None) -> None:
+                 reader_state: Map | None = None, map_reader: bool = True) -> None:
         self.process = process
         self.policy: RingBuffer | None = None
         self.clock = clock  # CLOCK_MONOTONIC: the clock of bpf_ktime_get_ns
@@ -148,6 +148,30 @@ class PairedRings:
         self._ep.register(process.fileno(), select.EPOLLIN)
         self._reader = reader_state  # the `vigil_reader` map every program reads (or None)
         self._state = READER_UNMANAGED
+        # its value mapped (BPF_F_MMAPABLE): each change of state one store, not a system call
+        self._reader_page: mmap.mmap | None = None
+        self._reader_word: memoryview | None = None
+        if reader_state is not None and map_reader:
+            self._map_reader(reader_state)
+
+    @property
+    def reader_mapped(self) -> bool:
+        """Whether the reader's state is stored through a mapping (else by a system call)."""
+        return self._reader_word is not None
+
+    def _map_reader(self, m: Map) -> None:
+        """Map `vigil_reader`'s value when the map allows it (created BPF_F_MMAPABLE, Linux
+        5.5+); otherwise (a map made without the flag, an older kernel, no fd) the state is
+        stored with bpf(BPF_MAP_UPDATE_ELEM) as before. Either way the programs read the same
+        u32; the epoll call after the store orders it before the rings' positions are read
+        again, as it did after the system call."""
+        try:
+            fd = m.fd
+            page = mmap.mmap(fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except (AttributeError, OSError, ValueError, TypeError):
+            return
+        self._reader_page = page
+        self._reader_word = memoryview(page).cast("I")  # a u32 stored as one word, never through 0
 
     def add_policy_ring(self, rb: RingBuffer) -> None:
         """Called once, from whichever thread loads the first policy."""
@@ -192,7 +216,10 @@ class PairedRings:
 
     def _set_reader(self, state: int) -> None:
         if self._reader is not None and state != self._state:
-            self._reader.update(_ZERO_KEY, _I.pack(state))
+            if self._reader_word is not None:
+                self._reader_word[0] = state
+            else:
+                self._reader.update(_ZERO_KEY, _I.pack(state))
             self._state = state
 
     def drain(self) -> list[bytes]:
@@ -214,6 +241,10 @@ class PairedRings:
 
     def close(self) -> None:
         self._ep.close()
+        if self._reader_word is not None and self._reader_page is not None:
+            self._reader_word.release()
+            self._reader_word = None
+            self._reader_page.close()
         for rb in self.rings():
             rb.close()
 
