@@ -10,6 +10,7 @@
  *   ring_write, ring_read         the shared-memory event ring <-> vigil/api/shm.py
  *   bpf_ring_drain, ktime_prefix  a BPF ring buffer's records <-> vigil/kernel/ringbuf.py
  *   write_pieces(fd, pieces)      the export's writev        <-> vigil/export/jsonl.py
+ *   file_links(fd)                the export's deletion check <-> JsonlWriter._ensure_open
  *   decode_generic(bytes)         a policy hook's record    <-> vigil/events/generic.py
  *   Builder.on_exec/on_clone/on_exit, the process cache      <-> vigil/process/build.py, cache.py
  *   handle_records                the event loop's dispatch <-> vigil/agent/pipeline.py
@@ -35,6 +36,7 @@
 #include <limits.h>
 #include <errno.h>
 #include <sys/uio.h>
+#include <sys/stat.h>
 
 #include "vigil_events.h"
 #include "vigil_policy.h"
@@ -4530,6 +4532,24 @@ fail:
 	return NULL;
 }
 
+/* file_links(fd) -> the open file's link count (fstat's st_nlink; 0: deleted under us): what
+ * JsonlWriter._ensure_open asks before every write, without the 19-field os.stat_result and
+ * its float times that os.fstat builds each time. OSError as os.fstat raises it. */
+static PyObject *file_links(PyObject *self, PyObject *arg)
+{
+	int fd = _PyLong_AsInt(arg);
+	if (fd == -1 && PyErr_Occurred())
+		return NULL;
+	struct stat st;
+	int r;
+	Py_BEGIN_ALLOW_THREADS
+	r = fstat(fd, &st);
+	Py_END_ALLOW_THREADS
+	if (r < 0)
+		return PyErr_SetFromErrno(PyExc_OSError);
+	return PyLong_FromUnsignedLongLong((unsigned long long)st.st_nlink);
+}
+
 /* write_pieces(fd, pieces) -> bytes written: the twin of JsonlWriter._write_all. All of the
  * bytes objects, in order, with writev IOV_MAX at a time (the iovecs point into the objects:
  * no joined copy), the GIL released while the kernel copies; a short write (disk full, a
@@ -4690,6 +4710,7 @@ static PyMethodDef methods[] = {
 	{"exec_id", exec_id, METH_VARARGS, "exec_id(node, ktime, pid) -> base64(node:ktime:pid)"},
 	{"encode_json", encode_json, METH_O, "event -> its JSON line (cached on it)"},
 	{"encode_json_batch", encode_json_batch, METH_O, "events -> their JSON lines"},
+	{"file_links", file_links, METH_O, "(fd) -> the open file's link count (os.fstat(fd).st_nlink)"},
 	{"write_pieces", write_pieces, METH_VARARGS, "(fd, pieces) -> bytes written: all of them, in order"},
 	{"ktime_prefix", ktime_prefix, METH_VARARGS, "(records, now) -> how many lead records are older than now"},
 	{"bpf_ring_drain", bpf_ring_drain, METH_VARARGS,

@@ -259,3 +259,62 @@ def test_export_file_renamed_under_the_writer(tmp_path, monkeypatch, check_s, in
     pids = [e["process_exec"]["process"]["pid"] for e in _lines(tmp_path / "vigil.log.1")]
     assert pids == in_renamed
     assert [e["process_exec"]["process"]["pid"] for e in _lines(path)] == in_new if in_new else not path.exists()
+
+
+# what happens to the export file between two writes: the lines each file has after
+@pytest.mark.parametrize("change, in_new, in_old", [
+    ("none", [1, 2], None),
+    ("unlink", [2], None),               # deleted: a new file, the second line in it
+    ("hard-link", [1, 2], [1, 2]),       # another name for it: still linked, written as before
+    ("link-then-unlink", None, [1, 2]),  # only the other name is left: a rename (looked up each PATH_CHECK_S)
+], ids=["none", "unlink", "hard-link", "link-then-unlink"])
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_a_deleted_export_file_is_seen_at_the_next_write(tmp_path, monkeypatch, compiled, change, in_new, in_old):
+    """The deletion check before each write reads the open file's link count: compiled
+    (native file_links, no os.stat_result per write) or os.fstat (its reference); the same
+    files either way."""
+    from vigil.core import native
+    from vigil.export import jsonl
+
+    if compiled:
+        assert native.fast is not None, "the compiled fast path is not built (make native)"
+    else:
+        monkeypatch.setattr(jsonl.native, "fast", None)
+    monkeypatch.setattr(jsonl, "PATH_CHECK_S", 3600.0)  # the path looked up at the first write only
+    path, other = tmp_path / "vigil.log", tmp_path / "other.log"
+    with JsonlWriter(str(path)) as w:
+        w.write_batch([_event(1)])
+        if change in ("hard-link", "link-then-unlink"):
+            os.link(path, other)
+        if change in ("unlink", "link-then-unlink"):
+            path.unlink()
+        w.write_batch([_event(2)])
+        assert w.reopens == (1 if change == "unlink" else 0) and w.events_failed == 0
+    if in_new is None:
+        assert not path.exists()
+    else:
+        assert [e["process_exec"]["process"]["pid"] for e in _lines(path)] == in_new
+    if in_old is not None:
+        assert [e["process_exec"]["process"]["pid"] for e in _lines(other)] == in_old
+
+
+@pytest.mark.parametrize("links", [1, 2, 0])
+def test_the_compiled_link_count_is_fstats(tmp_path, links):
+    from vigil.core import native
+
+    assert native.fast is not None, "the compiled fast path is not built (make native)"
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        if links == 2:
+            os.link(path, tmp_path / "g")
+        if links == 0:
+            path.unlink()
+        assert native.fast.file_links(fd) == os.fstat(fd).st_nlink == links
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as got:
+        native.fast.file_links(fd)  # closed: EBADF, as os.fstat
+    with pytest.raises(OSError) as want:
+        os.fstat(fd)
+    assert got.value.errno == want.value.errno

@@ -214,11 +214,14 @@ class JsonlWriter:
         loop), and the lines written meanwhile are in the renamed file: none is lost."""
         if self._fd is not None:
             try:
-                cur = os.fstat(self._fd)
-                if cur.st_nlink:
+                # the link count alone (compiled: no os.stat_result made per write)
+                fast = native.fast
+                linked = fast.file_links(self._fd) if fast is not None else os.fstat(self._fd).st_nlink
+                if linked:
                     now = time.monotonic()
                     if now - self._path_checked_at < PATH_CHECK_S:
                         return
+                    cur = os.fstat(self._fd)
                     st = os.stat(self.path)
                     if (st.st_dev, st.st_ino) == (cur.st_dev, cur.st_ino):
                         self._path_checked_at = now
