@@ -444,6 +444,48 @@ uprobes:
     assert any("spec.uprobes[0].path" in e and "/nonexistent/bin" in e for e in errs)
 
 
+IGNORE_CALL_NOT_FOUND = [
+    # (id, kprobes, kernel, substitute, compiled hooks' targets, skipped targets, refused with)
+    ("renamed-function-vm", """
+- {call: security_bpf_map_alloc, syscall: false, args: [{index: 0, type: bpf_map}], ignore: {callNotFound: true}}
+- {call: security_bpf_map_create, syscall: false, args: [{index: 0, type: bpf_map}], ignore: {callNotFound: true}}
+""", "vm", False, ["security_bpf_map_create"], ["security_bpf_map_alloc"], ""),
+    ("only-call-missing-vm", "- {call: no_such_kernel_function, syscall: false, ignore: {callNotFound: true}}",
+     "vm", False, [], ["no_such_kernel_function"], ""),
+    ("ignore-false-still-refused", "- {call: no_such_kernel_function, syscall: false, ignore: {callNotFound: false}}",
+     "vm", False, [], [], "no kernel function no_such_kernel_function"),
+    ("present-function-other-errors-kept", """
+- {call: tty_write, syscall: false, args: [{index: 2, type: int}], ignore: {callNotFound: true}}
+""", "vm", False, [], [], "tty_write has 2 parameters; index 2 is out of range"),
+    ("skipped-before-a-stand-in-host", """
+- {call: security_bpf_map_alloc, syscall: false, args: [{index: 0, type: bpf_map}], ignore: {callNotFound: true}}
+- {call: sys_openat}
+""", "host", True, ["sys_openat"], ["security_bpf_map_alloc"], ""),
+]
+
+
+@pytest.mark.parametrize("case, kprobes, kernel, sub, hooks, skipped, refused", IGNORE_CALL_NOT_FOUND,
+                         ids=[c[0] for c in IGNORE_CALL_NOT_FOUND])
+def test_ignore_call_not_found_leaves_out_only_a_missing_call(case: str, kprobes: str, kernel: str, sub: bool,
+                                                               hooks: list[str], skipped: list[str],
+                                                               refused: str) -> None:
+    """kprobes[].ignore.callNotFound: a call this kernel does not have is left out (hook status
+    CALL_NOT_FOUND, a warning), the rest loads; any other problem still refuses the policy."""
+    spec = "kprobes:\n" + textwrap.dedent(kprobes).strip("\n")
+    k = HOST if kernel == "host" else VM
+    if refused:
+        assert any(refused in e for e in errors(spec, k, sub)), errors(spec, k, sub)
+        return
+    cp = comp(spec, k, sub)
+    assert [h.placement.target for h in cp.hooks] == hooks
+    left_out = [p for p in cp.placements if p.ok and p.skipped]
+    assert [(p.target, p.skip_state) for p in left_out] == [(t, "call_not_found") for t in skipped]
+    assert all("ignore.callNotFound" in p.describe() for p in left_out)
+    report = explain_policy(one(spec), k, substitute=sub)
+    assert report["loadable"], report
+    assert [w for w in report["warnings"] if "not attached" in w and "callNotFound" in w]
+
+
 def test_stand_ins_are_off_unless_asked_and_explain_says_so() -> None:
     p = one("kprobes: [{call: tcp_connect, syscall: false, args: [{index: 0, type: sock}]}]")
     off = explain_policy(p, HOST)

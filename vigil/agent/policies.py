@@ -594,7 +594,8 @@ class PolicyManager:
         total = {k: sum(s[k] for s in stats) for k in (stats[0] if stats else {})}
         mode = listed_mode(lp)
         # hooks left out without refusing the policy (a uprobe whose binaryDigests do not match,
-        # with ignore.digestVerificationFailure): the policy is partially enabled, as Tetragon's
+        # with ignore.digestVerificationFailure; a kprobe call missing, with ignore.callNotFound):
+        # the policy is partially enabled, as Tetragon's
         skipped = [p for p in lp.compiled.placements if p.ok and p.skipped]
         counters = {"post": total.get("posted", 0), "signal": total.get("signals", 0),
                     "monitor_signal": total.get("monitored", 0)}
@@ -615,7 +616,7 @@ class PolicyManager:
                        "hook": ch.placement.describe(), "state": "loaded" if lp.enabled else "disabled",
                        "target": ch.placement.target}
                       for ch in lp.compiled.hooks] +
-                     [{"section": p.section, "index": p.index, "hook": p.describe(), "state": "digest_rejected",
+                     [{"section": p.section, "index": p.index, "hook": p.describe(), "state": p.skip_state,
                        "target": p.target} for p in skipped],
             "kernel_stats": total,
             "user_actions": dict(self.user_actions.stats),

@@ -356,7 +356,7 @@ def compile_report(policy: Policy, facts: KernelFacts, next_hook_id: Callable[[]
     for pl, hook in placements:
         for b in pl.blockers:
             errs.error(b.loc, f"{pl.section}[{pl.index}] ({pl.target}): {b.message}", b.cause)
-        if pl.ok and pl.skipped:  # left out on purpose (binaryDigests with ignore): said, not an error
+        if pl.ok and pl.skipped:  # left out on purpose (binaryDigests, callNotFound with ignore): said, not an error
             errs.warn(pl.loc, f"{pl.section}[{pl.index}] ({pl.target}): not attached: {pl.skipped}")
             continue
         ch = _compile_hook(policy, pl, hook, next_hook_id() if pl.ok else 0, monitor, facts, errs, follow_bit)

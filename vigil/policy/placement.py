@@ -123,6 +123,7 @@ class Placement:
     # tracepoint:<subsystem>/<event>, lsm:<hook>, uprobe:<path>[:<symbols>], usdt:<path>:<provider>/<name>
     stats_hook: str = ""
     skipped: str = ""             # why this hook is left out without refusing the policy (not attached)
+    skip_state: str = "digest_rejected"  # its HookState (ListTracingPolicies): digest_rejected | call_not_found
 
     @property
     def ok(self) -> bool:
@@ -339,6 +340,13 @@ def place_kernel_function(spec: KProbeSpec, section: str, index: int, call: str,
     Override: fmod_ret, the LSM hook the function is, or bpf_override_return."""
     pl = Placement(section, index, spec.loc, call, event_kind="process_kprobe")
     pl.attach = {"func": call}
+    if spec.ignore is not None and spec.ignore.call_not_found and facts.has_function(call) is False:
+        # Tetragon leaves such a call out (its hook status CALL_NOT_FOUND) and loads the rest: a
+        # policy can name a function of older and newer kernels alike (security_bpf_map_alloc/_create)
+        pl.skipped = (f"no kernel function {call} on this kernel; skipped (ignore.callNotFound), "
+                      "the rest of the policy loads")
+        pl.skip_state = "call_not_found"
+        return pl
     kernel_function_blockers(pl, spec, call, facts)
     has = facts.has
     ok_k, why_k = has("kprobe")
