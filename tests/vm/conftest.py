@@ -15,8 +15,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from vmagent import Running
 
 IN_GUEST = "VIGIL_VM_KERNEL" in os.environ
 if not IN_GUEST:
@@ -69,3 +73,15 @@ def load_vmcheck(vmcheck_path: str) -> Iterator:
     yield load
     for obj in objs:
         obj.close()
+
+
+@pytest.fixture(scope="module")
+def agent() -> Iterator[Running]:
+    """One agent (vmagent.Running) for the test file, stopped and closed after its last test."""
+    from vmagent import Running  # here: the host, which collects nothing here, need not import the agent
+
+    r = Running()
+    try:
+        yield r
+    finally:
+        r.close()

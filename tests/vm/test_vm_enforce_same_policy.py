@@ -9,18 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_vm_policy_enforce import Running
+from vmagent import Running
 
 from tests import enforce_cases as C
-
-
-@pytest.fixture(scope="module")
-def agent() -> Iterator[Running]:
-    r = Running()
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 @pytest.fixture

@@ -8,11 +8,10 @@ first runs, so the second's link counts misses. Kernels report a kprobe link's m
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_vm_policy_enforce import Running, policy
+from vmagent import Running, policy
 
 from vigil.agent.metrics import AgentCollector
 
@@ -21,17 +20,13 @@ NAME = "vm-missed-link"
 
 
 @pytest.fixture(scope="module")
-def agent() -> Iterator[Running]:
-    r = Running()
-    try:
-        # kernel functions on kprobes (the agent's other choice where trampolines exist): the
-        # links whose misses the kernel reports
-        facts = r.agent.policies.facts
-        for f in ("fentry", "fexit"):
-            facts.features[f] = (False, "test: kprobes only")
-        yield r
-    finally:
-        r.close()
+def agent(agent: Running) -> Running:
+    # the file's agent (conftest.py) with kernel functions on kprobes (its other choice where
+    # trampolines exist): the links whose misses the kernel reports
+    facts = agent.agent.policies.facts
+    for f in ("fentry", "fexit"):
+        facts.features[f] = (False, "test: kprobes only")
+    return agent
 
 
 def missed_links(agent: Running) -> dict[str, float]:

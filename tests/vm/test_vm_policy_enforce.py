@@ -11,62 +11,11 @@ import os
 import shutil
 import socket
 import tempfile
-import textwrap
-import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-
-from vigil.agent.agent import Agent
-from vigil.agent.config import AgentConfig
-from vigil.export.dicts import event_dict
-
-
-class Running:
-    def __init__(self) -> None:
-        self.agent = Agent(AgentConfig(export_filename="", server_address="", node_name="vm"))
-        self.agent.start()
-        self.t = threading.Thread(target=self.agent.run, daemon=True)
-        self.t.start()
-
-    def collect(self, action) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
-        import subprocess
-        import time
-
-
-        sub = self.agent.subscribe(100000)
-        try:
-            action()
-            token = f"vigil-marker-{uuid.uuid4().hex}"
-            subprocess.run(["/bin/true", token], check=True)
-            out: list[dict[str, Any]] = []
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                for e in map(event_dict, sub.get_batch(timeout=0.5)):  # typed events -> their JSON shape
-                    out.append(e)
-                    x = e.get("process_exit")
-                    if x and x["process"].get("arguments") == token:
-                        return out
-            raise AssertionError("end marker not seen")
-        finally:
-            sub.close()
-
-    def close(self) -> None:
-        self.agent.request_stop()
-        self.t.join(30)
-        self.agent.close()
-
-
-@pytest.fixture(scope="module")
-def agent() -> Iterator[Running]:
-    r = Running()
-    try:
-        yield r
-    finally:
-        r.close()
+from vmagent import Running, policy
 
 
 @pytest.fixture
@@ -78,11 +27,6 @@ def work() -> Iterator[Path]:
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
-
-
-def policy(name: str, spec: str) -> str:
-    return (f"apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: {name}\nspec:\n"
-            + textwrap.indent(textwrap.dedent(spec).strip("\n"), "  ") + "\n")
 
 
 def mine(events: list[dict], name: str) -> list[tuple[str, dict]]:

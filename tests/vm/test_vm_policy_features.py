@@ -17,21 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_vm_policy_enforce import Running, policy
+from vmagent import Running, policy
 
 REPO = Path(__file__).resolve().parents[2]
 PID = os.getpid()
 SCOPE = f"matchPIDs: [{{operator: In, followForks: true, values: [{PID}]}}]"
 SUB = 'options: [{name: vigil-hook-substitution, value: "true"}]'
-
-
-@pytest.fixture(scope="module")
-def agent() -> Iterator[Running]:
-    r = Running()
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 @pytest.fixture

@@ -1,0 +1,51 @@
+"""The VM tier's agent in the test process (tests/vm): Running starts one Agent with its event
+loop on a thread and collects the events an action causes. The module-scoped `agent` fixture
+(conftest.py) is one Running per test file."""
+from __future__ import annotations
+
+import subprocess
+import textwrap
+import threading
+import time
+import uuid
+from typing import Any
+
+from vigil.agent.agent import Agent
+from vigil.agent.config import AgentConfig
+from vigil.export.dicts import event_dict
+
+
+class Running:
+    def __init__(self) -> None:
+        self.agent = Agent(AgentConfig(export_filename="", server_address="", node_name="vm"))
+        self.agent.start()
+        self.t = threading.Thread(target=self.agent.run, daemon=True)
+        self.t.start()
+
+    def collect(self, action) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+        sub = self.agent.subscribe(100000)
+        try:
+            action()
+            token = f"vigil-marker-{uuid.uuid4().hex}"
+            subprocess.run(["/bin/true", token], check=True)
+            out: list[dict[str, Any]] = []
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                for e in map(event_dict, sub.get_batch(timeout=0.5)):  # typed events -> their JSON shape
+                    out.append(e)
+                    x = e.get("process_exit")
+                    if x and x["process"].get("arguments") == token:
+                        return out
+            raise AssertionError("end marker not seen")
+        finally:
+            sub.close()
+
+    def close(self) -> None:
+        self.agent.request_stop()
+        self.t.join(30)
+        self.agent.close()
+
+
+def policy(name: str, spec: str) -> str:
+    return (f"apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: {name}\nspec:\n"
+            + textwrap.indent(textwrap.dedent(spec).strip("\n"), "  ") + "\n")
