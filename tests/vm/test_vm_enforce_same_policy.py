@@ -24,10 +24,6 @@ def edir() -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def _hook(agent: Running, name: str) -> str:
-    return next(p for p in agent.agent.list_policies() if p["name"] == name)["hooks"][0]["hook"]
-
-
 @pytest.mark.parametrize("case, lsm", [("exec", "lsm:bprm_check_security"), ("open", "lsm:file_open"),
                                        ("connect", "lsm:socket_connect")])
 def test_same_policy_same_outcome(agent: Running, edir: Path, case: str, lsm: str):
@@ -39,7 +35,7 @@ def test_same_policy_same_outcome(agent: Running, edir: Path, case: str, lsm: st
     name = agent.agent.add_policy(text)
     res: dict = {}
     try:
-        assert _hook(agent, name).startswith(lsm)
+        assert agent.hook(name).startswith(lsm)
         run = {"exec": lambda: res.update(C.run_exec_case(edir)), "open": lambda: res.update(C.run_open_case(edir)),
                "connect": lambda: res.update(C.run_connect_case(srv))}[case]
         events = agent.collect(run)

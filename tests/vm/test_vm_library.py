@@ -90,7 +90,7 @@ def test_deny_exec_writable_dirs_on_bpf_lsm(agent: Running):
                 res["denied"] = e.errno
             subprocess.run([str(ok / "tool"), str(ok / "ran")], check=True)
         try:
-            hook = next(p for p in agent.agent.list_policies() if p["name"] == name)["hooks"][0]["hook"]
+            hook = agent.hook(name)
             events = agent.collect(act)
         finally:
             agent.agent.delete_policy(name)
@@ -134,7 +134,7 @@ def test_capset_raise(agent: Running):
         procs.append(p)
         assert p.wait(120) == 0
     try:
-        hook = next(p for p in agent.agent.list_policies() if p["name"] == name)["hooks"][0]["hook"]
+        hook = agent.hook(name)
         events = agent.collect(act)
     finally:
         agent.agent.delete_policy(name)

@@ -55,8 +55,7 @@ lsmhooks:
 """
     name = agent.agent.add_policy(policy("lsm-deny", spec))
     try:
-        hooks = agent.agent.list_policies()[0]["hooks"]
-        assert hooks[0]["hook"] == "lsm:file_open"
+        assert agent.hook(name) == "lsm:file_open"
         errs: list[int] = []
 
         def act() -> None:
@@ -128,7 +127,7 @@ kprobes:
 
     name = agent.agent.add_policy(policy(f"ovr-{syscall[4:]}", spec))
     try:
-        hook = agent.agent.list_policies()[0]["hooks"][0]["hook"]
+        hook = agent.hook(name)
         assert hook.startswith(f"lsm:{expect_hook}"), hook
         events = agent.collect(act)
     finally:

@@ -171,7 +171,7 @@ kprobes:
     name = agent.agent.add_policy(policy("vm-fmodret", spec))
     err: list[int] = []
     try:
-        hook = agent.agent.list_policies()[0]["hooks"][0]["hook"]
+        hook = agent.hook(name)
         assert hook.startswith("fmod_ret:security_inode_mkdir"), hook
 
         def act() -> None:
@@ -229,7 +229,7 @@ kprobes:
     name = agent.agent.add_policy(policy("vm-linkat", spec))
     err: list[int] = []
     try:
-        assert agent.agent.list_policies()[0]["hooks"][0]["hook"].startswith("lsm:path_link")
+        assert agent.hook(name).startswith("lsm:path_link")
 
         def act() -> None:
             try:  # follow_symlinks=False: linkat (glibc's link() is the link syscall)
@@ -442,7 +442,7 @@ kprobes:
 """
     name = agent.agent.add_policy(policy(f"vm-entry-{values}", spec))
     try:
-        assert agent.agent.list_policies()[0]["hooks"][0]["hook"].startswith("tracepoint:")
+        assert agent.hook(name).startswith("tracepoint:")
 
         def act() -> None:
             for f in (value, same_len, *longer, value):

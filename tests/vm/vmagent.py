@@ -1,6 +1,6 @@
 """The VM tier's agent in the test process (tests/vm): Running starts one Agent with its event
-loop on a thread and collects the events an action causes. The module-scoped `agent` fixture
-(conftest.py) is one Running per test file."""
+loop on a thread, collects the events an action causes, and names a loaded policy's hook. The
+module-scoped `agent` fixture (conftest.py) is one Running per test file."""
 from __future__ import annotations
 
 import subprocess
@@ -39,6 +39,10 @@ class Running:
             raise AssertionError("end marker not seen")
         finally:
             sub.close()
+
+    def hook(self, name: str) -> str:
+        """The first hook of the loaded policy `name` as the agent lists it ("lsm:file_open ...")."""
+        return str(next(p for p in self.agent.list_policies() if p["name"] == name)["hooks"][0]["hook"])
 
     def close(self) -> None:
         self.agent.request_stop()
