@@ -21,20 +21,15 @@ def _open_close(path: Path) -> None:
     os.close(os.open(path, os.O_RDONLY))
 
 
-def test_kprobe_attaches_and_fires(load_vmcheck, tmp_path: Path) -> None:
-    obj = load_vmcheck("vmcheck_kprobe")
-    f = tmp_path / "k"
-    f.write_text("x")
-    _open_close(f)
-    assert _hits(obj, HIT_KPROBE) >= 1
-
-
-def test_fentry_attaches_and_fires(load_vmcheck, tmp_path: Path) -> None:
-    obj = load_vmcheck("vmcheck_fentry")
+# the program that counts a file open in hits[idx]
+@pytest.mark.parametrize("prog, idx", [("vmcheck_kprobe", HIT_KPROBE), ("vmcheck_fentry", HIT_FENTRY)],
+                         ids=["kprobe", "fentry"])
+def test_attaches_and_fires(load_vmcheck, tmp_path: Path, prog: str, idx: int) -> None:
+    obj = load_vmcheck(prog)
     f = tmp_path / "f"
     f.write_text("x")
     _open_close(f)
-    assert _hits(obj, HIT_FENTRY) >= 1
+    assert _hits(obj, idx) >= 1
 
 
 def _kdev(st: os.stat_result) -> int:
