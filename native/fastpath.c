@@ -4281,8 +4281,11 @@ static PyObject *count_ops(PyObject *self, PyObject *const *args, Py_ssize_t nar
 		}
 		s = sv.buf;
 	}
-	/* slot op + 1 (0: an empty record, op -1); order: the ops as they first come */
-	Py_ssize_t count[257] = {0};
+	/* the ops as they first come (order[j], count[j]); slot[op + 1]: j + 1 (0: not yet; slot 0
+	 * is an empty record, op -1). Only `slot` is zeroed: 514 bytes, not a count per op */
+	uint16_t slot[257];
+	memset(slot, 0, sizeof(slot));
+	Py_ssize_t count[257];
 	int order[257], nops = 0;
 	for (Py_ssize_t i = 0; i < n; i++) {
 		PyObject *r = PyList_GET_ITEM(recs, i);
@@ -4296,35 +4299,40 @@ static PyObject *count_ops(PyObject *self, PyObject *const *args, Py_ssize_t nar
 			op = v.len ? ((unsigned char *)v.buf)[0] : -1;
 			PyBuffer_Release(&v);
 		}
-		if (!count[op + 1]++)
-			order[nops++] = op;
+		if (slot[op + 1]) {
+			count[slot[op + 1] - 1]++;
+		} else {
+			order[nops] = op;
+			count[nops++] = 1;
+			slot[op + 1] = (uint16_t)nops;
+		}
 	}
 	double unit[257], sampled = 0.0;
-	int nsampled = 0, has[257] = {0};
+	int nsampled = 0, has[257];
 	for (int i = 0; i < nops; i++) {
 		int op = order[i];
+		has[i] = 0;
 		if (s && op >= 0 && s[256 + op] > 0) {
 			if (s[256 + op] > kept) {
 				s[op] /= 2;  /* both >= 0: floor division */
 				s[256 + op] /= 2;
 			}
-			unit[op + 1] = (double)(s[op] > 1 ? s[op] : 1) / (double)s[256 + op];
-			has[op + 1] = 1;
-			sampled += unit[op + 1];
+			unit[i] = (double)(s[op] > 1 ? s[op] : 1) / (double)s[256 + op];
+			has[i] = 1;
+			sampled += unit[i];
 			nsampled++;
 		}
 	}
 	double mean = nsampled ? sampled / nsampled : 1.0, weight = 0.0, elapsed_us = (double)elapsed_ns / 1000.0;
 	for (int i = 0; i < nops; i++) {
-		int op = order[i];
-		if (!has[op + 1])
-			unit[op + 1] = mean;
-		weight += unit[op + 1] * (double)count[op + 1];
+		if (!has[i])
+			unit[i] = mean;
+		weight += unit[i] * (double)count[i];
 	}
 	for (int i = 0; i < nops; i++) {
 		int op = order[i];
-		Py_ssize_t k = count[op + 1];
-		double per_us = weight > 0 ? elapsed_us * unit[op + 1] / weight : elapsed_us / (double)n;
+		Py_ssize_t k = count[i];
+		double per_us = weight > 0 ? elapsed_us * unit[i] / weight : elapsed_us / (double)n;
 		Py_ssize_t at = 0;
 		while (at < nb && !(bound[at] >= per_us))  /* bisect_left: the first bound (le) that holds it */
 			at++;

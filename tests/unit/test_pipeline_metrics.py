@@ -284,7 +284,9 @@ def test_handling_latency_observes_each_record_at_its_batchs_time_per_record(ops
      {1: (120_000, 9), 3: (1_000, 13)}),                                   # buckets and sums add up
     ([([255, 0, 255], 3_333_333)], {0: (11, 2), 255: (12_345, 5)}),
     ([([], 5)], {1: (3, 1)}),                                              # an empty batch: nothing
-], ids=["unsampled", "mixed", "zero-ns", "halved", "empty-records", "accumulate", "edge-ops", "no-records"])
+    ([([*range(255, -1, -1), -1, 0, 255, -1], 777_777)], {0: (9, 3), 128: (50_000, 2), 255: (1, 1)}),  # every op
+], ids=["unsampled", "mixed", "zero-ns", "halved", "empty-records", "accumulate", "edge-ops", "no-records",
+        "every-op"])
 def test_the_compiled_count_ops_gives_the_references_values(batches: list[tuple[list[int], int]],
                                                            sampled: dict[int, tuple[int, int]]):
     """Pipeline._count_ops runs in C (native/fastpath.c count_ops): the same msg_ops, the same
