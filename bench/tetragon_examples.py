@@ -6,9 +6,9 @@
 EXAMPLES_DIR is `examples/tracingpolicy` of a cilium/tetragon checkout (fetch it yourself; its
 files are not part of this repository). Every file goes through `vigil policy explain` (the
 agent's own compile path; nothing is loaded) with and without --hook-substitution, on this
-kernel and, with --vm, inside that guest kernel (`python -m vigil.vmtier shell-cmd`; the guest
+kernel and, with --vm, inside that guest kernel (6.1 or 6.12) (`python -m vigil.vmtier shell-cmd`; the guest
 sees this host's / read-only). Prints the counts per outcome and the refused files with their
-first reason, then one JSON summary line.
+first reason (on this host only with stand-ins), then one JSON summary line.
 """
 from __future__ import annotations
 
@@ -25,11 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 VIGIL = [sys.executable, "-m", "vigil.cli.main"]
 
 
-def _explain_json(cmd: list[str]) -> dict[str, Any]:
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT).stdout
+def _explain_json(cmd: list[str], cwd: Path = ROOT) -> dict[str, Any]:
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+    out = r.stdout
     start = out.find("{")
     if start < 0:
-        raise SystemExit(f"no JSON from {' '.join(cmd)}:\n{out[-2000:]}")
+        raise SystemExit(f"no JSON from {' '.join(cmd)}:\n{out[-2000:]}\n{r.stderr[-2000:]}")
     report: dict[str, Any] = json.loads(out[start:])
     return report
 
@@ -44,7 +45,10 @@ def guest(examples: Path, kernel: str, substitute: bool) -> dict[str, Any]:
                                                 *(["--hook-substitution"] if substitute else []),
                                                 str(examples)])
     return _explain_json([sys.executable, "-m", "vigil.vmtier", "shell-cmd", "--kernel", kernel,
-                          "--timeout", "600", "--", "sh", "-c", f"cd {shlex.quote(str(ROOT))} && {inner} 2>/dev/null"])
+                          "--timeout", "600", "--", "sh", "-c", f"cd {shlex.quote(str(ROOT))} && {inner} 2>/dev/null"],
+                         # the runner keeps its cwd visible in the guest (a tmpfs covers the guest's
+                         # /tmp otherwise, hiding examples fetched under /tmp)
+                         cwd=examples)
 
 
 def refused(report: dict[str, Any]) -> list[tuple[str, str]]:
@@ -72,7 +76,7 @@ def main() -> None:
         ok = c["loadable"] + c["loadable with stand-ins"]
         name = f"{where}{' +stand-ins' if sub else ''}"
         print(f"{name:22} kernel {rep['kernel']}: {c}  loads: {ok}/{total} ({100 * ok / total:.0f}%)")
-        if sub:
+        if sub or where != "host":  # the guests' refusals without stand-ins too (renamed functions)
             for f, why in refused(rep):
                 print(f"    refused {f}: {why}")
         summary[name] = {**c, "loads_pct": round(100 * ok / total, 1)}
