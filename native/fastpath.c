@@ -2791,6 +2791,14 @@ static PyObject *builder_on_exit(Builder *b, PyObject *const *args, Py_ssize_t n
 		goto out;
 	}
 	Py_INCREF(p);
+	if (parents(b, p, ancestors, &parent, &anc) < 0)
+		goto out;
+	if (parent == Py_None && pslot(b, p, P_PARENT_KEY) != Py_None) {
+		/* the parent its exec named is not cached (its exec record behind): the exit waits for
+		 * it in the hold, which the reference registers it with (rare) */
+		res = PyObject_CallFunctionObjArgs(b->m_on_exit, rec, now, NULL);
+		goto out;
+	}
 	if (bump(b, b->s_exit_count) < 0)
 		goto out;
 	unsigned sn = r->code & 0x7F;
@@ -2807,7 +2815,7 @@ static PyObject *builder_on_exit(Builder *b, PyObject *const *args, Py_ssize_t n
 		Py_CLEAR(tmp);
 	}
 	if (!(status = PyLong_FromUnsignedLong((r->code >> 8) & 0xFF)) || !(t = rfc3339(b, r->ktime)) ||
-	    parents(b, p, ancestors, &parent, &anc) < 0 || cache_exit(b, p, now) < 0)
+	    cache_exit(b, p, now) < 0)
 		goto out;
 	res = new_event(T_EXIT, pslot(b, p, P_MSG), parent, anc, t, b->node);
 	if (res) {

@@ -91,9 +91,12 @@ def test_a_policy_event_waits_for_its_process(running_agent: RunningAgent, workd
                     a.cache._by_key[out.key] = out
                     a.cache._by_pid[out.pid] = out
                 a.pipeline.inject(lambda: back())  # type: ignore[func-returns-value]
+                # (before the collector's end marker, whose parent is this test's process)
+                _wait(lambda: a.cache.get(out.key) is out, f"the {gone} back")
 
         evs = running_agent.collect(opens, until=lambda evs: any(
             e.get("process_kprobe", {}).get("policy_name") == name for e in evs))
+        after = hold.status()  # (before the child's exit, which may wait too)
     finally:
         if child.poll() is None and child.stdin is not None:
             child.stdin.write(b"\n")
@@ -124,10 +127,12 @@ def test_a_policy_event_waits_for_its_process(running_agent: RunningAgent, workd
     marker = next(i for i, e in enumerate(evs) if "process_exec" in e
                   and e["process_exec"]["process"].get("binary") == "/bin/true")
     assert marker < kinds.index("process_kprobe") or comes_back
-    after = hold.status()
     given_up = "parent_given_up" if gone == "parent" else "given_up"
+    # parent-never-comes: the collector's end marker, a child of this test's process too, made
+    # while that process is out of the cache, is held for it at its exit as well (as Tetragon's
+    # GetProcessExit holds an exit whose parent it lacks), and leaves without it: two given up
     assert (after["resolved"] - before["resolved"], after[given_up] - before.get(given_up, 0)) == \
-        ((1, 0) if comes_back else (0, 1))
+        ((1, 0) if comes_back else (0, 2 if gone == "parent" else 1))
 
 
 def test_a_no_proc_event_is_not_given_an_earlier_processs_image(running_agent: RunningAgent, workdir: Path) -> None:
@@ -244,3 +249,71 @@ def test_an_exit_waits_for_its_process(running_agent: RunningAgent, comes_back: 
         assert ex["process"] == {"pid": child.pid, "start_time": p.msg.start_time}, ex
     assert (after["resolved"] - before["resolved"], after["given_up"] - before["given_up"]) == \
         ((1, 0) if comes_back else (0, 1))
+
+
+@pytest.mark.parametrize("comes_back", [True, False], ids=["parent-comes", "parent-never-comes"])
+def test_an_exit_waits_for_its_parent(running_agent: RunningAgent, comes_back: bool) -> None:
+    """An exit of a cached process whose parent (the key its exec named) the cache lacks is held
+    for that parent, as Tetragon's GetProcessExit holds it: the test's own child (sh) ends while
+    this test's process, its parent, is out of the cache (its exec record as if not read yet).
+    The exit names its process at once; put back while the exit waits, the parent is named too;
+    else the exit goes without it once the wait is over (parent_given_up)."""
+    a = running_agent.agent
+    hold = a.builder.hold
+    saved = (hold.retries, hold.retry_delay_s)
+    hold.configure(1, 2)
+    child = subprocess.Popen(["/bin/sh", "-c", "read x"], stdin=subprocess.PIPE)
+    parent = None
+    try:
+        _wait(lambda: (q := a.cache.by_pid(child.pid)) is not None and q.binary == "/bin/sh", "the child's exec")
+        p = a.cache.by_pid(child.pid)
+        assert p is not None
+        parent = a.cache.get(p.parent_key)  # (this test's process)
+        assert parent is not None and parent.pid == os.getpid()
+        _wait(lambda: hold.status()["held_now"] == 0, "the hold empty")  # (an earlier test's exit)
+        before = dict(hold.status())
+        par = parent
+
+        def forget() -> None:  # on the loop's thread: as if its exec record had not been read yet
+            a.cache._by_key.pop(par.key, None)
+            a.cache._by_pid.pop(par.pid, None)
+
+        a.pipeline.inject(lambda: forget())  # type: ignore[func-returns-value]
+        _wait(lambda: a.cache.get(par.key) is None, "the parent out of the cache")
+
+        def ends() -> None:
+            assert child.stdin is not None
+            child.stdin.write(b"\n")
+            child.stdin.close()
+            child.wait(30)
+            _wait(lambda: hold.status()["held"] > before["held"], "the exit held")
+            if comes_back:  # its exec record handled now, on the loop's thread
+                def back() -> None:
+                    a.cache._by_key[par.key] = par
+                    a.cache._by_pid[par.pid] = par
+                a.pipeline.inject(lambda: back())  # type: ignore[func-returns-value]
+                _wait(lambda: a.cache.get(par.key) is par, "the parent back")  # (before the end marker)
+
+        evs = running_agent.collect(ends, until=lambda evs: any(
+            e.get("process_exit", {}).get("process", {}).get("pid") == child.pid for e in evs))
+        after = dict(hold.status())
+    finally:
+        if child.poll() is None and child.stdin is not None:
+            if not child.stdin.closed:
+                child.stdin.write(b"\n")
+                child.stdin.close()
+            child.wait(30)
+        hold.configure(*saved)
+        if parent is not None:  # this test's process back in the cache, as it was
+            out = parent
+            a.pipeline.inject(lambda: a.cache._by_key.setdefault(out.key, out) and None)
+            a.pipeline.inject(lambda: a.cache._by_pid.setdefault(out.pid, out) and None)
+            _wait(lambda: a.cache.get(out.key) is out, "this test's process back in the cache")
+    ex = next(e["process_exit"] for e in evs if e.get("process_exit", {}).get("process", {}).get("pid") == child.pid)
+    assert ex["process"]["exec_id"] == p.msg.exec_id and ex["process"]["binary"] == "/bin/sh", ex
+    assert ex.get("parent", {}).get("exec_id") == (parent.msg.exec_id if comes_back else None), ex
+    # never comes: the collector's end marker, a child of this test's process too, also leaves
+    # without it
+    assert (after["resolved"] - before["resolved"], after["parent_given_up"] - before["parent_given_up"]) == \
+        ((1, 0) if comes_back else (0, 2))
+

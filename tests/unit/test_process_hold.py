@@ -119,6 +119,25 @@ CASES = [
      [("exec", 100, 4000), ("exec", 100, 5000), ("exit", 100, "known", 5000)], (1, 1, 0)),
     ("exit-and-policy-event-exec-behind", [_policy(100, 5000, 5500), _exit(100, 5000, 6000), _exec(100, 5000)], 1,
      [("exec", 100, 5000), ("kprobe", 100, "known", 5000), ("exit", 100, "known", 5000)], (2, 2, 0)),
+    # an exit of a cached process whose parent (the key its exec named) the cache lacks (that
+    # exec's record behind): held for the parent as a policy event is (Tetragon's GetProcessExit
+    # holds it too), sent with it once it comes, else without it (a parent_info fetch failure)
+    ("exit-parent-known", [_exec(50, 1000), _exec(100, 5000, 50, 1000), _exit(100, 5000, 6000)], 1,
+     [("exec", 50, 1000), ("exec", 100, 5000), ("exit", 100, "known", 5000, 50)], (0, 0, 0)),
+    ("exit-parent-later-in-the-batch", [_exec(100, 5000, 50, 1000), _exit(100, 5000, 6000), _exec(50, 1000)], 7,
+     [("exec", 100, 5000), ("exec", 50, 1000), ("exit", 100, "known", 5000, 50)], (1, 1, 0)),
+    ("exit-parent-in-a-later-batch", [_exec(100, 5000, 50, 1000), _exit(100, 5000, 6000), _exec(200, 5500),
+                                      _exec(50, 1000)], 1,
+     [("exec", 100, 5000), ("exec", 200, 5500), ("exec", 50, 1000), ("exit", 100, "known", 5000, 50)], (1, 1, 0)),
+    ("exit-process-then-parent", [_exit(100, 5000, 6000), _exec(100, 5000, 50, 1000), _exec(200, 5500),
+                                  _exec(50, 1000)], 1,
+     [("exec", 100, 5000), ("exec", 200, 5500), ("exec", 50, 1000), ("exit", 100, "known", 5000, 50)], (1, 1, 0)),
+    ("exit-parent-never-comes", [_exec(100, 5000, 50, 1000), _exit(100, 5000, 6000), _exec(200, 5500)], 1,
+     [("exec", 100, 5000), ("exec", 200, 5500), ("exit", 100, "known", 5000, 0)], (1, 0, 0, 1)),
+    ("exit-and-policy-event-parent-behind", [_exec(100, 5000, 50, 1000), _policy(100, 5000, 5500),
+                                             _exit(100, 5000, 6000), _exec(50, 1000)], 7,
+     [("exec", 100, 5000), ("exec", 50, 1000), ("kprobe", 100, "known", 5000, 50), ("exit", 100, "known", 5000, 50)],
+     (2, 2, 0)),
 ]
 
 

@@ -429,6 +429,11 @@ class EventBuilder:
         parent = self.cache._by_key.get(p.parent_key)
         if parent is None:
             return None, ()
+        return self.held_parent_found(parent)
+
+    def held_parent_found(self, parent: Process) -> tuple[ProcessMsg, tuple[ProcessMsg, ...]]:
+        """A parent's message and (with --enable-ancestors) the older ancestors' (for a held
+        exit whose parent came, as _parents names them)."""
         if self.opts.ancestors:
             return parent.msg, tuple(a.msg for a in self.cache.ancestors(parent))
         return parent.msg, ()
@@ -525,10 +530,15 @@ class EventBuilder:
             self.hold.standin(msg, r.pid, r.exec_ktime)
             return ProcessExit(msg, None, (), sig, (code >> 8) & 0xFF, t, self.node)
         parent, ancestors = self._parents(p)
+        if parent is None and p.parent_key:
+            # the parent its exec named is not cached (its exec record behind): the exit waits
+            # for it as Tetragon's GetProcessExit does (its process ended now, as below)
+            self.hold.parent_missing(p.msg, p.parent_key, exit=True)
         cache.exit(p, now_ns)
         return ProcessExit(p.msg, parent, ancestors, sig, (code >> 8) & 0xFF, t, self.node)
 
-    py_on_exit = on_exit  # the compiled on_exit hands a process it never saw to this
+    # the compiled on_exit hands this a process it does not have, or one whose parent it lacks
+    py_on_exit = on_exit
 
     def held_exit_found(self, p: Process, now_ns: int) -> tuple[ProcessMsg | None, tuple[ProcessMsg, ...]]:
         """A held exit's process came (its exec record was behind the exit's): the exit ends it

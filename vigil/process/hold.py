@@ -6,7 +6,10 @@ its process once the cache has it; when the wait is over it is sent with the sta
 made with (PolicyEvents.missing: {pid, start_time} or {pid, flags: unknown}; an exit's:
 {pid, start_time}, as Tetragon's GetProcessExit makes it). A held exit whose process comes ends
 it then, as an exit of a cached process does (EventBuilder.held_exit_found): the hold never
-keeps a process that exited in the cache.
+keeps a process that exited in the cache. An event (policy event or exit) of a cached process
+whose parent (the key its exec named) the cache lacks waits for that parent the same way, as
+Tetragon's GetProcessExit and policy handlers hold an event whose parent they lack (entry_type
+parent_info), and leaves without it once the wait is over.
 
 Tetragon's cache (pkg/eventcache) tries its events every --event-cache-retry-delay (2 s) up to
 --event-cache-retries (15) times, sends the rest of the stream meanwhile (held events come
@@ -49,9 +52,10 @@ class ProcessHold:
         self.counts = counts
         self.configure(retries, retry_delay_s)
         # stand-ins made for kernel hooks' records since the last batch: id -> (stand-in, pid, ktime);
-        # processes whose events of the batch lack their parent: id(message) -> (message, parent key)
+        # processes whose events of the batch lack their parent: id(message) -> (message, parent
+        # key, its policy events too (else its exit alone))
         self.pending: dict[int, tuple[ProcessMsg, int, int, int]] = {}
-        self.pending_parents: dict[int, tuple[ProcessMsg, Any]] = {}
+        self.pending_parents: dict[int, tuple[ProcessMsg, Any, bool]] = {}
         # held events, oldest first: [event, pid, ktime, since_ns, since_step, parent key, the
         # leader's start an image by pid must not be older than (0: any)]; the
         # parent key (None until its process is known) names the parent it waits for then
@@ -82,12 +86,15 @@ class ProcessHold:
         else:  # no hold: sent as it is
             self.counts.missing_info += 1
 
-    def parent_missing(self, msg: ProcessMsg, parent_key: Any) -> None:
-        """A kernel hook's event of a cached process whose parent (the key its exec named) the
-        cache does not have (its record behind, as Tetragon's ErrFailedToGetParentInfo): the
-        batch's policy events of that process without a parent are held for it."""
+    def parent_missing(self, msg: ProcessMsg, parent_key: Any, exit: bool = False) -> None:
+        """A kernel hook's event, or (`exit`) the exit, of a cached process whose parent (the key
+        its exec named) the cache does not have (its record behind, as Tetragon's
+        ErrFailedToGetParentInfo): the batch's policy events of that process without a parent
+        (its exit alone when only the exit said so) are held for it."""
         if self.retries:
-            self.pending_parents[id(msg)] = (msg, parent_key)
+            had = self.pending_parents.get(id(msg))
+            policy = not exit or (had is not None and had[0] is msg and had[2])
+            self.pending_parents[id(msg)] = (msg, parent_key, policy)
 
     def take(self, events: list[Event], now_ns: int, step: int) -> list[Event]:
         """The batch less the events made with a pending stand-in, or of a process whose parent
@@ -104,8 +111,11 @@ class ProcessHold:
                 entry = [e, hit[1], hit[2], now_ns, step, None, hit[3]]
             else:
                 ph = parents.get(id(proc)) if parents else None
-                # (every policy event of that process in the batch made without its parent)
-                if ph is None or ph[0] is not proc or not isinstance(e, PolicyEvent) or e.parent is not None:
+                # (every policy event of that process in the batch made without its parent, and
+                # its exit)
+                if (ph is None or ph[0] is not proc
+                        or not (type(e) is ProcessExit or (ph[2] and isinstance(e, PolicyEvent)))
+                        or e.parent is not None):
                     keep.append(e)
                     continue
                 entry = [e, 0, 0, now_ns, step, ph[1], 0]
@@ -134,16 +144,21 @@ class ProcessHold:
                 if p is not None and type(e) is ProcessExit:  # its exec came: the exit ends it
                     e.process = p.msg
                     e.parent, e.ancestors = self.counts.held_exit_found(p, now_ns)
-                    self.stats["resolved"] += 1
-                    out.append(e)
-                    continue
-                if p is not None:
+                    if e.parent is not None or not p.parent_key:
+                        self.stats["resolved"] += 1
+                        out.append(e)
+                        continue
+                    pkey = h[5] = p.parent_key  # ended; its parent not cached (yet): waits for it
+                elif p is not None:
                     e.process, e.parent = p.msg, None
                     pkey = h[5] = p.parent_key or ()  # (): it names no parent
             if pkey is not None:
                 parent = by_key.get(pkey) if pkey else None
                 if parent is not None or not pkey:
-                    e.parent = parent.msg if parent is not None else None
+                    if parent is not None and type(e) is ProcessExit:  # with the ancestors, as at once
+                        e.parent, e.ancestors = self.counts.held_parent_found(parent)
+                    else:
+                        e.parent = parent.msg if parent is not None else None
                     self.stats["resolved"] += 1
                     out.append(e)
                     continue
