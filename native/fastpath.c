@@ -1678,6 +1678,7 @@ typedef struct {
 	PyObject *s_pods, *s_pod_json, *s_fast, *one, *pods, *pods_fast, *s_popleft, *s_removed, *s_evictions;
 	PyObject *s_miss_count, *s_clone_count, *s_clone, *s_clone_init, *s_with_pid, *s_by_docker, *s_for_clone;
 	PyObject *s_podless;
+	PyObject *exited, *m_late_exec;  /* ProcessHold.exited (exec keys of exits given up), .late_exec */
 	PyObject *empty_str, *empty_tuple;
 	PyObject *generic;  /* on_generic's context (set_generic), NULL until set */
 	PyTypeObject *proc_type;
@@ -1703,6 +1704,7 @@ typedef struct {
 		&b->m_rebuild_order, &b->last_creds, &b->s_pods, &b->s_pod_json, &b->s_fast, &b->one, &b->pods, &b->pods_fast,\
 		&b->s_popleft, &b->s_removed, &b->s_evictions, &b->s_miss_count, &b->s_clone_count, &b->s_clone,  \
 		&b->s_clone_init, &b->s_with_pid, &b->s_by_docker, &b->s_for_clone, &b->generic, &b->s_podless,  \
+		&b->exited, &b->m_late_exec,                                                                     \
 	}
 
 static int builder_traverse(Builder *b, visitproc visit, void *arg)
@@ -1776,6 +1778,18 @@ static int builder_init(Builder *b, PyObject *args, PyObject *kw)
 	    !(b->m_rfc3339 = get(b->clock, "ktime_rfc3339")) ||
 	    !(b->m_rebuild_order = get(b->cache, "_rebuild_order")) || !(b->m_missed = get(b->cache, "missed")))
 		return -1;
+	PyObject *hold = get(builder, "hold");
+	if (!hold)
+		return -1;
+	b->exited = get(hold, "exited");
+	b->m_late_exec = b->exited ? get(hold, "late_exec") : NULL;
+	Py_DECREF(hold);
+	if (!b->m_late_exec)
+		return -1;
+	if (!PyDict_CheckExact(b->exited)) {
+		PyErr_SetString(PyExc_TypeError, "ProcessHold.exited is not a plain dict");
+		return -1;
+	}
 	if (!PyDict_CheckExact(b->by_key) || !PyDict_CheckExact(b->by_pid) || !PyDict_CheckExact(b->flags_cache) ||
 	    !PyDict_CheckExact(b->docker_cache) || !PyDict_CheckExact(b->caps_cache) ||
 	    !PyDict_CheckExact(b->ns_cache) || !PyDict_CheckExact(b->creds_cache) || !PyUnicode_CheckExact(b->node)) {
@@ -2580,6 +2594,13 @@ static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t n
 		if (!mr)
 			goto out;
 		Py_DECREF(mr);
+	}
+	if (PyDict_GET_SIZE(b->exited)) {  /* its exit was sent (given up) already: ProcessHold.late_exec */
+		int late = PyDict_Contains(b->exited, key);
+		PyObject *x = late > 0 ? PyObject_CallFunctionObjArgs(b->m_late_exec, p, now, NULL) : NULL;
+		if (late < 0 || (late && !x))
+			goto out;
+		Py_XDECREF(x);
 	}
 	if (bp != Py_None) {  /* the event's own message: the cached one's with binary_properties */
 		PyObject *emsg = new_slotted(msg_type);

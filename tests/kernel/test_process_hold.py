@@ -11,11 +11,14 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.kernel.conftest import RunningAgent
+from vigil.events import records as R
 
 POLICY = """
 apiVersion: cilium.io/v1alpha1
@@ -317,3 +320,61 @@ def test_an_exit_waits_for_its_parent(running_agent: RunningAgent, comes_back: b
     assert (after["resolved"] - before["resolved"], after["parent_given_up"] - before["parent_given_up"]) == \
         ((1, 0) if comes_back else (0, 2))
 
+
+def test_an_exec_read_after_its_exit_was_given_up_ends_its_process(running_agent: RunningAgent) -> None:
+    """The exec record of the test's own child (sh, named by a token) is held back from the
+    agent (as if behind in the ring); the child ends, its exit waits for that exec, then goes
+    with the stand-in. The exec record, handled after all, makes its exec event (as Tetragon
+    sends an exec it reads after the exit), but its process is not left live in the cache: the
+    pid names no image, the entry is released for the GC (late_exec)."""
+    a = running_agent.agent
+    hold = a.builder.hold
+    saved = (hold.retries, hold.retry_delay_s)
+    hold.configure(1, 2)
+    token = f"vigil-late-exec-{uuid.uuid4().hex}"
+    handlers = a.pipeline.handlers
+    orig = handlers[R.OP_EXEC]
+    stash: list[bytes] = []
+
+    def held_back(buf: bytes, now: int) -> Any:  # the child's exec record: not handled now
+        if not stash and token.encode() in bytes(buf):
+            stash.append(bytes(buf))
+            return None
+        return orig(buf, now)
+
+    _wait(lambda: hold.status()["held_now"] == 0, "the hold empty")  # (an earlier test's exit)
+    before = dict(hold.status())
+    handlers[R.OP_EXEC] = held_back
+    child = subprocess.Popen(["/bin/sh", "-c", "read x", token], stdin=subprocess.PIPE)
+    try:
+        _wait(lambda: bool(stash), "the child's exec record")
+        handlers[R.OP_EXEC] = orig
+        rec = R.PyProcessRecord(stash[0])
+        key = (rec.pid, rec.exec_ktime)
+        assert rec.pid == child.pid
+
+        def ends() -> None:
+            assert child.stdin is not None
+            child.stdin.write(b"\n")
+            child.stdin.close()
+            child.wait(30)
+            _wait(lambda: hold.status()["given_up"] > before["given_up"], "the exit given up")
+            a.pipeline.inject(lambda: orig(stash[0], time.monotonic_ns()))  # the exec record, late
+
+        evs = running_agent.collect(ends, until=lambda evs: any(
+            e.get("process_exec", {}).get("process", {}).get("pid") == child.pid for e in evs))
+    finally:
+        handlers[R.OP_EXEC] = orig
+        if child.poll() is None and child.stdin is not None:
+            if not child.stdin.closed:
+                child.stdin.write(b"\n")
+                child.stdin.close()
+            child.wait(30)
+        hold.configure(*saved)
+    ex = next(e["process_exit"] for e in evs if e.get("process_exit", {}).get("process", {}).get("pid") == child.pid)
+    assert set(ex["process"]) == {"pid", "start_time"}, ex  # the stand-in
+    exe = next(e["process_exec"] for e in evs if e.get("process_exec", {}).get("process", {}).get("pid") == child.pid)
+    assert exe["process"]["binary"] == "/bin/sh" and token in exe["process"]["arguments"], exe
+    p = a.cache.get(key)
+    assert p is not None and p.exited and p.refcnt <= 0 and a.cache.by_pid(child.pid) is not p
+    assert hold.status().get("late_exec", 0) - before.get("late_exec", 0) == 1

@@ -21,6 +21,7 @@ from vigil.events import records as R
 from vigil.events.source import ReplaySource
 from vigil.events.synth import exit_record, process_record
 from vigil.kernel.policy_layout import EV_NO_PROC
+from vigil.process.hold import EXITED_CAPACITY
 
 HOOKS, _ = _generic_hooks("kprobe-string")
 S = 1_000_000_000  # ns
@@ -142,15 +143,18 @@ CASES = [
 
 
 def _replay(tmp_path: Path, records: list[bytes], batch: int, compiled: bool,
-            left: list[Any] | None = None) -> tuple[list[Any], dict, dict]:
+            left: list[Any] | None = None, hold: tuple[int, int] | None = None) -> tuple[list[Any], dict, dict]:
     """The exported events, status and metrics of a replay; `compiled` False: the pure-Python
-    agent (as VIGIL_PURE_PYTHON=1). `left` gets the agent's process cache once it stopped."""
+    agent (as VIGIL_PURE_PYTHON=1). `left` gets the agent's process cache once it stopped;
+    `hold`: the hold's (retries, retry delay in s) instead of the options'."""
     with pytest.MonkeyPatch.context() as mp:
         if not compiled:
             mp.setattr(native, "fast", None)
         out = tmp_path / "events.log"
         agent = Agent(AgentConfig(export_filename=str(out), server_address="", node_name="n1"),
                       source=ReplaySource(records, batch=batch))
+        if hold is not None:
+            agent.builder.hold.configure(*hold)
         agent.start()
         try:
             pe = agent.policies.events
@@ -229,6 +233,71 @@ def test_a_held_exit_ends_its_process_once_it_comes(tmp_path: Path, records: lis
     p = cache.get((100, 5000))
     assert cache.by_pid(100) is None and p.exited and p.refcnt <= 0 and p in cache._pending
     assert cache.gc(p.removal_at) >= 1 and cache.get((100, 5000)) is None
+
+
+# an exit given up (sent with the stand-in: its exec record was not read in time) is remembered
+# a while: its exec record read late then makes its exec event (as Tetragon sends an exec read
+# after its exit) but leaves no live process behind (the pid names no image, the entry released
+# for the GC), counted (late_exec). A wait of 0 s: given up after the hold's two steps.
+# (records, batch 1; is the last exec's process live in the cache afterwards (its pid names it)?;
+# counts: held, resolved, given up, late execs)
+LATE_CASES = [
+    ("exec-after-its-exit-was-given-up", [_exit(100, 5000, 6000), _exec(200, 5500), _exec(300, 5600),
+                                          _exec(100, 5000)], False, (1, 0, 1, 1)),
+    # (ended by its held exit, as aed1b84)
+    ("exec-in-time", [_exit(100, 5000, 6000), _exec(100, 5000)], False, (1, 1, 0, 0)),
+    ("another-process-of-the-pid-after", [_exit(100, 5000, 6000), _exec(200, 5500), _exec(300, 5600),
+                                          _exec(100, 7000)], True, (1, 0, 1, 0)),
+    ("exec-after-a-policy-event-was-given-up", [_policy(100, 5000, 6000), _exec(200, 5500), _exec(300, 5600),
+                                                _exec(100, 5000)], True, (1, 0, 1, 0)),
+]
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+@pytest.mark.parametrize("records,live,counts", [c[1:] for c in LATE_CASES], ids=[c[0] for c in LATE_CASES])
+def test_an_exec_read_after_its_exit_was_given_up_is_not_left_live(
+        tmp_path: Path, records: list[bytes], live: bool, counts: tuple[int, ...], compiled: bool) -> None:
+    left: list[Any] = []
+    events, status, _ = _replay(tmp_path, records, 1, compiled, left, hold=(1, 0))
+    execs = [_shape(e) for e in events if "process_exec" in e]
+    assert len(execs) == len(records) - 1, execs  # every exec record makes its exec event
+    held = status["event_cache"]
+    assert (held["held"], held["resolved"], held["given_up"], held.get("late_exec", 0)) == counts
+    cache = left[0]
+    p = cache.get((100, execs[-1][2]))
+    assert p is not None and execs[-1][1] == 100
+    if live:
+        assert cache.by_pid(100) is p and not p.exited and p.refcnt == 1
+    else:
+        assert cache.by_pid(100) is None and p.exited and p.refcnt <= 0 and p in cache._pending
+
+
+# what is remembered of the events given up: an exit's exec key, for as long as the wait again
+# (1 s here), at most EXITED_CAPACITY at once (the oldest forgotten); nothing of a policy event's.
+# (events given up: kind, pid (exec key (pid, 5000)), when in ns; the keys remembered after)
+CAP = EXITED_CAPACITY
+REMEMBER_CASES = [
+    ("an-exit", [("exit", 100, 0)], [(100, 5000)]),
+    ("a-policy-event", [("policy", 100, 0)], []),
+    ("within-the-wait", [("exit", 100, 0), ("exit", 101, S)], [(100, 5000), (101, 5000)]),
+    ("past-the-wait", [("exit", 100, 0), ("exit", 101, S + 1)], [(101, 5000)]),
+    ("past-the-capacity", [("exit", 1000 + i, 0) for i in range(CAP + 1)], [(1001 + i, 5000) for i in range(CAP)]),
+]
+
+
+@pytest.mark.parametrize("given_up,want", [c[1:] for c in REMEMBER_CASES], ids=[c[0] for c in REMEMBER_CASES])
+def test_the_exits_given_up_are_remembered_a_while(given_up: list[tuple[str, int, int]],
+                                                   want: list[tuple[int, int]]) -> None:
+    from vigil.core.events import missing_process
+    from vigil.process.hold import ProcessHold
+
+    hold = ProcessHold(_Cache(), SimpleNamespace(missing_info=0), 1, 1)  # type: ignore[arg-type]
+    for kind, pid, at in given_up:
+        msg = missing_process(pid, "t")
+        hold.standin(msg, pid, 5000)
+        ev = _event(kind, msg)
+        assert hold.take([ev], at, 0) == [] and hold.retry(at, 0, final=True) == [ev]
+    assert list(hold.exited) == want
 
 
 class _Cache:

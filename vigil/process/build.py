@@ -470,6 +470,8 @@ class EventBuilder:
         parent, ancestors = self._parents(p)
         if parent is None:  # its parent is not in the cache: a miss, as a clone's or an exit's
             self.cache.missed(*(p.parent_key or (r.ppid, 0)))
+        if self.hold.exited and p.key in self.hold.exited:  # its exit was sent (given up) already
+            self.hold.late_exec(p, now_ns)
         return ProcessExec(self._exec_msg(r, p), parent, ancestors, self.clock.ktime_rfc3339(r.ktime), self.node)
 
     def on_procfs(self, r: Any, now_ns: int) -> ProcessExec:

@@ -9,7 +9,10 @@ it then, as an exit of a cached process does (EventBuilder.held_exit_found): the
 keeps a process that exited in the cache. An event (policy event or exit) of a cached process
 whose parent (the key its exec named) the cache lacks waits for that parent the same way, as
 Tetragon's GetProcessExit and policy handlers hold an event whose parent they lack (entry_type
-parent_info), and leaves without it once the wait is over.
+parent_info), and leaves without it once the wait is over. An exit sent with its stand-in (given
+up) is remembered a while (EXITED_CAPACITY keys, for as long again as the wait): its exec record,
+read after all, still makes its exec event (as Tetragon sends an exec it reads after the exit)
+but its process is ended at once (late_exec), not left in the cache as a live process.
 
 Tetragon's cache (pkg/eventcache) tries its events every --event-cache-retry-delay (2 s) up to
 --event-cache-retries (15) times, sends the rest of the stream meanwhile (held events come
@@ -41,6 +44,9 @@ HOLD_MIN_STEPS = 2              # a held event also waits this many later loop s
 # a process the cache never gets, firing a policy all the time, costs the loop a walk of at most
 # HOLD_CAPACITY entries (~1 ms of Python) a hundred times a second, not at every step.
 WALK_EVERY_STEP, WALK_EVERY_NS = 64, 10_000_000
+# exec keys of exits given up (sent with the stand-in) remembered at once, each for as long as the
+# wait (retries x delay) after it was given up: the exec record read later ends its process
+EXITED_CAPACITY = 1024
 
 
 class ProcessHold:
@@ -64,8 +70,12 @@ class ProcessHold:
         # (fetch failures, entry_type process_info), tries that found no process (fetch retries);
         # sent without the parent their process names (entry_type parent_info), and tries that
         # found no parent
+        # ...; exec records read after their exit was given up (their process ended at once)
         self.stats = {"held": 0, "resolved": 0, "given_up": 0, "retries": 0, "parent_given_up": 0,
-                      "parent_retries": 0}
+                      "parent_retries": 0, "late_exec": 0}
+        # exec keys of the exits given up -> when, oldest first (at most EXITED_CAPACITY, each
+        # for the wait's length): read in place by the compiled on_exec (never rebound)
+        self.exited: dict[tuple[int, int], int] = {}
         self._walked_ns: int | None = None  # when retry last walked the hold
 
     def configure(self, retries: int, retry_delay_s: int) -> None:
@@ -120,7 +130,7 @@ class ProcessHold:
                     continue
                 entry = [e, 0, 0, now_ns, step, ph[1], 0]
             if len(held) >= HOLD_CAPACITY:  # full: the oldest goes with what it has
-                keep.append(self._give_up(held.popleft()))
+                keep.append(self._give_up(held.popleft(), now_ns))
             held.append(entry)
             self.stats["held"] += 1
         self.counts.missing_info += len(pending)
@@ -163,20 +173,45 @@ class ProcessHold:
                     out.append(e)
                     continue
             if final or (now_ns - h[3] >= self.wait_ns and step - h[4] >= HOLD_MIN_STEPS):
-                out.append(self._give_up(h))
+                out.append(self._give_up(h, now_ns))
             else:
                 self.stats["retries" if pkey is None else "parent_retries"] += 1
                 keep.append(h)
         self.held = keep
         return out
 
-    def _give_up(self, h: list[Any]) -> Event:
+    def _give_up(self, h: list[Any], now_ns: int) -> Event:
         if h[5] is None:  # with the stand-in: missing its process info
             self.stats["given_up"] += 1
             self.counts.missing_info += 1
+            if type(h[0]) is ProcessExit and h[2]:  # its exec record, if read later, ends it
+                self._exited((h[1], h[2]), now_ns)
         else:  # with its process, without the parent it names
             self.stats["parent_given_up"] += 1
         return h[0]  # type: ignore[no-any-return]
+
+    def _exited(self, key: tuple[int, int], now_ns: int) -> None:
+        """Remember the exec key of an exit sent with its stand-in, forgetting those remembered
+        longer than the wait, and the oldest past EXITED_CAPACITY."""
+        ex = self.exited
+        ex.pop(key, None)
+        ex[key] = now_ns
+        while True:  # (ends at the key just put last, at the latest)
+            k = next(iter(ex))
+            if len(ex) <= EXITED_CAPACITY and now_ns - ex[k] <= self.wait_ns:
+                break
+            del ex[k]
+
+    def late_exec(self, p: Any, now_ns: int) -> None:
+        """The exec record of an exit given up (sent with the stand-in) was read after all: its
+        exec event goes as any (Tetragon sends an exec it reads after the exit), but the process
+        ended already: released at once (its pid no longer names it, removed after the grace
+        period), as its exit would have done, not kept as a live process until an eviction or
+        the pid's reuse. (EventBuilder.on_exec and the compiled on_exec call it for a key in
+        `exited`.)"""
+        if self.exited.pop(p.key, None) is not None:
+            self.stats["late_exec"] += 1
+            self.cache.exit(p, now_ns)
 
     def status(self) -> dict[str, int]:
         return {**self.stats, "held_now": len(self.held)}
