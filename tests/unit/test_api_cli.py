@@ -142,10 +142,12 @@ def test_status_renders_lists_of_records_as_blocks():
 @pytest.mark.parametrize("args", [["status", "--timeout"], ["tp", "list", "--timeout"], ["--timeout"],
                                   ["getevents", "--timeout"], ["getevents", "--reconnect-wait"],
                                   ["eventlog", "set", "--rotation-interval"]])
-@pytest.mark.parametrize("value", ["-1", "nan", "inf", "1e999", "-0.5"])
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "1e999", "-0.5", "1e22", "9000000000", "2000000h"])
 def test_a_duration_is_finite_and_not_negative(args, value):
     """`--timeout inf` ended in an OverflowError traceback, `--timeout -1` waited "-1s" and
-    `nan` failed as DEADLINE_EXCEEDED: each is now a usage error naming the option."""
+    `nan` failed as DEADLINE_EXCEEDED: each is now a usage error naming the option. So is a
+    finite length beyond 100 years: 1e22 was an OverflowError traceback (a thread's wait),
+    9e9 s an immediate DEADLINE_EXCEEDED (gRPC's deadline overflowed)."""
     cmd = [*args, value, "--server-address", "localhost:1"] if args[0] != "--timeout" else \
         ["--timeout", value, "--server-address", "localhost:1", "status"]
     res = CliRunner().invoke(cli, cmd)

@@ -14,6 +14,9 @@ from typing import Any, ClassVar
 import click
 
 
+MAX_SECONDS = 100 * 365 * 86400   # a Duration's longest: 100 years (gRPC takes deadlines to ~2262)
+
+
 class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only from click 8.2 (we support 8.1)
     """Go-style durations (``2s``, ``500ms``, ``1m30s``) or plain seconds."""
 
@@ -36,9 +39,12 @@ class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only from 
             if not parts or "".join(n + u for n, u in parts) != text:
                 self.fail(f"{value!r} is not a duration (e.g. 2s, 500ms, 1m)", param, ctx)
             seconds = sum(float(n) * self._UNITS[u] for n, u in parts)
-        if not math.isfinite(seconds) or seconds < 0:  # -1, nan, inf, 1e999: a traceback or nonsense later
-            self.fail(f"{value!r} is not a duration: a finite length of 0 or more is (e.g. 2s, 500ms, 1m)",
-                      param, ctx)
+        # -1, nan, inf, 1e999: a traceback or nonsense later; beyond MAX_SECONDS, 1e22 was an
+        # OverflowError from a thread's wait and 9e9 an immediate DEADLINE_EXCEEDED (now plus
+        # the timeout overflowed gRPC's deadline)
+        if not math.isfinite(seconds) or seconds < 0 or seconds > MAX_SECONDS:
+            self.fail(f"{value!r} is not a duration: a finite length of 0 or more, at most 100 years, is "
+                      "(e.g. 2s, 500ms, 1m)", param, ctx)
         if self.positive and seconds == 0:
             self.fail(f"{value!r} is no time to wait: give a length above 0 (e.g. 2s, 500ms, 1m)", param, ctx)
         return seconds
