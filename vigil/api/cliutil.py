@@ -13,7 +13,6 @@ from typing import Any, ClassVar
 
 import click
 
-
 MAX_SECONDS = 100 * 365 * 86400   # a Duration's longest: 100 years (gRPC takes deadlines to ~2262)
 
 
