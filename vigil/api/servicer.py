@@ -49,6 +49,12 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -
     context.abort(code, bounded(details))
 
 
+def _enum_name(enum: Any, number: int) -> str:
+    """An enum value's name, or the number a client sent that names none (Name() raised
+    "Enum X has no name defined for value N", a message naming no field)."""
+    return enum.Name(number) if number in enum.values() else f"{number} (no {enum.DESCRIPTOR.name} value)"
+
+
 def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Map agent exceptions to status codes; never let a bug surface as UNKNOWN."""
     @functools.wraps(fn)
@@ -103,7 +109,7 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
         with self._streams_lock:
             if self.stream_stats.active >= self.max_streams:
                 _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                              f"too many GetEvents streams (limit {self.max_streams})")
+                       f"too many GetEvents streams (limit {self.max_streams})")
             sub = self.agent.subscribe(maxsize=self.queue_size)
             self.stream_stats.open(sub, context.peer())  # counted before the generator starts: limit holds
         def done() -> None:  # runs when the RPC ends for any reason, even before the first read
@@ -157,8 +163,8 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "AddTracingPolicy: empty yaml")
         if request.domain not in ("", "grpc"):
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                          f"AddTracingPolicy: domain {request.domain!r}: Vigil adds policies sent over "
-                          "gRPC to the 'grpc' domain only (leave domain empty)")
+                   f"AddTracingPolicy: domain {request.domain!r}: Vigil adds policies sent over "
+                   "gRPC to the 'grpc' domain only (leave domain empty)")
         self.agent.add_policy(request.yaml, source="grpc")
         return sensors_pb2.AddTracingPolicyResponse()
 
@@ -198,8 +204,8 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
         if request.HasField("mode"):
             if request.mode not in (sensors_pb2.TP_MODE_ENFORCE, sensors_pb2.TP_MODE_MONITOR):
                 _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                              f"mode must be TP_MODE_ENFORCE or TP_MODE_MONITOR, got "
-                              f"{sensors_pb2.TracingPolicyMode.Name(request.mode)}")
+                       f"mode must be TP_MODE_ENFORCE or TP_MODE_MONITOR, got "
+                       f"{_enum_name(sensors_pb2.TracingPolicyMode, request.mode)}")
             self.agent.set_policy_mode(request.name, policies.mode_name(request.mode), request.namespace)
         if request.HasField("enable"):
             self.agent.set_policy_enabled(request.name, request.enable, request.namespace)
@@ -265,9 +271,9 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
             skip_zero = request.HasField("dump") and request.dump.skip_zero_refcnt
             if request.HasField("dump") and request.dump.exclude_execve_map_processes:
                 _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                              "GetDebug: dump.exclude_execve_map_processes is not supported by Vigil "
-                              "(its process cache dump cannot tell which entries the kernel's execve_map "
-                              "holds); dump without it")
+                       "GetDebug: dump.exclude_execve_map_processes is not supported by Vigil "
+                       "(its process cache dump cannot tell which entries the kernel's execve_map "
+                       "holds); dump without it")
             for entry in self.agent.process_cache_dump():
                 refcnt = int(entry.get("refcnt") or 0) if "process" in entry else 0
                 if skip_zero and refcnt == 0:
@@ -285,6 +291,9 @@ class FineGuidanceSensors(sensors_pb2_grpc.FineGuidanceSensorsServicer):
     def SetDebug(self, request: Any, context: grpc.ServicerContext) -> Any:
         if request.flag != sensors_pb2.CONFIG_FLAG_LOG_LEVEL or request.WhichOneof("arg") != "level":
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "SetDebug: only CONFIG_FLAG_LOG_LEVEL with a level")
+        if request.level not in sensors_pb2.LogLevel.values():
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                   f"SetDebug: level must be a LogLevel, got {_enum_name(sensors_pb2.LogLevel, request.level)}")
         name = sensors_pb2.LogLevel.Name(request.level).removeprefix("LOG_LEVEL_").lower()
         self.agent.set_log_level(name)
         return sensors_pb2.SetDebugResponse(flag=request.flag, level=request.level)
