@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import time
@@ -16,6 +15,15 @@ from typing import Any
 
 import pytest
 
+from tests.kernel.cachedchild import (
+    cached,
+    collect_policy_event,
+    forgotten_by_kernel,
+    opener_argv,
+    own_child,
+    send_line,
+    taken_out,
+)
 from tests.kernel.conftest import RunningAgent
 from tests.kernel.policytext import openat_policy, openat_selector
 from vigil.agent.metrics import AgentCollector
@@ -133,55 +141,35 @@ def test_a_policy_event_of_a_process_the_cache_lacks_is_a_miss_and_missing_proce
     (tetragon_process_cache_misses_total{operation="get"}) and as an event missing its process
     info (tetragon_events_missing_process_info_total)."""
     a = running_agent.agent
-    vpy, secret = workdir / "vpy", workdir / "secret.txt"
-    shutil.copy2(os.path.realpath(sys.executable), vpy)
-    secret.write_text("s")
+    argv = opener_argv(workdir)
     name = a.policies.add_text(openat_policy("metric-cache-miss", openat_selector(workdir / "secret.txt")), "<t>")[0]
-    code = f"import sys; sys.stdin.readline(); open({str(secret)!r}).close(); sys.stdin.readline()"
-    child = subprocess.Popen([str(vpy), "-S", "-c", code], stdin=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 30
-        while (a.cache.by_pid(child.pid) is None or a.cache.by_pid(child.pid).binary != str(vpy)) \
-                and time.monotonic() < deadline:
-            time.sleep(0.05)
-        p = a.cache.by_pid(child.pid)
-        assert p is not None and p.binary == str(vpy)
-        before = scrape()
-        a.cache._by_key.pop(p.key, None)  # as if its exec had never been seen
-        a.cache._by_pid.pop(child.pid, None)
-        if kernel_forgets:  # (our own child's entry)
-            assert a.sensor is not None and a.sensor.obj is not None
-            assert a.sensor.obj.map("execve_map").delete(struct.pack("<I", child.pid))
-
-        def opens() -> None:
-            assert child.stdin is not None
-            child.stdin.write(b"\n")
-            child.stdin.flush()
-
-        evs = running_agent.collect(opens, until=lambda evs: any(
-            e.get("process_kprobe", {}).get("policy_name") == name for e in evs))
-        ev = next(e["process_kprobe"] for e in evs if e.get("process_kprobe", {}).get("policy_name") == name)
-        # Tetragon's stand-in: the pid and start time of the kernel's key (the kernel has it: no
-        # "unknown"), no exec_id, tid or parent
-        want = {"pid": child.pid, "start_time": p.msg.start_time}
-        if kernel_forgets:  # the leader's start: within the clock tick /proc says it started in
-            got = ev["process"].get("start_time", "")
-            want = {"pid": child.pid, "flags": "unknown", "start_time": got}
-            hz = os.sysconf("SC_CLK_TCK")
-            ticks = int(Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-            wall = a.clock.boot_offset + a.clock.offset  # boot ns -> wall ns
-            assert got and ticks * 10**9 // hz + wall - 10**6 <= _rfc3339_ns(got) \
-                < (ticks + 1) * 10**9 // hz + wall + 10**6, (got, ticks, hz)
-        assert ev["process"] == want and "parent" not in ev, ev
-        running_agent.collect(lambda: None)
-        after = scrape()
-        get = frozenset({("operation", "get")})
-        assert after["tetragon_process_cache_misses_total"][get] > before["tetragon_process_cache_misses_total"][get]
-        info = "tetragon_events_missing_process_info_total"
-        assert after[info][frozenset()] > before[info][frozenset()]
+        with own_child(argv) as child:
+            p = cached(a, child, argv[0])
+            before = scrape()
+            taken_out(a, p)  # as if its exec had never been seen
+            if kernel_forgets:
+                forgotten_by_kernel(a, child.pid)
+            evs, ev = collect_policy_event(running_agent, name, lambda: send_line(child))
+            # Tetragon's stand-in: the pid and start time of the kernel's key (the kernel has it: no
+            # "unknown"), no exec_id, tid or parent
+            want = {"pid": child.pid, "start_time": p.msg.start_time}
+            if kernel_forgets:  # the leader's start: within the clock tick /proc says it started in
+                got = ev["process"].get("start_time", "")
+                want = {"pid": child.pid, "flags": "unknown", "start_time": got}
+                hz = os.sysconf("SC_CLK_TCK")
+                ticks = int(Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+                wall = a.clock.boot_offset + a.clock.offset  # boot ns -> wall ns
+                assert got and ticks * 10**9 // hz + wall - 10**6 <= _rfc3339_ns(got) \
+                    < (ticks + 1) * 10**9 // hz + wall + 10**6, (got, ticks, hz)
+            assert ev["process"] == want and "parent" not in ev, ev
+            running_agent.collect(lambda: None)
+            after = scrape()
+            get = frozenset({("operation", "get")})
+            assert after["tetragon_process_cache_misses_total"][get] > before["tetragon_process_cache_misses_total"][get]
+            info = "tetragon_events_missing_process_info_total"
+            assert after[info][frozenset()] > before[info][frozenset()]
     finally:
-        child.kill()
-        child.wait()
         a.delete_policy(name)
 
 
