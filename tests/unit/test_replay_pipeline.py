@@ -210,19 +210,28 @@ def test_a_replay_runs_its_loop_raised_and_gives_the_thread_back(tmp_path: Path)
     tid = threading.get_native_id()
     nice = os.getpriority(os.PRIO_PROCESS, tid)
     recs = [process_record(pid=100, ktime=1000, binary="/usr/bin/true"), exit_record(pid=100, ktime=2000, exec_ktime=1000)]
-    seen: list[int] = []
     for boost, expected in ((4, max(-20, nice - 4)), (0, nice)):
-        agent = Agent(AgentConfig(export_filename=str(tmp_path / "out.json"), server_address="",
-                                  event_loop_priority_boost=boost), source=ReplaySource(recs))
-        agent.pipeline.sinks.append(lambda evs: seen.append(os.getpriority(os.PRIO_PROCESS, tid)))
-        agent.start()
-        try:
-            agent.run()
-        finally:
-            agent.close()
+        seen = _nice_a_sink_sees(tmp_path, ReplaySource(recs), event_loop_priority_boost=boost)
         assert seen and set(seen) == {expected}, (boost, seen)
         assert os.getpriority(os.PRIO_PROCESS, tid) == nice
-        seen.clear()
+
+
+def _nice_a_sink_sees(tmp_path: Path, source: ReplaySource, **cfg) -> list[int]:
+    """A replay of `source` run on this thread: the nice of this thread (the replay's loop) at
+    each batch a sink is given."""
+    import os
+    import threading
+
+    tid = threading.get_native_id()
+    seen: list[int] = []
+    agent = Agent(AgentConfig(export_filename=str(tmp_path / "out.json"), server_address="", **cfg), source=source)
+    agent.pipeline.sinks.append(lambda evs: seen.append(os.getpriority(os.PRIO_PROCESS, tid)))
+    agent.start()
+    try:
+        agent.run()
+    finally:
+        agent.close()
+    return seen
 
 
 def _policy_and_nice() -> tuple[int, int]:
@@ -291,15 +300,7 @@ def test_a_replay_behind_runs_its_loop_raised_further(tmp_path: Path, batch: int
     tid = threading.get_native_id()
     nice = os.getpriority(os.PRIO_PROCESS, tid)
     recs = [process_record(pid=1000 + i, ktime=1000 + i, binary="/bin/true") for i in range(2048)]
-    seen: list[int] = []
-    agent = Agent(AgentConfig(export_filename=str(tmp_path / "out.json"), server_address=""),
-                  source=ReplaySource(recs, batch=batch))
-    agent.pipeline.sinks.append(lambda evs: seen.append(os.getpriority(os.PRIO_PROCESS, tid)))
-    agent.start()
-    try:
-        agent.run()
-    finally:
-        agent.close()
+    seen = _nice_a_sink_sees(tmp_path, ReplaySource(recs, batch=batch))
     assert seen and set(seen) == {max(-20, nice - expected_steps)}, seen
     assert os.getpriority(os.PRIO_PROCESS, tid) == nice
 
