@@ -486,6 +486,40 @@ def test_ignore_call_not_found_leaves_out_only_a_missing_call(case: str, kprobes
     assert [w for w in report["warnings"] if "not attached" in w and "callNotFound" in w]
 
 
+def _vm_with(functions: list[str], traceable: list[str]) -> KernelFacts:
+    """The recorded 6.12 guest, with `functions` added to its BTF and `traceable` to its
+    available_filter_functions (6.1's dev_queue_xmit: in BTF, not traceable)."""
+    import json
+
+    d = json.loads((Path(__file__).parents[1] / "data" / "facts" / "vm-6.12.json").read_text())
+    d["functions"] = [*d["functions"], *functions]
+    d["kprobe_functions"] = [*d["kprobe_functions"], *traceable]
+    return KernelFacts.from_dict(d)
+
+
+TRACEABLE = [
+    # (id, BTF + available_filter_functions additions, substitute, mechanism or the refusal's words)
+    ("in-btf-not-traceable-refused", ["dev_queue_xmit"], [], False,
+     "dev_queue_xmit is in the kernel but kprobes may not attach to it"),
+    ("in-btf-not-traceable-stand-in", ["dev_queue_xmit"], [], True, "fentry:__dev_queue_xmit"),
+    ("in-btf-and-traceable-fentry", ["dev_queue_xmit"], ["dev_queue_xmit"], False, "fentry:dev_queue_xmit"),
+]
+
+
+@pytest.mark.parametrize("case, btf, traceable, sub, want", TRACEABLE, ids=[c[0] for c in TRACEABLE])
+def test_fentry_only_on_a_function_ftrace_can_patch(case: str, btf: list[str], traceable: list[str], sub: bool,
+                                                    want: str) -> None:
+    """A BPF trampoline attaches at the function's ftrace call site: a BTF function missing from
+    available_filter_functions is not an fentry target (its attach failed with EBUSY on 6.1)."""
+    spec = "kprobes: [{call: dev_queue_xmit, syscall: false, args: [{index: 0, type: skb}]}]"
+    k = _vm_with(btf, traceable)
+    if " " in want:
+        assert any(want in e for e in errors(spec, k, sub)), errors(spec, k, sub)
+        return
+    (ch,) = comp(spec, k, sub).hooks
+    assert ch.placement.where().startswith(want), ch.placement.describe()
+
+
 def test_stand_ins_are_off_unless_asked_and_explain_says_so() -> None:
     p = one("kprobes: [{call: tcp_connect, syscall: false, args: [{index: 0, type: sock}]}]")
     off = explain_policy(p, HOST)

@@ -363,8 +363,10 @@ def place_kernel_function(spec: KProbeSpec, section: str, index: int, call: str,
         else:
             pl.mechanism, pl.entry_prog = "fentry", "vigil_fentry"
             pl.return_prog = "vigil_fexit" if want_ret else ""
-    elif ok_f and (not want_ret or ok_x) and facts.in_btf(call) is not False:
-        # (fentry needs the function in BTF: a compiler clone like f.constprop.0 is kprobe-only)
+    elif ok_f and (not want_ret or ok_x) and facts.in_btf(call) is not False and facts.kprobe_target(call) is not False:
+        # (fentry needs the function in BTF: a compiler clone like f.constprop.0 is kprobe-only;
+        # and its ftrace call site: a BTF function missing from available_filter_functions (6.1's
+        # out-of-line copy of the inline dev_queue_xmit) fails to attach with EBUSY)
         pl.mechanism, pl.entry_prog = "fentry", "vigil_fentry"
         pl.return_prog = "vigil_fexit" if want_ret else ""
     elif ok_k:
