@@ -52,6 +52,11 @@ def test_precedence_flag_env_configdir(tmp_path: Path, captured: list):
     ([], {"TETRAGON_EVENT_CACHE_RETRIES": "many"}, "--event-cache-retries"),
     (["--event-cache-retry-delay", "0"], {}, "--event-cache-retry-delay must be 1..60 seconds (got 0)"),
     (["--event-cache-retry-delay", "1.5"], {}, "--event-cache-retry-delay"),
+    ([], {"VIGIL_PROCESS_CACHE_GC_INTERVAL": "inf"}, "must be 0..86400 seconds (got inf)"),
+    (["--process-cache-gc-interval", "nan"], {}, "--process-cache-gc-interval must be 0..86400 seconds (got nan)"),
+    (["--process-cache-gc-interval", "-1"], {}, "--process-cache-gc-interval must be 0..86400 seconds (got -1.0)"),
+    (["--server-client-queue", "-5"], {}, "--server-client-queue must be >= 1 (got -5)"),
+    (["--server-client-queue", "0"], {}, "--server-client-queue must be >= 1 (got 0)"),
 ])
 def test_bad_values_name_the_option(captured: list, args, env, needle):
     r = run(args, env)

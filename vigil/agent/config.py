@@ -88,6 +88,10 @@ class AgentConfig:
             errors.append("--export-rate-limit must be -1 (unlimited), 0 or a positive events/minute")
         if self.process_cache_size < 64:
             errors.append("--process-cache-size must be >= 64")
+        # inf was an OverflowError traceback at start (int(inf * 1e9)); -1 and nan were taken
+        if not 0 <= self.process_cache_gc_interval <= 86400:
+            errors.append("--process-cache-gc-interval must be 0..86400 seconds "
+                          f"(got {self.process_cache_gc_interval})")
         if self.rb_size < 4096 or self.rb_size & (self.rb_size - 1):
             errors.append(f"--rb-size must be a power of two >= 4096 (got {self.rb_size})")
         if not 1 <= self.args_max <= 32767:
@@ -105,6 +109,8 @@ class AgentConfig:
         if self.server_processes > 1 and (self.server_address.startswith("unix:") or
                                           self.server_address.endswith(":0")):
             errors.append("--server-processes > 1 needs a TCP --server-address with a fixed port")
+        if self.server_client_queue < 1:   # -5 was taken
+            errors.append(f"--server-client-queue must be >= 1 (got {self.server_client_queue})")
         if not 1 <= self.server_ring_mb <= 4096:
             errors.append(f"--server-ring-mb must be 1..4096 (got {self.server_ring_mb})")
         if bool(self.server_tls_cert_file) != bool(self.server_tls_key_file):
