@@ -206,6 +206,8 @@ def test_aliases_that_multiply_values_and_deep_nesting_are_refused_quickly() -> 
     ("missing.yaml", "missing.yaml: no such file or directory"),
     ("empty-dir", "no .yaml, .yml or .json file in this directory"),
     ("library:no-such-policy", "no library policy named 'no-such-policy'"),
+    ("n" * 300, "n" * 300 + ": File name too long"),       # an OSError traceback from Path.exists before
+    ("d/" + "n" * 5000, ": File name too long"),
 ])
 def test_explain_reports_a_file_it_cannot_read_before_probing_the_kernel(tmp_path: Path, monkeypatch,
                                                                           ref: str, error: str) -> None:
@@ -236,3 +238,15 @@ def test_explain_says_a_user_action_before_the_last_will_not_run(tmp_path: Path)
         f"{pol}:10:31: spec.kprobes[0].selectors[0].matchActions[0].action: warning: GetUrl will not run: it is "
         "not the selector's last action (matchActions[0] of 2); the agent runs GetUrl and DnsLookup only when the "
         "selector's last action is one, as Tetragon does"]
+
+
+@pytest.mark.parametrize("policy, error", [
+    ("missing.yaml", "missing.yaml: no such file"),
+    ("n" * 300, "n" * 300 + ": File name too long"),       # an OSError traceback from Path.exists before
+])
+def test_dry_run_names_a_policy_file_it_cannot_read(tmp_path: Path, monkeypatch, policy: str, error: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "events.json").write_text("")
+    res = CliRunner().invoke(cli, ["policy", "dry-run", policy, "--events", "events.json"])
+    assert res.exit_code == 1 and error in res.output, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)

@@ -128,8 +128,12 @@ def dry_run(policy: str, events_path: str, output: str, mode: str | None, sample
         path = resolve(policy)
     except LibraryError as e:
         raise click.ClickException(str(e)) from None
-    if not path.exists():
-        raise click.ClickException(f"{policy}: no such file")
+    try:   # Path.exists raises, not returns False, for a name too long (ENAMETOOLONG)
+        path.stat()
+    except FileNotFoundError:
+        raise click.ClickException(f"{policy}: no such file") from None
+    except OSError as e:
+        raise click.ClickException(f"{policy}: {e.strerror}") from None
     try:
         policies = load_policies(path)
     except PolicyErrors as e:

@@ -25,8 +25,12 @@ def _expand(paths: tuple[str, ...]) -> list[Path]:
             p = resolve(ref)  # library:NAME -> its file
         except LibraryError as e:
             raise click.ClickException(str(e)) from None
-        if not p.exists():
-            raise click.BadParameter(f"{ref}: no such file or directory", param_hint="FILES")
+        try:   # Path.exists raises, not returns False, for a name too long (ENAMETOOLONG)
+            p.stat()
+        except FileNotFoundError:
+            raise click.BadParameter(f"{ref}: no such file or directory", param_hint="FILES") from None
+        except OSError as e:
+            raise click.BadParameter(f"{ref}: {e.strerror}", param_hint="FILES") from None
         if p.is_dir():
             found = policy_dir_files(p)  # and one level of subdirectories, as --tracing-policy-dir
             if not found:
