@@ -15,14 +15,11 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from vmagent import Running
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "build" / "tetragon-examples" / "examples" / "tracingpolicy"
@@ -33,54 +30,6 @@ MAP_CREATE = ("import ctypes, struct\n"
               "libc = ctypes.CDLL(None, use_errno=True)\n"
               "buf = ctypes.create_string_buffer(struct.pack('<IIIIIII16s', 2, 4, 8, 3, 0, 0, 0, b'vigil_ex_map'), 128)\n"
               "assert libc.syscall(321, 0, buf, 128) >= 0\n")
-
-
-class Running:
-    """The agent with its event loop on a thread; collect() returns the events an action causes
-    (up to the exit of a marker process run after it)."""
-
-    def __init__(self) -> None:
-        from vigil.agent.agent import Agent
-        from vigil.agent.config import AgentConfig
-
-        self.agent = Agent(AgentConfig(export_filename="", server_address="", node_name="vm"))
-        self.agent.start()
-        self.t = threading.Thread(target=self.agent.run, daemon=True)
-        self.t.start()
-
-    def collect(self, action: Callable[[], None]) -> list[dict[str, Any]]:
-        from vigil.export.dicts import event_dict
-
-        sub = self.agent.subscribe(100000)
-        try:
-            action()
-            token = f"vigil-marker-{uuid.uuid4().hex}"
-            subprocess.run(["/bin/true", token], check=True)
-            out: list[dict[str, Any]] = []
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:
-                for e in map(event_dict, sub.get_batch(timeout=0.5)):
-                    out.append(e)
-                    x = e.get("process_exit")
-                    if x and x["process"].get("arguments") == token:
-                        return out
-            raise AssertionError("end marker not seen")
-        finally:
-            sub.close()
-
-    def close(self) -> None:
-        self.agent.request_stop()
-        self.t.join(30)
-        self.agent.close()
-
-
-@pytest.fixture(scope="module")
-def examples_agent() -> Iterator[Running]:
-    r = Running()
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 @pytest.fixture
@@ -190,21 +139,21 @@ CASES: list[tuple[str, str, Callable[[Path], None], str, int | None, str, Callab
 
 @pytest.mark.parametrize("file, name, action, kind, pid, binary, check", CASES, ids=[c[0] for c in CASES])
 def test_a_tetragon_example_loads_and_its_event_has_tetragons_fields(
-        examples_agent: Running, work: Path, file: str, name: str, action: Callable[[Path], None], kind: str,
+        agent: Running, work: Path, file: str, name: str, action: Callable[[Path], None], kind: str,
         pid: int | None, binary: str, check: Callable[[dict, Path], bool]) -> None:
-    agent = examples_agent.agent
-    loaded = agent.policies.add_text((EXAMPLES / file).read_text(), str(EXAMPLES / file))[0]
+    a = agent.agent
+    loaded = a.policies.add_text((EXAMPLES / file).read_text(), str(EXAMPLES / file))[0]
     assert loaded == name
     try:
-        (listed,) = [p for p in agent.list_policies() if p["name"] == name]
+        (listed,) = [p for p in a.list_policies() if p["name"] == name]
         if file == "bpf.yaml":  # one of the two map hooks is missing on each kernel: left out
             assert listed["state"] == "partially_enabled"
             assert sorted(h["state"] for h in listed["hooks"]).count("call_not_found") == 1, listed["hooks"]
         else:
             assert listed["state"] == "enabled", listed
-        events = examples_agent.collect(lambda: action(work))
+        events = agent.collect(lambda: action(work), timeout=180)
     finally:
-        agent.delete_policy(name)
+        a.delete_policy(name)
     got = [ev for ev in _only(events, name, kind, pid, binary) if check(ev, work)]
     assert got, f"no matching {kind} of {name} among {len(_only(events, name, kind, None))} of the policy"
     assert _has_process_fields(got[0]), got[0]
@@ -217,22 +166,22 @@ AGREE = ["dev_queue_xmit.yaml", "bpf.yaml"]
 
 
 @pytest.mark.parametrize("file", AGREE)
-def test_explain_says_what_the_agent_does(examples_agent: Running, file: str) -> None:
+def test_explain_says_what_the_agent_does(agent: Running, file: str) -> None:
     """explain's verdict on this kernel is the agent's: loadable examples load, refused ones are
     refused by the compiler (a located PolicyError), never by a failed load or attach."""
     from vigil.core.errors import PolicyError
     from vigil.policy import parse_policies
     from vigil.policy.explain import explain_policy
 
-    agent = examples_agent.agent
+    a = agent.agent
     text = (EXAMPLES / file).read_text()
-    report = explain_policy(parse_policies(text, file)[0], agent.policies.facts)
+    report = explain_policy(parse_policies(text, file)[0], a.policies.facts)
     try:
-        names = agent.policies.add_text(text, file)
+        names = a.policies.add_text(text, file)
     except PolicyError as e:
         assert not report["loadable"], f"explain said loadable, the agent refused: {e}"
         assert "failed" not in str(e) and "errno" not in str(e), str(e)
         return
     for n in names:
-        agent.delete_policy(n)
+        a.delete_policy(n)
     assert report["loadable"], report

@@ -22,14 +22,15 @@ class Running:
         self.t = threading.Thread(target=self.agent.run, daemon=True)
         self.t.start()
 
-    def collect(self, action) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    def collect(self, action, timeout: float = 120) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+        """The events `action` causes, up to the exit of a marker process run after it."""
         sub = self.agent.subscribe(100000)
         try:
             action()
             token = f"vigil-marker-{uuid.uuid4().hex}"
             subprocess.run(["/bin/true", token], check=True)
             out: list[dict[str, Any]] = []
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 for e in map(event_dict, sub.get_batch(timeout=0.5)):  # typed events -> their JSON shape
                     out.append(e)
