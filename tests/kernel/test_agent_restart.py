@@ -230,3 +230,40 @@ def test_a_process_that_exec_d_while_no_agent_ran_keeps_one_identity(bpffs: Path
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+@pytest.mark.parametrize("what", ["process", "parent"])
+def test_a_process_older_than_both_agents_keeps_its_key_across_a_restart(
+        bpffs: Path, tmp_path: Path, what: str) -> None:
+    """With --keep-sensors-on-exit, a process that ran before the first agent (this test's own
+    child, or this test's process as that child's parent) is known to the next agent by the key
+    the first one gave it (its /proc start time as the first agent converted it, kept in the
+    pinned execve_map), not by a new conversion of that start time, which differs by the
+    clock's jitter: its exec_id stays the same, and the records the first agent's sensors made
+    (a fork while no agent ran names its parent by that key) find it in the cache."""
+    from tests.kernel.conftest import RunningAgent
+    from vigil.agent.config import AgentConfig
+
+    def cfg(name: str) -> AgentConfig:
+        return AgentConfig(export_filename=str(tmp_path / f"{name}.log"), server_address="", node_name="vigil-test",
+                           keep_sensors_on_exit=True, bpf_dir=str(bpffs / "vigil"))
+
+    p = subprocess.Popen(["/bin/sleep", "600"])
+    try:
+        pid = p.pid if what == "process" else os.getpid()
+        for _ in range(1000):
+            if os.path.exists(f"/proc/{p.pid}/exe") and os.readlink(f"/proc/{p.pid}/exe") == "/usr/bin/sleep":
+                break
+            time.sleep(0.01)
+        with RunningAgent(cfg("first")) as first:
+            c1 = first.agent.cache.by_pid(pid)
+            assert c1 is not None
+            key1, exec_id1 = c1.key, c1.exec_id
+        with RunningAgent(cfg("second")) as second:
+            c2 = second.agent.cache.by_pid(pid)
+            assert c2 is not None
+            assert (c2.key, c2.exec_id) == (key1, exec_id1)
+            assert second.agent.restart["procfs_keys_recovered"] > 0
+    finally:
+        p.kill()
+        p.wait()

@@ -244,6 +244,7 @@ class Agent:
         if self.pins is not None:
             self.pins.pin_map(sensor.events_map, "events")
             self.pins.pin_map(sensor.drops_map, "vigil_drops")
+            self.pins.pin_map(sensor.execve_map, "execve_map")  # the keys the next start adopts
         recovered = self._recover_previous(attached_ktime) if self._previous else []
         events = sensor.events_map
         src: EventSource = PairedRings(RingBuffer(events.fd, events.max_entries),
@@ -259,7 +260,8 @@ class Agent:
         self.pipeline.emit([self.builder.kernel_exec(time.monotonic_ns())])
         if recovered:
             self.pipeline.handle(recovered)  # execs and exits while no agent ran, in their order
-            self._adopt_recovered(snaps)
+        if self._previous:
+            self._adopt_keys(snaps, self._previous_keys())
         known = sensor.seed(
             (s.pid, s.exec_ktime, s.ppid, s.pktime, s.filename,
              (s.cap_effective, s.cap_inheritable, s.cap_permitted), s.ns) for s in snaps)
@@ -279,17 +281,41 @@ class Agent:
                               if (ev := self.builder.on_procfs(s, now)) is not None and not s.kthread]
         self.pipeline.emit(batch)
 
-    def _adopt_recovered(self, snaps: list[Any]) -> None:
-        """A process whose exec (or fork) a previous agent's sensors recorded while no agent ran
-        is known by that record's key (its exec time), not by its /proc start time: seed it
-        with that key, and its children found by the scan with it as their parent's."""
+    def _previous_keys(self) -> dict[int, int]:
+        """pid -> exec key (ktime) in the execve_map a previous run left pinned, which its
+        programs kept up to date while no agent ran: the keys its records name processes by,
+        and its exported exec_ids were made from."""
+        from vigil.sensors.process import ENTRY
+
+        keys: dict[int, int] = {}
+        for run in self._previous:
+            m = run.open_map("execve_map")
+            if m is None:
+                continue
+            try:
+                for _, v in m.items():
+                    f = ENTRY.unpack_from(v)
+                    if f[2]:
+                        keys[f[0]] = max(keys.get(f[0], 0), f[2])
+            finally:
+                m.close_fd()
+        return keys
+
+    def _adopt_keys(self, snaps: list[Any], previous: dict[int, int]) -> None:
+        """A process a previous agent knew keeps the key it had: the one of the record of its
+        exec (or fork) that agent's sensors made while no agent ran, else the one in that
+        agent's execve_map (for a process older than both agents, its /proc start time as that
+        agent converted it: the conversion of another start differs by the clock's jitter).
+        It is seeded with that key, and its children found by the scan with it as their
+        parent's: the records still in the rings, and their exec_ids, name the same process."""
         tick = 1_000_000_000 // CLK_TCK  # /proc start times are whole ticks
         adopted: dict[int, int] = {}
         for s in snaps:
             p = self.cache.by_pid(s.pid)
+            k = p.key[1] if p is not None else previous.get(s.pid)
             # the same process: its recorded image is not older than its start (a reused pid's is)
-            if p is not None and p.key[1] + tick >= s.ktime:
-                adopted[s.pid] = s.exec_ktime = p.key[1]
+            if k is not None and k + tick >= s.ktime:
+                adopted[s.pid] = s.exec_ktime = k
         for s in snaps:
             pk = adopted.get(s.ppid)
             if pk is not None and pk <= s.ktime + tick:  # the parent's image this one was forked from

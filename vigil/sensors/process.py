@@ -110,6 +110,11 @@ class ProcessSensor:
         return self.obj.map("events")
 
     @property
+    def execve_map(self):  # type: ignore[no-untyped-def]
+        assert self.obj is not None
+        return self.obj.map("execve_map")
+
+    @property
     def reader_map(self):  # type: ignore[no-untyped-def]
         """`vigil_reader`: whether the agent sleeps on the rings (see kernel.ringbuf.PairedRings)."""
         assert self.obj is not None
