@@ -13,6 +13,8 @@ no kprobes/trampolines, and the VM tier runs these tests where they mean somethi
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -85,3 +87,17 @@ def agent() -> Iterator[Running]:
         yield r
     finally:
         r.close()
+
+
+@pytest.fixture
+def work() -> Iterator[Path]:
+    """A folder of the test's own with target.txt and a symlink to it, `link` (a file opened
+    through a link: the policies' path and follow-link hooks); removed after. A file whose
+    tests need other files has its own `work`."""
+    d = Path(tempfile.mkdtemp(prefix="vigil-vm-"))
+    try:
+        (d / "target.txt").write_text("t\n")
+        os.symlink(d / "target.txt", d / "link")
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

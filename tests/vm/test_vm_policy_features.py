@@ -11,9 +11,7 @@ import os
 import pty
 import shutil
 import subprocess
-import tempfile
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,17 +21,6 @@ REPO = Path(__file__).resolve().parents[2]
 PID = os.getpid()
 SCOPE = f"matchPIDs: [{{operator: In, followForks: true, values: [{PID}]}}]"
 SUB = 'options: [{name: vigil-hook-substitution, value: "true"}]'
-
-
-@pytest.fixture
-def work() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="vigil-vmf-"))
-    try:
-        (d / "target.txt").write_text("t\n")
-        os.symlink(d / "target.txt", d / "link")
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def events_of(events: list[dict], name: str) -> list[dict]:

@@ -14,8 +14,7 @@ import pty
 import shutil
 import socket
 import subprocess
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,17 +29,6 @@ MAP_CREATE = ("import ctypes, struct\n"
               "libc = ctypes.CDLL(None, use_errno=True)\n"
               "buf = ctypes.create_string_buffer(struct.pack('<IIIIIII16s', 2, 4, 8, 3, 0, 0, 0, b'vigil_ex_map'), 128)\n"
               "assert libc.syscall(321, 0, buf, 128) >= 0\n")
-
-
-@pytest.fixture
-def work() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="vigil-vmx-"))
-    try:
-        (d / "target.txt").write_text("t\n")
-        os.symlink(d / "target.txt", d / "link")
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def _cat_passwd(work: Path) -> None:
