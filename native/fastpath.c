@@ -2959,24 +2959,17 @@ static int dict_incr(PyObject *d, PyObject *key, PyObject *one)  /* d[key] = d.g
 	return r;
 }
 
-/* a reported table (GP_REPORTED, GP_RET_REPORTED): whole rows of names or None */
-static int reported_ok(PyObject *t)
-{
-	if (!PyTuple_CheckExact(t) || !PyTuple_GET_SIZE(t) || PyTuple_GET_SIZE(t) % REPORTED_ROW)
-		return 0;
-	for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(t); i++)
-		if (PyTuple_GET_ITEM(t, i) != Py_None && !PyUnicode_CheckExact(PyTuple_GET_ITEM(t, i)))
-			return 0;
-	return 1;
-}
+static int is_str(PyObject *o) { return PyUnicode_CheckExact(o); }
+static int is_tuple(PyObject *o) { return PyTuple_CheckExact(o); }
 
-/* a plan's counter keys (GP_KEYS): whole rows of keys (tuples) or None */
-static int keys_ok(PyObject *t)
+/* a plan's table: whole rows (REPORTED_ROW) of None or items item_ok accepts -- the reported
+ * names (GP_REPORTED, GP_RET_REPORTED: str) and the counter keys (GP_KEYS: tuples) */
+static int rows_ok(PyObject *t, int (*item_ok)(PyObject *))
 {
 	if (!PyTuple_CheckExact(t) || !PyTuple_GET_SIZE(t) || PyTuple_GET_SIZE(t) % REPORTED_ROW)
 		return 0;
 	for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(t); i++)
-		if (PyTuple_GET_ITEM(t, i) != Py_None && !PyTuple_CheckExact(PyTuple_GET_ITEM(t, i)))
+		if (PyTuple_GET_ITEM(t, i) != Py_None && !item_ok(PyTuple_GET_ITEM(t, i)))
 			return 0;
 	return 1;
 }
@@ -2988,8 +2981,9 @@ static int plan_ok(PyObject *plan, PyObject *entry)
 		return 0;
 	PyObject *layout = PyTuple_GET_ITEM(plan, GP_LAYOUT);
 	if (!PyTuple_CheckExact(layout) || !PyDict_CheckExact(PyTuple_GET_ITEM(plan, GP_MESSAGES)) ||
-	    !PyLong_CheckExact(PyTuple_GET_ITEM(plan, GP_ENFORCING)) || !keys_ok(PyTuple_GET_ITEM(plan, GP_KEYS)) ||
-	    !reported_ok(PyTuple_GET_ITEM(plan, GP_REPORTED)) || !reported_ok(PyTuple_GET_ITEM(plan, GP_RET_REPORTED)))
+	    !PyLong_CheckExact(PyTuple_GET_ITEM(plan, GP_ENFORCING)) || !rows_ok(PyTuple_GET_ITEM(plan, GP_KEYS), is_tuple) ||
+	    !rows_ok(PyTuple_GET_ITEM(plan, GP_REPORTED), is_str) ||
+	    !rows_ok(PyTuple_GET_ITEM(plan, GP_RET_REPORTED), is_str))
 		return 0;
 	for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(layout); i++) {
 		PyObject *f = PyTuple_GET_ITEM(layout, i);
