@@ -1303,6 +1303,11 @@ SWAP_CASES = [  # (case, when another binary is renamed over the checked one, th
     ("unchanged", "never", None),
     ("replaced-between-check-and-attach", "before-attach", r"binaryDigests: .*matches none of them now"),
     ("replaced-while-disabled", "while-disabled", None),
+    # Tetragon refuses to disable a policy with binaryDigests (it closes the checked file after the
+    # load, so a re-enable could not attach to it again); Vigil keeps that file open and walks the
+    # digests on it again at each enable: a binary changed in place while disabled is not attached to
+    ("modified-in-place-while-disabled", "modified-while-disabled",
+     r"enabling failed, attaching uprobe.*binaryDigests: the binary matches none of them now"),
 ]
 
 
@@ -1314,7 +1319,9 @@ def test_uprobe_binary_digests_hold_for_the_file_attached_to(running_agent: Runn
     binary once, walks the digests on that open file and attaches through /proc/self/fd/N. A
     binary put at the path after the policy's check (before the attach, or while the policy is
     disabled) is never attached to unchecked: the load is refused, or the uprobe stays on the
-    checked file (a hard link to it still reports; the new file at the path does not)."""
+    checked file (a hard link to it still reports; the new file at the path does not). The
+    checked file changed in place while the policy is disabled: enabling it again is refused
+    (the digests are walked again on the open file) and the policy stays disabled, with the error."""
     from vigil.sensors.generic import GenericHook
 
     path, kept = digest_bin, digest_bin.parent / "checked-link"
@@ -1337,6 +1344,18 @@ def test_uprobe_binary_digests_hold_for_the_file_attached_to(running_agent: Runn
     name = f"digest-swap-{case}"
     text = policy_yaml(name, f'uprobes:\n- path: "{path}"\n  symbols: [main]\n  binaryDigests: ["{digest}"]\n')
     agent = running_agent.agent
+    if when == "modified-while-disabled":
+        with loaded(running_agent, text):
+            agent.policies.set_enabled(name, False)
+            with open(path, "ab") as f:  # the same inode, other bytes: still runs, other digests
+                f.write(b"\0" * 16)
+            with pytest.raises(PolicyError, match=error):
+                agent.policies.set_enabled(name, True)
+            (listed,) = [p for p in agent.list_policies() if p["name"] == name]
+            events = running_agent.collect(lambda: (subprocess.run([str(path)]), subprocess.run([str(kept)])))
+        assert listed["state"] == "disabled" and re.search(error or "", listed["error"])
+        assert not [e for e in events if e.get("process_uprobe", {}).get("policy_name") == name]
+        return
     if error is not None:
         with pytest.raises(PolicyError, match=error):
             agent.policies.add_text(text, "<t>")

@@ -162,7 +162,9 @@ class GenericHook:
         binary is opened once (kept open while the hook lives), its digests are walked on that
         open file, and the uprobe attaches through /proc/self/fd/N, the same inode, so a file
         put at `path` after the check is never attached to. The walk is digest_verdict's;
-        anything but a match raises (the compile-time check passed on what `path` was then)."""
+        anything but a match raises (the compile-time check passed on what `path` was then).
+        Called again at each enable: the walk is redone on the same open file (Tetragon closes
+        it after the load and so refuses to disable the policy; see README, binaryDigests)."""
         from vigil.kernel.facts import digest_now
         from vigil.policy.placement import digest_verdict
 
