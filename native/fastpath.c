@@ -2156,6 +2156,15 @@ static int cache_add(Builder *b, PyObject *p, PyObject *now)
 	PyObject *old = PyDict_GetItemWithError(b->by_pid, pid);
 	if (PyErr_Occurred())
 		return -1;
+	if (old) {  /* a newer image is the pid's: this older one is recorded, ended at once (ProcessCache.add) */
+		int newer = PyObject_RichCompareBool(pslot(b, old, P_KTIME), pslot(b, p, P_KTIME), Py_GT);
+		if (newer < 0)
+			return -1;
+		if (newer) {
+			SET(p, b->proc_off[P_EXITED], Py_True);
+			return cache_release(b, p, now) ? -1 : 0;
+		}
+	}
 	Py_XINCREF(old);
 	r = PyDict_SetItem(b->by_pid, pid, p);
 	if (!r && old && old != p && pslot(b, old, P_EXITED) == Py_False) {

@@ -429,3 +429,43 @@ def test_a_large_hold_is_walked_at_most_every_ten_ms(held: int, at_ns: int, sent
     assert out == ([made[0]] if sent else []) and hold.status()["held_now"] == held - (1 if sent else 0)
     if sent:
         assert made[0].process == "proc-1000"
+
+
+# pid reuse: an exec (or clone) record of an OLDER image of a pid (older key) read after the
+# pid's newer image was cached (another CPU's ring, a record just behind) is recorded, so its
+# own events find it, and ended at once (a newer image of its pid means it exec'd or exited);
+# it never ends the newer image, which the pid keeps naming. (records, batch 1; events: kind,
+# pid, "known"/"stand-in", image; the image the pid names after, and the images ended)
+REUSE_CASES = [
+    ("in-order", [_exec(100, 4000), _exec(100, 5000)], [("exec", 100, 4000), ("exec", 100, 5000)], 5000, {4000}),
+    ("older-exec-late", [_exec(100, 5000), _exec(100, 4000)], [("exec", 100, 5000), ("exec", 100, 4000)],
+     5000, {4000}),
+    ("older-clone-late", [_exec(50, 1000), _exec(100, 5000, 50, 1000), _clone(100, 4000, 50, 1000)],
+     [("exec", 50, 1000), ("exec", 100, 5000)], 5000, {4000}),
+    ("older-exec-late-then-the-newers-events", [_exec(100, 5000), _exec(100, 4000), _no_proc(100, 5000, 6000),
+                                                _exit(100, 5000, 7000)],
+     [("exec", 100, 5000), ("exec", 100, 4000), ("kprobe", 100, "known", 5000), ("exit", 100, "known", 5000)],
+     None, {4000, 5000}),
+    ("older-exec-late-then-its-own-events", [_exec(100, 5000), _exec(100, 4000), _policy(100, 4000, 4500),
+                                             _exit(100, 4000, 4800)],
+     [("exec", 100, 5000), ("exec", 100, 4000), ("kprobe", 100, "known", 4000), ("exit", 100, "known", 4000)],
+     5000, {4000}),
+]
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+@pytest.mark.parametrize("records,want,named,ended", [c[1:] for c in REUSE_CASES], ids=[c[0] for c in REUSE_CASES])
+def test_a_late_record_of_an_older_image_leaves_the_newer_one(
+        tmp_path: Path, records: list[bytes], want: list[tuple[Any, ...]], named: int | None, ended: set[int],
+        compiled: bool) -> None:
+    left: list[Any] = []
+    events, _, _ = _replay(tmp_path, records, 1, compiled, left)
+    shapes = [_shape(e) for e in events]
+    assert [s[:len(w)] for s, w in zip(shapes, want)] == want and len(shapes) == len(want), shapes
+    cache = left[0]
+    cur = cache.by_pid(100)
+    assert (cur.key[1] if cur is not None else None) == named
+    images = {k[1]: p for k, p in cache._by_key.items() if k[0] == 100}
+    assert {t for t, p in images.items() if p.exited} == ended and set(images) == ended | {named} - {None}
+    for t in ended:  # released for the GC, not held live by the cache
+        assert images[t].refcnt <= 0 and images[t] in cache._pending

@@ -79,7 +79,11 @@ class ProcessCache:
             self.early_deletions += 1
 
     def add(self, p: Process, now_ns: int) -> None:
-        """Insert a new exec/clone; it replaces the pid's previous image."""
+        """Insert a new exec/clone; it replaces the pid's previous image, when that is older. A
+        record of an older image read after a newer one of its pid (pid reuse, or the image's
+        own exec, the older record behind in another ring) is recorded (its own events find it
+        by its key) and ended at once, as the newer image's add would have ended it: a newer
+        image of its pid means it exec'd or exited. The pid keeps naming the newer image."""
         by_key = self._by_key
         if p.key in by_key:
             return
@@ -97,6 +101,10 @@ class ProcessCache:
                 parent.refcnt += 1
                 p.holds_parent = True
         old = self._by_pid.get(p.pid)
+        if old is not None and old.key[1] > p.key[1]:  # a newer image is the pid's
+            p.exited = True
+            self._release(p, now_ns)
+            return
         self._by_pid[p.pid] = p
         if old is not None and old is not p and not old.exited:
             old.exited = True
