@@ -6,6 +6,7 @@ import json
 import pytest
 
 from vigil.api import convert
+from vigil.api.statusmsg import bounded
 from vigil.api.streams import request_filter
 from vigil.export.event_filter import EventFilter
 from vigil.export.filters import (
@@ -365,3 +366,26 @@ def test_regex_values_are_alternatives_of_any_size(patterns, binary, kept):
     """Several values of one regex field are ORed, each under the length limit on its own: they
     were joined into one pattern that the limit (or RE2's program size) then refused."""
     assert m({"binary_regex": patterns}, _bin(binary)) is kept
+
+
+# (pattern, RE2's reason as the message gives it): the reason first, then the pattern, quoted once
+BAD_REGEX_CASES = [
+    ("(ab", "missing )"),
+    ("[z-a]", "invalid character class range at 'z-a'"),
+    ("a**", "bad repetition operator at '**'"),
+    ("x\\", "trailing \\"),
+    ("(" + "x" * 3000, "missing )"),  # RE2 names the whole pattern: not quoted a second time
+    ("a[" + "x" * 100, "missing ] at '[" + "x" * 39 + "...'"),  # a long part at fault: its start
+]
+
+
+@pytest.mark.parametrize("pattern,reason", BAD_REGEX_CASES, ids=[c[0][:8] for c in BAD_REGEX_CASES])
+def test_an_invalid_regex_is_quoted_once_after_its_reason(pattern, reason):
+    """RE2's reason often names the whole pattern ("missing ): <pattern>"): the message quoted the
+    pattern, then RE2's reason with the pattern again, so a long pattern pushed the reason into
+    the middle of the message, which a shortened gRPC status message (statusmsg.bounded) leaves
+    out. Now the reason comes first and the pattern once."""
+    with pytest.raises(FilterError) as e:
+        compile_filter({"binary_regex": [pattern]})
+    assert str(e.value) == f"binary_regex: invalid regex: {reason} in {pattern!r}"
+    assert f"binary_regex: invalid regex: {reason} in " in bounded(str(e.value), 1024)

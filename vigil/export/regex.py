@@ -28,7 +28,24 @@ def compile_regex(pattern: object, field: str) -> Any:
         return re2.compile(pattern, options=_OPTIONS)
     except re2.error as e:
         msg = e.args[0].decode() if e.args and isinstance(e.args[0], bytes) else str(e)
-        raise FilterError(f"{field}: invalid regex {pattern!r}: {msg}") from None
+        raise FilterError(f"{field}: invalid regex: {_reason(msg, pattern)} in {pattern!r}") from None
+
+
+FRAGMENT = 40  # characters of the part of a pattern RE2 points at, when it is not the whole pattern
+
+
+def _reason(msg: str, pattern: str) -> str:
+    """RE2's reason ("<reason>: <the part of the pattern at fault>") without the pattern again.
+
+    The message quotes the pattern once, after the reason: RE2 often names the whole pattern as
+    the part at fault ("missing ): <pattern>"), and a long pattern quoted twice pushed the reason
+    into the middle of the message, which a shortened gRPC status message leaves out."""
+    reason, sep, part = msg.partition(": ")
+    if not sep or not part or part == pattern:
+        return reason
+    if len(part) > FRAGMENT:
+        part = part[:FRAGMENT] + "..."
+    return f"{reason} at {part!r}"
 
 
 class _AnyOf:
