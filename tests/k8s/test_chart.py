@@ -42,7 +42,8 @@ def test_chart_lints_clean() -> None:
     {},
     {"metrics": {"enabled": False}, "grpc": {"enabled": False}, "serviceAccount": {"name": "custom"},
      "extraOptions": {"process-cache-size": "131072"}, "nodeSelector": {"disk": "ssd"},
-     "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "sec", "effect": "NoSchedule"}]},
+     "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "sec", "effect": "NoSchedule"}],
+     "hostProcPath": "/run/host/proc"},
 ], ids=["defaults", "customised"])
 def test_rendered_objects_are_valid_kubernetes(values: dict[str, Any]) -> None:
     import kubernetes_validate
@@ -65,6 +66,11 @@ def test_rendered_objects_are_valid_kubernetes(values: dict[str, Any]) -> None:
     assert mounts["/sys/fs/bpf"]["mountPropagation"] == "Bidirectional"
     assert vols[mounts["/sys/fs/bpf"]["name"]]["hostPath"]["path"] == "/sys/fs/bpf"
     cm = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    # the node's proc at /procRoot, the agent's --procfs, as Tetragon's chart: the processes found
+    # at start, and uprobe paths /procRoot/<pid>/root/... resolve in the container
+    proc_vol = vols[mounts["/procRoot"]["name"]]
+    assert proc_vol["hostPath"] == {"path": values.get("hostProcPath", "/proc"), "type": "Directory"}
+    assert cm["procfs"] == "/procRoot"
     assert cm["enable-k8s-api"] == "true"
     if values:
         assert "readinessProbe" not in c and "metrics-server" not in cm and cm["server-address"] == ""

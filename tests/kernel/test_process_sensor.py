@@ -175,6 +175,62 @@ def test_process_started_before_agent_is_flagged_procfs(workdir: Path, tmp_path:
             pre.wait()
 
 
+PROCFS_CASES = [  # (case, the --procfs mount: "host" or "new-pid-ns", the pre-existing process found)
+    ("host-proc-mounted-elsewhere", "host", True),   # as the chart's /procRoot: found there
+    ("proc-of-another-pid-namespace", "new-pid-ns", False),  # read there, not in /proc: not found, warned
+]
+
+
+@pytest.mark.parametrize("case,which,found", PROCFS_CASES, ids=[c[0] for c in PROCFS_CASES])
+def test_procfs_option_is_where_processes_are_read_at_start(workdir: Path, tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture,
+                                                           case: str, which: str, found: bool):
+    """--procfs (Tetragon's option; the chart mounts the host's /proc at /procRoot and sets it):
+    the processes that existed before the agent are read under it, not under /proc. A proc
+    file system of another pid namespace is read too (so the host's processes are not found)
+    and the agent warns that it is not the host's."""
+    from vigil.kernel import procroot
+
+    sleeper = workdir / "sleeper"
+    mnt = tmp_path / "procroot"
+    mnt.mkdir()
+    pre = subprocess.Popen([str(sleeper), "60"])
+    ns_holder = None
+    mounted = False
+    try:
+        if which == "host":
+            subprocess.run(["mount", "-t", "proc", "proc", str(mnt)], check=True)
+        else:  # a proc mounted from inside a new pid namespace (its own mount: /proc untouched)
+            ns_holder = subprocess.Popen(["unshare", "--pid", "--kill-child", "sh", "-c",
+                                          f"mount -t proc proc {mnt} && exec sleep 600"])
+            deadline = time.monotonic() + 30
+            while not (mnt / "1").exists() and ns_holder.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert (mnt / "1").exists(), "the new pid namespace's proc was not mounted"
+        mounted = True
+        cfg = AgentConfig(export_filename=str(tmp_path / "pre.log"), server_address="", node_name="vigil-test",
+                          procfs=str(mnt))
+        with caplog.at_level("WARNING", logger="vigil.agent"), RunningAgent(cfg) as ra:
+            p = ra.agent.cache.by_pid(pre.pid)
+        warned = [r.getMessage() for r in caplog.records if "does not appear to be the host's" in r.getMessage()]
+        if found:
+            assert p is not None and "procFS" in p.msg.flags.split() and p.msg.binary == str(sleeper)
+            assert not warned
+        else:
+            assert p is None
+            assert warned and str(mnt) in warned[0]
+    finally:
+        procroot.set_proc("/proc")  # the process-wide setting back for the agents after this test
+        if pre.poll() is None:
+            pre.kill()
+            pre.wait()
+        if ns_holder is not None and ns_holder.poll() is None:
+            ns_holder.kill()  # --kill-child: its child (the namespace's pid 1) goes too
+            ns_holder.wait()
+        if mounted or os.path.ismount(mnt):
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
 def test_thousand_rapid_execs_zero_loss_ordered(running_agent: RunningAgent, workdir: Path):
     binary = str(workdir / "truebin")
     pids: list[int] = []

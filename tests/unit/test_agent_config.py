@@ -242,3 +242,30 @@ def test_event_cache_options_drive_the_hold(tmp_path: Path, captured: list, args
     cfg.export_filename, cfg.server_address = str(tmp_path / "x.log"), ""
     hold = Agent(cfg, source=ReplaySource([])).builder.hold
     assert (hold.retries, hold.retry_delay_s, hold.wait_ns) == (*want, wait_ns)
+
+
+@pytest.mark.parametrize("args, env, files, shown", [
+    (["--procfs", "/no/such/procfs"], {}, {}, "--procfs /no/such/procfs: no such directory"),
+    (["--procfs", "/etc"], {}, {}, "--procfs /etc: not a proc file system"),
+    (["--procfs", ""], {}, {}, "--procfs is empty"),
+    ([], {"TETRAGON_PROCFS": "/etc"}, {}, "--procfs (from environment variable TETRAGON_PROCFS: '/etc')"),
+    ([], {}, {"procfs": "/etc"}, "--procfs (from config file"),
+])
+def test_procfs_must_be_a_proc_file_system(tmp_path: Path, captured: list, args, env, files, shown):
+    """--procfs (Tetragon's option, /procRoot in the chart): a directory that is not a mounted
+    proc file system is refused at start, naming the option and where its value came from."""
+    for name, value in files.items():
+        (tmp_path / name).write_text(value + "\n")
+    r = run([*args, *(["--config-dir", str(tmp_path)] if files else [])], env)
+    assert r.exit_code == 2 and not captured, r.output
+    assert shown in r.output and "proc" in r.output, r.output
+
+
+@pytest.mark.parametrize("args, want", [
+    ([], "/proc"),
+    (["--procfs", "/proc/"], "/proc/"),  # Tetragon's default, with its slash
+])
+def test_procfs_accepts_a_proc_file_system(captured: list, args, want):
+    r = run(args)
+    assert r.exit_code == 0, r.output
+    assert captured[0].procfs == want

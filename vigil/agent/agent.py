@@ -54,6 +54,10 @@ class Agent:
         config.validate()
         self.config = config
         self.node_name = config.node_name
+        from vigil.kernel import procroot
+
+        if source is None:  # live: the host's processes are read under --procfs from here on
+            procroot.set_proc(config.procfs)
         self.version = __version__
         self.clock = WallClock()
         self.cache = ProcessCache(config.process_cache_size, int(config.process_cache_gc_interval * 1e9))
@@ -254,6 +258,10 @@ class Agent:
         self.source = src
         self.checkpoint("attaching the process sensor")
         # attach first, then scan: anything missed by the scan is seen live
+        from vigil.kernel.procroot import host_pid_ns_mismatch
+
+        if why := host_pid_ns_mismatch():
+            log.warning("%s", why)
         snaps = scan(self.clock)
         self.checkpoint("reading /proc")
         # the <kernel> process first (the parent of init and kthreadd), as Tetragon sends it

@@ -69,6 +69,7 @@ class AgentConfig:
     enable_pod_annotations: bool = False
     k8s_pod_wait: float = 3.0         # seconds an event of a container waits for its pod
     k8s_cgroup_root: str = ""         # tracking cgroup hierarchy as mounted here ("": detected)
+    procfs: str = "/proc"             # --procfs: the host's proc file system (/procRoot in the chart)
     # local output and recording
     print_events: str = ""          # "", "compact" or "json": also print events to stdout
     record_file: str = ""           # append raw kernel records here (replay seam)
@@ -129,6 +130,11 @@ class AgentConfig:
             errors.append(f"--k8s-pod-wait must be 0..60 seconds (got {self.k8s_pod_wait})")
         if self.k8s_kubeconfig_path and not os.path.isfile(self.k8s_kubeconfig_path):
             errors.append(f"--k8s-kubeconfig-path {self.k8s_kubeconfig_path}: no such file")
+        if self.procfs != "/proc":  # /proc is the kernel's unless the agent runs where it is not
+            from vigil.kernel.procroot import check
+
+            if why := check(self.procfs):
+                errors.append(why)
         if self.metrics_server:
             port = self.metrics_server.rpartition(":")[2]
             if not (port.isdigit() and int(port) <= 65535):

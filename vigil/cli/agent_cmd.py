@@ -156,6 +156,10 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--k8s-cgroup-root", dict(default="",
                                help="Where the tracking cgroup hierarchy is mounted here (default: found in "
                                     "/proc/self/mounts).")),
+    ("--procfs", dict(default="/proc", show_default=True,
+                      help="The host's proc file system: the processes that existed before the agent, their "
+                           "cgroups and the host's namespaces are read there (the Helm chart mounts the host's "
+                           "/proc at /procRoot and sets this to it).")),
     ("--event-batch-delay-ms", dict(type=int, default=4, show_default=True,
                                     help="After a small batch of kernel records, wait this long for more before "
                                          "reading again: events leave up to this much later, and fewer, larger "
@@ -321,7 +325,7 @@ def _build_command() -> click.Command:
             enable_k8s_api=kw["enable_k8s_api"], k8s_kubeconfig_path=kw["k8s_kubeconfig_path"],
             enable_tracing_policy_crd=kw["enable_tracing_policy_crd"],
             enable_pod_annotations=kw["enable_pod_annotations"], k8s_pod_wait=kw["k8s_pod_wait"],
-            k8s_cgroup_root=kw["k8s_cgroup_root"], batch_delay=kw["event_batch_delay_ms"] / 1000,
+            k8s_cgroup_root=kw["k8s_cgroup_root"], procfs=kw["procfs"], batch_delay=kw["event_batch_delay_ms"] / 1000,
             event_loop_priority_boost=kw["event_loop_priority_boost"],
         )
         try:

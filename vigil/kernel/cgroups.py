@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 
+from vigil.kernel.procroot import proc
+
 DFL = 0xFFFFFFFF  # VIGIL_CGRP_DFL: the default (v2) hierarchy
 TRACKING_CONTROLLERS = ("memory", "pids", "cpuset")
 
@@ -101,7 +103,7 @@ def pid_cgroup(pid: int | str, t: Tracking | None = None) -> tuple[str, int]:
     """(path on the tracking hierarchy, cgroup id) of a process; ("", 0) when it is gone."""
     t = t or tracking()
     try:
-        with open(f"/proc/{pid}/cgroup") as f:
+        with open(f"{proc()}/{pid}/cgroup") as f:
             path = t.path_of(f.read())
     except OSError:
         return "", 0

@@ -1,4 +1,4 @@
-"""Processes that existed before the agent: read from /proc at start.
+"""Processes that existed before the agent: read from /proc (--procfs) at start.
 
 Each snapshot has the same attributes as a kernel exec record, so the same
 builder makes its cache entry and its `procFS`-flagged process_exec event.
@@ -11,6 +11,7 @@ import os
 
 from vigil.kernel.cgroups import pid_cgroup
 from vigil.kernel.namespaces import NS_NAMES
+from vigil.kernel.procroot import proc
 from vigil.process.clock import CLK_TCK, WallClock
 
 
@@ -104,15 +105,15 @@ def _dead(pid: int, stat: bytes) -> bool:
     if not _exited(stat):
         return False
     try:
-        tids = os.listdir(f"/proc/{pid}/task")
+        tids = os.listdir(f"{proc()}/{pid}/task")
     except OSError:
         return True
-    return all(_exited(_read(f"/proc/{pid}/task/{t}/stat")) for t in tids)
+    return all(_exited(_read(f"{proc()}/{pid}/task/{t}/stat")) for t in tids)
 
 
 def still_running(s: ProcSnapshot) -> bool:
     """The process of snapshot s is alive: same pid, same start time, not exited."""
-    stat = _read(f"/proc/{s.pid}/stat")
+    stat = _read(f"{proc()}/{s.pid}/stat")
     if stat is None or _dead(s.pid, stat):
         return False
     return _starttime_ticks(stat)[1] * 1_000_000_000 // CLK_TCK == s.boottime
@@ -120,7 +121,7 @@ def still_running(s: ProcSnapshot) -> bool:
 
 def alive(pid: int) -> bool:
     """A process with this pid runs (has not exited)."""
-    stat = _read(f"/proc/{pid}/stat")
+    stat = _read(f"{proc()}/{pid}/stat")
     return stat is not None and not _dead(pid, stat)
 
 
@@ -128,7 +129,7 @@ def _ns_inums(pid: int) -> list[int]:
     out = []
     for name in NS_NAMES:
         try:
-            link = os.readlink(f"/proc/{pid}/ns/{name}")
+            link = os.readlink(f"{proc()}/{pid}/ns/{name}")
             out.append(int(link[link.index("[") + 1 : -1]))
         except (OSError, ValueError):
             out.append(0)
@@ -145,7 +146,7 @@ def _under_root(path: str, root: str) -> str:
 
 
 def snapshot(pid: int, clock: WallClock, cg_root: str, start_ticks: dict[int, int]) -> ProcSnapshot | None:
-    base = f"/proc/{pid}"
+    base = f"{proc()}/{pid}"
     stat = _read(f"{base}/stat")
     status = _read(f"{base}/status")
     if stat is None or status is None or _dead(pid, stat):
@@ -212,10 +213,10 @@ def snapshot(pid: int, clock: WallClock, cg_root: str, start_ticks: dict[int, in
 
 def scan(clock: WallClock) -> list[ProcSnapshot]:
     """All thread groups now alive, parents before children."""
-    pids = sorted(int(d) for d in os.listdir("/proc") if d.isdigit())
+    pids = sorted(int(d) for d in os.listdir(proc()) if d.isdigit())
     start: dict[int, int] = {}
     for pid in pids:
-        st = _read(f"/proc/{pid}/stat")
+        st = _read(f"{proc()}/{pid}/stat")
         if st:
             start[pid] = _starttime_ticks(st)[1]
     cg_root = cgroup2_mount()
