@@ -126,6 +126,9 @@ UNKNOWN_PATH_CASES = [
     ({"fields": "proces.pid", "action": _EXC}, EXEC, EXEC["process_exec"]),
     ({"fields": "function_name", "action": _EXC, "event_set": ["PROCESS_EXEC"]}, EXEC, EXEC["process_exec"]),
     ({"fields": "process", "action": _INC, "event_set": ["PROCESS_THROTTLE"]}, EXEC, EXEC["process_exec"]),
+    # UNDEF: a type no event has (it raised KeyError: 'undef', a GetEvents stream's INTERNAL error)
+    ({"fields": "process", "action": _INC, "event_set": ["UNDEF"]}, EXEC, EXEC["process_exec"]),
+    ({"fields": "process", "action": _INC, "event_set": [0]}, EXEC, EXEC["process_exec"]),
 ]
 
 

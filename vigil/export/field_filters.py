@@ -161,7 +161,8 @@ class FieldFilter:
         keys = self.event_keys or frozenset(KNOWN_TOP_FIELDS)
         if self.invert_event_set:
             keys = frozenset(KNOWN_TOP_FIELDS) - self.event_keys
-        known = set().union(*(KNOWN_TOP_FIELDS[k] for k in keys)) if keys else set()
+        # UNDEF (0) is an event type no event has, as in Tetragon: it selects none, names no field
+        known = set().union(*(KNOWN_TOP_FIELDS.get(k, ()) for k in keys)) if keys else set()
         self.unknown_paths = tuple(p for p in self.paths if p.split(".", 1)[0] not in known)
         if self.unknown_paths:
             log.warning("field filter fields: %s name no field of the selected event types (fields are "
