@@ -164,6 +164,9 @@ class Program:
         self.name: str = L.lib.bpf_program__name(ptr).decode()
         self.section: str = L.lib.bpf_program__section_name(ptr).decode()
         self._log_buf: ctypes.Array[ctypes.c_char] | None = None
+        # the function a trampoline program (fentry/fexit/fmod_ret/lsm/tp_btf) attaches to: the
+        # section's name until set_attach_target() names another (the section is only a default)
+        self.attach_target: str = self.section.partition("/")[2]
 
     @property
     def autoload(self) -> bool:
@@ -180,6 +183,7 @@ class Program:
     def set_attach_target(self, func: str, target_fd: int = 0) -> None:
         if L.lib.bpf_program__set_attach_target(self._ptr, target_fd, func.encode()):
             raise BpfError(f"program {self.name}: attach target {func}", L.errno())
+        self.attach_target = func
 
     def _prepare_log(self) -> None:
         self._log_buf = ctypes.create_string_buffer(LOG_BUF_SIZE)
@@ -215,10 +219,11 @@ class Program:
 
     def attach_trace(self) -> Link:
         """tp_btf / fentry / fexit / fmod_ret, target set at open or by set_attach_target."""
-        return self._link(L.lib.bpf_program__attach_trace(self._ptr), f"trace:{self.section}")
+        kind = self.section.partition("/")[0] or "trace"
+        return self._link(L.lib.bpf_program__attach_trace(self._ptr), f"{kind}:{self.attach_target}")
 
     def attach_lsm(self) -> Link:
-        return self._link(L.lib.bpf_program__attach_lsm(self._ptr), f"lsm:{self.section}")
+        return self._link(L.lib.bpf_program__attach_lsm(self._ptr), f"lsm:{self.attach_target}")
 
     def attach_kprobe(self, func: str, retprobe: bool = False) -> Link:
         kind = "kretprobe" if retprobe else "kprobe"
