@@ -91,7 +91,18 @@ def _long_cases() -> list[dict]:
     """Limits on lengths and counts that are unwieldy to spell out in YAML."""
     a257, a129, a101 = "a" * 257, "a" * 129, "a" * 101
     subs = ", ".join(f"s{i}" for i in range(101))
+    n5000 = "9" * 5000  # beyond Python's int digits limit: its error told the user to call sys.set_int_max_str_digits()
     return [
+        {"id": "int-5000-digits-field", "path": "spec.kprobes[0].args[0].index",
+         "msg": "an integer of 5000 characters is out of range (0..4294967295)",
+         "spec": f"kprobes:\n- call: sys_write\n  args: [{{index: {n5000}, type: int}}]  #!\n"},
+        {"id": "int-5000-digits-value", "path": ".values[0]",
+         "msg": '"' + "9" * 40 + '..." (5000 characters) is out of range for a 64-bit integer',
+         "arg": f"{{index: 0, operator: Equal, values: ['{n5000}']}}"},
+        {"id": "int-5000-digits-port", "path": ".values[0]", "msg": "is not a port or port range",
+         "arg": f"{{index: 4, operator: SPort, values: ['{n5000}']}}"},
+        {"id": "int-5000-digits-ratelimit", "path": ".rateLimit", "msg": "invalid rateLimit",
+         "act": f"{{action: Post, rateLimit: '{n5000}'}}"},
         {"id": "len-message-257", "path": "spec.kprobes[0].message",
          "msg": "message is 257 characters long (max 256)",
          "spec": f"kprobes:\n- call: sys_write\n  message: {a257}  #!\n"},

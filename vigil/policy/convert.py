@@ -27,6 +27,8 @@ _BAD = object()  # conversion failed (already reported)
 # values converted for one document at most: YAML aliases can make a few kilobytes name
 # billions of values (each level a list of aliases to the one below)
 MAX_VALUES = 200_000
+# characters of a YAML integer: 64 bits in any notation (0b and a digit each, with _ between) fit
+MAX_INT_NODE = 200
 _INT_RANGES = {
     "uint32": (0, 2**32 - 1),
     "int32": (-(2**31), 2**31 - 1),
@@ -190,8 +192,12 @@ class Converter:
             if tp is bool:
                 return _CONSTRUCT.construct_yaml_bool(node)
             if tp is int:
-                v = _CONSTRUCT.construct_yaml_int(node)
                 lo, hi = _INT_RANGES.get(kind or "", (-(2**63), 2**64 - 1))
+                if len(node.value) > MAX_INT_NODE:  # no 64-bit integer, and Python's error named its own limit
+                    self.diag.error(here, f"an integer of {len(node.value)} characters is out of range "
+                                          f"({lo}..{hi})")
+                    return _BAD
+                v = _CONSTRUCT.construct_yaml_int(node)
                 if not lo <= v <= hi:
                     self.diag.error(here, f"{v} is out of range for {kind} ({lo}..{hi})")
                     return _BAD

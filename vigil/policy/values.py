@@ -7,6 +7,8 @@ import re
 
 from . import enums
 
+# characters of the longest 64-bit integer in any notation (a sign and 23 octal digits), with room
+MAX_INT_CHARS = 40
 _INT_RE = re.compile(r"^[+-]?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$")
 
 
@@ -15,6 +17,8 @@ def parse_int(text: str) -> int:
     s = text.strip()
     if not _INT_RE.match(s):
         raise ValueError(f'"{text}" is not an integer (decimal, 0x hex or 0 octal)')
+    if len(s) > MAX_INT_CHARS:  # Python's own error here told the user to call sys.set_int_max_str_digits()
+        raise ValueError(f'"{s[:MAX_INT_CHARS]}..." ({len(s)} characters) is out of range for a 64-bit integer')
     sign = -1 if s.startswith("-") else 1
     s = s.lstrip("+-")
     if s[:2].lower() == "0x":
@@ -118,7 +122,7 @@ _DURATION = re.compile(r"^([0-9]+)([smh]?)$")
 def parse_duration(text: str) -> int:
     """rateLimit: "30" (seconds), "30s", "5m", "1h" -> seconds."""
     m = _DURATION.match(text.strip())
-    if not m:
+    if not m or len(m.group(1)) > MAX_INT_CHARS:
         raise ValueError(f'invalid rateLimit "{text}" (expected e.g. "30", "30s", "5m", "1h")')
     n = int(m.group(1))
     if n == 0:
