@@ -2628,6 +2628,13 @@ static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t n
 		Py_DECREF(emsg);
 	} else
 		res = new_event(T_EXEC, msg, parent, anc, etime, b->node);
+	/* its parent named, not cached (yet; rare): the event waits for it (EventBuilder.exec_parent_missing) */
+	if (res && parent == Py_None && pkey != Py_None && r->pid > 1) {
+		PyObject *x = PyObject_CallMethod(b->builder, "exec_parent_missing", "OO", res, p);
+		if (!x)
+			Py_CLEAR(res);
+		Py_XDECREF(x);
+	}
 out:
 	Py_XDECREF(eid);
 	Py_XDECREF(key);

@@ -89,23 +89,49 @@ CASES = [
      [("exec", 100, 5 * S - 9_000_000), ("kprobe", 100, "known", 5 * S - 9_000_000)], (0, 0, 0)),
     # the process is known, the parent its exec named is not (yet): held for the parent, as
     # Tetragon's event cache holds an event whose parent it lacks; sent without it once the wait
-    # is over (its process info is not missing: a parent_info fetch failure)
+    # is over (its process info is not missing: a parent_info fetch failure). Its exec event
+    # waits for that parent too (below), and its events after it
     ("parent-known", [_exec(50, 1000), _exec(100, 5000, 50, 1000), _policy(100, 5000, 6000)], 1,
-     [("exec", 50, 1000), ("exec", 100, 5000), ("kprobe", 100, "known", 5000, 50)], (0, 0, 0)),
+     [("exec", 50, 1000, 0), ("exec", 100, 5000, 50), ("kprobe", 100, "known", 5000, 50)], (0, 0, 0)),
     ("parent-in-a-later-batch", [_exec(100, 5000, 50, 1000), _policy(100, 5000, 6000), _exec(200, 5500),
                                  _exec(50, 1000)], 1,
-     [("exec", 100, 5000), ("exec", 200, 5500), ("exec", 50, 1000), ("kprobe", 100, "known", 5000, 50)],
-     (1, 1, 0)),
+     [("exec", 200, 5500), ("exec", 50, 1000), ("exec", 100, 5000, 50), ("kprobe", 100, "known", 5000, 50)],
+     (2, 2, 0)),
     ("parent-later-in-the-batch", [_exec(100, 5000, 50, 1000), _policy(100, 5000, 6000), _policy(100, 5000, 6100),
                                    _exec(50, 1000)], 7,
-     [("exec", 100, 5000), ("exec", 50, 1000), ("kprobe", 100, "known", 5000, 50),
-      ("kprobe", 100, "known", 5000, 50)], (2, 2, 0)),
+     [("exec", 50, 1000), ("exec", 100, 5000, 50), ("kprobe", 100, "known", 5000, 50),
+      ("kprobe", 100, "known", 5000, 50)], (3, 3, 0)),
+    # (the policy event, held for its process first, still leaves after its exec)
     ("process-then-parent", [_policy(100, 5000, 6000), _exec(100, 5000, 50, 1000), _exec(200, 5500),
                              _exec(50, 1000)], 1,
-     [("exec", 100, 5000), ("exec", 200, 5500), ("exec", 50, 1000), ("kprobe", 100, "known", 5000, 50)],
-     (1, 1, 0)),
+     [("exec", 200, 5500), ("exec", 50, 1000), ("exec", 100, 5000, 50), ("kprobe", 100, "known", 5000, 50)],
+     (2, 2, 0)),
     ("parent-never-comes", [_exec(100, 5000, 50, 1000), _policy(100, 5000, 6000), _exec(200, 5500)], 1,
-     [("exec", 100, 5000), ("exec", 200, 5500), ("kprobe", 100, "known", 5000, 0)], (1, 0, 0, 1)),
+     [("exec", 200, 5500), ("exec", 100, 5000, 0), ("kprobe", 100, "known", 5000, 0)], (2, 0, 0, 2)),
+    # an exec whose parent (the key its record named) the cache lacks, that parent's exec record
+    # behind: held for it as Tetragon's GetProcessExec holds it, sent with it (and the ancestors)
+    # once it comes, else without it once the wait is over (parent_info); never dropped. The
+    # process is cached at once; what follows its exec (its exit, its policy events, its
+    # children's execs) leaves after it, even when it had its parent at once
+    ("exec-parent-known", [_exec(50, 1000), _exec(100, 5000, 50, 1000)], 1,
+     [("exec", 50, 1000, 0), ("exec", 100, 5000, 50)], (0, 0, 0)),
+    ("exec-parent-later-in-the-batch", [_exec(100, 5000, 50, 1000), _exec(50, 1000)], 7,
+     [("exec", 50, 1000, 0), ("exec", 100, 5000, 50)], (1, 1, 0)),
+    ("exec-parent-in-a-later-batch", [_exec(100, 5000, 50, 1000), _exec(200, 5500), _exec(50, 1000)], 1,
+     [("exec", 200, 5500, 0), ("exec", 50, 1000, 0), ("exec", 100, 5000, 50)], (1, 1, 0)),
+    ("exec-parent-never-comes", [_exec(100, 5000, 50, 1000), _exec(200, 5500)], 1,
+     [("exec", 200, 5500, 0), ("exec", 100, 5000, 0)], (1, 0, 0, 1)),
+    ("exec-parent-then-exit-in-the-batch", [_exec(100, 5000, 50, 1000), _exec(50, 1000), _exit(100, 5000, 6000)], 7,
+     [("exec", 50, 1000, 0), ("exec", 100, 5000, 50), ("exit", 100, "known", 5000, 50)], (2, 2, 0)),
+    ("exec-parent-then-policy-event-in-a-later-batch", [_exec(100, 5000, 50, 1000), _exec(50, 1000),
+                                                        _policy(100, 5000, 6000)], 1,
+     [("exec", 50, 1000, 0), ("exec", 100, 5000, 50), ("kprobe", 100, "known", 5000, 50)], (1, 1, 0)),
+    ("exec-child-of-a-held-exec", [_exec(100, 5000, 50, 1000), _exec(101, 6000, 100, 5000), _exec(50, 1000)], 7,
+     [("exec", 50, 1000, 0), ("exec", 100, 5000, 50), ("exec", 101, 6000, 100)], (2, 2, 0)),
+    ("exec-child-of-a-held-exec-never", [_exec(100, 5000, 50, 1000), _exec(101, 6000, 100, 5000),
+                                         _exit(101, 6000, 6500), _exec(200, 5500)], 1,
+     [("exec", 200, 5500, 0), ("exec", 100, 5000, 0), ("exec", 101, 6000, 100), ("exit", 101, "known", 6000, 100)],
+     (3, 2, 0, 1)),
     # an exit whose exec key the cache lacks (that exec's record behind it): held the same way,
     # sent with the process once its exec comes, else with the stand-in (pid, start time)
     ("exit-known", [_exec(100, 5000), _exit(100, 5000, 6000)], 1,
@@ -126,19 +152,21 @@ CASES = [
     ("exit-parent-known", [_exec(50, 1000), _exec(100, 5000, 50, 1000), _exit(100, 5000, 6000)], 1,
      [("exec", 50, 1000), ("exec", 100, 5000), ("exit", 100, "known", 5000, 50)], (0, 0, 0)),
     ("exit-parent-later-in-the-batch", [_exec(100, 5000, 50, 1000), _exit(100, 5000, 6000), _exec(50, 1000)], 7,
-     [("exec", 100, 5000), ("exec", 50, 1000), ("exit", 100, "known", 5000, 50)], (1, 1, 0)),
+     [("exec", 50, 1000), ("exec", 100, 5000, 50), ("exit", 100, "known", 5000, 50)], (2, 2, 0)),
     ("exit-parent-in-a-later-batch", [_exec(100, 5000, 50, 1000), _exit(100, 5000, 6000), _exec(200, 5500),
                                       _exec(50, 1000)], 1,
-     [("exec", 100, 5000), ("exec", 200, 5500), ("exec", 50, 1000), ("exit", 100, "known", 5000, 50)], (1, 1, 0)),
+     [("exec", 200, 5500), ("exec", 50, 1000), ("exec", 100, 5000, 50), ("exit", 100, "known", 5000, 50)],
+     (2, 2, 0)),
     ("exit-process-then-parent", [_exit(100, 5000, 6000), _exec(100, 5000, 50, 1000), _exec(200, 5500),
                                   _exec(50, 1000)], 1,
-     [("exec", 100, 5000), ("exec", 200, 5500), ("exec", 50, 1000), ("exit", 100, "known", 5000, 50)], (1, 1, 0)),
+     [("exec", 200, 5500), ("exec", 50, 1000), ("exec", 100, 5000, 50), ("exit", 100, "known", 5000, 50)],
+     (2, 2, 0)),
     ("exit-parent-never-comes", [_exec(100, 5000, 50, 1000), _exit(100, 5000, 6000), _exec(200, 5500)], 1,
-     [("exec", 100, 5000), ("exec", 200, 5500), ("exit", 100, "known", 5000, 0)], (1, 0, 0, 1)),
+     [("exec", 200, 5500), ("exec", 100, 5000, 0), ("exit", 100, "known", 5000, 0)], (2, 0, 0, 2)),
     ("exit-and-policy-event-parent-behind", [_exec(100, 5000, 50, 1000), _policy(100, 5000, 5500),
                                              _exit(100, 5000, 6000), _exec(50, 1000)], 7,
-     [("exec", 100, 5000), ("exec", 50, 1000), ("kprobe", 100, "known", 5000, 50), ("exit", 100, "known", 5000, 50)],
-     (2, 2, 0)),
+     [("exec", 50, 1000), ("exec", 100, 5000, 50), ("kprobe", 100, "known", 5000, 50),
+      ("exit", 100, "known", 5000, 50)], (3, 3, 0)),
 ]
 
 
@@ -178,9 +206,9 @@ def _shape(e: dict[str, Any]) -> tuple[Any, ...]:
     proc = e[kind]["process"]
     # the image: the exec's ktime its binary names (/usr/bin/p<pid>-<ktime>), in the rows that say
     image = (int(proc["binary"].rsplit("-", 1)[1]),) if "-" in proc.get("binary", "") else ()
-    if kind == "process_exec":
-        return ("exec", proc["pid"], *image)
     parent = e[kind].get("parent", {}).get("pid", 0)  # 0: sent without its parent
+    if kind == "process_exec":
+        return ("exec", proc["pid"], *image, parent)
     return (kind.removeprefix("process_"), proc["pid"], "known" if proc.get("exec_id") else "stand-in", *image,
             parent)
 

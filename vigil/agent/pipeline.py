@@ -317,7 +317,7 @@ class Pipeline:
             self.emit(out)
 
     def emit(self, events: list[Event], hold: bool = True) -> None:
-        if hold and self.hold is not None and (self.hold.pending or self.hold.pending_parents):  # (or parent)
+        if hold and self.hold is not None and (self.hold.pending or self.hold.pending_parents or self.hold.waiting):
             events = self.hold.take(events, time.monotonic_ns(), self.steps)
         k8s = self.agent.k8s
         if hold and k8s is not None:

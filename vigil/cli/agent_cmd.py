@@ -143,7 +143,7 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--enable-pod-annotations", dict(type=bool, default=False, show_default=True,
                                       help="Add pod_annotations to the pod data of events.")),
     ("--event-cache-retries", dict(type=int, default=15, show_default=True,
-                                   help="A policy event or an exit whose process (or its parent) is not "
+                                   help="A policy event, exec or exit whose process (or its parent) is not "
                                         "known yet waits for it as long as this many tries --event-cache-retry-delay "
                                         "apart take (it is tried "
                                         "again every few milliseconds meanwhile), then leaves with what is known. "

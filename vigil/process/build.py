@@ -472,7 +472,19 @@ class EventBuilder:
             self.cache.missed(*(p.parent_key or (r.ppid, 0)))
         if self.hold.exited and p.key in self.hold.exited:  # its exit was sent (given up) already
             self.hold.late_exec(p, now_ns)
-        return ProcessExec(self._exec_msg(r, p), parent, ancestors, self.clock.ktime_rfc3339(r.ktime), self.node)
+        ev = ProcessExec(self._exec_msg(r, p), parent, ancestors, self.clock.ktime_rfc3339(r.ktime), self.node)
+        if parent is None and p.parent_key and p.pid > 1:
+            self.exec_parent_missing(ev, p)
+        return ev
+
+    def exec_parent_missing(self, ev: ProcessExec, p: Process) -> None:
+        """An exec whose parent (the key its record named) the cache lacks, that exec record
+        behind in the ring: its event waits for the parent as Tetragon's GetProcessExec holds an
+        exec whose parent it lacks (pid > 1), sent with it (and the ancestors) once it is cached,
+        else without it after the wait (ProcessHold). The process is cached at once as before
+        (its own events and children find it); its events after this exec, and its children's
+        execs, wait behind it (the order stays exec first). The compiled on_exec calls it."""
+        self.hold.parent_missing(ev.process, p.parent_key, exec=True)
 
     def on_procfs(self, r: Any, now_ns: int) -> ProcessExec:
         p = self.make_process(r, procfs=True)

@@ -9,7 +9,11 @@ it then, as an exit of a cached process does (EventBuilder.held_exit_found): the
 keeps a process that exited in the cache. An event (policy event or exit) of a cached process
 whose parent (the key its exec named) the cache lacks waits for that parent the same way, as
 Tetragon's GetProcessExit and policy handlers hold an event whose parent they lack (entry_type
-parent_info), and leaves without it once the wait is over. An exit sent with its stand-in (given
+parent_info), and leaves without it once the wait is over; so does an exec event whose parent the
+cache lacks (Tetragon's GetProcessExec holds it, pid > 1; its process is cached at once), and
+what follows a held exec (its process's exit and policy events, its children's execs: `waiting`)
+is held behind it even when it had what it needs, so it never leaves before that exec. An exit
+sent with its stand-in (given
 up) is remembered a while (EXITED_CAPACITY keys, for as long again as the wait): its exec record,
 read after all, still makes its exec event (as Tetragon sends an exec it reads after the exit)
 but its process is ended at once (late_exec), not left in the cache as a live process.
@@ -30,7 +34,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from vigil.core.events import PolicyEvent, ProcessExit
+from vigil.core.events import PolicyEvent, ProcessExec, ProcessExit
 
 if TYPE_CHECKING:
     from vigil.core.events import Event, ProcessMsg
@@ -47,6 +51,9 @@ WALK_EVERY_STEP, WALK_EVERY_NS = 64, 10_000_000
 # exec keys of exits given up (sent with the stand-in) remembered at once, each for as long as the
 # wait (retries x delay) after it was given up: the exec record read later ends its process
 EXITED_CAPACITY = 1024
+# a held entry's parent key once it has what it waits for (counted) but is sent only after the
+# held exec of its process (or, an exec, of its parent): _READY; one held only for that: _AFTER
+_READY, _AFTER = ("ready",), ("after",)
 
 
 class ProcessHold:
@@ -59,9 +66,12 @@ class ProcessHold:
         self.configure(retries, retry_delay_s)
         # stand-ins made for kernel hooks' records since the last batch: id -> (stand-in, pid, ktime);
         # processes whose events of the batch lack their parent: id(message) -> (message, parent
-        # key, its policy events too (else its exit alone))
+        # key, its policy events too, its exec event too (its exit always))
         self.pending: dict[int, tuple[ProcessMsg, int, int, int]] = {}
-        self.pending_parents: dict[int, tuple[ProcessMsg, Any, bool]] = {}
+        self.pending_parents: dict[int, tuple[ProcessMsg, Any, bool, bool]] = {}
+        # exec_id -> held exec events of it: that process's later events, and its children's
+        # execs, are held behind it (an exit never leaves before its exec)
+        self.waiting: dict[str, int] = {}
         # held events, oldest first: [event, pid, ktime, since_ns, since_step, parent key, the
         # leader's start an image by pid must not be older than (0: any)]; the
         # parent key (None until its process is known) names the parent it waits for then
@@ -96,24 +106,26 @@ class ProcessHold:
         else:  # no hold: sent as it is
             self.counts.missing_info += 1
 
-    def parent_missing(self, msg: ProcessMsg, parent_key: Any, exit: bool = False) -> None:
-        """A kernel hook's event, or (`exit`) the exit, of a cached process whose parent (the key
-        its exec named) the cache does not have (its record behind, as Tetragon's
-        ErrFailedToGetParentInfo): the batch's policy events of that process without a parent
-        (its exit alone when only the exit said so) are held for it."""
+    def parent_missing(self, msg: ProcessMsg, parent_key: Any, exit: bool = False, exec: bool = False) -> None:
+        """A kernel hook's event, the exit (`exit`) or the exec event (`exec`, its process
+        message `msg`) of a cached process whose parent (the key its exec named) the cache does
+        not have (its record behind, as Tetragon's ErrFailedToGetParentInfo): the batch's events
+        of that process without a parent are held for it: its exit, its policy events unless
+        only the exit or the exec said so, its exec event when that said so."""
         if self.retries:
             had = self.pending_parents.get(id(msg))
-            policy = not exit or (had is not None and had[0] is msg and had[2])
-            self.pending_parents[id(msg)] = (msg, parent_key, policy)
+            same = had is not None and had[0] is msg
+            policy = not (exit or exec) or (same and had[2])  # type: ignore[index]
+            self.pending_parents[id(msg)] = (msg, parent_key, policy, exec or (same and had[3]))  # type: ignore[index]
 
     def take(self, events: list[Event], now_ns: int, step: int) -> list[Event]:
         """The batch less the events made with a pending stand-in, or of a process whose parent
-        is pending, which are held. A stand-in whose event is not in the batch (a correlated
-        policy kept it) was sent as it is."""
+        is pending, which are held, and those that must follow a held exec (_gate). A stand-in
+        whose event is not in the batch (a correlated policy kept it) was sent as it is."""
         pending, self.pending = self.pending, {}
         parents, self.pending_parents = self.pending_parents, {}
         keep: list[Event] = []
-        held = self.held
+        held, waiting = self.held, self.waiting
         for e in events:
             proc = getattr(e, "process", None)
             hit = pending.pop(id(proc), None) if pending else None
@@ -121,20 +133,49 @@ class ProcessHold:
                 entry = [e, hit[1], hit[2], now_ns, step, None, hit[3]]
             else:
                 ph = parents.get(id(proc)) if parents else None
-                # (every policy event of that process in the batch made without its parent, and
-                # its exit)
-                if (ph is None or ph[0] is not proc
-                        or not (type(e) is ProcessExit or (ph[2] and isinstance(e, PolicyEvent)))
-                        or e.parent is not None):
+                # (every policy event of that process in the batch made without its parent, its
+                # exit, and its exec event when that lacked it)
+                if (ph is not None and ph[0] is proc and e.parent is None  # type: ignore[attr-defined]
+                        and (type(e) is ProcessExit or (ph[2] and isinstance(e, PolicyEvent))
+                             or (ph[3] and type(e) is ProcessExec))):
+                    entry = [e, 0, 0, now_ns, step, ph[1], 0]
+                elif waiting and self._gate(e) is not None:  # has all it needs: behind its exec
+                    entry = [e, 0, 0, now_ns, step, _AFTER, 0]
+                else:
                     keep.append(e)
                     continue
-                entry = [e, 0, 0, now_ns, step, ph[1], 0]
+            if type(e) is ProcessExec:  # what follows it waits behind it
+                eid = e.process.exec_id
+                waiting[eid] = waiting.get(eid, 0) + 1
             if len(held) >= HOLD_CAPACITY:  # full: the oldest goes with what it has
-                keep.append(self._give_up(held.popleft(), now_ns))
+                keep.append(self._sent(self._give_up(held.popleft(), now_ns)))
             held.append(entry)
             self.stats["held"] += 1
         self.counts.missing_info += len(pending)
         return keep
+
+    def _gate(self, e: Any) -> str | None:
+        """The exec_id of the held exec event `e` must be sent after, if any: its process's
+        (an exit, a policy event), or its parent's (an exec event)."""
+        if not self.waiting:
+            return None
+        proc = e.process
+        if proc is None:
+            return None
+        eid = proc.parent_exec_id if type(e) is ProcessExec else proc.exec_id
+        # (never its own exec: the <kernel> process is its own parent)
+        return eid if eid and eid in self.waiting and not (type(e) is ProcessExec and eid == proc.exec_id) else None
+
+    def _sent(self, e: Event) -> Event:
+        """`e` leaves the hold: an exec event no longer holds what follows it."""
+        if type(e) is ProcessExec:
+            eid = e.process.exec_id
+            n = self.waiting.get(eid, 0) - 1
+            if n > 0:
+                self.waiting[eid] = n
+            else:
+                self.waiting.pop(eid, None)
+        return e
 
     def retry(self, now_ns: int, step: int, final: bool = False) -> list[Event]:
         """Held events whose process (and the parent it names) the cache has now, sent with
@@ -146,9 +187,17 @@ class ProcessHold:
         self._walked_ns = now_ns
         out: list[Event] = []
         keep: deque[list[Any]] = deque()
+        # entries ready, behind a held exec not sent yet (in this walk, or kept): exec_id -> entries
+        behind: dict[str, list[list[Any]]] = {}
         by_key, by_pid_since = self.cache._by_key, self.cache.by_pid_since
         for h in self.held:
             e, pkey = h[0], h[5]
+            if pkey is _READY or pkey is _AFTER:
+                if pkey is _AFTER:  # held only to follow its exec: it had what it needs
+                    self.stats["resolved"] += 1
+                    h[5] = _READY
+                self._out(h, out, behind)
+                continue
             if pkey is None:  # its process first
                 p = by_key.get((h[1], h[2])) if h[2] else by_pid_since(h[1], h[6])
                 if p is not None and type(e) is ProcessExit:  # its exec came: the exit ends it
@@ -156,7 +205,8 @@ class ProcessHold:
                     e.parent, e.ancestors = self.counts.held_exit_found(p, now_ns)
                     if e.parent is not None or not p.parent_key:
                         self.stats["resolved"] += 1
-                        out.append(e)
+                        h[5] = _READY
+                        self._out(h, out, behind)
                         continue
                     pkey = h[5] = p.parent_key  # ended; its parent not cached (yet): waits for it
                 elif p is not None:
@@ -165,20 +215,46 @@ class ProcessHold:
             if pkey is not None:
                 parent = by_key.get(pkey) if pkey else None
                 if parent is not None or not pkey:
-                    if parent is not None and type(e) is ProcessExit:  # with the ancestors, as at once
+                    if parent is not None and type(e) is not PolicyEvent:  # exit, exec: with the ancestors
                         e.parent, e.ancestors = self.counts.held_parent_found(parent)
                     else:
                         e.parent = parent.msg if parent is not None else None
                     self.stats["resolved"] += 1
-                    out.append(e)
+                    h[5] = _READY
+                    self._out(h, out, behind)
                     continue
             if final or (now_ns - h[3] >= self.wait_ns and step - h[4] >= HOLD_MIN_STEPS):
-                out.append(self._give_up(h, now_ns))
+                self._give_up(h, now_ns)
+                h[5] = _READY
+                self._out(h, out, behind)
             else:
                 self.stats["retries" if pkey is None else "parent_retries"] += 1
                 keep.append(h)
+        for hs in behind.values():  # their exec still held: they stay, ready, behind it
+            for h in hs:
+                # (bounded even if execs named each other as parents: at the stop, or once
+                # it waited thrice the wait, it goes)
+                if final or (now_ns - h[3] >= 3 * self.wait_ns and step - h[4] >= 3 * HOLD_MIN_STEPS):
+                    out.append(self._sent(h[0]))
+                else:
+                    keep.append(h)
         self.held = keep
         return out
+
+    def _out(self, h: list[Any], out: list[Event], behind: dict[str, list[list[Any]]]) -> None:
+        """Send ready entry `h`, unless a held exec it follows is not sent yet (then it waits in
+        `behind` for it); an exec sent lets out what waited behind it, in order."""
+        todo = [h]
+        while todo:
+            h = todo.pop()
+            gate = self._gate(h[0])
+            if gate is not None:
+                behind.setdefault(gate, []).append(h)
+                continue
+            e = self._sent(h[0])
+            out.append(e)
+            if type(e) is ProcessExec and e.process.exec_id not in self.waiting:
+                todo.extend(reversed(behind.pop(e.process.exec_id, ())))
 
     def _give_up(self, h: list[Any], now_ns: int) -> Event:
         if h[5] is None:  # with the stand-in: missing its process info
@@ -186,7 +262,9 @@ class ProcessHold:
             self.counts.missing_info += 1
             if type(h[0]) is ProcessExit and h[2]:  # its exec record, if read later, ends it
                 self._exited((h[1], h[2]), now_ns)
-        else:  # with its process, without the parent it names
+        elif h[5] is _AFTER:  # (the hold full) it had what it needs
+            self.stats["resolved"] += 1
+        elif h[5] is not _READY:  # with its process, without the parent it names
             self.stats["parent_given_up"] += 1
         return h[0]  # type: ignore[no-any-return]
 
