@@ -25,6 +25,10 @@ char LICENSE[] SEC("license") = "GPL";
  * under kernel lockdown; with 0 the verifier drops the call) */
 const volatile __u8 cfg_write_user = 0;
 
+/* Set before load: 1 for the sock_ops entry (vigil_sockops), whose program type has no
+ * bpf_get_stack (the verifier drops the stack reads; such a hook takes no stack actions) */
+const volatile __u8 cfg_no_stack = 0;
+
 /* Entry pre-filter, set before load (vigil.policy.compile.entry_prefilter): every selector
  * holds an Equal on syscall argument pre_arg - 1, a user string (argument slot pre_slot), so a
  * string whose length is no bit of pre_lenmask matches none. The syscall entry decides that
@@ -629,6 +633,36 @@ int vigil_raw_tp(struct bpf_raw_tracepoint_args *ctx)
 	raw_from(h, cfg, vals, 6);
 	h->ctxp = 0;
 	return run_hook(ctx, h, cfg);
+}
+
+/* cgroup sock_ops (attached to the root cgroup2): BPF_SOCK_OPS_TCP_CONNECT_CB runs at the start
+ * of tcp_connect(), in the connecting task, after inet_hash_connect() bound the source port (the
+ * stand-in for a tcp_connect hook where kprobes and trampolines are missing; the state change
+ * to SYN_SENT comes before the port). raw[0] is the struct sock. cgroup programs run
+ * preemptibly (migrate_disable only): the buffers are claimed as for uprobes. */
+SEC("sockops")
+int vigil_sockops(struct bpf_sock_ops *ctx)
+{
+	struct vp_hook *cfg;
+	struct gen_heap *h;
+	__u64 vals[6] = {};
+
+	if (ctx->op != BPF_SOCK_OPS_TCP_CONNECT_CB)
+		return 1;
+	/* the socket's address as a number, read from the kernel's context (ctx->sk is a
+	 * pointer the verifier would track into raw_from's variable reads) */
+	vals[0] = (__u64)BPF_CORE_READ((struct bpf_sock_ops_kern *)ctx, sk);
+	if (!vals[0] || !claim_buffers())
+		return 1;
+	cfg = hook_cfg();
+	h = heap();
+	if (cfg && h) {
+		raw_from(h, cfg, vals, 6);
+		h->ctxp = 0;
+		run_hook(ctx, h, cfg);
+	}
+	release_buffers();
+	return 1;
 }
 
 static __always_inline int from_regs(struct pt_regs *ctx)

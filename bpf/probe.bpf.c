@@ -119,6 +119,8 @@ int probe_uprobe(struct pt_regs *ctx) { return hit(HIT_UPROBE); }
 SEC("uretprobe")
 int probe_uretprobe(struct pt_regs *ctx) { return hit(HIT_URETPROBE); }
 
+static long loop_cb_ops(__u32 i, void *data) { return 0; }
+
 /* ---- other program types ---- */
 SEC("perf_event")
 int probe_perf_event(struct bpf_perf_event_data *ctx) { return hit(HIT_PERF_EVENT); }
@@ -149,6 +151,25 @@ int probe_sysctl(struct bpf_sysctl *ctx) { return 1; }
 
 SEC("cgroup/dev")
 int probe_device(struct bpf_cgroup_dev_ctx *ctx) { return 1; }
+
+/* sock_ops with the helpers the generic hook calls from it (vigil_sockops, the tcp_connect
+ * stand-in): sock_ops programs have them only on newer kernels (bpf_base_func_proto) */
+SEC("sockops")
+int probe_sock_ops(struct bpf_sock_ops *ctx)
+{
+	__u64 v = 0;
+
+	if (armed() && ctx->op == BPF_SOCK_OPS_TCP_CONNECT_CB) {
+		struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+
+		bpf_probe_read_kernel(&v, sizeof(v), &t->start_time);
+		bpf_probe_read_user(&v, sizeof(v), (void *)v);
+		v += bpf_get_current_pid_tgid();
+		bpf_send_signal(0);
+		bpf_loop(4, loop_cb_ops, NULL, 0);
+	}
+	return 1;
+}
 
 /* ---- helpers (load only) ---- */
 SEC("tracepoint/syscalls/sys_enter_getpid")

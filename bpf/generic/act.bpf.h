@@ -279,7 +279,7 @@ static __noinline __u32 append_extras(void *ctx, struct gen_heap *h)
 		return 0;
 	if (off > sizeof(h->data))
 		off = sizeof(h->data);
-	if (h->want_stack & VP_AF_KSTACK) {
+	if (!cfg_no_stack && (h->want_stack & VP_AF_KSTACK)) {
 		if (off <= sizeof(h->data) - STACK_DEPTH * 8) {
 			n = bpf_get_stack(ctx, h->data + off, STACK_DEPTH * 8, 0);
 			if (n > 0 && n <= STACK_DEPTH * 8) {
@@ -290,7 +290,7 @@ static __noinline __u32 append_extras(void *ctx, struct gen_heap *h)
 			stat_inc(HS_ERRORS);
 		}
 	}
-	if (h->want_stack & VP_AF_USTACK) {
+	if (!cfg_no_stack && (h->want_stack & VP_AF_USTACK)) {
 		if (off <= sizeof(h->data) - STACK_DEPTH * 8) {
 			n = bpf_get_stack(ctx, h->data + off, STACK_DEPTH * 8, BPF_F_USER_STACK);
 			if (n > 0 && n <= STACK_DEPTH * 8) {

@@ -466,7 +466,7 @@ def _tcp(got: list[dict], work: Path, port: int) -> None:
         by.setdefault(e["function_name"], []).append(e)
     c = by["tcp_connect"][0]["args"][0]["sock_arg"]
     assert (c["daddr"], c["dport"], c["protocol"], c["family"]) == ("127.0.0.1", port, "IPPROTO_TCP", "AF_INET")
-    assert standin_tag(by["tcp_connect"][0]) == "vigil:stand-in=raw_tracepoint:inet_sock_set_state"
+    assert standin_tag(by["tcp_connect"][0]) == "vigil:stand-in=sock_ops:BPF_SOCK_OPS_TCP_CONNECT_CB"
     assert by["tcp_sendmsg"][0]["args"][1] == {"int_arg": 100}
     assert standin_tag(by["tcp_sendmsg"][0]) == "vigil:stand-in=raw_tracepoint:tcp_sendmsg_locked"
     assert by["tcp_close"][0]["args"][0]["sock_arg"]["dport"] == port
@@ -790,7 +790,7 @@ kprobes:
   syscall: false
   args: [{index: 0, type: sock}]
 """)
-    with pytest.raises(PolicyError, match=r"tcp_connect.*stand-in available: raw_tracepoint:inet_sock_set_state.*"
+    with pytest.raises(PolicyError, match=r"tcp_connect.*stand-in available: sock_ops:BPF_SOCK_OPS_TCP_CONNECT_CB.*"
                                           r"vigil-hook-substitution"):
         running_agent.agent.policies.add_text(spec, "<t>")
 

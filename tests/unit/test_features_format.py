@@ -16,7 +16,7 @@ BRIEF_NAMES = ("kprobe kretprobe kprobe_multi fentry fexit fmod_ret lsm bpf_lsm_
                "tracepoint raw_tracepoint tp_btf uprobe uretprobe perf_event socket_filter cgroup_skb "
                "cgroup_connect4 cgroup_connect6 cgroup_sendmsg4 cgroup_bind4 cgroup_sock_create cgroup_sysctl "
                "cgroup_device send_signal bpf_loop ringbuf task_iter current_task_btf d_path fanotify_perm btf "
-               "probe_write_user ima_hash")
+               "probe_write_user ima_hash cgroup_sock_ops")
 
 
 def test_feature_names_are_stable() -> None:

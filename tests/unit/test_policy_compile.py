@@ -367,7 +367,12 @@ PLACES = [
      "sys_enter_openat"),
     ("kfunc-vm", "kprobes: [{call: tcp_connect, syscall: false, args: [{index: 0, type: sock}]}]", "vm", False,
      "fentry", "fentry:tcp_connect"),
+    # tcp_connect's own sock_ops callback (the source port bound), where the kernel has sock_ops
     ("kfunc-host-standin", "kprobes: [{call: tcp_connect, syscall: false, args: [{index: 0, type: sock}]}]",
+     "host", True, "sock_ops", "sock_ops:BPF_SOCK_OPS_TCP_CONNECT_CB"),
+    # sock_ops programs cannot read stacks: the state tracepoint stand-in takes the hook
+    ("kfunc-host-standin-stack", """kprobes: [{call: tcp_connect, syscall: false, args: [{index: 0, type: sock}],
+       selectors: [{matchActions: [{action: Post, kernelStackTrace: true}]}]}]""",
      "host", True, "raw_tracepoint", "inet_sock_set_state"),
     ("override-fmod-ret-vm", """kprobes: [{call: security_inode_mkdir, syscall: false,
        selectors: [{matchActions: [{action: Override, argError: -1}]}]}]""", "vm", False, "fmod_ret",
@@ -526,10 +531,42 @@ def test_stand_ins_are_off_unless_asked_and_explain_says_so() -> None:
     assert not off["loadable"]
     causes = {e["cause"] for e in off["hooks"][0]["errors"]}
     assert causes == {"kernel", "option"}
+    assert "sock_ops:BPF_SOCK_OPS_TCP_CONNECT_CB" in off["hooks"][0]["stand_in"]
     assert "raw_tracepoint:inet_sock_set_state" in off["hooks"][0]["stand_in"]
     on = explain_policy(p, HOST, substitute=True)
     assert on["loadable"] and on["substituted"] and on["hooks"][0]["substituted"] == [
-        "raw_tracepoint:inet_sock_set_state"]
+        "sock_ops:BPF_SOCK_OPS_TCP_CONNECT_CB"]
+
+
+def _without(k: KernelFacts, feature: str) -> KernelFacts:
+    import copy
+
+    out = copy.copy(k)
+    out.features = {**k.features, feature: (False, f"{feature}: refused (test)")}
+    return out
+
+
+# (case, kernel's sock_ops probe result, where tcp_connect runs, explain's words for it)
+TCP_CONNECT_PLACES = [
+    ("sock-ops", True, "sock_ops:BPF_SOCK_OPS_TCP_CONNECT_CB", "with the source port bound"),
+    ("no-sock-ops", False, "raw_tracepoint:inet_sock_set_state", "just before it calls tcp_connect"),
+]
+
+
+@pytest.mark.parametrize("case, sock_ops, where, words", TCP_CONNECT_PLACES, ids=[c[0] for c in TCP_CONNECT_PLACES])
+def test_tcp_connect_stand_in_prefers_sock_ops_where_the_kernel_has_it(case: str, sock_ops: bool, where: str,
+                                                                      words: str) -> None:
+    """tcp_connect's stand-in is its sock_ops callback (the source port bound) where the probe
+    found sock_ops with the helpers the hook needs; else the SYN_SENT state change (sport 0).
+    explain names the one used."""
+    p = one("kprobes: [{call: tcp_connect, syscall: false, args: [{index: 0, type: sock}]}]")
+    k = HOST if sock_ops else _without(HOST, "cgroup_sock_ops")
+    ex = explain_policy(p, k, substitute=True)
+    (h,) = ex["hooks"]
+    assert ex["loadable"] and h["substituted"] == [where]
+    assert h["runs_on"].startswith(where), h["runs_on"]
+    (pl,) = h["placements"]
+    assert pl["substitute"] == where and words in pl["runs_on"], pl["runs_on"]
 
 
 def test_templates_are_called_templates() -> None:
@@ -672,7 +709,7 @@ def test_explain_compact_and_details(tmp_path: Path) -> None:
     r = CliRunner().invoke(policy_cli, ["explain", "-v", "--hook-substitution", "--facts", str(facts_file), str(f)])
     assert r.exit_code == 0, r.output
     assert "two" in r.output and "loadable with stand-ins" in r.output
-    assert "note: stand-in for tcp_connect: raw_tracepoint:inet_sock_set_state" in r.output
+    assert "note: stand-in for tcp_connect: sock_ops:BPF_SOCK_OPS_TCP_CONNECT_CB" in r.output
 
 
 def test_ctypes_mirror_sizes_are_what_the_compiler_fills() -> None:

@@ -40,7 +40,7 @@ FEATURES: tuple[str, ...] = (
     "socket_filter", "cgroup_skb", "cgroup_connect4", "cgroup_connect6", "cgroup_sendmsg4",
     "cgroup_bind4", "cgroup_sock_create", "cgroup_sysctl", "cgroup_device", "send_signal", "bpf_loop",
     "ringbuf", "task_iter", "current_task_btf", "d_path", "fanotify_perm", "btf", "probe_write_user",
-    "ima_hash",
+    "ima_hash", "cgroup_sock_ops",
 )
 
 # Vigil's feature -> the name Tetragon's probe of the same thing has (pkg/bpf: the probes tetra
@@ -553,6 +553,7 @@ class _Prober:
                                ("cgroup_bind4", "probe_bind4"), ("cgroup_sock_create", "probe_sock_create"),
                                ("cgroup_sysctl", "probe_sysctl"), ("cgroup_device", "probe_device")):
                 R(feat, lambda f=feat, p=prog: self.p_cgroup(f, p))  # type: ignore[misc]
+            R("cgroup_sock_ops", lambda: self.p_cgroup("cgroup_sock_ops", "probe_sock_ops"))
             R("send_signal", lambda: self.p_load_only("send_signal", "probe_send_signal", "bpf_send_signal"))
             R("bpf_loop", lambda: self.p_load_only("bpf_loop", "probe_bpf_loop", "bpf_loop"))
             R("probe_write_user", self.p_write_user)

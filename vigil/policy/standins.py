@@ -250,8 +250,23 @@ RENAMED: dict[str, StandIn] = {
 }
 
 
+# Stand-ins preferred to the STANDINS one where the kernel offers their site (each is tried
+# first; the STANDINS one is the fallback)
+PREFERRED: dict[str, StandIn] = {
+    # inet_hash_connect binds the source port after the SYN_SENT state change: the state
+    # tracepoint's sock has sport 0. tcp_connect's own sock_ops callback comes after it.
+    "tcp_connect": StandIn((Site("sock_ops", "BPF_SOCK_OPS_TCP_CONNECT_CB",
+                                 {0: Src("raw", 0, ctype="struct sock *")}),),
+                           "the BPF_SOCK_OPS_TCP_CONNECT_CB callback tcp_connect makes first, in the "
+                           "connecting task, with the source port bound; sock_ops on the root cgroup2, so "
+                           "sockets outside cgroup2 (kernel sockets) are not seen; no stack traces"),
+}
+
+
 def candidates(target: str) -> list[StandIn]:
     out = [RENAMED[target]] if target in RENAMED else []
+    if target in PREFERRED:
+        out.append(PREFERRED[target])
     hit = lookup(target)
     return out + ([hit] if hit is not None else [])
 
@@ -283,6 +298,8 @@ def describe(target: str) -> str:
 
 
 def _site_where(site: Site) -> str:
+    if site.how == "sock_ops":
+        return f"sock_ops:{site.name}"
     if site.how == "function":
         return f"function:{site.name}"
     if site.how == "raw_tracepoint":
@@ -368,6 +385,19 @@ def place(spec: KProbeSpec | LsmHookSpec, section: str, index: int, target: str,
 
 
 def _site_mechanism(pl: Placement, spec: KProbeSpec | LsmHookSpec, site: Site, facts: KernelFacts) -> None:
+    if site.how == "sock_ops":
+        ok, why = facts.has("cgroup_sock_ops")
+        if not ok:
+            pl.block(spec.loc, f"stand-in {pl.substitute} needs sock_ops programs with tracing helpers: {why}",
+                     "kernel")
+        for sel in spec.selectors:
+            for act in sel.match_actions:
+                if act.kernel_stack_trace or act.user_stack_trace:
+                    pl.block(act.at("action"), f"stand-in {pl.substitute}: sock_ops programs cannot read stack "
+                             "traces (kernelStackTrace/userStackTrace)", "kernel")
+        pl.mechanism, pl.entry_prog = "sock_ops", "vigil_sockops"
+        pl.attach.update({"func": site.name})
+        return
     if site.how == "function":
         if facts.has_function(site.name) is False:
             pl.block(spec.loc, f"stand-in {pl.substitute}: no such function on this kernel", "kernel")

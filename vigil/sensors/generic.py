@@ -26,7 +26,7 @@ ENTRY_PROGS = (*(f"vigil_sys_enter{n}" for n in range(7)), "vigil_sys_exit", "vi
                "vigil_uretprobe", "vigil_kprobe", "vigil_kretprobe", "vigil_lsm", "vigil_fentry",
                "vigil_fexit", "vigil_fmod_ret", "vigil_kprobe_override", "vigil_raw_sys_enter",
                "vigil_raw_sys_exit", "vigil_sys_exit_entry", "vigil_enforcer_fmod_ret", "vigil_enforcer_kprobe",
-               "vigil_enforcer_sys_exit", "vigil_ima_bprm", "vigil_ima_file")
+               "vigil_enforcer_sys_exit", "vigil_ima_bprm", "vigil_ima_file", "vigil_sockops")
 TRAMPOLINES = ("vigil_lsm", "vigil_fentry", "vigil_fexit", "vigil_fmod_ret", "vigil_enforcer_fmod_ret",
                "vigil_ima_bprm", "vigil_ima_file")
 
@@ -104,6 +104,8 @@ class GenericHook:
             if any(c.config.sel[i].actions[k].type == L.ACT["Set"] for i in range(c.config.nselectors)
                    for k in range(c.config.sel[i].nactions)):
                 obj.set_rodata(cfg_write_user=1)  # USDT Set writes user memory
+            if pl.entry_prog == "vigil_sockops":
+                obj.set_rodata(cfg_no_stack=1)  # sock_ops programs have no bpf_get_stack
             obj.set_rodata(cgrp_subsys_idx=cgroup_tracking().subsys_idx, str_key_words=(str_key - 4) // 8, **pre)
             obj.load()
             if takes_kernel_stacks(c):  # its programs' symbols are newer than a table read before
@@ -154,6 +156,10 @@ class GenericHook:
             if pl.return_prog:
                 obj.program(pl.return_prog).attach_kprobe(a["func"], retprobe=True)
             entry.attach_kprobe(a["func"])
+        elif pl.mechanism == "sock_ops":
+            from vigil.enforce.netdeny import cgroup2_root
+
+            entry.attach_cgroup(cgroup2_root())  # the root: every cgroup's sockets
         else:
             raise ValueError(f"cannot attach mechanism {pl.mechanism!r}")
 

@@ -1,0 +1,106 @@
+"""tcp_connect on this host (no kprobes, no trampolines) runs on its stand-in, tcp_connect's own
+sock_ops callback (BPF_SOCK_OPS_TCP_CONNECT_CB): the source port is bound there, so the event's
+sock_arg carries the port getsockname() reports and SPort selectors filter on it in the kernel.
+The state change to SYN_SENT (the fallback stand-in) comes before inet_hash_connect binds the
+port: its sport was 0. Loopback only: a listener the test starts on 127.0.0.1; the client is the
+test's own copy of the interpreter (the selectors are scoped to it)."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.kernel.conftest import RunningAgent
+from tests.kernel.test_policy_engine import Run, collect_with_stats, loaded, policy_events, policy_yaml, run_py, scoped
+from vigil.kernel import features
+
+pytestmark = [pytest.mark.kernel,
+              pytest.mark.skipif(not features.has("cgroup_sock_ops") or features.has("kprobe"),
+                                 reason="the sock_ops stand-in is used where sock_ops runs and kprobes do not")]
+
+SUB = '\noptions:\n- {name: vigil-hook-substitution, value: "true"}\n'
+IP_LOCAL_PORT_RANGE = 51  # linux/in.h (6.3+): the range this socket's port is picked from
+
+# the client: pinned (IP_LOCAL_PORT_RANGE [pin, pin]) or not, connects, writes its getsockname() port
+CLIENT = """import socket, struct
+s = socket.socket()
+if {pin}:
+    s.setsockopt(socket.IPPROTO_IP, {opt}, struct.pack('I', ({pin} << 16) | {pin}))
+s.connect(('127.0.0.1', {port}))
+open('{work}/sport', 'w').write(str(s.getsockname()[1]))
+s.close()
+"""
+
+# (case, the client's port pinned?, matchArgs beside DPort (the listener), an event expected?)
+CASES = [
+    ("dport", False, "", True),
+    ("sport-equal", True, '{{index: 0, operator: SPort, values: ["{pin}"]}}', True),
+    ("sport-equal-other", True, '{{index: 0, operator: SPort, values: ["{other}"]}}', False),
+    ("not-sport", True, '{{index: 0, operator: NotSPort, values: ["{pin}"]}}', False),
+    ("not-sport-other", True, '{{index: 0, operator: NotSPort, values: ["{other}"]}}', True),
+    ("saddr", False, '{{index: 0, operator: SAddr, values: ["127.0.0.1"]}}', True),
+]
+
+
+@pytest.fixture
+def pywork(workdir: Path) -> Path:
+    shutil.copy2(os.path.realpath(sys.executable), workdir / "vpy")
+    return workdir
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("case, pinned, extra, expected", CASES, ids=[c[0] for c in CASES])
+def test_tcp_connect_stand_in_carries_the_bound_source_port(running_agent: RunningAgent, pywork: Path, case: str,
+                                                           pinned: bool, extra: str, expected: bool) -> None:
+    srv = socket.socket()
+    try:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(4)
+        port = srv.getsockname()[1]
+        pin = _free_port() if pinned else 0
+        other = pin + 1 if pin < 65535 else pin - 1
+        args = f'{{index: 0, operator: DPort, values: ["{port}"]}}' + (", " + extra.format(pin=pin, other=other)
+                                                                        if extra else "")
+        name = f"tcpc-{case}"
+        spec = f"""
+kprobes:
+- call: tcp_connect
+  syscall: false
+  args: [{{index: 0, type: sock}}]
+  selectors: [{{matchArgs: [{args}], {scoped(pywork)}}}]
+""" + SUB
+        r = Run()
+        with loaded(running_agent, policy_yaml(name, spec)) as pol:
+            assert "sock_ops:BPF_SOCK_OPS_TCP_CONNECT_CB" in str(pol), pol
+            events, before, after = collect_with_stats(
+                running_agent, name,
+                lambda: run_py(pywork, CLIENT.format(pin=pin, opt=IP_LOCAL_PORT_RANGE, port=port, work=pywork),
+                               out=r))
+    finally:
+        srv.close()
+    assert r.returncode == 0
+    sport = int((pywork / "sport").read_text())
+    if pinned:
+        assert sport == pin
+    got = [b for _k, b in policy_events(events, r.pid, name)]
+    # the hook ran for the connect (selectors filter in the kernel: posted counts what matched)
+    assert after["hits"] > before["hits"]
+    assert after["posted"] - before["posted"] == len(got) == (1 if expected else 0), (before, after, got)
+    if not expected:
+        return
+    (e,) = got
+    assert e["function_name"] == "tcp_connect"
+    c = e["args"][0]["sock_arg"]
+    assert (c["family"], c["protocol"], c["saddr"], c["sport"], c["daddr"], c["dport"]) == (
+        "AF_INET", "IPPROTO_TCP", "127.0.0.1", sport, "127.0.0.1", port)
+    assert e["parent"]["pid"] == os.getpid()  # the connecting task's event: its process, its parent
+    assert "vigil:stand-in=sock_ops:BPF_SOCK_OPS_TCP_CONNECT_CB" in e["tags"]
