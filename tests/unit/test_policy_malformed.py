@@ -192,3 +192,25 @@ def test_warning(case) -> None:
     assert hits, f"no warning at line {case.line} path {case.path}; got:\n{shown}"
     assert any(case.msg in w.message for w in hits), shown
     assert all(w.severity == "warning" and w.file == fname for w in warnings)
+
+
+# (the call a policy names, as its error shows it): unprintable characters escaped, not written
+# out (a NUL showed as nothing, an ESC sequence drove the terminal, U+202E reversed the line)
+UNPRINTABLE_CASES = [
+    ('"sys\\0getpid"', "sys\\x00getpid"),
+    ('"sys_\\e[2Jgetpid"', "sys_\\x1b[2Jgetpid"),
+    ('"sys_\\u202egetpid"', "sys_\\u202egetpid"),
+    ('"sys_\\x85getpid"', "sys_\\x85getpid"),
+    ('"sys_g\\tétpid"', "sys_g\tétpid"),  # tab and letters: as written
+]
+
+
+@pytest.mark.parametrize("call,shown", UNPRINTABLE_CASES, ids=[c[1] for c in UNPRINTABLE_CASES])
+def test_a_message_escapes_the_unprintable_characters_it_quotes(call: str, shown: str) -> None:
+    text = HEADER + f"  kprobes:\n  - call: {call}\n    syscall: true\n"
+    with pytest.raises(PolicyErrors) as exc:
+        parse_policies(text, "f.yaml")
+    line = str(exc.value.errors[0])
+    assert line.startswith("f.yaml:7:11: spec.kprobes[0].call: ") and f'"{shown}"' in line, line
+    assert line.isprintable() or "\t" in shown, line
+    assert str(exc.value) == "\n".join(str(e) for e in exc.value.errors)

@@ -21,6 +21,18 @@ class Loc:
         return f"{self.file}:{self.line}:{self.col}"
 
 
+# control characters (C0 but tab, DEL, C1) and the bidirectional overrides and isolates: a policy's
+# text quoted in a message showed as nothing (NUL), or drove the terminal that printed it
+# (ESC sequences) or reordered the line (U+202E)
+_UNPRINTABLE = {c: f"\\x{c:02x}" for c in [*range(0x09), *range(0x0a, 0x20), *range(0x7f, 0xa0)]}
+_UNPRINTABLE.update({c: f"\\u{c:04x}" for c in [*range(0x202a, 0x202f), *range(0x2066, 0x206a)]})
+
+
+def printable(text: str) -> str:
+    """`text` with its unprintable characters escaped (\\x1b, \\u202e): one line, as written."""
+    return text.translate(_UNPRINTABLE)
+
+
 def join_path(base: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{base}[{key}]"
@@ -46,7 +58,7 @@ class PolicyValidationError:
         where = f"{self.file}:{self.line}:{self.col}: "
         path = f"{self.path}: " if self.path else ""
         tag = "warning: " if self.severity == "warning" else ""
-        return f"{where}{path}{tag}{self.message}"
+        return printable(f"{where}{path}{tag}{self.message}")
 
     def to_dict(self) -> dict[str, object]:
         return {
