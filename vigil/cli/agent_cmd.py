@@ -9,6 +9,7 @@ flag > environment > config dir > default.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import sys
@@ -180,6 +181,10 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+# the longest Go time.Duration: 2^63-1 ns, about 2562047h
+MAX_GO_DURATION_S = (2**63 - 1) / 1e9
+
+
 def _param_name(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
 
@@ -203,7 +208,14 @@ def _config_dir_values(path: str | None) -> dict[str, tuple[Path, str]]:
     known = {f.lstrip("-") for f, _ in OPTIONS}
     out = {}
     for f in sorted(d.iterdir()):
-        if f.name.startswith(".") or not f.is_file():
+        if f.name.startswith("."):
+            continue
+        if f.name in known and not f.is_file():  # was passed over: the option silently took its default
+            what = ("a broken symbolic link" if f.is_symlink() and not f.exists() else
+                    "a directory" if f.is_dir() else "a special file (FIFO, socket or device)")
+            raise click.BadParameter(f"{f}: {what}, not a file holding the option's value",
+                                     param_hint="--config-dir")
+        if not f.is_file():
             continue
         if f.name not in known:
             raise click.BadParameter(f"{f}: unknown option {f.name!r}", param_hint="--config-dir")
@@ -291,6 +303,9 @@ def _build_command() -> click.Command:
         except ValueError:
             raise click.BadParameter(f"{kw['export_file_rotation_interval']!r} is not a duration like 90s, 15m "
                                      "or 1h30m", param_hint=origins.hint("--export-file-rotation-interval")) from None
+        if not rotation <= MAX_GO_DURATION_S:  # Go's ParseDuration refuses it; inf (1e400h) broke reporting it
+            raise click.BadParameter("longer than the longest duration, 2562047h",
+                                     param_hint=origins.hint("--export-file-rotation-interval"))
         try:
             rb = auto_ring_size() if kw["rb_size"].strip().lower() == "auto" else _size(kw["rb_size"])
         except ValueError:
@@ -332,6 +347,11 @@ def _build_command() -> click.Command:
             cfg.validate()
         except ValueError as e:
             raise click.UsageError(origins.explain(str(e))) from e
+        for flag, spec in OPTIONS:  # click takes nan and inf (1e400) for a float; a range check refuses them,
+            # a check like "> 0" not (nan > 0 is false, so nan <= 0 is too)
+            if spec.get("type") is float and not math.isfinite(kw[_param_name(flag)]):
+                raise click.BadParameter(f"{kw[_param_name(flag)]} is not a finite number",
+                                         param_hint=origins.hint(flag))
         sys.exit(run_agent(cfg, signals))
 
     params: list[click.Parameter] = [click.Option(["--config-dir"], default=None,
