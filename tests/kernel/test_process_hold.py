@@ -7,6 +7,7 @@ over). The events of other processes are not held back meanwhile."""
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -208,6 +209,52 @@ def test_an_exit_waits_for_its_parent(running_agent: RunningAgent, comes_back: b
             put_back(a, parent, what="this test's process")
     assert ex["process"]["exec_id"] == p.msg.exec_id and ex["process"]["binary"] == "/bin/sh", ex
     assert ex.get("parent", {}).get("exec_id") == (parent.msg.exec_id if comes_back else None), ex
+    # never comes: the collector's end marker, a child of this test's process too, also leaves
+    # without it (its exec and its exit)
+    assert deltas(before, after, "resolved", "parent_given_up") == ((1, 0) if comes_back else (0, 3))
+
+
+@pytest.mark.parametrize("comes_back", [True, False], ids=["parent-comes", "parent-never-comes"])
+def test_an_exec_waits_for_its_parent(running_agent: RunningAgent, comes_back: bool) -> None:
+    """An exec whose parent (the key its record named) the cache lacks is held for that parent,
+    as Tetragon's GetProcessExec holds it: the test's own child (sh) is started while this
+    test's process, its parent, is out of the cache (its exec record as if not read yet). Its
+    process is cached at once; put back while the exec waits, the exec event names the parent;
+    else it goes without it once the wait is over (parent_given_up), never dropped, and its
+    exit comes after it."""
+    a = running_agent.agent
+    hold = a.builder.hold
+    with own_child(["/bin/sh", "-c", "read x"]) as first:  # (this test's process, as children name it)
+        me = a.cache.get(cached(a, first, "/bin/sh").parent_key)
+    assert me is not None and me.pid == os.getpid()
+    started: list[Any] = []
+    try:
+        with hold_configured(hold, 1, 2):
+            before = quiet_hold_status(hold)
+            taken_out(a, me, what="this test's process")
+
+            def starts() -> None:
+                started.append(subprocess.Popen(["/bin/sh", "-c", "read x"], stdin=subprocess.PIPE))
+                wait_for(lambda: hold.status()["held"] > before["held"], "the exec held")
+                assert a.cache.by_pid(started[0].pid) is not None  # (cached at once)
+                if comes_back:  # its exec record handled now, on the loop's thread
+                    put_back(a, me, what="this test's process")  # (before the end marker)
+
+            evs = running_agent.collect(starts, until=lambda evs: any(
+                e.get("process_exec", {}).get("process", {}).get("pid") == started[0].pid for e in evs))
+            after = dict(hold.status())
+            child = started[0]
+            evs2, _ = collect_event_of(running_agent, "process_exit", child.pid, lambda: end_by_stdin(child))
+    finally:
+        for c in started:  # (ended by its stdin, if the test did not)
+            if c.poll() is None and c.stdin is not None and not c.stdin.closed:
+                end_by_stdin(c)
+        put_back(a, me, what="this test's process")  # as it was
+    ex = event_of(evs, "process_exec", child.pid)
+    assert ex["process"]["binary"] == "/bin/sh" and ex["process"]["parent_exec_id"] == me.msg.exec_id, ex
+    assert ex.get("parent", {}).get("exec_id") == (me.msg.exec_id if comes_back else None), ex
+    # its exit, after it
+    assert event_of(evs2, "process_exit", child.pid)["process"]["exec_id"] == ex["process"]["exec_id"]
     # never comes: the collector's end marker, a child of this test's process too, also leaves
     # without it (its exec and its exit)
     assert deltas(before, after, "resolved", "parent_given_up") == ((1, 0) if comes_back else (0, 3))
