@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -40,6 +41,19 @@ def events_in(path: Path) -> list[dict[str, Any]]:
         except ValueError:
             pass  # a line being written
     return out
+
+
+def container_pid(container_id: str) -> int:
+    """A host pid of a process of the container (its cgroup path names the container)."""
+    for d in sorted(os.listdir("/proc")):
+        if not d.isdigit():
+            continue
+        try:
+            if container_id in Path(f"/proc/{d}/cgroup").read_text():
+                return int(d)
+        except OSError:
+            continue
+    raise AssertionError(f"no process of container {container_id} in /proc")
 
 
 def test_image_pins_are_the_venvs_versions() -> None:
@@ -199,6 +213,28 @@ def test_agent_image_runs_as_the_chart_daemonset(cluster: Cluster) -> None:
         assert p["pod"]["name"] == "target" and p["pod"]["container"]["name"] == "c"
         assert p["docker"] == target.containers["c"][:31]
 
+        # a uprobe written for Tetragon's DaemonSet: the binary inside another container, by its
+        # host pid under /procRoot (the chart mounts the node's /proc there); its events come
+        # from the target pod's busybox, at its ELF entry point (busybox is stripped: addrs)
+        cpid = container_pid(target.containers["c"])
+        entry = struct.unpack_from("<Q", Path("/bin/busybox").read_bytes(), 24)[0]  # e_entry
+        up_name, up_path = f"img-up-{cluster.run_id}", f"/procRoot/{cpid}/root/bin/busybox"
+        cluster.custom.create_cluster_custom_object("cilium.io", "v1alpha1", "tracingpolicies", {
+            "apiVersion": "cilium.io/v1alpha1", "kind": "TracingPolicy", "metadata": {"name": up_name},
+            "spec": {"uprobes": [{"path": up_path, "addrs": [entry], "message": "procRoot"}]}})
+        up_marker = f"img-up-{cluster.run_id}"
+
+        def uprobed() -> dict[str, Any] | None:
+            kl.exec(target, "c", ["/bin/echo", up_marker])
+            for e in events_in(export):
+                u = e.get("process_uprobe", {})
+                if u.get("policy_name") == up_name and u["process"].get("arguments") == up_marker:
+                    return u
+            return None
+        u = wait_for(uprobed, "a uprobe event from the /procRoot/<pid>/root path", why=logs)
+        assert u["path"] == up_path and u["message"] == "procRoot"
+        assert u["process"]["pod"]["name"] == "target"
+
         # a policy from the cluster, listed over the chart's gRPC socket with its source
         cluster.custom.create_cluster_custom_object("cilium.io", "v1alpha1", "tracingpolicies",
                                                     policy("TracingPolicy", f"img-{cluster.run_id}", "/etc/hostname"))
@@ -207,16 +243,17 @@ def test_agent_image_runs_as_the_chart_daemonset(cluster: Cluster) -> None:
             r = subprocess.run([sys.executable, "-m", "vigil.cli.main", "tracingpolicy", "list", "--server-address", sock],
                                capture_output=True, text=True, timeout=60)
             return r.stdout if f"img-{cluster.run_id}" in r.stdout else None
-        out = wait_for(listed, "the cluster's policy listed by the agent in the image")
+        out = wait_for(listed, "the cluster's policy listed by the agent in the image", why=logs)
         row = next(line for line in out.splitlines() if f"img-{cluster.run_id}" in line)
         assert "k8s" in row.split() and "enabled" in row.split()
     finally:
         if target is not None:
             kl.delete_pod(target)
-        try:
-            cluster.custom.delete_cluster_custom_object("cilium.io", "v1alpha1", "tracingpolicies", f"img-{cluster.run_id}")
-        except Exception:  # noqa: BLE001 - not created
-            pass
+        for name in (f"img-{cluster.run_id}", f"img-up-{cluster.run_id}"):
+            try:
+                cluster.custom.delete_cluster_custom_object("cilium.io", "v1alpha1", "tracingpolicies", name)
+            except Exception:  # noqa: BLE001 - not created
+                pass
         cri.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sid), timeout=120)
         cri.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sid), timeout=120)
         from tests.k8s.env.kubelet import remove_cgroups

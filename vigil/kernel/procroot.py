@@ -51,7 +51,7 @@ def host_pid_ns_mismatch() -> str:
     try:
         ino = os.stat(p).st_ino
     except OSError as e:
-        return f"--procfs {_root}: cannot read {p} ({e.strerror or e}): processes may be missed"
+        return f"--procfs {_root}: cannot tell whether it is the host's proc file system ({p}: {e.strerror or e})"
     if ino != HOST_PID_NS_INO:
         return (f"--procfs {_root} does not appear to be the host's proc file system ({p}: inode {ino}, "
                 f"the host pid namespace's is {HOST_PID_NS_INO}): processes outside it are not found at start")
