@@ -13,9 +13,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -434,3 +436,52 @@ def test_deleting_a_policy_of_many_hooks_removes_all_of_it(env: dict[str, Path])
         assert kept <= link_progs() and kept <= loaded_prog_ids(), "the other policies lost programs"
         assert [p["name"] for p in ra.agent.list_policies()] == ["stop-test-kretprobe", "stop-test-enforcer"]
     assert not still_loaded(kept)
+
+
+@pytest.mark.skipif(not all(Path(f"/sys/kernel/tracing/events/syscalls/sys_enter_{c}").exists()
+                            for c in ("execve", "execveat")), reason="no syscall trace events for execve")
+def test_the_process_sensor_closes_its_syscall_links_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process sensor's execve/execveat entry links are perf-event tracepoints (a grace
+    period wait each to close): its stop closes them side by side, the first destroy waits
+    until the second has started (one after the other, the old way, never gets there), and
+    nothing of the sensor stays loaded or attached."""
+    from vigil.kernel import objects
+    from vigil.sensors.process import EXEC_ENTRY, ProcessSensor
+
+    require_root()
+    started: list[str] = []
+    second = threading.Event()
+    overlapped: list[bool] = []
+    real = objects._destroy
+
+    def destroy(job: Any) -> None:
+        with lock:
+            started.append(job.desc)
+            first = len(started) == 1
+        if first:
+            overlapped.append(second.wait(30))  # a hang guard, not a timing threshold
+        else:
+            second.set()
+        real(job)
+
+    lock = threading.Lock()
+    sensor = ProcessSensor()
+    sensor.start()
+    try:
+        assert sensor.exec_creds
+        progs = {p.fd for p in sensor.obj.programs.values() if p.autoload}  # type: ignore[union-attr]
+        prog_ids = {int(ln.split()[1]) for fd in progs
+                    for ln in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines() if ln.startswith("prog_id:")}
+        link_ids = {int(ln.split()[1]) for k in sensor.obj.links  # type: ignore[union-attr]
+                    for ln in Path(f"/proc/self/fdinfo/{k.fd}").read_text().splitlines() if ln.startswith("link_id:")}
+        monkeypatch.setattr(objects, "_destroy", destroy)
+        sensor.stop()
+    finally:
+        monkeypatch.undo()
+        if sensor.obj is not None:
+            sensor.obj.close()
+    assert overlapped == [True], "each entry link waited for the one before it"
+    assert {d.split("->")[0] for d in started[:2]} == set(EXEC_ENTRY), started  # newest first, as before
+    assert len(prog_ids) >= 5 and len(link_ids) == len(started)
+    assert not still_loaded(prog_ids), "programs still loaded"
+    assert not link_ids & loaded_link_ids(), "links still attached"

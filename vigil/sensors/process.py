@@ -17,6 +17,7 @@ from vigil.events import records as R
 from vigil.kernel import BpfError, BpfObject, Map, _libbpf as L, possible_cpus
 from vigil.kernel.cgroups import tracking as cgroup_tracking
 from vigil.kernel.layouts import Layout
+from vigil.kernel.objects import close_links
 from vigil.kernel.paths import bpf_object
 
 log = logging.getLogger("vigil.sensor.process")
@@ -279,6 +280,11 @@ class ProcessSensor:
         return {"execve_map": (m.count(), m.max_entries)}
 
     def stop(self) -> None:
+        """Detach and unload. The execve/execveat entry links are syscall tracepoints (perf
+        events): closing one waits for kernel grace periods (vigil.kernel.objects), so they close
+        at once, first (as newest first would), then the exec/fork/exit hooks with the object."""
         if self.obj is not None:
+            entry = tuple(f"{p}->" for p in EXEC_ENTRY)  # Link.desc: "<program>-><target>"
+            close_links([k for k in self.obj.links if k.desc.startswith(entry)])
             self.obj.close()
             self.obj = None
