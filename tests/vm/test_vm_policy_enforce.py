@@ -212,7 +212,9 @@ USE_CASES = [
     - {{index: 0, operator: DAddr, values: ["127.0.0.1/32"]}}
     - {{index: 0, operator: DPort, values: ["{port}"]}}""",
      "connect", lambda ev, work, port: ev["args"][0]["sock_arg"]["daddr"] == "127.0.0.1"
-     and ev["args"][0]["sock_arg"]["dport"] == port and ev["args"][0]["sock_arg"]["protocol"] == "IPPROTO_TCP"),
+     and ev["args"][0]["sock_arg"]["dport"] == port and ev["args"][0]["sock_arg"]["protocol"] == "IPPROTO_TCP"
+     # on tcp_connect itself (kprobe/fentry, not a stand-in): the source port is bound
+     and ev["args"][0]["sock_arg"]["sport"] > 0 and not any(t.startswith("vigil:stand-in=") for t in ev.get("tags", ()))),
     ("commit_creds",
      """- call: commit_creds
   syscall: false
