@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,9 +20,9 @@ from typing import Any
 import pytest
 
 from tests.kernel.bpfstate import require_root
+from tests.marker import collect_to_marker
 from vigil.agent.agent import Agent
 from vigil.agent.config import AgentConfig
-from vigil.export.dicts import event_dict
 from vigil.kernel.paths import bpf_object
 
 pytestmark = pytest.mark.kernel
@@ -55,27 +53,7 @@ class RunningAgent:
         """Run action(); return every event up to and including the end marker's exit, and
         on until `until(events)` holds (events an action causes may leave after the marker:
         one held for its pod leaves when the pod is known)."""
-        marker_seen = False
-        sub = self.agent.subscribe(maxsize=1_000_000)
-        try:
-            action()
-            token = f"vigil-marker-{uuid.uuid4().hex}"
-            subprocess.run(["/bin/true", token], check=True)
-            out: list[dict[str, Any]] = []
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                for e in map(event_dict, sub.get_batch(timeout=0.5, max_items=100000)):
-                    out.append(e)
-                    ex = e.get("process_exit")
-                    if ex and ex["process"].get("arguments") == token:
-                        marker_seen = True
-                if marker_seen and (until is None or until(out)):
-                    assert sub.dropped == 0, f"test subscriber lost {sub.dropped} events"
-                    return out
-            what = "end marker" if not marker_seen else "awaited event"
-            raise AssertionError(f"{what} not seen within {timeout}s ({len(out)} events)")
-        finally:
-            sub.close()
+        return collect_to_marker(self.agent, action, timeout, until)
 
     def counted(self, timeout: float = 10.0) -> None:
         """Wait until the agent's loop step now under way is over. The loop hands a batch's

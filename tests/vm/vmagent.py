@@ -3,16 +3,13 @@ loop on a thread, collects the events an action causes, and names a loaded polic
 module-scoped `agent` fixture (conftest.py) is one Running per test file."""
 from __future__ import annotations
 
-import subprocess
 import textwrap
 import threading
-import time
-import uuid
 from typing import Any
 
+from tests.marker import collect_to_marker
 from vigil.agent.agent import Agent
 from vigil.agent.config import AgentConfig
-from vigil.export.dicts import event_dict
 
 
 class Running:
@@ -24,22 +21,7 @@ class Running:
 
     def collect(self, action, timeout: float = 120) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
         """The events `action` causes, up to the exit of a marker process run after it."""
-        sub = self.agent.subscribe(100000)
-        try:
-            action()
-            token = f"vigil-marker-{uuid.uuid4().hex}"
-            subprocess.run(["/bin/true", token], check=True)
-            out: list[dict[str, Any]] = []
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                for e in map(event_dict, sub.get_batch(timeout=0.5)):  # typed events -> their JSON shape
-                    out.append(e)
-                    x = e.get("process_exit")
-                    if x and x["process"].get("arguments") == token:
-                        return out
-            raise AssertionError("end marker not seen")
-        finally:
-            sub.close()
+        return collect_to_marker(self.agent, action, timeout, lossless=False)
 
     def hook(self, name: str) -> str:
         """The first hook of the loaded policy `name` as the agent lists it ("lsm:file_open ...")."""
