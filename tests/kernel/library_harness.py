@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +28,6 @@ import yaml
 
 from tests.kernel.conftest import RunningAgent
 from tests.kernel.testbins import build
-from vigil.export.dicts import event_dict
 from vigil.policy.library import find
 
 GATE_C = r"""
@@ -139,34 +137,10 @@ def run_scoped(ra: RunningAgent, gate: Path, name: str, argv: list[str], *, text
         ra.collect(lambda: None)  # the agent has seen the gate's exec: its events name the process
         policy_text = scoped(text or library_text(name), pid=None if scope_binary else g.pid, binary=scope_binary)
         with loaded(ra, policy_text) as pname:
-            events = collect(ra, g.go, lambda evs: len(policy_bodies(evs, pname)) >= expect)
+            events = ra.collect(g.go, 60.0, until=lambda evs: len(policy_bodies(evs, pname)) >= expect)
     finally:
         g.close()
     return g, policy_bodies(events, pname)
-
-
-def collect(ra: RunningAgent, action: Any, done: Any, timeout: float = 60.0) -> list[dict[str, Any]]:
-    """Run action(); return the events up to the end marker's exit and, beyond it, until
-    done(events) holds (or `timeout`)."""
-    sub = ra.agent.subscribe(maxsize=1_000_000)
-    try:
-        action()
-        token = f"vigil-marker-{uuid.uuid4().hex}"
-        subprocess.run(["/bin/true", token], check=True)
-        out: list[dict[str, Any]] = []
-        marker = False
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not (marker and done(out)):
-            for e in map(event_dict, sub.get_batch(timeout=0.5, max_items=100000)):
-                out.append(e)
-                ex = e.get("process_exit")
-                if ex and ex["process"].get("arguments") == token:
-                    marker = True
-        assert marker, f"end marker not seen within {timeout}s ({len(out)} events)"
-        assert sub.dropped == 0, f"test subscriber lost {sub.dropped} events"
-        return out
-    finally:
-        sub.close()
 
 
 def policy_bodies(events: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
@@ -210,5 +184,5 @@ def unique() -> str:
     return uuid.uuid4().hex[:10]
 
 
-__all__ = ["Gated", "build_bins", "collect", "library_text", "loaded", "make_work", "policy_bodies", "py",
+__all__ = ["Gated", "build_bins", "library_text", "loaded", "make_work", "policy_bodies", "py",
            "run_scoped", "scoped", "sh_in_namespaces", "unique", "without_pod_selector"]
