@@ -32,7 +32,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 from _common import (
     SHELL_KTIME,
@@ -50,6 +49,7 @@ from _common import (
     tempdir,
 )
 
+from tests.stoppolicies import SYSCALLS, write_policies  # after _common: it puts the project on sys.path
 from vigil.events.synth import HOST_NS
 
 GOAL_RSS_MB = 150
@@ -181,35 +181,12 @@ def ready_runs(runs: int) -> list[dict]:
 
 # ---------------------------------------------------------------- (d) stop time
 
-STOP_SYSCALLS = ["read", "write", "openat", "close", "getpid", "getppid", "getuid", "geteuid", "getgid", "getegid",
-                 "dup", "dup3", "pipe2", "fcntl", "ioctl", "lseek", "pread64", "pwrite64", "readv", "writev",
-                 "faccessat", "nanosleep", "clock_nanosleep", "socket", "connect", "accept4", "sendto", "recvfrom",
-                 "bind", "listen", "getsockname", "getpeername", "mmap", "munmap", "mprotect", "brk", "getcwd",
-                 "kill", "chdir", "umask"]
-
-
-def _write_policies(d: Path, n: int) -> None:
-    d.mkdir()
-    for i, sc in enumerate(STOP_SYSCALLS[:n]):
-        (d / f"p{i:02d}.yaml").write_text(f"""apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata: {{name: bench-stop-{i:02d}}}
-spec:
-  tracepoints:
-  - subsystem: syscalls
-    event: sys_enter_{sc}
-    args: [{{index: 0}}]
-    selectors:
-    - matchBinaries: [{{operator: In, values: ["/nonexistent/bench-stop-{i}"]}}]
-""")
-
-
 def stop_runs(n: int, runs: int) -> dict:
     """Seconds from SIGINT to the exit of an agent with one policy and with n, alternated."""
     times: dict[int, list[float]] = {1: [], n: []}
     with tempdir() as tmp:
         for k in times:
-            _write_policies(tmp / f"policies-{k}", k)
+            write_policies(tmp / f"policies-{k}", k, "bench-stop")
         for i in range(runs):
             for k in times:
                 agent = AgentProc(tmp / f"stop-{k}-{i}.json", ["--tracing-policy-dir", str(tmp / f"policies-{k}")])
@@ -357,7 +334,7 @@ def main() -> int:
               f"{'OK' if r['p99_ms'] <= GOAL_P99_MS else 'OVER'}", flush=True)
 
     if "d" not in skip:
-        n_pol = 10 if a.quick else len(STOP_SYSCALLS)
+        n_pol = 10 if a.quick else len(SYSCALLS)
         r = stop_runs(n_pol, runs)
         res["stop"] = r
         print(f"(d) stop (SIGINT -> exit), median of {runs}: {r['policies']} policies {r['policies_s']:.2f} s, "

@@ -23,38 +23,10 @@ import pytest
 
 from tests.kernel.bpfstate import require_root, still_loaded
 from tests.kernel.test_agent_cli import VIGIL, AgentProcess, free_port
+from tests.stoppolicies import SYSCALLS, write_policies
 from vigil.kernel import sys as ksys
 
 pytestmark = pytest.mark.kernel
-
-# tracepoints that exist on every kernel the project supports; a binary that never runs
-SYSCALLS = ["read", "write", "openat", "close", "getpid", "getppid", "getuid", "geteuid", "getgid", "getegid",
-            "dup", "dup3", "pipe2", "fcntl", "ioctl", "lseek", "pread64", "pwrite64", "readv", "writev",
-            "faccessat", "nanosleep", "clock_nanosleep", "socket", "connect", "accept4", "sendto", "recvfrom",
-            "bind", "listen", "getsockname", "getpeername", "mmap", "munmap", "mprotect", "brk", "getcwd",
-            "kill", "chdir", "umask"]
-
-
-def write_policies(d: Path, n: int, one_file: bool = False) -> None:
-    """n policies, a file each, or all in one file (YAML documents)"""
-    d.mkdir()
-    docs = []
-    for i, sc in enumerate(SYSCALLS[:n]):
-        docs.append(f"""apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata: {{name: stop-test-{i:02d}}}
-spec:
-  tracepoints:
-  - subsystem: syscalls
-    event: sys_enter_{sc}
-    args: [{{index: 0}}]
-    selectors:
-    - matchBinaries: [{{operator: In, values: ["/nonexistent/stop-test-{i}"]}}]
-""")
-        if not one_file:
-            (d / f"p{i:02d}.yaml").write_text(docs[-1])
-    if one_file:
-        (d / "all.yaml").write_text("---\n".join(docs))
 
 
 # hooks of the policy of many: a policy loads in ~10 s in the VM tier's emulated guests
