@@ -212,13 +212,15 @@ def test_procfs_option_is_where_processes_are_read_at_start(workdir: Path, tmp_p
                           procfs=str(mnt))
         with caplog.at_level("WARNING", logger="vigil.agent"), RunningAgent(cfg) as ra:
             p = ra.agent.cache.by_pid(pre.pid)
-        warned = [r.getMessage() for r in caplog.records if "does not appear to be the host's" in r.getMessage()]
+        warned = [r.getMessage() for r in caplog.records
+                  if r.levelname == "WARNING" and r.getMessage().startswith("--procfs")]
         if found:
             assert p is not None and "procFS" in p.msg.flags.split() and p.msg.binary == str(sleeper)
+            # no warning, also where pid 1's ns link cannot be read (a sandbox): Tetragon only notes that
             assert not warned
         else:
             assert p is None
-            assert warned and str(mnt) in warned[0]
+            assert warned and str(mnt) in warned[0] and "does not appear to be the host's" in warned[0]
     finally:
         procroot.set_proc("/proc")  # the process-wide setting back for the agents after this test
         if pre.poll() is None:

@@ -260,8 +260,9 @@ class Agent:
         # attach first, then scan: anything missed by the scan is seen live
         from vigil.kernel.procroot import host_pid_ns_mismatch
 
-        if why := host_pid_ns_mismatch():
-            log.warning("%s", why)
+        warn, why = host_pid_ns_mismatch()
+        if why:
+            log.log(logging.WARNING if warn else logging.INFO, "%s", why)
         snaps = scan(self.clock)
         self.checkpoint("reading /proc")
         # the <kernel> process first (the parent of init and kthreadd), as Tetragon sends it

@@ -44,15 +44,18 @@ def set_proc(path: str) -> None:
     _root = os.path.normpath(path) if path != "/" else path
 
 
-def host_pid_ns_mismatch() -> str:
-    """A warning when --procfs is not the host's (pid 1 there is not in the initial pid
-    namespace: e.g. a container's own /proc without hostPID), as Tetragon warns; "" otherwise."""
+def host_pid_ns_mismatch() -> tuple[bool, str]:
+    """Whether --procfs is the host's, as Tetragon checks it: (True, why) when pid 1 there is
+    not in the initial pid namespace (e.g. a container's own /proc without hostPID: warned);
+    (False, why) when that cannot be told (pid 1's ns link not readable here, as in a sandbox
+    without ptrace rights over pid 1: only noted); (False, "") when it is the host's."""
     p = os.path.join(_root, "1", "ns", "pid")
     try:
         ino = os.stat(p).st_ino
     except OSError as e:
-        return f"--procfs {_root}: cannot tell whether it is the host's proc file system ({p}: {e.strerror or e})"
+        return False, (f"--procfs {_root}: cannot tell whether it is the host's proc file system "
+                       f"({p}: {e.strerror or e})")
     if ino != HOST_PID_NS_INO:
-        return (f"--procfs {_root} does not appear to be the host's proc file system ({p}: inode {ino}, "
-                f"the host pid namespace's is {HOST_PID_NS_INO}): processes outside it are not found at start")
-    return ""
+        return True, (f"--procfs {_root} does not appear to be the host's proc file system ({p}: inode {ino}, "
+                      f"the host pid namespace's is {HOST_PID_NS_INO}): processes outside it are not found at start")
+    return False, ""
