@@ -14,10 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
-def policy(name: str, spec: str) -> str:
-    return (f"apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: {name}\nspec:\n"
-            + textwrap.indent(textwrap.dedent(spec).strip("\n"), "  ") + "\n")
+from tests.policydoc import policy
 
 
 def exec_control(d: Path) -> str:

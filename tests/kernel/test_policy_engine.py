@@ -22,6 +22,7 @@ import pytest
 
 from tests.kernel.bpfstate import loaded_prog_ids, prog_ids_held, still_loaded
 from tests.kernel.conftest import RunningAgent
+from tests.policydoc import policy as policy_yaml
 
 pytestmark = pytest.mark.kernel
 
@@ -34,11 +35,6 @@ def pywork(workdir: Path) -> Path:
     (workdir / "data" / "present.txt").write_text("hello\n")
     os.chmod(workdir / "data", 0o777)
     return workdir
-
-
-def policy_yaml(name: str, spec: str) -> str:
-    return f"apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: {name}\nspec:\n" + \
-        textwrap.indent(textwrap.dedent(spec).strip("\n"), "  ") + "\n"
 
 
 @contextmanager

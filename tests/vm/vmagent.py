@@ -3,11 +3,11 @@ loop on a thread, collects the events an action causes, and names a loaded polic
 module-scoped `agent` fixture (conftest.py) is one Running per test file."""
 from __future__ import annotations
 
-import textwrap
 import threading
 from typing import Any
 
 from tests.marker import collect_to_marker
+from tests.policydoc import policy
 from vigil.agent.agent import Agent
 from vigil.agent.config import AgentConfig
 
@@ -33,6 +33,4 @@ class Running:
         self.agent.close()
 
 
-def policy(name: str, spec: str) -> str:
-    return (f"apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: {name}\nspec:\n"
-            + textwrap.indent(textwrap.dedent(spec).strip("\n"), "  ") + "\n")
+__all__ = ["Running", "policy"]  # policy: the VM tests write theirs with it
