@@ -1430,6 +1430,56 @@ def test_uprobe_data(running_agent: RunningAgent, digest_bin: Path, case: str, d
     assert list(got[0]).index("data") == len(got[0]) - 1  # after action, as Tetragon's field 13
 
 
+MATCH_DATA_CASES = [  # (case, the data list, the selector, events expected (argc is 3), or the error's regex)
+    ("regs-equal", "[{index: 0, type: int32, source: pt_regs, resolve: edi}]",
+     "{matchData: [{index: 0, operator: Equal, values: ['3']}]}", 1),
+    ("regs-not-equal", "[{index: 0, type: int32, source: pt_regs, resolve: edi}]",
+     "{matchData: [{index: 0, operator: Equal, values: ['4']}]}", 0),
+    ("task-comm-equal", "[{index: 0, type: string, source: current_task, resolve: comm}]",
+     "{matchData: [{index: 0, operator: Equal, values: [with-id]}]}", 1),
+    ("task-comm-prefix-miss", "[{index: 0, type: string, source: current_task, resolve: comm}]",
+     "{matchData: [{index: 0, operator: Prefix, values: [other]}]}", 0),
+    # the second data entry: its slot follows the arg's and the first data entry's
+    ("second-entry", "[{index: 0, type: int32, source: current_task, resolve: pid},"
+     " {index: 0, type: int32, source: pt_regs, resolve: edi}]",
+     "{matchData: [{index: 1, operator: Equal, values: ['3']}]}", 1),
+    ("with-match-args", "[{index: 0, type: int32, source: pt_regs, resolve: edi}]",
+     "{matchArgs: [{index: 0, operator: Equal, values: ['3']}], matchData: [{index: 0, operator: NotEqual,"
+     " values: ['3']}]}", 0),
+    ("index-out-of-range", "[{index: 0, type: int32, source: pt_regs, resolve: edi}]",
+     "{matchData: [{index: 1, operator: Equal, values: ['3']}]}", r"matchData\[0\].index: .*out of range"),
+]
+
+
+@pytest.mark.parametrize("case,data,selector,want", MATCH_DATA_CASES, ids=[c[0] for c in MATCH_DATA_CASES])
+def test_uprobe_match_data(running_agent: RunningAgent, digest_bin: Path, case: str, data: str, selector: str,
+                           want: int | str) -> None:
+    """matchData on a uprobe filters in the kernel on its `data` entries as matchArgs does on
+    its args: `index` is the position in `data` (Tetragon's reading); with matchArgs in the same
+    selector both must hold."""
+    spec = (f'uprobes:\n- path: "{digest_bin}"\n  symbols: [main]\n  args: [{{index: 0, type: int32}}]\n'
+            f"  data: {data}\n  selectors: [{selector}]\n")
+    name = f"uprobe-match-data-{case}"
+    text = policy_yaml(name, spec)
+    agent = running_agent.agent
+    if isinstance(want, str):
+        with pytest.raises(PolicyError, match=want):
+            agent.policies.add_text(text, "<t>")
+        assert name not in [p["name"] for p in agent.list_policies()]
+        return
+    pids: list[int] = []
+
+    def act() -> None:
+        p = subprocess.Popen([str(digest_bin), "1", "2"])
+        pids.append(p.pid)
+        p.wait()
+    with loaded(running_agent, text):
+        events = running_agent.collect(act)
+    got = [e["process_uprobe"]["process"]["pid"] for e in events
+           if "process_uprobe" in e and e["process_uprobe"]["policy_name"] == name]
+    assert got == pids[:want]
+
+
 RESOLVE_C = r"""
 struct inner { int code; char name[16]; };
 struct req { long id; struct inner *in; const char *path; };

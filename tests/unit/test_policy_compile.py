@@ -669,6 +669,24 @@ kprobes:
                     "missing from the events)", "matchData is not supported by Vigil yet"]
 
 
+@pytest.mark.parametrize("section, hook, errors", [
+    ("uprobes", "path: /bin/true\n  symbols: [main]\n  data: [{index: 0, type: int32, source: pt_regs, resolve: edi}]",
+     []),
+    ("kprobes", "call: tcp_connect\n  syscall: false\n  data: [{index: 0, type: int, source: current_task, "
+     "resolve: pid}]", ["data is not supported by Vigil yet (its values, from pt_regs or current_task, would be "
+                        "missing from the events)", "matchData is not supported by Vigil yet"]),
+])
+def test_match_data_offline_where_data_is_read(section: str, hook: str, errors: list[str]) -> None:
+    """matchData is compiled where `data` is read (uprobes): validation finds nothing Vigil
+    cannot do there; on other hooks both stay refused."""
+    p = one(f"""
+{section}:
+- {hook}
+  selectors: [{{matchData: [{{index: 0, operator: Equal, values: ["1"]}}]}}]
+""")
+    assert [e.message for e in unsupported(p)] == errors
+
+
 def test_return_arg_action_post_is_accepted_with_a_warning() -> None:
     from vigil.policy import check_text
 

@@ -26,7 +26,7 @@ from vigil.kernel.facts import KernelFacts
 from . import enums, limits, standins
 from .enforce_placement import place_syscall_on_host, place_syscall_on_lsm
 from .errors import Loc, PolicyErrors, PolicyValidationError
-from .model import ActionSelector, ArgSelector, KProbeSpec, LsmHookSpec, Policy, Selector, TracepointSpec
+from .model import ActionSelector, ArgSelector, KProbeSpec, LsmHookSpec, Policy, Selector, TracepointSpec, UProbeSpec
 from .placement import INT_WIDTH, ArgPlan, Placement, place_kernel_function, place_tracepoint, place_uprobe, place_usdt
 from .syscall_place import TRACEPOINT_NAME, list_syscall_numbers, parse_syscall, place_syscall
 from .syscalls import SYSCALL_NUMBERS
@@ -520,6 +520,15 @@ def _arg_for(pl: Placement, hook: object, e: ArgSelector, errs: _Errors) -> ArgP
     return None
 
 
+def _data_for(pl: Placement, hook: object, e: ArgSelector) -> ArgPlan | None:
+    """The plan of the `data` entry a matchData entry names: `index` (or its one `args`
+    position) is a position in the hook's data list (validation checked it), whose slot follows
+    the args'. None when that entry could not be planned (its reason is reported already)."""
+    pos = e.args[0] if e.args else e.index
+    slot = len(getattr(hook, "args", ())) + pos
+    return next((p for p in pl.args if p.data and p.slot == slot), None)
+
+
 def _str_value(v: str) -> bytes:
     return v.encode("utf-8", "surrogateescape")
 
@@ -675,15 +684,20 @@ def _s64(v: int) -> int:
 def _compile_selector(ch: CompiledHook, hook: object, pl: Placement, si: int, sel: Selector, s: L.Selector,
                       facts: KernelFacts, errs: _Errors,
                       follow_bit: Callable[[str, tuple[str, ...]], int] | None = None) -> None:
-    for name, yaml in (("match_data", "matchData"), ("match_parent_binaries", "matchParentBinaries"),
-                       ("match_workloads", "matchWorkloads")):
+    for name, yaml in (("match_parent_binaries", "matchParentBinaries"), ("match_workloads", "matchWorkloads")):
         if getattr(sel, name):
             errs.error(sel.at(yaml), f"{yaml} is not supported by Vigil yet", "vigil")
-    if len(sel.match_args) > L.MAX_MATCH_ARGS:
-        errs.error(sel.at("matchArgs"), f"at most {L.MAX_MATCH_ARGS} matchArgs entries per selector", "policy")
-    s.nfilters = min(len(sel.match_args), L.MAX_MATCH_ARGS)
-    for j, e in enumerate(sel.match_args[:L.MAX_MATCH_ARGS]):
-        plan = _arg_for(pl, hook, e, errs)
+    data_ok = isinstance(hook, UProbeSpec)  # `data` is read on uprobes only (the other hooks refuse it)
+    if sel.match_data and not data_ok:
+        errs.error(sel.at("matchData"), "matchData is not supported by Vigil yet", "vigil")
+    # matchData entries filter the data entries' slots (after the args'), as Tetragon bases them
+    entries = [*((e, False) for e in sel.match_args), *((e, True) for e in (sel.match_data if data_ok else ()))]
+    if len(entries) > L.MAX_MATCH_ARGS:
+        errs.error(sel.at("matchData" if len(sel.match_args) <= L.MAX_MATCH_ARGS else "matchArgs"),
+                   f"at most {L.MAX_MATCH_ARGS} matchArgs and matchData entries per selector", "policy")
+    s.nfilters = min(len(entries), L.MAX_MATCH_ARGS)
+    for j, (e, is_data) in enumerate(entries[:L.MAX_MATCH_ARGS]):
+        plan = _data_for(pl, hook, e) if is_data else _arg_for(pl, hook, e, errs)
         if plan is None:
             continue
         f = s.args[j]
