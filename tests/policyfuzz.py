@@ -341,7 +341,8 @@ def rtext(rng: random.Random) -> str:
         for _ in range(n):
             d = rmutate(rng, d)
     text = "---\n".join(yaml.dump(d, Dumper=_DUMPER, sort_keys=False, allow_unicode=True) for d in docs)
-    how = rng.choice(["none"] * 24 + ["truncate", "garbage", "indent", "tabs", "anchor", "empty"])
+    how = rng.choice(["none"] * 24 + ["truncate", "garbage", "indent", "tabs", "anchor", "empty", "dupkey",
+                                      "unicode", "digits"])
     if how == "truncate" and text:
         text = text[:rng.randint(0, len(text))]
     elif how == "garbage":
@@ -359,7 +360,27 @@ def rtext(rng: random.Random) -> str:
         text = "x: &a [*a]\n" + text
     elif how == "empty":
         text = rng.choice(["", "---", "null", "[]", "42", "'just a string'"])
+    elif how == "dupkey":   # a mapping's key again, with its value or another (YAML allows neither)
+        lines = text.splitlines()
+        keyed = [i for i, ln in enumerate(lines) if _KEY_LINE.match(ln)]
+        if keyed:
+            i = rng.choice(keyed)
+            again = lines[i].lstrip("- ") if lines[i].lstrip().startswith("- ") else lines[i].lstrip()
+            indent = len(lines[i]) - len(lines[i].lstrip()) + (2 if lines[i].lstrip().startswith("- ") else 0)
+            if rng.random() < 0.5:
+                again = again.split(":", 1)[0] + ": " + str(rng.choice(["null", "1", "x", "[]", "{}"]))
+            lines.insert(i + 1, " " * indent + again)
+        text = "\n".join(lines)
+    elif how == "unicode" and text:   # characters a terminal or a C string takes otherwise
+        at = rng.randint(0, len(text))
+        text = text[:at] + rng.choice(UNICODE) + text[at:]
+    elif how == "digits":   # a number past any integer type (and Python's 4300-digit limit)
+        text = re.sub(r"\b\d+\b", lambda m: m.group(0) * rng.choice([3, 30, 5000]), text, count=rng.randint(1, 3))
     return text
+
+
+_KEY_LINE = re.compile(r"^\s*(- )?[A-Za-z_][A-Za-z0-9_]*:( |$)")
+UNICODE = ["\u202e", "\x1b[2J", "\x85", "\u2028", "\x7f", "\U0001f600", "e\u0301", "\ufeff", "\x00", "\t", "\r"]
 
 
 # ---------------------------------------------------------------- the oracle
