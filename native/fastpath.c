@@ -2407,7 +2407,8 @@ static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t n
 	PyObject *now = args[1], *rec = (PyObject *)r;
 	PyObject *eid = NULL, *key = NULL, *peid = NULL, *pkey = NULL, *flags = NULL, *docker = NULL, *ck = NULL,
 		 *caps = NULL, *nsent = NULL, *bp = NULL, *binary = NULL, *arguments = NULL, *start = NULL, *creds = NULL,
-		 *msg = NULL, *p = NULL, *res = NULL, *parent = NULL, *anc = NULL, *etime = NULL, *tmp = NULL, *ev = NULL;
+		 *msg = NULL, *p = NULL, *res = NULL, *parent = NULL, *anc = NULL, *etime = NULL, *tmp = NULL, *ev = NULL,
+		 *nsp = NULL;
 	int cred = b->enable_cred, nsopt = b->enable_ns, ancestors = b->ancestors;
 	if (!(eid = make_exec_id(b->node_s, b->node_n, r->exec_ktime, r->pid)) ||
 	    !(key = key_tuple(r->pid, r->exec_ktime)))
@@ -2551,6 +2552,10 @@ static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t n
 	SET_STEAL(msg, msg_off[M_TID], PyLong_FromUnsignedLong(r->tid));
 	if (PyErr_Occurred())
 		goto out;
+	/* the pid inside its namespace: one int for the cache entry and the pod (a host process's
+	 * is its pid, already made): an int made and freed per exec was ~110 instructions */
+	if (!(nsp = r->nspid == r->pid ? Py_NewRef(slot(msg, msg_off[M_PID])) : PyLong_FromUnsignedLong(r->nspid)))
+		goto out;
 	/* pod data (--enable-k8s-api) for a process in a container: from the resolver's table,
 	 * or EventBuilder.pods resolves it */
 	if (PyUnicode_GET_LENGTH(docker)) {
@@ -2558,12 +2563,10 @@ static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t n
 		if (!pods)
 			goto out;
 		if (pods != Py_None) {
-			PyObject *np = PyLong_FromUnsignedLong(r->nspid);
-			PyObject *pod = np ? pod_from_table(b, pods, r->cgroup_name, np, arguments) : NULL;
-			if (np && !pod && !PyErr_Occurred())
-				pod = PyObject_CallMethodObjArgs(pods, b->s_pod_json, r->cgroup_name, np, binary, arguments,
+			PyObject *pod = pod_from_table(b, pods, r->cgroup_name, nsp, arguments);
+			if (!pod && !PyErr_Occurred())
+				pod = PyObject_CallMethodObjArgs(pods, b->s_pod_json, r->cgroup_name, nsp, binary, arguments,
 								 NULL);
-			Py_XDECREF(np);
 			if (!pod) {
 				Py_DECREF(pods);
 				goto out;
@@ -2589,7 +2592,7 @@ static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t n
 	SET_STEAL(p, b->proc_off[P_REFCNT], PyLong_FromLong(0));
 	SET_STEAL(p, b->proc_off[P_CGROUP_ID], PyLong_FromUnsignedLongLong(r->cgroup_id));
 	SET_STEAL(p, b->proc_off[P_REMOVAL_AT], PyLong_FromLong(0));
-	SET_STEAL(p, b->proc_off[P_NSPID], PyLong_FromUnsignedLong(r->nspid));
+	SET(p, b->proc_off[P_NSPID], nsp);
 	if (PyErr_Occurred())
 		goto out;
 	if (cache_add(b, p, now) < 0 || tell_podless(b, p) < 0)
@@ -2650,6 +2653,7 @@ out:
 	Py_XDECREF(arguments);
 	Py_XDECREF(start);
 	Py_XDECREF(creds);
+	Py_XDECREF(nsp);
 	Py_XDECREF(msg);
 	Py_XDECREF(p);
 	Py_XDECREF(parent);

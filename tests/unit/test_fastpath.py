@@ -435,6 +435,33 @@ def test_compiled_builder_objects_are_left_to_reference_counting() -> None:
     _assert_acyclic(*made)
 
 
+# (pid, pid inside its namespace, --enable-k8s-api): the compiled exec path makes one int for
+# the pid inside the namespace, which the cache entry and the pod share; a host process's is its
+# pid's (values above 256: CPython's small ints are shared anyway)
+@pytest.mark.parametrize("pid, nspid, pods", [
+    (5000, 5000, True),    # a host process (a kubelet container in the host pid namespace)
+    (5000, 4000, True),    # a process in the container's own pid namespace
+    (5000, 5000, False),   # Kubernetes off
+    (5000, 4000, False),
+], ids=["host-pod", "ns-pod", "host", "ns"])
+def test_compiled_exec_makes_one_int_for_the_namespace_pid(pid: int, nspid: int, pods: bool) -> None:
+    fast_b, _ = _builders({"enable_cred": False, "enable_ns": False, "ancestors": False}, 64)
+    if pods:
+        fast_b.pods = _resolver()
+    d = {"exe": "/bin/true", "cwd": b"/", "filename": "/bin/true", "cgroup": f"/kubepods/besteffort/pod{POD_UID}/{KNOWN}",
+         "args": b"true\0-q\0", "caps": (0, 0, 0), "ns": HOST, "uid": 0, "euid": 0, "auid": 0, "securebits": 0,
+         "userns_level": 0, "i_mode": 0o100755, "nlink": 1, "flags": 0, "tid_off": 0, "op": R.OP_EXEC, "nspid": nspid}
+    ev = fast_b.record_handlers()[R.OP_EXEC](_exec_record(pid, 5_000_000_000, 1, 0, d), 1)
+    p = fast_b.cache.get((pid, 5_000_000_000))
+    assert (p.nspid, ev.process.pid) == (nspid, pid)
+    if pods:
+        assert ev.process.pod is not None and ev.process.pod.pid == nspid
+        assert p.nspid is ev.process.pod.pid
+    else:
+        assert ev.process.pod is None
+    assert (p.nspid is ev.process.pid) == (nspid == pid)
+
+
 # an exec's (privs, links, --enable-process-cred) -> its process_exec's binary_properties.
 # Tetragon adds them to that event's process alone (UpdateExecOutsideCache: a copy, never the
 # cache entry): the process's exit, its policy events, a child's `parent`, a fork's entry and
