@@ -2683,9 +2683,8 @@ static PyObject *builder_on_clone(Builder *b, PyObject *const *args, Py_ssize_t 
 			   : cached_process(b, r->ppid_key, r->pktime, r->pktime ? NO_PID : r->ppid);
 	if (PyErr_Occurred())
 		goto out;
-	if (!of) {
-		if (bump(b, b->s_miss_count) == 0)
-			res = Py_NewRef(Py_None);
+	if (!of) {  /* a miss; the record waits for that process (EventBuilder.clone_missing) */
+		res = PyObject_CallMethod(b->builder, "clone_missing", "OO", args[0], now);
 		goto out;
 	}
 	Py_INCREF(of);

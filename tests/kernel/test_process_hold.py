@@ -110,11 +110,11 @@ def test_a_policy_event_waits_for_its_process(running_agent: RunningAgent, workd
     assert marker < kinds.index("process_kprobe") or comes_back or gone == "parent"
     given_up = "parent_given_up" if gone == "parent" else "given_up"
     # parent-never-comes: the collector's end marker, a child of this test's process too, made
-    # while that process is out of the cache, is held for it at its exec and its exit as well (as
-    # Tetragon's GetProcessExec and GetProcessExit hold an event whose parent they lack), and
-    # leaves without it: three given up
+    # while that process is out of the cache, is held for it at its fork, its exec and its exit
+    # as well (as Tetragon's event cache holds a clone whose process it lacks, and GetProcessExec
+    # and GetProcessExit an event whose parent they lack), and leaves without it: four given up
     assert deltas(before, after, "resolved", given_up) == \
-        ((1, 0) if comes_back else (0, 3 if gone == "parent" else 1))
+        ((1, 0) if comes_back else (0, 4 if gone == "parent" else 1))
 
 
 def test_a_no_proc_event_is_not_given_an_earlier_processs_image(running_agent: RunningAgent, workdir: Path) -> None:
@@ -210,8 +210,8 @@ def test_an_exit_waits_for_its_parent(running_agent: RunningAgent, comes_back: b
     assert ex["process"]["exec_id"] == p.msg.exec_id and ex["process"]["binary"] == "/bin/sh", ex
     assert ex.get("parent", {}).get("exec_id") == (parent.msg.exec_id if comes_back else None), ex
     # never comes: the collector's end marker, a child of this test's process too, also leaves
-    # without it (its exec and its exit)
-    assert deltas(before, after, "resolved", "parent_given_up") == ((1, 0) if comes_back else (0, 3))
+    # without it (its clone record, its exec and its exit)
+    assert deltas(before, after, "resolved", "parent_given_up") == ((1, 0) if comes_back else (0, 4))
 
 
 @pytest.mark.parametrize("comes_back", [True, False], ids=["parent-comes", "parent-never-comes"])
@@ -255,9 +255,48 @@ def test_an_exec_waits_for_its_parent(running_agent: RunningAgent, comes_back: b
     assert ex.get("parent", {}).get("exec_id") == (me.msg.exec_id if comes_back else None), ex
     # its exit, after it
     assert event_of(evs2, "process_exit", child.pid)["process"]["exec_id"] == ex["process"]["exec_id"]
-    # never comes: the collector's end marker, a child of this test's process too, also leaves
-    # without it (its exec and its exit)
-    assert deltas(before, after, "resolved", "parent_given_up") == ((1, 0) if comes_back else (0, 3))
+    # the child's clone record waits for this test's process too (the child's entry is its
+    # exec's either way); never comes: the collector's end marker, a child of this test's process
+    # too, also leaves without it (its clone record, its exec and its exit)
+    assert deltas(before, after, "resolved", "parent_given_up") == ((2, 0) if comes_back else (0, 5))
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@pytest.mark.parametrize("comes_back", [True, False], ids=["forker-comes", "forker-never-comes"])
+def test_a_clone_waits_for_its_forking_process(running_agent: RunningAgent, comes_back: bool) -> None:
+    """A clone record whose forking process the cache lacks waits for it, as Tetragon's event
+    cache holds such a clone: the test's own child (sh) is out of the cache when it forks a
+    subshell (no exec); put back while the clone record waits, the subshell gets its entry (the
+    image it forked from) and its exit names it, with sh as parent; else the record is given up
+    (parent_given_up) and the exit goes with the stand-in, as before."""
+    a = running_agent.agent
+    hold = a.builder.hold
+    with hold_configured(hold, 1, 2), own_child(["/bin/sh", "-c", "read x; (read y); read z"]) as child:
+        sh = cached(a, child, "/bin/sh")
+        before = quiet_hold_status(hold)
+        taken_out(a, sh, what="the child")
+        try:
+            send_line(child)  # x: it forks the subshell
+            wait_for(lambda: _children(child.pid), "the subshell")
+            sub = _children(child.pid)[0]
+            wait_for(lambda: hold.status()["held"] > before["held"], "the clone record held")
+            if comes_back:  # its exec record handled now, on the loop's thread
+                put_back(a, sh, what="the child")
+                wait_for(lambda: a.cache.by_pid(sub) is not None, "the subshell's entry")
+            evs, ex = collect_event_of(running_agent, "process_exit", sub, lambda: send_line(child))  # y: it ends
+            after = dict(hold.status())
+        finally:  # back before its own exit, which ends it
+            put_back(a, sh, what="the child")
+    if comes_back:
+        assert ex["process"]["binary"] == "/bin/sh" and ex["process"]["flags"].startswith("clone"), ex
+        assert ex["parent"]["exec_id"] == sh.msg.exec_id, ex
+        assert deltas(before, after, "resolved", "parent_given_up") == (1, 0)
+    else:
+        assert set(ex["process"]) == {"pid", "start_time"}, ex  # the stand-in
+        assert deltas(before, after, "parent_given_up", "given_up") == (1, 1)
 
 
 def test_an_exec_read_after_its_exit_was_given_up_ends_its_process(running_agent: RunningAgent) -> None:

@@ -132,6 +132,21 @@ CASES = [
                                          _exit(101, 6000, 6500), _exec(200, 5500)], 1,
      [("exec", 200, 5500, 0), ("exec", 100, 5000, 0), ("exec", 101, 6000, 100), ("exit", 101, "known", 6000, 100)],
      (3, 2, 0, 1)),
+    # a clone record whose forking process the cache lacks (its exec record behind): held, as
+    # Tetragon's event cache holds such a clone, and the child's entry made once that process is
+    # cached (the child's exit and policy events then name it, the image it forked from), else
+    # given up after the wait (no entry, as before: its events go with the stand-in)
+    ("clone-forker-later", [_clone(100, 4000, 50, 1000), _exec(50, 1000), _exit(100, 4000, 6000)], 1,
+     [("exec", 50, 1000, 0), ("exit", 100, "known", 1000, 50)], (1, 1, 0)),
+    ("clone-forker-after-the-childs-exit", [_clone(100, 4000, 50, 1000), _exit(100, 4000, 6000), _exec(50, 1000)], 1,
+     [("exec", 50, 1000, 0), ("exit", 100, "known", 1000, 50)], (2, 2, 0)),
+    ("clone-forker-after-the-childs-policy-event", [_clone(100, 4000, 50, 1000), _policy(100, 4000, 4500),
+                                                    _exec(50, 1000)], 7,
+     [("exec", 50, 1000, 0), ("kprobe", 100, "known", 1000, 50)], (2, 2, 0)),
+    ("clone-forker-never-comes", [_clone(100, 4000, 50, 1000), _exec(200, 5500)], 1,
+     [("exec", 200, 5500, 0)], (1, 0, 0, 1)),
+    ("clone-forker-never-comes-the-childs-exit", [_clone(100, 4000, 50, 1000), _exit(100, 4000, 6000)], 1,
+     [("exit", 100, "stand-in", 0)], (2, 0, 1, 1)),
     # an exit whose exec key the cache lacks (that exec's record behind it): held the same way,
     # sent with the process once its exec comes, else with the stand-in (pid, start time)
     ("exit-known", [_exec(100, 5000), _exit(100, 5000, 6000)], 1,
@@ -227,10 +242,11 @@ def test_a_policy_event_waits_for_its_process(tmp_path: Path, records: list[byte
     assert (held["held"], held["resolved"], held["given_up"], held["held_now"]) == (*counts, 0)
     assert held.get("parent_given_up", 0) == parent_given_up
     assert metrics[("tetragon_event_cache_fetch_failures_total", (("entry_type", "parent_info"),))] == parent_given_up
-    # a known process's event carries the process of its exec event
+    # a known process's event carries the process of its exec event (a forked one's: none)
     execs = {e["process_exec"]["process"]["pid"]: e["process_exec"]["process"] for e in events if "process_exec" in e}
     for e in events:
-        if "process_kprobe" in e and e["process_kprobe"]["process"].get("exec_id"):
+        proc = e.get("process_kprobe", {}).get("process", {})
+        if proc.get("exec_id") and proc["pid"] in execs:
             assert e["process_kprobe"]["process"] == execs[e["process_kprobe"]["process"]["pid"]]
     # sent with the stand-in: missing its process info, as before the hold
     assert status["events_missing_process_info"] == counts[2]

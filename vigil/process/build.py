@@ -183,7 +183,7 @@ class EventBuilder:
     def record_handlers(self) -> dict[int, Callable[[bytes, int], Any]]:
         """record op -> handler(raw record, now_ns) returning the event or None."""
         def on_clone(buf: bytes, now: int) -> None:
-            self.on_clone(R.ProcessRecord(buf), now)
+            self.on_clone(R.ProcessRecord(buf), now, buf)
 
         if self._fast is not None:
             return {R.OP_EXEC: self._fast.on_exec, R.OP_CLONE: self._fast.on_clone, R.OP_EXIT: self._fast.on_exit}
@@ -493,10 +493,19 @@ class EventBuilder:
         parent, ancestors = self._parents(p)
         return ProcessExec(p.msg, parent, ancestors, self.clock.ktime_rfc3339(r.ktime), self.node)
 
-    def on_clone(self, r: R.ProcessRecord, now_ns: int) -> None:
+    def on_clone(self, r: R.ProcessRecord, now_ns: int, buf: bytes | None = None) -> None:
         """Forks are not exported (as in Tetragon) but give the child a cache entry: the
         image of the process that called clone, which is its parent, or (CLONE_PARENT, the
-        record names the caller) a child of the caller's parent."""
+        record names the caller) a child of the caller's parent. When that process is not
+        cached, a miss, and the record (`buf`) waits for it (clone_missing)."""
+        if not self._clone(r, now_ns):
+            if buf is None:
+                self.miss_count += 1
+            else:
+                self.clone_missing(buf, now_ns)
+
+    def _clone(self, r: R.ProcessRecord, now_ns: int) -> bool:
+        """on_clone's entry, made (True) unless the process it was forked from is not cached."""
         # by the kernel's key alone when it had one: an older image of that pid is not the one
         # the child runs (the exec that keyed it was not handled); by pid without a key
         if r.caller_pid:
@@ -505,12 +514,25 @@ class EventBuilder:
         else:
             of = self.cache._by_key.get((r.ppid_key, r.pktime)) if r.pktime else self.cache.by_pid(r.ppid)
         if of is None:
-            self.miss_count += 1
-            return
+            return False
         p = self.make_process(r, clone_of=of)
         self.cache.add(p, now_ns)
         self._podless(p)
         self.clone_count += 1
+        return True
+
+    def clone_missing(self, buf: bytes, now_ns: int) -> None:
+        """A clone record whose forking process the cache lacks (its exec record behind): a
+        miss, and (as Tetragon's event cache holds such a clone and adds it once the process
+        comes) the record waits in the hold, tried again at every step: the child's cache entry
+        is made once the forking process is cached (held_clone_found), else the record is given
+        up after the wait (parent_given_up). The compiled on_clone calls it."""
+        self.miss_count += 1
+        self.hold.clone(bytes(buf))
+
+    def held_clone_found(self, buf: bytes, now_ns: int) -> bool:
+        """A held clone record tried again: applied (True) once its forking process is cached."""
+        return self._clone(R.ProcessRecord(buf), now_ns)
 
     def on_exit(self, r: R.ExitRecord, now_ns: int) -> ProcessExit | None:
         cache = self.cache

@@ -12,7 +12,10 @@ Tetragon's GetProcessExit and policy handlers hold an event whose parent they la
 parent_info), and leaves without it once the wait is over; so does an exec event whose parent the
 cache lacks (Tetragon's GetProcessExec holds it, pid > 1; its process is cached at once), and
 what follows a held exec (its process's exit and policy events, its children's execs: `waiting`)
-is held behind it even when it had what it needs, so it never leaves before that exec. An exit
+is held behind it even when it had what it needs, so it never leaves before that exec. A clone
+record whose forking process the cache lacks waits the same way (HeldClone, never sent: the
+child's entry is made once that process is cached, as Tetragon's event cache retries such a
+clone; else given up, parent_info). An exit
 sent with its stand-in (given
 up) is remembered a while (EXITED_CAPACITY keys, for as long again as the wait): its exec record,
 read after all, still makes its exec event (as Tetragon sends an exec it reads after the exit)
@@ -53,7 +56,16 @@ WALK_EVERY_STEP, WALK_EVERY_NS = 64, 10_000_000
 EXITED_CAPACITY = 1024
 # a held entry's parent key once it has what it waits for (counted) but is sent only after the
 # held exec of its process (or, an exec, of its parent): _READY; one held only for that: _AFTER
-_READY, _AFTER = ("ready",), ("after",)
+_READY, _AFTER, _CLONE = ("ready",), ("after",), ("clone",)
+
+
+class HeldClone:
+    """A clone record whose forking process the cache lacks: held (not an event: never sent)
+    until the builder can make the child's entry (EventBuilder.held_clone_found)."""
+    __slots__ = ("buf",)
+
+    def __init__(self, buf: bytes) -> None:
+        self.buf = buf
 
 
 class ProcessHold:
@@ -106,6 +118,17 @@ class ProcessHold:
         else:  # no hold: sent as it is
             self.counts.missing_info += 1
 
+    def clone(self, buf: bytes) -> None:
+        """A clone record whose forking process the cache lacks (EventBuilder.clone_missing):
+        held, its wait counted from the next walk (its time and steps); when the hold is full,
+        given up at once (the child has no entry, as before the hold)."""
+        if self.retries:
+            self.stats["held"] += 1
+            if len(self.held) >= HOLD_CAPACITY:
+                self.stats["parent_given_up"] += 1
+            else:
+                self.held.append([HeldClone(buf), 0, 0, 0, -1, _CLONE, 0])
+
     def parent_missing(self, msg: ProcessMsg, parent_key: Any, exit: bool = False, exec: bool = False) -> None:
         """A kernel hook's event, the exit (`exit`) or the exec event (`exec`, its process
         message `msg`) of a cached process whose parent (the key its exec named) the cache does
@@ -148,7 +171,9 @@ class ProcessHold:
                 eid = e.process.exec_id
                 waiting[eid] = waiting.get(eid, 0) + 1
             if len(held) >= HOLD_CAPACITY:  # full: the oldest goes with what it has
-                keep.append(self._sent(self._give_up(held.popleft(), now_ns)))
+                old: Any = self._give_up(held.popleft(), now_ns)
+                if type(old) is not HeldClone:  # (a clone record: nothing to send)
+                    keep.append(self._sent(old))
             held.append(entry)
             self.stats["held"] += 1
         self.counts.missing_info += len(pending)
@@ -192,6 +217,17 @@ class ProcessHold:
         by_key, by_pid_since = self.cache._by_key, self.cache.by_pid_since
         for h in self.held:
             e, pkey = h[0], h[5]
+            if pkey is _CLONE:  # a clone record: the child's entry once its forking process is cached
+                if h[4] < 0:  # (its wait starts now)
+                    h[3], h[4] = now_ns, step
+                if self.counts.held_clone_found(e.buf, now_ns):
+                    self.stats["resolved"] += 1
+                elif final or (now_ns - h[3] >= self.wait_ns and step - h[4] >= HOLD_MIN_STEPS):
+                    self.stats["parent_given_up"] += 1
+                else:
+                    self.stats["parent_retries"] += 1
+                    keep.append(h)
+                continue
             if pkey is _READY or pkey is _AFTER:
                 if pkey is _AFTER:  # held only to follow its exec: it had what it needs
                     self.stats["resolved"] += 1
@@ -262,6 +298,8 @@ class ProcessHold:
             self.counts.missing_info += 1
             if type(h[0]) is ProcessExit and h[2]:  # its exec record, if read later, ends it
                 self._exited((h[1], h[2]), now_ns)
+        elif h[5] is _CLONE:  # (the hold full) a clone record: nothing is sent
+            self.stats["parent_given_up"] += 1
         elif h[5] is _AFTER:  # (the hold full) it had what it needs
             self.stats["resolved"] += 1
         elif h[5] is not _READY:  # with its process, without the parent it names
