@@ -377,6 +377,37 @@ uprobes:
     assert int(ev["data"][0]["size_arg"]) > 0 and ev["data"][1] == {"int_arg": pids[0]}
 
 
+@pytest.mark.parametrize("case,match,want", [
+    ("regs-equal", "{index: 0, operator: Equal, values: ['2']}", 1),
+    ("regs-not-equal", "{index: 0, operator: Equal, values: ['3']}", 0),
+    ("task-comm", "{index: 1, operator: Equal, values: [r]}", 1),
+    ("task-comm-other", "{index: 1, operator: Equal, values: [other]}", 0),
+])
+def test_uprobe_match_data(agent: Running, work: Path, case: str, match: str, want: int) -> None:
+    """matchData on a uprobe's data entries (a register, a field of the current task), filtered
+    in the kernel on their slots after the args' (the program's filter code on 6.1 and 6.12)."""
+    cc = shutil.which("clang")
+    assert cc, "no clang"
+    (work / "r.c").write_text(UPROBE_C)
+    subprocess.run([cc, "-O1", "-o", str(work / "r"), str(work / "r.c")], check=True)
+    spec = f"""
+uprobes:
+- path: "{work}/r"
+  symbols: [main]
+  args: [{{index: 0, type: int32}}]
+  data: [{{index: 0, type: int32, source: pt_regs, resolve: edi}}, {{index: 0, type: string, source: current_task, resolve: comm}}]
+  selectors:
+  - {SCOPE}
+    matchData: [{match}]
+"""
+    name = agent.agent.add_policy(policy(f"vm-uprobe-match-data-{case}", spec))
+    try:
+        events = agent.collect(lambda: subprocess.run([str(work / "r"), "x"]))  # argc 2, comm "r"
+    finally:
+        agent.agent.delete_policy(name)
+    assert len(events_of(events, f"vm-uprobe-match-data-{case}")) == want
+
+
 def test_ima_hash(agent: Running, work: Path) -> None:
     """imaHash on an LSM hook: a sleepable program computes the executed file's IMA hash."""
     import hashlib
