@@ -89,6 +89,33 @@ struct {
 	__type(value, __u64);
 } hook_stats SEC(".maps");
 
+/* Tetragon's policy action counters (TracingPolicyActionCounters), per selector of the hook:
+ * [selector (1-based; 0: a record of a hook without selectors) * PA_ROW + enum policy_act]. Every
+ * action a matching selector takes is counted where it is taken (Post and Sigkill: post and
+ * signal; NoPost: nopost though nothing is sent; monitor mode: the monitor_ counter). Read by
+ * vigil.sensors.generic.GenericHook.selector_stats. */
+enum policy_act {
+	PA_POST = 0,      /* a record sent */
+	PA_SIGNAL = 1,
+	PA_MONITOR_SIGNAL = 2,
+	PA_OVERRIDE = 3,
+	PA_MONITOR_OVERRIDE = 4,
+	PA_NOTIFY_ENFORCER = 5,
+	PA_MONITOR_NOTIFY_ENFORCER = 6,
+	PA_SET = 7,
+	PA_MONITOR_SET = 8,
+	PA_NOPOST = 9,
+	PA_MAX = 10,      /* no counter */
+};
+#define PA_ROW 16
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, (VP_MAX_SELECTORS + 1) * PA_ROW);
+	__type(key, __u32);
+	__type(value, __u64);
+} action_stats SEC(".maps");
+
 /* Exact strings. The key size is set at load to what the longest value and its NUL need
  * (vigil.policy.compile.str_key_size): a lookup hashes and compares those bytes, not all
  * VP_STR_KEY (a longer string is told apart by its byte at the value's NUL). str_key_words:
@@ -172,6 +199,8 @@ struct gen_heap {
 	__u32 data_inline[VP_SLOTS];
 	__s32 pre_r;           /* the pre-filter's string read (> 0: pre[] holds it for read_arg) */
 	__u32 pre_eq;          /* the pre-filter's string is pre_val */
+	__u32 pa_key;          /* count_actions' map key */
+	__u8 pa_n[PA_MAX];     /* actions taken, by enum policy_act, not yet counted */
 	char pre[STR_FAST];
 };
 
@@ -356,6 +385,27 @@ static __always_inline struct scratch *scratch(void)
 	__u32 zero = 0;
 
 	return bpf_map_lookup_elem(&gen_scratch, &zero);
+}
+
+/* The actions this run's selector took (h->pa_n, noted where each was taken; Post: the record
+ * sent) added to the policy's action counters, and the notes cleared. A call of its own, made
+ * once a run's actions are done: the entry programs' frames and read_arg's are at 6.1's combined
+ * stack limit, and the key is in the heap. Atomic: a preemptible program (uprobe, trampoline) may
+ * be interrupted on this CPU by another. A key past the map finds nothing. */
+static __noinline void count_actions(struct gen_heap *h)
+{
+	for (__u32 a = 0; a < PA_MAX; a++) {
+		__u8 n = h->pa_n[a];
+		__u64 *v;
+
+		if (!n)
+			continue;
+		h->pa_n[a] = 0;
+		h->pa_key = h->sel * PA_ROW + a;
+		v = bpf_map_lookup_elem(&action_stats, &h->pa_key);
+		if (v)
+			__sync_fetch_and_add(v, n);
+	}
 }
 
 #include "generic/read.bpf.h"

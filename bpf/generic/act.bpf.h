@@ -76,15 +76,18 @@ static __always_inline __u8 do_actions(struct gen_heap *h, struct vp_hook *cfg,
 			break;
 		case VP_ACT_NOPOST:
 			h->post = 0;
+			h->pa_n[PA_NOPOST]++;
 			break;
 		case VP_ACT_OVERRIDE:
 			fired = a->type;
 			if (cfg->flags & VP_HOOK_MONITOR) {
 				h->m.flags |= VP_EV_MONITOR;
 				stat_inc(HS_MONITORED);
+				h->pa_n[PA_MONITOR_OVERRIDE]++;
 			} else {
 				h->override_err = a->arg;
 				stat_inc(HS_SIGNALS);
+				h->pa_n[PA_OVERRIDE]++;
 			}
 			break;
 		case VP_ACT_SIGKILL:
@@ -93,9 +96,11 @@ static __always_inline __u8 do_actions(struct gen_heap *h, struct vp_hook *cfg,
 			if (cfg->flags & VP_HOOK_MONITOR) {
 				h->m.flags |= VP_EV_MONITOR;
 				stat_inc(HS_MONITORED);
+				h->pa_n[PA_MONITOR_SIGNAL]++;
 			} else if (acts_on_current(h)) {
 				bpf_send_signal(a->type == VP_ACT_SIGKILL ? 9 : a->arg);
 				stat_inc(HS_SIGNALS);
+				h->pa_n[PA_SIGNAL]++;
 			}
 			break;
 		case VP_ACT_TRACKSOCK:
@@ -138,13 +143,16 @@ static __always_inline __u8 do_actions(struct gen_heap *h, struct vp_hook *cfg,
 			if (cfg->flags & VP_HOOK_MONITOR) {
 				h->m.flags |= VP_EV_MONITOR;
 				stat_inc(HS_MONITORED);
+				h->pa_n[PA_MONITOR_SET]++;
 				break;
 			}
 			if (!cfg_write_user || sa->src != VP_SRC_USDT || !sa->off2 || sa->off >= 21 * 8)
 				break;
 			bpf_probe_read_kernel(&base, 8, (void *)(h->ctxp + (sa->off & 0xff)));
-			if (!bpf_probe_write_user((void *)(base + sa->konst), &val, sizeof(val)))
+			if (!bpf_probe_write_user((void *)(base + sa->konst), &val, sizeof(val))) {
 				stat_inc(HS_SIGNALS);
+				h->pa_n[PA_SET]++;
+			}
 			break;
 		}
 		case VP_ACT_NOTIFY_ENFORCER: {
@@ -155,6 +163,7 @@ static __always_inline __u8 do_actions(struct gen_heap *h, struct vp_hook *cfg,
 			if (cfg->flags & VP_HOOK_MONITOR) {
 				h->m.flags |= VP_EV_MONITOR;
 				stat_inc(HS_MONITORED);
+				h->pa_n[PA_MONITOR_NOTIFY_ENFORCER]++;
 				break;
 			}
 			if (!acts_on_current(h))  /* the note would be for another task's syscall */
@@ -163,6 +172,7 @@ static __always_inline __u8 do_actions(struct gen_heap *h, struct vp_hook *cfg,
 			n.sig = a->arg2;
 			n.hook_id = cfg->hook_id;
 			bpf_map_update_elem(&enforcer_notes, &id, &n, BPF_ANY);
+			h->pa_n[PA_NOTIFY_ENFORCER]++;
 			break;
 		}
 		case VP_ACT_CLEANUP_ENFORCER: {
@@ -331,8 +341,10 @@ static __always_inline void send(void *ctx, struct gen_heap *h)
 	barrier_var(size);   /* the bound below must be on the register emit() gets */
 	if (size > sizeof(h->m) + sizeof(h->data))
 		return;
-	if (!emit(h, size, DROP_RB_FULL_GENERIC))
+	if (!emit(h, size, DROP_RB_FULL_GENERIC)) {
 		stat_inc(HS_POSTED);
+		h->pa_n[PA_POST]++;
+	}
 }
 
 /* A record is going to be made: its time, and whose it is (a filtered hit pays neither) */
@@ -486,6 +498,8 @@ static __always_inline int run_hook(void *ctx, struct gen_heap *h, struct vp_hoo
 
 	record_made(h);
 	if (cfg->flags & VP_HOOK_RETURN) {
+		/* the entry's actions now: the event waits in pending without their notes */
+		count_actions(h);
 		if (cfg->ret_raw) {  /* the hook carries its return value (a stand-in tracepoint) */
 			h->m.ret = h->raw[(cfg->ret_raw - 1) & (VP_SLOTS - 1)];
 			return finish_return(ctx, h, cfg);
@@ -496,6 +510,7 @@ static __always_inline int run_hook(void *ctx, struct gen_heap *h, struct vp_hoo
 	}
 	if (h->post)
 		send(ctx, h);
+	count_actions(h);
 	return 0;
 }
 
@@ -536,6 +551,7 @@ static __always_inline int finish_return(void *ctx, struct gen_heap *h, struct v
 	}
 	if (h->post)
 		send(ctx, h);
+	count_actions(h);
 	return 0;
 }
 

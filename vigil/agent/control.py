@@ -61,7 +61,7 @@ class AgentControl:
     # -- `vigil status`, GetInfo and the metrics: keys and their order are an interface
     def status(self) -> dict[str, Any]:
         from vigil.agent.pipeline import TETRAGON_OPCODE
-        from vigil.agent.policies import listed_mode
+        from vigil.agent.policies import action_counters, listed_mode
         from vigil.kernel.objects import delete_errors
 
         a, p = self.agent, self.agent.pipeline
@@ -96,10 +96,13 @@ class AgentControl:
             "links": self._link_stats(),
             "policy_events": [{"policy": lp.name, "hook": kind, "count": n}
                               for lp in pols for kind, n in list(lp.events.items())],
-            "policy_actions": [{"policy": lp.name, "namespace": lp.compiled.policy.namespace or "", "hook": k[0],
-                                "hook_index": k[1], "selector_index": k[2], "selector_label": k[3],
-                                "action": k[4], "count": n}
-                               for lp in pols for k, n in list(lp.actions.items())],
+            # every action each selector took (Tetragon's selector action counters; selector_index -1:
+            # the records of a hook without selectors)
+            "policy_actions": [{"policy": lp.name, "namespace": lp.compiled.policy.namespace or "",
+                                "hook": e["hook"], "hook_index": e["hook_index"], "selector_index": e["selector_index"],
+                                "selector_label": e["selector_label"], "action": action, "count": n}
+                               for lp in pols for e in action_counters(lp, unselected=True)[1]
+                               for action, n in e["action_counters"].items()],
             "policies": {lp.name: {"state": "enabled" if lp.enabled else "disabled", "mode": listed_mode(lp)}
                          for lp in pols},
             "handler_errors": [{"opcode": op, "error": err, "count": n}

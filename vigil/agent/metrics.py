@@ -325,14 +325,16 @@ class AgentCollector(Collector):
                 ev.add_metric([_EVENT_TYPE.get(k, k.upper()), "", "", "", "", ""], n)
         yield ev
 
-        # both from the policies' action counters (every posted event is counted there once),
-        # labelled as Tetragon does: hook = the hook as the policy names it (kprobe:sys_openat),
-        # selector_index 0-based; an event no selector decided has no selector counter
+        # both from the policies' action counters (each action a selector took, counted where it
+        # was taken; a posted event is one post), labelled as Tetragon does: hook = the hook as the
+        # policy names it (kprobe:sys_openat), selector_index 0-based; an event no selector decided
+        # has no selector counter
         by_hook: dict[tuple[str, str], int] = {}
         by_selector: dict[tuple[str, ...], int] = {}
         for pa in st.get("policy_actions", []):
             hk = (pa["policy"], pa["hook"])
-            by_hook[hk] = by_hook.get(hk, 0) + pa["count"]
+            if pa["action"] == "post":
+                by_hook[hk] = by_hook.get(hk, 0) + pa["count"]
             if pa["selector_index"] >= 0:
                 sk = (pa["policy"], pa["namespace"], pa["hook"], str(pa["hook_index"]), str(pa["selector_index"]),
                       pa["selector_label"], pa["action"])
@@ -356,7 +358,7 @@ class AgentCollector(Collector):
         yield sysc
 
         acts = CounterMetricFamily("tetragon_tracingpolicy_selector_actions",
-                                   "Policy events posted, by policy, hook, deciding selector and action",
+                                   "Actions policy selectors took, by policy, hook, selector and action",
                                    labels=["policy", "policy_namespace", "hook", "hook_index", "selector_index",
                                            "selector_label", "action"])
         for labels, n in by_selector.items():

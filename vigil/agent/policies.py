@@ -597,8 +597,7 @@ class PolicyManager:
         # with ignore.digestVerificationFailure; a kprobe call missing, with ignore.callNotFound):
         # the policy is partially enabled, as Tetragon's
         skipped = [p for p in lp.compiled.placements if p.ok and p.skipped]
-        counters = {"post": total.get("posted", 0), "signal": total.get("signals", 0),
-                    "monitor_signal": total.get("monitored", 0)}
+        counters, per_selector = action_counters(lp)
         return {
             "id": lp.id,
             "name": lp.name,
@@ -611,7 +610,7 @@ class PolicyManager:
             "error": lp.error,
             "mode": mode,
             "kernel_memory_bytes": sum(gh.kernel_memory() for gh in lp.hooks),
-            "stats": {"action_counters": counters},
+            "stats": {"action_counters": counters, "selector_action_counters": per_selector},
             "hooks": [{"section": ch.placement.section, "index": ch.placement.index,
                        "hook": ch.placement.describe(), "state": "loaded" if lp.enabled else "disabled",
                        "target": ch.placement.target}
@@ -626,6 +625,38 @@ class PolicyManager:
     def list(self) -> list[dict[str, Any]]:
         with self._lock:
             return [self.status(lp) for lp in self.policies.values()]
+
+
+def action_counters(lp: LoadedPolicy, unselected: bool = False) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """Tetragon's TracingPolicyStats of a policy: every action its selectors took, counted
+    where it was taken (the generic hooks' kernel counters, the stand-ins' decisions), as
+    (the policy's totals, one entry per selector that took any: hook as the policy names it,
+    hook_index, 0-based selector_index, selector_label, action_counters). The totals hold
+    every counter (0 too) and the records of hooks without selectors (`unselected`: those are
+    entries too, selector_index -1, for the agent's own metrics)."""
+    from vigil.kernel.errors import BpfError
+    from vigil.sensors.generic import ACTION_COUNTERS
+
+    total = dict.fromkeys(ACTION_COUNTERS, 0)
+    per_selector: list[dict[str, Any]] = []
+    for gh in lp.hooks:
+        ch = getattr(gh, "compiled", None)
+        sel_stats = getattr(gh, "selector_stats", None)
+        if ch is None or sel_stats is None:
+            continue
+        try:
+            rows = sel_stats()
+        except (BpfError, OSError):  # a hook closed meanwhile (the policy deleted while read)
+            continue
+        hook = ch.placement.stats_hook or ch.placement.describe().split(";")[0]
+        for sel, row in sorted(rows.items()):
+            for name, n in row.items():
+                total[name] = total.get(name, 0) + n
+            if 0 < sel <= len(ch.selectors) or (unselected and sel == 0):
+                per_selector.append({"hook": hook, "hook_index": ch.placement.index, "selector_index": sel - 1,
+                                     "selector_label": (ch.selectors[sel - 1].label or "") if sel else "",
+                                     "action_counters": row})
+    return total, per_selector
 
 
 def _correlator(policy: Policy) -> Any:

@@ -22,6 +22,11 @@ log = logging.getLogger("vigil.sensor.generic")
 
 STATS = ("hits", "filtered", "posted", "ratelimited", "signals", "monitored", "pending_full", "errors",
          "not_workload", "busy", "not_task", "not_owner")
+# Tetragon's policy action counters (TracingPolicyActionCounters), in generic.bpf.c's enum
+# policy_act order; the kernel's action_stats map holds a row of PA_ROW per selector
+ACTION_COUNTERS = ("post", "signal", "monitor_signal", "override", "monitor_override", "notify_enforcer",
+                   "monitor_notify_enforcer", "set", "monitor_set", "nopost")
+PA_ROW = 16
 ENTRY_PROGS = (*(f"vigil_sys_enter{n}" for n in range(7)), "vigil_sys_exit", "vigil_tp", "vigil_raw_tp", "vigil_uprobe",
                "vigil_uretprobe", "vigil_kprobe", "vigil_kretprobe", "vigil_lsm", "vigil_fentry",
                "vigil_fexit", "vigil_fmod_ret", "vigil_kprobe_override", "vigil_raw_sys_enter",
@@ -207,6 +212,21 @@ class GenericHook:
         out["filtered"] += pre
         return out
 
+    def selector_stats(self) -> dict[int, dict[str, int]]:
+        """The actions the hook's selectors took, counted in the kernel where each was taken:
+        per selector (1-based; 0: records of a hook without selectors), its non-zero counters
+        (ACTION_COUNTERS names); a selector that took none is left out."""
+        if self.obj is None:
+            return {}
+        m = self.obj.map("action_stats")
+        out: dict[int, dict[str, int]] = {}
+        for sel in range(min(self.compiled.config.nselectors, L.MAX_SELECTORS) + 1):
+            row = {name: n for i, name in enumerate(ACTION_COUNTERS)
+                   if (n := m.sum_percpu_u64(struct.pack("<I", sel * PA_ROW + i)))}
+            if row:
+                out[sel] = row
+        return out
+
     def program_ids(self) -> list[int]:
         from vigil.kernel.info import prog_info
 
@@ -278,6 +298,9 @@ class EnforcerHook:
 
     def stats(self) -> dict[str, int]:
         return dict.fromkeys(STATS, 0)
+
+    def selector_stats(self) -> dict[int, dict[str, int]]:
+        return {}  # the enforcer acts on the notes; the NotifyEnforcer that left one counted it
 
     def program_ids(self) -> list[int]:
         from vigil.kernel.info import prog_info

@@ -144,6 +144,7 @@ class FanotifyHook:
         self.what = compiled.placement.attach["what"]
         self.attached = False
         self.reported = self.denied = self.monitored = 0
+        self.actions: dict[int, dict[str, int]] = {}  # per 1-based selector: its action counters
         self._check(compiled)
 
     def _check(self, c: CompiledHook) -> None:
@@ -182,11 +183,24 @@ class FanotifyHook:
         return out
 
     def count(self, rep: Report) -> None:
+        """A decision the helper reported: the actions its selector took (the report becomes
+        the event: post; the enforcement done, or in monitor mode reported only)."""
         self.reported += 1
+        took = ["post"]
+        act = "signal" if rep.action == "sigkill" else "override"
         if rep.monitor:
             self.monitored += 1
+            if rep.action in ENFORCE:
+                took.append(f"monitor_{act}")
         elif not rep.allowed and rep.action in ENFORCE:
             self.denied += 1
+            took.append(act)
+        row = self.actions.setdefault(rep.selector + 1, {})
+        for name in took:
+            row[name] = row.get(name, 0) + 1
+
+    def selector_stats(self) -> dict[int, dict[str, int]]:
+        return {sel: dict(row) for sel, row in list(self.actions.items())}
 
     def load(self) -> None:
         self.attach()
@@ -311,6 +325,21 @@ class NetDenyHook:
         return {"hits": denied + mon + posts + sum(v["allowed"] for v in st.values()), "filtered": 0,
                 "posted": denied + mon + posts,
                 "ratelimited": 0, "signals": denied, "monitored": mon, "pending_full": 0, "errors": 0}
+
+    def selector_stats(self) -> dict[int, dict[str, int]]:
+        """The actions each selector's socket rule took, from the rules' kernel counters:
+        a refusal (override) or, in monitor mode, its report (monitor_override), each with
+        its record (post); a post rule's record (post); an allow rule's pass (nopost)."""
+        from vigil.policy.hostdeny_check import socket_rule_origin
+
+        out: dict[int, dict[str, int]] = {}
+        for rid, c in (self.nd.stats() if self.nd is not None else {}).items():
+            row = out.setdefault(socket_rule_origin(rid)[1] + 1, {})
+            for name, n in (("override", c["denied"]), ("monitor_override", c["monitored"]), ("nopost", c["allowed"]),
+                            ("post", c["denied"] + c["monitored"] + c["posted"])):
+                if n:
+                    row[name] = row.get(name, 0) + n
+        return {sel: row for sel, row in out.items() if row}
 
     def program_ids(self) -> list[int]:
         from vigil.kernel.info import prog_info

@@ -1,0 +1,86 @@
+"""A policy's action counters (ListTracingPolicies' TracingPolicyStats, the metric
+tetragon_tracingpolicy_selector_actions_total) count every action a matching selector takes,
+where it is taken, as Tetragon's do: Post and Sigkill count post and signal; NoPost counts
+nopost though no event reaches user space; in monitor mode the monitor_ counters. Each on the
+selector that took it (0-based selector_index, its label)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.kernel.conftest import RunningAgent
+from tests.kernel.test_policy_engine import loaded, policy_yaml
+from vigil.agent.metrics import AgentCollector
+from vigil.api.policies import policy_status
+from vigil.sensors.generic import ACTION_COUNTERS
+
+pytestmark = pytest.mark.kernel
+
+HOOK = "tracepoint:syscalls/sys_enter_getppid"
+
+# the first selector never matches: the second's counters are selector_index 1
+SPEC = """
+tracepoints:
+- subsystem: syscalls
+  event: sys_enter_getppid
+  selectors:
+  - label: never
+    matchBinaries: [{{operator: In, values: ["/nothing/runs/this"]}}]
+    matchActions: [{{action: Sigkill}}]
+  - label: mine
+    matchBinaries: [{{operator: In, values: ["{binary}"]}}]
+    matchActions: [{actions}]
+"""
+
+CALLS = 3  # getppid calls of the test's process (it makes none other)
+
+
+@pytest.mark.parametrize("actions, mode, killed, counted", [
+    # each call: the event posted and the signal sent; the first call kills it
+    ("{action: Post}, {action: Sigkill}", None, True, {"post": 1, "signal": 1}),
+    ("{action: Sigkill}, {action: Post}", None, True, {"post": 1, "signal": 1}),
+    # no event, yet every call's NoPost is counted
+    ("{action: NoPost}", None, False, {"nopost": CALLS}),
+    ("{action: Sigkill}, {action: NoPost}", None, True, {"signal": 1, "nopost": 1}),
+    # monitor mode: reported, not done, every call
+    ("{action: Sigkill}", "monitor", False, {"post": CALLS, "monitor_signal": CALLS}),
+    ("{action: Signal, argSig: 10}, {action: NoPost}", "monitor", False,
+     {"monitor_signal": CALLS, "nopost": CALLS}),
+], ids=["post-sigkill", "sigkill-post", "nopost", "sigkill-nopost", "monitor-sigkill", "monitor-signal-nopost"])
+def test_each_action_a_selector_takes_is_counted_once(running_agent: RunningAgent, workdir: Path, actions: str,
+                                                      mode: str | None, killed: bool, counted: dict[str, int]):
+    a = running_agent.agent
+    vpy = workdir / "vpy-counters"
+    shutil.copy2(os.path.realpath(sys.executable), vpy)
+    name = f"action-counters-{abs(hash((actions, mode))) % 100000}"
+    with loaded(running_agent, policy_yaml(name, SPEC.format(binary=vpy, actions=actions)), mode=mode):
+        code = f"import os\nfor _ in range({CALLS}): os.getppid()"
+        rc = subprocess.run([str(vpy), "-S", "-c", code], check=False).returncode
+        assert rc == (-9 if killed else 0), rc
+        listed = next(p for p in a.list_policies() if p["name"] == name)
+        scraped = {(s["hook"], s["hook_index"], s["selector_index"], s["selector_label"], s["action"]): v
+                   for s, v in samples(a, "tetragon_tracingpolicy_selector_actions")
+                   if s["policy"] == name and s["policy_namespace"] == ""}
+
+    want = dict.fromkeys(ACTION_COUNTERS, 0) | counted
+    assert listed["stats"]["action_counters"] == want
+    assert listed["stats"]["selector_action_counters"] == [
+        {"hook": HOOK, "hook_index": 0, "selector_index": 1, "selector_label": "mine", "action_counters": counted}]
+    # as the gRPC API sends it
+    st = policy_status(listed).stats
+    assert {n: getattr(st.action_counters, n) for n in ACTION_COUNTERS} == want
+    assert [(c.hook, c.hook_index.value, c.selector_index.value, c.selector_label,
+             {n: getattr(c.action_counters, n) for n in ACTION_COUNTERS if getattr(c.action_counters, n)})
+            for c in st.selector_action_counters] == [(HOOK, 0, 1, "mine", counted)]
+    # the metric: one series per action taken
+    assert scraped == {(HOOK, "0", "1", "mine", action): n for action, n in counted.items()}
+
+
+def samples(agent: object, family: str) -> list[tuple[dict[str, str], float]]:
+    return [(s.labels, s.value) for fam in AgentCollector(agent).collect() if fam.name == family
+            for s in fam.samples if s.name == family + "_total"]
