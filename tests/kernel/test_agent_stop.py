@@ -13,16 +13,15 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.kernel.bpfstate import require_root, still_loaded
 from tests.kernel.test_agent_cli import VIGIL, AgentProcess, free_port
+from tests.overlapcheck import FirstWaitsForSecond
 from tests.stoppolicies import SYSCALLS, write_policies
 from vigil.kernel import sys as ksys
 
@@ -421,22 +420,7 @@ def test_the_process_sensor_closes_its_syscall_links_at_once(monkeypatch: pytest
     from vigil.sensors.process import EXEC_ENTRY, ProcessSensor
 
     require_root()
-    started: list[str] = []
-    second = threading.Event()
-    overlapped: list[bool] = []
-    real = objects._destroy
-
-    def destroy(job: Any) -> None:
-        with lock:
-            started.append(job.desc)
-            first = len(started) == 1
-        if first:
-            overlapped.append(second.wait(30))  # a hang guard, not a timing threshold
-        else:
-            second.set()
-        real(job)
-
-    lock = threading.Lock()
+    destroy = FirstWaitsForSecond(objects._destroy)
     sensor = ProcessSensor()
     sensor.start()
     try:
@@ -452,8 +436,8 @@ def test_the_process_sensor_closes_its_syscall_links_at_once(monkeypatch: pytest
         monkeypatch.undo()
         if sensor.obj is not None:
             sensor.obj.close()
-    assert overlapped == [True], "each entry link waited for the one before it"
-    assert {d.split("->")[0] for d in started[:2]} == set(EXEC_ENTRY), started  # newest first, as before
-    assert len(prog_ids) >= 5 and len(link_ids) == len(started)
+    assert destroy.overlapped == [True], "each entry link waited for the one before it"
+    assert {d.split("->")[0] for d in destroy.started[:2]} == set(EXEC_ENTRY), destroy.started  # newest first
+    assert len(prog_ids) >= 5 and len(link_ids) == len(destroy.started)
     assert not still_loaded(prog_ids), "programs still loaded"
     assert not link_ids & loaded_link_ids(), "links still attached"

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.overlapcheck import FirstWaitsForSecond
 from vigil.agent import policies
 from vigil.kernel import objects
 from vigil.kernel.objects import BpfObject, Link
@@ -114,24 +115,11 @@ def test_disabling_detaches_in_the_same_order_and_keeps_the_programs(rec: Record
 def test_the_links_of_many_hooks_close_at_once(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
     """The first destroy waits until another has started: one link after the other (the old
     way) never gets there."""
-    started: list[str] = []
-    lock = threading.Lock()
-    second = threading.Event()
-    overlapped: list[bool] = []
-
-    def destroy(job: Any) -> None:
-        with lock:
-            started.append(job.desc)
-            first = len(started) == 1
-        if first:
-            overlapped.append(second.wait(30))  # a hang guard, not a timing threshold
-        else:
-            second.set()
-
+    destroy = FirstWaitsForSecond()
     monkeypatch.setattr(objects, "_destroy", destroy)
     rec = Recorder()
     made = [FakeHook(rec, f"h{i}", i + 1, ["entry"]) for i in range(n)]
     policies._close_hooks(made)
-    assert overlapped == [True], "each link waited for the one before it"
-    assert sorted(started) == sorted(f"h{i}:entry" for i in range(n))
+    assert destroy.overlapped == [True], "each link waited for the one before it"
+    assert sorted(destroy.started) == sorted(f"h{i}:entry" for i in range(n))
     assert all(not h.obj.links for h in made)
