@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +85,34 @@ def test_each_action_a_selector_takes_is_counted_once(running_agent: RunningAgen
 def samples(agent: object, family: str) -> list[tuple[dict[str, str], float]]:
     return [(s.labels, s.value) for fam in AgentCollector(agent).collect() if fam.name == family
             for s in fam.samples if s.name == family + "_total"]
+
+
+@pytest.mark.parametrize("case, mode, counted", [
+    ("open", None, {"post": 1, "override": 1}),
+    ("open", "monitor", {"post": 1, "monitor_override": 1}),
+    ("connect", None, {"post": 1, "override": 1}),
+    ("connect", "monitor", {"post": 1, "monitor_override": 1}),
+], ids=["fanotify-override", "fanotify-monitor", "socket-rule-override", "socket-rule-monitor"])
+def test_the_stand_ins_count_the_actions_they_decide(running_agent: RunningAgent, workdir: Path, case: str,
+                                                     mode: str | None, counted: dict[str, int]):
+    """Where no BPF LSM enforces an Override, the fanotify helper (an open) and the cgroup socket
+    rules (a connect) decide it: each counts the actions its selector took, as the kernel hooks."""
+    from tests import enforce_cases as C
+
+    C.prepare(workdir)
+    srv = socket.socket()
+    try:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(4)
+        text = C.open_deny(workdir) if case == "open" else C.connect_deny(srv.getsockname()[1])
+        with loaded(running_agent, text, mode=mode) as st:
+            name = st["name"]
+            assert ("fanotify" if case == "open" else "cgroup/connect4") in st["hooks"][0]["hook"]
+            running_agent.collect(lambda: C.run_open_case(workdir) if case == "open" else C.run_connect_case(srv))
+            listed = next(p for p in running_agent.agent.list_policies() if p["name"] == name)
+    finally:
+        srv.close()
+    assert listed["stats"]["action_counters"] == dict.fromkeys(ACTION_COUNTERS, 0) | counted
+    assert listed["stats"]["selector_action_counters"] == [
+        {"hook": f"kprobe:sys_{'openat' if case == 'open' else 'connect'}", "hook_index": 0, "selector_index": 0,
+         "selector_label": "", "action_counters": counted}]
