@@ -588,6 +588,20 @@ def test_a_process_pod_is_written_as_the_twin_writes_it(container: dict[str, Any
     assert got == want
 
 
+# numbers at each digit-count boundary (native/fastpath.c fmt_u64: the length first, then two
+# digits at a time from the end): the message's integer fields and a pod's pid
+NUMBERS = sorted({0, 2**64 - 1} | {10**k + d for k in range(20) for d in (-1, 0, 1) if 0 <= 10**k + d < 2**64})
+
+
+@pytest.mark.parametrize("v", NUMBERS, ids=str)
+def test_integers_are_written_as_the_twin_writes_them(v: int) -> None:
+    shared = PodShared(namespace="ns", name="p-0", uid="u-9", container={"id": "containerd://abc"})
+    fields = {"exec_id": "e", "pid": v, "uid": v, "auid": v, "tid": v, "binary": "/b"}
+    got = FAST.process_json(ProcessMsg(**fields, pod=Pod(shared, v, False)))
+    want = codec.py_process_json(ProcessMsg(**fields, pod=Pod(dict(shared), v, False)))
+    assert got == want and (b'"pid":%d' % v in got or v == 0)
+
+
 def test_pod_table_serves_known_containers_and_asks_the_resolver_otherwise() -> None:
     """The compiled exec path takes a known container's pod from the resolver's table; a new
     container, a changed store entry and a possible exec probe go to the resolver."""
