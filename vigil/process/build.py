@@ -528,7 +528,7 @@ class EventBuilder:
         is made once the forking process is cached (held_clone_found), else the record is given
         up after the wait (parent_given_up). The compiled on_clone calls it."""
         self.miss_count += 1
-        self.hold.clone(bytes(buf))
+        self.hold.clone(bytes(buf), now_ns)
 
     def held_clone_found(self, buf: bytes, now_ns: int) -> bool:
         """A held clone record tried again: applied (True) once its forking process is cached."""

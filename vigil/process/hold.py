@@ -118,16 +118,17 @@ class ProcessHold:
         else:  # no hold: sent as it is
             self.counts.missing_info += 1
 
-    def clone(self, buf: bytes) -> None:
-        """A clone record whose forking process the cache lacks (EventBuilder.clone_missing):
-        held, its wait counted from the next walk (its time and steps); when the hold is full,
+    def clone(self, buf: bytes, now_ns: int) -> None:
+        """A clone record whose forking process the cache lacks (EventBuilder.clone_missing),
+        read at `now_ns`: held (its steps counted from the walk after, as an event held at this
+        step), so it is given up no later than the events read after it; when the hold is full,
         given up at once (the child has no entry, as before the hold)."""
         if self.retries:
             self.stats["held"] += 1
             if len(self.held) >= HOLD_CAPACITY:
                 self.stats["parent_given_up"] += 1
             else:
-                self.held.append([HeldClone(buf), 0, 0, 0, -1, _CLONE, 0])
+                self.held.append([HeldClone(buf), 0, 0, now_ns, -1, _CLONE, 0])
 
     def parent_missing(self, msg: ProcessMsg, parent_key: Any, exit: bool = False, exec: bool = False) -> None:
         """A kernel hook's event, the exit (`exit`) or the exec event (`exec`, its process
@@ -218,8 +219,8 @@ class ProcessHold:
         for h in self.held:
             e, pkey = h[0], h[5]
             if pkey is _CLONE:  # a clone record: the child's entry once its forking process is cached
-                if h[4] < 0:  # (its wait starts now)
-                    h[3], h[4] = now_ns, step
+                if h[4] < 0:  # (held in the step before this walk)
+                    h[4] = step - 1
                 if self.counts.held_clone_found(e.buf, now_ns):
                     self.stats["resolved"] += 1
                 elif final or (now_ns - h[3] >= self.wait_ns and step - h[4] >= HOLD_MIN_STEPS):
