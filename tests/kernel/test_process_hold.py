@@ -299,6 +299,30 @@ def test_a_clone_waits_for_its_forking_process(running_agent: RunningAgent, come
         assert deltas(before, after, "parent_given_up", "given_up") == (1, 1)
 
 
+def test_a_late_exec_record_of_an_older_image_leaves_the_newer_one(running_agent: RunningAgent) -> None:
+    """The exec record of an older image of a pid read after the pid's newer image was cached
+    (pid reuse, or the process's own next exec, its record behind in another ring) is recorded
+    but never ends the newer image: the test's own child (sh) is taken out of the cache, execs
+    cat (cached: the pid names it), then sh's entry is added again on the loop's thread as if
+    its exec record were read only now. The pid keeps naming cat, live; sh is ended at once;
+    the child's exit names cat and ends it (nothing of the pid left live)."""
+    a = running_agent.agent
+    with own_child(["/bin/sh", "-c", "read x; exec /bin/cat"]) as child:
+        sh = cached(a, child, "/bin/sh")
+        taken_out(a, sh)
+        send_line(child)  # x: it execs cat
+        cat = cached(a, child, "/bin/cat")
+        assert cat.key[1] > sh.key[1]
+        a.pipeline.inject(lambda: a.cache.add(sh, time.monotonic_ns()))  # its exec record, read late
+        wait_for(lambda: a.cache.get(sh.key) is sh, "the older image recorded")
+        assert a.cache.by_pid(child.pid) is cat and not cat.exited, "the newer image was ended"
+        assert sh.exited and sh.refcnt <= 0
+        evs, ex = collect_event_of(running_agent, "process_exit", child.pid, lambda: end_by_stdin(child))
+    assert ex["process"]["exec_id"] == cat.msg.exec_id and ex["process"]["binary"] == "/bin/cat", ex
+    wait_for(lambda: a.cache.by_pid(child.pid) is None, "the pid naming nothing")
+    assert cat.exited
+
+
 def test_an_exec_read_after_its_exit_was_given_up_ends_its_process(running_agent: RunningAgent) -> None:
     """The exec record of the test's own child (sh, named by a token) is held back from the
     agent (as if behind in the ring); the child ends, its exit waits for that exec, then goes
