@@ -2920,16 +2920,16 @@ static PyObject *builder_rfc3339(Builder *b, PyObject *ktime)
  * id, plan or None), so a record's plan is found by its hook id without an int made or plans
  * read (hook ids count up from 1; past PLAN_TABLE_MAX plans is read). A plan
  * (made by PolicyEvents.fast_plan; generic_events.PLAN_FIELDS names its parts) is the tuple
- *   (entry, kind, layout, args, events, actions, keys, ret, names, messages, enforcing,
+ *   (entry, kind, layout, args, events, keys, ret, names, messages, enforcing,
  *    reported, ret_reported)
  * entry: the hooks entry it was made from (a plan is used only while hooks holds that very
  * object); layout: the body's fields in build_body's order, (key, LAY_*, value) triples (value: a
  * LAY_CONST's value, a LAY_MESSAGE's message when no action enforces, LAY_TAGS' tuple,
  * LAY_KSTACK's kernel symbols: generic_events.KernelSymbols, LAY_IMA's names of hash algorithms); args:
- * (slot, how, label) triples; events, actions: the policy's counters; keys: the counter keys
- * (generic_events.counter_table, made with the plan), [selector * REPORTED_ROW + action] -> the
- * key (None: an action the plan does not cover), a row per selector of the hook (a record of a
- * selector past them: handle());
+ * (slot, how, label) triples; events: the policy's event counters; keys: the selector action
+ * keys (generic_events.counter_table, made with the plan), [selector * REPORTED_ROW + action] ->
+ * the key (None: an action the plan does not cover), a row per selector of the hook (a record
+ * of a selector past them: handle()); the actions are counted where they were taken, not here;
  * ret: (how, label) of a kprobe's return value, or None; names: (AF_NAMES, SOCK_TYPES,
  * PROTOCOLS, TCP_STATES) of generic_events, for socket arguments; messages: an enforcement's
  * messages by (selector, action, ret_action, monitor), filled here; enforcing: the bit mask of
@@ -2941,7 +2941,7 @@ static PyObject *builder_rfc3339(Builder *b, PyObject *ktime)
  * (generic_events._action_of: [Sigkill, Post] reports Post). A LAY_RETURN_ACTION's value: the
  * return_action of a record whose return actions did not run. */
 #define REPORTED_ROW 64
-enum { GP_ENTRY, GP_KIND, GP_LAYOUT, GP_ARGS, GP_EVENTS, GP_ACTION_COUNTS, GP_KEYS, GP_RET, GP_NAMES, GP_MESSAGES,
+enum { GP_ENTRY, GP_KIND, GP_LAYOUT, GP_ARGS, GP_EVENTS, GP_KEYS, GP_RET, GP_NAMES, GP_MESSAGES,
        GP_ENFORCING, GP_REPORTED, GP_RET_REPORTED, GP_COUNT };
 #define PLAN_TABLE_MAX 65536  /* hook ids the table (GC_TABLE) holds plans of */
 /* what fills a field of the body; vigil.sensors.generic_events.LAY names them in this order */
@@ -3979,7 +3979,7 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 		reported = reported_name(plan, GP_REPORTED, m.selector, m.action);
 	if (!reported)
 		return NULL;  /* an action the plan leaves to handle() */
-	/* the policy's counter key (PolicyEvents._count_action), from the plan's table */
+	/* the selector action key (PolicyEvents.action_key), from the plan's table: None, handle()'s */
 	PyObject *keys = PyTuple_GET_ITEM(plan, GP_KEYS);
 	PyObject *ck = (Py_ssize_t)m.selector < PyTuple_GET_SIZE(keys) / REPORTED_ROW
 			       ? PyTuple_GET_ITEM(keys, (Py_ssize_t)m.selector * REPORTED_ROW + m.action) : Py_None;
@@ -4099,11 +4099,10 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 			return NULL;
 		}
 	}
-	/* the counters: lp.events[kind] += 1, lp.actions[key] += 1 (PolicyEvents._count_action) */
+	/* the counter: lp.events[kind] += 1 (the actions were counted where they were taken) */
 	PyObject *kind = PyTuple_GET_ITEM(plan, GP_KIND);
 	PyObject *t = rfc3339(b, m.hdr.ktime);
 	if (!t || dict_incr(PyTuple_GET_ITEM(plan, GP_EVENTS), kind, b->one) < 0 ||
-	    dict_incr(PyTuple_GET_ITEM(plan, GP_ACTION_COUNTS), ck, b->one) < 0 ||
 	    !(ev = new_slotted(evtypes[T_POLICY].type))) {
 		Py_XDECREF(t);
 		Py_DECREF(body);

@@ -90,7 +90,7 @@ def test_event_action_is_the_last_action_run(kind: str, actions: str | None, wan
     if kind == "process_kprobe":
         assert body["return_action"] == "KPROBE_ACTION_POST"  # no return actions ran
     # the compiled handler's plan covers every hook: it has the selectors' reported actions
-    assert G.fast_plan(ch, (ch, None), {}, {}, frozenset(), PolicyEvents.action_key) is not None
+    assert G.fast_plan(ch, (ch, None), {}, frozenset(), PolicyEvents.action_key) is not None
 
 
 # (matchReturnActions, whether they ran, the event's return_action)
@@ -109,7 +109,7 @@ def test_kprobe_return_action_is_the_last_return_action_run(ret_actions: str, ra
     codes = [G._ACT_BY_LOWER[a.action.lower()] for a in ch.selectors[0].match_return_actions]
     body = _body(ch, 1, A["Post"], G.kernel_action(codes) if ran else 0)
     assert (body["action"], body["return_action"]) == ("KPROBE_ACTION_POST", want)
-    assert G.fast_plan(ch, (ch, None), {}, {}, frozenset(), PolicyEvents.action_key) is not None  # compiled too (test_fastpath)
+    assert G.fast_plan(ch, (ch, None), {}, frozenset(), PolicyEvents.action_key) is not None  # compiled too (test_fastpath)
 
 
 # (matchActions, the user-space actions an event of the selector asks for): Tetragon's agent runs

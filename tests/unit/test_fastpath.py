@@ -1198,7 +1198,7 @@ def _generic_twins(name: str, recs: list[dict[str, Any]], pending_data: bool) ->
                        (type(ev), ev.kind, ev.time, ev.node_name, ev.process.exec_id,
                         ev.parent.exec_id if ev.parent is not None else None, list(ev.body.items()),
                         codec.py_encode(ev)))
-        out.append((evs, lp.events, lp.actions))
+        out.append((evs, lp.events))
     assert out[0] == out[1]
 
 
@@ -1233,7 +1233,7 @@ def test_generic_plain_records_need_no_python() -> None:
     assert calls == [] and not gc.is_tracked(ev)
     assert list(ev.body) == ["function_name", "args", "action", "policy_name", "return_action", "message", "tags"]
     assert ev.body["args"] == [{"string_arg": "/etc/passwd", "label": "path"}, {"int_arg": 3}]
-    assert lp.events == {"process_kprobe": 1} and sum(lp.actions.values()) == 1
+    assert lp.events == {"process_kprobe": 1}
     ev = handle(_generic_record(ch, {**rec, "action": 5}), 0)  # Override
     assert calls == [] and ev.body["action"] == "KPROBE_ACTION_OVERRIDE"
     assert ev.body["message"].startswith("an open [vigil: selector 1 (Prefix ['/etc']) matched; override")
@@ -1604,17 +1604,17 @@ def test_reported_actions_are_read_from_the_plans_tables(table: str, selector: i
 
 
 # the compiled handler finds a record's plan by its hook id in a table filled as plans are made
-# (set_generic's last part: [hook id] -> (hook id, plan)), and the policy's counter key of its
-# event in the plan's own table (generic_events.counter_table, [selector * REPORTED_ROW +
-# action]): no int made and no dict read per event. (what is changed after the first event,
-# then what the second event reports as its action, and the counter key it was counted under)
-@pytest.mark.parametrize("change, action, key", [
-    ("counter-key-in-the-plan", "KPROBE_ACTION_POST", ("FROM_THE_TABLE",)),  # the plan's table is the key
-    ("plans-dict", "KPROBE_ACTION_POST", None),         # the table's plan, not the dict's
-    ("entry-replaced", "KPROBE_ACTION_POST", None),     # a plan of the new entry is made (and tabled)
-    ("hook-id-past-the-table", "FROM_THE_DICT", None),  # no table row: the dict's plan
+# (set_generic's last part: [hook id] -> (hook id, plan)), and whether the plan covers its event
+# in the plan's own key table (generic_events.counter_table, [selector * REPORTED_ROW + action]):
+# no int made and no dict read per event. (what is changed after the first event, then what the
+# second event reports as its action, and whether handle() made it)
+@pytest.mark.parametrize("change, action, by_handle", [
+    ("no-key-in-the-plan", "KPROBE_ACTION_POST", True),  # the plan's table leaves it to handle()
+    ("plans-dict", "KPROBE_ACTION_POST", False),         # the table's plan, not the dict's
+    ("entry-replaced", "KPROBE_ACTION_POST", False),     # a plan of the new entry is made (and tabled)
+    ("hook-id-past-the-table", "FROM_THE_DICT", False),  # no table row: the dict's plan
 ])
-def test_a_records_plan_and_counter_key_are_read_from_tables(change: str, action: str, key: Any) -> None:
+def test_a_records_plan_and_counter_key_are_read_from_tables(change: str, action: str, by_handle: bool) -> None:
     import dataclasses
 
     from vigil.agent.policy_events import PolicyEvents
@@ -1632,9 +1632,9 @@ def test_a_records_plan_and_counter_key_are_read_from_tables(change: str, action
 
     def fast_plan(hook_id: int) -> Any:
         plan = PolicyEvents.fast_plan(pe, hook_id)
-        if plan is not None and change == "counter-key-in-the-plan":
+        if plan is not None and change == "no-key-in-the-plan":
             keys = list(plan[at_keys])
-            keys[1 * G.REPORTED_ROW + 1] = ("FROM_THE_TABLE",)
+            keys[1 * G.REPORTED_ROW + 1] = None
             plan = plan[:at_keys] + (tuple(keys),) + plan[at_keys + 1:]
         made.append(plan)
         return plan
@@ -1654,10 +1654,9 @@ def test_a_records_plan_and_counter_key_are_read_from_tables(change: str, action
         plans[hid] = made[0][:at_reported] + (tuple(reported),) + made[0][at_reported + 1:]
     elif change == "entry-replaced":
         pe.hooks[hid] = (ch, lp)  # another entry of the hook id (a policy replaced)
-    lp.actions.clear()
+    calls.clear()
     ev = b._fast.on_generic(rec, 0)
-    assert calls == [] and ev.body["action"] == action
-    assert lp.actions == {key or PolicyEvents.action_key(ch, 1, "KPROBE_ACTION_POST"): 1}
+    assert calls == ([1] if by_handle else []) and ev.body["action"] == action
     assert len(made) == (2 if change == "entry-replaced" else 1)
     if change == "entry-replaced":
         assert made[1][0] is pe.hooks[hid] and table[hid] == (hid, made[1])

@@ -38,7 +38,6 @@ class LoadedPolicy:
     error: str = ""
     events: dict[str, int] = field(default_factory=dict)
     correlator: Any = None            # policy option vigil-finding (vigil.policy.findings)
-    actions: dict[tuple[str, int, int, str, str], int] = field(default_factory=dict)  # posted events per selector
     filter_id: int = 0                # workload scope in the kernel (vigil.k8s.policyfilter); 0: none
 
     @property

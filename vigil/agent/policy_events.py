@@ -150,9 +150,6 @@ class PolicyEvents:
 
             for what, target in requested(hook.compiled, rep.selector + 1):
                 self.user_actions.submit(what, target)
-        entry = self.hooks.get(hook.compiled.hook_id)
-        if entry is not None and entry[1] is not None:
-            _count_action(entry[1], hook.compiled, rep.selector + 1, body["action"])
         self.inject(PolicyEvent(event_kind(hook.compiled), process, parent, body,
                                 self.builder.clock.rfc3339(rep.time_ns), self.builder.node))
 
@@ -164,7 +161,7 @@ class PolicyEvents:
         if entry is None or entry[1] is None or entry[1].correlator is not None:
             return None
         ch, lp = entry
-        return generic_events.fast_plan(ch, entry, lp.events, lp.actions, _USER_ACTIONS, self.action_key)
+        return generic_events.fast_plan(ch, entry, lp.events, _USER_ACTIONS, self.action_key)
 
     @staticmethod
     def action_key(ch: CompiledHook, selector: int, action: str) -> tuple[str, int, int, str, str]:
@@ -190,7 +187,7 @@ class PolicyEvents:
     # -- record handlers (the event loop's table, by record op)
     def handle_netdeny(self, buf: bytes, now_ns: int) -> PolicyEvent | None:
         from vigil.enforce.netdeny import NetDeny
-        from vigil.sensors.hostdeny import event_kind, netdeny_event, netdeny_hook_id, netdeny_selector
+        from vigil.sensors.hostdeny import event_kind, netdeny_event, netdeny_hook_id
 
         rec = NetDeny.decode(buf)
         entry = self.hooks.get(netdeny_hook_id(rec["rule_id"]))
@@ -202,7 +199,6 @@ class PolicyEvents:
         kind = event_kind(ch)
         if lp is not None:
             lp.events[kind] = lp.events.get(kind, 0) + 1
-            _count_action(lp, ch, netdeny_selector(rec["rule_id"]), body["action"])
         return PolicyEvent(kind, process, parent, body,
                            self.builder.clock.ktime_rfc3339(rec["ktime"]), self.builder.node)
 
@@ -247,8 +243,8 @@ class PolicyEvents:
                             b.ktime_rfc3339(m.ktime), b.node)
         if lp is not None:
             lp.events[kind] = lp.events.get(kind, 0) + 1
-            label = _count_action(lp, ch, m.selector, _ACTION_NAMES.get(action, "KPROBE_ACTION_POST"))
-            if lp.correlator is not None:
+            if lp.correlator is not None:  # (the actions were counted where taken: selector_stats)
+                label = _action_key(ch, m.selector, _ACTION_NAMES.get(action, "KPROBE_ACTION_POST"))[1]
                 return lp.correlator.feed(event, label)  # type: ignore[no-any-return]
         return event
 
@@ -279,10 +275,3 @@ def _action_key(ch: CompiledHook, selector: int, action: str) -> tuple[tuple[str
         hit = _ACTION_KEYS[ck] = (key, label)
     return hit
 
-
-def _count_action(lp: LoadedPolicy, ch: CompiledHook, selector: int, action: str) -> str:
-    """Count a posted event by hook, deciding selector (1-based, 0 = none) and action; return
-    the selector's label."""
-    key, label = _action_key(ch, selector, action)
-    lp.actions[key] = lp.actions.get(key, 0) + 1
-    return label

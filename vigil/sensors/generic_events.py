@@ -658,19 +658,19 @@ _KINDS = ("process_kprobe", "process_tracepoint", "process_lsm", "process_uprobe
 
 
 # The parts of a plan (fast_plan), in native/fastpath.c's order (enum GP_*)
-PLAN_FIELDS = ("entry", "kind", "layout", "args", "events", "actions", "keys", "ret", "names", "messages",
+PLAN_FIELDS = ("entry", "kind", "layout", "args", "events", "keys", "ret", "names", "messages",
                "enforcing", "reported", "ret_reported")
 
 
-def fast_plan(hook: CompiledHook, entry: Any, events: dict[str, int], actions: dict[Any, int],
-              skip_actions: frozenset[int],
+def fast_plan(hook: CompiledHook, entry: Any, events: dict[str, int], skip_actions: frozenset[int],
               action_key: Callable[[CompiledHook, int, str], Any]) -> tuple[Any, ...] | None:
     """What the compiled handler (Builder.on_generic, native/fastpath.c) needs to build this
     hook's bodies exactly as build_body does, for the records whose arguments _fast_arg
     renders and whose return value is plain; None: a hook whose bodies only build_body
     makes. `skip_actions`: actions the compiled handler must leave to Python; `action_key`:
-    the policy's counter key of an event (hook, selector, action name), read from the plan's
-    table (counter_table)."""
+    the selector action key of an event (hook, selector, action name), read from the plan's
+    table (counter_table): a record without one is handle()'s. The actions themselves are
+    counted where they were taken (the hooks' selector_stats), not per record."""
     sh = _shape(hook)
     if sh.kind not in _KINDS:
         return None
@@ -689,7 +689,7 @@ def fast_plan(hook: CompiledHook, entry: Any, events: dict[str, int], actions: d
     if sh.kind == "process_uprobe" and (sh.ret is not None or sh.data):
         return None  # the return value goes into args, data into its own list: build_body's
     ret = (_GA_RET[sh.ret_key], sh.ret_label or "") if sh.kind == "process_kprobe" and sh.ret is not None else None
-    return (entry, sh.kind, _layout(sh), tuple(specs), events, actions,
+    return (entry, sh.kind, _layout(sh), tuple(specs), events,
             counter_table(hook, names, action_key), ret, _GA_NAMES, {}, sum(1 << a for a in ENFORCING),
             reported_table(sh.actions, names), reported_table(sh.ret_actions if sh.has_ret_actions else (), names))
 
