@@ -513,3 +513,34 @@ def test_a_late_record_of_an_older_image_leaves_the_newer_one(
     assert {t for t, p in images.items() if p.exited} == ended and set(images) == ended | {named} - {None}
     for t in ended:  # released for the GC, not held live by the cache
         assert images[t].refcnt <= 0 and images[t] in cache._pending
+
+
+# while an exec waits for its parent, every batch goes through the hold: what does not follow
+# that exec passes (an event of no process, another process's), what does is held behind it
+# (its process's exit, its child's exec). (the event after the held exec; held?)
+def _after_held_exec(kind: str) -> Any:
+    from vigil.core.events import DictEvent, ProcessExec, ProcessExit, ProcessMsg
+
+    own, child, other = (ProcessMsg("own", 100, parent_exec_id="p"), ProcessMsg("kid", 101, parent_exec_id="own"),
+                         ProcessMsg("other", 200, parent_exec_id="p"))
+    return {"dict-event": lambda: DictEvent({"rate_limit_info": {}, "time": "t"}),
+            "other-process": lambda: _event("policy", other),
+            "other-exec": lambda: ProcessExec(other, None, (), "t", "n"),
+            "its-exit": lambda: ProcessExit(own, None, (), "", 0, "t", "n"),
+            "its-childs-exec": lambda: ProcessExec(child, None, (), "t", "n")}[kind](), own
+
+
+@pytest.mark.parametrize("kind,held", [("dict-event", False), ("other-process", False), ("other-exec", False),
+                                       ("its-exit", True), ("its-childs-exec", True)])
+def test_what_follows_a_held_exec(kind: str, held: bool) -> None:
+    from vigil.core.events import ProcessExec
+    from vigil.process.hold import ProcessHold
+
+    hold = ProcessHold(_Cache(), SimpleNamespace(missing_info=0))  # type: ignore[arg-type]
+    ev, own = _after_held_exec(kind)
+    exec_ev = ProcessExec(own, None, (), "t", "n")
+    hold.parent_missing(own, (50, 1000), exec=True)
+    assert hold.take([exec_ev], 0, 0) == [] and hold.waiting == {"own": 1}
+    assert hold.take([ev], 1, 1) == ([] if held else [ev])
+    # the parent never comes: all leave in order at the stop, nothing waits after
+    assert hold.retry(2, 2, final=True) == ([exec_ev, ev] if held else [exec_ev]) and not hold.waiting

@@ -185,7 +185,7 @@ class ProcessHold:
         (an exit, a policy event), or its parent's (an exec event)."""
         if not self.waiting:
             return None
-        proc = e.process
+        proc = getattr(e, "process", None)  # (an event of no process: none)
         if proc is None:
             return None
         eid = proc.parent_exec_id if type(e) is ProcessExec else proc.exec_id
