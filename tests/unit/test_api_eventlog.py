@@ -68,3 +68,42 @@ def test_rotation_interval_is_reported_as_gos_duration_string(seconds, text):
     from vigil.agent.control import _go_duration
 
     assert _go_duration(seconds) == text
+
+
+# SetEventLogParams as the agent's start options (f421572): a value they refuse is refused at run
+# time too, naming the field, and nothing is changed (a NaN size never rotates; an infinite
+# interval broke GetEventLogParams with an OverflowError)
+@pytest.mark.parametrize("params, field", [
+    ({"max_size_mb": float("nan")}, "max_size"),
+    ({"max_size_mb": float("inf")}, "max_size"),
+    ({"max_size_mb": -1.0}, "max_size"),
+    ({"max_backups": -1}, "max_backups"),
+    ({"rotation_interval": "2562048h"}, "rotation_interval"),
+    ({"rotation_interval": "9" * 400 + "h"}, "rotation_interval"),
+    ({"rotation_interval": "1e3h"}, "rotation_interval"),
+    ({"max_size_mb": 2.0, "rotation_interval": "9" * 400 + "h"}, "rotation_interval"),
+], ids=["size-nan", "size-inf", "size-negative", "backups-negative", "interval-past-go-max", "interval-inf",
+        "interval-not-a-duration", "good-size-bad-interval"])
+def test_bad_event_log_params_are_refused(stub, params, field):
+    _, agent = stub
+    before = agent.control.event_log_params()
+    with pytest.raises(ValueError, match=field):
+        agent.control.set_event_log_params(**params)
+    assert agent.control.event_log_params() == before
+
+
+@pytest.mark.parametrize("interval", ["2562048h", "9" * 400 + "h", "153722867m281s"],
+                         ids=["past-go-max", "inf", "just-past-go-max"])
+def test_an_overlong_rotation_interval_is_invalid_argument(stub, interval):
+    s, _ = stub
+    with pytest.raises(grpc.RpcError) as e:
+        s.SetEventLogParams(pb.SetEventLogParamsRequest(rotation_interval=interval), timeout=5)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "rotation_interval" in e.value.details()
+    got = s.GetEventLogParams(pb.GetEventLogParamsRequest(), timeout=5)
+    assert (got.max_size, got.rotation_interval, got.max_backups) == (10, "0s", 5)
+
+
+def test_the_longest_go_duration_is_taken(stub):
+    s, agent = stub
+    s.SetEventLogParams(pb.SetEventLogParamsRequest(rotation_interval="2562047h"), timeout=5)
+    assert s.GetEventLogParams(pb.GetEventLogParamsRequest(), timeout=5).rotation_interval == "2562047h"

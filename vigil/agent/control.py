@@ -8,6 +8,7 @@ threads: nothing here touches the pipeline's hot path.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -278,11 +279,16 @@ class AgentControl:
         w = self.agent.pipeline.writer
         if w is None:
             raise LookupError("no export file is configured (--export-filename)")
-        if max_size_mb is not None and max_size_mb < 0:
-            raise ValueError("max_size must be >= 0 (MiB)")
+        # as the agent's start options refuse them (vigil.cli.agent_cmd): "not >= 0" also refuses
+        # NaN (NaN < 0 is false); each checked before anything is changed
+        if max_size_mb is not None and not (0 <= max_size_mb and math.isfinite(max_size_mb)):
+            raise ValueError(f"max_size must be a finite number >= 0 (MiB), not {max_size_mb}")
         if max_backups is not None and max_backups < 0:
             raise ValueError("max_backups must be >= 0")
         interval = parse_go_duration(rotation_interval) if rotation_interval is not None else None
+        if interval is not None and not interval <= MAX_GO_DURATION_S:  # inf (400 digits) broke reporting it
+            raise ValueError(f"rotation_interval {str(rotation_interval)[:40]!r} is longer than the longest duration, "
+                             "2562047h")
         w.set_params(max_size_mb=max_size_mb, max_backups=max_backups, rotation_interval=interval)
         if rotation_interval is not None:
             self._rotation_text = (rotation_interval, interval)  # reported as sent, as Tetragon does
@@ -309,6 +315,9 @@ _LOG_LEVEL_NAMES = ("trace", "debug", "info", "warn", "error", "fatal", "panic")
 _LOG_LEVELS = {"trace": 5, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
                "warning": logging.WARNING, "error": logging.ERROR, "fatal": logging.CRITICAL,
                "critical": logging.CRITICAL, "panic": logging.CRITICAL + 10}
+
+# the longest Go time.Duration, 2^63-1 ns (about 2562047h): Go's ParseDuration refuses a longer one
+MAX_GO_DURATION_S = (2**63 - 1) / 1e9
 
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
