@@ -4741,6 +4741,94 @@ static PyObject *bpf_ring_drain(PyObject *self, PyObject *args)
 	return out ? Py_BuildValue("NKK", out, cons, discarded) : NULL;
 }
 
+/* hold_follow(events, waiting, ProcessExec) -> indices, or None: the events of a batch that
+ * follow a held exec (ProcessHold._gate, vigil/process/hold.py, the reference): an exit or
+ * policy event whose process's exec_id, an exec event whose parent_exec_id (not its own), is in
+ * `waiting`, or is the exec_id of an exec event of the batch that follows one (its children's
+ * events wait behind it too). The hold's take() then handles only those in Python: while an exec
+ * waits for its parent, the batch's other events pass without a Python step each. */
+static PyObject *follow_attr(PyObject *o, PyTypeObject *t, Py_ssize_t off, const char *name, int optional)
+{
+	if (off >= 0 && Py_TYPE(o) == t) {
+		PyObject *v = *(PyObject **)((char *)o + off);
+		if (v)
+			return Py_NewRef(v);
+	}
+	PyObject *v = PyObject_GetAttrString(o, name);
+	if (!v && optional && PyErr_ExceptionMatches(PyExc_AttributeError))
+		PyErr_Clear();
+	return v;
+}
+
+static PyObject *hold_follow(PyObject *self, PyObject *args)
+{
+	PyObject *events, *waiting, *exec_t, *out = NULL, *added = NULL;
+	if (!PyArg_ParseTuple(args, "O!O!O!", &PyList_Type, &events, &PyDict_Type, &waiting, &PyType_Type, &exec_t))
+		return NULL;
+	if (!PyDict_GET_SIZE(waiting))
+		Py_RETURN_NONE;
+	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(events); i++) {
+		PyObject *e = PyList_GET_ITEM(events, i), *proc = NULL, *eid = NULL, *own = NULL;
+		PyTypeObject *et = NULL;
+		Py_ssize_t off = -1;
+		for (int t = 0; t < T_COUNT && !et; t++)
+			if (evtypes[t].type && Py_TYPE(e) == evtypes[t].type)
+				et = evtypes[t].type, off = evtypes[t].off[E_PROCESS];
+		proc = follow_attr(e, et, off, "process", 1);  /* getattr(e, "process", None) */
+		if (!proc) {
+			if (PyErr_Occurred())
+				goto fail;
+			continue;
+		}
+		int is_exec = Py_TYPE(e) == (PyTypeObject *)exec_t, in = 0;
+		if (proc == Py_None)
+			goto next;
+		eid = follow_attr(proc, msg_type, msg_off[is_exec ? M_PARENT_EXEC_ID : M_EXEC_ID],
+				  is_exec ? "parent_exec_id" : "exec_id", 0);
+		if (!eid || (in = PyObject_IsTrue(eid)) < 0)
+			goto fail_e;
+		if (in && !(in = PyDict_Contains(waiting, eid)) && added)
+			in = PySet_Contains(added, eid);
+		if (in < 0)
+			goto fail_e;
+		if (in && is_exec) {  /* (never its own exec: the <kernel> process is its own parent) */
+			if (!(own = follow_attr(proc, msg_type, msg_off[M_EXEC_ID], "exec_id", 0)))
+				goto fail_e;
+			int same = PyObject_RichCompareBool(eid, own, Py_EQ);
+			if (same < 0)
+				goto fail_e;
+			in = !same;
+		}
+		if (in) {
+			PyObject *n = PyLong_FromSsize_t(i);
+			int r = n && (out || (out = PyList_New(0))) ? PyList_Append(out, n) : -1;
+			Py_XDECREF(n);
+			if (r < 0)
+				goto fail_e;
+			if (is_exec && ((!added && !(added = PySet_New(NULL))) || PySet_Add(added, own) < 0))
+				goto fail_e;
+		}
+		Py_XDECREF(own);
+		Py_XDECREF(eid);
+	next:
+		Py_DECREF(proc);
+		continue;
+	fail_e:
+		Py_XDECREF(own);
+		Py_XDECREF(eid);
+		Py_DECREF(proc);
+		goto fail;
+	}
+	Py_XDECREF(added);
+	if (!out)
+		Py_RETURN_NONE;
+	return out;
+fail:
+	Py_XDECREF(added);
+	Py_XDECREF(out);
+	return NULL;
+}
+
 /* ktime_prefix(records, now) -> n: the twin of vigil.kernel.ringbuf.py_ktime_prefix, how many
  * leading records (bytes, struct msg_header first) the kernel made before `now`. */
 static PyObject *ktime_prefix(PyObject *self, PyObject *args)
@@ -4779,6 +4867,8 @@ static PyMethodDef methods[] = {
 	{"encode_json_batch", encode_json_batch, METH_O, "events -> their JSON lines"},
 	{"file_links", file_links, METH_O, "(fd) -> the open file's link count (os.fstat(fd).st_nlink)"},
 	{"write_pieces", write_pieces, METH_VARARGS, "(fd, pieces) -> bytes written: all of them, in order"},
+	{"hold_follow", hold_follow, METH_VARARGS,
+	 "(events, waiting, ProcessExec) -> indices of the events that follow a held exec, or None"},
 	{"ktime_prefix", ktime_prefix, METH_VARARGS, "(records, now) -> how many lead records are older than now"},
 	{"bpf_ring_drain", bpf_ring_drain, METH_VARARGS,
 	 "(data, base, mask, cons, prod, max_bytes) -> (records, cons, discarded) of a BPF ring buffer"},

@@ -544,3 +544,53 @@ def test_what_follows_a_held_exec(kind: str, held: bool) -> None:
     assert hold.take([ev], 1, 1) == ([] if held else [ev])
     # the parent never comes: all leave in order at the stop, nothing waits after
     assert hold.retry(2, 2, final=True) == ([exec_ev, ev] if held else [exec_ev]) and not hold.waiting
+
+
+# while an exec waits (up to the wait, 30 s by default), every batch goes through take(): only
+# the events that follow it (its process's, its descendants' execs and their processes' events)
+# are held; the compiled path finds them (fast.hold_follow, _gate's twin) and the others pass
+# without a Python step each, the same as the pure-Python loop sends them. (the batch after the
+# held exec of "own": kind, exec_id, parent_exec_id; the indices held)
+def _ev(kind: str, eid: str = "", peid: str = "") -> Any:
+    from vigil.core.events import DictEvent, ProcessExec, ProcessMsg
+
+    msg = ProcessMsg(eid, 1, parent_exec_id=peid)
+    return (DictEvent({"rate_limit_info": {}, "time": "t"}) if kind == "dict"
+            else ProcessExec(msg, None, (), "t", "n") if kind == "exec" else _event(kind, msg))
+
+
+FOLLOW_CASES = [
+    ("none-follows", [("policy", "a", "p"), ("exec", "b", "a"), ("exit", "a", "p"), ("dict",)], []),
+    ("its-exit-and-policy-event", [("policy", "a", "p"), ("policy", "own", "p"), ("exit", "own", "p")], [1, 2]),
+    ("its-child-and-grandchild", [("exec", "kid", "own"), ("exec", "x", "y"), ("exec", "grand", "kid"),
+                                  ("exit", "grand", "kid"), ("policy", "kid", "own"), ("exit", "x", "y")],
+     [0, 2, 3, 4]),
+    ("its-own-exec-again", [("exec", "own", "own"), ("policy", "a", "own")], []),
+    ("no-exec-id", [("exec", "k", ""), ("policy", "", "own")], []),
+    ("empty-batch", [], []),
+]
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+@pytest.mark.parametrize("batch,held", [c[1:] for c in FOLLOW_CASES], ids=[c[0] for c in FOLLOW_CASES])
+def test_only_what_follows_a_held_exec_waits(batch: list[tuple[str, ...]], held: list[int], compiled: bool) -> None:
+    from vigil.core.events import ProcessExec, ProcessMsg
+    from vigil.process.hold import ProcessHold
+
+    with pytest.MonkeyPatch.context() as mp:
+        if not compiled:
+            mp.setattr(native, "fast", None)
+        hold = ProcessHold(_Cache(), SimpleNamespace(missing_info=0))  # type: ignore[arg-type]
+        own = ProcessMsg("own", 100, parent_exec_id="p")
+        exec_ev = ProcessExec(own, None, (), "t", "n")
+        hold.parent_missing(own, (50, 1000), exec=True)
+        assert hold.take([exec_ev], 0, 0) == []
+        events = [_ev(*spec) for spec in batch]
+        gated: list[Any] = []
+        gate = hold._gate
+        mp.setattr(hold, "_gate", lambda e: gated.append(e) or gate(e))
+        sent = hold.take(events, 1, 1)
+        assert sent == [e for i, e in enumerate(events) if i not in held]
+        # the compiled path steps in Python only through the events it holds
+        assert gated == ([events[i] for i in held] if compiled else events)
+        assert hold.retry(2, 2, final=True) == [exec_ev] + [events[i] for i in held] and not hold.waiting

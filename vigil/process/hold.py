@@ -37,6 +37,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from vigil.core import native
 from vigil.core.events import PolicyEvent, ProcessExec, ProcessExit
 
 if TYPE_CHECKING:
@@ -148,9 +149,22 @@ class ProcessHold:
         whose event is not in the batch (a correlated policy kept it) was sent as it is."""
         pending, self.pending = self.pending, {}
         parents, self.pending_parents = self.pending_parents, {}
-        keep: list[Event] = []
         held, waiting = self.held, self.waiting
-        for e in events:
+        # the events to look at: all when stand-ins or parents are pending (that batch), else
+        # (an exec waits: up to the wait, every batch) only those that follow a held exec, found
+        # by the compiled twin of _gate; the others pass as they are, in order
+        todo: Any = range(len(events))
+        if not pending and not parents and native.fast is not None:
+            todo = native.fast.hold_follow(events, waiting, ProcessExec)
+            if todo is None:
+                return events
+        keep: list[Event] = []
+        last = 0
+        for i in todo:
+            if i > last:
+                keep += events[last:i]
+            last = i + 1
+            e = events[i]
             proc = getattr(e, "process", None)
             hit = pending.pop(id(proc), None) if pending else None
             if hit is not None and hit[0] is proc:
@@ -159,7 +173,7 @@ class ProcessHold:
                 ph = parents.get(id(proc)) if parents else None
                 # (every policy event of that process in the batch made without its parent, its
                 # exit, and its exec event when that lacked it)
-                if (ph is not None and ph[0] is proc and e.parent is None  # type: ignore[attr-defined]
+                if (ph is not None and ph[0] is proc and e.parent is None
                         and (type(e) is ProcessExit or (ph[2] and isinstance(e, PolicyEvent))
                              or (ph[3] and type(e) is ProcessExec))):
                     entry = [e, 0, 0, now_ns, step, ph[1], 0]
@@ -177,6 +191,8 @@ class ProcessHold:
                     keep.append(self._sent(old))
             held.append(entry)
             self.stats["held"] += 1
+        if last < len(events):
+            keep += events[last:]
         self.counts.missing_info += len(pending)
         return keep
 
