@@ -76,3 +76,26 @@ def test_elf_offset_matches_nm() -> None:
     assert func_offset(libc, "getpid") == addr  # glibc's text segment has vaddr == file offset
     with pytest.raises(ElfError):
         func_offset(libc, "no_such_function_vigil")
+
+
+CGROUPS_V1_NET = "#subsys_name\thierarchy\tnum_cgroups\tenabled\nnet_cls\t3\t1\t1\nnet_prio\t0\t1\t1\n"
+CGROUPS_NO_NET = "#subsys_name\thierarchy\tnum_cgroups\tenabled\nnet_cls\t0\t1\t1\nnet_prio\t0\t1\t1\n"
+
+# (case, struct sock_cgroup_data's members (None: no BTF), /proc/cgroups, the verdict, words of its reason)
+SOCK_TRACKING = [
+    # 5.15+: the cgroup2 pointer has its own member; net_cls/net_prio (bound or not) change nothing
+    ("split-layout", frozenset({"cgroup", "classid", "prioidx"}), CGROUPS_V1_NET, True, "struct sock_cgroup_data.cgroup"),
+    ("split-layout-no-v1", frozenset({"cgroup", "classid", "prioidx"}), CGROUPS_NO_NET, True, "5.15+"),
+    # before 5.15: one word; a classid/priomap written turns the association off for good
+    ("shared-word-net-cls-bound", frozenset({"val"}), CGROUPS_V1_NET, False, "net_cls is bound to v1 hierarchy 3"),
+    ("shared-word-none-bound", frozenset({"val"}), CGROUPS_NO_NET, False, "cgroup_sk_alloc_disable"),
+    ("no-btf", None, CGROUPS_NO_NET, None, "no kernel BTF"),
+]
+
+
+@pytest.mark.parametrize("case, members, cgroups, verdict, words", SOCK_TRACKING, ids=[c[0] for c in SOCK_TRACKING])
+def test_sock_ops_sees_every_socket_only_where_net_cls_cannot_turn_cgroup2_off(
+        case: str, members: frozenset[str] | None, cgroups: str, verdict: bool | None, words: str) -> None:
+    ok, why = F.sock_cgroup2_tracking(members, cgroups)
+    assert ok is verdict and words in why, why
+

@@ -19,7 +19,7 @@ from tests.policyfuzz import facts
 from vigil.cli.policy_cmd import policy as policy_cli
 from vigil.kernel import policy_layout as L
 from vigil.kernel.facts import KernelFacts
-from vigil.policy import PolicyErrors, parse_policies
+from vigil.policy import PolicyErrors, parse_policies, standins
 from vigil.policy.compile import compile_policy, entry_prefilter, str_key_size, unsupported
 from vigil.policy.explain import explain_policy
 from vigil.policy.syscalls import SYSCALL_NUMBERS
@@ -538,35 +538,51 @@ def test_stand_ins_are_off_unless_asked_and_explain_says_so() -> None:
         "sock_ops:BPF_SOCK_OPS_TCP_CONNECT_CB"]
 
 
-def _without(k: KernelFacts, feature: str) -> KernelFacts:
+def _without(k: KernelFacts, feature: str, why: str = "") -> KernelFacts:
     import copy
 
     out = copy.copy(k)
-    out.features = {**k.features, feature: (False, f"{feature}: refused (test)")}
+    out.features = {**k.features, feature: (False, why or f"{feature}: refused (test)")}
     return out
 
 
-# (case, kernel's sock_ops probe result, where tcp_connect runs, explain's words for it)
+UNTRACKED = ("sockets share their cgroup2 pointer with the net_cls/net_prio data (struct sock_cgroup_data.val, "
+             "before 5.15): ...")
+
+# (case, the kernel's sock_ops probe result (None: supported; else its refusal), where tcp_connect
+# runs, explain's words for it, the fallback's note and log line: why it is not on sock_ops)
 TCP_CONNECT_PLACES = [
-    ("sock-ops", True, "sock_ops:BPF_SOCK_OPS_TCP_CONNECT_CB", "with the source port bound"),
-    ("no-sock-ops", False, "raw_tracepoint:inet_sock_set_state", "just before it calls tcp_connect"),
+    ("sock-ops", None, "sock_ops:BPF_SOCK_OPS_TCP_CONNECT_CB", "with the source port bound", ""),
+    ("no-sock-ops", "cgroup_sock_ops: refused (test)", "raw_tracepoint:inet_sock_set_state",
+     "just before it calls tcp_connect", "cgroup_sock_ops: refused (test)"),
+    # a kernel where net_cls/net_prio can turn sockets' cgroup2 association off (the probe says so)
+    ("sockets-cgroup2-untracked", UNTRACKED, "raw_tracepoint:inet_sock_set_state",
+     "just before it calls tcp_connect", UNTRACKED),
 ]
 
 
-@pytest.mark.parametrize("case, sock_ops, where, words", TCP_CONNECT_PLACES, ids=[c[0] for c in TCP_CONNECT_PLACES])
-def test_tcp_connect_stand_in_prefers_sock_ops_where_the_kernel_has_it(case: str, sock_ops: bool, where: str,
-                                                                      words: str) -> None:
+@pytest.mark.parametrize("case, refused, where, words, why", TCP_CONNECT_PLACES, ids=[c[0] for c in TCP_CONNECT_PLACES])
+def test_tcp_connect_stand_in_prefers_sock_ops_where_the_kernel_has_it(case: str, refused: str | None, where: str,
+                                                                      words: str, why: str) -> None:
     """tcp_connect's stand-in is its sock_ops callback (the source port bound) where the probe
-    found sock_ops with the helpers the hook needs; else the SYN_SENT state change (sport 0).
-    explain names the one used."""
+    found sock_ops with the helpers the hook needs, seeing every socket; else the SYN_SENT state
+    change (sport 0), whose placement notes why (the load logs that note). explain names the
+    one used."""
     p = one("kprobes: [{call: tcp_connect, syscall: false, args: [{index: 0, type: sock}]}]")
-    k = HOST if sock_ops else _without(HOST, "cgroup_sock_ops")
+    k = HOST if refused is None else _without(HOST, "cgroup_sock_ops", refused)
     ex = explain_policy(p, k, substitute=True)
     (h,) = ex["hooks"]
     assert ex["loadable"] and h["substituted"] == [where]
     assert h["runs_on"].startswith(where), h["runs_on"]
     (pl,) = h["placements"]
     assert pl["substitute"] == where and words in pl["runs_on"], pl["runs_on"]
+    noted = [n for n in pl["notes"] if standins.FALLBACK_NOTE in n]
+    if not why:
+        assert not noted
+        return
+    (note,) = noted
+    assert why in note and "sock_ops:BPF_SOCK_OPS_TCP_CONNECT_CB" in note, note
+    assert note.startswith("tcp_connect runs on raw_tracepoint:inet_sock_set_state, "), note
 
 
 def test_templates_are_called_templates() -> None:

@@ -423,6 +423,14 @@ class _Prober:
                         lambda err, e: "needs BPF links for cgroups (5.7+)" if err == E.EINVAL else "")
             raise _Result(True, f"attached ({prog.section}) to a test cgroup")
 
+    def p_sock_ops(self) -> None:
+        """sock_ops with the tracing helpers, where a program on the root cgroup2 sees every
+        socket (sock_cgroup2_tracking): the tcp_connect stand-in's site."""
+        ok, why = sock_cgroup2_tracking(_sock_cgroup_members(), _read_text("/proc/cgroups"))
+        if ok is not True:
+            raise _Result(ok, why)
+        self.p_cgroup("cgroup_sock_ops", "probe_sock_ops")
+
     def p_load_only(self, feature: str, prog_name: str, helper: str) -> None:
         with self.loaded(prog_name, f"{feature} program"):
             raise _Result(True, f"program calling {helper} loads")
@@ -553,7 +561,7 @@ class _Prober:
                                ("cgroup_bind4", "probe_bind4"), ("cgroup_sock_create", "probe_sock_create"),
                                ("cgroup_sysctl", "probe_sysctl"), ("cgroup_device", "probe_device")):
                 R(feat, lambda f=feat, p=prog: self.p_cgroup(f, p))  # type: ignore[misc]
-            R("cgroup_sock_ops", lambda: self.p_cgroup("cgroup_sock_ops", "probe_sock_ops"))
+            R("cgroup_sock_ops", self.p_sock_ops)
             R("send_signal", lambda: self.p_load_only("send_signal", "probe_send_signal", "bpf_send_signal"))
             R("bpf_loop", lambda: self.p_load_only("bpf_loop", "probe_bpf_loop", "bpf_loop"))
             R("probe_write_user", self.p_write_user)
@@ -586,6 +594,55 @@ def probe_all(obj_path: str | os.PathLike[str] | None = None, *, refresh: bool =
              " ".join(n for n, f in ordered.items() if f.supported is False) or "-",
              " ".join(n for n, f in ordered.items() if f.supported is None) or "-")
     return ordered
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def _sock_cgroup_members() -> frozenset[str] | None:
+    """The members of this kernel's struct sock_cgroup_data (anonymous ones looked into) that
+    tell its layout apart: "cgroup" (5.15+), "val" (before); None without BTF or the struct."""
+    from vigil.kernel import btf as B
+
+    b = B.load()
+    tid = b.type_by_name("struct sock_cgroup_data") if b is not None else None
+    if b is None or tid is None:
+        return None
+    return frozenset(m for m in ("cgroup", "val", "classid", "prioidx") if b.offset_of(tid, m) is not None)
+
+
+def sock_cgroup2_tracking(members: frozenset[str] | None, proc_cgroups: str) -> tuple[bool | None, str]:
+    """Whether a sock_ops program on the root cgroup2 sees every socket of every task, from the
+    layout of struct sock_cgroup_data (`members`, _sock_cgroup_members) and /proc/cgroups.
+
+    Before 5.15 the socket's cgroup2 pointer and the v1 net_cls classid / net_prio prioidx
+    shared one word: the first classid or priomap written (in any v1 net_cls/net_prio
+    hierarchy) called cgroup_sk_alloc_disable(), one-way until reboot, after which new sockets
+    carry no cgroup2 pointer and cgroup2 programs see them under the root only, or not at all.
+    That cannot be undone nor read from user space (the flag is a static bool; the hierarchy
+    may be gone again), and can happen at any later time: such a kernel is not supported (the
+    hook falls back to its other stand-in). 5.15+ ("bpf, cgroups: Fix cgroup v2 fallback on
+    v1/v2 mixed mode") keeps the pointer in its own member and has no such switch: net_cls and
+    net_prio change nothing there."""
+    if members is None:
+        return None, "the layout of struct sock_cgroup_data is unknown (no kernel BTF): cannot tell whether " \
+            "sockets keep their cgroup2 association"
+    if "cgroup" in members:
+        return True, "sockets keep their cgroup2 pointer apart from the net_cls/net_prio data " \
+            "(struct sock_cgroup_data.cgroup, 5.15+)"
+    bound = []
+    for line in proc_cgroups.splitlines():
+        f = line.split()
+        if len(f) >= 2 and f[0] in ("net_cls", "net_prio") and f[1].isdigit() and int(f[1]) != 0:
+            bound.append(f"{f[0]} is bound to v1 hierarchy {f[1]}")
+    return False, ("sockets share their cgroup2 pointer with the net_cls/net_prio data (struct "
+                   "sock_cgroup_data.val, before 5.15): a classid or priomap written turns their cgroup2 "
+                   "association off (cgroup_sk_alloc_disable, until reboot) and a program on the root cgroup2 "
+                   "misses sockets" + (f" ({'; '.join(bound)})" if bound else ""))
 
 
 def cached_probe() -> dict[str, Feature]:

@@ -310,11 +310,23 @@ def _site_where(site: Site) -> str:
     return f"tracepoint:syscalls/sys_{'exit' if site.how == 'sys_exit' else 'enter'}_{tp}"
 
 
+FALLBACK_NOTE = "not on its preferred stand-in"
+
+
 def place(spec: KProbeSpec | LsmHookSpec, section: str, index: int, target: str, facts: KernelFacts,
           stand: StandIn) -> list[Placement]:
-    """The placements of a stand-in (one per site), each with blockers if it cannot run."""
+    """The placements of a stand-in (one per site), each with blockers if it cannot run. The
+    fallback of a PREFERRED stand-in the kernel cannot run says why in a note (FALLBACK_NOTE:
+    explain shows it, the load logs it)."""
     out = []
     label = target[4:] if target.startswith("lsm:") else target
+    pref = PREFERRED.get(target)
+    fallback_why = ""
+    if pref is not None and stand is not pref:
+        why = sorted({b.message for c in place(spec, section, index, target, facts, pref) for b in c.blockers
+                      if b.cause == "kernel"})
+        if why:
+            fallback_why = f"{FALLBACK_NOTE}: {'; '.join(why)}"
     for site in stand.sites:
         pl = Placement(section, index, spec.loc, label,
                        event_kind="process_lsm" if target.startswith("lsm:") else "process_kprobe")
@@ -322,6 +334,8 @@ def place(spec: KProbeSpec | LsmHookSpec, section: str, index: int, target: str,
         pl.substitute = _site_where(site)
         pl.notes.append(f"stand-in for {label}: {pl.substitute} ({stand.note})")
         pl.guards = list(site.guards)
+        if fallback_why:
+            pl.notes.append(f"{label} runs on {pl.substitute}, {fallback_why}")
         _site_mechanism(pl, spec, site, facts)
         lacking: list[int] = []
         params = (facts.tp_btf_params(site.name) if site.how == "raw_tracepoint" else
@@ -388,8 +402,8 @@ def _site_mechanism(pl: Placement, spec: KProbeSpec | LsmHookSpec, site: Site, f
     if site.how == "sock_ops":
         ok, why = facts.has("cgroup_sock_ops")
         if not ok:
-            pl.block(spec.loc, f"stand-in {pl.substitute} needs sock_ops programs with tracing helpers: {why}",
-                     "kernel")
+            pl.block(spec.loc, f"stand-in {pl.substitute} needs sock_ops programs with tracing helpers that see "
+                     f"every socket from the root cgroup2 (probe cgroup_sock_ops): {why}", "kernel")
         for sel in spec.selectors:
             for act in sel.match_actions:
                 if act.kernel_stack_trace or act.user_stack_trace:
