@@ -116,3 +116,53 @@ def test_the_stand_ins_count_the_actions_they_decide(running_agent: RunningAgent
     assert listed["stats"]["selector_action_counters"] == [
         {"hook": f"kprobe:sys_{'openat' if case == 'open' else 'connect'}", "hook_index": 0, "selector_index": 0,
          "selector_label": "", "action_counters": counted}]
+
+
+class _MapReads:
+    """Counts the libbpf map reads (each one bpf() system call) made while it is installed."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from vigil.kernel import _libbpf as L
+
+        self.calls: dict[str, int] = {}
+        for fn in ("bpf_map_lookup_elem", "bpf_map_lookup_batch"):
+            real = getattr(L.lib, fn)
+
+            def counted(*args, _real=real, _fn=fn):  # type: ignore[no-untyped-def]
+                self.calls[_fn] = self.calls.get(_fn, 0) + 1
+                return _real(*args)
+
+            monkeypatch.setattr(L.lib, fn, counted)
+
+
+@pytest.mark.parametrize("batch, reads", [
+    # one BPF_MAP_LOOKUP_BATCH per hook for its selectors' rows, one for its hook counters
+    (True, {"bpf_map_lookup_batch": 1}),
+    # the kernel without batch lookups: one lookup per counter of each row (3 rows x 10), per hook counter
+    (False, {"bpf_map_lookup_elem": 3 * len(ACTION_COUNTERS)}),
+], ids=["batch", "one-lookup-per-counter"])
+def test_a_hooks_counters_are_read_in_one_system_call(running_agent: RunningAgent, workdir: Path,
+                                                       monkeypatch: pytest.MonkeyPatch, batch: bool,
+                                                       reads: dict[str, int]):
+    """A scrape or List reads every hook's counters: one BPF_MAP_LOOKUP_BATCH each (hook_stats,
+    action_stats), not a bpf() per counter; where the kernel has no batch lookup for the map,
+    the same counters one lookup each."""
+    from vigil.kernel import objects
+
+    a = running_agent.agent
+    vpy = workdir / "vpy-counters"
+    shutil.copy2(os.path.realpath(sys.executable), vpy)
+    name = f"action-counters-reads-{int(batch)}"
+    with loaded(running_agent, policy_yaml(name, SPEC.format(binary=vpy, actions="{action: NoPost}"))):
+        subprocess.run([str(vpy), "-S", "-c", f"import os\nfor _ in range({CALLS}): os.getppid()"], check=True)
+        lp = next(lp for lp in a.policies.policies.values() if lp.name == name)
+        (gh,) = lp.hooks
+        monkeypatch.setattr(objects, "_batch_lookup", {} if batch else {6: False})  # 6: BPF_MAP_TYPE_PERCPU_ARRAY
+        reads_of = _MapReads(monkeypatch)
+        by_selector = gh.selector_stats()
+        assert reads_of.calls == reads
+        reads_of.calls.clear()
+        hook = gh.stats()
+        assert reads_of.calls == ({"bpf_map_lookup_batch": 1} if batch else {"bpf_map_lookup_elem": 13})
+    assert by_selector == {2: {"nopost": CALLS}}
+    assert hook["hits"] - hook["filtered"] == CALLS  # other processes' getppid calls are filtered

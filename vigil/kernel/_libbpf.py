@@ -91,6 +91,8 @@ _SIGS: dict[str, tuple[object, list[object]]] = {
     "bpf_map_update_elem": (c_int, [c_int, c_void_p, c_void_p, c_u64]),
     "bpf_map_delete_elem": (c_int, [c_int, c_void_p]),
     "bpf_map_get_next_key": (c_int, [c_int, c_void_p, c_void_p]),
+    # (fd, in_batch, out_batch, keys, values, *count, opts): libbpf >= 0.0.8
+    "bpf_map_lookup_batch": (c_int, [c_int, c_void_p, c_void_p, c_void_p, c_void_p, ctypes.POINTER(c_u32), c_void_p]),
     "bpf_map_create": (c_int, [c_int, c_char_p, c_u32, c_u32, c_u32, c_void_p]),
     "bpf_prog_get_fd_by_id": (c_int, [c_u32]),
     "bpf_iter_create": (c_int, [c_int]),

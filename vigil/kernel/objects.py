@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import logging
 import os
 import struct
 import threading
@@ -26,12 +27,16 @@ from collections.abc import Callable, Iterable, Iterator
 from vigil.kernel import _libbpf as L
 from vigil.kernel.errors import AttachError, BpfError, VerifierError
 
+log = logging.getLogger("vigil.kernel.objects")
+
 BTF_KIND_VAR = 14
 BTF_KIND_DATASEC = 15
 PERCPU_MAP_TYPES = {5, 6, 10, 21}  # PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH, PERCPU_CGROUP_STORAGE
 LOG_BUF_SIZE = 4 << 20
 
 _open_objects: weakref.WeakSet[BpfObject] = weakref.WeakSet()
+# map type -> whether BPF_MAP_LOOKUP_BATCH works on it here (learnt at the first try; absent: untried)
+_batch_lookup: dict[int, bool] = {}
 # set by vigil.kernel.pins while keep-sensors-on-exit is on: called with every new link
 pin_links: Callable[[Link], None] | None = None
 # links closed at once by close_links(): at most this many threads
@@ -405,6 +410,32 @@ class Map:
 
     def sum_percpu_u64(self, key: bytes) -> int:
         return sum(struct.unpack_from("<Q", v)[0] for v in self.lookup_percpu(key))
+
+    def sum_percpu_u64_first(self, count: int, used: Callable[[int], bool] | None = None) -> list[int]:
+        """Keys 0..count-1 of a per-CPU u64 array, each summed over the CPUs: one
+        BPF_MAP_LOOKUP_BATCH (Linux 5.6+ for arrays) where the kernel and libbpf have it, else
+        one lookup per key (a per-CPU array cannot be mmapped) of the keys `used` (the others
+        read 0)."""
+        count = max(0, min(count, self.max_entries))
+        if count and _batch_lookup.get(self.map_type, True) and hasattr(L.lib, "bpf_map_lookup_batch"):
+            step = self._value_len()  # the CPUs' values, each 8 bytes
+            keys = ctypes.create_string_buffer(4 * count)
+            vals = ctypes.create_string_buffer(step * count)
+            out_batch = ctypes.create_string_buffer(4)
+            n = ctypes.c_uint32(count)
+            if L.lib.bpf_map_lookup_batch(self.fd, None, out_batch, keys, vals, ctypes.byref(n), None) == 0 \
+                    or L.errno() == 2:  # ENOENT: the map's end reached; n says how many were read
+                got = dict.fromkeys(range(count), 0)
+                for i, k in enumerate(struct.unpack_from(f"<{n.value}I", keys.raw)):
+                    if k < count:
+                        got[k] = sum(struct.unpack_from(f"<{step // 8}Q", vals.raw, i * step))
+                return [got[k] for k in range(count)]
+            err = L.errno()
+            if err not in (22, 95, 524):  # EINVAL, EOPNOTSUPP, ENOTSUPP: no batch for this map type
+                raise BpfError(f"map {self.name}: lookup batch", err)
+            _batch_lookup[self.map_type] = False
+            log.debug("map %s: no BPF_MAP_LOOKUP_BATCH (errno %d): one lookup per key", self.name, err)
+        return [self.sum_percpu_u64(struct.pack("<I", k)) if used is None or used(k) else 0 for k in range(count)]
 
 
 class BpfObject:

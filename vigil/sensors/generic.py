@@ -204,10 +204,11 @@ class GenericHook:
     def stats(self) -> dict[str, int]:
         if self.obj is None:
             return dict.fromkeys(STATS, 0)
-        m = self.obj.map("hook_stats")
-        out = {name: m.sum_percpu_u64(struct.pack("<I", i)) for i, name in enumerate(STATS)}
+        # one read of the whole row (not a system call per counter)
+        got = self.obj.map("hook_stats").sum_percpu_u64_first(len(STATS) + 1)
+        out = dict(zip(STATS, got))
         # hits the syscall entry's pre-filter filtered are counted once, in the slot after STATS
-        pre = m.sum_percpu_u64(struct.pack("<I", len(STATS)))
+        pre = got[len(STATS)]
         out["hits"] += pre
         out["filtered"] += pre
         return out
@@ -218,11 +219,13 @@ class GenericHook:
         (ACTION_COUNTERS names); a selector that took none is left out."""
         if self.obj is None:
             return {}
-        m = self.obj.map("action_stats")
+        # the rows of the hook's selectors in one read (a scrape or List reads every hook's)
+        nrows = min(self.compiled.config.nselectors, L.MAX_SELECTORS) + 1
+        got = self.obj.map("action_stats").sum_percpu_u64_first(
+            nrows * PA_ROW, used=lambda k: k % PA_ROW < len(ACTION_COUNTERS))
         out: dict[int, dict[str, int]] = {}
-        for sel in range(min(self.compiled.config.nselectors, L.MAX_SELECTORS) + 1):
-            row = {name: n for i, name in enumerate(ACTION_COUNTERS)
-                   if (n := m.sum_percpu_u64(struct.pack("<I", sel * PA_ROW + i)))}
+        for sel in range(nrows):
+            row = {name: n for i, name in enumerate(ACTION_COUNTERS) if (n := got[sel * PA_ROW + i])}
             if row:
                 out[sel] = row
         return out
