@@ -104,3 +104,90 @@ kprobes:
         "AF_INET", "IPPROTO_TCP", "127.0.0.1", sport, "127.0.0.1", port)
     assert e["parent"]["pid"] == os.getpid()  # the connecting task's event: its process, its parent
     assert "vigil:stand-in=sock_ops:BPF_SOCK_OPS_TCP_CONNECT_CB" in e["tags"]
+
+
+# the client for the selector/action rows: connects to the listener `n` times, then writes "done"
+# (not written when a Sigkill at the first connect ended it)
+CLIENT_N = """import socket
+for _ in range({n}):
+    s = socket.socket()
+    s.connect(('127.0.0.1', {port}))
+    s.close()
+open('{work}/done', 'w').write('done')
+"""
+
+# (case, a selector's lines beside matchArgs DPort (the listener) ({vpy}: the client's binary,
+# {me}: this test's pid, the client's parent), connects, events expected, the client's exit code)
+PROCESS_CASES = [
+    ("binaries-in", "matchBinaries: [{{operator: In, values: [\"{vpy}\"]}}]", 1, 1, 0),
+    ("binaries-notin", "matchBinaries: [{{operator: NotIn, values: [\"{vpy}\"]}}]", 1, 0, 0),
+    ("namespaces-net-host", "{scoped}, matchNamespaces: [{{namespace: Net, operator: In, values: [host_ns]}}]", 1, 1, 0),
+    ("namespaces-net-not-host", "{scoped}, matchNamespaces: [{{namespace: Net, operator: NotIn, values: [host_ns]}}]",
+     1, 0, 0),
+    ("capabilities-in", "{scoped}, matchCapabilities: [{{type: Effective, operator: In, values: [CAP_NET_RAW]}}]",
+     1, 1, 0),
+    ("capabilities-notin",
+     "{scoped}, matchCapabilities: [{{type: Effective, operator: NotIn, values: [CAP_NET_RAW]}}]", 1, 0, 0),
+    # the client is this test's child: followForks takes it in, without it the parent's pid is not its
+    ("pids-in-follow", "{scoped}, matchPIDs: [{{operator: In, followForks: true, values: [{me}]}}]", 1, 1, 0),
+    ("pids-in", "{scoped}, matchPIDs: [{{operator: In, followForks: false, values: [{me}]}}]", 1, 0, 0),
+    ("pids-notin", "{scoped}, matchPIDs: [{{operator: NotIn, followForks: false, values: [{me}]}}]", 1, 1, 0),
+    ("sigkill", "{scoped}, matchActions: [{{action: Sigkill}}]", 2, 1, -9),
+    # rateLimit keeps one of the events whose arguments are the same: each connect's sock differs
+    # (its port, its address), so all three are sent; without arguments the three are one
+    ("post-ratelimit", "{scoped}, matchActions: [{{action: Post, rateLimit: \"1m\"}}]", 3, 3, 0),
+    ("post-ratelimit-no-args", "NOARGS {scoped}, matchActions: [{{action: Post, rateLimit: \"1m\"}}]", 3, 1, 0),
+    ("post", "{scoped}, matchActions: [{{action: Post}}]", 3, 3, 0),
+]
+
+# the site tcp_connect runs on: its sock_ops callback, or (PREFERRED taken away in this agent's
+# process) the state-change stand-in it falls back to
+SITES = [("sock_ops", "sock_ops:BPF_SOCK_OPS_TCP_CONNECT_CB"), ("state-change", "raw_tracepoint:inet_sock_set_state")]
+
+
+@pytest.mark.parametrize("site, where", SITES, ids=[s[0] for s in SITES])
+@pytest.mark.parametrize("case, sel, n, nevents, rc", PROCESS_CASES, ids=[c[0] for c in PROCESS_CASES])
+def test_tcp_connect_process_selectors_and_actions_on_either_site(
+        running_agent: RunningAgent, pywork: Path, monkeypatch: pytest.MonkeyPatch, site: str, where: str,
+        case: str, sel: str, n: int, nevents: int, rc: int) -> None:
+    """Selectors that read the connecting process (matchBinaries, matchNamespaces,
+    matchCapabilities, matchPIDs) and actions on it (Sigkill, Post with rateLimit) behave on the
+    sock_ops site as on the state-change stand-in: the callback runs in the connecting task."""
+    from vigil.policy import standins
+
+    if site != "sock_ops":
+        monkeypatch.delitem(standins.PREFERRED, "tcp_connect")
+    srv = socket.socket()
+    try:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(8)
+        port = srv.getsockname()[1]
+        lines = sel.format(vpy=pywork / "vpy", me=os.getpid(), scoped=scoped(pywork))
+        noargs = lines.startswith("NOARGS ")
+        name = f"tcpc-{case}"
+        args = "[]" if noargs else "[{index: 0, type: sock}]"
+        sels = (lines.removeprefix("NOARGS ") if noargs else
+                f'matchArgs: [{{index: 0, operator: DPort, values: ["{port}"]}}], {lines}')
+        spec = f"""
+kprobes:
+- call: tcp_connect
+  syscall: false
+  args: {args}
+  selectors: [{{{sels}}}]
+""" + SUB
+        r = Run()
+        with loaded(running_agent, policy_yaml(name, spec)) as pol:
+            assert where in str(pol), pol
+            events = running_agent.collect(
+                lambda: run_py(pywork, CLIENT_N.format(n=n, port=port, work=pywork), out=r))
+    finally:
+        srv.close()
+    assert r.returncode == rc
+    assert (pywork / "done").exists() == (rc == 0)
+    got = [b for _k, b in policy_events(events, r.pid, name)]
+    assert len(got) == nevents, got
+    for e in got:
+        assert e["function_name"] == "tcp_connect"
+        assert noargs or e["args"][0]["sock_arg"]["dport"] == port
+        assert e["action"] == ("KPROBE_ACTION_SIGKILL" if rc == -9 else "KPROBE_ACTION_POST")
+        assert f"vigil:stand-in={where}" in e["tags"]
