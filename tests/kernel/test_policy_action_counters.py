@@ -166,3 +166,27 @@ def test_a_hooks_counters_are_read_in_one_system_call(running_agent: RunningAgen
         assert reads_of.calls == ({"bpf_map_lookup_batch": 1} if batch else {"bpf_map_lookup_elem": 13})
     assert by_selector == {2: {"nopost": CALLS}}
     assert hook["hits"] - hook["filtered"] == CALLS  # other processes' getppid calls are filtered
+
+
+@pytest.mark.parametrize("cpus", [2, 8, 64])
+def test_kernel_memory_holds_the_per_cpu_counters(running_agent: RunningAgent, workdir: Path,
+                                                  monkeypatch: pytest.MonkeyPatch, cpus: int):
+    """A policy's kernel_memory_bytes holds each generic hook's per-CPU counter maps, a u64 per
+    possible CPU: hook_stats and the selectors' action counters (action_stats), as the kernel
+    sizes them (their max_entries)."""
+    from vigil.sensors import generic
+
+    name = f"action-counters-memory-{cpus}"
+    with loaded(running_agent, policy_yaml(name, SPEC.format(binary=workdir / "truebin", actions="{action: Post}"))):
+        lp = next(lp for lp in running_agent.agent.policies.policies.values() if lp.name == name)
+        (gh,) = lp.hooks
+        entries = sum(gh.obj.map(m).max_entries for m in ("hook_stats", "action_stats"))
+        listed = next(p for p in running_agent.agent.list_policies() if p["name"] == name)["kernel_memory_bytes"]
+        assert listed == gh.kernel_memory()
+        # only kernel_memory's CPU count (the maps' reads keep the real one)
+        monkeypatch.setattr(generic, "_possible_cpus", lambda: 1)
+        one = gh.kernel_memory()
+        monkeypatch.setattr(generic, "_possible_cpus", lambda: cpus)
+        many = gh.kernel_memory()
+    assert entries == 13 + 6 * 16
+    assert many - one == (cpus - 1) * entries * 8

@@ -72,6 +72,13 @@ def takes_kernel_stacks(c: CompiledHook) -> bool:
                for k in range(c.config.sel[i].nactions))
 
 
+def _possible_cpus() -> int:
+    """The CPUs a per-CPU map holds a value for (kernel_memory's; a test sets it)."""
+    from vigil.kernel.objects import possible_cpus
+
+    return possible_cpus()
+
+
 class GenericHook:
     def __init__(self, compiled: CompiledHook, shared: dict[str, Map]) -> None:
         self.compiled = compiled
@@ -238,10 +245,14 @@ class GenericHook:
         return [int(prog_info(p.fd)["id"]) for p in self.obj.programs.values() if p.fd >= 0]
 
     def kernel_memory(self) -> int:
-        """Rough bytes of kernel memory the hook's own maps use."""
+        """Rough bytes of kernel memory the hook's own maps use: its config and lookup maps, and
+        its per-CPU counters, a u64 per possible CPU each: hook_stats (HS_MAX) and the selectors'
+        action counters (action_stats, (VP_MAX_SELECTORS + 1) x PA_ROW)."""
         c = self.compiled
+        counters = (len(STATS) + 1 + (L.MAX_SELECTORS + 1) * PA_ROW) * 8 * _possible_cpus()
         return (ctypes.sizeof(c.config) + 20648 * 2 + str_key_size(c.str_keys) * len(c.str_keys)
-                + 264 * (len(c.prefix_keys) + len(c.postfix_keys)) + 32 * len(c.addr_keys) + 24 * len(c.val_keys))
+                + 264 * (len(c.prefix_keys) + len(c.postfix_keys)) + 32 * len(c.addr_keys) + 24 * len(c.val_keys)
+                + counters)
 
     def close(self) -> None:
         if self.obj is not None:
