@@ -2434,13 +2434,21 @@ static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t n
 	if (parent_of(b, r, &peid, &pkey) < 0)
 		goto out;
 	/* in_init_tree (EventBuilder._in_init_tree, a kernel exec): pid 1 of its namespace, or
-	 * the mark of its image before the exec, or (none cached) of its parent */
+	 * the mark of its image before the exec (not a newer one: this record read late), or
+	 * (none cached) of its parent */
 	int in_tree = r->nspid == 1;
 	if (!in_tree) {
 		if (!(tmp = PyLong_FromUnsignedLong(r->pid)))
 			goto out;
 		PyObject *before = PyDict_GetItemWithError(b->by_pid, tmp);
 		Py_CLEAR(tmp);
+		if (before) {
+			unsigned long long bk = PyLong_AsUnsignedLongLong(pslot(b, before, P_KTIME));
+			if (bk == (unsigned long long)-1 && PyErr_Occurred())
+				goto out;
+			if (bk > r->exec_ktime)
+				before = NULL;
+		}
 		if (!before && !PyErr_Occurred() && pkey != Py_None)
 			before = PyDict_GetItemWithError(b->by_key, pkey);
 		if (PyErr_Occurred())

@@ -594,3 +594,27 @@ def test_only_what_follows_a_held_exec_waits(batch: list[tuple[str, ...]], held:
         # the compiled path steps in Python only through the events it holds
         assert gated == ([events[i] for i in held] if compiled else events)
         assert hold.retry(2, 2, final=True) == [exec_ev] + [events[i] for i in held] and not hold.waiting
+
+
+# in_init_tree of an exec: pid 1 of its namespace, else its image's before the exec (its pid's),
+# else (none) its parent's. A late record of an OLDER image of a pid, read after the newer one
+# was cached, has no image before it in the cache (the pid names the newer one): its parent's
+# mark, never the newer image's. (records, batch 1; the marks of the pid 100 exec events, in order)
+_IN_TREE, _OUT_TREE = _exec(1, 100), _exec(60, 150, 2, 0)  # pid 1 (in its tree); a process outside
+INIT_TREE_CASES = [
+    ("in-order", [_IN_TREE, _OUT_TREE, _exec(100, 4000, 1, 100), _exec(100, 5000, 60, 150)], [True, True]),
+    ("older-late-parent-outside", [_IN_TREE, _OUT_TREE, _exec(100, 5000, 1, 100), _exec(100, 4000, 60, 150)],
+     [True, False]),
+    ("older-late-parent-inside", [_IN_TREE, _OUT_TREE, _exec(100, 5000, 60, 150), _exec(100, 4000, 1, 100)],
+     [False, True]),
+]
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+@pytest.mark.parametrize("records,marks", [c[1:] for c in INIT_TREE_CASES], ids=[c[0] for c in INIT_TREE_CASES])
+def test_a_late_older_image_takes_no_mark_from_the_newer(tmp_path: Path, records: list[bytes], marks: list[bool],
+                                                          compiled: bool) -> None:
+    events, _, _ = _replay(tmp_path, records, 1, compiled)
+    got = [e["process_exec"]["process"].get("in_init_tree", False) for e in events
+           if "process_exec" in e and e["process_exec"]["process"]["pid"] == 100]
+    assert got == marks

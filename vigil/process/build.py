@@ -292,8 +292,11 @@ class EventBuilder:
         elif r.nspid == 1:
             return True
         else:
-            # the thread group's image before this exec (its fork's entry, or an earlier exec)
+            # the thread group's image before this exec (its fork's entry, or an earlier exec);
+            # not a newer one (this record read late, after it): that is not before this image
             before = self.cache.by_pid(r.pid)
+            if before is not None and before.ktime > r.exec_ktime:
+                before = None
         if before is None and pkey is not None:  # none cached: its parent's mark, as at fork
             before = self.cache._by_key.get(pkey)
         return before is not None and before.in_init_tree
