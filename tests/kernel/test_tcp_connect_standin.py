@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,115 @@ kprobes:
         assert noargs or e["args"][0]["sock_arg"]["dport"] == port
         assert e["action"] == ("KPROBE_ACTION_SIGKILL" if rc == -9 else "KPROBE_ACTION_POST")
         assert f"vigil:stand-in={where}" in e["tags"]
+
+
+def _root_sock_ops() -> set[int]:
+    """Ids of the sock_ops programs attached to the root cgroup2 now (bpftool's BPF_PROG_QUERY)."""
+    import json
+    import subprocess
+
+    from vigil.enforce.netdeny import cgroup2_root
+
+    out = subprocess.run(["bpftool", "-j", "cgroup", "show", cgroup2_root()], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    return {int(p["id"]) for p in json.loads(out.strip() or "[]") if p.get("attach_type") in ("sock_ops", "cgroup_sock_ops")}
+
+
+def _root_sock_ops_settled(done: Callable[[set[int]], bool], timeout: float = 10.0) -> set[int]:
+    """The root cgroup's sock_ops programs, once `done` holds of them (or the timeout passed:
+    the caller's assertion then says what was left)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        ids = _root_sock_ops()
+        if done(ids) or time.monotonic() > deadline:
+            return ids
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def bpffs() -> Iterator[Path]:
+    import tempfile
+
+    from vigil.kernel import sys as ksys
+
+    d = Path(tempfile.mkdtemp(prefix="vigil-test-bpffs-"))
+    ksys.mount("bpf", str(d), "bpf")
+    try:
+        yield d
+    finally:
+        ksys.umount(str(d))  # drops every pin left in it: nothing stays attached
+        os.rmdir(d)
+
+
+@pytest.mark.skipif(shutil.which("bpftool") is None, reason="bpftool lists the root cgroup's programs")
+def test_kept_sensors_keep_the_sock_ops_link_and_the_next_agent_adopts_it(pywork: Path, bpffs: Path,
+                                                                          tmp_path: Path) -> None:
+    """--keep-sensors-on-exit with a tcp_connect policy on its sock_ops site: the root cgroup2
+    link is pinned like every other, stays attached (and enforcing: Sigkill) while no agent runs,
+    and the next agent, which attaches its own first, releases it; after an agent that does not
+    keep its sensors, no sock_ops program of theirs is left on the root cgroup."""
+    from tests.kernel.bpfstate import prog_ids_held
+    from tests.kernel.test_agent_cli import AgentProcess
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    port = srv.getsockname()[1]
+    pol = tmp_path / "kill-connect.yaml"
+    pol.write_text(policy_yaml("tcpc-kept", f"""
+kprobes:
+- call: tcp_connect
+  syscall: false
+  args: [{{index: 0, type: sock}}]
+  selectors: [{{matchArgs: [{{index: 0, operator: DPort, values: ["{port}"]}}], {scoped(pywork)},
+               matchActions: [{{action: Sigkill}}]}}]
+""" + SUB))
+
+    def start(name: str, keep: bool) -> AgentProcess:
+        d = tmp_path / name
+        d.mkdir()
+        return AgentProcess(d, ["--tracing-policy", str(pol), "--bpf-dir", str(bpffs / "vigil")]
+                            + (["--keep-sensors-on-exit", "true"] if keep else []))
+
+    def connect() -> int:
+        return run_py(pywork, CLIENT_N.format(n=1, port=port, work=pywork)).returncode or 0
+
+    def runs() -> list[Path]:
+        return sorted((bpffs / "vigil").glob("run-*"))
+
+    def own(ap: AgentProcess) -> set[int]:
+        """The agent's programs attached to the root cgroup2 now (others' tests may attach theirs)."""
+        return prog_ids_held(ap.proc.pid) & _root_sock_ops()
+
+    try:
+        a = start("first", keep=True)
+        try:
+            first = own(a)
+            assert len(first) == 1, first
+            assert connect() == -9
+        finally:
+            assert a.stop() == 0
+        (run,) = runs()
+        assert [p.name for p in run.glob("link-*") if "vigil_sockops" in p.name and "cgroup" in p.name], \
+            list(run.iterdir())
+        assert first <= _root_sock_ops()  # kept: attached with no agent running ...
+        assert connect() == -9  # ... and enforcing
+        b = start("second", keep=False)
+        try:
+            assert not run.exists(), "the previous run was not released"
+            second = own(b)
+            assert len(second) == 1 and not second & first, (first, second)
+            # the old one detached once the unpinned link is freed (the kernel frees an unpinned
+            # bpffs inode, and so puts the link, after an RCU grace period)
+            assert not _root_sock_ops_settled(lambda ids: not ids & first) & first, "the kept link was not released"
+            assert connect() == -9
+        finally:
+            assert b.stop() == 0
+        both = first | second
+        assert not runs() and not _root_sock_ops_settled(lambda ids: not ids & both) & both, \
+            "a sock_ops program was left on the root cgroup"
+        assert connect() == 0
+    finally:
+        srv.close()
