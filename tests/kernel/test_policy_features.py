@@ -1480,6 +1480,68 @@ def test_uprobe_match_data(running_agent: RunningAgent, digest_bin: Path, case: 
     assert got == pids[:want]
 
 
+# (case, the kprobe's data, its matchData (comm: "mkdir", the children's), which children's events
+# pass: their pids' positions -- or the error's regex)
+KPROBE_DATA_CASES = [
+    ("task-comm-equal", "[{index: 0, type: string, source: current_task, resolve: comm}]",
+     "[{index: 0, operator: Equal, values: [mkdir]}]", [0, 1]),
+    ("task-comm-other", "[{index: 0, type: string, source: current_task, resolve: comm}]",
+     "[{index: 0, operator: Equal, values: [other]}]", []),
+    # the second data entry's slot follows the arg's and the first's: the child's own pid
+    ("second-entry-pid", "[{index: 0, type: string, source: current_task, resolve: comm},"
+     " {index: 0, type: int32, source: current_task, resolve: tgid}]",
+     "[{index: 1, operator: Equal, values: ['{pid1}']}]", [1]),
+    # this host has no kprobes: the syscall runs on its tracepoint, which has no kprobe registers
+    ("regs-on-a-tracepoint", "[{index: 0, type: int32, source: pt_regs, resolve: edx}]", "[]",
+     r"spec.kprobes\[0\].data\[0\].source: .*reads register edx from pt_regs, which a hook has only where it runs "
+     r"as a kprobe; __x64_sys_mkdir runs here as tracepoint:sys_enter_mkdir"),
+]
+
+
+@pytest.mark.parametrize("case,data,match,want", KPROBE_DATA_CASES, ids=[c[0] for c in KPROBE_DATA_CASES])
+def test_kprobe_data_and_match_data(running_agent: RunningAgent, tmp_path: Path, case: str, data: str, match: str,
+                                    want: list[int] | str) -> None:
+    """A syscall kprobe's `data` from the current task, read on this host's syscall tracepoint
+    (mkdir(1) calls mkdir(2)):
+    reported in the event's data list (last, Tetragon's ProcessKprobe field 14) and filtered in
+    the kernel by matchData (only the matching children's mkdirs come). pt_regs data is refused
+    here, at its field, saying why."""
+    mkdir = shutil.which("mkdir")
+    assert mkdir
+    kids = [subprocess.Popen(["sh", "-c", f'read x; exec {mkdir} "$0"', str(tmp_path / f"d{k}")],
+                             stdin=subprocess.PIPE) for k in range(2)]  # pids known before the policy
+    name = f"kprobe-data-{case}"
+    spec = (f"kprobes:\n- call: sys_mkdir\n  args: [{{index: 0, type: string}}]\n  data: {data}\n"
+            f"  selectors: [{{matchData: {match.replace('{pid1}', str(kids[1].pid))}}}]\n")
+    text = policy_yaml(name, spec.replace("  selectors: [{matchData: []}]\n", ""))
+    agent = running_agent.agent
+    try:
+        if isinstance(want, str):
+            with pytest.raises(PolicyError, match=r"<t>:\d+:\d+: " + want):
+                agent.policies.add_text(text, "<t>")
+            assert name not in [p["name"] for p in agent.list_policies()]
+            return
+
+        def act() -> None:
+            for k in kids:
+                k.communicate(b"\n")
+        with loaded(running_agent, text):
+            events = running_agent.collect(act)
+    finally:
+        for k in kids:
+            if k.poll() is None:
+                k.kill()
+                k.wait()
+    got = [e["process_kprobe"] for e in events
+           if "process_kprobe" in e and e["process_kprobe"]["policy_name"] == name
+           and e["process_kprobe"]["args"][0].get("string_arg", "").startswith(str(tmp_path))]
+    assert [e["process"]["pid"] for e in got] == [kids[i].pid for i in want]
+    for e, i in zip(got, want):
+        assert e["data"][0] == {"string_arg": "mkdir"}
+        assert e["data"][1:] in ([], [{"int_arg": kids[i].pid}])
+        assert list(e).index("data") == len(e) - 1
+
+
 RESOLVE_C = r"""
 struct inner { int code; char name[16]; };
 struct req { long id; struct inner *in; const char *path; };

@@ -27,7 +27,16 @@ from . import enums, limits, standins
 from .enforce_placement import place_syscall_on_host, place_syscall_on_lsm
 from .errors import Loc, PolicyErrors, PolicyValidationError
 from .model import ActionSelector, ArgSelector, KProbeSpec, LsmHookSpec, Policy, Selector, TracepointSpec, UProbeSpec
-from .placement import INT_WIDTH, ArgPlan, Placement, place_kernel_function, place_tracepoint, place_uprobe, place_usdt
+from .placement import (
+    INT_WIDTH,
+    ArgPlan,
+    Placement,
+    place_kernel_function,
+    place_kprobe_data,
+    place_tracepoint,
+    place_uprobe,
+    place_usdt,
+)
 from .syscall_place import TRACEPOINT_NAME, list_syscall_numbers, parse_syscall, place_syscall
 from .syscalls import SYSCALL_NUMBERS
 from .values import (
@@ -147,6 +156,7 @@ def plan_policy(policy: Policy, facts: KernelFacts, *, substitute: bool = False,
             ftrace = _is_ftrace_list(policy, kp)
             for call in _expand_call(policy, kp, facts, errs):
                 for pl in _place_call(policy, kp, section, i, call, facts, sub, kfunc=ftrace):
+                    place_kprobe_data(pl, kp, facts)  # after the args, wherever the hook runs
                     out.append((pl, kp))
     for i, tp in enumerate(spec.tracepoints):
         out.append((place_tracepoint(tp, i, facts), tp))
@@ -347,7 +357,7 @@ def compile_report(policy: Policy, facts: KernelFacts, next_hook_id: Callable[[]
                        "--enable-k8s-api)", "option")
     _check_templates(policy, errs)
     for _section, hook in policy.spec.hooks():
-        if _section != "uprobes" and getattr(hook, "data", ()):  # not read: its events would lack `data`
+        if _section not in ("uprobes", "kprobes", "fentries") and getattr(hook, "data", ()):  # never read
             errs.error(hook.at("data"), "data is not supported by Vigil yet (its values, from pt_regs or "  # type: ignore[attr-defined]
                        "current_task, would be missing from the events)", "vigil")
     placements = plan_policy(policy, facts, substitute=substitute, errs=errs)
@@ -525,8 +535,7 @@ def _data_for(pl: Placement, hook: object, e: ArgSelector) -> ArgPlan | None:
     position) is a position in the hook's data list (validation checked it), whose slot follows
     the args'. None when that entry could not be planned (its reason is reported already)."""
     pos = e.args[0] if e.args else e.index
-    slot = len(getattr(hook, "args", ())) + pos
-    return next((p for p in pl.args if p.data and p.slot == slot), None)
+    return next((p for p in pl.args if p.data and p.data_pos == pos), None)
 
 
 def _str_value(v: str) -> bytes:
@@ -687,7 +696,7 @@ def _compile_selector(ch: CompiledHook, hook: object, pl: Placement, si: int, se
     for name, yaml in (("match_parent_binaries", "matchParentBinaries"), ("match_workloads", "matchWorkloads")):
         if getattr(sel, name):
             errs.error(sel.at(yaml), f"{yaml} is not supported by Vigil yet", "vigil")
-    data_ok = isinstance(hook, UProbeSpec)  # `data` is read on uprobes only (the other hooks refuse it)
+    data_ok = isinstance(hook, (UProbeSpec, KProbeSpec))  # where `data` is read (the other hooks refuse it)
     if sel.match_data and not data_ok:
         errs.error(sel.at("matchData"), "matchData is not supported by Vigil yet", "vigil")
     # matchData entries filter the data entries' slots (after the args'), as Tetragon bases them

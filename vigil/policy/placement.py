@@ -88,6 +88,7 @@ class ArgPlan:
     off2: int = 0
     note: str = ""        # where a stand-in takes this argument from
     data: bool = False    # a `data` entry (its value goes to the event's data list, not args)
+    data_pos: int = -1    # a `data` entry's position in the hook's data list (matchData's index)
 
     def fill(self, a: L.Arg) -> None:
         a.type, a.src, a.size, a.is_signed = self.vtype, self.src, self.size & 0xFF, int(self.is_signed)
@@ -363,7 +364,9 @@ def place_kernel_function(spec: KProbeSpec, section: str, index: int, call: str,
         else:
             pl.mechanism, pl.entry_prog = "fentry", "vigil_fentry"
             pl.return_prog = "vigil_fexit" if want_ret else ""
-    elif ok_f and (not want_ret or ok_x) and facts.in_btf(call) is not False and facts.kprobe_target(call) is not False:
+    elif ok_f and (not want_ret or ok_x) and facts.in_btf(call) is not False \
+            and facts.kprobe_target(call) is not False \
+            and not (ok_k and needs_pt_regs(spec)):  # data from pt_regs: a kprobe has them, an fentry not
         # (fentry needs the function in BTF: a compiler clone like f.constprop.0 is kprobe-only;
         # and its ftrace call site: a BTF function missing from available_filter_functions (6.1's
         # out-of-line copy of the inline dev_queue_xmit) fails to attach with EBUSY)
@@ -633,6 +636,7 @@ def place_uprobe(spec: UProbeSpec, index: int, sym_i: int, facts: KernelFacts) -
     for j, a in enumerate(spec.data):
         plan = place_data(pl, a, len(spec.args) + j, facts)
         if plan is not None:
+            plan.data_pos = j
             pl.args.append(plan)
     size_arg_slots(pl)
     return pl
@@ -656,10 +660,51 @@ def pt_reg(name: str) -> tuple[int, int] | None:
     return PT_REGS[full], width
 
 
-def place_data(pl: Placement, a: KProbeArg, slot: int, facts: KernelFacts) -> ArgPlan | None:
-    """A `data` entry of a uprobe: a value not among the function's arguments, read at the hook
-    into argument slot `slot` (after the args; they share the record's slots) and reported in the
-    event's data list. source pt_regs: `resolve` names a register, read at its width; source
+def needs_pt_regs(spec: object) -> bool:
+    """Does a hook's `data` read a register (source pt_regs)?"""
+    return any(a.source == "pt_regs" for a in getattr(spec, "data", ()))
+
+
+def place_kprobe_data(pl: Placement, spec: KProbeSpec, facts: KernelFacts) -> None:
+    """The `data` entries of a kprobes/fentries hook, placed after its args (in the slots that
+    follow them). source current_task reads the task wherever the hook runs; source pt_regs
+    needs the registers of a kprobe, which only a hook that really runs as a kprobe has: a
+    syscall hooked at its tracepoint, an fentry, fmod_ret, an LSM hook or a stand-in refuses it
+    at data[j].source, saying where the hook runs and why."""
+    if not spec.data or pl.skipped:
+        return
+    call = pl.event_function
+    if pl.mechanism in ("fanotify", "cgroup_sock_addr"):  # enforced outside the generic program: nothing reads
+        pl.block(spec.at("data"), f"data cannot be read where {call} is enforced by {pl.mechanism} (this kernel "
+                 "cannot refuse it at an LSM hook, where data would be read)", "kernel")
+        return
+    for j, a in enumerate(spec.data):
+        if a.source == "pt_regs" and pl.mechanism and pl.mechanism != "kprobe":
+            where = (f"the stand-in {pl.substitute}" if pl.substitute
+                     else f"{pl.mechanism}:{pl.attach.get('name') or call}")
+            if pl.substitute:
+                why, cause = "a stand-in runs where this kernel has no kprobe for the function", "kernel"
+            elif pl.attach.get("syscall") and pl.mechanism in ("tracepoint", "raw_tracepoint"):
+                why, cause = "Vigil hooks a syscall at its tracepoint, which has no kprobe registers", "vigil"
+            elif pl.section == "fentries":
+                why, cause = "an fentry is given the function's arguments, not pt_regs (use kprobes)", "vigil"
+            else:
+                why, cause = f"a {pl.mechanism} program is given the function's arguments, not pt_regs", "vigil"
+            pl.block(a.at("source"), f"data[{j}] reads register {a.resolve} from pt_regs, which a hook has only "
+                     f"where it runs as a kprobe; {call} runs here as {where}: {why}", cause)
+            continue
+        plan = place_data(pl, a, len(pl.args), facts, user=False)
+        if plan is not None:
+            plan.data_pos = j
+            pl.args.append(plan)
+
+
+def place_data(pl: Placement, a: KProbeArg, slot: int, facts: KernelFacts, *,
+               user: bool = True) -> ArgPlan | None:
+    """A `data` entry of a uprobe or kprobe: a value not among the function's arguments, read at
+    the hook into argument slot `slot` (after the args; they share the record's slots) and
+    reported in the event's data list. source pt_regs: `resolve` names a register of the hook's
+    pt_regs, read at its width (`user`: a uprobe's, whose pointers are user memory); source
     current_task: `resolve` is a field path from the current task_struct (kernel BTF), followed
     as a kprobe argument's resolve is."""
     import dataclasses
@@ -677,7 +722,7 @@ def place_data(pl: Placement, a: KProbeArg, slot: int, facts: KernelFacts) -> Ar
             pl.block(a.at("resolve"), f'"{a.resolve}" is not a register name (rax, eax, ax, al, ..., r8, r8d, '
                      "r8w, r8b, ..., rip)", "policy")
             return None
-        plan = plan_arg(pl, dataclasses.replace(a, resolve=""), slot, L.SRC_USDT, 0, user=True, facts=facts,
+        plan = plan_arg(pl, dataclasses.replace(a, resolve=""), slot, L.SRC_USDT, 0, user=user, facts=facts,
                         what=f"register {a.resolve}")
         if plan is None:
             return None

@@ -519,7 +519,7 @@ class _Shape:
         self.kind = pl.event_kind
         self.all_args = [(p.slot, p) for p in pl.args]
         self.args = [(slot, p) for slot, p in self.all_args if p.vtype != 0 and not getattr(p, "data", False)]
-        # `data` entries (uprobes): read into the slots after the args, reported in the data list
+        # `data` entries (uprobes, kprobes): read into the slots after the args, reported in the data list
         self.data = [(slot, p) for slot, p in self.all_args if p.vtype != 0 and getattr(p, "data", False)]
         # only truncated buffers look at another slot (their size argument)
         self.by_slot_needed = any(p.size_arg for _, p in self.args)
@@ -686,8 +686,8 @@ def fast_plan(hook: CompiledHook, entry: Any, events: dict[str, int], skip_actio
                "bpf_attr_arg" if p.vtype == L.T["bpf_attr"] else "bpf_prog_arg" if how == GA["bpf_prog"] else None)
         specs.append((slot, how, p.label or "", key))
     names = {a: n for a, n in ACTION_NAMES.items() if a not in skip_actions}
-    if sh.kind == "process_uprobe" and (sh.ret is not None or sh.data):
-        return None  # the return value goes into args, data into its own list: build_body's
+    if sh.data or (sh.kind == "process_uprobe" and sh.ret is not None):
+        return None  # data goes into its own list, a uprobe's return value into args: build_body's
     ret = (_GA_RET[sh.ret_key], sh.ret_label or "") if sh.kind == "process_kprobe" and sh.ret is not None else None
     return (entry, sh.kind, _layout(sh), tuple(specs), events,
             counter_table(hook, names, action_key), ret, _GA_NAMES, {}, sum(1 << a for a in ENFORCING),
@@ -815,6 +815,9 @@ def build_body(hook: CompiledHook, m: L.MsgGeneric, data: bytes,
         body["tags"] = list(sh.tags)
     if kind == "process_kprobe" and m.ustack_len:
         body["user_stack_trace"] = _user_stack(data, _stack_off(m) + m.kstack_len, m.ustack_len, m.pid)
+    if kind == "process_kprobe" and sh.data:  # Tetragon's ProcessKprobe.data (field 14, after ancestors)
+        body["data"] = [render_arg(p, margs[slot], data[margs[slot].off:margs[slot].off + margs[slot].len],
+                                   by_slot) for slot, p in sh.data]
     if kind == "process_uprobe":
         if sh.offset:
             body["offset"] = sh.offset
