@@ -408,6 +408,42 @@ uprobes:
     assert len(events_of(events, f"vm-uprobe-match-data-{case}")) == want
 
 
+# (case, the selector's matchData, the modes (mkdir) whose events pass the kernel's filter)
+KPROBE_MATCH_DATA = [
+    ("regs-equal", "{index: 0, operator: Equal, values: ['448']}", [0o700]),
+    ("task-equal", f"{{index: 1, operator: Equal, values: ['{PID}']}}", [0o700, 0o750]),
+    ("regs-not-equal", "{index: 0, operator: Equal, values: ['1']}", []),
+]
+
+
+@pytest.mark.parametrize("case,match,want", KPROBE_MATCH_DATA, ids=[c[0] for c in KPROBE_MATCH_DATA])
+def test_kprobe_data_and_match_data(agent: Running, work: Path, case: str, match: str, want: list[int]) -> None:
+    """A kprobe's `data` (a register of its pt_regs, a field of the current task) in its events'
+    data list, after the other fields, and matchData filtering on it in the kernel: two mkdirs of
+    modes 0700 and 0750 (security_inode_mkdir's third argument, edx), only the matching pass.
+    pt_regs data makes the hook a real kprobe, not the fentry the function would get."""
+    spec = f"""
+kprobes:
+- call: security_inode_mkdir
+  syscall: false
+  args: [{{index: 2, type: int}}]
+  data: [{{index: 0, type: int32, source: pt_regs, resolve: edx}}, {{index: 0, type: int32, source: current_task, resolve: tgid}}]
+  selectors:
+  - {SCOPE}
+    matchData: [{match}]
+"""
+    name = agent.agent.add_policy(policy(f"vm-kprobe-data-{case}", spec))
+    try:
+        assert agent.hook(name).startswith("kprobe:security_inode_mkdir"), agent.hook(name)
+        events = agent.collect(lambda: [os.mkdir(work / f"d{case}{m:o}", m) for m in (0o700, 0o750)])
+    finally:
+        agent.agent.delete_policy(name)
+    got = events_of(events, f"vm-kprobe-data-{case}")
+    assert [e["args"] for e in got] == [[{"int_arg": m}] for m in want]
+    assert [e["data"] for e in got] == [[{"int_arg": m}, {"int_arg": PID}] for m in want]
+    assert all(list(e)[-1] == "data" for e in got)  # Tetragon's field 14, after the others
+
+
 def test_ima_hash(agent: Running, work: Path) -> None:
     """imaHash on an LSM hook: a sleepable program computes the executed file's IMA hash."""
     import hashlib
