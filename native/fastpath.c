@@ -1687,7 +1687,7 @@ struct creds_raw {
 
 typedef struct {
 	PyObject_HEAD
-	PyObject *builder, *cache, *by_key, *by_pid, *clock, *opts, *node;
+	PyObject *builder, *cache, *by_key, *by_pid, *ended, *clock, *opts, *node;
 	PyObject *flags_cache, *docker_cache, *caps_cache, *ns_cache, *creds_cache, *signames;
 	PyObject *m_flag_words, *m_docker, *m_caps, *m_namespaces, *m_creds, *m_binary, *m_binary_properties;
 	PyObject *m_parents, *m_on_exit, *m_rfc3339, *m_signal_name, *m_missed;
@@ -1712,7 +1712,8 @@ typedef struct {
 
 #define BUILDER_REFS(b)                                                                                      \
 	{                                                                                                    \
-		&b->builder, &b->cache, &b->by_key, &b->by_pid, &b->clock, &b->opts, &b->node, &b->flags_cache,  \
+		&b->builder, &b->cache, &b->by_key, &b->by_pid, &b->ended, &b->clock, &b->opts, &b->node,        \
+		&b->flags_cache,                                                                                 \
 		&b->docker_cache, &b->caps_cache, &b->ns_cache, &b->creds_cache, &b->signames, &b->m_flag_words, \
 		&b->m_docker, &b->m_caps, &b->m_namespaces, &b->m_creds, &b->m_binary, &b->m_binary_properties,  \
 		&b->m_parents, &b->m_on_exit, &b->m_rfc3339, &b->m_signal_name, &b->m_missed,                  \
@@ -1783,7 +1784,8 @@ static int builder_init(Builder *b, PyObject *args, PyObject *kw)
 		}
 	}
 	if (!(b->cache = get(builder, "cache")) || !(b->by_key = get(b->cache, "_by_key")) ||
-	    !(b->by_pid = get(b->cache, "_by_pid")) || !(b->clock = get(builder, "clock")) ||
+	    !(b->by_pid = get(b->cache, "_by_pid")) || !(b->ended = get(b->cache, "_ended")) ||
+	    !(b->clock = get(builder, "clock")) ||
 	    !(b->opts = get(builder, "opts")) || !(b->node = get(builder, "node")) ||
 	    !(b->flags_cache = get(builder, "_flags_cache")) || !(b->docker_cache = get(builder, "_docker_cache")) ||
 	    !(b->caps_cache = get(builder, "_caps_cache")) || !(b->ns_cache = get(builder, "_ns_cache")) ||
@@ -1808,7 +1810,8 @@ static int builder_init(Builder *b, PyObject *args, PyObject *kw)
 		PyErr_SetString(PyExc_TypeError, "ProcessHold.exited is not a plain dict");
 		return -1;
 	}
-	if (!PyDict_CheckExact(b->by_key) || !PyDict_CheckExact(b->by_pid) || !PyDict_CheckExact(b->flags_cache) ||
+	if (!PyDict_CheckExact(b->by_key) || !PyDict_CheckExact(b->by_pid) || !PyDict_CheckExact(b->ended) ||
+	    !PyDict_CheckExact(b->flags_cache) ||
 	    !PyDict_CheckExact(b->docker_cache) || !PyDict_CheckExact(b->caps_cache) ||
 	    !PyDict_CheckExact(b->ns_cache) || !PyDict_CheckExact(b->creds_cache) || !PyUnicode_CheckExact(b->node)) {
 		PyErr_SetString(PyExc_TypeError, "EventBuilder's caches are not plain dicts");
@@ -2069,7 +2072,10 @@ static int cache_remove(Builder *b, PyObject *p, PyObject *now)
 		return -1;
 	PyObject *pid = pslot(b, p, P_PID);
 	PyObject *cur = PyDict_GetItemWithError(b->by_pid, pid);
-	if (PyErr_Occurred() || (cur == p && PyDict_DelItem(b->by_pid, pid) < 0) || bump_attr(b->cache, b->s_removed) < 0)
+	if (PyErr_Occurred() || (cur == p && PyDict_DelItem(b->by_pid, pid) < 0))
+		return -1;
+	cur = PyDict_GetItemWithError(b->ended, pid);
+	if (PyErr_Occurred() || (cur == p && PyDict_DelItem(b->ended, pid) < 0) || bump_attr(b->cache, b->s_removed) < 0)
 		return -1;
 	PyObject *pk = pslot(b, p, P_PARENT_KEY);
 	if (pk == Py_None || pslot(b, p, P_HOLDS_PARENT) != Py_True)
@@ -2172,9 +2178,11 @@ static int cache_add(Builder *b, PyObject *p, PyObject *now)
 	}
 	PyObject *pid = pslot(b, p, P_PID);
 	PyObject *old = PyDict_GetItemWithError(b->by_pid, pid);
+	if (!old && !PyErr_Occurred())  /* none: the one it named when that exited, still cached */
+		old = PyDict_GetItemWithError(b->ended, pid);
 	if (PyErr_Occurred())
 		return -1;
-	if (old) {  /* a newer image is the pid's: this older one is recorded, ended at once (ProcessCache.add) */
+	if (old) {  /* a newer image is (or was) the pid's: this older one is recorded, ended at once (ProcessCache.add) */
 		int newer = PyObject_RichCompareBool(pslot(b, old, P_KTIME), pslot(b, p, P_KTIME), Py_GT);
 		if (newer < 0)
 			return -1;
@@ -2202,7 +2210,7 @@ static int cache_exit(Builder *b, PyObject *p, PyObject *now)
 	SET(p, b->proc_off[P_EXITED], Py_True);
 	PyObject *pid = pslot(b, p, P_PID);
 	PyObject *cur = PyDict_GetItemWithError(b->by_pid, pid);
-	if (PyErr_Occurred() || (cur == p && PyDict_DelItem(b->by_pid, pid) < 0))
+	if (PyErr_Occurred() || (cur == p && (PyDict_DelItem(b->by_pid, pid) < 0 || PyDict_SetItem(b->ended, pid, p) < 0)))
 		return -1;
 	return cache_release(b, p, now);
 }

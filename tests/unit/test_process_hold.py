@@ -494,6 +494,15 @@ REUSE_CASES = [
                                              _exit(100, 4000, 4800)],
      [("exec", 100, 5000), ("exec", 100, 4000), ("kprobe", 100, "known", 4000), ("exit", 100, "known", 4000)],
      5000, {4000}),
+    # the newer image exited already (the pid names none; its entry is in its grace period):
+    # the late older one is still older than it, ended at once, never the pid's live image
+    ("newer-exited-then-a-newer-one", [_exec(100, 5000), _exit(100, 5000, 6000), _exec(100, 7000)],
+     [("exec", 100, 5000), ("exit", 100, "known", 5000), ("exec", 100, 7000)], 7000, {5000}),
+    ("older-exec-late-after-the-newer-exited", [_exec(100, 5000), _exit(100, 5000, 6000), _exec(100, 4000)],
+     [("exec", 100, 5000), ("exit", 100, "known", 5000), ("exec", 100, 4000)], None, {4000, 5000}),
+    ("older-clone-late-after-the-newer-exited", [_exec(50, 1000), _exec(100, 5000, 50, 1000),
+                                                 _exit(100, 5000, 6000), _clone(100, 4000, 50, 1000)],
+     [("exec", 50, 1000), ("exec", 100, 5000), ("exit", 100, "known", 5000)], None, {4000, 5000}),
 ]
 
 

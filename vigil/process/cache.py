@@ -29,6 +29,9 @@ class ProcessCache:
         self.grace_ns = grace_ns
         self._by_key: dict[Key, Process] = {}
         self._by_pid: dict[int, Process] = {}
+        # pid -> the image it named when that exited, while cached (its grace period): a late
+        # record of an older image of the pid is compared with it (add), as with a live one
+        self._ended: dict[int, Process] = {}
         self._pending: deque[Process] = deque()  # refcnt hit zero, in order
         # insertion order for "evict the oldest of all": a dict's first item is O(n) to
         # reach once many early entries were deleted; stale entries are skipped and the
@@ -83,7 +86,8 @@ class ProcessCache:
         record of an older image read after a newer one of its pid (pid reuse, or the image's
         own exec, the older record behind in another ring) is recorded (its own events find it
         by its key) and ended at once, as the newer image's add would have ended it: a newer
-        image of its pid means it exec'd or exited. The pid keeps naming the newer image."""
+        image of its pid means it exec'd or exited. The pid keeps naming the newer image; or
+        none, when that exited already (still cached: the image the pid named then)."""
         by_key = self._by_key
         if p.key in by_key:
             return
@@ -100,8 +104,8 @@ class ProcessCache:
             if parent is not None:
                 parent.refcnt += 1
                 p.holds_parent = True
-        old = self._by_pid.get(p.pid)
-        if old is not None and old.key[1] > p.key[1]:  # a newer image is the pid's
+        old = self._by_pid.get(p.pid) or self._ended.get(p.pid)
+        if old is not None and old.key[1] > p.key[1]:  # a newer image is (or was) the pid's
             p.exited = True
             self._release(p, now_ns)
             return
@@ -119,6 +123,7 @@ class ProcessCache:
         p.exited = True
         if self._by_pid.get(p.pid) is p:
             del self._by_pid[p.pid]
+            self._ended[p.pid] = p
         self._release(p, now_ns)
 
     def _release(self, p: Process, now_ns: int) -> None:
@@ -152,6 +157,8 @@ class ProcessCache:
         del self._by_key[p.key]
         if self._by_pid.get(p.pid) is p:
             del self._by_pid[p.pid]
+        if self._ended.get(p.pid) is p:
+            del self._ended[p.pid]
         self.removed += 1
         # only a reference it took: a child cached before its parent (the previous run's
         # records replayed before the /proc scan) took none, and must not drop a live parent
