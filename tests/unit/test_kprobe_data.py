@@ -112,3 +112,38 @@ def test_validate_and_explain_say_why(hook: str, sub: bool, offline: list[str], 
     ex = explain_policy(p, KERNELS[kernel], substitute=sub)
     assert ex["loadable"] == (kernel == "vm")
     assert words in str(ex)
+
+
+# (the hook's data entries, the record's data slot values, the event's data list: uint64 is a size_arg as in Tetragon)
+DECODE = [
+    (f"[{REGS}]", [448], [{"int_arg": 448}]),
+    (f"[{REGS_DI}, {REGS}]", [2 ** 64 - 1, 488], [{"size_arg": str(2 ** 64 - 1)}, {"int_arg": 488}]),
+]
+
+
+@pytest.mark.parametrize("data, values, want", DECODE)
+def test_kprobe_data_is_the_events_last_list(data: str, values: list[int], want: list[dict]) -> None:
+    """A kprobe record's data slots (after the args') become the event's `data` list, its last
+    field (Tetragon's ProcessKprobe field 14, after ancestors), not more args; the compiled
+    event handler leaves such hooks to build_body (no plan), which writes them."""
+    from vigil.agent.policy_events import PolicyEvents
+    from vigil.events.generic import decode_generic
+    from vigil.events.synth import generic_record
+    from vigil.sensors import generic_events as G
+
+    p = one(f"kprobes:\n- {{{MKDIR}, data: {data}}}")
+    ids = itertools.count(7)
+    (ch,) = compile_policy(p, VM, lambda: next(ids), follow_bit=lambda op, v: 0).hooks
+    assert G.fast_plan(ch, (ch, None), {}, frozenset(), PolicyEvents.action_key) is None
+    m, raw = decode_generic(generic_record(hook_id=ch.hook_id, pid=100, ktime=7, exec_ktime=5,
+                                           args=[(b"", v, 0, 0) for v in [448, *values]], action=L.ACT["Post"]))
+    body = G.build_body(ch, m, raw)
+    assert body["args"] == [{"int_arg": 448}]
+    assert body["data"] == want
+    assert list(body)[-1] == "data"
+    from vigil.api.convert import to_proto  # the gRPC message's ProcessKprobe.data (field 14)
+
+    msg = to_proto({"process_kprobe": {"function_name": body["function_name"], "data": body["data"]},
+                    "node_name": "n", "time": "2026-01-01T00:00:00Z"})
+    assert len(msg.process_kprobe.data) == len(want)
+    assert msg.process_kprobe.DESCRIPTOR.fields_by_name["data"].number == 14
