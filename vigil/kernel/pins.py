@@ -68,7 +68,8 @@ class PinDir:
 
     def _pin(self, link: Link) -> None:
         self._n += 1
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", link.desc)[:200]
+        # no '.': the bpf file system refuses a name with one (EPERM), e.g. a uprobe on libc.so.6
+        name = re.sub(r"[^A-Za-z0-9_-]+", "_", link.desc)[:200]
         link.pin(str(self.dir / f"link-{self._n}-{name}"))
         self._links = [k for k in self._links if k.fd >= 0] + [link]
 
