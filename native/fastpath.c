@@ -1094,12 +1094,11 @@ static int ev_json_body(buf_t *b, PyObject *ev, int t)
 		return FALLBACK;
 	if (tn == 0)
 		ts = "";
-	PyObject *anc = NULL;
-	if (t != T_POLICY) {
-		anc = slot(ev, et->off[E_ANCESTORS]);
-		if (!anc || !PyTuple_CheckExact(anc))
-			return FALLBACK;
-	}
+	PyObject *anc = slot(ev, et->off[E_ANCESTORS]);
+	if (!anc || !PyTuple_CheckExact(anc))
+		return FALLBACK;
+	if (t == T_POLICY && PyTuple_GET_SIZE(anc))
+		return FALLBACK;  /* a policy event's ancestors go inside its body: the twin places them */
 	TRY(put(b, "{\"", 2) || put(b, ks, kn) || PUTS(b, "\":{\"process\":") || put_msg_json(b, proc));
 	if (parent != Py_None)
 		TRY(PUTS(b, ",\"parent\":") || put_msg_json(b, parent));
@@ -1601,7 +1600,7 @@ static PyObject *configure_events(PyObject *self, PyObject *args)
 	static const int needed[T_COUNT][E_COUNT] = {
 		[T_EXEC] = {[E_PROCESS] = 1, [E_PARENT] = 1, [E_ANCESTORS] = 1},
 		[T_EXIT] = {[E_PROCESS] = 1, [E_PARENT] = 1, [E_ANCESTORS] = 1, [E_SIGNAL] = 1, [E_STATUS] = 1},
-		[T_POLICY] = {[E_PROCESS] = 1, [E_PARENT] = 1, [E_KIND] = 1, [E_BODY] = 1},
+		[T_POLICY] = {[E_PROCESS] = 1, [E_PARENT] = 1, [E_ANCESTORS] = 1, [E_KIND] = 1, [E_BODY] = 1},
 	};
 	for (int t = 0; t < T_COUNT; t++) {
 		evtype_t *et = &evtypes[t];
@@ -1687,7 +1686,7 @@ struct creds_raw {
 
 typedef struct {
 	PyObject_HEAD
-	PyObject *builder, *cache, *by_key, *by_pid, *ended, *clock, *opts, *node;
+	PyObject *builder, *cache, *by_key, *by_pid, *ended, *orphans, *clock, *opts, *node;
 	PyObject *flags_cache, *docker_cache, *caps_cache, *ns_cache, *creds_cache, *signames;
 	PyObject *m_flag_words, *m_docker, *m_caps, *m_namespaces, *m_creds, *m_binary, *m_binary_properties;
 	PyObject *m_parents, *m_on_exit, *m_rfc3339, *m_signal_name, *m_missed;
@@ -1713,7 +1712,7 @@ typedef struct {
 #define BUILDER_REFS(b)                                                                                      \
 	{                                                                                                    \
 		&b->builder, &b->cache, &b->by_key, &b->by_pid, &b->ended, &b->clock, &b->opts, &b->node,        \
-		&b->flags_cache,                                                                                 \
+		&b->orphans, &b->flags_cache,                                                                    \
 		&b->docker_cache, &b->caps_cache, &b->ns_cache, &b->creds_cache, &b->signames, &b->m_flag_words, \
 		&b->m_docker, &b->m_caps, &b->m_namespaces, &b->m_creds, &b->m_binary, &b->m_binary_properties,  \
 		&b->m_parents, &b->m_on_exit, &b->m_rfc3339, &b->m_signal_name, &b->m_missed,                  \
@@ -1785,6 +1784,7 @@ static int builder_init(Builder *b, PyObject *args, PyObject *kw)
 	}
 	if (!(b->cache = get(builder, "cache")) || !(b->by_key = get(b->cache, "_by_key")) ||
 	    !(b->by_pid = get(b->cache, "_by_pid")) || !(b->ended = get(b->cache, "_ended")) ||
+	    !(b->orphans = get(b->cache, "_orphans")) ||
 	    !(b->clock = get(builder, "clock")) ||
 	    !(b->opts = get(builder, "opts")) || !(b->node = get(builder, "node")) ||
 	    !(b->flags_cache = get(builder, "_flags_cache")) || !(b->docker_cache = get(builder, "_docker_cache")) ||
@@ -1811,6 +1811,7 @@ static int builder_init(Builder *b, PyObject *args, PyObject *kw)
 		return -1;
 	}
 	if (!PyDict_CheckExact(b->by_key) || !PyDict_CheckExact(b->by_pid) || !PyDict_CheckExact(b->ended) ||
+	    !PyDict_CheckExact(b->orphans) ||
 	    !PyDict_CheckExact(b->flags_cache) ||
 	    !PyDict_CheckExact(b->docker_cache) || !PyDict_CheckExact(b->caps_cache) ||
 	    !PyDict_CheckExact(b->ns_cache) || !PyDict_CheckExact(b->creds_cache) || !PyUnicode_CheckExact(b->node)) {
@@ -2078,8 +2079,20 @@ static int cache_remove(Builder *b, PyObject *p, PyObject *now)
 	if (PyErr_Occurred() || (cur == p && PyDict_DelItem(b->ended, pid) < 0) || bump_attr(b->cache, b->s_removed) < 0)
 		return -1;
 	PyObject *pk = pslot(b, p, P_PARENT_KEY);
-	if (pk == Py_None || pslot(b, p, P_HOLDS_PARENT) != Py_True)
-		return 0;  /* (a child cached before its parent took no reference on it) */
+	if (pk == Py_None)
+		return 0;
+	if (pslot(b, p, P_HOLDS_PARENT) != Py_True) {  /* its parent never came: forget it waited (_orphans) */
+		PyObject *kids = PyDict_GET_SIZE(b->orphans) ? PyDict_GetItemWithError(b->orphans, pk) : NULL;
+		if (!kids)
+			return PyErr_Occurred() ? -1 : 0;
+		for (Py_ssize_t i = 0; i < PyList_GET_SIZE(kids); i++)
+			if (PyList_GET_ITEM(kids, i) == p) {
+				if (PyList_SetSlice(kids, i, i + 1, NULL) < 0)
+					return -1;
+				break;
+			}
+		return PyList_GET_SIZE(kids) ? 0 : PyDict_DelItem(b->orphans, pk);
+	}
 	PyObject *parent = PyDict_GetItemWithError(b->by_key, pk);
 	if (!parent)
 		return PyErr_Occurred() ? -1 : 0;
@@ -2175,6 +2188,38 @@ static int cache_add(Builder *b, PyObject *p, PyObject *now)
 			return -1;
 		if (parent)
 			SET(p, b->proc_off[P_HOLDS_PARENT], Py_True);
+		else {  /* its parent's record behind: the reference once that comes (ProcessCache._orphans) */
+			int named = PyObject_IsTrue(pk);
+			if (named < 0)
+				return -1;
+			if (named) {
+				PyObject *kids = PyDict_GetItemWithError(b->orphans, pk);
+				if (!kids && !PyErr_Occurred()) {
+					kids = PyList_New(0);
+					int e = kids ? PyDict_SetItem(b->orphans, pk, kids) : -1;
+					Py_XDECREF(kids);  /* (the dict holds it) */
+					if (e < 0)
+						return -1;
+				}
+				if (!kids || PyList_Append(kids, p) < 0)
+					return -1;
+			}
+		}
+	}
+	if (PyDict_GET_SIZE(b->orphans)) {  /* children cached before it: each holds it */
+		PyObject *kids = PyDict_GetItemWithError(b->orphans, key);
+		if (!kids && PyErr_Occurred())
+			return -1;
+		if (kids) {
+			long rc;
+			Py_INCREF(kids);
+			int e = PyDict_DelItem(b->orphans, key) < 0 || refcnt_add(b, p, (long)PyList_GET_SIZE(kids), &rc) < 0;
+			for (Py_ssize_t i = 0; !e && i < PyList_GET_SIZE(kids); i++)
+				SET(PyList_GET_ITEM(kids, i), b->proc_off[P_HOLDS_PARENT], Py_True);
+			Py_DECREF(kids);
+			if (e)
+				return -1;
+		}
 	}
 	PyObject *pid = pslot(b, p, P_PID);
 	PyObject *old = PyDict_GetItemWithError(b->by_pid, pid);
@@ -4135,6 +4180,7 @@ static PyObject *generic_fast(Builder *b, const char *buf, Py_ssize_t len, int *
 	SET(ev, et->off[E_PROCESS], procmsg);
 	SET(ev, et->off[E_PARENT], pp ? pslot(b, pp, P_MSG) : Py_None);
 	SET(ev, et->off[E_BODY], body);
+	SET(ev, et->off[E_ANCESTORS], b->empty_tuple);  /* plans are made only for hooks without them */
 	Py_DECREF(t);
 	Py_DECREF(body);
 	Py_XDECREF(missing);

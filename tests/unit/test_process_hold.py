@@ -627,3 +627,53 @@ def test_a_late_older_image_takes_no_mark_from_the_newer(tmp_path: Path, records
     got = [e["process_exec"]["process"].get("in_init_tree", False) for e in events
            if "process_exec" in e and e["process_exec"]["process"]["pid"] == 100]
     assert got == marks
+
+
+# a child cached before its parent (its exec held for that parent, whose record was behind)
+# takes its reference on the parent once that comes, as a child cached after it does: the parent
+# (exited) stays cached while the child lives, and goes once the child is removed. (records,
+# batch 1; whether the child exits too)
+REF_CASES = [
+    ("in-order", [_exec(50, 1000), _exec(100, 5000, 50, 1000), _exit(50, 1000, 6000)]),
+    ("parent-later", [_exec(100, 5000, 50, 1000), _exec(50, 1000), _exit(50, 1000, 6000)]),
+    ("parent-in-a-later-batch", [_exec(100, 5000, 50, 1000), _exec(200, 5500), _exec(50, 1000),
+                                 _exit(50, 1000, 6000)]),
+    ("parent-later-child-exits", [_exec(100, 5000, 50, 1000), _exec(50, 1000), _exit(50, 1000, 6000),
+                                  _exit(100, 5000, 7000)]),
+]
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+@pytest.mark.parametrize("records", [c[1] for c in REF_CASES], ids=[c[0] for c in REF_CASES])
+def test_a_child_cached_first_holds_its_parent_once_it_comes(tmp_path: Path, records: list[bytes],
+                                                            compiled: bool) -> None:
+    left: list[Any] = []
+    _replay(tmp_path, records, 1, compiled, left)
+    cache = left[0]
+    parent, child = cache.get((50, 1000)), cache.get((100, 5000))
+    child_lives = not child.exited
+    # (a child holds its parent until it is removed, after its grace period)
+    assert child.holds_parent and parent.exited and parent.refcnt == 1
+    later = max([p.removal_at for p in cache._pending] + [0]) + 1
+    cache.gc(later)
+    cache.gc(later + 2 * cache.grace_ns)
+    assert (cache.get((50, 1000)) is parent) == child_lives and (cache.get((100, 5000)) is child) == child_lives
+
+
+def test_a_child_removed_before_its_parent_comes_takes_no_reference() -> None:
+    """(the cache alone) a child whose parent never came is removed: the parent, cached after,
+    is released by its own exit alone, and nothing is remembered of the child."""
+    from vigil.core.events import ProcessMsg
+    from vigil.process.cache import ProcessCache
+    from vigil.process.model import Process
+
+    cache = ProcessCache(grace_ns=10)
+    child = Process("c", (100, 5000), "p", (50, 1000), 50, ProcessMsg("c", 100))
+    cache.add(child, 0)
+    cache.exit(child, 1)
+    assert cache.gc(100) == 1 and cache.get((100, 5000)) is None
+    parent = Process("p", (50, 1000), "", None, 1, ProcessMsg("p", 50))
+    cache.add(parent, 200)
+    assert parent.refcnt == 1 and not cache._orphans
+    cache.exit(parent, 300)
+    assert cache.gc(400) == 1 and len(cache) == 0

@@ -32,6 +32,9 @@ class ProcessCache:
         # pid -> the image it named when that exited, while cached (its grace period): a late
         # record of an older image of the pid is compared with it (add), as with a live one
         self._ended: dict[int, Process] = {}
+        # parent key -> cached children added before it (their exec or clone record read first;
+        # held for it): each takes its reference on the parent once that is added
+        self._orphans: dict[Key, list[Process]] = {}
         self._pending: deque[Process] = deque()  # refcnt hit zero, in order
         # insertion order for "evict the oldest of all": a dict's first item is O(n) to
         # reach once many early entries were deleted; stale entries are skipped and the
@@ -104,6 +107,14 @@ class ProcessCache:
             if parent is not None:
                 parent.refcnt += 1
                 p.holds_parent = True
+            elif p.parent_key:  # its parent's record behind: the reference once that comes
+                self._orphans.setdefault(p.parent_key, []).append(p)
+        if self._orphans:
+            kids = self._orphans.pop(p.key, None)
+            if kids:  # children cached before it: each holds it, as one cached after it does
+                p.refcnt += len(kids)
+                for c in kids:
+                    c.holds_parent = True
         old = self._by_pid.get(p.pid) or self._ended.get(p.pid)
         if old is not None and old.key[1] > p.key[1]:  # a newer image is (or was) the pid's
             p.exited = True
@@ -160,12 +171,18 @@ class ProcessCache:
         if self._ended.get(p.pid) is p:
             del self._ended[p.pid]
         self.removed += 1
-        # only a reference it took: a child cached before its parent (the previous run's
-        # records replayed before the /proc scan) took none, and must not drop a live parent
+        # only a reference it took: a child cached before its parent took it once the parent
+        # came (_orphans); one whose parent never came took none, and must not drop a later one
         if p.holds_parent and p.parent_key is not None:
             parent = self._by_key.get(p.parent_key)
             if parent is not None:
                 self._release(parent, now_ns)
+        elif p.parent_key and self._orphans:  # its parent never came: forget it waited
+            kids = self._orphans.get(p.parent_key)
+            if kids is not None and p in kids:
+                kids.remove(p)
+                if not kids:
+                    del self._orphans[p.parent_key]
 
     def _evict(self, now_ns: int, room: int = 0) -> None:
         while self._by_key and len(self._by_key) > self.capacity - room:
