@@ -36,6 +36,11 @@ TRAMPOLINES = ("vigil_lsm", "vigil_fentry", "vigil_fexit", "vigil_fmod_ret", "vi
                "vigil_ima_bprm", "vigil_ima_file")
 
 
+# Tests: the uprefault stage walks pages with bpf_copy_from_user even where the kfunc exists
+UPREFAULT_PAGE_WALK = False
+UPREFAULT_STATS = ("runs", "read", "failed", "walked")  # bpf/uprefault.bpf.c enum upf_stat
+_UPREFAULT_REGS = 5  # its str_max[]: the uprobe entry's parameters 1-5
+
 _NOFILE_RAISED = False
 
 
@@ -66,6 +71,52 @@ def _raise_nofile() -> None:
             continue
 
 
+def uprefault_limits(c: CompiledHook) -> list[int]:
+    """str_max of bpf/uprefault.bpf.c for a uprobe hook: per pt_regs parameter, the bytes the
+    hook's program reads of a string there (its NUL included); all 0 when no argument is a
+    string read straight from a register (a resolved one is read through other memory)."""
+    out = [0] * _UPREFAULT_REGS
+    if c.placement.mechanism != "uprobe" or c.placement.entry_prog != "vigil_uprobe":
+        return out
+    for i in range(min(c.config.nargs, L.MAX_ARGS)):
+        a = c.config.args[i]
+        if a.type == L.T["string"] and a.src == L.SRC_REGS and not a.nsteps and a.off < _UPREFAULT_REGS:
+            size = a.max_len if 0 < a.max_len < L.ARG_DATA - 1 else L.ARG_DATA - 1  # read_arg's max
+            out[a.off] = max(out[a.off], size + 1)
+    return out
+
+
+# why the stage cannot load on this kernel (found once), by UPREFAULT_PAGE_WALK
+_UPREFAULT_REFUSED: dict[bool, str] = {}
+
+
+def _uprefault_object(limits: list[int]) -> BpfObject | None:
+    """The stage's object for one hook, loaded; None where sleepable uprobes (or the program's
+    helpers) do not load on this kernel: found by loading it the first time (never by kernel
+    version), logged once, and the stage stays off for this process (strings on pages not
+    faulted in read as errors, as without it)."""
+    from vigil.kernel.errors import BpfError
+
+    walk = bool(UPREFAULT_PAGE_WALK)
+    if walk in _UPREFAULT_REFUSED:
+        return None
+    obj = BpfObject.open(bpf_object("uprefault"))
+    try:
+        obj.set_rodata(str_max=b"".join(n.to_bytes(4, "little") for n in limits),
+                       cfg_page_walk=int(walk))
+        obj.load()
+    except BpfError as e:
+        obj.close()
+        why = _UPREFAULT_REFUSED[walk] = str(e).splitlines()[0] if str(e) else repr(e)
+        log.warning("uprobe string arguments on pages not faulted in yet will read as errors: the "
+                    "sleepable uprobe stage does not load on this kernel (%s)", why)
+        return None
+    except BaseException:
+        obj.close()
+        raise
+    return obj
+
+
 def takes_kernel_stacks(c: CompiledHook) -> bool:
     """Whether a Post action of the hook asks for the kernel stack (kernelStackTrace)."""
     return any(c.config.sel[i].actions[k].flags & L.AF_KSTACK for i in range(c.config.nselectors)
@@ -85,6 +136,8 @@ class GenericHook:
         self.shared = shared
         self.obj: BpfObject | None = None
         self._binary_fd = -1  # a uprobe with binaryDigests: the binary checked and attached to
+        # a uprobe with string arguments from pt_regs: its sleepable stage (bpf/uprefault.bpf.c)
+        self.uprefault: BpfObject | None = None
 
     @property
     def hook_id(self) -> int:
@@ -130,8 +183,12 @@ class GenericHook:
                 m = obj.map(name)
                 for k in keys:
                     m.update(k[:str_key] if name == "str_map" else k, one)
+            limits = uprefault_limits(c)
+            if any(limits):
+                self.uprefault = _uprefault_object(limits)
             self._attach(obj)
         except BaseException:
+            self._close_uprefault()
             obj.close()
             raise
         self.obj = obj
@@ -154,6 +211,12 @@ class GenericHook:
             if pl.return_prog:
                 obj.program(pl.return_prog).attach_uprobe(path, a["offset"], retprobe=True)
             entry.attach_uprobe(path, a["offset"], ref_ctr_offset=a.get("ref_ctr", 0))
+            if self.uprefault is not None:
+                # after the entry: a uprobe's newest consumer runs first, so the strings' pages
+                # are faulted in before the entry reads them. Pinned as every link is
+                # (--keep-sensors-on-exit): a kept hook keeps its stage
+                self.uprefault.program("vigil_uprefault").attach_uprobe(
+                    path, a["offset"], ref_ctr_offset=a.get("ref_ctr", 0))
         elif pl.mechanism == "usdt":
             entry.attach_uprobe(a["path"], a["offset"], ref_ctr_offset=a.get("ref_ctr", 0))
         elif pl.mechanism == "lsm":
@@ -197,12 +260,29 @@ class GenericHook:
         return fd_path
 
     def detach(self) -> None:
+        if self.uprefault is not None:
+            self.uprefault.detach_all()
         if self.obj is not None:
             self.obj.detach_all()
 
     def attach(self) -> None:
         if self.obj is not None and not self.obj.links:
+            if self.uprefault is not None:
+                self.uprefault.detach_all()  # a half-done attach before: attached again after the entry
             self._attach(self.obj)
+
+    def uprefault_stats(self) -> dict[str, int]:
+        """The uprefault stage's counters (UPREFAULT_STATS); empty without the stage."""
+        if self.uprefault is None:
+            return {}
+        m = self.uprefault.map("uprefault_stats")
+        return {name: struct.unpack("<Q", m.lookup(struct.pack("<I", i)) or bytes(8))[0]
+                for i, name in enumerate(UPREFAULT_STATS)}
+
+    def _close_uprefault(self) -> None:
+        if self.uprefault is not None:
+            self.uprefault.close()
+            self.uprefault = None
 
     @property
     def attached(self) -> bool:
@@ -242,7 +322,8 @@ class GenericHook:
 
         if self.obj is None:
             return []
-        return [int(prog_info(p.fd)["id"]) for p in self.obj.programs.values() if p.fd >= 0]
+        objs = [self.obj] + ([self.uprefault] if self.uprefault is not None else [])
+        return [int(prog_info(p.fd)["id"]) for o in objs for p in o.programs.values() if p.fd >= 0]
 
     def kernel_memory(self) -> int:
         """Rough bytes of kernel memory the hook's own maps use: its config and lookup maps, and
@@ -255,6 +336,7 @@ class GenericHook:
                 + counters)
 
     def close(self) -> None:
+        self._close_uprefault()  # its links first: the stage never runs without the entry
         if self.obj is not None:
             self.obj.close()
             self.obj = None
