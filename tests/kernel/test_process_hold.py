@@ -299,13 +299,17 @@ def test_a_clone_waits_for_its_forking_process(running_agent: RunningAgent, come
         assert deltas(before, after, "parent_given_up", "given_up") == (1, 1)
 
 
-def test_a_late_exec_record_of_an_older_image_leaves_the_newer_one(running_agent: RunningAgent) -> None:
+@pytest.mark.parametrize("newer_exited", [False, True], ids=["newer-live", "newer-exited"])
+def test_a_late_exec_record_of_an_older_image_leaves_the_newer_one(running_agent: RunningAgent,
+                                                                   newer_exited: bool) -> None:
     """The exec record of an older image of a pid read after the pid's newer image was cached
     (pid reuse, or the process's own next exec, its record behind in another ring) is recorded
     but never ends the newer image: the test's own child (sh) is taken out of the cache, execs
     cat (cached: the pid names it), then sh's entry is added again on the loop's thread as if
     its exec record were read only now. The pid keeps naming cat, live; sh is ended at once;
-    the child's exit names cat and ends it (nothing of the pid left live)."""
+    the child's exit names cat and ends it (nothing of the pid left live). newer-exited: cat
+    ended before sh's record is read (cat's entry in its grace period): sh is still older than
+    it, ended at once, and the pid names nothing."""
     a = running_agent.agent
     with own_child(["/bin/sh", "-c", "read x; exec /bin/cat"]) as child:
         sh = cached(a, child, "/bin/sh")
@@ -313,11 +317,19 @@ def test_a_late_exec_record_of_an_older_image_leaves_the_newer_one(running_agent
         send_line(child)  # x: it execs cat
         cat = cached(a, child, "/bin/cat")
         assert cat.key[1] > sh.key[1]
+        evs: list[Any] = []
+        if newer_exited:
+            evs, ex = collect_event_of(running_agent, "process_exit", child.pid, lambda: end_by_stdin(child))
+            wait_for(lambda: a.cache.by_pid(child.pid) is None and cat.exited, "cat ended")
         a.pipeline.inject(lambda: a.cache.add(sh, time.monotonic_ns()))  # its exec record, read late
         wait_for(lambda: a.cache.get(sh.key) is sh, "the older image recorded")
-        assert a.cache.by_pid(child.pid) is cat and not cat.exited, "the newer image was ended"
+        if newer_exited:
+            assert a.cache.by_pid(child.pid) is None, "the older image became the pid's"
+        else:
+            assert a.cache.by_pid(child.pid) is cat and not cat.exited, "the newer image was ended"
         assert sh.exited and sh.refcnt <= 0
-        evs, ex = collect_event_of(running_agent, "process_exit", child.pid, lambda: end_by_stdin(child))
+        if not newer_exited:
+            evs, ex = collect_event_of(running_agent, "process_exit", child.pid, lambda: end_by_stdin(child))
     assert ex["process"]["exec_id"] == cat.msg.exec_id and ex["process"]["binary"] == "/bin/cat", ex
     wait_for(lambda: a.cache.by_pid(child.pid) is None, "the pid naming nothing")
     assert cat.exited
