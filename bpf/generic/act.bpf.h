@@ -146,13 +146,15 @@ static __always_inline __u8 do_actions(struct gen_heap *h, struct vp_hook *cfg,
 				h->pa_n[PA_MONITOR_SET]++;
 				break;
 			}
+			/* the attempt is counted, as Tetragon's set counter (its do_set_action may fail
+			 * too: an operand it cannot write through, a page not writable); hook_stats'
+			 * signals count the writes done */
+			h->pa_n[PA_SET]++;
 			if (!cfg_write_user || sa->src != VP_SRC_USDT || !sa->off2 || sa->off >= 21 * 8)
 				break;
 			bpf_probe_read_kernel(&base, 8, (void *)(h->ctxp + (sa->off & 0xff)));
-			if (!bpf_probe_write_user((void *)(base + sa->konst), &val, sizeof(val))) {
+			if (!bpf_probe_write_user((void *)(base + sa->konst), &val, sizeof(val)))
 				stat_inc(HS_SIGNALS);
-				h->pa_n[PA_SET]++;
-			}
 			break;
 		}
 		case VP_ACT_NOTIFY_ENFORCER: {

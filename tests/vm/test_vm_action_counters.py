@@ -68,3 +68,66 @@ def test_actions_are_counted_where_taken(agent: Running, work: Path, spec: str, 
     assert listed["stats"]["action_counters"] == dict.fromkeys(ACTION_COUNTERS, 0) | counted
     assert listed["stats"]["selector_action_counters"] == [
         {"hook": hook, "hook_index": 0, "selector_index": 0, "selector_label": "", "action_counters": counted}]
+
+
+SET_C = r"""
+#include <sys/mman.h>
+#define SDT_BASE ".ifndef _.stapsdt.base\n" \
+  ".pushsection .stapsdt.base,\"aG\",\"progbits\",.stapsdt.base,comdat\n" \
+  ".weak _.stapsdt.base\n.hidden _.stapsdt.base\n_.stapsdt.base: .space 1\n" \
+  ".size _.stapsdt.base, 1\n.popsection\n.endif\n"
+#define SDT(prov, name, argfmt, ...) __asm__ __volatile__("990: nop\n" \
+    ".pushsection .note.stapsdt,\"?\",\"note\"\n.balign 4\n" \
+    ".4byte 992f-991f, 994f-993f, 3\n991: .asciz \"stapsdt\"\n992: .balign 4\n" \
+    "993: .8byte 990b\n.8byte _.stapsdt.base\n.8byte 0\n" \
+    ".asciz \"" prov "\"\n.asciz \"" name "\"\n.asciz \"" argfmt "\"\n994: .balign 4\n.popsection\n" \
+    SDT_BASE :: __VA_ARGS__)
+int main(void) {
+    volatile int ret = 0;
+    /* a page the process cannot write: Set's write there fails */
+    volatile int *ro = mmap(0, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    SDT("vigil", "set", "-4@%0", "m"(ret));
+    SDT("vigil", "setro", "-4@%0", "m"(*ro));
+    return ret + *ro;
+}
+"""
+
+SET_SPEC = """
+usdts:
+- path: "{binary}"
+  provider: vigil
+  name: {site}
+  args: [{{index: 0, type: int32}}]
+  selectors:
+  - matchActions: [{{action: Set, argIndex: 0, argValue: 32}}]
+"""
+
+
+@pytest.mark.parametrize("site, mode, rc, counted", [
+    ("set", None, 32, {"post": 1, "set": 1}),
+    # the write fails (a read-only page): the attempt is counted all the same, as Tetragon's
+    ("setro", None, 0, {"post": 1, "set": 1}),
+    ("set", "monitor", 0, {"post": 1, "monitor_set": 1}),
+], ids=["written", "write-fails", "monitor"])
+def test_set_counts_each_attempt(agent: Running, work: Path, site: str, mode: str | None, rc: int,
+                                 counted: dict[str, int]):
+    """Set counts where it is taken, whether or not the write into the process succeeds (Tetragon
+    counts POLICY_SET for each Set done in enforce mode; the write's failure only flags the event)."""
+    ok, why = agent.agent.policies.has("probe_write_user")
+    assert ok, f"the guest kernel refuses bpf_probe_write_user: {why}"
+    (work / "set.c").write_text(SET_C)
+    cc = shutil.which("clang") or shutil.which("cc")
+    assert cc, "no C compiler"
+    subprocess.run([cc, "-O1", "-o", str(work / "set"), str(work / "set.c")], check=True)
+    name = f"vm-counters-set-{site}-{mode or 'enforce'}"
+    agent.agent.policies.add_text(policy(name, SET_SPEC.format(binary=work / "set", site=site)), "<test>", mode=mode)
+    try:
+        got = subprocess.run([str(work / "set")], check=False).returncode
+        listed = next(p for p in agent.agent.list_policies() if p["name"] == name)
+    finally:
+        agent.agent.delete_policy(name)
+    assert got == rc
+    assert listed["stats"]["action_counters"] == dict.fromkeys(ACTION_COUNTERS, 0) | counted
+    assert listed["stats"]["selector_action_counters"] == [
+        {"hook": f"usdt:{work / 'set'}:vigil/{site}", "hook_index": 0, "selector_index": 0, "selector_label": "",
+         "action_counters": counted}]
