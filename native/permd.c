@@ -132,7 +132,8 @@ static void *xrealloc(void *p, size_t n)
 /* ------------------------------------------------------------------ decision table */
 struct sval { uint32_t len; char *s; };
 struct cond { uint32_t field, op, flags, n; struct sval *sv; uint32_t *pids; };
-struct rule { uint32_t hook_id, selector, kinds, action, monitor, ncond; struct cond *conds; };
+/* nopost: the decisions of this NoPost rule (no report is sent for them; PD_STATS tells them) */
+struct rule { uint32_t hook_id, selector, kinds, action, monitor, ncond; struct cond *conds; uint64_t nopost; };
 /* served: the path is on a file system served by a process or the network (set when the table
  * is first marked; a regroup leaves those marks to the groups that hold them) */
 struct markspec { uint32_t kind, mask; char *path; int served; };
@@ -1288,6 +1289,11 @@ static void handle_fanotify(struct gen *g)
 			uint64_t lat = now_ns(CLOCK_MONOTONIC) - t;
 			int keep = -1;   /* the file, to remember once answered and unlocked */
 			if (mine) {
+				/* a NoPost rule's decision sends no report: counted here, before the answer
+				 * (a PD_STATS the requester asks for once its open returns holds it) */
+				for (int k = 0; k < v.nmatch; k++)
+					if (tab->rules[v.rules[k]].action == PD_ACT_NOPOST)
+						__atomic_add_fetch(&tab->rules[v.rules[k]].nopost, 1, __ATOMIC_RELAXED);
 				if (v.kill) {
 					kill((pid_t)p.pid, SIGKILL);   /* the requester the kernel named, nothing else */
 					S.st[PD_STAT_killed]++;
@@ -1313,7 +1319,7 @@ static void handle_fanotify(struct gen *g)
 			if (mine) {
 				for (int k = 0; k < v.nmatch; k++) {
 					const struct rule *r = &tab->rules[v.rules[k]];
-					if (r->action == PD_ACT_NOPOST)
+					if (r->action == PD_ACT_NOPOST)   /* counted before the answer, not reported */
 						continue;
 					int enforcing = r->action == PD_ACT_OVERRIDE || r->action == PD_ACT_SIGKILL;
 					uint32_t fl = (v.allow ? PD_REP_ALLOWED : 0) | (v.kill ? PD_REP_KILLED : 0) |
@@ -1839,6 +1845,26 @@ static void regroup(void)
 	__atomic_store_n(&S.busy_since, 0, __ATOMIC_RELAXED);
 }
 
+/* The NoPost counts of the table replaced go on in the new one's rule of the same hook and
+ * selector (a policy added or removed elsewhere rebuilds every rule). A decision the old table
+ * makes after this (a served group's batch under way) is not carried. */
+static void carry_counts(const struct table *old_t, struct table *t)
+{
+	for (uint32_t i = 0; old_t && i < old_t->nrules; i++) {
+		const struct rule *o = &old_t->rules[i];
+		uint64_t n = __atomic_load_n(&o->nopost, __ATOMIC_RELAXED);
+		if (!n)
+			continue;
+		for (uint32_t j = 0; j < t->nrules; j++) {
+			struct rule *r = &t->rules[j];
+			if (r->hook_id == o->hook_id && r->selector == o->selector && r->action == PD_ACT_NOPOST) {
+				__atomic_add_fetch(&r->nopost, n, __ATOMIC_RELAXED);
+				break;
+			}
+		}
+	}
+}
+
 static void commit(void)
 {
 	struct table *t = S.staging;
@@ -1861,6 +1887,7 @@ static void commit(void)
 		return;
 	}
 	struct table *old_t = install(g, t);
+	carry_counts(old_t, t);
 	/* the old table goes once no served group's thread decides with it */
 	table_put(old_t);
 	__atomic_store_n(&S.busy_since, 0, __ATOMIC_RELAXED);
@@ -1927,9 +1954,19 @@ static void handle_ctl(void)
 			commit();
 			break;
 		case PD_STATS_REQ: {
+			static char out[PD_MAX_MSG] __attribute__((aligned(8)));
 			struct pd_stats s = { .h = { PD_STATS, sizeof(s) } };
 			pthread_mutex_lock(&S.mu);
 			memcpy(s.v, S.st, sizeof(s.v));
+			for (uint32_t i = 0; S.table && i < S.table->nrules; i++) {   /* the rules' counts follow */
+				const struct rule *r = &S.table->rules[i];
+				uint64_t n = __atomic_load_n(&r->nopost, __ATOMIC_RELAXED);
+				if (!n || s.h.len + sizeof(struct pd_rule_count) > sizeof(out))
+					continue;
+				struct pd_rule_count c = { r->hook_id, r->selector, n };
+				memcpy(out + s.h.len, &c, sizeof(c));
+				s.h.len += sizeof(c);
+			}
 			if (S.cur) {   /* marks follow new directories, files and mounts after the commit */
 				uint64_t marks, dirs, errors;
 				gen_totals(S.cur, &marks, &dirs, &errors);
@@ -1939,7 +1976,8 @@ static void handle_ctl(void)
 				s.v[PD_STAT_served_groups] = S.cur->nsrv;
 			}
 			pthread_mutex_unlock(&S.mu);
-			send_pkt(&s, sizeof(s), 0);
+			memcpy(out, &s, sizeof(s));
+			send_pkt(out, s.h.len, 0);
 			break;
 		}
 		case PD_EVAL:
@@ -2003,6 +2041,7 @@ static void print_layout(void)
 	F(pd_eval_result, rules);
 	Z(pd_stall); F(pd_stall, ms);
 	Z(pd_stats); F(pd_stats, v);
+	Z(pd_rule_count); F(pd_rule_count, hook_id); F(pd_rule_count, selector); F(pd_rule_count, nopost);
 	printf("\"stats\": [");
 	PD_STATS_LIST(STAT_NAME)
 	printf("null]}\n");

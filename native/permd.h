@@ -7,7 +7,7 @@
 #define VIGIL_PERMD_H
 #include <stdint.h>
 
-#define PD_VERSION 4
+#define PD_VERSION 5
 #define PD_MAX_MSG 65536          /* largest packet either side sends */
 
 enum pd_type {
@@ -86,6 +86,11 @@ struct pd_stall { struct pd_hdr h; uint32_t ms; };
 	X(regroups) X(read_errors) X(dirs_gone) X(served) X(served_groups)
 #define PD_STAT_ENUM(n) PD_STAT_##n,
 enum { PD_STATS_LIST(PD_STAT_ENUM) PD_NSTATS };
+/* PD_STATS: the counters, then one pd_rule_count per rule of the table in force that counts
+ * decisions no report tells of (a NoPost selector that matched: it decided, nothing is sent), as
+ * many as the packet's length holds after the struct. A rule's count carries over to the next
+ * table's rule of the same hook and selector. */
 struct pd_stats { struct pd_hdr h; uint64_t v[PD_NSTATS]; };
+struct pd_rule_count { uint32_t hook_id; uint32_t selector; uint64_t nopost; };
 
 #endif

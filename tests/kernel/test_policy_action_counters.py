@@ -190,3 +190,57 @@ def test_kernel_memory_holds_the_per_cpu_counters(running_agent: RunningAgent, w
         many = gh.kernel_memory()
     assert entries == 13 + 6 * 16
     assert many - one == (cpus - 1) * entries * 8
+
+
+OPEN_NOPOST = """
+kprobes:
+- call: sys_openat
+  syscall: true
+  args: [{{index: 1, type: string}}]
+  selectors:
+  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/secret.txt"]}}]
+    matchActions: [{{action: Override, argError: -1}}]
+  - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/public.txt"]}}]
+    matchActions: [{{action: NoPost}}]
+"""
+
+
+@pytest.mark.parametrize("mode, again, counted", [
+    (None, "", [{"post": 1, "override": 1}, {"nopost": 1}]),
+    ("monitor", "", [{"post": 1, "monitor_override": 1}, {"nopost": 1}]),
+    # another policy's hook pushes a new table: the NoPost count goes on in it
+    (None, "another-policy", [{"post": 1, "override": 1}, {"nopost": 1}]),
+    # disabled (no rules: the helper stops) and enabled again, the files opened again: both counted
+    (None, "disable-enable", [{"post": 2, "override": 2}, {"nopost": 2}]),
+], ids=["enforce", "monitor", "new-table", "disable-enable"])
+def test_the_fanotify_helper_counts_nopost(running_agent: RunningAgent, workdir: Path, mode: str | None,
+                                           again: str, counted: list[dict[str, int]]):
+    """A NoPost selector the fanotify helper decides sends no report: the helper counts its
+    decisions per rule, read with its other counters, and they reach the selector's counters."""
+    from tests import enforce_cases as C
+    from tests.kernel.test_policy_engine import policy_yaml as pyaml
+
+    C.prepare(workdir)
+    a = running_agent.agent
+    with loaded(running_agent, pyaml("fanotify-nopost", OPEN_NOPOST.format(d=workdir)), mode=mode) as st:
+        assert "fanotify" in st["hooks"][0]["hook"]
+        running_agent.collect(lambda: C.run_open_case(workdir))
+        if again == "another-policy":
+            # (nothing opened in the new table: the group it replaced stays open a while and
+            # asks the helper again, a defect of its own)
+            with loaded(running_agent, C.open_deny(workdir / "elsewhere")):
+                listed = next(p for p in a.list_policies() if p["name"] == "fanotify-nopost")
+        else:
+            if again == "disable-enable":
+                a.policies.set_enabled("fanotify-nopost", False)
+                a.policies.set_enabled("fanotify-nopost", True)
+                assert C.run_open_case(workdir) == C.EXPECT["open"]
+            listed = next(p for p in a.list_policies() if p["name"] == "fanotify-nopost")
+    want = dict.fromkeys(ACTION_COUNTERS, 0)
+    for row in counted:
+        for k, n in row.items():
+            want[k] += n
+    assert listed["stats"]["action_counters"] == want
+    assert listed["stats"]["selector_action_counters"] == [
+        {"hook": "kprobe:sys_openat", "hook_index": 0, "selector_index": i, "selector_label": "",
+         "action_counters": c} for i, c in enumerate(counted)]

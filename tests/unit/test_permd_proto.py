@@ -90,3 +90,24 @@ def test_long_value_lists_split_into_continuations() -> None:
     assert flags[0] & P.COND_CONT == 0 and all(f & P.COND_CONT for f in flags[1:])
     assert sum(P.COND_S.unpack_from(p)[5] for p in conds) == len(values)
     assert all(P.HDR.unpack_from(p)[1] == len(p) for p in pkts)
+
+
+def test_rule_count_mirror(layout: dict) -> None:
+    """pd_rule_count (the PD_STATS reply's tail, no header of its own) as the C struct."""
+    assert P.RULE_COUNT_S.size == layout["sizeof.pd_rule_count"]
+    offs = {"hook_id": [0, 4], "selector": [4, 4], "nopost": [8, 8]}
+    for f, want in offs.items():
+        assert layout[f"pd_rule_count.{f}"] == want, f
+
+
+@pytest.mark.parametrize("counts, tail", [
+    ({}, b""),
+    ({(7, 1): 3}, b""),
+    ({(7, 1): 3, (9, 0): 2**40}, b""),
+    ({(7, 1): 3}, b"\0" * 5),   # a partial entry after the last whole one is not one
+], ids=["none", "one", "two", "partial-tail"])
+def test_stats_reply_carries_rule_counts(counts: dict[tuple[int, int], int], tail: bytes) -> None:
+    rows = b"".join(P.RULE_COUNT_S.pack(h, s, n) for (h, s), n in counts.items())
+    buf = P.pack(P.STATS_S, P.STATS, *range(len(P.STAT_NAMES)), tail=rows + tail)
+    assert P.decode_stats(buf) == dict(zip(P.STAT_NAMES, range(len(P.STAT_NAMES))))
+    assert P.decode_rule_counts(buf) == counts

@@ -82,6 +82,11 @@ class PermissionHelper:
         self.proc: subprocess.Popen[bytes] | None = None
         self.helper_pid = 0
         self.restarts = 0
+        # NoPost counts (stats_and_counts): those of helpers before this one, the last read of this one
+        self._counts_lock = threading.Lock()
+        self._counts_base: dict[tuple[int, int], int] = {}
+        self._counts_last: dict[tuple[int, int], int] = {}
+        self._counts_run = 0
         self.continued = 0
         self.reports_received = 0
         self.report_errors = 0
@@ -253,9 +258,26 @@ class PermissionHelper:
         return ack
 
     def stats(self) -> dict[str, int]:
-        st = P.decode_stats(self._exchange([P.HDR.pack(P.STATS_REQ, P.HDR.size)], P.STATS))
+        return self.stats_and_counts()[0]
+
+    def stats_and_counts(self) -> tuple[dict[str, int], dict[tuple[int, int], int]]:
+        """The helper's counters, and per rule (hook_id, 0-based selector) the NoPost decisions
+        it made (no report tells of them), since this agent started it: a helper started again
+        counts from 0, so the counts the one before it last gave are added."""
+        buf = self._exchange([P.HDR.pack(P.STATS_REQ, P.HDR.size)], P.STATS)
+        st = P.decode_stats(buf)
         st.update(restarts=self.restarts, continued=self.continued, reports_received=self.reports_received)
-        return st
+        counts = P.decode_rule_counts(buf)
+        with self._counts_lock:
+            if self._counts_run != self.restarts:   # another helper since the last read
+                for k, n in self._counts_last.items():
+                    self._counts_base[k] = self._counts_base.get(k, 0) + n
+                self._counts_run = self.restarts
+            self._counts_last = counts
+            total = dict(self._counts_base)
+        for k, n in counts.items():
+            total[k] = total.get(k, 0) + n
+        return st, total
 
     def evaluate(self, kind: str, pid: int, path: str, binary: str) -> P.EvalResult:
         """The helper's decision for a synthetic request against the table in force."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-VERSION = 4
+VERSION = 5
 MAX_MSG = 65536
 MAX_MATCH = 16
 
@@ -46,6 +46,8 @@ STAT_NAMES = ("events", "allowed", "denied", "timeouts", "rescued", "exempt", "k
               "generation", "marks", "dirs", "mark_errors", "watch_overflows", "mount_rescans",
               "cached", "forgotten", "regroups", "read_errors", "dirs_gone", "served", "served_groups")
 STATS_S = struct.Struct(f"=II{len(STAT_NAMES)}Q")
+# after STATS_S, as many as the packet holds: a rule's decisions no report tells of (NoPost)
+RULE_COUNT_S = struct.Struct("=IIQ")   # hook_id, selector, nopost
 
 # what the layout test compares: struct name -> (our Struct, field names in order after the header)
 MIRRORS: dict[str, tuple[struct.Struct, tuple[str, ...]]] = {
@@ -135,6 +137,12 @@ class EvalResult:
 
 def decode_stats(buf: bytes) -> dict[str, int]:
     return dict(zip(STAT_NAMES, STATS_S.unpack_from(buf)[2:]))
+
+
+def decode_rule_counts(buf: bytes) -> dict[tuple[int, int], int]:
+    """The PD_STATS reply's rule counts: (hook_id, 0-based selector) -> NoPost decisions."""
+    return {(hook_id, sel): n for hook_id, sel, n in RULE_COUNT_S.iter_unpack(
+        buf[STATS_S.size:STATS_S.size + (len(buf) - STATS_S.size) // RULE_COUNT_S.size * RULE_COUNT_S.size])}
 
 
 def encode_strings(values: list[bytes]) -> list[tuple[int, bytes]]:

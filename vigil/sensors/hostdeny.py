@@ -120,6 +120,18 @@ class GuardRegistry:
         except PermdError:
             return {}
 
+    def nopost_counts(self, hook_id: int) -> dict[int, int]:
+        """The NoPost decisions the helper made for hook `hook_id`, per 0-based selector (no
+        report tells of them: the helper counts them, read with its other counters)."""
+        helper = self.helper
+        if helper is None:
+            return {}
+        try:
+            _st, counts = helper.stats_and_counts()
+        except PermdError:
+            return {}
+        return {sel: n for (hid, sel), n in counts.items() if hid == hook_id}
+
     def _on_report(self, rep: Report) -> None:
         if rep.hook_id == 0:
             self.timeouts += 1
@@ -145,6 +157,7 @@ class FanotifyHook:
         self.attached = False
         self.reported = self.denied = self.monitored = 0
         self.actions: dict[int, dict[str, int]] = {}  # per 1-based selector: its action counters
+        self._nopost_before: dict[int, int] = {}  # per 0-based selector: NoPost decisions of earlier attachments
         self._check(compiled)
 
     def _check(self, c: CompiledHook) -> None:
@@ -200,7 +213,13 @@ class FanotifyHook:
             row[name] = row.get(name, 0) + 1
 
     def selector_stats(self) -> dict[int, dict[str, int]]:
-        return {sel: dict(row) for sel, row in list(self.actions.items())}
+        out = {sel: dict(row) for sel, row in list(self.actions.items())}
+        # a NoPost selector's decisions send no report: the helper counts them (the counts of
+        # the times the hook was attached before kept here: a table without its rules drops them)
+        now = self.registry.nopost_counts(self.hook_id) if self.attached else {}
+        for sel in set(now) | set(self._nopost_before):
+            out.setdefault(sel + 1, {})["nopost"] = now.get(sel, 0) + self._nopost_before.get(sel, 0)
+        return out
 
     def load(self) -> None:
         self.attach()
@@ -216,6 +235,8 @@ class FanotifyHook:
 
     def detach(self) -> None:
         if self.attached:
+            for sel, n in self.registry.nopost_counts(self.hook_id).items():
+                self._nopost_before[sel] = self._nopost_before.get(sel, 0) + n
             self.attached = False
             self.registry.remove(self)
 
