@@ -2085,13 +2085,12 @@ static int cache_remove(Builder *b, PyObject *p, PyObject *now)
 		PyObject *kids = PyDict_GET_SIZE(b->orphans) ? PyDict_GetItemWithError(b->orphans, pk) : NULL;
 		if (!kids)
 			return PyErr_Occurred() ? -1 : 0;
-		for (Py_ssize_t i = 0; i < PyList_GET_SIZE(kids); i++)
-			if (PyList_GET_ITEM(kids, i) == p) {
-				if (PyList_SetSlice(kids, i, i + 1, NULL) < 0)
-					return -1;
-				break;
-			}
-		return PyList_GET_SIZE(kids) ? 0 : PyDict_DelItem(b->orphans, pk);
+		PyObject *key = pslot(b, p, P_KEY), *kid = PyDict_GetItemWithError(kids, key);
+		if (!kid)
+			return PyErr_Occurred() ? -1 : 0;
+		if (kid != p || PyDict_DelItem(kids, key) < 0)
+			return kid != p ? 0 : -1;
+		return PyDict_GET_SIZE(kids) ? 0 : PyDict_DelItem(b->orphans, pk);
 	}
 	PyObject *parent = PyDict_GetItemWithError(b->by_key, pk);
 	if (!parent)
@@ -2195,13 +2194,13 @@ static int cache_add(Builder *b, PyObject *p, PyObject *now)
 			if (named) {
 				PyObject *kids = PyDict_GetItemWithError(b->orphans, pk);
 				if (!kids && !PyErr_Occurred()) {
-					kids = PyList_New(0);
+					kids = PyDict_New();
 					int e = kids ? PyDict_SetItem(b->orphans, pk, kids) : -1;
 					Py_XDECREF(kids);  /* (the dict holds it) */
 					if (e < 0)
 						return -1;
 				}
-				if (!kids || PyList_Append(kids, p) < 0)
+				if (!kids || PyDict_SetItem(kids, key, p) < 0)
 					return -1;
 			}
 		}
@@ -2213,9 +2212,11 @@ static int cache_add(Builder *b, PyObject *p, PyObject *now)
 		if (kids) {
 			long rc;
 			Py_INCREF(kids);
-			int e = PyDict_DelItem(b->orphans, key) < 0 || refcnt_add(b, p, (long)PyList_GET_SIZE(kids), &rc) < 0;
-			for (Py_ssize_t i = 0; !e && i < PyList_GET_SIZE(kids); i++)
-				SET(PyList_GET_ITEM(kids, i), b->proc_off[P_HOLDS_PARENT], Py_True);
+			int e = PyDict_DelItem(b->orphans, key) < 0 || refcnt_add(b, p, (long)PyDict_GET_SIZE(kids), &rc) < 0;
+			Py_ssize_t pos = 0;
+			PyObject *k, *kid;
+			while (!e && PyDict_Next(kids, &pos, &k, &kid))
+				SET(kid, b->proc_off[P_HOLDS_PARENT], Py_True);
 			Py_DECREF(kids);
 			if (e)
 				return -1;

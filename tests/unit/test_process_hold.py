@@ -660,20 +660,28 @@ def test_a_child_cached_first_holds_its_parent_once_it_comes(tmp_path: Path, rec
     assert (cache.get((50, 1000)) is parent) == child_lives and (cache.get((100, 5000)) is child) == child_lives
 
 
-def test_a_child_removed_before_its_parent_comes_takes_no_reference() -> None:
-    """(the cache alone) a child whose parent never came is removed: the parent, cached after,
-    is released by its own exit alone, and nothing is remembered of the child."""
+@pytest.mark.parametrize("children,removed", [(1, 1), (2, 1), (3, 2)], ids=lambda v: str(v))
+def test_a_child_removed_before_its_parent_comes_takes_no_reference(children: int, removed: int) -> None:
+    """(the cache alone) children whose parent has not come; the first `removed` are removed:
+    the parent, cached after, is held by the others alone, and nothing is remembered of them."""
     from vigil.core.events import ProcessMsg
     from vigil.process.cache import ProcessCache
     from vigil.process.model import Process
 
     cache = ProcessCache(grace_ns=10)
-    child = Process("c", (100, 5000), "p", (50, 1000), 50, ProcessMsg("c", 100))
-    cache.add(child, 0)
-    cache.exit(child, 1)
-    assert cache.gc(100) == 1 and cache.get((100, 5000)) is None
+    kids = [Process(f"c{i}", (100 + i, 5000), "p", (50, 1000), 50, ProcessMsg(f"c{i}", 100 + i))
+            for i in range(children)]
+    for c in kids:
+        cache.add(c, 0)
+    for c in kids[:removed]:
+        cache.exit(c, 1)
+    assert cache.gc(100) == removed and all(cache.get(c.key) is None for c in kids[:removed])
     parent = Process("p", (50, 1000), "", None, 1, ProcessMsg("p", 50))
     cache.add(parent, 200)
-    assert parent.refcnt == 1 and not cache._orphans
+    assert parent.refcnt == 1 + children - removed and not cache._orphans
+    assert [c.holds_parent for c in kids] == [False] * removed + [True] * (children - removed)
     cache.exit(parent, 300)
-    assert cache.gc(400) == 1 and len(cache) == 0
+    for c in kids[removed:]:
+        cache.exit(c, 300)
+    cache.gc(400)
+    assert cache.gc(1000) >= (1 if children > removed else 0) and len(cache) == 0

@@ -34,7 +34,8 @@ class ProcessCache:
         self._ended: dict[int, Process] = {}
         # parent key -> cached children added before it (their exec or clone record read first;
         # held for it): each takes its reference on the parent once that is added
-        self._orphans: dict[Key, list[Process]] = {}
+        # (children by key: a parent that never comes may have thousands, each removed alone)
+        self._orphans: dict[Key, dict[Key, Process]] = {}
         self._pending: deque[Process] = deque()  # refcnt hit zero, in order
         # insertion order for "evict the oldest of all": a dict's first item is O(n) to
         # reach once many early entries were deleted; stale entries are skipped and the
@@ -108,12 +109,12 @@ class ProcessCache:
                 parent.refcnt += 1
                 p.holds_parent = True
             elif p.parent_key:  # its parent's record behind: the reference once that comes
-                self._orphans.setdefault(p.parent_key, []).append(p)
+                self._orphans.setdefault(p.parent_key, {})[p.key] = p
         if self._orphans:
             kids = self._orphans.pop(p.key, None)
             if kids:  # children cached before it: each holds it, as one cached after it does
                 p.refcnt += len(kids)
-                for c in kids:
+                for c in kids.values():
                     c.holds_parent = True
         old = self._by_pid.get(p.pid) or self._ended.get(p.pid)
         if old is not None and old.key[1] > p.key[1]:  # a newer image is (or was) the pid's
@@ -179,8 +180,8 @@ class ProcessCache:
                 self._release(parent, now_ns)
         elif p.parent_key and self._orphans:  # its parent never came: forget it waited
             kids = self._orphans.get(p.parent_key)
-            if kids is not None and p in kids:
-                kids.remove(p)
+            if kids is not None and kids.get(p.key) is p:
+                del kids[p.key]
                 if not kids:
                     del self._orphans[p.parent_key]
 
