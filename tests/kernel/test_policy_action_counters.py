@@ -199,7 +199,7 @@ kprobes:
   args: [{{index: 1, type: string}}]
   selectors:
   - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/secret.txt"]}}]
-    matchActions: [{{action: Override, argError: -1}}]
+    matchActions: [{{action: Override, argError: -1}}{first}]
   - matchArgs: [{{index: 1, operator: Equal, values: ["{d}/public.txt"]}}]
     matchActions: [{{action: NoPost}}]
 """
@@ -212,19 +212,27 @@ kprobes:
     (None, "another-policy", [{"post": 1, "override": 1}, {"nopost": 1}]),
     # disabled (no rules: the helper stops) and enabled again, the files opened again: both counted
     (None, "disable-enable", [{"post": 2, "override": 2}, {"nopost": 2}]),
-], ids=["enforce", "monitor", "new-table", "disable-enable"])
+    # [Override, NoPost]: denied, no event; override and nopost counted, as a kernel hook's
+    (None, "override-nopost", [{"override": 1, "nopost": 1}, {"nopost": 1}]),
+    ("monitor", "override-nopost", [{"monitor_override": 1, "nopost": 1}, {"nopost": 1}]),
+], ids=["enforce", "monitor", "new-table", "disable-enable", "override-nopost", "monitor-override-nopost"])
 def test_the_fanotify_helper_counts_nopost(running_agent: RunningAgent, workdir: Path, mode: str | None,
                                            again: str, counted: list[dict[str, int]]):
     """A NoPost selector the fanotify helper decides sends no report: the helper counts its
-    decisions per rule, read with its other counters, and they reach the selector's counters."""
+    decisions per rule, read with its other counters, and they reach the selector's counters.
+    One that also enforces is reported (the helper's rule is the enforcement): no event, nopost."""
     from tests import enforce_cases as C
     from tests.kernel.test_policy_engine import policy_yaml as pyaml
 
     C.prepare(workdir)
     a = running_agent.agent
-    with loaded(running_agent, pyaml("fanotify-nopost", OPEN_NOPOST.format(d=workdir)), mode=mode) as st:
+    first = ", {action: NoPost}" if again == "override-nopost" else ""
+    with loaded(running_agent, pyaml("fanotify-nopost", OPEN_NOPOST.format(d=workdir, first=first)), mode=mode) as st:
         assert "fanotify" in st["hooks"][0]["hook"]
-        running_agent.collect(lambda: C.run_open_case(workdir))
+        events = running_agent.collect(lambda: C.run_open_case(workdir))
+        posted = [e for e in events if "process_kprobe" in e
+                  and e["process_kprobe"]["policy_name"] == "fanotify-nopost"]
+        assert len(posted) == counted[0].get("post", 0) - (again == "disable-enable")
         if again == "another-policy":
             # (nothing opened in the new table: the group it replaced stays open a while and
             # asks the helper again, a defect of its own)

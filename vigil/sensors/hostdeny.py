@@ -141,7 +141,8 @@ class GuardRegistry:
         hook = next((h for h in self._hooks if h.hook_id == rep.hook_id), None)
         if hook is not None:
             hook.count(rep)
-            self._report(rep, hook)
+            if hook.posts(rep):   # [Override, NoPost]: enforced and counted, no event
+                self._report(rep, hook)
 
 
 class FanotifyHook:
@@ -158,6 +159,11 @@ class FanotifyHook:
         self.reported = self.denied = self.monitored = 0
         self.actions: dict[int, dict[str, int]] = {}  # per 1-based selector: its action counters
         self._nopost_before: dict[int, int] = {}  # per 0-based selector: NoPost decisions of earlier attachments
+        # 0-based selectors with NoPost: an enforcing one's decision is reported by the helper (its
+        # rule's action is the enforcement) but makes no event, and counts nopost, not post
+        self._nopost_selectors = {si for si, sel in enumerate(compiled.selectors)
+                                  if any(a.action.lower() == "nopost" for a in sel.match_actions)}
+        self.nopost_reported = 0
         self._check(compiled)
 
     def _check(self, c: CompiledHook) -> None:
@@ -199,7 +205,9 @@ class FanotifyHook:
         """A decision the helper reported: the actions its selector took (the report becomes
         the event: post; the enforcement done, or in monitor mode reported only)."""
         self.reported += 1
-        took = ["post"]
+        took = ["post"] if self.posts(rep) else ["nopost"]
+        if took == ["nopost"]:
+            self.nopost_reported += 1
         act = "signal" if rep.action == "sigkill" else "override"
         if rep.monitor:
             self.monitored += 1
@@ -211,6 +219,10 @@ class FanotifyHook:
         row = self.actions.setdefault(rep.selector + 1, {})
         for name in took:
             row[name] = row.get(name, 0) + 1
+
+    def posts(self, rep: Report) -> bool:
+        """Whether the selector that decided makes an event (one with NoPost does not)."""
+        return rep.selector not in self._nopost_selectors
 
     def selector_stats(self) -> dict[int, dict[str, int]]:
         out = {sel: dict(row) for sel, row in list(self.actions.items())}
@@ -249,7 +261,7 @@ class FanotifyHook:
         self.detach()
 
     def stats(self) -> dict[str, int]:
-        return {"hits": self.reported, "filtered": 0, "posted": self.reported, "ratelimited": 0,
+        return {"hits": self.reported, "filtered": 0, "posted": self.reported - self.nopost_reported, "ratelimited": 0,
                 "signals": self.denied, "monitored": self.monitored, "pending_full": 0, "errors": 0}
 
     def program_ids(self) -> list[int]:
