@@ -685,3 +685,23 @@ def test_a_child_removed_before_its_parent_comes_takes_no_reference(children: in
         cache.exit(c, 300)
     cache.gc(400)
     assert cache.gc(1000) >= (1 if children > removed else 0) and len(cache) == 0
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_children_evicted_before_their_parent_comes_take_no_reference(tmp_path: Path, compiled: bool) -> None:
+    """70 children whose parent's exec record is behind, in a cache of 64: the oldest are
+    evicted (removed) while they wait; once the parent comes, the children still cached hold it,
+    the evicted ones do not (the compiled eviction forgets them as ProcessCache._remove does)."""
+    from vigil.agent import agent as agent_mod
+    from vigil.process.cache import ProcessCache
+
+    records = [_exec(1000 + i, 5000 + i, 50, 1000) for i in range(70)] + [_exec(50, 1000)]
+    left: list[Any] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(agent_mod, "ProcessCache", lambda _size, grace: ProcessCache(64, grace))
+        _replay(tmp_path, records, 7, compiled, left)
+    cache = left[0]
+    parent = cache.get((50, 1000))
+    kids = [p for p in cache._by_key.values() if p.parent_key == (50, 1000)]
+    assert len(cache) == 64 and len(kids) == 63 and cache.evictions == 7
+    assert all(c.holds_parent for c in kids) and parent.refcnt == 1 + len(kids) and not cache._orphans
