@@ -201,8 +201,6 @@ def test_bpf_dir_from_environment_is_the_pin_dir(captured: list, monkeypatch: py
     (["--enable-process-cred=false"], "enable_process_cred", False),      # pflag's spelling
     (["--enable-process-cred", "false"], "enable_process_cred", False),
     (["--keep-sensors-on-exit", "true"], "keep_sensors_on_exit", True),
-    ([], "enable_ancestors", False),
-    (["--enable-ancestors"], "enable_ancestors", True),
     ([], "enable_pid_set_filter", False),                                 # Tetragon's flag and default
     (["--enable-pid-set-filter"], "enable_pid_set_filter", True),
 ])

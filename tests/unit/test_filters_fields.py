@@ -298,7 +298,16 @@ def test_from_config_errors_name_the_option(option, text, needle):
 AGENT_OPTION_CASES = [
     ({"enable_ancestors": False}, '{"ancestor_binary_regex":["init"]}',
      "--export-denylist: ancestor_binary_regex: events carry no ancestors"),
-    ({"enable_ancestors": True}, '{"ancestor_binary_regex":["init"]}', None),
+    # as Tetragon's: the filter is for its event_set's types (none: all that can list ancestors),
+    # each must have them (--enable-ancestors true is base: exec and exit)
+    ({"enable_ancestors": True}, '{"ancestor_binary_regex":["init"]}',
+     "--export-denylist: ancestor_binary_regex: process_kprobe events carry no ancestors"),
+    ({"enable_ancestors": True}, '{"ancestor_binary_regex":["init"],"event_set":["PROCESS_EXEC","PROCESS_EXIT"]}',
+     None),
+    ({"enable_ancestors": "base,kprobe"}, '{"ancestor_binary_regex":["init"],"event_set":["PROCESS_TRACEPOINT"]}',
+     "--export-denylist: ancestor_binary_regex: process_tracepoint events carry no ancestors"),
+    ({"enable_ancestors": "base,kprobe"}, '{"ancestor_binary_regex":["init"],"event_set":["PROCESS_KPROBE"]}', None),
+    ({"enable_ancestors": "base,kprobe,tracepoint,uprobe,lsm,usdt"}, '{"ancestor_binary_regex":["init"]}', None),
     ({"enable_process_cred": False}, '{"capabilities":{"effective":{"any":["CAP_BPF"]}}}',
      "--export-denylist: capabilities: events carry no capabilities"),
     ({}, '{"capabilities":{"effective":{"any":["CAP_BPF"]}}}', None),
@@ -321,7 +330,9 @@ def test_agent_filters_know_what_its_events_carry(config, denylist, error):
 
     cfg = AgentConfig(**config, export_denylist=denylist)
     options = AgentControl(SimpleNamespace(config=cfg)).filter_options  # type: ignore[arg-type]
-    assert options == FilterOptions(cfg.enable_ancestors, cfg.enable_process_cred)
+    from vigil.agent.config import ancestor_kinds
+
+    assert options == FilterOptions(ancestor_kinds(cfg.enable_ancestors), cfg.enable_process_cred)
     if "pid_set" in denylist:  # GetEvents takes it whatever the flag (Tetragon gates the export only)
         from vigil.api import convert
         from vigil.api.streams import request_filter

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vigil import __version__
-from vigil.agent.config import AgentConfig
+from vigil.agent.config import AgentConfig, ancestor_kinds
 from vigil.agent.control import AgentControl
 from vigil.agent.pipeline import Pipeline
 from vigil.agent.policies import PolicyManager
@@ -64,7 +64,8 @@ class Agent:
         self.builder = EventBuilder(
             self.cache, self.clock,
             BuildOptions(config.node_name, config.enable_process_cred, config.enable_process_ns,
-                         config.enable_ancestors),
+                         "base" in config.enable_ancestors,
+                         policy_ancestors=ancestor_kinds(config.enable_ancestors) - {"process_exec", "process_exit"}),
         )
         self.builder.hold.configure(config.event_cache_retries, config.event_cache_retry_delay)
         self.source = source

@@ -4,6 +4,55 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
+from typing import Any
+
+# --enable-ancestors: Tetragon's names of the event types whose events list the ancestors, and
+# the events each names ("base", required by the others, is the process lifecycle's)
+ANCESTOR_TYPES: dict[str, tuple[str, ...]] = {
+    "base": ("process_exec", "process_exit"),
+    "kprobe": ("process_kprobe",),
+    "tracepoint": ("process_tracepoint",),
+    "loader": ("process_loader",),
+    "uprobe": ("process_uprobe",),
+    "lsm": ("process_lsm",),
+    "usdt": ("process_usdt",),
+}
+_TRUE = frozenset(("true", "1", "t", "yes", "y", "on"))
+_FALSE = frozenset(("false", "0", "f", "no", "n", "off", ""))
+
+
+def parse_ancestors(value: Any) -> frozenset[str]:
+    """--enable-ancestors as Tetragon takes it: a comma-separated list of event types of
+    ANCESTOR_TYPES (spaces around each ignored, empty items skipped), `base` among them
+    whenever any other is (Tetragon ignores the others without it: refused here, as a
+    setting that silently does nothing). Vigil's earlier boolean form stays accepted: true
+    (1, yes, on, and the flag alone) is `base`, false (or empty) none. Anything else is a
+    ValueError saying why."""
+    if isinstance(value, bool):
+        return frozenset(("base",)) if value else frozenset()
+    if isinstance(value, (frozenset, set, tuple, list)):
+        value = ",".join(value)
+    if not isinstance(value, str):
+        raise ValueError(f"--enable-ancestors must be a list of event types (got {value!r})")
+    low = value.strip().lower()
+    if low in _TRUE:
+        return frozenset(("base",))
+    if low in _FALSE:
+        return frozenset()
+    names = [x.strip() for x in value.split(",") if x.strip()]
+    bad = [x for x in names if x not in ANCESTOR_TYPES]
+    if bad:
+        raise ValueError(f"--enable-ancestors: unknown event type {bad[0]!r} in {value!r} "
+                         f"(a comma-separated list of {', '.join(ANCESTOR_TYPES)}; or true/false)")
+    if "base" not in names:
+        raise ValueError(f"--enable-ancestors: {value!r} lacks base, which the other event types need "
+                         f"(e.g. base,{names[0]})")
+    return frozenset(names)
+
+
+def ancestor_kinds(types: frozenset[str]) -> frozenset[str]:
+    """The event kinds (process_exec, process_kprobe, ...) whose events list the ancestors."""
+    return frozenset(k for t in types for k in ANCESTOR_TYPES.get(t, ()))
 
 
 def default_node_name() -> str:
@@ -48,7 +97,8 @@ class AgentConfig:
     args_max: int = 4096
     enable_process_cred: bool = True
     enable_process_ns: bool = True
-    enable_ancestors: bool = False
+    # --enable-ancestors: event types of ANCESTOR_TYPES (a bool or a string is parsed: parse_ancestors)
+    enable_ancestors: frozenset[str] = frozenset()
     # policy events of a process (or parent) the cache lacks wait (vigil.process.hold) as long as
     # Tetragon's event cache tries them: this many times, this many seconds apart (0: no wait)
     event_cache_retries: int = 15
@@ -77,8 +127,16 @@ class AgentConfig:
     batch_delay: float = 0.004      # --event-batch-delay-ms: records accumulate after a small batch (CPU vs latency)
     event_loop_priority_boost: int = 4   # nice levels the event loop's thread is raised by (auditd's priority_boost)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.enable_ancestors, frozenset):
+            self.enable_ancestors = parse_ancestors(self.enable_ancestors)
+
     def validate(self) -> None:
         errors = []
+        try:
+            self.enable_ancestors = parse_ancestors(self.enable_ancestors)
+        except ValueError as e:
+            errors.append(str(e))
         if self.export_file_max_size_mb <= 0:
             errors.append("--export-file-max-size-mb must be > 0")
         if self.export_file_rotation_interval < 0:

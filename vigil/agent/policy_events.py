@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from vigil.agent.policies import LoadedPolicy
     from vigil.policy.compile import CompiledHook
     from vigil.process.build import EventBuilder
+    from vigil.process.model import Process
     from vigil.sensors.user_actions import UserActions
 
 
@@ -51,6 +52,21 @@ class PolicyEvents:
 
     def processes(self, pid: int, exec_ktime: int = 0, *, kernel: bool = True,
                   unknown: bool = False, keyed: bool = False) -> tuple[ProcessMsg, ProcessMsg | None]:
+        """(see _processes) The messages of the process and of its parent."""
+        process, parent = self._processes(pid, exec_ktime, kernel, unknown, keyed)
+        return process, parent.msg if parent is not None else None
+
+    def lineage(self, kind: str, pid: int, exec_ktime: int = 0, *, kernel: bool = True, unknown: bool = False,
+                keyed: bool = False) -> tuple[ProcessMsg, ProcessMsg | None, tuple[ProcessMsg, ...]]:
+        """processes(), and the ancestors beyond the parent an event of `kind` lists (when
+        --enable-ancestors names its type; a held event gets them when released)."""
+        process, parent = self._processes(pid, exec_ktime, kernel, unknown, keyed)
+        if parent is None:
+            return process, None, ()
+        return process, parent.msg, self.builder.policy_ancestors(kind, parent)
+
+    def _processes(self, pid: int, exec_ktime: int, kernel: bool, unknown: bool,
+                   keyed: bool) -> tuple[ProcessMsg, Process | None]:
         """The message of the process a record names (by the kernel's key when `kernel`: a
         record of a kernel hook; `unknown`: the kernel had no entry for it), and its parent's.
         A kernel hook's exec key (a ktime, not `unknown`) names one image: that one or none (its
@@ -74,7 +90,7 @@ class PolicyEvents:
                 if hold is not None:
                     hold.parent_missing(p.msg, p.parent_key)
             return p.msg, None
-        return p.msg, parent.msg
+        return p.msg, parent
 
     def missing(self, pid: int, exec_ktime: int, kernel: bool = True, unknown: bool = False) -> ProcessMsg:
         """The stand-in of a process the cache does not have, for an event about to be sent
@@ -129,13 +145,15 @@ class PolicyEvents:
         if known is not None:
             self.loader_stats["LoaderResolvedImm" if tries == _LOADER_TRIES else "LoaderResolvedRetry"] += 1
         # its key (the image that mapped) names that image or none, never an older one of the pid
-        process, parent = self.processes(pid, ktime, kernel=False, keyed=True)
-        # ProcessLoader: process (1), path (2), buildid (3), parent (4), as a dict event
+        process, parent, ancestors = self.lineage("process_loader", pid, ktime, kernel=False, keyed=True)
+        # ProcessLoader: process (1), path (2), buildid (3), parent (4), ancestors (5), as a dict event
         body: dict[str, Any] = {"process": process_dict(process), "path": path}
         if build_id:
             body["buildid"] = base64.b64encode(build_id).decode()
         if parent is not None:
             body["parent"] = process_dict(parent)
+        if ancestors:
+            body["ancestors"] = [process_dict(a) for a in ancestors]
         return DictEvent({"process_loader": body, "node_name": self.builder.node,
                           "time": self.builder.clock.ktime_rfc3339(time_ns)})
 
@@ -143,15 +161,16 @@ class PolicyEvents:
         """Runs on the helper's report thread, after the helper wrote its answer."""
         from vigil.sensors.hostdeny import event_kind, fanotify_event
 
-        process, parent = self.processes(rep.pid, kernel=False)
+        kind = event_kind(hook.compiled)
+        process, parent, ancestors = self.lineage(kind, rep.pid, kernel=False)
         body = fanotify_event(rep, hook.compiled)
         if hook.compiled.actions:  # the selector's last action, GetUrl or DnsLookup, as from a kernel record
             from vigil.sensors.user_actions import requested
 
             for what, target in requested(hook.compiled, rep.selector + 1):
                 self.user_actions.submit(what, target)
-        self.inject(PolicyEvent(event_kind(hook.compiled), process, parent, body,
-                                self.builder.clock.rfc3339(rep.time_ns), self.builder.node))
+        self.inject(PolicyEvent(kind, process, parent, body,
+                                self.builder.clock.rfc3339(rep.time_ns), self.builder.node, ancestors))
 
     def fast_plan(self, hook_id: int) -> tuple[Any, ...] | None:
         """The plan of the compiled handler for a hook's records (Builder.on_generic,
@@ -161,6 +180,8 @@ class PolicyEvents:
         if entry is None or entry[1] is None or entry[1].correlator is not None:
             return None
         ch, lp = entry
+        if ch.placement.event_kind in self.builder.opts.policy_ancestors:
+            return None  # its events list the ancestors (--enable-ancestors): handle() adds them
         return generic_events.fast_plan(ch, entry, lp.events, _USER_ACTIONS, self.action_key)
 
     @staticmethod
@@ -194,13 +215,13 @@ class PolicyEvents:
         if entry is None:  # a rule of a policy deleted meanwhile: lost, a handler error as Tetragon's
             raise ValueError(f"netdeny rule {rec['rule_id']}: no loaded policy has it")
         ch, lp = entry
-        process, parent = self.processes(rec["pid"], rec["exec_ktime"])
-        body = netdeny_event(rec, ch)
         kind = event_kind(ch)
+        process, parent, ancestors = self.lineage(kind, rec["pid"], rec["exec_ktime"])
+        body = netdeny_event(rec, ch)
         if lp is not None:
             lp.events[kind] = lp.events.get(kind, 0) + 1
         return PolicyEvent(kind, process, parent, body,
-                           self.builder.clock.ktime_rfc3339(rec["ktime"]), self.builder.node)
+                           self.builder.clock.ktime_rfc3339(rec["ktime"]), self.builder.node, ancestors)
 
     def handle_data(self, buf: bytes, now_ns: int) -> None:
         h, chunk = G.decode_data(buf)
@@ -230,17 +251,17 @@ class PolicyEvents:
             raise ValueError(f"hook {m.hook_id}: no loaded policy has it")
         ch, lp = entry
         b = self.builder
-        process, parent = self.processes(m.pid, m.exec_ktime, unknown=bool(m.flags & L.EV_NO_PROC))
+        kind = ch.placement.event_kind
+        process, parent, ancestors = self.lineage(kind, m.pid, m.exec_ktime, unknown=bool(m.flags & L.EV_NO_PROC))
         action = m.action
         if ch.actions and action in _USER_ACTIONS:  # in monitor mode too, as Tetragon
             from vigil.sensors.user_actions import requested
 
             for what, target in requested(ch, m.selector):
                 self.user_actions.submit(what, target)
-        kind = ch.placement.event_kind
         more = self._more_data(m)
         event = PolicyEvent(kind, process, parent, generic_events.build_body(ch, m, data, more),
-                            b.ktime_rfc3339(m.ktime), b.node)
+                            b.ktime_rfc3339(m.ktime), b.node, ancestors)
         if lp is not None:
             lp.events[kind] = lp.events.get(kind, 0) + 1
             if lp.correlator is not None:  # (the actions were counted where taken: selector_stats)

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tls-client-ca", default="")
     ap.add_argument("--require-client-cert", action="store_true")
     # what the agent's events carry, for the GetEvents filters that need it
-    ap.add_argument("--no-ancestors", action="store_true")
+    ap.add_argument("--ancestor-kinds", default=None)  # event kinds with ancestors (absent: all; "": none)
     ap.add_argument("--no-process-cred", action="store_true")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -152,7 +152,9 @@ async def serve(a: argparse.Namespace, reader: shm.RingReader, socks: list[socke
     table.start(os.getpid())
     front = Front(upstream, queue_size=a.queue_size, max_streams=a.max_streams, on_streams_changed=reader.set_wanted,
                   forward_buffer=a.forward_buffer, reader=reader, table=table,
-                  filter_options=FilterOptions(ancestors=not a.no_ancestors, process_cred=not a.no_process_cred))
+                  filter_options=FilterOptions(process_cred=not a.no_process_cred, **(
+                      {} if a.ancestor_kinds is None else
+                      {"ancestors": frozenset(k for k in a.ancestor_kinds.split(",") if k)})))
     feed = RingFeed(reader, a.wake_fd, front)
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -613,7 +613,11 @@ def _envelope(kind: str, body: bytes, node_name: str, time: str) -> bytes:
 def _policy_rest(ev: Any) -> bytes:
     """The hook-specific fields of a policy event (after process and parent), via pbdict."""
     cls = _message_class(GetEventsResponse.DESCRIPTOR.fields_by_name[ev.kind].message_type)
-    return pbdict.parse_into(ev.body, cls(), True).SerializeToString()
+    msg = pbdict.parse_into(ev.body, cls(), True)
+    if ev.ancestors:  # merged in, serialised in field order (process_kprobe's 13 before its data 14)
+        tag = _tag(cls.DESCRIPTOR.fields_by_name["ancestors"].number)
+        msg.MergeFromString(b"".join(tag + py_process_bytes(a) for a in ev.ancestors))
+    return msg.SerializeToString()  # type: ignore[no-any-return]
 
 
 def py_encode_event(ev: Any) -> bytes:

@@ -107,7 +107,11 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--enable-process-cred", dict(type=bool, default=True, show_default=True,
                                    help="Add process_credentials and cap to process info.")),
     ("--enable-process-ns", dict(type=bool, default=True, show_default=True, help="Add namespaces to process info.")),
-    ("--enable-ancestors", dict(type=bool, default=False, show_default=True, help="Add the ancestors list to events.")),
+    ("--enable-ancestors", dict(default="", is_flag=False, flag_value="true", metavar="[TYPES]",
+                                help="Comma-separated event types whose events list the process's ancestors, as "
+                                     "Tetragon's: base (process_exec, process_exit; needed by the others), kprobe, "
+                                     "tracepoint, loader, uprobe, lsm, usdt; e.g. base,kprobe. Vigil's earlier "
+                                     "boolean form still works: true (or the flag alone) is base, false none.")),
     ("--tracing-policy", dict(multiple=True, default=(),
                               help="TracingPolicy file to load at start (repeatable); library:NAME loads a policy of "
                                    "the library (vigil policy library list).")),
@@ -310,6 +314,13 @@ def _build_command() -> click.Command:
             rb = auto_ring_size() if kw["rb_size"].strip().lower() == "auto" else _size(kw["rb_size"])
         except ValueError:
             raise click.BadParameter(f"{kw['rb_size']!r} is not a size", param_hint=origins.hint("--rb-size")) from None
+        from vigil.agent.config import parse_ancestors
+
+        try:
+            ancestors = parse_ancestors(kw["enable_ancestors"])
+        except ValueError as e:
+            msg = str(e).removeprefix("--enable-ancestors: ").removeprefix("--enable-ancestors ")
+            raise click.BadParameter(msg, param_hint=origins.hint("--enable-ancestors", msg)) from None
         cfg = AgentConfig(
             export_filename=kw["export_filename"], export_file_max_size_mb=kw["export_file_max_size_mb"],
             export_file_rotation_interval=rotation,
@@ -329,7 +340,7 @@ def _build_command() -> click.Command:
             process_cache_size=kw["process_cache_size"], process_cache_gc_interval=kw["process_cache_gc_interval"],
             rb_size=rb, execve_map_entries=kw["execve_map_entries"], args_max=kw["args_max_bytes"],
             enable_process_cred=kw["enable_process_cred"], enable_process_ns=kw["enable_process_ns"],
-            enable_ancestors=kw["enable_ancestors"], tracing_policy=list(kw["tracing_policy"]),
+            enable_ancestors=ancestors, tracing_policy=list(kw["tracing_policy"]),
             event_cache_retries=kw["event_cache_retries"], event_cache_retry_delay=kw["event_cache_retry_delay"],
             tracing_policy_dir=kw["tracing_policy_dir"], print_events=kw["print_events"],
             tracing_policy_on_error=kw["tracing_policy_on_error"],

@@ -113,17 +113,40 @@ class ProcessExit(Event):
 class PolicyEvent(Event):
     """process_kprobe / process_tracepoint / process_uprobe / process_lsm: the process part
     typed, the hook-specific part (`body`: function_name, args, action, ... in field order)
-    as the generic hook rendered it."""
+    as the generic hook rendered it; `ancestors`: the processes beyond the parent, nearest
+    first, when --enable-ancestors names the event's type (else empty). Encoders place them
+    at Tetragon's field (POLICY_ANCESTORS_BEFORE)."""
 
-    __slots__ = ("kind", "process", "parent", "body")
+    __slots__ = ("kind", "process", "parent", "body", "ancestors")
 
     def __init__(self, kind: str, process: ProcessMsg, parent: ProcessMsg | None, body: dict[str, Any],
-                 time: str, node_name: str) -> None:
+                 time: str, node_name: str, ancestors: tuple[ProcessMsg, ...] = ()) -> None:
         super().__init__(time, node_name)
         self.kind = kind
         self.process = process
         self.parent = parent
         self.body = body
+        self.ancestors = ancestors
+
+
+# a policy event's ancestors go before the first of these body fields (Tetragon's field numbers:
+# process_kprobe's ancestors 13 before data 14; process_uprobe's 9 before offset 10, ...;
+# process_tracepoint's, 11, last)
+POLICY_ANCESTORS_BEFORE: dict[str, frozenset[str]] = {
+    "process_kprobe": frozenset(("data",)),
+    "process_tracepoint": frozenset(),
+    "process_uprobe": frozenset(("offset", "ref_ctr_offset", "action", "data")),
+    "process_usdt": frozenset(("action", "flags")),
+    "process_lsm": frozenset(("ima_hash",)),
+}
+
+
+def split_policy_body(kind: str, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A policy event's body as (the fields before its ancestors, those after)."""
+    after = POLICY_ANCESTORS_BEFORE.get(kind, frozenset())
+    keys = list(body)
+    i = next((i for i, k in enumerate(keys) if k in after), len(keys))
+    return {k: body[k] for k in keys[:i]}, {k: body[k] for k in keys[i:]}
 
 
 class DictEvent(Event):

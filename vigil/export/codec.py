@@ -17,7 +17,17 @@ from typing import Any
 import orjson
 
 from vigil.core import native
-from vigil.core.events import DictEvent, Event, Pod, PodShared, PolicyEvent, ProcessExec, ProcessExit, ProcessMsg
+from vigil.core.events import (
+    DictEvent,
+    Event,
+    Pod,
+    PodShared,
+    PolicyEvent,
+    ProcessExec,
+    ProcessExit,
+    ProcessMsg,
+    split_policy_body,
+)
 from vigil.export.dicts import event_dict, process_fields
 
 _NL = orjson.OPT_APPEND_NEWLINE
@@ -146,7 +156,14 @@ def _line_parts(ev: Event) -> list[bytes]:
             _ancestors(parts, ev.ancestors)
     elif isinstance(ev, PolicyEvent):
         parts = _processes(ev)
-        if ev.body:
+        if ev.ancestors:  # at Tetragon's field: between the body's fields before it and after
+            before, after = split_policy_body(ev.kind, ev.body)
+            if before:
+                parts += (b",", _dumps(before)[1:-1])
+            _ancestors(parts, ev.ancestors)
+            if after:
+                parts += (b",", _dumps(after)[1:-1])
+        elif ev.body:
             parts += (b",", _dumps(ev.body)[1:-1])
     else:
         raise TypeError(f"not an event: {type(ev).__name__}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from vigil.core.events import Event, PolicyEvent, ProcessExec, ProcessExit, ProcessMsg
+from vigil.core.events import Event, PolicyEvent, ProcessExec, ProcessExit, ProcessMsg, split_policy_body
 
 
 def _same(x: Any) -> Any:
@@ -94,7 +94,13 @@ def event_dict(ev: Event | dict[str, Any]) -> dict[str, Any]:
             body["ancestors"] = [process_dict(a) for a in ev.ancestors]
     elif isinstance(ev, PolicyEvent):
         body = _with_processes(ev)
-        body.update(ev.body)
+        if ev.ancestors:  # at Tetragon's field: between the body's fields before it and after
+            before, after = split_policy_body(ev.kind, ev.body)
+            body.update(before)
+            body["ancestors"] = [process_dict(a) for a in ev.ancestors]
+            body.update(after)
+        else:
+            body.update(ev.body)
     else:
         raise TypeError(f"not an event: {type(ev).__name__}")
     d = ev.enc_dict = {ev.kind: body, "node_name": ev.node_name, "time": ev.time}

@@ -102,12 +102,21 @@ def normalize_keys(obj: dict[str, Any], known: Iterable[str], what: str) -> dict
     return out
 
 
+# the event kinds that can list ancestors, and those an ancestor_binary_regex filter without an
+# event_set is for (Tetragon's: each must have its ancestors enabled, or the filter is refused)
+_ALL_ANCESTOR_KINDS = frozenset(("process_exec", "process_exit", "process_kprobe", "process_tracepoint",
+                                 "process_loader", "process_uprobe", "process_lsm", "process_usdt"))
+_ANCESTOR_FILTER_KINDS = ("process_exec", "process_exit", "process_kprobe", "process_tracepoint", "process_uprobe",
+                          "process_lsm", "process_usdt")
+
+
 @dataclass(frozen=True)
 class FilterOptions:
     """What the agent's events carry, for the fields that need it: a filter on something
     they never carry is refused, as Tetragon refuses it, instead of never matching."""
 
-    ancestors: bool = True       # --enable-ancestors
+    # --enable-ancestors: the event kinds whose events list the ancestors (config.ancestor_kinds)
+    ancestors: frozenset[str] = _ALL_ANCESTOR_KINDS
     process_cred: bool = True    # --enable-process-cred
     pid_set: bool = True         # --enable-pid-set-filter: the export's lists only (GetEvents: always)
 
@@ -115,12 +124,16 @@ class FilterOptions:
     def of(cls, config: Any, export: bool = False) -> FilterOptions:
         """From an AgentConfig; `export`: for its export allow/deny lists, which take pid_set
         only with --enable-pid-set-filter (as Tetragon's; its GetEvents filters always do)."""
-        return cls(ancestors=bool(config.enable_ancestors), process_cred=bool(config.enable_process_cred),
+        from vigil.agent.config import ancestor_kinds, parse_ancestors
+
+        return cls(ancestors=ancestor_kinds(parse_ancestors(config.enable_ancestors)),
+                   process_cred=bool(config.enable_process_cred),
                    pid_set=bool(getattr(config, "enable_pid_set_filter", False)) if export else True)
 
     def fanout_args(self) -> list[str]:
         """The flags that tell a serving process (vigil.api.fanout) these options."""
-        return [*([] if self.ancestors else ["--no-ancestors"]),
+        return [*(["--ancestor-kinds", ",".join(sorted(self.ancestors))] if self.ancestors != _ALL_ANCESTOR_KINDS
+                  else []),
                 *([] if self.process_cred else ["--no-process-cred"])]
 
 
@@ -288,6 +301,7 @@ def _compile_field(field: str, value: Any, options: FilterOptions = ANY_EVENTS) 
         if not options.ancestors:
             raise FilterError(f"{field}: events carry no ancestors (the agent runs without "
                               "--enable-ancestors), so this filter could never match")
+        # (compile_filter checks each type of the filter's event_set, as Tetragon's)
         search = pattern.search
 
         def ancestors_match(body: dict[str, Any], event: Event) -> bool:
@@ -404,6 +418,8 @@ def _body(event: Event) -> dict[str, Any]:
 def compile_filter(spec: dict[str, Any], options: FilterOptions = ANY_EVENTS) -> CompiledFilter:
     """Compile one Filter JSON object (snake_case or lowerCamel keys) for events of `options`."""
     fields = normalize_keys(spec, FILTER_FIELDS, "filter")
+    if fields.get("ancestor_binary_regex") and options.ancestors:
+        _check_ancestors_enabled(fields.get("event_set"), options)
     checks = []
     for field, value in fields.items():
         if value is None:
@@ -412,6 +428,19 @@ def compile_filter(spec: dict[str, Any], options: FilterOptions = ANY_EVENTS) ->
         if check is not None:
             checks.append(check)
     return CompiledFilter(fields, checks)
+
+
+def _check_ancestors_enabled(event_set: Any, options: FilterOptions) -> None:
+    """As Tetragon's: an ancestor_binary_regex filter is for the types of its event_set (none:
+    every type that can list ancestors), and each must list them (--enable-ancestors names it)."""
+    kinds = [parse_event_type(v).lower() for v in _list_of(event_set, "event_set")] if event_set else []
+    for kind in kinds or _ANCESTOR_FILTER_KINDS:
+        if kind not in options.ancestors:
+            enabled = ",".join(sorted(options.ancestors))
+            raise FilterError(f"ancestor_binary_regex: {kind} events carry no ancestors (--enable-ancestors "
+                              f"lists {kind.removeprefix('process_') if kind != 'process_exit' else 'base'}"
+                              f" for them; the agent's event types with ancestors: {enabled}): give an "
+                              "event_set of those, or enable it")
 
 
 class FilterList:

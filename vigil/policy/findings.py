@@ -179,7 +179,8 @@ class Correlator:
             return {**event, kind: out}
         from vigil.core.events import PolicyEvent
 
-        return PolicyEvent(kind, event.process, event.parent, out, event.time, event.node_name)
+        return PolicyEvent(kind, event.process, event.parent, out, event.time, event.node_name,
+                           getattr(event, "ancestors", ()))
 
 
 def _get(obj: Any, name: str) -> Any:

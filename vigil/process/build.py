@@ -79,8 +79,10 @@ class BuildOptions:
     node_name: str
     enable_cred: bool = True
     enable_ns: bool = True
-    ancestors: bool = False
+    ancestors: bool = False   # on process_exec and process_exit (--enable-ancestors base)
     host_ns: tuple[int, ...] = field(default_factory=host_namespaces)
+    # the other event kinds whose events list the ancestors (process_kprobe, process_loader, ...)
+    policy_ancestors: frozenset[str] = frozenset()
 
 
 # record flag bits that select flag words; with the builder's own conditions (below)
@@ -433,6 +435,13 @@ class EventBuilder:
         if parent is None:
             return None, ()
         return self.held_parent_found(parent)
+
+    def policy_ancestors(self, kind: str, parent: Process | None) -> tuple[ProcessMsg, ...]:
+        """The ancestors (beyond `parent`) a policy event of `kind` lists: none unless
+        --enable-ancestors names its type."""
+        if parent is None or kind not in self.opts.policy_ancestors:
+            return ()
+        return tuple(a.msg for a in self.cache.ancestors(parent))
 
     def held_parent_found(self, parent: Process) -> tuple[ProcessMsg, tuple[ProcessMsg, ...]]:
         """A parent's message and (with --enable-ancestors) the older ancestors' (for a held

@@ -272,6 +272,9 @@ class ProcessHold:
                         e.parent, e.ancestors = self.counts.held_parent_found(parent)
                     else:
                         e.parent = parent.msg if parent is not None else None
+                        found = getattr(self.counts, "policy_ancestors", None)
+                        if parent is not None and found is not None:  # (when --enable-ancestors names its type)
+                            e.ancestors = found(e.kind, parent)
                     self.stats["resolved"] += 1
                     h[5] = _READY
                     self._out(h, out, behind)
