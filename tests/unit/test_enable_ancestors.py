@@ -297,3 +297,11 @@ def test_a_held_policy_event_gets_its_ancestors_when_released(kinds: frozenset[s
     assert b.hold.retry(9_500_000_000, 2) == [ev]
     assert ev.parent.pid == 103
     assert [a.pid for a in ev.ancestors] == ([102, 101, 100] if listed else [])
+
+
+@pytest.mark.parametrize("value,args", [(False, ["--ancestor-kinds", ""]), (True, [])])
+def test_filter_options_take_the_boolean_form(value: bool, args: list[str]) -> None:
+    """FilterOptions(ancestors=False) (what events of any agent without the option carry) is
+    none, True all: fanout_args failed on the bool (sorted(False))."""
+    opts = FilterOptions(ancestors=value)  # type: ignore[arg-type]
+    assert opts.fanout_args()[:len(args)] == args and bool(opts.ancestors) is value

@@ -116,9 +116,13 @@ class FilterOptions:
     they never carry is refused, as Tetragon refuses it, instead of never matching."""
 
     # --enable-ancestors: the event kinds whose events list the ancestors (config.ancestor_kinds)
-    ancestors: frozenset[str] = _ALL_ANCESTOR_KINDS
+    ancestors: frozenset[str] = _ALL_ANCESTOR_KINDS   # (a bool: all of them, or none)
     process_cred: bool = True    # --enable-process-cred
     pid_set: bool = True         # --enable-pid-set-filter: the export's lists only (GetEvents: always)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ancestors, bool):
+            object.__setattr__(self, "ancestors", _ALL_ANCESTOR_KINDS if self.ancestors else frozenset())
 
     @classmethod
     def of(cls, config: Any, export: bool = False) -> FilterOptions:
