@@ -45,6 +45,7 @@ from typing import Any
 
 import orjson
 
+from vigil.core.ancestors import ANCESTOR_TYPES, ancestor_kinds, parse_ancestors
 from vigil.export.event_types import (
     FilterError,
     event_key,
@@ -104,8 +105,7 @@ def normalize_keys(obj: dict[str, Any], known: Iterable[str], what: str) -> dict
 
 # the event kinds that can list ancestors, and those an ancestor_binary_regex filter without an
 # event_set is for (Tetragon's: each must have its ancestors enabled, or the filter is refused)
-_ALL_ANCESTOR_KINDS = frozenset(("process_exec", "process_exit", "process_kprobe", "process_tracepoint",
-                                 "process_loader", "process_uprobe", "process_lsm", "process_usdt"))
+_ALL_ANCESTOR_KINDS = ancestor_kinds(frozenset(ANCESTOR_TYPES))
 _ANCESTOR_FILTER_KINDS = ("process_exec", "process_exit", "process_kprobe", "process_tracepoint", "process_uprobe",
                           "process_lsm", "process_usdt")
 
@@ -128,8 +128,6 @@ class FilterOptions:
     def of(cls, config: Any, export: bool = False) -> FilterOptions:
         """From an AgentConfig; `export`: for its export allow/deny lists, which take pid_set
         only with --enable-pid-set-filter (as Tetragon's; its GetEvents filters always do)."""
-        from vigil.agent.config import ancestor_kinds, parse_ancestors
-
         return cls(ancestors=ancestor_kinds(parse_ancestors(config.enable_ancestors)),
                    process_cred=bool(config.enable_process_cred),
                    pid_set=bool(getattr(config, "enable_pid_set_filter", False)) if export else True)
