@@ -99,6 +99,22 @@ def running_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningA
 
 
 @pytest.fixture
+def bpffs() -> Iterator[Path]:
+    """A bpf file system of the test's own, for pins (--keep-sensors-on-exit): unmounting it drops
+    every pin left in it, so nothing stays attached, also on failure."""
+    from vigil.kernel import sys as ksys
+
+    _require_kernel()
+    d = Path(tempfile.mkdtemp(prefix="vigil-test-bpffs-"))
+    ksys.mount("bpf", str(d), "bpf")
+    try:
+        yield d
+    finally:
+        ksys.umount(str(d))
+        os.rmdir(d)
+
+
+@pytest.fixture
 def workdir() -> Iterator[Path]:
     """A test-owned, world-readable directory with test-owned copies of binaries."""
     d = Path(tempfile.mkdtemp(prefix="vigil-test-"))

@@ -166,18 +166,6 @@ def test_a_refused_start_with_keep_sensors_leaves_nothing_pinned(setup: dict[str
     assert opened_by_test_binary(s) == 0, "the first policy still enforces with no agent running"
 
 
-@pytest.fixture
-def bpffs() -> Iterator[Path]:
-    require_root()
-    d = Path(tempfile.mkdtemp(prefix="vigil-test-bpffs-"))
-    ksys.mount("bpf", str(d), "bpf")
-    try:
-        yield d
-    finally:
-        ksys.umount(str(d))  # drops every pin left in it: nothing stays attached
-        os.rmdir(d)
-
-
 def test_a_process_that_exec_d_while_no_agent_ran_keeps_one_identity(bpffs: Path, tmp_path: Path) -> None:
     """With --keep-sensors-on-exit, the previous agent's sensors record an exec while no agent
     runs; the next agent replays that record (its exec key: the exec's time) and seeds the

@@ -5,29 +5,11 @@ probe's own uprobe on libc, run after the pins started, made the agent report no
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.kernel.conftest import _require_kernel
-
 pytestmark = pytest.mark.kernel
-
-
-@pytest.fixture
-def bpffs() -> Iterator[Path]:
-    from vigil.kernel import sys as ksys
-
-    _require_kernel()
-    d = Path(tempfile.mkdtemp(prefix="vigil-test-bpffs-"))
-    ksys.mount("bpf", str(d), "bpf")
-    try:
-        yield d
-    finally:
-        ksys.umount(str(d))  # drops every pin left in it: nothing stays attached
-        os.rmdir(d)
 
 
 def _libc() -> str:

@@ -10,7 +10,7 @@ import os
 import shutil
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -217,21 +217,6 @@ def _root_sock_ops_settled(done: Callable[[set[int]], bool], timeout: float = 10
         if done(ids) or time.monotonic() > deadline:
             return ids
         time.sleep(0.1)
-
-
-@pytest.fixture
-def bpffs() -> Iterator[Path]:
-    import tempfile
-
-    from vigil.kernel import sys as ksys
-
-    d = Path(tempfile.mkdtemp(prefix="vigil-test-bpffs-"))
-    ksys.mount("bpf", str(d), "bpf")
-    try:
-        yield d
-    finally:
-        ksys.umount(str(d))  # drops every pin left in it: nothing stays attached
-        os.rmdir(d)
 
 
 @pytest.mark.skipif(shutil.which("bpftool") is None, reason="bpftool lists the root cgroup's programs")

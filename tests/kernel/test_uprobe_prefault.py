@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -189,21 +188,6 @@ def test_uprefault_only_for_string_args_from_registers(running_agent: RunningAge
     with loaded(running_agent, policy_yaml(name, spec)):
         (hook,) = _hooks(running_agent, name)
         assert hook.uprefault is None
-
-
-@pytest.fixture
-def bpffs() -> Iterator[Path]:
-    import tempfile
-
-    from vigil.kernel import sys as ksys
-
-    d = Path(tempfile.mkdtemp(prefix="vigil-test-bpffs-"))
-    ksys.mount("bpf", str(d), "bpf")
-    try:
-        yield d
-    finally:
-        ksys.umount(str(d))  # drops every pin left in it: nothing stays attached
-        os.rmdir(d)
 
 
 def _bpftool(*args: str) -> Any:
