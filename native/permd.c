@@ -68,6 +68,7 @@
 #include <sys/fanotify.h>
 #include <sys/inotify.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -340,6 +341,8 @@ struct gen {
 	int wake_fd;                         /* eventfd: wakes its thread (retired, fds to close) */
 	int ready, retired;                  /* (atomic) marked completely; the table moved on: drain, close, exit */
 	int *closeq; uint32_t nclose;        /* answered event fds for its thread to close (under S.mu) */
+	/* a main group's place in the order the kernel asks groups in (probe_order), when known */
+	double order; int order_known;
 };
 
 static void served_retire(struct gen *g);
@@ -1193,6 +1196,121 @@ static void close_answered(struct gen *g)
 	free(fds);
 }
 
+/* ------------------------------------------------------------------ one exec/open, several groups */
+/* Main groups replaced by a new table (or a regroup), their marks kept: read for
+ * RETIRED_GRACE_NS more, decided by the new table, then closed (install). Only the main thread
+ * touches them. */
+#define MAX_RETIRED 16
+#define RETIRED_GRACE_NS 1000000000ULL
+static struct { struct gen *g[MAX_RETIRED]; uint64_t since[MAX_RETIRED]; int n; } R;
+
+/* While a table changes, several main groups are marked at once: the one being built, the one
+ * in force (S.cur), those retired in their grace (R). The kernel asks the groups that have a mark
+ * on a file one after another, for each fsnotify() call of an exec or open (fs/notify/fsnotify.c
+ * fsnotify(): the marks of the inode, mount and file system merged and walked by group, in the
+ * order of fsnotify_compare_groups: priority, then the group's address: fixed for a group's life,
+ * the same for every file), the task blocked on each group until it answers, the walk ended by a
+ * refusal. So one exec or open asks each group at most once (an exec's two calls, OPEN_EXEC_PERM
+ * then OPEN_PERM, differ by mask), in that fixed order, and every event of one walk has the same
+ * process, file (dev, ino) and mask. It is reported and counted once, by the first group asked:
+ *  - a group being built decides by the table in force, as S.cur does, which is fully marked for
+ *    it: its allowed events are never reported or counted (S.cur is asked too); a refusal ends
+ *    the walk, so it is reported by whoever refuses;
+ *  - among S.cur and the retired groups, an allowed event that matched a rule leaves a record
+ *    (walk) of its key and its group's place (order, learned by probe_order at each install):
+ *    an event of a group later in the order that finds a record of its key from an earlier group
+ *    is the same walk's later ask: it consumes the record (moves it to its own place), is
+ *    answered alike and not reported. An event that finds none was the first ask of its walk
+ *    (whatever groups earlier in the order were not asked: the race of install's comment, a file
+ *    only the later group marks): reported. The last group in the order leaves no record.
+ * Why exact: a later group's event finds an earlier group's record of its key only if that group
+ * was asked before it in a walk of this process and file not yet consumed; a walk in flight when
+ * an earlier group closes still finds its record (kept while a live group has a later place).
+ * Records are taken by pid, not thread: two threads of a process opening one file at once may
+ * consume each other's records, which counts the same. Not exact, and when:
+ *  - a walk asked of an earlier group, whose decision there matched, and of no later group that
+ *    marks the file leaves a record that a later walk of the same process and file asked of a
+ *    later group alone takes (not reported). A later group that marks the file is skipped only
+ *    by an ignore mark, set only where no rule matches: so this takes the groups deciding one
+ *    request differently (a rule on the process's state, changed between the two asks);
+ *  - a record dropped for room (oldest first: pairs_dropped counts them) or let go at an install
+ *    with no group retired (its walk would still be between a closed group and S.cur): that
+ *    walk's later ask is reported again;
+ *  - a group whose place could not be learned (probe_order failed) reports every event, as
+ *    before; a group being built that S.cur does not cover (S.cur's mark failed) reports none.
+ * Records no live group can take (their place the last) are let go as groups close. Bounded:
+ * MAX_WALKS. The main thread's alone. */
+#define MAX_WALKS 1024
+struct walk { uint32_t pid; uint64_t mask; dev_t dev; ino_t ino; double order; uint64_t tick; };
+static struct { struct walk w[MAX_WALKS]; uint32_t n; uint64_t tick; } W;
+
+/* the last place among the live main groups whose place is known */
+static double last_order(void)
+{
+	double last = S.cur && S.cur->order_known ? S.cur->order : -1e300;
+	for (int i = 0; i < R.n; i++)
+		if (R.g[i]->order_known && R.g[i]->order > last)
+			last = R.g[i]->order;
+	return last;
+}
+
+/* Records no live group can take any more. */
+static void walks_prune(void)
+{
+	double last = last_order();
+	for (uint32_t i = 0; i < W.n;)
+		if (W.w[i].order >= last)
+			W.w[i] = W.w[--W.n];
+		else
+			i++;
+}
+
+/* Was this event (g: S.cur or a retired group, its place known) a later ask of a walk an earlier
+ * group reported? Consumes that walk's record; else leaves one (g not the last). */
+static int walk_asked_before(const struct gen *g, uint32_t pid, uint64_t mask, dev_t dev, ino_t ino)
+{
+	int best = -1;
+	for (uint32_t i = 0; i < W.n; i++) {
+		const struct walk *w = &W.w[i];
+		if (w->pid == pid && w->mask == mask && w->ino == ino && w->dev == dev && w->order < g->order &&
+		    (best < 0 || w->order > W.w[best].order))
+			best = (int)i;   /* (the nearest earlier place: the walk that got furthest) */
+	}
+	int last = g->order >= last_order();
+	if (best >= 0) {
+		if (last)
+			W.w[best] = W.w[--W.n];
+		else
+			W.w[best].order = g->order, W.w[best].tick = ++W.tick;
+		__atomic_add_fetch(&S.st[PD_STAT_asked_again], 1, __ATOMIC_RELAXED);
+		return 1;
+	}
+	if (last)
+		return 0;
+	uint32_t i = W.n;
+	if (W.n == MAX_WALKS) {   /* the oldest goes: its walk's later ask, if any, is reported again */
+		i = 0;
+		for (uint32_t j = 1; j < W.n; j++)
+			if (W.w[j].tick < W.w[i].tick)
+				i = j;
+		__atomic_add_fetch(&S.st[PD_STAT_pairs_dropped], 1, __ATOMIC_RELAXED);
+	} else {
+		W.n++;
+	}
+	W.w[i] = (struct walk){ pid, mask, dev, ino, g->order, ++W.tick };
+	return 0;
+}
+
+/* probe_order: which main groups the helper's own open of a probe file was asked of, in order */
+static struct { dev_t dev; ino_t ino; struct gen *seen[MAX_RETIRED + 2]; int n; } PROBE;
+
+static void probe_note(struct gen *g, int efd)
+{
+	struct stat st;
+	if (fstat(efd, &st) == 0 && st.st_ino == PROBE.ino && st.st_dev == PROBE.dev && PROBE.n < MAX_RETIRED + 2)
+		PROBE.seen[PROBE.n++] = g;
+}
+
 /* Read what the group has queued (up to the free pending slots) and decide each event. The
  * main thread reads the main group; a served group's own thread reads it, and neither holds
  * S.mu while in read() (where the kernel opens each event's file) or while closing one. */
@@ -1242,6 +1360,8 @@ static void handle_fanotify(struct gen *g)
 			if (sg)
 				S.st[PD_STAT_served]++;
 			if (is_exempt((uint32_t)m->pid) || !(m->mask & (FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM))) {
+				if (PROBE.ino && !sg && (uint32_t)m->pid == S.self)
+					probe_note(g, m->fd);
 				answer(sg, g->fan_fd, m->fd, 1);
 				S.st[PD_STAT_exempt]++;
 				continue;
@@ -1276,6 +1396,12 @@ static void handle_fanotify(struct gen *g)
 			q.path = path;
 			struct verdict v;
 			decide(tab, &q, &v);
+			/* one exec/open asked of several main groups (a table change) is reported and
+			 * counted once: see W. (a refusal ends the kernel's walk: always reported) */
+			int building_group = !sg && g != S.cur && !g->retired;   /* (S.cur: the main thread's) */
+			struct stat fst;
+			int paired = !sg && !building_group && v.allow && v.nmatch && g->order_known &&
+				     (R.n || W.n) && fstat(p.efd, &fst) == 0;
 			if (!sg && S.stall_ms) {   /* test hook: a decision that takes too long */
 				uint32_t ms = S.stall_ms;
 				S.stall_ms = 0;
@@ -1288,10 +1414,19 @@ static void handle_fanotify(struct gen *g)
 			int mine = cur->used && cur->seq == seqs[i];
 			uint64_t lat = now_ns(CLOCK_MONOTONIC) - t;
 			int keep = -1;   /* the file, to remember once answered and unlocked */
+			int quiet = 0;   /* a later ask of an exec/open reported by an earlier group */
+			if (mine && !sg && v.allow && v.nmatch) {
+				if (building_group) {
+					quiet = 1;
+					__atomic_add_fetch(&S.st[PD_STAT_asked_again], 1, __ATOMIC_RELAXED);
+				} else if (paired) {
+					quiet = walk_asked_before(g, p.pid, p.mask, fst.st_dev, fst.st_ino);
+				}
+			}
 			if (mine) {
 				/* a NoPost rule's decision sends no report: counted here, before the answer
 				 * (a PD_STATS the requester asks for once its open returns holds it) */
-				for (int k = 0; k < v.nmatch; k++)
+				for (int k = 0; k < v.nmatch && !quiet; k++)
 					if (tab->rules[v.rules[k]].action == PD_ACT_NOPOST)
 						__atomic_add_fetch(&tab->rules[v.rules[k]].nopost, 1, __ATOMIC_RELAXED);
 				if (v.kill) {
@@ -1316,7 +1451,7 @@ static void handle_fanotify(struct gen *g)
 				remember_allow(g, keep, q.kind, path);
 				close(keep);
 			}
-			if (mine) {
+			if (mine && !quiet) {
 				for (int k = 0; k < v.nmatch; k++) {
 					const struct rule *r = &tab->rules[v.rules[k]];
 					if (r->action == PD_ACT_NOPOST)   /* counted before the answer, not reported */
@@ -1728,11 +1863,6 @@ static uint32_t path_only_kinds(const struct table *t)
 	return kinds;
 }
 
-/* Main groups replaced by a new table (or a regroup), their marks removed: read for
- * RETIRED_GRACE_NS more, then closed (install). Only the main thread touches them. */
-#define MAX_RETIRED 16
-#define RETIRED_GRACE_NS 1000000000ULL
-static struct { struct gen *g[MAX_RETIRED]; uint64_t since[MAX_RETIRED]; int n; } R;
 
 /* Closed, what they still hold answered first: all (quit = 1) or those retired long enough. */
 static void retired_sweep(int all)
@@ -1750,6 +1880,7 @@ static void retired_sweep(int all)
 		memmove(&R.g[i], &R.g[i + 1], sizeof(R.g[0]) * (size_t)(R.n - i - 1));
 		memmove(&R.since[i], &R.since[i + 1], sizeof(R.since[0]) * (size_t)(R.n - i - 1));
 		R.n--;
+		walks_prune();
 	}
 }
 
@@ -1766,12 +1897,119 @@ static void retired_add(struct gen *r)
 	}
 	R.g[R.n] = r;
 	R.since[R.n++] = now_ns(CLOCK_MONOTONIC);
+	walks_prune();
+}
+
+/* The place of the new main group g among the live ones (S.cur, R) in the order the kernel asks
+ * them in (see W): the helper's own open of a probe file marked in each, from a thread of its
+ * own, is answered group by group here (exempt: allowed at once), and the groups are seen in that
+ * order. When it cannot be learned, g's events are reported as they come (no pairing). */
+struct probe_arg { char path[64]; int done; };
+
+static void *probe_open(void *arg)
+{
+	struct probe_arg *a = arg;
+	int fd = open(a->path, O_RDONLY | O_CLOEXEC);
+	if (fd >= 0)
+		close(fd);
+	__atomic_store_n(&a->done, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+static void probe_order(struct gen *g)
+{
+	struct gen *all[MAX_RETIRED + 2];
+	int n = 0;
+	all[n++] = g;
+	if (S.cur)
+		all[n++] = S.cur;
+	for (int i = 0; i < R.n; i++)
+		all[n++] = R.g[i];
+	g->order_known = 0;
+	if (n == 1) {
+		g->order = 0, g->order_known = 1;
+		return;
+	}
+	struct stat st;
+	int mfd = memfd_create("vigil-permd-order", MFD_CLOEXEC);
+	if (mfd < 0)
+		return;
+	int marked = 0;
+	for (; marked < n; marked++)
+		if (fstat(mfd, &st) < 0 || fanotify_mark(all[marked]->fan_fd, FAN_MARK_ADD, FAN_OPEN_PERM, mfd, NULL) < 0)
+			break;
+	struct probe_arg *a = xrealloc(NULL, sizeof(*a));
+	memset(a, 0, sizeof(*a));
+	snprintf(a->path, sizeof(a->path), "/proc/self/fd/%d", mfd);
+	pthread_t th;
+	sigset_t all_sigs, old;
+	int started = 0;
+	if (marked == n) {
+		PROBE.dev = st.st_dev, PROBE.ino = st.st_ino, PROBE.n = 0;
+		sigfillset(&all_sigs);   /* (signals are the main thread's) */
+		pthread_sigmask(SIG_SETMASK, &all_sigs, &old);
+		started = !pthread_create(&th, NULL, probe_open, a);
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+	}
+	/* its open waits on each group until answered here (and on any other listener's) */
+	uint64_t until = now_ns(CLOCK_MONOTONIC) + 2000000000ULL;
+	while (started && !__atomic_load_n(&a->done, __ATOMIC_ACQUIRE) && now_ns(CLOCK_MONOTONIC) < until) {
+		struct pollfd p[MAX_RETIRED + 2];
+		for (int i = 0; i < n; i++)
+			p[i] = (struct pollfd){ .fd = all[i]->fan_fd, .events = POLLIN };
+		if (poll(p, (nfds_t)n, 10) <= 0)
+			continue;
+		for (int i = 0; i < n; i++)
+			if (p[i].revents & POLLIN)
+				handle_fanotify(all[i]);   /* (others' events too, decided as always) */
+	}
+	PROBE.ino = 0;
+	if (started && __atomic_load_n(&a->done, __ATOMIC_ACQUIRE)) {
+		pthread_join(th, NULL);
+		free(a);
+	} else if (started) {
+		pthread_detach(th);   /* (held elsewhere: its argument stays, a few bytes) */
+	} else {
+		free(a);
+	}
+	int p = -1;   /* g's place in what was seen; every group seen once, else nothing learned */
+	for (int i = 0; i < PROBE.n; i++)
+		if (PROBE.seen[i] == g)
+			p = i;
+	if (started && PROBE.n == n && p >= 0) {
+		int lo = p - 1, hi = p + 1;
+		while (lo >= 0 && !PROBE.seen[lo]->order_known)
+			lo--;
+		while (hi < n && !PROBE.seen[hi]->order_known)
+			hi++;
+		if (lo >= 0 && hi < n)
+			g->order = (PROBE.seen[lo]->order + PROBE.seen[hi]->order) / 2;
+		else if (lo >= 0)
+			g->order = PROBE.seen[lo]->order + 1024;
+		else if (hi < n)
+			g->order = PROBE.seen[hi]->order - 1024;
+		else
+			g->order = 0;
+		/* (places between two others halve their gap: one too small to halve is not used) */
+		g->order_known = !((lo >= 0 && g->order <= PROBE.seen[lo]->order) ||
+				   (hi < n && g->order >= PROBE.seen[hi]->order));
+	}
+	PROBE.n = 0;
+	for (int i = 0; i < marked; i++)
+		fanotify_mark(all[i]->fan_fd, FAN_MARK_REMOVE, FAN_OPEN_PERM, mfd, NULL);
+	close(mfd);
 }
 
 /* A fully marked group (and its table) in force: the old group's events still held are
  * answered and it is retired. Returns the table it replaced. */
 static struct table *install(struct gen *g, struct table *t)
 {
+	if (!R.n) {
+		W.n = 0;   /* (records left by groups closed before: see W) */
+		if (S.cur && S.cur->order_known)
+			S.cur->order = 0;   /* (places start over: midpoints stay far apart) */
+	}
+	probe_order(g);
 	pthread_mutex_lock(&S.mu);
 	struct gen *old = S.cur;
 	struct table *old_t = S.table;
@@ -1802,12 +2040,15 @@ static struct table *install(struct gen *g, struct table *t)
 		 * that group's mark was in (preempted there: the new group was being marked) gets to
 		 * the old group's mark later; had the group been closed (or unmarked) by then, no group
 		 * at all would have been asked (the kernel allows what it cannot queue to a closed
-		 * group). Its served groups are retired: each thread answers what its group holds by
+		 * group). Meanwhile an exec or open asked of both groups is reported and counted once
+		 * (W). Its served groups are retired: each thread answers what its group holds by
 		 * the new table, then closes it. */
 		struct gen *r = xrealloc(NULL, sizeof(*r));
 		memset(r, 0, sizeof(*r));
 		r->ino_fd = r->notif_fd = r->wake_fd = -1;
 		r->fan_fd = old->fan_fd;
+		r->order = old->order, r->order_known = old->order_known;
+		r->retired = 1;   /* (a main group's: no thread; decided by the new table, reported once: W) */
 		old->fan_fd = -1;
 		gen_free(old);
 		pthread_mutex_unlock(&S.mu);
