@@ -290,7 +290,7 @@ static PyObject *decode_cstr(const char *s, Py_ssize_t n)
  * the bytes are the same (str and tuple are immutable), sparing the allocation and the
  * UTF-8 decoding. */
 typedef struct { char raw[192]; Py_ssize_t n; PyObject *obj; } memo_t;
-static memo_t memo_exe, memo_cwd, memo_filename, memo_cgroup;
+static memo_t memo_exe, memo_cwd, memo_filename;
 
 static PyObject *memo_get(memo_t *m, const char *s, Py_ssize_t n, PyObject *(*make)(const char *, Py_ssize_t))
 {
@@ -301,6 +301,65 @@ static PyObject *memo_get(memo_t *m, const char *s, Py_ssize_t n, PyObject *(*ma
 		memcpy(m->raw, s, (size_t)n);
 		m->n = n;
 		Py_XSETREF(m->obj, Py_NewRef(o));
+	}
+	return o;
+}
+
+/* Cgroup names: one str per name, kept while its slot is not taken by another (a direct-mapped
+ * table by a word-at-a-time hash of the bytes), so the records of one container carry the same
+ * object: its hash is computed once (the docker field's and the pod table's dict lookups found
+ * it by identity, not by hashing a fresh string and comparing ~100 bytes), and the pod table's
+ * answer for it is kept with it (pod_from_table: valid while the resolver's table is in the
+ * generation it was found in). Only ASCII names: their str's data are the record's bytes. */
+#define CG_SETS 4096  /* of two entries, the newer first */
+struct cgname { PyObject *name, *fast, *shared; unsigned long long gen; };
+static struct cgname *cgnames;
+
+/* a set by the name's length and its last 32 bytes (a container id's random tail is in them,
+ * whether the name is the id or cri-containerd-<id>.scope): a collision costs a comparison */
+static size_t cg_set(const char *s, Py_ssize_t n)
+{
+	unsigned long long h = (unsigned long long)n * 0x9E3779B97F4A7C15ULL, w;
+	for (Py_ssize_t i = n, k = 0; i > 0 && k < 4; k++) {
+		Py_ssize_t take = i >= 8 ? 8 : i;
+		w = 0;
+		memcpy(&w, s + i - take, (size_t)take);
+		h = (h ^ w) * 0xFF51AFD7ED558CCDULL;
+		i -= take;
+	}
+	h ^= h >> 29;
+	return (size_t)(h % CG_SETS);
+}
+
+static inline int cg_same(PyObject *o, const char *s, Py_ssize_t n)
+{
+	return o && PyUnicode_GET_LENGTH(o) == n && PyUnicode_IS_ASCII(o) && !memcmp(PyUnicode_DATA(o), s, (size_t)n);
+}
+
+/* new reference to the name's str (decode_cstr's), *slot its entry (-1: none) */
+static PyObject *cgroup_name_get(const char *s, Py_ssize_t n, int *slot)
+{
+	const char *z = memchr(s, 0, (size_t)n);
+	if (z)
+		n = z - s;
+	*slot = -1;
+	if (!cgnames && !(cgnames = PyMem_Calloc(CG_SETS * 2, sizeof(struct cgname))))
+		return decode_utf8(s, n);
+	size_t i = cg_set(s, n) * 2;
+	struct cgname *e = &cgnames[i];
+	if (cg_same(e[0].name, s, n) || (i++, cg_same(e[1].name, s, n))) {
+		*slot = (int)i;
+		return Py_NewRef(cgnames[i].name);
+	}
+	PyObject *o = decode_utf8(s, n);
+	if (o && PyUnicode_IS_ASCII(o)) {  /* the newer first; the older of the two goes */
+		struct cgname old = e[1];
+		e[1] = e[0];
+		e[0] = (struct cgname){Py_NewRef(o), NULL, NULL, 0};
+		Py_XDECREF(old.name);
+		Py_XDECREF(old.fast);
+		Py_XDECREF(old.shared);
+		*slot = (int)(e - cgnames);
 	}
 	return o;
 }
@@ -348,6 +407,7 @@ typedef struct {
 	unsigned long long caller_ktime;
 	unsigned int privs;
 	PyObject *exe, *cwd, *filename, *cgroup_name, *args;
+	int cg_slot;  /* cgroup_name's entry in cgnames, -1: none */
 } ProcessRecord;
 
 static void ProcessRecord_dealloc(ProcessRecord *r)
@@ -409,7 +469,7 @@ static PyObject *ProcessRecord_new(PyTypeObject *type, PyObject *argsv, PyObject
 	o += m.cwd_len;
 	r->filename = memo_get(&memo_filename, buf + o, m.filename_len, decode_cstr);
 	o += m.filename_len;
-	r->cgroup_name = memo_get(&memo_cgroup, buf + o, m.cgroup_len, decode_cstr);
+	r->cgroup_name = cgroup_name_get(buf + o, m.cgroup_len, &r->cg_slot);
 	o += m.cgroup_len;
 	r->args = PyBytes_FromStringAndSize(buf + o, m.args_len);
 	if (!r->exe || !r->cwd || !r->filename || !r->cgroup_name || !r->args)
@@ -2374,15 +2434,16 @@ static int tell_podless(Builder *b, PyObject *p)
  * arguments are not one of the container's exec probes. The table's value is the container's
  * PodShared itself, which carries its probes (one object read, not a tuple and then it).
  * NULL without an error: ask the resolver. */
-static PyObject *pod_from_table(Builder *b, PyObject *pods, PyObject *cgroup_name, PyObject *pid,
+static PyObject *pod_from_table(Builder *b, PyObject *pods, PyObject *cgroup_name, int cg, PyObject *pid,
 				PyObject *arguments)
 {
 	if (pods != b->pods) {  /* the list is the resolver's for its life: looked up once */
 		PyObject *fast = PyObject_GetAttr(pods, b->s_fast);
 		if (!fast)
 			return NULL;
-		if (!PyList_CheckExact(fast) || PyList_GET_SIZE(fast) != 2 || !PyDict_CheckExact(PyList_GET_ITEM(fast, 0)) ||
-		    !PyByteArray_CheckExact(PyList_GET_ITEM(fast, 1))) {
+		if (!PyList_CheckExact(fast) || PyList_GET_SIZE(fast) != 3 || !PyDict_CheckExact(PyList_GET_ITEM(fast, 0)) ||
+		    !PyByteArray_CheckExact(PyList_GET_ITEM(fast, 1)) || !PyByteArray_CheckExact(PyList_GET_ITEM(fast, 2)) ||
+		    PyByteArray_GET_SIZE(PyList_GET_ITEM(fast, 2)) != (Py_ssize_t)sizeof(unsigned long long)) {
 			Py_DECREF(fast);
 			return NULL;
 		}
@@ -2390,8 +2451,27 @@ static PyObject *pod_from_table(Builder *b, PyObject *pods, PyObject *cgroup_nam
 		Py_XSETREF(b->pods_fast, fast);
 	}
 	PyObject *fast = b->pods_fast;
-	PyObject *hit = PyDict_GetItemWithError(PyList_GET_ITEM(fast, 0), cgroup_name);
-	if (!hit || !pod_type || !Py_IS_TYPE(hit, podshared_type))
+	/* the answer kept with the name (cgnames): of this resolver, in the table's generation */
+	struct cgname *e = cg >= 0 && cgnames && cgnames[cg].name == cgroup_name ? &cgnames[cg] : NULL;
+	PyObject *genb = PyList_GET_ITEM(fast, 2);
+	if (!PyByteArray_CheckExact(genb) || PyByteArray_GET_SIZE(genb) != (Py_ssize_t)sizeof(unsigned long long))
+		return NULL;  /* (not the resolver's generation: it decides) */
+	unsigned long long gen;
+	memcpy(&gen, PyByteArray_AS_STRING(genb), sizeof(gen));
+	PyObject *hit;
+	if (e && e->shared && e->fast == fast && e->gen == gen)
+		hit = e->shared;
+	else {
+		hit = PyDict_GetItemWithError(PyList_GET_ITEM(fast, 0), cgroup_name);
+		if (!hit)
+			return NULL;
+		if (e) {
+			Py_XSETREF(e->fast, Py_NewRef(fast));
+			Py_XSETREF(e->shared, Py_NewRef(hit));
+			e->gen = gen;
+		}
+	}
+	if (!pod_type || !Py_IS_TYPE(hit, podshared_type))
 		return NULL;
 	PyObject *probes = slot(hit, shared_off[SH_PROBES]);
 	if (!probes)
@@ -2643,7 +2723,7 @@ static PyObject *builder_on_exec(Builder *b, PyObject *const *args, Py_ssize_t n
 		if (!pods)
 			goto out;
 		if (pods != Py_None) {
-			PyObject *pod = pod_from_table(b, pods, r->cgroup_name, nsp, arguments);
+			PyObject *pod = pod_from_table(b, pods, r->cgroup_name, r->cg_slot, nsp, arguments);
 			if (!pod && !PyErr_Occurred())
 				pod = PyObject_CallMethodObjArgs(pods, b->s_pod_json, r->cgroup_name, nsp, binary, arguments,
 								 NULL);

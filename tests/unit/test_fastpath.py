@@ -644,6 +644,78 @@ def test_pod_table_serves_known_containers_and_asks_the_resolver_otherwise() -> 
     assert fast_b.pods.enriched == ref_b.pods.enriched == 6 and fast_b.pods.unknown == ref_b.pods.unknown == 1
 
 
+# Container ids for the cgroup-name table of the compiled records (a set of two by a name's
+# length and last 32 bytes): KNOWN's prefix with another end, and two of KNOWN's tail and
+# length with other heads (KNOWN's set: the third pushes the oldest out)
+PREFIX_OF_KNOWN, TAIL_OF_KNOWN, TAIL_OF_KNOWN_2 = KNOWN[:60] + "ffff", "cd34" * 8 + KNOWN[32:], "ef56" * 8 + KNOWN[32:]
+
+
+def _cg(cid: str) -> str:
+    return f"/kubepods/besteffort/pod{POD_UID}/{cid}"
+
+
+# cgroup names of a run of records -> pairs of records that must carry the same str object:
+# the records of one cgroup carry one (its hash computed once; the docker field's and the pod
+# table's lookups find it by identity, and the pod table's answer is kept with it), whatever
+# came between them, while its slot is not taken (two names per set)
+@pytest.mark.parametrize("names, same", [
+    ([_cg(KNOWN), "session-3.scope", _cg(KNOWN)], [(0, 2)]),
+    ([_cg(KNOWN), _cg(PREFIX_OF_KNOWN), _cg(KNOWN), _cg(PREFIX_OF_KNOWN)], [(0, 2), (1, 3)]),
+    ([_cg(KNOWN), _cg(TAIL_OF_KNOWN), _cg(KNOWN), _cg(TAIL_OF_KNOWN)], [(0, 2), (1, 3)]),
+    ([_cg(KNOWN), _cg(TAIL_OF_KNOWN), _cg(TAIL_OF_KNOWN_2), _cg(KNOWN), _cg(TAIL_OF_KNOWN_2)], [(2, 4)]),
+    (["cri-containerd-" + KNOWN + ".scope", "cri-containerd-" + UNKNOWN + ".scope", "cri-containerd-" + KNOWN + ".scope"],
+     [(0, 2)]),
+    (["caf\u00e9.scope", "", "caf\u00e9.scope", ""], []),  # not ASCII, or empty: made each time
+], ids=["another-between", "shared-prefix", "shared-tail", "third-of-a-set", "systemd-scope", "not-ascii"])
+def test_records_of_one_cgroup_carry_one_name(names: list[str], same: list[tuple[int, int]]) -> None:
+    d = {"exe": "/bin/true", "cwd": b"/", "filename": "/bin/true", "args": b"true\0", "caps": (0, 0, 0), "ns": HOST,
+         "uid": 0, "euid": 0, "auid": 0, "securebits": 0, "userns_level": 0, "i_mode": 0o100755, "nlink": 1,
+         "flags": 0, "tid_off": 0, "op": R.OP_EXEC}
+    recs = [R.ProcessRecord(_exec_record(100 + i, 5_000_000_000 + i, 1, 0, {**d, "cgroup": n}))
+            for i, n in enumerate(names)]
+    assert [r.cgroup_name for r in recs] == names
+    assert [recs[i].cgroup_name is recs[j].cgroup_name for i, j in same] == [True] * len(same)
+
+
+def test_pod_table_keeps_containers_of_one_set_and_prefix_apart() -> None:
+    """Containers whose cgroup names share a prefix or fall in one set of the compiled
+    cgroup-name table (where the pod table's answer is kept) get their own pods, round after
+    round, as the twin's; a pod that changes is read again."""
+    fast_b, ref_b = _builders({"enable_cred": False, "enable_ns": False, "ancestors": False}, 256)
+    ids = (KNOWN, PREFIX_OF_KNOWN, TAIL_OF_KNOWN, TAIL_OF_KNOWN_2)
+
+    def pod(i: int, cid: str, rev: int) -> dict[str, Any]:
+        p = _pod_object(0)
+        p["metadata"].update(name=f"web-{i}", uid=f"{POD_UID[:-1]}{i}", labels={"rev": str(rev)})
+        p["status"]["containerStatuses"][0]["containerID"] = f"containerd://{cid}"
+        return p
+
+    for b in (fast_b, ref_b):
+        from vigil.k8s.enrich import PodResolver
+        from vigil.k8s.pods import PodStore
+
+        store = PodStore()
+        for i, cid in enumerate(ids):
+            store.upsert(pod(i, cid, 0))
+        b.pods = PodResolver(store)
+    fields = {"exe": "/usr/bin/curl", "cwd": b"/", "filename": "/usr/bin/curl", "args": b"curl\0-v\0",
+              "caps": (0, 0, 0), "ns": HOST, "uid": 0, "euid": 0, "auid": 0, "securebits": 0, "userns_level": 0,
+              "i_mode": 0o100755, "nlink": 1, "flags": 0, "tid_off": 0, "op": R.OP_EXEC}
+    pid = 100
+    for rnd in range(4):
+        if rnd == 2:   # the second container's pod changes: its next processes carry the new labels
+            for b in (fast_b, ref_b):
+                b.pods.store.upsert(pod(1, ids[1], 1))
+        for i, cid in enumerate(ids):
+            pid += 1
+            buf = _exec_record(pid, 5_000_000_000 + pid, 1, 0, {**fields, "cgroup": f"/kubepods/pod{POD_UID[:-1]}{i}/{cid}"})
+            got, want = fast_b._fast.on_exec(buf, 0), ref_b.on_exec(R.PyProcessRecord(buf), 0)
+            assert codec.py_encode(got) == codec.py_encode(want)
+            assert (got.process.pod["name"], got.process.pod["container"]["id"]) == (f"web-{i}", f"containerd://{cid}")
+            assert got.process.pod["pod_labels"]["rev"] == str(int(i == 1 and rnd >= 2))
+    assert int.from_bytes(fast_b.pods.fast[1], sys.byteorder) == 16 - 4 - 1   # all but the first of each and the changed
+
+
 @SETTINGS
 @given(st.lists(st.binary(max_size=6), max_size=700))
 def test_dispatch_loop(recs: list[bytes]) -> None:

@@ -43,8 +43,11 @@ class PodResolver:
         # what the compiled exec path reads (native/fastpath.c, pod_from_table): a process of a
         # container in the table that runs none of its exec probes gets its pod there, counted
         # in [1] (one native u64, which that code increments in place: no int object per exec);
-        # anything else calls pod_json
-        self.fast: list[Any] = [self._by_cg, bytearray(8)]
+        # anything else calls pod_json. [2]: the table's generation (one native u64), bumped
+        # once it lost entries: that code keeps what it found in it, by cgroup name, while the
+        # generation is the one it was found in (bumped after, not before: what it finds while
+        # they go is dropped too)
+        self.fast: list[Any] = [self._by_cg, bytearray(8), bytearray(8)]
         self._enriched = 0
         self.unknown = 0
         # the process cache (vigil.process.cache.ProcessCache; the hold stage gives it) and, by
@@ -61,6 +64,11 @@ class PodResolver:
     def enriched(self) -> int:
         return self._enriched + int.from_bytes(self.fast[1], sys.byteorder)
 
+    def _dropped(self) -> None:
+        """The table lost entries: what the compiled exec path kept of it goes."""
+        g = self.fast[2]
+        g[:] = ((int.from_bytes(g, sys.byteorder) + 1) & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, sys.byteorder)
+
     def _changed(self, old: PodInfo | None, new: PodInfo | None) -> None:
         """The store changed a pod (watcher thread, after its update): its containers' entries
         go, and the new pod's shared parts are made."""
@@ -69,6 +77,7 @@ class PodResolver:
                 for cg in self._cgroups_of.pop(c.id, ()):
                     self._by_cg.pop(cg, None)
                 self._shared.pop(c.id, None)
+        self._dropped()
         if new is None and old is not None:  # deleted: its containers are no longer waited for
             for c in old.containers:
                 self.by_docker.pop(c.id[:31], None)
@@ -125,6 +134,7 @@ class PodResolver:
             if len(self._by_cg) >= _REF_CACHE_MAX:
                 self._by_cg.clear()
                 self._cgroups_of.clear()
+                self._dropped()
             made = self._shared.get(r.container_id)
             # made for this very entry, or the watcher has not got to it yet
             hit = made[1] if made is not None and made[0] is entry else self._base(*entry)
@@ -132,6 +142,7 @@ class PodResolver:
             self._cgroups_of.setdefault(entry[1].id, []).append(cgroup_name)
             if self.store.updates != seen:  # the store changed meanwhile: maybe after _changed ran
                 self._by_cg.pop(cgroup_name, None)
+                self._dropped()
         return self._with_process(hit, hit.container_info, pid, binary, arguments)
 
     def _with_process(self, base: dict[str, Any], c: ContainerInfo, pid: int, binary: str,
