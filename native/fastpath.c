@@ -781,6 +781,7 @@ static PyObject *py_pb, *py_process_pb, *sub_pb, *ts_pb, *body_pb;
 enum { POD_SHARED, POD_PID, POD_PROBE, POD_DICT, POD_COUNT };
 static const char *const pod_slot[POD_COUNT] = {"shared", "pid", "probe", "_dict"};
 static PyTypeObject *pod_type;
+static int pod_plain;  /* a Pod is its header and its POD_COUNT slots, nothing else */
 static Py_ssize_t pod_off[POD_COUNT];
 enum { SH_ENC_JSON, SH_ENC_PB, SH_PROBES, SH_PROBES_LONGEST, SH_COUNT };
 static const char *const shared_slot[SH_COUNT] = {"enc_json", "enc_pb", "probes", "probes_longest"};
@@ -1641,6 +1642,9 @@ static PyObject *configure_events(PyObject *self, PyObject *args)
 					    pod_slot[f]);
 	}
 	Py_XSETREF(pod_type, (PyTypeObject *)Py_NewRef(pod));
+	pod_plain = pod_type->tp_basicsize == (Py_ssize_t)(sizeof(PyObject) + POD_COUNT * sizeof(PyObject *)) &&
+		    !pod_type->tp_itemsize && !pod_type->tp_dictoffset && !pod_type->tp_weaklistoffset &&
+		    !(pod_type->tp_flags & Py_TPFLAGS_MANAGED_DICT) && PyType_IS_GC(pod_type);
 	PyObject *slots = PyObject_GetAttrString(cls[0], "__slots__");
 	if (!slots)
 		return NULL;
@@ -2488,13 +2492,15 @@ static PyObject *pod_from_table(Builder *b, PyObject *pods, PyObject *cgroup_nam
 	PyObject *hits = PyList_GET_ITEM(fast, 1);
 	if (!PyByteArray_CheckExact(hits) || PyByteArray_GET_SIZE(hits) != (Py_ssize_t)sizeof(unsigned long long))
 		return NULL;  /* (not the resolver's counter: it decides, and counts) */
-	PyObject *pod = new_slotted(pod_type);
+	/* the Pod: its four slots are all it holds (pod_plain), each set here, so it is made
+	 * untracked (the GC never needs it: nothing it holds points back) and not zeroed first */
+	PyObject *pod = pod_plain ? PyObject_GC_New(PyObject, pod_type) : new_slotted(pod_type);
 	if (!pod)
 		return NULL;
 	PyObject *pv[POD_COUNT] = {[POD_SHARED] = hit, [POD_PID] = pid,
 				   [POD_PROBE] = Py_False, [POD_DICT] = Py_None};
 	for (int f = 0; f < POD_COUNT; f++)
-		SET(pod, pod_off[f], pv[f]);
+		*(PyObject **)((char *)pod + pod_off[f]) = Py_NewRef(pv[f]);
 	unsigned long long n;
 	memcpy(&n, PyByteArray_AS_STRING(hits), sizeof(n));
 	n++;
