@@ -537,6 +537,7 @@ static int mount_served(int mnt_id, dev_t *dev, char *path, size_t size)
 struct build { struct gen *home; int local_only; };
 
 static struct gen *gen_new(int *err);
+static void probe_order(struct gen *g);
 static struct gen *served_group(struct gen *home, dev_t dev, const char *where);
 
 /* The group that marks what is on mount mnt_id: the main group, or the served group of its
@@ -763,6 +764,7 @@ static struct gen *gen_build(struct table *t, int *err, int local_only)
 	int e = 0;
 	struct build b = { g, local_only };
 	building = g;
+	probe_order(g);   /* (before its first mark: its events take part in W from the start) */
 	for (uint32_t i = 0; i < t->nmarks && !e; i++) {
 		if (apply_mark(&b, &t->marks[i]) < 0)
 			e = EINVAL;
@@ -1213,41 +1215,55 @@ static struct { struct gen *g[MAX_RETIRED]; uint64_t since[MAX_RETIRED]; int n; 
  * refusal. So one exec or open asks each group at most once (an exec's two calls, OPEN_EXEC_PERM
  * then OPEN_PERM, differ by mask), in that fixed order, and every event of one walk has the same
  * process, file (dev, ino) and mask. It is reported and counted once, by the first group asked:
+ *  - each main group's place in that order (order) is learned before its first mark
+ *    (probe_order); while a group is built and its place is not known yet, no place is the last;
+ *  - an allowed event that matched a rule leaves a record (walk) of its key and its group's
+ *    place, unless that place is the last (no later group to ask). An event of a group later in
+ *    the order that finds a record of its key from an earlier place is the same walk's later ask:
+ *    it moves the record to its own place (or drops it, the last), is answered alike and not
+ *    reported or counted. One that finds none was the first ask of its walk (whatever groups
+ *    earlier in the order were not asked: the race of install's comment, a file only the later
+ *    group marks): reported;
  *  - a group being built decides by the table in force, as S.cur does, which is fully marked for
- *    it: its allowed events are never reported or counted (S.cur is asked too); a refusal ends
- *    the walk, so it is reported by whoever refuses;
- *  - among S.cur and the retired groups, an allowed event that matched a rule leaves a record
- *    (walk) of its key and its group's place (order, learned by probe_order at each install):
- *    an event of a group later in the order that finds a record of its key from an earlier group
- *    is the same walk's later ask: it consumes the record (moves it to its own place), is
- *    answered alike and not reported. An event that finds none was the first ask of its walk
- *    (whatever groups earlier in the order were not asked: the race of install's comment, a file
- *    only the later group marks): reported. The last group in the order leaves no record.
- * Why exact: a later group's event finds an earlier group's record of its key only if that group
- * was asked before it in a walk of this process and file not yet consumed; a walk in flight when
- * an earlier group closes still finds its record (kept while a live group has a later place).
- * Records are taken by pid, not thread: two threads of a process opening one file at once may
- * consume each other's records, which counts the same. Not exact, and when:
- *  - a walk asked of an earlier group, whose decision there matched, and of no later group that
- *    marks the file leaves a record that a later walk of the same process and file asked of a
- *    later group alone takes (not reported). A later group that marks the file is skipped only
- *    by an ignore mark, set only where no rule matches: so this takes the groups deciding one
- *    request differently (a rule on the process's state, changed between the two asks);
- *  - a record dropped for room (oldest first: pairs_dropped counts them) or let go at an install
- *    with no group retired (its walk would still be between a closed group and S.cur): that
- *    walk's later ask is reported again;
- *  - a group whose place could not be learned (probe_order failed) reports every event, as
- *    before; a group being built that S.cur does not cover (S.cur's mark failed) reports none.
+ *    it: it takes records as above, but one that finds none is not reported either (S.cur,
+ *    asked after it, reports it) and leaves none. A served group being built reports no allowed
+ *    event (the table in force's served group of that file system is asked too). A refusal ends
+ *    the walk: always reported;
+ *  - a closed group (retired, or a build that failed): once close() returns, every walk that
+ *    asked it has ended or has its next ask queued (fsnotify_destroy_group waits for the walks
+ *    blocked on its answers to take the marks' SRCU again, user_waits, then for that SRCU): those
+ *    are read then (walks_closed), and the records left at its place are let go.
+ * Why exact: a record is taken only by a later group's ask of the same process, file and mask,
+ * which in one walk comes after the earlier ask and before that process's next walk of that file
+ * from that thread. Records are taken by pid, not thread: two threads of a process opening one
+ * file at once may take each other's records, which counts the same. Not exact, and when:
+ *  - a walk answered by the group last in the order (no record) that goes on only after a group
+ *    built since, placed after it, has its mark on the file (the walking task held off that long
+ *    between two groups: probe_order waits, by a SRCU barrier, for walks that had resumed): the
+ *    new group reports it again;
+ *  - a stale record (a walk asked of an earlier group, whose decision there matched, but of no
+ *    later group that marks the file) taken by a later walk asked of a later group alone: a
+ *    later group that marks the file is skipped only by an ignore mark, set only where no rule
+ *    matches, and an earlier one that marks it only when closed (its records let go then): so
+ *    this takes two groups deciding one request differently (a rule on the process's state);
+ *  - a record dropped for room (oldest first: pairs_dropped counts them): its walk's later ask is
+ *    reported again;
+ *  - a group whose place could not be learned reports every event, as before.
  * Records no live group can take (their place the last) are let go as groups close. Bounded:
  * MAX_WALKS. The main thread's alone. */
 #define MAX_WALKS 1024
 struct walk { uint32_t pid; uint64_t mask; dev_t dev; ino_t ino; double order; uint64_t tick; };
 static struct { struct walk w[MAX_WALKS]; uint32_t n; uint64_t tick; } W;
 
-/* the last place among the live main groups whose place is known */
+/* the last place among the live main groups whose place is known; none while a group is built
+ * whose place is not known yet (probe_order: it may come after any) */
 static double last_order(void)
 {
+	if (building && !building->order_known)
+		return 1e300;
 	double last = S.cur && S.cur->order_known ? S.cur->order : -1e300;
+	if (building && building->order > last)
+		last = building->order;
 	for (int i = 0; i < R.n; i++)
 		if (R.g[i]->order_known && R.g[i]->order > last)
 			last = R.g[i]->order;
@@ -1265,9 +1281,30 @@ static void walks_prune(void)
 			i++;
 }
 
+/* A main group (its place: order) was closed. Once close() returns, every walk that asked it has
+ * ended or asked its next group, its event queued there (fsnotify_destroy_group waits for the
+ * walks blocked on the group's answers to take the mark SRCU again, user_waits, then for SRCU:
+ * fsnotify_wait_marks_destroyed): those are read now and take their records; the records left at
+ * its place belong to walks that asked no later group: let go. */
+static void handle_fanotify(struct gen *g);
+
+static void walks_closed(double order, int known)
+{
+	if (S.cur)
+		handle_fanotify(S.cur);
+	for (int i = 0; i < R.n; i++)
+		handle_fanotify(R.g[i]);
+	for (uint32_t i = 0; known && i < W.n;)
+		if (W.w[i].order == order)
+			W.w[i] = W.w[--W.n];
+		else
+			i++;
+	walks_prune();
+}
+
 /* Was this event (g: S.cur or a retired group, its place known) a later ask of a walk an earlier
  * group reported? Consumes that walk's record; else leaves one (g not the last). */
-static int walk_asked_before(const struct gen *g, uint32_t pid, uint64_t mask, dev_t dev, ino_t ino)
+static int walk_asked_before(const struct gen *g, int built, uint32_t pid, uint64_t mask, dev_t dev, ino_t ino)
 {
 	int best = -1;
 	for (uint32_t i = 0; i < W.n; i++) {
@@ -1282,6 +1319,10 @@ static int walk_asked_before(const struct gen *g, uint32_t pid, uint64_t mask, d
 			W.w[best] = W.w[--W.n];
 		else
 			W.w[best].order = g->order, W.w[best].tick = ++W.tick;
+		__atomic_add_fetch(&S.st[PD_STAT_asked_again], 1, __ATOMIC_RELAXED);
+		return 1;
+	}
+	if (built) {   /* (being built: a first ask is S.cur's to report, asked later) */
 		__atomic_add_fetch(&S.st[PD_STAT_asked_again], 1, __ATOMIC_RELAXED);
 		return 1;
 	}
@@ -1398,10 +1439,13 @@ static void handle_fanotify(struct gen *g)
 			decide(tab, &q, &v);
 			/* one exec/open asked of several main groups (a table change) is reported and
 			 * counted once: see W. (a refusal ends the kernel's walk: always reported) */
-			int building_group = !sg && g != S.cur && !g->retired;   /* (S.cur: the main thread's) */
+			/* (a served group being built: the table in force has its own served group on that
+			 * file system for whatever its rules name there, asked too; S.cur: the main thread's) */
+			int building_group = sg ? !__atomic_load_n(&g->ready, __ATOMIC_ACQUIRE) :
+						  g != S.cur && !g->retired;
 			struct stat fst;
-			int paired = !sg && !building_group && v.allow && v.nmatch && g->order_known &&
-				     (R.n || W.n) && fstat(p.efd, &fst) == 0;
+			int paired = !sg && v.allow && v.nmatch && g->order_known &&
+				     (building || g != S.cur || R.n || W.n) && fstat(p.efd, &fst) == 0;
 			if (!sg && S.stall_ms) {   /* test hook: a decision that takes too long */
 				uint32_t ms = S.stall_ms;
 				S.stall_ms = 0;
@@ -1415,12 +1459,12 @@ static void handle_fanotify(struct gen *g)
 			uint64_t lat = now_ns(CLOCK_MONOTONIC) - t;
 			int keep = -1;   /* the file, to remember once answered and unlocked */
 			int quiet = 0;   /* a later ask of an exec/open reported by an earlier group */
-			if (mine && !sg && v.allow && v.nmatch) {
-				if (building_group) {
+			if (mine && v.allow && v.nmatch) {
+				if (paired) {
+					quiet = walk_asked_before(g, building_group, p.pid, p.mask, fst.st_dev, fst.st_ino);
+				} else if (building_group) {
 					quiet = 1;
 					__atomic_add_fetch(&S.st[PD_STAT_asked_again], 1, __ATOMIC_RELAXED);
-				} else if (paired) {
-					quiet = walk_asked_before(g, p.pid, p.mask, fst.st_dev, fst.st_ino);
 				}
 			}
 			if (mine) {
@@ -1874,13 +1918,15 @@ static void retired_sweep(int all)
 			continue;
 		}
 		handle_fanotify(R.g[i]);
+		double order = R.g[i]->order;
+		int known = R.g[i]->order_known;
 		pthread_mutex_lock(&S.mu);   /* (the watchdog reads S.pend under it; nothing of this group is there) */
 		gen_free(R.g[i]);
 		pthread_mutex_unlock(&S.mu);
 		memmove(&R.g[i], &R.g[i + 1], sizeof(R.g[0]) * (size_t)(R.n - i - 1));
 		memmove(&R.since[i], &R.since[i + 1], sizeof(R.since[0]) * (size_t)(R.n - i - 1));
 		R.n--;
-		walks_prune();
+		walks_closed(order, known);
 	}
 }
 
@@ -1888,12 +1934,15 @@ static void retired_add(struct gen *r)
 {
 	if (R.n == MAX_RETIRED) {   /* tables replaced faster than the grace: the oldest goes now */
 		handle_fanotify(R.g[0]);
+		double order = R.g[0]->order;
+		int known = R.g[0]->order_known;
 		pthread_mutex_lock(&S.mu);
 		gen_free(R.g[0]);
 		pthread_mutex_unlock(&S.mu);
 		memmove(&R.g[0], &R.g[1], sizeof(R.g[0]) * (MAX_RETIRED - 1));
 		memmove(&R.since[0], &R.since[1], sizeof(R.since[0]) * (MAX_RETIRED - 1));
 		R.n--;
+		walks_closed(order, known);
 	}
 	R.g[R.n] = r;
 	R.since[R.n++] = now_ns(CLOCK_MONOTONIC);
@@ -1926,6 +1975,8 @@ static void probe_order(struct gen *g)
 	for (int i = 0; i < R.n; i++)
 		all[n++] = R.g[i];
 	g->order_known = 0;
+	if (n == 2 && !W.n && S.cur->order_known)
+		S.cur->order = 0;   /* (no record holds a place: start over, midpoints stay far apart) */
 	if (n == 1) {
 		g->order = 0, g->order_known = 1;
 		return;
@@ -1995,6 +2046,20 @@ static void probe_order(struct gen *g)
 				   (hi < n && g->order >= PROBE.seen[hi]->order));
 	}
 	PROBE.n = 0;
+	/* A walk answered by the group that was the last before g (so it left no record), still on
+	 * its way, would meet g's marks made from now on: wait for those walks first. Closing a group
+	 * that holds a mark waits for the marks' SRCU (fsnotify_destroy_group), which every walk holds
+	 * while it is not blocked on a group's answer: after it, each has ended, or has its next ask
+	 * queued (its record made with g counted: see last_order). */
+	int bar = fanotify_init(FAN_CLASS_NOTIF | FAN_CLOEXEC, O_RDONLY | O_CLOEXEC);
+	if (bar >= 0) {
+		if (fanotify_mark(bar, FAN_MARK_ADD, FAN_MODIFY, mfd, NULL) < 0)
+			g->order_known = 0;   /* (no barrier: no pairing for g) */
+		close(bar);
+	} else {
+		g->order_known = 0;
+	}
+	walks_prune();   /* (records left for g while its place was not known) */
 	for (int i = 0; i < marked; i++)
 		fanotify_mark(all[i]->fan_fd, FAN_MARK_REMOVE, FAN_OPEN_PERM, mfd, NULL);
 	close(mfd);
@@ -2004,12 +2069,6 @@ static void probe_order(struct gen *g)
  * answered and it is retired. Returns the table it replaced. */
 static struct table *install(struct gen *g, struct table *t)
 {
-	if (!R.n) {
-		W.n = 0;   /* (records left by groups closed before: see W) */
-		if (S.cur && S.cur->order_known)
-			S.cur->order = 0;   /* (places start over: midpoints stay far apart) */
-	}
-	probe_order(g);
 	pthread_mutex_lock(&S.mu);
 	struct gen *old = S.cur;
 	struct table *old_t = S.table;
@@ -2023,6 +2082,7 @@ static struct table *install(struct gen *g, struct table *t)
 	S.st[PD_STAT_served_groups] = g->nsrv;
 	pthread_mutex_unlock(&S.mu);
 	if (old) {
+		old->retired = 1;   /* (a main group's: decided by the new table, its walks paired: W) */
 		handle_fanotify(old);
 		gen_totals(old, &marks, &dirs, &errors);
 		pthread_mutex_lock(&S.mu);
@@ -2072,7 +2132,10 @@ static void regroup(void)
 	struct gen *g = gen_build(S.table, &err, 1);
 	if (err) {
 		fprintf(stderr, "vigil-permd: a new group to forget changed files: %s\n", g->warn);
+		double order = g->order;
+		int known = g->order_known;
 		gen_free(g);
+		walks_closed(order, known);
 		S.regroup_failed_ns = now_ns(CLOCK_MONOTONIC);
 	} else {
 		g->srv = S.cur->srv, g->nsrv = S.cur->nsrv;   /* the served groups go on with it */
@@ -2123,7 +2186,10 @@ static void commit(void)
 	struct gen *g = gen_build(t, &err, 0);
 	if (err) {
 		send_ack(PD_COMMIT, t->generation, err, 0, 0, g->warn);
+		double order = g->order;
+		int known = g->order_known;
 		gen_free(g);
+		walks_closed(order, known);
 		table_free(t);   /* (a served group's thread may have decided with the table in force, never this) */
 		return;
 	}

@@ -103,3 +103,38 @@ def test_an_exec_or_open_right_after_a_table_change_is_reported_once(tmpfs: Path
     assert st["generation"] == ROUNDS + 1 and st["timeouts"] == 0
     assert st["pairs_dropped"] == 0
     assert all(r.flags & P.REP_ALLOWED for r in helper.reports)
+
+
+@pytest.mark.parametrize("dirs", [0, 3000], ids=["file", "tree-3000-dirs"])
+def test_opens_while_tables_change_back_to_back_are_reported_once(tmpfs: Path, helper: Held, dirs: int) -> None:
+    """A thread opens public.txt over and over while tables are pushed back to back (with a tree of
+    `dirs` directories to mark, the new group is built a while, answering by the table in force):
+    its opens are asked of the group in force, the one being built, those in their grace, and
+    of groups as they close; as many reports as opens."""
+    tree = tmpfs / f"tree-{dirs}"
+    for i in range(dirs):
+        (tree / f"d{i // 100}" / f"e{i % 100}").mkdir(parents=True, exist_ok=True)
+    rules = [Rule(7, 0, OPEN, "post", conds=(public(tmpfs),)),
+             Rule(8, 0, OPEN, "post", conds=(Cond("path", "Prefix", (f"{tree}/",)),))]
+    h = helper.h
+    push(h, rules)
+    stop = threading.Event()
+    outcomes: list[tuple[int, int]] = []
+
+    def opener() -> None:
+        while not stop.is_set():
+            outcomes.append(opens(tmpfs / "public.txt", 1))
+
+    t = threading.Thread(target=opener, daemon=True)
+    t.start()
+    try:
+        for i in range(8):
+            push(h, rules if i % 2 else rules[::-1])
+    finally:
+        stop.set()
+        t.join(60)
+    assert not t.is_alive()
+    st = h.stats()
+    assert outcomes and set(outcomes) == {(1, 0)}
+    assert sum(r.hook_id == 7 for r in helper.reports) == len(outcomes)
+    assert st["generation"] == 9 and st["timeouts"] == st["pairs_dropped"] == 0
