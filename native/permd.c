@@ -1252,6 +1252,10 @@ static struct { struct gen *g[MAX_RETIRED]; uint64_t since[MAX_RETIRED]; int n; 
  * Records no live group can take (their place the last) are let go as groups close. Bounded:
  * MAX_WALKS. The main thread's alone. */
 #define MAX_WALKS 1024
+/* records of one process, file and mask at one place: walks of that file by that many of its
+ * threads at once between two groups; more are taken as ended (records a walk asked of no later
+ * group left, many while a new group is marked), the oldest replaced (walks_replaced) */
+#define MAX_SAME_WALKS 8
 struct walk { uint32_t pid; uint64_t mask; dev_t dev; ino_t ino; double order; uint64_t tick; };
 static struct { struct walk w[MAX_WALKS]; uint32_t n; uint64_t tick; } W;
 
@@ -1328,8 +1332,17 @@ static int walk_asked_before(const struct gen *g, int built, uint32_t pid, uint6
 	}
 	if (last)
 		return 0;
-	uint32_t i = W.n;
-	if (W.n == MAX_WALKS) {   /* the oldest goes: its walk's later ask, if any, is reported again */
+	uint32_t i = W.n, same = 0, oldest = 0;
+	for (uint32_t j = 0; j < W.n; j++) {
+		const struct walk *w = &W.w[j];
+		if (w->pid == pid && w->mask == mask && w->ino == ino && w->dev == dev && w->order == g->order &&
+		    (!same++ || w->tick < W.w[oldest].tick))
+			oldest = j;
+	}
+	if (same >= MAX_SAME_WALKS) {
+		i = oldest;
+		__atomic_add_fetch(&S.st[PD_STAT_walks_replaced], 1, __ATOMIC_RELAXED);
+	} else if (W.n == MAX_WALKS) {   /* the oldest goes: its walk's later ask, if any, is reported again */
 		i = 0;
 		for (uint32_t j = 1; j < W.n; j++)
 			if (W.w[j].tick < W.w[i].tick)

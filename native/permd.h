@@ -81,13 +81,14 @@ struct pd_stall { struct pd_hdr h; uint32_t ms; };
  * served_groups: how many such groups the table in force has; asked_again: asks of a second
  * group in one exec/open (a table change: the old and new groups both marked), answered but not
  * reported or counted again; pairs_dropped: first asks whose pairing record was dropped for room
- * (a later ask of that exec/open, if any, was reported again) */
+ * (a later ask of that exec/open, if any, was reported again); walks_replaced: the same, for a
+ * record replaced by a newer one of the same process, file and place (MAX_SAME_WALKS) */
 #define PD_STATS_LIST(X) \
 	X(events) X(allowed) X(denied) X(timeouts) X(rescued) X(exempt) X(killed) X(monitored) \
 	X(reports) X(reports_dropped) X(write_errors) X(overflows) X(latency_ns_total) X(latency_ns_max) \
 	X(generation) X(marks) X(dirs) X(mark_errors) X(watch_overflows) X(mount_rescans) X(cached) X(forgotten) \
 	X(regroups) X(read_errors) X(dirs_gone) X(served) X(served_groups) \
-	X(asked_again) X(pairs_dropped)
+	X(asked_again) X(pairs_dropped) X(walks_replaced)
 #define PD_STAT_ENUM(n) PD_STAT_##n,
 enum { PD_STATS_LIST(PD_STAT_ENUM) PD_NSTATS };
 /* PD_STATS: the counters, then one pd_rule_count per rule of the table in force that counts

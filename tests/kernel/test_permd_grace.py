@@ -105,10 +105,13 @@ def test_an_exec_or_open_right_after_a_table_change_is_reported_once(tmpfs: Path
     assert all(r.flags & P.REP_ALLOWED for r in helper.reports)
 
 
-@pytest.mark.parametrize("dirs", [0, 3000], ids=["file", "tree-3000-dirs"])
-def test_opens_while_tables_change_back_to_back_are_reported_once(tmpfs: Path, helper: Held, dirs: int) -> None:
+@pytest.mark.parametrize("dirs, pause", [(0, 0.0), (3000, 0.0), (0, 1.2)],
+                         ids=["file", "tree-3000-dirs", "file-groups-closing"])
+def test_opens_while_tables_change_back_to_back_are_reported_once(tmpfs: Path, helper: Held, dirs: int,
+                                                                  pause: float) -> None:
     """A thread opens public.txt over and over while tables are pushed back to back (with a tree of
-    `dirs` directories to mark, the new group is built a while, answering by the table in force):
+    `dirs` directories to mark, the new group is built a while, answering by the table in force;
+    with a `pause` after every other push, longer than the grace, retired groups close meanwhile):
     its opens are asked of the group in force, the one being built, those in their grace, and
     of groups as they close; as many reports as opens."""
     tree = tmpfs / f"tree-{dirs}"
@@ -124,17 +127,22 @@ def test_opens_while_tables_change_back_to_back_are_reported_once(tmpfs: Path, h
     def opener() -> None:
         while not stop.is_set():
             outcomes.append(opens(tmpfs / "public.txt", 1))
+            if pause:
+                stop.wait(0.001)   # (seconds of opens: not more reports than the reader takes)
 
     t = threading.Thread(target=opener, daemon=True)
     t.start()
     try:
         for i in range(8):
             push(h, rules if i % 2 else rules[::-1])
+            if pause and i % 2:
+                stop.wait(pause)   # (the opener goes on: groups close under its opens)
     finally:
         stop.set()
         t.join(60)
     assert not t.is_alive()
     st = h.stats()
     assert outcomes and set(outcomes) == {(1, 0)}
+    assert st["reports_dropped"] == 0
     assert sum(r.hook_id == 7 for r in helper.reports) == len(outcomes)
     assert st["generation"] == 9 and st["timeouts"] == st["pairs_dropped"] == 0

@@ -45,7 +45,7 @@ STAT_NAMES = ("events", "allowed", "denied", "timeouts", "rescued", "exempt", "k
               "reports", "reports_dropped", "write_errors", "overflows", "latency_ns_total", "latency_ns_max",
               "generation", "marks", "dirs", "mark_errors", "watch_overflows", "mount_rescans",
               "cached", "forgotten", "regroups", "read_errors", "dirs_gone", "served", "served_groups",
-              "asked_again", "pairs_dropped")
+              "asked_again", "pairs_dropped", "walks_replaced")
 STATS_S = struct.Struct(f"=II{len(STAT_NAMES)}Q")
 # after STATS_S, as many as the packet holds: a rule's decisions no report tells of (NoPost)
 RULE_COUNT_S = struct.Struct("=IIQ")   # hook_id, selector, nopost
