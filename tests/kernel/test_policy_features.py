@@ -1374,6 +1374,19 @@ def test_uprobe_binary_digests_hold_for_the_file_attached_to(running_agent: Runn
     assert got == (["with-id", "checked-link"] if when == "never" else ["checked-link"])
 
 
+def _run_with_policy(ra: RunningAgent, text: str, binary: Path) -> tuple[list[dict], list[int]]:
+    """The events collected while `text` is loaded and `binary 1 2` runs once, and its pid."""
+    pids: list[int] = []
+
+    def act() -> None:
+        p = subprocess.Popen([str(binary), "1", "2"])
+        pids.append(p.pid)
+        p.wait()
+    with loaded(ra, text):
+        events = ra.collect(act)
+    return events, pids
+
+
 DATA_CASES = [  # (case, the data list, what the event's data list holds; a str: the error's regex)
     ("regs-widths", "[{index: 0, type: int32, source: pt_regs, resolve: edi, label: argc},"
      " {index: 0, type: uint64, source: pt_regs, resolve: rdi}, {index: 0, type: uint8, source: pt_regs,"
@@ -1412,14 +1425,7 @@ def test_uprobe_data(running_agent: RunningAgent, digest_bin: Path, case: str, d
             agent.policies.add_text(text, "<t>")
         assert f"uprobe-data-{case}" not in [p["name"] for p in agent.list_policies()]
         return
-    pids: list[int] = []
-
-    def act() -> None:
-        p = subprocess.Popen([str(digest_bin), "1", "2"])
-        pids.append(p.pid)
-        p.wait()
-    with loaded(running_agent, text):
-        events = running_agent.collect(act)
+    events, pids = _run_with_policy(running_agent, text, digest_bin)
     got = [e["process_uprobe"] for e in events
            if "process_uprobe" in e and e["process_uprobe"]["policy_name"] == f"uprobe-data-{case}"]
     assert [e["process"]["pid"] for e in got] == pids
@@ -1467,14 +1473,7 @@ def test_uprobe_match_data(running_agent: RunningAgent, digest_bin: Path, case: 
             agent.policies.add_text(text, "<t>")
         assert name not in [p["name"] for p in agent.list_policies()]
         return
-    pids: list[int] = []
-
-    def act() -> None:
-        p = subprocess.Popen([str(digest_bin), "1", "2"])
-        pids.append(p.pid)
-        p.wait()
-    with loaded(running_agent, text):
-        events = running_agent.collect(act)
+    events, pids = _run_with_policy(running_agent, text, digest_bin)
     got = [e["process_uprobe"]["process"]["pid"] for e in events
            if "process_uprobe" in e and e["process_uprobe"]["policy_name"] == name]
     assert got == pids[:want]
