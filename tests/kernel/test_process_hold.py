@@ -235,8 +235,10 @@ def test_an_exec_waits_for_its_parent(running_agent: RunningAgent, comes_back: b
 
             def starts() -> None:
                 started.append(subprocess.Popen(["/bin/sh", "-c", "read x"], stdin=subprocess.PIPE))
-                wait_for(lambda: hold.status()["held"] > before["held"], "the exec held")
-                assert a.cache.by_pid(started[0].pid) is not None  # (cached at once)
+                # its exec cached at once though held (the child's clone record, held too,
+                # can raise the count first: wait for the exec's own entry)
+                cached(a, started[0], "/bin/sh")
+                assert hold.status()["held"] > before["held"]
                 if comes_back:  # its exec record handled now, on the loop's thread
                     put_back(a, me, what="this test's process")  # (before the end marker)
 
