@@ -342,23 +342,42 @@ static __always_inline void release_buffers(void)
 		__sync_fetch_and_sub(b, 1);
 }
 
+/* Set before load: this CPU's preempt count lies this many bytes from this CPU's struct rq
+ * (vigil.kernel.btf.preempt_count_from_rq; both per-CPU variables of one static area). BPF
+ * cannot name the count itself: a typed ksym of data needs CONFIG_KALLSYMS_ALL. */
+const volatile __u8 cfg_pc_known = 0;
+const volatile __s64 cfg_pc_from_rq = 0;
+
+/* in_task(): no NMI, no hard interrupt, no softirq being served (bh merely disabled is task) */
+#define VIGIL_NOT_TASK_MASK 0x00ff0100u	/* NMI_MASK | HARDIRQ_MASK | SOFTIRQ_OFFSET */
+
 /* Does this run act for the task `current` names? In hard or soft interrupt or NMI context
  * `current` is whichever task was interrupted: a signal or an enforcer note there would land on
- * a task that has nothing to do with the event (and the selectors matched that task). Interrupts,
- * softirqs (also those served on the way out of local_bh_enable) and NMIs run on their own
- * stacks, not on the task's: this run is for the task when its stack frame lies in the task's
- * stack [task->stack, + THREAD_SIZE). THREAD_SIZE is the size of x86-64's struct irq_stack
- * (IRQ_STACK_SIZE, of the same order). A frame address, not the preempt count: the per-CPU
- * __preempt_count/pcpu_hot can be read only through kallsyms, which lists no data symbols
- * without CONFIG_KALLSYMS_ALL. A softirq served by ksoftirqd is that kernel thread's, which no
- * signal reaches. A call of its own: its two words would not fit in the LSM entry's frame
- * (512 bytes across calls). */
+ * a task that has nothing to do with the event (and the selectors matched that task). The
+ * kernel's own in_task(), from the preempt count, reached through current's run queue: a
+ * running task's se.cfs_rq->rq is this CPU's (checked by its cpu). Where no count can be read,
+ * the frame's address: interrupts and softirqs run on their own stack when they interrupt the
+ * kernel, so a frame outside the task's stack [task->stack, + THREAD_SIZE) is not the task's.
+ * That fallback misses what interrupts user mode: x86-64 then stays on the (empty) task stack,
+ * also for the softirqs served on the interrupt's way out (NET_RX a busy net_rx_action left
+ * pending, for one). THREAD_SIZE is the size of struct irq_stack (IRQ_STACK_SIZE, of the same
+ * order). A softirq served by ksoftirqd is that kernel thread's, which no signal reaches. A
+ * call of its own: its words would not fit in the LSM entry's frame (512 bytes across calls). */
 static __noinline int in_task_context(void)
 {
 	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
-	__u64 size = 16384, base = (__u64)BPF_CORE_READ(t, stack), frame = 0;
+	__u64 size = 16384, base, frame = 0;
 	void *at = &frame;
 
+	if (cfg_pc_known && bpf_core_field_exists(t->se.cfs_rq)) {
+		struct rq *rq = BPF_CORE_READ(t, se.cfs_rq, rq);
+		__u32 pc = 0;
+
+		if (rq && BPF_CORE_READ(rq, cpu) == (int)bpf_get_smp_processor_id() &&
+		    !bpf_probe_read_kernel(&pc, sizeof(pc), (void *)rq + cfg_pc_from_rq))
+			return !(pc & VIGIL_NOT_TASK_MASK);
+	}
+	base = (__u64)BPF_CORE_READ(t, stack);
 	if (bpf_core_type_exists(struct irq_stack))
 		size = bpf_core_type_size(struct irq_stack);
 	/* the frame's address as a number (the verifier does no arithmetic on stack pointers) */

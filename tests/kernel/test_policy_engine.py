@@ -736,6 +736,48 @@ tracepoints:
     assert kstats["not_task"] >= len(got) and kstats["signals"] == 0, kstats
 
 
+USER_SPINNER = """import sys, time
+sys.stdin.buffer.read(1)
+end = time.monotonic() + 1.0
+while time.monotonic() < end:  # in user mode (vDSO clock) while the ticks come
+    pass
+"""
+
+
+@pytest.mark.parametrize("hook", ["irq_vectors/local_timer_entry", "irq/softirq_entry"])
+def test_enforcement_in_an_interrupt_of_user_mode_spares_the_interrupted_task(running_agent: RunningAgent,
+                                                                               pywork: Path, hook: str):
+    """An interrupt that arrives while the CPU runs user code is served on the interrupted
+    task's own (empty) kernel stack on x86-64, and so are the softirqs served on its way out
+    (the tick's TIMER softirq here). Telling interrupt context by the stack a run's frame lies
+    on took both for the task's: the spinning task was signalled for its timer ticks (and, under
+    load, a loopback sender for a NET_RX softirq a busy net_rx_action had left pending). The
+    preempt count tells them: not done, counted as not_task."""
+    subsystem, event = hook.split("/")
+    with py_started(pywork, USER_SPINNER) as p:
+        spec = f"""
+tracepoints:
+- subsystem: {subsystem}
+  event: {event}
+  args: [{{index: 0, type: int}}]
+  selectors:
+  - matchPIDs: [{{operator: In, values: [{p.pid}]}}]
+    matchActions: [{{action: Signal, argSig: 10}}]
+"""
+        with loaded(running_agent, policy_yaml("irq-user", spec)) as st:
+            def go() -> None:
+                assert p.stdin is not None
+                p.stdin.write(b"g")
+                p.stdin.close()
+                p.wait(60)
+            events = running_agent.collect(go)
+            kstats = kernel_stats(running_agent, st["name"])
+    got = [b for _, b in policy_events(events, p.pid, "irq-user")]
+    assert got, f"no {hook} while the task spun in user mode"
+    assert p.returncode == 0, (p.returncode, kstats)
+    assert kstats["not_task"] >= len(got) and kstats["signals"] == 0, kstats
+
+
 TRACKED_SOCK_SHARER = """import os, socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("127.0.0.1", 0))

@@ -317,10 +317,14 @@ kprobes:
     assert got["tcp_close"]["process"]["pid"] == os.getpid() != child_pid[0]
 
 
-SIGNALLED_CHILD = """import socket, sys
+SIGNALLED_CHILD = """import socket, sys, time
 sys.stdin.buffer.read(1)
 if sys.argv[1] == "open":
     open(sys.argv[2]).close()
+elif sys.argv[1] == "spin":  # in user mode while the ticks come
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end:
+        pass
 else:
     r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     r.bind(("127.0.0.1", 0))
@@ -355,6 +359,21 @@ SIGNAL_CASES = [
   selectors:
   - matchPIDs: [{{operator: In, values: [{pid}]}}]
     matchActions: [{{action: Sigkill}}]""", "udp", 0),
+    # the tick's interrupt and its TIMER softirq, arriving while the child runs user code: x86-64
+    # serves both on the child's own (empty) kernel stack; the preempt count tells them apart
+    ("hardirq-of-user-mode-spared", """kprobes:
+- call: hrtimer_interrupt
+  syscall: false
+  selectors:
+  - matchPIDs: [{{operator: In, values: [{pid}]}}]
+    matchActions: [{{action: Sigkill}}]""", "spin", 0),
+    ("softirq-of-user-mode-spared", """tracepoints:
+- subsystem: irq
+  event: softirq_entry
+  args: [{{index: 0, type: int}}]
+  selectors:
+  - matchPIDs: [{{operator: In, values: [{pid}]}}]
+    matchActions: [{{action: Signal, argSig: 10}}]""", "spin", 0),
 ]
 
 

@@ -122,6 +122,19 @@ class Btf:
             return self.size_of(elem) * n
         return 0
 
+    def section_offset(self, section: str, var: str) -> int | None:
+        """Offset of variable `var` in data section `section` (e.g. ".data..percpu", where the
+        kernel's per-CPU variables are); None if BTF does not list it there."""
+        sec = self.find(DATASEC, section)
+        if sec is None:
+            return None
+        _n, _k, vlen, _kf, _size = self._hdr(sec)
+        for i in range(vlen):
+            vtid, off, _sz = struct.unpack_from("<III", self._data, self._offs[sec] + 12 + 12 * i)
+            if self._hdr(vtid)[0] == var:
+                return off
+        return None
+
     def type_str(self, tid: int) -> str:
         if tid == 0:
             return "void"
@@ -318,6 +331,26 @@ def load(path: str = VMLINUX) -> Btf | None:
             return Btf(f.read())
     except (OSError, BtfError):
         return None
+
+
+@functools.lru_cache(maxsize=1)
+def preempt_count_from_rq(path: str = VMLINUX) -> int | None:
+    """Where this CPU's preempt count lies from this CPU's run queue (struct rq, the per-CPU
+    `runqueues`), in bytes: both are per-CPU variables of one static area, so they lie the same
+    distance apart on every CPU. x86-64 keeps the count in `__preempt_count` (up to 6.1 and from
+    6.15) or in `pcpu_hot.preempt_count` (6.2-6.14). BPF cannot take their address itself:
+    typed ksyms of data need CONFIG_KALLSYMS_ALL, which kernels may lack. None when BTF does not
+    say (no per-CPU variables encoded, another architecture)."""
+    b = load(path)
+    if b is None:
+        return None
+    rq = b.section_offset(".data..percpu", "runqueues")
+    pc = b.section_offset(".data..percpu", "__preempt_count")
+    if pc is None:
+        hot, tid = b.section_offset(".data..percpu", "pcpu_hot"), b.find(STRUCT, "pcpu_hot")
+        field = b.offset_of(tid, "preempt_count") if tid is not None else None
+        pc = hot + field if hot is not None and field is not None else None
+    return pc - rq if rq is not None and pc is not None else None
 
 
 @functools.lru_cache(maxsize=1)

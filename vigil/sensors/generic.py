@@ -12,6 +12,7 @@ import os
 import struct
 
 from vigil.kernel import BpfObject, Map, policy_layout as L
+from vigil.kernel.btf import preempt_count_from_rq
 from vigil.kernel.cgroups import tracking as cgroup_tracking
 from vigil.kernel.layouts import check_ctypes
 from vigil.kernel.paths import bpf_object
@@ -171,6 +172,9 @@ class GenericHook:
                 obj.set_rodata(cfg_write_user=1)  # USDT Set writes user memory
             if pl.entry_prog == "vigil_sockops":
                 obj.set_rodata(cfg_no_stack=1)  # sock_ops programs have no bpf_get_stack
+            pc_from_rq = preempt_count_from_rq()
+            if pc_from_rq is not None:  # interrupt context told by the preempt count
+                obj.set_rodata(cfg_pc_known=1, cfg_pc_from_rq=pc_from_rq)
             obj.set_rodata(cgrp_subsys_idx=cgroup_tracking().subsys_idx, str_key_words=(str_key - 4) // 8, **pre)
             obj.load()
             if takes_kernel_stacks(c):  # its programs' symbols are newer than a table read before
