@@ -9,6 +9,8 @@
  * context, and only when the record is current's own: a TrackSock'd socket makes the record its
  * owner's, and `current` is then another process handling that socket (or the task a softirq
  * interrupted). It is neither killed nor signalled in its place: counted, and the record says so.
+ * The action counters (pa_n) still count the action as taken, as Tetragon's: it counts signal and
+ * notify_enforcer for every enforce-mode match, whether or not the action could be done.
  * A call of its own: inlined twice, it took the entry programs past 6.1's combined stack limit. */
 static __noinline int acts_on_current(struct gen_heap *h)
 {
@@ -97,10 +99,12 @@ static __always_inline __u8 do_actions(struct gen_heap *h, struct vp_hook *cfg,
 				h->m.flags |= VP_EV_MONITOR;
 				stat_inc(HS_MONITORED);
 				h->pa_n[PA_MONITOR_SIGNAL]++;
-			} else if (acts_on_current(h)) {
-				bpf_send_signal(a->type == VP_ACT_SIGKILL ? 9 : a->arg);
-				stat_inc(HS_SIGNALS);
-				h->pa_n[PA_SIGNAL]++;
+			} else {
+				h->pa_n[PA_SIGNAL]++;  /* taken, done or not (acts_on_current) */
+				if (acts_on_current(h)) {
+					bpf_send_signal(a->type == VP_ACT_SIGKILL ? 9 : a->arg);
+					stat_inc(HS_SIGNALS);
+				}
 			}
 			break;
 		case VP_ACT_TRACKSOCK:
@@ -168,13 +172,13 @@ static __always_inline __u8 do_actions(struct gen_heap *h, struct vp_hook *cfg,
 				h->pa_n[PA_MONITOR_NOTIFY_ENFORCER]++;
 				break;
 			}
+			h->pa_n[PA_NOTIFY_ENFORCER]++;  /* taken, done or not (acts_on_current) */
 			if (!acts_on_current(h))  /* the note would be for another task's syscall */
 				break;
 			n.error = a->arg;
 			n.sig = a->arg2;
 			n.hook_id = cfg->hook_id;
 			bpf_map_update_elem(&enforcer_notes, &id, &n, BPF_ANY);
-			h->pa_n[PA_NOTIFY_ENFORCER]++;
 			break;
 		}
 		case VP_ACT_CLEANUP_ENFORCER: {

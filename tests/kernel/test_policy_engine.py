@@ -704,16 +704,29 @@ for _ in range(20):
 """
 
 
-@pytest.mark.parametrize("actions", ["[{action: Sigkill}]", "[{action: Signal, argSig: 10}]"])
+def action_counters(ra: RunningAgent, name: str) -> dict[str, int]:
+    """Policy `name`'s action counters (ListTracingPolicies' stats.action_counters), the taken ones."""
+    listed = next(p for p in ra.agent.list_policies() if p["name"] == name)
+    return {k: n for k, n in listed["stats"]["action_counters"].items() if n}
+
+
+@pytest.mark.parametrize("actions, counter", [
+    ("[{action: Sigkill}]", "signal"),
+    ("[{action: Signal, argSig: 10}]", "signal"),
+    ("[{action: NotifyEnforcer, argSig: 9}]", "notify_enforcer"),
+], ids=["sigkill", "signal", "notify-enforcer"])
 def test_enforcement_in_interrupt_context_spares_the_interrupted_task(running_agent: RunningAgent, pywork: Path,
-                                                                       actions: str):
+                                                                       actions: str, counter: str):
     """net/netif_receive_skb fires while the kernel serves the NET_RX softirq; a loopback send
     serves it on the sender's way out of the send (local_bh_enable), so `current` is the sender
     there without the packet's receipt being any act of it (in general: whichever task was
     interrupted). Sigkill/Signal acted on it: the sender died. They are now not done in interrupt
-    context (counted as not_task); the event is still sent."""
+    context (counted as not_task); the event is still sent. NotifyEnforcer leaves no note for the
+    sender's sendto either. The action counters count each as taken, as Tetragon's (which count
+    every enforce-mode match): they left such a skipped action out."""
+    enforcers = "enforcers:\n- calls: [sys_sendto]\n" if counter == "notify_enforcer" else ""
     with py_started(pywork, UDP_SENDER) as p:
-        spec = f"""
+        spec = f"""{enforcers}
 tracepoints:
 - subsystem: net
   event: netif_receive_skb
@@ -730,10 +743,13 @@ tracepoints:
                 p.wait(60)
             events = running_agent.collect(go)
             kstats = kernel_stats(running_agent, st["name"])
+            counted = action_counters(running_agent, st["name"])
     got = [b for _, b in policy_events(events, p.pid, "irq-kill")]
     assert got, "no netif_receive_skb served in the sender's context"
     assert p.returncode == 0
     assert kstats["not_task"] >= len(got) and kstats["signals"] == 0, kstats
+    # each match took its action (and posted its event), though none was done
+    assert counted == {"post": counted["post"], counter: counted["post"]} and counted["post"] >= len(got), counted
 
 
 USER_SPINNER = """import sys, time
@@ -772,10 +788,13 @@ tracepoints:
                 p.wait(60)
             events = running_agent.collect(go)
             kstats = kernel_stats(running_agent, st["name"])
+            counted = action_counters(running_agent, st["name"])
     got = [b for _, b in policy_events(events, p.pid, "irq-user")]
     assert got, f"no {hook} while the task spun in user mode"
     assert p.returncode == 0, (p.returncode, kstats)
     assert kstats["not_task"] >= len(got) and kstats["signals"] == 0, kstats
+    # the signal not sent is counted as taken, as Tetragon's counters (every enforce-mode match)
+    assert counted == {"post": counted["post"], "signal": counted["post"]} and counted["post"] >= len(got), counted
 
 
 TRACKED_SOCK_SHARER = """import os, socket, sys
@@ -830,6 +849,7 @@ tracepoints:
                 out, _ = p.communicate(b"g", 60)
             events = running_agent.collect(go)
             kstats = kernel_stats(running_agent, st["name"])
+            counted = action_counters(running_agent, st["name"])
     child, status = (int(x) for x in out.split())
     assert status == 0, f"the child handling the tracked socket ended with wait status {status}"
     assert p.returncode == -sig, (kstats, [b.get("message") for _, b in policy_events(events, p.pid, "tracksock-kill")])
@@ -839,6 +859,8 @@ tracepoints:
     assert "not enforced: the event is a tracked socket's owner's" in got[0]["message"]
     assert "enforced via" in got[1]["message"] and "not enforced" not in got[1]["message"]
     assert kstats["not_owner"] == 1 and kstats["signals"] == 1, kstats
+    # both receives took the action (the child's not done), as Tetragon counts; the sends' NoPost
+    assert counted == {"post": 2, "signal": 2, "nopost": counted["nopost"]} and counted["nopost"] >= 2, counted
 
 
 TRACKED_THEN_EXEC = """import os, socket, sys

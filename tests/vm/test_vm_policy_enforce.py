@@ -395,7 +395,8 @@ def test_signals_reach_the_task_and_spare_an_interrupted_one(agent: Running, wor
             p.stdin.close()
             p.wait(120)
         events = agent.collect(act)
-        kstats = next(x for x in agent.agent.list_policies() if x["name"] == name)["kernel_stats"]
+        listed = next(x for x in agent.agent.list_policies() if x["name"] == name)
+        kstats = listed["kernel_stats"]
     finally:
         if name:
             agent.agent.delete_policy(name)
@@ -410,3 +411,6 @@ def test_signals_reach_the_task_and_spare_an_interrupted_one(agent: Running, wor
         assert kstats["signals"] >= 1 and kstats["not_task"] == 0, kstats
     else:
         assert kstats["signals"] == 0 and kstats["not_task"] >= len(got), kstats
+    # every match took its action, done or spared: counted, as Tetragon's counters
+    counted = {k: n for k, n in listed["stats"]["action_counters"].items() if n}
+    assert counted == {"post": counted["post"], "signal": counted["post"]} and counted["post"] >= len(got), counted
