@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0
-/* The sleepable companion of a uprobe hook with string arguments read from pt_regs.
+/* The sleepable companion of a uprobe or USDT hook with string arguments.
  *
  * The hook's own program (generic.bpf.c vigil_uprobe) reads a user string with
  * bpf_probe_read_user_str, which never faults: a string on a page the process has not
@@ -8,24 +8,41 @@
  * and, being sleepable, faults the string's pages in, so the hook's read then finds them.
  * It reads nothing for the record and posts nothing.
  *
+ * Each string's pointer is found as the hook's program finds it (read_arg): a uprobe
+ * parameter is a register of pt_regs, a USDT operand a register, a constant, or a memory
+ * operand (register + displacement, or base + index * scale) holding the pointer, read here
+ * with bpf_copy_from_user (so faulted in too).
+ *
  * Where the kernel has the bpf_copy_from_user_str kfunc (6.12+) it copies the string (up to
  * the hook's limit) and so faults each page it lies on; elsewhere (6.1) it faults page by
  * page with bpf_copy_from_user (one byte) and looks for the NUL on that page with
  * bpf_probe_read_user_str, stopping there. One copy of the object per hook; its rodata says
- * which registers hold strings and how many bytes the hook reads of each. */
+ * where the strings' pointers are and how many bytes the hook reads of each. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 
 char LICENSE[] SEC("license") = "GPL";
 
-#define UPF_REGS 5        /* the uprobe entry reads parameters 1-5 (generic.bpf.c from_regs) */
+#define UPF_ARGS 5        /* VP_MAX_ARGS: a hook's argument slots */
 #define UPF_BUF 4096      /* VP_ARG_DATA: no hook reads more of a string */
 #define UPF_PAGE 4096
+#define UPF_NREGS 21      /* struct pt_regs' 8-byte slots */
 
-/* Set before load: bytes the hook reads of the string in parameter i + 1 (with its NUL);
- * 0: no string argument there */
-const volatile __u32 str_max[UPF_REGS] = {};
+/* Where one string's pointer is (vp_arg's VP_SRC_USDT fields; a uprobe parameter is its
+ * register, off2 0) and how many bytes the hook reads of the string (its NUL included) */
+struct upf_arg {
+	__u32 max;        /* 0: no string here */
+	__u16 reg;        /* pt_regs byte offset of the (base) register; >= 21 * 8: none */
+	__u16 off2;       /* bit 0: memory operand, bits 1-5: index register's slot + 1,
+			   * bits 6-7: log2 of its scale */
+	__s64 konst;      /* displacement or constant */
+	__u32 size;       /* bytes of a memory operand (1..8) */
+	__u32 pad;
+};
+
+/* Set before load: the hook's string arguments, in no order; unused entries 0 */
+const volatile struct upf_arg upf_args[UPF_ARGS] = {};
 /* Set before load (tests): walk the pages even where the kfunc exists */
 const volatile __u8 cfg_page_walk = 0;
 
@@ -98,33 +115,61 @@ static __noinline int page_walk(__u64 p, __u32 max, char *buf)
 	return 0;
 }
 
+static __always_inline __u64 reg_at(struct pt_regs *ctx, __u32 slot)
+{
+	__u64 v = 0;
+
+	bpf_probe_read_kernel(&v, 8, (void *)ctx + (slot & 0x1f) * 8);  /* callers: slot < 21 */
+	return v;
+}
+
+/* The string's address as read_arg finds it (its VP_SRC_USDT case); 0 if a memory operand
+ * cannot be read even faulting */
+static __always_inline __u64 str_ptr(struct pt_regs *ctx, __u32 i)
+{
+	__u32 reg = upf_args[i].reg, off2 = upf_args[i].off2, size = upf_args[i].size;
+	__u64 p = upf_args[i].konst, x = 0;
+
+	if (reg < UPF_NREGS * 8)
+		p += reg_at(ctx, reg / 8);
+	if (off2 >> 1)
+		p += reg_at(ctx, ((off2 >> 1) & 0x1f) - 1) << ((off2 >> 6) & 3);
+	if (!(off2 & 1))
+		return p;
+	if (!size || size > 8)
+		size = 8;
+	if (bpf_copy_from_user(&x, size, (void *)p))
+		return 0;
+	if (size < 8)
+		x &= (1ULL << (size * 8)) - 1;
+	return x;
+}
+
 SEC("uprobe.s")
 int vigil_uprefault(struct pt_regs *ctx)
 {
 	__u32 zero = 0;
 	char *buf = bpf_map_lookup_elem(&uprefault_buf, &zero);
-	__u64 regs[UPF_REGS];
 
 	count(UPF_RUNS);
 	if (!buf)
 		return 0;
-	regs[0] = PT_REGS_PARM1(ctx);
-	regs[1] = PT_REGS_PARM2(ctx);
-	regs[2] = PT_REGS_PARM3(ctx);
-	regs[3] = PT_REGS_PARM4(ctx);
-	regs[4] = PT_REGS_PARM5(ctx);
-	for (int i = 0; i < UPF_REGS; i++) {
-		__u32 max = str_max[i];
+	for (int i = 0; i < UPF_ARGS; i++) {
+		__u32 max = upf_args[i].max;
+		__u64 p;
 		int ok;
 
 		if (!max)
 			continue;
 		if (max > UPF_BUF)
 			max = UPF_BUF;
-		if (!cfg_page_walk && upf_ksym_exists(bpf_copy_from_user_str)) {
-			ok = bpf_copy_from_user_str(buf, max, (void *)regs[i], 0) >= 0;
+		p = str_ptr(ctx, i);
+		if (!p) {
+			ok = 0;
+		} else if (!cfg_page_walk && upf_ksym_exists(bpf_copy_from_user_str)) {
+			ok = bpf_copy_from_user_str(buf, max, (void *)p, 0) >= 0;
 		} else {
-			ok = page_walk(regs[i], max, buf) == 0;
+			ok = page_walk(p, max, buf) == 0;
 			count(UPF_WALKED);
 		}
 		count(ok ? UPF_READ : UPF_FAILED);

@@ -42,6 +42,29 @@ PREFAULT_C = r"""
 #include <unistd.h>
 __attribute__((noinline, used)) int take(const char *s, const char *t)
 { __asm__ volatile("" ::: "memory"); return s != t; }
+#ifdef USDT
+#define SDT_BASE ".ifndef _.stapsdt.base\n" \
+  ".pushsection .stapsdt.base,\"aG\",\"progbits\",.stapsdt.base,comdat\n" \
+  ".weak _.stapsdt.base\n.hidden _.stapsdt.base\n_.stapsdt.base: .space 1\n" \
+  ".size _.stapsdt.base, 1\n.popsection\n.endif\n"
+#define SDT(prov, name, argfmt, ...) __asm__ __volatile__("990: nop\n" \
+    ".pushsection .note.stapsdt,\"?\",\"note\"\n.balign 4\n" \
+    ".4byte 992f-991f, 994f-993f, 3\n991: .asciz \"stapsdt\"\n992: .balign 4\n" \
+    "993: .8byte 990b\n.8byte _.stapsdt.base\n.8byte 0\n" \
+    ".asciz \"" prov "\"\n.asciz \"" name "\"\n.asciz \"" argfmt "\"\n994: .balign 4\n.popsection\n" \
+    SDT_BASE :: __VA_ARGS__)
+/* the USDT site vigil:take: s in a register, t through a memory operand (a stack slot holding
+ * it), s again through a base + index * scale operand (element 1 of an array on the stack) */
+__attribute__((noinline)) static int take_usdt(const char *s, const char *t)
+{
+    const char *volatile tm = t;
+    const char *volatile ptrs[2] = {t, s};
+    long i = s != 0;
+    SDT("vigil", "take", "8@%0 8@%1 8@(%2,%3,8)", "r"(s), "m"(tm), "r"(ptrs), "r"(i));
+    return s != t;
+}
+#define take take_usdt
+#endif
 int main(int argc, char **argv)
 {
     long pg = sysconf(_SC_PAGE_SIZE);
@@ -83,19 +106,34 @@ CASES = [  # (case, the event's args with the stage, without it: the setup reall
 ]
 
 
-@pytest.fixture
-def prefault_bin(workdir: Path) -> tuple[Path, Path]:
+def _compile(workdir: Path, name: str, *defines: str) -> Path:
     cc = shutil.which("clang") or shutil.which("cc")
     if cc is None:
         pytest.fail("no C compiler: `make` installs clang")
     (workdir / "pf.c").write_text(PREFAULT_C)
-    subprocess.run([cc, "-O1", "-o", str(workdir / "pf"), str(workdir / "pf.c")], check=True)
+    subprocess.run([cc, "-O1", *(f"-D{d}" for d in defines), "-o", str(workdir / name), str(workdir / "pf.c")],
+                   check=True)
+    return workdir / name
+
+
+def _strings_file(workdir: Path) -> Path:
     data = workdir / "strings.bin"
     with open(data, "wb") as f:
         f.write(b"A" * 16 * PAGE + b"page-one-string\0".ljust(4 * PAGE, b"\0")
                 + b"page-two-string\0".ljust(4 * PAGE, b"\0"))
         os.fsync(f.fileno())  # clean pages: the drop below can take them out of the page cache
-    return workdir / "pf", data
+    return data
+
+
+@pytest.fixture
+def prefault_bin(workdir: Path) -> tuple[Path, Path]:
+    return _compile(workdir, "pf"), _strings_file(workdir)
+
+
+@pytest.fixture
+def usdt_prefault_bin(workdir: Path) -> tuple[Path, Path]:
+    """The same program, its strings passed to the USDT site vigil:take instead."""
+    return _compile(workdir, "pf-usdt", "USDT"), _strings_file(workdir)
 
 
 def _drop_cache(path: Path) -> None:
@@ -150,6 +188,58 @@ uprobes:
     assert stats["failed"] == (1 if case == "unmapped" else 0), stats
     # the kfunc where the kernel has it (6.12+), the page walk where not (6.1) or forced
     assert stats["walked"] == (0 if mode == "kfunc-or-walk" and HAS_KFUNC else 2), stats
+
+
+# vigil:take's operands, as the compiler wrote them: a register, a memory operand, base + index * scale
+USDT_FORMS = [r"8@%\w+", r"8@-?\d*\(%\w+\)", r"8@\(%\w+,%\w+,8\)"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case, want, without", CASES, ids=[c[0] for c in CASES])
+def test_usdt_string_on_a_page_not_faulted_in(running_agent: RunningAgent, usdt_prefault_bin: tuple[Path, Path],
+                                              monkeypatch: pytest.MonkeyPatch, case: str, want: list[dict],
+                                              without: list[dict], mode: str) -> None:
+    """The rows above, the strings passed to a USDT site: its operands say where each pointer
+    is (a register, a stack slot, an array element), and the stage reads them the way the
+    hook's program does before faulting the strings in. The third argument is the first
+    string again."""
+    import re
+
+    binary, data = usdt_prefault_bin
+    notes, _err = running_agent.agent.policies.facts.usdt_notes(str(binary))
+    (site,) = [n for n in notes or [] if (n.provider, n.name) == ("vigil", "take")]
+    ops = site.args.split()
+    assert len(ops) == 3 and all(re.fullmatch(f, op) for f, op in zip(USDT_FORMS, ops)), site.args
+    monkeypatch.setattr(generic, "UPREFAULT_PAGE_WALK", mode == "page-walk")
+    if mode == "off":
+        monkeypatch.setattr(generic, "_UPREFAULT_REFUSED", {False: "test", True: "test"})
+    spec = f"""
+usdts:
+- path: "{binary}"
+  provider: vigil
+  name: take
+  args: [{{index: 0, type: string}}, {{index: 1, type: string}}, {{index: 2, type: string}}]
+"""
+    name = f"uprefault-usdt-{case}"
+    with loaded(running_agent, policy_yaml(name, spec)):
+        (hook,) = _hooks(running_agent, name)
+        assert (hook.uprefault is None) == (mode == "off"), "no stage for the USDT site"
+        _drop_cache(data)
+        rcs: list[int] = []
+        events = running_agent.collect(
+            lambda: rcs.append(subprocess.run([str(binary), str(data), case], check=False).returncode))
+        stats = hook.uprefault_stats()
+    assert rcs == [0]
+    got = [e["process_usdt"] for e in events
+           if "process_usdt" in e and e["process_usdt"]["policy_name"] == name]
+    args = without if mode == "off" else want
+    assert [e["args"] for e in got] == [[*args, args[0]]]
+    if mode == "off":
+        assert stats == {}
+        return
+    assert stats["runs"] == 1 and stats["read"] + stats["failed"] == 3, stats
+    assert stats["failed"] == (1 if case == "unmapped" else 0), stats
+    assert stats["walked"] == (0 if mode == "kfunc-or-walk" and HAS_KFUNC else 3), stats
 
 
 def test_uprefault_detaches_and_attaches_again_after_the_entry(running_agent: RunningAgent,

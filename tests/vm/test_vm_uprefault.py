@@ -4,7 +4,8 @@ bpf_copy_from_user), 6.12 has the kfunc. The rows of tests/kernel/test_uprobe_pr
 string from a freshly mmap'ed file page touched first (faulted) or never (unfaulted), one that
 crosses from a touched page into an untouched one, a pointer to no mapping; each with the stage
 as the kernel takes it, with the page walk forced, and with the stage off (the rows' premise:
-without it the untouched strings read as errors)."""
+without it the untouched strings read as errors). The same rows through a USDT site whose
+operands are a register, a memory operand and a base + index * scale one."""
 from __future__ import annotations
 
 import shutil
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from vmagent import Running, policy
 
-from tests.kernel.test_uprobe_prefault import CASES, HAS_KFUNC, MODES, PAGE, PREFAULT_C
+from tests.kernel.test_uprobe_prefault import CASES, HAS_KFUNC, MODES, PAGE, PREFAULT_C, USDT_FORMS
 from vigil.sensors import generic
 
 
@@ -25,6 +26,7 @@ def prefault_bin(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     assert cc, "no clang"
     (d / "pf.c").write_text(PREFAULT_C)
     subprocess.run([cc, "-O1", "-o", str(d / "pf"), str(d / "pf.c")], check=True)
+    subprocess.run([cc, "-O1", "-DUSDT", "-o", str(d / "pf-usdt"), str(d / "pf.c")], check=True)
     data = d / "strings.bin"
     data.write_bytes(b"A" * 16 * PAGE + b"page-one-string\0".ljust(4 * PAGE, b"\0")
                      + b"page-two-string\0".ljust(4 * PAGE, b"\0"))
@@ -62,3 +64,43 @@ uprobes:
     if mode != "off":
         assert stats["runs"] == 1 and stats["failed"] == (1 if case == "unmapped" else 0), stats
         assert stats["walked"] == (0 if mode == "kfunc-or-walk" and HAS_KFUNC else 2), (HAS_KFUNC, stats)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case, want, without", CASES, ids=[c[0] for c in CASES])
+def test_vm_usdt_string_on_a_page_not_faulted_in(agent: Running, prefault_bin: tuple[Path, Path],
+                                                 monkeypatch: pytest.MonkeyPatch, case: str, want: list[dict],
+                                                 without: list[dict], mode: str) -> None:
+    import re
+
+    binary, data = prefault_bin[0].with_name("pf-usdt"), prefault_bin[1]
+    notes, _err = agent.agent.policies.facts.usdt_notes(str(binary))
+    (site,) = [n for n in notes or [] if (n.provider, n.name) == ("vigil", "take")]
+    assert all(re.fullmatch(f, op) for f, op in zip(USDT_FORMS, site.args.split())), site.args
+    monkeypatch.setattr(generic, "UPREFAULT_PAGE_WALK", mode == "page-walk")
+    if mode == "off":
+        monkeypatch.setattr(generic, "_UPREFAULT_REFUSED", {False: "test", True: "test"})
+    spec = f"""
+usdts:
+- path: "{binary}"
+  provider: vigil
+  name: take
+  args: [{{index: 0, type: string}}, {{index: 1, type: string}}, {{index: 2, type: string}}]
+"""
+    name = agent.agent.add_policy(policy(f"vm-uprefault-usdt-{case}", spec))
+    try:
+        (hook,) = [h for h in agent.agent.policies.policies[name].hooks if isinstance(h, generic.GenericHook)]
+        assert (hook.uprefault is None) == (mode == "off"), "the stage did not load on this kernel"
+        rcs: list[int] = []
+        events = agent.collect(lambda: rcs.append(subprocess.run([str(binary), str(data), case]).returncode))
+        stats = hook.uprefault_stats()
+    finally:
+        agent.agent.delete_policy(name)
+    assert rcs == [0]
+    got = [e["process_usdt"]["args"] for e in events
+           if "process_usdt" in e and e["process_usdt"]["policy_name"] == name]
+    args = without if mode == "off" else want
+    assert got == [[*args, args[0]]]
+    if mode != "off":
+        assert stats["runs"] == 1 and stats["failed"] == (1 if case == "unmapped" else 0), stats
+        assert stats["walked"] == (0 if mode == "kfunc-or-walk" and HAS_KFUNC else 3), (HAS_KFUNC, stats)

@@ -40,7 +40,10 @@ TRAMPOLINES = ("vigil_lsm", "vigil_fentry", "vigil_fexit", "vigil_fmod_ret", "vi
 # Tests: the uprefault stage walks pages with bpf_copy_from_user even where the kfunc exists
 UPREFAULT_PAGE_WALK = False
 UPREFAULT_STATS = ("runs", "read", "failed", "walked")  # bpf/uprefault.bpf.c enum upf_stat
-_UPREFAULT_REGS = 5  # its str_max[]: the uprobe entry's parameters 1-5
+# its upf_args[]: one entry per string argument slot
+_UPREFAULT_ARGS = L.MAX_ARGS
+# a uprobe entry's parameters 1-5 (generic.bpf.c from_regs): rdi, rsi, rdx, rcx, r8 of pt_regs
+_PARAM_REGS = (112, 104, 96, 88, 72)
 
 _NOFILE_RAISED = False
 
@@ -72,26 +75,42 @@ def _raise_nofile() -> None:
             continue
 
 
-def uprefault_limits(c: CompiledHook) -> list[int]:
-    """str_max of bpf/uprefault.bpf.c for a uprobe hook: per pt_regs parameter, the bytes the
-    hook's program reads of a string there (its NUL included); all 0 when no argument is a
-    string read straight from a register (a resolved one is read through other memory)."""
-    out = [0] * _UPREFAULT_REGS
-    if c.placement.mechanism != "uprobe" or c.placement.entry_prog != "vigil_uprobe":
-        return out
+def uprefault_args(c: CompiledHook) -> list[tuple[int, int, int, int, int]]:
+    """upf_args of bpf/uprefault.bpf.c for a uprobe or USDT hook: per string argument read
+    from the process's memory without a resolve path (a resolved one is read through other
+    memory), (bytes the hook's program reads of it with its NUL, pt_regs offset of its
+    (base) register, off2, konst, size) as read_arg finds its pointer: a uprobe parameter's
+    register; a USDT operand (register, constant or memory operand) or a `data` register as
+    vp_arg holds it. The same place read twice is one entry, with the larger limit. Empty:
+    no stage."""
+    if c.placement.mechanism not in ("uprobe", "usdt") or c.placement.entry_prog != "vigil_uprobe":
+        return []
+    got: dict[tuple[int, int, int, int], int] = {}
     for i in range(min(c.config.nargs, L.MAX_ARGS)):
         a = c.config.args[i]
-        if a.type == L.T["string"] and a.src == L.SRC_REGS and not a.nsteps and a.off < _UPREFAULT_REGS:
-            size = a.max_len if 0 < a.max_len < L.ARG_DATA - 1 else L.ARG_DATA - 1  # read_arg's max
-            out[a.off] = max(out[a.off], size + 1)
-    return out
+        if a.type != L.T["string"] or a.nsteps:
+            continue
+        if a.src == L.SRC_REGS and a.off < len(_PARAM_REGS):
+            where = (_PARAM_REGS[a.off], 0, 0, 8)
+        elif a.src == L.SRC_USDT:
+            where = (a.off, a.off2, a.konst, a.size if a.off2 & 1 else 8)
+        else:
+            continue
+        size = a.max_len if 0 < a.max_len < L.ARG_DATA - 1 else L.ARG_DATA - 1  # read_arg's max
+        got[where] = max(got.get(where, 0), size + 1)
+    return [(n, *where) for where, n in got.items()][:_UPREFAULT_ARGS]
+
+
+def _upf_args_rodata(args: list[tuple[int, int, int, int, int]]) -> bytes:
+    """struct upf_arg[UPF_ARGS] (bpf/uprefault.bpf.c)"""
+    return b"".join(struct.pack("<IHHqII", n, reg, off2, konst, size, 0) for n, reg, off2, konst, size in args)
 
 
 # why the stage cannot load on this kernel (found once), by UPREFAULT_PAGE_WALK
 _UPREFAULT_REFUSED: dict[bool, str] = {}
 
 
-def _uprefault_object(limits: list[int]) -> BpfObject | None:
+def _uprefault_object(args: list[tuple[int, int, int, int, int]]) -> BpfObject | None:
     """The stage's object for one hook, loaded; None where sleepable uprobes (or the program's
     helpers) do not load on this kernel: found by loading it the first time (never by kernel
     version), logged once, and the stage stays off for this process (strings on pages not
@@ -103,8 +122,7 @@ def _uprefault_object(limits: list[int]) -> BpfObject | None:
         return None
     obj = BpfObject.open(bpf_object("uprefault"))
     try:
-        obj.set_rodata(str_max=b"".join(n.to_bytes(4, "little") for n in limits),
-                       cfg_page_walk=int(walk))
+        obj.set_rodata(upf_args=_upf_args_rodata(args), cfg_page_walk=int(walk))
         obj.load()
     except BpfError as e:
         obj.close()
@@ -137,7 +155,7 @@ class GenericHook:
         self.shared = shared
         self.obj: BpfObject | None = None
         self._binary_fd = -1  # a uprobe with binaryDigests: the binary checked and attached to
-        # a uprobe with string arguments from pt_regs: its sleepable stage (bpf/uprefault.bpf.c)
+        # a uprobe or USDT hook with string arguments: its sleepable stage (bpf/uprefault.bpf.c)
         self.uprefault: BpfObject | None = None
 
     @property
@@ -187,9 +205,9 @@ class GenericHook:
                 m = obj.map(name)
                 for k in keys:
                     m.update(k[:str_key] if name == "str_map" else k, one)
-            limits = uprefault_limits(c)
-            if any(limits):
-                self.uprefault = _uprefault_object(limits)
+            upf = uprefault_args(c)
+            if upf:
+                self.uprefault = _uprefault_object(upf)
             self._attach(obj)
         except BaseException:
             self._close_uprefault()
@@ -210,7 +228,7 @@ class GenericHook:
             if pl.return_prog:
                 obj.program(pl.return_prog).attach_raw_tracepoint(a["exit_name"])
             entry.attach_raw_tracepoint(a["name"])
-        elif pl.mechanism == "uprobe":
+        elif pl.mechanism in ("uprobe", "usdt"):
             path = self._checked_binary(a["path"], a["digests"]) if a.get("digests") else a["path"]
             if pl.return_prog:
                 obj.program(pl.return_prog).attach_uprobe(path, a["offset"], retprobe=True)
@@ -221,8 +239,6 @@ class GenericHook:
                 # (--keep-sensors-on-exit): a kept hook keeps its stage
                 self.uprefault.program("vigil_uprefault").attach_uprobe(
                     path, a["offset"], ref_ctr_offset=a.get("ref_ctr", 0))
-        elif pl.mechanism == "usdt":
-            entry.attach_uprobe(a["path"], a["offset"], ref_ctr_offset=a.get("ref_ctr", 0))
         elif pl.mechanism == "lsm":
             entry.attach_lsm()
             if pl.attach.get("ima_prog"):  # last: the newest program on a trampoline runs first
