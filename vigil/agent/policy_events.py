@@ -158,19 +158,41 @@ class PolicyEvents:
                           "time": self.builder.clock.ktime_rfc3339(time_ns)})
 
     def report_fanotify(self, rep: Any, hook: Any) -> None:
-        """Runs on the helper's report thread, after the helper wrote its answer."""
+        """Runs on the helper's report thread, after the helper wrote its answer. A report often
+        overtakes the requester's exec (or clone) record: the event then named a stand-in of the
+        pid alone (no exec_id, binary, parent nor ancestors). Such an event is now made on the
+        loop's thread once the records the kernel had committed by now are handled (inject: a
+        few loop steps later), that record among them; one whose requester is cached is made
+        at once, as before."""
         from vigil.sensors.hostdeny import event_kind, fanotify_event
 
         kind = event_kind(hook.compiled)
-        process, parent, ancestors = self.lineage(kind, rep.pid, kernel=False)
         body = fanotify_event(rep, hook.compiled)
         if hook.compiled.actions:  # the selector's last action, GetUrl or DnsLookup, as from a kernel record
             from vigil.sensors.user_actions import requested
 
             for what, target in requested(hook.compiled, rep.selector + 1):
                 self.user_actions.submit(what, target)
-        self.inject(PolicyEvent(kind, process, parent, body,
-                                self.builder.clock.rfc3339(rep.time_ns), self.builder.node, ancestors))
+        # when the helper read the request (ktime): the requester's image exec'd before it; an
+        # image of the pid exec'd since is the one an allowed exec made. The pid's image now
+        # too: that exec's record may be handled by the time the event is made
+        asked = rep.time_ns - self.builder.clock.offset - rep.latency_ns
+        now = self.builder.cache.by_pid(rep.pid)
+        if now is not None and now.key[1] <= asked:
+            self.inject(self._fanotify_event(kind, rep, body, asked, now))
+        else:
+            self.inject(lambda: self._fanotify_event(kind, rep, body, asked, now))
+
+    def _fanotify_event(self, kind: str, rep: Any, body: dict[str, Any], asked: int,
+                        seen: Process | None) -> Event:
+        cache = self.builder.cache
+        # the requester: its image (live, or ended meanwhile: the requester exits at once when
+        # refused) exec'd before the request
+        ktime = next((p.key[1] for p in (seen, cache.by_pid(rep.pid), cache._ended.get(rep.pid))
+                      if p is not None and p.key[1] <= asked), 0)
+        process, parent, ancestors = self.lineage(kind, rep.pid, ktime, kernel=False, keyed=True)
+        return PolicyEvent(kind, process, parent, body, self.builder.clock.rfc3339(rep.time_ns), self.builder.node,
+                           ancestors)
 
     def fast_plan(self, hook_id: int) -> tuple[Any, ...] | None:
         """The plan of the compiled handler for a hook's records (Builder.on_generic,
