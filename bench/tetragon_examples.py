@@ -35,15 +35,21 @@ def _explain_json(cmd: list[str], cwd: Path = ROOT) -> dict[str, Any]:
     return report
 
 
+def files(examples: Path) -> list[str]:
+    """Every policy file, at any depth: a directory argument is read one level deep (as
+    --tracing-policy-dir), which left out sandbox/linux-namespaces/*.yaml."""
+    return sorted(str(f) for f in examples.rglob("*.y*ml"))
+
+
 def host(examples: Path, substitute: bool) -> dict[str, Any]:
     return _explain_json([*VIGIL, "policy", "explain", "-o", "json",
-                          *(["--hook-substitution"] if substitute else []), str(examples)])
+                          *(["--hook-substitution"] if substitute else []), *files(examples)])
 
 
 def guest(examples: Path, kernel: str, substitute: bool) -> dict[str, Any]:
     inner = " ".join(shlex.quote(a) for a in [*VIGIL, "policy", "explain", "-o", "json",
                                                 *(["--hook-substitution"] if substitute else []),
-                                                str(examples)])
+                                                *files(examples)])
     return _explain_json([sys.executable, "-m", "vigil.vmtier", "shell-cmd", "--kernel", kernel,
                           "--timeout", "600", "--", "sh", "-c", f"cd {shlex.quote(str(ROOT))} && {inner} 2>/dev/null"],
                          # the runner keeps its cwd visible in the guest (a tmpfs covers the guest's
@@ -67,7 +73,7 @@ def main() -> None:
     ap.add_argument("--vm", default="", help="also inside this guest kernel (6.1 or 6.12)")
     a = ap.parse_args()
     examples = a.examples.resolve()
-    summary: dict[str, Any] = {"bench": "tetragon_examples", "yaml_files": len(list(examples.rglob("*.y*ml")))}
+    summary: dict[str, Any] = {"bench": "tetragon_examples", "yaml_files": len(files(examples))}
     runs = [("host", False), ("host", True)] + ([(f"vm-{a.vm}", False), (f"vm-{a.vm}", True)] if a.vm else [])
     for where, sub in runs:
         rep = host(examples, sub) if where == "host" else guest(examples, a.vm, sub)
