@@ -57,11 +57,13 @@ enum upf_stat {
 	UPF_READ = 1,      /* strings faulted in (read whole, or up to the hook's limit) */
 	UPF_FAILED = 2,    /* strings that could not be read even sleeping (bad pointer, NULL) */
 	UPF_WALKED = 3,    /* strings done by the page walk (no kfunc, or cfg_page_walk) */
-	UPF_NSTATS = 4,
+	UPF_RESIDENT = 4,  /* of those, strings found resident by the walk's first read (nothing to fault) */
+	UPF_NSTATS = 5,
 };
 
+/* per CPU: a counter shared by the CPUs costs an atomic on a shared line per string per hit */
 struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, UPF_NSTATS);
 	__type(key, __u32);
 	__type(value, __u64);
@@ -80,7 +82,8 @@ static __always_inline void count(__u32 k)
 	__u64 *v = bpf_map_lookup_elem(&uprefault_stats, &k);
 
 	if (v)
-		__sync_fetch_and_add(v, 1);
+		*v += 1;  /* migration is off while it runs; another hit preempting it between the
+			   * load and the store on this CPU loses a count at worst */
 }
 
 /* Fault in the pages of the string at p, up to max bytes, one page at a time: 0 when the
@@ -89,6 +92,19 @@ static __always_inline void count(__u32 k)
 static __noinline int page_walk(__u64 p, __u32 max, char *buf)
 {
 	__u64 end = p + max;
+	long r0;
+
+	/* A string the process has just used is resident: one read that never faults (the hook's
+	 * own kind) finds it whole (or up to the limit) for less than the walk's faulting read
+	 * and page-bounded read of each page. Only a read that failed walks the pages. */
+	if (max >= UPF_BUF)
+		r0 = bpf_probe_read_user_str(buf, UPF_BUF, (void *)p);
+	else
+		r0 = bpf_probe_read_user_str(buf, max & (UPF_BUF - 1), (void *)p);
+	if (r0 > 0) {
+		count(UPF_RESIDENT);
+		return 0;
+	}
 
 	for (int i = 0; i < 2; i++) {
 		__u64 next = (p | (UPF_PAGE - 1)) + 1;

@@ -188,6 +188,9 @@ uprobes:
     assert stats["failed"] == (1 if case == "unmapped" else 0), stats
     # the kfunc where the kernel has it (6.12+), the page walk where not (6.1) or forced
     assert stats["walked"] == (0 if mode == "kfunc-or-walk" and HAS_KFUNC else 2), stats
+    # the walk's first read, which never faults, finds a string the process touched and ends there
+    walks = not (mode == "kfunc-or-walk" and HAS_KFUNC)
+    assert stats["resident"] == (2 if walks and case == "faulted" else 0), stats
 
 
 # vigil:take's operands, as the compiler wrote them: a register, a memory operand, base + index * scale
@@ -240,6 +243,10 @@ usdts:
     assert stats["runs"] == 1 and stats["read"] + stats["failed"] == 3, stats
     assert stats["failed"] == (1 if case == "unmapped" else 0), stats
     assert stats["walked"] == (0 if mode == "kfunc-or-walk" and HAS_KFUNC else 3), stats
+    # the walk's first read finds a touched string resident; the third argument is the first
+    # string again, faulted in by then (the unmapped row's too: its first string is mapped)
+    walks = not (mode == "kfunc-or-walk" and HAS_KFUNC)
+    assert stats["resident"] == ((3 if case == "faulted" else 1) if walks else 0), stats
 
 
 def test_uprefault_detaches_and_attaches_again_after_the_entry(running_agent: RunningAgent,
@@ -291,7 +298,8 @@ def _pinned_stage_stats(link: Path) -> dict[str, int]:
     for map_id in _bpftool("prog", "show", "id", str(prog))["map_ids"]:
         if _bpftool("map", "show", "id", str(map_id))["name"] == "uprefault_stats":
             rows = _bpftool("map", "dump", "id", str(map_id))
-            vals = {int(r["key"][0], 16): int.from_bytes(bytes(int(b, 16) for b in r["value"]), "little")
+            vals = {int(r["key"][0], 16): sum(int.from_bytes(bytes(int(b, 16) for b in c["value"]), "little")
+                                              for c in r["values"])  # per CPU
                     for r in rows}
             return {name: vals[i] for i, name in enumerate(generic.UPREFAULT_STATS)}
     raise AssertionError(f"the program of {link} has no uprefault_stats map")

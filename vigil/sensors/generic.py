@@ -39,7 +39,7 @@ TRAMPOLINES = ("vigil_lsm", "vigil_fentry", "vigil_fexit", "vigil_fmod_ret", "vi
 
 # Tests: the uprefault stage walks pages with bpf_copy_from_user even where the kfunc exists
 UPREFAULT_PAGE_WALK = False
-UPREFAULT_STATS = ("runs", "read", "failed", "walked")  # bpf/uprefault.bpf.c enum upf_stat
+UPREFAULT_STATS = ("runs", "read", "failed", "walked", "resident")  # bpf/uprefault.bpf.c enum upf_stat
 # its upf_args[]: one entry per string argument slot
 _UPREFAULT_ARGS = L.MAX_ARGS
 # a uprobe entry's parameters 1-5 (generic.bpf.c from_regs): rdi, rsi, rdx, rcx, r8 of pt_regs
@@ -295,9 +295,8 @@ class GenericHook:
         """The uprefault stage's counters (UPREFAULT_STATS); empty without the stage."""
         if self.uprefault is None:
             return {}
-        m = self.uprefault.map("uprefault_stats")
-        return {name: struct.unpack("<Q", m.lookup(struct.pack("<I", i)) or bytes(8))[0]
-                for i, name in enumerate(UPREFAULT_STATS)}
+        got = self.uprefault.map("uprefault_stats").sum_percpu_u64_first(len(UPREFAULT_STATS))
+        return dict(zip(UPREFAULT_STATS, got))
 
     def _close_uprefault(self) -> None:
         if self.uprefault is not None:
