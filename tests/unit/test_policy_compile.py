@@ -460,8 +460,8 @@ IGNORE_CALL_NOT_FOUND = [
     ("ignore-false-still-refused", "- {call: no_such_kernel_function, syscall: false, ignore: {callNotFound: false}}",
      "vm", False, [], [], "no kernel function no_such_kernel_function"),
     ("present-function-other-errors-kept", """
-- {call: tty_write, syscall: false, args: [{index: 2, type: int}], ignore: {callNotFound: true}}
-""", "vm", False, [], [], "tty_write has 2 parameters; index 2 is out of range"),
+- {call: tty_write, syscall: false, args: [{index: 5, type: int}], ignore: {callNotFound: true}}
+""", "vm", False, [], [], "arguments 0..4 of a kernel function can be read; index 5 is beyond"),
     ("skipped-before-a-stand-in-host", """
 - {call: security_bpf_map_alloc, syscall: false, args: [{index: 0, type: bpf_map}], ignore: {callNotFound: true}}
 - {call: sys_openat}
@@ -523,6 +523,35 @@ def test_fentry_only_on_a_function_ftrace_can_patch(case: str, btf: list[str], t
         return
     (ch,) = comp(spec, k, sub).hooks
     assert ch.placement.where().startswith(want), ch.placement.describe()
+
+
+PAST_PROTOTYPE = [
+    # (id, section, args, mechanism or the refusal's words, note expected)
+    ("in-range-fentry", "kprobes", "[{index: 0, type: file}, {index: 1, type: int}]", "fentry:tty_write", False),
+    ("past-the-prototype-kprobe", "kprobes", "[{index: 0, type: file}, {index: 2, type: size_t}]",
+     "kprobe:tty_write", True),
+    ("past-the-prototype-fentries-refused", "fentries", "[{index: 2, type: size_t}]",
+     "tty_write has 2 parameters; index 2 is out of range (only a kprobe reads past them; this hook runs as fentry)",
+     False),
+]
+
+
+@pytest.mark.parametrize("case, section, args, want, note", PAST_PROTOTYPE, ids=[c[0] for c in PAST_PROTOTYPE])
+def test_an_index_past_the_prototype_reads_the_register(case: str, section: str, args: str, want: str,
+                                                        note: bool) -> None:
+    """Tetragon checks kprobe args against BTF and loads anyway when an index is past the
+    function's parameters (a policy for an older signature, e.g. tty_write(file, buf, count, ppos)
+    before 5.11): the argument register is read. A kprobe has the registers, an fentry not; this
+    was refused on every kernel ("index 2 is out of range")."""
+    spec = f"{section}: [{{call: tty_write, syscall: false, args: {args}}}]"
+    if " " in want:
+        assert any(want in e for e in errors(spec, VM)), errors(spec, VM)
+        return
+    (ch,) = comp(spec, VM).hooks
+    assert ch.placement.where() == want, ch.placement.describe()
+    assert [len(ch.placement.args), ch.placement.args[-1].index] == [2, 2 if note else 1]
+    assert bool([n for n in ch.placement.notes if "index 2 reads whatever its argument register holds" in n]) == note
+    assert explain_policy(one(spec), VM)["loadable"]
 
 
 def test_stand_ins_are_off_unless_asked_and_explain_says_so() -> None:

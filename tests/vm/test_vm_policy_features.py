@@ -201,6 +201,33 @@ kprobes:
     assert -errno.EACCES in rets and all(r < 0 for r in rets), rets
 
 
+def test_an_index_past_the_prototype_reads_the_register(agent: Running, work: Path) -> None:
+    """security_file_permission(file, mask) with args 0 and 2: index 2 is past its prototype, as
+    a policy for an older signature (Tetragon's tty_54.yaml on tty_write). Tetragon loads it and
+    reads the register; so does Vigil now, on a kprobe (the policy was refused on every kernel:
+    "index 2 is out of range"). The in-range argument is still read right."""
+    spec = f"""
+kprobes:
+- call: security_file_permission
+  syscall: false
+  args: [{{index: 0, type: file}}, {{index: 2, type: int}}]
+  selectors:
+  - {SCOPE}
+    matchArgs: [{{index: 0, operator: Equal, values: ["{work / 'target.txt'}"]}}]
+"""
+    name = agent.agent.add_policy(policy("vm-past-prototype", spec))
+    try:
+        (listed,) = [p for p in agent.agent.list_policies() if p["name"] == name]
+        events = agent.collect(lambda: (work / "target.txt").read_text())
+    finally:
+        agent.agent.delete_policy(name)
+    assert listed["state"] == "enabled", listed
+    got = events_of(events, "vm-past-prototype")
+    assert got and all(ev["function_name"] == "security_file_permission" for ev in got), got
+    assert all(ev["args"][0]["file_arg"]["path"] == str(work / "target.txt") and "int_arg" in ev["args"][1]
+               for ev in got), got
+
+
 def test_syscall_override_at_lsm_with_the_argument_in_another_form(agent: Running, work: Path) -> None:
     """sys_linkat filtered on its old path (a user string): enforced at LSM path_link, which
     sees a dentry; the fd arguments come from the syscall's registers."""

@@ -354,6 +354,11 @@ def place_kernel_function(spec: KProbeSpec, section: str, index: int, call: str,
     ok_f, why_f = has("fentry")
     ok_x, why_x = has("fexit")
     want_ret = bool(spec.return_)
+    params = facts.func_params(call)
+    # an index past the function's BTF prototype (a policy for an older signature: tty_write took
+    # (file, buf, count, ppos) before 5.11, (iocb, from) since): Tetragon warns ("invalid or old
+    # kprobe spec") and loads, reading that argument register. Only a kprobe has the registers.
+    past = [a for a in spec.args if params is not None and not facts.ideal_kernel and len(params) <= a.index <= 4]
     if override:
         _place_override(pl, spec, call, facts)
     elif section == "fentries":
@@ -366,7 +371,7 @@ def place_kernel_function(spec: KProbeSpec, section: str, index: int, call: str,
             pl.return_prog = "vigil_fexit" if want_ret else ""
     elif ok_f and (not want_ret or ok_x) and facts.in_btf(call) is not False \
             and facts.kprobe_target(call) is not False \
-            and not (ok_k and needs_pt_regs(spec)):  # data from pt_regs: a kprobe has them, an fentry not
+            and not (ok_k and (needs_pt_regs(spec) or past)):  # registers: a kprobe has them, an fentry not
         # (fentry needs the function in BTF: a compiler clone like f.constprop.0 is kprobe-only;
         # and its ftrace call site: a BTF function missing from available_filter_functions (6.1's
         # out-of-line copy of the inline dev_queue_xmit) fails to attach with EBUSY)
@@ -382,15 +387,20 @@ def place_kernel_function(spec: KProbeSpec, section: str, index: int, call: str,
         pl.block(spec.at("call"), f"{call} is a kernel function: it needs kprobes or BPF trampolines (fentry), "
                  f"and this kernel has neither (kprobe: {why_k}; fentry: {why_f})", "kernel")
     src = L.SRC_REGS if pl.mechanism == "kprobe" else L.SRC_RAW
-    params = facts.func_params(call)
     for slot, a in enumerate(spec.args):
         if a.index > 4:
             pl.block(a.at("index"), f"arguments 0..4 of a kernel function can be read; index {a.index} is "
                      "beyond (Vigil reads 5 registers)", "vigil")
             continue
         ctype = params[a.index][1] if params and a.index < len(params) else None
-        if params is not None and a.index >= len(params) and not facts.ideal_kernel:
-            pl.block(a.at("index"), f"{call} has {len(params)} parameters; index {a.index} is out of range", "policy")
+        if any(a is b for b in past) and pl.mechanism == "kprobe":
+            pl.notes.append(f"args[{slot}]: {call} has {len(params or ())} parameters on this kernel; index "
+                            f"{a.index} reads whatever its argument register holds (as Tetragon: a policy "
+                            "for another signature of the function)")
+        elif params is not None and a.index >= len(params) and not facts.ideal_kernel:
+            pl.block(a.at("index"), f"{call} has {len(params)} parameters; index {a.index} is out of range"
+                     + (f" (only a kprobe reads past them; this hook runs as {pl.mechanism})" if pl.mechanism else ""),
+                     "policy")
             continue
         plan = plan_arg(pl, a, slot, src, a.index, user=False, facts=facts, ctype=ctype,
                         what=f"argument {a.index} of {call}")
