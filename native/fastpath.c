@@ -783,6 +783,25 @@ static const char *const pod_slot[POD_COUNT] = {"shared", "pid", "probe", "_dict
 static PyTypeObject *pod_type;
 static int pod_plain;  /* a Pod is its header and its POD_COUNT slots, nothing else */
 static Py_ssize_t pod_off[POD_COUNT];
+
+/* A Pod is freed when its process's cache entry goes (one per process in a container). The
+ * class's own dealloc (subtype_dealloc: the generic path, walking the class's slot members to
+ * clear them, finalizer, weakref and trashcan checks) was ~200 instructions per Pod; a plain
+ * Pod (pod_plain: its header and four slots, no __del__, no dict, no weakrefs) has none of
+ * those, so the registered class gets this one: its four slots cleared, the object freed as
+ * before (PyObject_GC_Del, untracked first: one the twin made is tracked), its class's
+ * reference dropped as subtype_dealloc drops it. A subclass's instance still goes through
+ * subtype_dealloc, which clears the subclass's own slots and then calls this as its base's. */
+static destructor pod_type_dealloc;  /* the class's own, given back when another is registered */
+static void pod_dealloc(PyObject *o)
+{
+	PyTypeObject *t = Py_TYPE(o);
+	PyObject_GC_UnTrack(o);
+	for (int f = 0; f < POD_COUNT; f++)
+		Py_CLEAR(*(PyObject **)((char *)o + pod_off[f]));
+	t->tp_free(o);
+	Py_DECREF(t);
+}
 enum { SH_ENC_JSON, SH_ENC_PB, SH_PROBES, SH_PROBES_LONGEST, SH_COUNT };
 static const char *const shared_slot[SH_COUNT] = {"enc_json", "enc_pb", "probes", "probes_longest"};
 static PyTypeObject *podshared_type;  /* PodShared: the pod parts are cached in its slots */
@@ -1635,6 +1654,8 @@ static PyObject *configure_events(PyObject *self, PyObject *args)
 					    shared_slot[f]);
 	}
 	Py_XSETREF(podshared_type, (PyTypeObject *)Py_NewRef(shared));
+	if (pod_type && pod_type->tp_dealloc == pod_dealloc)  /* its offsets change now: its own back */
+		pod_type->tp_dealloc = pod_type_dealloc;
 	for (int f = 0; f < POD_COUNT; f++) {
 		slot_offset((PyTypeObject *)pod, pod_slot[f], &pod_off[f]);
 		if (pod_off[f] < 0)
@@ -1645,6 +1666,11 @@ static PyObject *configure_events(PyObject *self, PyObject *args)
 	pod_plain = pod_type->tp_basicsize == (Py_ssize_t)(sizeof(PyObject) + POD_COUNT * sizeof(PyObject *)) &&
 		    !pod_type->tp_itemsize && !pod_type->tp_dictoffset && !pod_type->tp_weaklistoffset &&
 		    !(pod_type->tp_flags & Py_TPFLAGS_MANAGED_DICT) && PyType_IS_GC(pod_type);
+	if (pod_plain && (pod_type->tp_flags & Py_TPFLAGS_HEAPTYPE) && !pod_type->tp_finalize && !pod_type->tp_del &&
+	    pod_type->tp_free == PyObject_GC_Del && pod_type->tp_dealloc != pod_dealloc) {
+		pod_type_dealloc = pod_type->tp_dealloc;
+		pod_type->tp_dealloc = pod_dealloc;
+	}
 	PyObject *slots = PyObject_GetAttrString(cls[0], "__slots__");
 	if (!slots)
 		return NULL;

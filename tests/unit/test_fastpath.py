@@ -435,6 +435,56 @@ def test_compiled_builder_objects_are_left_to_reference_counting() -> None:
     _assert_acyclic(*made)
 
 
+class _SlottedPod(Pod):
+    __slots__ = ("extra",)
+
+
+class _DictPod(Pod):  # a __dict__ and a __weakref__ of its own
+    pass
+
+
+def _compiled_pod(shared: PodShared, pid: int) -> Pod:
+    """A Pod the compiled exec path made (from the resolver's table), holding `pid`."""
+    fast_b, _ = _builders({"enable_cred": False, "enable_ns": False, "ancestors": False}, 64)
+    fast_b.pods = _resolver()
+    d = {"exe": "/bin/true", "cwd": b"/", "filename": "/bin/true", "cgroup": f"/kubepods/besteffort/pod{POD_UID}/{KNOWN}",
+         "args": b"true\0-q\0", "caps": (0, 0, 0), "ns": HOST, "uid": 0, "euid": 0, "auid": 0, "securebits": 0,
+         "userns_level": 0, "i_mode": 0o100755, "nlink": 1, "flags": 0, "tid_off": 0, "op": R.OP_EXEC, "nspid": pid}
+    on_exec = fast_b.record_handlers()[R.OP_EXEC]
+    on_exec(_exec_record(pid + 1, 5_000_000_000, 1, 0, d), 1)  # the first asks the resolver, which fills the table
+    pod = on_exec(_exec_record(pid + 2, 6_000_000_000, 1, 0, d), 2).process.pod
+    assert type(pod) is Pod and not gc.is_tracked(pod)
+    return pod
+
+
+# how a Pod was made -> what freeing it must give back. The registered Pod class is freed by the
+# compiled module's own dealloc (subtype_dealloc, the generic one, was ~200 instructions per
+# process in a container); every kind of Pod must still release everything it holds, once
+@pytest.mark.parametrize("make", [
+    lambda shared, v: Pod(shared, v, False),                              # the twin's: tracked
+    lambda shared, v: _compiled_pod(shared, 5000),                        # the exec path's: untracked
+    lambda shared, v: _SlottedPod(shared, v, True),                       # a subclass with a slot
+    lambda shared, v: _DictPod(shared, v, True),                          # a subclass with a dict
+], ids=["twin", "compiled", "subclass-slots", "subclass-dict"])
+@pytest.mark.skipif(native.fast is None, reason="the compiled module is not built")
+def test_a_freed_pod_gives_back_what_it_holds(make: Callable[[PodShared, int], Pod]) -> None:
+    pod = make(PodShared({"namespace": "ns", "container": {"id": "c"}}), 10**12 + 7)
+    gc.collect()  # what made it (the builder, its cache) is gone: the pod holds its own
+    v, shared = pod.pid, pod.shared  # ints of their own (no cached small int): counts are the test's
+    if isinstance(pod, _SlottedPod):
+        pod.extra = v
+    if isinstance(pod, _DictPod):
+        pod.more = v  # type: ignore[attr-defined]
+    held = sys.getrefcount(v), sys.getrefcount(shared)
+    pod_class = type(pod)
+    classes = sys.getrefcount(pod_class)
+    extra = 1 + isinstance(pod, (_SlottedPod, _DictPod))  # the pid slot, and the subclass's own
+    del pod
+    gc.collect()
+    assert (sys.getrefcount(v), sys.getrefcount(shared)) == (held[0] - extra, held[1] - 1)
+    assert sys.getrefcount(pod_class) == classes - 1
+
+
 # (pid, pid inside its namespace, --enable-k8s-api): the compiled exec path makes one int for
 # the pid inside the namespace, which the cache entry and the pod share; a host process's is its
 # pid's (values above 256: CPython's small ints are shared anyway)
