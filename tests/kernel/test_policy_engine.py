@@ -710,27 +710,55 @@ def action_counters(ra: RunningAgent, name: str) -> dict[str, int]:
     return {k: n for k, n in listed["stats"]["action_counters"].items() if n}
 
 
-@pytest.mark.parametrize("actions, counter", [
-    ("[{action: Sigkill}]", "signal"),
-    ("[{action: Signal, argSig: 10}]", "signal"),
-    ("[{action: NotifyEnforcer, argSig: 9}]", "notify_enforcer"),
-], ids=["sigkill", "signal", "notify-enforcer"])
+USER_SPINNER = """import sys, time
+sys.stdin.buffer.read(1)
+end = time.monotonic() + 1.0
+while time.monotonic() < end:  # in user mode (vDSO clock) while the ticks come
+    pass
+"""
+
+
+# (id, the child, the hook: subsystem/event with its args, actions, the counter they count in)
+INTERRUPT_CASES = [
+    # net/netif_receive_skb fires while the kernel serves the NET_RX softirq; a loopback send
+    # serves it on the sender's way out of the send (local_bh_enable), on the softirq stack
+    ("send-softirq-sigkill", UDP_SENDER, "net/netif_receive_skb", "{index: 5, type: uint32}",
+     "[{action: Sigkill}]", "signal"),
+    ("send-softirq-signal", UDP_SENDER, "net/netif_receive_skb", "{index: 5, type: uint32}",
+     "[{action: Signal, argSig: 10}]", "signal"),
+    # no note for the sender's sendto either
+    ("send-softirq-notify-enforcer", UDP_SENDER, "net/netif_receive_skb", "{index: 5, type: uint32}",
+     "[{action: NotifyEnforcer, argSig: 9}]", "notify_enforcer"),
+    # an interrupt that arrives while the CPU runs user code is served on the interrupted task's
+    # own (empty) kernel stack on x86-64, and so are the softirqs served on its way out (the
+    # tick's TIMER softirq here; under load also a NET_RX a busy net_rx_action left pending)
+    ("tick-of-user-mode", USER_SPINNER, "irq_vectors/local_timer_entry", "{index: 0, type: int}",
+     "[{action: Signal, argSig: 10}]", "signal"),
+    ("timer-softirq-of-user-mode", USER_SPINNER, "irq/softirq_entry", "{index: 0, type: int}",
+     "[{action: Signal, argSig: 10}]", "signal"),
+]
+
+
+@pytest.mark.parametrize("child, hook, arg, actions, counter", [c[1:] for c in INTERRUPT_CASES],
+                         ids=[c[0] for c in INTERRUPT_CASES])
 def test_enforcement_in_interrupt_context_spares_the_interrupted_task(running_agent: RunningAgent, pywork: Path,
+                                                                       child: str, hook: str, arg: str,
                                                                        actions: str, counter: str):
-    """net/netif_receive_skb fires while the kernel serves the NET_RX softirq; a loopback send
-    serves it on the sender's way out of the send (local_bh_enable), so `current` is the sender
-    there without the packet's receipt being any act of it (in general: whichever task was
-    interrupted). Sigkill/Signal acted on it: the sender died. They are now not done in interrupt
-    context (counted as not_task); the event is still sent. NotifyEnforcer leaves no note for the
-    sender's sendto either. The action counters count each as taken, as Tetragon's (which count
-    every enforce-mode match): they left such a skipped action out."""
+    """In interrupt context `current` is whichever task was interrupted, without the event
+    being any act of it. Sigkill/Signal acted on it: the sender died; telling interrupt context
+    by the stack a run's frame lies on took what interrupts user mode for the task's (the
+    spinning task was signalled for its ticks). They are now not done, told by the preempt
+    count (counted as not_task); the event is still sent. The action counters count each as
+    taken, as Tetragon's (which count every enforce-mode match): they left such a skipped
+    action out."""
+    subsystem, event = hook.split("/")
     enforcers = "enforcers:\n- calls: [sys_sendto]\n" if counter == "notify_enforcer" else ""
-    with py_started(pywork, UDP_SENDER) as p:
+    with py_started(pywork, child) as p:
         spec = f"""{enforcers}
 tracepoints:
-- subsystem: net
-  event: netif_receive_skb
-  args: [{{index: 5, type: uint32}}]
+- subsystem: {subsystem}
+  event: {event}
+  args: [{arg}]
   selectors:
   - matchPIDs: [{{operator: In, values: [{p.pid}]}}]
     matchActions: {actions}
@@ -745,56 +773,11 @@ tracepoints:
             kstats = kernel_stats(running_agent, st["name"])
             counted = action_counters(running_agent, st["name"])
     got = [b for _, b in policy_events(events, p.pid, "irq-kill")]
-    assert got, "no netif_receive_skb served in the sender's context"
-    assert p.returncode == 0
+    assert got, f"no {hook} in the child's context"
+    assert p.returncode == 0, (p.returncode, kstats)
     assert kstats["not_task"] >= len(got) and kstats["signals"] == 0, kstats
     # each match took its action (and posted its event), though none was done
     assert counted == {"post": counted["post"], counter: counted["post"]} and counted["post"] >= len(got), counted
-
-
-USER_SPINNER = """import sys, time
-sys.stdin.buffer.read(1)
-end = time.monotonic() + 1.0
-while time.monotonic() < end:  # in user mode (vDSO clock) while the ticks come
-    pass
-"""
-
-
-@pytest.mark.parametrize("hook", ["irq_vectors/local_timer_entry", "irq/softirq_entry"])
-def test_enforcement_in_an_interrupt_of_user_mode_spares_the_interrupted_task(running_agent: RunningAgent,
-                                                                               pywork: Path, hook: str):
-    """An interrupt that arrives while the CPU runs user code is served on the interrupted
-    task's own (empty) kernel stack on x86-64, and so are the softirqs served on its way out
-    (the tick's TIMER softirq here). Telling interrupt context by the stack a run's frame lies
-    on took both for the task's: the spinning task was signalled for its timer ticks (and, under
-    load, a loopback sender for a NET_RX softirq a busy net_rx_action had left pending). The
-    preempt count tells them: not done, counted as not_task."""
-    subsystem, event = hook.split("/")
-    with py_started(pywork, USER_SPINNER) as p:
-        spec = f"""
-tracepoints:
-- subsystem: {subsystem}
-  event: {event}
-  args: [{{index: 0, type: int}}]
-  selectors:
-  - matchPIDs: [{{operator: In, values: [{p.pid}]}}]
-    matchActions: [{{action: Signal, argSig: 10}}]
-"""
-        with loaded(running_agent, policy_yaml("irq-user", spec)) as st:
-            def go() -> None:
-                assert p.stdin is not None
-                p.stdin.write(b"g")
-                p.stdin.close()
-                p.wait(60)
-            events = running_agent.collect(go)
-            kstats = kernel_stats(running_agent, st["name"])
-            counted = action_counters(running_agent, st["name"])
-    got = [b for _, b in policy_events(events, p.pid, "irq-user")]
-    assert got, f"no {hook} while the task spun in user mode"
-    assert p.returncode == 0, (p.returncode, kstats)
-    assert kstats["not_task"] >= len(got) and kstats["signals"] == 0, kstats
-    # the signal not sent is counted as taken, as Tetragon's counters (every enforce-mode match)
-    assert counted == {"post": counted["post"], "signal": counted["post"]} and counted["post"] >= len(got), counted
 
 
 TRACKED_SOCK_SHARER = """import os, socket, sys
