@@ -36,6 +36,7 @@ from tests.kernel.test_policy_engine import (
     run_py,
     scoped,
 )
+from tests.sdt import SDT_MACROS
 from vigil.core.errors import PolicyError
 
 pytestmark = pytest.mark.kernel
@@ -976,17 +977,7 @@ def launcher(workdir: Path) -> Path:
 USDT_C = r"""
 #include <stdio.h>
 #include <stdlib.h>
-#define SDT_BASE ".ifndef _.stapsdt.base\n" \
-  ".pushsection .stapsdt.base,\"aG\",\"progbits\",.stapsdt.base,comdat\n" \
-  ".weak _.stapsdt.base\n.hidden _.stapsdt.base\n_.stapsdt.base: .space 1\n" \
-  ".size _.stapsdt.base, 1\n.popsection\n.endif\n"
-/* an SDT probe site, as <sys/sdt.h> writes one (a nop and its .note.stapsdt entry) */
-#define SDT(sem, prov, name, argfmt, ...) __asm__ __volatile__("990: nop\n" \
-    ".pushsection .note.stapsdt,\"?\",\"note\"\n.balign 4\n" \
-    ".4byte 992f-991f, 994f-993f, 3\n991: .asciz \"stapsdt\"\n992: .balign 4\n" \
-    "993: .8byte 990b\n.8byte _.stapsdt.base\n.8byte " sem "\n" \
-    ".asciz \"" prov "\"\n.asciz \"" name "\"\n.asciz \"" argfmt "\"\n994: .balign 4\n.popsection\n" \
-    SDT_BASE :: __VA_ARGS__)
+""" + SDT_MACROS + r"""
 /* a semaphore: the kernel counts it up while a uprobe with ref_ctr_offset is attached */
 unsigned short vigil_guarded_semaphore __attribute__((section(".probes"), used));
 static int iarr[6] = {10, -20, 30, -40, 50, 60};
@@ -995,11 +986,11 @@ int main(int argc, char **argv) {
     volatile int ret = 0;
     int a = argc > 1 ? atoi(argv[1]) : 0, b = argc > 2 ? atoi(argv[2]) : 0;
     long i = b & 1;
-    SDT("0", "vigil", "probe3", "-4@%0 -4@%1 -4@%2", "m"(ret), "r"(a), "r"(b));
+    SDT("vigil", "probe3", "-4@%0 -4@%1 -4@%2", "m"(ret), "r"(a), "r"(b));
     /* base + index * scale (+ displacement) operands: element i of iarr and larr, i + 2 of iarr */
-    SDT("0", "vigil", "sib", "-4@(%0,%2,4) -4@8(%0,%2,4) 8@(%1,%2,8)", "r"(iarr), "r"(larr), "r"(i));
+    SDT("vigil", "sib", "-4@(%0,%2,4) -4@8(%0,%2,4) 8@(%1,%2,8)", "r"(iarr), "r"(larr), "r"(i));
     if (vigil_guarded_semaphore)  /* only when someone listens, as <sys/sdt.h> semaphores go */
-        SDT("vigil_guarded_semaphore", "vigil", "guarded", "-4@%0", "r"(a));
+        SDT_SEM("vigil_guarded_semaphore", "vigil", "guarded", "-4@%0", "r"(a));
     return ret;
 }
 """

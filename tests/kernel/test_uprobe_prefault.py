@@ -22,6 +22,7 @@ import pytest
 
 from tests.kernel.conftest import RunningAgent
 from tests.kernel.test_policy_engine import loaded, policy_yaml
+from tests.sdt import SDT_MACROS
 from vigil.sensors import generic
 
 pytestmark = pytest.mark.kernel
@@ -43,16 +44,7 @@ PREFAULT_C = r"""
 __attribute__((noinline, used)) int take(const char *s, const char *t)
 { __asm__ volatile("" ::: "memory"); return s != t; }
 #ifdef USDT
-#define SDT_BASE ".ifndef _.stapsdt.base\n" \
-  ".pushsection .stapsdt.base,\"aG\",\"progbits\",.stapsdt.base,comdat\n" \
-  ".weak _.stapsdt.base\n.hidden _.stapsdt.base\n_.stapsdt.base: .space 1\n" \
-  ".size _.stapsdt.base, 1\n.popsection\n.endif\n"
-#define SDT(prov, name, argfmt, ...) __asm__ __volatile__("990: nop\n" \
-    ".pushsection .note.stapsdt,\"?\",\"note\"\n.balign 4\n" \
-    ".4byte 992f-991f, 994f-993f, 3\n991: .asciz \"stapsdt\"\n992: .balign 4\n" \
-    "993: .8byte 990b\n.8byte _.stapsdt.base\n.8byte 0\n" \
-    ".asciz \"" prov "\"\n.asciz \"" name "\"\n.asciz \"" argfmt "\"\n994: .balign 4\n.popsection\n" \
-    SDT_BASE :: __VA_ARGS__)
+""" + SDT_MACROS + r"""
 /* the USDT site vigil:take: s in a register, t through a memory operand (a stack slot holding
  * it), s again through a base + index * scale operand (element 1 of an array on the stack) */
 __attribute__((noinline)) static int take_usdt(const char *s, const char *t)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from vmagent import Running, policy
 
+from tests.sdt import SDT_MACROS
 from vigil.sensors.generic import ACTION_COUNTERS
 
 CALLS = 3
@@ -72,16 +73,7 @@ def test_actions_are_counted_where_taken(agent: Running, work: Path, spec: str, 
 
 SET_C = r"""
 #include <sys/mman.h>
-#define SDT_BASE ".ifndef _.stapsdt.base\n" \
-  ".pushsection .stapsdt.base,\"aG\",\"progbits\",.stapsdt.base,comdat\n" \
-  ".weak _.stapsdt.base\n.hidden _.stapsdt.base\n_.stapsdt.base: .space 1\n" \
-  ".size _.stapsdt.base, 1\n.popsection\n.endif\n"
-#define SDT(prov, name, argfmt, ...) __asm__ __volatile__("990: nop\n" \
-    ".pushsection .note.stapsdt,\"?\",\"note\"\n.balign 4\n" \
-    ".4byte 992f-991f, 994f-993f, 3\n991: .asciz \"stapsdt\"\n992: .balign 4\n" \
-    "993: .8byte 990b\n.8byte _.stapsdt.base\n.8byte 0\n" \
-    ".asciz \"" prov "\"\n.asciz \"" name "\"\n.asciz \"" argfmt "\"\n994: .balign 4\n.popsection\n" \
-    SDT_BASE :: __VA_ARGS__)
+""" + SDT_MACROS + r"""
 int main(void) {
     volatile int ret = 0;
     /* a page the process cannot write: Set's write there fails */

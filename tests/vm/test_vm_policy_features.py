@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from vmagent import Running, policy
 
+from tests.sdt import SDT_MACROS
+
 REPO = Path(__file__).resolve().parents[2]
 PID = os.getpid()
 SCOPE = f"matchPIDs: [{{operator: In, followForks: true, values: [{PID}]}}]"
@@ -278,17 +280,7 @@ kprobes:
     assert [e["function_name"] for e in events_of(events, "vm-ftrace")] == ["vfs_fsync_range"]
 
 
-USDT_C = textwrap.dedent(r"""
-    #define SDT_BASE ".ifndef _.stapsdt.base\n" \
-      ".pushsection .stapsdt.base,\"aG\",\"progbits\",.stapsdt.base,comdat\n" \
-      ".weak _.stapsdt.base\n.hidden _.stapsdt.base\n_.stapsdt.base: .space 1\n" \
-      ".size _.stapsdt.base, 1\n.popsection\n.endif\n"
-    #define SDT(prov, name, argfmt, ...) __asm__ __volatile__("990: nop\n" \
-        ".pushsection .note.stapsdt,\"?\",\"note\"\n.balign 4\n" \
-        ".4byte 992f-991f, 994f-993f, 3\n991: .asciz \"stapsdt\"\n992: .balign 4\n" \
-        "993: .8byte 990b\n.8byte _.stapsdt.base\n.8byte 0\n" \
-        ".asciz \"" prov "\"\n.asciz \"" name "\"\n.asciz \"" argfmt "\"\n994: .balign 4\n.popsection\n" \
-        SDT_BASE :: __VA_ARGS__)
+USDT_C = SDT_MACROS + textwrap.dedent(r"""
     static int iarr[4] = {10, -20, 30, -40};
     int main(int argc, char **argv) {
         volatile int ret = 0;
