@@ -145,33 +145,38 @@ def _hooks(ra: RunningAgent, name: str) -> list[generic.GenericHook]:
 MODES = ["kfunc-or-walk", "page-walk", "off"]  # off: the stage refused, as where it cannot load
 
 
+def _run_with_stage(ra: RunningAgent, monkeypatch: pytest.MonkeyPatch, mode: str, spec: str, name: str,
+                    kind: str, cmd: list[str], data: Path) -> tuple[list[dict], dict[str, int]]:
+    """Policy `spec` loaded as `name` with the stage in `mode` (kfunc-or-walk, page-walk, off),
+    `cmd` run once with `data`'s pages dropped first: the policy's `kind` events, the stage's counts."""
+    monkeypatch.setattr(generic, "UPREFAULT_PAGE_WALK", mode == "page-walk")
+    if mode == "off":
+        monkeypatch.setattr(generic, "_UPREFAULT_REFUSED", {False: "test", True: "test"})
+    with loaded(ra, policy_yaml(name, spec)):
+        (hook,) = _hooks(ra, name)
+        assert (hook.uprefault is None) == (mode == "off"), "the stage did not load for the hook"
+        _drop_cache(data)
+        rcs: list[int] = []
+        events = ra.collect(lambda: rcs.append(subprocess.run(cmd, check=False).returncode))
+        stats = hook.uprefault_stats()
+    assert rcs == [0]
+    return [e[kind] for e in events if kind in e and e[kind]["policy_name"] == name], stats
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case, want, without", CASES, ids=[c[0] for c in CASES])
 def test_uprobe_string_on_a_page_not_faulted_in(running_agent: RunningAgent, prefault_bin: tuple[Path, Path],
                                                 monkeypatch: pytest.MonkeyPatch, case: str, want: list[dict],
                                                 without: list[dict], mode: str) -> None:
     binary, data = prefault_bin
-    monkeypatch.setattr(generic, "UPREFAULT_PAGE_WALK", mode == "page-walk")
-    if mode == "off":
-        monkeypatch.setattr(generic, "_UPREFAULT_REFUSED", {False: "test", True: "test"})
     spec = f"""
 uprobes:
 - path: "{binary}"
   symbols: [take]
   args: [{{index: 0, type: string}}, {{index: 1, type: string}}]
 """
-    name = f"uprefault-{case}"
-    with loaded(running_agent, policy_yaml(name, spec)):
-        (hook,) = _hooks(running_agent, name)
-        assert (hook.uprefault is None) == (mode == "off"), "the stage did not load on this kernel"
-        _drop_cache(data)
-        rcs: list[int] = []
-        events = running_agent.collect(
-            lambda: rcs.append(subprocess.run([str(binary), str(data), case], check=False).returncode))
-        stats = hook.uprefault_stats()
-    assert rcs == [0]
-    got = [e["process_uprobe"] for e in events
-           if "process_uprobe" in e and e["process_uprobe"]["policy_name"] == name]
+    got, stats = _run_with_stage(running_agent, monkeypatch, mode, spec, f"uprefault-{case}", "process_uprobe",
+                                 [str(binary), str(data), case], data)
     assert [e["args"] for e in got] == [without if mode == "off" else want]
     if mode == "off":
         assert stats == {}
@@ -205,9 +210,6 @@ def test_usdt_string_on_a_page_not_faulted_in(running_agent: RunningAgent, usdt_
     (site,) = [n for n in notes or [] if (n.provider, n.name) == ("vigil", "take")]
     ops = site.args.split()
     assert len(ops) == 3 and all(re.fullmatch(f, op) for f, op in zip(USDT_FORMS, ops)), site.args
-    monkeypatch.setattr(generic, "UPREFAULT_PAGE_WALK", mode == "page-walk")
-    if mode == "off":
-        monkeypatch.setattr(generic, "_UPREFAULT_REFUSED", {False: "test", True: "test"})
     spec = f"""
 usdts:
 - path: "{binary}"
@@ -215,18 +217,8 @@ usdts:
   name: take
   args: [{{index: 0, type: string}}, {{index: 1, type: string}}, {{index: 2, type: string}}]
 """
-    name = f"uprefault-usdt-{case}"
-    with loaded(running_agent, policy_yaml(name, spec)):
-        (hook,) = _hooks(running_agent, name)
-        assert (hook.uprefault is None) == (mode == "off"), "no stage for the USDT site"
-        _drop_cache(data)
-        rcs: list[int] = []
-        events = running_agent.collect(
-            lambda: rcs.append(subprocess.run([str(binary), str(data), case], check=False).returncode))
-        stats = hook.uprefault_stats()
-    assert rcs == [0]
-    got = [e["process_usdt"] for e in events
-           if "process_usdt" in e and e["process_usdt"]["policy_name"] == name]
+    got, stats = _run_with_stage(running_agent, monkeypatch, mode, spec, f"uprefault-usdt-{case}", "process_usdt",
+                                 [str(binary), str(data), case], data)
     args = without if mode == "off" else want
     assert [e["args"] for e in got] == [[*args, args[0]]]
     if mode == "off":
