@@ -41,10 +41,11 @@ const volatile __u64 pre_lenmask[4] = {};
 #define STR_FAST 128  /* strings shorter than this are read through the stack */
 #define STACK_DEPTH 32
 
-/* The pre-filter's read size: the longest of its lengths, its NUL and one byte more, at most
- * STR_FAST (vigil.policy.compile.entry_prefilter). A string the read cuts (r == pre_read: its
- * byte at the longest length is not a NUL) is longer than every value: no more of it is read (a
- * read costs by the word: a 115-byte path cost ~7 ns more a hit read whole). */
+/* The pre-filter's read size: the longest of its lengths, its NUL and one byte more, rounded up
+ * to a whole word, at most STR_FAST (vigil.policy.compile.entry_prefilter). A string the read
+ * cuts (r == pre_read: its byte at pre_read - 1 is not a NUL) is longer than every value: no
+ * more of it is read (a read costs by the word: a 115-byte path cost ~7 ns more a hit read
+ * whole; and the bytes of a size past its last whole word are copied one by one). */
 const volatile __u32 pre_read = STR_FAST;
 
 /* One value in all the pre-filter's Equals (its bytes, NUL-padded, and its read length with the

@@ -67,15 +67,16 @@ def _stats(ra: RunningAgent, name: str) -> dict:
 @pytest.mark.parametrize("stem", ["p", "l" * 90])
 def test_the_entry_reads_the_longest_value_and_two_bytes(running_agent: RunningAgent, pywork: Path, values: str,
                                                          stem: str) -> None:
-    """The entry's pre-filter reads no more than the longest value, its NUL and one byte
-    (pre_read): a string one byte longer than the longest value (its NUL the read's last byte), one
-    the read cuts, and one longer than the entry's stack copy match none and are filtered in the
-    entry; so is one a byte shorter, and (two values) one between them, read whole. The values
-    match, reported whole."""
+    """The entry's pre-filter reads no more than the longest value, its NUL and one byte, in
+    whole words (pre_read): strings 1 to 9 bytes longer than the longest value (read whole with
+    their NUL, the NUL the read's last byte, or cut by the read, wherever the read's last word
+    ends), and one longer than the entry's stack copy match none and are filtered in the entry;
+    so is one a byte shorter, and (two values) one between them, read whole. The values match,
+    reported whole."""
     v = str(pywork / "data" / stem)
     vals = [v] + ([v + "yy"] if values == "two" else [])
     longest = vals[-1]
-    rejected = [longest + "x", longest + "xy", longest + "x" * 130, v[:-1], v + "x"]
+    rejected = [*(longest + "x" * k for k in range(1, 10)), longest + "x" * 130, v[:-1], v + "x"]
     name = f"entry-read-{values}-{len(stem)}"
     spec = f"""
 kprobes:

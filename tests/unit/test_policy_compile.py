@@ -139,20 +139,26 @@ def test_entry_prefilter_lengths_of_the_equal_values() -> None:
 
 
 @pytest.mark.parametrize("selectors, read", [
-    ('- matchArgs: [{index: 1, operator: Equal, values: ["/etc/passwd", "/x"]}]', 13),  # the longest, 11
+    ('- matchArgs: [{index: 1, operator: Equal, values: ["/etc/passwd", "/x"]}]', 16),  # the longest, 11: 13
     ('- matchArgs: [{index: 1, operator: Equal, values: ["/ab"]}]\n'
-     '- matchArgs: [{index: 1, operator: Equal, values: ["/abcdef"]}]', 9),  # over the selectors
+     '- matchArgs: [{index: 1, operator: Equal, values: ["/abcdef"]}]', 16),  # over the selectors: 9
     ('- matchArgs: [{index: 1, operator: Equal, values: ["/ab", "/abcdefgh"]}, '
-     '{index: 1, operator: Equal, values: ["/ab"]}]', 5),  # the lengths a selector can match: 3
-    ('- matchArgs: [{index: 1, operator: Equal, values: [""]}]', 2),
+     '{index: 1, operator: Equal, values: ["/ab"]}]', 8),  # the lengths a selector can match: 3, 5
+    ('- matchArgs: [{index: 1, operator: Equal, values: [""]}]', 8),  # 2
+    ('- matchArgs: [{index: 1, operator: Equal, values: ["/abcde"]}]', 8),  # 6 + 2: a word already
+    ('- matchArgs: [{index: 1, operator: Equal, values: ["/abcdef"]}]', 16),  # 7 + 2
+    ('- matchArgs: [{index: 1, operator: Equal, values: ["/nonexistent/vigil"]}]', 24),  # 18 + 2
+    (f'- matchArgs: [{{index: 1, operator: Equal, values: ["/{"x" * 118}"]}}]', 128),  # 119 + 2: STR_FAST
     (f'- matchArgs: [{{index: 1, operator: Equal, values: ["/{"x" * 125}"]}}]', 128),  # 126 + 2: STR_FAST
     (f'- matchArgs: [{{index: 1, operator: Equal, values: ["/{"x" * 126}"]}}]', 128),  # longer: at most that
     (f'- matchArgs: [{{index: 1, operator: Equal, values: ["/x", "/{"x" * 199}"]}}]', 128),
-], ids=["two-values", "two-selectors", "a-selectors-lengths", "empty", "longest-below", "at-the-stack-copy",
-        "past-the-stack-copy"])
-def test_entry_prefilter_reads_the_longest_length_and_two_bytes(selectors: str, read: int) -> None:
+], ids=["two-values", "two-selectors", "a-selectors-lengths", "empty", "a-word", "a-word-and-a-byte", "18-bytes",
+        "longest-below-a-word", "longest-below", "at-the-stack-copy", "past-the-stack-copy"])
+def test_entry_prefilter_reads_the_longest_length_and_two_bytes_in_words(selectors: str, read: int) -> None:
     """The entry reads the longest length the Equals can match, its NUL and one byte more (a
-    string the read cuts is longer than all of them), at most STR_FAST."""
+    string the read cuts is longer than all of them), rounded up to a whole word (the read helper
+    copies by the word, and a read size past the last whole word byte by byte, each byte a user
+    access: ~4 ns a hit), at most STR_FAST."""
     assert _prefilter(selectors)["pre_read"] == read
 
 

@@ -457,7 +457,7 @@ def entry_prefilter(ch: CompiledHook) -> dict[str, int | bytes]:
     config (a workload filter is set after compiling): when every selector holds an Equal on one
     user-string syscall argument, a hit whose string has none of those lengths is filtered in the
     entry, before the hook's maps are touched (reading no more of it than the longest of those
-    lengths and two bytes, pre_read); when all those Equals name one value (pre_val), the
+    lengths and two bytes, in whole words, pre_read); when all those Equals name one value (pre_val), the
     entry compares the string with it too, and the Equals hold without a str_map lookup. Empty when
     that does not hold: guards and workload filters come first in the kernel, and a string read
     shorter than STR_FAST would be cut."""
@@ -484,10 +484,13 @@ def entry_prefilter(ch: CompiledHook) -> dict[str, int | bytes]:
             mask |= m
         else:
             # the read: the longest length and its NUL, and one byte more, which a longer string
-            # fills (the helper's NUL): cut there, a string is longer than every value
+            # fills (the helper's NUL): cut there, a string is longer than every value. Rounded
+            # up to a whole word: the helper copies by the word and a size's bytes past the last
+            # whole one byte by byte, a user access each (~4 ns a hit for an 18-byte value's
+            # read of 20); a string the longer read takes whole has a length no value has.
             pre: dict[str, int | bytes] = {"pre_arg": a.off + 1, "pre_slot": slot,
                                            "pre_lenmask": mask.to_bytes(32, "little"),
-                                           "pre_read": min(mask.bit_length() + 1, L.STR_FAST)}
+                                           "pre_read": min((mask.bit_length() + 1 + 7) // 8 * 8, L.STR_FAST)}
             # one value in all of them: the entry compares the string with it (pre_val, and its
             # read length pre_val_r), and every Equal on the argument holds exactly when it is equal
             values = {k[4:].rstrip(b"\0") for k in ch.str_keys if struct.unpack_from("<I", k)[0] in map_ids}
