@@ -33,33 +33,40 @@ def prefault_bin(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return d / "pf", data
 
 
+def _run_with_stage(agent: Running, monkeypatch: pytest.MonkeyPatch, mode: str, spec: str, name: str,
+                    kind: str, cmd: list[str]) -> tuple[list[list[dict]], dict[str, int]]:
+    """Policy `spec` added as `name` with the stage in `mode` (kfunc-or-walk, page-walk, off),
+    `cmd` run once: the args of the policy's `kind` events, the stage's counts."""
+    monkeypatch.setattr(generic, "UPREFAULT_PAGE_WALK", mode == "page-walk")
+    if mode == "off":
+        monkeypatch.setattr(generic, "_UPREFAULT_REFUSED", {False: "test", True: "test"})
+    name = agent.agent.add_policy(policy(name, spec))
+    try:
+        (hook,) = [h for h in agent.agent.policies.policies[name].hooks if isinstance(h, generic.GenericHook)]
+        assert (hook.uprefault is None) == (mode == "off"), "the stage did not load on this kernel"
+        rcs: list[int] = []
+        events = agent.collect(lambda: rcs.append(subprocess.run(cmd).returncode))
+        stats = hook.uprefault_stats()
+    finally:
+        agent.agent.delete_policy(name)
+    assert rcs == [0]
+    return [e[kind]["args"] for e in events if kind in e and e[kind]["policy_name"] == name], stats
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case, want, without", CASES, ids=[c[0] for c in CASES])
 def test_vm_uprobe_string_on_a_page_not_faulted_in(agent: Running, prefault_bin: tuple[Path, Path],
                                                    monkeypatch: pytest.MonkeyPatch, case: str, want: list[dict],
                                                    without: list[dict], mode: str) -> None:
     binary, data = prefault_bin
-    monkeypatch.setattr(generic, "UPREFAULT_PAGE_WALK", mode == "page-walk")
-    if mode == "off":
-        monkeypatch.setattr(generic, "_UPREFAULT_REFUSED", {False: "test", True: "test"})
     spec = f"""
 uprobes:
 - path: "{binary}"
   symbols: [take]
   args: [{{index: 0, type: string}}, {{index: 1, type: string}}]
 """
-    name = agent.agent.add_policy(policy(f"vm-uprefault-{case}", spec))
-    try:
-        (hook,) = [h for h in agent.agent.policies.policies[name].hooks if isinstance(h, generic.GenericHook)]
-        assert (hook.uprefault is None) == (mode == "off"), "the stage did not load on this kernel"
-        rcs: list[int] = []
-        events = agent.collect(lambda: rcs.append(subprocess.run([str(binary), str(data), case]).returncode))
-        stats = hook.uprefault_stats()
-    finally:
-        agent.agent.delete_policy(name)
-    assert rcs == [0]
-    got = [e["process_uprobe"]["args"] for e in events
-           if "process_uprobe" in e and e["process_uprobe"]["policy_name"] == name]
+    got, stats = _run_with_stage(agent, monkeypatch, mode, spec, f"vm-uprefault-{case}", "process_uprobe",
+                                 [str(binary), str(data), case])
     assert got == [without if mode == "off" else want]
     if mode != "off":
         assert stats["runs"] == 1 and stats["failed"] == (1 if case == "unmapped" else 0), stats
@@ -77,9 +84,6 @@ def test_vm_usdt_string_on_a_page_not_faulted_in(agent: Running, prefault_bin: t
     notes, _err = agent.agent.policies.facts.usdt_notes(str(binary))
     (site,) = [n for n in notes or [] if (n.provider, n.name) == ("vigil", "take")]
     assert all(re.fullmatch(f, op) for f, op in zip(USDT_FORMS, site.args.split())), site.args
-    monkeypatch.setattr(generic, "UPREFAULT_PAGE_WALK", mode == "page-walk")
-    if mode == "off":
-        monkeypatch.setattr(generic, "_UPREFAULT_REFUSED", {False: "test", True: "test"})
     spec = f"""
 usdts:
 - path: "{binary}"
@@ -87,18 +91,8 @@ usdts:
   name: take
   args: [{{index: 0, type: string}}, {{index: 1, type: string}}, {{index: 2, type: string}}]
 """
-    name = agent.agent.add_policy(policy(f"vm-uprefault-usdt-{case}", spec))
-    try:
-        (hook,) = [h for h in agent.agent.policies.policies[name].hooks if isinstance(h, generic.GenericHook)]
-        assert (hook.uprefault is None) == (mode == "off"), "the stage did not load on this kernel"
-        rcs: list[int] = []
-        events = agent.collect(lambda: rcs.append(subprocess.run([str(binary), str(data), case]).returncode))
-        stats = hook.uprefault_stats()
-    finally:
-        agent.agent.delete_policy(name)
-    assert rcs == [0]
-    got = [e["process_usdt"]["args"] for e in events
-           if "process_usdt" in e and e["process_usdt"]["policy_name"] == name]
+    got, stats = _run_with_stage(agent, monkeypatch, mode, spec, f"vm-uprefault-usdt-{case}", "process_usdt",
+                                 [str(binary), str(data), case])
     args = without if mode == "off" else want
     assert got == [[*args, args[0]]]
     if mode != "off":
