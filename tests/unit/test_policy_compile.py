@@ -553,10 +553,16 @@ def test_an_index_past_the_prototype_reads_the_register(case: str, section: str,
     if " " in want:
         assert any(want in e for e in errors(spec, VM)), errors(spec, VM)
         return
-    (ch,) = comp(spec, VM).hooks
+    cp = comp(spec, VM)
+    (ch,) = cp.hooks
     assert ch.placement.where() == want, ch.placement.describe()
     assert [len(ch.placement.args), ch.placement.args[-1].index] == [2, 2 if note else 1]
     assert bool([n for n in ch.placement.notes if "index 2 reads whatever its argument register holds" in n]) == note
+    # and a warning at the index's line, as Tetragon warns ("invalid or old kprobe spec")
+    assert [str(w) for w in cp.warnings] == ([
+        "p.yaml:6:86: spec.kprobes[0].args[1].index: warning: kprobes[0] (tty_write): tty_write has 2 parameters "
+        "on this kernel; index 2 reads whatever its argument register holds (as Tetragon: a policy for another "
+        "signature of the function)"] if note else [])
     assert explain_policy(one(spec), VM)["loadable"]
 
 

@@ -366,6 +366,8 @@ def compile_report(policy: Policy, facts: KernelFacts, next_hook_id: Callable[[]
     for pl, hook in placements:
         for b in pl.blockers:
             errs.error(b.loc, f"{pl.section}[{pl.index}] ({pl.target}): {b.message}", b.cause)
+        for loc, said in pl.warnings:
+            errs.warn(loc, f"{pl.section}[{pl.index}] ({pl.target}): {said}")
         if pl.ok and pl.skipped:  # left out on purpose (binaryDigests, callNotFound with ignore): said, not an error
             errs.warn(pl.loc, f"{pl.section}[{pl.index}] ({pl.target}): not attached: {pl.skipped}")
             continue

@@ -116,6 +116,7 @@ class Placement:
     ret: ArgPlan | None = None
     blockers: list[Blocker] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[tuple[Loc, str]] = field(default_factory=list)  # said at their place; never refuse
     guards: list[tuple[int, int, int]] = field(default_factory=list)  # (raw index, G_* op, value)
     substitute: str = ""          # the stand-in this hook runs on (empty: the hook itself)
     ret_raw: int = 0              # the return value is raw argument ret_raw - 1 (stand-ins)
@@ -394,9 +395,10 @@ def place_kernel_function(spec: KProbeSpec, section: str, index: int, call: str,
             continue
         ctype = params[a.index][1] if params and a.index < len(params) else None
         if any(a is b for b in past) and pl.mechanism == "kprobe":
-            pl.notes.append(f"args[{slot}]: {call} has {len(params or ())} parameters on this kernel; index "
-                            f"{a.index} reads whatever its argument register holds (as Tetragon: a policy "
-                            "for another signature of the function)")
+            said = (f"{call} has {len(params or ())} parameters on this kernel; index {a.index} reads whatever "
+                    "its argument register holds (as Tetragon: a policy for another signature of the function)")
+            pl.notes.append(f"args[{slot}]: {said}")
+            pl.warnings.append((a.at("index"), said))  # Tetragon warns too ("invalid or old kprobe spec")
         elif params is not None and a.index >= len(params) and not facts.ideal_kernel:
             pl.block(a.at("index"), f"{call} has {len(params)} parameters; index {a.index} is out of range"
                      + (f" (only a kprobe reads past them; this hook runs as {pl.mechanism})" if pl.mechanism else ""),
