@@ -188,7 +188,7 @@ class PolicyEvents:
         cache = self.builder.cache
         # the requester: its image (live, or ended meanwhile: the requester exits at once when
         # refused) exec'd before the request
-        ktime = next((p.key[1] for p in (seen, cache.by_pid(rep.pid), cache._ended.get(rep.pid))
+        ktime = next((p.key[1] for p in (seen, cache.by_pid(rep.pid), cache.ended_by_pid(rep.pid))
                       if p is not None and p.key[1] <= asked), 0)
         process, parent, ancestors = self.lineage(kind, rep.pid, ktime, kernel=False, keyed=True)
         return PolicyEvent(kind, process, parent, body, self.builder.clock.rfc3339(rep.time_ns), self.builder.node,

@@ -68,6 +68,10 @@ class ProcessCache:
     def by_pid(self, pid: int) -> Process | None:
         return self._by_pid.get(pid)
 
+    def ended_by_pid(self, pid: int) -> Process | None:
+        """The image `pid` named when it last exited, while that is cached (its grace period)."""
+        return self._ended.get(pid)
+
     def by_pid_since(self, pid: int, start: int) -> Process | None:
         """pid's image, unless it is older than a process that started at ktime `start` (a
         record's thread group leader start, VP_EV_NO_PROC): then it is an earlier process's

@@ -17,6 +17,7 @@ from vigil.kernel.cgroups import tracking as cgroup_tracking
 from vigil.kernel.layouts import check_ctypes
 from vigil.kernel.paths import bpf_object
 from vigil.policy.compile import CompiledHook, entry_prefilter, str_key_size
+from vigil.policy.placement import PT_REGS
 from vigil.sensors.generic_events import KSYMS
 
 log = logging.getLogger("vigil.sensor.generic")
@@ -43,7 +44,7 @@ UPREFAULT_STATS = ("runs", "read", "failed", "walked", "resident")  # bpf/uprefa
 # its upf_args[]: one entry per string argument slot
 _UPREFAULT_ARGS = L.MAX_ARGS
 # a uprobe entry's parameters 1-5 (generic.bpf.c from_regs): rdi, rsi, rdx, rcx, r8 of pt_regs
-_PARAM_REGS = (112, 104, 96, 88, 72)
+_PARAM_REGS = tuple(PT_REGS[r] for r in ("rdi", "rsi", "rdx", "rcx", "r8"))
 
 _NOFILE_RAISED = False
 
